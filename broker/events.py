@@ -1,0 +1,152 @@
+"""Typed inputs and outputs of the broker's state machine (no I/O, no clock reads)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pivot.pipeline.graph import StageGraph
+from pivot.pipeline.manifest import Manifest
+from pivot.protocol.messages import Message
+
+__all__ = [
+    "Command",
+    "Event",
+    "ManifestArrived",
+    "ManifestRejected",
+    "PoolGone",
+    "PoolHeard",
+    "PoolJoined",
+    "Publish",
+    "PublishLog",
+    "Reply",
+    "ResultReceived",
+    "RunRequested",
+    "SendWork",
+    "ShutdownRequested",
+    "SnapshotRequested",
+    "StageRunningReported",
+    "Tick",
+]
+
+# --- events in ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PoolJoined:
+    pool: str
+    slots: int
+    now: float
+
+
+@dataclass(frozen=True)
+class PoolHeard:
+    """Any message from a pool proves it alive."""
+
+    pool: str
+    now: float
+
+
+@dataclass(frozen=True)
+class PoolGone:
+    pool: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ManifestArrived:
+    manifest: Manifest
+    graph: StageGraph
+
+
+@dataclass(frozen=True)
+class ManifestRejected:
+    message: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class RunRequested:
+    client: bytes
+    stages: tuple[str, ...]
+    force: bool
+    keep_going: bool
+
+
+@dataclass(frozen=True)
+class SnapshotRequested:
+    client: bytes
+
+
+@dataclass(frozen=True)
+class ShutdownRequested:
+    client: bytes
+
+
+@dataclass(frozen=True)
+class StageRunningReported:
+    pool: str
+    attempt: str
+    reason_code: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ResultReceived:
+    pool: str
+    attempt: str
+    status: str
+    reason_code: str
+    reason: str
+    duration_s: float
+    error: str | None
+    logs: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class Tick:
+    now: float
+
+
+Event = (
+    PoolJoined
+    | PoolHeard
+    | PoolGone
+    | ManifestArrived
+    | ManifestRejected
+    | RunRequested
+    | SnapshotRequested
+    | ShutdownRequested
+    | StageRunningReported
+    | ResultReceived
+    | Tick
+)
+
+# --- commands out ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SendWork:
+    pool: str
+    msg: Message
+
+
+@dataclass(frozen=True)
+class Reply:
+    client: bytes
+    msg: Message
+
+
+@dataclass(frozen=True)
+class Publish:
+    """A state event, with its sequence number."""
+
+    msg: Message
+    seq: int
+
+
+@dataclass(frozen=True)
+class PublishLog:
+    msg: Message
+
+
+Command = SendWork | Reply | Publish | PublishLog

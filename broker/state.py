@@ -1,0 +1,399 @@
+"""The broker's decisions: a pure state machine. Events in, commands out.
+
+No sockets, no clock reads: time arrives inside events (`Tick.now`, `PoolJoined.now`).
+`broker.service` owns the I/O and feeds this. Tests feed events and assert commands.
+
+A wave is dispatched by dependency counting: a stage is sent to a pool with a free slot
+the moment every upstream stage in the wave has finished as ran or skipped. At most one
+wave is in flight; run requests arriving meanwhile are merged into the next one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from broker.events import (
+    Command,
+    Event,
+    ManifestArrived,
+    ManifestRejected,
+    PoolGone,
+    PoolHeard,
+    PoolJoined,
+    Publish,
+    PublishLog,
+    Reply,
+    ResultReceived,
+    RunRequested,
+    SendWork,
+    ShutdownRequested,
+    SnapshotRequested,
+    StageRunningReported,
+    Tick,
+)
+from pivot.pipeline.graph import StageGraph
+from pivot.pipeline.manifest import Manifest
+from pivot.protocol.messages import (
+    Heartbeat,
+    LogLine,
+    Message,
+    PipelineInvalid,
+    PipelineLoaded,
+    PoolLost,
+    PoolShutdown,
+    PoolWelcome,
+    ResultAck,
+    RunReply,
+    RunStage,
+    ShutdownReply,
+    Snapshot,
+    StageFinished,
+    StageStarted,
+    WaveFinished,
+    WaveStarted,
+)
+
+__all__ = ["BrokerState"]
+
+HEARTBEAT_S = 1.0
+LIVENESS = 3
+OK_STATUSES = frozenset({"ran", "skipped"})
+
+
+@dataclass
+class PoolInfo:
+    slots: int
+    last_heard: float
+    last_sent: float
+    attempts: set[str] = field(default_factory=set)
+
+    def free(self) -> int:
+        return self.slots - len(self.attempts)
+
+
+@dataclass
+class Wave:
+    number: int
+    stages: list[str]  # topological order
+    force: bool
+    keep_going: bool
+    waiting: dict[str, int]  # stage -> upstream stages in the wave not yet finished
+    ready: list[str] = field(default_factory=list)
+    running: dict[str, str] = field(default_factory=dict)  # attempt -> stage
+    done: dict[str, str] = field(default_factory=dict)  # stage -> final status
+    halted: bool = False  # fail-fast tripped: dispatch nothing new
+
+
+@dataclass
+class PendingRun:
+    stages: set[str] | None  # None = every stage
+    force: bool
+    keep_going: bool
+
+
+class BrokerState:
+    def __init__(self, heartbeat_s: float = HEARTBEAT_S, liveness: int = LIVENESS) -> None:
+        self.heartbeat_s = heartbeat_s
+        self.liveness = liveness
+        self.pools: dict[str, PoolInfo] = {}
+        self.manifest: Manifest | None = None
+        self.graph: StageGraph | None = None
+        self.pipeline_error: dict[str, Any] | None = None
+        self.pending: PendingRun | None = None
+        self.wave: Wave | None = None
+        self.wave_count = 0
+        self.last_wave: dict[str, Any] | None = None
+        self.stage_view: dict[str, dict[str, Any]] = {}
+        self.seq = 0
+        self.attempt_count = 0
+        self.stopping = False
+        self._out: list[Command] = []
+
+    # --- entry point ---------------------------------------------------------------
+
+    def handle(self, event: Event) -> list[Command]:
+        self._out = []
+        match event:
+            case PoolJoined():
+                self._pool_joined(event)
+            case PoolHeard():
+                pool = self.pools.get(event.pool)
+                if pool is not None:
+                    pool.last_heard = event.now
+            case PoolGone():
+                self._pool_gone(event.pool, event.reason)
+            case ManifestArrived():
+                self._manifest_arrived(event.manifest, event.graph)
+            case ManifestRejected():
+                self.pipeline_error = {"message": event.message, "detail": event.detail}
+                self._publish(PipelineInvalid(event.message, event.detail))
+            case RunRequested():
+                self._run_requested(event)
+            case SnapshotRequested():
+                self._out.append(Reply(event.client, self.snapshot()))
+            case ShutdownRequested():
+                self.stopping = True
+                for name in self.pools:
+                    self._out.append(SendWork(name, PoolShutdown()))
+                self._out.append(Reply(event.client, ShutdownReply()))
+            case StageRunningReported():
+                self._stage_running(event)
+            case ResultReceived():
+                self._result(event)
+            case Tick():
+                self._tick(event.now)
+        self._maybe_start_wave()
+        self._dispatch()
+        return self._out
+
+    # --- pools ---------------------------------------------------------------------
+
+    def _pool_joined(self, event: PoolJoined) -> None:
+        if event.pool in self.pools:  # a restarted pool reusing its name: old one is gone
+            self._pool_gone(event.pool, "pool reconnected")
+        self.pools[event.pool] = PoolInfo(max(1, event.slots), event.now, event.now)
+        self._send(event.pool, PoolWelcome(event.pool, self.heartbeat_s, self.liveness))
+
+    def _pool_gone(self, name: str, reason: str) -> None:
+        pool = self.pools.pop(name, None)
+        if pool is None:
+            return
+        wave = self.wave
+        lost = sorted(wave.running.pop(a) for a in pool.attempts if wave and a in wave.running)
+        self._publish(PoolLost(name, reason, lost))
+        if wave is None:
+            return
+        for stage in lost:
+            # Back in the queue: the pool that replaces this one runs it again.
+            self._set_view(stage, "pending", "pool_lost", f"its pool was lost: {reason}", 0.0)
+            wave.ready.append(stage)
+        wave.ready.sort(key=wave.stages.index)
+
+    def _tick(self, now: float) -> None:
+        deadline = self.heartbeat_s * self.liveness
+        for name, pool in list(self.pools.items()):
+            if now - pool.last_heard > deadline:
+                self._pool_gone(name, f"no heartbeat for {now - pool.last_heard:.1f} s")
+            elif now - pool.last_sent >= self.heartbeat_s:
+                self._send(name, Heartbeat(name))
+
+    def _send(self, pool: str, msg: Message) -> None:
+        info = self.pools.get(pool)
+        if info is not None and isinstance(msg, (Heartbeat, RunStage, PoolWelcome)):
+            # any message counts as a heartbeat for the pool's liveness check
+            pass
+        self._out.append(SendWork(pool, msg))
+
+    def note_sent(self, pool: str, now: float) -> None:
+        """The service reports when it last wrote to a pool (heartbeats are skipped then)."""
+        info = self.pools.get(pool)
+        if info is not None:
+            info.last_sent = now
+
+    # --- manifest ------------------------------------------------------------------
+
+    def _manifest_arrived(self, manifest: Manifest, graph: StageGraph) -> None:
+        old = self.manifest.by_name if self.manifest else {}
+        new = manifest.by_name
+        added = sorted(set(new) - set(old))
+        removed = sorted(set(old) - set(new))
+        changed = sorted(n for n in set(old) & set(new) if old[n] != new[n])
+        self.manifest, self.graph, self.pipeline_error = manifest, graph, None
+        for name in graph.order:
+            self.stage_view.setdefault(name, self._view("pending", "", "", 0.0))
+        for name in removed:
+            self.stage_view.pop(name, None)
+        self._publish(PipelineLoaded(added, removed, changed))
+
+    # --- runs and waves ------------------------------------------------------------
+
+    def _run_requested(self, event: RunRequested) -> None:
+        if self.stopping:
+            self._out.append(Reply(event.client, RunReply(False, "the engine is shutting down")))
+            return
+        if self.manifest is not None:
+            unknown = sorted(set(event.stages) - set(self.manifest.by_name))
+            if unknown:
+                known = ", ".join(self.manifest.by_name)
+                msg = f"unknown stage(s): {', '.join(unknown)}; stages are: {known}"
+                self._out.append(Reply(event.client, RunReply(False, msg)))
+                return
+        targets = set(event.stages) if event.stages else None
+        if self.pending is None:
+            self.pending = PendingRun(targets, event.force, event.keep_going)
+        else:
+            p = self.pending
+            p.stages = None if p.stages is None or targets is None else p.stages | targets
+            p.force = p.force or event.force
+            p.keep_going = event.keep_going
+        self._out.append(Reply(event.client, RunReply(True, "queued")))
+
+    def _maybe_start_wave(self) -> None:
+        if self.wave is not None or self.pending is None or self.stopping:
+            return
+        if self.graph is None or self.manifest is None or not self.pools:
+            return
+        run, self.pending = self.pending, None
+        unknown = run.stages - set(self.manifest.by_name) if run.stages else set()
+        wanted = self.graph.with_upstream(sorted((run.stages or set()) - unknown)) if run.stages else set(self.graph.order)
+        stages = [s for s in self.graph.order if s in wanted]
+        self.wave_count += 1
+        wave = Wave(
+            self.wave_count,
+            stages,
+            run.force,
+            run.keep_going,
+            waiting={s: len(self.graph.upstream[s] & wanted) for s in stages},
+        )
+        wave.ready = [s for s in stages if wave.waiting[s] == 0]
+        self.wave = wave
+        for s in stages:
+            self._set_view(s, "pending", "", "", 0.0)
+        self._publish(WaveStarted(wave.number, stages))
+        self._maybe_finish_wave()
+
+    def _dispatch(self) -> None:
+        wave = self.wave
+        if wave is None or wave.halted or self.stopping:
+            return
+        for name, pool in self.pools.items():
+            while wave.ready and pool.free() > 0:
+                stage = wave.ready.pop(0)
+                self.attempt_count += 1
+                attempt = f"w{wave.number}-{self.attempt_count}"
+                wave.running[attempt] = stage
+                pool.attempts.add(attempt)
+                self._set_view(stage, "running", "", "", 0.0)
+                self._send(name, RunStage(wave.number, stage, attempt, wave.force))
+
+    def _stage_running(self, event: StageRunningReported) -> None:
+        wave = self.wave
+        if wave is None or event.attempt not in wave.running:
+            return
+        stage = wave.running[event.attempt]
+        self._set_view(stage, "running", event.reason_code, event.reason, 0.0)
+        self._publish(StageStarted(wave.number, stage, event.reason_code, event.reason))
+
+    def _result(self, event: ResultReceived) -> None:
+        self._send(event.pool, ResultAck(event.attempt))
+        pool = self.pools.get(event.pool)
+        if pool is not None:
+            pool.attempts.discard(event.attempt)
+        wave = self.wave
+        if wave is None or event.attempt not in wave.running:
+            return  # a duplicate, or an attempt that was already declared lost
+        stage = wave.running.pop(event.attempt)
+        for stream, line in event.logs:
+            self._out.append(PublishLog(LogLine(stage, stream, line)))
+        self._finish(stage, event.status, event.reason_code, event.reason, event.duration_s, event.error)
+        if event.status in OK_STATUSES:
+            for d in sorted(self._downstream_in_wave(stage, direct=True)):
+                wave.waiting[d] -= 1
+                if wave.waiting[d] == 0 and d not in wave.done:
+                    wave.ready.append(d)
+            wave.ready.sort(key=wave.stages.index)
+        else:
+            self._block_downstream(stage)
+            if not wave.keep_going:
+                wave.halted = True
+                self._cancel_rest()
+        self._maybe_finish_wave()
+
+    def _downstream_in_wave(self, stage: str, direct: bool = False) -> set[str]:
+        assert self.graph is not None and self.wave is not None
+        members = set(self.wave.stages)
+        found = self.graph.downstream[stage] if direct else self.graph.downstream_of({stage})
+        return set(found) & members
+
+    def _block_downstream(self, failed: str) -> None:
+        wave = self.wave
+        assert wave is not None
+        for d in sorted(self._downstream_in_wave(failed), key=wave.stages.index):
+            if d not in wave.done and d not in wave.running.values():
+                if d in wave.ready:
+                    wave.ready.remove(d)
+                self._finish(d, "blocked", "blocked", f"blocked by failed upstream {failed!r}", 0.0, None)
+
+    def _cancel_rest(self) -> None:
+        wave = self.wave
+        assert wave is not None
+        running = set(wave.running.values())
+        for s in wave.stages:
+            if s not in wave.done and s not in running:
+                self._finish(s, "cancelled", "cancelled", "not started: an earlier stage failed", 0.0, None)
+        wave.ready.clear()
+
+    def _finish(
+        self, stage: str, status: str, code: str, reason: str, duration: float, error: str | None
+    ) -> None:
+        wave = self.wave
+        assert wave is not None
+        wave.done[stage] = status
+        self._set_view(stage, status, code, reason, duration, error)
+        self._publish(StageFinished(wave.number, stage, status, code, reason, duration, error))
+
+    def _maybe_finish_wave(self) -> None:
+        wave = self.wave
+        if wave is None or len(wave.done) < len(wave.stages):
+            return
+        by_status: dict[str, list[str]] = {}
+        for s in wave.stages:
+            by_status.setdefault(wave.done[s], []).append(s)
+        msg = WaveFinished(
+            wave.number,
+            *(by_status.get(k, []) for k in ("ran", "skipped", "failed", "blocked", "cancelled", "lost")),
+        )
+        self.last_wave = {
+            "wave": msg.wave, "ran": msg.ran, "skipped": msg.skipped, "failed": msg.failed,
+            "blocked": msg.blocked, "cancelled": msg.cancelled, "lost": msg.lost,
+        }
+        self.wave = None
+        self._publish(msg)
+
+    # --- snapshot ------------------------------------------------------------------
+
+    @staticmethod
+    def _view(status: str, code: str, reason: str, duration: float, error: str | None = None) -> dict[str, Any]:
+        return {"status": status, "reason_code": code, "reason": reason,
+                "duration_s": duration, "error": error}
+
+    def _set_view(
+        self, stage: str, status: str, code: str, reason: str, duration: float, error: str | None = None
+    ) -> None:
+        view = self._view(status, code, reason, duration, error)
+        view["wave"] = self.wave.number if self.wave else self.wave_count
+        self.stage_view[stage] = view
+
+    def snapshot(self) -> Snapshot:
+        order = list(self.graph.order) if self.graph else sorted(self.stage_view)
+        return Snapshot(
+            seq=self.seq,
+            wave=self.wave.number if self.wave else self.wave_count,
+            wave_running=self.wave is not None,
+            stages={k: dict(v) for k, v in self.stage_view.items()},
+            order=order,
+            pipeline_error=self.pipeline_error,
+            last_wave=self.last_wave,
+        )
+
+    def _publish(self, msg: Message) -> None:
+        self.seq += 1
+        self._out.append(Publish(msg, self.seq))
+
+    # --- invariants (tests call this after every step) -----------------------------
+
+    def validate(self) -> None:
+        wave = self.wave
+        in_flight = {a for p in self.pools.values() for a in p.attempts}
+        if wave is None:
+            return
+        running = set(wave.running.values())
+        assert len(running) == len(wave.running), "a stage has two live attempts"
+        assert set(wave.running) <= in_flight | set(wave.running), "attempt without a pool"
+        for s in wave.ready:
+            assert s not in wave.done and s not in running, f"{s} ready but done/running"
+        for s in wave.done:
+            assert s not in running, f"{s} done but still running"
+        for p in self.pools.values():
+            assert len(p.attempts) <= p.slots, "pool over its slots"

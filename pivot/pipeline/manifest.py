@@ -1,0 +1,98 @@
+"""The manifest: what the loader learns from the user's pipeline, sent to the broker.
+
+It is plain data (no functions), so the broker and the pool can plan, decide and
+schedule without ever importing user code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pivot.errors import ProtocolError
+
+__all__ = ["Manifest", "StageSpec"]
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    module: str  # importable module that registers the stage (e.g. "pipeline")
+    func: str  # qualified name of the function, for messages
+    deps: tuple[str, ...]
+    outs: tuple[str, ...]  # every declared output, metrics included
+    metrics: tuple[str, ...]
+    params: dict[str, Any]  # resolved: defaults, then stage(params=), then params.yaml
+    fingerprint: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "module": self.module,
+            "func": self.func,
+            "deps": list(self.deps),
+            "outs": list(self.outs),
+            "metrics": list(self.metrics),
+            "params": self.params,
+            "fingerprint": self.fingerprint,
+        }
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> StageSpec:
+        try:
+            return cls(
+                name=_str(d["name"]),
+                module=_str(d["module"]),
+                func=_str(d["func"]),
+                deps=_strs(d["deps"]),
+                outs=_strs(d["outs"]),
+                metrics=_strs(d["metrics"]),
+                params=_map(d["params"]),
+                fingerprint=_str(d["fingerprint"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"malformed stage in manifest: {exc!r}") from exc
+
+
+@dataclass(frozen=True)
+class Manifest:
+    stages: tuple[StageSpec, ...]  # registration order
+    sources: tuple[str, ...] = ()  # project-local source files the stages depend on
+    warnings: tuple[str, ...] = ()
+    by_name: dict[str, StageSpec] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "by_name", {s.name: s for s in self.stages})
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "stages": [s.to_wire() for s in self.stages],
+            "sources": list(self.sources),
+            "warnings": list(self.warnings),
+        }
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> Manifest:
+        try:
+            stages = tuple(StageSpec.from_wire(s) for s in d["stages"])
+            return cls(stages, _strs(d["sources"]), _strs(d["warnings"]))
+        except (KeyError, TypeError) as exc:
+            raise ProtocolError(f"malformed manifest: {exc!r}") from exc
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str):
+        raise TypeError(f"expected str, got {type(v).__name__}")
+    return v
+
+
+def _map(v: Any) -> dict[str, Any]:
+    if not isinstance(v, dict) or not all(isinstance(k, str) for k in v):
+        raise TypeError(f"expected a str-keyed map, got {type(v).__name__}")
+    return v
+
+
+def _strs(v: Any) -> tuple[str, ...]:
+    if not isinstance(v, list):
+        raise TypeError(f"expected list, got {type(v).__name__}")
+    return tuple(_str(x) for x in v)

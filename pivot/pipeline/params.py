@@ -1,0 +1,119 @@
+"""Stage params: keyword defaults, overridden by stage(params=...), then by params.yaml."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pivot.errors import PipelineError
+
+__all__ = ["PARAMS_FILE", "defaults_of", "load_params_file", "resolve"]
+
+PARAMS_FILE = "params.yaml"
+_SCALARS = (bool, int, float, str)
+
+
+def defaults_of(stage_name: str, func: Callable[..., Any]) -> dict[str, Any]:
+    """The function's params: every parameter must have a default (that is its value)."""
+    result: dict[str, Any] = {}
+    for p in inspect.signature(func).parameters.values():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if p.default is p.empty:
+            raise PipelineError(
+                f"stage {stage_name!r}: parameter {p.name!r} of {func.__qualname__}() has no "
+                "default; stage parameters are params and need a default value"
+            )
+        _check_value(stage_name, p.name, p.default, "default")
+        result[p.name] = _plain(p.default)
+    return result
+
+
+def load_params_file(root: Path) -> dict[str, dict[str, Any]]:
+    path = root / PARAMS_FILE
+    if not path.exists():
+        return {}
+    import yaml  # only the loader pays for it
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise PipelineError(f"{PARAMS_FILE}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise PipelineError(
+            f"{PARAMS_FILE}: expected a mapping of stage name -> {{param: value}}, "
+            f"got {type(data).__name__}"
+        )
+    for name, values in data.items():
+        if not isinstance(values, dict):
+            raise PipelineError(
+                f"{PARAMS_FILE}: entry {name!r} must be a mapping of param -> value, "
+                f"got {type(values).__name__}"
+            )
+    return data
+
+
+def resolve(
+    stage_name: str,
+    defaults: dict[str, Any],
+    overrides: dict[str, Any],
+    from_file: dict[str, Any] | None,
+) -> dict[str, Any]:
+    resolved = dict(defaults)
+    for source, values in (("stage(params=...)", overrides), (PARAMS_FILE, from_file or {})):
+        for key, value in values.items():
+            if key not in defaults:
+                known = ", ".join(sorted(defaults)) or "none"
+                raise PipelineError(
+                    f"{source}: stage {stage_name!r} has no param {key!r} (its params: {known})"
+                )
+            _check_value(stage_name, key, value, source)
+            resolved[key] = _coerce(stage_name, key, defaults[key], _plain(value), source)
+    return resolved
+
+
+def _coerce(stage_name: str, key: str, default: Any, value: Any, source: str) -> Any:
+    if default is None or value is None:
+        return value
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if type(default) is not type(value):
+        raise PipelineError(
+            f"{source}: stage {stage_name!r} param {key!r} expects {type(default).__name__} "
+            f"(the default is {default!r}), got {type(value).__name__} {value!r}"
+        )
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """Tuples become lists: params travel as msgpack and are compared with lock files."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _check_value(stage_name: str, key: str, value: Any, source: str) -> None:
+    if value is None or isinstance(value, _SCALARS):
+        return
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            _check_value(stage_name, key, item, source)
+        return
+    if isinstance(value, dict):
+        for k, item in value.items():
+            if not isinstance(k, str):
+                break
+            _check_value(stage_name, key, item, source)
+        else:
+            return
+    raise PipelineError(
+        f"{source}: stage {stage_name!r} param {key!r} = {value!r} is a "
+        f"{type(value).__name__}; params must be int, float, str, bool, None, "
+        "or lists / str-keyed maps of those"
+    )

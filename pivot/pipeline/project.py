@@ -1,0 +1,41 @@
+"""Where a project lives: the folder holding `pipeline.py`, and Pivot's state under it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pivot.errors import UserError
+
+__all__ = ["PIPELINE_FILE", "find_root", "pivot_dir"]
+
+PIPELINE_FILE = "pipeline.py"
+STATE_DIR = ".pivot"
+
+_GITIGNORE = """\
+# Written by `pivot init`: commit the lock files, keep the rest local.
+/*
+!/.gitignore
+!/stages/
+"""
+
+
+def find_root(start: Path | None = None) -> Path:
+    """Walk up from `start` (the current directory) to the folder with pipeline.py."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / PIPELINE_FILE).is_file():
+            return folder
+    raise UserError(
+        f"no {PIPELINE_FILE} found in {here} or any parent folder; "
+        f"run Pivot inside a project, or create {PIPELINE_FILE} with @stage functions"
+    )
+
+
+def pivot_dir(root: Path) -> Path:
+    """The project's `.pivot/` folder, created with its .gitignore on first use."""
+    state = root / STATE_DIR
+    (state / "stages").mkdir(parents=True, exist_ok=True)
+    gitignore = state / ".gitignore"
+    if not gitignore.exists():
+        gitignore.write_text(_GITIGNORE)
+    return state

@@ -1,0 +1,129 @@
+"""The stage decorator: the one API user pipelines import.
+
+    @stage(deps=["data/raw.csv"], outs=["data/clean.csv"])
+    def clean(threshold: float = 0.5) -> None: ...
+
+    for size in ("small", "large"):
+        stage(name=f"train@{size}", params={"size": size}, deps=[...], outs=[...])(train)
+
+Registration only records the declaration; validation that needs the whole pipeline
+(graph, params.yaml) happens in the loader. Kept free of heavy imports: every worker
+and user module imports this.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from pivot.errors import PipelineError
+
+__all__ = ["StageDecl", "clear_registry", "registered", "stage"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]*$")
+
+
+@dataclass(frozen=True)
+class StageDecl:
+    name: str
+    func: Callable[..., Any]
+    deps: tuple[str, ...]
+    outs: tuple[str, ...]
+    metrics: tuple[str, ...]
+    params: dict[str, Any] = field(default_factory=dict)  # overrides of the defaults
+
+
+# Registration order matters (it is the pipeline's listing order). The loader and each
+# worker are fresh processes, so one registry per process is exactly one pipeline.
+_registry: dict[str, StageDecl] = {}
+
+
+def registered() -> dict[str, StageDecl]:
+    return _registry
+
+
+def clear_registry() -> None:
+    _registry.clear()
+
+
+def stage(
+    deps: Iterable[str] = (),
+    outs: Iterable[str] = (),
+    metrics: Iterable[str] = (),
+    *,
+    name: str | None = None,
+    params: dict[str, Any] | None = None,
+) -> Callable[[F], F]:
+    """Declare a stage. Returns the function unchanged, so it stays callable."""
+    if callable(deps):
+        raise PipelineError(
+            f"@stage on {getattr(deps, '__qualname__', deps)!r} needs parentheses: "
+            "write @stage(deps=[...], outs=[...]) or @stage()"
+        )
+    dep_list = _paths("deps", deps, name)
+    out_list = _paths("outs", outs, name)
+    metric_list = _paths("metrics", metrics, name)
+
+    def register(func: F) -> F:
+        stage_name = name if name is not None else getattr(func, "__name__", "")
+        where = f"stage {stage_name!r}"
+        if not callable(func) or not hasattr(func, "__code__"):
+            raise PipelineError(f"{where}: @stage must decorate a function, got {func!r}")
+        qualname = func.__qualname__
+        if "<locals>" in qualname or "." in qualname or func.__name__ == "<lambda>":
+            raise PipelineError(
+                f"{where}: function {qualname!r} in {func.__module__} is not at module level; "
+                "workers import stage functions by name, so define it at the top of a module"
+            )
+        if not isinstance(stage_name, str) or not _NAME_RE.match(stage_name):
+            raise PipelineError(
+                f"stage name {stage_name!r} is invalid: use letters, digits, '_', '-', '.', '@'"
+            )
+        if stage_name in _registry:
+            first = _registry[stage_name].func
+            raise PipelineError(
+                f"duplicate stage name {stage_name!r}: {_where(first)} and {_where(func)}; "
+                "give variants distinct names with stage(name=...)"
+            )
+        overrides = dict(params or {})
+        _check_overrides(stage_name, func, overrides)
+        _registry[stage_name] = StageDecl(
+            stage_name, func, tuple(dep_list), tuple(out_list + metric_list),
+            tuple(metric_list), overrides,
+        )
+        return func
+
+    return register
+
+
+def _where(func: Callable[..., Any]) -> str:
+    code = getattr(func, "__code__", None)
+    if code is None:
+        return repr(func)
+    return f"{func.__qualname__} ({code.co_filename}:{code.co_firstlineno})"
+
+
+def _check_overrides(stage_name: str, func: Callable[..., Any], overrides: dict[str, Any]) -> None:
+    known = set(inspect.signature(func).parameters)
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise PipelineError(
+            f"stage {stage_name!r}: params={unknown} are not parameters of {func.__qualname__}()"
+        )
+
+
+def _paths(field_name: str, paths: Iterable[str], stage_name: str | None) -> list[str]:
+    where = f"stage {stage_name!r}" if stage_name else "@stage"
+    if isinstance(paths, str):
+        raise PipelineError(f"{where}: {field_name} must be a list of paths, not the string {paths!r}")
+    result = []
+    for p in paths:
+        if not isinstance(p, str) or not p.strip():
+            raise PipelineError(f"{where}: {field_name} holds {p!r}, expected a path string")
+        result.append(p)
+    return result

@@ -1,0 +1,172 @@
+"""msgpack codec with a versioned envelope. Strict on decode, never pickles.
+
+Wire form of every message, a msgpack map:
+    {"v": version, "k": kind tag, "id": message id, "p": parent id or None,
+     "s": sender, "n": sequence number, "t": unix time, "b": {field: value, ...}}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import time
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from pivot.errors import ProtocolError
+from pivot.protocol.messages import MESSAGES, Message
+
+__all__ = ["PROTOCOL_VERSION", "Envelope", "decode", "encode", "new_id"]
+
+PROTOCOL_VERSION = 1
+_ENVELOPE_KEYS = frozenset({"v", "k", "id", "p", "s", "n", "t", "b"})
+
+
+def _build_registry() -> dict[str, tuple[type[Message], dict[str, Any]]]:
+    registry: dict[str, tuple[type[Message], dict[str, Any]]] = {}
+    for cls in MESSAGES:
+        if not cls.TAG:
+            raise TypeError(f"message class {cls.__name__} has no TAG")
+        if cls.TAG in registry:
+            other = registry[cls.TAG][0].__name__
+            raise TypeError(f"duplicate wire tag {cls.TAG!r}: {cls.__name__} and {other}")
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+        registry[cls.TAG] = (cls, fields)
+    return registry
+
+
+_REGISTRY = _build_registry()
+_ids = itertools.count(1)
+_ID_PREFIX = f"{os.getpid():x}-{int(time.time() * 1000) & 0xFFFFFF:x}"
+
+
+def new_id() -> str:
+    """A message id unique across processes for the life of a run."""
+    return f"{_ID_PREFIX}-{next(_ids):x}"
+
+
+@dataclass(frozen=True)
+class Envelope:
+    msg: Message
+    id: str
+    parent: str | None
+    sender: str
+    seq: int
+    ts: float
+
+
+def encode(
+    msg: Message,
+    *,
+    sender: str,
+    seq: int = 0,
+    parent: str | None = None,
+    msg_id: str | None = None,
+    ts: float | None = None,
+) -> bytes:
+    body = {f.name: getattr(msg, f.name) for f in dataclasses.fields(msg)}
+    wire = {
+        "v": PROTOCOL_VERSION,
+        "k": msg.TAG,
+        "id": msg_id if msg_id is not None else new_id(),
+        "p": parent,
+        "s": sender,
+        "n": seq,
+        "t": time.time() if ts is None else ts,
+        "b": body,
+    }
+    packed: bytes = msgpack.packb(wire, use_bin_type=True)
+    return packed
+
+
+def decode(data: bytes) -> Envelope:
+    try:
+        wire = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise ProtocolError(f"not a msgpack message: {exc}") from exc
+    if not isinstance(wire, dict):
+        raise ProtocolError(f"envelope is a {type(wire).__name__}, not a map")
+    keys = set(wire)
+    if keys != _ENVELOPE_KEYS:
+        missing = sorted(_ENVELOPE_KEYS - keys)
+        extra = sorted(str(k) for k in keys - _ENVELOPE_KEYS)
+        raise ProtocolError(f"bad envelope: missing {missing}, extra {extra}")
+    version = wire["v"]
+    if type(version) is not int or version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"protocol version {wire['v']!r}, expected {PROTOCOL_VERSION}: "
+            "every Pivot process of one stack must be the same version"
+        )
+    kind = wire["k"]
+    entry = _REGISTRY.get(kind) if isinstance(kind, str) else None
+    if entry is None:
+        raise ProtocolError(f"unknown message kind {kind!r}")
+    cls, fields = entry
+    _check_envelope(wire)
+    body = wire["b"]
+    if not isinstance(body, dict):
+        raise ProtocolError(f"{kind}: body is a {type(body).__name__}, not a map")
+    missing = sorted(set(fields) - set(body))
+    extra = sorted(str(k) for k in set(body) - set(fields))
+    if missing or extra:
+        raise ProtocolError(f"{kind}: missing fields {missing}, extra fields {extra}")
+    for name, hint in fields.items():
+        if not _matches(body[name], hint):
+            raise ProtocolError(
+                f"{kind}.{name}: expected {_describe(hint)}, got {type(body[name]).__name__}"
+            )
+    msg = cls(**body)
+    return Envelope(msg, wire["id"], wire["p"], wire["s"], wire["n"], float(wire["t"]))
+
+
+def _check_envelope(wire: dict[str, Any]) -> None:
+    checks = (
+        ("id", str),
+        ("s", str),
+        ("n", int),
+        ("t", (int, float)),
+    )
+    for key, typ in checks:
+        if not isinstance(wire[key], typ) or isinstance(wire[key], bool):
+            raise ProtocolError(f"bad envelope field {key!r}: {wire[key]!r}")
+    if wire["p"] is not None and not isinstance(wire["p"], str):
+        raise ProtocolError(f"bad envelope field 'p': {wire['p']!r}")
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    if hint is Any:
+        return True
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint in (str, bytes):
+        return isinstance(value, hint)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_matches(v, item) for v in value)
+    if origin is dict:
+        key, item = typing.get_args(hint)
+        return isinstance(value, dict) and all(
+            _matches(k, key) and _matches(v, item) for k, v in value.items()
+        )
+    raise TypeError(f"unsupported field type {hint!r} in a message")
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) is not None:
+        return str(hint)
+    return getattr(hint, "__name__", None) or str(hint)

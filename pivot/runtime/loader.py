@@ -1,0 +1,130 @@
+"""The loader: a fresh interpreter that imports the user's pipeline and reports a manifest.
+
+    python -P -m pivot.runtime.loader ROOT --result-fd FD
+
+Writes one msgpack map to FD: {"ok": True, "manifest": {...}} or
+{"ok": False, "message": ..., "detail": <the user's traceback>}. User code may print
+anything to stdout/stderr while importing; the result travels on its own pipe.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from pivot.errors import PipelineError
+from pivot.pipeline import params as params_mod
+from pivot.pipeline.manifest import Manifest, StageSpec
+from pivot.pipeline.paths import normalize
+from pivot.pipeline.project import PIPELINE_FILE
+from pivot.pipeline.stage import clear_registry, registered
+from pivot.runtime.usertb import user_traceback
+from pivot.state.fingerprint import function_fingerprint
+
+__all__ = ["PIPELINE_MODULE", "build_manifest", "import_pipeline", "main"]
+
+PIPELINE_MODULE = PIPELINE_FILE.removesuffix(".py")
+
+
+def import_pipeline(root: Path) -> None:
+    """Import the user's pipeline module (registering its stages) with root as cwd."""
+    os.chdir(root)
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    if PIPELINE_MODULE in sys.modules:
+        return
+    clear_registry()
+    try:
+        importlib.import_module(PIPELINE_MODULE)
+    except PipelineError:
+        raise
+    except BaseException as exc:
+        # A SyntaxError's own message names the file and line; the traceback adds the rest.
+        raise PipelineError(
+            f"{PIPELINE_FILE} failed to import: {type(exc).__name__}: {exc}",
+            detail=user_traceback(exc),
+        ) from None
+
+
+def build_manifest(root: Path) -> Manifest:
+    import_pipeline(root)
+    decls = registered()
+    if not decls:
+        raise PipelineError(f"{PIPELINE_FILE} declares no stages; decorate functions with @stage")
+    from_file = params_mod.load_params_file(root)
+    stages = []
+    for decl in decls.values():
+        defaults = params_mod.defaults_of(decl.name, decl.func)
+        resolved = params_mod.resolve(decl.name, defaults, decl.params, from_file.get(decl.name))
+        stages.append(
+            StageSpec(
+                name=decl.name,
+                module=PIPELINE_MODULE,
+                func=f"{decl.func.__module__}.{decl.func.__qualname__}",
+                deps=_unique(decl.name, "deps", decl.deps),
+                outs=_unique(decl.name, "outs", decl.outs),
+                metrics=tuple(normalize(decl.name, "metrics", m) for m in decl.metrics),
+                params=resolved,
+                fingerprint=function_fingerprint(decl.func),
+            )
+        )
+    warnings = tuple(
+        f"{params_mod.PARAMS_FILE}: no stage named {name!r}; its params are ignored"
+        for name in from_file
+        if name not in decls
+    )
+    return Manifest(tuple(stages), _project_sources(root), warnings)
+
+
+def _unique(stage: str, field: str, paths: tuple[str, ...]) -> tuple[str, ...]:
+    seen: dict[str, None] = {}
+    for p in paths:
+        seen.setdefault(normalize(stage, field, p), None)
+    return tuple(seen)
+
+
+def _project_sources(root: Path) -> tuple[str, ...]:
+    """Project-local module files imported while loading (the watcher's "code")."""
+    found = set()
+    for mod in list(sys.modules.values()):
+        file = getattr(mod, "__file__", None)
+        if not file:
+            continue
+        path = Path(file).resolve()
+        try:
+            rel = path.relative_to(root)
+        except ValueError:
+            continue
+        if any(part in {".venv", "venv", "site-packages", ".pivot"} for part in rel.parts):
+            continue
+        found.add(rel.as_posix())
+    return tuple(sorted(found))
+
+
+def _result(root: Path) -> dict[str, Any]:
+    try:
+        manifest = build_manifest(root)
+    except PipelineError as exc:
+        return {"ok": False, "message": str(exc), "detail": exc.detail}
+    return {"ok": True, "manifest": manifest.to_wire()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 3 or args[1] != "--result-fd":
+        print("usage: python -m pivot.runtime.loader ROOT --result-fd FD", file=sys.stderr)
+        return 2
+    root, fd = Path(args[0]).resolve(), int(args[2])
+    result = _result(root)
+    import msgpack
+
+    with os.fdopen(fd, "wb") as out:
+        out.write(msgpack.packb(result, use_bin_type=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

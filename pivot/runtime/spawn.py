@@ -1,0 +1,66 @@
+"""Start Pivot's own Python processes without letting the project shadow our packages.
+
+`-P` keeps the working directory off sys.path: a user module named `workers.py`,
+`broker.py` or `pivot.py` in the project must not replace ours.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import msgpack
+
+from pivot.errors import InfraError, PipelineError
+from pivot.pipeline.manifest import Manifest
+
+__all__ = ["LOADER_TIMEOUT_S", "python_cmd", "run_loader"]
+
+LOADER_TIMEOUT_S = 300.0
+
+
+def python_cmd(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-P", "-m", module, *args]
+
+
+def run_loader(root: Path, timeout: float = LOADER_TIMEOUT_S) -> Manifest:
+    """Load the pipeline in a fresh interpreter. Raises PipelineError for user mistakes."""
+    read_fd, write_fd = os.pipe()
+    try:
+        proc = subprocess.Popen(
+            python_cmd("pivot.runtime.loader", str(root), "--result-fd", str(write_fd)),
+            cwd=root,
+            pass_fds=(write_fd,),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+    finally:
+        os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as result_pipe:
+        try:
+            output, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise PipelineError(
+                f"loading pipeline.py took longer than {timeout:.0f} s; "
+                "does importing it run heavy work at module level?"
+            ) from None
+        raw = result_pipe.read()
+    printed = output.decode(errors="replace").strip()
+    if not raw:
+        raise PipelineError(
+            f"the pipeline loader exited with code {proc.returncode} before reporting",
+            detail=printed,
+        )
+    try:
+        result = msgpack.unpackb(raw, raw=False)
+        if result["ok"]:
+            return Manifest.from_wire(result["manifest"])
+        detail = result["detail"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InfraError(f"unreadable answer from the pipeline loader: {exc!r}") from exc
+    raise PipelineError(result["message"], detail=detail)

@@ -1,0 +1,68 @@
+"""Per-stage lock files under .pivot/stages/: what the stage's last successful run saw.
+
+JSON with sorted keys and a trailing newline: deterministic, readable, diffable, and
+meant to be committed. Written atomically (temp file in the same folder + rename), so a
+crash leaves the old lock or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["StageLock", "lock_path", "read_lock", "write_lock"]
+
+
+@dataclass(frozen=True)
+class StageLock:
+    stage: str
+    code: str
+    params: dict[str, Any]
+    deps: dict[str, str]
+    outs: dict[str, str]
+
+    def to_json(self) -> str:
+        data = {
+            "stage": self.stage,
+            "code": self.code,
+            "params": self.params,
+            "deps": self.deps,
+            "outs": self.outs,
+        }
+        return json.dumps(data, sort_keys=True, indent=2) + "\n"
+
+
+def lock_path(root: Path, stage: str) -> Path:
+    return root / ".pivot" / "stages" / f"{stage}.lock"
+
+
+def read_lock(root: Path, stage: str) -> StageLock | None:
+    """The stage's lock, or None when it never ran or the file is unreadable."""
+    try:
+        data = json.loads(lock_path(root, stage).read_text())
+        return StageLock(
+            stage=str(data["stage"]),
+            code=str(data["code"]),
+            params=dict(data["params"]),
+            deps={str(k): str(v) for k, v in data["deps"].items()},
+            outs={str(k): str(v) for k, v in data["outs"].items()},
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def write_lock(root: Path, lock: StageLock) -> None:
+    path = lock_path(root, lock.stage)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{lock.stage}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(lock.to_json())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,113 @@
+"""The run directory: where one engine's ipc endpoints live, guarded by a lock.
+
+A second bind on the same ipc path succeeds and silently steals new connections, so the
+broker takes an exclusive flock on `.pivot/run/lock` before binding anything. The
+endpoints actually bound are written to `.pivot/run/endpoints.json` for clients; when
+`.pivot/run/` would pass the 107-character ipc path limit, the sockets go to a short
+per-user folder under the system temp dir and endpoints.json is the pointer to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO
+
+from pivot.errors import StackRunning
+
+__all__ = ["Endpoints", "RunDir", "read_endpoints"]
+
+IPC_PATH_LIMIT = 107
+_SOCKETS = ("work", "control", "events", "changes")
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    work: str
+    control: str
+    events: str
+    changes: str
+
+
+def run_dir_of(root: Path) -> Path:
+    return root / ".pivot" / "run"
+
+
+def read_endpoints(root: Path) -> Endpoints | None:
+    try:
+        data = json.loads((run_dir_of(root) / "endpoints.json").read_text())
+        return Endpoints(**{k: str(data[k]) for k in _SOCKETS})
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+class RunDir:
+    """Owns the run directory for the life of one broker: lock, socket folder, pointer."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.path = run_dir_of(root)
+        self._lock_file: IO[str] | None = None
+        self._socket_dir: Path | None = None
+
+    def acquire(self) -> Endpoints:
+        self.path.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.path, 0o700)
+        lock_file = open(self.path / "lock", "a+")  # noqa: SIM115 - held until release()
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock_file.seek(0)
+            holder = lock_file.read().strip() or "unknown"
+            lock_file.close()
+            raise StackRunning(
+                f"another Pivot engine (pid {holder}) is already running for {self.root}; "
+                "wait for it to finish or stop it first"
+            ) from None
+        lock_file.seek(0)
+        lock_file.truncate()
+        lock_file.write(str(os.getpid()))
+        lock_file.flush()
+        self._lock_file = lock_file
+        self._socket_dir = self._choose_socket_dir()
+        endpoints = Endpoints(
+            **{name: f"ipc://{self._socket_dir / (name + '.sock')}" for name in _SOCKETS}
+        )
+        for name in _SOCKETS:  # left by a crashed engine; we hold the lock now
+            (self._socket_dir / f"{name}.sock").unlink(missing_ok=True)
+        tmp = self.path / "endpoints.json.tmp"
+        tmp.write_text(json.dumps(asdict(endpoints), indent=2) + "\n")
+        os.replace(tmp, self.path / "endpoints.json")
+        return endpoints
+
+    def _choose_socket_dir(self) -> Path:
+        longest = self.path / "control.sock"
+        if len(str(longest)) <= IPC_PATH_LIMIT:
+            return self.path
+        digest = hashlib.sha1(str(self.root).encode()).hexdigest()[:12]
+        short = Path(tempfile.gettempdir()) / f"pivot-{os.getuid()}" / digest
+        short.parent.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(short.parent, 0o700)
+        short.mkdir(mode=0o700, exist_ok=True)
+        return short
+
+    def release(self) -> None:
+        if self._lock_file is None:
+            return
+        (self.path / "endpoints.json").unlink(missing_ok=True)
+        if self._socket_dir is not None:
+            for name in _SOCKETS:
+                (self._socket_dir / f"{name}.sock").unlink(missing_ok=True)
+            if self._socket_dir != self.path:
+                shutil.rmtree(self._socket_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+        self._lock_file.close()
+        self._lock_file = None

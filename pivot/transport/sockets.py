@@ -1,0 +1,54 @@
+"""Thin pyzmq helpers: sockets with explicit limits, and sending/receiving envelopes.
+
+Every socket gets LINGER 0 (a pending message must never hang shutdown) and a 16 MiB
+MAXMSGSIZE (a larger message is dropped by libzmq and the link reset; the receiving
+side logs it).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import zmq
+
+from pivot.errors import ProtocolError
+from pivot.protocol.codec import Envelope, decode, encode
+from pivot.protocol.messages import Message
+
+__all__ = ["MAX_MESSAGE_BYTES", "decode_or_log", "make_socket", "send_msg"]
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+def make_socket(ctx: zmq.Context[zmq.Socket[bytes]], kind: int) -> zmq.Socket[bytes]:
+    sock = ctx.socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+    return sock
+
+
+def send_msg(
+    sock: zmq.Socket[bytes],
+    msg: Message,
+    *,
+    sender: str,
+    prefix: list[bytes] | None = None,
+    seq: int = 0,
+    parent: str | None = None,
+) -> None:
+    payload = encode(msg, sender=sender, seq=seq, parent=parent)
+    if prefix:
+        sock.send_multipart([*prefix, payload], copy=False)
+    else:
+        sock.send(payload, copy=False)
+
+
+def decode_or_log(payload: bytes, where: str) -> Envelope | None:
+    """Decode a payload; a malformed or unknown message is logged and dropped."""
+    try:
+        return decode(payload)
+    except ProtocolError as exc:
+        log.warning("dropped a malformed message on %s (%d bytes): %s", where, len(payload), exc)
+        return None
