@@ -146,7 +146,10 @@ class Publish:
 
 @dataclass(frozen=True)
 class PublishLog:
+    """A log line, with its own sequence number (log lines may be dropped)."""
+
     msg: Message
+    seq: int
 
 
 Command = SendWork | Reply | Publish | PublishLog

@@ -106,6 +106,7 @@ class BrokerState:
         self.last_wave: dict[str, Any] | None = None
         self.stage_view: dict[str, dict[str, Any]] = {}
         self.seq = 0
+        self.log_seq = 0
         self.attempt_count = 0
         self.stopping = False
         self._out: list[Command] = []
@@ -179,10 +180,6 @@ class BrokerState:
                 self._send(name, Heartbeat(name))
 
     def _send(self, pool: str, msg: Message) -> None:
-        info = self.pools.get(pool)
-        if info is not None and isinstance(msg, (Heartbeat, RunStage, PoolWelcome)):
-            # any message counts as a heartbeat for the pool's liveness check
-            pass
         self._out.append(SendWork(pool, msg))
 
     def note_sent(self, pool: str, now: float) -> None:
@@ -285,7 +282,8 @@ class BrokerState:
             return  # a duplicate, or an attempt that was already declared lost
         stage = wave.running.pop(event.attempt)
         for stream, line in event.logs:
-            self._out.append(PublishLog(LogLine(stage, stream, line)))
+            self.log_seq += 1
+            self._out.append(PublishLog(LogLine(stage, stream, line), self.log_seq))
         self._finish(stage, event.status, event.reason_code, event.reason, event.duration_s, event.error)
         if event.status in OK_STATUSES:
             for d in sorted(self._downstream_in_wave(stage, direct=True)):
@@ -369,6 +367,7 @@ class BrokerState:
         order = list(self.graph.order) if self.graph else sorted(self.stage_view)
         return Snapshot(
             seq=self.seq,
+            log_seq=self.log_seq,
             wave=self.wave.number if self.wave else self.wave_count,
             wave_running=self.wave is not None,
             stages={k: dict(v) for k, v in self.stage_view.items()},

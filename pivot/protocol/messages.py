@@ -207,6 +207,7 @@ class Snapshot(Message):
 
     TAG: ClassVar[str] = "snapshot"
     seq: int
+    log_seq: int
     wave: int
     wave_running: bool
     stages: dict[str, Any]

@@ -135,6 +135,7 @@ SAMPLES: dict[type[Message], Message] = {
     SnapshotRequest: SnapshotRequest(),
     Snapshot: Snapshot(
         seq=42,
+        log_seq=17,
         wave=3,
         wave_running=True,
         stages={"prepare": {**_STAGE_ROW, "status": "ran", "error": None}, "train": _STAGE_ROW},

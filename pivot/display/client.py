@@ -1,0 +1,150 @@
+"""A display's link to the broker: live events in order, never losing a state event.
+
+The clone pattern: subscribe, wait for the broker's welcome (the subscription is then
+live), take a snapshot over the control link, and apply only events newer than it. A
+gap in state sequence numbers, or a tick announcing a newer seq than we saw, triggers a
+new snapshot. Log lines have their own counter; gaps there are only counted.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import zmq
+
+from pivot.errors import InfraError
+from pivot.protocol.codec import Envelope
+from pivot.protocol.messages import (
+    BusTick,
+    EventsWelcome,
+    Message,
+    RunReply,
+    RunRequest,
+    ShutdownReply,
+    ShutdownRequest,
+    Snapshot,
+    SnapshotRequest,
+)
+from pivot.transport.rundir import Endpoints
+from pivot.transport.sockets import decode_or_log, make_socket, send_msg
+
+__all__ = ["BROKER_SILENCE_S", "EngineClient"]
+
+BROKER_SILENCE_S = 5.0
+
+
+class EngineClient:
+    """Control requests and the event stream, for one display or CLI command."""
+
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], endpoints: Endpoints, name: str) -> None:
+        self.name = name
+        self.sub = make_socket(ctx, zmq.SUB)
+        self.sub.setsockopt(zmq.RCVHWM, 100_000)
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sub.connect(endpoints.events)
+        self.control = make_socket(ctx, zmq.DEALER)
+        self.control.connect(endpoints.control)
+        self.last_seq = 0
+        self.last_log_seq = 0
+        self.dropped_logs = 0
+        self.last_heard = time.monotonic()
+        self.joined = False
+
+    def close(self) -> None:
+        self.sub.close(linger=0)
+        self.control.close(linger=0)
+
+    # --- control requests ----------------------------------------------------------
+
+    def request(self, msg: Message, reply_type: type[Message], timeout: float = 10.0) -> Message:
+        """Send a control request and wait for its reply (other replies are dropped)."""
+        send_msg(self.control, msg, sender=self.name)
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if not self.control.poll(left * 1000):
+                break
+            env = decode_or_log(self.control.recv(), "control")
+            if env is not None and isinstance(env.msg, reply_type):
+                return env.msg
+        raise InfraError(f"the broker did not answer {msg.TAG} within {timeout:.0f} s")
+
+    def run(self, stages: list[str], force: bool, keep_going: bool) -> RunReply:
+        reply = self.request(RunRequest(stages, force, keep_going), RunReply)
+        assert isinstance(reply, RunReply)
+        return reply
+
+    def snapshot(self) -> Snapshot:
+        snap = self.request(SnapshotRequest(), Snapshot)
+        assert isinstance(snap, Snapshot)
+        return snap
+
+    def shutdown(self, timeout: float) -> None:
+        self.request(ShutdownRequest(), ShutdownReply, timeout)
+
+    # --- events --------------------------------------------------------------------
+
+    def join(self, timeout: float = 10.0) -> Snapshot:
+        """Wait until the subscription is live, then take the initial snapshot."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if not self.sub.poll(left * 1000):
+                break
+            env = self._recv_event()
+            if env is not None and isinstance(env.msg, EventsWelcome):
+                return self._resync()
+        raise InfraError(f"no welcome from the broker's event socket within {timeout:.0f} s")
+
+    def _recv_event(self) -> Envelope | None:
+        frames = self.sub.recv_multipart()
+        self.last_heard = time.monotonic()
+        if len(frames) != 2:
+            return None
+        return decode_or_log(frames[1], "events")
+
+    def _resync(self) -> Snapshot:
+        snap = self.snapshot()
+        self.last_seq = snap.seq
+        if not self.joined:  # log lines from before we joined are not ours to count
+            self.last_log_seq = snap.log_seq
+            self.joined = True
+        return snap
+
+    def events(self, poll_s: float) -> Iterator[Envelope | Snapshot | None]:
+        """Yield live events in order, a Snapshot after a gap, or None after `poll_s` idle.
+
+        Raises InfraError when the broker is silent (no event or tick) too long.
+        """
+        while True:
+            if not self.sub.poll(poll_s * 1000):
+                if time.monotonic() - self.last_heard > BROKER_SILENCE_S:
+                    raise InfraError(f"the broker has been silent for {BROKER_SILENCE_S:.0f} s")
+                yield None
+                continue
+            env = self._recv_event()
+            if env is None:
+                continue
+            msg = env.msg
+            if isinstance(msg, EventsWelcome):
+                continue
+            if isinstance(msg, BusTick):
+                if msg.log_seq > self.last_log_seq:
+                    self.dropped_logs += msg.log_seq - self.last_log_seq
+                    self.last_log_seq = msg.log_seq
+                if msg.seq > self.last_seq:
+                    yield self._resync()
+                continue
+            if msg.TAG == "log":
+                if env.seq <= self.last_log_seq:
+                    continue
+                self.dropped_logs += env.seq - self.last_log_seq - 1
+                self.last_log_seq = env.seq
+                yield env
+                continue
+            if env.seq <= self.last_seq:
+                continue  # already covered by a snapshot
+            if env.seq > self.last_seq + 1:
+                yield self._resync()
+                continue
+            self.last_seq = env.seq
+            yield env

@@ -1,0 +1,5 @@
+import sys
+
+from workers.pool import main
+
+sys.exit(main())

@@ -1,0 +1,311 @@
+"""The worker pool process: decides skip-or-run and runs stale stages on loky workers.
+
+    broker ROUTER <--DEALER-- main loop --+-- decide thread(s): hash deps/outs, read locks
+                                          +-- loader process: imports the pipeline
+                                          +-- loky executor (jobs workers): run stages
+    threads and loky callbacks never touch the socket: they put (kind, attempt, result)
+    on a queue and write one byte to a wake pipe the main loop polls.
+
+Heartbeats go out from the main loop every second; a broker silent for `liveness`
+intervals is gone and the pool exits. Results are resent until acknowledged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import queue
+import signal
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from pivot.errors import PipelineError, PivotError
+from pivot.pipeline.manifest import Manifest
+from pivot.protocol.messages import (
+    Heartbeat,
+    LoadManifest,
+    ManifestFailed,
+    ManifestLoaded,
+    Message,
+    PoolHello,
+    PoolShutdown,
+    PoolWelcome,
+    ResultAck,
+    RunStage,
+    StageResult,
+    StageRunning,
+)
+from pivot.runtime.spawn import run_loader
+from pivot.state.decide import Decision, Reason, decide
+from pivot.transport.sockets import decode_or_log, make_socket, send_msg
+
+__all__ = ["PoolService", "main"]
+
+log = logging.getLogger(__name__)
+
+RESEND_S = 1.0
+DEFAULT_HEARTBEAT_S = 1.0
+DEFAULT_LIVENESS = 3
+
+
+def usable_cpus() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass
+class Pending:
+    """A result waiting for its ack."""
+
+    msg: StageResult
+    next_send: float
+
+
+class PoolService:
+    def __init__(self, root: Path, work_endpoint: str, name: str, jobs: int) -> None:
+        self.root = root
+        self.name = name
+        self.jobs = max(1, jobs)
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.sock = make_socket(self.ctx, zmq.DEALER)
+        self.sock.setsockopt(zmq.ROUTING_ID, name.encode())
+        self.sock.connect(work_endpoint)
+        self.heartbeat_s = DEFAULT_HEARTBEAT_S
+        self.liveness = DEFAULT_LIVENESS
+        self.manifest: Manifest | None = None
+        self.unacked: dict[str, Pending] = {}
+        self.done: queue.SimpleQueue[tuple[str, str, Any]] = queue.SimpleQueue()
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_w, False)
+        self.threads = ThreadPoolExecutor(max_workers=self.jobs + 1, thread_name_prefix="decide")
+        self.executor: Any = None  # loky executor, created when a stage first must run
+        self.jobs_by_attempt: dict[str, RunStage] = {}
+        self.stopping = False
+        self.last_heard = time.monotonic()
+        self.last_sent = 0.0
+
+    # --- plumbing ------------------------------------------------------------------
+
+    def _send(self, msg: Message) -> None:
+        send_msg(self.sock, msg, sender=self.name)
+        self.last_sent = time.monotonic()
+
+    def _post(self, kind: str, attempt: str, value: Any) -> None:
+        """Hand a result to the main loop (called from threads and loky callbacks)."""
+        self.done.put((kind, attempt, value))
+        try:
+            os.write(self.wake_w, b"x")
+        except BlockingIOError:
+            pass  # the pipe is full: the loop is already due to wake
+
+    def _in_thread(self, kind: str, attempt: str, fn: Callable[[], Any]) -> None:
+        future = self.threads.submit(fn)
+        future.add_done_callback(lambda f: self._post(kind, attempt, f))
+
+    def request_stop(self, *_: object) -> None:
+        self.stopping = True
+        self._post("stop", "", None)
+
+    # --- the loop ------------------------------------------------------------------
+
+    def run(self) -> int:
+        self._send(PoolHello(self.name, os.getpid(), self.jobs))
+        self._in_thread("manifest", "", lambda: run_loader(self.root))
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        poller.register(self.wake_r, zmq.POLLIN)
+        try:
+            while not self.stopping:
+                now = time.monotonic()
+                if now - self.last_heard > self.heartbeat_s * self.liveness:
+                    log.error("broker silent for %.1f s: exiting", now - self.last_heard)
+                    return 3
+                if now - self.last_sent >= self.heartbeat_s:
+                    self._send(Heartbeat(self.name))
+                self._resend(now)
+                for sock, _ in poller.poll(self._timeout_ms(now)):
+                    if sock is self.sock:
+                        self._drain_socket()
+                    else:
+                        os.read(self.wake_r, 4096)
+                self._drain_done()
+            return 0
+        finally:
+            self._shutdown()
+
+    def _timeout_ms(self, now: float) -> float:
+        deadlines = [self.last_sent + self.heartbeat_s, self.last_heard + self.heartbeat_s * self.liveness]
+        deadlines += [p.next_send for p in self.unacked.values()]
+        return max(0.0, (min(deadlines) - now) * 1000)
+
+    def _resend(self, now: float) -> None:
+        for pending in self.unacked.values():
+            if now >= pending.next_send:
+                self._send(pending.msg)
+                pending.next_send = now + RESEND_S
+
+    def _drain_socket(self) -> None:
+        while True:
+            try:
+                payload = self.sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.last_heard = time.monotonic()
+            env = decode_or_log(payload, "work")
+            if env is None:
+                continue
+            match env.msg:
+                case PoolWelcome(heartbeat_s=hb, liveness=liveness):
+                    self.heartbeat_s, self.liveness = hb, liveness
+                case Heartbeat():
+                    pass
+                case RunStage() as job:
+                    self._start(job)
+                case ResultAck(attempt=attempt):
+                    self.unacked.pop(attempt, None)
+                case LoadManifest():
+                    self._in_thread("manifest", "", lambda: run_loader(self.root))
+                case PoolShutdown():
+                    self.stopping = True
+                case other:
+                    log.warning("dropped %s: not a message the broker sends a pool", other.TAG)
+
+    # --- stages --------------------------------------------------------------------
+
+    def _start(self, job: RunStage) -> None:
+        if job.attempt in self.jobs_by_attempt or job.attempt in self.unacked:
+            return  # a resent dispatch we already have
+        self.jobs_by_attempt[job.attempt] = job
+        spec = self.manifest.by_name.get(job.stage) if self.manifest else None
+        if spec is None:
+            self._finish(job.attempt, "failed", Reason.FAILED, f"stage {job.stage!r} is not in this pool's pipeline", 0.0)
+            return
+        self._in_thread("decided", job.attempt, lambda: decide(self.root, spec, job.force))
+
+    def _drain_done(self) -> None:
+        while True:
+            try:
+                kind, attempt, value = self.done.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "manifest":
+                self._manifest_done(value)
+            elif kind == "decided":
+                self._decided(attempt, value)
+            elif kind == "ran":
+                self._ran(attempt, value)
+
+    def _manifest_done(self, future: Future[Manifest]) -> None:
+        try:
+            self.manifest = future.result()
+        except PipelineError as exc:
+            self._send(ManifestFailed(self.name, str(exc), exc.detail))
+            return
+        except PivotError as exc:
+            self._send(ManifestFailed(self.name, str(exc), ""))
+            return
+        self._send(ManifestLoaded(self.name, self.manifest.to_wire()))
+
+    def _decided(self, attempt: str, future: Future[Decision]) -> None:
+        job = self.jobs_by_attempt[attempt]
+        try:
+            decision = future.result()
+        except Exception as exc:
+            log.exception("deciding %s failed", job.stage)
+            self._finish(attempt, "failed", Reason.FAILED, f"could not check the stage: {exc}", 0.0)
+            return
+        if decision.missing_deps:
+            self._finish(attempt, "failed", decision.code, decision.message, 0.0)
+            return
+        if not decision.run:
+            self._finish(attempt, "skipped", decision.code, decision.message, 0.0)
+            return
+        assert self.manifest is not None
+        spec = self.manifest.by_name[job.stage]
+        work = {
+            "root": str(self.root),
+            "stage": spec.name,
+            "params": spec.params,
+            "outs": list(spec.outs),
+            "fingerprint": spec.fingerprint,
+            "dep_hashes": decision.dep_hashes,
+            "reason_code": str(decision.code),
+            "reason": decision.message,
+        }
+        self._send(StageRunning(attempt, str(decision.code), decision.message))
+        from pivot.runtime.worker import run_stage
+
+        future_run = self._executor().submit(run_stage, work)
+        future_run.add_done_callback(lambda f: self._post("ran", attempt, f))
+
+    def _executor(self) -> Any:
+        from loky.process_executor import ProcessPoolExecutor
+
+        if self.executor is None:
+            # Workers stay warm between stages; they are replaced only on a code change.
+            self.executor = ProcessPoolExecutor(max_workers=self.jobs, timeout=3600)
+        return self.executor
+
+    def _ran(self, attempt: str, future: Future[dict[str, Any]]) -> None:
+        try:
+            r = future.result()
+        except Exception as exc:
+            # loky fails every in-flight future when one worker dies; start a fresh one.
+            if self.executor is not None:
+                self.executor.shutdown(wait=False, kill_workers=True)
+                self.executor = None
+            self._finish(attempt, "failed", Reason.WORKER_DIED, f"worker process died: {exc}", 0.0)
+            return
+        self._finish(attempt, r["status"], r["reason_code"], r["reason"], r["duration_s"], r["error"], r["logs"])
+
+    def _finish(
+        self,
+        attempt: str,
+        status: str,
+        code: str,
+        reason: str,
+        duration: float,
+        error: str | None = None,
+        logs: list[list[str]] | None = None,
+    ) -> None:
+        job = self.jobs_by_attempt.pop(attempt)
+        msg = StageResult(attempt, job.stage, status, str(code), reason, duration, error, logs or [])
+        self.unacked[attempt] = Pending(msg, time.monotonic() + RESEND_S)
+        self._send(msg)
+
+    def _shutdown(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=False, kill_workers=True)
+        self.threads.shutdown(wait=False, cancel_futures=True)
+        self.sock.close(linger=0)
+        self.ctx.term()
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m workers", description="A Pivot worker pool.")
+    parser.add_argument("--root", required=True, type=Path)
+    parser.add_argument("--work", required=True, help="the broker's work endpoint")
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--jobs", type=int, default=usable_cpus())
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s pool %(levelname)s %(message)s")
+    os.chdir(args.root)
+    service = PoolService(args.root.resolve(), args.work, args.name, args.jobs)
+    signal.signal(signal.SIGTERM, service.request_stop)
+    return service.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
