@@ -43,6 +43,7 @@ from pivot.protocol.messages import (
     StageResult,
     StageRunning,
 )
+from pivot.runtime.cpus import usable_cpus
 from pivot.runtime.spawn import run_loader
 from pivot.state.decide import Decision, Reason, decide
 from pivot.transport.sockets import decode_or_log, make_socket, send_msg
@@ -54,13 +55,6 @@ log = logging.getLogger(__name__)
 RESEND_S = 1.0
 DEFAULT_HEARTBEAT_S = 1.0
 DEFAULT_LIVENESS = 3
-
-
-def usable_cpus() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 @dataclass

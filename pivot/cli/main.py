@@ -1,0 +1,68 @@
+"""The `pivot` command line. One thin module per command; errors end here.
+
+Exit codes: 0 success, 1 a stage failed or the engine broke, 2 usage or pipeline error,
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from pivot.cli import init_cmd, list_cmd, repro_cmd, status_cmd
+from pivot.errors import InfraError, PipelineError, PivotError, UserError
+
+__all__ = ["cli", "main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Show Pivot's own log records on stderr.")
+@click.version_option(package_name="pivot", prog_name="pivot")
+def cli(verbose: bool) -> None:
+    """Pivot: pipelines that re-run only what changed.
+
+    Declare stages in pipeline.py with @stage(deps=..., outs=...), then run
+    `pivot repro`. Pivot runs stale stages, skips up-to-date ones and says why.
+    """
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+cli.add_command(init_cmd.init)
+cli.add_command(list_cmd.list_stages)
+cli.add_command(repro_cmd.repro)
+cli.add_command(status_cmd.status)
+
+
+def report(exc: PivotError) -> int:
+    """Print a Pivot error the way a user should see it; return the exit code."""
+    click.echo(f"error: {exc}", err=True)
+    if isinstance(exc, PipelineError) and exc.detail:
+        click.echo(exc.detail, err=True)
+    if isinstance(exc, UserError):
+        return 2
+    if isinstance(exc, InfraError):
+        click.echo("this looks like a Pivot problem; run again with -v for details", err=True)
+    return 1
+
+
+def main() -> None:
+    try:
+        rc = cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except PivotError as exc:
+        sys.exit(report(exc))
+    sys.exit(rc if isinstance(rc, int) else 0)

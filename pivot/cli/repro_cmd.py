@@ -1,0 +1,136 @@
+"""`pivot repro`: run the stale stages once, through the same broker and pool as `up`."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+
+import click
+
+from pivot.errors import InfraError, UserError
+from pivot.pipeline.project import find_root, pivot_dir
+from pivot.protocol.codec import Envelope
+from pivot.protocol.messages import (
+    PipelineInvalid,
+    PoolLost,
+    Snapshot,
+    WaveFinished,
+    WaveStarted,
+)
+
+POOL_EXIT_GRACE_S = 2.0
+FAILED_STATUSES = ("failed", "blocked", "cancelled", "lost")
+
+
+@dataclass
+class Outcome:
+    code: int | None = None  # set when the run is over
+    wave: int | None = None
+
+
+def display_option(func: click.decorators.FC) -> click.decorators.FC:
+    func = click.option("--json", "as_json", is_flag=True, help="Short for --display json.")(func)
+    return click.option(
+        "--display",
+        type=click.Choice(["auto", "tui", "plain", "json"]),
+        default="auto",
+        show_default=True,
+        help="auto: live view on a terminal, plain lines otherwise; json: JSON lines (docs/events.md).",
+    )(func)
+
+
+@click.command()
+@click.argument("stages", nargs=-1)
+@click.option("-f", "--force", is_flag=True, help="Run the stages even if they are up to date.")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
+              help="Stages to run at once [default: usable CPUs].")
+@click.option("--keep-going", is_flag=True,
+              help="After a failure, still run every stage not downstream of it.")
+@display_option
+def repro(
+    stages: tuple[str, ...], force: bool, jobs: int | None, keep_going: bool,
+    display: str, as_json: bool,
+) -> int:
+    """Run STAGES (default: all) and their upstream, skipping what is up to date.
+
+    Exit code 0 when every stage ran or was up to date, 1 when a stage failed or the
+    worker pool was lost, 2 for a usage or pipeline error, 130 after Ctrl-C.
+    """
+    from pivot.cli.stack import Stack
+    from pivot.display.render import make_renderer, resolve_mode
+    from pivot.runtime.cpus import usable_cpus
+
+    root = find_root()
+    pivot_dir(root)
+    mode = resolve_mode("json" if as_json else display, sys.stdout)
+    renderer = make_renderer(mode, sys.stdout, sys.stderr)
+    outcome = Outcome()
+    dropped = 0
+    try:
+        with Stack(root, jobs or usable_cpus()) as stack:
+            assert stack.client is not None
+            client = stack.client
+            client.join()
+            stack.start_pool()
+            reply = client.run(list(stages), force, keep_going)
+            if not reply.accepted:
+                raise UserError(reply.message)
+            _follow(stack, renderer, outcome)
+            dropped = client.dropped_logs
+    finally:
+        renderer.close(dropped)
+    assert outcome.code is not None
+    return outcome.code
+
+
+def _follow(stack: object, renderer: object, outcome: Outcome) -> None:
+    from pivot.cli.stack import Stack
+    from pivot.display.render import Renderer
+
+    assert isinstance(stack, Stack) and stack.client is not None
+    r: Renderer = renderer  # type: ignore[assignment]
+    pool_died_at: float | None = None
+    for item in stack.client.events(poll_s=0.1):
+        if isinstance(item, Snapshot):
+            r.resync(item)
+            _from_snapshot(item, outcome)
+        elif isinstance(item, Envelope):
+            r.event(item)
+            _from_event(item, outcome)
+        if outcome.code is not None:
+            return
+        rc = stack.pool_exit()
+        if rc is not None:
+            pool_died_at = time.monotonic()
+        if pool_died_at is not None and time.monotonic() - pool_died_at > POOL_EXIT_GRACE_S:
+            tail = stack.pool_log_tail()
+            raise InfraError(
+                f"the worker pool exited (code {stack.pool.returncode if stack.pool else '?'}) "
+                f"before the run finished; its log {stack.pool_log}:\n{tail}"
+            )
+        if not stack.broker_alive():
+            raise InfraError("the broker stopped unexpectedly; run again with -v for details")
+
+
+def _from_event(env: Envelope, outcome: Outcome) -> None:
+    msg = env.msg
+    if isinstance(msg, WaveStarted) and outcome.wave is None:
+        outcome.wave = msg.wave
+    elif isinstance(msg, WaveFinished) and msg.wave == outcome.wave:
+        bad = msg.failed or msg.blocked or msg.cancelled or msg.lost
+        outcome.code = 1 if bad else 0
+    elif isinstance(msg, PipelineInvalid):
+        outcome.code = 2
+    elif isinstance(msg, PoolLost):
+        outcome.code = 1
+
+
+def _from_snapshot(snap: Snapshot, outcome: Outcome) -> None:
+    if snap.pipeline_error is not None:
+        outcome.code = 2
+        return
+    last = snap.last_wave
+    if last is not None and not snap.wave_running and (outcome.wave in (None, last["wave"])):
+        bad = any(last.get(k) for k in FAILED_STATUSES)
+        outcome.code = 1 if bad else 0

@@ -1,0 +1,150 @@
+"""One engine for one command: the broker in a thread of this process, a pool process.
+
+The pool runs in its own session (process group) so that Ctrl-C reaches only us, and so
+that one killpg stops the pool, its loader and its loky workers together: nothing is
+left behind, whatever path the run took.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import threading
+from pathlib import Path
+from types import TracebackType
+
+import zmq
+
+from broker.service import BrokerService
+from pivot.display.client import EngineClient
+from pivot.pipeline.project import pivot_dir
+from pivot.runtime.procs import kill_group
+from pivot.runtime.spawn import python_cmd
+from pivot.transport.rundir import RunDir
+
+__all__ = ["Stack"]
+
+log = logging.getLogger(__name__)
+
+POOL_NAME = "pool-1"
+GRACE_S = 3.0
+
+
+class Stack:
+    """Context manager: binds the broker, starts the pool, and always cleans both up."""
+
+    def __init__(self, root: Path, jobs: int) -> None:
+        self.root = root
+        self.jobs = jobs
+        self.rundir = RunDir(root)
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.broker: BrokerService | None = None
+        self.thread: threading.Thread | None = None
+        self.pool: subprocess.Popen[bytes] | None = None
+        self.pool_log = pivot_dir(root) / "logs" / "pool.log"
+        self.client: EngineClient | None = None
+        self.pool_reported = False
+
+    def __enter__(self) -> Stack:
+        try:
+            endpoints = self.rundir.acquire()
+            self.broker = BrokerService(self.root, endpoints, self.ctx)
+            self.broker.bind()
+            self.thread = threading.Thread(target=self.broker.run, name="broker", daemon=True)
+            self.thread.start()
+            self.client = EngineClient(self.ctx, endpoints, "cli")
+        except BaseException:
+            self._close()
+            raise
+        return self
+
+    def start_pool(self) -> None:
+        assert self.broker is not None
+        self.pool_log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.pool_log, "wb") as out:
+            self.pool = subprocess.Popen(
+                python_cmd(
+                    "workers", "--root", str(self.root), "--work", self.broker.endpoints.work,
+                    "--name", POOL_NAME, "--jobs", str(self.jobs),
+                ),
+                cwd=self.root,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def pool_exit(self) -> int | None:
+        """The pool's exit code the first time it is seen dead (reported to the broker)."""
+        if self.pool is None or self.pool_reported:
+            return None
+        rc = self.pool.poll()
+        if rc is None:
+            return None
+        self.pool_reported = True
+        self._kill_pool_group()  # its loky workers may outlive it
+        from pivot.protocol.messages import PoolExited
+        from pivot.transport.sockets import send_msg
+
+        assert self.client is not None
+        send_msg(self.client.control, PoolExited(POOL_NAME, rc), sender="cli")
+        return rc
+
+    def broker_alive(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    def pool_log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.pool_log.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        graceful = exc_type is None
+        self._close(graceful)
+
+    # --- shutdown ------------------------------------------------------------------
+
+    def _close(self, graceful: bool = False) -> None:
+        if graceful and self.pool is not None and self.pool.poll() is None and self.client:
+            with contextlib.suppress(Exception):
+                self.client.shutdown(timeout=GRACE_S)
+                self.pool.wait(GRACE_S)
+        self._stop_pool()
+        if self.client is not None:
+            self.client.close()
+        if self.broker is not None:
+            self.broker.stop()
+        if self.thread is not None:
+            self.thread.join(GRACE_S)
+            if self.thread.is_alive():
+                log.error("the broker thread did not stop within %.0f s", GRACE_S)
+        self.ctx.destroy(linger=0)
+        self.rundir.release()
+
+    def _stop_pool(self) -> None:
+        pool = self.pool
+        if pool is None:
+            return
+        if pool.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pool.pid, signal.SIGTERM)
+            try:
+                pool.wait(GRACE_S)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pool.pid, signal.SIGKILL)
+                pool.wait(GRACE_S)
+        self._kill_pool_group()
+
+    def _kill_pool_group(self) -> None:
+        """SIGKILL whatever is left in the pool's process group (loky workers, loader)."""
+        assert self.pool is not None
+        if not kill_group(self.pool.pid, GRACE_S):
+            log.error("processes of the pool group %d survived SIGKILL", self.pool.pid)
