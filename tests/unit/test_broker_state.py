@@ -1,0 +1,306 @@
+"""The broker's state machine: feed typed events, assert the exact commands."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import pytest
+
+from broker.events import (
+    Command,
+    Event,
+    ManifestArrived,
+    ManifestRejected,
+    PoolGone,
+    PoolHeard,
+    PoolJoined,
+    Publish,
+    PublishLog,
+    Reply,
+    ResultReceived,
+    RunRequested,
+    SendWork,
+    ShutdownRequested,
+    SnapshotRequested,
+    StageRunningReported,
+    Tick,
+)
+from broker.state import BrokerState
+from pivot.pipeline.graph import build_graph
+from pivot.pipeline.manifest import Manifest, StageSpec
+from pivot.protocol.messages import (
+    Heartbeat,
+    LogLine,
+    Message,
+    PipelineInvalid,
+    PipelineLoaded,
+    PoolLost,
+    PoolShutdown,
+    PoolWelcome,
+    ResultAck,
+    RunReply,
+    RunStage,
+    ShutdownReply,
+    Snapshot,
+    StageFinished,
+    StageStarted,
+    WaveFinished,
+    WaveStarted,
+)
+
+CLIENT = b"client-1"
+
+
+def spec(name: str, deps: Iterable[str] = (), outs: Iterable[str] = ()) -> StageSpec:
+    return StageSpec(name, "pipeline", f"pipeline.{name}", tuple(deps), tuple(outs), (), {}, "fp")
+
+
+def diamond() -> Manifest:
+    """a -> (b, c) -> d, plus an unrelated stage e."""
+    return Manifest(
+        (
+            spec("a", outs=["a.txt"]),
+            spec("b", deps=["a.txt"], outs=["b.txt"]),
+            spec("c", deps=["a.txt"], outs=["c.txt"]),
+            spec("d", deps=["b.txt", "c.txt"], outs=["d.txt"]),
+            spec("e", outs=["e.txt"]),
+        )
+    )
+
+
+class Harness:
+    def __init__(self, manifest: Manifest | None = None, slots: int = 1) -> None:
+        self.state = BrokerState(heartbeat_s=1.0, liveness=3)
+        self.now = 0.0
+        self.published: list[Message] = []
+        if manifest is not None:
+            self.feed(PoolJoined("p1", slots, self.now))
+            self.feed(ManifestArrived(manifest, build_graph(manifest)))
+
+    def feed(self, event: Event) -> list[Command]:
+        commands = self.state.handle(event)
+        self.state.validate()
+        for c in commands:
+            if isinstance(c, Publish):
+                self.published.append(c.msg)
+        return commands
+
+    def run(self, *stages: str, force: bool = False, keep_going: bool = False) -> list[Command]:
+        return self.feed(RunRequested(CLIENT, stages, force, keep_going))
+
+    def result(self, attempt: str, status: str = "ran", pool: str = "p1") -> list[Command]:
+        return self.feed(ResultReceived(pool, attempt, status, "x", "because", 0.1, None, ()))
+
+
+def dispatched(commands: list[Command]) -> list[tuple[str, str, str]]:
+    return [
+        (c.pool, c.msg.stage, c.msg.attempt)
+        for c in commands
+        if isinstance(c, SendWork) and isinstance(c.msg, RunStage)
+    ]
+
+
+def published(commands: list[Command], kind: type[Message]) -> list[Message]:
+    return [c.msg for c in commands if isinstance(c, Publish) and isinstance(c.msg, kind)]
+
+
+def finished(h: Harness) -> dict[str, str]:
+    return {m.stage: m.status for m in h.published if isinstance(m, StageFinished)}
+
+
+def test_pool_hello_gets_welcome() -> None:
+    h = Harness()
+    commands = h.feed(PoolJoined("p1", 2, 0.0))
+    assert commands == [SendWork("p1", PoolWelcome("p1", 1.0, 3))]
+
+
+def test_manifest_publishes_pipeline_loaded_with_added_stages() -> None:
+    h = Harness()
+    m = diamond()
+    commands = h.feed(ManifestArrived(m, build_graph(m)))
+    assert published(commands, PipelineLoaded) == [PipelineLoaded(["a", "b", "c", "d", "e"], [], [])]
+
+
+def test_run_waits_for_manifest_and_pool_then_dispatches_roots_in_order() -> None:
+    h = Harness()
+    assert h.run()[-1] == Reply(CLIENT, RunReply(True, "queued"))
+    m = diamond()
+    assert dispatched(h.feed(ManifestArrived(m, build_graph(m)))) == []  # no pool yet
+    commands = h.feed(PoolJoined("p1", 2, 0.0))
+    assert published(commands, WaveStarted) == [WaveStarted(1, ["a", "b", "c", "d", "e"])]
+    assert [s for _, s, _ in dispatched(commands)] == ["a", "e"]
+
+
+def test_dependency_counting_dispatches_a_stage_when_its_last_upstream_finishes() -> None:
+    h = Harness(diamond(), slots=4)
+    [(_, _, a), (_, _, e)] = dispatched(h.run())
+    after_a = dispatched(h.result(a))
+    assert sorted(s for _, s, _ in after_a) == ["b", "c"]
+    (_, _, b), (_, _, c) = sorted(after_a, key=lambda t: t[1])
+    assert dispatched(h.result(b)) == []  # d still waits for c
+    assert [s for _, s, _ in dispatched(h.result(c, status="skipped"))] == ["d"]
+
+
+def test_slots_limit_dispatch() -> None:
+    h = Harness(diamond(), slots=1)
+    first = dispatched(h.run())
+    assert [s for _, s, _ in first] == ["a"]
+    second = dispatched(h.result(first[0][2]))
+    assert [s for _, s, _ in second] == ["b"]  # one slot: c waits
+
+
+def test_result_is_acked_and_a_duplicate_changes_nothing() -> None:
+    h = Harness(diamond(), slots=4)
+    [(_, _, a), _] = dispatched(h.run())
+    commands = h.result(a)
+    assert SendWork("p1", ResultAck(a)) in commands
+    again = h.result(a)
+    assert again == [SendWork("p1", ResultAck(a))]
+
+
+def test_stage_started_is_published_when_the_pool_runs_it() -> None:
+    h = Harness(diamond())
+    [(_, _, a)] = dispatched(h.run())
+    commands = h.feed(StageRunningReported("p1", a, "never_ran", "never ran"))
+    assert published(commands, StageStarted) == [StageStarted(1, "a", "never_ran", "never ran")]
+
+
+def test_logs_are_published_before_the_stage_outcome_with_their_own_counter() -> None:
+    h = Harness(diamond())
+    [(_, _, a)] = dispatched(h.run())
+    commands = h.feed(
+        ResultReceived("p1", a, "ran", "never_ran", "never ran", 0.2, None, (("stdout", "hi"), ("stderr", "warn")))
+    )
+    logs = [c for c in commands if isinstance(c, PublishLog)]
+    assert logs == [PublishLog(LogLine("a", "stdout", "hi"), 1), PublishLog(LogLine("a", "stderr", "warn"), 2)]
+    first_finish = next(i for i, c in enumerate(commands) if isinstance(c, Publish) and isinstance(c.msg, StageFinished))
+    assert commands.index(logs[-1]) < first_finish
+
+
+def test_fail_fast_blocks_downstream_cancels_the_rest_and_lets_running_finish() -> None:
+    h = Harness(diamond(), slots=2)
+    [(_, _, a), (_, _, e)] = dispatched(h.run())
+    commands = h.result(a, status="failed")
+    assert dispatched(commands) == []
+    assert finished(h) == {"a": "failed", "b": "blocked", "c": "blocked", "d": "blocked"}
+    assert published(commands, WaveFinished) == []  # e still runs
+    commands = h.result(e)
+    [wave] = published(commands, WaveFinished)
+    assert wave == WaveFinished(1, ["e"], [], ["a"], ["b", "c", "d"], [], [])
+
+
+def test_fail_fast_cancels_stages_not_downstream_of_the_failure() -> None:
+    h = Harness(diamond(), slots=1)
+    [(_, _, a)] = dispatched(h.run())
+    h.result(a, status="failed")
+    assert finished(h)["e"] == "cancelled"
+    [wave] = [m for m in h.published if isinstance(m, WaveFinished)]
+    assert wave.cancelled == ["e"] and wave.blocked == ["b", "c", "d"]
+
+
+def test_keep_going_runs_unrelated_branches() -> None:
+    h = Harness(diamond(), slots=1)
+    [(_, _, a)] = dispatched(h.run(keep_going=True))
+    commands = h.result(a, status="failed")
+    assert [s for _, s, _ in dispatched(commands)] == ["e"]
+    assert finished(h) == {"a": "failed", "b": "blocked", "c": "blocked", "d": "blocked"}
+
+
+def test_named_stages_run_with_their_upstream_only() -> None:
+    h = Harness(diamond(), slots=4)
+    commands = h.run("b")
+    assert published(commands, WaveStarted) == [WaveStarted(1, ["a", "b"])]
+
+
+def test_unknown_stage_is_rejected_with_the_known_names() -> None:
+    h = Harness(diamond())
+    [reply] = h.run("nope")
+    assert isinstance(reply, Reply) and isinstance(reply.msg, RunReply)
+    assert not reply.msg.accepted
+    assert "nope" in reply.msg.message and "a, b, c, d, e" in reply.msg.message
+
+
+def test_requests_during_a_wave_are_merged_into_the_next_wave() -> None:
+    h = Harness(diamond(), slots=4)
+    [(_, _, a)] = dispatched(h.run("a"))
+    assert published(h.run("e"), WaveStarted) == []
+    assert published(h.run("b"), WaveStarted) == []
+    commands = h.result(a)
+    [started] = published(commands, WaveStarted)
+    assert started == WaveStarted(2, ["a", "b", "e"])
+
+
+def test_heartbeats_are_sent_and_a_silent_pool_is_lost_with_its_stages_requeued() -> None:
+    h = Harness(diamond(), slots=2)
+    [(_, _, a), (_, _, e)] = dispatched(h.run())
+    assert SendWork("p1", Heartbeat("p1")) in h.feed(Tick(1.0))
+    h.feed(PoolHeard("p1", 2.0))
+    assert published(h.feed(Tick(4.9)), PoolLost) == []
+    commands = h.feed(Tick(5.1))
+    [lost] = published(commands, PoolLost)
+    assert lost.pool == "p1" and lost.stages == ["a", "e"]
+    assert "no heartbeat" in lost.reason
+    # A replacement pool gets the lost stages again, under new attempt ids.
+    again = dispatched(h.feed(PoolJoined("p2", 2, 5.2)))
+    assert [(p, s) for p, s, _ in again] == [("p2", "a"), ("p2", "e")]
+    assert {att for _, _, att in again}.isdisjoint({a, e})
+    # A late result from the dead pool's attempt is acked and ignored.
+    assert h.result(a, pool="p1") == [SendWork("p1", ResultAck(a))]
+
+
+def test_pool_gone_reports_the_exit_reason() -> None:
+    h = Harness(diamond())
+    [(_, _, a)] = dispatched(h.run())
+    [lost] = published(h.feed(PoolGone("p1", "pool process killed by SIGKILL")), PoolLost)
+    assert lost == PoolLost("p1", "pool process killed by SIGKILL", ["a"])
+
+
+def test_manifest_rejected_publishes_the_error_and_snapshot_keeps_it() -> None:
+    h = Harness()
+    commands = h.feed(ManifestRejected("pipeline.py failed to import", "Traceback ..."))
+    assert published(commands, PipelineInvalid) == [PipelineInvalid("pipeline.py failed to import", "Traceback ...")]
+    [reply] = h.feed(SnapshotRequested(CLIENT))
+    assert isinstance(reply, Reply) and isinstance(reply.msg, Snapshot)
+    assert reply.msg.pipeline_error == {"message": "pipeline.py failed to import", "detail": "Traceback ..."}
+
+
+def test_snapshot_has_every_stage_state_and_the_latest_seq() -> None:
+    h = Harness(diamond(), slots=1)
+    [(_, _, a)] = dispatched(h.run())
+    h.result(a)
+    [reply] = [c for c in h.feed(SnapshotRequested(CLIENT)) if isinstance(c, Reply)]
+    snap = reply.msg
+    assert isinstance(snap, Snapshot)
+    assert snap.seq == h.state.seq == len(h.published)
+    assert snap.wave_running and snap.wave == 1
+    assert snap.stages["a"]["status"] == "ran"
+    assert snap.stages["b"]["status"] == "running"
+    assert snap.stages["c"]["status"] == "pending"
+    assert snap.order == ["a", "b", "c", "d", "e"]
+
+
+def test_published_sequence_numbers_are_contiguous() -> None:
+    h = Harness()
+    seqs: list[int] = []
+    m = diamond()
+    for event in (PoolJoined("p1", 4, 0.0), ManifestArrived(m, build_graph(m))):
+        seqs += [c.seq for c in h.feed(event) if isinstance(c, Publish)]
+    seqs += [c.seq for c in h.run() if isinstance(c, Publish)]
+    assert seqs == list(range(1, len(seqs) + 1))
+
+
+def test_shutdown_tells_every_pool_and_refuses_new_runs() -> None:
+    h = Harness(diamond())
+    commands = h.feed(ShutdownRequested(CLIENT))
+    assert SendWork("p1", PoolShutdown()) in commands
+    assert Reply(CLIENT, ShutdownReply()) in commands
+    [reply] = h.run()
+    assert isinstance(reply, Reply) and reply.msg == RunReply(False, "the engine is shutting down")
+
+
+@pytest.mark.parametrize("status", ["failed", "lost"])
+def test_non_ok_outcomes_block_downstream_in_keep_going(status: str) -> None:
+    h = Harness(diamond(), slots=4)
+    [(_, _, a), _] = dispatched(h.run(keep_going=True))
+    h.result(a, status=status)
+    assert finished(h)["d"] == "blocked"
