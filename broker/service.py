@@ -143,7 +143,7 @@ class BrokerService:
         next_tick, next_bus = now + TICK_S, now + BUS_TICK_S
         while True:
             timeout_ms = max(0.0, (min(next_tick, next_bus) - self.clock()) * 1000)
-            ready = dict(poller.poll(timeout_ms))
+            ready = dict(poller.poll(int(timeout_ms) + 1))
             if self.stop_pipe in ready:
                 return
             if self.work in ready:

@@ -13,6 +13,7 @@ intervals is gone and the pool exits. Results are resent until acknowledged.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import queue
@@ -97,10 +98,8 @@ class PoolService:
     def _post(self, kind: str, attempt: str, value: Any) -> None:
         """Hand a result to the main loop (called from threads and loky callbacks)."""
         self.done.put((kind, attempt, value))
-        try:
+        with contextlib.suppress(BlockingIOError):  # full pipe: the loop will wake anyway
             os.write(self.wake_w, b"x")
-        except BlockingIOError:
-            pass  # the pipe is full: the loop is already due to wake
 
     def _in_thread(self, kind: str, attempt: str, fn: Callable[[], Any]) -> None:
         future = self.threads.submit(fn)
@@ -127,7 +126,7 @@ class PoolService:
                 if now - self.last_sent >= self.heartbeat_s:
                     self._send(Heartbeat(self.name))
                 self._resend(now)
-                for sock, _ in poller.poll(self._timeout_ms(now)):
+                for sock, _ in poller.poll(int(self._timeout_ms(now)) + 1):
                     if sock is self.sock:
                         self._drain_socket()
                     else:

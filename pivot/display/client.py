@@ -62,7 +62,7 @@ class EngineClient:
         send_msg(self.control, msg, sender=self.name)
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
-            if not self.control.poll(left * 1000):
+            if not self.control.poll(int(left * 1000) + 1):
                 break
             env = decode_or_log(self.control.recv(), "control")
             if env is not None and isinstance(env.msg, reply_type):
@@ -88,7 +88,7 @@ class EngineClient:
         """Wait until the subscription is live, then take the initial snapshot."""
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
-            if not self.sub.poll(left * 1000):
+            if not self.sub.poll(int(left * 1000) + 1):
                 break
             env = self._recv_event()
             if env is not None and isinstance(env.msg, EventsWelcome):
@@ -116,7 +116,7 @@ class EngineClient:
         Raises InfraError when the broker is silent (no event or tick) too long.
         """
         while True:
-            if not self.sub.poll(poll_s * 1000):
+            if not self.sub.poll(int(poll_s * 1000)):
                 if time.monotonic() - self.last_heard > BROKER_SILENCE_S:
                     raise InfraError(f"the broker has been silent for {BROKER_SILENCE_S:.0f} s")
                 yield None

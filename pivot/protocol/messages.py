@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 __all__ = [
+    "MESSAGES",
+    "STATUSES",
     "BusTick",
     "EventsWelcome",
     "Heartbeat",
     "LoadManifest",
     "LogLine",
-    "MESSAGES",
     "ManifestFailed",
     "ManifestLoaded",
     "Message",
@@ -36,7 +37,6 @@ __all__ = [
     "RunReply",
     "RunRequest",
     "RunStage",
-    "STATUSES",
     "ShutdownReply",
     "ShutdownRequest",
     "Snapshot",

@@ -65,7 +65,7 @@ class _LineCapture:
 def _captured(sink: list[list[str]]) -> Iterator[None]:
     saved: tuple[TextIO, TextIO] = (sys.stdout, sys.stderr)
     out, err = _LineCapture("stdout", sink), _LineCapture("stderr", sink)
-    sys.stdout, sys.stderr = out, err  # type: ignore[assignment]
+    sys.stdout, sys.stderr = out, err
     try:
         yield
     finally:

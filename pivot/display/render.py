@@ -1,0 +1,293 @@
+"""How `pivot display` shows events: the `Renderer` interface, its factory and shared helpers.
+
+A renderer is fed by the display client, one call at a time from one thread:
+
+- `event(env)` for each live event (state events and log lines; the client filters out
+  the bus messages `welcome` and `tick`);
+- `resync(snapshot)` after the client saw a gap in the state sequence and fetched a
+  snapshot: the renderer shows what it missed, never anything twice;
+- `close(dropped_logs)` once at the end.
+
+`Progress` is the bookkeeping the line-based renderers (plain, json) share: what was
+shown already, and which messages a snapshot implies that were not.
+
+`rich` is imported by `pivot.display.tui` only, when the tui mode is chosen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TextIO, runtime_checkable
+
+from pivot.protocol.codec import Envelope
+from pivot.protocol.messages import (
+    STATUSES,
+    LogLine,
+    Message,
+    PipelineInvalid,
+    PipelineLoaded,
+    PoolLost,
+    Snapshot,
+    StageFinished,
+    StageStarted,
+    WaveFinished,
+    WaveStarted,
+)
+
+__all__ = [
+    "EVENT_TAGS",
+    "FINAL_STATUSES",
+    "MODES",
+    "Progress",
+    "Renderer",
+    "format_duration",
+    "make_renderer",
+    "resolve_mode",
+    "stage_order",
+    "wave_failed",
+    "wave_finished_from",
+    "wave_summary",
+]
+
+MODES = ("plain", "json", "tui")
+FINAL_STATUSES = frozenset(STATUSES)
+# The events a display shows, in the order of docs/events.md.
+EVENT_TAGS = frozenset(
+    cls.TAG
+    for cls in (
+        PipelineLoaded,
+        PipelineInvalid,
+        WaveStarted,
+        StageStarted,
+        StageFinished,
+        LogLine,
+        WaveFinished,
+        PoolLost,
+    )
+)
+_WAVE_LISTS = STATUSES  # WaveFinished list fields, same names and order as the statuses
+
+
+@runtime_checkable
+class Renderer(Protocol):
+    def event(self, env: Envelope) -> None:
+        """A live event (never welcome/tick: the client filters those)."""
+
+    def resync(self, snap: Snapshot) -> None:
+        """After a sequence gap: the full state; show what was missed."""
+
+    def close(self, dropped_logs: int) -> None:
+        """End of the run; report `dropped_logs` when > 0."""
+
+
+def resolve_mode(mode: str, out: TextIO) -> str:
+    """`auto` -> `tui` on an interactive terminal, else `plain`; other modes are checked."""
+    if mode == "auto":
+        try:
+            tty = out.isatty()
+        except (AttributeError, ValueError):  # closed or odd streams
+            tty = False
+        return "tui" if tty else "plain"
+    if mode not in MODES:
+        raise ValueError(f"unknown display mode {mode!r}; expected auto, {', '.join(MODES)}")
+    return mode
+
+
+def make_renderer(mode: str, out: TextIO, err: TextIO) -> Renderer:
+    """The renderer for `mode` ("plain", "json" or "tui"; "auto" is resolved here too)."""
+    mode = resolve_mode(mode, out)
+    if mode == "json":
+        from pivot.display.jsonl import JsonRenderer
+
+        return JsonRenderer(out, err)
+    if mode == "tui":
+        from pivot.display.tui import TuiRenderer
+
+        return TuiRenderer.for_stream(out)
+    from pivot.display.plain import PlainRenderer
+
+    return PlainRenderer(out, err)
+
+
+# --- text helpers shared by the renderers ------------------------------------------
+
+
+def format_duration(seconds: float) -> str:
+    """0.01s, 3.25s, 42.1s, 2m05s, 1h02m."""
+    seconds = max(0.0, seconds)
+    if seconds < 10:
+        return f"{seconds:.2f}s"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def wave_failed(msg: WaveFinished) -> bool:
+    return bool(msg.failed or msg.lost or msg.blocked or msg.cancelled)
+
+
+def wave_summary(msg: WaveFinished) -> str:
+    """`wave 1 done: 2 ran, 2 skipped` / `wave 1 failed: 1 ran, 1 failed, 1 blocked`."""
+    counts = [f"{len(names)} {status}" for status, names in _wave_lists(msg) if names]
+    verdict = "failed" if wave_failed(msg) else "done"
+    return f"wave {msg.wave} {verdict}: {', '.join(counts) or 'nothing to run'}"
+
+
+def _wave_lists(msg: WaveFinished) -> list[tuple[str, list[str]]]:
+    return [(status, list(getattr(msg, status))) for status in _WAVE_LISTS]
+
+
+# --- what was shown, and what a snapshot says was missed ----------------------------
+
+
+@dataclass
+class Progress:
+    """Tracks what a line renderer has shown, so nothing is shown twice.
+
+    `admit(msg)` is asked for every live message: False means it was shown already (it
+    was synthesized by an earlier resync). `catch_up(snap)` returns the messages the
+    snapshot implies were missed, synthesized, and records them as shown.
+    """
+
+    started: set[int] = field(default_factory=set)  # waves whose wave_started was shown
+    finished: set[tuple[int, str]] = field(default_factory=set)  # (wave, stage) outcomes
+    summarized: set[int] = field(default_factory=set)  # waves whose wave_finished was shown
+    base_wave: int | None = None  # the first wave this display knew of; older is history
+    pipeline_error: tuple[str, str] | None = None  # the pipeline error last shown
+
+    def admit(self, msg: Message) -> bool:
+        match msg:
+            case WaveStarted():
+                self._note_wave(msg.wave)
+                if msg.wave in self.started:
+                    return False
+                self.started.add(msg.wave)
+            case StageStarted():
+                self._note_wave(msg.wave)
+            case StageFinished():
+                self._note_wave(msg.wave)
+                key = (msg.wave, msg.stage)
+                if key in self.finished:
+                    return False
+                self.finished.add(key)
+            case WaveFinished():
+                self._note_wave(msg.wave)
+                if msg.wave in self.summarized:
+                    return False
+                self.summarized.add(msg.wave)
+            case PipelineInvalid():
+                self.pipeline_error = (msg.message, msg.detail)
+            case PipelineLoaded():
+                self.pipeline_error = None
+        return True
+
+    def _note_wave(self, wave: int) -> None:
+        if self.base_wave is None or wave < self.base_wave:
+            self.base_wave = wave
+
+    def catch_up(self, snap: Snapshot) -> list[Message]:
+        """Messages for what `snap` shows and this display did not: a missed pipeline
+        error, wave starts, final stage outcomes and the last wave's summary, in order."""
+        if self.base_wave is None:
+            self.base_wave = snap.wave  # a display's first sight: older waves are history
+        base = self.base_wave
+        out: list[Message] = []
+
+        if snap.pipeline_error:
+            error = (
+                str(snap.pipeline_error.get("message", "")),
+                str(snap.pipeline_error.get("detail", "")),
+            )
+            if error != self.pipeline_error:
+                self.pipeline_error = error
+                out.append(PipelineInvalid(*error))
+        else:
+            self.pipeline_error = None
+
+        views = {k: v for k, v in snap.stages.items() if isinstance(v, dict)}
+        order = stage_order(snap.order, views)
+
+        outcomes: dict[int, list[StageFinished]] = {}
+        for stage in order:
+            view = views[stage]
+            wave = _int(view.get("wave"))
+            status = view.get("status")
+            if status not in FINAL_STATUSES or wave < max(1, base):
+                continue
+            if (wave, stage) in self.finished:
+                continue
+            outcomes.setdefault(wave, []).append(
+                StageFinished(
+                    wave,
+                    stage,
+                    str(status),
+                    str(view.get("reason_code") or ""),
+                    str(view.get("reason") or ""),
+                    _float(view.get("duration_s")),
+                    _str_or_none(view.get("error")),
+                )
+            )
+
+        last = wave_finished_from(snap.last_wave)
+        waves = set(outcomes)
+        if last is not None and last.wave >= base and last.wave not in self.summarized:
+            waves.add(last.wave)
+        if snap.wave_running and snap.wave >= max(1, base) and snap.wave not in self.started:
+            waves.add(snap.wave)
+
+        for wave in sorted(waves):
+            if wave not in self.started:
+                stages: list[str] | None = None
+                if wave == snap.wave:
+                    stages = [s for s in order if _int(views[s].get("wave")) == wave]
+                elif last is not None and wave == last.wave:
+                    members = {n for _, names in _wave_lists(last) for n in names}
+                    stages = [s for s in order if s in members]
+                    stages += sorted(members - set(stages))
+                if stages is not None:  # waves older than both: their stage list is gone
+                    self.started.add(wave)
+                    out.append(WaveStarted(wave, stages))
+            for msg in outcomes.get(wave, []):
+                self.finished.add((wave, msg.stage))
+                out.append(msg)
+            if last is not None and wave == last.wave and wave not in self.summarized:
+                self.summarized.add(wave)
+                out.append(last)
+        return out
+
+
+def stage_order(order: Iterable[str], views: dict[str, Any]) -> list[str]:
+    """The snapshot's stage order, then any stage it lists in `stages` only."""
+    known = [s for s in order if s in views]
+    return known + sorted(set(views) - set(known))
+
+
+def wave_finished_from(body: dict[str, Any] | None) -> WaveFinished | None:
+    """A snapshot's `last_wave` body as the `WaveFinished` it came from (None if absent)."""
+    if not body or not isinstance(body, dict) or "wave" not in body:
+        return None
+
+    def names(key: str) -> list[str]:
+        value = body.get(key) or []
+        return [str(v) for v in value] if isinstance(value, list) else []
+
+    return WaveFinished(_int(body["wave"]), *(names(k) for k in _WAVE_LISTS))
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _float(value: object) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return 0.0
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None

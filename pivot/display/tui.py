@@ -1,0 +1,395 @@
+"""A live terminal view with rich: the current wave as a table, a log tail, failures.
+
+The view is rebuilt from this renderer's state by rich's refresh thread (at most
+`refresh_per_second`, capped at 10), so a stage's running time ticks without events.
+State changes happen under `_lock`; rich is never called while holding it (rich's own
+lock is taken by the refresh thread before it asks us for the view).
+
+On close the live region is cleared and the final table, failures and summary are
+printed as ordinary output, so they stay on screen (and end up in a file as-is).
+
+`rich` is imported here only: `pivot.display` does not need it for plain or json.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from pivot.display.render import (
+    format_duration,
+    stage_order,
+    wave_failed,
+    wave_finished_from,
+    wave_summary,
+)
+from pivot.protocol.codec import Envelope
+from pivot.protocol.messages import (
+    LogLine,
+    PipelineInvalid,
+    PipelineLoaded,
+    PoolLost,
+    Snapshot,
+    StageFinished,
+    StageStarted,
+    WaveFinished,
+    WaveStarted,
+)
+
+__all__ = ["TuiRenderer"]
+
+# status -> (symbol, style)
+_LOOK = {
+    "pending": ("·", "dim"),
+    "running": ("▶", "bold cyan"),
+    "ran": ("✓", "green"),
+    "skipped": ("○", "dim"),
+    "failed": ("✗", "bold red"),
+    "blocked": ("⊘", "yellow"),
+    "cancelled": ("−", "dim"),
+    "lost": ("!", "bold red"),
+}
+_LIVE_ERROR_LINES = 12  # tail of each failure's traceback while live
+_LIVE_ERRORS = 2  # failures shown in full-ish while live; the rest by name
+
+
+@dataclass
+class _Row:
+    status: str = "pending"
+    reason: str = ""
+    duration_s: float = 0.0
+    started_at: float | None = None
+    error: str | None = None
+
+
+class TuiRenderer:
+    def __init__(
+        self,
+        console: Console,
+        *,
+        refresh_per_second: float = 4.0,
+        log_lines: int = 10,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.console = console
+        self.refresh_per_second = max(0.5, min(10.0, refresh_per_second))
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._live: Live | None = None
+        self._closed = False
+        self._wave = 0
+        self._wave_running = False
+        self._wave_t0: float | None = None
+        self._wave_t1: float | None = None
+        self._rows: dict[str, _Row] = {}
+        self._summary: WaveFinished | None = None
+        self._logs: deque[LogLine] = deque(maxlen=max(0, log_lines))
+        self._pipeline_error: tuple[str, str] | None = None
+        self._notes: deque[str] = deque(maxlen=3)
+
+    @classmethod
+    def for_stream(cls, out: TextIO) -> TuiRenderer:
+        return cls(Console(file=out))
+
+    # --- Renderer ------------------------------------------------------------------
+
+    def event(self, env: Envelope) -> None:
+        with self._lock:
+            above = self._apply(env)
+        self._print_above(above)
+        self._ensure_live()
+
+    def resync(self, snap: Snapshot) -> None:
+        with self._lock:
+            above = self._apply_snapshot(snap)
+        self._print_above(above)
+        self._ensure_live()
+
+    def close(self, dropped_logs: int) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            live, self._live = self._live, None
+            final = self._final_view(dropped_logs)
+        if live is not None:
+            live.stop()
+        if final is not None:
+            self.console.print(final)
+
+    # --- state ---------------------------------------------------------------------
+
+    def _apply(self, env: Envelope) -> list[RenderableType]:
+        above: list[RenderableType] = []
+        msg = env.msg
+        match msg:
+            case WaveStarted():
+                if msg.wave != self._wave:
+                    above += self._leave_wave()
+                self._wave, self._wave_running = msg.wave, True
+                self._wave_t0, self._wave_t1 = env.ts, None
+                self._summary = None
+                self._rows = {s: _Row() for s in msg.stages}
+            case StageStarted():
+                row = self._row(msg.wave, msg.stage, above)
+                if row is not None:
+                    row.status, row.reason, row.started_at = "running", msg.reason, env.ts
+            case StageFinished():
+                row = self._row(msg.wave, msg.stage, above)
+                if row is not None:
+                    row.status, row.reason = msg.status, msg.reason
+                    row.duration_s, row.error = msg.duration_s, msg.error
+            case LogLine():
+                self._logs.append(msg)
+            case WaveFinished():
+                if msg.wave == self._wave or self._wave == 0:
+                    self._wave, self._wave_running = msg.wave, False
+                    self._wave_t1 = env.ts
+                    self._summary = msg
+            case PipelineInvalid():
+                self._pipeline_error = (msg.message, msg.detail)
+            case PipelineLoaded():
+                self._pipeline_error = None
+            case PoolLost():
+                line = f"worker pool {msg.pool} lost ({msg.reason})"
+                if msg.stages:
+                    line += f" while running: {', '.join(msg.stages)}"
+                self._notes.append(line)
+                above.append(Text(line, style="bold red"))
+                for stage in msg.stages:  # the broker queues them again
+                    row = self._rows.get(stage)
+                    if row is not None and row.status == "running":
+                        row.status, row.reason, row.started_at = "pending", "its pool was lost", None
+            case _:
+                pass
+        return above
+
+    def _row(self, wave: int, stage: str, above: list[RenderableType]) -> _Row | None:
+        """The row of `stage`; a newer wave (its wave_started was missed) replaces the table."""
+        if wave != self._wave:
+            if wave < self._wave:
+                return None  # late news about an older wave
+            above += self._leave_wave()
+            self._wave, self._wave_running, self._rows = wave, True, {}
+            self._wave_t0 = self._wave_t1 = None
+            self._summary = None
+        return self._rows.setdefault(stage, _Row())
+
+    def _leave_wave(self) -> list[RenderableType]:
+        """Lines that keep the wave being replaced on screen: its summary and failures."""
+        if not self._wave or self._summary is None:
+            return []
+        out: list[RenderableType] = [self._summary_text(self._summary)]
+        for name, row in self._rows.items():
+            if row.status in ("failed", "lost"):
+                out.append(Text(f"  {name}: {row.status.upper()} ({row.reason})", style="red"))
+        return out
+
+    def _apply_snapshot(self, snap: Snapshot) -> list[RenderableType]:
+        above: list[RenderableType] = []
+        if snap.pipeline_error:
+            self._pipeline_error = (
+                str(snap.pipeline_error.get("message", "")),
+                str(snap.pipeline_error.get("detail", "")),
+            )
+        else:
+            self._pipeline_error = None
+        if snap.wave < 1:
+            return above
+        views: dict[str, dict[str, Any]] = {
+            k: v for k, v in snap.stages.items() if isinstance(v, dict)
+        }
+        members = [s for s in stage_order(snap.order, views) if views[s].get("wave") == snap.wave]
+        if snap.wave != self._wave:
+            if self._summary is None and snap.last_wave and snap.last_wave.get("wave") == self._wave:
+                self._summary = wave_finished_from(snap.last_wave)
+            above += self._leave_wave()
+            self._rows, self._wave_t0, self._wave_t1 = {}, None, None
+        self._wave, self._wave_running = snap.wave, snap.wave_running
+        rows: dict[str, _Row] = {}
+        for stage in members:
+            view = views[stage]
+            row = self._rows.get(stage) or _Row()
+            status = str(view.get("status") or "pending")
+            if status != "running" or row.status != "running":
+                row.started_at = None
+            row.status, row.reason = status, str(view.get("reason") or "")
+            duration = view.get("duration_s")
+            row.duration_s = float(duration) if isinstance(duration, (int, float)) else 0.0
+            error = view.get("error")
+            row.error = error if isinstance(error, str) and error else None
+            rows[stage] = row
+        self._rows = rows
+        last = snap.last_wave
+        self._summary = (
+            wave_finished_from(last)
+            if not snap.wave_running and last and last.get("wave") == snap.wave
+            else None
+        )
+        return above
+
+    # --- rich ----------------------------------------------------------------------
+
+    def _ensure_live(self) -> None:
+        if self._live is not None or self._closed:
+            return
+        live = Live(
+            console=self.console,
+            get_renderable=self._live_view,
+            refresh_per_second=self.refresh_per_second,
+            transient=True,
+        )
+        self._live = live
+        live.start()
+
+    def _print_above(self, renderables: list[RenderableType]) -> None:
+        for renderable in renderables:
+            self.console.print(renderable)
+
+    def _live_view(self) -> RenderableType:
+        with self._lock:
+            limit = max(5, self.console.size.height - 20)
+            parts: list[RenderableType] = [self._header(), self._table(limit)]
+            parts += self._errors(live=True)
+            parts += self._pipeline_error_view(live=True)
+            if self._logs:
+                parts.append(Text("─ log ─", style="dim"))
+                parts += [_log_text(line) for line in self._logs]
+            parts += [Text(note, style="red") for note in self._notes]
+            return Group(*parts)
+
+    def _final_view(self, dropped_logs: int) -> RenderableType | None:
+        parts: list[RenderableType] = []
+        if self._rows:
+            parts += [self._header(), self._table(None)]
+            parts += self._errors(live=False)
+        parts += self._pipeline_error_view(live=False)
+        if self._summary is not None:
+            parts.append(self._summary_text(self._summary))
+        elif self._wave_running:
+            done = sum(1 for r in self._rows.values() if r.status not in ("pending", "running"))
+            parts.append(
+                Text(f"wave {self._wave} interrupted: {done}/{len(self._rows)} finished", "yellow")
+            )
+        if dropped_logs > 0:
+            lines = "log line was" if dropped_logs == 1 else "log lines were"
+            parts.append(Text(f"{dropped_logs} {lines} dropped (the display fell behind)", "dim"))
+        return Group(*parts) if parts else None
+
+    def _header(self) -> Text:
+        if not self._wave:
+            return Text("pivot: waiting for a run", style="dim")
+        done = sum(1 for r in self._rows.values() if r.status not in ("pending", "running"))
+        text = Text(f"wave {self._wave}", style="bold")
+        if self._wave_running:
+            text.append(" · running", style="bold cyan")
+        elif self._summary is not None and wave_failed(self._summary):
+            text.append(" · failed", style="bold red")
+        else:
+            text.append(" · done", style="bold green")
+        text.append(f" · {done}/{len(self._rows)} stages")
+        if self._wave_t0 is not None:
+            end = self._wave_t1 if self._wave_t1 is not None else self.clock()
+            text.append(f" · {format_duration(end - self._wave_t0)}", style="dim")
+        return text
+
+    def _table(self, limit: int | None) -> Table:
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+        table.add_column("stage", no_wrap=True)
+        table.add_column("status", no_wrap=True)
+        table.add_column("time", justify="right", no_wrap=True)
+        table.add_column("reason", overflow="ellipsis", no_wrap=True)
+        names = _visible(self._rows, limit)
+        for name in names:
+            row = self._rows[name]
+            symbol, style = _LOOK.get(row.status, ("?", ""))
+            if row.status == "running":
+                elapsed = self.clock() - row.started_at if row.started_at is not None else None
+                when = format_duration(elapsed) if elapsed is not None else ""
+            elif row.status in ("ran", "failed", "lost"):
+                when = format_duration(row.duration_s)
+            else:
+                when = ""
+            table.add_row(
+                Text(name),
+                Text(f"{symbol} {row.status}", style=style),
+                Text(when, style="dim"),
+                Text(row.reason, style="dim"),
+            )
+        hidden = len(self._rows) - len(names)
+        if hidden > 0:
+            table.add_row(Text(f"… {hidden} more", style="dim"), Text(""), Text(""), Text(""))
+        return table
+
+    def _errors(self, live: bool) -> list[RenderableType]:
+        failed = [(n, r) for n, r in self._rows.items() if r.status in ("failed", "lost")]
+        out: list[RenderableType] = []
+        for i, (name, row) in enumerate(failed):
+            if live and i >= _LIVE_ERRORS:
+                rest = ", ".join(n for n, _ in failed[i:])
+                out.append(Text(f"also failed: {rest}", style="red"))
+                break
+            out.append(Text(f"{name} {row.status}: {row.reason}", style="bold red"))
+            if row.error and row.error.strip():
+                lines = row.error.rstrip().splitlines()
+                if live and len(lines) > _LIVE_ERROR_LINES:
+                    lines = ["…", *lines[-_LIVE_ERROR_LINES:]]
+                out.append(Text("\n".join("    " + line for line in lines)))
+        return out
+
+    def _pipeline_error_view(self, live: bool) -> list[RenderableType]:
+        if self._pipeline_error is None:
+            return []
+        message, detail = self._pipeline_error
+        out: list[RenderableType] = [Text(f"pipeline error: {message}", style="bold red")]
+        if detail.strip():
+            lines = detail.rstrip().splitlines()
+            if live and len(lines) > _LIVE_ERROR_LINES:
+                lines = ["…", *lines[-_LIVE_ERROR_LINES:]]
+            out.append(Text("\n".join("    " + line for line in lines)))
+        return out
+
+    @staticmethod
+    def _summary_text(msg: WaveFinished) -> Text:
+        return Text(wave_summary(msg), style="bold red" if wave_failed(msg) else "bold green")
+
+
+def _visible(rows: dict[str, _Row], limit: int | None) -> list[str]:
+    """All rows, or at most `limit`: running and failed first, then upcoming, then the
+    latest finished; shown in wave order."""
+    names = list(rows)
+    if limit is None or len(names) <= limit:
+        return names
+    limit = max(1, limit - 1)  # room for the "… N more" row
+
+    def rank(item: tuple[int, str]) -> tuple[int, int]:
+        i, name = item
+        status = rows[name].status
+        if status in ("running", "failed", "lost"):
+            return (0, i)
+        if status == "pending":
+            return (1, i)
+        return (2, -i)
+
+    chosen = {name for _, name in sorted(enumerate(names), key=rank)[:limit]}
+    return [n for n in names if n in chosen]
+
+
+def _log_text(msg: LogLine) -> Text:
+    mark = "!" if msg.stream == "stderr" else "|"
+    text = Text(f"{msg.stage} {mark} ", style="red dim" if mark == "!" else "dim")
+    text.append_text(Text.from_ansi(msg.line.replace("\r", "")))
+    text.no_wrap = True
+    text.overflow = "ellipsis"
+    return text
+
