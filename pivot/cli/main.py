@@ -7,6 +7,7 @@ Exit codes: 0 success, 1 a stage failed or the engine broke, 2 usage or pipeline
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import click
@@ -60,6 +61,11 @@ def main() -> None:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): not an error of ours; silence the flush.
+        sys.stderr.close()
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

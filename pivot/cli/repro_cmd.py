@@ -26,7 +26,8 @@ FAILED_STATUSES = ("failed", "blocked", "cancelled", "lost")
 @dataclass
 class Outcome:
     code: int | None = None  # set when the run is over
-    wave: int | None = None
+    wave: int | None = None  # our wave, once seen
+    history: int = 0  # waves that finished before we joined are not ours
 
 
 def display_option(func: click.decorators.FC) -> click.decorators.FC:
@@ -71,8 +72,9 @@ def repro(
         with Stack(root, jobs or usable_cpus()) as stack:
             assert stack.client is not None
             client = stack.client
-            client.join()
-            stack.start_pool()
+            joined = client.join()
+            outcome.history = joined.wave
+            renderer.baseline(joined)
             reply = client.run(list(stages), force, keep_going)
             if not reply.accepted:
                 raise UserError(reply.message)
@@ -131,6 +133,8 @@ def _from_snapshot(snap: Snapshot, outcome: Outcome) -> None:
         outcome.code = 2
         return
     last = snap.last_wave
-    if last is not None and not snap.wave_running and (outcome.wave in (None, last["wave"])):
+    if last is None or last["wave"] <= outcome.history or snap.wave_running:
+        return
+    if outcome.wave in (None, last["wave"]):
         bad = any(last.get(k) for k in FAILED_STATUSES)
         outcome.code = 1 if bad else 0

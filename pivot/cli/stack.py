@@ -15,11 +15,14 @@ import subprocess
 import threading
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import zmq
 
-from broker.service import BrokerService
 from pivot.display.client import EngineClient
+
+if TYPE_CHECKING:
+    from broker.service import BrokerService
 from pivot.pipeline.project import pivot_dir
 from pivot.runtime.procs import kill_group
 from pivot.runtime.spawn import python_cmd
@@ -41,7 +44,7 @@ class Stack:
         self.jobs = jobs
         self.rundir = RunDir(root)
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        self.broker: BrokerService | None = None
+        self.broker: BrokerService | None = None  # imported lazily: networkx is slow
         self.thread: threading.Thread | None = None
         self.pool: subprocess.Popen[bytes] | None = None
         self.pool_log = pivot_dir(root) / "logs" / "pool.log"
@@ -51,6 +54,11 @@ class Stack:
     def __enter__(self) -> Stack:
         try:
             endpoints = self.rundir.acquire()
+            # The pool connects before the broker binds (ZeroMQ retries the connect), so
+            # its interpreter and the loader start while we import the broker's graph code.
+            self._start_pool(endpoints.work)
+            from broker.service import BrokerService
+
             self.broker = BrokerService(self.root, endpoints, self.ctx)
             self.broker.bind()
             self.thread = threading.Thread(target=self.broker.run, name="broker", daemon=True)
@@ -61,13 +69,12 @@ class Stack:
             raise
         return self
 
-    def start_pool(self) -> None:
-        assert self.broker is not None
+    def _start_pool(self, work_endpoint: str) -> None:
         self.pool_log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.pool_log, "wb") as out:
             self.pool = subprocess.Popen(
                 python_cmd(
-                    "workers", "--root", str(self.root), "--work", self.broker.endpoints.work,
+                    "workers", "--root", str(self.root), "--work", work_endpoint,
                     "--name", POOL_NAME, "--jobs", str(self.jobs),
                 ),
                 cwd=self.root,

@@ -7,16 +7,16 @@ from typing import Any
 
 import click
 
-from pivot.pipeline.graph import build_graph
-from pivot.pipeline.project import find_root
-from pivot.runtime.spawn import run_loader
-from pivot.state.decide import Reason, decide
-
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def status(as_json: bool) -> None:
     """Show which stages `pivot repro` would run, with the reasons."""
+    from pivot.pipeline.graph import build_graph
+    from pivot.pipeline.project import find_root
+    from pivot.runtime.spawn import run_loader
+    from pivot.state.decide import Reason, decide
+
     root = find_root()
     manifest = run_loader(root)
     graph = build_graph(manifest, root)

@@ -10,6 +10,7 @@ stays pure JSON lines.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -57,6 +58,10 @@ class JsonRenderer:
         for msg in self.progress.catch_up(snap):
             self._emit(event_record(msg, now, resynced=True))
 
+    def baseline(self, snap: Snapshot) -> None:
+        """Optional, before any event: what `snap` shows is history, not to be emitted."""
+        self.progress.baseline(snap)
+
     def close(self, dropped_logs: int) -> None:
         _flush(self.out)
         if dropped_logs > 0:
@@ -70,7 +75,5 @@ class JsonRenderer:
 
 
 def _flush(stream: TextIO) -> None:
-    try:
+    with contextlib.suppress(AttributeError, ValueError):  # a closed or minimal stream
         stream.flush()
-    except (AttributeError, ValueError):
-        pass

@@ -18,6 +18,7 @@ NO_COLOR set.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import TextIO
 
@@ -75,6 +76,11 @@ class PlainRenderer:
     def resync(self, snap: Snapshot) -> None:
         for msg in self.progress.catch_up(snap):
             self._show(msg)
+
+    def baseline(self, snap: Snapshot) -> None:
+        """Optional, before any event: what `snap` shows is history, not to be shown."""
+        self.progress.baseline(snap)
+        self._loaded_once = bool(snap.order)
 
     def close(self, dropped_logs: int) -> None:
         self._flush(self.out)
@@ -153,10 +159,8 @@ class PlainRenderer:
 
     @staticmethod
     def _flush(stream: TextIO) -> None:
-        try:
+        with contextlib.suppress(AttributeError, ValueError):  # a closed or minimal stream
             stream.flush()
-        except (AttributeError, ValueError):  # a closed or minimal stream
-            pass
 
     def _paint(self, text: str, style: str) -> str:
         code = _STYLES.get(style)

@@ -71,6 +71,9 @@ _WAVE_LISTS = STATUSES  # WaveFinished list fields, same names and order as the 
 
 @runtime_checkable
 class Renderer(Protocol):
+    def baseline(self, snap: Snapshot) -> None:
+        """The snapshot taken on joining: what it shows is history, not missed events."""
+
     def event(self, env: Envelope) -> None:
         """A live event (never welcome/tick: the client filters those)."""
 
@@ -104,7 +107,7 @@ def make_renderer(mode: str, out: TextIO, err: TextIO) -> Renderer:
     if mode == "tui":
         from pivot.display.tui import TuiRenderer
 
-        return TuiRenderer.for_stream(out)
+        return TuiRenderer.for_stream(out)  # one terminal: everything goes through `out`
     from pivot.display.plain import PlainRenderer
 
     return PlainRenderer(out, err)
@@ -189,6 +192,24 @@ class Progress:
     def _note_wave(self, wave: int) -> None:
         if self.base_wave is None or wave < self.base_wave:
             self.base_wave = wave
+
+    def baseline(self, snap: Snapshot) -> None:
+        """Take `snap` as known (e.g. the one taken on joining, before the run started):
+        what it shows is history, not missed, and will never be shown by `catch_up`."""
+        self.base_wave = snap.wave
+        if snap.pipeline_error:
+            self.pipeline_error = (
+                str(snap.pipeline_error.get("message", "")),
+                str(snap.pipeline_error.get("detail", "")),
+            )
+        if snap.wave >= 1:
+            self.started.add(snap.wave)
+        for stage, view in snap.stages.items():
+            if isinstance(view, dict) and view.get("status") in FINAL_STATUSES:
+                self.finished.add((_int(view.get("wave")), stage))
+        last = wave_finished_from(snap.last_wave)
+        if last is not None:
+            self.summarized.add(last.wave)
 
     def catch_up(self, snap: Snapshot) -> list[Message]:
         """Messages for what `snap` shows and this display did not: a missed pipeline

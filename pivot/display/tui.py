@@ -1,7 +1,8 @@
 """A live terminal view with rich: the current wave as a table, a log tail, failures.
 
-The view is rebuilt from this renderer's state by rich's refresh thread (at most
-`refresh_per_second`, capped at 10), so a stage's running time ticks without events.
+The view is rebuilt from this renderer's state twice a second by rich's refresh thread,
+so a stage's running time ticks without events, and right after an event at most 8
+times a second: never more than 10 frames a second.
 State changes happen under `_lock`; rich is never called while holding it (rich's own
 lock is taken by the refresh thread before it asks us for the view).
 
@@ -56,9 +57,11 @@ _LOOK = {
     "skipped": ("○", "dim"),
     "failed": ("✗", "bold red"),
     "blocked": ("⊘", "yellow"),
-    "cancelled": ("−", "dim"),
+    "cancelled": ("-", "dim"),
     "lost": ("!", "bold red"),
 }
+_TICKS_PER_S = 2.0  # rich's refresh thread
+_EVENT_REFRESH_S = 0.125  # least time between two refreshes triggered by events
 _LIVE_ERROR_LINES = 12  # tail of each failure's traceback while live
 _LIVE_ERRORS = 2  # failures shown in full-ish while live; the rest by name
 
@@ -77,13 +80,13 @@ class TuiRenderer:
         self,
         console: Console,
         *,
-        refresh_per_second: float = 4.0,
         log_lines: int = 10,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """`clock` gives Unix time: running stages' elapsed time, refresh throttling."""
         self.console = console
-        self.refresh_per_second = max(0.5, min(10.0, refresh_per_second))
         self.clock = clock
+        self._last_refresh = float("-inf")
         self._lock = threading.Lock()
         self._live: Live | None = None
         self._closed = False
@@ -108,11 +111,25 @@ class TuiRenderer:
             above = self._apply(env)
         self._print_above(above)
         self._ensure_live()
+        self._refresh_soon()
 
     def resync(self, snap: Snapshot) -> None:
         with self._lock:
             above = self._apply_snapshot(snap)
         self._print_above(above)
+        self._ensure_live()
+        self._refresh_soon()
+
+    def baseline(self, snap: Snapshot) -> None:
+        """Optional, before any event: start from `snap`; a finished wave is history."""
+        with self._lock:
+            if snap.wave_running:
+                self._apply_snapshot(snap)
+            elif snap.pipeline_error:
+                self._pipeline_error = (
+                    str(snap.pipeline_error.get("message", "")),
+                    str(snap.pipeline_error.get("detail", "")),
+                )
         self._ensure_live()
 
     def close(self, dropped_logs: int) -> None:
@@ -246,11 +263,19 @@ class TuiRenderer:
         live = Live(
             console=self.console,
             get_renderable=self._live_view,
-            refresh_per_second=self.refresh_per_second,
+            refresh_per_second=_TICKS_PER_S,
             transient=True,
         )
         self._live = live
         live.start()
+
+    def _refresh_soon(self) -> None:
+        """Show an event now unless the view was refreshed for an event very recently."""
+        now = self.clock()
+        if self._live is None or now - self._last_refresh < _EVENT_REFRESH_S:
+            return
+        self._last_refresh = now
+        self._live.refresh()
 
     def _print_above(self, renderables: list[RenderableType]) -> None:
         for renderable in renderables:

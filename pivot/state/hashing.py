@@ -40,5 +40,5 @@ def hash_path(path: Path) -> str | None:
         if path.is_dir():
             return hash_dir(path)
         return hash_file(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None

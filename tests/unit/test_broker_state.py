@@ -133,7 +133,7 @@ def test_run_waits_for_manifest_and_pool_then_dispatches_roots_in_order() -> Non
 
 def test_dependency_counting_dispatches_a_stage_when_its_last_upstream_finishes() -> None:
     h = Harness(diamond(), slots=4)
-    [(_, _, a), (_, _, e)] = dispatched(h.run())
+    [(_, _, a), _e] = dispatched(h.run())
     after_a = dispatched(h.result(a))
     assert sorted(s for _, s, _ in after_a) == ["b", "c"]
     (_, _, b), (_, _, c) = sorted(after_a, key=lambda t: t[1])
@@ -250,7 +250,8 @@ def test_heartbeats_are_sent_and_a_silent_pool_is_lost_with_its_stages_requeued(
 
 def test_pool_gone_reports_the_exit_reason() -> None:
     h = Harness(diamond())
-    [(_, _, a)] = dispatched(h.run())
+    [(_, stage, _)] = dispatched(h.run())
+    assert stage == "a"
     [lost] = published(h.feed(PoolGone("p1", "pool process killed by SIGKILL")), PoolLost)
     assert lost == PoolLost("p1", "pool process killed by SIGKILL", ["a"])
 

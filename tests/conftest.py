@@ -1,0 +1,91 @@
+"""Shared fixtures. System and e2e tests get a no-orphan check after each test."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from procs import ProcGuard, describe, run_dir_leftovers, run_pivot, write_files
+
+TESTS_DIR = Path(__file__).resolve().parent
+REPO = TESTS_DIR.parent
+QUICKSTART = REPO / "examples" / "quickstart"
+PROCESS_TIERS = ("system", "e2e")
+
+# What a fresh copy of the quickstart must not carry over from a local run.
+_NOT_COPIED = shutil.ignore_patterns(
+    ".pivot", "__pycache__", "clean.csv", "features.csv", "model", "metrics.json"
+)
+
+
+@pytest.fixture
+def proc_guard(tmp_path: Path) -> Iterator[ProcGuard]:
+    """Fails the test when a process it started outlives it (after killing it).
+
+    Watched: every live process whose cwd or command line is inside the test's
+    tmp_path, and every process group a test registered (`guard.track`). Processes
+    still exiting get a short bounded grace. Also fails when a project's run
+    directory still holds sockets or endpoints.json after the test.
+    """
+    guard = ProcGuard()
+    guard.watch_dir(tmp_path)
+    yield guard
+    left = guard.check()
+    problems = [f"process left behind: {p.show()}" for p in left]
+    for project in sorted({p for p in tmp_path.iterdir() if (p / ".pivot").is_dir()}):
+        problems += [f"left in the run directory: {f}" for f in run_dir_leftovers(project)]
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _no_orphans_in_process_tiers(request: pytest.FixtureRequest) -> None:
+    try:
+        tier = Path(str(request.node.path)).resolve().relative_to(TESTS_DIR).parts[0]
+    except ValueError:
+        return
+    if tier in PROCESS_TIERS:
+        request.getfixturevalue("proc_guard")
+
+
+def copy_quickstart(dest: Path) -> Path:
+    shutil.copytree(QUICKSTART, dest, ignore=_NOT_COPIED)
+    return dest
+
+
+@pytest.fixture
+def project(tmp_path: Path, proc_guard: ProcGuard) -> Path:
+    """A fresh copy of examples/quickstart that never ran."""
+    return copy_quickstart(tmp_path / "quickstart")
+
+
+@pytest.fixture(scope="session")
+def _quickstart_after_one_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The quickstart after one successful `pivot repro` (a template; copy it)."""
+    base = tmp_path_factory.mktemp("template")
+    root = copy_quickstart(base / "quickstart")
+    guard = ProcGuard()
+    guard.watch_dir(base)
+    result = run_pivot(root, "repro", "--json", timeout=60)
+    left = guard.check()
+    assert result.returncode == 0, describe(result)
+    assert not left, [p.show() for p in left]
+    return root
+
+
+@pytest.fixture
+def ran_project(tmp_path: Path, proc_guard: ProcGuard, _quickstart_after_one_run: Path) -> Path:
+    """A copy of the quickstart whose four stages are up to date."""
+    return Path(shutil.copytree(_quickstart_after_one_run, tmp_path / "quickstart", symlinks=True))
+
+
+@pytest.fixture
+def make_project(tmp_path: Path, proc_guard: ProcGuard) -> Callable[..., Path]:
+    """make_project({"pipeline.py": ..., ...}, name="proj") -> the new project folder."""
+
+    def make(files: dict[str, str], name: str = "proj") -> Path:
+        return write_files(tmp_path / name, files)
+
+    return make

@@ -1,0 +1,358 @@
+"""Process helpers for the system and e2e tiers: run `pivot`, wait on conditions, and
+find (and kill) processes a test left behind. Linux only: everything reads /proc.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+LEFTOVER_GRACE_S = 3.0
+POLL_S = 0.02
+
+
+# --- running the CLI ---------------------------------------------------------------
+
+
+def pivot_cmd() -> list[str]:
+    """The `pivot` console script, or an equivalent interpreter command.
+
+    The fallback uses -P so that a project module named `broker.py` or `workers.py` in
+    the working directory cannot shadow Pivot's own packages in the CLI process.
+    """
+    exe = shutil.which("pivot")
+    if exe:
+        return [exe]
+    return [sys.executable, "-P", "-c", "from pivot.cli.main import main; main()"]
+
+
+def run_pivot(cwd: Path, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """Run `pivot ARGS` in `cwd` to completion (text output captured)."""
+    return subprocess.run(
+        [*pivot_cmd(), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,  # a stray Ctrl-C at the terminal does not reach it
+    )
+
+
+def start_pivot(cwd: Path, *args: str) -> subprocess.Popen[str]:
+    """Start `pivot ARGS` in `cwd` in its own session; the caller waits for it."""
+    return subprocess.Popen(
+        [*pivot_cmd(), *args],
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def describe(result: subprocess.CompletedProcess[str] | tuple[int | None, str, str]) -> str:
+    """Exit code, stdout and stderr of a run, for assertion messages."""
+    if isinstance(result, tuple):
+        rc, out, err = result
+    else:
+        rc, out, err = result.returncode, result.stdout, result.stderr
+    return f"exit code {rc}\n--- stdout ---\n{out}\n--- stderr ---\n{err}"
+
+
+# --- JSON lines (docs/events.md) ---------------------------------------------------
+
+
+def parse_events(stdout: str) -> list[dict[str, Any]]:
+    """Every stdout line as a JSON object, checking the fields every line carries."""
+    events = []
+    for n, line in enumerate(stdout.splitlines(), start=1):
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            raise AssertionError(f"stdout line {n} is not JSON ({exc}): {line!r}") from None
+        assert isinstance(record, dict), f"line {n} is not an object: {line!r}"
+        assert record.get("v") == 1, f"line {n}: v is not 1: {line!r}"
+        assert isinstance(record.get("event"), str), f"line {n}: no event name: {line!r}"
+        assert type(record.get("ts")) is float, f"line {n}: ts is not a float: {line!r}"
+        events.append(record)
+    return events
+
+
+def of_kind(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [e for e in events if e["event"] == kind]
+
+
+def finished(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """stage -> its stage_finished event (each stage must finish once)."""
+    result: dict[str, dict[str, Any]] = {}
+    for e in of_kind(events, "stage_finished"):
+        assert e["stage"] not in result, f"stage {e['stage']} finished twice: {events}"
+        result[e["stage"]] = e
+    return result
+
+
+def one(events: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = of_kind(events, kind)
+    assert len(found) == 1, f"expected exactly one {kind} event, got {len(found)}: {events}"
+    return found[0]
+
+
+# --- waiting -----------------------------------------------------------------------
+
+
+def wait_for(
+    predicate: Callable[[], T], timeout: float, what: str, interval: float = POLL_S
+) -> T:
+    """Poll `predicate` until it returns something truthy (returned); raise on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def wait_exit(proc: subprocess.Popen[str], timeout: float, what: str) -> tuple[int, str, str]:
+    """Wait for `proc` (collecting its output); on timeout kill its group and fail."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(proc.pid)
+        out, err = proc.communicate()
+        raise AssertionError(
+            f"{what} did not exit within {timeout:.1f} s\n" + describe((None, out, err))
+        ) from None
+    return proc.returncode, out, err
+
+
+# --- /proc -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProcInfo:
+    pid: int
+    ppid: int
+    pgid: int
+    state: str
+    cmdline: list[str]
+    cwd: str | None
+
+    def show(self) -> str:
+        return f"pid {self.pid} (pgid {self.pgid}, cwd {self.cwd}): {' '.join(self.cmdline)}"
+
+
+def proc_info(pid: int) -> ProcInfo | None:
+    """What /proc says about `pid`, or None when it is gone."""
+    base = Path("/proc") / str(pid)
+    try:
+        stat = (base / "stat").read_text()
+        raw = (base / "cmdline").read_bytes()
+    except OSError:
+        return None
+    # The command name may hold spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rfind(")") + 2 :].split()
+    try:
+        cwd: str | None = os.readlink(base / "cwd")
+    except OSError:
+        cwd = None
+    return ProcInfo(
+        pid=pid,
+        ppid=int(fields[1]),
+        pgid=int(fields[2]),
+        state=fields[0],
+        cmdline=[a.decode(errors="replace") for a in raw.split(b"\0") if a],
+        cwd=cwd,
+    )
+
+
+def all_processes() -> Iterable[ProcInfo]:
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            info = proc_info(int(entry.name))
+            if info is not None:
+                yield info
+
+
+def is_live(info: ProcInfo) -> bool:
+    return info.state not in ("Z", "X")
+
+
+def alive(pid: int) -> bool:
+    info = proc_info(pid)
+    return info is not None and is_live(info)
+
+
+def children_of(pid: int) -> list[ProcInfo]:
+    return [p for p in all_processes() if p.ppid == pid and is_live(p)]
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root + "/")
+
+
+def mentions(info: ProcInfo, root: str) -> bool:
+    """True when the process runs in `root` or names a path in it on its command line."""
+    if info.cwd is not None and _under(info.cwd.removesuffix(" (deleted)"), root):
+        return True
+    for arg in info.cmdline:
+        for part in arg.replace("=", " ").split():
+            if _under(part, root):
+                return True
+    return False
+
+
+def kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+@dataclass
+class ProcGuard:
+    """What one test started: directories its processes run in and process groups.
+
+    `leftovers()` lists live processes (never this one) that mention a directory or
+    belong to a group; `check()` waits briefly for them to exit, kills the rest and
+    returns what it had to kill.
+    """
+
+    dirs: list[Path] = field(default_factory=list)
+    pgids: set[int] = field(default_factory=set)
+    popens: list[subprocess.Popen[str]] = field(default_factory=list)
+
+    def watch_dir(self, path: Path) -> Path:
+        self.dirs.append(path.resolve())
+        return path
+
+    def track(self, proc: subprocess.Popen[str]) -> subprocess.Popen[str]:
+        """A Popen started in its own session: its group is watched too."""
+        self.popens.append(proc)
+        self.pgids.add(proc.pid)
+        return proc
+
+    def start(self, cwd: Path, *args: str) -> subprocess.Popen[str]:
+        return self.track(start_pivot(cwd, *args))
+
+    def leftovers(self) -> list[ProcInfo]:
+        me = os.getpid()
+        roots = [str(d) for d in self.dirs]
+        found = []
+        for info in all_processes():
+            if info.pid == me or not is_live(info):
+                continue
+            if info.pgid in self.pgids or any(mentions(info, r) for r in roots):
+                found.append(info)
+        return found
+
+    def check(self, grace: float = LEFTOVER_GRACE_S) -> list[ProcInfo]:
+        # Our own children that exited must be reaped, or they stay zombies (ignored
+        # anyway) and a Popen still running is itself a leftover.
+        deadline = time.monotonic() + grace
+        while True:
+            for proc in self.popens:
+                proc.poll()
+            left = self.leftovers()
+            if not left or time.monotonic() >= deadline:
+                break
+            time.sleep(POLL_S)
+        if left:
+            for info in left:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(info.pid, signal.SIGKILL)
+                if info.pgid in self.pgids:
+                    kill_group(info.pgid)
+        for proc in self.popens:
+            if proc.poll() is None:
+                kill_group(proc.pid)
+            with contextlib.suppress(Exception):
+                proc.communicate(timeout=5)
+        return left
+
+
+# --- the project folders -----------------------------------------------------------
+
+
+def socket_dirs(root: Path) -> list[Path]:
+    """Where a project's ipc sockets may live: .pivot/run/, or the short fallback dir."""
+    import hashlib
+    import tempfile
+
+    digest = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12]
+    return [root / ".pivot" / "run", Path(tempfile.gettempdir()) / f"pivot-{os.getuid()}" / digest]
+
+
+def run_dir_leftovers(root: Path) -> list[str]:
+    """Files left in the run directory besides `lock` (sockets, endpoints.json)."""
+    left = []
+    for folder in socket_dirs(root):
+        if folder.is_dir():
+            left += [str(p) for p in folder.iterdir() if p.name != "lock"]
+    return left
+
+
+def write_files(root: Path, files: dict[str, str]) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+# --- a pipeline whose first stage waits for the test -------------------------------
+
+# `held` writes its pid to held.started, then polls (with its own deadline) for
+# held.release before writing its output; `after` depends on it. Stages run with the
+# project folder as their working directory.
+HELD_PIPELINE = '''\
+import os
+import time
+
+from pivot import stage
+
+
+@stage(outs=["held.txt"])
+def held() -> None:
+    with open("held.started.tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.replace("held.started.tmp", "held.started")
+    deadline = time.monotonic() + 30
+    while not os.path.exists("held.release"):
+        if time.monotonic() > deadline:
+            raise TimeoutError("held.release never appeared")
+        time.sleep(0.02)
+    with open("held.txt", "w") as f:
+        f.write("held\\n")
+
+
+@stage(deps=["held.txt"], outs=["after.txt"])
+def after() -> None:
+    with open("held.txt") as src, open("after.txt", "w") as dst:
+        dst.write(src.read().upper())
+'''
+
+
+def held_stage_pid(root: Path, timeout: float = 20.0) -> int:
+    """Wait until the held stage started; the pid of the process running it."""
+    marker = root / "held.started"
+    wait_for(marker.exists, timeout, f"the held stage to start ({marker})")
+    return int(marker.read_text())
+
+
+def release_held_stage(root: Path) -> None:
+    (root / "held.release").write_text("go\n")

@@ -1,0 +1,510 @@
+"""Unit tests for the renderers of `pivot display` (plain lines, JSON lines, rich TUI).
+
+No sockets, no sleeps: envelopes are built directly and fed to renderers that write to
+StringIO.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from pivot.display.jsonl import JsonRenderer
+from pivot.display.plain import PlainRenderer
+from pivot.display.render import (
+    Renderer,
+    format_duration,
+    make_renderer,
+    resolve_mode,
+    wave_summary,
+)
+from pivot.protocol.codec import Envelope
+from pivot.protocol.messages import (
+    BusTick,
+    EventsWelcome,
+    LogLine,
+    Message,
+    PipelineInvalid,
+    PipelineLoaded,
+    PoolLost,
+    Snapshot,
+    StageFinished,
+    StageStarted,
+    WaveFinished,
+    WaveStarted,
+)
+
+T0 = 1700000000.0
+STAGES = ["prepare", "features", "fit", "evaluate"]
+TB = (
+    "Traceback (most recent call last):\n"
+    '  File "pipeline.py", line 21, in fit\n'
+    "    return 1 / 0\n"
+    "ZeroDivisionError: division by zero\n"
+)
+FIT_FAILED = StageFinished(
+    1, "fit", "failed", "failed", "ZeroDivisionError: division by zero", 0.2, TB
+)
+EVALUATE_BLOCKED = StageFinished(
+    1, "evaluate", "blocked", "blocked", "blocked by failed upstream 'fit'", 0.0
+)
+WAVE1 = WaveFinished(1, ["prepare"], ["features"], ["fit"], ["evaluate"], [])
+
+
+def run_messages() -> list[Message]:
+    """A wave where prepare ran, features was up to date, fit failed, evaluate blocked."""
+    return [
+        PipelineLoaded(list(STAGES), [], []),
+        WaveStarted(1, list(STAGES)),
+        StageStarted(1, "prepare", "never_ran", "never ran"),
+        LogLine("prepare", "stdout", "kept 40 rows"),
+        LogLine("prepare", "stderr", "warning: 2 rows had no label"),
+        StageFinished(1, "prepare", "ran", "never_ran", "never ran", 0.0123),
+        StageFinished(1, "features", "skipped", "up_to_date", "up to date", 0.001),
+        StageStarted(1, "fit", "code_changed", "code changed: fit()"),
+        FIT_FAILED,
+        EVALUATE_BLOCKED,
+        WAVE1,
+    ]
+
+
+def envelopes(msgs: list[Message], first_seq: int = 1) -> list[Envelope]:
+    return [
+        Envelope(m, f"id-{i}", None, "broker", first_seq + i, T0 + i * 0.05)
+        for i, m in enumerate(msgs)
+    ]
+
+
+def feed(renderer: Renderer, msgs: list[Message]) -> None:
+    for env in envelopes(msgs):
+        renderer.event(env)
+
+
+def view(status: str, wave: int = 1, reason_code: str = "", reason: str = "",
+         duration_s: float = 0.0, error: str | None = None) -> dict[str, Any]:
+    return {"status": status, "reason_code": reason_code, "reason": reason,
+            "duration_s": duration_s, "wave": wave, "error": error}
+
+
+def snapshot(stages: dict[str, dict[str, Any]], *, wave: int = 1, wave_running: bool = False,
+             last_wave: dict[str, Any] | None = None,
+             pipeline_error: dict[str, Any] | None = None) -> Snapshot:
+    return Snapshot(
+        seq=99,
+        log_seq=7,
+        wave=wave,
+        wave_running=wave_running,
+        stages=stages,
+        order=[s for s in STAGES if s in stages],
+        pipeline_error=pipeline_error,
+        last_wave=last_wave,
+    )
+
+
+def wave1_done_snapshot() -> Snapshot:
+    """The state after the whole of `run_messages()`."""
+    return snapshot(
+        {
+            "prepare": view("ran", reason_code="never_ran", reason="never ran", duration_s=0.0123),
+            "features": view("skipped", reason_code="up_to_date", reason="up to date"),
+            "fit": view("failed", reason_code="failed", reason=FIT_FAILED.reason,
+                        duration_s=0.2, error=TB),
+            "evaluate": view("blocked", reason_code="blocked", reason=EVALUATE_BLOCKED.reason),
+        },
+        last_wave={"wave": 1, "ran": ["prepare"], "skipped": ["features"], "failed": ["fit"],
+                   "blocked": ["evaluate"], "cancelled": [], "lost": []},
+    )
+
+
+def plain() -> tuple[PlainRenderer, io.StringIO, io.StringIO]:
+    out, err = io.StringIO(), io.StringIO()
+    return PlainRenderer(out, err), out, err
+
+
+def jsonr(clock: float = T0 + 100) -> tuple[JsonRenderer, io.StringIO, io.StringIO]:
+    out, err = io.StringIO(), io.StringIO()
+    return JsonRenderer(out, err, clock=lambda: clock), out, err
+
+
+def records(out: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def outcome_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.split(":")[0] in STAGES]
+
+
+# --- plain ---------------------------------------------------------------------------
+
+
+def test_plain_run_lines() -> None:
+    r, out, err = plain()
+    feed(r, run_messages())
+    r.close(0)
+    assert out.getvalue().splitlines() == [
+        "wave 1: 4 stages",
+        "prepare: running (never ran)",
+        "  prepare | kept 40 rows",
+        "  prepare ! warning: 2 rows had no label",
+        "prepare: ran in 0.01s",
+        "features: skipped (up to date)",
+        "fit: running (code changed: fit())",
+        "fit: FAILED (ZeroDivisionError: division by zero)",
+        "    Traceback (most recent call last):",
+        '      File "pipeline.py", line 21, in fit',
+        "        return 1 / 0",
+        "    ZeroDivisionError: division by zero",
+        "evaluate: blocked (blocked by failed upstream 'fit')",
+        "wave 1 failed: 1 ran, 1 skipped, 1 failed, 1 blocked",
+    ]
+    assert err.getvalue() == ""
+    assert "\x1b" not in out.getvalue()  # no colour on a non-terminal
+
+
+def test_plain_success_summary_and_other_outcomes() -> None:
+    r, out, _ = plain()
+    feed(r, [
+        WaveStarted(2, ["a"]),
+        StageFinished(2, "a", "cancelled", "cancelled", "not started: an earlier stage failed", 0.0),
+        StageFinished(2, "b", "lost", "pool_lost", "its pool died", 1.5),
+        WaveFinished(3, ["x", "y"], ["z"], [], [], []),
+        WaveFinished(4, [], [], [], [], []),
+    ])
+    assert out.getvalue().splitlines() == [
+        "wave 2: 1 stage",
+        "a: cancelled (not started: an earlier stage failed)",
+        "b: LOST (its pool died)",
+        "wave 3 done: 2 ran, 1 skipped",
+        "wave 4 done: nothing to run",
+    ]
+
+
+def test_plain_pipeline_error_and_pool_lost_go_to_err() -> None:
+    r, out, err = plain()
+    feed(r, [
+        PipelineInvalid("pipeline.py raised NameError", "Traceback ...\nNameError: x\n"),
+        PoolLost("pool-1", "no heartbeat for 3.1 s", ["fit", "evaluate"]),
+        PoolLost("pool-2", "pool reconnected", []),
+    ])
+    assert out.getvalue() == ""
+    assert err.getvalue().splitlines() == [
+        "pipeline error: pipeline.py raised NameError",
+        "    Traceback ...",
+        "    NameError: x",
+        "worker pool pool-1 lost (no heartbeat for 3.1 s) while running: fit, evaluate",
+        "worker pool pool-2 lost (pool reconnected)",
+    ]
+
+
+def test_plain_pipeline_loaded_quiet_on_first_load() -> None:
+    r, out, _ = plain()
+    feed(r, [
+        PipelineLoaded(["a", "b"], [], []),
+        PipelineLoaded([], [], []),
+        PipelineLoaded(["c"], ["a"], ["b"]),
+        PipelineInvalid("broken", ""),
+        PipelineLoaded([], [], []),
+    ])
+    assert out.getvalue().splitlines() == [
+        "pipeline reloaded: added c; changed b; removed a",
+        "pipeline loaded",
+    ]
+
+
+def test_plain_colour_only_when_asked() -> None:
+    out = io.StringIO()
+    r = PlainRenderer(out, io.StringIO(), color=True)
+    feed(r, [FIT_FAILED])
+    assert "\x1b[1;31mFAILED\x1b[0m" in out.getvalue()
+
+
+# --- json ----------------------------------------------------------------------------
+
+
+def test_json_lines_carry_v_event_ts_and_fields() -> None:
+    r, out, err = jsonr()
+    feed(r, run_messages())
+    r.close(0)
+    lines = out.getvalue().splitlines()
+    recs = [json.loads(line) for line in lines]
+    assert [x["event"] for x in recs] == [
+        "pipeline_loaded", "wave_started", "stage_started", "log", "log", "stage_finished",
+        "stage_finished", "stage_started", "stage_finished", "stage_finished", "wave_finished",
+    ]
+    for i, rec in enumerate(recs):
+        assert rec["v"] == 1
+        assert rec["ts"] == pytest.approx(T0 + i * 0.05)
+        assert "resynced" not in rec
+    assert all(" " not in line.split('"line"')[0].split('"reason"')[0] for line in lines[:2])
+    assert recs[1] == {"v": 1, "event": "wave_started", "ts": T0 + 0.05, "wave": 1,
+                       "stages": STAGES}
+    assert recs[3]["stage"] == "prepare" and recs[3]["line"] == "kept 40 rows"
+    assert recs[4]["stream"] == "stderr"
+    fit = recs[8]
+    assert fit == {
+        "v": 1, "event": "stage_finished", "ts": pytest.approx(T0 + 0.4), "wave": 1,
+        "stage": "fit", "status": "failed", "reason_code": "failed",
+        "reason": "ZeroDivisionError: division by zero", "duration_s": 0.2, "error": TB,
+    }
+    assert recs[-1]["failed"] == ["fit"] and recs[-1]["lost"] == []
+    assert err.getvalue() == ""
+
+
+def test_json_compact_separators() -> None:
+    r, out, _ = jsonr()
+    feed(r, [WaveStarted(1, ["a", "b"])])
+    assert out.getvalue() == (
+        '{"v":1,"event":"wave_started","ts":1700000000.0,"wave":1,"stages":["a","b"]}\n'
+    )
+
+
+def test_json_never_emits_welcome_or_tick() -> None:
+    r, out, _ = jsonr()
+    feed(r, [EventsWelcome(3), BusTick(3, 0), WaveStarted(1, [])])
+    assert [x["event"] for x in records(out)] == ["wave_started"]
+
+
+# --- resync --------------------------------------------------------------------------
+
+
+def test_plain_resync_shows_missed_outcomes_once() -> None:
+    r, out, _ = plain()
+    msgs = run_messages()
+    feed(r, msgs[:6])  # up to prepare's stage_finished; the rest is lost in a gap
+    shown = out.getvalue()
+    r.resync(wave1_done_snapshot())
+    after = out.getvalue()[len(shown):]
+    assert after.splitlines() == [
+        "features: skipped (up to date)",
+        "fit: FAILED (ZeroDivisionError: division by zero)",
+        "    Traceback (most recent call last):",
+        '      File "pipeline.py", line 21, in fit',
+        "        return 1 / 0",
+        "    ZeroDivisionError: division by zero",
+        "evaluate: blocked (blocked by failed upstream 'fit')",
+        "wave 1 failed: 1 ran, 1 skipped, 1 failed, 1 blocked",
+    ]
+    # A second snapshot, and late live copies of what the snapshot covered: nothing new.
+    r.resync(wave1_done_snapshot())
+    feed(r, [FIT_FAILED, EVALUATE_BLOCKED, WAVE1])
+    text = out.getvalue()
+    assert text == shown + after
+    assert sorted(outcome_lines(text)) == sorted([
+        "prepare: running (never ran)", "prepare: ran in 0.01s",
+        "features: skipped (up to date)",
+        "fit: FAILED (ZeroDivisionError: division by zero)",
+        "evaluate: blocked (blocked by failed upstream 'fit')",
+    ])
+
+
+def test_plain_resync_mid_wave_then_live() -> None:
+    r, out, _ = plain()
+    feed(r, [WaveStarted(1, list(STAGES))])
+    r.resync(snapshot(
+        {
+            "prepare": view("ran", duration_s=0.5),
+            "features": view("running", reason_code="never_ran", reason="never ran"),
+            "fit": view("pending"),
+            "evaluate": view("pending"),
+        },
+        wave_running=True,
+        last_wave=None,
+    ))
+    feed(r, [StageFinished(1, "features", "ran", "never_ran", "never ran", 1.0)])
+    assert out.getvalue().splitlines() == [
+        "wave 1: 4 stages",
+        "prepare: ran in 0.50s",
+        "features: ran in 1.00s",
+    ]
+
+
+def test_plain_resync_missed_wave_start_and_pipeline_error() -> None:
+    r, out, err = plain()
+    feed(r, [PipelineLoaded(list(STAGES), [], [])])
+    r.resync(snapshot(
+        {"prepare": view("skipped", wave=2, reason="up to date"),
+         "fit": view("pending", wave=2), "features": view("ran", wave=1)},
+        wave=2, wave_running=True,
+        last_wave={"wave": 1, "ran": ["features"], "skipped": [], "failed": [], "blocked": [],
+                   "cancelled": [], "lost": []},
+        pipeline_error={"message": "bad params", "detail": ""},
+    ))
+    # Wave 1 was over before this display knew of any wave: history, not shown.
+    assert out.getvalue().splitlines() == [
+        "wave 2: 2 stages",
+        "prepare: skipped (up to date)",
+    ]
+    assert err.getvalue().splitlines() == ["pipeline error: bad params"]
+
+
+def test_baseline_makes_the_joining_snapshot_history() -> None:
+    r, out, _ = plain()
+    r.baseline(wave1_done_snapshot())
+    r.resync(wave1_done_snapshot())
+    assert out.getvalue() == ""
+    feed(r, [WaveStarted(2, ["fit"]), StageFinished(2, "fit", "ran", "forced", "forced", 1.0)])
+    assert out.getvalue().splitlines() == ["wave 2: 1 stage", "fit: ran in 1.00s"]
+
+
+def test_json_resync_shows_missed_outcomes_once() -> None:
+    r, out, _ = jsonr(clock=T0 + 100)
+    msgs = run_messages()
+    feed(r, msgs[:6])
+    r.resync(wave1_done_snapshot())
+    r.resync(wave1_done_snapshot())
+    feed(r, [FIT_FAILED, EVALUATE_BLOCKED, WAVE1])
+    recs = records(out)
+    live, synth = recs[:6], recs[6:]
+    assert all("resynced" not in x for x in live)
+    assert [(x["event"], x.get("stage")) for x in synth] == [
+        ("stage_finished", "features"),
+        ("stage_finished", "fit"),
+        ("stage_finished", "evaluate"),
+        ("wave_finished", None),
+    ]
+    for x in synth:
+        assert x["v"] == 1 and x["resynced"] is True and x["ts"] == T0 + 100
+    fit = synth[1]
+    assert (fit["wave"], fit["status"], fit["reason_code"], fit["duration_s"], fit["error"]) == (
+        1, "failed", "failed", 0.2, TB,
+    )
+    assert synth[3]["failed"] == ["fit"] and synth[3]["blocked"] == ["evaluate"]
+    finished = [(x["wave"], x["stage"]) for x in recs if x["event"] == "stage_finished"]
+    assert len(finished) == len(set(finished)) == 4
+    assert sum(x["event"] == "wave_finished" for x in recs) == 1
+
+
+def test_json_resync_synthesizes_missed_wave_started() -> None:
+    r, out, _ = jsonr()
+    r.resync(snapshot(
+        {"prepare": view("ran", duration_s=0.1), "fit": view("running")},
+        wave_running=True,
+    ))
+    feed(r, [WaveStarted(1, ["prepare", "fit"])])  # a late copy: not repeated
+    assert [(x["event"], x.get("stages"), x.get("stage")) for x in records(out)] == [
+        ("wave_started", ["prepare", "fit"], None),
+        ("stage_finished", None, "prepare"),
+    ]
+
+
+# --- dropped logs --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make", [plain, jsonr])
+def test_dropped_logs_reported_on_err(make: Any) -> None:
+    r, out, err = make()
+    r.close(3)
+    assert out.getvalue() == ""  # json stays pure JSON lines
+    assert "3 log lines were dropped" in err.getvalue()
+    r, out, err = make()
+    r.close(1)
+    assert "1 log line was dropped" in err.getvalue()
+    r, out, err = make()
+    r.close(0)
+    assert err.getvalue() == ""
+
+
+# --- tui -----------------------------------------------------------------------------
+
+
+def tui(terminal: bool = False) -> tuple[Any, io.StringIO]:
+    from rich.console import Console
+
+    from pivot.display.tui import TuiRenderer
+
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=terminal, width=100, color_system=None)
+    seconds = itertools.count(T0)  # a second passes per reading: every event refreshes
+    return TuiRenderer(console, clock=lambda: float(next(seconds))), buf
+
+
+def test_tui_final_output_on_a_plain_console() -> None:
+    r, buf = tui()
+    feed(r, run_messages())
+    r.close(2)
+    text = buf.getvalue()
+    for stage in STAGES:
+        assert stage in text
+    assert "ZeroDivisionError: division by zero" in text
+    assert "wave 1 failed: 1 ran, 1 skipped, 1 failed, 1 blocked" in text
+    assert "2 log lines were dropped" in text
+    assert "\x1b" not in text
+    assert text.count("evaluate") == 1  # printed once, no leftover live frames
+
+
+def test_tui_live_view_on_a_terminal() -> None:
+    r, buf = tui(terminal=True)
+    feed(r, run_messages()[:3])  # prepare is running
+    live_text = buf.getvalue()
+    assert "prepare" in live_text and "running" in live_text
+    feed(r, run_messages()[3:])
+    r.close(0)
+    final = buf.getvalue()[len(live_text):]
+    assert "wave 1 failed" in final and "evaluate" in final
+
+
+def test_tui_resync_and_wave_change() -> None:
+    r, buf = tui()
+    r.resync(wave1_done_snapshot())
+    feed(r, [
+        PoolLost("pool-1", "no heartbeat", []),
+        WaveStarted(2, ["fit"]),
+        StageStarted(2, "fit", "code_changed", "code changed: fit()"),
+        LogLine("fit", "stdout", "\x1b[31mred\x1b[0m [bold]not markup[/bold]"),
+        StageFinished(2, "fit", "ran", "code_changed", "code changed: fit()", 2.5),
+        WaveFinished(2, ["fit"], [], [], [], []),
+        PipelineInvalid("pipeline.py raised", "Traceback ...\nSyntaxError\n"),
+    ])
+    r.close(0)
+    text = buf.getvalue()
+    # Wave 1's summary stays on screen when wave 2 replaces it.
+    assert text.index("wave 1 failed:") < text.index("wave 2 done: 1 ran")
+    assert "worker pool pool-1 lost (no heartbeat)" in text
+    assert "pipeline error: pipeline.py raised" in text
+    assert "2.50s" in text
+
+
+def test_tui_close_without_events_prints_nothing() -> None:
+    r, buf = tui()
+    r.close(0)
+    r.close(0)
+    assert buf.getvalue() == ""
+
+
+# --- factory and helpers -------------------------------------------------------------
+
+
+def test_resolve_and_make_renderer() -> None:
+    out, err = io.StringIO(), io.StringIO()
+    assert resolve_mode("auto", out) == "plain"
+    assert resolve_mode("json", out) == "json"
+    with pytest.raises(ValueError, match="unknown display mode"):
+        resolve_mode("fancy", out)
+    assert isinstance(make_renderer("plain", out, err), PlainRenderer)
+    assert isinstance(make_renderer("json", out, err), JsonRenderer)
+    assert isinstance(make_renderer("auto", out, err), PlainRenderer)
+    r = make_renderer("tui", out, err)
+    assert isinstance(r, Renderer)
+    r.close(0)
+
+
+def test_rich_is_not_imported_for_plain_or_json() -> None:
+    code = (
+        "import sys, pivot.display, pivot.display.render, pivot.display.plain, "
+        "pivot.display.jsonl; print('rich' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+
+
+def test_format_duration_and_summary() -> None:
+    assert [format_duration(s) for s in (0.0123, 3.256, 42.12, 125, 3725, -1)] == [
+        "0.01s", "3.26s", "42.1s", "2m05s", "1h02m", "0.00s",
+    ]
+    assert wave_summary(WaveFinished(5, [], [], [], [], [], ["x"])) == "wave 5 failed: 1 lost"
