@@ -49,9 +49,39 @@ def repro(root: Path, *args: str, timeout: float = 30.0) -> tuple[subprocess.Com
     """`pivot repro --json ARGS`: the result and its parsed events. Checks that the run
     directory holds nothing but `lock` afterwards."""
     result = run_pivot(root, "repro", "--json", *args, timeout=timeout)
+    assert result.stdout.isascii(), "JSON lines must be plain ASCII (docs/events.md)"
     events = parse_events(result.stdout)
+    check_wave_contract(events)
     assert run_dir_leftovers(root) == [], describe(result)
     return result, events
+
+
+WAVE_LISTS = ("ran", "skipped", "failed", "blocked", "cancelled", "lost")
+
+
+def check_wave_contract(events: list[dict[str, Any]]) -> None:
+    """docs/events.md: stage_finished after its stage_started, wave_finished after every
+    stage_finished of its wave, and every stage of the wave in exactly one list."""
+    started: dict[int, list[str]] = {}
+    running: set[tuple[int, str]] = set()
+    done: dict[int, list[str]] = {}
+    for e in events:
+        kind = e["event"]
+        if kind == "wave_started":
+            started[e["wave"]] = e["stages"]
+        elif kind == "stage_started":
+            running.add((e["wave"], e["stage"]))
+        elif kind == "stage_finished":
+            if e["status"] == "ran":
+                assert (e["wave"], e["stage"]) in running, f"ran without stage_started: {e}"
+            done.setdefault(e["wave"], []).append(e["stage"])
+        elif kind == "wave_finished":
+            wave = e["wave"]
+            listed = [name for key in WAVE_LISTS for name in e[key]]
+            assert sorted(listed) == sorted(started[wave]), f"wave lists != wave stages: {e}"
+            assert sorted(done.get(wave, [])) == sorted(started[wave]), (
+                f"wave_finished before every stage_finished: {events}"
+            )
 
 
 def statuses(events: list[dict[str, Any]]) -> dict[str, str]:
@@ -259,6 +289,7 @@ def test_stage_output_becomes_log_events(make_project: MakeProject) -> None:
         def chatty() -> None:
             print("to stdout, line one")
             print("to stderr, line two", file=sys.stderr)
+            print("na\u00efve \u2713")
             with open("chatty.txt", "w") as f:
                 f.write("ok\\n")
         """
@@ -268,6 +299,7 @@ def test_stage_output_becomes_log_events(make_project: MakeProject) -> None:
     logs = [(e["stage"], e["stream"], e["line"]) for e in of_kind(events, "log")]
     assert ("chatty", "stdout", "to stdout, line one") in logs, logs
     assert ("chatty", "stderr", "to stderr, line two") in logs, logs
+    assert ("chatty", "stdout", "na\u00efve \u2713") in logs, logs
 
 
 # --- bad input: exit code 2, a clear message, no traceback of Pivot's --------------
@@ -579,6 +611,7 @@ def test_second_engine_in_the_same_project_is_refused(
     rc, out, err = wait_exit(first, 30, "the first engine")
     assert rc == 0, describe((rc, out, err))
     events = parse_events(out)
+    check_wave_contract(events)
     assert statuses(events) == {"held": "ran", "after": "ran"}
     assert (root / "after.txt").read_text() == "HELD\n"
     assert run_dir_leftovers(root) == []

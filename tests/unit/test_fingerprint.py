@@ -200,11 +200,13 @@ def test_nested_function_docstrings_are_ignored(load: Loader) -> None:
         pytest.param(BASE.replace("round(y)", "abs(y)"), id="call"),
         pytest.param(BASE.replace("round(y)", "round(y, 1)"), id="call-arguments"),
         pytest.param(BASE.replace("y = x * 2 + 3", "y = x * (2 + 3)"), id="precedence"),
-        pytest.param(BASE.replace("return round(y)", "print(y)\n    return round(y)"),
-                     id="added-statement"),
+        pytest.param(
+            BASE.replace("return round(y)", "print(y)\n    return round(y)"), id="added-statement"
+        ),
         pytest.param(BASE.replace("x * 2 + 3", "x * 2 + 3.0"), id="int-to-float-constant"),
-        pytest.param(BASE.replace("y = x", "z = x").replace("round(y)", "round(z)"),
-                     id="local-variable-name"),
+        pytest.param(
+            BASE.replace("y = x", "z = x").replace("round(y)", "round(z)"), id="local-variable-name"
+        ),
     ],
 )
 def test_code_changes_change_the_fingerprint(load: Loader, variant: str) -> None:

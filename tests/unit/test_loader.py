@@ -120,12 +120,18 @@ def test_valid_pipeline(tmp_path: Path) -> None:
 
 
 def test_sources_list_project_modules(tmp_path: Path) -> None:
-    files = dict(VALID)
-    files["pipeline.py"] = "import pkg.sub\n" + files["pipeline.py"]
-    files["pkg/__init__.py"] = ""
-    files["pkg/sub.py"] = "VALUE = 1\n"
-    files["unused.py"] = "raise RuntimeError('never imported')\n"
-    m = load(write(tmp_path, files))
+    write(tmp_path, VALID)
+    pipeline = tmp_path / "pipeline.py"
+    pipeline.write_text("import pkg.sub\n" + pipeline.read_text())
+    write(
+        tmp_path,
+        {
+            "pkg/__init__.py": "",
+            "pkg/sub.py": "VALUE = 1\n",
+            "unused.py": "raise RuntimeError('never imported')\n",
+        },
+    )
+    m = load(tmp_path)
     assert m.sources == ("helpers.py", "pipeline.py", "pkg/__init__.py", "pkg/sub.py")
 
 
@@ -201,9 +207,7 @@ def test_import_error_in_helper_shows_user_traceback(tmp_path: Path) -> None:
     assert 'pipeline.py", line 3, in <module>' in err.detail
     assert "import helper" in err.detail
     assert 'helper.py", line 4, in <module>' in err.detail
-    assert err.detail.rstrip().endswith(
-        "ImportError: helper needs the optional 'fancy' package"
-    )
+    assert err.detail.rstrip().endswith("ImportError: helper needs the optional 'fancy' package")
     assert_no_pivot_frames(err.detail)
 
 
@@ -330,6 +334,7 @@ def test_user_modules_named_like_pivot_packages(tmp_path: Path) -> None:
 
 @pytest.mark.xfail(
     strict=True,
+    raises=PipelineError,
     reason="bug: a manifest larger than the pipe buffer (~64 KiB) deadlocks run_loader: it "
     "waits for the loader to exit before reading the result pipe, while the loader blocks "
     "writing to it; the load then fails with the timeout error",
@@ -349,5 +354,27 @@ def test_large_manifest_loads(tmp_path: Path) -> None:
         },
     )
     # Normal loads take ~0.2 s; keep the expected failure (a timeout) short.
-    m = run_loader(tmp_path, timeout=2.0)
+    m = run_loader(tmp_path, timeout=1.0)
     assert len(m.by_name["big"].params["blob"]) == 100_000
+
+
+def test_user_module_named_pivot_does_not_shadow_pivot(tmp_path: Path) -> None:
+    # The loader runs with the project as its cwd; `python -P` keeps the cwd off sys.path,
+    # so this file must not replace Pivot's own package.
+    write(
+        tmp_path,
+        {
+            "pivot.py": "raise RuntimeError('user pivot.py must not be imported by Pivot')\n",
+            "pipeline.py": """
+                from pivot import stage
+
+
+                @stage(outs=["out.txt"])
+                def s() -> None:
+                    pass
+                """,
+        },
+    )
+    m = load(tmp_path)
+    assert [s.name for s in m.stages] == ["s"]
+    assert "pivot.py" not in m.sources

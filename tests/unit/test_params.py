@@ -16,12 +16,17 @@ from pivot.pipeline.params import PARAMS_FILE, defaults_of, load_params_file, re
 
 
 def test_defaults_are_the_params() -> None:
-    def fit(lr: float = 0.05, epochs: int = 200, name: str = "m", flag: bool = False,
-            extra: None = None) -> None:
+    def fit(
+        lr: float = 0.05, epochs: int = 200, name: str = "m", flag: bool = False, extra: None = None
+    ) -> None:
         pass
 
     assert defaults_of("fit", fit) == {
-        "lr": 0.05, "epochs": 200, "name": "m", "flag": False, "extra": None,
+        "lr": 0.05,
+        "epochs": 200,
+        "name": "m",
+        "flag": False,
+        "extra": None,
     }
 
 
@@ -133,8 +138,9 @@ def test_file_is_read(tmp_path: Path) -> None:
     }
 
 
-@pytest.mark.parametrize(("text", "type_name"), [("- a\n- b\n", "list"), ("42\n", "int"),
-                                                 ("just text\n", "str")])
+@pytest.mark.parametrize(
+    ("text", "type_name"), [("- a\n- b\n", "list"), ("42\n", "int"), ("just text\n", "str")]
+)
 def test_top_level_must_be_a_mapping(tmp_path: Path, text: str, type_name: str) -> None:
     (tmp_path / PARAMS_FILE).write_text(text)
     with pytest.raises(PipelineError, match=rf"params\.yaml: expected a mapping.*got {type_name}"):
@@ -143,7 +149,12 @@ def test_top_level_must_be_a_mapping(tmp_path: Path, text: str, type_name: str) 
 
 @pytest.mark.parametrize(
     ("text", "type_name"),
-    [("fit: 3\n", "int"), ("fit: [1, 2]\n", "list"), ("fit: text\n", "str"), ("fit:\n", "NoneType")],
+    [
+        ("fit: 3\n", "int"),
+        ("fit: [1, 2]\n", "list"),
+        ("fit: text\n", "str"),
+        ("fit:\n", "NoneType"),
+    ],
 )
 def test_entry_must_be_a_mapping(tmp_path: Path, text: str, type_name: str) -> None:
     (tmp_path / PARAMS_FILE).write_text("ok:\n  a: 1\n" + text)
@@ -153,8 +164,9 @@ def test_entry_must_be_a_mapping(tmp_path: Path, text: str, type_name: str) -> N
         load_params_file(tmp_path)
 
 
-@pytest.mark.parametrize("text", ["fit: {lr: 0.1\n", "fit:\n  lr: [1, 2\n", "a: b: c\n",
-                                  "fit:\n\tlr: 1\n"])
+@pytest.mark.parametrize(
+    "text", ["fit: {lr: 0.1\n", "fit:\n  lr: [1, 2\n", "a: b: c\n", "fit:\n\tlr: 1\n"]
+)
 def test_invalid_yaml(tmp_path: Path, text: str) -> None:
     (tmp_path / PARAMS_FILE).write_text(text)
     with pytest.raises(PipelineError, match=r"params\.yaml: not valid YAML"):
@@ -230,8 +242,11 @@ def test_str_for_int_names_stage_key_and_types() -> None:
 
 
 def test_wrong_type_in_stage_params_names_that_source() -> None:
-    with pytest.raises(PipelineError, match=r"^stage\(params=\.\.\.\): stage 'fit' param 'name' "
-                                            r"expects str .*got int 5"):
+    with pytest.raises(
+        PipelineError,
+        match=r"^stage\(params=\.\.\.\): stage 'fit' param 'name' "
+        r"expects str .*got int 5",
+    ):
         resolve("fit", DEFAULTS, {"name": 5}, None)
 
 
@@ -246,12 +261,16 @@ def test_unknown_key_names_stage_key_and_its_params() -> None:
 
 
 def test_unknown_key_in_stage_params() -> None:
-    with pytest.raises(PipelineError, match=re.escape("stage(params=...): stage 'fit' has no param 'x'")):
+    with pytest.raises(
+        PipelineError, match=re.escape("stage(params=...): stage 'fit' has no param 'x'")
+    ):
         resolve("fit", DEFAULTS, {"x": 1}, None)
 
 
 def test_unknown_key_for_stage_without_params() -> None:
-    with pytest.raises(PipelineError, match=r"stage 'evaluate' has no param 'x' \(its params: none\)"):
+    with pytest.raises(
+        PipelineError, match=r"stage 'evaluate' has no param 'x' \(its params: none\)"
+    ):
         resolve("evaluate", {}, {}, {"x": 1})
 
 

@@ -37,8 +37,10 @@ def test_normalize_is_idempotent() -> None:
         assert normalize("s", "outs", once) == once
 
 
-@pytest.mark.parametrize("path", ["/abs/a.csv", "/", "//server/share", "C:/data/a.csv",
-                                  "C:\\data\\a.csv", "\\abs\\a.csv"])
+@pytest.mark.parametrize(
+    "path",
+    ["/abs/a.csv", "/", "//server/share", "C:/data/a.csv", "C:\\data\\a.csv", "\\abs\\a.csv"],
+)
 def test_absolute_path_is_rejected(path: str) -> None:
     with pytest.raises(PipelineError) as info:
         normalize("clean", "outs", path)
@@ -48,8 +50,9 @@ def test_absolute_path_is_rejected(path: str) -> None:
     assert "is absolute" in msg
 
 
-@pytest.mark.parametrize("path", ["../x", "..", "../", "a/../../x", "./../x", "a/b/../../../x",
-                                  ".", "./", "a/.."])
+@pytest.mark.parametrize(
+    "path", ["../x", "..", "../", "a/../../x", "./../x", "a/b/../../../x", ".", "./", "a/.."]
+)
 def test_path_outside_root_is_rejected(path: str) -> None:
     with pytest.raises(PipelineError) as info:
         normalize("clean", "deps", path)
@@ -59,8 +62,10 @@ def test_path_outside_root_is_rejected(path: str) -> None:
     assert "outside the project root" in msg
 
 
-@pytest.mark.parametrize("path", [".pivot/x", ".pivot", ".pivot/", "./.pivot/stages/a.lock",
-                                  "a/../.pivot/x", ".pivot//x"])
+@pytest.mark.parametrize(
+    "path",
+    [".pivot/x", ".pivot", ".pivot/", "./.pivot/stages/a.lock", "a/../.pivot/x", ".pivot//x"],
+)
 def test_path_inside_state_dir_is_rejected(path: str) -> None:
     with pytest.raises(PipelineError) as info:
         normalize("clean", "metrics", path)

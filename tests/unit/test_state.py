@@ -57,11 +57,6 @@ def test_missing_path_hashes_to_none(tmp_path: Path) -> None:
     assert hash_path(tmp_path / "no" / "such" / "dir") is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: hash_path(<file>/child) raises NotADirectoryError instead of returning None "
-    "(only FileNotFoundError is caught), so decide() crashes instead of reporting dep_missing",
-)
 def test_path_under_a_file_hashes_to_none(tmp_path: Path) -> None:
     (tmp_path / "data").write_text("a file, not a folder")
     assert hash_path(tmp_path / "data" / "x.csv") is None
@@ -182,7 +177,8 @@ def test_lock_is_byte_identical_when_written_twice(tmp_path: Path) -> None:
     write_lock(tmp_path, LOCK)
     first = lock_path(tmp_path, LOCK.stage).read_bytes()
     reordered = dataclasses.replace(
-        LOCK, deps=dict(reversed(list(LOCK.deps.items()))),
+        LOCK,
+        deps=dict(reversed(list(LOCK.deps.items()))),
         params=dict(reversed(list(LOCK.params.items()))),
     )
     write_lock(tmp_path, reordered)
@@ -431,12 +427,7 @@ def test_lock_of_another_stage_is_not_used(project: Path) -> None:
     assert decide(project, make_spec(name="train@big")).code == Reason.NEVER_RAN
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=NotADirectoryError,
-    reason="bug: a dep under a path that is a file (dep 'data/in.csv/part') makes decide() "
-    "raise NotADirectoryError instead of returning dep_missing",
-)
 def test_dep_under_a_file_is_missing(project: Path) -> None:
     d = decide(project, make_spec(deps=("data/in.csv/part",)))
     assert d.code == Reason.DEP_MISSING
+    assert d.missing_deps == ("data/in.csv/part",)
