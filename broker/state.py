@@ -198,7 +198,8 @@ class BrokerState:
         changed = sorted(n for n in set(old) & set(new) if old[n] != new[n])
         self.manifest, self.graph, self.pipeline_error = manifest, graph, None
         for name in graph.order:
-            self.stage_view.setdefault(name, self._view("pending", "", "", 0.0))
+            if name not in self.stage_view:
+                self._set_view(name, "pending", "", "", 0.0)
         for name in removed:
             self.stage_view.pop(name, None)
         self._publish(PipelineLoaded(added, removed, changed))

@@ -218,7 +218,8 @@ class PoolService:
             self._finish(attempt, "failed", Reason.FAILED, f"could not check the stage: {exc}", 0.0)
             return
         if decision.missing_deps:
-            self._finish(attempt, "failed", decision.code, decision.message, 0.0)
+            missing = ", ".join(decision.missing_deps)
+            self._finish(attempt, "failed", Reason.DEP_MISSING, f"dependency missing: {missing}", 0.0)
             return
         if not decision.run:
             self._finish(attempt, "skipped", decision.code, decision.message, 0.0)

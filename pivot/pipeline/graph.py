@@ -43,17 +43,33 @@ class StageGraph:
             if name not in seen:
                 seen.add(name)
                 todo.extend(self.downstream[name])
-        return seen
+        return seen - names
 
 
-def _producer_of(path: str, producers: dict[str, str], dir_outs: list[str]) -> str | None:
-    """The stage producing `path`: an exact output, or a directory output holding it."""
-    if path in producers:
-        return producers[path]
-    for out in dir_outs:
-        if path.startswith(out) or out.startswith(path.rstrip("/") + "/"):
-            return producers[out]
-    return None
+def _inside(path: str, folder: str) -> bool:
+    """Whether `path` lies inside the directory `folder` (with or without its "/")."""
+    return path.startswith(folder.rstrip("/") + "/")
+
+
+def _producers_of(dep: str, producers: dict[str, str]) -> set[str]:
+    """Every stage writing `dep`, a directory holding it, or (for a folder dep) inside it."""
+    found = set()
+    for out, stage in producers.items():
+        if out.rstrip("/") == dep.rstrip("/") or (out.endswith("/") and _inside(dep, out)):
+            found.add(stage)
+        elif _inside(out, dep):
+            found.add(stage)
+    return found
+
+
+def _check_overlaps(producers: dict[str, str]) -> None:
+    for out, stage in producers.items():
+        for other, other_stage in producers.items():
+            if other_stage != stage and out.endswith("/") and _inside(other, out):
+                raise PipelineError(
+                    f"two stages produce {other!r}: {stage!r} (its output directory {out!r}) "
+                    f"and {other_stage!r}; each path must have exactly one producing stage"
+                )
 
 
 def build_graph(manifest: Manifest, root: Path | None = None) -> StageGraph:
@@ -72,22 +88,20 @@ def build_graph(manifest: Manifest, root: Path | None = None) -> StageGraph:
                 )
             producers[out] = spec.name
             g.add_edge(("stage", spec.name), ("artifact", out))
-    dir_outs = [o for o in producers if o.endswith("/")]
+    _check_overlaps(producers)
     for spec in manifest.stages:
         for dep in spec.deps:
-            producer = _producer_of(dep, producers, dir_outs)
-            if producer is None:
-                if root is not None and not (root / dep).exists():
-                    raise PipelineError(
-                        f"stage {spec.name!r}: dependency {dep!r} does not exist and no stage "
-                        "produces it; create the file or add the stage that writes it"
-                    )
-                g.add_edge(("artifact", dep), ("stage", spec.name))
-                continue
-            if producer == spec.name:
+            found = _producers_of(dep, producers)
+            if not found and root is not None and not (root / dep).exists():
+                raise PipelineError(
+                    f"stage {spec.name!r}: dependency {dep!r} does not exist and no stage "
+                    "produces it; create the file or add the stage that writes it"
+                )
+            if spec.name in found:
                 raise PipelineError(f"stage {spec.name!r} depends on its own output {dep!r}")
-            g.add_edge(("stage", producer), ("artifact", dep))
             g.add_edge(("artifact", dep), ("stage", spec.name))
+            for producer in found:
+                g.add_edge(("stage", producer), ("artifact", dep))
     try:
         cycle = nx.find_cycle(g)
     except nx.NetworkXNoCycle:

@@ -16,6 +16,7 @@ _GITIGNORE = """\
 /*
 !/.gitignore
 !/stages/
+/stages/.*
 """
 
 

@@ -25,7 +25,7 @@ __all__ = ["StageDecl", "clear_registry", "registered", "stage"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]*$")
+_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]*")
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def stage(
                 f"{where}: function {qualname!r} in {func.__module__} is not at module level; "
                 "workers import stage functions by name, so define it at the top of a module"
             )
-        if not isinstance(stage_name, str) or not _NAME_RE.match(stage_name):
+        if not isinstance(stage_name, str) or not _NAME_RE.fullmatch(stage_name):
             raise PipelineError(
                 f"stage name {stage_name!r} is invalid: use letters, digits, '_', '-', '.', '@'"
             )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import msgpack
@@ -26,30 +27,36 @@ def python_cmd(module: str, *args: str) -> list[str]:
 
 
 def run_loader(root: Path, timeout: float = LOADER_TIMEOUT_S) -> Manifest:
-    """Load the pipeline in a fresh interpreter. Raises PipelineError for user mistakes."""
-    read_fd, write_fd = os.pipe()
+    """Load the pipeline in a fresh interpreter. Raises PipelineError for user mistakes.
+
+    The result travels in a temp file, not a pipe: a manifest larger than the pipe
+    buffer would block the loader while we wait for it to exit.
+    """
+    root = root.resolve()
+    fd, result_path = tempfile.mkstemp(prefix="pivot-manifest-", suffix=".msgpack")
     try:
-        proc = subprocess.Popen(
-            python_cmd("pivot.runtime.loader", str(root), "--result-fd", str(write_fd)),
-            cwd=root,
-            pass_fds=(write_fd,),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
+        with os.fdopen(fd, "r+b") as result_file:
+            proc = subprocess.Popen(
+                python_cmd("pivot.runtime.loader", str(root), "--result-fd", str(fd)),
+                cwd=root,
+                pass_fds=(fd,),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+            try:
+                output, _ = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                raise PipelineError(
+                    f"loading pipeline.py took longer than {timeout:.0f} s; "
+                    "does importing it run heavy work at module level?"
+                ) from None
+            result_file.seek(0)
+            raw = result_file.read()
     finally:
-        os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as result_pipe:
-        try:
-            output, _ = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-            raise PipelineError(
-                f"loading pipeline.py took longer than {timeout:.0f} s; "
-                "does importing it run heavy work at module level?"
-            ) from None
-        raw = result_pipe.read()
+        os.unlink(result_path)
     printed = output.decode(errors="replace").strip()
     if not raw:
         raise PipelineError(

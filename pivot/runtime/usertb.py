@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import importlib
 import traceback
 from pathlib import Path
 
 __all__ = ["user_traceback"]
 
 _PIVOT_DIR = str(Path(__file__).resolve().parents[1])
+_IMPORTLIB_DIR = str(Path(importlib.__file__).resolve().parent)
 
 
 def _is_internal(filename: str) -> bool:
-    return filename.startswith(_PIVOT_DIR) or filename.startswith("<frozen ")
+    return filename.startswith((_PIVOT_DIR, _IMPORTLIB_DIR, "<frozen "))
 
 
 def user_traceback(exc: BaseException) -> str:

@@ -52,6 +52,9 @@ def decide(root: Path, spec: StageSpec, force: bool = False) -> Decision:
             missing.append(dep)
         else:
             dep_hashes[dep] = digest
+    lock = read_lock(root, spec.name)
+    if lock is None:  # deps may be missing only because upstream has not run yet either
+        return Decision(True, Reason.NEVER_RAN, "never ran", dep_hashes, tuple(missing))
     if missing:
         return Decision(
             True, Reason.DEP_MISSING, f"dependency missing: {', '.join(missing)}",
@@ -59,9 +62,6 @@ def decide(root: Path, spec: StageSpec, force: bool = False) -> Decision:
         )
     if force:
         return Decision(True, Reason.FORCED, "forced", dep_hashes)
-    lock = read_lock(root, spec.name)
-    if lock is None:
-        return Decision(True, Reason.NEVER_RAN, "never ran", dep_hashes)
     if lock.code != spec.fingerprint:
         return Decision(True, Reason.CODE_CHANGED, f"code changed: {spec.func}()", dep_hashes)
     if set(lock.deps) != set(spec.deps) or set(lock.outs) != set(spec.outs):

@@ -62,6 +62,7 @@ def write_lock(root: Path, lock: StageLock) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(lock.to_json())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; lock files are shared through git
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -197,12 +197,6 @@ def test_repro_of_one_stage_runs_only_it_and_its_upstream(project: Path) -> None
     assert not (project / ".pivot" / "stages" / "fit.lock").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: `pivot repro nosuchstage` exits 0 ('wave 1 done: nothing to run'): the run "
-    "request reaches the broker before the manifest, so broker/state.py skips the unknown-"
-    "stage check and _maybe_start_wave silently drops unknown names",
-)
 def test_unknown_stage_name_is_a_usage_error(project: Path) -> None:
     result = run_pivot(project, "repro", "nosuchstage")
     assert result.returncode == 2, describe(result)
@@ -449,12 +443,6 @@ def test_syntax_error_shows_the_users_line(make_project: MakeProject) -> None:
     assert re.search(r"pipeline\.py.*line 5", result.stderr), describe(result)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the traceback of a failed pipeline import starts with a frame of "
-    "importlib/__init__.py (import_module); pivot/runtime/usertb.py filters only Pivot's "
-    "files and '<frozen ...>' although its docstring promises 'not Pivot's or importlib's'",
-)
 def test_import_error_traceback_shows_only_project_frames(make_project: MakeProject) -> None:
     files, _ = BAD_INPUTS["import_error_in_helper"]
     root = make_project(files)
@@ -512,11 +500,6 @@ def test_status_before_a_run_says_every_stage_is_stale(project: Path) -> None:
     assert [r["code"] for r in stages["prepare"]["reasons"]] == ["never_ran"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: `pivot status` before any run reports dep_missing (not never_ran) for "
-    "stages whose deps an upstream stage will produce (pivot/cli/status_cmd.py via decide)",
-)
 def test_status_before_a_run_gives_never_ran_for_every_stage(project: Path) -> None:
     stages = status_json(project)
     codes = {name: [r["code"] for r in row["reasons"]] for name, row in stages.items()}
@@ -576,11 +559,6 @@ def test_init_gitignore_keeps_only_lock_files(tmp_path: Path, proc_guard: ProcGu
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: .pivot/.gitignore un-ignores all of stages/ ('!/stages/'), so a temp "
-    "lock file left by a killed run (.pivot/stages/.fit.XXXX.tmp) shows up in git status",
-)
 def test_init_gitignore_ignores_temp_files_next_to_locks(tmp_path: Path, proc_guard: ProcGuard) -> None:
     root = init_repo(tmp_path)
     subprocess.run(["git", "init", "-q"], cwd=root, check=True, timeout=10)

@@ -138,11 +138,6 @@ def test_downstream_of() -> None:
     assert g.downstream_of(set()) == set()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug (latent; callers pass one name): downstream_of({'b', 'c'}) returns 'c' "
-    "although its docstring says the given names are excluded",
-)
 def test_downstream_of_excludes_given_names_downstream_of_each_other() -> None:
     assert _chain_graph().downstream_of({"b", "c"}) == {"d", "e"}
 
@@ -171,11 +166,6 @@ def test_file_and_directory_output_of_same_path_conflict(out1: str, out2: str) -
         graph(spec("one", outs=[out1]), spec("two", outs=[out2]))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: overlapping outputs are not detected: stage 'a' outs=['data/dir/'] and "
-    "stage 'b' outs=['data/dir/x.csv'] both write data/dir/x.csv",
-)
 def test_output_inside_another_stages_directory_output_conflicts() -> None:
     with pytest.raises(PipelineError, match=r"'a'.*'b'"):
         graph(spec("a", outs=["data/dir/"]), spec("b", outs=["data/dir/x.csv"]))
@@ -289,11 +279,6 @@ def test_similar_prefix_is_not_inside_directory_output(tmp_path: Path) -> None:
     assert g.upstream["use"] == frozenset()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a dep on a parent folder ('data/') of two directory outputs ('data/a/', "
-    "'data/b/') is linked only to the first producer, so 'c' may run before 'b'",
-)
 def test_dep_on_parent_of_several_directory_outputs_links_all_producers() -> None:
     g = graph(
         spec("a", outs=["data/a/"]),
@@ -304,11 +289,6 @@ def test_dep_on_parent_of_several_directory_outputs_links_all_producers() -> Non
     assert g.order.index("c") > g.order.index("b")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a dep on a folder ('data/') holding another stage's file output "
-    "('data/x.csv') gets no edge to that producer",
-)
 def test_dep_on_parent_of_file_output_links_producer() -> None:
     g = graph(spec("c", deps=["data/"]), spec("a", outs=["data/x.csv"]))
     assert g.upstream["c"] == {"a"}

@@ -163,11 +163,6 @@ def test_syntax_error_shows_user_file_and_line(tmp_path: Path) -> None:
     assert_no_pivot_frames(err.detail)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: user_traceback() keeps the importlib/__init__.py import_module frame "
-    "(it filters only Pivot's files and '<frozen ...>'), contrary to its docstring",
-)
 def test_syntax_error_detail_has_only_user_frames(tmp_path: Path) -> None:
     write(tmp_path, {"pipeline.py": "x = (\n"})
     err = load_error(tmp_path)
@@ -332,13 +327,6 @@ def test_user_modules_named_like_pivot_packages(tmp_path: Path) -> None:
     assert m.sources == ("broker.py", "pipeline.py", "workers.py")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=PipelineError,
-    reason="bug: a manifest larger than the pipe buffer (~64 KiB) deadlocks run_loader: it "
-    "waits for the loader to exit before reading the result pipe, while the loader blocks "
-    "writing to it; the load then fails with the timeout error",
-)
 def test_large_manifest_loads(tmp_path: Path) -> None:
     write(
         tmp_path,

@@ -226,11 +226,6 @@ def test_invalid_name(name: str) -> None:
     assert registered() == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: _NAME_RE uses '$', which also matches before a trailing newline, so "
-    "stage(name='train\\n') is accepted (and becomes lock file 'train\\n.lock')",
-)
 def test_name_with_trailing_newline_is_invalid() -> None:
     with pytest.raises(PipelineError, match="is invalid"):
         stage(name="train\n")(evaluate)

@@ -402,11 +402,21 @@ def test_missing_dep(project: Path) -> None:
     assert set(d.dep_hashes) == {"data/more/"}
 
 
-def test_missing_dep_on_never_run_stage(project: Path) -> None:
+def test_missing_dep_on_never_run_stage_reports_never_ran_and_the_missing_deps(project: Path) -> None:
+    # Before a first run, deps are often missing only because upstream never ran either.
     spec = make_spec(deps=("data/in.csv", "nope.csv", "gone/"))
     d = decide(project, spec)
-    assert d.code == Reason.DEP_MISSING
+    assert d.code == Reason.NEVER_RAN
     assert d.missing_deps == ("nope.csv", "gone/")
+
+
+def test_missing_dep_on_a_stage_that_ran_is_dep_missing(project: Path) -> None:
+    spec = make_spec()
+    record(project, spec)
+    (project / "data" / "in.csv").unlink()
+    d = decide(project, spec)
+    assert d.code == Reason.DEP_MISSING
+    assert d.missing_deps == ("data/in.csv",)
 
 
 def test_declaration_changed(project: Path) -> None:
@@ -429,5 +439,5 @@ def test_lock_of_another_stage_is_not_used(project: Path) -> None:
 
 def test_dep_under_a_file_is_missing(project: Path) -> None:
     d = decide(project, make_spec(deps=("data/in.csv/part",)))
-    assert d.code == Reason.DEP_MISSING
+    assert d.code == Reason.NEVER_RAN
     assert d.missing_deps == ("data/in.csv/part",)
