@@ -101,6 +101,9 @@ class BrokerState:
         self.graph: StageGraph | None = None
         self.pipeline_error: dict[str, Any] | None = None
         self.pending: PendingRun | None = None
+        # Requests that arrived before any valid manifest: they are answered once stage
+        # names can be checked (a fix of a broken pipeline may still come).
+        self.unchecked: list[RunRequested] = []
         self.wave: Wave | None = None
         self.wave_count = 0
         self.last_wave: dict[str, Any] | None = None
@@ -203,6 +206,9 @@ class BrokerState:
         for name in removed:
             self.stage_view.pop(name, None)
         self._publish(PipelineLoaded(added, removed, changed))
+        waiting, self.unchecked = self.unchecked, []
+        for request in waiting:
+            self._run_requested(request)
 
     # --- runs and waves ------------------------------------------------------------
 
@@ -210,13 +216,15 @@ class BrokerState:
         if self.stopping:
             self._out.append(Reply(event.client, RunReply(False, "the engine is shutting down")))
             return
-        if self.manifest is not None:
-            unknown = sorted(set(event.stages) - set(self.manifest.by_name))
-            if unknown:
-                known = ", ".join(self.manifest.by_name)
-                msg = f"unknown stage(s): {', '.join(unknown)}; stages are: {known}"
-                self._out.append(Reply(event.client, RunReply(False, msg)))
-                return
+        if self.manifest is None:
+            self.unchecked.append(event)
+            return
+        unknown = sorted(set(event.stages) - set(self.manifest.by_name))
+        if unknown:
+            known = ", ".join(self.manifest.by_name)
+            msg = f"unknown stage(s): {', '.join(unknown)}; stages are: {known}"
+            self._out.append(Reply(event.client, RunReply(False, msg)))
+            return
         targets = set(event.stages) if event.stages else None
         if self.pending is None:
             self.pending = PendingRun(targets, event.force, event.keep_going)
@@ -233,8 +241,9 @@ class BrokerState:
         if self.graph is None or self.manifest is None or not self.pools:
             return
         run, self.pending = self.pending, None
-        unknown = run.stages - set(self.manifest.by_name) if run.stages else set()
-        wanted = self.graph.with_upstream(sorted((run.stages or set()) - unknown)) if run.stages else set(self.graph.order)
+        # Names were checked on request; a reload may have removed some since.
+        targets = sorted(run.stages & set(self.manifest.by_name)) if run.stages else None
+        wanted = self.graph.with_upstream(targets) if targets is not None else set(self.graph.order)
         stages = [s for s in self.graph.order if s in wanted]
         self.wave_count += 1
         wave = Wave(

@@ -14,6 +14,8 @@ from pivot.protocol.codec import Envelope
 from pivot.protocol.messages import (
     PipelineInvalid,
     PoolLost,
+    RunReply,
+    RunRequest,
     Snapshot,
     WaveFinished,
     WaveStarted,
@@ -75,9 +77,8 @@ def repro(
             joined = client.join()
             outcome.history = joined.wave
             renderer.baseline(joined)
-            reply = client.run(list(stages), force, keep_going)
-            if not reply.accepted:
-                raise UserError(reply.message)
+            # Answered once the broker can check stage names against a manifest.
+            client.send(RunRequest(list(stages), force, keep_going))
             _follow(stack, renderer, outcome)
             dropped = client.dropped_logs
     finally:
@@ -93,7 +94,13 @@ def _follow(stack: object, renderer: object, outcome: Outcome) -> None:
     assert isinstance(stack, Stack) and stack.client is not None
     r: Renderer = renderer  # type: ignore[assignment]
     pool_died_at: float | None = None
+    answered = False
     for item in stack.client.events(poll_s=0.1):
+        if not answered and (reply := stack.client.take_reply(RunReply)) is not None:
+            answered = True
+            assert isinstance(reply, RunReply)
+            if not reply.accepted:
+                raise UserError(reply.message)
         if isinstance(item, Snapshot):
             r.resync(item)
             _from_snapshot(item, outcome)

@@ -69,7 +69,19 @@ class EngineClient:
                 return env.msg
         raise InfraError(f"the broker did not answer {msg.TAG} within {timeout:.0f} s")
 
+    def send(self, msg: Message) -> None:
+        send_msg(self.control, msg, sender=self.name)
+
+    def take_reply(self, reply_type: type[Message]) -> Message | None:
+        """A reply of `reply_type` if one has arrived (never blocks; others are dropped)."""
+        while self.control.poll(0):
+            env = decode_or_log(self.control.recv(), "control")
+            if env is not None and isinstance(env.msg, reply_type):
+                return env.msg
+        return None
+
     def run(self, stages: list[str], force: bool, keep_going: bool) -> RunReply:
+        """Request a run and wait for the answer (which waits for a manifest)."""
         reply = self.request(RunRequest(stages, force, keep_going), RunReply)
         assert isinstance(reply, RunReply)
         return reply

@@ -53,13 +53,13 @@ def _inside(path: str, folder: str) -> bool:
 
 def _producers_of(dep: str, producers: dict[str, str]) -> set[str]:
     """Every stage writing `dep`, a directory holding it, or (for a folder dep) inside it."""
-    found = set()
-    for out, stage in producers.items():
-        if out.rstrip("/") == dep.rstrip("/") or (out.endswith("/") and _inside(dep, out)):
-            found.add(stage)
-        elif _inside(out, dep):
-            found.add(stage)
-    return found
+    return {
+        stage
+        for out, stage in producers.items()
+        if out.rstrip("/") == dep.rstrip("/")
+        or (out.endswith("/") and _inside(dep, out))
+        or _inside(out, dep)
+    }
 
 
 def _check_overlaps(producers: dict[str, str]) -> None:

@@ -123,9 +123,11 @@ def test_manifest_publishes_pipeline_loaded_with_added_stages() -> None:
 
 def test_run_waits_for_manifest_and_pool_then_dispatches_roots_in_order() -> None:
     h = Harness()
-    assert h.run()[-1] == Reply(CLIENT, RunReply(True, "queued"))
+    assert h.run() == []  # answered once stage names can be checked against a manifest
     m = diamond()
-    assert dispatched(h.feed(ManifestArrived(m, build_graph(m)))) == []  # no pool yet
+    commands = h.feed(ManifestArrived(m, build_graph(m)))
+    assert Reply(CLIENT, RunReply(True, "queued")) in commands
+    assert dispatched(commands) == []  # no pool yet
     commands = h.feed(PoolJoined("p1", 2, 0.0))
     assert published(commands, WaveStarted) == [WaveStarted(1, ["a", "b", "c", "d", "e"])]
     assert [s for _, s, _ in dispatched(commands)] == ["a", "e"]
@@ -305,3 +307,15 @@ def test_non_ok_outcomes_block_downstream_in_keep_going(status: str) -> None:
     [(_, _, a), _] = dispatched(h.run(keep_going=True))
     h.result(a, status=status)
     assert finished(h)["d"] == "blocked"
+
+
+def test_a_request_before_the_manifest_naming_an_unknown_stage_is_rejected_on_load() -> None:
+    h = Harness()
+    h.feed(PoolJoined("p1", 1, 0.0))
+    assert h.run("nope") == []
+    m = diamond()
+    commands = h.feed(ManifestArrived(m, build_graph(m)))
+    [reply] = [c for c in commands if isinstance(c, Reply)]
+    assert isinstance(reply.msg, RunReply) and not reply.msg.accepted
+    assert "nope" in reply.msg.message
+    assert published(commands, WaveStarted) == []
