@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import click
 
@@ -20,6 +21,10 @@ from pivot.protocol.messages import (
     WaveFinished,
     WaveStarted,
 )
+
+if TYPE_CHECKING:  # imported lazily at run time: `pivot --help` must stay fast
+    from pivot.cli.stack import Stack
+    from pivot.display.render import Renderer
 
 POOL_EXIT_GRACE_S = 2.0
 FAILED_STATUSES = ("failed", "blocked", "cancelled", "lost")
@@ -87,12 +92,8 @@ def repro(
     return outcome.code
 
 
-def _follow(stack: object, renderer: object, outcome: Outcome) -> None:
-    from pivot.cli.stack import Stack
-    from pivot.display.render import Renderer
-
-    assert isinstance(stack, Stack) and stack.client is not None
-    r: Renderer = renderer  # type: ignore[assignment]
+def _follow(stack: Stack, r: Renderer, outcome: Outcome) -> None:
+    assert stack.client is not None
     pool_died_at: float | None = None
     answered = False
     for item in stack.client.events(poll_s=0.1):
