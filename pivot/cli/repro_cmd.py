@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from pivot.display.render import wave_failed
 from pivot.errors import InfraError, UserError
 from pivot.pipeline.project import find_root, pivot_dir
 from pivot.protocol.codec import Envelope
@@ -27,7 +28,6 @@ if TYPE_CHECKING:  # imported lazily at run time: `pivot --help` must stay fast
     from pivot.display.render import Renderer
 
 POOL_EXIT_GRACE_S = 2.0
-FAILED_STATUSES = ("failed", "blocked", "cancelled", "lost")
 
 
 @dataclass
@@ -128,8 +128,7 @@ def _from_event(env: Envelope, outcome: Outcome) -> None:
     if isinstance(msg, WaveStarted) and outcome.wave is None:
         outcome.wave = msg.wave
     elif isinstance(msg, WaveFinished) and msg.wave == outcome.wave:
-        bad = msg.failed or msg.blocked or msg.cancelled or msg.lost
-        outcome.code = 1 if bad else 0
+        outcome.code = 1 if wave_failed(msg) else 0
     elif isinstance(msg, PipelineInvalid):
         outcome.code = 2
     elif isinstance(msg, PoolLost):
@@ -144,5 +143,4 @@ def _from_snapshot(snap: Snapshot, outcome: Outcome) -> None:
     if last is None or last["wave"] <= outcome.history or snap.wave_running:
         return
     if outcome.wave in (None, last["wave"]):
-        bad = any(last.get(k) for k in FAILED_STATUSES)
-        outcome.code = 1 if bad else 0
+        outcome.code = 1 if wave_failed(WaveFinished(**last)) else 0
