@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from pivot.pipeline.graph import StageGraph
 from pivot.pipeline.manifest import Manifest
@@ -26,6 +27,7 @@ __all__ = [
     "SnapshotRequested",
     "StageRunningReported",
     "Tick",
+    "WavePlanned",
 ]
 
 # --- events in ---------------------------------------------------------------------
@@ -88,6 +90,14 @@ class StageRunningReported:
     attempt: str
     reason_code: str
     reason: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class WavePlanned:
+    pool: str
+    wave: int
+    up_to_date: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -100,6 +110,7 @@ class ResultReceived:
     duration_s: float
     error: str | None
     logs: tuple[tuple[str, str], ...]
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -118,6 +129,7 @@ Event = (
     | ShutdownRequested
     | StageRunningReported
     | ResultReceived
+    | WavePlanned
     | Tick
 )
 

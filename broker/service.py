@@ -37,6 +37,7 @@ from broker.events import (
     SnapshotRequested,
     StageRunningReported,
     Tick,
+    WavePlanned,
 )
 from broker.state import BrokerState
 from pivot.errors import PipelineError, ProtocolError
@@ -57,6 +58,7 @@ from pivot.protocol.messages import (
     SnapshotRequest,
     StageResult,
     StageRunning,
+    WavePlan,
 )
 from pivot.transport.rundir import Endpoints
 from pivot.transport.sockets import decode_or_log, make_socket
@@ -222,14 +224,17 @@ class BrokerService:
                 self._feed(self._check_manifest(wire))
             case ManifestFailed(message=message, detail=detail):
                 self._feed(ManifestRejected(message, detail))
-            case StageRunning(attempt=attempt, reason_code=code, reason=reason):
-                self._feed(StageRunningReported(pool, attempt, code, reason))
+            case StageRunning(attempt=attempt, reason_code=code, reason=reason, details=details):
+                self._feed(StageRunningReported(pool, attempt, code, reason, details))
+            case WavePlan(wave=wave, up_to_date=up_to_date):
+                self._feed(WavePlanned(pool, wave, tuple(up_to_date)))
             case StageResult():
                 self._feed(
                     ResultReceived(
                         pool, msg.attempt, msg.status, msg.reason_code, msg.reason,
                         msg.duration_s, msg.error,
                         tuple((str(s), str(line)) for s, line, *_ in msg.logs),
+                        msg.details,
                     )
                 )
             case _:

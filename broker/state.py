@@ -31,15 +31,18 @@ from broker.events import (
     SnapshotRequested,
     StageRunningReported,
     Tick,
+    WavePlanned,
 )
 from pivot.pipeline.graph import StageGraph
 from pivot.pipeline.manifest import Manifest
 from pivot.protocol.messages import (
+    STATUSES,
     Heartbeat,
     LogLine,
     Message,
     PipelineInvalid,
     PipelineLoaded,
+    PlanWave,
     PoolLost,
     PoolShutdown,
     PoolWelcome,
@@ -58,7 +61,7 @@ __all__ = ["BrokerState"]
 
 HEARTBEAT_S = 1.0
 LIVENESS = 3
-OK_STATUSES = frozenset({"ran", "skipped"})
+OK_STATUSES = frozenset({"ran", "restored", "skipped"})
 
 
 @dataclass
@@ -83,6 +86,14 @@ class Wave:
     running: dict[str, str] = field(default_factory=dict)  # attempt -> stage
     done: dict[str, str] = field(default_factory=dict)  # stage -> final status
     halted: bool = False  # fail-fast tripped: dispatch nothing new
+    planner: str | None = None  # the pool asked which stages are up to date; None = not waiting
+    position: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.position = {s: i for i, s in enumerate(self.stages)}
+
+    def sort_ready(self) -> None:
+        self.ready.sort(key=self.position.__getitem__)
 
 
 @dataclass
@@ -143,6 +154,8 @@ class BrokerState:
                 self._out.append(Reply(event.client, ShutdownReply()))
             case StageRunningReported():
                 self._stage_running(event)
+            case WavePlanned():
+                self._wave_planned(event)
             case ResultReceived():
                 self._result(event)
             case Tick():
@@ -168,11 +181,13 @@ class BrokerState:
         self._publish(PoolLost(name, reason, lost))
         if wave is None:
             return
+        if wave.planner == name:
+            wave.planner = None  # no plan coming: every stage is decided at dispatch
         for stage in lost:
             # Back in the queue: the pool that replaces this one runs it again.
             self._set_view(stage, "pending", "pool_lost", f"its pool was lost: {reason}", 0.0)
             wave.ready.append(stage)
-        wave.ready.sort(key=wave.stages.index)
+        wave.sort_ready()
 
     def _tick(self, now: float) -> None:
         deadline = self.heartbeat_s * self.liveness
@@ -258,11 +273,16 @@ class BrokerState:
         for s in stages:
             self._set_view(s, "pending", "", "", 0.0)
         self._publish(WaveStarted(wave.number, stages))
+        if not run.force and stages:
+            # One batch question instead of a round trip per up-to-date stage.
+            wave.planner = next(iter(self.pools))
+            upstream = {s: sorted(self.graph.upstream[s] & wanted) for s in stages}
+            self._send(wave.planner, PlanWave(wave.number, stages, upstream))
         self._maybe_finish_wave()
 
     def _dispatch(self) -> None:
         wave = self.wave
-        if wave is None or wave.halted or self.stopping:
+        if wave is None or wave.halted or wave.planner is not None or self.stopping:
             return
         for name, pool in self.pools.items():
             while wave.ready and pool.free() > 0:
@@ -280,7 +300,7 @@ class BrokerState:
             return
         stage = wave.running[event.attempt]
         self._set_view(stage, "running", event.reason_code, event.reason, 0.0)
-        self._publish(StageStarted(wave.number, stage, event.reason_code, event.reason))
+        self._publish(StageStarted(wave.number, stage, event.reason_code, event.reason, event.details))
 
     def _result(self, event: ResultReceived) -> None:
         self._send(event.pool, ResultAck(event.attempt))
@@ -294,18 +314,44 @@ class BrokerState:
         for stream, line in event.logs:
             self.log_seq += 1
             self._out.append(PublishLog(LogLine(stage, stream, line), self.log_seq))
-        self._finish(stage, event.status, event.reason_code, event.reason, event.duration_s, event.error)
+        self._finish(
+            stage, event.status, event.reason_code, event.reason, event.duration_s, event.error,
+            event.details,
+        )
         if event.status in OK_STATUSES:
-            for d in sorted(self._downstream_in_wave(stage, direct=True)):
-                wave.waiting[d] -= 1
-                if wave.waiting[d] == 0 and d not in wave.done:
-                    wave.ready.append(d)
-            wave.ready.sort(key=wave.stages.index)
+            self._release_downstream(stage)
+            wave.sort_ready()
         else:
             self._block_downstream(stage)
             if not wave.keep_going:
                 wave.halted = True
                 self._cancel_rest()
+        self._maybe_finish_wave()
+
+    def _release_downstream(self, stage: str, skipping: frozenset[str] = frozenset()) -> None:
+        """`stage` finished fine: its downstream stages have one upstream less to wait for."""
+        wave = self.wave
+        assert wave is not None and self.graph is not None
+        for d in self.graph.downstream[stage]:
+            if d in wave.waiting:
+                wave.waiting[d] -= 1
+                if wave.waiting[d] == 0 and d not in wave.done and d not in skipping:
+                    wave.ready.append(d)
+
+    def _wave_planned(self, event: WavePlanned) -> None:
+        wave = self.wave
+        if wave is None or wave.number != event.wave or wave.planner != event.pool:
+            return  # a late answer for a wave that moved on
+        wave.planner = None
+        skipping = frozenset(event.up_to_date) & frozenset(wave.waiting)
+        for stage in sorted(skipping, key=wave.position.__getitem__):
+            if stage in wave.done or stage in wave.running.values():
+                continue
+            if stage in wave.ready:
+                wave.ready.remove(stage)
+            self._finish(stage, "skipped", "up_to_date", "up to date", 0.0, None)
+            self._release_downstream(stage, skipping)
+        wave.sort_ready()
         self._maybe_finish_wave()
 
     def _downstream_in_wave(self, stage: str, direct: bool = False) -> set[str]:
@@ -317,7 +363,7 @@ class BrokerState:
     def _block_downstream(self, failed: str) -> None:
         wave = self.wave
         assert wave is not None
-        for d in sorted(self._downstream_in_wave(failed), key=wave.stages.index):
+        for d in sorted(self._downstream_in_wave(failed), key=wave.position.__getitem__):
             if d not in wave.done and d not in wave.running.values():
                 if d in wave.ready:
                     wave.ready.remove(d)
@@ -333,13 +379,22 @@ class BrokerState:
         wave.ready.clear()
 
     def _finish(
-        self, stage: str, status: str, code: str, reason: str, duration: float, error: str | None
+        self,
+        stage: str,
+        status: str,
+        code: str,
+        reason: str,
+        duration: float,
+        error: str | None,
+        details: dict[str, Any] | None = None,
     ) -> None:
         wave = self.wave
         assert wave is not None
         wave.done[stage] = status
         self._set_view(stage, status, code, reason, duration, error)
-        self._publish(StageFinished(wave.number, stage, status, code, reason, duration, error))
+        self._publish(
+            StageFinished(wave.number, stage, status, code, reason, duration, error, details or {})
+        )
 
     def _maybe_finish_wave(self) -> None:
         wave = self.wave
@@ -348,14 +403,8 @@ class BrokerState:
         by_status: dict[str, list[str]] = {}
         for s in wave.stages:
             by_status.setdefault(wave.done[s], []).append(s)
-        msg = WaveFinished(
-            wave.number,
-            *(by_status.get(k, []) for k in ("ran", "skipped", "failed", "blocked", "cancelled", "lost")),
-        )
-        self.last_wave = {
-            "wave": msg.wave, "ran": msg.ran, "skipped": msg.skipped, "failed": msg.failed,
-            "blocked": msg.blocked, "cancelled": msg.cancelled, "lost": msg.lost,
-        }
+        msg = WaveFinished(wave.number, *(by_status.get(k, []) for k in STATUSES))
+        self.last_wave = {"wave": msg.wave, **{k: getattr(msg, k) for k in STATUSES}}
         self.wave = None
         self._publish(msg)
 

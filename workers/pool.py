@@ -36,6 +36,7 @@ from pivot.protocol.messages import (
     ManifestFailed,
     ManifestLoaded,
     Message,
+    PlanWave,
     PoolHello,
     PoolShutdown,
     PoolWelcome,
@@ -43,10 +44,13 @@ from pivot.protocol.messages import (
     RunStage,
     StageResult,
     StageRunning,
+    WavePlan,
 )
 from pivot.runtime.cpus import usable_cpus
 from pivot.runtime.spawn import run_loader
-from pivot.state.decide import Decision, Reason, decide
+from pivot.state.outputs import ProjectState
+from pivot.state.plan import DepProducers, Prepared, dep_producers, plan_wave, prepare
+from pivot.state.reasons import ReasonCode
 from pivot.transport.sockets import decode_or_log, make_socket, send_msg
 
 __all__ = ["PoolService", "main"]
@@ -78,6 +82,8 @@ class PoolService:
         self.heartbeat_s = DEFAULT_HEARTBEAT_S
         self.liveness = DEFAULT_LIVENESS
         self.manifest: Manifest | None = None
+        self.producers: DepProducers = {}
+        self.state = ProjectState.open(root)
         self.unacked: dict[str, Pending] = {}
         self.done: queue.SimpleQueue[tuple[str, str, Any]] = queue.SimpleQueue()
         self.wake_r, self.wake_w = os.pipe()
@@ -164,6 +170,8 @@ class PoolService:
                     pass
                 case RunStage() as job:
                     self._start(job)
+                case PlanWave() as plan:
+                    self._plan(plan)
                 case ResultAck(attempt=attempt):
                     self.unacked.pop(attempt, None)
                 case LoadManifest():
@@ -181,9 +189,25 @@ class PoolService:
         self.jobs_by_attempt[job.attempt] = job
         spec = self.manifest.by_name.get(job.stage) if self.manifest else None
         if spec is None:
-            self._finish(job.attempt, "failed", Reason.FAILED, f"stage {job.stage!r} is not in this pool's pipeline", 0.0)
+            msg = f"stage {job.stage!r} is not in this pool's pipeline"
+            self._finish(job.attempt, "failed", ReasonCode.FAILED, msg, 0.0)
             return
-        self._in_thread("decided", job.attempt, lambda: decide(self.root, spec, job.force))
+        producers = self.producers
+        self._in_thread(
+            "decided", job.attempt,
+            lambda: prepare(self.state, spec, force=job.force, producers=producers),
+        )
+
+    def _plan(self, plan: PlanWave) -> None:
+        manifest, producers = self.manifest, self.producers
+        if manifest is None:
+            self._send(WavePlan(plan.wave, []))
+            return
+
+        def work() -> list[str]:
+            return plan_wave(self.state, manifest, plan.stages, plan.upstream, producers)
+
+        self._in_thread("planned", str(plan.wave), work)
 
     def _drain_done(self) -> None:
         while True:
@@ -193,6 +217,8 @@ class PoolService:
                 return
             if kind == "manifest":
                 self._manifest_done(value)
+            elif kind == "planned":
+                self._planned(int(attempt), value)
             elif kind == "decided":
                 self._decided(attempt, value)
             elif kind == "ran":
@@ -201,6 +227,7 @@ class PoolService:
     def _manifest_done(self, future: Future[Manifest]) -> None:
         try:
             self.manifest = future.result()
+            self.producers = dep_producers(self.manifest)
         except PipelineError as exc:
             self._send(ManifestFailed(self.name, str(exc), exc.detail))
             return
@@ -209,20 +236,35 @@ class PoolService:
             return
         self._send(ManifestLoaded(self.name, self.manifest.to_wire()))
 
-    def _decided(self, attempt: str, future: Future[Decision]) -> None:
+    def _planned(self, wave: int, future: Future[list[str]]) -> None:
+        try:
+            up_to_date = future.result()
+        except Exception:
+            # Not fatal: every stage is then decided when it is dispatched.
+            log.exception("planning wave %d failed", wave)
+            up_to_date = []
+        self._send(WavePlan(wave, up_to_date))
+
+    def _decided(self, attempt: str, future: Future[Prepared]) -> None:
         job = self.jobs_by_attempt[attempt]
         try:
-            decision = future.result()
+            prepared = future.result()
         except Exception as exc:
             log.exception("deciding %s failed", job.stage)
-            self._finish(attempt, "failed", Reason.FAILED, f"could not check the stage: {exc}", 0.0)
+            self._finish(attempt, "failed", ReasonCode.FAILED, f"could not check the stage: {exc}", 0.0)
             return
+        decision, reason = prepared.decision, prepared.reason
+        notes = [["pivot", note] for note in prepared.notes]
         if decision.missing_deps:
             missing = ", ".join(decision.missing_deps)
-            self._finish(attempt, "failed", Reason.DEP_MISSING, f"dependency missing: {missing}", 0.0)
+            msg = f"dependency missing: {missing}"
+            self._finish(attempt, "failed", ReasonCode.DEP_MISSING, msg, 0.0, details={"paths": list(decision.missing_deps)})
+            return
+        if prepared.restored is not None:
+            self._finish(attempt, "restored", reason.code, reason.message, 0.0, logs=notes, details=reason.details)
             return
         if not decision.run:
-            self._finish(attempt, "skipped", decision.code, decision.message, 0.0)
+            self._finish(attempt, "skipped", reason.code, reason.message, 0.0)
             return
         assert self.manifest is not None
         spec = self.manifest.by_name[job.stage]
@@ -232,11 +274,15 @@ class PoolService:
             "params": spec.params,
             "outs": list(spec.outs),
             "fingerprint": spec.fingerprint,
+            "code_parts": spec.code_parts,
             "dep_hashes": decision.dep_hashes,
-            "reason_code": str(decision.code),
-            "reason": decision.message,
+            "recorded_outs": decision.lock.outs if decision.lock else {},
+            "run_key": prepared.run_key,
+            "reason_code": str(reason.code),
+            "reason": reason.message,
+            "details": reason.details,
         }
-        self._send(StageRunning(attempt, str(decision.code), decision.message))
+        self._send(StageRunning(attempt, str(reason.code), reason.message, reason.details))
         from pivot.runtime.worker import run_stage
 
         future_run = self._executor().submit(run_stage, work)
@@ -258,9 +304,13 @@ class PoolService:
             if self.executor is not None:
                 self.executor.shutdown(wait=False, kill_workers=True)
                 self.executor = None
-            self._finish(attempt, "failed", Reason.WORKER_DIED, f"worker process died: {exc}", 0.0)
+            self._finish(attempt, "failed", ReasonCode.WORKER_DIED, f"worker process died: {exc}", 0.0)
             return
-        self._finish(attempt, r["status"], r["reason_code"], r["reason"], r["duration_s"], r["error"], r["logs"])
+        logs = [["pivot", note] for note in r["notes"]] + r["logs"]
+        self._finish(
+            attempt, r["status"], r["reason_code"], r["reason"], r["duration_s"], r["error"], logs,
+            r["details"],
+        )
 
     def _finish(
         self,
@@ -271,9 +321,12 @@ class PoolService:
         duration: float,
         error: str | None = None,
         logs: list[list[str]] | None = None,
+        details: dict[str, Any] | None = None,
     ) -> None:
         job = self.jobs_by_attempt.pop(attempt)
-        msg = StageResult(attempt, job.stage, status, str(code), reason, duration, error, logs or [])
+        msg = StageResult(
+            attempt, job.stage, status, str(code), reason, duration, error, logs or [], details or {}
+        )
         self.unacked[attempt] = Pending(msg, time.monotonic() + RESEND_S)
         self._send(msg)
 
@@ -281,6 +334,7 @@ class PoolService:
         if self.executor is not None:
             self.executor.shutdown(wait=False, kill_workers=True)
         self.threads.shutdown(wait=False, cancel_futures=True)
+        self.state.close()
         self.sock.close(linger=0)
         self.ctx.term()
         os.close(self.wake_r)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -55,10 +56,12 @@ def display_option(func: click.decorators.FC) -> click.decorators.FC:
               help="Stages to run at once [default: usable CPUs].")
 @click.option("--keep-going", is_flag=True,
               help="After a failure, still run every stage not downstream of it.")
+@click.option("-n", "--dry-run", is_flag=True,
+              help="Print what would run and why; run nothing, change nothing.")
 @display_option
 def repro(
     stages: tuple[str, ...], force: bool, jobs: int | None, keep_going: bool,
-    display: str, as_json: bool,
+    dry_run: bool, display: str, as_json: bool,
 ) -> int:
     """Run STAGES (default: all) and their upstream, skipping what is up to date.
 
@@ -70,6 +73,8 @@ def repro(
     from pivot.runtime.cpus import usable_cpus
 
     root = find_root()
+    if dry_run:
+        return _dry_run(root, stages, force, as_json or display == "json")
     pivot_dir(root)
     mode = resolve_mode("json" if as_json else display, sys.stdout)
     renderer = make_renderer(mode, sys.stdout, sys.stderr)
@@ -90,6 +95,32 @@ def repro(
         renderer.close(dropped)
     assert outcome.code is not None
     return outcome.code
+
+
+def _dry_run(root: Path, stages: tuple[str, ...], force: bool, as_json: bool) -> int:
+    """The plan `repro` would follow, from the same decisions, without an engine."""
+    import json
+
+    from pivot.cli.assess import assess
+
+    result = assess(root, stages, force=force)
+    plan: dict[str, dict[str, Any]] = {}
+    for name, row in result.stages.items():
+        action = "skip" if not row.stale else "restore" if row.restorable else "run"
+        plan[name] = {"action": action, **row.to_json()}
+    if as_json:
+        click.echo(json.dumps({"stages": plan}, indent=2))
+        return 0
+    for name, entry in plan.items():
+        if entry["action"] == "skip":
+            click.echo(f"{name}: skip (up to date)")
+            continue
+        verb = "would restore from run cache" if entry["action"] == "restore" else "would run"
+        why = "; ".join(r["message"] for r in entry["reasons"])
+        click.echo(f"{name}: {verb} ({why})")
+    acting = [n for n, entry in plan.items() if entry["action"] != "skip"]
+    click.echo(f"{len(acting)} of {len(plan)} stages would run or be restored" if acting else "nothing to do")
+    return 0
 
 
 def _follow(stack: Stack, r: Renderer, outcome: Outcome) -> None:

@@ -41,6 +41,8 @@ __all__ = ["PlainRenderer"]
 
 _STYLES = {
     "ran": "32",  # green
+    "restored": "32",
+    "note": "1;33",
     "skipped": "2",  # dim
     "failed": "1;31",  # bold red
     "blocked": "33",  # yellow
@@ -98,6 +100,8 @@ class PlainRenderer:
                 self._line(f"wave {msg.wave}: {n} stage{'' if n == 1 else 's'}")
             case StageStarted():
                 self._line(f"{msg.stage}: {self._paint('running', 'running')}{_paren(msg.reason)}")
+            case LogLine() if msg.stream == "pivot":  # Pivot's own note, e.g. a saved edit
+                self._line(f"  {msg.stage} {self._paint('note', 'note')}: {msg.line}")
             case LogLine():
                 mark = "!" if msg.stream == "stderr" else "|"
                 text = msg.line.rstrip("\r\n")
@@ -127,6 +131,8 @@ class PlainRenderer:
         status = msg.status
         if status == "ran":
             text = f"{self._paint('ran', 'ran')} in {format_duration(msg.duration_s)}"
+        elif status == "restored":  # the reason reads "restored from run cache (...)"
+            text = self._paint("restored", status) + msg.reason.removeprefix("restored")
         elif status in ("failed", "lost"):
             text = self._paint(status.upper(), status) + _paren(msg.reason)
         else:

@@ -54,6 +54,7 @@ _LOOK = {
     "pending": ("·", "dim"),
     "running": ("▶", "bold cyan"),
     "ran": ("✓", "green"),
+    "restored": ("✓", "cyan"),
     "skipped": ("○", "dim"),
     "failed": ("✗", "bold red"),
     "blocked": ("⊘", "yellow"),
@@ -411,8 +412,8 @@ def _visible(rows: dict[str, _Row], limit: int | None) -> list[str]:
 
 
 def _log_text(msg: LogLine) -> Text:
-    mark = "!" if msg.stream == "stderr" else "|"
-    text = Text(f"{msg.stage} {mark} ", style="red dim" if mark == "!" else "dim")
+    mark = {"stderr": "!", "pivot": "*"}.get(msg.stream, "|")
+    text = Text(f"{msg.stage} {mark} ", style={"!": "red dim", "*": "yellow"}.get(mark, "dim"))
     text.append_text(Text.from_ansi(msg.line.replace("\r", "")))
     text.no_wrap = True
     text.overflow = "ellipsis"

@@ -13,6 +13,7 @@ import networkx as nx
 
 from pivot.errors import PipelineError
 from pivot.pipeline.manifest import Manifest
+from pivot.pipeline.producers import ProducerIndex
 
 __all__ = ["StageGraph", "build_graph"]
 
@@ -46,52 +47,17 @@ class StageGraph:
         return seen - names
 
 
-def _inside(path: str, folder: str) -> bool:
-    """Whether `path` lies inside the directory `folder` (with or without its "/")."""
-    return path.startswith(folder.rstrip("/") + "/")
-
-
-def _producers_of(dep: str, producers: dict[str, str]) -> set[str]:
-    """Every stage writing `dep`, a directory holding it, or (for a folder dep) inside it."""
-    return {
-        stage
-        for out, stage in producers.items()
-        if out.rstrip("/") == dep.rstrip("/")
-        or (out.endswith("/") and _inside(dep, out))
-        or _inside(out, dep)
-    }
-
-
-def _check_overlaps(producers: dict[str, str]) -> None:
-    for out, stage in producers.items():
-        for other, other_stage in producers.items():
-            if other_stage != stage and out.endswith("/") and _inside(other, out):
-                raise PipelineError(
-                    f"two stages produce {other!r}: {stage!r} (its output directory {out!r}) "
-                    f"and {other_stage!r}; each path must have exactly one producing stage"
-                )
-
-
 def build_graph(manifest: Manifest, root: Path | None = None) -> StageGraph:
     """Validate the manifest's graph. With `root`, also check unproduced deps exist."""
     g = nx.DiGraph()
-    producers: dict[str, str] = {}
+    index = ProducerIndex(manifest)
     for spec in manifest.stages:
         g.add_node(("stage", spec.name))
         for out in spec.outs:
-            key = out.rstrip("/")
-            other = producers.get(out) or producers.get(key) or producers.get(key + "/")
-            if other is not None:
-                raise PipelineError(
-                    f"two stages produce {out!r}: {other!r} and {spec.name!r}; "
-                    "each output must have exactly one producing stage"
-                )
-            producers[out] = spec.name
             g.add_edge(("stage", spec.name), ("artifact", out))
-    _check_overlaps(producers)
     for spec in manifest.stages:
         for dep in spec.deps:
-            found = _producers_of(dep, producers)
+            found = index.producers_of(dep)
             if not found and root is not None and not (root / dep).exists():
                 raise PipelineError(
                     f"stage {spec.name!r}: dependency {dep!r} does not exist and no stage "

@@ -24,6 +24,8 @@ class StageSpec:
     metrics: tuple[str, ...]
     params: dict[str, Any]  # resolved: defaults, then stage(params=), then params.yaml
     fingerprint: str
+    # qualified name -> hash for every piece of code the fingerprint covers
+    code_parts: dict[str, str] = field(default_factory=dict)
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -35,6 +37,7 @@ class StageSpec:
             "metrics": list(self.metrics),
             "params": self.params,
             "fingerprint": self.fingerprint,
+            "code_parts": self.code_parts,
         }
 
     @classmethod
@@ -49,6 +52,7 @@ class StageSpec:
                 metrics=_strs(d["metrics"]),
                 params=_map(d["params"]),
                 fingerprint=_str(d["fingerprint"]),
+                code_parts={k: _str(v) for k, v in _map(d["code_parts"]).items()},
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(f"malformed stage in manifest: {exc!r}") from exc

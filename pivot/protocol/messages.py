@@ -28,6 +28,7 @@ __all__ = [
     "Message",
     "PipelineInvalid",
     "PipelineLoaded",
+    "PlanWave",
     "PoolExited",
     "PoolHello",
     "PoolLost",
@@ -46,11 +47,13 @@ __all__ = [
     "StageRunning",
     "StageStarted",
     "WaveFinished",
+    "WavePlan",
     "WaveStarted",
 ]
 
-# Stage outcomes in `stage_finished` and the snapshot. "lost" = its pool died under it.
-STATUSES = ("ran", "skipped", "failed", "blocked", "cancelled", "lost")
+# Stage outcomes in `stage_finished` and the snapshot. "lost" = its pool died under it;
+# "restored" = its outputs were placed from the run cache instead of running it.
+STATUSES = ("ran", "restored", "skipped", "failed", "blocked", "cancelled", "lost")
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,30 @@ class RunStage(Message):
 
 
 @dataclass(frozen=True)
+class PlanWave(Message):
+    """Broker -> pool: which of these stages are up to date as they stand?
+
+    `stages` is in topological order; `upstream` maps each to its upstream stages in the
+    wave. A stage counts as up to date only if every upstream one does too, so the
+    answer holds for the whole wave (nothing upstream of it will run).
+    """
+
+    TAG: ClassVar[str] = "plan_wave"
+    wave: int
+    stages: list[str]
+    upstream: dict[str, list[str]]
+
+
+@dataclass(frozen=True)
+class WavePlan(Message):
+    """Pool -> broker: the stages of `wave` found up to date (skipped without dispatch)."""
+
+    TAG: ClassVar[str] = "wave_plan"
+    wave: int
+    up_to_date: list[str]
+
+
+@dataclass(frozen=True)
 class StageRunning(Message):
     """Pool -> broker: the stage was found stale and was handed to a worker."""
 
@@ -134,6 +161,7 @@ class StageRunning(Message):
     attempt: str
     reason_code: str
     reason: str
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -152,6 +180,7 @@ class StageResult(Message):
     duration_s: float
     error: str | None
     logs: list[list[str]]
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -289,6 +318,7 @@ class StageStarted(Message):
     stage: str
     reason_code: str
     reason: str
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -301,6 +331,7 @@ class StageFinished(Message):
     reason: str
     duration_s: float
     error: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -316,6 +347,7 @@ class WaveFinished(Message):
     TAG: ClassVar[str] = "wave_finished"
     wave: int
     ran: list[str]
+    restored: list[str]
     skipped: list[str]
     failed: list[str]
     blocked: list[str]
@@ -339,6 +371,8 @@ MESSAGES: tuple[type[Message], ...] = (
     ManifestFailed,
     LoadManifest,
     RunStage,
+    PlanWave,
+    WavePlan,
     StageRunning,
     StageResult,
     ResultAck,

@@ -16,8 +16,8 @@ from typing import Any, TextIO
 from pivot.errors import PipelineError
 from pivot.runtime.loader import import_pipeline
 from pivot.runtime.usertb import user_traceback
-from pivot.state.hashing import hash_path
 from pivot.state.lock import StageLock, lock_path, write_lock
+from pivot.state.outputs import ProjectState, commit, preserve, remove
 
 __all__ = ["StageJob", "run_stage"]
 
@@ -76,15 +76,28 @@ def _captured(sink: list[list[str]]) -> Iterator[None]:
 
 StageJob = dict[str, Any]
 
+_STATE: dict[str, ProjectState] = {}
+
+
+def _state(root: Path) -> ProjectState:
+    """One set of stores per worker process (and root), reused across stages."""
+    key = str(root)
+    if key not in _STATE:
+        _STATE[key] = ProjectState.open(root)
+    return _STATE[key]
+
 
 def run_stage(job: StageJob) -> dict[str, Any]:
-    """Run the stage described by `job` (see workers.pool) and write its lock on success.
+    """Run the stage described by `job` (see workers.pool) and record it on success.
 
-    Returns {"status", "reason_code", "reason", "error", "logs", "duration_s"}.
+    On success the outputs are in the content cache, the lock names them and the run
+    cache maps this run's inputs to them. Returns {"status", "reason_code", "reason",
+    "details", "error", "logs", "notes", "duration_s"}.
     """
     root = Path(job["root"])
     name = job["stage"]
     logs: list[list[str]] = []
+    notes: list[str] = []
     started = time.perf_counter()
 
     def outcome(status: str, code: str, reason: str, error: str | None = None) -> dict[str, Any]:
@@ -92,8 +105,10 @@ def run_stage(job: StageJob) -> dict[str, Any]:
             "status": status,
             "reason_code": code,
             "reason": reason,
+            "details": job.get("details", {}) if status == "ran" else {},
             "error": error,
             "logs": logs,
+            "notes": notes,
             "duration_s": time.perf_counter() - started,
         }
 
@@ -108,33 +123,31 @@ def run_stage(job: StageJob) -> dict[str, Any]:
         return outcome(
             "failed", "failed", f"stage {name!r} is no longer defined in pipeline.py"
         )
-    # Old outputs go first: a stage that does not write an output must not pass by
-    # leaving the previous run's file in place.
+    state = _state(root)
+    outs: list[str] = list(job["outs"])
+    # Nothing is lost: what is about to be deleted goes to the cache first. Then the old
+    # outputs go, so a stage that does not write one cannot pass on the previous file.
+    notes.extend(s.note() for s in preserve(state, outs, job.get("recorded_outs", {})))
     lock_path(root, name).unlink(missing_ok=True)
-    for out in job["outs"]:
-        _remove(root / out)
+    for out in outs:
+        remove(root / out)
     try:
         with _captured(logs):
             decl.func(**job["params"])
     except BaseException as exc:
         return outcome("failed", "failed", f"{type(exc).__name__}: {exc}", user_traceback(exc))
-    out_hashes: dict[str, str] = {}
-    for out in job["outs"]:
-        digest = hash_path(root / out)
-        if digest is None:
-            return outcome("failed", "out_not_produced", f"declared output not produced: {out}")
-        out_hashes[out] = digest
+    stored = commit(state, outs)
+    missing = [out for out, digest in stored.items() if digest is None]
+    if missing:
+        return outcome("failed", "out_not_produced", f"declared output not produced: {', '.join(missing)}")
+    out_hashes = {out: digest for out, digest in stored.items() if digest is not None}
     write_lock(
         root,
-        StageLock(name, job["fingerprint"], job["params"], job["dep_hashes"], out_hashes),
+        StageLock(
+            name, job["fingerprint"], job["params"], job["dep_hashes"], out_hashes,
+            job.get("code_parts", {}),
+        ),
     )
+    if job.get("run_key"):
+        state.runs.record(job["run_key"], name, out_hashes)
     return outcome("ran", job["reason_code"], job["reason"])
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        import shutil
-
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)

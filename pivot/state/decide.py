@@ -1,90 +1,171 @@
-"""Skip-or-run: compare a stage's declaration and files with its lock, with a reason."""
+"""Skip-or-run: compare a stage's declaration and files with its lock, with typed reasons."""
 
 from __future__ import annotations
 
-import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 from pivot.pipeline.manifest import StageSpec
-from pivot.state.hashing import hash_path
-from pivot.state.lock import read_lock
+from pivot.state.lock import StageLock, read_lock
+from pivot.state.reasons import Reason, ReasonCode
 
-__all__ = ["Decision", "Reason", "decide"]
+__all__ = ["Decision", "PathHasher", "decide", "params_changes"]
+
+UP_TO_DATE = Reason(ReasonCode.UP_TO_DATE, "up to date")
 
 
-class Reason(enum.StrEnum):
-    UP_TO_DATE = "up_to_date"
-    NEVER_RAN = "never_ran"
-    FORCED = "forced"
-    CODE_CHANGED = "code_changed"
-    PARAMS_CHANGED = "params_changed"
-    DEPS_CHANGED = "deps_changed"
-    DEFINITION_CHANGED = "definition_changed"
-    OUT_MISSING = "out_missing"
-    OUT_MODIFIED = "out_modified"
-    UPSTREAM_STALE = "upstream_stale"
-    DEP_MISSING = "dep_missing"
-    FAILED = "failed"
-    OUT_NOT_PRODUCED = "out_not_produced"
-    BLOCKED = "blocked"
-    CANCELLED = "cancelled"
-    POOL_LOST = "pool_lost"
-    WORKER_DIED = "worker_died"
+class PathHasher(Protocol):
+    def hash_path(self, path: Path) -> str | None: ...
 
 
 @dataclass(frozen=True)
 class Decision:
     run: bool
-    code: Reason
-    message: str
+    reasons: tuple[Reason, ...]  # the first is the one shown; more only when asked for all
     dep_hashes: dict[str, str] = field(default_factory=dict)
     missing_deps: tuple[str, ...] = ()
+    lock: StageLock | None = None
+
+    @property
+    def reason(self) -> Reason:
+        return self.reasons[0] if self.reasons else UP_TO_DATE
 
 
-def decide(root: Path, spec: StageSpec, force: bool = False) -> Decision:
-    """Whether `spec` must run. Dep hashes are returned so the run records what it read."""
+def decide(
+    root: Path,
+    spec: StageSpec,
+    hasher: PathHasher,
+    *,
+    force: bool = False,
+    producers: Mapping[str, frozenset[str]] | None = None,
+    all_reasons: bool = False,
+) -> Decision:
+    """Whether `spec` must run, and why. Dep hashes are returned so a run records what it read.
+
+    `producers` maps a dep path to the stages writing it: a changed dep with a producer is
+    reported as "upstream changed". With `all_reasons`, every reason is listed (for
+    `status --explain`); otherwise checking stops at the first, sparing output hashing.
+    """
     dep_hashes: dict[str, str] = {}
     missing: list[str] = []
     for dep in spec.deps:
-        digest = hash_path(root / dep)
+        digest = hasher.hash_path(root / dep)
         if digest is None:
             missing.append(dep)
         else:
             dep_hashes[dep] = digest
     lock = read_lock(root, spec.name)
+
+    def verdict(*reasons: Reason) -> Decision:
+        return Decision(bool(reasons), reasons, dep_hashes, tuple(missing), lock)
+
     if lock is None:  # deps may be missing only because upstream has not run yet either
-        return Decision(True, Reason.NEVER_RAN, "never ran", dep_hashes, tuple(missing))
+        return verdict(Reason(ReasonCode.NEVER_RAN, "never ran"))
     if missing:
-        return Decision(
-            True, Reason.DEP_MISSING, f"dependency missing: {', '.join(missing)}",
-            dep_hashes, tuple(missing),
-        )
+        msg = f"dependency missing: {', '.join(missing)}"
+        return verdict(Reason(ReasonCode.DEP_MISSING, msg, {"paths": missing}))
+    reasons: list[Reason] = []
     if force:
-        return Decision(True, Reason.FORCED, "forced", dep_hashes)
-    if lock.code != spec.fingerprint:
-        return Decision(True, Reason.CODE_CHANGED, f"code changed: {spec.func}()", dep_hashes)
-    if set(lock.deps) != set(spec.deps) or set(lock.outs) != set(spec.outs):
-        return Decision(
-            True, Reason.DEFINITION_CHANGED, "deps or outs declaration changed", dep_hashes
-        )
-    if lock.params != spec.params:
-        return Decision(True, Reason.PARAMS_CHANGED, _params_diff(lock.params, spec.params), dep_hashes)
-    changed = sorted(d for d in spec.deps if lock.deps.get(d) != dep_hashes[d])
-    if changed:
-        return Decision(True, Reason.DEPS_CHANGED, f"dep changed: {', '.join(changed)}", dep_hashes)
+        reasons.append(Reason(ReasonCode.FORCED, "forced"))
+    for check in (_definition, _code, _params, _deps):
+        if reasons and not all_reasons:
+            return verdict(*reasons)
+        reasons.extend(check(spec, lock, dep_hashes, producers))
+    if reasons and not all_reasons:
+        return verdict(*reasons)
+    reasons.extend(_outs(root, spec, lock, hasher))
+    return verdict(*reasons)
+
+
+def _definition(
+    spec: StageSpec, lock: StageLock, _hashes: dict[str, str], _p: object
+) -> list[Reason]:
+    details: dict[str, list[str]] = {
+        "added_deps": sorted(set(spec.deps) - set(lock.deps)),
+        "removed_deps": sorted(set(lock.deps) - set(spec.deps)),
+        "added_outs": sorted(set(spec.outs) - set(lock.outs)),
+        "removed_outs": sorted(set(lock.outs) - set(spec.outs)),
+    }
+    if not any(details.values()):
+        return []
+    words = [f"{k.replace('_', ' ')} {', '.join(v)}" for k, v in details.items() if v]
+    return [Reason(ReasonCode.DEFINITION_CHANGED, "declaration changed: " + "; ".join(words), details)]
+
+
+def _code(spec: StageSpec, lock: StageLock, _hashes: dict[str, str], _p: object) -> list[Reason]:
+    if lock.code == spec.fingerprint:
+        return []
+    old, new = lock.code_parts, spec.code_parts
+    changed = sorted(k for k in set(old) & set(new) if old[k] != new[k])
+    added, removed = sorted(set(new) - set(old)), sorted(set(old) - set(new))
+    details = {"changed": changed, "added": added, "removed": removed}
+    names = changed + [f"+{n}" for n in added] + [f"-{n}" for n in removed]
+    # An old lock without parts (or a fingerprint scheme change) cannot name the piece.
+    what = ", ".join(names) if names else spec.func
+    return [Reason(ReasonCode.CODE_CHANGED, f"code changed: {what}", details)]
+
+
+def params_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[Any]]:
+    """key -> [old, new] for every param that differs (None stands for unset)."""
+    return {
+        key: [old.get(key), new.get(key)]
+        for key in sorted(set(old) | set(new))
+        if key not in old or key not in new or old[key] != new[key]
+    }
+
+
+def _params(spec: StageSpec, lock: StageLock, _hashes: dict[str, str], _p: object) -> list[Reason]:
+    changes = params_changes(lock.params, spec.params)
+    if not changes:
+        return []
+
+    def show(value: Any, present: bool) -> str:
+        return repr(value) if present else "<unset>"
+
+    parts = [
+        f"{k} {show(o, k in lock.params)} -> {show(n, k in spec.params)}"
+        for k, (o, n) in changes.items()
+    ]
+    return [Reason(ReasonCode.PARAMS_CHANGED, "params changed: " + ", ".join(parts), {"changes": changes})]
+
+
+def _deps(
+    spec: StageSpec,
+    lock: StageLock,
+    hashes: dict[str, str],
+    producers: Mapping[str, frozenset[str]] | None,
+) -> list[Reason]:
+    changed = [d for d in spec.deps if lock.deps.get(d) != hashes[d]]
+    if not changed:
+        return []
+    producers = producers or {}
+    made = [d for d in changed if producers.get(d)]
+    plain = [d for d in changed if not producers.get(d)]
+    reasons = []
+    if plain:
+        reasons.append(Reason(ReasonCode.DEPS_CHANGED, f"dep changed: {', '.join(plain)}", {"paths": plain}))
+    if made:
+        stages = sorted({s for d in made for s in producers[d]})
+        msg = f"upstream changed: {', '.join(made)} (from {', '.join(stages)})"
+        reasons.append(Reason(ReasonCode.UPSTREAM_CHANGED, msg, {"paths": made, "stages": stages}))
+    return reasons
+
+
+def _outs(root: Path, spec: StageSpec, lock: StageLock, hasher: PathHasher) -> list[Reason]:
+    missing, modified = [], []
     for out in spec.outs:
-        digest = hash_path(root / out)
+        digest = hasher.hash_path(root / out)
         if digest is None:
-            return Decision(True, Reason.OUT_MISSING, f"output missing: {out}", dep_hashes)
-        if digest != lock.outs.get(out):
-            return Decision(True, Reason.OUT_MODIFIED, f"output modified: {out}", dep_hashes)
-    return Decision(False, Reason.UP_TO_DATE, "up to date", dep_hashes)
-
-
-def _params_diff(old: dict[str, object], new: dict[str, object]) -> str:
-    parts = []
-    for key in sorted(set(old) | set(new)):
-        if old.get(key, "<unset>") != new.get(key, "<unset>"):
-            parts.append(f"{key} {old.get(key, '<unset>')!r} -> {new.get(key, '<unset>')!r}")
-    return "param changed: " + ", ".join(parts)
+            missing.append(out)
+        elif digest != lock.outs.get(out):
+            modified.append(out)
+    reasons = []
+    if missing:
+        reasons.append(Reason(ReasonCode.OUT_MISSING, f"output missing: {', '.join(missing)}", {"paths": missing}))
+    if modified:
+        reasons.append(
+            Reason(ReasonCode.OUT_MODIFIED, f"output modified: {', '.join(modified)}", {"paths": modified})
+        )
+    return reasons

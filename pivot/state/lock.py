@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +24,14 @@ class StageLock:
     params: dict[str, Any]
     deps: dict[str, str]
     outs: dict[str, str]
+    # qualified name -> hash of each piece of code the fingerprint covers (names what changed)
+    code_parts: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:
         data = {
             "stage": self.stage,
             "code": self.code,
+            "code_parts": self.code_parts,
             "params": self.params,
             "deps": self.deps,
             "outs": self.outs,
@@ -50,6 +53,7 @@ def read_lock(root: Path, stage: str) -> StageLock | None:
             params=dict(data["params"]),
             deps={str(k): str(v) for k, v in data["deps"].items()},
             outs={str(k): str(v) for k, v in data["outs"].items()},
+            code_parts={str(k): str(v) for k, v in data.get("code_parts", {}).items()},
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None

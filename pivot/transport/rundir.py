@@ -57,7 +57,8 @@ class RunDir:
         self._lock_file: IO[str] | None = None
         self._socket_dir: Path | None = None
 
-    def acquire(self) -> Endpoints:
+    def lock(self, doing: str = "") -> None:
+        """Take the project's engine lock; `doing` names a command that needs the engine idle."""
         self.path.mkdir(parents=True, exist_ok=True)
         os.chmod(self.path, 0o700)
         lock_file = open(self.path / "lock", "a+")  # noqa: SIM115 - held until release()
@@ -67,6 +68,11 @@ class RunDir:
             lock_file.seek(0)
             holder = lock_file.read().strip() or "unknown"
             lock_file.close()
+            if doing:
+                raise StackRunning(
+                    f"cannot {doing} while a Pivot engine (pid {holder}) is running for "
+                    f"{self.root}; wait for it to finish or stop it first"
+                ) from None
             raise StackRunning(
                 f"another Pivot engine (pid {holder}) is already running for {self.root}; "
                 "wait for it to finish or stop it first"
@@ -76,6 +82,9 @@ class RunDir:
         lock_file.write(str(os.getpid()))
         lock_file.flush()
         self._lock_file = lock_file
+
+    def acquire(self) -> Endpoints:
+        self.lock()
         self._socket_dir = self._choose_socket_dir()
         endpoints = Endpoints(
             **{name: f"ipc://{self._socket_dir / (name + '.sock')}" for name in _SOCKETS}

@@ -24,6 +24,7 @@ from broker.events import (
     SnapshotRequested,
     StageRunningReported,
     Tick,
+    WavePlanned,
 )
 from broker.state import BrokerState
 from pivot.pipeline.graph import build_graph
@@ -34,6 +35,7 @@ from pivot.protocol.messages import (
     Message,
     PipelineInvalid,
     PipelineLoaded,
+    PlanWave,
     PoolLost,
     PoolShutdown,
     PoolWelcome,
@@ -69,10 +71,19 @@ def diamond() -> Manifest:
 
 
 class Harness:
-    def __init__(self, manifest: Manifest | None = None, slots: int = 1) -> None:
+    """Feeds the state machine; answers each wave plan the way `plan` says.
+
+    `plan` lists the stages a pool would find up to date (default: none); None leaves
+    plan requests unanswered, for tests that answer them themselves.
+    """
+
+    def __init__(
+        self, manifest: Manifest | None = None, slots: int = 1, plan: list[str] | None = None
+    ) -> None:
         self.state = BrokerState(heartbeat_s=1.0, liveness=3)
         self.now = 0.0
         self.published: list[Message] = []
+        self.plan: list[str] | None = [] if plan is None else plan
         if manifest is not None:
             self.feed(PoolJoined("p1", slots, self.now))
             self.feed(ManifestArrived(manifest, build_graph(manifest)))
@@ -83,6 +94,9 @@ class Harness:
         for c in commands:
             if isinstance(c, Publish):
                 self.published.append(c.msg)
+        for c in list(commands):
+            if isinstance(c, SendWork) and isinstance(c.msg, PlanWave) and self.plan is not None:
+                commands += self.feed(WavePlanned(c.pool, c.msg.wave, tuple(self.plan)))
         return commands
 
     def run(self, *stages: str, force: bool = False, keep_going: bool = False) -> list[Command]:
@@ -188,7 +202,7 @@ def test_fail_fast_blocks_downstream_cancels_the_rest_and_lets_running_finish() 
     assert published(commands, WaveFinished) == []  # e still runs
     commands = h.result(e)
     [wave] = published(commands, WaveFinished)
-    assert wave == WaveFinished(1, ["e"], [], ["a"], ["b", "c", "d"], [], [])
+    assert wave == WaveFinished(1, ["e"], [], [], ["a"], ["b", "c", "d"], [], [])
 
 
 def test_fail_fast_cancels_stages_not_downstream_of_the_failure() -> None:
@@ -319,3 +333,75 @@ def test_a_request_before_the_manifest_naming_an_unknown_stage_is_rejected_on_lo
     assert isinstance(reply.msg, RunReply) and not reply.msg.accepted
     assert "nope" in reply.msg.message
     assert published(commands, WaveStarted) == []
+
+
+# --- wave plans: up-to-date stages skipped in one batch ------------------------------------
+
+
+def plan_requests(commands: list[Command]) -> list[tuple[str, PlanWave]]:
+    return [
+        (c.pool, c.msg) for c in commands if isinstance(c, SendWork) and isinstance(c.msg, PlanWave)
+    ]
+
+
+def test_a_wave_asks_one_pool_for_a_plan_and_dispatches_nothing_until_it_answers() -> None:
+    h = Harness(diamond(), slots=4)
+    h.plan = None
+    commands = h.run()
+    [(pool, plan)] = plan_requests(commands)
+    assert pool == "p1"
+    assert plan.stages == ["a", "b", "c", "d", "e"]
+    assert plan.upstream == {"a": [], "b": ["a"], "c": ["a"], "d": ["b", "c"], "e": []}
+    assert dispatched(commands) == []
+    assert dispatched(h.feed(Tick(0.5))) == []
+
+
+def test_planned_stages_are_skipped_without_dispatch_and_the_rest_run() -> None:
+    h = Harness(diamond(), slots=4, plan=["a", "b", "e"])
+    commands = h.run()
+    assert finished(h) == {"a": "skipped", "b": "skipped", "e": "skipped"}
+    [(_, stage, attempt)] = dispatched(commands)
+    assert stage == "c"  # d waits for c; a, b and e never reach a pool
+    [(_, d, d_attempt)] = dispatched(h.result(attempt))
+    assert d == "d"
+    commands = h.result(d_attempt)
+    [wave] = published(commands, WaveFinished)
+    assert wave.skipped == ["a", "b", "e"] and wave.ran == ["c", "d"]
+
+
+def test_a_wave_where_everything_is_up_to_date_ends_on_the_plan() -> None:
+    h = Harness(diamond(), slots=4, plan=["a", "b", "c", "d", "e"])
+    commands = h.run()
+    assert dispatched(commands) == []
+    [wave] = published(commands, WaveFinished)
+    assert wave.skipped == ["a", "b", "c", "d", "e"]
+    assert h.state.wave is None
+
+
+def test_a_forced_wave_asks_for_no_plan() -> None:
+    h = Harness(diamond(), slots=4)
+    h.plan = None
+    commands = h.run(force=True)
+    assert plan_requests(commands) == []
+    assert [s for _, s, _ in dispatched(commands)] == ["a", "e"]
+
+
+def test_losing_the_planning_pool_falls_back_to_deciding_at_dispatch() -> None:
+    h = Harness(diamond(), slots=4)
+    h.plan = None
+    h.feed(PoolJoined("p2", 4, 0.0))
+    [(planner, _)] = plan_requests(h.run())
+    commands = h.feed(PoolGone(planner, "killed"))
+    assert sorted(s for _, s, _ in dispatched(commands)) == ["a", "e"]
+
+
+def test_a_late_plan_for_an_earlier_wave_is_ignored() -> None:
+    h = Harness(diamond(), slots=4)
+    h.plan = None
+    [(_, plan)] = plan_requests(h.run())
+    h.feed(WavePlanned("p1", plan.wave, ("a", "b", "c", "d", "e")))
+    assert h.state.wave is None
+    [(_, plan2)] = plan_requests(h.run())
+    commands = h.feed(WavePlanned("p1", plan.wave, ("a", "b", "c", "d", "e")))
+    assert commands == [] and h.state.wave is not None
+    assert dispatched(h.feed(WavePlanned("p1", plan2.wave, ()))) != []

@@ -34,6 +34,7 @@ from pivot.protocol.messages import (
     PoolHello,
     PoolLost,
     PoolShutdown,
+    PlanWave,
     PoolWelcome,
     ResultAck,
     RunReply,
@@ -46,6 +47,7 @@ from pivot.protocol.messages import (
     StageFinished,
     StageResult,
     StageRunning,
+    WavePlan,
     StageStarted,
     WaveFinished,
     WaveStarted,
@@ -100,6 +102,7 @@ _LAST_WAVE = {
     "blocked": [],
     "cancelled": [],
     "lost": [],
+    "restored": [],
 }
 
 # One realistic instance per wire message, every field set away from its default.
@@ -115,8 +118,13 @@ SAMPLES: dict[type[Message], Message] = {
     ),
     LoadManifest: LoadManifest(),
     RunStage: RunStage(wave=3, stage="train", attempt="1a2b-c3d4-7", force=True),
+    PlanWave: PlanWave(wave=3, stages=["prepare", "train"], upstream={"prepare": [], "train": ["prepare"]}),
+    WavePlan: WavePlan(wave=3, up_to_date=["prepare"]),
     StageRunning: StageRunning(
-        attempt="1a2b-c3d4-7", reason_code="dep_changed", reason="data/clean.csv changed"
+        attempt="1a2b-c3d4-7",
+        reason_code="deps_changed",
+        reason="dep changed: data/clean.csv",
+        details={"paths": ["data/clean.csv"]},
     ),
     StageResult: StageResult(
         attempt="1a2b-c3d4-7",
@@ -127,6 +135,7 @@ SAMPLES: dict[type[Message], Message] = {
         duration_s=12.75,
         error="Traceback ...\nValueError: bad shape",
         logs=[["stdout", "epoch 1/10"], ["stderr", "warning: slow"]],
+        details={"paths": ["data/clean.csv"]},
     ),
     ResultAck: ResultAck(attempt="1a2b-c3d4-7"),
     PoolShutdown: PoolShutdown(),
@@ -152,7 +161,11 @@ SAMPLES: dict[type[Message], Message] = {
     PipelineInvalid: PipelineInvalid(message="cycle: a -> b -> a", detail="stage a, stage b"),
     WaveStarted: WaveStarted(wave=3, stages=["prepare", "train"]),
     StageStarted: StageStarted(
-        wave=3, stage="train", reason_code="param_changed", reason="params.lr 0.1 -> 0.01"
+        wave=3,
+        stage="train",
+        reason_code="params_changed",
+        reason="params changed: lr 0.1 -> 0.01",
+        details={"changes": {"lr": [0.1, 0.01]}},
     ),
     StageFinished: StageFinished(
         wave=3,
@@ -162,11 +175,13 @@ SAMPLES: dict[type[Message], Message] = {
         reason="params.lr 0.1 -> 0.01",
         duration_s=3.25,
         error="ValueError: bad shape",
+        details={"changes": {"lr": [0.1, 0.01]}},
     ),
     LogLine: LogLine(stage="train", stream="stderr", line="epoch 2/10 loss=0.31 ünïcode"),
     WaveFinished: WaveFinished(
         wave=3,
         ran=["prepare"],
+        restored=["fit"],
         skipped=["fetch"],
         failed=["train"],
         blocked=["evaluate"],
@@ -264,16 +279,17 @@ def test_wire_tags_are_unique_and_registered() -> None:
 # docs/protocol.md (Changelog) and only then paste the new bytes here.
 
 GOLDEN_POOL_HELLO = (
-    b"\x88\xa1v\x01\xa1k\xaapool_hello\xa2id\xab1a2b-c3d4-1\xa1p\xc0\xa1s\xa6pool-1"
+    b"\x88\xa1v\x02\xa1k\xaapool_hello\xa2id\xab1a2b-c3d4-1\xa1p\xc0\xa1s\xa6pool-1"
     b"\xa1n\x00\xa1t\xcbA\xd9T\xfc@\x10\x00\x00\xa1b\x83\xa4pool\xa6pool-1\xa3pid"
     b"\xcd\x10\x92\xa5slots\x04"
 )
 
 GOLDEN_STAGE_FINISHED = (
-    b"\x88\xa1v\x01\xa1k\xaestage_finished\xa2id\xab5e6f-7a8b-9\xa1p\xab1a2b-c3d4-2"
-    b"\xa1s\xa6broker\xa1n\x07\xa1t\xcbA\xd9T\xfc@`\x00\x00\xa1b\x87\xa4wave\x03"
+    b"\x88\xa1v\x02\xa1k\xaestage_finished\xa2id\xab5e6f-7a8b-9\xa1p\xab1a2b-c3d4-2"
+    b"\xa1s\xa6broker\xa1n\x07\xa1t\xcbA\xd9T\xfc@`\x00\x00\xa1b\x88\xa4wave\x03"
     b"\xa5stage\xa5train\xa6status\xa3ran\xabreason_code\xabdep_changed\xa6reason"
     b"\xb4data/raw.csv changed\xaaduration_s\xcb?\xf8\x00\x00\x00\x00\x00\x00\xa5error\xc0"
+    b"\xa7details\x80"
 )
 
 
@@ -315,9 +331,9 @@ def test_golden_stage_finished() -> None:
     )
 
 
-def test_protocol_version_is_one() -> None:
-    # The golden bytes above encode version 1; changing it must be deliberate.
-    assert PROTOCOL_VERSION == 1
+def test_protocol_version_is_two() -> None:
+    # The golden bytes above encode version 2; changing it must be deliberate.
+    assert PROTOCOL_VERSION == 2
 
 
 # --- strict decoding ---------------------------------------------------------------------
@@ -379,10 +395,10 @@ BAD_PAYLOADS: list[tuple[str, Callable[[], bytes], str]] = [
     ("str", lambda: _pack("run_request"), "envelope is a str, not a map"),
     ("nil", lambda: _pack(None), "envelope is a NoneType, not a map"),
     # version
-    ("version_2", lambda: _pack(_wire(v=2)), "protocol version 2, expected 1"),
-    ("version_0", lambda: _pack(_wire(v=0)), "protocol version 0, expected 1"),
-    ("version_str", lambda: _pack(_wire(v="1")), "protocol version '1', expected 1"),
-    ("version_nil", lambda: _pack(_wire(v=None)), "protocol version None, expected 1"),
+    ("version_3", lambda: _pack(_wire(v=3)), "protocol version 3, expected 2"),
+    ("version_1", lambda: _pack(_wire(v=1)), "protocol version 1, expected 2"),
+    ("version_str", lambda: _pack(_wire(v="2")), "protocol version '2', expected 2"),
+    ("version_nil", lambda: _pack(_wire(v=None)), "protocol version None, expected 2"),
     # kind
     ("unknown_kind", lambda: _pack(_wire(k="launch_missiles")), "unknown message kind 'launch_missiles'"),
     ("empty_kind", lambda: _pack(_wire(k="")), "unknown message kind ''"),

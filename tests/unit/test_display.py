@@ -54,7 +54,7 @@ FIT_FAILED = StageFinished(
 EVALUATE_BLOCKED = StageFinished(
     1, "evaluate", "blocked", "blocked", "blocked by failed upstream 'fit'", 0.0
 )
-WAVE1 = WaveFinished(1, ["prepare"], ["features"], ["fit"], ["evaluate"], [])
+WAVE1 = WaveFinished(1, ["prepare"], [], ["features"], ["fit"], ["evaluate"], [])
 
 
 def run_messages() -> list[Message]:
@@ -173,8 +173,8 @@ def test_plain_success_summary_and_other_outcomes() -> None:
         WaveStarted(2, ["a"]),
         StageFinished(2, "a", "cancelled", "cancelled", "not started: an earlier stage failed", 0.0),
         StageFinished(2, "b", "lost", "pool_lost", "its pool died", 1.5),
-        WaveFinished(3, ["x", "y"], ["z"], [], [], []),
-        WaveFinished(4, [], [], [], [], []),
+        WaveFinished(3, ["x", "y"], [], ["z"], [], [], []),
+        WaveFinished(4, [], [], [], [], [], []),
     ])
     assert out.getvalue().splitlines() == [
         "wave 2: 1 stage",
@@ -251,6 +251,7 @@ def test_json_lines_carry_v_event_ts_and_fields() -> None:
         "v": 1, "event": "stage_finished", "ts": pytest.approx(T0 + 0.4), "wave": 1,
         "stage": "fit", "status": "failed", "reason_code": "failed",
         "reason": "ZeroDivisionError: division by zero", "duration_s": 0.2, "error": TB,
+        "details": {},
     }
     assert recs[-1]["failed"] == ["fit"] and recs[-1]["lost"] == []
     assert err.getvalue() == ""
@@ -458,7 +459,7 @@ def test_tui_resync_and_wave_change() -> None:
         StageStarted(2, "fit", "code_changed", "code changed: fit()"),
         LogLine("fit", "stdout", "\x1b[31mred\x1b[0m [bold]not markup[/bold]"),
         StageFinished(2, "fit", "ran", "code_changed", "code changed: fit()", 2.5),
-        WaveFinished(2, ["fit"], [], [], [], []),
+        WaveFinished(2, ["fit"], [], [], [], [], []),
         PipelineInvalid("pipeline.py raised", "Traceback ...\nSyntaxError\n"),
     ])
     r.close(0)
@@ -507,4 +508,6 @@ def test_format_duration_and_summary() -> None:
     assert [format_duration(s) for s in (0.0123, 3.256, 42.12, 125, 3725, -1)] == [
         "0.01s", "3.26s", "42.1s", "2m05s", "1h02m", "0.00s",
     ]
-    assert wave_summary(WaveFinished(5, [], [], [], [], [], ["x"])) == "wave 5 failed: 1 lost"
+    assert wave_summary(WaveFinished(5, [], [], [], [], [], [], ["x"])) == "wave 5 failed: 1 lost"
+    restored = WaveFinished(6, ["a"], ["b", "c"], ["d"], [], [], [])
+    assert wave_summary(restored) == "wave 6 done: 1 ran, 2 restored, 1 skipped"

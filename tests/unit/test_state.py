@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from pivot.pipeline.manifest import StageSpec
-from pivot.state.decide import Decision, Reason, decide
+from pivot.state.decide import Decision, decide
+from pivot.state.reasons import ReasonCode
 from pivot.state.hashing import hash_path
 from pivot.state.lock import StageLock, lock_path, read_lock, write_lock
 
@@ -169,7 +170,7 @@ def test_lock_file_format(tmp_path: Path) -> None:
 
     data = json.loads(text, object_pairs_hook=check_sorted)
     assert data["deps"] == {"data/a.csv": "h1", "data/b.csv": "h2"}
-    assert list(data) == ["code", "deps", "outs", "params", "stage"]
+    assert list(data) == ["code", "code_parts", "deps", "outs", "params", "stage"]
     assert text.index('"data/a.csv"') < text.index('"data/b.csv"')
 
 
@@ -242,6 +243,17 @@ def test_non_utf8_lock_reads_as_none(tmp_path: Path) -> None:
     assert read_lock(tmp_path, "s") is None
 
 
+class _Direct:
+    """Hashes without a state cache (the decision logic is what is under test here)."""
+
+    @staticmethod
+    def hash_path(path: Path) -> str | None:
+        return hash_path(path)
+
+
+DIRECT = _Direct()
+
+
 # --- decide ---------------------------------------------------------------------------------
 
 
@@ -276,14 +288,14 @@ def record(root: Path, spec: StageSpec) -> None:
     assert None not in deps.values() and None not in outs.values()
     write_lock(
         root,
-        StageLock(spec.name, spec.fingerprint, dict(spec.params), deps, outs),  # type: ignore[arg-type]
+        StageLock(spec.name, spec.fingerprint, dict(spec.params), deps, outs, dict(spec.code_parts)),  # type: ignore[arg-type]
     )
 
 
 def test_never_ran(project: Path) -> None:
-    d = decide(project, make_spec())
+    d = decide(project, make_spec(), DIRECT)
     assert isinstance(d, Decision)
-    assert (d.run, d.code, d.message) == (True, Reason.NEVER_RAN, "never ran")
+    assert (d.run, d.reason.code, d.reason.message) == (True, ReasonCode.NEVER_RAN, "never ran")
     assert d.dep_hashes == {
         "data/in.csv": hash_path(project / "data" / "in.csv"),
         "data/more/": hash_path(project / "data" / "more"),
@@ -294,62 +306,63 @@ def test_never_ran(project: Path) -> None:
 def test_up_to_date_after_matching_lock(project: Path) -> None:
     spec = make_spec()
     record(project, spec)
-    d = decide(project, spec)
-    assert (d.run, d.code, d.message) == (False, Reason.UP_TO_DATE, "up to date")
+    d = decide(project, spec, DIRECT)
+    assert (d.run, d.reason.code, d.reason.message) == (False, ReasonCode.UP_TO_DATE, "up to date")
     assert set(d.dep_hashes) == {"data/in.csv", "data/more/"}
 
 
 def test_up_to_date_survives_a_lock_round_trip_with_float_params(project: Path) -> None:
     spec = make_spec(params={"lr": 1.0, "sizes": [1, 2], "cfg": {"k": None}})
     record(project, spec)
-    assert decide(project, spec).code == Reason.UP_TO_DATE
+    assert decide(project, spec, DIRECT).reason.code == ReasonCode.UP_TO_DATE
 
 
 def test_forced(project: Path) -> None:
     spec = make_spec()
     record(project, spec)
-    d = decide(project, spec, force=True)
-    assert (d.run, d.code) == (True, Reason.FORCED)
-    assert decide(project, spec).code == Reason.UP_TO_DATE
+    d = decide(project, spec, DIRECT, force=True)
+    assert (d.run, d.reason.code) == (True, ReasonCode.FORCED)
+    assert decide(project, spec, DIRECT).reason.code == ReasonCode.UP_TO_DATE
 
 
 def test_code_changed(project: Path) -> None:
     record(project, make_spec())
-    d = decide(project, make_spec(fingerprint="fp-2"))
-    assert (d.run, d.code) == (True, Reason.CODE_CHANGED)
-    assert "pipeline.train()" in d.message
+    d = decide(project, make_spec(fingerprint="fp-2"), DIRECT)
+    assert (d.run, d.reason.code) == (True, ReasonCode.CODE_CHANGED)
+    assert "pipeline.train" in d.reason.message  # a lock without parts names the stage function
 
 
 def test_params_changed_shows_old_and_new(project: Path) -> None:
     record(project, make_spec())
-    d = decide(project, make_spec(params={"lr": 0.2, "epochs": 3}))
-    assert (d.run, d.code) == (True, Reason.PARAMS_CHANGED)
-    assert "lr 0.1 -> 0.2" in d.message
-    assert "epochs" not in d.message
+    d = decide(project, make_spec(params={"lr": 0.2, "epochs": 3}), DIRECT)
+    assert (d.run, d.reason.code) == (True, ReasonCode.PARAMS_CHANGED)
+    assert "lr 0.1 -> 0.2" in d.reason.message
+    assert "epochs" not in d.reason.message
 
 
 def test_params_added_and_removed(project: Path) -> None:
     record(project, make_spec())
-    d = decide(project, make_spec(params={"lr": 0.1, "batch": 8}))
-    assert d.code == Reason.PARAMS_CHANGED
-    assert "batch '<unset>' -> 8" in d.message
-    assert "epochs 3 -> '<unset>'" in d.message
+    d = decide(project, make_spec(params={"lr": 0.1, "batch": 8}), DIRECT)
+    assert d.reason.code == ReasonCode.PARAMS_CHANGED
+    assert "batch <unset> -> 8" in d.reason.message
+    assert "epochs 3 -> <unset>" in d.reason.message
+    assert d.reason.details == {"changes": {"batch": [None, 8], "epochs": [3, None]}}
 
 
 def test_string_param_change_is_quoted(project: Path) -> None:
     record(project, make_spec(params={"name": "a"}))
-    d = decide(project, make_spec(params={"name": "b"}))
-    assert "name 'a' -> 'b'" in d.message
+    d = decide(project, make_spec(params={"name": "b"}), DIRECT)
+    assert "name 'a' -> 'b'" in d.reason.message
 
 
 def test_dep_content_changed_names_the_path(project: Path) -> None:
     spec = make_spec()
     record(project, spec)
     (project / "data" / "in.csv").write_text("a,b\n1,3\n")
-    d = decide(project, spec)
-    assert (d.run, d.code) == (True, Reason.DEPS_CHANGED)
-    assert "data/in.csv" in d.message
-    assert "data/more/" not in d.message
+    d = decide(project, spec, DIRECT)
+    assert (d.run, d.reason.code) == (True, ReasonCode.DEPS_CHANGED)
+    assert "data/in.csv" in d.reason.message
+    assert "data/more/" not in d.reason.message
     assert d.dep_hashes["data/in.csv"] == hash_path(project / "data" / "in.csv")
 
 
@@ -357,27 +370,27 @@ def test_file_added_to_directory_dep_is_a_dep_change(project: Path) -> None:
     spec = make_spec()
     record(project, spec)
     (project / "data" / "more" / "y.txt").write_text("y")
-    d = decide(project, spec)
-    assert d.code == Reason.DEPS_CHANGED
-    assert "data/more/" in d.message
+    d = decide(project, spec, DIRECT)
+    assert d.reason.code == ReasonCode.DEPS_CHANGED
+    assert "data/more/" in d.reason.message
 
 
 def test_out_deleted(project: Path) -> None:
     spec = make_spec()
     record(project, spec)
     (project / "model.pkl").unlink()
-    d = decide(project, spec)
-    assert (d.run, d.code) == (True, Reason.OUT_MISSING)
-    assert "model.pkl" in d.message
+    d = decide(project, spec, DIRECT)
+    assert (d.run, d.reason.code) == (True, ReasonCode.OUT_MISSING)
+    assert "model.pkl" in d.reason.message
 
 
 def test_out_edited(project: Path) -> None:
     spec = make_spec()
     record(project, spec)
     (project / "metrics.json").write_text('{"mse": 0}\n')
-    d = decide(project, spec)
-    assert (d.run, d.code) == (True, Reason.OUT_MODIFIED)
-    assert "metrics.json" in d.message
+    d = decide(project, spec, DIRECT)
+    assert (d.run, d.reason.code) == (True, ReasonCode.OUT_MODIFIED)
+    assert "metrics.json" in d.reason.message
 
 
 def test_touched_dep_with_identical_content_is_up_to_date(project: Path) -> None:
@@ -388,25 +401,25 @@ def test_touched_dep_with_identical_content_is_up_to_date(project: Path) -> None
     st = dep.stat()
     os.utime(dep, ns=(st.st_atime_ns + 10**10, st.st_mtime_ns + 10**10))
     assert dep.stat().st_mtime_ns != st.st_mtime_ns
-    assert decide(project, spec).code == Reason.UP_TO_DATE
+    assert decide(project, spec, DIRECT).reason.code == ReasonCode.UP_TO_DATE
 
 
 def test_missing_dep(project: Path) -> None:
     spec = make_spec()
     record(project, spec)
     (project / "data" / "in.csv").unlink()
-    d = decide(project, spec)
-    assert (d.run, d.code) == (True, Reason.DEP_MISSING)
+    d = decide(project, spec, DIRECT)
+    assert (d.run, d.reason.code) == (True, ReasonCode.DEP_MISSING)
     assert d.missing_deps == ("data/in.csv",)
-    assert "data/in.csv" in d.message
+    assert "data/in.csv" in d.reason.message
     assert set(d.dep_hashes) == {"data/more/"}
 
 
 def test_missing_dep_on_never_run_stage_reports_never_ran_and_the_missing_deps(project: Path) -> None:
     # Before a first run, deps are often missing only because upstream never ran either.
     spec = make_spec(deps=("data/in.csv", "nope.csv", "gone/"))
-    d = decide(project, spec)
-    assert d.code == Reason.NEVER_RAN
+    d = decide(project, spec, DIRECT)
+    assert d.reason.code == ReasonCode.NEVER_RAN
     assert d.missing_deps == ("nope.csv", "gone/")
 
 
@@ -414,30 +427,82 @@ def test_missing_dep_on_a_stage_that_ran_is_dep_missing(project: Path) -> None:
     spec = make_spec()
     record(project, spec)
     (project / "data" / "in.csv").unlink()
-    d = decide(project, spec)
-    assert d.code == Reason.DEP_MISSING
+    d = decide(project, spec, DIRECT)
+    assert d.reason.code == ReasonCode.DEP_MISSING
     assert d.missing_deps == ("data/in.csv",)
 
 
 def test_declaration_changed(project: Path) -> None:
     record(project, make_spec())
-    d = decide(project, make_spec(outs=("model.pkl",), metrics=()))
-    assert (d.run, d.code) == (True, Reason.DEFINITION_CHANGED)
+    d = decide(project, make_spec(outs=("model.pkl",), metrics=()), DIRECT)
+    assert (d.run, d.reason.code) == (True, ReasonCode.DEFINITION_CHANGED)
 
 
 def test_corrupt_lock_means_never_ran(project: Path) -> None:
     spec = make_spec()
     record(project, spec)
     lock_path(project, spec.name).write_text("{garbage")
-    assert decide(project, spec).code == Reason.NEVER_RAN
+    assert decide(project, spec, DIRECT).reason.code == ReasonCode.NEVER_RAN
 
 
 def test_lock_of_another_stage_is_not_used(project: Path) -> None:
     record(project, make_spec())
-    assert decide(project, make_spec(name="train@big")).code == Reason.NEVER_RAN
+    assert decide(project, make_spec(name="train@big"), DIRECT).reason.code == ReasonCode.NEVER_RAN
 
 
 def test_dep_under_a_file_is_missing(project: Path) -> None:
-    d = decide(project, make_spec(deps=("data/in.csv/part",)))
-    assert d.code == Reason.NEVER_RAN
+    d = decide(project, make_spec(deps=("data/in.csv/part",)), DIRECT)
+    assert d.reason.code == ReasonCode.NEVER_RAN
     assert d.missing_deps == ("data/in.csv/part",)
+
+
+def test_code_changed_names_the_changed_added_and_removed_pieces(project: Path) -> None:
+    parts = {"pipeline.train": "1", "helpers.clean": "2", "helpers.OLD": "3"}
+    record(project, make_spec(code_parts=parts))
+    new_parts = {"pipeline.train": "1", "helpers.clean": "2b", "helpers.NEW": "4"}
+    d = decide(project, make_spec(fingerprint="fp-2", code_parts=new_parts), DIRECT)
+    assert d.reason.code == ReasonCode.CODE_CHANGED
+    assert d.reason.details == {"changed": ["helpers.clean"], "added": ["helpers.NEW"], "removed": ["helpers.OLD"]}
+    assert d.reason.message == "code changed: helpers.clean, +helpers.NEW, -helpers.OLD"
+
+
+def test_a_changed_dep_written_by_a_stage_is_upstream_changed(project: Path) -> None:
+    spec = make_spec()
+    record(project, spec)
+    (project / "data" / "in.csv").write_text("new rows\n")
+    producers = {"data/in.csv": frozenset({"prepare"})}
+    d = decide(project, spec, DIRECT, producers=producers)
+    assert d.reason.code == ReasonCode.UPSTREAM_CHANGED
+    assert d.reason.details == {"paths": ["data/in.csv"], "stages": ["prepare"]}
+    assert "prepare" in d.reason.message
+
+
+def test_all_reasons_lists_every_reason_in_a_fixed_order(project: Path) -> None:
+    spec = make_spec()
+    record(project, spec)
+    (project / "data" / "in.csv").write_text("new rows\n")
+    (project / "model.pkl").unlink()
+    changed = make_spec(fingerprint="fp-2", params={"lr": 0.3, "epochs": 3})
+    first = decide(project, changed, DIRECT)
+    every = decide(project, changed, DIRECT, all_reasons=True)
+    assert [r.code for r in first.reasons] == [ReasonCode.CODE_CHANGED]
+    assert [r.code for r in every.reasons] == [
+        ReasonCode.CODE_CHANGED, ReasonCode.PARAMS_CHANGED, ReasonCode.DEPS_CHANGED, ReasonCode.OUT_MISSING,
+    ]
+    assert every.reasons[-1].details == {"paths": ["model.pkl"]}
+
+
+def test_first_reason_stops_before_hashing_outputs(project: Path) -> None:
+    spec = make_spec()
+    record(project, spec)
+    (project / "data" / "in.csv").write_text("new rows\n")
+    seen: list[str] = []
+
+    class Counting:
+        @staticmethod
+        def hash_path(path: Path) -> str | None:
+            seen.append(path.relative_to(project).as_posix())
+            return hash_path(path)
+
+    decide(project, spec, Counting())
+    assert seen == [d.rstrip("/") for d in spec.deps]  # no output was hashed

@@ -1,0 +1,96 @@
+"""Which stages are stale and why, computed in the CLI's own process (no engine).
+
+Shared by `pivot status` and `pivot repro --dry-run`. A stage downstream of a stale one
+is reported stale too ("upstream stale"): whether it really runs depends on what its
+upstream writes (early cutoff), which only a run can tell.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pivot.pipeline.graph import StageGraph, build_graph
+from pivot.pipeline.manifest import Manifest
+from pivot.runtime.spawn import run_loader
+from pivot.state.decide import decide
+from pivot.state.outputs import ProjectState
+from pivot.state.plan import dep_producers, restorable
+from pivot.state.reasons import Reason, ReasonCode
+from pivot.state.runcache import run_key
+
+__all__ = ["Assessment", "StageAssessment", "assess"]
+
+
+@dataclass
+class StageAssessment:
+    name: str
+    reasons: list[Reason] = field(default_factory=list)
+    restorable: bool = False  # its outputs for these inputs are in the run cache
+
+    @property
+    def stale(self) -> bool:
+        return bool(self.reasons)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "stale": self.stale,
+            "reasons": [r.to_json() for r in self.reasons],
+            "restorable": self.restorable,
+        }
+
+
+@dataclass
+class Assessment:
+    manifest: Manifest
+    graph: StageGraph
+    stages: dict[str, StageAssessment]  # topological order
+
+
+def assess(
+    root: Path,
+    targets: tuple[str, ...] = (),
+    *,
+    force: bool = False,
+    explain: bool = False,
+) -> Assessment:
+    """Decide every stage (TARGETS and their upstream, default all) against its lock."""
+    manifest = run_loader(root)
+    graph = build_graph(manifest, root)
+    unknown = sorted(set(targets) - set(manifest.by_name))
+    if unknown:
+        from pivot.errors import UserError
+
+        raise UserError(
+            f"unknown stage(s): {', '.join(unknown)}; stages are: {', '.join(graph.order)}"
+        )
+    wanted = graph.with_upstream(list(targets)) if targets else set(graph.order)
+    producers = dep_producers(manifest)
+    state = ProjectState.open(root)
+    result: dict[str, StageAssessment] = {}
+    try:
+        for name in graph.order:
+            if name not in wanted:
+                continue
+            spec = manifest.by_name[name]
+            decision = decide(
+                root, spec, state.hashes, force=force, producers=producers[name],
+                all_reasons=explain,
+            )
+            row = StageAssessment(name, list(decision.reasons))
+            stale_up = sorted(u for u in graph.upstream[name] if u in result and result[u].stale)
+            if stale_up:
+                row.reasons.append(
+                    Reason(
+                        ReasonCode.UPSTREAM_STALE,
+                        f"upstream stale: {', '.join(stale_up)}",
+                        {"stages": stale_up},
+                    )
+                )
+            if decision.run and not decision.missing_deps and not force:
+                row.restorable = restorable(state, spec, run_key(spec, decision.dep_hashes)) is not None
+            result[name] = row
+    finally:
+        state.close()
+    return Assessment(manifest, graph, result)

@@ -1,0 +1,108 @@
+"""Moving outputs between the workspace and the content cache, without losing anything.
+
+Every output a run is about to delete or overwrite is first made sure to be in the cache
+(`preserve`), so a hand edit can always be brought back with `pivot checkout --hash`.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from pivot.state.cache import ContentCache
+from pivot.state.runcache import RunCache
+from pivot.state.statecache import StateCache
+
+__all__ = ["ProjectState", "Saved", "commit", "preserve", "remove", "restore"]
+
+
+@dataclass
+class ProjectState:
+    """The project's stores: file-hash state cache, content cache, run cache."""
+
+    root: Path
+    hashes: StateCache
+    cache: ContentCache
+    runs: RunCache
+
+    @classmethod
+    def open(cls, root: Path) -> ProjectState:
+        pivot_dir = root / ".pivot"
+        return cls(
+            root,
+            StateCache(pivot_dir / "state.db"),
+            ContentCache(pivot_dir / "cache"),
+            RunCache(pivot_dir / "runcache"),
+        )
+
+    def close(self) -> None:
+        self.hashes.close()
+
+
+@dataclass(frozen=True)
+class Saved:
+    """An output whose content was not in the cache and was stored before being replaced."""
+
+    path: str
+    digest: str
+    expected: str | None  # what the lock recorded; None when no lock named it
+
+    def note(self) -> str:
+        what = "hand-edited output" if self.expected else "existing output"
+        return (
+            f"saved {what} {self.path} to the cache as {self.digest}; get it back with "
+            f"`pivot checkout --hash {self.digest} {self.path}`"
+        )
+
+
+def preserve(state: ProjectState, outs: list[str], recorded: dict[str, str]) -> list[Saved]:
+    """Store each existing output whose content the cache lacks; return those stored."""
+    saved = []
+    for out in outs:
+        path = state.root / out
+        digest = state.hashes.hash_path(path)
+        if digest is None or state.cache.has(digest):
+            continue
+        stored = state.cache.store(path)
+        if stored != recorded.get(out):
+            saved.append(Saved(out, stored, recorded.get(out)))
+    return saved
+
+
+def _record(state: ProjectState, path: Path, digest: str) -> None:
+    """Tell the state cache what was just written, so the next run need not read it."""
+    if digest.startswith("d"):
+        for rel, file_digest in state.cache.manifest(digest):
+            state.hashes.record(path / rel, file_digest)
+    else:
+        state.hashes.record(path, digest)
+
+
+def commit(state: ProjectState, outs: list[str]) -> dict[str, str | None]:
+    """Store every output in the cache; return path -> digest (None when not produced)."""
+    result: dict[str, str | None] = {}
+    for out in outs:
+        path = state.root / out
+        if not path.exists():
+            result[out] = None
+            continue
+        digest = state.cache.store(path)
+        _record(state, path, digest)
+        result[out] = digest
+    return result
+
+
+def restore(state: ProjectState, outs: dict[str, str]) -> None:
+    """Place each output from the cache (the caller preserved what was there)."""
+    for out, digest in outs.items():
+        path = state.root / out
+        state.cache.place(digest, path)
+        _record(state, path, digest)
+
+
+def remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)

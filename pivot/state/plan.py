@@ -1,0 +1,115 @@
+"""What to do with a stage before any worker is involved: skip it, restore it, or run it.
+
+Used by the worker pool (per dispatched stage, and per wave in one batch) and by the CLI
+for `status` and `repro --dry-run`. Restoring from the run cache happens here, in the
+pool's own threads: placing files needs no worker process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from pivot.pipeline.manifest import Manifest, StageSpec
+from pivot.pipeline.producers import ProducerIndex
+from pivot.state.decide import Decision, decide
+from pivot.state.lock import StageLock, write_lock
+from pivot.state.outputs import ProjectState, preserve, restore
+from pivot.state.reasons import Reason, ReasonCode
+from pivot.state.runcache import run_key
+
+__all__ = ["Prepared", "dep_producers", "plan_wave", "prepare", "restorable"]
+
+DepProducers = Mapping[str, Mapping[str, frozenset[str]]]  # stage -> dep -> producing stages
+
+
+@dataclass(frozen=True)
+class Prepared:
+    decision: Decision
+    run_key: str = ""
+    restored: dict[str, str] | None = None  # outputs placed from the run cache
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def reason(self) -> Reason:
+        if self.restored is None:
+            return self.decision.reason
+        why = self.decision.reason
+        return Reason(
+            ReasonCode.RESTORED,
+            f"restored from run cache ({why.message})",
+            {"outs": self.restored, "stale": str(why.code), "stale_details": why.details},
+        )
+
+
+def dep_producers(manifest: Manifest) -> dict[str, dict[str, frozenset[str]]]:
+    """For each stage, which stages write each of its deps (for "upstream changed")."""
+    index = ProducerIndex(manifest)
+    return {
+        spec.name: {dep: frozenset(index.producers_of(dep)) for dep in spec.deps}
+        for spec in manifest.stages
+    }
+
+
+def restorable(state: ProjectState, spec: StageSpec, key: str) -> dict[str, str] | None:
+    """The run cache's outputs for `key`, if every object is still in the content cache."""
+    outs = state.runs.lookup(key)
+    if outs is None or set(outs) != set(spec.outs):
+        return None
+    if not all(state.cache.has(digest) for digest in outs.values()):
+        return None
+    return outs
+
+
+def prepare(
+    state: ProjectState,
+    spec: StageSpec,
+    *,
+    force: bool = False,
+    producers: DepProducers | None = None,
+    use_run_cache: bool = True,
+) -> Prepared:
+    decision = decide(
+        state.root, spec, state.hashes, force=force,
+        producers=producers.get(spec.name) if producers else None,
+    )
+    if not decision.run or decision.missing_deps:
+        return Prepared(decision)
+    key = run_key(spec, decision.dep_hashes)
+    outs = restorable(state, spec, key) if use_run_cache and not force else None
+    if outs is None:
+        return Prepared(decision, key)
+    recorded = decision.lock.outs if decision.lock else {}
+    notes = [saved.note() for saved in preserve(state, list(spec.outs), recorded)]
+    restore(state, outs)
+    write_lock(
+        state.root,
+        StageLock(spec.name, spec.fingerprint, spec.params, decision.dep_hashes, outs, spec.code_parts),
+    )
+    return Prepared(decision, key, outs, notes)
+
+
+def plan_wave(
+    state: ProjectState,
+    manifest: Manifest,
+    stages: list[str],
+    upstream: Mapping[str, list[str]],
+    producers: DepProducers | None = None,
+) -> list[str]:
+    """The stages (topological order given) that are up to date with all their upstream.
+
+    Such a stage will be skipped whatever else the wave does: nothing it reads is
+    written by a stage that will run.
+    """
+    clean: set[str] = set()
+    for name in stages:
+        spec = manifest.by_name.get(name)
+        if spec is None or not all(u in clean for u in upstream.get(name, ())):
+            continue
+        decision = decide(
+            state.root, spec, state.hashes,
+            producers=producers.get(name) if producers else None,
+        )
+        if not decision.run:
+            clean.add(name)
+    return [s for s in stages if s in clean]

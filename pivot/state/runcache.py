@@ -1,0 +1,88 @@
+"""The run cache: (code fingerprint, params, dep hashes, declared outs) -> output hashes.
+
+If a stage is about to run with inputs it has already run with, its outputs can be
+placed from the content cache instead: reverting a param or a code edit is then instant.
+One small JSON file per key under `.pivot/runcache/`, written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import xxhash
+
+from pivot.pipeline.manifest import StageSpec
+
+__all__ = ["RunCache", "run_key"]
+
+
+def run_key(spec: StageSpec, dep_hashes: dict[str, str]) -> str:
+    """What decides a stage's outputs. The stage's name is left out: renaming keeps its runs."""
+    blob = json.dumps(
+        {
+            "code": spec.fingerprint,
+            "params": spec.params,
+            "deps": sorted(dep_hashes.items()),
+            "outs": sorted(spec.outs),
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return xxhash.xxh3_128_hexdigest(blob.encode())
+
+
+class RunCache:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def _path(self, key: str) -> Path:
+        return self.folder / key[:2] / f"{key[2:]}.json"
+
+    def lookup(self, key: str) -> dict[str, str] | None:
+        """The output hashes recorded for `key`, or None (also for an unreadable entry)."""
+        try:
+            data = json.loads(self._path(key).read_text())
+            outs = data["outs"]
+            if isinstance(outs, dict) and all(isinstance(v, str) for v in outs.values()):
+                return {str(k): v for k, v in outs.items()}
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return None
+
+    def record(self, key: str, stage: str, outs: dict[str, str]) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump({"stage": stage, "outs": outs}, f, sort_keys=True)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def entries(self) -> Iterator[dict[str, Any]]:
+        """Every readable entry: {"stage", "outs"}."""
+        if not self.folder.is_dir():
+            return
+        for path in sorted(self.folder.glob("*/*.json")):
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(data, dict) and isinstance(data.get("outs"), dict):
+                yield data
+
+    def clear(self) -> int:
+        """Remove every entry; return how many were removed."""
+        count = 0
+        if self.folder.is_dir():
+            for path in self.folder.glob("*/*.json"):
+                path.unlink(missing_ok=True)
+                count += 1
+        return count
