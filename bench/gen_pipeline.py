@@ -8,7 +8,8 @@ Layout of DEST:
     data/in{j}.txt     W input files, read by the first layer
 
 Stage s{i} in layer 0 reads 1-2 of the input files; a stage in a later layer reads 1-2
-outputs of the previous layer. Each stage writes out/s{i}.txt: a SHA-256 over its
+outputs of the previous layer. The first stage of the middle layer also reads
+data/mid.txt, so editing it changes one stage in the middle of the DAG. Each stage writes out/s{i}.txt: a SHA-256 over its
 inputs. Choices are pseudo-random but seeded by N, so the same N and W always give the
 same project, byte for byte.
 """
@@ -60,16 +61,22 @@ for _idx, (_name, _deps, _out) in enumerate(STAGES):
 '''
 
 
+MID_INPUT = "data/mid.txt"  # edit it to change one stage in the middle of the DAG
+
+
 def plan(n: int, width: int) -> list[tuple[str, list[str], str]]:
     """(name, deps, out) for every stage, layer by layer."""
     rng = random.Random(n)
     stages: list[tuple[str, list[str], str]] = []
     previous = [f"data/in{j}.txt" for j in range(min(width, n))]  # what layer 0 reads
+    mid = (n // width // 2) * width  # first stage of the middle layer also reads MID_INPUT
     for start in range(0, n, width):
         layer = []
         for i in range(start, min(start + width, n)):
             count = min(len(previous), rng.choice((1, 2)))
             deps = [previous[k] for k in sorted(rng.sample(range(len(previous)), count))]
+            if i == mid:
+                deps.append(MID_INPUT)
             out = f"out/s{i}.txt"
             stages.append((f"s{i}", deps, out))
             layer.append(out)
@@ -90,6 +97,7 @@ def write_project(dest: Path, n: int, width: int) -> None:
     (dest / "data").mkdir(parents=True, exist_ok=True)
     for j in range(min(width, n)):
         (dest / "data" / f"in{j}.txt").write_text(f"input {j} of {n}\n", newline="\n")
+    (dest / MID_INPUT).write_text(f"middle input of {n}\n", newline="\n")
     (dest / "pipeline.py").write_text(render(n, width, stages), newline="\n")
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from pivot.pipeline.graph import StageGraph, build_graph
 from pivot.pipeline.manifest import Manifest
+from pivot.pipeline.project import pivot_dir
 from pivot.runtime.spawn import run_loader
 from pivot.state.decide import decide
 from pivot.state.outputs import ProjectState
@@ -56,6 +57,7 @@ def assess(
     explain: bool = False,
 ) -> Assessment:
     """Decide every stage (TARGETS and their upstream, default all) against its lock."""
+    pivot_dir(root)  # the state cache lives there; made with its .gitignore
     manifest = run_loader(root)
     graph = build_graph(manifest, root)
     unknown = sorted(set(targets) - set(manifest.by_name))

@@ -12,7 +12,17 @@ import sys
 
 import click
 
-from pivot.cli import init_cmd, list_cmd, repro_cmd, status_cmd
+from pivot.cli import (
+    checkout_cmd,
+    dag_cmd,
+    gc_cmd,
+    init_cmd,
+    list_cmd,
+    metrics_cmd,
+    params_cmd,
+    repro_cmd,
+    status_cmd,
+)
 from pivot.errors import InfraError, PipelineError, PivotError, UserError
 
 __all__ = ["cli", "main"]
@@ -38,6 +48,11 @@ cli.add_command(init_cmd.init)
 cli.add_command(list_cmd.list_stages)
 cli.add_command(repro_cmd.repro)
 cli.add_command(status_cmd.status)
+cli.add_command(dag_cmd.dag)
+cli.add_command(params_cmd.params)
+cli.add_command(metrics_cmd.metrics)
+cli.add_command(checkout_cmd.checkout)
+cli.add_command(gc_cmd.gc)
 
 
 def report(exc: PivotError) -> int:

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
+import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pivot.errors import PipelineError
 
-__all__ = ["PARAMS_FILE", "defaults_of", "load_params_file", "resolve"]
+if TYPE_CHECKING:
+    import yaml
+
+__all__ = ["PARAMS_FILE", "defaults_of", "load_params_file", "load_yaml", "resolve"]
 
 PARAMS_FILE = "params.yaml"
 _SCALARS = (bool, int, float, str)
+
+# YAML 1.1 (PyYAML) wants a dot and a signed exponent in a float: `1e-3` and `1.0e3` load
+# as strings. YAML 1.2 and every user reading `lr: 1e-3` say float; this resolver adds
+# exactly the exponent forms, so ints, dotted floats and quoted strings keep their meaning.
+_EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$")
 
 
 def defaults_of(stage_name: str, func: Callable[..., Any]) -> dict[str, Any]:
@@ -31,14 +41,35 @@ def defaults_of(stage_name: str, func: Callable[..., Any]) -> dict[str, Any]:
     return result
 
 
+@functools.cache
+def _yaml_loader() -> type[yaml.SafeLoader]:
+    """A SafeLoader that also reads exponent floats (`1e-3`) as floats. Built on first use:
+    only the processes that read YAML pay for importing it."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+.0123456789"))
+    return Loader
+
+
+def load_yaml(text: str) -> Any:
+    """Safe-load YAML, with `1e-3`-style floats as floats. Raises yaml.YAMLError."""
+    import yaml
+
+    return yaml.load(text, Loader=_yaml_loader())  # a SafeLoader: no Python objects
+
+
 def load_params_file(root: Path) -> dict[str, dict[str, Any]]:
+    """params.yaml as {stage: {param: value}}; an empty entry (`fit:`) means no overrides."""
     path = root / PARAMS_FILE
     if not path.exists():
         return {}
     import yaml  # only the loader pays for it
 
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
     except yaml.YAMLError as exc:
         raise PipelineError(f"{PARAMS_FILE}: not valid YAML: {exc}") from None
     if data is None:
@@ -48,13 +79,17 @@ def load_params_file(root: Path) -> dict[str, dict[str, Any]]:
             f"{PARAMS_FILE}: expected a mapping of stage name -> {{param: value}}, "
             f"got {type(data).__name__}"
         )
+    result: dict[str, dict[str, Any]] = {}
     for name, values in data.items():
+        if values is None:
+            values = {}
         if not isinstance(values, dict):
             raise PipelineError(
                 f"{PARAMS_FILE}: entry {name!r} must be a mapping of param -> value, "
                 f"got {type(values).__name__}"
             )
-    return data
+        result[name] = values
+    return result
 
 
 def resolve(

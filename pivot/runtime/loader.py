@@ -22,11 +22,12 @@ from pivot.pipeline.paths import normalize
 from pivot.pipeline.project import PIPELINE_FILE
 from pivot.pipeline.stage import clear_registry, registered
 from pivot.runtime.usertb import user_traceback
-from pivot.state.fingerprint import function_fingerprint
+from pivot.state.fingerprint import Fingerprinter
 
 __all__ = ["PIPELINE_MODULE", "build_manifest", "import_pipeline", "main"]
 
 PIPELINE_MODULE = PIPELINE_FILE.removesuffix(".py")
+FINGERPRINT_CACHE = "fingerprints.msgpack"
 
 
 def import_pipeline(root: Path) -> None:
@@ -55,10 +56,14 @@ def build_manifest(root: Path) -> Manifest:
     if not decls:
         raise PipelineError(f"{PIPELINE_FILE} declares no stages; decorate functions with @stage")
     from_file = params_mod.load_params_file(root)
+    fingerprinter = Fingerprinter(root, root / ".pivot" / "tmp" / FINGERPRINT_CACHE)
+    sources = set(_project_sources(root))
     stages = []
     for decl in decls.values():
         defaults = params_mod.defaults_of(decl.name, decl.func)
         resolved = params_mod.resolve(decl.name, defaults, decl.params, from_file.get(decl.name))
+        code = fingerprinter.stage(decl.func)
+        sources.update(code.sources)
         stages.append(
             StageSpec(
                 name=decl.name,
@@ -68,15 +73,23 @@ def build_manifest(root: Path) -> Manifest:
                 outs=_unique(decl.name, "outs", decl.outs),
                 metrics=tuple(normalize(decl.name, "metrics", m) for m in decl.metrics),
                 params=resolved,
-                fingerprint=function_fingerprint(decl.func),
+                fingerprint=code.digest,
+                code_parts=code.parts,
             )
         )
+    # Only into an existing .pivot/ (made, with its .gitignore, by commands that run or
+    # check stages): inspecting a project must not leave files in it.
+    if (root / ".pivot").is_dir():
+        try:
+            fingerprinter.save()
+        except OSError as exc:  # a read-only project still loads; the next load re-parses
+            print(f"pivot: could not save the fingerprint cache: {exc}", file=sys.stderr)
     warnings = tuple(
         f"{params_mod.PARAMS_FILE}: no stage named {name!r}; its params are ignored"
         for name in from_file
         if name not in decls
     )
-    return Manifest(tuple(stages), _project_sources(root), warnings)
+    return Manifest(tuple(stages), tuple(sorted(sources)), warnings)
 
 
 def _unique(stage: str, field: str, paths: tuple[str, ...]) -> tuple[str, ...]:

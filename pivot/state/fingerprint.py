@@ -1,47 +1,773 @@
-"""Code fingerprints: a hash of a stage function's normalized AST.
+"""Code fingerprints: a hash over all the code a stage function reaches, piece by piece.
 
-Comments, docstrings, formatting and the function's own name do not count. This first
-version covers the stage function's own body; helpers it calls are not yet followed.
+    Fingerprinter.stage(func)
+        _Stage(func) ----> _Def (project function or class)
+                      |--> _Binding (a module-level name: constant by value, else the
+                      |              statements that assign it)
+                      |--> _Module (a project module used as a value)
+                      `--> third-party / stdlib: a version part, never descended into
+        walk (visited set, so cycles end) -> parts {qualified name: hash}
+        digest = hash over the sorted parts
+
+A node's own parts and the nodes it leads to are computed once per Fingerprinter and
+shared by every stage, so 300 stages over one helper module resolve each helper once.
+Source comes from the per-file index in codeindex.py, located through a function's
+`__code__.co_filename` and `co_qualname`; inspect.getsource is never called.
+
+What cannot be seen statically (getattr with a computed name, eval/exec, attributes
+assigned at runtime) is listed with workarounds in docs/fingerprints.md.
 """
 
 from __future__ import annotations
 
-import ast
+import builtins
+import importlib
+import importlib.util
 import inspect
-import textwrap
-from collections.abc import Callable
+import logging
+import os
+import platform
+import sys
+import types
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import xxhash
 
-__all__ = ["function_fingerprint"]
+from pivot.state.codeindex import BodyImport, DefInfo, FileIndex, ParseCache, digest_text
+
+__all__ = ["CodeFingerprint", "Fingerprinter", "function_fingerprint"]
+
+logger = logging.getLogger(__name__)
+
+# Changes every digest when the rules change, so old lock files read as "code changed".
+_FORMAT = "pivot-code-2"
+# The digest files the stage's own part under this label: renaming or moving the stage
+# function is not a code change (its key in `parts` still shows the real name).
+_STAGE_LABEL = "<stage>"
+_PYTHON = "python"
+
+_NOT_PROJECT_DIRS = frozenset(
+    {".venv", "venv", "site-packages", "dist-packages", ".pivot", "node_modules"}
+)
+_PIVOT_DIR = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+_STDLIB_DIR = os.path.dirname(os.path.realpath(os.__file__))
+_STDLIB_NAMES = frozenset(sys.stdlib_module_names) | frozenset(sys.builtin_module_names)
+_BUILTIN_NAMES = frozenset(vars(builtins))
+# Set by the import system, not by the user's code (and __file__ is an absolute path).
+_IMPORT_DUNDERS = frozenset(
+    {
+        "__annotations__", "__builtins__", "__cached__", "__doc__", "__file__",
+        "__loader__", "__name__", "__package__", "__path__", "__spec__",
+    }
+)  # fmt: skip
+_CONSTANT_TYPES = (
+    type(None),
+    bool,
+    int,
+    float,
+    complex,
+    str,
+    bytes,
+    tuple,
+    list,
+    dict,
+    set,
+    frozenset,
+)
+_MAX_DEPTH = 64
+_MISSING: Any = object()
+_EXTERNAL: Any = object()  # a body import of a non-project module: its part is already added
+
+
+@dataclass(frozen=True)
+class CodeFingerprint:
+    digest: str  # hex hash over all parts (sorted), stable across processes and machines
+    parts: dict[str, str]  # qualified name -> hash of that piece, or "<dist>==<version>"
+    sources: tuple[str, ...]  # sorted project-relative POSIX paths of the files reached
+
+
+# -- walk targets: what a node is about; `key` identifies it in the memo -------------------
+
+
+@dataclass(frozen=True, eq=False)
+class _Stage:
+    func: Callable[..., Any]
+
+    @property
+    def key(self) -> tuple[object, ...]:
+        return ("stage", id(self.func))
+
+
+@dataclass(frozen=True, eq=False)
+class _Def:
+    obj: Any  # a function or a class
+
+    @property
+    def key(self) -> tuple[object, ...]:
+        return ("def", id(self.obj))
+
+
+@dataclass(frozen=True, eq=False)
+class _Binding:
+    ns: dict[str, Any]  # the module globals the name lives in
+    name: str
+    value: Any
+
+    @property
+    def key(self) -> tuple[object, ...]:
+        return ("bind", id(self.ns), self.name)
+
+
+@dataclass(frozen=True, eq=False)
+class _Module:
+    module: types.ModuleType
+
+    @property
+    def key(self) -> tuple[object, ...]:
+        return ("module", id(self.module))
+
+
+_Target = _Stage | _Def | _Binding | _Module
+
+
+@dataclass
+class _Node:
+    parts: dict[str, str] = field(default_factory=dict)
+    sources: set[str] = field(default_factory=set)
+    children: list[_Target] = field(default_factory=list)
+
+
+class Fingerprinter:
+    """Fingerprints stage functions of one project; reuse one instance for all stages.
+
+    `root` decides what is project code (files under it, minus virtual environments,
+    installed packages and pivot itself). `cache_file` persists the per-file parse
+    index between runs (None: memory only); call save() when done.
+    """
+
+    def __init__(self, root: Path, cache_file: Path | None) -> None:
+        self.root = root
+        self._root = os.path.realpath(root)
+        # Spellings of the root to blank out of string constants (longest first).
+        spellings = {self._root, os.path.abspath(root)} - {os.sep}
+        self._roots = tuple(sorted(spellings, key=len, reverse=True))
+        self._cache = ParseCache(cache_file)
+        self._nodes: dict[tuple[object, ...], _Node] = {}
+        self._targets: list[_Target] = []  # keeps the objects whose id() is in a key alive
+        self._stages: dict[int, tuple[Callable[..., Any], CodeFingerprint]] = {}
+        self._realpaths: dict[str, str] = {}
+        self._relpaths: dict[str, str] = {}
+        self._local_files: dict[str, bool] = {}
+        self._venv_dirs: dict[str, bool] = {}
+        self._versions: dict[str, str] = {}
+        self._distributions: Mapping[str, list[str]] | None = None
+
+    @property
+    def parsed_files(self) -> int:
+        """Files this instance ran ast.parse on (zero when the cache was warm)."""
+        return self._cache.parsed_files
+
+    def save(self) -> None:
+        """Write the parse cache if it changed; raises OSError when it cannot."""
+        self._cache.save()
+
+    def stage(self, func: Callable[..., Any]) -> CodeFingerprint:
+        hit = self._stages.get(id(func))
+        if hit is not None and hit[0] is func:
+            return hit[1]
+        result = self._walk(func)
+        self._stages[id(func)] = (func, result)
+        return result
+
+    # -- the walk ----------------------------------------------------------------------
+
+    def _walk(self, func: Callable[..., Any]) -> CodeFingerprint:
+        start = _Stage(func)
+        # A recursive stage reaches itself as a plain function; its stage form is enough.
+        seen = {start.key, _Def(func).key, _Def(_unwrap(func)).key}
+        stack: list[_Target] = [start]
+        found: dict[str, set[str]] = {}
+        sources: set[str] = set()
+        while stack:
+            node = self._node(stack.pop())
+            for key, value in node.parts.items():
+                found.setdefault(key, set()).add(value)
+            sources |= node.sources
+            for child in node.children:
+                if child.key not in seen:
+                    seen.add(child.key)
+                    stack.append(child)
+        parts = {key: _one(values) for key, values in found.items()}
+        return CodeFingerprint(_digest(parts, _stage_key(func)), parts, tuple(sorted(sources)))
+
+    def _node(self, target: _Target) -> _Node:
+        node = self._nodes.get(target.key)
+        if node is not None:
+            return node
+        node = _Node()
+        if isinstance(target, _Stage):
+            self._function_into(
+                node, _unwrap(target.func), _stage_key(target.func), stage_form=True
+            )
+        elif isinstance(target, _Def):
+            if isinstance(target.obj, type):
+                self._class_into(node, target.obj)
+            else:
+                self._function_into(node, target.obj, _function_key(target.obj))
+        elif isinstance(target, _Binding):
+            self._binding_into(node, target)
+        else:
+            self._module_into(node, target.module)
+        self._nodes[target.key] = node
+        self._targets.append(target)
+        return node
+
+    # -- node builders -----------------------------------------------------------------
+
+    def _function_into(self, node: _Node, func: Any, key: str, stage_form: bool = False) -> None:
+        code = getattr(func, "__code__", None)
+        if not isinstance(code, types.CodeType):
+            node.parts[key] = f"<{_type_name(func)}>"
+            return
+        info = self._def_info(code, stage_form)
+        if info is None:
+            # No source (exec, a REPL, a file edited into invalid syntax): the bytecode.
+            digest = "code:" + _code_digest(code, self._roots)
+            if not stage_form:  # a stage's defaults are params, tracked elsewhere
+                digest += self._defaults_suffix(node, func)
+            refs: Iterable[str] = sorted(_code_names(code))
+            imports: tuple[BodyImport, ...] = ()
+        else:
+            digest, refs, imports = info.digest, info.refs, info.imports
+            self._add_source(node, code.co_filename)
+        closure = self._closure(node, func)
+        if closure:
+            digest = digest_text("\n".join([digest, *closure]))
+        node.parts[key] = digest
+        self._follow_refs(node, refs, imports, func.__globals__)
+
+    def _def_info(self, code: types.CodeType, stage_form: bool) -> DefInfo | None:
+        index = self._cache.get(self._realpath(code.co_filename))
+        if index is None:
+            return None
+        # Nested functions and methods are part of their top-level definition's AST.
+        top = code.co_qualname.partition(".")[0]
+        if stage_form and top == code.co_qualname and top in index.stage_defs:
+            return index.stage_defs[top]
+        return index.defs.get(top)
+
+    def _class_into(self, node: _Node, cls: type) -> None:
+        key = f"{cls.__module__}.{cls.__qualname__}"
+        module = sys.modules.get(cls.__module__)
+        ns = vars(module) if module is not None else {}
+        index = self._index_of(ns)
+        info = index.defs.get(cls.__qualname__.partition(".")[0]) if index else None
+        if info is None:
+            node.parts[key] = self._class_without_source(node, cls)
+            return
+        node.parts[key] = info.digest
+        self._add_source(node, ns.get("__file__"))
+        self._follow_refs(node, info.refs, info.imports, ns)
+
+    def _class_without_source(self, node: _Node, cls: type) -> str:
+        """Built by type() or exec: its methods' bytecode and its plain values stand in."""
+        pieces = [f"base={_type_name(b)}" for b in cls.__bases__]
+        for base in cls.__bases__:
+            if base is not object:
+                self._follow_definition(node, base)
+        for attr, value in sorted(vars(cls).items()):
+            if attr in {"__dict__", "__weakref__", "__doc__", "__module__", "__qualname__"}:
+                continue
+            func = value.__func__ if isinstance(value, (staticmethod, classmethod)) else value
+            if isinstance(func, types.FunctionType):
+                pieces.append(f"{attr}=code:{_code_digest(func.__code__, self._roots)}")
+                self._follow_refs(node, sorted(_code_names(func.__code__)), (), func.__globals__)
+            else:
+                pieces.append(f"{attr}={self._loose_value(node, value)}")
+        return "code:" + digest_text("\n".join(pieces))
+
+    def _binding_into(self, node: _Node, target: _Binding) -> None:
+        ns, name = self._origin(target.ns, target.name, target.value)
+        key = f"{ns.get('__name__') or '<unknown>'}.{name}"
+        constant = _constant(target.value, self._roots)
+        if constant is not None:
+            node.parts[key] = constant
+            self._add_source(node, ns.get("__file__"))
+            return
+        index = self._index_of(ns)
+        bindings = index.assigns.get(name, ()) if index else ()
+        if bindings:
+            node.parts[key] = digest_text("\n".join(b.digest for b in bindings))
+            self._add_source(node, ns.get("__file__"))
+            for binding in bindings:
+                self._follow_refs(node, binding.refs, (), ns)
+            return
+        imported = index.imports.get(name) if index else None
+        if imported is not None:  # `from numpy import array`: third-party, by version
+            self._add_external(node, self._absolute(imported.module, imported.level, ns) or "")
+            return
+        # Bound at runtime (setattr, `global`, a loop): only its type is known.
+        node.parts[key] = f"<{_type_name(target.value)}>"
+        self._follow_definition(node, type(target.value))
+
+    def _module_into(self, node: _Node, module: types.ModuleType) -> None:
+        """A project module used as a value: all of its code counts."""
+        ns = vars(module)
+        index = self._index_of(ns)
+        if index is None:
+            node.parts[module.__name__] = "<no source>"
+            return
+        node.parts[module.__name__] = index.module_digest
+        self._add_source(node, ns.get("__file__"))
+        for name in sorted({*index.defs, *index.assigns}):
+            value = ns.get(name, _MISSING)
+            if value is not _MISSING:
+                self._follow_value(node, ns, name, value)
+
+    # -- following references -----------------------------------------------------------
+
+    def _follow_refs(
+        self,
+        node: _Node,
+        refs: Iterable[str],
+        imports: tuple[BodyImport, ...],
+        ns: dict[str, Any],
+    ) -> None:
+        local = self._body_imports(node, imports, ns) if imports else {}
+        for ref in refs:
+            self._follow_ref(node, ref, ns, local)
+
+    def _follow_ref(
+        self,
+        node: _Node,
+        ref: str,
+        ns: dict[str, Any],
+        local: dict[str, tuple[dict[str, Any], str, Any]],
+    ) -> None:
+        """Resolve `a.b.c`: through project modules attribute by attribute, then follow."""
+        head, *attrs = ref.split(".")
+        if head in local:
+            if local[head] is _EXTERNAL:
+                return
+            ns, name, value = local[head]
+        elif head in ns and head not in _IMPORT_DUNDERS:
+            name, value = head, ns[head]
+        elif head in _BUILTIN_NAMES:
+            node.parts[_PYTHON] = platform.python_version()
+            return
+        else:
+            return  # a local variable, or a name that does not exist (yet)
+        for attr in attrs:
+            if not (isinstance(value, types.ModuleType) and self._is_project_module(value)):
+                break
+            ns = vars(value)
+            nxt = ns.get(attr, _MISSING)
+            if nxt is _MISSING:
+                nxt = sys.modules.get(f"{value.__name__}.{attr}", _MISSING)
+            if nxt is _MISSING:
+                node.parts[f"{value.__name__}.{attr}"] = "<missing>"
+                return
+            name, value = attr, nxt
+        self._follow_value(node, ns, name, value)
+
+    def _follow_value(self, node: _Node, ns: dict[str, Any], name: str, value: Any) -> None:
+        """Follow what the module-level name `name` in `ns` is bound to."""
+        if isinstance(value, types.ModuleType):
+            self._follow_module(node, value)
+            return
+        obj = _definition(value)
+        if obj is None:
+            node.children.append(_Binding(ns, name, value))
+            return
+        origin_ns, origin_name = self._origin(ns, name, value)
+        index = self._index_of(origin_ns)
+        assigned = bool(index and index.assigns.get(origin_name))
+        # A module-level lambda has no definition of its own: its assignment is its code.
+        if not (assigned and _is_lambda(obj)):
+            self._follow_definition(node, obj)
+        if assigned:  # e.g. `clean = make_cleaner(re.compile("x"))`: the call counts too
+            node.children.append(_Binding(origin_ns, origin_name, value))
+
+    def _follow_definition(self, node: _Node, obj: Any) -> None:
+        if self._is_project_definition(obj):
+            node.children.append(_Def(obj))
+        else:
+            self._add_external(node, _module_name(obj) or "")
+
+    def _follow_module(self, node: _Node, module: types.ModuleType) -> None:
+        if self._is_project_module(module):
+            node.children.append(_Module(module))
+        else:
+            self._add_external(node, module.__name__)
+
+    def _loose_value(self, node: _Node, value: Any) -> str:
+        """A value with no module-level name (a closure cell): constants fold into the
+        owner's hash, anything else is followed and folds in by type."""
+        constant = _constant(value, self._roots)
+        if constant is not None:
+            return constant
+        if isinstance(value, types.ModuleType):
+            self._follow_module(node, value)
+            return f"<module {value.__name__}>"
+        obj = _definition(value)
+        self._follow_definition(node, obj if obj is not None else type(value))
+        return f"<{_type_name(value)}>"
+
+    def _closure(self, node: _Node, func: Any) -> list[str]:
+        cells = getattr(func, "__closure__", None) or ()
+        found = []
+        for name, cell in zip(func.__code__.co_freevars, cells, strict=False):
+            try:
+                value = cell.cell_contents
+            except ValueError:  # an empty cell: the variable is not assigned yet
+                continue
+            found.append(f"{name}={self._loose_value(node, value)}")
+        return found
+
+    def _defaults_suffix(self, node: _Node, func: Any) -> str:
+        defaults = (getattr(func, "__defaults__", None), getattr(func, "__kwdefaults__", None))
+        return f" defaults={self._loose_value(node, defaults)}" if any(defaults) else ""
+
+    def _origin(self, ns: dict[str, Any], name: str, value: Any) -> tuple[dict[str, Any], str]:
+        """Follow `from helpers import X` re-exports to the project module that assigns X."""
+        for _ in range(_MAX_DEPTH):
+            index = self._index_of(ns)
+            imported = index.imports.get(name) if index else None
+            if imported is None or imported.name is None:
+                break
+            source = sys.modules.get(self._absolute(imported.module, imported.level, ns) or "")
+            if source is None or not self._is_project_module(source):
+                break
+            if vars(source).get(imported.name, _MISSING) is not value:
+                break
+            ns, name = vars(source), imported.name
+        return ns, name
+
+    # -- imports inside function bodies -------------------------------------------------
+
+    def _body_imports(
+        self, node: _Node, imports: tuple[BodyImport, ...], ns: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The names a definition's own import statements bind, resolved."""
+        bound: dict[str, Any] = {}
+        for imp in imports:
+            absname = self._absolute(imp.module, imp.level, ns)
+            if absname is None:
+                continue
+            module = self._import_project(node, absname)
+            if module is None:
+                self._add_external(node, absname)
+                bound[imp.bound] = _EXTERNAL
+            elif imp.name is None:
+                top = absname.partition(".")[0]
+                value = sys.modules.get(top, module) if imp.bound == top else module
+                bound[imp.bound] = (ns, imp.bound, value)
+            else:
+                value = vars(module).get(imp.name, _MISSING)
+                if value is _MISSING:  # `from pkg import submodule`
+                    value = self._import_project(node, f"{absname}.{imp.name}") or _MISSING
+                if value is not _MISSING:
+                    bound[imp.bound] = (vars(module), imp.name, value)
+        return bound
+
+    def _import_project(self, node: _Node, absname: str) -> types.ModuleType | None:
+        """The module if it is project code (importing it if needed), else None."""
+        module = sys.modules.get(absname)
+        if module is not None:
+            return module if self._is_project_module(module) else None
+        if _is_pivot_name(absname) or not self._is_project_location(absname.partition(".")[0]):
+            return None
+        try:
+            return importlib.import_module(absname)
+        except Exception as exc:  # user code: anything can go wrong while importing it
+            logger.warning("cannot import %s while fingerprinting: %r", absname, exc)
+            node.parts[absname] = f"<import failed: {type(exc).__name__}>"
+            return None
+
+    def _is_project_location(self, top: str) -> bool:
+        loaded = sys.modules.get(top)
+        if loaded is not None:
+            return self._is_project_module(loaded)
+        try:
+            spec = importlib.util.find_spec(top)
+        except (ImportError, ValueError):
+            return False
+        if spec is None:
+            return False
+        if spec.origin and os.path.isabs(spec.origin):
+            return self._is_local_file(spec.origin)
+        return any(self._is_local_file(p) for p in spec.submodule_search_locations or ())
+
+    @staticmethod
+    def _absolute(module: str, level: int, ns: dict[str, Any]) -> str | None:
+        if not level:
+            return module
+        try:
+            return importlib.util.resolve_name("." * level + module, ns.get("__package__"))
+        except (ImportError, ValueError):
+            return None
+
+    # -- where code lives -------------------------------------------------------------
+
+    def _is_project_definition(self, obj: Any) -> bool:
+        if isinstance(obj, type):
+            name = obj.__module__
+            module = sys.modules.get(name)
+            file = getattr(module, "__file__", None)
+        else:
+            globals_ = obj.__globals__
+            name = globals_.get("__name__") or obj.__module__
+            file = globals_.get("__file__") or obj.__code__.co_filename
+        if not isinstance(name, str) or _is_pivot_name(name) or name == "builtins":
+            return False
+        if isinstance(file, str) and os.path.isabs(file):
+            return self._is_local_file(file)
+        # No file at all (exec into a fresh namespace): only its bytecode can count.
+        return name.partition(".")[0] not in _STDLIB_NAMES
+
+    def _is_project_module(self, module: types.ModuleType) -> bool:
+        if _is_pivot_name(module.__name__):
+            return False
+        file = getattr(module, "__file__", None)
+        if isinstance(file, str):
+            return self._is_local_file(file)
+        paths = getattr(module, "__path__", None) or ()  # a namespace package
+        return any(isinstance(p, str) and self._is_local_file(p) for p in paths)
+
+    def _is_local_file(self, file: str) -> bool:
+        known = self._local_files.get(file)
+        if known is None:
+            known = self._local_files[file] = self._check_local(self._realpath(file))
+        return known
+
+    def _check_local(self, real: str) -> bool:
+        for outside in (_PIVOT_DIR, _STDLIB_DIR):
+            if real.startswith(outside + os.sep):
+                return False
+        prefix = self._root.rstrip(os.sep) + os.sep
+        if not real.startswith(prefix):
+            return False
+        folders = real[len(prefix) :].split(os.sep)[:-1]
+        if _NOT_PROJECT_DIRS.intersection(folders):
+            return False
+        folder = self._root
+        for part in folders:
+            folder = os.path.join(folder, part)
+            if self._is_venv(folder):
+                return False
+        return True
+
+    def _is_venv(self, folder: str) -> bool:
+        known = self._venv_dirs.get(folder)
+        if known is None:
+            known = self._venv_dirs[folder] = os.path.exists(os.path.join(folder, "pyvenv.cfg"))
+        return known
+
+    def _realpath(self, file: str) -> str:
+        real = self._realpaths.get(file)
+        if real is None:
+            real = self._realpaths[file] = os.path.realpath(file)
+        return real
+
+    def _index_of(self, ns: dict[str, Any]) -> FileIndex | None:
+        file = ns.get("__file__")
+        if not isinstance(file, str) or not self._is_local_file(file):
+            return None
+        return self._cache.get(self._realpath(file))
+
+    def _add_source(self, node: _Node, file: Any) -> None:
+        if not isinstance(file, str) or not self._is_local_file(file):
+            return
+        rel = self._relpaths.get(file)
+        if rel is None:
+            rel = os.path.relpath(self._realpath(file), self._root).replace(os.sep, "/")
+            self._relpaths[file] = rel
+        node.sources.add(rel)
+
+    # -- third-party and standard library ---------------------------------------------
+
+    def _add_external(self, node: _Node, module_name: str) -> None:
+        top = module_name.partition(".")[0]
+        if not top:
+            return
+        if top in _STDLIB_NAMES:
+            node.parts[_PYTHON] = platform.python_version()
+        else:
+            node.parts[top] = self._version(top)
+
+    def _version(self, top: str) -> str:
+        known = self._versions.get(top)
+        if known is None:
+            known = self._versions[top] = self._find_version(top)
+        return known
+
+    def _find_version(self, top: str) -> str:
+        if self._distributions is None:  # slow (reads every installed dist): only when needed
+            import importlib.metadata  # costs 15 ms at import: only when third-party code is reached
+
+            self._distributions = importlib.metadata.packages_distributions()
+        dists = sorted(set(self._distributions.get(top, ())))
+        if dists:
+            return ",".join(f"{d}=={_dist_version(d)}" for d in dists)
+        version = getattr(sys.modules.get(top), "__version__", None)
+        return f"{top}=={version}" if isinstance(version, str) else f"{top} (no version)"
 
 
 def function_fingerprint(func: Callable[..., Any]) -> str:
+    """The digest of one stage function, with the current directory as project root."""
+    return Fingerprinter(Path.cwd(), None).stage(func).digest
+
+
+# -- pure helpers -----------------------------------------------------------------------
+
+
+def _digest(parts: dict[str, str], stage_key: str) -> str:
+    labelled = sorted((_STAGE_LABEL if k == stage_key else k, v) for k, v in parts.items())
+    text = "".join(f"{k}\0{v}\n" for k, v in labelled)
+    return xxhash.xxh3_128_hexdigest(f"{_FORMAT}\n{text}".encode())
+
+
+def _one(values: set[str]) -> str:
+    """Two different objects under one name (e.g. two closures of one factory): both count."""
+    if len(values) == 1:
+        return next(iter(values))
+    return "multi:" + digest_text("\n".join(sorted(values)))
+
+
+def _stage_key(func: Callable[..., Any]) -> str:
+    return f"{getattr(func, '__module__', None)}.{getattr(func, '__qualname__', repr(func))}"
+
+
+def _function_key(func: Any) -> str:
+    # co_qualname, not __qualname__: functools.wraps copies the wrapped function's name
+    # onto a wrapper whose code lives elsewhere.
+    module = func.__globals__.get("__name__") or func.__module__
+    return f"{module}.{func.__code__.co_qualname}"
+
+
+def _unwrap(func: Callable[..., Any]) -> Callable[..., Any]:
     try:
-        source = textwrap.dedent(inspect.getsource(func))
-    except (OSError, TypeError):
-        # No source (e.g. built in a REPL): fall back to the bytecode, still exact.
-        code = getattr(func, "__code__", None)
-        raw = repr(code.co_code + repr(code.co_consts).encode()) if code else repr(func)
-        return "b" + xxhash.xxh3_64_hexdigest(raw.encode())
-    tree = ast.parse(source)
-    node = tree.body[0]
-    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-        node.name = ""
-        _strip_docstring(node)
-    for sub in ast.walk(tree):
-        if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            _strip_docstring(sub)
-    return xxhash.xxh3_64_hexdigest(ast.dump(tree, include_attributes=False).encode())
+        return inspect.unwrap(func)
+    except ValueError:  # a __wrapped__ cycle
+        return func
 
 
-def _strip_docstring(node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) -> None:
-    body = node.body
-    if (
-        body
-        and isinstance(body[0], ast.Expr)
-        and isinstance(body[0].value, ast.Constant)
-        and isinstance(body[0].value.value, str)
-    ):
-        node.body = body[1:] or [ast.Pass()]
+def _definition(value: Any) -> Any:
+    """The function or class behind a value (unwrapping decorators), or None."""
+    for _ in range(_MAX_DEPTH):
+        if isinstance(value, types.MethodType):
+            value = value.__func__
+        if isinstance(value, (staticmethod, classmethod)):
+            value = value.__func__
+        if isinstance(value, (types.FunctionType, type)):
+            return value
+        try:
+            # vars(), not getattr: a proxy object may answer any attribute name.
+            value = vars(value).get("__wrapped__")
+        except TypeError:
+            return None
+        if value is None:
+            return None
+    return None
+
+
+def _is_lambda(obj: Any) -> bool:
+    return isinstance(obj, types.FunctionType) and obj.__code__.co_qualname == "<lambda>"
+
+
+def _module_name(obj: Any) -> str | None:
+    if isinstance(obj, types.FunctionType):
+        name = obj.__globals__.get("__name__") or obj.__module__
+    else:
+        name = getattr(obj, "__module__", None)
+    return name if isinstance(name, str) else None
+
+
+def _is_pivot_name(name: str) -> bool:
+    return name == "pivot" or name.startswith("pivot.")
+
+
+def _type_name(value: Any) -> str:
+    kind = value if isinstance(value, type) else type(value)
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _dist_version(dist: str) -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
+
+
+def _constant(value: Any, roots: tuple[str, ...]) -> str | None:
+    """'=' + hash of a plain value's canonical form, or None when it is not plain data."""
+    if not isinstance(value, _CONSTANT_TYPES):
+        return None
+    text = _canonical(value, roots, 0)
+    return None if text is None else "=" + digest_text(text)
+
+
+def _canonical(value: Any, roots: tuple[str, ...], depth: int) -> str | None:
+    """Exact types only: an IntEnum or numpy float is not plain data. Sets are sorted, so
+    the result does not depend on PYTHONHASHSEED; the project root inside strings is
+    replaced, so moving the project does not change it."""
+    kind = type(value)
+    if depth > _MAX_DEPTH:
+        return None
+    if value is None or kind is bool:
+        return repr(value)
+    if kind in (int, float, complex, bytes):
+        return f"{kind.__name__}:{value!r}" if kind is not int else f"int:{value:x}"
+    if kind is str:
+        for root in roots:
+            value = value.replace(root, "<root>")
+        return "str:" + repr(value)
+    if kind in (tuple, list, set, frozenset):
+        items = [_canonical(v, roots, depth + 1) for v in value]
+        if any(i is None for i in items):
+            return None
+        texts = [i for i in items if i is not None]
+        if kind in (set, frozenset):
+            texts.sort()
+        return f"{kind.__name__}({','.join(texts)})"
+    if kind is dict:
+        pairs = []
+        for k, v in value.items():  # insertion order is part of a dict's behaviour
+            ck, cv = _canonical(k, roots, depth + 1), _canonical(v, roots, depth + 1)
+            if ck is None or cv is None:
+                return None
+            pairs.append(f"{ck}:{cv}")
+        return f"dict({','.join(pairs)})"
+    return None
+
+
+def _code_digest(code: types.CodeType, roots: tuple[str, ...]) -> str:
+    """Bytecode, constants and names; not the file, name or line numbers."""
+    h = xxhash.xxh3_128()
+    h.update(code.co_code)
+    h.update(code.co_exceptiontable)
+    shape = (
+        code.co_argcount, code.co_posonlyargcount, code.co_kwonlyargcount, code.co_flags,
+        code.co_names, code.co_varnames, code.co_freevars, code.co_cellvars,
+    )  # fmt: skip
+    h.update(repr(shape).encode())
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            h.update(f"code:{_code_digest(const, roots)}".encode())
+        else:
+            h.update((_canonical(const, roots, 0) or repr(const)).encode())
+    return h.hexdigest()
+
+
+def _code_names(code: types.CodeType) -> set[str]:
+    """Global and attribute names a code object and its nested code objects use."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _code_names(const)
+    return names

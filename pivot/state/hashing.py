@@ -1,18 +1,32 @@
-"""Content hashes of files and directories (xxh3-128, hex)."""
+"""Content hashes of files and directories (xxh3-128, hex).
+
+A file's digest is the xxh3-128 hexdigest of its bytes. A directory's digest is "d" followed
+by the xxh3-128 of its manifest: the lines f"{rel}\\0{digest}\\n" of every file under it
+(relative POSIX path, file digest), sorted by path. Lock files store these digests, so they
+must never change.
+
+`dir_entries` is the one implementation of the manifest; given a `StateCache` it asks the
+cache for the file digests instead of reading every file.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import xxhash
 
-__all__ = ["hash_path"]
+if TYPE_CHECKING:
+    from pivot.state.statecache import StateCache
+
+__all__ = ["dir_digest", "dir_entries", "hash_dir", "hash_file", "hash_path"]
 
 _CHUNK = 1 << 20
 
 
-def hash_file(path: Path) -> str:
+def hash_file(path: str | os.PathLike[str]) -> str:
+    """The digest of a file's contents (reads the whole file)."""
     h = xxhash.xxh3_128()
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
@@ -20,18 +34,51 @@ def hash_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def hash_dir(path: Path) -> str:
-    """A directory's hash is the hash of its sorted (relative path, file hash) manifest."""
-    h = xxhash.xxh3_128()
-    entries = []
-    for dirpath, dirnames, filenames in os.walk(path):
+def _walk_files(path: Path) -> list[tuple[str, str]]:
+    """(relative POSIX path, file-system path) of every file under a directory, in walk order.
+
+    `os.walk` semantics: symlinks to files are files, symlinks to directories are not
+    descended into, unreadable subdirectories are skipped.
+    """
+    top = str(path)
+    prefix_len = len(top) if top.endswith(os.sep) else len(top) + 1
+    files: list[tuple[str, str]] = []
+    for dirpath, dirnames, filenames in os.walk(top):
         dirnames.sort()
+        rel_dir = dirpath[prefix_len:]
+        if os.sep != "/":
+            rel_dir = rel_dir.replace(os.sep, "/")
         for name in filenames:
-            full = Path(dirpath) / name
-            entries.append((full.relative_to(path).as_posix(), hash_file(full)))
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            files.append((rel, os.path.join(dirpath, name)))
+    return files
+
+
+def dir_entries(path: Path, cache: StateCache | None = None) -> list[tuple[str, str]]:
+    """The sorted (relative POSIX path, file digest) manifest of a directory.
+
+    With a cache, only files whose stat changed since they were last hashed are read.
+    Raises FileNotFoundError when a listed file disappears before it is hashed.
+    """
+    files = _walk_files(path)
+    if cache is None:
+        digests = [hash_file(full) for _, full in files]
+    else:
+        digests = cache.hash_files(path, files)
+    return sorted(zip((rel for rel, _ in files), digests, strict=True))
+
+
+def dir_digest(entries: list[tuple[str, str]]) -> str:
+    """The directory digest of a manifest as returned by `dir_entries`."""
+    h = xxhash.xxh3_128()
     for rel, digest in sorted(entries):
         h.update(f"{rel}\0{digest}\n".encode())
     return "d" + h.hexdigest()
+
+
+def hash_dir(path: Path) -> str:
+    """A directory's hash is the hash of its sorted (relative path, file hash) manifest."""
+    return dir_digest(dir_entries(path))
 
 
 def hash_path(path: Path) -> str | None:

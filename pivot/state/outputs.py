@@ -10,7 +10,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from pivot.state.cache import ContentCache
+from pivot.state.cache import ContentCache, is_dir_digest
 from pivot.state.runcache import RunCache
 from pivot.state.statecache import StateCache
 
@@ -72,7 +72,7 @@ def preserve(state: ProjectState, outs: list[str], recorded: dict[str, str]) -> 
 
 def _record(state: ProjectState, path: Path, digest: str) -> None:
     """Tell the state cache what was just written, so the next run need not read it."""
-    if digest.startswith("d"):
+    if is_dir_digest(digest):
         for rel, file_digest in state.cache.manifest(digest):
             state.hashes.record(path / rel, file_digest)
     else:

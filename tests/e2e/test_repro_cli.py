@@ -139,7 +139,7 @@ def test_first_run_runs_every_stage_and_second_run_skips_them(project: Path) -> 
         assert lock.is_file(), f"no lock file for {name}"
         data = json.loads(lock.read_text(), object_pairs_hook=sorted_keys_hook)
         assert data["stage"] == name
-        assert set(data) == {"stage", "code", "params", "deps", "outs"}
+        assert set(data) == {"stage", "code", "code_parts", "params", "deps", "outs"}
     fit_lock = json.loads((project / ".pivot" / "stages" / "fit.lock").read_text())
     assert fit_lock["params"] == {"lr": 0.05, "epochs": 300}  # params.yaml overrides 200
 
@@ -181,7 +181,7 @@ def test_param_edit_reruns_fit_and_what_its_output_changed(ran_project: Path) ->
     }
     codes = reason_codes(events)
     assert codes["fit"] == "params_changed"
-    assert codes["evaluate"] == "deps_changed"
+    assert codes["evaluate"] == "upstream_changed"  # model/model.json, written by fit
     assert "epochs" in finished(events)["fit"]["reason"]
     lock = json.loads((ran_project / ".pivot" / "stages" / "fit.lock").read_text())
     assert lock["params"]["epochs"] == 50

@@ -30,11 +30,11 @@ from pivot.protocol.messages import (
     Message,
     PipelineInvalid,
     PipelineLoaded,
+    PlanWave,
     PoolExited,
     PoolHello,
     PoolLost,
     PoolShutdown,
-    PlanWave,
     PoolWelcome,
     ResultAck,
     RunReply,
@@ -47,9 +47,9 @@ from pivot.protocol.messages import (
     StageFinished,
     StageResult,
     StageRunning,
-    WavePlan,
     StageStarted,
     WaveFinished,
+    WavePlan,
     WaveStarted,
 )
 

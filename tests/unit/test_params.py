@@ -153,7 +153,7 @@ def test_top_level_must_be_a_mapping(tmp_path: Path, text: str, type_name: str) 
         ("fit: 3\n", "int"),
         ("fit: [1, 2]\n", "list"),
         ("fit: text\n", "str"),
-        ("fit:\n", "NoneType"),
+        ("fit: false\n", "bool"),
     ],
 )
 def test_entry_must_be_a_mapping(tmp_path: Path, text: str, type_name: str) -> None:
@@ -296,3 +296,93 @@ def test_yaml_to_resolve_end_to_end(tmp_path: Path) -> None:
     resolved = resolve("fit", DEFAULTS, {"epochs": 3}, from_file.get("fit"))
     assert resolved == {"lr": 1.0, "epochs": 3, "name": "from-yaml", "flag": False}
     assert type(resolved["lr"]) is float
+
+
+# --- params.yaml: exponent floats, empty entries -----------------------------------------
+
+
+def load_one(tmp_path: Path, value: str) -> object:
+    """The value of `fit.x` in a params.yaml where it is written as `value`."""
+    (tmp_path / PARAMS_FILE).write_text(f"fit:\n  x: {value}\n")
+    return load_params_file(tmp_path)["fit"]["x"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1e-3", 0.001),
+        ("5E+2", 500.0),
+        ("-2.5e-4", -0.00025),
+        ("+1e2", 100.0),
+        ("1e3", 1000.0),
+        ("1.0e3", 1000.0),  # PyYAML alone wants a signed exponent after a dot, too
+        ("1.5e-3", 0.0015),  # already a float for PyYAML: unchanged
+        (".5e1", 5.0),
+        ("1_000e-3", 1.0),
+    ],
+)
+def test_exponent_floats_load_as_floats(tmp_path: Path, text: str, expected: float) -> None:
+    value = load_one(tmp_path, text)
+    assert type(value) is float, f"{text!r} loaded as {value!r}"
+    assert value == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("'1e-3'", "1e-3"),  # quoted: the user asked for a string
+        ('"5E+2"', "5E+2"),
+        ("1e", "1e"),
+        ("e3", "e3"),
+        ("1e-3x", "1e-3x"),
+        ("1.2.3e4", "1.2.3e4"),
+        ("._e3", "._e3"),
+        ("3", 3),
+        ("1_000", 1000),
+        ("0.5", 0.5),
+        ("true", True),
+    ],
+)
+def test_other_scalars_keep_their_yaml_meaning(tmp_path: Path, text: str, expected: object) -> None:
+    value = load_one(tmp_path, text)
+    assert type(value) is type(expected), f"{text!r} loaded as {value!r}"
+    assert value == expected
+
+
+def test_exponent_floats_inside_lists_and_maps(tmp_path: Path) -> None:
+    (tmp_path / PARAMS_FILE).write_text("fit:\n  lrs: [1e-3, 2e-3]\n  opt: {eps: 1e-8}\n")
+    assert load_params_file(tmp_path) == {"fit": {"lrs": [0.001, 0.002], "opt": {"eps": 1e-8}}}
+
+
+def test_pyyaml_safe_load_itself_is_not_changed(tmp_path: Path) -> None:
+    import yaml
+
+    assert load_one(tmp_path, "1e-3") == 0.001
+    assert yaml.safe_load("x: 1e-3") == {"x": "1e-3"}  # we subclass, never patch SafeLoader
+
+
+def test_exponent_float_resolves_for_a_float_param(tmp_path: Path) -> None:
+    (tmp_path / PARAMS_FILE).write_text("fit:\n  lr: 1e-3\n")
+    resolved = resolve("fit", DEFAULTS, {}, load_params_file(tmp_path)["fit"])
+    assert resolved["lr"] == 0.001
+    assert type(resolved["lr"]) is float
+
+
+def test_exponent_float_is_still_wrong_for_an_int_param(tmp_path: Path) -> None:
+    (tmp_path / PARAMS_FILE).write_text("fit:\n  epochs: 1e3\n")
+    with pytest.raises(PipelineError, match=r"param 'epochs' expects int .*got float 1000\.0"):
+        resolve("fit", DEFAULTS, {}, load_params_file(tmp_path)["fit"])
+
+
+def test_quoted_exponent_is_wrong_for_a_float_param(tmp_path: Path) -> None:
+    (tmp_path / PARAMS_FILE).write_text("fit:\n  lr: '1e-3'\n")
+    with pytest.raises(PipelineError, match=r"param 'lr' expects float .*got str '1e-3'"):
+        resolve("fit", DEFAULTS, {}, load_params_file(tmp_path)["fit"])
+
+
+@pytest.mark.parametrize("entry", ["fit:\n", "fit: ~\n", "fit: null\n", "fit: {}\n"])
+def test_empty_entry_means_no_overrides(tmp_path: Path, entry: str) -> None:
+    (tmp_path / PARAMS_FILE).write_text("ok:\n  a: 1\n" + entry)
+    from_file = load_params_file(tmp_path)
+    assert from_file == {"ok": {"a": 1}, "fit": {}}
+    assert resolve("fit", DEFAULTS, {"epochs": 3}, from_file["fit"]) == {**DEFAULTS, "epochs": 3}

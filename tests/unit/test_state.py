@@ -12,9 +12,9 @@ import pytest
 
 from pivot.pipeline.manifest import StageSpec
 from pivot.state.decide import Decision, decide
-from pivot.state.reasons import ReasonCode
 from pivot.state.hashing import hash_path
 from pivot.state.lock import StageLock, lock_path, read_lock, write_lock
+from pivot.state.reasons import ReasonCode
 
 # --- hashing --------------------------------------------------------------------------------
 

@@ -1,0 +1,166 @@
+"""`pivot dag`: draw the stage graph as text, Graphviz dot, Mermaid or JSON.
+
+Also home of what the read-only inspection commands (`dag`, `params`, `metrics`) share:
+loading the pipeline, the unknown-stage check, and a plain text table.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import textwrap
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import click
+
+from pivot.errors import UserError
+
+if TYPE_CHECKING:  # imported lazily at run time: `pivot --help` must stay fast
+    from pathlib import Path
+
+    from pivot.pipeline.graph import StageGraph
+    from pivot.pipeline.manifest import Manifest
+
+__all__ = ["check_stage_names", "dag", "load_pipeline", "select", "table"]
+
+ASCII_WIDTH = 100  # upstream lists wrap at this width
+
+
+def load_pipeline() -> tuple[Path, Manifest, StageGraph]:
+    """The project root, its manifest (loaded in a fresh interpreter) and its graph."""
+    from pivot.pipeline.graph import build_graph
+    from pivot.pipeline.project import find_root
+    from pivot.runtime.spawn import run_loader
+
+    root = find_root()
+    manifest = run_loader(root)
+    return root, manifest, build_graph(manifest, root)
+
+
+def select(requested: Sequence[str], order: Sequence[str]) -> list[str]:
+    """The requested stages (all when none) in `order`; unknown names are a UserError."""
+    check_stage_names(requested, order)
+    return [name for name in order if not requested or name in requested]
+
+
+def table(rows: list[list[str]]) -> list[str]:
+    """Rows as left-aligned columns two spaces apart; short rows end early."""
+    columns = max((len(r) for r in rows), default=0)
+    widths = [max(len(r[i]) for r in rows if len(r) > i) for i in range(columns)]
+    return ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip() for r in rows]
+
+
+def check_stage_names(requested: Sequence[str], known: Sequence[str]) -> None:
+    """Raise a UserError naming every unknown stage (with a guess) and the known ones."""
+    unknown = [name for name in dict.fromkeys(requested) if name not in known]
+    if not unknown:
+        return
+    parts = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, known, n=1)
+        parts.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    raise UserError(f"unknown stage(s): {', '.join(parts)}; stages are: {', '.join(known)}")
+
+
+@click.command()
+@click.argument("stages", nargs=-1)
+@click.option(
+    "--format", "fmt", type=click.Choice(["ascii", "dot", "mermaid", "json"]), default="ascii",
+    show_default=True,
+    help="ascii: stages by level with their upstream; dot: Graphviz (`| dot -Tsvg`); "
+    "mermaid: a flowchart for Markdown; json: stages, edges and the paths behind each edge.",
+)
+def dag(stages: tuple[str, ...], fmt: str) -> None:
+    """Draw the stage graph: STAGES (default: all) and everything upstream of them.
+
+    An edge A -> B means B depends on a path A writes. Stages are listed in run order.
+    """
+    _, manifest, graph = load_pipeline()
+    check_stage_names(stages, graph.order)
+    chosen = graph.with_upstream(list(stages)) if stages else set(graph.order)
+    names = [n for n in graph.order if n in chosen]
+    position = {name: i for i, name in enumerate(graph.order)}
+    edges = sorted(
+        ((u, d) for d in names for u in graph.upstream[d]),  # upstream of a chosen stage is chosen
+        key=lambda e: (position[e[0]], position[e[1]]),
+    )
+    if fmt == "json":
+        click.echo(json.dumps(to_json(manifest, names, edges), indent=2))
+        return
+    if fmt != "ascii":
+        click.echo(to_dot(names, edges) if fmt == "dot" else to_mermaid(names, edges))
+        return
+    for warning in manifest.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(to_ascii(names, graph.upstream))
+
+
+def to_ascii(names: list[str], upstream: Mapping[str, Iterable[str]]) -> str:
+    """Stages grouped by level (longest path from a stage with no upstream), each with
+    its upstream; long upstream lists wrap, so 300 stages stay readable.
+
+    `names` is in topological order and holds the upstream of each of its stages.
+    """
+    position = {name: i for i, name in enumerate(names)}
+    level: dict[str, int] = {}
+    levels: list[list[str]] = []
+    for name in names:  # topological: every upstream stage already has its level
+        level[name] = 1 + max((level[u] for u in upstream[name]), default=-1)
+        if level[name] == len(levels):
+            levels.append([])
+        levels[level[name]].append(name)
+    lines: list[str] = []
+    edges = 0
+    for depth, row in enumerate(levels):
+        width = min(max(len(n) for n in row), 40)
+        lines.append(f"level {depth}")
+        for name in row:
+            ups = sorted(upstream[name], key=position.__getitem__)
+            edges += len(ups)
+            if not ups:
+                lines.append(f"  {name}")
+                continue
+            head = f"  {name.ljust(width)}  <- "
+            lines.extend(
+                textwrap.wrap(
+                    ", ".join(ups), width=max(ASCII_WIDTH, len(head) + 20),
+                    initial_indent=head, subsequent_indent=" " * len(head),
+                    break_on_hyphens=False, break_long_words=False,
+                )
+            )
+    lines.append(f"{len(names)} stage{'s' * (len(names) != 1)}, {edges} edge{'s' * (edges != 1)}")
+    return "\n".join(lines)
+
+
+def _dot_id(name: str) -> str:
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def to_dot(names: list[str], edges: list[tuple[str, str]]) -> str:
+    lines = ["digraph pivot {", "  rankdir=TB;", "  node [shape=box];"]
+    lines += [f"  {_dot_id(n)};" for n in names]
+    lines += [f"  {_dot_id(u)} -> {_dot_id(d)};" for u, d in edges]
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def to_mermaid(names: list[str], edges: list[tuple[str, str]]) -> str:
+    """Node ids are s0, s1, ...: stage names hold '@', '.' and '-' (and may be `end`),
+    which Mermaid ids cannot; the name is the quoted label."""
+    ids = {name: f"s{i}" for i, name in enumerate(names)}
+    lines = ["flowchart TD"]
+    lines += [f'    {ids[n]}["{n.replace(chr(34), "#quot;")}"]' for n in names]
+    lines += [f"    {ids[u]} --> {ids[d]}" for u, d in edges]
+    return "\n".join(lines)
+
+
+def to_json(manifest: Manifest, names: list[str], edges: list[tuple[str, str]]) -> dict[str, object]:
+    from pivot.pipeline.producers import ProducerIndex
+
+    index = ProducerIndex(manifest)
+    links = []
+    for u, d in edges:
+        paths = [dep for dep in manifest.by_name[d].deps if u in index.producers_of(dep)]
+        links.append({"from": u, "to": d, "paths": paths})
+    return {"stages": names, "edges": [[u, d] for u, d in edges], "edge_paths": links}

@@ -1,0 +1,127 @@
+"""`pivot metrics show`: the metrics files stages declare (metrics=[...]), flattened."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pivot.cli.dag_cmd import load_pipeline, select, table
+
+__all__ = ["MetricsFile", "flatten", "metrics", "read_metrics"]
+
+FORMATS = {".json": "JSON", ".yaml": "YAML", ".yml": "YAML"}
+
+
+@dataclass(frozen=True)
+class MetricsFile:
+    stage: str
+    path: str  # as declared, relative to the project root
+    data: Any = None  # parsed content when `status` is "ok"
+    status: str = "ok"  # "ok", "missing" or "error"
+    error: str = ""  # why it could not be read, when `status` is "error"
+
+
+def read_metrics(root: Path, stage: str, path: str) -> MetricsFile:
+    """Read and parse one metrics file; never raises for what is in (or not in) the file."""
+    kind = FORMATS.get(Path(path).suffix.lower())
+    if kind is None:
+        return MetricsFile(stage, path, status="error", error=(
+            f"unsupported metrics format {Path(path).suffix or '(no extension)'}; "
+            "Pivot reads .json, .yaml and .yml files"
+        ))
+    try:
+        text = (root / path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return MetricsFile(stage, path, status="missing")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = "is a directory" if (root / path).is_dir() else f"cannot be read: {exc}"
+        return MetricsFile(stage, path, status="error", error=reason)
+    try:
+        data = json.loads(text) if kind == "JSON" else _load_yaml(text)
+    except ValueError as exc:
+        return MetricsFile(stage, path, status="error", error=f"not valid {kind}: {exc}")
+    return MetricsFile(stage, path, data)
+
+
+def _load_yaml(text: str) -> Any:
+    """YAML as params.yaml is read (`1e-3` is a float); YAML errors become ValueError."""
+    import yaml
+
+    from pivot.pipeline.params import load_yaml
+
+    try:
+        return load_yaml(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def flatten(data: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested maps and lists as (dotted key, scalar) pairs: {"a": {"b": 1}} -> [("a.b", 1)]."""
+    if isinstance(data, dict):
+        items: list[tuple[object, Any]] = list(data.items())
+    elif isinstance(data, list):
+        items = list(enumerate(data))
+    else:
+        return [(prefix, data)]
+    if not items:
+        return [(prefix, data)] if prefix else []
+    pairs = []
+    for key, value in items:
+        pairs += flatten(value, f"{prefix}.{key}" if prefix else str(key))
+    return pairs
+
+
+def _show(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
+
+
+@click.group()
+def metrics() -> None:
+    """Show the metrics files stages declare with @stage(metrics=[...])."""
+
+
+@metrics.command()
+@click.argument("stages", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def show(stages: tuple[str, ...], as_json: bool) -> int:
+    """Show the metrics of STAGES (default: every stage that declares metrics).
+
+    One line per value: stage, file, key (nested keys joined with '.'), value. Reads
+    .json, .yaml and .yml files as they are on disk now. A missing file is listed as
+    missing (exit code 0: the stage has not run yet); a file that cannot be parsed is
+    named on stderr and the exit code is 2.
+    """
+    root, manifest, graph = load_pipeline()
+    names = select(stages, graph.order)
+    files = [read_metrics(root, n, p) for n in names for p in manifest.by_name[n].metrics]
+    bad = [f for f in files if f.status == "error"]
+    if as_json:
+        grouped: dict[str, dict[str, Any]] = {}
+        for f in files:
+            if f.status == "ok":
+                grouped.setdefault(f.stage, {})[f.path] = f.data
+        click.echo(json.dumps({
+            "stages": grouped,
+            "missing": [{"stage": f.stage, "path": f.path} for f in files if f.status == "missing"],
+            "errors": [{"stage": f.stage, "path": f.path, "error": f.error} for f in bad],
+        }, indent=2, default=str))
+    else:
+        for warning in manifest.warnings:
+            click.echo(f"warning: {warning}", err=True)
+        rows = []
+        for f in files:
+            if f.status == "missing":
+                rows.append([f.stage, f.path, f"(missing: run `pivot repro {f.stage}`)"])
+            elif f.status == "ok":
+                rows += [[f.stage, f.path, key or "-", _show(v)] for key, v in flatten(f.data)]
+        for line in table(rows):
+            click.echo(line)
+        if not files:
+            click.echo("none of these stages declares metrics" if stages else "no stage declares metrics")
+    for f in bad:
+        click.echo(f"error: {f.path} (metrics of stage {f.stage!r}): {f.error}", err=True)
+    return 2 if bad else 0

@@ -1,0 +1,131 @@
+"""`pivot params show|diff`: the stages' resolved params, and how they differ from the
+params each stage's last successful run recorded in its lock file."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+from pivot.cli.dag_cmd import load_pipeline, select, table
+
+__all__ = ["ParamChange", "diff_params", "params"]
+
+FROM_FILE = "params.yaml"
+FROM_CODE = "code"  # the function's default or stage(params=...): the manifest can't tell
+
+
+@click.group()
+def params() -> None:
+    """Show stage params, or diff them against the last successful runs."""
+
+
+def show_value(value: Any) -> str:
+    """A param value as it would be written in params.yaml (JSON is valid YAML)."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+@params.command()
+@click.argument("stages", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def show(stages: tuple[str, ...], as_json: bool) -> None:
+    """Show the resolved params of STAGES (default: all), in run order.
+
+    One line per param: stage, param, value (as YAML would spell it), source. A value
+    is the function's keyword default, overridden by stage(params=...), then by
+    params.yaml; the source is `params.yaml` when params.yaml sets it, else `code`.
+    """
+    from pivot.pipeline.params import load_params_file
+
+    root, manifest, graph = load_pipeline()
+    names = select(stages, graph.order)
+    from_file = load_params_file(root)
+    result = {
+        name: {
+            key: {"value": value, "source": FROM_FILE if key in from_file.get(name, {}) else FROM_CODE}
+            for key, value in manifest.by_name[name].params.items()
+        }
+        for name in names
+    }
+    if as_json:
+        click.echo(json.dumps({"stages": result}, indent=2))
+        return
+    for warning in manifest.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    rows = []
+    for name, values in result.items():
+        if not values:
+            rows.append([name, "(no params)"])
+        for key, row in values.items():
+            rows.append([name, key, show_value(row["value"]), row["source"]])
+    for line in table(rows):
+        click.echo(line)
+
+
+@dataclass(frozen=True)
+class ParamChange:
+    stage: str
+    key: str
+    change: str  # "changed", "added" (not in the lock) or "removed" (only in the lock)
+    old: Any  # None when added
+    new: Any  # None when removed
+
+    def line(self) -> str:
+        where = f"{self.stage}.{self.key}"
+        if self.change == "added":
+            return f"{where}: added, {show_value(self.new)}"
+        if self.change == "removed":
+            return f"{where}: removed, was {show_value(self.old)}"
+        return f"{where}: {show_value(self.old)} -> {show_value(self.new)}"
+
+
+def diff_params(stage: str, old: dict[str, Any], new: dict[str, Any]) -> list[ParamChange]:
+    """What changed from `old` (the lock) to `new` (the manifest): new's key order, then
+    the removed keys. Compared with ==, as `pivot status` does."""
+    changes = []
+    for key, value in new.items():
+        if key not in old:
+            changes.append(ParamChange(stage, key, "added", None, value))
+        elif old[key] != value:
+            changes.append(ParamChange(stage, key, "changed", old[key], value))
+    changes += [ParamChange(stage, k, "removed", v, None) for k, v in old.items() if k not in new]
+    return changes
+
+
+@params.command()
+@click.argument("stages", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def diff(stages: tuple[str, ...], as_json: bool) -> None:
+    """Compare params now with those of the last successful runs.
+
+    For STAGES (default: all): the params pipeline.py and params.yaml give now against
+    those each stage's lock file in .pivot/stages/ recorded. Stages that never ran are
+    listed as such. Exit code 0 whether or not anything changed.
+    """
+    from pivot.state.lock import read_lock
+
+    root, manifest, graph = load_pipeline()
+    names = select(stages, graph.order)
+    changes: list[ParamChange] = []
+    never_ran: list[str] = []
+    for name in names:
+        lock = read_lock(root, name)
+        if lock is None:
+            never_ran.append(name)
+        else:
+            changes += diff_params(name, lock.params, manifest.by_name[name].params)
+    if as_json:
+        rows = [{"stage": c.stage, "key": c.key, "change": c.change, "old": c.old, "new": c.new}
+                for c in changes]
+        click.echo(json.dumps({"changes": rows, "never_ran": never_ran}, indent=2))
+        return
+    for warning in manifest.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    for change in changes:
+        click.echo(change.line())
+    for name in never_ran:
+        click.echo(f"{name}: never ran (no lock file)")
+    if not changes and not never_ran:
+        click.echo("no param changes since the last runs")
