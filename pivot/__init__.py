@@ -1,7 +1,7 @@
 """Pivot: reactive, content-addressed pipelines for data and ML work.
 
 `import pivot` must stay light: every worker and every user module pays for it, so
-nothing here imports zmq, networkx, rich or loky.
+nothing here imports zmq, rich or loky.
 """
 
 from __future__ import annotations

@@ -1,5 +1,26 @@
+"""`python -m workers`: start the pipeline loader first, then import the pool.
+
+The loader (a fresh interpreter importing the user's pipeline) is the slowest step to
+a first manifest; starting it before the pool imports ZeroMQ and the state modules runs
+the two side by side.
+"""
+
+import logging
+import os
 import sys
 
-from workers.pool import main
+from pivot.runtime.spawn import LoaderRun
+from workers.args import parse_args
 
-sys.exit(main())
+args = parse_args(sys.argv[1:])
+first_load = LoaderRun(args.root)
+
+from workers.pool import main  # noqa: E402 - deliberately after the loader started
+
+rc = main(args, first_load)
+logging.shutdown()
+sys.stdout.flush()
+sys.stderr.flush()
+# The pool has closed its sockets and stopped its workers; skipping interpreter teardown
+# (tens of ms of module finalization) shortens every `pivot repro`, which waits for it.
+os._exit(rc)

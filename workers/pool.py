@@ -18,7 +18,6 @@ import logging
 import os
 import queue
 import signal
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -46,8 +45,7 @@ from pivot.protocol.messages import (
     StageRunning,
     WavePlan,
 )
-from pivot.runtime.cpus import usable_cpus
-from pivot.runtime.spawn import run_loader
+from pivot.runtime.spawn import LoaderRun, run_loader
 from pivot.state.outputs import ProjectState
 from pivot.state.plan import DepProducers, Prepared, dep_producers, plan_wave, prepare
 from pivot.state.reasons import ReasonCode
@@ -71,8 +69,11 @@ class Pending:
 
 
 class PoolService:
-    def __init__(self, root: Path, work_endpoint: str, name: str, jobs: int) -> None:
+    def __init__(
+        self, root: Path, work_endpoint: str, name: str, jobs: int, first_load: LoaderRun | None = None
+    ) -> None:
         self.root = root
+        self.first_load = first_load
         self.name = name
         self.jobs = max(1, jobs)
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
@@ -119,7 +120,11 @@ class PoolService:
 
     def run(self) -> int:
         self._send(PoolHello(self.name, os.getpid(), self.jobs))
-        self._in_thread("manifest", "", lambda: run_loader(self.root))
+        first, self.first_load = self.first_load, None
+        if first is not None:
+            self._in_thread("manifest", "", first.result)
+        else:
+            self._in_thread("manifest", "", lambda: run_loader(self.root))
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         poller.register(self.wake_r, zmq.POLLIN)
@@ -227,7 +232,6 @@ class PoolService:
     def _manifest_done(self, future: Future[Manifest]) -> None:
         try:
             self.manifest = future.result()
-            self.producers = dep_producers(self.manifest)
         except PipelineError as exc:
             self._send(ManifestFailed(self.name, str(exc), exc.detail))
             return
@@ -235,6 +239,12 @@ class PoolService:
             self._send(ManifestFailed(self.name, str(exc), ""))
             return
         self._send(ManifestLoaded(self.name, self.manifest.to_wire()))
+        # After the send: the broker checks the graph meanwhile. A manifest whose outputs
+        # collide is rejected there; its stages are then never dispatched here.
+        try:
+            self.producers = dep_producers(self.manifest)
+        except PipelineError:
+            self.producers = {}
 
     def _planned(self, wave: int, future: Future[list[str]]) -> None:
         try:
@@ -341,19 +351,10 @@ class PoolService:
         os.close(self.wake_w)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m workers", description="A Pivot worker pool.")
-    parser.add_argument("--root", required=True, type=Path)
-    parser.add_argument("--work", required=True, help="the broker's work endpoint")
-    parser.add_argument("--name", required=True)
-    parser.add_argument("--jobs", type=int, default=usable_cpus())
-    args = parser.parse_args(argv)
+def main(args: argparse.Namespace, first_load: LoaderRun | None = None) -> int:
+    """Run a pool (see workers/args.py); `first_load` is a loader already started."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s pool %(levelname)s %(message)s")
     os.chdir(args.root)
-    service = PoolService(args.root.resolve(), args.work, args.name, args.jobs)
+    service = PoolService(args.root, args.work, args.name, args.jobs, first_load)
     signal.signal(signal.SIGTERM, service.request_stop)
     return service.run()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

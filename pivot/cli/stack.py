@@ -17,12 +17,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-import zmq
-
-from pivot.display.client import EngineClient
-
 if TYPE_CHECKING:
+    import zmq
+
     from broker.service import BrokerService
+    from pivot.display.client import EngineClient
 from pivot.pipeline.project import pivot_dir
 from pivot.runtime.procs import kill_group
 from pivot.runtime.spawn import python_cmd
@@ -43,8 +42,8 @@ class Stack:
         self.root = root
         self.jobs = jobs
         self.rundir = RunDir(root)
-        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        self.broker: BrokerService | None = None  # imported lazily: networkx is slow
+        self.ctx: zmq.Context[zmq.Socket[bytes]] | None = None
+        self.broker: BrokerService | None = None  # imported after the pool is spawned
         self.thread: threading.Thread | None = None
         self.pool: subprocess.Popen[bytes] | None = None
         self.pool_log = pivot_dir(root) / "logs" / "pool.log"
@@ -54,11 +53,16 @@ class Stack:
     def __enter__(self) -> Stack:
         try:
             endpoints = self.rundir.acquire()
-            # The pool connects before the broker binds (ZeroMQ retries the connect), so
-            # its interpreter and the loader start while we import the broker's graph code.
+            # The pool starts first, before this process even imports ZeroMQ: the pool's
+            # interpreter and its loader then run while we import the broker and display
+            # code. The pool connects before the broker binds; ZeroMQ retries the connect.
             self._start_pool(endpoints.work)
-            from broker.service import BrokerService
+            import zmq
 
+            from broker.service import BrokerService
+            from pivot.display.client import EngineClient
+
+            self.ctx = zmq.Context()
             self.broker = BrokerService(self.root, endpoints, self.ctx)
             self.broker.bind()
             self.thread = threading.Thread(target=self.broker.run, name="broker", daemon=True)
@@ -132,7 +136,8 @@ class Stack:
             self.thread.join(GRACE_S)
             if self.thread.is_alive():
                 log.error("the broker thread did not stop within %.0f s", GRACE_S)
-        self.ctx.destroy(linger=0)
+        if self.ctx is not None:
+            self.ctx.destroy(linger=0)
         self.rundir.release()
 
     def _stop_pool(self) -> None:

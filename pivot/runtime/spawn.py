@@ -17,7 +17,7 @@ import msgpack
 from pivot.errors import InfraError, PipelineError
 from pivot.pipeline.manifest import Manifest
 
-__all__ = ["LOADER_TIMEOUT_S", "python_cmd", "run_loader"]
+__all__ = ["LOADER_TIMEOUT_S", "LoaderRun", "python_cmd", "run_loader"]
 
 LOADER_TIMEOUT_S = 300.0
 
@@ -26,24 +26,35 @@ def python_cmd(module: str, *args: str) -> list[str]:
     return [sys.executable, "-P", "-m", module, *args]
 
 
-def run_loader(root: Path, timeout: float = LOADER_TIMEOUT_S) -> Manifest:
-    """Load the pipeline in a fresh interpreter. Raises PipelineError for user mistakes.
+class LoaderRun:
+    """A loader process started now, whose manifest is collected later by `result()`.
 
     The result travels in a temp file, not a pipe: a manifest larger than the pipe
     buffer would block the loader while we wait for it to exit.
     """
-    root = root.resolve()
-    fd, result_path = tempfile.mkstemp(prefix="pivot-manifest-", suffix=".msgpack")
-    try:
-        with os.fdopen(fd, "r+b") as result_file:
-            proc = subprocess.Popen(
-                python_cmd("pivot.runtime.loader", str(root), "--result-fd", str(fd)),
-                cwd=root,
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        fd, self.result_path = tempfile.mkstemp(prefix="pivot-manifest-", suffix=".msgpack")
+        try:
+            self.proc = subprocess.Popen(
+                python_cmd("pivot.runtime.loader", str(self.root), "--result-fd", str(fd)),
+                cwd=self.root,
                 pass_fds=(fd,),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
             )
+        except BaseException:
+            os.unlink(self.result_path)
+            raise
+        finally:
+            os.close(fd)
+
+    def result(self, timeout: float = LOADER_TIMEOUT_S) -> Manifest:
+        """Wait for the loader. Raises PipelineError for user mistakes."""
+        proc = self.proc
+        try:
             try:
                 output, _ = proc.communicate(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -53,21 +64,25 @@ def run_loader(root: Path, timeout: float = LOADER_TIMEOUT_S) -> Manifest:
                     f"loading pipeline.py took longer than {timeout:.0f} s; "
                     "does importing it run heavy work at module level?"
                 ) from None
-            result_file.seek(0)
-            raw = result_file.read()
-    finally:
-        os.unlink(result_path)
-    printed = output.decode(errors="replace").strip()
-    if not raw:
-        raise PipelineError(
-            f"the pipeline loader exited with code {proc.returncode} before reporting",
-            detail=printed,
-        )
-    try:
-        result = msgpack.unpackb(raw, raw=False)
-        if result["ok"]:
-            return Manifest.from_wire(result["manifest"])
-        detail = result["detail"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise InfraError(f"unreadable answer from the pipeline loader: {exc!r}") from exc
-    raise PipelineError(result["message"], detail=detail)
+            raw = Path(self.result_path).read_bytes()
+        finally:
+            os.unlink(self.result_path)
+        printed = output.decode(errors="replace").strip()
+        if not raw:
+            raise PipelineError(
+                f"the pipeline loader exited with code {proc.returncode} before reporting",
+                detail=printed,
+            )
+        try:
+            result = msgpack.unpackb(raw, raw=False)
+            if result["ok"]:
+                return Manifest.from_wire(result["manifest"])
+            detail = result["detail"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InfraError(f"unreadable answer from the pipeline loader: {exc!r}") from exc
+        raise PipelineError(result["message"], detail=detail)
+
+
+def run_loader(root: Path, timeout: float = LOADER_TIMEOUT_S) -> Manifest:
+    """Load the pipeline in a fresh interpreter. Raises PipelineError for user mistakes."""
+    return LoaderRun(root).result(timeout)

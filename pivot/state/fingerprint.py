@@ -29,7 +29,7 @@ import os
 import platform
 import sys
 import types
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from typing import Any
 import xxhash
 
 from pivot.state.codeindex import BodyImport, DefInfo, FileIndex, ParseCache, digest_text
+from pivot.state.versions import VersionCache
 
 __all__ = ["CodeFingerprint", "Fingerprinter", "function_fingerprint"]
 
@@ -64,19 +65,8 @@ _IMPORT_DUNDERS = frozenset(
     }
 )  # fmt: skip
 _CONSTANT_TYPES = (
-    type(None),
-    bool,
-    int,
-    float,
-    complex,
-    str,
-    bytes,
-    tuple,
-    list,
-    dict,
-    set,
-    frozenset,
-)
+    type(None), bool, int, float, complex, str, bytes, tuple, list, dict, set, frozenset,
+)  # fmt: skip
 _MAX_DEPTH = 64
 _MISSING: Any = object()
 _EXTERNAL: Any = object()  # a body import of a non-project module: its part is already added
@@ -162,8 +152,9 @@ class Fingerprinter:
         self._relpaths: dict[str, str] = {}
         self._local_files: dict[str, bool] = {}
         self._venv_dirs: dict[str, bool] = {}
-        self._versions: dict[str, str] = {}
-        self._distributions: Mapping[str, list[str]] | None = None
+        self._dists = VersionCache(
+            cache_file.with_name(cache_file.name + ".versions") if cache_file else None
+        )
 
     @property
     def parsed_files(self) -> int:
@@ -171,8 +162,9 @@ class Fingerprinter:
         return self._cache.parsed_files
 
     def save(self) -> None:
-        """Write the parse cache if it changed; raises OSError when it cannot."""
+        """Write the parse and version caches if they changed; raises OSError when it cannot."""
         self._cache.save()
+        self._dists.save()
 
     def stage(self, func: Callable[..., Any]) -> CodeFingerprint:
         hit = self._stages.get(id(func))
@@ -368,7 +360,8 @@ class Fingerprinter:
             if nxt is _MISSING:
                 nxt = sys.modules.get(f"{value.__name__}.{attr}", _MISSING)
             if nxt is _MISSING:
-                node.parts[f"{value.__name__}.{attr}"] = "<missing>"
+                # Usually a local variable named like a module; a helper added later
+                # shows up as a new part anyway.
                 return
             name, value = attr, nxt
         self._follow_value(node, ns, name, value)
@@ -385,11 +378,26 @@ class Fingerprinter:
         origin_ns, origin_name = self._origin(ns, name, value)
         index = self._index_of(origin_ns)
         assigned = bool(index and index.assigns.get(origin_name))
-        # A module-level lambda has no definition of its own: its assignment is its code.
-        if not (assigned and _is_lambda(obj)):
+        # A lambda, a namedtuple() or type() class has no definition of its own: the
+        # assignment that makes it is its code.
+        if not (assigned and not self._has_definition(obj)):
             self._follow_definition(node, obj)
         if assigned:  # e.g. `clean = make_cleaner(re.compile("x"))`: the call counts too
             node.children.append(_Binding(origin_ns, origin_name, value))
+
+    def _has_definition(self, obj: Any) -> bool:
+        """Whether a project def/class statement (or one enclosing it) makes obj."""
+        if isinstance(obj, type):
+            module = sys.modules.get(obj.__module__)
+            index = self._index_of(vars(module)) if module is not None else None
+            qualname = obj.__qualname__
+        else:
+            code = obj.__code__
+            file = code.co_filename
+            local = os.path.isabs(file) and self._is_local_file(file)
+            index = self._cache.get(self._realpath(file)) if local else None
+            qualname = code.co_qualname
+        return index is not None and qualname.partition(".")[0] in index.defs
 
     def _follow_definition(self, node: _Node, obj: Any) -> None:
         if self._is_project_definition(obj):
@@ -457,11 +465,14 @@ class Fingerprinter:
             absname = self._absolute(imp.module, imp.level, ns)
             if absname is None:
                 continue
-            module = self._import_project(node, absname)
-            if module is None:
+            if not self._is_project_name(absname):
                 self._add_external(node, absname)
                 bound[imp.bound] = _EXTERNAL
-            elif imp.name is None:
+                continue
+            module = self._import_project(node, absname)
+            if module is None:
+                continue
+            if imp.name is None:
                 top = absname.partition(".")[0]
                 value = sys.modules.get(top, module) if imp.bound == top else module
                 bound[imp.bound] = (ns, imp.bound, value)
@@ -473,17 +484,22 @@ class Fingerprinter:
                     bound[imp.bound] = (vars(module), imp.name, value)
         return bound
 
-    def _import_project(self, node: _Node, absname: str) -> types.ModuleType | None:
-        """The module if it is project code (importing it if needed), else None."""
+    def _is_project_name(self, absname: str) -> bool:
         module = sys.modules.get(absname)
         if module is not None:
-            return module if self._is_project_module(module) else None
-        if _is_pivot_name(absname) or not self._is_project_location(absname.partition(".")[0]):
-            return None
+            return self._is_project_module(module)
+        top = absname.partition(".")[0]
+        return not _is_pivot_name(absname) and self._is_project_location(top)
+
+    def _import_project(self, node: _Node, absname: str) -> types.ModuleType | None:
+        """A project module, imported if needed; None (and a part saying so) if that fails."""
+        module = sys.modules.get(absname)
+        if module is not None:
+            return module
         try:
             return importlib.import_module(absname)
         except Exception as exc:  # user code: anything can go wrong while importing it
-            logger.warning("cannot import %s while fingerprinting: %r", absname, exc)
+            logger.debug("cannot import %s while fingerprinting: %r", absname, exc)
             node.parts[absname] = f"<import failed: {type(exc).__name__}>"
             return None
 
@@ -599,21 +615,7 @@ class Fingerprinter:
             node.parts[top] = self._version(top)
 
     def _version(self, top: str) -> str:
-        known = self._versions.get(top)
-        if known is None:
-            known = self._versions[top] = self._find_version(top)
-        return known
-
-    def _find_version(self, top: str) -> str:
-        if self._distributions is None:  # slow (reads every installed dist): only when needed
-            import importlib.metadata  # costs 15 ms at import: only when third-party code is reached
-
-            self._distributions = importlib.metadata.packages_distributions()
-        dists = sorted(set(self._distributions.get(top, ())))
-        if dists:
-            return ",".join(f"{d}=={_dist_version(d)}" for d in dists)
-        version = getattr(sys.modules.get(top), "__version__", None)
-        return f"{top}=={version}" if isinstance(version, str) else f"{top} (no version)"
+        return self._dists.version(top)
 
 
 def function_fingerprint(func: Callable[..., Any]) -> str:
@@ -674,10 +676,6 @@ def _definition(value: Any) -> Any:
     return None
 
 
-def _is_lambda(obj: Any) -> bool:
-    return isinstance(obj, types.FunctionType) and obj.__code__.co_qualname == "<lambda>"
-
-
 def _module_name(obj: Any) -> str | None:
     if isinstance(obj, types.FunctionType):
         name = obj.__globals__.get("__name__") or obj.__module__
@@ -693,15 +691,6 @@ def _is_pivot_name(name: str) -> bool:
 def _type_name(value: Any) -> str:
     kind = value if isinstance(value, type) else type(value)
     return f"{kind.__module__}.{kind.__qualname__}"
-
-
-def _dist_version(dist: str) -> str:
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "?"
 
 
 def _constant(value: Any, roots: tuple[str, ...]) -> str | None:

@@ -403,6 +403,19 @@ def test_imports_inside_the_function_body(project: Project) -> None:
     assert_changed(middle, project.fp(), {"helpers.THRESHOLD"})
 
 
+def test_body_import_that_fails_is_recorded_not_guessed(project: Project) -> None:
+    project.write({"broken.py": 'raise RuntimeError("needs Windows")\n'})
+    project.edit(
+        "pipeline.py",
+        "    cleaned = helpers.clean(rows)",
+        "    if rows == 'never':\n        import broken\n        import not_installed_anywhere\n"
+        "    cleaned = helpers.clean(rows)",
+    )
+    result = project.fp()
+    assert result.parts["broken"] == "<import failed: RuntimeError>"
+    assert result.parts["not_installed_anywhere"] == "not_installed_anywhere (not installed)"
+
+
 def test_relative_import_inside_a_package_stage(make_project: Callable[[str], Project]) -> None:
     proj = make_project("proj").write(
         {
@@ -431,6 +444,25 @@ def test_module_level_lambda(project: Project) -> None:
     assert "helpers.square" in before.parts
     project.edit("helpers.py", "lambda x: x * x", "lambda x: x * x * x")
     assert_changed(before, project.fp(), {"helpers.square"})
+
+
+def test_classes_made_by_a_call_count_by_their_assignment(project: Project) -> None:
+    project.edit(
+        "helpers.py",
+        "import re\n",
+        'import collections\nimport re\n\nPoint = collections.namedtuple("Point", "x y")\n',
+    )
+    project.edit("pipeline.py", "len(r) * scale", "helpers.Point(len(r), scale).x")
+    before = project.fp()
+    assert set(before.parts) == {
+        "pipeline.fit",
+        "helpers.clean",
+        "helpers.THRESHOLD",
+        "helpers.Point",
+        "python",
+    }
+    project.edit("helpers.py", '"x y"', '"x z"')
+    assert_changed(before, project.fp(), {"helpers.Point"})
 
 
 def test_class_methods_and_base_classes(project: Project) -> None:

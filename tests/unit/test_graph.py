@@ -293,3 +293,23 @@ def test_dep_on_parent_of_file_output_links_producer() -> None:
     g = graph(spec("c", deps=["data/"]), spec("a", outs=["data/x.csv"]))
     assert g.upstream["c"] == {"a"}
     assert g.order == ("a", "c")
+
+
+def test_cycle_found_from_a_stage_downstream_of_it_is_shown_in_data_direction() -> None:
+    with pytest.raises(PipelineError) as info:
+        graph(
+            spec("after", deps=["z.out"]),  # declared first: the search starts outside the cycle
+            spec("x", deps=["z.out"], outs=["x.out"]),
+            spec("y", deps=["x.out"], outs=["y.out"]),
+            spec("z", deps=["y.out"], outs=["z.out"]),
+        )
+    cycle = str(info.value).removeprefix("dependency cycle between stages: ").split(" -> ")
+    assert "after" not in cycle
+    feeds = {("x", "y"), ("y", "z"), ("z", "x")}  # producer -> consumer
+    assert list(zip(cycle, cycle[1:])) and all(pair in feeds for pair in zip(cycle, cycle[1:]))
+
+
+def test_a_thousand_stage_chain_orders_in_declaration_order() -> None:
+    stages = [spec("s0", outs=["o0"])] + [spec(f"s{i}", deps=[f"o{i - 1}"], outs=[f"o{i}"]) for i in range(1, 1000)]
+    g = graph(*reversed(stages))
+    assert g.order == tuple(f"s{i}" for i in range(1000))

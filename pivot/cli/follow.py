@@ -1,0 +1,115 @@
+"""Following one wave on the event bus until it ends: the exit code of `repro`.
+
+Imported only once the pool is starting (see `repro_cmd`): the display and protocol
+modules it needs take tens of milliseconds to import, which then overlap the pool's
+own start-up instead of delaying it.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pivot.display.render import Renderer, make_renderer, resolve_mode, wave_failed
+from pivot.errors import InfraError, UserError
+from pivot.protocol.codec import Envelope
+from pivot.protocol.messages import (
+    PipelineInvalid,
+    PoolLost,
+    RunReply,
+    RunRequest,
+    Snapshot,
+    WaveFinished,
+    WaveStarted,
+)
+
+if TYPE_CHECKING:
+    from pivot.cli.stack import Stack
+
+__all__ = ["run_wave"]
+
+POOL_EXIT_GRACE_S = 2.0
+
+
+@dataclass
+class Outcome:
+    code: int | None = None  # set when the run is over
+    wave: int | None = None  # our wave, once seen
+    history: int = 0  # waves that finished before we joined are not ours
+
+
+def run_wave(stack: Stack, stages: tuple[str, ...], force: bool, keep_going: bool, display: str) -> int:
+    """Ask the engine for one wave, show it with the `display` mode, return the exit code."""
+    renderer = make_renderer(resolve_mode(display, sys.stdout), sys.stdout, sys.stderr)
+    outcome = Outcome()
+    dropped = 0
+    try:
+        assert stack.client is not None
+        client = stack.client
+        joined = client.join()
+        outcome.history = joined.wave
+        renderer.baseline(joined)
+        # Answered once the broker can check stage names against a manifest.
+        client.send(RunRequest(list(stages), force, keep_going))
+        _follow(stack, renderer, outcome)
+        dropped = client.dropped_logs
+    finally:
+        renderer.close(dropped)
+    assert outcome.code is not None
+    return outcome.code
+
+
+def _follow(stack: Stack, r: Renderer, outcome: Outcome) -> None:
+    assert stack.client is not None
+    pool_died_at: float | None = None
+    answered = False
+    for item in stack.client.events(poll_s=0.1):
+        if not answered and (reply := stack.client.take_reply(RunReply)) is not None:
+            answered = True
+            assert isinstance(reply, RunReply)
+            if not reply.accepted:
+                raise UserError(reply.message)
+        if isinstance(item, Snapshot):
+            r.resync(item)
+            _from_snapshot(item, outcome)
+        elif isinstance(item, Envelope):
+            r.event(item)
+            _from_event(item, outcome)
+        if outcome.code is not None:
+            return
+        rc = stack.pool_exit()
+        if rc is not None:
+            pool_died_at = time.monotonic()
+        if pool_died_at is not None and time.monotonic() - pool_died_at > POOL_EXIT_GRACE_S:
+            tail = stack.pool_log_tail()
+            raise InfraError(
+                f"the worker pool exited (code {stack.pool.returncode if stack.pool else '?'}) "
+                f"before the run finished; its log {stack.pool_log}:\n{tail}"
+            )
+        if not stack.broker_alive():
+            raise InfraError("the broker stopped unexpectedly; run again with -v for details")
+
+
+def _from_event(env: Envelope, outcome: Outcome) -> None:
+    msg = env.msg
+    if isinstance(msg, WaveStarted) and outcome.wave is None:
+        outcome.wave = msg.wave
+    elif isinstance(msg, WaveFinished) and msg.wave == outcome.wave:
+        outcome.code = 1 if wave_failed(msg) else 0
+    elif isinstance(msg, PipelineInvalid):
+        outcome.code = 2
+    elif isinstance(msg, PoolLost):
+        outcome.code = 1
+
+
+def _from_snapshot(snap: Snapshot, outcome: Outcome) -> None:
+    if snap.pipeline_error is not None:
+        outcome.code = 2
+        return
+    last = snap.last_wave
+    if last is None or last["wave"] <= outcome.history or snap.wave_running:
+        return
+    if outcome.wave in (None, last["wave"]):
+        outcome.code = 1 if wave_failed(WaveFinished(**last)) else 0
