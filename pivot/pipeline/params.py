@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import functools
-import inspect
 import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pivot.errors import PipelineError
+from pivot.pipeline.stage import signature_of
 
 if TYPE_CHECKING:
     import yaml
@@ -28,7 +28,7 @@ _EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]
 def defaults_of(stage_name: str, func: Callable[..., Any]) -> dict[str, Any]:
     """The function's params: every parameter must have a default (that is its value)."""
     result: dict[str, Any] = {}
-    for p in inspect.signature(func).parameters.values():
+    for p in signature_of(func).parameters.values():
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
         if p.default is p.empty:

@@ -13,6 +13,7 @@ and user module imports this.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 from collections.abc import Callable, Iterable
@@ -20,6 +21,20 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from pivot.errors import PipelineError
+
+
+@functools.cache
+def _cached_signature(func: Callable[..., Any]) -> inspect.Signature:
+    return inspect.signature(func)
+
+
+def signature_of(func: Callable[..., Any]) -> inspect.Signature:
+    """inspect.signature, once per function: a loop registering one function as many
+    stages would otherwise pay for it twice per stage."""
+    try:
+        return _cached_signature(func)
+    except TypeError:  # an unhashable callable
+        return inspect.signature(func)
 
 __all__ = ["StageDecl", "clear_registry", "registered", "stage"]
 
@@ -109,7 +124,7 @@ def _where(func: Callable[..., Any]) -> str:
 
 
 def _check_overrides(stage_name: str, func: Callable[..., Any], overrides: dict[str, Any]) -> None:
-    known = set(inspect.signature(func).parameters)
+    known = set(signature_of(func).parameters)
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise PipelineError(

@@ -52,7 +52,13 @@ def dep_producers(manifest: Manifest) -> dict[str, dict[str, frozenset[str]]]:
 
 
 def restorable(state: ProjectState, spec: StageSpec, key: str) -> dict[str, str] | None:
-    """The run cache's outputs for `key`, if every object is still in the content cache."""
+    """The run cache's outputs for `key`, if every object is still in the content cache.
+
+    Never for a stage without outputs: its effect is elsewhere (an upload, a message),
+    so "restoring" it would silently do nothing.
+    """
+    if not spec.outs:
+        return None
     outs = state.runs.lookup(key)
     if outs is None or set(outs) != set(spec.outs):
         return None

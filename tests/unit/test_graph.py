@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -306,7 +307,8 @@ def test_cycle_found_from_a_stage_downstream_of_it_is_shown_in_data_direction() 
     cycle = str(info.value).removeprefix("dependency cycle between stages: ").split(" -> ")
     assert "after" not in cycle
     feeds = {("x", "y"), ("y", "z"), ("z", "x")}  # producer -> consumer
-    assert list(zip(cycle, cycle[1:])) and all(pair in feeds for pair in zip(cycle, cycle[1:]))
+    pairs = list(itertools.pairwise(cycle))
+    assert pairs and all(pair in feeds for pair in pairs)
 
 
 def test_a_thousand_stage_chain_orders_in_declaration_order() -> None:
