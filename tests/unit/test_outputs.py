@@ -1,0 +1,193 @@
+"""Run cache, moving outputs between workspace and cache, and wave plans (pivot.state)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+
+from pivot.pipeline.manifest import Manifest, StageSpec
+from pivot.state.hashing import hash_path
+from pivot.state.lock import StageLock, read_lock, write_lock
+from pivot.state.outputs import ProjectState, commit, preserve, restore
+from pivot.state.plan import dep_producers, plan_wave, prepare
+from pivot.state.reasons import ReasonCode
+from pivot.state.runcache import RunCache, run_key
+
+OLD = 1_600_000_000_000_000_000  # an mtime far in the past: state-cache entries are trusted
+
+
+def spec(name: str = "fit", **changes: object) -> StageSpec:
+    base = StageSpec(name, "pipeline", f"pipeline.{name}", ("in.txt",), ("out.txt",), (), {"lr": 0.1}, "fp1")
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> ProjectState:
+    (tmp_path / "in.txt").write_text("input\n")
+    st = ProjectState.open(tmp_path)
+    yield st  # type: ignore[misc]
+    st.close()
+
+
+def write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    os.utime(path, ns=(OLD, OLD))
+
+
+def ran(state: ProjectState, s: StageSpec, outs: dict[str, str]) -> None:
+    """What a successful run leaves: outputs in the workspace and cache, lock, run cache."""
+    for out, text in outs.items():
+        write(state.root / out, text)
+    stored = commit(state, list(outs))
+    digests = {k: v for k, v in stored.items() if v is not None}
+    deps = {d: hash_path(state.root / d) for d in s.deps}
+    write_lock(state.root, StageLock(s.name, s.fingerprint, s.params, deps, digests, s.code_parts))  # type: ignore[arg-type]
+    state.runs.record(run_key(s, deps), s.name, digests)  # type: ignore[arg-type]
+
+
+# --- run cache ---------------------------------------------------------------------------
+
+
+def test_run_key_depends_on_code_params_deps_and_outs_but_not_the_name() -> None:
+    deps = {"in.txt": "h1"}
+    key = run_key(spec(), deps)
+    assert run_key(spec(name="renamed"), deps) == key
+    assert run_key(spec(), dict(deps)) == key
+    assert len({
+        key,
+        run_key(spec(fingerprint="fp2"), deps),
+        run_key(spec(params={"lr": 0.2}), deps),
+        run_key(spec(), {"in.txt": "h2"}),
+        run_key(spec(outs=("other.txt",)), deps),
+    }) == 5
+
+
+def test_run_cache_round_trip_and_unreadable_entries(tmp_path: Path) -> None:
+    runs = RunCache(tmp_path / "runcache")
+    assert runs.lookup("ab" * 16) is None
+    runs.record("ab" * 16, "fit", {"out.txt": "h"})
+    assert runs.lookup("ab" * 16) == {"out.txt": "h"}
+    assert [e["stage"] for e in runs.entries()] == ["fit"]
+    (tmp_path / "runcache" / "cd").mkdir()
+    (tmp_path / "runcache" / "cd" / ("cd" * 15 + ".json")).write_text("{not json")
+    assert runs.lookup("cd" * 16) is None
+    assert runs.clear() == 2
+    assert runs.lookup("ab" * 16) is None
+
+
+# --- preserve, commit, restore --------------------------------------------------------------
+
+
+def test_preserve_stores_unknown_content_and_reports_only_what_differs_from_the_lock(state: ProjectState) -> None:
+    write(state.root / "out.txt", "from the run\n")
+    recorded = commit(state, ["out.txt"])
+    assert preserve(state, ["out.txt"], {"out.txt": recorded["out.txt"] or ""}) == []
+    write(state.root / "out.txt", "edited by hand\n")
+    [saved] = preserve(state, ["out.txt"], {"out.txt": recorded["out.txt"] or ""})
+    assert saved.path == "out.txt" and saved.digest == hash_path(state.root / "out.txt")
+    assert state.cache.has(saved.digest)
+    assert f"pivot checkout --hash {saved.digest} out.txt" in saved.note()
+    assert "hand-edited" in saved.note()
+    assert preserve(state, ["missing.txt"], {}) == []
+
+
+def test_commit_returns_none_for_an_output_not_produced(state: ProjectState) -> None:
+    write(state.root / "out.txt", "x\n")
+    result = commit(state, ["out.txt", "never.txt"])
+    assert result["never.txt"] is None
+    assert result["out.txt"] == hash_path(state.root / "out.txt")
+
+
+def test_restore_places_files_and_directories_and_records_their_hashes(state: ProjectState) -> None:
+    write(state.root / "out.txt", "file\n")
+    write(state.root / "parts" / "a.txt", "a\n")
+    write(state.root / "parts" / "sub" / "b.txt", "b\n")
+    digests = {k: v for k, v in commit(state, ["out.txt", "parts/"]).items() if v}
+    (state.root / "out.txt").unlink()
+    (state.root / "parts" / "a.txt").write_text("changed\n")
+    restore(state, digests)
+    assert (state.root / "out.txt").read_text() == "file\n"
+    assert (state.root / "parts" / "a.txt").read_text() == "a\n"
+    assert hash_path(state.root / "parts") == digests["parts/"]
+    fresh = ProjectState.open(state.root)
+    try:
+        for path in ("out.txt", "parts/a.txt", "parts/sub/b.txt"):
+            full = state.root / path
+            os.utime(full, ns=(OLD, OLD))  # leave the racy window; a trusted row needs no read
+            fresh.hashes.record(full, fresh.hashes.hash_path(full) or "")
+        reads = fresh.hashes.reads
+        assert fresh.hashes.hash_path(state.root / "parts") == digests["parts/"]
+        assert fresh.hashes.reads == reads
+    finally:
+        fresh.close()
+
+
+# --- prepare: decide, then restore from the run cache -----------------------------------------
+
+
+def test_a_reverted_param_is_restored_from_the_run_cache(state: ProjectState) -> None:
+    first = spec()
+    ran(state, first, {"out.txt": "lr 0.1\n"})
+    second = spec(params={"lr": 0.2})
+    ran(state, second, {"out.txt": "lr 0.2\n"})
+    prepared = prepare(state, first)
+    assert prepared.restored is not None
+    assert (state.root / "out.txt").read_text() == "lr 0.1\n"
+    assert prepared.reason.code == ReasonCode.RESTORED
+    assert prepared.reason.details["stale"] == "params_changed"
+    lock = read_lock(state.root, "fit")
+    assert lock is not None and lock.params == {"lr": 0.1}
+    assert prepare(state, first).decision.run is False  # the restored lock is up to date
+
+
+def test_force_and_stages_without_outputs_never_restore(state: ProjectState) -> None:
+    s = spec()
+    ran(state, s, {"out.txt": "lr 0.1\n"})
+    (state.root / "out.txt").unlink()
+    forced = prepare(state, s, force=True)
+    assert forced.restored is None and forced.decision.run
+    assert not (state.root / "out.txt").exists()
+    no_outs = spec(name="upload", outs=())
+    ran(state, no_outs, {})
+    changed = spec(name="upload", outs=(), params={"lr": 0.5})
+    ran(state, changed, {})
+    back = prepare(state, no_outs)
+    assert back.decision.run and back.restored is None
+
+
+def test_a_hand_edit_is_saved_before_a_restore_overwrites_it(state: ProjectState) -> None:
+    s = spec()
+    ran(state, s, {"out.txt": "lr 0.1\n"})
+    write(state.root / "out.txt", "my edit\n")
+    edited = hash_path(state.root / "out.txt")
+    prepared = prepare(state, s)
+    assert prepared.restored is not None
+    [note] = prepared.notes
+    assert edited is not None and f"--hash {edited} out.txt" in note
+    assert (state.root / "out.txt").read_text() == "lr 0.1\n"
+    restore(state, {"out.txt": edited})
+    assert (state.root / "out.txt").read_text() == "my edit\n"
+
+
+# --- wave plans ------------------------------------------------------------------------------
+
+
+def test_a_plan_lists_up_to_date_stages_whose_upstream_is_up_to_date(state: ProjectState) -> None:
+    a = spec("a", deps=("in.txt",), outs=("a.txt",))
+    b = spec("b", deps=("a.txt",), outs=("b.txt",))
+    c = spec("c", deps=("in.txt",), outs=("c.txt",))
+    ran(state, a, {"a.txt": "a\n"})
+    ran(state, b, {"b.txt": "b\n"})
+    ran(state, c, {"c.txt": "c\n"})
+    manifest = Manifest((a, b, c))
+    upstream = {"a": [], "b": ["a"], "c": []}
+    assert plan_wave(state, manifest, ["a", "b", "c"], upstream, dep_producers(manifest)) == ["a", "b", "c"]
+    write(state.root / "c.txt", "edited\n")
+    assert plan_wave(state, manifest, ["a", "b", "c"], upstream) == ["a", "b"]
+    bumped = Manifest((dataclasses.replace(a, params={"lr": 9}), b, c))
+    # b itself matches its lock, but a will run: b must wait to be decided after it.
+    assert plan_wave(state, bumped, ["a", "b", "c"], upstream) == []
