@@ -100,12 +100,14 @@ def run_stage(job: StageJob) -> dict[str, Any]:
     notes: list[str] = []
     started = time.perf_counter()
 
-    def outcome(status: str, code: str, reason: str, error: str | None = None) -> dict[str, Any]:
+    def outcome(
+        status: str, code: str, reason: str, error: str | None = None, details: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         return {
             "status": status,
             "reason_code": code,
             "reason": reason,
-            "details": job.get("details", {}) if status == "ran" else {},
+            "details": job.get("details", {}) if status == "ran" else details or {},
             "error": error,
             "logs": logs,
             "notes": notes,
@@ -139,7 +141,8 @@ def run_stage(job: StageJob) -> dict[str, Any]:
     stored = commit(state, outs)
     missing = [out for out, digest in stored.items() if digest is None]
     if missing:
-        return outcome("failed", "out_not_produced", f"declared output not produced: {', '.join(missing)}")
+        msg = f"declared output not produced: {', '.join(missing)}"
+        return outcome("failed", "out_not_produced", msg, details={"paths": missing})
     out_hashes = {out: digest for out, digest in stored.items() if digest is not None}
     write_lock(
         root,
