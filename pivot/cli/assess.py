@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pivot.cli.common import check_stage_names
 from pivot.pipeline.graph import StageGraph, build_graph
 from pivot.pipeline.manifest import Manifest
 from pivot.pipeline.project import pivot_dir
@@ -60,13 +61,7 @@ def assess(
     pivot_dir(root)  # the state cache lives there; made with its .gitignore
     manifest = run_loader(root)
     graph = build_graph(manifest, root)
-    unknown = sorted(set(targets) - set(manifest.by_name))
-    if unknown:
-        from pivot.errors import UserError
-
-        raise UserError(
-            f"unknown stage(s): {', '.join(unknown)}; stages are: {', '.join(graph.order)}"
-        )
+    check_stage_names(targets, graph.order)
     wanted = graph.with_upstream(list(targets)) if targets else set(graph.order)
     producers = dep_producers(manifest)
     state = ProjectState.open(root)

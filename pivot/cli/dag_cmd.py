@@ -6,61 +6,22 @@ loading the pipeline, the unknown-stage check, and a plain text table.
 
 from __future__ import annotations
 
-import difflib
 import json
 import textwrap
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 import click
 
-from pivot.errors import UserError
+from pivot.cli.common import check_stage_names, load_pipeline
 
 if TYPE_CHECKING:  # imported lazily at run time: `pivot --help` must stay fast
-    from pathlib import Path
 
-    from pivot.pipeline.graph import StageGraph
     from pivot.pipeline.manifest import Manifest
 
-__all__ = ["check_stage_names", "dag", "load_pipeline", "select", "table"]
+__all__ = ["dag", "to_ascii", "to_dot", "to_json", "to_mermaid"]
 
 ASCII_WIDTH = 100  # upstream lists wrap at this width
-
-
-def load_pipeline() -> tuple[Path, Manifest, StageGraph]:
-    """The project root, its manifest (loaded in a fresh interpreter) and its graph."""
-    from pivot.pipeline.graph import build_graph
-    from pivot.pipeline.project import find_root
-    from pivot.runtime.spawn import run_loader
-
-    root = find_root()
-    manifest = run_loader(root)
-    return root, manifest, build_graph(manifest, root)
-
-
-def select(requested: Sequence[str], order: Sequence[str]) -> list[str]:
-    """The requested stages (all when none) in `order`; unknown names are a UserError."""
-    check_stage_names(requested, order)
-    return [name for name in order if not requested or name in requested]
-
-
-def table(rows: list[list[str]]) -> list[str]:
-    """Rows as left-aligned columns two spaces apart; short rows end early."""
-    columns = max((len(r) for r in rows), default=0)
-    widths = [max(len(r[i]) for r in rows if len(r) > i) for i in range(columns)]
-    return ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip() for r in rows]
-
-
-def check_stage_names(requested: Sequence[str], known: Sequence[str]) -> None:
-    """Raise a UserError naming every unknown stage (with a guess) and the known ones."""
-    unknown = [name for name in dict.fromkeys(requested) if name not in known]
-    if not unknown:
-        return
-    parts = []
-    for name in unknown:
-        close = difflib.get_close_matches(name, known, n=1)
-        parts.append(f"{name} (did you mean {close[0]}?)" if close else name)
-    raise UserError(f"unknown stage(s): {', '.join(parts)}; stages are: {', '.join(known)}")
 
 
 @click.command()

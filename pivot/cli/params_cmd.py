@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from pivot.cli.dag_cmd import load_pipeline, select, table
+from pivot.cli.common import load_pipeline, select, table
 
 __all__ = ["ParamChange", "diff_params", "params"]
 

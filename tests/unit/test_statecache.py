@@ -10,8 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -359,39 +357,6 @@ def test_threads_share_one_instance_and_one_db(db: Path, tmp_path: Path) -> None
     shared.close()
     assert all(r[:5] == [expected] * 5 and r[5] == xxh(bytes([8]) * 8) for r in results)
     assert StateCache(db).hash_path(d) == expected
-
-
-_CHILD = """
-import sys
-from pathlib import Path
-from pivot.state.statecache import StateCache
-cache = StateCache(Path(sys.argv[1]))
-digests = {cache.hash_path(Path(sys.argv[2])) for _ in range(20)}
-print(*digests, cache.reads)
-"""
-
-
-def test_processes_share_one_db(db: Path, tmp_path: Path) -> None:
-    d = make_tree(tmp_path / "d", {f"f{i}": bytes([i % 256]) * i for i in range(300)})
-    expected = hashing.hash_path(d)
-    children = [
-        subprocess.Popen(
-            [sys.executable, "-c", _CHILD, str(db), str(d)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(3)
-    ]
-    outputs = [child.communicate(timeout=60) for child in children]
-    for child, (out, err) in zip(children, outputs, strict=True):
-        assert child.returncode == 0, err
-        digest, reads = out.split()
-        assert digest == expected
-        assert int(reads) <= 300  # each file read at most once per process
-    late = StateCache(db)
-    assert late.hash_path(d) == expected
-    assert late.reads == 0
 
 
 def test_busy_db_falls_back_to_hashing(db: Path, tmp_path: Path) -> None:
