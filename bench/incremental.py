@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import subprocess
 import sys
@@ -27,17 +26,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from benchcommon import pivot_cmd
+
 HERE = Path(__file__).resolve().parent
-
-
-def pivot_cmd() -> list[str]:
-    """The `pivot` script beside this interpreter: a version manager's shim on PATH (pyenv's
-    is a shell script) would add ~100 ms to every measurement."""
-    exe = Path(sys.executable).parent / "pivot"
-    if exe.is_file():
-        return [str(exe)]
-    found = shutil.which("pivot")
-    return [found] if found else [sys.executable, "-c", "from pivot.cli.main import main; main()"]
 
 
 def run(project: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -17,17 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchcommon import pivot_cmd
+
 HERE = Path(__file__).resolve().parent
-
-
-def pivot_cmd() -> list[str]:
-    """The `pivot` script beside this interpreter: a version manager's shim on PATH (pyenv's
-    is a shell script) would add ~100 ms to every measurement."""
-    exe = Path(sys.executable).parent / "pivot"
-    if exe.is_file():
-        return [str(exe)]
-    found = shutil.which("pivot")
-    return [found] if found else [sys.executable, "-c", "from pivot.cli.main import main; main()"]
 
 
 def time_noop(project: Path, repeat: int) -> list[float]:
