@@ -42,7 +42,7 @@ def ran(state: ProjectState, s: StageSpec, outs: dict[str, str]) -> None:
     """What a successful run leaves: outputs in the workspace and cache, lock, run cache."""
     for out, text in outs.items():
         write(state.root / out, text)
-    stored = commit(state, list(outs))
+    stored = commit(state, list(s.outs))
     digests = {k: v for k, v in stored.items() if v is not None}
     deps = {d: hash_path(state.root / d) for d in s.deps}
     write_lock(state.root, StageLock(s.name, s.fingerprint, s.params, deps, digests, s.code_parts))  # type: ignore[arg-type]
@@ -191,3 +191,22 @@ def test_a_plan_lists_up_to_date_stages_whose_upstream_is_up_to_date(state: Proj
     bumped = Manifest((dataclasses.replace(a, params={"lr": 9}), b, c))
     # b itself matches its lock, but a will run: b must wait to be decided after it.
     assert plan_wave(state, bumped, ["a", "b", "c"], upstream) == []
+
+
+def test_a_no_op_plan_reads_no_file_contents_once_hashes_are_known(state: ProjectState) -> None:
+    os.utime(state.root / "in.txt", ns=(OLD, OLD))
+    a = spec("a", deps=("in.txt",), outs=("a.txt", "parts/"))
+    b = spec("b", deps=("a.txt", "parts/x.txt"), outs=("b.txt",))
+    (state.root / "parts").mkdir()
+    write(state.root / "parts" / "x.txt", "x\n")
+    ran(state, a, {"a.txt": "a\n"})
+    ran(state, b, {"b.txt": "b\n"})
+    manifest = Manifest((a, b))
+    upstream = {"a": [], "b": ["a"]}
+    assert plan_wave(state, manifest, ["a", "b"], upstream) == ["a", "b"]  # learns in.txt
+    fresh = ProjectState.open(state.root)  # as a new `pivot repro` would
+    try:
+        assert plan_wave(fresh, manifest, ["a", "b"], upstream) == ["a", "b"]
+        assert fresh.hashes.reads == 0
+    finally:
+        fresh.close()
