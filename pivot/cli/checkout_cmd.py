@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -20,14 +21,15 @@ def checkout(targets: tuple[str, ...], digest: str | None) -> None:
     """Restore outputs from the cache to what each stage's lock file records.
 
     TARGETS are stage names or output paths (default: every output of every stage that
-    ran). An output whose content is not in the cache yet (e.g. a hand edit) is stored
+    ran and is still in pipeline.py). An output whose content is not in the cache yet (e.g. a hand edit) is stored
     first, and its hash printed, so nothing is lost. With --hash HASH PATH, place one
     cached object (a hash printed by Pivot) at PATH.
     """
-    from pivot.pipeline.project import find_root
+    from pivot.pipeline.project import find_root, pivot_dir
     from pivot.transport.rundir import RunDir
 
     root = find_root()
+    pivot_dir(root)  # the engine lock lives there: made with its .gitignore
     guard = RunDir(root)
     guard.lock("check out outputs")
     try:
@@ -68,14 +70,19 @@ def _place_hash(root: Path, digest: str, targets: tuple[str, ...]) -> None:
 
 
 def _checkout(root: Path, targets: tuple[str, ...]) -> None:
+    from pivot.runtime.spawn import run_loader
     from pivot.state.lock import read_lock
     from pivot.state.outputs import ProjectState, preserve, restore
 
+    # Only the locks of stages the pipeline still declares, for outputs it still declares:
+    # the lock of a renamed or removed stage must not overwrite what another stage wrote.
+    manifest = run_loader(root)
     locks = {}
-    for path in sorted((root / ".pivot" / "stages").glob("*.lock")):
-        lock = read_lock(root, path.stem)
+    for spec in manifest.stages:
+        lock = read_lock(root, spec.name)
         if lock is not None:
-            locks[lock.stage] = lock
+            outs = {o: d for o, d in lock.outs.items() if o in spec.outs}
+            locks[spec.name] = dataclasses.replace(lock, outs=outs)
     wanted: list[tuple[str, str, str]] = []  # (stage, out, digest)
     for target in targets or tuple(locks):
         if target in locks:

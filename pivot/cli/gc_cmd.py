@@ -16,12 +16,13 @@ def gc(force: bool, run_cache: bool) -> None:
     another git branch's locks name are removed too (check out that branch's outputs
     first, or keep the cache).
     """
-    from pivot.pipeline.project import find_root
+    from pivot.pipeline.project import find_root, pivot_dir
     from pivot.state.lock import read_lock
     from pivot.state.outputs import ProjectState
     from pivot.transport.rundir import RunDir
 
     root = find_root()
+    pivot_dir(root)  # the engine lock lives there: made with its .gitignore
     guard = RunDir(root)
     guard.lock("collect garbage")
     state = ProjectState.open(root)
