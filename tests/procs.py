@@ -52,7 +52,11 @@ def run_pivot(cwd: Path, *args: str, timeout: float = 30.0) -> subprocess.Comple
 
 
 def start_pivot(cwd: Path, *args: str) -> subprocess.Popen[str]:
-    """Start `pivot ARGS` in `cwd` in its own session; the caller waits for it."""
+    """Start `pivot ARGS` in `cwd` in its own session; the caller waits for it.
+
+    SIGINT is reset to its default: a shell starts background jobs with SIGINT ignored
+    and an ignored signal stays ignored across exec, so a suite started with `&` would
+    otherwise test a CLI that Ctrl-C cannot reach."""
     return subprocess.Popen(
         [*pivot_cmd(), *args],
         cwd=cwd,
@@ -61,7 +65,12 @@ def start_pivot(cwd: Path, *args: str) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=_default_sigint,
     )
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def describe(result: subprocess.CompletedProcess[str] | tuple[int | None, str, str]) -> str:
@@ -356,3 +365,40 @@ def held_stage_pid(root: Path, timeout: float = 20.0) -> int:
 
 def release_held_stage(root: Path) -> None:
     (root / "held.release").write_text("go\n")
+
+
+# wave_finished lists, named like the statuses (docs/events.md)
+WAVE_LISTS = ("ran", "restored", "skipped", "failed", "blocked", "cancelled", "lost")
+
+
+def check_wave_contract(events: list[dict[str, Any]]) -> None:
+    """docs/events.md: stage_finished after its stage_started, wave_finished after every
+    stage_finished of its wave, and every stage of the wave in exactly one list."""
+    started: dict[int, list[str]] = {}
+    running: set[tuple[int, str]] = set()
+    done: dict[int, list[str]] = {}
+    for e in events:
+        kind = e["event"]
+        if kind == "wave_started":
+            started[e["wave"]] = e["stages"]
+        elif kind == "stage_started":
+            running.add((e["wave"], e["stage"]))
+        elif kind == "stage_finished":
+            if e["status"] == "ran":
+                assert (e["wave"], e["stage"]) in running, f"ran without stage_started: {e}"
+            done.setdefault(e["wave"], []).append(e["stage"])
+        elif kind == "wave_finished":
+            wave = e["wave"]
+            listed = [name for key in WAVE_LISTS for name in e[key]]
+            assert sorted(listed) == sorted(started[wave]), f"wave lists != wave stages: {e}"
+            assert sorted(done.get(wave, [])) == sorted(started[wave]), (
+                f"wave_finished before every stage_finished: {events}"
+            )
+
+
+def pivot_ok(cwd: Path, *args: str) -> str:
+    """stdout of `pivot ARGS`, which must succeed without a traceback."""
+    result = run_pivot(cwd, *args)
+    assert result.returncode == 0, describe(result)
+    assert "Traceback" not in result.stderr, describe(result)
+    return result.stdout

@@ -16,7 +16,7 @@ from typing import Any, TextIO
 from pivot.errors import PipelineError
 from pivot.runtime.loader import import_pipeline
 from pivot.runtime.usertb import user_traceback
-from pivot.state.lock import StageLock, lock_path, write_lock
+from pivot.state.lock import StageLock, write_lock
 from pivot.state.outputs import ProjectState, commit, preserve, remove
 
 __all__ = ["StageJob", "run_stage"]
@@ -129,8 +129,9 @@ def run_stage(job: StageJob) -> dict[str, Any]:
     outs: list[str] = list(job["outs"])
     # Nothing is lost: what is about to be deleted goes to the cache first. Then the old
     # outputs go, so a stage that does not write one cannot pass on the previous file.
+    # The previous lock stays until this run succeeds: it still describes the last good
+    # run (whose outputs `pivot checkout` can bring back), never this one.
     notes.extend(s.note() for s in preserve(state, outs, job.get("recorded_outs", {})))
-    lock_path(root, name).unlink(missing_ok=True)
     for out in outs:
         remove(root / out)
     try:

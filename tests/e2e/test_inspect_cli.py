@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from procs import describe, run_pivot
+from procs import pivot_ok as ok
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -28,14 +29,6 @@ QUICKSTART_EDGES = {
 }
 
 MakeProject = Callable[..., Path]
-
-
-def ok(root: Path, *args: str) -> str:
-    """stdout of `pivot ARGS`, which must succeed without a traceback."""
-    result = run_pivot(root, *args)
-    assert result.returncode == 0, describe(result)
-    assert "Traceback" not in result.stderr, describe(result)
-    return result.stdout
 
 
 def ok_json(root: Path, *args: str) -> Any:

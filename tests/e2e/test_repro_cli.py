@@ -20,6 +20,7 @@ import pytest
 from procs import (
     HELD_PIPELINE,
     ProcGuard,
+    check_wave_contract,
     describe,
     finished,
     of_kind,
@@ -54,34 +55,6 @@ def repro(root: Path, *args: str, timeout: float = 30.0) -> tuple[subprocess.Com
     check_wave_contract(events)
     assert run_dir_leftovers(root) == [], describe(result)
     return result, events
-
-
-WAVE_LISTS = ("ran", "skipped", "failed", "blocked", "cancelled", "lost")
-
-
-def check_wave_contract(events: list[dict[str, Any]]) -> None:
-    """docs/events.md: stage_finished after its stage_started, wave_finished after every
-    stage_finished of its wave, and every stage of the wave in exactly one list."""
-    started: dict[int, list[str]] = {}
-    running: set[tuple[int, str]] = set()
-    done: dict[int, list[str]] = {}
-    for e in events:
-        kind = e["event"]
-        if kind == "wave_started":
-            started[e["wave"]] = e["stages"]
-        elif kind == "stage_started":
-            running.add((e["wave"], e["stage"]))
-        elif kind == "stage_finished":
-            if e["status"] == "ran":
-                assert (e["wave"], e["stage"]) in running, f"ran without stage_started: {e}"
-            done.setdefault(e["wave"], []).append(e["stage"])
-        elif kind == "wave_finished":
-            wave = e["wave"]
-            listed = [name for key in WAVE_LISTS for name in e[key]]
-            assert sorted(listed) == sorted(started[wave]), f"wave lists != wave stages: {e}"
-            assert sorted(done.get(wave, [])) == sorted(started[wave]), (
-                f"wave_finished before every stage_finished: {events}"
-            )
 
 
 def statuses(events: list[dict[str, Any]]) -> dict[str, str]:
