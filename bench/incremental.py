@@ -26,13 +26,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from benchcommon import pivot_cmd
+from benchcommon import pivot_cmd, pivot_env
 
 HERE = Path(__file__).resolve().parent
 
 
 def run(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([*pivot_cmd(), *args], cwd=project, capture_output=True, text=True)
+    result = subprocess.run([*pivot_cmd(), *args], cwd=project, capture_output=True, text=True, env=pivot_env())
     if result.returncode != 0:
         raise SystemExit(f"pivot {' '.join(args)} failed in {project}:\n{result.stderr[-2000:]}")
     return result

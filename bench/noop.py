@@ -17,18 +17,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchcommon import pivot_cmd
+from benchcommon import pivot_cmd, pivot_env
 
 HERE = Path(__file__).resolve().parent
 
 
 def time_noop(project: Path, repeat: int) -> list[float]:
     cmd = [*pivot_cmd(), "repro", "--display", "plain"]
-    subprocess.run(cmd, cwd=project, check=True, capture_output=True)
+    subprocess.run(cmd, cwd=project, check=True, capture_output=True, env=pivot_env())
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
-        out = subprocess.run(cmd, cwd=project, check=True, capture_output=True, text=True)
+        out = subprocess.run(cmd, cwd=project, check=True, capture_output=True, text=True, env=pivot_env())
         times.append(time.perf_counter() - start)
         if " ran" in out.stdout.splitlines()[-1]:
             raise SystemExit(f"not a no-op run in {project}:\n{out.stdout[-500:]}")

@@ -86,4 +86,18 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except PivotError as exc:
         sys.exit(report(exc))
-    sys.exit(rc if isinstance(rc, int) else 0)
+    _exit_now(rc if isinstance(rc, int) else 0)
+
+
+def _exit_now(rc: int) -> None:
+    """Exit without interpreter teardown once output is flushed: every command has closed
+    what it opened (sockets, processes, files) by now, and tearing down the modules a run
+    imported costs ~20 ms of every command for nothing."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        rc = rc or 1
+    logging.shutdown()
+    os._exit(rc)

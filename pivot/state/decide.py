@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ UP_TO_DATE = Reason(ReasonCode.UP_TO_DATE, "up to date")
 
 
 class PathHasher(Protocol):
-    def hash_path(self, path: Path) -> str | None: ...
+    def hash_path(self, path: str) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,9 @@ def decide(
     """
     dep_hashes: dict[str, str] = {}
     missing: list[str] = []
+    top = os.fspath(root)  # str joins: pathlib's cost as much as a cached hash lookup
     for dep in spec.deps:
-        digest = hasher.hash_path(root / dep)
+        digest = hasher.hash_path(os.path.join(top, dep))
         if digest is None:
             missing.append(dep)
         else:
@@ -155,8 +157,9 @@ def _deps(
 
 def _outs(root: Path, spec: StageSpec, lock: StageLock, hasher: PathHasher) -> list[Reason]:
     missing, modified = [], []
+    top = os.fspath(root)
     for out in spec.outs:
-        digest = hasher.hash_path(root / out)
+        digest = hasher.hash_path(os.path.join(top, out))
         if digest is None:
             missing.append(out)
         elif digest != lock.outs.get(out):

@@ -46,7 +46,10 @@ def lock_path(root: Path, stage: str) -> Path:
 def read_lock(root: Path, stage: str) -> StageLock | None:
     """The stage's lock, or None when it never ran or the file is unreadable."""
     try:
-        data = json.loads(lock_path(root, stage).read_text())
+        # os.path, not pathlib: a no-op run reads every lock, and pathlib's joins cost as
+        # much as reading the file.
+        with open(os.path.join(root, ".pivot", "stages", f"{stage}.lock"), "rb") as f:
+            data = json.loads(f.read())
         return StageLock(
             stage=str(data["stage"]),
             code=str(data["code"]),

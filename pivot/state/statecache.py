@@ -187,7 +187,7 @@ class StateCache:
             self._store([row])
         return digest
 
-    def hash_path(self, path: Path) -> str | None:
+    def hash_path(self, path: str | os.PathLike[str]) -> str | None:
         """Like `hashing.hash_path` (same digests), reading only files whose stat changed."""
         try:
             st = os.stat(path)

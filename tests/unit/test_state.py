@@ -247,8 +247,8 @@ class _Direct:
     """Hashes without a state cache (the decision logic is what is under test here)."""
 
     @staticmethod
-    def hash_path(path: Path) -> str | None:
-        return hash_path(path)
+    def hash_path(path: str) -> str | None:
+        return hash_path(Path(path))
 
 
 DIRECT = _Direct()
@@ -500,9 +500,9 @@ def test_first_reason_stops_before_hashing_outputs(project: Path) -> None:
 
     class Counting:
         @staticmethod
-        def hash_path(path: Path) -> str | None:
-            seen.append(path.relative_to(project).as_posix())
-            return hash_path(path)
+        def hash_path(path: str) -> str | None:
+            seen.append(Path(path).relative_to(project).as_posix())
+            return hash_path(Path(path))
 
     decide(project, spec, Counting())
     assert seen == [d.rstrip("/") for d in spec.deps]  # no output was hashed
