@@ -36,7 +36,9 @@ from typing import Any
 
 import xxhash
 
+from pivot.state.canonical import code_digest, code_names, constant
 from pivot.state.codeindex import BodyImport, DefInfo, FileIndex, ParseCache, digest_text
+from pivot.state.locality import ProjectFiles
 from pivot.state.versions import VersionCache
 
 __all__ = ["CodeFingerprint", "Fingerprinter", "function_fingerprint"]
@@ -50,11 +52,6 @@ _FORMAT = "pivot-code-2"
 _STAGE_LABEL = "<stage>"
 _PYTHON = "python"
 
-_NOT_PROJECT_DIRS = frozenset(
-    {".venv", "venv", "site-packages", "dist-packages", ".pivot", "node_modules"}
-)
-_PIVOT_DIR = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
-_STDLIB_DIR = os.path.dirname(os.path.realpath(os.__file__))
 _STDLIB_NAMES = frozenset(sys.stdlib_module_names) | frozenset(sys.builtin_module_names)
 _BUILTIN_NAMES = frozenset(vars(builtins))
 # Set by the import system, not by the user's code (and __file__ is an absolute path).
@@ -63,9 +60,6 @@ _IMPORT_DUNDERS = frozenset(
         "__annotations__", "__builtins__", "__cached__", "__doc__", "__file__",
         "__loader__", "__name__", "__package__", "__path__", "__spec__",
     }
-)  # fmt: skip
-_CONSTANT_TYPES = (
-    type(None), bool, int, float, complex, str, bytes, tuple, list, dict, set, frozenset,
 )  # fmt: skip
 _MAX_DEPTH = 64
 _MISSING: Any = object()
@@ -148,10 +142,7 @@ class Fingerprinter:
         self._nodes: dict[tuple[object, ...], _Node] = {}
         self._targets: list[_Target] = []  # keeps the objects whose id() is in a key alive
         self._stages: dict[int, tuple[Callable[..., Any], CodeFingerprint]] = {}
-        self._realpaths: dict[str, str] = {}
-        self._relpaths: dict[str, str] = {}
-        self._local_files: dict[str, bool] = {}
-        self._venv_dirs: dict[str, bool] = {}
+        self._files = ProjectFiles(self._root)
         self._dists = VersionCache(
             cache_file.with_name(cache_file.name + ".versions") if cache_file else None
         )
@@ -227,10 +218,10 @@ class Fingerprinter:
         info = self._def_info(code, stage_form)
         if info is None:
             # No source (exec, a REPL, a file edited into invalid syntax): the bytecode.
-            digest = "code:" + _code_digest(code, self._roots)
+            digest = "code:" + code_digest(code, self._roots)
             if not stage_form:  # a stage's defaults are params, tracked elsewhere
                 digest += self._defaults_suffix(node, func)
-            refs: Iterable[str] = sorted(_code_names(code))
+            refs: Iterable[str] = sorted(code_names(code))
             imports: tuple[BodyImport, ...] = ()
         else:
             digest, refs, imports = info.digest, info.refs, info.imports
@@ -242,7 +233,7 @@ class Fingerprinter:
         self._follow_refs(node, refs, imports, func.__globals__)
 
     def _def_info(self, code: types.CodeType, stage_form: bool) -> DefInfo | None:
-        index = self._cache.get(self._realpath(code.co_filename))
+        index = self._cache.get(self._files.realpath(code.co_filename))
         if index is None:
             return None
         # Nested functions and methods are part of their top-level definition's AST.
@@ -275,8 +266,8 @@ class Fingerprinter:
                 continue
             func = value.__func__ if isinstance(value, (staticmethod, classmethod)) else value
             if isinstance(func, types.FunctionType):
-                pieces.append(f"{attr}=code:{_code_digest(func.__code__, self._roots)}")
-                self._follow_refs(node, sorted(_code_names(func.__code__)), (), func.__globals__)
+                pieces.append(f"{attr}=code:{code_digest(func.__code__, self._roots)}")
+                self._follow_refs(node, sorted(code_names(func.__code__)), (), func.__globals__)
             else:
                 pieces.append(f"{attr}={self._loose_value(node, value)}")
         return "code:" + digest_text("\n".join(pieces))
@@ -284,9 +275,9 @@ class Fingerprinter:
     def _binding_into(self, node: _Node, target: _Binding) -> None:
         ns, name = self._origin(target.ns, target.name, target.value)
         key = f"{ns.get('__name__') or '<unknown>'}.{name}"
-        constant = _constant(target.value, self._roots)
-        if constant is not None:
-            node.parts[key] = constant
+        by_value = constant(target.value, self._roots)
+        if by_value is not None:
+            node.parts[key] = by_value
             self._add_source(node, ns.get("__file__"))
             return
         index = self._index_of(ns)
@@ -394,8 +385,8 @@ class Fingerprinter:
         else:
             code = obj.__code__
             file = code.co_filename
-            local = os.path.isabs(file) and self._is_local_file(file)
-            index = self._cache.get(self._realpath(file)) if local else None
+            local = os.path.isabs(file) and self._files.is_local(file)
+            index = self._cache.get(self._files.realpath(file)) if local else None
             qualname = code.co_qualname
         return index is not None and qualname.partition(".")[0] in index.defs
 
@@ -414,9 +405,9 @@ class Fingerprinter:
     def _loose_value(self, node: _Node, value: Any) -> str:
         """A value with no module-level name (a closure cell): constants fold into the
         owner's hash, anything else is followed and folds in by type."""
-        constant = _constant(value, self._roots)
-        if constant is not None:
-            return constant
+        by_value = constant(value, self._roots)
+        if by_value is not None:
+            return by_value
         if isinstance(value, types.ModuleType):
             self._follow_module(node, value)
             return f"<module {value.__name__}>"
@@ -514,8 +505,8 @@ class Fingerprinter:
         if spec is None:
             return False
         if spec.origin and os.path.isabs(spec.origin):
-            return self._is_local_file(spec.origin)
-        return any(self._is_local_file(p) for p in spec.submodule_search_locations or ())
+            return self._files.is_local(spec.origin)
+        return any(self._files.is_local(p) for p in spec.submodule_search_locations or ())
 
     @staticmethod
     def _absolute(module: str, level: int, ns: dict[str, Any]) -> str | None:
@@ -540,7 +531,7 @@ class Fingerprinter:
         if not isinstance(name, str) or _is_pivot_name(name) or name == "builtins":
             return False
         if isinstance(file, str) and os.path.isabs(file):
-            return self._is_local_file(file)
+            return self._files.is_local(file)
         # No file at all (exec into a fresh namespace): only its bytecode can count.
         return name.partition(".")[0] not in _STDLIB_NAMES
 
@@ -549,59 +540,20 @@ class Fingerprinter:
             return False
         file = getattr(module, "__file__", None)
         if isinstance(file, str):
-            return self._is_local_file(file)
+            return self._files.is_local(file)
         paths = getattr(module, "__path__", None) or ()  # a namespace package
-        return any(isinstance(p, str) and self._is_local_file(p) for p in paths)
-
-    def _is_local_file(self, file: str) -> bool:
-        known = self._local_files.get(file)
-        if known is None:
-            known = self._local_files[file] = self._check_local(self._realpath(file))
-        return known
-
-    def _check_local(self, real: str) -> bool:
-        for outside in (_PIVOT_DIR, _STDLIB_DIR):
-            if real.startswith(outside + os.sep):
-                return False
-        prefix = self._root.rstrip(os.sep) + os.sep
-        if not real.startswith(prefix):
-            return False
-        folders = real[len(prefix) :].split(os.sep)[:-1]
-        if _NOT_PROJECT_DIRS.intersection(folders):
-            return False
-        folder = self._root
-        for part in folders:
-            folder = os.path.join(folder, part)
-            if self._is_venv(folder):
-                return False
-        return True
-
-    def _is_venv(self, folder: str) -> bool:
-        known = self._venv_dirs.get(folder)
-        if known is None:
-            known = self._venv_dirs[folder] = os.path.exists(os.path.join(folder, "pyvenv.cfg"))
-        return known
-
-    def _realpath(self, file: str) -> str:
-        real = self._realpaths.get(file)
-        if real is None:
-            real = self._realpaths[file] = os.path.realpath(file)
-        return real
+        return any(isinstance(p, str) and self._files.is_local(p) for p in paths)
 
     def _index_of(self, ns: dict[str, Any]) -> FileIndex | None:
         file = ns.get("__file__")
-        if not isinstance(file, str) or not self._is_local_file(file):
+        if not isinstance(file, str) or not self._files.is_local(file):
             return None
-        return self._cache.get(self._realpath(file))
+        return self._cache.get(self._files.realpath(file))
 
     def _add_source(self, node: _Node, file: Any) -> None:
-        if not isinstance(file, str) or not self._is_local_file(file):
+        if not isinstance(file, str) or not self._files.is_local(file):
             return
-        rel = self._relpaths.get(file)
-        if rel is None:
-            rel = os.path.relpath(self._realpath(file), self._root).replace(os.sep, "/")
-            self._relpaths[file] = rel
-        node.sources.add(rel)
+        node.sources.add(self._files.relpath(file))
 
     # -- third-party and standard library ---------------------------------------------
 
@@ -691,72 +643,3 @@ def _is_pivot_name(name: str) -> bool:
 def _type_name(value: Any) -> str:
     kind = value if isinstance(value, type) else type(value)
     return f"{kind.__module__}.{kind.__qualname__}"
-
-
-def _constant(value: Any, roots: tuple[str, ...]) -> str | None:
-    """'=' + hash of a plain value's canonical form, or None when it is not plain data."""
-    if not isinstance(value, _CONSTANT_TYPES):
-        return None
-    text = _canonical(value, roots, 0)
-    return None if text is None else "=" + digest_text(text)
-
-
-def _canonical(value: Any, roots: tuple[str, ...], depth: int) -> str | None:
-    """Exact types only: an IntEnum or numpy float is not plain data. Sets are sorted, so
-    the result does not depend on PYTHONHASHSEED; the project root inside strings is
-    replaced, so moving the project does not change it."""
-    kind = type(value)
-    if depth > _MAX_DEPTH:
-        return None
-    if value is None or kind is bool:
-        return repr(value)
-    if kind in (int, float, complex, bytes):
-        return f"{kind.__name__}:{value!r}" if kind is not int else f"int:{value:x}"
-    if kind is str:
-        for root in roots:
-            value = value.replace(root, "<root>")
-        return "str:" + repr(value)
-    if kind in (tuple, list, set, frozenset):
-        items = [_canonical(v, roots, depth + 1) for v in value]
-        if any(i is None for i in items):
-            return None
-        texts = [i for i in items if i is not None]
-        if kind in (set, frozenset):
-            texts.sort()
-        return f"{kind.__name__}({','.join(texts)})"
-    if kind is dict:
-        pairs = []
-        for k, v in value.items():  # insertion order is part of a dict's behaviour
-            ck, cv = _canonical(k, roots, depth + 1), _canonical(v, roots, depth + 1)
-            if ck is None or cv is None:
-                return None
-            pairs.append(f"{ck}:{cv}")
-        return f"dict({','.join(pairs)})"
-    return None
-
-
-def _code_digest(code: types.CodeType, roots: tuple[str, ...]) -> str:
-    """Bytecode, constants and names; not the file, name or line numbers."""
-    h = xxhash.xxh3_128()
-    h.update(code.co_code)
-    h.update(code.co_exceptiontable)
-    shape = (
-        code.co_argcount, code.co_posonlyargcount, code.co_kwonlyargcount, code.co_flags,
-        code.co_names, code.co_varnames, code.co_freevars, code.co_cellvars,
-    )  # fmt: skip
-    h.update(repr(shape).encode())
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            h.update(f"code:{_code_digest(const, roots)}".encode())
-        else:
-            h.update((_canonical(const, roots, 0) or repr(const)).encode())
-    return h.hexdigest()
-
-
-def _code_names(code: types.CodeType) -> set[str]:
-    """Global and attribute names a code object and its nested code objects use."""
-    names = set(code.co_names)
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            names |= _code_names(const)
-    return names
