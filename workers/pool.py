@@ -307,14 +307,21 @@ class PoolService:
         return self.executor
 
     def _ran(self, attempt: str, future: Future[dict[str, Any]]) -> None:
+        from concurrent.futures import BrokenExecutor
+
         try:
             r = future.result()
-        except Exception as exc:
+        except BrokenExecutor as exc:
             # loky fails every in-flight future when one worker dies; start a fresh one.
             if self.executor is not None:
                 self.executor.shutdown(wait=False, kill_workers=True)
                 self.executor = None
             self._finish(attempt, "failed", ReasonCode.WORKER_DIED, f"worker process died: {exc}", 0.0)
+            return
+        except Exception as exc:  # run_stage reports stage errors itself: this is ours
+            log.error("running %s failed inside Pivot", attempt, exc_info=exc)
+            msg = f"Pivot could not run the stage: {type(exc).__name__}: {exc}"
+            self._finish(attempt, "failed", ReasonCode.FAILED, msg, 0.0)
             return
         logs = [["pivot", note] for note in r["notes"]] + r["logs"]
         self._finish(

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
-from pivot.errors import PipelineError
+from pivot.errors import PipelineError, PivotError
 from pivot.runtime.loader import import_pipeline
 from pivot.runtime.usertb import user_traceback
 from pivot.state.lock import StageLock, write_lock
@@ -131,7 +131,11 @@ def run_stage(job: StageJob) -> dict[str, Any]:
     # outputs go, so a stage that does not write one cannot pass on the previous file.
     # The previous lock stays until this run succeeds: it still describes the last good
     # run (whose outputs `pivot checkout` can bring back), never this one.
-    notes.extend(s.note() for s in preserve(state, outs, job.get("recorded_outs", {})))
+    try:
+        notes.extend(s.note() for s in preserve(state, outs, job.get("recorded_outs", {})))
+    except (PivotError, OSError) as exc:
+        msg = f"not run: could not save its current outputs to the cache first: {exc}"
+        return outcome("failed", "failed", msg)
     for out in outs:
         remove(root / out)
     try:
@@ -139,7 +143,10 @@ def run_stage(job: StageJob) -> dict[str, Any]:
             decl.func(**job["params"])
     except BaseException as exc:
         return outcome("failed", "failed", f"{type(exc).__name__}: {exc}", user_traceback(exc))
-    stored = commit(state, outs)
+    try:
+        stored = commit(state, outs)
+    except (PivotError, OSError) as exc:
+        return outcome("failed", "failed", f"could not store its outputs in the cache: {exc}")
     missing = [out for out, digest in stored.items() if digest is None]
     if missing:
         msg = f"declared output not produced: {', '.join(missing)}"

@@ -991,3 +991,32 @@ def test_blocked_stages_name_the_failed_upstream(make_project: MakeProject) -> N
         assert name not in started(events)
     assert sorted(one(events, "wave_finished")["blocked"]) == ["leaf", "tail"]
     assert not (root / "leaf.txt").exists()
+
+
+UNCACHEABLE = stage_src(
+    """\
+    import os
+
+
+    @stage(outs=["pipe"])
+    def fifo() -> None:
+        os.mkfifo("pipe")  # an output the cache cannot hold
+
+
+    @stage(deps=["pipe"], outs=["after.txt"])
+    def after() -> None:
+        record("after")
+    """
+)
+
+
+def test_an_output_the_cache_cannot_store_fails_its_stage_with_a_message(make_project: MakeProject) -> None:
+    root = make_project({"pipeline.py": UNCACHEABLE})
+    result, events = repro(root)
+    assert result.returncode == 1, describe(result)
+    assert statuses(events) == {"fifo": "failed", "after": "blocked"}
+    done = finished(events)["fifo"]
+    assert done["reason_code"] == "failed", done
+    assert "could not store its outputs in the cache" in done["reason"] and "pipe" in done["reason"], done
+    assert "Traceback" not in result.stderr, describe(result)
+    assert not (root / ".pivot" / "stages" / "fifo.lock").exists()
