@@ -511,3 +511,33 @@ def test_format_duration_and_summary() -> None:
     assert wave_summary(WaveFinished(5, [], [], [], [], [], [], ["x"])) == "wave 5 failed: 1 lost"
     restored = WaveFinished(6, ["a"], ["b", "c"], ["d"], [], [], [])
     assert wave_summary(restored) == "wave 6 done: 1 ran, 2 restored, 1 skipped"
+
+
+def test_plain_shows_restored_stages_and_pivot_notes() -> None:
+    r, out, _ = plain()
+    note = "saved hand-edited output m.json to the cache as abc; get it back with `pivot checkout --hash abc m.json`"
+    feed(r, [
+        WaveStarted(1, ["fit"]),
+        LogLine("fit", "pivot", note),
+        StageFinished(1, "fit", "restored", "restored", "restored from run cache (params changed: lr 1 -> 2)", 0.0),
+        WaveFinished(1, [], ["fit"], [], [], [], []),
+    ])
+    assert out.getvalue().splitlines() == [
+        "wave 1: 1 stage",
+        f"  fit note: {note}",
+        "fit: restored from run cache (params changed: lr 1 -> 2)",
+        "wave 1 done: 1 restored",
+    ]
+
+
+def test_tui_shows_a_restored_stage_with_its_reason() -> None:
+    r, buf = tui()
+    feed(r, [
+        WaveStarted(1, ["fit"]),
+        StageFinished(1, "fit", "restored", "restored", "restored from run cache (params changed)", 0.0),
+        WaveFinished(1, [], ["fit"], [], [], [], []),
+    ])
+    r.close(0)
+    text = buf.getvalue()
+    assert "✓ restored" in text and "restored from run cache (params changed)" in text
+    assert "wave 1 done: 1 restored" in text
