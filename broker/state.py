@@ -367,7 +367,10 @@ class BrokerState:
             if d not in wave.done and d not in wave.running.values():
                 if d in wave.ready:
                     wave.ready.remove(d)
-                self._finish(d, "blocked", "blocked", f"blocked by failed upstream {failed!r}", 0.0, None)
+                self._finish(
+                    d, "blocked", "blocked", f"blocked by failed upstream {failed!r}", 0.0, None,
+                    {"upstream": failed},
+                )
 
     def _cancel_rest(self) -> None:
         wave = self.wave

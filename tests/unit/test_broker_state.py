@@ -199,6 +199,8 @@ def test_fail_fast_blocks_downstream_cancels_the_rest_and_lets_running_finish() 
     commands = h.result(a, status="failed")
     assert dispatched(commands) == []
     assert finished(h) == {"a": "failed", "b": "blocked", "c": "blocked", "d": "blocked"}
+    blocked = [m for m in published(commands, StageFinished) if m.status == "blocked"]
+    assert all(m.details == {"upstream": "a"} and "'a'" in m.reason for m in blocked), blocked
     assert published(commands, WaveFinished) == []  # e still runs
     commands = h.result(e)
     [wave] = published(commands, WaveFinished)
