@@ -10,8 +10,11 @@ from pivot.pipeline.manifest import Manifest
 from pivot.protocol.messages import Message
 
 __all__ = [
+    "ChangesConfirmed",
     "Command",
+    "ConfirmChanges",
     "Event",
+    "FilesReported",
     "ManifestArrived",
     "ManifestRejected",
     "PoolGone",
@@ -27,6 +30,7 @@ __all__ = [
     "SnapshotRequested",
     "StageRunningReported",
     "Tick",
+    "WatcherJoined",
     "WavePlanned",
 ]
 
@@ -114,6 +118,26 @@ class ResultReceived:
 
 
 @dataclass(frozen=True)
+class FilesReported:
+    """The watcher saw these paths change (raw: not yet checked against the state cache)."""
+
+    paths: tuple[str, ...]
+    now: float
+
+
+@dataclass(frozen=True)
+class ChangesConfirmed:
+    """Of the paths in the last `ConfirmChanges`, those whose content really changed."""
+
+    paths: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class WatcherJoined:
+    pid: int
+
+
+@dataclass(frozen=True)
 class Tick:
     now: float
 
@@ -130,6 +154,9 @@ Event = (
     | StageRunningReported
     | ResultReceived
     | WavePlanned
+    | FilesReported
+    | ChangesConfirmed
+    | WatcherJoined
     | Tick
 )
 
@@ -149,6 +176,14 @@ class Reply:
 
 
 @dataclass(frozen=True)
+class ConfirmChanges:
+    """Check these paths against the state cache (hashing, off the loop); answer with
+    `ChangesConfirmed`."""
+
+    paths: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Publish:
     """A state event, with its sequence number."""
 
@@ -164,4 +199,4 @@ class PublishLog:
     seq: int
 
 
-Command = SendWork | Reply | Publish | PublishLog
+Command = SendWork | Reply | Publish | PublishLog | ConfirmChanges

@@ -19,9 +19,13 @@ from pathlib import Path
 
 import zmq
 
+from broker.changes import ChangeChecker
 from broker.events import (
+    ChangesConfirmed,
     Command,
+    ConfirmChanges,
     Event,
+    FilesReported,
     ManifestArrived,
     ManifestRejected,
     PoolGone,
@@ -37,6 +41,7 @@ from broker.events import (
     SnapshotRequested,
     StageRunningReported,
     Tick,
+    WatcherJoined,
     WavePlanned,
 )
 from broker.state import BrokerState
@@ -47,6 +52,7 @@ from pivot.protocol.codec import encode
 from pivot.protocol.messages import (
     BusTick,
     EventsWelcome,
+    FilesChanged,
     Heartbeat,
     ManifestFailed,
     ManifestLoaded,
@@ -58,6 +64,7 @@ from pivot.protocol.messages import (
     SnapshotRequest,
     StageResult,
     StageRunning,
+    WatcherReady,
     WavePlan,
 )
 from pivot.transport.rundir import Endpoints
@@ -88,6 +95,8 @@ class BrokerService:
         self.state = state or BrokerState()
         self.clock = clock
         self._stop_addr = f"inproc://broker-stop-{id(self)}"
+        self._confirm_addr = f"inproc://broker-confirm-{id(self)}"
+        self._checker: ChangeChecker | None = None
         self._sockets: list[zmq.Socket[bytes]] = []
         self._stop_lock = threading.Lock()
         self._stop_sender: zmq.Socket[bytes] | None = None
@@ -106,7 +115,12 @@ class BrokerService:
         self.events.setsockopt(zmq.SNDHWM, EVENTS_HWM)
         self.changes = make_socket(ctx, zmq.PULL)
         self.stop_pipe = make_socket(ctx, zmq.PAIR)
-        self._sockets = [self.work, self.control, self.events, self.changes, self.stop_pipe]
+        # The change checker thread answers on its own inproc pair (hashing is off the loop).
+        self.confirmed = make_socket(ctx, zmq.PAIR)
+        self.confirmed.bind(self._confirm_addr)
+        self._sockets = [
+            self.work, self.control, self.events, self.changes, self.confirmed, self.stop_pipe
+        ]
         self.stop_pipe.bind(self._stop_addr)
         self._stop_sender = make_socket(ctx, zmq.PAIR)
         self._stop_sender.connect(self._stop_addr)
@@ -132,6 +146,8 @@ class BrokerService:
             log.exception("broker loop crashed")
             raise
         finally:
+            if self._checker is not None:
+                self._checker.stop()
             for sock in self._sockets:
                 sock.close(linger=0)
 
@@ -139,12 +155,16 @@ class BrokerService:
 
     def _loop(self) -> None:
         poller = zmq.Poller()
-        for sock in (self.work, self.control, self.events, self.changes, self.stop_pipe):
+        for sock in (self.work, self.control, self.events, self.changes, self.confirmed, self.stop_pipe):
             poller.register(sock, zmq.POLLIN)
         now = self.clock()
         next_tick, next_bus = now + TICK_S, now + BUS_TICK_S
         while True:
-            timeout_ms = max(0.0, (min(next_tick, next_bus) - self.clock()) * 1000)
+            wake = min(next_tick, next_bus)
+            deadline = self.state.next_deadline()
+            if deadline is not None:
+                wake = min(wake, deadline)
+            timeout_ms = max(0.0, (wake - self.clock()) * 1000)
             ready = dict(poller.poll(int(timeout_ms) + 1))
             if self.stop_pipe in ready:
                 return
@@ -155,9 +175,12 @@ class BrokerService:
             if self.events in ready:
                 self._drain(self.events, self._on_subscription)
             if self.changes in ready:
-                self._drain(self.changes, lambda frames: None)
+                self._drain(self.changes, self._on_changes)
+            if self.confirmed in ready:
+                self._drain(self.confirmed, self._on_confirmed)
             now = self.clock()
-            if now >= next_tick:
+            deadline = self.state.next_deadline()
+            if now >= next_tick or (deadline is not None and now >= deadline):
                 next_tick = now + TICK_S
                 self._feed(Tick(now))
             if now >= next_bus:
@@ -190,6 +213,10 @@ class BrokerService:
                 self._send_state(msg, seq)
             case PublishLog(msg, seq):
                 self.events.send_multipart([b"log", encode(msg, sender=SENDER, seq=seq)])
+            case ConfirmChanges(paths):
+                if self._checker is None:
+                    self._checker = ChangeChecker(self.root, self.ctx, self._confirm_addr)
+                self._checker.submit(paths)
 
     def _send_state(self, msg: Message, seq: int) -> None:
         self.events.send_multipart([b"state", encode(msg, sender=SENDER, seq=seq)])
@@ -267,6 +294,22 @@ class BrokerService:
                 self._feed(PoolGone(pool, _describe_exit(rc)))
             case _:
                 log.warning("dropped %s: not a control request", env.msg.TAG)
+
+    def _on_changes(self, frames: list[bytes]) -> None:
+        env = decode_or_log(frames[-1], "changes")
+        if env is None:
+            return
+        match env.msg:
+            case FilesChanged(paths=paths):
+                self._feed(FilesReported(tuple(paths), self.clock()))
+            case WatcherReady(pid=pid):
+                self._feed(WatcherJoined(pid))
+            case other:
+                log.warning("dropped %s: not a message a watcher sends", other.TAG)
+
+    def _on_confirmed(self, frames: list[bytes]) -> None:
+        paths = tuple(p.decode() for p in frames[1:]) if frames and frames[0] == b"ok" else ()
+        self._feed(ChangesConfirmed(paths))
 
     def _on_subscription(self, frames: list[bytes]) -> None:
         frame = frames[0] if frames else b""

@@ -14,8 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from broker.events import (
+    ChangesConfirmed,
     Command,
+    ConfirmChanges,
     Event,
+    FilesReported,
     ManifestArrived,
     ManifestRejected,
     PoolGone,
@@ -31,13 +34,17 @@ from broker.events import (
     SnapshotRequested,
     StageRunningReported,
     Tick,
+    WatcherJoined,
     WavePlanned,
 )
 from pivot.pipeline.graph import StageGraph
 from pivot.pipeline.manifest import Manifest
+from pivot.pipeline.params import PARAMS_FILE
+from pivot.pipeline.project import PIPELINE_FILE
 from pivot.protocol.messages import (
     STATUSES,
     Heartbeat,
+    LoadManifest,
     LogLine,
     Message,
     PipelineInvalid,
@@ -87,6 +94,7 @@ class Wave:
     done: dict[str, str] = field(default_factory=dict)  # stage -> final status
     halted: bool = False  # fail-fast tripped: dispatch nothing new
     planner: str | None = None  # the pool asked which stages are up to date; None = not waiting
+    code_halt: bool = False  # stopped by a code change: cancelled stages run again after it
     position: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -101,12 +109,52 @@ class PendingRun:
     stages: set[str] | None  # None = every stage
     force: bool
     keep_going: bool
+    # exact: these stages and their downstream (a change's effect), without their upstream
+    exact: bool = False
+    trigger: str = "run"
+    paths: list[str] = field(default_factory=list)
+
+    def merge(self, other: PendingRun) -> None:
+        if self.stages is None or other.stages is None:
+            self.stages = None
+        else:
+            self.stages |= other.stages
+        self.exact = self.exact and other.exact and self.stages is not None
+        self.force = self.force or other.force
+        self.keep_going = other.keep_going
+        if other.trigger != self.trigger:
+            self.trigger = "run" if "run" in (self.trigger, other.trigger) else "code"
+        self.paths = sorted(set(self.paths) | set(other.paths))
+
+
+@dataclass
+class LiveOptions:
+    """How `pivot up` reacts to changes (fixed at start, used for every later wave)."""
+
+    debounce_s: float = 0.02  # quiet window, extended by each new change
+    max_wait_s: float = 5.0  # a stream of changes still yields waves
+    keep_going: bool = False
 
 
 class BrokerState:
-    def __init__(self, heartbeat_s: float = HEARTBEAT_S, liveness: int = LIVENESS) -> None:
+    def __init__(
+        self,
+        heartbeat_s: float = HEARTBEAT_S,
+        liveness: int = LIVENESS,
+        live: LiveOptions | None = None,
+    ) -> None:
         self.heartbeat_s = heartbeat_s
         self.liveness = liveness
+        self.live = live  # None: one-shot (`repro`); file changes are not acted on
+        # Live mode: raw changed paths waiting for the quiet window, then for a check.
+        self.changed: dict[str, None] = {}
+        self.changed_first: float | None = None
+        self.changed_last = 0.0
+        self.confirming: tuple[str, ...] | None = None
+        self.reloading = False  # a LoadManifest is out; no wave starts until it answers
+        self.reload_again: bool | None = None  # another reload asked meanwhile (restart?)
+        self.carry: set[str] = set()  # stages a code change stopped: run after the reload
+        self.reload_trigger: tuple[str, list[str]] = ("code", [])
         self.pools: dict[str, PoolInfo] = {}
         self.manifest: Manifest | None = None
         self.graph: StageGraph | None = None
@@ -143,6 +191,7 @@ class BrokerState:
             case ManifestRejected():
                 self.pipeline_error = {"message": event.message, "detail": event.detail}
                 self._publish(PipelineInvalid(event.message, event.detail))
+                self._reload_answered()
             case RunRequested():
                 self._run_requested(event)
             case SnapshotRequested():
@@ -156,10 +205,17 @@ class BrokerState:
                 self._stage_running(event)
             case WavePlanned():
                 self._wave_planned(event)
+            case FilesReported():
+                self._files_reported(event)
+            case ChangesConfirmed():
+                self._changes_confirmed(event.paths)
+            case WatcherJoined():
+                pass
             case ResultReceived():
                 self._result(event)
             case Tick():
                 self._tick(event.now)
+                self._flush_changes(event.now)
         self._maybe_start_wave()
         self._dispatch()
         return self._out
@@ -224,6 +280,13 @@ class BrokerState:
         waiting, self.unchecked = self.unchecked, []
         for request in waiting:
             self._run_requested(request)
+        if self.reloading:
+            affected = (set(added) | set(changed) | self.carry) & set(new)
+            self.carry = set()
+            if affected:
+                trigger, paths = self.reload_trigger
+                self._queue(PendingRun(affected, False, self._keep_going(), True, trigger, paths))
+        self._reload_answered()
 
     # --- runs and waves ------------------------------------------------------------
 
@@ -241,24 +304,31 @@ class BrokerState:
             self._out.append(Reply(event.client, RunReply(False, msg)))
             return
         targets = set(event.stages) if event.stages else None
-        if self.pending is None:
-            self.pending = PendingRun(targets, event.force, event.keep_going)
-        else:
-            p = self.pending
-            p.stages = None if p.stages is None or targets is None else p.stages | targets
-            p.force = p.force or event.force
-            p.keep_going = event.keep_going
+        self._queue(PendingRun(targets, event.force, event.keep_going))
         self._out.append(Reply(event.client, RunReply(True, "queued")))
 
+    def _queue(self, run: PendingRun) -> None:
+        if self.pending is None:
+            self.pending = run
+        else:
+            self.pending.merge(run)
+
     def _maybe_start_wave(self) -> None:
-        if self.wave is not None or self.pending is None or self.stopping:
+        if self.wave is not None or self.pending is None or self.stopping or self.reloading:
             return
         if self.graph is None or self.manifest is None or not self.pools:
             return
         run, self.pending = self.pending, None
         # Names were checked on request; a reload may have removed some since.
-        targets = sorted(run.stages & set(self.manifest.by_name)) if run.stages else None
-        wanted = self.graph.with_upstream(targets) if targets is not None else set(self.graph.order)
+        targets = sorted(run.stages & set(self.manifest.by_name)) if run.stages is not None else None
+        if targets is None:
+            wanted = set(self.graph.order)
+        elif run.exact:
+            wanted = set(targets) | self.graph.downstream_of(set(targets))
+        else:
+            wanted = self.graph.with_upstream(targets)
+        if not wanted:
+            return
         stages = [s for s in self.graph.order if s in wanted]
         self.wave_count += 1
         wave = Wave(
@@ -272,7 +342,7 @@ class BrokerState:
         self.wave = wave
         for s in stages:
             self._set_view(s, "pending", "", "", 0.0)
-        self._publish(WaveStarted(wave.number, stages))
+        self._publish(WaveStarted(wave.number, stages, run.trigger, run.paths))
         if not run.force and stages:
             # One batch question instead of a round trip per up-to-date stage.
             wave.planner = next(iter(self.pools))
@@ -321,6 +391,8 @@ class BrokerState:
         if event.status in OK_STATUSES:
             self._release_downstream(stage)
             wave.sort_ready()
+        elif wave.code_halt and event.status == "cancelled":
+            self.carry.add(stage)
         else:
             self._block_downstream(stage)
             if not wave.keep_going:
@@ -410,6 +482,115 @@ class BrokerState:
         self.last_wave = {"wave": msg.wave, **{k: getattr(msg, k) for k in STATUSES}}
         self.wave = None
         self._publish(msg)
+
+    # --- live mode: changes -> check -> reload or wave ----------------------------------
+
+    def _keep_going(self) -> bool:
+        return self.live.keep_going if self.live else False
+
+    def _files_reported(self, event: FilesReported) -> None:
+        if self.live is None or self.stopping:
+            return
+        for path in event.paths:
+            self.changed[path] = None
+        if self.changed_first is None:
+            self.changed_first = event.now
+        self.changed_last = event.now
+
+    def next_deadline(self) -> float | None:
+        """When the quiet window of waiting changes ends (the service wakes for it)."""
+        if self.live is None or self.changed_first is None:
+            return None
+        return min(self.changed_last + self.live.debounce_s, self.changed_first + self.live.max_wait_s)
+
+    def _is_code(self, path: str) -> bool:
+        if path == PIPELINE_FILE:
+            return True
+        if self.manifest is None:  # no manifest yet: any Python file may fix the pipeline
+            return path.endswith(".py")
+        return path in self.manifest.sources
+
+    def _flush_changes(self, now: float) -> None:
+        deadline = self.next_deadline()
+        if deadline is None or now < deadline or self.confirming is not None:
+            return
+        busy = self.wave is not None or self.reloading
+        # Data changes wait for the wave in flight (its own outputs are committed by
+        # then, so they check as unchanged); code must be seen at once: no stage may
+        # start on old code.
+        picked = [p for p in self.changed if not busy or self._is_code(p) or p == PARAMS_FILE]
+        if not picked:
+            return
+        for p in picked:
+            del self.changed[p]
+        if self.changed:
+            self.changed_first = self.changed_last = now
+        else:
+            self.changed_first = None
+        self.confirming = tuple(picked)
+        self._out.append(ConfirmChanges(self.confirming))
+
+    def _changes_confirmed(self, paths: tuple[str, ...]) -> None:
+        self.confirming = None
+        if not paths or self.stopping:
+            return
+        code = [p for p in paths if self._is_code(p)]
+        params = [p for p in paths if p == PARAMS_FILE]
+        data = [p for p in paths if p not in code and p not in params]
+        if code or params:
+            self._reload(bool(code), code + params)
+        if data:
+            affected = self._affected(data)
+            if affected:
+                self._queue(PendingRun(affected, False, self._keep_going(), True, "files", data))
+
+    def _affected(self, paths: list[str]) -> set[str]:
+        """Stages reading a changed path (or a folder holding it) and stages writing one
+        (a hand edit of an output makes its producer stale)."""
+        if self.manifest is None:
+            return set()
+
+        def touches(declared: str, path: str) -> bool:
+            d = declared.rstrip("/")
+            return path == d or path.startswith(d + "/") or d.startswith(path + "/")
+
+        return {
+            spec.name
+            for spec in self.manifest.stages
+            for path in paths
+            if any(touches(x, path) for x in (*spec.deps, *spec.outs))
+        }
+
+    def _reload(self, restart: bool, paths: list[str]) -> None:
+        wave = self.wave
+        if restart and wave is not None and not wave.halted:
+            # Nothing more starts on the old code; what runs now is cancelled by the pool.
+            wave.halted = True
+            wave.code_halt = True
+            running = set(wave.running.values())
+            for stage in wave.stages:
+                if stage not in wave.done and stage not in running:
+                    self.carry.add(stage)
+                    self._finish(stage, "cancelled", "cancelled", "not started: code changed", 0.0, None)
+            wave.ready.clear()
+            self._maybe_finish_wave()
+        trigger = "code" if restart else "params"
+        if self.reloading:
+            self.reload_again = bool(self.reload_again) or restart
+            self.reload_trigger = (trigger, sorted(set(self.reload_trigger[1]) | set(paths)))
+            return
+        self.reloading = True
+        self.reload_trigger = (trigger, sorted(paths))
+        for name in self.pools:
+            self._send(name, LoadManifest(restart))
+
+    def _reload_answered(self) -> None:
+        if not self.reloading:
+            return
+        self.reloading = False
+        if self.reload_again is not None:
+            restart, self.reload_again = self.reload_again, None
+            self._reload(restart, self.reload_trigger[1])
 
     # --- snapshot ------------------------------------------------------------------
 

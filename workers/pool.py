@@ -92,6 +92,9 @@ class PoolService:
         self.threads = ThreadPoolExecutor(max_workers=self.jobs + 1, thread_name_prefix="decide")
         self.executor: Any = None  # loky executor, created when a stage first must run
         self.jobs_by_attempt: dict[str, RunStage] = {}
+        self.in_workers: set[str] = set()  # attempts handed to loky
+        self.cancelled: dict[str, str] = {}  # attempt -> why, for results still to come
+        self.restart_on_load = False
         self.stopping = False
         self.last_heard = time.monotonic()
         self.last_sent = 0.0
@@ -179,7 +182,10 @@ class PoolService:
                     self._plan(plan)
                 case ResultAck(attempt=attempt):
                     self.unacked.pop(attempt, None)
-                case LoadManifest():
+                case LoadManifest(restart_workers=restart):
+                    if restart:
+                        self._cancel_all("cancelled: Python code changed")
+                        self.restart_on_load = True
                     self._in_thread("manifest", "", lambda: run_loader(self.root))
                 case PoolShutdown():
                     self.stopping = True
@@ -238,6 +244,10 @@ class PoolService:
         except PivotError as exc:
             self._send(ManifestFailed(self.name, str(exc), ""))
             return
+        if self.restart_on_load:
+            # New code: no worker that imported the old pipeline may run another stage.
+            self.restart_on_load = False
+            self._stop_workers()
         self._send(ManifestLoaded(self.name, self.manifest.to_wire()))
         # After the send: the broker checks the graph meanwhile. A manifest whose outputs
         # collide is rejected there; its stages are then never dispatched here.
@@ -245,6 +255,19 @@ class PoolService:
             self.producers = dep_producers(self.manifest)
         except PipelineError:
             self.producers = {}
+
+    def _cancel_all(self, why: str) -> None:
+        """Stop every stage in flight: loky ones by replacing the workers, deciding ones
+        when their decision comes back."""
+        for attempt in self.jobs_by_attempt:
+            self.cancelled[attempt] = why
+        if self.in_workers:
+            self._stop_workers()
+
+    def _stop_workers(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=False, kill_workers=True)
+            self.executor = None
 
     def _planned(self, wave: int, future: Future[list[str]]) -> None:
         try:
@@ -257,6 +280,9 @@ class PoolService:
 
     def _decided(self, attempt: str, future: Future[Prepared]) -> None:
         job = self.jobs_by_attempt[attempt]
+        if attempt in self.cancelled:
+            self._finish(attempt, "cancelled", ReasonCode.CANCELLED, self.cancelled.pop(attempt), 0.0)
+            return
         try:
             prepared = future.result()
         except Exception as exc:
@@ -296,6 +322,7 @@ class PoolService:
         from pivot.runtime.worker import run_stage
 
         future_run = self._executor().submit(run_stage, work)
+        self.in_workers.add(attempt)
         future_run.add_done_callback(lambda f: self._post("ran", attempt, f))
 
     def _executor(self) -> Any:
@@ -309,13 +336,15 @@ class PoolService:
     def _ran(self, attempt: str, future: Future[dict[str, Any]]) -> None:
         from concurrent.futures import BrokenExecutor
 
+        self.in_workers.discard(attempt)
+        if attempt in self.cancelled:  # its worker was stopped on purpose
+            self._finish(attempt, "cancelled", ReasonCode.CANCELLED, self.cancelled.pop(attempt), 0.0)
+            return
         try:
             r = future.result()
         except BrokenExecutor as exc:
             # loky fails every in-flight future when one worker dies; start a fresh one.
-            if self.executor is not None:
-                self.executor.shutdown(wait=False, kill_workers=True)
-                self.executor = None
+            self._stop_workers()
             self._finish(attempt, "failed", ReasonCode.WORKER_DIED, f"worker process died: {exc}", 0.0)
             return
         except Exception as exc:  # run_stage reports stage errors itself: this is ours

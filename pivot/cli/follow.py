@@ -113,3 +113,56 @@ def _from_snapshot(snap: Snapshot, outcome: Outcome) -> None:
         return
     if outcome.wave in (None, last["wave"]):
         outcome.code = 1 if wave_failed(WaveFinished(**last)) else 0
+
+
+def run_live(stack: Stack, stages: tuple[str, ...], force: bool, keep_going: bool, display: str) -> int:
+    """`pivot up`: the first wave (the stale stages), then every wave changes cause, shown
+    with `display`, until Ctrl-C or SIGTERM (exit 0). A broken pipeline is shown and the
+    engine waits for a fix."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    renderer = make_renderer(resolve_mode(display, sys.stdout), sys.stdout, sys.stderr)
+    dropped = 0
+    assert stack.client is not None
+    client = stack.client
+    try:
+        renderer.baseline(client.join())
+        client.send(RunRequest(list(stages), force, keep_going))
+        answered = False
+        for item in client.events(poll_s=0.1):
+            if not answered and (reply := client.take_reply(RunReply)) is not None:
+                answered = True
+                assert isinstance(reply, RunReply)
+                if not reply.accepted:
+                    raise UserError(reply.message)
+            if isinstance(item, Snapshot):
+                renderer.resync(item)
+            elif isinstance(item, Envelope):
+                renderer.event(item)
+            if stop.is_set():
+                return 0
+            _check_processes(stack)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        dropped = client.dropped_logs
+        renderer.close(dropped)
+    return 0
+
+
+def _check_processes(stack: Stack) -> None:
+    """Until supervision restarts them (issue 4), a dead pool or watcher ends `pivot up`."""
+    if stack.pool_exit() is not None:
+        raise InfraError(
+            f"the worker pool exited (code {stack.pool.returncode if stack.pool else '?'}); "
+            f"its log {stack.pool_log}:\n{stack.pool_log_tail()}"
+        )
+    rc = stack.watcher_exit()
+    if rc is not None:
+        raise InfraError(f"the file watcher exited (code {rc}); its log: {stack.watcher_log}")
+    if not stack.broker_alive():
+        raise InfraError("the broker stopped unexpectedly; run again with -v for details")

@@ -22,6 +22,7 @@ from pivot.cli import (
     params_cmd,
     repro_cmd,
     status_cmd,
+    up_cmd,
 )
 from pivot.errors import InfraError, PipelineError, PivotError, UserError
 
@@ -53,6 +54,7 @@ cli.add_command(params_cmd.params)
 cli.add_command(metrics_cmd.metrics)
 cli.add_command(checkout_cmd.checkout)
 cli.add_command(gc_cmd.gc)
+cli.add_command(up_cmd.up)
 
 
 def report(exc: PivotError) -> int:

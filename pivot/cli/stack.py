@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import zmq
 
     from broker.service import BrokerService
+    from broker.state import LiveOptions
     from pivot.display.client import EngineClient
 from pivot.pipeline.project import pivot_dir
 from pivot.runtime.procs import kill_group
@@ -38,9 +39,15 @@ GRACE_S = 3.0
 class Stack:
     """Context manager: binds the broker, starts the pool, and always cleans both up."""
 
-    def __init__(self, root: Path, jobs: int) -> None:
+    def __init__(
+        self, root: Path, jobs: int, live: LiveOptions | None = None, poll: bool = False
+    ) -> None:
         self.root = root
         self.jobs = jobs
+        self.live = live  # set: `pivot up` (a watcher, and the broker reacts to changes)
+        self.poll = poll
+        self.watcher: subprocess.Popen[bytes] | None = None
+        self.watcher_log = pivot_dir(root) / "logs" / "watcher.log"
         self.rundir = RunDir(root)
         self.ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self.broker: BrokerService | None = None  # imported after the pool is spawned
@@ -60,11 +67,15 @@ class Stack:
             import zmq
 
             from broker.service import BrokerService
+            from broker.state import BrokerState
             from pivot.display.client import EngineClient
 
             self.ctx = zmq.Context()
-            self.broker = BrokerService(self.root, endpoints, self.ctx)
+            state = BrokerState(live=self.live)
+            self.broker = BrokerService(self.root, endpoints, self.ctx, state=state)
             self.broker.bind()
+            if self.live is not None:
+                self._start_watcher(endpoints.changes)
             self.thread = threading.Thread(target=self.broker.run, name="broker", daemon=True)
             self.thread.start()
             self.client = EngineClient(self.ctx, endpoints, "cli")
@@ -87,6 +98,21 @@ class Stack:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+
+    def _start_watcher(self, changes_endpoint: str) -> None:
+        args = ["--root", str(self.root), "--changes", changes_endpoint]
+        with open(self.watcher_log, "wb") as out:
+            self.watcher = subprocess.Popen(
+                python_cmd("pivot.watch", *args, *(["--poll"] if self.poll else [])),
+                cwd=self.root,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def watcher_exit(self) -> int | None:
+        return self.watcher.poll() if self.watcher is not None else None
 
     def pool_exit(self) -> int | None:
         """The pool's exit code the first time it is seen dead (reported to the broker)."""
@@ -122,7 +148,20 @@ class Stack:
 
     # --- shutdown ------------------------------------------------------------------
 
+    def _stop_watcher(self) -> None:
+        watcher = self.watcher
+        if watcher is None:
+            return
+        if watcher.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(watcher.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                watcher.wait(GRACE_S)  # then SIGKILL below
+        if not kill_group(watcher.pid, GRACE_S):
+            log.error("processes of the watcher group %d survived SIGKILL", watcher.pid)
+
     def _close(self, graceful: bool = False) -> None:
+        self._stop_watcher()
         if graceful and self.pool is not None and self.pool.poll() is None and self.client:
             with contextlib.suppress(Exception):
                 self.client.shutdown(timeout=GRACE_S)

@@ -20,6 +20,7 @@ __all__ = [
     "STATUSES",
     "BusTick",
     "EventsWelcome",
+    "FilesChanged",
     "Heartbeat",
     "LoadManifest",
     "LogLine",
@@ -46,6 +47,7 @@ __all__ = [
     "StageResult",
     "StageRunning",
     "StageStarted",
+    "WatcherReady",
     "WaveFinished",
     "WavePlan",
     "WaveStarted",
@@ -112,10 +114,35 @@ class ManifestFailed(Message):
 
 
 @dataclass(frozen=True)
+class WatcherReady(Message):
+    """Watcher -> broker (changes link): the OS watch is registered; edits from now on
+    are seen."""
+
+    TAG: ClassVar[str] = "watcher_ready"
+    pid: int
+
+
+@dataclass(frozen=True)
+class FilesChanged(Message):
+    """Watcher -> broker (changes link): project-relative POSIX paths that were created,
+    modified or deleted, ignore rules already applied. Coalesced: one message may stand
+    for many file-system events."""
+
+    TAG: ClassVar[str] = "files_changed"
+    paths: list[str]
+
+
+@dataclass(frozen=True)
 class LoadManifest(Message):
-    """Broker -> pool: load the pipeline again in a fresh loader process."""
+    """Broker -> pool: load the pipeline again in a fresh loader process.
+
+    With `restart_workers` (Python code changed) the pool cancels the stages it is
+    running at once, and replaces its workers once the new manifest loaded: no stage
+    runs old code after a code change was seen. A failed load keeps idle workers.
+    """
 
     TAG: ClassVar[str] = "load_manifest"
+    restart_workers: bool = False
 
 
 @dataclass(frozen=True)
@@ -307,6 +334,10 @@ class WaveStarted(Message):
     TAG: ClassVar[str] = "wave_started"
     wave: int
     stages: list[str]
+    # What started it: "run" (a request), "files" (data changed), "code" (Python code
+    # changed), "params" (params.yaml changed); `paths` are the changed paths.
+    trigger: str = "run"
+    paths: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -370,6 +401,8 @@ MESSAGES: tuple[type[Message], ...] = (
     ManifestLoaded,
     ManifestFailed,
     LoadManifest,
+    WatcherReady,
+    FilesChanged,
     RunStage,
     PlanWave,
     WavePlan,

@@ -222,6 +222,12 @@ class StateCache:
             self._store(new_rows)
         return digests
 
+    def recorded(self, path: str | os.PathLike[str]) -> str | None:
+        """The digest last stored for `path` by any process (from the store, not from this
+        instance's memory, which another process may have made stale), or None."""
+        row = self._select(self._key(os.fspath(path)))
+        return row[3] if row is not None else None
+
     def record(self, path: Path, digest: str) -> None:
         """Store `digest` as the hash of `path`'s current contents (the caller just hashed or
         wrote it and guarantees it has not changed since). A file written within the racy

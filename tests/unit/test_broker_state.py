@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
+from typing import Any
 
 import pytest
 
 from broker.events import (
+    ChangesConfirmed,
     Command,
+    ConfirmChanges,
     Event,
+    FilesReported,
     ManifestArrived,
     ManifestRejected,
     PoolGone,
@@ -26,11 +31,12 @@ from broker.events import (
     Tick,
     WavePlanned,
 )
-from broker.state import BrokerState
+from broker.state import BrokerState, LiveOptions
 from pivot.pipeline.graph import build_graph
 from pivot.pipeline.manifest import Manifest, StageSpec
 from pivot.protocol.messages import (
     Heartbeat,
+    LoadManifest,
     LogLine,
     Message,
     PipelineInvalid,
@@ -407,3 +413,118 @@ def test_a_late_plan_for_an_earlier_wave_is_ignored() -> None:
     commands = h.feed(WavePlanned("p1", plan.wave, ("a", "b", "c", "d", "e")))
     assert commands == [] and h.state.wave is not None
     assert dispatched(h.feed(WavePlanned("p1", plan2.wave, ()))) != []
+
+
+# --- live mode (`pivot up`): changes -> quiet window -> check -> reload or wave --------------
+
+
+def live_harness(manifest: Manifest | None = None, **options: Any) -> Harness:
+    h = Harness()
+    h.state = BrokerState(heartbeat_s=1.0, liveness=3, live=LiveOptions(**options))
+    m = manifest or diamond()
+    h.feed(PoolJoined("p1", 4, 0.0))
+    h.feed(ManifestArrived(m, build_graph(m)))
+    return h
+
+
+def confirms(commands: list[Command]) -> list[tuple[str, ...]]:
+    return [c.paths for c in commands if isinstance(c, ConfirmChanges)]
+
+
+def reloads(commands: list[Command]) -> list[LoadManifest]:
+    return [c.msg for c in commands if isinstance(c, SendWork) and isinstance(c.msg, LoadManifest)]
+
+
+def test_changes_wait_for_the_quiet_window_then_are_checked() -> None:
+    h = live_harness(debounce_s=0.05, max_wait_s=5.0)
+    h.feed(FilesReported(("a.txt",), 10.0))
+    assert h.state.next_deadline() == pytest.approx(10.05)
+    assert confirms(h.feed(Tick(10.03))) == []
+    h.feed(FilesReported(("b.txt", "a.txt"), 10.04))  # extends the window
+    assert confirms(h.feed(Tick(10.06))) == []
+    assert confirms(h.feed(Tick(10.1))) == [("a.txt", "b.txt")]
+    assert h.state.next_deadline() is None
+
+
+def test_a_stream_of_changes_is_checked_after_the_maximum_wait() -> None:
+    h = live_harness(debounce_s=0.05, max_wait_s=0.2)
+    now = 10.0
+    found: list[tuple[str, ...]] = []
+    while now < 10.3 and not found:
+        h.feed(FilesReported((f"f{now:.2f}",), now))
+        now += 0.03
+        found = confirms(h.feed(Tick(now)))
+    assert found and now == pytest.approx(10.21, abs=0.02)
+
+
+def test_a_confirmed_data_change_runs_its_consumers_and_their_downstream_only() -> None:
+    h = live_harness()
+    h.feed(FilesReported(("b.txt",), 1.0))
+    [paths] = confirms(h.feed(Tick(1.1)))
+    commands = h.feed(ChangesConfirmed(paths))
+    [wave] = published(commands, WaveStarted)
+    # b.txt is b's output (a hand edit makes b stale) and d's input.
+    assert wave.stages == ["b", "d"] and wave.trigger == "files" and wave.paths == ["b.txt"]
+
+
+def test_a_change_the_check_discards_starts_no_wave() -> None:
+    h = live_harness()
+    h.feed(FilesReported(("a.txt",), 1.0))
+    h.feed(Tick(1.1))
+    assert published(h.feed(ChangesConfirmed(())), WaveStarted) == []
+    h.feed(FilesReported(("unrelated.csv",), 2.0))
+    h.feed(Tick(2.1))
+    assert published(h.feed(ChangesConfirmed(("unrelated.csv",))), WaveStarted) == []
+
+
+def test_data_changes_during_a_wave_wait_for_it_and_form_the_next_wave() -> None:
+    h = live_harness()
+    [(_, _, a), (_, _, e)] = dispatched(h.run())
+    h.feed(FilesReported(("e.txt",), 1.0))
+    assert confirms(h.feed(Tick(1.1))) == []  # a wave is in flight
+    h.result(e)
+    [(_, _, b), (_, _, c)] = dispatched(h.result(a))
+    h.result(b)
+    [(_, _, d)] = dispatched(h.result(c))
+    commands = h.result(d)
+    assert published(commands, WaveFinished)
+    [paths] = confirms(h.feed(Tick(1.2)))
+    [wave] = published(h.feed(ChangesConfirmed(paths)), WaveStarted)
+    assert wave.stages == ["e"] and wave.wave == 2
+
+
+def test_a_code_change_mid_wave_stops_dispatch_reloads_and_reruns_what_changed() -> None:
+    h = live_harness()
+    [(_, _, a), (_, _, e)] = dispatched(h.run())
+    h.feed(FilesReported(("helpers.py",), 1.0))
+    h.state.manifest = dataclasses.replace(h.state.manifest, sources=("helpers.py", "pipeline.py"))  # type: ignore[arg-type]
+    [paths] = confirms(h.feed(Tick(1.1)))  # code is checked even while a wave runs
+    commands = h.feed(ChangesConfirmed(paths))
+    assert reloads(commands) == [LoadManifest(True)]
+    # Not started yet: cancelled now, to run after the reload.
+    assert {s: st for s, st in finished(h).items()} == {"b": "cancelled", "c": "cancelled", "d": "cancelled"}
+    assert dispatched(h.result(a)) == []  # nothing more starts on the old code
+    commands = h.feed(ResultReceived("p1", e, "cancelled", "cancelled", "code changed", 0.0, None, ()))
+    assert published(commands, WaveFinished)
+    old = h.state.manifest
+    assert old is not None
+    changed = Manifest(
+        tuple(dataclasses.replace(s, fingerprint="new") if s.name == "a" else s for s in old.stages),
+        old.sources,
+    )
+    commands = h.feed(ManifestArrived(changed, build_graph(changed)))
+    [wave] = published(commands, WaveStarted)
+    # a changed; b, c, d were stopped; e was cancelled mid-run: all run again.
+    assert wave.stages == ["a", "b", "c", "d", "e"]
+    assert wave.trigger == "code" and wave.paths == ["helpers.py"]
+
+
+def test_a_params_change_reloads_without_restarting_workers_and_a_failed_reload_keeps_the_manifest() -> None:
+    h = live_harness()
+    h.feed(FilesReported(("params.yaml",), 1.0))
+    [paths] = confirms(h.feed(Tick(1.1)))
+    assert reloads(h.feed(ChangesConfirmed(paths))) == [LoadManifest(False)]
+    before = h.state.manifest
+    commands = h.feed(ManifestRejected("params.yaml: bad", ""))
+    assert published(commands, PipelineInvalid) and h.state.manifest is before
+    assert h.state.reloading is False

@@ -243,7 +243,7 @@ def test_json_lines_carry_v_event_ts_and_fields() -> None:
         assert "resynced" not in rec
     assert all(" " not in line.split('"line"')[0].split('"reason"')[0] for line in lines[:2])
     assert recs[1] == {"v": 1, "event": "wave_started", "ts": T0 + 0.05, "wave": 1,
-                       "stages": STAGES}
+                       "stages": STAGES, "trigger": "run", "paths": []}
     assert recs[3]["stage"] == "prepare" and recs[3]["line"] == "kept 40 rows"
     assert recs[4]["stream"] == "stderr"
     fit = recs[8]
@@ -261,7 +261,7 @@ def test_json_compact_separators() -> None:
     r, out, _ = jsonr()
     feed(r, [WaveStarted(1, ["a", "b"])])
     assert out.getvalue() == (
-        '{"v":1,"event":"wave_started","ts":1700000000.0,"wave":1,"stages":["a","b"]}\n'
+        '{"v":1,"event":"wave_started","ts":1700000000.0,"wave":1,"stages":["a","b"],"trigger":"run","paths":[]}\n'
     )
 
 

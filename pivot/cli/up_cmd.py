@@ -1,0 +1,47 @@
+"""`pivot up`: run what is stale, then stay live and re-run what each change affects."""
+
+from __future__ import annotations
+
+import click
+
+from pivot.cli.repro_cmd import display_option
+from pivot.pipeline.project import find_root, pivot_dir
+
+
+@click.command()
+@click.argument("stages", nargs=-1)
+@click.option("-f", "--force", is_flag=True, help="Run every stage in the first wave, even if up to date.")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
+              help="Stages to run at once [default: usable CPUs].")
+@click.option("--keep-going", is_flag=True,
+              help="After a failure, still run every stage not downstream of it (every wave).")
+@click.option("--debounce", "debounce_ms", type=click.IntRange(min=0, max=60_000), default=20,
+              show_default=True,
+              help="Quiet time in ms after the last change before a wave starts (a stream of "
+              "changes still starts one every 5 s).")
+@click.option("--poll", is_flag=True,
+              help="Poll the file system instead of OS notifications (Docker Desktop, network mounts).")
+@display_option
+def up(
+    stages: tuple[str, ...], force: bool, jobs: int | None, keep_going: bool,
+    debounce_ms: int, poll: bool, display: str, as_json: bool,
+) -> int:
+    """Run what is stale, then watch the project and re-run what each change affects.
+
+    Saving a data file re-runs the stages that read it and their downstream; editing
+    pipeline.py or a helper it uses reloads the pipeline in fresh worker processes and
+    re-runs the stages whose code changed; a comment-only edit runs nothing. A broken
+    pipeline.py is reported and the last good one stays loaded until it is fixed.
+    Ctrl-C or SIGTERM stops everything (exit 0).
+    """
+    from broker.state import LiveOptions
+    from pivot.cli.stack import Stack
+    from pivot.runtime.cpus import usable_cpus
+
+    root = find_root()
+    pivot_dir(root)
+    live = LiveOptions(debounce_s=debounce_ms / 1000, keep_going=keep_going)
+    with Stack(root, jobs or usable_cpus(), live=live, poll=poll) as stack:
+        from pivot.cli.follow import run_live  # after the pool started: see follow.py
+
+        return run_live(stack, stages, force, keep_going, "json" if as_json else display)
