@@ -1,0 +1,336 @@
+"""Unit tests for the watcher's ignore rules (pivot.watch.rules): built-ins, the
+gitignore subset of `.pivotignore`, virtual-environment folders, reload."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pivot.watch.rules import ALWAYS_IGNORED_NAMES, IgnoreRules
+
+
+def rules_with(root: Path, text: str | None) -> IgnoreRules:
+    if text is not None:
+        (root / ".pivotignore").write_text(text)
+    return IgnoreRules(root)
+
+
+@pytest.fixture
+def bare(tmp_path: Path) -> IgnoreRules:
+    return rules_with(tmp_path, None)
+
+
+# --- built-ins -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "rel",
+    [
+        ".pivot",
+        ".pivot/state.db",
+        ".pivot/run/lock",
+        ".pivot/stages/train.lock",
+        ".git",
+        ".git/index",
+        ".git/index.lock",
+        ".git/refs/heads/main",
+        "vendor/lib/.git/HEAD",
+        "__pycache__",
+        "__pycache__/x.cpython-311.pyc",
+        "src/pkg/__pycache__/mod.cpython-311.pyc",
+        ".venv/lib/python3.11/site-packages/a.py",
+        "venv/bin/python",
+        "web/node_modules/left-pad/index.js",
+        ".mypy_cache/3.11/x.json",
+        "sub/.pytest_cache/v/cache/lastfailed",
+        ".ruff_cache/0.5/x",
+        "src/.model.py.swp",
+        "src/.model.py.swx",
+        "data/a.csv~",
+        "src/.#model.py",
+        "src/4913",
+        "4913",
+    ],
+)
+def test_builtin_ignored(bare: IgnoreRules, rel: str) -> None:
+    assert bare.ignored(rel)
+    assert bare.ignored(rel, is_dir=False)
+
+
+@pytest.mark.parametrize(
+    "rel",
+    [
+        "data/a.csv",
+        "data/a.tmp",  # tools write real data with .tmp names
+        "pipeline.py",
+        ".pivotignore",
+        "data/.pivot",  # only the root .pivot is Pivot's state
+        "data/.pivot/x",
+        ".pivotish/x",
+        "src/.gitignore",
+        ".github/workflows/ci.yml",
+        "my_venv_notes.txt",
+        "venvs.csv",
+        "node_modules.txt",
+        "a.swpx",
+        "swp",
+        "49130",
+        "data/4913.csv",
+        "~backup",
+        "x.#y",
+    ],
+)
+def test_not_ignored_without_rules(bare: IgnoreRules, rel: str) -> None:
+    assert not bare.ignored(rel)
+    assert not bare.ignored(rel, is_dir=False)
+
+
+def test_builtin_names_hide_folders_and_everything_inside(bare: IgnoreRules) -> None:
+    for name in ALWAYS_IGNORED_NAMES:
+        assert bare.ignored(name, is_dir=True), name
+        assert bare.ignored(f"a/b/{name}", is_dir=True), name
+        assert bare.ignored(f"a/{name}/b/c.txt"), name
+
+
+def test_root_and_empty_path_are_not_ignored(bare: IgnoreRules) -> None:
+    assert not bare.ignored("")
+    assert not bare.ignored(".", is_dir=True)
+
+
+def test_negation_cannot_reinclude_builtins(tmp_path: Path) -> None:
+    rules = rules_with(tmp_path, "!__pycache__/\n!*.swp\n!.pivot/\n!.pivot/x\n!node_modules\n")
+    assert rules.ignored("__pycache__/a.pyc")
+    assert rules.ignored("a.swp")
+    assert rules.ignored(".pivot/x")
+    assert rules.ignored("node_modules/a.js")
+
+
+def test_folder_with_pyvenv_cfg_is_a_virtual_environment(tmp_path: Path) -> None:
+    (tmp_path / "envs" / "py311" / "lib").mkdir(parents=True)
+    (tmp_path / "envs" / "py311" / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    (tmp_path / "envs" / "other").mkdir()
+    rules = IgnoreRules(tmp_path)
+    assert rules.ignored("envs/py311", is_dir=True)
+    assert rules.ignored("envs/py311/pyvenv.cfg")
+    assert rules.ignored("envs/py311/lib/site.py")
+    assert rules.ignored("envs/py311/lib", is_dir=True)
+    assert not rules.ignored("envs", is_dir=True)
+    assert not rules.ignored("envs/other/a.py")
+    assert not rules.ignored("envs/other", is_dir=True)
+
+
+def test_pyvenv_cfg_appearing_later_takes_effect_after_note_change(tmp_path: Path) -> None:
+    env = tmp_path / "myenv"
+    (env / "bin").mkdir(parents=True)
+    rules = IgnoreRules(tmp_path)
+    assert not rules.ignored("myenv/bin/python")  # cached: no pyvenv.cfg yet
+    (env / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    assert not rules.ignored("myenv/bin/python")  # the cached answer stands...
+    rules.note_change("myenv/pyvenv.cfg")  # ...until the watcher reports the marker
+    assert rules.ignored("myenv/bin/python")
+    (env / "pyvenv.cfg").unlink()
+    rules.note_change("myenv/pyvenv.cfg")
+    assert not rules.ignored("myenv/bin/python")
+
+
+def test_a_file_named_like_a_venv_marker_folder_is_not_a_venv(tmp_path: Path) -> None:
+    (tmp_path / "pyvenv.cfg").write_text("x")  # at the root: the project is no venv
+    rules = IgnoreRules(tmp_path)
+    assert not rules.ignored("data/a.csv")
+    assert not rules.ignored("pyvenv.cfg")
+
+
+# --- .pivotignore: the gitignore subset -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "rel", "is_dir", "expected"),
+    [
+        # an unanchored name matches at any depth, files and folders
+        ("scratch", "scratch", False, True),
+        ("scratch", "scratch", True, True),
+        ("scratch", "a/b/scratch", False, True),
+        ("scratch", "a/scratch/x.csv", False, True),
+        ("scratch", "scratch2", False, False),
+        ("scratch", "my_scratch", False, False),
+        # "*" stays within one component
+        ("*.log", "run.log", False, True),
+        ("*.log", "logs/deep/run.log", False, True),
+        ("*.log", "run.log.gz", False, False),
+        ("*.log", "run.logs", False, False),
+        ("data/*.csv", "data/a.csv", False, True),
+        ("data/*.csv", "data/sub/a.csv", False, False),
+        ("a*b", "a/b", False, False),
+        # "?" is one character, never "/"
+        ("file?.txt", "file1.txt", False, True),
+        ("file?.txt", "file12.txt", False, False),
+        ("file?.txt", "file.txt", False, False),
+        ("a?b", "a/b", False, False),
+        # sets
+        ("run[0-9].csv", "run7.csv", False, True),
+        ("run[0-9].csv", "runx.csv", False, False),
+        ("run[abc].csv", "runb.csv", False, True),
+        ("run[abc].csv", "rund.csv", False, False),
+        ("run[!0-9].csv", "runx.csv", False, True),
+        ("run[!0-9].csv", "run7.csv", False, False),
+        ("run[^0-9].csv", "runx.csv", False, True),
+        ("run[^0-9].csv", "run7.csv", False, False),
+        ("a[/]b", "a/b", False, False),
+        ("a[!x]b", "a/b", False, False),
+        ("run[]].csv", "run].csv", False, True),
+        ("run[-a].csv", "run-.csv", False, True),
+        ("x[", "x[", False, True),  # an unclosed "[" is literal
+        ("x[", "xa", False, False),
+        # escapes
+        ("\\*.csv", "*.csv", False, True),
+        ("\\*.csv", "a.csv", False, False),
+        ("\\#notes", "#notes", False, True),
+        ("\\!important", "!important", False, True),
+        ("trail\\ ", "trail ", False, True),
+        ("trail   ", "trail", False, True),  # unescaped trailing spaces dropped
+        ("trail   ", "trail ", False, False),
+        ("a.b", "axb", False, False),  # regex characters are literal
+        ("(x)+", "(x)+", False, True),
+        # a leading "/" anchors to the root
+        ("/build", "build", True, True),
+        ("/build", "build/x.o", False, True),
+        ("/build", "src/build", True, False),
+        ("/build", "src/build/x.o", False, False),
+        # a middle "/" anchors too
+        ("data/raw", "data/raw", True, True),
+        ("data/raw", "data/raw/x.csv", False, True),
+        ("data/raw", "x/data/raw/a.csv", False, False),
+        ("data/raw", "data/rawer", False, False),
+        # trailing "/": folders only
+        ("out/", "out", True, True),
+        ("out/", "out", False, False),
+        ("out/", "out", None, False),  # unknown kind (deleted): treated as a file
+        ("out/", "a/out", True, True),
+        ("out/", "a/out/x.csv", False, True),  # inside: the parent is a folder
+        ("out/", "out.csv", False, False),
+        ("/out/", "a/out/x.csv", False, False),
+        ("data/tmp/", "data/tmp/x", False, True),
+        ("data/tmp/", "data/tmp", False, False),
+        # leading "**/"
+        ("**/cache", "cache", True, True),
+        ("**/cache", "a/b/cache", True, True),
+        ("**/cache", "a/b/cache/x", False, True),
+        ("**/cache", "a/bcache", False, False),
+        ("**/data/raw", "x/y/data/raw/a.csv", False, True),
+        ("**/data/raw", "data/raw/a.csv", False, True),
+        ("**/data/raw", "data/x/raw/a.csv", False, False),
+        # trailing "/**": everything inside, not the folder itself
+        ("logs/**", "logs/a.txt", False, True),
+        ("logs/**", "logs/a/b/c.txt", False, True),
+        ("logs/**", "logs", True, False),
+        ("logs/**", "x/logs/a.txt", False, False),
+        # middle "/**/": zero or more folders
+        ("a/**/b.txt", "a/b.txt", False, True),
+        ("a/**/b.txt", "a/x/b.txt", False, True),
+        ("a/**/b.txt", "a/x/y/z/b.txt", False, True),
+        ("a/**/b.txt", "a/xb.txt", False, False),
+        ("a/**/b.txt", "z/a/x/b.txt", False, False),
+        ("docs/**/*.md", "docs/x/y/readme.md", False, True),
+        ("docs/**/*.md", "docs/readme.md", False, True),
+        ("docs/**/*.md", "docs/x/readme.txt", False, False),
+        # any other "**" is a plain "*"
+        ("a**b", "axxb", False, True),
+        ("a**b", "a/b", False, False),
+        ("**", "anything/at/all", False, True),
+        # comments and blanks
+        ("# scratch\n\n   \n", "# scratch", False, False),
+        ("#scratch", "scratch", False, False),
+        # CRLF files
+        ("scratch\r\nother\r\n", "other", False, True),
+        ("scratch\r\nother\r\n", "scratch", False, True),
+    ],
+)
+def test_pattern(tmp_path: Path, text: str, rel: str, is_dir: bool | None, expected: bool) -> None:
+    assert rules_with(tmp_path, text).ignored(rel, is_dir) is expected
+
+
+@pytest.mark.parametrize(
+    ("text", "rel", "expected"),
+    [
+        # the last matching line wins
+        ("*.csv\n!keep.csv\n", "keep.csv", False),
+        ("*.csv\n!keep.csv\n", "other.csv", True),
+        ("!keep.csv\n*.csv\n", "keep.csv", True),
+        ("*.csv\n!keep.csv\n*.csv\n", "keep.csv", True),
+        ("*.csv\n!*.csv\n", "a/b.csv", False),
+        # a negation inside an ignored folder cannot re-include (the folder is gone)
+        ("data/\n!data/keep.csv\n", "data/keep.csv", True),
+        ("/data\n!data/keep.csv\n", "data/keep.csv", True),
+        # ...but "dir/**" leaves the folder itself, so a negation works there
+        ("data/**\n!data/keep.csv\n", "data/keep.csv", False),
+        ("data/**\n!data/keep.csv\n", "data/other.csv", True),
+        # a negation with nothing to negate changes nothing
+        ("!a.csv\n", "a.csv", False),
+        # "!" alone and a bare "/" are no patterns
+        ("!\n/\n", "a.csv", False),
+    ],
+)
+def test_negation_order(tmp_path: Path, text: str, rel: str, expected: bool) -> None:
+    assert rules_with(tmp_path, text).ignored(rel, is_dir=False) is expected
+
+
+def test_folder_only_negation(tmp_path: Path) -> None:
+    rules = rules_with(tmp_path, "build*\n!build_keep/\n")
+    assert rules.ignored("build_x", is_dir=True)
+    assert rules.ignored("build_keep", is_dir=False)  # a file: the negation is for folders
+    assert not rules.ignored("build_keep", is_dir=True)
+    assert not rules.ignored("build_keep/a.csv")
+
+
+def test_nested_paths_use_every_parent(tmp_path: Path) -> None:
+    rules = rules_with(tmp_path, "tmp/\n/results/raw\n*.bak\n")
+    assert rules.ignored("a/b/tmp/c/d/e.csv")
+    assert rules.ignored("results/raw/2024/01/a.csv")
+    assert not rules.ignored("x/results/raw/a.csv")
+    assert rules.ignored("x/y.bak/z.csv")  # a folder named like the pattern
+    assert not rules.ignored("a/b/tmpx/c.csv")
+
+
+def test_unreadable_line_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    rules = rules_with(tmp_path, "run[z-a].csv\nscratch\n")  # a reversed range
+    assert rules.ignored("scratch")
+    assert not rules.ignored("runb.csv")
+    assert "line 1" in caplog.text
+
+
+def test_missing_file_means_no_patterns(bare: IgnoreRules) -> None:
+    assert not bare.ignored("scratch/a.csv")
+
+
+def test_reload_picks_up_edits(tmp_path: Path) -> None:
+    rules = rules_with(tmp_path, "scratch/\n")
+    assert rules.ignored("scratch/a.csv")
+    assert not rules.ignored("tmp/a.csv")
+    (tmp_path / ".pivotignore").write_text("tmp/\n")
+    assert rules.ignored("scratch/a.csv")  # nothing changes before reload()
+    rules.reload()
+    assert not rules.ignored("scratch/a.csv")
+    assert rules.ignored("tmp/a.csv")
+    (tmp_path / ".pivotignore").unlink()
+    rules.reload()
+    assert not rules.ignored("tmp/a.csv")
+
+
+def test_note_change_on_pivotignore_reloads(tmp_path: Path) -> None:
+    rules = rules_with(tmp_path, "")
+    assert not rules.ignored("scratch/a.csv")
+    (tmp_path / ".pivotignore").write_text("scratch/\n")
+    rules.note_change("data/.pivotignore")  # only the root file counts
+    assert not rules.ignored("scratch/a.csv")
+    rules.note_change(".pivotignore")
+    assert rules.ignored("scratch/a.csv")
+
+
+def test_cached_folder_answers_follow_reload(tmp_path: Path) -> None:
+    rules = rules_with(tmp_path, "")
+    assert not rules.ignored("a/b/c.csv")  # caches a and a/b as kept
+    (tmp_path / ".pivotignore").write_text("/a/b\n")
+    rules.reload()
+    assert rules.ignored("a/b/c.csv")
+    assert not rules.ignored("a/c.csv")
