@@ -134,6 +134,7 @@ class LiveOptions:
     debounce_s: float = 0.02  # quiet window, extended by each new change
     max_wait_s: float = 5.0  # a stream of changes still yields waves
     keep_going: bool = False
+    scope: tuple[str, ...] = ()  # `pivot up STAGES`: only these and their upstream stay live
 
 
 class BrokerState:
@@ -281,7 +282,7 @@ class BrokerState:
         for request in waiting:
             self._run_requested(request)
         if self.reloading:
-            affected = (set(added) | set(changed) | self.carry) & set(new)
+            affected = self._in_scope((set(added) | set(changed) | self.carry) & set(new))
             self.carry = set()
             if affected:
                 trigger, paths = self.reload_trigger
@@ -324,7 +325,7 @@ class BrokerState:
         if targets is None:
             wanted = set(self.graph.order)
         elif run.exact:
-            wanted = set(targets) | self.graph.downstream_of(set(targets))
+            wanted = self._in_scope(set(targets) | self.graph.downstream_of(set(targets)))
         else:
             wanted = self.graph.with_upstream(targets)
         if not wanted:
@@ -540,9 +541,15 @@ class BrokerState:
         if code or params:
             self._reload(bool(code), code + params)
         if data:
-            affected = self._affected(data)
+            affected = self._in_scope(self._affected(data))
             if affected:
                 self._queue(PendingRun(affected, False, self._keep_going(), True, "files", data))
+
+    def _in_scope(self, stages: set[str]) -> set[str]:
+        if self.live is None or not self.live.scope or self.graph is None:
+            return stages
+        known = [s for s in self.live.scope if s in self.graph.upstream]
+        return stages & self.graph.with_upstream(known)
 
     def _affected(self, paths: list[str]) -> set[str]:
         """Stages reading a changed path (or a folder holding it) and stages writing one

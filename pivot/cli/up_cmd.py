@@ -28,6 +28,8 @@ def up(
 ) -> int:
     """Run what is stale, then watch the project and re-run what each change affects.
 
+    With STAGES, only those stages and their upstream are run and kept live.
+
     Saving a data file re-runs the stages that read it and their downstream; editing
     pipeline.py or a helper it uses reloads the pipeline in fresh worker processes and
     re-runs the stages whose code changed; a comment-only edit runs nothing. A broken
@@ -40,7 +42,7 @@ def up(
 
     root = find_root()
     pivot_dir(root)
-    live = LiveOptions(debounce_s=debounce_ms / 1000, keep_going=keep_going)
+    live = LiveOptions(debounce_s=debounce_ms / 1000, keep_going=keep_going, scope=stages)
     with Stack(root, jobs or usable_cpus(), live=live, poll=poll) as stack:
         from pivot.cli.follow import run_live  # after the pool started: see follow.py
 

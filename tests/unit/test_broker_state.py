@@ -528,3 +528,11 @@ def test_a_params_change_reloads_without_restarting_workers_and_a_failed_reload_
     commands = h.feed(ManifestRejected("params.yaml: bad", ""))
     assert published(commands, PipelineInvalid) and h.state.manifest is before
     assert h.state.reloading is False
+
+
+def test_up_with_stages_keeps_only_them_and_their_upstream_live() -> None:
+    h = live_harness(scope=("b",))
+    h.feed(FilesReported(("a.txt",), 1.0))  # read by b and c, written by a
+    [paths] = confirms(h.feed(Tick(1.1)))
+    [wave] = published(h.feed(ChangesConfirmed(paths)), WaveStarted)
+    assert wave.stages == ["a", "b"]  # c and d are outside the scope
