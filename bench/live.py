@@ -1,0 +1,141 @@
+"""Latency of `pivot up`: file write -> first affected stage started, and -> wave finished.
+
+    python bench/live.py [--chain 3 --chain 50] [--trials 20]
+
+For each chain length N, writes a project whose stage s0 reads data/in.txt and calls
+helpers.transform(), and s{i} reads s{i-1}'s output; starts `pivot up --display json`;
+then, `--trials` times each, (a) rewrites data/in.txt, (b) edits helpers.transform (a
+helper used by s0 only), and measures from just before the write to the broker's
+`stage_started` of s0 (for (b): in a wave triggered by the code change, so it runs the
+new code) and to `wave_finished`. Also counts waves: every edit must start exactly one.
+Event times are the broker's publish times (same clock as this script).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from benchcommon import pivot_cmd, pivot_env
+
+HELPERS = "def transform(text: str) -> str:\n    return text.upper() + {tag!r}\n"
+
+
+def write_project(root: Path, n: int) -> None:
+    lines = ["from pivot import stage", "import helpers", ""]
+    lines += [
+        '@stage(deps=["data/in.txt"], outs=["out/s0.txt"])',
+        "def s0() -> None:",
+        '    text = open("data/in.txt").read()',
+        '    open("out/s0.txt", "w").write(helpers.transform(text))',
+        "",
+    ]
+    for i in range(1, n):
+        lines += [
+            f'@stage(deps=["out/s{i - 1}.txt"], outs=["out/s{i}.txt"])',
+            f"def s{i}() -> None:",
+            f'    open("out/s{i}.txt", "w").write(open("out/s{i - 1}.txt").read() + "{i}")',
+            "",
+        ]
+    (root / "out").mkdir(parents=True)
+    (root / "data").mkdir()
+    (root / "pipeline.py").write_text("\n".join(lines))
+    (root / "helpers.py").write_text(HELPERS.format(tag="v0"))
+    (root / "data" / "in.txt").write_text("start\n")
+
+
+class Events:
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.items: list[dict[str, object]] = []
+        self.cond = threading.Condition()
+        threading.Thread(target=self._read, args=(proc,), daemon=True).start()
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            with self.cond:
+                self.items.append(json.loads(line))
+                self.cond.notify_all()
+
+    def wait(self, start: int, pred: object, timeout: float = 60.0) -> dict[str, object]:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                for e in self.items[start:]:
+                    if pred(e):  # type: ignore[operator]
+                        return e
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise SystemExit(f"timed out; last events: {self.items[-5:]}")
+                self.cond.wait(left)
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def measure(n: int, trials: int) -> dict[str, list[float] | int]:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / f"chain{n}"
+        write_project(root, n)
+        proc = subprocess.Popen(
+            [*pivot_cmd(), "up", "--display", "json"], cwd=root, env=pivot_env(),
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+        )
+        ev = Events(proc)
+        try:
+            ev.wait(0, lambda e: e["event"] == "wave_finished")
+            results: dict[str, list[float] | int] = {k: [] for k in ("data_start", "data_done", "code_start", "code_done")}
+            waves_before = sum(1 for e in ev.items if e["event"] == "wave_started")
+            edits = 0
+            for i in range(trials):
+                for kind in ("data", "code"):
+                    mark = len(ev.items)
+                    t0 = time.time()
+                    if kind == "data":
+                        (root / "data" / "in.txt").write_text(f"trial {i}\n")
+                    else:
+                        (root / "helpers.py").write_text(HELPERS.format(tag=f"v{i + 1}"))
+                    trigger = "files" if kind == "data" else "code"
+                    wave = ev.wait(mark, lambda e, t=trigger: e["event"] == "wave_started" and e["trigger"] == t)
+                    started = ev.wait(mark, lambda e, w=wave: e["event"] == "stage_started" and e["wave"] == w["wave"] and e["stage"] == "s0")
+                    done = ev.wait(mark, lambda e, w=wave: e["event"] == "wave_finished" and e["wave"] == w["wave"])
+                    edits += 1
+                    results[f"{kind}_start"].append(float(started["ts"]) - t0)  # type: ignore[union-attr, arg-type]
+                    results[f"{kind}_done"].append(float(done["ts"]) - t0)  # type: ignore[union-attr, arg-type]
+            waves = sum(1 for e in ev.items if e["event"] == "wave_started") - waves_before
+            results["redundant_waves"] = waves - edits
+            return results
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--chain", type=int, action="append", help="chain lengths (default 3 and 50)")
+    parser.add_argument("--trials", type=int, default=20)
+    args = parser.parse_args()
+    print("| chain | data edit -> s0 started, p50 / p95 | -> wave finished, p50 / p95 "
+          "| helper edit -> s0 started (new code), p50 / p95 | -> wave finished, p50 / p95 | redundant waves |")
+    print("|---|---|---|---|---|---|")
+    for n in args.chain or [3, 50]:
+        r = measure(n, args.trials)
+        cells = []
+        for key in ("data_start", "data_done", "code_start", "code_done"):
+            values = r[key]
+            assert isinstance(values, list)
+            cells.append(f"{pct(values, 0.5) * 1000:.0f} / {pct(values, 0.95) * 1000:.0f} ms")
+        print(f"| {n} | " + " | ".join(cells) + f" | {r['redundant_waves']} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
