@@ -26,7 +26,10 @@ from pivot.protocol.messages import (
 )
 
 if TYPE_CHECKING:
+    from pivot.cli.remote import RemoteEngine
     from pivot.cli.stack import Stack
+
+    Engine = Stack | RemoteEngine
 
 __all__ = ["run_wave"]
 
@@ -40,7 +43,7 @@ class Outcome:
     history: int = 0  # waves that finished before we joined are not ours
 
 
-def run_wave(stack: Stack, stages: tuple[str, ...], force: bool, keep_going: bool, display: str) -> int:
+def run_wave(stack: Engine, stages: tuple[str, ...], force: bool, keep_going: bool, display: str) -> int:
     """Ask the engine for one wave, show it with the `display` mode, return the exit code."""
     renderer = make_renderer(resolve_mode(display, sys.stdout), sys.stdout, sys.stderr)
     outcome = Outcome()
@@ -61,7 +64,7 @@ def run_wave(stack: Stack, stages: tuple[str, ...], force: bool, keep_going: boo
     return outcome.code
 
 
-def _follow(stack: Stack, r: Renderer, outcome: Outcome) -> None:
+def _follow(stack: Engine, r: Renderer, outcome: Outcome) -> None:
     assert stack.client is not None
     pool_died_at: float | None = None
     answered = False
@@ -115,10 +118,12 @@ def _from_snapshot(snap: Snapshot, outcome: Outcome) -> None:
         outcome.code = 1 if wave_failed(WaveFinished(**last)) else 0
 
 
-def run_live(stack: Stack, stages: tuple[str, ...], force: bool, keep_going: bool, display: str) -> int:
+def run_live(
+    stack: Engine, stages: tuple[str, ...] | None, force: bool, keep_going: bool, display: str
+) -> int:
     """`pivot up`: the first wave (the stale stages), then every wave changes cause, shown
     with `display`, until Ctrl-C or SIGTERM (exit 0). A broken pipeline is shown and the
-    engine waits for a fix."""
+    engine waits for a fix. With `stages` None (`pivot attach`) no wave is asked for."""
     import signal
     import threading
 
@@ -130,9 +135,13 @@ def run_live(stack: Stack, stages: tuple[str, ...], force: bool, keep_going: boo
     assert stack.client is not None
     client = stack.client
     try:
-        renderer.baseline(client.join())
-        client.send(RunRequest(list(stages), force, keep_going))
-        answered = False
+        joined = client.join()
+        if stages is None:  # attaching: show the engine's state as it is now
+            renderer.resync(joined)
+        else:
+            renderer.baseline(joined)
+            client.send(RunRequest(list(stages), force, keep_going))
+        answered = stages is None
         for item in client.events(poll_s=0.1):
             if not answered and (reply := client.take_reply(RunReply)) is not None:
                 answered = True
@@ -154,7 +163,7 @@ def run_live(stack: Stack, stages: tuple[str, ...], force: bool, keep_going: boo
     return 0
 
 
-def _check_processes(stack: Stack) -> None:
+def _check_processes(stack: Engine) -> None:
     """Until supervision restarts them (issue 4), a dead pool or watcher ends `pivot up`."""
     if stack.pool_exit() is not None:
         raise InfraError(

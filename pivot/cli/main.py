@@ -13,6 +13,7 @@ import sys
 import click
 
 from pivot.cli import (
+    attach_cmd,
     checkout_cmd,
     dag_cmd,
     gc_cmd,
@@ -55,6 +56,7 @@ cli.add_command(metrics_cmd.metrics)
 cli.add_command(checkout_cmd.checkout)
 cli.add_command(gc_cmd.gc)
 cli.add_command(up_cmd.up)
+cli.add_command(attach_cmd.attach)
 
 
 def report(exc: PivotError) -> int:

@@ -47,6 +47,14 @@ def repro(
     if dry_run:
         return _dry_run(root, stages, force, as_json or display == "json")
     pivot_dir(root)
+    from pivot.cli.remote import RemoteEngine, running_engine
+
+    if running_engine(root):
+        # A `pivot up` owns the project: ask it for the wave instead of a second engine.
+        with RemoteEngine(root, "repro") as engine:
+            from pivot.cli.follow import run_wave
+
+            return run_wave(engine, stages, force, keep_going, "json" if as_json else display)
     with Stack(root, jobs or usable_cpus()) as stack:
         from pivot.cli.follow import run_wave  # after the pool started: see follow.py
 

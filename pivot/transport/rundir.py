@@ -22,7 +22,7 @@ from typing import IO
 
 from pivot.errors import StackRunning
 
-__all__ = ["Endpoints", "RunDir", "read_endpoints"]
+__all__ = ["Endpoints", "RunDir", "engine_running", "read_endpoints"]
 
 IPC_PATH_LIMIT = 107
 _SOCKETS = ("work", "control", "events", "changes")
@@ -38,6 +38,24 @@ class Endpoints:
 
 def run_dir_of(root: Path) -> Path:
     return root / ".pivot" / "run"
+
+
+def engine_running(root: Path) -> bool:
+    """Whether a Pivot engine holds the project's run-directory lock right now."""
+    lock = run_dir_of(root) / "lock"
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
 
 
 def read_endpoints(root: Path) -> Endpoints | None:
@@ -75,7 +93,7 @@ class RunDir:
                 ) from None
             raise StackRunning(
                 f"another Pivot engine (pid {holder}) is already running for {self.root}; "
-                "wait for it to finish or stop it first"
+                "`pivot attach` shows it live, `pivot repro` asks it for a run; or stop it first"
             ) from None
         lock_file.seek(0)
         lock_file.truncate()
