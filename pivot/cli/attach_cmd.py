@@ -23,6 +23,6 @@ def attach(display: str, as_json: bool) -> int:
 
     root = find_root()
     if not running_engine(root):
-        raise UserError(f"no Pivot engine is running for {root}; start one with `pivot up`")
+        raise UserError(f"no `pivot up` is running for {root}; start one with `pivot up`")
     with RemoteEngine(root, "attach") as engine:
         return run_live(engine, None, False, False, "json" if as_json else display)

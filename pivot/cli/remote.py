@@ -57,6 +57,8 @@ class RemoteEngine:
 
 
 def running_engine(root: Path) -> bool:
-    from pivot.transport.rundir import engine_running, read_endpoints
+    """Whether a `pivot up` serves this project (a one-shot `repro` engine takes no
+    requests but its own and exits after its wave)."""
+    from pivot.transport.rundir import engine_mode, engine_running, read_endpoints
 
-    return engine_running(root) and read_endpoints(root) is not None
+    return engine_running(root) and engine_mode(root) == "up" and read_endpoints(root) is not None

@@ -59,7 +59,7 @@ class Stack:
 
     def __enter__(self) -> Stack:
         try:
-            endpoints = self.rundir.acquire()
+            endpoints = self.rundir.acquire("up" if self.live is not None else "repro")
             # The pool starts first, before this process even imports ZeroMQ: the pool's
             # interpreter and its loader then run while we import the broker and display
             # code. The pool connects before the broker binds; ZeroMQ retries the connect.

@@ -22,7 +22,7 @@ from typing import IO
 
 from pivot.errors import StackRunning
 
-__all__ = ["Endpoints", "RunDir", "engine_running", "read_endpoints"]
+__all__ = ["Endpoints", "RunDir", "engine_mode", "engine_running", "read_endpoints"]
 
 IPC_PATH_LIMIT = 107
 _SOCKETS = ("work", "control", "events", "changes")
@@ -56,6 +56,15 @@ def engine_running(root: Path) -> bool:
         return False
     finally:
         os.close(fd)
+
+
+def engine_mode(root: Path) -> str | None:
+    """"up" or "repro" for the engine that published endpoints.json, else None."""
+    try:
+        mode = json.loads((run_dir_of(root) / "endpoints.json").read_text()).get("mode")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return mode if isinstance(mode, str) else None
 
 
 def read_endpoints(root: Path) -> Endpoints | None:
@@ -101,7 +110,9 @@ class RunDir:
         lock_file.flush()
         self._lock_file = lock_file
 
-    def acquire(self) -> Endpoints:
+    def acquire(self, mode: str = "repro") -> Endpoints:
+        """Lock, choose the socket folder and publish the endpoints; `mode` ("repro" or
+        "up") tells other commands whether the engine takes requests beyond its own."""
         self.lock()
         self._socket_dir = self._choose_socket_dir()
         endpoints = Endpoints(
@@ -110,7 +121,7 @@ class RunDir:
         for name in _SOCKETS:  # left by a crashed engine; we hold the lock now
             (self._socket_dir / f"{name}.sock").unlink(missing_ok=True)
         tmp = self.path / "endpoints.json.tmp"
-        tmp.write_text(json.dumps(asdict(endpoints), indent=2) + "\n")
+        tmp.write_text(json.dumps({**asdict(endpoints), "mode": mode}, indent=2) + "\n")
         os.replace(tmp, self.path / "endpoints.json")
         return endpoints
 
