@@ -156,6 +156,7 @@ class BrokerState:
         self.reload_again: bool | None = None  # another reload asked meanwhile (restart?)
         self.carry: set[str] = set()  # stages a code change stopped: run after the reload
         self.reload_trigger: tuple[str, list[str]] = ("code", [])
+        self.watchers_joined = 0
         self.pools: dict[str, PoolInfo] = {}
         self.manifest: Manifest | None = None
         self.graph: StageGraph | None = None
@@ -211,7 +212,7 @@ class BrokerState:
             case ChangesConfirmed():
                 self._changes_confirmed(event.paths)
             case WatcherJoined():
-                pass
+                self._watcher_joined()
             case ResultReceived():
                 self._result(event)
             case Tick():
@@ -485,6 +486,14 @@ class BrokerState:
         self._publish(msg)
 
     # --- live mode: changes -> check -> reload or wave ----------------------------------
+
+    def _watcher_joined(self) -> None:
+        self.watchers_joined += 1
+        if self.live is not None and self.watchers_joined > 1:
+            # A restarted watcher missed what changed while none was watching: every
+            # (live) stage is checked again; the wave plan skips what is up to date.
+            scope = set(self.live.scope) if self.live.scope else None
+            self._queue(PendingRun(scope, False, self._keep_going(), False, "files", []))
 
     def _keep_going(self) -> bool:
         return self.live.keep_going if self.live else False

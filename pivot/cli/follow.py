@@ -128,6 +128,7 @@ def run_live(
     import threading
 
     stop = threading.Event()
+    supervisor = Supervisor(stack)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
     renderer = make_renderer(resolve_mode(display, sys.stdout), sys.stdout, sys.stderr)
@@ -154,7 +155,7 @@ def run_live(
                 renderer.event(item)
             if stop.is_set():
                 return 0
-            _check_processes(stack)
+            supervisor.check()
     except KeyboardInterrupt:
         return 0
     finally:
@@ -163,15 +164,46 @@ def run_live(
     return 0
 
 
-def _check_processes(stack: Engine) -> None:
-    """Until supervision restarts them (issue 4), a dead pool or watcher ends `pivot up`."""
-    if stack.pool_exit() is not None:
-        raise InfraError(
-            f"the worker pool exited (code {stack.pool.returncode if stack.pool else '?'}); "
-            f"its log {stack.pool_log}:\n{stack.pool_log_tail()}"
-        )
-    rc = stack.watcher_exit()
-    if rc is not None:
-        raise InfraError(f"the file watcher exited (code {rc}); its log: {stack.watcher_log}")
-    if not stack.broker_alive():
-        raise InfraError("the broker stopped unexpectedly; run again with -v for details")
+CRASH_LIMIT = 5  # more crashes than this within CRASH_WINDOW_S stop the stack
+CRASH_WINDOW_S = 60.0
+BACKOFF_S = (0.1, 0.5, 1.0, 2.0, 5.0)
+
+
+class Supervisor:
+    """Restarts the pool or the watcher of `pivot up` when one dies, with backoff; stops
+    the stack when they crash too often. A dead pool's whole process group is killed
+    before the broker hears of it, so a lost stage never runs twice at once."""
+
+    def __init__(self, stack: Engine) -> None:
+        self.stack = stack
+        self.crashes: list[float] = []
+        self.restart_at: dict[str, float] = {}
+
+    def check(self) -> None:
+        stack = self.stack
+        if not stack.broker_alive():
+            raise InfraError("the broker stopped unexpectedly; run again with -v for details")
+        now = time.monotonic()
+        rc = stack.pool_exit()  # kills what is left of the group and tells the broker
+        if rc is not None:
+            self._crashed("worker pool", rc, stack.pool_log, now)
+            self.restart_at["pool"] = now + self._backoff()
+        if "watcher" not in self.restart_at and (rc := stack.watcher_exit()) is not None:
+            self._crashed("file watcher", rc, stack.watcher_log, now)
+            self.restart_at["watcher"] = now + self._backoff()
+        for role, when in list(self.restart_at.items()):
+            if now >= when:
+                del self.restart_at[role]
+                getattr(stack, f"restart_{role}")()
+
+    def _backoff(self) -> float:
+        return BACKOFF_S[min(len(self.crashes), len(BACKOFF_S)) - 1]
+
+    def _crashed(self, what: str, rc: int, log_path: object, now: float) -> None:
+        self.crashes = [t for t in self.crashes if now - t < CRASH_WINDOW_S] + [now]
+        print(f"pivot: the {what} exited (code {rc}); restarting it (log: {log_path})", file=sys.stderr)
+        if len(self.crashes) > CRASH_LIMIT:
+            raise InfraError(
+                f"Pivot's processes crashed {len(self.crashes)} times within {CRASH_WINDOW_S:.0f} s "
+                f"(last: the {what}, code {rc}); stopping. See {log_path}"
+            )

@@ -55,6 +55,11 @@ class RemoteEngine:
     def pool_log_tail(self) -> str:
         return ""
 
+    def restart_pool(self) -> None:  # never called: pool_exit() is always None here
+        raise AssertionError("an attached view does not supervise")
+
+    restart_watcher = restart_pool
+
 
 def running_engine(root: Path) -> bool:
     """Whether a `pivot up` serves this project (a one-shot `repro` engine takes no

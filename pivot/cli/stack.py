@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 from pivot.pipeline.project import pivot_dir
 from pivot.runtime.procs import kill_group
 from pivot.runtime.spawn import python_cmd
-from pivot.transport.rundir import RunDir
+from pivot.transport.rundir import Endpoints, RunDir
 
 __all__ = ["Stack"]
 
@@ -54,12 +54,14 @@ class Stack:
         self.thread: threading.Thread | None = None
         self.pool: subprocess.Popen[bytes] | None = None
         self.pool_log = pivot_dir(root) / "logs" / "pool.log"
+        self.endpoints: Endpoints
         self.client: EngineClient | None = None
         self.pool_reported = False
 
     def __enter__(self) -> Stack:
         try:
             endpoints = self.rundir.acquire("up" if self.live is not None else "repro")
+            self.endpoints = endpoints
             # The pool starts first, before this process even imports ZeroMQ: the pool's
             # interpreter and its loader then run while we import the broker and display
             # code. The pool connects before the broker binds; ZeroMQ retries the connect.
@@ -86,7 +88,7 @@ class Stack:
 
     def _start_pool(self, work_endpoint: str) -> None:
         self.pool_log.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.pool_log, "wb") as out:
+        with open(self.pool_log, "ab") as out:  # a restarted pool keeps its predecessor's log
             self.pool = subprocess.Popen(
                 python_cmd(
                     "workers", "--root", str(self.root), "--work", work_endpoint,
@@ -101,7 +103,7 @@ class Stack:
 
     def _start_watcher(self, changes_endpoint: str) -> None:
         args = ["--root", str(self.root), "--changes", changes_endpoint]
-        with open(self.watcher_log, "wb") as out:
+        with open(self.watcher_log, "ab") as out:
             self.watcher = subprocess.Popen(
                 python_cmd("pivot.watch", *args, *(["--poll"] if self.poll else [])),
                 cwd=self.root,
@@ -113,6 +115,17 @@ class Stack:
 
     def watcher_exit(self) -> int | None:
         return self.watcher.poll() if self.watcher is not None else None
+
+    def restart_pool(self) -> None:
+        """Start a new pool under the same name (the dead one's group is already killed:
+        `pool_exit` does that before the broker re-queues its stages)."""
+        self.pool_reported = False
+        self._start_pool(self.endpoints.work)
+
+    def restart_watcher(self) -> None:
+        if self.watcher is not None and not kill_group(self.watcher.pid, GRACE_S):
+            log.error("processes of the watcher group %d survived SIGKILL", self.watcher.pid)
+        self._start_watcher(self.endpoints.changes)
 
     def pool_exit(self) -> int | None:
         """The pool's exit code the first time it is seen dead (reported to the broker)."""

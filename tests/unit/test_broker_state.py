@@ -29,6 +29,7 @@ from broker.events import (
     SnapshotRequested,
     StageRunningReported,
     Tick,
+    WatcherJoined,
     WavePlanned,
 )
 from broker.state import BrokerState, LiveOptions
@@ -536,3 +537,10 @@ def test_up_with_stages_keeps_only_them_and_their_upstream_live() -> None:
     [paths] = confirms(h.feed(Tick(1.1)))
     [wave] = published(h.feed(ChangesConfirmed(paths)), WaveStarted)
     assert wave.stages == ["a", "b"]  # c and d are outside the scope
+
+
+def test_a_restarted_watcher_makes_every_stage_be_checked_again() -> None:
+    h = live_harness()
+    assert published(h.feed(WatcherJoined(10)), WaveStarted) == []  # the first one: nothing missed
+    [wave] = published(h.feed(WatcherJoined(11)), WaveStarted)
+    assert wave.stages == ["a", "b", "c", "d", "e"] and wave.trigger == "files"
