@@ -37,7 +37,7 @@ from pivot.protocol.messages import Heartbeat, Snapshot, SnapshotRequest, StageR
 
 pytestmark = pytest.mark.timeout(60)
 
-ENDPOINT_KEYS = {"work", "control", "events", "changes"}
+ENDPOINT_KEYS = {"work", "control", "events", "changes", "mode"}
 OVERSIZED = 16 * 1024 * 1024 + 1024  # over the receivers' MAXMSGSIZE
 
 
