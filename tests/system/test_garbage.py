@@ -86,6 +86,7 @@ def test_garbage_on_every_socket_does_not_break_the_run(
         held_stage_pid(root)
         endpoints = json.loads((root / ".pivot" / "run" / "endpoints.json").read_text())
         assert set(endpoints) == ENDPOINT_KEYS, endpoints
+        assert endpoints.pop("mode") == "repro", endpoints
         assert all(str(v).startswith("ipc://") for v in endpoints.values()), endpoints
 
         control = dealer(zctx, endpoints["control"])
