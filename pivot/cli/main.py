@@ -19,6 +19,7 @@ from pivot.cli import (
     gc_cmd,
     init_cmd,
     list_cmd,
+    logs_cmd,
     metrics_cmd,
     params_cmd,
     repro_cmd,
@@ -57,6 +58,7 @@ cli.add_command(checkout_cmd.checkout)
 cli.add_command(gc_cmd.gc)
 cli.add_command(up_cmd.up)
 cli.add_command(attach_cmd.attach)
+cli.add_command(logs_cmd.logs)
 
 
 def report(exc: PivotError) -> int:

@@ -6,6 +6,7 @@ returned with the result; the pool publishes them as log events.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -79,6 +80,30 @@ StageJob = dict[str, Any]
 _STATE: dict[str, ProjectState] = {}
 
 
+def stage_log_path(root: Path, stage: str) -> Path:
+    return root / ".pivot" / "logs" / "stages" / f"{stage}.log"
+
+
+def keep_log(
+    root: Path, stage: str, status: str, reason: str, error: str | None, logs: list[list[str]]
+) -> None:
+    """The output of the stage's last run, for `pivot logs STAGE` (bounded like the
+    captured lines; written to a temp file and renamed)."""
+    path = stage_log_path(root, stage)
+    when = time.strftime("%Y-%m-%d %H:%M:%S")
+    lines = [f"# {stage}: {status} ({reason}) at {when}"]
+    lines += [("! " if stream == "stderr" else "") + line for stream, line in logs]
+    if error:
+        lines += ["# traceback:", *error.rstrip().splitlines()]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text("\n".join(lines) + "\n")
+        os.replace(tmp, path)
+    except OSError:
+        pass  # losing a log copy must not fail the stage; the display has the lines
+
+
 def _state(root: Path) -> ProjectState:
     """One set of stores per worker process (and root), reused across stages."""
     key = str(root)
@@ -99,10 +124,13 @@ def run_stage(job: StageJob) -> dict[str, Any]:
     logs: list[list[str]] = []
     notes: list[str] = []
     started = time.perf_counter()
+    executed = False  # the stage's own code ran: its output is kept for `pivot logs`
 
     def outcome(
         status: str, code: str, reason: str, error: str | None = None, details: dict[str, Any] | None = None
     ) -> dict[str, Any]:
+        if executed:
+            keep_log(root, name, status, reason, error, logs)
         return {
             "status": status,
             "reason_code": code,
@@ -138,6 +166,7 @@ def run_stage(job: StageJob) -> dict[str, Any]:
         return outcome("failed", "failed", msg)
     for out in outs:
         remove(root / out)
+    executed = True
     try:
         with _captured(logs):
             decl.func(**job["params"])

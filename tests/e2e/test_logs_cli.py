@@ -1,0 +1,50 @@
+"""`pivot logs`: a stage's captured output from its last run, and process logs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from procs import describe, run_pivot
+from procs import pivot_ok as ok
+
+pytestmark = pytest.mark.timeout(60)
+
+PIPELINE = '''\
+import sys
+
+from pivot import stage
+
+
+@stage(outs=["a.txt"])
+def talk(fail: bool = False) -> None:
+    print("hello from talk")
+    print("a warning", file=sys.stderr)
+    if fail:
+        raise ValueError("talk broke")
+    open("a.txt", "w").write("a\\n")
+'''
+
+
+def test_logs_show_the_last_run_of_a_stage(make_project: Callable[..., Path]) -> None:
+    root = make_project({"pipeline.py": PIPELINE})
+    assert run_pivot(root, "repro", "--json").returncode == 0
+    text = ok(root, "logs", "talk")
+    assert text.splitlines()[0].startswith("# talk: ran (never ran) at ")
+    assert text.splitlines()[1:] == ["hello from talk", "! a warning"]
+
+    (root / "params.yaml").write_text("talk:\n  fail: true\n")
+    failed = run_pivot(root, "repro", "--json")
+    assert failed.returncode == 1, describe(failed)
+    text = ok(root, "logs", "talk")
+    assert text.startswith("# talk: failed (ValueError: talk broke)")
+    assert "hello from talk" in text and "# traceback:" in text and "ValueError: talk broke" in text
+
+
+def test_logs_of_an_unknown_or_never_run_stage_is_a_usage_error(make_project: Callable[..., Path]) -> None:
+    root = make_project({"pipeline.py": PIPELINE})
+    for args in (["logs", "talk"], ["logs"], ["logs", "talk", "--role", "pool"]):
+        result = run_pivot(root, *args)
+        assert result.returncode == 2, describe(result)
+        assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr, describe(result)
