@@ -17,6 +17,7 @@ __all__ = [
     "FilesReported",
     "ManifestArrived",
     "ManifestRejected",
+    "PauseRequested",
     "PoolGone",
     "PoolHeard",
     "PoolJoined",
@@ -81,6 +82,12 @@ class RunRequested:
 @dataclass(frozen=True)
 class SnapshotRequested:
     client: bytes
+
+
+@dataclass(frozen=True)
+class PauseRequested:
+    client: bytes
+    paused: bool
 
 
 @dataclass(frozen=True)
@@ -151,6 +158,7 @@ Event = (
     | RunRequested
     | SnapshotRequested
     | ShutdownRequested
+    | PauseRequested
     | StageRunningReported
     | ResultReceived
     | WavePlanned

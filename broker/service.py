@@ -28,6 +28,7 @@ from broker.events import (
     FilesReported,
     ManifestArrived,
     ManifestRejected,
+    PauseRequested,
     PoolGone,
     PoolHeard,
     PoolJoined,
@@ -57,6 +58,7 @@ from pivot.protocol.messages import (
     ManifestFailed,
     ManifestLoaded,
     Message,
+    PauseRequest,
     PoolExited,
     PoolHello,
     RunRequest,
@@ -290,6 +292,8 @@ class BrokerService:
                 self._feed(SnapshotRequested(client))
             case ShutdownRequest():
                 self._feed(ShutdownRequested(client))
+            case PauseRequest(paused=paused):
+                self._feed(PauseRequested(client, paused))
             case PoolExited(pool=pool, returncode=rc):
                 self._feed(PoolGone(pool, _describe_exit(rc)))
             case _:

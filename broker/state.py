@@ -21,6 +21,7 @@ from broker.events import (
     FilesReported,
     ManifestArrived,
     ManifestRejected,
+    PauseRequested,
     PoolGone,
     PoolHeard,
     PoolJoined,
@@ -47,6 +48,7 @@ from pivot.protocol.messages import (
     LoadManifest,
     LogLine,
     Message,
+    Paused,
     PipelineInvalid,
     PipelineLoaded,
     PlanWave,
@@ -54,6 +56,7 @@ from pivot.protocol.messages import (
     PoolShutdown,
     PoolWelcome,
     ResultAck,
+    Resumed,
     RunReply,
     RunStage,
     ShutdownReply,
@@ -157,6 +160,7 @@ class BrokerState:
         self.carry: set[str] = set()  # stages a code change stopped: run after the reload
         self.reload_trigger: tuple[str, list[str]] = ("code", [])
         self.watchers_joined = 0
+        self.paused = False  # no new wave starts (changes are still collected)
         self.pools: dict[str, PoolInfo] = {}
         self.manifest: Manifest | None = None
         self.graph: StageGraph | None = None
@@ -198,6 +202,12 @@ class BrokerState:
                 self._run_requested(event)
             case SnapshotRequested():
                 self._out.append(Reply(event.client, self.snapshot()))
+            case PauseRequested():
+                if event.paused != self.paused:
+                    self.paused = event.paused
+                    self._publish(Paused() if event.paused else Resumed())
+                word = "paused" if event.paused else "resumed"
+                self._out.append(Reply(event.client, RunReply(True, word)))
             case ShutdownRequested():
                 self.stopping = True
                 for name in self.pools:
@@ -317,6 +327,8 @@ class BrokerState:
 
     def _maybe_start_wave(self) -> None:
         if self.wave is not None or self.pending is None or self.stopping or self.reloading:
+            return
+        if self.paused:
             return
         if self.graph is None or self.manifest is None or not self.pools:
             return
@@ -633,6 +645,7 @@ class BrokerState:
             order=order,
             pipeline_error=self.pipeline_error,
             last_wave=self.last_wave,
+            paused=self.paused,
         )
 
     def _publish(self, msg: Message) -> None:

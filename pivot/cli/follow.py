@@ -12,12 +12,16 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pivot.cli.keys import KeyReader
 from pivot.display.render import Renderer, make_renderer, resolve_mode, wave_failed
 from pivot.errors import InfraError, UserError
 from pivot.protocol.codec import Envelope
 from pivot.protocol.messages import (
+    Paused,
+    PauseRequest,
     PipelineInvalid,
     PoolLost,
+    Resumed,
     RunReply,
     RunRequest,
     Snapshot,
@@ -132,9 +136,12 @@ def run_live(
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
     renderer = make_renderer(resolve_mode(display, sys.stdout), sys.stdout, sys.stderr)
+    if hasattr(renderer, "keys_hint") and sys.stdin.isatty():
+        renderer.keys_hint = "q quit · f force · p pause"
     dropped = 0
     assert stack.client is not None
     client = stack.client
+    paused = False
     try:
         joined = client.join()
         if stages is None:  # attaching: show the engine's state as it is now
@@ -143,19 +150,32 @@ def run_live(
             renderer.baseline(joined)
             client.send(RunRequest(list(stages), force, keep_going))
         answered = stages is None
-        for item in client.events(poll_s=0.1):
-            if not answered and (reply := client.take_reply(RunReply)) is not None:
-                answered = True
-                assert isinstance(reply, RunReply)
-                if not reply.accepted:
-                    raise UserError(reply.message)
-            if isinstance(item, Snapshot):
-                renderer.resync(item)
-            elif isinstance(item, Envelope):
-                renderer.event(item)
-            if stop.is_set():
-                return 0
-            supervisor.check()
+        with KeyReader() as keys:
+            for item in client.events(poll_s=0.1):
+                if not answered and (reply := client.take_reply(RunReply)) is not None:
+                    answered = True
+                    assert isinstance(reply, RunReply)
+                    if not reply.accepted:
+                        raise UserError(reply.message)
+                if isinstance(item, Snapshot):
+                    paused = item.paused
+                    renderer.resync(item)
+                elif isinstance(item, Envelope):
+                    if isinstance(item.msg, (Paused, Resumed)):
+                        paused = isinstance(item.msg, Paused)
+                    renderer.event(item)
+                for key in keys.pressed():
+                    if key == "q":
+                        return 0
+                    if key == "f":  # force: every (live) stage runs again
+                        client.send(RunRequest(list(stages or ()), True, keep_going))
+                    elif key == "p":
+                        client.send(PauseRequest(not paused))
+                if answered:
+                    client.take_reply(RunReply)  # answers to keys: nothing to show
+                if stop.is_set():
+                    return 0
+                supervisor.check()
     except KeyboardInterrupt:
         return 0
     finally:

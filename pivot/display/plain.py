@@ -27,9 +27,11 @@ from pivot.protocol.codec import Envelope
 from pivot.protocol.messages import (
     LogLine,
     Message,
+    Paused,
     PipelineInvalid,
     PipelineLoaded,
     PoolLost,
+    Resumed,
     Snapshot,
     StageFinished,
     StageStarted,
@@ -111,6 +113,10 @@ class PlainRenderer:
             case WaveFinished():
                 style = "failed" if wave_failed(msg) else "done"
                 self._line(self._paint(wave_summary(msg), style))
+            case Paused():
+                self._line("paused: no wave starts until resumed (p)")
+            case Resumed():
+                self._line("resumed")
             case PipelineInvalid():
                 self._flush(self.out)
                 self._write(self.err, f"{self._paint('pipeline error', 'error')}: {msg.message}")

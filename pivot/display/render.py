@@ -25,9 +25,11 @@ from pivot.protocol.messages import (
     STATUSES,
     LogLine,
     Message,
+    Paused,
     PipelineInvalid,
     PipelineLoaded,
     PoolLost,
+    Resumed,
     Snapshot,
     StageFinished,
     StageStarted,
@@ -64,6 +66,8 @@ EVENT_TAGS = frozenset(
         LogLine,
         WaveFinished,
         PoolLost,
+        Paused,
+        Resumed,
     )
 )
 _WAVE_LISTS = STATUSES  # WaveFinished list fields, same names and order as the statuses

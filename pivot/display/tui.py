@@ -37,9 +37,11 @@ from pivot.display.render import (
 from pivot.protocol.codec import Envelope
 from pivot.protocol.messages import (
     LogLine,
+    Paused,
     PipelineInvalid,
     PipelineLoaded,
     PoolLost,
+    Resumed,
     Snapshot,
     StageFinished,
     StageStarted,
@@ -100,6 +102,8 @@ class TuiRenderer:
         self._logs: deque[LogLine] = deque(maxlen=max(0, log_lines))
         self._pipeline_error: tuple[str, str] | None = None
         self._notes: deque[str] = deque(maxlen=3)
+        self._trigger = ""  # what started the wave shown: "files: data/raw.csv"
+        self.keys_hint = ""  # set by a live command that reads keys
 
     @classmethod
     def for_stream(cls, out: TextIO) -> TuiRenderer:
@@ -158,6 +162,11 @@ class TuiRenderer:
                 self._wave_t0, self._wave_t1 = env.ts, None
                 self._summary = None
                 self._rows = {s: _Row() for s in msg.stages}
+                if msg.trigger != "run":
+                    shown = ", ".join(msg.paths[:3]) + (" …" if len(msg.paths) > 3 else "")
+                    self._trigger = f"{msg.trigger}: {shown}" if shown else msg.trigger
+                else:
+                    self._trigger = ""
             case StageStarted():
                 row = self._row(msg.wave, msg.stage, above)
                 if row is not None:
@@ -174,6 +183,10 @@ class TuiRenderer:
                     self._wave, self._wave_running = msg.wave, False
                     self._wave_t1 = env.ts
                     self._summary = msg
+            case Paused():
+                self._notes.append("paused: no wave starts until resumed (p)")
+            case Resumed():
+                self._notes.append("resumed")
             case PipelineInvalid():
                 self._pipeline_error = (msg.message, msg.detail)
             case PipelineLoaded():
@@ -327,6 +340,10 @@ class TuiRenderer:
         if self._wave_t0 is not None:
             end = self._wave_t1 if self._wave_t1 is not None else self.clock()
             text.append(f" · {format_duration(end - self._wave_t0)}", style="dim")
+        if self._trigger:
+            text.append(f" · {self._trigger}", style="dim")
+        if self.keys_hint:
+            text.append(f"    {self.keys_hint}", style="dim")
         return text
 
     def _table(self, limit: int | None) -> Table:

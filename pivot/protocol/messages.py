@@ -27,6 +27,8 @@ __all__ = [
     "ManifestFailed",
     "ManifestLoaded",
     "Message",
+    "PauseRequest",
+    "Paused",
     "PipelineInvalid",
     "PipelineLoaded",
     "PlanWave",
@@ -36,6 +38,7 @@ __all__ = [
     "PoolShutdown",
     "PoolWelcome",
     "ResultAck",
+    "Resumed",
     "RunReply",
     "RunRequest",
     "RunStage",
@@ -270,6 +273,7 @@ class Snapshot(Message):
     order: list[str]
     pipeline_error: dict[str, Any] | None
     last_wave: dict[str, Any] | None
+    paused: bool = False
 
 
 @dataclass(frozen=True)
@@ -279,6 +283,16 @@ class PoolExited(Message):
     TAG: ClassVar[str] = "pool_exited"
     pool: str
     returncode: int
+
+
+@dataclass(frozen=True)
+class PauseRequest(Message):
+    """Client -> broker: stop (`paused`) or resume starting waves; answered with `RunReply`.
+
+    While paused, changes are still collected; the wave in flight finishes."""
+
+    TAG: ClassVar[str] = "pause_request"
+    paused: bool
 
 
 @dataclass(frozen=True)
@@ -374,6 +388,18 @@ class LogLine(Message):
 
 
 @dataclass(frozen=True)
+class Paused(Message):
+    """No new wave starts until `resumed` (the live view's `p` key)."""
+
+    TAG: ClassVar[str] = "paused"
+
+
+@dataclass(frozen=True)
+class Resumed(Message):
+    TAG: ClassVar[str] = "resumed"
+
+
+@dataclass(frozen=True)
 class WaveFinished(Message):
     TAG: ClassVar[str] = "wave_finished"
     wave: int
@@ -415,6 +441,7 @@ MESSAGES: tuple[type[Message], ...] = (
     SnapshotRequest,
     Snapshot,
     PoolExited,
+    PauseRequest,
     ShutdownRequest,
     ShutdownReply,
     EventsWelcome,
@@ -426,5 +453,7 @@ MESSAGES: tuple[type[Message], ...] = (
     StageFinished,
     LogLine,
     WaveFinished,
+    Paused,
+    Resumed,
     PoolLost,
 )

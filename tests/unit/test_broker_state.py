@@ -16,6 +16,7 @@ from broker.events import (
     FilesReported,
     ManifestArrived,
     ManifestRejected,
+    PauseRequested,
     PoolGone,
     PoolHeard,
     PoolJoined,
@@ -40,6 +41,7 @@ from pivot.protocol.messages import (
     LoadManifest,
     LogLine,
     Message,
+    Paused,
     PipelineInvalid,
     PipelineLoaded,
     PlanWave,
@@ -47,6 +49,7 @@ from pivot.protocol.messages import (
     PoolShutdown,
     PoolWelcome,
     ResultAck,
+    Resumed,
     RunReply,
     RunStage,
     ShutdownReply,
@@ -544,3 +547,18 @@ def test_a_restarted_watcher_makes_every_stage_be_checked_again() -> None:
     assert published(h.feed(WatcherJoined(10)), WaveStarted) == []  # the first one: nothing missed
     [wave] = published(h.feed(WatcherJoined(11)), WaveStarted)
     assert wave.stages == ["a", "b", "c", "d", "e"] and wave.trigger == "files"
+
+
+def test_pause_holds_new_waves_and_resume_starts_them() -> None:
+    h = live_harness()
+    commands = h.feed(PauseRequested(CLIENT, True))
+    assert published(commands, Paused) == [Paused()] and h.state.snapshot().paused
+    assert published(h.run(), WaveStarted) == []  # queued, not started
+    h.feed(FilesReported(("a.txt",), 1.0))
+    [paths] = confirms(h.feed(Tick(1.1)))  # changes are still collected and checked
+    assert published(h.feed(ChangesConfirmed(paths)), WaveStarted) == []
+    assert published(h.feed(PauseRequested(CLIENT, True)), Paused) == []  # already paused
+    commands = h.feed(PauseRequested(CLIENT, False))
+    assert published(commands, Resumed) == [Resumed()]
+    [wave] = published(commands, WaveStarted)
+    assert wave.stages == ["a", "b", "c", "d", "e"]
