@@ -23,6 +23,7 @@ from pivot.cli import (
     metrics_cmd,
     params_cmd,
     repro_cmd,
+    run_cmd,
     status_cmd,
     up_cmd,
 )
@@ -59,6 +60,7 @@ cli.add_command(gc_cmd.gc)
 cli.add_command(up_cmd.up)
 cli.add_command(attach_cmd.attach)
 cli.add_command(logs_cmd.logs)
+cli.add_command(run_cmd.run)
 
 
 def report(exc: PivotError) -> int:

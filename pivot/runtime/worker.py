@@ -168,8 +168,11 @@ def run_stage(job: StageJob) -> dict[str, Any]:
         remove(root / out)
     executed = True
     try:
-        with _captured(logs):
+        if job.get("foreground"):  # `pivot run --foreground`: the terminal is the stage's
             decl.func(**job["params"])
+        else:
+            with _captured(logs):
+                decl.func(**job["params"])
     except BaseException as exc:
         return outcome("failed", "failed", f"{type(exc).__name__}: {exc}", user_traceback(exc))
     try:

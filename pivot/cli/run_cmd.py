@@ -1,0 +1,75 @@
+"""`pivot run STAGE --foreground`: one stage in this terminal's own process."""
+
+from __future__ import annotations
+
+import click
+
+from pivot.errors import UserError
+
+
+@click.command()
+@click.argument("stage")
+@click.option("--foreground", is_flag=True, required=True,
+              help="Run in this process, with this terminal (stdin, tty, breakpoint()).")
+@click.option("-f", "--force", is_flag=True, help="Run even if the stage is up to date.")
+def run(stage: str, foreground: bool, force: bool) -> int:
+    """Run STAGE in the terminal's own process, for debugging: stdin and the tty are
+    the stage's, so `breakpoint()` and `input()` work. Its outputs are committed like
+    any run (cache, lock, run cache). Upstream stages are not run; a missing dependency
+    is an error. Refused while a Pivot engine runs in the project.
+    """
+    from pivot.cli.common import check_stage_names
+    from pivot.pipeline.project import find_root, pivot_dir
+    from pivot.runtime.loader import build_manifest
+    from pivot.runtime.worker import run_stage
+    from pivot.state.outputs import ProjectState
+    from pivot.state.plan import dep_producers, prepare
+    from pivot.transport.rundir import RunDir
+
+    root = find_root()
+    pivot_dir(root)
+    guard = RunDir(root)
+    guard.lock("run a stage in the foreground")
+    state = ProjectState.open(root)
+    try:
+        manifest = build_manifest(root)  # imports pipeline.py here: this is the stage's process
+        check_stage_names([stage], [s.name for s in manifest.stages])
+        spec = manifest.by_name[stage]
+        prepared = prepare(state, spec, force=force, producers=dep_producers(manifest))
+        decision, reason = prepared.decision, prepared.reason
+        for note in prepared.notes:
+            click.echo(f"note: {note}", err=True)
+        if decision.missing_deps:
+            raise UserError(
+                f"stage {stage!r}: dependency missing: {', '.join(decision.missing_deps)}; "
+                "run its upstream first (`pivot repro`)"
+            )
+        if prepared.restored is not None:
+            click.echo(f"{stage}: {reason.message}")
+            return 0
+        if not decision.run:
+            click.echo(f"{stage}: up to date (use -f to run it anyway)")
+            return 0
+        click.echo(f"{stage}: running in the foreground ({reason.message})", err=True)
+        result = run_stage(
+            {
+                "root": str(root), "stage": stage, "params": spec.params, "outs": list(spec.outs),
+                "fingerprint": spec.fingerprint, "code_parts": spec.code_parts,
+                "dep_hashes": decision.dep_hashes,
+                "recorded_outs": decision.lock.outs if decision.lock else {},
+                "run_key": prepared.run_key, "reason_code": str(reason.code),
+                "reason": reason.message, "details": reason.details, "foreground": True,
+            }
+        )
+    finally:
+        state.close()
+        guard.release()
+    for note in result["notes"]:
+        click.echo(f"note: {note}", err=True)
+    if result["status"] != "ran":
+        click.echo(f"{stage}: FAILED ({result['reason']})", err=True)
+        if result["error"]:
+            click.echo(result["error"].rstrip(), err=True)
+        return 1
+    click.echo(f"{stage}: ran in {result['duration_s']:.2f}s; outputs committed")
+    return 0
