@@ -5,8 +5,9 @@ A path whose (inode, size, mtime_ns) still matches its recorded row is unchanged
 without being read; otherwise it is hashed and compared with the recorded digest. So a
 save with identical content, or an output the pipeline itself just committed (recorded
 by the worker), is no change. Every checked path is recorded, so the next save of the
-same content is recognised too. A path that no longer exists counts as changed (a
-deleted dep or output matters; one nobody declared affects no stage).
+same content is recognised too. A path that no longer exists counts as changed only if
+something was recorded for it or under it (a deleted dep, output or folder of them); an
+editor's temp file, gone after the save's rename, is not a change.
 """
 
 from __future__ import annotations
@@ -39,7 +40,10 @@ def confirm(root: Path, cache: StateCache, paths: tuple[str, ...]) -> list[str]:
             log.debug("checking %s: %s", rel, exc)
             changed.append(rel)
             continue
-        if now is None or now != before:
+        if now is None:
+            if cache.known(full):
+                changed.append(rel)
+        elif now != before:
             changed.append(rel)
     return changed
 

@@ -328,8 +328,8 @@ class BrokerState:
     def _maybe_start_wave(self) -> None:
         if self.wave is not None or self.pending is None or self.stopping or self.reloading:
             return
-        if self.paused:
-            return
+        if self.paused or (self.live is not None and self.watchers_joined == 0):
+            return  # live: nothing runs before the watch is registered (no edit is missed)
         if self.graph is None or self.manifest is None or not self.pools:
             return
         run, self.pending = self.pending, None
@@ -596,6 +596,9 @@ class BrokerState:
             wave.halted = True
             wave.code_halt = True
             running = set(wave.running.values())
+            # Running ones too: the pool may answer for them after the reload (a stage it
+            # was still deciding); if one finishes fine, the next wave's plan skips it.
+            self.carry |= running
             for stage in wave.stages:
                 if stage not in wave.done and stage not in running:
                     self.carry.add(stage)

@@ -89,6 +89,7 @@ _SELECT_ALL = f"SELECT path, inode, size, mtime_ns, digest, hashed_at_ns FROM {_
 _SELECT_ONE = f"SELECT inode, size, mtime_ns, digest, hashed_at_ns FROM {_TABLE} WHERE path = ?"
 _UPSERT = f"INSERT OR REPLACE INTO {_TABLE} VALUES (?, ?, ?, ?, ?, ?)"
 _DELETE = f"DELETE FROM {_TABLE} WHERE path IN (?, ?) OR (path >= ? AND path < ?)"
+_ANY_UNDER = f"SELECT 1 FROM {_TABLE} WHERE path >= ? AND path < ? LIMIT 1"
 _SCHEMA = (
     f"CREATE TABLE IF NOT EXISTS {_TABLE} ("
     "path TEXT PRIMARY KEY, inode INTEGER NOT NULL, size INTEGER NOT NULL,"
@@ -227,6 +228,21 @@ class StateCache:
         instance's memory, which another process may have made stale), or None."""
         row = self._select(self._key(os.fspath(path)))
         return row[3] if row is not None else None
+
+    def known(self, path: str | os.PathLike[str]) -> bool:
+        """Whether the store has a row for `path` or for anything under it (a folder)."""
+        if self.recorded(path) is not None:
+            return True
+        real = os.path.realpath(os.fspath(path))
+        conn = self._conn()
+        if conn is None:
+            return True  # cannot tell: assume it mattered
+        try:
+            found = conn.execute(_ANY_UNDER, (real + os.sep, real + chr(ord(os.sep) + 1))).fetchone()
+        except sqlite3.Error as exc:
+            self._failed(exc, "reading the state cache")
+            return True
+        return found is not None
 
     def record(self, path: Path, digest: str) -> None:
         """Store `digest` as the hash of `path`'s current contents (the caller just hashed or

@@ -422,12 +422,14 @@ def test_a_late_plan_for_an_earlier_wave_is_ignored() -> None:
 # --- live mode (`pivot up`): changes -> quiet window -> check -> reload or wave --------------
 
 
-def live_harness(manifest: Manifest | None = None, **options: Any) -> Harness:
+def live_harness(manifest: Manifest | None = None, watching: bool = True, **options: Any) -> Harness:
     h = Harness()
     h.state = BrokerState(heartbeat_s=1.0, liveness=3, live=LiveOptions(**options))
     m = manifest or diamond()
     h.feed(PoolJoined("p1", 4, 0.0))
     h.feed(ManifestArrived(m, build_graph(m)))
+    if watching:
+        h.feed(WatcherJoined(10))
     return h
 
 
@@ -542,9 +544,15 @@ def test_up_with_stages_keeps_only_them_and_their_upstream_live() -> None:
     assert wave.stages == ["a", "b"]  # c and d are outside the scope
 
 
+def test_no_wave_starts_before_the_watch_is_registered() -> None:
+    h = live_harness(watching=False)
+    assert published(h.run(), WaveStarted) == []  # an edit made now would be missed
+    [wave] = published(h.feed(WatcherJoined(10)), WaveStarted)
+    assert wave.trigger == "run"
+
+
 def test_a_restarted_watcher_makes_every_stage_be_checked_again() -> None:
-    h = live_harness()
-    assert published(h.feed(WatcherJoined(10)), WaveStarted) == []  # the first one: nothing missed
+    h = live_harness()  # its first watcher joined: nothing was missed
     [wave] = published(h.feed(WatcherJoined(11)), WaveStarted)
     assert wave.stages == ["a", "b", "c", "d", "e"] and wave.trigger == "files"
 
@@ -562,3 +570,20 @@ def test_pause_holds_new_waves_and_resume_starts_them() -> None:
     assert published(commands, Resumed) == [Resumed()]
     [wave] = published(commands, WaveStarted)
     assert wave.stages == ["a", "b", "c", "d", "e"]
+
+
+def test_a_stage_cancelled_after_the_reload_answered_still_runs_again() -> None:
+    h = live_harness()
+    [(_, _, a), (_, _, e)] = dispatched(h.run())
+    h.state.manifest = dataclasses.replace(h.state.manifest, sources=("helpers.py",))  # type: ignore[arg-type]
+    h.feed(FilesReported(("helpers.py",), 1.0))
+    [paths] = confirms(h.feed(Tick(1.1)))
+    h.feed(ChangesConfirmed(paths))
+    h.result(a)
+    same = h.state.manifest
+    assert same is not None
+    h.feed(ManifestArrived(same, build_graph(same)))  # nothing changed in the specs
+    # e was still being decided by the pool: its cancellation arrives only now.
+    commands = h.feed(ResultReceived("p1", e, "cancelled", "cancelled", "code changed", 0.0, None, ()))
+    [wave] = published(commands, WaveStarted)
+    assert "e" in wave.stages and wave.trigger == "code"
