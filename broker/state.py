@@ -330,6 +330,10 @@ class BrokerState:
             return
         if self.paused or (self.live is not None and self.watchers_joined == 0):
             return  # live: nothing runs before the watch is registered (no edit is missed)
+        if self.live is not None and self.pipeline_error is not None and self.manifest is not None:
+            # The source on disk is broken: a fresh worker would import it and fail every
+            # stage, and no other copy of the last good code exists. Changes wait for a fix.
+            return
         if self.graph is None or self.manifest is None or not self.pools:
             return
         run, self.pending = self.pending, None

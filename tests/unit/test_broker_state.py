@@ -587,3 +587,21 @@ def test_a_stage_cancelled_after_the_reload_answered_still_runs_again() -> None:
     commands = h.feed(ResultReceived("p1", e, "cancelled", "cancelled", "code changed", 0.0, None, ()))
     [wave] = published(commands, WaveStarted)
     assert "e" in wave.stages and wave.trigger == "code"
+
+
+def test_while_the_pipeline_is_broken_changes_wait_for_the_fix() -> None:
+    h = live_harness()
+    h.feed(FilesReported(("pipeline.py",), 0.5))
+    [paths] = confirms(h.feed(Tick(0.6)))
+    h.feed(ChangesConfirmed(paths))
+    h.feed(ManifestRejected("pipeline.py failed to import: SyntaxError", ""))
+    h.feed(FilesReported(("a.txt",), 1.0))
+    [paths] = confirms(h.feed(Tick(1.1)))
+    assert published(h.feed(ChangesConfirmed(paths)), WaveStarted) == []
+    h.feed(FilesReported(("pipeline.py",), 1.5))
+    [paths] = confirms(h.feed(Tick(1.6)))
+    h.feed(ChangesConfirmed(paths))
+    m = h.state.manifest
+    assert m is not None
+    [wave] = published(h.feed(ManifestArrived(m, build_graph(m))), WaveStarted)
+    assert wave.stages == ["a", "b", "c", "d"]  # the data edit waited; now it runs
