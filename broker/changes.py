@@ -34,6 +34,8 @@ def confirm(root: Path, cache: StateCache, paths: tuple[str, ...]) -> list[str]:
         try:
             if full.is_dir():
                 continue  # its files report themselves
+            if full.exists() and not full.is_file():
+                continue  # a fifo or device: reading it could block the checker forever
             before = cache.recorded(full)
             now = cache.hash_path(full)
         except OSError as exc:

@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -402,3 +403,184 @@ def pivot_ok(cwd: Path, *args: str) -> str:
     assert result.returncode == 0, describe(result)
     assert "Traceback" not in result.stderr, describe(result)
     return result.stdout
+
+
+# --- `pivot up`: a live engine, read while it runs ----------------------------------
+
+
+def inotify_inodes(pid: int) -> set[int]:
+    """Inodes of the folders process `pid` watches with inotify (its fdinfo lines)."""
+    found: set[int] = set()
+    fds = Path("/proc") / str(pid) / "fd"
+    try:
+        entries = list(fds.iterdir())
+    except OSError:
+        return found
+    for fd in entries:
+        try:
+            if os.readlink(fd) != "anon_inode:inotify":
+                continue
+            info = (Path("/proc") / str(pid) / "fdinfo" / fd.name).read_text()
+        except OSError:
+            continue
+        for line in info.splitlines():
+            if line.startswith("inotify wd:"):
+                ino = next(f for f in line.split() if f.startswith("ino:"))
+                found.add(int(ino.removeprefix("ino:"), 16))
+    return found
+
+
+class LiveRun:
+    """A started `pivot up --display json` (own session) whose stdout a thread parses
+    into `events` as lines arrive; stderr is collected by another thread.
+
+    `mark()` is where to look from for what an action causes; `wait_event` waits on a
+    Condition with a deadline (never a bare sleep) and fails at once when the process
+    exits or writes a line that is not an event. `stop()` sends SIGTERM to the process
+    group and checks the exit code is 0.
+    """
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.events: list[dict[str, Any]] = []
+        self.problems: list[str] = []
+        self._stderr: list[str] = []
+        self._eof = False
+        self._cond = threading.Condition()
+        self._threads = [
+            threading.Thread(target=self._read_stdout, name="up-stdout", daemon=True),
+            threading.Thread(target=self._read_stderr, name="up-stderr", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    @classmethod
+    def start(
+        cls,
+        guard: ProcGuard,
+        cwd: Path,
+        *args: str,
+        debounce_ms: int = 20,
+        env: dict[str, str] | None = None,
+    ) -> LiveRun:
+        """`pivot up --display json --debounce MS ARGS` in `cwd` (as `start_pivot`;
+        `env` replaces the environment), tracked by `guard`."""
+        argv = ["up", "--display", "json", "--debounce", str(debounce_ms), *args]
+        if env is None:
+            return cls(guard.start(cwd, *argv))
+        proc = subprocess.Popen(
+            [*pivot_cmd(), *argv],
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+            preexec_fn=_default_sigint,
+            env=env,
+        )
+        return cls(guard.track(proc))
+
+    def _read_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                record, problem = parse_events(line)[0], None
+            except (AssertionError, IndexError) as exc:
+                record, problem = None, f"{exc} (line {line!r})"
+            with self._cond:
+                if record is not None:
+                    self.events.append(record)
+                else:
+                    self.problems.append(str(problem))
+                self._cond.notify_all()
+        with self._cond:
+            self._eof = True
+            self._cond.notify_all()
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            with self._cond:
+                self._stderr.append(line)
+
+    @property
+    def stderr(self) -> str:
+        with self._cond:
+            return "".join(self._stderr)
+
+    def mark(self) -> int:
+        """How many events were read so far: an index for `wait_event(start=...)`."""
+        with self._cond:
+            return len(self.events)
+
+    def since(self, start: int) -> list[dict[str, Any]]:
+        with self._cond:
+            return list(self.events[start:])
+
+    def wait_event(
+        self,
+        pred: Callable[[dict[str, Any]], object],
+        timeout: float = 20.0,
+        what: str = "an event",
+        start: int = 0,
+    ) -> dict[str, Any]:
+        """The first event at index >= `start` matching `pred`, waiting up to `timeout`."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            i = start
+            while True:
+                assert not self.problems, f"pivot up wrote a bad line: {self.problems}"
+                while i < len(self.events):
+                    if pred(self.events[i]):
+                        return self.events[i]
+                    i += 1
+                if self._eof:
+                    raise AssertionError(
+                        f"pivot up closed its output (exit code {self.proc.poll()}) before "
+                        f"{what}\n{self._show(start)}"
+                    )
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(
+                        f"timed out after {timeout:.1f} s waiting for {what}\n{self._show(start)}"
+                    )
+                self._cond.wait(left)
+
+    def _show(self, start: int) -> str:
+        lines = [json.dumps(e) for e in self.events[start:]]
+        return "--- events ---\n" + "\n".join(lines) + "\n--- stderr ---\n" + "".join(self._stderr)
+
+    def watcher(self) -> ProcInfo | None:
+        """The watcher process (`python -m pivot.watch`) this engine started."""
+        found = [p for p in children_of(self.proc.pid) if "pivot.watch" in p.cmdline]
+        return found[0] if found else None
+
+    def wait_watching(self, *folders: Path, timeout: float = 20.0) -> None:
+        """Wait until the watcher's inotify watches cover `folders`: edits there are seen.
+
+        The engine publishes no event when its watcher is ready (`watcher_ready` goes to
+        the broker only), so this reads the watcher's inotify watches in /proc."""
+        wanted = {f.stat().st_ino for f in folders}
+
+        def watching() -> bool:
+            info = self.watcher()
+            return info is not None and wanted <= inotify_inodes(info.pid)
+
+        wait_for(watching, timeout, f"the watcher to watch {[str(f) for f in folders]}")
+
+    def stop(self, timeout: float = 15.0) -> str:
+        """SIGTERM to the process group; the exit code must be 0. Returns stderr."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            kill_group(self.proc.pid)
+            self.proc.wait()
+            raise AssertionError(f"pivot up did not exit within {timeout:.1f} s of SIGTERM") from None
+        for thread in self._threads:
+            thread.join(5.0)
+        with self._cond:
+            assert rc == 0, f"pivot up exited with code {rc} after SIGTERM\n{self._show(0)}"
+            return "".join(self._stderr)

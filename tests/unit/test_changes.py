@@ -38,3 +38,10 @@ def test_only_real_content_changes_count(tmp_path: Path) -> None:
     shutil.rmtree(tmp_path / "raw")
     assert confirm(tmp_path, cache, ("raw",)) == ["raw"]  # a folder with known files deleted
     cache.close()
+
+
+def test_a_fifo_is_never_read(tmp_path: Path) -> None:
+    cache = StateCache(tmp_path / ".pivot" / "state.db")
+    os.mkfifo(tmp_path / "pipe")
+    assert confirm(tmp_path, cache, ("pipe",)) == []  # would block forever if opened
+    cache.close()

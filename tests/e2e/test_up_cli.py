@@ -1,0 +1,923 @@
+"""`pivot up` end to end: a real engine (CLI, broker thread, pool, loader, loky workers,
+watcher) on small purpose-built projects, edited while it runs.
+
+Every test reads the JSON lines of `pivot up --display json` as they come (`LiveRun`,
+tests/procs.py) and synchronises on events, never on sleeps. Edits are made only once
+the watcher's inotify watches cover the folders edited (`wait_watching`): the engine
+publishes no event saying it watches (its first wave waits for the watch, but some tests
+edit before that wave ends, and folders made later are watched later).
+
+Stages append their name to `runs.log` and "name pid" to `pids.log` (neither is an
+output) on every real execution: what really ran, and in which worker process. Both are
+in `.pivotignore`: a wave's `paths` list every changed path checked with the edit, and
+the test's own bookkeeping would otherwise show up there.
+
+A negative ("this save starts no wave") is proven without sleeping: after the save,
+edit `probe.txt` (the only dep of the `probe` stage) and check that the next wave is
+the probe's (trigger "files", stages ["probe"]) and the only one since the save.
+Changes reach the broker in the order they were made and are checked in that order, so
+a wave the save wrongly caused would come first, or be merged into the probe's: more
+stages, or the saved path in its `paths`. The same check after a wave proves that the
+outputs it wrote start nothing.
+
+Several tests pin bugs these tests found and that were fixed since; their docstrings
+or comments say what used to go wrong.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import textwrap
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from procs import (
+    HELD_PIPELINE,
+    LiveRun,
+    ProcGuard,
+    alive,
+    check_wave_contract,
+    describe,
+    finished,
+    held_stage_pid,
+    inotify_inodes,
+    of_kind,
+    release_held_stage,
+    run_dir_leftovers,
+    run_pivot,
+    wait_for,
+)
+
+from pivot.state.hashing import hash_file
+from pivot.state.statecache import StateCache
+
+pytestmark = pytest.mark.timeout(60)
+
+Events = list[dict[str, Any]]
+MakeProject = Callable[..., Path]
+
+WAIT_S = 20.0  # generous: a wave here takes well under a second
+STOP_WITHIN_S = 10.0
+QUICK_STOP_S = 2.5  # below the engine's 3 s grace before it kills a stuck process
+
+
+# --- projects ------------------------------------------------------------------------
+
+PRELUDE = '''\
+import os
+import time
+
+import helpers
+from pivot import stage
+
+
+def record(name: str) -> None:
+    """runs.log: one line per real execution; pids.log: the process that ran it."""
+    with open("runs.log", "a") as f:
+        f.write(name + "\\n")
+    with open("pids.log", "a") as f:
+        f.write(f"{name} {os.getpid()}\\n")
+
+
+def read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def write(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+@stage(deps=["probe.txt"], outs=["probe.out"])
+def probe() -> None:
+    record("probe")
+    write("probe.out", read("probe.txt"))
+'''
+
+
+def pipeline(body: str) -> str:
+    """pipeline.py: the prelude (`record`, `read`, `write`, the `probe` stage) + `body`."""
+    return PRELUDE + "\n\n" + textwrap.dedent(body)
+
+
+HELPERS_PY = '''\
+"""Helpers the stages use."""
+
+
+def tag(text: str) -> str:
+    return "v1:" + text.strip()
+'''
+
+# a.txt -> upper -> a.out -> double -> a2.out;  c.txt -> tagged (helpers.tag, param n).
+BASE_BODY = """\
+@stage(deps=["a.txt"], outs=["a.out"])
+def upper() -> None:
+    record("upper")
+    write("a.out", read("a.txt").upper())
+
+
+@stage(deps=["a.out"], outs=["a2.out"])
+def double() -> None:
+    record("double")
+    write("a2.out", read("a.out") * 2)
+
+
+@stage(deps=["c.txt"], outs=["c.out"])
+def tagged(n: int = 1) -> None:
+    record("tagged")
+    write("c.out", f"{helpers.tag(read('c.txt'))} n={n}\\n")
+"""
+
+BOOKKEEPING = {".pivotignore": "runs.log\npids.log\n"}
+
+BASE: dict[str, str] = {
+    **BOOKKEEPING,
+    "pipeline.py": pipeline(BASE_BODY),
+    "helpers.py": HELPERS_PY,
+    "a.txt": "alpha\n",
+    "c.txt": "gamma\n",
+    "probe.txt": "probe 0\n",
+    "notes.txt": "not a dep of anything\n",
+    "tests/test_x.py": "def test_nothing() -> None:\n    pass\n",
+}
+BASE_STAGES = {"probe", "upper", "double", "tagged"}
+
+# `slow` waits for a file `go` (polling, with its own deadline); `fast` reads its output
+# and calls helpers.tag.
+LONG_BODY = """\
+@stage(outs=["slow.out"])
+def slow() -> None:
+    record("slow")
+    deadline = time.monotonic() + 30
+    while not os.path.exists("go"):
+        if time.monotonic() > deadline:
+            raise TimeoutError("go never appeared")
+        time.sleep(0.02)
+    write("slow.out", "slow\\n")
+
+
+@stage(deps=["slow.out"], outs=["fast.out"])
+def fast() -> None:
+    record("fast-" + helpers.tag(""))
+    write("fast.out", helpers.tag(read("slow.out")) + "\\n")
+"""
+
+
+# --- reading runs --------------------------------------------------------------------
+
+
+def runs(root: Path) -> Counter[str]:
+    """How many times each stage really executed (lines of runs.log)."""
+    log = root / "runs.log"
+    return Counter(log.read_text().split()) if log.exists() else Counter()
+
+
+def pids(root: Path, stage: str) -> list[int]:
+    """The processes that ran `stage`, one per execution, oldest first."""
+    lines = (root / "pids.log").read_text().splitlines()
+    return [int(pid) for name, pid in (line.split() for line in lines) if name == stage]
+
+
+def all_pids(root: Path) -> set[int]:
+    return {int(line.split()[1]) for line in (root / "pids.log").read_text().splitlines()}
+
+
+def statuses(events: Events) -> dict[str, str]:
+    return {name: e["status"] for name, e in finished(events).items()}
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert text.count(old) == 1, f"{old!r} is not in {path} exactly once:\n{text}"
+    path.write_text(text.replace(old, new))
+
+
+# --- following the engine ------------------------------------------------------------
+
+StartUp = Callable[..., LiveRun]
+
+
+@pytest.fixture
+def up(proc_guard: ProcGuard) -> Iterator[StartUp]:
+    """up(root, *args, debounce_ms=20, env=None) -> a started `pivot up --display json`. One that a
+    failed test left running is stopped (SIGTERM) before proc_guard looks for leftovers."""
+    started: list[LiveRun] = []
+
+    def start(
+        root: Path, *args: str, debounce_ms: int = 20, env: dict[str, str] | None = None
+    ) -> LiveRun:
+        live = LiveRun.start(proc_guard, root, *args, debounce_ms=debounce_ms, env=env)
+        started.append(live)
+        return live
+
+    yield start
+    for live in started:
+        if live.proc.poll() is None:
+            with contextlib.suppress(AssertionError):
+                live.stop(STOP_WITHIN_S)
+
+
+def is_wave_start(e: dict[str, Any]) -> bool:
+    return e["event"] == "wave_started"
+
+
+def next_wave(live: LiveRun, start: int, what: str) -> Events:
+    """The events of the first wave started at or after index `start`, from its
+    `wave_started` to its `wave_finished` (checked against the wave contract)."""
+    began = live.wait_event(is_wave_start, WAIT_S, f"a wave ({what})", start)
+    number = began["wave"]
+    live.wait_event(
+        lambda e: e["event"] == "wave_finished" and e["wave"] == number,
+        WAIT_S, f"wave {number} ({what}) to finish", start,
+    )
+    events = live.since(start)
+    first = next(i for i, e in enumerate(events) if e is began)
+    last = next(
+        i for i, e in enumerate(events) if e["event"] == "wave_finished" and e["wave"] == number
+    )
+    wave = events[first : last + 1]
+    check_wave_contract(wave)
+    return wave
+
+
+def first_wave(live: LiveRun, root: Path, *folders: Path) -> Events:
+    """The first wave (checked to be the `run` one); then waits for the watcher to watch
+    the project root and `folders`, so that every later edit is seen."""
+    wave = next_wave(live, 0, "the first run")
+    assert wave[0]["wave"] == 1 and wave[0]["trigger"] == "run" and wave[0]["paths"] == [], wave[0]
+    live.wait_watching(root, *folders)
+    return wave
+
+
+def probe(live: LiveRun, root: Path, start: int, quiet: tuple[str, ...] = ()) -> Events:
+    """Edit probe.txt and return the probe's wave, which must be the next wave after
+    `start` and the only one started since: nothing done since `start` started a wave.
+
+    Paths checked together with the probe's edit are named in its `paths` too, but
+    none of `quiet` (saves that changed nothing) and not probe.out (its own output)."""
+    (root / "probe.txt").write_text(f"probe {uuid.uuid4().hex}\n")
+    wave = next_wave(live, start, "the edit of probe.txt")
+    head = wave[0]
+    assert (head["trigger"], head["stages"]) == ("files", ["probe"]), (
+        f"the next wave is not the probe's: something before it started a wave: {head}"
+    )
+    assert "probe.txt" in head["paths"], head
+    assert not {"probe.out", *quiet} & set(head["paths"]), f"an unchanged file named: {head}"
+    done = finished(wave)["probe"]
+    assert done["status"] == "ran", f"the probe did not run: {done['reason']}\n{done['error']}"
+    started = [e for e in live.since(start) if is_wave_start(e)]
+    assert started == [head], f"more than one wave since {start}: {started}"
+    return wave
+
+
+def stop(live: LiveRun, root: Path) -> str:
+    """SIGTERM; `pivot up` must exit 0 and leave no socket or endpoints file behind."""
+    err = live.stop(STOP_WITHIN_S)
+    assert run_dir_leftovers(root) == [], run_dir_leftovers(root)
+    assert "Traceback" not in err, err
+    return err
+
+
+# --- 1, 10. the first wave, then idle; outputs never start a wave ---------------------
+
+
+def test_first_wave_runs_every_stage_then_only_real_edits_start_waves(
+    make_project: MakeProject, up: StartUp
+) -> None:
+    root = make_project(BASE)
+    live = up(root)
+    wave = first_wave(live, root)
+    loaded = live.wait_event(lambda e: e["event"] == "pipeline_loaded", what="pipeline_loaded")
+    assert set(loaded["added"]) == BASE_STAGES and loaded["removed"] == loaded["changed"] == []
+    assert set(wave[0]["stages"]) == BASE_STAGES
+    assert statuses(wave) == dict.fromkeys(BASE_STAGES, "ran")
+    assert runs(root) == dict.fromkeys(BASE_STAGES, 1)
+
+    # Idle: the outputs the first wave wrote, and a file nothing declares, start nothing.
+    start = live.mark()
+    (root / "notes.txt").write_text("edited, still not a dep\n")
+    probe(live, root, start)
+    assert runs(root) == {**dict.fromkeys(BASE_STAGES, 1), "probe": 2}
+    stop(live, root)
+
+
+# --- 2. a data edit ------------------------------------------------------------------
+
+
+def test_a_data_edit_runs_its_consumers_and_their_downstream_only(
+    make_project: MakeProject, up: StartUp
+) -> None:
+    root = make_project(BASE)
+    live = up(root)
+    first_wave(live, root)
+
+    start = live.mark()
+    (root / "a.txt").write_text("beta\n")
+    wave = next_wave(live, start, "the edit of a.txt")
+    head = wave[0]
+    assert (head["trigger"], head["paths"], head["stages"]) == ("files", ["a.txt"], ["upper", "double"])
+    assert statuses(wave) == {"upper": "ran", "double": "ran"}
+    assert finished(wave)["upper"]["reason_code"] == "deps_changed"
+    assert (root / "a2.out").read_text() == "BETA\nBETA\n"
+    assert runs(root) == {"probe": 1, "upper": 2, "double": 2, "tagged": 1}
+
+    # a.out and a2.out, just rewritten by the wave, start nothing.
+    probe(live, root, live.mark())
+    stop(live, root)
+
+
+# --- 3. saves that change nothing ----------------------------------------------------
+
+
+def test_saving_identical_bytes_or_touching_a_dep_starts_no_wave(
+    make_project: MakeProject, up: StartUp
+) -> None:
+    root = make_project(BASE)
+    live = up(root)
+    first_wave(live, root)
+
+    start = live.mark()
+    a = root / "a.txt"
+    before = a.stat().st_mtime_ns
+    a.write_bytes(a.read_bytes())  # an editor's save without a change
+    os.utime(root / "c.txt")  # `touch`
+    assert a.stat().st_mtime_ns != before
+    probe(live, root, start, quiet=("a.txt", "c.txt"))
+    assert runs(root) == {**dict.fromkeys(BASE_STAGES, 1), "probe": 2}
+    stop(live, root)
+
+
+# --- 4, 7. helper edits restart workers; params edits do not -------------------------
+
+
+def test_a_helper_edit_reloads_and_reruns_only_its_stage_in_a_new_worker(
+    make_project: MakeProject, up: StartUp
+) -> None:
+    root = make_project(BASE)
+    live = up(root)
+    first_wave(live, root)
+    workers_before = all_pids(root)
+
+    start = live.mark()
+    edit(root / "helpers.py", 'return "v1:" + text.strip()', 'return "v2:" + text.strip()')
+    loaded = live.wait_event(lambda e: e["event"] == "pipeline_loaded", WAIT_S, "the reload", start)
+    assert (loaded["added"], loaded["removed"], loaded["changed"]) == ([], [], ["tagged"])
+    wave = next_wave(live, start, "the helper edit")
+    head = wave[0]
+    assert (head["trigger"], head["paths"], head["stages"]) == ("code", ["helpers.py"], ["tagged"])
+    assert statuses(wave) == {"tagged": "ran"}
+    done = finished(wave)["tagged"]
+    assert done["reason_code"] == "code_changed" and done["details"]["changed"] == ["helpers.tag"], done
+    assert (root / "c.out").read_text() == "v2:gamma n=1\n"
+    new_pid = pids(root, "tagged")[-1]
+    assert new_pid not in workers_before, f"ran in an old worker {new_pid}: {workers_before}"
+    assert runs(root) == {"probe": 1, "upper": 1, "double": 1, "tagged": 2}
+
+    probe(live, root, live.mark())
+    stop(live, root)
+
+
+def test_a_params_edit_reruns_its_stage_in_the_same_worker(
+    make_project: MakeProject, up: StartUp
+) -> None:
+    root = make_project(BASE)
+    live = up(root, "--jobs", "1")  # one worker: "the same" is one pid
+    first_wave(live, root)
+    [worker] = all_pids(root)
+
+    start = live.mark()
+    (root / "params.yaml").write_text("tagged:\n  n: 2\n")
+    loaded = live.wait_event(lambda e: e["event"] == "pipeline_loaded", WAIT_S, "the reload", start)
+    assert loaded["changed"] == ["tagged"], loaded
+    wave = next_wave(live, start, "the params edit")
+    head = wave[0]
+    assert (head["trigger"], head["paths"], head["stages"]) == ("params", ["params.yaml"], ["tagged"])
+    done = finished(wave)["tagged"]
+    assert (done["status"], done["reason_code"]) == ("ran", "params_changed"), done
+    assert done["details"] == {"changes": {"n": [1, 2]}}, done
+    assert (root / "c.out").read_text() == "v1:gamma n=2\n"
+    assert pids(root, "tagged") == [worker, worker], "a params-only change restarted the worker"
+
+    probe(live, root, live.mark())
+    assert pids(root, "probe") == [worker, worker]
+    stop(live, root)
+
+
+# --- 5. edits that change no code ----------------------------------------------------
+
+
+def test_comment_only_helper_edits_and_unrelated_python_files_start_no_wave(
+    make_project: MakeProject, up: StartUp
+) -> None:
+    root = make_project(BASE)
+    live = up(root)
+    first_wave(live, root, root / "tests")
+
+    start = live.mark()
+    edit(
+        root / "helpers.py",
+        'def tag(text: str) -> str:\n    return "v1:" + text.strip()\n',
+        'def tag(text: str) -> str:\n    """Prefix the version."""\n    # a comment\n'
+        '    return "v1:" + text.strip()  # same code\n',
+    )
+    probe(live, root, start)
+    # A reload may report it, but nothing changed.
+    for loaded in of_kind(live.since(start), "pipeline_loaded"):
+        assert loaded["added"] == loaded["removed"] == loaded["changed"] == [], loaded
+
+    start = live.mark()
+    (root / "tests" / "test_x.py").write_text("def test_something() -> None:\n    assert True\n")
+    probe(live, root, start)
+    assert of_kind(live.since(start), "pipeline_loaded") == [], "a file the pipeline never imports reloaded it"
+    assert runs(root) == {**dict.fromkeys(BASE_STAGES, 1), "probe": 3}
+    stop(live, root)
+
+
+# --- 6. a broken pipeline.py ---------------------------------------------------------
+
+BROKEN_TAGGED = ('write("c.out", f"{helpers.tag(read(\'c.txt\'))} n={n}\\n")',
+                 'write("c.out", f"fixed {helpers.tag(read(\'c.txt\'))} n={n}\\n"')
+FIXED_TAGGED = ('write("c.out", f"{helpers.tag(read(\'c.txt\'))} n={n}\\n")',
+                'write("c.out", f"fixed {helpers.tag(read(\'c.txt\'))} n={n}\\n")')
+
+
+def test_a_syntax_error_is_reported_the_engine_waits_and_the_fix_runs(
+    make_project: MakeProject, up: StartUp
+) -> None:
+    root = make_project(BASE)
+    live = up(root)
+    first_wave(live, root)
+    pipeline_py = root / "pipeline.py"
+    good = pipeline_py.read_text()
+
+    start = live.mark()
+    edit(pipeline_py, *BROKEN_TAGGED)  # a missing closing parenthesis
+    invalid = live.wait_event(
+        lambda e: e["event"] == "pipeline_invalid", WAIT_S, "pipeline_invalid", start
+    )
+    assert "pipeline.py" in invalid["message"] + invalid["detail"], invalid
+    assert "SyntaxError" in invalid["message"] + invalid["detail"], invalid
+    assert live.proc.poll() is None, "pivot up exited on a broken pipeline"
+
+    start = live.mark()
+    pipeline_py.write_text(good.replace(*FIXED_TAGGED))
+    loaded = live.wait_event(lambda e: e["event"] == "pipeline_loaded", WAIT_S, "the reload", start)
+    assert loaded["changed"] == ["tagged"], loaded
+    wave = next_wave(live, start, "the fix")
+    head = wave[0]
+    assert (head["trigger"], head["paths"], head["stages"]) == ("code", ["pipeline.py"], ["tagged"]), head
+    assert statuses(wave) == {"tagged": "ran"}
+    assert (root / "c.out").read_text() == "fixed v1:gamma n=1\n"
+    stop(live, root)
+
+
+def test_up_on_a_broken_pipeline_reports_it_and_runs_the_first_wave_once_fixed(
+    make_project: MakeProject, up: StartUp
+) -> None:
+    good = BASE["pipeline.py"].replace(*FIXED_TAGGED)
+    root = make_project({**BASE, "pipeline.py": BASE["pipeline.py"].replace(*BROKEN_TAGGED)})
+    live = up(root)
+    invalid = live.wait_event(lambda e: e["event"] == "pipeline_invalid", WAIT_S, "pipeline_invalid")
+    assert "SyntaxError" in invalid["message"] + invalid["detail"], invalid
+    live.wait_watching(root)
+    assert live.proc.poll() is None, "pivot up exited on a broken pipeline"
+
+    start = live.mark()
+    (root / "pipeline.py").write_text(good)
+    loaded = live.wait_event(lambda e: e["event"] == "pipeline_loaded", WAIT_S, "the fix", start)
+    assert set(loaded["added"]) == BASE_STAGES, loaded
+    wave = next_wave(live, start, "the first run")
+    assert (wave[0]["wave"], wave[0]["trigger"]) == (1, "run"), wave[0]
+    assert statuses(wave) == dict.fromkeys(BASE_STAGES, "ran")
+    assert of_kind(live.since(0), "wave_started") == [wave[0]], "a wave before the fix"
+    assert (root / "c.out").read_text() == "fixed v1:gamma n=1\n"
+    probe(live, root, live.mark())
+    stop(live, root)
+
+
+def checked(root: Path, rel: str) -> bool:
+    """Whether the broker's change check has recorded `rel` as it is now on disk: the
+    checker stores every path it hashes in the state cache, and while pipeline.py is
+    broken nothing else does. (No event says "checked, nothing to run".)"""
+    with StateCache(root / ".pivot" / "state.db") as cache:
+        return cache.recorded(root / rel) == hash_file(root / rel)
+
+
+def test_while_pipeline_py_is_broken_changes_wait_and_the_fix_runs_them(
+    make_project: MakeProject, up: StartUp
+) -> None:
+    """A fresh worker would import the broken file and fail every stage (one once did),
+    so nothing runs until the fix; then the waiting changes run with what it changed."""
+    root = make_project(BASE)
+    live = up(root)
+    first_wave(live, root)
+    pipeline_py = root / "pipeline.py"
+    good = pipeline_py.read_text()
+
+    start = live.mark()
+    edit(pipeline_py, *BROKEN_TAGGED)
+    live.wait_event(lambda e: e["event"] == "pipeline_invalid", WAIT_S, "pipeline_invalid", start)
+    (root / "a.txt").write_text("waited\n")
+    wait_for(lambda: checked(root, "a.txt"), WAIT_S, "the broker to check a.txt")
+
+    pipeline_py.write_text(good.replace(*FIXED_TAGGED))
+    loaded = live.wait_event(lambda e: e["event"] == "pipeline_loaded", WAIT_S, "the fix", start)
+    assert loaded["changed"] == ["tagged"], loaded
+    wave = next_wave(live, start, "the fix")
+    assert {"a.txt", "pipeline.py"} <= set(wave[0]["paths"]), wave[0]
+    assert statuses(wave) == {"upper": "ran", "double": "ran", "tagged": "ran"}, wave
+    started = [e for e in live.since(start) if is_wave_start(e)]
+    assert started == [wave[0]], f"a wave ran while pipeline.py was broken: {started}"
+    assert (root / "a2.out").read_text() == "WAITED\nWAITED\n"
+    assert (root / "c.out").read_text() == "fixed v1:gamma n=1\n"
+    probe(live, root, live.mark())
+    stop(live, root)
+
+
+# --- 8. a code edit while a wave runs ------------------------------------------------
+
+
+def test_a_code_edit_during_a_long_stage_cancels_the_wave_and_reruns_on_new_code(
+    make_project: MakeProject, up: StartUp
+) -> None:
+    root = make_project(
+        {**BOOKKEEPING, "pipeline.py": pipeline(LONG_BODY), "helpers.py": HELPERS_PY, "probe.txt": "p\n"}
+    )
+    live = up(root)
+    live.wait_event(
+        lambda e: e["event"] == "stage_started" and e["stage"] == "slow", WAIT_S, "slow to start"
+    )
+    wait_for(lambda: runs(root)["slow"] == 1, WAIT_S, "slow to run in its worker")
+    [slow_pid] = pids(root, "slow")
+    live.wait_watching(root)
+
+    start = live.mark()
+    edit(root / "helpers.py", 'return "v1:" + text.strip()', 'return "v2:" + text.strip()')
+    # Wave 1 ends: slow is stopped mid-run, fast (not started) cancelled.
+    end = live.wait_event(
+        lambda e: e["event"] == "wave_finished" and e["wave"] == 1, WAIT_S, "wave 1 to end", start
+    )
+    assert {"slow", "fast"} <= set(end["cancelled"]), end
+    events = live.since(0)
+    wave1 = events[: next(i for i, e in enumerate(events) if e is end) + 1]
+    check_wave_contract(wave1)
+    assert statuses(wave1)["slow"] == statuses(wave1)["fast"] == "cancelled", wave1
+    assert not [e for e in wave1 if e["event"] == "stage_started" and e["stage"] == "fast"]
+    wait_for(lambda: not alive(slow_pid), WAIT_S, f"the worker running slow ({slow_pid}) to be stopped")
+
+    loaded = live.wait_event(lambda e: e["event"] == "pipeline_loaded", WAIT_S, "the reload", start)
+    assert loaded["changed"] == ["fast"], loaded
+    began = live.wait_event(is_wave_start, WAIT_S, "the wave after the reload", start)
+    assert (began["trigger"], began["paths"]) == ("code", ["helpers.py"]), began
+    assert {"slow", "fast"} <= set(began["stages"]), began
+    (root / "go").write_text("")
+    wave = next_wave(live, start, "the code change")
+    assert wave[0] is began
+    assert statuses(wave)["slow"] == "ran" and statuses(wave)["fast"] == "ran", wave
+    assert (root / "fast.out").read_text() == "v2:slow\n"
+    assert runs(root)["fast-v2:"] == 1 and runs(root)["fast-v1:"] == 0, runs(root)
+    assert runs(root)["slow"] == 2
+    stop(live, root)
+
+
+# `x` declares `feed`, a FIFO, as a dep: checking whether x is up to date hashes its
+# deps, which blocks in open() until the test opens the write end, and in read() until
+# it closes it. So the test holds x "being checked" by the pool for as long as it likes.
+FIFO_BODY = """\
+@stage(outs=["w.out"])
+def w() -> None:
+    record("w")
+    write("w.out", "w\\n")
+
+
+@stage(deps=["w.out", "feed"], outs=["x.out"])
+def x() -> None:
+    record("x")
+    write("x.out", "x\\n")
+
+
+@stage(deps=["x.out"], outs=["y.out"])
+def y() -> None:
+    record("y-" + helpers.tag(""))
+    write("y.out", helpers.tag(read("x.out")) + "\\n")
+"""
+
+
+def fifo_writer(path: Path) -> int | None:
+    """A write end of the FIFO `path` once a process has it open for reading, else None."""
+    try:
+        return os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            return None
+        raise
+
+
+def give_eof(path: Path) -> None:
+    """Let whoever waits to read the FIFO `path` read an empty file."""
+    fd = fifo_writer(path)
+    if fd is not None:
+        os.close(fd)
+
+
+def test_a_stage_cancelled_while_being_checked_runs_again_on_the_new_code(
+    make_project: MakeProject, up: StartUp
+) -> None:
+    """A code change while the pool is still checking x (hashing its deps): the reload
+    answers first, x's cancellation after it. x must still run in the next wave."""
+    root = make_project(
+        {**BOOKKEEPING, "pipeline.py": pipeline(FIFO_BODY), "helpers.py": HELPERS_PY, "probe.txt": "p\n"}
+    )
+    feed = root / "feed"
+    os.mkfifo(feed)
+    live = up(root)
+    live.wait_event(lambda e: e["event"] == "stage_finished" and e["stage"] == "w", WAIT_S, "w to run")
+    held: list[int] = []
+
+    def writer_open() -> bool:  # succeeds once x's check is in open(), blocking it in read()
+        fd = fifo_writer(feed)
+        if fd is not None:
+            held.append(fd)
+        return fd is not None
+
+    wait_for(writer_open, WAIT_S, "the check of x to open feed")
+    [hold] = held
+    try:
+        live.wait_watching(root)
+        start = live.mark()
+        edit(root / "helpers.py", 'return "v1:" + text.strip()', 'return "v2:" + text.strip()')
+        loaded = live.wait_event(lambda e: e["event"] == "pipeline_loaded", WAIT_S, "the reload", start)
+        assert loaded["changed"] == ["y"], loaded
+    finally:
+        os.close(hold)  # x's check reads EOF, and then learns it was cancelled
+    end = live.wait_event(
+        lambda e: e["event"] == "wave_finished" and e["wave"] == 1, WAIT_S, "wave 1 to end", start
+    )
+    assert {"x", "y"} <= set(end["cancelled"]), end
+    began = live.wait_event(is_wave_start, WAIT_S, "the wave after the reload", start)
+    assert began["trigger"] == "code", began
+    # x's cancellation came after the reload answered: it runs again all the same (it
+    # once did not, and y then failed with "dependency missing: x.out").
+    assert {"x", "y"} <= set(began["stages"]), began
+
+    def wave_over() -> bool:
+        give_eof(feed)  # x is checked again (by the plan, then when dispatched)
+        return any(e["event"] == "wave_finished" and e["wave"] == began["wave"] for e in live.since(start))
+
+    wait_for(wave_over, WAIT_S, f"wave {began['wave']} to end")
+    wave = next_wave(live, start, "the code change")
+    assert statuses(wave)["x"] == statuses(wave)["y"] == "ran", wave
+    assert (root / "y.out").read_text() == "v2:x\n"
+    assert runs(root)["y-v2:"] == 1 and runs(root)["y-v1:"] == 0, runs(root)
+    stop(live, root)
+
+
+# --- the first wave waits for the watch -------------------------------------------
+
+# Imported by every Python process of the engine (PYTHONPATH): holds the watcher, known
+# by its --changes argument, before it even imports watchfiles, until a file exists.
+WATCHER_GATE = """\
+import os
+import sys
+import time
+
+_gate = os.environ.get("PIVOT_TEST_WATCHER_GATE")
+if _gate and "--changes" in sys.argv:
+    _deadline = time.monotonic() + 30
+    while not os.path.exists(_gate) and time.monotonic() < _deadline:
+        time.sleep(0.01)
+"""
+
+
+def test_no_wave_starts_before_the_watch_exists_so_an_early_edit_is_in_the_first_wave(
+    make_project: MakeProject, up: StartUp, tmp_path: Path
+) -> None:
+    """An edit made after a stage read its file but before the watch existed would be
+    lost for good (it once was): the first wave waits for the watcher instead."""
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    (gate / "sitecustomize.py").write_text(WATCHER_GATE)
+    release = tmp_path / "watcher.release"
+    path = os.pathsep.join(p for p in (str(gate), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "PIVOT_TEST_WATCHER_GATE": str(release)}
+    root = make_project(BASE)
+    live = up(root, env=env)
+
+    live.wait_event(lambda e: e["event"] == "pipeline_loaded", WAIT_S, "pipeline_loaded")
+    (root / "a.txt").write_text("edited early\n")  # no watch yet: never reported
+    watcher = live.watcher()
+    assert watcher is None or root.stat().st_ino not in inotify_inodes(watcher.pid)
+    assert of_kind(live.since(0), "wave_started") == [], "a wave started before the watch"
+    release.write_text("")
+
+    wave = first_wave(live, root)
+    assert statuses(wave) == dict.fromkeys(BASE_STAGES, "ran")
+    assert (root / "a.out").read_text() == "EDITED EARLY\n"
+    probe(live, root, live.mark())
+    assert runs(root) == {**dict.fromkeys(BASE_STAGES, 1), "probe": 2}
+    stop(live, root)
+
+
+# --- 9. how editors save -------------------------------------------------------------
+
+COUNT_BODY = BASE_BODY + """
+
+@stage(deps=["inputs/"], outs=["count.out"])
+def count() -> None:
+    record("count")
+    names = sorted(os.listdir("inputs"))
+    write("count.out", "".join(read(f"inputs/{n}") for n in names))
+"""
+INPUTS = {f"inputs/{i:03}.txt": f"{i}\n" for i in range(100)}
+
+
+def test_editor_saves_and_a_hundred_files_at_once_start_one_wave_each(
+    make_project: MakeProject, up: StartUp
+) -> None:
+    """A long quiet window (200 ms) pins "at once": each burst below is one change."""
+    root = make_project({**BASE, "pipeline.py": pipeline(COUNT_BODY), **INPUTS})
+    live = up(root, debounce_ms=200)
+    first_wave(live, root, root / "inputs")
+
+    # Write a temp file, then rename it over the dep (an atomic save).
+    start = live.mark()
+    tmp = root / "a.txt.tmp"
+    tmp.write_text("renamed\n")
+    os.replace(tmp, root / "a.txt")
+    wave = next_wave(live, start, "the atomic save of a.txt")
+    head = wave[0]
+    # The temp file, gone after the rename and never recorded, is no change (it once
+    # was named in `paths` too).
+    assert (head["trigger"], head["paths"], head["stages"]) == ("files", ["a.txt"], ["upper", "double"]), head
+    assert (root / "a.out").read_text() == "RENAMED\n"
+
+    # Delete the dep, then create it again.
+    start = live.mark()
+    (root / "c.txt").unlink()
+    (root / "c.txt").write_text("recreated\n")
+    wave = next_wave(live, start, "the delete and create of c.txt")
+    head = wave[0]
+    assert (head["trigger"], head["paths"], head["stages"]) == ("files", ["c.txt"], ["tagged"]), head
+    assert statuses(wave) == {"tagged": "ran"}
+    assert (root / "c.out").read_text() == "v1:recreated n=1\n"
+
+    # A hundred files of a folder dep at once.
+    start = live.mark()
+    for name in INPUTS:
+        (root / name).write_text(f"new {name}\n")
+    wave = next_wave(live, start, "the edit of 100 files")
+    head = wave[0]
+    assert (head["trigger"], head["stages"]) == ("files", ["count"]), head
+    assert sorted(head["paths"]) == sorted(INPUTS), head["paths"]
+    assert statuses(wave) == {"count": "ran"}
+    probe(live, root, live.mark())
+    started = [e for e in live.since(start) if is_wave_start(e)]
+    assert len(started) == 2, started  # the 100 files' wave, then the probe's
+    assert runs(root) == {"probe": 2, "upper": 2, "double": 2, "tagged": 2, "count": 2}
+    stop(live, root)
+
+
+# --- 10. outputs never retrigger -----------------------------------------------------
+
+# A folder output (new files in a new folder) read by another stage.
+PARTS_BODY = """\
+@stage(deps=["a.txt"], outs=["parts/"])
+def split() -> None:
+    record("split")
+    os.makedirs("parts/sub", exist_ok=True)
+    for i, word in enumerate(read("a.txt").split()):
+        write(f"parts/{i}.txt", word + "\\n")
+    write("parts/sub/all.txt", read("a.txt"))
+
+
+@stage(deps=["parts/"], outs=["joined.txt"])
+def join() -> None:
+    record("join")
+    write("joined.txt", "".join(sorted(os.listdir("parts"))))
+"""
+
+
+def test_outputs_written_by_waves_start_no_wave(
+    make_project: MakeProject, up: StartUp
+) -> None:
+    root = make_project(
+        {**BOOKKEEPING, "pipeline.py": pipeline(PARTS_BODY), "helpers.py": HELPERS_PY, "a.txt": "x y\n",
+         "probe.txt": "p\n"}
+    )
+    live = up(root)
+    first_wave(live, root)
+    probe(live, root, live.mark())  # after the first wave: parts/ appeared as a new folder
+    live.wait_watching(root / "parts", root / "parts" / "sub")  # its rewrites are seen
+
+    start = live.mark()
+    (root / "a.txt").write_text("x y z\n")
+    wave = next_wave(live, start, "the edit of a.txt")
+    assert statuses(wave) == {"split": "ran", "join": "ran"}
+    assert sorted(p.name for p in (root / "parts").iterdir()) == ["0.txt", "1.txt", "2.txt", "sub"]
+    probe(live, root, live.mark())  # after a files wave that rewrote parts/ and joined.txt
+    assert runs(root) == {"split": 2, "join": 2, "probe": 3}
+    stop(live, root)
+
+
+# --- 11. a hand edit of an output ----------------------------------------------------
+
+
+def test_a_hand_edited_output_while_idle_is_saved_and_replaced(
+    make_project: MakeProject, up: StartUp
+) -> None:
+    root = make_project(BASE)
+    live = up(root)
+    first_wave(live, root)
+    original = (root / "a.out").read_bytes()
+
+    start = live.mark()
+    (root / "a.out").write_text("edited by hand\n")
+    wave = next_wave(live, start, "the hand edit of a.out")
+    head = wave[0]
+    assert (head["trigger"], head["paths"]) == ("files", ["a.out"]), head
+    assert "upper" in head["stages"] and "tagged" not in head["stages"], head
+    assert statuses(wave)["upper"] in ("ran", "restored"), wave
+    notes = [e for e in wave if e["event"] == "log" and e["stream"] == "pivot"]
+    assert len(notes) == 1 and notes[0]["stage"] == "upper", notes
+    match = re.search(r"`pivot checkout --hash (\w+) a\.out`", notes[0]["line"])
+    assert match and "hand-edited" in notes[0]["line"], notes[0]
+    assert (root / "a.out").read_bytes() == original
+    cached = root / ".pivot" / "cache" / "files" / match.group(1)[:2] / match.group(1)[2:]
+    assert cached.read_bytes() == b"edited by hand\n"
+
+    probe(live, root, live.mark())  # the restored a.out starts nothing
+    stop(live, root)
+
+
+# `gen` writes a file into data/, a folder `listing` reads as a whole.
+FOLDER_DEP_BODY = """\
+@stage(outs=["data/gen.txt"])
+def gen() -> None:
+    record("gen")
+    write("data/gen.txt", "generated\\n")
+
+
+@stage(deps=["data/"], outs=["listing.txt"])
+def listing() -> None:
+    record("listing")
+    write("listing.txt", ",".join(sorted(os.listdir("data"))) + "\\n")
+"""
+
+
+def test_restoring_an_output_inside_a_folder_dep_starts_no_second_wave(
+    make_project: MakeProject, up: StartUp
+) -> None:
+    """A restore swaps the output in through a `.pivot-tmp-` file beside it
+    (state/cache.py `_swap_in`); the watcher reports it. Inside a folder another stage
+    reads, it once started a second wave."""
+    root = make_project(
+        {**BOOKKEEPING, "pipeline.py": pipeline(FOLDER_DEP_BODY), "helpers.py": HELPERS_PY,
+         "data/raw.txt": "raw\n", "probe.txt": "p\n"}
+    )
+    live = up(root)
+    first_wave(live, root, root / "data")
+    original = (root / "data" / "gen.txt").read_bytes()
+
+    start = live.mark()
+    (root / "data" / "gen.txt").write_text("by hand\n")
+    wave = next_wave(live, start, "the hand edit of data/gen.txt")
+    assert statuses(wave) == {"gen": "restored", "listing": "skipped"}, wave
+    assert (root / "data" / "gen.txt").read_bytes() == original
+    probe(live, root, live.mark())
+    stop(live, root)
+
+
+# --- 12. stopping, and one engine per project ----------------------------------------
+
+
+def test_sigterm_mid_stage_exits_0_and_a_second_up_is_refused(
+    make_project: MakeProject, up: StartUp, proc_guard: ProcGuard
+) -> None:
+    root = make_project({"pipeline.py": HELD_PIPELINE})
+    live = up(root)
+    held = held_stage_pid(root)
+
+    second = run_pivot(root, "up", "--display", "json")
+    assert second.returncode == 2, describe(second)
+    assert "already running" in second.stderr and "Traceback" not in second.stderr, describe(second)
+    assert second.stdout == "", describe(second)
+
+    began = time.monotonic()
+    stop(live, root)
+    took = time.monotonic() - began
+    assert took < QUICK_STOP_S, f"pivot up took {took:.1f} s to stop"
+    # Nothing waits for the grace period: the pool, its workers and the watcher are
+    # gone when pivot up has exited.
+    assert proc_guard.leftovers() == [], [p.show() for p in proc_guard.leftovers()]
+    assert not alive(held), "the worker running the held stage outlived pivot up"
+    assert not (root / "held.txt").exists()
+    release_held_stage(root)  # nothing is waiting for it any more
