@@ -72,6 +72,7 @@ __all__ = ["BrokerState"]
 HEARTBEAT_S = 1.0
 LIVENESS = 3
 OK_STATUSES = frozenset({"ran", "restored", "skipped"})
+MAX_CHARGES = 3  # a stage whose own worker dies this often in one wave fails
 
 
 @dataclass
@@ -98,6 +99,7 @@ class Wave:
     halted: bool = False  # fail-fast tripped: dispatch nothing new
     planner: str | None = None  # the pool asked which stages are up to date; None = not waiting
     code_halt: bool = False  # stopped by a code change: cancelled stages run again after it
+    charges: dict[str, int] = field(default_factory=dict)  # stage -> deaths of its own worker
     position: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -399,6 +401,8 @@ class BrokerState:
         if wave is None or event.attempt not in wave.running:
             return  # a duplicate, or an attempt that was already declared lost
         stage = wave.running.pop(event.attempt)
+        if self._retry(wave, stage, event):
+            return
         for stream, line in event.logs:
             self.log_seq += 1
             self._out.append(PublishLog(LogLine(stage, stream, line), self.log_seq))
@@ -417,6 +421,27 @@ class BrokerState:
                 wave.halted = True
                 self._cancel_rest()
         self._maybe_finish_wave()
+
+    def _retry(self, wave: Wave, stage: str, event: ResultReceived) -> bool:
+        """A stage lost with another stage's worker runs again uncharged; one whose own
+        worker died is charged and runs again, until its third charge fails it."""
+        if event.status == "lost":
+            why = event.reason
+        elif event.reason_code == "worker_died":
+            wave.charges[stage] = charges = wave.charges.get(stage, 0) + 1
+            if charges >= MAX_CHARGES:
+                return False
+            why = f"{event.reason}; running it again ({charges} of {MAX_CHARGES} tries used)"
+        else:
+            return False
+        if wave.halted:  # fail-fast tripped meanwhile: nothing new starts
+            self._finish(stage, "cancelled", "cancelled", f"not run again: an earlier stage failed ({why})", 0.0, None)
+            self._maybe_finish_wave()
+            return True
+        self._set_view(stage, "pending", event.reason_code, why, 0.0)
+        wave.ready.append(stage)
+        wave.sort_ready()
+        return True
 
     def _release_downstream(self, stage: str, skipping: frozenset[str] = frozenset()) -> None:
         """`stage` finished fine: its downstream stages have one upstream less to wait for."""

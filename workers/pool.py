@@ -17,7 +17,9 @@ import contextlib
 import logging
 import os
 import queue
+import shutil
 import signal
+import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -95,6 +97,9 @@ class PoolService:
         self.in_workers: set[str] = set()  # attempts handed to loky
         self.cancelled: dict[str, str] = {}  # attempt -> why, for results still to come
         self.restart_on_load = False
+        # Each running stage's worker writes its pid here, so a dead worker's stage is known.
+        self.pid_dir = Path(tempfile.mkdtemp(prefix="pivot-workers-"))
+        self.deaths: dict[str, int] = {}
         self.stopping = False
         self.last_heard = time.monotonic()
         self.last_sent = 0.0
@@ -264,6 +269,13 @@ class PoolService:
         if self.in_workers:
             self._stop_workers()
 
+    def _judge_deaths(self) -> None:
+        """attempt -> pid of its dead worker (0: its worker lives, or it never started)."""
+        for attempt in self.in_workers:
+            pid = _read_pid(self.pid_dir / attempt)
+            self.deaths[attempt] = pid if pid and not _alive(pid) else 0
+            (self.pid_dir / attempt).unlink(missing_ok=True)
+
     def _stop_workers(self) -> None:
         if self.executor is not None:
             self.executor.shutdown(wait=False, kill_workers=True)
@@ -314,6 +326,7 @@ class PoolService:
             "dep_hashes": decision.dep_hashes,
             "recorded_outs": decision.lock.outs if decision.lock else {},
             "run_key": prepared.run_key,
+            "pid_file": str(self.pid_dir / attempt),
             "reason_code": str(reason.code),
             "reason": reason.message,
             "details": reason.details,
@@ -336,22 +349,36 @@ class PoolService:
     def _ran(self, attempt: str, future: Future[dict[str, Any]]) -> None:
         from concurrent.futures import BrokenExecutor
 
-        self.in_workers.discard(attempt)
         if attempt in self.cancelled:  # its worker was stopped on purpose
+            self.in_workers.discard(attempt)
             self._finish(attempt, "cancelled", ReasonCode.CANCELLED, self.cancelled.pop(attempt), 0.0)
             return
         try:
             r = future.result()
         except BrokenExecutor as exc:
-            # loky fails every in-flight future when one worker dies; start a fresh one.
-            self._stop_workers()
-            self._finish(attempt, "failed", ReasonCode.WORKER_DIED, f"worker process died: {exc}", 0.0)
+            # loky fails every in-flight future when one worker dies. Only a stage whose
+            # own worker is dead is charged; the others were collateral: "lost", and the
+            # broker dispatches them again. Judged before the survivors are stopped.
+            if attempt not in self.deaths:
+                self._judge_deaths()
+                self._stop_workers()
+            self.in_workers.discard(attempt)
+            dead_pid = self.deaths.pop(attempt, 0)
+            if dead_pid:
+                msg = f"its worker process (pid {dead_pid}) died: {exc}"
+                self._finish(attempt, "failed", ReasonCode.WORKER_DIED, msg, 0.0)
+            else:
+                msg = "another stage's worker process died; it runs again"
+                self._finish(attempt, "lost", ReasonCode.POOL_LOST, msg, 0.0)
             return
         except Exception as exc:  # run_stage reports stage errors itself: this is ours
+            self.in_workers.discard(attempt)
             log.error("running %s failed inside Pivot", attempt, exc_info=exc)
             msg = f"Pivot could not run the stage: {type(exc).__name__}: {exc}"
             self._finish(attempt, "failed", ReasonCode.FAILED, msg, 0.0)
             return
+        self.in_workers.discard(attempt)
+        (self.pid_dir / attempt).unlink(missing_ok=True)
         logs = [["pivot", note] for note in r["notes"]] + r["logs"]
         self._finish(
             attempt, r["status"], r["reason_code"], r["reason"], r["duration_s"], r["error"], logs,
@@ -381,10 +408,27 @@ class PoolService:
             self.executor.shutdown(wait=False, kill_workers=True)
         self.threads.shutdown(wait=False, cancel_futures=True)
         self.state.close()
+        shutil.rmtree(self.pid_dir, ignore_errors=True)
         self.sock.close(linger=0)
         self.ctx.term()
         os.close(self.wake_r)
         os.close(self.wake_w)
+
+
+def _read_pid(path: Path) -> int:
+    try:
+        return int(path.read_text())
+    except (OSError, ValueError):
+        return 0
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie counts as dead)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2 :].split()[0] not in ("Z", "X")
 
 
 def main(args: argparse.Namespace, first_load: LoaderRun | None = None) -> int:

@@ -121,6 +121,8 @@ def run_stage(job: StageJob) -> dict[str, Any]:
     """
     root = Path(job["root"])
     name = job["stage"]
+    if job.get("pid_file"):  # the pool learns which stage a dying worker was running
+        Path(job["pid_file"]).write_text(str(os.getpid()))
     logs: list[list[str]] = []
     notes: list[str] = []
     started = time.perf_counter()

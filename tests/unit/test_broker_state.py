@@ -327,12 +327,32 @@ def test_shutdown_tells_every_pool_and_refuses_new_runs() -> None:
     assert isinstance(reply, Reply) and reply.msg == RunReply(False, "the engine is shutting down")
 
 
-@pytest.mark.parametrize("status", ["failed", "lost"])
-def test_non_ok_outcomes_block_downstream_in_keep_going(status: str) -> None:
+def test_a_failure_blocks_downstream_in_keep_going() -> None:
     h = Harness(diamond(), slots=4)
     [(_, _, a), _] = dispatched(h.run(keep_going=True))
-    h.result(a, status=status)
+    h.result(a, status="failed")
     assert finished(h)["d"] == "blocked"
+
+
+def test_a_stage_lost_with_another_stages_worker_runs_again_uncharged() -> None:
+    h = Harness(diamond(), slots=4)
+    [_, (_, _, e)] = dispatched(h.run())
+    commands = h.feed(ResultReceived("p1", e, "lost", "pool_lost", "another stage's worker died", 0.0, None, ()))
+    assert finished(h) == {}  # not an outcome: e goes back to the queue
+    [(_, stage, _)] = dispatched(commands)
+    assert stage == "e"
+
+
+def test_a_stage_whose_own_worker_dies_is_charged_and_fails_on_the_third_death() -> None:
+    h = Harness(diamond(), slots=4)
+    [(_, _, a), _] = dispatched(h.run())
+    for tries in (1, 2):
+        commands = h.feed(ResultReceived("p1", a, "failed", "worker_died", "its worker died", 0.0, None, ()))
+        assert "a" not in finished(h)
+        [(_, stage, a)] = dispatched(commands)
+        assert stage == "a" and h.state.wave is not None and h.state.wave.charges == {"a": tries}
+    h.feed(ResultReceived("p1", a, "failed", "worker_died", "its worker died", 0.0, None, ()))
+    assert finished(h)["a"] == "failed" and finished(h)["d"] == "blocked"
 
 
 def test_a_request_before_the_manifest_naming_an_unknown_stage_is_rejected_on_load() -> None:
@@ -605,3 +625,13 @@ def test_while_the_pipeline_is_broken_changes_wait_for_the_fix() -> None:
     assert m is not None
     [wave] = published(h.feed(ManifestArrived(m, build_graph(m))), WaveStarted)
     assert wave.stages == ["a", "b", "c", "d"]  # the data edit waited; now it runs
+
+
+def test_a_lost_stage_reported_after_a_fail_fast_halt_is_cancelled_and_the_wave_ends() -> None:
+    h = Harness(diamond(), slots=4)
+    [(_, _, a), (_, _, e)] = dispatched(h.run())
+    h.result(a, status="failed")  # fail-fast: nothing new starts
+    commands = h.feed(ResultReceived("p1", e, "lost", "pool_lost", "another stage's worker died", 0.0, None, ()))
+    assert dispatched(commands) == []
+    assert finished(h)["e"] == "cancelled"
+    assert published(commands, WaveFinished)
