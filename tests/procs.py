@@ -52,7 +52,7 @@ def run_pivot(cwd: Path, *args: str, timeout: float = 30.0) -> subprocess.Comple
     )
 
 
-def start_pivot(cwd: Path, *args: str) -> subprocess.Popen[str]:
+def start_pivot(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     """Start `pivot ARGS` in `cwd` in its own session; the caller waits for it.
 
     SIGINT is reset to its default: a shell starts background jobs with SIGINT ignored
@@ -67,6 +67,7 @@ def start_pivot(cwd: Path, *args: str) -> subprocess.Popen[str]:
         text=True,
         start_new_session=True,
         preexec_fn=_default_sigint,
+        env=env,
     )
 
 
@@ -468,18 +469,7 @@ class LiveRun:
         argv = ["up", "--display", "json", "--debounce", str(debounce_ms), *args]
         if env is None:
             return cls(guard.start(cwd, *argv))
-        proc = subprocess.Popen(
-            [*pivot_cmd(), *argv],
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-            preexec_fn=_default_sigint,
-            env=env,
-        )
-        return cls(guard.track(proc))
+        return cls(guard.track(start_pivot(cwd, *argv, env=env)))
 
     def _read_stdout(self) -> None:
         assert self.proc.stdout is not None

@@ -162,16 +162,8 @@ class Stack:
     # --- shutdown ------------------------------------------------------------------
 
     def _stop_watcher(self) -> None:
-        watcher = self.watcher
-        if watcher is None:
-            return
-        if watcher.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(watcher.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                watcher.wait(GRACE_S)  # then SIGKILL below
-        if not kill_group(watcher.pid, GRACE_S):
-            log.error("processes of the watcher group %d survived SIGKILL", watcher.pid)
+        if self.watcher is not None:
+            _stop_group(self.watcher, "watcher")
 
     def _close(self, graceful: bool = False) -> None:
         self._stop_watcher()
@@ -193,22 +185,25 @@ class Stack:
         self.rundir.release()
 
     def _stop_pool(self) -> None:
-        pool = self.pool
-        if pool is None:
-            return
-        if pool.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pool.pid, signal.SIGTERM)
-            try:
-                pool.wait(GRACE_S)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pool.pid, signal.SIGKILL)
-                pool.wait(GRACE_S)
-        self._kill_pool_group()
+        if self.pool is not None:
+            _stop_group(self.pool, "pool")
 
     def _kill_pool_group(self) -> None:
         """SIGKILL whatever is left in the pool's process group (loky workers, loader)."""
         assert self.pool is not None
         if not kill_group(self.pool.pid, GRACE_S):
             log.error("processes of the pool group %d survived SIGKILL", self.pool.pid)
+
+
+def _stop_group(proc: subprocess.Popen[bytes], what: str) -> None:
+    """SIGTERM a process started in its own session, wait a grace period, then SIGKILL
+    whatever is left of its group (loky workers, a loader)."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(GRACE_S)
+    if not kill_group(proc.pid, GRACE_S):
+        log.error("processes of the %s group %d survived SIGKILL", what, proc.pid)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(GRACE_S)  # reap it
