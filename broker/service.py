@@ -11,6 +11,7 @@ any thread: it writes to an inproc pipe the loop polls.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -59,15 +60,20 @@ from pivot.protocol.messages import (
     ManifestLoaded,
     Message,
     PauseRequest,
+    PipelineInvalid,
+    PipelineLoaded,
     PoolExited,
     PoolHello,
+    PoolLost,
     RunRequest,
     ShutdownRequest,
     SnapshotRequest,
     StageResult,
     StageRunning,
     WatcherReady,
+    WaveFinished,
     WavePlan,
+    WaveStarted,
 )
 from pivot.transport.rundir import Endpoints
 from pivot.transport.sockets import decode_or_log, make_socket
@@ -213,6 +219,8 @@ class BrokerService:
                 self.control.send_multipart([client, encode(msg, sender=SENDER)])
             case Publish(msg, seq):
                 self._send_state(msg, seq)
+                if isinstance(msg, (WaveStarted, WaveFinished, PipelineLoaded, PipelineInvalid, PoolLost)):
+                    log.info("%s %s", msg.TAG, _summary(msg), extra={"wave": getattr(msg, "wave", None)})
             case PublishLog(msg, seq):
                 self.events.send_multipart([b"log", encode(msg, sender=SENDER, seq=seq)])
             case ConfirmChanges(paths):
@@ -320,6 +328,12 @@ class BrokerService:
         if frame[:1] == b"\x01":
             # Tell every subscriber the current seq: the new one now knows it is live.
             self._send_state(EventsWelcome(self.state.seq), seq=0)
+
+
+def _summary(msg: Message) -> str:
+    """A short text of an event for the engine's log records."""
+    fields = {k: v for k, v in dataclasses.asdict(msg).items() if k != "stages"}
+    return " ".join(f"{k}={v}" for k, v in fields.items() if v not in ([], None, ""))[:500]
 
 
 def _describe_exit(returncode: int) -> str:

@@ -47,6 +47,7 @@ from pivot.protocol.messages import (
     StageRunning,
     WavePlan,
 )
+from pivot.runtime.logsetup import configure
 from pivot.runtime.spawn import LoaderRun, run_loader
 from pivot.state.outputs import ProjectState
 from pivot.state.plan import DepProducers, Prepared, dep_producers, plan_wave, prepare
@@ -397,6 +398,7 @@ class PoolService:
         details: dict[str, Any] | None = None,
     ) -> None:
         job = self.jobs_by_attempt.pop(attempt)
+        log.info("stage %s %s: %s", job.stage, status, reason, extra={"stage": job.stage, "attempt": attempt, "wave": job.wave})
         msg = StageResult(
             attempt, job.stage, status, str(code), reason, duration, error, logs or [], details or {}
         )
@@ -434,6 +436,7 @@ def _alive(pid: int) -> bool:
 def main(args: argparse.Namespace, first_load: LoaderRun | None = None) -> int:
     """Run a pool (see workers/args.py); `first_load` is a loader already started."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s pool %(levelname)s %(message)s")
+    configure("pool", args.root)
     os.chdir(args.root)
     service = PoolService(args.root, args.work, args.name, args.jobs, first_load)
     signal.signal(signal.SIGTERM, service.request_stop)

@@ -71,7 +71,9 @@ class Stack:
             from broker.service import BrokerService
             from broker.state import BrokerState
             from pivot.display.client import EngineClient
+            from pivot.runtime.logsetup import configure
 
+            configure("engine", self.root)  # the broker thread and the CLI
             self.ctx = zmq.Context()
             state = BrokerState(live=self.live)
             self.broker = BrokerService(self.root, endpoints, self.ctx, state=state)

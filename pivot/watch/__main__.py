@@ -57,6 +57,9 @@ def main(argv: list[str]) -> int:
     if not args.root.is_dir():
         log.error("project root %s does not exist or is not a folder", args.root)
         return 2
+    from pivot.runtime.logsetup import configure
+
+    configure("watcher", args.root)
     watcher = Watcher(args.root, args.changes, poll=args.poll, debounce_ms=args.debounce_ms)
 
     def on_signal(signum: int, _frame: object) -> None:

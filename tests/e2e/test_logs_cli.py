@@ -44,7 +44,18 @@ def test_logs_show_the_last_run_of_a_stage(make_project: Callable[..., Path]) ->
 
 def test_logs_of_an_unknown_or_never_run_stage_is_a_usage_error(make_project: Callable[..., Path]) -> None:
     root = make_project({"pipeline.py": PIPELINE})
-    for args in (["logs", "talk"], ["logs"], ["logs", "talk", "--role", "pool"]):
+    for args in (["logs", "talk"], ["logs"], ["logs", "talk", "--role", "pool"], ["logs", "talk", "-f"]):
         result = run_pivot(root, *args)
         assert result.returncode == 2, describe(result)
         assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr, describe(result)
+
+
+def test_process_records_show_waves_and_stages(make_project: Callable[..., Path]) -> None:
+    root = make_project({"pipeline.py": PIPELINE})
+    assert run_pivot(root, "repro", "--json").returncode == 0
+    engine = ok(root, "logs", "--role", "engine")
+    assert "wave_started wave=1" in engine and "wave_finished wave=1" in engine, engine
+    pool = ok(root, "logs", "--role", "pool")
+    assert "stage talk ran: never ran" in pool and "[wave=1 stage=talk]" in pool, pool
+    result = run_pivot(root, "logs", "--role", "watcher")  # no `pivot up` ran here
+    assert result.returncode == 2 and "has not run" in result.stderr, describe(result)

@@ -1,0 +1,68 @@
+"""Structured log records, one bounded JSON-lines file per role under .pivot/logs/.
+
+    {"time": "...", "role": "pool", "pid": 123, "level": "WARNING", "event": "...",
+     "stage": "fit", "wave": 3}
+
+`stage` and `wave` appear when a record passes them as `extra=`. The files rotate at
+1 MiB (one old file kept). `pivot logs --role ROLE` shows them; `pivot -v` also shows
+the CLI and broker records on stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.handlers
+import os
+from pathlib import Path
+
+__all__ = ["configure", "records_path"]
+
+MAX_BYTES = 1 << 20
+
+
+def records_path(root: Path, role: str) -> Path:
+    return root / ".pivot" / "logs" / f"{role}.jsonl"
+
+
+class _JsonFormatter(logging.Formatter):
+    def __init__(self, role: str) -> None:
+        super().__init__()
+        self.role = role
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, object] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
+            "role": self.role,
+            "pid": os.getpid(),
+            "level": record.levelname,
+            "event": record.getMessage(),
+            "logger": record.name,
+        }
+        for key in ("stage", "wave", "attempt"):
+            if hasattr(record, key):
+                data[key] = getattr(record, key)
+        if record.exc_info:
+            data["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(data, default=str)
+
+
+def configure(role: str, root: Path, level: int = logging.INFO) -> None:
+    """Send this process's log records (at `level` and above) to its role's file."""
+    path = records_path(root, role)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler: logging.Handler = logging.handlers.RotatingFileHandler(
+            path, maxBytes=MAX_BYTES, backupCount=1, encoding="utf-8"
+        )
+    except OSError:
+        return  # a read-only project still runs; records then go nowhere
+    handler.setFormatter(_JsonFormatter(role))
+    handler.setLevel(level)
+    top = logging.getLogger()
+    for existing in top.handlers:  # stderr keeps the verbosity it was set up with
+        if existing.level == logging.NOTSET:
+            existing.setLevel(top.level or logging.WARNING)
+    top.addHandler(handler)
+    if top.level > level or top.level == logging.NOTSET:
+        top.setLevel(level)
