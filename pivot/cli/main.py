@@ -39,7 +39,8 @@ def cli(verbose: bool) -> None:
     """Pivot: pipelines that re-run only what changed.
 
     Declare stages in pipeline.py with @stage(deps=..., outs=...), then run
-    `pivot repro`. Pivot runs stale stages, skips up-to-date ones and says why.
+    `pivot up` (live: re-runs what each saved file affects) or `pivot repro` (once).
+    Pivot runs stale stages, skips up-to-date ones and says why.
     """
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
