@@ -6,6 +6,7 @@ returned with the result; the pool publishes them as log events.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -17,6 +18,7 @@ from typing import Any, TextIO
 from pivot.errors import PipelineError, PivotError
 from pivot.runtime.loader import import_pipeline
 from pivot.runtime.usertb import user_traceback
+from pivot.state.atomic import write_atomic
 from pivot.state.lock import StageLock, write_lock
 from pivot.state.outputs import ProjectState, commit, preserve, remove
 
@@ -95,13 +97,8 @@ def keep_log(
     lines += [("! " if stream == "stderr" else "") + line for stream, line in logs]
     if error:
         lines += ["# traceback:", *error.rstrip().splitlines()]
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text("\n".join(lines) + "\n")
-        os.replace(tmp, path)
-    except OSError:
-        pass  # losing a log copy must not fail the stage; the display has the lines
+    with contextlib.suppress(OSError):  # losing a log copy must not fail the stage
+        write_atomic(path, ("\n".join(lines) + "\n").encode(), mode=0o644)
 
 
 def _state(root: Path) -> ProjectState:

@@ -21,7 +21,6 @@ import ast
 import logging
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -30,6 +29,8 @@ from typing import Any
 
 import msgpack
 import xxhash
+
+from pivot.state.atomic import write_atomic
 
 __all__ = [
     "Binding",
@@ -529,16 +530,7 @@ class ParseCache:
         # Files not reached this run stay while they exist: another pipeline may use them.
         files = {p: e for p, e in self._stored.items() if p in self._memo or os.path.exists(p)}
         payload = msgpack.packb({"stamp": _CACHE_STAMP, "files": files}, use_bin_type=True)
-        target = self.cache_file
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(payload)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(self.cache_file, payload)
         self._dirty = False
 
 

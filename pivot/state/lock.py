@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pivot.state.atomic import write_atomic
 
 __all__ = ["StageLock", "lock_path", "read_lock", "write_lock"]
 
@@ -63,14 +64,5 @@ def read_lock(root: Path, stage: str) -> StageLock | None:
 
 
 def write_lock(root: Path, lock: StageLock) -> None:
-    path = lock_path(root, lock.stage)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{lock.stage}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(lock.to_json())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; lock files are shared through git
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # 0644: lock files are shared through git.
+    write_atomic(lock_path(root, lock.stage), lock.to_json().encode(), mode=0o644)

@@ -8,8 +8,6 @@ One small JSON file per key under `.pivot/runcache/`, written atomically.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ from typing import Any
 import xxhash
 
 from pivot.pipeline.manifest import StageSpec
+from pivot.state.atomic import write_atomic
 
 __all__ = ["RunCache", "run_key"]
 
@@ -55,16 +54,8 @@ class RunCache:
         return None
 
     def record(self, key: str, stage: str, outs: dict[str, str]) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump({"stage": stage, "outs": outs}, f, sort_keys=True)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        data = json.dumps({"stage": stage, "outs": outs}, sort_keys=True).encode()
+        write_atomic(self._path(key), data)
 
     def entries(self) -> Iterator[dict[str, Any]]:
         """Every readable entry: {"stage", "outs"}."""

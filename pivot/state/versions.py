@@ -12,12 +12,13 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import msgpack
+
+from pivot.state.atomic import write_atomic
 
 __all__ = ["VersionCache"]
 
@@ -82,15 +83,7 @@ class VersionCache:
             {"stamp": _STAMP, "signature": self._signature, "versions": self._known},
             use_bin_type=True,
         )
-        self.cache_file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.cache_file.parent, prefix=".versions.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(payload)
-            os.replace(tmp, self.cache_file)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(self.cache_file, payload)
         self._dirty = False
 
 
