@@ -48,6 +48,7 @@ from pivot.protocol.messages import (
     WavePlan,
 )
 from pivot.runtime.logsetup import configure
+from pivot.runtime.procs import is_alive
 from pivot.runtime.spawn import LoaderRun, run_loader
 from pivot.state.outputs import ProjectState
 from pivot.state.plan import DepProducers, Prepared, dep_producers, plan_wave, prepare
@@ -274,7 +275,7 @@ class PoolService:
         """attempt -> pid of its dead worker (0: its worker lives, or it never started)."""
         for attempt in self.in_workers:
             pid = _read_pid(self.pid_dir / attempt)
-            self.deaths[attempt] = pid if pid and not _alive(pid) else 0
+            self.deaths[attempt] = pid if pid and not is_alive(pid) else 0
             (self.pid_dir / attempt).unlink(missing_ok=True)
 
     def _stop_workers(self) -> None:
@@ -422,15 +423,6 @@ def _read_pid(path: Path) -> int:
         return int(path.read_text())
     except (OSError, ValueError):
         return 0
-
-
-def _alive(pid: int) -> bool:
-    """Whether `pid` is a live process (a zombie counts as dead)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2 :].split()[0] not in ("Z", "X")
 
 
 def main(args: argparse.Namespace, first_load: LoaderRun | None = None) -> int:

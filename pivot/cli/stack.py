@@ -125,8 +125,7 @@ class Stack:
         self._start_pool(self.endpoints.work)
 
     def restart_watcher(self) -> None:
-        if self.watcher is not None and not kill_group(self.watcher.pid, GRACE_S):
-            log.error("processes of the watcher group %d survived SIGKILL", self.watcher.pid)
+        self._stop_watcher()  # the dead watcher: whatever is left of its group goes too
         self._start_watcher(self.endpoints.changes)
 
     def pool_exit(self) -> int | None:

@@ -8,7 +8,25 @@ import signal
 import time
 from pathlib import Path
 
-__all__ = ["group_members", "kill_group"]
+__all__ = ["group_members", "is_alive", "kill_group"]
+
+_DEAD = ("Z", "X")  # zombie, dead
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/PID/stat after the command name (state, ppid, pgrp, ...), or None if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name may hold spaces and parentheses: split after the last ')'.
+    return stat[stat.rfind(")") + 2 :].split()
+
+
+def is_alive(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie counts as dead)."""
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] not in _DEAD
 
 
 def group_members(pgid: int) -> list[int]:
@@ -17,14 +35,8 @@ def group_members(pgid: int) -> list[int]:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # The command name may hold spaces and parentheses: split after the last ')'.
-        fields = stat[stat.rfind(")") + 2 :].split()
-        state, pgrp = fields[0], int(fields[2])
-        if pgrp == pgid and state not in ("Z", "X"):
+        fields = _stat_fields(int(entry.name))
+        if fields is not None and int(fields[2]) == pgid and fields[0] not in _DEAD:
             found.append(int(entry.name))
     return found
 
