@@ -32,6 +32,7 @@ from pivot.protocol.messages import (
 if TYPE_CHECKING:
     from pivot.cli.remote import RemoteEngine
     from pivot.cli.stack import Stack
+    from pivot.display.client import EngineClient
 
     Engine = Stack | RemoteEngine
 
@@ -68,16 +69,25 @@ def run_wave(stack: Engine, stages: tuple[str, ...], force: bool, keep_going: bo
     return outcome.code
 
 
+def _run_answered(client: EngineClient) -> bool:
+    """Whether the answer to our run request has arrived (never blocks). A refusal (an
+    unknown stage, an engine shutting down) is the user's error."""
+    reply = client.take_reply(RunReply)
+    if reply is None:
+        return False
+    assert isinstance(reply, RunReply)
+    if not reply.accepted:
+        raise UserError(reply.message)
+    return True
+
+
 def _follow(stack: Engine, r: Renderer, outcome: Outcome) -> None:
     assert stack.client is not None
     pool_died_at: float | None = None
     answered = False
     for item in stack.client.events(poll_s=0.1):
-        if not answered and (reply := stack.client.take_reply(RunReply)) is not None:
-            answered = True
-            assert isinstance(reply, RunReply)
-            if not reply.accepted:
-                raise UserError(reply.message)
+        if not answered:
+            answered = _run_answered(stack.client)
         if isinstance(item, Snapshot):
             r.resync(item)
             _from_snapshot(item, outcome)
@@ -152,11 +162,8 @@ def run_live(
         answered = stages is None
         with KeyReader() as keys:
             for item in client.events(poll_s=0.1):
-                if not answered and (reply := client.take_reply(RunReply)) is not None:
-                    answered = True
-                    assert isinstance(reply, RunReply)
-                    if not reply.accepted:
-                        raise UserError(reply.message)
+                if not answered:
+                    answered = _run_answered(client)
                 if isinstance(item, Snapshot):
                     paused = item.paused
                     renderer.resync(item)
