@@ -41,6 +41,7 @@ from broker.events import (
 from pivot.pipeline.graph import StageGraph
 from pivot.pipeline.manifest import Manifest
 from pivot.pipeline.params import PARAMS_FILE
+from pivot.pipeline.producers import inside
 from pivot.pipeline.project import PIPELINE_FILE
 from pivot.protocol.messages import (
     STATUSES,
@@ -608,8 +609,7 @@ class BrokerState:
             return set()
 
         def touches(declared: str, path: str) -> bool:
-            d = declared.rstrip("/")
-            return path == d or path.startswith(d + "/") or d.startswith(path + "/")
+            return declared.rstrip("/") == path or inside(path, declared) or inside(declared, path)
 
         return {
             spec.name

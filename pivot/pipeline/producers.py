@@ -11,10 +11,10 @@ import bisect
 from pivot.errors import PipelineError
 from pivot.pipeline.manifest import Manifest
 
-__all__ = ["ProducerIndex"]
+__all__ = ["ProducerIndex", "inside"]
 
 
-def _inside(path: str, folder: str) -> bool:
+def inside(path: str, folder: str) -> bool:
     """Whether `path` lies inside the directory `folder` (with or without its "/")."""
     return path.startswith(folder.rstrip("/") + "/")
 
@@ -64,7 +64,7 @@ class ProducerIndex:
         if key in self.exact:
             found.add(self.exact[key])
         for folder, stage in self.dirs:
-            if _inside(key, folder):
+            if inside(key, folder):
                 found.add(stage)
         if dep.endswith("/") or key not in self.exact:
             # A folder dep (or a path that may be one) also reads what is written inside it.
