@@ -93,6 +93,8 @@ class PauseRequested:
 @dataclass(frozen=True)
 class ShutdownRequested:
     client: bytes
+    grace_s: float = 0.0
+    now: float = 0.0
 
 
 @dataclass(frozen=True)

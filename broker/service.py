@@ -298,8 +298,8 @@ class BrokerService:
                 self._feed(RunRequested(client, tuple(stages), force, keep_going))
             case SnapshotRequest():
                 self._feed(SnapshotRequested(client))
-            case ShutdownRequest():
-                self._feed(ShutdownRequested(client))
+            case ShutdownRequest(grace_s=grace):
+                self._feed(ShutdownRequested(client, grace, self.clock()))
             case PauseRequest(paused=paused):
                 self._feed(PauseRequested(client, paused))
             case PoolExited(pool=pool, returncode=rc):

@@ -45,6 +45,7 @@ from pivot.pipeline.producers import inside
 from pivot.pipeline.project import PIPELINE_FILE
 from pivot.protocol.messages import (
     STATUSES,
+    CancelStage,
     Heartbeat,
     LoadManifest,
     LogLine,
@@ -67,6 +68,7 @@ from pivot.protocol.messages import (
     WaveFinished,
     WaveStarted,
 )
+from pivot.runtime.cancel import HARD_KILL_S
 
 __all__ = ["BrokerState"]
 
@@ -74,6 +76,9 @@ HEARTBEAT_S = 1.0
 LIVENESS = 3
 OK_STATUSES = frozenset({"ran", "restored", "skipped"})
 MAX_CHARGES = 3  # a stage whose own worker dies this often in one wave fails
+# After cancelling the running stages on shutdown: a stage stuck in native code has its
+# worker killed by the pool after HARD_KILL_S (pivot/runtime/cancel.py); this is longer.
+CANCEL_WAIT_S = HARD_KILL_S + 2.0
 
 
 @dataclass
@@ -101,6 +106,7 @@ class Wave:
     planner: str | None = None  # the pool asked which stages are up to date; None = not waiting
     code_halt: bool = False  # stopped by a code change: cancelled stages run again after it
     charges: dict[str, int] = field(default_factory=dict)  # stage -> deaths of its own worker
+    restarting: set[str] = field(default_factory=set)  # `--restart`: cancel asked, runs again
     position: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -141,6 +147,9 @@ class LiveOptions:
     max_wait_s: float = 5.0  # a stream of changes still yields waves
     keep_going: bool = False
     scope: tuple[str, ...] = ()  # `pivot up STAGES`: only these and their upstream stay live
+    # A stage whose inputs change while it runs is cancelled and runs again at once
+    # (watchexec's restart policy); without it, it finishes and runs in the next wave.
+    restart: bool = False
 
 
 class BrokerState:
@@ -180,6 +189,11 @@ class BrokerState:
         self.log_seq = 0
         self.attempt_count = 0
         self.stopping = False
+        # Shutdown: who waits for the answer; when running stages are cancelled; when
+        # the pools are stopped whatever still runs. None: not yet / done.
+        self.shutdown_clients: list[bytes] = []
+        self.cancel_at: float | None = None
+        self.give_up_at: float | None = None
         self._out: list[Command] = []
 
     # --- entry point ---------------------------------------------------------------
@@ -212,10 +226,7 @@ class BrokerState:
                 word = "paused" if event.paused else "resumed"
                 self._out.append(Reply(event.client, RunReply(True, word)))
             case ShutdownRequested():
-                self.stopping = True
-                for name in self.pools:
-                    self._out.append(SendWork(name, PoolShutdown()))
-                self._out.append(Reply(event.client, ShutdownReply()))
+                self._shutdown_requested(event)
             case StageRunningReported():
                 self._stage_running(event)
             case WavePlanned():
@@ -231,8 +242,10 @@ class BrokerState:
             case Tick():
                 self._tick(event.now)
                 self._flush_changes(event.now)
+                self._shutdown_deadlines(event.now)
         self._maybe_start_wave()
         self._dispatch()
+        self._maybe_stopped()
         return self._out
 
     # --- pools ---------------------------------------------------------------------
@@ -255,10 +268,16 @@ class BrokerState:
         if wave.planner == name:
             wave.planner = None  # no plan coming: every stage is decided at dispatch
         for stage in lost:
+            if wave.halted:  # nothing new starts in this wave (a failure, code change, stop)
+                if wave.code_halt:
+                    self.carry.add(stage)
+                self._finish(stage, "cancelled", "cancelled", f"not run again: its pool was lost ({reason})", 0.0, None)
+                continue
             # Back in the queue: the pool that replaces this one runs it again.
             self._set_view(stage, "pending", "pool_lost", f"its pool was lost: {reason}", 0.0)
             wave.ready.append(stage)
         wave.sort_ready()
+        self._maybe_finish_wave()
 
     def _tick(self, now: float) -> None:
         deadline = self.heartbeat_s * self.liveness
@@ -402,7 +421,7 @@ class BrokerState:
         if wave is None or event.attempt not in wave.running:
             return  # a duplicate, or an attempt that was already declared lost
         stage = wave.running.pop(event.attempt)
-        if self._retry(wave, stage, event):
+        if self._restarted(wave, stage, event) or self._retry(wave, stage, event):
             return
         for stream, line in event.logs:
             self.log_seq += 1
@@ -422,6 +441,23 @@ class BrokerState:
                 wave.halted = True
                 self._cancel_rest()
         self._maybe_finish_wave()
+
+    def _restarted(self, wave: Wave, stage: str, event: ResultReceived) -> bool:
+        """--restart: a stage cancelled because its inputs changed goes back in the queue
+        (no stage_finished: it has not finished in this wave). One that finished before
+        the cancel reached it ran on the old inputs: it runs again in the next wave."""
+        if stage not in wave.restarting:
+            return False
+        wave.restarting.discard(stage)
+        if event.status != "cancelled":
+            self._queue(PendingRun({stage}, False, self._keep_going(), True, "files", []))
+            return False
+        if wave.halted:
+            return False  # cancelled for good (fail-fast or a code change)
+        self._set_view(stage, "pending", "deps_changed", event.reason, 0.0)
+        wave.ready.append(stage)
+        wave.sort_ready()
+        return True
 
     def _retry(self, wave: Wave, stage: str, event: ResultReceived) -> bool:
         """A stage lost with another stage's worker runs again uncharged; one whose own
@@ -550,10 +586,12 @@ class BrokerState:
         self.changed_last = event.now
 
     def next_deadline(self) -> float | None:
-        """When the quiet window of waiting changes ends (the service wakes for it)."""
-        if self.live is None or self.changed_first is None:
-            return None
-        return min(self.changed_last + self.live.debounce_s, self.changed_first + self.live.max_wait_s)
+        """When the quiet window of waiting changes ends, or a shutdown step is due (the
+        service wakes for it)."""
+        due = [t for t in (self.cancel_at, self.give_up_at) if t is not None]
+        if self.live is not None and self.changed_first is not None:
+            due.append(min(self.changed_last + self.live.debounce_s, self.changed_first + self.live.max_wait_s))
+        return min(due, default=None)
 
     def _is_code(self, path: str) -> bool:
         if path == PIPELINE_FILE:
@@ -569,8 +607,12 @@ class BrokerState:
         busy = self.wave is not None or self.reloading
         # Data changes wait for the wave in flight (its own outputs are committed by
         # then, so they check as unchanged); code must be seen at once: no stage may
-        # start on old code.
-        picked = [p for p in self.changed if not busy or self._is_code(p) or p == PARAMS_FILE]
+        # start on old code. With --restart, inputs are seen at once too (outputs of the
+        # wave's stages still wait: a stage writing its output must not restart itself).
+        picked = [
+            p for p in self.changed
+            if not busy or self._is_code(p) or p == PARAMS_FILE or self._restart_input(p)
+        ]
         if not picked:
             return
         for p in picked:
@@ -582,6 +624,14 @@ class BrokerState:
         self.confirming = tuple(picked)
         self._out.append(ConfirmChanges(self.confirming))
 
+    def _restart_input(self, path: str) -> bool:
+        """--restart: `path` may be checked while the wave runs (it is no output of it)."""
+        wave, manifest = self.wave, self.manifest
+        if self.live is None or not self.live.restart or wave is None or self.reloading or manifest is None:
+            return False
+        specs = [manifest.by_name[s] for s in wave.stages if s in manifest.by_name]
+        return not any(self._touches(out, path) for spec in specs for out in spec.outs)
+
     def _changes_confirmed(self, paths: tuple[str, ...]) -> None:
         self.confirming = None
         if not paths or self.stopping:
@@ -591,10 +641,32 @@ class BrokerState:
         data = [p for p in paths if p not in code and p not in params]
         if code or params:
             self._reload(bool(code), code + params)
+        # Only paths some stage declares name the wave's cause (not a stray file saved
+        # in the same moment).
+        data = [p for p in data if self._affected([p])]
         if data:
-            affected = self._in_scope(self._affected(data))
+            affected = self._in_scope(self._affected(data)) - self._restart_running(data)
             if affected:
                 self._queue(PendingRun(affected, False, self._keep_going(), True, "files", data))
+
+    def _restart_running(self, paths: list[str]) -> set[str]:
+        """--restart: cancel the running stages that read one of `paths`; they run again
+        in this wave. Returns the stages the wave takes care of: those restarted and
+        those that have not started (they read the new content when they do)."""
+        wave = self.wave
+        if self.live is None or not self.live.restart or self.reloading:
+            return set()
+        if wave is None or wave.halted or wave.planner is not None:
+            return set()
+        readers = self._affected(paths, outs=False)
+        for name, pool in self.pools.items():
+            for attempt in sorted(pool.attempts):
+                stage = wave.running.get(attempt)
+                if stage in readers and stage not in wave.restarting:
+                    wave.restarting.add(stage)
+                    why = f"its inputs changed while it ran ({', '.join(paths[:3])}): running it again"
+                    self._send(name, CancelStage(attempt, why))
+        return {s for s in wave.stages if s not in wave.done}
 
     def _in_scope(self, stages: set[str]) -> set[str]:
         if self.live is None or not self.live.scope or self.graph is None:
@@ -602,20 +674,20 @@ class BrokerState:
         known = [s for s in self.live.scope if s in self.graph.upstream]
         return stages & self.graph.with_upstream(known)
 
-    def _affected(self, paths: list[str]) -> set[str]:
-        """Stages reading a changed path (or a folder holding it) and stages writing one
-        (a hand edit of an output makes its producer stale)."""
+    @staticmethod
+    def _touches(declared: str, path: str) -> bool:
+        return declared.rstrip("/") == path or inside(path, declared) or inside(declared, path)
+
+    def _affected(self, paths: list[str], outs: bool = True) -> set[str]:
+        """Stages reading a changed path (or a folder holding it) and, with `outs`, stages
+        writing one (a hand edit of an output makes its producer stale)."""
         if self.manifest is None:
             return set()
-
-        def touches(declared: str, path: str) -> bool:
-            return declared.rstrip("/") == path or inside(path, declared) or inside(declared, path)
-
         return {
             spec.name
             for spec in self.manifest.stages
             for path in paths
-            if any(touches(x, path) for x in (*spec.deps, *spec.outs))
+            if any(self._touches(x, path) for x in (*spec.deps, *(spec.outs if outs else ())))
         }
 
     def _reload(self, restart: bool, paths: list[str]) -> None:
@@ -651,6 +723,54 @@ class BrokerState:
         if self.reload_again is not None:
             restart, self.reload_again = self.reload_again, None
             self._reload(restart, self.reload_trigger[1])
+
+    # --- shutdown ------------------------------------------------------------------
+
+    def _shutdown_requested(self, event: ShutdownRequested) -> None:
+        """Nothing new starts; running stages get the grace period, then are cancelled;
+        the pools stop once nothing runs (see `_maybe_stopped`)."""
+        self.shutdown_clients.append(event.client)
+        self.changed.clear()
+        self.changed_first = None
+        self.pending = None
+        wave = self.wave
+        if not self.stopping and wave is not None:
+            wave.halted = True
+            running = set(wave.running.values())
+            for stage in wave.stages:
+                if stage not in wave.done and stage not in running:
+                    self._finish(stage, "cancelled", "cancelled", "not started: Pivot is stopping", 0.0, None)
+            wave.ready.clear()
+            self._maybe_finish_wave()
+        self.stopping = True
+        cancel_at = event.now + max(0.0, event.grace_s)
+        if self.give_up_at is None and (self.cancel_at is None or cancel_at < self.cancel_at):
+            self.cancel_at = cancel_at
+        self._shutdown_deadlines(event.now)
+
+    def _shutdown_deadlines(self, now: float) -> None:
+        if self.cancel_at is not None and now >= self.cancel_at:
+            self.cancel_at = None
+            self.give_up_at = now + CANCEL_WAIT_S
+            for name, pool in self.pools.items():
+                for attempt in sorted(pool.attempts):
+                    self._send(name, CancelStage(attempt, "cancelled: Pivot is stopping"))
+        if self.give_up_at is not None and now >= self.give_up_at and self.wave is not None:
+            wave = self.wave
+            for _, stage in sorted(wave.running.items()):
+                self._finish(stage, "cancelled", "cancelled", "still running when Pivot stopped", 0.0, None)
+            wave.running.clear()
+            self._maybe_finish_wave()
+
+    def _maybe_stopped(self) -> None:
+        if not self.shutdown_clients or self.wave is not None:
+            return
+        for name in self.pools:
+            self._send(name, PoolShutdown())
+        for client in self.shutdown_clients:
+            self._out.append(Reply(client, ShutdownReply(self.seq)))
+        self.shutdown_clients = []
+        self.cancel_at = self.give_up_at = None
 
     # --- snapshot ------------------------------------------------------------------
 

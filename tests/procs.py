@@ -561,16 +561,26 @@ class LiveRun:
 
     def stop(self, timeout: float = 15.0) -> str:
         """SIGTERM to the process group; the exit code must be 0. Returns stderr."""
+        self.terminate()
+        rc = self.wait_exit(timeout)
+        with self._cond:
+            assert rc == 0, f"pivot up exited with code {rc} after SIGTERM\n{self._show(0)}"
+            return "".join(self._stderr)
+
+    def terminate(self) -> None:
+        """SIGTERM to the process group (`stop` without waiting)."""
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGTERM)
+
+    def wait_exit(self, timeout: float) -> int:
+        """Wait for the exit (killing the group on timeout) and for every line it wrote
+        to be read; its exit code."""
         try:
             rc = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             kill_group(self.proc.pid)
             self.proc.wait()
-            raise AssertionError(f"pivot up did not exit within {timeout:.1f} s of SIGTERM") from None
+            raise AssertionError(f"pivot up did not exit within {timeout:.1f} s") from None
         for thread in self._threads:
             thread.join(5.0)
-        with self._cond:
-            assert rc == 0, f"pivot up exited with code {rc} after SIGTERM\n{self._show(0)}"
-            return "".join(self._stderr)
+        return rc

@@ -32,6 +32,7 @@ import zmq
 from pivot.errors import PipelineError, PivotError
 from pivot.pipeline.manifest import Manifest
 from pivot.protocol.messages import (
+    CancelStage,
     Heartbeat,
     LoadManifest,
     ManifestFailed,
@@ -47,6 +48,7 @@ from pivot.protocol.messages import (
     StageRunning,
     WavePlan,
 )
+from pivot.runtime.cancel import HARD_KILL_S, marker_path, request_cancel
 from pivot.runtime.logsetup import configure
 from pivot.runtime.procs import is_alive
 from pivot.runtime.spawn import LoaderRun, run_loader
@@ -98,7 +100,11 @@ class PoolService:
         self.jobs_by_attempt: dict[str, RunStage] = {}
         self.in_workers: set[str] = set()  # attempts handed to loky
         self.cancelled: dict[str, str] = {}  # attempt -> why, for results still to come
+        # CancelStage of a stage in a worker: attempt -> (why, when its worker is killed
+        # if the stage has not stopped by then, the worker's pid or 0 if not known yet)
+        self.stopping_attempts: dict[str, tuple[str, float, int]] = {}
         self.restart_on_load = False
+        self.waiting: list[RunStage] = []  # dispatched before the first manifest loaded
         # Each running stage's worker writes its pid here, so a dead worker's stage is known.
         self.pid_dir = Path(tempfile.mkdtemp(prefix="pivot-workers-"))
         self.deaths: dict[str, int] = {}
@@ -147,6 +153,7 @@ class PoolService:
                 if now - self.last_sent >= self.heartbeat_s:
                     self._send(Heartbeat(self.name))
                 self._resend(now)
+                self._enforce_cancels(now)
                 for sock, _ in poller.poll(int(self._timeout_ms(now)) + 1):
                     if sock is self.sock:
                         self._drain_socket()
@@ -160,6 +167,8 @@ class PoolService:
     def _timeout_ms(self, now: float) -> float:
         deadlines = [self.last_sent + self.heartbeat_s, self.last_heard + self.heartbeat_s * self.liveness]
         deadlines += [p.next_send for p in self.unacked.values()]
+        # An attempt whose worker was not known yet is signalled as soon as it is.
+        deadlines += [now + 0.02 if not pid else at for _, at, pid in self.stopping_attempts.values()]
         return max(0.0, (min(deadlines) - now) * 1000)
 
     def _resend(self, now: float) -> None:
@@ -194,6 +203,8 @@ class PoolService:
                         self._cancel_all("cancelled: Python code changed")
                         self.restart_on_load = True
                     self._in_thread("manifest", "", lambda: run_loader(self.root))
+                case CancelStage(attempt=attempt, reason=why):
+                    self._cancel(attempt, why)
                 case PoolShutdown():
                     self.stopping = True
                 case other:
@@ -205,6 +216,10 @@ class PoolService:
         if job.attempt in self.jobs_by_attempt or job.attempt in self.unacked:
             return  # a resent dispatch we already have
         self.jobs_by_attempt[job.attempt] = job
+        if self.manifest is None:
+            # A pool replacing a lost one gets its stages at once, while its loader runs.
+            self.waiting.append(job)
+            return
         spec = self.manifest.by_name.get(job.stage) if self.manifest else None
         if spec is None:
             msg = f"stage {job.stage!r} is not in this pool's pipeline"
@@ -245,11 +260,11 @@ class PoolService:
     def _manifest_done(self, future: Future[Manifest]) -> None:
         try:
             self.manifest = future.result()
-        except PipelineError as exc:
-            self._send(ManifestFailed(self.name, str(exc), exc.detail))
-            return
         except PivotError as exc:
-            self._send(ManifestFailed(self.name, str(exc), ""))
+            detail = exc.detail if isinstance(exc, PipelineError) else ""
+            self._send(ManifestFailed(self.name, str(exc), detail))
+            for job in self._take_waiting():
+                self._finish(job.attempt, "failed", ReasonCode.FAILED, f"the pipeline did not load: {exc}", 0.0)
             return
         if self.restart_on_load:
             # New code: no worker that imported the old pipeline may run another stage.
@@ -262,6 +277,13 @@ class PoolService:
             self.producers = dep_producers(self.manifest)
         except PipelineError:
             self.producers = {}
+        for job in self._take_waiting():
+            del self.jobs_by_attempt[job.attempt]
+            self._start(job)
+
+    def _take_waiting(self) -> list[RunStage]:
+        waiting, self.waiting = self.waiting, []
+        return [job for job in waiting if job.attempt in self.jobs_by_attempt]
 
     def _cancel_all(self, why: str) -> None:
         """Stop every stage in flight: loky ones by replacing the workers, deciding ones
@@ -270,6 +292,31 @@ class PoolService:
             self.cancelled[attempt] = why
         if self.in_workers:
             self._stop_workers()
+
+    def _cancel(self, attempt: str, why: str) -> None:
+        """Stop one attempt; its worker survives (see pivot/runtime/cancel.py)."""
+        if attempt not in self.jobs_by_attempt or attempt in self.cancelled:
+            return  # already over (its result is on its way), or already being stopped
+        if attempt not in self.in_workers:  # still being decided: never handed to a worker
+            self.cancelled[attempt] = why
+            return
+        pid = request_cancel(self.pid_dir / attempt)
+        self.stopping_attempts[attempt] = (why, time.monotonic() + HARD_KILL_S, pid)
+
+    def _enforce_cancels(self, now: float) -> None:
+        for attempt, (why, kill_at, pid) in list(self.stopping_attempts.items()):
+            if not pid:
+                pid = request_cancel(self.pid_dir / attempt)
+                self.stopping_attempts[attempt] = (why, kill_at, pid)
+            elif now >= kill_at:
+                # Stuck in native code: its worker goes (the stages beside it are lost
+                # and run again), and the attempt is reported cancelled, not a death.
+                log.warning("stage attempt %s ignored its cancel for %.0f s: killing worker %d",
+                            attempt, HARD_KILL_S, pid)
+                del self.stopping_attempts[attempt]
+                self.cancelled[attempt] = why
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
     def _judge_deaths(self) -> None:
         """attempt -> pid of its dead worker (0: its worker lives, or it never started)."""
@@ -351,8 +398,11 @@ class PoolService:
     def _ran(self, attempt: str, future: Future[dict[str, Any]]) -> None:
         from concurrent.futures import BrokenExecutor
 
+        stopping = self.stopping_attempts.pop(attempt, None)
         if attempt in self.cancelled:  # its worker was stopped on purpose
             self.in_workers.discard(attempt)
+            self.deaths.pop(attempt, None)
+            self._forget_files(attempt)
             self._finish(attempt, "cancelled", ReasonCode.CANCELLED, self.cancelled.pop(attempt), 0.0)
             return
         try:
@@ -380,12 +430,17 @@ class PoolService:
             self._finish(attempt, "failed", ReasonCode.FAILED, msg, 0.0)
             return
         self.in_workers.discard(attempt)
-        (self.pid_dir / attempt).unlink(missing_ok=True)
+        self._forget_files(attempt)
         logs = [["pivot", note] for note in r["notes"]] + r["logs"]
+        reason = stopping[0] if stopping and r["status"] == "cancelled" else r["reason"]
         self._finish(
-            attempt, r["status"], r["reason_code"], r["reason"], r["duration_s"], r["error"], logs,
+            attempt, r["status"], r["reason_code"], reason, r["duration_s"], r["error"], logs,
             r["details"],
         )
+
+    def _forget_files(self, attempt: str) -> None:
+        (self.pid_dir / attempt).unlink(missing_ok=True)
+        marker_path(self.pid_dir / attempt).unlink(missing_ok=True)
 
     def _finish(
         self,

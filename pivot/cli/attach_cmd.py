@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from pivot.cli.repro_cmd import display_option
+from pivot.cli.options import display_option
 from pivot.pipeline.project import find_root
 
 

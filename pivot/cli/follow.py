@@ -24,6 +24,8 @@ from pivot.protocol.messages import (
     Resumed,
     RunReply,
     RunRequest,
+    ShutdownReply,
+    ShutdownRequest,
     Snapshot,
     WaveFinished,
     WaveStarted,
@@ -136,15 +138,16 @@ def run_live(
     stack: Engine, stages: tuple[str, ...] | None, force: bool, keep_going: bool, display: str
 ) -> int:
     """`pivot up`: the first wave (the stale stages), then every wave changes cause, shown
-    with `display`, until Ctrl-C or SIGTERM (exit 0). A broken pipeline is shown and the
-    engine waits for a fix. With `stages` None (`pivot attach`) no wave is asked for."""
+    with `display`, until q, Ctrl-C or SIGTERM (exit 0). A broken pipeline is shown and the
+    engine waits for a fix. With `stages` None (`pivot attach`) no wave is asked for, and
+    stopping only detaches."""
     import signal
     import threading
 
-    stop = threading.Event()
+    stops = StopRequests()
     supervisor = Supervisor(stack)
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGTERM, lambda *_: stops.add())
     renderer = make_renderer(resolve_mode(display, sys.stdout), sys.stdout, sys.stderr)
     if hasattr(renderer, "keys_hint") and sys.stdin.isatty():
         renderer.keys_hint = "q quit · f force · p pause"
@@ -152,6 +155,7 @@ def run_live(
     assert stack.client is not None
     client = stack.client
     paused = False
+    owner = stages is not None
     try:
         joined = client.join()
         if stages is None:  # attaching: show the engine's state as it is now
@@ -161,34 +165,95 @@ def run_live(
             client.send(RunRequest(list(stages), force, keep_going))
         answered = stages is None
         with KeyReader() as keys:
-            for item in client.events(poll_s=0.1):
-                if not answered:
-                    answered = _run_answered(client)
-                if isinstance(item, Snapshot):
-                    paused = item.paused
-                    renderer.resync(item)
-                elif isinstance(item, Envelope):
-                    if isinstance(item.msg, (Paused, Resumed)):
-                        paused = isinstance(item.msg, Paused)
-                    renderer.event(item)
-                for key in keys.pressed():
-                    if key == "q":
+            events = client.events(poll_s=0.1)
+            while True:
+                try:
+                    item = next(events)
+                    if not stops.asked and not answered:
+                        answered = _run_answered(client)
+                    if isinstance(item, Snapshot):
+                        paused = item.paused
+                        renderer.resync(item)
+                    elif isinstance(item, Envelope):
+                        if isinstance(item.msg, (Paused, Resumed)):
+                            paused = isinstance(item.msg, Paused)
+                        elif isinstance(item.msg, PoolLost):
+                            stack.kill_lost_pool()
+                        renderer.event(item)
+                    for key in keys.pressed():
+                        if key == "q":
+                            stops.add()
+                        elif key == "f" and not stops.asked:  # every (live) stage runs again
+                            client.send(RunRequest(list(stages or ()), True, keep_going))
+                        elif key == "p" and not stops.asked:
+                            client.send(PauseRequest(not paused))
+                    if stops.asked and not owner:
+                        return 0  # detaching never affects the run
+                    if answered and not stops.asked:
+                        client.take_reply(RunReply)  # answers to keys: nothing to show
+                    if not stops.asked:
+                        supervisor.check()
+                    elif stops.done(stack):  # after showing `item`: it may be the last one
                         return 0
-                    if key == "f":  # force: every (live) stage runs again
-                        client.send(RunRequest(list(stages or ()), True, keep_going))
-                    elif key == "p":
-                        client.send(PauseRequest(not paused))
-                if answered:
-                    client.take_reply(RunReply)  # answers to keys: nothing to show
-                if stop.is_set():
-                    return 0
-                supervisor.check()
-    except KeyboardInterrupt:
-        return 0
+                except KeyboardInterrupt:
+                    stops.add()
+                    if not owner:
+                        return 0
+                    # The interrupt may have ended the generator inside its poll; the
+                    # client keeps its sequence numbers, so a new one carries on.
+                    events = client.events(poll_s=0.1)
     finally:
         dropped = client.dropped_logs
         renderer.close(dropped)
-    return 0
+
+
+class StopRequests:
+    """q, Ctrl-C and SIGTERM. The first asks the broker to stop (running stages get the
+    grace period, and the display shows how they end); another one cancels them now."""
+
+    NOTICE_AFTER_S = 0.3  # an idle engine stops at once: no notice then
+    SHOW_WITHIN_S = 1.0  # the last events are on their way when the reply comes
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.sent = 0
+        self.sent_at = 0.0
+        self.noticed = False
+        self.reply: ShutdownReply | None = None
+        self.reply_at = 0.0
+
+    @property
+    def asked(self) -> bool:
+        return self.count > 0
+
+    def add(self) -> None:
+        self.count += 1
+
+    def done(self, stack: Engine) -> bool:
+        """Send what was asked; whether the broker has stopped everything and the display
+        has shown the events up to then (how the running stages ended)."""
+        assert stack.client is not None
+        grace = getattr(stack, "grace_s", 0.0)
+        if self.sent < self.count:
+            stack.client.send(ShutdownRequest(grace if self.count == 1 else 0.0))
+            if self.sent == 0:
+                self.sent_at = time.monotonic()
+            self.sent = self.count
+        if self.reply is None:
+            reply = stack.client.take_reply(ShutdownReply)
+            if isinstance(reply, ShutdownReply):
+                self.reply, self.reply_at = reply, time.monotonic()
+        if self.reply is not None:
+            shown = stack.client.last_seq >= self.reply.seq
+            return shown or time.monotonic() - self.reply_at > self.SHOW_WITHIN_S
+        if not self.noticed and self.count == 1 and time.monotonic() - self.sent_at > self.NOTICE_AFTER_S:
+            self.noticed = True
+            print(
+                f"pivot: stopping: running stages get up to {grace:g} s to finish "
+                "(Ctrl-C to cancel them now)",
+                file=sys.stderr,
+            )
+        return False
 
 
 CRASH_LIMIT = 5  # more crashes than this within CRASH_WINDOW_S stop the stack

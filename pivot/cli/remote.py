@@ -1,4 +1,5 @@
-"""Joining an engine another command started (`pivot up`): attach, or ask it for a wave."""
+"""Joining an engine another command started (`pivot up`): attach, ask it for a wave, or
+look at its state (`pivot status`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ if TYPE_CHECKING:
     import zmq
 
     from pivot.display.client import EngineClient
+    from pivot.protocol.messages import Snapshot
 
 __all__ = ["RemoteEngine", "running_engine"]
 
@@ -43,6 +45,17 @@ class RemoteEngine:
             self.client.close()
         self.ctx.destroy(linger=0)
 
+    def snapshot(self, timeout: float) -> Snapshot:
+        """The engine's state as a joining display gets it, for a one-shot look: one
+        control request (no events are followed, so no welcome is awaited), answered
+        within `timeout` seconds or InfraError."""
+        from pivot.protocol.messages import Snapshot, SnapshotRequest
+
+        assert self.client is not None
+        snap = self.client.request(SnapshotRequest(), Snapshot, timeout)
+        assert isinstance(snap, Snapshot)
+        return snap
+
     def pool_exit(self) -> int | None:
         return None
 
@@ -54,6 +67,9 @@ class RemoteEngine:
 
     def pool_log_tail(self) -> str:
         return ""
+
+    def kill_lost_pool(self) -> None:
+        pass  # the engine's own `pivot up` does that
 
     def restart_pool(self) -> None:  # never called: pool_exit() is always None here
         raise AssertionError("an attached view does not supervise")

@@ -7,18 +7,8 @@ from typing import Any
 
 import click
 
+from pivot.cli.options import LIVE_PARAMS, display_option, live_options
 from pivot.pipeline.project import find_root, pivot_dir
-
-
-def display_option(func: click.decorators.FC) -> click.decorators.FC:
-    func = click.option("--json", "as_json", is_flag=True, help="Short for --display json.")(func)
-    return click.option(
-        "--display",
-        type=click.Choice(["auto", "tui", "plain", "json"]),
-        default="auto",
-        show_default=True,
-        help="auto: live view on a terminal, plain lines otherwise; json: JSON lines (docs/events.md).",
-    )(func)
 
 
 @click.command()
@@ -30,19 +20,41 @@ def display_option(func: click.decorators.FC) -> click.decorators.FC:
               help="After a failure, still run every stage not downstream of it.")
 @click.option("-n", "--dry-run", is_flag=True,
               help="Print what would run and why; run nothing, change nothing.")
+@click.option("-w", "--watch", is_flag=True,
+              help="Stay live afterwards, like `pivot up` (which see); the options below "
+              "apply only with it.")
+@live_options
 @display_option
+@click.pass_context
 def repro(
-    stages: tuple[str, ...], force: bool, jobs: int | None, keep_going: bool,
-    dry_run: bool, display: str, as_json: bool,
+    ctx: click.Context, stages: tuple[str, ...], force: bool, jobs: int | None, keep_going: bool,
+    dry_run: bool, watch: bool, debounce_ms: int, poll: bool, restart: bool, grace_s: float,
+    display: str, as_json: bool,
 ) -> int:
     """Run STAGES (default: all) and their upstream, skipping what is up to date.
 
     Exit code 0 when every stage ran or was up to date, 1 when a stage failed or the
     worker pool was lost, 2 for a usage or pipeline error, 130 after Ctrl-C.
+
+    With --watch this is `pivot up`: it stays live and re-runs what each change affects.
     """
     from pivot.cli.stack import Stack
     from pivot.runtime.cpus import usable_cpus
 
+    if not watch:
+        given = [
+            f"--{name.removesuffix('_ms').removesuffix('_s')}" for name in LIVE_PARAMS
+            if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+        ]
+        if given:
+            raise click.UsageError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} only with --watch")
+    elif dry_run:
+        raise click.UsageError("--dry-run and --watch cannot be combined")
+    else:
+        from pivot.cli.up_cmd import start_live
+
+        return start_live(stages, force, jobs, keep_going, debounce_ms, poll, restart, grace_s,
+                          "json" if as_json else display)
     root = find_root()
     if dry_run:
         return _dry_run(root, stages, force, as_json or display == "json")

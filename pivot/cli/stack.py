@@ -12,7 +12,9 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -40,10 +42,12 @@ class Stack:
     """Context manager: binds the broker, starts the pool, and always cleans both up."""
 
     def __init__(
-        self, root: Path, jobs: int, live: LiveOptions | None = None, poll: bool = False
+        self, root: Path, jobs: int, live: LiveOptions | None = None, poll: bool = False,
+        grace_s: float = 0.0,
     ) -> None:
         self.root = root
         self.jobs = jobs
+        self.grace_s = grace_s  # on a normal stop, how long running stages may finish
         self.live = live  # set: `pivot up` (a watcher, and the broker reacts to changes)
         self.poll = poll
         self.watcher: subprocess.Popen[bytes] | None = None
@@ -144,6 +148,14 @@ class Stack:
         send_msg(self.client.control, PoolExited(POOL_NAME, rc), sender="cli")
         return rc
 
+    def kill_lost_pool(self) -> None:
+        """The broker gave the pool up (no heartbeat: hung, or stopped with SIGSTOP) and
+        will dispatch its stages again: its group goes first, so that an attempt of a
+        stage never outlives it. `pool_exit` then sees the exit and it is restarted."""
+        if self.pool is not None and self.pool.poll() is None:
+            log.warning("the broker lost the pool %d while it was alive: killing its group", self.pool.pid)
+            self._kill_pool_group()
+
     def broker_alive(self) -> bool:
         return self.thread is not None and self.thread.is_alive()
 
@@ -169,8 +181,9 @@ class Stack:
     def _close(self, graceful: bool = False) -> None:
         self._stop_watcher()
         if graceful and self.pool is not None and self.pool.poll() is None and self.client:
-            with contextlib.suppress(Exception):
-                self.client.shutdown(timeout=GRACE_S)
+            # Even a third Ctrl-C must not skip the clean-up below.
+            with contextlib.suppress(Exception, KeyboardInterrupt):
+                self._shutdown_engine(self.client)
                 self.pool.wait(GRACE_S)
         self._stop_pool()
         if self.client is not None:
@@ -185,6 +198,29 @@ class Stack:
             self.ctx.destroy(linger=0)
         self.rundir.release()
 
+    def _shutdown_engine(self, client: EngineClient) -> None:
+        """Ask the broker to stop: stages running get the grace period to finish, then
+        are cancelled. Ctrl-C or SIGTERM meanwhile cancels them at once."""
+        from pivot.errors import InfraError
+        from pivot.runtime.cancel import HARD_KILL_S
+
+        limit = self.grace_s + HARD_KILL_S + GRACE_S
+        try:
+            with _interruptible_by_sigterm():
+                try:
+                    client.shutdown(timeout=min(0.3, limit), grace_s=self.grace_s)
+                    return
+                except InfraError:  # not answered at once: stages are running
+                    pass
+                print(
+                    f"pivot: stopping: running stages get up to {self.grace_s:g} s to finish "
+                    "(Ctrl-C to cancel them now)",
+                    file=sys.stderr,
+                )
+                client.shutdown(timeout=limit, grace_s=self.grace_s)
+        except KeyboardInterrupt:
+            client.shutdown(timeout=HARD_KILL_S + GRACE_S, grace_s=0.0)
+
     def _stop_pool(self) -> None:
         if self.pool is not None:
             _stop_group(self.pool, "pool")
@@ -194,6 +230,24 @@ class Stack:
         assert self.pool is not None
         if not kill_group(self.pool.pid, GRACE_S):
             log.error("processes of the pool group %d survived SIGKILL", self.pool.pid)
+
+
+@contextlib.contextmanager
+def _interruptible_by_sigterm() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt meanwhile (the first one already asked for the
+    stop this waits for; another one means: now)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _stop_group(proc: subprocess.Popen[bytes], what: str) -> None:

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from pivot.cli.assess import StageAssessment
+    from pivot.protocol.messages import Snapshot
 
 
 @click.command()
@@ -16,19 +21,56 @@ def status(stages: tuple[str, ...], explain: bool, as_json: bool) -> None:
 
     STAGES limits the report to those stages and their upstream. A stage downstream of a
     stale one is stale too ("upstream stale"); it is skipped at run time if its upstream
-    writes the same bytes again.
+    writes the same bytes again. While `pivot up` runs, what it is doing is shown too:
+    stages running or queued in its wave, and stages that failed there.
     """
     from pivot.cli.assess import assess
+    from pivot.cli.engine_view import (
+        engine_json,
+        fetch_snapshot,
+        header_lines,
+        live_verdict,
+        up_running,
+    )
+    from pivot.errors import PipelineError
     from pivot.pipeline.project import find_root
 
-    result = assess(find_root(), stages, explain=explain)
+    root = find_root()
+    # A running `pivot up` is asked for its view after the assessment, so that view is
+    # the fresher one. Without one, neither zmq nor the display client is imported.
+    live = up_running(root)
+
+    def engine_snapshot() -> Snapshot | None:
+        snap, warning = fetch_snapshot(root)
+        if warning:
+            click.echo(f"warning: {warning}", err=True)
+        return snap
+
+    try:
+        result = assess(root, stages, explain=explain)
+    except PipelineError:
+        # The engine keeps its last good pipeline loaded: say what it sees, then the error.
+        snap = engine_snapshot() if live and not as_json else None
+        if snap is not None:
+            _echo_lines(header_lines(snap))
+        raise
+    snap = engine_snapshot() if live else None
     if as_json:
         rows = {name: row.to_json() for name, row in result.stages.items()}
-        click.echo(json.dumps({"stages": rows}, indent=2))
+        engine = engine_json(snap, set(result.stages) if stages else None) if snap is not None else None
+        click.echo(json.dumps({"stages": rows, "engine": engine}, indent=2))
         return
     for warning in result.manifest.warnings:
         click.echo(f"warning: {warning}", err=True)
+    if snap is not None:
+        _echo_lines(header_lines(snap))
     for name, row in result.stages.items():
+        live_line = live_verdict(name, snap, row) if snap is not None else None
+        if live_line is not None:
+            click.echo(live_line)
+            if explain:
+                _explain(row)
+            continue
         if not row.stale:
             click.echo(f"{name}: up to date")
             continue
@@ -37,17 +79,26 @@ def status(stages: tuple[str, ...], explain: bool, as_json: bool) -> None:
             click.echo(f"{name}: stale ({row.reasons[0].message}){restore}")
             continue
         click.echo(f"{name}: stale{restore}")
-        for reason in row.reasons:
-            click.echo(f"  - {reason.code}: {reason.message}")
-            for key, value in reason.details.items():
-                if key == "changes":
-                    for param, (old, new) in value.items():
-                        click.echo(f"      {param}: {old!r} -> {new!r}")
-                elif value:
-                    click.echo(f"      {key}: {_show(value)}")
+        _explain(row)
     stale = [n for n, row in result.stages.items() if row.stale]
     total = len(result.stages)
     click.echo(f"{len(stale)} of {total} stages stale" if stale else "everything is up to date")
+
+
+def _explain(row: StageAssessment) -> None:
+    for reason in row.reasons:
+        click.echo(f"  - {reason.code}: {reason.message}")
+        for key, value in reason.details.items():
+            if key == "changes":
+                for param, (old, new) in value.items():
+                    click.echo(f"      {param}: {old!r} -> {new!r}")
+            elif value:
+                click.echo(f"      {key}: {_show(value)}")
+
+
+def _echo_lines(lines: list[str]) -> None:
+    for line in lines:
+        click.echo(line)
 
 
 def _show(value: object) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from pivot.cli.repro_cmd import display_option
+from pivot.cli.options import display_option, live_options
 from pivot.pipeline.project import find_root, pivot_dir
 
 
@@ -15,16 +15,11 @@ from pivot.pipeline.project import find_root, pivot_dir
               help="Stages to run at once [default: usable CPUs].")
 @click.option("--keep-going", is_flag=True,
               help="After a failure, still run every stage not downstream of it (every wave).")
-@click.option("--debounce", "debounce_ms", type=click.IntRange(min=0, max=60_000), default=20,
-              show_default=True,
-              help="Quiet time in ms after the last change before a wave starts (a stream of "
-              "changes still starts one every 5 s).")
-@click.option("--poll", is_flag=True,
-              help="Poll the file system instead of OS notifications (Docker Desktop, network mounts).")
+@live_options
 @display_option
 def up(
     stages: tuple[str, ...], force: bool, jobs: int | None, keep_going: bool,
-    debounce_ms: int, poll: bool, display: str, as_json: bool,
+    debounce_ms: int, poll: bool, restart: bool, grace_s: float, display: str, as_json: bool,
 ) -> int:
     """Run what is stale, then watch the project and re-run what each change affects.
 
@@ -34,16 +29,27 @@ def up(
     pipeline.py or a helper it uses reloads the pipeline in fresh worker processes and
     re-runs the stages whose code changed; a comment-only edit runs nothing. A broken
     pipeline.py is reported and the last good one stays loaded until it is fixed.
-    Ctrl-C or SIGTERM stops everything (exit 0).
+    q, Ctrl-C or SIGTERM stops everything (exit 0): stages still running get --grace
+    seconds to finish, then are cancelled; a second Ctrl-C cancels them at once.
     """
+    return start_live(stages, force, jobs, keep_going, debounce_ms, poll, restart, grace_s,
+                      "json" if as_json else display)
+
+
+def start_live(
+    stages: tuple[str, ...], force: bool, jobs: int | None, keep_going: bool,
+    debounce_ms: int, poll: bool, restart: bool, grace_s: float, display: str,
+) -> int:
     from broker.state import LiveOptions
     from pivot.cli.stack import Stack
     from pivot.runtime.cpus import usable_cpus
 
     root = find_root()
     pivot_dir(root)
-    live = LiveOptions(debounce_s=debounce_ms / 1000, keep_going=keep_going, scope=stages)
-    with Stack(root, jobs or usable_cpus(), live=live, poll=poll) as stack:
+    live = LiveOptions(
+        debounce_s=debounce_ms / 1000, keep_going=keep_going, scope=stages, restart=restart
+    )
+    with Stack(root, jobs or usable_cpus(), live=live, poll=poll, grace_s=grace_s) as stack:
         from pivot.cli.follow import run_live  # after the pool started: see follow.py
 
-        return run_live(stack, stages, force, keep_going, "json" if as_json else display)
+        return run_live(stack, stages, force, keep_going, display)

@@ -91,8 +91,8 @@ class EngineClient:
         assert isinstance(snap, Snapshot)
         return snap
 
-    def shutdown(self, timeout: float) -> None:
-        self.request(ShutdownRequest(), ShutdownReply, timeout)
+    def shutdown(self, timeout: float, grace_s: float = 0.0) -> None:
+        self.request(ShutdownRequest(grace_s), ShutdownReply, timeout)
 
     # --- events --------------------------------------------------------------------
 

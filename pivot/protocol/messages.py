@@ -19,6 +19,7 @@ __all__ = [
     "MESSAGES",
     "STATUSES",
     "BusTick",
+    "CancelStage",
     "EventsWelcome",
     "FilesChanged",
     "Heartbeat",
@@ -222,6 +223,17 @@ class ResultAck(Message):
 
 
 @dataclass(frozen=True)
+class CancelStage(Message):
+    """Broker -> pool: stop `attempt` now (`pivot up --restart`: its inputs changed while
+    it ran). The pool answers with a `cancelled` StageResult, or with the attempt's real
+    result when it finished first."""
+
+    TAG: ClassVar[str] = "cancel_stage"
+    attempt: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class PoolShutdown(Message):
     """Broker -> pool: finish nothing new, stop workers, exit."""
 
@@ -297,14 +309,23 @@ class PauseRequest(Message):
 
 @dataclass(frozen=True)
 class ShutdownRequest(Message):
-    """Client -> broker: stop the pools; the broker answers with `ShutdownReply`."""
+    """Client -> broker: stop the pools; the broker answers with `ShutdownReply`.
+
+    Nothing new starts. Stages running get `grace_s` seconds to finish (their outputs
+    are committed); then they are cancelled (nothing of them is committed). A second
+    request with a shorter grace cuts the wait short."""
 
     TAG: ClassVar[str] = "shutdown_request"
+    grace_s: float = 0.0
 
 
 @dataclass(frozen=True)
 class ShutdownReply(Message):
+    """Broker -> client: everything stopped; `seq` is the last state event published (a
+    display that wants to show how the stages ended reads up to it)."""
+
     TAG: ClassVar[str] = "shutdown_reply"
+    seq: int = 0
 
 
 # --- events: broker XPUB -> displays ---------------------------------------------------
@@ -435,6 +456,7 @@ MESSAGES: tuple[type[Message], ...] = (
     StageRunning,
     StageResult,
     ResultAck,
+    CancelStage,
     PoolShutdown,
     RunRequest,
     RunReply,

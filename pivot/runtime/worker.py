@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from pivot.errors import PipelineError, PivotError
+from pivot.runtime.cancel import StageCancelled, arm, cancellable
 from pivot.runtime.loader import import_pipeline
 from pivot.runtime.usertb import user_traceback
 from pivot.state.atomic import write_atomic
@@ -118,8 +119,12 @@ def run_stage(job: StageJob) -> dict[str, Any]:
     """
     root = Path(job["root"])
     name = job["stage"]
-    if job.get("pid_file"):  # the pool learns which stage a dying worker was running
-        Path(job["pid_file"]).write_text(str(os.getpid()))
+    pid_file = Path(job["pid_file"]) if job.get("pid_file") else None
+    if pid_file is not None:
+        # The pool learns which stage a dying worker was running, and whom to signal to
+        # cancel it.
+        arm()
+        pid_file.write_text(str(os.getpid()))
     logs: list[list[str]] = []
     notes: list[str] = []
     started = time.perf_counter()
@@ -170,8 +175,13 @@ def run_stage(job: StageJob) -> dict[str, Any]:
         if job.get("foreground"):  # `pivot run --foreground`: the terminal is the stage's
             decl.func(**job["params"])
         else:
-            with _captured(logs):
+            with _captured(logs), cancellable(pid_file):
                 decl.func(**job["params"])
+    except StageCancelled:
+        # Nothing of this run is kept: what the stage wrote so far is partial.
+        for out in outs:
+            remove(root / out)
+        return outcome("cancelled", "cancelled", "cancelled while running")
     except BaseException as exc:
         return outcome("failed", "failed", f"{type(exc).__name__}: {exc}", user_traceback(exc))
     try:

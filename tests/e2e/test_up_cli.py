@@ -50,6 +50,7 @@ from procs import (
     held_stage_pid,
     inotify_inodes,
     of_kind,
+    pivot_ok,
     release_held_stage,
     run_dir_leftovers,
     run_pivot,
@@ -903,7 +904,7 @@ def test_sigterm_mid_stage_exits_0_and_a_second_up_is_refused(
     make_project: MakeProject, up: StartUp, proc_guard: ProcGuard
 ) -> None:
     root = make_project({"pipeline.py": HELD_PIPELINE})
-    live = up(root)
+    live = up(root, "--grace", "0")
     held = held_stage_pid(root)
 
     second = run_pivot(root, "up", "--display", "json")
@@ -915,9 +916,108 @@ def test_sigterm_mid_stage_exits_0_and_a_second_up_is_refused(
     stop(live, root)
     took = time.monotonic() - began
     assert took < QUICK_STOP_S, f"pivot up took {took:.1f} s to stop"
-    # Nothing waits for the grace period: the pool, its workers and the watcher are
-    # gone when pivot up has exited.
+    # With --grace 0 the held stage is cancelled at once: the pool, its workers and the
+    # watcher are gone when pivot up has exited.
     assert proc_guard.leftovers() == [], [p.show() for p in proc_guard.leftovers()]
     assert not alive(held), "the worker running the held stage outlived pivot up"
     assert not (root / "held.txt").exists()
     release_held_stage(root)  # nothing is waiting for it any more
+
+
+def test_on_sigterm_a_running_stage_may_finish_within_the_grace_period(
+    make_project: MakeProject, up: StartUp, proc_guard: ProcGuard
+) -> None:
+    root = make_project({"pipeline.py": HELD_PIPELINE})
+    live = up(root, "--grace", "30")
+    held_stage_pid(root)
+    start = live.mark()
+    live.terminate()
+    wait_for(lambda: "running stages get up to 30 s" in live.stderr, WAIT_S, "the grace notice")
+    assert live.proc.poll() is None
+    release_held_stage(root)
+    assert live.wait_exit(STOP_WITHIN_S) == 0, live.stderr
+    assert "Traceback" not in live.stderr, live.stderr
+    done = statuses(live.since(start))
+    # held finished and was committed; after had not started: nothing new starts.
+    assert done == {"held": "ran", "after": "cancelled"}, live.since(start)
+    assert (root / "held.txt").read_text() == "held\n"
+    assert "held: up to date" in pivot_ok(root, "status")
+    assert proc_guard.leftovers() == [] and run_dir_leftovers(root) == []
+
+
+# --- 10. --restart: a stage whose inputs change while it runs -----------------------
+
+# `held` reads in.txt, says so in held.started ("pid content"), then waits for
+# held.release and writes what it read.
+FED_HELD = PRELUDE + '''
+
+@stage(deps=["in.txt"], outs=["held.txt"])
+def held() -> None:
+    record("held")
+    data = read("in.txt").strip()
+    write("held.started.tmp", f"{os.getpid()} {data}")
+    os.replace("held.started.tmp", "held.started")
+    deadline = time.monotonic() + 30
+    while not os.path.exists("held.release"):
+        if time.monotonic() > deadline:
+            raise TimeoutError("held.release never appeared")
+        time.sleep(0.02)
+    write("held.txt", data + "\\n")
+'''
+
+
+def held_reading(root: Path, data: str) -> int:
+    """Wait until the held stage runs having read `data`; the pid of its worker."""
+    marker = root / "held.started"
+
+    def started() -> int:
+        text = marker.read_text() if marker.exists() else ""
+        pid, _, seen = text.partition(" ")
+        return int(pid) if seen == data else 0
+
+    return wait_for(started, WAIT_S, f"the held stage to run on {data!r}")
+
+
+def fed_project(make_project: MakeProject) -> Path:
+    return make_project({**BOOKKEEPING, "pipeline.py": FED_HELD, "helpers.py": HELPERS_PY,
+                         "in.txt": "v1\n", "probe.txt": "probe 0\n"})
+
+
+def test_restart_cancels_a_stage_whose_input_changed_and_runs_it_again_at_once(
+    make_project: MakeProject, up: StartUp
+) -> None:
+    root = fed_project(make_project)
+    live = up(root, "--restart", "-j", "1")
+    first = held_reading(root, "v1")
+    live.wait_watching(root)
+    (root / "in.txt").write_text("v2\n")
+    second = held_reading(root, "v2")
+    # Cancelled inside its worker, which lives on and runs it again.
+    assert second == first and alive(first)
+    release_held_stage(root)
+    wave = next_wave(live, 0, "the first run")
+    assert statuses(wave)["held"] == "ran"
+    starts = [e for e in wave if e["event"] == "stage_started" and e["stage"] == "held"]
+    assert len(starts) == 2, wave
+    assert (root / "held.txt").read_text() == "v2\n"
+    assert runs(root)["held"] == 2
+    probe(live, root, live.mark())  # the edit of in.txt started no second wave
+    stop(live, root)
+
+
+def test_without_restart_a_stage_whose_input_changed_finishes_then_runs_again(
+    make_project: MakeProject, up: StartUp
+) -> None:
+    root = fed_project(make_project)
+    live = up(root)
+    held_reading(root, "v1")
+    live.wait_watching(root)
+    (root / "in.txt").write_text("v2\n")
+    release_held_stage(root)
+    wave = next_wave(live, 0, "the first run")
+    assert statuses(wave)["held"] == "ran"
+    again = next_wave(live, live.events.index(wave[-1]) + 1, "the edit of in.txt")
+    assert (again[0]["trigger"], again[0]["stages"], again[0]["paths"]) == ("files", ["held"], ["in.txt"])
+    assert statuses(again) == {"held": "ran"}
+    assert (root / "held.txt").read_text() == "v2\n"
+    stop(live, root)

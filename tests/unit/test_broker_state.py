@@ -37,6 +37,7 @@ from broker.state import BrokerState, LiveOptions
 from pivot.pipeline.graph import build_graph
 from pivot.pipeline.manifest import Manifest, StageSpec
 from pivot.protocol.messages import (
+    CancelStage,
     Heartbeat,
     LoadManifest,
     LogLine,
@@ -322,7 +323,7 @@ def test_shutdown_tells_every_pool_and_refuses_new_runs() -> None:
     h = Harness(diamond())
     commands = h.feed(ShutdownRequested(CLIENT))
     assert SendWork("p1", PoolShutdown()) in commands
-    assert Reply(CLIENT, ShutdownReply()) in commands
+    assert Reply(CLIENT, ShutdownReply(h.state.seq)) in commands
     [reply] = h.run()
     assert isinstance(reply, Reply) and reply.msg == RunReply(False, "the engine is shutting down")
 
@@ -545,6 +546,76 @@ def test_a_code_change_mid_wave_stops_dispatch_reloads_and_reruns_what_changed()
     assert wave.trigger == "code" and wave.paths == ["helpers.py"]
 
 
+def fed_chain() -> Manifest:
+    """in.txt -> a -> a.txt -> b; side.txt -> e."""
+    return Manifest(
+        (
+            spec("a", deps=["in.txt"], outs=["a.txt"]),
+            spec("b", deps=["a.txt"], outs=["b.txt"]),
+            spec("e", deps=["side.txt"], outs=["e.txt"]),
+        )
+    )
+
+
+def cancels(commands: list[Command]) -> list[CancelStage]:
+    return [c.msg for c in commands if isinstance(c, SendWork) and isinstance(c.msg, CancelStage)]
+
+
+def test_restart_cancels_a_running_stage_whose_input_changed_and_reruns_it_in_the_wave() -> None:
+    h = live_harness(fed_chain(), restart=True)
+    [(_, _, a), (_, _, e)] = dispatched(h.run())
+    h.feed(FilesReported(("in.txt",), 1.0))
+    [paths] = confirms(h.feed(Tick(1.1)))  # checked at once, though a wave runs
+    commands = h.feed(ChangesConfirmed(paths))
+    assert [c.attempt for c in cancels(commands)] == [a]
+    assert published(commands, WaveStarted) == []  # the wave in flight takes care of it
+    commands = h.feed(ResultReceived("p1", a, "cancelled", "cancelled", "inputs changed", 0.0, None, ()))
+    assert published(commands, StageFinished) == []  # not finished in this wave: it runs again
+    [(_, again, a2)] = dispatched(commands)
+    assert again == "a"
+    h.result(e)
+    [(_, _, b)] = dispatched(h.result(a2))
+    [done] = published(h.result(b), WaveFinished)
+    assert done.ran == ["a", "b", "e"] and done.cancelled == []
+    assert h.state.pending is None  # no second wave for the same change
+
+
+def test_without_restart_a_running_stage_whose_input_changed_runs_in_the_next_wave() -> None:
+    h = live_harness(fed_chain())
+    [(_, _, a), (_, _, e)] = dispatched(h.run())
+    h.feed(FilesReported(("in.txt",), 1.0))
+    assert confirms(h.feed(Tick(1.1))) == []  # waits for the wave
+    h.result(e)
+    [(_, _, b)] = dispatched(h.result(a))
+    assert published(h.result(b), WaveFinished)
+    [paths] = confirms(h.feed(Tick(1.2)))
+    [wave] = published(h.feed(ChangesConfirmed(paths)), WaveStarted)
+    assert wave.stages == ["a", "b"] and wave.wave == 2
+
+
+def test_restart_leaves_the_waves_own_outputs_for_after_it() -> None:
+    h = live_harness(fed_chain(), restart=True)
+    [_, (_, _, e)] = dispatched(h.run())
+    h.feed(FilesReported(("a.txt", "side.txt"), 1.0))
+    [paths] = confirms(h.feed(Tick(1.1)))
+    assert paths == ("side.txt",)  # a.txt is written by a stage of the wave in flight
+    assert [c.attempt for c in cancels(h.feed(ChangesConfirmed(paths)))] == [e]
+
+
+def test_restart_a_stage_that_finished_before_its_cancel_runs_in_the_next_wave() -> None:
+    h = live_harness(fed_chain(), restart=True)
+    [(_, _, a), (_, _, e)] = dispatched(h.run())
+    h.feed(FilesReported(("in.txt",), 1.0))
+    [paths] = confirms(h.feed(Tick(1.1)))
+    assert cancels(h.feed(ChangesConfirmed(paths)))
+    [(_, _, b)] = dispatched(h.result(a))  # it ran on the old input
+    h.result(e)
+    commands = h.result(b)
+    assert published(commands, WaveFinished)
+    [wave] = published(commands, WaveStarted)
+    assert wave.stages == ["a", "b"] and wave.wave == 2
+
+
 def test_a_params_change_reloads_without_restarting_workers_and_a_failed_reload_keeps_the_manifest() -> None:
     h = live_harness()
     h.feed(FilesReported(("params.yaml",), 1.0))
@@ -635,3 +706,63 @@ def test_a_lost_stage_reported_after_a_fail_fast_halt_is_cancelled_and_the_wave_
     assert dispatched(commands) == []
     assert finished(h)["e"] == "cancelled"
     assert published(commands, WaveFinished)
+
+
+# --- shutdown: a grace period for running stages, then cancel -------------------------
+
+
+def stops(commands: list[Command]) -> tuple[bool, bool]:
+    """(pools told to shut down, the client answered)"""
+    told = any(isinstance(c, SendWork) and isinstance(c.msg, PoolShutdown) for c in commands)
+    answered = any(isinstance(c, Reply) and isinstance(c.msg, ShutdownReply) for c in commands)
+    return told, answered
+
+
+def test_shutdown_while_idle_stops_the_pools_at_once() -> None:
+    h = Harness(diamond())
+    assert stops(h.feed(ShutdownRequested(CLIENT, 5.0, 1.0))) == (True, True)
+
+
+def test_shutdown_lets_a_running_stage_finish_within_the_grace_period() -> None:
+    h = Harness(diamond())
+    [(_, _, a)] = dispatched(h.run("b"))
+    commands = h.feed(ShutdownRequested(CLIENT, 5.0, 10.0))
+    assert stops(commands) == (False, False)
+    assert finished(h) == {"b": "cancelled"}  # not started: nothing new starts
+    assert h.state.next_deadline() == pytest.approx(15.0)
+    commands = h.result(a)
+    [done] = published(commands, WaveFinished)
+    assert done.ran == ["a"] and done.cancelled == ["b"]
+    assert stops(commands) == (True, True)
+
+
+def test_shutdown_cancels_what_still_runs_after_the_grace_period() -> None:
+    h = Harness(diamond())
+    [(_, _, a)] = dispatched(h.run("a"))
+    h.feed(ShutdownRequested(CLIENT, 5.0, 10.0))
+    h.feed(PoolHeard("p1", 14.5))  # the pool is alive all along
+    assert cancels(h.feed(Tick(14.9))) == []
+    [cancel] = cancels(h.feed(Tick(15.0)))
+    assert cancel.attempt == a
+    commands = h.feed(ResultReceived("p1", a, "cancelled", "cancelled", cancel.reason, 0.0, None, ()))
+    assert finished(h) == {"a": "cancelled"} and stops(commands) == (True, True)
+
+
+def test_shutdown_gives_up_on_a_stage_that_ignores_its_cancel() -> None:
+    h = Harness(diamond())
+    h.run("a")
+    h.feed(ShutdownRequested(CLIENT, 0.0, 10.0))  # no grace: cancelled at once
+    deadline = h.state.next_deadline()
+    assert deadline is not None and deadline > 10.0
+    h.feed(PoolHeard("p1", deadline - 0.5))  # the pool is alive all along
+    assert stops(h.feed(Tick(deadline - 0.01))) == (False, False)
+    assert stops(h.feed(Tick(deadline))) == (True, True)
+    assert finished(h) == {"a": "cancelled"}
+
+
+def test_a_second_shutdown_request_cuts_the_grace_period_short() -> None:
+    h = Harness(diamond())
+    [(_, _, a)] = dispatched(h.run("a"))
+    h.feed(ShutdownRequested(CLIENT, 5.0, 10.0))
+    [cancel] = cancels(h.feed(ShutdownRequested(CLIENT, 0.0, 11.0)))
+    assert cancel.attempt == a

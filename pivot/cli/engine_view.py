@@ -1,0 +1,141 @@
+"""What a running `pivot up` says about the stages, for `pivot status`.
+
+Light to import: zmq and the display client (through `RemoteEngine`) are loaded only
+when a `pivot up` runs, so a plain `pivot status` stays as fast as it was. The engine's
+snapshot becomes the `engine` object of `status --json` and the lines `pivot status`
+prints next to its own verdicts (docs/cli.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pivot.errors import PivotError
+
+if TYPE_CHECKING:
+    from pivot.cli.assess import StageAssessment
+    from pivot.protocol.messages import Snapshot
+
+__all__ = [
+    "ANSWER_WITHIN_S",
+    "engine_json",
+    "fetch_snapshot",
+    "header_lines",
+    "live_verdict",
+    "up_running",
+]
+
+# A `pivot up` answers a snapshot request in milliseconds; one that holds the lock but
+# says nothing for this long is wedged, and status falls back to its own verdicts.
+ANSWER_WITHIN_S = 2.0
+
+# Outcomes that leave a stage not up to date; worth saying why it is still stale.
+NOT_DONE = ("failed", "blocked", "cancelled", "lost")
+
+
+def up_running(root: Path) -> bool:
+    """Whether a `pivot up` serves the project (`remote.running_engine`). Without the
+    endpoints file none does, and the lock check and its imports are skipped."""
+    if not (root / ".pivot" / "run" / "endpoints.json").exists():
+        return False
+    from pivot.cli.remote import running_engine
+
+    return running_engine(root)
+
+
+def fetch_snapshot(root: Path, timeout: float = ANSWER_WITHIN_S) -> tuple[Snapshot | None, str]:
+    """(the running engine's snapshot, "") within about `timeout` seconds, or (None, a
+    warning to print); no warning when the engine stopped meanwhile."""
+    import zmq
+
+    from pivot.cli.remote import RemoteEngine, running_engine
+
+    try:
+        with RemoteEngine(root, "status") as engine:
+            return engine.snapshot(timeout), ""
+    except (PivotError, zmq.ZMQError, OSError) as exc:
+        if not running_engine(root):
+            return None, ""
+        return None, (
+            f"`pivot up` is running but its engine did not answer ({exc}); "
+            "showing the state on disk only"
+        )
+
+
+def _in_wave(view: dict[str, Any], snap: Snapshot) -> bool:
+    return snap.wave_running and view.get("wave") == snap.wave
+
+
+def _names(snap: Snapshot) -> list[str]:
+    return [n for n in snap.order if n in snap.stages] + sorted(set(snap.stages) - set(snap.order))
+
+
+def engine_json(snap: Snapshot, only: set[str] | None = None) -> dict[str, Any]:
+    """The `engine` object of `pivot status --json` (docs/cli.md); `only` limits its
+    stages to those `pivot status STAGES` reports."""
+    stages = {}
+    for name in _names(snap):
+        if only is not None and name not in only:
+            continue
+        view = snap.stages[name]
+        stages[name] = {
+            "status": view.get("status"),
+            "reason_code": view.get("reason_code"),
+            "reason": view.get("reason"),
+            "wave": view.get("wave"),
+        }
+    return {
+        "mode": "up",
+        "wave": snap.wave,
+        "wave_running": snap.wave_running,
+        "paused": snap.paused,
+        "pipeline_error": snap.pipeline_error,
+        "stages": stages,
+    }
+
+
+def header_lines(snap: Snapshot) -> list[str]:
+    """`engine: pivot up is running (wave 7 running); 1 running, 2 queued`, and the
+    pipeline error the engine reports, if any."""
+    if snap.wave_running:
+        state = f"wave {snap.wave} running" + (", paused after it" if snap.paused else "")
+        views = [v for v in snap.stages.values() if _in_wave(v, snap)]
+        counts = [
+            f"{sum(1 for v in views if v.get('status') == s)} {word}"
+            for s, word in (("running", "running"), ("pending", "queued"))
+        ]
+        summary = ", ".join(counts)
+    else:
+        state = "paused" if snap.paused else "idle"
+        last = snap.last_wave
+        if last is None:
+            summary = "no wave ran yet"
+        else:
+            parts = [f"{len(v)} {k}" for k, v in last.items() if k != "wave" and v]
+            summary = f"last wave {last.get('wave')}: {', '.join(parts) or 'no stages'}"
+    lines = [f"engine: pivot up is running ({state}); {summary}"]
+    error = snap.pipeline_error
+    if error:
+        kept = "; it keeps the last good pipeline loaded" if snap.stages else ""
+        lines.append(f"engine: pipeline error: {error.get('message', '')}{kept}")
+    return lines
+
+
+def live_verdict(name: str, snap: Snapshot, row: StageAssessment) -> str | None:
+    """The engine's line for a stage when it says more than the local verdict `row`:
+    running or queued in the wave in flight, or stale because it failed (or was blocked)
+    in the engine. None: the local line says it all."""
+    view = snap.stages.get(name)
+    if view is None:
+        return None
+    status, wave = view.get("status"), view.get("wave")
+    reason = str(view.get("reason") or "")
+    if _in_wave(view, snap) and status in ("running", "pending"):
+        if not reason and row.stale:
+            reason = row.reasons[0].message  # why it runs: it is stale here
+        word = "running" if status == "running" else "queued"
+        return f"{name}: {word} (wave {wave}{'; ' + reason if reason else ''})"
+    if status in NOT_DONE and row.stale:
+        return f"{name}: {status} in wave {wave}{f' ({reason})' if reason else ''}"
+    return None

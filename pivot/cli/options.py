@@ -1,0 +1,44 @@
+"""Options shared by the commands that start or join an engine."""
+
+from __future__ import annotations
+
+import click
+
+__all__ = ["LIVE_PARAMS", "display_option", "live_options"]
+
+
+def display_option(func: click.decorators.FC) -> click.decorators.FC:
+    func = click.option("--json", "as_json", is_flag=True, help="Short for --display json.")(func)
+    return click.option(
+        "--display",
+        type=click.Choice(["auto", "tui", "plain", "json"]),
+        default="auto",
+        show_default=True,
+        help="auto: live view on a terminal, plain lines otherwise; json: JSON lines (docs/events.md).",
+    )(func)
+
+
+LIVE_PARAMS = ("debounce_ms", "poll", "restart", "grace_s")
+
+
+def live_options(func: click.decorators.FC) -> click.decorators.FC:
+    """The options of a live engine, shared by `pivot up` and `pivot repro --watch`."""
+    options = [
+        click.option("--debounce", "debounce_ms", type=click.IntRange(min=0, max=60_000), default=20,
+                     show_default=True,
+                     help="Quiet time in ms after the last change before a wave starts (a stream "
+                     "of changes still starts one every 5 s)."),
+        click.option("--poll", is_flag=True,
+                     help="Poll the file system instead of OS notifications (Docker Desktop, "
+                     "network mounts)."),
+        click.option("--restart", is_flag=True,
+                     help="Cancel a running stage whose inputs change and run it again at once "
+                     "(default: it finishes, then runs again in the next wave)."),
+        click.option("--grace", "grace_s", type=click.FloatRange(min=0, max=3600), default=5.0,
+                     show_default=True,
+                     help="On quit, seconds running stages get to finish before they are "
+                     "cancelled (a cancelled stage commits nothing)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func

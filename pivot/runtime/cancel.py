@@ -1,0 +1,84 @@
+"""Cancelling one running stage without stopping its worker process.
+
+The pool writes a marker file for the attempt, then sends the worker SIGUSR1. The
+worker's handler raises `StageCancelled` in the stage's code only when the marker of the
+attempt it is running exists: a signal meant for an attempt that already ended (the
+worker has moved on to another stage) is ignored. The window is the stage function
+itself: a signal before it is caught by the marker check on entry, and one after it
+(while the outputs are committed) is too late, so the stage's real result stands.
+
+Why not kill the worker: loky fails every stage in flight when one worker dies, so the
+stages running beside the cancelled one would be lost too. A stage stuck in native code
+does not see the signal until it returns to Python; the pool then kills its worker
+after `HARD_KILL_S`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+
+__all__ = ["HARD_KILL_S", "StageCancelled", "arm", "cancellable", "marker_path", "request_cancel"]
+
+SIGNAL = signal.SIGUSR1
+HARD_KILL_S = 3.0
+
+
+class StageCancelled(BaseException):
+    """Raised in a stage's code when the pool cancels it. A BaseException, like
+    KeyboardInterrupt, so that a stage's own `except Exception` does not swallow it."""
+
+
+def marker_path(pid_file: Path) -> Path:
+    return pid_file.with_name(pid_file.name + ".cancel")
+
+
+def request_cancel(pid_file: Path) -> int:
+    """Pool side: ask the worker running the attempt of `pid_file` to stop it. Returns
+    the worker's pid, or 0 when it has not started the attempt yet (the marker stops it
+    on entry)."""
+    marker_path(pid_file).write_text("cancel\n")
+    try:
+        pid = int(pid_file.read_text())
+    except (OSError, ValueError):
+        return 0
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, SIGNAL)
+    return pid
+
+
+_current: Path | None = None  # the marker of the attempt whose code runs now
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    if _current is not None and _current.exists():
+        raise StageCancelled()
+
+
+def arm() -> None:
+    """Worker side, before its pid file is written: from then on the pool may signal it,
+    and the signal's default action would kill the process."""
+    signal.signal(SIGNAL, _on_signal)
+
+
+@contextmanager
+def cancellable(pid_file: Path | None) -> Iterator[None]:
+    """Worker side (after `arm`): run the stage's code so that `request_cancel` can stop
+    it. Without a pid file (`pivot run --foreground`) nothing can cancel it."""
+    global _current
+    if pid_file is None:
+        yield
+        return
+    marker = marker_path(pid_file)
+    if marker.exists():  # cancelled before the stage's code began
+        raise StageCancelled()
+    _current = marker
+    try:
+        yield
+    finally:
+        _current = None
