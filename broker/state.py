@@ -76,6 +76,7 @@ HEARTBEAT_S = 1.0
 LIVENESS = 3
 OK_STATUSES = frozenset({"ran", "restored", "skipped"})
 MAX_CHARGES = 3  # a stage whose own worker dies this often in one wave fails
+LOG_TAIL = 20  # lines of each stage's last run kept for the snapshot (an attach shows them)
 # After cancelling the running stages on shutdown: a stage stuck in native code has its
 # worker killed by the pool after HARD_KILL_S (pivot/runtime/cancel.py); this is longer.
 CANCEL_WAIT_S = HARD_KILL_S + 2.0
@@ -185,6 +186,8 @@ class BrokerState:
         self.wave_count = 0
         self.last_wave: dict[str, Any] | None = None
         self.stage_view: dict[str, dict[str, Any]] = {}
+        self.stage_logs: dict[str, list[list[str]]] = {}
+        self.last_change: tuple[str, list[str]] = ("run", [])  # trigger, paths of the last wave
         self.seq = 0
         self.log_seq = 0
         self.attempt_count = 0
@@ -310,6 +313,7 @@ class BrokerState:
                 self._set_view(name, "pending", "", "", 0.0)
         for name in removed:
             self.stage_view.pop(name, None)
+            self.stage_logs.pop(name, None)
         self._publish(PipelineLoaded(added, removed, changed))
         waiting, self.unchecked = self.unchecked, []
         for request in waiting:
@@ -382,6 +386,7 @@ class BrokerState:
         self.wave = wave
         for s in stages:
             self._set_view(s, "pending", "", "", 0.0)
+        self.last_change = (run.trigger, list(run.paths))
         self._publish(WaveStarted(wave.number, stages, run.trigger, run.paths))
         if not run.force and stages:
             # One batch question instead of a round trip per up-to-date stage.
@@ -426,6 +431,8 @@ class BrokerState:
         for stream, line in event.logs:
             self.log_seq += 1
             self._out.append(PublishLog(LogLine(stage, stream, line), self.log_seq))
+        if event.logs or event.status in ("ran", "failed"):  # the stage's code ran
+            self.stage_logs[stage] = [[stream, line] for stream, line in event.logs[-LOG_TAIL:]]
         self._finish(
             stage, event.status, event.reason_code, event.reason, event.duration_s, event.error,
             event.details,
@@ -798,6 +805,9 @@ class BrokerState:
             pipeline_error=self.pipeline_error,
             last_wave=self.last_wave,
             paused=self.paused,
+            trigger=self.last_change[0],
+            paths=list(self.last_change[1]),
+            logs={k: [list(x) for x in v] for k, v in self.stage_logs.items() if v},
         )
 
     def _publish(self, msg: Message) -> None:

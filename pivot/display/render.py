@@ -268,15 +268,17 @@ class Progress:
         for wave in sorted(waves):
             if wave not in self.started:
                 stages: list[str] | None = None
+                trigger, paths = "run", []
                 if wave == snap.wave:
                     stages = [s for s in order if _int(views[s].get("wave")) == wave]
+                    trigger, paths = snap.trigger, list(snap.paths)
                 elif last is not None and wave == last.wave:
                     members = {n for _, names in _wave_lists(last) for n in names}
                     stages = [s for s in order if s in members]
                     stages += sorted(members - set(stages))
                 if stages is not None:  # waves older than both: their stage list is gone
                     self.started.add(wave)
-                    out.append(WaveStarted(wave, stages))
+                    out.append(WaveStarted(wave, stages, trigger, paths))
             for msg in outcomes.get(wave, []):
                 self.finished.add((wave, msg.stage))
                 out.append(msg)

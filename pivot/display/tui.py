@@ -162,11 +162,7 @@ class TuiRenderer:
                 self._wave_t0, self._wave_t1 = env.ts, None
                 self._summary = None
                 self._rows = {s: _Row() for s in msg.stages}
-                if msg.trigger != "run":
-                    shown = ", ".join(msg.paths[:3]) + (" …" if len(msg.paths) > 3 else "")
-                    self._trigger = f"{msg.trigger}: {shown}" if shown else msg.trigger
-                else:
-                    self._trigger = ""
+                self._trigger = _trigger_text(msg.trigger, msg.paths)
             case StageStarted():
                 row = self._row(msg.wave, msg.stage, above)
                 if row is not None:
@@ -261,6 +257,11 @@ class TuiRenderer:
             row.error = error if isinstance(error, str) and error else None
             rows[stage] = row
         self._rows = rows
+        self._trigger = _trigger_text(snap.trigger, snap.paths)
+        if not self._logs:  # joining: the tail of each stage's last run
+            for stage in stage_order(snap.order, snap.logs):
+                for stream, line in snap.logs[stage]:
+                    self._logs.append(LogLine(stage, stream, line))
         last = snap.last_wave
         self._summary = (
             wave_finished_from(last)
@@ -405,6 +406,14 @@ class TuiRenderer:
     @staticmethod
     def _summary_text(msg: WaveFinished) -> Text:
         return Text(wave_summary(msg), style="bold red" if wave_failed(msg) else "bold green")
+
+
+def _trigger_text(trigger: str, paths: list[str]) -> str:
+    """The header's "last change": what started the wave, and the first paths."""
+    if trigger == "run":
+        return ""
+    shown = ", ".join(paths[:3]) + (" …" if len(paths) > 3 else "")
+    return f"{trigger}: {shown}" if shown else trigger
 
 
 def _visible(rows: dict[str, _Row], limit: int | None) -> list[str]:

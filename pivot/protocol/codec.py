@@ -23,7 +23,7 @@ from pivot.protocol.messages import MESSAGES, Message
 
 __all__ = ["PROTOCOL_VERSION", "Envelope", "decode", "encode", "new_id"]
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 _ENVELOPE_KEYS = frozenset({"v", "k", "id", "p", "s", "n", "t", "b"})
 
 

@@ -273,7 +273,8 @@ class Snapshot(Message):
 
     `stages` maps name -> {"status", "reason_code", "reason", "duration_s", "wave", "error"};
     `status` is "pending", "running" or one of STATUSES. `last_wave` is the last
-    wave_finished body, or None.
+    wave_finished body, or None. `trigger` and `paths` are those of wave `wave` (the last
+    change); `logs` maps a stage to the last lines ([stream, line]) of its last run.
     """
 
     TAG: ClassVar[str] = "snapshot"
@@ -286,6 +287,9 @@ class Snapshot(Message):
     pipeline_error: dict[str, Any] | None
     last_wave: dict[str, Any] | None
     paused: bool = False
+    trigger: str = "run"
+    paths: list[str] = field(default_factory=list)
+    logs: dict[str, list[list[str]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

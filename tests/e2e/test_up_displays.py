@@ -563,9 +563,17 @@ def group_members(pgid: int) -> list[int]:
     return [p.pid for p in all_processes() if p.pgid == pgid and is_live(p)]
 
 
+@pytest.mark.parametrize(
+    ("sig", "why"),
+    [(signal.SIGKILL, "SIGKILL"), (signal.SIGSTOP, "no heartbeat")],
+    ids=["killed", "hung"],
+)
 def test_a_pool_killed_mid_stage_is_replaced_and_the_stage_runs_once_more_never_twice_at_once(
-    make_project: MakeProject, engines: Callable[..., LiveRun]
+    make_project: MakeProject, engines: Callable[..., LiveRun], sig: signal.Signals, why: str
 ) -> None:
+    """SIGKILL: the pool is gone. SIGSTOP: the pool hangs (its loky worker still runs the
+    stage); the broker gives it up after 3 s of silence, and `pivot up` must kill its
+    whole group before the stage can run again."""
     root = make_project(POOL_FILES)
     up = engines(root, "up")
     [[first]] = wait_for(lambda: held_starts(root), WAIT_S, "held to start")
@@ -580,10 +588,10 @@ def test_a_pool_killed_mid_stage_is_replaced_and_the_stage_runs_once_more_never_
     assert {pool.pid, first} <= set(old_group), old_group
 
     start = up.mark()
-    os.kill(pool.pid, signal.SIGKILL)
+    os.kill(pool.pid, sig)
     lost = up.wait_event(lambda e: e["event"] == "pool_lost", WAIT_S, "pool_lost", start)
     assert (lost["pool"], lost["stages"]) == ("pool-1", ["held"]), lost
-    assert "SIGKILL" in lost["reason"], lost
+    assert why in lost["reason"], lost
 
     def new_pool() -> list[int]:
         return [

@@ -766,3 +766,19 @@ def test_a_second_shutdown_request_cuts_the_grace_period_short() -> None:
     h.feed(ShutdownRequested(CLIENT, 5.0, 10.0))
     [cancel] = cancels(h.feed(ShutdownRequested(CLIENT, 0.0, 11.0)))
     assert cancel.attempt == a
+
+
+def test_the_snapshot_holds_the_last_change_and_each_stages_log_tail() -> None:
+    h = live_harness(fed_chain())
+    [(_, _, a), (_, _, e)] = dispatched(h.run())
+    lines = tuple(("stdout", f"line {i}") for i in range(50))
+    [(_, _, b)] = dispatched(h.feed(ResultReceived("p1", a, "ran", "never_ran", "never ran", 0.1, None, lines)))
+    h.result(e)
+    h.result(b)
+    h.feed(FilesReported(("side.txt",), 1.0))
+    [paths] = confirms(h.feed(Tick(1.1)))
+    h.feed(ChangesConfirmed(paths))
+    snap = h.state.snapshot()
+    assert (snap.trigger, snap.paths) == ("files", ["side.txt"])
+    assert snap.logs["a"] == [["stdout", f"line {i}"] for i in range(30, 50)]
+    assert "e" not in snap.logs  # it printed nothing

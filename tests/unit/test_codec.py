@@ -161,6 +161,9 @@ SAMPLES: dict[type[Message], Message] = {
         pipeline_error={"message": "stage 'x' is defined twice", "detail": ""},
         last_wave=_LAST_WAVE,
         paused=True,
+        trigger="files",
+        paths=["data/raw.csv"],
+        logs={"train": [["stdout", "epoch 1"], ["stderr", "warning: slow"]]},
     ),
     PoolExited: PoolExited(pool="pool-1", returncode=-9),
     ShutdownRequest: ShutdownRequest(grace_s=5.0),
@@ -292,13 +295,13 @@ def test_wire_tags_are_unique_and_registered() -> None:
 # docs/protocol.md (Changelog) and only then paste the new bytes here.
 
 GOLDEN_POOL_HELLO = (
-    b"\x88\xa1v\x02\xa1k\xaapool_hello\xa2id\xab1a2b-c3d4-1\xa1p\xc0\xa1s\xa6pool-1"
+    b"\x88\xa1v\x03\xa1k\xaapool_hello\xa2id\xab1a2b-c3d4-1\xa1p\xc0\xa1s\xa6pool-1"
     b"\xa1n\x00\xa1t\xcbA\xd9T\xfc@\x10\x00\x00\xa1b\x83\xa4pool\xa6pool-1\xa3pid"
     b"\xcd\x10\x92\xa5slots\x04"
 )
 
 GOLDEN_STAGE_FINISHED = (
-    b"\x88\xa1v\x02\xa1k\xaestage_finished\xa2id\xab5e6f-7a8b-9\xa1p\xab1a2b-c3d4-2"
+    b"\x88\xa1v\x03\xa1k\xaestage_finished\xa2id\xab5e6f-7a8b-9\xa1p\xab1a2b-c3d4-2"
     b"\xa1s\xa6broker\xa1n\x07\xa1t\xcbA\xd9T\xfc@`\x00\x00\xa1b\x88\xa4wave\x03"
     b"\xa5stage\xa5train\xa6status\xa3ran\xabreason_code\xabdep_changed\xa6reason"
     b"\xb4data/raw.csv changed\xaaduration_s\xcb?\xf8\x00\x00\x00\x00\x00\x00\xa5error\xc0"
@@ -344,9 +347,9 @@ def test_golden_stage_finished() -> None:
     )
 
 
-def test_protocol_version_is_two() -> None:
-    # The golden bytes above encode version 2; changing it must be deliberate.
-    assert PROTOCOL_VERSION == 2
+def test_protocol_version_is_three() -> None:
+    # The golden bytes above encode version 3; changing it must be deliberate.
+    assert PROTOCOL_VERSION == 3
 
 
 # --- strict decoding ---------------------------------------------------------------------
@@ -408,10 +411,10 @@ BAD_PAYLOADS: list[tuple[str, Callable[[], bytes], str]] = [
     ("str", lambda: _pack("run_request"), "envelope is a str, not a map"),
     ("nil", lambda: _pack(None), "envelope is a NoneType, not a map"),
     # version
-    ("version_3", lambda: _pack(_wire(v=3)), "protocol version 3, expected 2"),
-    ("version_1", lambda: _pack(_wire(v=1)), "protocol version 1, expected 2"),
-    ("version_str", lambda: _pack(_wire(v="2")), "protocol version '2', expected 2"),
-    ("version_nil", lambda: _pack(_wire(v=None)), "protocol version None, expected 2"),
+    ("version_4", lambda: _pack(_wire(v=4)), "protocol version 4, expected 3"),
+    ("version_2", lambda: _pack(_wire(v=2)), "protocol version 2, expected 3"),
+    ("version_str", lambda: _pack(_wire(v="3")), "protocol version '3', expected 3"),
+    ("version_nil", lambda: _pack(_wire(v=None)), "protocol version None, expected 3"),
     # kind
     ("unknown_kind", lambda: _pack(_wire(k="launch_missiles")), "unknown message kind 'launch_missiles'"),
     ("empty_kind", lambda: _pack(_wire(k="")), "unknown message kind ''"),

@@ -6,6 +6,7 @@ StringIO.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import itertools
 import json
@@ -383,15 +384,16 @@ def test_json_resync_shows_missed_outcomes_once() -> None:
 
 def test_json_resync_synthesizes_missed_wave_started() -> None:
     r, out, _ = jsonr()
-    r.resync(snapshot(
-        {"prepare": view("ran", duration_s=0.1), "fit": view("running")},
-        wave_running=True,
+    r.resync(dataclasses.replace(
+        snapshot({"prepare": view("ran", duration_s=0.1), "fit": view("running")}, wave_running=True),
+        trigger="files", paths=["data/raw.csv"],
     ))
     feed(r, [WaveStarted(1, ["prepare", "fit"])])  # a late copy: not repeated
     assert [(x["event"], x.get("stages"), x.get("stage")) for x in records(out)] == [
         ("wave_started", ["prepare", "fit"], None),
         ("stage_finished", None, "prepare"),
     ]
+    assert (records(out)[0]["trigger"], records(out)[0]["paths"]) == ("files", ["data/raw.csv"])
 
 
 # --- dropped logs --------------------------------------------------------------------
@@ -469,6 +471,18 @@ def test_tui_resync_and_wave_change() -> None:
     assert "worker pool pool-1 lost (no heartbeat)" in text
     assert "pipeline error: pipeline.py raised" in text
     assert "2.50s" in text
+
+
+def test_tui_joining_mid_wave_shows_the_last_change_and_the_log_tails() -> None:
+    r, buf = tui(terminal=True)
+    r.resync(dataclasses.replace(
+        snapshot({"prepare": view("ran"), "fit": view("running")}, wave=4, wave_running=True),
+        trigger="files", paths=["data/raw.csv"], logs={"prepare": [["stdout", "rows: 1200"]]},
+    ))
+    text = buf.getvalue()
+    assert "wave 4" in text and "files: data/raw.csv" in text
+    assert "rows: 1200" in text
+    r.close(0)
 
 
 def test_tui_close_without_events_prints_nothing() -> None:

@@ -1,12 +1,17 @@
 """Unit tests for the watcher's ignore rules (pivot.watch.rules): built-ins, the
-gitignore subset of `.pivotignore`, virtual-environment folders, reload."""
+gitignore subset of `.pivotignore`, virtual-environment folders, reload; and the watch
+plan made from them (pivot.watch.plan): which folders get a recursive watch, which a
+watch of their own, and which none."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from pivot.watch.plan import WatchPlan, plan_watches
 from pivot.watch.rules import ALWAYS_IGNORED_NAMES, IgnoreRules
 
 
@@ -321,10 +326,32 @@ def test_note_change_on_pivotignore_reloads(tmp_path: Path) -> None:
     rules = rules_with(tmp_path, "")
     assert not rules.ignored("scratch/a.csv")
     (tmp_path / ".pivotignore").write_text("scratch/\n")
-    rules.note_change("data/.pivotignore")  # only the root file counts
+    assert not rules.note_change("data/.pivotignore")  # only the root file counts
     assert not rules.ignored("scratch/a.csv")
-    rules.note_change(".pivotignore")
+    assert rules.note_change(".pivotignore")  # True: the watches must be planned again
     assert rules.ignored("scratch/a.csv")
+
+
+def test_note_change_says_when_ignored_folders_may_differ(bare: IgnoreRules) -> None:
+    assert bare.note_change("env/pyvenv.cfg")
+    assert bare.note_change("pyvenv.cfg")
+    assert not bare.note_change("data/a.csv")
+    assert not bare.note_change("data")
+
+
+def test_a_venv_deleted_and_made_again_as_a_plain_folder_is_kept(tmp_path: Path) -> None:
+    """The watcher does not watch inside a venv, so it sees the folder go, not its
+    pyvenv.cfg: the folder's own event must drop the cached answer."""
+    (tmp_path / "env").mkdir()
+    (tmp_path / "env" / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    rules = IgnoreRules(tmp_path)
+    assert rules.ignored("env", is_dir=True)
+    (tmp_path / "env" / "pyvenv.cfg").unlink()
+    (tmp_path / "env").rmdir()
+    rules.note_change("env")  # deleted
+    (tmp_path / "env").mkdir()
+    assert not rules.ignored("env", is_dir=True)
+    assert not rules.ignored("env/a.py")
 
 
 def test_cached_folder_answers_follow_reload(tmp_path: Path) -> None:
@@ -334,3 +361,110 @@ def test_cached_folder_answers_follow_reload(tmp_path: Path) -> None:
     rules.reload()
     assert rules.ignored("a/b/c.csv")
     assert not rules.ignored("a/c.csv")
+
+
+# --- the watch plan --------------------------------------------------------------------
+
+
+def plan_of(root: Path, *folders: str, ignore: str | None = None) -> WatchPlan:
+    for rel in folders:
+        (root / rel).mkdir(parents=True, exist_ok=True)
+    return plan_watches(root, rules_with(root, ignore))
+
+
+def test_plan_watches_clean_subtrees_recursively_and_the_rest_alone(tmp_path: Path) -> None:
+    plan = plan_of(
+        tmp_path,
+        ".venv/lib/site-packages/pkg",
+        ".git/objects/ab",
+        ".pivot/run",
+        "data/raw/2024",
+        "src/pkg/__pycache__",
+        "src/pkg/sub/deeper",
+        "src/other",
+        "scratch/deep",
+        "docs",
+        ignore="scratch/\n",
+    )
+    assert plan.flat == {"", "src", "src/pkg"}
+    assert plan.recursive == {"data", "src/other", "src/pkg/sub", "docs"}
+
+
+def test_plan_nothing_ignored_is_one_recursive_root(tmp_path: Path) -> None:
+    plan = plan_of(tmp_path, "data/a", "src")
+    assert plan.recursive == {""}
+    assert plan.flat == frozenset()
+
+
+def test_plan_never_walks_into_a_venv_found_by_its_marker(tmp_path: Path) -> None:
+    (tmp_path / "tools" / "env" / "lib").mkdir(parents=True)
+    (tmp_path / "tools" / "env" / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    (tmp_path / "tools" / "bin").mkdir()
+    plan = plan_of(tmp_path)
+    assert plan.flat == {"", "tools"}
+    assert plan.recursive == {"tools/bin"}
+
+
+def test_plan_a_pivotignore_negation_inside_an_ignored_pattern(tmp_path: Path) -> None:
+    """`data/*` with `!data/keep`: data is watched alone, keep recursively."""
+    plan = plan_of(tmp_path, "data/keep/x", "data/drop/y", ignore="data/*\n!data/keep\n")
+    assert plan.flat == {"", "data"}
+    assert plan.recursive == {"data/keep"}
+
+
+def test_plan_links(tmp_path: Path) -> None:
+    """A link to a folder outside the project is a recursive root of its own (notify
+    follows it); one into the project, or to a parent of it, is not watched (its target
+    is, where it is); the folder holding a link is watched alone, so that notify never
+    walks into a link by itself."""
+    root = tmp_path / "proj"
+    (tmp_path / "outside" / "sub").mkdir(parents=True)
+    (root / "data" / "real").mkdir(parents=True)
+    (root / "data" / "out").symlink_to(tmp_path / "outside", target_is_directory=True)
+    (root / "data" / "alias").symlink_to(root / "data" / "real", target_is_directory=True)
+    (root / "data" / "up").symlink_to(tmp_path, target_is_directory=True)
+    plan = plan_of(root)
+    assert plan.flat == {"", "data"}
+    assert plan.recursive == {"data/out", "data/real"}
+
+
+def test_plan_auto_watched_is_under_a_recursive_root_only(tmp_path: Path) -> None:
+    plan = plan_of(tmp_path, ".git", "data/a", "src/__pycache__", "src/lib")
+    assert plan.auto_watched("data/new")  # notify watches it by itself
+    assert plan.auto_watched("data/a/b/new")
+    assert plan.auto_watched("src/lib/new")
+    assert not plan.auto_watched("data")  # a recursive root itself: its parent is flat
+    assert not plan.auto_watched("new")
+    assert not plan.auto_watched("src/new")
+
+
+def test_plan_unplanned_folders(tmp_path: Path) -> None:
+    """A folder made in a flat folder after planning is unplanned; one made in a
+    recursively watched folder is notify's; a file is nothing."""
+    plan = plan_of(tmp_path, ".git", "data")
+    (tmp_path / "a.txt").write_text("x")
+    (tmp_path / "data" / "new").mkdir()
+    assert not plan.unplanned_folders(tmp_path)
+    (tmp_path / "new").mkdir()
+    assert plan.unplanned_folders(tmp_path)
+
+
+def test_plan_an_unreadable_folder_is_watched_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its contents are unknown, so it gets no recursive watch (which would fail on
+    the first unreadable folder and leave the rest of that walk unwatched)."""
+    (tmp_path / "locked" / "inner").mkdir(parents=True)
+    (tmp_path / "data").mkdir()
+    real_scandir = os.scandir
+    locked = str(tmp_path / "locked")
+
+    def scandir(path: str) -> Iterator[os.DirEntry[str]]:
+        if path == locked:
+            raise PermissionError(13, "Permission denied", path)
+        return real_scandir(path)
+
+    monkeypatch.setattr("pivot.watch.plan.os.scandir", scandir)
+    plan = plan_watches(tmp_path, IgnoreRules(tmp_path))
+    assert plan.flat == {"", "locked"}
+    assert plan.recursive == {"data"}
