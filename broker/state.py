@@ -162,6 +162,7 @@ class BrokerState:
     ) -> None:
         self.heartbeat_s = heartbeat_s
         self.liveness = liveness
+        self.last_tick: float | None = None
         self.live = live  # None: one-shot (`repro`); file changes are not acted on
         # Live mode: raw changed paths waiting for the quiet window, then for a check.
         self.changed: dict[str, None] = {}
@@ -284,6 +285,12 @@ class BrokerState:
 
     def _tick(self, now: float) -> None:
         deadline = self.heartbeat_s * self.liveness
+        if self.last_tick is not None and now - self.last_tick > deadline:
+            # The broker itself did not run (`pivot up` stopped by Ctrl-Z, then fg): the
+            # pools' silence is ours, not theirs. They get a fresh liveness window.
+            for pool in self.pools.values():
+                pool.last_heard = now
+        self.last_tick = now
         for name, pool in list(self.pools.items()):
             if now - pool.last_heard > deadline:
                 self._pool_gone(name, f"no heartbeat for {now - pool.last_heard:.1f} s")

@@ -50,7 +50,7 @@ from pivot.protocol.messages import (
 )
 from pivot.runtime.cancel import HARD_KILL_S, marker_path, request_cancel
 from pivot.runtime.logsetup import configure
-from pivot.runtime.procs import is_alive
+from pivot.runtime.procs import is_alive, is_stopped
 from pivot.runtime.spawn import LoaderRun, run_loader
 from pivot.state.outputs import ProjectState
 from pivot.state.plan import DepProducers, Prepared, dep_producers, plan_wave, prepare
@@ -148,8 +148,13 @@ class PoolService:
             while not self.stopping:
                 now = time.monotonic()
                 if now - self.last_heard > self.heartbeat_s * self.liveness:
-                    log.error("broker silent for %.1f s: exiting", now - self.last_heard)
-                    return 3
+                    if is_stopped(os.getppid()):
+                        # `pivot up` (the broker's process) was stopped by Ctrl-Z: it
+                        # comes back with fg. Its silence is not its death.
+                        self.last_heard = now
+                    else:
+                        log.error("broker silent for %.1f s: exiting", now - self.last_heard)
+                        return 3
                 if now - self.last_sent >= self.heartbeat_s:
                     self._send(Heartbeat(self.name))
                 self._resend(now)

@@ -128,8 +128,14 @@ class EngineClient:
         Raises InfraError when the broker is silent (no event or tick) too long.
         """
         while True:
+            before = time.monotonic()
             if not self.sub.poll(int(poll_s * 1000)):
-                if time.monotonic() - self.last_heard > BROKER_SILENCE_S:
+                now = time.monotonic()
+                if now - before > BROKER_SILENCE_S:
+                    # This process was stopped (Ctrl-Z, then fg), the broker thread with
+                    # it: the silence is ours. Listen for a fresh window.
+                    self.last_heard = now
+                if now - self.last_heard > BROKER_SILENCE_S:
                     raise InfraError(f"the broker has been silent for {BROKER_SILENCE_S:.0f} s")
                 yield None
                 continue

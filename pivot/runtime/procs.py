@@ -8,7 +8,7 @@ import signal
 import time
 from pathlib import Path
 
-__all__ = ["group_members", "is_alive", "kill_group"]
+__all__ = ["group_members", "is_alive", "is_stopped", "kill_group"]
 
 _DEAD = ("Z", "X")  # zombie, dead
 
@@ -27,6 +27,12 @@ def is_alive(pid: int) -> bool:
     """Whether `pid` is a live process (a zombie counts as dead)."""
     fields = _stat_fields(pid)
     return fields is not None and fields[0] not in _DEAD
+
+
+def is_stopped(pid: int) -> bool:
+    """Whether `pid` is stopped by a signal (SIGSTOP, Ctrl-Z) or a tracer."""
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] in ("T", "t")
 
 
 def group_members(pgid: int) -> list[int]:

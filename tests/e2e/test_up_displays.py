@@ -636,3 +636,40 @@ def test_a_pool_killed_mid_stage_is_replaced_and_the_stage_runs_once_more_never_
     assert "worker pool exited (code -9)" in up.stderr, up.stderr
     assert group_members(pool.pid) == []
     stop_up(up, root)
+
+
+# --- Ctrl-Z, then fg --------------------------------------------------------------------
+
+# Longer than every liveness window the stack keeps: the pool gives up a silent broker
+# after 3 s, a display after 5 s. The length of the stop is the stimulus of the test.
+STOPPED_FOR_S = 6.0
+
+
+def test_up_stopped_by_ctrl_z_and_resumed_keeps_its_pool_and_carries_on(
+    make_project: MakeProject, engines: Callable[..., LiveRun]
+) -> None:
+    """Ctrl-Z stops the terminal's foreground process group: `pivot up` alone (its pool
+    and watcher run in their own sessions and keep running). After fg nothing may count
+    the pause as a death: no pool lost or restarted, no display giving up."""
+    root = make_project(POOL_FILES | {"held.release": ""})
+    up = engines(root, "up")
+    wave_end(up, 1, "the first wave")
+    up.wait_watching(root)
+    [pool] = [p for p in children_of(up.proc.pid) if is_pool(p)]
+    os.killpg(up.proc.pid, signal.SIGSTOP)
+    try:
+        time.sleep(STOPPED_FOR_S)  # the stimulus: a stop longer than any liveness window
+    finally:
+        os.killpg(up.proc.pid, signal.SIGCONT)
+    assert alive(pool.pid), "the pool gave up the stopped broker"
+    start = up.mark()
+    (root / "held.release").unlink()  # a hand deletion of... nothing declared: no wave
+    (root / "held.txt").write_text("edited by hand\n")  # a hand edit of an output
+    began = up.wait_event(lambda e: e["event"] == "wave_started", WAIT_S, "a wave after fg", start)
+    assert began["paths"] == ["held.txt"], began
+    assert alive(pool.pid) and [p.pid for p in children_of(up.proc.pid) if is_pool(p)] == [pool.pid]
+    assert of_kind(up.since(0), "pool_lost") == [], up.since(0)
+    assert "exited" not in up.stderr, up.stderr
+    (root / "held.release").write_text("")
+    wave_end(up, began["wave"], "the wave after fg", start)
+    stop_up(up, root)

@@ -264,6 +264,7 @@ def test_heartbeats_are_sent_and_a_silent_pool_is_lost_with_its_stages_requeued(
     [(_, _, a), (_, _, e)] = dispatched(h.run())
     assert SendWork("p1", Heartbeat("p1")) in h.feed(Tick(1.0))
     h.feed(PoolHeard("p1", 2.0))
+    h.feed(Tick(3.0))  # the service ticks every 0.25 s; a longer gap means it was stopped
     assert published(h.feed(Tick(4.9)), PoolLost) == []
     commands = h.feed(Tick(5.1))
     [lost] = published(commands, PoolLost)
@@ -782,3 +783,13 @@ def test_the_snapshot_holds_the_last_change_and_each_stages_log_tail() -> None:
     assert (snap.trigger, snap.paths) == ("files", ["side.txt"])
     assert snap.logs["a"] == [["stdout", f"line {i}"] for i in range(30, 50)]
     assert "e" not in snap.logs  # it printed nothing
+
+
+def test_a_broker_that_did_not_run_for_a_while_gives_its_pools_a_fresh_window() -> None:
+    h = Harness(diamond())
+    h.feed(Tick(0.5))
+    # Nothing ran for 10 s (Ctrl-Z on `pivot up`): the pool's silence is the broker's.
+    assert published(h.feed(Tick(10.5)), PoolLost) == []
+    assert published(h.feed(Tick(11.0)), PoolLost) == []
+    [lost] = published(h.feed(Tick(14.0)), PoolLost)  # then silence counts again
+    assert lost.pool == "p1" and "no heartbeat" in lost.reason
