@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from procs import ProcGuard, describe, run_dir_leftovers, run_pivot, write_files
+from procs import LiveRun, ProcGuard, describe, run_dir_leftovers, run_pivot, write_files
 
 TESTS_DIR = Path(__file__).resolve().parent
 REPO = TESTS_DIR.parent
@@ -89,3 +90,27 @@ def make_project(tmp_path: Path, proc_guard: ProcGuard) -> Callable[..., Path]:
         return write_files(tmp_path / name, files)
 
     return make
+
+
+UP_STOP_WITHIN_S = 10.0
+
+
+@pytest.fixture
+def up(proc_guard: ProcGuard) -> Iterator[Callable[..., LiveRun]]:
+    """up(root, *args, debounce_ms=20, env=None) -> a started `pivot up --display json`.
+    One that a failed test left running is stopped (SIGTERM) before proc_guard looks for
+    leftovers."""
+    started: list[LiveRun] = []
+
+    def start(
+        root: Path, *args: str, debounce_ms: int = 20, env: dict[str, str] | None = None
+    ) -> LiveRun:
+        live = LiveRun.start(proc_guard, root, *args, debounce_ms=debounce_ms, env=env)
+        started.append(live)
+        return live
+
+    yield start
+    for live in started:
+        if live.proc.poll() is None:
+            with contextlib.suppress(AssertionError):
+                live.stop(UP_STOP_WITHIN_S)

@@ -9,13 +9,12 @@ failed there, are shown as the engine sees them (docs/cli.md, "While `pivot up` 
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import os
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,6 @@ import pytest
 from procs import (
     HELD_PIPELINE,
     LiveRun,
-    ProcGuard,
     describe,
     held_stage_pid,
     release_held_stage,
@@ -86,24 +84,6 @@ def after() -> None:
     with open("boom.out") as src, open("after.out", "w") as dst:
         dst.write(src.read())
 '''
-
-
-@pytest.fixture
-def up(proc_guard: ProcGuard) -> Iterator[StartUp]:
-    """up(root, *args) -> a started `pivot up --display json`; one a failed test left
-    running is stopped (SIGTERM) before proc_guard looks for leftovers."""
-    started: list[LiveRun] = []
-
-    def start(root: Path, *args: str) -> LiveRun:
-        live = LiveRun.start(proc_guard, root, *args)
-        started.append(live)
-        return live
-
-    yield start
-    for live in started:
-        if live.proc.poll() is None:
-            with contextlib.suppress(AssertionError):
-                live.stop(STOP_WITHIN_S)
 
 
 def status(root: Path, *args: str) -> subprocess.CompletedProcess[str]:

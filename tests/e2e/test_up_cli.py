@@ -26,7 +26,6 @@ or comments say what used to go wrong.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import re
@@ -34,7 +33,7 @@ import textwrap
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -205,26 +204,6 @@ def edit(path: Path, old: str, new: str) -> None:
 # --- following the engine ------------------------------------------------------------
 
 StartUp = Callable[..., LiveRun]
-
-
-@pytest.fixture
-def up(proc_guard: ProcGuard) -> Iterator[StartUp]:
-    """up(root, *args, debounce_ms=20, env=None) -> a started `pivot up --display json`. One that a
-    failed test left running is stopped (SIGTERM) before proc_guard looks for leftovers."""
-    started: list[LiveRun] = []
-
-    def start(
-        root: Path, *args: str, debounce_ms: int = 20, env: dict[str, str] | None = None
-    ) -> LiveRun:
-        live = LiveRun.start(proc_guard, root, *args, debounce_ms=debounce_ms, env=env)
-        started.append(live)
-        return live
-
-    yield start
-    for live in started:
-        if live.proc.poll() is None:
-            with contextlib.suppress(AssertionError):
-                live.stop(STOP_WITHIN_S)
 
 
 def is_wave_start(e: dict[str, Any]) -> bool:
