@@ -315,6 +315,18 @@ def test_a_data_edit_runs_its_consumers_and_their_downstream_only(
     stop(live, root)
 
 
+def test_repro_watch_is_pivot_up(make_project: MakeProject, proc_guard: ProcGuard) -> None:
+    root = make_project(BASE)
+    live = LiveRun(proc_guard.start(root, "repro", "--watch", "--debounce", "20", "--display", "json"))
+    first_wave(live, root)
+    start = live.mark()
+    (root / "c.txt").write_text("delta\n")
+    wave = next_wave(live, start, "the edit of c.txt")
+    assert statuses(wave) == {"tagged": "ran"}
+    assert (root / "c.out").read_text() == "v1:delta n=1\n"
+    stop(live, root)
+
+
 # --- 3. saves that change nothing ----------------------------------------------------
 
 
