@@ -9,6 +9,12 @@ helper used by s0 only), and measures from just before the write to the broker's
 `stage_started` of s0 (for (b): in a wave triggered by the code change, so it runs the
 new code) and to `wave_finished`. Also counts waves: every edit must start exactly one.
 Event times are the broker's publish times (same clock as this script).
+
+`--import numpy` makes s0 import that module in its body, like ML stages importing
+numpy or torch: after a code change the new workers fork from a server that has it
+imported already (pivot/runtime/preload.py); `PIVOT_PRELOAD=0` in the environment turns
+that off, for comparison. The import shows in "-> wave finished" (a stage counts as
+started when it is handed to a worker, before its code runs).
 """
 
 from __future__ import annotations
@@ -28,11 +34,12 @@ from benchcommon import pivot_cmd, pivot_env
 HELPERS = "def transform(text: str) -> str:\n    return text.upper() + {tag!r}\n"
 
 
-def write_project(root: Path, n: int) -> None:
+def write_project(root: Path, n: int, module: str | None = None) -> None:
     lines = ["from pivot import stage", "import helpers", ""]
     lines += [
         '@stage(deps=["data/in.txt"], outs=["out/s0.txt"])',
         "def s0() -> None:",
+        *([f"    import {module}  # noqa: F401"] if module else []),
         '    text = open("data/in.txt").read()',
         '    open("out/s0.txt", "w").write(helpers.transform(text))',
         "",
@@ -82,10 +89,10 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def measure(n: int, trials: int) -> dict[str, list[float] | int]:
+def measure(n: int, trials: int, module: str | None) -> dict[str, list[float] | int]:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / f"chain{n}"
-        write_project(root, n)
+        write_project(root, n, module)
         proc = subprocess.Popen(
             [*pivot_cmd(), "up", "--display", "json"], cwd=root, env=pivot_env(),
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
@@ -123,12 +130,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--chain", type=int, action="append", help="chain lengths (default 3 and 50)")
     parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--import", dest="module", help="a module s0 imports in its body (e.g. numpy)")
     args = parser.parse_args()
     print("| chain | data edit -> s0 started, p50 / p95 | -> wave finished, p50 / p95 "
           "| helper edit -> s0 started (new code), p50 / p95 | -> wave finished, p50 / p95 | redundant waves |")
     print("|---|---|---|---|---|---|")
     for n in args.chain or [3, 50]:
-        r = measure(n, args.trials)
+        r = measure(n, args.trials, args.module)
         cells = []
         for key in ("data_start", "data_done", "code_start", "code_done"):
             values = r[key]

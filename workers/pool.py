@@ -50,6 +50,7 @@ from pivot.protocol.messages import (
 )
 from pivot.runtime.cancel import HARD_KILL_S, marker_path, request_cancel
 from pivot.runtime.logsetup import configure
+from pivot.runtime.preload import warm_up, worker_context
 from pivot.runtime.procs import is_alive, is_stopped
 from pivot.runtime.spawn import LoaderRun, run_loader
 from pivot.state.outputs import ProjectState
@@ -276,6 +277,11 @@ class PoolService:
             self.restart_on_load = False
             self._stop_workers()
         self._send(ManifestLoaded(self.name, self.manifest.to_wire()))
+        try:
+            if self.executor is None:  # live workers keep the server they came from
+                warm_up(self.manifest.preload, self.manifest.preload_key)
+        except OSError as exc:  # workers then start as plain loky workers would, later
+            log.warning("could not start the workers' forkserver: %s", exc)
         # After the send: the broker checks the graph meanwhile. A manifest whose outputs
         # collide is rejected there; its stages are then never dispatched here.
         try:
@@ -396,8 +402,11 @@ class PoolService:
         from loky.process_executor import ProcessPoolExecutor
 
         if self.executor is None:
-            # Workers stay warm between stages; they are replaced only on a code change.
-            self.executor = ProcessPoolExecutor(max_workers=self.jobs, timeout=3600)
+            # Workers stay warm between stages; they are replaced only on a code change,
+            # then forked from a server that has the third-party imports done.
+            assert self.manifest is not None
+            context = worker_context(self.manifest.preload, self.manifest.preload_key)
+            self.executor = ProcessPoolExecutor(max_workers=self.jobs, timeout=3600, context=context)
         return self.executor
 
     def _ran(self, attempt: str, future: Future[dict[str, Any]]) -> None:

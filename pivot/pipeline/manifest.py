@@ -63,6 +63,10 @@ class Manifest:
     stages: tuple[StageSpec, ...]  # registration order
     sources: tuple[str, ...] = ()  # project-local source files the stages depend on
     warnings: tuple[str, ...] = ()
+    # Third-party modules the workers' forkserver imports, and a key over their files
+    # (pivot/runtime/preload.py).
+    preload: tuple[str, ...] = ()
+    preload_key: str = ""
     by_name: dict[str, StageSpec] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -73,13 +77,18 @@ class Manifest:
             "stages": [s.to_wire() for s in self.stages],
             "sources": list(self.sources),
             "warnings": list(self.warnings),
+            "preload": list(self.preload),
+            "preload_key": self.preload_key,
         }
 
     @classmethod
     def from_wire(cls, d: dict[str, Any]) -> Manifest:
         try:
             stages = tuple(StageSpec.from_wire(s) for s in d["stages"])
-            return cls(stages, _strs(d["sources"]), _strs(d["warnings"]))
+            return cls(
+                stages, _strs(d["sources"]), _strs(d["warnings"]), _strs(d["preload"]),
+                _str(d["preload_key"]),
+            )
         except (KeyError, TypeError) as exc:
             raise ProtocolError(f"malformed manifest: {exc!r}") from exc
 

@@ -21,6 +21,7 @@ from pivot.pipeline.manifest import Manifest, StageSpec
 from pivot.pipeline.paths import normalize
 from pivot.pipeline.project import PIPELINE_FILE
 from pivot.pipeline.stage import clear_registry, registered
+from pivot.runtime.preload import third_party
 from pivot.runtime.usertb import user_traceback
 from pivot.state.fingerprint import Fingerprinter
 
@@ -89,7 +90,8 @@ def build_manifest(root: Path) -> Manifest:
         for name in from_file
         if name not in decls
     )
-    return Manifest(tuple(stages), tuple(sorted(sources)), warnings)
+    preload, preload_key = third_party(fingerprinter.externals)
+    return Manifest(tuple(stages), tuple(sorted(sources)), warnings, preload, preload_key)
 
 
 def _unique(stage: str, field: str, paths: tuple[str, ...]) -> tuple[str, ...]:

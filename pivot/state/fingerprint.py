@@ -143,6 +143,7 @@ class Fingerprinter:
         self._targets: list[_Target] = []  # keeps the objects whose id() is in a key alive
         self._stages: dict[int, tuple[Callable[..., Any], CodeFingerprint]] = {}
         self._files = ProjectFiles(self._root)
+        self.externals: set[str] = set()  # third-party top-level modules the stages use
         self._dists = VersionCache(
             cache_file.with_name(cache_file.name + ".versions") if cache_file else None
         )
@@ -565,6 +566,7 @@ class Fingerprinter:
             node.parts[_PYTHON] = platform.python_version()
         else:
             node.parts[top] = self._version(top)
+            self.externals.add(top)
 
     def _version(self, top: str) -> str:
         return self._dists.version(top)

@@ -50,6 +50,7 @@ from procs import (
     inotify_inodes,
     of_kind,
     pivot_ok,
+    proc_info,
     release_held_stage,
     run_dir_leftovers,
     run_pivot,
@@ -376,6 +377,73 @@ def test_a_helper_edit_reloads_and_reruns_only_its_stage_in_a_new_worker(
 
     probe(live, root, live.mark())
     stop(live, root)
+
+
+# `fakelib` stands for an installed package (numpy, torch): it lives in a folder named
+# site-packages, outside the project, and logs the pid of every process importing it.
+FAKELIB = '''\
+import os
+
+VERSION = "1"
+with open(os.environ["FAKELIB_LOG"], "a") as f:
+    f.write(f"{os.getpid()}\\n")
+'''
+
+PRELOAD_BODY = """\
+import sys
+
+with open("imports.log", "a") as _log:  # every process that imports the user's code
+    _log.write(f"{os.getpid()}\\n")
+
+
+@stage(deps=["c.txt"], outs=["lib.out"])
+def uses_lib() -> None:
+    record("uses_lib")
+    warm = "fakelib" in sys.modules  # before the stage imports it
+    import fakelib
+
+    write("lib.out", f"{fakelib.VERSION} warm={warm} {helpers.tag('')}\\n")
+"""
+
+
+def test_workers_fork_from_a_server_with_third_party_imports_done_and_no_user_code(
+    make_project: MakeProject, up: StartUp
+) -> None:
+    root = make_project({**BOOKKEEPING, ".pivotignore": "runs.log\npids.log\nimports.log\n",
+                         "pipeline.py": pipeline(PRELOAD_BODY), "helpers.py": HELPERS_PY,
+                         "c.txt": "gamma\n", "probe.txt": "probe 0\n"})
+    site = root.parent / "site-packages"
+    (site / "fakelib").mkdir(parents=True)
+    (site / "fakelib" / "__init__.py").write_text(FAKELIB)
+    fakelib_log = root.parent / "fakelib.log"
+    env = {**os.environ, "PYTHONPATH": str(site), "FAKELIB_LOG": str(fakelib_log)}
+    live = up(root, env=env)
+    first_wave(live, root)
+    assert (root / "lib.out").read_text() == "1 warm=True v1:\n"
+    [server] = [int(pid) for pid in fakelib_log.read_text().split()]
+    worker = pids(root, "uses_lib")[-1]
+    assert worker != server and proc_info_ppid(worker) == server
+    user_importers = {int(pid) for pid in (root / "imports.log").read_text().split()}
+    assert server not in user_importers and worker in user_importers
+
+    # An upgraded package (its file changed) and a code change: the workers are
+    # replaced, and forked from a new server that imported the new version.
+    (site / "fakelib" / "__init__.py").write_text(FAKELIB.replace('"1"', '"22"'))
+    start = live.mark()
+    edit(root / "helpers.py", 'return "v1:" + text.strip()', 'return "v2:" + text.strip()')
+    wave = next_wave(live, start, "the helper edit")
+    assert statuses(wave) == {"uses_lib": "ran"}
+    assert (root / "lib.out").read_text() == "22 warm=True v2:\n"
+    servers = [int(pid) for pid in fakelib_log.read_text().split()]
+    assert len(servers) == 2 and not alive(server), servers
+    assert servers[1] not in {int(pid) for pid in (root / "imports.log").read_text().split()}
+    stop(live, root)
+
+
+def proc_info_ppid(pid: int) -> int:
+    info = proc_info(pid)
+    assert info is not None, f"process {pid} is gone"
+    return info.ppid
 
 
 def test_a_params_edit_reruns_its_stage_in_the_same_worker(

@@ -579,7 +579,9 @@ def test_a_pool_killed_mid_stage_is_replaced_and_the_stage_runs_once_more_never_
     [[first]] = wait_for(lambda: held_starts(root), WAIT_S, "held to start")
     worker = proc_info(first)
     assert worker is not None, f"the worker running held ({first}) is gone"
-    pool = proc_info(worker.ppid)
+    # The pool leads the group of its processes (workers may be forked from its
+    # forkserver, so the worker's parent is not always the pool).
+    pool = proc_info(worker.pgid)
     assert pool is not None, worker.show()
     assert pool.ppid == up.proc.pid and is_pool(pool), pool.show()
     assert str(root.resolve()) in pool.cmdline, pool.show()
@@ -617,7 +619,7 @@ def test_a_pool_killed_mid_stage_is_replaced_and_the_stage_runs_once_more_never_
     assert second != first, starts
     assert not alive(first), f"the first attempt's worker {first} is still alive"
     info = proc_info(second)
-    assert info is not None and info.ppid == new, f"held ran again outside the new pool {new}: {info}"
+    assert info is not None and info.pgid == new, f"held ran again outside the new pool {new}: {info}"
     survivors = [pid for pid in old_group if alive(pid)] + group_members(pool.pid)
     assert survivors == [], f"the old pool group {pool.pid} survives: {survivors}"
 

@@ -1,0 +1,110 @@
+"""Third-party imports preloaded in a forkserver, so new workers start warm.
+
+A code change replaces every worker (no module of the old code may survive). Fresh
+workers would import numpy, torch, pandas... again, which can take seconds. Instead the
+pool's loky workers are forked from a multiprocessing forkserver that imported the
+pipeline's third-party modules once, and never any project module: a worker forked from
+it starts with those imports done and none of the user's code.
+
+Loader side (`third_party`): the top-level modules the pipeline imported or its stages
+import in their bodies (the fingerprinter's externals) whose files live in a
+site-packages or dist-packages folder, plus a key over their files' stat, so that a
+package upgraded since (pip install) restarts the forkserver instead of forking stale
+code. Pool side (`worker_context`): the context for loky, with the forkserver restarted
+when the list or the key changed.
+
+`PIVOT_PRELOAD=0` turns it off (plain loky workers): a library that starts threads when
+imported is not safe to fork.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = ["enabled", "third_party", "worker_context"]
+
+log = logging.getLogger(__name__)
+
+_INSTALLED = ("site-packages", "dist-packages")
+_OURS = frozenset({"pivot", "broker", "workers"})
+
+
+def enabled() -> bool:
+    return os.environ.get("PIVOT_PRELOAD", "1") != "0"
+
+
+def _installed_file(top: str) -> str | None:
+    """The file of top-level module `top` if it is an installed (third-party) one."""
+    module = sys.modules.get(top)
+    file = getattr(module, "__file__", None) if module is not None else None
+    if file is None and module is None:
+        try:
+            spec = importlib.util.find_spec(top)
+        except (ImportError, ValueError):
+            return None
+        file = spec.origin if spec is not None else None
+    if not file:
+        return None
+    parts = os.path.normpath(file).split(os.sep)
+    return file if any(p in _INSTALLED for p in parts) else None
+
+
+def third_party(externals: Iterable[str]) -> tuple[tuple[str, ...], str]:
+    """(modules to preload, a key that changes when one of their files does)."""
+    import xxhash
+
+    tops = {name.partition(".")[0] for name in sys.modules} | set(externals)
+    found: list[tuple[str, str]] = []
+    for top in sorted(tops - _OURS):
+        if not top or top.startswith("_"):
+            continue
+        file = _installed_file(top)
+        if file is not None:
+            found.append((top, file))
+    h = xxhash.xxh3_64()
+    for top, file in found:
+        try:
+            st = os.stat(file)
+            stamp = f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            stamp = "?"
+        h.update(f"{top}\0{file}\0{stamp}\n".encode())
+    return tuple(top for top, _ in found), h.hexdigest() if found else ""
+
+
+_current: tuple[tuple[str, ...], str] | None = None
+
+
+def worker_context(preload: tuple[str, ...], key: str) -> Any:
+    """The multiprocessing context for the pool's loky executor: a forkserver preloading
+    `preload`, restarted when (`preload`, `key`) changed; None (loky's own) when off."""
+    global _current
+    if not preload or not enabled():
+        return None
+    import multiprocessing
+    from multiprocessing import forkserver
+
+    if _current != (preload, key):
+        if _current is not None:
+            # A private stdlib method (its unit tests use it); the server forks no new
+            # worker after this, and workers forked before are already stopped.
+            forkserver._forkserver._stop()  # type: ignore[attr-defined]
+        multiprocessing.set_forkserver_preload(list(preload))
+        _current = (preload, key)
+        log.info("workers fork from a server preloading %s", ", ".join(preload))
+    return multiprocessing.get_context("forkserver")
+
+
+def warm_up(preload: tuple[str, ...], key: str) -> None:
+    """Start the forkserver now (it imports in the background), so the first workers do
+    not wait for it."""
+    context = worker_context(preload, key)
+    if context is not None:
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
