@@ -67,6 +67,7 @@ _TICKS_PER_S = 2.0  # rich's refresh thread
 _EVENT_REFRESH_S = 0.125  # least time between two refreshes triggered by events
 _LIVE_ERROR_LINES = 12  # tail of each failure's traceback while live
 _LIVE_ERRORS = 2  # failures shown in full-ish while live; the rest by name
+_STAGE_LOG_LINES = 8  # a failed stage's last output lines, shown above its traceback
 
 
 @dataclass
@@ -100,6 +101,7 @@ class TuiRenderer:
         self._rows: dict[str, _Row] = {}
         self._summary: WaveFinished | None = None
         self._logs: deque[LogLine] = deque(maxlen=max(0, log_lines))
+        self._stage_logs: dict[str, deque[LogLine]] = {}  # each stage's last run
         self._pipeline_error: tuple[str, str] | None = None
         self._notes: deque[str] = deque(maxlen=3)
         self._trigger = ""  # what started the wave shown: "files: data/raw.csv"
@@ -167,6 +169,7 @@ class TuiRenderer:
                 row = self._row(msg.wave, msg.stage, above)
                 if row is not None:
                     row.status, row.reason, row.started_at = "running", msg.reason, env.ts
+                    self._stage_logs.pop(msg.stage, None)
             case StageFinished():
                 row = self._row(msg.wave, msg.stage, above)
                 if row is not None:
@@ -174,6 +177,7 @@ class TuiRenderer:
                     row.duration_s, row.error = msg.duration_s, msg.error
             case LogLine():
                 self._logs.append(msg)
+                self._stage_tail(msg.stage).append(msg)
             case WaveFinished():
                 if msg.wave == self._wave or self._wave == 0:
                     self._wave, self._wave_running = msg.wave, False
@@ -200,6 +204,9 @@ class TuiRenderer:
             case _:
                 pass
         return above
+
+    def _stage_tail(self, stage: str) -> deque[LogLine]:
+        return self._stage_logs.setdefault(stage, deque(maxlen=_STAGE_LOG_LINES))
 
     def _row(self, wave: int, stage: str, above: list[RenderableType]) -> _Row | None:
         """The row of `stage`; a newer wave (its wave_started was missed) replaces the table."""
@@ -262,6 +269,7 @@ class TuiRenderer:
             for stage in stage_order(snap.order, snap.logs):
                 for stream, line in snap.logs[stage]:
                     self._logs.append(LogLine(stage, stream, line))
+                    self._stage_tail(stage).append(LogLine(stage, stream, line))
         last = snap.last_wave
         self._summary = (
             wave_finished_from(last)
@@ -384,6 +392,10 @@ class TuiRenderer:
                 out.append(Text(f"also failed: {rest}", style="red"))
                 break
             out.append(Text(f"{name} {row.status}: {row.reason}", style="bold red"))
+            tail = [m for m in self._stage_logs.get(name, ()) if m.stream != "pivot"]
+            if tail:
+                out.append(Text(f"  last output of {name}:", style="dim"))
+                out += [Text("    ") + _log_text(m) for m in tail]
             if row.error and row.error.strip():
                 lines = row.error.rstrip().splitlines()
                 if live and len(lines) > _LIVE_ERROR_LINES:

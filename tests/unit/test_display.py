@@ -485,6 +485,22 @@ def test_tui_joining_mid_wave_shows_the_last_change_and_the_log_tails() -> None:
     r.close(0)
 
 
+def test_tui_shows_a_failed_stages_own_last_output_above_its_traceback() -> None:
+    r, buf = tui()
+    noise = [LogLine("prepare", "stdout", f"row {i}") for i in range(30)]
+    feed(r, [
+        WaveStarted(1, ["prepare", "fit"]),
+        StageStarted(1, "fit", "never_ran", "never ran"),
+        LogLine("fit", "stdout", "epoch 3: loss nan"),
+        *noise,  # more than the shared log tail holds
+        StageFinished(1, "fit", "failed", "failed", "ValueError: nan", 0.5, "Traceback ...\nValueError: nan"),
+    ])
+    r.close(0)
+    text = buf.getvalue()
+    assert "last output of fit" in text and "epoch 3: loss nan" in text
+    assert text.index("epoch 3: loss nan") < text.index("Traceback ...")
+
+
 def test_tui_close_without_events_prints_nothing() -> None:
     r, buf = tui()
     r.close(0)
