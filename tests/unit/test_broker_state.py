@@ -793,3 +793,13 @@ def test_a_broker_that_did_not_run_for_a_while_gives_its_pools_a_fresh_window() 
     assert published(h.feed(Tick(11.0)), PoolLost) == []
     [lost] = published(h.feed(Tick(14.0)), PoolLost)  # then silence counts again
     assert lost.pool == "p1" and "no heartbeat" in lost.reason
+
+
+def test_a_pool_lost_after_a_failure_halted_the_wave_ends_it_instead_of_requeueing() -> None:
+    h = Harness(diamond(), slots=2)
+    [(_, _, a), (_, _, e)] = dispatched(h.run())
+    h.result(a, "failed")  # fail-fast: nothing new starts
+    commands = h.feed(PoolGone("p1", "pool process killed by SIGKILL"))
+    [done] = published(commands, WaveFinished)
+    assert done.failed == ["a"] and "e" in done.cancelled
+    assert finished(h)["e"] == "cancelled"
