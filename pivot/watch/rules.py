@@ -12,7 +12,7 @@ Always ignored (no `.pivotignore` line can re-include these):
   `.mypy_cache`, `.pytest_cache`, `.ruff_cache`;
 - a folder holding a `pyvenv.cfg` (a virtual environment under another name), checked
   on disk once per folder and cached; `note_change` drops the cache when a
-  `pyvenv.cfg` appears or disappears;
+  `pyvenv.cfg` appears or disappears, or a cached folder does;
 - editor temp and backup files, by name: `*.swp`, `*.swx` (vim), `*~`, `.#*` (emacs),
   `4913` (vim's write test). `*.tmp` is not ignored: tools write real data like that.
 
@@ -92,14 +92,25 @@ class IgnoreRules:
         self._patterns = _parse(self.root / IGNORE_FILE)
         self._dirs.clear()
 
-    def note_change(self, rel: str) -> None:
+    def note_change(self, rel: str) -> bool:
         """Tell the rules that `rel` changed on disk, before asking about that batch:
         `.pivotignore` is read again, and a `pyvenv.cfg` appearing or vanishing drops
-        the cached per-folder answers."""
+        the cached per-folder answers. True when that may change which folders are
+        ignored (the watcher then plans its watches again).
+
+        A cached folder that appears or vanishes drops the cache too: the watcher does
+        not watch inside ignored folders, so when a virtual environment is deleted it
+        sees the folder go, never its `pyvenv.cfg`, and a new folder of that name must
+        not inherit the old answer."""
         if rel == IGNORE_FILE:
             self.reload()
-        elif rel == _VENV_MARKER or rel.endswith("/" + _VENV_MARKER):
+            return True
+        if rel == _VENV_MARKER or rel.endswith("/" + _VENV_MARKER):
             self._dirs.clear()
+            return True
+        if rel in self._dirs:
+            self._dirs.clear()
+        return False
 
     def ignored(self, rel: str, is_dir: bool | None = None) -> bool:
         if not rel or rel == ".":

@@ -1,11 +1,11 @@
 """The watcher: tells the broker which project files changed, and never waits for it.
 
-    OS (inotify, or a polling scan) --> RustNotify thread (watchfiles; accumulates events)
+    OS (inotify, or a polling scan) --> RustNotify threads (watchfiles; accumulate events)
                                               |
-                      Watcher.run loop: rn.watch(debounce, step 5 ms, timeout, stop)
+                      Watcher.run loop: WatchSet.wait(debounce, timeout, stop)
                         - absolute paths -> project-relative POSIX paths
                         - .pivotignore / pyvenv.cfg changes update the rules first
-                        - ignored paths dropped; a new folder is scanned (see below)
+                        - ignored paths dropped; a new folder is watched and scanned
                         - everything goes into `pending` (a set: coalesced, deduplicated)
                         - flush: unless .git/index.lock exists, send sorted `pending` as
                           FilesChanged over PUSH with NOBLOCK; on zmq.Again keep it for
@@ -14,18 +14,35 @@
                                               v
                                   broker PULL `changes` endpoint
 
-`WatcherReady(pid)` is sent right after RustNotify is constructed (the OS watch is then
-registered) and before any FilesChanged. The loop's timeout is the next thing it has to
-do: retry a blocked send (50 ms), look at `.git/index.lock` again (100 ms), a poll-mode
-re-check; with nothing to do it waits for changes only. `stop()` (any thread, or a
-signal handler) sets an event RustNotify checks every step, so `run()` returns within
-a few milliseconds.
+Only folders the rules keep are watched (pivot/watch/plan.py): the folders with nothing
+ignored under them recursively, the others one by one, so `.venv/`, `.git/`,
+`node_modules/` or a `.pivotignore`d data folder cost no inotify watch and wake nothing.
+The plan is made again, and the changed RustNotify instance rebuilt
+(pivot/watch/watchset.py), when the rules change (`.pivotignore`, a `pyvenv.cfg`), when
+a kept folder appears where notify does not watch new folders by itself (in a folder
+watched alone), and when an ignored folder appears under a recursive watch (notify
+watched it). A full plan walks every kept folder, and a rebuilt recursive instance
+walks its roots again: a cost that grows with the project's kept folders, paid at
+start and when the rules change. A folder that appears in a flat folder is planned on
+its own (WatchPlan.with_new_folders) and costs about its own size.
 
-A folder that appears (created, or moved in) is scanned: inotify only watches a new
-folder once notify has seen it, so files written into it right away, or a whole tree
-moved in with one rename, produce no events of their own. A folder that is deleted or
-moved out is reported as the folder alone when the OS reports no events for what was
-inside it: a reported path stands for everything under it.
+`WatcherReady(pid)` is sent once the watches of every kept folder are registered (and a
+folder that appeared in a flat-watched folder during that is planned too) and before
+any FilesChanged. The loop's timeout is the next thing it has to do: retry a blocked
+send (50 ms), look at `.git/index.lock` again (100 ms), a poll-mode re-check; with
+nothing to do it waits for changes only. `stop()` (any thread, or a signal handler) sets
+an event RustNotify checks every step, so `run()` returns within a few milliseconds.
+
+A folder that appears (created, or moved in) is scanned once its watch exists: inotify
+only watches a new folder once notify (or the plan) has seen it, so files written into
+it right away, or a whole tree moved in with one rename, produce no events of their
+own. A folder that is deleted or moved out is reported as the folder alone when the OS
+reports no events for what was inside it: a reported path stands for everything under
+it. A folder that a `.pivotignore` edit stops ignoring is watched once the edit is
+read; of what it holds, only files changed since the edit (by ctime) are reported: they
+were written before the folder's watch existed. Nothing inside an ignored folder is
+seen, though: a virtual environment that loses its `pyvenv.cfg` (the folder kept) stays
+ignored until the folder itself goes or comes back, or `.pivotignore` changes.
 
 A "modified" event on a folder (its mtime or attributes) is dropped: what changed
 inside it is reported path by path.
@@ -50,16 +67,17 @@ import stat
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import zmq
-from watchfiles._rust_notify import RustNotify
 
 from pivot.protocol.codec import encode
 from pivot.protocol.messages import FilesChanged, Message, WatcherReady
 from pivot.transport.sockets import make_socket
-from pivot.watch.rules import IgnoreRules
+from pivot.watch.plan import WatchPlan, plan_watches, under_any
+from pivot.watch.rules import IGNORE_FILE, IgnoreRules
+from pivot.watch.watchset import Changes, WatchSet
 
 __all__ = ["DEFAULT_DEBOUNCE_MS", "Watcher"]
 
@@ -75,6 +93,8 @@ GIT_HOLD_MAX_S = 30.0  # an index.lock older than this is taken as stale (git cr
 RECHECK_S = 1.0  # poll mode: stat reported paths again this long after sending them
 DEFAULT_SNDHWM = 100
 BATCH_BYTES = 1 << 20  # paths per FilesChanged, in bytes (far below MAXMSGSIZE)
+MAX_REPLANS = 10  # folders still appearing while being planned: give up after this
+GROW_MAX = 500  # folders planned one by one (WatchPlan.with_new_folders) before a full plan
 _ADDED, _MODIFIED = 1, 2  # watchfiles.Change
 
 Signature = tuple[int, int, int] | None  # (size, mtime_ns, inode); None = missing
@@ -106,7 +126,8 @@ class Watcher:
         self.sndhwm = sndhwm
         self.git_hold_max_s = git_hold_max_s
         self.rules = IgnoreRules(self.root)
-        self.ready = threading.Event()  # set once the OS watch is registered
+        self.ready = threading.Event()  # set once the OS watches are registered
+        self._watches = WatchSet(self.root, poll=poll, poll_delay_ms=POLL_DELAY_MS, step_ms=STEP_MS)
         self._stop = threading.Event()
         self._prefix = str(self.root).rstrip("/") + "/"
         self._index_lock = _index_lock_path(self.root)
@@ -140,14 +161,14 @@ class Watcher:
         else:
             sock = self.changes
         try:
-            notify = RustNotify([str(self.root)], False, self.poll, POLL_DELAY_MS, True, True)
             try:
-                # The OS watch is registered now: anything written after this is seen.
+                self._rewatch()
+                # Every kept folder is watched now: anything written after this is seen.
                 self._flush(sock, time.monotonic())
                 self.ready.set()
-                self._loop(notify, sock)
+                self._loop(sock)
             finally:
-                notify.close()
+                self._watches.close()
         finally:
             sock.close(linger=0)
             if ctx is not None:
@@ -155,11 +176,11 @@ class Watcher:
 
     # --- the loop ------------------------------------------------------------------
 
-    def _loop(self, notify: RustNotify, sock: zmq.Socket[bytes]) -> None:
+    def _loop(self, sock: zmq.Socket[bytes]) -> None:
         while not self._stop.is_set():
             timeout = self._timeout_ms(time.monotonic())
-            result = notify.watch(self.debounce_ms, STEP_MS, timeout, self._stop)
-            if result in ("stop", "signal"):
+            result = self._watches.wait(self.debounce_ms, timeout, self._stop)
+            if result == "stop":
                 return
             if not isinstance(result, str):
                 self._take(result)
@@ -177,31 +198,110 @@ class Watcher:
             waits.append((self._rechecks[0][0] - now) * 1000)
         return max(1, int(min(waits))) if waits else 0
 
-    def _take(self, changes: set[tuple[int, str]]) -> None:
+    def _take(self, changes: Changes) -> None:
         events: dict[str, int] = {}
         for change, path in changes:
             if path.startswith(self._prefix):
                 rel = path[len(self._prefix) :]
                 # Keep "added" when a path has several events: it triggers the scan.
                 events[rel] = _ADDED if change == _ADDED else events.get(rel, change)
+        replan = False
         for rel in events:
-            self.rules.note_change(rel)  # .pivotignore first: it decides this batch too
+            # .pivotignore first: it decides this batch too
+            replan = self.rules.note_change(rel) or replan
+        before = self._watches.plan
         found: list[str] = []
+        new_folders: list[str] = []
         for rel, change in events.items():
             is_dir = _is_dir(self._prefix + rel)
             if is_dir and change == _MODIFIED:
                 continue  # a folder's mtime: what changed inside is reported by itself
-            if self.rules.ignored(rel, is_dir):
-                continue
-            found.append(rel)
+            ignored = self.rules.ignored(rel, is_dir)
             if is_dir and change == _ADDED:
-                found.extend(self._scan(rel))
+                if not ignored:
+                    new_folders.append(rel)
+                elif self._watches.plan.auto_watched(rel):
+                    replan = True  # notify watches an ignored folder: drop that watch
+            if not ignored:
+                found.append(rel)
+        found += self._scan_new(new_folders, replan=replan)
+        if IGNORE_FILE in events:
+            found += self._catch_up(before)
         if found:
             with self._lock:
                 self._pending.update(found)
 
-    def _scan(self, rel_dir: str) -> Iterator[str]:
-        """Every path under a new folder that the rules keep (symlinks not followed)."""
+    def _scan_new(self, folders: list[str], *, replan: bool) -> list[str]:
+        """Scan new folders, each once it is watched. Notify already watches those that
+        appeared under a recursive root (an ignored folder found in one means planning
+        again, to drop its watch); the others ("appeared") are planned and watched first.
+        """
+        found: list[str] = []
+        appeared: list[str] = []
+        for rel in folders:
+            if self._watches.plan.auto_watched(rel):
+                paths, saw_ignored = self._scan(rel)
+                found += paths
+                replan = replan or saw_ignored
+            else:
+                appeared.append(rel)
+        if replan or appeared:
+            self._rewatch(_topmost(appeared), full=replan)
+        for rel in appeared:
+            found += self._scan(rel)[0]
+        return found
+
+    def _rewatch(self, appeared: list[str] | None = None, *, full: bool = True) -> None:
+        """Plan the watches (`full`: the whole project, else only the `appeared`
+        folders) and register them. Again while a newly planned flat folder gained a
+        folder between its listing and its watch (no event announces that one), or
+        (poll mode) a planned folder no longer exists."""
+        appeared = appeared or []
+        before = self._watches.plan
+        for _ in range(MAX_REPLANS):
+            plan = self._next_plan(appeared, full=full)
+            try:
+                self._watches.apply(plan, renew=appeared)
+            except FileNotFoundError:
+                full = True  # a plan grown one folder at a time still lists deleted ones
+                continue
+            fresh = [f for f in plan.flat if f not in before.flat or under_any(f, appeared)]
+            if not plan.unplanned_folders(self.root, fresh):
+                return
+        log.warning("folders kept appearing while planning the watches; some may be unwatched")
+
+    def _next_plan(self, appeared: list[str], *, full: bool) -> WatchPlan:
+        plan = self._watches.plan
+        incremental = (
+            not full
+            and plan.added < GROW_MAX
+            and all(rel.rpartition("/")[0] in plan.flat for rel in appeared)
+        )
+        if incremental:
+            return plan.with_new_folders(self.root, self.rules, appeared)
+        return plan_watches(self.root, self.rules)
+
+    def _catch_up(self, before: WatchPlan) -> list[str]:
+        """Files that a `.pivotignore` edit stopped ignoring and that changed after the
+        edit: written before their folder's new watch existed, no event reports them."""
+        since = _edited_ns(self.root)
+        plan = self._watches.plan
+        kept = [f for f in plan.flat | plan.recursive if not before.covers(f)]
+        found: list[str] = []
+        for top in _topmost(kept):
+            for rel in self._scan(top)[0]:
+                with contextlib.suppress(OSError):
+                    st = os.lstat(self._prefix + rel)
+                    # ctime: also moved when a copy keeps an old mtime
+                    if not stat.S_ISDIR(st.st_mode) and st.st_ctime_ns >= since:
+                        found.append(rel)
+        return found
+
+    def _scan(self, rel_dir: str) -> tuple[list[str], bool]:
+        """Every path under a new folder that the rules keep (symlinks not followed), and
+        whether an ignored folder is under it."""
+        found: list[str] = []
+        saw_ignored = False
         stack = [rel_dir]
         while stack:
             folder = stack.pop()
@@ -210,16 +310,18 @@ class Watcher:
             except OSError:
                 continue  # gone again, or unreadable: its own events say the rest
             for entry in entries:
-                rel = f"{folder}/{entry.name}"
+                rel = f"{folder}/{entry.name}" if folder else entry.name
                 try:
                     is_dir = entry.is_dir(follow_symlinks=False)
                 except OSError:
                     is_dir = False
                 if self.rules.ignored(rel, is_dir):
+                    saw_ignored = saw_ignored or is_dir
                     continue
-                yield rel
+                found.append(rel)
                 if is_dir:
                     stack.append(rel)
+        return found, saw_ignored
 
     # --- sending -------------------------------------------------------------------
 
@@ -297,6 +399,23 @@ def _batches(paths: list[str]) -> Iterable[list[str]]:
         size += len(path) + 1
     if batch:
         yield batch
+
+
+def _topmost(folders: list[str]) -> list[str]:
+    """`folders` without those inside another one of them."""
+    tops: list[str] = []
+    for rel in sorted(folders, key=len):  # a folder before anything inside it
+        if not under_any(rel, tops):
+            tops.append(rel)
+    return tops
+
+
+def _edited_ns(root: Path) -> int:
+    """When `.pivotignore` was last written (or, deleted, when the root last changed)."""
+    for path in (root / IGNORE_FILE, root):
+        with contextlib.suppress(OSError):
+            return os.stat(path).st_mtime_ns
+    return 0
 
 
 def _is_dir(path: str) -> bool | None:

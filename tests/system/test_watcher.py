@@ -9,12 +9,16 @@ batches in the order it sees them).
 
 Tests that must see the watcher's state while it holds changes (broker not reading,
 `.git/index.lock`) run the `Watcher` class in a thread and read `pending_paths()`.
+
+Which folders hold an OS watch is read from the watcher process's inotify file
+descriptors in /proc (`inotify_inodes`): folder inodes, compared with `st_ino`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -24,7 +28,7 @@ from pathlib import Path
 
 import pytest
 import zmq
-from procs import ProcGuard, wait_exit, wait_for
+from procs import ProcGuard, inotify_inodes, wait_exit, wait_for
 
 from pivot.protocol.codec import decode
 from pivot.protocol.messages import FilesChanged, Message, WatcherReady
@@ -38,6 +42,7 @@ Popen = subprocess.Popen[str]
 READY_WITHIN_S = 10.0
 ARRIVES_WITHIN_S = 5.0
 EXIT_WITHIN_S = 5.0
+REWATCH_WITHIN_S = 5.0
 
 
 # --- the broker's end of the changes link --------------------------------------------
@@ -98,6 +103,15 @@ class Changes:
 
 def union(batches: list[list[str]]) -> set[str]:
     return {p for batch in batches for p in batch}
+
+
+def put(proj: Path, rel: str, text: str) -> None:
+    """Write a project file with one rename: a single event. A plain write is a create
+    then a modify, and when the writer is descheduled in between (a loaded machine) the
+    watcher may report the path twice, in two batches, which exact checks trip on."""
+    staged = proj.parent / "staged"
+    staged.write_text(text)
+    os.replace(staged, proj / rel)
 
 
 # --- fixtures --------------------------------------------------------------------------
@@ -297,10 +311,10 @@ def test_a_folder_moved_in_is_scanned(watching: Path, changes: Changes, tmp_path
 
 def test_pivotignore_edit_applies_to_the_next_change(watching: Path, changes: Changes) -> None:
     (watching / "scratch" / "a.bin").write_text("ignored\n")
-    (watching / "one.txt").write_text("1\n")
+    put(watching, "one.txt", "1\n")
     assert changes.next_changes() == ["one.txt"]
 
-    (watching / ".pivotignore").write_text("# now tmp, not scratch\ntmp/\n")
+    put(watching, ".pivotignore", "# now tmp, not scratch\ntmp/\n")
     assert changes.next_changes() == [".pivotignore"]  # reported itself
 
     (watching / "tmp").mkdir()
@@ -350,6 +364,246 @@ def test_missing_root_exits_2_with_a_message(tmp_path: Path, proc_guard: ProcGua
     assert rc == 2, err
     assert f"project root {missing} does not exist" in err
     assert " watcher ERROR " in err  # the process's log format
+
+
+# --- which folders are watched --------------------------------------------------------
+
+
+def inodes(root: Path, *rels: str) -> set[int]:
+    return {(root / rel).stat().st_ino for rel in rels}
+
+
+def make_dirs(root: Path, *rels: str) -> None:
+    for rel in rels:
+        (root / rel).mkdir(parents=True, exist_ok=True)
+
+
+def later(changes: Changes, path: str, *earlier: str) -> None:
+    """`path` arrives, with nothing else but `earlier` paths: what is made in a new
+    folder right away can be reported twice, by the folder's scan and by its own event
+    (late under load, as notify watches the new folders one after the other)."""
+    batches = changes.until({path})
+    assert union(batches) <= {path, *earlier}, batches
+
+
+def wait_watched(pid: int, wanted: set[int], unwanted: set[int], what: str) -> None:
+    """Until the process's inotify watches include `wanted` and none of `unwanted`."""
+
+    def settled() -> bool:
+        watched = inotify_inodes(pid)
+        return wanted <= watched and not unwanted & watched
+
+    wait_for(settled, REWATCH_WITHIN_S, what)
+
+
+def test_only_kept_folders_are_watched_once_ready(
+    proj: Path, changes: Changes, spawn: Callable[..., Popen]
+) -> None:
+    """At watcher_ready every folder the rules keep has its inotify watch, and nothing
+    inside an ignored folder has one (a virtual environment by name or by its
+    pyvenv.cfg, node_modules, .git, .pivot, __pycache__, a .pivotignore'd folder)."""
+    ignored = [
+        *(f".venv/lib/python3.11/site-packages/pkg{i}/sub" for i in range(20)),
+        "env/lib/python3.11",  # a venv under another name: pyvenv.cfg below
+        "web/node_modules/left-pad/lib",
+        ".git/objects/ab",
+        ".pivot/run",
+        "src/pkg/__pycache__",
+        "scratch/deep/er",  # .pivotignore: scratch/
+    ]
+    make_dirs(proj, *ignored, "data/raw/2024", "src/pkg/sub")
+    (proj / "env" / "pyvenv.cfg").write_text("home = /usr\n")
+    kept = ["", "data", "data/raw", "data/raw/2024", "src", "src/pkg", "src/pkg/sub", "web"]
+    ignored_tops = [".venv", "env", "web/node_modules", ".git", ".pivot", "src/pkg/__pycache__"]
+    ignored_all = {
+        str(p.relative_to(proj))
+        for top in [*ignored_tops, "scratch"]
+        for p in [proj / top, *(proj / top).rglob("*")]
+        if p.is_dir()
+    }
+
+    proc = spawn()
+    assert inotify_inodes(proc.pid) == inodes(proj, *kept), (
+        "watched at ready: not exactly the kept folders"
+    )
+    assert not inodes(proj, *ignored_all) & inotify_inodes(proc.pid)
+
+
+@pytest.mark.parametrize("base", ["new", "data/new", "src/pkg/new"])
+def test_a_folder_tree_made_after_start_is_watched(
+    proj: Path, changes: Changes, spawn: Callable[..., Popen], base: str
+) -> None:
+    """`mkdir -p` then a file at the bottom: in the root and in src/pkg (folders watched
+    alone, as they hold ignored folders) notify does not watch new folders by itself;
+    in data (watched recursively) it does. Either way the file is reported, and a later
+    write there too, which only a watch on the new folder can report."""
+    make_dirs(proj, "src/pkg/__pycache__")
+    proc = spawn()
+    deep = proj / base / "a" / "b" / "c"
+    deep.mkdir(parents=True)
+    (deep / "x.csv").write_text("x\n")
+    made = [base, f"{base}/a", f"{base}/a/b", f"{base}/a/b/c", f"{base}/a/b/c/x.csv"]
+    batches = changes.until({f"{base}/a/b/c/x.csv"})
+    assert union(batches) <= set(made), batches
+    assert inodes(proj, base, f"{base}/a/b/c") <= inotify_inodes(proc.pid)
+    (deep / "y.csv").write_text("y\n")
+    later(changes, f"{base}/a/b/c/y.csv", *made)
+    # And a tree made inside the new one later (in the root and src/pkg the new folders
+    # are watched one by one, so notify does not watch this one by itself either).
+    (deep / "d" / "e").mkdir(parents=True)
+    (deep / "d" / "e" / "z.csv").write_text("z\n")
+    made += [f"{base}/a/b/c/y.csv", f"{base}/a/b/c/d", f"{base}/a/b/c/d/e"]
+    made += [f"{base}/a/b/c/d/e/z.csv"]
+    later(changes, f"{base}/a/b/c/d/e/z.csv", *made)
+    (deep / "d" / "e" / "w.csv").write_text("w\n")
+    later(changes, f"{base}/a/b/c/d/e/w.csv", *made)
+
+
+def test_a_folder_made_again_is_watched_again(
+    proj: Path, changes: Changes, spawn: Callable[..., Popen]
+) -> None:
+    """A folder deleted and made again has the same path but a new inode: its old watch
+    went with the old folder (as a stage's output folder is deleted before each run)."""
+    make_dirs(proj, "models/v1")
+    proc = spawn()
+    shutil.rmtree(proj / "models")
+    assert "models" in union(changes.until({"models"}))
+    make_dirs(proj, "models/v1")
+    (proj / "models" / "v1" / "a.bin").write_text("a\n")
+    changes.until({"models/v1/a.bin"})
+    assert inodes(proj, "models", "models/v1") <= inotify_inodes(proc.pid)
+    (proj / "models" / "v1" / "b.bin").write_text("b\n")
+    later(changes, "models/v1/b.bin", "models", "models/v1", "models/v1/a.bin")
+
+
+@pytest.mark.parametrize("dest", ["batch", "data/batch"])
+def test_a_folder_moved_in_is_watched(
+    proj: Path, changes: Changes, spawn: Callable[..., Popen], tmp_path: Path, dest: str
+) -> None:
+    """One rename brings a tree in, into the root (watched alone) or into data (watched
+    recursively): it is scanned, and later writes inside it are reported. Its ignored
+    __pycache__ gets no watch."""
+    outside = tmp_path / "outside" / "batch"
+    make_dirs(outside, "sub/deeper", "__pycache__")
+    proc = spawn()
+    os.rename(outside, proj / dest)
+    changes.until({dest, f"{dest}/sub", f"{dest}/sub/deeper"})
+    wait_watched(
+        proc.pid,
+        inodes(proj, dest, f"{dest}/sub/deeper"),
+        inodes(proj, f"{dest}/__pycache__"),
+        "the moved-in tree to be watched, except its __pycache__",
+    )
+    (proj / dest / "sub" / "deeper" / "c.csv").write_text("c\n")
+    later(changes, f"{dest}/sub/deeper/c.csv", dest, f"{dest}/sub", f"{dest}/sub/deeper")
+
+
+def test_an_ignored_folder_made_under_a_recursive_watch_loses_its_watch(
+    proj: Path, changes: Changes, spawn: Callable[..., Popen]
+) -> None:
+    """notify watches every folder made under a recursive watch, ignored or not; the
+    watcher then plans again and drops it. The kept folders stay watched."""
+    proc = spawn()
+    make_dirs(proj, "data/pkg/__pycache__/deep", "data/pkg/kept")
+    wait_watched(
+        proc.pid,
+        inodes(proj, "data", "data/pkg", "data/pkg/kept"),
+        inodes(proj, "data/pkg/__pycache__", "data/pkg/__pycache__/deep"),
+        "the watch on data/pkg/__pycache__ to be dropped",
+    )
+    (proj / "data" / "pkg" / "__pycache__" / "m.pyc").write_text("ignored\n")
+    (proj / "data" / "pkg" / "kept" / "k.csv").write_text("kept\n")
+    batches = changes.until({"data/pkg/kept/k.csv"})
+    assert union(batches) <= {"data/pkg", "data/pkg/kept", "data/pkg/kept/k.csv"}, batches
+
+
+def test_pivotignore_edit_drops_and_restores_watches(
+    proj: Path, changes: Changes, spawn: Callable[..., Popen]
+) -> None:
+    tree = ["data/big", "data/big/p", "data/big/p/q"]
+    make_dirs(proj, *tree)
+    proc = spawn()
+    assert inodes(proj, *tree) <= inotify_inodes(proc.pid)
+
+    put(proj, ".pivotignore", "scratch/\nbig/\n")
+    assert changes.next_changes() == [".pivotignore"]
+    wait_watched(proc.pid, inodes(proj, "data"), inodes(proj, *tree), "big/ to lose its watches")
+    (proj / "data" / "big" / "p" / "q" / "x.csv").write_text("ignored\n")
+    put(proj, "sentinel.txt", "after\n")
+    assert changes.next_changes() == ["sentinel.txt"]
+
+    put(proj, ".pivotignore", "scratch/\n")
+    assert changes.next_changes() == [".pivotignore"]
+    wait_watched(proc.pid, inodes(proj, *tree), set(), "big/ to be watched again")
+    put(proj, "data/big/p/q/y.csv", "kept again\n")
+    assert changes.next_changes() == ["data/big/p/q/y.csv"]
+
+
+def test_a_file_written_right_after_a_pivotignore_edit_is_reported(
+    watching: Path, changes: Changes, tmp_path: Path
+) -> None:
+    """A folder the edit stops ignoring gets its watch only once the watcher has read
+    the edit: a file written there in between has no event of its own, and is found by
+    its ctime (not older than the edit). A file older than the edit is not reported."""
+    old = watching / "scratch" / "old.bin"
+    old.write_text("before the edit\n")
+    probe = tmp_path / "probe"
+
+    def clock_moved() -> bool:  # coarse file system clocks: the edit must be newer
+        probe.write_text("x")
+        return probe.stat().st_ctime_ns > old.stat().st_ctime_ns
+
+    wait_for(clock_moved, 5, "the file system clock to move past old.bin")
+    (watching / ".pivotignore").write_text("# nothing ignored now\n")
+    (watching / "scratch" / "deep").mkdir()
+    (watching / "scratch" / "deep" / "new.bin").write_text("after the edit\n")
+    batches = changes.until({".pivotignore", "scratch/deep/new.bin"})
+    assert union(batches) <= {".pivotignore", "scratch/deep", "scratch/deep/new.bin"}, batches
+
+
+def test_a_venv_made_in_a_kept_folder_loses_its_watches(
+    proj: Path, changes: Changes, spawn: Callable[..., Popen]
+) -> None:
+    """A folder becomes a virtual environment when its pyvenv.cfg appears."""
+    proc = spawn()
+    make_dirs(proj, "tools/env/lib/site-packages")
+    changes.until({"tools/env/lib/site-packages"})
+    (proj / "tools" / "env" / "pyvenv.cfg").write_text("home = /usr\n")
+    env = ["tools/env", "tools/env/lib", "tools/env/lib/site-packages"]
+    wait_watched(proc.pid, inodes(proj, "tools"), inodes(proj, *env), "the venv's watches to go")
+    (proj / "tools" / "env" / "lib" / "site-packages" / "x.py").write_text("ignored\n")
+    put(proj, "sentinel.txt", "after\n")
+    assert changes.next_changes() == ["sentinel.txt"]
+
+
+def test_a_linked_folder_outside_the_project_is_watched(
+    proj: Path, changes: Changes, spawn: Callable[..., Popen], tmp_path: Path
+) -> None:
+    outside = tmp_path / "shared"
+    make_dirs(outside, "sub")
+    (proj / "linked").symlink_to(outside, target_is_directory=True)
+    (proj / "data" / "self").symlink_to(proj, target_is_directory=True)  # never walked
+    proc = spawn()
+    assert inodes(outside, "", "sub") <= inotify_inodes(proc.pid)
+    (outside / "sub" / "x.csv").write_text("x\n")
+    assert changes.next_changes() == ["linked/sub/x.csv"]
+
+
+def test_poll_mode_reports_files_in_a_new_folder_tree(
+    proj: Path, changes: Changes, spawn: Callable[..., Popen]
+) -> None:
+    """Also after a planned folder was deleted: a poll-mode RustNotify refuses a list
+    with a missing path, so the watcher must plan from the disk again."""
+    spawn("--poll")
+    for name in ("new", "other"):
+        deep = proj / name / "a" / "b"
+        deep.mkdir(parents=True)
+        (deep / "x.csv").write_text("x\n")
+        changes.until({f"{name}/a/b/x.csv"})
+        (deep / "y.csv").write_text("y\n")
+        assert f"{name}/a/b/y.csv" in union(changes.until({f"{name}/a/b/y.csv"}))
+        shutil.rmtree(proj / name)
+        assert name in union(changes.until({name}))
 
 
 # --- the Watcher class in a thread -------------------------------------------------------

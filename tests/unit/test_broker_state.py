@@ -797,7 +797,7 @@ def test_a_broker_that_did_not_run_for_a_while_gives_its_pools_a_fresh_window() 
 
 def test_a_pool_lost_after_a_failure_halted_the_wave_ends_it_instead_of_requeueing() -> None:
     h = Harness(diamond(), slots=2)
-    [(_, _, a), (_, _, e)] = dispatched(h.run())
+    [(_, _, a), _] = dispatched(h.run())
     h.result(a, "failed")  # fail-fast: nothing new starts
     commands = h.feed(PoolGone("p1", "pool process killed by SIGKILL"))
     [done] = published(commands, WaveFinished)

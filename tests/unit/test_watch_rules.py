@@ -444,9 +444,38 @@ def test_plan_unplanned_folders(tmp_path: Path) -> None:
     plan = plan_of(tmp_path, ".git", "data")
     (tmp_path / "a.txt").write_text("x")
     (tmp_path / "data" / "new").mkdir()
-    assert not plan.unplanned_folders(tmp_path)
+    assert not plan.unplanned_folders(tmp_path, plan.flat)
     (tmp_path / "new").mkdir()
-    assert plan.unplanned_folders(tmp_path)
+    assert plan.unplanned_folders(tmp_path, plan.flat)
+    assert not plan.unplanned_folders(tmp_path, [])  # only the folders asked about
+
+
+def test_plan_with_new_folders_watches_each_one_alone(tmp_path: Path) -> None:
+    """Folders that appeared in a flat folder are added one by one (the recursive
+    roots, which notify would walk again, stay as they are); what the plan held at or
+    under them is replaced, and their ignored folders are left out."""
+    plan = plan_of(tmp_path, ".git", "data/a", "models/old")
+    assert plan.recursive == {"data", "models"}
+    (tmp_path / "models" / "old").rmdir()
+    (tmp_path / "models" / "v2" / "__pycache__").mkdir(parents=True)
+    (tmp_path / "new" / "b" / "c").mkdir(parents=True)
+    rules = IgnoreRules(tmp_path)
+    grown = plan.with_new_folders(tmp_path, rules, ["models", "new"])
+    assert grown.recursive == {"data"}
+    assert grown.flat == {"", "models", "models/v2", "new", "new/b", "new/b/c"}
+    assert grown.added == 5
+    assert grown.listed["models/v2"] == {"__pycache__"}
+    assert not grown.auto_watched("new/b/c/d")  # a folder made there appears again
+
+
+def test_a_full_plan_folds_new_folders_back_into_recursive_roots(tmp_path: Path) -> None:
+    plan = plan_of(tmp_path, ".git", "new/b")
+    grown = WatchPlan(frozenset(), frozenset({""})).with_new_folders(
+        tmp_path, IgnoreRules(tmp_path), ["new"]
+    )
+    assert grown.flat == {"", "new", "new/b"}
+    assert plan.recursive == {"new"}
+    assert plan.added == 0
 
 
 def test_plan_an_unreadable_folder_is_watched_alone(
