@@ -101,8 +101,11 @@ def worker_context(preload: tuple[str, ...], key: str) -> Any:
 
 
 def warm_up(preload: tuple[str, ...], key: str) -> None:
-    """Start the forkserver now (it imports in the background), so the first workers do
-    not wait for it."""
+    """Restart a forkserver already in use whose modules changed now (it imports in the
+    background), so the next workers do not wait for it. The first one starts with the
+    first workers: a run with nothing to do starts none."""
+    if _current is None:
+        return
     context = worker_context(preload, key)
     if context is not None:
         from multiprocessing import forkserver
