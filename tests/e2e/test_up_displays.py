@@ -31,6 +31,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -490,12 +491,27 @@ class PtyOutput:
         self._thread.join(5.0)
 
 
-def test_q_on_the_terminal_quits_up_cleanly(
-    make_project: MakeProject, proc_guard: ProcGuard, tmp_path: Path
-) -> None:
-    root = make_project(DISPLAY_FILES)
+@dataclass
+class OnTerminal:
+    """A `pivot up --display plain` whose stdin and stdout are a pseudo-terminal."""
+
+    proc: subprocess.Popen[str]
+    master: int
+    output: PtyOutput
+    stderr_path: Path
+    modes: list[Any]  # the terminal's modes before `pivot up` started
+
+    def press(self, key: bytes) -> None:
+        os.write(self.master, key)
+
+    def show(self) -> str:
+        return f"{self.output.text()}\n--- stderr ---\n{self.stderr_path.read_text()}"
+
+
+@contextlib.contextmanager
+def up_on_a_terminal(root: Path, proc_guard: ProcGuard, tmp_path: Path) -> Iterator[OnTerminal]:
     master, slave = os.openpty()
-    before = termios.tcgetattr(slave)
+    modes = termios.tcgetattr(slave)
     stderr_path = tmp_path / "up.stderr"
     output: PtyOutput | None = None
     try:
@@ -514,32 +530,56 @@ def test_q_on_the_terminal_quits_up_cleanly(
         os.close(slave)
         slave = -1
         output = PtyOutput(master)
-        output.wait_for(r"wave 1 done: 4 ran", WAIT_S)
-        # The live view reads keys one by one: the terminal is in cbreak mode.
-        assert not termios.tcgetattr(master)[3] & termios.ICANON, "the terminal is not in cbreak mode"
-
-        os.write(master, b"q")
-        try:
-            rc = proc.wait(QUIT_WITHIN_S)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(
-                f"pivot up did not exit within {QUIT_WITHIN_S} s of q\n{output.text()}\n"
-                f"--- stderr ---\n{stderr_path.read_text()}"
-            ) from None
-        stderr = stderr_path.read_text()
-        assert rc == 0, f"exit code {rc} after q\n{output.text()}\n--- stderr ---\n{stderr}"
-        assert "Traceback" not in stderr + output.text(), stderr + output.text()
-        left = proc_guard.check()
-        assert left == [], [p.show() for p in left]
-        assert run_dir_leftovers(root) == [], run_dir_leftovers(root)
-        assert termios.tcgetattr(master)[3] == before[3], "the terminal's modes were not restored"
-        assert runs(root) == dict.fromkeys(ALL_STAGES, 1), runs(root)
+        yield OnTerminal(proc, master, output, stderr_path, modes)
     finally:
         if output is not None:
             output.close()
         if slave >= 0:
             os.close(slave)
         os.close(master)
+
+
+def test_q_on_the_terminal_quits_up_cleanly(
+    make_project: MakeProject, proc_guard: ProcGuard, tmp_path: Path
+) -> None:
+    root = make_project(DISPLAY_FILES)
+    with up_on_a_terminal(root, proc_guard, tmp_path) as term:
+        term.output.wait_for(r"wave 1 done: 4 ran", WAIT_S)
+        # The live view reads keys one by one: the terminal is in cbreak mode.
+        assert not termios.tcgetattr(term.master)[3] & termios.ICANON, "the terminal is not in cbreak mode"
+
+        term.press(b"q")
+        try:
+            rc = term.proc.wait(QUIT_WITHIN_S)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"pivot up did not exit within {QUIT_WITHIN_S} s of q\n{term.show()}") from None
+        assert rc == 0, f"exit code {rc} after q\n{term.show()}"
+        assert "Traceback" not in term.show(), term.show()
+        left = proc_guard.check()
+        assert left == [], [p.show() for p in left]
+        assert run_dir_leftovers(root) == [], run_dir_leftovers(root)
+        assert termios.tcgetattr(term.master)[3] == term.modes[3], "the terminal's modes were not restored"
+        assert runs(root) == dict.fromkeys(ALL_STAGES, 1), runs(root)
+
+
+def test_p_pauses_and_resumes_reacting_and_f_forces_every_stage(
+    make_project: MakeProject, proc_guard: ProcGuard, tmp_path: Path
+) -> None:
+    root = make_project(DISPLAY_FILES | {"release-2": ""})
+    with up_on_a_terminal(root, proc_guard, tmp_path) as term:
+        term.output.wait_for(r"wave 1 done: 4 ran", WAIT_S)
+        term.press(b"p")
+        term.output.wait_for(r"paused: no wave starts until resumed", WAIT_S)
+        (root / "gate.txt").write_text("2\n")  # collected while paused
+        term.press(b"p")
+        term.output.wait_for(r"wave 2 done: 3 ran", WAIT_S)
+        text = term.output.text()
+        assert text.index("resumed") < text.index("wave 2"), text
+        term.press(b"f")
+        term.output.wait_for(r"wave 3 done: 4 ran", WAIT_S)
+        assert runs(root) == {"early": 3, "held": 3, "after": 3, "other": 2}, runs(root)
+        term.press(b"q")
+        assert term.proc.wait(QUIT_WITHIN_S) == 0, term.show()
 
 
 # --- 4. the pool killed mid-stage ------------------------------------------------------------
