@@ -49,6 +49,7 @@ from procs import (
     held_stage_pid,
     inotify_inodes,
     of_kind,
+    parse_events,
     pivot_ok,
     proc_info,
     release_held_stage,
@@ -325,6 +326,24 @@ def test_repro_watch_is_pivot_up(make_project: MakeProject, proc_guard: ProcGuar
     wave = next_wave(live, start, "the edit of c.txt")
     assert statuses(wave) == {"tagged": "ran"}
     assert (root / "c.out").read_text() == "v1:delta n=1\n"
+    stop(live, root)
+
+
+def test_repro_while_up_runs_asks_its_engine_for_the_wave(make_project: MakeProject, up: StartUp) -> None:
+    root = make_project(BASE)
+    live = up(root)
+    first_wave(live, root)
+    start = live.mark()
+    result = run_pivot(root, "repro", "tagged", "--force", "--json")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, describe(result)
+    mine = parse_events(result.stdout)
+    [began] = of_kind(mine, "wave_started")
+    assert began["stages"] == ["tagged"] and began["wave"] == 2, began
+    assert statuses(mine) == {"tagged": "ran"}
+    # The same wave, run by the engine of `pivot up` (no second engine started).
+    theirs = next_wave(live, start, "the wave repro asked for")
+    assert theirs[0]["wave"] == 2 and statuses(theirs) == {"tagged": "ran"}
+    assert runs(root)["tagged"] == 2
     stop(live, root)
 
 
