@@ -51,7 +51,7 @@ from pivot.protocol.messages import (
 from pivot.runtime.cancel import HARD_KILL_S, marker_path, request_cancel
 from pivot.runtime.logsetup import configure
 from pivot.runtime.preload import warm_up, worker_context
-from pivot.runtime.procs import is_alive, is_stopped
+from pivot.runtime.procs import group_members, is_alive, is_stopped
 from pivot.runtime.spawn import LoaderRun, run_loader
 from pivot.state.outputs import ProjectState
 from pivot.state.plan import DepProducers, Prepared, dep_producers, plan_wave, prepare
@@ -478,6 +478,13 @@ class PoolService:
     def _shutdown(self) -> None:
         if self.executor is not None:
             self.executor.shutdown(wait=False, kill_workers=True)
+        if os.getpgrp() == os.getpid():
+            # Whatever this pool started goes with it: loky workers, their forkserver and
+            # its resource tracker (which outlive a pool whose engine died otherwise).
+            for pid in group_members(os.getpid()):
+                if pid != os.getpid():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
         self.threads.shutdown(wait=False, cancel_futures=True)
         self.state.close()
         shutil.rmtree(self.pid_dir, ignore_errors=True)

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
+import threading
+import time
 from pathlib import Path
 
 from pivot.watch.watcher import DEFAULT_DEBOUNCE_MS, Watcher
@@ -67,12 +70,26 @@ def main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    threading.Thread(target=_stop_when_orphaned, args=(watcher,), name="parent", daemon=True).start()
     try:
         watcher.run()
     except Exception:
         log.exception("the watcher failed")
         return 1
     return 0
+
+
+PARENT_CHECK_S = 0.5
+
+
+def _stop_when_orphaned(watcher: Watcher) -> None:
+    """Stop when the process that started us (`pivot up`) is gone, even SIGKILLed: no
+    watcher outlives its engine. Reparenting changes our parent pid."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_S)
+    log.warning("the process that started the watcher (pid %d) is gone: stopping", parent)
+    watcher.stop()
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import signal
 import textwrap
 import time
 import uuid
@@ -1000,6 +1001,29 @@ def test_sigterm_mid_stage_exits_0_and_a_second_up_is_refused(
     assert not alive(held), "the worker running the held stage outlived pivot up"
     assert not (root / "held.txt").exists()
     release_held_stage(root)  # nothing is waiting for it any more
+
+
+def test_when_pivot_up_is_killed_every_process_it_started_stops(
+    make_project: MakeProject, up: StartUp, proc_guard: ProcGuard
+) -> None:
+    """The broker lives in the `pivot up` process: SIGKILL is the broker dying. The pool
+    (silent broker), its loky workers, their forkserver and the watcher (orphaned) all
+    stop on their own; a new `pivot up` then starts normally."""
+    root = make_project(BASE)
+    live = up(root)
+    first_wave(live, root)
+    started = {p.pid for p in proc_guard.leftovers()} - {live.proc.pid}
+    assert len(started) >= 3, [p.show() for p in proc_guard.leftovers()]  # pool, watcher, workers
+    os.kill(live.proc.pid, signal.SIGKILL)
+    live.wait_exit(STOP_WITHIN_S)
+
+    def gone() -> bool:
+        return not started & {p.pid for p in proc_guard.leftovers()}
+
+    wait_for(gone, STOP_WITHIN_S, "the processes of the killed pivot up to stop")
+    again = up(root)
+    first_wave(again, root)
+    stop(again, root)
 
 
 def test_on_sigterm_a_running_stage_may_finish_within_the_grace_period(
