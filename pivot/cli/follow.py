@@ -30,6 +30,7 @@ from pivot.protocol.messages import (
     WaveFinished,
     WaveStarted,
 )
+from pivot.runtime.cancel import HARD_KILL_S
 
 if TYPE_CHECKING:
     from pivot.cli.remote import RemoteEngine
@@ -213,6 +214,8 @@ class StopRequests:
 
     NOTICE_AFTER_S = 0.3  # an idle engine stops at once: no notice then
     SHOW_WITHIN_S = 1.0  # the last events are on their way when the reply comes
+    # After the grace period: the broker cancels, waits up to HARD_KILL_S + 2 s, answers.
+    ANSWER_WITHIN_S = HARD_KILL_S + 5.0
 
     def __init__(self) -> None:
         self.count = 0
@@ -246,6 +249,11 @@ class StopRequests:
         if self.reply is not None:
             shown = stack.client.last_seq >= self.reply.seq
             return shown or time.monotonic() - self.reply_at > self.SHOW_WITHIN_S
+        if time.monotonic() - self.sent_at > grace + self.ANSWER_WITHIN_S:
+            # A broker that does not answer is not waited for: the stack's clean-up
+            # stops every process anyway.
+            print("pivot: the engine did not confirm the stop; stopping its processes", file=sys.stderr)
+            return True
         if not self.noticed and self.count == 1 and time.monotonic() - self.sent_at > self.NOTICE_AFTER_S:
             self.noticed = True
             print(
