@@ -659,9 +659,15 @@ class BrokerState:
         # in the same moment).
         data = [p for p in data if self._affected([p])]
         if data:
-            affected = self._in_scope(self._affected(data)) - self._restart_running(data)
-            if affected:
-                self._queue(PendingRun(affected, False, self._keep_going(), True, "files", data))
+            affected = self._in_scope(self._affected(data))
+            handled = affected & self._restart_running(data)
+            rest = affected - handled
+            if handled and self.graph is not None and self.wave is not None:
+                # The wave runs these with the new content; what it does not hold of
+                # their downstream (a `pivot repro STAGE` wave) runs after it.
+                rest |= self._in_scope(self.graph.downstream_of(handled)) - set(self.wave.stages)
+            if rest:
+                self._queue(PendingRun(rest, False, self._keep_going(), True, "files", data))
 
     def _restart_running(self, paths: list[str]) -> set[str]:
         """--restart: cancel the running stages that read one of `paths`; they run again

@@ -803,3 +803,18 @@ def test_a_pool_lost_after_a_failure_halted_the_wave_ends_it_instead_of_requeuei
     [done] = published(commands, WaveFinished)
     assert done.failed == ["a"] and "e" in done.cancelled
     assert finished(h)["e"] == "cancelled"
+
+
+def test_restart_in_a_wave_without_the_downstream_queues_the_downstream_after_it() -> None:
+    h = live_harness(fed_chain(), restart=True)
+    [(_, _, a)] = dispatched(h.run("a"))  # `pivot repro a`: b is not in this wave
+    h.feed(FilesReported(("in.txt",), 1.0))
+    [paths] = confirms(h.feed(Tick(1.1)))
+    assert [c.attempt for c in cancels(h.feed(ChangesConfirmed(paths)))] == [a]
+    commands = h.feed(ResultReceived("p1", a, "cancelled", "cancelled", "inputs changed", 0.0, None, ()))
+    [(_, again, a2)] = dispatched(commands)
+    assert again == "a"
+    commands = h.result(a2)
+    assert published(commands, WaveFinished)
+    [wave] = published(commands, WaveStarted)
+    assert wave.stages == ["b"] and wave.paths == ["in.txt"]
