@@ -162,7 +162,13 @@ class Watcher:
             sock = self.changes
         try:
             try:
+                # Poll mode: the scanner's first pass is its baseline, in whole seconds.
+                # A file edited again within the second it had then would never be
+                # reported: its signature, taken before that pass, is checked once more.
+                baseline = self._kept_files() if self.poll else None
                 self._rewatch()
+                if baseline:
+                    self._rechecks.append((time.monotonic() + RECHECK_S, baseline))
                 # Every kept folder is watched now: anything written after this is seen.
                 self._flush(sock, time.monotonic())
                 self.ready.set()
@@ -365,6 +371,20 @@ class Watcher:
                 now - self._hold_since,
             )
         return False
+
+    def _kept_files(self) -> dict[str, Signature]:
+        """Every file the rules keep, with its signature (a walk that never enters an
+        ignored folder)."""
+        found: dict[str, Signature] = {}
+        for folder, subdirs, files in os.walk(self.root):
+            rel_dir = os.path.relpath(folder, self.root)
+            prefix = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
+            subdirs[:] = [d for d in subdirs if not self.rules.ignored(prefix + d, is_dir=True)]
+            for name in files:
+                rel = prefix + name
+                if not self.rules.ignored(rel, is_dir=False):
+                    found[rel] = _signature(self.root / rel)
+        return found
 
     def _recheck(self, now: float) -> None:
         """Poll mode: report paths whose stat changed since they were sent."""

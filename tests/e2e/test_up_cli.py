@@ -318,6 +318,21 @@ def test_a_data_edit_runs_its_consumers_and_their_downstream_only(
     stop(live, root)
 
 
+def test_up_with_poll_sees_edits_without_os_notifications(make_project: MakeProject, up: StartUp) -> None:
+    """The first wave waits for the watcher's ready, which in poll mode comes after its
+    first scan: an edit made after that wave is seen, even within the same second as
+    the file's creation (the poller re-hashes recent changes)."""
+    root = make_project(BASE)
+    live = up(root, "--poll")
+    next_wave(live, 0, "the first run")
+    start = live.mark()
+    (root / "c.txt").write_text("delta\n")  # same size as before
+    wave = next_wave(live, start, "the edit of c.txt")
+    assert wave[0]["stages"] == ["tagged"] and statuses(wave) == {"tagged": "ran"}
+    assert (root / "c.out").read_text() == "v1:delta n=1\n"
+    stop(live, root)
+
+
 def test_repro_watch_is_pivot_up(make_project: MakeProject, proc_guard: ProcGuard) -> None:
     root = make_project(BASE)
     live = LiveRun(proc_guard.start(root, "repro", "--watch", "--debounce", "20", "--display", "json"))
