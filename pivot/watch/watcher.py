@@ -52,7 +52,9 @@ and compares modification times in whole seconds only (watchfiles 1.3: not size,
 inode), so a rewrite in the same second as the change it last saw is missed. So about
 one second after each batch it sends, the watcher stats those paths again and reports
 any whose (size, mtime_ns, inode) differs from what it recorded when it sent them (and
-re-checks that batch in turn; it stops once the paths are quiet).
+re-checks that batch in turn; it stops once the paths are quiet). At start it does the
+same for every kept file, recorded before the scanner's first pass: a file never
+reported yet could otherwise be edited unseen within the second that pass saw.
 
 Transient paths (a temp file written then renamed) are reported too: the watcher does
 not guess the order of events inside one batch, and the broker sees they do not exist.
