@@ -1122,6 +1122,32 @@ def test_restart_cancels_a_stage_whose_input_changed_and_runs_it_again_at_once(
     stop(live, root)
 
 
+def test_restart_kills_the_worker_of_a_stage_that_cannot_see_its_cancel(
+    make_project: MakeProject, up: StartUp
+) -> None:
+    """A stage stuck in native code never runs the cancel's signal handler (here: it
+    blocks the signal). Its worker is killed after 3 s and the stage runs again, once,
+    on the new input."""
+    root = fed_project(make_project)
+    blocking = FED_HELD.replace(
+        '    record("held")\n',
+        '    record("held")\n    import signal\n    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})\n',
+    )
+    assert blocking != FED_HELD
+    (root / "pipeline.py").write_text(blocking)
+    live = up(root, "--restart", "-j", "1")
+    first = held_reading(root, "v1")
+    live.wait_watching(root)
+    (root / "in.txt").write_text("v2\n")
+    second = held_reading(root, "v2")
+    assert second != first and not alive(first), (first, second)
+    release_held_stage(root)
+    wave = next_wave(live, 0, "the first run")
+    assert statuses(wave)["held"] == "ran" and (root / "held.txt").read_text() == "v2\n"
+    assert runs(root)["held"] == 2
+    stop(live, root)
+
+
 def test_without_restart_a_stage_whose_input_changed_finishes_then_runs_again(
     make_project: MakeProject, up: StartUp
 ) -> None:
