@@ -100,6 +100,7 @@ class PoolService:
         self.executor: Any = None  # loky executor, created when a stage first must run
         self.jobs_by_attempt: dict[str, RunStage] = {}
         self.in_workers: set[str] = set()  # attempts handed to loky
+        self.executor_of: dict[str, Any] = {}  # attempt -> the loky executor running it
         self.cancelled: dict[str, str] = {}  # attempt -> why, for results still to come
         # CancelStage of a stage in a worker: attempt -> (why, when its worker is killed
         # if the stage has not stopped by then, the worker's pid or 0 if not known yet)
@@ -394,7 +395,9 @@ class PoolService:
         self._send(StageRunning(attempt, str(reason.code), reason.message, reason.details))
         from pivot.runtime.worker import run_stage
 
-        future_run = self._executor().submit(run_stage, work)
+        executor = self._executor()
+        future_run = executor.submit(run_stage, work)
+        self.executor_of[attempt] = executor
         self.in_workers.add(attempt)
         future_run.add_done_callback(lambda f: self._post("ran", attempt, f))
 
@@ -410,13 +413,24 @@ class PoolService:
         return self.executor
 
     def _ran(self, attempt: str, future: Future[dict[str, Any]]) -> None:
+        try:
+            self._finish_run(attempt, future)
+        finally:
+            self.executor_of.pop(attempt, None)
+
+    def _finish_run(self, attempt: str, future: Future[dict[str, Any]]) -> None:
         from concurrent.futures import BrokenExecutor
 
         stopping = self.stopping_attempts.pop(attempt, None)
         if attempt in self.cancelled:  # its worker was stopped on purpose
             self.in_workers.discard(attempt)
-            self.deaths.pop(attempt, None)
+            judged = self.deaths.pop(attempt, None) is not None
             self._forget_files(attempt)
+            if _broke(future) and not judged and self.executor_of.get(attempt) is self.executor:
+                # Its worker was killed (a cancel it could not see) and no stage beside
+                # it has replaced the executor yet: loky refuses new work from now on.
+                self._judge_deaths()
+                self._stop_workers()
             self._finish(attempt, "cancelled", ReasonCode.CANCELLED, self.cancelled.pop(attempt), 0.0)
             return
         try:
@@ -492,6 +506,13 @@ class PoolService:
         self.ctx.term()
         os.close(self.wake_r)
         os.close(self.wake_w)
+
+
+def _broke(future: Future[Any]) -> bool:
+    """Whether `future` failed because the executor lost a worker."""
+    from concurrent.futures import BrokenExecutor
+
+    return future.done() and not future.cancelled() and isinstance(future.exception(), BrokenExecutor)
 
 
 def _read_pid(path: Path) -> int:

@@ -1145,6 +1145,8 @@ def test_restart_kills_the_worker_of_a_stage_that_cannot_see_its_cancel(
     wave = next_wave(live, 0, "the first run")
     assert statuses(wave)["held"] == "ran" and (root / "held.txt").read_text() == "v2\n"
     assert runs(root)["held"] == 2
+    # The pool itself lived on: it replaced its workers, it did not crash.
+    assert of_kind(live.since(0), "pool_lost") == [] and "exited" not in live.stderr, live.stderr
     stop(live, root)
 
 
