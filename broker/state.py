@@ -46,6 +46,7 @@ from pivot.pipeline.project import PIPELINE_FILE
 from pivot.protocol.messages import (
     STATUSES,
     CancelStage,
+    EngineStopped,
     Heartbeat,
     LoadManifest,
     LogLine,
@@ -196,6 +197,7 @@ class BrokerState:
         # Shutdown: who waits for the answer; when running stages are cancelled; when
         # the pools are stopped whatever still runs. None: not yet / done.
         self.shutdown_clients: list[bytes] = []
+        self.stopped = False  # engine_stopped was published
         self.cancel_at: float | None = None
         self.give_up_at: float | None = None
         self._out: list[Command] = []
@@ -787,6 +789,9 @@ class BrokerState:
             return
         for name in self.pools:
             self._send(name, PoolShutdown())
+        if not self.stopped:
+            self.stopped = True
+            self._publish(EngineStopped())
         for client in self.shutdown_clients:
             self._out.append(Reply(client, ShutdownReply(self.seq)))
         self.shutdown_clients = []

@@ -17,6 +17,7 @@ from pivot.display.render import Renderer, make_renderer, resolve_mode, wave_fai
 from pivot.errors import InfraError, UserError
 from pivot.protocol.codec import Envelope
 from pivot.protocol.messages import (
+    EngineStopped,
     Paused,
     PauseRequest,
     PipelineInvalid,
@@ -181,6 +182,8 @@ def run_live(
                         elif isinstance(item.msg, PoolLost):
                             stack.kill_lost_pool()
                         renderer.event(item)
+                        if isinstance(item.msg, EngineStopped) and not owner:
+                            return 0  # the `pivot up` we were attached to has quit
                     for key in keys.pressed():
                         if key == "q":
                             stops.add()

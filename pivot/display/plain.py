@@ -25,6 +25,7 @@ from typing import TextIO
 from pivot.display.render import Progress, format_duration, wave_failed, wave_summary
 from pivot.protocol.codec import Envelope
 from pivot.protocol.messages import (
+    EngineStopped,
     LogLine,
     Message,
     Paused,
@@ -117,6 +118,8 @@ class PlainRenderer:
                 self._line("paused: no wave starts until resumed (p)")
             case Resumed():
                 self._line("resumed")
+            case EngineStopped():
+                self._line("pivot up stopped")
             case PipelineInvalid():
                 self._flush(self.out)
                 self._write(self.err, f"{self._paint('pipeline error', 'error')}: {msg.message}")

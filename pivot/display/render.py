@@ -23,6 +23,7 @@ from typing import Any, Protocol, TextIO, runtime_checkable
 from pivot.protocol.codec import Envelope
 from pivot.protocol.messages import (
     STATUSES,
+    EngineStopped,
     LogLine,
     Message,
     Paused,
@@ -68,6 +69,7 @@ EVENT_TAGS = frozenset(
         PoolLost,
         Paused,
         Resumed,
+        EngineStopped,
     )
 )
 _WAVE_LISTS = STATUSES  # WaveFinished list fields, same names and order as the statuses

@@ -36,6 +36,7 @@ from pivot.display.render import (
 )
 from pivot.protocol.codec import Envelope
 from pivot.protocol.messages import (
+    EngineStopped,
     LogLine,
     Paused,
     PipelineInvalid,
@@ -187,6 +188,8 @@ class TuiRenderer:
                 self._notes.append("paused: no wave starts until resumed (p)")
             case Resumed():
                 self._notes.append("resumed")
+            case EngineStopped():
+                self._notes.append("pivot up stopped")
             case PipelineInvalid():
                 self._pipeline_error = (msg.message, msg.detail)
             case PipelineLoaded():

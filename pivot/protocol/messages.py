@@ -20,6 +20,7 @@ __all__ = [
     "STATUSES",
     "BusTick",
     "CancelStage",
+    "EngineStopped",
     "EventsWelcome",
     "FilesChanged",
     "Heartbeat",
@@ -425,6 +426,14 @@ class Resumed(Message):
 
 
 @dataclass(frozen=True)
+class EngineStopped(Message):
+    """The engine stopped (its `pivot up` was asked to): the last event; an attached
+    display ends on it."""
+
+    TAG: ClassVar[str] = "engine_stopped"
+
+
+@dataclass(frozen=True)
 class WaveFinished(Message):
     TAG: ClassVar[str] = "wave_finished"
     wave: int
@@ -481,5 +490,6 @@ MESSAGES: tuple[type[Message], ...] = (
     WaveFinished,
     Paused,
     Resumed,
+    EngineStopped,
     PoolLost,
 )

@@ -389,6 +389,21 @@ def test_attach_mid_run_gets_a_consistent_snapshot_then_the_rest_and_detaching_c
 # --- 2. two displays at once -------------------------------------------------------------
 
 
+def test_an_attached_display_ends_when_up_stops(
+    make_project: MakeProject, engines: Callable[..., LiveRun]
+) -> None:
+    root = make_project(DISPLAY_FILES)
+    up = engines(root, "up")
+    first_wave(up, root)
+    attached = engines(root, "attach")
+    attached.wait_event(lambda e: e["event"] == "wave_finished", WAIT_S, "the attach's snapshot")
+    stop_up(up, root)
+    assert up.since(0)[-1]["event"] == "engine_stopped", up.since(0)[-3:]
+    assert attached.wait_exit(QUIT_WITHIN_S) == 0, attached.stderr
+    assert attached.since(0)[-1]["event"] == "engine_stopped", attached.since(0)
+    assert "Traceback" not in attached.stderr and "error" not in attached.stderr, attached.stderr
+
+
 def test_two_attached_displays_receive_the_same_wave(
     make_project: MakeProject, engines: Callable[..., LiveRun]
 ) -> None:
