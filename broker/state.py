@@ -352,7 +352,8 @@ class BrokerState:
             return
         targets = set(event.stages) if event.stages else None
         self._queue(PendingRun(targets, event.force, event.keep_going))
-        self._out.append(Reply(event.client, RunReply(True, "queued")))
+        why = "queued; `pivot up` is paused: it runs once resumed (p)" if self.paused else "queued"
+        self._out.append(Reply(event.client, RunReply(True, why)))
 
     def _queue(self, run: PendingRun) -> None:
         if self.pending is None:

@@ -82,6 +82,8 @@ def _run_answered(client: EngineClient) -> bool:
     assert isinstance(reply, RunReply)
     if not reply.accepted:
         raise UserError(reply.message)
+    if reply.message != "queued":  # accepted, with something to know
+        print(f"pivot: {reply.message}", file=sys.stderr)
     return True
 
 

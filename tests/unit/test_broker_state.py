@@ -818,3 +818,11 @@ def test_restart_in_a_wave_without_the_downstream_queues_the_downstream_after_it
     assert published(commands, WaveFinished)
     [wave] = published(commands, WaveStarted)
     assert wave.stages == ["b"] and wave.paths == ["in.txt"]
+
+
+def test_a_run_asked_while_paused_is_queued_and_says_so() -> None:
+    h = live_harness()
+    h.feed(PauseRequested(CLIENT, True))
+    [reply] = [c.msg for c in h.run() if isinstance(c, Reply)]
+    assert isinstance(reply, RunReply) and reply.accepted and "paused" in reply.message
+    assert published(h.feed(PauseRequested(CLIENT, False)), WaveStarted)
