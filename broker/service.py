@@ -280,7 +280,10 @@ class BrokerService:
     def _check_manifest(self, wire: dict[str, object]) -> Event:
         try:
             manifest = Manifest.from_wire(dict(wire))
-            graph = build_graph(manifest, self.root)
+            # Live, a dep that does not exist yet fails only its stage (dep_missing), and
+            # creating it runs the stage; the rest of the pipeline keeps reacting. A one-
+            # shot run reports it up front as a pipeline error.
+            graph = build_graph(manifest, None if self.state.live is not None else self.root)
         except PipelineError as exc:
             return ManifestRejected(str(exc), exc.detail)
         return ManifestArrived(manifest, graph)

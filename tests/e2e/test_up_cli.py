@@ -363,6 +363,31 @@ def test_repro_while_up_runs_asks_its_engine_for_the_wave(make_project: MakeProj
     stop(live, root)
 
 
+def test_a_missing_dep_fails_its_stage_and_creating_it_runs_the_stage(
+    make_project: MakeProject, up: StartUp
+) -> None:
+    files = {**BASE, "pipeline.py": pipeline(BASE_BODY + '''
+
+@stage(deps=["later/input.txt"], outs=["later.out"])
+def later() -> None:
+    record("later")
+    write("later.out", read("later/input.txt"))
+''')}
+    root = make_project(files)
+    live = up(root, "--keep-going")
+    wave = next_wave(live, 0, "the first run")
+    done = finished(wave)["later"]
+    assert (done["status"], done["reason_code"]) == ("failed", "dep_missing"), done
+    live.wait_watching(root)
+    start = live.mark()
+    (root / "later").mkdir()  # a new folder, then the file in it
+    (root / "later" / "input.txt").write_text("here now\n")
+    wave = next_wave(live, start, "the creation of later/input.txt")
+    assert wave[0]["stages"] == ["later"] and statuses(wave) == {"later": "ran"}, wave[0]
+    assert (root / "later.out").read_text() == "here now\n"
+    stop(live, root)
+
+
 # --- 3. saves that change nothing ----------------------------------------------------
 
 
