@@ -660,9 +660,10 @@ class BrokerState:
             self._reload(bool(code), code + params)
         # Only paths some stage declares name the wave's cause (not a stray file saved
         # in the same moment).
-        data = [p for p in data if self._affected([p])]
+        touched = {p: self._affected([p]) for p in data}
+        data = [p for p in data if touched[p]]
         if data:
-            affected = self._in_scope(self._affected(data))
+            affected = self._in_scope(set().union(*touched.values()))
             handled = affected & self._restart_running(data)
             rest = affected - handled
             if handled and self.graph is not None and self.wave is not None:

@@ -241,7 +241,7 @@ class StopRequests:
         """Send what was asked; whether the broker has stopped everything and the display
         has shown the events up to then (how the running stages ended)."""
         assert stack.client is not None
-        grace = getattr(stack, "grace_s", 0.0)
+        grace = stack.grace_s
         if self.sent < self.count:
             stack.client.send(ShutdownRequest(grace if self.count == 1 else 0.0))
             if self.sent == 0:

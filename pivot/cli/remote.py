@@ -22,6 +22,7 @@ class RemoteEngine:
     belong to the engine's own `pivot up`, which supervises them."""
 
     pool = None
+    grace_s = 0.0  # stopping a remote engine is its own `pivot up`'s business
     pool_log = Path(".pivot/logs/pool.log")
     watcher_log = Path(".pivot/logs/watcher.log")
 

@@ -12,7 +12,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -200,24 +199,16 @@ class Stack:
 
     def _shutdown_engine(self, client: EngineClient) -> None:
         """Ask the broker to stop: stages running get the grace period to finish, then
-        are cancelled. Ctrl-C or SIGTERM meanwhile cancels them at once."""
-        from pivot.errors import InfraError
+        are cancelled. Ctrl-C or SIGTERM meanwhile cancels them at once.
+
+        Normally nothing runs by now: `pivot up`'s display has already stopped the
+        engine (and told the user about the grace period, follow.StopRequests), and
+        `repro` comes here once its wave is over."""
         from pivot.runtime.cancel import HARD_KILL_S
 
-        limit = self.grace_s + HARD_KILL_S + GRACE_S
         try:
             with _interruptible_by_sigterm():
-                try:
-                    client.shutdown(timeout=min(0.3, limit), grace_s=self.grace_s)
-                    return
-                except InfraError:  # not answered at once: stages are running
-                    pass
-                print(
-                    f"pivot: stopping: running stages get up to {self.grace_s:g} s to finish "
-                    "(Ctrl-C to cancel them now)",
-                    file=sys.stderr,
-                )
-                client.shutdown(timeout=limit, grace_s=self.grace_s)
+                client.shutdown(timeout=self.grace_s + HARD_KILL_S + GRACE_S, grace_s=self.grace_s)
         except KeyboardInterrupt:
             client.shutdown(timeout=HARD_KILL_S + GRACE_S, grace_s=0.0)
 
