@@ -61,6 +61,7 @@ class PoolGone:
 
 @dataclass(frozen=True)
 class ManifestArrived:
+    pool: str  # whose loader made it
     manifest: Manifest
     graph: StageGraph
 

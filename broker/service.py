@@ -258,7 +258,7 @@ class BrokerService:
             case Heartbeat():
                 pass
             case ManifestLoaded(manifest=wire):
-                self._feed(self._check_manifest(wire))
+                self._feed(self._check_manifest(pool, wire))
             case ManifestFailed(message=message, detail=detail):
                 self._feed(ManifestRejected(message, detail))
             case StageRunning(attempt=attempt, reason_code=code, reason=reason, details=details):
@@ -270,14 +270,14 @@ class BrokerService:
                     ResultReceived(
                         pool, msg.attempt, msg.status, msg.reason_code, msg.reason,
                         msg.duration_s, msg.error,
-                        tuple((str(s), str(line)) for s, line, *_ in msg.logs),
+                        tuple(msg.logs),
                         msg.details,
                     )
                 )
             case _:
                 log.warning("dropped %s: not a message a pool sends", msg.TAG)
 
-    def _check_manifest(self, wire: dict[str, object]) -> Event:
+    def _check_manifest(self, pool: str, wire: dict[str, object]) -> Event:
         try:
             manifest = Manifest.from_wire(dict(wire))
             # Live, a dep that does not exist yet fails only its stage (dep_missing), and
@@ -286,7 +286,7 @@ class BrokerService:
             graph = build_graph(manifest, None if self.state.live is not None else self.root)
         except PipelineError as exc:
             return ManifestRejected(str(exc), exc.detail)
-        return ManifestArrived(manifest, graph)
+        return ManifestArrived(pool, manifest, graph)
 
     def _on_control(self, frames: list[bytes]) -> None:
         if len(frames) != 2:

@@ -50,6 +50,7 @@ from pivot.protocol.messages import (
     Heartbeat,
     LoadManifest,
     LogLine,
+    ManifestAccepted,
     Message,
     Paused,
     PipelineInvalid,
@@ -188,7 +189,7 @@ class BrokerState:
         self.wave_count = 0
         self.last_wave: dict[str, Any] | None = None
         self.stage_view: dict[str, dict[str, Any]] = {}
-        self.stage_logs: dict[str, list[list[str]]] = {}
+        self.stage_logs: dict[str, list[tuple[str, str]]] = {}
         self.last_change: tuple[str, list[str]] = ("run", [])  # trigger, paths of the last wave
         self.seq = 0
         self.log_seq = 0
@@ -216,7 +217,7 @@ class BrokerState:
             case PoolGone():
                 self._pool_gone(event.pool, event.reason)
             case ManifestArrived():
-                self._manifest_arrived(event.manifest, event.graph)
+                self._manifest_arrived(event.pool, event.manifest, event.graph)
             case ManifestRejected():
                 self.pipeline_error = {"message": event.message, "detail": event.detail}
                 self._publish(PipelineInvalid(event.message, event.detail))
@@ -310,13 +311,15 @@ class BrokerState:
 
     # --- manifest ------------------------------------------------------------------
 
-    def _manifest_arrived(self, manifest: Manifest, graph: StageGraph) -> None:
+    def _manifest_arrived(self, pool: str, manifest: Manifest, graph: StageGraph) -> None:
         old = self.manifest.by_name if self.manifest else {}
         new = manifest.by_name
         added = sorted(set(new) - set(old))
         removed = sorted(set(old) - set(new))
         changed = sorted(n for n in set(old) & set(new) if old[n] != new[n])
         self.manifest, self.graph, self.pipeline_error = manifest, graph, None
+        if pool in self.pools:  # before any stage is sent to it on the new manifest
+            self._send(pool, ManifestAccepted())
         for name in graph.order:
             if name not in self.stage_view:
                 self._set_view(name, "pending", "", "", 0.0)
@@ -442,7 +445,7 @@ class BrokerState:
             self.log_seq += 1
             self._out.append(PublishLog(LogLine(stage, stream, line), self.log_seq))
         if event.logs or event.status in ("ran", "failed"):  # the stage's code ran
-            self.stage_logs[stage] = [[stream, line] for stream, line in event.logs[-LOG_TAIL:]]
+            self.stage_logs[stage] = list(event.logs[-LOG_TAIL:])
         self._finish(
             stage, event.status, event.reason_code, event.reason, event.duration_s, event.error,
             event.details,
@@ -827,7 +830,7 @@ class BrokerState:
             paused=self.paused,
             trigger=self.last_change[0],
             paths=list(self.last_change[1]),
-            logs={k: [list(x) for x in v] for k, v in self.stage_logs.items() if v},
+            logs={k: list(v) for k, v in self.stage_logs.items() if v},
         )
 
     def _publish(self, msg: Message) -> None:

@@ -35,6 +35,7 @@ from pivot.protocol.messages import (
     CancelStage,
     Heartbeat,
     LoadManifest,
+    ManifestAccepted,
     ManifestFailed,
     ManifestLoaded,
     Message,
@@ -105,7 +106,8 @@ class PoolService:
         # CancelStage of a stage in a worker: attempt -> (why, when its worker is killed
         # if the stage has not stopped by then, the worker's pid or 0 if not known yet)
         self.stopping_attempts: dict[str, tuple[str, float, int]] = {}
-        self.restart_on_load = False
+        self.restart_on_load = False  # a code change: new workers once a manifest loads
+        self.replace_on_accept = False  # ... and once the broker accepted it
         self.waiting: list[RunStage] = []  # dispatched before the first manifest loaded
         # Each running stage's worker writes its pid here, so a dead worker's stage is known.
         self.pid_dir = Path(tempfile.mkdtemp(prefix="pivot-workers-"))
@@ -210,6 +212,12 @@ class PoolService:
                         self._cancel_all("cancelled: Python code changed")
                         self.restart_on_load = True
                     self._in_thread("manifest", "", lambda: run_loader(self.root))
+                case ManifestAccepted():
+                    if self.replace_on_accept:
+                        # New code: no worker that imported the old pipeline may run
+                        # another stage (the broker dispatches only after this message).
+                        self.replace_on_accept = False
+                        self._stop_workers()
                 case CancelStage(attempt=attempt, reason=why):
                     self._cancel(attempt, why)
                 case PoolShutdown():
@@ -274,9 +282,8 @@ class PoolService:
                 self._finish(job.attempt, "failed", ReasonCode.FAILED, f"the pipeline did not load: {exc}", 0.0)
             return
         if self.restart_on_load:
-            # New code: no worker that imported the old pipeline may run another stage.
             self.restart_on_load = False
-            self._stop_workers()
+            self.replace_on_accept = True
         self._send(ManifestLoaded(self.name, self.manifest.to_wire()))
         try:
             if self.executor is None:  # live workers keep the server they came from
@@ -363,7 +370,7 @@ class PoolService:
             self._finish(attempt, "failed", ReasonCode.FAILED, f"could not check the stage: {exc}", 0.0)
             return
         decision, reason = prepared.decision, prepared.reason
-        notes = [["pivot", note] for note in prepared.notes]
+        notes = [("pivot", note) for note in prepared.notes]
         if decision.missing_deps:
             missing = ", ".join(decision.missing_deps)
             msg = f"dependency missing: {missing}"
@@ -459,7 +466,7 @@ class PoolService:
             return
         self.in_workers.discard(attempt)
         self._forget_files(attempt)
-        logs = [["pivot", note] for note in r["notes"]] + r["logs"]
+        logs = [("pivot", note) for note in r["notes"]] + [(s, line) for s, line in r["logs"]]
         reason = stopping[0] if stopping and r["status"] == "cancelled" else r["reason"]
         self._finish(
             attempt, r["status"], r["reason_code"], reason, r["duration_s"], r["error"], logs,
@@ -478,7 +485,7 @@ class PoolService:
         reason: str,
         duration: float,
         error: str | None = None,
-        logs: list[list[str]] | None = None,
+        logs: list[tuple[str, str]] | None = None,
         details: dict[str, Any] | None = None,
     ) -> None:
         job = self.jobs_by_attempt.pop(attempt)

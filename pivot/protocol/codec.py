@@ -23,7 +23,7 @@ from pivot.protocol.messages import MESSAGES, Message
 
 __all__ = ["PROTOCOL_VERSION", "Envelope", "decode", "encode", "new_id"]
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 _ENVELOPE_KEYS = frozenset({"v", "k", "id", "p", "s", "n", "t", "b"})
 
 
@@ -116,12 +116,14 @@ def decode(data: bytes) -> Envelope:
     extra = sorted(str(k) for k in set(body) - set(fields))
     if missing or extra:
         raise ProtocolError(f"{kind}: missing fields {missing}, extra fields {extra}")
+    values = {}
     for name, hint in fields.items():
         if not _matches(body[name], hint):
             raise ProtocolError(
-                f"{kind}.{name}: expected {_describe(hint)}, got {type(body[name]).__name__}"
+                f"{kind}.{name}: expected {_describe(hint)}, got {_shape(body[name])}"
             )
-    msg = cls(**body)
+        values[name] = _tupled(body[name], hint)
+    msg = cls(**values)
     return Envelope(msg, wire["id"], wire["p"], wire["s"], wire["n"], float(wire["t"]))
 
 
@@ -158,12 +160,47 @@ def _matches(value: Any, hint: Any) -> bool:
     if origin is list:
         (item,) = typing.get_args(hint)
         return isinstance(value, list) and all(_matches(v, item) for v in value)
+    if origin is tuple:
+        # A fixed-length record such as a (stream, line) pair: msgpack sends a list of
+        # exactly that length, each item of its own type.
+        items = typing.get_args(hint)
+        return (
+            isinstance(value, (list, tuple))
+            and len(value) == len(items)
+            and all(_matches(v, t) for v, t in zip(value, items, strict=True))
+        )
     if origin is dict:
         key, item = typing.get_args(hint)
         return isinstance(value, dict) and all(
             _matches(k, key) and _matches(v, item) for k, v in value.items()
         )
     raise TypeError(f"unsupported field type {hint!r} in a message")
+
+
+def _tupled(value: Any, hint: Any) -> Any:
+    """`value` (already checked against `hint`) with fixed-length records as tuples."""
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        return tuple(value)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if typing.get_origin(item) in (list, tuple, dict):
+            return [_tupled(v, item) for v in value]
+    elif origin is dict:
+        _, item = typing.get_args(hint)
+        if typing.get_origin(item) in (list, tuple, dict):
+            return {k: _tupled(v, item) for k, v in value.items()}
+    return value
+
+
+def _shape(value: Any) -> str:
+    """What a wrong value looks like, for the error: its type, and a bad item's."""
+    if isinstance(value, list):
+        for item in value:
+            if isinstance(item, (list, dict)):
+                return f"list holding {_shape(item)}"
+        return f"list of {len(value)}"
+    return type(value).__name__
 
 
 def _describe(hint: Any) -> str:

@@ -26,6 +26,7 @@ __all__ = [
     "Heartbeat",
     "LoadManifest",
     "LogLine",
+    "ManifestAccepted",
     "ManifestFailed",
     "ManifestLoaded",
     "Message",
@@ -151,6 +152,15 @@ class LoadManifest(Message):
 
 
 @dataclass(frozen=True)
+class ManifestAccepted(Message):
+    """Broker -> pool: the manifest the pool last sent is the engine's now (its graph is
+    valid). A pool told to restart its workers replaces them only now: a reload the
+    broker rejects (a cycle, two producers of one path) leaves the workers as they were."""
+
+    TAG: ClassVar[str] = "manifest_accepted"
+
+
+@dataclass(frozen=True)
 class RunStage(Message):
     """Broker -> pool: decide skip-or-run for one stage and run it if stale."""
 
@@ -200,7 +210,7 @@ class StageRunning(Message):
 class StageResult(Message):
     """Pool -> broker, resent until acknowledged by `ResultAck`.
 
-    `logs` holds [stream, line] pairs captured while the stage ran.
+    `logs` holds (stream, line) pairs captured while the stage ran.
     """
 
     TAG: ClassVar[str] = "stage_result"
@@ -211,7 +221,7 @@ class StageResult(Message):
     reason: str
     duration_s: float
     error: str | None
-    logs: list[list[str]]
+    logs: list[tuple[str, str]]
     details: dict[str, Any] = field(default_factory=dict)
 
 
@@ -275,7 +285,7 @@ class Snapshot(Message):
     `stages` maps name -> {"status", "reason_code", "reason", "duration_s", "wave", "error"};
     `status` is "pending", "running" or one of STATUSES. `last_wave` is the last
     wave_finished body, or None. `trigger` and `paths` are those of wave `wave` (the last
-    change); `logs` maps a stage to the last lines ([stream, line]) of its last run.
+    change); `logs` maps a stage to the last lines (stream, line) of its last run.
     """
 
     TAG: ClassVar[str] = "snapshot"
@@ -290,7 +300,7 @@ class Snapshot(Message):
     paused: bool = False
     trigger: str = "run"
     paths: list[str] = field(default_factory=list)
-    logs: dict[str, list[list[str]]] = field(default_factory=dict)
+    logs: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -461,6 +471,7 @@ MESSAGES: tuple[type[Message], ...] = (
     ManifestLoaded,
     ManifestFailed,
     LoadManifest,
+    ManifestAccepted,
     WatcherReady,
     FilesChanged,
     RunStage,

@@ -21,7 +21,7 @@ from pivot.runtime.loader import import_pipeline
 from pivot.runtime.usertb import user_traceback
 from pivot.state.atomic import write_atomic
 from pivot.state.lock import StageLock, write_lock
-from pivot.state.outputs import ProjectState, commit, preserve, remove
+from pivot.state.outputs import ProjectState, commit, discard, preserve
 
 __all__ = ["StageJob", "run_stage"]
 
@@ -168,8 +168,7 @@ def run_stage(job: StageJob) -> dict[str, Any]:
     except (PivotError, OSError) as exc:
         msg = f"not run: could not save its current outputs to the cache first: {exc}"
         return outcome("failed", "failed", msg)
-    for out in outs:
-        remove(root / out)
+    discard(state, outs)
     executed = True
     try:
         if job.get("foreground"):  # `pivot run --foreground`: the terminal is the stage's
@@ -179,8 +178,7 @@ def run_stage(job: StageJob) -> dict[str, Any]:
                 decl.func(**job["params"])
     except StageCancelled:
         # Nothing of this run is kept: what the stage wrote so far is partial.
-        for out in outs:
-            remove(root / out)
+        discard(state, outs)
         return outcome("cancelled", "cancelled", "cancelled while running")
     except BaseException as exc:
         return outcome("failed", "failed", f"{type(exc).__name__}: {exc}", user_traceback(exc))

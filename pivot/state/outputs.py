@@ -14,7 +14,7 @@ from pivot.state.cache import ContentCache, is_dir_digest
 from pivot.state.runcache import RunCache
 from pivot.state.statecache import StateCache
 
-__all__ = ["ProjectState", "Saved", "commit", "preserve", "remove", "restore"]
+__all__ = ["ProjectState", "Saved", "commit", "discard", "preserve", "remove", "restore"]
 
 
 @dataclass
@@ -99,6 +99,16 @@ def restore(state: ProjectState, outs: dict[str, str]) -> None:
         path = state.root / out
         state.cache.place(digest, path)
         _record(state, path, digest)
+
+
+def discard(state: ProjectState, outs: list[str]) -> None:
+    """Delete outputs the pipeline itself is replacing, and what the state cache knew of
+    them: the engine's change check then sees their absence as no change (a failed or
+    cancelled stage must not trigger a wave by deleting its own outputs)."""
+    for out in outs:
+        path = state.root / out
+        remove(path)
+        state.hashes.forget(path)
 
 
 def remove(path: Path) -> None:

@@ -388,6 +388,34 @@ def later() -> None:
     stop(live, root)
 
 
+def test_a_failed_stage_starts_no_wave_by_itself(make_project: MakeProject, up: StartUp) -> None:
+    """The worker deletes a stage's outputs before running it; when the stage then
+    failed, that deletion used to be seen as a hand edit of the output and started one
+    more wave running the failed stage again."""
+    files = {**BASE, "f.txt": "good\n", "pipeline.py": pipeline(BASE_BODY + '''
+
+@stage(deps=["f.txt"], outs=["f.out"])
+def flaky() -> None:
+    record("flaky")
+    text = read("f.txt")
+    if text.strip() == "bad":
+        raise ValueError("f.txt says bad")
+    write("f.out", text)
+''')}
+    root = make_project(files)
+    live = up(root, "--keep-going")
+    first_wave(live, root)
+    assert (root / "f.out").exists()
+    start = live.mark()
+    (root / "f.txt").write_text("bad\n")
+    wave = next_wave(live, start, "the edit of f.txt")
+    assert statuses(wave) == {"flaky": "failed"}, wave
+    assert not (root / "f.out").exists()  # deleted before the run, never re-written
+    probe(live, root, live.mark())
+    assert runs(root)["flaky"] == 2
+    stop(live, root)
+
+
 # --- 3. saves that change nothing ----------------------------------------------------
 
 
@@ -597,6 +625,42 @@ def test_a_syntax_error_is_reported_the_engine_waits_and_the_fix_runs(
     assert (head["trigger"], head["paths"], head["stages"]) == ("code", ["pipeline.py"], ["tagged"]), head
     assert statuses(wave) == {"tagged": "ran"}
     assert (root / "c.out").read_text() == "fixed v1:gamma n=1\n"
+    stop(live, root)
+
+
+def test_a_reload_the_broker_rejects_keeps_the_workers(make_project: MakeProject, up: StartUp) -> None:
+    """A pipeline that imports but whose graph is invalid (two producers of one path) is
+    rejected by the broker; the pool's workers are replaced only for an accepted one
+    (they used to be replaced as soon as the pool had loaded it)."""
+    root = make_project(BASE)
+    live = up(root)
+    first_wave(live, root)
+    workers = all_pids(root)
+    assert all(alive(pid) for pid in workers), workers
+    pipeline_py = root / "pipeline.py"
+    good = pipeline_py.read_text()
+    clash = good + '''
+
+@stage(deps=["c.txt"], outs=["a.out"])
+def clash() -> None:
+    write("a.out", "clash")
+'''
+    start = live.mark()
+    pipeline_py.write_text(clash)
+    invalid = live.wait_event(lambda e: e["event"] == "pipeline_invalid", WAIT_S, "the rejection", start)
+    assert "a.out" in invalid["message"], invalid
+    # A second rejected reload: by its answer the pool handled the first long ago (a
+    # whole loader run), so workers it had stopped then would be gone by now.
+    start = live.mark()
+    pipeline_py.write_text(clash.replace('write("a.out", "clash")', 'write("a.out", "clash 2")'))
+    live.wait_event(lambda e: e["event"] == "pipeline_invalid", WAIT_S, "the second rejection", start)
+    assert all(alive(pid) for pid in workers), f"workers replaced for a rejected pipeline: {workers}"
+
+    start = live.mark()
+    pipeline_py.write_text(good)  # the good pipeline again
+    live.wait_event(lambda e: e["event"] == "pipeline_loaded", WAIT_S, "the good reload", start)
+    probe(live, root, live.mark())
+    assert pids(root, "probe")[-1] not in workers, "the accepted reload did not replace the workers"
     stop(live, root)
 
 

@@ -41,6 +41,7 @@ from pivot.protocol.messages import (
     Heartbeat,
     LoadManifest,
     LogLine,
+    ManifestAccepted,
     Message,
     Paused,
     PipelineInvalid,
@@ -97,7 +98,7 @@ class Harness:
         self.plan: list[str] | None = [] if plan is None else plan
         if manifest is not None:
             self.feed(PoolJoined("p1", slots, self.now))
-            self.feed(ManifestArrived(manifest, build_graph(manifest)))
+            self.feed(ManifestArrived("p1", manifest, build_graph(manifest)))
 
     def feed(self, event: Event) -> list[Command]:
         commands = self.state.handle(event)
@@ -142,7 +143,7 @@ def test_pool_hello_gets_welcome() -> None:
 def test_manifest_publishes_pipeline_loaded_with_added_stages() -> None:
     h = Harness()
     m = diamond()
-    commands = h.feed(ManifestArrived(m, build_graph(m)))
+    commands = h.feed(ManifestArrived("p1", m, build_graph(m)))
     assert published(commands, PipelineLoaded) == [PipelineLoaded(["a", "b", "c", "d", "e"], [], [])]
 
 
@@ -150,7 +151,7 @@ def test_run_waits_for_manifest_and_pool_then_dispatches_roots_in_order() -> Non
     h = Harness()
     assert h.run() == []  # answered once stage names can be checked against a manifest
     m = diamond()
-    commands = h.feed(ManifestArrived(m, build_graph(m)))
+    commands = h.feed(ManifestArrived("p1", m, build_graph(m)))
     assert Reply(CLIENT, RunReply(True, "queued")) in commands
     assert dispatched(commands) == []  # no pool yet
     commands = h.feed(PoolJoined("p1", 2, 0.0))
@@ -286,6 +287,20 @@ def test_pool_gone_reports_the_exit_reason() -> None:
     assert lost == PoolLost("p1", "pool process killed by SIGKILL", ["a"])
 
 
+def test_an_accepted_manifest_is_confirmed_to_its_pool_before_any_stage_is_sent() -> None:
+    h = Harness()
+    h.feed(PoolJoined("p1", 2, 0.0))
+    h.run()
+    m = diamond()
+    commands = h.feed(ManifestArrived("p1", m, build_graph(m)))
+    sends = [c for c in commands if isinstance(c, SendWork)]
+    assert sends[0] == SendWork("p1", ManifestAccepted())  # the pool replaces workers now
+    assert [s for _, s, _ in dispatched(commands)] == ["a", "e"]
+    # A rejected one (the service found a cycle) confirms nothing: the workers stay.
+    commands = h.feed(ManifestRejected("a cycle: a -> b -> a", ""))
+    assert not [c for c in commands if isinstance(c, SendWork) and isinstance(c.msg, ManifestAccepted)]
+
+
 def test_manifest_rejected_publishes_the_error_and_snapshot_keeps_it() -> None:
     h = Harness()
     commands = h.feed(ManifestRejected("pipeline.py failed to import", "Traceback ..."))
@@ -314,7 +329,7 @@ def test_published_sequence_numbers_are_contiguous() -> None:
     h = Harness()
     seqs: list[int] = []
     m = diamond()
-    for event in (PoolJoined("p1", 4, 0.0), ManifestArrived(m, build_graph(m))):
+    for event in (PoolJoined("p1", 4, 0.0), ManifestArrived("p1", m, build_graph(m))):
         seqs += [c.seq for c in h.feed(event) if isinstance(c, Publish)]
     seqs += [c.seq for c in h.run() if isinstance(c, Publish)]
     assert seqs == list(range(1, len(seqs) + 1))
@@ -362,7 +377,7 @@ def test_a_request_before_the_manifest_naming_an_unknown_stage_is_rejected_on_lo
     h.feed(PoolJoined("p1", 1, 0.0))
     assert h.run("nope") == []
     m = diamond()
-    commands = h.feed(ManifestArrived(m, build_graph(m)))
+    commands = h.feed(ManifestArrived("p1", m, build_graph(m)))
     [reply] = [c for c in commands if isinstance(c, Reply)]
     assert isinstance(reply.msg, RunReply) and not reply.msg.accepted
     assert "nope" in reply.msg.message
@@ -449,7 +464,7 @@ def live_harness(manifest: Manifest | None = None, watching: bool = True, **opti
     h.state = BrokerState(heartbeat_s=1.0, liveness=3, live=LiveOptions(**options))
     m = manifest or diamond()
     h.feed(PoolJoined("p1", 4, 0.0))
-    h.feed(ManifestArrived(m, build_graph(m)))
+    h.feed(ManifestArrived("p1", m, build_graph(m)))
     if watching:
         h.feed(WatcherJoined(10))
     return h
@@ -540,7 +555,7 @@ def test_a_code_change_mid_wave_stops_dispatch_reloads_and_reruns_what_changed()
         tuple(dataclasses.replace(s, fingerprint="new") if s.name == "a" else s for s in old.stages),
         old.sources,
     )
-    commands = h.feed(ManifestArrived(changed, build_graph(changed)))
+    commands = h.feed(ManifestArrived("p1", changed, build_graph(changed)))
     [wave] = published(commands, WaveStarted)
     # a changed; b, c, d were stopped; e was cancelled mid-run: all run again.
     assert wave.stages == ["a", "b", "c", "d", "e"]
@@ -674,7 +689,7 @@ def test_a_stage_cancelled_after_the_reload_answered_still_runs_again() -> None:
     h.result(a)
     same = h.state.manifest
     assert same is not None
-    h.feed(ManifestArrived(same, build_graph(same)))  # nothing changed in the specs
+    h.feed(ManifestArrived("p1", same, build_graph(same)))  # nothing changed in the specs
     # e was still being decided by the pool: its cancellation arrives only now.
     commands = h.feed(ResultReceived("p1", e, "cancelled", "cancelled", "code changed", 0.0, None, ()))
     [wave] = published(commands, WaveStarted)
@@ -695,7 +710,7 @@ def test_while_the_pipeline_is_broken_changes_wait_for_the_fix() -> None:
     h.feed(ChangesConfirmed(paths))
     m = h.state.manifest
     assert m is not None
-    [wave] = published(h.feed(ManifestArrived(m, build_graph(m))), WaveStarted)
+    [wave] = published(h.feed(ManifestArrived("p1", m, build_graph(m))), WaveStarted)
     assert wave.stages == ["a", "b", "c", "d"]  # the data edit waited; now it runs
 
 
@@ -781,7 +796,7 @@ def test_the_snapshot_holds_the_last_change_and_each_stages_log_tail() -> None:
     h.feed(ChangesConfirmed(paths))
     snap = h.state.snapshot()
     assert (snap.trigger, snap.paths) == ("files", ["side.txt"])
-    assert snap.logs["a"] == [["stdout", f"line {i}"] for i in range(30, 50)]
+    assert snap.logs["a"] == [("stdout", f"line {i}") for i in range(30, 50)]
     assert "e" not in snap.logs  # it printed nothing
 
 

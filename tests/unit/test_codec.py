@@ -28,6 +28,7 @@ from pivot.protocol.messages import (
     Heartbeat,
     LoadManifest,
     LogLine,
+    ManifestAccepted,
     ManifestFailed,
     ManifestLoaded,
     Message,
@@ -124,6 +125,7 @@ SAMPLES: dict[type[Message], Message] = {
         detail='Traceback (most recent call last):\n  File "pipeline.py", line 3\nNameError: x',
     ),
     LoadManifest: LoadManifest(restart_workers=True),
+    ManifestAccepted: ManifestAccepted(),
     WatcherReady: WatcherReady(pid=4243),
     FilesChanged: FilesChanged(paths=["data/raw.csv", "helpers.py"]),
     RunStage: RunStage(wave=3, stage="train", attempt="1a2b-c3d4-7", force=True),
@@ -143,7 +145,7 @@ SAMPLES: dict[type[Message], Message] = {
         reason="data/clean.csv changed",
         duration_s=12.75,
         error="Traceback ...\nValueError: bad shape",
-        logs=[["stdout", "epoch 1/10"], ["stderr", "warning: slow"]],
+        logs=[("stdout", "epoch 1/10"), ("stderr", "warning: slow")],
         details={"paths": ["data/clean.csv"]},
     ),
     ResultAck: ResultAck(attempt="1a2b-c3d4-7"),
@@ -164,7 +166,7 @@ SAMPLES: dict[type[Message], Message] = {
         paused=True,
         trigger="files",
         paths=["data/raw.csv"],
-        logs={"train": [["stdout", "epoch 1"], ["stderr", "warning: slow"]]},
+        logs={"train": [("stdout", "epoch 1"), ("stderr", "warning: slow")]},
     ),
     PoolExited: PoolExited(pool="pool-1", returncode=-9),
     ShutdownRequest: ShutdownRequest(grace_s=5.0),
@@ -297,13 +299,13 @@ def test_wire_tags_are_unique_and_registered() -> None:
 # docs/protocol.md (Changelog) and only then paste the new bytes here.
 
 GOLDEN_POOL_HELLO = (
-    b"\x88\xa1v\x03\xa1k\xaapool_hello\xa2id\xab1a2b-c3d4-1\xa1p\xc0\xa1s\xa6pool-1"
+    b"\x88\xa1v\x04\xa1k\xaapool_hello\xa2id\xab1a2b-c3d4-1\xa1p\xc0\xa1s\xa6pool-1"
     b"\xa1n\x00\xa1t\xcbA\xd9T\xfc@\x10\x00\x00\xa1b\x83\xa4pool\xa6pool-1\xa3pid"
     b"\xcd\x10\x92\xa5slots\x04"
 )
 
 GOLDEN_STAGE_FINISHED = (
-    b"\x88\xa1v\x03\xa1k\xaestage_finished\xa2id\xab5e6f-7a8b-9\xa1p\xab1a2b-c3d4-2"
+    b"\x88\xa1v\x04\xa1k\xaestage_finished\xa2id\xab5e6f-7a8b-9\xa1p\xab1a2b-c3d4-2"
     b"\xa1s\xa6broker\xa1n\x07\xa1t\xcbA\xd9T\xfc@`\x00\x00\xa1b\x88\xa4wave\x03"
     b"\xa5stage\xa5train\xa6status\xa3ran\xabreason_code\xabdep_changed\xa6reason"
     b"\xb4data/raw.csv changed\xaaduration_s\xcb?\xf8\x00\x00\x00\x00\x00\x00\xa5error\xc0"
@@ -349,9 +351,9 @@ def test_golden_stage_finished() -> None:
     )
 
 
-def test_protocol_version_is_three() -> None:
-    # The golden bytes above encode version 3; changing it must be deliberate.
-    assert PROTOCOL_VERSION == 3
+def test_protocol_version_is_four() -> None:
+    # The golden bytes above encode version 4; changing it must be deliberate.
+    assert PROTOCOL_VERSION == 4
 
 
 # --- strict decoding ---------------------------------------------------------------------
@@ -413,10 +415,10 @@ BAD_PAYLOADS: list[tuple[str, Callable[[], bytes], str]] = [
     ("str", lambda: _pack("run_request"), "envelope is a str, not a map"),
     ("nil", lambda: _pack(None), "envelope is a NoneType, not a map"),
     # version
-    ("version_4", lambda: _pack(_wire(v=4)), "protocol version 4, expected 3"),
-    ("version_2", lambda: _pack(_wire(v=2)), "protocol version 2, expected 3"),
-    ("version_str", lambda: _pack(_wire(v="3")), "protocol version '3', expected 3"),
-    ("version_nil", lambda: _pack(_wire(v=None)), "protocol version None, expected 3"),
+    ("version_5", lambda: _pack(_wire(v=5)), "protocol version 5, expected 4"),
+    ("version_3", lambda: _pack(_wire(v=3)), "protocol version 3, expected 4"),
+    ("version_str", lambda: _pack(_wire(v="4")), "protocol version '4', expected 4"),
+    ("version_nil", lambda: _pack(_wire(v=None)), "protocol version None, expected 4"),
     # kind
     ("unknown_kind", lambda: _pack(_wire(k="launch_missiles")), "unknown message kind 'launch_missiles'"),
     ("empty_kind", lambda: _pack(_wire(k="")), "unknown message kind ''"),
@@ -483,6 +485,10 @@ BAD_PAYLOADS: list[tuple[str, Callable[[], bytes], str]] = [
     ("bad_list_item", lambda: _msg("run_request", _body(RunRequest, stages=["train", 3])), r"run_request\.stages: expected"),
     ("bad_nested_list_item", lambda: _msg("stage_result", _body(StageResult, logs=[["stdout", 3]])), r"stage_result\.logs: expected"),
     ("flat_logs", lambda: _msg("stage_result", _body(StageResult, logs=["stdout", "x"])), r"stage_result\.logs: expected"),
+    # The shape that crashed the broker's loop: an empty pair, and a pair of three.
+    ("empty_log_pair", lambda: _msg("stage_result", _body(StageResult, logs=[[]])), r"stage_result\.logs: expected .*got list holding list of 0"),
+    ("long_log_pair", lambda: _msg("stage_result", _body(StageResult, logs=[["stdout", "x", "y"]])), r"stage_result\.logs: expected"),
+    ("empty_snapshot_log_pair", lambda: _msg("snapshot", _body(Snapshot, logs={"a": [[]]})), r"snapshot\.logs: expected"),
     ("list_for_dict", lambda: _msg("snapshot", _body(Snapshot, stages=[])), r"snapshot\.stages: expected dict"),
     ("list_for_optional_dict", lambda: _msg("snapshot", _body(Snapshot, pipeline_error=["x"])), r"snapshot\.pipeline_error: expected"),
     ("bytes_dict_key", lambda: _msg("snapshot", _body(Snapshot, stages={b"train": {}})), r"snapshot\.stages: expected"),
