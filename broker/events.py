@@ -17,6 +17,8 @@ __all__ = [
     "FilesReported",
     "ManifestArrived",
     "ManifestRejected",
+    "Note",
+    "Noticed",
     "PauseRequested",
     "PoolGone",
     "PoolHeard",
@@ -43,6 +45,11 @@ class PoolJoined:
     pool: str
     slots: int
     now: float
+    incarnation: str = ""
+    tags: frozenset[str] = frozenset()
+    host: str = ""
+    pid: int = 0
+    running: tuple[tuple[str, str], ...] = ()  # (attempt, stage) still in flight at hello
 
 
 @dataclass(frozen=True)
@@ -55,8 +62,13 @@ class PoolHeard:
 
 @dataclass(frozen=True)
 class PoolGone:
+    """A pool is gone. `confirmed`: its processes are known dead (its supervisor killed
+    its group and saw it exit), so its stages may run elsewhere at once; otherwise (no
+    heartbeat) only after the fencing time."""
+
     pool: str
     reason: str
+    confirmed: bool = True
 
 
 @dataclass(frozen=True)
@@ -93,9 +105,17 @@ class PauseRequested:
 
 @dataclass(frozen=True)
 class ShutdownRequested:
-    client: bytes
+    client: bytes  # b"": the broker's own (a signal, its owner gone, giving up)
     grace_s: float = 0.0
     now: float = 0.0
+    reason: str = ""  # set when the engine gives up: engine_stopped carries it
+
+
+@dataclass(frozen=True)
+class Noticed:
+    """Something to tell the displays (a supervised role was restarted)."""
+
+    message: str
 
 
 @dataclass(frozen=True)
@@ -125,6 +145,7 @@ class ResultReceived:
     error: str | None
     logs: tuple[tuple[str, str], ...]
     details: dict[str, Any] = field(default_factory=dict)
+    incarnation: str = ""  # of the pool that ran it ("" = not checked)
 
 
 @dataclass(frozen=True)
@@ -168,6 +189,7 @@ Event = (
     | FilesReported
     | ChangesConfirmed
     | WatcherJoined
+    | Noticed
     | Tick
 )
 
@@ -210,4 +232,11 @@ class PublishLog:
     seq: int
 
 
-Command = SendWork | Reply | Publish | PublishLog | ConfirmChanges
+@dataclass(frozen=True)
+class Note:
+    """Something the service should log (a warning: a message the state refused)."""
+
+    text: str
+
+
+Command = SendWork | Reply | Publish | PublishLog | ConfirmChanges | Note

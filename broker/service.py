@@ -1,25 +1,33 @@
 """The broker's I/O shell: binds every endpoint, feeds BrokerState, executes its commands.
 
-    watcher  --PUSH-->  PULL    changes   (reserved for the watcher)
-    pool(s) <-DEALER->  ROUTER  work      hello, manifests, stages, results, heartbeats
-    clients <-DEALER->  ROUTER  control   run, snapshot, pool exits, shutdown
+    clients <-DEALER->  ROUTER  control   hello (every role, first), run, snapshot, ps,
+                                          pool exits, shutdown
+    watcher  --PUSH-->  PULL    changes   watcher_ready, files_changed
+    pool(s) <-DEALER->  ROUTER  work      pool hello, manifests, stages, results, heartbeats
     displays <--SUB---  XPUB    events    [b"state", msg] with sequence numbers; [b"log", msg]
+    libzmq   <--REQ---  REP     ZAP       (with CURVE) may this key use this link?
 
 One thread, one poll loop whose timeout is the next timer. `stop()` may be called from
-any thread: it writes to an inproc pipe the loop polls.
+any thread: it writes to an inproc pipe the loop polls. Clients need only the control
+endpoint: the others (bound on given or free ports) are announced in the hello reply.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import zmq
 
+from broker.access import Access
 from broker.changes import ChangeChecker
 from broker.events import (
     ChangesConfirmed,
@@ -29,6 +37,7 @@ from broker.events import (
     FilesReported,
     ManifestArrived,
     ManifestRejected,
+    Note,
     PauseRequested,
     PoolGone,
     PoolHeard,
@@ -47,15 +56,18 @@ from broker.events import (
     WavePlanned,
 )
 from broker.state import BrokerState
+from broker.supervisor import describe_exit
 from pivot.errors import PipelineError, ProtocolError
 from pivot.pipeline.graph import build_graph
 from pivot.pipeline.manifest import Manifest
-from pivot.protocol.codec import encode
+from pivot.protocol.codec import PROTOCOL_VERSION, Envelope, VersionMismatch, decode, encode
 from pivot.protocol.messages import (
     BusTick,
     EventsWelcome,
     FilesChanged,
     Heartbeat,
+    Hello,
+    HelloReply,
     ManifestFailed,
     ManifestLoaded,
     Message,
@@ -65,6 +77,9 @@ from pivot.protocol.messages import (
     PoolExited,
     PoolHello,
     PoolLost,
+    PsReply,
+    PsRequest,
+    Refused,
     RunRequest,
     ShutdownRequest,
     SnapshotRequest,
@@ -75,10 +90,11 @@ from pivot.protocol.messages import (
     WavePlan,
     WaveStarted,
 )
+from pivot.transport.curve import ServerKeys
 from pivot.transport.rundir import Endpoints
 from pivot.transport.sockets import decode_or_log, make_socket
 
-__all__ = ["BrokerService"]
+__all__ = ["BrokerIdentity", "BrokerService", "Security"]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +102,39 @@ SENDER = "broker"
 TICK_S = 0.25
 BUS_TICK_S = 1.0
 EVENTS_HWM = 100_000
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+FLUSH_MS = 500
+WATCHER_SEEN_S = 10.0  # a watcher re-says hello every few seconds; ps shows it this long
+
+
+@dataclass(frozen=True)
+class BrokerIdentity:
+    """Who this broker is, as its hello reply and `pivot ps` tell it."""
+
+    project: str = ""
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])  # new at every start
+    pid: int = field(default_factory=os.getpid)
+    host: str = field(default_factory=socket.gethostname)
+
+
+@dataclass(frozen=True)
+class Security:
+    """CURVE on every bound socket: the broker's keys and its allow-list."""
+
+    keys: ServerKeys
+    access: Access
+
+
+@dataclass
+class Seen:
+    """A client that said hello (for `pivot ps`)."""
+
+    role: str
+    name: str
+    pid: int
+    host: str
+    first: float
+    last: float
 
 
 class BrokerService:
@@ -96,12 +145,27 @@ class BrokerService:
         ctx: zmq.Context[zmq.Socket[bytes]],
         state: BrokerState | None = None,
         clock: Callable[[], float] = time.monotonic,
+        identity: BrokerIdentity | None = None,
+        security: Security | None = None,
     ) -> None:
         self.root = root
         self.endpoints = endpoints
         self.ctx = ctx
         self.state = state or BrokerState()
         self.clock = clock
+        self.identity = identity or BrokerIdentity()
+        self.security = security
+        self.access = security.access if security else Access(None)
+        self.started = clock()
+        self.seen: dict[str, Seen] = {}
+        self._unknown_told: dict[str, float] = {}
+        # Set: the loop returns once the engine has stopped (a standalone broker process);
+        # unset: only stop() ends it (the broker thread of `pivot repro`).
+        self.exit_when_stopped = False
+        self.wake_fds: list[int] = []  # more fds the loop polls; `on_wake` handles them
+        self.on_wake: Callable[[int], None] | None = None
+        self.on_publish: Callable[[Message], None] | None = None  # sees each state event
+        self.local_ps: Callable[[float], list[dict[str, object]]] | None = None  # its own children
         self._stop_addr = f"inproc://broker-stop-{id(self)}"
         self._confirm_addr = f"inproc://broker-confirm-{id(self)}"
         self._checker: ChangeChecker | None = None
@@ -132,10 +196,25 @@ class BrokerService:
         self.stop_pipe.bind(self._stop_addr)
         self._stop_sender = make_socket(ctx, zmq.PAIR)
         self._stop_sender.connect(self._stop_addr)
-        self.work.bind(self.endpoints.work)
-        self.control.bind(self.endpoints.control)
-        self.events.bind(self.endpoints.events)
-        self.changes.bind(self.endpoints.changes)
+        self.zap: zmq.Socket[bytes] | None = None
+        if self.security is not None:
+            # libzmq asks this socket about every CURVE handshake (one per context).
+            self.zap = make_socket(ctx, zmq.REP)
+            self.zap.bind(ZAP_ENDPOINT)
+            self._sockets.append(self.zap)
+            for sock, domain in (
+                (self.work, "work"), (self.control, "control"), (self.events, "events"), (self.changes, "changes"),
+            ):
+                self.security.keys.apply(sock, domain)
+        # Control first: a port already in use fails before anything else is bound.
+        # tcp port 0 (or *) takes a free port; what was bound is announced at hello.
+        bound = {}
+        for name, sock in (
+            ("control", self.control), ("work", self.work), ("events", self.events), ("changes", self.changes),
+        ):
+            sock.bind(getattr(self.endpoints, name))
+            bound[name] = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.endpoints = Endpoints(**bound)
         self.bound = True
 
     def stop(self) -> None:
@@ -156,8 +235,11 @@ class BrokerService:
         finally:
             if self._checker is not None:
                 self._checker.stop()
+            # A stopped engine's last words (shutdown replies, pool_shutdown, the last
+            # events) get a moment to leave; otherwise nothing may hold the close up.
+            linger = FLUSH_MS if self.exit_when_stopped and self.state.stopped else 0
             for sock in self._sockets:
-                sock.close(linger=0)
+                sock.close(linger=linger)
 
     # --- the loop ------------------------------------------------------------------
 
@@ -165,6 +247,10 @@ class BrokerService:
         poller = zmq.Poller()
         for sock in (self.work, self.control, self.events, self.changes, self.confirmed, self.stop_pipe):
             poller.register(sock, zmq.POLLIN)
+        if self.zap is not None:
+            poller.register(self.zap, zmq.POLLIN)
+        for fd in self.wake_fds:
+            poller.register(fd, zmq.POLLIN)
         now = self.clock()
         next_tick, next_bus = now + TICK_S, now + BUS_TICK_S
         while True:
@@ -176,10 +262,15 @@ class BrokerService:
             ready = dict(poller.poll(int(timeout_ms) + 1))
             if self.stop_pipe in ready:
                 return
+            if self.zap is not None and self.zap in ready:
+                self._answer_zap()
+            for fd in self.wake_fds:
+                if fd in ready and self.on_wake is not None:
+                    self.on_wake(fd)
             if self.work in ready:
                 self._drain(self.work, self._on_work)
             if self.control in ready:
-                self._drain(self.control, self._on_control)
+                self._drain_control()
             if self.events in ready:
                 self._drain(self.events, self._on_subscription)
             if self.changes in ready:
@@ -194,6 +285,22 @@ class BrokerService:
             if now >= next_bus:
                 next_bus = now + BUS_TICK_S
                 self._send_state(BusTick(self.state.seq, self.state.log_seq), seq=0)
+            if self.exit_when_stopped and self.state.stopped and not self.state.shutdown_clients:
+                return
+
+    def feed(self, event: Event) -> None:
+        """Hand the state machine an event from the loop's own thread (a signal handler,
+        a supervised child's exit)."""
+        self._feed(event)
+
+    def _answer_zap(self) -> None:
+        assert self.zap is not None
+        while True:
+            try:
+                frames = self.zap.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.zap.send_multipart(self.access.zap(frames))
 
     def _drain(self, sock: zmq.Socket[bytes], handler: Callable[[list[bytes]], None]) -> None:
         for _ in range(1000):  # bounded, so one busy socket cannot starve the others
@@ -203,6 +310,24 @@ class BrokerService:
                 return
             try:
                 handler(frames)
+            except ProtocolError as exc:
+                log.warning("dropped a message: %s", exc)
+
+    def _drain_control(self) -> None:
+        """Like `_drain`, keeping each message's ZAP user id (the sender's key name)."""
+        for _ in range(1000):
+            try:
+                frames = self.control.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            user = ""
+            if self.access.curve:
+                try:
+                    user = str(frames[-1].get("User-Id") or "")
+                except zmq.ZMQError:
+                    user = ""
+            try:
+                self._on_control([f.bytes for f in frames], user)
             except ProtocolError as exc:
                 log.warning("dropped a message: %s", exc)
 
@@ -216,13 +341,18 @@ class BrokerService:
                 self.work.send_multipart([pool.encode(), encode(msg, sender=SENDER)])
                 self.state.note_sent(pool, self.clock())
             case Reply(client, msg):
-                self.control.send_multipart([client, encode(msg, sender=SENDER)])
+                if client:  # b"": a request the broker made itself (SIGTERM)
+                    self.control.send_multipart([client, encode(msg, sender=SENDER)])
             case Publish(msg, seq):
                 self._send_state(msg, seq)
+                if self.on_publish is not None:
+                    self.on_publish(msg)
                 if isinstance(msg, (WaveStarted, WaveFinished, PipelineLoaded, PipelineInvalid, PoolLost)):
                     log.info("%s %s", msg.TAG, _summary(msg), extra={"wave": getattr(msg, "wave", None)})
             case PublishLog(msg, seq):
                 self.events.send_multipart([b"log", encode(msg, sender=SENDER, seq=seq)])
+            case Note(text):
+                log.warning("%s", text)
             case ConfirmChanges(paths):
                 if self._checker is None:
                     self._checker = ChangeChecker(self.root, self.ctx, self._confirm_addr)
@@ -238,7 +368,7 @@ class BrokerService:
             log.warning("dropped a work message with %d frames", len(frames))
             return
         identity, payload = frames
-        env = decode_or_log(payload, "work")
+        env = self._decode_or_refuse(self.work, identity, payload, "work")
         if env is None:
             return
         pool = identity.decode(errors="replace")
@@ -248,10 +378,20 @@ class BrokerService:
             if msg.pool != pool:
                 log.warning("dropped pool_hello: name %r does not match its identity %r", msg.pool, pool)
                 return
-            self._feed(PoolJoined(pool, msg.slots, now))
+            self._feed(
+                PoolJoined(
+                    pool, msg.slots, now, msg.incarnation, frozenset(msg.tags), msg.host, msg.pid,
+                    tuple(msg.running.items()),
+                )
+            )
             return
         if pool not in self.state.pools:
-            log.warning("dropped %s from unknown pool %r (no hello)", msg.TAG, pool)
+            # A pool of a broker that restarted (or one this broker gave up): it says
+            # hello again when told, instead of after its own silence timeout.
+            if now - self._unknown_told.get(pool, -1e9) >= 1.0:
+                self._unknown_told[pool] = now
+                log.info("%s from unknown pool %r: asking it for a hello", msg.TAG, pool)
+                self._refuse(self.work, identity, "unknown", "this broker does not know this pool: say pool_hello")
             return
         self._feed(PoolHeard(pool, now))
         match msg:
@@ -269,9 +409,7 @@ class BrokerService:
                 self._feed(
                     ResultReceived(
                         pool, msg.attempt, msg.status, msg.reason_code, msg.reason,
-                        msg.duration_s, msg.error,
-                        tuple(msg.logs),
-                        msg.details,
+                        msg.duration_s, msg.error, tuple(msg.logs), msg.details, msg.incarnation,
                     )
                 )
             case _:
@@ -288,15 +426,25 @@ class BrokerService:
             return ManifestRejected(str(exc), exc.detail)
         return ManifestArrived(pool, manifest, graph)
 
-    def _on_control(self, frames: list[bytes]) -> None:
+    def _on_control(self, frames: list[bytes], user: str = "") -> None:
         if len(frames) != 2:
             log.warning("dropped a control message with %d frames", len(frames))
             return
         client, payload = frames
-        env = decode_or_log(payload, "control")
+        env = self._decode_or_refuse(self.control, client, payload, "control")
         if env is None:
             return
+        role = self.access.role_of(user)
+        refusal = self.access.refusal(role, env.msg)
+        if refusal is not None:
+            log.warning("refused %s from %r: %s", env.msg.TAG, user or env.sender, refusal)
+            self._refuse(self.control, client, "access", refusal)
+            return
         match env.msg:
+            case Hello() as hello:
+                self._hello(client, hello, role)
+            case PsRequest():
+                self.control.send_multipart([client, encode(PsReply(self.ps()), sender=SENDER)])
             case RunRequest(stages=stages, force=force, keep_going=keep_going):
                 self._feed(RunRequested(client, tuple(stages), force, keep_going))
             case SnapshotRequest():
@@ -306,9 +454,79 @@ class BrokerService:
             case PauseRequest(paused=paused):
                 self._feed(PauseRequested(client, paused))
             case PoolExited(pool=pool, returncode=rc):
-                self._feed(PoolGone(pool, _describe_exit(rc)))
+                self._feed(PoolGone(pool, describe_exit(rc)))
             case _:
                 log.warning("dropped %s: not a control request", env.msg.TAG)
+
+    def _decode_or_refuse(
+        self, sock: zmq.Socket[bytes], peer: bytes, payload: bytes, where: str
+    ) -> Envelope | None:
+        """Decode a message from `peer` on a ROUTER socket; one of another protocol
+        version is answered with `refused` (naming both versions) and logged."""
+        try:
+            return decode(payload)
+        except VersionMismatch as exc:
+            who = f"{exc.kind or 'a message'} from {exc.sender or peer!r}"
+            log.warning(
+                "refused %s on the %s link: it speaks protocol version %s, this broker speaks %d",
+                who, where, exc.version, PROTOCOL_VERSION,
+            )
+            reason = f"protocol version {exc.version} is not this broker's version {PROTOCOL_VERSION}"
+            self._refuse(sock, peer, "version", reason)
+            return None
+        except ProtocolError as exc:
+            log.warning("dropped a malformed message on %s (%d bytes): %s", where, len(payload), exc)
+            return None
+
+    def _refuse(self, sock: zmq.Socket[bytes], peer: bytes, code: str, reason: str) -> None:
+        sock.send_multipart([peer, encode(Refused(code, reason, PROTOCOL_VERSION), sender=SENDER)])
+
+    def _hello(self, client: bytes, hello: Hello, role: str) -> None:
+        ours = self.identity.project
+        if hello.project and ours and hello.project != ours:
+            why = (
+                f"{hello.role} {hello.name!r} on {hello.host} sees another project "
+                f"(id {hello.project}) than this broker (id {ours}, {self.root}); every "
+                "process of one engine must see the same project folder and .pivot/ "
+                "(on other hosts: a shared file system)"
+            )
+            log.warning("refused hello: %s", why)
+            self._refuse(self.control, client, "project", why)
+            return
+        now = self.clock()
+        seen = self.seen.get(hello.name)
+        first = seen.first if seen is not None and seen.pid == hello.pid else now
+        self.seen[hello.name] = Seen(hello.role, hello.name, hello.pid, hello.host, first, now)
+        e = self.endpoints
+        reply = HelloReply(
+            self.identity.id, self.identity.pid, self.identity.host, e.work, e.events, e.changes,
+            ours, self.state.heartbeat_s, self.state.liveness, role,
+        )
+        self.control.send_multipart([client, encode(reply, sender=SENDER)])
+
+    def ps(self) -> list[dict[str, object]]:
+        """The engine's processes: this broker, its pools, the watchers seen lately."""
+        now = self.clock()
+        rows: list[dict[str, object]] = [{
+            "role": "broker", "name": self.identity.id, "pid": self.identity.pid,
+            "host": self.identity.host, "uptime_s": round(now - self.started, 1),
+            "endpoint": self.endpoints.control,
+        }]
+        for name, pool in sorted(self.state.pools.items()):
+            rows.append({
+                "role": "pool", "name": name, "pid": pool.pid, "host": pool.host,
+                "uptime_s": round(now - pool.joined, 1), "slots": pool.slots,
+                "busy": len(pool.attempts), "tags": sorted(pool.tags),
+            })
+        if self.local_ps is not None:
+            rows += self.local_ps(now)
+        for seen in sorted(self.seen.values(), key=lambda s: s.name):
+            if seen.role == "watcher" and now - seen.last < WATCHER_SEEN_S:
+                rows.append({
+                    "role": "watcher", "name": seen.name, "pid": seen.pid, "host": seen.host,
+                    "uptime_s": round(now - seen.first, 1),
+                })
+        return rows
 
     def _on_changes(self, frames: list[bytes]) -> None:
         env = decode_or_log(frames[-1], "changes")
@@ -337,15 +555,3 @@ def _summary(msg: Message) -> str:
     """A short text of an event for the engine's log records."""
     fields = {k: v for k, v in dataclasses.asdict(msg).items() if k != "stages"}
     return " ".join(f"{k}={v}" for k, v in fields.items() if v not in ([], None, ""))[:500]
-
-
-def _describe_exit(returncode: int) -> str:
-    if returncode < 0:
-        import signal
-
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
-        return f"pool process killed by {name}"
-    return f"pool process exited with code {returncode}"

@@ -21,6 +21,8 @@ from broker.events import (
     FilesReported,
     ManifestArrived,
     ManifestRejected,
+    Note,
+    Noticed,
     PauseRequested,
     PoolGone,
     PoolHeard,
@@ -52,6 +54,7 @@ from pivot.protocol.messages import (
     LogLine,
     ManifestAccepted,
     Message,
+    Notice,
     Paused,
     PipelineInvalid,
     PipelineLoaded,
@@ -71,6 +74,7 @@ from pivot.protocol.messages import (
     WaveStarted,
 )
 from pivot.runtime.cancel import HARD_KILL_S
+from pivot.state.reasons import ReasonCode
 
 __all__ = ["BrokerState"]
 
@@ -78,6 +82,10 @@ HEARTBEAT_S = 1.0
 LIVENESS = 3
 OK_STATUSES = frozenset({"ran", "restored", "skipped"})
 MAX_CHARGES = 3  # a stage whose own worker dies this often in one wave fails
+# A pool silent for heartbeat * liveness stops its own stages (workers/pool.py). The
+# broker stops heartbeating a pool it lost, so that pool notices at most that long after
+# the loss; its stages run elsewhere only after that plus time to kill its workers.
+FENCE_MARGIN_S = 2.0
 LOG_TAIL = 20  # lines of each stage's last run kept for the snapshot (an attach shows them)
 # After cancelling the running stages on shutdown: a stage stuck in native code has its
 # worker killed by the pool after HARD_KILL_S (pivot/runtime/cancel.py); this is longer.
@@ -90,9 +98,28 @@ class PoolInfo:
     last_heard: float
     last_sent: float
     attempts: set[str] = field(default_factory=set)
+    incarnation: str = ""
+    tags: frozenset[str] = frozenset()
+    host: str = ""
+    pid: int = 0
+    joined: float = 0.0
+    # Attempts it was running when it said hello (from before a broker restart): they
+    # hold a slot, and no other attempt of their stages starts until they end.
+    foreign: dict[str, str] = field(default_factory=dict)
 
     def free(self) -> int:
-        return self.slots - len(self.attempts)
+        return self.slots - len(self.attempts) - len(self.foreign)
+
+
+@dataclass
+class Fenced:
+    """The attempts of a pool lost without proof of death (no heartbeat): they may still
+    run there until that pool notices and stops them, so they run elsewhere only at
+    `release_at` (or once its death is confirmed)."""
+
+    release_at: float
+    attempts: list[str]
+    reason: str
 
 
 @dataclass
@@ -153,6 +180,10 @@ class LiveOptions:
     # A stage whose inputs change while it runs is cancelled and runs again at once
     # (watchexec's restart policy); without it, it finishes and runs in the next wave.
     restart: bool = False
+    # `pivot up` starts its own watcher: no wave before it watches (no edit is missed).
+    # A standalone broker runs requests at once; a watcher joining later has every
+    # stage checked (it could not see what changed before it came).
+    wait_for_watcher: bool = True
 
 
 class BrokerState:
@@ -161,7 +192,9 @@ class BrokerState:
         heartbeat_s: float = HEARTBEAT_S,
         liveness: int = LIVENESS,
         live: LiveOptions | None = None,
+        broker_id: str = "",
     ) -> None:
+        self.broker_id = broker_id  # new at every start: attempt ids carry it
         self.heartbeat_s = heartbeat_s
         self.liveness = liveness
         self.last_tick: float | None = None
@@ -178,6 +211,7 @@ class BrokerState:
         self.watchers_joined = 0
         self.paused = False  # no new wave starts (changes are still collected)
         self.pools: dict[str, PoolInfo] = {}
+        self.fenced: dict[str, Fenced] = {}  # pool name -> its attempts held back
         self.manifest: Manifest | None = None
         self.graph: StageGraph | None = None
         self.pipeline_error: dict[str, Any] | None = None
@@ -199,6 +233,7 @@ class BrokerState:
         # the pools are stopped whatever still runs. None: not yet / done.
         self.shutdown_clients: list[bytes] = []
         self.stopped = False  # engine_stopped was published
+        self.stop_reason = ""
         self.cancel_at: float | None = None
         self.give_up_at: float | None = None
         self._out: list[Command] = []
@@ -215,7 +250,7 @@ class BrokerState:
                 if pool is not None:
                     pool.last_heard = event.now
             case PoolGone():
-                self._pool_gone(event.pool, event.reason)
+                self._pool_gone(event.pool, event.reason, event.confirmed)
             case ManifestArrived():
                 self._manifest_arrived(event.pool, event.manifest, event.graph)
             case ManifestRejected():
@@ -244,6 +279,8 @@ class BrokerState:
                 self._changes_confirmed(event.paths)
             case WatcherJoined():
                 self._watcher_joined()
+            case Noticed():
+                self._publish(Notice(event.message))
             case ResultReceived():
                 self._result(event)
             case Tick():
@@ -258,22 +295,68 @@ class BrokerState:
     # --- pools ---------------------------------------------------------------------
 
     def _pool_joined(self, event: PoolJoined) -> None:
-        if event.pool in self.pools:  # a restarted pool reusing its name: old one is gone
-            self._pool_gone(event.pool, "pool reconnected")
-        self.pools[event.pool] = PoolInfo(max(1, event.slots), event.now, event.now)
-        self._send(event.pool, PoolWelcome(event.pool, self.heartbeat_s, self.liveness))
+        running = dict(event.running)
+        wave = self.wave
+        ours = {a for a in running if wave is not None and a in wave.running}
+        old = self.pools.get(event.pool)
+        if old is not None:
+            # The same process saying hello again keeps what it still runs; a new process
+            # under the old name: the old one may still run its attempts (held back).
+            same = old.incarnation == event.incarnation
+            old.attempts -= ours if same else set()
+            self._pool_gone(event.pool, "pool reconnected", confirmed=same)
+        fenced = self.fenced.get(event.pool)
+        if fenced is not None:
+            # It is back: what it still runs stays its own; the rest may run elsewhere.
+            fenced.attempts = [a for a in fenced.attempts if a not in ours]
+            self._release(event.pool)
+        # Attempts of this wave it still runs are its own again; others (from before a
+        # broker restart) hold their stages until they end.
+        self.pools[event.pool] = PoolInfo(
+            max(1, event.slots), event.now, event.now, attempts=ours, incarnation=event.incarnation,
+            tags=event.tags, host=event.host, pid=event.pid, joined=event.now,
+            foreign={a: s for a, s in running.items() if a not in ours},
+        )
+        self._send(event.pool, PoolWelcome(event.pool, self.heartbeat_s, self.liveness, self.broker_id))
 
-    def _pool_gone(self, name: str, reason: str) -> None:
+    def _pool_gone(self, name: str, reason: str, confirmed: bool = True) -> None:
         pool = self.pools.pop(name, None)
         if pool is None:
+            if confirmed and name in self.fenced:  # its processes are dead now: no wait
+                self._release(name)
             return
         wave = self.wave
-        lost = sorted(wave.running.pop(a) for a in pool.attempts if wave and a in wave.running)
+        attempts = sorted(a for a in pool.attempts if wave and a in wave.running)
+        lost = sorted(wave.running[a] for a in attempts) if wave else []
         self._publish(PoolLost(name, reason, lost))
         if wave is None:
             return
         if wave.planner == name:
             wave.planner = None  # no plan coming: every stage is decided at dispatch
+        if not confirmed and attempts:
+            # It may still be running them: they stay "running" here until it has had
+            # the time to notice and stop them (or its death is confirmed).
+            now = self.last_tick if self.last_tick is not None else 0.0
+            release_at = now + self.heartbeat_s * self.liveness + FENCE_MARGIN_S
+            self.fenced[name] = Fenced(release_at, attempts, reason)
+            return
+        for attempt in attempts:
+            del wave.running[attempt]
+        self._requeue_lost(lost, reason)
+
+    def _release(self, name: str) -> None:
+        """A lost pool's held-back attempts may run elsewhere now."""
+        fenced = self.fenced.pop(name)
+        wave = self.wave
+        if wave is None:
+            return
+        lost = sorted(wave.running.pop(a) for a in fenced.attempts if a in wave.running)
+        self._requeue_lost(lost, fenced.reason)
+
+    def _requeue_lost(self, lost: list[str], reason: str) -> None:
+        wave = self.wave
+        if wave is None:
+            return
         for stage in lost:
             if wave.halted:  # nothing new starts in this wave (a failure, code change, stop)
                 if wave.code_halt:
@@ -294,9 +377,12 @@ class BrokerState:
             for pool in self.pools.values():
                 pool.last_heard = now
         self.last_tick = now
+        for name, fenced in list(self.fenced.items()):
+            if now >= fenced.release_at:
+                self._release(name)
         for name, pool in list(self.pools.items()):
             if now - pool.last_heard > deadline:
-                self._pool_gone(name, f"no heartbeat for {now - pool.last_heard:.1f} s")
+                self._pool_gone(name, f"no heartbeat for {now - pool.last_heard:.1f} s", confirmed=False)
             elif now - pool.last_sent >= self.heartbeat_s:
                 self._send(name, Heartbeat(name))
 
@@ -367,7 +453,7 @@ class BrokerState:
     def _maybe_start_wave(self) -> None:
         if self.wave is not None or self.pending is None or self.stopping or self.reloading:
             return
-        if self.paused or (self.live is not None and self.watchers_joined == 0):
+        if self.paused or (self.live is not None and self.live.wait_for_watcher and self.watchers_joined == 0):
             return  # live: nothing runs before the watch is registered (no edit is missed)
         if self.live is not None and self.pipeline_error is not None and self.manifest is not None:
             # The source on disk is broken: a fresh worker would import it and fail every
@@ -409,18 +495,69 @@ class BrokerState:
         self._maybe_finish_wave()
 
     def _dispatch(self) -> None:
+        """Ready stages, in order, to free slots of pools with every tag they name."""
         wave = self.wave
         if wave is None or wave.halted or wave.planner is not None or self.stopping:
             return
-        for name, pool in self.pools.items():
-            while wave.ready and pool.free() > 0:
-                stage = wave.ready.pop(0)
-                self.attempt_count += 1
-                attempt = f"w{wave.number}-{self.attempt_count}"
-                wave.running[attempt] = stage
-                pool.attempts.add(attempt)
-                self._set_view(stage, "running", "", "", 0.0)
-                self._send(name, RunStage(wave.number, stage, attempt, wave.force))
+        free = {name: pool.free() for name, pool in self.pools.items() if pool.free() > 0}
+        busy = {s for pool in self.pools.values() for s in pool.foreign.values()}
+        for stage in list(wave.ready):
+            if not free:
+                return
+            if stage in busy:
+                continue  # an attempt from before a broker restart still runs it
+            tags = self._tags(stage)
+            name = next((n for n in free if tags <= self.pools[n].tags), None)
+            if name is None:
+                self._no_pool(stage, tags)
+                continue
+            wave.ready.remove(stage)
+            free[name] -= 1
+            if not free[name]:
+                del free[name]
+            self.attempt_count += 1
+            attempt = f"{self.broker_id}w{wave.number}-{self.attempt_count}"
+            wave.running[attempt] = stage
+            self.pools[name].attempts.add(attempt)
+            self._set_view(stage, "running", "", "", 0.0)
+            self._send(name, RunStage(wave.number, stage, attempt, wave.force))
+            if self.wave is None:
+                return
+
+    def _tags(self, stage: str) -> frozenset[str]:
+        spec = self.manifest.by_name.get(stage) if self.manifest else None
+        return frozenset(spec.tags) if spec is not None else frozenset()
+
+    def _no_pool(self, stage: str, tags: frozenset[str]) -> None:
+        """No free pool has `tags`. If none connected has them: a one-shot run fails the
+        stage now; a live engine lets it wait (said once) for such a pool to join."""
+        if any(tags <= pool.tags for pool in self.pools.values()):
+            return  # one has them, busy for now
+        wave = self.wave
+        assert wave is not None
+        needs = ", ".join(sorted(tags))
+        if self.live is None:
+            wave.ready.remove(stage)
+            why = (f"no worker pool has the tags it needs ({needs}); start one with "
+                   f"`pivot workers {' '.join('--tag ' + t for t in sorted(tags))}`")
+            self._fail_now(stage, ReasonCode.NO_POOL, why, {"tags": sorted(tags)})
+            return
+        view = self.stage_view.get(stage, {})
+        if view.get("reason_code") != "no_pool" or view.get("wave") != wave.number:
+            why = f"waiting for a pool with tags {needs}"
+            self._set_view(stage, "pending", ReasonCode.NO_POOL, why, 0.0)
+            self._publish(Notice(f"stage {stage} is {why} (`pivot workers --tag ...`)"))
+
+    def _fail_now(self, stage: str, code: str, reason: str, details: dict[str, Any]) -> None:
+        """Fail a stage the broker could not dispatch, as a failed result would."""
+        wave = self.wave
+        assert wave is not None
+        self._finish(stage, "failed", code, reason, 0.0, None, details)
+        self._block_downstream(stage)
+        if not wave.keep_going:
+            wave.halted = True
+            self._cancel_rest()
+        self._maybe_finish_wave()
 
     def _stage_running(self, event: StageRunningReported) -> None:
         wave = self.wave
@@ -431,10 +568,18 @@ class BrokerState:
         self._publish(StageStarted(wave.number, stage, event.reason_code, event.reason, event.details))
 
     def _result(self, event: ResultReceived) -> None:
-        self._send(event.pool, ResultAck(event.attempt))
+        self._send(event.pool, ResultAck(event.attempt))  # either way: stop resending it
         pool = self.pools.get(event.pool)
+        if pool is not None and event.incarnation and pool.incarnation and event.incarnation != pool.incarnation:
+            self._out.append(
+                Note(f"rejected the result of {event.attempt} from pool {event.pool!r}: it comes from "
+                     f"an earlier run of that pool (incarnation {event.incarnation}, now {pool.incarnation})")
+            )
+            return
         if pool is not None:
             pool.attempts.discard(event.attempt)
+            if pool.foreign.pop(event.attempt, None) is not None:
+                return  # from before a broker restart: its stage is free to run again
         wave = self.wave
         if wave is None or event.attempt not in wave.running:
             return  # a duplicate, or an attempt that was already declared lost
@@ -587,7 +732,7 @@ class BrokerState:
 
     def _watcher_joined(self) -> None:
         self.watchers_joined += 1
-        if self.live is not None and self.watchers_joined > 1:
+        if self.live is not None and (self.watchers_joined > 1 or not self.live.wait_for_watcher):
             # A restarted watcher missed what changed while none was watching: every
             # (live) stage is checked again; the wave plan skips what is up to date.
             scope = set(self.live.scope) if self.live.scope else None
@@ -757,6 +902,7 @@ class BrokerState:
         """Nothing new starts; running stages get the grace period, then are cancelled;
         the pools stop once nothing runs (see `_maybe_stopped`)."""
         self.shutdown_clients.append(event.client)
+        self.stop_reason = self.stop_reason or event.reason
         self.changed.clear()
         self.changed_first = None
         self.pending = None
@@ -796,7 +942,7 @@ class BrokerState:
             self._send(name, PoolShutdown())
         if not self.stopped:
             self.stopped = True
-            self._publish(EngineStopped())
+            self._publish(EngineStopped(self.stop_reason))
         for client in self.shutdown_clients:
             self._out.append(Reply(client, ShutdownReply(self.seq)))
         self.shutdown_clients = []
@@ -840,16 +986,20 @@ class BrokerState:
     # --- invariants (tests call this after every step) -----------------------------
 
     def validate(self) -> None:
+        for p in self.pools.values():
+            assert len(p.attempts) + len(p.foreign) <= p.slots, "pool over its slots"
         wave = self.wave
-        in_flight = {a for p in self.pools.values() for a in p.attempts}
         if wave is None:
             return
+        in_flight = {a for p in self.pools.values() for a in p.attempts}
+        held = {a for f in self.fenced.values() for a in f.attempts}
         running = set(wave.running.values())
         assert len(running) == len(wave.running), "a stage has two live attempts"
-        assert set(wave.running) <= in_flight | set(wave.running), "attempt without a pool"
+        orphans = set(wave.running) - in_flight - held
+        assert not orphans, f"running attempts of no pool, not held back: {sorted(orphans)}"
+        foreign = {s for p in self.pools.values() for s in p.foreign.values()}
+        assert not running & foreign, f"stages running twice (one from before a restart): {running & foreign}"
         for s in wave.ready:
             assert s not in wave.done and s not in running, f"{s} ready but done/running"
         for s in wave.done:
             assert s not in running, f"{s} done but still running"
-        for p in self.pools.values():
-            assert len(p.attempts) <= p.slots, "pool over its slots"

@@ -14,6 +14,7 @@ __all__ = [
     "PivotError",
     "ProtocolError",
     "StackRunning",
+    "Unreachable",
     "UserError",
 ]
 
@@ -47,3 +48,8 @@ class InfraError(PivotError):
 
 class ProtocolError(InfraError):
     """A message could not be decoded: unknown kind, wrong version, bad fields."""
+
+
+class Unreachable(PivotError):
+    """Nothing answered where a peer was expected (no broker at that endpoint): the
+    user checks the endpoint or starts it; not a bug of Pivot's. Exit code 1."""

@@ -213,6 +213,17 @@ def children_of(pid: int) -> list[ProcInfo]:
     return [p for p in all_processes() if p.ppid == pid and is_live(p)]
 
 
+def engine_children(pid: int) -> list[ProcInfo]:
+    """The processes the engine of `pivot up` (pid `pid`) started: its broker process
+    (a child of `pivot up`) and the broker's children (pool, watcher)."""
+    everything = [p for p in all_processes() if is_live(p)]
+    brokers = [p for p in everything if p.ppid == pid and "broker" in p.cmdline]
+    found = list(brokers)
+    for broker in brokers:
+        found += [p for p in everything if p.ppid == broker.pid]
+    return found
+
+
 def _under(path: str, root: str) -> bool:
     return path == root or path.startswith(root + "/")
 
@@ -543,7 +554,7 @@ class LiveRun:
 
     def watcher(self) -> ProcInfo | None:
         """The watcher process (`python -m pivot.watch`) this engine started."""
-        found = [p for p in children_of(self.proc.pid) if "pivot.watch" in p.cmdline]
+        found = [p for p in engine_children(self.proc.pid) if "pivot.watch" in p.cmdline]
         return found[0] if found else None
 
     def wait_watching(self, *folders: Path, timeout: float = 20.0) -> None:

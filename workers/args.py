@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 __all__ = ["parse_args"]
@@ -13,11 +14,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
     parser = argparse.ArgumentParser(prog="python -m workers", description="A Pivot worker pool.")
     parser.add_argument("--root", required=True, type=Path)
-    parser.add_argument("--work", required=True, help="the broker's work endpoint")
+    link = parser.add_mutually_exclusive_group(required=True)
+    link.add_argument("--work", help="the broker's work endpoint (a pool its engine started)")
+    link.add_argument("--broker", help="the broker's control endpoint (a pool started on its own)")
     parser.add_argument("--name", required=True)
     parser.add_argument("--jobs", type=int, default=None, help="stages at once [usable CPUs]")
+    parser.add_argument("--tag", action="append", default=[], help="a tag of this pool (repeatable)")
+    parser.add_argument(
+        "--broker-timeout", type=float, default=None,
+        help="exit after the broker has been silent this long [--work: 3 s; --broker: never]",
+    )
+    parser.add_argument("--key", type=Path, default=None, help="this pool's CURVE secret key file")
+    parser.add_argument("--broker-key", type=Path, default=None, help="the broker's CURVE public key file")
     args = parser.parse_args(argv)
     args.root = args.root.resolve()
     if args.jobs is None:
         args.jobs = usable_cpus()
+    args.key = args.key or (Path(os.environ["PIVOT_KEY"]) if os.environ.get("PIVOT_KEY") else None)
+    if args.broker_key is None and os.environ.get("PIVOT_BROKER_KEY"):
+        args.broker_key = Path(os.environ["PIVOT_BROKER_KEY"])
     return args

@@ -6,8 +6,12 @@
     threads and loky callbacks never touch the socket: they put (kind, attempt, result)
     on a queue and write one byte to a wake pipe the main loop polls.
 
-Heartbeats go out from the main loop every second; a broker silent for `liveness`
-intervals is gone and the pool exits. Results are resent until acknowledged.
+Heartbeats go out from the main loop every second. A broker silent for `liveness`
+intervals is gone: the pool stops what it runs (fencing: the broker runs those stages
+elsewhere only after that time plus a margin, so two attempts of one stage are never
+alive at once), then exits (a pool its engine started: `--work`) or keeps saying hello
+until a broker answers (a pool started on its own: `--broker CONTROL`, with
+`--broker-timeout` to give up). Results are resent until acknowledged.
 """
 
 from __future__ import annotations
@@ -19,17 +23,20 @@ import os
 import queue
 import shutil
 import signal
+import socket
+import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import zmq
 
-from pivot.errors import PipelineError, PivotError
+from pivot.errors import PipelineError, PivotError, UserError
 from pivot.pipeline.manifest import Manifest
 from pivot.protocol.messages import (
     CancelStage,
@@ -43,6 +50,7 @@ from pivot.protocol.messages import (
     PoolHello,
     PoolShutdown,
     PoolWelcome,
+    Refused,
     ResultAck,
     RunStage,
     StageResult,
@@ -57,6 +65,8 @@ from pivot.runtime.spawn import LoaderRun, run_loader
 from pivot.state.outputs import ProjectState
 from pivot.state.plan import DepProducers, Prepared, dep_producers, plan_wave, prepare
 from pivot.state.reasons import ReasonCode
+from pivot.transport.curve import ClientKeys
+from pivot.transport.greet import BrokerRefused, NoBroker, greet
 from pivot.transport.sockets import decode_or_log, make_socket, send_msg
 
 __all__ = ["PoolService", "main"]
@@ -66,6 +76,19 @@ log = logging.getLogger(__name__)
 RESEND_S = 1.0
 DEFAULT_HEARTBEAT_S = 1.0
 DEFAULT_LIVENESS = 3
+HELLO_EVERY_S = 1.0  # while the broker is away, how often a standalone pool asks again
+
+
+@dataclass
+class Link:
+    """How the pool reaches its broker: the work endpoint (its engine started it), or the
+    control endpoint (hello first: the broker says where its work socket is)."""
+
+    work: str | None = None
+    control: str | None = None
+    keys: ClientKeys | None = None
+    timeout: float | None = None  # give up after this much broker silence; None: never
+    tags: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -78,16 +101,20 @@ class Pending:
 
 class PoolService:
     def __init__(
-        self, root: Path, work_endpoint: str, name: str, jobs: int, first_load: LoaderRun | None = None
+        self, root: Path, link: Link | str, name: str, jobs: int, first_load: LoaderRun | None = None
     ) -> None:
         self.root = root
         self.first_load = first_load
         self.name = name
         self.jobs = max(1, jobs)
+        self.link = link if isinstance(link, Link) else Link(work=link)
+        self.incarnation = uuid.uuid4().hex[:12]  # new at every start of this pool
+        self.broker_id = ""
+        self.fenced = False  # stopped what it ran when the broker went silent
+        self.next_hello = 0.0
+        self.exit_code = 0
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        self.sock = make_socket(self.ctx, zmq.DEALER)
-        self.sock.setsockopt(zmq.ROUTING_ID, name.encode())
-        self.sock.connect(work_endpoint)
+        self.sock = self._socket(self.link.work) if self.link.work else None
         self.heartbeat_s = DEFAULT_HEARTBEAT_S
         self.liveness = DEFAULT_LIVENESS
         self.manifest: Manifest | None = None
@@ -118,9 +145,102 @@ class PoolService:
 
     # --- plumbing ------------------------------------------------------------------
 
+    def _socket(self, work_endpoint: str) -> zmq.Socket[bytes]:
+        sock = make_socket(self.ctx, zmq.DEALER)
+        sock.setsockopt(zmq.ROUTING_ID, self.name.encode())
+        if self.link.keys is not None:
+            self.link.keys.apply(sock)
+        sock.connect(work_endpoint)
+        return sock
+
     def _send(self, msg: Message) -> None:
+        assert self.sock is not None
         send_msg(self.sock, msg, sender=self.name)
         self.last_sent = time.monotonic()
+
+    def _hello(self) -> None:
+        running = {a: job.stage for a, job in self.jobs_by_attempt.items() if a not in self.cancelled}
+        self._send(PoolHello(
+            self.name, os.getpid(), self.jobs, self.incarnation, socket.gethostname(),
+            list(self.link.tags), running,
+        ))
+
+    def _greet(self, timeout: float) -> bool:
+        """Ask the broker at the control endpoint where its work socket is, and (re)connect
+        there. False when no broker answered in time."""
+        from pivot.pipeline.project import project_id
+
+        assert self.link.control is not None
+        try:
+            info = greet(
+                self.ctx, self.link.control, role="pool", name=self.name,
+                project=project_id(self.root), timeout=timeout, keys=self.link.keys,
+            )
+        except NoBroker:
+            return False
+        if info.access not in ("pool", "operator", "local"):
+            raise BrokerRefused(
+                f"this pool's key is a {info.access} key: the broker lets only pool (or "
+                "operator) keys run stages; create one with `pivot keys add NAME --role pool`",
+                "access",
+            )
+        if self.sock is not None:
+            self.sock.close(linger=0)
+        self.sock = self._socket(info.work)
+        self.heartbeat_s, self.liveness = info.heartbeat_s, info.liveness
+        return True
+
+    def _connect_first(self) -> bool:
+        """A standalone pool waits for its broker (bounded by --broker-timeout)."""
+        if self.link.control is None:
+            return True
+        started = time.monotonic()
+        told = False
+        while not self.stopping:
+            if self._greet(timeout=HELLO_EVERY_S):
+                return True
+            if not told:
+                log.warning("waiting for the broker at %s", self.link.control)
+                told = True
+            timeout = self.link.timeout
+            if timeout is not None and time.monotonic() - started > timeout:
+                log.error("no broker answered at %s within %.0f s: exiting", self.link.control, timeout)
+                return False
+        return False
+
+    def _broker_silent(self, now: float) -> bool:
+        """The broker has been silent too long: stop what runs (fencing), then exit (its
+        engine is gone, or --broker-timeout passed: True) or ask again for a broker."""
+        silent = now - self.last_heard
+        if not self.fenced and self.jobs_by_attempt:
+            self._fence(f"the broker has been silent for {silent:.1f} s")
+        self.fenced = True
+        timeout = self.link.timeout
+        if timeout is None and self.link.control is None:
+            timeout = self.heartbeat_s * self.liveness
+        if timeout is not None and silent > timeout:
+            log.error("broker silent for %.1f s: exiting", silent)
+            return True
+        if self.link.control is not None and now >= self.next_hello:
+            self.next_hello = now + HELLO_EVERY_S
+            try:
+                if self._greet(timeout=HELLO_EVERY_S):
+                    self._hello()
+            except BrokerRefused as exc:  # a broker of another version took over
+                log.error("%s", exc)
+                self.exit_code = 2
+                return True
+        return False
+
+    def _fence(self, why: str) -> None:
+        """Stop every stage this pool runs: the broker gives them to another pool once it
+        has given this one up, and two attempts of a stage must never run at once."""
+        log.warning("%s: stopping the %d stage(s) this pool runs", why, len(self.jobs_by_attempt))
+        for attempt in self.jobs_by_attempt:
+            self.cancelled.setdefault(attempt, f"not finished: {why}")
+        self.stopping_attempts.clear()
+        if self.in_workers:
+            self._stop_workers()
 
     def _post(self, kind: str, attempt: str, value: Any) -> None:
         """Hand a result to the main loop (called from threads and loky callbacks)."""
@@ -139,15 +259,19 @@ class PoolService:
     # --- the loop ------------------------------------------------------------------
 
     def run(self) -> int:
-        self._send(PoolHello(self.name, os.getpid(), self.jobs))
+        try:
+            if not self._connect_first():
+                return 0 if self.stopping else 3
+        except BrokerRefused as exc:
+            log.error("%s", exc)
+            self.exit_code = 2
+            return 2
+        self._hello()
         first, self.first_load = self.first_load, None
         if first is not None:
             self._in_thread("manifest", "", first.result)
         else:
             self._in_thread("manifest", "", lambda: run_loader(self.root))
-        poller = zmq.Poller()
-        poller.register(self.sock, zmq.POLLIN)
-        poller.register(self.wake_r, zmq.POLLIN)
         try:
             while not self.stopping:
                 now = time.monotonic()
@@ -156,20 +280,22 @@ class PoolService:
                         # `pivot up` (the broker's process) was stopped by Ctrl-Z: it
                         # comes back with fg. Its silence is not its death.
                         self.last_heard = now
-                    else:
-                        log.error("broker silent for %.1f s: exiting", now - self.last_heard)
+                    elif self._broker_silent(now):
                         return 3
                 if now - self.last_sent >= self.heartbeat_s:
                     self._send(Heartbeat(self.name))
                 self._resend(now)
                 self._enforce_cancels(now)
+                poller = zmq.Poller()  # the socket changes when the broker moved
+                poller.register(self.sock, zmq.POLLIN)
+                poller.register(self.wake_r, zmq.POLLIN)
                 for sock, _ in poller.poll(int(self._timeout_ms(now)) + 1):
                     if sock is self.sock:
                         self._drain_socket()
                     else:
                         os.read(self.wake_r, 4096)
                 self._drain_done()
-            return 0
+            return self.exit_code
         finally:
             self._shutdown()
 
@@ -187,6 +313,7 @@ class PoolService:
                 pending.next_send = now + RESEND_S
 
     def _drain_socket(self) -> None:
+        assert self.sock is not None
         while True:
             try:
                 payload = self.sock.recv(zmq.NOBLOCK)
@@ -197,8 +324,17 @@ class PoolService:
             if env is None:
                 continue
             match env.msg:
-                case PoolWelcome(heartbeat_s=hb, liveness=liveness):
+                case PoolWelcome(heartbeat_s=hb, liveness=liveness, broker=broker):
                     self.heartbeat_s, self.liveness = hb, liveness
+                    if broker != self.broker_id and self.broker_id:
+                        log.warning("a new broker (%s) took over from %s", broker, self.broker_id)
+                    self.broker_id, self.fenced = broker, False
+                case Refused(code="unknown"):
+                    self._hello()  # a broker that restarted: it learns of us now
+                case Refused(reason=reason):
+                    log.error("the broker refused this pool: %s", reason)
+                    self.exit_code = 2
+                    self.stopping = True
                 case Heartbeat():
                     pass
                 case RunStage() as job:
@@ -395,6 +531,7 @@ class PoolService:
             "recorded_outs": decision.lock.outs if decision.lock else {},
             "run_key": prepared.run_key,
             "pid_file": str(self.pid_dir / attempt),
+            "pool_pid": os.getpid(),
             "reason_code": str(reason.code),
             "reason": reason.message,
             "details": reason.details,
@@ -491,7 +628,8 @@ class PoolService:
         job = self.jobs_by_attempt.pop(attempt)
         log.info("stage %s %s: %s", job.stage, status, reason, extra={"stage": job.stage, "attempt": attempt, "wave": job.wave})
         msg = StageResult(
-            attempt, job.stage, status, str(code), reason, duration, error, logs or [], details or {}
+            attempt, job.stage, status, str(code), reason, duration, error, logs or [], details or {},
+            self.incarnation,
         )
         self.unacked[attempt] = Pending(msg, time.monotonic() + RESEND_S)
         self._send(msg)
@@ -509,7 +647,8 @@ class PoolService:
         self.threads.shutdown(wait=False, cancel_futures=True)
         self.state.close()
         shutil.rmtree(self.pid_dir, ignore_errors=True)
-        self.sock.close(linger=0)
+        if self.sock is not None:
+            self.sock.close(linger=0)
         self.ctx.term()
         os.close(self.wake_r)
         os.close(self.wake_w)
@@ -534,6 +673,22 @@ def main(args: argparse.Namespace, first_load: LoaderRun | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s pool %(levelname)s %(message)s")
     configure("pool", args.root)
     os.chdir(args.root)
-    service = PoolService(args.root, args.work, args.name, args.jobs, first_load)
+    try:
+        keys = _keys(args)
+    except UserError as exc:
+        log.error("%s", exc)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    link = Link(work=args.work, control=args.broker, keys=keys, timeout=args.broker_timeout, tags=list(args.tag))
+    service = PoolService(args.root, link, args.name, args.jobs, first_load)
     signal.signal(signal.SIGTERM, service.request_stop)
+    signal.signal(signal.SIGINT, service.request_stop)
     return service.run()
+
+
+def _keys(args: argparse.Namespace) -> ClientKeys | None:
+    """CURVE keys when given (or found: `pool.key_secret` in the keys folder)."""
+    from pivot.transport.curve import client_keys
+
+    endpoint = args.broker or args.work
+    return client_keys(endpoint, args.key, args.broker_key, default_name="pool")

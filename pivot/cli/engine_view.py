@@ -44,23 +44,31 @@ def up_running(root: Path) -> bool:
     return running_engine(root)
 
 
-def fetch_snapshot(root: Path, timeout: float = ANSWER_WITHIN_S) -> tuple[Snapshot | None, str]:
+def fetch_snapshot(
+    root: Path,
+    timeout: float = ANSWER_WITHIN_S,
+    broker: str | None = None,
+    key: Path | None = None,
+    broker_key: Path | None = None,
+) -> tuple[Snapshot | None, str]:
     """(the running engine's snapshot, "") within about `timeout` seconds, or (None, a
-    warning to print); no warning when the engine stopped meanwhile."""
+    warning to print); no warning when the engine stopped meanwhile. `broker` names
+    another engine than this project's."""
     import zmq
 
-    from pivot.cli.remote import RemoteEngine, running_engine
+    from pivot.cli.remote import connect, running_engine
 
     try:
-        with RemoteEngine(root, "status") as engine:
+        engine = connect(root, "status", broker, key, broker_key, required=False, timeout=timeout)
+        if engine is None:
+            return None, ""
+        with engine:
             return engine.snapshot(timeout), ""
     except (PivotError, zmq.ZMQError, OSError) as exc:
-        if not running_engine(root):
+        if not broker and not running_engine(root):
             return None, ""
-        return None, (
-            f"`pivot up` is running but its engine did not answer ({exc}); "
-            "showing the state on disk only"
-        )
+        who = f"the broker at {broker}" if broker else "`pivot up` is running but its engine"
+        return None, f"{who} did not answer ({exc}); showing the state on disk only"
 
 
 def _in_wave(view: dict[str, Any], snap: Snapshot) -> bool:

@@ -12,12 +12,19 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pivot.cli.keys import KeyReader
-from pivot.display.render import Renderer, make_renderer, resolve_mode, wave_failed
+from pivot.cli.keypress import KeyReader
+from pivot.display.render import (
+    Renderer,
+    make_renderer,
+    resolve_mode,
+    show_engine_start,
+    wave_failed,
+)
 from pivot.errors import InfraError, UserError
 from pivot.protocol.codec import Envelope
 from pivot.protocol.messages import (
     EngineStopped,
+    Notice,
     Paused,
     PauseRequest,
     PipelineInvalid,
@@ -42,7 +49,6 @@ if TYPE_CHECKING:
 
 __all__ = ["run_wave"]
 
-POOL_EXIT_GRACE_S = 2.0
 
 
 @dataclass
@@ -89,7 +95,6 @@ def _run_answered(client: EngineClient) -> bool:
 
 def _follow(stack: Engine, r: Renderer, outcome: Outcome) -> None:
     assert stack.client is not None
-    pool_died_at: float | None = None
     answered = False
     for item in stack.client.events(poll_s=0.1):
         if not answered:
@@ -102,17 +107,7 @@ def _follow(stack: Engine, r: Renderer, outcome: Outcome) -> None:
             _from_event(item, outcome)
         if outcome.code is not None:
             return
-        rc = stack.pool_exit()
-        if rc is not None:
-            pool_died_at = time.monotonic()
-        if pool_died_at is not None and time.monotonic() - pool_died_at > POOL_EXIT_GRACE_S:
-            tail = stack.pool_log_tail()
-            raise InfraError(
-                f"the worker pool exited (code {stack.pool.returncode if stack.pool else '?'}) "
-                f"before the run finished; its log {stack.pool_log}:\n{tail}"
-            )
-        if not stack.broker_alive():
-            raise InfraError("the broker stopped unexpectedly; run again with -v for details")
+        stack.check()
 
 
 def _from_event(env: Envelope, outcome: Outcome) -> None:
@@ -125,6 +120,10 @@ def _from_event(env: Envelope, outcome: Outcome) -> None:
         outcome.code = 2
     elif isinstance(msg, PoolLost):
         outcome.code = 1
+    elif isinstance(msg, EngineStopped):
+        if msg.reason:
+            raise InfraError(msg.reason)
+        raise InfraError("the engine was stopped before the run finished (`pivot down`?)")
 
 
 def _from_snapshot(snap: Snapshot, outcome: Outcome) -> None:
@@ -149,9 +148,10 @@ def run_live(
     import threading
 
     stops = StopRequests()
-    supervisor = Supervisor(stack)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: stops.add())
+        if stages is not None:  # the terminal of `pivot up` closed: stop the engine
+            signal.signal(signal.SIGHUP, lambda *_: stops.add())
     renderer = make_renderer(resolve_mode(display, sys.stdout), sys.stdout, sys.stderr)
     if hasattr(renderer, "keys_hint") and sys.stdin.isatty():
         renderer.keys_hint = "q quit · f force · p pause"
@@ -165,7 +165,7 @@ def run_live(
         if stages is None:  # attaching: show the engine's state as it is now
             renderer.resync(joined)
         else:
-            renderer.baseline(joined)
+            show_engine_start(renderer, joined)
             client.send(RunRequest(list(stages), force, keep_going))
         answered = stages is None
         with KeyReader() as keys:
@@ -181,11 +181,17 @@ def run_live(
                     elif isinstance(item, Envelope):
                         if isinstance(item.msg, (Paused, Resumed)):
                             paused = isinstance(item.msg, Paused)
-                        elif isinstance(item.msg, PoolLost):
-                            stack.kill_lost_pool()
+                        elif isinstance(item.msg, Notice):
+                            print(f"pivot: {item.msg.message}", file=sys.stderr, flush=True)
                         renderer.event(item)
-                        if isinstance(item.msg, EngineStopped) and not owner:
-                            return 0  # the `pivot up` we were attached to has quit
+                        if isinstance(item.msg, EngineStopped):
+                            if item.msg.reason:
+                                raise InfraError(item.msg.reason)
+                            if not owner:
+                                return 0  # the engine we were attached to has stopped
+                            if not stops.asked:
+                                print("pivot: the engine was stopped (`pivot down`)", file=sys.stderr)
+                                return 0
                     for key in keys.pressed():
                         if key == "q":
                             stops.add()
@@ -198,7 +204,7 @@ def run_live(
                     if answered and not stops.asked:
                         client.take_reply(RunReply)  # answers to keys: nothing to show
                     if not stops.asked:
-                        supervisor.check()
+                        stack.check()
                     elif stops.done(stack):  # after showing `item`: it may be the last one
                         return 0
                 except KeyboardInterrupt:
@@ -267,48 +273,3 @@ class StopRequests:
                 file=sys.stderr,
             )
         return False
-
-
-CRASH_LIMIT = 5  # more crashes than this within CRASH_WINDOW_S stop the stack
-CRASH_WINDOW_S = 60.0
-BACKOFF_S = (0.1, 0.5, 1.0, 2.0, 5.0)
-
-
-class Supervisor:
-    """Restarts the pool or the watcher of `pivot up` when one dies, with backoff; stops
-    the stack when they crash too often. A dead pool's whole process group is killed
-    before the broker hears of it, so a lost stage never runs twice at once."""
-
-    def __init__(self, stack: Engine) -> None:
-        self.stack = stack
-        self.crashes: list[float] = []
-        self.restart_at: dict[str, float] = {}
-
-    def check(self) -> None:
-        stack = self.stack
-        if not stack.broker_alive():
-            raise InfraError("the broker stopped unexpectedly; run again with -v for details")
-        now = time.monotonic()
-        rc = stack.pool_exit()  # kills what is left of the group and tells the broker
-        if rc is not None:
-            self._crashed("worker pool", rc, stack.pool_log, now)
-            self.restart_at["pool"] = now + self._backoff()
-        if "watcher" not in self.restart_at and (rc := stack.watcher_exit()) is not None:
-            self._crashed("file watcher", rc, stack.watcher_log, now)
-            self.restart_at["watcher"] = now + self._backoff()
-        for role, when in list(self.restart_at.items()):
-            if now >= when:
-                del self.restart_at[role]
-                getattr(stack, f"restart_{role}")()
-
-    def _backoff(self) -> float:
-        return BACKOFF_S[min(len(self.crashes), len(BACKOFF_S)) - 1]
-
-    def _crashed(self, what: str, rc: int, log_path: object, now: float) -> None:
-        self.crashes = [t for t in self.crashes if now - t < CRASH_WINDOW_S] + [now]
-        print(f"pivot: the {what} exited (code {rc}); restarting it (log: {log_path})", file=sys.stderr)
-        if len(self.crashes) > CRASH_LIMIT:
-            raise InfraError(
-                f"Pivot's processes crashed {len(self.crashes)} times within {CRASH_WINDOW_S:.0f} s "
-                f"(last: the {what}, code {rc}); stopping. See {log_path}"
-            )

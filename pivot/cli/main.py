@@ -12,27 +12,52 @@ import sys
 
 import click
 
-from pivot.cli import (
-    attach_cmd,
-    checkout_cmd,
-    dag_cmd,
-    gc_cmd,
-    init_cmd,
-    list_cmd,
-    logs_cmd,
-    metrics_cmd,
-    params_cmd,
-    repro_cmd,
-    run_cmd,
-    status_cmd,
-    up_cmd,
-)
-from pivot.errors import InfraError, PipelineError, PivotError, UserError
+from pivot.errors import InfraError, PipelineError, PivotError, Unreachable, UserError
 
 __all__ = ["cli", "main"]
 
+# name -> (module under pivot.cli, attribute): imported only when that command runs, so
+# `pivot status` does not pay for `pivot up`'s imports.
+COMMANDS = {
+    "init": ("init_cmd", "init"),
+    "list": ("list_cmd", "list_stages"),
+    "repro": ("repro_cmd", "repro"),
+    "status": ("status_cmd", "status"),
+    "dag": ("dag_cmd", "dag"),
+    "params": ("params_cmd", "params"),
+    "metrics": ("metrics_cmd", "metrics"),
+    "checkout": ("checkout_cmd", "checkout"),
+    "gc": ("gc_cmd", "gc"),
+    "up": ("up_cmd", "up"),
+    "down": ("down_cmd", "down"),
+    "attach": ("attach_cmd", "attach"),
+    "ps": ("ps_cmd", "ps"),
+    "logs": ("logs_cmd", "logs"),
+    "run": ("run_cmd", "run"),
+    "broker": ("broker_cmd", "broker"),
+    "workers": ("workers_cmd", "workers"),
+    "watcher": ("watcher_cmd", "watcher"),
+    "ping": ("ping_cmd", "ping"),
+    "keys": ("keys_cmd", "keys"),
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        import importlib
+
+        module, attr = COMMANDS[cmd_name]
+        command = getattr(importlib.import_module(f"pivot.cli.{module}"), attr)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Show Pivot's own log records on stderr.")
 @click.version_option(package_name="pivot", prog_name="pivot")
 def cli(verbose: bool) -> None:
@@ -49,21 +74,6 @@ def cli(verbose: bool) -> None:
     )
 
 
-cli.add_command(init_cmd.init)
-cli.add_command(list_cmd.list_stages)
-cli.add_command(repro_cmd.repro)
-cli.add_command(status_cmd.status)
-cli.add_command(dag_cmd.dag)
-cli.add_command(params_cmd.params)
-cli.add_command(metrics_cmd.metrics)
-cli.add_command(checkout_cmd.checkout)
-cli.add_command(gc_cmd.gc)
-cli.add_command(up_cmd.up)
-cli.add_command(attach_cmd.attach)
-cli.add_command(logs_cmd.logs)
-cli.add_command(run_cmd.run)
-
-
 def report(exc: PivotError) -> int:
     """Print a Pivot error the way a user should see it; return the exit code."""
     click.echo(f"error: {exc}", err=True)
@@ -71,6 +81,8 @@ def report(exc: PivotError) -> int:
         click.echo(exc.detail, err=True)
     if isinstance(exc, UserError):
         return 2
+    if isinstance(exc, Unreachable):
+        return 1
     if isinstance(exc, InfraError):
         click.echo("this looks like a Pivot problem; run again with -v for details", err=True)
     return 1

@@ -1,5 +1,9 @@
-"""Joining an engine another command started (`pivot up`): attach, ask it for a wave, or
-look at its state (`pivot status`)."""
+"""A client of a running engine: attach to it, ask it for a wave, look at its state.
+
+The engine may be this project's (`pivot up`, found through `.pivot/run/`) or any broker
+named by `--broker`; either way the client knows only the control endpoint and says
+hello there first (`pivot/transport/greet.py`).
+"""
 
 from __future__ import annotations
 
@@ -13,38 +17,66 @@ if TYPE_CHECKING:
 
     from pivot.display.client import EngineClient
     from pivot.protocol.messages import Snapshot
+    from pivot.transport.greet import BrokerInfo
 
-__all__ = ["RemoteEngine", "running_engine"]
+__all__ = ["RemoteEngine", "connect", "running_engine"]
 
 
 class RemoteEngine:
-    """A client of a running engine, shaped like `Stack` for `follow.py`: the processes
-    belong to the engine's own `pivot up`, which supervises them."""
+    """Hello to the broker at `control`, then its event stream and control link.
 
-    pool = None
-    grace_s = 0.0  # stopping a remote engine is its own `pivot up`'s business
-    pool_log = Path(".pivot/logs/pool.log")
-    watcher_log = Path(".pivot/logs/watcher.log")
+    `grace_s` is what `q` / Ctrl-C give running stages when this client stops the engine
+    (only `pivot up`, which owns it, does)."""
 
-    def __init__(self, root: Path, name: str) -> None:
+    def __init__(
+        self,
+        control: str,
+        name: str,
+        *,
+        key: Path | None = None,
+        broker_key: Path | None = None,
+        project: str = "",
+        grace_s: float = 0.0,
+        timeout: float | None = None,
+    ) -> None:
         import zmq
 
         from pivot.display.client import EngineClient
-        from pivot.transport.rundir import read_endpoints
+        from pivot.transport.curve import client_keys
+        from pivot.transport.greet import GREET_TIMEOUT_S, greet
+        from pivot.transport.rundir import Endpoints
 
-        endpoints = read_endpoints(root)
-        if endpoints is None:
-            raise UserError(f"no Pivot engine is running for {root}; start one with `pivot up`")
+        self.grace_s = grace_s
+        keys = client_keys(control, key, broker_key, default_name="operator")
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        self.client: EngineClient | None = EngineClient(self.ctx, endpoints, name)
+        try:
+            self.info: BrokerInfo = greet(
+                self.ctx, control, role="cli", name=name, project=project,
+                timeout=GREET_TIMEOUT_S if timeout is None else timeout, keys=keys,
+            )
+            if self.info.access in ("pool", "watcher"):
+                raise UserError(
+                    f"this client's key is a {self.info.access} key: it may not view or run "
+                    "the engine; use an operator or viewer key (--key)"
+                )
+            endpoints = Endpoints(
+                work=self.info.work, control=control, events=self.info.events, changes=self.info.changes
+            )
+            self.client: EngineClient = EngineClient(self.ctx, endpoints, name, keys)
+        except BaseException:
+            self.ctx.destroy(linger=0)
+            raise
 
     def __enter__(self) -> RemoteEngine:
         return self
 
     def __exit__(self, *_: object) -> None:
-        if self.client is not None:
-            self.client.close()
+        self.client.close()
         self.ctx.destroy(linger=0)
+
+    def check(self) -> None:
+        """Raise InfraError when the engine is known to have broken (a silent broker is
+        caught by the client itself: no tick for a while)."""
 
     def snapshot(self, timeout: float) -> Snapshot:
         """The engine's state as a joining display gets it, for a one-shot look: one
@@ -52,35 +84,45 @@ class RemoteEngine:
         within `timeout` seconds or InfraError."""
         from pivot.protocol.messages import Snapshot, SnapshotRequest
 
-        assert self.client is not None
         snap = self.client.request(SnapshotRequest(), Snapshot, timeout)
         assert isinstance(snap, Snapshot)
         return snap
 
-    def pool_exit(self) -> int | None:
-        return None
-
-    def watcher_exit(self) -> int | None:
-        return None
-
-    def broker_alive(self) -> bool:
-        return True  # a silent broker is detected by the client (no tick for a while)
-
-    def pool_log_tail(self) -> str:
-        return ""
-
-    def kill_lost_pool(self) -> None:
-        pass  # the engine's own `pivot up` does that
-
-    def restart_pool(self) -> None:  # never called: pool_exit() is always None here
-        raise AssertionError("an attached view does not supervise")
-
-    restart_watcher = restart_pool
-
 
 def running_engine(root: Path) -> bool:
-    """Whether a `pivot up` serves this project (a one-shot `repro` engine takes no
+    """Whether an engine serves this project here (a one-shot `repro` engine takes no
     requests but its own and exits after its wave)."""
-    from pivot.transport.rundir import engine_mode, engine_running, read_endpoints
+    from pivot.cli.target import local_control
 
-    return engine_running(root) and engine_mode(root) == "up" and read_endpoints(root) is not None
+    return local_control(root) is not None
+
+
+def connect(
+    root: Path | None,
+    name: str,
+    broker: str | None,
+    key: Path | None,
+    broker_key: Path | None,
+    *,
+    required: bool = True,
+    timeout: float | None = None,
+) -> RemoteEngine | None:
+    """The engine `--broker` / PIVOT_BROKER names, else this project's running engine;
+    None (or a UserError when `required`) when there is none."""
+    from pivot.cli.target import keys_from, resolve
+
+    control = resolve(broker, root)
+    if control is None:
+        if not required:
+            return None
+        where = f" for {root}" if root is not None else ""
+        raise UserError(f"no Pivot engine is running{where}; start one with `pivot up`, or name one with --broker")
+    key, broker_key = keys_from(key, broker_key)
+    project = ""
+    import os
+
+    if root is not None and not (broker or os.environ.get("PIVOT_BROKER")):
+        from pivot.pipeline.project import project_id
+
+        project = project_id(root)
+    return RemoteEngine(control, name, key=key, broker_key=broker_key, project=project, timeout=timeout)

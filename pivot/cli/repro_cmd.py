@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from pivot.cli.options import LIVE_PARAMS, display_option, live_options
+from pivot.cli.target import broker_options
 from pivot.pipeline.project import find_root, pivot_dir
 
 
@@ -24,12 +25,13 @@ from pivot.pipeline.project import find_root, pivot_dir
               help="Stay live afterwards, like `pivot up` (which see); the options below "
               "apply only with it.")
 @live_options
+@broker_options
 @display_option
 @click.pass_context
 def repro(
     ctx: click.Context, stages: tuple[str, ...], force: bool, jobs: int | None, keep_going: bool,
     dry_run: bool, watch: bool, debounce_ms: int, poll: bool, restart: bool, grace_s: float,
-    display: str, as_json: bool,
+    broker: str | None, key: Path | None, broker_key: Path | None, display: str, as_json: bool,
 ) -> int:
     """Run STAGES (default: all) and their upstream, skipping what is up to date.
 
@@ -37,6 +39,8 @@ def repro(
     worker pool was lost, 2 for a usage or pipeline error, 130 after Ctrl-C.
 
     With --watch this is `pivot up`: it stays live and re-runs what each change affects.
+    While an engine runs for the project (`pivot up`), or with --broker, the engine is
+    asked for the run and its events are shown; exit codes are the same.
     """
     from pivot.cli.stack import Stack
     from pivot.runtime.cpus import usable_cpus
@@ -51,19 +55,23 @@ def repro(
     elif dry_run:
         raise click.UsageError("--dry-run and --watch cannot be combined")
     else:
-        from pivot.cli.up_cmd import start_live
+        from pivot.cli.launch import UpOptions, start_live
 
-        return start_live(stages, force, jobs, keep_going, debounce_ms, poll, restart, grace_s,
-                          "json" if as_json else display)
+        root = find_root()
+        pivot_dir(root)
+        opts = UpOptions(stages, force, jobs, keep_going, debounce_ms, poll, restart, grace_s,
+                         "json" if as_json else display)
+        return start_live(root, opts)
     root = find_root()
     if dry_run:
         return _dry_run(root, stages, force, as_json or display == "json")
     pivot_dir(root)
-    from pivot.cli.remote import RemoteEngine, running_engine
+    from pivot.cli.remote import connect
 
-    if running_engine(root):
-        # A `pivot up` owns the project: ask it for the wave instead of a second engine.
-        with RemoteEngine(root, "repro") as engine:
+    engine = connect(root, "repro", broker, key, broker_key, required=False)
+    if engine is not None:
+        # An engine owns the project (or was named): ask it for the wave, not a second one.
+        with engine:
             from pivot.cli.follow import run_wave
 
             return run_wave(engine, stages, force, keep_going, "json" if as_json else display)

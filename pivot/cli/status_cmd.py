@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+
+from pivot.cli.target import broker_options
 
 if TYPE_CHECKING:
     from pivot.cli.assess import StageAssessment
@@ -16,13 +20,18 @@ if TYPE_CHECKING:
 @click.argument("stages", nargs=-1)
 @click.option("--explain", is_flag=True, help="List every reason of each stage, with details.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-def status(stages: tuple[str, ...], explain: bool, as_json: bool) -> None:
+@broker_options
+def status(
+    stages: tuple[str, ...], explain: bool, as_json: bool, broker: str | None, key: Path | None,
+    broker_key: Path | None,
+) -> None:
     """Show which stages `pivot repro` would run, with the reasons.
 
     STAGES limits the report to those stages and their upstream. A stage downstream of a
     stale one is stale too ("upstream stale"); it is skipped at run time if its upstream
-    writes the same bytes again. While `pivot up` runs, what it is doing is shown too:
-    stages running or queued in its wave, and stages that failed there.
+    writes the same bytes again. While `pivot up` runs (or with --broker), what the
+    engine is doing is shown too: stages running or queued in its wave, stages that
+    failed there, and stages waiting for a pool.
     """
     from pivot.cli.assess import assess
     from pivot.cli.engine_view import (
@@ -38,10 +47,10 @@ def status(stages: tuple[str, ...], explain: bool, as_json: bool) -> None:
     root = find_root()
     # A running `pivot up` is asked for its view after the assessment, so that view is
     # the fresher one. Without one, neither zmq nor the display client is imported.
-    live = up_running(root)
+    live = bool(broker or os.environ.get("PIVOT_BROKER")) or up_running(root)
 
     def engine_snapshot() -> Snapshot | None:
-        snap, warning = fetch_snapshot(root)
+        snap, warning = fetch_snapshot(root, broker=broker, key=key, broker_key=broker_key)
         if warning:
             click.echo(f"warning: {warning}", err=True)
         return snap

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import zmq
 
-from pivot.errors import InfraError
+from pivot.errors import InfraError, UserError
 from pivot.protocol.codec import Envelope
 from pivot.protocol.messages import (
     BusTick,
     EventsWelcome,
     Message,
+    Refused,
     RunReply,
     RunRequest,
     ShutdownReply,
@@ -29,6 +31,9 @@ from pivot.protocol.messages import (
 from pivot.transport.rundir import Endpoints
 from pivot.transport.sockets import decode_or_log, make_socket, send_msg
 
+if TYPE_CHECKING:
+    from pivot.transport.curve import ClientKeys
+
 __all__ = ["BROKER_SILENCE_S", "EngineClient"]
 
 BROKER_SILENCE_S = 5.0
@@ -37,13 +42,22 @@ BROKER_SILENCE_S = 5.0
 class EngineClient:
     """Control requests and the event stream, for one display or CLI command."""
 
-    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], endpoints: Endpoints, name: str) -> None:
+    def __init__(
+        self,
+        ctx: zmq.Context[zmq.Socket[bytes]],
+        endpoints: Endpoints,
+        name: str,
+        keys: ClientKeys | None = None,
+    ) -> None:
         self.name = name
         self.sub = make_socket(ctx, zmq.SUB)
         self.sub.setsockopt(zmq.RCVHWM, 100_000)
         self.sub.setsockopt(zmq.SUBSCRIBE, b"")
-        self.sub.connect(endpoints.events)
         self.control = make_socket(ctx, zmq.DEALER)
+        if keys is not None:
+            keys.apply(self.sub)
+            keys.apply(self.control)
+        self.sub.connect(endpoints.events)
         self.control.connect(endpoints.control)
         self.last_seq = 0
         self.last_log_seq = 0
@@ -65,6 +79,7 @@ class EngineClient:
             if not self.control.poll(int(left * 1000) + 1):
                 break
             env = decode_or_log(self.control.recv(), "control")
+            _raise_refused(env)
             if env is not None and isinstance(env.msg, reply_type):
                 return env.msg
         raise InfraError(f"the broker did not answer {msg.TAG} within {timeout:.0f} s")
@@ -76,6 +91,7 @@ class EngineClient:
         """A reply of `reply_type` if one has arrived (never blocks; others are dropped)."""
         while self.control.poll(0):
             env = decode_or_log(self.control.recv(), "control")
+            _raise_refused(env)
             if env is not None and isinstance(env.msg, reply_type):
                 return env.msg
         return None
@@ -166,3 +182,9 @@ class EngineClient:
                 continue
             self.last_seq = env.seq
             yield env
+
+
+def _raise_refused(env: Envelope | None) -> None:
+    """The broker refused a request (a key whose role may not make it): the user's to fix."""
+    if env is not None and isinstance(env.msg, Refused):
+        raise UserError(f"the broker refused: {env.msg.reason}")

@@ -26,6 +26,7 @@ from pivot.protocol.messages import (
     EngineStopped,
     LogLine,
     Message,
+    Notice,
     Paused,
     PipelineInvalid,
     PipelineLoaded,
@@ -47,6 +48,7 @@ __all__ = [
     "format_duration",
     "make_renderer",
     "resolve_mode",
+    "show_engine_start",
     "stage_order",
     "wave_failed",
     "wave_finished_from",
@@ -70,6 +72,7 @@ EVENT_TAGS = frozenset(
         Paused,
         Resumed,
         EngineStopped,
+        Notice,
     )
 )
 _WAVE_LISTS = STATUSES  # WaveFinished list fields, same names and order as the statuses
@@ -320,3 +323,21 @@ def _float(value: object) -> float:
 
 def _str_or_none(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+def show_engine_start(renderer: Renderer, snap: Snapshot) -> None:
+    """Join an engine this display has just started (`pivot up`). Its pipeline may have
+    loaded (or failed to) before the display joined: that is news, shown as its event.
+    Nothing else can have happened yet: no wave starts before this display's request."""
+    import dataclasses
+    import time
+
+    renderer.baseline(dataclasses.replace(snap, pipeline_error=None))
+    if snap.pipeline_error:
+        error = snap.pipeline_error
+        msg: Message = PipelineInvalid(str(error.get("message", "")), str(error.get("detail", "")))
+    elif snap.order:
+        msg = PipelineLoaded(list(snap.order), [], [])
+    else:
+        return
+    renderer.event(Envelope(msg, "", None, "broker", snap.seq, time.time()))

@@ -26,6 +26,7 @@ class StageSpec:
     fingerprint: str
     # qualified name -> hash for every piece of code the fingerprint covers
     code_parts: dict[str, str] = field(default_factory=dict)
+    tags: tuple[str, ...] = field(default=(), compare=False)  # only pools with all of them run it
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -38,6 +39,7 @@ class StageSpec:
             "params": self.params,
             "fingerprint": self.fingerprint,
             "code_parts": self.code_parts,
+            "tags": list(self.tags),
         }
 
     @classmethod
@@ -53,6 +55,7 @@ class StageSpec:
                 params=_map(d["params"]),
                 fingerprint=_str(d["fingerprint"]),
                 code_parts={k: _str(v) for k, v in _map(d["code_parts"]).items()},
+                tags=_strs(d.get("tags", [])),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(f"malformed stage in manifest: {exc!r}") from exc

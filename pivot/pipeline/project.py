@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pivot.errors import UserError
 
-__all__ = ["PIPELINE_FILE", "find_root", "pivot_dir"]
+__all__ = ["PIPELINE_FILE", "find_root", "pivot_dir", "project_id"]
 
 PIPELINE_FILE = "pipeline.py"
 STATE_DIR = ".pivot"
@@ -40,3 +40,31 @@ def pivot_dir(root: Path) -> Path:
     if not gitignore.exists():
         gitignore.write_text(_GITIGNORE)
     return state
+
+
+PROJECT_ID_FILE = "project-id"
+
+
+def project_id(root: Path) -> str:
+    """The id of this project's `.pivot/` (made on first use): processes that share one
+    engine must see the same `.pivot/` (on other hosts, through a shared file system),
+    and a broker refuses a pool whose id differs."""
+    path = pivot_dir(root) / PROJECT_ID_FILE
+    try:
+        found = path.read_text().strip()
+    except FileNotFoundError:
+        found = ""
+    if found:
+        return found
+    import os
+    import uuid
+
+    tmp = path.with_name(f".{PROJECT_ID_FILE}.{os.getpid()}")
+    tmp.write_text(uuid.uuid4().hex + "\n")
+    try:
+        os.link(tmp, path)  # first writer wins; a racing process reads the winner's id
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path.read_text().strip()

@@ -51,6 +51,7 @@ class StageDecl:
     outs: tuple[str, ...]
     metrics: tuple[str, ...]
     params: dict[str, Any] = field(default_factory=dict)  # overrides of the defaults
+    tags: tuple[str, ...] = ()  # it runs only on pools with every one of these
 
 
 # Registration order matters (it is the pipeline's listing order). The loader and each
@@ -73,8 +74,12 @@ def stage(
     *,
     name: str | None = None,
     params: dict[str, Any] | None = None,
+    tags: Iterable[str] = (),
 ) -> Callable[[F], F]:
-    """Declare a stage. Returns the function unchanged, so it stays callable."""
+    """Declare a stage. Returns the function unchanged, so it stays callable.
+
+    `tags` (e.g. ["gpu"]) send the stage only to worker pools started with every one of
+    them (`pivot workers --tag gpu`)."""
     if callable(deps):
         raise PipelineError(
             f"@stage on {getattr(deps, '__qualname__', deps)!r} needs parentheses: "
@@ -83,6 +88,7 @@ def stage(
     dep_list = _paths("deps", deps, name)
     out_list = _paths("outs", outs, name)
     metric_list = _paths("metrics", metrics, name)
+    tag_list = _tags(tags, name)
 
     def register(func: F) -> F:
         stage_name = name if name is not None else getattr(func, "__name__", "")
@@ -109,11 +115,24 @@ def stage(
         _check_overrides(stage_name, func, overrides)
         _registry[stage_name] = StageDecl(
             stage_name, func, tuple(dep_list), tuple(out_list + metric_list),
-            tuple(metric_list), overrides,
+            tuple(metric_list), overrides, tuple(tag_list),
         )
         return func
 
     return register
+
+
+def _tags(tags: Iterable[str], stage_name: str | None) -> list[str]:
+    where = f"stage {stage_name!r}" if stage_name else "@stage"
+    if isinstance(tags, str):
+        raise PipelineError(f"{where}: tags must be a list of names, got the string {tags!r}; write tags=[{tags!r}]")
+    found = []
+    for tag in tags:
+        if not isinstance(tag, str) or not _NAME_RE.fullmatch(tag):
+            raise PipelineError(f"{where}: tag {tag!r} is invalid: use letters, digits, '_', '-', '.', '@'")
+        if tag not in found:
+            found.append(tag)
+    return sorted(found)
 
 
 def _where(func: Callable[..., Any]) -> str:

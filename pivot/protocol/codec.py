@@ -19,11 +19,22 @@ from typing import Any
 import msgpack
 
 from pivot.errors import ProtocolError
-from pivot.protocol.messages import MESSAGES, Message
+from pivot.protocol.messages import MESSAGES, Message, Refused
 
-__all__ = ["PROTOCOL_VERSION", "Envelope", "decode", "encode", "new_id"]
+__all__ = ["PROTOCOL_VERSION", "Envelope", "VersionMismatch", "decode", "encode", "new_id"]
 
 PROTOCOL_VERSION = 4
+FROZEN_KIND = Refused.TAG
+
+
+class VersionMismatch(ProtocolError):
+    """A message of another protocol version: `version` (as sent), `kind`, `sender`."""
+
+    def __init__(self, message: str, version: object, kind: str, sender: str) -> None:
+        super().__init__(message)
+        self.version = version
+        self.kind = kind
+        self.sender = sender
 _ENVELOPE_KEYS = frozenset({"v", "k", "id", "p", "s", "n", "t", "b"})
 
 
@@ -98,12 +109,16 @@ def decode(data: bytes) -> Envelope:
         extra = sorted(str(k) for k in keys - _ENVELOPE_KEYS)
         raise ProtocolError(f"bad envelope: missing {missing}, extra {extra}")
     version = wire["v"]
-    if type(version) is not int or version != PROTOCOL_VERSION:
-        raise ProtocolError(
-            f"protocol version {wire['v']!r}, expected {PROTOCOL_VERSION}: "
-            "every Pivot process of one stack must be the same version"
-        )
     kind = wire["k"]
+    # `refused` is frozen across versions: it tells a peer of another version why.
+    if (type(version) is not int or version != PROTOCOL_VERSION) and kind != FROZEN_KIND:
+        raise VersionMismatch(
+            f"protocol version {wire['v']!r}, expected {PROTOCOL_VERSION}: "
+            "every Pivot process of one stack must be the same version",
+            version,
+            kind if isinstance(kind, str) else "",
+            wire["s"] if isinstance(wire["s"], str) else "",
+        )
     entry = _REGISTRY.get(kind) if isinstance(kind, str) else None
     if entry is None:
         raise ProtocolError(f"unknown message kind {kind!r}")

@@ -5,8 +5,9 @@ builds its registry from. Fields are msgpack-native only (str, int, float, bool,
 lists and str-keyed maps of those). Commands are imperative, events past tense.
 
 Sockets (see docs/protocol.md):
-- work:    pool DEALER  <-> broker ROUTER   (hello, manifests, stages, results, heartbeats)
-- control: client DEALER <-> broker ROUTER  (run, snapshot, pool exits, shutdown)
+- control: client DEALER <-> broker ROUTER  (hello first, from every role; run, snapshot,
+           ps, shutdown)
+- work:    pool DEALER  <-> broker ROUTER   (pool hello, manifests, stages, results, heartbeats)
 - events:  broker XPUB   --> display SUB    (state events with sequence numbers; logs)
 """
 
@@ -24,12 +25,15 @@ __all__ = [
     "EventsWelcome",
     "FilesChanged",
     "Heartbeat",
+    "Hello",
+    "HelloReply",
     "LoadManifest",
     "LogLine",
     "ManifestAccepted",
     "ManifestFailed",
     "ManifestLoaded",
     "Message",
+    "Notice",
     "PauseRequest",
     "Paused",
     "PipelineInvalid",
@@ -40,6 +44,9 @@ __all__ = [
     "PoolLost",
     "PoolShutdown",
     "PoolWelcome",
+    "PsReply",
+    "PsRequest",
+    "Refused",
     "ResultAck",
     "Resumed",
     "RunReply",
@@ -69,17 +76,73 @@ class Message:
     TAG: ClassVar[str] = ""
 
 
+# --- handshake: every role says hello on the control link first -----------------------
+
+
+@dataclass(frozen=True)
+class Hello(Message):
+    """Any process -> broker (control link), before anything else: who it is. Answered
+    with `hello_reply` (where the broker's other sockets are) or `refused`."""
+
+    TAG: ClassVar[str] = "hello"
+    role: str  # "pool", "watcher", "display" or "cli"
+    name: str
+    pid: int
+    host: str
+    project: str  # the project id in the sender's .pivot/; "" = not checked (a viewer)
+
+
+@dataclass(frozen=True)
+class HelloReply(Message):
+    """Broker -> client: accepted. `work`, `events`, `changes` are its other endpoints
+    (a wildcard host stands for the host the client reached the control socket at);
+    `broker` is an id new at every start of the broker; `access` is what the client's
+    key allows ("operator", "viewer", "pool", "watcher"; "local" without CURVE)."""
+
+    TAG: ClassVar[str] = "hello_reply"
+    broker: str
+    pid: int
+    host: str
+    work: str
+    events: str
+    changes: str
+    project: str
+    heartbeat_s: float
+    liveness: int
+    access: str
+
+
+@dataclass(frozen=True)
+class Refused(Message):
+    """Broker -> client: not accepted (`code`: "version", "project", "access"), and why.
+    Its wire form is frozen: it is decoded whatever protocol version its envelope names,
+    so a peer of another version can read why it was refused."""
+
+    TAG: ClassVar[str] = "refused"
+    code: str
+    reason: str
+    version: int  # the broker's protocol version
+
+
 # --- work link: pool <-> broker -------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class PoolHello(Message):
-    """Pool -> broker, first message on connect. `slots` = stages it runs at once."""
+    """Pool -> broker, first message on the work link, and again after a silence of the
+    broker (it may have restarted). `slots` = stages it runs at once; `incarnation` is
+    new at every start of the pool; a stage with tags goes only to a pool with all of
+    them; `running` maps the attempts still in flight (from before a broker restart) to
+    their stages: the broker starts no other attempt of those until they end."""
 
     TAG: ClassVar[str] = "pool_hello"
     pool: str
     pid: int
     slots: int
+    incarnation: str = ""
+    host: str = ""
+    tags: list[str] = field(default_factory=list)
+    running: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -90,6 +153,7 @@ class PoolWelcome(Message):
     pool: str
     heartbeat_s: float
     liveness: int
+    broker: str = ""  # the broker's id (new at every start of it)
 
 
 @dataclass(frozen=True)
@@ -223,6 +287,7 @@ class StageResult(Message):
     error: str | None
     logs: list[tuple[str, str]]
     details: dict[str, Any] = field(default_factory=dict)
+    incarnation: str = ""  # of the pool that ran it: a result of an older one is rejected
 
 
 @dataclass(frozen=True)
@@ -301,6 +366,22 @@ class Snapshot(Message):
     trigger: str = "run"
     paths: list[str] = field(default_factory=list)
     logs: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PsRequest(Message):
+    """Client -> broker: the engine's processes (`pivot ps`); answered with `ps_reply`."""
+
+    TAG: ClassVar[str] = "ps_request"
+
+
+@dataclass(frozen=True)
+class PsReply(Message):
+    """Broker -> client: one map per process: `role`, `name`, `pid`, `host`, `uptime_s`,
+    `endpoint` (the broker), `slots`, `busy`, `tags` (pools)."""
+
+    TAG: ClassVar[str] = "ps_reply"
+    processes: list[dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -437,10 +518,20 @@ class Resumed(Message):
 
 @dataclass(frozen=True)
 class EngineStopped(Message):
-    """The engine stopped (its `pivot up` was asked to): the last event; an attached
-    display ends on it."""
+    """The engine stopped: the last event; an attached display ends on it. `reason` is
+    "" for a requested stop, else why the engine gave up (its processes kept crashing)."""
 
     TAG: ClassVar[str] = "engine_stopped"
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Notice(Message):
+    """Something the engine did on its own that a user should know (a pool or watcher
+    it started exited and was restarted)."""
+
+    TAG: ClassVar[str] = "notice"
+    message: str
 
 
 @dataclass(frozen=True)
@@ -465,6 +556,9 @@ class PoolLost(Message):
 
 
 MESSAGES: tuple[type[Message], ...] = (
+    Hello,
+    HelloReply,
+    Refused,
     PoolHello,
     PoolWelcome,
     Heartbeat,
@@ -486,6 +580,8 @@ MESSAGES: tuple[type[Message], ...] = (
     RunReply,
     SnapshotRequest,
     Snapshot,
+    PsRequest,
+    PsReply,
     PoolExited,
     PauseRequest,
     ShutdownRequest,
@@ -502,5 +598,6 @@ MESSAGES: tuple[type[Message], ...] = (
     Paused,
     Resumed,
     EngineStopped,
+    Notice,
     PoolLost,
 )

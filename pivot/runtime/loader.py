@@ -76,6 +76,7 @@ def build_manifest(root: Path) -> Manifest:
                 params=resolved,
                 fingerprint=code.digest,
                 code_parts=code.parts,
+                tags=decl.tags,
             )
         )
     # Only into an existing .pivot/ (made, with its .gitignore, by commands that run or

@@ -110,6 +110,44 @@ def _state(root: Path) -> ProjectState:
     return _STATE[key]
 
 
+POOL_CHECK_S = 0.2
+STOPPED_POOL_S = 3.0  # the broker's liveness window: by then it runs the stage elsewhere
+_watched: list[int] = []
+
+
+def watch_pool(pool_pid: int) -> None:
+    """Fencing from inside: a stage must not outlive its pool. A pool killed outright
+    (SIGKILL) leaves its workers running; one stopped (SIGSTOP) is given up by the broker,
+    which runs its stages elsewhere. Either way this worker exits at once, so two attempts
+    of a stage never run side by side. One watching thread per worker process."""
+    if _watched == [pool_pid]:
+        return
+    _watched[:] = [pool_pid]
+    import threading
+
+    from pivot.runtime.procs import is_alive, is_stopped
+
+    def watch() -> None:
+        import signal
+
+        # The cancel signal is the stage's (pivot/runtime/cancel.py): a stage that
+        # blocks it, or sits in native code, must not have it run here instead.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+        stopped_since: float | None = None
+        while _watched == [pool_pid]:
+            time.sleep(POOL_CHECK_S)
+            if not is_alive(pool_pid):
+                os._exit(70)
+            if is_stopped(pool_pid):
+                stopped_since = stopped_since or time.monotonic()
+                if time.monotonic() - stopped_since > STOPPED_POOL_S:
+                    os._exit(70)
+            else:
+                stopped_since = None
+
+    threading.Thread(target=watch, name="pool-watch", daemon=True).start()
+
+
 def run_stage(job: StageJob) -> dict[str, Any]:
     """Run the stage described by `job` (see workers.pool) and record it on success.
 
@@ -119,6 +157,8 @@ def run_stage(job: StageJob) -> dict[str, Any]:
     """
     root = Path(job["root"])
     name = job["stage"]
+    if job.get("pool_pid"):
+        watch_pool(int(job["pool_pid"]))
     pid_file = Path(job["pid_file"]) if job.get("pid_file") else None
     if pid_file is not None:
         # The pool learns which stage a dying worker was running, and whom to signal to

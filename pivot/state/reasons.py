@@ -34,6 +34,7 @@ class ReasonCode(enum.StrEnum):
     CANCELLED = "cancelled"
     POOL_LOST = "pool_lost"
     WORKER_DIED = "worker_died"
+    NO_POOL = "no_pool"  # no connected worker pool has the tags the stage needs
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from typing import IO
 
 from pivot.errors import StackRunning
 
-__all__ = ["Endpoints", "RunDir", "engine_mode", "engine_running", "read_endpoints"]
+__all__ = ["Endpoints", "RunDir", "engine_info", "engine_mode", "engine_running", "read_endpoints"]
 
 IPC_PATH_LIMIT = 107
 _SOCKETS = ("work", "control", "events", "changes")
@@ -65,6 +65,16 @@ def engine_mode(root: Path) -> str | None:
     except (OSError, ValueError, AttributeError):
         return None
     return mode if isinstance(mode, str) else None
+
+
+def engine_info(root: Path) -> dict[str, object]:
+    """What the running engine published in endpoints.json ({} when none did): its
+    endpoints, `mode`, `pid` (of the broker's process) and `broker` (its id)."""
+    try:
+        data = json.loads((run_dir_of(root) / "endpoints.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def read_endpoints(root: Path) -> Endpoints | None:
@@ -114,16 +124,23 @@ class RunDir:
         """Lock, choose the socket folder and publish the endpoints; `mode` ("repro" or
         "up") tells other commands whether the engine takes requests beyond its own."""
         self.lock()
+        endpoints = self.ipc_endpoints()
+        self.publish(endpoints, mode)
+        return endpoints
+
+    def ipc_endpoints(self) -> Endpoints:
+        """ipc endpoints in the socket folder (call with the lock held)."""
         self._socket_dir = self._choose_socket_dir()
-        endpoints = Endpoints(
-            **{name: f"ipc://{self._socket_dir / (name + '.sock')}" for name in _SOCKETS}
-        )
         for name in _SOCKETS:  # left by a crashed engine; we hold the lock now
             (self._socket_dir / f"{name}.sock").unlink(missing_ok=True)
+        return Endpoints(**{name: f"ipc://{self._socket_dir / (name + '.sock')}" for name in _SOCKETS})
+
+    def publish(self, endpoints: Endpoints, mode: str, **extra: object) -> None:
+        """Write endpoints.json: where local commands find the engine (what was bound)."""
         tmp = self.path / "endpoints.json.tmp"
-        tmp.write_text(json.dumps({**asdict(endpoints), "mode": mode}, indent=2) + "\n")
+        data = {**asdict(endpoints), "mode": mode, "pid": os.getpid(), **extra}
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
         os.replace(tmp, self.path / "endpoints.json")
-        return endpoints
 
     def _choose_socket_dir(self) -> Path:
         longest = self.path / "control.sock"

@@ -1,7 +1,15 @@
-"""`python -P -m pivot.watch --root ROOT --changes ENDPOINT [--poll] [--debounce-ms N]`
+"""`python -P -m pivot.watch --root ROOT (--changes ENDPOINT | --broker CONTROL) [--poll]`
 
 The watcher process: sends `watcher_ready` once the OS watch is registered, then
 `files_changed` batches to the broker's `changes` endpoint (see pivot/watch/watcher.py).
+
+- `--changes`: started by an engine, which told it the endpoint; it stops once that
+  engine's process is gone (even SIGKILLed).
+- `--broker`: started on its own (`pivot watcher`): it says hello on the control
+  endpoint to learn where to send changes, says hello again every few seconds, and
+  follows a broker that restarted (its changes endpoint may move); `--broker-timeout`
+  gives up when no broker answers that long.
+
 SIGTERM or SIGINT stops it (exit 0); a root that is not a folder exits 2; anything
 else that breaks it is logged with its traceback and exits 1.
 
@@ -19,10 +27,13 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from pivot.watch.watcher import DEFAULT_DEBOUNCE_MS, Watcher
 
 log = logging.getLogger("pivot.watch")
+
+HELLO_EVERY_S = 2.0
 
 
 def _positive_int(text: str) -> int:
@@ -37,7 +48,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         prog="python -m pivot.watch", description="Report changed project files to the broker."
     )
     parser.add_argument("--root", required=True, type=Path, help="the project folder")
-    parser.add_argument("--changes", required=True, help="the broker's changes endpoint")
+    link = parser.add_mutually_exclusive_group(required=True)
+    link.add_argument("--changes", help="the broker's changes endpoint (an engine started us)")
+    link.add_argument("--broker", help="the broker's control endpoint (started on our own)")
     parser.add_argument(
         "--poll",
         action="store_true",
@@ -49,6 +62,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=DEFAULT_DEBOUNCE_MS,
         help=f"longest time to gather one batch of changes [{DEFAULT_DEBOUNCE_MS}]",
     )
+    parser.add_argument("--broker-timeout", type=float, default=None)
+    parser.add_argument("--key", type=Path, default=None)
+    parser.add_argument("--broker-key", type=Path, default=None)
     return parser.parse_args(argv)
 
 
@@ -63,27 +79,115 @@ def main(argv: list[str]) -> int:
     from pivot.runtime.logsetup import configure
 
     configure("watcher", args.root)
-    watcher = Watcher(args.root, args.changes, poll=args.poll, debounce_ms=args.debounce_ms)
+    stop = threading.Event()
+    link: BrokerLink | None = None
+    if args.broker:
+        link = BrokerLink(args.root.resolve(), args.broker, args.key, args.broker_key, args.broker_timeout, stop)
+        try:
+            changes, keys = link.first()
+        except Exception as exc:  # refused, or a bad key: said once, clearly
+            log.error("%s", exc)
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if changes is None:
+            return 0 if stop.is_set() else 3
+    else:
+        changes, keys = args.changes, None
+    watcher = Watcher(args.root, changes, poll=args.poll, debounce_ms=args.debounce_ms, keys=keys)
 
     def on_signal(signum: int, _frame: object) -> None:
+        stop.set()
         watcher.stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    threading.Thread(target=_stop_when_orphaned, args=(watcher,), name="parent", daemon=True).start()
+    if link is not None:
+        watcher.max_wait_ms = 500
+        threading.Thread(target=link.follow, args=(watcher,), name="broker-link", daemon=True).start()
+    else:
+        threading.Thread(target=_stop_when_orphaned, args=(watcher,), name="parent", daemon=True).start()
     try:
         watcher.run()
     except Exception:
         log.exception("the watcher failed")
         return 1
-    return 0
+    return 3 if link is not None and link.gave_up else 0
+
+
+class BrokerLink:
+    """A standalone watcher's hello, repeated: where the broker wants changes sent."""
+
+    def __init__(
+        self, root: Path, control: str, key: Path | None, broker_key: Path | None,
+        timeout: float | None, stop: threading.Event,
+    ) -> None:
+        import zmq
+
+        from pivot.transport.address import normalize
+        from pivot.transport.curve import client_keys
+
+        self.root = root
+        self.control = normalize(control)
+        self.keys = client_keys(self.control, key, broker_key, default_name="watcher")
+        self.timeout = timeout
+        self.stop = stop
+        self.ctx: Any = zmq.Context()
+        self.broker = ""
+        self.gave_up = False
+
+    def _greet(self) -> Any:
+        from pivot.pipeline.project import project_id
+        from pivot.transport.greet import NoBroker, greet
+
+        try:
+            return greet(self.ctx, self.control, role="watcher", name=f"watcher-{os.getpid()}",
+                         project=project_id(self.root), timeout=1.0, keys=self.keys)
+        except NoBroker:
+            return None
+
+    def first(self) -> tuple[str | None, Any]:
+        """The changes endpoint of the first broker that answers (None: gave up)."""
+        started = time.monotonic()
+        told = False
+        while not self.stop.is_set():
+            info = self._greet()
+            if info is not None:
+                self.broker = info.broker
+                return info.changes, self.keys
+            if not told:
+                log.warning("waiting for the broker at %s", self.control)
+                told = True
+            if self.timeout is not None and time.monotonic() - started > self.timeout:
+                log.error("no broker answered at %s within %.0f s: exiting", self.control, self.timeout)
+                self.gave_up = True
+                return None, None
+        return None, None
+
+    def follow(self, watcher: Watcher) -> None:
+        """Say hello every few seconds; a new broker gets the changes from now on."""
+        last_answer = time.monotonic()
+        while not self.stop.wait(HELLO_EVERY_S):
+            info = self._greet()
+            now = time.monotonic()
+            if info is None:
+                if self.timeout is not None and now - last_answer > self.timeout:
+                    log.error("the broker at %s has not answered for %.0f s: exiting", self.control, self.timeout)
+                    self.gave_up = True
+                    watcher.stop()
+                    return
+                continue
+            last_answer = now
+            if info.broker != self.broker:
+                log.warning("a new broker (%s) took over from %s", info.broker, self.broker)
+                self.broker = info.broker
+                watcher.retarget(info.changes, self.keys)
 
 
 PARENT_CHECK_S = 0.5
 
 
 def _stop_when_orphaned(watcher: Watcher) -> None:
-    """Stop when the process that started us (`pivot up`) is gone, even SIGKILLed: no
+    """Stop when the process that started us (the engine) is gone, even SIGKILLed: no
     watcher outlives its engine. Reparenting changes our parent pid."""
     parent = os.getppid()
     while os.getppid() == parent:

@@ -71,6 +71,7 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import zmq
 
@@ -120,6 +121,7 @@ class Watcher:
         debounce_ms: int = DEFAULT_DEBOUNCE_MS,
         sndhwm: int = DEFAULT_SNDHWM,
         git_hold_max_s: float = GIT_HOLD_MAX_S,
+        keys: Any = None,
     ) -> None:
         self.root = Path(os.path.realpath(root))
         self.changes = changes
@@ -140,12 +142,23 @@ class Watcher:
         self._hold_since: float | None = None
         self._hold_warned = False
         self._rechecks: deque[tuple[float, dict[str, Signature]]] = deque()
+        self._retarget: str | None = None  # a new broker's changes endpoint, from retarget()
+        self._keys: Any = keys  # CURVE keys for the PUSH socket (pivot.transport.curve)
+        self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
+        self.max_wait_ms = 0  # >0: wake at least this often (to see a retarget promptly)
 
     # --- API -----------------------------------------------------------------------
 
     def stop(self) -> None:
         """Make `run()` return promptly. Thread-safe; fine in a signal handler."""
         self._stop.set()
+
+    def retarget(self, changes: str, keys: Any = None) -> None:
+        """Report to `changes` from now on (a new broker), starting with `watcher_ready`
+        (it could not see what changed before). Thread-safe."""
+        with self._lock:
+            self._retarget = changes
+            self._keys = keys
 
     def pending_paths(self) -> list[str]:
         """Paths seen but not yet handed to the socket (blocked or held), sorted."""
@@ -157,9 +170,8 @@ class Watcher:
         ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         if isinstance(self.changes, str):
             ctx = zmq.Context()
-            sock = make_socket(ctx, zmq.PUSH)
-            sock.setsockopt(zmq.SNDHWM, self.sndhwm)
-            sock.connect(self.changes)
+            self._ctx = ctx
+            sock = self._push(self.changes)
         else:
             sock = self.changes
         try:
@@ -184,8 +196,31 @@ class Watcher:
 
     # --- the loop ------------------------------------------------------------------
 
+    def _push(self, endpoint: str) -> zmq.Socket[bytes]:
+        assert self._ctx is not None, "retarget() needs a watcher that owns its socket"
+        sock = make_socket(self._ctx, zmq.PUSH)
+        sock.setsockopt(zmq.SNDHWM, self.sndhwm)
+        if self._keys is not None:
+            self._keys.apply(sock)
+        sock.connect(endpoint)
+        return sock
+
     def _loop(self, sock: zmq.Socket[bytes]) -> None:
+        try:
+            self._loop_on(sock)
+        finally:
+            self._sock_in_use.close(linger=0)
+
+    def _loop_on(self, sock: zmq.Socket[bytes]) -> None:
+        self._sock_in_use = sock
         while not self._stop.is_set():
+            with self._lock:
+                target, self._retarget = self._retarget, None
+            if target is not None:
+                log.info("reporting to a new broker at %s", target)
+                sock.close(linger=0)
+                sock = self._sock_in_use = self._push(target)
+                self._ready_unsent = True
             timeout = self._timeout_ms(time.monotonic())
             result = self._watches.wait(self.debounce_ms, timeout, self._stop)
             if result == "stop":
@@ -204,6 +239,8 @@ class Watcher:
             waits.append(GIT_CHECK_MS if self._hold_since is not None else RETRY_MS)
         if self._rechecks:
             waits.append((self._rechecks[0][0] - now) * 1000)
+        if self.max_wait_ms:
+            waits.append(self.max_wait_ms)
         return max(1, int(min(waits))) if waits else 0
 
     def _take(self, changes: Changes) -> None:

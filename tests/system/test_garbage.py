@@ -37,7 +37,7 @@ from pivot.protocol.messages import Heartbeat, Snapshot, SnapshotRequest, StageR
 
 pytestmark = pytest.mark.timeout(60)
 
-ENDPOINT_KEYS = {"work", "control", "events", "changes", "mode"}
+ENDPOINT_KEYS = {"work", "control", "events", "changes", "mode", "pid"}
 OVERSIZED = 16 * 1024 * 1024 + 1024  # over the receivers' MAXMSGSIZE
 
 
@@ -87,6 +87,7 @@ def test_garbage_on_every_socket_does_not_break_the_run(
         endpoints = json.loads((root / ".pivot" / "run" / "endpoints.json").read_text())
         assert set(endpoints) == ENDPOINT_KEYS, endpoints
         assert endpoints.pop("mode") == "repro", endpoints
+        assert endpoints.pop("pid") == cli.pid, endpoints  # the broker runs in the CLI
         assert all(str(v).startswith("ipc://") for v in endpoints.values()), endpoints
 
         control = dealer(zctx, endpoints["control"])

@@ -16,6 +16,7 @@ from broker.events import (
     FilesReported,
     ManifestArrived,
     ManifestRejected,
+    Note,
     PauseRequested,
     PoolGone,
     PoolHeard,
@@ -43,6 +44,7 @@ from pivot.protocol.messages import (
     LogLine,
     ManifestAccepted,
     Message,
+    Notice,
     Paused,
     PipelineInvalid,
     PipelineLoaded,
@@ -65,8 +67,8 @@ from pivot.protocol.messages import (
 CLIENT = b"client-1"
 
 
-def spec(name: str, deps: Iterable[str] = (), outs: Iterable[str] = ()) -> StageSpec:
-    return StageSpec(name, "pipeline", f"pipeline.{name}", tuple(deps), tuple(outs), (), {}, "fp")
+def spec(name: str, deps: Iterable[str] = (), outs: Iterable[str] = (), tags: Iterable[str] = ()) -> StageSpec:
+    return StageSpec(name, "pipeline", f"pipeline.{name}", tuple(deps), tuple(outs), (), {}, "fp", tags=tuple(tags))
 
 
 def diamond() -> Manifest:
@@ -90,9 +92,10 @@ class Harness:
     """
 
     def __init__(
-        self, manifest: Manifest | None = None, slots: int = 1, plan: list[str] | None = None
+        self, manifest: Manifest | None = None, slots: int = 1, plan: list[str] | None = None,
+        live: LiveOptions | None = None,
     ) -> None:
-        self.state = BrokerState(heartbeat_s=1.0, liveness=3)
+        self.state = BrokerState(heartbeat_s=1.0, liveness=3, live=live)
         self.now = 0.0
         self.published: list[Message] = []
         self.plan: list[str] | None = [] if plan is None else plan
@@ -271,12 +274,68 @@ def test_heartbeats_are_sent_and_a_silent_pool_is_lost_with_its_stages_requeued(
     [lost] = published(commands, PoolLost)
     assert lost.pool == "p1" and lost.stages == ["a", "e"]
     assert "no heartbeat" in lost.reason
-    # A replacement pool gets the lost stages again, under new attempt ids.
-    again = dispatched(h.feed(PoolJoined("p2", 2, 5.2)))
+    # Not proven dead, it may still run them until it notices the silence itself (3 s
+    # after the broker stopped heartbeating it) and stops them: they run elsewhere only
+    # after that and a margin (fencing), never twice at once.
+    assert dispatched(h.feed(PoolJoined("p2", 2, 5.2))) == []
+    assert dispatched(h.feed(Tick(10.0))) == []
+    again = dispatched(h.feed(Tick(10.2)))
     assert [(p, s) for p, s, _ in again] == [("p2", "a"), ("p2", "e")]
     assert {att for _, _, att in again}.isdisjoint({a, e})
     # A late result from the dead pool's attempt is acked and ignored.
     assert h.result(a, pool="p1") == [SendWork("p1", ResultAck(a))]
+
+
+def test_a_lost_pool_whose_death_is_confirmed_has_its_stages_run_elsewhere_at_once() -> None:
+    h = Harness(diamond(), slots=2)
+    dispatched(h.run())
+    h.feed(PoolJoined("p2", 2, 0.5))
+    h.feed(Tick(1.0))
+    h.feed(PoolHeard("p2", 3.5))
+    [lost] = published(h.feed(Tick(3.6)), PoolLost)  # p1 silent since 0.0
+    assert lost.pool == "p1" and dispatched(h.feed(Tick(3.8))) == []
+    # Its supervisor killed its group and saw it exit: no attempt of it can be alive.
+    again = dispatched(h.feed(PoolGone("p1", "pool process was killed by SIGKILL")))
+    assert [(p, s) for p, s, _ in again] == [("p2", "a"), ("p2", "e")]
+
+
+def test_a_pool_back_after_a_broker_silence_keeps_what_it_still_runs() -> None:
+    """A pool that said hello again (it had lost the broker for a moment) reports the
+    attempts it still runs: they stay its own; the others run again."""
+    h = Harness(diamond(), slots=2)
+    [(_, _, a), (_, _, _e)] = dispatched(h.run())
+    commands = h.feed(PoolJoined("p1", 2, 0.5, running=((a, "a"),)))
+    [lost] = published(commands, PoolLost)
+    assert lost.stages == ["e"]  # a still runs there
+    assert [(p, s) for p, s, _ in dispatched(commands)] == [("p1", "e")]
+    done = h.result(a)
+    assert [s for _, s, _ in dispatched(done)] == ["b"]  # e still holds the other slot
+
+
+def test_attempts_from_before_a_broker_restart_hold_their_stages_until_they_end() -> None:
+    h = Harness()
+    h.feed(PoolJoined("p1", 2, 0.0, running=(("old-w3-9", "a"),)))
+    m = diamond()
+    commands = h.feed(ManifestArrived("p1", m, build_graph(m)))
+    commands = h.run()
+    # One slot is held by the old attempt; a waits for it, e may run.
+    assert [s for _, s, _ in dispatched(commands)] == ["e"]
+    commands = h.feed(ResultReceived("p1", "old-w3-9", "ran", "ran", "x", 1.0, None, ()))
+    assert SendWork("p1", ResultAck("old-w3-9")) in commands
+    assert [s for _, s, _ in dispatched(commands)] == ["a"]
+
+
+def test_a_result_from_an_earlier_incarnation_of_a_pool_is_rejected() -> None:
+    h = Harness()
+    h.feed(PoolJoined("p1", 1, 0.0, incarnation="new"))
+    m = diamond()
+    h.feed(ManifestArrived("p1", m, build_graph(m)))
+    [(_, _, a)] = dispatched(h.run())
+    commands = h.feed(ResultReceived("p1", a, "ran", "ran", "x", 1.0, None, (), {}, "old"))
+    assert SendWork("p1", ResultAck(a)) in commands  # it stops resending
+    assert [c for c in commands if isinstance(c, Note)], commands  # and it is logged
+    assert dispatched(commands) == [] and published(commands, StageFinished) == []
+    assert [s for _, s, _ in dispatched(h.feed(ResultReceived("p1", a, "ran", "ran", "x", 1.0, None, (), {}, "new")))] == ["b"]
 
 
 def test_pool_gone_reports_the_exit_reason() -> None:
@@ -841,3 +900,50 @@ def test_a_run_asked_while_paused_is_queued_and_says_so() -> None:
     [reply] = [c.msg for c in h.run() if isinstance(c, Reply)]
     assert isinstance(reply, RunReply) and reply.accepted and "paused" in reply.message
     assert published(h.feed(PauseRequested(CLIENT, False)), WaveStarted)
+
+
+def gpu_pipeline() -> Manifest:
+    """prep -> train (needs a pool tagged gpu) -> report."""
+    return Manifest((
+        spec("prep", outs=["p.txt"]),
+        spec("train", deps=["p.txt"], outs=["m.txt"], tags=["gpu"]),
+        spec("report", deps=["m.txt"], outs=["r.txt"]),
+    ))
+
+
+def test_a_tagged_stage_goes_only_to_a_pool_with_its_tags() -> None:
+    h = Harness(gpu_pipeline(), slots=2)
+    h.feed(PoolJoined("gpu-1", 1, 0.0, tags=frozenset({"gpu", "big"})))
+    [(pool, stage, a)] = dispatched(h.run(keep_going=True))
+    assert (stage, pool) == ("prep", "p1")  # the first free pool in order
+    [(pool, stage, _)] = dispatched(h.result(a, pool=pool))
+    assert (pool, stage) == ("gpu-1", "train")
+
+
+def test_a_one_shot_run_fails_a_stage_no_connected_pool_can_take() -> None:
+    h = Harness(gpu_pipeline(), slots=2)
+    [(_, _, a)] = dispatched(h.run())
+    commands = h.result(a)
+    [_prep, failed, blocked] = published(commands, StageFinished)
+    assert (failed.stage, failed.status, failed.reason_code) == ("train", "failed", "no_pool")
+    assert "pivot workers --tag gpu" in failed.reason and failed.details == {"tags": ["gpu"]}
+    assert (blocked.stage, blocked.status) == ("report", "blocked")
+    [end] = published(commands, WaveFinished)
+    assert end.failed == ["train"]
+
+
+def test_live_a_stage_waits_for_a_pool_with_its_tags_and_runs_when_one_joins() -> None:
+    h = Harness(live=LiveOptions(wait_for_watcher=False))
+    h.feed(PoolJoined("p1", 2, 0.0))
+    m = gpu_pipeline()
+    h.feed(ManifestArrived("p1", m, build_graph(m)))
+    [(_, _, a)] = dispatched(h.run())
+    commands = h.result(a)
+    assert dispatched(commands) == [] and published(commands, StageFinished)[-1].stage == "prep"
+    [notice] = published(commands, Notice)
+    assert "train is waiting for a pool with tags gpu" in notice.message
+    view = h.state.snapshot().stages["train"]
+    assert (view["status"], view["reason_code"]) == ("pending", "no_pool")
+    assert published(h.feed(Tick(0.5)), Notice) == []  # said once
+    [(pool, stage, _)] = dispatched(h.feed(PoolJoined("gpu-1", 1, 0.6, tags=frozenset({"gpu"}))))
+    assert (pool, stage) == ("gpu-1", "train")

@@ -26,12 +26,15 @@ from pivot.protocol.messages import (
     EventsWelcome,
     FilesChanged,
     Heartbeat,
+    Hello,
+    HelloReply,
     LoadManifest,
     LogLine,
     ManifestAccepted,
     ManifestFailed,
     ManifestLoaded,
     Message,
+    Notice,
     Paused,
     PauseRequest,
     PipelineInvalid,
@@ -42,6 +45,9 @@ from pivot.protocol.messages import (
     PoolLost,
     PoolShutdown,
     PoolWelcome,
+    PsReply,
+    PsRequest,
+    Refused,
     ResultAck,
     Resumed,
     RunReply,
@@ -115,8 +121,18 @@ _LAST_WAVE = {
 
 # One realistic instance per wire message, every field set away from its default.
 SAMPLES: dict[type[Message], Message] = {
-    PoolHello: PoolHello(pool="pool-1", pid=4242, slots=4),
-    PoolWelcome: PoolWelcome(pool="pool-1", heartbeat_s=0.5, liveness=3),
+    Hello: Hello(role="pool", name="gpu-box-1", pid=4242, host="gpu-box", project="9f0e1d2c"),
+    HelloReply: HelloReply(
+        broker="a1b2c3d4e5f6", pid=4000, host="dev", work="tcp://0.0.0.0:41001",
+        events="tcp://0.0.0.0:41002", changes="tcp://0.0.0.0:41003", project="9f0e1d2c",
+        heartbeat_s=0.5, liveness=3, access="operator",
+    ),
+    Refused: Refused(code="version", reason="protocol version 3 is not 4", version=4),
+    PoolHello: PoolHello(
+        pool="pool-1", pid=4242, slots=4, incarnation="77aa", host="gpu-box", tags=["gpu"],
+        running={"a1w3-7": "train"},
+    ),
+    PoolWelcome: PoolWelcome(pool="pool-1", heartbeat_s=0.5, liveness=3, broker="a1b2c3d4e5f6"),
     Heartbeat: Heartbeat(pool="pool-1"),
     ManifestLoaded: ManifestLoaded(pool="pool-1", manifest=_manifest().to_wire()),
     ManifestFailed: ManifestFailed(
@@ -147,6 +163,7 @@ SAMPLES: dict[type[Message], Message] = {
         error="Traceback ...\nValueError: bad shape",
         logs=[("stdout", "epoch 1/10"), ("stderr", "warning: slow")],
         details={"paths": ["data/clean.csv"]},
+        incarnation="77aa",
     ),
     ResultAck: ResultAck(attempt="1a2b-c3d4-7"),
     CancelStage: CancelStage(attempt="w3-17", reason="its inputs changed while it ran (data/raw.csv)"),
@@ -168,12 +185,15 @@ SAMPLES: dict[type[Message], Message] = {
         paths=["data/raw.csv"],
         logs={"train": [("stdout", "epoch 1"), ("stderr", "warning: slow")]},
     ),
+    PsRequest: PsRequest(),
+    PsReply: PsReply(processes=[{"role": "pool", "name": "pool-1", "pid": 4242, "slots": 2, "tags": ["gpu"]}]),
     PoolExited: PoolExited(pool="pool-1", returncode=-9),
     ShutdownRequest: ShutdownRequest(grace_s=5.0),
     PauseRequest: PauseRequest(paused=True),
     Paused: Paused(),
     Resumed: Resumed(),
-    EngineStopped: EngineStopped(),
+    EngineStopped: EngineStopped(reason="the worker pool crashed 6 times within 60 s"),
+    Notice: Notice(message="the worker pool stopped (it was killed by SIGKILL); restarting it"),
     ShutdownReply: ShutdownReply(seq=42),
     EventsWelcome: EventsWelcome(seq=42),
     BusTick: BusTick(seq=42, log_seq=17),
@@ -300,8 +320,8 @@ def test_wire_tags_are_unique_and_registered() -> None:
 
 GOLDEN_POOL_HELLO = (
     b"\x88\xa1v\x04\xa1k\xaapool_hello\xa2id\xab1a2b-c3d4-1\xa1p\xc0\xa1s\xa6pool-1"
-    b"\xa1n\x00\xa1t\xcbA\xd9T\xfc@\x10\x00\x00\xa1b\x83\xa4pool\xa6pool-1\xa3pid"
-    b"\xcd\x10\x92\xa5slots\x04"
+    b"\xa1n\x00\xa1t\xcbA\xd9T\xfc@\x10\x00\x00\xa1b\x87\xa4pool\xa6pool-1\xa3pid"
+    b"\xcd\x10\x92\xa5slots\x04\xabincarnation\xa0\xa4host\xa0\xa4tags\x90\xa7running\x80"
 )
 
 GOLDEN_STAGE_FINISHED = (
@@ -349,6 +369,19 @@ def test_golden_stage_finished() -> None:
     assert decode(GOLDEN_STAGE_FINISHED) == Envelope(
         msg, "5e6f-7a8b-9", "1a2b-c3d4-2", "broker", 7, 1700000001.5
     )
+
+
+def test_refused_is_read_whatever_version_its_envelope_names() -> None:
+    """`refused` is frozen: a peer of another version must read why it was refused."""
+    wire = msgpack.unpackb(encode(Refused("version", "too old", 9), sender="broker"))
+    wire["v"] = 9
+    env = decode(msgpack.packb(wire))
+    assert env.msg == Refused("version", "too old", 9)
+    wire["k"] = "hello"  # any other kind of another version is refused, naming both
+    wire["b"] = {"role": "pool", "name": "p", "pid": 1, "host": "h", "project": ""}
+    with pytest.raises(codec.VersionMismatch, match="protocol version 9, expected 4") as info:
+        decode(msgpack.packb(wire))
+    assert (info.value.version, info.value.kind, info.value.sender) == (9, "hello", "broker")
 
 
 def test_protocol_version_is_four() -> None:

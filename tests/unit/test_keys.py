@@ -7,7 +7,7 @@ import os
 import termios
 import time
 
-from pivot.cli.keys import KeyReader
+from pivot.cli.keypress import KeyReader
 
 
 def test_keys_arrive_one_by_one_and_the_terminal_is_restored() -> None:

@@ -267,3 +267,17 @@ def test_params_naming_a_non_parameter() -> None:
 def test_params_on_function_without_parameters() -> None:
     with pytest.raises(PipelineError, match=r"stage 'evaluate': params=\['x'\]"):
         stage(params={"x": 1})(evaluate)
+
+
+def test_tags_are_sorted_and_deduplicated() -> None:
+    stage(tags=["gpu", "big", "gpu"])(train)
+    assert registered()["train"].tags == ("big", "gpu")
+
+
+@pytest.mark.parametrize(
+    ("tags", "match"),
+    [("gpu", "must be a list of names, got the string 'gpu'"), (["gp u"], "tag 'gp u' is invalid"), ([3], "tag 3 is invalid")],
+)
+def test_bad_tags_name_the_stage(tags: object, match: str) -> None:
+    with pytest.raises(PipelineError, match=re.escape(match)):
+        stage(name="train", tags=tags)  # type: ignore[arg-type]

@@ -1,0 +1,235 @@
+"""The roles a broker process starts beside itself for `pivot up`: a pool and a watcher.
+
+Each runs in its own session (process group), so one killpg stops a pool with its loader
+and loky workers. A thread per child waits for its exit and wakes the broker's loop
+through a pipe; the loop then kills what is left of the group, tells the state machine
+(a dead pool's stages run again only now: no attempt of theirs can still be alive) and
+restarts the role after a backoff (`broker/supervisor.py`). A pool the broker gives up
+while its process lives (hung, SIGSTOPped) is killed with its group first. With an
+owner (the foreground `pivot up`), the engine stops when that process is gone, even
+SIGKILLed.
+
+    broker loop --poll--> wake pipe <-- reaper thread per child (proc.wait())
+                                    <-- owner thread (pidfd of `pivot up`)
+                                    <-- restart timers
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import queue
+import select
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from broker.events import Noticed, PoolGone, ShutdownRequested
+from broker.supervisor import GiveUp, Supervisor, describe_exit
+from pivot.protocol.messages import Message, PoolLost
+from pivot.runtime.procs import kill_group
+from pivot.runtime.spawn import python_cmd
+from pivot.transport.rundir import Endpoints
+
+if TYPE_CHECKING:
+    from broker.service import BrokerService
+
+__all__ = ["POOL_NAME", "LocalRoles"]
+
+log = logging.getLogger(__name__)
+
+POOL_NAME = "pool-1"
+GRACE_S = 3.0
+
+
+class LocalRoles:
+    """Started before the broker binds when its endpoints are known (ipc, fixed ports):
+    the pool's interpreter and loader then start while the broker imports ZeroMQ and
+    its own modules; they connect before the bind and ZeroMQ retries. `attach(service)`
+    before the broker's loop runs."""
+
+    def __init__(self, root: Path, endpoints: Endpoints | None, args: argparse.Namespace) -> None:
+        self.root = root
+        self.endpoints = endpoints
+        self.service: BrokerService | None = None
+        self.args = args
+        self.logs = root / ".pivot" / "logs"
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.supervisor = Supervisor()
+        self.events: queue.SimpleQueue[tuple[str, str, object]] = queue.SimpleQueue()
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_w, False)
+        self.stopping = False
+        self.started = False
+        self.started_at: dict[str, float] = {}
+        self.timers: list[threading.Timer] = []
+
+    def attach(self, service: BrokerService) -> None:
+        self.service = service
+        self.endpoints = service.endpoints
+        service.on_publish = self._published
+        service.local_ps = self._ps
+
+    def _ps(self, now: float) -> list[dict[str, object]]:
+        """The watcher this broker runs (its pool reports itself at hello)."""
+        proc = self.procs.get("watcher")
+        if proc is None or proc.poll() is not None:
+            return []
+        return [{
+            "role": "watcher", "name": "watcher", "pid": proc.pid, "host": socket.gethostname(),
+            "uptime_s": round(now - self.started_at.get("watcher", now), 1),
+        }]
+
+    def fds(self) -> list[int]:
+        return [self.wake_r]
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.started:
+            return
+        self.started = True
+        if self.args.owner:
+            threading.Thread(target=self._watch_owner, args=(self.args.owner,), name="owner", daemon=True).start()
+        if self.args.pool_jobs:
+            self._start("pool")
+        if self.args.watch:
+            self._start("watcher")
+
+    def stop(self) -> None:
+        """The engine stopped: the pool was told to exit; the watcher is stopped; whatever
+        is left of either group after a grace period is killed."""
+        self.stopping = True
+        for timer in self.timers:
+            timer.cancel()
+        watcher = self.procs.get("watcher")
+        if watcher is not None:
+            _stop_group(watcher, "watcher", terminate=True)
+        pool = self.procs.get("pool")
+        if pool is not None:
+            _stop_group(pool, "pool", terminate=False)
+        # The wake pipe stays open: a reaper thread may still write to it, and a closed
+        # descriptor's number could be another file's by then. The process ends soon.
+
+    # --- processes -----------------------------------------------------------------
+
+    def _start(self, role: str) -> None:
+        ep = self.endpoints
+        assert ep is not None
+        if role == "pool":
+            cmd = python_cmd(
+                "workers", "--root", str(self.root), "--work", ep.work, "--name", POOL_NAME,
+                "--jobs", str(self.args.pool_jobs),
+            )
+        else:
+            cmd = python_cmd(
+                "pivot.watch", "--root", str(self.root), "--changes", ep.changes,
+                *(["--poll"] if self.args.poll else []),
+            )
+        self.logs.mkdir(parents=True, exist_ok=True)
+        with open(self.logs / f"{role}.log", "ab") as out:  # a restart keeps the old log
+            proc = subprocess.Popen(
+                cmd, cwd=self.root, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.procs[role] = proc
+        self.started_at[role] = self.service.clock() if self.service else time.monotonic()
+        threading.Thread(target=self._reap, args=(role, proc), name=f"reap-{role}", daemon=True).start()
+
+    def _reap(self, role: str, proc: subprocess.Popen[bytes]) -> None:
+        proc.wait()
+        self._post("exited", role, proc)
+
+    def _watch_owner(self, owner: int) -> None:
+        """Wait for the owner's exit (a pidfd is readable once the process is gone)."""
+        try:
+            fd = os.pidfd_open(owner)
+        except OSError:  # already gone
+            self._post("owner", "", None)
+            return
+        try:
+            select.select([fd], [], [])
+        finally:
+            os.close(fd)
+        self._post("owner", "", None)
+
+    def _post(self, kind: str, role: str, value: object) -> None:
+        self.events.put((kind, role, value))
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self.wake_w, b"x")
+
+    # --- in the broker's loop ------------------------------------------------------
+
+    def on_fd(self, fd: int) -> None:
+        assert self.service is not None
+        with contextlib.suppress(BlockingIOError):
+            os.read(fd, 4096)
+        while True:
+            try:
+                kind, role, value = self.events.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "exited":
+                assert isinstance(value, subprocess.Popen)
+                self._exited(role, value)
+            elif kind == "restart" and not self.stopping:
+                self._start(role)
+            elif kind == "owner" and not self.stopping:
+                log.warning("the `pivot up` that started this engine (pid %d) is gone: stopping", self.args.owner)
+                self.service.feed(ShutdownRequested(b"", 0.0, self.service.clock()))
+
+    def _exited(self, role: str, proc: subprocess.Popen[bytes]) -> None:
+        assert self.service is not None
+        if self.procs.get(role) is not proc:
+            return
+        if not kill_group(proc.pid, GRACE_S):  # loky workers may outlive a dead pool
+            log.error("processes of the %s group %d survived SIGKILL", role, proc.pid)
+        rc = proc.returncode
+        if role == "pool":
+            self.service.feed(PoolGone(POOL_NAME, describe_exit(rc), confirmed=True))
+        if self.stopping or self.service.state.stopping:
+            return
+        what = "worker pool" if role == "pool" else "file watcher"
+        decision = self.supervisor.exited(role, what, rc, str(self.logs / f"{role}.log"), self.service.clock())
+        if isinstance(decision, GiveUp):
+            log.error("%s", decision.message)
+            self.service.feed(ShutdownRequested(b"", 0.0, self.service.clock(), decision.message))
+            return
+        log.warning("%s", decision.message)
+        self.service.feed(Noticed(decision.message))
+        delay = max(0.0, decision.at - self.service.clock())
+        timer = threading.Timer(delay, self._post, args=("restart", role, None))
+        timer.daemon = True
+        self.timers = [t for t in self.timers if t.is_alive()] + [timer]
+        timer.start()
+
+    def _published(self, msg: Message) -> None:
+        """The broker gave up a pool whose process lives (no heartbeat: hung, stopped):
+        its group goes first, so that no attempt of its stages outlives it; the reaper
+        then sees the exit and it is restarted."""
+        if isinstance(msg, PoolLost) and msg.pool == POOL_NAME:
+            proc = self.procs.get("pool")
+            if proc is not None and proc.poll() is None:
+                log.warning("the broker lost the pool %d while it was alive: killing its group", proc.pid)
+                kill_group(proc.pid, GRACE_S)
+
+
+def _stop_group(proc: subprocess.Popen[bytes], what: str, *, terminate: bool) -> None:
+    """Wait for a process started in its own session (SIGTERM first with `terminate`),
+    then SIGKILL whatever is left of its group."""
+    if proc.poll() is None:
+        if terminate:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(GRACE_S)
+    if not kill_group(proc.pid, GRACE_S):
+        log.error("processes of the %s group %d survived SIGKILL", what, proc.pid)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(GRACE_S)

@@ -1,0 +1,207 @@
+"""Starting a live engine for `pivot up` / `pivot repro --watch`: the broker as a process
+of its own (`python -P -m broker`), which starts and supervises the pool and the watcher.
+
+In the foreground this process is the engine's first display: it follows the events and
+stops the engine on q, Ctrl-C, SIGTERM or SIGHUP; the broker is told this process is its
+owner, so the engine stops too if this process is killed outright. Detached (`-d`), it
+returns once the first wave has started and the engine lives on until `pivot down`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pivot.cli.remote import RemoteEngine
+from pivot.errors import InfraError, StackRunning, UserError
+from pivot.runtime.spawn import python_cmd
+
+__all__ = ["SpawnedEngine", "UpOptions", "start_live", "stop_broker"]
+
+READY_WITHIN_S = 30.0  # the broker binds in well under a second; a loaded machine is slow
+EXIT_WITHIN_S = 10.0
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    stages: tuple[str, ...]
+    force: bool
+    jobs: int | None
+    keep_going: bool
+    debounce_ms: int
+    poll: bool
+    restart: bool
+    grace_s: float
+    display: str
+    detach: bool = False
+    bind: str | None = None
+
+
+class SpawnedEngine(RemoteEngine):
+    """A broker process this command started, as a client sees it, plus that process."""
+
+    def __init__(self, control: str, proc: subprocess.Popen[bytes], log: Path, grace_s: float, project: str) -> None:
+        super().__init__(control, "up", grace_s=grace_s, project=project)
+        self.proc = proc
+        self.log = log
+
+    def check(self) -> None:
+        rc = self.proc.poll()
+        if rc is not None:
+            raise InfraError(
+                f"the engine's broker process exited unexpectedly ({_exit_text(rc)}); its log "
+                f"{self.log}:\n{_tail(self.log)}"
+            )
+
+
+def start_live(root: Path, opts: UpOptions) -> int:
+    from pivot.cli.remote import running_engine
+    from pivot.pipeline.project import project_id
+    from pivot.runtime.cpus import usable_cpus
+
+    if running_engine(root):
+        raise StackRunning(
+            f"a Pivot engine is already running for {root}; `pivot attach` shows it, "
+            "`pivot repro` asks it for a run, `pivot down` stops it"
+        )
+    log = root / ".pivot" / "logs" / "broker.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    args = [
+        "--root", str(root), "--pool-jobs", str(opts.jobs or usable_cpus()), "--watch",
+        "--debounce-ms", str(opts.debounce_ms), "--grace", str(opts.grace_s),
+        *(["--poll"] if opts.poll else []), *(["--restart"] if opts.restart else []),
+        *(["--keep-going"] if opts.keep_going else []),
+        *(f"--scope={s}" for s in opts.stages),
+        *(["--bind", opts.bind] if opts.bind else []),
+        *([] if opts.detach else ["--owner", str(os.getpid())]),
+    ]
+    start = log.stat().st_size if log.exists() else 0
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            python_cmd("broker", *args), cwd=root, stdin=subprocess.DEVNULL, stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        control = _wait_ready(root, proc, log, start)
+        engine = SpawnedEngine(control, proc, log, opts.grace_s, project_id(root))
+    except BaseException:
+        stop_broker(proc, grace_s=0.0)
+        raise
+    with engine:
+        if opts.detach:
+            rc = _detached(engine, opts)
+            if rc != 0:
+                engine.client.shutdown(timeout=EXIT_WITHIN_S, grace_s=0.0)
+                stop_broker(proc, grace_s=0.0)
+            return rc
+        try:
+            from pivot.cli.follow import run_live
+
+            return run_live(engine, opts.stages, opts.force, opts.keep_going, opts.display)
+        finally:
+            stop_broker(proc, opts.grace_s)
+
+
+def _wait_ready(root: Path, proc: subprocess.Popen[bytes], log: Path, start: int) -> str:
+    """The broker's control endpoint once it has bound (it rewrites endpoints.json)."""
+    from pivot.transport.rundir import engine_info
+
+    deadline = time.monotonic() + READY_WITHIN_S
+    while time.monotonic() < deadline:
+        rc = proc.poll()
+        if rc is not None:
+            said = _since(log, start).strip()
+            message = said.splitlines()[-1].removeprefix("error: ") if said else _exit_text(rc)
+            if rc == 2:
+                raise UserError(message)
+            raise InfraError(f"the engine's broker did not start ({_exit_text(rc)}): {message}; see {log}")
+        info = engine_info(root)
+        if info.get("pid") == proc.pid and isinstance(info.get("control"), str):
+            return str(info["control"])
+        time.sleep(0.01)  # the broker writes endpoints.json within milliseconds of starting
+    raise InfraError(f"the engine's broker did not start within {READY_WITHIN_S:.0f} s; see {log}")
+
+
+def _detached(engine: SpawnedEngine, opts: UpOptions) -> int:
+    """Ask for the first wave, and return once it started (0) or the pipeline is invalid
+    (2, with the error)."""
+    from pivot.protocol.codec import Envelope
+    from pivot.protocol.messages import PipelineInvalid, RunReply, RunRequest, Snapshot, WaveStarted
+
+    client = engine.client
+    joined = client.join()
+    client.send(RunRequest(list(opts.stages), opts.force, opts.keep_going))
+    seen = joined.wave
+    for item in client.events(poll_s=0.1):
+        reply = client.take_reply(RunReply)
+        if isinstance(reply, RunReply) and not reply.accepted:
+            print(f"error: {reply.message}", file=sys.stderr)
+            return 2
+        error = None
+        if isinstance(item, Envelope) and isinstance(item.msg, PipelineInvalid):
+            error = {"message": item.msg.message, "detail": item.msg.detail}
+        elif isinstance(item, Snapshot) and item.pipeline_error:
+            error = item.pipeline_error
+        if error is not None:
+            print(f"error: {error.get('message', '')}", file=sys.stderr)
+            if error.get("detail"):
+                print(error["detail"], file=sys.stderr)
+            return 2
+        started = (isinstance(item, Envelope) and isinstance(item.msg, WaveStarted)) or (
+            isinstance(item, Snapshot) and item.wave > seen
+        )
+        if started:
+            info = engine.info
+            print(
+                f"pivot: the engine runs in the background (broker pid {info.pid}, "
+                f"{info.control}); `pivot attach` shows it, `pivot ps` lists its processes, "
+                "`pivot down` stops it"
+            )
+            return 0
+        engine.check()
+    return 1  # never reached: events() only ends by raising
+
+
+def stop_broker(proc: subprocess.Popen[bytes], grace_s: float) -> None:
+    """Stop the broker process this command started: SIGTERM (a graceful stop, like a
+    shutdown request; harmless when one was made), a bounded wait for it to stop its
+    engine and exit, then SIGKILL to whatever is left of its group."""
+    from pivot.runtime.cancel import HARD_KILL_S
+    from pivot.runtime.procs import kill_group
+
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(grace_s + HARD_KILL_S + EXIT_WITHIN_S)
+    kill_group(proc.pid, 3.0)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(3.0)
+
+
+def _since(log: Path, start: int) -> str:
+    try:
+        with open(log, "rb") as f:
+            f.seek(start)
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _tail(log: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _exit_text(rc: int) -> str:
+    from broker.supervisor import describe_exit
+
+    return describe_exit(rc, "it")

@@ -1,0 +1,75 @@
+"""Which broker a command talks to: `--broker`, `PIVOT_BROKER`, or this project's engine.
+
+Every command that joins an engine takes `--broker ENDPOINT` (the broker's control
+socket) and the key options; without them it looks for the engine this project runs on
+this machine (`.pivot/run/endpoints.json`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+__all__ = ["broker_options", "keys_from", "local_control", "resolve", "root_or_none"]
+
+
+def broker_options(func: click.decorators.FC) -> click.decorators.FC:
+    """--broker, --key, --broker-key (with their environment variables)."""
+    options = [
+        click.option("--broker", "broker", metavar="ENDPOINT", default=None,
+                     help="The broker's control endpoint (tcp://HOST:PORT or ipc://PATH) "
+                     "[PIVOT_BROKER; default: this project's running engine]."),
+        click.option("--key", "key", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help="This client's CURVE secret key file [PIVOT_KEY]."),
+        click.option("--broker-key", "broker_key", type=click.Path(dir_okay=False, path_type=Path),
+                     default=None, help="The broker's CURVE public key file [PIVOT_BROKER_KEY]."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def local_control(root: Path) -> str | None:
+    """The control endpoint of the engine running for this project here, if any."""
+    from pivot.transport.rundir import engine_info, engine_running
+
+    info = engine_info(root)
+    control = info.get("control")
+    if not isinstance(control, str) or info.get("mode") != "up" or not engine_running(root):
+        return None
+    return control
+
+
+def resolve(given: str | None, root: Path | None) -> str | None:
+    """The endpoint to use: `--broker`, else `PIVOT_BROKER`, else the local engine's."""
+    from pivot.transport.address import normalize
+
+    given = given or os.environ.get("PIVOT_BROKER") or None
+    if given:
+        return normalize(given)
+    return local_control(root) if root is not None else None
+
+
+def keys_from(key: Path | None, broker_key: Path | None) -> tuple[Path | None, Path | None]:
+    """--key / --broker-key, else PIVOT_KEY / PIVOT_BROKER_KEY."""
+    if key is None and os.environ.get("PIVOT_KEY"):
+        key = Path(os.environ["PIVOT_KEY"])
+    if broker_key is None and os.environ.get("PIVOT_BROKER_KEY"):
+        broker_key = Path(os.environ["PIVOT_BROKER_KEY"])
+    return key, broker_key
+
+
+def root_or_none(broker: str | None) -> Path | None:
+    """The project here, or None when a broker is named (a display, `ps` or `ping` may
+    run anywhere); without either, the "no pipeline.py" UserError."""
+    from pivot.errors import UserError
+    from pivot.pipeline.project import find_root
+
+    try:
+        return find_root()
+    except UserError:
+        if broker or os.environ.get("PIVOT_BROKER"):
+            return None
+        raise

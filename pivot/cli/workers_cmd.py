@@ -1,0 +1,56 @@
+"""`pivot workers`: a worker pool of its own, joining a broker."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import click
+
+from pivot.cli.target import broker_options
+
+
+@click.command("workers")
+@broker_options
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
+              help="Stages this pool runs at once [default: usable CPUs].")
+@click.option("--tag", "tags", multiple=True, metavar="TAG",
+              help="A tag of this pool (repeatable): a stage with tags=[...] runs only on pools "
+              "with all of them.")
+@click.option("--name", default=None, help="The pool's name, unique per engine [HOST-PID].")
+@click.option("--broker-timeout", type=click.FloatRange(min=0), default=None,
+              help="Exit after this many seconds without a broker [default: keep trying].")
+def workers(
+    broker: str | None, key: Path | None, broker_key: Path | None, jobs: int | None,
+    tags: tuple[str, ...], name: str | None, broker_timeout: float | None,
+) -> None:
+    """Run a worker pool that joins a broker and runs the stages it is given.
+
+    Any number of pools may join or leave at any time; a wave's stages go to free slots
+    across all of them. The pool needs the project's files and .pivot/ (on other hosts:
+    a shared file system). It keeps reconnecting to a broker that went away (until
+    --broker-timeout); SIGTERM stops it gracefully.
+    """
+    from pivot.cli.target import keys_from, resolve
+    from pivot.errors import UserError
+    from pivot.pipeline.project import find_root, pivot_dir
+    from pivot.runtime.spawn import python_cmd
+
+    root = find_root()
+    pivot_dir(root)
+    control = resolve(broker, root)
+    if control is None:
+        raise UserError(f"no broker to join: none runs for {root}; name one with --broker or PIVOT_BROKER")
+    key, broker_key = keys_from(key, broker_key)
+    argv = ["--root", str(root), "--broker", control,
+            "--name", name or f"{socket.gethostname()}-{os.getpid()}"]
+    argv += ["--jobs", str(jobs)] if jobs else []
+    for tag in tags:
+        argv += ["--tag", tag]
+    argv += ["--broker-timeout", str(broker_timeout)] if broker_timeout is not None else []
+    argv += ["--key", str(key)] if key else []
+    argv += ["--broker-key", str(broker_key)] if broker_key else []
+    cmd = python_cmd("workers", *argv)
+    # The pool takes this process's place: same pid (PID 1 in a container), same signals.
+    os.execv(cmd[0], cmd)

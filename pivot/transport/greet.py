@@ -1,0 +1,164 @@
+"""Saying hello to a broker: the one handshake every role makes on the control link.
+
+A client knows one endpoint, the broker's control socket. It sends `hello` (its role,
+name, pid, host and the project id it sees) and gets `hello_reply` (the broker's other
+endpoints, its id and liveness settings) or `refused` (another protocol version, another
+project, a key not allowed this). With CURVE, a key the broker does not know is refused
+during the ZeroMQ handshake itself, before any message: the socket monitor reports that
+failed handshake, so the client says "authentication failed" instead of waiting.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import zmq
+
+from pivot.errors import Unreachable, UserError
+from pivot.protocol.codec import PROTOCOL_VERSION
+from pivot.protocol.messages import Hello, HelloReply, Refused
+from pivot.transport.address import reachable
+from pivot.transport.sockets import decode_or_log, make_socket, send_msg
+
+if TYPE_CHECKING:
+    from pivot.transport.curve import ClientKeys
+
+__all__ = ["AuthFailed", "BrokerInfo", "BrokerRefused", "NoBroker", "greet"]
+
+GREET_TIMEOUT_S = 5.0
+
+
+class NoBroker(Unreachable):
+    """No broker answered at the endpoint within the wait."""
+
+
+class BrokerRefused(UserError):
+    """The broker answered `refused`: `code` says why ("version", "project", "access")."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class AuthFailed(BrokerRefused):
+    """The CURVE handshake failed: the broker does not know this key, or it is not the
+    broker whose public key the client was given."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "auth")
+
+
+@dataclass(frozen=True)
+class BrokerInfo:
+    """A broker as its hello reply describes it, endpoints made reachable from here."""
+
+    control: str
+    work: str
+    events: str
+    changes: str
+    broker: str  # its id, new at every start
+    pid: int
+    host: str
+    project: str
+    heartbeat_s: float
+    liveness: int
+    access: str
+
+
+def greet(
+    ctx: zmq.Context[zmq.Socket[bytes]],
+    control: str,
+    *,
+    role: str,
+    name: str,
+    project: str = "",
+    timeout: float = GREET_TIMEOUT_S,
+    keys: ClientKeys | None = None,
+) -> BrokerInfo:
+    """Hello to the broker at `control`; its answer within `timeout` seconds.
+
+    Raises NoBroker (nothing answered), BrokerRefused / AuthFailed (it said no)."""
+    sock = make_socket(ctx, zmq.DEALER)
+    if keys is not None:
+        keys.apply(sock)
+    # A refused CURVE handshake is otherwise silence: the monitor says so at once.
+    monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+    try:
+        sock.connect(control)
+        hello = Hello(role, name, os.getpid(), socket.gethostname(), project)
+        send_msg(sock, hello, sender=name)
+        deadline = time.monotonic() + timeout
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
+        while (left := deadline - time.monotonic()) > 0:
+            ready = dict(poller.poll(int(left * 1000) + 1))
+            if monitor in ready:
+                _check_handshake(monitor, control)
+            if sock in ready:
+                env = decode_or_log(sock.recv(), "control")
+                if env is None:
+                    continue
+                if isinstance(env.msg, Refused):
+                    raise _refusal(env.msg, control)
+                if isinstance(env.msg, HelloReply):
+                    return _info(env.msg, control)
+        raise NoBroker(
+            f"no Pivot broker answered at {control} within {timeout:g} s; is it running "
+            "(`pivot ping --broker ...`), and is the endpoint right?"
+        )
+    finally:
+        sock.disable_monitor()
+        monitor.close(linger=0)
+        sock.close(linger=0)
+
+
+def _check_handshake(monitor: zmq.Socket[bytes], control: str) -> None:
+    from zmq.utils.monitor import recv_monitor_message
+
+    while monitor.poll(0):
+        event = recv_monitor_message(monitor)
+        if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            raise AuthFailed(
+                f"authentication failed at {control}: the broker does not accept this "
+                "client's key (add it with `pivot keys add NAME --role ...` where the "
+                "broker's keys are, then restart the broker), or the broker's public key "
+                "given here (--broker-key / PIVOT_BROKER_KEY) is not that broker's"
+            )
+        if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+            raise AuthFailed(
+                f"the security handshake with {control} failed: one side uses CURVE keys "
+                "and the other does not (give --key and --broker-key, or neither)"
+            )
+
+
+def _refusal(msg: Refused, control: str) -> BrokerRefused:
+    if msg.code == "version":
+        text = (
+            f"the broker at {control} refused this client: it speaks protocol version "
+            f"{msg.version}, this Pivot speaks {PROTOCOL_VERSION}; run the same Pivot "
+            "version in every process of one engine"
+        )
+    else:
+        text = f"the broker at {control} refused this client: {msg.reason}"
+    return BrokerRefused(text, msg.code)
+
+
+def _info(reply: HelloReply, control: str) -> BrokerInfo:
+    return BrokerInfo(
+        control=control,
+        work=reachable(reply.work, control),
+        events=reachable(reply.events, control),
+        changes=reachable(reply.changes, control),
+        broker=reply.broker,
+        pid=reply.pid,
+        host=reply.host,
+        project=reply.project,
+        heartbeat_s=reply.heartbeat_s,
+        liveness=reply.liveness,
+        access=reply.access,
+    )

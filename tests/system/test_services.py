@@ -1,0 +1,332 @@
+"""Every role as a process of its own, over real tcp on loopback: `pivot broker`,
+`pivot workers`, `pivot ping`, `pivot ps`, `pivot repro --broker`, and what goes wrong:
+a broker that is not there, a port in use, another project, another protocol version,
+a bind off loopback without keys, garbage on every socket.
+
+The broker binds port 0 (free ports) and announces what it bound at hello, so tests
+never race for ports; they read the control endpoint from the broker's endpoints.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+import zmq
+from procs import (
+    ProcGuard,
+    describe,
+    finished,
+    parse_events,
+    proc_info,
+    run_pivot,
+    start_pivot,
+    wait_exit,
+    wait_for,
+    write_files,
+)
+
+from pivot.protocol.codec import PROTOCOL_VERSION, decode, encode
+from pivot.protocol.messages import Hello, PoolHello, Refused, StageResult
+
+pytestmark = pytest.mark.timeout(60)
+
+WAIT_S = 20.0
+
+# Two stages that can only finish when both run at once: each marks itself started,
+# then waits (with its own deadline) for the other's mark. One slot in each of two
+# pools is enough; one pool of one slot is not.
+PAIR_PIPELINE = '''\
+import os
+import time
+
+from pivot import stage
+
+
+def meet(me: str, other: str) -> None:
+    with open(f"{me}.pid", "w") as f:
+        f.write(str(os.getpid()))
+    deadline = time.monotonic() + 20
+    while not os.path.exists(f"{other}.pid"):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{other} never started beside {me}")
+        time.sleep(0.01)
+    with open(f"{me}.txt", "w") as f:
+        f.write(me)
+
+
+@stage(outs=["a.txt"])
+def a() -> None:
+    meet("a", "b")
+
+
+@stage(outs=["b.txt"])
+def b() -> None:
+    meet("b", "a")
+'''
+
+
+class Broker:
+    """A `pivot broker` process of a test, and its control endpoint."""
+
+    def __init__(self, root: Path, proc: subprocess.Popen[str]) -> None:
+        self.root = root
+        self.proc = proc
+        self.control = ""
+
+    def wait_bound(self) -> str:
+        def bound() -> str | None:
+            if self.proc.poll() is not None:
+                raise AssertionError("the broker exited:\n" + describe(wait_exit(self.proc, 5, "broker")))
+            try:
+                info = json.loads((self.root / ".pivot" / "run" / "endpoints.json").read_text())
+            except (OSError, ValueError):
+                return None
+            return info["control"] if info.get("pid") == self.proc.pid else None
+
+        self.control = wait_for(bound, WAIT_S, "the broker to bind")
+        return self.control
+
+    def stop(self) -> tuple[int, str, str]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return wait_exit(self.proc, 15, "the broker after SIGTERM")
+
+
+@pytest.fixture
+def start_broker(proc_guard: ProcGuard) -> Iterator[Callable[..., Broker]]:
+    started: list[Broker] = []
+
+    def start(root: Path, *args: str, env: dict[str, str] | None = None) -> Broker:
+        proc = proc_guard.track(start_pivot(root, "broker", *args, env=env))
+        broker = Broker(root, proc)
+        started.append(broker)
+        return broker
+
+    yield start
+    for broker in started:
+        if broker.proc.poll() is None:
+            broker.stop()
+
+
+def start_pool(guard: ProcGuard, root: Path, control: str, name: str, *args: str) -> subprocess.Popen[str]:
+    return guard.track(start_pivot(root, "workers", "--broker", control, "--name", name, *args))
+
+
+def ps(root: Path, control: str) -> list[dict[str, Any]]:
+    result = run_pivot(root, "ps", "--broker", control, "--json")
+    assert result.returncode == 0, describe(result)
+    rows: list[dict[str, Any]] = json.loads(result.stdout)["processes"]
+    return rows
+
+
+def pool_of(pid: int, pools: dict[int, str]) -> str:
+    """The pool (by name) whose process is an ancestor of `pid` (a stage's worker)."""
+    seen = pid
+    for _ in range(10):
+        if seen in pools:
+            return pools[seen]
+        info = proc_info(seen)
+        assert info is not None, f"process {seen} is gone"
+        seen = info.ppid
+    raise AssertionError(f"process {pid} descends from none of the pools {pools}")
+
+
+def test_pools_on_their_own_join_a_tcp_broker_and_share_a_wave(
+    tmp_path: Path, proc_guard: ProcGuard, start_broker: Callable[..., Broker]
+) -> None:
+    root = write_files(tmp_path / "proj", {"pipeline.py": PAIR_PIPELINE})
+    broker = start_broker(root, "--bind", "tcp://127.0.0.1:0")
+    control = broker.wait_bound()
+    assert control.startswith("tcp://127.0.0.1:") and not control.endswith(":0"), control
+
+    ping = run_pivot(root, "ping", "--broker", control)
+    assert ping.returncode == 0 and "answered" in ping.stdout, describe(ping)
+
+    pools = {start_pool(proc_guard, root, control, name, "-j", "1").pid: name for name in ("p1", "p2")}
+    wait_for(lambda: len([r for r in ps(root, control) if r["role"] == "pool"]) == 2, WAIT_S, "both pools in ps")
+    rows = ps(root, control)
+    assert [r["role"] for r in rows].count("broker") == 1, rows
+    assert {r["name"]: (r["slots"], r["pid"]) for r in rows if r["role"] == "pool"} == {
+        name: (1, pid) for pid, name in pools.items()
+    }, rows
+
+    result = run_pivot(root, "repro", "--broker", control, "--json", timeout=WAIT_S + 10)
+    assert result.returncode == 0, describe(result)
+    done = finished(parse_events(result.stdout))
+    assert {s: e["status"] for s, e in done.items()} == {"a": "ran", "b": "ran"}
+    # Each stage ran in a worker of a different pool: the wave used both pools' slots.
+    ran_in = {pool_of(int((root / f"{s}.pid").read_text()), pools) for s in ("a", "b")}
+    assert ran_in == {"p1", "p2"}, ran_in
+
+    rc, _, err = broker.stop()
+    assert rc == 0, err
+    for pid in pools:  # the pools were told the engine stopped
+        proc = next(p for p in proc_guard.popens if p.pid == pid)
+        rc, _, err = wait_exit(proc, 10, f"pool {pools[pid]}")
+        assert rc == 0, err
+    assert not (root / ".pivot" / "run" / "endpoints.json").exists()
+
+
+def test_a_broker_that_is_not_there_is_reported_after_a_bounded_wait(tmp_path: Path, proc_guard: ProcGuard) -> None:
+    root = write_files(tmp_path / "proj", {"pipeline.py": PAIR_PIPELINE})
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    endpoint = f"tcp://127.0.0.1:{port}"
+    ping = run_pivot(root, "ping", "--broker", endpoint, "--timeout", "0.5")
+    assert ping.returncode == 1, describe(ping)
+    assert f"no Pivot broker answered at {endpoint}" in ping.stderr, describe(ping)
+    assert "Traceback" not in ping.stderr
+    attach = run_pivot(root, "attach", "--broker", endpoint)
+    assert attach.returncode == 1 and "no Pivot broker answered" in attach.stderr, describe(attach)
+    pool = start_pool(proc_guard, root, endpoint, "lonely", "--broker-timeout", "1")
+    rc, out, err = wait_exit(pool, 15, "a pool whose broker never answers")
+    assert rc == 3, describe((rc, out, err))
+    assert f"no broker answered at {endpoint}" in err, describe((rc, out, err))
+
+
+def test_a_port_in_use_is_refused_with_a_message(
+    tmp_path: Path, start_broker: Callable[..., Broker]
+) -> None:
+    root = write_files(tmp_path / "proj", {"pipeline.py": PAIR_PIPELINE})
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        broker = start_broker(root, "--bind", f"tcp://127.0.0.1:{port}")
+        rc, out, err = wait_exit(broker.proc, 15, "a broker on a port in use")
+    assert rc == 2, describe((rc, out, err))
+    assert f"cannot bind tcp://127.0.0.1:{port}" in err and "in use" in err, err
+    assert "Traceback" not in err
+
+
+def test_binding_off_loopback_without_keys_is_refused(
+    tmp_path: Path, start_broker: Callable[..., Broker]
+) -> None:
+    root = write_files(tmp_path / "proj", {"pipeline.py": PAIR_PIPELINE})
+    env = {**os.environ, "PIVOT_KEYS_DIR": str(tmp_path / "no-keys")}
+    broker = start_broker(root, "--bind", "tcp://0.0.0.0:0", env=env)
+    rc, out, err = wait_exit(broker.proc, 15, "a broker binding 0.0.0.0 without keys")
+    assert rc == 2, describe((rc, out, err))
+    assert "without CURVE keys" in err and "pivot keys init" in err, err
+    assert not (tmp_path / "no-keys").exists()
+
+
+def test_a_pool_of_another_project_is_refused(
+    tmp_path: Path, proc_guard: ProcGuard, start_broker: Callable[..., Broker]
+) -> None:
+    root = write_files(tmp_path / "proj", {"pipeline.py": PAIR_PIPELINE})
+    other = write_files(tmp_path / "other", {"pipeline.py": PAIR_PIPELINE})
+    control = start_broker(root, "--bind", "tcp://127.0.0.1:0").wait_bound()
+    pool = start_pool(proc_guard, other, control, "stranger")
+    rc, out, err = wait_exit(pool, 15, "a pool of another project")
+    assert rc == 2, describe((rc, out, err))
+    assert "sees another project" in err and "shared file system" in err, err
+    assert not [r for r in ps(root, control) if r["role"] == "pool"]
+    log = (root / ".pivot" / "logs" / "broker.jsonl").read_text()
+    assert "refused hello" in log and "stranger" in log, log
+
+
+def _request(control: str, frames: list[bytes], timeout_ms: int = 5000) -> bytes | None:
+    ctx = zmq.Context()
+    try:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(control)
+        sock.send_multipart(frames)
+        return sock.recv() if sock.poll(timeout_ms) else None
+    finally:
+        ctx.destroy(linger=0)
+
+
+def test_a_peer_of_another_protocol_version_is_refused_naming_both(
+    tmp_path: Path, start_broker: Callable[..., Broker]
+) -> None:
+    root = write_files(tmp_path / "proj", {"pipeline.py": PAIR_PIPELINE})
+    broker = start_broker(root, "--bind", "tcp://127.0.0.1:0")
+    control = broker.wait_bound()
+    wire = msgpack.unpackb(encode(Hello("pool", "from-the-future", 1, "h", ""), sender="from-the-future"))
+    wire["v"] = PROTOCOL_VERSION + 1
+    answer = _request(control, [msgpack.packb(wire)])
+    assert answer is not None, "no answer to a hello of another version"
+    refused = decode(answer).msg
+    assert isinstance(refused, Refused) and refused.code == "version", refused
+    assert str(PROTOCOL_VERSION + 1) in refused.reason and str(PROTOCOL_VERSION) in refused.reason
+    log = (root / ".pivot" / "logs" / "broker.jsonl").read_text()
+    assert f"speaks protocol version {PROTOCOL_VERSION + 1}, this broker speaks {PROTOCOL_VERSION}" in log
+
+
+def test_a_client_refused_for_its_version_says_which_versions(tmp_path: Path) -> None:
+    """The client's side: a broker (here a stand-in on a real socket) of another version
+    answers `refused`; `pivot ping` exits 2 naming both versions."""
+    root = write_files(tmp_path / "proj", {"pipeline.py": PAIR_PIPELINE})
+    ctx = zmq.Context()
+    try:
+        router = ctx.socket(zmq.ROUTER)
+        router.setsockopt(zmq.LINGER, 0)
+        port = router.bind_to_random_port("tcp://127.0.0.1")
+        pinger = start_pivot(root, "ping", "--broker", f"tcp://127.0.0.1:{port}")
+        assert router.poll(WAIT_S * 1000), "no hello from pivot ping"
+        peer, _ = router.recv_multipart()
+        wire = msgpack.unpackb(encode(Refused("version", "not mine", PROTOCOL_VERSION + 7), sender="broker"))
+        wire["v"] = PROTOCOL_VERSION + 7
+        router.send_multipart([peer, msgpack.packb(wire)])
+        rc, out, err = wait_exit(pinger, 15, "pivot ping")
+    finally:
+        ctx.destroy(linger=0)
+    assert rc == 2, describe((rc, out, err))
+    assert f"protocol version {PROTOCOL_VERSION + 7}" in err and f"this Pivot speaks {PROTOCOL_VERSION}" in err, err
+
+
+def test_garbage_and_wrongly_typed_messages_on_every_socket_leave_the_broker_serving(
+    tmp_path: Path, proc_guard: ProcGuard, start_broker: Callable[..., Broker]
+) -> None:
+    root = write_files(tmp_path / "proj", {"pipeline.py": PAIR_PIPELINE})
+    broker = start_broker(root, "--bind", "tcp://127.0.0.1:0")
+    control = broker.wait_bound()
+    info = json.loads((root / ".pivot" / "run" / "endpoints.json").read_text())
+    ctx = zmq.Context()
+    try:
+        junk = [b"", b"\xff" * 64, b"\x00garbage", msgpack.packb([1, 2, 3]), msgpack.packb({"v": PROTOCOL_VERSION})]
+        for link, kind in (("control", zmq.DEALER), ("work", zmq.DEALER), ("changes", zmq.PUSH), ("events", zmq.XSUB)):
+            sock = ctx.socket(kind)
+            sock.setsockopt(zmq.LINGER, 1000)
+            sock.connect(info[link])
+            for payload in junk:
+                sock.send_multipart([payload])
+                sock.send_multipart([payload, payload])
+            sock.close()
+        # A pool that said hello, then a well-formed stage_result whose log pair is
+        # empty: that shape used to pass the codec and crash the broker's loop.
+        pool = ctx.socket(zmq.DEALER)
+        pool.setsockopt(zmq.LINGER, 1000)
+        pool.setsockopt(zmq.ROUTING_ID, b"fake")
+        pool.connect(info["work"])
+        pool.send(encode(PoolHello("fake", os.getpid(), 1, "i1", "h", [], {}), sender="fake"))
+        assert pool.poll(WAIT_S * 1000), "no welcome for the fake pool"
+        pool.recv()
+        bad = msgpack.unpackb(encode(StageResult("x", "a", "ran", "ran", "r", 0.1, None, [], {}, "i1"), sender="fake"))
+        bad["b"]["logs"] = [[]]
+        pool.send(msgpack.packb(bad))
+        bad["b"]["duration_s"] = "slow"
+        pool.send(msgpack.packb(bad))
+        pool.close()
+    finally:
+        ctx.destroy(linger=0)
+    ping = run_pivot(root, "ping", "--broker", control)
+    assert ping.returncode == 0, describe(ping)
+    assert broker.proc.poll() is None, "the broker died of bad input"
+    log = (root / ".pivot" / "logs" / "broker.jsonl").read_text()
+    assert "stage_result.logs: expected" in log, log
+    assert "stage_result.duration_s: expected float" in log, log
+    rc, _, err = broker.stop()
+    assert rc == 0 and "Traceback" not in err, err
