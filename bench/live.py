@@ -1,6 +1,6 @@
 """Latency of `pivot up`: file write -> first affected stage started, and -> wave finished.
 
-    python bench/live.py [--chain 3 --chain 50] [--trials 20]
+    python bench/live.py [--chain 3 --chain 50] [--trials 20] [--starts 10]
 
 For each chain length N, writes a project whose stage s0 reads data/in.txt and calls
 helpers.transform(), and s{i} reads s{i-1}'s output; starts `pivot up --display json`;
@@ -8,7 +8,9 @@ then, `--trials` times each, (a) rewrites data/in.txt, (b) edits helpers.transfo
 helper used by s0 only), and measures from just before the write to the broker's
 `stage_started` of s0 (for (b): in a wave triggered by the code change, so it runs the
 new code) and to `wave_finished`. Also counts waves: every edit must start exactly one.
-Event times are the broker's publish times (same clock as this script).
+Event times are the broker's publish times (same clock as this script). `--starts K`
+also times K starts of `pivot up` on a fresh copy of the 3-stage project: from the
+command's start to s0's `stage_started` (start-up to first stage started).
 
 `--import numpy` makes s0 import that module in its body, like ML stages importing
 numpy or torch: after a code change the new workers fork from a server that has it
@@ -126,12 +128,40 @@ def measure(n: int, trials: int, module: str | None) -> dict[str, list[float] | 
             proc.wait(30)
 
 
+def startup(trials: int) -> list[float]:
+    """Seconds from starting `pivot up` on a project that never ran to s0 started."""
+    times = []
+    for _ in range(trials):
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp) / "fresh"
+            write_project(root, 3)
+            t0 = time.time()
+            proc = subprocess.Popen(
+                [*pivot_cmd(), "up", "--display", "json"], cwd=root, env=pivot_env(),
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+            )
+            ev = Events(proc)
+            try:
+                started = ev.wait(0, lambda e: e["event"] == "stage_started" and e["stage"] == "s0")
+                times.append(float(started["ts"]) - t0)  # type: ignore[arg-type]
+                ev.wait(0, lambda e: e["event"] == "wave_finished")
+            finally:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(30)
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--chain", type=int, action="append", help="chain lengths (default 3 and 50)")
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--import", dest="module", help="a module s0 imports in its body (e.g. numpy)")
+    parser.add_argument("--starts", type=int, default=0, help="also time this many start-ups")
     args = parser.parse_args()
+    if args.starts:
+        times = startup(args.starts)
+        print(f"start-up -> s0 started: p50 {pct(times, 0.5) * 1000:.0f} ms, "
+              f"p95 {pct(times, 0.95) * 1000:.0f} ms ({args.starts} starts)\n", flush=True)
     print("| chain | data edit -> s0 started, p50 / p95 | -> wave finished, p50 / p95 "
           "| helper edit -> s0 started (new code), p50 / p95 | -> wave finished, p50 / p95 | redundant waves |")
     print("|---|---|---|---|---|---|")

@@ -69,6 +69,7 @@ class PoolGone:
     pool: str
     reason: str
     confirmed: bool = True
+    leaving: bool = False  # it said goodbye: nothing new for it; forgotten once its results are in
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,7 @@ from pivot.protocol.messages import (
     PipelineLoaded,
     PoolExited,
     PoolHello,
+    PoolLeaving,
     PoolLost,
     PsReply,
     PsRequest,
@@ -397,6 +398,8 @@ class BrokerService:
         match msg:
             case Heartbeat():
                 pass
+            case PoolLeaving():
+                self._feed(PoolGone(pool, "the pool stopped", confirmed=True, leaving=True))
             case ManifestLoaded(manifest=wire):
                 self._feed(self._check_manifest(pool, wire))
             case ManifestFailed(message=message, detail=detail):

@@ -106,8 +106,11 @@ class PoolInfo:
     # Attempts it was running when it said hello (from before a broker restart): they
     # hold a slot, and no other attempt of their stages starts until they end.
     foreign: dict[str, str] = field(default_factory=dict)
+    leaving: bool = False  # it said goodbye: nothing new; forgotten once its results are in
 
     def free(self) -> int:
+        if self.leaving:
+            return 0
         return self.slots - len(self.attempts) - len(self.foreign)
 
 
@@ -249,6 +252,8 @@ class BrokerState:
                 pool = self.pools.get(event.pool)
                 if pool is not None:
                     pool.last_heard = event.now
+            case PoolGone() if event.leaving:
+                self._pool_leaving(event.pool)
             case PoolGone():
                 self._pool_gone(event.pool, event.reason, event.confirmed)
             case ManifestArrived():
@@ -318,6 +323,22 @@ class BrokerState:
             foreign={a: s for a, s in running.items() if a not in ours},
         )
         self._send(event.pool, PoolWelcome(event.pool, self.heartbeat_s, self.liveness, self.broker_id))
+
+    def _pool_leaving(self, name: str) -> None:
+        pool = self.pools.get(name)
+        if pool is None:
+            return
+        pool.leaving = True
+        self._forget_if_left(name)
+
+    def _forget_if_left(self, name: str) -> None:
+        """A pool that said goodbye is forgotten once none of its attempts is out."""
+        pool = self.pools.get(name)
+        if pool is not None and pool.leaving and not pool.attempts and not pool.foreign:
+            del self.pools[name]
+            self._publish(Notice(f"worker pool {name} left"))
+            if self.wave is not None and self.wave.planner == name:
+                self.wave.planner = None
 
     def _pool_gone(self, name: str, reason: str, confirmed: bool = True) -> None:
         pool = self.pools.pop(name, None)
@@ -578,7 +599,9 @@ class BrokerState:
             return
         if pool is not None:
             pool.attempts.discard(event.attempt)
-            if pool.foreign.pop(event.attempt, None) is not None:
+            foreign = pool.foreign.pop(event.attempt, None) is not None
+            self._forget_if_left(event.pool)
+            if foreign:
                 return  # from before a broker restart: its stage is free to run again
         wave = self.wave
         if wave is None or event.attempt not in wave.running:

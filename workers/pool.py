@@ -48,6 +48,7 @@ from pivot.protocol.messages import (
     Message,
     PlanWave,
     PoolHello,
+    PoolLeaving,
     PoolShutdown,
     PoolWelcome,
     Refused,
@@ -77,6 +78,7 @@ RESEND_S = 1.0
 DEFAULT_HEARTBEAT_S = 1.0
 DEFAULT_LIVENESS = 3
 HELLO_EVERY_S = 1.0  # while the broker is away, how often a standalone pool asks again
+LEAVE_LINGER_MS = 1000
 
 
 @dataclass
@@ -140,6 +142,8 @@ class PoolService:
         self.pid_dir = Path(tempfile.mkdtemp(prefix="pivot-workers-"))
         self.deaths: dict[str, int] = {}
         self.stopping = False
+        self.leaving = False  # SIGTERM: handing back its stages before it exits
+        self.leave_by: float | None = None
         self.last_heard = time.monotonic()
         self.last_sent = 0.0
 
@@ -253,8 +257,23 @@ class PoolService:
         future.add_done_callback(lambda f: self._post(kind, attempt, f))
 
     def request_stop(self, *_: object) -> None:
-        self.stopping = True
+        """SIGTERM/SIGINT: hand back what runs (cancelled here, reported `lost`, so the
+        broker runs it elsewhere at once), say goodbye, exit. A second one: exit now."""
+        if self.leaving:
+            self.stopping = True
+        self.leaving = True
         self._post("stop", "", None)
+
+    def _leave(self, now: float) -> bool:
+        """Once every stage is handed back and acknowledged (or after a bounded wait),
+        tell the broker and stop. True when done."""
+        if self.leave_by is None:
+            self.leave_by = now + HARD_KILL_S + 2.0
+            if self.sock is not None:  # first: the broker sends nothing new here
+                self._send(PoolLeaving(self.name))
+            for attempt in list(self.jobs_by_attempt):
+                self._cancel(attempt, "its worker pool stopped (SIGTERM); it runs again elsewhere")
+        return not (self.jobs_by_attempt or self.unacked) or now >= self.leave_by
 
     # --- the loop ------------------------------------------------------------------
 
@@ -275,6 +294,8 @@ class PoolService:
         try:
             while not self.stopping:
                 now = time.monotonic()
+                if self.leaving and self._leave(now):
+                    return self.exit_code
                 if now - self.last_heard > self.heartbeat_s * self.liveness:
                     if is_stopped(os.getppid()):
                         # `pivot up` (the broker's process) was stopped by Ctrl-Z: it
@@ -328,9 +349,12 @@ class PoolService:
                     self.heartbeat_s, self.liveness = hb, liveness
                     if broker != self.broker_id and self.broker_id:
                         log.warning("a new broker (%s) took over from %s", broker, self.broker_id)
+                        if self.manifest is not None:  # it knows nothing of the pipeline yet
+                            self._send(ManifestLoaded(self.name, self.manifest.to_wire()))
                     self.broker_id, self.fenced = broker, False
                 case Refused(code="unknown"):
-                    self._hello()  # a broker that restarted: it learns of us now
+                    if not self.leaving:
+                        self._hello()  # a broker that restarted: it learns of us now
                 case Refused(reason=reason):
                     log.error("the broker refused this pool: %s", reason)
                     self.exit_code = 2
@@ -367,6 +391,9 @@ class PoolService:
         if job.attempt in self.jobs_by_attempt or job.attempt in self.unacked:
             return  # a resent dispatch we already have
         self.jobs_by_attempt[job.attempt] = job
+        if self.leaving:
+            self._finish(job.attempt, "lost", ReasonCode.POOL_LOST, "its worker pool is stopping", 0.0)
+            return
         if self.manifest is None:
             # A pool replacing a lost one gets its stages at once, while its loader runs.
             self.waiting.append(job)
@@ -626,6 +653,8 @@ class PoolService:
         details: dict[str, Any] | None = None,
     ) -> None:
         job = self.jobs_by_attempt.pop(attempt)
+        if self.leaving and status == "cancelled":  # handed back: it runs elsewhere
+            status, code = "lost", ReasonCode.POOL_LOST
         log.info("stage %s %s: %s", job.stage, status, reason, extra={"stage": job.stage, "attempt": attempt, "wave": job.wave})
         msg = StageResult(
             attempt, job.stage, status, str(code), reason, duration, error, logs or [], details or {},
@@ -648,7 +677,8 @@ class PoolService:
         self.state.close()
         shutil.rmtree(self.pid_dir, ignore_errors=True)
         if self.sock is not None:
-            self.sock.close(linger=0)
+            # A goodbye (pool_leaving) must reach the broker; nothing else may hold us.
+            self.sock.close(linger=LEAVE_LINGER_MS if self.leaving else 0)
         self.ctx.term()
         os.close(self.wake_r)
         os.close(self.wake_w)

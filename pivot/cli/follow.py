@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pivot.cli.keypress import KeyReader
+from pivot.cli.remote import RemoteEngine
+from pivot.display.client import BrokerSilent
 from pivot.display.render import (
     Renderer,
     make_renderer,
@@ -41,7 +43,6 @@ from pivot.protocol.messages import (
 from pivot.runtime.cancel import HARD_KILL_S
 
 if TYPE_CHECKING:
-    from pivot.cli.remote import RemoteEngine
     from pivot.cli.stack import Stack
     from pivot.display.client import EngineClient
 
@@ -56,12 +57,15 @@ class Outcome:
     code: int | None = None  # set when the run is over
     wave: int | None = None  # our wave, once seen
     history: int = 0  # waves that finished before we joined are not ours
+    # The in-process engine of `repro` has one pool and nobody to replace it: losing it
+    # ends the run. A running engine supervises its pools, or others take the stages.
+    ends_on_pool_loss: bool = False
 
 
 def run_wave(stack: Engine, stages: tuple[str, ...], force: bool, keep_going: bool, display: str) -> int:
     """Ask the engine for one wave, show it with the `display` mode, return the exit code."""
     renderer = make_renderer(resolve_mode(display, sys.stdout), sys.stdout, sys.stderr)
-    outcome = Outcome()
+    outcome = Outcome(ends_on_pool_loss=stack.one_shot)
     dropped = 0
     try:
         assert stack.client is not None
@@ -118,7 +122,7 @@ def _from_event(env: Envelope, outcome: Outcome) -> None:
         outcome.code = 1 if wave_failed(msg) else 0
     elif isinstance(msg, PipelineInvalid):
         outcome.code = 2
-    elif isinstance(msg, PoolLost):
+    elif isinstance(msg, PoolLost) and outcome.ends_on_pool_loss:
         outcome.code = 1
     elif isinstance(msg, EngineStopped):
         if msg.reason:
@@ -214,9 +218,39 @@ def run_live(
                     # The interrupt may have ended the generator inside its poll; the
                     # client keeps its sequence numbers, so a new one carries on.
                     events = client.events(poll_s=0.1)
+                except BrokerSilent:
+                    # An attached view outlives its broker: it waits for one to answer
+                    # at the same endpoint (a restarted broker) and starts over from its
+                    # state (a new broker numbers its events and waves anew).
+                    if owner or not isinstance(stack, RemoteEngine):
+                        raise
+                    if not _wait_for_broker(stack, keys):
+                        return 0  # the user stopped waiting
+                    renderer.close(client.dropped_logs)
+                    client = stack.client
+                    renderer = make_renderer(resolve_mode(display, sys.stdout), sys.stdout, sys.stderr)
+                    renderer.resync(client.join())
+                    events = client.events(poll_s=0.1)
     finally:
         dropped = client.dropped_logs
         renderer.close(dropped)
+
+
+def _wait_for_broker(engine: RemoteEngine, keys: KeyReader) -> bool:
+    """Say hello until a broker answers (True) or the user quits (q, Ctrl-C: False)."""
+    print(
+        f"pivot: the broker at {engine.control} went silent; waiting for it to come back "
+        "(q or Ctrl-C to stop)",
+        file=sys.stderr, flush=True,
+    )
+    try:
+        while "q" not in keys.pressed():
+            if engine.rejoin(timeout=1.0):
+                print(f"pivot: broker {engine.info.broker} answered; following it", file=sys.stderr, flush=True)
+                return True
+    except KeyboardInterrupt:
+        pass
+    return False
 
 
 class StopRequests:

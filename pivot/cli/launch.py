@@ -10,17 +10,24 @@ returns once the first wave has started and the engine lives on until `pivot dow
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pivot.cli.remote import RemoteEngine
 from pivot.errors import InfraError, StackRunning, UserError
 from pivot.runtime.spawn import python_cmd
+
+if TYPE_CHECKING:
+    from pivot.protocol.codec import Envelope
+    from pivot.protocol.messages import Snapshot
 
 __all__ = ["SpawnedEngine", "UpOptions", "start_live", "stop_broker"]
 
@@ -138,7 +145,8 @@ def _detached(engine: SpawnedEngine, opts: UpOptions) -> int:
     joined = client.join()
     client.send(RunRequest(list(opts.stages), opts.force, opts.keep_going))
     seen = joined.wave
-    for item in client.events(poll_s=0.1):
+    items: Iterator[Envelope | Snapshot | None] = itertools.chain([joined], client.events(poll_s=0.1))
+    for item in items:  # the pipeline may have failed to load before we joined
         reply = client.take_reply(RunReply)
         if isinstance(reply, RunReply) and not reply.accepted:
             print(f"error: {reply.message}", file=sys.stderr)

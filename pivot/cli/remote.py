@@ -28,6 +28,8 @@ class RemoteEngine:
     `grace_s` is what `q` / Ctrl-C give running stages when this client stops the engine
     (only `pivot up`, which owns it, does)."""
 
+    one_shot = False  # a lost pool is replaced, or other pools take its stages
+
     def __init__(
         self,
         control: str,
@@ -41,31 +43,50 @@ class RemoteEngine:
     ) -> None:
         import zmq
 
-        from pivot.display.client import EngineClient
         from pivot.transport.curve import client_keys
-        from pivot.transport.greet import GREET_TIMEOUT_S, greet
-        from pivot.transport.rundir import Endpoints
+        from pivot.transport.greet import GREET_TIMEOUT_S
 
         self.grace_s = grace_s
-        keys = client_keys(control, key, broker_key, default_name="operator")
+        self.control, self.name, self.project = control, name, project
+        self.keys = client_keys(control, key, broker_key, default_name="operator")
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         try:
-            self.info: BrokerInfo = greet(
-                self.ctx, control, role="cli", name=name, project=project,
-                timeout=GREET_TIMEOUT_S if timeout is None else timeout, keys=keys,
-            )
-            if self.info.access in ("pool", "watcher"):
-                raise UserError(
-                    f"this client's key is a {self.info.access} key: it may not view or run "
-                    "the engine; use an operator or viewer key (--key)"
-                )
-            endpoints = Endpoints(
-                work=self.info.work, control=control, events=self.info.events, changes=self.info.changes
-            )
-            self.client: EngineClient = EngineClient(self.ctx, endpoints, name, keys)
+            self.client: EngineClient = self._join(GREET_TIMEOUT_S if timeout is None else timeout)
         except BaseException:
             self.ctx.destroy(linger=0)
             raise
+
+    def _join(self, timeout: float) -> EngineClient:
+        from pivot.display.client import EngineClient
+        from pivot.transport.greet import greet
+        from pivot.transport.rundir import Endpoints
+
+        self.info: BrokerInfo = greet(
+            self.ctx, self.control, role="cli", name=self.name, project=self.project,
+            timeout=timeout, keys=self.keys,
+        )
+        if self.info.access in ("pool", "watcher"):
+            raise UserError(
+                f"this client's key is a {self.info.access} key: it may not view or run "
+                "the engine; use an operator or viewer key (--key)"
+            )
+        endpoints = Endpoints(
+            work=self.info.work, control=self.control, events=self.info.events, changes=self.info.changes
+        )
+        return EngineClient(self.ctx, endpoints, self.name, self.keys)
+
+    def rejoin(self, timeout: float = 1.0) -> bool:
+        """Say hello again (the broker went silent: it may have restarted, its other
+        endpoints moved); True with a fresh client when a broker answered."""
+        from pivot.transport.greet import NoBroker
+
+        try:
+            client = self._join(timeout)
+        except NoBroker:
+            return False
+        self.client.close()
+        self.client = client
+        return True
 
     def __enter__(self) -> RemoteEngine:
         return self

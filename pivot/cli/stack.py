@@ -46,6 +46,8 @@ POOL_EXIT_GRACE_S = 2.0  # after the pool exits: time for the broker's pool_lost
 class Stack:
     """Context manager: binds the broker, starts the pool, and always cleans both up."""
 
+    one_shot = True  # its only pool lost: the run ends (nothing replaces it)
+
     def __init__(self, root: Path, jobs: int) -> None:
         self.root = root
         self.jobs = jobs

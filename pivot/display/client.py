@@ -34,9 +34,13 @@ from pivot.transport.sockets import decode_or_log, make_socket, send_msg
 if TYPE_CHECKING:
     from pivot.transport.curve import ClientKeys
 
-__all__ = ["BROKER_SILENCE_S", "EngineClient"]
+__all__ = ["BROKER_SILENCE_S", "BrokerSilent", "EngineClient"]
 
 BROKER_SILENCE_S = 5.0
+
+
+class BrokerSilent(InfraError):
+    """No event nor tick from the broker for BROKER_SILENCE_S: it is gone (or hung)."""
 
 
 class EngineClient:
@@ -152,7 +156,7 @@ class EngineClient:
                     # it: the silence is ours. Listen for a fresh window.
                     self.last_heard = now
                 if now - self.last_heard > BROKER_SILENCE_S:
-                    raise InfraError(f"the broker has been silent for {BROKER_SILENCE_S:.0f} s")
+                    raise BrokerSilent(f"the broker has been silent for {BROKER_SILENCE_S:.0f} s")
                 yield None
                 continue
             env = self._recv_event()

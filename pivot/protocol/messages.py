@@ -41,6 +41,7 @@ __all__ = [
     "PlanWave",
     "PoolExited",
     "PoolHello",
+    "PoolLeaving",
     "PoolLost",
     "PoolShutdown",
     "PoolWelcome",
@@ -310,6 +311,15 @@ class CancelStage(Message):
 
 
 @dataclass(frozen=True)
+class PoolLeaving(Message):
+    """Pool -> broker: this pool stops (SIGTERM). Send it nothing new; what it runs comes
+    back as `lost` results (run again elsewhere, uncharged); then forget it."""
+
+    TAG: ClassVar[str] = "pool_leaving"
+    pool: str
+
+
+@dataclass(frozen=True)
 class PoolShutdown(Message):
     """Broker -> pool: finish nothing new, stop workers, exit."""
 
@@ -575,6 +585,7 @@ MESSAGES: tuple[type[Message], ...] = (
     StageResult,
     ResultAck,
     CancelStage,
+    PoolLeaving,
     PoolShutdown,
     RunRequest,
     RunReply,

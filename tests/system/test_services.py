@@ -330,3 +330,148 @@ def test_garbage_and_wrongly_typed_messages_on_every_socket_leave_the_broker_ser
     assert "stage_result.duration_s: expected float" in log, log
     rc, _, err = broker.stop()
     assert rc == 0 and "Traceback" not in err, err
+
+
+# `held` appends "pid alive-earlier-pids..." to starts.log when it starts (so each start
+# says whether an earlier attempt still ran), then waits for `release` (own deadline).
+ONCE_PIPELINE = '''\
+import os
+import time
+
+from pivot import stage
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+@stage(outs=["held.txt"])
+def held() -> None:
+    earlier = []
+    if os.path.exists("starts.log"):
+        earlier = [int(line.split()[0]) for line in open("starts.log").read().splitlines()]
+    with open("starts.log", "a") as f:
+        f.write(" ".join(str(p) for p in [os.getpid(), *[p for p in earlier if alive(p)]]) + "\\n")
+    deadline = time.monotonic() + 40
+    while not os.path.exists("release"):
+        if time.monotonic() > deadline:
+            raise TimeoutError("release never appeared")
+        time.sleep(0.02)
+    with open("held.txt", "w") as f:
+        f.write("held")
+'''
+
+
+def starts(root: Path) -> list[list[int]]:
+    log = root / "starts.log"
+    lines = log.read_text().splitlines() if log.exists() else []
+    return [[int(x) for x in line.split()] for line in lines]
+
+
+@pytest.mark.timeout(90)
+def test_a_pool_killed_mid_stage_hands_the_stage_to_the_other_pool_never_twice_at_once(
+    tmp_path: Path, proc_guard: ProcGuard, start_broker: Callable[..., Broker]
+) -> None:
+    root = write_files(tmp_path / "proj", {"pipeline.py": ONCE_PIPELINE})
+    broker = start_broker(root, "--bind", "tcp://127.0.0.1:0")
+    control = broker.wait_bound()
+    first = start_pool(proc_guard, root, control, "first", "-j", "1")
+    run = proc_guard.track(start_pivot(root, "repro", "--broker", control, "--json"))
+    [[stage_pid]] = wait_for(lambda: starts(root), WAIT_S, "held to start on the first pool")
+    assert pool_of(stage_pid, {first.pid: "first"}) == "first"
+    second = start_pool(proc_guard, root, control, "second", "-j", "1")
+    wait_for(lambda: len([r for r in ps(root, control) if r["role"] == "pool"]) == 2, WAIT_S, "the second pool")
+
+    first.kill()  # SIGKILL: nothing of the first pool can say goodbye
+    # Its loky worker notices its pool is gone and exits: the attempt dies with it.
+    wait_for(lambda: proc_info(stage_pid) is None or proc_info(stage_pid).state in ("Z", "X"), 5.0,  # type: ignore[union-attr]
+             "the killed pool's worker to exit")
+    # The broker declares the pool lost after 3 s of silence and gives its stage to the
+    # other pool only after the fencing margin: once, and with no earlier attempt alive.
+    again = wait_for(lambda: starts(root)[1:], 30.0, "held to start again on the other pool")
+    assert again == [[again[0][0]]], f"an earlier attempt was still alive: {starts(root)}"
+    assert pool_of(again[0][0], {second.pid: "second"}) == "second"
+    (root / "release").write_text("")
+    rc, out, err = wait_exit(run, 30, "pivot repro --broker")
+    assert rc == 0, describe((rc, out, err))
+    events = parse_events(out)
+    lost = [e for e in events if e["event"] == "pool_lost"]
+    assert [(e["pool"], e["stages"]) for e in lost] == [("first", ["held"])], lost
+    assert finished(events)["held"]["status"] == "ran"
+    assert len(starts(root)) == 2
+
+
+def test_a_pool_stopped_with_sigterm_hands_back_its_stage_at_once(
+    tmp_path: Path, proc_guard: ProcGuard, start_broker: Callable[..., Broker]
+) -> None:
+    root = write_files(tmp_path / "proj", {"pipeline.py": ONCE_PIPELINE})
+    broker = start_broker(root, "--bind", "tcp://127.0.0.1:0")
+    control = broker.wait_bound()
+    first = start_pool(proc_guard, root, control, "first", "-j", "1")
+    run = proc_guard.track(start_pivot(root, "repro", "--broker", control, "--json"))
+    wait_for(lambda: starts(root), WAIT_S, "held to start on the first pool")
+    second = start_pool(proc_guard, root, control, "second", "-j", "1")
+    wait_for(lambda: len([r for r in ps(root, control) if r["role"] == "pool"]) == 2, WAIT_S, "the second pool")
+
+    first.terminate()
+    rc, _, err = wait_exit(first, 15, "the first pool after SIGTERM")
+    assert rc == 0, err
+    again = wait_for(lambda: starts(root)[1:], 10.0, "held to start again on the other pool")
+    assert again == [[again[0][0]]], f"an earlier attempt was still alive: {starts(root)}"
+    assert pool_of(again[0][0], {second.pid: "second"}) == "second"
+    (root / "release").write_text("")
+    rc, out, err = wait_exit(run, 30, "pivot repro --broker")
+    assert rc == 0, describe((rc, out, err))
+    events = parse_events(out)
+    assert not [e for e in events if e["event"] == "pool_lost"], events  # it said goodbye
+    assert finished(events)["held"]["status"] == "ran"
+
+
+@pytest.mark.timeout(90)
+def test_the_broker_killed_and_restarted_while_pools_and_displays_stay_up(
+    tmp_path: Path, proc_guard: ProcGuard, start_broker: Callable[..., Broker]
+) -> None:
+    from procs import LiveRun
+
+    root = write_files(tmp_path / "proj", {"pipeline.py": PAIR_PIPELINE})
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    endpoint = f"tcp://127.0.0.1:{port}"
+    first = start_broker(root, "--bind", endpoint)
+    first.wait_bound()
+    pools = [start_pool(proc_guard, root, endpoint, name, "-j", "1") for name in ("p1", "p2")]
+    wait_for(lambda: len([r for r in ps(root, endpoint) if r["role"] == "pool"]) == 2, WAIT_S, "both pools")
+    display = LiveRun(proc_guard.track(start_pivot(root, "attach", "--broker", endpoint, "--json")))
+    ran = run_pivot(root, "repro", "--broker", endpoint, "--json", timeout=WAIT_S + 10)
+    assert ran.returncode == 0, describe(ran)
+    display.wait_event(lambda e: e["event"] == "wave_finished", WAIT_S, "the display to show the run")
+
+    first.proc.kill()
+    wait_exit(first.proc, 10, "the killed broker")
+    second = start_broker(root, "--bind", endpoint)  # the same endpoint; new free ports
+    second.wait_bound()
+    # The pools say hello again and join the new broker; the display follows it.
+    wait_for(lambda: len([r for r in ps(root, endpoint) if r["role"] == "pool"]) == 2, 30.0, "the pools to rejoin")
+    wait_for(lambda: "answered; following it" in display.stderr, 30.0, "the display to follow the new broker")
+    assert all(p.poll() is None for p in pools) and display.proc.poll() is None
+
+    mark = display.mark()
+    again = run_pivot(root, "repro", "--broker", endpoint, "--json", timeout=WAIT_S + 10)
+    assert again.returncode == 0, describe(again)
+    # The new broker knew nothing, but nothing that was up to date runs again.
+    assert {s: e["status"] for s, e in finished(parse_events(again.stdout)).items()} == {
+        "a": "skipped", "b": "skipped",
+    }
+    display.wait_event(lambda e: e["event"] == "wave_finished", WAIT_S, "the display to show the new wave", mark)
+
+    rc, _, err = second.stop()
+    assert rc == 0, err
+    assert display.wait_exit(15) == 0, display.stderr
+    for pool in pools:
+        rc, _, err = wait_exit(pool, 15, "a pool after its broker stopped")
+        assert rc == 0, err

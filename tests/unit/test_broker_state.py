@@ -947,3 +947,17 @@ def test_live_a_stage_waits_for_a_pool_with_its_tags_and_runs_when_one_joins() -
     assert published(h.feed(Tick(0.5)), Notice) == []  # said once
     [(pool, stage, _)] = dispatched(h.feed(PoolJoined("gpu-1", 1, 0.6, tags=frozenset({"gpu"}))))
     assert (pool, stage) == ("gpu-1", "train")
+
+
+def test_a_pool_saying_goodbye_gets_nothing_new_and_is_forgotten_once_its_results_are_in() -> None:
+    h = Harness(diamond(), slots=2)
+    [(_, _, a), (_, _, e)] = dispatched(h.run())
+    h.feed(PoolJoined("p2", 2, 0.0))
+    commands = h.feed(PoolGone("p1", "the pool stopped", leaving=True))
+    assert published(commands, PoolLost) == [] and "p1" in h.state.pools
+    commands = h.feed(ResultReceived("p1", a, "lost", "pool_lost", "handed back", 0.0, None, ()))
+    assert [(p, s) for p, s, _ in dispatched(commands)] == [("p2", "a")]  # never to p1 again
+    commands = h.feed(ResultReceived("p1", e, "lost", "pool_lost", "handed back", 0.0, None, ()))
+    assert [(p, s) for p, s, _ in dispatched(commands)] == [("p2", "e")]
+    assert [n.message for n in published(commands, Notice)] == ["worker pool p1 left"]
+    assert "p1" not in h.state.pools and published(commands, PoolLost) == []
