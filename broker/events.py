@@ -15,6 +15,7 @@ __all__ = [
     "ConfirmChanges",
     "Event",
     "FilesReported",
+    "LoadOwnManifest",
     "ManifestArrived",
     "ManifestRejected",
     "Note",
@@ -23,6 +24,7 @@ __all__ = [
     "PoolGone",
     "PoolHeard",
     "PoolJoined",
+    "PoolManifest",
     "Publish",
     "PublishLog",
     "Reply",
@@ -77,6 +79,16 @@ class ManifestArrived:
     pool: str  # whose loader made it
     manifest: Manifest
     graph: StageGraph
+
+
+@dataclass(frozen=True)
+class PoolManifest:
+    """A pool that is not the engine's manifest source loaded the pipeline: its
+    manifest (None: its load failed, `error` says why) is compared with the engine's."""
+
+    pool: str
+    manifest: Manifest | None
+    error: str = ""
 
 
 @dataclass(frozen=True)
@@ -179,6 +191,7 @@ Event = (
     | PoolHeard
     | PoolGone
     | ManifestArrived
+    | PoolManifest
     | ManifestRejected
     | RunRequested
     | SnapshotRequested
@@ -234,10 +247,16 @@ class PublishLog:
 
 
 @dataclass(frozen=True)
+class LoadOwnManifest:
+    """Load the pipeline in a loader process beside the broker (the broker is its own
+    manifest source); answer with ManifestArrived(pool="") or ManifestRejected."""
+
+
+@dataclass(frozen=True)
 class Note:
     """Something the service should log (a warning: a message the state refused)."""
 
     text: str
 
 
-Command = SendWork | Reply | Publish | PublishLog | ConfirmChanges | Note
+Command = SendWork | Reply | Publish | PublishLog | ConfirmChanges | Note | LoadOwnManifest

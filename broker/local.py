@@ -30,15 +30,17 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from broker.events import Noticed, PoolGone, ShutdownRequested
 from broker.supervisor import GiveUp, Supervisor, describe_exit
-from pivot.protocol.messages import Message, PoolLost
-from pivot.runtime.procs import kill_group
-from pivot.runtime.spawn import python_cmd
-from pivot.transport.rundir import Endpoints
+from pivot.launch import python_cmd
+from pivot.launch.procs import exit_code, is_alive, kill_group
 
 if TYPE_CHECKING:
     from broker.service import BrokerService
+    from pivot.protocol.messages import Message
+    from pivot.transport.rundir import Endpoints
+
+# Imported light on purpose: the pool and watcher start before the broker imports its
+# heavier modules (ZeroMQ, the message catalog); those come in the loop's methods below.
 
 __all__ = ["POOL_NAME", "LocalRoles"]
 
@@ -46,6 +48,44 @@ log = logging.getLogger(__name__)
 
 POOL_NAME = "pool-1"
 GRACE_S = 3.0
+
+
+class Child:
+    """A process the broker supervises: one it started (its exit code is known), or one
+    the foreground `pivot up` started for it a moment earlier, to save start-up time
+    (adopted by pid: the broker is not its parent, so a pidfd tells when it ends)."""
+
+    def __init__(self, pid: int, popen: subprocess.Popen[bytes] | None = None) -> None:
+        self.pid = pid
+        self.popen = popen
+        self.code: int | None = None  # an adopted one's, read while it is a zombie
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once the process has ended; False if it still runs after `timeout`."""
+        if self.popen is not None:
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                return False
+            return True
+        try:
+            fd = os.pidfd_open(self.pid)
+        except OSError:  # gone already
+            return True
+        try:
+            ready, _, _ = select.select([fd], [], [], timeout)
+        finally:
+            os.close(fd)
+        if ready and self.code is None:
+            self.code = exit_code(self.pid)  # its parent (`pivot up`) reaps it later
+        return bool(ready)
+
+    def running(self) -> bool:
+        return self.popen.poll() is None if self.popen is not None else is_alive(self.pid)
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.returncode if self.popen is not None else self.code
 
 
 class LocalRoles:
@@ -60,7 +100,7 @@ class LocalRoles:
         self.service: BrokerService | None = None
         self.args = args
         self.logs = root / ".pivot" / "logs"
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.procs: dict[str, Child] = {}
         self.supervisor = Supervisor()
         self.events: queue.SimpleQueue[tuple[str, str, object]] = queue.SimpleQueue()
         self.wake_r, self.wake_w = os.pipe()
@@ -79,7 +119,7 @@ class LocalRoles:
     def _ps(self, now: float) -> list[dict[str, object]]:
         """The watcher this broker runs (its pool reports itself at hello)."""
         proc = self.procs.get("watcher")
-        if proc is None or proc.poll() is not None:
+        if proc is None or not proc.running():
             return []
         return [{
             "role": "watcher", "name": "watcher", "pid": proc.pid, "host": socket.gethostname(),
@@ -97,10 +137,13 @@ class LocalRoles:
         self.started = True
         if self.args.owner:
             threading.Thread(target=self._watch_owner, args=(self.args.owner,), name="owner", daemon=True).start()
-        if self.args.pool_jobs:
-            self._start("pool")
-        if self.args.watch:
-            self._start("watcher")
+        for role, wanted, adopted in (
+            ("pool", self.args.pool_jobs, self.args.adopt_pool), ("watcher", self.args.watch, self.args.adopt_watcher),
+        ):
+            if adopted:
+                self._track(role, Child(adopted))
+            elif wanted:
+                self._start(role)
 
     def stop(self) -> None:
         """The engine stopped: the pool was told to exit; the watcher is stopped; whatever
@@ -134,17 +177,20 @@ class LocalRoles:
             )
         self.logs.mkdir(parents=True, exist_ok=True)
         with open(self.logs / f"{role}.log", "ab") as out:  # a restart keeps the old log
-            proc = subprocess.Popen(
+            popen = subprocess.Popen(
                 cmd, cwd=self.root, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        self.procs[role] = proc
-        self.started_at[role] = self.service.clock() if self.service else time.monotonic()
-        threading.Thread(target=self._reap, args=(role, proc), name=f"reap-{role}", daemon=True).start()
+        self._track(role, Child(popen.pid, popen))
 
-    def _reap(self, role: str, proc: subprocess.Popen[bytes]) -> None:
-        proc.wait()
-        self._post("exited", role, proc)
+    def _track(self, role: str, child: Child) -> None:
+        self.procs[role] = child
+        self.started_at[role] = self.service.clock() if self.service else time.monotonic()
+        threading.Thread(target=self._reap, args=(role, child), name=f"reap-{role}", daemon=True).start()
+
+    def _reap(self, role: str, child: Child) -> None:
+        child.wait()
+        self._post("exited", role, child)
 
     def _watch_owner(self, owner: int) -> None:
         """Wait for the owner's exit (a pidfd is readable once the process is gone)."""
@@ -167,6 +213,8 @@ class LocalRoles:
     # --- in the broker's loop ------------------------------------------------------
 
     def on_fd(self, fd: int) -> None:
+        from broker.events import ShutdownRequested
+
         assert self.service is not None
         with contextlib.suppress(BlockingIOError):
             os.read(fd, 4096)
@@ -176,7 +224,7 @@ class LocalRoles:
             except queue.Empty:
                 return
             if kind == "exited":
-                assert isinstance(value, subprocess.Popen)
+                assert isinstance(value, Child)
                 self._exited(role, value)
             elif kind == "restart" and not self.stopping:
                 self._start(role)
@@ -184,7 +232,9 @@ class LocalRoles:
                 log.warning("the `pivot up` that started this engine (pid %d) is gone: stopping", self.args.owner)
                 self.service.feed(ShutdownRequested(b"", 0.0, self.service.clock()))
 
-    def _exited(self, role: str, proc: subprocess.Popen[bytes]) -> None:
+    def _exited(self, role: str, proc: Child) -> None:
+        from broker.events import Noticed, PoolGone, ShutdownRequested
+
         assert self.service is not None
         if self.procs.get(role) is not proc:
             return
@@ -213,23 +263,23 @@ class LocalRoles:
         """The broker gave up a pool whose process lives (no heartbeat: hung, stopped):
         its group goes first, so that no attempt of its stages outlives it; the reaper
         then sees the exit and it is restarted."""
+        from pivot.protocol.messages import PoolLost
+
         if isinstance(msg, PoolLost) and msg.pool == POOL_NAME:
             proc = self.procs.get("pool")
-            if proc is not None and proc.poll() is None:
+            if proc is not None and proc.running():
                 log.warning("the broker lost the pool %d while it was alive: killing its group", proc.pid)
                 kill_group(proc.pid, GRACE_S)
 
 
-def _stop_group(proc: subprocess.Popen[bytes], what: str, *, terminate: bool) -> None:
+def _stop_group(proc: Child, what: str, *, terminate: bool) -> None:
     """Wait for a process started in its own session (SIGTERM first with `terminate`),
     then SIGKILL whatever is left of its group."""
-    if proc.poll() is None:
+    if proc.running():
         if terminate:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(GRACE_S)
+        proc.wait(GRACE_S)
     if not kill_group(proc.pid, GRACE_S):
         log.error("processes of the %s group %d survived SIGKILL", what, proc.pid)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(GRACE_S)
+    proc.wait(GRACE_S)

@@ -59,6 +59,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--watch", action="store_true", help="start and supervise a watcher")
     p.add_argument("--poll", action="store_true", help="the watcher polls")
     p.add_argument("--owner", type=int, default=0, help="stop when this process is gone")
+    p.add_argument("--adopt-pool", type=int, default=0,
+                   help="supervise this pool process (started by `pivot up` for speed)")
+    p.add_argument("--adopt-watcher", type=int, default=0, help="likewise a watcher process")
+    p.add_argument("--lock-fd", type=int, default=-1,
+                   help="the project's engine lock, already taken by `pivot up` (inherited)")
     return p.parse_args(argv)
 
 
@@ -82,7 +87,10 @@ def run(args: argparse.Namespace) -> int:
     pivot_dir(root)
     bind = normalize(args.bind) if args.bind else None
     rundir = RunDir(root)
-    rundir.lock()
+    if args.lock_fd >= 0:
+        rundir.adopt_lock(args.lock_fd)
+    else:
+        rundir.lock()
     try:
         endpoints = _endpoints(rundir, bind, args)
         roles = _early_roles(root, endpoints, args)
@@ -99,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
 def _early_roles(root: Path, endpoints: Endpoints, args: argparse.Namespace) -> LocalRoles | None:
     """The pool and watcher `pivot up` asks for, started before the heavy imports when
     their endpoints are known already (ipc, or fixed ports)."""
-    if not (args.pool_jobs or args.watch or args.owner):
+    if not (args.pool_jobs or args.watch or args.owner or args.adopt_pool or args.adopt_watcher):
         return None
     from broker.local import LocalRoles
 
@@ -165,7 +173,7 @@ def _serve(
     from broker.events import ShutdownRequested
     from broker.service import BrokerIdentity, BrokerService
     from broker.state import BrokerState, LiveOptions
-    from pivot.runtime.logsetup import configure
+    from pivot.launch.logsetup import configure
 
     configure("broker", root)
     identity = BrokerIdentity(project=project)
@@ -173,7 +181,10 @@ def _serve(
         debounce_s=args.debounce_ms / 1000, keep_going=args.keep_going, scope=tuple(args.scope),
         restart=args.restart, wait_for_watcher=args.watch,
     )
-    state = BrokerState(live=live, broker_id=identity.id)
+    # `pivot up` trusts the pool it started in its own checkout for the pipeline; a
+    # standalone broker loads it itself, beside it; other pools are compared with that.
+    source = "pool-1" if args.pool_jobs or args.adopt_pool else ""
+    state = BrokerState(live=live, broker_id=identity.id, manifest_source=source)
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
         service = BrokerService(root, endpoints, ctx, state=state, identity=identity, security=security)

@@ -35,6 +35,7 @@ from broker.events import (
     ConfirmChanges,
     Event,
     FilesReported,
+    LoadOwnManifest,
     ManifestArrived,
     ManifestRejected,
     Note,
@@ -42,6 +43,7 @@ from broker.events import (
     PoolGone,
     PoolHeard,
     PoolJoined,
+    PoolManifest,
     Publish,
     PublishLog,
     Reply,
@@ -169,6 +171,7 @@ class BrokerService:
         self.local_ps: Callable[[float], list[dict[str, object]]] | None = None  # its own children
         self._stop_addr = f"inproc://broker-stop-{id(self)}"
         self._confirm_addr = f"inproc://broker-confirm-{id(self)}"
+        self._loaded_addr = f"inproc://broker-loaded-{id(self)}"
         self._checker: ChangeChecker | None = None
         self._sockets: list[zmq.Socket[bytes]] = []
         self._stop_lock = threading.Lock()
@@ -191,8 +194,10 @@ class BrokerService:
         # The change checker thread answers on its own inproc pair (hashing is off the loop).
         self.confirmed = make_socket(ctx, zmq.PAIR)
         self.confirmed.bind(self._confirm_addr)
+        self.own_loaded = make_socket(ctx, zmq.PAIR)
+        self.own_loaded.bind(self._loaded_addr)
         self._sockets = [
-            self.work, self.control, self.events, self.changes, self.confirmed, self.stop_pipe
+            self.work, self.control, self.events, self.changes, self.confirmed, self.own_loaded, self.stop_pipe
         ]
         self.stop_pipe.bind(self._stop_addr)
         self._stop_sender = make_socket(ctx, zmq.PAIR)
@@ -246,8 +251,10 @@ class BrokerService:
 
     def _loop(self) -> None:
         poller = zmq.Poller()
-        for sock in (self.work, self.control, self.events, self.changes, self.confirmed, self.stop_pipe):
+        for sock in (self.work, self.control, self.events, self.changes, self.confirmed, self.own_loaded, self.stop_pipe):
             poller.register(sock, zmq.POLLIN)
+        if self.state.manifest_source == "":
+            self._load_own_manifest()  # the first load
         if self.zap is not None:
             poller.register(self.zap, zmq.POLLIN)
         for fd in self.wake_fds:
@@ -278,6 +285,8 @@ class BrokerService:
                 self._drain(self.changes, self._on_changes)
             if self.confirmed in ready:
                 self._drain(self.confirmed, self._on_confirmed)
+            if self.own_loaded in ready:
+                self._drain(self.own_loaded, self._on_own_manifest)
             now = self.clock()
             deadline = self.state.next_deadline()
             if now >= next_tick or (deadline is not None and now >= deadline):
@@ -354,6 +363,8 @@ class BrokerService:
                 self.events.send_multipart([b"log", encode(msg, sender=SENDER, seq=seq)])
             case Note(text):
                 log.warning("%s", text)
+            case LoadOwnManifest():
+                self._load_own_manifest()
             case ConfirmChanges(paths):
                 if self._checker is None:
                     self._checker = ChangeChecker(self.root, self.ctx, self._confirm_addr)
@@ -400,10 +411,17 @@ class BrokerService:
                 pass
             case PoolLeaving():
                 self._feed(PoolGone(pool, "the pool stopped", confirmed=True, leaving=True))
-            case ManifestLoaded(manifest=wire):
+            case ManifestLoaded(manifest=wire) if pool == self.state.manifest_source:
                 self._feed(self._check_manifest(pool, wire))
-            case ManifestFailed(message=message, detail=detail):
+            case ManifestLoaded(manifest=wire):
+                try:
+                    self._feed(PoolManifest(pool, Manifest.from_wire(dict(wire))))
+                except ProtocolError as exc:
+                    self._feed(PoolManifest(pool, None, f"unreadable manifest: {exc}"))
+            case ManifestFailed(message=message, detail=detail) if pool == self.state.manifest_source:
                 self._feed(ManifestRejected(message, detail))
+            case ManifestFailed(message=message):
+                self._feed(PoolManifest(pool, None, message))
             case StageRunning(attempt=attempt, reason_code=code, reason=reason, details=details):
                 self._feed(StageRunningReported(pool, attempt, code, reason, details))
             case WavePlan(wave=wave, up_to_date=up_to_date):
@@ -417,6 +435,40 @@ class BrokerService:
                 )
             case _:
                 log.warning("dropped %s: not a message a pool sends", msg.TAG)
+
+    def _load_own_manifest(self) -> None:
+        """The broker's own loader (a standalone broker is its manifest source): a
+        process beside the broker, waited for in a thread; the broker imports no user
+        code. The answer comes back through an inproc pair the loop polls."""
+        from pivot.errors import PivotError
+        from pivot.launch.spawn import LoaderRun
+
+        def load() -> None:
+            sender = self.ctx.socket(zmq.PAIR)
+            sender.setsockopt(zmq.LINGER, 1000)
+            sender.connect(self._loaded_addr)
+            try:
+                try:
+                    manifest = LoaderRun(self.root).result()
+                    payload = [b"ok", encode(ManifestLoaded("", manifest.to_wire()), sender=SENDER)]
+                except PivotError as exc:
+                    detail = exc.detail if isinstance(exc, PipelineError) else ""
+                    payload = [b"failed", encode(ManifestFailed("", str(exc), detail), sender=SENDER)]
+                sender.send_multipart(payload)
+            finally:
+                sender.close()
+
+        threading.Thread(target=load, name="own-loader", daemon=True).start()
+
+    def _on_own_manifest(self, frames: list[bytes]) -> None:
+        env = decode_or_log(frames[-1], "own loader")
+        if env is None:
+            return
+        match env.msg:
+            case ManifestLoaded(manifest=wire):
+                self._feed(self._check_manifest("", wire))
+            case ManifestFailed(message=message, detail=detail):
+                self._feed(ManifestRejected(message, detail))
 
     def _check_manifest(self, pool: str, wire: dict[str, object]) -> Event:
         try:

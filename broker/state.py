@@ -19,6 +19,7 @@ from broker.events import (
     ConfirmChanges,
     Event,
     FilesReported,
+    LoadOwnManifest,
     ManifestArrived,
     ManifestRejected,
     Note,
@@ -27,6 +28,7 @@ from broker.events import (
     PoolGone,
     PoolHeard,
     PoolJoined,
+    PoolManifest,
     Publish,
     PublishLog,
     Reply,
@@ -40,6 +42,7 @@ from broker.events import (
     WatcherJoined,
     WavePlanned,
 )
+from pivot.launch.limits import HARD_KILL_S
 from pivot.pipeline.graph import StageGraph
 from pivot.pipeline.manifest import Manifest
 from pivot.pipeline.params import PARAMS_FILE
@@ -73,7 +76,6 @@ from pivot.protocol.messages import (
     WaveFinished,
     WaveStarted,
 )
-from pivot.runtime.cancel import HARD_KILL_S
 from pivot.state.reasons import ReasonCode
 
 __all__ = ["BrokerState"]
@@ -88,7 +90,7 @@ MAX_CHARGES = 3  # a stage whose own worker dies this often in one wave fails
 FENCE_MARGIN_S = 2.0
 LOG_TAIL = 20  # lines of each stage's last run kept for the snapshot (an attach shows them)
 # After cancelling the running stages on shutdown: a stage stuck in native code has its
-# worker killed by the pool after HARD_KILL_S (pivot/runtime/cancel.py); this is longer.
+# worker killed by the pool after HARD_KILL_S (pivot/launch/limits.py); this is longer.
 CANCEL_WAIT_S = HARD_KILL_S + 2.0
 
 
@@ -107,9 +109,14 @@ class PoolInfo:
     # hold a slot, and no other attempt of their stages starts until they end.
     foreign: dict[str, str] = field(default_factory=dict)
     leaving: bool = False  # it said goodbye: nothing new; forgotten once its results are in
+    # Its own manifest matches the engine's (since the last reload): it may run stages,
+    # but none of `mismatched` (another checkout's code for them).
+    current: bool = False
+    manifest: Manifest | None = None
+    mismatched: frozenset[str] = frozenset()
 
     def free(self) -> int:
-        if self.leaving:
+        if self.leaving or not self.current:
             return 0
         return self.slots - len(self.attempts) - len(self.foreign)
 
@@ -196,8 +203,13 @@ class BrokerState:
         liveness: int = LIVENESS,
         live: LiveOptions | None = None,
         broker_id: str = "",
+        manifest_source: str = "pool-1",
     ) -> None:
         self.broker_id = broker_id  # new at every start: attempt ids carry it
+        # Whose loader's manifest is the engine's: the pool the engine started in its own
+        # checkout (`pivot up`, `pivot repro`), or "" for a loader beside the broker (a
+        # standalone broker). Other pools' manifests are compared with it.
+        self.manifest_source = manifest_source
         self.heartbeat_s = heartbeat_s
         self.liveness = liveness
         self.last_tick: float | None = None
@@ -258,6 +270,8 @@ class BrokerState:
                 self._pool_gone(event.pool, event.reason, event.confirmed)
             case ManifestArrived():
                 self._manifest_arrived(event.pool, event.manifest, event.graph)
+            case PoolManifest():
+                self._pool_manifest(event)
             case ManifestRejected():
                 self.pipeline_error = {"message": event.message, "detail": event.detail}
                 self._publish(PipelineInvalid(event.message, event.detail))
@@ -304,10 +318,10 @@ class BrokerState:
         wave = self.wave
         ours = {a for a in running if wave is not None and a in wave.running}
         old = self.pools.get(event.pool)
+        same = old is not None and old.incarnation == event.incarnation
         if old is not None:
             # The same process saying hello again keeps what it still runs; a new process
             # under the old name: the old one may still run its attempts (held back).
-            same = old.incarnation == event.incarnation
             old.attempts -= ours if same else set()
             self._pool_gone(event.pool, "pool reconnected", confirmed=same)
         fenced = self.fenced.get(event.pool)
@@ -322,7 +336,40 @@ class BrokerState:
             tags=event.tags, host=event.host, pid=event.pid, joined=event.now,
             foreign={a: s for a, s in running.items() if a not in ours},
         )
+        if same and old is not None:  # the same process: its manifest has not changed
+            new = self.pools[event.pool]
+            new.manifest, new.current, new.mismatched = old.manifest, old.current, old.mismatched
         self._send(event.pool, PoolWelcome(event.pool, self.heartbeat_s, self.liveness, self.broker_id))
+
+    def _pool_manifest(self, event: PoolManifest) -> None:
+        pool = self.pools.get(event.pool)
+        if pool is None:
+            return
+        if event.manifest is None:
+            pool.current, pool.manifest = False, None
+            self._publish(Notice(f"worker pool {event.pool} could not load the pipeline: {event.error}; it gets no stages"))
+            return
+        pool.manifest = event.manifest
+        self._check_pool(event.pool)
+
+    def _check_pool(self, name: str) -> None:
+        """Compare a pool's manifest with the engine's: once both are in (after a reload),
+        it may run every stage whose spec it shares, and replaces its workers now."""
+        pool = self.pools[name]
+        if pool.current or pool.manifest is None or self.manifest is None or self.reloading:
+            return
+        if self.pipeline_error is not None:
+            return  # the engine's own load failed: the pool keeps its workers
+        ours, theirs = self.manifest.by_name, pool.manifest.by_name
+        mismatched = frozenset(s for s in ours if theirs.get(s) != ours[s])
+        if mismatched and mismatched != pool.mismatched:
+            shown = ", ".join(sorted(mismatched)[:10]) + (" ..." if len(mismatched) > 10 else "")
+            self._publish(Notice(
+                f"worker pool {name} loaded other code or declarations for {shown} (an old "
+                "checkout on its host?): it gets none of those stages"
+            ))
+        pool.mismatched, pool.current = mismatched, True
+        self._send(name, ManifestAccepted())  # before any stage is sent to it on it
 
     def _pool_leaving(self, name: str) -> None:
         pool = self.pools.get(name)
@@ -425,8 +472,10 @@ class BrokerState:
         removed = sorted(set(old) - set(new))
         changed = sorted(n for n in set(old) & set(new) if old[n] != new[n])
         self.manifest, self.graph, self.pipeline_error = manifest, graph, None
-        if pool in self.pools:  # before any stage is sent to it on the new manifest
-            self._send(pool, ManifestAccepted())
+        if pool in self.pools:
+            self.pools[pool].manifest = manifest
+        for name in self.pools:
+            self._check_pool(name)
         for name in graph.order:
             if name not in self.stage_view:
                 self._set_view(name, "pending", "", "", 0.0)
@@ -508,9 +557,9 @@ class BrokerState:
             self._set_view(s, "pending", "", "", 0.0)
         self.last_change = (run.trigger, list(run.paths))
         self._publish(WaveStarted(wave.number, stages, run.trigger, run.paths))
-        if not run.force and stages:
+        if not run.force and stages and any(p.current for p in self.pools.values()):
             # One batch question instead of a round trip per up-to-date stage.
-            wave.planner = next(iter(self.pools))
+            wave.planner = next(n for n, p in self.pools.items() if p.current)
             upstream = {s: sorted(self.graph.upstream[s] & wanted) for s in stages}
             self._send(wave.planner, PlanWave(wave.number, stages, upstream))
         self._maybe_finish_wave()
@@ -528,7 +577,9 @@ class BrokerState:
             if stage in busy:
                 continue  # an attempt from before a broker restart still runs it
             tags = self._tags(stage)
-            name = next((n for n in free if tags <= self.pools[n].tags), None)
+            name = next(
+                (n for n in free if tags <= self.pools[n].tags and stage not in self.pools[n].mismatched), None
+            )
             if name is None:
                 self._no_pool(stage, tags)
                 continue
@@ -908,13 +959,18 @@ class BrokerState:
             return
         self.reloading = True
         self.reload_trigger = (trigger, sorted(paths))
-        for name in self.pools:
+        if self.manifest_source == "":
+            self._out.append(LoadOwnManifest())
+        for name, pool in self.pools.items():
+            pool.current, pool.manifest = False, None  # until its new manifest is checked
             self._send(name, LoadManifest(restart))
 
     def _reload_answered(self) -> None:
         if not self.reloading:
             return
         self.reloading = False
+        for name in self.pools:  # their manifests may have come first
+            self._check_pool(name)
         if self.reload_again is not None:
             restart, self.reload_again = self.reload_again, None
             self._reload(restart, self.reload_trigger[1])

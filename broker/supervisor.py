@@ -34,7 +34,7 @@ class Supervisor:
     crashes: list[float] = field(default_factory=list)
     due: dict[str, float] = field(default_factory=dict)  # role -> when to start it again
 
-    def exited(self, role: str, what: str, rc: int, log: str, now: float) -> Restart | GiveUp:
+    def exited(self, role: str, what: str, rc: int | None, log: str, now: float) -> Restart | GiveUp:
         """`role` ("pool", "watcher") exited with `rc` at `now`: restart it, or stop."""
         self.crashes = [t for t in self.crashes if now - t < CRASH_WINDOW_S] + [now]
         if len(self.crashes) > CRASH_LIMIT:

@@ -214,12 +214,12 @@ def children_of(pid: int) -> list[ProcInfo]:
 
 
 def engine_children(pid: int) -> list[ProcInfo]:
-    """The processes the engine of `pivot up` (pid `pid`) started: its broker process
-    (a child of `pivot up`) and the broker's children (pool, watcher)."""
+    """The processes of the engine of `pivot up` (pid `pid`): its broker, and the pool and
+    watcher (started by `pivot up` itself and adopted by the broker, or restarted by the
+    broker: children of either)."""
     everything = [p for p in all_processes() if is_live(p)]
-    brokers = [p for p in everything if p.ppid == pid and "broker" in p.cmdline]
-    found = list(brokers)
-    for broker in brokers:
+    found = [p for p in everything if p.ppid == pid]
+    for broker in [p for p in found if "broker" in p.cmdline]:
         found += [p for p in everything if p.ppid == broker.pid]
     return found
 

@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 
-from pivot.runtime.spawn import LoaderRun
+from pivot.launch.spawn import LoaderRun
 from workers.args import parse_args
 
 args = parse_args(sys.argv[1:])

@@ -10,7 +10,7 @@ __all__ = ["parse_args"]
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    from pivot.runtime.cpus import usable_cpus
+    from pivot.launch.cpus import usable_cpus
 
     parser = argparse.ArgumentParser(prog="python -m workers", description="A Pivot worker pool.")
     parser.add_argument("--root", required=True, type=Path)

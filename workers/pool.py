@@ -37,6 +37,10 @@ from typing import Any
 import zmq
 
 from pivot.errors import PipelineError, PivotError, UserError
+from pivot.launch.limits import HARD_KILL_S
+from pivot.launch.logsetup import configure
+from pivot.launch.procs import group_members, is_alive, is_stopped
+from pivot.launch.spawn import LoaderRun, run_loader
 from pivot.pipeline.manifest import Manifest
 from pivot.protocol.messages import (
     CancelStage,
@@ -58,11 +62,8 @@ from pivot.protocol.messages import (
     StageRunning,
     WavePlan,
 )
-from pivot.runtime.cancel import HARD_KILL_S, marker_path, request_cancel
-from pivot.runtime.logsetup import configure
+from pivot.runtime.cancel import marker_path, request_cancel
 from pivot.runtime.preload import warm_up, worker_context
-from pivot.runtime.procs import group_members, is_alive, is_stopped
-from pivot.runtime.spawn import LoaderRun, run_loader
 from pivot.state.outputs import ProjectState
 from pivot.state.plan import DepProducers, Prepared, dep_producers, plan_wave, prepare
 from pivot.state.reasons import ReasonCode

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from pivot.cli.common import check_stage_names
+from pivot.launch.spawn import run_loader
 from pivot.pipeline.graph import StageGraph, build_graph
 from pivot.pipeline.manifest import Manifest
 from pivot.pipeline.project import pivot_dir
-from pivot.runtime.spawn import run_loader
 from pivot.state.decide import decide
 from pivot.state.outputs import ProjectState
 from pivot.state.plan import dep_producers, restorable

@@ -70,7 +70,7 @@ def _place_hash(root: Path, digest: str, targets: tuple[str, ...]) -> None:
 
 
 def _checkout(root: Path, targets: tuple[str, ...]) -> None:
-    from pivot.runtime.spawn import run_loader
+    from pivot.launch.spawn import run_loader
     from pivot.state.lock import read_lock
     from pivot.state.outputs import ProjectState, preserve, restore
 

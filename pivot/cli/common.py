@@ -19,9 +19,9 @@ __all__ = ["check_stage_names", "load_pipeline", "select", "table"]
 
 def load_pipeline() -> tuple[Path, Manifest, StageGraph]:
     """The project root, its manifest (loaded in a fresh interpreter) and its graph."""
+    from pivot.launch.spawn import run_loader
     from pivot.pipeline.graph import build_graph
     from pivot.pipeline.project import find_root
-    from pivot.runtime.spawn import run_loader
 
     root = find_root()
     manifest = run_loader(root)

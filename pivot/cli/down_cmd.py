@@ -21,7 +21,7 @@ def down(broker: str | None, key: Path | None, broker_key: Path | None, grace_s:
     stages get --grace seconds to finish, then every process of the engine stops."""
     from pivot.cli.remote import connect
     from pivot.cli.target import root_or_none
-    from pivot.runtime.cancel import HARD_KILL_S
+    from pivot.launch.limits import HARD_KILL_S
     from pivot.transport.rundir import engine_info
 
     root = root_or_none(broker)
@@ -34,7 +34,7 @@ def down(broker: str | None, key: Path | None, broker_key: Path | None, grace_s:
     with engine:
         engine.client.shutdown(timeout=grace_s + HARD_KILL_S + 10.0, grace_s=grace_s)
     if local:  # wait for the broker's process too: `pivot up` may start again at once
-        from pivot.runtime.procs import is_alive
+        from pivot.launch.procs import is_alive
 
         deadline = time.monotonic() + 15.0
         while is_alive(pid) and time.monotonic() < deadline:

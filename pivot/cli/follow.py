@@ -23,6 +23,7 @@ from pivot.display.render import (
     wave_failed,
 )
 from pivot.errors import InfraError, UserError
+from pivot.launch.limits import HARD_KILL_S
 from pivot.protocol.codec import Envelope
 from pivot.protocol.messages import (
     EngineStopped,
@@ -40,7 +41,6 @@ from pivot.protocol.messages import (
     WaveFinished,
     WaveStarted,
 )
-from pivot.runtime.cancel import HARD_KILL_S
 
 if TYPE_CHECKING:
     from pivot.cli.stack import Stack

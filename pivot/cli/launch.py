@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from pivot.cli.remote import RemoteEngine
 from pivot.errors import InfraError, StackRunning, UserError
-from pivot.runtime.spawn import python_cmd
+from pivot.launch import python_cmd
 
 if TYPE_CHECKING:
     from pivot.protocol.codec import Envelope
@@ -68,37 +68,53 @@ class SpawnedEngine(RemoteEngine):
 
 
 def start_live(root: Path, opts: UpOptions) -> int:
-    from pivot.cli.remote import running_engine
+    from pivot.launch.cpus import usable_cpus
     from pivot.pipeline.project import project_id
-    from pivot.runtime.cpus import usable_cpus
+    from pivot.transport.rundir import RunDir
 
-    if running_engine(root):
+    rundir = RunDir(root)
+    try:
+        rundir.lock()  # one engine per project; the broker takes the lock over
+    except StackRunning:
         raise StackRunning(
             f"a Pivot engine is already running for {root}; `pivot attach` shows it, "
             "`pivot repro` asks it for a run, `pivot down` stops it"
-        )
-    log = root / ".pivot" / "logs" / "broker.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
+        ) from None
+    jobs = str(opts.jobs or usable_cpus())
     args = [
-        "--root", str(root), "--pool-jobs", str(opts.jobs or usable_cpus()), "--watch",
+        "--root", str(root), "--pool-jobs", jobs, "--watch",
         "--debounce-ms", str(opts.debounce_ms), "--grace", str(opts.grace_s),
         *(["--poll"] if opts.poll else []), *(["--restart"] if opts.restart else []),
         *(["--keep-going"] if opts.keep_going else []),
         *(f"--scope={s}" for s in opts.stages),
         *(["--bind", opts.bind] if opts.bind else []),
-        *([] if opts.detach else ["--owner", str(os.getpid())]),
     ]
+    early: list[subprocess.Popen[bytes]] = []
+    if not opts.detach and not opts.bind:
+        # The pool (whose loader imports the pipeline) and the watcher are the slow
+        # starters: this process starts them now, beside the broker, which adopts and
+        # supervises them (restarts are its own children). Measured: docs/benchmarks.md.
+        endpoints = rundir.ipc_endpoints()
+        early = [
+            _spawn(root, "pool", "workers", "--root", str(root), "--work", endpoints.work,
+                   "--name", "pool-1", "--jobs", jobs),
+            _spawn(root, "watcher", "pivot.watch", "--root", str(root), "--changes", endpoints.changes,
+                   *(["--poll"] if opts.poll else [])),
+        ]
+        args += ["--adopt-pool", str(early[0].pid), "--adopt-watcher", str(early[1].pid)]
+    if not opts.detach:
+        args += ["--owner", str(os.getpid())]
+    lock_fd = rundir.hand_over()
+    log = root / ".pivot" / "logs" / "broker.log"
     start = log.stat().st_size if log.exists() else 0
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            python_cmd("broker", *args), cwd=root, stdin=subprocess.DEVNULL, stdout=out,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )
+    proc = _spawn(root, "broker", "broker", *args, "--lock-fd", str(lock_fd), pass_fds=(lock_fd,))
     try:
         control = _wait_ready(root, proc, log, start)
         engine = SpawnedEngine(control, proc, log, opts.grace_s, project_id(root))
     except BaseException:
         stop_broker(proc, grace_s=0.0)
+        for child in early:
+            _kill(child)
         raise
     with engine:
         if opts.detach:
@@ -113,6 +129,28 @@ def start_live(root: Path, opts: UpOptions) -> int:
             return run_live(engine, opts.stages, opts.force, opts.keep_going, opts.display)
         finally:
             stop_broker(proc, opts.grace_s)
+            for child in early:  # stopped by the broker; reaped here (we are the parent)
+                _kill(child)
+
+
+def _spawn(root: Path, role: str, module: str, *args: str, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
+    """`python -P -m MODULE ARGS` in its own session, its output to .pivot/logs/ROLE.log."""
+    logs = root / ".pivot" / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with open(logs / f"{role}.log", "ab") as out:
+        return subprocess.Popen(
+            python_cmd(module, *args), cwd=root, stdin=subprocess.DEVNULL, stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True, pass_fds=pass_fds,
+        )
+
+
+def _kill(child: subprocess.Popen[bytes]) -> None:
+    """SIGKILL what is left of a child's group (nothing, normally), then reap it."""
+    from pivot.launch.procs import kill_group
+
+    kill_group(child.pid, 3.0)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        child.wait(3.0)
 
 
 def _wait_ready(root: Path, proc: subprocess.Popen[bytes], log: Path, start: int) -> str:
@@ -180,8 +218,8 @@ def stop_broker(proc: subprocess.Popen[bytes], grace_s: float) -> None:
     """Stop the broker process this command started: SIGTERM (a graceful stop, like a
     shutdown request; harmless when one was made), a bounded wait for it to stop its
     engine and exit, then SIGKILL to whatever is left of its group."""
-    from pivot.runtime.cancel import HARD_KILL_S
-    from pivot.runtime.procs import kill_group
+    from pivot.launch.limits import HARD_KILL_S
+    from pivot.launch.procs import kill_group
 
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):

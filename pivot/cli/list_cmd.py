@@ -11,9 +11,9 @@ import click
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def list_stages(as_json: bool) -> None:
     """List the pipeline's stages with their deps, outs and params."""
+    from pivot.launch.spawn import run_loader
     from pivot.pipeline.graph import build_graph
     from pivot.pipeline.project import find_root
-    from pivot.runtime.spawn import run_loader
 
     root = find_root()
     manifest = run_loader(root)

@@ -26,8 +26,8 @@ def logs(stage: str | None, role: str | None, follow: bool) -> None:
     (.pivot/logs/ROLE.jsonl: time, level, event, stage/wave), then anything it wrote
     outside them, such as a crash's traceback (.pivot/logs/ROLE.log).
     """
+    from pivot.launch.logsetup import records_path
     from pivot.pipeline.project import find_root
-    from pivot.runtime.logsetup import records_path
     from pivot.runtime.worker import stage_log_path
 
     root = find_root()

@@ -43,7 +43,7 @@ def repro(
     asked for the run and its events are shown; exit codes are the same.
     """
     from pivot.cli.stack import Stack
-    from pivot.runtime.cpus import usable_cpus
+    from pivot.launch.cpus import usable_cpus
 
     if not watch:
         given = [

@@ -29,9 +29,9 @@ if TYPE_CHECKING:
     from broker.service import BrokerService
     from pivot.display.client import EngineClient
 from pivot.errors import InfraError
+from pivot.launch import python_cmd
+from pivot.launch.procs import kill_group
 from pivot.pipeline.project import pivot_dir
-from pivot.runtime.procs import kill_group
-from pivot.runtime.spawn import python_cmd
 from pivot.transport.rundir import Endpoints, RunDir
 
 __all__ = ["Stack"]
@@ -75,7 +75,7 @@ class Stack:
             from broker.service import BrokerService
             from broker.state import BrokerState
             from pivot.display.client import EngineClient
-            from pivot.runtime.logsetup import configure
+            from pivot.launch.logsetup import configure
 
             configure("engine", self.root)  # the broker thread and the CLI
             self.ctx = zmq.Context()
@@ -167,7 +167,7 @@ class Stack:
     def _shutdown_engine(self, client: EngineClient) -> None:
         """Ask the broker to stop the pool (`repro` comes here once its wave is over);
         Ctrl-C or SIGTERM meanwhile cuts the wait short."""
-        from pivot.runtime.cancel import HARD_KILL_S
+        from pivot.launch.limits import HARD_KILL_S
 
         try:
             with _interruptible_by_sigterm():

@@ -26,8 +26,8 @@ def watcher(
     """
     from pivot.cli.target import keys_from, resolve
     from pivot.errors import UserError
+    from pivot.launch import python_cmd
     from pivot.pipeline.project import find_root
-    from pivot.runtime.spawn import python_cmd
 
     root = find_root()
     control = resolve(broker, root)

@@ -34,8 +34,8 @@ def workers(
     """
     from pivot.cli.target import keys_from, resolve
     from pivot.errors import UserError
+    from pivot.launch import python_cmd
     from pivot.pipeline.project import find_root, pivot_dir
-    from pivot.runtime.spawn import python_cmd
 
     root = find_root()
     pivot_dir(root)

@@ -10,7 +10,7 @@ itself: a signal before it is caught by the marker check on entry, and one after
 Why not kill the worker: loky fails every stage in flight when one worker dies, so the
 stages running beside the cancelled one would be lost too. A stage stuck in native code
 does not see the signal until it returns to Python; the pool then kills its worker
-after `HARD_KILL_S`.
+after `HARD_KILL_S` (pivot/launch/limits.py).
 """
 
 from __future__ import annotations
@@ -23,10 +23,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
-__all__ = ["HARD_KILL_S", "StageCancelled", "arm", "cancellable", "marker_path", "request_cancel"]
+__all__ = ["StageCancelled", "arm", "cancellable", "marker_path", "request_cancel"]
 
 SIGNAL = signal.SIGUSR1
-HARD_KILL_S = 3.0
 
 
 class StageCancelled(BaseException):

@@ -21,7 +21,7 @@ from pivot.runtime.loader import import_pipeline
 from pivot.runtime.usertb import user_traceback
 from pivot.state.atomic import write_atomic
 from pivot.state.lock import StageLock, write_lock
-from pivot.state.outputs import ProjectState, commit, discard, preserve
+from pivot.state.outputs import ProjectState, commit, preserve, remove, settle
 
 __all__ = ["StageJob", "run_stage"]
 
@@ -125,7 +125,7 @@ def watch_pool(pool_pid: int) -> None:
     _watched[:] = [pool_pid]
     import threading
 
-    from pivot.runtime.procs import is_alive, is_stopped
+    from pivot.launch.procs import is_alive, is_stopped
 
     def watch() -> None:
         import signal
@@ -175,6 +175,8 @@ def run_stage(job: StageJob) -> dict[str, Any]:
     ) -> dict[str, Any]:
         if executed:
             keep_log(root, name, status, reason, error, logs)
+            if status != "ran":
+                settle(state, outs)  # what it deleted or half wrote starts no wave
         return {
             "status": status,
             "reason_code": code,
@@ -208,7 +210,8 @@ def run_stage(job: StageJob) -> dict[str, Any]:
     except (PivotError, OSError) as exc:
         msg = f"not run: could not save its current outputs to the cache first: {exc}"
         return outcome("failed", "failed", msg)
-    discard(state, outs)
+    for out in outs:
+        remove(root / out)
     executed = True
     try:
         if job.get("foreground"):  # `pivot run --foreground`: the terminal is the stage's
@@ -218,7 +221,8 @@ def run_stage(job: StageJob) -> dict[str, Any]:
                 decl.func(**job["params"])
     except StageCancelled:
         # Nothing of this run is kept: what the stage wrote so far is partial.
-        discard(state, outs)
+        for out in outs:
+            remove(root / out)
         return outcome("cancelled", "cancelled", "cancelled while running")
     except BaseException as exc:
         return outcome("failed", "failed", f"{type(exc).__name__}: {exc}", user_traceback(exc))

@@ -14,7 +14,7 @@ from pivot.state.cache import ContentCache, is_dir_digest
 from pivot.state.runcache import RunCache
 from pivot.state.statecache import StateCache
 
-__all__ = ["ProjectState", "Saved", "commit", "discard", "preserve", "remove", "restore"]
+__all__ = ["ProjectState", "Saved", "commit", "preserve", "remove", "restore", "settle"]
 
 
 @dataclass
@@ -101,14 +101,21 @@ def restore(state: ProjectState, outs: dict[str, str]) -> None:
         _record(state, path, digest)
 
 
-def discard(state: ProjectState, outs: list[str]) -> None:
-    """Delete outputs the pipeline itself is replacing, and what the state cache knew of
-    them: the engine's change check then sees their absence as no change (a failed or
-    cancelled stage must not trigger a wave by deleting its own outputs)."""
+def settle(state: ProjectState, outs: list[str]) -> None:
+    """Record outputs as a run that did not succeed left them: deleted (before it ran),
+    or partly written. The engine's change check then sees no change in them: a failed
+    or cancelled stage must not start a wave by itself (over and over, if it writes an
+    output and then fails). The lock still names the last good outputs, so the stage
+    stays stale and `pivot checkout` brings those back."""
     for out in outs:
         path = state.root / out
-        remove(path)
-        state.hashes.forget(path)
+        try:
+            if path.is_file() or (path.is_dir() and not path.is_symlink()):
+                state.hashes.hash_path(path)
+            else:  # gone, or a fifo or socket: reading one could block forever
+                state.hashes.forget(path)
+        except OSError:  # unreadable: the change check will say so, if it matters
+            state.hashes.forget(path)
 
 
 def remove(path: Path) -> None:

@@ -92,6 +92,7 @@ class RunDir:
         self.root = root
         self.path = run_dir_of(root)
         self._lock_file: IO[str] | None = None
+        self._handed: IO[str] | None = None
         self._socket_dir: Path | None = None
 
     def lock(self, doing: str = "") -> None:
@@ -114,11 +115,34 @@ class RunDir:
                 f"another Pivot engine (pid {holder}) is already running for {self.root}; "
                 "`pivot attach` shows it live, `pivot repro` asks it for a run; or stop it first"
             ) from None
+        self._hold(lock_file)
+
+    def _hold(self, lock_file: IO[str]) -> None:
         lock_file.seek(0)
         lock_file.truncate()
         lock_file.write(str(os.getpid()))
         lock_file.flush()
         self._lock_file = lock_file
+
+    def adopt_lock(self, fd: int) -> None:
+        """Hold the lock `pivot up` took and passed down as an open descriptor (the flock
+        belongs to the open file, which this process now shares)."""
+        lock_file = os.fdopen(fd, "a+")
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)  # ours already: no wait
+        except BlockingIOError:
+            lock_file.close()
+            raise StackRunning(f"the engine lock of {self.root} is not held by this engine") from None
+        self._hold(lock_file)
+
+    def hand_over(self) -> int:
+        """The lock's descriptor for a child process to adopt (`adopt_lock`); this object
+        then forgets it without unlocking (unlocking would free the child's lock too)."""
+        assert self._lock_file is not None
+        fd = self._lock_file.fileno()
+        self._handed = self._lock_file  # closed when this process exits
+        self._lock_file = None
+        return fd
 
     def acquire(self, mode: str = "repro") -> Endpoints:
         """Lock, choose the socket folder and publish the endpoints; `mode` ("repro" or

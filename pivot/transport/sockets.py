@@ -1,8 +1,10 @@
 """Thin pyzmq helpers: sockets with explicit limits, and sending/receiving envelopes.
 
-Every socket gets LINGER 0 (a pending message must never hang shutdown) and a 16 MiB
+Every socket gets LINGER 0 (a pending message must never hang shutdown), a 16 MiB
 MAXMSGSIZE (a larger message is dropped by libzmq and the link reset; the receiving
-side logs it).
+side logs it), and a reconnect interval starting at 10 ms (libzmq's default is 100 ms)
+that backs off to 1 s: `pivot up` starts its pool and watcher before the broker has
+bound, and each of them would otherwise lose up to 100 ms retrying.
 """
 
 from __future__ import annotations
@@ -20,12 +22,16 @@ __all__ = ["MAX_MESSAGE_BYTES", "decode_or_log", "make_socket", "send_msg"]
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+RECONNECT_MS = 10
+RECONNECT_MAX_MS = 1000
 
 
 def make_socket(ctx: zmq.Context[zmq.Socket[bytes]], kind: int) -> zmq.Socket[bytes]:
     sock = ctx.socket(kind)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+    sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_MS)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_MAX_MS)
     return sock
 
 

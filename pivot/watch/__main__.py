@@ -76,7 +76,7 @@ def main(argv: list[str]) -> int:
     if not args.root.is_dir():
         log.error("project root %s does not exist or is not a folder", args.root)
         return 2
-    from pivot.runtime.logsetup import configure
+    from pivot.launch.logsetup import configure
 
     configure("watcher", args.root)
     stop = threading.Event()

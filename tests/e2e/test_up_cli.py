@@ -391,7 +391,8 @@ def later() -> None:
 def test_a_failed_stage_starts_no_wave_by_itself(make_project: MakeProject, up: StartUp) -> None:
     """The worker deletes a stage's outputs before running it; when the stage then
     failed, that deletion used to be seen as a hand edit of the output and started one
-    more wave running the failed stage again."""
+    more wave running the failed stage again. A stage that writes its output and then
+    fails must not start waves either (it would, again and again)."""
     files = {**BASE, "f.txt": "good\n", "pipeline.py": pipeline(BASE_BODY + '''
 
 @stage(deps=["f.txt"], outs=["f.out"])
@@ -400,6 +401,9 @@ def flaky() -> None:
     text = read("f.txt")
     if text.strip() == "bad":
         raise ValueError("f.txt says bad")
+    if text.strip() == "half":
+        write("f.out", "partial")
+        raise ValueError("f.txt says half")
     write("f.out", text)
 ''')}
     root = make_project(files)
@@ -413,6 +417,13 @@ def flaky() -> None:
     assert not (root / "f.out").exists()  # deleted before the run, never re-written
     probe(live, root, live.mark())
     assert runs(root)["flaky"] == 2
+    start = live.mark()
+    (root / "f.txt").write_text("half\n")
+    wave = next_wave(live, start, "the edit of f.txt to half")
+    assert statuses(wave) == {"flaky": "failed"}, wave
+    assert (root / "f.out").read_text() == "partial"  # left as the failed run wrote it
+    probe(live, root, live.mark())
+    assert runs(root)["flaky"] == 3
     stop(live, root)
 
 

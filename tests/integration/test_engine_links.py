@@ -52,7 +52,7 @@ class Engine:
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.broker = BrokerService(root, self.endpoints, self.ctx)
         self.broker.bind()
-        self.pool = PoolService(root, self.endpoints.work, "pool-t", jobs=1)
+        self.pool = PoolService(root, self.endpoints.work, "pool-1", jobs=1)  # the manifest source
         self.threads = [
             threading.Thread(target=self.broker.run, daemon=True),
             threading.Thread(target=self.pool.run, daemon=True),

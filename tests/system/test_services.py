@@ -475,3 +475,41 @@ def test_the_broker_killed_and_restarted_while_pools_and_displays_stay_up(
     for pool in pools:
         rc, _, err = wait_exit(pool, 15, "a pool after its broker stopped")
         assert rc == 0, err
+
+
+# A stage whose declaration depends on the host (here: an environment variable), as an
+# old checkout's would: a pool that loads another version of it must not run it.
+HOST_PIPELINE = '''\
+import os
+
+from pivot import stage
+
+
+@stage(outs=["a.txt"])
+def a(version: int = int(os.environ.get("PIPELINE_VERSION", "1"))) -> None:
+    with open("a.txt", "w") as f:
+        f.write(f"{os.getpid()} {version}")
+'''
+
+
+def test_a_pool_that_loaded_other_code_gets_none_of_those_stages(
+    tmp_path: Path, proc_guard: ProcGuard, start_broker: Callable[..., Broker]
+) -> None:
+    root = write_files(tmp_path / "proj", {"pipeline.py": HOST_PIPELINE})
+    # A standalone broker loads the pipeline itself (a loader beside it): version 1.
+    control = start_broker(root, "--bind", "tcp://127.0.0.1:0").wait_bound()
+    stale = proc_guard.track(start_pivot(
+        root, "workers", "--broker", control, "--name", "stale", "-j", "1",
+        env={**os.environ, "PIPELINE_VERSION": "2"},
+    ))
+    display = proc_guard.track(start_pivot(root, "attach", "--broker", control, "--json"))
+    from procs import LiveRun
+
+    live = LiveRun(display)
+    notice = live.wait_event(lambda e: e["event"] == "notice", WAIT_S, "the mismatch notice")
+    assert "worker pool stale loaded other code or declarations for a" in notice["message"], notice
+    good = start_pool(proc_guard, root, control, "good", "-j", "1")
+    result = run_pivot(root, "repro", "--broker", control, "--json", timeout=WAIT_S + 10)
+    assert result.returncode == 0, describe(result)
+    pid, version = (root / "a.txt").read_text().split()
+    assert version == "1" and pool_of(int(pid), {good.pid: "good", stale.pid: "stale"}) == "good"

@@ -30,9 +30,9 @@ import pytest
 import zmq
 from procs import ProcGuard, inotify_inodes, wait_exit, wait_for
 
+from pivot.launch import python_cmd
 from pivot.protocol.codec import decode
 from pivot.protocol.messages import FilesChanged, Message, WatcherReady
-from pivot.runtime.spawn import python_cmd
 from pivot.watch.watcher import Watcher
 
 pytestmark = pytest.mark.timeout(60)

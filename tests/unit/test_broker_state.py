@@ -14,6 +14,7 @@ from broker.events import (
     ConfirmChanges,
     Event,
     FilesReported,
+    LoadOwnManifest,
     ManifestArrived,
     ManifestRejected,
     Note,
@@ -21,6 +22,7 @@ from broker.events import (
     PoolGone,
     PoolHeard,
     PoolJoined,
+    PoolManifest,
     Publish,
     PublishLog,
     Reply,
@@ -99,6 +101,7 @@ class Harness:
         self.now = 0.0
         self.published: list[Message] = []
         self.plan: list[str] | None = [] if plan is None else plan
+        self.manifest = manifest
         if manifest is not None:
             self.feed(PoolJoined("p1", slots, self.now))
             self.feed(ManifestArrived("p1", manifest, build_graph(manifest)))
@@ -113,6 +116,13 @@ class Harness:
             if isinstance(c, SendWork) and isinstance(c.msg, PlanWave) and self.plan is not None:
                 commands += self.feed(WavePlanned(c.pool, c.msg.wave, tuple(self.plan)))
         return commands
+
+    def join(self, pool: str, slots: int, now: float, **kw: Any) -> list[Command]:
+        """A pool joins and its loader's manifest (the engine's) arrives: it may run stages."""
+        commands = self.feed(PoolJoined(pool, slots, now, **kw))
+        manifest = self.manifest or self.state.manifest
+        assert manifest is not None
+        return commands + self.feed(PoolManifest(pool, manifest))
 
     def run(self, *stages: str, force: bool = False, keep_going: bool = False) -> list[Command]:
         return self.feed(RunRequested(CLIENT, stages, force, keep_going))
@@ -157,7 +167,7 @@ def test_run_waits_for_manifest_and_pool_then_dispatches_roots_in_order() -> Non
     commands = h.feed(ManifestArrived("p1", m, build_graph(m)))
     assert Reply(CLIENT, RunReply(True, "queued")) in commands
     assert dispatched(commands) == []  # no pool yet
-    commands = h.feed(PoolJoined("p1", 2, 0.0))
+    commands = h.join("p1", 2, 0.0)
     assert published(commands, WaveStarted) == [WaveStarted(1, ["a", "b", "c", "d", "e"])]
     assert [s for _, s, _ in dispatched(commands)] == ["a", "e"]
 
@@ -277,7 +287,7 @@ def test_heartbeats_are_sent_and_a_silent_pool_is_lost_with_its_stages_requeued(
     # Not proven dead, it may still run them until it notices the silence itself (3 s
     # after the broker stopped heartbeating it) and stops them: they run elsewhere only
     # after that and a margin (fencing), never twice at once.
-    assert dispatched(h.feed(PoolJoined("p2", 2, 5.2))) == []
+    assert dispatched(h.join("p2", 2, 5.2)) == []
     assert dispatched(h.feed(Tick(10.0))) == []
     again = dispatched(h.feed(Tick(10.2)))
     assert [(p, s) for p, s, _ in again] == [("p2", "a"), ("p2", "e")]
@@ -289,7 +299,7 @@ def test_heartbeats_are_sent_and_a_silent_pool_is_lost_with_its_stages_requeued(
 def test_a_lost_pool_whose_death_is_confirmed_has_its_stages_run_elsewhere_at_once() -> None:
     h = Harness(diamond(), slots=2)
     dispatched(h.run())
-    h.feed(PoolJoined("p2", 2, 0.5))
+    h.join("p2", 2, 0.5)
     h.feed(Tick(1.0))
     h.feed(PoolHeard("p2", 3.5))
     [lost] = published(h.feed(Tick(3.6)), PoolLost)  # p1 silent since 0.0
@@ -497,7 +507,7 @@ def test_a_forced_wave_asks_for_no_plan() -> None:
 def test_losing_the_planning_pool_falls_back_to_deciding_at_dispatch() -> None:
     h = Harness(diamond(), slots=4)
     h.plan = None
-    h.feed(PoolJoined("p2", 4, 0.0))
+    h.join("p2", 4, 0.0)
     [(planner, _)] = plan_requests(h.run())
     commands = h.feed(PoolGone(planner, "killed"))
     assert sorted(s for _, s, _ in dispatched(commands)) == ["a", "e"]
@@ -913,7 +923,7 @@ def gpu_pipeline() -> Manifest:
 
 def test_a_tagged_stage_goes_only_to_a_pool_with_its_tags() -> None:
     h = Harness(gpu_pipeline(), slots=2)
-    h.feed(PoolJoined("gpu-1", 1, 0.0, tags=frozenset({"gpu", "big"})))
+    h.join("gpu-1", 1, 0.0, tags=frozenset({"gpu", "big"}))
     [(pool, stage, a)] = dispatched(h.run(keep_going=True))
     assert (stage, pool) == ("prep", "p1")  # the first free pool in order
     [(pool, stage, _)] = dispatched(h.result(a, pool=pool))
@@ -945,14 +955,15 @@ def test_live_a_stage_waits_for_a_pool_with_its_tags_and_runs_when_one_joins() -
     view = h.state.snapshot().stages["train"]
     assert (view["status"], view["reason_code"]) == ("pending", "no_pool")
     assert published(h.feed(Tick(0.5)), Notice) == []  # said once
-    [(pool, stage, _)] = dispatched(h.feed(PoolJoined("gpu-1", 1, 0.6, tags=frozenset({"gpu"}))))
+    h.manifest = m
+    [(pool, stage, _)] = dispatched(h.join("gpu-1", 1, 0.6, tags=frozenset({"gpu"})))
     assert (pool, stage) == ("gpu-1", "train")
 
 
 def test_a_pool_saying_goodbye_gets_nothing_new_and_is_forgotten_once_its_results_are_in() -> None:
     h = Harness(diamond(), slots=2)
     [(_, _, a), (_, _, e)] = dispatched(h.run())
-    h.feed(PoolJoined("p2", 2, 0.0))
+    h.join("p2", 2, 0.0)
     commands = h.feed(PoolGone("p1", "the pool stopped", leaving=True))
     assert published(commands, PoolLost) == [] and "p1" in h.state.pools
     commands = h.feed(ResultReceived("p1", a, "lost", "pool_lost", "handed back", 0.0, None, ()))
@@ -961,3 +972,45 @@ def test_a_pool_saying_goodbye_gets_nothing_new_and_is_forgotten_once_its_result
     assert [(p, s) for p, s, _ in dispatched(commands)] == [("p2", "e")]
     assert [n.message for n in published(commands, Notice)] == ["worker pool p1 left"]
     assert "p1" not in h.state.pools and published(commands, PoolLost) == []
+
+
+def test_a_pool_with_other_code_for_a_stage_gets_none_of_those_stages() -> None:
+    h = Harness(diamond(), slots=1)
+    old = Manifest(tuple(
+        dataclasses.replace(s, fingerprint="old") if s.name == "a" else s for s in diamond().stages
+    ))
+    h.feed(PoolJoined("stale", 2, 0.0))
+    commands = h.feed(PoolManifest("stale", old))
+    [notice] = published(commands, Notice)
+    assert "worker pool stale loaded other code or declarations for a" in notice.message
+    assert SendWork("stale", ManifestAccepted()) in commands  # for the stages it shares
+    dispatches = dispatched(h.run())
+    assert ("p1", "a") in [(p, s) for p, s, _ in dispatches]
+    assert all(s != "a" for p, s, _ in dispatches if p == "stale")
+
+
+def test_a_pool_that_cannot_load_the_pipeline_gets_no_stages_and_the_pipeline_stays_valid() -> None:
+    h = Harness(diamond(), slots=1)
+    h.feed(PoolJoined("p2", 4, 0.0))
+    commands = h.feed(PoolManifest("p2", None, "ModuleNotFoundError: No module named 'torch'"))
+    assert published(commands, PipelineInvalid) == []
+    [notice] = published(commands, Notice)
+    assert "p2 could not load the pipeline" in notice.message and "torch" in notice.message
+    assert {p for p, _, _ in dispatched(h.run(force=True))} == {"p1"}
+
+
+def test_a_broker_that_loads_the_pipeline_itself_accepts_pools_only_after_its_own_load() -> None:
+    state = BrokerState(live=LiveOptions(wait_for_watcher=False), manifest_source="")
+    m = diamond()
+    state.handle(PoolJoined("p1", 2, 0.0))
+    state.handle(ManifestArrived("", m, build_graph(m)))  # the broker's own loader
+    assert SendWork("p1", ManifestAccepted()) in state.handle(PoolManifest("p1", m))
+    state.handle(FilesReported(("pipeline.py",), 1.0))
+    [confirm] = [c for c in state.handle(Tick(1.1)) if isinstance(c, ConfirmChanges)]
+    commands = state.handle(ChangesConfirmed(confirm.paths))
+    assert LoadOwnManifest() in commands and SendWork("p1", LoadManifest(True)) in commands
+    # The pool's new manifest comes first: it waits for the broker's own.
+    assert not [c for c in state.handle(PoolManifest("p1", m)) if isinstance(c, SendWork) and isinstance(c.msg, ManifestAccepted)]
+    commands = state.handle(ManifestArrived("", m, build_graph(m)))
+    assert SendWork("p1", ManifestAccepted()) in commands
+    state.validate()

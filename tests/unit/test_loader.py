@@ -12,8 +12,8 @@ import pytest
 
 import pivot
 from pivot.errors import PipelineError
+from pivot.launch.spawn import run_loader
 from pivot.pipeline.manifest import Manifest
-from pivot.runtime.spawn import run_loader
 
 PIVOT_PKG_DIR = str(Path(pivot.__file__).resolve().parent)
 

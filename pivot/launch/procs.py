@@ -8,7 +8,7 @@ import signal
 import time
 from pathlib import Path
 
-__all__ = ["group_members", "is_alive", "is_stopped", "kill_group"]
+__all__ = ["exit_code", "group_members", "is_alive", "is_stopped", "kill_group"]
 
 _DEAD = ("Z", "X")  # zombie, dead
 
@@ -58,3 +58,19 @@ def kill_group(pgid: int, timeout: float) -> bool:
         if time.monotonic() > deadline:
             return False
         time.sleep(0.005)  # SIGKILL is asynchronous; re-check within the deadline
+
+
+def exit_code(pid: int) -> int | None:
+    """How a process that is not our child ended, while it is a zombie its parent has
+    not reaped yet (Linux keeps the wait status in /proc/PID/stat): the code, or minus
+    the signal that killed it, as subprocess reports it. None when that is unknown."""
+    fields = _stat_fields(pid)
+    if fields is None or fields[0] != "Z":
+        return None
+    try:
+        status = int(fields[-1])
+    except (ValueError, IndexError):
+        return None
+    if os.WIFSIGNALED(status):
+        return -os.WTERMSIG(status)
+    return os.WEXITSTATUS(status) if os.WIFEXITED(status) else None

@@ -1,29 +1,21 @@
-"""Start Pivot's own Python processes without letting the project shadow our packages.
-
-`-P` keeps the working directory off sys.path: a user module named `workers.py`,
-`broker.py` or `pivot.py` in the project must not replace ours.
-"""
+"""The pipeline loader as a process: started now, its manifest collected later."""
 
 from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import msgpack
 
 from pivot.errors import InfraError, PipelineError
+from pivot.launch import python_cmd
 from pivot.pipeline.manifest import Manifest
 
 __all__ = ["LOADER_TIMEOUT_S", "LoaderRun", "python_cmd", "run_loader"]
 
 LOADER_TIMEOUT_S = 300.0
-
-
-def python_cmd(module: str, *args: str) -> list[str]:
-    return [sys.executable, "-P", "-m", module, *args]
 
 
 class LoaderRun:
