@@ -103,6 +103,7 @@ class RunRequested:
     stages: tuple[str, ...]
     force: bool
     keep_going: bool
+    cause: str = ""  # the run_request's message id
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,7 @@ class FilesReported:
 
     paths: tuple[str, ...]
     now: float
+    cause: str = ""  # the files_changed message's id
 
 
 @dataclass(frozen=True)
@@ -236,6 +238,7 @@ class Publish:
 
     msg: Message
     seq: int
+    parent: str | None = None  # the id of the message that caused it
 
 
 @dataclass(frozen=True)

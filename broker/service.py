@@ -353,8 +353,8 @@ class BrokerService:
             case Reply(client, msg):
                 if client:  # b"": a request the broker made itself (SIGTERM)
                     self.control.send_multipart([client, encode(msg, sender=SENDER)])
-            case Publish(msg, seq):
-                self._send_state(msg, seq)
+            case Publish(msg, seq, parent):
+                self._send_state(msg, seq, parent)
                 if self.on_publish is not None:
                     self.on_publish(msg)
                 if isinstance(msg, (WaveStarted, WaveFinished, PipelineLoaded, PipelineInvalid, PoolLost)):
@@ -370,8 +370,8 @@ class BrokerService:
                     self._checker = ChangeChecker(self.root, self.ctx, self._confirm_addr)
                 self._checker.submit(paths)
 
-    def _send_state(self, msg: Message, seq: int) -> None:
-        self.events.send_multipart([b"state", encode(msg, sender=SENDER, seq=seq)])
+    def _send_state(self, msg: Message, seq: int, parent: str | None = None) -> None:
+        self.events.send_multipart([b"state", encode(msg, sender=SENDER, seq=seq, parent=parent)])
 
     # --- inbound -------------------------------------------------------------------
 
@@ -501,7 +501,7 @@ class BrokerService:
             case PsRequest():
                 self.control.send_multipart([client, encode(PsReply(self.ps()), sender=SENDER)])
             case RunRequest(stages=stages, force=force, keep_going=keep_going):
-                self._feed(RunRequested(client, tuple(stages), force, keep_going))
+                self._feed(RunRequested(client, tuple(stages), force, keep_going, env.id))
             case SnapshotRequest():
                 self._feed(SnapshotRequested(client))
             case ShutdownRequest(grace_s=grace):
@@ -589,7 +589,7 @@ class BrokerService:
             return
         match env.msg:
             case FilesChanged(paths=paths):
-                self._feed(FilesReported(tuple(paths), self.clock()))
+                self._feed(FilesReported(tuple(paths), self.clock(), env.id))
             case WatcherReady(pid=pid):
                 self._feed(WatcherJoined(pid))
             case other:

@@ -165,8 +165,12 @@ class PendingRun:
     exact: bool = False
     trigger: str = "run"
     paths: list[str] = field(default_factory=list)
+    # The id of the message that caused it (a run_request, a files_changed): the wave's
+    # wave_started names it as its parent, so a wave can be traced to its cause.
+    cause: str | None = None
 
     def merge(self, other: PendingRun) -> None:
+        self.cause = self.cause or other.cause
         if self.stages is None or other.stages is None:
             self.stages = None
         else:
@@ -216,6 +220,7 @@ class BrokerState:
         self.live = live  # None: one-shot (`repro`); file changes are not acted on
         # Live mode: raw changed paths waiting for the quiet window, then for a check.
         self.changed: dict[str, None] = {}
+        self.causes: dict[str, str] = {}  # path -> id of the files_changed that reported it
         self.changed_first: float | None = None
         self.changed_last = 0.0
         self.confirming: tuple[str, ...] | None = None
@@ -491,7 +496,9 @@ class BrokerState:
             self.carry = set()
             if affected:
                 trigger, paths = self.reload_trigger
-                self._queue(PendingRun(affected, False, self._keep_going(), True, trigger, paths))
+                run = PendingRun(affected, False, self._keep_going(), True, trigger, paths)
+                run.cause = self._cause_of(paths)
+                self._queue(run)
         self._reload_answered()
 
     # --- runs and waves ------------------------------------------------------------
@@ -510,7 +517,7 @@ class BrokerState:
             self._out.append(Reply(event.client, RunReply(False, msg)))
             return
         targets = set(event.stages) if event.stages else None
-        self._queue(PendingRun(targets, event.force, event.keep_going))
+        self._queue(PendingRun(targets, event.force, event.keep_going, cause=event.cause or None))
         why = "queued; `pivot up` is paused: it runs once resumed (p)" if self.paused else "queued"
         self._out.append(Reply(event.client, RunReply(True, why)))
 
@@ -556,7 +563,7 @@ class BrokerState:
         for s in stages:
             self._set_view(s, "pending", "", "", 0.0)
         self.last_change = (run.trigger, list(run.paths))
-        self._publish(WaveStarted(wave.number, stages, run.trigger, run.paths))
+        self._publish(WaveStarted(wave.number, stages, run.trigger, run.paths), parent=run.cause)
         if not run.force and stages and any(p.current for p in self.pools.values()):
             # One batch question instead of a round trip per up-to-date stage.
             wave.planner = next(n for n, p in self.pools.items() if p.current)
@@ -820,6 +827,8 @@ class BrokerState:
             return
         for path in event.paths:
             self.changed[path] = None
+            if event.cause:
+                self.causes[path] = event.cause
         if self.changed_first is None:
             self.changed_first = event.now
         self.changed_last = event.now
@@ -831,6 +840,11 @@ class BrokerState:
         if self.live is not None and self.changed_first is not None:
             due.append(min(self.changed_last + self.live.debounce_s, self.changed_first + self.live.max_wait_s))
         return min(due, default=None)
+
+    def _cause_of(self, paths: list[str]) -> str | None:
+        """The files_changed message that reported the first of `paths` (forgotten now)."""
+        found = [self.causes.pop(p) for p in paths if p in self.causes]
+        return found[0] if found else None
 
     def _is_code(self, path: str) -> bool:
         if path == PIPELINE_FILE:
@@ -872,12 +886,16 @@ class BrokerState:
         return not any(self._touches(out, path) for spec in specs for out in spec.outs)
 
     def _changes_confirmed(self, paths: tuple[str, ...]) -> None:
-        self.confirming = None
-        if not paths or self.stopping:
-            return
+        checked, self.confirming = self.confirming or (), None
         code = [p for p in paths if self._is_code(p)]
         params = [p for p in paths if p == PARAMS_FILE]
         data = [p for p in paths if p not in code and p not in params]
+        cause = self._cause_of(data)
+        for p in checked:  # only a reload's paths keep theirs, for its wave
+            if p not in code and p not in params:
+                self.causes.pop(p, None)
+        if not paths or self.stopping:
+            return
         if code or params:
             self._reload(bool(code), code + params)
         # Only paths some stage declares name the wave's cause (not a stray file saved
@@ -893,7 +911,7 @@ class BrokerState:
                 # their downstream (a `pivot repro STAGE` wave) runs after it.
                 rest |= self._in_scope(self.graph.downstream_of(handled)) - set(self.wave.stages)
             if rest:
-                self._queue(PendingRun(rest, False, self._keep_going(), True, "files", data))
+                self._queue(PendingRun(rest, False, self._keep_going(), True, "files", data, cause))
 
     def _restart_running(self, paths: list[str]) -> set[str]:
         """--restart: cancel the running stages that read one of `paths`; they run again
@@ -1058,9 +1076,9 @@ class BrokerState:
             logs={k: list(v) for k, v in self.stage_logs.items() if v},
         )
 
-    def _publish(self, msg: Message) -> None:
+    def _publish(self, msg: Message, parent: str | None = None) -> None:
         self.seq += 1
-        self._out.append(Publish(msg, self.seq))
+        self._out.append(Publish(msg, self.seq, parent))
 
     # --- invariants (tests call this after every step) -----------------------------
 

@@ -513,3 +513,54 @@ def test_a_pool_that_loaded_other_code_gets_none_of_those_stages(
     assert result.returncode == 0, describe(result)
     pid, version = (root / "a.txt").read_text().split()
     assert version == "1" and pool_of(int(pid), {good.pid: "good", stale.pid: "stale"}) == "good"
+
+
+TAGGED_PIPELINE = '''\
+import os
+
+from pivot import stage
+
+
+@stage(outs=["cpu.txt"])
+def cpu() -> None:
+    with open("cpu.txt", "w") as f:
+        f.write(str(os.getpid()))
+
+
+@stage(deps=["cpu.txt"], outs=["gpu.txt"], tags=["gpu"])
+def gpu() -> None:
+    with open("gpu.txt", "w") as f:
+        f.write(str(os.getpid()))
+'''
+
+
+def test_a_tagged_stage_runs_only_on_a_pool_with_its_tags(
+    tmp_path: Path, proc_guard: ProcGuard, start_broker: Callable[..., Broker]
+) -> None:
+    root = write_files(tmp_path / "proj", {"pipeline.py": TAGGED_PIPELINE})
+    control = start_broker(root, "--bind", "tcp://127.0.0.1:0").wait_bound()
+    plain = start_pool(proc_guard, root, control, "plain", "-j", "2")
+    wait_for(lambda: [r for r in ps(root, control) if r["role"] == "pool"], WAIT_S, "the plain pool")
+    run = proc_guard.track(start_pivot(root, "repro", "--broker", control, "--json"))
+    # No pool has the tag yet: under a running engine the stage waits, and says why.
+    wait_for(lambda: (root / "cpu.txt").exists(), WAIT_S, "the untagged stage to run")
+    status = run_pivot(root, "status", "--broker", control)
+    assert "gpu: queued (wave 1; waiting for a pool with tags gpu)" in status.stdout, describe(status)
+    gpu_pool = start_pool(proc_guard, root, control, "gpu-box", "-j", "1", "--tag", "gpu", "--tag", "big")
+    rc, out, err = wait_exit(run, 30, "pivot repro --broker")
+    assert rc == 0, describe((rc, out, err))
+    pools = {plain.pid: "plain", gpu_pool.pid: "gpu-box"}
+    assert pool_of(int((root / "gpu.txt").read_text()), pools) == "gpu-box"
+    assert pool_of(int((root / "cpu.txt").read_text()), pools) == "plain"
+    rows = {r["name"]: r for r in ps(root, control) if r["role"] == "pool"}
+    assert rows["gpu-box"]["tags"] == ["big", "gpu"], rows
+
+
+def test_a_one_shot_run_fails_a_stage_no_pool_can_take(tmp_path: Path) -> None:
+    root = write_files(tmp_path / "proj", {"pipeline.py": TAGGED_PIPELINE})
+    result = run_pivot(root, "repro", "--json")
+    assert result.returncode == 1, describe(result)
+    done = finished(parse_events(result.stdout))
+    assert done["cpu"]["status"] == "ran"
+    assert (done["gpu"]["status"], done["gpu"]["reason_code"]) == ("failed", "no_pool"), done
+    assert "pivot workers --tag gpu" in done["gpu"]["reason"]

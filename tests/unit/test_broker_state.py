@@ -1014,3 +1014,19 @@ def test_a_broker_that_loads_the_pipeline_itself_accepts_pools_only_after_its_ow
     commands = state.handle(ManifestArrived("", m, build_graph(m)))
     assert SendWork("p1", ManifestAccepted()) in commands
     state.validate()
+
+
+def test_a_wave_names_the_message_that_caused_it_as_its_parent() -> None:
+    h = Harness(diamond(), slots=2)
+    commands = h.feed(RunRequested(CLIENT, ("e",), False, False, "run-7"))
+    [start] = [c for c in commands if isinstance(c, Publish) and isinstance(c.msg, WaveStarted)]
+    assert start.parent == "run-7"
+    [(_, _, e)] = dispatched(commands)
+    h.result(e)
+    live = Harness(diamond(), slots=2, live=LiveOptions(wait_for_watcher=False))
+    live.feed(FilesReported(("a.txt",), 1.0, "changes-3"))
+    [confirm] = [c for c in live.feed(Tick(1.1)) if isinstance(c, ConfirmChanges)]
+    commands = live.feed(ChangesConfirmed(confirm.paths))
+    [start] = [c for c in commands if isinstance(c, Publish) and isinstance(c.msg, WaveStarted)]
+    assert (start.msg.trigger, start.parent) == ("files", "changes-3")
+    assert live.state.causes == {}  # nothing kept once used
