@@ -63,13 +63,15 @@ from pivot.protocol.messages import (
     WavePlan,
 )
 from pivot.runtime.cancel import marker_path, request_cancel
-from pivot.runtime.preload import warm_up, worker_context
+from pivot.runtime.job import StageJob, StageOutcome, Verdict, verdict
+from pivot.runtime.preload import warm_up
 from pivot.state.outputs import ProjectState
 from pivot.state.plan import DepProducers, Prepared, dep_producers, plan_wave, prepare
 from pivot.state.reasons import ReasonCode
 from pivot.transport.curve import ClientKeys
 from pivot.transport.greet import BrokerRefused, NoBroker, greet
 from pivot.transport.sockets import decode_or_log, make_socket, send_msg
+from workers.executors import Executor, LokyWorkers
 
 __all__ = ["PoolService", "main"]
 
@@ -128,10 +130,10 @@ class PoolService:
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_w, False)
         self.threads = ThreadPoolExecutor(max_workers=self.jobs + 1, thread_name_prefix="decide")
-        self.executor: Any = None  # loky executor, created when a stage first must run
+        self.workers: Executor = LokyWorkers(self.jobs)  # started when a stage first must run
         self.jobs_by_attempt: dict[str, RunStage] = {}
         self.in_workers: set[str] = set()  # attempts handed to loky
-        self.executor_of: dict[str, Any] = {}  # attempt -> the loky executor running it
+        self.executor_of: dict[str, int] = {}  # attempt -> the workers' generation running it
         self.cancelled: dict[str, str] = {}  # attempt -> why, for results still to come
         # CancelStage of a stage in a worker: attempt -> (why, when its worker is killed
         # if the stage has not stopped by then, the worker's pid or 0 if not known yet)
@@ -450,7 +452,8 @@ class PoolService:
             self.replace_on_accept = True
         self._send(ManifestLoaded(self.name, self.manifest.to_wire()))
         try:
-            if self.executor is None:  # live workers keep the server they came from
+            self.workers.configure(self.manifest.preload, self.manifest.preload_key)
+            if not self.workers.started:  # live workers keep the server they came from
                 warm_up(self.manifest.preload, self.manifest.preload_key)
         except OSError as exc:  # workers then start as plain loky workers would, later
             log.warning("could not start the workers' forkserver: %s", exc)
@@ -509,9 +512,7 @@ class PoolService:
             (self.pid_dir / attempt).unlink(missing_ok=True)
 
     def _stop_workers(self) -> None:
-        if self.executor is not None:
-            self.executor.shutdown(wait=False, kill_workers=True)
-            self.executor = None
+        self.workers.replace()
 
     def _planned(self, wave: int, future: Future[list[str]]) -> None:
         try:
@@ -534,63 +535,37 @@ class PoolService:
             self._finish(attempt, "failed", ReasonCode.FAILED, f"could not check the stage: {exc}", 0.0)
             return
         decision, reason = prepared.decision, prepared.reason
-        notes = [("pivot", note) for note in prepared.notes]
-        if decision.missing_deps:
-            missing = ", ".join(decision.missing_deps)
-            msg = f"dependency missing: {missing}"
-            self._finish(attempt, "failed", ReasonCode.DEP_MISSING, msg, 0.0, details={"paths": list(decision.missing_deps)})
-            return
-        if prepared.restored is not None:
-            self._finish(attempt, "restored", reason.code, reason.message, 0.0, logs=notes, details=reason.details)
-            return
-        if not decision.run:
-            self._finish(attempt, "skipped", reason.code, reason.message, 0.0)
-            return
+        match verdict(prepared):
+            case Verdict.MISSING_DEPS:
+                msg = f"dependency missing: {', '.join(decision.missing_deps)}"
+                details = {"paths": list(decision.missing_deps)}
+                self._finish(attempt, "failed", ReasonCode.DEP_MISSING, msg, 0.0, details=details)
+                return
+            case Verdict.RESTORED:
+                notes = [("pivot", note) for note in prepared.notes]
+                self._finish(attempt, "restored", reason.code, reason.message, 0.0, logs=notes, details=reason.details)
+                return
+            case Verdict.SKIPPED:
+                self._finish(attempt, "skipped", reason.code, reason.message, 0.0)
+                return
         assert self.manifest is not None
-        spec = self.manifest.by_name[job.stage]
-        work = {
-            "root": str(self.root),
-            "stage": spec.name,
-            "params": spec.params,
-            "outs": list(spec.outs),
-            "fingerprint": spec.fingerprint,
-            "code_parts": spec.code_parts,
-            "dep_hashes": decision.dep_hashes,
-            "recorded_outs": decision.lock.outs if decision.lock else {},
-            "run_key": prepared.run_key,
-            "pid_file": str(self.pid_dir / attempt),
-            "pool_pid": os.getpid(),
-            "reason_code": str(reason.code),
-            "reason": reason.message,
-            "details": reason.details,
-        }
+        work = StageJob.for_stage(
+            self.root, self.manifest.by_name[job.stage], prepared,
+            pid_file=str(self.pid_dir / attempt), pool_pid=os.getpid(),
+        )
         self._send(StageRunning(attempt, str(reason.code), reason.message, reason.details))
-        from pivot.runtime.worker import run_stage
-
-        executor = self._executor()
-        future_run = executor.submit(run_stage, work)
-        self.executor_of[attempt] = executor
+        future_run = self.workers.submit(work)
+        self.executor_of[attempt] = self.workers.generation
         self.in_workers.add(attempt)
         future_run.add_done_callback(lambda f: self._post("ran", attempt, f))
 
-    def _executor(self) -> Any:
-        from loky.process_executor import ProcessPoolExecutor
-
-        if self.executor is None:
-            # Workers stay warm between stages; they are replaced only on a code change,
-            # then forked from a server that has the third-party imports done.
-            assert self.manifest is not None
-            context = worker_context(self.manifest.preload, self.manifest.preload_key)
-            self.executor = ProcessPoolExecutor(max_workers=self.jobs, timeout=3600, context=context)
-        return self.executor
-
-    def _ran(self, attempt: str, future: Future[dict[str, Any]]) -> None:
+    def _ran(self, attempt: str, future: Future[StageOutcome]) -> None:
         try:
             self._finish_run(attempt, future)
         finally:
             self.executor_of.pop(attempt, None)
 
-    def _finish_run(self, attempt: str, future: Future[dict[str, Any]]) -> None:
+    def _finish_run(self, attempt: str, future: Future[StageOutcome]) -> None:
         from concurrent.futures import BrokenExecutor
 
         stopping = self.stopping_attempts.pop(attempt, None)
@@ -598,7 +573,7 @@ class PoolService:
             self.in_workers.discard(attempt)
             judged = self.deaths.pop(attempt, None) is not None
             self._forget_files(attempt)
-            if _broke(future) and not judged and self.executor_of.get(attempt) is self.executor:
+            if _broke(future) and not judged and self.executor_of.get(attempt) == self.workers.generation:
                 # Its worker was killed (a cancel it could not see) and no stage beside
                 # it has replaced the executor yet: loky refuses new work from now on.
                 self._judge_deaths()
@@ -631,12 +606,9 @@ class PoolService:
             return
         self.in_workers.discard(attempt)
         self._forget_files(attempt)
-        logs = [("pivot", note) for note in r["notes"]] + [(s, line) for s, line in r["logs"]]
-        reason = stopping[0] if stopping and r["status"] == "cancelled" else r["reason"]
-        self._finish(
-            attempt, r["status"], r["reason_code"], reason, r["duration_s"], r["error"], logs,
-            r["details"],
-        )
+        logs = [("pivot", note) for note in r.notes] + r.logs
+        reason = stopping[0] if stopping and r.status == "cancelled" else r.reason
+        self._finish(attempt, r.status, r.reason_code, reason, r.duration_s, r.error, logs, r.details)
 
     def _forget_files(self, attempt: str) -> None:
         (self.pid_dir / attempt).unlink(missing_ok=True)
@@ -665,8 +637,7 @@ class PoolService:
         self._send(msg)
 
     def _shutdown(self) -> None:
-        if self.executor is not None:
-            self.executor.shutdown(wait=False, kill_workers=True)
+        self.workers.replace()
         if os.getpgrp() == os.getpid():
             # Whatever this pool started goes with it: loky workers, their forkserver and
             # its resource tracker (which outlive a pool whose engine died otherwise).

@@ -20,6 +20,7 @@ def run(stage: str, foreground: bool, force: bool) -> int:
     """
     from pivot.cli.common import check_stage_names
     from pivot.pipeline.project import find_root, pivot_dir
+    from pivot.runtime.job import StageJob, Verdict, verdict
     from pivot.runtime.loader import build_manifest
     from pivot.runtime.worker import run_stage
     from pivot.state.outputs import ProjectState
@@ -36,40 +37,32 @@ def run(stage: str, foreground: bool, force: bool) -> int:
         check_stage_names([stage], [s.name for s in manifest.stages])
         spec = manifest.by_name[stage]
         prepared = prepare(state, spec, force=force, producers=dep_producers(manifest))
-        decision, reason = prepared.decision, prepared.reason
+        reason = prepared.reason
         for note in prepared.notes:
             click.echo(f"note: {note}", err=True)
-        if decision.missing_deps:
-            raise UserError(
-                f"stage {stage!r}: dependency missing: {', '.join(decision.missing_deps)}; "
-                "run its upstream first (`pivot repro`)"
-            )
-        if prepared.restored is not None:
-            click.echo(f"{stage}: {reason.message}")
-            return 0
-        if not decision.run:
-            click.echo(f"{stage}: up to date (use -f to run it anyway)")
-            return 0
+        match verdict(prepared):
+            case Verdict.MISSING_DEPS:
+                raise UserError(
+                    f"stage {stage!r}: dependency missing: {', '.join(prepared.decision.missing_deps)}; "
+                    "run its upstream first (`pivot repro`)"
+                )
+            case Verdict.RESTORED:
+                click.echo(f"{stage}: {reason.message}")
+                return 0
+            case Verdict.SKIPPED:
+                click.echo(f"{stage}: up to date (use -f to run it anyway)")
+                return 0
         click.echo(f"{stage}: running in the foreground ({reason.message})", err=True)
-        result = run_stage(
-            {
-                "root": str(root), "stage": stage, "params": spec.params, "outs": list(spec.outs),
-                "fingerprint": spec.fingerprint, "code_parts": spec.code_parts,
-                "dep_hashes": decision.dep_hashes,
-                "recorded_outs": decision.lock.outs if decision.lock else {},
-                "run_key": prepared.run_key, "reason_code": str(reason.code),
-                "reason": reason.message, "details": reason.details, "foreground": True,
-            }
-        )
+        result = run_stage(StageJob.for_stage(root, spec, prepared, foreground=True))
     finally:
         state.close()
         guard.release()
-    for note in result["notes"]:
+    for note in result.notes:
         click.echo(f"note: {note}", err=True)
-    if result["status"] != "ran":
-        click.echo(f"{stage}: FAILED ({result['reason']})", err=True)
-        if result["error"]:
-            click.echo(result["error"].rstrip(), err=True)
+    if result.status != "ran":
+        click.echo(f"{stage}: FAILED ({result.reason})", err=True)
+        if result.error:
+            click.echo(result.error.rstrip(), err=True)
         return 1
-    click.echo(f"{stage}: ran in {result['duration_s']:.2f}s; outputs committed")
+    click.echo(f"{stage}: ran in {result.duration_s:.2f}s; outputs committed")
     return 0

@@ -17,13 +17,14 @@ from typing import Any, TextIO
 
 from pivot.errors import PipelineError, PivotError
 from pivot.runtime.cancel import StageCancelled, arm, cancellable
+from pivot.runtime.job import StageJob, StageOutcome
 from pivot.runtime.loader import import_pipeline
 from pivot.runtime.usertb import user_traceback
 from pivot.state.atomic import write_atomic
 from pivot.state.lock import StageLock, write_lock
 from pivot.state.outputs import ProjectState, commit, preserve, remove, settle
 
-__all__ = ["StageJob", "run_stage"]
+__all__ = ["run_stage"]
 
 MAX_LOG_LINES = 5000
 MAX_LINE_CHARS = 4000
@@ -77,8 +78,6 @@ def _captured(sink: list[list[str]]) -> Iterator[None]:
         out.close_capture()
         err.close_capture()
 
-
-StageJob = dict[str, Any]
 
 _STATE: dict[str, ProjectState] = {}
 
@@ -148,18 +147,15 @@ def watch_pool(pool_pid: int) -> None:
     threading.Thread(target=watch, name="pool-watch", daemon=True).start()
 
 
-def run_stage(job: StageJob) -> dict[str, Any]:
-    """Run the stage described by `job` (see workers.pool) and record it on success.
-
-    On success the outputs are in the content cache, the lock names them and the run
-    cache maps this run's inputs to them. Returns {"status", "reason_code", "reason",
-    "details", "error", "logs", "notes", "duration_s"}.
-    """
-    root = Path(job["root"])
-    name = job["stage"]
-    if job.get("pool_pid"):
-        watch_pool(int(job["pool_pid"]))
-    pid_file = Path(job["pid_file"]) if job.get("pid_file") else None
+def run_stage(job: StageJob) -> StageOutcome:
+    """Run the stage described by `job` (a pool's, or `pivot run --foreground`'s) and
+    record it on success: the outputs are in the content cache, the lock names them and
+    the run cache maps this run's inputs to them."""
+    root = Path(job.root)
+    name = job.stage
+    if job.pool_pid:
+        watch_pool(job.pool_pid)
+    pid_file = Path(job.pid_file) if job.pid_file else None
     if pid_file is not None:
         # The pool learns which stage a dying worker was running, and whom to signal to
         # cancel it.
@@ -172,21 +168,16 @@ def run_stage(job: StageJob) -> dict[str, Any]:
 
     def outcome(
         status: str, code: str, reason: str, error: str | None = None, details: dict[str, Any] | None = None
-    ) -> dict[str, Any]:
+    ) -> StageOutcome:
         if executed:
             keep_log(root, name, status, reason, error, logs)
             if status != "ran":
                 settle(state, outs)  # what it deleted or half wrote starts no wave
-        return {
-            "status": status,
-            "reason_code": code,
-            "reason": reason,
-            "details": job.get("details", {}) if status == "ran" else details or {},
-            "error": error,
-            "logs": logs,
-            "notes": notes,
-            "duration_s": time.perf_counter() - started,
-        }
+        return StageOutcome(
+            status, code, reason, time.perf_counter() - started, error,
+            job.details if status == "ran" else details or {},
+            [(stream, line) for stream, line in logs], notes,
+        )
 
     try:
         import_pipeline(root)
@@ -200,13 +191,13 @@ def run_stage(job: StageJob) -> dict[str, Any]:
             "failed", "failed", f"stage {name!r} is no longer defined in pipeline.py"
         )
     state = _state(root)
-    outs: list[str] = list(job["outs"])
+    outs: list[str] = list(job.outs)
     # Nothing is lost: what is about to be deleted goes to the cache first. Then the old
     # outputs go, so a stage that does not write one cannot pass on the previous file.
     # The previous lock stays until this run succeeds: it still describes the last good
     # run (whose outputs `pivot checkout` can bring back), never this one.
     try:
-        notes.extend(s.note() for s in preserve(state, outs, job.get("recorded_outs", {})))
+        notes.extend(s.note() for s in preserve(state, outs, job.recorded_outs))
     except (PivotError, OSError) as exc:
         msg = f"not run: could not save its current outputs to the cache first: {exc}"
         return outcome("failed", "failed", msg)
@@ -214,11 +205,11 @@ def run_stage(job: StageJob) -> dict[str, Any]:
         remove(root / out)
     executed = True
     try:
-        if job.get("foreground"):  # `pivot run --foreground`: the terminal is the stage's
-            decl.func(**job["params"])
+        if job.foreground:  # `pivot run --foreground`: the terminal is the stage's
+            decl.func(**job.params)
         else:
             with _captured(logs), cancellable(pid_file):
-                decl.func(**job["params"])
+                decl.func(**job.params)
     except StageCancelled:
         # Nothing of this run is kept: what the stage wrote so far is partial.
         for out in outs:
@@ -237,11 +228,8 @@ def run_stage(job: StageJob) -> dict[str, Any]:
     out_hashes = {out: digest for out, digest in stored.items() if digest is not None}
     write_lock(
         root,
-        StageLock(
-            name, job["fingerprint"], job["params"], job["dep_hashes"], out_hashes,
-            job.get("code_parts", {}),
-        ),
+        StageLock(name, job.fingerprint, job.params, job.dep_hashes, out_hashes, job.code_parts),
     )
-    if job.get("run_key"):
-        state.runs.record(job["run_key"], name, out_hashes)
-    return outcome("ran", job["reason_code"], job["reason"])
+    if job.run_key:
+        state.runs.record(job.run_key, name, out_hashes)
+    return outcome("ran", job.reason_code, job.reason)

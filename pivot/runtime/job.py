@@ -1,0 +1,85 @@
+"""One stage to run, and how it went: the typed records a pool hands a worker and gets
+back, shared with `pivot run --foreground` (which runs the stage in its own process).
+
+`Verdict` is the one skip / restore / run branch both take after deciding a stage
+(`pivot/state/plan.py`), so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pivot.pipeline.manifest import StageSpec
+    from pivot.state.plan import Prepared
+
+__all__ = ["StageJob", "StageOutcome", "Verdict", "verdict"]
+
+
+class Verdict(enum.Enum):
+    MISSING_DEPS = "missing_deps"  # fails without running: a dependency does not exist
+    RESTORED = "restored"  # its outputs were placed from the run cache
+    SKIPPED = "skipped"  # up to date
+    RUN = "run"  # stale: it runs
+
+
+def verdict(prepared: Prepared) -> Verdict:
+    decision = prepared.decision
+    if decision.missing_deps:
+        return Verdict.MISSING_DEPS
+    if prepared.restored is not None:
+        return Verdict.RESTORED
+    return Verdict.RUN if decision.run else Verdict.SKIPPED
+
+
+@dataclass(frozen=True)
+class StageJob:
+    """Everything a worker needs to run one stage and record it (picklable)."""
+
+    root: str
+    stage: str
+    params: dict[str, Any]
+    outs: tuple[str, ...]
+    fingerprint: str
+    code_parts: dict[str, str]
+    dep_hashes: dict[str, str]
+    recorded_outs: dict[str, str]  # what the last good run's lock names (preserved first)
+    run_key: str
+    reason_code: str
+    reason: str
+    details: dict[str, Any]
+    pid_file: str = ""  # the worker writes its pid here (the pool learns who runs what)
+    pool_pid: int = 0  # the worker exits if this process is gone (fencing)
+    foreground: bool = False  # `pivot run --foreground`: the terminal is the stage's
+
+    @classmethod
+    def for_stage(
+        cls, root: Path, spec: StageSpec, prepared: Prepared, *, pid_file: str = "", pool_pid: int = 0,
+        foreground: bool = False,
+    ) -> StageJob:
+        decision, reason = prepared.decision, prepared.reason
+        return cls(
+            root=str(root), stage=spec.name, params=spec.params, outs=tuple(spec.outs),
+            fingerprint=spec.fingerprint, code_parts=spec.code_parts,
+            dep_hashes=decision.dep_hashes, recorded_outs=decision.lock.outs if decision.lock else {},
+            run_key=prepared.run_key, reason_code=str(reason.code), reason=reason.message,
+            details=reason.details, pid_file=pid_file, pool_pid=pool_pid, foreground=foreground,
+        )
+
+
+@dataclass(frozen=True)
+class StageOutcome:
+    """How a run went: `status` is ran, failed or cancelled; `logs` holds (stream, line)
+    pairs it printed, `notes` Pivot's own remarks (a hand edit saved first, ...)."""
+
+    status: str
+    reason_code: str
+    reason: str
+    duration_s: float
+    error: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    logs: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)

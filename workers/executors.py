@@ -1,0 +1,73 @@
+"""Where a pool's stages run: the executor interface, and loky's implementation.
+
+The pool decides; an executor only runs `StageJob`s and hands back futures of
+`StageOutcome`s. `replace()` stops every worker at once (new code must not run on
+workers that imported the old one); the next `submit` starts fresh ones, and
+`generation` tells futures of the old workers from those of the new.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from typing import Any, Protocol
+
+from pivot.runtime.job import StageJob, StageOutcome
+
+__all__ = ["Executor", "LokyWorkers"]
+
+
+class Executor(Protocol):
+    generation: int  # bumped by every replace()
+
+    def configure(self, preload: tuple[str, ...], preload_key: str) -> None:
+        """The third-party modules workers should have imported (a hint)."""
+
+    def submit(self, job: StageJob) -> Future[StageOutcome]: ...
+
+    def replace(self) -> None: ...
+
+    @property
+    def started(self) -> bool:
+        """Whether workers exist (a no-op run starts none)."""
+        ...
+
+
+class LokyWorkers:
+    """Stages on this pool's loky worker processes: kept warm between stages (idle for
+    an hour before loky reaps one), forked from a forkserver that preloaded the
+    pipeline's third-party imports (pivot/runtime/preload.py), started only when a stage
+    must run."""
+
+    def __init__(self, jobs: int) -> None:
+        self.jobs = max(1, jobs)
+        self.generation = 0
+        self._loky: Any = None
+        self._preload: tuple[str, ...] = ()
+        self._preload_key = ""
+
+    def configure(self, preload: tuple[str, ...], preload_key: str) -> None:
+        self._preload, self._preload_key = preload, preload_key
+
+    @property
+    def started(self) -> bool:
+        return self._loky is not None
+
+    def submit(self, job: StageJob) -> Future[StageOutcome]:
+        if self._loky is None:
+            from loky.process_executor import ProcessPoolExecutor
+
+            from pivot.runtime.preload import worker_context
+
+            context = worker_context(self._preload, self._preload_key)
+            self._loky = ProcessPoolExecutor(max_workers=self.jobs, timeout=3600, context=context)
+        from pivot.runtime.worker import run_stage
+
+        future: Future[StageOutcome] = self._loky.submit(run_stage, job)
+        return future
+
+    def replace(self) -> None:
+        """Kill every worker now; loky fails their futures (BrokenExecutor)."""
+        if self._loky is not None:
+            self._loky.shutdown(wait=False, kill_workers=True)
+            self._loky = None
+            self.generation += 1
