@@ -12,6 +12,7 @@ checked against the sender's role (libzmq hands the ZAP user id over with each m
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from pivot.protocol.messages import (
     Hello,
@@ -19,7 +20,9 @@ from pivot.protocol.messages import (
     PsRequest,
     SnapshotRequest,
 )
-from pivot.transport.curve import AllowList, fingerprint
+
+if TYPE_CHECKING:  # only a broker with keys loads them (the one-shot `repro` has none)
+    from pivot.transport.curve import AllowList
 
 __all__ = ["LOCAL", "Access"]
 
@@ -58,6 +61,8 @@ class Access:
             log.warning("refused a %s handshake on the %s link from %s", mechanism.decode(errors="replace"), link, peer)
             return [version, request_id, b"400", b"CURVE required", b"", b""]
         from zmq.utils import z85
+
+        from pivot.transport.curve import fingerprint
 
         public = z85.encode(key)
         client, why = self.allow.check(public, link)

@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import zmq
 
@@ -93,9 +94,11 @@ from pivot.protocol.messages import (
     WavePlan,
     WaveStarted,
 )
-from pivot.transport.curve import ServerKeys
 from pivot.transport.rundir import Endpoints
 from pivot.transport.sockets import decode_or_log, make_socket
+
+if TYPE_CHECKING:
+    from pivot.transport.curve import ServerKeys
 
 __all__ = ["BrokerIdentity", "BrokerService", "Security"]
 

@@ -366,7 +366,10 @@ class BrokerState:
         if self.pipeline_error is not None:
             return  # the engine's own load failed: the pool keeps its workers
         ours, theirs = self.manifest.by_name, pool.manifest.by_name
-        mismatched = frozenset(s for s in ours if theirs.get(s) != ours[s])
+        if pool.manifest is self.manifest:  # the source's own: nothing to compare
+            mismatched: frozenset[str] = frozenset()
+        else:
+            mismatched = frozenset(s for s in ours if theirs.get(s) != ours[s])
         if mismatched and mismatched != pool.mismatched:
             shown = ", ".join(sorted(mismatched)[:10]) + (" ..." if len(mismatched) > 10 else "")
             self._publish(Notice(

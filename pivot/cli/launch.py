@@ -109,6 +109,7 @@ def start_live(root: Path, opts: UpOptions) -> int:
     start = log.stat().st_size if log.exists() else 0
     proc = _spawn(root, "broker", "broker", *args, "--lock-fd", str(lock_fd), pass_fds=(lock_fd,))
     try:
+        _import_display()  # while the broker starts: it binds before we can join it
         control = _wait_ready(root, proc, log, start)
         engine = SpawnedEngine(control, proc, log, opts.grace_s, project_id(root))
     except BaseException:
@@ -131,6 +132,14 @@ def start_live(root: Path, opts: UpOptions) -> int:
             stop_broker(proc, opts.grace_s)
             for child in early:  # stopped by the broker; reaped here (we are the parent)
                 _kill(child)
+
+
+def _import_display() -> None:
+    """This process's own imports for following the engine (ZeroMQ, the client, the
+    renderers), done while the engine's processes start rather than after."""
+    import pivot.cli.follow
+    import pivot.display.jsonl
+    import pivot.transport.greet  # noqa: F401
 
 
 def _spawn(root: Path, role: str, module: str, *args: str, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:

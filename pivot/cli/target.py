@@ -44,10 +44,10 @@ def local_control(root: Path) -> str | None:
 
 def resolve(given: str | None, root: Path | None) -> str | None:
     """The endpoint to use: `--broker`, else `PIVOT_BROKER`, else the local engine's."""
-    from pivot.transport.address import normalize
-
     given = given or os.environ.get("PIVOT_BROKER") or None
     if given:
+        from pivot.transport.address import normalize
+
         return normalize(given)
     return local_control(root) if root is not None else None
 

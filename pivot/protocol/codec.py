@@ -53,6 +53,17 @@ def _build_registry() -> dict[str, tuple[type[Message], dict[str, Any]]]:
 
 
 _REGISTRY = _build_registry()
+
+
+def _holds_tuple(hint: Any) -> bool:
+    if typing.get_origin(hint) is tuple:
+        return True
+    return any(_holds_tuple(arg) for arg in typing.get_args(hint))
+
+
+# Per kind, the fields whose values hold fixed-length records (decoded as tuples); the
+# others are taken as they come, which keeps decoding cheap.
+_TUPLED = {kind: {n for n, hint in fields.items() if _holds_tuple(hint)} for kind, (_, fields) in _REGISTRY.items()}
 _ids = itertools.count(1)
 _ID_PREFIX = f"{os.getpid():x}-{int(time.time() * 1000) & 0xFFFFFF:x}"
 
@@ -137,7 +148,7 @@ def decode(data: bytes) -> Envelope:
             raise ProtocolError(
                 f"{kind}.{name}: expected {_describe(hint)}, got {_shape(body[name])}"
             )
-        values[name] = _tupled(body[name], hint)
+        values[name] = _tupled(body[name], hint) if name in _TUPLED[kind] else body[name]
     msg = cls(**values)
     return Envelope(msg, wire["id"], wire["p"], wire["s"], wire["n"], float(wire["t"]))
 
