@@ -294,6 +294,8 @@ class PoolService:
             self._in_thread("manifest", "", first.result)
         else:
             self._in_thread("manifest", "", lambda: run_loader(self.root))
+        polled: zmq.Socket[bytes] | None = None
+        poller = zmq.Poller()
         try:
             while not self.stopping:
                 now = time.monotonic()
@@ -310,9 +312,10 @@ class PoolService:
                     self._send(Heartbeat(self.name))
                 self._resend(now)
                 self._enforce_cancels(now)
-                poller = zmq.Poller()  # the socket changes when the broker moved
-                poller.register(self.sock, zmq.POLLIN)
-                poller.register(self.wake_r, zmq.POLLIN)
+                if polled is not self.sock:  # a new socket when the broker moved
+                    polled, poller = self.sock, zmq.Poller()
+                    poller.register(self.sock, zmq.POLLIN)
+                    poller.register(self.wake_r, zmq.POLLIN)
                 for sock, _ in poller.poll(int(self._timeout_ms(now)) + 1):
                     if sock is self.sock:
                         self._drain_socket()

@@ -91,6 +91,7 @@ STEP_MS = 5  # MEASURED.md: debounce 50 / step 5 detects in ~9 ms at 0.4% idle C
 DEFAULT_DEBOUNCE_MS = 50
 POLL_DELAY_MS = 300
 RETRY_MS = 50  # a send that hit the high-water mark is retried this often
+READY_RETRY_MS = 5
 GIT_CHECK_MS = 100  # while held by .git/index.lock, look again this often
 GIT_HOLD_MAX_S = 30.0  # an index.lock older than this is taken as stale (git crashed)
 RECHECK_S = 1.0  # poll mode: stat reported paths again this long after sending them
@@ -235,7 +236,11 @@ class Watcher:
     def _timeout_ms(self, now: float) -> int:
         """Milliseconds until the loop has something to do; 0 = only changes wake it."""
         waits: list[float] = []
-        if self._ready_unsent or self._pending:
+        if self._ready_unsent:
+            # The broker may not have bound yet (`pivot up` starts us beside it): the
+            # first wave waits for this message, so it is retried often.
+            waits.append(READY_RETRY_MS)
+        elif self._pending:
             waits.append(GIT_CHECK_MS if self._hold_since is not None else RETRY_MS)
         if self._rechecks:
             waits.append((self._rechecks[0][0] - now) * 1000)
