@@ -73,6 +73,8 @@ from pivot.protocol.messages import (
     Snapshot,
     StageFinished,
     StageStarted,
+    StageView,
+    Status,
     WaveFinished,
     WaveStarted,
 )
@@ -82,7 +84,7 @@ __all__ = ["BrokerState"]
 
 HEARTBEAT_S = 1.0
 LIVENESS = 3
-OK_STATUSES = frozenset({"ran", "restored", "skipped"})
+OK_STATUSES = frozenset({Status.RAN, Status.RESTORED, Status.SKIPPED})
 MAX_CHARGES = 3  # a stage whose own worker dies this often in one wave fails
 # A pool silent for heartbeat * liveness stops its own stages (workers/pool.py). The
 # broker stops heartbeating a pool it lost, so that pool notices at most that long after
@@ -242,7 +244,7 @@ class BrokerState:
         self.wave: Wave | None = None
         self.wave_count = 0
         self.last_wave: dict[str, Any] | None = None
-        self.stage_view: dict[str, dict[str, Any]] = {}
+        self.stage_view: dict[str, StageView] = {}
         self.stage_logs: dict[str, list[tuple[str, str]]] = {}
         self.last_change: tuple[str, list[str]] = ("run", [])  # trigger, paths of the last wave
         self.seq = 0
@@ -437,10 +439,10 @@ class BrokerState:
             if wave.halted:  # nothing new starts in this wave (a failure, code change, stop)
                 if wave.code_halt:
                     self.carry.add(stage)
-                self._finish(stage, "cancelled", "cancelled", f"not run again: its pool was lost ({reason})", 0.0, None)
+                self._finish(stage, Status.CANCELLED, ReasonCode.CANCELLED, f"not run again: its pool was lost ({reason})", 0.0, None)
                 continue
             # Back in the queue: the pool that replaces this one runs it again.
-            self._set_view(stage, "pending", "pool_lost", f"its pool was lost: {reason}", 0.0)
+            self._set_view(stage, Status.PENDING, ReasonCode.POOL_LOST, f"its pool was lost: {reason}", 0.0)
             wave.ready.append(stage)
         wave.sort_ready()
         self._maybe_finish_wave()
@@ -486,7 +488,7 @@ class BrokerState:
             self._check_pool(name)
         for name in graph.order:
             if name not in self.stage_view:
-                self._set_view(name, "pending", "", "", 0.0)
+                self._set_view(name, Status.PENDING, "", "", 0.0)
         for name in removed:
             self.stage_view.pop(name, None)
             self.stage_logs.pop(name, None)
@@ -564,7 +566,7 @@ class BrokerState:
         wave.ready = [s for s in stages if wave.waiting[s] == 0]
         self.wave = wave
         for s in stages:
-            self._set_view(s, "pending", "", "", 0.0)
+            self._set_view(s, Status.PENDING, "", "", 0.0)
         self.last_change = (run.trigger, list(run.paths))
         self._publish(WaveStarted(wave.number, stages, run.trigger, run.paths), parent=run.cause)
         if not run.force and stages and any(p.current for p in self.pools.values()):
@@ -601,7 +603,7 @@ class BrokerState:
             attempt = f"{self.broker_id}w{wave.number}-{self.attempt_count}"
             wave.running[attempt] = stage
             self.pools[name].attempts.add(attempt)
-            self._set_view(stage, "running", "", "", 0.0)
+            self._set_view(stage, Status.RUNNING, "", "", 0.0)
             self._send(name, RunStage(wave.number, stage, attempt, wave.force))
             if self.wave is None:
                 return
@@ -624,17 +626,17 @@ class BrokerState:
                    f"`pivot workers {' '.join('--tag ' + t for t in sorted(tags))}`")
             self._fail_now(stage, ReasonCode.NO_POOL, why, {"tags": sorted(tags)})
             return
-        view = self.stage_view.get(stage, {})
-        if view.get("reason_code") != "no_pool" or view.get("wave") != wave.number:
+        view = self.stage_view.get(stage)
+        if view is None or view.reason_code != ReasonCode.NO_POOL or view.wave != wave.number:
             why = f"waiting for a pool with tags {needs}"
-            self._set_view(stage, "pending", ReasonCode.NO_POOL, why, 0.0)
+            self._set_view(stage, Status.PENDING, ReasonCode.NO_POOL, why, 0.0)
             self._publish(Notice(f"stage {stage} is {why} (`pivot workers --tag ...`)"))
 
     def _fail_now(self, stage: str, code: str, reason: str, details: dict[str, Any]) -> None:
         """Fail a stage the broker could not dispatch, as a failed result would."""
         wave = self.wave
         assert wave is not None
-        self._finish(stage, "failed", code, reason, 0.0, None, details)
+        self._finish(stage, Status.FAILED, code, reason, 0.0, None, details)
         self._block_downstream(stage)
         if not wave.keep_going:
             wave.halted = True
@@ -646,7 +648,7 @@ class BrokerState:
         if wave is None or event.attempt not in wave.running:
             return
         stage = wave.running[event.attempt]
-        self._set_view(stage, "running", event.reason_code, event.reason, 0.0)
+        self._set_view(stage, Status.RUNNING, event.reason_code, event.reason, 0.0)
         self._publish(StageStarted(wave.number, stage, event.reason_code, event.reason, event.details))
 
     def _result(self, event: ResultReceived) -> None:
@@ -673,7 +675,7 @@ class BrokerState:
         for stream, line in event.logs:
             self.log_seq += 1
             self._out.append(PublishLog(LogLine(stage, stream, line), self.log_seq))
-        if event.logs or event.status in ("ran", "failed"):  # the stage's code ran
+        if event.logs or event.status in (Status.RAN, Status.FAILED):  # the stage's code ran
             self.stage_logs[stage] = list(event.logs[-LOG_TAIL:])
         self._finish(
             stage, event.status, event.reason_code, event.reason, event.duration_s, event.error,
@@ -682,7 +684,7 @@ class BrokerState:
         if event.status in OK_STATUSES:
             self._release_downstream(stage)
             wave.sort_ready()
-        elif wave.code_halt and event.status == "cancelled":
+        elif wave.code_halt and event.status == Status.CANCELLED:
             self.carry.add(stage)
         else:
             self._block_downstream(stage)
@@ -698,12 +700,12 @@ class BrokerState:
         if stage not in wave.restarting:
             return False
         wave.restarting.discard(stage)
-        if event.status != "cancelled":
+        if event.status != Status.CANCELLED:
             self._queue(PendingRun({stage}, False, self._keep_going(), True, "files", []))
             return False
         if wave.halted:
             return False  # cancelled for good (fail-fast or a code change)
-        self._set_view(stage, "pending", "deps_changed", event.reason, 0.0)
+        self._set_view(stage, Status.PENDING, ReasonCode.DEPS_CHANGED, event.reason, 0.0)
         wave.ready.append(stage)
         wave.sort_ready()
         return True
@@ -711,7 +713,7 @@ class BrokerState:
     def _retry(self, wave: Wave, stage: str, event: ResultReceived) -> bool:
         """A stage lost with another stage's worker runs again uncharged; one whose own
         worker died is charged and runs again, until its third charge fails it."""
-        if event.status == "lost":
+        if event.status == Status.LOST:
             why = event.reason
         elif event.reason_code == "worker_died":
             wave.charges[stage] = charges = wave.charges.get(stage, 0) + 1
@@ -721,10 +723,10 @@ class BrokerState:
         else:
             return False
         if wave.halted:  # fail-fast tripped meanwhile: nothing new starts
-            self._finish(stage, "cancelled", "cancelled", f"not run again: an earlier stage failed ({why})", 0.0, None)
+            self._finish(stage, Status.CANCELLED, ReasonCode.CANCELLED, f"not run again: an earlier stage failed ({why})", 0.0, None)
             self._maybe_finish_wave()
             return True
-        self._set_view(stage, "pending", event.reason_code, why, 0.0)
+        self._set_view(stage, Status.PENDING, event.reason_code, why, 0.0)
         wave.ready.append(stage)
         wave.sort_ready()
         return True
@@ -750,7 +752,7 @@ class BrokerState:
                 continue
             if stage in wave.ready:
                 wave.ready.remove(stage)
-            self._finish(stage, "skipped", "up_to_date", "up to date", 0.0, None)
+            self._finish(stage, Status.SKIPPED, ReasonCode.UP_TO_DATE, "up to date", 0.0, None)
             self._release_downstream(stage, skipping)
         wave.sort_ready()
         self._maybe_finish_wave()
@@ -769,7 +771,7 @@ class BrokerState:
                 if d in wave.ready:
                     wave.ready.remove(d)
                 self._finish(
-                    d, "blocked", "blocked", f"blocked by failed upstream {failed!r}", 0.0, None,
+                    d, Status.BLOCKED, ReasonCode.BLOCKED, f"blocked by failed upstream {failed!r}", 0.0, None,
                     {"upstream": failed},
                 )
 
@@ -779,7 +781,7 @@ class BrokerState:
         running = set(wave.running.values())
         for s in wave.stages:
             if s not in wave.done and s not in running:
-                self._finish(s, "cancelled", "cancelled", "not started: an earlier stage failed", 0.0, None)
+                self._finish(s, Status.CANCELLED, ReasonCode.CANCELLED, "not started: an earlier stage failed", 0.0, None)
         wave.ready.clear()
 
     def _finish(
@@ -970,7 +972,7 @@ class BrokerState:
             for stage in wave.stages:
                 if stage not in wave.done and stage not in running:
                     self.carry.add(stage)
-                    self._finish(stage, "cancelled", "cancelled", "not started: code changed", 0.0, None)
+                    self._finish(stage, Status.CANCELLED, ReasonCode.CANCELLED, "not started: code changed", 0.0, None)
             wave.ready.clear()
             self._maybe_finish_wave()
         trigger = "code" if restart else "params"
@@ -1012,7 +1014,7 @@ class BrokerState:
             running = set(wave.running.values())
             for stage in wave.stages:
                 if stage not in wave.done and stage not in running:
-                    self._finish(stage, "cancelled", "cancelled", "not started: Pivot is stopping", 0.0, None)
+                    self._finish(stage, Status.CANCELLED, ReasonCode.CANCELLED, "not started: Pivot is stopping", 0.0, None)
             wave.ready.clear()
             self._maybe_finish_wave()
         self.stopping = True
@@ -1031,7 +1033,7 @@ class BrokerState:
         if self.give_up_at is not None and now >= self.give_up_at and self.wave is not None:
             wave = self.wave
             for _, stage in sorted(wave.running.items()):
-                self._finish(stage, "cancelled", "cancelled", "still running when Pivot stopped", 0.0, None)
+                self._finish(stage, Status.CANCELLED, ReasonCode.CANCELLED, "still running when Pivot stopped", 0.0, None)
             wave.running.clear()
             self._maybe_finish_wave()
 
@@ -1050,17 +1052,11 @@ class BrokerState:
 
     # --- snapshot ------------------------------------------------------------------
 
-    @staticmethod
-    def _view(status: str, code: str, reason: str, duration: float, error: str | None = None) -> dict[str, Any]:
-        return {"status": status, "reason_code": code, "reason": reason,
-                "duration_s": duration, "error": error}
-
     def _set_view(
         self, stage: str, status: str, code: str, reason: str, duration: float, error: str | None = None
     ) -> None:
-        view = self._view(status, code, reason, duration, error)
-        view["wave"] = self.wave.number if self.wave else self.wave_count
-        self.stage_view[stage] = view
+        wave = self.wave.number if self.wave else self.wave_count
+        self.stage_view[stage] = StageView(str(status), str(code), reason, duration, wave, error)
 
     def snapshot(self) -> Snapshot:
         order = list(self.graph.order) if self.graph else sorted(self.stage_view)
@@ -1069,7 +1065,7 @@ class BrokerState:
             log_seq=self.log_seq,
             wave=self.wave.number if self.wave else self.wave_count,
             wave_running=self.wave is not None,
-            stages={k: dict(v) for k, v in self.stage_view.items()},
+            stages=dict(self.stage_view),
             order=order,
             pipeline_error=self.pipeline_error,
             last_wave=self.last_wave,

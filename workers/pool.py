@@ -60,6 +60,7 @@ from pivot.protocol.messages import (
     RunStage,
     StageResult,
     StageRunning,
+    Status,
     WavePlan,
 )
 from pivot.runtime.cancel import marker_path, request_cancel
@@ -398,7 +399,7 @@ class PoolService:
             return  # a resent dispatch we already have
         self.jobs_by_attempt[job.attempt] = job
         if self.leaving:
-            self._finish(job.attempt, "lost", ReasonCode.POOL_LOST, "its worker pool is stopping", 0.0)
+            self._finish(job.attempt, Status.LOST, ReasonCode.POOL_LOST, "its worker pool is stopping", 0.0)
             return
         if self.manifest is None:
             # A pool replacing a lost one gets its stages at once, while its loader runs.
@@ -407,7 +408,7 @@ class PoolService:
         spec = self.manifest.by_name.get(job.stage) if self.manifest else None
         if spec is None:
             msg = f"stage {job.stage!r} is not in this pool's pipeline"
-            self._finish(job.attempt, "failed", ReasonCode.FAILED, msg, 0.0)
+            self._finish(job.attempt, Status.FAILED, ReasonCode.FAILED, msg, 0.0)
             return
         producers = self.producers
         self._in_thread(
@@ -448,7 +449,7 @@ class PoolService:
             detail = exc.detail if isinstance(exc, PipelineError) else ""
             self._send(ManifestFailed(self.name, str(exc), detail))
             for job in self._take_waiting():
-                self._finish(job.attempt, "failed", ReasonCode.FAILED, f"the pipeline did not load: {exc}", 0.0)
+                self._finish(job.attempt, Status.FAILED, ReasonCode.FAILED, f"the pipeline did not load: {exc}", 0.0)
             return
         if self.restart_on_load:
             self.restart_on_load = False
@@ -529,27 +530,27 @@ class PoolService:
     def _decided(self, attempt: str, future: Future[Prepared]) -> None:
         job = self.jobs_by_attempt[attempt]
         if attempt in self.cancelled:
-            self._finish(attempt, "cancelled", ReasonCode.CANCELLED, self.cancelled.pop(attempt), 0.0)
+            self._finish(attempt, Status.CANCELLED, ReasonCode.CANCELLED, self.cancelled.pop(attempt), 0.0)
             return
         try:
             prepared = future.result()
         except Exception as exc:
             log.exception("deciding %s failed", job.stage)
-            self._finish(attempt, "failed", ReasonCode.FAILED, f"could not check the stage: {exc}", 0.0)
+            self._finish(attempt, Status.FAILED, ReasonCode.FAILED, f"could not check the stage: {exc}", 0.0)
             return
         decision, reason = prepared.decision, prepared.reason
         match verdict(prepared):
             case Verdict.MISSING_DEPS:
                 msg = f"dependency missing: {', '.join(decision.missing_deps)}"
                 details = {"paths": list(decision.missing_deps)}
-                self._finish(attempt, "failed", ReasonCode.DEP_MISSING, msg, 0.0, details=details)
+                self._finish(attempt, Status.FAILED, ReasonCode.DEP_MISSING, msg, 0.0, details=details)
                 return
             case Verdict.RESTORED:
                 notes = [("pivot", note) for note in prepared.notes]
-                self._finish(attempt, "restored", reason.code, reason.message, 0.0, logs=notes, details=reason.details)
+                self._finish(attempt, Status.RESTORED, reason.code, reason.message, 0.0, logs=notes, details=reason.details)
                 return
             case Verdict.SKIPPED:
-                self._finish(attempt, "skipped", reason.code, reason.message, 0.0)
+                self._finish(attempt, Status.SKIPPED, reason.code, reason.message, 0.0)
                 return
         assert self.manifest is not None
         work = StageJob.for_stage(
@@ -581,7 +582,7 @@ class PoolService:
                 # it has replaced the executor yet: loky refuses new work from now on.
                 self._judge_deaths()
                 self._stop_workers()
-            self._finish(attempt, "cancelled", ReasonCode.CANCELLED, self.cancelled.pop(attempt), 0.0)
+            self._finish(attempt, Status.CANCELLED, ReasonCode.CANCELLED, self.cancelled.pop(attempt), 0.0)
             return
         try:
             r = future.result()
@@ -596,21 +597,21 @@ class PoolService:
             dead_pid = self.deaths.pop(attempt, 0)
             if dead_pid:
                 msg = f"its worker process (pid {dead_pid}) died: {exc}"
-                self._finish(attempt, "failed", ReasonCode.WORKER_DIED, msg, 0.0)
+                self._finish(attempt, Status.FAILED, ReasonCode.WORKER_DIED, msg, 0.0)
             else:
                 msg = "another stage's worker process died; it runs again"
-                self._finish(attempt, "lost", ReasonCode.POOL_LOST, msg, 0.0)
+                self._finish(attempt, Status.LOST, ReasonCode.POOL_LOST, msg, 0.0)
             return
         except Exception as exc:  # run_stage reports stage errors itself: this is ours
             self.in_workers.discard(attempt)
             log.error("running %s failed inside Pivot", attempt, exc_info=exc)
             msg = f"Pivot could not run the stage: {type(exc).__name__}: {exc}"
-            self._finish(attempt, "failed", ReasonCode.FAILED, msg, 0.0)
+            self._finish(attempt, Status.FAILED, ReasonCode.FAILED, msg, 0.0)
             return
         self.in_workers.discard(attempt)
         self._forget_files(attempt)
         logs = [("pivot", note) for note in r.notes] + r.logs
-        reason = stopping[0] if stopping and r.status == "cancelled" else r.reason
+        reason = stopping[0] if stopping and r.status == Status.CANCELLED else r.reason
         self._finish(attempt, r.status, r.reason_code, reason, r.duration_s, r.error, logs, r.details)
 
     def _forget_files(self, attempt: str) -> None:
@@ -629,8 +630,8 @@ class PoolService:
         details: dict[str, Any] | None = None,
     ) -> None:
         job = self.jobs_by_attempt.pop(attempt)
-        if self.leaving and status == "cancelled":  # handed back: it runs elsewhere
-            status, code = "lost", ReasonCode.POOL_LOST
+        if self.leaving and status == Status.CANCELLED:  # handed back: it runs elsewhere
+            status, code = Status.LOST, ReasonCode.POOL_LOST
         log.info("stage %s %s: %s", job.stage, status, reason, extra={"stage": job.stage, "attempt": attempt, "wave": job.wave})
         msg = StageResult(
             attempt, job.stage, status, str(code), reason, duration, error, logs or [], details or {},

@@ -15,7 +15,7 @@ from pivot.errors import PivotError
 
 if TYPE_CHECKING:
     from pivot.cli.assess import StageAssessment
-    from pivot.protocol.messages import Snapshot
+    from pivot.protocol.messages import Snapshot, StageView
 
 __all__ = [
     "ANSWER_WITHIN_S",
@@ -71,8 +71,8 @@ def fetch_snapshot(
         return None, f"{who} did not answer ({exc}); showing the state on disk only"
 
 
-def _in_wave(view: dict[str, Any], snap: Snapshot) -> bool:
-    return snap.wave_running and view.get("wave") == snap.wave
+def _in_wave(view: StageView, snap: Snapshot) -> bool:
+    return snap.wave_running and view.wave == snap.wave
 
 
 def _names(snap: Snapshot) -> list[str]:
@@ -88,10 +88,8 @@ def engine_json(snap: Snapshot, only: set[str] | None = None) -> dict[str, Any]:
             continue
         view = snap.stages[name]
         stages[name] = {
-            "status": view.get("status"),
-            "reason_code": view.get("reason_code"),
-            "reason": view.get("reason"),
-            "wave": view.get("wave"),
+            "status": view.status, "reason_code": view.reason_code, "reason": view.reason,
+            "wave": view.wave,
         }
     return {
         "mode": "up",
@@ -110,7 +108,7 @@ def header_lines(snap: Snapshot) -> list[str]:
         state = f"wave {snap.wave} running" + (", paused after it" if snap.paused else "")
         views = [v for v in snap.stages.values() if _in_wave(v, snap)]
         counts = [
-            f"{sum(1 for v in views if v.get('status') == s)} {word}"
+            f"{sum(1 for v in views if v.status == s)} {word}"
             for s, word in (("running", "running"), ("pending", "queued"))
         ]
         summary = ", ".join(counts)
@@ -137,8 +135,7 @@ def live_verdict(name: str, snap: Snapshot, row: StageAssessment) -> str | None:
     view = snap.stages.get(name)
     if view is None:
         return None
-    status, wave = view.get("status"), view.get("wave")
-    reason = str(view.get("reason") or "")
+    status, wave, reason = view.status, view.wave, view.reason
     if _in_wave(view, snap) and status in ("running", "pending"):
         if not reason and row.stale:
             reason = row.reasons[0].message  # why it runs: it is stale here

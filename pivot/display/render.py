@@ -214,8 +214,8 @@ class Progress:
         if snap.wave >= 1:
             self.started.add(snap.wave)
         for stage, view in snap.stages.items():
-            if isinstance(view, dict) and view.get("status") in FINAL_STATUSES:
-                self.finished.add((_int(view.get("wave")), stage))
+            if view.status in FINAL_STATUSES:
+                self.finished.add((view.wave, stage))
         last = wave_finished_from(snap.last_wave)
         if last is not None:
             self.summarized.add(last.wave)
@@ -239,27 +239,20 @@ class Progress:
         else:
             self.pipeline_error = None
 
-        views = {k: v for k, v in snap.stages.items() if isinstance(v, dict)}
+        views = snap.stages
         order = stage_order(snap.order, views)
 
         outcomes: dict[int, list[StageFinished]] = {}
         for stage in order:
             view = views[stage]
-            wave = _int(view.get("wave"))
-            status = view.get("status")
-            if status not in FINAL_STATUSES or wave < max(1, base):
+            wave = view.wave
+            if view.status not in FINAL_STATUSES or wave < max(1, base):
                 continue
             if (wave, stage) in self.finished:
                 continue
             outcomes.setdefault(wave, []).append(
                 StageFinished(
-                    wave,
-                    stage,
-                    str(status),
-                    str(view.get("reason_code") or ""),
-                    str(view.get("reason") or ""),
-                    _float(view.get("duration_s")),
-                    _str_or_none(view.get("error")),
+                    wave, stage, view.status, view.reason_code, view.reason, view.duration_s, view.error,
                 )
             )
 
@@ -275,7 +268,7 @@ class Progress:
                 stages: list[str] | None = None
                 trigger, paths = "run", []
                 if wave == snap.wave:
-                    stages = [s for s in order if _int(views[s].get("wave")) == wave]
+                    stages = [s for s in order if views[s].wave == wave]
                     trigger, paths = snap.trigger, list(snap.paths)
                 elif last is not None and wave == last.wave:
                     members = {n for _, names in _wave_lists(last) for n in names}
@@ -313,16 +306,6 @@ def wave_finished_from(body: dict[str, Any] | None) -> WaveFinished | None:
 
 def _int(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def _float(value: object) -> float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    return 0.0
-
-
-def _str_or_none(value: object) -> str | None:
-    return value if isinstance(value, str) and value else None
 
 
 def show_engine_start(renderer: Renderer, snap: Snapshot) -> None:

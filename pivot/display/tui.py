@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TextIO
 
 from rich import box
 from rich.console import Console, Group, RenderableType
@@ -243,10 +243,8 @@ class TuiRenderer:
             self._pipeline_error = None
         if snap.wave < 1:
             return above
-        views: dict[str, dict[str, Any]] = {
-            k: v for k, v in snap.stages.items() if isinstance(v, dict)
-        }
-        members = [s for s in stage_order(snap.order, views) if views[s].get("wave") == snap.wave]
+        views = snap.stages
+        members = [s for s in stage_order(snap.order, views) if views[s].wave == snap.wave]
         if snap.wave != self._wave:
             if self._summary is None and snap.last_wave and snap.last_wave.get("wave") == self._wave:
                 self._summary = wave_finished_from(snap.last_wave)
@@ -257,14 +255,10 @@ class TuiRenderer:
         for stage in members:
             view = views[stage]
             row = self._rows.get(stage) or _Row()
-            status = str(view.get("status") or "pending")
-            if status != "running" or row.status != "running":
+            if view.status != "running" or row.status != "running":
                 row.started_at = None
-            row.status, row.reason = status, str(view.get("reason") or "")
-            duration = view.get("duration_s")
-            row.duration_s = float(duration) if isinstance(duration, (int, float)) else 0.0
-            error = view.get("error")
-            row.error = error if isinstance(error, str) and error else None
+            row.status, row.reason, row.duration_s = view.status, view.reason, view.duration_s
+            row.error = view.error or None
             rows[stage] = row
         self._rows = rows
         self._trigger = _trigger_text(snap.trigger, snap.paths)

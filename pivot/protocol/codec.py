@@ -8,6 +8,7 @@ Wire form of every message, a msgpack map:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import os
 import time
@@ -55,15 +56,20 @@ def _build_registry() -> dict[str, tuple[type[Message], dict[str, Any]]]:
 _REGISTRY = _build_registry()
 
 
-def _holds_tuple(hint: Any) -> bool:
-    if typing.get_origin(hint) is tuple:
+def _is_record(hint: Any) -> bool:
+    return isinstance(hint, type) and dataclasses.is_dataclass(hint) and not issubclass(hint, Message)
+
+
+def _holds_record(hint: Any) -> bool:
+    if typing.get_origin(hint) is tuple or _is_record(hint):
         return True
-    return any(_holds_tuple(arg) for arg in typing.get_args(hint))
+    return any(_holds_record(arg) for arg in typing.get_args(hint))
 
 
-# Per kind, the fields whose values hold fixed-length records (decoded as tuples); the
-# others are taken as they come, which keeps decoding cheap.
-_TUPLED = {kind: {n for n, hint in fields.items() if _holds_tuple(hint)} for kind, (_, fields) in _REGISTRY.items()}
+# Per kind, the fields whose values hold records: fixed-length tuples, or record classes
+# (a StageView) sent as maps. Only these are converted; the others are taken as they
+# come, which keeps encoding and decoding cheap.
+_RECORDS = {kind: {n for n, hint in fields.items() if _holds_record(hint)} for kind, (_, fields) in _REGISTRY.items()}
 _ids = itertools.count(1)
 _ID_PREFIX = f"{os.getpid():x}-{int(time.time() * 1000) & 0xFFFFFF:x}"
 
@@ -92,7 +98,11 @@ def encode(
     msg_id: str | None = None,
     ts: float | None = None,
 ) -> bytes:
-    body = {f.name: getattr(msg, f.name) for f in dataclasses.fields(msg)}
+    records = _RECORDS[msg.TAG]
+    body = {
+        f.name: _plain(getattr(msg, f.name)) if f.name in records else getattr(msg, f.name)
+        for f in dataclasses.fields(msg)
+    }
     wire = {
         "v": PROTOCOL_VERSION,
         "k": msg.TAG,
@@ -148,7 +158,7 @@ def decode(data: bytes) -> Envelope:
             raise ProtocolError(
                 f"{kind}.{name}: expected {_describe(hint)}, got {_shape(body[name])}"
             )
-        values[name] = _tupled(body[name], hint) if name in _TUPLED[kind] else body[name]
+        values[name] = _typed(body[name], hint) if name in _RECORDS[kind] else body[name]
     msg = cls(**values)
     return Envelope(msg, wire["id"], wire["p"], wire["s"], wire["n"], float(wire["t"]))
 
@@ -200,23 +210,51 @@ def _matches(value: Any, hint: Any) -> bool:
         return isinstance(value, dict) and all(
             _matches(k, key) and _matches(v, item) for k, v in value.items()
         )
+    if _is_record(hint):  # a map with exactly the record's fields, each of its type
+        fields = _record_fields(hint)
+        return (
+            isinstance(value, dict)
+            and set(value) == set(fields)
+            and all(_matches(value[k], t) for k, t in fields.items())
+        )
     raise TypeError(f"unsupported field type {hint!r} in a message")
 
 
-def _tupled(value: Any, hint: Any) -> Any:
-    """`value` (already checked against `hint`) with fixed-length records as tuples."""
+def _typed(value: Any, hint: Any) -> Any:
+    """`value` (already checked against `hint`) with its records built: fixed-length
+    tuples, and record classes from their maps."""
+    if _is_record(hint):
+        fields = _record_fields(hint)
+        return hint(**{k: _typed(value[k], t) for k, t in fields.items()})
     origin = typing.get_origin(hint)
     if origin is tuple:
         return tuple(value)
     if origin is list:
         (item,) = typing.get_args(hint)
-        if typing.get_origin(item) in (list, tuple, dict):
-            return [_tupled(v, item) for v in value]
-    elif origin is dict:
+        return [_typed(v, item) for v in value] if _holds_record(item) else value
+    if origin is dict:
         _, item = typing.get_args(hint)
-        if typing.get_origin(item) in (list, tuple, dict):
-            return {k: _tupled(v, item) for k, v in value.items()}
+        return {k: _typed(v, item) for k, v in value.items()} if _holds_record(item) else value
+    if origin in (typing.Union, types.UnionType) and value is not None:
+        return next((_typed(value, a) for a in typing.get_args(hint) if _matches(value, a)), value)
     return value
+
+
+def _plain(value: Any) -> Any:
+    """What goes on the wire for a value holding records: maps for record classes."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+@functools.cache
+def _record_fields(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
 def _shape(value: Any) -> str:

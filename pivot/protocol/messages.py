@@ -13,6 +13,7 @@ Sockets (see docs/protocol.md):
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -61,20 +62,50 @@ __all__ = [
     "StageResult",
     "StageRunning",
     "StageStarted",
+    "StageView",
+    "Status",
     "WatcherReady",
     "WaveFinished",
     "WavePlan",
     "WaveStarted",
 ]
 
-# Stage outcomes in `stage_finished` and the snapshot. "lost" = its pool died under it;
-# "restored" = its outputs were placed from the run cache instead of running it.
-STATUSES = ("ran", "restored", "skipped", "failed", "blocked", "cancelled", "lost")
+class Status(enum.StrEnum):
+    """A stage's state in a wave: pending and running, then one of the outcomes
+    (`STATUSES`) of `stage_finished` and the snapshot. "lost" = its pool died under it;
+    "restored" = its outputs were placed from the run cache instead of running it."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    RAN = "ran"
+    RESTORED = "restored"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+    BLOCKED = "blocked"
+    CANCELLED = "cancelled"
+    LOST = "lost"
+
+
+# The outcomes, in the order of wave_finished's lists.
+STATUSES = tuple(str(s) for s in Status if s not in (Status.PENDING, Status.RUNNING))
 
 
 @dataclass(frozen=True)
 class Message:
     TAG: ClassVar[str] = ""
+
+
+@dataclass(frozen=True)
+class StageView:
+    """A record inside a message (not a message of its own): one stage as the engine
+    sees it, in the snapshot. On the wire a map of exactly these fields."""
+
+    status: str  # a Status: pending, running, or an outcome
+    reason_code: str
+    reason: str
+    duration_s: float
+    wave: int
+    error: str | None
 
 
 # --- handshake: every role says hello on the control link first -----------------------
@@ -357,8 +388,7 @@ class SnapshotRequest(Message):
 class Snapshot(Message):
     """Broker -> client: everything a display shows, as of state event `seq`.
 
-    `stages` maps name -> {"status", "reason_code", "reason", "duration_s", "wave", "error"};
-    `status` is "pending", "running" or one of STATUSES. `last_wave` is the last
+    `stages` maps name -> its StageView. `last_wave` is the last
     wave_finished body, or None. `trigger` and `paths` are those of wave `wave` (the last
     change); `logs` maps a stage to the last lines (stream, line) of its last run.
     """
@@ -368,7 +398,7 @@ class Snapshot(Message):
     log_seq: int
     wave: int
     wave_running: bool
-    stages: dict[str, Any]
+    stages: dict[str, StageView]
     order: list[str]
     pipeline_error: dict[str, Any] | None
     last_wave: dict[str, Any] | None

@@ -145,6 +145,6 @@ def test_a_late_display_gets_the_finished_state_from_its_snapshot(engine: Engine
     try:
         snap = late.join(timeout=10)
         assert snap.last_wave is not None and snap.last_wave["ran"] == ["first", "second"]
-        assert {k: v["status"] for k, v in snap.stages.items()} == {"first": "ran", "second": "ran"}
+        assert {k: v.status for k, v in snap.stages.items()} == {"first": "ran", "second": "ran"}
     finally:
         late.close()

@@ -139,7 +139,7 @@ def test_garbage_on_every_socket_does_not_break_the_run(
             if isinstance(env.msg, Snapshot):
                 snap = env.msg
         assert snap is not None, "the broker did not answer a snapshot request after the garbage"
-        assert snap.stages["held"]["status"] == "running", snap.stages
+        assert snap.stages["held"].status == "running", snap.stages
         assert cli.poll() is None, "the CLI exited while the stage was held"
     finally:
         for sock in sockets:

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -372,20 +373,36 @@ def starts(root: Path) -> list[list[int]]:
     return [[int(x) for x in line.split()] for line in lines]
 
 
+@dataclass
+class HeldOnFirst:
+    """`held` running on pool `first` for a `pivot repro --broker` (`run`); pool
+    `second` joined after it started."""
+
+    root: Path
+    first: subprocess.Popen[str]
+    second: subprocess.Popen[str]
+    run: subprocess.Popen[str]
+    stage_pid: int
+
+
+def held_on_first(tmp_path: Path, guard: ProcGuard, start_broker: Callable[..., Broker]) -> HeldOnFirst:
+    root = write_files(tmp_path / "proj", {"pipeline.py": ONCE_PIPELINE})
+    control = start_broker(root, "--bind", "tcp://127.0.0.1:0").wait_bound()
+    first = start_pool(guard, root, control, "first", "-j", "1")
+    run = guard.track(start_pivot(root, "repro", "--broker", control, "--json"))
+    [[stage_pid]] = wait_for(lambda: starts(root), WAIT_S, "held to start on the first pool")
+    assert pool_of(stage_pid, {first.pid: "first"}) == "first"
+    second = start_pool(guard, root, control, "second", "-j", "1")
+    wait_for(lambda: len([r for r in ps(root, control) if r["role"] == "pool"]) == 2, WAIT_S, "the second pool")
+    return HeldOnFirst(root, first, second, run, stage_pid)
+
+
 @pytest.mark.timeout(90)
 def test_a_pool_killed_mid_stage_hands_the_stage_to_the_other_pool_never_twice_at_once(
     tmp_path: Path, proc_guard: ProcGuard, start_broker: Callable[..., Broker]
 ) -> None:
-    root = write_files(tmp_path / "proj", {"pipeline.py": ONCE_PIPELINE})
-    broker = start_broker(root, "--bind", "tcp://127.0.0.1:0")
-    control = broker.wait_bound()
-    first = start_pool(proc_guard, root, control, "first", "-j", "1")
-    run = proc_guard.track(start_pivot(root, "repro", "--broker", control, "--json"))
-    [[stage_pid]] = wait_for(lambda: starts(root), WAIT_S, "held to start on the first pool")
-    assert pool_of(stage_pid, {first.pid: "first"}) == "first"
-    second = start_pool(proc_guard, root, control, "second", "-j", "1")
-    wait_for(lambda: len([r for r in ps(root, control) if r["role"] == "pool"]) == 2, WAIT_S, "the second pool")
-
+    held = held_on_first(tmp_path, proc_guard, start_broker)
+    root, first, second, run, stage_pid = held.root, held.first, held.second, held.run, held.stage_pid
     first.kill()  # SIGKILL: nothing of the first pool can say goodbye
     # Its loky worker notices its pool is gone and exits: the attempt dies with it.
     wait_for(lambda: proc_info(stage_pid) is None or proc_info(stage_pid).state in ("Z", "X"), 5.0,  # type: ignore[union-attr]
@@ -408,15 +425,8 @@ def test_a_pool_killed_mid_stage_hands_the_stage_to_the_other_pool_never_twice_a
 def test_a_pool_stopped_with_sigterm_hands_back_its_stage_at_once(
     tmp_path: Path, proc_guard: ProcGuard, start_broker: Callable[..., Broker]
 ) -> None:
-    root = write_files(tmp_path / "proj", {"pipeline.py": ONCE_PIPELINE})
-    broker = start_broker(root, "--bind", "tcp://127.0.0.1:0")
-    control = broker.wait_bound()
-    first = start_pool(proc_guard, root, control, "first", "-j", "1")
-    run = proc_guard.track(start_pivot(root, "repro", "--broker", control, "--json"))
-    wait_for(lambda: starts(root), WAIT_S, "held to start on the first pool")
-    second = start_pool(proc_guard, root, control, "second", "-j", "1")
-    wait_for(lambda: len([r for r in ps(root, control) if r["role"] == "pool"]) == 2, WAIT_S, "the second pool")
-
+    held = held_on_first(tmp_path, proc_guard, start_broker)
+    root, first, second, run = held.root, held.first, held.second, held.run
     first.terminate()
     rc, _, err = wait_exit(first, 15, "the first pool after SIGTERM")
     assert rc == 0, err
@@ -564,3 +574,40 @@ def test_a_one_shot_run_fails_a_stage_no_pool_can_take(tmp_path: Path) -> None:
     assert done["cpu"]["status"] == "ran"
     assert (done["gpu"]["status"], done["gpu"]["reason_code"]) == ("failed", "no_pool"), done
     assert "pivot workers --tag gpu" in done["gpu"]["reason"]
+
+
+COPY_PIPELINE = '''\
+from pivot import stage
+
+
+@stage(deps=["in.txt"], outs=["out.txt"])
+def copy() -> None:
+    with open("in.txt") as src, open("out.txt", "w") as dst:
+        dst.write(src.read().upper())
+'''
+
+
+def test_a_watcher_on_its_own_makes_a_standalone_broker_react_to_edits(
+    tmp_path: Path, proc_guard: ProcGuard, start_broker: Callable[..., Broker]
+) -> None:
+    from procs import LiveRun
+
+    root = write_files(tmp_path / "proj", {"pipeline.py": COPY_PIPELINE, "in.txt": "one\n"})
+    control = start_broker(root, "--bind", "tcp://127.0.0.1:0").wait_bound()
+    start_pool(proc_guard, root, control, "p1", "-j", "1")
+    display = LiveRun(proc_guard.track(start_pivot(root, "attach", "--broker", control, "--json")))
+    watcher = proc_guard.track(start_pivot(root, "watcher", "--broker", control))
+    # A watcher joining makes the broker check every stage: the first wave runs copy.
+    display.wait_event(lambda e: e["event"] == "wave_finished" and e["ran"] == ["copy"], WAIT_S, "the check wave")
+    assert (root / "out.txt").read_text() == "ONE\n"
+    rows = ps(root, control)
+    assert [r["pid"] for r in rows if r["role"] == "watcher"] == [watcher.pid], rows
+    mark = display.mark()
+    (root / "in.txt").write_text("two\n")
+    began = display.wait_event(lambda e: e["event"] == "wave_started", WAIT_S, "the edit's wave", mark)
+    assert (began["trigger"], began["paths"]) == ("files", ["in.txt"]), began
+    display.wait_event(lambda e: e["event"] == "wave_finished", WAIT_S, "the edit's wave to end", mark)
+    assert (root / "out.txt").read_text() == "TWO\n"
+    watcher.terminate()
+    rc, _, err = wait_exit(watcher, 10, "the watcher after SIGTERM")
+    assert rc == 0, err

@@ -388,9 +388,9 @@ def test_snapshot_has_every_stage_state_and_the_latest_seq() -> None:
     assert isinstance(snap, Snapshot)
     assert snap.seq == h.state.seq == len(h.published)
     assert snap.wave_running and snap.wave == 1
-    assert snap.stages["a"]["status"] == "ran"
-    assert snap.stages["b"]["status"] == "running"
-    assert snap.stages["c"]["status"] == "pending"
+    assert snap.stages["a"].status == "ran"
+    assert snap.stages["b"].status == "running"
+    assert snap.stages["c"].status == "pending"
     assert snap.order == ["a", "b", "c", "d", "e"]
 
 
@@ -953,7 +953,7 @@ def test_live_a_stage_waits_for_a_pool_with_its_tags_and_runs_when_one_joins() -
     [notice] = published(commands, Notice)
     assert "train is waiting for a pool with tags gpu" in notice.message
     view = h.state.snapshot().stages["train"]
-    assert (view["status"], view["reason_code"]) == ("pending", "no_pool")
+    assert (view.status, view.reason_code) == ("pending", "no_pool")
     assert published(h.feed(Tick(0.5)), Notice) == []  # said once
     h.manifest = m
     [(pool, stage, _)] = dispatched(h.join("gpu-1", 1, 0.6, tags=frozenset({"gpu"})))

@@ -62,6 +62,7 @@ from pivot.protocol.messages import (
     StageResult,
     StageRunning,
     StageStarted,
+    StageView,
     WatcherReady,
     WaveFinished,
     WavePlan,
@@ -178,7 +179,10 @@ SAMPLES: dict[type[Message], Message] = {
         log_seq=17,
         wave=3,
         wave_running=True,
-        stages={"prepare": {**_STAGE_ROW, "status": "ran", "error": None}, "train": _STAGE_ROW},
+        stages={
+            "prepare": StageView(**{**_STAGE_ROW, "status": "ran", "error": None}),
+            "train": StageView(**_STAGE_ROW),
+        },
         order=["prepare", "train"],
         pipeline_error={"message": "stage 'x' is defined twice", "detail": ""},
         last_wave=_LAST_WAVE,
@@ -421,7 +425,7 @@ def _msg(kind: str, body: dict[str, Any]) -> bytes:
 
 def _body(cls: type[Message], **overrides: Any) -> dict[str, Any]:
     sample = SAMPLES[cls]
-    body = {f.name: getattr(sample, f.name) for f in dataclasses.fields(cls)}
+    body = msgpack.unpackb(encode(sample, sender="t"))["b"]  # as on the wire: records as maps
     body.update(overrides)
     return body
 
@@ -671,3 +675,17 @@ BAD_MANIFESTS: list[tuple[str, Any, str]] = [
 def test_manifest_from_wire_rejects(wire: Any, match: str) -> None:
     with pytest.raises(ProtocolError, match=match):
         Manifest.from_wire(wire)
+
+
+def test_a_stage_view_must_be_a_map_of_exactly_its_fields() -> None:
+    """A record inside a message (the snapshot's stage views) is checked field by field."""
+    good = _body(Snapshot)
+    assert isinstance(decode(_msg("snapshot", good)).msg.stages["train"], StageView)
+    row = dict(good["stages"]["train"])
+    for bad, match in (
+        ({**row, "wave": "3"}, "snapshot.stages: expected"),
+        ({k: v for k, v in row.items() if k != "error"}, "snapshot.stages: expected"),
+        ({**row, "extra": 1}, "snapshot.stages: expected"),
+    ):
+        with pytest.raises(ProtocolError, match=match):
+            decode(_msg("snapshot", {**good, "stages": {"train": bad}}))

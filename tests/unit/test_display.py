@@ -37,6 +37,7 @@ from pivot.protocol.messages import (
     Snapshot,
     StageFinished,
     StageStarted,
+    StageView,
     WaveFinished,
     WaveStarted,
 )
@@ -88,12 +89,11 @@ def feed(renderer: Renderer, msgs: list[Message]) -> None:
 
 
 def view(status: str, wave: int = 1, reason_code: str = "", reason: str = "",
-         duration_s: float = 0.0, error: str | None = None) -> dict[str, Any]:
-    return {"status": status, "reason_code": reason_code, "reason": reason,
-            "duration_s": duration_s, "wave": wave, "error": error}
+         duration_s: float = 0.0, error: str | None = None) -> StageView:
+    return StageView(status, reason_code, reason, duration_s, wave, error)
 
 
-def snapshot(stages: dict[str, dict[str, Any]], *, wave: int = 1, wave_running: bool = False,
+def snapshot(stages: dict[str, StageView], *, wave: int = 1, wave_running: bool = False,
              last_wave: dict[str, Any] | None = None,
              pipeline_error: dict[str, Any] | None = None) -> Snapshot:
     return Snapshot(
