@@ -176,10 +176,13 @@ class LocalRoles:
                 *(["--poll"] if self.args.poll else []),
             )
         self.logs.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        if self.args.keys is not None:  # over tcp with CURVE, they need their keys too
+            env["PIVOT_KEYS_DIR"] = str(self.args.keys)
         with open(self.logs / f"{role}.log", "ab") as out:  # a restart keeps the old log
             popen = subprocess.Popen(
                 cmd, cwd=self.root, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,
+                start_new_session=True, env=env,
             )
         self._track(role, Child(popen.pid, popen))
 

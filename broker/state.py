@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from broker.debounce import ChangeQueue
 from broker.events import (
     ChangesConfirmed,
     Command,
@@ -221,11 +222,7 @@ class BrokerState:
         self.last_tick: float | None = None
         self.live = live  # None: one-shot (`repro`); file changes are not acted on
         # Live mode: raw changed paths waiting for the quiet window, then for a check.
-        self.changed: dict[str, None] = {}
-        self.causes: dict[str, str] = {}  # path -> id of the files_changed that reported it
-        self.changed_first: float | None = None
-        self.changed_last = 0.0
-        self.confirming: tuple[str, ...] | None = None
+        self.changes = ChangeQueue(live.debounce_s, live.max_wait_s) if live else ChangeQueue(0.0, 0.0)
         self.reloading = False  # a LoadManifest is out; no wave starts until it answers
         self.reload_again: bool | None = None  # another reload asked meanwhile (restart?)
         self.carry: set[str] = set()  # stages a code change stopped: run after the reload
@@ -502,7 +499,7 @@ class BrokerState:
             if affected:
                 trigger, paths = self.reload_trigger
                 run = PendingRun(affected, False, self._keep_going(), True, trigger, paths)
-                run.cause = self._cause_of(paths)
+                run.cause = self.changes.cause_of(paths)
                 self._queue(run)
         self._reload_answered()
 
@@ -830,26 +827,13 @@ class BrokerState:
     def _files_reported(self, event: FilesReported) -> None:
         if self.live is None or self.stopping:
             return
-        for path in event.paths:
-            self.changed[path] = None
-            if event.cause:
-                self.causes[path] = event.cause
-        if self.changed_first is None:
-            self.changed_first = event.now
-        self.changed_last = event.now
+        self.changes.report(event.paths, event.now, event.cause)
 
     def next_deadline(self) -> float | None:
         """When the quiet window of waiting changes ends, or a shutdown step is due (the
         service wakes for it)."""
-        due = [t for t in (self.cancel_at, self.give_up_at) if t is not None]
-        if self.live is not None and self.changed_first is not None:
-            due.append(min(self.changed_last + self.live.debounce_s, self.changed_first + self.live.max_wait_s))
+        due = [t for t in (self.cancel_at, self.give_up_at, self.changes.deadline()) if t is not None]
         return min(due, default=None)
-
-    def _cause_of(self, paths: list[str]) -> str | None:
-        """The files_changed message that reported the first of `paths` (forgotten now)."""
-        found = [self.causes.pop(p) for p in paths if p in self.causes]
-        return found[0] if found else None
 
     def _is_code(self, path: str) -> bool:
         if path == PIPELINE_FILE:
@@ -859,28 +843,16 @@ class BrokerState:
         return path in self.manifest.sources
 
     def _flush_changes(self, now: float) -> None:
-        deadline = self.next_deadline()
-        if deadline is None or now < deadline or self.confirming is not None:
-            return
         busy = self.wave is not None or self.reloading
         # Data changes wait for the wave in flight (its own outputs are committed by
         # then, so they check as unchanged); code must be seen at once: no stage may
         # start on old code. With --restart, inputs are seen at once too (outputs of the
         # wave's stages still wait: a stage writing its output must not restart itself).
-        picked = [
-            p for p in self.changed
-            if not busy or self._is_code(p) or p == PARAMS_FILE or self._restart_input(p)
-        ]
-        if not picked:
-            return
-        for p in picked:
-            del self.changed[p]
-        if self.changed:
-            self.changed_first = self.changed_last = now
-        else:
-            self.changed_first = None
-        self.confirming = tuple(picked)
-        self._out.append(ConfirmChanges(self.confirming))
+        batch = self.changes.take(
+            now, lambda p: not busy or self._is_code(p) or p == PARAMS_FILE or self._restart_input(p)
+        )
+        if batch is not None:
+            self._out.append(ConfirmChanges(batch))
 
     def _restart_input(self, path: str) -> bool:
         """--restart: `path` may be checked while the wave runs (it is no output of it)."""
@@ -891,14 +863,13 @@ class BrokerState:
         return not any(self._touches(out, path) for spec in specs for out in spec.outs)
 
     def _changes_confirmed(self, paths: tuple[str, ...]) -> None:
-        checked, self.confirming = self.confirming or (), None
+        checked = self.changes.checked()
         code = [p for p in paths if self._is_code(p)]
         params = [p for p in paths if p == PARAMS_FILE]
         data = [p for p in paths if p not in code and p not in params]
-        cause = self._cause_of(data)
-        for p in checked:  # only a reload's paths keep theirs, for its wave
-            if p not in code and p not in params:
-                self.causes.pop(p, None)
+        cause = self.changes.cause_of(data)
+        # Only a reload's paths keep their cause, for the wave the reload starts.
+        self.changes.forget([p for p in checked if p not in code and p not in params])
         if not paths or self.stopping:
             return
         if code or params:
@@ -1005,8 +976,7 @@ class BrokerState:
         the pools stop once nothing runs (see `_maybe_stopped`)."""
         self.shutdown_clients.append(event.client)
         self.stop_reason = self.stop_reason or event.reason
-        self.changed.clear()
-        self.changed_first = None
+        self.changes.clear()
         self.pending = None
         wave = self.wave
         if not self.stopping and wave is not None:

@@ -92,7 +92,10 @@ def main(argv: list[str]) -> int:
         if changes is None:
             return 0 if stop.is_set() else 3
     else:
-        changes, keys = args.changes, None
+        from pivot.transport.curve import client_keys
+
+        # An engine bound on tcp with keys: this watcher needs one too (a watcher key).
+        changes, keys = args.changes, client_keys(args.changes, args.key, args.broker_key, default_name="watcher")
     watcher = Watcher(args.root, changes, poll=args.poll, debounce_ms=args.debounce_ms, keys=keys)
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -1029,4 +1029,4 @@ def test_a_wave_names_the_message_that_caused_it_as_its_parent() -> None:
     commands = live.feed(ChangesConfirmed(confirm.paths))
     [start] = [c for c in commands if isinstance(c, Publish) and isinstance(c.msg, WaveStarted)]
     assert (start.msg.trigger, start.parent) == ("files", "changes-3")
-    assert live.state.causes == {}  # nothing kept once used
+    assert live.state.changes.causes == {}  # nothing kept once used

@@ -1,0 +1,78 @@
+"""Changed paths on their way from the watcher to a decision: a sub-machine of the
+broker's state (pure: time comes in as arguments).
+
+Reported paths wait for a quiet window (`debounce_s` after the last report, at most
+`max_wait_s` after the first), then go out as one batch to be checked against the state
+cache; one batch is out at a time. Each path remembers the `files_changed` message that
+reported it, so the wave it causes can name its cause.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+__all__ = ["ChangeQueue"]
+
+
+@dataclass
+class ChangeQueue:
+    debounce_s: float
+    max_wait_s: float
+    waiting: dict[str, None] = field(default_factory=dict)  # in the order reported
+    causes: dict[str, str] = field(default_factory=dict)  # path -> reporting message id
+    first: float | None = None  # when the oldest waiting path was reported
+    last: float = 0.0  # when the newest was
+    checking: tuple[str, ...] | None = None  # the batch out for a check
+
+    def report(self, paths: tuple[str, ...], now: float, cause: str = "") -> None:
+        for path in paths:
+            self.waiting[path] = None
+            if cause:
+                self.causes[path] = cause
+        if self.first is None:
+            self.first = now
+        self.last = now
+
+    def deadline(self) -> float | None:
+        """When the quiet window ends (None: nothing waits)."""
+        if self.first is None:
+            return None
+        return min(self.last + self.debounce_s, self.first + self.max_wait_s)
+
+    def take(self, now: float, may_check: Callable[[str], bool]) -> tuple[str, ...] | None:
+        """The batch to check now, once the quiet window has passed and no batch is out:
+        the waiting paths `may_check` lets through (the rest keep waiting)."""
+        deadline = self.deadline()
+        if deadline is None or now < deadline or self.checking is not None:
+            return None
+        picked = tuple(p for p in self.waiting if may_check(p))
+        if not picked:
+            return None
+        for path in picked:
+            del self.waiting[path]
+        if self.waiting:
+            self.first = self.last = now
+        else:
+            self.first = None
+        self.checking = picked
+        return picked
+
+    def checked(self) -> tuple[str, ...]:
+        """The batch whose check just came back (no batch is out any more)."""
+        batch, self.checking = self.checking or (), None
+        return batch
+
+    def cause_of(self, paths: list[str]) -> str | None:
+        """The message that reported the first of `paths` (their causes are forgotten)."""
+        found = [self.causes.pop(p) for p in paths if p in self.causes]
+        return found[0] if found else None
+
+    def forget(self, paths: list[str]) -> None:
+        for path in paths:
+            self.causes.pop(path, None)
+
+    def clear(self) -> None:
+        """Stopping: nothing waiting is acted on."""
+        self.waiting.clear()
+        self.first = None
