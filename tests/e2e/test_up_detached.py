@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -129,3 +130,30 @@ def test_closing_the_terminal_of_pivot_up_stops_the_engine(
     live.wait_event(lambda e: e["event"] == "engine_stopped", 1.0, "engine_stopped")
     wait_for(lambda: not [pid for pid in pids if alive(pid)], 5.0, "the engine's processes to exit")
     assert run_dir_leftovers(root) == []
+
+
+def test_up_on_tcp_with_keys_runs_and_reacts(make_project: MakeProject, tmp_path: Path) -> None:
+    """`pivot up --bind tcp://...` with CURVE keys: the pool and watcher it starts use
+    their keys too (a watcher without one would never be heard, and nothing would run)."""
+    import os
+
+    root = make_project(FILES)
+    keys = tmp_path / "keys"
+    env = {**os.environ, "PIVOT_KEYS_DIR": str(keys)}
+    made = run_env(root, env, "keys", "init")
+    assert made.returncode == 0, describe(made)
+    started = run_env(root, env, "up", "-d", "--bind", "tcp://127.0.0.1:0")
+    assert started.returncode == 0 and "tcp://127.0.0.1:" in started.stdout, describe(started)
+    wait_for(lambda: (root / "out.txt").exists(), WAIT_S, "the first wave to write out.txt")
+    (root / "in.txt").write_text("keyed\n")
+    wait_for(lambda: (root / "out.txt").read_text() == "KEYED\n", WAIT_S, "the edit to re-run copy")
+    stopped = run_env(root, env, "down")
+    assert stopped.returncode == 0, describe(stopped)
+    wait_for(lambda: run_dir_leftovers(root) == [], 10.0, "the engine to clean up")
+
+
+def run_env(root: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    from procs import pivot_cmd
+
+    return subprocess.run([*pivot_cmd(), *args], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=40, stdin=subprocess.DEVNULL, start_new_session=True)
