@@ -72,6 +72,7 @@ from pivot.state.reasons import ReasonCode
 from pivot.transport.curve import ClientKeys
 from pivot.transport.greet import BrokerRefused, NoBroker, greet
 from pivot.transport.sockets import decode_or_log, make_socket, send_msg
+from workers.attempts import Attempt, Phase, validate
 from workers.executors import Executor, LokyWorkers
 
 __all__ = ["PoolService", "main"]
@@ -132,19 +133,11 @@ class PoolService:
         os.set_blocking(self.wake_w, False)
         self.threads = ThreadPoolExecutor(max_workers=self.jobs + 1, thread_name_prefix="decide")
         self.workers: Executor = LokyWorkers(self.jobs)  # started when a stage first must run
-        self.jobs_by_attempt: dict[str, RunStage] = {}
-        self.in_workers: set[str] = set()  # attempts handed to loky
-        self.executor_of: dict[str, int] = {}  # attempt -> the workers' generation running it
-        self.cancelled: dict[str, str] = {}  # attempt -> why, for results still to come
-        # CancelStage of a stage in a worker: attempt -> (why, when its worker is killed
-        # if the stage has not stopped by then, the worker's pid or 0 if not known yet)
-        self.stopping_attempts: dict[str, tuple[str, float, int]] = {}
+        self.attempts: dict[str, Attempt] = {}  # every attempt until its result is sent
         self.restart_on_load = False  # a code change: new workers once a manifest loads
         self.replace_on_accept = False  # ... and once the broker accepted it
-        self.waiting: list[RunStage] = []  # dispatched before the first manifest loaded
         # Each running stage's worker writes its pid here, so a dead worker's stage is known.
         self.pid_dir = Path(tempfile.mkdtemp(prefix="pivot-workers-"))
-        self.deaths: dict[str, int] = {}
         self.stopping = False
         self.leaving = False  # SIGTERM: handing back its stages before it exits
         self.leave_by: float | None = None
@@ -167,7 +160,7 @@ class PoolService:
         self.last_sent = time.monotonic()
 
     def _hello(self) -> None:
-        running = {a: job.stage for a, job in self.jobs_by_attempt.items() if a not in self.cancelled}
+        running = {name: a.stage for name, a in self.attempts.items() if a.cancel is None}
         self._send(PoolHello(
             self.name, os.getpid(), self.jobs, self.incarnation, socket.gethostname(),
             list(self.link.tags), running,
@@ -220,7 +213,7 @@ class PoolService:
         """The broker has been silent too long: stop what runs (fencing), then exit (its
         engine is gone, or --broker-timeout passed: True) or ask again for a broker."""
         silent = now - self.last_heard
-        if not self.fenced and self.jobs_by_attempt:
+        if not self.fenced and self.attempts:
             self._fence(f"the broker has been silent for {silent:.1f} s")
         self.fenced = True
         timeout = self.link.timeout
@@ -243,11 +236,10 @@ class PoolService:
     def _fence(self, why: str) -> None:
         """Stop every stage this pool runs: the broker gives them to another pool once it
         has given this one up, and two attempts of a stage must never run at once."""
-        log.warning("%s: stopping the %d stage(s) this pool runs", why, len(self.jobs_by_attempt))
-        for attempt in self.jobs_by_attempt:
-            self.cancelled.setdefault(attempt, f"not finished: {why}")
-        self.stopping_attempts.clear()
-        if self.in_workers:
+        log.warning("%s: stopping the %d stage(s) this pool runs", why, len(self.attempts))
+        for a in self.attempts.values():
+            a.cancel, a.stop = a.cancel or f"not finished: {why}", None
+        if self._running():
             self._stop_workers()
 
     def _post(self, kind: str, attempt: str, value: Any) -> None:
@@ -275,9 +267,9 @@ class PoolService:
             self.leave_by = now + HARD_KILL_S + 2.0
             if self.sock is not None:  # first: the broker sends nothing new here
                 self._send(PoolLeaving(self.name))
-            for attempt in list(self.jobs_by_attempt):
+            for attempt in list(self.attempts):
                 self._cancel(attempt, "its worker pool stopped (SIGTERM); it runs again elsewhere")
-        return not (self.jobs_by_attempt or self.unacked) or now >= self.leave_by
+        return not (self.attempts or self.unacked) or now >= self.leave_by
 
     # --- the loop ------------------------------------------------------------------
 
@@ -323,6 +315,7 @@ class PoolService:
                     else:
                         os.read(self.wake_r, 4096)
                 self._drain_done()
+                validate(self.attempts, set(self.unacked))
             return self.exit_code
         finally:
             self._shutdown()
@@ -331,7 +324,7 @@ class PoolService:
         deadlines = [self.last_sent + self.heartbeat_s, self.last_heard + self.heartbeat_s * self.liveness]
         deadlines += [p.next_send for p in self.unacked.values()]
         # An attempt whose worker was not known yet is signalled as soon as it is.
-        deadlines += [now + 0.02 if not pid else at for _, at, pid in self.stopping_attempts.values()]
+        deadlines += [now + 0.02 if not a.worker_pid else a.kill_at for a in self.attempts.values() if a.stop]
         return max(0.0, (min(deadlines) - now) * 1000)
 
     def _resend(self, now: float) -> None:
@@ -395,17 +388,20 @@ class PoolService:
     # --- stages --------------------------------------------------------------------
 
     def _start(self, job: RunStage) -> None:
-        if job.attempt in self.jobs_by_attempt or job.attempt in self.unacked:
+        if job.attempt in self.attempts or job.attempt in self.unacked:
             return  # a resent dispatch we already have
-        self.jobs_by_attempt[job.attempt] = job
+        self.attempts[job.attempt] = Attempt(job, Phase.WAITING)
         if self.leaving:
             self._finish(job.attempt, Status.LOST, ReasonCode.POOL_LOST, "its worker pool is stopping", 0.0)
-            return
-        if self.manifest is None:
-            # A pool replacing a lost one gets its stages at once, while its loader runs.
-            self.waiting.append(job)
-            return
-        spec = self.manifest.by_name.get(job.stage) if self.manifest else None
+        elif self.manifest is not None:  # else: decided once this pool's pipeline loaded
+            self._decide(self.attempts[job.attempt])
+
+    def _decide(self, attempt: Attempt) -> None:
+        """Skip, restore or run: decided in a thread (hashes, lock, run cache)."""
+        assert self.manifest is not None
+        job = attempt.job
+        attempt.phase = Phase.DECIDING
+        spec = self.manifest.by_name.get(job.stage)
         if spec is None:
             msg = f"stage {job.stage!r} is not in this pool's pipeline"
             self._finish(job.attempt, Status.FAILED, ReasonCode.FAILED, msg, 0.0)
@@ -448,8 +444,8 @@ class PoolService:
         except PivotError as exc:
             detail = exc.detail if isinstance(exc, PipelineError) else ""
             self._send(ManifestFailed(self.name, str(exc), detail))
-            for job in self._take_waiting():
-                self._finish(job.attempt, Status.FAILED, ReasonCode.FAILED, f"the pipeline did not load: {exc}", 0.0)
+            for a in self._waiting():
+                self._finish(a.job.attempt, Status.FAILED, ReasonCode.FAILED, f"the pipeline did not load: {exc}", 0.0)
             return
         if self.restart_on_load:
             self.restart_on_load = False
@@ -467,53 +463,56 @@ class PoolService:
             self.producers = dep_producers(self.manifest)
         except PipelineError:
             self.producers = {}
-        for job in self._take_waiting():
-            del self.jobs_by_attempt[job.attempt]
-            self._start(job)
+        for a in self._waiting():
+            self._decide(a)
 
-    def _take_waiting(self) -> list[RunStage]:
-        waiting, self.waiting = self.waiting, []
-        return [job for job in waiting if job.attempt in self.jobs_by_attempt]
+    def _waiting(self) -> list[Attempt]:
+        return [a for a in self.attempts.values() if a.phase is Phase.WAITING]
+
+    def _running(self) -> list[Attempt]:
+        return [a for a in self.attempts.values() if a.phase is Phase.RUNNING]
 
     def _cancel_all(self, why: str) -> None:
         """Stop every stage in flight: loky ones by replacing the workers, deciding ones
         when their decision comes back."""
-        for attempt in self.jobs_by_attempt:
-            self.cancelled[attempt] = why
-        if self.in_workers:
+        for a in self.attempts.values():
+            a.cancel, a.stop = why, None
+        if self._running():
             self._stop_workers()
 
     def _cancel(self, attempt: str, why: str) -> None:
         """Stop one attempt; its worker survives (see pivot/runtime/cancel.py)."""
-        if attempt not in self.jobs_by_attempt or attempt in self.cancelled:
+        a = self.attempts.get(attempt)
+        if a is None or a.cancel is not None or a.stop is not None:
             return  # already over (its result is on its way), or already being stopped
-        if attempt not in self.in_workers:  # still being decided: never handed to a worker
-            self.cancelled[attempt] = why
+        if a.phase is not Phase.RUNNING:  # never handed to a worker
+            a.cancel = why
             return
-        pid = request_cancel(self.pid_dir / attempt)
-        self.stopping_attempts[attempt] = (why, time.monotonic() + HARD_KILL_S, pid)
+        a.stop, a.kill_at = why, time.monotonic() + HARD_KILL_S
+        a.worker_pid = request_cancel(self.pid_dir / attempt)
 
     def _enforce_cancels(self, now: float) -> None:
-        for attempt, (why, kill_at, pid) in list(self.stopping_attempts.items()):
-            if not pid:
-                pid = request_cancel(self.pid_dir / attempt)
-                self.stopping_attempts[attempt] = (why, kill_at, pid)
-            elif now >= kill_at:
+        for name, a in self.attempts.items():
+            if a.stop is None:
+                continue
+            if not a.worker_pid:
+                a.worker_pid = request_cancel(self.pid_dir / name)
+            elif now >= a.kill_at:
                 # Stuck in native code: its worker goes (the stages beside it are lost
                 # and run again), and the attempt is reported cancelled, not a death.
                 log.warning("stage attempt %s ignored its cancel for %.0f s: killing worker %d",
-                            attempt, HARD_KILL_S, pid)
-                del self.stopping_attempts[attempt]
-                self.cancelled[attempt] = why
+                            name, HARD_KILL_S, a.worker_pid)
+                a.cancel, a.stop = a.stop, None
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+                    os.kill(a.worker_pid, signal.SIGKILL)
 
     def _judge_deaths(self) -> None:
-        """attempt -> pid of its dead worker (0: its worker lives, or it never started)."""
-        for attempt in self.in_workers:
-            pid = _read_pid(self.pid_dir / attempt)
-            self.deaths[attempt] = pid if pid and not is_alive(pid) else 0
-            (self.pid_dir / attempt).unlink(missing_ok=True)
+        """Each running attempt's worker: its pid if it died, else 0 (it lives, or the
+        attempt never reached it)."""
+        for a in self._running():
+            pid = _read_pid(self.pid_dir / a.job.attempt)
+            a.dead_pid = pid if pid and not is_alive(pid) else 0
+            (self.pid_dir / a.job.attempt).unlink(missing_ok=True)
 
     def _stop_workers(self) -> None:
         self.workers.replace()
@@ -528,9 +527,10 @@ class PoolService:
         self._send(WavePlan(wave, up_to_date))
 
     def _decided(self, attempt: str, future: Future[Prepared]) -> None:
-        job = self.jobs_by_attempt[attempt]
-        if attempt in self.cancelled:
-            self._finish(attempt, Status.CANCELLED, ReasonCode.CANCELLED, self.cancelled.pop(attempt), 0.0)
+        a = self.attempts[attempt]
+        job = a.job
+        if a.cancel is not None:
+            self._finish(attempt, Status.CANCELLED, ReasonCode.CANCELLED, a.cancel, 0.0)
             return
         try:
             prepared = future.result()
@@ -559,30 +559,22 @@ class PoolService:
         )
         self._send(StageRunning(attempt, str(reason.code), reason.message, reason.details))
         future_run = self.workers.submit(work)
-        self.executor_of[attempt] = self.workers.generation
-        self.in_workers.add(attempt)
+        a.phase, a.generation = Phase.RUNNING, self.workers.generation
         future_run.add_done_callback(lambda f: self._post("ran", attempt, f))
 
     def _ran(self, attempt: str, future: Future[StageOutcome]) -> None:
-        try:
-            self._finish_run(attempt, future)
-        finally:
-            self.executor_of.pop(attempt, None)
-
-    def _finish_run(self, attempt: str, future: Future[StageOutcome]) -> None:
         from concurrent.futures import BrokenExecutor
 
-        stopping = self.stopping_attempts.pop(attempt, None)
-        if attempt in self.cancelled:  # its worker was stopped on purpose
-            self.in_workers.discard(attempt)
-            judged = self.deaths.pop(attempt, None) is not None
+        a = self.attempts[attempt]
+        if a.cancel is not None:  # its worker was stopped on purpose
+            judged = a.dead_pid is not None
             self._forget_files(attempt)
-            if _broke(future) and not judged and self.executor_of.get(attempt) == self.workers.generation:
+            if _broke(future) and not judged and a.generation == self.workers.generation:
                 # Its worker was killed (a cancel it could not see) and no stage beside
                 # it has replaced the executor yet: loky refuses new work from now on.
                 self._judge_deaths()
                 self._stop_workers()
-            self._finish(attempt, Status.CANCELLED, ReasonCode.CANCELLED, self.cancelled.pop(attempt), 0.0)
+            self._finish(attempt, Status.CANCELLED, ReasonCode.CANCELLED, a.cancel, 0.0)
             return
         try:
             r = future.result()
@@ -590,11 +582,10 @@ class PoolService:
             # loky fails every in-flight future when one worker dies. Only a stage whose
             # own worker is dead is charged; the others were collateral: "lost", and the
             # broker dispatches them again. Judged before the survivors are stopped.
-            if attempt not in self.deaths:
+            if a.dead_pid is None:
                 self._judge_deaths()
                 self._stop_workers()
-            self.in_workers.discard(attempt)
-            dead_pid = self.deaths.pop(attempt, 0)
+            dead_pid = a.dead_pid or 0
             if dead_pid:
                 msg = f"its worker process (pid {dead_pid}) died: {exc}"
                 self._finish(attempt, Status.FAILED, ReasonCode.WORKER_DIED, msg, 0.0)
@@ -603,15 +594,13 @@ class PoolService:
                 self._finish(attempt, Status.LOST, ReasonCode.POOL_LOST, msg, 0.0)
             return
         except Exception as exc:  # run_stage reports stage errors itself: this is ours
-            self.in_workers.discard(attempt)
             log.error("running %s failed inside Pivot", attempt, exc_info=exc)
             msg = f"Pivot could not run the stage: {type(exc).__name__}: {exc}"
             self._finish(attempt, Status.FAILED, ReasonCode.FAILED, msg, 0.0)
             return
-        self.in_workers.discard(attempt)
         self._forget_files(attempt)
         logs = [("pivot", note) for note in r.notes] + r.logs
-        reason = stopping[0] if stopping and r.status == Status.CANCELLED else r.reason
+        reason = a.stop if a.stop is not None and r.status == Status.CANCELLED else r.reason
         self._finish(attempt, r.status, r.reason_code, reason, r.duration_s, r.error, logs, r.details)
 
     def _forget_files(self, attempt: str) -> None:
@@ -629,7 +618,7 @@ class PoolService:
         logs: list[tuple[str, str]] | None = None,
         details: dict[str, Any] | None = None,
     ) -> None:
-        job = self.jobs_by_attempt.pop(attempt)
+        job = self.attempts.pop(attempt).job
         if self.leaving and status == Status.CANCELLED:  # handed back: it runs elsewhere
             status, code = Status.LOST, ReasonCode.POOL_LOST
         log.info("stage %s %s: %s", job.stage, status, reason, extra={"stage": job.stage, "attempt": attempt, "wave": job.wave})

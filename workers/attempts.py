@@ -1,0 +1,56 @@
+"""What a pool knows of each stage attempt it was given: one record per attempt, with
+its phase, instead of parallel maps.
+
+    WAITING  --pipeline loaded-->  DECIDING  --stale-->  RUNNING (on a worker)
+       \\                              \\                    \\
+        +-- failed / cancelled          +-- skipped, restored, failed, cancelled
+                                                             +-- its outcome, or lost
+
+A cancel is either *hard* (`cancel`: the attempt is reported cancelled whatever its run
+returns; its worker was killed, or it never reached one) or *soft* (`stop`: the stage
+was asked to stop through SIGUSR1; its real result stands, and its worker is killed at
+`kill_at` if it has not stopped by then, which makes the cancel hard).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from pivot.protocol.messages import RunStage
+
+__all__ = ["Attempt", "Phase", "validate"]
+
+
+class Phase(enum.Enum):
+    WAITING = "waiting"  # dispatched before this pool's pipeline loaded
+    DECIDING = "deciding"  # skip, restore or run: decided in a thread
+    RUNNING = "running"  # handed to a worker
+
+
+@dataclass
+class Attempt:
+    job: RunStage
+    phase: Phase
+    cancel: str | None = None  # hard cancel: why
+    stop: str | None = None  # soft cancel asked: why
+    kill_at: float = 0.0  # (stop) when its worker is killed if still running
+    worker_pid: int = 0  # (stop) the worker running it, once known
+    generation: int = -1  # (running) the workers' generation running it
+    dead_pid: int | None = None  # (running, after loky broke) its worker's pid if dead, else 0
+
+    @property
+    def stage(self) -> str:
+        return self.job.stage
+
+
+def validate(attempts: dict[str, Attempt], unacked: set[str]) -> None:
+    """The pool's invariants (checked after every turn of its loop)."""
+    for name, a in attempts.items():
+        assert a.job.attempt == name, f"{name}: filed under another attempt's name"
+        assert name not in unacked, f"{name}: in flight and its result already sent"
+        assert (a.generation >= 0) == (a.phase is Phase.RUNNING), f"{name}: a generation but not running"
+        if a.stop is not None:
+            assert a.phase is Phase.RUNNING and a.cancel is None, f"{name}: a soft stop of {a.phase}"
+        if a.dead_pid is not None:
+            assert a.phase is Phase.RUNNING, f"{name}: judged dead while {a.phase}"
