@@ -43,7 +43,7 @@ from broker.events import (
     WatcherJoined,
     WavePlanned,
 )
-from pivot.launch.limits import HARD_KILL_S
+from broker.stopping import StopPlan
 from pivot.pipeline.graph import StageGraph
 from pivot.pipeline.manifest import Manifest
 from pivot.pipeline.params import PARAMS_FILE
@@ -92,11 +92,6 @@ MAX_CHARGES = 3  # a stage whose own worker dies this often in one wave fails
 # the loss; its stages run elsewhere only after that plus time to kill its workers.
 FENCE_MARGIN_S = 2.0
 LOG_TAIL = 20  # lines of each stage's last run kept for the snapshot (an attach shows them)
-# After cancelling the running stages on shutdown: a stage stuck in native code has its
-# worker killed by the pool after HARD_KILL_S (pivot/launch/limits.py); this is longer.
-CANCEL_WAIT_S = HARD_KILL_S + 2.0
-
-
 @dataclass
 class PoolInfo:
     slots: int
@@ -247,14 +242,7 @@ class BrokerState:
         self.seq = 0
         self.log_seq = 0
         self.attempt_count = 0
-        self.stopping = False
-        # Shutdown: who waits for the answer; when running stages are cancelled; when
-        # the pools are stopped whatever still runs. None: not yet / done.
-        self.shutdown_clients: list[bytes] = []
-        self.stopped = False  # engine_stopped was published
-        self.stop_reason = ""
-        self.cancel_at: float | None = None
-        self.give_up_at: float | None = None
+        self.stop = StopPlan()
         self._out: list[Command] = []
 
     # --- entry point ---------------------------------------------------------------
@@ -832,7 +820,9 @@ class BrokerState:
     def next_deadline(self) -> float | None:
         """When the quiet window of waiting changes ends, or a shutdown step is due (the
         service wakes for it)."""
-        due = [t for t in (self.cancel_at, self.give_up_at, self.changes.deadline()) if t is not None]
+        due = self.stop.deadlines()
+        if (changes := self.changes.deadline()) is not None:
+            due.append(changes)
         return min(due, default=None)
 
     def _is_code(self, path: str) -> bool:
@@ -971,15 +961,26 @@ class BrokerState:
 
     # --- shutdown ------------------------------------------------------------------
 
+    @property
+    def stopping(self) -> bool:
+        return self.stop.asked
+
+    @property
+    def stopped(self) -> bool:
+        return self.stop.done
+
+    @property
+    def shutdown_clients(self) -> list[bytes]:
+        return self.stop.waiting
+
     def _shutdown_requested(self, event: ShutdownRequested) -> None:
         """Nothing new starts; running stages get the grace period, then are cancelled;
         the pools stop once nothing runs (see `_maybe_stopped`)."""
-        self.shutdown_clients.append(event.client)
-        self.stop_reason = self.stop_reason or event.reason
+        first = self.stop.ask(event.client, event.grace_s, event.now, event.reason)
         self.changes.clear()
         self.pending = None
         wave = self.wave
-        if not self.stopping and wave is not None:
+        if first and wave is not None:
             wave.halted = True
             running = set(wave.running.values())
             for stage in wave.stages:
@@ -987,20 +988,14 @@ class BrokerState:
                     self._finish(stage, Status.CANCELLED, ReasonCode.CANCELLED, "not started: Pivot is stopping", 0.0, None)
             wave.ready.clear()
             self._maybe_finish_wave()
-        self.stopping = True
-        cancel_at = event.now + max(0.0, event.grace_s)
-        if self.give_up_at is None and (self.cancel_at is None or cancel_at < self.cancel_at):
-            self.cancel_at = cancel_at
         self._shutdown_deadlines(event.now)
 
     def _shutdown_deadlines(self, now: float) -> None:
-        if self.cancel_at is not None and now >= self.cancel_at:
-            self.cancel_at = None
-            self.give_up_at = now + CANCEL_WAIT_S
+        if self.stop.cancel_due(now):
             for name, pool in self.pools.items():
                 for attempt in sorted(pool.attempts):
                     self._send(name, CancelStage(attempt, "cancelled: Pivot is stopping"))
-        if self.give_up_at is not None and now >= self.give_up_at and self.wave is not None:
+        if self.stop.give_up_due(now) and self.wave is not None:
             wave = self.wave
             for _, stage in sorted(wave.running.items()):
                 self._finish(stage, Status.CANCELLED, ReasonCode.CANCELLED, "still running when Pivot stopped", 0.0, None)
@@ -1008,17 +1003,15 @@ class BrokerState:
             self._maybe_finish_wave()
 
     def _maybe_stopped(self) -> None:
-        if not self.shutdown_clients or self.wave is not None:
+        if not self.stop.waiting or self.wave is not None:
             return
         for name in self.pools:
             self._send(name, PoolShutdown())
-        if not self.stopped:
-            self.stopped = True
-            self._publish(EngineStopped(self.stop_reason))
-        for client in self.shutdown_clients:
+        if not self.stop.done:
+            self.stop.done = True
+            self._publish(EngineStopped(self.stop.reason))
+        for client in self.stop.answer():
             self._out.append(Reply(client, ShutdownReply(self.seq)))
-        self.shutdown_clients = []
-        self.cancel_at = self.give_up_at = None
 
     # --- snapshot ------------------------------------------------------------------
 

@@ -108,8 +108,10 @@ class Pending:
 
 class PoolService:
     def __init__(
-        self, root: Path, link: Link | str, name: str, jobs: int, first_load: LoaderRun | None = None
+        self, root: Path, link: Link | str, name: str, jobs: int, first_load: LoaderRun | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.clock = clock  # every time the pool reads (liveness, resends, cancels)
         self.root = root
         self.first_load = first_load
         self.name = name
@@ -141,7 +143,7 @@ class PoolService:
         self.stopping = False
         self.leaving = False  # SIGTERM: handing back its stages before it exits
         self.leave_by: float | None = None
-        self.last_heard = time.monotonic()
+        self.last_heard = self.clock()
         self.last_sent = 0.0
 
     # --- plumbing ------------------------------------------------------------------
@@ -157,7 +159,7 @@ class PoolService:
     def _send(self, msg: Message) -> None:
         assert self.sock is not None
         send_msg(self.sock, msg, sender=self.name)
-        self.last_sent = time.monotonic()
+        self.last_sent = self.clock()
 
     def _hello(self) -> None:
         running = {name: a.stage for name, a in self.attempts.items() if a.cancel is None}
@@ -195,7 +197,7 @@ class PoolService:
         """A standalone pool waits for its broker (bounded by --broker-timeout)."""
         if self.link.control is None:
             return True
-        started = time.monotonic()
+        started = self.clock()
         told = False
         while not self.stopping:
             if self._greet(timeout=HELLO_EVERY_S):
@@ -204,7 +206,7 @@ class PoolService:
                 log.warning("waiting for the broker at %s", self.link.control)
                 told = True
             timeout = self.link.timeout
-            if timeout is not None and time.monotonic() - started > timeout:
+            if timeout is not None and self.clock() - started > timeout:
                 log.error("no broker answered at %s within %.0f s: exiting", self.link.control, timeout)
                 return False
         return False
@@ -291,7 +293,7 @@ class PoolService:
         poller = zmq.Poller()
         try:
             while not self.stopping:
-                now = time.monotonic()
+                now = self.clock()
                 if self.leaving and self._leave(now):
                     return self.exit_code
                 if now - self.last_heard > self.heartbeat_s * self.liveness:
@@ -340,7 +342,7 @@ class PoolService:
                 payload = self.sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self.last_heard = time.monotonic()
+            self.last_heard = self.clock()
             env = decode_or_log(payload, "work")
             if env is None:
                 continue
@@ -488,7 +490,7 @@ class PoolService:
         if a.phase is not Phase.RUNNING:  # never handed to a worker
             a.cancel = why
             return
-        a.stop, a.kill_at = why, time.monotonic() + HARD_KILL_S
+        a.stop, a.kill_at = why, self.clock() + HARD_KILL_S
         a.worker_pid = request_cancel(self.pid_dir / attempt)
 
     def _enforce_cancels(self, now: float) -> None:
@@ -626,7 +628,7 @@ class PoolService:
             attempt, job.stage, status, str(code), reason, duration, error, logs or [], details or {},
             self.incarnation,
         )
-        self.unacked[attempt] = Pending(msg, time.monotonic() + RESEND_S)
+        self.unacked[attempt] = Pending(msg, self.clock() + RESEND_S)
         self._send(msg)
 
     def _shutdown(self) -> None:
