@@ -30,8 +30,6 @@ from broker.events import (
     PoolHeard,
     PoolJoined,
     PoolManifest,
-    Publish,
-    PublishLog,
     Reply,
     ResultReceived,
     RunRequested,
@@ -44,6 +42,7 @@ from broker.events import (
     WavePlanned,
 )
 from broker.stopping import StopPlan
+from broker.view import EngineView
 from pivot.pipeline.graph import StageGraph
 from pivot.pipeline.manifest import Manifest
 from pivot.pipeline.params import PARAMS_FILE
@@ -55,7 +54,6 @@ from pivot.protocol.messages import (
     EngineStopped,
     Heartbeat,
     LoadManifest,
-    LogLine,
     ManifestAccepted,
     Message,
     Notice,
@@ -74,7 +72,6 @@ from pivot.protocol.messages import (
     Snapshot,
     StageFinished,
     StageStarted,
-    StageView,
     Status,
     WaveFinished,
     WaveStarted,
@@ -91,7 +88,6 @@ MAX_CHARGES = 3  # a stage whose own worker dies this often in one wave fails
 # broker stops heartbeating a pool it lost, so that pool notices at most that long after
 # the loss; its stages run elsewhere only after that plus time to kill its workers.
 FENCE_MARGIN_S = 2.0
-LOG_TAIL = 20  # lines of each stage's last run kept for the snapshot (an attach shows them)
 @dataclass
 class PoolInfo:
     slots: int
@@ -235,12 +231,7 @@ class BrokerState:
         self.unchecked: list[RunRequested] = []
         self.wave: Wave | None = None
         self.wave_count = 0
-        self.last_wave: dict[str, Any] | None = None
-        self.stage_view: dict[str, StageView] = {}
-        self.stage_logs: dict[str, list[tuple[str, str]]] = {}
-        self.last_change: tuple[str, list[str]] = ("run", [])  # trigger, paths of the last wave
-        self.seq = 0
-        self.log_seq = 0
+        self.view = EngineView()
         self.attempt_count = 0
         self.stop = StopPlan()
         self._out: list[Command] = []
@@ -472,11 +463,10 @@ class BrokerState:
         for name in self.pools:
             self._check_pool(name)
         for name in graph.order:
-            if name not in self.stage_view:
+            if name not in self.view.stages:
                 self._set_view(name, Status.PENDING, "", "", 0.0)
         for name in removed:
-            self.stage_view.pop(name, None)
-            self.stage_logs.pop(name, None)
+            self.view.forget(name)
         self._publish(PipelineLoaded(added, removed, changed))
         waiting, self.unchecked = self.unchecked, []
         for request in waiting:
@@ -552,7 +542,7 @@ class BrokerState:
         self.wave = wave
         for s in stages:
             self._set_view(s, Status.PENDING, "", "", 0.0)
-        self.last_change = (run.trigger, list(run.paths))
+        self.view.last_change = (run.trigger, list(run.paths))
         self._publish(WaveStarted(wave.number, stages, run.trigger, run.paths), parent=run.cause)
         if not run.force and stages and any(p.current for p in self.pools.values()):
             # One batch question instead of a round trip per up-to-date stage.
@@ -611,7 +601,7 @@ class BrokerState:
                    f"`pivot workers {' '.join('--tag ' + t for t in sorted(tags))}`")
             self._fail_now(stage, ReasonCode.NO_POOL, why, {"tags": sorted(tags)})
             return
-        view = self.stage_view.get(stage)
+        view = self.view.stages.get(stage)
         if view is None or view.reason_code != ReasonCode.NO_POOL or view.wave != wave.number:
             why = f"waiting for a pool with tags {needs}"
             self._set_view(stage, Status.PENDING, ReasonCode.NO_POOL, why, 0.0)
@@ -657,11 +647,8 @@ class BrokerState:
         stage = wave.running.pop(event.attempt)
         if self._restarted(wave, stage, event) or self._retry(wave, stage, event):
             return
-        for stream, line in event.logs:
-            self.log_seq += 1
-            self._out.append(PublishLog(LogLine(stage, stream, line), self.log_seq))
-        if event.logs or event.status in (Status.RAN, Status.FAILED):  # the stage's code ran
-            self.stage_logs[stage] = list(event.logs[-LOG_TAIL:])
+        ran = event.status in (Status.RAN, Status.FAILED)  # the stage's code ran
+        self._out.extend(self.view.log_lines(stage, event.logs, ran))
         self._finish(
             stage, event.status, event.reason_code, event.reason, event.duration_s, event.error,
             event.details,
@@ -795,7 +782,7 @@ class BrokerState:
         for s in wave.stages:
             by_status.setdefault(wave.done[s], []).append(s)
         msg = WaveFinished(wave.number, *(by_status.get(k, []) for k in STATUSES))
-        self.last_wave = {"wave": msg.wave, **{k: getattr(msg, k) for k in STATUSES}}
+        self.view.last_wave = {"wave": msg.wave, **{k: getattr(msg, k) for k in STATUSES}}
         self.wave = None
         self._publish(msg)
 
@@ -1011,7 +998,7 @@ class BrokerState:
             self.stop.done = True
             self._publish(EngineStopped(self.stop.reason))
         for client in self.stop.answer():
-            self._out.append(Reply(client, ShutdownReply(self.seq)))
+            self._out.append(Reply(client, ShutdownReply(self.view.seq)))
 
     # --- snapshot ------------------------------------------------------------------
 
@@ -1019,28 +1006,27 @@ class BrokerState:
         self, stage: str, status: str, code: str, reason: str, duration: float, error: str | None = None
     ) -> None:
         wave = self.wave.number if self.wave else self.wave_count
-        self.stage_view[stage] = StageView(str(status), str(code), reason, duration, wave, error)
+        self.view.set(stage, status, code, reason, duration, wave, error)
+
+    @property
+    def seq(self) -> int:
+        return self.view.seq
+
+    @property
+    def log_seq(self) -> int:
+        return self.view.log_seq
 
     def snapshot(self) -> Snapshot:
-        order = list(self.graph.order) if self.graph else sorted(self.stage_view)
-        return Snapshot(
-            seq=self.seq,
-            log_seq=self.log_seq,
+        return self.view.snapshot(
             wave=self.wave.number if self.wave else self.wave_count,
             wave_running=self.wave is not None,
-            stages=dict(self.stage_view),
-            order=order,
+            order=list(self.graph.order) if self.graph else sorted(self.view.stages),
             pipeline_error=self.pipeline_error,
-            last_wave=self.last_wave,
             paused=self.paused,
-            trigger=self.last_change[0],
-            paths=list(self.last_change[1]),
-            logs={k: list(v) for k, v in self.stage_logs.items() if v},
         )
 
     def _publish(self, msg: Message, parent: str | None = None) -> None:
-        self.seq += 1
-        self._out.append(Publish(msg, self.seq, parent))
+        self._out.append(self.view.publish(msg, parent))
 
     # --- invariants (tests call this after every step) -----------------------------
 
