@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from pivot.pipeline.graph import StageGraph
 from pivot.pipeline.manifest import Manifest
 from pivot.protocol.messages import Message
+from pivot.protocol.record import Record, record
 
 __all__ = [
     "ChangesConfirmed",
@@ -42,8 +43,8 @@ __all__ = [
 # --- events in ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class PoolJoined:
+@record
+class PoolJoined(Record):
     pool: str
     slots: int
     now: float
@@ -54,16 +55,16 @@ class PoolJoined:
     running: tuple[tuple[str, str], ...] = ()  # (attempt, stage) still in flight at hello
 
 
-@dataclass(frozen=True)
-class PoolHeard:
+@record
+class PoolHeard(Record):
     """Any message from a pool proves it alive."""
 
     pool: str
     now: float
 
 
-@dataclass(frozen=True)
-class PoolGone:
+@record
+class PoolGone(Record):
     """A pool is gone. `confirmed`: its processes are known dead (its supervisor killed
     its group and saw it exit), so its stages may run elsewhere at once; otherwise (no
     heartbeat) only after the fencing time."""
@@ -74,15 +75,15 @@ class PoolGone:
     leaving: bool = False  # it said goodbye: nothing new for it; forgotten once its results are in
 
 
-@dataclass(frozen=True)
-class ManifestArrived:
+@record
+class ManifestArrived(Record):
     pool: str  # whose loader made it
     manifest: Manifest
     graph: StageGraph
 
 
-@dataclass(frozen=True)
-class PoolManifest:
+@record
+class PoolManifest(Record):
     """A pool that is not the engine's manifest source loaded the pipeline: its
     manifest (None: its load failed, `error` says why) is compared with the engine's."""
 
@@ -91,14 +92,14 @@ class PoolManifest:
     error: str = ""
 
 
-@dataclass(frozen=True)
-class ManifestRejected:
+@record
+class ManifestRejected(Record):
     message: str
     detail: str
 
 
-@dataclass(frozen=True)
-class RunRequested:
+@record
+class RunRequested(Record):
     client: bytes
     stages: tuple[str, ...]
     force: bool
@@ -106,34 +107,34 @@ class RunRequested:
     cause: str = ""  # the run_request's message id
 
 
-@dataclass(frozen=True)
-class SnapshotRequested:
+@record
+class SnapshotRequested(Record):
     client: bytes
 
 
-@dataclass(frozen=True)
-class PauseRequested:
+@record
+class PauseRequested(Record):
     client: bytes
     paused: bool
 
 
-@dataclass(frozen=True)
-class ShutdownRequested:
+@record
+class ShutdownRequested(Record):
     client: bytes  # b"": the broker's own (a signal, its owner gone, giving up)
     grace_s: float = 0.0
     now: float = 0.0
     reason: str = ""  # set when the engine gives up: engine_stopped carries it
 
 
-@dataclass(frozen=True)
-class Noticed:
+@record
+class Noticed(Record):
     """Something to tell the displays (a supervised role was restarted)."""
 
     message: str
 
 
-@dataclass(frozen=True)
-class StageRunningReported:
+@record
+class StageRunningReported(Record):
     pool: str
     attempt: str
     reason_code: str
@@ -141,15 +142,15 @@ class StageRunningReported:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class WavePlanned:
+@record
+class WavePlanned(Record):
     pool: str
     wave: int
     up_to_date: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class ResultReceived:
+@record
+class ResultReceived(Record):
     pool: str
     attempt: str
     status: str
@@ -162,8 +163,8 @@ class ResultReceived:
     incarnation: str = ""  # of the pool that ran it ("" = not checked)
 
 
-@dataclass(frozen=True)
-class FilesReported:
+@record
+class FilesReported(Record):
     """The watcher saw these paths change (raw: not yet checked against the state cache)."""
 
     paths: tuple[str, ...]
@@ -171,20 +172,20 @@ class FilesReported:
     cause: str = ""  # the files_changed message's id
 
 
-@dataclass(frozen=True)
-class ChangesConfirmed:
+@record
+class ChangesConfirmed(Record):
     """Of the paths in the last `ConfirmChanges`, those whose content really changed."""
 
     paths: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class WatcherJoined:
+@record
+class WatcherJoined(Record):
     pid: int
 
 
-@dataclass(frozen=True)
-class Tick:
+@record
+class Tick(Record):
     now: float
 
 
@@ -212,28 +213,28 @@ Event = (
 # --- commands out ------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class SendWork:
+@record
+class SendWork(Record):
     pool: str
     msg: Message
 
 
-@dataclass(frozen=True)
-class Reply:
+@record
+class Reply(Record):
     client: bytes
     msg: Message
 
 
-@dataclass(frozen=True)
-class ConfirmChanges:
+@record
+class ConfirmChanges(Record):
     """Check these paths against the state cache (hashing, off the loop); answer with
     `ChangesConfirmed`."""
 
     paths: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class Publish:
+@record
+class Publish(Record):
     """A state event, with its sequence number."""
 
     msg: Message
@@ -241,22 +242,22 @@ class Publish:
     parent: str | None = None  # the id of the message that caused it
 
 
-@dataclass(frozen=True)
-class PublishLog:
+@record
+class PublishLog(Record):
     """A log line, with its own sequence number (log lines may be dropped)."""
 
     msg: Message
     seq: int
 
 
-@dataclass(frozen=True)
-class LoadOwnManifest:
+@record
+class LoadOwnManifest(Record):
     """Load the pipeline in a loader process beside the broker (the broker is its own
     manifest source); answer with ManifestArrived(pool="") or ManifestRejected."""
 
 
-@dataclass(frozen=True)
-class Note:
+@record
+class Note(Record):
     """Something the service should log (a warning: a message the state refused)."""
 
     text: str

@@ -64,6 +64,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--adopt-watcher", type=int, default=0, help="likewise a watcher process")
     p.add_argument("--lock-fd", type=int, default=-1,
                    help="the project's engine lock, already taken by `pivot up` (inherited)")
+    p.add_argument("--ready-fd", type=int, default=-1,
+                   help="write one byte to this (inherited) pipe once bound and published")
     return p.parse_args(argv)
 
 
@@ -199,6 +201,9 @@ def _serve(
             ) from None
         rundir.publish(service.endpoints, "up", broker=identity.id, bind=endpoints.control)
         print(f"pivot broker {identity.id}: control {service.endpoints.control}", file=sys.stderr, flush=True)
+        if args.ready_fd >= 0:  # `pivot up` waits on it rather than polling endpoints.json
+            os.write(args.ready_fd, b"1")
+            os.close(args.ready_fd)
         log.info("broker %s serving %s on %s", identity.id, root, service.endpoints.control)
         _run_loop(service, roles, args.grace, ShutdownRequested)
     finally:

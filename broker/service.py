@@ -20,7 +20,6 @@ import os
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,7 +117,7 @@ class BrokerIdentity:
     """Who this broker is, as its hello reply and `pivot ps` tell it."""
 
     project: str = ""
-    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])  # new at every start
+    id: str = field(default_factory=lambda: os.urandom(6).hex())  # new at every start
     pid: int = field(default_factory=os.getpid)
     host: str = field(default_factory=socket.gethostname)
 

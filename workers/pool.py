@@ -27,7 +27,6 @@ import socket
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -117,7 +116,7 @@ class PoolService:
         self.name = name
         self.jobs = max(1, jobs)
         self.link = link if isinstance(link, Link) else Link(work=link)
-        self.incarnation = uuid.uuid4().hex[:12]  # new at every start of this pool
+        self.incarnation = os.urandom(6).hex()  # new at every start of this pool
         self.broker_id = ""
         self.fenced = False  # stopped what it ran when the broker went silent
         self.next_hello = 0.0

@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,10 +106,15 @@ def start_live(root: Path, opts: UpOptions) -> int:
     lock_fd = rundir.hand_over()
     log = root / ".pivot" / "logs" / "broker.log"
     start = log.stat().st_size if log.exists() else 0
-    proc = _spawn(root, "broker", "broker", *args, "--lock-fd", str(lock_fd), pass_fds=(lock_fd,))
+    ready_r, ready_w = os.pipe()
+    try:
+        proc = _spawn(root, "broker", "broker", *args, "--lock-fd", str(lock_fd),
+                      "--ready-fd", str(ready_w), pass_fds=(lock_fd, ready_w))
+    finally:
+        os.close(ready_w)
     try:
         _import_display()  # while the broker starts: it binds before we can join it
-        control = _wait_ready(root, proc, log, start)
+        control = _wait_ready(root, proc, log, start, ready_r)
         engine = SpawnedEngine(control, proc, log, opts.grace_s, project_id(root))
     except BaseException:
         stop_broker(proc, grace_s=0.0)
@@ -162,24 +166,34 @@ def _kill(child: subprocess.Popen[bytes]) -> None:
         child.wait(3.0)
 
 
-def _wait_ready(root: Path, proc: subprocess.Popen[bytes], log: Path, start: int) -> str:
-    """The broker's control endpoint once it has bound (it rewrites endpoints.json)."""
+def _wait_ready(root: Path, proc: subprocess.Popen[bytes], log: Path, start: int, ready: int) -> str:
+    """The broker's control endpoint once it has bound: it writes a byte to the `ready`
+    pipe then (having rewritten endpoints.json), or exits, which closes the pipe."""
+    import select
+
     from pivot.transport.rundir import engine_info
 
-    deadline = time.monotonic() + READY_WITHIN_S
-    while time.monotonic() < deadline:
-        rc = proc.poll()
-        if rc is not None:
-            said = _since(log, start).strip()
-            message = said.splitlines()[-1].removeprefix("error: ") if said else _exit_text(rc)
-            if rc == 2:
-                raise UserError(message)
-            raise InfraError(f"the engine's broker did not start ({_exit_text(rc)}): {message}; see {log}")
+    try:
+        readable, _, _ = select.select([ready], [], [], READY_WITHIN_S)
+        said = os.read(ready, 1) if readable else b""
+    finally:
+        os.close(ready)
+    if said:
         info = engine_info(root)
         if info.get("pid") == proc.pid and isinstance(info.get("control"), str):
             return str(info["control"])
-        time.sleep(0.01)  # the broker writes endpoints.json within milliseconds of starting
-    raise InfraError(f"the engine's broker did not start within {READY_WITHIN_S:.0f} s; see {log}")
+        raise InfraError(f"the engine's broker started but {root / '.pivot' / 'run'} does not name it; see {log}")
+    if not readable:
+        raise InfraError(f"the engine's broker did not start within {READY_WITHIN_S:.0f} s; see {log}")
+    try:
+        rc = proc.wait(READY_WITHIN_S)  # it closed the pipe without a word: it is exiting
+    except subprocess.TimeoutExpired:
+        raise InfraError(f"the engine's broker did not start and did not exit; see {log}") from None
+    said_text = _since(log, start).strip()
+    message = said_text.splitlines()[-1].removeprefix("error: ") if said_text else _exit_text(rc)
+    if rc == 2:
+        raise UserError(message)
+    raise InfraError(f"the engine's broker did not start ({_exit_text(rc)}): {message}; see {log}")
 
 
 def _detached(engine: SpawnedEngine, opts: UpOptions) -> int:

@@ -14,13 +14,13 @@ import os
 import time
 import types
 import typing
-from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 
 from pivot.errors import ProtocolError
 from pivot.protocol.messages import MESSAGES, Message, Refused
+from pivot.protocol.record import Record, record
 
 __all__ = ["PROTOCOL_VERSION", "Envelope", "VersionMismatch", "decode", "encode", "new_id"]
 
@@ -39,21 +39,39 @@ class VersionMismatch(ProtocolError):
 _ENVELOPE_KEYS = frozenset({"v", "k", "id", "p", "s", "n", "t", "b"})
 
 
-def _build_registry() -> dict[str, tuple[type[Message], dict[str, Any]]]:
-    registry: dict[str, tuple[type[Message], dict[str, Any]]] = {}
+def _build_registry() -> dict[str, type[Message]]:
+    registry: dict[str, type[Message]] = {}
     for cls in MESSAGES:
         if not cls.TAG:
             raise TypeError(f"message class {cls.__name__} has no TAG")
         if cls.TAG in registry:
-            other = registry[cls.TAG][0].__name__
-            raise TypeError(f"duplicate wire tag {cls.TAG!r}: {cls.__name__} and {other}")
-        hints = typing.get_type_hints(cls)
-        fields = {f.name: hints[f.name] for f in dataclasses.fields(cls)}
-        registry[cls.TAG] = (cls, fields)
+            raise TypeError(f"duplicate wire tag {cls.TAG!r}: {cls.__name__} and {registry[cls.TAG].__name__}")
+        registry[cls.TAG] = cls
     return registry
 
 
 _REGISTRY = _build_registry()
+
+
+@record
+class _Layout(Record):
+    """A kind's fields with their types, and those whose values hold records (fixed-length
+    tuples, or record classes such as StageView sent as maps): only these are converted,
+    the others are taken as they come, which keeps encoding and decoding cheap."""
+
+    cls: type[Message]
+    fields: dict[str, Any]
+    records: frozenset[str]
+
+
+@functools.cache
+def _layout(kind: str) -> _Layout:
+    # Per kind and on first use: resolving every message's type hints at import cost
+    # every process a few ms of its start.
+    cls = _REGISTRY[kind]
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+    return _Layout(cls, fields, frozenset(n for n, hint in fields.items() if _holds_record(hint)))
 
 
 def _is_record(hint: Any) -> bool:
@@ -66,10 +84,6 @@ def _holds_record(hint: Any) -> bool:
     return any(_holds_record(arg) for arg in typing.get_args(hint))
 
 
-# Per kind, the fields whose values hold records: fixed-length tuples, or record classes
-# (a StageView) sent as maps. Only these are converted; the others are taken as they
-# come, which keeps encoding and decoding cheap.
-_RECORDS = {kind: {n for n, hint in fields.items() if _holds_record(hint)} for kind, (_, fields) in _REGISTRY.items()}
 _ids = itertools.count(1)
 _ID_PREFIX = f"{os.getpid():x}-{int(time.time() * 1000) & 0xFFFFFF:x}"
 
@@ -79,8 +93,8 @@ def new_id() -> str:
     return f"{_ID_PREFIX}-{next(_ids):x}"
 
 
-@dataclass(frozen=True)
-class Envelope:
+@record
+class Envelope(Record):
     msg: Message
     id: str
     parent: str | None
@@ -98,7 +112,7 @@ def encode(
     msg_id: str | None = None,
     ts: float | None = None,
 ) -> bytes:
-    records = _RECORDS[msg.TAG]
+    records = _layout(msg.TAG).records
     body = {
         f.name: _plain(getattr(msg, f.name)) if f.name in records else getattr(msg, f.name)
         for f in dataclasses.fields(msg)
@@ -140,10 +154,10 @@ def decode(data: bytes) -> Envelope:
             kind if isinstance(kind, str) else "",
             wire["s"] if isinstance(wire["s"], str) else "",
         )
-    entry = _REGISTRY.get(kind) if isinstance(kind, str) else None
-    if entry is None:
+    if not isinstance(kind, str) or kind not in _REGISTRY:
         raise ProtocolError(f"unknown message kind {kind!r}")
-    cls, fields = entry
+    layout = _layout(kind)
+    fields = layout.fields
     _check_envelope(wire)
     body = wire["b"]
     if not isinstance(body, dict):
@@ -158,8 +172,8 @@ def decode(data: bytes) -> Envelope:
             raise ProtocolError(
                 f"{kind}.{name}: expected {_describe(hint)}, got {_shape(body[name])}"
             )
-        values[name] = _typed(body[name], hint) if name in _RECORDS[kind] else body[name]
-    msg = cls(**values)
+        values[name] = _typed(body[name], hint) if name in layout.records else body[name]
+    msg = layout.cls(**values)
     return Envelope(msg, wire["id"], wire["p"], wire["s"], wire["n"], float(wire["t"]))
 
 

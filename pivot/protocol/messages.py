@@ -14,8 +14,10 @@ Sockets (see docs/protocol.md):
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, ClassVar
+
+from pivot.protocol.record import Record, record
 
 __all__ = [
     "MESSAGES",
@@ -90,13 +92,13 @@ class Status(enum.StrEnum):
 STATUSES = tuple(str(s) for s in Status if s not in (Status.PENDING, Status.RUNNING))
 
 
-@dataclass(frozen=True)
-class Message:
+@record
+class Message(Record):
     TAG: ClassVar[str] = ""
 
 
-@dataclass(frozen=True)
-class StageView:
+@record
+class StageView(Record):
     """A record inside a message (not a message of its own): one stage as the engine
     sees it, in the snapshot. On the wire a map of exactly these fields."""
 
@@ -111,7 +113,7 @@ class StageView:
 # --- handshake: every role says hello on the control link first -----------------------
 
 
-@dataclass(frozen=True)
+@record
 class Hello(Message):
     """Any process -> broker (control link), before anything else: who it is. Answered
     with `hello_reply` (where the broker's other sockets are) or `refused`."""
@@ -124,7 +126,7 @@ class Hello(Message):
     project: str  # the project id in the sender's .pivot/; "" = not checked (a viewer)
 
 
-@dataclass(frozen=True)
+@record
 class HelloReply(Message):
     """Broker -> client: accepted. `work`, `events`, `changes` are its other endpoints
     (a wildcard host stands for the host the client reached the control socket at);
@@ -144,7 +146,7 @@ class HelloReply(Message):
     access: str
 
 
-@dataclass(frozen=True)
+@record
 class Refused(Message):
     """Broker -> client: not accepted (`code`: "version", "project", "access"), and why.
     Its wire form is frozen: it is decoded whatever protocol version its envelope names,
@@ -159,7 +161,7 @@ class Refused(Message):
 # --- work link: pool <-> broker -------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record
 class PoolHello(Message):
     """Pool -> broker, first message on the work link, and again after a silence of the
     broker (it may have restarted). `slots` = stages it runs at once; `incarnation` is
@@ -177,7 +179,7 @@ class PoolHello(Message):
     running: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@record
 class PoolWelcome(Message):
     """Broker -> pool: accepted; heartbeat every `heartbeat_s`, lost after `liveness` misses."""
 
@@ -188,7 +190,7 @@ class PoolWelcome(Message):
     broker: str = ""  # the broker's id (new at every start of it)
 
 
-@dataclass(frozen=True)
+@record
 class Heartbeat(Message):
     """Both directions on the work link, from each side's own main loop."""
 
@@ -196,7 +198,7 @@ class Heartbeat(Message):
     pool: str
 
 
-@dataclass(frozen=True)
+@record
 class ManifestLoaded(Message):
     """Pool -> broker: the loader imported the pipeline; `manifest` is Manifest.to_wire()."""
 
@@ -205,7 +207,7 @@ class ManifestLoaded(Message):
     manifest: dict[str, Any]
 
 
-@dataclass(frozen=True)
+@record
 class ManifestFailed(Message):
     """Pool -> broker: the pipeline could not be loaded. `detail` = the user's traceback."""
 
@@ -215,7 +217,7 @@ class ManifestFailed(Message):
     detail: str
 
 
-@dataclass(frozen=True)
+@record
 class WatcherReady(Message):
     """Watcher -> broker (changes link): the OS watch is registered; edits from now on
     are seen."""
@@ -224,7 +226,7 @@ class WatcherReady(Message):
     pid: int
 
 
-@dataclass(frozen=True)
+@record
 class FilesChanged(Message):
     """Watcher -> broker (changes link): project-relative POSIX paths that were created,
     modified or deleted, ignore rules already applied. Coalesced: one message may stand
@@ -234,7 +236,7 @@ class FilesChanged(Message):
     paths: list[str]
 
 
-@dataclass(frozen=True)
+@record
 class LoadManifest(Message):
     """Broker -> pool: load the pipeline again in a fresh loader process.
 
@@ -247,7 +249,7 @@ class LoadManifest(Message):
     restart_workers: bool = False
 
 
-@dataclass(frozen=True)
+@record
 class ManifestAccepted(Message):
     """Broker -> pool: the manifest the pool last sent is the engine's now (its graph is
     valid). A pool told to restart its workers replaces them only now: a reload the
@@ -256,7 +258,7 @@ class ManifestAccepted(Message):
     TAG: ClassVar[str] = "manifest_accepted"
 
 
-@dataclass(frozen=True)
+@record
 class RunStage(Message):
     """Broker -> pool: decide skip-or-run for one stage and run it if stale."""
 
@@ -267,7 +269,7 @@ class RunStage(Message):
     force: bool
 
 
-@dataclass(frozen=True)
+@record
 class PlanWave(Message):
     """Broker -> pool: which of these stages are up to date as they stand?
 
@@ -282,7 +284,7 @@ class PlanWave(Message):
     upstream: dict[str, list[str]]
 
 
-@dataclass(frozen=True)
+@record
 class WavePlan(Message):
     """Pool -> broker: the stages of `wave` found up to date (skipped without dispatch)."""
 
@@ -291,7 +293,7 @@ class WavePlan(Message):
     up_to_date: list[str]
 
 
-@dataclass(frozen=True)
+@record
 class StageRunning(Message):
     """Pool -> broker: the stage was found stale and was handed to a worker."""
 
@@ -302,7 +304,7 @@ class StageRunning(Message):
     details: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@record
 class StageResult(Message):
     """Pool -> broker, resent until acknowledged by `ResultAck`.
 
@@ -322,7 +324,7 @@ class StageResult(Message):
     incarnation: str = ""  # of the pool that ran it: a result of an older one is rejected
 
 
-@dataclass(frozen=True)
+@record
 class ResultAck(Message):
     """Broker -> pool: the result of `attempt` is recorded; stop resending it."""
 
@@ -330,7 +332,7 @@ class ResultAck(Message):
     attempt: str
 
 
-@dataclass(frozen=True)
+@record
 class CancelStage(Message):
     """Broker -> pool: stop `attempt` now (`pivot up --restart`: its inputs changed while
     it ran). The pool answers with a `cancelled` StageResult, or with the attempt's real
@@ -341,7 +343,7 @@ class CancelStage(Message):
     reason: str
 
 
-@dataclass(frozen=True)
+@record
 class PoolLeaving(Message):
     """Pool -> broker: this pool stops (SIGTERM). Send it nothing new; what it runs comes
     back as `lost` results (run again elsewhere, uncharged); then forget it."""
@@ -350,7 +352,7 @@ class PoolLeaving(Message):
     pool: str
 
 
-@dataclass(frozen=True)
+@record
 class PoolShutdown(Message):
     """Broker -> pool: finish nothing new, stop workers, exit."""
 
@@ -360,7 +362,7 @@ class PoolShutdown(Message):
 # --- control link: client <-> broker --------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record
 class RunRequest(Message):
     """Client -> broker: run `stages` (and their upstream); all stages when empty."""
 
@@ -370,7 +372,7 @@ class RunRequest(Message):
     keep_going: bool
 
 
-@dataclass(frozen=True)
+@record
 class RunReply(Message):
     """Broker -> client: whether the run was queued; `message` says why not."""
 
@@ -379,12 +381,12 @@ class RunReply(Message):
     message: str
 
 
-@dataclass(frozen=True)
+@record
 class SnapshotRequest(Message):
     TAG: ClassVar[str] = "snapshot_request"
 
 
-@dataclass(frozen=True)
+@record
 class Snapshot(Message):
     """Broker -> client: everything a display shows, as of state event `seq`.
 
@@ -408,14 +410,14 @@ class Snapshot(Message):
     logs: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@record
 class PsRequest(Message):
     """Client -> broker: the engine's processes (`pivot ps`); answered with `ps_reply`."""
 
     TAG: ClassVar[str] = "ps_request"
 
 
-@dataclass(frozen=True)
+@record
 class PsReply(Message):
     """Broker -> client: one map per process: `role`, `name`, `pid`, `host`, `uptime_s`,
     `endpoint` (the broker), `slots`, `busy`, `tags` (pools)."""
@@ -424,7 +426,7 @@ class PsReply(Message):
     processes: list[dict[str, Any]]
 
 
-@dataclass(frozen=True)
+@record
 class PoolExited(Message):
     """Supervisor -> broker: the pool process it started has exited."""
 
@@ -433,7 +435,7 @@ class PoolExited(Message):
     returncode: int
 
 
-@dataclass(frozen=True)
+@record
 class PauseRequest(Message):
     """Client -> broker: stop (`paused`) or resume starting waves; answered with `RunReply`.
 
@@ -443,7 +445,7 @@ class PauseRequest(Message):
     paused: bool
 
 
-@dataclass(frozen=True)
+@record
 class ShutdownRequest(Message):
     """Client -> broker: stop the pools; the broker answers with `ShutdownReply`.
 
@@ -455,7 +457,7 @@ class ShutdownRequest(Message):
     grace_s: float = 0.0
 
 
-@dataclass(frozen=True)
+@record
 class ShutdownReply(Message):
     """Broker -> client: everything stopped; `seq` is the last state event published (a
     display that wants to show how the stages ended reads up to it)."""
@@ -468,7 +470,7 @@ class ShutdownReply(Message):
 # State events carry the state sequence number in the envelope; logs carry their own.
 
 
-@dataclass(frozen=True)
+@record
 class EventsWelcome(Message):
     """Published whenever a subscription arrives: the subscriber is now live at `seq`."""
 
@@ -476,7 +478,7 @@ class EventsWelcome(Message):
     seq: int
 
 
-@dataclass(frozen=True)
+@record
 class BusTick(Message):
     """Published every second: the latest state `seq`, so a display sees a trailing gap."""
 
@@ -485,7 +487,7 @@ class BusTick(Message):
     log_seq: int
 
 
-@dataclass(frozen=True)
+@record
 class PipelineLoaded(Message):
     TAG: ClassVar[str] = "pipeline_loaded"
     added: list[str]
@@ -493,14 +495,14 @@ class PipelineLoaded(Message):
     changed: list[str]
 
 
-@dataclass(frozen=True)
+@record
 class PipelineInvalid(Message):
     TAG: ClassVar[str] = "pipeline_invalid"
     message: str
     detail: str
 
 
-@dataclass(frozen=True)
+@record
 class WaveStarted(Message):
     TAG: ClassVar[str] = "wave_started"
     wave: int
@@ -511,7 +513,7 @@ class WaveStarted(Message):
     paths: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
+@record
 class StageStarted(Message):
     """A stage was found stale and started running (skipped stages never start)."""
 
@@ -523,7 +525,7 @@ class StageStarted(Message):
     details: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@record
 class StageFinished(Message):
     TAG: ClassVar[str] = "stage_finished"
     wave: int
@@ -536,7 +538,7 @@ class StageFinished(Message):
     details: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@record
 class LogLine(Message):
     TAG: ClassVar[str] = "log"
     stage: str
@@ -544,19 +546,19 @@ class LogLine(Message):
     line: str
 
 
-@dataclass(frozen=True)
+@record
 class Paused(Message):
     """No new wave starts until `resumed` (the live view's `p` key)."""
 
     TAG: ClassVar[str] = "paused"
 
 
-@dataclass(frozen=True)
+@record
 class Resumed(Message):
     TAG: ClassVar[str] = "resumed"
 
 
-@dataclass(frozen=True)
+@record
 class EngineStopped(Message):
     """The engine stopped: the last event; an attached display ends on it. `reason` is
     "" for a requested stop, else why the engine gave up (its processes kept crashing)."""
@@ -565,7 +567,7 @@ class EngineStopped(Message):
     reason: str = ""
 
 
-@dataclass(frozen=True)
+@record
 class Notice(Message):
     """Something the engine did on its own that a user should know (a pool or watcher
     it started exited and was restarted)."""
@@ -574,7 +576,7 @@ class Notice(Message):
     message: str
 
 
-@dataclass(frozen=True)
+@record
 class WaveFinished(Message):
     TAG: ClassVar[str] = "wave_finished"
     wave: int
@@ -587,7 +589,7 @@ class WaveFinished(Message):
     lost: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
+@record
 class PoolLost(Message):
     TAG: ClassVar[str] = "pool_lost"
     pool: str

@@ -26,7 +26,6 @@ import importlib.util
 import inspect
 import logging
 import os
-import platform
 import sys
 import types
 from collections.abc import Callable, Iterable
@@ -51,6 +50,9 @@ _FORMAT = "pivot-code-2"
 # function is not a code change (its key in `parts` still shows the real name).
 _STAGE_LABEL = "<stage>"
 _PYTHON = "python"
+# What platform.python_version() gives (it parses sys.version), without importing
+# platform: ~3 ms of every loader's start.
+_PYTHON_VERSION = sys.version.split()[0]
 
 _STDLIB_NAMES = frozenset(sys.stdlib_module_names) | frozenset(sys.builtin_module_names)
 _BUILTIN_NAMES = frozenset(vars(builtins))
@@ -340,7 +342,7 @@ class Fingerprinter:
         elif head in ns and head not in _IMPORT_DUNDERS:
             name, value = head, ns[head]
         elif head in _BUILTIN_NAMES:
-            node.parts[_PYTHON] = platform.python_version()
+            node.parts[_PYTHON] = _PYTHON_VERSION
             return
         else:
             return  # a local variable, or a name that does not exist (yet)
@@ -563,7 +565,7 @@ class Fingerprinter:
         if not top:
             return
         if top in _STDLIB_NAMES:
-            node.parts[_PYTHON] = platform.python_version()
+            node.parts[_PYTHON] = _PYTHON_VERSION
         else:
             node.parts[top] = self._version(top)
             self.externals.add(top)

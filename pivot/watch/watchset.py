@@ -31,11 +31,13 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from watchfiles._rust_notify import RustNotify
-
+from pivot.watch.notify import load_rust_notify
 from pivot.watch.plan import WatchPlan, abs_paths, under_any
+
+if TYPE_CHECKING:
+    from watchfiles._rust_notify import RustNotify
 
 __all__ = ["Changes", "WatchSet"]
 
@@ -143,7 +145,7 @@ class WatchSet:
         # (unreadable, or deleted since it was planned) instead of failing them all.
         paths = abs_paths(self.root, rels)
         before = set() if self.poll else _inotify_fds()
-        notify = RustNotify(paths, False, self.poll, self.poll_delay_ms, recursive, True)
+        notify = load_rust_notify()(paths, False, self.poll, self.poll_delay_ms, recursive, True)
         new_fds = set() if self.poll else _inotify_fds() - before
         return _Feed(notify, rels, new_fds.pop() if len(new_fds) == 1 else None)
 

@@ -75,7 +75,9 @@ def test_only_the_stage_whose_worker_died_is_charged(make_project: Callable[...,
     # (A later attempt may be lost with a later death too.)
     assert len(siblings) >= 2, lines
     assert siblings[1] != siblings[0], f"the lost attempt's worker survived: {lines}"
+    # Every attempt after the first was caused by one of the killer's deaths (lost with
+    # it, uncharged); an attempt can also be lost before its body wrote its note.
     starts = [e for e in events if e["event"] == "stage_started" and e["stage"] == "sibling"]
-    assert len(starts) == len(siblings), starts
+    assert len(siblings) <= len(starts) <= len(killers) + 1, (starts, lines)
     assert (root / "sibling.txt").read_text() == "done\n"
     assert json.loads((root / ".pivot" / "stages" / "sibling.lock").read_text())["stage"] == "sibling"

@@ -68,6 +68,7 @@ from pivot.protocol.messages import (
     WavePlan,
     WaveStarted,
 )
+from pivot.protocol.record import record
 
 # --- samples -----------------------------------------------------------------------------
 
@@ -578,13 +579,13 @@ def test_bad_list_item_error_is_not_self_contradictory() -> None:
 # --- registry ----------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
+@record
 class _DuplicateHello(Message):
     TAG: ClassVar[str] = "pool_hello"
     name: str
 
 
-@dataclasses.dataclass(frozen=True)
+@record
 class _Untagged(Message):
     name: str
 
@@ -606,9 +607,10 @@ def test_registry_rejects_missing_tag(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_registry_maps_tags_to_classes_and_fields() -> None:
     registry = codec._build_registry()
     for cls in MESSAGES:
-        reg_cls, fields = registry[cls.TAG]
-        assert reg_cls is cls
-        assert list(fields) == [f.name for f in dataclasses.fields(cls)]
+        assert registry[cls.TAG] is cls
+        layout = codec._layout(cls.TAG)
+        assert layout.cls is cls
+        assert list(layout.fields) == [f.name for f in dataclasses.fields(cls)]
 
 
 # --- manifest wire form ------------------------------------------------------------------

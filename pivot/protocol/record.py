@@ -1,0 +1,90 @@
+"""Frozen records that are cheap to define: the messages and the broker's events.
+
+`@dataclass(frozen=True)` compiles six methods per class from generated source
+(`__init__`, `__repr__`, `__eq__`, `__hash__`, `__setattr__`, `__delattr__`). With ~50
+messages that was 18 ms of every process's start (30-60 ms while the engine's processes
+start together on two cores: docs/benchmarks.md). `@record` compiles only `__init__`; the
+rest are shared methods of `Record`, which read the class's field names. A record is
+still a dataclass: `dataclasses.fields`, `replace` and `is_dataclass` work on it, and
+type checkers treat it as a frozen dataclass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, TypeVar, dataclass_transform
+
+__all__ = ["Record", "record"]
+
+T = TypeVar("T", bound="Record")
+
+
+class Record:
+    """Equality, hashing, repr and immutability for `@record` classes: by value, over
+    the fields, between instances of the same class only (as dataclasses do)."""
+
+    _FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    def _values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self._FIELDS)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash((self.__class__, self._values()))
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._FIELDS)
+        return f"{self.__class__.__qualname__}({inner})"
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise dataclasses.FrozenInstanceError(f"cannot delete field {name!r}")
+
+
+@dataclass_transform(frozen_default=True, field_specifiers=(dataclasses.field, dataclasses.Field))
+def record(cls: type[T]) -> type[T]:
+    """Make `cls` (a subclass of `Record`) a frozen dataclass with one generated method."""
+    if not issubclass(cls, Record):
+        raise TypeError(f"@record class {cls.__name__} must subclass Record")
+    if not cls.__dict__.get("__doc__"):
+        cls.__doc__ = cls.__name__  # else dataclass builds one with inspect.signature
+    dataclasses.dataclass(init=False, repr=False, eq=False)(cls)
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    cls._FIELDS = tuple(f.name for f in fields)
+    cls.__init__ = _make_init(cls, [f for f in fields if f.init])  # type: ignore[method-assign]
+    return cls
+
+
+def _make_init(cls: type, fields: list[dataclasses.Field[Any]]) -> Any:
+    names: dict[str, Any] = {"__set": object.__setattr__, "__MISSING": dataclasses.MISSING}
+    params: list[str] = []
+    body: list[str] = []
+    for f in fields:
+        if f.kw_only:
+            raise TypeError(f"@record {cls.__name__}.{f.name}: keyword-only fields are not supported")
+        if f.default is not dataclasses.MISSING:
+            names[f"__d_{f.name}"] = f.default
+            params.append(f"{f.name}=__d_{f.name}")
+        elif f.default_factory is not dataclasses.MISSING:
+            names[f"__f_{f.name}"] = f.default_factory
+            params.append(f"{f.name}=__MISSING")
+            body.append(f"if {f.name} is __MISSING: {f.name} = __f_{f.name}()")
+        else:
+            if len(params) != sum(1 for p in params if "=" not in p):
+                raise TypeError(f"@record {cls.__name__}: field {f.name!r} without a default follows one with a default")
+            params.append(f.name)
+        body.append(f"__set(self, {f.name!r}, {f.name})")
+    if hasattr(cls, "__post_init__"):
+        body.append("self.__post_init__()")
+    source = f"def __init__(self, {', '.join(params)}):\n    " + "\n    ".join(body or ["pass"])
+    namespace: dict[str, Any] = {}
+    exec(source, names, namespace)
+    init = namespace["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    return init
