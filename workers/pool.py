@@ -148,7 +148,8 @@ class PoolService:
     # --- plumbing ------------------------------------------------------------------
 
     def _socket(self, work_endpoint: str) -> zmq.Socket[bytes]:
-        sock = make_socket(self.ctx, zmq.DEALER)
+        # A pool its engine started (`--work`) connects before the broker has bound.
+        sock = make_socket(self.ctx, zmq.DEALER, steady=self.link.control is None)
         sock.setsockopt(zmq.ROUTING_ID, self.name.encode())
         if self.link.keys is not None:
             self.link.keys.apply(sock)

@@ -97,6 +97,7 @@ def main(argv: list[str]) -> int:
         # An engine bound on tcp with keys: this watcher needs one too (a watcher key).
         changes, keys = args.changes, client_keys(args.changes, args.key, args.broker_key, default_name="watcher")
     watcher = Watcher(args.root, changes, poll=args.poll, debounce_ms=args.debounce_ms, keys=keys)
+    watcher.early_connect = link is None
 
     def on_signal(signum: int, _frame: object) -> None:
         stop.set()

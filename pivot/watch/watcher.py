@@ -143,6 +143,8 @@ class Watcher:
         self._hold_since: float | None = None
         self._hold_warned = False
         self._rechecks: deque[tuple[float, dict[str, Signature]]] = deque()
+        # Started by `pivot up` beside its broker: it connects before the broker binds.
+        self.early_connect = False
         self._retarget: str | None = None  # a new broker's changes endpoint, from retarget()
         self._keys: Any = keys  # CURVE keys for the PUSH socket (pivot.transport.curve)
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
@@ -199,7 +201,7 @@ class Watcher:
 
     def _push(self, endpoint: str) -> zmq.Socket[bytes]:
         assert self._ctx is not None, "retarget() needs a watcher that owns its socket"
-        sock = make_socket(self._ctx, zmq.PUSH)
+        sock = make_socket(self._ctx, zmq.PUSH, steady=self.early_connect)
         sock.setsockopt(zmq.SNDHWM, self.sndhwm)
         if self._keys is not None:
             self._keys.apply(sock)
