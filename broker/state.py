@@ -224,7 +224,7 @@ class BrokerState:
         self.fenced: dict[str, Fenced] = {}  # pool name -> its attempts held back
         self.manifest: Manifest | None = None
         self.graph: StageGraph | None = None
-        self.pipeline_error: dict[str, Any] | None = None
+        self.pipeline_error: PipelineInvalid | None = None  # in force until a manifest loads
         self.pending: PendingRun | None = None
         # Requests that arrived before any valid manifest: they are answered once stage
         # names can be checked (a fix of a broken pipeline may still come).
@@ -256,8 +256,8 @@ class BrokerState:
             case PoolManifest():
                 self._pool_manifest(event)
             case ManifestRejected():
-                self.pipeline_error = {"message": event.message, "detail": event.detail}
-                self._publish(PipelineInvalid(event.message, event.detail))
+                self.pipeline_error = PipelineInvalid(event.message, event.detail)
+                self._publish(self.pipeline_error)
                 self._reload_answered()
             case RunRequested():
                 self._run_requested(event)
@@ -782,7 +782,7 @@ class BrokerState:
         for s in wave.stages:
             by_status.setdefault(wave.done[s], []).append(s)
         msg = WaveFinished(wave.number, *(by_status.get(k, []) for k in STATUSES))
-        self.view.last_wave = {"wave": msg.wave, **{k: getattr(msg, k) for k in STATUSES}}
+        self.view.last_wave = msg
         self.wave = None
         self._publish(msg)
 

@@ -8,10 +8,16 @@ events and of log lines, so a display can tell a gap and catch up from `snapshot
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from broker.events import Publish, PublishLog
-from pivot.protocol.messages import LogLine, Message, Snapshot, StageView
+from pivot.protocol.messages import (
+    LogLine,
+    Message,
+    PipelineInvalid,
+    Snapshot,
+    StageView,
+    WaveFinished,
+)
 
 __all__ = ["LOG_TAIL", "EngineView"]
 
@@ -23,7 +29,7 @@ class EngineView:
     stages: dict[str, StageView] = field(default_factory=dict)
     logs: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     last_change: tuple[str, list[str]] = ("run", [])  # trigger and paths of the last wave
-    last_wave: dict[str, Any] | None = None  # the last wave_finished body
+    last_wave: WaveFinished | None = None
     seq: int = 0  # of the last state event published
     log_seq: int = 0  # of the last log line published
 
@@ -50,7 +56,7 @@ class EngineView:
         return out
 
     def snapshot(
-        self, *, wave: int, wave_running: bool, order: list[str], pipeline_error: dict[str, Any] | None,
+        self, *, wave: int, wave_running: bool, order: list[str], pipeline_error: PipelineInvalid | None,
         paused: bool,
     ) -> Snapshot:
         return Snapshot(

@@ -96,7 +96,10 @@ def engine_json(snap: Snapshot, only: set[str] | None = None) -> dict[str, Any]:
         "wave": snap.wave,
         "wave_running": snap.wave_running,
         "paused": snap.paused,
-        "pipeline_error": snap.pipeline_error,
+        "pipeline_error": (
+            {"message": snap.pipeline_error.message, "detail": snap.pipeline_error.detail}
+            if snap.pipeline_error else None
+        ),
         "stages": stages,
     }
 
@@ -118,13 +121,15 @@ def header_lines(snap: Snapshot) -> list[str]:
         if last is None:
             summary = "no wave ran yet"
         else:
-            parts = [f"{len(v)} {k}" for k, v in last.items() if k != "wave" and v]
-            summary = f"last wave {last.get('wave')}: {', '.join(parts) or 'no stages'}"
+            from pivot.protocol.messages import STATUSES
+
+            parts = [f"{len(names)} {status}" for status in STATUSES if (names := getattr(last, status))]
+            summary = f"last wave {last.wave}: {', '.join(parts) or 'no stages'}"
     lines = [f"engine: pivot up is running ({state}); {summary}"]
     error = snap.pipeline_error
     if error:
         kept = "; it keeps the last good pipeline loaded" if snap.stages else ""
-        lines.append(f"engine: pipeline error: {error.get('message', '')}{kept}")
+        lines.append(f"engine: pipeline error: {error.message}{kept}")
     return lines
 
 

@@ -135,10 +135,10 @@ def _from_snapshot(snap: Snapshot, outcome: Outcome) -> None:
         outcome.code = 2
         return
     last = snap.last_wave
-    if last is None or last["wave"] <= outcome.history or snap.wave_running:
+    if last is None or last.wave <= outcome.history or snap.wave_running:
         return
-    if outcome.wave in (None, last["wave"]):
-        outcome.code = 1 if wave_failed(WaveFinished(**last)) else 0
+    if outcome.wave in (None, last.wave):
+        outcome.code = 1 if wave_failed(last) else 0
 
 
 def run_live(

@@ -214,13 +214,13 @@ def _detached(engine: SpawnedEngine, opts: UpOptions) -> int:
             return 2
         error = None
         if isinstance(item, Envelope) and isinstance(item.msg, PipelineInvalid):
-            error = {"message": item.msg.message, "detail": item.msg.detail}
+            error = item.msg
         elif isinstance(item, Snapshot) and item.pipeline_error:
             error = item.pipeline_error
         if error is not None:
-            print(f"error: {error.get('message', '')}", file=sys.stderr)
-            if error.get("detail"):
-                print(error["detail"], file=sys.stderr)
+            print(f"error: {error.message}", file=sys.stderr)
+            if error.detail:
+                print(error.detail, file=sys.stderr)
             return 2
         started = (isinstance(item, Envelope) and isinstance(item.msg, WaveStarted)) or (
             isinstance(item, Snapshot) and item.wave > seen

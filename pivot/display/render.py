@@ -51,7 +51,6 @@ __all__ = [
     "show_engine_start",
     "stage_order",
     "wave_failed",
-    "wave_finished_from",
     "wave_summary",
 ]
 
@@ -207,18 +206,14 @@ class Progress:
         what it shows is history, not missed, and will never be shown by `catch_up`."""
         self.base_wave = snap.wave
         if snap.pipeline_error:
-            self.pipeline_error = (
-                str(snap.pipeline_error.get("message", "")),
-                str(snap.pipeline_error.get("detail", "")),
-            )
+            self.pipeline_error = (snap.pipeline_error.message, snap.pipeline_error.detail)
         if snap.wave >= 1:
             self.started.add(snap.wave)
         for stage, view in snap.stages.items():
             if view.status in FINAL_STATUSES:
                 self.finished.add((view.wave, stage))
-        last = wave_finished_from(snap.last_wave)
-        if last is not None:
-            self.summarized.add(last.wave)
+        if snap.last_wave is not None:
+            self.summarized.add(snap.last_wave.wave)
 
     def catch_up(self, snap: Snapshot) -> list[Message]:
         """Messages for what `snap` shows and this display did not: a missed pipeline
@@ -229,10 +224,7 @@ class Progress:
         out: list[Message] = []
 
         if snap.pipeline_error:
-            error = (
-                str(snap.pipeline_error.get("message", "")),
-                str(snap.pipeline_error.get("detail", "")),
-            )
+            error = (snap.pipeline_error.message, snap.pipeline_error.detail)
             if error != self.pipeline_error:
                 self.pipeline_error = error
                 out.append(PipelineInvalid(*error))
@@ -256,7 +248,7 @@ class Progress:
                 )
             )
 
-        last = wave_finished_from(snap.last_wave)
+        last = snap.last_wave
         waves = set(outcomes)
         if last is not None and last.wave >= base and last.wave not in self.summarized:
             waves.add(last.wave)
@@ -292,22 +284,6 @@ def stage_order(order: Iterable[str], views: dict[str, Any]) -> list[str]:
     return known + sorted(set(views) - set(known))
 
 
-def wave_finished_from(body: dict[str, Any] | None) -> WaveFinished | None:
-    """A snapshot's `last_wave` body as the `WaveFinished` it came from (None if absent)."""
-    if not body or not isinstance(body, dict) or "wave" not in body:
-        return None
-
-    def names(key: str) -> list[str]:
-        value = body.get(key) or []
-        return [str(v) for v in value] if isinstance(value, list) else []
-
-    return WaveFinished(_int(body["wave"]), *(names(k) for k in _WAVE_LISTS))
-
-
-def _int(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
 def show_engine_start(renderer: Renderer, snap: Snapshot) -> None:
     """Join an engine this display has just started (`pivot up`). Its pipeline may have
     loaded (or failed to) before the display joined: that is news, shown as its event.
@@ -316,9 +292,9 @@ def show_engine_start(renderer: Renderer, snap: Snapshot) -> None:
     import time
 
     renderer.baseline(dataclasses.replace(snap, pipeline_error=None))
+    msg: Message
     if snap.pipeline_error:
-        error = snap.pipeline_error
-        msg: Message = PipelineInvalid(str(error.get("message", "")), str(error.get("detail", "")))
+        msg = snap.pipeline_error
     elif snap.order:
         msg = PipelineLoaded(list(snap.order), [], [])
     else:

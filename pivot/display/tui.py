@@ -31,7 +31,6 @@ from pivot.display.render import (
     format_duration,
     stage_order,
     wave_failed,
-    wave_finished_from,
     wave_summary,
 )
 from pivot.protocol.codec import Envelope
@@ -134,10 +133,7 @@ class TuiRenderer:
             if snap.wave_running:
                 self._apply_snapshot(snap)
             elif snap.pipeline_error:
-                self._pipeline_error = (
-                    str(snap.pipeline_error.get("message", "")),
-                    str(snap.pipeline_error.get("detail", "")),
-                )
+                self._pipeline_error = (snap.pipeline_error.message, snap.pipeline_error.detail)
         self._ensure_live()
 
     def close(self, dropped_logs: int) -> None:
@@ -234,20 +230,15 @@ class TuiRenderer:
 
     def _apply_snapshot(self, snap: Snapshot) -> list[RenderableType]:
         above: list[RenderableType] = []
-        if snap.pipeline_error:
-            self._pipeline_error = (
-                str(snap.pipeline_error.get("message", "")),
-                str(snap.pipeline_error.get("detail", "")),
-            )
-        else:
-            self._pipeline_error = None
+        error = snap.pipeline_error
+        self._pipeline_error = (error.message, error.detail) if error else None
         if snap.wave < 1:
             return above
         views = snap.stages
         members = [s for s in stage_order(snap.order, views) if views[s].wave == snap.wave]
         if snap.wave != self._wave:
-            if self._summary is None and snap.last_wave and snap.last_wave.get("wave") == self._wave:
-                self._summary = wave_finished_from(snap.last_wave)
+            if self._summary is None and snap.last_wave and snap.last_wave.wave == self._wave:
+                self._summary = snap.last_wave
             above += self._leave_wave()
             self._rows, self._wave_t0, self._wave_t1 = {}, None, None
         self._wave, self._wave_running = snap.wave, snap.wave_running
@@ -268,11 +259,7 @@ class TuiRenderer:
                     self._logs.append(LogLine(stage, stream, line))
                     self._stage_tail(stage).append(LogLine(stage, stream, line))
         last = snap.last_wave
-        self._summary = (
-            wave_finished_from(last)
-            if not snap.wave_running and last and last.get("wave") == snap.wave
-            else None
-        )
+        self._summary = last if not snap.wave_running and last and last.wave == snap.wave else None
         return above
 
     # --- rich ----------------------------------------------------------------------

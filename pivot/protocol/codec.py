@@ -75,7 +75,9 @@ def _layout(kind: str) -> _Layout:
 
 
 def _is_record(hint: Any) -> bool:
-    return isinstance(hint, type) and dataclasses.is_dataclass(hint) and not issubclass(hint, Message)
+    """A record class (StageView), or a message's class as a field's type (the snapshot's
+    last `wave_finished`): a map of its fields on the wire."""
+    return isinstance(hint, type) and dataclasses.is_dataclass(hint)
 
 
 def _holds_record(hint: Any) -> bool:

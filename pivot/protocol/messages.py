@@ -390,8 +390,9 @@ class SnapshotRequest(Message):
 class Snapshot(Message):
     """Broker -> client: everything a display shows, as of state event `seq`.
 
-    `stages` maps name -> its StageView. `last_wave` is the last
-    wave_finished body, or None. `trigger` and `paths` are those of wave `wave` (the last
+    `stages` maps name -> its StageView. `pipeline_error` is the `pipeline_invalid` in
+    force (None once the pipeline loads), `last_wave` the last `wave_finished`, or None:
+    each on the wire as its message's body. `trigger` and `paths` are those of wave `wave` (the last
     change); `logs` maps a stage to the last lines (stream, line) of its last run.
     """
 
@@ -402,8 +403,8 @@ class Snapshot(Message):
     wave_running: bool
     stages: dict[str, StageView]
     order: list[str]
-    pipeline_error: dict[str, Any] | None
-    last_wave: dict[str, Any] | None
+    pipeline_error: PipelineInvalid | None
+    last_wave: WaveFinished | None
     paused: bool = False
     trigger: str = "run"
     paths: list[str] = field(default_factory=list)

@@ -144,7 +144,7 @@ def test_a_late_display_gets_the_finished_state_from_its_snapshot(engine: Engine
     late = EngineClient(engine.ctx, engine.endpoints, "late")
     try:
         snap = late.join(timeout=10)
-        assert snap.last_wave is not None and snap.last_wave["ran"] == ["first", "second"]
+        assert snap.last_wave is not None and snap.last_wave.ran == ["first", "second"]
         assert {k: v.status for k, v in snap.stages.items()} == {"first": "ran", "second": "ran"}
     finally:
         late.close()

@@ -376,7 +376,7 @@ def test_manifest_rejected_publishes_the_error_and_snapshot_keeps_it() -> None:
     assert published(commands, PipelineInvalid) == [PipelineInvalid("pipeline.py failed to import", "Traceback ...")]
     [reply] = h.feed(SnapshotRequested(CLIENT))
     assert isinstance(reply, Reply) and isinstance(reply.msg, Snapshot)
-    assert reply.msg.pipeline_error == {"message": "pipeline.py failed to import", "detail": "Traceback ..."}
+    assert reply.msg.pipeline_error == PipelineInvalid("pipeline.py failed to import", "Traceback ...")
 
 
 def test_snapshot_has_every_stage_state_and_the_latest_seq() -> None:

@@ -111,16 +111,7 @@ _STAGE_ROW = {
     "error": "ValueError: bad shape",
 }
 
-_LAST_WAVE = {
-    "wave": 2,
-    "ran": ["prepare"],
-    "skipped": [],
-    "failed": [],
-    "blocked": [],
-    "cancelled": [],
-    "lost": [],
-    "restored": [],
-}
+_LAST_WAVE = WaveFinished(2, ran=["prepare"], restored=[], skipped=[], failed=[], blocked=[], cancelled=[], lost=["x"])
 
 # One realistic instance per wire message, every field set away from its default.
 SAMPLES: dict[type[Message], Message] = {
@@ -185,7 +176,7 @@ SAMPLES: dict[type[Message], Message] = {
             "train": StageView(**_STAGE_ROW),
         },
         order=["prepare", "train"],
-        pipeline_error={"message": "stage 'x' is defined twice", "detail": ""},
+        pipeline_error=PipelineInvalid("stage 'x' is defined twice", "the detail"),
         last_wave=_LAST_WAVE,
         paused=True,
         trigger="files",
@@ -691,3 +682,23 @@ def test_a_stage_view_must_be_a_map_of_exactly_its_fields() -> None:
     ):
         with pytest.raises(ProtocolError, match=match):
             decode(_msg("snapshot", {**good, "stages": {"train": bad}}))
+
+
+def test_snapshot_sends_its_last_wave_and_pipeline_error_as_their_messages_bodies() -> None:
+    snap = SAMPLES[Snapshot]
+    wire = msgpack.unpackb(encode(snap, sender="broker"), raw=False)
+    assert wire["b"]["last_wave"] == {
+        "wave": 2, "ran": ["prepare"], "restored": [], "skipped": [], "failed": [], "blocked": [],
+        "cancelled": [], "lost": ["x"],
+    }
+    assert wire["b"]["pipeline_error"] == {"message": "stage 'x' is defined twice", "detail": "the detail"}
+    back = decode(encode(snap, sender="broker")).msg
+    assert isinstance(back, Snapshot) and back == snap
+    assert isinstance(back.last_wave, WaveFinished) and isinstance(back.pipeline_error, PipelineInvalid)
+
+
+def test_snapshot_with_a_last_wave_missing_a_list_is_refused() -> None:
+    body = _body(Snapshot)
+    del body["last_wave"]["lost"]
+    with pytest.raises(ProtocolError, match=r"snapshot\.last_wave: expected"):
+        decode(_msg("snapshot", body))

@@ -94,8 +94,8 @@ def view(status: str, wave: int = 1, reason_code: str = "", reason: str = "",
 
 
 def snapshot(stages: dict[str, StageView], *, wave: int = 1, wave_running: bool = False,
-             last_wave: dict[str, Any] | None = None,
-             pipeline_error: dict[str, Any] | None = None) -> Snapshot:
+             last_wave: WaveFinished | None = None,
+             pipeline_error: PipelineInvalid | None = None) -> Snapshot:
     return Snapshot(
         seq=99,
         log_seq=7,
@@ -118,8 +118,8 @@ def wave1_done_snapshot() -> Snapshot:
                         duration_s=0.2, error=TB),
             "evaluate": view("blocked", reason_code="blocked", reason=EVALUATE_BLOCKED.reason),
         },
-        last_wave={"wave": 1, "ran": ["prepare"], "skipped": ["features"], "failed": ["fit"],
-                   "blocked": ["evaluate"], "cancelled": [], "lost": []},
+        last_wave=WaveFinished(1, ran=["prepare"], restored=[], skipped=["features"], failed=["fit"],
+                               blocked=["evaluate"], cancelled=[]),
     )
 
 
@@ -333,9 +333,9 @@ def test_plain_resync_missed_wave_start_and_pipeline_error() -> None:
         {"prepare": view("skipped", wave=2, reason="up to date"),
          "fit": view("pending", wave=2), "features": view("ran", wave=1)},
         wave=2, wave_running=True,
-        last_wave={"wave": 1, "ran": ["features"], "skipped": [], "failed": [], "blocked": [],
-                   "cancelled": [], "lost": []},
-        pipeline_error={"message": "bad params", "detail": ""},
+        last_wave=WaveFinished(1, ran=["features"], restored=[], skipped=[], failed=[], blocked=[],
+                               cancelled=[]),
+        pipeline_error=PipelineInvalid("bad params", ""),
     ))
     # Wave 1 was over before this display knew of any wave: history, not shown.
     assert out.getvalue().splitlines() == [
