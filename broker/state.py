@@ -10,7 +10,7 @@ wave is in flight; run requests arriving meanwhile are merged into the next one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from broker.debounce import ChangeQueue
@@ -41,15 +41,17 @@ from broker.events import (
     WatcherJoined,
     WavePlanned,
 )
+from broker.pools import PoolInfo, PoolTable
+from broker.reload import Reload
 from broker.stopping import StopPlan
 from broker.view import EngineView
+from broker.wave import PendingRun, Wave
 from pivot.pipeline.graph import StageGraph
 from pivot.pipeline.manifest import Manifest
 from pivot.pipeline.params import PARAMS_FILE
 from pivot.pipeline.producers import inside
 from pivot.pipeline.project import PIPELINE_FILE
 from pivot.protocol.messages import (
-    STATUSES,
     CancelStage,
     EngineStopped,
     Heartbeat,
@@ -73,7 +75,6 @@ from pivot.protocol.messages import (
     StageFinished,
     StageStarted,
     Status,
-    WaveFinished,
     WaveStarted,
 )
 from pivot.state.reasons import ReasonCode
@@ -84,97 +85,6 @@ HEARTBEAT_S = 1.0
 LIVENESS = 3
 OK_STATUSES = frozenset({Status.RAN, Status.RESTORED, Status.SKIPPED})
 MAX_CHARGES = 3  # a stage whose own worker dies this often in one wave fails
-# A pool silent for heartbeat * liveness stops its own stages (workers/pool.py). The
-# broker stops heartbeating a pool it lost, so that pool notices at most that long after
-# the loss; its stages run elsewhere only after that plus time to kill its workers.
-FENCE_MARGIN_S = 2.0
-@dataclass
-class PoolInfo:
-    slots: int
-    last_heard: float
-    last_sent: float
-    attempts: set[str] = field(default_factory=set)
-    incarnation: str = ""
-    tags: frozenset[str] = frozenset()
-    host: str = ""
-    pid: int = 0
-    joined: float = 0.0
-    # Attempts it was running when it said hello (from before a broker restart): they
-    # hold a slot, and no other attempt of their stages starts until they end.
-    foreign: dict[str, str] = field(default_factory=dict)
-    leaving: bool = False  # it said goodbye: nothing new; forgotten once its results are in
-    # Its own manifest matches the engine's (since the last reload): it may run stages,
-    # but none of `mismatched` (another checkout's code for them).
-    current: bool = False
-    manifest: Manifest | None = None
-    mismatched: frozenset[str] = frozenset()
-
-    def free(self) -> int:
-        if self.leaving or not self.current:
-            return 0
-        return self.slots - len(self.attempts) - len(self.foreign)
-
-
-@dataclass
-class Fenced:
-    """The attempts of a pool lost without proof of death (no heartbeat): they may still
-    run there until that pool notices and stops them, so they run elsewhere only at
-    `release_at` (or once its death is confirmed)."""
-
-    release_at: float
-    attempts: list[str]
-    reason: str
-
-
-@dataclass
-class Wave:
-    number: int
-    stages: list[str]  # topological order
-    force: bool
-    keep_going: bool
-    waiting: dict[str, int]  # stage -> upstream stages in the wave not yet finished
-    ready: list[str] = field(default_factory=list)
-    running: dict[str, str] = field(default_factory=dict)  # attempt -> stage
-    done: dict[str, str] = field(default_factory=dict)  # stage -> final status
-    halted: bool = False  # fail-fast tripped: dispatch nothing new
-    planner: str | None = None  # the pool asked which stages are up to date; None = not waiting
-    code_halt: bool = False  # stopped by a code change: cancelled stages run again after it
-    charges: dict[str, int] = field(default_factory=dict)  # stage -> deaths of its own worker
-    restarting: set[str] = field(default_factory=set)  # `--restart`: cancel asked, runs again
-    position: dict[str, int] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.position = {s: i for i, s in enumerate(self.stages)}
-
-    def sort_ready(self) -> None:
-        self.ready.sort(key=self.position.__getitem__)
-
-
-@dataclass
-class PendingRun:
-    stages: set[str] | None  # None = every stage
-    force: bool
-    keep_going: bool
-    # exact: these stages and their downstream (a change's effect), without their upstream
-    exact: bool = False
-    trigger: str = "run"
-    paths: list[str] = field(default_factory=list)
-    # The id of the message that caused it (a run_request, a files_changed): the wave's
-    # wave_started names it as its parent, so a wave can be traced to its cause.
-    cause: str | None = None
-
-    def merge(self, other: PendingRun) -> None:
-        self.cause = self.cause or other.cause
-        if self.stages is None or other.stages is None:
-            self.stages = None
-        else:
-            self.stages |= other.stages
-        self.exact = self.exact and other.exact and self.stages is not None
-        self.force = self.force or other.force
-        self.keep_going = other.keep_going
-        if other.trigger != self.trigger:
-            self.trigger = "run" if "run" in (self.trigger, other.trigger) else "code"
-        self.paths = sorted(set(self.paths) | set(other.paths))
 
 
 @dataclass
@@ -210,18 +120,13 @@ class BrokerState:
         self.manifest_source = manifest_source
         self.heartbeat_s = heartbeat_s
         self.liveness = liveness
-        self.last_tick: float | None = None
         self.live = live  # None: one-shot (`repro`); file changes are not acted on
         # Live mode: raw changed paths waiting for the quiet window, then for a check.
         self.changes = ChangeQueue(live.debounce_s, live.max_wait_s) if live else ChangeQueue(0.0, 0.0)
-        self.reloading = False  # a LoadManifest is out; no wave starts until it answers
-        self.reload_again: bool | None = None  # another reload asked meanwhile (restart?)
-        self.carry: set[str] = set()  # stages a code change stopped: run after the reload
-        self.reload_trigger: tuple[str, list[str]] = ("code", [])
+        self.reload = Reload()
         self.watchers_joined = 0
         self.paused = False  # no new wave starts (changes are still collected)
-        self.pools: dict[str, PoolInfo] = {}
-        self.fenced: dict[str, Fenced] = {}  # pool name -> its attempts held back
+        self.pools = PoolTable(heartbeat_s, liveness)
         self.manifest: Manifest | None = None
         self.graph: StageGraph | None = None
         self.pipeline_error: PipelineInvalid | None = None  # in force until a manifest loads
@@ -244,9 +149,7 @@ class BrokerState:
             case PoolJoined():
                 self._pool_joined(event)
             case PoolHeard():
-                pool = self.pools.get(event.pool)
-                if pool is not None:
-                    pool.last_heard = event.now
+                self.pools.heard(event.pool, event.now)
             case PoolGone() if event.leaving:
                 self._pool_leaving(event.pool)
             case PoolGone():
@@ -307,21 +210,20 @@ class BrokerState:
             # under the old name: the old one may still run its attempts (held back).
             old.attempts -= ours if same else set()
             self._pool_gone(event.pool, "pool reconnected", confirmed=same)
-        fenced = self.fenced.get(event.pool)
-        if fenced is not None:
+        if self.pools.is_fenced(event.pool):
             # It is back: what it still runs stays its own; the rest may run elsewhere.
-            fenced.attempts = [a for a in fenced.attempts if a not in ours]
+            self.pools.keep_fenced_except(event.pool, ours)
             self._release(event.pool)
         # Attempts of this wave it still runs are its own again; others (from before a
         # broker restart) hold their stages until they end.
-        self.pools[event.pool] = PoolInfo(
+        new = PoolInfo(
             max(1, event.slots), event.now, event.now, attempts=ours, incarnation=event.incarnation,
             tags=event.tags, host=event.host, pid=event.pid, joined=event.now,
             foreign={a: s for a, s in running.items() if a not in ours},
         )
         if same and old is not None:  # the same process: its manifest has not changed
-            new = self.pools[event.pool]
             new.manifest, new.current, new.mismatched = old.manifest, old.current, old.mismatched
+        self.pools.add(event.pool, new)
         self._send(event.pool, PoolWelcome(event.pool, self.heartbeat_s, self.liveness, self.broker_id))
 
     def _pool_manifest(self, event: PoolManifest) -> None:
@@ -339,7 +241,7 @@ class BrokerState:
         """Compare a pool's manifest with the engine's: once both are in (after a reload),
         it may run every stage whose spec it shares, and replaces its workers now."""
         pool = self.pools[name]
-        if pool.current or pool.manifest is None or self.manifest is None or self.reloading:
+        if pool.current or pool.manifest is None or self.manifest is None or self.reload.active:
             return
         if self.pipeline_error is not None:
             return  # the engine's own load failed: the pool keeps its workers
@@ -366,17 +268,15 @@ class BrokerState:
 
     def _forget_if_left(self, name: str) -> None:
         """A pool that said goodbye is forgotten once none of its attempts is out."""
-        pool = self.pools.get(name)
-        if pool is not None and pool.leaving and not pool.attempts and not pool.foreign:
-            del self.pools[name]
+        if self.pools.forget_if_left(name):
             self._publish(Notice(f"worker pool {name} left"))
             if self.wave is not None and self.wave.planner == name:
                 self.wave.planner = None
 
     def _pool_gone(self, name: str, reason: str, confirmed: bool = True) -> None:
-        pool = self.pools.pop(name, None)
+        pool = self.pools.remove(name)
         if pool is None:
-            if confirmed and name in self.fenced:  # its processes are dead now: no wait
+            if confirmed and self.pools.is_fenced(name):  # its processes are dead now: no wait
                 self._release(name)
             return
         wave = self.wave
@@ -390,9 +290,7 @@ class BrokerState:
         if not confirmed and attempts:
             # It may still be running them: they stay "running" here until it has had
             # the time to notice and stop them (or its death is confirmed).
-            now = self.last_tick if self.last_tick is not None else 0.0
-            release_at = now + self.heartbeat_s * self.liveness + FENCE_MARGIN_S
-            self.fenced[name] = Fenced(release_at, attempts, reason)
+            self.pools.fence(name, attempts, reason)
             return
         for attempt in attempts:
             del wave.running[attempt]
@@ -400,9 +298,9 @@ class BrokerState:
 
     def _release(self, name: str) -> None:
         """A lost pool's held-back attempts may run elsewhere now."""
-        fenced = self.fenced.pop(name)
+        fenced = self.pools.release(name)
         wave = self.wave
-        if wave is None:
+        if fenced is None or wave is None:
             return
         lost = sorted(wave.running.pop(a) for a in fenced.attempts if a in wave.running)
         self._requeue_lost(lost, fenced.reason)
@@ -414,7 +312,7 @@ class BrokerState:
         for stage in lost:
             if wave.halted:  # nothing new starts in this wave (a failure, code change, stop)
                 if wave.code_halt:
-                    self.carry.add(stage)
+                    self.reload.carry.add(stage)
                 self._finish(stage, Status.CANCELLED, ReasonCode.CANCELLED, f"not run again: its pool was lost ({reason})", 0.0, None)
                 continue
             # Back in the queue: the pool that replaces this one runs it again.
@@ -424,30 +322,20 @@ class BrokerState:
         self._maybe_finish_wave()
 
     def _tick(self, now: float) -> None:
-        deadline = self.heartbeat_s * self.liveness
-        if self.last_tick is not None and now - self.last_tick > deadline:
-            # The broker itself did not run (`pivot up` stopped by Ctrl-Z, then fg): the
-            # pools' silence is ours, not theirs. They get a fresh liveness window.
-            for pool in self.pools.values():
-                pool.last_heard = now
-        self.last_tick = now
-        for name, fenced in list(self.fenced.items()):
-            if now >= fenced.release_at:
-                self._release(name)
-        for name, pool in list(self.pools.items()):
-            if now - pool.last_heard > deadline:
-                self._pool_gone(name, f"no heartbeat for {now - pool.last_heard:.1f} s", confirmed=False)
-            elif now - pool.last_sent >= self.heartbeat_s:
-                self._send(name, Heartbeat(name))
+        due = self.pools.tick(now)
+        for name in due.released:
+            self._release(name)
+        for name, silent_s in due.silent:
+            self._pool_gone(name, f"no heartbeat for {silent_s:.1f} s", confirmed=False)
+        for name in due.heartbeats:
+            self._send(name, Heartbeat(name))
 
     def _send(self, pool: str, msg: Message) -> None:
         self._out.append(SendWork(pool, msg))
 
     def note_sent(self, pool: str, now: float) -> None:
         """The service reports when it last wrote to a pool (heartbeats are skipped then)."""
-        info = self.pools.get(pool)
-        if info is not None:
-            info.last_sent = now
+        self.pools.sent(pool, now)
 
     # --- manifest ------------------------------------------------------------------
 
@@ -458,9 +346,10 @@ class BrokerState:
         removed = sorted(set(old) - set(new))
         changed = sorted(n for n in set(old) & set(new) if old[n] != new[n])
         self.manifest, self.graph, self.pipeline_error = manifest, graph, None
-        if pool in self.pools:
-            self.pools[pool].manifest = manifest
-        for name in self.pools:
+        source = self.pools.get(pool)
+        if source is not None:
+            source.manifest = manifest
+        for name in self.pools.names():
             self._check_pool(name)
         for name in graph.order:
             if name not in self.view.stages:
@@ -471,11 +360,10 @@ class BrokerState:
         waiting, self.unchecked = self.unchecked, []
         for request in waiting:
             self._run_requested(request)
-        if self.reloading:
-            affected = self._in_scope((set(added) | set(changed) | self.carry) & set(new))
-            self.carry = set()
+        if self.reload.active:
+            affected = self._in_scope((set(added) | set(changed) | self.reload.take_carry()) & set(new))
             if affected:
-                trigger, paths = self.reload_trigger
+                trigger, paths = self.reload.trigger
                 run = PendingRun(affected, False, self._keep_going(), True, trigger, paths)
                 run.cause = self.changes.cause_of(paths)
                 self._queue(run)
@@ -508,7 +396,7 @@ class BrokerState:
             self.pending.merge(run)
 
     def _maybe_start_wave(self) -> None:
-        if self.wave is not None or self.pending is None or self.stopping or self.reloading:
+        if self.wave is not None or self.pending is None or self.stopping or self.reload.active:
             return
         if self.paused or (self.live is not None and self.live.wait_for_watcher and self.watchers_joined == 0):
             return  # live: nothing runs before the watch is registered (no edit is missed)
@@ -529,24 +417,17 @@ class BrokerState:
             wanted = self.graph.with_upstream(targets)
         if not wanted:
             return
-        stages = [s for s in self.graph.order if s in wanted]
         self.wave_count += 1
-        wave = Wave(
-            self.wave_count,
-            stages,
-            run.force,
-            run.keep_going,
-            waiting={s: len(self.graph.upstream[s] & wanted) for s in stages},
-        )
-        wave.ready = [s for s in stages if wave.waiting[s] == 0]
-        self.wave = wave
+        self.wave = wave = Wave.plan(self.wave_count, self.graph, wanted, run.force, run.keep_going)
+        stages = wave.stages
         for s in stages:
             self._set_view(s, Status.PENDING, "", "", 0.0)
         self.view.last_change = (run.trigger, list(run.paths))
         self._publish(WaveStarted(wave.number, stages, run.trigger, run.paths), parent=run.cause)
-        if not run.force and stages and any(p.current for p in self.pools.values()):
+        planner = self.pools.first_current()
+        if not run.force and stages and planner is not None:
             # One batch question instead of a round trip per up-to-date stage.
-            wave.planner = next(n for n, p in self.pools.items() if p.current)
+            wave.planner = planner
             upstream = {s: sorted(self.graph.upstream[s] & wanted) for s in stages}
             self._send(wave.planner, PlanWave(wave.number, stages, upstream))
         self._maybe_finish_wave()
@@ -556,17 +437,15 @@ class BrokerState:
         wave = self.wave
         if wave is None or wave.halted or wave.planner is not None or self.stopping:
             return
-        free = {name: pool.free() for name, pool in self.pools.items() if pool.free() > 0}
-        busy = {s for pool in self.pools.values() for s in pool.foreign.values()}
+        free = self.pools.free_slots()
+        busy = self.pools.foreign_stages()
         for stage in list(wave.ready):
             if not free:
                 return
             if stage in busy:
                 continue  # an attempt from before a broker restart still runs it
             tags = self._tags(stage)
-            name = next(
-                (n for n in free if tags <= self.pools[n].tags and stage not in self.pools[n].mismatched), None
-            )
+            name = next((n for n in free if self.pools[n].takes(stage, tags)), None)
             if name is None:
                 self._no_pool(stage, tags)
                 continue
@@ -590,7 +469,7 @@ class BrokerState:
     def _no_pool(self, stage: str, tags: frozenset[str]) -> None:
         """No free pool has `tags`. If none connected has them: a one-shot run fails the
         stage now; a live engine lets it wait (said once) for such a pool to join."""
-        if any(tags <= pool.tags for pool in self.pools.values()):
+        if self.pools.any_has(tags):
             return  # one has them, busy for now
         wave = self.wave
         assert wave is not None
@@ -654,10 +533,11 @@ class BrokerState:
             event.details,
         )
         if event.status in OK_STATUSES:
-            self._release_downstream(stage)
+            assert self.graph is not None
+            wave.release_downstream(self.graph.downstream[stage])
             wave.sort_ready()
         elif wave.code_halt and event.status == Status.CANCELLED:
-            self.carry.add(stage)
+            self.reload.carry.add(stage)
         else:
             self._block_downstream(stage)
             if not wave.keep_going:
@@ -678,8 +558,7 @@ class BrokerState:
         if wave.halted:
             return False  # cancelled for good (fail-fast or a code change)
         self._set_view(stage, Status.PENDING, ReasonCode.DEPS_CHANGED, event.reason, 0.0)
-        wave.ready.append(stage)
-        wave.sort_ready()
+        wave.requeue(stage)
         return True
 
     def _retry(self, wave: Wave, stage: str, event: ResultReceived) -> bool:
@@ -699,19 +578,8 @@ class BrokerState:
             self._maybe_finish_wave()
             return True
         self._set_view(stage, Status.PENDING, event.reason_code, why, 0.0)
-        wave.ready.append(stage)
-        wave.sort_ready()
+        wave.requeue(stage)
         return True
-
-    def _release_downstream(self, stage: str, skipping: frozenset[str] = frozenset()) -> None:
-        """`stage` finished fine: its downstream stages have one upstream less to wait for."""
-        wave = self.wave
-        assert wave is not None and self.graph is not None
-        for d in self.graph.downstream[stage]:
-            if d in wave.waiting:
-                wave.waiting[d] -= 1
-                if wave.waiting[d] == 0 and d not in wave.done and d not in skipping:
-                    wave.ready.append(d)
 
     def _wave_planned(self, event: WavePlanned) -> None:
         wave = self.wave
@@ -720,12 +588,12 @@ class BrokerState:
         wave.planner = None
         skipping = frozenset(event.up_to_date) & frozenset(wave.waiting)
         for stage in sorted(skipping, key=wave.position.__getitem__):
-            if stage in wave.done or stage in wave.running.values():
+            if stage in wave.done or wave.is_running(stage):
                 continue
-            if stage in wave.ready:
-                wave.ready.remove(stage)
+            wave.unready(stage)
             self._finish(stage, Status.SKIPPED, ReasonCode.UP_TO_DATE, "up to date", 0.0, None)
-            self._release_downstream(stage, skipping)
+            assert self.graph is not None
+            wave.release_downstream(self.graph.downstream[stage], skipping)
         wave.sort_ready()
         self._maybe_finish_wave()
 
@@ -739,9 +607,8 @@ class BrokerState:
         wave = self.wave
         assert wave is not None
         for d in sorted(self._downstream_in_wave(failed), key=wave.position.__getitem__):
-            if d not in wave.done and d not in wave.running.values():
-                if d in wave.ready:
-                    wave.ready.remove(d)
+            if d not in wave.done and not wave.is_running(d):
+                wave.unready(d)
                 self._finish(
                     d, Status.BLOCKED, ReasonCode.BLOCKED, f"blocked by failed upstream {failed!r}", 0.0, None,
                     {"upstream": failed},
@@ -750,10 +617,8 @@ class BrokerState:
     def _cancel_rest(self) -> None:
         wave = self.wave
         assert wave is not None
-        running = set(wave.running.values())
-        for s in wave.stages:
-            if s not in wave.done and s not in running:
-                self._finish(s, Status.CANCELLED, ReasonCode.CANCELLED, "not started: an earlier stage failed", 0.0, None)
+        for s in wave.unstarted():
+            self._finish(s, Status.CANCELLED, ReasonCode.CANCELLED, "not started: an earlier stage failed", 0.0, None)
         wave.ready.clear()
 
     def _finish(
@@ -776,12 +641,9 @@ class BrokerState:
 
     def _maybe_finish_wave(self) -> None:
         wave = self.wave
-        if wave is None or len(wave.done) < len(wave.stages):
+        if wave is None or not wave.complete:
             return
-        by_status: dict[str, list[str]] = {}
-        for s in wave.stages:
-            by_status.setdefault(wave.done[s], []).append(s)
-        msg = WaveFinished(wave.number, *(by_status.get(k, []) for k in STATUSES))
+        msg = wave.summary()
         self.view.last_wave = msg
         self.wave = None
         self._publish(msg)
@@ -820,7 +682,7 @@ class BrokerState:
         return path in self.manifest.sources
 
     def _flush_changes(self, now: float) -> None:
-        busy = self.wave is not None or self.reloading
+        busy = self.wave is not None or self.reload.active
         # Data changes wait for the wave in flight (its own outputs are committed by
         # then, so they check as unchanged); code must be seen at once: no stage may
         # start on old code. With --restart, inputs are seen at once too (outputs of the
@@ -834,7 +696,7 @@ class BrokerState:
     def _restart_input(self, path: str) -> bool:
         """--restart: `path` may be checked while the wave runs (it is no output of it)."""
         wave, manifest = self.wave, self.manifest
-        if self.live is None or not self.live.restart or wave is None or self.reloading or manifest is None:
+        if self.live is None or not self.live.restart or wave is None or self.reload.active or manifest is None:
             return False
         specs = [manifest.by_name[s] for s in wave.stages if s in manifest.by_name]
         return not any(self._touches(out, path) for spec in specs for out in spec.outs)
@@ -871,7 +733,7 @@ class BrokerState:
         in this wave. Returns the stages the wave takes care of: those restarted and
         those that have not started (they read the new content when they do)."""
         wave = self.wave
-        if self.live is None or not self.live.restart or self.reloading:
+        if self.live is None or not self.live.restart or self.reload.active:
             return set()
         if wave is None or wave.halted or wave.planner is not None:
             return set()
@@ -913,23 +775,16 @@ class BrokerState:
             # Nothing more starts on the old code; what runs now is cancelled by the pool.
             wave.halted = True
             wave.code_halt = True
-            running = set(wave.running.values())
             # Running ones too: the pool may answer for them after the reload (a stage it
             # was still deciding); if one finishes fine, the next wave's plan skips it.
-            self.carry |= running
-            for stage in wave.stages:
-                if stage not in wave.done and stage not in running:
-                    self.carry.add(stage)
-                    self._finish(stage, Status.CANCELLED, ReasonCode.CANCELLED, "not started: code changed", 0.0, None)
+            self.reload.carry |= set(wave.running.values())
+            for stage in wave.unstarted():
+                self.reload.carry.add(stage)
+                self._finish(stage, Status.CANCELLED, ReasonCode.CANCELLED, "not started: code changed", 0.0, None)
             wave.ready.clear()
             self._maybe_finish_wave()
-        trigger = "code" if restart else "params"
-        if self.reloading:
-            self.reload_again = bool(self.reload_again) or restart
-            self.reload_trigger = (trigger, sorted(set(self.reload_trigger[1]) | set(paths)))
-            return
-        self.reloading = True
-        self.reload_trigger = (trigger, sorted(paths))
+        if not self.reload.begin(restart, paths):
+            return  # one is out: this one follows it
         if self.manifest_source == "":
             self._out.append(LoadOwnManifest())
         for name, pool in self.pools.items():
@@ -937,14 +792,13 @@ class BrokerState:
             self._send(name, LoadManifest(restart))
 
     def _reload_answered(self) -> None:
-        if not self.reloading:
+        if not self.reload.active:
             return
-        self.reloading = False
-        for name in self.pools:  # their manifests may have come first
+        follow_up = self.reload.answered()
+        for name in self.pools.names():  # their manifests may have come first
             self._check_pool(name)
-        if self.reload_again is not None:
-            restart, self.reload_again = self.reload_again, None
-            self._reload(restart, self.reload_trigger[1])
+        if follow_up is not None:
+            self._reload(*follow_up)
 
     # --- shutdown ------------------------------------------------------------------
 
@@ -969,10 +823,8 @@ class BrokerState:
         wave = self.wave
         if first and wave is not None:
             wave.halted = True
-            running = set(wave.running.values())
-            for stage in wave.stages:
-                if stage not in wave.done and stage not in running:
-                    self._finish(stage, Status.CANCELLED, ReasonCode.CANCELLED, "not started: Pivot is stopping", 0.0, None)
+            for stage in wave.unstarted():
+                self._finish(stage, Status.CANCELLED, ReasonCode.CANCELLED, "not started: Pivot is stopping", 0.0, None)
             wave.ready.clear()
             self._maybe_finish_wave()
         self._shutdown_deadlines(event.now)
@@ -992,7 +844,7 @@ class BrokerState:
     def _maybe_stopped(self) -> None:
         if not self.stop.waiting or self.wave is not None:
             return
-        for name in self.pools:
+        for name in self.pools.names():
             self._send(name, PoolShutdown())
         if not self.stop.done:
             self.stop.done = True
@@ -1031,20 +883,13 @@ class BrokerState:
     # --- invariants (tests call this after every step) -----------------------------
 
     def validate(self) -> None:
-        for p in self.pools.values():
-            assert len(p.attempts) + len(p.foreign) <= p.slots, "pool over its slots"
+        self.pools.validate()
         wave = self.wave
         if wave is None:
             return
-        in_flight = {a for p in self.pools.values() for a in p.attempts}
-        held = {a for f in self.fenced.values() for a in f.attempts}
+        wave.validate()
         running = set(wave.running.values())
-        assert len(running) == len(wave.running), "a stage has two live attempts"
-        orphans = set(wave.running) - in_flight - held
+        orphans = set(wave.running) - self.pools.in_flight() - self.pools.held()
         assert not orphans, f"running attempts of no pool, not held back: {sorted(orphans)}"
-        foreign = {s for p in self.pools.values() for s in p.foreign.values()}
+        foreign = self.pools.foreign_stages()
         assert not running & foreign, f"stages running twice (one from before a restart): {running & foreign}"
-        for s in wave.ready:
-            assert s not in wave.done and s not in running, f"{s} ready but done/running"
-        for s in wave.done:
-            assert s not in running, f"{s} done but still running"

@@ -709,7 +709,7 @@ def test_a_params_change_reloads_without_restarting_workers_and_a_failed_reload_
     before = h.state.manifest
     commands = h.feed(ManifestRejected("params.yaml: bad", ""))
     assert published(commands, PipelineInvalid) and h.state.manifest is before
-    assert h.state.reloading is False
+    assert h.state.reload.active is False
 
 
 def test_up_with_stages_keeps_only_them_and_their_upstream_live() -> None:

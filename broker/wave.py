@@ -1,0 +1,124 @@
+"""A wave and the run requests waiting to become one: a sub-machine of the broker's state
+(`broker/state.py`), pure.
+
+A wave's stages are dispatched by dependency counting: `waiting` holds, per stage, the
+upstream stages in the wave not yet finished as ran, restored or skipped; a stage is
+`ready` at zero, `running` once an attempt of it is out, `done` with its final status.
+Each stage is in at most one of ready, running and done.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from pivot.pipeline.graph import StageGraph
+from pivot.protocol.messages import STATUSES, WaveFinished
+
+__all__ = ["PendingRun", "Wave"]
+
+
+@dataclass
+class Wave:
+    number: int
+    stages: list[str]  # topological order
+    force: bool
+    keep_going: bool
+    waiting: dict[str, int]  # stage -> upstream stages in the wave not yet finished
+    ready: list[str] = field(default_factory=list)
+    running: dict[str, str] = field(default_factory=dict)  # attempt -> stage
+    done: dict[str, str] = field(default_factory=dict)  # stage -> final status
+    halted: bool = False  # fail-fast tripped: dispatch nothing new
+    planner: str | None = None  # the pool asked which stages are up to date; None = not waiting
+    code_halt: bool = False  # stopped by a code change: cancelled stages run again after it
+    charges: dict[str, int] = field(default_factory=dict)  # stage -> deaths of its own worker
+    restarting: set[str] = field(default_factory=set)  # `--restart`: cancel asked, runs again
+    position: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.position = {s: i for i, s in enumerate(self.stages)}
+
+    def sort_ready(self) -> None:
+        self.ready.sort(key=self.position.__getitem__)
+
+    @classmethod
+    def plan(cls, number: int, graph: StageGraph, wanted: set[str], force: bool, keep_going: bool) -> Wave:
+        """Wave `number` of the `wanted` stages, in the graph's order; those without
+        upstream stages in it are ready."""
+        stages = [s for s in graph.order if s in wanted]
+        wave = cls(number, stages, force, keep_going, waiting={s: len(graph.upstream[s] & wanted) for s in stages})
+        wave.ready = [s for s in stages if wave.waiting[s] == 0]
+        return wave
+
+    def is_running(self, stage: str) -> bool:
+        return stage in self.running.values()
+
+    def unstarted(self) -> list[str]:
+        """Stages neither done nor running, in order."""
+        running = set(self.running.values())
+        return [s for s in self.stages if s not in self.done and s not in running]
+
+    def unready(self, stage: str) -> None:
+        if stage in self.ready:
+            self.ready.remove(stage)
+
+    def requeue(self, stage: str) -> None:
+        """`stage` (lost, or cancelled to restart) is ready again."""
+        self.ready.append(stage)
+        self.sort_ready()
+
+    def release_downstream(self, downstream: Iterable[str], skipping: frozenset[str] = frozenset()) -> None:
+        """A stage finished fine: its `downstream` stages in the wave have one upstream
+        less to wait for (those in `skipping` are about to be finished as skipped)."""
+        for d in downstream:
+            if d in self.waiting:
+                self.waiting[d] -= 1
+                if self.waiting[d] == 0 and d not in self.done and d not in skipping:
+                    self.ready.append(d)
+
+    @property
+    def complete(self) -> bool:
+        return len(self.done) >= len(self.stages)
+
+    def summary(self) -> WaveFinished:
+        """Its `wave_finished`: every stage in the list of its final status."""
+        by_status: dict[str, list[str]] = {}
+        for s in self.stages:
+            by_status.setdefault(self.done[s], []).append(s)
+        return WaveFinished(self.number, *(by_status.get(k, []) for k in STATUSES))
+
+    def validate(self) -> None:
+        running = set(self.running.values())
+        assert len(running) == len(self.running), "a stage has two live attempts"
+        for s in self.ready:
+            assert s not in self.done and s not in running, f"{s} ready but done/running"
+        for s in self.done:
+            assert s not in running, f"{s} done but still running"
+        assert len(self.ready) == len(set(self.ready)), f"a stage ready twice: {self.ready}"
+
+
+@dataclass
+class PendingRun:
+    stages: set[str] | None  # None = every stage
+    force: bool
+    keep_going: bool
+    # exact: these stages and their downstream (a change's effect), without their upstream
+    exact: bool = False
+    trigger: str = "run"
+    paths: list[str] = field(default_factory=list)
+    # The id of the message that caused it (a run_request, a files_changed): the wave's
+    # wave_started names it as its parent, so a wave can be traced to its cause.
+    cause: str | None = None
+
+    def merge(self, other: PendingRun) -> None:
+        self.cause = self.cause or other.cause
+        if self.stages is None or other.stages is None:
+            self.stages = None
+        else:
+            self.stages |= other.stages
+        self.exact = self.exact and other.exact and self.stages is not None
+        self.force = self.force or other.force
+        self.keep_going = other.keep_going
+        if other.trigger != self.trigger:
+            self.trigger = "run" if "run" in (self.trigger, other.trigger) else "code"
+        self.paths = sorted(set(self.paths) | set(other.paths))
