@@ -144,12 +144,13 @@ class BrokerState:
     # --- entry point ---------------------------------------------------------------
 
     def handle(self, event: Event) -> list[Command]:
+        if isinstance(event, PoolHeard):  # every message a pool sends: nothing else to do
+            self.pools.heard(event.pool, event.now)
+            return []
         self._out = []
         match event:
             case PoolJoined():
                 self._pool_joined(event)
-            case PoolHeard():
-                self.pools.heard(event.pool, event.now)
             case PoolGone() if event.leaving:
                 self._pool_leaving(event.pool)
             case PoolGone():

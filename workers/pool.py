@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import BrokenExecutor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,7 +63,7 @@ from pivot.protocol.messages import (
     WavePlan,
 )
 from pivot.runtime.cancel import marker_path, request_cancel
-from pivot.runtime.job import StageJob, StageOutcome, Verdict, verdict
+from pivot.runtime.job import StageJob, StageOutcome
 from pivot.runtime.preload import warm_up
 from pivot.state.outputs import ProjectState
 from pivot.state.plan import DepProducers, Prepared, dep_producers, plan_wave, prepare
@@ -73,12 +73,12 @@ from pivot.transport.greet import BrokerRefused, NoBroker, greet
 from pivot.transport.sockets import decode_or_log, make_socket, send_msg
 from workers.attempts import Attempt, Phase, validate
 from workers.executors import Executor, LokyWorkers
+from workers.outcomes import Outbox, Result, after_decision, after_run
 
 __all__ = ["PoolService", "main"]
 
 log = logging.getLogger(__name__)
 
-RESEND_S = 1.0
 DEFAULT_HEARTBEAT_S = 1.0
 DEFAULT_LIVENESS = 3
 HELLO_EVERY_S = 1.0  # while the broker is away, how often a standalone pool asks again
@@ -95,14 +95,6 @@ class Link:
     keys: ClientKeys | None = None
     timeout: float | None = None  # give up after this much broker silence; None: never
     tags: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Pending:
-    """A result waiting for its ack."""
-
-    msg: StageResult
-    next_send: float
 
 
 class PoolService:
@@ -128,7 +120,7 @@ class PoolService:
         self.manifest: Manifest | None = None
         self.producers: DepProducers = {}
         self.state = ProjectState.open(root)
-        self.unacked: dict[str, Pending] = {}
+        self.unacked = Outbox()  # results sent, until the broker acknowledges them
         self.done: queue.SimpleQueue[tuple[str, str, Any]] = queue.SimpleQueue()
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_w, False)
@@ -317,23 +309,22 @@ class PoolService:
                     else:
                         os.read(self.wake_r, 4096)
                 self._drain_done()
-                validate(self.attempts, set(self.unacked))
+                validate(self.attempts, self.unacked.names())
             return self.exit_code
         finally:
             self._shutdown()
 
     def _timeout_ms(self, now: float) -> float:
         deadlines = [self.last_sent + self.heartbeat_s, self.last_heard + self.heartbeat_s * self.liveness]
-        deadlines += [p.next_send for p in self.unacked.values()]
+        if (resend := self.unacked.next_send()) is not None:
+            deadlines.append(resend)
         # An attempt whose worker was not known yet is signalled as soon as it is.
         deadlines += [now + 0.02 if not a.worker_pid else a.kill_at for a in self.attempts.values() if a.stop]
         return max(0.0, (min(deadlines) - now) * 1000)
 
     def _resend(self, now: float) -> None:
-        for pending in self.unacked.values():
-            if now >= pending.next_send:
-                self._send(pending.msg)
-                pending.next_send = now + RESEND_S
+        for msg in self.unacked.due(now):
+            self._send(msg)
 
     def _drain_socket(self) -> None:
         assert self.sock is not None
@@ -368,7 +359,7 @@ class PoolService:
                 case PlanWave() as plan:
                     self._plan(plan)
                 case ResultAck(attempt=attempt):
-                    self.unacked.pop(attempt, None)
+                    self.unacked.acked(attempt)
                 case LoadManifest(restart_workers=restart):
                     if restart:
                         self._cancel_all("cancelled: Python code changed")
@@ -394,7 +385,7 @@ class PoolService:
             return  # a resent dispatch we already have
         self.attempts[job.attempt] = Attempt(job, Phase.WAITING)
         if self.leaving:
-            self._finish(job.attempt, Status.LOST, ReasonCode.POOL_LOST, "its worker pool is stopping", 0.0)
+            self._report(job.attempt, Result(Status.LOST, ReasonCode.POOL_LOST, "its worker pool is stopping"))
         elif self.manifest is not None:  # else: decided once this pool's pipeline loaded
             self._decide(self.attempts[job.attempt])
 
@@ -406,7 +397,7 @@ class PoolService:
         spec = self.manifest.by_name.get(job.stage)
         if spec is None:
             msg = f"stage {job.stage!r} is not in this pool's pipeline"
-            self._finish(job.attempt, Status.FAILED, ReasonCode.FAILED, msg, 0.0)
+            self._report(job.attempt, Result(Status.FAILED, ReasonCode.FAILED, msg))
             return
         producers = self.producers
         self._in_thread(
@@ -447,7 +438,7 @@ class PoolService:
             detail = exc.detail if isinstance(exc, PipelineError) else ""
             self._send(ManifestFailed(self.name, str(exc), detail))
             for a in self._waiting():
-                self._finish(a.job.attempt, Status.FAILED, ReasonCode.FAILED, f"the pipeline did not load: {exc}", 0.0)
+                self._report(a.job.attempt, Result(Status.FAILED, ReasonCode.FAILED, f"the pipeline did not load: {exc}"))
             return
         if self.restart_on_load:
             self.restart_on_load = False
@@ -530,105 +521,72 @@ class PoolService:
 
     def _decided(self, attempt: str, future: Future[Prepared]) -> None:
         a = self.attempts[attempt]
-        job = a.job
-        if a.cancel is not None:
-            self._finish(attempt, Status.CANCELLED, ReasonCode.CANCELLED, a.cancel, 0.0)
-            return
+        decided: Prepared | BaseException
         try:
-            prepared = future.result()
+            decided = future.result()
         except Exception as exc:
-            log.exception("deciding %s failed", job.stage)
-            self._finish(attempt, Status.FAILED, ReasonCode.FAILED, f"could not check the stage: {exc}", 0.0)
+            if a.cancel is None:
+                log.exception("deciding %s failed", a.stage)
+            decided = exc
+        result = after_decision(a, decided)
+        if result is not None:
+            self._report(attempt, result)
             return
-        decision, reason = prepared.decision, prepared.reason
-        match verdict(prepared):
-            case Verdict.MISSING_DEPS:
-                msg = f"dependency missing: {', '.join(decision.missing_deps)}"
-                details = {"paths": list(decision.missing_deps)}
-                self._finish(attempt, Status.FAILED, ReasonCode.DEP_MISSING, msg, 0.0, details=details)
-                return
-            case Verdict.RESTORED:
-                notes = [("pivot", note) for note in prepared.notes]
-                self._finish(attempt, Status.RESTORED, reason.code, reason.message, 0.0, logs=notes, details=reason.details)
-                return
-            case Verdict.SKIPPED:
-                self._finish(attempt, Status.SKIPPED, reason.code, reason.message, 0.0)
-                return
-        assert self.manifest is not None
+        assert isinstance(decided, Prepared) and self.manifest is not None
         work = StageJob.for_stage(
-            self.root, self.manifest.by_name[job.stage], prepared,
+            self.root, self.manifest.by_name[a.stage], decided,
             pid_file=str(self.pid_dir / attempt), pool_pid=os.getpid(),
         )
+        reason = decided.reason
         self._send(StageRunning(attempt, str(reason.code), reason.message, reason.details))
         future_run = self.workers.submit(work)
         a.phase, a.generation = Phase.RUNNING, self.workers.generation
         future_run.add_done_callback(lambda f: self._post("ran", attempt, f))
 
     def _ran(self, attempt: str, future: Future[StageOutcome]) -> None:
-        from concurrent.futures import BrokenExecutor
-
         a = self.attempts[attempt]
-        if a.cancel is not None:  # its worker was stopped on purpose
+        ran: StageOutcome | BaseException
+        try:
+            ran = future.result()
+        except Exception as exc:
+            ran = exc
+        if a.cancel is not None:
             judged = a.dead_pid is not None
             self._forget_files(attempt)
-            if _broke(future) and not judged and a.generation == self.workers.generation:
+            if isinstance(ran, BrokenExecutor) and not judged and a.generation == self.workers.generation:
                 # Its worker was killed (a cancel it could not see) and no stage beside
                 # it has replaced the executor yet: loky refuses new work from now on.
                 self._judge_deaths()
                 self._stop_workers()
-            self._finish(attempt, Status.CANCELLED, ReasonCode.CANCELLED, a.cancel, 0.0)
-            return
-        try:
-            r = future.result()
-        except BrokenExecutor as exc:
+        elif isinstance(ran, BrokenExecutor):
             # loky fails every in-flight future when one worker dies. Only a stage whose
             # own worker is dead is charged; the others were collateral: "lost", and the
             # broker dispatches them again. Judged before the survivors are stopped.
             if a.dead_pid is None:
                 self._judge_deaths()
                 self._stop_workers()
-            dead_pid = a.dead_pid or 0
-            if dead_pid:
-                msg = f"its worker process (pid {dead_pid}) died: {exc}"
-                self._finish(attempt, Status.FAILED, ReasonCode.WORKER_DIED, msg, 0.0)
-            else:
-                msg = "another stage's worker process died; it runs again"
-                self._finish(attempt, Status.LOST, ReasonCode.POOL_LOST, msg, 0.0)
-            return
-        except Exception as exc:  # run_stage reports stage errors itself: this is ours
-            log.error("running %s failed inside Pivot", attempt, exc_info=exc)
-            msg = f"Pivot could not run the stage: {type(exc).__name__}: {exc}"
-            self._finish(attempt, Status.FAILED, ReasonCode.FAILED, msg, 0.0)
-            return
-        self._forget_files(attempt)
-        logs = [("pivot", note) for note in r.notes] + r.logs
-        reason = a.stop if a.stop is not None and r.status == Status.CANCELLED else r.reason
-        self._finish(attempt, r.status, r.reason_code, reason, r.duration_s, r.error, logs, r.details)
+        elif isinstance(ran, BaseException):
+            log.error("running %s failed inside Pivot", attempt, exc_info=ran)
+        else:
+            self._forget_files(attempt)
+        self._report(attempt, after_run(a, ran))
 
     def _forget_files(self, attempt: str) -> None:
         (self.pid_dir / attempt).unlink(missing_ok=True)
         marker_path(self.pid_dir / attempt).unlink(missing_ok=True)
 
-    def _finish(
-        self,
-        attempt: str,
-        status: str,
-        code: str,
-        reason: str,
-        duration: float,
-        error: str | None = None,
-        logs: list[tuple[str, str]] | None = None,
-        details: dict[str, Any] | None = None,
-    ) -> None:
+    def _report(self, attempt: str, result: Result) -> None:
+        """Send an attempt's result (resent until acknowledged); the attempt is over."""
         job = self.attempts.pop(attempt).job
-        if self.leaving and status == Status.CANCELLED:  # handed back: it runs elsewhere
-            status, code = Status.LOST, ReasonCode.POOL_LOST
-        log.info("stage %s %s: %s", job.stage, status, reason, extra={"stage": job.stage, "attempt": attempt, "wave": job.wave})
+        if self.leaving:
+            result = result.handed_back()
+        log.info("stage %s %s: %s", job.stage, result.status, result.reason,
+                 extra={"stage": job.stage, "attempt": attempt, "wave": job.wave})
         msg = StageResult(
-            attempt, job.stage, status, str(code), reason, duration, error, logs or [], details or {},
-            self.incarnation,
+            attempt, job.stage, result.status, str(result.code), result.reason, result.duration_s,
+            result.error, result.logs, result.details, self.incarnation,
         )
-        self.unacked[attempt] = Pending(msg, self.clock() + RESEND_S)
+        self.unacked.add(msg, self.clock())
         self._send(msg)
 
     def _shutdown(self) -> None:
@@ -649,13 +607,6 @@ class PoolService:
         self.ctx.term()
         os.close(self.wake_r)
         os.close(self.wake_w)
-
-
-def _broke(future: Future[Any]) -> bool:
-    """Whether `future` failed because the executor lost a worker."""
-    from concurrent.futures import BrokenExecutor
-
-    return future.done() and not future.cancelled() and isinstance(future.exception(), BrokenExecutor)
 
 
 def _read_pid(path: Path) -> int:
