@@ -8,7 +8,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from procs import LiveRun, ProcGuard, describe, run_dir_leftovers, run_pivot, write_files
+from procs import (
+    Broker,
+    LiveRun,
+    ProcGuard,
+    describe,
+    run_dir_leftovers,
+    run_pivot,
+    start_pivot,
+    write_files,
+)
 
 TESTS_DIR = Path(__file__).resolve().parent
 REPO = TESTS_DIR.parent
@@ -114,3 +123,20 @@ def up(proc_guard: ProcGuard) -> Iterator[Callable[..., LiveRun]]:
         if live.proc.poll() is None:
             with contextlib.suppress(AssertionError):
                 live.stop(UP_STOP_WITHIN_S)
+
+
+@pytest.fixture
+def start_broker(proc_guard: ProcGuard) -> Iterator[Callable[..., Broker]]:
+    """start_broker(root, *args, env=None) -> a started `pivot broker` (stopped after)."""
+    started: list[Broker] = []
+
+    def start(root: Path, *args: str, env: dict[str, str] | None = None) -> Broker:
+        proc = proc_guard.track(start_pivot(root, "broker", *args, env=env))
+        broker = Broker(root, proc)
+        started.append(broker)
+        return broker
+
+    yield start
+    for broker in started:
+        if broker.proc.poll() is None:
+            broker.stop()

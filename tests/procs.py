@@ -595,3 +595,41 @@ class LiveRun:
         for thread in self._threads:
             thread.join(5.0)
         return rc
+
+
+# --- a standalone broker ------------------------------------------------------------
+
+BROKER_WAIT_S = 20.0
+
+
+class Broker:
+    """A `pivot broker` process of a test, and its control endpoint (read from the
+    broker's endpoints.json once it has bound: tests bind port 0 and never race)."""
+
+    def __init__(self, root: Path, proc: subprocess.Popen[str]) -> None:
+        self.root = root
+        self.proc = proc
+        self.control = ""
+
+    def wait_bound(self) -> str:
+        def bound() -> str | None:
+            if self.proc.poll() is not None:
+                raise AssertionError("the broker exited:\n" + describe(wait_exit(self.proc, 5, "broker")))
+            try:
+                info = json.loads((self.root / ".pivot" / "run" / "endpoints.json").read_text())
+            except (OSError, ValueError):
+                return None
+            return info["control"] if info.get("pid") == self.proc.pid else None
+
+        self.control = wait_for(bound, BROKER_WAIT_S, "the broker to bind")
+        return self.control
+
+    def stop(self) -> tuple[int, str, str]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return wait_exit(self.proc, 15, "the broker after SIGTERM")
+
+
+def start_pool(guard: ProcGuard, root: Path, control: str, name: str, *args: str) -> subprocess.Popen[str]:
+    """A `pivot workers` joining the broker at `control`."""
+    return guard.track(start_pivot(root, "workers", "--broker", control, "--name", name, *args))

@@ -26,9 +26,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--key", type=Path, default=None, help="this pool's CURVE secret key file")
     parser.add_argument("--broker-key", type=Path, default=None, help="the broker's CURVE public key file")
+    parser.add_argument("--dask", default=None, metavar="SCHEDULER",
+                        help="run stages as tasks on this Dask scheduler's cluster [-j: its threads]")
     args = parser.parse_args(argv)
     args.root = args.root.resolve()
-    if args.jobs is None:
+    if args.jobs is None and not args.dask:
         args.jobs = usable_cpus()
     args.key = args.key or (Path(os.environ["PIVOT_KEY"]) if os.environ.get("PIVOT_KEY") else None)
     if args.broker_key is None and os.environ.get("PIVOT_BROKER_KEY"):

@@ -1,16 +1,23 @@
-"""Where a pool's stages run: the executor interface, and loky's implementation.
+"""Where a pool's stages run: the executor interface, and loky's implementation (the
+Dask one is `workers/dask_pool.py`).
 
 The pool decides; an executor only runs `StageJob`s and hands back futures of
 `StageOutcome`s. `replace()` stops every worker at once (new code must not run on
 workers that imported the old one); the next `submit` starts fresh ones, and
-`generation` tells futures of the old workers from those of the new.
+`generation` tells futures of the old workers from those of the new. `cancel` and
+`kill` stop one attempt, named by its pid file (the worker writes its pid there).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any, Protocol
 
+from pivot.runtime.cancel import request_cancel
 from pivot.runtime.job import StageJob, StageOutcome
 
 __all__ = ["Executor", "LokyWorkers"]
@@ -18,6 +25,9 @@ __all__ = ["Executor", "LokyWorkers"]
 
 class Executor(Protocol):
     generation: int  # bumped by every replace()
+    # Its workers run on other machines: attempt files go on the project's shared file
+    # system, and a dead worker is reported by the executor (the pool cannot see it).
+    remote: bool
 
     def configure(self, preload: tuple[str, ...], preload_key: str) -> None:
         """The third-party modules workers should have imported (a hint)."""
@@ -25,6 +35,17 @@ class Executor(Protocol):
     def submit(self, job: StageJob) -> Future[StageOutcome]: ...
 
     def replace(self) -> None: ...
+
+    def cancel(self, pid_file: Path) -> int:
+        """Ask the attempt of `pid_file` to stop (its stage sees `StageCancelled`).
+        Returns a handle of the worker running it, or 0 if it has not started it yet."""
+        ...
+
+    def kill(self, pid_file: Path, handle: int, why: str) -> None:
+        """Stop that attempt's worker now: it ignored the cancel."""
+        ...
+
+    def close(self) -> None: ...
 
     @property
     def started(self) -> bool:
@@ -37,6 +58,8 @@ class LokyWorkers:
     an hour before loky reaps one), forked from a forkserver that preloaded the
     pipeline's third-party imports (pivot/runtime/preload.py), started only when a stage
     must run."""
+
+    remote = False
 
     def __init__(self, jobs: int) -> None:
         self.jobs = max(1, jobs)
@@ -71,3 +94,15 @@ class LokyWorkers:
             self._loky.shutdown(wait=False, kill_workers=True)
             self._loky = None
             self.generation += 1
+
+    def cancel(self, pid_file: Path) -> int:
+        return request_cancel(pid_file)
+
+    def kill(self, pid_file: Path, handle: int, why: str) -> None:
+        # Stuck in native code: its worker goes (the stages beside it are lost and run
+        # again), and the attempt is reported cancelled, not a death.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(handle, signal.SIGKILL)
+
+    def close(self) -> None:
+        self.replace()

@@ -62,7 +62,8 @@ from pivot.protocol.messages import (
     Status,
     WavePlan,
 )
-from pivot.runtime.cancel import marker_path, request_cancel
+from pivot.runtime.cancel import marker_path
+from pivot.runtime.dask_task import ALIVE_SUFFIX, CLAIM_SUFFIX, KILL_SUFFIX, LEASE_NAME
 from pivot.runtime.job import StageJob, StageOutcome
 from pivot.runtime.preload import warm_up
 from pivot.state.outputs import ProjectState
@@ -83,6 +84,7 @@ DEFAULT_HEARTBEAT_S = 1.0
 DEFAULT_LIVENESS = 3
 HELLO_EVERY_S = 1.0  # while the broker is away, how often a standalone pool asks again
 LEAVE_LINGER_MS = 1000
+LEASE_EVERY_S = 1.0
 
 
 @dataclass
@@ -100,7 +102,7 @@ class Link:
 class PoolService:
     def __init__(
         self, root: Path, link: Link | str, name: str, jobs: int, first_load: LoaderRun | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.monotonic, executor: Executor | None = None,
     ) -> None:
         self.clock = clock  # every time the pool reads (liveness, resends, cancels)
         self.root = root
@@ -125,12 +127,21 @@ class PoolService:
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_w, False)
         self.threads = ThreadPoolExecutor(max_workers=self.jobs + 1, thread_name_prefix="decide")
-        self.workers: Executor = LokyWorkers(self.jobs)  # started when a stage first must run
+        # Loky's workers start when a stage first must run.
+        self.workers: Executor = executor if executor is not None else LokyWorkers(self.jobs)
         self.attempts: dict[str, Attempt] = {}  # every attempt until its result is sent
         self.restart_on_load = False  # a code change: new workers once a manifest loads
         self.replace_on_accept = False  # ... and once the broker accepted it
         # Each running stage's worker writes its pid here, so a dead worker's stage is known.
-        self.pid_dir = Path(tempfile.mkdtemp(prefix="pivot-workers-"))
+        # (A remote executor's workers read and write them on the project's shared file
+        # system, with the lease this pool renews every second: pivot/runtime/dask_task.py.)
+        if self.workers.remote:
+            self.pid_dir = root / ".pivot" / "run" / "pools" / f"{name}-{self.incarnation}"
+            self.pid_dir.mkdir(parents=True)
+        else:
+            self.pid_dir = Path(tempfile.mkdtemp(prefix="pivot-workers-"))
+        self.lease = self.pid_dir / LEASE_NAME
+        self.lease_renewed = 0.0
         self.stopping = False
         self.leaving = False  # SIGTERM: handing back its stages before it exits
         self.leave_by: float | None = None
@@ -299,6 +310,9 @@ class PoolService:
                     self._send(Heartbeat(self.name))
                 self._resend(now)
                 self._enforce_cancels(now)
+                if self.workers.remote and now - self.lease_renewed >= LEASE_EVERY_S:
+                    self.lease_renewed = now
+                    self.lease.touch()
                 if polled is not self.sock:  # a new socket when the broker moved
                     polled, poller = self.sock, zmq.Poller()
                     poller.register(self.sock, zmq.POLLIN)
@@ -482,22 +496,19 @@ class PoolService:
             a.cancel = why
             return
         a.stop, a.kill_at = why, self.clock() + HARD_KILL_S
-        a.worker_pid = request_cancel(self.pid_dir / attempt)
+        a.worker_pid = self.workers.cancel(self.pid_dir / attempt)
 
     def _enforce_cancels(self, now: float) -> None:
         for name, a in self.attempts.items():
             if a.stop is None:
                 continue
             if not a.worker_pid:
-                a.worker_pid = request_cancel(self.pid_dir / name)
+                a.worker_pid = self.workers.cancel(self.pid_dir / name)
             elif now >= a.kill_at:
-                # Stuck in native code: its worker goes (the stages beside it are lost
-                # and run again), and the attempt is reported cancelled, not a death.
-                log.warning("stage attempt %s ignored its cancel for %.0f s: killing worker %d",
-                            name, HARD_KILL_S, a.worker_pid)
+                log.warning("stage attempt %s ignored its cancel for %.0f s: killing its worker",
+                            name, HARD_KILL_S)
+                self.workers.kill(self.pid_dir / name, a.worker_pid, a.stop)
                 a.cancel, a.stop = a.stop, None
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(a.worker_pid, signal.SIGKILL)
 
     def _judge_deaths(self) -> None:
         """Each running attempt's worker: its pid if it died, else 0 (it lives, or the
@@ -574,6 +585,8 @@ class PoolService:
     def _forget_files(self, attempt: str) -> None:
         (self.pid_dir / attempt).unlink(missing_ok=True)
         marker_path(self.pid_dir / attempt).unlink(missing_ok=True)
+        for suffix in (KILL_SUFFIX, CLAIM_SUFFIX, ALIVE_SUFFIX):  # a remote executor's
+            (self.pid_dir / (attempt + suffix)).unlink(missing_ok=True)
 
     def _report(self, attempt: str, result: Result) -> None:
         """Send an attempt's result (resent until acknowledged); the attempt is over."""
@@ -590,7 +603,7 @@ class PoolService:
         self._send(msg)
 
     def _shutdown(self) -> None:
-        self.workers.replace()
+        self.workers.close()
         if os.getpgrp() == os.getpid():
             # Whatever this pool started goes with it: loky workers, their forkserver and
             # its resource tracker (which outlive a pool whose engine died otherwise).
@@ -601,6 +614,9 @@ class PoolService:
         self.threads.shutdown(wait=False, cancel_futures=True)
         self.state.close()
         shutil.rmtree(self.pid_dir, ignore_errors=True)
+        if self.workers.remote:
+            with contextlib.suppress(OSError):  # the last pool of this project gone
+                self.pid_dir.parent.rmdir()
         if self.sock is not None:
             # A goodbye (pool_leaving) must reach the broker; nothing else may hold us.
             self.sock.close(linger=LEAVE_LINGER_MS if self.leaving else 0)
@@ -628,7 +644,19 @@ def main(args: argparse.Namespace, first_load: LoaderRun | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     link = Link(work=args.work, control=args.broker, keys=keys, timeout=args.broker_timeout, tags=list(args.tag))
-    service = PoolService(args.root, link, args.name, args.jobs, first_load)
+    executor: Executor | None = None
+    jobs = args.jobs
+    if args.dask:
+        from workers.dask_pool import DaskWorkers
+
+        try:
+            dask = DaskWorkers(args.dask)
+        except UserError as exc:
+            log.error("%s", exc)
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        executor, jobs = dask, jobs or dask.slots()
+    service = PoolService(args.root, link, args.name, jobs, first_load, executor=executor)
     signal.signal(signal.SIGTERM, service.request_stop)
     signal.signal(signal.SIGINT, service.request_stop)
     return service.run()

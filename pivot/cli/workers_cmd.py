@@ -21,9 +21,12 @@ from pivot.cli.target import broker_options
 @click.option("--name", default=None, help="The pool's name, unique per engine [HOST-PID].")
 @click.option("--broker-timeout", type=click.FloatRange(min=0), default=None,
               help="Exit after this many seconds without a broker [default: keep trying].")
+@click.option("--dask", "scheduler", default=None, metavar="tcp://HOST:PORT",
+              help="Run the stages as tasks on this Dask scheduler's cluster (pip install "
+              "'pivot[dask]'), each in a fresh process there; -j defaults to the cluster's threads.")
 def workers(
     broker: str | None, key: Path | None, broker_key: Path | None, jobs: int | None,
-    tags: tuple[str, ...], name: str | None, broker_timeout: float | None,
+    tags: tuple[str, ...], name: str | None, broker_timeout: float | None, scheduler: str | None,
 ) -> None:
     """Run a worker pool that joins a broker and runs the stages it is given.
 
@@ -31,6 +34,10 @@ def workers(
     across all of them. The pool needs the project's files and .pivot/ (on other hosts:
     a shared file system). It keeps reconnecting to a broker that went away (until
     --broker-timeout); SIGTERM stops it gracefully.
+
+    With --dask, the stages run on a Dask cluster (SLURM, PBS, Kubernetes...): its
+    workers need Pivot, the project's Python dependencies and the project's folder at
+    the same path (a shared file system).
     """
     from pivot.cli.target import keys_from, resolve
     from pivot.errors import UserError
@@ -51,6 +58,7 @@ def workers(
     argv += ["--broker-timeout", str(broker_timeout)] if broker_timeout is not None else []
     argv += ["--key", str(key)] if key else []
     argv += ["--broker-key", str(broker_key)] if broker_key else []
+    argv += ["--dask", scheduler] if scheduler else []
     cmd = python_cmd("workers", *argv)
     # The pool takes this process's place: same pid (PID 1 in a container), same signals.
     os.execv(cmd[0], cmd)

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import msgpack
 import pytest
 import zmq
 from procs import (
+    Broker,
     ProcGuard,
     describe,
     finished,
@@ -30,6 +30,7 @@ from procs import (
     proc_info,
     run_pivot,
     start_pivot,
+    start_pool,
     wait_exit,
     wait_for,
     write_files,
@@ -73,53 +74,6 @@ def a() -> None:
 def b() -> None:
     meet("b", "a")
 '''
-
-
-class Broker:
-    """A `pivot broker` process of a test, and its control endpoint."""
-
-    def __init__(self, root: Path, proc: subprocess.Popen[str]) -> None:
-        self.root = root
-        self.proc = proc
-        self.control = ""
-
-    def wait_bound(self) -> str:
-        def bound() -> str | None:
-            if self.proc.poll() is not None:
-                raise AssertionError("the broker exited:\n" + describe(wait_exit(self.proc, 5, "broker")))
-            try:
-                info = json.loads((self.root / ".pivot" / "run" / "endpoints.json").read_text())
-            except (OSError, ValueError):
-                return None
-            return info["control"] if info.get("pid") == self.proc.pid else None
-
-        self.control = wait_for(bound, WAIT_S, "the broker to bind")
-        return self.control
-
-    def stop(self) -> tuple[int, str, str]:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return wait_exit(self.proc, 15, "the broker after SIGTERM")
-
-
-@pytest.fixture
-def start_broker(proc_guard: ProcGuard) -> Iterator[Callable[..., Broker]]:
-    started: list[Broker] = []
-
-    def start(root: Path, *args: str, env: dict[str, str] | None = None) -> Broker:
-        proc = proc_guard.track(start_pivot(root, "broker", *args, env=env))
-        broker = Broker(root, proc)
-        started.append(broker)
-        return broker
-
-    yield start
-    for broker in started:
-        if broker.proc.poll() is None:
-            broker.stop()
-
-
-def start_pool(guard: ProcGuard, root: Path, control: str, name: str, *args: str) -> subprocess.Popen[str]:
-    return guard.track(start_pivot(root, "workers", "--broker", control, "--name", name, *args))
 
 
 def ps(root: Path, control: str) -> list[dict[str, Any]]:
