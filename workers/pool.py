@@ -142,6 +142,7 @@ class PoolService:
             self.pid_dir = Path(tempfile.mkdtemp(prefix="pivot-workers-"))
         self.lease = self.pid_dir / LEASE_NAME
         self.lease_renewed = 0.0
+        self.lease_count = 0
         self.stopping = False
         self.leaving = False  # SIGTERM: handing back its stages before it exits
         self.leave_by: float | None = None
@@ -312,7 +313,8 @@ class PoolService:
                 self._enforce_cancels(now)
                 if self.workers.remote and now - self.lease_renewed >= LEASE_EVERY_S:
                     self.lease_renewed = now
-                    self.lease.touch()
+                    self.lease_count += 1
+                    self.lease.write_text(f"{self.lease_count}\n")
                 if polled is not self.sock:  # a new socket when the broker moved
                     polled, poller = self.sock, zmq.Poller()
                     poller.register(self.sock, zmq.POLLIN)

@@ -20,9 +20,13 @@ the project shares between hosts (every pool needs it anyway):
     ATTEMPT.alive  locked by the child for as long as it lives: the rerun reports the
                    attempt lost only once it can take that lock (the first try's process
                    is over), so two attempts of a stage are never alive at once
-    lease          touched by the pool every second; unchanged for LEASE_S (by this
-                   host's clock: no clock skew between hosts) means the pool is gone:
-                   the child is killed, as a loky worker exits when its pool dies
+    lease          rewritten by the pool every second (a counter: its content, read
+                   anew, is what counts, not its mtime, which an NFS client may cache);
+                   unchanged for LEASE_S by this host's clock (no skew between hosts)
+                   means the pool is gone or cut off: the child is killed, as a loky
+                   worker exits when its pool dies. LEASE_S is the pool's own silence
+                   window, shorter than the broker's wait before it runs the stage
+                   elsewhere (that window plus a margin: broker/pools.py)
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from pivot.runtime.job import StageJob, StageOutcome
 __all__ = ["ALIVE_SUFFIX", "CLAIM_SUFFIX", "KILL_SUFFIX", "LEASE_NAME", "LEASE_S", "child_main", "run_in_child"]
 
 LEASE_NAME = "lease"
-LEASE_S = 5.0  # the pool touches its lease every second
+LEASE_S = 3.0
 KILL_SUFFIX = ".kill"
 CLAIM_SUFFIX = ".claim"
 ALIVE_SUFFIX = ".alive"
@@ -100,7 +104,7 @@ def _watch(child: subprocess.Popen[bytes], pid_file: Path, kill: Path) -> str:
     """Wait for the child, passing cancels on; returns why it was killed, if it was."""
     cancel = marker_path(pid_file)
     lease = pid_file.parent / LEASE_NAME
-    seen, unchanged_since = _mtime(lease), time.monotonic()
+    seen, unchanged_since = _read(lease), time.monotonic()
     signalled = False
     while True:
         try:
@@ -117,7 +121,7 @@ def _watch(child: subprocess.Popen[bytes], pid_file: Path, kill: Path) -> str:
             signalled = True
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child.pid, SIGNAL)
-        now_seen = _mtime(lease)
+        now_seen = _read(lease)
         if now_seen != seen:
             seen, unchanged_since = now_seen, time.monotonic()
         elif time.monotonic() - unchanged_since > LEASE_S:
@@ -141,11 +145,11 @@ def _wait_until_over(alive: Path) -> bool:
                 time.sleep(POLL_S)
 
 
-def _mtime(path: Path) -> int:
+def _read(path: Path) -> str:
     try:
-        return path.stat().st_mtime_ns
+        return path.read_text()
     except OSError:
-        return 0
+        return ""
 
 
 def _kill(child: subprocess.Popen[bytes]) -> None:
