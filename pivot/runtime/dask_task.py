@@ -85,12 +85,14 @@ def run_in_child(job: StageJob) -> StageOutcome:
         with contextlib.suppress(BrokenPipeError):
             child.stdin.write(pickle.dumps(job))
         child.stdin.close()
-        why = _watch(child, pid_file, kill_marker)
+        why, lost = _watch(child, pid_file, kill_marker)
         result.seek(0)
         data = result.read()
     if data:
         outcome: StageOutcome = pickle.loads(data)
         return outcome
+    if lost:  # not the pool's decision: the attempt runs again (the broker decides where)
+        return StageOutcome("lost", "pool_lost", why, 0.0)
     if why:
         return StageOutcome("cancelled", "cancelled", why, 0.0)
     code = child.returncode
@@ -100,8 +102,9 @@ def run_in_child(job: StageJob) -> StageOutcome:
     )
 
 
-def _watch(child: subprocess.Popen[bytes], pid_file: Path, kill: Path) -> str:
-    """Wait for the child, passing cancels on; returns why it was killed, if it was."""
+def _watch(child: subprocess.Popen[bytes], pid_file: Path, kill: Path) -> tuple[str, bool]:
+    """Wait for the child, passing cancels on. Returns why it was killed, if it was, and
+    whether that was because its pool's lease expired (rather than a cancel)."""
     cancel = marker_path(pid_file)
     lease = pid_file.parent / LEASE_NAME
     seen, unchanged_since = _read(lease), time.monotonic()
@@ -109,12 +112,12 @@ def _watch(child: subprocess.Popen[bytes], pid_file: Path, kill: Path) -> str:
     while True:
         try:
             child.wait(POLL_S)
-            return ""
+            return "", False
         except subprocess.TimeoutExpired:
             pass
         if kill.exists():
             _kill(child)
-            return kill.read_text(errors="replace").strip() or "cancelled"
+            return kill.read_text(errors="replace").strip() or "cancelled", False
         # Signalled only once it wrote its pid file (its handler is armed by then);
         # before that, the marker stops the stage on entry.
         if not signalled and cancel.exists() and pid_file.exists():
@@ -126,7 +129,7 @@ def _watch(child: subprocess.Popen[bytes], pid_file: Path, kill: Path) -> str:
             seen, unchanged_since = now_seen, time.monotonic()
         elif time.monotonic() - unchanged_since > LEASE_S:
             _kill(child)
-            return f"its pool stopped renewing its lease for {LEASE_S:.0f} s (gone, or cut off)"
+            return f"its pool stopped renewing its lease for {LEASE_S:.0f} s (gone, or cut off)", True
 
 
 def _wait_until_over(alive: Path) -> bool:

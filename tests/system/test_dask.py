@@ -35,6 +35,7 @@ from requires import require
 pytestmark = pytest.mark.timeout(90)
 
 WAIT_S = 30.0
+STOP_WITHIN_S = 3.0  # a Dask process ignoring SIGINT that long is killed (nothing is lost)
 
 PIPELINE = '''\
 import os
@@ -152,12 +153,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             address = client.scheduler.address
         yield Cluster(address, workers)
     finally:
-        for proc in reversed(procs):  # SIGINT: a clean stop (SIGTERM makes Dask wait)
+        # The scheduler stops its workers, then itself; SIGINT for whatever did not hear.
+        with contextlib.suppress(Exception), Client(scheduler_file=str(scheduler_file), timeout=5) as client:
+            client.shutdown()
+        for proc in reversed(procs):
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGINT)
         for proc in procs:
             try:
-                proc.wait(10)
+                proc.wait(STOP_WITHIN_S)
             except subprocess.TimeoutExpired:
                 kill_group(proc.pid)
                 proc.wait(5)
@@ -265,3 +269,59 @@ def test_no_scheduler_is_a_clear_error(tmp_path: Path, proc_guard: ProcGuard, st
     assert rc == 2, describe((rc, out, err))
     assert f"no Dask scheduler answered at tcp://127.0.0.1:{port}" in err, describe((rc, out, err))
     assert "Traceback" not in err
+
+
+HOLD = '''\
+import os
+import time
+
+from pivot import stage
+
+
+def _gone(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
+@stage(outs=["hold.txt"])
+def hold() -> None:
+    # The first attempt runs until its process is killed (at most 30 s); the next one
+    # records whether the first was over when it began, and finishes.
+    with open("hold.runs", "a+") as f:
+        f.seek(0)
+        before = f.read().split()
+        over = not before or _gone(int(before[0]))
+        f.write(f"{os.getpid()} {os.getppid()} {over}\\n")
+    deadline = time.monotonic() + 30
+    while not before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with open("hold.txt", "w") as f:
+        f.write("done\\n")
+'''
+
+
+def test_a_pool_that_stops_renewing_its_lease_has_its_stage_process_killed_before_it_runs_again(
+    tmp_path: Path, proc_guard: ProcGuard, start_broker: Callable[..., Broker], cluster: Cluster,
+) -> None:
+    root = write_files(tmp_path / "proj", {"pipeline.py": HOLD})
+    broker = start_broker(root)
+    control = broker.wait_bound()
+    pool = dask_pool(proc_guard, root, control, cluster)
+    repro = proc_guard.track(start_pivot(root, "repro", "--broker", control, "--json"))
+    wait_for(lambda: runs(root, "hold"), WAIT_S, "the first attempt to start")
+    [[first, _, _]] = runs(root, "hold")
+    pool.send_signal(signal.SIGSTOP)  # frozen: no lease renewed, no heartbeat
+    try:
+        wait_for(lambda: not alive(int(first)), 15, "the stage's process to be killed on the expired lease")
+    finally:
+        pool.send_signal(signal.SIGCONT)
+    rc, out, err = wait_exit(repro, 60, "pivot repro")
+    assert rc == 0, describe((rc, out, err))
+    assert finished(parse_events(out))["hold"]["status"] == "ran"
+    attempts = runs(root, "hold")
+    assert len(attempts) == 2 and attempts[1][2] == "True", attempts
+    rc, _, err = broker.stop()
+    assert rc == 0, err
