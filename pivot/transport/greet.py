@@ -5,7 +5,10 @@ name, pid, host and the project id it sees) and gets `hello_reply` (the broker's
 endpoints, its id and liveness settings) or `refused` (another protocol version, another
 project, a key not allowed this). With CURVE, a key the broker does not know is refused
 during the ZeroMQ handshake itself, before any message: the socket monitor reports that
-failed handshake, so the client says "authentication failed" instead of waiting.
+failed handshake, so the client says "authentication failed" instead of waiting. A
+client holding another broker's public key gets no such event (the broker cannot read
+its first handshake message and just closes the connection): connections that close
+again and again before their handshake completes say it.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ if TYPE_CHECKING:
 __all__ = ["AuthFailed", "BrokerInfo", "BrokerRefused", "NoBroker", "greet"]
 
 GREET_TIMEOUT_S = 5.0
+# Connections closed during the CURVE handshake before a client blames the broker key it
+# holds (once could be a broker restarting).
+DROPS_BEFORE_BLAME = 3
 
 
 class NoBroker(Unreachable):
@@ -86,7 +92,11 @@ def greet(
     if keys is not None:
         keys.apply(sock)
     # A refused CURVE handshake is otherwise silence: the monitor says so at once.
-    monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+    monitor = sock.get_monitor_socket(
+        zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+        | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+    )
+    handshakes = _Handshakes(control, curve=keys is not None)
     try:
         sock.connect(control)
         hello = Hello(role, name, os.getpid(), socket.gethostname(), project)
@@ -98,7 +108,7 @@ def greet(
         while (left := deadline - time.monotonic()) > 0:
             ready = dict(poller.poll(int(left * 1000) + 1))
             if monitor in ready:
-                _check_handshake(monitor, control)
+                handshakes.check(monitor)
             if sock in ready:
                 env = decode_or_log(sock.recv(), "control")
                 if env is None:
@@ -117,22 +127,42 @@ def greet(
         sock.close(linger=0)
 
 
-def _check_handshake(monitor: zmq.Socket[bytes], control: str) -> None:
-    from zmq.utils.monitor import recv_monitor_message
+class _Handshakes:
+    """What the socket monitor says of the connection's security handshake."""
 
-    while monitor.poll(0):
-        event = recv_monitor_message(monitor)
-        if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+    def __init__(self, control: str, curve: bool) -> None:
+        self.control = control
+        self.curve = curve
+        self.succeeded = False
+        self.drops = 0
+
+    def check(self, monitor: zmq.Socket[bytes]) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+
+        while monitor.poll(0):
+            event = recv_monitor_message(monitor)["event"]
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.succeeded = True
+            elif event == zmq.EVENT_DISCONNECTED and not self.succeeded:
+                self.drops += 1
+            elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                raise AuthFailed(
+                    f"authentication failed at {self.control}: the broker does not accept this "
+                    "client's key (add it with `pivot keys add NAME --role ...` where the "
+                    "broker's keys are, then restart the broker), or the broker's public key "
+                    "given here (--broker-key / PIVOT_BROKER_KEY) is not that broker's"
+                )
+            elif event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+                raise AuthFailed(
+                    f"the security handshake with {self.control} failed: one side uses CURVE keys "
+                    "and the other does not (give --key and --broker-key, or neither)"
+                )
+        if self.curve and self.drops >= DROPS_BEFORE_BLAME:
             raise AuthFailed(
-                f"authentication failed at {control}: the broker does not accept this "
-                "client's key (add it with `pivot keys add NAME --role ...` where the "
-                "broker's keys are, then restart the broker), or the broker's public key "
-                "given here (--broker-key / PIVOT_BROKER_KEY) is not that broker's"
-            )
-        if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
-            raise AuthFailed(
-                f"the security handshake with {control} failed: one side uses CURVE keys "
-                "and the other does not (give --key and --broker-key, or neither)"
+                f"authentication failed at {self.control}: the broker there closed the connection "
+                f"during the CURVE handshake {self.drops} times; the broker's public key given "
+                "here (--broker-key / PIVOT_BROKER_KEY) is probably not that broker's: copy "
+                "broker.key from the broker's keys folder"
             )
 
 

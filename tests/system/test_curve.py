@@ -128,6 +128,21 @@ def test_known_keys_get_in_and_an_unknown_key_is_refused_and_logged(keyed: tuple
     assert ping.returncode == 0, "the broker broke after refusing clients\n" + describe(ping)
 
 
+def test_a_client_holding_another_brokers_public_key_is_told_so(keyed: tuple[Path, Path, str], tmp_path: Path) -> None:
+    root, keys, control = keyed
+    env = pivot_env()
+    other = tmp_path / "other-keys"  # another broker's keys
+    made = run(root, "keys", "init", "--dir", str(other), env=env)
+    assert made.returncode == 0, describe(made)
+    wrong = ["--key", str(keys / "operator.key_secret"), "--broker-key", str(other / "broker.key")]
+    ping = run(root, "ping", "--broker", control, "--timeout", "5", *wrong, env=env)
+    assert ping.returncode == 2, describe(ping)
+    assert "authentication failed" in ping.stderr and "--broker-key" in ping.stderr, describe(ping)
+    pool_key = ["--key", str(keys / "pool.key_secret"), "--broker-key", str(other / "broker.key")]
+    pool = run(root, "workers", "--broker", control, "--broker-timeout", "5", *pool_key, env=env)
+    assert pool.returncode == 2 and "authentication failed" in pool.stderr, describe(pool)
+
+
 def test_each_role_may_do_only_its_part(keyed: tuple[Path, Path, str]) -> None:
     root, keys, control = keyed
     env = pivot_env()
