@@ -109,6 +109,7 @@ BUS_TICK_S = 1.0
 EVENTS_HWM = 100_000
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 FLUSH_MS = 500
+HANDSHAKE_NOTE_S = 10.0
 WATCHER_SEEN_S = 10.0  # a watcher re-says hello every few seconds; ps shows it this long
 
 
@@ -205,6 +206,9 @@ class BrokerService:
         self._stop_sender = make_socket(ctx, zmq.PAIR)
         self._stop_sender.connect(self._stop_addr)
         self.zap: zmq.Socket[bytes] | None = None
+        self.monitors: dict[zmq.Socket[bytes], str] = {}  # handshake failures per link
+        self._handshake_failures: dict[str, int] = {}
+        self._next_handshake_note = 0.0
         if self.security is not None:
             # libzmq asks this socket about every CURVE handshake (one per context).
             self.zap = make_socket(ctx, zmq.REP)
@@ -214,6 +218,8 @@ class BrokerService:
                 (self.work, "work"), (self.control, "control"), (self.events, "events"), (self.changes, "changes"),
             ):
                 self.security.keys.apply(sock, domain)
+                # A client holding another broker's public key fails before ZAP is asked.
+                self.monitors[sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)] = domain
         # Control first: a port already in use fails before anything else is bound.
         # tcp port 0 (or *) takes a free port; what was bound is announced at hello.
         bound = {}
@@ -246,6 +252,8 @@ class BrokerService:
             # A stopped engine's last words (shutdown replies, pool_shutdown, the last
             # events) get a moment to leave; otherwise nothing may hold the close up.
             linger = FLUSH_MS if self.exit_when_stopped and self.state.stopped else 0
+            for monitor in self.monitors:
+                monitor.close(linger=0)
             for sock in self._sockets:
                 sock.close(linger=linger)
 
@@ -259,6 +267,8 @@ class BrokerService:
             self._load_own_manifest()  # the first load
         if self.zap is not None:
             poller.register(self.zap, zmq.POLLIN)
+        for monitor in self.monitors:
+            poller.register(monitor, zmq.POLLIN)
         for fd in self.wake_fds:
             poller.register(fd, zmq.POLLIN)
         now = self.clock()
@@ -274,6 +284,9 @@ class BrokerService:
                 return
             if self.zap is not None and self.zap in ready:
                 self._answer_zap()
+            for monitor, link in self.monitors.items():
+                if monitor in ready:
+                    self._note_handshake_failures(monitor, link)
             for fd in self.wake_fds:
                 if fd in ready and self.on_wake is not None:
                     self.on_wake(fd)
@@ -304,6 +317,25 @@ class BrokerService:
         """Hand the state machine an event from the loop's own thread (a signal handler,
         a supervised child's exit)."""
         self._feed(event)
+
+    def _note_handshake_failures(self, monitor: zmq.Socket[bytes], link: str) -> None:
+        """Log failed CURVE handshakes: at once, then at most once per HANDSHAKE_NOTE_S."""
+        while True:
+            try:
+                monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            self._handshake_failures[link] = self._handshake_failures.get(link, 0) + 1
+        now = self.clock()
+        if now < self._next_handshake_note:
+            return
+        self._next_handshake_note = now + HANDSHAKE_NOTE_S
+        counts = ", ".join(f"{n} on {name}" for name, n in sorted(self._handshake_failures.items()))
+        self._handshake_failures.clear()
+        log.warning(
+            "CURVE handshakes failed (%s): a client holds another broker's public key, or "
+            "speaks without CURVE", counts,
+        )
 
     def _answer_zap(self) -> None:
         assert self.zap is not None

@@ -141,6 +141,8 @@ def test_a_client_holding_another_brokers_public_key_is_told_so(keyed: tuple[Pat
     pool_key = ["--key", str(keys / "pool.key_secret"), "--broker-key", str(other / "broker.key")]
     pool = run(root, "workers", "--broker", control, "--broker-timeout", "5", *pool_key, env=env)
     assert pool.returncode == 2 and "authentication failed" in pool.stderr, describe(pool)
+    log = root / ".pivot" / "logs" / "broker.jsonl"
+    wait_for(lambda: "CURVE handshakes failed" in log.read_text(), 5, "the broker to log the failed handshakes")
 
 
 def test_each_role_may_do_only_its_part(keyed: tuple[Path, Path, str]) -> None:
