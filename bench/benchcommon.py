@@ -3,10 +3,16 @@ on sys.path)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def pivot_env() -> dict[str, str]:
@@ -28,3 +34,47 @@ def pivot_cmd() -> list[str]:
         return [str(exe)]
     found = shutil.which("pivot")
     return [found] if found else [sys.executable, "-c", "from pivot.cli.main import main; main()"]
+
+
+def chain_lines(n: int) -> list[str]:
+    """pipeline.py lines for a chain of N trivial stages: s0 reads data/in.txt, each
+    s{i} reads s{i-1}'s output (out/s{i}.txt)."""
+    lines = ["from pivot import stage", ""]
+    for i in range(n):
+        dep = f'"out/s{i - 1}.txt"' if i else '"data/in.txt"'
+        lines += [
+            f"@stage(deps=[{dep}], outs=[\"out/s{i}.txt\"])",
+            f"def s{i}() -> None:",
+            f"    open(\"out/s{i}.txt\", \"w\").write(open({dep}).read() + \"{i}\")",
+            "",
+        ]
+    return lines
+
+
+class Events:
+    """A display's JSON event lines, read in a thread; `wait` for one matching `pred`."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.items: list[dict[str, Any]] = []
+        self.cond = threading.Condition()
+        threading.Thread(target=self._read, args=(proc,), daemon=True).start()
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            with self.cond:
+                self.items.append(json.loads(line))
+                self.cond.notify_all()
+
+    def wait(self, start: int, pred: Callable[[dict[str, Any]], bool], timeout: float = 60.0) -> dict[str, Any]:
+        """The first event from index `start` on that matches; SystemExit on timeout."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                for e in self.items[start:]:
+                    if pred(e):
+                        return e
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise SystemExit(f"timed out; last events: {self.items[-5:]}")
+                self.cond.wait(left)

@@ -32,13 +32,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchcommon import pivot_cmd, pivot_env
+from benchcommon import Events, chain_lines, pivot_cmd, pivot_env
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "hosts"))
 from netns import Network, can_make_namespaces, network
@@ -47,15 +46,7 @@ POOLS = ("pool-a", "pool-b")
 
 
 def write_project(root: Path, n: int) -> None:
-    lines = ["from pivot import stage", ""]
-    for i in range(n):
-        dep = f'"out/s{i - 1}.txt"' if i else '"data/in.txt"'
-        lines += [
-            f"@stage(deps=[{dep}], outs=[\"out/s{i}.txt\"])",
-            f"def s{i}() -> None:",
-            f"    open(\"out/s{i}.txt\", \"w\").write(open({dep}).read() + \"{i}\")",
-            "",
-        ]
+    lines = chain_lines(n)
     lines += [
         '@stage(deps=["data/probe.txt"], outs=["out/probe.txt"])',
         "def probe() -> None:",
@@ -161,32 +152,6 @@ def timed_repro(p: Place) -> tuple[float, float]:
     began = next(e["ts"] for e in events if e["event"] == "wave_started")
     ended = next(e["ts"] for e in events if e["event"] == "wave_finished")
     return wall, ended - began
-
-
-class Events:
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.items: list[dict[str, Any]] = []
-        self.cond = threading.Condition()
-        threading.Thread(target=self._read, args=(proc,), daemon=True).start()
-
-    def _read(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            with self.cond:
-                self.items.append(json.loads(line))
-                self.cond.notify_all()
-
-    def wait(self, start: int, pred: Callable[[dict[str, Any]], bool], timeout: float = 60.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while True:
-                for e in self.items[start:]:
-                    if pred(e):
-                        return e
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise SystemExit(f"timed out; last events: {self.items[-5:]}")
-                self.cond.wait(left)
 
 
 def ended(wave: int) -> Callable[[dict[str, Any]], bool]:

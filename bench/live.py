@@ -22,16 +22,14 @@ started when it is handed to a worker, before its code runs).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-from benchcommon import pivot_cmd, pivot_env
+from benchcommon import Events, pivot_cmd, pivot_env
 
 HELPERS = "def transform(text: str) -> str:\n    return text.upper() + {tag!r}\n"
 
@@ -58,32 +56,6 @@ def write_project(root: Path, n: int, module: str | None = None) -> None:
     (root / "pipeline.py").write_text("\n".join(lines))
     (root / "helpers.py").write_text(HELPERS.format(tag="v0"))
     (root / "data" / "in.txt").write_text("start\n")
-
-
-class Events:
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.items: list[dict[str, object]] = []
-        self.cond = threading.Condition()
-        threading.Thread(target=self._read, args=(proc,), daemon=True).start()
-
-    def _read(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            with self.cond:
-                self.items.append(json.loads(line))
-                self.cond.notify_all()
-
-    def wait(self, start: int, pred: object, timeout: float = 60.0) -> dict[str, object]:
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while True:
-                for e in self.items[start:]:
-                    if pred(e):  # type: ignore[operator]
-                        return e
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise SystemExit(f"timed out; last events: {self.items[-5:]}")
-                self.cond.wait(left)
 
 
 def pct(values: list[float], q: float) -> float:

@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchcommon import pivot_cmd, pivot_env
+from benchcommon import chain_lines, pivot_cmd, pivot_env
 
 LABELS = {
     "in-process": "in-process (one-shot engine; includes starting its pool and loader, ~0.3 s)",
@@ -47,15 +47,7 @@ LABELS = {
 
 
 def write_chain(root: Path, n: int) -> None:
-    lines = ["from pivot import stage", ""]
-    for i in range(n):
-        dep = f'"out/s{i - 1}.txt"' if i else '"data/in.txt"'
-        lines += [
-            f"@stage(deps=[{dep}], outs=[\"out/s{i}.txt\"])",
-            f"def s{i}() -> None:",
-            f"    open(\"out/s{i}.txt\", \"w\").write(open({dep}).read() + \"{i}\")",
-            "",
-        ]
+    lines = chain_lines(n)
     (root / "out").mkdir(parents=True)
     (root / "data").mkdir()
     (root / "data" / "in.txt").write_text("x")

@@ -68,6 +68,16 @@ def slow() -> None:
         f.write(f"version {helpers.VERSION}\\n")
 '''
 
+# In a stage: whether process PID is over (gone, or a zombie).
+GONE = '''\
+def _gone(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+'''
+
 FAULTS = '''\
 import os
 import signal
@@ -76,13 +86,7 @@ import time
 from pivot import stage
 
 
-def _gone(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except OSError:
-        return True
-
+{gone}
 
 @stage(outs=["victim.txt"])
 def victim() -> None:
@@ -108,6 +112,9 @@ def suicide() -> None:
         f.write(f"{os.getpid()}\\n")
     os.kill(os.getpid(), signal.SIGKILL)
 '''
+
+
+FAULTS = FAULTS.replace("{gone}", GONE)
 
 
 @dataclass
@@ -278,13 +285,7 @@ import time
 from pivot import stage
 
 
-def _gone(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except OSError:
-        return True
-
+{gone}
 
 @stage(outs=["hold.txt"])
 def hold() -> None:
@@ -301,6 +302,7 @@ def hold() -> None:
     with open("hold.txt", "w") as f:
         f.write("done\\n")
 '''
+HOLD = HOLD.replace("{gone}", GONE)
 
 
 def test_a_pool_that_stops_renewing_its_lease_has_its_stage_process_killed_before_it_runs_again(
