@@ -74,15 +74,13 @@ from pivot.transport.greet import BrokerRefused, NoBroker, greet
 from pivot.transport.sockets import decode_or_log, make_socket, send_msg
 from workers.attempts import Attempt, Phase, validate
 from workers.executors import Executor, LokyWorkers
+from workers.liveness import HELLO_EVERY_S, BrokerWatch
 from workers.outcomes import Outbox, Result, after_decision, after_run
 
 __all__ = ["PoolService", "main"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HEARTBEAT_S = 1.0
-DEFAULT_LIVENESS = 3
-HELLO_EVERY_S = 1.0  # while the broker is away, how often a standalone pool asks again
 LEAVE_LINGER_MS = 1000
 LEASE_EVERY_S = 1.0
 
@@ -112,13 +110,9 @@ class PoolService:
         self.link = link if isinstance(link, Link) else Link(work=link)
         self.incarnation = os.urandom(6).hex()  # new at every start of this pool
         self.broker_id = ""
-        self.fenced = False  # stopped what it ran when the broker went silent
-        self.next_hello = 0.0
         self.exit_code = 0
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.sock = self._socket(self.link.work) if self.link.work else None
-        self.heartbeat_s = DEFAULT_HEARTBEAT_S
-        self.liveness = DEFAULT_LIVENESS
         self.manifest: Manifest | None = None
         self.producers: DepProducers = {}
         self.state = ProjectState.open(root)
@@ -146,8 +140,7 @@ class PoolService:
         self.stopping = False
         self.leaving = False  # SIGTERM: handing back its stages before it exits
         self.leave_by: float | None = None
-        self.last_heard = self.clock()
-        self.last_sent = 0.0
+        self.watch = BrokerWatch(self.clock(), standalone=self.link.control is not None, give_up_after=self.link.timeout)
 
     # --- plumbing ------------------------------------------------------------------
 
@@ -163,7 +156,7 @@ class PoolService:
     def _send(self, msg: Message) -> None:
         assert self.sock is not None
         send_msg(self.sock, msg, sender=self.name)
-        self.last_sent = self.clock()
+        self.watch.sent(self.clock())
 
     def _hello(self) -> None:
         running = {name: a.stage for name, a in self.attempts.items() if a.cancel is None}
@@ -194,7 +187,7 @@ class PoolService:
         if self.sock is not None:
             self.sock.close(linger=0)
         self.sock = self._socket(info.work)
-        self.heartbeat_s, self.liveness = info.heartbeat_s, info.liveness
+        self.watch.heartbeat_s, self.watch.liveness = info.heartbeat_s, info.liveness
         return True
 
     def _connect_first(self) -> bool:
@@ -215,29 +208,17 @@ class PoolService:
                 return False
         return False
 
-    def _broker_silent(self, now: float) -> bool:
-        """The broker has been silent too long: stop what runs (fencing), then exit (its
-        engine is gone, or --broker-timeout passed: True) or ask again for a broker."""
-        silent = now - self.last_heard
-        if not self.fenced and self.attempts:
-            self._fence(f"the broker has been silent for {silent:.1f} s")
-        self.fenced = True
-        timeout = self.link.timeout
-        if timeout is None and self.link.control is None:
-            timeout = self.heartbeat_s * self.liveness
-        if timeout is not None and silent > timeout:
-            log.error("broker silent for %.1f s: exiting", silent)
-            return True
-        if self.link.control is not None and now >= self.next_hello:
-            self.next_hello = now + HELLO_EVERY_S
-            try:
-                if self._greet(timeout=HELLO_EVERY_S):
-                    self._hello()
-            except BrokerRefused as exc:  # a broker of another version took over
-                log.error("%s", exc)
-                self.exit_code = 2
-                return True
-        return False
+    def _hello_again(self) -> bool:
+        """A standalone pool asks again for a broker. False: one answered, refusing it
+        (of another version, say): exit."""
+        try:
+            if self._greet(timeout=HELLO_EVERY_S):
+                self._hello()
+        except BrokerRefused as exc:
+            log.error("%s", exc)
+            self.exit_code = 2
+            return False
+        return True
 
     def _fence(self, why: str) -> None:
         """Stop every stage this pool runs: the broker gives them to another pool once it
@@ -300,14 +281,20 @@ class PoolService:
                 now = self.clock()
                 if self.leaving and self._leave(now):
                     return self.exit_code
-                if now - self.last_heard > self.heartbeat_s * self.liveness:
-                    if is_stopped(os.getppid()):
-                        # `pivot up` (the broker's process) was stopped by Ctrl-Z: it
-                        # comes back with fg. Its silence is not its death.
-                        self.last_heard = now
-                    elif self._broker_silent(now):
-                        return 3
-                if now - self.last_sent >= self.heartbeat_s:
+                if self.watch.silent(now) and is_stopped(os.getppid()):
+                    # `pivot up` (the broker's process) was stopped by Ctrl-Z: it comes
+                    # back with fg. Its silence is not its death.
+                    self.watch.heard(now)
+                due = self.watch.due(now)
+                silent_s = now - self.watch.last_heard
+                if due.fence and self.attempts:
+                    self._fence(f"the broker has been silent for {silent_s:.1f} s")
+                if due.give_up:
+                    log.error("broker silent for %.1f s: exiting", silent_s)
+                    return 3
+                if due.hello and not self._hello_again():
+                    return self.exit_code
+                if due.heartbeat:
                     self._send(Heartbeat(self.name))
                 self._resend(now)
                 self._enforce_cancels(now)
@@ -331,7 +318,7 @@ class PoolService:
             self._shutdown()
 
     def _timeout_ms(self, now: float) -> float:
-        deadlines = [self.last_sent + self.heartbeat_s, self.last_heard + self.heartbeat_s * self.liveness]
+        deadlines = [self.watch.next_deadline()]
         if (resend := self.unacked.next_send()) is not None:
             deadlines.append(resend)
         # An attempt whose worker was not known yet is signalled as soon as it is.
@@ -349,18 +336,18 @@ class PoolService:
                 payload = self.sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self.last_heard = self.clock()
+            self.watch.heard(self.clock())
             env = decode_or_log(payload, "work")
             if env is None:
                 continue
             match env.msg:
                 case PoolWelcome(heartbeat_s=hb, liveness=liveness, broker=broker):
-                    self.heartbeat_s, self.liveness = hb, liveness
+                    self.watch.welcomed(hb, liveness)
                     if broker != self.broker_id and self.broker_id:
                         log.warning("a new broker (%s) took over from %s", broker, self.broker_id)
                         if self.manifest is not None:  # it knows nothing of the pipeline yet
                             self._send(ManifestLoaded(self.name, self.manifest.to_wire()))
-                    self.broker_id, self.fenced = broker, False
+                    self.broker_id = broker
                 case Refused(code="unknown"):
                     if not self.leaving:
                         self._hello()  # a broker that restarted: it learns of us now
