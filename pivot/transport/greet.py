@@ -8,7 +8,10 @@ during the ZeroMQ handshake itself, before any message: the socket monitor repor
 failed handshake, so the client says "authentication failed" instead of waiting. A
 client holding another broker's public key gets no such event (the broker cannot read
 its first handshake message and just closes the connection): connections that close
-again and again before their handshake completes say it.
+again and again before their handshake completes say it, once a plain connection shows
+that a ZeroMQ peer is there (it greets at once). A port proxy with no broker behind it
+yet (Docker's, while the broker's container starts) also accepts and closes: that is
+waiting, not a wrong key.
 """
 
 from __future__ import annotations
@@ -158,12 +161,34 @@ class _Handshakes:
                     "and the other does not (give --key and --broker-key, or neither)"
                 )
         if self.curve and self.drops >= DROPS_BEFORE_BLAME:
+            if not _speaks_zmtp(self.control):
+                self.drops = 0  # nothing behind the port yet: keep waiting
+                return
             raise AuthFailed(
                 f"authentication failed at {self.control}: the broker there closed the connection "
                 f"during the CURVE handshake {self.drops} times; the broker's public key given "
                 "here (--broker-key / PIVOT_BROKER_KEY) is probably not that broker's: copy "
                 "broker.key from the broker's keys folder"
             )
+
+
+ZMTP_SIGNATURE_FIRST = 0xFF  # every ZMTP 3 greeting starts with it, sent at once
+PROBE_S = 0.3
+
+
+def _speaks_zmtp(control: str) -> bool:
+    """Whether a ZeroMQ peer answers at `control` (tcp): it sends its greeting as soon as
+    a connection is made. Anything else (ipc, a bad address) counts as yes."""
+    if not control.startswith("tcp://"):
+        return True
+    host, _, port = control[len("tcp://"):].rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_S) as conn:
+            conn.settimeout(PROBE_S)
+            first = conn.recv(1)
+    except (OSError, ValueError):
+        return False
+    return first[:1] == bytes([ZMTP_SIGNATURE_FIRST])
 
 
 def _refusal(msg: Refused, control: str) -> BrokerRefused:

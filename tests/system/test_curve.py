@@ -145,6 +145,35 @@ def test_a_client_holding_another_brokers_public_key_is_told_so(keyed: tuple[Pat
     wait_for(lambda: "CURVE handshakes failed" in log.read_text(), 5, "the broker to log the failed handshakes")
 
 
+def test_a_port_that_accepts_and_closes_with_no_broker_behind_it_is_waiting_not_a_wrong_key(tmp_path: Path) -> None:
+    """Docker's port proxy, while the broker's container starts: connections are taken
+    and closed at once, as a broker closes a handshake it cannot read."""
+    import socket
+    import threading
+
+    root = write_files(tmp_path / "proj", {"pipeline.py": PIPELINE})
+    keys = tmp_path / "keys"
+    assert run(root, "keys", "init", "--dir", str(keys), env=pivot_env()).returncode == 0
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(64)
+
+        def accept_and_close() -> None:
+            while True:
+                try:
+                    conn, _ = server.accept()
+                except OSError:
+                    return
+                conn.close()
+
+        threading.Thread(target=accept_and_close, daemon=True).start()
+        port = server.getsockname()[1]
+        ping = run(root, "ping", "--broker", f"tcp://127.0.0.1:{port}", "--timeout", "2",
+                   *client(keys, "operator"), env=pivot_env())
+    assert ping.returncode == 1, describe(ping)
+    assert "no Pivot broker answered" in ping.stderr and "authentication" not in ping.stderr, describe(ping)
+
+
 def test_each_role_may_do_only_its_part(keyed: tuple[Path, Path, str]) -> None:
     root, keys, control = keyed
     env = pivot_env()
