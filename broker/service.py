@@ -606,6 +606,9 @@ class BrokerService:
                 "role": "pool", "name": name, "pid": pool.pid, "host": pool.host,
                 "uptime_s": round(now - pool.joined, 1), "slots": pool.slots,
                 "busy": len(pool.attempts), "tags": sorted(pool.tags),
+                # Whether its own manifest was checked against the engine's, and the
+                # stages it loaded other code for (it gets none of those).
+                "current": pool.current, "mismatched": sorted(pool.mismatched),
             })
         if self.local_ps is not None:
             rows += self.local_ps(now)

@@ -14,8 +14,9 @@ from pivot.cli.target import broker_options
 @broker_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def ps(broker: str | None, key: Path | None, broker_key: Path | None, as_json: bool) -> None:
-    """List the engine's processes: the broker, its pools (slots, busy, tags) and its
-    watchers, with pid, host and uptime."""
+    """List the engine's processes: the broker, its pools (slots, busy, tags, and the
+    stages a pool loaded other code for: it gets none of them) and its watchers, with
+    pid, host and uptime."""
     from pivot.cli.common import table
     from pivot.cli.remote import connect
     from pivot.cli.target import root_or_none
@@ -34,6 +35,12 @@ def ps(broker: str | None, key: Path | None, broker_key: Path | None, as_json: b
         if p.get("role") == "pool":
             tags = ",".join(p.get("tags") or []) or "-"
             details = f"slots {p.get('slots')}, busy {p.get('busy')}, tags {tags}"
+            other = p.get("mismatched") or []
+            if other:  # another checkout or Python: it gets none of these stages
+                shown = ", ".join(str(s) for s in other[:5]) + (" ..." if len(other) > 5 else "")
+                details += f"; other code for {len(other)} stage(s): {shown}"
+            elif p.get("current") is False:
+                details += "; loading the pipeline"
         else:
             details = str(p.get("endpoint", ""))
         rows.append([str(p.get("role")), str(p.get("name")), str(p.get("pid")), str(p.get("host")),

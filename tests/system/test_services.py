@@ -472,6 +472,10 @@ def test_a_pool_that_loaded_other_code_gets_none_of_those_stages(
     live = LiveRun(display)
     notice = live.wait_event(lambda e: e["event"] == "notice", WAIT_S, "the mismatch notice")
     assert "worker pool stale loaded other code or declarations for a" in notice["message"], notice
+    [row] = [r for r in ps(root, control) if r["name"] == "stale"]
+    assert row["mismatched"] == ["a"] and row["current"] is True, row
+    shown = run_pivot(root, "ps", "--broker", control)
+    assert "other code for 1 stage(s): a" in shown.stdout, describe(shown)
     good = start_pool(proc_guard, root, control, "good", "-j", "1")
     result = run_pivot(root, "repro", "--broker", control, "--json", timeout=WAIT_S + 10)
     assert result.returncode == 0, describe(result)
