@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING
 import zmq
 
 from broker.access import Access
-from broker.changes import ChangeChecker
 from broker.events import (
     ChangesConfirmed,
     Command,
@@ -97,6 +96,7 @@ from pivot.transport.rundir import Endpoints
 from pivot.transport.sockets import decode_or_log, make_socket
 
 if TYPE_CHECKING:
+    from broker.changes import ChangeChecker
     from pivot.transport.curve import ServerKeys
 
 __all__ = ["BrokerIdentity", "BrokerService", "Security"]
@@ -401,6 +401,10 @@ class BrokerService:
                 self._load_own_manifest()
             case ConfirmChanges(paths):
                 if self._checker is None:
+                    # Imported on first use: the state cache (sqlite3) is not needed to
+                    # start an engine, whose start every process's imports slow down.
+                    from broker.changes import ChangeChecker
+
                     self._checker = ChangeChecker(self.root, self.ctx, self._confirm_addr)
                 self._checker.submit(paths)
 
