@@ -66,6 +66,7 @@ if sys.platform == "linux":
 __all__ = [
     "ContentCache",
     "CorruptObject",
+    "DamagedObject",
     "GcReport",
     "MissingObject",
     "NotStorable",
@@ -110,6 +111,18 @@ class MissingObject(PivotError, KeyError):
         return (
             f"directory {self.digest} is incomplete in the cache: "
             f"{len(self.missing)} file object(s) missing ({shown})"
+        )
+
+
+class DamagedObject(MissingObject):
+    """An object whose content no longer matches its digest (a disk error, a truncation,
+    a hand edit inside the cache): found while placing it, and removed, so the stage
+    that produces it runs again and stores it anew. Never placed."""
+
+    def __str__(self) -> str:
+        return (
+            f"object {self.digest} in the cache was damaged (its content no longer matches "
+            "its digest); it was removed, and the stage that produces it runs again"
         )
 
 
@@ -321,14 +334,20 @@ class ContentCache:
             raise
 
     def _place_file(self, digest: str, target: Path) -> None:
-        """Write object `digest` to the new path `target` (must not exist), mode 0o644."""
+        """Write object `digest` to the new path `target` (must not exist), mode 0o644,
+        checking on the way that its content still matches its digest."""
+        obj = self.object_path(digest)
         try:
-            fin = open(self.object_path(digest), "rb")  # noqa: SIM115 - closed by `with` below
+            fin = open(obj, "rb")  # noqa: SIM115 - closed by `with` below
         except FileNotFoundError:
             raise MissingObject(digest) from None
         with fin, _open_exclusive(target) as fout:
-            _clone_or_copy(fin, fout)
+            placed = _copy_and_hash(fin, fout)
             os.fchmod(fout.fileno(), _PLACED_MODE)
+        if placed != digest:
+            log.warning("cache object %s is damaged (its content hashes to %s): removing it", obj, placed)
+            _unlink_quietly(obj)
+            raise DamagedObject(digest)
 
     # --- listing and gc ---------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from pivot.pipeline.manifest import Manifest, StageSpec
 from pivot.pipeline.producers import ProducerIndex
+from pivot.state.cache import MissingObject
 from pivot.state.decide import Decision, decide
 from pivot.state.lock import StageLock, write_lock
 from pivot.state.outputs import ProjectState, preserve, restore
@@ -87,7 +88,10 @@ def prepare(
         return Prepared(decision, key)
     recorded = decision.lock.outs if decision.lock else {}
     notes = [saved.note() for saved in preserve(state, list(spec.outs), recorded)]
-    restore(state, outs)
+    try:
+        restore(state, outs)
+    except MissingObject as exc:  # gone or damaged since `restorable` looked: run it
+        return Prepared(decision, key, notes=[*notes, f"not restored from the run cache: {exc}"])
     write_lock(
         state.root,
         StageLock(spec.name, spec.fingerprint, spec.params, decision.dep_hashes, outs, spec.code_parts),

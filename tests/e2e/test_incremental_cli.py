@@ -422,6 +422,27 @@ def test_reverting_a_param_restores_outputs_without_running(ran_copy: RanCopy) -
     assert stale(root) == []
 
 
+def test_a_damaged_run_cache_object_is_never_restored_the_stage_runs_and_repairs_it(ran_copy: RanCopy) -> None:
+    root = ran_copy(HELPER_PROJECT)
+    first = (root / "scaled.txt").read_bytes()
+    first_digest = json.loads((root / ".pivot" / "stages" / "scaled.lock").read_text())["outs"]["scaled.txt"]
+    (root / "params.yaml").write_text("scaled:\n  n: 5\n")
+    repro_ok(root)
+    # The first version's cache object is emptied (a full disk, a crash, a stray edit).
+    obj = next((root / ".pivot" / "cache").rglob(first_digest[2:]))
+    os.chmod(obj, 0o644)
+    obj.write_bytes(b"")
+    (root / "params.yaml").write_text("scaled:\n  n: 3\n")  # back to the first version
+
+    events = repro_ok(root)
+    assert statuses(events)["scaled"] == "ran", statuses(events)  # not restored from the damaged object
+    assert (root / "scaled.txt").read_bytes() == first
+    assert runs(root)["scaled"] == 3
+    assert obj.read_bytes() == first  # stored anew by the run: repaired
+    again = repro_ok(root)
+    assert statuses(again)["scaled"] == "skipped"
+
+
 def test_reverting_a_code_edit_restores_outputs_without_running(ran_copy: RanCopy) -> None:
     root = ran_copy(HELPER_PROJECT)
     first = (root / "scaled.txt").read_bytes()

@@ -15,6 +15,7 @@ from pivot.state.cache import (
     STALE_TEMP_AGE,
     ContentCache,
     CorruptObject,
+    DamagedObject,
     MissingObject,
     NotStorable,
     SourceChanged,
@@ -353,6 +354,23 @@ def test_place_missing_file_object_raises_and_leaves_dest(
     with pytest.raises(MissingObject):
         cache.place(absent, tmp_path / "new" / "dest")
     assert not (tmp_path / "new").exists()  # not even the parent directory was made
+
+
+def test_a_damaged_object_is_never_placed_and_is_removed(cache: ContentCache, tmp_path: Path) -> None:
+    src = tmp_path / "model.bin"
+    src.write_bytes(b"weights " * 1000)
+    digest = cache.store(src)
+    obj = cache.object_path(digest)
+    os.chmod(obj, 0o644)
+    obj.write_bytes(b"")  # truncated, as a full disk or a crash leaves it
+    dest = tmp_path / "dest"
+    dest.write_bytes(b"precious\n")
+    with pytest.raises(DamagedObject) as info:
+        cache.place(digest, dest)
+    assert isinstance(info.value, MissingObject) and "damaged" in str(info.value)
+    assert dest.read_bytes() == b"precious\n" and _no_temps_beside(dest) == []
+    assert not obj.exists() and not cache.has(digest)  # the next store puts it back
+    assert cache.store(src) == digest and cache.verify(digest)
 
 
 def test_place_incomplete_directory_raises_and_leaves_dest(
