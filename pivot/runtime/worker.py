@@ -28,27 +28,50 @@ __all__ = ["run_stage"]
 
 MAX_LOG_LINES = 5000
 MAX_LINE_CHARS = 4000
+# All lines kept of one run, both streams: its result message must stay far below the
+# transport's 16 MiB limit (a larger one is dropped, and the stage would look lost).
+MAX_LOG_CHARS = 2_000_000
 
 
 class _LineCapture:
-    """A text stream that keeps whole lines, bounded, tagged with their stream name."""
+    """A text stream that keeps whole lines, bounded, tagged with their stream name.
 
-    def __init__(self, stream: str, sink: list[list[str]]) -> None:
+    Linear in what is written, however it is cut: a line's pieces are kept in a list (a
+    stage printing megabytes without a newline made the old `partial += text` quadratic),
+    and only its first MAX_LINE_CHARS characters are kept at all."""
+
+    def __init__(self, stream: str, sink: list[list[str]], budget: list[int]) -> None:
         self.stream = stream
         self.sink = sink
-        self.partial = ""
+        self.budget = budget  # characters left for every capture of this run (shared)
+        self.pieces: list[str] = []
+        self.piece_chars = 0
         self.dropped = 0
 
     def write(self, text: str) -> int:
-        self.partial += text
-        *lines, self.partial = self.partial.split("\n")
-        for line in lines:
+        if "\n" not in text:
+            self._extend(text)
+            return len(text)
+        first, *rest = text.split("\n")
+        self._extend(first)
+        self._keep("".join(self.pieces))
+        self.pieces, self.piece_chars = [], 0
+        for line in rest[:-1]:
             self._keep(line)
+        self._extend(rest[-1])
         return len(text)
 
+    def _extend(self, text: str) -> None:
+        room = MAX_LINE_CHARS - self.piece_chars
+        if text and room > 0:
+            self.pieces.append(text[:room])
+            self.piece_chars += min(len(text), room)
+
     def _keep(self, line: str) -> None:
-        if len(self.sink) < MAX_LOG_LINES:
-            self.sink.append([self.stream, line[:MAX_LINE_CHARS]])
+        line = line[:MAX_LINE_CHARS]
+        if len(self.sink) < MAX_LOG_LINES and len(line) <= self.budget[0]:
+            self.sink.append([self.stream, line])
+            self.budget[0] -= len(line)
         else:
             self.dropped += 1
 
@@ -59,9 +82,9 @@ class _LineCapture:
         return False
 
     def close_capture(self) -> None:
-        if self.partial:
-            self._keep(self.partial)
-            self.partial = ""
+        if self.pieces:
+            self._keep("".join(self.pieces))
+            self.pieces, self.piece_chars = [], 0
         if self.dropped:
             self.sink.append([self.stream, f"[pivot: {self.dropped} more lines not kept]"])
 
@@ -69,7 +92,8 @@ class _LineCapture:
 @contextmanager
 def _captured(sink: list[list[str]]) -> Iterator[None]:
     saved: tuple[TextIO, TextIO] = (sys.stdout, sys.stderr)
-    out, err = _LineCapture("stdout", sink), _LineCapture("stderr", sink)
+    budget = [MAX_LOG_CHARS]
+    out, err = _LineCapture("stdout", sink, budget), _LineCapture("stderr", sink, budget)
     sys.stdout, sys.stderr = out, err
     try:
         yield
