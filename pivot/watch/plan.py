@@ -38,7 +38,7 @@ from pathlib import Path
 
 from pivot.watch.rules import IgnoreRules
 
-__all__ = ["WatchPlan", "abs_paths", "plan_watches", "under_any"]
+__all__ = ["WatchPlan", "abs_path", "abs_paths", "plan_watches", "under_any"]
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ class WatchPlan:
         existed, and then no event ever announces it: plan again."""
         for rel in flat:
             try:
-                entries = list(os.scandir(_abs(root, rel)))
+                entries = list(os.scandir(abs_path(root, rel)))
             except OSError:
                 continue  # gone or unreadable: its parent's events tell the rest
             names = self.listed.get(rel, frozenset())
@@ -115,7 +115,7 @@ def plan_watches(root: Path, rules: IgnoreRules) -> WatchPlan:
 
 def abs_paths(root: Path, rels: Iterable[str]) -> list[str]:
     """Absolute paths for RustNotify, sorted: a plan registers in the same order."""
-    return sorted(_abs(root, rel) for rel in rels)
+    return sorted(abs_path(root, rel) for rel in rels)
 
 
 def under_any(rel: str, tops: Iterable[str]) -> bool:
@@ -148,7 +148,7 @@ def _walk(root: Path, rules: IgnoreRules, top: str) -> dict[str, _Listing]:
 
 def _list(root: Path, rel: str, rules: IgnoreRules) -> _Listing:
     try:
-        entries = list(os.scandir(_abs(root, rel)))
+        entries = list(os.scandir(abs_path(root, rel)))
     except OSError:
         return _Listing((), (), frozenset(), tainted=True)
     kids: list[str] = []
@@ -201,7 +201,7 @@ def _within(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
-def _abs(root: Path, rel: str) -> str:
+def abs_path(root: Path, rel: str) -> str:
     return f"{root}/{rel}" if rel else str(root)
 
 

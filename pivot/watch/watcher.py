@@ -80,7 +80,7 @@ from pivot.protocol.messages import FilesChanged, Message, WatcherReady
 from pivot.transport.sockets import make_socket
 from pivot.watch.plan import WatchPlan, plan_watches, under_any
 from pivot.watch.rules import IGNORE_FILE, IgnoreRules
-from pivot.watch.watchset import Changes, WatchSet
+from pivot.watch.watchset import RESCAN, Changes, WatchSet
 
 __all__ = ["DEFAULT_DEBOUNCE_MS", "Watcher"]
 
@@ -252,8 +252,12 @@ class Watcher:
 
     def _take(self, changes: Changes) -> None:
         events: dict[str, int] = {}
+        rescan: list[str] = []
         for change, path in changes:
-            if path.startswith(self._prefix):
+            if change == RESCAN:
+                rel = "" if path == self._prefix.rstrip("/") else path[len(self._prefix):]
+                rescan.append(rel)
+            elif path.startswith(self._prefix):
                 rel = path[len(self._prefix) :]
                 # Keep "added" when a path has several events: it triggers the scan.
                 events[rel] = _ADDED if change == _ADDED else events.get(rel, change)
@@ -277,6 +281,8 @@ class Watcher:
             if not ignored:
                 found.append(rel)
         found += self._scan_new(new_folders, replan=replan)
+        for rel in rescan:
+            found += self._scan(rel)[0]
         if IGNORE_FILE in events:
             found += self._catch_up(before)
         if found:
@@ -362,6 +368,8 @@ class Watcher:
             except OSError:
                 continue  # gone again, or unreadable: its own events say the rest
             for entry in entries:
+                if not _utf8(entry.name):
+                    continue  # a name the protocol cannot carry (nor a stage declare)
                 rel = f"{folder}/{entry.name}" if folder else entry.name
                 try:
                     is_dir = entry.is_dir(follow_symlinks=False)
@@ -514,3 +522,13 @@ def _index_lock_path(root: Path) -> Path:
             if first.startswith("gitdir:"):
                 return (root / first.removeprefix("gitdir:").strip()) / "index.lock"
     return dot_git / "index.lock"
+
+
+def _utf8(name: str) -> bool:
+    """Whether a name from the file system is valid UTF-8 (Python decodes the others with
+    surrogate escapes)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -34,16 +34,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from pivot.watch.notify import load_rust_notify
-from pivot.watch.plan import WatchPlan, abs_paths, under_any
+from pivot.watch.plan import WatchPlan, abs_path, abs_paths, under_any
 
 if TYPE_CHECKING:
     from watchfiles._rust_notify import RustNotify
 
-__all__ = ["Changes", "WatchSet"]
+__all__ = ["RESCAN", "Changes", "WatchSet"]
 
 log = logging.getLogger(__name__)
 
 Changes = set[tuple[int, str]]
+# Not one of watchfiles' codes (1 added, 2 modified, 3 deleted): "look at everything under
+# this folder again", for a batch of events that was lost.
+RESCAN = 0
 RETIRE_POLLS = 2  # poll mode: an old instance keeps scanning this many poll periods
 SETTLE_MAX_S = 0.1  # longest wait for a notify thread to read its queued events
 
@@ -188,12 +191,31 @@ class WatchSet:
     ) -> Changes | Literal["stop", "timeout"]:
         read_at = time.monotonic()
         # A 1 ms timeout: back after one step when the instance has nothing.
-        result = feed.notify.watch(debounce_ms, step_ms, 1, stop)
+        try:
+            result = feed.notify.watch(debounce_ms, step_ms, 1, stop)
+        except RuntimeError as exc:  # watchfiles' own error: a name it cannot decode
+            return self._lost_batch(feed, exc)
         if feed.retire_at is not None and read_at >= feed.retire_at:
             self._close(feed)
         if result in ("stop", "signal"):
             return "stop"
         return result if isinstance(result, set) else "timeout"
+
+    def _lost_batch(self, feed: _Feed, exc: RuntimeError) -> Changes:
+        """watchfiles cannot hand over a path that is not UTF-8, and keeps failing on it:
+        its whole batch is lost. Start that instance anew and have everything under its
+        folders looked at again (the broker's check finds what really changed)."""
+        log.warning("%s: a file name that is not UTF-8 is ignored; checking %d watched "
+                    "folder(s) again", exc, len(feed.rels))
+        if feed is self._recursive:
+            self._recursive = self._build(feed.rels, recursive=True)
+        elif feed is self._flat:
+            self._flat = self._build(feed.rels, recursive=False)
+        else:
+            self._retiring.remove(feed)
+        feed.notify.close()
+        feed.closed = True
+        return {(RESCAN, abs_path(self.root, rel)) for rel in feed.rels}
 
     def _close(self, feed: _Feed) -> None:
         feed.notify.close()

@@ -248,6 +248,21 @@ def test_ignored_write_never_arrives(watching: Path, changes: Changes, rel: str)
     assert changes.next_changes() == ["sentinel.txt"]
 
 
+def test_a_file_name_that_is_not_utf8_neither_stops_the_watcher_nor_hides_other_changes(
+    watching: Path, changes: Changes, spawn: Callable[..., Popen]
+) -> None:
+    # watchfiles cannot decode the name and drops its whole batch, with the good file
+    # written beside it: everything under the watched folders is looked at again.
+    with open(os.path.join(bytes(watching / "data"), b"bad\xff.csv"), "wb") as f:
+        f.write(b"x\n")
+    (watching / "data" / "a.csv").write_text("beside it\n")
+    batches = changes.until({"data/a.csv"})
+    for path in union(batches):  # only names the protocol can carry (no surrogates)
+        path.encode("utf-8")
+    (watching / "data" / "b.csv").write_text("later\n")  # the watcher still runs
+    assert "data/b.csv" in union(changes.until({"data/b.csv"}))
+
+
 def test_temp_file_renamed_over_the_target_reports_the_target(
     watching: Path, changes: Changes
 ) -> None:
