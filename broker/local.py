@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 from broker.supervisor import GiveUp, Supervisor, describe_exit
 from pivot.launch import python_cmd
 from pivot.launch.procs import exit_code, is_alive, kill_group
+from pivot.launch.scratch import open_role_log
 
 if TYPE_CHECKING:
     from broker.service import BrokerService
@@ -179,7 +180,7 @@ class LocalRoles:
         env = dict(os.environ)
         if self.args.keys is not None:  # over tcp with CURVE, they need their keys too
             env["PIVOT_KEYS_DIR"] = str(self.args.keys)
-        with open(self.logs / f"{role}.log", "ab") as out:  # a restart keeps the old log
+        with open_role_log(self.logs / f"{role}.log") as out:  # a restart keeps the old log
             popen = subprocess.Popen(
                 cmd, cwd=self.root, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True, env=env,

@@ -25,7 +25,6 @@ import shutil
 import signal
 import socket
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import BrokenExecutor, Future, ThreadPoolExecutor
@@ -39,6 +38,7 @@ from pivot.errors import PipelineError, PivotError, UserError
 from pivot.launch.limits import HARD_KILL_S
 from pivot.launch.logsetup import configure
 from pivot.launch.procs import group_members, is_alive, is_stopped
+from pivot.launch.scratch import scratch_dir, sweep
 from pivot.launch.spawn import LoaderRun, run_loader
 from pivot.pipeline.manifest import Manifest
 from pivot.protocol.messages import (
@@ -133,7 +133,7 @@ class PoolService:
             self.pid_dir = root / ".pivot" / "run" / "pools" / f"{name}-{self.incarnation}"
             self.pid_dir.mkdir(parents=True)
         else:
-            self.pid_dir = Path(tempfile.mkdtemp(prefix="pivot-workers-"))
+            self.pid_dir = scratch_dir("workers")
         self.lease = self.pid_dir / LEASE_NAME
         self.lease_renewed = 0.0
         self.lease_count = 0
@@ -626,6 +626,8 @@ def main(args: argparse.Namespace, first_load: LoaderRun | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s pool %(levelname)s %(message)s")
     configure("pool", args.root)
     os.chdir(args.root)
+    for kind in ("workers", "manifest"):  # what pools and loaders killed outright left
+        sweep(kind)
     try:
         keys = _keys(args)
     except UserError as exc:

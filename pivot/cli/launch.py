@@ -150,7 +150,9 @@ def _spawn(root: Path, role: str, module: str, *args: str, pass_fds: tuple[int, 
     """`python -P -m MODULE ARGS` in its own session, its output to .pivot/logs/ROLE.log."""
     logs = root / ".pivot" / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    with open(logs / f"{role}.log", "ab") as out:
+    from pivot.launch.scratch import open_role_log
+
+    with open_role_log(logs / f"{role}.log") as out:
         return subprocess.Popen(
             python_cmd(module, *args), cwd=root, stdin=subprocess.DEVNULL, stdout=out,
             stderr=subprocess.STDOUT, start_new_session=True, pass_fds=pass_fds,

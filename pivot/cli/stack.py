@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 from pivot.errors import InfraError
 from pivot.launch import python_cmd
 from pivot.launch.procs import kill_group
+from pivot.launch.scratch import open_role_log
 from pivot.pipeline.project import pivot_dir
 from pivot.transport.rundir import Endpoints, RunDir
 
@@ -91,7 +92,7 @@ class Stack:
 
     def _start_pool(self, work_endpoint: str) -> None:
         self.pool_log.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.pool_log, "ab") as out:
+        with open_role_log(self.pool_log) as out:
             self.pool = subprocess.Popen(
                 python_cmd(
                     "workers", "--root", str(self.root), "--work", work_endpoint,

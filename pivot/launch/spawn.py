@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import tempfile
 from pathlib import Path
 
 import msgpack
 
 from pivot.errors import InfraError, PipelineError
 from pivot.launch import python_cmd
+from pivot.launch.scratch import scratch_file
 from pivot.pipeline.manifest import Manifest
 
 __all__ = ["LOADER_TIMEOUT_S", "LoaderRun", "python_cmd", "run_loader"]
@@ -27,7 +27,7 @@ class LoaderRun:
 
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
-        fd, self.result_path = tempfile.mkstemp(prefix="pivot-manifest-", suffix=".msgpack")
+        fd, self.result_path = scratch_file("manifest", ".msgpack")
         try:
             self.proc = subprocess.Popen(
                 python_cmd("pivot.runtime.loader", str(self.root), "--result-fd", str(fd)),

@@ -1,0 +1,62 @@
+"""Temporary files and folders of Pivot's processes, named after the pid that made them,
+so that what a killed process left behind is found and removed by the next one; and the
+role logs (a process's raw output), rotated so that none grows without bound.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import BinaryIO
+
+from pivot.launch.procs import is_alive
+
+__all__ = ["LOG_ROTATE_BYTES", "open_role_log", "scratch_dir", "scratch_file", "sweep"]
+
+LOG_ROTATE_BYTES = 10 << 20
+
+
+def scratch_dir(kind: str) -> Path:
+    """A new temp folder `pivot-KIND-PID-XXXX`."""
+    return Path(tempfile.mkdtemp(prefix=f"pivot-{kind}-{os.getpid()}-"))
+
+
+def scratch_file(kind: str, suffix: str = "") -> tuple[int, str]:
+    """A new temp file `pivot-KIND-PID-XXXX` (its fd and path, as mkstemp)."""
+    return tempfile.mkstemp(prefix=f"pivot-{kind}-{os.getpid()}-", suffix=suffix)
+
+
+def sweep(kind: str) -> int:
+    """Remove what processes now gone left of `kind` in the temp folder (a pool or loader
+    killed outright leaves its folder). Returns how many were removed."""
+    prefix = f"pivot-{kind}-"
+    removed = 0
+    folder = Path(tempfile.gettempdir())
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            if not entry.name.startswith(prefix):
+                continue
+            pid_text = entry.name[len(prefix):].partition("-")[0]
+            if not pid_text.isdigit() or is_alive(int(pid_text)):
+                continue  # not ours to judge, or its process still runs
+            with contextlib.suppress(OSError):
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
+                removed += 1
+    return removed
+
+
+def open_role_log(path: Path) -> BinaryIO:
+    """A role's log (its raw output), opened to append; over LOG_ROTATE_BYTES it is
+    renamed ROLE.log.1 first (one old file kept): a stage writing to its process's own
+    output must not fill the disk over many runs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):
+        if path.stat().st_size > LOG_ROTATE_BYTES:
+            os.replace(path, path.with_name(path.name + ".1"))
+    return open(path, "ab")
