@@ -84,7 +84,7 @@ def test_up_detached_returns_after_the_first_wave_started_and_down_stops_it_all(
 
     # The engine keeps reacting with nobody watching.
     (root / "in.txt").write_text("again\n")
-    wait_for(lambda: (root / "out.txt").read_text() == "AGAIN\n", WAIT_S, "the edit to re-run copy")
+    wait_for(lambda: text_of(root / "out.txt") == "AGAIN\n", WAIT_S, "the edit to re-run copy")
 
     down(root)
     wait_for(lambda: not [pid for pid in pids if alive(pid)], 5.0, "the engine's processes to exit")
@@ -146,7 +146,7 @@ def test_up_on_tcp_with_keys_runs_and_reacts(make_project: MakeProject, tmp_path
     assert started.returncode == 0 and "tcp://127.0.0.1:" in started.stdout, describe(started)
     wait_for(lambda: (root / "out.txt").exists(), WAIT_S, "the first wave to write out.txt")
     (root / "in.txt").write_text("keyed\n")
-    wait_for(lambda: (root / "out.txt").read_text() == "KEYED\n", WAIT_S, "the edit to re-run copy")
+    wait_for(lambda: text_of(root / "out.txt") == "KEYED\n", WAIT_S, "the edit to re-run copy")
     stopped = run_env(root, env, "down")
     assert stopped.returncode == 0, describe(stopped)
     wait_for(lambda: run_dir_leftovers(root) == [], 10.0, "the engine to clean up")
@@ -157,3 +157,12 @@ def run_env(root: Path, env: dict[str, str], *args: str) -> subprocess.Completed
 
     return subprocess.run([*pivot_cmd(), *args], cwd=root, env=env, capture_output=True, text=True,
                           timeout=40, stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def text_of(path: Path) -> str:
+    """A file's text, "" while it is absent (a re-run removes its outputs before it
+    writes them again)."""
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
