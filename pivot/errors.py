@@ -16,6 +16,7 @@ __all__ = [
     "StackRunning",
     "Unreachable",
     "UserError",
+    "describe_os_error",
 ]
 
 
@@ -53,3 +54,22 @@ class ProtocolError(InfraError):
 class Unreachable(PivotError):
     """Nothing answered where a peer was expected (no broker at that endpoint): the
     user checks the endpoint or starts it; not a bug of Pivot's. Exit code 1."""
+
+
+def describe_os_error(exc: OSError, near: object = None) -> str:
+    """What a file system error means for the user, naming the file (or, when the error
+    names none, as a failed write does, the folder `near` it happened): a full disk, a
+    read-only mount, a permission; any other one as the system words it."""
+    import errno
+
+    where = f" {exc.filename}" if exc.filename else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        what = "disk is full" if exc.errno == errno.ENOSPC else "disk quota is used up"
+        if not where and near is not None:
+            return f"the {what} on the file system of {near} ({exc.strerror}): free some space, then run again"
+        return f"the {what} writing{where} ({exc.strerror}): free some space, then run again"
+    if exc.errno == errno.EROFS:
+        return f"cannot write{where}: it is on a read-only file system"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied:{where} ({exc.strerror})"
+    return f"{exc.strerror or exc}:{where}" if where else str(exc)

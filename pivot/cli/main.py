@@ -12,7 +12,14 @@ import sys
 
 import click
 
-from pivot.errors import InfraError, PipelineError, PivotError, Unreachable, UserError
+from pivot.errors import (
+    InfraError,
+    PipelineError,
+    PivotError,
+    Unreachable,
+    UserError,
+    describe_os_error,
+)
 
 __all__ = ["cli", "main"]
 
@@ -107,6 +114,9 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except PivotError as exc:
         sys.exit(report(exc))
+    except OSError as exc:  # a full disk, a read-only mount: said, never a traceback
+        click.echo(f"error: {describe_os_error(exc)}", err=True)
+        sys.exit(1)
     _exit_now(rc if isinstance(rc, int) else 0)
 
 

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
-from pivot.errors import PipelineError, PivotError
+from pivot.errors import PipelineError, PivotError, describe_os_error
 from pivot.runtime.cancel import StageCancelled, arm, cancellable
 from pivot.runtime.job import StageJob, StageOutcome
 from pivot.runtime.loader import import_pipeline
@@ -123,6 +123,13 @@ def keep_log(
         lines += ["# traceback:", *error.rstrip().splitlines()]
     with contextlib.suppress(OSError):  # losing a log copy must not fail the stage
         write_atomic(path, ("\n".join(lines) + "\n").encode(), mode=0o644)
+
+
+def _discard(root: Path, outs: list[str]) -> None:
+    """Remove what a run that did not succeed left of its outputs."""
+    for out in outs:
+        with contextlib.suppress(OSError):  # its own error says the rest
+            remove(root / out)
 
 
 def _state(root: Path) -> ProjectState:
@@ -235,16 +242,20 @@ def run_stage(job: StageJob) -> StageOutcome:
             with _captured(logs), cancellable(pid_file):
                 decl.func(**job.params)
     except StageCancelled:
-        # Nothing of this run is kept: what the stage wrote so far is partial.
-        for out in outs:
-            remove(root / out)
+        _discard(root, outs)  # partial: nothing of this run is kept
         return outcome("cancelled", "cancelled", "cancelled while running")
     except BaseException as exc:
-        return outcome("failed", "failed", f"{type(exc).__name__}: {exc}", user_traceback(exc))
+        # What a failed run wrote is partial (and may fill the disk): it goes. The last
+        # good outputs stay in the cache (`pivot checkout` brings them back).
+        _discard(root, outs)
+        why = describe_os_error(exc, root) if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
+        return outcome("failed", "failed", why, user_traceback(exc))
     try:
         stored = commit(state, outs)
     except (PivotError, OSError) as exc:
-        return outcome("failed", "failed", f"could not store its outputs in the cache: {exc}")
+        _discard(root, outs)
+        why = describe_os_error(exc, root / ".pivot" / "cache") if isinstance(exc, OSError) else str(exc)
+        return outcome("failed", "failed", f"could not store its outputs in the cache: {why}")
     missing = [out for out, digest in stored.items() if digest is None]
     if missing:
         msg = f"declared output not produced: {', '.join(missing)}"
