@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pivot.pipeline.manifest import StageSpec
-from pivot.state.lock import StageLock, read_lock
+from pivot.state.lock import StageLock, lock_path, lock_problem, read_lock
 from pivot.state.reasons import Reason, ReasonCode
 
 __all__ = ["Decision", "PathHasher", "decide", "params_changes"]
@@ -64,6 +64,14 @@ def decide(
         return Decision(bool(reasons), reasons, dep_hashes, tuple(missing), lock)
 
     if lock is None:  # deps may be missing only because upstream has not run yet either
+        problem = lock_problem(root, spec.name)
+        if problem is not None:
+            where = lock_path(root, spec.name).relative_to(root).as_posix()
+            return verdict(Reason(
+                ReasonCode.LOCK_CORRUPT,
+                f"its lock file {where} cannot be read ({problem}): it runs again and writes a new one",
+                {"path": where},
+            ))
         return verdict(Reason(ReasonCode.NEVER_RAN, "never ran"))
     if missing:
         msg = f"dependency missing: {', '.join(missing)}"

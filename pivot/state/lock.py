@@ -15,7 +15,7 @@ from typing import Any
 
 from pivot.state.atomic import write_atomic
 
-__all__ = ["StageLock", "lock_path", "read_lock", "write_lock"]
+__all__ = ["StageLock", "lock_path", "lock_problem", "read_lock", "write_lock"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,26 @@ def read_lock(root: Path, stage: str) -> StageLock | None:
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+def lock_problem(root: Path, stage: str) -> str | None:
+    """Why the stage's lock file cannot be read, or None when it is absent or fine
+    (`read_lock` gave None: never ran, or this)."""
+    path = lock_path(root, stage)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        return f"not JSON: {exc}" if raw.strip() else "empty"
+    if not isinstance(data, dict):
+        return f"a JSON {type(data).__name__}, not an object"
+    missing = sorted({"stage", "code", "params", "deps", "outs"} - set(data))
+    return f"missing {', '.join(missing)}" if missing else "fields of the wrong type"
 
 
 def write_lock(root: Path, lock: StageLock) -> None:

@@ -17,6 +17,7 @@ __all__ = ["Reason", "ReasonCode"]
 class ReasonCode(enum.StrEnum):
     UP_TO_DATE = "up_to_date"
     NEVER_RAN = "never_ran"
+    LOCK_CORRUPT = "lock_corrupt"  # its lock file exists but cannot be read
     FORCED = "forced"
     CODE_CHANGED = "code_changed"
     PARAMS_CHANGED = "params_changed"

@@ -1041,3 +1041,18 @@ def test_an_output_the_cache_cannot_store_fails_its_stage_with_a_message(make_pr
     assert "could not store its outputs in the cache" in done["reason"] and "pipe" in done["reason"], done
     assert "Traceback" not in result.stderr, describe(result)
     assert not (root / ".pivot" / "stages" / "fifo.lock").exists()
+
+
+def test_a_corrupt_lock_file_is_named_and_the_stage_runs_again(ran_copy: RanCopy) -> None:
+    root = ran_copy(HELPER_PROJECT)
+    lock = root / ".pivot" / "stages" / "scaled.lock"
+    lock.write_text('{"stage": "scaled", "code": ')  # truncated by a crash or a bad merge
+    row = status_json(root)["scaled"]
+    assert row["stale"] is True and row["reasons"][0]["code"] == "lock_corrupt", row
+    assert ".pivot/stages/scaled.lock" in row["reasons"][0]["message"], row
+    events = repro_ok(root)
+    done = finished(events)["scaled"]
+    # Its inputs did not change: the run cache brings its outputs back (and a new lock).
+    assert (done["status"], done["details"].get("stale")) == ("restored", "lock_corrupt"), done
+    assert json.loads(lock.read_text())["stage"] == "scaled"  # written anew
+    assert statuses(repro_ok(root))["scaled"] == "skipped"

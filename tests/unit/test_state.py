@@ -438,10 +438,15 @@ def test_declaration_changed(project: Path) -> None:
     assert (d.run, d.reason.code) == (True, ReasonCode.DEFINITION_CHANGED)
 
 
-def test_corrupt_lock_means_never_ran(project: Path) -> None:
+def test_a_corrupt_lock_is_named_and_the_stage_runs(project: Path) -> None:
     spec = make_spec()
     record(project, spec)
-    lock_path(project, spec.name).write_text("{garbage")
+    for text, said in (("{garbage", "not JSON"), ("", "empty"), ("[1]", "a JSON list"), ('{"stage": "x"}', "missing code")):
+        lock_path(project, spec.name).write_text(text)
+        d = decide(project, spec, DIRECT)
+        assert d.run and d.reason.code == ReasonCode.LOCK_CORRUPT, text
+        assert said in d.reason.message and f".pivot/stages/{spec.name}.lock" in d.reason.message, d.reason
+    lock_path(project, spec.name).unlink()
     assert decide(project, spec, DIRECT).reason.code == ReasonCode.NEVER_RAN
 
 
