@@ -84,6 +84,7 @@ __all__ = ["BrokerState"]
 HEARTBEAT_S = 1.0
 LIVENESS = 3
 OK_STATUSES = frozenset({Status.RAN, Status.RESTORED, Status.SKIPPED})
+SELF_TRIGGER_LIMIT = 3  # runs in a row caused by a stage's own writes to what it reads
 MAX_CHARGES = 3  # a stage whose own worker dies this often in one wave fails
 
 
@@ -124,6 +125,10 @@ class BrokerState:
         # Live mode: raw changed paths waiting for the quiet window, then for a check.
         self.changes = ChangeQueue(live.debounce_s, live.max_wait_s) if live else ChangeQueue(0.0, 0.0)
         self.reload = Reload()
+        # Stages that change what they read while they run (broker: _stop_self_triggered).
+        self.changed_while_running: dict[str, set[str]] = {}  # path -> its readers then running
+        self.self_triggered: dict[str, int] = {}  # stage -> runs in a row its own run caused
+        self.looping: set[str] = set()  # stopped for it, until a change made while they do not run
         self.watchers_joined = 0
         self.paused = False  # no new wave starts (changes are still collected)
         self.pools = PoolTable(heartbeat_s, liveness)
@@ -525,6 +530,11 @@ class BrokerState:
         if wave is None or event.attempt not in wave.running:
             return  # a duplicate, or an attempt that was already declared lost
         stage = wave.running.pop(event.attempt)
+        # Dependencies whose content changed while it ran (the pool checks them after the
+        # run): a stage writing what it reads would run again and again.
+        for path in event.details.get("changed_deps") or ():
+            if isinstance(path, str):
+                self.changed_while_running.setdefault(path, set()).add(stage)
         if self._restarted(wave, stage, event) or self._retry(wave, stage, event):
             return
         ran = event.status in (Status.RAN, Status.FAILED)  # the stage's code ran
@@ -667,6 +677,7 @@ class BrokerState:
             return
         self.changes.report(event.paths, event.now, event.cause)
 
+
     def next_deadline(self) -> float | None:
         """When the quiet window of waiting changes ends, or a shutdown step is due (the
         service wakes for it)."""
@@ -718,8 +729,11 @@ class BrokerState:
         # in the same moment).
         touched = {p: self._affected([p]) for p in data}
         data = [p for p in data if touched[p]]
+        looping = self._stop_self_triggered(data, touched)
+        for path in checked:
+            self.changed_while_running.pop(path, None)
         if data:
-            affected = self._in_scope(set().union(*touched.values()))
+            affected = self._in_scope(set().union(*touched.values())) - looping
             handled = affected & self._restart_running(data)
             rest = affected - handled
             if handled and self.graph is not None and self.wave is not None:
@@ -728,6 +742,36 @@ class BrokerState:
                 rest |= self._in_scope(self.graph.downstream_of(handled)) - set(self.wave.stages)
             if rest:
                 self._queue(PendingRun(rest, False, self._keep_going(), True, "files", data, cause))
+
+    def _stop_self_triggered(self, data: list[str], touched: dict[str, set[str]]) -> set[str]:
+        """Stages not to run for these changes: every path that would run them changed
+        while they ran, SELF_TRIGGER_LIMIT times in a row (they write their own
+        dependencies: under `pivot up` they would run forever). A change made while such
+        a stage does not run runs it again."""
+        paths_of: dict[str, list[str]] = {}
+        for path in data:
+            for stage in touched[path]:
+                paths_of.setdefault(stage, []).append(path)
+        stopped: set[str] = set()
+        for stage, paths in sorted(paths_of.items()):
+            # Once stopped it writes nothing more: whatever changes next is someone else's.
+            own = stage not in self.looping and all(stage in self.changed_while_running.get(p, ()) for p in paths)
+            if not own:
+                self.self_triggered.pop(stage, None)
+                self.looping.discard(stage)
+                continue
+            runs = self.self_triggered[stage] = self.self_triggered.get(stage, 0) + 1
+            if runs >= SELF_TRIGGER_LIMIT:
+                self.looping.add(stage)
+                stopped.add(stage)
+                shown = ", ".join(paths[:3]) + (" ..." if len(paths) > 3 else "")
+                self._publish(Notice(
+                    f"stage {stage} changed what it reads ({shown}) while it ran, {runs} runs in a "
+                    "row: not run again for that, or it would run forever. Declare those files as "
+                    "its outs (not deps), or stop it writing them; a change made while it does not "
+                    "run runs it again"
+                ))
+        return stopped
 
     def _restart_running(self, paths: list[str]) -> set[str]:
         """--restart: cancel the running stages that read one of `paths`; they run again

@@ -125,6 +125,19 @@ def keep_log(
         write_atomic(path, ("\n".join(lines) + "\n").encode(), mode=0o644)
 
 
+def _changed_deps(state: ProjectState, root: Path, before: dict[str, str]) -> list[str]:
+    """File dependencies whose stat no longer matches what was hashed when the stage was
+    decided: it (or someone) changed what it reads while it ran. Stat only, recording
+    nothing: the engine's own check decides whether the content changed. Folders are
+    not looked into."""
+    changed = []
+    for dep, digest in sorted(before.items()):
+        path = root / dep
+        if path.is_file() and not state.hashes.still(path, digest):
+            changed.append(dep)
+    return changed
+
+
 def _discard(root: Path, outs: list[str]) -> None:
     """Remove what a run that did not succeed left of its outputs."""
     for out in outs:
@@ -206,7 +219,7 @@ def run_stage(job: StageJob) -> StageOutcome:
                 settle(state, outs)  # what it deleted or half wrote starts no wave
         return StageOutcome(
             status, code, reason, time.perf_counter() - started, error,
-            job.details if status == "ran" else details or {},
+            details if details is not None else (job.details if status == "ran" else {}),
             [(stream, line) for stream, line in logs], notes,
         )
 
@@ -267,4 +280,5 @@ def run_stage(job: StageJob) -> StageOutcome:
     )
     if job.run_key:
         state.runs.record(job.run_key, name, out_hashes)
-    return outcome("ran", job.reason_code, job.reason)
+    changed = _changed_deps(state, root, job.dep_hashes)
+    return outcome("ran", job.reason_code, job.reason, details={**job.details, "changed_deps": changed} if changed else None)

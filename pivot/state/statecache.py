@@ -223,6 +223,29 @@ class StateCache:
             self._store(new_rows)
         return digests
 
+    def still(self, path: str | os.PathLike[str], digest: str) -> bool:
+        """Whether file `path` still holds `digest`: its row is that digest and its
+        (inode, size, mtime) still match, or, when the stat alone cannot tell (a file
+        written moments ago), its content hashes to it. Records nothing (the engine's
+        change check must still see a change)."""
+        fs_path = os.fspath(path)
+        try:
+            st = os.stat(fs_path)
+        except OSError:
+            return False
+        key = self._key(fs_path)
+        row = self._select(key) or self._loaded_rows().get(key)
+        if row is None or row[3] != digest:
+            return False
+        if _trusted(row, st):
+            return True
+        if (row[0], row[1], row[2]) != (st.st_ino, st.st_size, st.st_mtime_ns):
+            return False
+        try:
+            return hashing.hash_file(fs_path) == digest
+        except OSError:
+            return False
+
     def recorded(self, path: str | os.PathLike[str]) -> str | None:
         """The digest last stored for `path` by any process (from the store, not from this
         instance's memory, which another process may have made stale), or None."""

@@ -427,6 +427,38 @@ def flaky() -> None:
     stop(live, root)
 
 
+def test_a_stage_that_writes_what_it_reads_is_stopped_after_a_few_runs_not_run_forever(
+    make_project: MakeProject, up: StartUp
+) -> None:
+    files = {**BASE, "log.txt": "", "pipeline.py": pipeline(BASE_BODY + '''
+
+@stage(deps=["log.txt"], outs=["count.out"])
+def appender() -> None:
+    record("appender")
+    lines = read("log.txt").splitlines()
+    write("count.out", str(len(lines)))
+    with open("log.txt", "a") as f:  # its own dependency, while it runs
+        f.write("ran\\n")
+''')}
+    root = make_project(files)
+    live = up(root)
+    first_wave(live, root)
+    notice = live.wait_event(
+        lambda e: e["event"] == "notice" and "stage appender changed what it reads" in e["message"],
+        WAIT_S, "the notice that appender is stopped",
+    )
+    assert "log.txt" in notice["message"], notice
+    runs_then = runs(root)["appender"]
+    assert 2 <= runs_then <= 4, runs(root)  # the first run, then at most the limit
+    probe(live, root, live.mark())  # nothing else runs meanwhile: it is stopped
+    assert runs(root)["appender"] == runs_then
+    start = live.mark()
+    (root / "log.txt").write_text("a hand edit\n")  # a change made while it does not run
+    wave = next_wave(live, start, "the hand edit of log.txt")
+    assert statuses(wave).get("appender") == "ran", wave
+    stop(live, root)
+
+
 # --- 3. saves that change nothing ----------------------------------------------------
 
 

@@ -444,3 +444,21 @@ def test_close_then_reuse(db: Path, tmp_path: Path) -> None:
     c.close()
     assert c.hash_file(f) == xxh(b"x")
     assert c.reads == 1
+
+
+def test_still_tells_a_file_changed_since_it_was_hashed_without_recording_anything(
+    cache: StateCache, tmp_path: Path
+) -> None:
+    old = write(tmp_path / "dep.txt", b"before")
+    digest = cache.hash_path(old)
+    assert digest is not None and cache.still(old, digest)
+    reads = cache.reads
+    write(old, b"after!", mtime_ns=OLD + 10**9)  # rewritten while a stage ran
+    assert not cache.still(old, digest)
+    assert cache.recorded(old) == digest, "still() recorded the new content"
+    assert cache.reads == reads  # the stat told it: no content read
+    fresh = tmp_path / "fresh.txt"
+    fresh.write_bytes(b"just written")  # mtime now: the stat alone cannot be trusted
+    fresh_digest = cache.hash_path(fresh)
+    assert fresh_digest is not None and cache.still(fresh, fresh_digest)  # its content says so
+    assert not cache.still(tmp_path / "gone.txt", digest)
