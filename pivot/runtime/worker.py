@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from pivot.errors import PipelineError, PivotError, describe_os_error
+from pivot.faults import reached
 from pivot.runtime.cancel import StageCancelled, arm, cancellable
 from pivot.runtime.job import StageJob, StageOutcome
 from pivot.runtime.loader import import_pipeline
@@ -269,6 +270,7 @@ def run_stage(job: StageJob) -> StageOutcome:
         _discard(root, outs)
         why = describe_os_error(exc, root / ".pivot" / "cache") if isinstance(exc, OSError) else str(exc)
         return outcome("failed", "failed", f"could not store its outputs in the cache: {why}")
+    reached("committed")
     missing = [out for out, digest in stored.items() if digest is None]
     if missing:
         msg = f"declared output not produced: {', '.join(missing)}"
@@ -278,7 +280,9 @@ def run_stage(job: StageJob) -> StageOutcome:
         root,
         StageLock(name, job.fingerprint, job.params, job.dep_hashes, out_hashes, job.code_parts),
     )
+    reached("locked")
     if job.run_key:
         state.runs.record(job.run_key, name, out_hashes)
+        reached("run-cached")
     changed = _changed_deps(state, root, job.dep_hashes)
     return outcome("ran", job.reason_code, job.reason, details={**job.details, "changed_deps": changed} if changed else None)

@@ -10,6 +10,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from pivot.faults import reached
 from pivot.state.cache import ContentCache, is_dir_digest
 from pivot.state.runcache import RunCache
 from pivot.state.statecache import StateCache
@@ -88,7 +89,9 @@ def commit(state: ProjectState, outs: list[str]) -> dict[str, str | None]:
             result[out] = None
             continue
         digest = state.cache.store(path)
+        reached("stored")
         _record(state, path, digest)
+        reached("recorded")
         result[out] = digest
     return result
 
@@ -98,6 +101,7 @@ def restore(state: ProjectState, outs: dict[str, str]) -> None:
     for out, digest in outs.items():
         path = state.root / out
         state.cache.place(digest, path)
+        reached("placed")
         _record(state, path, digest)
 
 
