@@ -165,6 +165,7 @@ class BrokerService:
         self.started = clock()
         self.seen: dict[str, Seen] = {}
         self._unknown_told: dict[str, float] = {}
+        self.dropped = 0  # messages not acted on (see _drop)
         # Set: the loop returns once the engine has stopped (a standalone broker process);
         # unset: only stop() ends it (the broker thread of `pivot repro`).
         self.exit_when_stopped = False
@@ -355,7 +356,7 @@ class BrokerService:
             try:
                 handler(frames)
             except ProtocolError as exc:
-                log.warning("dropped a message: %s", exc)
+                self._drop("dropped a message: %s", exc)
 
     def _drain_control(self) -> None:
         """Like `_drain`, keeping each message's ZAP user id (the sender's key name)."""
@@ -373,7 +374,7 @@ class BrokerService:
             try:
                 self._on_control([f.bytes for f in frames], user)
             except ProtocolError as exc:
-                log.warning("dropped a message: %s", exc)
+                self._drop("dropped a message: %s", exc)
 
     def _feed(self, event: Event) -> None:
         for command in self.state.handle(event):
@@ -415,7 +416,7 @@ class BrokerService:
 
     def _on_work(self, frames: list[bytes]) -> None:
         if len(frames) != 2:
-            log.warning("dropped a work message with %d frames", len(frames))
+            self._drop("dropped a work message with %d frames", len(frames))
             return
         identity, payload = frames
         env = self._decode_or_refuse(self.work, identity, payload, "work")
@@ -426,7 +427,7 @@ class BrokerService:
         msg = env.msg
         if isinstance(msg, PoolHello):
             if msg.pool != pool:
-                log.warning("dropped pool_hello: name %r does not match its identity %r", msg.pool, pool)
+                self._drop("dropped pool_hello: name %r does not match its identity %r", msg.pool, pool)
                 return
             self._feed(
                 PoolJoined(
@@ -438,6 +439,7 @@ class BrokerService:
         if pool not in self.state.pools:
             # A pool of a broker that restarted (or one this broker gave up): it says
             # hello again when told, instead of after its own silence timeout.
+            self.dropped += 1
             if now - self._unknown_told.get(pool, -1e9) >= 1.0:
                 self._unknown_told[pool] = now
                 log.info("%s from unknown pool %r: asking it for a hello", msg.TAG, pool)
@@ -472,7 +474,7 @@ class BrokerService:
                     )
                 )
             case _:
-                log.warning("dropped %s: not a message a pool sends", msg.TAG)
+                self._drop("dropped %s: not a message a pool sends", msg.TAG)
 
     def _load_own_manifest(self) -> None:
         """The broker's own loader (a standalone broker is its manifest source): a
@@ -521,7 +523,7 @@ class BrokerService:
 
     def _on_control(self, frames: list[bytes], user: str = "") -> None:
         if len(frames) != 2:
-            log.warning("dropped a control message with %d frames", len(frames))
+            self._drop("dropped a control message with %d frames", len(frames))
             return
         client, payload = frames
         env = self._decode_or_refuse(self.control, client, payload, "control")
@@ -549,7 +551,7 @@ class BrokerService:
             case PoolExited(pool=pool, returncode=rc):
                 self._feed(PoolGone(pool, describe_exit(rc)))
             case _:
-                log.warning("dropped %s: not a control request", env.msg.TAG)
+                self._drop("dropped %s: not a control request", env.msg.TAG)
 
     def _decode_or_refuse(
         self, sock: zmq.Socket[bytes], peer: bytes, payload: bytes, where: str
@@ -566,10 +568,17 @@ class BrokerService:
             )
             reason = f"protocol version {exc.version} is not this broker's version {PROTOCOL_VERSION}"
             self._refuse(sock, peer, "version", reason)
+            self.dropped += 1
             return None
         except ProtocolError as exc:
-            log.warning("dropped a malformed message on %s (%d bytes): %s", where, len(payload), exc)
+            self._drop("dropped a malformed message on %s (%d bytes): %s", where, len(payload), exc)
             return None
+
+    def _drop(self, what: str, *args: object) -> None:
+        """A message not acted on (malformed, of another version, from a stranger, of the
+        wrong kind): counted (`pivot ps --json` shows it) and logged."""
+        self.dropped += 1
+        log.warning(what, *args)
 
     def _refuse(self, sock: zmq.Socket[bytes], peer: bytes, code: str, reason: str) -> None:
         sock.send_multipart([peer, encode(Refused(code, reason, PROTOCOL_VERSION), sender=SENDER)])
@@ -603,7 +612,7 @@ class BrokerService:
         rows: list[dict[str, object]] = [{
             "role": "broker", "name": self.identity.id, "pid": self.identity.pid,
             "host": self.identity.host, "uptime_s": round(now - self.started, 1),
-            "endpoint": self.endpoints.control,
+            "endpoint": self.endpoints.control, "dropped": self.dropped,
         }]
         for name, pool in sorted(self.state.pools.items()):
             rows.append({
@@ -627,6 +636,7 @@ class BrokerService:
     def _on_changes(self, frames: list[bytes]) -> None:
         env = decode_or_log(frames[-1], "changes")
         if env is None:
+            self.dropped += 1
             return
         match env.msg:
             case FilesChanged(paths=paths):
@@ -634,7 +644,7 @@ class BrokerService:
             case WatcherReady(pid=pid):
                 self._feed(WatcherJoined(pid))
             case other:
-                log.warning("dropped %s: not a message a watcher sends", other.TAG)
+                self._drop("dropped %s: not a message a watcher sends", other.TAG)
 
     def _on_confirmed(self, frames: list[bytes]) -> None:
         paths = tuple(p.decode() for p in frames[1:]) if frames and frames[0] == b"ok" else ()
@@ -642,6 +652,9 @@ class BrokerService:
 
     def _on_subscription(self, frames: list[bytes]) -> None:
         frame = frames[0] if frames else b""
+        if frame[:1] not in (b"\x00", b"\x01"):  # not a (un)subscription: a stray message
+            self._drop("dropped a %d-byte message sent to the events socket", len(frame))
+            return
         if frame[:1] == b"\x01":
             # Tell every subscriber the current seq: the new one now knows it is live.
             self._send_state(EventsWelcome(self.state.seq), seq=0)

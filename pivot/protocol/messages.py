@@ -421,7 +421,7 @@ class PsRequest(Message):
 @record
 class PsReply(Message):
     """Broker -> client: one map per process: `role`, `name`, `pid`, `host`, `uptime_s`,
-    `endpoint` (the broker), `slots`, `busy`, `tags`, `current` (its pipeline matches
+    `endpoint`, `dropped` (the broker), `slots`, `busy`, `tags`, `current` (its pipeline matches
     the engine's, checked), `mismatched` (stages it loaded other code for) (pools)."""
 
     TAG: ClassVar[str] = "ps_reply"
