@@ -76,6 +76,20 @@ class LokyWorkers:
         return self._loky is not None
 
     def submit(self, job: StageJob) -> Future[StageOutcome]:
+        from concurrent.futures import BrokenExecutor
+
+        from pivot.runtime.worker import run_stage
+
+        try:
+            future: Future[StageOutcome] = self._executor().submit(run_stage, job)
+        except BrokenExecutor:
+            # A worker died while idle (killed, OOM): loky refuses new work from then on.
+            # Fresh workers take it; the futures of the broken ones fail on their own.
+            self.replace()
+            future = self._executor().submit(run_stage, job)
+        return future
+
+    def _executor(self) -> Any:
         if self._loky is None:
             from loky.process_executor import ProcessPoolExecutor
 
@@ -83,10 +97,7 @@ class LokyWorkers:
 
             context = worker_context(self._preload, self._preload_key)
             self._loky = ProcessPoolExecutor(max_workers=self.jobs, timeout=3600, context=context)
-        from pivot.runtime.worker import run_stage
-
-        future: Future[StageOutcome] = self._loky.submit(run_stage, job)
-        return future
+        return self._loky
 
     def replace(self) -> None:
         """Kill every worker now; loky fails their futures (BrokenExecutor)."""

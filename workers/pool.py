@@ -561,10 +561,12 @@ class PoolService:
         elif isinstance(ran, BrokenExecutor):
             # loky fails every in-flight future when one worker dies. Only a stage whose
             # own worker is dead is charged; the others were collateral: "lost", and the
-            # broker dispatches them again. Judged before the survivors are stopped.
+            # broker dispatches them again. Judged before the survivors are stopped (not
+            # workers of a later generation: the broken ones were replaced already).
             if a.dead_pid is None:
                 self._judge_deaths()
-                self._stop_workers()
+                if a.generation == self.workers.generation:
+                    self._stop_workers()
         elif isinstance(ran, BaseException):
             log.error("running %s failed inside Pivot", attempt, exc_info=ran)
         else:
