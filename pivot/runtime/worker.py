@@ -246,8 +246,11 @@ def run_stage(job: StageJob) -> StageOutcome:
     except (PivotError, OSError) as exc:
         msg = f"not run: could not save its current outputs to the cache first: {exc}"
         return outcome("failed", "failed", msg)
-    for out in outs:
-        remove(root / out)
+    try:
+        for out in outs:
+            remove(root / out)
+    except OSError as exc:  # a read-only mount, a permission: said, the stage not run
+        return outcome("failed", "failed", f"not run: {describe_os_error(exc, root)}")
     executed = True
     try:
         if job.foreground:  # `pivot run --foreground`: the terminal is the stage's
