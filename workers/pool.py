@@ -110,6 +110,7 @@ class PoolService:
         self.link = link if isinstance(link, Link) else Link(work=link)
         self.incarnation = os.urandom(6).hex()  # new at every start of this pool
         self.broker_id = ""
+        self.said_hello_again = False  # its pipeline goes with the broker's next welcome
         self.exit_code = 0
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.sock = self._socket(self.link.work) if self.link.work else None
@@ -214,6 +215,7 @@ class PoolService:
         try:
             if self._greet(timeout=HELLO_EVERY_S):
                 self._hello()
+                self.said_hello_again = True
         except BrokerRefused as exc:
             log.error("%s", exc)
             self.exit_code = 2
@@ -345,12 +347,17 @@ class PoolService:
                     self.watch.welcomed(hb, liveness)
                     if broker != self.broker_id and self.broker_id:
                         log.warning("a new broker (%s) took over from %s", broker, self.broker_id)
-                        if self.manifest is not None:  # it knows nothing of the pipeline yet
-                            self._send(ManifestLoaded(self.name, self.manifest.to_wire()))
+                    if self.manifest is not None and (self.said_hello_again or self.broker_id not in ("", broker)):
+                        # A welcome after a hello said again: a new broker, or this one,
+                        # which may have given this pool up (a silence) and forgotten its
+                        # pipeline. Without it, the broker would send this pool nothing.
+                        self._send(ManifestLoaded(self.name, self.manifest.to_wire()))
+                    self.said_hello_again = False
                     self.broker_id = broker
                 case Refused(code="unknown"):
                     if not self.leaving:
                         self._hello()  # a broker that restarted: it learns of us now
+                        self.said_hello_again = True
                 case Refused(reason=reason):
                     log.error("the broker refused this pool: %s", reason)
                     self.exit_code = 2
