@@ -105,6 +105,7 @@ def _follow(stack: Engine, r: Renderer, outcome: Outcome) -> None:
             answered = _run_answered(stack.client)
         if isinstance(item, Snapshot):
             r.resync(item)
+            _say_missed(stack.client)
             _from_snapshot(item, outcome)
         elif isinstance(item, Envelope):
             r.event(item)
@@ -112,6 +113,19 @@ def _follow(stack: Engine, r: Renderer, outcome: Outcome) -> None:
         if outcome.code is not None:
             return
         stack.check()
+
+
+def _say_missed(client: EngineClient) -> None:
+    """After a resync: how many events this display lost while it was behind (stopped
+    with SIGSTOP or Ctrl-Z, or too slow: the broker's queue for it overflowed)."""
+    missed = client.take_missed()
+    if missed:
+        events = "event" if missed == 1 else "events"
+        print(
+            f"pivot: this display fell behind and missed {missed} {events}; "
+            "caught up from a snapshot of the engine's state",
+            file=sys.stderr, flush=True,
+        )
 
 
 def _from_event(env: Envelope, outcome: Outcome) -> None:
@@ -182,6 +196,7 @@ def run_live(
                     if isinstance(item, Snapshot):
                         paused = item.paused
                         renderer.resync(item)
+                        _say_missed(client)
                     elif isinstance(item, Envelope):
                         if isinstance(item.msg, (Paused, Resumed)):
                             paused = isinstance(item.msg, Paused)

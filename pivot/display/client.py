@@ -66,6 +66,7 @@ class EngineClient:
         self.last_seq = 0
         self.last_log_seq = 0
         self.dropped_logs = 0
+        self.missed = 0  # state events lost while this display fell behind, not yet said
         self.last_heard = time.monotonic()
         self.joined = False
 
@@ -142,6 +143,12 @@ class EngineClient:
             self.joined = True
         return snap
 
+    def take_missed(self) -> int:
+        """State events lost since the last call (the display was stopped or too slow and
+        the broker's queue for it overflowed); a snapshot has made up for them."""
+        missed, self.missed = self.missed, 0
+        return missed
+
     def events(self, poll_s: float) -> Iterator[Envelope | Snapshot | None]:
         """Yield live events in order, a Snapshot after a gap, or None after `poll_s` idle.
 
@@ -170,6 +177,7 @@ class EngineClient:
                     self.dropped_logs += msg.log_seq - self.last_log_seq
                     self.last_log_seq = msg.log_seq
                 if msg.seq > self.last_seq:
+                    self.missed += msg.seq - self.last_seq
                     yield self._resync()
                 continue
             if msg.TAG == "log":
@@ -182,6 +190,7 @@ class EngineClient:
             if env.seq <= self.last_seq:
                 continue  # already covered by a snapshot
             if env.seq > self.last_seq + 1:
+                self.missed += env.seq - self.last_seq - 1
                 yield self._resync()
                 continue
             self.last_seq = env.seq
