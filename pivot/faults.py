@@ -1,7 +1,8 @@
-"""Crash-consistency hooks, for tests: with PIVOT_FAULT=POINT:kill in the environment,
-the process that reaches POINT kills itself there (SIGKILL), so a test can check what
-the next run makes of a stage interrupted at that step of recording it. Unset (always,
-outside those tests) a hook costs one comparison.
+"""Fault hooks, for tests: with PIVOT_FAULT=POINT:ACTION in the environment, the process
+that reaches POINT kills itself there (`kill`: SIGKILL), so a test can check what the
+next run makes of a stage interrupted at that step of recording it, or hangs there for
+good holding the GIL (`hang`: no thread of the process runs Python again; only SIGKILL
+ends it). Unset (always, outside those tests) a hook costs one comparison.
 
 Points, in the order a successful stage's run is recorded (pivot/runtime/worker.py):
     stored       an output's cache object was written (its state-cache row not yet)
@@ -11,6 +12,8 @@ Points, in the order a successful stage's run is recorded (pivot/runtime/worker.
     run-cached   the run-cache entry written
 and when outputs come from the run cache instead (pivot/state/plan.py):
     placed       an output placed from the cache (its row and the lock not yet written)
+in a pool's loop (workers/pool.py):
+    heartbeat    a heartbeat is due while a worker runs a stage
 """
 
 from __future__ import annotations
@@ -20,10 +23,19 @@ import signal
 
 __all__ = ["POINTS", "reached"]
 
-POINTS = ("stored", "recorded", "committed", "locked", "run-cached", "placed")
+POINTS = ("stored", "recorded", "committed", "locked", "run-cached", "placed")  # recording a stage
 _FAULT = os.environ.get("PIVOT_FAULT") or None
 
 
 def reached(point: str) -> None:
-    if _FAULT is not None and f"{point}:kill" == _FAULT:
+    if _FAULT is None or not _FAULT.startswith(f"{point}:"):
+        return
+    action = _FAULT.partition(":")[2]
+    if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    elif action == "hang":
+        import ctypes
+
+        libc = ctypes.PyDLL(None)  # PyDLL: the GIL stays held during the call
+        while True:
+            libc.pause()

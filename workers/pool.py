@@ -35,6 +35,7 @@ from typing import Any
 import zmq
 
 from pivot.errors import PipelineError, PivotError, UserError
+from pivot.faults import reached
 from pivot.launch.limits import HARD_KILL_S
 from pivot.launch.logsetup import configure
 from pivot.launch.procs import group_members, is_alive, is_stopped
@@ -63,8 +64,9 @@ from pivot.protocol.messages import (
     WavePlan,
 )
 from pivot.runtime.cancel import marker_path
-from pivot.runtime.dask_task import ALIVE_SUFFIX, CLAIM_SUFFIX, KILL_SUFFIX, LEASE_NAME
+from pivot.runtime.dask_task import ALIVE_SUFFIX, CLAIM_SUFFIX, KILL_SUFFIX
 from pivot.runtime.job import StageJob, StageOutcome
+from pivot.runtime.lease import LEASE_NAME
 from pivot.runtime.preload import warm_up
 from pivot.state.outputs import ProjectState
 from pivot.state.plan import DepProducers, Prepared, dep_producers, plan_wave, prepare
@@ -127,9 +129,10 @@ class PoolService:
         self.attempts: dict[str, Attempt] = {}  # every attempt until its result is sent
         self.restart_on_load = False  # a code change: new workers once a manifest loads
         self.replace_on_accept = False  # ... and once the broker accepted it
-        # Each running stage's worker writes its pid here, so a dead worker's stage is known.
+        # Each running stage's worker writes its pid here, so a dead worker's stage is known,
+        # and watches the lease this pool's loop renews every second (pivot/runtime/lease.py).
         # (A remote executor's workers read and write them on the project's shared file
-        # system, with the lease this pool renews every second: pivot/runtime/dask_task.py.)
+        # system: pivot/runtime/dask_task.py.)
         if self.workers.remote:
             self.pid_dir = root / ".pivot" / "run" / "pools" / f"{name}-{self.incarnation}"
             self.pid_dir.mkdir(parents=True)
@@ -297,10 +300,12 @@ class PoolService:
                 if due.hello and not self._hello_again():
                     return self.exit_code
                 if due.heartbeat:
+                    if self._running():
+                        reached("heartbeat")
                     self._send(Heartbeat(self.name))
                 self._resend(now)
                 self._enforce_cancels(now)
-                if self.workers.remote and now - self.lease_renewed >= LEASE_EVERY_S:
+                if now - self.lease_renewed >= LEASE_EVERY_S:
                     self.lease_renewed = now
                     self.lease_count += 1
                     self.lease.write_text(f"{self.lease_count}\n")
@@ -320,7 +325,7 @@ class PoolService:
             self._shutdown()
 
     def _timeout_ms(self, now: float) -> float:
-        deadlines = [self.watch.next_deadline()]
+        deadlines = [self.watch.next_deadline(), self.lease_renewed + LEASE_EVERY_S]
         if (resend := self.unacked.next_send()) is not None:
             deadlines.append(resend)
         # An attempt whose worker was not known yet is signalled as soon as it is.

@@ -20,13 +20,9 @@ the project shares between hosts (every pool needs it anyway):
     ATTEMPT.alive  locked by the child for as long as it lives: the rerun reports the
                    attempt lost only once it can take that lock (the first try's process
                    is over), so two attempts of a stage are never alive at once
-    lease          rewritten by the pool every second (a counter: its content, read
-                   anew, is what counts, not its mtime, which an NFS client may cache);
-                   unchanged for LEASE_S by this host's clock (no skew between hosts)
-                   means the pool is gone or cut off: the child is killed, as a loky
-                   worker exits when its pool dies. LEASE_S is the pool's own silence
-                   window, shorter than the broker's wait before it runs the stage
-                   elsewhere (that window plus a margin: broker/pools.py)
+    lease          rewritten by the pool every second (pivot/runtime/lease.py):
+                   unchanged for LEASE_S means the pool is gone, cut off or hung: the
+                   child is killed, as a loky worker exits when its pool dies
 """
 
 from __future__ import annotations
@@ -45,11 +41,10 @@ from pathlib import Path
 
 from pivot.runtime.cancel import SIGNAL, marker_path
 from pivot.runtime.job import StageJob, StageOutcome
+from pivot.runtime.lease import LEASE_NAME, LEASE_S, read_lease
 
-__all__ = ["ALIVE_SUFFIX", "CLAIM_SUFFIX", "KILL_SUFFIX", "LEASE_NAME", "LEASE_S", "child_main", "run_in_child"]
+__all__ = ["ALIVE_SUFFIX", "CLAIM_SUFFIX", "KILL_SUFFIX", "child_main", "run_in_child"]
 
-LEASE_NAME = "lease"
-LEASE_S = 3.0
 KILL_SUFFIX = ".kill"
 CLAIM_SUFFIX = ".claim"
 ALIVE_SUFFIX = ".alive"
@@ -107,7 +102,7 @@ def _watch(child: subprocess.Popen[bytes], pid_file: Path, kill: Path) -> tuple[
     whether that was because its pool's lease expired (rather than a cancel)."""
     cancel = marker_path(pid_file)
     lease = pid_file.parent / LEASE_NAME
-    seen, unchanged_since = _read(lease), time.monotonic()
+    seen, unchanged_since = read_lease(lease), time.monotonic()
     signalled = False
     while True:
         try:
@@ -124,7 +119,7 @@ def _watch(child: subprocess.Popen[bytes], pid_file: Path, kill: Path) -> tuple[
             signalled = True
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child.pid, SIGNAL)
-        now_seen = _read(lease)
+        now_seen = read_lease(lease)
         if now_seen != seen:
             seen, unchanged_since = now_seen, time.monotonic()
         elif time.monotonic() - unchanged_since > LEASE_S:
@@ -146,13 +141,6 @@ def _wait_until_over(alive: Path) -> bool:
                 if time.monotonic() >= deadline:
                     return False
                 time.sleep(POLL_S)
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text()
-    except OSError:
-        return ""
 
 
 def _kill(child: subprocess.Popen[bytes]) -> None:

@@ -19,6 +19,7 @@ from pivot.errors import PipelineError, PivotError, describe_os_error
 from pivot.faults import reached
 from pivot.runtime.cancel import StageCancelled, arm, cancellable
 from pivot.runtime.job import StageJob, StageOutcome
+from pivot.runtime.lease import LEASE_NAME, LEASE_S, read_lease
 from pivot.runtime.loader import import_pipeline
 from pivot.runtime.usertb import user_traceback
 from pivot.state.atomic import write_atomic
@@ -159,17 +160,24 @@ STOPPED_POOL_S = 3.0  # the broker's liveness window: by then it runs the stage 
 _watched: list[int] = []
 
 
-def watch_pool(pool_pid: int) -> None:
+def watch_pool(pool_pid: int, lease: Path | None = None) -> None:
     """Fencing from inside: a stage must not outlive its pool. A pool killed outright
-    (SIGKILL) leaves its workers running; one stopped (SIGSTOP) is given up by the broker,
-    which runs its stages elsewhere. Either way this worker exits at once, so two attempts
-    of a stage never run side by side. One watching thread per worker process."""
+    (SIGKILL) leaves its workers running; one stopped (SIGSTOP) or hung (its loop stuck
+    in native code holding the GIL, so that no thread of it runs: its `lease` file, which
+    its loop rewrites every second, stays as it was while the process runs) is given up
+    by the broker, which runs its stages elsewhere. Either way this worker exits, so two
+    attempts of a stage never run side by side. One watching thread per worker process."""
     if _watched == [pool_pid]:
         return
     _watched[:] = [pool_pid]
     import threading
 
     from pivot.launch.procs import is_alive, is_stopped
+
+    def fence(why: str) -> None:
+        with contextlib.suppress(OSError):
+            os.write(2, f"pivot worker {os.getpid()}: its pool (pid {pool_pid}) {why}: exiting\n".encode())
+        os._exit(70)
 
     def watch() -> None:
         import signal
@@ -178,16 +186,28 @@ def watch_pool(pool_pid: int) -> None:
         # blocks it, or sits in native code, must not have it run here instead.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
         stopped_since: float | None = None
+        seen = read_lease(lease)
+        unrenewed = 0.0  # time the pool ran (not stopped) without renewing its lease
+        last = time.monotonic()
         while _watched == [pool_pid]:
             time.sleep(POOL_CHECK_S)
+            now = time.monotonic()
+            step, last = now - last, now
             if not is_alive(pool_pid):
-                os._exit(70)
+                fence("is gone")
             if is_stopped(pool_pid):
-                stopped_since = stopped_since or time.monotonic()
-                if time.monotonic() - stopped_since > STOPPED_POOL_S:
-                    os._exit(70)
-            else:
-                stopped_since = None
+                stopped_since = stopped_since or now
+                if now - stopped_since > STOPPED_POOL_S:
+                    fence(f"has been stopped for {STOPPED_POOL_S:.0f} s")
+                continue
+            stopped_since = None
+            renewed = read_lease(lease)
+            if renewed != seen:
+                seen, unrenewed = renewed, 0.0
+            elif lease is not None:
+                unrenewed += step
+                if unrenewed > LEASE_S:
+                    fence(f"runs but has not renewed its lease for {LEASE_S:.0f} s (hung)")
 
     threading.Thread(target=watch, name="pool-watch", daemon=True).start()
 
@@ -199,7 +219,7 @@ def run_stage(job: StageJob) -> StageOutcome:
     root = Path(job.root)
     name = job.stage
     if job.pool_pid:
-        watch_pool(job.pool_pid)
+        watch_pool(job.pool_pid, Path(job.pid_file).parent / LEASE_NAME if job.pid_file else None)
     pid_file = Path(job.pid_file) if job.pid_file else None
     if pid_file is not None:
         # The pool learns which stage a dying worker was running, and whom to signal to
