@@ -38,6 +38,7 @@ from broker.events import (
     ManifestArrived,
     ManifestRejected,
     Note,
+    Noticed,
     PauseRequested,
     PoolGone,
     PoolHeard,
@@ -72,6 +73,7 @@ from pivot.protocol.messages import (
     ManifestFailed,
     ManifestLoaded,
     Message,
+    Notice,
     PauseRequest,
     PipelineInvalid,
     PipelineLoaded,
@@ -473,6 +475,8 @@ class BrokerService:
                         msg.duration_s, msg.error, tuple(msg.logs), msg.details, msg.incarnation,
                     )
                 )
+            case Notice(message=message):
+                self._feed(Noticed(f"pool {pool}: {message}"))
             case _:
                 self._drop("dropped %s: not a message a pool sends", msg.TAG)
 

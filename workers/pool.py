@@ -50,6 +50,7 @@ from pivot.protocol.messages import (
     ManifestFailed,
     ManifestLoaded,
     Message,
+    Notice,
     PlanWave,
     PoolHello,
     PoolLeaving,
@@ -99,6 +100,23 @@ class Link:
     tags: list[str] = field(default_factory=list)
 
 
+class _StoredStateNotices(logging.Handler):
+    """Warnings about the project's stored state (a corrupt state cache moved aside, a
+    cache that cannot be used) go to the broker as notices, so that every display says
+    them, not only this pool's log. Each text once per pool."""
+
+    def __init__(self, post: Callable[[str, str, Any], None]) -> None:
+        super().__init__(logging.WARNING)
+        self.post = post
+        self.said: set[str] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if text not in self.said:
+            self.said.add(text)
+            self.post("notice", "", text)
+
+
 class PoolService:
     def __init__(
         self, root: Path, link: Link | str, name: str, jobs: int, first_load: LoaderRun | None = None,
@@ -145,6 +163,8 @@ class PoolService:
         self.leaving = False  # SIGTERM: handing back its stages before it exits
         self.leave_by: float | None = None
         self.watch = BrokerWatch(self.clock(), standalone=self.link.control is not None, give_up_after=self.link.timeout)
+        self.notices = _StoredStateNotices(self._post)
+        logging.getLogger("pivot.state").addHandler(self.notices)
 
     # --- plumbing ------------------------------------------------------------------
 
@@ -445,6 +465,8 @@ class PoolService:
                 self._decided(attempt, value)
             elif kind == "ran":
                 self._ran(attempt, value)
+            elif kind == "notice":
+                self._send(Notice(value))
 
     def _manifest_done(self, future: Future[Manifest]) -> None:
         try:
@@ -606,6 +628,7 @@ class PoolService:
         self._send(msg)
 
     def _shutdown(self) -> None:
+        logging.getLogger("pivot.state").removeHandler(self.notices)
         self.workers.close()
         if os.getpgrp() == os.getpid():
             # Whatever this pool started goes with it: loky workers, their forkserver and
