@@ -30,9 +30,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from broker.supervisor import GiveUp, Supervisor, describe_exit
+from broker.supervisor import GiveUp, Supervisor
 from pivot.launch import python_cmd
-from pivot.launch.procs import exit_code, is_alive, kill_group
+from pivot.launch.procs import describe_exit, exit_code, is_alive, kill_group
 from pivot.launch.scratch import open_role_log
 
 if TYPE_CHECKING:

@@ -58,8 +58,8 @@ from broker.events import (
     WavePlanned,
 )
 from broker.state import BrokerState
-from broker.supervisor import describe_exit
 from pivot.errors import PipelineError, ProtocolError
+from pivot.launch.procs import describe_exit
 from pivot.pipeline.graph import build_graph
 from pivot.pipeline.manifest import Manifest
 from pivot.protocol.codec import PROTOCOL_VERSION, Envelope, VersionMismatch, decode, encode

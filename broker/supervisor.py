@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["BACKOFF_S", "CRASH_LIMIT", "CRASH_WINDOW_S", "GiveUp", "Restart", "Supervisor", "describe_exit"]
+from pivot.launch.procs import describe_exit
+
+__all__ = ["BACKOFF_S", "CRASH_LIMIT", "CRASH_WINDOW_S", "GiveUp", "Restart", "Supervisor"]
 
 CRASH_LIMIT = 5
 CRASH_WINDOW_S = 60.0
@@ -56,17 +58,3 @@ class Supervisor:
 
     def next_due(self) -> float | None:
         return min(self.due.values(), default=None)
-
-
-def describe_exit(rc: int | None, what: str = "pool process") -> str:
-    """"pool process killed by SIGKILL", "pool process exited with code 3"."""
-    if rc is None:
-        return f"{what} is gone"
-    if rc < 0:
-        import signal
-
-        try:
-            return f"{what} was killed by {signal.Signals(-rc).name}"
-        except ValueError:
-            return f"{what} was killed by signal {-rc}"
-    return f"{what} exited with code {rc}"

@@ -273,6 +273,6 @@ def _tail(log: Path, lines: int = 15) -> str:
 
 
 def _exit_text(rc: int) -> str:
-    from broker.supervisor import describe_exit
+    from pivot.launch.procs import describe_exit
 
     return describe_exit(rc, "it")

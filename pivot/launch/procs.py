@@ -8,7 +8,7 @@ import signal
 import time
 from pathlib import Path
 
-__all__ = ["exit_code", "group_members", "is_alive", "is_stopped", "kill_group"]
+__all__ = ["describe_exit", "exit_code", "group_members", "is_alive", "is_stopped", "kill_group"]
 
 _DEAD = ("Z", "X")  # zombie, dead
 
@@ -74,3 +74,18 @@ def exit_code(pid: int) -> int | None:
     if os.WIFSIGNALED(status):
         return -os.WTERMSIG(status)
     return os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
+
+
+def describe_exit(rc: int | None, what: str = "pool process") -> str:
+    """"pool process was killed by SIGKILL", "pool process exited with code 3" (`rc` as
+    subprocess gives it: -N for a signal)."""
+    if rc is None:
+        return f"{what} is gone"
+    if rc < 0:
+        import signal
+
+        try:
+            return f"{what} was killed by {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"{what} was killed by signal {-rc}"
+    return f"{what} exited with code {rc}"

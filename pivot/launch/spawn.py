@@ -10,6 +10,7 @@ import msgpack
 
 from pivot.errors import InfraError, PipelineError
 from pivot.launch import python_cmd
+from pivot.launch.procs import describe_exit
 from pivot.launch.scratch import scratch_file
 from pivot.pipeline.manifest import Manifest
 
@@ -62,7 +63,8 @@ class LoaderRun:
         printed = output.decode(errors="replace").strip()
         if not raw:
             raise PipelineError(
-                f"the pipeline loader exited with code {proc.returncode} before reporting",
+                f"the {describe_exit(proc.returncode, 'pipeline loader (the process that imports pipeline.py)')} "
+                "before reporting" + (" (out of memory?)" if proc.returncode == -9 else ""),
                 detail=printed,
             )
         try:
