@@ -6,6 +6,11 @@ The pool decides; an executor only runs `StageJob`s and hands back futures of
 workers that imported the old one); the next `submit` starts fresh ones, and
 `generation` tells futures of the old workers from those of the new. `cancel` and
 `kill` stop one attempt, named by its pid file (the worker writes its pid there).
+
+A worker that dies in a stage's code (the pool's hard kill, the OOM killer, a segfault)
+cannot remove what the stage half wrote, as it does when a stage fails or is cancelled:
+`LokyWorkers` does, when that attempt's run fails, once its worker is dead
+(pivot/runtime/cancel.py).
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Protocol
 
-from pivot.runtime.cancel import request_cancel
+from pivot.launch.procs import is_alive
+from pivot.runtime.cancel import request_cancel, writer, writing_path
 from pivot.runtime.job import StageJob, StageOutcome
+from pivot.state.outputs import remove
 
 __all__ = ["Executor", "LokyWorkers"]
 
@@ -87,6 +94,10 @@ class LokyWorkers:
             # Fresh workers take it; the futures of the broken ones fail on their own.
             self.replace()
             future = self._executor().submit(run_stage, job)
+        if job.pid_file:
+            # Added before the pool's own callback, so it runs first: the outputs are
+            # clean before the pool reports the attempt (and the broker runs it again).
+            future.add_done_callback(lambda f: _discard_if_died(job, f))
         return future
 
     def _executor(self) -> Any:
@@ -117,3 +128,20 @@ class LokyWorkers:
 
     def close(self) -> None:
         self.replace()
+
+
+def _discard_if_died(job: StageJob, future: Future[StageOutcome]) -> None:
+    """Remove what the attempt of `job` half wrote when its worker died in the stage's
+    code. A worker still alive when its run fails (lost with another's death: loky kills
+    it after these callbacks) is left alone: its attempt runs again, and a run removes
+    the outputs before it begins."""
+    pid_file = Path(job.pid_file)
+    try:
+        pid = writer(pid_file)
+        if pid and (future.cancelled() or future.exception() is not None) and not is_alive(pid):
+            for out in job.outs:
+                with contextlib.suppress(OSError):  # the stage's result says what matters
+                    remove(Path(job.root) / out)
+    finally:
+        with contextlib.suppress(OSError):
+            writing_path(pid_file).unlink(missing_ok=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
 import subprocess
 import threading
@@ -202,13 +201,18 @@ def _interruptible_by_sigterm() -> Iterator[None]:
 
 
 def _stop_group(proc: subprocess.Popen[bytes], what: str) -> None:
-    """SIGTERM a process started in its own session, wait a grace period, then SIGKILL
-    whatever is left of its group (loky workers, a loader)."""
+    """SIGTERM a process started in its own session, wait, then SIGKILL whatever is left
+    of its group (loky workers, a loader). The signal goes to the process alone: a pool
+    cancels its stages first (each removes what it half wrote; one stuck in native code is
+    killed after HARD_KILL_S), which a SIGTERM to its whole group would cut short. Another
+    Ctrl-C meanwhile: kill now."""
+    from pivot.launch.limits import HARD_KILL_S
+
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(GRACE_S)
+            proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired, KeyboardInterrupt):
+            proc.wait(HARD_KILL_S + GRACE_S)
     if not kill_group(proc.pid, GRACE_S):
         log.error("processes of the %s group %d survived SIGKILL", what, proc.pid)
     with contextlib.suppress(subprocess.TimeoutExpired):

@@ -11,6 +11,12 @@ Why not kill the worker: loky fails every stage in flight when one worker dies, 
 stages running beside the cancelled one would be lost too. A stage stuck in native code
 does not see the signal until it returns to Python; the pool then kills its worker
 after `HARD_KILL_S` (pivot/launch/limits.py).
+
+While the stage's code runs, the worker's pid is also in `writing_path(pid_file)`: the
+stage's old outputs were removed before (they are in the cache), and the worker commits
+or discards what is there after, so in between those paths hold this attempt's partial
+work. A worker that dies there (the pool's hard kill, the OOM killer, a segfault) cannot
+discard it; its executor does (workers/executors.py), once that pid is dead.
 """
 
 from __future__ import annotations
@@ -23,7 +29,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
-__all__ = ["StageCancelled", "arm", "cancellable", "marker_path", "request_cancel"]
+__all__ = [
+    "StageCancelled", "arm", "cancellable", "marker_path", "request_cancel", "writer", "writing_path",
+]
 
 SIGNAL = signal.SIGUSR1
 
@@ -35,6 +43,19 @@ class StageCancelled(BaseException):
 
 def marker_path(pid_file: Path) -> Path:
     return pid_file.with_name(pid_file.name + ".cancel")
+
+
+def writing_path(pid_file: Path) -> Path:
+    return pid_file.with_name(pid_file.name + ".writing")
+
+
+def writer(pid_file: Path) -> int:
+    """The pid of the worker whose stage's code runs (or ran when it died) for the attempt
+    of `pid_file`, or 0: it never began, or it ended and its worker settled the outputs."""
+    try:
+        return int(writing_path(pid_file).read_text())
+    except (OSError, ValueError):  # a worker killed while writing it never got that far
+        return 0
 
 
 def request_cancel(pid_file: Path) -> int:
@@ -76,8 +97,15 @@ def cancellable(pid_file: Path | None) -> Iterator[None]:
     marker = marker_path(pid_file)
     if marker.exists():  # cancelled before the stage's code began
         raise StageCancelled()
+    writing = writing_path(pid_file)
+    with contextlib.suppress(OSError):  # a help to clean up after a death, not a condition
+        writing.write_text(str(os.getpid()))
     _current = marker
     try:
         yield
     finally:
         _current = None
+        # Gone before the worker commits the outputs: one that dies committing them leaves
+        # a result (or part of one, which the next run checks), not partial work.
+        with contextlib.suppress(OSError):
+            writing.unlink(missing_ok=True)
