@@ -64,7 +64,7 @@ from pivot.protocol.messages import (
     Status,
     WavePlan,
 )
-from pivot.runtime.cancel import marker_path
+from pivot.runtime.cancel import marker_path, writing_path
 from pivot.runtime.dask_task import ALIVE_SUFFIX, CLAIM_SUFFIX, KILL_SUFFIX
 from pivot.runtime.job import StageJob, StageOutcome
 from pivot.runtime.lease import LEASE_NAME
@@ -610,6 +610,7 @@ class PoolService:
     def _forget_files(self, attempt: str) -> None:
         (self.pid_dir / attempt).unlink(missing_ok=True)
         marker_path(self.pid_dir / attempt).unlink(missing_ok=True)
+        writing_path(self.pid_dir / attempt).unlink(missing_ok=True)
         for suffix in (KILL_SUFFIX, CLAIM_SUFFIX, ALIVE_SUFFIX):  # a remote executor's
             (self.pid_dir / (attempt + suffix)).unlink(missing_ok=True)
 
