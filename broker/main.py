@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pivot.errors import PivotError, UserError
+from pivot.launch.stderrlog import log_to_stderr
 from pivot.transport.address import is_loopback, normalize, with_port
 from pivot.transport.rundir import Endpoints, RunDir
 
@@ -71,7 +72,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s broker %(levelname)s %(message)s")
+    log_to_stderr(logging.WARNING, "%(asctime)s broker %(levelname)s %(message)s")
     try:
         return run(args)
     except UserError as exc:

@@ -41,6 +41,7 @@ from pivot.launch.logsetup import configure
 from pivot.launch.procs import group_members, is_alive, is_stopped
 from pivot.launch.scratch import scratch_dir, sweep
 from pivot.launch.spawn import LoaderRun, run_loader
+from pivot.launch.stderrlog import log_to_stderr
 from pivot.pipeline.manifest import Manifest
 from pivot.protocol.messages import (
     CancelStage,
@@ -661,7 +662,7 @@ def _read_pid(path: Path) -> int:
 
 def main(args: argparse.Namespace, first_load: LoaderRun | None = None) -> int:
     """Run a pool (see workers/args.py); `first_load` is a loader already started."""
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s pool %(levelname)s %(message)s")
+    log_to_stderr(logging.WARNING, "%(asctime)s pool %(levelname)s %(message)s")
     configure("pool", args.root)
     os.chdir(args.root)
     for kind in ("workers", "manifest"):  # what pools and loaders killed outright left

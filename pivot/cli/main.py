@@ -20,6 +20,7 @@ from pivot.errors import (
     UserError,
     describe_os_error,
 )
+from pivot.launch.stderrlog import log_to_stderr
 
 __all__ = ["cli", "main"]
 
@@ -74,11 +75,7 @@ def cli(verbose: bool) -> None:
     `pivot up` (live: re-runs what each saved file affects) or `pivot repro` (once).
     Pivot runs stale stages, skips up-to-date ones and says why.
     """
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
+    log_to_stderr(logging.INFO if verbose else logging.WARNING, "%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
 def report(exc: PivotError) -> int:

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pivot.launch.stderrlog import log_to_stderr
 from pivot.watch.watcher import DEFAULT_DEBOUNCE_MS, Watcher
 
 log = logging.getLogger("pivot.watch")
@@ -70,9 +71,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING, format="%(asctime)s watcher %(levelname)s %(message)s"
-    )
+    log_to_stderr(logging.WARNING, "%(asctime)s watcher %(levelname)s %(message)s")
     if not args.root.is_dir():
         log.error("project root %s does not exist or is not a folder", args.root)
         return 2

@@ -171,3 +171,41 @@ def test_garbage_on_every_socket_does_not_break_the_run(
     assert one(events, "wave_started")["stages"] == ["held", "after"]
     assert (root / "after.txt").read_text() == "HELD\n"
     assert run_dir_leftovers(root) == []
+
+
+FLOOD = 500
+
+
+@pytest.mark.timeout(45)
+def test_a_flood_of_garbage_does_not_flood_the_terminal(
+    tmp_path: Path, proc_guard: ProcGuard, zctx: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    """`pivot repro` runs its broker in-process, so the broker's warnings about dropped
+    messages go to the user's terminal: a peer sending hundreds of bad frames must leave
+    a few lines there (pivot/launch/stderrlog.py), while each one is still counted."""
+    root = write_files(tmp_path / "held", {"pipeline.py": HELD_PIPELINE})
+    cli = proc_guard.start(root, "repro", "--json")
+    try:
+        held_stage_pid(root)
+        endpoints = json.loads((root / ".pivot" / "run" / "endpoints.json").read_text())
+        work = dealer(zctx, endpoints["work"], identity=b"garbage-pool")
+        try:
+            for i in range(FLOOD):
+                work.send(b"garbage %d" % i)
+
+            def dropped() -> int:
+                ps = run_pivot(root, "ps", "--broker", endpoints["control"], "--json")
+                assert ps.returncode == 0, describe(ps)
+                [broker] = [p for p in json.loads(ps.stdout)["processes"] if p["role"] == "broker"]
+                return int(broker["dropped"])
+
+            wait_for(lambda: dropped() >= FLOOD, 10, "the broker to count the flood")
+            assert dropped() == FLOOD
+        finally:
+            work.close(linger=0)
+    finally:
+        release_held_stage(root)
+    rc, out, err = wait_exit(cli, 30, "the held run after the flood")
+    assert rc == 0, describe((rc, out, err))
+    said = [line for line in err.splitlines() if "dropped a malformed message" in line]
+    assert 1 <= len(said) <= 5, err
