@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +34,10 @@ MAX_LINE_CHARS = 4000
 # All lines kept of one run, both streams: its result message must stay far below the
 # transport's 16 MiB limit (a larger one is dropped, and the stage would look lost).
 MAX_LOG_CHARS = 2_000_000
+# Its reason (one line) and traceback, bounded for the same limit: an exception whose
+# message is megabytes long made the result too large, and the stage looked lost.
+MAX_REASON_CHARS = MAX_LINE_CHARS
+MAX_ERROR_CHARS = 100_000
 
 
 class _LineCapture:
@@ -42,10 +47,11 @@ class _LineCapture:
     stage printing megabytes without a newline made the old `partial += text` quadratic),
     and only its first MAX_LINE_CHARS characters are kept at all."""
 
-    def __init__(self, stream: str, sink: list[list[str]], budget: list[int]) -> None:
+    def __init__(self, stream: str, sink: list[list[str]], budget: list[int], lock: threading.Lock) -> None:
         self.stream = stream
         self.sink = sink
         self.budget = budget  # characters left for every capture of this run (shared)
+        self.lock = lock  # ... with the readers of file descriptors 1 and 2 (threads)
         self.pieces: list[str] = []
         self.piece_chars = 0
         self.dropped = 0
@@ -71,11 +77,12 @@ class _LineCapture:
 
     def _keep(self, line: str) -> None:
         line = line[:MAX_LINE_CHARS]
-        if len(self.sink) < MAX_LOG_LINES and len(line) <= self.budget[0]:
-            self.sink.append([self.stream, line])
-            self.budget[0] -= len(line)
-        else:
-            self.dropped += 1
+        with self.lock:
+            if len(self.sink) < MAX_LOG_LINES and len(line) <= self.budget[0]:
+                self.sink.append([self.stream, line])
+                self.budget[0] -= len(line)
+                return
+        self.dropped += 1
 
     def flush(self) -> None:
         pass
@@ -91,18 +98,89 @@ class _LineCapture:
             self.sink.append([self.stream, f"[pivot: {self.dropped} more lines not kept]"])
 
 
+def _clip(text: str, limit: int) -> str:
+    """`text`, or its first `limit` characters and a note of how many more there were."""
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f" [pivot: {len(text) - limit} more characters not kept]"
+
+
 @contextmanager
 def _captured(sink: list[list[str]]) -> Iterator[None]:
+    """What the stage writes while it runs: through sys.stdout and sys.stderr, and to file
+    descriptors 1 and 2 themselves (C extensions, `os.write`, a subprocess inheriting
+    them), which used to go to the pool's log unbounded (100 MB from one stage)."""
     saved: tuple[TextIO, TextIO] = (sys.stdout, sys.stderr)
-    budget = [MAX_LOG_CHARS]
-    out, err = _LineCapture("stdout", sink, budget), _LineCapture("stderr", sink, budget)
+    budget, lock = [MAX_LOG_CHARS], threading.Lock()
+    out, err = _LineCapture("stdout", sink, budget, lock), _LineCapture("stderr", sink, budget, lock)
+    fds = _FdCapture(sink, budget, lock)
     sys.stdout, sys.stderr = out, err
     try:
         yield
     finally:
         sys.stdout, sys.stderr = saved
+        fds.close()
         out.close_capture()
         err.close_capture()
+
+
+class _FdCapture:
+    """File descriptors 1 and 2 pointed at pipes for the duration of a stage, each read
+    by a thread into a line capture. At the end the descriptors are restored and the
+    readers take what is already in their pipe (a bounded amount more: a grandchild that
+    outlives the stage and keeps its copy of the pipe must not hold the worker), then
+    stop; a later write by such a grandchild finds the pipe closed."""
+
+    AFTER_END = 1 << 20  # bytes still taken from a pipe once the stage has ended
+
+    def __init__(self, sink: list[list[str]], budget: list[int], lock: threading.Lock) -> None:
+        self.stop = threading.Event()
+        self.parts: list[tuple[int, int, int, threading.Thread, _LineCapture]] = []
+        for fd, stream in ((1, "stdout"), (2, "stderr")):
+            with contextlib.suppress(OSError, ValueError):  # a closed stream stays as it is
+                (sys.__stdout__ if fd == 1 else sys.__stderr__).flush()  # type: ignore[union-attr]
+            try:
+                saved = os.dup(fd)
+            except OSError:
+                continue  # not open in this process: nothing to capture
+            read, write = os.pipe()
+            os.dup2(write, fd)
+            os.close(write)
+            capture = _LineCapture(stream, sink, budget, lock)
+            thread = threading.Thread(target=self._read, args=(read, capture), name=f"capture-{fd}", daemon=True)
+            thread.start()
+            self.parts.append((fd, saved, read, thread, capture))
+
+    def _read(self, fd: int, capture: _LineCapture) -> None:
+        import codecs
+        import select
+
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        after_end = 0
+        while after_end < self.AFTER_END:
+            ended = self.stop.is_set()
+            ready, _, _ = select.select([fd], [], [], 0 if ended else 0.05)
+            if not ready:
+                if ended:
+                    break
+                continue
+            data = os.read(fd, 65536)
+            if not data:
+                break
+            if ended:
+                after_end += len(data)
+            capture.write(decoder.decode(data))
+        capture.write(decoder.decode(b"", final=True))
+
+    def close(self) -> None:
+        for fd, saved, _, _, _ in self.parts:
+            os.dup2(saved, fd)  # the pipe's write end is closed here, unless inherited
+            os.close(saved)
+        self.stop.set()
+        for _, _, read, thread, capture in self.parts:
+            thread.join()
+            os.close(read)
+            capture.close_capture()
 
 
 _STATE: dict[str, ProjectState] = {}
@@ -234,6 +312,8 @@ def run_stage(job: StageJob) -> StageOutcome:
     def outcome(
         status: str, code: str, reason: str, error: str | None = None, details: dict[str, Any] | None = None
     ) -> StageOutcome:
+        reason = _clip(reason, MAX_REASON_CHARS)
+        error = None if error is None else _clip(error, MAX_ERROR_CHARS)
         if executed:
             keep_log(root, name, status, reason, error, logs)
             if status != "ran":

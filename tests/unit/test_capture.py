@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
-from pivot.runtime.worker import MAX_LINE_CHARS, MAX_LOG_CHARS, MAX_LOG_LINES, _LineCapture
+import os
+import subprocess
+import sys
+import threading
+import time
+
+from pivot.runtime.worker import (
+    MAX_LINE_CHARS,
+    MAX_LOG_CHARS,
+    MAX_LOG_LINES,
+    _captured,
+    _LineCapture,
+)
 
 
 def capture(budget: int = MAX_LOG_CHARS) -> tuple[_LineCapture, list[list[str]], list[int]]:
     sink: list[list[str]] = []
     left = [budget]
-    return _LineCapture("stdout", sink, left), sink, left
+    return _LineCapture("stdout", sink, left, threading.Lock()), sink, left
 
 
 def test_lines_split_across_writes_are_joined_and_a_last_partial_line_is_kept() -> None:
@@ -31,7 +43,8 @@ def test_output_without_a_newline_keeps_only_the_first_line_chars_and_holds_no_m
 def test_the_run_keeps_at_most_its_char_budget_across_both_streams_and_says_what_it_dropped() -> None:
     sink: list[list[str]] = []
     left = [10_000]
-    out, err = _LineCapture("stdout", sink, left), _LineCapture("stderr", sink, left)
+    lock = threading.Lock()
+    out, err = _LineCapture("stdout", sink, left, lock), _LineCapture("stderr", sink, left, lock)
     for _ in range(10):
         out.write("o" * 1000 + "\n")
         err.write("e" * 1000 + "\n")
@@ -48,3 +61,34 @@ def test_at_most_max_lines_are_kept() -> None:
     c.write("x\n" * (MAX_LOG_LINES + 10))
     c.close_capture()
     assert len(sink) == MAX_LOG_LINES + 1 and sink[-1] == ["stdout", "[pivot: 10 more lines not kept]"]
+
+
+def test_what_reaches_file_descriptors_1_and_2_is_captured_too_and_they_are_restored() -> None:
+    """C extensions, os.write and subprocesses write to the descriptors, not sys.stdout."""
+    before = (os.fstat(1).st_ino, os.fstat(2).st_ino)
+    sink: list[list[str]] = []
+    with _captured(sink):
+        print("from print")
+        os.write(1, b"from os.write\n")
+        os.write(2, b"to fd 2 \xff\n")  # not UTF-8: replaced, never an error
+        subprocess.run([sys.executable, "-c", "print('from a child'); import sys; sys.stderr.write('child err')"], check=True)
+    assert (os.fstat(1).st_ino, os.fstat(2).st_ino) == before
+    assert ["stdout", "from print"] in sink
+    assert ["stdout", "from os.write"] in sink
+    assert ["stderr", "to fd 2 \ufffd"] in sink
+    assert ["stdout", "from a child"] in sink
+    assert ["stderr", "child err"] in sink
+
+
+def test_a_grandchild_that_keeps_the_descriptors_does_not_hold_the_end_of_the_stage() -> None:
+    sink: list[list[str]] = []
+    with _captured(sink):
+        child = subprocess.Popen([sys.executable, "-c", "import time; print('early', flush=True); time.sleep(30)"])
+        deadline = time.monotonic() + 10
+        while not any(line == "early" for _, line in sink):  # its line arrives through the pipe
+            assert time.monotonic() < deadline, "the child's line never arrived"
+            os.sched_yield()
+    # Over while the child still holds its copy of the pipe.
+    assert child.poll() is None
+    child.kill()
+    child.wait()
