@@ -28,15 +28,30 @@ class UserError(PivotError):
     """The user can fix this: bad pipeline, params, paths or options."""
 
 
+# What one message may say (a stage's failure, a pipeline error): far below the
+# transport's 16 MiB limit, over which a message is dropped and its sender looks lost.
+MAX_REASON_CHARS = 4000
+MAX_DETAIL_CHARS = 100_000
+
+
+def clip(text: str, limit: int) -> str:
+    """`text`, or its first `limit` characters and a note of how many more there were."""
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f" [pivot: {len(text) - limit} more characters not kept]"
+
+
 class PipelineError(UserError):
     """The pipeline could not be loaded or is inconsistent.
 
-    `detail` holds extra text shown under the message (e.g. the user's traceback).
+    `detail` holds extra text shown under the message (e.g. the user's traceback). Both
+    are clipped: an exception whose text is megabytes long made the pipeline error too
+    large to send, and `pivot repro` waited for it forever.
     """
 
     def __init__(self, message: str, detail: str = "") -> None:
-        super().__init__(message)
-        self.detail = detail
+        super().__init__(clip(message, MAX_REASON_CHARS))
+        self.detail = clip(detail, MAX_DETAIL_CHARS)
 
 
 class StackRunning(UserError):

@@ -16,7 +16,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
-from pivot.errors import PipelineError, PivotError, describe_os_error
+from pivot.errors import (
+    MAX_DETAIL_CHARS,
+    MAX_REASON_CHARS,
+    PipelineError,
+    PivotError,
+    clip,
+    describe_os_error,
+)
 from pivot.faults import reached
 from pivot.runtime.cancel import StageCancelled, arm, cancellable
 from pivot.runtime.job import StageJob, StageOutcome
@@ -34,10 +41,9 @@ MAX_LINE_CHARS = 4000
 # All lines kept of one run, both streams: its result message must stay far below the
 # transport's 16 MiB limit (a larger one is dropped, and the stage would look lost).
 MAX_LOG_CHARS = 2_000_000
-# Its reason (one line) and traceback, bounded for the same limit: an exception whose
-# message is megabytes long made the result too large, and the stage looked lost.
-MAX_REASON_CHARS = MAX_LINE_CHARS
-MAX_ERROR_CHARS = 100_000
+# Its reason (one line) and traceback are bounded for the same limit (MAX_REASON_CHARS,
+# MAX_DETAIL_CHARS): an exception whose message is megabytes long made the result too
+# large, and the stage looked lost.
 
 
 class _LineCapture:
@@ -96,13 +102,6 @@ class _LineCapture:
             self.pieces, self.piece_chars = [], 0
         if self.dropped:
             self.sink.append([self.stream, f"[pivot: {self.dropped} more lines not kept]"])
-
-
-def _clip(text: str, limit: int) -> str:
-    """`text`, or its first `limit` characters and a note of how many more there were."""
-    if len(text) <= limit:
-        return text
-    return text[:limit] + f" [pivot: {len(text) - limit} more characters not kept]"
 
 
 @contextmanager
@@ -312,8 +311,8 @@ def run_stage(job: StageJob) -> StageOutcome:
     def outcome(
         status: str, code: str, reason: str, error: str | None = None, details: dict[str, Any] | None = None
     ) -> StageOutcome:
-        reason = _clip(reason, MAX_REASON_CHARS)
-        error = None if error is None else _clip(error, MAX_ERROR_CHARS)
+        reason = clip(reason, MAX_REASON_CHARS)
+        error = None if error is None else clip(error, MAX_DETAIL_CHARS)
         if executed:
             keep_log(root, name, status, reason, error, logs)
             if status != "ran":

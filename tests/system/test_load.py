@@ -60,7 +60,8 @@ from procs import (
 )
 from requires import require
 
-from pivot.runtime.worker import MAX_ERROR_CHARS, MAX_LINE_CHARS, MAX_LOG_CHARS, MAX_REASON_CHARS
+from pivot.errors import MAX_DETAIL_CHARS, MAX_REASON_CHARS
+from pivot.runtime.worker import MAX_LINE_CHARS, MAX_LOG_CHARS
 
 MakeProject = Callable[..., Path]
 Event = dict[str, Any]
@@ -608,7 +609,7 @@ def test_a_stage_raising_a_20_mb_message_fails_with_it_clipped(
     assert (done["status"], done["reason_code"]) == ("failed", "failed"), shown
     assert done["reason"].startswith("ValueError: xxx"), shown
     assert len(done["reason"]) <= MAX_REASON_CHARS + 100, len(done["reason"])
-    assert done["error"].startswith("Traceback") and len(done["error"]) <= MAX_ERROR_CHARS + 100
+    assert done["error"].startswith("Traceback") and len(done["error"]) <= MAX_DETAIL_CHARS + 100
     note = f"[pivot: {HUGE_MESSAGE_CHARS - MAX_REASON_CHARS + len('ValueError: ')} more characters"
     assert note in done["reason"], done["reason"][-200:]
     peaks = rss.peaks()

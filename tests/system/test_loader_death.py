@@ -1,5 +1,6 @@
 """The loader (the process that imports pipeline.py for a pool) killed outright
-(issue 11): SIGKILL while it imports, as the kernel's OOM killer would.
+(issue 11): SIGKILL while it imports, as the kernel's OOM killer would; and a pipeline
+error too large to send.
 
 `pivot repro` says so as a pipeline error (exit 2) naming the signal, no traceback.
 Under `pivot up` the engine shows the broken pipeline, keeps its pool and watcher, and
@@ -70,3 +71,14 @@ def test_under_up_a_killed_loader_is_a_broken_pipeline_until_the_next_edit(
     assert (root / "out.txt").read_text() == "x\nv3"
     assert [e for e in live.since(0) if e["event"] == "pool_lost"] == [], live.since(0)
     live.stop()
+
+
+def test_a_pipeline_error_megabytes_long_is_clipped_not_a_hang(make_project: Callable[..., Path]) -> None:
+    """An import error whose message is 20 MB: the pipeline error carrying it was over
+    the transport's limit, dropped, and `pivot repro` waited forever."""
+    root = make_project({"pipeline.py": 'raise ValueError("x" * 20_000_000)\n'})
+    result = run_pivot(root, "repro", timeout=30)
+    assert result.returncode == 2, describe(result)
+    assert "ValueError: xxxx" in result.stderr
+    assert "more characters not kept]" in result.stderr
+    assert len(result.stderr) < 200_000
