@@ -25,6 +25,7 @@ import shutil
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import BrokenExecutor, Future, ThreadPoolExecutor
@@ -665,8 +666,11 @@ def main(args: argparse.Namespace, first_load: LoaderRun | None = None) -> int:
     log_to_stderr(logging.WARNING, "%(asctime)s pool %(levelname)s %(message)s")
     configure("pool", args.root)
     os.chdir(args.root)
-    for kind in ("workers", "manifest"):  # what pools and loaders killed outright left
-        sweep(kind)
+    # What pools and loaders killed outright left: in the background, a temp folder may
+    # hold thousands of entries (7 ms here) and the pool's start is on the way to the
+    # first stage.
+    sweeper = threading.Thread(target=lambda: [sweep(kind) for kind in ("workers", "manifest")], name="sweep", daemon=True)
+    sweeper.start()
     try:
         keys = _keys(args)
     except UserError as exc:
@@ -689,7 +693,10 @@ def main(args: argparse.Namespace, first_load: LoaderRun | None = None) -> int:
     service = PoolService(args.root, link, args.name, jobs, first_load, executor=executor)
     signal.signal(signal.SIGTERM, service.request_stop)
     signal.signal(signal.SIGINT, service.request_stop)
-    return service.run()
+    try:
+        return service.run()
+    finally:
+        sweeper.join(5.0)  # done long before, but a pool that exits at once waits for it
 
 
 def _keys(args: argparse.Namespace) -> ClientKeys | None:
