@@ -633,3 +633,15 @@ class Broker:
 def start_pool(guard: ProcGuard, root: Path, control: str, name: str, *args: str) -> subprocess.Popen[str]:
     """A `pivot workers` joining the broker at `control`."""
     return guard.track(start_pivot(root, "workers", "--broker", control, "--name", name, *args))
+
+
+# Pipeline source: whether a pid is gone (a zombie counts as gone), for stages that
+# check that an earlier attempt's process was over before they began.
+GONE = '''\
+def _gone(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+'''

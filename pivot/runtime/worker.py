@@ -251,9 +251,15 @@ def watch_pool(pool_pid: int, lease: Path | None = None) -> None:
 
     from pivot.launch.procs import is_alive, is_stopped
 
+    # The worker's own standard error: while a stage runs, descriptor 2 is its capture.
+    try:
+        err = os.dup(2)
+    except OSError:
+        err = -1
+
     def fence(why: str) -> None:
         with contextlib.suppress(OSError):
-            os.write(2, f"pivot worker {os.getpid()}: its pool (pid {pool_pid}) {why}: exiting\n".encode())
+            os.write(err, f"pivot worker {os.getpid()}: its pool (pid {pool_pid}) {why}: exiting\n".encode())
         os._exit(70)
 
     def watch() -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from procs import (
+    GONE,
     Broker,
     ProcGuard,
     alive,
@@ -69,15 +70,6 @@ def slow() -> None:
 '''
 
 # In a stage: whether process PID is over (gone, or a zombie).
-GONE = '''\
-def _gone(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except OSError:
-        return True
-'''
-
 FAULTS = '''\
 import os
 import signal

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from procs import (
+    GONE,
     Broker,
     ProcGuard,
     alive,
@@ -43,13 +44,7 @@ import time
 from pivot import stage
 
 
-def _gone(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except OSError:
-        return True
-
+{gone}
 
 @stage(outs=["hold.txt"])
 def hold() -> None:
@@ -65,7 +60,7 @@ def hold() -> None:
         time.sleep(0.01)
     with open("hold.txt", "w") as f:
         f.write(f"{os.getpid()}\\n")
-'''
+'''.replace("{gone}", GONE)
 
 
 def runs(root: Path) -> list[list[str]]:
