@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 import threading
 import time
@@ -147,13 +148,19 @@ class _FdCapture:
             os.close(write)
             capture = _LineCapture(stream, sink, budget, lock)
             thread = threading.Thread(target=self._read, args=(read, capture), name=f"capture-{fd}", daemon=True)
-            thread.start()
+            # Signals are the stage's (the cancel's above all): one that blocks them, or
+            # sits in native code, must not have them handled through this thread instead.
+            # A thread starts with its creator's mask, so it never has them unblocked.
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+            try:
+                thread.start()
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             self.parts.append((fd, saved, read, thread, capture))
 
     def _read(self, fd: int, capture: _LineCapture) -> None:
         import codecs
         import select
-
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         after_end = 0
         while after_end < self.AFTER_END:
@@ -263,8 +270,6 @@ def watch_pool(pool_pid: int, lease: Path | None = None) -> None:
         os._exit(70)
 
     def watch() -> None:
-        import signal
-
         # The cancel signal is the stage's (pivot/runtime/cancel.py): a stage that
         # blocks it, or sits in native code, must not have it run here instead.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
