@@ -638,7 +638,10 @@ class BrokerService:
         return rows
 
     def _on_changes(self, frames: list[bytes]) -> None:
-        env = decode_or_log(frames[-1], "changes")
+        if len(frames) != 1:  # a watcher sends one frame (PUSH): anything else is not one
+            self._drop("dropped a changes message with %d frames", len(frames))
+            return
+        env = decode_or_log(frames[0], "changes")
         if env is None:
             self.dropped += 1
             return

@@ -520,6 +520,9 @@ class BrokerState:
                      f"an earlier run of that pool (incarnation {event.incarnation}, now {pool.incarnation})")
             )
             return
+        # Only the pool an attempt was given to may finish it (attempt ids are easy to
+        # guess: the broker's id from its welcome, the wave and a counter).
+        given = pool is not None and event.attempt in pool.attempts
         if pool is not None:
             pool.attempts.discard(event.attempt)
             foreign = pool.foreign.pop(event.attempt, None) is not None
@@ -529,6 +532,12 @@ class BrokerState:
         wave = self.wave
         if wave is None or event.attempt not in wave.running:
             return  # a duplicate, or an attempt that was already declared lost
+        if not given:
+            self._out.append(
+                Note(f"rejected the result of {event.attempt} from pool {event.pool!r}: that attempt "
+                     "was not given to it")
+            )
+            return
         stage = wave.running.pop(event.attempt)
         # Dependencies whose content changed while it ran (the pool checks them after the
         # run): a stage writing what it reads would run again and again.
