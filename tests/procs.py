@@ -621,7 +621,7 @@ class Broker:
                 return None
             return info["control"] if info.get("pid") == self.proc.pid else None
 
-        self.control = wait_for(bound, BROKER_WAIT_S, "the broker to bind")
+        self.control = str(wait_for(bound, BROKER_WAIT_S, "the broker to bind"))
         return self.control
 
     def stop(self) -> tuple[int, str, str]:
