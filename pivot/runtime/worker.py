@@ -125,68 +125,66 @@ def _captured(sink: list[list[str]]) -> Iterator[None]:
 
 
 class _FdCapture:
-    """File descriptors 1 and 2 pointed at pipes for the duration of a stage, each read
-    by a thread into a line capture. At the end the descriptors are restored and the
-    readers take what is already in their pipe (a bounded amount more: a grandchild that
-    outlives the stage and keeps its copy of the pipe must not hold the worker), then
-    stop; a later write by such a grandchild finds the pipe closed."""
+    """File descriptors 1 and 2 pointed, for the duration of a stage, at files of this
+    worker process (opened once, unlinked, append-only), read when the stage ends.
 
-    AFTER_END = 1 << 20  # bytes still taken from a pipe once the stage has ended
+    Files, not pipes: a write never waits for a reader, so a stage stuck in native code
+    holding the GIL while it prints cannot block on a full pipe, and no thread is needed
+    (two reader threads a stage cost ~1 ms). What a grandchild that outlives the stage
+    writes later lands in the next stage's capture or is cut. Bounded: at most
+    READ_BYTES of each is read, and the files are emptied after every stage."""
+
+    READ_BYTES = 4 * MAX_LOG_CHARS
+    _files: dict[int, int] = {}  # descriptor (1, 2) -> this process's capture file
+    _owner = 0  # the process that opened them (a forked child opens its own)
 
     def __init__(self, sink: list[list[str]], budget: list[int], lock: threading.Lock) -> None:
-        self.stop = threading.Event()
-        self.parts: list[tuple[int, int, int, threading.Thread, _LineCapture]] = []
+        self.parts: list[tuple[int, int, int, _LineCapture]] = []
         for fd, stream in ((1, "stdout"), (2, "stderr")):
-            with contextlib.suppress(OSError, ValueError):  # a closed stream stays as it is
+            with contextlib.suppress(OSError, ValueError, AttributeError):  # a closed stream stays
                 (sys.__stdout__ if fd == 1 else sys.__stderr__).flush()  # type: ignore[union-attr]
             try:
                 saved = os.dup(fd)
+                file = self._file(fd)
             except OSError:
-                continue  # not open in this process: nothing to capture
-            read, write = os.pipe()
-            os.dup2(write, fd)
-            os.close(write)
-            capture = _LineCapture(stream, sink, budget, lock)
-            thread = threading.Thread(target=self._read, args=(read, capture), name=f"capture-{fd}", daemon=True)
-            # Signals are the stage's (the cancel's above all): one that blocks them, or
-            # sits in native code, must not have them handled through this thread instead.
-            # A thread starts with its creator's mask, so it never has them unblocked.
-            mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
-            try:
-                thread.start()
-            finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            self.parts.append((fd, saved, read, thread, capture))
+                continue  # not open in this process, or no temp folder: nothing captured
+            os.dup2(file, fd)
+            self.parts.append((fd, saved, file, _LineCapture(stream, sink, budget, lock)))
 
-    def _read(self, fd: int, capture: _LineCapture) -> None:
-        import codecs
-        import select
-        decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        after_end = 0
-        while after_end < self.AFTER_END:
-            ended = self.stop.is_set()
-            ready, _, _ = select.select([fd], [], [], 0 if ended else 0.05)
-            if not ready:
-                if ended:
-                    break
-                continue
-            data = os.read(fd, 65536)
-            if not data:
-                break
-            if ended:
-                after_end += len(data)
-            capture.write(decoder.decode(data))
-        capture.write(decoder.decode(b"", final=True))
+    @classmethod
+    def _file(cls, fd: int) -> int:
+        file = cls._files.get(fd)
+        if file is None or os.getpid() != cls._owner:
+            import fcntl
+            import tempfile
+
+            file, path = tempfile.mkstemp(prefix=f"pivot-capture-{os.getpid()}-")
+            os.unlink(path)
+            fcntl.fcntl(file, fcntl.F_SETFL, os.O_APPEND)  # writers share no offset to race on
+            cls._files[fd], cls._owner = file, os.getpid()
+        return file
 
     def close(self) -> None:
-        for fd, saved, _, _, _ in self.parts:
-            os.dup2(saved, fd)  # the pipe's write end is closed here, unless inherited
+        _flush_c_stdio()
+        for fd, saved, file, capture in self.parts:
+            os.dup2(saved, fd)
             os.close(saved)
-        self.stop.set()
-        for _, _, read, thread, capture in self.parts:
-            thread.join()
-            os.close(read)
+            size = os.fstat(file).st_size
+            data = os.pread(file, min(size, self.READ_BYTES), 0)
+            os.ftruncate(file, 0)
+            capture.write(data.decode("utf-8", "replace"))
+            if size > self.READ_BYTES:
+                capture.write(f"\n[pivot: {size - self.READ_BYTES} more bytes not read]")
             capture.close_capture()
+
+
+def _flush_c_stdio() -> None:
+    """C code's stdout is buffered by libc when it is not a terminal: flushed now, so
+    that what the stage printed is in its capture, not the next stage's."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
 
 
 _STATE: dict[str, ProjectState] = {}
