@@ -105,6 +105,8 @@ class RunRequested(Record):
     force: bool
     keep_going: bool
     cause: str = ""  # the run_request's message id
+    select: str = "upstream"  # pivot/pipeline/select.py: Selection
+    glob: bool = False
 
 
 @record

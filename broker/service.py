@@ -544,8 +544,8 @@ class BrokerService:
                 self._hello(client, hello, role)
             case PsRequest():
                 self.control.send_multipart([client, encode(PsReply(self.ps()), sender=SENDER)])
-            case RunRequest(stages=stages, force=force, keep_going=keep_going):
-                self._feed(RunRequested(client, tuple(stages), force, keep_going, env.id))
+            case RunRequest(stages=stages, force=force, keep_going=keep_going, select=select, glob=glob):
+                self._feed(RunRequested(client, tuple(stages), force, keep_going, env.id, select, glob))
             case SnapshotRequest():
                 self._feed(SnapshotRequested(client))
             case ShutdownRequest(grace_s=grace):

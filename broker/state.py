@@ -46,11 +46,13 @@ from broker.reload import Reload
 from broker.stopping import StopPlan
 from broker.view import EngineView
 from broker.wave import PendingRun, Wave
+from pivot.errors import UserError
 from pivot.pipeline.graph import StageGraph
 from pivot.pipeline.manifest import Manifest
 from pivot.pipeline.params import PARAMS_FILE
 from pivot.pipeline.producers import inside
 from pivot.pipeline.project import PIPELINE_FILE
+from pivot.pipeline.select import Selection, resolve_names
 from pivot.protocol.messages import (
     CancelStage,
     EngineStopped,
@@ -384,14 +386,21 @@ class BrokerState:
         if self.manifest is None:
             self.unchecked.append(event)
             return
-        unknown = sorted(set(event.stages) - set(self.manifest.by_name))
-        if unknown:
-            known = ", ".join(self.manifest.by_name)
-            msg = f"unknown stage(s): {', '.join(unknown)}; stages are: {known}"
-            self._out.append(Reply(event.client, RunReply(False, msg)))
+        try:
+            selection = Selection(event.select)
+            names = resolve_names(event.stages, list(self.manifest.by_name), glob=event.glob)
+        except ValueError:
+            self._out.append(Reply(event.client, RunReply(False, f"unknown selection {event.select!r}")))
             return
-        targets = set(event.stages) if event.stages else None
-        self._queue(PendingRun(targets, event.force, event.keep_going, cause=event.cause or None))
+        except UserError as exc:
+            self._out.append(Reply(event.client, RunReply(False, str(exc))))
+            return
+        targets = set(names) if event.stages else None
+        if targets is not None and selection is Selection.DOWNSTREAM and self.graph is not None:
+            targets |= self.graph.downstream_of(targets)  # their upstream is added as for any run
+        run = PendingRun(targets, event.force, event.keep_going, cause=event.cause or None)
+        run.only = targets is not None and selection is Selection.SINGLE
+        self._queue(run)
         why = "queued; `pivot up` is paused: it runs once resumed (p)" if self.paused else "queued"
         self._out.append(Reply(event.client, RunReply(True, why)))
 
@@ -417,6 +426,8 @@ class BrokerState:
         targets = sorted(run.stages & set(self.manifest.by_name)) if run.stages is not None else None
         if targets is None:
             wanted = set(self.graph.order)
+        elif run.only:
+            wanted = set(targets)
         elif run.exact:
             wanted = self._in_scope(set(targets) | self.graph.downstream_of(set(targets)))
         else:

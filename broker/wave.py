@@ -109,6 +109,8 @@ class PendingRun:
     # The id of the message that caused it (a run_request, a files_changed): the wave's
     # wave_started names it as its parent, so a wave can be traced to its cause.
     cause: str | None = None
+    # only: these stages alone (`pivot repro -s`), neither their upstream nor downstream
+    only: bool = False
 
     def merge(self, other: PendingRun) -> None:
         self.cause = self.cause or other.cause
@@ -117,6 +119,7 @@ class PendingRun:
         else:
             self.stages |= other.stages
         self.exact = self.exact and other.exact and self.stages is not None
+        self.only = self.only and other.only and self.stages is not None
         self.force = self.force or other.force
         self.keep_going = other.keep_going
         if other.trigger != self.trigger:

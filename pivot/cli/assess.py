@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pivot.cli.common import check_stage_names
 from pivot.launch.spawn import run_loader
 from pivot.pipeline.graph import StageGraph, build_graph
 from pivot.pipeline.manifest import Manifest
 from pivot.pipeline.project import pivot_dir
+from pivot.pipeline.select import Selection, resolve_names, to_run
 from pivot.state.decide import decide
 from pivot.state.outputs import ProjectState
 from pivot.state.plan import dep_producers, restorable
@@ -56,13 +56,15 @@ def assess(
     *,
     force: bool = False,
     explain: bool = False,
+    selection: Selection = Selection.UPSTREAM,
+    glob: bool = False,
 ) -> Assessment:
-    """Decide every stage (TARGETS and their upstream, default all) against its lock."""
+    """Decide every stage `repro TARGETS` would take in (default all) against its lock."""
     pivot_dir(root)  # the state cache lives there; made with its .gitignore
     manifest = run_loader(root)
     graph = build_graph(manifest, root)
-    check_stage_names(targets, graph.order)
-    wanted = graph.with_upstream(list(targets)) if targets else set(graph.order)
+    names = resolve_names(targets, graph.order, glob=glob)
+    wanted = to_run(graph, names, selection)
     producers = dep_producers(manifest)
     state = ProjectState.open(root)
     result: dict[str, StageAssessment] = {}

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from pivot.errors import UserError
+from pivot.pipeline.select import resolve_names
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -29,9 +28,9 @@ def load_pipeline() -> tuple[Path, Manifest, StageGraph]:
 
 
 def select(requested: Sequence[str], order: Sequence[str]) -> list[str]:
-    """The requested stages (all when none) in `order`; unknown names are a UserError."""
-    check_stage_names(requested, order)
-    return [name for name in order if not requested or name in requested]
+    """The requested stages (all when none; a variant group names its variants) in
+    `order`; unknown names are a UserError."""
+    return resolve_names(requested, order) if requested else list(order)
 
 
 def table(rows: list[list[str]]) -> list[str]:
@@ -43,11 +42,4 @@ def table(rows: list[list[str]]) -> list[str]:
 
 def check_stage_names(requested: Sequence[str], known: Sequence[str]) -> None:
     """Raise a UserError naming every unknown stage (with a guess) and the known ones."""
-    unknown = [name for name in dict.fromkeys(requested) if name not in known]
-    if not unknown:
-        return
-    parts = []
-    for name in unknown:
-        close = difflib.get_close_matches(name, known, n=1)
-        parts.append(f"{name} (did you mean {close[0]}?)" if close else name)
-    raise UserError(f"unknown stage(s): {', '.join(parts)}; stages are: {', '.join(known)}")
+    resolve_names(requested, known)

@@ -62,8 +62,12 @@ class Outcome:
     ends_on_pool_loss: bool = False
 
 
-def run_wave(stack: Engine, stages: tuple[str, ...], force: bool, keep_going: bool, display: str) -> int:
-    """Ask the engine for one wave, show it with the `display` mode, return the exit code."""
+def run_wave(
+    stack: Engine, stages: tuple[str, ...], force: bool, keep_going: bool, display: str,
+    select: str = "upstream", glob: bool = False,
+) -> int:
+    """Ask the engine for one wave of `stages` (as `select` and `glob` say: pivot/pipeline/
+    select.py), show it with the `display` mode, return the exit code."""
     renderer = make_renderer(resolve_mode(display, sys.stdout), sys.stdout, sys.stderr)
     outcome = Outcome(ends_on_pool_loss=stack.one_shot)
     dropped = 0
@@ -74,7 +78,7 @@ def run_wave(stack: Engine, stages: tuple[str, ...], force: bool, keep_going: bo
         outcome.history = joined.wave
         renderer.baseline(joined)
         # Answered once the broker can check stage names against a manifest.
-        client.send(RunRequest(list(stages), force, keep_going))
+        client.send(RunRequest(list(stages), force, keep_going, select, glob))
         _follow(stack, renderer, outcome)
         dropped = client.dropped_logs
     finally:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from pivot.cli.options import LIVE_PARAMS, display_option, live_options
 from pivot.cli.target import broker_options
 from pivot.pipeline.project import find_root, pivot_dir
+
+if TYPE_CHECKING:
+    from pivot.pipeline.select import Selection
 
 
 @click.command()
@@ -19,6 +22,13 @@ from pivot.pipeline.project import find_root, pivot_dir
               help="Stages to run at once [default: usable CPUs].")
 @click.option("--keep-going", is_flag=True,
               help="After a failure, still run every stage not downstream of it.")
+@click.option("-s", "--single-item", is_flag=True,
+              help="Run only STAGES, not their upstream (even if it is stale).")
+@click.option("--downstream", is_flag=True,
+              help="Run STAGES and every stage after them (and whatever stale upstream "
+              "those need: nothing runs on stale inputs).")
+@click.option("--glob", "glob", is_flag=True,
+              help="STAGES are shell patterns: 'fit@*' runs every variant of fit.")
 @click.option("-n", "--dry-run", is_flag=True,
               help="Print what would run and why; run nothing, change nothing.")
 @click.option("-w", "--watch", is_flag=True,
@@ -30,10 +40,13 @@ from pivot.pipeline.project import find_root, pivot_dir
 @click.pass_context
 def repro(
     ctx: click.Context, stages: tuple[str, ...], force: bool, jobs: int | None, keep_going: bool,
-    dry_run: bool, watch: bool, debounce_ms: int, poll: bool, restart: bool, grace_s: float,
+    single_item: bool, downstream: bool, glob: bool, dry_run: bool, watch: bool, debounce_ms: int, poll: bool, restart: bool, grace_s: float,
     broker: str | None, key: Path | None, broker_key: Path | None, display: str, as_json: bool,
 ) -> int:
     """Run STAGES (default: all) and their upstream, skipping what is up to date.
+
+    A stage name may be a variant group: `pivot repro fit` runs `fit@linear` and
+    `fit@quadratic`. -s runs STAGES alone, --downstream STAGES and what follows them.
 
     Exit code 0 when every stage ran or was up to date, 1 when a stage failed or the
     worker pool was lost, 2 for a usage or pipeline error, 130 after Ctrl-C.
@@ -42,9 +55,15 @@ def repro(
     While an engine runs for the project (`pivot up`), or with --broker, the engine is
     asked for the run and its events are shown; exit codes are the same.
     """
-    from pivot.cli.stack import Stack
-    from pivot.launch.cpus import usable_cpus
+    from pivot.pipeline.select import Selection
 
+    if single_item and downstream:
+        raise click.UsageError("-s/--single-item and --downstream cannot be combined")
+    if (single_item or downstream) and not stages:
+        raise click.UsageError(f"{'-s/--single-item' if single_item else '--downstream'} needs STAGES")
+    selection = Selection.SINGLE if single_item else Selection.DOWNSTREAM if downstream else Selection.UPSTREAM
+    if watch and (single_item or downstream or glob):
+        raise click.UsageError("-s, --downstream and --glob apply to a one-shot run, not with --watch")
     if not watch:
         given = [
             f"--{name.removesuffix('_ms').removesuffix('_s')}" for name in LIVE_PARAMS
@@ -62,32 +81,49 @@ def repro(
         opts = UpOptions(stages, force, jobs, keep_going, debounce_ms, poll, restart, grace_s,
                          "json" if as_json else display)
         return start_live(root, opts)
-    root = find_root()
     if dry_run:
-        return _dry_run(root, stages, force, as_json or display == "json")
-    pivot_dir(root)
-    from pivot.cli.remote import connect
+        return _dry_run(find_root(), stages, force, as_json or display == "json", selection, glob)
+    return run_once(
+        stages, force=force, jobs=jobs, keep_going=keep_going, display="json" if as_json else display,
+        selection=selection, glob=glob, broker=broker, key=key, broker_key=broker_key,
+    )
 
+
+def run_once(
+    stages: tuple[str, ...], *, force: bool, jobs: int | None, keep_going: bool, display: str,
+    selection: Selection, glob: bool = False,
+    broker: str | None = None, key: Path | None = None, broker_key: Path | None = None,
+) -> int:
+    """One wave: asked of the project's running engine (or the one `broker` names), else
+    of an engine started for it in this process. Its exit code."""
+    from pivot.cli.remote import connect
+    from pivot.cli.stack import Stack
+    from pivot.launch.cpus import usable_cpus
+
+    root = find_root()
+    pivot_dir(root)
     engine = connect(root, "repro", broker, key, broker_key, required=False)
     if engine is not None:
         # An engine owns the project (or was named): ask it for the wave, not a second one.
         with engine:
             from pivot.cli.follow import run_wave
 
-            return run_wave(engine, stages, force, keep_going, "json" if as_json else display)
+            return run_wave(engine, stages, force, keep_going, display, selection, glob)
     with Stack(root, jobs or usable_cpus()) as stack:
         from pivot.cli.follow import run_wave  # after the pool started: see follow.py
 
-        return run_wave(stack, stages, force, keep_going, "json" if as_json else display)
+        return run_wave(stack, stages, force, keep_going, display, selection, glob)
 
 
-def _dry_run(root: Path, stages: tuple[str, ...], force: bool, as_json: bool) -> int:
+def _dry_run(
+    root: Path, stages: tuple[str, ...], force: bool, as_json: bool, selection: Selection, glob: bool,
+) -> int:
     """The plan `repro` would follow, from the same decisions, without an engine."""
     import json
 
     from pivot.cli.assess import assess
 
-    result = assess(root, stages, force=force)
+    result = assess(root, stages, force=force, selection=selection, glob=glob)
     plan: dict[str, dict[str, Any]] = {}
     for name, row in result.stages.items():
         action = "skip" if not row.stale else "restore" if row.restorable else "run"

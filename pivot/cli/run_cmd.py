@@ -1,23 +1,36 @@
-"""`pivot run STAGE --foreground`: one stage in this terminal's own process."""
+"""`pivot run STAGE [--foreground]`: one stage alone; with --foreground in this
+terminal's own process, else as `pivot repro -s STAGE`."""
 
 from __future__ import annotations
 
 import click
 
+from pivot.cli.options import display_option
 from pivot.errors import UserError
 
 
 @click.command()
 @click.argument("stage")
-@click.option("--foreground", is_flag=True, required=True,
+@click.option("--foreground", is_flag=True,
               help="Run in this process, with this terminal (stdin, tty, breakpoint()).")
 @click.option("-f", "--force", is_flag=True, help="Run even if the stage is up to date.")
-def run(stage: str, foreground: bool, force: bool) -> int:
-    """Run STAGE in the terminal's own process, for debugging: stdin and the tty are
-    the stage's, so `breakpoint()` and `input()` work. Its outputs are committed like
-    any run (cache, lock, run cache). Upstream stages are not run; a missing dependency
-    is an error. Refused while a Pivot engine runs in the project.
+@display_option
+def run(stage: str, foreground: bool, force: bool, display: str, as_json: bool) -> int:
+    """Run STAGE alone (not its upstream), like `pivot repro -s STAGE`.
+
+    With --foreground, in the terminal's own process, for debugging: stdin and the tty
+    are the stage's, so `breakpoint()` and `input()` work. Its outputs are committed like
+    any run (cache, lock, run cache); a missing dependency is an error. Refused while a
+    Pivot engine runs in the project.
     """
+    if not foreground:
+        from pivot.cli.repro_cmd import run_once
+        from pivot.pipeline.select import Selection
+
+        return run_once(
+            (stage,), force=force, jobs=1, keep_going=False, display="json" if as_json else display,
+            selection=Selection.SINGLE,
+        )
     from pivot.cli.common import check_stage_names
     from pivot.pipeline.project import find_root, pivot_dir
     from pivot.runtime.job import StageJob, Verdict, verdict

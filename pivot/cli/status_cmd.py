@@ -20,12 +20,18 @@ if TYPE_CHECKING:
 @click.argument("stages", nargs=-1)
 @click.option("--explain", is_flag=True, help="List every reason of each stage, with details.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@click.option("--check", is_flag=True,
+              help="Exit 1 when a stage is stale, 0 when everything is up to date (a CI gate).")
+@click.option("-q", "--quiet", is_flag=True, help="--check printing nothing (as `dvc status -q`).")
 @broker_options
 def status(
-    stages: tuple[str, ...], explain: bool, as_json: bool, broker: str | None, key: Path | None,
-    broker_key: Path | None,
-) -> None:
+    stages: tuple[str, ...], explain: bool, as_json: bool, check: bool, quiet: bool, broker: str | None,
+    key: Path | None, broker_key: Path | None,
+) -> int:
     """Show which stages `pivot repro` would run, with the reasons.
+
+    Exit code 0; with --check or -q, 1 when a stage is stale; 2 for a usage or pipeline
+    error.
 
     STAGES limits the report to those stages and their upstream. A stage downstream of a
     stale one is stale too ("upstream stale"); it is skipped at run time if its upstream
@@ -45,6 +51,8 @@ def status(
     from pivot.pipeline.project import find_root
 
     root = find_root()
+    if quiet:
+        return 1 if any(row.stale for row in assess(root, stages).stages.values()) else 0
     # A running `pivot up` is asked for its view after the assessment, so that view is
     # the fresher one. Without one, neither zmq nor the display client is imported.
     live = bool(broker or os.environ.get("PIVOT_BROKER")) or up_running(root)
@@ -68,7 +76,7 @@ def status(
         rows = {name: row.to_json() for name, row in result.stages.items()}
         engine = engine_json(snap, set(result.stages) if stages else None) if snap is not None else None
         click.echo(json.dumps({"stages": rows, "engine": engine}, indent=2))
-        return
+        return 1 if check and any(row.stale for row in result.stages.values()) else 0
     for warning in result.manifest.warnings:
         click.echo(f"warning: {warning}", err=True)
     if snap is not None:
@@ -92,6 +100,7 @@ def status(
     stale = [n for n, row in result.stages.items() if row.stale]
     total = len(result.stages)
     click.echo(f"{len(stale)} of {total} stages stale" if stale else "everything is up to date")
+    return 1 if check and stale else 0
 
 
 def _explain(row: StageAssessment) -> None:

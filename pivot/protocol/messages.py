@@ -364,12 +364,16 @@ class PoolShutdown(Message):
 
 @record
 class RunRequest(Message):
-    """Client -> broker: run `stages` (and their upstream); all stages when empty."""
+    """Client -> broker: run `stages` (all when empty) as `select` says: "upstream" (and
+    what they depend on), "single" (alone) or "downstream" (and what follows them);
+    with `glob`, names are shell patterns (pivot/pipeline/select.py)."""
 
     TAG: ClassVar[str] = "run_request"
     stages: list[str]
     force: bool
     keep_going: bool
+    select: str = "upstream"
+    glob: bool = False
 
 
 @record

@@ -1030,3 +1030,64 @@ def test_a_wave_names_the_message_that_caused_it_as_its_parent() -> None:
     [start] = [c for c in commands if isinstance(c, Publish) and isinstance(c.msg, WaveStarted)]
     assert (start.msg.trigger, start.parent) == ("files", "changes-3")
     assert live.state.changes.causes == {}  # nothing kept once used
+
+
+# --- what a run request selects (pivot repro -s / --downstream / --glob) -------------------
+
+
+def variants() -> Manifest:
+    """a -> b -> fit@linear, fit@quadratic; b -> c."""
+    return Manifest(
+        (
+            spec("a", outs=["a.txt"]),
+            spec("b", deps=["a.txt"], outs=["b.txt"]),
+            spec("c", deps=["b.txt"], outs=["c.txt"]),
+            spec("fit@linear", deps=["b.txt"], outs=["l.txt"]),
+            spec("fit@quadratic", deps=["b.txt"], outs=["q.txt"]),
+        )
+    )
+
+
+def wave_of(h: Harness, *stages: str, select: str = "upstream", glob: bool = False) -> list[str]:
+    commands = h.feed(RunRequested(CLIENT, stages, False, False, "", select, glob))
+    [reply] = [c.msg for c in commands if isinstance(c, Reply)]
+    assert isinstance(reply, RunReply) and reply.accepted, reply
+    [started] = published(commands, WaveStarted)
+    assert isinstance(started, WaveStarted)
+    return started.stages
+
+
+def test_a_single_item_run_takes_the_stage_alone() -> None:
+    assert wave_of(Harness(variants()), "b", select="single") == ["b"]
+
+
+def test_a_downstream_run_takes_what_follows_and_the_upstream_it_needs() -> None:
+    assert wave_of(Harness(variants()), "b", select="downstream") == ["a", "b", "c", "fit@linear", "fit@quadratic"]
+    assert wave_of(Harness(variants()), "c", select="downstream") == ["a", "b", "c"]
+
+
+def test_a_variant_group_and_a_glob_name_their_stages() -> None:
+    assert wave_of(Harness(variants()), "fit") == ["a", "b", "fit@linear", "fit@quadratic"]
+    assert wave_of(Harness(variants()), "fit@q*", glob=True) == ["a", "b", "fit@quadratic"]
+    assert wave_of(Harness(variants()), "fit", select="single") == ["fit@linear", "fit@quadratic"]
+
+
+def test_an_unknown_name_pattern_or_selection_is_refused() -> None:
+    for stages, select, glob, said in (
+        (("fitt",), "upstream", False, "did you mean fit?"),
+        (("zz*",), "upstream", True, "no stage matches: zz*"),
+        (("b",), "sideways", False, "unknown selection 'sideways'"),
+    ):
+        h = Harness(variants())
+        commands = h.feed(RunRequested(CLIENT, stages, False, False, "", select, glob))
+        [reply] = [c.msg for c in commands if isinstance(c, Reply)]
+        assert isinstance(reply, RunReply) and not reply.accepted and said in reply.message, reply
+        assert published(commands, WaveStarted) == []
+
+
+def test_a_single_item_run_merged_with_a_full_one_takes_the_upstream_too() -> None:
+    h = Harness(variants(), plan=None)  # plans unanswered: the first wave stays open
+    h.run("a")
+    h.feed(RunRequested(CLIENT, ("c",), False, False, "", "single"))
+    h.feed(RunRequested(CLIENT, ("fit@linear",), False, False, "", "upstream"))
+    assert h.state.pending is not None and not h.state.pending.only

@@ -163,7 +163,7 @@ SAMPLES: dict[type[Message], Message] = {
     CancelStage: CancelStage(attempt="w3-17", reason="its inputs changed while it ran (data/raw.csv)"),
     PoolLeaving: PoolLeaving(pool="gpu-box-1"),
     PoolShutdown: PoolShutdown(),
-    RunRequest: RunRequest(stages=["train", "evaluate"], force=True, keep_going=True),
+    RunRequest: RunRequest(stages=["train", "evaluate"], force=True, keep_going=True, select="single", glob=True),
     RunReply: RunReply(accepted=False, message="the pipeline is invalid"),
     SnapshotRequest: SnapshotRequest(),
     Snapshot: Snapshot(
@@ -317,13 +317,13 @@ def test_wire_tags_are_unique_and_registered() -> None:
 # docs/protocol.md (Changelog) and only then paste the new bytes here.
 
 GOLDEN_POOL_HELLO = (
-    b"\x88\xa1v\x04\xa1k\xaapool_hello\xa2id\xab1a2b-c3d4-1\xa1p\xc0\xa1s\xa6pool-1"
+    b"\x88\xa1v\x05\xa1k\xaapool_hello\xa2id\xab1a2b-c3d4-1\xa1p\xc0\xa1s\xa6pool-1"
     b"\xa1n\x00\xa1t\xcbA\xd9T\xfc@\x10\x00\x00\xa1b\x87\xa4pool\xa6pool-1\xa3pid"
     b"\xcd\x10\x92\xa5slots\x04\xabincarnation\xa0\xa4host\xa0\xa4tags\x90\xa7running\x80"
 )
 
 GOLDEN_STAGE_FINISHED = (
-    b"\x88\xa1v\x04\xa1k\xaestage_finished\xa2id\xab5e6f-7a8b-9\xa1p\xab1a2b-c3d4-2"
+    b"\x88\xa1v\x05\xa1k\xaestage_finished\xa2id\xab5e6f-7a8b-9\xa1p\xab1a2b-c3d4-2"
     b"\xa1s\xa6broker\xa1n\x07\xa1t\xcbA\xd9T\xfc@`\x00\x00\xa1b\x88\xa4wave\x03"
     b"\xa5stage\xa5train\xa6status\xa3ran\xabreason_code\xabdep_changed\xa6reason"
     b"\xb4data/raw.csv changed\xaaduration_s\xcb?\xf8\x00\x00\x00\x00\x00\x00\xa5error\xc0"
@@ -377,14 +377,14 @@ def test_refused_is_read_whatever_version_its_envelope_names() -> None:
     assert env.msg == Refused("version", "too old", 9)
     wire["k"] = "hello"  # any other kind of another version is refused, naming both
     wire["b"] = {"role": "pool", "name": "p", "pid": 1, "host": "h", "project": ""}
-    with pytest.raises(codec.VersionMismatch, match="protocol version 9, expected 4") as info:
+    with pytest.raises(codec.VersionMismatch, match="protocol version 9, expected 5") as info:
         decode(msgpack.packb(wire))
     assert (info.value.version, info.value.kind, info.value.sender) == (9, "hello", "broker")
 
 
-def test_protocol_version_is_four() -> None:
-    # The golden bytes above encode version 4; changing it must be deliberate.
-    assert PROTOCOL_VERSION == 4
+def test_protocol_version_is_five() -> None:
+    # The golden bytes above encode version 5; changing it must be deliberate.
+    assert PROTOCOL_VERSION == 5
 
 
 # --- strict decoding ---------------------------------------------------------------------
@@ -400,7 +400,7 @@ def _wire(**overrides: Any) -> dict[str, Any]:
         "s": "client",
         "n": 0,
         "t": 1700000000.5,
-        "b": {"stages": ["train"], "force": False, "keep_going": True},
+        "b": {"stages": ["train"], "force": False, "keep_going": True, "select": "upstream", "glob": False},
     }
     wire.update(overrides)
     return wire
@@ -446,10 +446,12 @@ BAD_PAYLOADS: list[tuple[str, Callable[[], bytes], str]] = [
     ("str", lambda: _pack("run_request"), "envelope is a str, not a map"),
     ("nil", lambda: _pack(None), "envelope is a NoneType, not a map"),
     # version
-    ("version_5", lambda: _pack(_wire(v=5)), "protocol version 5, expected 4"),
-    ("version_3", lambda: _pack(_wire(v=3)), "protocol version 3, expected 4"),
-    ("version_str", lambda: _pack(_wire(v="4")), "protocol version '4', expected 4"),
-    ("version_nil", lambda: _pack(_wire(v=None)), "protocol version None, expected 4"),
+    ("version_next", lambda: _pack(_wire(v=PROTOCOL_VERSION + 1)),
+     f"protocol version {PROTOCOL_VERSION + 1}, expected {PROTOCOL_VERSION}"),
+    ("version_3", lambda: _pack(_wire(v=3)), f"protocol version 3, expected {PROTOCOL_VERSION}"),
+    ("version_str", lambda: _pack(_wire(v=str(PROTOCOL_VERSION))),
+     f"protocol version '{PROTOCOL_VERSION}', expected {PROTOCOL_VERSION}"),
+    ("version_nil", lambda: _pack(_wire(v=None)), f"protocol version None, expected {PROTOCOL_VERSION}"),
     # kind
     ("unknown_kind", lambda: _pack(_wire(k="launch_missiles")), "unknown message kind 'launch_missiles'"),
     ("empty_kind", lambda: _pack(_wire(k="")), "unknown message kind ''"),
@@ -479,12 +481,15 @@ BAD_PAYLOADS: list[tuple[str, Callable[[], bytes], str]] = [
     ("body_nil", lambda: _pack(_wire(b=None)), "run_request: body is a NoneType, not a map"),
     (
         "missing_field",
-        lambda: _msg("run_request", {"stages": [], "keep_going": True}),
+        lambda: _msg("run_request", {"stages": [], "keep_going": True, "select": "upstream", "glob": False}),
         r"run_request: missing fields \['force'\], extra fields \[\]",
     ),
     (
         "extra_field",
-        lambda: _msg("run_request", {"stages": [], "force": False, "keep_going": True, "dry": 1}),
+        lambda: _msg(
+            "run_request",
+            {"stages": [], "force": False, "keep_going": True, "select": "upstream", "glob": False, "dry": 1},
+        ),
         r"run_request: missing fields \[\], extra fields \['dry'\]",
     ),
     (
