@@ -137,6 +137,7 @@ class BrokerState:
         self.manifest: Manifest | None = None
         self.graph: StageGraph | None = None
         self.pipeline_error: PipelineInvalid | None = None  # in force until a manifest loads
+        self.warned: set[str] = set()  # the manifest's warnings already said
         self.pending: PendingRun | None = None
         # Requests that arrived before any valid manifest: they are answered once stage
         # names can be checked (a fix of a broken pipeline may still come).
@@ -365,6 +366,12 @@ class BrokerState:
         for name in removed:
             self.view.forget(name)
         self._publish(PipelineLoaded(added, removed, changed))
+        # Its warnings (a params.yaml section naming no stage), each once while it holds:
+        # every display says them, as `pivot status` does.
+        for warning in manifest.warnings:
+            if warning not in self.warned:
+                self._publish(Notice(warning))
+        self.warned = set(manifest.warnings)
         waiting, self.unchecked = self.unchecked, []
         for request in waiting:
             self._run_requested(request)

@@ -112,11 +112,19 @@ def _follow(stack: Engine, r: Renderer, outcome: Outcome) -> None:
             _say_missed(stack.client)
             _from_snapshot(item, outcome)
         elif isinstance(item, Envelope):
+            if isinstance(item.msg, Notice):
+                _say_notice(item.msg)
             r.event(item)
             _from_event(item, outcome)
         if outcome.code is not None:
             return
         stack.check()
+
+
+def _say_notice(msg: Notice) -> None:
+    """Something the engine wants a user to know (a warning about the pipeline, a pool
+    restarted): on standard error whatever the display."""
+    print(f"pivot: {msg.message}", file=sys.stderr, flush=True)
 
 
 def _say_missed(client: EngineClient) -> None:
@@ -205,7 +213,7 @@ def run_live(
                         if isinstance(item.msg, (Paused, Resumed)):
                             paused = isinstance(item.msg, Paused)
                         elif isinstance(item.msg, Notice):
-                            print(f"pivot: {item.msg.message}", file=sys.stderr, flush=True)
+                            _say_notice(item.msg)
                         renderer.event(item)
                         if isinstance(item.msg, EngineStopped):
                             if item.msg.reason:

@@ -124,6 +124,8 @@ def _dry_run(
     from pivot.cli.assess import assess
 
     result = assess(root, stages, force=force, selection=selection, glob=glob)
+    for warning in result.manifest.warnings:
+        click.echo(f"warning: {warning}", err=True)
     plan: dict[str, dict[str, Any]] = {}
     for name, row in result.stages.items():
         action = "skip" if not row.stale else "restore" if row.restorable else "run"

@@ -86,11 +86,7 @@ def build_manifest(root: Path) -> Manifest:
             fingerprinter.save()
         except OSError as exc:  # a read-only project still loads; the next load re-parses
             print(f"pivot: could not save the fingerprint cache: {exc}", file=sys.stderr)
-    warnings = tuple(
-        f"{params_mod.PARAMS_FILE}: no stage named {name!r}; its params are ignored"
-        for name in from_file
-        if name not in decls
-    )
+    warnings = tuple(_unknown_params_stage(name, list(decls)) for name in from_file if name not in decls)
     preload, preload_key = third_party(fingerprinter.externals)
     return Manifest(tuple(stages), tuple(sorted(sources)), warnings, preload, preload_key)
 
@@ -118,6 +114,21 @@ def _project_sources(root: Path) -> tuple[str, ...]:
             continue
         found.add(rel.as_posix())
     return tuple(sorted(found))
+
+
+def _unknown_params_stage(name: str, known: list[str]) -> str:
+    """The warning for a params.yaml section that names no stage, with the closest name."""
+    import difflib
+
+    groups = {k.partition("@")[0]: [v for v in known if v.startswith(k.partition("@")[0] + "@")]
+              for k in known if "@" in k}
+    close = difflib.get_close_matches(name, [*known, *groups], n=1)
+    guess = ""
+    if close and close[0] in known:
+        guess = f" (did you mean {close[0]!r}?)"
+    elif close:  # a variant group: its sections are the variants' names
+        guess = f" (did you mean one of {', '.join(map(repr, groups[close[0]]))}?)"
+    return f"{params_mod.PARAMS_FILE}: no stage named {name!r}{guess}; its params are ignored"
 
 
 def _result(root: Path) -> dict[str, Any]:
