@@ -517,10 +517,9 @@ class BrokerService:
     def _check_manifest(self, pool: str, wire: dict[str, object]) -> Event:
         try:
             manifest = Manifest.from_wire(dict(wire))
-            # Live, a dep that does not exist yet fails only its stage (dep_missing), and
-            # creating it runs the stage; the rest of the pipeline keeps reacting. A one-
-            # shot run reports it up front as a pipeline error.
-            graph = build_graph(manifest, None if self.state.live is not None else self.root)
+            # A dep that does not exist fails only its stage (dep_missing); live, creating
+            # it runs the stage. The rest of the pipeline keeps working.
+            graph = build_graph(manifest)
         except PipelineError as exc:
             return ManifestRejected(str(exc), exc.detail)
         return ManifestArrived(pool, manifest, graph)

@@ -137,7 +137,8 @@ class BrokerState:
         self.manifest: Manifest | None = None
         self.graph: StageGraph | None = None
         self.pipeline_error: PipelineInvalid | None = None  # in force until a manifest loads
-        self.warned: set[str] = set()  # the manifest's warnings already said
+        self.warned: set[str] = set()  # the manifest's warnings, said or to be said
+        self.unsaid: list[str] = []  # ... not said yet
         self.pending: PendingRun | None = None
         # Requests that arrived before any valid manifest: they are answered once stage
         # names can be checked (a fix of a broken pipeline may still come).
@@ -367,11 +368,12 @@ class BrokerState:
             self.view.forget(name)
         self._publish(PipelineLoaded(added, removed, changed))
         # Its warnings (a params.yaml section naming no stage), each once while it holds:
-        # every display says them, as `pivot status` does.
-        for warning in manifest.warnings:
-            if warning not in self.warned:
-                self._publish(Notice(warning))
+        # every display says them, as `pivot status` does. The first manifest's wait for
+        # the first wave: the display that asked for it has joined by then.
+        self.unsaid += [w for w in manifest.warnings if w not in self.warned and w not in self.unsaid]
         self.warned = set(manifest.warnings)
+        if self.wave_count:
+            self._say_warnings()
         waiting, self.unchecked = self.unchecked, []
         for request in waiting:
             self._run_requested(request)
@@ -447,6 +449,7 @@ class BrokerState:
         for s in stages:
             self._set_view(s, Status.PENDING, "", "", 0.0)
         self.view.last_change = (run.trigger, list(run.paths))
+        self._say_warnings()
         self._publish(WaveStarted(wave.number, stages, run.trigger, run.paths), parent=run.cause)
         planner = self.pools.first_current()
         if not run.force and stages and planner is not None:
@@ -695,6 +698,12 @@ class BrokerState:
             # (live) stage is checked again; the wave plan skips what is up to date.
             scope = set(self.live.scope) if self.live.scope else None
             self._queue(PendingRun(scope, False, self._keep_going(), False, "files", []))
+
+    def _say_warnings(self) -> None:
+        for warning in self.unsaid:
+            if warning in self.warned:  # still true of the pipeline loaded now
+                self._publish(Notice(warning))
+        self.unsaid = []
 
     def _keep_going(self) -> bool:
         return self.live.keep_going if self.live else False

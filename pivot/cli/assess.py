@@ -62,7 +62,7 @@ def assess(
     """Decide every stage `repro TARGETS` would take in (default all) against its lock."""
     pivot_dir(root)  # the state cache lives there; made with its .gitignore
     manifest = run_loader(root)
-    graph = build_graph(manifest, root)
+    graph = build_graph(manifest)
     names = resolve_names(targets, graph.order, glob=glob)
     wanted = to_run(graph, names, selection)
     producers = dep_producers(manifest)
@@ -78,6 +78,14 @@ def assess(
                 all_reasons=explain,
             )
             row = StageAssessment(name, list(decision.reasons))
+            unproduced = [d for d in decision.missing_deps if not producers[name].get(d)]
+            if unproduced and not any(r.code is ReasonCode.DEP_MISSING for r in row.reasons):
+                # Nothing will make it: the run fails this stage (and only it) until it exists.
+                row.reasons.insert(0, Reason(
+                    ReasonCode.DEP_MISSING,
+                    f"dependency missing, and no stage writes it: {', '.join(unproduced)}",
+                    {"paths": unproduced},
+                ))
             stale_up = sorted(u for u in graph.upstream[name] if u in result and result[u].stale)
             if stale_up:
                 row.reasons.append(

@@ -24,7 +24,7 @@ def load_pipeline() -> tuple[Path, Manifest, StageGraph]:
 
     root = find_root()
     manifest = run_loader(root)
-    return root, manifest, build_graph(manifest, root)
+    return root, manifest, build_graph(manifest)
 
 
 def select(requested: Sequence[str], order: Sequence[str]) -> list[str]:

@@ -17,7 +17,7 @@ def list_stages(as_json: bool) -> None:
 
     root = find_root()
     manifest = run_loader(root)
-    graph = build_graph(manifest, root)
+    graph = build_graph(manifest)
     specs = [manifest.by_name[name] for name in graph.order]
     if as_json:
         rows = [

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
-from pathlib import Path
 
 from pivot.errors import PipelineError
 from pivot.pipeline.manifest import Manifest
@@ -47,19 +46,17 @@ class StageGraph:
         return seen - names
 
 
-def build_graph(manifest: Manifest, root: Path | None = None) -> StageGraph:
-    """Validate the manifest's graph. With `root`, also check unproduced deps exist."""
+def build_graph(manifest: Manifest) -> StageGraph:
+    """Validate the manifest's graph: no cycle, no stage depending on its own output.
+
+    A dependency that no stage produces and that does not exist is no graph error: only
+    its stage fails when it must run (`dep_missing`), and everything else works."""
     index = ProducerIndex(manifest)
     upstream: dict[str, set[str]] = {s.name: set() for s in manifest.stages}
     downstream: dict[str, set[str]] = {s.name: set() for s in manifest.stages}
     for spec in manifest.stages:
         for dep in spec.deps:
             found = index.producers_of(dep)
-            if not found and root is not None and not (root / dep).exists():
-                raise PipelineError(
-                    f"stage {spec.name!r}: dependency {dep!r} does not exist and no stage "
-                    "produces it; create the file or add the stage that writes it"
-                )
             if spec.name in found:
                 raise PipelineError(f"stage {spec.name!r} depends on its own output {dep!r}")
             upstream[spec.name] |= found

@@ -329,16 +329,6 @@ BAD_INPUTS: dict[str, tuple[dict[str, str], list[str]]] = {
         )},
         ["same.txt", "first", "second"],
     ),
-    "missing_dep": (
-        {"pipeline.py": stage_src(
-            """\
-            @stage(deps=["data/nowhere.csv"], outs=["a.txt"])
-            def consumer() -> None:
-                pass
-            """
-        )},
-        ["consumer", "data/nowhere.csv"],
-    ),
     "duplicate_stage_name": (
         {"pipeline.py": stage_src(
             """\

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
-from procs import LiveRun, describe, of_kind, parse_events, run_pivot
+from procs import LiveRun, describe, finished, of_kind, parse_events, run_pivot
 
 WAIT_S = 30.0
 
@@ -56,3 +57,51 @@ def test_a_typo_in_params_yaml_is_said_by_every_command_with_the_closest_stage(
     live.wait_event(lambda e: e["event"] == "wave_finished", WAIT_S, "the first wave")
     assert [e["message"] for e in of_kind(live.since(0), "notice")] == SAID
     live.stop()
+
+
+MISSING_INPUT = '''\
+from pathlib import Path
+
+from pivot import stage
+
+
+@stage(deps=["missing.csv"], outs=["a.txt"])
+def a() -> None:
+    Path("a.txt").write_text(Path("missing.csv").read_text())
+
+
+@stage(deps=["a.txt"], outs=["a2.txt"])
+def a2() -> None:
+    Path("a2.txt").write_text("x")
+
+
+@stage(outs=["b.txt"])
+def b() -> None:
+    Path("b.txt").write_text("b")
+'''
+
+
+def test_a_missing_input_fails_only_its_stage_and_every_command_still_works(
+    make_project: Callable[..., Path],
+) -> None:
+    """It made `repro` (even of other stages, even with --keep-going), `status`, `list`
+    and `dag` exit 2 with a pipeline error; `pivot up` already failed only that stage."""
+    root = make_project({"pipeline.py": MISSING_INPUT})
+    alone = run_pivot(root, "repro", "b", "--json", timeout=60)
+    assert alone.returncode == 0, describe(alone)
+    everything = run_pivot(root, "repro", "--keep-going", "--json", timeout=60)
+    assert everything.returncode == 1, describe(everything)
+    done = {s: (e["status"], e["reason_code"]) for s, e in finished(parse_events(everything.stdout)).items()}
+    assert done["a"] == ("failed", "dep_missing"), done
+    assert done["a2"][0] == "blocked" and done["b"][0] in ("ran", "skipped"), done
+    status = run_pivot(root, "status", "--json", timeout=60)
+    assert status.returncode == 0, describe(status)
+    reasons = json.loads(status.stdout)["stages"]["a"]["reasons"]
+    assert reasons[0]["code"] == "dep_missing" and reasons[0]["details"] == {"paths": ["missing.csv"]}, reasons
+    for args in (["list"], ["dag"], ["repro", "-n"]):
+        result = run_pivot(root, *args, timeout=60)
+        assert result.returncode == 0, describe(result)
+    (root / "missing.csv").write_text("here\n")
+    fixed = run_pivot(root, "repro", "--json", timeout=60)
+    assert fixed.returncode == 0, describe(fixed)
+    assert (root / "a2.txt").read_text() == "x"
