@@ -375,6 +375,17 @@ def run_stage(job: StageJob) -> StageOutcome:
         _discard(root, outs)
         why = describe_os_error(exc, root) if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
         return outcome("failed", "failed", why, user_traceback(exc))
+    not_folders = [out for out in outs if out.endswith("/") and (root / out.rstrip("/")).is_file()]
+    if not_folders:
+        # Stored as a file, it would never match its declaration: stale forever.
+        _discard(root, outs)
+        out = not_folders[0]
+        return outcome(
+            "failed", "failed",
+            f"declared output {out} is a folder (its trailing /) but the stage wrote a file there: "
+            f"write a folder, or declare {out.rstrip('/')!r} without the /",
+            details={"paths": not_folders},
+        )
     try:
         stored = commit(state, outs)
     except (PivotError, OSError) as exc:

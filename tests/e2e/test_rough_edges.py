@@ -105,3 +105,29 @@ def test_a_missing_input_fails_only_its_stage_and_every_command_still_works(
     fixed = run_pivot(root, "repro", "--json", timeout=60)
     assert fixed.returncode == 0, describe(fixed)
     assert (root / "a2.txt").read_text() == "x"
+
+
+FOLDER_OUT = '''\
+from pathlib import Path
+
+from pivot import stage
+
+
+@stage(outs=["data/f.csv/"])
+def make() -> None:
+    Path("data").mkdir(exist_ok=True)
+    Path("data/f.csv").write_text("x\\n")
+'''
+
+
+def test_a_folder_output_written_as_a_file_fails_its_stage_saying_so(make_project: Callable[..., Path]) -> None:
+    """It was stored as a file, then stale forever ("output missing: data/f.csv/")."""
+    root = make_project({"pipeline.py": FOLDER_OUT})
+    result = run_pivot(root, "repro", "--json", timeout=60)
+    assert result.returncode == 1, describe(result)
+    done = finished(parse_events(result.stdout))["make"]
+    assert done["status"] == "failed", done
+    assert "declared output data/f.csv/ is a folder" in done["reason"], done
+    assert "declare 'data/f.csv' without the /" in done["reason"], done
+    assert not (root / "data" / "f.csv").exists()
+    assert not (root / ".pivot" / "stages" / "make.lock").exists()
