@@ -28,7 +28,7 @@ def logs(stage: str | None, role: str | None, follow: bool) -> None:
     """
     from pivot.launch.logsetup import records_path
     from pivot.pipeline.project import find_root
-    from pivot.runtime.worker import stage_log_path
+    from pivot.state.stagelogs import stage_log_path
 
     root = find_root()
     if (stage is None) == (role is None):

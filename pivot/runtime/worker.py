@@ -31,9 +31,9 @@ from pivot.runtime.job import StageJob, StageOutcome
 from pivot.runtime.lease import LEASE_NAME, LEASE_S, read_lease
 from pivot.runtime.loader import import_pipeline
 from pivot.runtime.usertb import user_traceback
-from pivot.state.atomic import write_atomic
 from pivot.state.lock import StageLock, write_lock
 from pivot.state.outputs import ProjectState, commit, preserve, remove, settle
+from pivot.state.stagelogs import keep_log
 
 __all__ = ["run_stage"]
 
@@ -190,25 +190,6 @@ def _flush_c_stdio() -> None:
 _STATE: dict[str, ProjectState] = {}
 
 
-def stage_log_path(root: Path, stage: str) -> Path:
-    return root / ".pivot" / "logs" / "stages" / f"{stage}.log"
-
-
-def keep_log(
-    root: Path, stage: str, status: str, reason: str, error: str | None, logs: list[list[str]]
-) -> None:
-    """The output of the stage's last run, for `pivot logs STAGE` (bounded like the
-    captured lines; written to a temp file and renamed)."""
-    path = stage_log_path(root, stage)
-    when = time.strftime("%Y-%m-%d %H:%M:%S")
-    lines = [f"# {stage}: {status} ({reason}) at {when}"]
-    lines += [("! " if stream == "stderr" else "") + line for stream, line in logs]
-    if error:
-        lines += ["# traceback:", *error.rstrip().splitlines()]
-    with contextlib.suppress(OSError):  # losing a log copy must not fail the stage
-        write_atomic(path, ("\n".join(lines) + "\n").encode(), mode=0o644)
-
-
 def _changed_deps(state: ProjectState, root: Path, before: dict[str, str]) -> list[str]:
     """File dependencies whose stat no longer matches what was hashed when the stage was
     decided: it (or someone) changed what it reads while it ran. Stat only, recording
@@ -323,7 +304,7 @@ def run_stage(job: StageJob) -> StageOutcome:
         reason = clip(reason, MAX_REASON_CHARS)
         error = None if error is None else clip(error, MAX_DETAIL_CHARS)
         if executed:
-            keep_log(root, name, status, reason, error, logs)
+            keep_log(root, name, status, reason, error, logs, state.runs.log_path(job.run_key) if job.run_key else None)
             if status != "ran":
                 settle(state, outs)  # what it deleted or half wrote starts no wave
         return StageOutcome(

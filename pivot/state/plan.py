@@ -18,6 +18,7 @@ from pivot.state.lock import StageLock, write_lock
 from pivot.state.outputs import ProjectState, preserve, restore
 from pivot.state.reasons import Reason, ReasonCode
 from pivot.state.runcache import run_key
+from pivot.state.stagelogs import note_restored
 
 __all__ = ["Prepared", "dep_producers", "plan_wave", "prepare", "restorable"]
 
@@ -96,6 +97,7 @@ def prepare(
         state.root,
         StageLock(spec.name, spec.fingerprint, spec.params, decision.dep_hashes, outs, spec.code_parts),
     )
+    note_restored(state.root, spec.name, state.runs.log_path(key))
     return Prepared(decision, key, outs, notes)
 
 

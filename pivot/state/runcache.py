@@ -42,6 +42,10 @@ class RunCache:
     def _path(self, key: str) -> Path:
         return self.folder / key[:2] / f"{key[2:]}.json"
 
+    def log_path(self, key: str) -> Path:
+        """Where the output of the run that recorded `key` is kept (pivot/state/stagelogs.py)."""
+        return self.folder / key[:2] / f"{key[2:]}.log"
+
     def lookup(self, key: str) -> dict[str, str] | None:
         """The output hashes recorded for `key`, or None (also for an unreadable entry)."""
         try:
@@ -76,4 +80,6 @@ class RunCache:
             for path in self.folder.glob("*/*.json"):
                 path.unlink(missing_ok=True)
                 count += 1
+            for path in self.folder.glob("*/*.log"):  # the runs' output, kept beside them
+                path.unlink(missing_ok=True)
         return count

@@ -131,3 +131,33 @@ def test_a_folder_output_written_as_a_file_fails_its_stage_saying_so(make_projec
     assert "declare 'data/f.csv' without the /" in done["reason"], done
     assert not (root / "data" / "f.csv").exists()
     assert not (root / ".pivot" / "stages" / "make.lock").exists()
+
+
+SAYS_PARAM = '''\
+from pathlib import Path
+
+from pivot import stage
+
+
+@stage(outs=["out.txt"])
+def say(word: str = "one") -> None:
+    print(f"said {word}")
+    Path("out.txt").write_text(word)
+'''
+
+
+def test_logs_of_a_restored_stage_are_those_of_the_run_that_made_its_outputs(
+    make_project: Callable[..., Path],
+) -> None:
+    """They showed the last run that executed (other params) without a word."""
+    root = make_project({"pipeline.py": SAYS_PARAM})
+    for word in ("one", "two", "one"):
+        (root / "params.yaml").write_text(f"say:\n  word: {word}\n")
+        result = run_pivot(root, "repro", "--json", timeout=60)
+        assert result.returncode == 0, describe(result)
+    assert finished(parse_events(result.stdout))["say"]["status"] == "restored"
+    logs = run_pivot(root, "logs", "say")
+    assert logs.returncode == 0, describe(logs)
+    lines = logs.stdout.splitlines()
+    assert lines[0].startswith("# say: restored from the run cache at "), lines
+    assert "said one" in lines and "said two" not in lines, lines
