@@ -23,7 +23,7 @@ def attach(broker: str | None, key: Path | None, broker_key: Path | None, displa
     from pivot.cli.follow import run_live
     from pivot.cli.remote import connect
 
-    engine = connect(root_or_none(broker), "attach", broker, key, broker_key)
+    engine = connect(root_or_none(broker), "attach", broker, key, broker_key, one_shot=True)
     assert engine is not None
     with engine:
         return run_live(engine, None, False, False, "json" if as_json else display)

@@ -22,7 +22,7 @@ def ps(broker: str | None, key: Path | None, broker_key: Path | None, as_json: b
     from pivot.cli.target import root_or_none
     from pivot.protocol.messages import PsReply, PsRequest
 
-    engine = connect(root_or_none(broker), "ps", broker, key, broker_key)
+    engine = connect(root_or_none(broker), "ps", broker, key, broker_key, one_shot=True)
     assert engine is not None
     with engine:
         reply = engine.client.request(PsRequest(), PsReply, timeout=5.0)

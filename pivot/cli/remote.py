@@ -127,12 +127,14 @@ def connect(
     *,
     required: bool = True,
     timeout: float | None = None,
+    one_shot: bool = False,
 ) -> RemoteEngine | None:
-    """The engine `--broker` / PIVOT_BROKER names, else this project's running engine;
-    None (or a UserError when `required`) when there is none."""
+    """The engine `--broker` / PIVOT_BROKER names, else this project's running engine
+    (with `one_shot`, also a running `pivot repro`'s: to view it); None (or a UserError
+    when `required`) when there is none."""
     from pivot.cli.target import keys_from, resolve
 
-    control = resolve(broker, root)
+    control = resolve(broker, root, one_shot=one_shot)
     if control is None:
         if not required:
             return None

@@ -31,25 +31,28 @@ def broker_options(func: click.decorators.FC) -> click.decorators.FC:
     return func
 
 
-def local_control(root: Path) -> str | None:
-    """The control endpoint of the engine running for this project here, if any."""
+def local_control(root: Path, *, one_shot: bool = False) -> str | None:
+    """The control endpoint of the engine running for this project here, if any. With
+    `one_shot`, also a `pivot repro`'s own engine (it takes viewers, not runs: it stops
+    after its wave)."""
     from pivot.transport.rundir import engine_info, engine_running
 
     info = engine_info(root)
     control = info.get("control")
-    if not isinstance(control, str) or info.get("mode") != "up" or not engine_running(root):
+    modes = ("up", "repro") if one_shot else ("up",)
+    if not isinstance(control, str) or info.get("mode") not in modes or not engine_running(root):
         return None
     return control
 
 
-def resolve(given: str | None, root: Path | None) -> str | None:
+def resolve(given: str | None, root: Path | None, *, one_shot: bool = False) -> str | None:
     """The endpoint to use: `--broker`, else `PIVOT_BROKER`, else the local engine's."""
     given = given or os.environ.get("PIVOT_BROKER") or None
     if given:
         from pivot.transport.address import normalize
 
         return normalize(given)
-    return local_control(root) if root is not None else None
+    return local_control(root, one_shot=one_shot) if root is not None else None
 
 
 def keys_from(key: Path | None, broker_key: Path | None) -> tuple[Path | None, Path | None]:

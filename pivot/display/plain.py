@@ -119,7 +119,7 @@ class PlainRenderer:
             case Resumed():
                 self._line("resumed")
             case EngineStopped():
-                self._line("pivot up stopped")
+                self._line("the engine stopped")
             case PipelineInvalid():
                 self._flush(self.out)
                 self._write(self.err, f"{self._paint('pipeline error', 'error')}: {msg.message}")

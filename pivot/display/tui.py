@@ -185,7 +185,7 @@ class TuiRenderer:
             case Resumed():
                 self._notes.append("resumed")
             case EngineStopped():
-                self._notes.append("pivot up stopped")
+                self._notes.append("the engine stopped")
             case PipelineInvalid():
                 self._pipeline_error = (msg.message, msg.detail)
             case PipelineLoaded():

@@ -111,6 +111,12 @@ class RunDir:
                     f"cannot {doing} while a Pivot engine (pid {holder}) is running for "
                     f"{self.root}; wait for it to finish or stop it first"
                 ) from None
+            if engine_info(self.root).get("mode") == "repro":
+                raise StackRunning(
+                    f"a `pivot repro` (pid {holder}) is running for {self.root}: it runs its own "
+                    "wave and stops, taking no other; `pivot attach` shows it live. Run again when "
+                    "it is done, or keep an engine with `pivot up`: every `pivot repro` then asks it"
+                ) from None
             raise StackRunning(
                 f"another Pivot engine (pid {holder}) is already running for {self.root}; "
                 "`pivot attach` shows it live, `pivot repro` asks it for a run; or stop it first"

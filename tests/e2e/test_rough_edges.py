@@ -6,7 +6,17 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from procs import LiveRun, describe, finished, of_kind, parse_events, run_pivot
+from procs import (
+    LiveRun,
+    ProcGuard,
+    describe,
+    finished,
+    of_kind,
+    parse_events,
+    run_pivot,
+    wait_exit,
+    wait_for,
+)
 
 WAIT_S = 30.0
 
@@ -161,3 +171,48 @@ def test_logs_of_a_restored_stage_are_those_of_the_run_that_made_its_outputs(
     lines = logs.stdout.splitlines()
     assert lines[0].startswith("# say: restored from the run cache at "), lines
     assert "said one" in lines and "said two" not in lines, lines
+
+
+HELD_UNTIL_GO = '''\
+import time
+from pathlib import Path
+
+from pivot import stage
+
+
+@stage(outs=["slow.txt"])
+def slow() -> None:
+    Path("slow.started").write_text("")
+    deadline = time.monotonic() + 30
+    while not Path("go").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    Path("slow.txt").write_text("s")
+
+
+@stage(outs=["quick.txt"])
+def quick() -> None:
+    Path("quick.txt").write_text("q")
+'''
+
+
+def test_while_a_repro_runs_attach_shows_it_and_a_second_repro_says_why_it_cannot(
+    make_project: Callable[..., Path], proc_guard: ProcGuard,
+) -> None:
+    """The second `repro` was told that `pivot attach` shows the first and `pivot repro`
+    asks it for a run: neither worked (`no Pivot engine is running`)."""
+    root = make_project({"pipeline.py": HELD_UNTIL_GO})
+    first = proc_guard.start(root, "repro", "slow", "--json")
+    wait_for(lambda: (root / "slow.started").exists(), WAIT_S, "the first repro's stage to start")
+    second = run_pivot(root, "repro", "quick")
+    assert second.returncode == 2, describe(second)
+    assert "a `pivot repro` (pid" in second.stderr and "taking no other" in second.stderr, describe(second)
+    attach = LiveRun(proc_guard.start(root, "attach", "--display", "json"))
+    attach.wait_event(lambda e: e["event"] == "wave_started", WAIT_S, "the attach to show the running wave")
+    (root / "go").write_text("")
+    attach.wait_event(
+        lambda e: e["event"] == "wave_finished" and e["ran"] == ["slow"], WAIT_S, "the wave's end in the attach",
+    )
+    assert attach.wait_exit(15) == 0  # the engine it views stopped after its wave
+    rc, out, err = wait_exit(first, 30, "the first repro")
+    assert rc == 0, describe((rc, out, err))
+    assert run_pivot(root, "repro", "quick").returncode == 0  # and now it runs
