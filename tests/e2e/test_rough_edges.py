@@ -216,3 +216,14 @@ def test_while_a_repro_runs_attach_shows_it_and_a_second_repro_says_why_it_canno
     rc, out, err = wait_exit(first, 30, "the first repro")
     assert rc == 0, describe((rc, out, err))
     assert run_pivot(root, "repro", "quick").returncode == 0  # and now it runs
+
+
+def test_init_below_a_project_says_so_and_creates_nothing(make_project: Callable[..., Path]) -> None:
+    root = make_project({"pipeline.py": SAYS_PARAM, "data/raw/.keep": ""})
+    below = root / "data" / "raw"
+    result = run_pivot(below, "init")
+    assert result.returncode == 2, describe(result)
+    assert f"is inside the Pivot project at {root}" in result.stderr, describe(result)
+    assert not (below / ".pivot").exists()
+    ok = run_pivot(root, "init")
+    assert ok.returncode == 0 and (root / ".pivot" / "stages").is_dir(), describe(ok)
