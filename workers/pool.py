@@ -43,6 +43,7 @@ from pivot.launch.procs import group_members, is_alive, is_stopped
 from pivot.launch.scratch import scratch_dir, sweep
 from pivot.launch.spawn import LoaderRun, run_loader
 from pivot.launch.stderrlog import log_to_stderr
+from pivot.pipeline.gitignore import keep_outputs_ignored
 from pivot.pipeline.manifest import Manifest
 from pivot.protocol.messages import (
     CancelStage,
@@ -497,6 +498,12 @@ class PoolService:
             self.producers = {}
         for a in self._waiting():
             self._decide(a)
+        # What its stages write stays out of git (pivot/pipeline/gitignore.py): a read and
+        # a compare, a write only when the outputs changed.
+        try:
+            keep_outputs_ignored(self.root, (o for s in self.manifest.stages for o in s.outs if o not in s.metrics))
+        except OSError as exc:
+            log.warning("could not update %s: %s", self.root / ".gitignore", exc)
 
     def _waiting(self) -> list[Attempt]:
         return [a for a in self.attempts.values() if a.phase is Phase.WAITING]

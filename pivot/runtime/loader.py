@@ -86,6 +86,7 @@ def build_manifest(root: Path) -> Manifest:
             fingerprinter.save()
         except OSError as exc:  # a read-only project still loads; the next load re-parses
             print(f"pivot: could not save the fingerprint cache: {exc}", file=sys.stderr)
+
     warnings = tuple(_unknown_params_stage(name, list(decls)) for name in from_file if name not in decls)
     preload, preload_key = third_party(fingerprinter.externals)
     return Manifest(tuple(stages), tuple(sorted(sources)), warnings, preload, preload_key)

@@ -544,7 +544,7 @@ def test_second_engine_in_the_same_project_is_refused(
 
         second = run_pivot(root, "repro", "--json")
         assert second.returncode == 2, describe(second)
-        assert "another Pivot engine" in second.stderr, describe(second)
+        assert "a `pivot repro` (pid" in second.stderr, describe(second)
         assert "Traceback" not in second.stderr, describe(second)
         assert endpoints.exists(), "the refused engine removed the running one's endpoints"
     finally:

@@ -227,3 +227,36 @@ def test_init_below_a_project_says_so_and_creates_nothing(make_project: Callable
     assert not (below / ".pivot").exists()
     ok = run_pivot(root, "init")
     assert ok.returncode == 0 and (root / ".pivot" / "stages").is_dir(), describe(ok)
+
+
+METRICS_PIPELINE = '''\
+import json
+from pathlib import Path
+
+from pivot import stage
+
+
+@stage(outs=["model/weights.bin", "data/"], metrics=["metrics.json"])
+def train() -> None:
+    Path("model").mkdir(exist_ok=True)
+    Path("model/weights.bin").write_bytes(b"w" * 1000)
+    Path("data").mkdir(exist_ok=True)
+    Path("data/part.csv").write_text("x\\n")
+    Path("metrics.json").write_text(json.dumps({"loss": 0.1}))
+'''
+
+
+def test_outputs_are_kept_out_of_git_and_metrics_are_not(make_project: Callable[..., Path]) -> None:
+    import subprocess
+
+    root = make_project({"pipeline.py": METRICS_PIPELINE, ".gitignore": "*.pyc\n"})
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    result = run_pivot(root, "repro", timeout=60)
+    assert result.returncode == 0, describe(result)
+    staged = subprocess.run(
+        ["git", "add", "-A", "--dry-run"], cwd=root, check=True, capture_output=True, text=True,
+    ).stdout
+    assert "metrics.json" in staged and "pipeline.py" in staged, staged
+    assert "weights.bin" not in staged and "part.csv" not in staged, staged
+    assert (root / ".gitignore").read_text().startswith("*.pyc\n")
+    assert not (root / "data" / ".gitignore").exists()  # never inside an output folder

@@ -1,0 +1,51 @@
+"""Outputs kept out of git the way DVC users expect: one marked block in the project's
+root `.gitignore` lists every cached output (metrics files excepted: small, meant to be
+committed), so `git add -A` does not stage gigabytes of model files.
+
+    # >>> pivot outputs (kept by Pivot: edits inside this block are replaced)
+    /data/clean.csv
+    /model/
+    # <<< pivot outputs
+
+Only that block is ever rewritten (and only when it changes); every other line stays as
+the user wrote it. No `.gitignore` is written inside a data folder: it would change
+that folder's hash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from pivot.state.atomic import write_atomic
+
+__all__ = ["BEGIN", "END", "keep_outputs_ignored"]
+
+BEGIN = "# >>> pivot outputs (kept by Pivot: edits inside this block are replaced)"
+END = "# <<< pivot outputs"
+_BEGIN_PREFIX = "# >>> pivot outputs"
+
+
+def keep_outputs_ignored(root: Path, outs: Iterable[str]) -> bool:
+    """Rewrite the block of `root/.gitignore` to list `outs` (anchored at the root);
+    True when the file changed. Raises OSError."""
+    path = root / ".gitignore"
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        text = ""
+    lines = text.splitlines()
+    wanted = [BEGIN, *(f"/{out}" for out in sorted(set(outs))), END]
+    start = next((i for i, line in enumerate(lines) if line.startswith(_BEGIN_PREFIX)), None)
+    if start is None:
+        if len(wanted) == 2:
+            return False  # nothing to ignore, and no block to keep
+        kept = [*lines, *([""] if lines and lines[-1].strip() else []), *wanted]
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i] == END), len(lines) - 1)
+        kept = [*lines[:start], *wanted, *lines[end + 1:]]
+    new = "\n".join(kept) + "\n"
+    if new == text:
+        return False
+    write_atomic(path, new.encode(), mode=0o644)
+    return True

@@ -1,0 +1,33 @@
+"""The marked block of outputs in the project's .gitignore (pivot/pipeline/gitignore.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pivot.pipeline.gitignore import BEGIN, END, keep_outputs_ignored
+
+
+def test_the_block_is_added_after_the_users_lines_and_rewritten_alone(tmp_path: Path) -> None:
+    ignore = tmp_path / ".gitignore"
+    ignore.write_text("*.pyc\n# my notes\n")
+    assert keep_outputs_ignored(tmp_path, ["model/", "data/clean.csv"])
+    assert ignore.read_text() == f"*.pyc\n# my notes\n\n{BEGIN}\n/data/clean.csv\n/model/\n{END}\n"
+    ignore.write_text(ignore.read_text() + "venv/\n")  # the user adds a line after it
+    assert keep_outputs_ignored(tmp_path, ["data/clean.csv"])
+    assert ignore.read_text() == f"*.pyc\n# my notes\n\n{BEGIN}\n/data/clean.csv\n{END}\nvenv/\n"
+
+
+def test_nothing_is_written_when_nothing_changes(tmp_path: Path) -> None:
+    assert not keep_outputs_ignored(tmp_path, [])
+    assert not (tmp_path / ".gitignore").exists()  # no outputs: no file made for them
+    assert keep_outputs_ignored(tmp_path, ["a.txt"])
+    before = (tmp_path / ".gitignore").stat().st_mtime_ns
+    assert not keep_outputs_ignored(tmp_path, ["a.txt", "a.txt"])
+    assert (tmp_path / ".gitignore").stat().st_mtime_ns == before
+
+
+def test_a_block_whose_end_was_deleted_is_closed_again(tmp_path: Path) -> None:
+    ignore = tmp_path / ".gitignore"
+    ignore.write_text(f"keep\n{BEGIN}\n/old.txt\n")
+    assert keep_outputs_ignored(tmp_path, ["new.txt"])
+    assert ignore.read_text() == f"keep\n{BEGIN}\n/new.txt\n{END}\n"
