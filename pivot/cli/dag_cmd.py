@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import click
 
 from pivot.cli.common import check_stage_names, load_pipeline
+from pivot.cli.options import stages_argument
 
 if TYPE_CHECKING:  # imported lazily at run time: `pivot --help` must stay fast
 
@@ -25,7 +26,7 @@ ASCII_WIDTH = 100  # upstream lists wrap at this width
 
 
 @click.command()
-@click.argument("stages", nargs=-1)
+@stages_argument
 @click.option(
     "--format", "fmt", type=click.Choice(["ascii", "dot", "mermaid", "json"]), default="ascii",
     show_default=True,

@@ -8,13 +8,14 @@ from typing import IO
 
 import click
 
+from pivot.cli.options import complete_stages
 from pivot.errors import UserError
 
 ROLES = ("engine", "pool", "watcher")
 
 
 @click.command()
-@click.argument("stage", required=False)
+@click.argument("stage", required=False, shell_complete=complete_stages)
 @click.option("--role", type=click.Choice(ROLES),
               help="Show a Pivot process's own log records instead (engine = CLI and broker).")
 @click.option("-f", "--follow", is_flag=True, help="With --role: keep printing new records (Ctrl-C stops).")

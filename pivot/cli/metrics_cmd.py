@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from pivot.cli.common import load_pipeline, select, table
+from pivot.cli.options import stages_argument
 
 __all__ = ["MetricsFile", "flatten", "metrics", "read_metrics"]
 
@@ -85,7 +86,7 @@ def metrics() -> None:
 
 
 @metrics.command()
-@click.argument("stages", nargs=-1)
+@stages_argument
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def show(stages: tuple[str, ...], as_json: bool) -> int:
     """Show the metrics of STAGES (default: every stage that declares metrics).

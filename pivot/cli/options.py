@@ -42,3 +42,28 @@ def live_options(func: click.decorators.FC) -> click.decorators.FC:
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def complete_stages(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """Stage names (and variant groups) for shell completion: the pipeline's, loaded as
+    any command loads it, else those that ran (their lock files); never an error."""
+    from pivot.pipeline.project import find_root
+
+    try:
+        root = find_root()
+    except Exception:
+        return []
+    names: list[str] = []
+    try:
+        from pivot.launch.spawn import run_loader
+
+        names = [s.name for s in run_loader(root, timeout=5.0).stages]
+    except Exception:
+        names = sorted(p.stem for p in (root / ".pivot" / "stages").glob("*.lock"))
+    groups = sorted({n.partition("@")[0] for n in names if "@" in n} - set(names))
+    return [n for n in [*names, *groups] if n.startswith(incomplete)]
+
+
+def stages_argument(func: click.decorators.FC) -> click.decorators.FC:
+    """STAGES (any number), completed by the shell from the pipeline's stage names."""
+    return click.argument("stages", nargs=-1, shell_complete=complete_stages)(func)

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from pivot.cli.common import load_pipeline, select, table
+from pivot.cli.options import stages_argument
 
 __all__ = ["ParamChange", "diff_params", "params"]
 
@@ -28,7 +29,7 @@ def show_value(value: Any) -> str:
 
 
 @params.command()
-@click.argument("stages", nargs=-1)
+@stages_argument
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def show(stages: tuple[str, ...], as_json: bool) -> None:
     """Show the resolved params of STAGES (default: all), in run order.
@@ -95,7 +96,7 @@ def diff_params(stage: str, old: dict[str, Any], new: dict[str, Any]) -> list[Pa
 
 
 @params.command()
-@click.argument("stages", nargs=-1)
+@stages_argument
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def diff(stages: tuple[str, ...], as_json: bool) -> None:
     """Compare params now with those of the last successful runs.

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from pivot.cli.options import LIVE_PARAMS, display_option, live_options
+from pivot.cli.options import LIVE_PARAMS, display_option, live_options, stages_argument
 from pivot.cli.target import broker_options
 from pivot.pipeline.project import find_root, pivot_dir
 
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 
 @click.command()
-@click.argument("stages", nargs=-1)
+@stages_argument
 @click.option("-f", "--force", is_flag=True, help="Run the stages even if they are up to date.")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
               help="Stages to run at once [default: usable CPUs].")

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import click
 
-from pivot.cli.options import display_option
+from pivot.cli.options import complete_stages, display_option
 from pivot.errors import UserError
 
 
 @click.command()
-@click.argument("stage")
+@click.argument("stage", shell_complete=complete_stages)
 @click.option("--foreground", is_flag=True,
               help="Run in this process, with this terminal (stdin, tty, breakpoint()).")
 @click.option("-f", "--force", is_flag=True, help="Run even if the stage is up to date.")

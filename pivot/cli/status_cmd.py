@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from pivot.cli.options import stages_argument
 from pivot.cli.target import broker_options
 
 if TYPE_CHECKING:
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
 
 
 @click.command()
-@click.argument("stages", nargs=-1)
+@stages_argument
 @click.option("--explain", is_flag=True, help="List every reason of each stage, with details.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @click.option("--check", is_flag=True,

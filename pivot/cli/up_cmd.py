@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import click
 
-from pivot.cli.options import display_option, live_options
+from pivot.cli.options import display_option, live_options, stages_argument
 from pivot.pipeline.project import find_root, pivot_dir
 
 
 @click.command()
-@click.argument("stages", nargs=-1)
+@stages_argument
 @click.option("-f", "--force", is_flag=True, help="Run every stage in the first wave, even if up to date.")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
               help="Stages to run at once [default: usable CPUs].")

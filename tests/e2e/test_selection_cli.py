@@ -122,3 +122,24 @@ def test_status_check_and_quiet_are_a_ci_gate(make_project: Callable[..., Path])
     for args in (["--check"], ["-q"], ["--check", "--json"]):
         result = run_pivot(root, "status", *args)
         assert result.returncode == 0, describe(result)
+
+
+def test_the_shell_completes_commands_and_stage_names(make_project: Callable[..., Path]) -> None:
+    import os
+    import subprocess
+
+    from procs import pivot_cmd
+
+    root = make_project({"pipeline.py": PIPELINE, "in.txt": "x\n"})
+
+    def complete(words: str) -> list[str]:
+        env = {**os.environ, "_PIVOT_COMPLETE": "bash_complete", "COMP_WORDS": words,
+               "COMP_CWORD": str(len(words.split(" ")) - 1)}
+        done = subprocess.run(pivot_cmd(), cwd=root, env=env, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        return [line.split(",", 1)[1] for line in done.stdout.splitlines()]
+
+    assert complete("pivot re") == ["repro"]
+    assert complete("pivot repro f") == ["fit@linear", "fit@quadratic", "fit"]
+    assert complete("pivot run c") == ["c"]
+    assert "--downstream" in complete("pivot repro --d")
