@@ -33,7 +33,10 @@ ASCII_WIDTH = 100  # upstream lists wrap at this width
     help="ascii: stages by level with their upstream; dot: Graphviz (`| dot -Tsvg`); "
     "mermaid: a flowchart for Markdown; json: stages, edges and the paths behind each edge.",
 )
-def dag(stages: tuple[str, ...], fmt: str) -> None:
+@click.option("--outs", is_flag=True,
+              help="Draw the outputs instead of the stages (as `dvc dag --outs`): an edge "
+              "A -> B means the stage writing B reads A.")
+def dag(stages: tuple[str, ...], fmt: str, outs: bool) -> None:
     """Draw the stage graph: STAGES (default: all) and everything upstream of them.
 
     An edge A -> B means B depends on a path A writes. Stages are listed in run order.
@@ -47,6 +50,19 @@ def dag(stages: tuple[str, ...], fmt: str) -> None:
         ((u, d) for d in names for u in graph.upstream[d]),  # upstream of a chosen stage is chosen
         key=lambda e: (position[e[0]], position[e[1]]),
     )
+    if outs:
+        names, edges = _artifacts(manifest, names, edges)
+        if fmt == "json":
+            click.echo(json.dumps({"outs": names, "edges": [[a, b] for a, b in edges]}, indent=2))
+            return
+        upstream: dict[str, set[str]] = {n: set() for n in names}
+        for a, b in edges:
+            upstream[b].add(a)
+        for warning in manifest.warnings if fmt == "ascii" else ():
+            click.echo(f"warning: {warning}", err=True)
+        drawn = {"ascii": lambda: to_ascii(names, upstream, "output"), "dot": lambda: to_dot(names, edges)}
+        click.echo(drawn.get(fmt, lambda: to_mermaid(names, edges))())
+        return
     if fmt == "json":
         click.echo(json.dumps(to_json(manifest, names, edges), indent=2))
         return
@@ -58,7 +74,24 @@ def dag(stages: tuple[str, ...], fmt: str) -> None:
     click.echo(to_ascii(names, graph.upstream))
 
 
-def to_ascii(names: list[str], upstream: Mapping[str, Iterable[str]]) -> str:
+def _artifacts(
+    manifest: Manifest, stages: list[str], edges: list[tuple[str, str]]
+) -> tuple[list[str], list[tuple[str, str]]]:
+    """The outputs of `stages` (in run order) and the edges between them: A -> B when the
+    stage writing B depends on A (or on a path inside folder A, or a folder holding A)."""
+    from pivot.pipeline.producers import inside
+
+    names = [out for s in stages for out in manifest.by_name[s].outs]
+    found: list[tuple[str, str]] = []
+    for u, d in edges:
+        reads = manifest.by_name[d].deps
+        for a in manifest.by_name[u].outs:
+            if any(dep.rstrip("/") == a.rstrip("/") or inside(dep, a) or inside(a, dep) for dep in reads):
+                found += [(a, b) for b in manifest.by_name[d].outs]
+    return names, list(dict.fromkeys(found))
+
+
+def to_ascii(names: list[str], upstream: Mapping[str, Iterable[str]], noun: str = "stage") -> str:
     """Stages grouped by level (longest path from a stage with no upstream), each with
     its upstream; long upstream lists wrap, so 300 stages stay readable.
 
@@ -91,7 +124,7 @@ def to_ascii(names: list[str], upstream: Mapping[str, Iterable[str]]) -> str:
                     break_on_hyphens=False, break_long_words=False,
                 )
             )
-    lines.append(f"{len(names)} stage{'s' * (len(names) != 1)}, {edges} edge{'s' * (edges != 1)}")
+    lines.append(f"{len(names)} {noun}{'s' * (len(names) != 1)}, {edges} edge{'s' * (edges != 1)}")
     return "\n".join(lines)
 
 

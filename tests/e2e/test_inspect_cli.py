@@ -520,3 +520,20 @@ def test_cli_import_does_not_load_the_graph_or_yaml_libraries() -> None:
     )
     assert result.returncode == 0, describe(result)
     assert result.stdout.strip() == "[]"
+
+
+def test_dag_outs_is_the_graph_of_outputs(project: Path) -> None:
+    """As `dvc dag --outs`: A -> B when the stage writing B reads A."""
+    data = ok_json(project, "dag", "--outs")
+    assert data["outs"] == ["data/clean.csv", "data/features.csv", "model/model.json", "metrics.json"]
+    assert {tuple(e) for e in data["edges"]} == {
+        ("data/clean.csv", "data/features.csv"),
+        ("data/features.csv", "model/model.json"),
+        ("data/features.csv", "metrics.json"),
+        ("model/model.json", "metrics.json"),
+    }
+    nodes, edges = parse_mermaid(ok(project, "dag", "--outs", "--format", "mermaid"))
+    assert nodes == data["outs"] and edges == {tuple(e) for e in data["edges"]}
+    text = ok(project, "dag", "--outs", "evaluate")
+    assert text.splitlines()[-1] == "4 outputs, 4 edges"
+    assert "metrics.json  <- data/features.csv, model/model.json" in text
