@@ -41,6 +41,14 @@ def read_metrics(root: Path, stage: str, path: str) -> MetricsFile:
     except (OSError, UnicodeDecodeError) as exc:
         reason = "is a directory" if (root / path).is_dir() else f"cannot be read: {exc}"
         return MetricsFile(stage, path, status="error", error=reason)
+    return parse_metrics(stage, path, text)
+
+
+def parse_metrics(stage: str, path: str, text: str) -> MetricsFile:
+    """A metrics file's content (from disk, git or the cache), parsed by its extension."""
+    kind = FORMATS.get(Path(path).suffix.lower())
+    if kind is None:
+        return MetricsFile(stage, path, status="error", error=f"unsupported metrics format {Path(path).suffix}")
     try:
         data = json.loads(text) if kind == "JSON" else _load_yaml(text)
     except ValueError as exc:
@@ -126,3 +134,66 @@ def show(stages: tuple[str, ...], as_json: bool) -> int:
     for f in bad:
         click.echo(f"error: {f.path} (metrics of stage {f.stage!r}): {f.error}", err=True)
     return 2 if bad else 0
+
+
+@metrics.command()
+@stages_argument
+@click.option("--rev", default="HEAD", show_default=True, help="The git revision to compare with.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@click.option("--md", "as_md", is_flag=True, help="Print a Markdown table (for a pull request).")
+def diff(stages: tuple[str, ...], rev: str, as_json: bool, as_md: bool) -> int:
+    """Compare the metrics of STAGES (default: all) now with those at a git revision.
+
+    As `dvc metrics diff`: a metrics file at REV is read from git if it was committed,
+    else from .pivot/cache by the hash REV's lock file records. One row per value that
+    differs: file, key, old, new and the change of a number. Exit code 0; 2 when REV
+    is no revision or a file cannot be parsed.
+    """
+    from pivot.cli.revision import Revision
+
+    root, manifest, graph = load_pipeline()
+    names = select(stages, graph.order)
+    then = Revision(root, rev)
+    rows: list[dict[str, Any]] = []
+    bad: list[MetricsFile] = []
+    for name in names:
+        for path in manifest.by_name[name].metrics:
+            now = read_metrics(root, name, path)
+            raw = then.output(name, path)
+            old = parse_metrics(name, path, raw.decode("utf-8", "replace")) if raw is not None else None
+            bad += [f for f in (now, old) if f is not None and f.status == "error"]
+            before = dict(flatten(old.data)) if old is not None and old.status == "ok" else {}
+            after = dict(flatten(now.data)) if now.status == "ok" else {}
+            for key in [*before, *(k for k in after if k not in before)]:
+                a, b = before.get(key), after.get(key)
+                if a != b:
+                    rows.append({"path": path, "key": key or "-", "old": a, "new": b, "change": _change(a, b)})
+    if as_json:
+        grouped: dict[str, dict[str, Any]] = {}
+        for r in rows:
+            grouped.setdefault(r["path"], {})[r["key"]] = {"old": r["old"], "new": r["new"], "diff": r["change"]}
+        click.echo(json.dumps(grouped, indent=2, default=str))
+    elif as_md:
+        click.echo("| Path | Metric | " + rev + " | workspace | Change |")
+        click.echo("|---|---|---|---|---|")
+        for r in rows:
+            click.echo(f"| {r['path']} | {r['key']} | {_cell(r['old'])} | {_cell(r['new'])} | {_cell(r['change'])} |")
+    else:
+        lines = table([["Path", "Metric", rev, "workspace", "Change"]]
+                      + [[r["path"], r["key"], _cell(r["old"]), _cell(r["new"]), _cell(r["change"])] for r in rows])
+        for line in lines if rows else ["no metrics changed"]:
+            click.echo(line)
+    for f in bad:
+        click.echo(f"error: {f.path} (metrics of stage {f.stage!r}): {f.error}", err=True)
+    return 2 if bad else 0
+
+
+def _change(old: Any, new: Any) -> Any:
+    numbers = (int, float)
+    if isinstance(old, numbers) and isinstance(new, numbers) and not isinstance(old, bool) and not isinstance(new, bool):
+        return round(new - old, 12)
+    return None
+
+
+def _cell(value: Any) -> str:
+    return "-" if value is None else _show(value)

@@ -97,22 +97,36 @@ def diff_params(stage: str, old: dict[str, Any], new: dict[str, Any]) -> list[Pa
 
 @params.command()
 @stages_argument
+@click.option("--rev", default=None,
+              help="Compare with the runs recorded at this git revision (its lock files) "
+              "instead of the last runs here.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-def diff(stages: tuple[str, ...], as_json: bool) -> None:
+def diff(stages: tuple[str, ...], rev: str | None, as_json: bool) -> None:
     """Compare params now with those of the last successful runs.
 
     For STAGES (default: all): the params pipeline.py and params.yaml give now against
-    those each stage's lock file in .pivot/stages/ recorded. Stages that never ran are
-    listed as such. Exit code 0 whether or not anything changed.
+    those each stage's lock file in .pivot/stages/ recorded (with --rev, as committed at
+    that git revision, like `dvc params diff`). Stages that never ran are listed as
+    such. Exit code 0 whether or not anything changed.
     """
-    from pivot.state.lock import read_lock
+    from pivot.state.lock import StageLock, read_lock
 
     root, manifest, graph = load_pipeline()
     names = select(stages, graph.order)
+    if rev is not None:
+        from pivot.cli.revision import Revision
+
+        then = Revision(root, rev)
+
+        def lock_of(name: str) -> StageLock | None:
+            return then.lock(name)
+    else:
+        def lock_of(name: str) -> StageLock | None:
+            return read_lock(root, name)
     changes: list[ParamChange] = []
     never_ran: list[str] = []
     for name in names:
-        lock = read_lock(root, name)
+        lock = lock_of(name)
         if lock is None:
             never_ran.append(name)
         else:
@@ -127,6 +141,6 @@ def diff(stages: tuple[str, ...], as_json: bool) -> None:
     for change in changes:
         click.echo(change.line())
     for name in never_ran:
-        click.echo(f"{name}: never ran (no lock file)")
+        click.echo(f"{name}: never ran (no lock file{f' at {rev}' if rev else ''})")
     if not changes and not never_ran:
-        click.echo("no param changes since the last runs")
+        click.echo(f"no param changes since {rev}" if rev else "no param changes since the last runs")

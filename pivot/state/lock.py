@@ -15,7 +15,7 @@ from typing import Any
 
 from pivot.state.atomic import write_atomic
 
-__all__ = ["StageLock", "lock_path", "lock_problem", "read_lock", "write_lock"]
+__all__ = ["StageLock", "lock_path", "lock_problem", "parse_lock", "read_lock", "write_lock"]
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,15 @@ def read_lock(root: Path, stage: str) -> StageLock | None:
         # os.path, not pathlib: a no-op run reads every lock, and pathlib's joins cost as
         # much as reading the file.
         with open(os.path.join(root, ".pivot", "stages", f"{stage}.lock"), "rb") as f:
-            data = json.loads(f.read())
+            return parse_lock(f.read())
+    except OSError:
+        return None
+
+
+def parse_lock(raw: bytes) -> StageLock | None:
+    """A lock file's content (from disk, or from git at some revision); None if unreadable."""
+    try:
+        data = json.loads(raw)
         return StageLock(
             stage=str(data["stage"]),
             code=str(data["code"]),
@@ -59,7 +67,7 @@ def read_lock(root: Path, stage: str) -> StageLock | None:
             outs={str(k): str(v) for k, v in data["outs"].items()},
             code_parts={str(k): str(v) for k, v in data.get("code_parts", {}).items()},
         )
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None
 
 

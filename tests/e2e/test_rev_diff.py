@@ -1,0 +1,71 @@
+"""`pivot metrics diff` and `pivot params diff --rev` against a git revision, as `dvc
+metrics diff` / `dvc params diff` (issue 12): REV's lock files from git, a metrics file
+from git when committed, else from `.pivot/cache` by the hash REV's lock records."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import copy_quickstart
+from procs import describe, run_pivot
+
+
+def git(root: Path, *args: str) -> None:
+    subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=root, check=True,
+                   capture_output=True)
+
+
+def committed_project(tmp_path: Path, *, commit_metrics: bool) -> Path:
+    root = copy_quickstart(tmp_path / "quickstart")
+    if commit_metrics:  # the quickstart's own .gitignore keeps it out of git
+        (root / ".gitignore").write_text((root / ".gitignore").read_text().replace("metrics.json\n", ""))
+    git(root, "init", "-q")
+    assert run_pivot(root, "repro", timeout=60).returncode == 0
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "epochs 300")
+    (root / "params.yaml").write_text((root / "params.yaml").read_text().replace("epochs: 300", "epochs: 50"))
+    assert run_pivot(root, "repro", timeout=60).returncode == 0
+    return root
+
+
+@pytest.mark.parametrize("commit_metrics", [True, False], ids=["from-git", "from-cache"])
+def test_metrics_diff_against_head(tmp_path: Path, proc_guard: object, commit_metrics: bool) -> None:
+    root = committed_project(tmp_path, commit_metrics=commit_metrics)
+    now = json.loads((root / "metrics.json").read_text())
+    result = run_pivot(root, "metrics", "diff", "--json")
+    assert result.returncode == 0, describe(result)
+    changed = json.loads(result.stdout)["metrics.json"]
+    assert {"mse", "r2"} <= set(changed) <= set(now), changed
+    assert "n_train" not in changed  # the same rows either way: unchanged values are not listed
+    for key, row in changed.items():
+        assert row["new"] == now[key] and row["old"] != row["new"], (key, row)
+        assert row["diff"] == pytest.approx(row["new"] - row["old"]), (key, row)
+    md = run_pivot(root, "metrics", "diff", "--md")
+    assert md.stdout.splitlines()[0] == "| Path | Metric | HEAD | workspace | Change |", md.stdout
+    git(root, "stash", "-q")  # params back to HEAD's: the metrics on disk are still the new ones
+    same = run_pivot(root, "metrics", "diff", "--rev", "HEAD")
+    assert same.returncode == 0, describe(same)
+
+
+def test_params_diff_against_a_revision(tmp_path: Path, proc_guard: object) -> None:
+    root = committed_project(tmp_path, commit_metrics=False)
+    since_head = run_pivot(root, "params", "diff", "--rev", "HEAD")
+    assert since_head.returncode == 0, describe(since_head)
+    assert since_head.stdout.strip() == "fit.epochs: 300 -> 50", since_head.stdout
+    # Without --rev: against the last runs here, which ran with 50.
+    last = run_pivot(root, "params", "diff")
+    assert last.stdout.strip() == "no param changes since the last runs", last.stdout
+
+
+def test_a_bad_revision_or_no_git_is_a_usage_error(tmp_path: Path, proc_guard: object) -> None:
+    root = committed_project(tmp_path, commit_metrics=False)
+    for args in (["metrics", "diff", "--rev", "nope"], ["params", "diff", "--rev", "nope"]):
+        result = run_pivot(root, *args)
+        assert result.returncode == 2, describe(result)
+        assert "'nope' is not a revision" in result.stderr and "Traceback" not in result.stderr
+    plain = copy_quickstart(tmp_path / "no-git")
+    result = run_pivot(plain, "metrics", "diff")
+    assert result.returncode == 2 and "is not in a git repository" in result.stderr, describe(result)
