@@ -106,6 +106,7 @@ class TuiRenderer:
         self._notes: deque[str] = deque(maxlen=3)
         self._trigger = ""  # what started the wave shown: "files: data/raw.csv"
         self.keys_hint = ""  # set by a live command that reads keys
+        self._paused = False  # `pivot up` paused (p): said in the header
 
     @classmethod
     def for_stream(cls, out: TextIO) -> TuiRenderer:
@@ -181,8 +182,10 @@ class TuiRenderer:
                     self._wave_t1 = env.ts
                     self._summary = msg
             case Paused():
+                self._paused = True
                 self._notes.append("paused: no wave starts until resumed (p)")
             case Resumed():
+                self._paused = False
                 self._notes.append("resumed")
             case EngineStopped():
                 self._notes.append("the engine stopped")
@@ -232,6 +235,7 @@ class TuiRenderer:
         above: list[RenderableType] = []
         error = snap.pipeline_error
         self._pipeline_error = (error.message, error.detail) if error else None
+        self._paused = snap.paused
         if snap.wave < 1:
             return above
         views = snap.stages
@@ -319,8 +323,9 @@ class TuiRenderer:
         return Group(*parts) if parts else None
 
     def _header(self) -> Text:
+        paused = Text(" · PAUSED: changes wait until p resumes", style="bold yellow") if self._paused else Text("")
         if not self._wave:
-            return Text("pivot: waiting for a run", style="dim")
+            return Text("pivot: waiting for a run", style="dim") + paused
         done = sum(1 for r in self._rows.values() if r.status not in ("pending", "running"))
         text = Text(f"wave {self._wave}", style="bold")
         if self._wave_running:
@@ -335,17 +340,16 @@ class TuiRenderer:
             text.append(f" · {format_duration(end - self._wave_t0)}", style="dim")
         if self._trigger:
             text.append(f" · {self._trigger}", style="dim")
+        text.append_text(paused)
         if self.keys_hint:
             text.append(f"    {self.keys_hint}", style="dim")
         return text
 
     def _table(self, limit: int | None) -> Table:
-        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
-        table.add_column("stage", no_wrap=True)
-        table.add_column("status", no_wrap=True)
-        table.add_column("time", justify="right", no_wrap=True)
-        table.add_column("reason", overflow="ellipsis", no_wrap=True)
+        """Stage names, statuses and times are never cut, at any width: the reason gives
+        way (cut with …), and takes what room is left."""
         names = _visible(self._rows, limit)
+        cells = []
         for name in names:
             row = self._rows[name]
             symbol, style = _LOOK.get(row.status, ("?", ""))
@@ -356,15 +360,26 @@ class TuiRenderer:
                 when = format_duration(row.duration_s)
             else:
                 when = ""
-            table.add_row(
-                Text(name),
-                Text(f"{symbol} {row.status}", style=style),
-                Text(when, style="dim"),
-                Text(row.reason, style="dim"),
-            )
+            cells.append((Text(name), Text(f"{symbol} {row.status}", style=style), Text(when, style="dim"),
+                          Text(row.reason, style="dim")))
         hidden = len(self._rows) - len(names)
         if hidden > 0:
-            table.add_row(Text(f"… {hidden} more", style="dim"), Text(""), Text(""), Text(""))
+            cells.append((Text(f"… {hidden} more", style="dim"), Text(""), Text(""), Text("")))
+
+        def widest(i: int, title: str) -> int:
+            return max([len(title), *(c[i].cell_len for c in cells)])
+
+        # Rich would squeeze every column: the fixed ones get their widest cell, and the
+        # reason what is left of the console (3 columns between cells), cut with …
+        fixed = [widest(i, title) for i, title in enumerate(("stage", "status", "time"))]
+        room = max(1, self.console.width - sum(fixed) - 3 * 3)
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+        for title, width, justify in zip(("stage", "status", "time"), fixed, ("left", "left", "right"), strict=True):
+            table.add_column(title, no_wrap=True, width=width, justify=justify)  # type: ignore[arg-type]
+        table.add_column("reason", no_wrap=True, overflow="ellipsis", max_width=room)
+        for name_cell, status_cell, when_cell, reason_cell in cells:
+            reason_cell.truncate(room, overflow="ellipsis")
+            table.add_row(name_cell, status_cell, when_cell, reason_cell)
         return table
 
     def _errors(self, live: bool) -> list[RenderableType]:

@@ -571,3 +571,48 @@ def test_tui_shows_a_restored_stage_with_its_reason() -> None:
     text = buf.getvalue()
     assert "✓ restored" in text and "restored from run cache (params changed)" in text
     assert "wave 1 done: 1 restored" in text
+
+
+@pytest.mark.parametrize("width", [80, 120, 200])
+def test_the_live_view_never_cuts_stage_names_or_statuses_only_reasons(width: int) -> None:
+    """At 80 columns a long reason squeezed the stage to `p…`; at 120 `fit@linear` and
+    `fit@quadratic` both showed as `fit@…`; at 200 the status was `✓ …`."""
+    from rich.console import Console
+
+    from pivot.display.tui import TuiRenderer
+
+    names = ["prepare_features_for_the_model", "fit@linear", "fit@quadratic", "evaluate"]
+    reason = "params changed: " + ", ".join(f"param_{i}: {i} -> {i + 1}" for i in range(30))
+    msgs: list[Message] = [PipelineLoaded(names, [], []), WaveStarted(1, names)]
+    for name in names[:3]:
+        msgs += [StageStarted(1, name, "params_changed", reason), StageFinished(1, name, "ran", "params_changed", reason, 1.5)]
+    msgs.append(StageStarted(1, "evaluate", "upstream_changed", reason))
+    buf = io.StringIO()
+    r = TuiRenderer(Console(file=buf, force_terminal=False, width=width, color_system=None), clock=lambda: T0)
+    feed(r, msgs)
+    r.close(0)
+    lines = buf.getvalue().splitlines()
+    assert all(len(line) <= width for line in lines), [line for line in lines if len(line) > width]
+    rows = {line.split()[0]: line for line in lines if line.split() and line.split()[0] in names}
+    assert set(rows) == set(names), lines
+    for name in names[:3]:
+        assert "✓ ran" in rows[name] and "1.50s" in rows[name], rows[name]
+    assert "running" in rows["evaluate"], rows["evaluate"]
+    assert all(row.rstrip().endswith("…") for row in rows.values()), rows  # the reason gave way
+
+
+def test_the_live_view_header_says_when_the_engine_is_paused() -> None:
+    from pivot.protocol.messages import Paused, Resumed
+
+    def shown(msgs: list[Message], snap: Snapshot | None = None) -> str:
+        r, buf = tui()
+        feed(r, msgs)
+        if snap is not None:
+            r.resync(snap)
+        r.close(0)
+        return buf.getvalue()
+
+    assert "PAUSED" in shown([*run_messages(), Paused()])
+    assert "PAUSED" not in shown([*run_messages(), Paused(), Resumed()])
+    paused = dataclasses.replace(snapshot({"prepare": view("ran")}, wave=1), paused=True)
+    assert "PAUSED" in shown(run_messages()[:2], paused)
