@@ -2,6 +2,10 @@
 
 The terminal is put in cbreak mode (keys arrive one by one, unechoed; Ctrl-C still
 sends SIGINT) and restored on close, whatever happens. Not a terminal: no keys.
+
+Ctrl-Z and `fg`: the shell gets its terminal back in the mode it was in (restored before
+stopping), and the mode is set again on SIGCONT: keys work at once after `fg` (they used
+to wait for Enter, the shell having left the terminal in line mode).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ class KeyReader:
         self._saved: list[Any] | None = None
         self._thread: threading.Thread | None = None
         self._front: list[str] = []  # taken off the queue by keys_wait, not yet returned
+        self._previous: dict[Any, Any] = {}  # signal handlers replaced while reading keys
 
     def __enter__(self) -> KeyReader:
         try:
@@ -38,9 +43,35 @@ class KeyReader:
 
         self._saved = termios.tcgetattr(fd)
         tty.setcbreak(fd)
+        self._signals(fd)
         self._thread = threading.Thread(target=self._read, args=(fd,), name="keys", daemon=True)
         self._thread.start()
         return self
+
+    def _signals(self, fd: int) -> None:
+        """Ctrl-Z (SIGTSTP): the terminal as it was, then stop; SIGCONT: cbreak again."""
+        import signal
+        import termios
+        import tty
+
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def on_stop(signum: int, _frame: object) -> None:
+            if self._saved is not None:
+                termios.tcsetattr(fd, termios.TCSADRAIN, self._saved)
+            # SIGSTOP, not SIGTSTP again: the kernel ignores SIGTSTP's default stop in a
+            # process group without a parent in its session (a pivot up started by a tool).
+            os.kill(os.getpid(), signal.SIGSTOP)  # stops here, until SIGCONT
+
+        def on_continue(signum: int, _frame: object) -> None:
+            if not self._stop.is_set():
+                tty.setcbreak(fd)
+
+        self._previous = {
+            signal.SIGTSTP: signal.signal(signal.SIGTSTP, on_stop),
+            signal.SIGCONT: signal.signal(signal.SIGCONT, on_continue),
+        }
 
     def _read(self, fd: int) -> None:
         while not self._stop.is_set():
@@ -74,6 +105,10 @@ class KeyReader:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(1.0)
+        import signal
+
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
         if self._saved is not None:
             import termios
 
