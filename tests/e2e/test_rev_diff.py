@@ -9,7 +9,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import copy_quickstart
 from procs import describe, run_pivot
 
 
@@ -18,8 +17,8 @@ def git(root: Path, *args: str) -> None:
                    capture_output=True)
 
 
-def committed_project(tmp_path: Path, *, commit_metrics: bool) -> Path:
-    root = copy_quickstart(tmp_path / "quickstart")
+def committed_project(root: Path, *, commit_metrics: bool) -> Path:
+    """The quickstart (`project` fixture), run and committed, then run with other params."""
     if commit_metrics:  # the quickstart's own .gitignore keeps it out of git
         (root / ".gitignore").write_text((root / ".gitignore").read_text().replace("metrics.json\n", ""))
     git(root, "init", "-q")
@@ -32,8 +31,8 @@ def committed_project(tmp_path: Path, *, commit_metrics: bool) -> Path:
 
 
 @pytest.mark.parametrize("commit_metrics", [True, False], ids=["from-git", "from-cache"])
-def test_metrics_diff_against_head(tmp_path: Path, proc_guard: object, commit_metrics: bool) -> None:
-    root = committed_project(tmp_path, commit_metrics=commit_metrics)
+def test_metrics_diff_against_head(project: Path, commit_metrics: bool) -> None:
+    root = committed_project(project, commit_metrics=commit_metrics)
     now = json.loads((root / "metrics.json").read_text())
     result = run_pivot(root, "metrics", "diff", "--json")
     assert result.returncode == 0, describe(result)
@@ -50,8 +49,8 @@ def test_metrics_diff_against_head(tmp_path: Path, proc_guard: object, commit_me
     assert same.returncode == 0, describe(same)
 
 
-def test_params_diff_against_a_revision(tmp_path: Path, proc_guard: object) -> None:
-    root = committed_project(tmp_path, commit_metrics=False)
+def test_params_diff_against_a_revision(project: Path) -> None:
+    root = committed_project(project, commit_metrics=False)
     since_head = run_pivot(root, "params", "diff", "--rev", "HEAD")
     assert since_head.returncode == 0, describe(since_head)
     assert since_head.stdout.strip() == "fit.epochs: 300 -> 50", since_head.stdout
@@ -60,12 +59,14 @@ def test_params_diff_against_a_revision(tmp_path: Path, proc_guard: object) -> N
     assert last.stdout.strip() == "no param changes since the last runs", last.stdout
 
 
-def test_a_bad_revision_or_no_git_is_a_usage_error(tmp_path: Path, proc_guard: object) -> None:
-    root = committed_project(tmp_path, commit_metrics=False)
+def test_outside_git_it_is_a_usage_error(project: Path) -> None:
+    result = run_pivot(project, "metrics", "diff")
+    assert result.returncode == 2 and "is not in a git repository" in result.stderr, describe(result)
+
+
+def test_a_bad_revision_is_a_usage_error(project: Path) -> None:
+    root = committed_project(project, commit_metrics=False)
     for args in (["metrics", "diff", "--rev", "nope"], ["params", "diff", "--rev", "nope"]):
         result = run_pivot(root, *args)
         assert result.returncode == 2, describe(result)
         assert "'nope' is not a revision" in result.stderr and "Traceback" not in result.stderr
-    plain = copy_quickstart(tmp_path / "no-git")
-    result = run_pivot(plain, "metrics", "diff")
-    assert result.returncode == 2 and "is not in a git repository" in result.stderr, describe(result)
