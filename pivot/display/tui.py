@@ -310,6 +310,9 @@ class TuiRenderer:
             parts += [self._header(), self._table(None)]
             parts += self._errors(live=False)
         parts += self._pipeline_error_view(live=False)
+        if self._logs:  # what the stages printed last stays on screen, as it was shown
+            parts.append(Text("─ log ─", style="dim"))
+            parts += [_log_text(line) for line in self._logs]
         if self._summary is not None:
             parts.append(self._summary_text(self._summary))
         elif self._wave_running:

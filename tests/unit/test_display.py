@@ -616,3 +616,12 @@ def test_the_live_view_header_says_when_the_engine_is_paused() -> None:
     assert "PAUSED" not in shown([*run_messages(), Paused(), Resumed()])
     paused = dataclasses.replace(snapshot({"prepare": view("ran")}, wave=1), paused=True)
     assert "PAUSED" in shown(run_messages()[:2], paused)
+
+
+def test_what_the_stages_printed_stays_on_screen_after_a_run() -> None:
+    """The live view showed the last lines the stages printed, then erased them."""
+    r, buf = tui(terminal=True)
+    feed(r, run_messages())
+    r.close(0)
+    after = buf.getvalue().rsplit("wave 1 · ", 1)[1]  # the final view, printed once the live one stopped
+    assert "kept 40 rows" in after and "warning: 2 rows had no label" in after, after
