@@ -106,8 +106,14 @@ def main() -> None:
         sys.stderr.close()
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
+    except click.UsageError as exc:
+        # One line, as every error (docs/cli.md), naming where the help is.
+        where = f"`{exc.ctx.command_path} --help`" if exc.ctx is not None else "`pivot --help`"
+        message = exc.format_message().replace("\n", " ")
+        click.echo(f"error: {message} (see {where})", err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"error: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)
     except PivotError as exc:
         sys.exit(report(exc))
