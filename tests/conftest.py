@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    import zmq
 from procs import (
     Broker,
     LiveRun,
@@ -140,3 +145,21 @@ def start_broker(proc_guard: ProcGuard) -> Iterator[Callable[..., Broker]]:
     for broker in started:
         if broker.proc.poll() is None:
             broker.stop()
+
+
+@pytest.fixture
+def zctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
+    """A ZeroMQ context for a test's raw sockets (each closed with LINGER 0); its term
+    must never hang the suite."""
+    import zmq
+
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    yield ctx
+    done = threading.Event()
+
+    def term() -> None:
+        ctx.destroy(linger=0)
+        done.set()
+
+    threading.Thread(target=term, daemon=True).start()
+    assert done.wait(5), "zmq context did not terminate within 5 s"

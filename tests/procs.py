@@ -645,3 +645,33 @@ def _gone(pid):
     except OSError:
         return True
 '''
+
+
+# A pipeline whose stage `hold` runs until its process is stopped (at most 30 s) on its
+# first attempt; a later attempt records (pid, parent pid, whether the first attempt's
+# process was over when it began) in hold.runs, and finishes.
+HOLD = '''\
+import os
+import time
+
+from pivot import stage
+
+
+{gone}
+
+@stage(outs=["hold.txt"])
+def hold() -> None:
+    # The first attempt runs until its process is killed (at most 30 s); the next one
+    # records whether the first was over when it began, and finishes.
+    with open("hold.runs", "a+") as f:
+        f.seek(0)
+        before = f.read().split()
+        over = not before or _gone(int(before[0]))
+        f.write(f"{os.getpid()} {os.getppid()} {over}\\n")
+    deadline = time.monotonic() + 30
+    while not before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with open("hold.txt", "w") as f:
+        f.write("done\\n")
+'''
+HOLD = HOLD.replace("{gone}", GONE)

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from procs import (
     GONE,
+    HOLD,
     Broker,
     ProcGuard,
     alive,
@@ -270,31 +271,6 @@ def test_no_scheduler_is_a_clear_error(tmp_path: Path, proc_guard: ProcGuard, st
     assert "Traceback" not in err
 
 
-HOLD = '''\
-import os
-import time
-
-from pivot import stage
-
-
-{gone}
-
-@stage(outs=["hold.txt"])
-def hold() -> None:
-    # The first attempt runs until its process is killed (at most 30 s); the next one
-    # records whether the first was over when it began, and finishes.
-    with open("hold.runs", "a+") as f:
-        f.seek(0)
-        before = f.read().split()
-        over = not before or _gone(int(before[0]))
-        f.write(f"{os.getpid()} {os.getppid()} {over}\\n")
-    deadline = time.monotonic() + 30
-    while not before and time.monotonic() < deadline:
-        time.sleep(0.01)
-    with open("hold.txt", "w") as f:
-        f.write("done\\n")
-'''
-HOLD = HOLD.replace("{gone}", GONE)
 
 
 def test_a_pool_that_stops_renewing_its_lease_has_its_stage_process_killed_before_it_runs_again(

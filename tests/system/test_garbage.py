@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import msgpack
@@ -52,19 +50,6 @@ def envelope(kind: str, body: dict[str, object]) -> bytes:
     )
 
 
-@pytest.fixture
-def zctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    yield ctx
-    # Sockets are closed by the test with LINGER 0; term must not hang regardless.
-    done = threading.Event()
-
-    def term() -> None:
-        ctx.destroy(linger=0)
-        done.set()
-
-    threading.Thread(target=term, daemon=True).start()
-    assert done.wait(5), "zmq context did not terminate within 5 s"
 
 
 def dealer(ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, identity: bytes | None = None) -> zmq.Socket[bytes]:

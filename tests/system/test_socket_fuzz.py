@@ -42,7 +42,6 @@ import random
 import signal
 import subprocess
 import tempfile
-import threading
 import time
 import types
 import typing
@@ -173,12 +172,15 @@ def run_cli(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def spawn(guard: ProcGuard, root: Path, output: Path, *args: str) -> subprocess.Popen[str]:
-    """`pivot ARGS` in its own session, its output going to a file."""
-    with output.open("w") as out:
+def spawn(
+    guard: ProcGuard, root: Path, output: Path, *args: str, errors: Path | None = None,
+) -> subprocess.Popen[str]:
+    """`pivot ARGS` in its own session, its output going to a file (its standard error
+    too, unless `errors` names another: JSON events must stay apart from notices)."""
+    with output.open("w") as out, (errors.open("w") if errors is not None else contextlib.nullcontext()) as err:
         proc = subprocess.Popen(
             [*pivot_cmd(), *args], cwd=root, stdin=subprocess.DEVNULL, stdout=out,
-            stderr=subprocess.STDOUT, text=True, start_new_session=True, env=ENV,
+            stderr=err if err is not None else subprocess.STDOUT, text=True, start_new_session=True, env=ENV,
         )
     return guard.track(proc)
 
@@ -214,19 +216,6 @@ def stop_broker(engine: Engine) -> None:
     assert rc == 0 and "Traceback" not in output, f"exit code {rc}\n{output[-5000:]}"
 
 
-@pytest.fixture
-def zctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    yield ctx
-    # Every socket has LINGER 0; still, term must never hang the suite.
-    done = threading.Event()
-
-    def term() -> None:
-        ctx.destroy(linger=0)
-        done.set()
-
-    threading.Thread(target=term, daemon=True).start()
-    assert done.wait(5), "zmq context did not terminate within 5 s"
 
 
 def peer(
@@ -834,7 +823,7 @@ class HeldRun:
         root = engine.root
         pool = spawn(guard, root, root.parent / "pool.out", "workers", *engine.cli("pool"), "--name", "p1", "-j", "1")
         out = root.parent / "held.out"
-        proc = spawn(guard, root, out, "repro", *engine.cli("operator"), "--json")
+        proc = spawn(guard, root, out, "repro", *engine.cli("operator"), "--json", errors=root.parent / "held.err")
         wait_for((root / "held.started").exists, 20, "the held stage to start in the pool")
         return cls(proc, out, pool)
 
