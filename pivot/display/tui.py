@@ -346,6 +346,7 @@ class TuiRenderer:
         text.append_text(paused)
         if self.keys_hint:
             text.append(f"    {self.keys_hint}", style="dim")
+        text.no_wrap, text.overflow = True, "ellipsis"  # one line at any width
         return text
 
     def _table(self, limit: int | None) -> Table:
