@@ -139,6 +139,7 @@ class BrokerState:
         self.pipeline_error: PipelineInvalid | None = None  # in force until a manifest loads
         self.warned: set[str] = set()  # the manifest's warnings, said or to be said
         self.unsaid: list[str] = []  # ... not said yet
+        self.said_waiting: list[str] = []  # changes held back by a pause, last said
         self.pending: PendingRun | None = None
         # Requests that arrived before any valid manifest: they are answered once stage
         # names can be checked (a fix of a broken pipeline may still come).
@@ -179,7 +180,10 @@ class BrokerState:
             case PauseRequested():
                 if event.paused != self.paused:
                     self.paused = event.paused
-                    self._publish(Paused() if event.paused else Resumed())
+                    if event.paused:
+                        self._say_paused()
+                    else:
+                        self._publish(Resumed())
                 word = "paused" if event.paused else "resumed"
                 self._out.append(Reply(event.client, RunReply(True, word)))
             case ShutdownRequested():
@@ -418,6 +422,13 @@ class BrokerState:
             self.pending = run
         else:
             self.pending.merge(run)
+        if self.paused and self.pending.paths != self.said_waiting:
+            self._say_paused()
+
+    def _say_paused(self) -> None:
+        """Paused, with the changes whose wave waits (every display's header lists them)."""
+        self.said_waiting = list(self.pending.paths) if self.pending is not None else []
+        self._publish(Paused(self.said_waiting))
 
     def _maybe_start_wave(self) -> None:
         if self.wave is not None or self.pending is None or self.stopping or self.reload.active:

@@ -114,6 +114,8 @@ class PlainRenderer:
             case WaveFinished():
                 style = "failed" if wave_failed(msg) else "done"
                 self._line(self._paint(wave_summary(msg), style))
+            case Paused() if msg.waiting:
+                self._line(f"paused: waiting to run for {', '.join(msg.waiting)} (p resumes)")
             case Paused():
                 self._line("paused: no wave starts until resumed (p)")
             case Resumed():

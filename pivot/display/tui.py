@@ -107,6 +107,7 @@ class TuiRenderer:
         self._trigger = ""  # what started the wave shown: "files: data/raw.csv"
         self.keys_hint = ""  # set by a live command that reads keys
         self._paused = False  # `pivot up` paused (p): said in the header
+        self._waiting: list[str] = []  # ... with the changed paths whose wave waits
 
     @classmethod
     def for_stream(cls, out: TextIO) -> TuiRenderer:
@@ -182,10 +183,11 @@ class TuiRenderer:
                     self._wave_t1 = env.ts
                     self._summary = msg
             case Paused():
-                self._paused = True
-                self._notes.append("paused: no wave starts until resumed (p)")
+                if not self._paused:
+                    self._notes.append("paused: no wave starts until resumed (p)")
+                self._paused, self._waiting = True, list(msg.waiting)
             case Resumed():
-                self._paused = False
+                self._paused, self._waiting = False, []
                 self._notes.append("resumed")
             case EngineStopped():
                 self._notes.append("the engine stopped")
@@ -326,7 +328,11 @@ class TuiRenderer:
         return Group(*parts) if parts else None
 
     def _header(self) -> Text:
-        paused = Text(" · PAUSED: changes wait until p resumes", style="bold yellow") if self._paused else Text("")
+        paused = Text("")
+        if self._paused:
+            shown = ", ".join(self._waiting[:3]) + (" …" if len(self._waiting) > 3 else "")
+            waiting = f"{len(self._waiting)} change{'s' * (len(self._waiting) != 1)} wait ({shown})" if self._waiting else "changes wait"
+            paused = Text(f" · PAUSED: {waiting} until p resumes", style="bold yellow")
         if not self._wave:
             return Text("pivot: waiting for a run", style="dim") + paused
         done = sum(1 for r in self._rows.values() if r.status not in ("pending", "running"))
@@ -337,13 +343,13 @@ class TuiRenderer:
             text.append(" · failed", style="bold red")
         else:
             text.append(" · done", style="bold green")
+        text.append_text(paused)  # early: the header is cut at the console's width
         text.append(f" · {done}/{len(self._rows)} stages")
         if self._wave_t0 is not None:
             end = self._wave_t1 if self._wave_t1 is not None else self.clock()
             text.append(f" · {format_duration(end - self._wave_t0)}", style="dim")
         if self._trigger:
             text.append(f" · {self._trigger}", style="dim")
-        text.append_text(paused)
         if self.keys_hint:
             text.append(f"    {self.keys_hint}", style="dim")
         text.no_wrap, text.overflow = True, "ellipsis"  # one line at any width

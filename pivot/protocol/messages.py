@@ -554,9 +554,11 @@ class LogLine(Message):
 
 @record
 class Paused(Message):
-    """No new wave starts until `resumed` (the live view's `p` key)."""
+    """No new wave starts until `resumed` (the live view's `p` key). Sent again, with
+    `waiting` (the changed paths whose wave waits), each time a change is held back."""
 
     TAG: ClassVar[str] = "paused"
+    waiting: list[str] = field(default_factory=list)
 
 
 @record

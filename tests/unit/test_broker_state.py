@@ -740,7 +740,10 @@ def test_pause_holds_new_waves_and_resume_starts_them() -> None:
     assert published(h.run(), WaveStarted) == []  # queued, not started
     h.feed(FilesReported(("a.txt",), 1.0))
     [paths] = confirms(h.feed(Tick(1.1)))  # changes are still collected and checked
-    assert published(h.feed(ChangesConfirmed(paths)), WaveStarted) == []
+    held = h.feed(ChangesConfirmed(paths))
+    assert published(held, WaveStarted) == []
+    # Every display is told what waits (the live view's header lists it), once.
+    assert published(held, Paused) == [Paused(["a.txt"])]
     assert published(h.feed(PauseRequested(CLIENT, True)), Paused) == []  # already paused
     commands = h.feed(PauseRequested(CLIENT, False))
     assert published(commands, Resumed) == [Resumed()]

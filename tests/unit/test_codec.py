@@ -188,7 +188,7 @@ SAMPLES: dict[type[Message], Message] = {
     PoolExited: PoolExited(pool="pool-1", returncode=-9),
     ShutdownRequest: ShutdownRequest(grace_s=5.0),
     PauseRequest: PauseRequest(paused=True),
-    Paused: Paused(),
+    Paused: Paused(waiting=["data/raw.csv"]),
     Resumed: Resumed(),
     EngineStopped: EngineStopped(reason="the worker pool crashed 6 times within 60 s"),
     Notice: Notice(message="the worker pool stopped (it was killed by SIGKILL); restarting it"),

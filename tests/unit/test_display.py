@@ -613,6 +613,8 @@ def test_the_live_view_header_says_when_the_engine_is_paused() -> None:
         return buf.getvalue()
 
     assert "PAUSED" in shown([*run_messages(), Paused()])
+    waiting = shown([*run_messages(), Paused(), Paused(["data/raw.csv", "params.yaml"])])
+    assert "PAUSED: 2 changes wait (data/raw.csv, params.yaml) until p resumes · 4/4 stages" in waiting, waiting
     assert "PAUSED" not in shown([*run_messages(), Paused(), Resumed()])
     paused = dataclasses.replace(snapshot({"prepare": view("ran")}, wave=1), paused=True)
     assert "PAUSED" in shown(run_messages()[:2], paused)
