@@ -21,6 +21,7 @@ __all__ = [
     "ManifestRejected",
     "Note",
     "Noticed",
+    "OutputReceived",
     "PauseRequested",
     "PoolGone",
     "PoolHeard",
@@ -145,6 +146,15 @@ class StageRunningReported(Record):
 
 
 @record
+class OutputReceived(Record):
+    """What a running attempt printed (stream, text, partial), from its pool."""
+
+    pool: str
+    attempt: str
+    lines: tuple[tuple[str, str, bool], ...]
+
+
+@record
 class WavePlanned(Record):
     pool: str
     wave: int
@@ -203,6 +213,7 @@ Event = (
     | ShutdownRequested
     | PauseRequested
     | StageRunningReported
+    | OutputReceived
     | ResultReceived
     | WavePlanned
     | FilesReported

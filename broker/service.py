@@ -39,6 +39,7 @@ from broker.events import (
     ManifestRejected,
     Note,
     Noticed,
+    OutputReceived,
     PauseRequested,
     PoolGone,
     PoolHeard,
@@ -87,6 +88,7 @@ from pivot.protocol.messages import (
     RunRequest,
     ShutdownRequest,
     SnapshotRequest,
+    StageOutput,
     StageResult,
     StageRunning,
     WatcherReady,
@@ -109,6 +111,14 @@ SENDER = "broker"
 TICK_S = 0.25
 BUS_TICK_S = 1.0
 EVENTS_HWM = 100_000
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return max(1, int(os.environ.get(name, "")))
+    except ValueError:
+        return default
+
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 FLUSH_MS = 500
 HANDSHAKE_NOTE_S = 10.0
@@ -194,7 +204,9 @@ class BrokerService:
         self.control = make_socket(ctx, zmq.ROUTER)
         self.events = make_socket(ctx, zmq.XPUB)
         self.events.setsockopt(zmq.XPUB_VERBOSE, 1)
-        self.events.setsockopt(zmq.SNDHWM, EVENTS_HWM)
+        # Messages queued for each display before the bus drops for it (a display stopped
+        # with Ctrl-Z, or too slow): PIVOT_EVENTS_HWM, for a host short of memory.
+        self.events.setsockopt(zmq.SNDHWM, _env_int("PIVOT_EVENTS_HWM", EVENTS_HWM))
         self.changes = make_socket(ctx, zmq.PULL)
         self.stop_pipe = make_socket(ctx, zmq.PAIR)
         # The change checker thread answers on its own inproc pair (hashing is off the loop).
@@ -466,6 +478,8 @@ class BrokerService:
                 self._feed(PoolManifest(pool, None, message))
             case StageRunning(attempt=attempt, reason_code=code, reason=reason, details=details):
                 self._feed(StageRunningReported(pool, attempt, code, reason, details))
+            case StageOutput(attempt=attempt, lines=lines):
+                self._feed(OutputReceived(pool, attempt, tuple((str(s), str(t), bool(p)) for s, t, p in lines)))
             case WavePlan(wave=wave, up_to_date=up_to_date):
                 self._feed(WavePlanned(pool, wave, tuple(up_to_date)))
             case StageResult():

@@ -25,6 +25,7 @@ from broker.events import (
     ManifestRejected,
     Note,
     Noticed,
+    OutputReceived,
     PauseRequested,
     PoolGone,
     PoolHeard,
@@ -190,6 +191,8 @@ class BrokerState:
                 self._shutdown_requested(event)
             case StageRunningReported():
                 self._stage_running(event)
+            case OutputReceived():
+                self._output(event)
             case WavePlanned():
                 self._wave_planned(event)
             case FilesReported():
@@ -541,7 +544,16 @@ class BrokerState:
             return
         stage = wave.running[event.attempt]
         self._set_view(stage, Status.RUNNING, event.reason_code, event.reason, 0.0)
+        self.view.started(stage)
         self._publish(StageStarted(wave.number, stage, event.reason_code, event.reason, event.details))
+
+    def _output(self, event: OutputReceived) -> None:
+        """Lines a running attempt printed: published as they come, from the pool it was
+        given to only."""
+        wave, pool = self.wave, self.pools.get(event.pool)
+        if wave is None or pool is None or event.attempt not in wave.running or event.attempt not in pool.attempts:
+            return
+        self._out.extend(self.view.stream(wave.running[event.attempt], event.lines))
 
     def _result(self, event: ResultReceived) -> None:
         self._send(event.pool, ResultAck(event.attempt))  # either way: stop resending it

@@ -28,6 +28,7 @@ LOG_TAIL = 20  # lines of each stage's last run kept for the snapshot (an attach
 class EngineView:
     stages: dict[str, StageView] = field(default_factory=dict)
     logs: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    partials: dict[str, tuple[str, str]] = field(default_factory=dict)  # stage -> its line in flight
     last_change: tuple[str, list[str]] = ("run", [])  # trigger and paths of the last wave
     last_wave: WaveFinished | None = None
     seq: int = 0  # of the last state event published
@@ -40,18 +41,40 @@ class EngineView:
     def forget(self, stage: str) -> None:
         self.stages.pop(stage, None)
         self.logs.pop(stage, None)
+        self.partials.pop(stage, None)
 
     def publish(self, msg: Message, parent: str | None = None) -> Publish:
         self.seq += 1
         return Publish(msg, self.seq, parent)
 
-    def log_lines(self, stage: str, lines: tuple[tuple[str, str], ...], ran: bool) -> list[PublishLog]:
-        """A stage's output lines, published; its tail kept when its code ran."""
+    def started(self, stage: str) -> None:
+        """A run of the stage began: its tail is of this run from now on."""
+        self.logs[stage] = []
+        self.partials.pop(stage, None)
+
+    def stream(self, stage: str, lines: tuple[tuple[str, str, bool], ...]) -> list[PublishLog]:
+        """Lines a running stage printed, published; its tail kept (a partial line in
+        place of the last, until a line of its stream ends)."""
         out = []
-        for stream, line in lines:
+        tail = self.logs.setdefault(stage, [])
+        for stream, line, partial in lines:
             self.log_seq += 1
-            out.append(PublishLog(LogLine(stage, stream, line), self.log_seq))
-        if lines or ran:
+            out.append(PublishLog(LogLine(stage, stream, line, partial), self.log_seq))
+            if partial:
+                self.partials[stage] = (stream, line)
+                continue
+            if self.partials.get(stage, ("",))[0] == stream:
+                del self.partials[stage]
+            tail.append((stream, line))
+        del tail[:-LOG_TAIL]
+        return out
+
+    def log_lines(self, stage: str, lines: tuple[tuple[str, str], ...], ran: bool) -> list[PublishLog]:
+        """Pivot's notes on a finished stage, published. A run's tail (streamed while it
+        ran) goes on; else the notes are its tail (a restored stage's)."""
+        self.partials.pop(stage, None)
+        out = self.stream(stage, tuple((stream, line, False) for stream, line in lines)) if lines else []
+        if not ran and lines:
             self.logs[stage] = list(lines[-LOG_TAIL:])
         return out
 
@@ -71,5 +94,6 @@ class EngineView:
             paused=paused,
             trigger=self.last_change[0],
             paths=list(self.last_change[1]),
-            logs={k: list(v) for k, v in self.logs.items() if v},
+            logs={k: [*v, *([self.partials[k]] if k in self.partials else [])]
+                  for k, v in self.logs.items() if v or k in self.partials},
         )

@@ -79,7 +79,7 @@ def after_run(attempt: Attempt, ran: StageOutcome | BaseException) -> Result:
         return Result(Status.LOST, ReasonCode.POOL_LOST, "another stage's worker process died; it runs again")
     if isinstance(ran, BaseException):  # the stage's own errors come as its outcome: this is ours
         return Result(Status.FAILED, ReasonCode.FAILED, f"Pivot could not run the stage: {type(ran).__name__}: {ran}")
-    logs = [("pivot", note) for note in ran.notes] + ran.logs
+    logs = [("pivot", note) for note in ran.notes]
     # A soft cancel the stage obeyed: the cancel's reason, not the stage's.
     reason = attempt.stop if attempt.stop is not None and ran.status == Status.CANCELLED else ran.reason
     return Result(ran.status, ran.reason_code, reason, ran.duration_s, ran.error, logs, ran.details)

@@ -62,6 +62,7 @@ from pivot.protocol.messages import (
     Refused,
     ResultAck,
     RunStage,
+    StageOutput,
     StageResult,
     StageRunning,
     Status,
@@ -82,6 +83,7 @@ from workers.attempts import Attempt, Phase, validate
 from workers.executors import Executor, LokyWorkers
 from workers.liveness import HELLO_EVERY_S, BrokerWatch
 from workers.outcomes import Outbox, Result, after_decision, after_run
+from workers.streams import TAIL_S, AttemptOutput
 
 __all__ = ["PoolService", "main"]
 
@@ -148,6 +150,8 @@ class PoolService:
         # Loky's workers start when a stage first must run.
         self.workers: Executor = executor if executor is not None else LokyWorkers(self.jobs)
         self.attempts: dict[str, Attempt] = {}  # every attempt until its result is sent
+        self.outputs: dict[str, AttemptOutput] = {}  # what each running attempt prints
+        self.next_look = 0.0
         self.restart_on_load = False  # a code change: new workers once a manifest loads
         self.replace_on_accept = False  # ... and once the broker accepted it
         # Each running stage's worker writes its pid here, so a dead worker's stage is known,
@@ -342,6 +346,7 @@ class PoolService:
                     else:
                         os.read(self.wake_r, 4096)
                 self._drain_done()
+                self._look(self.clock())
                 validate(self.attempts, self.unacked.names())
             return self.exit_code
         finally:
@@ -351,6 +356,8 @@ class PoolService:
         deadlines = [self.watch.next_deadline(), self.lease_renewed + LEASE_EVERY_S]
         if (resend := self.unacked.next_send()) is not None:
             deadlines.append(resend)
+        if self.outputs:
+            deadlines.append(self.next_look)
         # An attempt whose worker was not known yet is signalled as soon as it is.
         deadlines += [now + 0.02 if not a.worker_pid else a.kill_at for a in self.attempts.values() if a.stop]
         return max(0.0, (min(deadlines) - now) * 1000)
@@ -582,6 +589,8 @@ class PoolService:
         )
         reason = decided.reason
         self._send(StageRunning(attempt, str(reason.code), reason.message, reason.details))
+        run_log = self.state.runs.log_path(work.run_key) if work.run_key else None
+        self.outputs[attempt] = AttemptOutput(self.root, a.stage, self.pid_dir / attempt, run_log=run_log)
         future_run = self.workers.submit(work)
         a.phase, a.generation = Phase.RUNNING, self.workers.generation
         future_run.add_done_callback(lambda f: self._post("ran", attempt, f))
@@ -614,7 +623,44 @@ class PoolService:
             log.error("running %s failed inside Pivot", attempt, exc_info=ran)
         else:
             self._forget_files(attempt)
-        self._report(attempt, after_run(a, ran))
+        result = after_run(a, ran)
+        self._end_output(attempt, result)
+        self._report(attempt, result)
+
+    def _look(self, now: float) -> None:
+        """Send what the running attempts printed since the last look."""
+        if not self.outputs or now < self.next_look:
+            return
+        more = False
+        for attempt, output in self.outputs.items():
+            try:
+                lines, behind = output.look(now)
+            except OSError as exc:  # the log's disk full: the stage runs on, unseen
+                log.warning("reading the output of %s: %s", attempt, exc)
+                continue
+            more = more or behind
+            if lines:
+                self._send(StageOutput(attempt, lines))
+        self.next_look = now if more else now + TAIL_S
+
+    def _end_output(self, attempt: str, result: Result) -> None:
+        """The attempt is over: the rest of what it printed is sent (before its result),
+        and its log becomes the stage's."""
+        output = self.outputs.pop(attempt, None)
+        if output is None:
+            return
+        try:
+            while True:
+                lines, more = output.look(self.clock(), final=True)
+                if lines:
+                    self._send(StageOutput(attempt, lines))
+                if not more:
+                    break
+            output.finish(str(result.status), result.reason, result.error)
+        except OSError as exc:
+            log.warning("keeping the output of %s: %s", attempt, exc)
+            output.discard()
+        output.remove_files()
 
     def _forget_files(self, attempt: str) -> None:
         (self.pid_dir / attempt).unlink(missing_ok=True)
@@ -640,6 +686,11 @@ class PoolService:
     def _shutdown(self) -> None:
         logging.getLogger("pivot.state").removeHandler(self.notices)
         self.workers.close()
+        for output in self.outputs.values():
+            with contextlib.suppress(OSError):
+                output.look(self.clock(), final=True)
+                output.finish("cancelled", "its pool stopped while it ran", None)
+        self.outputs.clear()
         if os.getpgrp() == os.getpid():
             # Whatever this pool started goes with it: loky workers, their forkserver and
             # its resource tracker (which outlive a pool whose engine died otherwise).

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
-from typing import IO
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
 
 import click
 
 from pivot.cli.options import complete_stages
-from pivot.errors import UserError
+from pivot.cli.target import broker_options
+from pivot.errors import InfraError, UserError
+
+if TYPE_CHECKING:
+    from pivot.cli.remote import RemoteEngine
 
 ROLES = ("engine", "pool", "watcher")
 
@@ -18,10 +24,18 @@ ROLES = ("engine", "pool", "watcher")
 @click.argument("stage", required=False, shell_complete=complete_stages)
 @click.option("--role", type=click.Choice(ROLES),
               help="Show a Pivot process's own log records instead (engine = CLI and broker).")
-@click.option("-f", "--follow", is_flag=True, help="With --role: keep printing new records (Ctrl-C stops).")
-def logs(stage: str | None, role: str | None, follow: bool) -> None:
-    """Print the captured output (stdout, stderr lines as `! ...`, and a failure's
-    traceback) of STAGE's last run, kept under .pivot/logs/stages/.
+@click.option("-f", "--follow", is_flag=True,
+              help="Keep printing what STAGE prints, as the running engine streams it, until the engine "
+              "stops (Ctrl-C stops earlier); with --role, new records.")
+@broker_options
+def logs(
+    stage: str | None, role: str | None, follow: bool, broker: str | None, key: Path | None, broker_key: Path | None,
+) -> None:
+    """Print what STAGE printed in its last run (stdout, stderr lines as `! ...`, Pivot's
+    notes as `# pivot: ...`, and a failure's traceback), kept under .pivot/logs/stages/:
+    the last 100 MB of it at most (PIVOT_LOG_MAX_MB). While STAGE runs, what it printed
+    so far. With -f, then follow it live from the running engine (`pivot up`, a running
+    `pivot repro`, or the one --broker names).
 
     With --role engine|pool|watcher, print that process's structured log records
     (.pivot/logs/ROLE.jsonl: time, level, event, stage/wave), then anything it wrote
@@ -29,7 +43,7 @@ def logs(stage: str | None, role: str | None, follow: bool) -> None:
     """
     from pivot.launch.logsetup import records_path
     from pivot.pipeline.project import find_root
-    from pivot.state.stagelogs import stage_log_path
+    from pivot.state.stagelogs import running_log_path, stage_log_path
 
     root = find_root()
     if (stage is None) == (role is None):
@@ -47,12 +61,89 @@ def logs(stage: str | None, role: str | None, follow: bool) -> None:
                 _print_records(f, follow)
         return
     assert stage is not None
-    if follow:
-        raise UserError("--follow goes with --role")
     path = stage_log_path(root, stage)
-    if not path.is_file():
-        raise UserError(f"no log for stage {stage!r}: it has not run in this project (or its name is wrong)")
-    click.echo(path.read_text(errors="replace"), nl=False)
+    running = running_log_path(root, stage)
+    # Subscribed before the file is read: a line printed in between is shown twice at
+    # worst, never missed.
+    engine = _engine(root, stage, broker, key, broker_key) if follow else None
+    if running.is_file():
+        click.echo(f"# {stage}: running; what it printed so far:")
+        _print_file(running)
+    elif path.is_file():
+        _print_file(path)
+    elif engine is None:
+        raise UserError(f"no log for stage {stage!r}: it has not run in this project (or its name is wrong)"
+                        + ("; and no engine is running to follow it" if follow else ""))
+    if follow and engine is None:
+        click.echo(f"(no engine is running for this project: nothing more of {stage} to follow)", err=True)
+    elif engine is not None:
+        with engine:
+            _follow_stage(engine, stage)
+
+
+def _print_file(path: Path) -> None:
+    sys.stdout.flush()
+    out = sys.stdout.buffer
+    chunk = b"\n"
+    with open(path, "rb") as f:
+        while data := f.read(1 << 20):
+            out.write(data)
+            chunk = data
+    if not chunk.endswith(b"\n"):  # a line in flight: what follows starts a line of its own
+        out.write(b"\n")
+    out.flush()
+
+
+def _engine(
+    root: Path, stage: str, broker: str | None, key: Path | None, broker_key: Path | None,
+) -> RemoteEngine | None:
+    """The running engine, subscribed to its events; None when none runs."""
+    from pivot.cli.remote import connect
+
+    engine = connect(root if broker is None else None, "logs", broker, key, broker_key, required=False, one_shot=True)
+    if engine is not None:
+        snap = engine.client.join()
+        if snap.order and stage not in snap.order:
+            from pivot.pipeline.select import resolve_names
+
+            try:
+                resolve_names([stage], snap.order)  # says "did you mean"
+            finally:
+                engine.client.close()
+    return engine
+
+
+def _follow_stage(engine: RemoteEngine, stage: str) -> None:
+    """The stage's lines as the engine publishes them, until it stops."""
+    from pivot.display.client import BrokerSilent
+    from pivot.protocol.messages import EngineStopped, LogLine, StageStarted
+
+    held = False  # a progress line shown in place (a terminal only)
+    tty = sys.stdout.isatty()
+    try:
+        for env in engine.client.events(0.5):
+            msg = getattr(env, "msg", None)
+            if isinstance(msg, EngineStopped):
+                break
+            if isinstance(msg, StageStarted) and msg.stage == stage:
+                click.echo(("\n" if held else "") + f"# {stage}: running ({msg.reason})")
+                held = False
+            if not isinstance(msg, LogLine) or msg.stage != stage:
+                continue
+            text = {"stderr": "! ", "pivot": "# pivot: "}.get(msg.stream, "") + msg.line
+            if msg.partial:
+                if tty:
+                    click.echo("\r\x1b[K" + text, nl=False)
+                    held = True
+                continue
+            click.echo(("\r\x1b[K" if held else "") + text)
+            held = False
+    except (BrokerSilent, InfraError) as exc:
+        click.echo(f"(stopped following: {exc})", err=True)
+    except KeyboardInterrupt:
+        pass
+    if held:
+        click.echo("")
 
 
 def _print_records(f: IO[str], follow: bool) -> None:

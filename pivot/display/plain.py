@@ -58,6 +58,8 @@ _STYLES = {
 }
 
 
+PARTIAL_EVERY_S = 10.0  # a line in flight (a progress bar) is printed at most this often
+
 class PlainRenderer:
     def __init__(self, out: TextIO, err: TextIO, *, color: bool | None = None) -> None:
         self.out = out
@@ -65,6 +67,7 @@ class PlainRenderer:
         self.color = _wants_color(out) if color is None else color
         self.progress = Progress()
         self._loaded_once = False
+        self._partial_at: dict[tuple[str, str], float] = {}  # when a line in flight was last shown
 
     # --- Renderer ------------------------------------------------------------------
 
@@ -75,6 +78,12 @@ class PlainRenderer:
             return  # shown already by a resync
         if isinstance(msg, PipelineLoaded):
             self._loaded(msg, error_was_shown)
+        elif isinstance(msg, LogLine) and msg.partial:
+            # A progress bar's state: every PARTIAL_EVERY_S at most (a log is no terminal).
+            key = (msg.stage, msg.stream)
+            if env.ts - self._partial_at.get(key, -1e18) >= PARTIAL_EVERY_S:
+                self._partial_at[key] = env.ts
+                self._show(msg)
         else:
             self._show(msg)
 
@@ -106,7 +115,7 @@ class PlainRenderer:
             case LogLine() if msg.stream == "pivot":  # Pivot's own note, e.g. a saved edit
                 self._line(f"  {msg.stage} {self._paint('note', 'note')}: {msg.line}")
             case LogLine():
-                mark = "!" if msg.stream == "stderr" else "|"
+                mark = "~" if msg.partial else "!" if msg.stream == "stderr" else "|"
                 text = msg.line.rstrip("\r\n")
                 self._line(f"  {msg.stage} {mark} {text}".rstrip())
             case StageFinished():

@@ -102,6 +102,7 @@ class TuiRenderer:
         self._summary: WaveFinished | None = None
         self._logs: deque[LogLine] = deque(maxlen=max(0, log_lines))
         self._stage_logs: dict[str, deque[LogLine]] = {}  # each stage's last run
+        self._partials: dict[tuple[str, str], LogLine] = {}  # lines in flight (progress bars), in place
         self._pipeline_error: tuple[str, str] | None = None
         self._notes: deque[str] = deque(maxlen=3)
         self._trigger = ""  # what started the wave shown: "files: data/raw.csv"
@@ -169,12 +170,17 @@ class TuiRenderer:
                 if row is not None:
                     row.status, row.reason, row.started_at = "running", msg.reason, env.ts
                     self._stage_logs.pop(msg.stage, None)
+                    self._drop_partials(msg.stage)
             case StageFinished():
                 row = self._row(msg.wave, msg.stage, above)
                 if row is not None:
                     row.status, row.reason = msg.status, msg.reason
                     row.duration_s, row.error = msg.duration_s, msg.error
+                self._drop_partials(msg.stage)
+            case LogLine() if msg.partial:
+                self._partials[(msg.stage, msg.stream)] = msg
             case LogLine():
+                self._partials.pop((msg.stage, msg.stream), None)
                 self._logs.append(msg)
                 self._stage_tail(msg.stage).append(msg)
             case WaveFinished():
@@ -208,6 +214,10 @@ class TuiRenderer:
             case _:
                 pass
         return above
+
+    def _drop_partials(self, stage: str) -> None:
+        for key in [k for k in self._partials if k[0] == stage]:
+            del self._partials[key]
 
     def _stage_tail(self, stage: str) -> deque[LogLine]:
         return self._stage_logs.setdefault(stage, deque(maxlen=_STAGE_LOG_LINES))
@@ -300,9 +310,9 @@ class TuiRenderer:
             parts: list[RenderableType] = [self._header(), self._table(limit)]
             parts += self._errors(live=True)
             parts += self._pipeline_error_view(live=True)
-            if self._logs:
+            if self._logs or self._partials:
                 parts.append(Text("─ log ─", style="dim"))
-                parts += [_log_text(line) for line in self._logs]
+                parts += [_log_text(line) for line in [*self._logs, *self._partials.values()]]
             parts += [Text(note, style="red") for note in self._notes]
             return Group(*parts)
 

@@ -24,7 +24,7 @@ from pivot.protocol.record import Record, record
 
 __all__ = ["PROTOCOL_VERSION", "Envelope", "VersionMismatch", "decode", "encode", "new_id"]
 
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
 FROZEN_KIND = Refused.TAG
 
 

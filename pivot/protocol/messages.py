@@ -61,6 +61,7 @@ __all__ = [
     "Snapshot",
     "SnapshotRequest",
     "StageFinished",
+    "StageOutput",
     "StageResult",
     "StageRunning",
     "StageStarted",
@@ -305,10 +306,22 @@ class StageRunning(Message):
 
 
 @record
+class StageOutput(Message):
+    """Pool -> broker, best effort (never resent): what a running attempt printed since
+    the last one, in order. Each line is (stream, text, partial): `partial` is the
+    latest state of a line not ended yet (a progress bar), shown in place of the last."""
+
+    TAG: ClassVar[str] = "stage_output"
+    attempt: str
+    lines: list[tuple[str, str, bool]]
+
+
+@record
 class StageResult(Message):
     """Pool -> broker, resent until acknowledged by `ResultAck`.
 
-    `logs` holds (stream, line) pairs captured while the stage ran.
+    `logs` holds Pivot's (stream "pivot", line) notes on how it was decided (a stage's
+    output was streamed while it ran, as `StageOutput`).
     """
 
     TAG: ClassVar[str] = "stage_result"
@@ -550,6 +563,7 @@ class LogLine(Message):
     stage: str
     stream: str
     line: str
+    partial: bool = False  # the latest state of a line not ended yet: shown in place
 
 
 @record
@@ -622,6 +636,7 @@ MESSAGES: tuple[type[Message], ...] = (
     PlanWave,
     WavePlan,
     StageRunning,
+    StageOutput,
     StageResult,
     ResultAck,
     CancelStage,

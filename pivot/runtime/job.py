@@ -72,8 +72,9 @@ class StageJob:
 
 @dataclass(frozen=True)
 class StageOutcome:
-    """How a run went: `status` is ran, failed or cancelled; `logs` holds (stream, line)
-    pairs it printed, `notes` Pivot's own remarks (a hand edit saved first, ...)."""
+    """How a run went: `status` is ran, failed or cancelled; `notes` holds Pivot's own
+    remarks (a hand edit saved first, ...) when the run had no attempt files to write
+    them to (what it printed went to the attempt's files: pivot/runtime/capture.py)."""
 
     status: str
     reason_code: str
@@ -81,5 +82,4 @@ class StageOutcome:
     duration_s: float
     error: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
-    logs: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)

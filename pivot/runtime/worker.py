@@ -1,7 +1,8 @@
 """What runs inside a loky worker: import the pipeline, run one stage, record it.
 
-Nothing here touches sockets. The stage's stdout/stderr are captured line by line and
-returned with the result; the pool publishes them as log events.
+Nothing here touches sockets. What the stage prints goes to the attempt's files as it
+prints it (pivot/runtime/capture.py); its pool reads them, keeps its log and streams
+the lines to the displays.
 """
 
 from __future__ import annotations
@@ -9,13 +10,9 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import sys
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from pivot.errors import (
     MAX_DETAIL_CHARS,
@@ -27,6 +24,7 @@ from pivot.errors import (
 )
 from pivot.faults import reached
 from pivot.runtime.cancel import StageCancelled, arm, cancellable
+from pivot.runtime.capture import captured, write_note
 from pivot.runtime.job import StageJob, StageOutcome
 from pivot.runtime.lease import LEASE_NAME, LEASE_S, read_lease
 from pivot.runtime.loader import import_pipeline
@@ -37,154 +35,9 @@ from pivot.state.stagelogs import keep_log
 
 __all__ = ["run_stage"]
 
-MAX_LOG_LINES = 5000
-MAX_LINE_CHARS = 4000
-# All lines kept of one run, both streams: its result message must stay far below the
-# transport's 16 MiB limit (a larger one is dropped, and the stage would look lost).
-MAX_LOG_CHARS = 2_000_000
-# Its reason (one line) and traceback are bounded for the same limit (MAX_REASON_CHARS,
+# A failure's reason (one line) and traceback are bounded (MAX_REASON_CHARS,
 # MAX_DETAIL_CHARS): an exception whose message is megabytes long made the result too
-# large, and the stage looked lost.
-
-
-class _LineCapture:
-    """A text stream that keeps whole lines, bounded, tagged with their stream name.
-
-    Linear in what is written, however it is cut: a line's pieces are kept in a list (a
-    stage printing megabytes without a newline made the old `partial += text` quadratic),
-    and only its first MAX_LINE_CHARS characters are kept at all."""
-
-    def __init__(self, stream: str, sink: list[list[str]], budget: list[int], lock: threading.Lock) -> None:
-        self.stream = stream
-        self.sink = sink
-        self.budget = budget  # characters left for every capture of this run (shared)
-        self.lock = lock  # ... with the readers of file descriptors 1 and 2 (threads)
-        self.pieces: list[str] = []
-        self.piece_chars = 0
-        self.dropped = 0
-
-    def write(self, text: str) -> int:
-        if "\n" not in text:
-            self._extend(text)
-            return len(text)
-        first, *rest = text.split("\n")
-        self._extend(first)
-        self._keep("".join(self.pieces))
-        self.pieces, self.piece_chars = [], 0
-        for line in rest[:-1]:
-            self._keep(line)
-        self._extend(rest[-1])
-        return len(text)
-
-    def _extend(self, text: str) -> None:
-        room = MAX_LINE_CHARS - self.piece_chars
-        if text and room > 0:
-            self.pieces.append(text[:room])
-            self.piece_chars += min(len(text), room)
-
-    def _keep(self, line: str) -> None:
-        line = line[:MAX_LINE_CHARS]
-        with self.lock:
-            if len(self.sink) < MAX_LOG_LINES and len(line) <= self.budget[0]:
-                self.sink.append([self.stream, line])
-                self.budget[0] -= len(line)
-                return
-        self.dropped += 1
-
-    def flush(self) -> None:
-        pass
-
-    def isatty(self) -> bool:
-        return False
-
-    def close_capture(self) -> None:
-        if self.pieces:
-            self._keep("".join(self.pieces))
-            self.pieces, self.piece_chars = [], 0
-        if self.dropped:
-            self.sink.append([self.stream, f"[pivot: {self.dropped} more lines not kept]"])
-
-
-@contextmanager
-def _captured(sink: list[list[str]]) -> Iterator[None]:
-    """What the stage writes while it runs: through sys.stdout and sys.stderr, and to file
-    descriptors 1 and 2 themselves (C extensions, `os.write`, a subprocess inheriting
-    them), which used to go to the pool's log unbounded (100 MB from one stage)."""
-    saved: tuple[TextIO, TextIO] = (sys.stdout, sys.stderr)
-    budget, lock = [MAX_LOG_CHARS], threading.Lock()
-    out, err = _LineCapture("stdout", sink, budget, lock), _LineCapture("stderr", sink, budget, lock)
-    fds = _FdCapture(sink, budget, lock)
-    sys.stdout, sys.stderr = out, err
-    try:
-        yield
-    finally:
-        sys.stdout, sys.stderr = saved
-        fds.close()
-        out.close_capture()
-        err.close_capture()
-
-
-class _FdCapture:
-    """File descriptors 1 and 2 pointed, for the duration of a stage, at files of this
-    worker process (opened once, unlinked, append-only), read when the stage ends.
-
-    Files, not pipes: a write never waits for a reader, so a stage stuck in native code
-    holding the GIL while it prints cannot block on a full pipe, and no thread is needed
-    (two reader threads a stage cost ~1 ms). What a grandchild that outlives the stage
-    writes later lands in the next stage's capture or is cut. Bounded: at most
-    READ_BYTES of each is read, and the files are emptied after every stage."""
-
-    READ_BYTES = 4 * MAX_LOG_CHARS
-    _files: dict[int, int] = {}  # descriptor (1, 2) -> this process's capture file
-    _owner = 0  # the process that opened them (a forked child opens its own)
-
-    def __init__(self, sink: list[list[str]], budget: list[int], lock: threading.Lock) -> None:
-        self.parts: list[tuple[int, int, int, _LineCapture]] = []
-        for fd, stream in ((1, "stdout"), (2, "stderr")):
-            with contextlib.suppress(OSError, ValueError, AttributeError):  # a closed stream stays
-                (sys.__stdout__ if fd == 1 else sys.__stderr__).flush()  # type: ignore[union-attr]
-            try:
-                saved = os.dup(fd)
-                file = self._file(fd)
-            except OSError:
-                continue  # not open in this process, or no temp folder: nothing captured
-            os.dup2(file, fd)
-            self.parts.append((fd, saved, file, _LineCapture(stream, sink, budget, lock)))
-
-    @classmethod
-    def _file(cls, fd: int) -> int:
-        file = cls._files.get(fd)
-        if file is None or os.getpid() != cls._owner:
-            import fcntl
-            import tempfile
-
-            file, path = tempfile.mkstemp(prefix=f"pivot-capture-{os.getpid()}-")
-            os.unlink(path)
-            fcntl.fcntl(file, fcntl.F_SETFL, os.O_APPEND)  # writers share no offset to race on
-            cls._files[fd], cls._owner = file, os.getpid()
-        return file
-
-    def close(self) -> None:
-        _flush_c_stdio()
-        for fd, saved, file, capture in self.parts:
-            os.dup2(saved, fd)
-            os.close(saved)
-            size = os.fstat(file).st_size
-            data = os.pread(file, min(size, self.READ_BYTES), 0)
-            os.ftruncate(file, 0)
-            capture.write(data.decode("utf-8", "replace"))
-            if size > self.READ_BYTES:
-                capture.write(f"\n[pivot: {size - self.READ_BYTES} more bytes not read]")
-            capture.close_capture()
-
-
-def _flush_c_stdio() -> None:
-    """C code's stdout is buffered by libc when it is not a terminal: flushed now, so
-    that what the stage printed is in its capture, not the next stage's."""
-    with contextlib.suppress(OSError, AttributeError):
-        import ctypes
-
-        ctypes.CDLL(None).fflush(None)
+# large for the transport, and the stage looked lost.
 
 
 _STATE: dict[str, ProjectState] = {}
@@ -293,7 +146,6 @@ def run_stage(job: StageJob) -> StageOutcome:
         # cancel it.
         arm()
         pid_file.write_text(str(os.getpid()))
-    logs: list[list[str]] = []
     notes: list[str] = []
     started = time.perf_counter()
     executed = False  # the stage's own code ran: its output is kept for `pivot logs`
@@ -304,13 +156,14 @@ def run_stage(job: StageJob) -> StageOutcome:
         reason = clip(reason, MAX_REASON_CHARS)
         error = None if error is None else clip(error, MAX_DETAIL_CHARS)
         if executed:
-            keep_log(root, name, status, reason, error, logs, state.runs.log_path(job.run_key) if job.run_key else None)
+            if pid_file is None:  # else its pool keeps the log, with what it printed
+                keep_log(root, name, status, reason, error, state.runs.log_path(job.run_key) if job.run_key else None)
             if status != "ran":
                 settle(state, outs)  # what it deleted or half wrote starts no wave
         return StageOutcome(
             status, code, reason, time.perf_counter() - started, error,
             details if details is not None else (job.details if status == "ran" else {}),
-            [(stream, line) for stream, line in logs], notes,
+            notes,
         )
 
     try:
@@ -331,7 +184,11 @@ def run_stage(job: StageJob) -> StageOutcome:
     # The previous lock stays until this run succeeds: it still describes the last good
     # run (whose outputs `pivot checkout` can bring back), never this one.
     try:
-        notes.extend(s.note() for s in preserve(state, outs, job.recorded_outs))
+        for saved in preserve(state, outs, job.recorded_outs):
+            if pid_file is not None:
+                write_note(pid_file, saved.note())  # before the lines the stage prints
+            else:
+                notes.append(saved.note())
     except (PivotError, OSError) as exc:
         msg = f"not run: could not save its current outputs to the cache first: {exc}"
         return outcome("failed", "failed", msg)
@@ -342,10 +199,10 @@ def run_stage(job: StageJob) -> StageOutcome:
         return outcome("failed", "failed", f"not run: {describe_os_error(exc, root)}")
     executed = True
     try:
-        if job.foreground:  # `pivot run --foreground`: the terminal is the stage's
+        if pid_file is None:  # `pivot run --foreground`: the terminal is the stage's
             decl.func(**job.params)
         else:
-            with _captured(logs), cancellable(pid_file):
+            with captured(pid_file), cancellable(pid_file):
                 decl.func(**job.params)
     except StageCancelled:
         _discard(root, outs)  # partial: nothing of this run is kept

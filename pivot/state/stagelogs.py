@@ -1,7 +1,9 @@
 """What `pivot logs STAGE` shows: the output of the run that made the stage's outputs.
 
-`.pivot/logs/stages/STAGE.log` holds the last run's output (bounded like the captured
-lines). A successful run's log is also kept beside its run-cache entry (and cleared with
+`.pivot/logs/stages/STAGE.log` holds the last run's output: everything it printed (up to
+the cap, its last part), stderr lines marked `! `, Pivot's notes `# pivot: `, under a
+head line with how the run ended. While a run goes on, what it printed so far is in
+`STAGE.log.part` (written by its pool, workers/streams.py). A successful run's log is also kept beside its run-cache entry (and cleared with
 it), so that when the stage is later restored from the run cache, its log becomes that
 run's, headed by a line that says it was restored (it used to go on showing the last run
 that executed, which may have had other params).
@@ -10,30 +12,89 @@ that executed, which may have had other params).
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from pathlib import Path
 
 from pivot.state.atomic import write_atomic
 
-__all__ = ["keep_log", "note_restored", "stage_log_path"]
+__all__ = ["finish_log", "keep_log", "note_restored", "running_log_path", "stage_log_path"]
 
 
 def stage_log_path(root: Path, stage: str) -> Path:
     return root / ".pivot" / "logs" / "stages" / f"{stage}.log"
 
 
-def keep_log(
-    root: Path, stage: str, status: str, reason: str, error: str | None, logs: list[list[str]],
+def running_log_path(root: Path, stage: str) -> Path:
+    """What the stage's run going on has printed so far."""
+    return root / ".pivot" / "logs" / "stages" / f"{stage}.log.part"
+
+
+def _head(stage: str, status: str, reason: str) -> bytes:
+    return f"# {stage}: {status} ({reason}) at {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode()
+
+
+def _tail(error: str | None) -> bytes:
+    return ("\n".join(["# traceback:", *error.rstrip().splitlines()]) + "\n").encode() if error else b""
+
+
+def finish_log(
+    root: Path, stage: str, status: str, reason: str, error: str | None, parts: list[Path], cut: int,
     run_log: Path | None = None,
 ) -> None:
-    """The output of the stage's last run, for `pivot logs STAGE` (written to a temp file
-    and renamed); a successful run's also under its run-cache key."""
-    when = time.strftime("%Y-%m-%d %H:%M:%S")
-    lines = [f"# {stage}: {status} ({reason}) at {when}"]
-    lines += [("! " if stream == "stderr" else "") + line for stream, line in logs]
-    if error:
-        lines += ["# traceback:", *error.rstrip().splitlines()]
-    data = ("\n".join(lines) + "\n").encode()
+    """A run is over: what it printed (`parts`, in order, of which the first `cut` bytes
+    were dropped) becomes the stage's log, under its head line. Linked, not copied,
+    beside its run-cache entry when it succeeded."""
+    path = stage_log_path(root, stage)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as out:
+            out.write(_head(stage, status, reason))
+            if cut:
+                out.write(f"# pivot: the first {cut / 1_000_000:.1f} MB of this run's output were cut "
+                          "(the log keeps the last part: PIVOT_LOG_MAX_MB)\n".encode())
+            ends_line = True
+            for i, part in enumerate(parts):
+                with open(part, "rb") as f:
+                    if cut and i == 0:  # what is left of a line whose beginning was cut
+                        head = f.read(1 << 16)
+                        out.write(head[head.find(b"\n") + 1 :])  # (a line that long stays)
+                    while chunk := f.read(1 << 20):
+                        out.write(chunk)
+                        ends_line = chunk.endswith(b"\n")
+            if not ends_line:
+                out.write(b"\n")
+            out.write(_tail(error))
+        tmp.chmod(0o644)
+        os.replace(tmp, path)
+        if run_log is not None and status == "ran":
+            _link_or_copy(path, run_log)
+    except OSError:  # losing a log copy must not fail the stage
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+    finally:
+        for part in parts:
+            with contextlib.suppress(OSError):
+                part.unlink()
+
+
+def _link_or_copy(path: Path, dest: Path) -> None:
+    tmp = dest.with_name(dest.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(path, tmp)
+    except OSError:
+        import shutil
+
+        shutil.copyfile(path, tmp)
+    os.replace(tmp, dest)
+
+
+def keep_log(root: Path, stage: str, status: str, reason: str, error: str | None, run_log: Path | None = None) -> None:
+    """The log of a run whose output went elsewhere (`pivot run --foreground`: the
+    terminal): how it ended."""
+    data = _head(stage, status, reason) + _tail(error)
     with contextlib.suppress(OSError):  # losing a log copy must not fail the stage
         write_atomic(stage_log_path(root, stage), data, mode=0o644)
         if run_log is not None and status == "ran":

@@ -15,7 +15,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dockerstack import REPO, STACK_UID, TIMINGS, Engine, Stack, build_image, missing_tools
+from dockerstack import (
+    REPO,
+    STACK_UID,
+    STALE_ENDPOINTS,
+    TIMINGS,
+    Engine,
+    Stack,
+    build_image,
+    missing_tools,
+)
 from procs import ProcGuard
 from requires import require
 
@@ -62,8 +71,8 @@ def stack(engine: Engine, tmp_path: Path, proc_guard: ProcGuard) -> Iterator[Sta
         yield made
     finally:
         made.remove_outside()
-        made.compose("--profile", "display", "down", "-v", "--remove-orphans", "--timeout", "15")
-        left = made.leftovers()
+        made.down()
+        left = [x for x in made.leftovers() if x.split()[-1] not in STALE_ENDPOINTS]
         assert not left, f"compose project {made.name} left {left}"
 
 
@@ -71,3 +80,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if TIMINGS:
         terminalreporter.write_line(
             "compose tier: " + ", ".join(f"{k} {v:.1f} s" for k, v in TIMINGS.items()))
+    for network in STALE_ENDPOINTS:
+        terminalreporter.write_line(
+            f"compose tier: dockerd kept network {network} for an endpoint of no container "
+            "(moby/moby#42119); it went with the private engine")

@@ -1,8 +1,8 @@
 """A display stopped with SIGSTOP (issue 11): the engine does not wait for it.
 
-While `pivot attach` is stopped, a wave whose 30 stages print 5,000 lines each runs: the
-broker's queue for the stopped display overflows (the lines are published one message
-each), so the display loses log lines and state events. The wave still finishes, the
+While `pivot attach` is stopped, a wave whose 30 stages print in bursts runs: the
+broker's queue for the stopped display (2,000 messages here: PIVOT_EVENTS_HWM)
+overflows, so the display loses log lines and state events. The wave still finishes, the
 pool keeps its heartbeats (no pool lost) and `pivot ps` answers. After SIGCONT the
 display catches up from a snapshot, shows the wave's outcome and says how many events
 it missed.
@@ -23,25 +23,29 @@ from procs import LiveRun, ProcGuard, of_kind, run_pivot
 pytestmark = pytest.mark.timeout(120)
 
 WAIT_S = 40.0
-# A stage's log keeps its first 5,000 lines (MAX_LOG_LINES), each published as one
-# message: 30 stages make 150,000, more than the broker queues for one subscriber
-# (EVENTS_HWM, 100,000 messages) plus what the socket buffers hold. The stopped display
-# must lose some.
+# Each stage prints three bursts a tenth of a second apart, each published as 200 lines
+# (the bus's limit per stage and tenth): 30 stages make 18,000 messages, far more than
+# the broker queues for one subscriber here (2,000) plus what the socket buffers hold.
+# The stopped display must lose some.
 CHATTY = 30
-LINES = 5000
+BURSTS = 3
+HWM = 2000
 
 STAGE = '''
 @stage(deps=["data/in.txt"], outs=["out/c{i}.txt"])
 def chatty{i}() -> None:
     tag = open("data/in.txt").read().strip()
-    for n in range({lines}):
-        print(f"{{tag}} {{n:05d}}")
+    for burst in range({bursts}):
+        for n in range(400):
+            print(f"{{tag}} {{burst}} {{n:05d}}")
+        sys.stdout.flush()
+        time.sleep(0.15)
     open("out/c{i}.txt", "w").write(tag)
 '''
 
 PIPELINE = (
-    "from pivot import stage\n"
-    + "".join(STAGE.format(i=i, lines=LINES) for i in range(CHATTY))
+    "import sys\nimport time\n\nfrom pivot import stage\n"
+    + "".join(STAGE.format(i=i, bursts=BURSTS) for i in range(CHATTY))
     + f"""
 @stage(deps=[f"out/c{{i}}.txt" for i in range({CHATTY})], outs=["after.txt"])
 def after() -> None:
@@ -54,7 +58,7 @@ def test_a_stopped_display_neither_holds_up_the_engine_nor_misses_the_outcome(
     make_project: Callable[..., Path], up: Callable[..., LiveRun], proc_guard: ProcGuard
 ) -> None:
     root = make_project({"pipeline.py": PIPELINE, "data/in.txt": "first\n", "out/.keep": ""})
-    live = up(root)
+    live = up(root, env={**os.environ, "PIVOT_EVENTS_HWM": str(HWM)})
     live.wait_event(lambda e: e["event"] == "wave_finished", WAIT_S, "the first wave")
     live.wait_watching(root / "data")
 

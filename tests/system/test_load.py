@@ -61,7 +61,8 @@ from procs import (
 from requires import require
 
 from pivot.errors import MAX_DETAIL_CHARS, MAX_REASON_CHARS
-from pivot.runtime.worker import MAX_LINE_CHARS, MAX_LOG_CHARS
+from pivot.state.stagelogs import stage_log_path
+from workers.streams import MAX_LINE_CHARS, log_max_bytes
 
 MakeProject = Callable[..., Path]
 Event = dict[str, Any]
@@ -356,7 +357,7 @@ def test_stages_printing_100_mib_leave_every_process_small_and_the_engine_answer
     finally:
         pool_log.unlink(missing_ok=True)  # 100 MiB of disk
     logs = of_kind(events, "log")
-    kept = {s: sum(len(e["line"]) for e in logs if e["stage"] == s) for s in ("lines", "flat")}
+    kept = {s: sum(len(e["line"]) for e in logs if e["stage"] == s) for s in ("lines", "flat")}  # shown live
     peaks = rss.peaks()
     report("100 MiB printed", peaks_mib=peaks, status_s=round(status_s, 2), ps_s=round(ps_s, 2),
            paused_s=round(paused_s, 2), resumed_s=round(resumed_s, 2), kept_chars=kept,
@@ -365,13 +366,25 @@ def test_stages_printing_100_mib_leave_every_process_small_and_the_engine_answer
     check_peaks(peaks, UP_ROLES)
     statuses = {s: e["status"] for s, e in finished(events).items()}
     assert statuses == {"lines": "ran", "flat": "ran"}, statuses
-    assert 0 < kept["lines"] <= MAX_LOG_CHARS + 100, kept
-    # One line from sys.stdout, one from file descriptor 1 (captured there too: it went to
-    # the pool's log, 100 MiB of it).
-    flat = [e["line"] for e in logs if e["stage"] == "flat" and not e["line"].startswith("[pivot:")]
-    assert sorted(line[0] for line in flat) == ["w", "z"], flat
-    assert 0 < kept["flat"] <= 2 * MAX_LINE_CHARS + 100, kept
+    # The displays got the last lines, and notes of what they were not shown live.
+    shown = [e for e in logs if e["stage"] == "lines"]
+    assert shown[-1]["line"] == "y" * 1023, shown[-1]
+    assert any(e["stream"] == "pivot" and "not shown live" in e["line"] for e in shown)
+    # One line, not ended, from sys.stdout and file descriptor 1 (captured there too: it
+    # went to the pool's log, 100 MiB of it): its beginning, cut.
+    flat = [e["line"] for e in logs if e["stage"] == "flat" and e["stream"] == "stdout" and not e.get("partial")]
+    assert flat == ["z" * MAX_LINE_CHARS], [line[:20] for line in flat]
     assert fd_level_mib < 1, f"{fd_level_mib} MiB of the stage's output went to the pool's log"
+    # The logs on disk: the last part, up to the cap; the cut said in its second line.
+    for name, last in (("lines", b"y" * 1023 + b"\n"), ("flat", b"w" * 1000)):
+        path = stage_log_path(root, name)
+        size = path.stat().st_size
+        assert log_max_bytes() // 2 <= size <= log_max_bytes() + 1000, (name, size)
+        with path.open("rb") as f:
+            f.readline()
+            assert b"were cut" in f.readline(), name
+            f.seek(-len(last) - 40, 2)
+            assert last in f.read(), name
     assert status_s < ANSWER_WITHIN_S and ps_s < ANSWER_WITHIN_S, (status_s, ps_s)
 
 

@@ -18,6 +18,7 @@ from broker.events import (
     ManifestArrived,
     ManifestRejected,
     Note,
+    OutputReceived,
     PauseRequested,
     PoolGone,
     PoolHeard,
@@ -216,6 +217,26 @@ def test_logs_are_published_before_the_stage_outcome_with_their_own_counter() ->
     assert logs == [PublishLog(LogLine("a", "stdout", "hi"), 1), PublishLog(LogLine("a", "stderr", "warn"), 2)]
     first_finish = next(i for i, c in enumerate(commands) if isinstance(c, Publish) and isinstance(c.msg, StageFinished))
     assert commands.index(logs[-1]) < first_finish
+
+
+def test_a_running_stages_output_is_published_as_it_comes_from_its_own_pool_only() -> None:
+    h = Harness(diamond())
+    h.join("p2", 1, 0.0)
+    [(pool, a)] = [(p, at) for p, stage, at in dispatched(h.run()) if stage == "a"]
+    other = {"p1": "p2", "p2": "p1"}[pool]
+    h.feed(StageRunningReported(pool, a, "never_ran", "never ran"))
+    lines = (("stdout", "epoch 1", False), ("stderr", "50%", True))
+    commands = h.feed(OutputReceived(pool, a, lines))
+    assert [c for c in commands if isinstance(c, PublishLog)] == [
+        PublishLog(LogLine("a", "stdout", "epoch 1"), 1), PublishLog(LogLine("a", "stderr", "50%", True), 2)]
+    assert h.feed(OutputReceived(other, a, lines)) == []  # not given to that pool
+    assert h.feed(OutputReceived(pool, "w1-99", lines)) == []  # no such attempt
+    # An attach's snapshot: the run's tail, its line in flight last.
+    assert h.state.snapshot().logs == {"a": [("stdout", "epoch 1"), ("stderr", "50%")]}
+    h.feed(OutputReceived(pool, a, (("stderr", "100%", False),)))
+    assert h.state.snapshot().logs == {"a": [("stdout", "epoch 1"), ("stderr", "100%")]}
+    h.result(a, pool=pool)
+    assert h.state.snapshot().logs == {"a": [("stdout", "epoch 1"), ("stderr", "100%")]}
 
 
 def test_fail_fast_blocks_downstream_cancels_the_rest_and_lets_running_finish() -> None:

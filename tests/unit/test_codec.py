@@ -59,6 +59,7 @@ from pivot.protocol.messages import (
     Snapshot,
     SnapshotRequest,
     StageFinished,
+    StageOutput,
     StageResult,
     StageRunning,
     StageStarted,
@@ -147,6 +148,9 @@ SAMPLES: dict[type[Message], Message] = {
         reason="dep changed: data/clean.csv",
         details={"paths": ["data/clean.csv"]},
     ),
+    StageOutput: StageOutput(
+        attempt="1a2b-c3d4-7", lines=[("stdout", "epoch 1", False), ("stderr", " 50%|##", True)],
+    ),
     StageResult: StageResult(
         attempt="1a2b-c3d4-7",
         stage="train",
@@ -215,7 +219,7 @@ SAMPLES: dict[type[Message], Message] = {
         error="ValueError: bad shape",
         details={"changes": {"lr": [0.1, 0.01]}},
     ),
-    LogLine: LogLine(stage="train", stream="stderr", line="epoch 2/10 loss=0.31 ünïcode"),
+    LogLine: LogLine(stage="train", stream="stderr", line="epoch 2/10 loss=0.31 ünïcode", partial=True),
     WaveFinished: WaveFinished(
         wave=3,
         ran=["prepare"],
@@ -317,13 +321,13 @@ def test_wire_tags_are_unique_and_registered() -> None:
 # docs/protocol.md (Changelog) and only then paste the new bytes here.
 
 GOLDEN_POOL_HELLO = (
-    b"\x88\xa1v\x05\xa1k\xaapool_hello\xa2id\xab1a2b-c3d4-1\xa1p\xc0\xa1s\xa6pool-1"
+    b"\x88\xa1v\x06\xa1k\xaapool_hello\xa2id\xab1a2b-c3d4-1\xa1p\xc0\xa1s\xa6pool-1"
     b"\xa1n\x00\xa1t\xcbA\xd9T\xfc@\x10\x00\x00\xa1b\x87\xa4pool\xa6pool-1\xa3pid"
     b"\xcd\x10\x92\xa5slots\x04\xabincarnation\xa0\xa4host\xa0\xa4tags\x90\xa7running\x80"
 )
 
 GOLDEN_STAGE_FINISHED = (
-    b"\x88\xa1v\x05\xa1k\xaestage_finished\xa2id\xab5e6f-7a8b-9\xa1p\xab1a2b-c3d4-2"
+    b"\x88\xa1v\x06\xa1k\xaestage_finished\xa2id\xab5e6f-7a8b-9\xa1p\xab1a2b-c3d4-2"
     b"\xa1s\xa6broker\xa1n\x07\xa1t\xcbA\xd9T\xfc@`\x00\x00\xa1b\x88\xa4wave\x03"
     b"\xa5stage\xa5train\xa6status\xa3ran\xabreason_code\xabdep_changed\xa6reason"
     b"\xb4data/raw.csv changed\xaaduration_s\xcb?\xf8\x00\x00\x00\x00\x00\x00\xa5error\xc0"
@@ -377,14 +381,14 @@ def test_refused_is_read_whatever_version_its_envelope_names() -> None:
     assert env.msg == Refused("version", "too old", 9)
     wire["k"] = "hello"  # any other kind of another version is refused, naming both
     wire["b"] = {"role": "pool", "name": "p", "pid": 1, "host": "h", "project": ""}
-    with pytest.raises(codec.VersionMismatch, match="protocol version 9, expected 5") as info:
+    with pytest.raises(codec.VersionMismatch, match="protocol version 9, expected 6") as info:
         decode(msgpack.packb(wire))
     assert (info.value.version, info.value.kind, info.value.sender) == (9, "hello", "broker")
 
 
-def test_protocol_version_is_five() -> None:
-    # The golden bytes above encode version 5; changing it must be deliberate.
-    assert PROTOCOL_VERSION == 5
+def test_protocol_version_is_six() -> None:
+    # The golden bytes above encode version 6; changing it must be deliberate.
+    assert PROTOCOL_VERSION == 6
 
 
 # --- strict decoding ---------------------------------------------------------------------

@@ -627,3 +627,31 @@ def test_what_the_stages_printed_stays_on_screen_after_a_run() -> None:
     r.close(0)
     after = buf.getvalue().rsplit("wave 1 · ", 1)[1]  # the final view, printed once the live one stopped
     assert "kept 40 rows" in after and "warning: 2 rows had no label" in after, after
+
+
+def test_a_progress_bar_is_shown_in_place_and_gives_way_to_the_line_that_ends_it() -> None:
+    def frames(msgs: list[Message]) -> str:
+        r, buf = tui(terminal=True)
+        feed(r, msgs)
+        return buf.getvalue().rsplit("─ log ─", 1)[-1]  # the last frame's log
+
+    started = run_messages()[:3]
+    bars = [LogLine("prepare", "stderr", f"{i}0%|{'#' * i}", partial=True) for i in range(1, 4)]
+    shown = frames([*started, *bars])
+    assert "30%|###" in shown and "20%|##" not in shown and "10%|#" not in shown, shown
+    done = frames([*started, *bars, LogLine("prepare", "stderr", "100%|##########")])
+    assert "100%|##########" in done and "30%|###" not in done, done
+
+
+def test_plain_output_prints_a_progress_bar_every_ten_seconds_at_most() -> None:
+    r, out, _ = plain()
+    bars = [LogLine("prepare", "stderr", f"step {i}", partial=True) for i in range(400)]  # 0.05 s apart: 20 s
+    feed(r, [*run_messages()[:3], *bars, LogLine("prepare", "stderr", "done")])
+    shown = [line.strip() for line in out.getvalue().splitlines() if "prepare ~" in line or "prepare !" in line]
+    assert shown == ["prepare ~ step 0", "prepare ~ step 200", "prepare ! done"], shown
+
+
+def test_json_log_events_say_whether_the_line_is_partial() -> None:
+    r, out, _ = jsonr()
+    feed(r, [LogLine("prepare", "stderr", "50%", partial=True), LogLine("prepare", "stdout", "done")])
+    assert [(e["line"], e["partial"]) for e in records(out)] == [("50%", True), ("done", False)]

@@ -48,11 +48,10 @@ def test_a_cancel_while_deciding_wins_over_the_decision() -> None:
     assert result == Result(Status.CANCELLED, ReasonCode.CANCELLED, "code changed")
 
 
-def test_a_run_reports_the_stages_own_outcome_with_pivots_notes_first() -> None:
-    outcome = StageOutcome(Status.RAN, "deps_changed", "data changed", 1.5, None, {"k": 1}, [("stdout", "hi")], ["saved"])
+def test_a_run_reports_the_stages_own_outcome_with_pivots_notes() -> None:
+    outcome = StageOutcome(Status.RAN, "deps_changed", "data changed", 1.5, None, {"k": 1}, ["saved"])
     result = after_run(attempt(Phase.RUNNING, generation=0), outcome)
-    assert result == Result(Status.RAN, "deps_changed", "data changed", 1.5, None,
-                            [("pivot", "saved"), ("stdout", "hi")], {"k": 1})
+    assert result == Result(Status.RAN, "deps_changed", "data changed", 1.5, None, [("pivot", "saved")], {"k": 1})
 
 
 def test_a_soft_cancel_the_stage_obeyed_reports_the_cancels_reason() -> None:

@@ -1,0 +1,138 @@
+"""A stage's output reaches every display while the stage runs (issue 12, point 1): what
+it prints, what its subprocesses and `os.write` print, a progress bar as its latest
+state; `pivot logs STAGE` shows it so far and `pivot logs -f STAGE` follows it; the same
+from a pool of its own behind a tcp broker. Each stage holds until the test lets it go,
+so every line checked here was seen before the stage could end."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from procs import (
+    Broker,
+    LiveRun,
+    ProcGuard,
+    describe,
+    parse_events,
+    pivot_cmd,
+    run_pivot,
+    start_pivot,
+    start_pool,
+    wait_exit,
+    wait_for,
+    write_files,
+)
+
+pytestmark = pytest.mark.timeout(90)
+
+WAIT_S = 20.0
+
+PIPELINE = '''\
+import os
+import subprocess
+import sys
+import time
+
+from pivot import stage
+
+
+def wait_for(name):
+    deadline = time.monotonic() + 40
+    while not os.path.exists(name):
+        if time.monotonic() > deadline:
+            raise TimeoutError(name)
+        time.sleep(0.01)
+
+
+@stage(deps=["in.txt"], outs=["out.txt"])
+def talk() -> None:
+    print("epoch 1")  # no flush: as a stage usually prints
+    subprocess.run([sys.executable, "-c", "print('from a child')"], check=True)
+    os.write(2, b"raw to fd 2\\n")
+    for i in range(3):
+        sys.stderr.write(f"\\r{i}/3 |{'#' * i}")
+        sys.stderr.flush()
+    wait_for("signals/go")
+    print("after go")
+    open("out.txt", "w").write("ok\\n")
+'''
+
+FILES = {"pipeline.py": PIPELINE, "in.txt": "x\n", ".pivotignore": "signals/\n", "signals/.keep": ""}
+
+
+def is_log(line: str, stream: str = "stdout", partial: bool = False) -> Callable[[dict[str, object]], bool]:
+    return lambda e: (e["event"] == "log" and e["stage"] == "talk" and e["stream"] == stream
+                      and e["line"] == line and bool(e.get("partial")) == partial)
+
+
+def test_a_running_stage_streams_to_the_live_view_and_to_pivot_logs(
+    make_project: Callable[..., Path], up: Callable[..., LiveRun], proc_guard: ProcGuard, tmp_path: Path
+) -> None:
+    root = make_project(FILES)
+    live = up(root)
+    for line, stream, partial in (("epoch 1", "stdout", False), ("from a child", "stdout", False),
+                                  ("raw to fd 2", "stderr", False), ("2/3 |##", "stderr", True)):
+        live.wait_event(is_log(line, stream, partial), WAIT_S, f"{line!r} while the stage runs")
+    assert not [e for e in live.since(0) if e["event"] == "stage_finished" and e["stage"] == "talk"]
+
+    so_far = run_pivot(root, "logs", "talk")
+    assert so_far.returncode == 0, describe(so_far)
+    assert so_far.stdout.startswith("# talk: running; what it printed so far:\n"), so_far.stdout
+    assert "epoch 1\nfrom a child\n" in so_far.stdout and "! raw to fd 2\n" in so_far.stdout
+
+    followed = tmp_path / "followed.txt"
+    with followed.open("w") as out:
+        follower = proc_guard.track(subprocess.Popen(
+            [*pivot_cmd(), "logs", "-f", "talk"], cwd=root, stdout=out, stderr=subprocess.PIPE, text=True,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        ))
+    # It prints the log so far once it is subscribed: what comes next reaches it.
+    wait_for(lambda: "epoch 1" in followed.read_text(), WAIT_S, "pivot logs -f to show the log so far")
+
+    mark = live.mark()
+    (root / "signals" / "go").write_text("")
+    after = live.wait_event(is_log("after go"), WAIT_S, "the line printed after go", mark)
+    done = live.wait_event(lambda e: e["event"] == "stage_finished" and e["stage"] == "talk", WAIT_S,
+                           "talk to finish", mark)
+    assert done["status"] == "ran" and live.since(0).index(after) < live.since(0).index(done)
+    live.stop()
+
+    rc, _, err = wait_exit(follower, WAIT_S, "pivot logs -f after the engine stopped")
+    assert rc == 0, err
+    shown = followed.read_bytes().decode()
+    assert "epoch 1\n" in shown and "! raw to fd 2\n" in shown, shown
+    # The progress line never ended: it comes last, as the stage left it.
+    assert shown.endswith("\r2/3 |##\nafter go\n! 2/3 |##\n"), shown
+
+    log = (root / ".pivot" / "logs" / "stages" / "talk.log").read_bytes().decode()
+    head, *lines = log.split("\n")
+    assert head.startswith("# talk: ran (")
+    assert lines[:3] == ["epoch 1", "from a child", "! raw to fd 2"], lines
+    assert "\r2/3 |##" in log and lines[-2:] == ["after go", ""]
+
+
+def test_a_pool_of_its_own_behind_a_tcp_broker_streams_to_an_attached_display(
+    tmp_path: Path, proc_guard: ProcGuard, start_broker: Callable[..., Broker]
+) -> None:
+    root = write_files(tmp_path / "proj", FILES)
+    broker = start_broker(root, "--bind", "tcp://127.0.0.1:0")
+    control = broker.wait_bound()
+    start_pool(proc_guard, root, control, "p1", "-j", "1")
+    viewer = LiveRun(proc_guard.track(start_pivot(root, "attach", "--json", "--broker", control)))
+    run = proc_guard.track(start_pivot(root, "repro", "--broker", control, "--json"))
+    viewer.wait_event(is_log("epoch 1"), WAIT_S, "the attached display to get a line while the stage runs")
+    viewer.wait_event(is_log("2/3 |##", "stderr", partial=True), WAIT_S, "the progress bar's state")
+    assert run.poll() is None
+    (root / "signals" / "go").write_text("")
+    rc, out, err = wait_exit(run, WAIT_S, "pivot repro --broker")
+    assert rc == 0, err
+    events = parse_events(out)
+    lines = [e["line"] for e in events if e["event"] == "log" and not e["partial"]]
+    assert lines[:3] == ["epoch 1", "from a child", "raw to fd 2"] and "after go" in lines, lines
+    assert [e["event"] for e in events].index("stage_finished") > max(
+        i for i, e in enumerate(events) if e["event"] == "log")
+    rc, _, err = broker.stop()
+    assert rc == 0, err
