@@ -88,6 +88,7 @@ from pivot.protocol.messages import (
     PsRequest,
     Refused,
     SnapshotRequest,
+    StageOutput,
     StageResult,
     StageRunning,
     WavePlan,
@@ -292,7 +293,7 @@ CONTROL_ACTS = frozenset({
 # (Not pool_hello: a generated one never names its sender, and is dropped for that.)
 POOL_ACTS = frozenset({
     "heartbeat", "pool_leaving", "manifest_loaded", "manifest_failed", "stage_running", "wave_plan",
-    "stage_result", "notice",
+    "stage_output", "stage_result", "notice",
 })
 CHANGES_ACTS = frozenset({"watcher_ready", "files_changed"})
 # The work link drops anything from a peer that never said hello, whatever it is: only a
@@ -582,13 +583,16 @@ CONTROL_HARMLESS = st.one_of(
     st.just(harmless(SnapshotRequest(), "snapshot")),
 )
 # Valid pool messages of a pool that said hello, about nothing the engine runs: a
-# heartbeat, a plan of a wave nobody asked for, a stage_running and a result of an
-# attempt that does not exist (acknowledged), a failed load, a notice for the displays.
+# heartbeat, a plan of a wave nobody asked for, a stage_running, output and a result of
+# an attempt that does not exist (acknowledged), a failed load, a notice for the displays.
 POOL_HARMLESS = st.one_of(
     st.builds(Notice, st.text(max_size=10)).map(harmless),
     st.builds(Heartbeat, st.text(max_size=10)).map(harmless),
     st.builds(WavePlan, st.integers(1000, 2**31), st.lists(st.text(max_size=6), max_size=3)).map(harmless),
     st.builds(StageRunning, FUZZ_TEXT, st.text(max_size=6), st.text(max_size=6), st.just({})).map(harmless),
+    st.builds(StageOutput, FUZZ_TEXT, st.lists(
+        st.tuples(st.sampled_from(["stdout", "stderr", "pivot"]), st.text(max_size=6), st.booleans()), max_size=3,
+    )).map(harmless),
     st.builds(
         StageResult, FUZZ_TEXT, st.text(max_size=6), st.sampled_from(STATUSES), st.text(max_size=6),
         st.text(max_size=6), st.floats(0, 1e6), st.none() | st.text(max_size=6),
