@@ -31,6 +31,7 @@ def running_log_path(root: Path, stage: str) -> Path:
 
 
 def _head(stage: str, status: str, reason: str) -> bytes:
+    reason = " ".join(reason.split())  # the head is one line
     return f"# {stage}: {status} ({reason}) at {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode()
 
 

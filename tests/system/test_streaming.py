@@ -26,6 +26,8 @@ from procs import (
     write_files,
 )
 
+from broker.state import MAX_CHARGES
+
 pytestmark = pytest.mark.timeout(90)
 
 WAIT_S = 20.0
@@ -136,3 +138,38 @@ def test_a_pool_of_its_own_behind_a_tcp_broker_streams_to_an_attached_display(
         i for i, e in enumerate(events) if e["event"] == "log")
     rc, _, err = broker.stop()
     assert rc == 0, err
+
+
+CRASH = '''\
+import os
+import signal
+import sys
+
+from pivot import stage
+
+
+@stage(outs=["never.txt"])
+def crash() -> None:
+    for i in range(3):
+        print(f"line {i} before the crash", flush=True)
+    sys.stderr.write("last words\\n")
+    os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer would
+'''
+
+
+def test_the_lines_printed_just_before_a_worker_dies_are_shown_and_kept(make_project: Callable[..., Path]) -> None:
+    root = make_project({"pipeline.py": CRASH})
+    result = run_pivot(root, "repro", "--json", timeout=60)
+    assert result.returncode == 1, describe(result)
+    events = parse_events(result.stdout)
+    [done] = [e for e in events if e["event"] == "stage_finished"]
+    assert (done["status"], done["reason_code"]) == ("failed", "worker_died"), done
+    # Each try of it (a stage whose worker died runs again, up to MAX_CHARGES tries).
+    shown = [e["line"] for e in events if e["event"] == "log" and e["stream"] != "pivot"]
+    said = ["line 0 before the crash", "line 1 before the crash", "line 2 before the crash", "last words"]
+    assert shown == said * MAX_CHARGES, shown
+    logs = run_pivot(root, "logs", "crash")
+    assert logs.returncode == 0, describe(logs)
+    head, *lines = logs.stdout.splitlines()
+    assert head.startswith("# crash: failed (its worker process (pid "), head
+    assert lines == ["line 0 before the crash", "line 1 before the crash", "line 2 before the crash", "! last words"]
