@@ -63,6 +63,7 @@ def a() -> None:
 def slow() -> None:
     # Version 1 runs until it is cancelled (at most 30 s); version 2 finishes.
     note("slow")
+    print(f"slow v{helpers.VERSION} running", flush=True)
     deadline = time.monotonic() + 30
     while helpers.VERSION == 1 and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -195,6 +196,11 @@ def test_stages_run_in_fresh_processes_on_the_cluster_and_a_code_change_cancels_
     assert version == "1" and parent in worker_pids, (runs(root, "slow"), worker_pids)
     [[_, a_pid, a_parent]] = runs(root, "a")
     assert a_parent in worker_pids and a_pid != pid  # a process of its own for each stage
+    # What it prints streams while it runs: the pool reads the attempt's files on the
+    # shared file system into the stage's log (and the displays).
+    part = root / ".pivot" / "logs" / "stages" / "slow.log.part"
+    wait_for(lambda: part.exists() and "slow v1 running" in part.read_text(), WAIT_S,
+             "the Dask pool to stream slow's output while it runs")
 
     (root / "helpers.py").write_text("VERSION = 2\n")  # while slow (version 1) runs
     wait_for(lambda: (root / "slow.txt").exists(), WAIT_S, "slow to run again on the new code")
@@ -218,6 +224,8 @@ def test_stages_run_in_fresh_processes_on_the_cluster_and_a_code_change_cancels_
     assert cancelled and "code changed" in cancelled[0]["reason"].lower(), cancelled
     outcomes = [e["status"] for e in of_kind(events, "stage_finished") if e["stage"] == "slow"]
     assert outcomes == ["cancelled", "ran"], outcomes
+    shown = [e["line"] for e in of_kind(events, "log") if e["stage"] == "slow"]
+    assert "slow v1 running" in shown and "slow v2 running" in shown, shown
 
 
 def test_a_lost_dask_worker_loses_its_stage_and_a_dead_stage_process_is_charged(
