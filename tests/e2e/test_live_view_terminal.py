@@ -1,0 +1,147 @@
+"""The live view on a real pseudo-terminal of 80x24, 120x40 and 200x50 (issue 12): stage
+names and statuses are never cut (only the reason gives way), and what a running stage
+prints shows while it runs, a progress bar as its latest state, in place."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import struct
+import subprocess
+import termios
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from procs import ProcGuard, pivot_cmd, wait_exit
+
+pytestmark = pytest.mark.timeout(60)
+
+WAIT_S = 20.0
+LONG = "a_stage_with_a_long_name_for_the_table"
+
+PIPELINE = f'''\
+import os
+import sys
+import time
+
+from pivot import stage
+
+
+def fit(kind: str = "linear") -> None:
+    open(f"fit-{{kind}}.txt", "w").write(kind)
+
+
+for kind in ("linear", "quadratic"):
+    stage(name=f"fit@{{kind}}", params={{"kind": kind}}, deps=["in.txt"], outs=[f"fit-{{kind}}.txt"])(fit)
+
+
+@stage(deps=["in.txt"], outs=["{LONG}.txt"])
+def {LONG}(note: str = "{"x" * 150}") -> None:
+    open("{LONG}.txt", "w").write(note)
+
+
+@stage(deps=["fit-linear.txt"], outs=["talk.txt"])
+def talk() -> None:
+    print("epoch 1 of 3: loss 0.52")
+    for i in range(1, 4):
+        sys.stderr.write(f"\\r{{i}}/3 |{{'#' * i}}")
+        sys.stderr.flush()
+    deadline = time.monotonic() + 40
+    while not os.path.exists("signals/go"):
+        if time.monotonic() > deadline:
+            raise TimeoutError("never released")
+        time.sleep(0.01)
+    open("talk.txt", "w").write("ok")
+'''
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|\x1b[=>]")
+
+
+class Screen:
+    """What `pivot up` wrote to its terminal (the pty's master, read by a thread)."""
+
+    def __init__(self, master: int) -> None:
+        self.master = master
+        self.data = bytearray()
+        self.cond = threading.Condition()
+        self.eof = False
+        threading.Thread(target=self._read, name="pty", daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.master, 65536)
+            except OSError:  # EIO: the terminal's last writer is gone
+                chunk = b""
+            with self.cond:
+                self.data += chunk
+                self.eof = not chunk
+                self.cond.notify_all()
+            if not chunk:
+                return
+
+    def text(self) -> str:
+        with self.cond:
+            return ANSI.sub("", self.data.decode(errors="replace"))
+
+    def wait_for(self, pattern: str, timeout: float = WAIT_S) -> None:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while not re.search(pattern, ANSI.sub("", self.data.decode(errors="replace"))):
+                left = deadline - time.monotonic()
+                if self.eof or left <= 0:
+                    raise AssertionError(f"{pattern!r} never showed:\n{self.data.decode(errors='replace')[-4000:]}")
+                self.cond.wait(left)
+
+
+@pytest.mark.parametrize(("columns", "rows"), [(80, 24), (120, 40), (200, 50)])
+def test_the_live_view_on_a_terminal_keeps_names_whole_and_streams_what_a_stage_prints(
+    make_project: Callable[..., Path], proc_guard: ProcGuard, tmp_path: Path, columns: int, rows: int,
+) -> None:
+    root = make_project({"pipeline.py": PIPELINE, "in.txt": "x\n", ".pivotignore": "signals/\n",
+                         "signals/.keep": ""})
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "NO_COLOR")}
+    env["TERM"] = "xterm-256color"
+    proc: subprocess.Popen[str] | None = None
+    try:
+        with open(tmp_path / "up.stderr", "w") as err:
+            proc = proc_guard.track(subprocess.Popen(
+                [*pivot_cmd(), "up", "--display", "tui", "--debounce", "20"], cwd=root, stdin=slave,
+                stdout=slave, stderr=err, start_new_session=True, text=True, env=env,
+            ))
+        os.close(slave)
+        slave = -1
+        screen = Screen(master)
+        # While talk holds: its line, and its progress bar's latest state only.
+        screen.wait_for(r"talk \| epoch 1 of 3: loss 0\.52")
+        screen.wait_for(r"talk ! 3/3 \|###")
+        assert not re.search(r"talk ! [12]/3", screen.text()), "a progress bar's old states were shown as lines"
+        (root / "signals" / "go").write_text("")
+        screen.wait_for(r"talk\s+✓ ran")
+        text = screen.text()
+        for name in ("fit@linear", "fit@quadratic", LONG, "talk"):
+            assert re.search(rf"(^|\s){re.escape(name)}\s+✓ ran", text, re.M), (name, text[-3000:])
+        # A reason far wider than the terminal: it gives way, the name and status stay.
+        seen = len(screen.text())
+        (root / "params.yaml").write_text(f"{LONG}:\n  note: {'y' * 150}\n")
+        screen.wait_for(r"wave 2 · done")
+        rows_seen = [line for line in screen.text()[seen:].splitlines() if line.startswith(LONG)]
+        assert rows_seen and all(len(line) <= columns for line in rows_seen), rows_seen
+        last = rows_seen[-1]
+        assert re.match(rf"{LONG}\s+✓ ran\s+\S+\s+params changed", last) and last.rstrip().endswith("…"), last
+        proc.terminate()
+        rc, _, _ = wait_exit(proc, WAIT_S, "pivot up after SIGTERM")
+        assert rc == 0, (tmp_path / "up.stderr").read_text()
+    finally:
+        if proc is not None and proc.poll() is None:  # a failed check: stop it all the same
+            proc.terminate()
+            wait_exit(proc, WAIT_S, "pivot up after SIGTERM")
+        if slave >= 0:
+            os.close(slave)
+        os.close(master)
