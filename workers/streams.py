@@ -119,18 +119,16 @@ class LogSegments:
         self.at_line_start: dict[str, bool] = {}
         self.last_stream = ""
         self.broken = ""
-        self.file: BinaryIO | None = None
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.older.unlink(missing_ok=True)
-            self.file = open(path, "wb")  # noqa: SIM115 (held open while the stage runs)
-        except OSError as exc:
-            self.broken = str(exc)
+        self.file: BinaryIO | None = None  # opened at the first write: a silent stage makes none
 
     def write(self, stream: str, data: bytes) -> None:
-        if not data or self.file is None:
+        if not data or self.broken:
             return
         try:
+            if self.file is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.older.unlink(missing_ok=True)
+                self.file = open(self.path, "wb")  # noqa: SIM115 (held open while the stage runs)
             self._write(stream, data)
         except OSError as exc:
             self.broken = str(exc)
@@ -320,8 +318,7 @@ class AttemptOutput:
             source.close()
         if output_path(self.pid_file, "stdout").exists():
             finish_log(self.root, self.stage, status, reason, error, self.log.parts(), self.log.cut, self.run_log)
-        else:
-            self.log.remove()
+        self.log.remove()  # (what is left: one an attempt cut off before this one left)
 
     def discard(self) -> None:
         """Over without a log to keep (the pool stops)."""

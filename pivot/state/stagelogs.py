@@ -49,6 +49,11 @@ def finish_log(
     path = stage_log_path(root, stage)
     tmp = path.with_name(path.name + ".tmp")
     try:
+        if not parts:  # it printed nothing
+            write_atomic(path, _head(stage, status, reason) + _tail(error), mode=0o644)
+            if run_log is not None and status == "ran":
+                _link_or_copy(path, run_log)
+            return
         with open(tmp, "wb") as out:
             out.write(_head(stage, status, reason))
             if cut:
