@@ -11,7 +11,8 @@
     evaluate: blocked (blocked by failed upstream 'fit')
     wave 1 failed: 1 ran, 1 skipped, 1 failed, 1 blocked
 
-Stage log lines are indented, `|` after the stage name for stdout and `!` for stderr.
+Stage log lines are indented, `|` after the stage name for stdout and `!` for stderr;
+the state of a line not ended yet (a progress bar) `~`, every PARTIAL_EVERY_S at most.
 Pipeline errors and lost pools go to `err`. Colour only on a terminal, never with
 NO_COLOR set.
 """
