@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from pivot.launch.procs import is_alive
 from pivot.runtime.cancel import request_cancel, writer, writing_path
+from pivot.runtime.command import kill_group_of
 from pivot.runtime.job import StageJob, StageOutcome
 from pivot.state.outputs import remove
 
@@ -125,6 +126,7 @@ class LokyWorkers:
         # again), and the attempt is reported cancelled, not a death.
         with contextlib.suppress(ProcessLookupError):
             os.kill(handle, signal.SIGKILL)
+        kill_group_of(pid_file)  # a command stage's processes go with its worker
 
     def close(self) -> None:
         self.replace()
@@ -139,6 +141,7 @@ def _discard_if_died(job: StageJob, future: Future[StageOutcome]) -> None:
     try:
         pid = writer(pid_file)
         if pid and (future.cancelled() or future.exception() is not None) and not is_alive(pid):
+            kill_group_of(pid_file)  # its command, which would write on
             for out in job.outs:
                 with contextlib.suppress(OSError):  # the stage's result says what matters
                     remove(Path(job.root) / out)

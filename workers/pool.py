@@ -69,6 +69,7 @@ from pivot.protocol.messages import (
     WavePlan,
 )
 from pivot.runtime.cancel import marker_path, writing_path
+from pivot.runtime.command import kill_group_of
 from pivot.runtime.dask_task import ALIVE_SUFFIX, CLAIM_SUFFIX, KILL_SUFFIX
 from pivot.runtime.job import StageJob, StageOutcome
 from pivot.runtime.lease import LEASE_NAME
@@ -663,6 +664,7 @@ class PoolService:
         output.remove_files()
 
     def _forget_files(self, attempt: str) -> None:
+        kill_group_of(self.pid_dir / attempt)  # a command its dead worker left running
         (self.pid_dir / attempt).unlink(missing_ok=True)
         marker_path(self.pid_dir / attempt).unlink(missing_ok=True)
         writing_path(self.pid_dir / attempt).unlink(missing_ok=True)
@@ -686,6 +688,8 @@ class PoolService:
     def _shutdown(self) -> None:
         logging.getLogger("pivot.state").removeHandler(self.notices)
         self.workers.close()
+        for attempt in list(self.attempts):  # command stages' processes leave with their workers
+            kill_group_of(self.pid_dir / attempt)
         for output in self.outputs.values():
             with contextlib.suppress(OSError):
                 output.look(self.clock(), final=True)

@@ -41,6 +41,17 @@ def defaults_of(stage_name: str, func: Callable[..., Any]) -> dict[str, Any]:
     return result
 
 
+def command_defaults(stage_name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """A command stage's params: the dict it declared is every param, with its default."""
+    result: dict[str, Any] = {}
+    for key, value in params.items():
+        if not isinstance(key, str) or not key:
+            raise PipelineError(f"stage {stage_name!r}: param names must be strings, got {key!r}")
+        _check_value(stage_name, key, value, "default")
+        result[key] = _plain(value)
+    return result
+
+
 @functools.cache
 def _yaml_loader() -> type[yaml.SafeLoader]:
     """A SafeLoader that also reads exponent floats (`1e-3`) as floats. Built on first use:

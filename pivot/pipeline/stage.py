@@ -6,6 +6,9 @@
     for size in ("small", "large"):
         stage(name=f"train@{size}", params={"size": size}, deps=[...], outs=[...])(train)
 
+    stage(name="fit", cmd="python src/fit.py --lr ${lr}", params={"lr": 0.1},
+          deps=["src/fit.py", "data/clean.csv"], outs=["model.pkl"])
+
 Registration only records the declaration; validation that needs the whole pipeline
 (graph, params.yaml) happens in the loader. Kept free of heavy imports: every worker
 and user module imports this.
@@ -18,6 +21,7 @@ import inspect
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from pivot.errors import PipelineError
@@ -46,12 +50,18 @@ _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]*")
 @dataclass(frozen=True)
 class StageDecl:
     name: str
-    func: Callable[..., Any]
+    func: Callable[..., Any]  # a command stage's is `_command_stage` (never called)
     deps: tuple[str, ...]
     outs: tuple[str, ...]
     metrics: tuple[str, ...]
-    params: dict[str, Any] = field(default_factory=dict)  # overrides of the defaults
+    params: dict[str, Any] = field(default_factory=dict)  # overrides of the defaults (a command's: all)
     tags: tuple[str, ...] = ()  # it runs only on pools with every one of these
+    cmd: str | tuple[str, ...] | None = None  # a command stage's command (pivot/runtime/command.py)
+    wdir: str = "."  # where a command runs, relative to the project root
+
+
+def _command_stage() -> None:
+    """Stands for the function of a command stage (it has none)."""
 
 
 # Registration order matters (it is the pipeline's listing order). The loader and each
@@ -75,8 +85,15 @@ def stage(
     name: str | None = None,
     params: dict[str, Any] | None = None,
     tags: Iterable[str] = (),
+    cmd: str | Iterable[str] | None = None,
+    wdir: str = ".",
 ) -> Callable[[F], F]:
     """Declare a stage. Returns the function unchanged, so it stays callable.
+
+    With `cmd` (a shell command line, or a list of arguments run without a shell) it
+    declares a command stage at once, named `name`, with no function: `params` are its
+    params and their defaults, reaching the command as `${name}` in `cmd` and as
+    environment variables; it runs in `wdir` (relative to the project root).
 
     `tags` (e.g. ["gpu"]) send the stage only to worker pools started with every one of
     them (`pivot workers --tag gpu`)."""
@@ -89,6 +106,11 @@ def stage(
     out_list = _paths("outs", outs, name)
     metric_list = _paths("metrics", metrics, name)
     tag_list = _tags(tags, name)
+    if cmd is not None:
+        _register_command(name, cmd, wdir, params, dep_list, out_list, metric_list, tag_list)
+        return _not_a_decorator(name)
+    if wdir != ".":
+        raise PipelineError(f"stage {name or '(a function)'!r}: wdir= goes with cmd= (a function runs in the project root)")
 
     def register(func: F) -> F:
         stage_name = name if name is not None else getattr(func, "__name__", "")
@@ -120,6 +142,42 @@ def stage(
         return func
 
     return register
+
+
+def _register_command(
+    name: str | None, cmd: str | Iterable[str], wdir: str, params: dict[str, Any] | None,
+    deps: list[str], outs: list[str], metrics: list[str], tags: list[str],
+) -> None:
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise PipelineError(f"a command stage needs a valid name=: got {name!r} (letters, digits, '_', '-', '.', '@')")
+    where = f"stage {name!r}"
+    if isinstance(cmd, str):
+        command: str | tuple[str, ...] = cmd
+        empty = not cmd.strip()
+    else:
+        command = tuple(cmd)
+        if not all(isinstance(part, str) for part in command):
+            raise PipelineError(f"{where}: cmd must be a string or a list of strings, got {cmd!r}")
+        empty = not command
+    if empty:
+        raise PipelineError(f"{where}: cmd is empty")
+    if not isinstance(wdir, str) or not wdir.strip() or wdir.startswith("/") or ".." in Path(wdir).parts:
+        raise PipelineError(f"{where}: wdir {wdir!r} must be a folder inside the project, relative to its root")
+    if params is not None and not isinstance(params, dict):
+        raise PipelineError(f"{where}: params must be a dict of names to default values")
+    if name in _registry:
+        raise PipelineError(f"duplicate stage name {name!r}: give each stage a distinct name=")
+    _registry[name] = StageDecl(
+        name, _command_stage, tuple(deps), tuple(outs + metrics), tuple(metrics), dict(params or {}),
+        tuple(tags), command, Path(wdir).as_posix(),
+    )
+
+
+def _not_a_decorator(name: str | None) -> Callable[[F], F]:
+    def refuse(func: F) -> F:
+        raise PipelineError(f"stage {name!r} has a cmd: it takes no function (drop the @ or the cmd=)")
+
+    return refuse
 
 
 def _tags(tags: Iterable[str], stage_name: str | None) -> list[str]:

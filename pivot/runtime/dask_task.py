@@ -40,6 +40,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from pivot.runtime.cancel import SIGNAL, marker_path
+from pivot.runtime.command import kill_group_of
 from pivot.runtime.job import StageJob, StageOutcome
 from pivot.runtime.lease import LEASE_NAME, LEASE_S, read_lease
 
@@ -81,6 +82,7 @@ def run_in_child(job: StageJob) -> StageOutcome:
             child.stdin.write(pickle.dumps(job))
         child.stdin.close()
         why, lost = _watch(child, pid_file, kill_marker)
+        kill_group_of(pid_file)  # a command stage's processes, if its process did not end them
         result.seek(0)
         data = result.read()
     if data:

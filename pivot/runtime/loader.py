@@ -21,9 +21,10 @@ from pivot.pipeline.manifest import Manifest, StageSpec
 from pivot.pipeline.paths import normalize
 from pivot.pipeline.project import PIPELINE_FILE
 from pivot.pipeline.stage import clear_registry, registered
+from pivot.runtime.command import interpolate
 from pivot.runtime.preload import third_party
 from pivot.runtime.usertb import user_traceback
-from pivot.state.fingerprint import Fingerprinter
+from pivot.state.fingerprint import Fingerprinter, command_fingerprint
 
 __all__ = ["PIPELINE_MODULE", "build_manifest", "import_pipeline", "main"]
 
@@ -61,15 +62,23 @@ def build_manifest(root: Path) -> Manifest:
     sources = set(_project_sources(root))
     stages = []
     for decl in decls.values():
-        defaults = params_mod.defaults_of(decl.name, decl.func)
-        resolved = params_mod.resolve(decl.name, defaults, decl.params, from_file.get(decl.name))
-        code = fingerprinter.stage(decl.func)
+        if decl.cmd is not None:
+            defaults = params_mod.command_defaults(decl.name, decl.params)
+            resolved = params_mod.resolve(decl.name, defaults, {}, from_file.get(decl.name))
+            interpolate(decl.name, decl.cmd, resolved)  # every ${name} is a param: said now
+            code = command_fingerprint(decl.cmd, decl.wdir)
+            func = f"$ {decl.cmd if isinstance(decl.cmd, str) else ' '.join(decl.cmd)}"
+        else:
+            defaults = params_mod.defaults_of(decl.name, decl.func)
+            resolved = params_mod.resolve(decl.name, defaults, decl.params, from_file.get(decl.name))
+            code = fingerprinter.stage(decl.func)
+            func = f"{decl.func.__module__}.{decl.func.__qualname__}"
         sources.update(code.sources)
         stages.append(
             StageSpec(
                 name=decl.name,
                 module=PIPELINE_MODULE,
-                func=f"{decl.func.__module__}.{decl.func.__qualname__}",
+                func=func,
                 deps=_unique(decl.name, "deps", decl.deps),
                 outs=_unique(decl.name, "outs", decl.outs),
                 metrics=tuple(normalize(decl.name, "metrics", m) for m in decl.metrics),

@@ -23,8 +23,10 @@ from pivot.errors import (
     describe_os_error,
 )
 from pivot.faults import reached
+from pivot.pipeline.stage import StageDecl
 from pivot.runtime.cancel import StageCancelled, arm, cancellable
 from pivot.runtime.capture import captured, write_note
+from pivot.runtime.command import CommandFailed, kill_running_group, run_command
 from pivot.runtime.job import StageJob, StageOutcome
 from pivot.runtime.lease import LEASE_NAME, LEASE_S, read_lease
 from pivot.runtime.loader import import_pipeline
@@ -97,6 +99,7 @@ def watch_pool(pool_pid: int, lease: Path | None = None) -> None:
         err = -1
 
     def fence(why: str) -> None:
+        kill_running_group()  # a command stage's processes go with the worker
         with contextlib.suppress(OSError):
             os.write(err, f"pivot worker {os.getpid()}: its pool (pid {pool_pid}) {why}: exiting\n".encode())
         os._exit(70)
@@ -130,6 +133,14 @@ def watch_pool(pool_pid: int, lease: Path | None = None) -> None:
                     fence(f"runs but has not renewed its lease for {LEASE_S:.0f} s (hung)")
 
     threading.Thread(target=watch, name="pool-watch", daemon=True).start()
+
+
+def _call(decl: StageDecl, params: dict[str, Any], root: Path, pid_file: Path | None) -> None:
+    """The stage's code: its function, or its command (pivot/runtime/command.py)."""
+    if decl.cmd is None:
+        decl.func(**params)
+    else:
+        run_command(decl.name, decl.cmd, params, root / decl.wdir, pid_file)
 
 
 def run_stage(job: StageJob) -> StageOutcome:
@@ -200,13 +211,16 @@ def run_stage(job: StageJob) -> StageOutcome:
     executed = True
     try:
         if pid_file is None:  # `pivot run --foreground`: the terminal is the stage's
-            decl.func(**job.params)
+            _call(decl, job.params, root, None)
         else:
             with captured(pid_file), cancellable(pid_file):
-                decl.func(**job.params)
+                _call(decl, job.params, root, pid_file)
     except StageCancelled:
         _discard(root, outs)  # partial: nothing of this run is kept
         return outcome("cancelled", "cancelled", "cancelled while running")
+    except CommandFailed as exc:  # said in one line: no traceback of ours
+        _discard(root, outs)
+        return outcome("failed", "failed", str(exc))
     except BaseException as exc:
         # What a failed run wrote is partial (and may fill the disk): it goes. The last
         # good outputs stay in the cache (`pivot checkout` brings them back).

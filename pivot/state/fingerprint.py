@@ -40,7 +40,7 @@ from pivot.state.codeindex import BodyImport, DefInfo, FileIndex, ParseCache, di
 from pivot.state.locality import ProjectFiles
 from pivot.state.versions import VersionCache
 
-__all__ = ["CodeFingerprint", "Fingerprinter", "function_fingerprint"]
+__all__ = ["CodeFingerprint", "Fingerprinter", "command_fingerprint", "function_fingerprint"]
 
 logger = logging.getLogger(__name__)
 
@@ -580,6 +580,14 @@ def function_fingerprint(func: Callable[..., Any]) -> str:
 
 
 # -- pure helpers -----------------------------------------------------------------------
+
+
+def command_fingerprint(cmd: str | tuple[str, ...], wdir: str) -> CodeFingerprint:
+    """A command stage's code: its command line and where it runs (what the command
+    runs is a declared dependency, compared by its bytes)."""
+    part = digest_text(repr((cmd, wdir)))
+    parts = {"cmd": part}
+    return CodeFingerprint(_digest(parts, "cmd"), parts, ())
 
 
 def _digest(parts: dict[str, str], stage_key: str) -> str:

@@ -1,0 +1,145 @@
+"""Command stages (issue 13, point 1): `stage(name=..., cmd=...)` in pipeline.py runs a
+shell command (or an argument list) with its params as `${name}` and environment
+variables, in the project root or its `wdir`, its output streamed, its exit code
+deciding; and every process it starts stops with it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from procs import LiveRun, describe, finished, parse_events, run_pivot, wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+WAIT_S = 20.0
+
+PIPELINE = '''\
+from pivot import stage
+
+stage(name="count", cmd="python tools/count.py ${n} out/count.txt && echo \\"from the shell: n=$n label=$label\\"",
+      params={"n": 3, "label": "first"}, deps=["tools/count.py", "data/in.txt"], outs=["out/count.txt"])
+stage(name="inside", cmd=["python", "../tools/count.py", "${n}", "inside.txt"], params={"n": 2},
+      deps=["tools/count.py"], outs=["sub/inside.txt"], wdir="sub")
+stage(name="after", cmd="cat out/count.txt > out/after.txt", deps=["out/count.txt"], outs=["out/after.txt"])
+'''
+
+COUNT = '''\
+import sys
+
+n, out = int(sys.argv[1]), sys.argv[2]
+with open(out, "w") as f:
+    for i in range(n):
+        print(f"line {i}")
+        f.write(f"{i}\\n")
+'''
+
+FILES = {"pipeline.py": PIPELINE, "tools/count.py": COUNT, "data/in.txt": "x\n", "sub/.keep": "", "out/.keep": ""}
+
+
+def logs_of(events: list[dict[str, object]], stage: str) -> list[object]:
+    return [e["line"] for e in events if e["event"] == "log" and e["stage"] == stage and e["stream"] != "pivot"]
+
+
+def test_a_command_stage_runs_with_its_params_in_its_folder_and_streams_what_it_prints(
+    make_project: Callable[..., Path],
+) -> None:
+    root = make_project(FILES)
+    result = run_pivot(root, "repro", "--json", timeout=40)
+    assert result.returncode == 0, describe(result)
+    events = parse_events(result.stdout)
+    assert {s: e["status"] for s, e in finished(events).items()} == {"count": "ran", "inside": "ran", "after": "ran"}
+    assert logs_of(events, "count") == ["line 0", "line 1", "line 2", "from the shell: n=3 label=first"]
+    assert (root / "out" / "count.txt").read_text() == "0\n1\n2\n"
+    assert (root / "sub" / "inside.txt").read_text() == "0\n1\n"  # in its wdir, no shell
+    assert (root / "out" / "after.txt").read_text() == "0\n1\n2\n"
+
+    # A param in params.yaml: that stage and what reads its output run again, no other.
+    (root / "params.yaml").write_text("count:\n  n: 4\n")
+    again = run_pivot(root, "repro", "--json", timeout=40)
+    assert again.returncode == 0, describe(again)
+    done = finished(parse_events(again.stdout))
+    assert {s: e["status"] for s, e in done.items()} == {"count": "ran", "inside": "skipped", "after": "ran"}
+    assert done["count"]["reason_code"] == "params_changed", done["count"]
+    assert (root / "out" / "after.txt").read_text() == "0\n1\n2\n3\n"
+
+    # Its command is its code: changing it runs the stage again.
+    (root / "pipeline.py").write_text(PIPELINE.replace("label=$label", "label=[$label]"))
+    third = run_pivot(root, "repro", "--json", timeout=40)
+    done = finished(parse_events(third.stdout))
+    assert done["count"]["status"] == "ran" and done["count"]["reason_code"] == "code_changed", done["count"]
+    assert done["inside"]["status"] == "skipped"
+
+
+def test_a_failing_command_fails_its_stage_in_one_line_and_leaves_no_partial_output(
+    make_project: Callable[..., Path],
+) -> None:
+    root = make_project({
+        "pipeline.py": 'from pivot import stage\n\nstage(name="bad", cmd="echo half > half.txt; echo oops >&2; exit 3", '
+                       'outs=["half.txt"])\n'
+                       'stage(name="gone", cmd=["no-such-program-here"], outs=["x.txt"])\n',
+    })
+    result = run_pivot(root, "repro", "--json", "--keep-going", timeout=40)
+    assert result.returncode == 1, describe(result)
+    events = parse_events(result.stdout)
+    done = finished(events)
+    assert done["bad"]["status"] == "failed", done["bad"]
+    assert done["bad"]["reason"] == "command exited with code 3: echo half > half.txt; echo oops >&2; exit 3"
+    assert done["bad"]["error"] is None  # no traceback: the command's own words are its log
+    assert logs_of(events, "bad") == ["oops"]
+    assert not (root / "half.txt").exists()  # what a failed run wrote is partial
+    assert done["gone"]["status"] == "failed" and "could not start the command no-such-program-here" in done["gone"]["reason"]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("source", "says"), [
+    ('stage(name="s", cmd="echo ${nope}", params={"n": 1}, outs=["o"])', "${nope} in its cmd names no param"),
+    ('@stage(name="s", cmd="true", outs=["o"])\ndef s() -> None: ...', "it takes no function"),
+    ('stage(cmd="true", outs=["o"])', "a command stage needs a valid name="),
+    ('stage(name="s", cmd="", outs=["o"])', "cmd is empty"),
+    ('stage(name="s", cmd="true", outs=["o"], wdir="../elsewhere")', "must be a folder inside the project"),
+])
+def test_a_wrong_command_stage_is_a_pipeline_error_that_names_it(
+    make_project: Callable[..., Path], source: str, says: str,
+) -> None:
+    root = make_project({"pipeline.py": f"from pivot import stage\n\n{source}\n"})
+    result = run_pivot(root, "repro")
+    assert result.returncode == 2, describe(result)
+    assert says in result.stderr and "Traceback" not in result.stderr, describe(result)
+
+
+GROUP = '''\
+from pivot import stage
+
+# What the command starts in the background must not outlive it.
+stage(name="leaves", cmd="sleep 60 & echo $! > bg.pid; echo ok > out.txt", outs=["out.txt"])
+# Runs until it is stopped, with a child of its own.
+stage(name="holds", cmd="sleep 60 & echo $! > held.pid; echo started > started.txt; wait", deps=["data/in.txt"],
+      outs=["held.txt"])
+'''
+
+
+def gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
+def test_every_process_a_command_starts_stops_with_it(
+    make_project: Callable[..., Path], up: Callable[..., LiveRun],
+) -> None:
+    root = make_project({"pipeline.py": GROUP, "data/in.txt": "x\n", ".pivotignore": "*.pid\nstarted.txt\n"})
+    live = up(root)
+    live.wait_event(lambda e: e["event"] == "stage_finished" and e["stage"] == "leaves", WAIT_S, "leaves to finish")
+    left = int((root / "bg.pid").read_text())
+    wait_for(lambda: gone(left), WAIT_S, f"the background process {left} the command left to be killed")
+
+    wait_for(lambda: (root / "started.txt").exists() and (root / "held.pid").exists(), WAIT_S, "holds to start")
+    held = int((root / "held.pid").read_text())
+    assert not gone(held)
+    live.stop()  # cancels what runs: the command's whole group goes, not only the worker's own
+    assert gone(held), f"process {held} of a cancelled command outlived `pivot up`"
+    assert not (root / "held.txt").exists()
