@@ -52,7 +52,7 @@ from pivot.pipeline.graph import StageGraph
 from pivot.pipeline.manifest import Manifest
 from pivot.pipeline.params import PARAMS_FILE
 from pivot.pipeline.producers import inside
-from pivot.pipeline.project import PIPELINE_FILE
+from pivot.pipeline.project import DVC_FILE, PIPELINE_FILE
 from pivot.pipeline.select import Selection, resolve_names
 from pivot.protocol.messages import (
     CancelStage,
@@ -746,7 +746,7 @@ class BrokerState:
         return min(due, default=None)
 
     def _is_code(self, path: str) -> bool:
-        if path == PIPELINE_FILE:
+        if path in (PIPELINE_FILE, DVC_FILE):
             return True
         if self.manifest is None:  # no manifest yet: any Python file may fix the pipeline
             return path.endswith(".py")

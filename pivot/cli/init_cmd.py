@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from pivot.errors import UserError
-from pivot.pipeline.project import PIPELINE_FILE, pivot_dir
+from pivot.pipeline.project import DVC_FILE, PIPELINE_FILE, pivot_dir
 
 
 @click.command()
@@ -26,5 +26,7 @@ def init() -> None:
     existed = (root / ".pivot").exists()
     state = pivot_dir(root)
     click.echo(f"{'found' if existed else 'created'} {state}")
-    if not (root / PIPELINE_FILE).exists():
+    if (root / DVC_FILE).is_file() and not (root / PIPELINE_FILE).exists():
+        click.echo(f"next: `pivot repro` runs the stages of {DVC_FILE} (docs/dvc.md)")
+    elif not (root / PIPELINE_FILE).exists():
         click.echo(f"next: write {PIPELINE_FILE} with @stage functions, then run `pivot repro`")

@@ -6,9 +6,10 @@ from pathlib import Path
 
 from pivot.errors import UserError
 
-__all__ = ["PIPELINE_FILE", "find_root", "pivot_dir", "project_id"]
+__all__ = ["DVC_FILE", "PIPELINE_FILE", "find_root", "pivot_dir", "project_id"]
 
 PIPELINE_FILE = "pipeline.py"
+DVC_FILE = "dvc.yaml"  # a DVC project's pipeline (pivot/pipeline/dvcyaml.py)
 STATE_DIR = ".pivot"
 
 _GITIGNORE = """\
@@ -21,13 +22,19 @@ _GITIGNORE = """\
 
 
 def find_root(start: Path | None = None) -> Path:
-    """Walk up from `start` (the current directory) to the folder with pipeline.py."""
+    """Walk up from `start` (the current directory) to the project root: the nearest
+    folder with pipeline.py, else the top-most with a dvc.yaml (a DVC project)."""
     here = (start or Path.cwd()).resolve()
+    top_dvc: Path | None = None
     for folder in (here, *here.parents):
         if (folder / PIPELINE_FILE).is_file():
             return folder
+        if (folder / DVC_FILE).is_file():
+            top_dvc = folder
+    if top_dvc is not None:
+        return top_dvc
     raise UserError(
-        f"no {PIPELINE_FILE} found in {here} or any parent folder; "
+        f"no {PIPELINE_FILE} (or {DVC_FILE}) found in {here} or any parent folder; "
         f"run Pivot inside a project, or create {PIPELINE_FILE} with @stage functions"
     )
 

@@ -40,7 +40,7 @@ def signature_of(func: Callable[..., Any]) -> inspect.Signature:
     except TypeError:  # an unhashable callable
         return inspect.signature(func)
 
-__all__ = ["StageDecl", "clear_registry", "registered", "stage"]
+__all__ = ["StageDecl", "clear_registry", "register_dvc_stage", "registered", "stage"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -58,6 +58,7 @@ class StageDecl:
     tags: tuple[str, ...] = ()  # it runs only on pools with every one of these
     cmd: str | tuple[str, ...] | None = None  # a command stage's command (pivot/runtime/command.py)
     wdir: str = "."  # where a command runs, relative to the project root
+    dvc: bool = False  # from dvc.yaml: `params` are the params.yaml keys it reads, with their values
 
 
 def _command_stage() -> None:
@@ -170,6 +171,20 @@ def _register_command(
     _registry[name] = StageDecl(
         name, _command_stage, tuple(deps), tuple(outs + metrics), tuple(metrics), dict(params or {}),
         tuple(tags), command, Path(wdir).as_posix(),
+    )
+
+
+def register_dvc_stage(
+    name: str, cmd: str, wdir: str, deps: list[str], outs: list[str], metrics: list[str], params: dict[str, Any],
+) -> None:
+    """A stage of dvc.yaml (pivot/pipeline/dvcyaml.py), as a command stage."""
+    if not _NAME_RE.fullmatch(name):
+        raise PipelineError(f"dvc.yaml: stage name {name!r} is not one Pivot can use (letters, digits, '_', '-', '.', '@')")
+    if name in _registry:
+        raise PipelineError(f"stage {name!r} is declared in both pipeline.py and dvc.yaml: rename one")
+    _registry[name] = StageDecl(
+        name, _command_stage, tuple(deps), tuple(outs + metrics), tuple(metrics), dict(params), (), cmd, wdir,
+        dvc=True,
     )
 
 

@@ -19,8 +19,8 @@ from pivot.errors import PipelineError
 from pivot.pipeline import params as params_mod
 from pivot.pipeline.manifest import Manifest, StageSpec
 from pivot.pipeline.paths import normalize
-from pivot.pipeline.project import PIPELINE_FILE
-from pivot.pipeline.stage import clear_registry, registered
+from pivot.pipeline.project import DVC_FILE, PIPELINE_FILE
+from pivot.pipeline.stage import StageDecl, clear_registry, register_dvc_stage, registered
 from pivot.runtime.command import interpolate
 from pivot.runtime.preload import third_party
 from pivot.runtime.usertb import user_traceback
@@ -32,37 +32,54 @@ PIPELINE_MODULE = PIPELINE_FILE.removesuffix(".py")
 FINGERPRINT_CACHE = "fingerprints.msgpack"
 
 
-def import_pipeline(root: Path) -> None:
-    """Import the user's pipeline module (registering its stages) with root as cwd."""
+_loaded: list[Path] = []  # the project whose stages this process registered
+
+
+def import_pipeline(root: Path, *, check_nested: bool = False) -> None:
+    """Import the user's pipeline module and read dvc.yaml (registering their stages),
+    with root as cwd; once per process. `check_nested`: refuse a dvc.yaml below the
+    root (the loader's job)."""
     os.chdir(root)
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
-    if PIPELINE_MODULE in sys.modules:
+    if _loaded == [root]:
         return
     clear_registry()
-    try:
-        importlib.import_module(PIPELINE_MODULE)
-    except PipelineError:
-        raise
-    except BaseException as exc:
-        # A SyntaxError's own message names the file and line; the traceback adds the rest.
-        raise PipelineError(
-            f"{PIPELINE_FILE} failed to import: {type(exc).__name__}: {exc}",
-            detail=user_traceback(exc),
-        ) from None
+    if (root / PIPELINE_FILE).is_file() or not (root / DVC_FILE).is_file():
+        try:
+            importlib.import_module(PIPELINE_MODULE)
+        except PipelineError:
+            raise
+        except BaseException as exc:
+            # A SyntaxError's own message names the file and line; the traceback adds the rest.
+            raise PipelineError(
+                f"{PIPELINE_FILE} failed to import: {type(exc).__name__}: {exc}",
+                detail=user_traceback(exc),
+            ) from None
+    if (root / DVC_FILE).is_file():
+        from pivot.pipeline.dvcyaml import load_dvc_stages
+
+        for s in load_dvc_stages(root, check_nested=check_nested):
+            register_dvc_stage(s.name, s.cmd, s.wdir, s.deps, s.outs, s.metrics, s.params)
+    _loaded[:] = [root]
 
 
 def build_manifest(root: Path) -> Manifest:
-    import_pipeline(root)
+    import_pipeline(root, check_nested=True)
     decls = registered()
     if not decls:
         raise PipelineError(f"{PIPELINE_FILE} declares no stages; decorate functions with @stage")
+    dvc = [d for d in decls.values() if d.dvc]
     from_file = params_mod.load_params_file(root)
     fingerprinter = Fingerprinter(root, root / ".pivot" / "tmp" / FINGERPRINT_CACHE)
     sources = set(_project_sources(root))
     stages = []
     for decl in decls.values():
-        if decl.cmd is not None:
+        if decl.dvc:  # its params are the values of the keys it reads, as they are now
+            resolved = dict(decl.params)
+            code = command_fingerprint(decl.cmd or "", decl.wdir)
+            func = f"$ {decl.cmd}"
+        elif decl.cmd is not None:
             defaults = params_mod.command_defaults(decl.name, decl.params)
             resolved = params_mod.resolve(decl.name, defaults, {}, from_file.get(decl.name))
             interpolate(decl.name, decl.cmd, resolved)  # every ${name} is a param: said now
@@ -96,9 +113,20 @@ def build_manifest(root: Path) -> Manifest:
         except OSError as exc:  # a read-only project still loads; the next load re-parses
             print(f"pivot: could not save the fingerprint cache: {exc}", file=sys.stderr)
 
-    warnings = tuple(_unknown_params_stage(name, list(decls)) for name in from_file if name not in decls)
+    if dvc:
+        # dvc.yaml is the pipeline's code, as are the params files its stages read
+        # (params.yaml is watched as params anyway); params.yaml's other top-level keys
+        # are DVC sections, not typos of stage names.
+        sources.update([DVC_FILE, *(f for f in _dvc_param_files(dvc) if f != params_mod.PARAMS_FILE)])
+        warnings: tuple[str, ...] = ()
+    else:
+        warnings = tuple(_unknown_params_stage(name, list(decls)) for name in from_file if name not in decls)
     preload, preload_key = third_party(fingerprinter.externals)
     return Manifest(tuple(stages), tuple(sorted(sources)), warnings, preload, preload_key)
+
+
+def _dvc_param_files(decls: list[StageDecl]) -> list[str]:
+    return sorted({key.partition(":")[0] for d in decls for key in d.params if ":" in key})
 
 
 def _unique(stage: str, field: str, paths: tuple[str, ...]) -> tuple[str, ...]:

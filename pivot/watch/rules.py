@@ -53,6 +53,7 @@ IGNORE_FILE = ".pivotignore"
 ALWAYS_IGNORED_NAMES = frozenset(
     {
         ".git",
+        ".dvc",  # DVC's own cache and state (a project used with both tools)
         "__pycache__",
         ".venv",
         "venv",

@@ -74,4 +74,4 @@ def test_outside_a_project_every_command_says_so_in_one_line(tmp_path: Path, com
     result = run_pivot(tmp_path, *command.split(), timeout=30)
     assert result.returncode == 2, describe(result)
     lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: no pipeline.py found"), describe(result)
+    assert len(lines) == 1 and lines[0].startswith("error: no pipeline.py (or dvc.yaml) found"), describe(result)

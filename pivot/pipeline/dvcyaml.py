@@ -1,0 +1,328 @@
+"""A DVC project's `dvc.yaml` as a pipeline source (issue 13): its stages become command
+stages (pivot/runtime/command.py), beside any in pipeline.py.
+
+Read as DVC reads it: `stages` with `cmd` (a string, or a list of commands run one after
+another), `deps`, `outs`, `metrics`, `plots`, `params`, `wdir`, `vars`, `foreach`/`do`,
+`matrix`, and the keys that change nothing here (`desc`, `meta`); top-level `vars`,
+`params`, `metrics`, `plots` and `artifacts`. `${...}` is resolved when the file is
+loaded, from params.yaml, then `vars` (files or inline maps), then a `foreach` item
+(`${item}`, `${key}`) or a `matrix` combination (`${item.NAME}`). A stage's params are
+the params.yaml keys it lists (dotted paths, whole sections, or `{FILE: [keys]}` for
+another file), with their values: it runs again exactly when one of those changes.
+Paths are relative to the stage's `wdir` (default: the folder of dvc.yaml).
+
+What is not supported yet is an error naming the file, the stage and the key, never a
+silent skip: a dvc.yaml below the project root, `frozen: true`, `always_changed: true`,
+and outputs with `cache: false` or `persist: true` (metrics and plots may say
+`cache: false`: Pivot keeps them out of its .gitignore block either way).
+"""
+
+from __future__ import annotations
+
+import itertools
+import posixpath
+import re
+from pathlib import Path
+from typing import Any
+
+from pivot.errors import PipelineError
+from pivot.pipeline.params import PARAMS_FILE
+from pivot.pipeline.project import DVC_FILE
+
+__all__ = ["DvcStage", "load_dvc_stages"]
+
+_TOP_KEYS = {"stages", "vars", "params", "metrics", "plots", "artifacts", "datasets"}
+_STAGE_KEYS = {"cmd", "deps", "outs", "metrics", "plots", "params", "wdir", "vars", "desc", "meta", "frozen",
+               "always_changed"}
+_GENERATOR_KEYS = {"foreach", "do", "matrix"}
+# Keys of an output that say nothing about running it (DVC's remote, plot styling).
+_IGNORED_FLAGS = {"desc", "remote", "push", "type", "labels", "meta", "x", "y", "title", "template", "x_label",
+                  "y_label"}
+_PLACEHOLDER = re.compile(r"\$\{\s*([^}]*?)\s*\}")
+_SKIP_DIRS = {".git", ".dvc", ".pivot", "node_modules", "__pycache__", ".venv", "venv"}
+
+
+class DvcStage:
+    """One stage of dvc.yaml, resolved: paths relative to the project root."""
+
+    def __init__(self, name: str, cmd: str, wdir: str, deps: list[str], outs: list[str], metrics: list[str],
+                 params: dict[str, Any]) -> None:
+        self.name = name
+        self.cmd = cmd
+        self.wdir = wdir
+        self.deps = deps
+        self.outs = outs
+        self.metrics = metrics
+        self.params = params
+
+
+def load_dvc_stages(root: Path, *, check_nested: bool = True) -> list[DvcStage]:
+    """The stages of ROOT/dvc.yaml (none when there is no such file). `check_nested`:
+    refuse a dvc.yaml below the root (the loader does; a worker need not again)."""
+    path = root / DVC_FILE
+    if not path.is_file():
+        return []
+    if check_nested:
+        _refuse_nested(root)
+    data = _read_yaml(path, DVC_FILE)
+    if data is None:
+        return []
+    if not isinstance(data, dict):
+        raise PipelineError(f"{DVC_FILE}: expected a map with `stages`, got {type(data).__name__}")
+    unknown = sorted(set(data) - _TOP_KEYS)
+    if unknown:
+        raise PipelineError(f"{DVC_FILE}: unknown top-level key {unknown[0]!r} (known: {', '.join(sorted(_TOP_KEYS))})")
+    files = _ParamFiles(root)
+    context = dict(files.get(PARAMS_FILE))
+    context.update(_vars(root, data.get("vars"), files, f"{DVC_FILE}: vars"))
+    stages = data.get("stages") or {}
+    if not isinstance(stages, dict):
+        raise PipelineError(f"{DVC_FILE}: `stages` must be a map of stage names")
+    found: list[DvcStage] = []
+    for name, body in stages.items():
+        if not isinstance(body, dict):
+            raise PipelineError(f"{DVC_FILE}: stage {name!r} must be a map (cmd, deps, outs, ...)")
+        for item_name, item_context, item_body in _expand(str(name), body, context):
+            found.append(_stage(root, item_name, item_body, item_context, files))
+    return found
+
+
+def _refuse_nested(root: Path) -> None:
+    """A dvc.yaml below the root would be a silent skip: found with git (its files, and
+    untracked ones not ignored) or, outside a repository, a walk of the top folders."""
+    import subprocess
+
+    try:
+        listed = subprocess.run(
+            ["git", "ls-files", "--cached", "--others", "--exclude-standard", "--", f"*/{DVC_FILE}"],
+            cwd=root, capture_output=True, text=True, timeout=10,
+        )
+        nested = listed.stdout.split() if listed.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired):
+        nested = None
+    if nested is None:
+        nested = [p.relative_to(root).as_posix() for p in _walk(root, depth=4)]
+    if nested:
+        rel = sorted(nested)[0]
+        raise PipelineError(
+            f"{rel}: a dvc.yaml below the project root is not supported yet; move its stages into "
+            f"{DVC_FILE} at the root (with wdir: {posixpath.dirname(rel)})"
+        )
+
+
+def _walk(root: Path, depth: int) -> list[Path]:
+    found = []
+    level = [root]
+    for _ in range(depth):
+        below = []
+        for folder in level:
+            try:
+                entries = list(folder.iterdir())
+            except OSError:
+                continue
+            for entry in entries:
+                if entry.is_dir() and not entry.is_symlink() and entry.name not in _SKIP_DIRS \
+                        and not entry.name.startswith("."):
+                    below.append(entry)
+                    if (entry / DVC_FILE).is_file():
+                        found.append(entry / DVC_FILE)
+        level = below
+    return found
+
+
+def _read_yaml(path: Path, shown: str) -> Any:
+    from pivot.pipeline.params import load_yaml
+
+    try:
+        return load_yaml(path.read_text())
+    except OSError as exc:
+        raise PipelineError(f"{shown}: cannot read it: {exc.strerror or exc}") from None
+    except Exception as exc:  # a YAML error: its message says where
+        raise PipelineError(f"{shown}: not valid YAML: {exc}") from None
+
+
+class _ParamFiles:
+    """Params files, read once each."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.read: dict[str, dict[str, Any]] = {}
+
+    def get(self, name: str, *, required: bool = False) -> dict[str, Any]:
+        if name not in self.read:
+            path = self.root / name
+            if not path.is_file():
+                if required:
+                    raise PipelineError(f"{DVC_FILE}: params file {name} does not exist")
+                self.read[name] = {}
+            else:
+                data = _read_yaml(path, name)
+                if data is not None and not isinstance(data, dict):
+                    raise PipelineError(f"{name}: expected a map of params, got {type(data).__name__}")
+                self.read[name] = data or {}
+        return self.read[name]
+
+
+def _vars(root: Path, given: Any, files: _ParamFiles, where: str) -> dict[str, Any]:
+    """`vars:` entries merged: inline maps, or files (`FILE` or `FILE:key1,key2`)."""
+    merged: dict[str, Any] = {}
+    for entry in given or []:
+        if isinstance(entry, dict):
+            merged.update(entry)
+        elif isinstance(entry, str):
+            name, _, keys = entry.partition(":")
+            content = files.get(name, required=True)
+            if keys:
+                for key in keys.split(","):
+                    merged[key.strip()] = _lookup(content, key.strip(), f"{where}: {entry}")
+            else:
+                merged.update(content)
+        else:
+            raise PipelineError(f"{where}: an entry must be a file name or a map, got {entry!r}")
+    return merged
+
+
+def _expand(name: str, body: dict[str, Any], context: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """A stage, or the stages its `foreach` or `matrix` makes, with their contexts."""
+    where = f"{DVC_FILE}: stage {name!r}"
+    if "foreach" in body:
+        extra = sorted(set(body) - {"foreach", "do"})
+        if extra or not isinstance(body.get("do"), dict):
+            raise PipelineError(f"{where}: `foreach` goes with `do` (a stage) and nothing else")
+        items = _resolve_value(body["foreach"], context, where)
+        out = []
+        if isinstance(items, dict):
+            for key, item in items.items():
+                out.append((f"{name}@{key}", {**context, "key": key, "item": item}, body["do"]))
+        elif isinstance(items, list):
+            for index, item in enumerate(items):
+                label = item if isinstance(item, str | int | float) and not isinstance(item, bool) else index
+                out.append((f"{name}@{label}", {**context, "key": index, "item": item}, body["do"]))
+        else:
+            raise PipelineError(f"{where}: `foreach` must be a list or a map")
+        return out
+    if "do" in body:
+        raise PipelineError(f"{where}: `do` without `foreach`")
+    if "matrix" in body:
+        matrix = body["matrix"]
+        if not isinstance(matrix, dict) or not matrix:
+            raise PipelineError(f"{where}: `matrix` must be a map of names to lists")
+        axes = []
+        for key, values in matrix.items():
+            values = _resolve_value(values, context, where)
+            if not isinstance(values, list) or not values:
+                raise PipelineError(f"{where}: matrix {key!r} must be a non-empty list")
+            axes.append([(key, i, v) for i, v in enumerate(values)])
+        stage_body = {k: v for k, v in body.items() if k != "matrix"}
+        out = []
+        for combo in itertools.product(*axes):
+            labels = [str(v) if isinstance(v, str | int | float) and not isinstance(v, bool) else f"{k}{i}"
+                      for k, i, v in combo]
+            item = {k: v for k, _, v in combo}
+            out.append((f"{name}@{'-'.join(labels)}", {**context, "item": item}, stage_body))
+        return out
+    return [(name, context, body)]
+
+
+def _stage(root: Path, name: str, body: dict[str, Any], context: dict[str, Any], files: _ParamFiles) -> DvcStage:
+    where = f"{DVC_FILE}: stage {name!r}"
+    unknown = sorted(set(body) - _STAGE_KEYS - _GENERATOR_KEYS)
+    if unknown:
+        raise PipelineError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(_STAGE_KEYS))})")
+    for flag in ("frozen", "always_changed"):
+        if body.get(flag):
+            raise PipelineError(f"{where}: {flag}: true is not supported yet")
+    if "vars" in body:
+        context = {**context, **_vars(root, _resolve_value(body["vars"], context, where), files, f"{where}: vars")}
+    body = {k: v for k, v in body.items() if k not in ("vars", "desc", "meta")}
+    resolved = _resolve_value(body, context, where)
+    cmd = resolved.get("cmd")
+    if isinstance(cmd, list):
+        if not cmd or not all(isinstance(c, str) and c.strip() for c in cmd):
+            raise PipelineError(f"{where}: cmd must be a command or a list of commands")
+        cmd = " && ".join(f"( {c} )" if len(cmd) > 1 else c for c in cmd)  # one after another, as DVC
+    if not isinstance(cmd, str) or not cmd.strip():
+        raise PipelineError(f"{where}: cmd is missing (every stage needs a command)")
+    wdir = resolved.get("wdir", ".")
+    if not isinstance(wdir, str) or wdir.startswith("/") or posixpath.normpath(wdir).startswith(".."):
+        raise PipelineError(f"{where}: wdir {wdir!r} must be a folder inside the project")
+    wdir = posixpath.normpath(wdir)
+
+    def paths(key: str) -> list[str]:
+        found = []
+        for entry in resolved.get(key) or []:
+            if isinstance(entry, dict) and len(entry) == 1:
+                [(path, flags)] = entry.items()
+                for flag, value in (flags or {}).items():
+                    if flag in _IGNORED_FLAGS:
+                        continue
+                    if (flag == "cache" and value is False and key == "outs") or (flag == "persist" and value):
+                        raise PipelineError(f"{where}: {key}: {path}: {flag}: {value} is not supported yet")
+                    if flag not in ("cache", "persist"):
+                        raise PipelineError(f"{where}: {key}: {path}: unknown key {flag!r}")
+            elif isinstance(entry, str):
+                path = entry
+            else:
+                raise PipelineError(f"{where}: {key} holds {entry!r}, expected a path")
+            found.append(_from_wdir(wdir, str(path), where, key))
+        return found
+
+    deps, outs, metrics, plots = paths("deps"), paths("outs"), paths("metrics"), paths("plots")
+    params = _tracked(resolved.get("params"), files, where)
+    return DvcStage(name, cmd, wdir, deps, outs + plots, metrics, params)
+
+
+def _from_wdir(wdir: str, path: str, where: str, key: str) -> str:
+    joined = posixpath.normpath(posixpath.join(wdir, path))
+    if joined.startswith("..") or path.startswith("/"):
+        raise PipelineError(f"{where}: {key}: {path} is outside the project")
+    return joined
+
+
+def _tracked(given: Any, files: _ParamFiles, where: str) -> dict[str, Any]:
+    """The params a stage lists, with their values (`FILE:key` for another file)."""
+    tracked: dict[str, Any] = {}
+    for entry in given or []:
+        if isinstance(entry, str):
+            tracked[entry] = _lookup(files.get(PARAMS_FILE), entry, f"{where}: params: {entry} ({PARAMS_FILE})")
+        elif isinstance(entry, dict):
+            for file, keys in entry.items():
+                content = files.get(str(file), required=True)
+                for key in keys or sorted(content):
+                    tracked[f"{file}:{key}"] = _lookup(content, str(key), f"{where}: params: {key} ({file})")
+        else:
+            raise PipelineError(f"{where}: params holds {entry!r}, expected a key or {{FILE: [keys]}}")
+    return tracked
+
+
+def _lookup(data: Any, dotted: str, where: str) -> Any:
+    value = data
+    for key in dotted.split("."):
+        if isinstance(value, dict) and key in value:
+            value = value[key]
+        elif isinstance(value, list) and key.isdigit() and int(key) < len(value):
+            value = value[int(key)]
+        else:
+            raise PipelineError(f"{where}: no such key {dotted!r}")
+    return value
+
+
+def _resolve_value(value: Any, context: dict[str, Any], where: str) -> Any:
+    """`${...}` resolved in every string of `value` (a whole-string `${x}` keeps x's type)."""
+    if isinstance(value, dict):
+        return {_resolve_value(k, context, where): _resolve_value(v, context, where) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve_value(v, context, where) for v in value]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+    whole = _PLACEHOLDER.fullmatch(value)
+    if whole:
+        return _lookup(context, whole.group(1), f"{where}: ${{{whole.group(1)}}}")
+
+    def sub(match: re.Match[str]) -> str:
+        from pivot.runtime.command import as_text
+
+        found = _lookup(context, match.group(1), f"{where}: ${{{match.group(1)}}}")
+        return as_text(found)
+
+    return _PLACEHOLDER.sub(sub, value)

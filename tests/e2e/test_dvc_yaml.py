@@ -1,0 +1,154 @@
+"""dvc.yaml as a pipeline source (issue 13, point 2): a DVC project's stages run as
+command stages, with DVC's names, params, interpolation, foreach and matrix; what is not
+supported yet is an error naming the file, the stage and the key."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from procs import LiveRun, describe, finished, parse_events, run_pivot
+
+pytestmark = pytest.mark.timeout(60)
+
+WAIT_S = 20.0
+
+DVC_YAML = '''\
+vars:
+  - config.yaml
+stages:
+  prepare:
+    cmd: python src/prepare.py data/raw.csv data/clean.csv ${prepare.min_rows}
+    deps:
+      - src/prepare.py
+      - data/raw.csv
+    params:
+      - prepare.min_rows
+    outs:
+      - data/clean.csv
+  fit:
+    foreach:
+      linear: 1
+      quadratic: 2
+    do:
+      cmd: python src/fit.py ${item} ${train.lr} data/clean.csv models/${key}.txt
+      deps:
+        - src/fit.py
+        - data/clean.csv
+      params:
+        - train.lr
+      outs:
+        - models/${key}.txt
+  report:
+    matrix:
+      model: [linear, quadratic]
+    wdir: reports
+    cmd: echo "${name}" > ${item.model}.txt && cat ../models/${item.model}.txt >> ${item.model}.txt
+    deps:
+      - ../models/${item.model}.txt
+    metrics:
+      - ${item.model}.txt:
+          cache: false
+'''
+
+PARAMS = "prepare:\n  min_rows: 2\ntrain:\n  lr: 0.5\nevaluate:\n  threshold: 0.3\n"
+
+PREPARE = '''\
+import sys
+
+rows = open(sys.argv[1]).read().split()
+open(sys.argv[2], "w").write("\\n".join(rows[: int(sys.argv[3])]) + "\\n")
+print("kept", min(len(rows), int(sys.argv[3])))
+'''
+
+FIT = '''\
+import os
+import sys
+
+degree, lr, source, out = sys.argv[1:5]
+os.makedirs(os.path.dirname(out), exist_ok=True)
+open(out, "w").write(f"degree={degree} lr={lr} rows={len(open(source).read().split())}\\n")
+'''
+
+FILES = {
+    "dvc.yaml": DVC_YAML, "params.yaml": PARAMS, "config.yaml": "name: demo\n", "data/raw.csv": "a\nb\nc\n",
+    "src/prepare.py": PREPARE, "src/fit.py": FIT, "reports/.keep": "",
+}
+STAGES = ["prepare", "fit@linear", "fit@quadratic", "report@linear", "report@quadratic"]
+
+
+def statuses(result: object) -> dict[str, str]:
+    return {s: e["status"] for s, e in finished(parse_events(result.stdout)).items()}  # type: ignore[attr-defined]
+
+
+def test_a_dvc_project_runs_with_dvc_names_params_and_interpolation(make_project: Callable[..., Path]) -> None:
+    root = make_project(FILES)
+    listed = run_pivot(root, "list")
+    assert listed.returncode == 0, describe(listed)
+    assert [line for line in listed.stdout.splitlines() if not line.startswith(" ")] == STAGES
+
+    first = run_pivot(root, "repro", "--json", timeout=40)
+    assert first.returncode == 0, describe(first)
+    assert statuses(first) == dict.fromkeys(STAGES, "ran")
+    assert "never" not in first.stderr and "warning" not in first.stderr.lower(), first.stderr  # evaluate: a DVC section
+    assert (root / "models" / "quadratic.txt").read_text() == "degree=2 lr=0.5 rows=2\n"
+    assert (root / "reports" / "linear.txt").read_text() == "demo\ndegree=1 lr=0.5 rows=2\n"  # vars, wdir
+    logs = [e["line"] for e in parse_events(first.stdout) if e["event"] == "log" and e["stage"] == "prepare"]
+    assert logs == ["kept 2"]
+
+    again = run_pivot(root, "repro", "--json", timeout=40)
+    assert statuses(again) == dict.fromkeys(STAGES, "skipped")
+
+    # A key only the fit stages read: they and what reads their outputs run, not prepare.
+    (root / "params.yaml").write_text(PARAMS.replace("lr: 0.5", "lr: 0.25"))
+    third = run_pivot(root, "repro", "--json", timeout=40)
+    assert statuses(third) == {"prepare": "skipped", **dict.fromkeys(STAGES[1:], "ran")}
+    reasons = {s: e["reason_code"] for s, e in finished(parse_events(third.stdout)).items()}
+    assert reasons["fit@linear"] in ("params_changed", "code_changed"), reasons
+    # A section no stage reads: nothing runs.
+    (root / "params.yaml").write_text(PARAMS.replace("lr: 0.5", "lr: 0.25").replace("0.3", "0.9"))
+    assert statuses(run_pivot(root, "repro", "--json", timeout=40)) == dict.fromkeys(STAGES, "skipped")
+
+
+def test_a_dvc_yaml_edit_reloads_a_live_engine(make_project: Callable[..., Path], up: Callable[..., LiveRun]) -> None:
+    root = make_project(FILES)
+    live = up(root)
+    live.wait_event(lambda e: e["event"] == "wave_finished", WAIT_S, "the first wave")
+    mark = live.mark()
+    (root / "dvc.yaml").write_text(DVC_YAML.replace("linear: 1", "linear: 3"))
+    began = live.wait_event(lambda e: e["event"] == "wave_started", WAIT_S, "a wave for the dvc.yaml edit", mark)
+    assert began["trigger"] == "code", began
+    done = live.wait_event(lambda e: e["event"] == "wave_finished", WAIT_S, "its end", mark)
+    assert "fit@linear" in done["ran"] and "fit@quadratic" not in done["ran"], done
+    assert (root / "models" / "linear.txt").read_text().startswith("degree=3 ")
+
+
+@pytest.mark.parametrize(("change", "says"), [
+    (("    cmd: python src/prepare.py", "    frozen: true\n    cmd: python src/prepare.py"),
+     "stage 'prepare': frozen: true is not supported yet"),
+    (("    outs:\n      - data/clean.csv", "    outs:\n      - data/clean.csv:\n          persist: true"),
+     "stage 'prepare': outs: data/clean.csv: persist: True is not supported yet"),
+    (("    deps:\n      - src/prepare.py", "    depz:\n      - src/prepare.py"), "stage 'prepare': unknown key 'depz'"),
+    (("stages:", "stagez:"), "dvc.yaml: unknown top-level key 'stagez'"),
+    (("      - prepare.min_rows", "      - prepare.max_rows"), "no such key 'prepare.max_rows'"),
+    (("${prepare.min_rows}", "${prepare.nope}"), "${prepare.nope}"),
+])
+def test_what_is_not_supported_is_an_error_naming_file_stage_and_key(
+    make_project: Callable[..., Path], change: tuple[str, str], says: str,
+) -> None:
+    root = make_project({**FILES, "dvc.yaml": DVC_YAML.replace(*change)})
+    result = run_pivot(root, "repro")
+    assert result.returncode == 2, describe(result)
+    assert says in result.stderr and "Traceback" not in result.stderr, describe(result)
+
+
+def test_a_dvc_yaml_below_the_root_and_a_name_in_both_sources_are_refused(make_project: Callable[..., Path]) -> None:
+    nested = make_project({**FILES, "sub/dvc.yaml": "stages: {}\n"}, name="nested")
+    result = run_pivot(nested, "list")
+    assert result.returncode == 2 and "sub/dvc.yaml: a dvc.yaml below the project root is not supported yet" in result.stderr, describe(result)
+
+    both = make_project({**FILES, "pipeline.py": "from pivot import stage\n\nstage(name='prepare', cmd='true', outs=['x'])\n"},
+                        name="both")
+    result = run_pivot(both, "list")
+    assert result.returncode == 2 and "'prepare' is declared in both pipeline.py and dvc.yaml" in result.stderr, describe(result)
