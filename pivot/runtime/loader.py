@@ -25,6 +25,7 @@ from pivot.runtime.command import interpolate
 from pivot.runtime.preload import third_party
 from pivot.runtime.usertb import user_traceback
 from pivot.state.fingerprint import Fingerprinter, command_fingerprint
+from pivot.state.scripts import script_code
 
 __all__ = ["PIPELINE_MODULE", "build_manifest", "import_pipeline", "main"]
 
@@ -75,15 +76,18 @@ def build_manifest(root: Path) -> Manifest:
     sources = set(_project_sources(root))
     stages = []
     for decl in decls.values():
-        if decl.dvc:  # its params are the values of the keys it reads, as they are now
-            resolved = dict(decl.params)
-            code = command_fingerprint(decl.cmd or "", decl.wdir)
-            func = f"$ {decl.cmd}"
-        elif decl.cmd is not None:
-            defaults = params_mod.command_defaults(decl.name, decl.params)
-            resolved = params_mod.resolve(decl.name, defaults, {}, from_file.get(decl.name))
-            interpolate(decl.name, decl.cmd, resolved)  # every ${name} is a param: said now
-            code = command_fingerprint(decl.cmd, decl.wdir)
+        deps = decl.deps
+        if decl.cmd is not None:
+            if decl.dvc:  # its params are the values of the keys it reads, as they are now
+                resolved = dict(decl.params)
+            else:
+                defaults = params_mod.command_defaults(decl.name, decl.params)
+                resolved = params_mod.resolve(decl.name, defaults, {}, from_file.get(decl.name))
+                interpolate(decl.name, decl.cmd, resolved)  # every ${name} is a param: said now
+            script = script_code(decl.cmd, root / decl.wdir, root)
+            code = command_fingerprint(decl.cmd, decl.wdir, script.parts if script else None)
+            if script is not None:  # its files are its code now, not deps compared by bytes
+                deps = tuple(d for d in deps if normalize(decl.name, "deps", d) not in script.parts)
             func = f"$ {decl.cmd if isinstance(decl.cmd, str) else ' '.join(decl.cmd)}"
         else:
             defaults = params_mod.defaults_of(decl.name, decl.func)
@@ -96,7 +100,7 @@ def build_manifest(root: Path) -> Manifest:
                 name=decl.name,
                 module=PIPELINE_MODULE,
                 func=func,
-                deps=_unique(decl.name, "deps", decl.deps),
+                deps=_unique(decl.name, "deps", deps),
                 outs=_unique(decl.name, "outs", decl.outs),
                 metrics=tuple(normalize(decl.name, "metrics", m) for m in decl.metrics),
                 params=resolved,

@@ -582,12 +582,12 @@ def function_fingerprint(func: Callable[..., Any]) -> str:
 # -- pure helpers -----------------------------------------------------------------------
 
 
-def command_fingerprint(cmd: str | tuple[str, ...], wdir: str) -> CodeFingerprint:
-    """A command stage's code: its command line and where it runs (what the command
-    runs is a declared dependency, compared by its bytes)."""
-    part = digest_text(repr((cmd, wdir)))
-    parts = {"cmd": part}
-    return CodeFingerprint(_digest(parts, "cmd"), parts, ())
+def command_fingerprint(cmd: str | tuple[str, ...], wdir: str, script: dict[str, str] | None = None) -> CodeFingerprint:
+    """A command stage's code: its command line and where it runs, and the files of the
+    Python script it runs (pivot/state/scripts.py: project path -> digest), if any; what
+    else it runs is a declared dependency, compared by its bytes."""
+    parts = {"cmd": digest_text(repr((cmd, wdir))), **(script or {})}
+    return CodeFingerprint(_digest(parts, "cmd"), parts, tuple(sorted(script or ())))
 
 
 def _digest(parts: dict[str, str], stage_key: str) -> str:

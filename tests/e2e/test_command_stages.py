@@ -143,3 +143,90 @@ def test_every_process_a_command_starts_stops_with_it(
     live.stop()  # cancels what runs: the command's whole group goes, not only the worker's own
     assert gone(held), f"process {held} of a cancelled command outlived `pivot up`"
     assert not (root / "held.txt").exists()
+
+
+SCRIPTED = '''\
+from pivot import stage
+
+stage(name="train", cmd="python src/train.py ${lr} out/train.txt", params={"lr": 0.1},
+      deps=["src/train.py", "data/in.txt"], outs=["out/train.txt"])
+stage(name="emit", cmd="python -m tools.emit out/emit.txt", deps=["data/in.txt"], outs=["out/emit.txt"])
+stage(name="plain", cmd="cat data/in.txt > out/plain.txt", deps=["data/in.txt", "notes.txt"], outs=["out/plain.txt"])
+'''
+
+TRAIN = '''\
+"""Train."""
+import sys
+
+import helpers
+from pkg import util
+
+
+def main() -> None:
+    lr, out = float(sys.argv[1]), sys.argv[2]
+    open(out, "w").write(f"{helpers.scale(lr)} {util.NAME}\\n")
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+SCRIPT_FILES = {
+    "pipeline.py": SCRIPTED, "src/train.py": TRAIN,
+    "src/helpers.py": "def scale(x):\n    return x * 10\n",
+    "src/pkg/__init__.py": "", "src/pkg/util.py": 'NAME = "util-1"\n',
+    "tools/__init__.py": "", "tools/emit.py": "import sys\n\nfrom tools import common\n\nopen(sys.argv[1], 'w').write(common.WORD)\n",
+    "tools/common.py": 'WORD = "one"\n', "data/in.txt": "x\n", "notes.txt": "n\n", "out/.keep": "",
+}
+
+
+def ran(root: Path) -> dict[str, str]:
+    result = run_pivot(root, "repro", "--json", timeout=40)
+    assert result.returncode == 0, describe(result)
+    return {s: e["status"] for s, e in finished(parse_events(result.stdout)).items()}
+
+
+def explain(root: Path, stage: str) -> str:
+    result = run_pivot(root, "status", "--explain", stage)
+    return result.stdout
+
+
+def test_a_scripts_code_is_its_ast_and_the_project_modules_it_imports(make_project: Callable[..., Path]) -> None:
+    root = make_project(SCRIPT_FILES)
+    assert ran(root) == {"train": "ran", "emit": "ran", "plain": "ran"}
+    assert (root / "out" / "train.txt").read_text() == "1.0 util-1\n"
+
+    # Comments, a docstring and formatting: nothing runs (DVC would run train).
+    (root / "src" / "train.py").write_text(
+        TRAIN.replace('"""Train."""', '"""Train a model: another docstring."""  # and a comment')
+        .replace("lr, out = float(sys.argv[1]), sys.argv[2]", "lr, out = (\n        float(sys.argv[1]),\n        sys.argv[2],\n    )"))
+    assert ran(root) == {"train": "skipped", "emit": "skipped", "plain": "skipped"}
+
+    # A module it imports that nobody declared: train runs, and status names the file.
+    (root / "src" / "pkg" / "util.py").write_text('NAME = "util-2"\n')
+    assert "code changed: src/pkg/util.py" in explain(root, "train")
+    assert ran(root) == {"train": "ran", "emit": "skipped", "plain": "skipped"}
+    assert (root / "out" / "train.txt").read_text() == "1.0 util-2\n"
+
+    # `python -m`: the module and what it imports.
+    (root / "tools" / "common.py").write_text('WORD = "two"\n')
+    assert ran(root) == {"train": "skipped", "emit": "ran", "plain": "skipped"}
+
+    # Any other command keeps its declared deps, by their bytes.
+    (root / "notes.txt").write_text("n  # a comment is a change here\n")
+    assert ran(root) == {"train": "skipped", "emit": "skipped", "plain": "ran"}
+
+
+def test_pivot_up_runs_a_script_stage_again_when_a_helper_it_imports_changes(
+    make_project: Callable[..., Path], up: Callable[..., LiveRun],
+) -> None:
+    root = make_project(SCRIPT_FILES)
+    live = up(root)
+    live.wait_event(lambda e: e["event"] == "wave_finished", WAIT_S, "the first wave")
+    mark = live.mark()
+    (root / "src" / "helpers.py").write_text("def scale(x):\n    return x * 100\n")
+    began = live.wait_event(lambda e: e["event"] == "wave_started", WAIT_S, "a wave for the helper edit", mark)
+    assert began["trigger"] == "code" and began["paths"] == ["src/helpers.py"], began
+    done = live.wait_event(lambda e: e["event"] == "wave_finished", WAIT_S, "its end", mark)
+    assert done["ran"] == ["train"], done
+    assert (root / "out" / "train.txt").read_text() == "10.0 util-1\n"

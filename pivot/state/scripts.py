@@ -1,0 +1,164 @@
+"""Code fingerprints of the Python scripts that command stages run (issue 13, point 3).
+
+For a command whose (first) program is Python running a project-local script
+(`python src/train.py ARGS`) or module (`python -m pkg.train`), the script is
+fingerprinted like a stage function: its normalized AST (comments, docstrings and
+formatting do not count) and that of every project-local module it imports, found as
+Python would (from the script's folder, or the working directory for `-m`), however
+deep. Those files are then the stage's code, not dependencies compared by their bytes: a
+comment edit runs nothing, and an edit to a helper module the script imports runs the
+stage even when no one declared it. Any other command keeps its declared deps.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import shlex
+from pathlib import Path
+
+from pivot.state.codeindex import digest_text, parse_source
+
+__all__ = ["ScriptCode", "script_code"]
+
+_PYTHON = re.compile(r"python(\d+(\.\d+)*)?")
+_OPERATORS = {"&&", "||", ";", "|", "&"}
+_SKIP_DIRS = {".venv", "venv", "site-packages", "node_modules", ".git", ".pivot", ".dvc", "__pycache__"}
+
+
+class ScriptCode:
+    """The files a script's code is made of (project-relative), each with its digest."""
+
+    def __init__(self, parts: dict[str, str]) -> None:
+        self.parts = parts
+
+
+def script_code(cmd: str | tuple[str, ...], cwd: Path, root: Path) -> ScriptCode | None:
+    """The code of the project-local script `cmd` runs first, or None (another program,
+    a script outside the project, one that does not parse)."""
+    target = _target(cmd)
+    if target is None:
+        return None
+    kind, name = target
+    if kind == "file":
+        script = (cwd / name).resolve()
+        search = [script.parent]
+    else:
+        script = _find_module(name, [cwd.resolve()])  # type: ignore[assignment]
+        search = [cwd.resolve()]
+    if script is None or script.suffix != ".py" or not script.is_file() or not _inside(script, root):
+        return None
+    parts: dict[str, str] = {}
+    todo = [script]
+    while todo:
+        path = todo.pop()
+        rel = path.relative_to(root.resolve()).as_posix()
+        if rel in parts:
+            continue
+        try:
+            data = path.read_bytes()
+        except OSError:
+            parts[rel] = "unreadable"
+            continue
+        try:
+            digest = parse_source(data, str(path)).module_digest
+            tree: ast.AST | None = ast.parse(data, str(path))
+        except (SyntaxError, ValueError):
+            if path == script:
+                return None  # it fails on its own when it runs: its bytes stay a dependency
+            digest, tree = "bytes:" + digest_text(data.hex()), None
+        parts[rel] = digest
+        if tree is not None:
+            for found in _imports(tree, path, search):
+                if _inside(found, root):
+                    todo.append(found)
+    return ScriptCode(parts)
+
+
+def _target(cmd: str | tuple[str, ...]) -> tuple[str, str] | None:
+    try:
+        tokens = shlex.split(cmd) if isinstance(cmd, str) else list(cmd)
+    except ValueError:
+        return None
+    while tokens and tokens[0] == "(":  # a dvc.yaml list of commands: "( a ) && ( b )"
+        tokens = tokens[1:]
+    first: list[str] = []
+    for token in tokens:
+        if token in _OPERATORS or token == ")":
+            break
+        first.append(token)
+    while first and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", first[0]):  # VAR=value python ...
+        first = first[1:]
+    if not first or not _PYTHON.fullmatch(Path(first[0]).name):
+        return None
+    i = 1
+    while i < len(first):
+        token = first[i]
+        if token == "-m":
+            return ("module", first[i + 1]) if i + 1 < len(first) else None
+        if token.startswith("-m"):
+            return ("module", token[2:])
+        if token == "-c" or token.startswith("-c") or token == "-":
+            return None
+        if token in ("-W", "-X", "-Q"):
+            i += 2
+            continue
+        if token.startswith("-"):
+            i += 1
+            continue
+        return ("file", token)
+    return None
+
+
+def _imports(tree: ast.AST, path: Path, search: list[Path]) -> list[Path]:
+    """The project files the imports in `tree` (at any depth) would load."""
+    found: list[Path] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                found += _module_files(alias.name, search)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = path.parent
+                for _ in range(node.level - 1):
+                    base = base.parent
+                module = node.module or ""
+                bases = [base]
+            else:
+                module, bases = node.module or "", search
+            if module:
+                found += _module_files(module, bases)
+            for alias in node.names:  # `from pkg import mod` may import a submodule
+                name = f"{module}.{alias.name}" if module else alias.name
+                module_file = _find_module(name, bases)
+                if module_file is not None:
+                    found.append(module_file)
+    return found
+
+
+def _module_files(name: str, search: list[Path]) -> list[Path]:
+    """The files importing `name` runs: its packages' __init__.py, then itself."""
+    found = []
+    parts = name.split(".")
+    for i in range(1, len(parts) + 1):
+        module_file = _find_module(".".join(parts[:i]), search)
+        if module_file is not None:
+            found.append(module_file)
+    return found
+
+
+def _find_module(name: str, search: list[Path]) -> Path | None:
+    rel = Path(*name.split("."))
+    for folder in search:
+        for candidate in (folder / rel.with_suffix(".py"), folder / rel / "__init__.py"):
+            if candidate.is_file():
+                return candidate.resolve()
+    return None
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        rel = path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return False
+    return not any(part in _SKIP_DIRS for part in rel.parts)
