@@ -142,7 +142,7 @@ def _discard_if_died(job: StageJob, future: Future[StageOutcome]) -> None:
         pid = writer(pid_file)
         if pid and (future.cancelled() or future.exception() is not None) and not is_alive(pid):
             kill_group_of(pid_file)  # its command, which would write on
-            for out in job.outs:
+            for out in (o for o in job.outs if o not in job.persist):
                 with contextlib.suppress(OSError):  # the stage's result says what matters
                     remove(Path(job.root) / out)
     finally:

@@ -11,10 +11,12 @@ the params.yaml keys it lists (dotted paths, whole sections, or `{FILE: [keys]}`
 another file), with their values: it runs again exactly when one of those changes.
 Paths are relative to the stage's `wdir` (default: the folder of dvc.yaml).
 
-What is not supported yet is an error naming the file, the stage and the key, never a
-silent skip: a dvc.yaml below the project root, `frozen: true`, `always_changed: true`,
-and outputs with `cache: false` or `persist: true` (metrics and plots may say
-`cache: false`: Pivot keeps them out of its .gitignore block either way).
+`frozen: true` stages never run, `always_changed: true` ones run every time (never
+restored from the run cache), and `persist: true` outputs stay in place before a run and
+after a failure. What is not supported yet is an error naming the file, the stage and
+the key, never a silent skip: a dvc.yaml below the project root, and outputs with
+`cache: false` (metrics and plots may say it: Pivot keeps them out of its .gitignore
+block either way).
 """
 
 from __future__ import annotations
@@ -46,7 +48,10 @@ class DvcStage:
     """One stage of dvc.yaml, resolved: paths relative to the project root."""
 
     def __init__(self, name: str, cmd: str, wdir: str, deps: list[str], outs: list[str], metrics: list[str],
-                 params: dict[str, Any]) -> None:
+                 params: dict[str, Any], persist: list[str], frozen: bool, always: bool) -> None:
+        self.persist = persist
+        self.frozen = frozen
+        self.always = always
         self.name = name
         self.cmd = cmd
         self.wdir = wdir
@@ -230,8 +235,8 @@ def _stage(root: Path, name: str, body: dict[str, Any], context: dict[str, Any],
     if unknown:
         raise PipelineError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(_STAGE_KEYS))})")
     for flag in ("frozen", "always_changed"):
-        if body.get(flag):
-            raise PipelineError(f"{where}: {flag}: true is not supported yet")
+        if not isinstance(body.get(flag, False), bool):
+            raise PipelineError(f"{where}: {flag} must be true or false, got {body[flag]!r}")
     if "vars" in body:
         context = {**context, **_vars(root, _resolve_value(body["vars"], context, where), files, f"{where}: vars")}
     body = {k: v for k, v in body.items() if k not in ("vars", "desc", "meta")}
@@ -248,6 +253,8 @@ def _stage(root: Path, name: str, body: dict[str, Any], context: dict[str, Any],
         raise PipelineError(f"{where}: wdir {wdir!r} must be a folder inside the project")
     wdir = posixpath.normpath(wdir)
 
+    persist: list[str] = []
+
     def paths(key: str) -> list[str]:
         found = []
         for entry in resolved.get(key) or []:
@@ -256,10 +263,12 @@ def _stage(root: Path, name: str, body: dict[str, Any], context: dict[str, Any],
                 for flag, value in (flags or {}).items():
                     if flag in _IGNORED_FLAGS:
                         continue
-                    if (flag == "cache" and value is False and key == "outs") or (flag == "persist" and value):
-                        raise PipelineError(f"{where}: {key}: {path}: {flag}: {value} is not supported yet")
-                    if flag not in ("cache", "persist"):
-                        raise PipelineError(f"{where}: {key}: {path}: unknown key {flag!r}")
+                    if flag == "cache" and value is False and key == "outs":
+                        raise PipelineError(f"{where}: {key}: {path}: cache: false is not supported yet")
+                    if flag == "persist" and value is True:
+                        persist.append(_from_wdir(wdir, str(path), where, key))
+                    elif flag not in ("cache", "persist") or not isinstance(value, bool):
+                        raise PipelineError(f"{where}: {key}: {path}: unknown key or value {flag}: {value!r}")
             elif isinstance(entry, str):
                 path = entry
             else:
@@ -269,7 +278,8 @@ def _stage(root: Path, name: str, body: dict[str, Any], context: dict[str, Any],
 
     deps, outs, metrics, plots = paths("deps"), paths("outs"), paths("metrics"), paths("plots")
     params = _tracked(resolved.get("params"), files, where)
-    return DvcStage(name, cmd, wdir, deps, outs + plots, metrics, params)
+    return DvcStage(name, cmd, wdir, deps, outs + plots, metrics, params, persist,
+                    bool(resolved.get("frozen")), bool(resolved.get("always_changed")))
 
 
 def _from_wdir(wdir: str, path: str, where: str, key: str) -> str:

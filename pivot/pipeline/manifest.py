@@ -27,6 +27,11 @@ class StageSpec:
     # qualified name -> hash for every piece of code the fingerprint covers
     code_parts: dict[str, str] = field(default_factory=dict)
     tags: tuple[str, ...] = field(default=(), compare=False)  # only pools with all of them run it
+    # dvc.yaml's: outputs kept in place before a run and after a failure (the stage
+    # appends or resumes); never run (frozen); always run (always_changed).
+    persist: tuple[str, ...] = ()
+    frozen: bool = False
+    always: bool = False
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -40,6 +45,9 @@ class StageSpec:
             "fingerprint": self.fingerprint,
             "code_parts": self.code_parts,
             "tags": list(self.tags),
+            "persist": list(self.persist),
+            "frozen": self.frozen,
+            "always": self.always,
         }
 
     @classmethod
@@ -56,6 +64,9 @@ class StageSpec:
                 fingerprint=_str(d["fingerprint"]),
                 code_parts={k: _str(v) for k, v in _map(d["code_parts"]).items()},
                 tags=_strs(d.get("tags", [])),
+                persist=_strs(d.get("persist", [])),
+                frozen=_bool(d.get("frozen", False)),
+                always=_bool(d.get("always", False)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(f"malformed stage in manifest: {exc!r}") from exc
@@ -99,6 +110,12 @@ class Manifest:
 def _str(v: Any) -> str:
     if not isinstance(v, str):
         raise TypeError(f"expected str, got {type(v).__name__}")
+    return v
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise TypeError(f"expected bool, got {type(v).__name__}")
     return v
 
 

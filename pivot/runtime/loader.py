@@ -61,7 +61,8 @@ def import_pipeline(root: Path, *, check_nested: bool = False) -> None:
         from pivot.pipeline.dvcyaml import load_dvc_stages
 
         for s in load_dvc_stages(root, check_nested=check_nested):
-            register_dvc_stage(s.name, s.cmd, s.wdir, s.deps, s.outs, s.metrics, s.params)
+            register_dvc_stage(s.name, s.cmd, s.wdir, s.deps, s.outs, s.metrics, s.params, s.persist, s.frozen,
+                               s.always)
     _loaded[:] = [root]
 
 
@@ -107,6 +108,9 @@ def build_manifest(root: Path) -> Manifest:
                 fingerprint=code.digest,
                 code_parts=code.parts,
                 tags=decl.tags,
+                persist=tuple(normalize(decl.name, "outs", p) for p in decl.persist),
+                frozen=decl.frozen,
+                always=decl.always,
             )
         )
     # Only into an existing .pivot/ (made, with its .gitignore, by commands that run or

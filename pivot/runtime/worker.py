@@ -190,6 +190,9 @@ def run_stage(job: StageJob) -> StageOutcome:
         )
     state = _state(root)
     outs: list[str] = list(job.outs)
+    # What a failed run leaves of its outputs goes; persistent ones (dvc.yaml's persist:
+    # a stage that appends or resumes) stay, before it runs and after.
+    transient = [out for out in outs if out not in job.persist]
     # Nothing is lost: what is about to be deleted goes to the cache first. Then the old
     # outputs go, so a stage that does not write one cannot pass on the previous file.
     # The previous lock stays until this run succeeds: it still describes the last good
@@ -204,7 +207,7 @@ def run_stage(job: StageJob) -> StageOutcome:
         msg = f"not run: could not save its current outputs to the cache first: {exc}"
         return outcome("failed", "failed", msg)
     try:
-        for out in outs:
+        for out in transient:
             remove(root / out)
     except OSError as exc:  # a read-only mount, a permission: said, the stage not run
         return outcome("failed", "failed", f"not run: {describe_os_error(exc, root)}")
@@ -216,21 +219,21 @@ def run_stage(job: StageJob) -> StageOutcome:
             with captured(pid_file), cancellable(pid_file):
                 _call(decl, job.params, root, pid_file)
     except StageCancelled:
-        _discard(root, outs)  # partial: nothing of this run is kept
+        _discard(root, transient)  # partial: nothing of this run is kept
         return outcome("cancelled", "cancelled", "cancelled while running")
     except CommandFailed as exc:  # said in one line: no traceback of ours
-        _discard(root, outs)
+        _discard(root, transient)
         return outcome("failed", "failed", str(exc))
     except BaseException as exc:
         # What a failed run wrote is partial (and may fill the disk): it goes. The last
         # good outputs stay in the cache (`pivot checkout` brings them back).
-        _discard(root, outs)
+        _discard(root, transient)
         why = describe_os_error(exc, root) if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
         return outcome("failed", "failed", why, user_traceback(exc))
     not_folders = [out for out in outs if out.endswith("/") and (root / out.rstrip("/")).is_file()]
     if not_folders:
         # Stored as a file, it would never match its declaration: stale forever.
-        _discard(root, outs)
+        _discard(root, transient)
         out = not_folders[0]
         return outcome(
             "failed", "failed",
@@ -241,7 +244,7 @@ def run_stage(job: StageJob) -> StageOutcome:
     try:
         stored = commit(state, outs)
     except (PivotError, OSError) as exc:
-        _discard(root, outs)
+        _discard(root, transient)
         why = describe_os_error(exc, root / ".pivot" / "cache") if isinstance(exc, OSError) else str(exc)
         return outcome("failed", "failed", f"could not store its outputs in the cache: {why}")
     reached("committed")

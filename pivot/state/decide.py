@@ -63,6 +63,9 @@ def decide(
     def verdict(*reasons: Reason) -> Decision:
         return Decision(bool(reasons), reasons, dep_hashes, tuple(missing), lock)
 
+    if spec.frozen:  # dvc.yaml's frozen: never run, whatever changed
+        return Decision(False, (Reason(ReasonCode.UP_TO_DATE, "frozen (dvc.yaml): never run"),), dep_hashes, (), lock)
+
     if lock is None:  # deps may be missing only because upstream has not run yet either
         problem = lock_problem(root, spec.name)
         if problem is not None:
@@ -79,6 +82,8 @@ def decide(
     reasons: list[Reason] = []
     if force:
         reasons.append(Reason(ReasonCode.FORCED, "forced"))
+    if spec.always:
+        reasons.append(Reason(ReasonCode.ALWAYS_CHANGED, "always_changed (dvc.yaml): it runs every time"))
     for check in (_definition, _code, _params, _deps):
         if reasons and not all_reasons:
             return verdict(*reasons)

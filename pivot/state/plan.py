@@ -84,7 +84,8 @@ def prepare(
     if not decision.run or decision.missing_deps:
         return Prepared(decision)
     key = run_key(spec, decision.dep_hashes)
-    outs = restorable(state, spec, key) if use_run_cache and not force else None
+    # An always_changed stage reads what no dependency says (a clock, a server): run it.
+    outs = restorable(state, spec, key) if use_run_cache and not force and not spec.always else None
     if outs is None:
         return Prepared(decision, key)
     recorded = decision.lock.outs if decision.lock else {}

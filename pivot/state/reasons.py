@@ -36,6 +36,7 @@ class ReasonCode(enum.StrEnum):
     POOL_LOST = "pool_lost"
     WORKER_DIED = "worker_died"
     NO_POOL = "no_pool"  # no connected worker pool has the tags the stage needs
+    ALWAYS_CHANGED = "always_changed"  # dvc.yaml's always_changed: it runs every time
 
 
 @dataclass(frozen=True)

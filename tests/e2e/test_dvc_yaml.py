@@ -125,10 +125,10 @@ def test_a_dvc_yaml_edit_reloads_a_live_engine(make_project: Callable[..., Path]
 
 
 @pytest.mark.parametrize(("change", "says"), [
-    (("    cmd: python src/prepare.py", "    frozen: true\n    cmd: python src/prepare.py"),
-     "stage 'prepare': frozen: true is not supported yet"),
-    (("    outs:\n      - data/clean.csv", "    outs:\n      - data/clean.csv:\n          persist: true"),
-     "stage 'prepare': outs: data/clean.csv: persist: True is not supported yet"),
+    (("    cmd: python src/prepare.py", "    frozen: maybe\n    cmd: python src/prepare.py"),
+     "stage 'prepare': frozen must be true or false, got 'maybe'"),
+    (("    outs:\n      - data/clean.csv", "    outs:\n      - data/clean.csv:\n          cache: false"),
+     "stage 'prepare': outs: data/clean.csv: cache: false is not supported yet"),
     (("    deps:\n      - src/prepare.py", "    depz:\n      - src/prepare.py"), "stage 'prepare': unknown key 'depz'"),
     (("stages:", "stagez:"), "dvc.yaml: unknown top-level key 'stagez'"),
     (("      - prepare.min_rows", "      - prepare.max_rows"), "no such key 'prepare.max_rows'"),
@@ -152,3 +152,47 @@ def test_a_dvc_yaml_below_the_root_and_a_name_in_both_sources_are_refused(make_p
                         name="both")
     result = run_pivot(both, "list")
     assert result.returncode == 2 and "'prepare' is declared in both pipeline.py and dvc.yaml" in result.stderr, describe(result)
+
+
+FLAGS = '''\
+stages:
+  stamp:
+    cmd: echo run >> runs.log
+    always_changed: true
+    outs:
+      - runs.log:
+          persist: true
+  frozen:
+    cmd: cp data/raw.csv copy.csv
+    frozen: true
+    deps:
+      - data/raw.csv
+    outs:
+      - copy.csv
+  flaky:
+    cmd: echo attempt >> tries.log && test -f ok
+    outs:
+      - tries.log:
+          persist: true
+'''
+
+
+def test_frozen_never_runs_always_changed_always_runs_and_persist_outputs_stay(
+    make_project: Callable[..., Path],
+) -> None:
+    root = make_project({"dvc.yaml": FLAGS, "data/raw.csv": "a\n", "copy.csv": "kept by hand\n"})
+    first = run_pivot(root, "repro", "--json", "--keep-going", timeout=40)
+    assert first.returncode == 1, describe(first)  # flaky fails: no `ok` yet
+    assert statuses(first) == {"stamp": "ran", "frozen": "skipped", "flaky": "failed"}
+    assert (root / "tries.log").read_text() == "attempt\n"  # a failed run's persistent output stays
+
+    (root / "data" / "raw.csv").write_text("b\n")
+    (root / "ok").write_text("")
+    second = run_pivot(root, "repro", "--json", timeout=40)
+    assert second.returncode == 0, describe(second)
+    done = finished(parse_events(second.stdout))
+    assert {s: e["status"] for s, e in done.items()} == {"stamp": "ran", "frozen": "skipped", "flaky": "ran"}
+    assert done["stamp"]["reason_code"] == "always_changed", done["stamp"]
+    assert (root / "runs.log").read_text() == "run\nrun\n"  # kept in place: the stage appends
+    assert (root / "tries.log").read_text() == "attempt\nattempt\n"
+    assert (root / "copy.csv").read_text() == "kept by hand\n"  # frozen: never run, whatever changed
