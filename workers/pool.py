@@ -509,7 +509,8 @@ class PoolService:
         # What its stages write stays out of git (pivot/pipeline/gitignore.py): a read and
         # a compare, a write only when the outputs changed.
         try:
-            keep_outputs_ignored(self.root, (o for s in self.manifest.stages for o in s.outs if o not in s.metrics))
+            keep_outputs_ignored(self.root, (o for s in self.manifest.stages for o in s.outs
+                                             if o not in s.metrics and o not in s.uncached))
         except OSError as exc:
             log.warning("could not update %s: %s", self.root / ".gitignore", exc)
 

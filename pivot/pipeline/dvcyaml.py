@@ -12,11 +12,11 @@ another file), with their values: it runs again exactly when one of those change
 Paths are relative to the stage's `wdir` (default: the folder of dvc.yaml).
 
 `frozen: true` stages never run, `always_changed: true` ones run every time (never
-restored from the run cache), and `persist: true` outputs stay in place before a run and
-after a failure. What is not supported yet is an error naming the file, the stage and
-the key, never a silent skip: a dvc.yaml below the project root, and outputs with
-`cache: false` (metrics and plots may say it: Pivot keeps them out of its .gitignore
-block either way).
+restored from the run cache), `persist: true` outputs stay in place before a run and
+after a failure, and `cache: false` outputs are hashed but never stored (nor listed in
+Pivot's .gitignore block: they stay in git). What is not supported yet is an error
+naming the file, the stage and the key, never a silent skip: a dvc.yaml below the
+project root.
 """
 
 from __future__ import annotations
@@ -48,8 +48,9 @@ class DvcStage:
     """One stage of dvc.yaml, resolved: paths relative to the project root."""
 
     def __init__(self, name: str, cmd: str, wdir: str, deps: list[str], outs: list[str], metrics: list[str],
-                 params: dict[str, Any], persist: list[str], frozen: bool, always: bool) -> None:
+                 params: dict[str, Any], persist: list[str], uncached: list[str], frozen: bool, always: bool) -> None:
         self.persist = persist
+        self.uncached = uncached
         self.frozen = frozen
         self.always = always
         self.name = name
@@ -254,6 +255,7 @@ def _stage(root: Path, name: str, body: dict[str, Any], context: dict[str, Any],
     wdir = posixpath.normpath(wdir)
 
     persist: list[str] = []
+    uncached: list[str] = []
 
     def paths(key: str) -> list[str]:
         found = []
@@ -263,9 +265,9 @@ def _stage(root: Path, name: str, body: dict[str, Any], context: dict[str, Any],
                 for flag, value in (flags or {}).items():
                     if flag in _IGNORED_FLAGS:
                         continue
-                    if flag == "cache" and value is False and key == "outs":
-                        raise PipelineError(f"{where}: {key}: {path}: cache: false is not supported yet")
-                    if flag == "persist" and value is True:
+                    if flag == "cache" and value is False:
+                        uncached.append(_from_wdir(wdir, str(path), where, key))
+                    elif flag == "persist" and value is True:
                         persist.append(_from_wdir(wdir, str(path), where, key))
                     elif flag not in ("cache", "persist") or not isinstance(value, bool):
                         raise PipelineError(f"{where}: {key}: {path}: unknown key or value {flag}: {value!r}")
@@ -278,7 +280,7 @@ def _stage(root: Path, name: str, body: dict[str, Any], context: dict[str, Any],
 
     deps, outs, metrics, plots = paths("deps"), paths("outs"), paths("metrics"), paths("plots")
     params = _tracked(resolved.get("params"), files, where)
-    return DvcStage(name, cmd, wdir, deps, outs + plots, metrics, params, persist,
+    return DvcStage(name, cmd, wdir, deps, outs + plots, metrics, params, persist, uncached,
                     bool(resolved.get("frozen")), bool(resolved.get("always_changed")))
 
 

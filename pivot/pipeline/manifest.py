@@ -30,6 +30,7 @@ class StageSpec:
     # dvc.yaml's: outputs kept in place before a run and after a failure (the stage
     # appends or resumes); never run (frozen); always run (always_changed).
     persist: tuple[str, ...] = ()
+    uncached: tuple[str, ...] = ()  # dvc.yaml's cache: false: hashed, never stored, not git-ignored
     frozen: bool = False
     always: bool = False
 
@@ -46,6 +47,7 @@ class StageSpec:
             "code_parts": self.code_parts,
             "tags": list(self.tags),
             "persist": list(self.persist),
+            "uncached": list(self.uncached),
             "frozen": self.frozen,
             "always": self.always,
         }
@@ -65,6 +67,7 @@ class StageSpec:
                 code_parts={k: _str(v) for k, v in _map(d["code_parts"]).items()},
                 tags=_strs(d.get("tags", [])),
                 persist=_strs(d.get("persist", [])),
+                uncached=_strs(d.get("uncached", [])),
                 frozen=_bool(d.get("frozen", False)),
                 always=_bool(d.get("always", False)),
             )

@@ -60,6 +60,7 @@ class StageDecl:
     wdir: str = "."  # where a command runs, relative to the project root
     dvc: bool = False  # from dvc.yaml: `params` are the params.yaml keys it reads, with their values
     persist: tuple[str, ...] = ()  # dvc.yaml's persist: true outputs
+    uncached: tuple[str, ...] = ()  # dvc.yaml's cache: false outputs
     frozen: bool = False
     always: bool = False
 
@@ -179,7 +180,7 @@ def _register_command(
 
 def register_dvc_stage(
     name: str, cmd: str, wdir: str, deps: list[str], outs: list[str], metrics: list[str], params: dict[str, Any],
-    persist: list[str], frozen: bool, always: bool,
+    persist: list[str], uncached: list[str], frozen: bool, always: bool,
 ) -> None:
     """A stage of dvc.yaml (pivot/pipeline/dvcyaml.py), as a command stage."""
     if not _NAME_RE.fullmatch(name):
@@ -188,7 +189,7 @@ def register_dvc_stage(
         raise PipelineError(f"stage {name!r} is declared in both pipeline.py and dvc.yaml: rename one")
     _registry[name] = StageDecl(
         name, _command_stage, tuple(deps), tuple(outs + metrics), tuple(metrics), dict(params), (), cmd, wdir,
-        dvc=True, persist=tuple(persist), frozen=frozen, always=always,
+        dvc=True, persist=tuple(persist), uncached=tuple(uncached), frozen=frozen, always=always,
     )
 
 

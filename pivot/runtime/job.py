@@ -55,6 +55,7 @@ class StageJob:
     pool_pid: int = 0  # the worker exits if this process is gone (fencing)
     foreground: bool = False  # `pivot run --foreground`: the terminal is the stage's
     persist: tuple[str, ...] = ()  # outputs left in place before the run and after a failure
+    uncached: tuple[str, ...] = ()  # outputs hashed but never stored in the cache
 
     @classmethod
     def for_stage(
@@ -68,7 +69,7 @@ class StageJob:
             dep_hashes=decision.dep_hashes, recorded_outs=decision.lock.outs if decision.lock else {},
             run_key=prepared.run_key, reason_code=str(reason.code), reason=reason.message,
             details=reason.details, pid_file=pid_file, pool_pid=pool_pid, foreground=foreground,
-            persist=spec.persist,
+            persist=spec.persist, uncached=spec.uncached,
         )
 
 

@@ -61,8 +61,8 @@ def import_pipeline(root: Path, *, check_nested: bool = False) -> None:
         from pivot.pipeline.dvcyaml import load_dvc_stages
 
         for s in load_dvc_stages(root, check_nested=check_nested):
-            register_dvc_stage(s.name, s.cmd, s.wdir, s.deps, s.outs, s.metrics, s.params, s.persist, s.frozen,
-                               s.always)
+            register_dvc_stage(s.name, s.cmd, s.wdir, s.deps, s.outs, s.metrics, s.params, s.persist, s.uncached,
+                               s.frozen, s.always)
     _loaded[:] = [root]
 
 
@@ -109,6 +109,7 @@ def build_manifest(root: Path) -> Manifest:
                 code_parts=code.parts,
                 tags=decl.tags,
                 persist=tuple(normalize(decl.name, "outs", p) for p in decl.persist),
+                uncached=tuple(normalize(decl.name, "outs", p) for p in decl.uncached),
                 frozen=decl.frozen,
                 always=decl.always,
             )

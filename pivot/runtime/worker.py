@@ -198,7 +198,7 @@ def run_stage(job: StageJob) -> StageOutcome:
     # The previous lock stays until this run succeeds: it still describes the last good
     # run (whose outputs `pivot checkout` can bring back), never this one.
     try:
-        for saved in preserve(state, outs, job.recorded_outs):
+        for saved in preserve(state, outs, job.recorded_outs, job.uncached):
             if pid_file is not None:
                 write_note(pid_file, saved.note())  # before the lines the stage prints
             else:
@@ -242,7 +242,7 @@ def run_stage(job: StageJob) -> StageOutcome:
             details={"paths": not_folders},
         )
     try:
-        stored = commit(state, outs)
+        stored = commit(state, outs, job.uncached)
     except (PivotError, OSError) as exc:
         _discard(root, transient)
         why = describe_os_error(exc, root / ".pivot" / "cache") if isinstance(exc, OSError) else str(exc)

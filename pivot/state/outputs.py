@@ -7,6 +7,7 @@ Every output a run is about to delete or overwrite is first made sure to be in t
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,13 +58,18 @@ class Saved:
         )
 
 
-def preserve(state: ProjectState, outs: list[str], recorded: dict[str, str]) -> list[Saved]:
-    """Store each existing output whose content the cache lacks; return those stored."""
+def preserve(
+    state: ProjectState, outs: list[str], recorded: dict[str, str], uncached: Iterable[str] = (),
+) -> list[Saved]:
+    """Store each existing output whose content the cache lacks; return those stored. An
+    `uncached` output as the last run left it is not stored (the run makes it again); a
+    hand edit of one is."""
     saved = []
+    never = set(uncached)
     for out in outs:
         path = state.root / out
         digest = state.hashes.hash_path(path)
-        if digest is None or state.cache.has(digest):
+        if digest is None or state.cache.has(digest) or (out in never and digest == recorded.get(out)):
             continue
         stored = state.cache.store(path)
         if stored != recorded.get(out):
@@ -80,13 +86,19 @@ def _record(state: ProjectState, path: Path, digest: str) -> None:
         state.hashes.record(path, digest)
 
 
-def commit(state: ProjectState, outs: list[str]) -> dict[str, str | None]:
-    """Store every output in the cache; return path -> digest (None when not produced)."""
+def commit(state: ProjectState, outs: list[str], uncached: Iterable[str] = ()) -> dict[str, str | None]:
+    """Store every output in the cache (those `uncached` are only hashed: dvc.yaml's
+    `cache: false`); return path -> digest (None when not produced)."""
     result: dict[str, str | None] = {}
+    keep_out = set(uncached)
     for out in outs:
         path = state.root / out
         if not path.exists():
             result[out] = None
+            continue
+        if out in keep_out:
+            hashed = state.hashes.hash_path(path)
+            result[out] = hashed
             continue
         digest = state.cache.store(path)
         reached("stored")

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from procs import LiveRun, describe, finished, parse_events, run_pivot
 
+from pivot.state.hashing import hash_path
+
 pytestmark = pytest.mark.timeout(60)
 
 WAIT_S = 20.0
@@ -127,8 +129,8 @@ def test_a_dvc_yaml_edit_reloads_a_live_engine(make_project: Callable[..., Path]
 @pytest.mark.parametrize(("change", "says"), [
     (("    cmd: python src/prepare.py", "    frozen: maybe\n    cmd: python src/prepare.py"),
      "stage 'prepare': frozen must be true or false, got 'maybe'"),
-    (("    outs:\n      - data/clean.csv", "    outs:\n      - data/clean.csv:\n          cache: false"),
-     "stage 'prepare': outs: data/clean.csv: cache: false is not supported yet"),
+    (("    outs:\n      - data/clean.csv", "    outs:\n      - data/clean.csv:\n          cache: maybe"),
+     "stage 'prepare': outs: data/clean.csv: unknown key or value cache: 'maybe'"),
     (("    deps:\n      - src/prepare.py", "    depz:\n      - src/prepare.py"), "stage 'prepare': unknown key 'depz'"),
     (("stages:", "stagez:"), "dvc.yaml: unknown top-level key 'stagez'"),
     (("      - prepare.min_rows", "      - prepare.max_rows"), "no such key 'prepare.max_rows'"),
@@ -196,3 +198,39 @@ def test_frozen_never_runs_always_changed_always_runs_and_persist_outputs_stay(
     assert (root / "runs.log").read_text() == "run\nrun\n"  # kept in place: the stage appends
     assert (root / "tries.log").read_text() == "attempt\nattempt\n"
     assert (root / "copy.csv").read_text() == "kept by hand\n"  # frozen: never run, whatever changed
+
+
+UNCACHED = '''\
+stages:
+  make:
+    cmd: python -c "open('table.csv', 'w').write('a,b\\n'); open('big.bin', 'w').write('x' * 1000)"
+    deps:
+      - data/raw.csv
+    outs:
+      - table.csv:
+          cache: false
+      - big.bin
+'''
+
+
+def test_an_output_with_cache_false_is_hashed_not_stored_and_stays_in_git(make_project: Callable[..., Path]) -> None:
+    root = make_project({"dvc.yaml": UNCACHED, "data/raw.csv": "a\n"})
+    assert statuses(run_pivot(root, "repro", "--json", timeout=40)) == {"make": "ran"}
+    ignored = (root / ".gitignore").read_text()
+    assert "/big.bin" in ignored and "table.csv" not in ignored, ignored  # it stays in git
+
+    def in_cache(path: Path) -> bool:
+        digest = hash_path(path)
+        assert digest is not None
+        return (root / ".pivot" / "cache" / "files" / digest[:2] / digest[2:]).is_file()
+
+    assert in_cache(root / "big.bin") and not in_cache(root / "table.csv")
+
+    # Its hash is still checked: a hand edit makes the stage stale, and is kept in the
+    # cache before the run replaces it (nothing is lost).
+    (root / "table.csv").write_text("edited\n")
+    again = run_pivot(root, "repro", "--json", timeout=40)
+    done = finished(parse_events(again.stdout))
+    assert done["make"]["status"] == "ran" and done["make"]["reason_code"] == "out_modified", done["make"]
+    assert (root / "table.csv").read_text() == "a,b\n"
+    assert statuses(run_pivot(root, "repro", "--json", timeout=40)) == {"make": "skipped"}
