@@ -502,17 +502,26 @@ class BrokerService:
         from pivot.launch.spawn import LoaderRun
 
         def load() -> None:
-            sender = self.ctx.socket(zmq.PAIR)
-            sender.setsockopt(zmq.LINGER, 1000)
-            sender.connect(self._loaded_addr)
             try:
-                try:
-                    manifest = LoaderRun(self.root).result()
-                    payload = [b"ok", encode(ManifestLoaded("", manifest.to_wire()), sender=SENDER)]
-                except PivotError as exc:
-                    detail = exc.detail if isinstance(exc, PipelineError) else ""
-                    payload = [b"failed", encode(ManifestFailed("", str(exc), detail), sender=SENDER)]
+                manifest = LoaderRun(self.root).result()
+                payload = [b"ok", encode(ManifestLoaded("", manifest.to_wire()), sender=SENDER)]
+            except PivotError as exc:
+                detail = exc.detail if isinstance(exc, PipelineError) else ""
+                payload = [b"failed", encode(ManifestFailed("", str(exc), detail), sender=SENDER)]
+            except Exception as exc:  # ours: said like a load that failed, never a thread's traceback
+                log.exception("the broker's own loader failed")
+                message = f"loading the pipeline failed inside Pivot: {type(exc).__name__}: {exc}"
+                payload = [b"failed", encode(ManifestFailed("", message, ""), sender=SENDER)]
+            try:
+                sender = self.ctx.socket(zmq.PAIR)
+            except zmq.ZMQError:
+                return  # the broker stopped while it loaded (its context is closed): nobody waits
+            try:
+                sender.setsockopt(zmq.LINGER, 1000)
+                sender.connect(self._loaded_addr)
                 sender.send_multipart(payload)
+            except zmq.ZMQError:
+                pass  # the same, a moment later
             finally:
                 sender.close()
 
