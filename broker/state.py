@@ -746,7 +746,7 @@ class BrokerState:
         return min(due, default=None)
 
     def _is_code(self, path: str) -> bool:
-        if path in (PIPELINE_FILE, DVC_FILE):
+        if path in (PIPELINE_FILE, DVC_FILE) or path.endswith("/" + DVC_FILE):
             return True
         if self.manifest is None:  # no manifest yet: any Python file may fix the pipeline
             return path.endswith(".py")

@@ -17,7 +17,7 @@ def gc(force: bool, run_cache: bool) -> None:
     first, or keep the cache).
     """
     from pivot.pipeline.project import find_root, pivot_dir
-    from pivot.state.lock import read_lock
+    from pivot.state.lock import read_lock, stage_of_file
     from pivot.state.outputs import ProjectState
     from pivot.transport.rundir import RunDir
 
@@ -29,7 +29,7 @@ def gc(force: bool, run_cache: bool) -> None:
     try:
         keep: set[str] = set()
         for path in (root / ".pivot" / "stages").glob("*.lock"):
-            lock = read_lock(root, path.stem)
+            lock = read_lock(root, stage_of_file(path.stem))
             if lock is not None:
                 keep.update(lock.outs.values())
         entries = list(state.runs.entries())

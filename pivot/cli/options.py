@@ -59,7 +59,9 @@ def complete_stages(ctx: click.Context, param: click.Parameter, incomplete: str)
 
         names = [s.name for s in run_loader(root, timeout=5.0).stages]
     except Exception:
-        names = sorted(p.stem for p in (root / ".pivot" / "stages").glob("*.lock"))
+        from pivot.state.lock import stage_of_file
+
+        names = sorted(stage_of_file(p.stem) for p in (root / ".pivot" / "stages").glob("*.lock"))
     groups = sorted({n.partition("@")[0] for n in names if "@" in n} - set(names))
     return [n for n in [*names, *groups] if n.startswith(incomplete)]
 

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 from pivot.errors import UserError
-from pivot.state.lock import StageLock, parse_lock
+from pivot.state.lock import StageLock, parse_lock, stage_file
 
 __all__ = ["Revision"]
 
@@ -39,7 +39,7 @@ class Revision:
         return self._git("show", f"{self.commit}:./{path}")
 
     def lock(self, stage: str) -> StageLock | None:
-        raw = self.read(f".pivot/stages/{stage}.lock")
+        raw = self.read(f".pivot/stages/{stage_file(stage)}.lock")
         return parse_lock(raw) if raw is not None else None
 
     def output(self, stage: str, path: str) -> bytes | None:

@@ -14,9 +14,9 @@ Paths are relative to the stage's `wdir` (default: the folder of dvc.yaml).
 `frozen: true` stages never run, `always_changed: true` ones run every time (never
 restored from the run cache), `persist: true` outputs stay in place before a run and
 after a failure, and `cache: false` outputs are hashed but never stored (nor listed in
-Pivot's .gitignore block: they stay in git). What is not supported yet is an error
-naming the file, the stage and the key, never a silent skip: a dvc.yaml below the
-project root.
+Pivot's .gitignore block: they stay in git). A dvc.yaml below the root names its stages
+`FOLDER/dvc.yaml:NAME` (pivot/state/lock.py escapes the `/` in file names). Any other key
+is an error naming the file, the stage and the key, never a silent skip.
 """
 
 from __future__ import annotations
@@ -62,78 +62,86 @@ class DvcStage:
         self.params = params
 
 
-def load_dvc_stages(root: Path, *, check_nested: bool = True) -> list[DvcStage]:
-    """The stages of ROOT/dvc.yaml (none when there is no such file). `check_nested`:
-    refuse a dvc.yaml below the root (the loader does; a worker need not again)."""
-    path = root / DVC_FILE
-    if not path.is_file():
+def load_dvc_stages(root: Path) -> list[DvcStage]:
+    """The stages of every dvc.yaml of the project (none without ROOT/dvc.yaml), the
+    root's first: a file below the root names its stages `FOLDER/dvc.yaml:NAME`, reads
+    FOLDER/params.yaml, and its paths start from FOLDER (or its `wdir` below FOLDER)."""
+    if not (root / DVC_FILE).is_file():
         return []
-    if check_nested:
-        _refuse_nested(root)
-    data = _read_yaml(path, DVC_FILE)
-    if data is None:
-        return []
-    if not isinstance(data, dict):
-        raise PipelineError(f"{DVC_FILE}: expected a map with `stages`, got {type(data).__name__}")
-    unknown = sorted(set(data) - _TOP_KEYS)
-    if unknown:
-        raise PipelineError(f"{DVC_FILE}: unknown top-level key {unknown[0]!r} (known: {', '.join(sorted(_TOP_KEYS))})")
-    files = _ParamFiles(root)
-    context = dict(files.get(PARAMS_FILE))
-    context.update(_vars(root, data.get("vars"), files, f"{DVC_FILE}: vars"))
-    stages = data.get("stages") or {}
-    if not isinstance(stages, dict):
-        raise PipelineError(f"{DVC_FILE}: `stages` must be a map of stage names")
     found: list[DvcStage] = []
-    for name, body in stages.items():
-        if not isinstance(body, dict):
-            raise PipelineError(f"{DVC_FILE}: stage {name!r} must be a map (cmd, deps, outs, ...)")
-        for item_name, item_context, item_body in _expand(str(name), body, context):
-            found.append(_stage(root, item_name, item_body, item_context, files))
+    files = _ParamFiles(root)
+    for rel in dvc_files(root):
+        found += _load_file(root, rel, files)
     return found
 
 
-def _refuse_nested(root: Path) -> None:
-    """A dvc.yaml below the root would be a silent skip: found with git (its files, and
-    untracked ones not ignored) or, outside a repository, a walk of the top folders."""
+def dvc_files(root: Path) -> list[str]:
+    """Every dvc.yaml below ROOT (project-relative), the root's first: git's files and
+    untracked ones it does not ignore, or outside a repository, a walk."""
     import subprocess
 
     try:
         listed = subprocess.run(
-            ["git", "ls-files", "--cached", "--others", "--exclude-standard", "--", f"*/{DVC_FILE}"],
-            cwd=root, capture_output=True, text=True, timeout=10,
+            ["git", "ls-files", "--cached", "--others", "--exclude-standard", "--", DVC_FILE, f"*/{DVC_FILE}"],
+            cwd=root, capture_output=True, text=True, timeout=30,
         )
-        nested = listed.stdout.split() if listed.returncode == 0 else None
+        names = listed.stdout.split("\n") if listed.returncode == 0 else None
     except (OSError, subprocess.TimeoutExpired):
-        nested = None
-    if nested is None:
-        nested = [p.relative_to(root).as_posix() for p in _walk(root, depth=4)]
-    if nested:
-        rel = sorted(nested)[0]
-        raise PipelineError(
-            f"{rel}: a dvc.yaml below the project root is not supported yet; move its stages into "
-            f"{DVC_FILE} at the root (with wdir: {posixpath.dirname(rel)})"
-        )
+        names = None
+    if names is None:
+        names = [p.relative_to(root).as_posix() for p in _walk(root)]
+    found = {n for n in names if n and (n == DVC_FILE or n.endswith("/" + DVC_FILE)) and (root / n).is_file()}
+    if (root / DVC_FILE).is_file():
+        found.add(DVC_FILE)
+    return sorted(found, key=lambda n: (n != DVC_FILE, n))
 
 
-def _walk(root: Path, depth: int) -> list[Path]:
+def _walk(root: Path) -> list[Path]:
+    import os
+
     found = []
-    level = [root]
-    for _ in range(depth):
-        below = []
-        for folder in level:
-            try:
-                entries = list(folder.iterdir())
-            except OSError:
-                continue
-            for entry in entries:
-                if entry.is_dir() and not entry.is_symlink() and entry.name not in _SKIP_DIRS \
-                        and not entry.name.startswith("."):
-                    below.append(entry)
-                    if (entry / DVC_FILE).is_file():
-                        found.append(entry / DVC_FILE)
-        level = below
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in _SKIP_DIRS and not d.startswith(".")]
+        if DVC_FILE in names:
+            found.append(Path(folder) / DVC_FILE)
     return found
+
+
+def _load_file(root: Path, rel: str, files: _ParamFiles) -> list[DvcStage]:
+    folder = posixpath.dirname(rel) or "."
+    prefix = "" if rel == DVC_FILE else f"{rel}:"
+    data = _read_yaml(root / rel, rel)
+    if data is None:
+        return []
+    if not isinstance(data, dict):
+        raise PipelineError(f"{rel}: expected a map with `stages`, got {type(data).__name__}")
+    unknown = sorted(set(data) - _TOP_KEYS)
+    if unknown:
+        raise PipelineError(f"{rel}: unknown top-level key {unknown[0]!r} (known: {', '.join(sorted(_TOP_KEYS))})")
+    place = _Place(rel, folder)
+    context = dict(files.get(place.path(PARAMS_FILE)))
+    context.update(_vars(place, data.get("vars"), files, f"{rel}: vars"))
+    stages = data.get("stages") or {}
+    if not isinstance(stages, dict):
+        raise PipelineError(f"{rel}: `stages` must be a map of stage names")
+    found: list[DvcStage] = []
+    for name, body in stages.items():
+        if not isinstance(body, dict):
+            raise PipelineError(f"{rel}: stage {name!r} must be a map (cmd, deps, outs, ...)")
+        for item_name, item_context, item_body in _expand(place, str(name), body, context):
+            found.append(_stage(place, prefix + item_name, item_body, item_context, files))
+    return found
+
+
+class _Place:
+    """A dvc.yaml: its project path, and the folder its relative paths start from."""
+
+    def __init__(self, rel: str, folder: str) -> None:
+        self.rel = rel
+        self.folder = folder
+
+    def path(self, name: str) -> str:
+        return posixpath.normpath(posixpath.join(self.folder, name))
 
 
 def _read_yaml(path: Path, shown: str) -> Any:
@@ -159,7 +167,7 @@ class _ParamFiles:
             path = self.root / name
             if not path.is_file():
                 if required:
-                    raise PipelineError(f"{DVC_FILE}: params file {name} does not exist")
+                    raise PipelineError(f"params file {name} does not exist (read by a dvc.yaml)")
                 self.read[name] = {}
             else:
                 data = _read_yaml(path, name)
@@ -169,7 +177,7 @@ class _ParamFiles:
         return self.read[name]
 
 
-def _vars(root: Path, given: Any, files: _ParamFiles, where: str) -> dict[str, Any]:
+def _vars(place: _Place, given: Any, files: _ParamFiles, where: str) -> dict[str, Any]:
     """`vars:` entries merged: inline maps, or files (`FILE` or `FILE:key1,key2`)."""
     merged: dict[str, Any] = {}
     for entry in given or []:
@@ -177,7 +185,7 @@ def _vars(root: Path, given: Any, files: _ParamFiles, where: str) -> dict[str, A
             merged.update(entry)
         elif isinstance(entry, str):
             name, _, keys = entry.partition(":")
-            content = files.get(name, required=True)
+            content = files.get(place.path(name), required=True)
             if keys:
                 for key in keys.split(","):
                     merged[key.strip()] = _lookup(content, key.strip(), f"{where}: {entry}")
@@ -188,9 +196,11 @@ def _vars(root: Path, given: Any, files: _ParamFiles, where: str) -> dict[str, A
     return merged
 
 
-def _expand(name: str, body: dict[str, Any], context: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+def _expand(
+    place: _Place, name: str, body: dict[str, Any], context: dict[str, Any],
+) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
     """A stage, or the stages its `foreach` or `matrix` makes, with their contexts."""
-    where = f"{DVC_FILE}: stage {name!r}"
+    where = f"{place.rel}: stage {name!r}"
     if "foreach" in body:
         extra = sorted(set(body) - {"foreach", "do"})
         if extra or not isinstance(body.get("do"), dict):
@@ -230,8 +240,8 @@ def _expand(name: str, body: dict[str, Any], context: dict[str, Any]) -> list[tu
     return [(name, context, body)]
 
 
-def _stage(root: Path, name: str, body: dict[str, Any], context: dict[str, Any], files: _ParamFiles) -> DvcStage:
-    where = f"{DVC_FILE}: stage {name!r}"
+def _stage(place: _Place, name: str, body: dict[str, Any], context: dict[str, Any], files: _ParamFiles) -> DvcStage:
+    where = f"{place.rel}: stage {name!r}"
     unknown = sorted(set(body) - _STAGE_KEYS - _GENERATOR_KEYS)
     if unknown:
         raise PipelineError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(_STAGE_KEYS))})")
@@ -239,7 +249,7 @@ def _stage(root: Path, name: str, body: dict[str, Any], context: dict[str, Any],
         if not isinstance(body.get(flag, False), bool):
             raise PipelineError(f"{where}: {flag} must be true or false, got {body[flag]!r}")
     if "vars" in body:
-        context = {**context, **_vars(root, _resolve_value(body["vars"], context, where), files, f"{where}: vars")}
+        context = {**context, **_vars(place, _resolve_value(body["vars"], context, where), files, f"{where}: vars")}
     body = {k: v for k, v in body.items() if k not in ("vars", "desc", "meta")}
     resolved = _resolve_value(body, context, where)
     cmd = resolved.get("cmd")
@@ -249,10 +259,11 @@ def _stage(root: Path, name: str, body: dict[str, Any], context: dict[str, Any],
         cmd = " && ".join(f"( {c} )" if len(cmd) > 1 else c for c in cmd)  # one after another, as DVC
     if not isinstance(cmd, str) or not cmd.strip():
         raise PipelineError(f"{where}: cmd is missing (every stage needs a command)")
-    wdir = resolved.get("wdir", ".")
-    if not isinstance(wdir, str) or wdir.startswith("/") or posixpath.normpath(wdir).startswith(".."):
-        raise PipelineError(f"{where}: wdir {wdir!r} must be a folder inside the project")
-    wdir = posixpath.normpath(wdir)
+    given_wdir = resolved.get("wdir", ".")
+    if not isinstance(given_wdir, str) or given_wdir.startswith("/") \
+            or place.path(given_wdir).startswith(".."):
+        raise PipelineError(f"{where}: wdir {given_wdir!r} must be a folder inside the project")
+    wdir = place.path(given_wdir)
 
     persist: list[str] = []
     uncached: list[str] = []
@@ -279,7 +290,7 @@ def _stage(root: Path, name: str, body: dict[str, Any], context: dict[str, Any],
         return found
 
     deps, outs, metrics, plots = paths("deps"), paths("outs"), paths("metrics"), paths("plots")
-    params = _tracked(resolved.get("params"), files, where)
+    params = _tracked(resolved.get("params"), files, where, wdir)
     return DvcStage(name, cmd, wdir, deps, outs + plots, metrics, params, persist, uncached,
                     bool(resolved.get("frozen")), bool(resolved.get("always_changed")))
 
@@ -291,17 +302,26 @@ def _from_wdir(wdir: str, path: str, where: str, key: str) -> str:
     return joined
 
 
-def _tracked(given: Any, files: _ParamFiles, where: str) -> dict[str, Any]:
-    """The params a stage lists, with their values (`FILE:key` for another file)."""
+def _tracked(given: Any, files: _ParamFiles, where: str, wdir: str) -> dict[str, Any]:
+    """The params a stage lists, with their values: `key` for the root's params.yaml,
+    `FILE:key` for another file (FILE from the project root). Files are found from the
+    stage's wdir, as DVC does."""
     tracked: dict[str, Any] = {}
+
+    def label(file: str, key: str) -> str:
+        return key if file == PARAMS_FILE else f"{file}:{key}"
+
+    default = posixpath.normpath(posixpath.join(wdir, PARAMS_FILE))
     for entry in given or []:
         if isinstance(entry, str):
-            tracked[entry] = _lookup(files.get(PARAMS_FILE), entry, f"{where}: params: {entry} ({PARAMS_FILE})")
+            value = _lookup(files.get(default), entry, f"{where}: params: {entry} ({default})")
+            tracked[label(default, entry)] = value
         elif isinstance(entry, dict):
-            for file, keys in entry.items():
-                content = files.get(str(file), required=True)
+            for name, keys in entry.items():
+                file = posixpath.normpath(posixpath.join(wdir, str(name)))
+                content = files.get(file, required=True)
                 for key in keys or sorted(content):
-                    tracked[f"{file}:{key}"] = _lookup(content, str(key), f"{where}: params: {key} ({file})")
+                    tracked[label(file, str(key))] = _lookup(content, str(key), f"{where}: params: {key} ({file})")
         else:
             raise PipelineError(f"{where}: params holds {entry!r}, expected a key or {{FILE: [keys]}}")
     return tracked

@@ -45,6 +45,7 @@ __all__ = ["StageDecl", "clear_registry", "register_dvc_stage", "registered", "s
 F = TypeVar("F", bound=Callable[..., Any])
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]*")
+_DVC_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@/:-]*")  # `sub/dvc.yaml:train`, as DVC names them
 
 
 @dataclass(frozen=True)
@@ -183,8 +184,11 @@ def register_dvc_stage(
     persist: list[str], uncached: list[str], frozen: bool, always: bool,
 ) -> None:
     """A stage of dvc.yaml (pivot/pipeline/dvcyaml.py), as a command stage."""
-    if not _NAME_RE.fullmatch(name):
-        raise PipelineError(f"dvc.yaml: stage name {name!r} is not one Pivot can use (letters, digits, '_', '-', '.', '@')")
+    if not _DVC_NAME_RE.fullmatch(name):
+        raise PipelineError(
+            f"dvc.yaml: stage name {name!r} is not one Pivot can use (letters, digits, '_', '-', '.', '@', "
+            "and '/' ':' from the file's path)"
+        )
     if name in _registry:
         raise PipelineError(f"stage {name!r} is declared in both pipeline.py and dvc.yaml: rename one")
     _registry[name] = StageDecl(

@@ -36,10 +36,9 @@ FINGERPRINT_CACHE = "fingerprints.msgpack"
 _loaded: list[Path] = []  # the project whose stages this process registered
 
 
-def import_pipeline(root: Path, *, check_nested: bool = False) -> None:
-    """Import the user's pipeline module and read dvc.yaml (registering their stages),
-    with root as cwd; once per process. `check_nested`: refuse a dvc.yaml below the
-    root (the loader's job)."""
+def import_pipeline(root: Path) -> None:
+    """Import the user's pipeline module and read the project's dvc.yaml files
+    (registering their stages), with root as cwd; once per process."""
     os.chdir(root)
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
@@ -60,14 +59,14 @@ def import_pipeline(root: Path, *, check_nested: bool = False) -> None:
     if (root / DVC_FILE).is_file():
         from pivot.pipeline.dvcyaml import load_dvc_stages
 
-        for s in load_dvc_stages(root, check_nested=check_nested):
+        for s in load_dvc_stages(root):
             register_dvc_stage(s.name, s.cmd, s.wdir, s.deps, s.outs, s.metrics, s.params, s.persist, s.uncached,
                                s.frozen, s.always)
     _loaded[:] = [root]
 
 
 def build_manifest(root: Path) -> Manifest:
-    import_pipeline(root, check_nested=True)
+    import_pipeline(root)
     decls = registered()
     if not decls:
         raise PipelineError(f"{PIPELINE_FILE} declares no stages; decorate functions with @stage")
@@ -126,7 +125,9 @@ def build_manifest(root: Path) -> Manifest:
         # dvc.yaml is the pipeline's code, as are the params files its stages read
         # (params.yaml is watched as params anyway); params.yaml's other top-level keys
         # are DVC sections, not typos of stage names.
-        sources.update([DVC_FILE, *(f for f in _dvc_param_files(dvc) if f != params_mod.PARAMS_FILE)])
+        from pivot.pipeline.dvcyaml import dvc_files
+
+        sources.update([*dvc_files(root), *(f for f in _dvc_param_files(dvc) if f != params_mod.PARAMS_FILE)])
         warnings: tuple[str, ...] = ()
     else:
         warnings = tuple(_unknown_params_stage(name, list(decls)) for name in from_file if name not in decls)

@@ -15,7 +15,9 @@ from typing import Any
 
 from pivot.state.atomic import write_atomic
 
-__all__ = ["StageLock", "lock_path", "lock_problem", "parse_lock", "read_lock", "write_lock"]
+__all__ = [
+    "StageLock", "lock_path", "lock_problem", "parse_lock", "read_lock", "stage_file", "stage_of_file", "write_lock",
+]
 
 
 @dataclass(frozen=True)
@@ -40,8 +42,18 @@ class StageLock:
         return json.dumps(data, sort_keys=True, indent=2) + "\n"
 
 
+def stage_file(stage: str) -> str:
+    """A stage's name as a file name: a dvc.yaml below the root names its stages
+    `sub/dvc.yaml:train`, and a `/` must not make a folder (`%` and `/` are escaped)."""
+    return stage.replace("%", "%25").replace("/", "%2F")
+
+
+def stage_of_file(name: str) -> str:
+    return name.replace("%2F", "/").replace("%25", "%")
+
+
 def lock_path(root: Path, stage: str) -> Path:
-    return root / ".pivot" / "stages" / f"{stage}.lock"
+    return root / ".pivot" / "stages" / f"{stage_file(stage)}.lock"
 
 
 def read_lock(root: Path, stage: str) -> StageLock | None:
@@ -49,7 +61,7 @@ def read_lock(root: Path, stage: str) -> StageLock | None:
     try:
         # os.path, not pathlib: a no-op run reads every lock, and pathlib's joins cost as
         # much as reading the file.
-        with open(os.path.join(root, ".pivot", "stages", f"{stage}.lock"), "rb") as f:
+        with open(os.path.join(root, ".pivot", "stages", f"{stage_file(stage)}.lock"), "rb") as f:
             return parse_lock(f.read())
     except OSError:
         return None

@@ -17,17 +17,18 @@ import time
 from pathlib import Path
 
 from pivot.state.atomic import write_atomic
+from pivot.state.lock import stage_file
 
 __all__ = ["finish_log", "keep_log", "note_restored", "running_log_path", "stage_log_path"]
 
 
 def stage_log_path(root: Path, stage: str) -> Path:
-    return root / ".pivot" / "logs" / "stages" / f"{stage}.log"
+    return root / ".pivot" / "logs" / "stages" / f"{stage_file(stage)}.log"
 
 
 def running_log_path(root: Path, stage: str) -> Path:
     """What the stage's run going on has printed so far."""
-    return root / ".pivot" / "logs" / "stages" / f"{stage}.log.part"
+    return root / ".pivot" / "logs" / "stages" / f"{stage_file(stage)}.log.part"
 
 
 def _head(stage: str, status: str, reason: str) -> bytes:

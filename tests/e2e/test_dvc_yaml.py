@@ -145,13 +145,42 @@ def test_what_is_not_supported_is_an_error_naming_file_stage_and_key(
     assert says in result.stderr and "Traceback" not in result.stderr, describe(result)
 
 
-def test_a_dvc_yaml_below_the_root_and_a_name_in_both_sources_are_refused(make_project: Callable[..., Path]) -> None:
-    nested = make_project({**FILES, "sub/dvc.yaml": "stages: {}\n"}, name="nested")
-    result = run_pivot(nested, "list")
-    assert result.returncode == 2 and "sub/dvc.yaml: a dvc.yaml below the project root is not supported yet" in result.stderr, describe(result)
+SUB_DVC = '''\
+stages:
+  count:
+    cmd: python count.py ${n} > counted.txt
+    deps:
+      - count.py
+    params:
+      - n
+    outs:
+      - counted.txt
+'''
 
-    both = make_project({**FILES, "pipeline.py": "from pivot import stage\n\nstage(name='prepare', cmd='true', outs=['x'])\n"},
-                        name="both")
+
+def test_a_dvc_yaml_below_the_root_runs_from_its_folder_under_dvcs_name(make_project: Callable[..., Path]) -> None:
+    root = make_project({**FILES, "sub/dvc.yaml": SUB_DVC, "sub/params.yaml": "n: 2\n",
+                         "sub/count.py": "import sys\n\nprint(' '.join(str(i) for i in range(int(sys.argv[1]))))\n"})
+    name = "sub/dvc.yaml:count"
+    first = run_pivot(root, "repro", "--json", timeout=40)
+    assert first.returncode == 0, describe(first)
+    assert statuses(first) == {**dict.fromkeys(STAGES, "ran"), name: "ran"}
+    assert (root / "sub" / "counted.txt").read_text() == "0 1\n"  # its paths and params from sub/
+    assert (root / ".pivot" / "stages" / "sub%2Fdvc.yaml:count.lock").is_file()  # no folder made of the name
+    logs = run_pivot(root, "logs", name)
+    assert logs.returncode == 0 and logs.stdout.startswith(f"# {name}: ran"), describe(logs)
+
+    (root / "sub" / "params.yaml").write_text("n: 3\n")  # its own params file: it alone runs
+    again = run_pivot(root, "repro", "--json", timeout=40)
+    assert statuses(again) == {**dict.fromkeys(STAGES, "skipped"), name: "ran"}
+    assert (root / "sub" / "counted.txt").read_text() == "0 1 2\n"
+    gc = run_pivot(root, "gc", "--force")  # its lock keeps its outputs' objects
+    assert gc.returncode == 0, describe(gc)
+    assert statuses(run_pivot(root, "repro", "--json", timeout=40)) == {**dict.fromkeys(STAGES, "skipped"), name: "skipped"}
+
+
+def test_a_name_in_both_pipeline_py_and_dvc_yaml_is_refused(make_project: Callable[..., Path]) -> None:
+    both = make_project({**FILES, "pipeline.py": "from pivot import stage\n\nstage(name='prepare', cmd='true', outs=['x'])\n"})
     result = run_pivot(both, "list")
     assert result.returncode == 2 and "'prepare' is declared in both pipeline.py and dvc.yaml" in result.stderr, describe(result)
 
