@@ -130,8 +130,10 @@ def test_the_live_view_on_a_terminal_keeps_names_whole_and_streams_what_a_stage_
         # A reason far wider than the terminal: it gives way, the name and status stay.
         seen = len(screen.text())
         (root / "params.yaml").write_text(f"{LONG}:\n  note: {'y' * 150}\n")
-        screen.wait_for(r"wave 2 · done")
-        rows_seen = [line for line in screen.text()[seen:].splitlines() if line.startswith(LONG)]
+        # The header comes before the table in a frame: wait for the row itself, whole.
+        screen.wait_for(rf"{LONG}\s+✓ ran\s+\S+\s+params changed[^\n]*\n")
+        shown = screen.text()[seen:]
+        rows_seen = [line for line in shown[:shown.rfind("\n")].splitlines() if line.startswith(LONG)]
         assert rows_seen and all(len(line) <= columns for line in rows_seen), rows_seen
         last = rows_seen[-1]
         assert re.match(rf"{LONG}\s+✓ ran\s+\S+\s+params changed", last) and last.rstrip().endswith("…"), last
