@@ -47,6 +47,8 @@ _SKIP_DIRS = {".git", ".dvc", ".pivot", "node_modules", "__pycache__", ".venv", 
 class DvcStage:
     """One stage of dvc.yaml, resolved: paths relative to the project root."""
 
+    warm = True  # `meta: {pivot: {warm: false}}`: its script always starts a fresh interpreter
+
     def __init__(self, name: str, cmd: str, wdir: str, deps: list[str], outs: list[str], metrics: list[str],
                  params: dict[str, Any], persist: list[str], uncached: list[str], frozen: bool, always: bool) -> None:
         self.persist = persist
@@ -250,6 +252,7 @@ def _stage(place: _Place, name: str, body: dict[str, Any], context: dict[str, An
             raise PipelineError(f"{where}: {flag} must be true or false, got {body[flag]!r}")
     if "vars" in body:
         context = {**context, **_vars(place, _resolve_value(body["vars"], context, where), files, f"{where}: vars")}
+    warm = _warm(body.get("meta"), where)
     body = {k: v for k, v in body.items() if k not in ("vars", "desc", "meta")}
     resolved = _resolve_value(body, context, where)
     cmd = resolved.get("cmd")
@@ -291,8 +294,20 @@ def _stage(place: _Place, name: str, body: dict[str, Any], context: dict[str, An
 
     deps, outs, metrics, plots = paths("deps"), paths("outs"), paths("metrics"), paths("plots")
     params = _tracked(resolved.get("params"), files, where, wdir)
-    return DvcStage(name, cmd, wdir, deps, outs + plots, metrics, params, persist, uncached,
-                    bool(resolved.get("frozen")), bool(resolved.get("always_changed")))
+    found = DvcStage(name, cmd, wdir, deps, outs + plots, metrics, params, persist, uncached,
+                     bool(resolved.get("frozen")), bool(resolved.get("always_changed")))
+    found.warm = warm
+    return found
+
+
+def _warm(meta: Any, where: str) -> bool:
+    """`meta: {pivot: {warm: false}}`: the one key of `meta` Pivot reads."""
+    ours = meta.get("pivot") if isinstance(meta, dict) else None
+    if ours is None:
+        return True
+    if not isinstance(ours, dict) or set(ours) - {"warm"} or not isinstance(ours.get("warm", True), bool):
+        raise PipelineError(f"{where}: meta: pivot: holds {ours!r}; Pivot reads only `warm: true|false` there")
+    return bool(ours.get("warm", True))
 
 
 def _from_wdir(wdir: str, path: str, where: str, key: str) -> str:

@@ -16,6 +16,7 @@ and user module imports this.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import re
@@ -64,6 +65,7 @@ class StageDecl:
     uncached: tuple[str, ...] = ()  # dvc.yaml's cache: false outputs
     frozen: bool = False
     always: bool = False
+    warm: bool = True  # a `python script.py` command may run forked from its warm worker (pivot/runtime/warm.py)
 
 
 def _command_stage() -> None:
@@ -93,13 +95,17 @@ def stage(
     tags: Iterable[str] = (),
     cmd: str | Iterable[str] | None = None,
     wdir: str = ".",
+    warm: bool = True,
 ) -> Callable[[F], F]:
     """Declare a stage. Returns the function unchanged, so it stays callable.
 
     With `cmd` (a shell command line, or a list of arguments run without a shell) it
     declares a command stage at once, named `name`, with no function: `params` are its
     params and their defaults, reaching the command as `${name}` in `cmd` and as
-    environment variables; it runs in `wdir` (relative to the project root).
+    environment variables; it runs in `wdir` (relative to the project root). A command
+    that runs a Python script with Pivot's interpreter (`python src/train.py ...`) runs
+    forked from a warm worker, its third-party imports done; `warm=False` starts a fresh
+    interpreter for a script that needs one (docs/dvc.md).
 
     `tags` (e.g. ["gpu"]) send the stage only to worker pools started with every one of
     them (`pivot workers --tag gpu`)."""
@@ -114,7 +120,13 @@ def stage(
     tag_list = _tags(tags, name)
     if cmd is not None:
         _register_command(name, cmd, wdir, params, dep_list, out_list, metric_list, tag_list)
+        if warm is not True:
+            if warm is not False:
+                raise PipelineError(f"stage {name!r}: warm= is True or False, got {warm!r}")
+            _registry[str(name)] = dataclasses.replace(_registry[str(name)], warm=False)
         return _not_a_decorator(name)
+    if warm is not True:
+        raise PipelineError(f"stage {name or '(a function)'!r}: warm= goes with cmd= (a function always runs in its worker)")
     if wdir != ".":
         raise PipelineError(f"stage {name or '(a function)'!r}: wdir= goes with cmd= (a function runs in the project root)")
 
@@ -181,7 +193,7 @@ def _register_command(
 
 def register_dvc_stage(
     name: str, cmd: str, wdir: str, deps: list[str], outs: list[str], metrics: list[str], params: dict[str, Any],
-    persist: list[str], uncached: list[str], frozen: bool, always: bool,
+    persist: list[str], uncached: list[str], frozen: bool, always: bool, warm: bool = True,
 ) -> None:
     """A stage of dvc.yaml (pivot/pipeline/dvcyaml.py), as a command stage."""
     if not _DVC_NAME_RE.fullmatch(name):
@@ -193,7 +205,7 @@ def register_dvc_stage(
         raise PipelineError(f"stage {name!r} is declared in both pipeline.py and dvc.yaml: rename one")
     _registry[name] = StageDecl(
         name, _command_stage, tuple(deps), tuple(outs + metrics), tuple(metrics), dict(params), (), cmd, wdir,
-        dvc=True, persist=tuple(persist), uncached=tuple(uncached), frozen=frozen, always=always,
+        dvc=True, persist=tuple(persist), uncached=tuple(uncached), frozen=frozen, always=always, warm=warm,
     )
 
 

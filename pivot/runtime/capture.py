@@ -36,7 +36,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
-__all__ = ["FLUSH_S", "STREAM_SUFFIXES", "captured", "output_path", "write_note"]
+__all__ = ["FLUSH_S", "STREAM_SUFFIXES", "captured", "output_path", "start_flushing", "write_note"]
 
 FLUSH_S = 0.05
 BUFFER_BYTES = 64 * 1024
@@ -82,6 +82,20 @@ class _Flusher:
         with self.lock:
             self.streams = []
 
+    def before_fork(self) -> None:
+        # A fork while this thread flushes would leave the child a stream (and this
+        # lock) held by a thread it does not have.
+        self.lock.acquire()
+
+    def after_fork_in_parent(self) -> None:
+        self.lock.release()
+
+    def after_fork_in_child(self) -> None:
+        self.lock = threading.Lock()
+        self.running = threading.Event()
+        self.streams = []
+        self.thread = None
+
     def _loop(self) -> None:
         import signal
 
@@ -97,6 +111,13 @@ class _Flusher:
 
 
 _FLUSHER = _Flusher()
+os.register_at_fork(before=_FLUSHER.before_fork, after_in_parent=_FLUSHER.after_fork_in_parent,
+                    after_in_child=_FLUSHER.after_fork_in_child)
+
+
+def start_flushing(streams: list[TextIO]) -> None:
+    """Flush `streams` every FLUSH_S from now on (a warm script's: pivot/runtime/warm.py)."""
+    _FLUSHER.start(streams)
 
 
 @contextmanager

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from pivot.errors import PipelineError
+from pivot.runtime import warm as warm_mod
 
 __all__ = ["GROUP_SUFFIX", "CommandFailed", "group_path", "interpolate", "kill_group_of", "run_command"]
 
@@ -86,15 +87,23 @@ def interpolate(stage: str, cmd: str | tuple[str, ...], params: dict[str, Any]) 
 
 def run_command(
     stage: str, cmd: str | tuple[str, ...], params: dict[str, Any], cwd: Path, pid_file: Path | None,
+    warm: bool = False, root: Path | None = None,
 ) -> None:
-    """Run the stage's command to its end; CommandFailed if it did not exit 0."""
+    """Run the stage's command to its end; CommandFailed if it did not exit 0. With
+    `warm`, a Python script this interpreter can run is forked from this process
+    (pivot/runtime/warm.py) instead of started afresh."""
     global _running_group
     line = interpolate(stage, cmd, params)
     env = dict(os.environ)
     env.update({name: as_text(value) for name, value in params.items()})
+    run = warm_mod.script_run(line, env) if warm and warm_mod.enabled() and cwd.is_dir() else None
+    proc: subprocess.Popen[bytes] | warm_mod.ForkedProcess
     try:
-        proc = subprocess.Popen(line, shell=isinstance(line, str), cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        if run is not None:
+            proc = warm_mod.start(run, cwd, env, root or cwd)
+        else:
+            proc = subprocess.Popen(line, shell=isinstance(line, str), cwd=cwd, env=env,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
     except OSError as exc:  # a list whose program is not there, a wdir that is not
         raise CommandFailed(f"could not start the command {_shown(line)}: {exc.strerror or exc}") from None
     _running_group = proc.pid
@@ -117,7 +126,7 @@ def run_command(
         raise CommandFailed(f"command {_ended(code)}: {_shown(line)}")
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def _stop(proc: subprocess.Popen[bytes] | warm_mod.ForkedProcess) -> None:
     """SIGTERM to the command's group, then SIGKILL to what is left after the grace."""
     _kill(proc.pid, signal.SIGTERM)
     deadline = time.monotonic() + TERM_GRACE_S

@@ -61,7 +61,7 @@ def import_pipeline(root: Path) -> None:
 
         for s in load_dvc_stages(root):
             register_dvc_stage(s.name, s.cmd, s.wdir, s.deps, s.outs, s.metrics, s.params, s.persist, s.uncached,
-                               s.frozen, s.always)
+                               s.frozen, s.always, s.warm)
     _loaded[:] = [root]
 
 
@@ -74,6 +74,7 @@ def build_manifest(root: Path) -> Manifest:
     from_file = params_mod.load_params_file(root)
     fingerprinter = Fingerprinter(root, root / ".pivot" / "tmp" / FINGERPRINT_CACHE)
     sources = set(_project_sources(root))
+    externals = set(fingerprinter.externals)
     stages = []
     for decl in decls.values():
         deps = decl.deps
@@ -87,6 +88,7 @@ def build_manifest(root: Path) -> Manifest:
             script = script_code(decl.cmd, root / decl.wdir, root)
             code = command_fingerprint(decl.cmd, decl.wdir, script.parts if script else None)
             if script is not None:  # its files are its code now, not deps compared by bytes
+                externals |= script.externals
                 deps = tuple(d for d in deps if normalize(decl.name, "deps", d) not in script.parts)
             func = f"$ {decl.cmd if isinstance(decl.cmd, str) else ' '.join(decl.cmd)}"
         else:
@@ -131,7 +133,7 @@ def build_manifest(root: Path) -> Manifest:
         warnings: tuple[str, ...] = ()
     else:
         warnings = tuple(_unknown_params_stage(name, list(decls)) for name in from_file if name not in decls)
-    preload, preload_key = third_party(fingerprinter.externals)
+    preload, preload_key = third_party(externals)
     return Manifest(tuple(stages), tuple(sorted(sources)), warnings, preload, preload_key)
 
 

@@ -140,7 +140,9 @@ def _call(decl: StageDecl, params: dict[str, Any], root: Path, pid_file: Path | 
     if decl.cmd is None:
         decl.func(**params)
     else:
-        run_command(decl.name, decl.cmd, params, root / decl.wdir, pid_file)
+        # Warm only in a pool's worker: `pivot run --foreground` is the terminal's process.
+        run_command(decl.name, decl.cmd, params, root / decl.wdir, pid_file, warm=decl.warm and pid_file is not None,
+                    root=root)
 
 
 def run_stage(job: StageJob) -> StageOutcome:

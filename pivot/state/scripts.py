@@ -27,10 +27,13 @@ _SKIP_DIRS = {".venv", "venv", "site-packages", "node_modules", ".git", ".pivot"
 
 
 class ScriptCode:
-    """The files a script's code is made of (project-relative), each with its digest."""
+    """The files a script's code is made of (project-relative), each with its digest,
+    and the top-level modules they import from outside the project (a warm worker's
+    preload: pivot/runtime/preload.py)."""
 
-    def __init__(self, parts: dict[str, str]) -> None:
+    def __init__(self, parts: dict[str, str], externals: frozenset[str] = frozenset()) -> None:
         self.parts = parts
+        self.externals = externals
 
 
 def script_code(cmd: str | tuple[str, ...], cwd: Path, root: Path) -> ScriptCode | None:
@@ -49,6 +52,7 @@ def script_code(cmd: str | tuple[str, ...], cwd: Path, root: Path) -> ScriptCode
     if script is None or script.suffix != ".py" or not script.is_file() or not _inside(script, root):
         return None
     parts: dict[str, str] = {}
+    externals: set[str] = set()
     todo = [script]
     while todo:
         path = todo.pop()
@@ -72,7 +76,8 @@ def script_code(cmd: str | tuple[str, ...], cwd: Path, root: Path) -> ScriptCode
             for found in _imports(tree, path, search):
                 if _inside(found, root):
                     todo.append(found)
-    return ScriptCode(parts)
+            externals.update(top for top in _absolute_tops(tree) if _find_module(top, search) is None)
+    return ScriptCode(parts, frozenset(externals))
 
 
 def _target(cmd: str | tuple[str, ...]) -> tuple[str, str] | None:
@@ -134,6 +139,16 @@ def _imports(tree: ast.AST, path: Path, search: list[Path]) -> list[Path]:
                 if module_file is not None:
                     found.append(module_file)
     return found
+
+
+def _absolute_tops(tree: ast.AST) -> set[str]:
+    tops: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            tops.update(alias.name.partition(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            tops.add(node.module.partition(".")[0])
+    return tops
 
 
 def _module_files(name: str, search: list[Path]) -> list[Path]:
