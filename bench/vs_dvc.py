@@ -17,6 +17,17 @@ in its own copy, alternating (dvc, pivot, dvc, ...) so both see the same load:
 Each figure is the median wall time of the command over `--trials` (each trial starts
 from a fresh copy for "cold"). DVC comes from `--dvc`, else from a virtual environment
 this script makes once under ~/.cache/pivot-bench/dvc-venv (`pip install dvc`).
+
+Pivot runs twice: as it is (a `python script.py` stage runs warm: forked from a worker
+with the scripts' third-party imports done, pivot/runtime/warm.py) and with
+`PIVOT_WARM=0` (every script a new interpreter, as DVC runs it). `python` in the
+commands is this interpreter for every tool (its folder first on PATH).
+
+`--import pandas` makes every script import that module first, as real stages import
+pandas, sklearn or torch (it must be installed for this interpreter). `--live N` also
+times N real edits of the first script under `pivot up` (edit -> wave finished), warm and
+with PIVOT_WARM=0; DVC has no live mode (its loop is `dvc repro` per save: the "script
+edit" row).
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -31,7 +43,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchcommon import pivot_cmd, pivot_env
+from benchcommon import Events, pivot_cmd, pivot_env
 
 DVC_YAML = """\
 stages:
@@ -98,14 +110,14 @@ json.dump({"mse": mse}, open("metrics.json", "w"))
 }
 
 
-def write_project(root: Path) -> None:
+def write_project(root: Path, module: str | None) -> None:
     (root / "src").mkdir(parents=True)
     (root / "data").mkdir()
     (root / "dvc.yaml").write_text(DVC_YAML)
     (root / "params.yaml").write_text(PARAMS)
     (root / "data" / "raw.csv").write_text("x,y\n" + "".join(f"{i / 100},{2 * i / 100 + 1}\n" for i in range(5000)))
     for name, text in SCRIPTS.items():
-        (root / "src" / f"{name}.py").write_text(text)
+        (root / "src" / f"{name}.py").write_text(f"import {module}\n{text}" if module else text)
     quiet = {"capture_output": True, "check": True, "cwd": root}
     subprocess.run(["git", "init", "-q"], **quiet)  # type: ignore[call-overload]
     subprocess.run(["git", "-c", "user.email=b@b", "-c", "user.name=b", "add", "-A"], **quiet)  # type: ignore[call-overload]
@@ -137,16 +149,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--dvc", default=None, help="the dvc executable (default: a venv made for this bench)")
+    parser.add_argument("--import", dest="module", default=None, help="a module every script imports first")
+    parser.add_argument("--live", type=int, default=0, help="also time N script edits under `pivot up`")
     args = parser.parse_args()
     dvc = dvc_command(args.dvc)
     env = pivot_env()
     env.pop("PYTHONUNBUFFERED", None)
+    env.pop("PIVOT_WARM", None)
+    env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
+    cold_env = {**env, "PIVOT_WARM": "0"}
     version = subprocess.run([*dvc, "--version"], capture_output=True, text=True).stdout.strip()
     with tempfile.TemporaryDirectory(prefix="pivot-vs-dvc-") as tmp:
         template = Path(tmp) / "template"
-        write_project(template)
+        write_project(template, args.module)
         subprocess.run([*dvc, "init", "-q"], cwd=template, check=True, capture_output=True)
-        runs = {"dvc": [*dvc, "repro"], "pivot": [*pivot_cmd(), "repro", "--display", "plain"]}
+        pivot = [*pivot_cmd(), "repro", "--display", "plain"]
+        runs = {"dvc": ([*dvc, "repro"], env), "pivot": (pivot, env), "pivot-cold": (pivot, cold_env)}
         times: dict[tuple[str, str], list[float]] = {}
         for trial in range(args.trials):
             copies = {}
@@ -161,18 +179,46 @@ def main() -> None:
                 ("comment edit", lambda r: _append(r / "src" / "prepare.py", "# a comment\n")),
             ]
             for step, change in steps:
-                for tool, cmd in runs.items():
+                for tool, (cmd, tool_env) in runs.items():
                     if change is not None:
                         change(copies[tool])
-                    times.setdefault((step, tool), []).append(timed(cmd, copies[tool], env))
+                    times.setdefault((step, tool), []).append(timed(cmd, copies[tool], tool_env))
             for copy in copies.values():
                 shutil.rmtree(copy, ignore_errors=True)
-    print(f"DVC {version}; {args.trials} trials; median wall time of the command (s)")
-    print("| step | dvc repro | pivot repro | ratio |")
-    print("|---|---|---|---|")
+        live = {mode: _live(template, Path(tmp) / f"live-{mode}", args.live, e)
+                for mode, e in (("warm", env), ("cold", cold_env))} if args.live else {}
+    imports = f"; every script imports {args.module}" if args.module else ""
+    print(f"DVC {version}; {args.trials} trials{imports}; median wall time of the command (s)")
+    print("| step | dvc repro | pivot repro | pivot repro, PIVOT_WARM=0 | pivot / dvc |")
+    print("|---|---|---|---|---|")
     for step in ("cold", "no-op", "script edit", "params edit", "comment edit"):
-        d, p = statistics.median(times[(step, "dvc")]), statistics.median(times[(step, "pivot")])
-        print(f"| {step} | {d:.2f} | {p:.2f} | {p / d:.2f} |", flush=True)
+        d, p, c = (statistics.median(times[(step, tool)]) for tool in ("dvc", "pivot", "pivot-cold"))
+        print(f"| {step} | {d:.2f} | {p:.2f} | {c:.2f} | {p / d:.2f} |", flush=True)
+    for mode, values in live.items():
+        print(f"pivot up, {mode}: script edit -> wave finished, {len(values)} edits: median {statistics.median(values):.3f} s,"
+              f" max {max(values):.3f} s")
+
+
+def _live(template: Path, root: Path, edits: int, env: dict[str, str]) -> list[float]:
+    """Seconds from a real edit of src/prepare.py to the end of the wave it starts."""
+    shutil.copytree(template, root, symlinks=True)
+    proc = subprocess.Popen([*pivot_cmd(), "up", "--display", "json"], cwd=root, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    events = Events(proc)
+    took = []
+    try:
+        events.wait(0, lambda e: e["event"] == "wave_finished", timeout=120)
+        for i in range(edits):
+            mark = len(events.items)
+            started = time.time()
+            _append(root / "src" / "prepare.py", f"print({i})\n")
+            wave = events.wait(mark, lambda e: e["event"] == "wave_started")
+            done = events.wait(mark, lambda e, w=wave: e["event"] == "wave_finished" and e["wave"] == w["wave"])
+            took.append(float(done["ts"]) - started)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+    return took
 
 
 def _append(path: Path, text: str) -> None:

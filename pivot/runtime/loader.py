@@ -86,10 +86,11 @@ def build_manifest(root: Path) -> Manifest:
                 resolved = params_mod.resolve(decl.name, defaults, {}, from_file.get(decl.name))
                 interpolate(decl.name, decl.cmd, resolved)  # every ${name} is a param: said now
             script = script_code(decl.cmd, root / decl.wdir, root)
-            code = command_fingerprint(decl.cmd, decl.wdir, script.parts if script else None)
+            code = command_fingerprint(decl.cmd, decl.wdir, script.parts if script else None,
+                                       script.files if script else ())
             if script is not None:  # its files are its code now, not deps compared by bytes
                 externals |= script.externals
-                deps = tuple(d for d in deps if normalize(decl.name, "deps", d) not in script.parts)
+                deps = tuple(d for d in deps if normalize(decl.name, "deps", d) not in script.files)
             func = f"$ {decl.cmd if isinstance(decl.cmd, str) else ' '.join(decl.cmd)}"
         else:
             defaults = params_mod.defaults_of(decl.name, decl.func)

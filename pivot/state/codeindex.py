@@ -98,6 +98,10 @@ class FileIndex:
     assigns: dict[str, tuple[Binding, ...]]
     imports: dict[str, ModuleImport]  # module-level imports by bound name
     module_digest: str
+    # The module without its top-level defs' bodies (their names and order stay): with
+    # `defs`, what tells which piece of a script changed (pivot/state/scripts.py).
+    # Not kept in the fingerprint cache.
+    outline_digest: str = field(default="", compare=False)
 
 
 def digest_text(text: str) -> str:
@@ -118,11 +122,13 @@ def parse_source(data: bytes, filename: str = "<source>") -> FileIndex:
     stage_defs: dict[str, DefInfo] = {}
     assigns: dict[str, list[Binding]] = {}
     stmt_digests: list[str] = []
+    outline: list[str] = []
     for stmt in _module_statements(tree.body):
         if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             name = stmt.name
             info = _def_info(stmt)
             stmt_digests.append(f"def {name} {info.digest}")
+            outline.append(f"def {name}")
             _merge_into(defs, name, info)
             if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 staged = _stage_form(stmt, imports)
@@ -133,6 +139,7 @@ def parse_source(data: bytes, filename: str = "<source>") -> FileIndex:
         # container too keeps its header (an `if` test, a `for` target) in the digest.
         digest = digest_text(ast.dump(stmt))
         stmt_digests.append(digest)
+        outline.append(digest)
         names = _bound_names(stmt)
         if names:
             binding = Binding(digest, _collect(stmt).refs)
@@ -144,6 +151,7 @@ def parse_source(data: bytes, filename: str = "<source>") -> FileIndex:
         assigns={name: tuple(b) for name, b in assigns.items()},
         imports=imports,
         module_digest=digest_text("\n".join(stmt_digests)),
+        outline_digest=digest_text("\n".join(outline)),
     )
 
 

@@ -582,12 +582,14 @@ def function_fingerprint(func: Callable[..., Any]) -> str:
 # -- pure helpers -----------------------------------------------------------------------
 
 
-def command_fingerprint(cmd: str | tuple[str, ...], wdir: str, script: dict[str, str] | None = None) -> CodeFingerprint:
-    """A command stage's code: its command line and where it runs, and the files of the
-    Python script it runs (pivot/state/scripts.py: project path -> digest), if any; what
-    else it runs is a declared dependency, compared by its bytes."""
+def command_fingerprint(
+    cmd: str | tuple[str, ...], wdir: str, script: dict[str, str] | None = None, files: tuple[str, ...] = (),
+) -> CodeFingerprint:
+    """A command stage's code: its command line and where it runs, and the pieces of the
+    Python script it runs (pivot/state/scripts.py: piece -> digest) and its `files`, if
+    any; what else it runs is a declared dependency, compared by its bytes."""
     parts = {"cmd": digest_text(repr((cmd, wdir))), **(script or {})}
-    return CodeFingerprint(_digest(parts, "cmd"), parts, tuple(sorted(script or ())))
+    return CodeFingerprint(_digest(parts, "cmd"), parts, tuple(sorted(files)))
 
 
 def _digest(parts: dict[str, str], stage_key: str) -> str:

@@ -27,12 +27,17 @@ _SKIP_DIRS = {".venv", "venv", "site-packages", "node_modules", ".git", ".pivot"
 
 
 class ScriptCode:
-    """The files a script's code is made of (project-relative), each with its digest,
-    and the top-level modules they import from outside the project (a warm worker's
-    preload: pivot/runtime/preload.py)."""
+    """The pieces of a script's code, each with its digest: every file it is made of
+    (project-relative path: its module-level statements and the names of its top-level
+    defs) and each top-level function or class of those files (`path:name`), so that an
+    explanation names what changed (`code changed: src/train.py:main`); the files
+    themselves; and the top-level modules they import from outside the project (a warm
+    worker's preload: pivot/runtime/preload.py)."""
 
-    def __init__(self, parts: dict[str, str], externals: frozenset[str] = frozenset()) -> None:
+    def __init__(self, parts: dict[str, str], files: tuple[str, ...] = (),
+                 externals: frozenset[str] = frozenset()) -> None:
         self.parts = parts
+        self.files = files or tuple(parts)
         self.externals = externals
 
 
@@ -52,32 +57,36 @@ def script_code(cmd: str | tuple[str, ...], cwd: Path, root: Path) -> ScriptCode
     if script is None or script.suffix != ".py" or not script.is_file() or not _inside(script, root):
         return None
     parts: dict[str, str] = {}
+    files: list[str] = []
     externals: set[str] = set()
     todo = [script]
     while todo:
         path = todo.pop()
         rel = path.relative_to(root.resolve()).as_posix()
-        if rel in parts:
+        if rel in files:
             continue
+        files.append(rel)
         try:
             data = path.read_bytes()
         except OSError:
             parts[rel] = "unreadable"
             continue
         try:
-            digest = parse_source(data, str(path)).module_digest
+            index = parse_source(data, str(path))
             tree: ast.AST | None = ast.parse(data, str(path))
         except (SyntaxError, ValueError):
             if path == script:
                 return None  # it fails on its own when it runs: its bytes stay a dependency
-            digest, tree = "bytes:" + digest_text(data.hex()), None
-        parts[rel] = digest
+            parts[rel], tree = "bytes:" + digest_text(data.hex()), None
+        else:
+            parts[rel] = index.outline_digest
+            parts.update((f"{rel}:{name}", info.digest) for name, info in index.defs.items())
         if tree is not None:
             for found in _imports(tree, path, search):
                 if _inside(found, root):
                     todo.append(found)
             externals.update(top for top in _absolute_tops(tree) if _find_module(top, search) is None)
-    return ScriptCode(parts, frozenset(externals))
+    return ScriptCode(parts, tuple(sorted(files)), frozenset(externals))
 
 
 def _target(cmd: str | tuple[str, ...]) -> tuple[str, str] | None:

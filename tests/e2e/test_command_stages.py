@@ -208,6 +208,13 @@ def test_a_scripts_code_is_its_ast_and_the_project_modules_it_imports(make_proje
     assert ran(root) == {"train": "ran", "emit": "skipped", "plain": "skipped"}
     assert (root / "out" / "train.txt").read_text() == "1.0 util-2\n"
 
+    # A change inside a function: status names the function, not only its file.
+    (root / "src" / "train.py").write_text(TRAIN.replace("helpers.scale(lr)", "helpers.scale(lr * 2)"))
+    said = explain(root, "train")
+    assert "code changed: src/train.py:main" in said and "src/train.py," not in said, said
+    assert ran(root) == {"train": "ran", "emit": "skipped", "plain": "skipped"}
+    assert (root / "out" / "train.txt").read_text() == "2.0 util-2\n"
+
     # `python -m`: the module and what it imports.
     (root / "tools" / "common.py").write_text('WORD = "two"\n')
     assert ran(root) == {"train": "skipped", "emit": "ran", "plain": "skipped"}

@@ -22,3 +22,20 @@ def test_a_scripts_outside_imports_are_its_externals_and_its_project_imports_its
     assert sorted(code.parts) == ["src/helper.py", "src/pkg/__init__.py", "src/pkg/helper2.py", "src/pkg/util.py",
                                   "src/train.py"]
     assert code.externals == {"os", "json", "numpy", "sklearn", "pandas", "torch"}
+
+
+def test_a_scripts_pieces_are_its_module_statements_and_each_top_level_def(tmp_path: Path) -> None:
+    script = tmp_path / "train.py"
+    source = "import sys\n\n\ndef main():\n    return 1\n\n\nclass Model:\n    x = 1\n\n\nmain()\n"
+    script.write_text(source)
+    before = script_code("python train.py", tmp_path, tmp_path)
+    assert before is not None and sorted(before.parts) == ["train.py", "train.py:Model", "train.py:main"]
+    script.write_text(source.replace("    return 1", "    # a comment\n    return 1  # another"))
+    assert script_code("python train.py", tmp_path, tmp_path).parts == before.parts  # type: ignore[union-attr]
+    script.write_text(source.replace("return 1", "return 2"))
+    after = script_code("python train.py", tmp_path, tmp_path)
+    assert after is not None
+    assert [k for k in before.parts if before.parts[k] != after.parts[k]] == ["train.py:main"]
+    script.write_text(source.replace("main()\n", "main()\nprint(sys.argv)\n"))
+    moved = script_code("python train.py", tmp_path, tmp_path)
+    assert moved is not None and [k for k in before.parts if before.parts[k] != moved.parts[k]] == ["train.py"]
