@@ -28,6 +28,7 @@ __all__ = ["cli", "main"]
 # `pivot status` does not pay for `pivot up`'s imports.
 COMMANDS = {
     "init": ("init_cmd", "init"),
+    "import-dvc": ("import_dvc_cmd", "import_dvc"),
     "list": ("list_cmd", "list_stages"),
     "repro": ("repro_cmd", "repro"),
     "status": ("status_cmd", "status"),

@@ -17,6 +17,11 @@ after a failure, and `cache: false` outputs are hashed but never stored (nor lis
 Pivot's .gitignore block: they stay in git). A dvc.yaml below the root names its stages
 `FOLDER/dvc.yaml:NAME` (pivot/state/lock.py escapes the `/` in file names). Any other key
 is an error naming the file, the stage and the key, never a silent skip.
+
+`pivot import-dvc` (pivot/pipeline/dvcimport.py) reads the same files with
+`symbolic=True`: a `${...}` of a cmd that comes from the default params file is kept (as
+`${KEY}`, or `${FILE:KEY}` below the root), for the stage to resolve when it runs.
+`tracked_params` is also how pipeline.py's list-form params are read (stage.py).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from pivot.errors import PipelineError
 from pivot.pipeline.params import PARAMS_FILE
 from pivot.pipeline.project import DVC_FILE
 
-__all__ = ["DvcStage", "load_dvc_stages"]
+__all__ = ["DvcStage", "ParamFiles", "load_dvc_stages", "param_label", "tracked_params", "with_refs"]
 
 _TOP_KEYS = {"stages", "vars", "params", "metrics", "plots", "artifacts", "datasets"}
 _STAGE_KEYS = {"cmd", "deps", "outs", "metrics", "plots", "params", "wdir", "vars", "desc", "meta", "frozen",
@@ -48,6 +53,12 @@ class DvcStage:
     """One stage of dvc.yaml, resolved: paths relative to the project root."""
 
     warm = True  # `meta: {pivot: {warm: false}}`: its script always starts a fresh interpreter
+    # What `pivot import-dvc` writes besides (pivot/pipeline/dvcimport.py):
+    file = DVC_FILE  # the dvc.yaml it comes from
+    desc = ""
+    declared: tuple[Any, ...] = ()  # its `params` entries as written (resolved), relative to its wdir
+    refs: tuple[str, ...] = ()  # keys its cmd still names as ${...} (symbolic=True), from:
+    refs_file = PARAMS_FILE  # its dvc.yaml's default params file
 
     def __init__(self, name: str, cmd: str, wdir: str, deps: list[str], outs: list[str], metrics: list[str],
                  params: dict[str, Any], persist: list[str], uncached: list[str], frozen: bool, always: bool) -> None:
@@ -64,16 +75,17 @@ class DvcStage:
         self.params = params
 
 
-def load_dvc_stages(root: Path) -> list[DvcStage]:
+def load_dvc_stages(root: Path, *, symbolic: bool = False, files: ParamFiles | None = None) -> list[DvcStage]:
     """The stages of every dvc.yaml of the project (none without ROOT/dvc.yaml), the
     root's first: a file below the root names its stages `FOLDER/dvc.yaml:NAME`, reads
-    FOLDER/params.yaml, and its paths start from FOLDER (or its `wdir` below FOLDER)."""
+    FOLDER/params.yaml, and its paths start from FOLDER (or its `wdir` below FOLDER).
+    `symbolic`: keep the ${...} of a cmd that come from the default params file (refs)."""
     if not (root / DVC_FILE).is_file():
         return []
     found: list[DvcStage] = []
-    files = _ParamFiles(root)
+    files = files or ParamFiles(root)
     for rel in dvc_files(root):
-        found += _load_file(root, rel, files)
+        found += _load_file(root, rel, files, symbolic)
     return found
 
 
@@ -109,7 +121,7 @@ def _walk(root: Path) -> list[Path]:
     return found
 
 
-def _load_file(root: Path, rel: str, files: _ParamFiles) -> list[DvcStage]:
+def _load_file(root: Path, rel: str, files: ParamFiles, symbolic: bool) -> list[DvcStage]:
     folder = posixpath.dirname(rel) or "."
     prefix = "" if rel == DVC_FILE else f"{rel}:"
     data = _read_yaml(root / rel, rel)
@@ -121,8 +133,10 @@ def _load_file(root: Path, rel: str, files: _ParamFiles) -> list[DvcStage]:
     if unknown:
         raise PipelineError(f"{rel}: unknown top-level key {unknown[0]!r} (known: {', '.join(sorted(_TOP_KEYS))})")
     place = _Place(rel, folder)
-    context = dict(files.get(place.path(PARAMS_FILE)))
-    context.update(_vars(place, data.get("vars"), files, f"{rel}: vars"))
+    default = place.path(PARAMS_FILE)
+    context = dict(files.get(default))
+    origin = dict.fromkeys(context, default)  # each top-level name: the file it comes from
+    context.update(_vars(place, data.get("vars"), files, f"{rel}: vars", origin))
     stages = data.get("stages") or {}
     if not isinstance(stages, dict):
         raise PipelineError(f"{rel}: `stages` must be a map of stage names")
@@ -131,8 +145,40 @@ def _load_file(root: Path, rel: str, files: _ParamFiles) -> list[DvcStage]:
         if not isinstance(body, dict):
             raise PipelineError(f"{rel}: stage {name!r} must be a map (cmd, deps, outs, ...)")
         for item_name, item_context, item_body in _expand(place, str(name), body, context):
-            found.append(_stage(place, prefix + item_name, item_body, item_context, files))
+            kept = _Kept(default, origin) if symbolic else None
+            if kept is not None and item_context is not context:  # a foreach item or matrix combination
+                kept.update({"item": "", "key": ""})
+            found.append(_stage(place, prefix + item_name, item_body, item_context, files, kept))
+            found[-1].file = rel
     return found
+
+
+class _Kept:
+    """The `${...}` of a cmd left as they are (load_dvc_stages(symbolic=True)): those whose
+    top-level name comes from the default params file, its keys then read as the stage's
+    params. Below the root they become `${FILE:KEY}`, as the stage's params name them."""
+
+    def __init__(self, file: str, origin: dict[str, str]) -> None:
+        self.file = file
+        self.names: set[str] = set()
+        self.refs: list[str] = []
+        self.update(origin)
+
+    def update(self, origin: dict[str, str]) -> None:
+        """Names now defined by these sources (a file, or "" for a map or an item)."""
+        for name, source in origin.items():
+            if source == self.file:
+                self.names.add(name)
+            else:
+                self.names.discard(name)
+
+    def keeps(self, name: str) -> bool:
+        return name.split(".")[0] in self.names
+
+    def placeholder(self, name: str) -> str:
+        if name not in self.refs:
+            self.refs.append(name)
+        return "${" + param_label(self.file, name) + "}"
 
 
 class _Place:
@@ -157,19 +203,19 @@ def _read_yaml(path: Path, shown: str) -> Any:
         raise PipelineError(f"{shown}: not valid YAML: {exc}") from None
 
 
-class _ParamFiles:
+class ParamFiles:
     """Params files, read once each."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.read: dict[str, dict[str, Any]] = {}
 
-    def get(self, name: str, *, required: bool = False) -> dict[str, Any]:
+    def get(self, name: str, *, required: bool = False, reader: str = "a dvc.yaml") -> dict[str, Any]:
         if name not in self.read:
             path = self.root / name
             if not path.is_file():
                 if required:
-                    raise PipelineError(f"params file {name} does not exist (read by a dvc.yaml)")
+                    raise PipelineError(f"params file {name} does not exist (read by {reader})")
                 self.read[name] = {}
             else:
                 data = _read_yaml(path, name)
@@ -179,20 +225,24 @@ class _ParamFiles:
         return self.read[name]
 
 
-def _vars(place: _Place, given: Any, files: _ParamFiles, where: str) -> dict[str, Any]:
-    """`vars:` entries merged: inline maps, or files (`FILE` or `FILE:key1,key2`)."""
+def _vars(place: _Place, given: Any, files: ParamFiles, where: str, origin: dict[str, str]) -> dict[str, Any]:
+    """`vars:` entries merged: inline maps, or files (`FILE` or `FILE:key1,key2`). `origin`
+    gets each name's source: the file, or "" for a map."""
     merged: dict[str, Any] = {}
     for entry in given or []:
         if isinstance(entry, dict):
             merged.update(entry)
+            origin.update(dict.fromkeys(entry, ""))
         elif isinstance(entry, str):
             name, _, keys = entry.partition(":")
             content = files.get(place.path(name), required=True)
             if keys:
                 for key in keys.split(","):
                     merged[key.strip()] = _lookup(content, key.strip(), f"{where}: {entry}")
+                    origin[key.strip()] = place.path(name)
             else:
                 merged.update(content)
+                origin.update(dict.fromkeys(content, place.path(name)))
         else:
             raise PipelineError(f"{where}: an entry must be a file name or a map, got {entry!r}")
     return merged
@@ -242,7 +292,9 @@ def _expand(
     return [(name, context, body)]
 
 
-def _stage(place: _Place, name: str, body: dict[str, Any], context: dict[str, Any], files: _ParamFiles) -> DvcStage:
+def _stage(
+    place: _Place, name: str, body: dict[str, Any], context: dict[str, Any], files: ParamFiles, kept: _Kept | None,
+) -> DvcStage:
     where = f"{place.rel}: stage {name!r}"
     unknown = sorted(set(body) - _STAGE_KEYS - _GENERATOR_KEYS)
     if unknown:
@@ -251,11 +303,16 @@ def _stage(place: _Place, name: str, body: dict[str, Any], context: dict[str, An
         if not isinstance(body.get(flag, False), bool):
             raise PipelineError(f"{where}: {flag} must be true or false, got {body[flag]!r}")
     if "vars" in body:
-        context = {**context, **_vars(place, _resolve_value(body["vars"], context, where), files, f"{where}: vars")}
+        origin: dict[str, str] = {}
+        given_vars = _resolve_value(body["vars"], context, where)
+        context = {**context, **_vars(place, given_vars, files, f"{where}: vars", origin)}
+        if kept is not None:
+            kept.update(origin)
     warm = _warm(body.get("meta"), where)
+    desc = body.get("desc")
     body = {k: v for k, v in body.items() if k not in ("vars", "desc", "meta")}
     resolved = _resolve_value(body, context, where)
-    cmd = resolved.get("cmd")
+    cmd = resolved.get("cmd") if kept is None else _resolve_value(body.get("cmd"), context, where, kept)
     if isinstance(cmd, list):
         if not cmd or not all(isinstance(c, str) and c.strip() for c in cmd):
             raise PipelineError(f"{where}: cmd must be a command or a list of commands")
@@ -293,10 +350,14 @@ def _stage(place: _Place, name: str, body: dict[str, Any], context: dict[str, An
         return found
 
     deps, outs, metrics, plots = paths("deps"), paths("outs"), paths("metrics"), paths("plots")
-    params = _tracked(resolved.get("params"), files, where, wdir)
+    params = tracked_params(resolved.get("params"), files, where, wdir)
     found = DvcStage(name, cmd, wdir, deps, outs + plots, metrics, params, persist, uncached,
                      bool(resolved.get("frozen")), bool(resolved.get("always_changed")))
     found.warm = warm
+    found.desc = desc if isinstance(desc, str) else ""
+    found.declared = tuple(resolved.get("params") or ())
+    if kept is not None:
+        found.refs, found.refs_file = tuple(kept.refs), kept.file
     return found
 
 
@@ -317,26 +378,62 @@ def _from_wdir(wdir: str, path: str, where: str, key: str) -> str:
     return joined
 
 
-def _tracked(given: Any, files: _ParamFiles, where: str, wdir: str) -> dict[str, Any]:
-    """The params a stage lists, with their values: `key` for the root's params.yaml,
-    `FILE:key` for another file (FILE from the project root). Files are found from the
-    stage's wdir, as DVC does."""
+def with_refs(s: DvcStage, files: ParamFiles) -> tuple[list[Any], dict[str, Any]]:
+    """A symbolic stage's params (load_dvc_stages(symbolic=True)): its dvc.yaml entries
+    (relative to its wdir) then every key its cmd still names as ${...} that they do not
+    already give it (a whole section gives its keys), and all their values, as the stage
+    reads them: so a params.yaml edit is a params change, and the stage runs with the new
+    value (its cmd is resolved when it runs: pivot/runtime/command.py)."""
+    from pivot.runtime.command import interpolate
+
+    # `- other.yaml:` (no keys: all of them) as a list, the form stage() documents
+    entries = [{k: v or [] for k, v in e.items()} if isinstance(e, dict) else e for e in s.declared]
+    values = dict(s.params)
+    where = f"{s.file}: stage {s.name!r}"
+    own = s.refs_file == posixpath.normpath(posixpath.join(s.wdir, PARAMS_FILE))
+    added: list[str] = []
+    for ref in s.refs:
+        try:
+            interpolate(s.name, "${" + param_label(s.refs_file, ref) + "}", values)
+            continue  # one of its params already, or inside one
+        except PipelineError:
+            pass
+        entry: Any = ref if own else {posixpath.relpath(s.refs_file, s.wdir): [ref]}
+        values.update(tracked_params([entry], files, where, s.wdir))
+        if own:
+            entries.append(ref)
+        else:
+            added.append(ref)
+    if added:
+        entries.append({posixpath.relpath(s.refs_file, s.wdir): added})
+    return entries, values
+
+
+def param_label(file: str, key: str) -> str:
+    """How a stage's params name a key of a params file (FILE from the project root):
+    `key` for the root's params.yaml, `FILE:key` for another file."""
+    return key if file == PARAMS_FILE else f"{file}:{key}"
+
+
+def tracked_params(given: Any, files: ParamFiles, where: str, wdir: str) -> dict[str, Any]:
+    """The params a stage lists (DVC's form: `key`, `dotted.key`, `section`, or
+    `{FILE: [keys]}`, an empty list for all of FILE), with their values, named by
+    param_label. Files are found from the stage's wdir, as DVC does."""
     tracked: dict[str, Any] = {}
-
-    def label(file: str, key: str) -> str:
-        return key if file == PARAMS_FILE else f"{file}:{key}"
-
     default = posixpath.normpath(posixpath.join(wdir, PARAMS_FILE))
     for entry in given or []:
         if isinstance(entry, str):
             value = _lookup(files.get(default), entry, f"{where}: params: {entry} ({default})")
-            tracked[label(default, entry)] = value
+            tracked[param_label(default, entry)] = value
         elif isinstance(entry, dict):
             for name, keys in entry.items():
                 file = posixpath.normpath(posixpath.join(wdir, str(name)))
-                content = files.get(file, required=True)
+                if keys is not None and not isinstance(keys, list):
+                    raise PipelineError(f"{where}: params: {name}: expected a list of keys, got {keys!r}")
+                content = files.get(file, required=True, reader=where)
                 for key in keys or sorted(content):
-                    tracked[label(file, str(key))] = _lookup(content, str(key), f"{where}: params: {key} ({file})")
+                    value = _lookup(content, str(key), f"{where}: params: {key} ({file})")
+                    tracked[param_label(file, str(key))] = value
         else:
             raise PipelineError(f"{where}: params holds {entry!r}, expected a key or {{FILE: [keys]}}")
     return tracked
@@ -354,22 +451,27 @@ def _lookup(data: Any, dotted: str, where: str) -> Any:
     return value
 
 
-def _resolve_value(value: Any, context: dict[str, Any], where: str) -> Any:
-    """`${...}` resolved in every string of `value` (a whole-string `${x}` keeps x's type)."""
+def _resolve_value(value: Any, context: dict[str, Any], where: str, kept: _Kept | None = None) -> Any:
+    """`${...}` resolved in every string of `value` (a whole-string `${x}` keeps x's type);
+    those `kept` keeps are checked, and left for the stage to resolve when it runs."""
     if isinstance(value, dict):
-        return {_resolve_value(k, context, where): _resolve_value(v, context, where) for k, v in value.items()}
+        return {_resolve_value(k, context, where, kept): _resolve_value(v, context, where, kept)
+                for k, v in value.items()}
     if isinstance(value, list):
-        return [_resolve_value(v, context, where) for v in value]
+        return [_resolve_value(v, context, where, kept) for v in value]
     if not isinstance(value, str) or "${" not in value:
         return value
     whole = _PLACEHOLDER.fullmatch(value)
     if whole:
-        return _lookup(context, whole.group(1), f"{where}: ${{{whole.group(1)}}}")
+        found = _lookup(context, whole.group(1), f"{where}: ${{{whole.group(1)}}}")
+        return kept.placeholder(whole.group(1)) if kept is not None and kept.keeps(whole.group(1)) else found
 
     def sub(match: re.Match[str]) -> str:
         from pivot.runtime.command import as_text
 
         found = _lookup(context, match.group(1), f"{where}: ${{{match.group(1)}}}")
+        if kept is not None and kept.keeps(match.group(1)):
+            return kept.placeholder(match.group(1))
         return as_text(found)
 
     return _PLACEHOLDER.sub(sub, value)

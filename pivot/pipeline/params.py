@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +14,7 @@ from pivot.pipeline.stage import signature_of
 if TYPE_CHECKING:
     import yaml
 
-__all__ = ["PARAMS_FILE", "defaults_of", "load_params_file", "load_yaml", "resolve"]
+__all__ = ["PARAMS_FILE", "defaults_of", "load_params_file", "load_yaml", "resolve", "top_level_keys"]
 
 PARAMS_FILE = "params.yaml"
 _SCALARS = (bool, int, float, str)
@@ -72,8 +72,10 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_yaml_loader())  # a SafeLoader: no Python objects
 
 
-def load_params_file(root: Path) -> dict[str, dict[str, Any]]:
-    """params.yaml as {stage: {param: value}}; an empty entry (`fit:`) means no overrides."""
+def load_params_file(root: Path, sections: Collection[str] | None = None) -> dict[str, dict[str, Any]]:
+    """params.yaml as {stage: {param: value}}; an empty entry (`fit:`) means no overrides.
+    With `sections`, only those entries are Pivot's (its stages'): the others belong to
+    stages that read params.yaml by key path (dvc.yaml's), whatever their values."""
     path = root / PARAMS_FILE
     if not path.exists():
         return {}
@@ -92,6 +94,8 @@ def load_params_file(root: Path) -> dict[str, dict[str, Any]]:
         )
     result: dict[str, dict[str, Any]] = {}
     for name, values in data.items():
+        if sections is not None and name not in sections:
+            continue
         if values is None:
             values = {}
         if not isinstance(values, dict):
@@ -101,6 +105,17 @@ def load_params_file(root: Path) -> dict[str, dict[str, Any]]:
             )
         result[name] = values
     return result
+
+
+def top_level_keys(root: Path) -> list[str]:
+    """params.yaml's top-level keys (none if it is missing or not a mapping)."""
+    import yaml
+
+    try:
+        data = load_yaml((root / PARAMS_FILE).read_text())
+    except (OSError, yaml.YAMLError):  # missing; a YAML error is said by load_params_file
+        return []
+    return [str(k) for k in data] if isinstance(data, dict) else []
 
 
 def resolve(

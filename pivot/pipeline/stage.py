@@ -9,9 +9,13 @@
     stage(name="fit", cmd="python src/fit.py --lr ${lr}", params={"lr": 0.1},
           deps=["src/fit.py", "data/clean.csv"], outs=["model.pkl"])
 
+    stage(name="train", cmd="python src/train.py --lr ${train.lr}", params=["train.lr"],
+          deps=[...], outs=["model.pkl"])  # dvc.yaml's form: the params.yaml keys it reads
+
 Registration only records the declaration; validation that needs the whole pipeline
-(graph, params.yaml) happens in the loader. Kept free of heavy imports: every worker
-and user module imports this.
+(graph, params.yaml) happens in the loader, except that list-form params are read here
+(pivot/pipeline/dvcyaml.py), as a dvc.yaml stage's are. Kept free of heavy imports:
+every worker and user module imports this.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import posixpath
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -83,6 +88,7 @@ def registered() -> dict[str, StageDecl]:
 
 def clear_registry() -> None:
     _registry.clear()
+    _param_files.clear()
 
 
 def stage(
@@ -91,10 +97,14 @@ def stage(
     metrics: Iterable[str] = (),
     *,
     name: str | None = None,
-    params: dict[str, Any] | None = None,
+    params: dict[str, Any] | list[Any] | None = None,
     tags: Iterable[str] = (),
     cmd: str | Iterable[str] | None = None,
     wdir: str = ".",
+    persist: Iterable[str] = (),
+    uncached: Iterable[str] = (),
+    frozen: bool = False,
+    always_changed: bool = False,
     warm: bool = True,
 ) -> Callable[[F], F]:
     """Declare a stage. Returns the function unchanged, so it stays callable.
@@ -107,6 +117,15 @@ def stage(
     forked from a warm worker, its third-party imports done; `warm=False` starts a fresh
     interpreter for a script that needs one (docs/dvc.md).
 
+    A command stage's `params` may instead be a list in dvc.yaml's form: the params.yaml
+    keys it reads (`"train.lr"`, a whole section `"train"`; params.yaml is found from its
+    `wdir`, as DVC does), `"FILE:key"` or `{"FILE": ["k1", "k2"]}` for another file. Their
+    values are read as the pipeline loads; it runs again exactly when one changes, and
+    `${train.lr}` in `cmd` is that value. Command stages also take dvc.yaml's flags:
+    `persist` (outputs kept in place before a run and after a failure), `uncached`
+    (outputs hashed but never stored: `cache: false`), `frozen` (never run) and
+    `always_changed` (run every time); docs/dvc.md.
+
     `tags` (e.g. ["gpu"]) send the stage only to worker pools started with every one of
     them (`pivot workers --tag gpu`)."""
     if callable(deps):
@@ -118,8 +137,11 @@ def stage(
     out_list = _paths("outs", outs, name)
     metric_list = _paths("metrics", metrics, name)
     tag_list = _tags(tags, name)
+    persist_list = _paths("persist", persist, name)
+    uncached_list = _paths("uncached", uncached, name)
     if cmd is not None:
         _register_command(name, cmd, wdir, params, dep_list, out_list, metric_list, tag_list)
+        _command_flags(str(name), persist_list, uncached_list, frozen, always_changed)
         if warm is not True:
             if warm is not False:
                 raise PipelineError(f"stage {name!r}: warm= is True or False, got {warm!r}")
@@ -151,6 +173,13 @@ def stage(
                 f"duplicate stage name {stage_name!r}: {_where(first)} and {_where(func)}; "
                 "give variants distinct names with stage(name=...)"
             )
+        if isinstance(params, list):
+            raise PipelineError(
+                f"{where}: params as a list (params.yaml keys, dvc.yaml's form) goes with cmd=; "
+                "a function stage takes params={name: value} overriding its defaults"
+            )
+        if persist_list or uncached_list or frozen is not False or always_changed is not False:
+            raise PipelineError(f"{where}: persist=, uncached=, frozen= and always_changed= go with cmd= (command stages)")
         overrides = dict(params or {})
         _check_overrides(stage_name, func, overrides)
         _registry[stage_name] = StageDecl(
@@ -163,7 +192,7 @@ def stage(
 
 
 def _register_command(
-    name: str | None, cmd: str | Iterable[str], wdir: str, params: dict[str, Any] | None,
+    name: str | None, cmd: str | Iterable[str], wdir: str, params: dict[str, Any] | list[Any] | None,
     deps: list[str], outs: list[str], metrics: list[str], tags: list[str],
 ) -> None:
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
@@ -181,14 +210,63 @@ def _register_command(
         raise PipelineError(f"{where}: cmd is empty")
     if not isinstance(wdir, str) or not wdir.strip() or wdir.startswith("/") or ".." in Path(wdir).parts:
         raise PipelineError(f"{where}: wdir {wdir!r} must be a folder inside the project, relative to its root")
-    if params is not None and not isinstance(params, dict):
-        raise PipelineError(f"{where}: params must be a dict of names to default values")
+    if params is not None and not isinstance(params, dict | list):
+        raise PipelineError(
+            f"{where}: params must be a dict of names to default values, or a list of params.yaml keys"
+        )
     if name in _registry:
         raise PipelineError(f"duplicate stage name {name!r}: give each stage a distinct name=")
+    if isinstance(params, list):  # dvc.yaml's form: registered as a dvc.yaml stage is
+        values, listed = _listed_params(name, params, Path(wdir).as_posix(), command), True
+    else:
+        values, listed = dict(params or {}), False
     _registry[name] = StageDecl(
-        name, _command_stage, tuple(deps), tuple(outs + metrics), tuple(metrics), dict(params or {}),
-        tuple(tags), command, Path(wdir).as_posix(),
+        name, _command_stage, tuple(deps), tuple(outs + metrics), tuple(metrics), values,
+        tuple(tags), command, Path(wdir).as_posix(), dvc=listed,
     )
+
+
+# Each params file read once per pipeline load (the registry's life) by list-form params.
+_param_files: dict[Path, Any] = {}
+
+
+def _listed_params(name: str, given: list[Any], wdir: str, command: str | tuple[str, ...]) -> dict[str, Any]:
+    """A command stage's params=[...] in dvc.yaml's form, read as a dvc.yaml stage's
+    (pivot/pipeline/dvcyaml.py): the keys it reads with their values now, from the
+    project root's files. `"FILE:key"` is `{"FILE": ["key"]}`."""
+    from pivot.pipeline.dvcyaml import ParamFiles, tracked_params
+    from pivot.pipeline.project import find_root
+    from pivot.runtime.command import interpolate
+
+    root = find_root()
+    files = _param_files.setdefault(root, ParamFiles(root))
+    entries = [{e.partition(":")[0]: [e.partition(":")[2]]} if isinstance(e, str) and ":" in e else e for e in given]
+    values = tracked_params(entries, files, f"stage {name!r}", wdir)
+    interpolate(name, command, values)  # every ${...} of its cmd is one of them: said now
+    return values
+
+
+def _command_flags(name: str, persist: list[str], uncached: list[str], frozen: bool, always_changed: bool) -> None:
+    """A command stage's persist=, uncached=, frozen= and always_changed= (dvc.yaml's
+    `persist: true`, `cache: false`, `frozen`, `always_changed`)."""
+    where = f"stage {name!r}"
+    for flag, value in (("frozen", frozen), ("always_changed", always_changed)):
+        if not isinstance(value, bool):
+            raise PipelineError(f"{where}: {flag}= is True or False, got {value!r}")
+    decl = _registry[name]
+    declared = {posixpath.normpath(out): out for out in decl.outs}
+    chosen: dict[str, list[str]] = {"persist": [], "uncached": []}
+    for field_name, paths in (("persist", persist), ("uncached", uncached)):
+        for path in paths:
+            out = declared.get(posixpath.normpath(path))
+            if out is None:
+                raise PipelineError(f"{where}: {field_name}= names {path!r}, which is none of its outs or metrics")
+            chosen[field_name].append(out)
+    if persist or uncached or frozen or always_changed:
+        _registry[name] = dataclasses.replace(
+            decl, persist=tuple(chosen["persist"]), uncached=tuple(chosen["uncached"]), frozen=frozen,
+            always=always_changed,
+        )
 
 
 def register_dvc_stage(

@@ -57,10 +57,14 @@ def import_pipeline(root: Path) -> None:
                 detail=user_traceback(exc),
             ) from None
     if (root / DVC_FILE).is_file():
-        from pivot.pipeline.dvcyaml import load_dvc_stages
+        from pivot.pipeline.dvcyaml import ParamFiles, load_dvc_stages, with_refs
 
-        for s in load_dvc_stages(root):
-            register_dvc_stage(s.name, s.cmd, s.wdir, s.deps, s.outs, s.metrics, s.params, s.persist, s.uncached,
+        # Symbolic: a cmd's ${...} from params.yaml is resolved when the stage runs, its
+        # key a param of the stage; so editing it is a params change, not a code one.
+        files = ParamFiles(root)
+        for s in load_dvc_stages(root, symbolic=True, files=files):
+            _, params = with_refs(s, files)
+            register_dvc_stage(s.name, s.cmd, s.wdir, s.deps, s.outs, s.metrics, params, s.persist, s.uncached,
                                s.frozen, s.always, s.warm)
     _loaded[:] = [root]
 
@@ -71,7 +75,9 @@ def build_manifest(root: Path) -> Manifest:
     if not decls:
         raise PipelineError(f"{PIPELINE_FILE} declares no stages; decorate functions with @stage")
     dvc = [d for d in decls.values() if d.dvc]
-    from_file = params_mod.load_params_file(root)
+    # Stages that read params.yaml by key path (dvc.yaml's, list-form params) own every
+    # top-level key that names no other stage, whatever it holds (`seed: 1`).
+    from_file = params_mod.load_params_file(root, [d.name for d in decls.values() if not d.dvc] if dvc else None)
     fingerprinter = Fingerprinter(root, root / ".pivot" / "tmp" / FINGERPRINT_CACHE)
     sources = set(_project_sources(root))
     externals = set(fingerprinter.externals)
@@ -131,9 +137,13 @@ def build_manifest(root: Path) -> Manifest:
         from pivot.pipeline.dvcyaml import dvc_files
 
         sources.update([*dvc_files(root), *(f for f in _dvc_param_files(dvc) if f != params_mod.PARAMS_FILE)])
-        warnings: tuple[str, ...] = ()
-    else:
-        warnings = tuple(_unknown_params_stage(name, list(decls)) for name in from_file if name not in decls)
+    warnings: tuple[str, ...] = ()
+    if not (root / DVC_FILE).is_file():
+        # Without a dvc.yaml, a section no stage reads is a typo of a stage's name.
+        listed = {key.partition(".")[0] for d in dvc for key in d.params if ":" not in key}
+        names = params_mod.top_level_keys(root) if dvc else list(from_file)
+        warnings = tuple(_unknown_params_stage(name, list(decls)) for name in names
+                         if name not in decls and name not in listed)
     preload, preload_key = third_party(externals)
     return Manifest(tuple(stages), tuple(sorted(sources)), warnings, preload, preload_key)
 

@@ -104,10 +104,14 @@ def test_a_dvc_project_runs_with_dvc_names_params_and_interpolation(make_project
 
     # A key only the fit stages read: they and what reads their outputs run, not prepare.
     (root / "params.yaml").write_text(PARAMS.replace("lr: 0.5", "lr: 0.25"))
+    # Its cmd reads ${train.lr} when it runs: a params change, not a code one.
+    explained = run_pivot(root, "status", "--explain", "fit@linear").stdout
+    assert "params changed" in explained and "code" not in explained, explained
     third = run_pivot(root, "repro", "--json", timeout=40)
     assert statuses(third) == {"prepare": "skipped", **dict.fromkeys(STAGES[1:], "ran")}
     reasons = {s: e["reason_code"] for s, e in finished(parse_events(third.stdout)).items()}
-    assert reasons["fit@linear"] in ("params_changed", "code_changed"), reasons
+    assert reasons["fit@linear"] == "params_changed", reasons
+    assert (root / "models" / "linear.txt").read_text() == "degree=1 lr=0.25 rows=2\n"
     # A section no stage reads: nothing runs.
     (root / "params.yaml").write_text(PARAMS.replace("lr: 0.5", "lr: 0.25").replace("0.3", "0.9"))
     assert statuses(run_pivot(root, "repro", "--json", timeout=40)) == dict.fromkeys(STAGES, "skipped")
@@ -263,3 +267,28 @@ def test_an_output_with_cache_false_is_hashed_not_stored_and_stays_in_git(make_p
     assert done["make"]["status"] == "ran" and done["make"]["reason_code"] == "out_modified", done["make"]
     assert (root / "table.csv").read_text() == "a,b\n"
     assert statuses(run_pivot(root, "repro", "--json", timeout=40)) == {"make": "skipped"}
+
+
+def test_params_yaml_top_level_values_are_dvc_params_and_a_section_no_stage_reads_is_warned_without_dvc_yaml(
+    make_project: Callable[..., Path],
+) -> None:
+    # dvc.yaml: `seed: 1` at the top of params.yaml is a param, read by key.
+    root = make_project({
+        "dvc.yaml": "stages:\n  draw:\n    cmd: echo ${seed} > seed.txt\n    params: [seed]\n    outs: [seed.txt]\n",
+        "params.yaml": "seed: 1\nunused: [1, 2]\n",
+    })
+    result = run_pivot(root, "repro")
+    assert result.returncode == 0 and "no stage named" not in result.stderr, describe(result)
+    assert (root / "seed.txt").read_text() == "1\n"
+
+    # pipeline.py only: a list-params stage owns what it reads; another section is a typo.
+    other = make_project({
+        "pipeline.py": "from pivot import stage\n\n"
+                       "stage(name='draw', cmd='echo ${seed} > seed.txt', params=['seed'], outs=['seed.txt'])\n",
+        "params.yaml": "seed: 2\ndarw:\n  n: 1\n",
+    }, name="other")
+    result = run_pivot(other, "repro")
+    assert result.returncode == 0, describe(result)
+    assert (other / "seed.txt").read_text() == "2\n"
+    assert "params.yaml: no stage named 'darw' (did you mean 'draw'?)" in result.stderr, describe(result)
+    assert "'seed'" not in result.stderr, describe(result)

@@ -23,7 +23,7 @@ def a() -> None:
 
 COMMANDS = ["init", "list", "repro", "status", "dag", "params show", "params diff", "metrics show",
             "metrics diff", "checkout", "gc", "up", "down", "attach", "ps", "logs", "run", "broker",
-            "workers", "watcher", "ping", "keys init"]
+            "workers", "watcher", "ping", "keys init", "import-dvc"]
 
 IN_PROJECT = [
     (["nosuch"], 2),
