@@ -75,23 +75,30 @@ class DvcStage:
         self.params = params
 
 
-def load_dvc_stages(root: Path, *, symbolic: bool = False, files: ParamFiles | None = None) -> list[DvcStage]:
+def load_dvc_stages(
+    root: Path, *, symbolic: bool = False, files: ParamFiles | None = None, below_pipeline: bool = False,
+) -> list[DvcStage]:
     """The stages of every dvc.yaml of the project (none without ROOT/dvc.yaml), the
     root's first: a file below the root names its stages `FOLDER/dvc.yaml:NAME`, reads
     FOLDER/params.yaml, and its paths start from FOLDER (or its `wdir` below FOLDER).
-    `symbolic`: keep the ${...} of a cmd that come from the default params file (refs)."""
-    if not (root / DVC_FILE).is_file():
+    `symbolic`: keep the ${...} of a cmd that come from the default params file (refs).
+    `below_pipeline`: ROOT holds pipeline.py, and the dvc.yaml files below it are read even
+    without one at the root, found by git only (a walk of a project's data on every load
+    would cost too much)."""
+    at_root = (root / DVC_FILE).is_file()
+    if not at_root and not below_pipeline:
         return []
     found: list[DvcStage] = []
     files = files or ParamFiles(root)
-    for rel in dvc_files(root):
+    for rel in dvc_files(root, walk=at_root):
         found += _load_file(root, rel, files, symbolic)
     return found
 
 
-def dvc_files(root: Path) -> list[str]:
+def dvc_files(root: Path, *, walk: bool = True) -> list[str]:
     """Every dvc.yaml below ROOT (project-relative), the root's first: git's files and
-    untracked ones it does not ignore, or outside a repository, a walk."""
+    untracked ones it does not ignore, or outside a repository, a walk (`walk`; else
+    none but the root's)."""
     import subprocess
 
     try:
@@ -103,7 +110,7 @@ def dvc_files(root: Path) -> list[str]:
     except (OSError, subprocess.TimeoutExpired):
         names = None
     if names is None:
-        names = [p.relative_to(root).as_posix() for p in _walk(root)]
+        names = [p.relative_to(root).as_posix() for p in _walk(root)] if walk else []
     found = {n for n in names if n and (n == DVC_FILE or n.endswith("/" + DVC_FILE)) and (root / n).is_file()}
     if (root / DVC_FILE).is_file():
         found.add(DVC_FILE)

@@ -56,13 +56,14 @@ def import_pipeline(root: Path) -> None:
                 f"{PIPELINE_FILE} failed to import: {type(exc).__name__}: {exc}",
                 detail=user_traceback(exc),
             ) from None
-    if (root / DVC_FILE).is_file():
+    has_pipeline = (root / PIPELINE_FILE).is_file()
+    if has_pipeline or (root / DVC_FILE).is_file():
         from pivot.pipeline.dvcyaml import ParamFiles, load_dvc_stages, with_refs
 
         # Symbolic: a cmd's ${...} from params.yaml is resolved when the stage runs, its
         # key a param of the stage; so editing it is a params change, not a code one.
         files = ParamFiles(root)
-        for s in load_dvc_stages(root, symbolic=True, files=files):
+        for s in load_dvc_stages(root, symbolic=True, files=files, below_pipeline=has_pipeline):
             _, params = with_refs(s, files)
             register_dvc_stage(s.name, s.cmd, s.wdir, s.deps, s.outs, s.metrics, params, s.persist, s.uncached,
                                s.frozen, s.always, s.warm)

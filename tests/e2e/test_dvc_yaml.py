@@ -292,3 +292,28 @@ def test_params_yaml_top_level_values_are_dvc_params_and_a_section_no_stage_read
     assert (other / "seed.txt").read_text() == "2\n"
     assert "params.yaml: no stage named 'darw' (did you mean 'draw'?)" in result.stderr, describe(result)
     assert "'seed'" not in result.stderr, describe(result)
+
+
+def test_a_dvc_yaml_below_a_pipeline_py_root_is_read_when_git_knows_it(make_project: Callable[..., Path]) -> None:
+    import subprocess
+
+    files = {
+        "pipeline.py": "from pivot import stage\n\n\n@stage(deps=['in.txt'], outs=['top.txt'])\n"
+                       "def top() -> None:\n    open('top.txt', 'w').write(open('in.txt').read())\n",
+        "in.txt": "x\n", "params.yaml": "top:\n",
+        "sub/dvc.yaml": "stages:\n  count:\n    cmd: echo ${n} > count.txt\n    params: [n]\n    outs: [count.txt]\n",
+        "sub/params.yaml": "n: 3\n",
+    }
+    root = make_project(files)
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    result = run_pivot(root, "repro", "--json", timeout=40)
+    assert statuses(result) == {"top": "ran", "sub/dvc.yaml:count": "ran"}, describe(result)
+    assert (root / "sub" / "count.txt").read_text() == "3\n" and "no stage named" not in result.stderr
+    (root / "sub" / "params.yaml").write_text("n: 4\n")
+    again = run_pivot(root, "repro", "--json", timeout=40)
+    assert statuses(again) == {"top": "skipped", "sub/dvc.yaml:count": "ran"}, describe(again)
+    assert (root / "sub" / "count.txt").read_text() == "4\n"
+
+    outside = make_project(files, name="outside")  # no repository: only pipeline.py
+    listed = run_pivot(outside, "list")
+    assert listed.returncode == 0 and "count" not in listed.stdout, describe(listed)
