@@ -81,7 +81,7 @@ def build_manifest(root: Path) -> Manifest:
     from_file = params_mod.load_params_file(root, [d.name for d in decls.values() if not d.dvc] if dvc else None)
     fingerprinter = Fingerprinter(root, root / ".pivot" / "tmp" / FINGERPRINT_CACHE)
     sources = set(_project_sources(root))
-    externals = set(fingerprinter.externals)
+    script_externals: set[str] = set()  # what the scripts of command stages import
     stages = []
     for decl in decls.values():
         deps = decl.deps
@@ -96,7 +96,7 @@ def build_manifest(root: Path) -> Manifest:
             code = command_fingerprint(decl.cmd, decl.wdir, script.parts if script else None,
                                        script.files if script else ())
             if script is not None:  # its files are its code now, not deps compared by bytes
-                externals |= script.externals
+                script_externals |= script.externals
                 deps = tuple(d for d in deps if normalize(decl.name, "deps", d) not in script.files)
             func = f"$ {decl.cmd if isinstance(decl.cmd, str) else ' '.join(decl.cmd)}"
         else:
@@ -145,7 +145,8 @@ def build_manifest(root: Path) -> Manifest:
         names = params_mod.top_level_keys(root) if dvc else list(from_file)
         warnings = tuple(_unknown_params_stage(name, list(decls)) for name in names
                          if name not in decls and name not in listed)
-    preload, preload_key = third_party(externals)
+    # After every stage was fingerprinted: that is when the fingerprinter learns its externals.
+    preload, preload_key = third_party({*fingerprinter.externals, *script_externals})
     return Manifest(tuple(stages), tuple(sorted(sources)), warnings, preload, preload_key)
 
 

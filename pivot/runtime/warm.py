@@ -58,6 +58,7 @@ with contextlib.suppress(Exception):
 
     _BASE_WARNINGS = list(warnings.filters)
 
+_LIBC: list[Any] = []
 _SHELL_CHARS = frozenset("|&;<>()$`\\\n*?[]{}~#!")  # quotes are read as a shell would (shlex)
 _PYTHON_NAMES = ("python", "python3", f"python3.{sys.version_info.minor}")
 
@@ -175,6 +176,10 @@ class ForkedProcess:
 def start(run: ScriptRun, cwd: Path, env: dict[str, str], root: Path) -> ForkedProcess:
     """Fork the warm child that runs `run`; returns once it leads a session of its own
     (so that its group can be signalled at once)."""
+    if not _LIBC:  # once per worker, not in every child
+        import ctypes
+
+        _LIBC.append(ctypes.CDLL(None))
     ready_r, ready_w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -266,15 +271,14 @@ def _fresh_streams(unbuffered: bool) -> None:
 
 def _drop_project_modules(folders: set[Path]) -> None:
     """Forget every module loaded from the project: the script imports its own, now."""
-    inside = [f"{folder}{os.sep}" for folder in folders]
+    # A module's file is named from the sys.path entry it was found on: the folders as
+    # given and resolved, and no realpath per module (hundreds of them, at every run).
+    inside = tuple({f"{f}{os.sep}" for folder in folders for f in (str(folder), os.path.realpath(folder))})
     skip = (f"{os.sep}site-packages{os.sep}", f"{os.sep}dist-packages{os.sep}", f"{os.sep}.venv{os.sep}")
     for name, module in list(sys.modules.items()):
         files = [getattr(module, "__file__", None) or "", *list(getattr(module, "__path__", None) or [])]
         for file in files:
-            if not isinstance(file, str) or not file:
-                continue
-            path = os.path.realpath(file)
-            if any(path.startswith(f) for f in inside) and not any(s in path for s in skip):
+            if isinstance(file, str) and file.startswith(inside) and not any(s in file for s in skip):
                 del sys.modules[name]
                 break
     sys.modules.pop("pipeline", None)
@@ -413,8 +417,6 @@ def _exit(code: int) -> NoReturn:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(BaseException):
             stream.flush()
-    with contextlib.suppress(BaseException):
-        import ctypes
-
-        ctypes.CDLL(None).fflush(None)
+    with contextlib.suppress(BaseException):  # C code's buffered stdout, as exit() would
+        _LIBC[0].fflush(None)
     os._exit(code)

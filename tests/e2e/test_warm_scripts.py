@@ -240,3 +240,36 @@ def test_a_cancelled_warm_script_stops_with_everything_it_started(
     assert alive(script) and alive(child)
     live.stop()  # cancels the stage: the script's whole session goes with it
     assert not alive(script) and not alive(child), "a cancelled warm script (or its child) outlived `pivot up`"
+
+
+# Stands for an installed package (pandas, torch): a folder named site-packages outside
+# the project, on PYTHONPATH; it logs the pid of every process that imports it.
+FAKELIB = '''\
+import os
+
+with open(os.environ["FAKELIB_LOG"], "a") as f:
+    f.write(f"{os.getpid()}\\n")
+'''
+
+USES_LIB = '''\
+import sys
+done = "fakelib" in sys.modules  # before its own import
+import fakelib
+open(sys.argv[1], "w").write(f"imported before: {done}")
+'''
+
+
+def test_a_warm_script_finds_its_third_party_imports_done(make_project: Callable[..., Path]) -> None:
+    root = make_project({
+        "dvc.yaml": "stages:\n  lib:\n    cmd: python src/uses_lib.py lib.txt\n    outs: [lib.txt]\n",
+        "src/uses_lib.py": USES_LIB,
+    })
+    site = root.parent / "site-packages"
+    (site / "fakelib").mkdir(parents=True)
+    (site / "fakelib" / "__init__.py").write_text(FAKELIB)
+    log = root.parent / "fakelib.log"
+    env = {**this_python_first(), "PYTHONPATH": str(site), "FAKELIB_LOG": str(log)}
+    events = repro(root, env=env)
+    assert finished(events)["lib"]["status"] == "ran", events
+    assert (root / "lib.txt").read_text() == "imported before: True"
+    assert len(log.read_text().split()) == 1  # the preloading server only: not the script again
