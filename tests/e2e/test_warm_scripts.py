@@ -273,3 +273,32 @@ def test_a_warm_script_finds_its_third_party_imports_done(make_project: Callable
     assert finished(events)["lib"]["status"] == "ran", events
     assert (root / "lib.txt").read_text() == "imported before: True"
     assert len(log.read_text().split()) == 1  # the preloading server only: not the script again
+
+
+TRAIN = '''\
+import sys
+VERSION = 1
+open(sys.argv[1], "w").write(f"v{VERSION} {'warm' if 'pivot.runtime.warm' in sys.modules else 'cold'}")
+'''
+
+
+def test_pivot_up_runs_an_edited_script_warm_on_its_new_code(
+    make_project: Callable[..., Path], up: Callable[..., LiveRun],
+) -> None:
+    root = make_project({
+        "dvc.yaml": "stages:\n  train:\n    cmd: python src/train.py model.txt\n    deps: [src/train.py]\n"
+                    "    outs: [model.txt]\n",
+        "src/train.py": TRAIN,
+    })
+    live = up(root, env=this_python_first())
+    live.wait_event(lambda e: e["event"] == "wave_finished", WAIT_S, "the first wave")
+    assert (root / "model.txt").read_text() == "v1 warm"
+    for version in (2, 3):
+        mark = live.mark()
+        (root / "src" / "train.py").write_text(TRAIN.replace("VERSION = 1", f"VERSION = {version}"))
+        began = live.wait_event(lambda e: e["event"] == "wave_started", WAIT_S, "a wave for the edit", mark)
+        assert began["trigger"] == "code" and began["paths"] == ["src/train.py"], began
+        done = live.wait_event(lambda e: e["event"] == "wave_finished", WAIT_S, "its end", mark)
+        assert done["ran"] == ["train"], done
+        assert (root / "model.txt").read_text() == f"v{version} warm"
+    live.stop()
