@@ -317,3 +317,33 @@ def test_a_dvc_yaml_below_a_pipeline_py_root_is_read_when_git_knows_it(make_proj
     outside = make_project(files, name="outside")  # no repository: only pipeline.py
     listed = run_pivot(outside, "list")
     assert listed.returncode == 0 and "count" not in listed.stdout, describe(listed)
+
+
+DIRS = '''\
+stages:
+  mk:
+    cmd: mkdir -p outdir && echo ${n} > outdir/a.txt
+    params: [n]
+    outs: [outdir]
+  use:
+    cmd: cat outdir/a.txt > b.txt
+    deps: [outdir]
+    outs: [b.txt]
+  miss:
+    cmd: echo nothing
+    outs: [never.txt]
+'''
+
+
+def test_a_directory_out_as_dvc_writes_it_and_a_missing_out_fails_its_stage(make_project: Callable[..., Path]) -> None:
+    root = make_project({"dvc.yaml": DIRS, "params.yaml": "n: 1\n"})
+    first = run_pivot(root, "repro", "--json", "--keep-going", timeout=40)
+    assert first.returncode == 1, describe(first)
+    done = finished(parse_events(first.stdout))
+    assert {s: e["status"] for s, e in done.items()} == {"mk": "ran", "use": "ran", "miss": "failed"}
+    assert done["miss"]["reason_code"] == "out_not_produced" and "never.txt" in done["miss"]["reason"], done["miss"]
+    assert (root / "b.txt").read_text() == "1\n"
+    (root / "params.yaml").write_text("n: 2\n")  # the folder changes: what reads it runs
+    again = finished(parse_events(run_pivot(root, "repro", "--json", "mk", "use", timeout=40).stdout))
+    assert {s: e["status"] for s, e in again.items()} == {"mk": "ran", "use": "ran"}
+    assert (root / "b.txt").read_text() == "2\n"
