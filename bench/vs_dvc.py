@@ -4,7 +4,8 @@
 
 Writes a DVC project (git repository, dvc.yaml with four `python src/STAGE.py` stages in a
 chain, params.yaml read by two of them), copies it twice, and times each tool's command
-in its own copy, alternating (dvc, pivot, dvc, ...) so both see the same load:
+in its own copy, alternating (dvc, pivot, pivot with PIVOT_WARM=0, dvc, ...; each trial
+starting with the next tool) so all see the same load:
 
 - cold: the first run (every stage runs);
 - no-op: nothing changed;
@@ -157,12 +158,16 @@ def main() -> None:
     env.pop("PYTHONUNBUFFERED", None)
     env.pop("PIVOT_WARM", None)
     env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
+    env["DVC_NO_ANALYTICS"] = "1"
     cold_env = {**env, "PIVOT_WARM": "0"}
     version = subprocess.run([*dvc, "--version"], capture_output=True, text=True).stdout.strip()
     with tempfile.TemporaryDirectory(prefix="pivot-vs-dvc-") as tmp:
         template = Path(tmp) / "template"
         write_project(template, args.module)
         subprocess.run([*dvc, "init", "-q"], cwd=template, check=True, capture_output=True)
+        # No update check or analytics: each starts a process that outlives the command
+        # and would weigh on whichever command runs next.
+        subprocess.run([*dvc, "config", "core.check_update", "false"], cwd=template, check=True, capture_output=True)
         pivot = [*pivot_cmd(), "repro", "--display", "plain"]
         runs = {"dvc": ([*dvc, "repro"], env), "pivot": (pivot, env), "pivot-cold": (pivot, cold_env)}
         times: dict[tuple[str, str], list[float]] = {}
@@ -178,8 +183,13 @@ def main() -> None:
                 ("params edit", lambda r: (r / "params.yaml").write_text(PARAMS.replace("lr: 0.1", "lr: 0.2"))),
                 ("comment edit", lambda r: _append(r / "src" / "prepare.py", "# a comment\n")),
             ]
+            # Each trial starts with another tool, every other one in reverse order: what
+            # one leaves running weighs on each of the others in turn.
+            order = list(runs)[trial % len(runs):] + list(runs)[:trial % len(runs)]
+            order = order[::-1] if trial % 2 else order
             for step, change in steps:
-                for tool, (cmd, tool_env) in runs.items():
+                for tool in order:
+                    cmd, tool_env = runs[tool]
                     if change is not None:
                         change(copies[tool])
                     times.setdefault((step, tool), []).append(timed(cmd, copies[tool], tool_env))

@@ -199,6 +199,11 @@ def start(run: ScriptRun, cwd: Path, env: dict[str, str], root: Path) -> ForkedP
     os.close(ready_w)
     try:
         os.read(ready_r, 1)
+    except BaseException:  # cancelled this very moment: the child goes too
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        raise
     finally:
         os.close(ready_r)
     return ForkedProcess(pid)
