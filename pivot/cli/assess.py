@@ -11,12 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pivot.launch.spawn import run_loader
+from pivot.launch.spawn import LoaderRun
 from pivot.pipeline.graph import StageGraph, build_graph
 from pivot.pipeline.manifest import Manifest
 from pivot.pipeline.project import pivot_dir
 from pivot.pipeline.select import Selection, resolve_names, to_run
 from pivot.state.decide import decide
+from pivot.state.lock import LockPrefetch
 from pivot.state.outputs import ProjectState
 from pivot.state.plan import dep_producers, restorable
 from pivot.state.reasons import Reason, ReasonCode
@@ -61,13 +62,16 @@ def assess(
 ) -> Assessment:
     """Decide every stage `repro TARGETS` would take in (default all) against its lock."""
     pivot_dir(root)  # the state cache lives there; made with its .gitignore
-    manifest = run_loader(root)
+    loading = LoaderRun(root)
+    locks = LockPrefetch(root)  # read while the loader runs
+    manifest = loading.result()
     graph = build_graph(manifest)
     names = resolve_names(targets, graph.order, glob=glob)
     wanted = to_run(graph, names, selection)
     producers = dep_producers(manifest)
     state = ProjectState.open(root)
     result: dict[str, StageAssessment] = {}
+    read = locks.reader()
     try:
         for name in graph.order:
             if name not in wanted:
@@ -75,7 +79,7 @@ def assess(
             spec = manifest.by_name[name]
             decision = decide(
                 root, spec, state.hashes, force=force, producers=producers[name],
-                all_reasons=explain,
+                all_reasons=explain, read=read,
             )
             row = StageAssessment(name, list(decision.reasons))
             unproduced = [d for d in decision.missing_deps if not producers[name].get(d)]

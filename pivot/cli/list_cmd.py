@@ -29,11 +29,14 @@ def list_stages(as_json: bool) -> None:
         return
     for warning in manifest.warnings:
         click.echo(f"warning: {warning}", err=True)
+    lines = []
     for s in specs:
-        click.echo(s.name)
+        lines.append(s.name)
         if s.deps:
-            click.echo(f"  deps:   {', '.join(s.deps)}")
+            lines.append(f"  deps:   {', '.join(s.deps)}")
         if s.outs:
-            click.echo(f"  outs:   {', '.join(s.outs)}")
+            lines.append(f"  outs:   {', '.join(s.outs)}")
         if s.params:
-            click.echo("  params: " + ", ".join(f"{k}={v!r}" for k, v in s.params.items()))
+            lines.append("  params: " + ", ".join(f"{k}={v!r}" for k, v in s.params.items()))
+    if lines:  # one write: click.echo asks the terminal about colours at every call
+        click.echo("\n".join(lines))

@@ -80,39 +80,40 @@ def status(
         return 1 if check and any(row.stale for row in result.stages.values()) else 0
     for warning in result.manifest.warnings:
         click.echo(f"warning: {warning}", err=True)
-    if snap is not None:
-        _echo_lines(header_lines(snap))
+    # One write at the end: click.echo asks the terminal about colours at every call.
+    out = header_lines(snap) if snap is not None else []
     for name, row in result.stages.items():
         live_line = live_verdict(name, snap, row) if snap is not None else None
         if live_line is not None:
-            click.echo(live_line)
+            out.append(live_line)
             if explain:
-                _explain(row)
+                _explain(row, out)
             continue
         if not row.stale:
-            click.echo(f"{name}: up to date")
+            out.append(f"{name}: up to date")
             continue
         restore = " [restorable from run cache]" if row.restorable else ""
         if not explain:
-            click.echo(f"{name}: stale ({row.reasons[0].message}){restore}")
+            out.append(f"{name}: stale ({row.reasons[0].message}){restore}")
             continue
-        click.echo(f"{name}: stale{restore}")
-        _explain(row)
+        out.append(f"{name}: stale{restore}")
+        _explain(row, out)
     stale = [n for n, row in result.stages.items() if row.stale]
     total = len(result.stages)
-    click.echo(f"{len(stale)} of {total} stages stale" if stale else "everything is up to date")
+    out.append(f"{len(stale)} of {total} stages stale" if stale else "everything is up to date")
+    click.echo("\n".join(out))
     return 1 if check and stale else 0
 
 
-def _explain(row: StageAssessment) -> None:
+def _explain(row: StageAssessment, out: list[str]) -> None:
     for reason in row.reasons:
-        click.echo(f"  - {reason.code}: {reason.message}")
+        out.append(f"  - {reason.code}: {reason.message}")
         for key, value in reason.details.items():
             if key == "changes":
                 for param, (old, new) in value.items():
-                    click.echo(f"      {param}: {old!r} -> {new!r}")
+                    out.append(f"      {param}: {old!r} -> {new!r}")
             elif value:
-                click.echo(f"      {key}: {_show(value)}")
+                out.append(f"      {key}: {_show(value)}")
 
 
 def _echo_lines(lines: list[str]) -> None:

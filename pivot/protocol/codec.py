@@ -14,6 +14,7 @@ import os
 import time
 import types
 import typing
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -62,6 +63,7 @@ class _Layout(Record):
     cls: type[Message]
     fields: dict[str, Any]
     records: frozenset[str]
+    checks: dict[str, Callable[[Any], bool]]
 
 
 @functools.cache
@@ -71,7 +73,8 @@ def _layout(kind: str) -> _Layout:
     cls = _REGISTRY[kind]
     hints = typing.get_type_hints(cls)
     fields = {f.name: hints[f.name] for f in dataclasses.fields(cls)}
-    return _Layout(cls, fields, frozenset(n for n, hint in fields.items() if _holds_record(hint)))
+    records = frozenset(n for n, hint in fields.items() if _holds_record(hint))
+    return _Layout(cls, fields, records, {name: _checker(hint) for name, hint in fields.items()})
 
 
 def _is_record(hint: Any) -> bool:
@@ -169,8 +172,9 @@ def decode(data: bytes) -> Envelope:
     if missing or extra:
         raise ProtocolError(f"{kind}: missing fields {missing}, extra fields {extra}")
     values = {}
+    checks = layout.checks
     for name, hint in fields.items():
-        if not _matches(body[name], hint):
+        if not checks[name](body[name]):
             raise ProtocolError(
                 f"{kind}.{name}: expected {_describe(hint)}, got {_shape(body[name])}"
             )
@@ -194,44 +198,50 @@ def _check_envelope(wire: dict[str, Any]) -> None:
 
 
 def _matches(value: Any, hint: Any) -> bool:
+    return _checker(hint)(value)
+
+
+@functools.cache
+def _checker(hint: Any) -> Callable[[Any], bool]:
+    """The check of a value against `hint`, built once per type: reading the hint at
+    every value (typing.get_origin, get_args) was most of decoding an event."""
     if hint is Any:
-        return True
+        return lambda value: True
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, arg) for arg in typing.get_args(hint))
+        checks = tuple(_checker(arg) for arg in typing.get_args(hint))
+        return lambda value: any(check(value) for check in checks)
     if hint is type(None):
-        return value is None
+        return lambda value: value is None
     if hint is bool:
-        return isinstance(value, bool)
+        return lambda value: isinstance(value, bool)
     if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+        return lambda value: isinstance(value, int) and not isinstance(value, bool)
     if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return lambda value: isinstance(value, (int, float)) and not isinstance(value, bool)
     if hint in (str, bytes):
-        return isinstance(value, hint)
+        return lambda value: isinstance(value, hint)
     if origin is list:
         (item,) = typing.get_args(hint)
-        return isinstance(value, list) and all(_matches(v, item) for v in value)
+        check = _checker(item)
+        return lambda value: isinstance(value, list) and all(check(v) for v in value)
     if origin is tuple:
         # A fixed-length record such as a (stream, line) pair: msgpack sends a list of
         # exactly that length, each item of its own type.
-        items = typing.get_args(hint)
-        return (
+        checks = tuple(_checker(t) for t in typing.get_args(hint))
+        return lambda value: (
             isinstance(value, (list, tuple))
-            and len(value) == len(items)
-            and all(_matches(v, t) for v, t in zip(value, items, strict=True))
+            and len(value) == len(checks)
+            and all(check(v) for check, v in zip(checks, value, strict=True))
         )
     if origin is dict:
-        key, item = typing.get_args(hint)
-        return isinstance(value, dict) and all(
-            _matches(k, key) and _matches(v, item) for k, v in value.items()
-        )
+        key, item = (_checker(arg) for arg in typing.get_args(hint))
+        return lambda value: isinstance(value, dict) and all(key(k) and item(v) for k, v in value.items())
     if _is_record(hint):  # a map with exactly the record's fields, each of its type
-        fields = _record_fields(hint)
-        return (
-            isinstance(value, dict)
-            and set(value) == set(fields)
-            and all(_matches(value[k], t) for k, t in fields.items())
+        fields = {k: _checker(t) for k, t in _record_fields(hint).items()}
+        names = set(fields)
+        return lambda value: (
+            isinstance(value, dict) and set(value) == names and all(check(value[k]) for k, check in fields.items())
         )
     raise TypeError(f"unsupported field type {hint!r} in a message")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -42,6 +42,7 @@ def decide(
     force: bool = False,
     producers: Mapping[str, frozenset[str]] | None = None,
     all_reasons: bool = False,
+    read: Callable[[Path, str], StageLock | None] = read_lock,
 ) -> Decision:
     """Whether `spec` must run, and why. Dep hashes are returned so a run records what it read.
 
@@ -58,7 +59,7 @@ def decide(
             missing.append(dep)
         else:
             dep_hashes[dep] = digest
-    lock = read_lock(root, spec.name)
+    lock = read(root, spec.name)
 
     def verdict(*reasons: Reason) -> Decision:
         return Decision(bool(reasons), reasons, dep_hashes, tuple(missing), lock)

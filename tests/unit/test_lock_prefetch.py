@@ -1,0 +1,30 @@
+"""LockPrefetch (pivot/state/lock.py): every lock read in a thread while the loader runs,
+each handed out once; what it could not use is read (and explained) as before."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pivot.state.lock import LockPrefetch, StageLock, lock_path, read_lock, write_lock
+
+
+def lock(stage: str, code: str = "c1") -> StageLock:
+    return StageLock(stage, code, {"n": 1}, {"in.txt": "d1"}, {"out.txt": "o1"}, {})
+
+
+def test_it_hands_out_each_lock_once_and_reads_the_rest_from_disk(tmp_path: Path) -> None:
+    for name in ("a", "sub/dvc.yaml:b"):
+        write_lock(tmp_path, lock(name))
+    lock_path(tmp_path, "broken").write_text("{not json")
+    read = LockPrefetch(tmp_path).reader()
+    assert read(tmp_path, "a") == lock("a")
+    assert read(tmp_path, "sub/dvc.yaml:b") == lock("sub/dvc.yaml:b")  # its escaped file name
+    assert read(tmp_path, "broken") is None and read(tmp_path, "never") is None
+    # Handed out once: a lock written since is read from disk, never an old copy.
+    write_lock(tmp_path, lock("a", "c2"))
+    assert read(tmp_path, "a") == lock("a", "c2") == read_lock(tmp_path, "a")
+
+
+def test_a_project_that_never_ran_has_nothing_to_prefetch(tmp_path: Path) -> None:
+    read = LockPrefetch(tmp_path).reader()
+    assert read(tmp_path, "a") is None
