@@ -74,6 +74,7 @@ from pivot.runtime.dask_task import ALIVE_SUFFIX, CLAIM_SUFFIX, KILL_SUFFIX
 from pivot.runtime.job import StageJob, StageOutcome
 from pivot.runtime.lease import LEASE_NAME
 from pivot.runtime.preload import warm_up
+from pivot.state.lock import LockPrefetch, read_lock
 from pivot.state.outputs import ProjectState
 from pivot.state.plan import DepProducers, Prepared, dep_producers, plan_wave, prepare
 from pivot.state.reasons import ReasonCode
@@ -91,6 +92,7 @@ __all__ = ["PoolService", "main"]
 log = logging.getLogger(__name__)
 
 LEAVE_LINGER_MS = 1000
+PREFETCH_FRESH_S = 10.0  # the locks read at start serve a first wave planned within this
 LEASE_EVERY_S = 1.0
 
 
@@ -142,6 +144,9 @@ class PoolService:
         self.sock = self._socket(self.link.work) if self.link.work else None
         self.manifest: Manifest | None = None
         self.producers: DepProducers = {}
+        # Read while the first loader runs, for the first wave's plan only (each lock is
+        # handed out once, and a plan checks outputs against the lock it uses).
+        self.first_locks = (LockPrefetch(root), self.clock()) if first_load is not None else None
         self.state = ProjectState.open(root)
         self.unacked = Outbox()  # results sent, until the broker acknowledges them
         self.done: queue.SimpleQueue[tuple[str, str, Any]] = queue.SimpleQueue()
@@ -457,8 +462,13 @@ class PoolService:
             self._send(WavePlan(plan.wave, []))
             return
 
+        prefetched, self.first_locks = self.first_locks, None
+        if prefetched is not None and self.clock() - prefetched[1] > PREFETCH_FRESH_S:
+            prefetched = None  # the first wave came late: read the locks as they are now
+
         def work() -> list[str]:
-            return plan_wave(self.state, manifest, plan.stages, plan.upstream, producers)
+            read = prefetched[0].reader() if prefetched is not None else read_lock
+            return plan_wave(self.state, manifest, plan.stages, plan.upstream, producers, read=read)
 
         self._in_thread("planned", str(plan.wave), work)
 

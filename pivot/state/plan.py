@@ -7,14 +7,15 @@ pool's own threads: placing files needs no worker process.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pivot.pipeline.manifest import Manifest, StageSpec
 from pivot.pipeline.producers import ProducerIndex
 from pivot.state.cache import MissingObject
 from pivot.state.decide import Decision, decide
-from pivot.state.lock import StageLock, write_lock
+from pivot.state.lock import StageLock, read_lock, write_lock
 from pivot.state.outputs import ProjectState, preserve, restore
 from pivot.state.reasons import Reason, ReasonCode
 from pivot.state.runcache import run_key
@@ -108,6 +109,7 @@ def plan_wave(
     stages: list[str],
     upstream: Mapping[str, list[str]],
     producers: DepProducers | None = None,
+    read: Callable[[Path, str], StageLock | None] = read_lock,
 ) -> list[str]:
     """The stages (topological order given) that are up to date with all their upstream.
 
@@ -121,7 +123,7 @@ def plan_wave(
             continue
         decision = decide(
             state.root, spec, state.hashes,
-            producers=producers.get(name) if producers else None,
+            producers=producers.get(name) if producers else None, read=read,
         )
         if not decision.run:
             clean.add(name)

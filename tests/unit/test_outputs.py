@@ -210,3 +210,19 @@ def test_a_no_op_plan_reads_no_file_contents_once_hashes_are_known(state: Projec
         assert fresh.hashes.reads == 0
     finally:
         fresh.close()
+
+
+def test_a_plan_from_an_old_copy_of_a_lock_never_skips_a_stage_whose_outputs_moved_on(state: ProjectState) -> None:
+    # The pool's first plan takes locks read at its start (LockPrefetch). The stage ran
+    # since with other params, then the params came back: the old copy matches the inputs,
+    # but the outputs on disk are the newer run's, so the stage is not up to date.
+    from pivot.state.lock import LockPrefetch
+
+    s = spec()
+    ran(state, s, {"out.txt": "lr 0.1\n"})
+    prefetch = LockPrefetch(state.root)
+    read = prefetch.reader()
+    ran(state, dataclasses.replace(s, params={"lr": 0.2}), {"out.txt": "lr 0.2\n"})
+    manifest = Manifest((s,))
+    assert plan_wave(state, manifest, ["fit"], {"fit": []}, read=read) == []
+    assert plan_wave(state, manifest, ["fit"], {"fit": []}) == []  # as read from disk
