@@ -52,13 +52,18 @@ def sysexit() -> None:
 
 @stage(outs=["orphan.txt"])
 def orphan() -> None:
+    ready_r, ready_w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the grandchild: ignores SIGTERM and would live on
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        with open("grandchild.pid", "w") as f:
-            f.write(str(os.getpid()))
+        os.write(ready_w, b"1")
         time.sleep(60)
         os._exit(0)
+    # The stage ends only once the grandchild ignores SIGTERM, so the run must reap
+    # a process that is really hard to stop (and its pid is on disk for the test).
+    os.read(ready_r, 1)
+    with open("grandchild.pid", "w") as f:
+        f.write(str(pid))
     open("orphan.txt", "w").write("parent done\\n")
 '''
 
