@@ -137,10 +137,12 @@ def _discard_if_died(job: StageJob, future: Future[StageOutcome]) -> None:
     code. A worker still alive when its run fails (lost with another's death: loky kills
     it after these callbacks) is left alone: its attempt runs again, and a run removes
     the outputs before it begins."""
+    if not future.cancelled() and future.exception() is None:
+        return  # its worker ran it to the end (and removed its `.writing` file)
     pid_file = Path(job.pid_file)
     try:
         pid = writer(pid_file)
-        if pid and (future.cancelled() or future.exception() is not None) and not is_alive(pid):
+        if pid and not is_alive(pid):
             kill_group_of(pid_file)  # its command, which would write on
             for out in (o for o in job.outs if o not in job.persist):
                 with contextlib.suppress(OSError):  # the stage's result says what matters

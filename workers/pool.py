@@ -610,6 +610,7 @@ class PoolService:
     def _ran(self, attempt: str, future: Future[StageOutcome]) -> None:
         a = self.attempts[attempt]
         ran: StageOutcome | BaseException
+        tidied = False  # its worker kept its log and removed its files
         try:
             ran = future.result()
         except Exception as exc:
@@ -634,9 +635,10 @@ class PoolService:
         elif isinstance(ran, BaseException):
             log.error("running %s failed inside Pivot", attempt, exc_info=ran)
         else:
-            self._forget_files(attempt)
+            tidied = ran.tidied and a.stop is None  # (a cancel asked for: its marker is here)
+            self._forget_files(attempt, tidied=tidied)
         result = after_run(a, ran)
-        self._end_output(attempt, result)
+        self._end_output(attempt, result, tidied=tidied)
         self._report(attempt, result)
 
     def _look(self, now: float) -> None:
@@ -655,11 +657,14 @@ class PoolService:
                 self._send(StageOutput(attempt, lines))
         self.next_look = now if more else now + TAIL_S
 
-    def _end_output(self, attempt: str, result: Result) -> None:
+    def _end_output(self, attempt: str, result: Result, *, tidied: bool = False) -> None:
         """The attempt is over: the rest of what it printed is sent (before its result),
-        and its log becomes the stage's."""
+        and its log becomes the stage's (unless its worker `tidied`: it printed nothing)."""
         output = self.outputs.pop(attempt, None)
         if output is None:
+            return
+        if tidied:
+            output.close()
             return
         try:
             while True:
@@ -674,13 +679,17 @@ class PoolService:
             output.discard()
         output.remove_files()
 
-    def _forget_files(self, attempt: str) -> None:
-        kill_group_of(self.pid_dir / attempt)  # a command its dead worker left running
-        (self.pid_dir / attempt).unlink(missing_ok=True)
-        marker_path(self.pid_dir / attempt).unlink(missing_ok=True)
-        writing_path(self.pid_dir / attempt).unlink(missing_ok=True)
-        for suffix in (KILL_SUFFIX, CLAIM_SUFFIX, ALIVE_SUFFIX):  # a remote executor's
-            (self.pid_dir / (attempt + suffix)).unlink(missing_ok=True)
+    def _forget_files(self, attempt: str, *, tidied: bool = False) -> None:
+        """Remove the attempt's files: what its worker did not (`tidied`: all but a
+        remote executor's)."""
+        pid_file = self.pid_dir / attempt
+        if not tidied:
+            kill_group_of(pid_file)  # a command its dead worker left running
+            for path in (pid_file, marker_path(pid_file), writing_path(pid_file)):
+                path.unlink(missing_ok=True)
+        if self.workers.remote:
+            for suffix in (KILL_SUFFIX, CLAIM_SUFFIX, ALIVE_SUFFIX):
+                (self.pid_dir / (attempt + suffix)).unlink(missing_ok=True)
 
     def _report(self, attempt: str, result: Result) -> None:
         """Send an attempt's result (resent until acknowledged); the attempt is over."""

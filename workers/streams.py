@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pivot.runtime.capture import STREAM_SUFFIXES, output_path
-from pivot.state.stagelogs import finish_log, running_log_path
+from pivot.state.stagelogs import finish_log, older_segment, running_log_path
 
 __all__ = ["LINES_PER_TICK", "AttemptOutput", "LineSplitter", "LogSegments", "log_max_bytes"]
 
@@ -111,8 +111,8 @@ class LogSegments:
     why: the stage runs on, its lines still go to the displays."""
 
     def __init__(self, path: Path, cap: int) -> None:
-        self.path = path  # the newer segment; the older is PATH.1
-        self.older = path.with_name(path.name + ".1")
+        self.path = path  # the newer segment
+        self.older = older_segment(path)
         self.half = max(1, cap // 2)
         self.cut = 0
         self.size = 0
@@ -320,10 +320,15 @@ class AttemptOutput:
             finish_log(self.root, self.stage, status, reason, error, self.log.parts(), self.log.cut, self.run_log)
         self.log.remove()  # (what is left: one an attempt cut off before this one left)
 
-    def discard(self) -> None:
-        """Over without a log to keep (the pool stops)."""
+    def close(self) -> None:
+        """Over, and its worker kept its log (it printed nothing): only the descriptors
+        the looks opened close."""
         for source in self.sources.values():
             source.close()
+
+    def discard(self) -> None:
+        """Over without a log to keep (the pool stops)."""
+        self.close()
         self.log.remove()
 
     def remove_files(self) -> None:

@@ -36,7 +36,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
-__all__ = ["FLUSH_S", "STREAM_SUFFIXES", "captured", "output_path", "start_flushing", "write_note"]
+__all__ = ["FLUSH_S", "STREAM_SUFFIXES", "Printed", "captured", "output_path", "start_flushing", "write_note"]
 
 FLUSH_S = 0.05
 BUFFER_BYTES = 64 * 1024
@@ -120,10 +120,19 @@ def start_flushing(streams: list[TextIO]) -> None:
     _FLUSHER.start(streams)
 
 
+class Printed:
+    """Whether the captured body wrote anything to its files (known once it is over)."""
+
+    def __init__(self) -> None:
+        self.anything = True  # until the files are seen empty
+
+
 @contextmanager
-def captured(pid_file: Path) -> Iterator[None]:
+def captured(pid_file: Path) -> Iterator[Printed]:
     """Run the body with descriptors 1 and 2, sys.stdout and sys.stderr writing to the
-    attempt's files; everything is flushed and restored on the way out."""
+    attempt's files; everything is flushed and restored on the way out, and the value
+    says whether the body printed anything."""
+    printed = Printed()
     saved_streams = (sys.stdout, sys.stderr)
     for stream in saved_streams:
         with contextlib.suppress(Exception):  # None, or closed by an earlier stage
@@ -148,13 +157,16 @@ def captured(pid_file: Path) -> Iterator[None]:
         sys.stdout, sys.stderr = writers[0], writers[1]
         _FLUSHER.start(writers)
         _flush_before_spawn()
-        yield
+        yield printed
     finally:
         _FLUSHER.stop()
         for writer in writers:
             with contextlib.suppress(Exception):  # the stage may have closed it
                 writer.flush()
         _flush_c_stdio()
+        with contextlib.suppress(OSError):
+            # The descriptors, not the paths: the files the stage wrote, even if renamed.
+            printed.anything = len(redirected) < 2 or any(os.fstat(fd).st_size for fd, _ in redirected)
         sys.stdout, sys.stderr = saved_streams
         for fd, saved in redirected:
             if saved >= 0:

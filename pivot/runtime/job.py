@@ -86,3 +86,6 @@ class StageOutcome:
     error: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # A pool's attempt that printed nothing: its worker wrote its log and removed its
+    # files, which its pool then need not do (pivot/runtime/worker.py `_tidy`).
+    tidied: bool = False

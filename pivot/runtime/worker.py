@@ -25,7 +25,7 @@ from pivot.errors import (
 from pivot.faults import reached
 from pivot.pipeline.stage import StageDecl
 from pivot.runtime.cancel import StageCancelled, arm, cancellable
-from pivot.runtime.capture import captured, write_note
+from pivot.runtime.capture import captured, output_path, write_note
 from pivot.runtime.command import CommandFailed, kill_running_group, run_command
 from pivot.runtime.job import StageJob, StageOutcome
 from pivot.runtime.lease import LEASE_NAME, LEASE_S, read_lease
@@ -33,7 +33,7 @@ from pivot.runtime.loader import import_pipeline
 from pivot.runtime.usertb import user_traceback
 from pivot.state.lock import StageLock, write_lock
 from pivot.state.outputs import ProjectState, commit, preserve, remove, settle
-from pivot.state.stagelogs import keep_log
+from pivot.state.stagelogs import finish_log, keep_log, running_log_parts
 
 __all__ = ["run_stage"]
 
@@ -145,6 +145,20 @@ def _call(decl: StageDecl, params: dict[str, Any], root: Path, pid_file: Path | 
                     root=root)
 
 
+def _tidy(root: Path, stage: str, reason: str, run_log: Path | None, pid_file: Path) -> bool:
+    """A pool's attempt that ran and printed nothing: its log (one head line) is written
+    here, and its files removed, in parallel with the other stages rather than in the
+    pool's one loop. False if a file could not be removed: its pool then does it all."""
+    finish_log(root, stage, "ran", reason, None, [], 0, run_log)
+    try:
+        for path in (*running_log_parts(root, stage), output_path(pid_file, "stdout"),
+                     output_path(pid_file, "stderr"), pid_file):
+            path.unlink(missing_ok=True)
+    except OSError:
+        return False
+    return True
+
+
 def run_stage(job: StageJob) -> StageOutcome:
     """Run the stage described by `job` (a pool's, or `pivot run --foreground`'s) and
     record it on success: the outputs are in the content cache, the lock names them and
@@ -162,21 +176,26 @@ def run_stage(job: StageJob) -> StageOutcome:
     notes: list[str] = []
     started = time.perf_counter()
     executed = False  # the stage's own code ran: its output is kept for `pivot logs`
+    quiet = False  # ... and printed nothing, nor did Pivot note anything on it
 
     def outcome(
         status: str, code: str, reason: str, error: str | None = None, details: dict[str, Any] | None = None
     ) -> StageOutcome:
         reason = clip(reason, MAX_REASON_CHARS)
         error = None if error is None else clip(error, MAX_DETAIL_CHARS)
+        tidied = False
         if executed:
+            run_log = state.runs.log_path(job.run_key) if job.run_key else None
             if pid_file is None:  # else its pool keeps the log, with what it printed
-                keep_log(root, name, status, reason, error, state.runs.log_path(job.run_key) if job.run_key else None)
+                keep_log(root, name, status, reason, error, run_log)
+            elif quiet and status == "ran":
+                tidied = _tidy(root, name, reason, run_log, pid_file)
             if status != "ran":
                 settle(state, outs)  # what it deleted or half wrote starts no wave
         return StageOutcome(
             status, code, reason, time.perf_counter() - started, error,
             details if details is not None else (job.details if status == "ran" else {}),
-            notes,
+            notes, tidied,
         )
 
     try:
@@ -199,10 +218,12 @@ def run_stage(job: StageJob) -> StageOutcome:
     # outputs go, so a stage that does not write one cannot pass on the previous file.
     # The previous lock stays until this run succeeds: it still describes the last good
     # run (whose outputs `pivot checkout` can bring back), never this one.
+    noted = False
     try:
         for saved in preserve(state, outs, job.recorded_outs, job.uncached):
             if pid_file is not None:
                 write_note(pid_file, saved.note())  # before the lines the stage prints
+                noted = True
             else:
                 notes.append(saved.note())
     except (PivotError, OSError) as exc:
@@ -218,8 +239,10 @@ def run_stage(job: StageJob) -> StageOutcome:
         if pid_file is None:  # `pivot run --foreground`: the terminal is the stage's
             _call(decl, job.params, root, None)
         else:
-            with captured(pid_file), cancellable(pid_file):
+            with captured(pid_file) as printed, cancellable(pid_file):
                 _call(decl, job.params, root, pid_file)
+            # A command's processes are its pool's to end (they may outlive it).
+            quiet = not (printed.anything or noted) and decl.cmd is None
     except StageCancelled:
         _discard(root, transient)  # partial: nothing of this run is kept
         return outcome("cancelled", "cancelled", "cancelled while running")

@@ -19,7 +19,7 @@ from pathlib import Path
 from pivot.state.atomic import write_atomic
 from pivot.state.lock import stage_file
 
-__all__ = ["finish_log", "keep_log", "note_restored", "running_log_path", "stage_log_path"]
+__all__ = ["finish_log", "keep_log", "note_restored", "older_segment", "running_log_parts", "running_log_path", "stage_log_path"]
 
 
 def stage_log_path(root: Path, stage: str) -> Path:
@@ -29,6 +29,17 @@ def stage_log_path(root: Path, stage: str) -> Path:
 def running_log_path(root: Path, stage: str) -> Path:
     """What the stage's run going on has printed so far."""
     return root / ".pivot" / "logs" / "stages" / f"{stage_file(stage)}.log.part"
+
+
+def older_segment(running_log: Path) -> Path:
+    """Where the older half of a long running log goes (workers/streams.py)."""
+    return running_log.with_name(running_log.name + ".1")
+
+
+def running_log_parts(root: Path, stage: str) -> tuple[Path, Path]:
+    """The running log's segments: the newer, the older."""
+    path = running_log_path(root, stage)
+    return path, older_segment(path)
 
 
 def _head(stage: str, status: str, reason: str) -> bytes:

@@ -42,6 +42,45 @@ def test_logs_show_the_last_run_of_a_stage(make_project: Callable[..., Path]) ->
     assert "hello from talk" in text and "# traceback:" in text and "ValueError: talk broke" in text
 
 
+QUIET_PIPELINE = '''\
+from pivot import stage
+
+
+@stage(outs=["q.txt"])
+def quiet(say: bool = True) -> None:
+    if say:
+        print("chatty run")
+    open("q.txt", "w").write(f"{say}\\n")
+'''
+
+
+def test_a_run_that_printed_nothing_has_its_own_log_then_and_when_restored(
+    make_project: Callable[..., Path],
+) -> None:
+    # A silent run's log is written by its worker, not its pool: it must still replace
+    # the last run's, and be kept with its run-cache entry.
+    root = make_project({"pipeline.py": QUIET_PIPELINE})
+    assert run_pivot(root, "repro", "--json").returncode == 0
+    assert ok(root, "logs", "quiet").splitlines()[1:] == ["chatty run"]
+
+    (root / "params.yaml").write_text("quiet:\n  say: false\n")
+    assert run_pivot(root, "repro", "--json").returncode == 0
+    lines = ok(root, "logs", "quiet").splitlines()
+    assert len(lines) == 1 and lines[0].startswith("# quiet: ran (params changed"), lines
+
+    (root / "params.yaml").write_text("quiet:\n  say: true\n")
+    assert run_pivot(root, "repro", "--json").returncode == 0
+    lines = ok(root, "logs", "quiet").splitlines()
+    assert "restored from the run cache" in lines[0] and lines[-1] == "chatty run", lines
+
+    (root / "params.yaml").write_text("quiet:\n  say: false\n")
+    assert run_pivot(root, "repro", "--json").returncode == 0
+    lines = ok(root, "logs", "quiet").splitlines()
+    assert "restored from the run cache" in lines[0], lines
+    assert lines[1].startswith("# quiet: ran (params changed") and len(lines) == 2, lines
+    assert not list((root / ".pivot" / "logs" / "stages").glob("*.part*"))
+
+
 def test_logs_of_an_unknown_or_never_run_stage_is_a_usage_error(make_project: Callable[..., Path]) -> None:
     root = make_project({"pipeline.py": PIPELINE})
     for args in (["logs", "talk"], ["logs"], ["logs", "talk", "--role", "pool"], ["logs", "talk", "-f"]):
