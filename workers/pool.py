@@ -38,7 +38,7 @@ import zmq
 from pivot.errors import PipelineError, PivotError, UserError
 from pivot.faults import reached
 from pivot.launch.limits import HARD_KILL_S
-from pivot.launch.logsetup import configure
+from pivot.launch.logsetup import HeldRecords, configure
 from pivot.launch.procs import group_members, is_alive, is_stopped
 from pivot.launch.scratch import scratch_dir, sweep
 from pivot.launch.spawn import LoaderRun, run_loader
@@ -177,6 +177,7 @@ class PoolService:
         self.leave_by: float | None = None
         self.watch = BrokerWatch(self.clock(), standalone=self.link.control is not None, give_up_after=self.link.timeout)
         self.notices = _StoredStateNotices(self._post)
+        self.records: HeldRecords | None = None  # this pool's log file, written before each wait
         logging.getLogger("pivot.state").addHandler(self.notices)
 
     # --- plumbing ------------------------------------------------------------------
@@ -346,6 +347,8 @@ class PoolService:
                     polled, poller = self.sock, zmq.Poller()
                     poller.register(self.sock, zmq.POLLIN)
                     poller.register(self.wake_r, zmq.POLLIN)
+                if self.records is not None:
+                    self.records.flush()
                 for sock, _ in poller.poll(int(self._timeout_ms(now)) + 1):
                     if sock is self.sock:
                         self._drain_socket()
@@ -746,7 +749,7 @@ def _read_pid(path: Path) -> int:
 def main(args: argparse.Namespace, first_load: LoaderRun | None = None) -> int:
     """Run a pool (see workers/args.py); `first_load` is a loader already started."""
     log_to_stderr(logging.WARNING, "%(asctime)s pool %(levelname)s %(message)s")
-    configure("pool", args.root)
+    records = configure("pool", args.root, hold=True)
     os.chdir(args.root)
     # What pools and loaders killed outright left: in the background, a temp folder may
     # hold thousands of entries (7 ms here) and the pool's start is on the way to the
@@ -773,6 +776,7 @@ def main(args: argparse.Namespace, first_load: LoaderRun | None = None) -> int:
             return 2
         executor, jobs = dask, jobs or dask.slots()
     service = PoolService(args.root, link, args.name, jobs, first_load, executor=executor)
+    service.records = records
     signal.signal(signal.SIGTERM, service.request_stop)
     signal.signal(signal.SIGINT, service.request_stop)
     try:

@@ -16,9 +16,10 @@ import logging.handlers
 import os
 from pathlib import Path
 
-__all__ = ["configure", "records_path"]
+__all__ = ["HeldRecords", "configure", "records_path"]
 
 MAX_BYTES = 1 << 20
+HOLD_MAX = 500  # records held at most
 
 
 def records_path(root: Path, role: str) -> Path:
@@ -47,16 +48,55 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(data, default=str)
 
 
-def configure(role: str, root: Path, level: int = logging.INFO) -> None:
-    """Send this process's log records (at `level` and above) to its role's file."""
+class HeldRecords(logging.handlers.RotatingFileHandler):
+    """Records below WARNING held until `flush` (a loop that logs every stage calls it
+    before it waits): one write for a burst of them, not a write and a stat each. A
+    record at WARNING or above writes what is held at once."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, maxBytes=MAX_BYTES, backupCount=1, encoding="utf-8", delay=True)
+        self.held: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.held.append(self.format(record))
+        except Exception:
+            self.handleError(record)
+        if record.levelno >= logging.WARNING or len(self.held) >= HOLD_MAX:
+            self.flush()
+
+    def flush(self) -> None:
+        self.acquire()
+        try:
+            if not self.held:
+                return
+            text = "\n".join(self.held) + "\n"
+            self.held.clear()
+            if self.stream is None:
+                self.stream = self._open()
+            if self.stream.tell() + len(text) >= self.maxBytes:
+                self.doRollover()
+                if self.stream is None:  # (`delay`: not reopened by the rollover)
+                    self.stream = self._open()
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass  # records lost with a full disk do not stop the process
+        finally:
+            self.release()
+
+
+def configure(role: str, root: Path, level: int = logging.INFO, *, hold: bool = False) -> HeldRecords | None:
+    """Send this process's log records (at `level` and above) to its role's file.
+    `hold`: records below WARNING wait for the returned handler's `flush`."""
     path = records_path(root, role)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handler: logging.Handler = logging.handlers.RotatingFileHandler(
+        handler: logging.Handler = HeldRecords(path) if hold else logging.handlers.RotatingFileHandler(
             path, maxBytes=MAX_BYTES, backupCount=1, encoding="utf-8"
         )
     except OSError:
-        return  # a read-only project still runs; records then go nowhere
+        return None  # a read-only project still runs; records then go nowhere
     handler.setFormatter(_JsonFormatter(role))
     handler.setLevel(level)
     top = logging.getLogger()
@@ -66,3 +106,4 @@ def configure(role: str, root: Path, level: int = logging.INFO) -> None:
     top.addHandler(handler)
     if top.level > level or top.level == logging.NOTSET:
         top.setLevel(level)
+    return handler if isinstance(handler, HeldRecords) else None
