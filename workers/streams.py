@@ -23,6 +23,7 @@ delays the live lines; the stage never waits for it (its writes go to a file).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from pathlib import Path
 from typing import BinaryIO
@@ -245,9 +246,7 @@ class AttemptOutput:
         self.run_log = run_log  # where a successful run's log is also kept (run cache)
         self.stage = stage
         self.pid_file = pid_file
-        self.sources = {stream: _Source(output_path(pid_file, stream)) for stream in STREAM_SUFFIXES}
-        self.splitters = {stream: LineSplitter() for stream in STREAM_SUFFIXES}
-        self.log = LogSegments(running_log_path(root, stage), cap or log_max_bytes())
+        self.cap = cap
         self.cut_told = 0
         self.broken_told = False
         self.pending: dict[str, list[str]] = {stream: [] for stream in STREAM_SUFFIXES}  # lines to send
@@ -255,6 +254,20 @@ class AttemptOutput:
         self.sent_at = -1e18
         self.partial_sent: dict[str, str] = {}
         self.partial_at = -1e18
+
+    @functools.cached_property
+    def sources(self) -> dict[str, _Source]:
+        # Built at the first look: most short stages end before one, and their pool's
+        # loop (which serves every stage) then never pays for it.
+        return {stream: _Source(output_path(self.pid_file, stream)) for stream in STREAM_SUFFIXES}
+
+    @functools.cached_property
+    def splitters(self) -> dict[str, LineSplitter]:
+        return {stream: LineSplitter() for stream in STREAM_SUFFIXES}
+
+    @functools.cached_property
+    def log(self) -> LogSegments:
+        return LogSegments(running_log_path(self.root, self.stage), self.cap or log_max_bytes())
 
     def look(self, now: float, *, final: bool = False) -> tuple[list[tuple[str, str, bool]], bool]:
         """Read what is new (into the log) and return the lines to send (stream, text,
@@ -323,7 +336,7 @@ class AttemptOutput:
     def close(self) -> None:
         """Over, and its worker kept its log (it printed nothing): only the descriptors
         the looks opened close."""
-        for source in self.sources.values():
+        for source in self.__dict__.get("sources", {}).values():
             source.close()
 
     def discard(self) -> None:
