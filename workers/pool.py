@@ -73,7 +73,7 @@ from pivot.runtime.command import kill_group_of
 from pivot.runtime.dask_task import ALIVE_SUFFIX, CLAIM_SUFFIX, KILL_SUFFIX
 from pivot.runtime.job import StageJob, StageOutcome
 from pivot.runtime.lease import LEASE_NAME
-from pivot.runtime.preload import warm_up
+from pivot.runtime.preload import serve_loaders, warm_up
 from pivot.state.lock import LockPrefetch, read_lock
 from pivot.state.outputs import ProjectState
 from pivot.state.plan import DepProducers, Prepared, dep_producers, plan_wave, prepare
@@ -159,6 +159,7 @@ class PoolService:
         self.outputs: dict[str, AttemptOutput] = {}  # what each running attempt prints
         self.next_look = 0.0
         self.restart_on_load = False  # a code change: new workers once a manifest loads
+        self.serve_loaders = False  # the preloading server runs for the loads to come
         self.replace_on_accept = False  # ... and once the broker accepted it
         # Each running stage's worker writes its pid here, so a dead worker's stage is known,
         # and watches the lease this pool's loop renews every second (pivot/runtime/lease.py).
@@ -418,6 +419,7 @@ class PoolService:
                     if restart:
                         self._cancel_all("cancelled: Python code changed")
                         self.restart_on_load = True
+                    self.serve_loaders = True  # a live pipeline: its next loads fork warm
                     self._in_thread("manifest", "", lambda: run_loader(self.root))
                 case ManifestAccepted():
                     if self.replace_on_accept:
@@ -509,6 +511,8 @@ class PoolService:
             self.workers.configure(self.manifest.preload, self.manifest.preload_key)
             if not self.workers.started:  # live workers keep the server they came from
                 warm_up(self.manifest.preload, self.manifest.preload_key)
+            if self.serve_loaders:
+                serve_loaders(self.manifest.preload, self.manifest.preload_key)
         except OSError as exc:  # workers then start as plain loky workers would, later
             log.warning("could not start the workers' forkserver: %s", exc)
         # After the send: the broker checks the graph meanwhile. A manifest whose outputs

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import msgpack
 
@@ -14,7 +16,7 @@ from pivot.launch.procs import describe_exit
 from pivot.launch.scratch import scratch_file
 from pivot.pipeline.manifest import Manifest
 
-__all__ = ["LOADER_TIMEOUT_S", "LoaderRun", "python_cmd", "run_loader"]
+__all__ = ["LOADER_TIMEOUT_S", "ForkedLoaderRun", "LoaderRun", "python_cmd", "run_loader"]
 
 LOADER_TIMEOUT_S = 300.0
 
@@ -53,30 +55,88 @@ class LoaderRun:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.communicate()
-                raise PipelineError(
-                    f"loading pipeline.py took longer than {timeout:.0f} s; "
-                    "does importing it run heavy work at module level?"
-                ) from None
+                raise _too_long(timeout) from None
             raw = Path(self.result_path).read_bytes()
         finally:
             os.unlink(self.result_path)
-        printed = output.decode(errors="replace").strip()
-        if not raw:
-            raise PipelineError(
-                f"the {describe_exit(proc.returncode, 'pipeline loader (the process that imports pipeline.py)')} "
-                "before reporting" + (" (out of memory?)" if proc.returncode == -9 else ""),
-                detail=printed,
-            )
+        return _answer(raw, proc.returncode, output.decode(errors="replace").strip())
+
+
+class ForkedLoaderRun:
+    """A loader forked from the pool's preloading server (pivot/runtime/preload.py):
+    Pivot's modules and the pipeline's third-party ones are imported already, so a load
+    after a code change costs the pipeline's own import, not an interpreter's start
+    (a small project: 61 -> 11 ms here). Same answer as `LoaderRun`."""
+
+    def __init__(self, root: Path, context: Any, preloaded: tuple[str, ...]) -> None:
+        from pivot.runtime.loader import forked_main
+
+        self.root = root.resolve()
+        fd, self.result_path = scratch_file("manifest", ".msgpack")
+        os.close(fd)
+        fd, self.output_path = scratch_file("manifest", ".out")
+        os.close(fd)
         try:
-            result = msgpack.unpackb(raw, raw=False)
-            if result["ok"]:
-                return Manifest.from_wire(result["manifest"])
-            detail = result["detail"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise InfraError(f"unreadable answer from the pipeline loader: {exc!r}") from exc
-        raise PipelineError(result["message"], detail=detail)
+            self.proc = context.Process(
+                target=forked_main, args=(str(self.root), self.result_path, self.output_path, preloaded),
+                name="pivot-loader",
+            )
+            self.proc.start()
+        except BaseException:
+            self._remove()
+            raise
+
+    def _remove(self) -> None:
+        for path in (self.result_path, self.output_path):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+    def result(self, timeout: float = LOADER_TIMEOUT_S) -> Manifest:
+        proc = self.proc
+        try:
+            proc.join(timeout)
+            if proc.exitcode is None:
+                proc.kill()
+                proc.join()
+                raise _too_long(timeout)
+            raw = Path(self.result_path).read_bytes()
+            printed = Path(self.output_path).read_bytes().decode(errors="replace").strip()
+        finally:
+            self._remove()
+        return _answer(raw, proc.exitcode, printed)
+
+
+def _too_long(timeout: float) -> PipelineError:
+    return PipelineError(
+        f"loading pipeline.py took longer than {timeout:.0f} s; does importing it run heavy work at module level?"
+    )
+
+
+def _answer(raw: bytes, returncode: int | None, printed: str) -> Manifest:
+    """The manifest a loader wrote (`raw`), or the error to raise."""
+    if not raw:
+        raise PipelineError(
+            f"the {describe_exit(returncode, 'pipeline loader (the process that imports pipeline.py)')} "
+            "before reporting" + (" (out of memory?)" if returncode == -9 else ""),
+            detail=printed,
+        )
+    try:
+        result = msgpack.unpackb(raw, raw=False)
+        if result["ok"]:
+            return Manifest.from_wire(result["manifest"])
+        detail = result["detail"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InfraError(f"unreadable answer from the pipeline loader: {exc!r}") from exc
+    raise PipelineError(result["message"], detail=detail)
 
 
 def run_loader(root: Path, timeout: float = LOADER_TIMEOUT_S) -> Manifest:
-    """Load the pipeline in a fresh interpreter. Raises PipelineError for user mistakes."""
+    """Load the pipeline in a process that has never imported it: forked from this
+    process's preloading server if it has one (a pool's), else a fresh interpreter.
+    Raises PipelineError for user mistakes."""
+    from pivot.runtime.preload import loader_context
+
+    server = loader_context()
+    if server is not None:
+        return ForkedLoaderRun(root, *server).result(timeout)
     return LoaderRun(root).result(timeout)

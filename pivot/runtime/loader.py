@@ -22,12 +22,12 @@ from pivot.pipeline.paths import normalize
 from pivot.pipeline.project import DVC_FILE, PIPELINE_FILE
 from pivot.pipeline.stage import StageDecl, clear_registry, register_dvc_stage, registered
 from pivot.runtime.command import interpolate
-from pivot.runtime.preload import third_party
+from pivot.runtime.preload import imported_tops, third_party
 from pivot.runtime.usertb import user_traceback
 from pivot.state.fingerprint import Fingerprinter, command_fingerprint
 from pivot.state.scripts import script_code
 
-__all__ = ["PIPELINE_MODULE", "build_manifest", "import_pipeline", "main"]
+__all__ = ["PIPELINE_MODULE", "build_manifest", "forked_main", "import_pipeline", "main"]
 
 PIPELINE_MODULE = PIPELINE_FILE.removesuffix(".py")
 FINGERPRINT_CACHE = "fingerprints.msgpack"
@@ -70,7 +70,10 @@ def import_pipeline(root: Path) -> None:
     _loaded[:] = [root]
 
 
-def build_manifest(root: Path) -> Manifest:
+def build_manifest(root: Path, pivots: set[str] | None = None) -> Manifest:
+    """`pivots`: the top-level modules Pivot imported before the pipeline (by default,
+    all imported so now), left out of the modules to preload."""
+    pivots = imported_tops() if pivots is None else pivots
     import_pipeline(root)
     decls = registered()
     if not decls:
@@ -146,7 +149,7 @@ def build_manifest(root: Path) -> Manifest:
         warnings = tuple(_unknown_params_stage(name, list(decls)) for name in names
                          if name not in decls and name not in listed)
     # After every stage was fingerprinted: that is when the fingerprinter learns its externals.
-    preload, preload_key = third_party({*fingerprinter.externals, *script_externals})
+    preload, preload_key = third_party({*fingerprinter.externals, *script_externals}, pivots)
     return Manifest(tuple(stages), tuple(sorted(sources)), warnings, preload, preload_key)
 
 
@@ -164,11 +167,16 @@ def _unique(stage: str, field: str, paths: tuple[str, ...]) -> tuple[str, ...]:
 def _project_sources(root: Path) -> tuple[str, ...]:
     """Project-local module files imported while loading (the watcher's "code")."""
     found = set()
+    real_dirs: dict[str, str] = {}  # a big library's hundreds of modules share few folders
     for mod in list(sys.modules.values()):
         file = getattr(mod, "__file__", None)
         if not file:
             continue
-        path = Path(file).resolve()
+        folder, name = os.path.split(file)
+        real = real_dirs.get(folder)
+        if real is None:
+            real = real_dirs[folder] = os.path.realpath(folder)
+        path = Path(os.path.realpath(file) if os.path.islink(file) else os.path.join(real, name))
         try:
             rel = path.relative_to(root)
         except ValueError:
@@ -194,12 +202,34 @@ def _unknown_params_stage(name: str, known: list[str]) -> str:
     return f"{params_mod.PARAMS_FILE}: no stage named {name!r}{guess}; its params are ignored"
 
 
-def _result(root: Path) -> dict[str, Any]:
+def _result(root: Path, pivots: set[str] | None = None) -> dict[str, Any]:
     try:
-        manifest = build_manifest(root)
+        manifest = build_manifest(root, pivots)
     except PipelineError as exc:
         return {"ok": False, "message": str(exc), "detail": exc.detail}
     return {"ok": True, "manifest": manifest.to_wire()}
+
+
+def forked_main(root: str, result_path: str, output_path: str, preloaded: tuple[str, ...]) -> None:
+    """The loader forked from the pool's preloading server (pivot/launch/spawn.py): what
+    `main` does in a fresh interpreter. The server never imports project code, so the
+    pipeline is imported here for the first time, as in a fresh interpreter. Of what
+    the server imported, all but its third-party `preloaded` modules are Pivot's."""
+    import msgpack
+
+    pivots = imported_tops() - set(preloaded)
+
+    out = os.open(output_path, os.O_WRONLY | os.O_TRUNC)
+    null = os.open(os.devnull, os.O_RDONLY)
+    for fd, target in ((0, null), (1, out), (2, out)):
+        os.dup2(target, fd)
+    os.close(out)
+    os.close(null)
+    result = _result(Path(root), pivots)
+    with open(result_path, "wb") as f:
+        f.write(msgpack.packb(result, use_bin_type=True))
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,8 +13,14 @@ package upgraded since (pip install) restarts the forkserver instead of forking 
 code. Pool side (`worker_context`): the context for loky, with the forkserver restarted
 when the list or the key changed.
 
-`PIVOT_PRELOAD=0` turns it off (plain loky workers): a library that starts threads when
-imported is not safe to fork.
+The same server forks the pool's pipeline loaders once it runs (`loader_context`,
+pivot/launch/spawn.py `ForkedLoaderRun`): a load after a code change then costs the
+pipeline's own import, not an interpreter's start and its libraries' imports. It
+preloads Pivot's worker modules too, so it serves pipelines without third-party imports
+as well.
+
+`PIVOT_PRELOAD=0` turns it off (plain loky workers, loaders in fresh interpreters): a
+library that starts threads when imported is not safe to fork.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["enabled", "third_party", "worker_context"]
+__all__ = ["enabled", "imported_tops", "loader_context", "serve_loaders", "third_party", "warm_up", "worker_context"]
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +60,21 @@ def _installed_file(top: str) -> str | None:
     return file if any(p in _INSTALLED for p in parts) else None
 
 
-def third_party(externals: Iterable[str]) -> tuple[tuple[str, ...], str]:
-    """(modules to preload, a key that changes when one of their files does)."""
+def imported_tops() -> set[str]:
+    """The top-level names of every module imported in this process so far."""
+    return {name.partition(".")[0] for name in list(sys.modules)}
+
+
+def third_party(externals: Iterable[str], pivots: Iterable[str] = ()) -> tuple[tuple[str, ...], str]:
+    """(modules to preload, a key that changes when one of their files does). `pivots`:
+    the ones Pivot itself imported before the pipeline, left out (the server imports
+    those anyway), so that a loader forked from the server, which has more of them, and
+    a fresh one give the same list for the same pipeline."""
     import xxhash
 
-    tops = {name.partition(".")[0] for name in sys.modules} | set(externals)
+    tops = imported_tops() | set(externals)
     found: list[tuple[str, str]] = []
-    for top in sorted(tops - _OURS):
+    for top in sorted(tops - _OURS - set(pivots)):
         if not top or top.startswith("_"):
             continue
         file = _installed_file(top)
@@ -78,13 +92,16 @@ def third_party(externals: Iterable[str]) -> tuple[tuple[str, ...], str]:
 
 
 _current: tuple[tuple[str, ...], str] | None = None
+# Pivot's own modules a worker or a loader runs: imported once in the server, never again.
+_PIVOT_MODULES = ("pivot.runtime.worker",)
 
 
 def worker_context(preload: tuple[str, ...], key: str) -> Any:
-    """The multiprocessing context for the pool's loky executor: a forkserver preloading
-    `preload`, restarted when (`preload`, `key`) changed; None (loky's own) when off."""
+    """The multiprocessing context for the pool's loky executor and its loaders: a
+    forkserver preloading Pivot's modules and `preload`, restarted when (`preload`,
+    `key`) changed; None (loky's own) when off."""
     global _current
-    if not preload or not enabled():
+    if not enabled():
         return None
     import multiprocessing
     from multiprocessing import forkserver
@@ -94,10 +111,33 @@ def worker_context(preload: tuple[str, ...], key: str) -> Any:
             # A private stdlib method (its unit tests use it); the server forks no new
             # worker after this, and workers forked before are already stopped.
             forkserver._forkserver._stop()  # type: ignore[attr-defined]
-        multiprocessing.set_forkserver_preload(list(preload))
+        multiprocessing.set_forkserver_preload([*_PIVOT_MODULES, *preload])
         _current = (preload, key)
-        log.info("workers fork from a server preloading %s", ", ".join(preload))
+        log.info("workers fork from a server preloading %s", ", ".join(preload) or "Pivot only")
     return multiprocessing.get_context("forkserver")
+
+
+def loader_context() -> tuple[Any, tuple[str, ...]] | None:
+    """The forkserver's context once this process has one (`worker_context`), and the
+    third-party modules it preloads, for a pipeline loader forked warm
+    (pivot/launch/spawn.py); else None: a fresh interpreter."""
+    if _current is None or not enabled():
+        return None
+    import multiprocessing
+
+    return multiprocessing.get_context("forkserver"), _current[0]
+
+
+def serve_loaders(preload: tuple[str, ...], key: str) -> None:
+    """Have the server running now (it imports in the background): the next pipeline
+    load forks from it instead of starting an interpreter. A server already set up keeps
+    its modules: restarting it would break the workers forked from it (their exit status
+    comes through it); a stale list only makes imports slower, never wrong."""
+    if _current is not None or worker_context(preload, key) is not None:
+        from multiprocessing import forkserver
+
+        if enabled():
+            forkserver.ensure_running()
 
 
 def warm_up(preload: tuple[str, ...], key: str) -> None:

@@ -147,7 +147,7 @@ class Fingerprinter:
         self._files = ProjectFiles(self._root)
         self.externals: set[str] = set()  # third-party top-level modules the stages use
         self._dists = VersionCache(
-            cache_file.with_name(cache_file.name + ".versions") if cache_file else None
+            cache_file.with_name(cache_file.name + ".versions") if cache_file else None, self._root,
         )
 
     @property

@@ -25,9 +25,14 @@ __all__ = ["VersionCache"]
 _STAMP = 1
 
 
-def _install_signature() -> list[list[Any]]:
+def _install_signature(project: str | None) -> list[list[Any]]:
     sig: list[list[Any]] = []
     for entry in sys.path:
+        if project is not None and os.path.abspath(entry or ".") == project:
+            # The project folder is on sys.path (its modules) but nothing is installed
+            # there; its mtime changes with every file a stage or an editor creates in
+            # it, which would make every pipeline load look versions up again.
+            continue
         try:
             sig.append([entry, os.stat(entry or ".").st_mtime_ns])
         except OSError:
@@ -36,9 +41,9 @@ def _install_signature() -> list[list[Any]]:
 
 
 class VersionCache:
-    def __init__(self, cache_file: Path | None) -> None:
+    def __init__(self, cache_file: Path | None, project: Path | str | None = None) -> None:
         self.cache_file = cache_file
-        self._signature = _install_signature()
+        self._signature = _install_signature(os.path.abspath(project) if project is not None else None)
         self._known: dict[str, str] = self._load()
         self._dirty = False
         self._distributions: Mapping[str, list[str]] | None = None

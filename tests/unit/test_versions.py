@@ -62,6 +62,25 @@ def test_an_install_on_sys_path_invalidates_the_answers(tmp_path: Path, site_dir
     assert VersionCache(cache_file).version("yaml") == real
 
 
+def test_files_made_in_the_project_folder_keep_the_answers(tmp_path: Path, site_dir: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # The project is on sys.path; a stage's output or an editor's swap file written
+    # there changes its mtime, and no package is installed there.
+    project = tmp_path / "proj"
+    project.mkdir()
+    monkeypatch.syspath_prepend(str(project))
+    cache_file = tmp_path / "versions"
+    first = VersionCache(cache_file, project)
+    first.version("yaml")
+    first.save()
+    _plant(cache_file, "yaml", "planted==1")
+    (project / "out.txt").write_text("x")
+    st = project.stat()
+    os.utime(project, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert VersionCache(cache_file, project).version("yaml") == "planted==1"
+    assert VersionCache(cache_file).version("yaml") != "planted==1"  # without the project known
+
+
 @pytest.mark.parametrize("garbage", [b"", b"\xc1\xc1", msgpack.packb({"stamp": 999})])
 def test_an_unreadable_cache_file_is_ignored(tmp_path: Path, site_dir: Path, garbage: bytes) -> None:
     cache_file = tmp_path / "versions"

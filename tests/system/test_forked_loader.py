@@ -1,0 +1,156 @@
+"""A pipeline load forked from the pool's preloading server (pivot/launch/spawn.py
+`ForkedLoaderRun`): the server never imports project code, so every forked load sees the
+code as it is on disk, says a broken pipeline as a fresh interpreter does, and reports the
+same manifest (its modules to preload included) as a fresh interpreter would.
+
+The driver is its own process (the server belongs to the process that set it up); it
+prints one JSON line per load."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.timeout(120)
+
+DRIVER = '''\
+import json, os, sys
+from pathlib import Path
+
+from pivot.errors import PipelineError
+from pivot.launch.spawn import LoaderRun, run_loader
+from pivot.runtime import preload
+
+
+def answer(manifest):
+    s = manifest.by_name["s"]
+    return {"fingerprint": s.fingerprint, "params": s.params, "preload": list(manifest.preload),
+            "preload_key": manifest.preload_key}
+
+
+def load(how):
+    try:
+        m = LoaderRun(root).result(60) if how == "fresh" else run_loader(root, 60)
+    except PipelineError as exc:
+        return {"how": how, "error": str(exc), "detail": exc.detail or ""}
+    return {"how": how, **answer(m), "loader_ppid": int((root / "ppid.txt").read_text())}
+
+
+if __name__ == "__main__":
+    root = Path(sys.argv[1])
+    first = load("fresh")
+    print(json.dumps(first), flush=True)
+    preload.serve_loaders(tuple(first["preload"]), first["preload_key"])
+    for line in sys.stdin:  # one command per line: "fresh" or "forked"
+        print(json.dumps({**load(line.strip()), "driver_pid": os.getpid()}), flush=True)
+'''
+
+PIPELINE = """\
+import os
+
+import yaml  # third-party: preloaded by the server once it is known
+
+import helpers
+from pivot import stage
+
+open("ppid.txt", "w").write(str(os.getppid()))
+
+
+@stage(outs=["o.txt"])
+def s(n: int = helpers.N) -> None:
+    open("o.txt", "w").write(helpers.shout(str(n) + yaml.__name__))
+"""
+
+
+class Driver:
+    def __init__(self, root: Path) -> None:
+        (root / "driver.py").write_text(DRIVER)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(root / "driver.py"), str(root)], cwd=root, text=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        self.first = self._answer()
+
+    def _answer(self) -> dict[str, object]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert line, self.proc.stderr.read() if self.proc.stderr else "the driver exited"
+        answer: dict[str, object] = json.loads(line)
+        return answer
+
+    def load(self, how: str) -> dict[str, object]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(how + "\n")
+        self.proc.stdin.flush()
+        return self._answer()
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(30)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _write(root: Path, name: str, text: str) -> None:
+    (root / name).write_text(textwrap.dedent(text))
+
+
+def test_a_forked_load_sees_each_edit_and_matches_a_fresh_one(tmp_path: Path) -> None:
+    root = tmp_path
+    (root / ".pivot").mkdir()
+    _write(root, "pipeline.py", PIPELINE)
+    _write(root, "helpers.py", "N = 1\n\ndef shout(t):\n    return t.upper()\n")
+    driver = Driver(root)
+    try:
+        fresh = driver.first
+        forked = driver.load("forked")
+        # Forked: its parent is the server, not the driver (a fresh loader's parent).
+        assert forked["loader_ppid"] != forked["driver_pid"], forked
+        assert fresh["loader_ppid"] == forked["driver_pid"], (fresh, forked)
+        for key in ("fingerprint", "params", "preload", "preload_key"):
+            assert forked[key] == fresh[key], (key, forked, fresh)
+        assert "yaml" in fresh["preload"], fresh
+
+        # An edit of a helper's code, then of a value the stage's default comes from: the
+        # server never imported helpers, so each forked load has the new one.
+        _write(root, "helpers.py", "N = 1\n\ndef shout(t):\n    return t.lower()\n")
+        edited = driver.load("forked")
+        assert edited["fingerprint"] != forked["fingerprint"], edited
+        assert edited == {**driver.load("fresh"), "how": "forked", "loader_ppid": edited["loader_ppid"]}
+        _write(root, "helpers.py", "N = 7\n\ndef shout(t):\n    return t.lower()\n")
+        assert driver.load("forked")["params"] == {"n": 7}
+
+        # A broken helper: the same error as a fresh interpreter gives, with the user's
+        # traceback; then fixed again.
+        _write(root, "helpers.py", "N = 7\n\ndef shout(t)\n    return t\n")
+        broken, broken_fresh = driver.load("forked"), driver.load("fresh")
+        assert "SyntaxError" in str(broken["error"]), broken
+        assert broken["error"] == broken_fresh["error"], (broken, broken_fresh)
+        assert "helpers.py" in str(broken["detail"]), broken
+        _write(root, "helpers.py", "N = 7\n\ndef shout(t):\n    return t\n")
+        assert "fingerprint" in driver.load("forked")
+    finally:
+        driver.close()
+
+
+def test_what_a_forked_load_prints_is_in_the_error_of_a_loader_that_dies(tmp_path: Path) -> None:
+    root = tmp_path
+    _write(root, "pipeline.py", PIPELINE)
+    _write(root, "helpers.py", "N = 1\n\ndef shout(t):\n    return t\n")
+    driver = Driver(root)
+    try:
+        _write(root, "helpers.py", "import os, sys\nprint('about to go', flush=True)\nos._exit(5)\n")
+        died = driver.load("forked")
+        assert "exited with code 5 before reporting" in str(died["error"]), died
+        assert "about to go" in str(died["detail"]), died
+    finally:
+        driver.close()
