@@ -73,35 +73,36 @@ def assess(
     result: dict[str, StageAssessment] = {}
     read = locks.reader()
     try:
-        for name in graph.order:
-            if name not in wanted:
-                continue
-            spec = manifest.by_name[name]
-            decision = decide(
-                root, spec, state.hashes, force=force, producers=producers[name],
-                all_reasons=explain, read=read,
-            )
-            row = StageAssessment(name, list(decision.reasons))
-            unproduced = [d for d in decision.missing_deps if not producers[name].get(d)]
-            if unproduced and not any(r.code is ReasonCode.DEP_MISSING for r in row.reasons):
-                # Nothing will make it: the run fails this stage (and only it) until it exists.
-                row.reasons.insert(0, Reason(
-                    ReasonCode.DEP_MISSING,
-                    f"dependency missing, and no stage writes it: {', '.join(unproduced)}",
-                    {"paths": unproduced},
-                ))
-            stale_up = sorted(u for u in graph.upstream[name] if u in result and result[u].stale)
-            if stale_up:
-                row.reasons.append(
-                    Reason(
-                        ReasonCode.UPSTREAM_STALE,
-                        f"upstream stale: {', '.join(stale_up)}",
-                        {"stages": stale_up},
-                    )
+        with state.hashes.batched():  # one write for what it hashes again
+            for name in graph.order:
+                if name not in wanted:
+                    continue
+                spec = manifest.by_name[name]
+                decision = decide(
+                    root, spec, state.hashes, force=force, producers=producers[name],
+                    all_reasons=explain, read=read,
                 )
-            if decision.run and not decision.missing_deps and not force:
-                row.restorable = restorable(state, spec, run_key(spec, decision.dep_hashes)) is not None
-            result[name] = row
+                row = StageAssessment(name, list(decision.reasons))
+                unproduced = [d for d in decision.missing_deps if not producers[name].get(d)]
+                if unproduced and not any(r.code is ReasonCode.DEP_MISSING for r in row.reasons):
+                    # Nothing will make it: the run fails this stage (and only it) until it exists.
+                    row.reasons.insert(0, Reason(
+                        ReasonCode.DEP_MISSING,
+                        f"dependency missing, and no stage writes it: {', '.join(unproduced)}",
+                        {"paths": unproduced},
+                    ))
+                stale_up = sorted(u for u in graph.upstream[name] if u in result and result[u].stale)
+                if stale_up:
+                    row.reasons.append(
+                        Reason(
+                            ReasonCode.UPSTREAM_STALE,
+                            f"upstream stale: {', '.join(stale_up)}",
+                            {"stages": stale_up},
+                        )
+                    )
+                if decision.run and not decision.missing_deps and not force:
+                    row.restorable = restorable(state, spec, run_key(spec, decision.dep_hashes)) is not None
+                result[name] = row
     finally:
         state.close()
     return Assessment(manifest, graph, result)

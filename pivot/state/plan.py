@@ -117,14 +117,15 @@ def plan_wave(
     written by a stage that will run.
     """
     clean: set[str] = set()
-    for name in stages:
-        spec = manifest.by_name.get(name)
-        if spec is None or not all(u in clean for u in upstream.get(name, ())):
-            continue
-        decision = decide(
-            state.root, spec, state.hashes,
-            producers=producers.get(name) if producers else None, read=read,
-        )
-        if not decision.run:
-            clean.add(name)
+    with state.hashes.batched():
+        for name in stages:
+            spec = manifest.by_name.get(name)
+            if spec is None or not all(u in clean for u in upstream.get(name, ())):
+                continue
+            decision = decide(
+                state.root, spec, state.hashes,
+                producers=producers.get(name) if producers else None, read=read,
+            )
+            if not decision.run:
+                clean.add(name)
     return [s for s in stages if s in clean]

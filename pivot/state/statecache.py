@@ -66,13 +66,14 @@ alone would cost ~18 us per path).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -146,6 +147,7 @@ class _Local(threading.local):
     pid = 0
     generation = -1
     inode = 0  # of the database file this connection opened
+    held: list[tuple[str, int, int, int, str, int]] | None = None  # rows of a `batched()` block
 
 
 class StateCache:
@@ -382,9 +384,28 @@ class StateCache:
             return None
         return found
 
+    @contextlib.contextmanager
+    def batched(self) -> Iterator[None]:
+        """Rows this thread stores in the block are written at its end, in one
+        transaction: a check of thousands of files written moments ago (racy rows, each
+        hashed again: the first no-op after a cold run) would otherwise commit one
+        transaction per file. Until then, other processes hash those files themselves."""
+        if self._local.held is not None:  # nested: the outer block writes
+            yield
+            return
+        self._local.held = []
+        try:
+            yield
+        finally:
+            held, self._local.held = self._local.held, None
+            self._store(held)
+
     # --- writes -------------------------------------------------------------------------
 
     def _store(self, rows: list[tuple[str, int, int, int, str, int]]) -> None:
+        if self._local.held is not None:
+            self._local.held.extend(rows)
+            return
         if len(rows) == 1:
             self._execute(_UPSERT, rows[0])
         elif rows:

@@ -115,6 +115,26 @@ def test_first_hash_reads_and_another_instance_reads_nothing(db: Path, tmp_path:
     assert other.reads == 0
 
 
+def test_a_batched_block_writes_its_rows_at_its_end_and_other_threads_at_once(db: Path, tmp_path: Path) -> None:
+    files = [write(tmp_path / f"f{i}", f"data {i}".encode()) for i in range(3)]
+    elsewhere = write(tmp_path / "g", b"other thread")
+    cache = StateCache(db)
+    other = StateCache(db)  # as another process would
+    try:
+        with cache.batched():
+            with cache.batched():  # nested: the outer block writes
+                digests = [cache.hash_file(f) for f in files[:2]]
+            digests.append(cache.hash_path(files[2]))
+            with ThreadPoolExecutor(1) as pool:
+                pool.submit(cache.hash_file, elsewhere).result()
+            assert [other.recorded(f) for f in files] == [None, None, None]
+            assert other.recorded(elsewhere) == xxh(b"other thread")
+        assert [other.recorded(f) for f in files] == digests == [xxh(f"data {i}".encode()) for i in range(3)]
+    finally:
+        cache.close()
+        other.close()
+
+
 def test_size_change_is_a_new_digest(cache: StateCache, db: Path, tmp_path: Path) -> None:
     f = write(tmp_path / "f", b"one")
     cache.hash_file(f)
