@@ -149,7 +149,8 @@ def build_manifest(root: Path, pivots: set[str] | None = None) -> Manifest:
         warnings = tuple(_unknown_params_stage(name, list(decls)) for name in names
                          if name not in decls and name not in listed)
     # After every stage was fingerprinted: that is when the fingerprinter learns its externals.
-    preload, preload_key = third_party({*fingerprinter.externals, *script_externals}, pivots)
+    preload, preload_key = third_party({*fingerprinter.externals, *script_externals}, pivots,
+                                       fingerprinter.external_modules)
     return Manifest(tuple(stages), tuple(sorted(sources)), warnings, preload, preload_key)
 
 

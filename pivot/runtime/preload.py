@@ -65,11 +65,15 @@ def imported_tops() -> set[str]:
     return {name.partition(".")[0] for name in list(sys.modules)}
 
 
-def third_party(externals: Iterable[str], pivots: Iterable[str] = ()) -> tuple[tuple[str, ...], str]:
+def third_party(
+    externals: Iterable[str], pivots: Iterable[str] = (), submodules: Iterable[str] = (),
+) -> tuple[tuple[str, ...], str]:
     """(modules to preload, a key that changes when one of their files does). `pivots`:
     the ones Pivot itself imported before the pipeline, left out (the server imports
     those anyway), so that a loader forked from the server, which has more of them, and
-    a fresh one give the same list for the same pipeline."""
+    a fresh one give the same list for the same pipeline. `submodules`: dotted modules the
+    stages use (`sklearn.linear_model`), preloaded too when this process imported them:
+    a package does not import them all itself (sklearn's take ~50 ms more)."""
     import xxhash
 
     tops = imported_tops() | set(externals)
@@ -88,7 +92,9 @@ def third_party(externals: Iterable[str], pivots: Iterable[str] = ()) -> tuple[t
         except OSError:
             stamp = "?"
         h.update(f"{top}\0{file}\0{stamp}\n".encode())
-    return tuple(top for top, _ in found), h.hexdigest() if found else ""
+    tops_found = {top for top, _ in found}
+    deeper = sorted({m for m in submodules if "." in m and m.partition(".")[0] in tops_found and m in sys.modules})
+    return (*(top for top, _ in found), *deeper), h.hexdigest() if found else ""
 
 
 _current: tuple[tuple[str, ...], str] | None = None

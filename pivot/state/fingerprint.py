@@ -146,6 +146,7 @@ class Fingerprinter:
         self._stages: dict[int, tuple[Callable[..., Any], CodeFingerprint]] = {}
         self._files = ProjectFiles(self._root)
         self.externals: set[str] = set()  # third-party top-level modules the stages use
+        self.external_modules: set[str] = set()  # ... and the modules themselves (dotted)
         self._dists = VersionCache(
             cache_file.with_name(cache_file.name + ".versions") if cache_file else None, self._root,
         )
@@ -569,6 +570,7 @@ class Fingerprinter:
         else:
             node.parts[top] = self._version(top)
             self.externals.add(top)
+            self.external_modules.add(module_name)
 
     def _version(self, top: str) -> str:
         return self._dists.version(top)
