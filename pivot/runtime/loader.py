@@ -74,6 +74,8 @@ def build_manifest(root: Path, pivots: set[str] | None = None) -> Manifest:
     """`pivots`: the top-level modules Pivot imported before the pipeline (by default,
     all imported so now), left out of the modules to preload."""
     pivots = imported_tops() if pivots is None else pivots
+    # Pivot's and a preloading server's modules: no project module is among them.
+    preexisting = set(sys.modules)
     import_pipeline(root)
     decls = registered()
     if not decls:
@@ -83,7 +85,7 @@ def build_manifest(root: Path, pivots: set[str] | None = None) -> Manifest:
     # top-level key that names no other stage, whatever it holds (`seed: 1`).
     from_file = params_mod.load_params_file(root, [d.name for d in decls.values() if not d.dvc] if dvc else None)
     fingerprinter = Fingerprinter(root, root / ".pivot" / "tmp" / FINGERPRINT_CACHE)
-    sources = set(_project_sources(root))
+    sources = set(_project_sources(root, preexisting))
     script_externals: set[str] = set()  # what the scripts of command stages import
     stages = []
     for decl in decls.values():
@@ -165,13 +167,17 @@ def _unique(stage: str, field: str, paths: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(seen)
 
 
-def _project_sources(root: Path) -> tuple[str, ...]:
-    """Project-local module files imported while loading (the watcher's "code")."""
+def _project_sources(root: Path, preexisting: set[str]) -> tuple[str, ...]:
+    """Project-local module files imported while loading (the watcher's "code"), not
+    looking at the `preexisting` modules (thousands, when a server preloaded scipy)."""
     found = set()
     real_dirs: dict[str, str] = {}  # a big library's hundreds of modules share few folders
-    for mod in list(sys.modules.values()):
-        file = getattr(mod, "__file__", None)
-        if not file:
+    for name, mod in list(sys.modules.items()):
+        if name in preexisting:
+            continue
+        # Not getattr: a lazily loading package's __getattr__ would import (scipy's do).
+        file = getattr(mod, "__dict__", {}).get("__file__")
+        if not isinstance(file, str) or not file:
             continue
         folder, name = os.path.split(file)
         real = real_dirs.get(folder)

@@ -72,8 +72,8 @@ def third_party(
     the ones Pivot itself imported before the pipeline, left out (the server imports
     those anyway), so that a loader forked from the server, which has more of them, and
     a fresh one give the same list for the same pipeline. `submodules`: dotted modules the
-    stages use (`sklearn.linear_model`), preloaded too when this process imported them:
-    a package does not import them all itself (sklearn's take ~50 ms more)."""
+    stages use or import (`sklearn.linear_model`), preloaded too: a package does not
+    import them all itself (sklearn's take ~50 ms more)."""
     import xxhash
 
     tops = imported_tops() | set(externals)
@@ -93,7 +93,7 @@ def third_party(
             stamp = "?"
         h.update(f"{top}\0{file}\0{stamp}\n".encode())
     tops_found = {top for top, _ in found}
-    deeper = sorted({m for m in submodules if "." in m and m.partition(".")[0] in tops_found and m in sys.modules})
+    deeper = sorted({m for m in submodules if "." in m and m.partition(".")[0] in tops_found})
     return (*(top for top, _ in found), *deeper), h.hexdigest() if found else ""
 
 
