@@ -70,12 +70,14 @@ class ForkedLoaderRun:
 
     def __init__(self, root: Path, context: Any, preloaded: tuple[str, ...]) -> None:
         from pivot.runtime.loader import forked_main
+        from pivot.runtime.preload import load_started
 
         self.root = root.resolve()
         fd, self.result_path = scratch_file("manifest", ".msgpack")
         os.close(fd)
         fd, self.output_path = scratch_file("manifest", ".out")
         os.close(fd)
+        load_started(self)  # its server is not restarted under it (preload.worker_context)
         try:
             self.proc = context.Process(
                 target=forked_main, args=(str(self.root), self.result_path, self.output_path, preloaded),
@@ -87,6 +89,9 @@ class ForkedLoaderRun:
             raise
 
     def _remove(self) -> None:
+        from pivot.runtime.preload import load_ended
+
+        load_ended(self)
         for path in (self.result_path, self.output_path):
             with contextlib.suppress(OSError):
                 os.unlink(path)

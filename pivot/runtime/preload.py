@@ -32,7 +32,7 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["enabled", "imported_tops", "loader_context", "serve_loaders", "third_party", "warm_up", "worker_context"]
+__all__ = ["enabled", "imported_tops", "load_ended", "load_started", "loader_context", "serve_loaders", "third_party", "warm_up", "worker_context"]
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,11 @@ def worker_context(preload: tuple[str, ...], key: str) -> Any:
 
     if _current != (preload, key):
         if _current is not None:
+            if _loads:
+                # The server exits once every process it forked has: it would wait for
+                # the loads (and hold the pool's loop). Its modules are stale, which
+                # makes imports slower, never wrong; the next call restarts it.
+                return multiprocessing.get_context("forkserver")
             # A private stdlib method (its unit tests use it); the server forks no new
             # worker after this, and workers forked before are already stopped.
             forkserver._forkserver._stop()  # type: ignore[attr-defined]
@@ -121,6 +126,17 @@ def worker_context(preload: tuple[str, ...], key: str) -> Any:
         _current = (preload, key)
         log.info("workers fork from a server preloading %s", ", ".join(preload) or "Pivot only")
     return multiprocessing.get_context("forkserver")
+
+
+_loads: set[object] = set()  # forked loads running (pivot/launch/spawn.py)
+
+
+def load_started(load: object) -> None:
+    _loads.add(load)
+
+
+def load_ended(load: object) -> None:
+    _loads.discard(load)
 
 
 def loader_context() -> tuple[Any, tuple[str, ...]] | None:

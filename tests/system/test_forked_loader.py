@@ -46,8 +46,37 @@ if __name__ == "__main__":
     first = load("fresh")
     print(json.dumps(first), flush=True)
     preload.serve_loaders(tuple(first["preload"]), first["preload_key"])
-    for line in sys.stdin:  # one command per line: "fresh" or "forked"
-        print(json.dumps({**load(line.strip()), "driver_pid": os.getpid()}), flush=True)
+    for line in sys.stdin:  # one command per line: "fresh", "forked" or "new-modules-while-loading"
+        how = line.strip()
+        if how == "new-modules-while-loading":  # workers want other modules meanwhile
+            import threading
+            import time
+            from multiprocessing import forkserver
+
+            reply = {}
+            (root / "gate").touch()
+            loading = threading.Thread(target=lambda: reply.update(load("forked")))
+            loading.start()
+            deadline = time.monotonic() + 30
+            while not (root / "loading").exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            server = forkserver._forkserver._forkserver_pid
+            asking = threading.Thread(target=preload.worker_context, args=(("yaml", "json"), "other"))
+            asking.start()
+            asking.join(10)  # the load is held for 30 s: a call that waits for it is seen
+            reply["returned_while_loading"] = not asking.is_alive()
+            reply["same_server_meanwhile"] = forkserver._forkserver._forkserver_pid == server
+            (root / "release").touch()
+            loading.join(60)
+            asking.join(60)
+            preload.worker_context(("yaml", "json"), "other")  # no load now: it restarts
+            forkserver.ensure_running()
+            reply["restarted_after"] = forkserver._forkserver._forkserver_pid not in (server, None)
+            for name in ("gate", "loading", "release"):
+                (root / name).unlink()
+        else:
+            reply = load(how)
+        print(json.dumps({**reply, "driver_pid": os.getpid()}), flush=True)
 '''
 
 PIPELINE = """\
@@ -59,6 +88,13 @@ import helpers
 from pivot import stage
 
 open("ppid.txt", "w").write(str(os.getppid()))
+if os.path.exists("gate") and not os.path.exists("release"):  # held until the test says
+    import time
+
+    open("loading", "w").close()
+    deadline = time.monotonic() + 30
+    while not os.path.exists("release") and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 @stage(outs=["o.txt"])
@@ -138,6 +174,24 @@ def test_a_forked_load_sees_each_edit_and_matches_a_fresh_one(tmp_path: Path) ->
         assert "helpers.py" in str(broken["detail"]), broken
         _write(root, "helpers.py", "N = 7\n\ndef shout(t):\n    return t\n")
         assert "fingerprint" in driver.load("forked")
+    finally:
+        driver.close()
+
+
+def test_the_server_is_not_restarted_under_a_load(tmp_path: Path) -> None:
+    # New workers may want other modules while a load runs; the server exits only once
+    # every process it forked has, so restarting it then would hold the pool's loop for
+    # the whole load. It is restarted once no load runs.
+    root = tmp_path
+    _write(root, "pipeline.py", PIPELINE)
+    _write(root, "helpers.py", "N = 3\n\ndef shout(t):\n    return t\n")
+    driver = Driver(root)
+    try:
+        answer = driver.load("new-modules-while-loading")
+        assert answer.get("params") == {"n": 3}, answer
+        assert answer["returned_while_loading"] and answer["same_server_meanwhile"], answer
+        assert answer["restarted_after"], answer
+        assert driver.load("forked")["params"] == {"n": 3}  # the new server serves loads
     finally:
         driver.close()
 
