@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
+import weakref
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,8 +27,25 @@ _SCALARS = (bool, int, float, str)
 _EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$")
 
 
+# func -> its defaults: a loop registering one function as 10,000 stages asks 10,000 times.
+_defaults: weakref.WeakKeyDictionary[Callable[..., Any], dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
 def defaults_of(stage_name: str, func: Callable[..., Any]) -> dict[str, Any]:
     """The function's params: every parameter must have a default (that is its value)."""
+    try:
+        known = _defaults.get(func)
+    except TypeError:  # not weakly referenceable, or unhashable
+        known = None
+    if known is not None:
+        return dict(known)
+    result = _defaults_of(stage_name, func)
+    with contextlib.suppress(TypeError):
+        _defaults[func] = result
+    return dict(result)
+
+
+def _defaults_of(stage_name: str, func: Callable[..., Any]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for p in signature_of(func).parameters.values():
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):

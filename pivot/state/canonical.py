@@ -45,10 +45,17 @@ def canonical(value: Any, roots: tuple[str, ...], depth: int) -> str | None:
             value = value.replace(root, "<root>")
         return "str:" + repr(value)
     if kind in (tuple, list, set, frozenset):
-        items = [canonical(v, roots, depth + 1) for v in value]
-        if any(i is None for i in items):
-            return None
-        texts = [i for i in items if i is not None]
+        texts = []
+        for v in value:
+            if type(v) is str and depth < _MAX_DEPTH:  # inline: a 10,000-row table of paths
+                for root in roots:
+                    v = v.replace(root, "<root>")
+                texts.append("str:" + repr(v))
+                continue
+            text = canonical(v, roots, depth + 1)
+            if text is None:
+                return None
+            texts.append(text)
         if kind in (set, frozenset):
             texts.sort()
         return f"{kind.__name__}({','.join(texts)})"

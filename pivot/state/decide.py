@@ -98,6 +98,8 @@ def decide(
 def _definition(
     spec: StageSpec, lock: StageLock, _hashes: dict[str, str], _p: object
 ) -> list[Reason]:
+    if lock.deps.keys() == set(spec.deps) and lock.outs.keys() == set(spec.outs):
+        return []  # the usual case, without the four sorted lists
     details: dict[str, list[str]] = {
         "added_deps": sorted(set(spec.deps) - set(lock.deps)),
         "removed_deps": sorted(set(lock.deps) - set(spec.deps)),

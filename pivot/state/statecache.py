@@ -98,6 +98,9 @@ _SCHEMA = (
     ") WITHOUT ROWID"
 )
 
+# Absolute paths whose `_key` an instance remembers: a 10,000-stage pipeline names 25,000.
+_KEYS_MAX = 500_000
+
 # (inode, size, mtime_ns, digest, hashed_at_ns)
 _Row = tuple[int, int, int, str, int]
 
@@ -177,6 +180,7 @@ class StateCache:
         self._generation = 0
         self._rows: dict[str, _Row] | None = None
         self._dirs: dict[str, str] = {}  # absolute directory -> its realpath
+        self._keys: dict[str, str] = {}  # absolute path -> `_key` (bounded by _KEYS_MAX)
         self._unusable = False  # the database cannot be opened: stop trying until close()
 
     # --- public API ---------------------------------------------------------------------
@@ -308,6 +312,7 @@ class StateCache:
                 _INHERITED.append(conn)
         self._rows = None
         self._dirs = {}
+        self._keys = {}
         self._unusable = False
 
     def __enter__(self) -> StateCache:
@@ -327,11 +332,17 @@ class StateCache:
         """The resolved directory joined with the file name: `os.path.realpath` costs ~3 us
         per path component, so directories are resolved once per instance. The name itself
         is not resolved (a symlinked file has its own row, as in a directory walk)."""
+        key = self._keys.get(fs_path)
+        if key is not None:
+            return key
         parent, name = os.path.split(os.path.abspath(fs_path))
         real_parent = self._dirs.get(parent)
         if real_parent is None:
             real_parent = self._dirs[parent] = os.path.realpath(parent)
-        return os.path.join(real_parent, name)
+        key = os.path.join(real_parent, name)
+        if fs_path.startswith("/") and len(self._keys) < _KEYS_MAX:  # a relative one moves with the cwd
+            self._keys[fs_path] = key
+        return key
 
     def _digest(
         self, key: str, fs_path: str, st: os.stat_result

@@ -15,7 +15,7 @@ import msgpack
 import pytest
 
 from pivot.errors import ProtocolError
-from pivot.pipeline.manifest import Manifest, StageSpec
+from pivot.pipeline.manifest import ROW, Manifest, StageSpec
 from pivot.protocol import codec
 from pivot.protocol.codec import PROTOCOL_VERSION, Envelope, decode, encode, new_id
 from pivot.protocol.messages import (
@@ -321,13 +321,13 @@ def test_wire_tags_are_unique_and_registered() -> None:
 # docs/protocol.md (Changelog) and only then paste the new bytes here.
 
 GOLDEN_POOL_HELLO = (
-    b"\x88\xa1v\x06\xa1k\xaapool_hello\xa2id\xab1a2b-c3d4-1\xa1p\xc0\xa1s\xa6pool-1"
+    b"\x88\xa1v\x07\xa1k\xaapool_hello\xa2id\xab1a2b-c3d4-1\xa1p\xc0\xa1s\xa6pool-1"
     b"\xa1n\x00\xa1t\xcbA\xd9T\xfc@\x10\x00\x00\xa1b\x87\xa4pool\xa6pool-1\xa3pid"
     b"\xcd\x10\x92\xa5slots\x04\xabincarnation\xa0\xa4host\xa0\xa4tags\x90\xa7running\x80"
 )
 
 GOLDEN_STAGE_FINISHED = (
-    b"\x88\xa1v\x06\xa1k\xaestage_finished\xa2id\xab5e6f-7a8b-9\xa1p\xab1a2b-c3d4-2"
+    b"\x88\xa1v\x07\xa1k\xaestage_finished\xa2id\xab5e6f-7a8b-9\xa1p\xab1a2b-c3d4-2"
     b"\xa1s\xa6broker\xa1n\x07\xa1t\xcbA\xd9T\xfc@`\x00\x00\xa1b\x88\xa4wave\x03"
     b"\xa5stage\xa5train\xa6status\xa3ran\xabreason_code\xabdep_changed\xa6reason"
     b"\xb4data/raw.csv changed\xaaduration_s\xcb?\xf8\x00\x00\x00\x00\x00\x00\xa5error\xc0"
@@ -381,14 +381,14 @@ def test_refused_is_read_whatever_version_its_envelope_names() -> None:
     assert env.msg == Refused("version", "too old", 9)
     wire["k"] = "hello"  # any other kind of another version is refused, naming both
     wire["b"] = {"role": "pool", "name": "p", "pid": 1, "host": "h", "project": ""}
-    with pytest.raises(codec.VersionMismatch, match="protocol version 9, expected 6") as info:
+    with pytest.raises(codec.VersionMismatch, match="protocol version 9, expected 7") as info:
         decode(msgpack.packb(wire))
     assert (info.value.version, info.value.kind, info.value.sender) == (9, "hello", "broker")
 
 
-def test_protocol_version_is_six() -> None:
-    # The golden bytes above encode version 6; changing it must be deliberate.
-    assert PROTOCOL_VERSION == 6
+def test_protocol_version_is_seven() -> None:
+    # The golden bytes above encode version 7; changing it must be deliberate.
+    assert PROTOCOL_VERSION == 7
 
 
 # --- strict decoding ---------------------------------------------------------------------
@@ -644,30 +644,64 @@ def _manifest_wire(**overrides: Any) -> dict[str, Any]:
     return wire
 
 
-def _stage_wire(**overrides: Any) -> dict[str, Any]:
-    stage = _manifest().stages[0].to_wire()
-    stage.update(overrides)
-    return stage
+def _stage_wire(**overrides: Any) -> list[Any]:
+    row = _manifest().to_wire()["stages"][0]
+    for key, value in overrides.items():
+        row[ROW.index(key)] = value
+    return row
 
 
 BAD_MANIFESTS: list[tuple[str, Any, str]] = [
     ("not_a_dict", ["stages"], "malformed manifest"),
     ("none", None, "malformed manifest"),
     ("no_stages", _without(_manifest_wire(), "stages"), "malformed manifest"),
+    ("no_code_parts", _without(_manifest_wire(), "code_parts"), "malformed manifest"),
     ("no_sources", _without(_manifest_wire(), "sources"), "malformed manifest"),
     ("no_warnings", _without(_manifest_wire(), "warnings"), "malformed manifest"),
     ("stages_int", _manifest_wire(stages=3), "malformed manifest"),
     ("sources_str", _manifest_wire(sources="pipeline.py"), "malformed manifest"),
     ("warnings_items", _manifest_wire(warnings=[1]), "malformed manifest"),
-    ("stage_str", _manifest_wire(stages=["prepare"]), "malformed stage in manifest"),
-    ("stage_no_fingerprint", _manifest_wire(stages=[_without(_stage_wire(), "fingerprint")]), "malformed stage"),
-    ("stage_name_int", _manifest_wire(stages=[_stage_wire(name=1)]), "malformed stage"),
+    ("code_parts_values", _manifest_wire(code_parts=[{"pipeline.prepare": 1}]), "malformed manifest"),
+    ("stage_str", _manifest_wire(stages=["prepare"]), "malformed stage 0 in manifest"),
+    ("stage_a_map", _manifest_wire(stages=[dict(zip(ROW, _stage_wire(), strict=True))]), "malformed stage 0"),
+    ("stage_short", _manifest_wire(stages=[_stage_wire()[:-1]]), "malformed stage 0"),
+    ("stage_long", _manifest_wire(stages=[[*_stage_wire(), False]]), "malformed stage 0"),
+    ("stage_name_int", _manifest_wire(stages=[_stage_wire(name=1)]), "malformed stage 0"),
     ("stage_name_none", _manifest_wire(stages=[_stage_wire(name=None)]), "malformed stage"),
+    ("stage_fingerprint_bytes", _manifest_wire(stages=[_stage_wire(fingerprint=b"3f")]), "malformed stage"),
     ("stage_deps_str", _manifest_wire(stages=[_stage_wire(deps="data/raw.csv")]), "malformed stage"),
     ("stage_outs_items", _manifest_wire(stages=[_stage_wire(outs=[None])]), "malformed stage"),
     ("stage_params_int", _manifest_wire(stages=[_stage_wire(params=5)]), "malformed stage"),
     ("stage_params_list", _manifest_wire(stages=[_stage_wire(params=[1, 2])]), "malformed stage"),
+    ("stage_params_int_key", _manifest_wire(stages=[_stage_wire(params={1: 2})]), "malformed stage"),
+    ("stage_code_parts_index", _manifest_wire(stages=[_stage_wire(code_parts=1)]), "malformed stage"),
+    ("stage_code_parts_negative", _manifest_wire(stages=[_stage_wire(code_parts=-1)]), "malformed stage"),
+    ("stage_code_parts_map", _manifest_wire(stages=[_stage_wire(code_parts={})]), "malformed stage"),
+    ("stage_frozen_int", _manifest_wire(stages=[_stage_wire(frozen=1)]), "malformed stage"),
+    ("stage_tags_items", _manifest_wire(stages=[_stage_wire(tags=[3])]), "malformed stage"),
 ]  # fmt: skip
+
+
+def test_a_stage_row_holds_every_field_of_a_stage_spec() -> None:
+    """A field added to StageSpec and not to the row would never reach the broker."""
+    assert tuple(f.name for f in dataclasses.fields(StageSpec)) == ROW
+
+
+def test_stages_sharing_code_share_one_code_parts_map_on_the_wire() -> None:
+    base = _manifest().stages[0]
+    parts = {"pipeline.work": "ab12", "python": "3.11.7"}
+    stages = (
+        *(dataclasses.replace(base, name=f"s{i}", outs=(f"out/{i}",), params={"i": i}, code_parts=dict(parts))
+          for i in range(3)),
+        dataclasses.replace(base, name="other", outs=("out/x",), code_parts={"pipeline.other": "cd34"}),
+    )
+    manifest = Manifest(stages)
+    wire = manifest.to_wire()
+    assert wire["code_parts"] == [parts, {"pipeline.other": "cd34"}]
+    assert [row[ROW.index("code_parts")] for row in wire["stages"]] == [0, 0, 0, 1]
+    back = Manifest.from_wire(msgpack.unpackb(msgpack.packb(wire), raw=False))
+    assert back == manifest
+    assert [s.code_parts for s in back.stages] == [s.code_parts for s in stages]
 
 
 @pytest.mark.parametrize(
