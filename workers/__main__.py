@@ -1,19 +1,20 @@
 """`python -m workers`: start the pipeline loader first, then import the pool.
 
-The loader (a fresh interpreter importing the user's pipeline) is the slowest step to
-a first manifest; starting it before the pool imports ZeroMQ and the state modules runs
-the two side by side.
+The loader (a process importing the user's pipeline, forked from this one while it has
+a single thread: pivot/launch/spawn.py `start_loader`) is the slowest step to a first
+manifest; starting it before the pool imports ZeroMQ and the state modules runs the two
+side by side.
 """
 
 import logging
 import os
 import sys
 
-from pivot.launch.spawn import LoaderRun
+from pivot.launch.spawn import start_loader
 from workers.args import parse_args
 
 args = parse_args(sys.argv[1:])
-first_load = LoaderRun(args.root)
+first_load = start_loader(args.root)  # forked: this process has no thread yet
 
 from workers.pool import main  # noqa: E402 - deliberately after the loader started
 

@@ -41,7 +41,7 @@ from pivot.launch.limits import HARD_KILL_S
 from pivot.launch.logsetup import HeldRecords, configure
 from pivot.launch.procs import group_members, is_alive, is_stopped
 from pivot.launch.scratch import scratch_dir, sweep
-from pivot.launch.spawn import LoaderRun, run_loader
+from pivot.launch.spawn import Loading, run_loader
 from pivot.launch.stderrlog import log_to_stderr
 from pivot.pipeline.gitignore import keep_outputs_ignored
 from pivot.pipeline.manifest import Manifest
@@ -127,7 +127,7 @@ class _StoredStateNotices(logging.Handler):
 
 class PoolService:
     def __init__(
-        self, root: Path, link: Link | str, name: str, jobs: int, first_load: LoaderRun | None = None,
+        self, root: Path, link: Link | str, name: str, jobs: int, first_load: Loading | None = None,
         clock: Callable[[], float] = time.monotonic, executor: Executor | None = None,
     ) -> None:
         self.clock = clock  # every time the pool reads (liveness, resends, cancels)
@@ -750,7 +750,7 @@ def _read_pid(path: Path) -> int:
         return 0
 
 
-def main(args: argparse.Namespace, first_load: LoaderRun | None = None) -> int:
+def main(args: argparse.Namespace, first_load: Loading | None = None) -> int:
     """Run a pool (see workers/args.py); `first_load` is a loader already started."""
     log_to_stderr(logging.WARNING, "%(asctime)s pool %(levelname)s %(message)s")
     records = configure("pool", args.root, hold=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pivot.launch.spawn import LoaderRun
+from pivot.launch.spawn import start_loader
 from pivot.pipeline.graph import StageGraph, build_graph
 from pivot.pipeline.manifest import Manifest
 from pivot.pipeline.project import pivot_dir
@@ -62,8 +62,8 @@ def assess(
 ) -> Assessment:
     """Decide every stage `repro TARGETS` would take in (default all) against its lock."""
     pivot_dir(root)  # the state cache lives there; made with its .gitignore
-    loading = LoaderRun(root)
-    locks = LockPrefetch(root)  # read while the loader runs
+    loading = start_loader(root)
+    locks = LockPrefetch(root)  # read while the loader runs (started after: a thread)
     manifest = loading.result()
     graph = build_graph(manifest)
     names = resolve_names(targets, graph.order, glob=glob)

@@ -208,3 +208,68 @@ def test_what_a_forked_load_prints_is_in_the_error_of_a_loader_that_dies(tmp_pat
         assert "about to go" in str(died["detail"]), died
     finally:
         driver.close()
+
+
+# --- loads forked from the starting process itself (`start_loader`) ----------------------
+
+ONE_SHOT = '''\
+import json, sys, threading
+from pathlib import Path
+
+import workers.args  # Pivot's pool package: a pool has it when it starts its first load
+from pivot.launch.spawn import LoaderRun, start_loader
+
+root = Path(sys.argv[1])
+assert not hasattr(sys.modules["workers"], "ORIGIN")
+
+
+def load(start):
+    s = start(root).result(60).by_name["s"]
+    return {"argv0": (root / "argv0.txt").read_text(), "params": s.params, "fingerprint": s.fingerprint}
+
+
+answers = {"forked": load(start_loader), "fresh": load(LoaderRun)}
+hold = threading.Event()
+waiting = threading.Thread(target=hold.wait)
+waiting.start()
+try:
+    answers["with_a_thread"] = load(start_loader)
+finally:
+    hold.set()
+    waiting.join()
+print(json.dumps(answers))
+'''
+
+OWN_WORKERS = """\
+import sys
+
+import workers  # the project's own package, not Pivot's pool package of that name
+from pivot import stage
+
+open("argv0.txt", "w").write(sys.argv[0])
+
+
+@stage(outs=["o.txt"])
+def s(origin: str = workers.ORIGIN) -> None:
+    open("o.txt", "w").write(origin)
+"""
+
+
+def test_a_single_threaded_process_forks_its_loader_which_sees_what_a_fresh_one_does(tmp_path: Path) -> None:
+    root = tmp_path
+    _write(root, "pipeline.py", OWN_WORKERS)
+    (root / "workers").mkdir()
+    _write(root, "workers/__init__.py", "ORIGIN = 'project'\n")
+    (root / "driver.py").write_text(ONE_SHOT)
+    # -P: not the project's folder first on sys.path, so `workers` is Pivot's, as in a pool.
+    done = subprocess.run([sys.executable, "-P", str(root / "driver.py"), str(root)], cwd=root,
+                          capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stderr
+    answers = json.loads(done.stdout)
+    # Forked: the child runs on in the driver's own program; a fresh one runs the loader.
+    assert answers["forked"]["argv0"] == str(root / "driver.py"), answers
+    for fresh in ("fresh", "with_a_thread"):  # a thread's locks would be copied held: fresh
+        assert answers[fresh]["argv0"].endswith("pivot/runtime/loader.py"), answers
+    for how in ("forked", "with_a_thread"):
+        assert answers[how]["params"] == answers["fresh"]["params"] == {"origin": "project"}, answers
+        assert answers[how]["fingerprint"] == answers["fresh"]["fingerprint"], answers
