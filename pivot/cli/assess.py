@@ -73,7 +73,7 @@ def assess(
     result: dict[str, StageAssessment] = {}
     read = locks.reader()
     try:
-        with state.hashes.batched():  # one write for what it hashes again
+        with state.hashes.batched(snapshot=True):  # one write for what it hashes again; reads only
             for name in graph.order:
                 if name not in wanted:
                     continue

@@ -117,10 +117,10 @@ def plan_wave(
     written by a stage that will run.
     """
     clean: set[str] = set()
-    with state.hashes.batched():
+    with state.hashes.batched(snapshot=True):  # decides only: writes no file
         for name in stages:
             spec = manifest.by_name.get(name)
-            if spec is None or not all(u in clean for u in upstream.get(name, ())):
+            if spec is None or not clean.issuperset(upstream.get(name, ())):
                 continue
             decision = decide(
                 state.root, spec, state.hashes,

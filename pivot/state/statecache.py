@@ -151,6 +151,7 @@ class _Local(threading.local):
     generation = -1
     inode = 0  # of the database file this connection opened
     held: list[tuple[str, int, int, int, str, int]] | None = None  # rows of a `batched()` block
+    memo: dict[str, str | None] | None = None  # path -> digest in a `batched(snapshot=True)` block
 
 
 class StateCache:
@@ -196,6 +197,16 @@ class StateCache:
 
     def hash_path(self, path: str | os.PathLike[str]) -> str | None:
         """Like `hashing.hash_path` (same digests), reading only files whose stat changed."""
+        memo = self._local.memo
+        if memo is not None:
+            key = os.fspath(path)
+            if key in memo:
+                return memo[key]
+            memo[key] = digest = self._hash_path(path)
+            return digest
+        return self._hash_path(path)
+
+    def _hash_path(self, path: str | os.PathLike[str]) -> str | None:
         try:
             st = os.stat(path)
             if stat.S_ISDIR(st.st_mode):
@@ -396,19 +407,23 @@ class StateCache:
         return found
 
     @contextlib.contextmanager
-    def batched(self) -> Iterator[None]:
+    def batched(self, snapshot: bool = False) -> Iterator[None]:
         """Rows this thread stores in the block are written at its end, in one
         transaction: a check of thousands of files written moments ago (racy rows, each
         hashed again: the first no-op after a cold run) would otherwise commit one
-        transaction per file. Until then, other processes hash those files themselves."""
+        transaction per file. Until then, other processes hash those files themselves.
+
+        With `snapshot`, `hash_path` answers each path once in the block (an output is
+        hashed again as the next stage's dep): for a block that writes none of them."""
         if self._local.held is not None:  # nested: the outer block writes
             yield
             return
         self._local.held = []
+        self._local.memo = {} if snapshot else None
         try:
             yield
         finally:
-            held, self._local.held = self._local.held, None
+            held, self._local.held, self._local.memo = self._local.held, None, None
             self._store(held)
 
     # --- writes -------------------------------------------------------------------------

@@ -135,6 +135,26 @@ def test_a_batched_block_writes_its_rows_at_its_end_and_other_threads_at_once(db
         other.close()
 
 
+def test_a_snapshot_block_answers_each_path_once_and_only_in_its_own_thread(cache: StateCache, tmp_path: Path) -> None:
+    f = write(tmp_path / "f", b"one")
+    missing = tmp_path / "missing"
+    with cache.batched(snapshot=True):
+        assert cache.hash_path(f) == xxh(b"one")
+        assert cache.hash_path(missing) is None
+        write(f, b"three", OLD + 1)
+        missing.write_bytes(b"now")
+        assert cache.hash_path(f) == xxh(b"one")  # the block's view: one stat and hash per path
+        assert cache.hash_path(missing) is None
+        assert cache.reads == 1
+        with ThreadPoolExecutor(1) as pool:  # another thread sees the files as they are
+            assert pool.submit(cache.hash_path, f).result() == xxh(b"three")
+    assert cache.hash_path(f) == xxh(b"three")
+    assert cache.hash_path(missing) == xxh(b"now")
+    with cache.batched():  # no snapshot: each call looks again
+        write(f, b"fourth", OLD + 2)
+        assert cache.hash_path(f) == xxh(b"fourth")
+
+
 def test_size_change_is_a_new_digest(cache: StateCache, db: Path, tmp_path: Path) -> None:
     f = write(tmp_path / "f", b"one")
     cache.hash_file(f)
