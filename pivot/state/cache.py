@@ -9,7 +9,9 @@ Layout (digests are those of `pivot.state.hashing`)::
 
 Store: a file is copied into a temp file inside the cache (reflink when the file system
 can, else a streaming copy) and the digest is computed from the bytes of that copy, never
-from an earlier hash of the source that may be stale. The temp is then renamed to its
+from an earlier hash of the source that may be stale. A small file (up to 1 MiB) is read
+whole and hashed first, then written from those same bytes only when its object is
+missing. The temp is then renamed to its
 object path; if that object already exists the temp is dropped, so storing the same
 content twice leaves one object, untouched. A directory stores each file, then writes its
 manifest `{"version": 1, "entries": [[relative posix path, file digest], …]}` the same way.
@@ -87,6 +89,8 @@ _MANIFEST_VERSION = 1
 # xxh3-128 hex (hashing.py). Only the length tells a directory digest ("d" + 32 hex) from
 # a file digest that happens to start with "d" (one in 16 do). Hex only, so a digest read
 # from a tampered lock file cannot name a path outside the cache.
+# Files up to this size are read whole when stored (`_store_bytes`).
+_SMALL_FILE = 1 << 20
 _FILE_DIGEST_RE = re.compile(r"[0-9a-f]{32}")
 _DIR_DIGEST_RE = re.compile(r"d[0-9a-f]{32}")
 _SHARD_RE = re.compile(r"[0-9a-f]{2}")
@@ -232,12 +236,20 @@ class ContentCache:
 
     def _store_file(self, src: Path) -> str:
         # Checked before opening too: opening a FIFO for reading would block.
-        if not stat.S_ISREG(os.stat(src).st_mode):
+        st = os.stat(src)
+        if not stat.S_ISREG(st.st_mode):
             raise NotStorable(f"cannot cache {src}: not a regular file or directory")
-        self._tmp.mkdir(parents=True, exist_ok=True)
         with open(src, "rb") as fin:
             if not stat.S_ISREG(os.fstat(fin.fileno()).st_mode):
                 raise NotStorable(f"cannot cache {src}: not a regular file or directory")
+            if st.st_size <= _SMALL_FILE:
+                # Read whole and hashed first: content cached already (a stage run again
+                # that writes what it wrote before) costs no temp file at all.
+                data = fin.read(_SMALL_FILE + 1)
+                if len(data) <= _SMALL_FILE:  # else it grew meanwhile: streamed below
+                    return self._store_bytes(data)
+                fin.seek(0)
+            self._tmp.mkdir(parents=True, exist_ok=True)
             tmp, fout = _create_temp(self._tmp)
             try:
                 with fout:
@@ -249,6 +261,26 @@ class ContentCache:
             except BaseException:
                 _unlink_quietly(tmp)
                 raise
+        return digest
+
+    def _store_bytes(self, data: bytes) -> str:
+        digest = xxhash.xxh3_128_hexdigest(data)
+        final = self.object_path(digest)
+        if final.exists():
+            return digest
+        self._tmp.mkdir(parents=True, exist_ok=True)
+        tmp, fout = _create_temp(self._tmp)
+        try:
+            with fout:
+                fout.write(data)
+                os.fchmod(fout.fileno(), _OBJECT_MODE)
+                if self.fsync:
+                    fout.flush()
+                    os.fsync(fout.fileno())
+            self._publish(tmp, final)
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
         return digest
 
     def _store_dir(self, root: Path) -> str:

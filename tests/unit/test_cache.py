@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ from pivot.state.cache import (
     SourceChanged,
     reflink_or_copy,
 )
-from pivot.state.hashing import hash_path
+from pivot.state.hashing import hash_file, hash_path
 
 # --- helpers --------------------------------------------------------------------------------
 
@@ -160,6 +161,25 @@ def test_idempotent_store_keeps_one_untouched_object(cache: ContentCache, tmp_pa
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
     assert [p for p, _ in cache.all_objects()] == [obj]
     assert list((cache.cache_dir / "tmp").iterdir()) == []  # the duplicate temps were dropped
+
+
+@pytest.mark.parametrize("size", [0, 11, 1 << 20, (1 << 20) + 1, 3 << 20])
+def test_a_file_of_any_size_stores_as_its_bytes_and_once_cached_writes_nothing(
+    cache: ContentCache, tmp_path: Path, size: int,
+) -> None:
+    data = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    (tmp_path / "f").write_bytes(data)
+    digest = cache.store(tmp_path / "f")
+    assert digest == hash_file(tmp_path / "f")
+    obj = cache.object_path(digest)
+    assert obj.read_bytes() == data
+    shutil.rmtree(cache.cache_dir / "tmp")
+    before = os.stat(obj)
+    assert cache.store(tmp_path / "f") == digest
+    after = os.stat(obj)
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    # Up to 1 MiB the bytes are hashed before any copy: a cached content makes no temp.
+    assert (cache.cache_dir / "tmp").exists() == (size > 1 << 20)
 
 
 def test_idempotent_directory_store(cache: ContentCache, tmp_path: Path) -> None:
