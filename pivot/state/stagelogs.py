@@ -16,7 +16,7 @@ import os
 import time
 from pathlib import Path
 
-from pivot.state.atomic import write_atomic
+from pivot.state.atomic import replace_small, write_atomic
 from pivot.state.lock import stage_file
 
 __all__ = ["finish_log", "keep_log", "note_restored", "older_segment", "running_log_parts", "running_log_path", "stage_log_path"]
@@ -84,7 +84,7 @@ def finish_log(
                 out.write(b"\n")
             out.write(_tail(error))
         tmp.chmod(0o644)
-        os.replace(tmp, path)
+        replace_small(tmp, path)
         if run_log is not None and status == "ran":
             _link_or_copy(path, run_log)
     except OSError:  # losing a log copy must not fail the stage
@@ -106,7 +106,7 @@ def _link_or_copy(path: Path, dest: Path) -> None:
         import shutil
 
         shutil.copyfile(path, tmp)
-    os.replace(tmp, dest)
+    replace_small(tmp, dest)
 
 
 def keep_log(root: Path, stage: str, status: str, reason: str, error: str | None, run_log: Path | None = None) -> None:

@@ -3,12 +3,14 @@ temp file left behind."""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
 
 import pytest
 
+from pivot.state import atomic
 from pivot.state.atomic import write_atomic
 
 
@@ -39,3 +41,31 @@ def test_a_failed_write_leaves_the_old_content_and_no_temp_file(tmp_path: Path) 
             assert path.read_bytes() == b"old"
     finally:
         os.chmod(tmp_path, 0o700)
+
+
+def test_a_replaced_file_stays_whole_for_its_other_names_and_readers(tmp_path: Path) -> None:
+    """Swapped in (pivot/state/atomic.py `replace_small`), not rewritten: a hard link to
+    the old file (a log kept beside its run-cache entry) and a reader that opened it keep
+    the old content."""
+    path = tmp_path / "s.log"
+    write_atomic(path, b"first run\n")
+    os.link(path, tmp_path / "kept.log")
+    with open(path, "rb") as reader:
+        write_atomic(path, b"second run\n")
+        assert reader.read() == b"first run\n"
+    assert path.read_bytes() == b"second run\n"
+    assert (tmp_path / "kept.log").read_bytes() == b"first run\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.log", "s.log"]
+
+
+def test_a_file_system_that_cannot_swap_gets_plain_renames(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(a: object, b: object) -> None:  # as renameat2 on a file system without RENAME_EXCHANGE
+        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+
+    monkeypatch.setattr(atomic, "_exchange", refuse)
+    path = tmp_path / "lock.json"
+    write_atomic(path, b"old")
+    write_atomic(path, b"new")
+    assert path.read_bytes() == b"new"
+    assert atomic._exchange is None  # not tried again in this process
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lock.json"]
