@@ -76,7 +76,14 @@ from pivot.runtime.lease import LEASE_NAME
 from pivot.runtime.preload import serve_loaders, warm_up
 from pivot.state.lock import LockPrefetch, read_lock
 from pivot.state.outputs import ProjectState
-from pivot.state.plan import DepProducers, Prepared, dep_producers, plan_wave, prepare
+from pivot.state.plan import (
+    DepProducers,
+    Prepared,
+    dep_producers,
+    plan_wave,
+    prepare,
+    prepare_quickly,
+)
 from pivot.state.reasons import ReasonCode
 from pivot.transport.curve import ClientKeys
 from pivot.transport.greet import BrokerRefused, NoBroker, greet
@@ -446,7 +453,8 @@ class PoolService:
             self._decide(self.attempts[job.attempt])
 
     def _decide(self, attempt: Attempt) -> None:
-        """Skip, restore or run: decided in a thread (hashes, lock, run cache)."""
+        """Skip, restore or run: decided here when that takes little I/O (small files to
+        hash, nothing to restore: `prepare_quickly`), else in a thread."""
         assert self.manifest is not None
         job = attempt.job
         attempt.phase = Phase.DECIDING
@@ -456,6 +464,13 @@ class PoolService:
             self._report(job.attempt, Result(Status.FAILED, ReasonCode.FAILED, msg))
             return
         producers = self.producers
+        try:
+            quick = prepare_quickly(self.state, spec, force=job.force, producers=producers)
+        except Exception:  # said by `prepare` in the thread, which meets it again
+            quick = None
+        if quick is not None:
+            self._on_decision(job.attempt, quick)
+            return
         self._in_thread(
             "decided", job.attempt,
             lambda: prepare(self.state, spec, force=job.force, producers=producers),
@@ -597,6 +612,10 @@ class PoolService:
             if a.cancel is None:
                 log.exception("deciding %s failed", a.stage)
             decided = exc
+        self._on_decision(attempt, decided)
+
+    def _on_decision(self, attempt: str, decided: Prepared | BaseException) -> None:
+        a = self.attempts[attempt]
         result = after_decision(a, decided)
         if result is not None:
             self._report(attempt, result)

@@ -20,10 +20,12 @@ from pivot.state.outputs import ProjectState, preserve, restore
 from pivot.state.reasons import Reason, ReasonCode
 from pivot.state.runcache import run_key
 from pivot.state.stagelogs import note_restored
+from pivot.state.statecache import NeedsRead
 
-__all__ = ["Prepared", "dep_producers", "plan_wave", "prepare", "restorable"]
+__all__ = ["Prepared", "dep_producers", "plan_wave", "prepare", "prepare_quickly", "restorable"]
 
 DepProducers = Mapping[str, Mapping[str, frozenset[str]]]  # stage -> dep -> producing stages
+QUICK_READ_BYTES = 256 * 1024  # read in the pool's loop: ~0.1 ms from the page cache here
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,30 @@ def restorable(state: ProjectState, spec: StageSpec, key: str) -> dict[str, str]
     if not all(state.cache.has(digest) for digest in outs.values()):
         return None
     return outs
+
+
+def prepare_quickly(
+    state: ProjectState, spec: StageSpec, *, force: bool = False, producers: DepProducers | None = None,
+) -> Prepared | None:
+    """`prepare`'s answer when it takes little I/O: no file to read larger than
+    QUICK_READ_BYTES (a file whose stat matches its row in the state cache is not read;
+    an upstream output written a moment ago is), no folder to walk, nothing to restore
+    from the run cache. None otherwise: `prepare` then, in a thread. For the pool's loop,
+    which must not wait on I/O (a thread's handoff was 0.7 ms of a stage's 2.5 here)."""
+    try:
+        with state.hashes.reading_at_most(QUICK_READ_BYTES):
+            decision = decide(
+                state.root, spec, state.hashes, force=force,
+                producers=producers.get(spec.name) if producers else None,
+            )
+    except NeedsRead:
+        return None
+    if not decision.run or decision.missing_deps:
+        return Prepared(decision)
+    key = run_key(spec, decision.dep_hashes)
+    if not force and not spec.always and restorable(state, spec, key) is not None:
+        return None  # placing files is I/O
+    return Prepared(decision, key)
 
 
 def prepare(

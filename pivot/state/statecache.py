@@ -79,7 +79,7 @@ from types import TracebackType
 
 from pivot.state import hashing
 
-__all__ = ["StateCache", "racy_window_ns"]
+__all__ = ["NeedsRead", "StateCache", "racy_window_ns"]
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +145,10 @@ def _primary_code(exc: sqlite3.Error) -> int | None:
     return None if code is None else int(code) & 0xFF
 
 
+class NeedsRead(Exception):
+    """In a `reading_at_most()` block: answering needs a larger read or a folder's walk."""
+
+
 class _Local(threading.local):
     conn: sqlite3.Connection | None = None
     pid = 0
@@ -152,6 +156,7 @@ class _Local(threading.local):
     inode = 0  # of the database file this connection opened
     held: list[tuple[str, int, int, int, str, int]] | None = None  # rows of a `batched()` block
     memo: dict[str, str | None] | None = None  # path -> digest in a `batched(snapshot=True)` block
+    max_read: int | None = None  # in a `reading_at_most()` block: the largest file it reads
 
 
 class StateCache:
@@ -210,12 +215,15 @@ class StateCache:
         try:
             st = os.stat(path)
             if stat.S_ISDIR(st.st_mode):
+                if self._local.max_read is not None:
+                    raise NeedsRead(os.fspath(path))
                 return hashing.dir_digest(hashing.dir_entries(Path(path), self))
             fs_path = os.fspath(path)
             digest, row = self._digest(self._key(fs_path), fs_path, st)
         except (FileNotFoundError, NotADirectoryError):
             return None
-        if row is not None:
+        # Not in a `reading_at_most` block: its caller must not wait on another writer.
+        if row is not None and self._local.max_read is None:
             self._store([row])
         return digest
 
@@ -360,6 +368,8 @@ class StateCache:
     ) -> tuple[str, tuple[str, int, int, int, str, int] | None]:
         """The digest of one file and the row to store (None when nothing is to be stored)."""
         if not stat.S_ISREG(st.st_mode):  # fifos, devices, directories: never cached
+            if self._local.max_read is not None:
+                raise NeedsRead(fs_path)
             return self._read(fs_path), None
         rows = self._loaded_rows()
         row = rows.get(key)
@@ -370,6 +380,9 @@ class StateCache:
             rows[key] = row
             if _trusted(row, st):
                 return row[3], None
+        limit = self._local.max_read
+        if limit is not None and st.st_size > limit:
+            raise NeedsRead(fs_path)
         hashed_at_ns = self._clock()  # before reading: a write during the read is caught
         digest = self._read(fs_path)
         row = (st.st_ino, st.st_size, st.st_mtime_ns, digest, hashed_at_ns)
@@ -405,6 +418,18 @@ class StateCache:
             self._failed(exc, "reading the state cache")
             return None
         return found
+
+    @contextlib.contextmanager
+    def reading_at_most(self, size: int) -> Iterator[None]:
+        """Hashes in the block (this thread's) read no file larger than `size` bytes (a
+        file whose stat matches its row is not read at all); a larger one, a folder to
+        walk or a fifo raises NeedsRead: for a caller that must not wait on I/O, such as
+        the pool's loop."""
+        before, self._local.max_read = self._local.max_read, size
+        try:
+            yield
+        finally:
+            self._local.max_read = before
 
     @contextlib.contextmanager
     def batched(self, snapshot: bool = False) -> Iterator[None]:

@@ -12,7 +12,7 @@ from pivot.pipeline.manifest import Manifest, StageSpec
 from pivot.state.hashing import hash_path
 from pivot.state.lock import StageLock, read_lock, write_lock
 from pivot.state.outputs import ProjectState, commit, preserve, restore
-from pivot.state.plan import dep_producers, plan_wave, prepare
+from pivot.state.plan import QUICK_READ_BYTES, dep_producers, plan_wave, prepare, prepare_quickly
 from pivot.state.reasons import ReasonCode
 from pivot.state.runcache import RunCache, run_key
 
@@ -157,6 +157,24 @@ def test_force_and_stages_without_outputs_never_restore(state: ProjectState) -> 
     ran(state, changed, {})
     back = prepare(state, no_outs)
     assert back.decision.run and back.restored is None
+
+
+def test_a_quick_decision_is_prepares_own_or_none_when_it_would_wait_on_io(state: ProjectState) -> None:
+    """The pool's loop decides in place what takes little I/O; else `prepare`, in a thread."""
+    first = spec()
+    ran(state, first, {"out.txt": "lr 0.1\n"})
+    for force in (False, True):
+        assert prepare_quickly(state, first, force=force) == prepare(state, first, force=force)
+    assert prepare_quickly(state, spec(params={"lr": 0.3})) == prepare(state, spec(params={"lr": 0.3}))
+    ran(state, spec(params={"lr": 0.2}), {"out.txt": "lr 0.2\n"})
+    assert prepare_quickly(state, first) is None  # a restore places files
+    assert (state.root / "out.txt").read_text() == "lr 0.2\n"  # and it wrote nothing
+    assert prepare(state, first).restored is not None
+    (state.root / "big.bin").write_bytes(b"x" * (QUICK_READ_BYTES + 1))
+    (state.root / "folder").mkdir()
+    os.mkfifo(state.root / "fifo")
+    for dep in ("big.bin", "folder", "fifo"):  # a read too large, a walk, a read that blocks
+        assert prepare_quickly(state, spec(name=dep, deps=(dep,), outs=(f"{dep}.out",))) is None, dep
 
 
 def test_a_hand_edit_is_saved_before_a_restore_overwrites_it(state: ProjectState) -> None:

@@ -155,6 +155,25 @@ def test_a_snapshot_block_answers_each_path_once_and_only_in_its_own_thread(cach
         assert cache.hash_path(f) == xxh(b"fourth")
 
 
+def test_a_bounded_block_reads_small_files_only_and_stores_nothing(cache: StateCache, db: Path, tmp_path: Path) -> None:
+    small, big = write(tmp_path / "small", b"s" * 100), write(tmp_path / "big", b"b" * 5000)
+    (tmp_path / "folder").mkdir()
+    os.mkfifo(tmp_path / "fifo")  # reading it would block the caller forever
+    with cache.reading_at_most(1000):
+        assert cache.hash_path(small) == xxh(b"s" * 100)
+        for path in (big, tmp_path / "folder", tmp_path / "fifo"):
+            with pytest.raises(statecache.NeedsRead):
+                cache.hash_path(path)
+        assert cache.hash_path(tmp_path / "missing") is None
+    assert StateCache(db).recorded(small) is None  # nothing written from the block
+    assert cache.hash_path(big) == xxh(b"b" * 5000)  # outside: read, and its row stored
+    with cache.reading_at_most(0):  # a file whose stat matches its row is not read
+        assert cache.hash_path(big) == xxh(b"b" * 5000)
+        with ThreadPoolExecutor(1) as pool:  # the bound is this thread's
+            assert pool.submit(cache.hash_path, tmp_path / "folder").result() is not None
+    assert cache.reads == 2
+
+
 def test_size_change_is_a_new_digest(cache: StateCache, db: Path, tmp_path: Path) -> None:
     f = write(tmp_path / "f", b"one")
     cache.hash_file(f)
