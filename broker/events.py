@@ -54,6 +54,7 @@ class PoolJoined(Record):
     host: str = ""
     pid: int = 0
     running: tuple[tuple[str, str], ...] = ()  # (attempt, stage) still in flight at hello
+    queue: int = 0  # stages it holds decided beyond its slots
 
 
 @record

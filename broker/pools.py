@@ -44,11 +44,17 @@ class PoolInfo:
     current: bool = False
     manifest: Manifest | None = None
     mismatched: frozenset[str] = frozenset()
+    queue: int = 0  # attempts it takes beyond its slots, held decided until a worker frees
 
     def free(self) -> int:
+        """Attempts it takes now: its free slots, then its queue's room."""
         if self.leaving or not self.current:
             return 0
-        return self.slots - len(self.attempts) - len(self.foreign)
+        return self.slots + self.queue - len(self.attempts) - len(self.foreign)
+
+    def idle(self) -> bool:
+        """A slot of its is free: a stage given now starts at once."""
+        return self.free() > self.queue
 
     def takes(self, stage: str, tags: frozenset[str]) -> bool:
         """Whether `stage` (needing `tags`) may run here, slots aside."""
@@ -195,7 +201,7 @@ class PoolTable:
 
     def validate(self) -> None:
         for name, pool in self._pools.items():
-            assert len(pool.attempts) + len(pool.foreign) <= pool.slots, f"pool {name} over its slots"
+            assert len(pool.attempts) + len(pool.foreign) <= pool.slots + pool.queue, f"pool {name} over its slots"
             assert not pool.attempts & set(pool.foreign), f"pool {name}: an attempt both its own and foreign"
         for name, fenced in self._fenced.items():
             live = self._pools.get(name)

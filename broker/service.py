@@ -446,7 +446,7 @@ class BrokerService:
             self._feed(
                 PoolJoined(
                     pool, msg.slots, now, msg.incarnation, frozenset(msg.tags), msg.host, msg.pid,
-                    tuple(msg.running.items()),
+                    tuple(msg.running.items()), max(0, msg.queue),
                 )
             )
             return
@@ -644,7 +644,9 @@ class BrokerService:
             rows.append({
                 "role": "pool", "name": name, "pid": pool.pid, "host": pool.host,
                 "uptime_s": round(now - pool.joined, 1), "slots": pool.slots,
-                "busy": len(pool.attempts), "tags": sorted(pool.tags),
+                # It runs up to `slots` of its attempts; the others wait in its queue.
+                "busy": min(len(pool.attempts), pool.slots),
+                "queued": max(0, len(pool.attempts) - pool.slots), "tags": sorted(pool.tags),
                 # Whether its own manifest was checked against the engine's, and the
                 # stages it loaded other code for (it gets none of those).
                 "current": pool.current, "mismatched": sorted(pool.mismatched),

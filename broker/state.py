@@ -236,7 +236,7 @@ class BrokerState:
         new = PoolInfo(
             max(1, event.slots), event.now, event.now, attempts=ours, incarnation=event.incarnation,
             tags=event.tags, host=event.host, pid=event.pid, joined=event.now,
-            foreign={a: s for a, s in running.items() if a not in ours},
+            foreign={a: s for a, s in running.items() if a not in ours}, queue=event.queue,
         )
         if same and old is not None:  # the same process: its manifest has not changed
             new.manifest, new.current, new.mismatched = old.manifest, old.current, old.mismatched
@@ -486,7 +486,10 @@ class BrokerState:
             if stage in busy:
                 continue  # an attempt from before a broker restart still runs it
             tags = self._tags(stage)
-            name = next((n for n in free if self.pools[n].takes(stage, tags)), None)
+            # A free slot anywhere first; a pool's queue only when no pool that takes it
+            # has one (two stages that must run side by side would wait in one queue).
+            takers = [n for n in free if self.pools[n].takes(stage, tags)]
+            name = next((n for n in takers if self.pools[n].idle()), takers[0] if takers else None)
             if name is None:
                 self._no_pool(stage, tags)
                 continue
@@ -497,8 +500,12 @@ class BrokerState:
             self.attempt_count += 1
             attempt = f"{self.broker_id}w{wave.number}-{self.attempt_count}"
             wave.running[attempt] = stage
-            self.pools[name].attempts.add(attempt)
-            self._set_view(stage, Status.RUNNING, "", "", 0.0)
+            pool = self.pools[name]
+            pool.attempts.add(attempt)
+            if len(pool.attempts) > pool.slots:  # beyond its slots: held in its queue
+                self._set_view(stage, Status.PENDING, "", f"queued on pool {name}", 0.0)
+            else:
+                self._set_view(stage, Status.RUNNING, "", "", 0.0)
             self._send(name, RunStage(wave.number, stage, attempt, wave.force))
             if self.wave is None:
                 return
@@ -536,13 +543,25 @@ class BrokerState:
         if not wave.keep_going:
             wave.halted = True
             self._cancel_rest()
+            self._cancel_unstarted(f"not started: {stage} failed")
         self._maybe_finish_wave()
+
+    def _cancel_unstarted(self, why: str) -> None:
+        """Nothing new starts: attempts given to a pool that has not started them (held in
+        its queue, or being decided) are cancelled there; started ones run on."""
+        wave = self.wave
+        assert wave is not None
+        for name, pool in self.pools.items():
+            for attempt in sorted(pool.attempts):
+                if attempt in wave.running and attempt not in wave.started:
+                    self._send(name, CancelStage(attempt, why))
 
     def _stage_running(self, event: StageRunningReported) -> None:
         wave = self.wave
         if wave is None or event.attempt not in wave.running:
             return
         stage = wave.running[event.attempt]
+        wave.started.add(event.attempt)
         self._set_view(stage, Status.RUNNING, event.reason_code, event.reason, 0.0)
         self.view.started(stage)
         self._publish(StageStarted(wave.number, stage, event.reason_code, event.reason, event.details))
@@ -607,6 +626,7 @@ class BrokerState:
             if not wave.keep_going:
                 wave.halted = True
                 self._cancel_rest()
+                self._cancel_unstarted(f"not started: {stage} failed")
         self._maybe_finish_wave()
 
     def _restarted(self, wave: Wave, stage: str, event: ResultReceived) -> bool:
@@ -930,6 +950,7 @@ class BrokerState:
             for stage in wave.unstarted():
                 self._finish(stage, Status.CANCELLED, ReasonCode.CANCELLED, "not started: Pivot is stopping", 0.0, None)
             wave.ready.clear()
+            self._cancel_unstarted("not started: Pivot is stopping")
             self._maybe_finish_wave()
         self._shutdown_deadlines(event.now)
 

@@ -27,6 +27,7 @@ class Wave:
     waiting: dict[str, int]  # stage -> upstream stages in the wave not yet finished
     ready: list[str] = field(default_factory=list)
     running: dict[str, str] = field(default_factory=dict)  # attempt -> stage
+    started: set[str] = field(default_factory=set)  # attempts whose pool said it runs them
     done: dict[str, str] = field(default_factory=dict)  # stage -> final status
     halted: bool = False  # fail-fast tripped: dispatch nothing new
     planner: str | None = None  # the pool asked which stages are up to date; None = not waiting

@@ -2,9 +2,10 @@
 its phase, instead of parallel maps.
 
     WAITING  --pipeline loaded-->  DECIDING  --stale-->  RUNNING (on a worker)
-       \\                              \\                    \\
-        +-- failed / cancelled          +-- skipped, restored, failed, cancelled
-                                                             +-- its outcome, or lost
+       \\                              \\      \\               \\
+        +-- failed / cancelled          \\      +-> QUEUED -->   +-- its outcome, or lost
+                                         \\    (every worker busy; a cancel ends it there)
+                                          +-- skipped, restored, failed, cancelled
 
 A cancel is either *hard* (`cancel`: the attempt is reported cancelled whatever its run
 returns; its worker was killed, or it never reached one) or *soft* (`stop`: the stage
@@ -16,8 +17,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pivot.protocol.messages import RunStage
+
+if TYPE_CHECKING:
+    from pivot.state.plan import Prepared
 
 __all__ = ["Attempt", "Phase", "validate"]
 
@@ -25,6 +30,7 @@ __all__ = ["Attempt", "Phase", "validate"]
 class Phase(enum.Enum):
     WAITING = "waiting"  # dispatched before this pool's pipeline loaded
     DECIDING = "deciding"  # skip, restore or run: decided in a thread
+    QUEUED = "queued"  # decided to run, waiting for a free worker (`held`)
     RUNNING = "running"  # handed to a worker
 
 
@@ -38,6 +44,7 @@ class Attempt:
     worker_pid: int = 0  # (stop) the worker running it, once known
     generation: int = -1  # (running) the workers' generation running it
     dead_pid: int | None = None  # (running, after loky broke) its worker's pid if dead, else 0
+    held: Prepared | None = None  # (queued) its decision
 
     @property
     def stage(self) -> str:
@@ -50,6 +57,7 @@ def validate(attempts: dict[str, Attempt], unacked: set[str]) -> None:
         assert a.job.attempt == name, f"{name}: filed under another attempt's name"
         assert name not in unacked, f"{name}: in flight and its result already sent"
         assert (a.generation >= 0) == (a.phase is Phase.RUNNING), f"{name}: a generation but not running"
+        assert (a.held is not None) == (a.phase is Phase.QUEUED), f"{name}: a held decision but not queued"
         if a.stop is not None:
             assert a.phase is Phase.RUNNING and a.cancel is None, f"{name}: a soft stop of {a.phase}"
         if a.dead_pid is not None:

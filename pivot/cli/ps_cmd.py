@@ -35,6 +35,8 @@ def ps(broker: str | None, key: Path | None, broker_key: Path | None, as_json: b
         if p.get("role") == "pool":
             tags = ",".join(p.get("tags") or []) or "-"
             details = f"slots {p.get('slots')}, busy {p.get('busy')}, tags {tags}"
+            if p.get("queued"):
+                details += f", {p.get('queued')} queued"
             other = p.get("mismatched") or []
             if other:  # another checkout or Python: it gets none of these stages
                 shown = ", ".join(str(s) for s in other[:5]) + (" ..." if len(other) > 5 else "")

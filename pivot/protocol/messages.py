@@ -165,10 +165,12 @@ class Refused(Message):
 @record
 class PoolHello(Message):
     """Pool -> broker, first message on the work link, and again after a silence of the
-    broker (it may have restarted). `slots` = stages it runs at once; `incarnation` is
-    new at every start of the pool; a stage with tags goes only to a pool with all of
-    them; `running` maps the attempts still in flight (from before a broker restart) to
-    their stages: the broker starts no other attempt of those until they end."""
+    broker (it may have restarted). `slots` = stages it runs at once; `queue` = stages
+    more it takes, decided and held until one of its workers frees (the next stage
+    starts without a round trip to the broker); `incarnation` is new at every start of
+    the pool; a stage with tags goes only to a pool with all of them; `running` maps the
+    attempts still in flight (from before a broker restart) to their stages: the broker
+    starts no other attempt of those until they end."""
 
     TAG: ClassVar[str] = "pool_hello"
     pool: str
@@ -178,6 +180,7 @@ class PoolHello(Message):
     host: str = ""
     tags: list[str] = field(default_factory=list)
     running: dict[str, str] = field(default_factory=dict)
+    queue: int = 0
 
 
 @record

@@ -27,6 +27,7 @@ or comments say what used to go wrong.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import signal
@@ -814,6 +815,102 @@ def test_a_code_edit_during_a_long_stage_cancels_the_wave_and_reruns_on_new_code
     assert runs(root)["fast-v2:"] == 1 and runs(root)["fast-v1:"] == 0, runs(root)
     assert runs(root)["slow"] == 2
     stop(live, root)
+
+
+# -j 1: `slow` runs; the pool takes one stage more (`queue`), held decided until its
+# worker frees, and the broker keeps the rest.
+QUEUE_BODY = """\
+@stage(outs=["slow.out"])
+def slow() -> None:
+    record("slow")
+    deadline = time.monotonic() + 30
+    while not os.path.exists("go"):
+        if time.monotonic() > deadline:
+            raise TimeoutError("go never appeared")
+        time.sleep(0.02)
+    write("slow.out", "slow\\n")
+
+
+@stage(outs=["qa.out"])
+def qa() -> None:
+    record("qa-" + helpers.tag(""))
+    write("qa.out", "qa\\n")
+
+
+@stage(outs=["qb.out"])
+def qb() -> None:
+    record("qb-" + helpers.tag(""))
+    write("qb.out", "qb\\n")
+"""
+
+
+def pool_queue(root: Path) -> int:
+    """Stages the engine's pools hold beyond their slots (`pivot ps`)."""
+    ps = run_pivot(root, "ps", "--json", timeout=WAIT_S)
+    assert ps.returncode == 0, describe(ps)
+    return sum(int(p.get("queued", 0)) for p in json.loads(ps.stdout)["processes"] if p["role"] == "pool")
+
+
+def most_running_at_once(events: Events) -> int:
+    running: set[str] = set()
+    most = 0
+    for e in events:
+        if e["event"] == "stage_started":
+            running.add(e["stage"])
+            most = max(most, len(running))
+        elif e["event"] == "stage_finished":
+            running.discard(e["stage"])
+    return most
+
+
+def test_a_stage_queued_in_its_pool_starts_only_on_a_free_worker_and_a_cancel_ends_it_unrun(
+    make_project: MakeProject, up: StartUp
+) -> None:
+    root = make_project({**BOOKKEEPING, "pipeline.py": pipeline(QUEUE_BODY), "helpers.py": HELPERS_PY,
+                         "probe.txt": "p\n"})
+    live = up(root, "-j", "1")
+    wait_for(lambda: runs(root)["slow"] == 1, WAIT_S, "slow to run in its worker")
+
+    wait_for(lambda: pool_queue(root) == 1, WAIT_S, "the pool to hold one stage beyond its slot")
+    live.wait_watching(root)
+    start = live.mark()
+    edit(root / "helpers.py", 'return "v1:" + text.strip()', 'return "v2:" + text.strip()')
+    end = live.wait_event(
+        lambda e: e["event"] == "wave_finished" and e["wave"] == 1, WAIT_S, "wave 1 to end", start
+    )
+    events = live.since(0)
+    wave1 = events[: next(i for i, e in enumerate(events) if e is end) + 1]
+    check_wave_contract(wave1)
+    assert statuses(wave1) == {"probe": "ran", "slow": "cancelled", "qa": "cancelled", "qb": "cancelled"}, wave1
+    assert [e["stage"] for e in wave1 if e["event"] == "stage_started"] == ["probe", "slow"], wave1
+    (root / "go").write_text("")
+    wave = next_wave(live, start, "the code change")
+    assert statuses(wave) == {"slow": "ran", "qa": "ran", "qb": "ran"}, wave
+    assert most_running_at_once(live.since(0)) == 1
+    assert runs(root)["qa-v2:"] == runs(root)["qb-v2:"] == 1, runs(root)
+    assert runs(root)["qa-v1:"] == runs(root)["qb-v1:"] == 0, runs(root)
+    stop(live, root)
+
+
+def test_a_graceful_stop_cancels_a_queued_stage_at_once_and_lets_the_running_one_finish(
+    make_project: MakeProject, up: StartUp
+) -> None:
+    root = make_project({**BOOKKEEPING, "pipeline.py": pipeline(QUEUE_BODY), "helpers.py": HELPERS_PY,
+                         "probe.txt": "p\n"})
+    live = up(root, "-j", "1", "--grace", "30")
+    wait_for(lambda: runs(root)["slow"] == 1, WAIT_S, "slow to run in its worker")
+    wait_for(lambda: pool_queue(root) == 1, WAIT_S, "the pool to hold one stage beyond its slot")
+    start = live.mark()
+    live.terminate()
+    # Its pool ends the queued stage while its only worker still runs slow.
+    for stage in ("qa", "qb"):
+        done = live.wait_event(lambda e, s=stage: e["event"] == "stage_finished" and e["stage"] == s,
+                               WAIT_S, f"{stage} to be cancelled", start)
+        assert (done["status"], done["reason"]) == ("cancelled", "not started: Pivot is stopping"), done
+    (root / "go").write_text("")
+    assert live.wait_exit(STOP_WITHIN_S) == 0
+    assert statuses(live.since(0))["slow"] == "ran"
+    assert runs(root)["qa-v1:"] == runs(root)["qb-v1:"] == 0, runs(root)
 
 
 # `x` declares `feed`, a FIFO, as a dep: checking whether x is up to date hashes its

@@ -400,6 +400,35 @@ def test_manifest_rejected_publishes_the_error_and_snapshot_keeps_it() -> None:
     assert reply.msg.pipeline_error == PipelineInvalid("pipeline.py failed to import", "Traceback ...")
 
 
+def test_a_pool_takes_its_queue_beyond_its_slots_and_fail_fast_cancels_what_it_has_not_started() -> None:
+    """Queued stages are pending ("queued on pool p2"), not running, until their pool says
+    it runs them; a failure then cancels the attempts their pool has not started."""
+    h = Harness(diamond(), slots=1)
+    h.feed(PoolGone("p1", "gone", leaving=True))  # the harness's own pool: only p2 below
+    h.join("p2", 1, 0.0, queue=1)
+    [(_, first, a1), (_, second, a2)] = dispatched(h.run())
+    assert (first, second) == ("a", "e")  # its slot and its queue; nothing more
+    h.feed(StageRunningReported("p2", a1, "never_ran", "never ran"))
+    [reply] = [c for c in h.feed(SnapshotRequested(CLIENT)) if isinstance(c, Reply)]
+    assert isinstance(reply.msg, Snapshot)
+    assert reply.msg.stages["a"].status == "running"
+    assert (reply.msg.stages["e"].status, reply.msg.stages["e"].reason) == ("pending", "queued on pool p2")
+    commands = h.result(a1, status="failed", pool="p2")
+    cancels = [(c.pool, c.msg.attempt, c.msg.reason) for c in commands
+               if isinstance(c, SendWork) and isinstance(c.msg, CancelStage)]
+    assert cancels == [("p2", a2, "not started: a failed")]
+    assert dispatched(commands) == []
+
+
+def test_a_free_slot_anywhere_comes_before_a_pools_queue() -> None:
+    h = Harness(diamond(), slots=1)
+    h.feed(PoolGone("p1", "gone", leaving=True))
+    h.join("p2", 1, 0.0, queue=1)
+    h.join("p3", 1, 0.0, queue=1)
+    got = dispatched(h.run())
+    assert [(pool, stage) for pool, stage, _ in got] == [("p2", "a"), ("p3", "e")]
+
+
 def test_snapshot_has_every_stage_state_and_the_latest_seq() -> None:
     h = Harness(diamond(), slots=1)
     [(_, _, a)] = dispatched(h.run())

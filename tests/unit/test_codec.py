@@ -125,7 +125,7 @@ SAMPLES: dict[type[Message], Message] = {
     Refused: Refused(code="version", reason="protocol version 3 is not 4", version=4),
     PoolHello: PoolHello(
         pool="pool-1", pid=4242, slots=4, incarnation="77aa", host="gpu-box", tags=["gpu"],
-        running={"a1w3-7": "train"},
+        running={"a1w3-7": "train"}, queue=4,
     ),
     PoolWelcome: PoolWelcome(pool="pool-1", heartbeat_s=0.5, liveness=3, broker="a1b2c3d4e5f6"),
     Heartbeat: Heartbeat(pool="pool-1"),
@@ -322,8 +322,9 @@ def test_wire_tags_are_unique_and_registered() -> None:
 
 GOLDEN_POOL_HELLO = (
     b"\x88\xa1v\x07\xa1k\xaapool_hello\xa2id\xab1a2b-c3d4-1\xa1p\xc0\xa1s\xa6pool-1"
-    b"\xa1n\x00\xa1t\xcbA\xd9T\xfc@\x10\x00\x00\xa1b\x87\xa4pool\xa6pool-1\xa3pid"
+    b"\xa1n\x00\xa1t\xcbA\xd9T\xfc@\x10\x00\x00\xa1b\x88\xa4pool\xa6pool-1\xa3pid"
     b"\xcd\x10\x92\xa5slots\x04\xabincarnation\xa0\xa4host\xa0\xa4tags\x90\xa7running\x80"
+    b"\xa5queue\x00"
 )
 
 GOLDEN_STAGE_FINISHED = (
