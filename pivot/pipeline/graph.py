@@ -11,6 +11,7 @@ import heapq
 from dataclasses import dataclass
 
 from pivot.errors import PipelineError
+from pivot.gcpause import paused
 from pivot.pipeline.manifest import Manifest
 from pivot.pipeline.producers import ProducerIndex
 
@@ -51,6 +52,11 @@ def build_graph(manifest: Manifest) -> StageGraph:
 
     A dependency that no stage produces and that does not exist is no graph error: only
     its stage fails when it must run (`dep_missing`), and everything else works."""
+    with paused():
+        return _build_graph(manifest)
+
+
+def _build_graph(manifest: Manifest) -> StageGraph:
     index = ProducerIndex(manifest)
     upstream: dict[str, set[str]] = {s.name: set() for s in manifest.stages}
     downstream: dict[str, set[str]] = {s.name: set() for s in manifest.stages}

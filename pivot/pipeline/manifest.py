@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pivot.errors import ProtocolError
+from pivot.gcpause import paused
 
 __all__ = ["Manifest", "StageSpec"]
 
@@ -54,6 +55,10 @@ class Manifest:
         distinct `code_parts` map once, in `code_parts`, a row naming it by index. At
         10,000 stages, maps with their field names were 3.3 MB and ~0.1 s to unpack and
         check at each hop (loader -> pool -> broker); rows are 1.2 MB and ~0.02 s."""
+        with paused():
+            return self._to_wire()
+
+    def _to_wire(self) -> dict[str, Any]:
         index: dict[tuple[tuple[str, str], ...], int] = {}
         rows = []
         for s in self.stages:
@@ -73,6 +78,11 @@ class Manifest:
 
     @classmethod
     def from_wire(cls, d: dict[str, Any]) -> Manifest:
+        with paused():
+            return cls._from_wire(d)
+
+    @classmethod
+    def _from_wire(cls, d: dict[str, Any]) -> Manifest:
         try:
             parts = [_str_map(p) for p in _list(d["code_parts"])]
             stages = []

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pivot.errors import PipelineError
+from pivot.gcpause import paused
 from pivot.pipeline import params as params_mod
 from pivot.pipeline.manifest import Manifest, StageSpec
 from pivot.pipeline.paths import normalize
@@ -77,6 +78,11 @@ def build_manifest(root: Path, pivots: set[str] | None = None) -> Manifest:
     # Pivot's and a preloading server's modules: no project module is among them.
     preexisting = set(sys.modules)
     import_pipeline(root)
+    with paused():  # 10,000 stages: ~100,000 new containers (pivot/gcpause.py)
+        return _manifest(root, pivots, preexisting)
+
+
+def _manifest(root: Path, pivots: set[str], preexisting: set[str]) -> Manifest:
     decls = registered()
     if not decls:
         raise PipelineError(f"{PIPELINE_FILE} declares no stages; decorate functions with @stage")
