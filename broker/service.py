@@ -60,6 +60,7 @@ from broker.events import (
 )
 from broker.state import BrokerState
 from pivot.errors import PipelineError, ProtocolError
+from pivot.gcpause import paused
 from pivot.launch.procs import describe_exit
 from pivot.pipeline.graph import build_graph
 from pivot.pipeline.manifest import Manifest
@@ -104,6 +105,9 @@ if TYPE_CHECKING:
     from pivot.transport.curve import ServerKeys
 
 __all__ = ["BrokerIdentity", "BrokerService", "Security"]
+
+# State events sent in one message of the events link, at most (`_send_held`).
+EVENTS_PER_MESSAGE = 1000
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +188,7 @@ class BrokerService:
         self.wake_fds: list[int] = []  # more fds the loop polls; `on_wake` handles them
         self.on_wake: Callable[[int], None] | None = None
         self.on_publish: Callable[[Message], None] | None = None  # sees each state event
+        self._held: list[bytes] | None = None  # state events of the `_feed` under way
         self.local_ps: Callable[[float], list[dict[str, object]]] | None = None  # its own children
         self._stop_addr = f"inproc://broker-stop-{id(self)}"
         self._confirm_addr = f"inproc://broker-confirm-{id(self)}"
@@ -391,8 +396,37 @@ class BrokerService:
                 self._drop("dropped a message: %s", exc)
 
     def _feed(self, event: Event) -> None:
-        for command in self.state.handle(event):
-            self._execute(command)
+        outer = self._held is None
+        if outer:
+            self._held = []
+        try:
+            with paused():  # a wave plan finishes thousands of stages at once (pivot/gcpause.py)
+                for command in self.state.handle(event):
+                    self._execute(command)
+        finally:
+            if outer:
+                self._send_held()
+                self._held = None
+
+    def _send_held(self) -> None:
+        """The state events of the step under way, in messages of up to
+        EVENTS_PER_MESSAGE: a wave plan that skips 10,000 stages was 10,000 sends, each
+        giving the GIL to a display thread in this process (~25 us a send)."""
+        held = self._held
+        if held:
+            for i in range(0, len(held), EVENTS_PER_MESSAGE):
+                self.events.send_multipart([b"state", *held[i : i + EVENTS_PER_MESSAGE]])
+            held.clear()
+
+    def _emit(self, topic: bytes, payload: bytes) -> None:
+        """State events wait for the end of the step (`_feed`); a log line goes at once,
+        after them: one line a message, so that the displays' queue bound
+        (PIVOT_EVENTS_HWM) still counts what a chatty stage prints line by line."""
+        if topic == b"state" and self._held is not None:
+            self._held.append(payload)
+            return
+        self._send_held()
+        self.events.send_multipart([topic, payload])
 
     def _execute(self, command: Command) -> None:
         match command:
@@ -409,7 +443,7 @@ class BrokerService:
                 if isinstance(msg, (WaveStarted, WaveFinished, PipelineLoaded, PipelineInvalid, PoolLost)):
                     log.info("%s %s", msg.TAG, _summary(msg), extra={"wave": getattr(msg, "wave", None)})
             case PublishLog(msg, seq):
-                self.events.send_multipart([b"log", encode(msg, sender=SENDER, seq=seq)])
+                self._emit(b"log", encode(msg, sender=SENDER, seq=seq))
             case Note(text):
                 log.warning("%s", text)
             case LoadOwnManifest():
@@ -424,7 +458,7 @@ class BrokerService:
                 self._checker.submit(paths)
 
     def _send_state(self, msg: Message, seq: int, parent: str | None = None) -> None:
-        self.events.send_multipart([b"state", encode(msg, sender=SENDER, seq=seq, parent=parent)])
+        self._emit(b"state", encode(msg, sender=SENDER, seq=seq, parent=parent))
 
     # --- inbound -------------------------------------------------------------------
 

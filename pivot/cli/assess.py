@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pivot.gcpause import paused
 from pivot.launch.spawn import start_loader
 from pivot.pipeline.graph import StageGraph, build_graph
 from pivot.pipeline.manifest import Manifest
@@ -73,7 +74,7 @@ def assess(
     result: dict[str, StageAssessment] = {}
     read = locks.reader()
     try:
-        with state.hashes.batched(snapshot=True):  # one write for what it hashes again; reads only
+        with state.hashes.batched(snapshot=True), paused():  # one write for what it hashes again; reads only
             for name in graph.order:
                 if name not in wanted:
                     continue

@@ -123,17 +123,15 @@ class EngineClient:
         while (left := deadline - time.monotonic()) > 0:
             if not self.sub.poll(int(left * 1000) + 1):
                 break
-            env = self._recv_event()
-            if env is not None and isinstance(env.msg, EventsWelcome):
+            if any(isinstance(env.msg, EventsWelcome) for env in self._recv_events()):
                 return self._resync()
         raise InfraError(f"no welcome from the broker's event socket within {timeout:.0f} s")
 
-    def _recv_event(self) -> Envelope | None:
+    def _recv_events(self) -> list[Envelope]:
+        """One message of the events link: its topic, then one or more envelopes."""
         frames = self.sub.recv_multipart()
         self.last_heard = time.monotonic()
-        if len(frames) != 2:
-            return None
-        return decode_or_log(frames[1], "events")
+        return [env for frame in frames[1:] if (env := decode_or_log(frame, "events")) is not None]
 
     def _resync(self) -> Snapshot:
         snap = self.snapshot()
@@ -166,35 +164,37 @@ class EngineClient:
                     raise BrokerSilent(f"the broker has been silent for {BROKER_SILENCE_S:.0f} s")
                 yield None
                 continue
-            env = self._recv_event()
-            if env is None:
-                continue
-            msg = env.msg
-            if isinstance(msg, EventsWelcome):
-                continue
-            if isinstance(msg, BusTick):
-                if msg.log_seq > self.last_log_seq:
-                    self.dropped_logs += msg.log_seq - self.last_log_seq
-                    self.last_log_seq = msg.log_seq
-                if msg.seq > self.last_seq:
-                    self.missed += msg.seq - self.last_seq
-                    yield self._resync()
-                continue
-            if msg.TAG == "log":
-                if env.seq <= self.last_log_seq:
-                    continue
-                self.dropped_logs += env.seq - self.last_log_seq - 1
-                self.last_log_seq = env.seq
-                yield env
-                continue
-            if env.seq <= self.last_seq:
-                continue  # already covered by a snapshot
-            if env.seq > self.last_seq + 1:
-                self.missed += env.seq - self.last_seq - 1
+            for env in self._recv_events():
+                yield from self._follow(env)
+
+    def _follow(self, env: Envelope) -> Iterator[Envelope | Snapshot]:
+        """What one event means for the caller: itself, a snapshot after a gap, or nothing."""
+        msg = env.msg
+        if isinstance(msg, EventsWelcome):
+            return
+        if isinstance(msg, BusTick):
+            if msg.log_seq > self.last_log_seq:
+                self.dropped_logs += msg.log_seq - self.last_log_seq
+                self.last_log_seq = msg.log_seq
+            if msg.seq > self.last_seq:
+                self.missed += msg.seq - self.last_seq
                 yield self._resync()
-                continue
-            self.last_seq = env.seq
+            return
+        if msg.TAG == "log":
+            if env.seq <= self.last_log_seq:
+                return
+            self.dropped_logs += env.seq - self.last_log_seq - 1
+            self.last_log_seq = env.seq
             yield env
+            return
+        if env.seq <= self.last_seq:
+            return  # already covered by a snapshot
+        if env.seq > self.last_seq + 1:
+            self.missed += env.seq - self.last_seq - 1
+            yield self._resync()
+            return
+        self.last_seq = env.seq
+        yield env
 
 
 def _raise_refused(env: Envelope | None) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pivot.gcpause import paused
 from pivot.pipeline.manifest import Manifest, StageSpec
 from pivot.pipeline.producers import ProducerIndex
 from pivot.state.cache import MissingObject
@@ -143,7 +144,7 @@ def plan_wave(
     written by a stage that will run.
     """
     clean: set[str] = set()
-    with state.hashes.batched(snapshot=True):  # decides only: writes no file
+    with state.hashes.batched(snapshot=True), paused():  # decides only: writes no file
         for name in stages:
             spec = manifest.by_name.get(name)
             if spec is None or not clean.issuperset(upstream.get(name, ())):
