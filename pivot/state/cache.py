@@ -268,6 +268,16 @@ class ContentCache:
         final = self.object_path(digest)
         if final.exists():
             return digest
+        tmp = self._temp_with(data)
+        try:
+            self._publish(tmp, final)
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+        return digest
+
+    def _temp_with(self, data: bytes) -> Path:
+        """A temp file in the cache holding `data`, read-only (and synced with `fsync`)."""
         self._tmp.mkdir(parents=True, exist_ok=True)
         tmp, fout = _create_temp(self._tmp)
         try:
@@ -277,11 +287,10 @@ class ContentCache:
                 if self.fsync:
                     fout.flush()
                     os.fsync(fout.fileno())
-            self._publish(tmp, final)
         except BaseException:
             _unlink_quietly(tmp)
             raise
-        return digest
+        return tmp
 
     def _store_dir(self, root: Path) -> str:
         entries = sorted((rel, self._store_file(full)) for rel, full in _walk_files(root))
@@ -293,15 +302,8 @@ class ContentCache:
                 return digest  # already stored; a differing (damaged) manifest is replaced
         except FileNotFoundError:
             pass
-        self._tmp.mkdir(parents=True, exist_ok=True)
-        tmp, fout = _create_temp(self._tmp)
+        tmp = self._temp_with(data)
         try:
-            with fout:
-                fout.write(data)
-                os.fchmod(fout.fileno(), _OBJECT_MODE)
-                if self.fsync:
-                    fout.flush()
-                    os.fsync(fout.fileno())
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, final)
             self._sync_dir(final.parent)

@@ -157,7 +157,7 @@ BASE_STAGES = {"probe", "upper", "double", "tagged"}
 
 # `slow` waits for a file `go` (polling, with its own deadline); `fast` reads its output
 # and calls helpers.tag.
-LONG_BODY = """\
+SLOW_STAGE = """\
 @stage(outs=["slow.out"])
 def slow() -> None:
     record("slow")
@@ -167,7 +167,9 @@ def slow() -> None:
             raise TimeoutError("go never appeared")
         time.sleep(0.02)
     write("slow.out", "slow\\n")
+"""
 
+LONG_BODY = SLOW_STAGE + """
 
 @stage(deps=["slow.out"], outs=["fast.out"])
 def fast() -> None:
@@ -819,17 +821,7 @@ def test_a_code_edit_during_a_long_stage_cancels_the_wave_and_reruns_on_new_code
 
 # -j 1: `slow` runs; the pool takes one stage more (`queue`), held decided until its
 # worker frees, and the broker keeps the rest.
-QUEUE_BODY = """\
-@stage(outs=["slow.out"])
-def slow() -> None:
-    record("slow")
-    deadline = time.monotonic() + 30
-    while not os.path.exists("go"):
-        if time.monotonic() > deadline:
-            raise TimeoutError("go never appeared")
-        time.sleep(0.02)
-    write("slow.out", "slow\\n")
-
+QUEUE_BODY = SLOW_STAGE + """
 
 @stage(outs=["qa.out"])
 def qa() -> None:
