@@ -628,7 +628,7 @@ class PoolService:
             self._report(attempt, result)
             return
         assert isinstance(decided, Prepared) and self.manifest is not None
-        if len(self._running()) >= self.jobs:  # every worker busy: it waits here, decided
+        if self.held or len(self._running()) >= self.jobs:  # it waits its turn here, decided
             a.phase, a.held = Phase.QUEUED, decided
             self.held.append(attempt)
             return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import select
 import signal
@@ -183,9 +184,19 @@ def start_loader(root: Path) -> Loading:
     `PIVOT_PRELOAD=0` starts fresh interpreters (pivot/runtime/preload.py)."""
     from pivot.runtime.preload import enabled
 
-    if enabled() and hasattr(os, "pidfd_open") and threading.active_count() == 1:
+    if enabled() and threading.active_count() == 1 and _has_pidfds():
         return ForkedLoaderRun(root)
     return LoaderRun(root)
+
+
+@functools.cache
+def _has_pidfds() -> bool:
+    """Linux 5.3+ (a child's exit is waited for with a timeout, without polling)."""
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except (AttributeError, OSError):
+        return False
+    return True
 
 
 def _too_long(timeout: float) -> PipelineError:

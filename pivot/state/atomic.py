@@ -55,10 +55,11 @@ def replace_small(tmp: str | os.PathLike[str], path: str | os.PathLike[str]) -> 
     may leave it empty: a lock or run-cache entry that cannot be read makes its stage run
     again. Anything but a regular file at `path`, or a file system that cannot swap,
     gets os.replace."""
-    if _exchange is not None:
+    exchange = _exchanger()
+    if exchange is not None:
         try:
             if stat.S_ISREG(os.lstat(path).st_mode):
-                _exchange(tmp, path)
+                exchange(tmp, path)
                 with contextlib.suppress(OSError):  # a stray hidden temp, not a failed write
                     os.unlink(tmp)
                 return
@@ -66,14 +67,14 @@ def replace_small(tmp: str | os.PathLike[str], path: str | os.PathLike[str]) -> 
             if exc.errno not in (errno.ENOENT, *_CANNOT_SWAP):
                 raise
             if exc.errno in _CANNOT_SWAP:
-                _no_exchange(exc.errno)
+                _no_exchange()
     os.replace(tmp, path)
 
 
 _CANNOT_SWAP = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV, errno.EPERM)
 
 
-def _load_exchange() -> Callable[[str | os.PathLike[str], str | os.PathLike[str]], None] | None:
+def _load_exchange() -> _Exchange | None:
     if not sys.platform.startswith("linux"):
         return None
     import ctypes
@@ -94,10 +95,19 @@ def _load_exchange() -> Callable[[str | os.PathLike[str], str | os.PathLike[str]
     return exchange
 
 
-_exchange = _load_exchange()
+_Exchange = Callable[[str | os.PathLike[str], str | os.PathLike[str]], None]
+_UNLOADED: _Exchange = os.replace  # a marker: looked up on first use (ctypes costs every process)
+_exchange: _Exchange | None = _UNLOADED
 
 
-def _no_exchange(code: int) -> None:
+def _exchanger() -> _Exchange | None:
+    global _exchange
+    if _exchange is _UNLOADED:
+        _exchange = _load_exchange()
+    return _exchange
+
+
+def _no_exchange() -> None:
     """This file system (or kernel) cannot swap: plain renames from now on, in this process."""
     global _exchange
     _exchange = None
