@@ -61,6 +61,9 @@ class Executor(Protocol):
         ...
 
 
+CLOSE_WAIT_S = 2.0  # a pool's exit waits this long at most for loky's thread
+
+
 class LokyWorkers:
     """Stages on this pool's loky worker processes: kept warm between stages (idle for
     an hour before loky reaps one), forked from a forkserver that preloaded the
@@ -129,7 +132,14 @@ class LokyWorkers:
         kill_group_of(pid_file)  # a command stage's processes go with its worker
 
     def close(self) -> None:
+        """Kill the workers, then give loky's own thread up to CLOSE_WAIT_S to finish with
+        them: it closes its queues, which tells the resource tracker their semaphores are
+        gone (without it the tracker, ending with the pool, warned of "leaked semaphore
+        objects" in pool.log after every cold run)."""
+        thread = getattr(self._loky, "_executor_manager_thread", None)  # (None after shutdown)
         self.replace()
+        if thread is not None:
+            thread.join(CLOSE_WAIT_S)
 
 
 def _discard_if_died(job: StageJob, future: Future[StageOutcome]) -> None:

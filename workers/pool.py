@@ -780,10 +780,14 @@ class PoolService:
                 output.finish("cancelled", "its pool stopped while it ran", None)
         self.outputs.clear()
         if os.getpgrp() == os.getpid():
-            # Whatever this pool started goes with it: loky workers, their forkserver and
-            # its resource tracker (which outlive a pool whose engine died otherwise).
+            # Whatever this pool started goes with it: loky workers and their forkserver
+            # (which outlive a pool whose engine died otherwise). Not the resource
+            # trackers: they end on their own once the last process holding their pipe
+            # has (this one, in a moment), and one killed first is started anew, with a
+            # warning, by the next process to touch it (a worker, the forkserver, a
+            # finalizer of this one).
             for pid in group_members(os.getpid()):
-                if pid != os.getpid():
+                if pid != os.getpid() and not _is_resource_tracker(pid):
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
         self.threads.shutdown(wait=False, cancel_futures=True)
@@ -798,6 +802,14 @@ class PoolService:
         self.ctx.term()
         os.close(self.wake_r)
         os.close(self.wake_w)
+
+
+def _is_resource_tracker(pid: int) -> bool:
+    """multiprocessing's or loky's resource tracker (by its command line)."""
+    try:
+        return b"resource_tracker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def _read_pid(path: Path) -> int:

@@ -124,6 +124,18 @@ def test_first_run_runs_every_stage_and_second_run_skips_them(project: Path) -> 
     assert sorted(one(events2, "wave_finished")["skipped"]) == sorted(STAGES)
 
 
+def test_runs_that_start_workers_leave_the_pools_stderr_empty(project: Path) -> None:
+    """pool.log is the pool's standard error: a warning there is something gone wrong.
+    One was, in most runs: the resource tracker killed while loky still used it, started
+    anew ("died unexpectedly"), or left to report semaphores loky never closed (workers/
+    executors.py `close`, workers/pool.py `_shutdown`)."""
+    pool_log = project / ".pivot" / "logs" / "pool.log"
+    for _ in range(3):
+        result = run_pivot(project, "repro", "-f", "--json", timeout=60)
+        assert result.returncode == 0, describe(result)
+        assert not pool_log.exists() or pool_log.read_text() == "", pool_log.read_text()
+
+
 def test_malformed_raw_row_reruns_prepare_only_early_cutoff(ran_project: Path) -> None:
     raw = ran_project / "data" / "raw.csv"
     assert raw.read_text().endswith("\n")
