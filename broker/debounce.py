@@ -3,7 +3,12 @@ broker's state (pure: time comes in as arguments).
 
 Reported paths wait for a quiet window (`debounce_s` after the last report, at most
 `max_wait_s` after the first), then go out as one batch to be checked against the state
-cache; one batch is out at a time. Each path remembers the `files_changed` message that
+cache; one batch is out at a time. A *settled* report (the watcher saw every write in it
+closed, and a quiet moment after: pivot/watch/completions.py) that finds nothing waiting
+goes out without a window, as do settled reports joining it; an unsettled one makes it a
+burst again, with the window. Paths held back while the broker is busy (a wave runs) are
+looked at again every window, and at once when the wave is over (`resume`): they are its
+own outputs, closed by then, or changes that already waited out a window. Each path remembers the `files_changed` message that
 reported it, so the wave it causes can name its cause.
 """
 
@@ -24,12 +29,15 @@ class ChangeQueue:
     first: float | None = None  # when the oldest waiting path was reported
     last: float = 0.0  # when the newest was
     checking: tuple[str, ...] | None = None  # the batch out for a check
+    settled: bool = False  # everything waiting came in settled reports: no quiet window
+    deferred: bool = False  # take() held waiting paths back (busy): the window again
 
-    def report(self, paths: tuple[str, ...], now: float, cause: str = "") -> None:
+    def report(self, paths: tuple[str, ...], now: float, cause: str = "", *, settled: bool = False) -> None:
         for path in paths:
             self.waiting[path] = None
             if cause:
                 self.causes[path] = cause
+        self.settled = settled and (self.first is None or self.settled)
         if self.first is None:
             self.first = now
         self.last = now
@@ -38,6 +46,8 @@ class ChangeQueue:
         """When the quiet window ends (None: nothing waits)."""
         if self.first is None:
             return None
+        if self.settled and not self.deferred:
+            return self.first
         return min(self.last + self.debounce_s, self.first + self.max_wait_s)
 
     def take(self, now: float, may_check: Callable[[str], bool]) -> tuple[str, ...] | None:
@@ -47,16 +57,24 @@ class ChangeQueue:
         if deadline is None or now < deadline or self.checking is not None:
             return None
         picked = tuple(p for p in self.waiting if may_check(p))
-        if not picked:
-            return None
         for path in picked:
             del self.waiting[path]
         if self.waiting:
             self.first = self.last = now
+            self.deferred = True
         else:
             self.first = None
+            self.settled = self.deferred = False
+        if not picked:
+            return None
         self.checking = picked
         return picked
+
+    def resume(self) -> None:
+        """The wave is over: what it held back goes out at once."""
+        if self.deferred:
+            self.deferred = False
+            self.settled = True
 
     def checked(self) -> tuple[str, ...]:
         """The batch whose check just came back (no batch is out any more)."""
@@ -76,3 +94,4 @@ class ChangeQueue:
         """Stopping: nothing waiting is acted on."""
         self.waiting.clear()
         self.first = None
+        self.settled = self.deferred = False

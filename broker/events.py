@@ -183,6 +183,7 @@ class FilesReported(Record):
     paths: tuple[str, ...]
     now: float
     cause: str = ""  # the files_changed message's id
+    settled: bool = False  # a lone burst of completed writes: no quiet window
 
 
 @record

@@ -704,8 +704,8 @@ class BrokerService:
             self.dropped += 1
             return
         match env.msg:
-            case FilesChanged(paths=paths):
-                self._feed(FilesReported(tuple(paths), self.clock(), env.id))
+            case FilesChanged(paths=paths, settled=settled):
+                self._feed(FilesReported(tuple(paths), self.clock(), env.id, settled))
             case WatcherReady(pid=pid):
                 self._feed(WatcherJoined(pid))
             case other:

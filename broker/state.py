@@ -730,6 +730,7 @@ class BrokerState:
         msg = wave.summary()
         self.view.last_wave = msg
         self.wave = None
+        self.changes.resume()
         self._publish(msg)
 
     # --- live mode: changes -> check -> reload or wave ----------------------------------
@@ -754,7 +755,7 @@ class BrokerState:
     def _files_reported(self, event: FilesReported) -> None:
         if self.live is None or self.stopping:
             return
-        self.changes.report(event.paths, event.now, event.cause)
+        self.changes.report(event.paths, event.now, event.cause, settled=event.settled)
 
 
     def next_deadline(self) -> float | None:

@@ -113,6 +113,11 @@ class IgnoreRules:
             self._dirs.clear()
         return False
 
+    @staticmethod
+    def is_rule_file(rel: str) -> bool:
+        """Whether a change to `rel` may change the rules (see note_change)."""
+        return rel in (IGNORE_FILE, _VENV_MARKER) or rel.endswith("/" + _VENV_MARKER)
+
     def ignored(self, rel: str, is_dir: bool | None = None) -> bool:
         if not rel or rel == ".":
             return False

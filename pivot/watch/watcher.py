@@ -78,6 +78,7 @@ import zmq
 from pivot.protocol.codec import encode
 from pivot.protocol.messages import FilesChanged, Message, WatcherReady
 from pivot.transport.sockets import make_socket
+from pivot.watch.completions import Completions, open_completions
 from pivot.watch.plan import WatchPlan, plan_watches, under_any
 from pivot.watch.rules import IGNORE_FILE, IgnoreRules
 from pivot.watch.watchset import RESCAN, Changes, WatchSet
@@ -97,6 +98,7 @@ GIT_HOLD_MAX_S = 30.0  # an index.lock older than this is taken as stale (git cr
 RECHECK_S = 1.0  # poll mode: stat reported paths again this long after sending them
 DEFAULT_SNDHWM = 100
 BATCH_BYTES = 1 << 20  # paths per FilesChanged, in bytes (far below MAXMSGSIZE)
+LONE_PATHS = 4  # a burst of at most this many paths may be a lone save (completions)
 MAX_REPLANS = 10  # folders still appearing while being planned: give up after this
 GROW_MAX = 500  # folders planned one by one (WatchPlan.with_new_folders) before a full plan
 _ADDED, _MODIFIED = 1, 2  # watchfiles.Change
@@ -123,6 +125,7 @@ class Watcher:
         sndhwm: int = DEFAULT_SNDHWM,
         git_hold_max_s: float = GIT_HOLD_MAX_S,
         keys: Any = None,
+        completions: bool = True,
     ) -> None:
         self.root = Path(os.path.realpath(root))
         self.changes = changes
@@ -149,6 +152,8 @@ class Watcher:
         self._keys: Any = keys  # CURVE keys for the PUSH socket (pivot.transport.curve)
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self.max_wait_ms = 0  # >0: wake at least this often (to see a retarget promptly)
+        self._use_completions = completions and not poll
+        self._fast: Completions | None = None  # completed writes (pivot/watch/completions.py)
 
     # --- API -----------------------------------------------------------------------
 
@@ -177,6 +182,8 @@ class Watcher:
             sock = self._push(self.changes)
         else:
             sock = self.changes
+        if self._use_completions:
+            self._fast = open_completions(self.root, self.rules)
         try:
             try:
                 # Poll mode: the scanner's first pass is its baseline, in whole seconds.
@@ -192,6 +199,8 @@ class Watcher:
                 self._loop(sock)
             finally:
                 self._watches.close()
+                if self._fast is not None:
+                    self._fast.close()
         finally:
             sock.close(linger=0)
             if ctx is not None:
@@ -225,7 +234,7 @@ class Watcher:
                 sock = self._sock_in_use = self._push(target)
                 self._ready_unsent = True
             timeout = self._timeout_ms(time.monotonic())
-            result = self._watches.wait(self.debounce_ms, timeout, self._stop)
+            result = self._watches.wait(self.debounce_ms, timeout, self._stop, self._fast)
             if result == "stop":
                 return
             if not isinstance(result, str):
@@ -233,7 +242,28 @@ class Watcher:
             now = time.monotonic()
             if self._rechecks:
                 self._recheck(now)
-            self._flush(sock, now)
+            self._flush(sock, now, settled=self._settled(now))
+
+    def _settled(self, now: float) -> bool:
+        """Whether a lone, complete burst is over: its paths join `pending`, to be sent
+        at once, marked settled (the broker skips its quiet window)."""
+        fast = self._fast
+        if fast is None:
+            return False
+        burst = fast.burst(now)
+        if burst == "unsure":
+            fast.forget_burst()
+        if burst != "settled":
+            return False
+        paths = [p for p in fast.take(now) if _utf8(p)]
+        with self._lock:
+            self._pending.update(paths)
+            # A lone save is a few paths (a temp file renamed, a backup); more is a copy
+            # or a checkout, grouped by the broker's window whatever pauses the writer
+            # took. What the reader cannot vouch for (a folder it does not watch) goes
+            # unsettled too.
+            going = [p for p in self._pending if not fast.withholds(p, now)]
+        return len(going) <= LONE_PATHS and all(fast.watches(p) for p in going)
 
     def _timeout_ms(self, now: float) -> int:
         """Milliseconds until the loop has something to do; 0 = only changes wake it."""
@@ -244,6 +274,8 @@ class Watcher:
             waits.append(READY_RETRY_MS)
         elif self._pending:
             waits.append(GIT_CHECK_MS if self._hold_since is not None else RETRY_MS)
+        if self._fast is not None and (release := self._fast.next_release(now)) is not None:
+            waits.append(release * 1000)  # an open file stops being held then
         if self._rechecks:
             waits.append((self._rechecks[0][0] - now) * 1000)
         if self.max_wait_ms:
@@ -251,6 +283,9 @@ class Watcher:
         return max(1, int(min(waits))) if waits else 0
 
     def _take(self, changes: Changes) -> None:
+        fast = self._fast
+        if fast is not None:
+            fast.drain(time.monotonic())  # before echo(): every earlier event is read
         events: dict[str, int] = {}
         rescan: list[str] = []
         for change, path in changes:
@@ -285,6 +320,9 @@ class Watcher:
             found += self._scan(rel)[0]
         if IGNORE_FILE in events:
             found += self._catch_up(before)
+        if fast is not None:
+            now = time.monotonic()
+            found = [rel for rel in found if not fast.echo(rel, now)]
         if found:
             with self._lock:
                 self._pending.update(found)
@@ -325,6 +363,8 @@ class Watcher:
                 continue
             fresh = [f for f in plan.flat if f not in before.flat or under_any(f, appeared)]
             if not plan.unplanned_folders(self.root, fresh):
+                if self._fast is not None:
+                    self._fast.sync(plan)
                 return
         log.warning("folders kept appearing while planning the watches; some may be unwatched")
 
@@ -385,22 +425,29 @@ class Watcher:
 
     # --- sending -------------------------------------------------------------------
 
-    def _flush(self, sock: zmq.Socket[bytes], now: float) -> None:
+    def _flush(self, sock: zmq.Socket[bytes], now: float, *, settled: bool = False) -> None:
+        """Send what is pending; `settled`: a lone burst, complete (nothing is held)."""
         if self._ready_unsent:
             if not _try_send(sock, WatcherReady(os.getpid())):
                 return
             self._ready_unsent = False
         if not self._pending or self._git_holds(now):
             return
-        for batch in _batches(self.pending_paths()):
+        paths = self.pending_paths()
+        fast = self._fast
+        if fast is not None:  # files being written, a burst going on
+            paths = [p for p in paths if not fast.withholds(p, now)]
+        for batch in _batches(paths):
             recorded = {p: _signature(self.root / p) for p in batch} if self.poll else None
-            if not _try_send(sock, FilesChanged(batch)):
+            if not _try_send(sock, FilesChanged(batch, settled=settled)):
                 if not self._blocked:
                     log.info("broker not reading: holding %d changed paths", len(self._pending))
                 self._blocked = True
                 return
             with self._lock:
                 self._pending.difference_update(batch)
+            if self._fast is not None:
+                self._fast.reported(batch)
             if recorded is not None:
                 self._rechecks.append((now + RECHECK_S, recorded))
         self._blocked = False

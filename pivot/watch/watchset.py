@@ -31,7 +31,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from pivot.watch.notify import load_rust_notify
 from pivot.watch.plan import WatchPlan, abs_path, abs_paths, under_any
@@ -39,7 +39,7 @@ from pivot.watch.plan import WatchPlan, abs_path, abs_paths, under_any
 if TYPE_CHECKING:
     from watchfiles._rust_notify import RustNotify
 
-__all__ = ["RESCAN", "Changes", "WatchSet"]
+__all__ = ["RESCAN", "Changes", "Waker", "WatchSet"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,18 @@ Changes = set[tuple[int, str]]
 RESCAN = 0
 RETIRE_POLLS = 2  # poll mode: an old instance keeps scanning this many poll periods
 SETTLE_MAX_S = 0.1  # longest wait for a notify thread to read its queued events
+
+
+class Waker(Protocol):
+    """What `wait()` sleeps on between steps (`fd`), and asks whether to return "wake"."""
+
+    fd: int
+
+    def wait_ms(self, step_ms: int) -> int: ...
+
+    def wake(self) -> bool: ...
+
+    def fresh(self) -> bool: ...
 
 
 @dataclass
@@ -95,12 +107,17 @@ class WatchSet:
         )
 
     def wait(
-        self, debounce_ms: int, timeout_ms: int, stop: threading.Event
-    ) -> Changes | Literal["stop", "timeout"]:
+        self, debounce_ms: int, timeout_ms: int, stop: threading.Event,
+        wake: Waker | None = None,
+    ) -> Changes | Literal["stop", "timeout", "wake"]:
         """Changes, or "timeout" after `timeout_ms` (0: no timeout), or "stop" once
-        `stop` is set (or a signal handler raised).
+        `stop` is set (or a signal handler raised), or "wake" when `wake.wake()`, asked after
+        every step without changes, says so.
 
-        Instances are read in turn, one step each. Once one has changes, every one
+        With a `wake`, each step is spent waiting on its file descriptor (the
+        completions reader's inotify queue: a write wakes it at once), and then every
+        instance is read for a 1 ms step, unless a burst just began (`wake.fresh()`). Without one, the instances are read in turn,
+        one step each, for about STEP_MS in all. Once one has changes, every one
         is read once more, briefly, so that a change is never reported after one
         made later, whichever instances saw them, as with a single instance (the tests
         prove "never reported" with a sentinel written after the ignored write)."""
@@ -110,6 +127,20 @@ class WatchSet:
             if not feeds:
                 if stop.wait(self.step_ms / 1000):
                     return "stop"
+            elif wake is not None:
+                woke = _readable(wake.fd, wake.wait_ms(self.step_ms))
+                if wake.wake():
+                    return "wake"
+                if stop.is_set():
+                    return "stop"
+                if woke and wake.fresh():
+                    # A burst just began (a writer opened a file): its end comes next.
+                    # Reading watchfiles now would keep this thread in its quiet window.
+                    continue
+                for feed in feeds:
+                    result = self._read(feed, debounce_ms, 1, stop)
+                    if result != "timeout":
+                        return self._gather(result, feeds, debounce_ms, stop)
             else:
                 first = feeds[self._turn % len(feeds)]
                 self._turn += 1
@@ -248,10 +279,11 @@ def _settle(feed: _Feed, stop: threading.Event) -> None:
             return
 
 
-def _readable(fd: int) -> bool:
+def _readable(fd: int, wait_ms: int = 0) -> bool:
+    """Whether `fd` has something to read, waiting up to `wait_ms` for it."""
     poller = select.poll()  # not select(): file descriptors above 1023
     poller.register(fd, select.POLLIN)
     try:
-        return any(mask & select.POLLIN for _, mask in poller.poll(0))
+        return any(mask & select.POLLIN for _, mask in poller.poll(wait_ms))
     except OSError:
         return False

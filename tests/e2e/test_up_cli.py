@@ -1102,6 +1102,52 @@ def test_editor_saves_and_a_hundred_files_at_once_start_one_wave_each(
     stop(live, root)
 
 
+def test_a_lone_completed_save_skips_the_quiet_window(make_project: MakeProject, up: StartUp) -> None:
+    """With a one-minute quiet window, a save (written and closed, or renamed into
+    place) still starts its wave at once: the watcher saw it complete and alone."""
+    root = make_project(BASE)
+    live = up(root, debounce_ms=60_000)
+    first_wave(live, root)
+
+    for how in ("write", "rename"):
+        start = live.mark()
+        if how == "write":
+            (root / "a.txt").write_text("saved\n")
+        else:
+            (root / "a.txt.tmp").write_text("renamed\n")
+            os.replace(root / "a.txt.tmp", root / "a.txt")
+        wave = next_wave(live, start, f"the save of a.txt ({how})")  # WAIT_S < 60 s
+        assert (wave[0]["paths"], wave[0]["stages"]) == (["a.txt"], ["upper", "double"]), wave[0]
+        assert statuses(wave) == {"upper": "ran", "double": "ran"}
+    assert (root / "a.out").read_text() == "RENAMED\n"
+    stop(live, root)
+
+
+def test_a_file_still_being_written_is_read_once_closed_and_its_stage_runs_once(
+    make_project: MakeProject, up: StartUp
+) -> None:
+    """A slow writer pausing far longer than the quiet window: the half-written file is
+    never checked, a save elsewhere meanwhile runs its own wave, and the stage reading
+    the file runs once, on all of it, when the writer closes it."""
+    root = make_project(BASE)
+    live = up(root)
+    first_wave(live, root)
+
+    with open(root / "a.txt", "w") as writer:
+        writer.write("first half ")
+        writer.flush()
+        # probe.txt is saved after the half write: its wave comes first, alone.
+        probe(live, root, live.mark())
+        start = live.mark()
+        writer.write("second half\n")
+    wave = next_wave(live, start, "the close of a.txt")
+    assert (wave[0]["paths"], wave[0]["stages"]) == (["a.txt"], ["upper", "double"]), wave[0]
+    assert (root / "a.out").read_text() == "FIRST HALF SECOND HALF\n"
+    assert runs(root) == {"probe": 2, "upper": 2, "double": 2, "tagged": 1}
+    probe(live, root, live.mark())
+    stop(live, root)
+
+
 # --- 10. outputs never retrigger -----------------------------------------------------
 
 # A folder output (new files in a new folder) read by another stage.

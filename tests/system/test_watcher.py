@@ -33,7 +33,7 @@ from procs import ProcGuard, inotify_inodes, wait_exit, wait_for
 from pivot.launch import python_cmd
 from pivot.protocol.codec import decode
 from pivot.protocol.messages import FilesChanged, Message, WatcherReady
-from pivot.watch.watcher import Watcher
+from pivot.watch.watcher import LONE_PATHS, Watcher
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -705,3 +705,64 @@ def test_a_socket_handed_in_is_closed_and_its_context_left_alone(
         assert not ctx.closed
     finally:
         ctx.term()
+
+
+# --- completed writes (pivot/watch/completions.py) ------------------------------------
+
+
+def next_report(changes: Changes) -> tuple[list[str], bool]:
+    msg = changes.next()
+    assert isinstance(msg, FilesChanged), msg
+    return msg.paths, msg.settled
+
+
+def test_a_lone_save_is_reported_settled_and_once(
+    watching: Path, changes: Changes
+) -> None:
+    """Written and closed, or renamed into place: reported as soon as it is complete,
+    marked settled; watchfiles' own report of it, a moment later, is dropped."""
+    (watching / "data" / "a.csv").write_text("1\n")
+    assert next_report(changes) == (["data/a.csv"], True)
+    put(watching, "data/b.csv", "2\n")
+    assert next_report(changes) == (["data/b.csv"], True)
+    put(watching, "src/sentinel.txt", "after\n")
+    assert next_report(changes) == (["src/sentinel.txt"], True)
+
+
+def test_a_file_open_for_writing_is_reported_once_its_writer_closes_it(
+    watching: Path, changes: Changes
+) -> None:
+    """A slow writer's file is never reported half written; a save made meanwhile is
+    reported without it, and the file once, settled, when closed."""
+    with open(watching / "data" / "big.csv", "w") as writer:
+        writer.write("first half\n")
+        writer.flush()
+        put(watching, "src/sentinel.txt", "meanwhile\n")
+        assert next_report(changes) == (["src/sentinel.txt"], True)
+        writer.write("second half\n")
+        writer.flush()
+        put(watching, "src/sentinel.txt", "again\n")
+        assert next_report(changes) == (["src/sentinel.txt"], True)
+    assert next_report(changes) == (["data/big.csv"], True)
+
+
+def test_a_burst_of_many_files_is_not_reported_settled(
+    watching: Path, changes: Changes
+) -> None:
+    """More paths than a save: the broker's quiet window groups them."""
+    names = [f"data/part{i:02}.csv" for i in range(12)]
+    for name in names:
+        (watching / name).write_text(name)
+    batches: list[tuple[list[str], bool]] = []
+    while {p for paths, _ in batches for p in paths} < set(names):
+        batches.append(next_report(changes))
+    assert all(len(paths) <= LONE_PATHS for paths, settled in batches if settled), batches
+
+
+def test_without_completions_every_report_is_unsettled(
+    proj: Path, changes: Changes
+) -> None:
+    with watcher_thread(proj, changes.endpoint, completions=False):
+        assert isinstance(changes.next(READY_WITHIN_S), WatcherReady)
+        (proj / "data" / "a.csv").write_text("1\n")
+        assert next_report(changes) == (["data/a.csv"], False)

@@ -36,3 +36,38 @@ def test_paths_held_back_keep_waiting_and_causes_name_the_first_report() -> None
     q.forget(["pipeline.py"])
     q.clear()
     assert q.causes == {} and q.deadline() is None
+
+
+def test_settled_reports_skip_the_window_until_an_unsettled_one_joins() -> None:
+    q = ChangeQueue(debounce_s=0.02, max_wait_s=5.0)
+    q.report(("a.txt",), 1.0, settled=True)
+    assert q.deadline() == 1.0
+    q.report(("b.txt",), 1.001, settled=True)  # a settled one joining: still no window
+    assert q.take(1.001, lambda p: True) == ("a.txt", "b.txt")
+    q.checked()
+    q.report(("c.txt",), 2.0, settled=True)
+    q.report(("d.txt",), 2.001)  # a burst after all: the window again
+    assert q.deadline() == 2.001 + 0.02
+    assert q.take(2.01, lambda p: True) is None
+    assert q.take(2.03, lambda p: True) == ("c.txt", "d.txt")
+    q.checked()
+    q.report(("e.txt",), 3.0)
+    q.report(("f.txt",), 3.001, settled=True)  # joining an unsettled burst: the window
+    assert q.deadline() == 3.001 + 0.02
+
+
+def test_paths_held_back_wait_a_window_then_go_at_once_when_resumed() -> None:
+    q = ChangeQueue(debounce_s=0.02, max_wait_s=5.0)
+    q.report(("out.csv",), 1.0, settled=True)
+    assert q.take(1.0, lambda p: False) is None  # busy: held back...
+    assert q.deadline() == 1.0 + 0.02  # ...and looked at once a window, not at every wake
+    q.report(("log.txt",), 1.01)  # unsettled: written while the wave ran
+    assert q.deadline() == 1.01 + 0.02
+    q.resume()  # the wave finished
+    assert q.deadline() == 1.0
+    assert q.take(1.011, lambda p: True) == ("out.csv", "log.txt")
+    q.checked()
+    q.report(("next.csv",), 2.0)
+    assert q.deadline() == 2.0 + 0.02  # nothing held back: the window as usual
+    q.resume()  # (a wave that held nothing back finished)
+    assert q.deadline() == 2.0 + 0.02
