@@ -1103,8 +1103,10 @@ def test_editor_saves_and_a_hundred_files_at_once_start_one_wave_each(
 
 
 def test_a_lone_completed_save_skips_the_quiet_window(make_project: MakeProject, up: StartUp) -> None:
-    """With a one-minute quiet window, a save (written and closed, or renamed into
-    place) still starts its wave at once: the watcher saw it complete and alone."""
+    """A save (written and closed, or renamed into place) goes through the engine as a
+    settled report: its wave alone, with the right paths, whatever the quiet window.
+    That it skips the window is proven where time is an argument: test_broker_state.py
+    (the queue) and test_watcher.py (the settled flag)."""
     root = make_project(BASE)
     live = up(root, debounce_ms=60_000)
     first_wave(live, root)
@@ -1116,7 +1118,7 @@ def test_a_lone_completed_save_skips_the_quiet_window(make_project: MakeProject,
         else:
             (root / "a.txt.tmp").write_text("renamed\n")
             os.replace(root / "a.txt.tmp", root / "a.txt")
-        wave = next_wave(live, start, f"the save of a.txt ({how})")  # WAIT_S < 60 s
+        wave = next_wave(live, start, f"the save of a.txt ({how})")
         assert (wave[0]["paths"], wave[0]["stages"]) == (["a.txt"], ["upper", "double"]), wave[0]
         assert statuses(wave) == {"upper": "ran", "double": "ran"}
     assert (root / "a.out").read_text() == "RENAMED\n"

@@ -1144,3 +1144,21 @@ def test_a_single_item_run_merged_with_a_full_one_takes_the_upstream_too() -> No
     h.feed(RunRequested(CLIENT, ("c",), False, False, "", "single"))
     h.feed(RunRequested(CLIENT, ("fit@linear",), False, False, "", "upstream"))
     assert h.state.pending is not None and not h.state.pending.only
+
+
+def test_a_settled_report_is_checked_at_once_and_what_a_wave_held_back_when_it_ends() -> None:
+    h = live_harness(debounce_s=0.05, max_wait_s=5.0)
+    h.feed(FilesReported(("b.txt",), 1.0, settled=True))
+    assert h.state.next_deadline() == 1.0  # no quiet window
+    [paths] = confirms(h.feed(Tick(1.0)))
+    commands = h.feed(ChangesConfirmed(paths))
+    [wave] = published(commands, WaveStarted)
+    assert wave.stages == ["b", "d"]
+    [(_, _, b)] = dispatched(commands)
+    h.feed(FilesReported(("e.txt",), 1.01))  # during the wave: held back...
+    assert confirms(h.feed(Tick(1.07))) == []
+    assert h.state.next_deadline() == pytest.approx(1.07 + 0.05)  # ...not looked at every wake
+    [(_, _, d)] = dispatched(h.result(b))
+    assert published(h.result(d), WaveFinished)
+    assert h.state.next_deadline() == pytest.approx(1.07)  # at once: the wave is over
+    assert confirms(h.feed(Tick(1.08))) == [("e.txt",)]
