@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 SETTLE_S = 0.003  # a burst's events come closer than this (a copy: tens of microseconds)
 OPEN_HOLD_S = 5.0  # a file open for writing longer than this is reported as it changes
 BURST_HOLD_S = 1.0  # a burst that goes on longer is reported as watchfiles sees it
+IDLE_STEPS = 3  # the watcher reads watchfiles every IDLE_STEPS steps while all is quiet
 FRESH_S = 0.02  # a burst this young is followed here only (watchfiles is read after)
 ECHO_S = 2.0  # watchfiles reports within its debounce (50 ms); forget older reports
 
@@ -190,9 +191,11 @@ class Completions:
     # The watcher's WatchSet.wait() sleeps on `fd` between steps (see Waker):
 
     def wait_ms(self, step_ms: int) -> int:
-        """How long to sleep on `fd` at most: a step, or until a burst turns quiet."""
+        """How long to sleep on `fd` at most: IDLE_STEPS steps (an event here wakes it at
+        once; what only watchfiles sees, in a folder not watched here yet, waits that
+        long), or until a burst turns quiet."""
         if not self.changed and not self._unsure:
-            return step_ms
+            return step_ms * IDLE_STEPS
         quiet = self._last_event + SETTLE_S - time.monotonic()
         return max(0, min(step_ms, int(quiet * 1000) + 1))
 
