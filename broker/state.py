@@ -89,6 +89,9 @@ LIVENESS = 3
 OK_STATUSES = frozenset({Status.RAN, Status.RESTORED, Status.SKIPPED})
 SELF_TRIGGER_LIMIT = 3  # runs in a row caused by a stage's own writes to what it reads
 MAX_CHARGES = 3  # a stage whose own worker dies this often in one wave fails
+# A save is a few paths (the file, a temp file renamed over it, a backup); more is a copy
+# or a checkout, which the quiet window groups whatever pauses its writer took.
+LONE_PATHS = 4
 
 
 @dataclass
@@ -147,6 +150,7 @@ class BrokerState:
         self.unchecked: list[RunRequested] = []
         self.wave: Wave | None = None
         self.wave_count = 0
+        self.written: frozenset[str] = frozenset()  # outputs declared by the last wave's stages
         self.view = EngineView()
         self.attempt_count = 0
         self.stop = StopPlan()
@@ -730,6 +734,10 @@ class BrokerState:
         msg = wave.summary()
         self.view.last_wave = msg
         self.wave = None
+        by_name = self.manifest.by_name if self.manifest is not None else {}
+        self.written = frozenset(
+            out.rstrip("/") for name in wave.stages if name in by_name for out in by_name[name].outs
+        )
         self.changes.resume()
         self._publish(msg)
 
@@ -755,7 +763,22 @@ class BrokerState:
     def _files_reported(self, event: FilesReported) -> None:
         if self.live is None or self.stopping:
             return
-        self.changes.report(event.paths, event.now, event.cause, settled=event.settled)
+        # A settled report (every write in it complete) skips the quiet window when it is
+        # a lone save: a few paths. The watcher reports a wave's own outputs again just
+        # after the wave (closed and committed by then), often in the same burst as a
+        # save that follows: they do not count, and alone they open no window either.
+        mine = self._written_by_wave if self.wave is None else None
+        others = [p for p in event.paths if mine is None or not mine(p)]
+        lone = (event.settled and len(others) <= LONE_PATHS) or not others
+        self.changes.report(event.paths, event.now, event.cause, settled=lone)
+
+    def _written_by_wave(self, path: str) -> bool:
+        """Whether `path` is (or is inside) an output of the last wave's stages."""
+        while path:
+            if path in self.written:
+                return True
+            path = path.rpartition("/")[0]
+        return False
 
 
     def next_deadline(self) -> float | None:

@@ -234,9 +234,10 @@ class WatcherReady(Message):
 class FilesChanged(Message):
     """Watcher -> broker (changes link): project-relative POSIX paths that were created,
     modified or deleted, ignore rules already applied. Coalesced: one message may stand
-    for many file-system events. `settled`: a lone burst of completed writes (closed
-    after writing, renamed into place, deleted), with no file still open for writing:
-    the broker checks it without waiting for a quiet window."""
+    for many file-system events. `settled`: a burst of completed writes (closed after
+    writing, renamed into place, deleted) that is over, no file in it open for writing:
+    the broker checks a lone save (a few paths, the last wave's outputs not counted)
+    without waiting for a quiet window."""
 
     TAG: ClassVar[str] = "files_changed"
     paths: list[str]

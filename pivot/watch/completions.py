@@ -13,10 +13,10 @@ limit is per user, 192k here) and sorts what it sees:
   OPEN_HOLD_S (a log kept open for hours is then reported as it grows, as before);
 - a *completed* path (closed after writing, renamed into place or away, deleted, linked)
   joins the current burst. Once no event has come for SETTLE_S, the burst is over: the
-  watcher reports it at once, marked settled when it is a lone save (a few paths,
-  pivot/watch/watcher.py), and the broker checks it without its quiet window. A copy of
-  many files keeps its events microseconds apart: one burst, and more paths than a save,
-  so the broker's window still groups it whatever pauses the copier took.
+  watcher reports it at once, marked settled, and the broker checks it without its quiet
+  window when it is a lone save (a few paths: broker/state.py). A copy of many files is
+  more than a save, so the broker's window still groups it whatever pauses the copier
+  took.
 - a folder created, moved or deleted, a `.pivotignore` or `pyvenv.cfg`, or a queue
   overflow makes the burst *unsure*: it goes the old way (watchfiles' report, the
   watcher's scan, the broker's window).

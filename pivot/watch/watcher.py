@@ -98,7 +98,6 @@ GIT_HOLD_MAX_S = 30.0  # an index.lock older than this is taken as stale (git cr
 RECHECK_S = 1.0  # poll mode: stat reported paths again this long after sending them
 DEFAULT_SNDHWM = 100
 BATCH_BYTES = 1 << 20  # paths per FilesChanged, in bytes (far below MAXMSGSIZE)
-LONE_PATHS = 4  # a burst of at most this many paths may be a lone save (completions)
 MAX_REPLANS = 10  # folders still appearing while being planned: give up after this
 GROW_MAX = 500  # folders planned one by one (WatchPlan.with_new_folders) before a full plan
 _ADDED, _MODIFIED = 1, 2  # watchfiles.Change
@@ -245,8 +244,9 @@ class Watcher:
             self._flush(sock, now, settled=self._settled(now))
 
     def _settled(self, now: float) -> bool:
-        """Whether a lone, complete burst is over: its paths join `pending`, to be sent
-        at once, marked settled (the broker skips its quiet window)."""
+        """Whether a burst of completed writes is over: its paths join `pending`, to be
+        sent at once, marked settled (the broker skips its quiet window for a lone
+        save)."""
         fast = self._fast
         if fast is None:
             return False
@@ -258,12 +258,10 @@ class Watcher:
         paths = [p for p in fast.take(now) if _utf8(p)]
         with self._lock:
             self._pending.update(paths)
-            # A lone save is a few paths (a temp file renamed, a backup); more is a copy
-            # or a checkout, grouped by the broker's window whatever pauses the writer
-            # took. What the reader cannot vouch for (a folder it does not watch) goes
-            # unsettled too.
+            # What the reader cannot vouch for (a folder it does not watch) goes with
+            # it, unsettled.
             going = [p for p in self._pending if not fast.withholds(p, now)]
-        return len(going) <= LONE_PATHS and all(fast.watches(p) for p in going)
+        return all(fast.watches(p) for p in going)
 
     def _timeout_ms(self, now: float) -> int:
         """Milliseconds until the loop has something to do; 0 = only changes wake it."""
@@ -426,7 +424,7 @@ class Watcher:
     # --- sending -------------------------------------------------------------------
 
     def _flush(self, sock: zmq.Socket[bytes], now: float, *, settled: bool = False) -> None:
-        """Send what is pending; `settled`: a lone burst, complete (nothing is held)."""
+        """Send what is pending; `settled`: a burst over, every path in it complete."""
         if self._ready_unsent:
             if not _try_send(sock, WatcherReady(os.getpid())):
                 return

@@ -1162,3 +1162,28 @@ def test_a_settled_report_is_checked_at_once_and_what_a_wave_held_back_when_it_e
     assert published(h.result(d), WaveFinished)
     assert h.state.next_deadline() == pytest.approx(1.07)  # at once: the wave is over
     assert confirms(h.feed(Tick(1.08))) == [("e.txt",)]
+
+
+def test_a_wave_s_own_outputs_do_not_count_and_more_than_a_save_waits_the_window() -> None:
+    h = live_harness(debounce_s=0.05, max_wait_s=5.0)
+    h.feed(FilesReported(("b.txt",), 1.0, settled=True))
+    [paths] = confirms(h.feed(Tick(1.0)))
+    [(_, _, b)] = dispatched(h.feed(ChangesConfirmed(paths)))
+    [(_, _, d)] = dispatched(h.result(b))
+    assert published(h.result(d), WaveFinished)
+    h.feed(FilesReported(("b.txt", "d.txt"), 2.0))  # the wave's outputs, reported late
+    assert h.state.next_deadline() == 2.0
+    assert confirms(h.feed(Tick(2.0))) == [("b.txt", "d.txt")]
+    h.feed(ChangesConfirmed(()))
+    # A save in the same burst as those outputs: still a lone save.
+    saved = ("b.txt", "d.txt", "in/1.csv", "in/2.csv", "in/3.csv", "in/4.csv")
+    h.feed(FilesReported(saved, 3.0, settled=True))
+    assert confirms(h.feed(Tick(3.0))) == [saved]
+    h.feed(ChangesConfirmed(()))
+    h.feed(FilesReported(("d.txt", "notes.txt"), 4.0))  # not all outputs, not settled
+    assert h.state.next_deadline() == pytest.approx(4.05)
+    h.feed(Tick(4.05))
+    h.feed(ChangesConfirmed(()))
+    copied = tuple(f"in/{i}.csv" for i in range(5))  # more than a save: a copy
+    h.feed(FilesReported(copied, 5.0, settled=True))
+    assert h.state.next_deadline() == pytest.approx(5.05)
