@@ -5,8 +5,8 @@ Reported paths wait for a quiet window (`debounce_s` after the last report, at m
 `max_wait_s` after the first), then go out as one batch to be checked against the state
 cache; one batch is out at a time. A *settled* report (a lone save: the watcher saw every
 write in it closed, and a quiet moment after, pivot/watch/completions.py; the broker's
-state judges it lone) that finds nothing waiting goes out without a window, as do settled reports joining it; an unsettled one makes it a
-burst again, with the window. Paths held back while the broker is busy (a wave runs) are
+state judges it lone) that finds nothing waiting goes out without a window, unless another report came within the window before it;
+any report joining it makes it a burst again, with the window. Paths held back while the broker is busy (a wave runs) are
 looked at again every window, and at once when the wave is over (`resume`): they are its
 own outputs, closed by then, or changes that already waited out a window. Each path remembers the `files_changed` message that
 reported it, so the wave it causes can name its cause.
@@ -29,15 +29,31 @@ class ChangeQueue:
     first: float | None = None  # when the oldest waiting path was reported
     last: float = 0.0  # when the newest was
     checking: tuple[str, ...] | None = None  # the batch out for a check
-    settled: bool = False  # everything waiting came in settled reports: no quiet window
+    settled: bool = False  # what waits is one lone save: no quiet window
     deferred: bool = False  # take() held waiting paths back (busy): the window again
+    heard: float = float("-inf")  # when the last report that counts came
 
-    def report(self, paths: tuple[str, ...], now: float, cause: str = "", *, settled: bool = False) -> None:
+    def report(
+        self, paths: tuple[str, ...], now: float, cause: str = "", *, settled: bool = False,
+        counts: bool = True,
+    ) -> None:
+        """`settled`: a lone save, by its content (the watcher saw it complete; a few
+        paths). It skips the window only if nothing waits and no report came within the
+        window before it: a copy whose writer keeps pausing (a busy machine) arrives as
+        many small settled reports a few milliseconds apart, and is one burst. A report
+        that does not `count` (the last wave's own outputs) neither waits nor makes a
+        burst."""
         for path in paths:
             self.waiting[path] = None
             if cause:
                 self.causes[path] = cause
-        self.settled = settled and (self.first is None or self.settled)
+        alone = now - self.heard >= self.debounce_s
+        if counts:
+            self.heard = now
+        if not counts and self.first is None:
+            self.settled = True
+        else:
+            self.settled = settled and alone and (self.first is None or self.settled)
         if self.first is None:
             self.first = now
         self.last = now

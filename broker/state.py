@@ -150,7 +150,7 @@ class BrokerState:
         self.unchecked: list[RunRequested] = []
         self.wave: Wave | None = None
         self.wave_count = 0
-        self.written: frozenset[str] = frozenset()  # outputs declared by the last wave's stages
+        self.written: frozenset[str] = frozenset()  # outputs of the stages of the last wave
         self.view = EngineView()
         self.attempt_count = 0
         self.stop = StopPlan()
@@ -464,6 +464,11 @@ class BrokerState:
         self.wave_count += 1
         self.wave = wave = Wave.plan(self.wave_count, self.graph, wanted, run.force, run.keep_going)
         stages = wave.stages
+        if self.live is not None and self.manifest is not None:
+            by_name = self.manifest.by_name
+            self.written = frozenset(
+                out.rstrip("/") for name in stages if name in by_name for out in by_name[name].outs
+            )
         for s in stages:
             self._set_view(s, Status.PENDING, "", "", 0.0)
         self.view.last_change = (run.trigger, list(run.paths))
@@ -734,10 +739,6 @@ class BrokerState:
         msg = wave.summary()
         self.view.last_wave = msg
         self.wave = None
-        by_name = self.manifest.by_name if self.manifest is not None else {}
-        self.written = frozenset(
-            out.rstrip("/") for name in wave.stages if name in by_name for out in by_name[name].outs
-        )
         self.changes.resume()
         self._publish(msg)
 
@@ -764,16 +765,15 @@ class BrokerState:
         if self.live is None or self.stopping:
             return
         # A settled report (every write in it complete) skips the quiet window when it is
-        # a lone save: a few paths. The watcher reports a wave's own outputs again just
-        # after the wave (closed and committed by then), often in the same burst as a
-        # save that follows: they do not count, and alone they open no window either.
-        mine = self._written_by_wave if self.wave is None else None
-        others = [p for p in event.paths if mine is None or not mine(p)]
-        lone = (event.settled and len(others) <= LONE_PATHS) or not others
-        self.changes.report(event.paths, event.now, event.cause, settled=lone)
+        # a lone save: a few paths. The watcher reports a wave's own outputs while it
+        # runs and just after it (closed and committed by then), often in the same burst
+        # as a save that follows: they do not count, and alone they open no window.
+        others = [p for p in event.paths if not self._written_by_wave(p)]
+        lone = event.settled and len(others) <= LONE_PATHS
+        self.changes.report(event.paths, event.now, event.cause, settled=lone, counts=bool(others))
 
     def _written_by_wave(self, path: str) -> bool:
-        """Whether `path` is (or is inside) an output of the last wave's stages."""
+        """Whether `path` is (or is inside) an output of the stages of the last wave."""
         while path:
             if path in self.written:
                 return True

@@ -27,7 +27,9 @@ def live_options(func: click.decorators.FC) -> click.decorators.FC:
         click.option("--debounce", "debounce_ms", type=click.IntRange(min=0, max=60_000), default=20,
                      show_default=True,
                      help="Quiet time in ms after the last change before a wave starts (a stream "
-                     "of changes still starts one every 5 s)."),
+                     "of changes still starts one every 5 s). A lone save, seen closed by "
+                     "the OS, starts its wave at once; files still open for writing wait "
+                     "until closed (not with --poll)."),
         click.option("--poll", is_flag=True,
                      help="Poll the file system instead of OS notifications (Docker Desktop, "
                      "network mounts)."),

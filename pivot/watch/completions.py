@@ -57,7 +57,9 @@ log = logging.getLogger(__name__)
 
 SETTLE_S = 0.003  # a burst's events come closer than this (a copy: tens of microseconds)
 OPEN_HOLD_S = 5.0  # a file open for writing longer than this is reported as it changes
-BURST_HOLD_S = 1.0  # a burst that goes on longer is reported as watchfiles sees it
+BURST_HOLD_S = 5.0  # a burst that goes on longer is reported as watchfiles sees it (the
+# broker's longest wait: a stream of changes still starts a wave every 5 s)
+_CONFIG_NAMES = frozenset({"params.yaml", "dvc.yaml", ".pivotignore"})
 IDLE_STEPS = 3  # the watcher reads watchfiles every IDLE_STEPS steps while all is quiet
 FRESH_S = 0.02  # a burst this young is followed here only (watchfiles is read after)
 ECHO_S = 2.0  # watchfiles reports within its debounce (50 ms); forget older reports
@@ -218,14 +220,17 @@ class Completions:
 
     def withholds(self, rel: str, now: float) -> bool:
         """Whether watchfiles' report of `rel` waits: its file is open for writing (for
-        at most OPEN_HOLD_S), or it is in a burst still going (for at most
-        BURST_HOLD_S), which this reader reports once it is over: a report that is not
-        settled makes the broker wait out its quiet window, for everything reported
-        with or after it."""
+        at most OPEN_HOLD_S), or a burst is going on here (for at most BURST_HOLD_S),
+        which this reader reports whole once it is over. watchfiles reports a long
+        burst in batches tens of milliseconds apart, and the broker's quiet window
+        would close between two of them: one burst, several waves. Code and params are
+        not held: a code change must stop the stages that would start on old code."""
         since = self.open.get(rel)
         if since is not None:
             return now - since < OPEN_HOLD_S
-        return rel in self.changed and now - self._burst_start < BURST_HOLD_S
+        if not self.changed or now - self._burst_start >= BURST_HOLD_S:
+            return False
+        return not (rel.endswith(".py") or rel.rpartition("/")[2] in _CONFIG_NAMES)
 
     def next_release(self, now: float) -> float | None:
         """Seconds until a withheld path is released (the watcher wakes for it)."""

@@ -38,22 +38,26 @@ def test_paths_held_back_keep_waiting_and_causes_name_the_first_report() -> None
     assert q.causes == {} and q.deadline() is None
 
 
-def test_settled_reports_skip_the_window_until_an_unsettled_one_joins() -> None:
+def test_a_lone_save_skips_the_window_and_reports_near_each_other_are_a_burst() -> None:
     q = ChangeQueue(debounce_s=0.02, max_wait_s=5.0)
     q.report(("a.txt",), 1.0, settled=True)
     assert q.deadline() == 1.0
-    q.report(("b.txt",), 1.001, settled=True)  # a settled one joining: still no window
-    assert q.take(1.001, lambda p: True) == ("a.txt", "b.txt")
+    q.report(("b.txt",), 1.001, settled=True)  # another one at once: a burst
+    assert q.deadline() == 1.001 + 0.02
+    assert q.take(1.03, lambda p: True) == ("a.txt", "b.txt")
     q.checked()
-    q.report(("c.txt",), 2.0, settled=True)
-    q.report(("d.txt",), 2.001)  # a burst after all: the window again
+    q.report(("d.txt",), 2.0, settled=True)  # a window of quiet before it: lone
+    assert q.deadline() == 2.0
+    q.report(("e.txt",), 2.001)  # an unsettled one joining: a burst
     assert q.deadline() == 2.001 + 0.02
-    assert q.take(2.01, lambda p: True) is None
-    assert q.take(2.03, lambda p: True) == ("c.txt", "d.txt")
+    assert q.take(2.03, lambda p: True) == ("d.txt", "e.txt")
     q.checked()
-    q.report(("e.txt",), 3.0)
-    q.report(("f.txt",), 3.001, settled=True)  # joining an unsettled burst: the window
-    assert q.deadline() == 3.001 + 0.02
+    q.report(("out.txt",), 3.0, counts=False)  # a wave's own outputs: no window...
+    assert q.deadline() == 3.0
+    assert q.take(3.0, lambda p: True) == ("out.txt",)
+    q.checked()
+    q.report(("f.txt",), 3.001, settled=True)  # ...and no burst for a save after them
+    assert q.deadline() == 3.001
 
 
 def test_paths_held_back_wait_a_window_then_go_at_once_when_resumed() -> None:
