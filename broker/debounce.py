@@ -5,11 +5,13 @@ Reported paths wait for a quiet window (`debounce_s` after the last report, at m
 `max_wait_s` after the first), then go out as one batch to be checked against the state
 cache; one batch is out at a time. A *settled* report (a lone save: the watcher saw every
 write in it closed, and a quiet moment after, pivot/watch/completions.py; the broker's
-state judges it lone) that finds nothing waiting goes out without a window, unless another report came within the window before it;
-any report joining it makes it a burst again, with the window. Paths held back while the broker is busy (a wave runs) are
-looked at again every window, and at once when the wave is over (`resume`): they are its
-own outputs, closed by then, or changes that already waited out a window. Each path remembers the `files_changed` message that
-reported it, so the wave it causes can name its cause.
+state judges it lone) that finds nothing waiting goes out without a window, unless
+another report came within the window before it; any report joining it makes it a burst
+again, with the window. Paths held back while the broker is busy (a wave runs) are looked
+at again every window, and at once when the wave is over (`resume`): they are its own
+outputs, closed by then, or changes that already waited out a window. Each path
+remembers the `files_changed` message that reported it, so the wave it causes can name
+its cause.
 """
 
 from __future__ import annotations

@@ -183,7 +183,7 @@ class FilesReported(Record):
     paths: tuple[str, ...]
     now: float
     cause: str = ""  # the files_changed message's id
-    settled: bool = False  # a lone burst of completed writes: no quiet window
+    settled: bool = False  # every write in it complete, its burst over (a save, maybe)
 
 
 @record

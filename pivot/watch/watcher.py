@@ -58,6 +58,11 @@ reported yet could otherwise be edited unseen within the second that pass saw.
 
 Transient paths (a temp file written then renamed) are reported too: the watcher does
 not guess the order of events inside one batch, and the broker sees they do not exist.
+
+Beside RustNotify, a reader of our own (pivot/watch/completions.py) sees when a write
+completes: a file still open for writing is held back until closed, and a burst of
+completed writes is sent as soon as it is over, marked settled (a lone save then skips
+the broker's quiet window). The loop sleeps on that reader's queue between steps.
 """
 
 from __future__ import annotations
