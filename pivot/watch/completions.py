@@ -60,6 +60,8 @@ OPEN_HOLD_S = 5.0  # a file open for writing longer than this is reported as it 
 BURST_HOLD_S = 5.0  # a burst that goes on longer is reported as watchfiles sees it (the
 # broker's longest wait: a stream of changes still starts a wave every 5 s)
 _CONFIG_NAMES = frozenset({"params.yaml", "dvc.yaml", ".pivotignore"})
+WATCH_SHARE = 4  # of the user's inotify watches, this reader takes at most a quarter
+DEFAULT_BUDGET = 2048  # when the limit cannot be read (Linux's old default: 8192)
 IDLE_STEPS = 3  # the watcher reads watchfiles every IDLE_STEPS steps while all is quiet
 FRESH_S = 0.02  # a burst this young is followed here only (watchfiles is read after)
 ECHO_S = 2.0  # watchfiles reports within its debounce (50 ms); forget older reports
@@ -100,14 +102,27 @@ def open_completions(root: Path, rules: IgnoreRules) -> Completions | None:
         log.info("no inotify instance for completed writes (%s): saves wait for the "
                  "quiet window", os.strerror(ctypes.get_errno()))
         return None
-    return Completions(root, rules, libc, fd)
+    return Completions(root, rules, libc, fd, budget=_watch_budget())
+
+
+def _watch_budget() -> int:
+    """How many folders this reader may watch: a quarter of the user's inotify watches
+    (fs.inotify.max_user_watches, shared by every process of the user), so that it never
+    takes the watches watchfiles needs to see changes at all."""
+    try:
+        with open("/proc/sys/fs/inotify/max_user_watches") as f:
+            return max(0, int(f.read()) // WATCH_SHARE)
+    except (OSError, ValueError):
+        return DEFAULT_BUDGET
 
 
 class Completions:
     """One inotify instance over the kept folders. Use from the watcher's loop thread."""
 
-    def __init__(self, root: Path, rules: IgnoreRules, libc: _Libc, fd: int) -> None:
+    def __init__(self, root: Path, rules: IgnoreRules, libc: _Libc, fd: int, *, budget: int) -> None:
         self.root = root
+        self.budget = budget  # folders at most (see _watch_budget)
+        self._warned_budget = False
         self.rules = rules
         self.fd = fd
         self._libc = libc
@@ -327,6 +342,13 @@ class Completions:
             return False
         return stat.S_ISREG(st.st_mode) and st.st_size == 0 and st.st_nlink == 1
 
+    def _over_budget(self) -> None:
+        if not self._warned_budget:
+            self._warned_budget = True
+            log.info("completed writes: %d folders watched, no more (the user's inotify "
+                     "watches are shared with watchfiles); saves in the others wait for "
+                     "the quiet window", len(self._folders))
+
     def _lost(self) -> None:
         log.info("the kernel dropped file events (queue overflow): saves wait for the "
                  "quiet window until the watcher's rescan")
@@ -348,8 +370,13 @@ class Completions:
                             stack.append(child)
 
     def _watch(self, rel: str) -> None:
+        if rel not in self._folders and len(self._folders) >= self.budget:
+            self._over_budget()
+            return
         wd = self._libc.add(self.fd, os.fsencode(abs_path(self.root, rel)), _MASK)
         if wd < 0:
+            if ctypes.get_errno() == errno.ENOSPC:
+                self._over_budget()
             return  # gone again, or not readable: the watcher's own watch decides
         old = self._wds.get(wd)
         if old is not None and old != rel:

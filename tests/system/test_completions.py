@@ -1,0 +1,84 @@
+"""The watcher's completions reader against real files and a real inotify instance.
+
+The kernel queues an event in the writing call itself, so what a test wrote is in the
+reader's queue by the time `drain()` runs: no waiting is needed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pivot.watch.completions import Completions, open_completions
+from pivot.watch.plan import WatchPlan
+from pivot.watch.rules import IgnoreRules
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    for folder in ("a", "b", "a/deep"):
+        (tmp_path / folder).mkdir()
+    return tmp_path
+
+
+@pytest.fixture
+def reader(root: Path) -> Iterator[Completions]:
+    found = open_completions(root, IgnoreRules(root))
+    assert found is not None, "inotify is available on the machines this runs on"
+    yield found
+    found.close()
+
+
+def drained(reader: Completions) -> Completions:
+    reader.drain(time.monotonic())
+    return reader
+
+
+def test_a_file_is_open_until_closed_then_complete(root: Path, reader: Completions) -> None:
+    reader.sync(WatchPlan(recursive=frozenset({""})))
+    with open(root / "a" / "x.csv", "w") as f:
+        f.write("half")
+        f.flush()
+        now = time.monotonic()
+        assert "a/x.csv" in drained(reader).open and reader.withholds("a/x.csv", now)
+        assert "a/x.csv" not in reader.changed
+    assert list(drained(reader).changed) == ["a/x.csv"] and not reader.open
+    assert reader.take(time.monotonic()) == ["a/x.csv"]
+    assert reader.echo("a/x.csv", time.monotonic())  # untouched since it was taken
+    (root / "a" / "x.csv").write_text("again")
+    drained(reader)
+    assert not reader.echo("a/x.csv", time.monotonic())  # touched: a real change
+
+
+def test_a_rename_into_place_and_a_link_are_complete_as_they_come(
+    root: Path, reader: Completions, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    reader.sync(WatchPlan(recursive=frozenset({""})))
+    staged = tmp_path_factory.mktemp("outside") / "staged"
+    staged.write_text("whole")
+    os.replace(staged, root / "b" / "moved.csv")
+    os.link(root / "b" / "moved.csv", root / "b" / "linked.csv")
+    drained(reader)
+    assert list(reader.changed) == ["b/moved.csv", "b/linked.csv"] and not reader.open
+
+
+def test_a_folder_event_leaves_the_burst_to_the_watcher(root: Path, reader: Completions) -> None:
+    reader.sync(WatchPlan(recursive=frozenset({""})))
+    (root / "b" / "new").mkdir()
+    (root / "b" / "new" / "f.csv").write_text("1")
+    assert drained(reader).burst(time.monotonic() + 1) == "unsure"
+    reader.forget_burst()
+    assert reader.watches("b/new/f.csv")  # the new folder is watched by then
+    (root / "b" / "new" / "g.csv").write_text("2")
+    assert drained(reader).burst(time.monotonic() + 1) == "settled"
+
+
+def test_the_reader_takes_no_more_watches_than_its_budget(root: Path, reader: Completions) -> None:
+    reader.budget = 2
+    reader.sync(WatchPlan(recursive=frozenset({""})))
+    watched = [rel for rel in ("x", "a/x", "b/x", "a/deep/x") if reader.watches(rel)]
+    assert len(watched) == 2, watched
