@@ -25,7 +25,6 @@ import queue
 import shutil
 import signal
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -43,7 +42,7 @@ from pivot.launch.logsetup import HeldRecords, configure
 from pivot.launch.procs import group_members, is_alive, is_stopped
 from pivot.launch.scratch import scratch_dir, sweep
 from pivot.launch.spawn import Loading, run_loader
-from pivot.launch.stderrlog import log_to_stderr
+from pivot.launch.stderrlog import fatal, log_to_stderr
 from pivot.pipeline.gitignore import keep_outputs_ignored
 from pivot.pipeline.manifest import Manifest
 from pivot.protocol.messages import (
@@ -256,7 +255,8 @@ class PoolService:
                 told = True
             timeout = self.link.timeout
             if timeout is not None and self.clock() - started > timeout:
-                log.error("no broker answered at %s within %.0f s: exiting", self.link.control, timeout)
+                fatal(log, f"no broker answered at {self.link.control} within {timeout:.0f} s; "
+                      "start one (`pivot broker`), or check the endpoint and --broker-timeout")
                 return False
         return False
 
@@ -268,7 +268,7 @@ class PoolService:
                 self._hello()
                 self.said_hello_again = True
         except BrokerRefused as exc:
-            log.error("%s", exc)
+            fatal(log, str(exc))
             self.exit_code = 2
             return False
         return True
@@ -318,7 +318,7 @@ class PoolService:
             if not self._connect_first():
                 return 0 if self.stopping else 3
         except BrokerRefused as exc:
-            log.error("%s", exc)
+            fatal(log, str(exc))
             self.exit_code = 2
             return 2
         self._hello()
@@ -832,8 +832,7 @@ def main(args: argparse.Namespace, first_load: Loading | None = None) -> int:
     try:
         keys = _keys(args)
     except UserError as exc:
-        log.error("%s", exc)
-        print(f"error: {exc}", file=sys.stderr)
+        fatal(log, str(exc))
         return 2
     link = Link(work=args.work, control=args.broker, keys=keys, timeout=args.broker_timeout, tags=list(args.tag))
     executor: Executor | None = None
@@ -844,8 +843,7 @@ def main(args: argparse.Namespace, first_load: Loading | None = None) -> int:
         try:
             dask = DaskWorkers(args.dask)
         except UserError as exc:
-            log.error("%s", exc)
-            print(f"error: {exc}", file=sys.stderr)
+            fatal(log, str(exc))
             return 2
         executor, jobs = dask, jobs or dask.slots()
     service = PoolService(args.root, link, args.name, jobs, first_load, executor=executor)

@@ -76,10 +76,16 @@ def run_wave(
         client = stack.client
         joined = client.join()
         outcome.history = joined.wave
-        renderer.baseline(joined)
-        # Answered once the broker can check stage names against a manifest.
-        client.send(RunRequest(list(stages), force, keep_going, select, glob))
-        _follow(stack, renderer, outcome)
+        if joined.pipeline_error is not None:
+            # The pipeline failed to load before we joined (the engine's pool loads it as
+            # it starts): no event will say so again, and no run can be made of it.
+            renderer.resync(joined)
+            outcome.code = 2
+        else:
+            renderer.baseline(joined)
+            # Answered once the broker can check stage names against a manifest.
+            client.send(RunRequest(list(stages), force, keep_going, select, glob))
+            _follow(stack, renderer, outcome)
         dropped = client.dropped_logs
     finally:
         renderer.close(dropped)

@@ -11,6 +11,7 @@ import click
 
 from pivot.cli.common import load_pipeline, select, table
 from pivot.cli.options import stages_argument
+from pivot.pipeline.params import load_yaml
 
 __all__ = ["MetricsFile", "flatten", "metrics", "read_metrics"]
 
@@ -50,22 +51,10 @@ def parse_metrics(stage: str, path: str, text: str) -> MetricsFile:
     if kind is None:
         return MetricsFile(stage, path, status="error", error=f"unsupported metrics format {Path(path).suffix}")
     try:
-        data = json.loads(text) if kind == "JSON" else _load_yaml(text)
+        data = json.loads(text) if kind == "JSON" else load_yaml(text)  # BadYaml is a ValueError
     except ValueError as exc:
         return MetricsFile(stage, path, status="error", error=f"not valid {kind}: {exc}")
     return MetricsFile(stage, path, data)
-
-
-def _load_yaml(text: str) -> Any:
-    """YAML as params.yaml is read (`1e-3` is a float); YAML errors become ValueError."""
-    import yaml
-
-    from pivot.pipeline.params import load_yaml
-
-    try:
-        return load_yaml(text)
-    except yaml.YAMLError as exc:
-        raise ValueError(str(exc)) from None
 
 
 def flatten(data: Any, prefix: str = "") -> list[tuple[str, Any]]:

@@ -134,7 +134,9 @@ class PlainRenderer:
                 self._line("the engine stopped")
             case PipelineInvalid():
                 self._flush(self.out)
-                self._write(self.err, f"{self._paint('pipeline error', 'error')}: {msg.message}")
+                # One line starting `error:` as every error of the CLI (docs/cli.md); the
+                # message names the file, stage or field.
+                self._write(self.err, f"{self._paint('error', 'error')}: {msg.message}")
                 if msg.detail.strip():
                     self._write(self.err, _indent(msg.detail))
                 self._flush(self.err)

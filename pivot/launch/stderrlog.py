@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-__all__ = ["BURST", "WINDOW_S", "ThrottledStream", "log_to_stderr"]
+__all__ = ["BURST", "WINDOW_S", "ThrottledStream", "fatal", "log_to_stderr"]
 
 BURST = 5
 WINDOW_S = 10.0
@@ -64,3 +64,10 @@ def log_to_stderr(level: int, fmt: str) -> None:
     handler = ThrottledStream(sys.stderr)
     handler.setFormatter(logging.Formatter(fmt))
     logging.basicConfig(level=level, handlers=[handler])
+
+
+def fatal(log: logging.Logger, text: str) -> None:
+    """Why a role exits: in its log records, and as the one `error:` line every Pivot
+    command ends with (docs/cli.md), whatever its stderr log level."""
+    log.error("%s", text)
+    print(f"error: {text}", file=sys.stderr, flush=True)

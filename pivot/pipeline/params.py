@@ -16,7 +16,7 @@ from pivot.pipeline.stage import signature_of
 if TYPE_CHECKING:
     import yaml
 
-__all__ = ["PARAMS_FILE", "defaults_of", "load_params_file", "load_yaml", "resolve", "top_level_keys"]
+__all__ = ["PARAMS_FILE", "BadYaml", "defaults_of", "load_params_file", "load_yaml", "resolve", "top_level_keys"]
 
 PARAMS_FILE = "params.yaml"
 _SCALARS = (bool, int, float, str)
@@ -84,11 +84,30 @@ def _yaml_loader() -> type[yaml.SafeLoader]:
     return Loader
 
 
+class BadYaml(ValueError):
+    """A YAML text that does not parse, said in one line: where, and what is wrong."""
+
+
 def load_yaml(text: str) -> Any:
-    """Safe-load YAML, with `1e-3`-style floats as floats. Raises yaml.YAMLError."""
+    """Safe-load YAML, with `1e-3`-style floats as floats. Raises BadYaml."""
     import yaml
 
-    return yaml.load(text, Loader=_yaml_loader())  # a SafeLoader: no Python objects
+    try:
+        return yaml.load(text, Loader=_yaml_loader())  # a SafeLoader: no Python objects
+    except yaml.YAMLError as exc:
+        raise BadYaml(_yaml_problem(exc)) from None
+
+
+def _yaml_problem(exc: Exception) -> str:
+    # PyYAML's own message spans several lines (the text quoted with a caret under it);
+    # an error must be one line, and its line and column are what a user needs.
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    text = f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark is not None else problem
+    if context:
+        text += f" ({context})"
+    return " ".join(text.split())
 
 
 def load_params_file(root: Path, sections: Collection[str] | None = None) -> dict[str, dict[str, Any]]:
@@ -98,11 +117,9 @@ def load_params_file(root: Path, sections: Collection[str] | None = None) -> dic
     path = root / PARAMS_FILE
     if not path.exists():
         return {}
-    import yaml  # only the loader pays for it
-
     try:
         data = load_yaml(path.read_text())
-    except yaml.YAMLError as exc:
+    except BadYaml as exc:
         raise PipelineError(f"{PARAMS_FILE}: not valid YAML: {exc}") from None
     if data is None:
         return {}
@@ -128,11 +145,9 @@ def load_params_file(root: Path, sections: Collection[str] | None = None) -> dic
 
 def top_level_keys(root: Path) -> list[str]:
     """params.yaml's top-level keys (none if it is missing or not a mapping)."""
-    import yaml
-
     try:
         data = load_yaml((root / PARAMS_FILE).read_text())
-    except (OSError, yaml.YAMLError):  # missing; a YAML error is said by load_params_file
+    except (OSError, BadYaml):  # missing; a YAML error is said by load_params_file
         return []
     return [str(k) for k in data] if isinstance(data, dict) else []
 

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pivot.launch.stderrlog import log_to_stderr
+from pivot.launch.stderrlog import fatal, log_to_stderr
 from pivot.watch.watcher import DEFAULT_DEBOUNCE_MS, Watcher
 
 log = logging.getLogger("pivot.watch")
@@ -85,8 +85,7 @@ def main(argv: list[str]) -> int:
         try:
             changes, keys = link.first()
         except Exception as exc:  # refused, or a bad key: said once, clearly
-            log.error("%s", exc)
-            print(f"error: {exc}", file=sys.stderr)
+            fatal(log, str(exc))
             return 2
         if changes is None:
             return 0 if stop.is_set() else 3
@@ -161,7 +160,8 @@ class BrokerLink:
                 log.warning("waiting for the broker at %s", self.control)
                 told = True
             if self.timeout is not None and time.monotonic() - started > self.timeout:
-                log.error("no broker answered at %s within %.0f s: exiting", self.control, self.timeout)
+                fatal(log, f"no broker answered at {self.control} within {self.timeout:.0f} s; "
+                      "start one (`pivot broker`), or check the endpoint and --broker-timeout")
                 self.gave_up = True
                 return None, None
         return None, None

@@ -75,3 +75,38 @@ def test_outside_a_project_every_command_says_so_in_one_line(tmp_path: Path, com
     assert result.returncode == 2, describe(result)
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: no pipeline.py (or dvc.yaml) found"), describe(result)
+
+
+CYCLE = '''\
+from pivot import stage
+
+
+@stage(deps=["b.txt"], outs=["a.txt"])
+def a() -> None:
+    pass
+
+
+@stage(deps=["a.txt"], outs=["b.txt"])
+def b() -> None:
+    pass
+'''
+
+BROKEN = {
+    "cycle": ({"pipeline.py": CYCLE}, "dependency cycle"),
+    "two producers": ({"pipeline.py": PIPELINE + '\n\n@stage(outs=["a.txt"])\ndef b() -> None:\n    pass\n'}, "a.txt"),
+    "yaml": ({"pipeline.py": PIPELINE, "params.yaml": "a: {x: [1\n"}, "params.yaml: not valid YAML: line 2"),
+    "unknown param": ({"pipeline.py": PIPELINE, "params.yaml": "a:\n  lr: 0.1\n"}, "lr"),
+}
+
+
+@pytest.mark.parametrize("command", ["repro", "repro -n", "list", "status", "dag"])
+@pytest.mark.parametrize("case", list(BROKEN))
+def test_a_broken_pipeline_is_one_error_line_for_every_command(
+    make_project: Callable[..., Path], case: str, command: str,
+) -> None:
+    files, said = BROKEN[case]
+    root = make_project(files)
+    result = run_pivot(root, *command.split(), timeout=30)
+    assert result.returncode == 2, describe(result)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and said in lines[0], describe(result)

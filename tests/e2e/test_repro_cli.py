@@ -394,7 +394,7 @@ def assert_usage_error(result: subprocess.CompletedProcess[str], expected: list[
     assert "Traceback" not in err.split("\n", 1)[0], describe(result)
     # The message comes first and is short; what follows is at most the user's traceback.
     first = err.splitlines()[0] if err else ""
-    assert first.startswith(("error:", "pipeline error:")), describe(result)
+    assert first.startswith("error:"), describe(result)
     assert len(first) < 400, describe(result)
     if "Traceback" in err:
         assert traceback_files(err), describe(result)

@@ -146,7 +146,11 @@ def test_a_broker_that_is_not_there_is_reported_after_a_bounded_wait(tmp_path: P
     pool = start_pool(proc_guard, root, endpoint, "lonely", "--broker-timeout", "1")
     rc, out, err = wait_exit(pool, 15, "a pool whose broker never answers")
     assert rc == 3, describe((rc, out, err))
-    assert f"no broker answered at {endpoint}" in err, describe((rc, out, err))
+    assert any(line.startswith(f"error: no broker answered at {endpoint}") for line in err.splitlines()), err
+    watcher = proc_guard.track(start_pivot(root, "watcher", "--broker", endpoint, "--broker-timeout", "1"))
+    rc, out, err = wait_exit(watcher, 15, "a watcher whose broker never answers")
+    assert rc == 3, describe((rc, out, err))
+    assert any(line.startswith(f"error: no broker answered at {endpoint}") for line in err.splitlines()), err
 
 
 def test_a_port_in_use_is_refused_with_a_message(
@@ -569,3 +573,24 @@ def test_a_watcher_on_its_own_makes_a_standalone_broker_react_to_edits(
     watcher.terminate()
     rc, _, err = wait_exit(watcher, 10, "the watcher after SIGTERM")
     assert rc == 0, err
+
+
+def test_a_run_asked_of_an_engine_whose_pipeline_is_broken_says_so_at_once(
+    tmp_path: Path, start_broker: Callable[..., Broker]
+) -> None:
+    """The pipeline failed to load before the run was asked: no event says so again (it is
+    in the snapshot the client joins with), and the run must end with the error, exit 2,
+    not wait for a wave that never comes."""
+    cycle = COPY_PIPELINE.replace('deps=["in.txt"]', 'deps=["out.txt"]')
+    root = write_files(tmp_path / "proj", {"pipeline.py": cycle})
+    broker = start_broker(root, "--bind", "tcp://127.0.0.1:0")
+    control = broker.wait_bound()
+    records = root / ".pivot" / "logs" / "broker.jsonl"
+    wait_for(lambda: records.is_file() and "pipeline_invalid" in records.read_text(errors="replace"),
+             WAIT_S, "the broker to find the pipeline broken")
+    for display in ("plain", "json"):
+        result = run_pivot(root, "repro", "--broker", control, "--display", display, timeout=WAIT_S)
+        assert result.returncode == 2, describe(result)
+        if display == "plain":
+            assert result.stderr.splitlines()[0].startswith("error: "), describe(result)
+            assert "out.txt" in result.stderr, describe(result)

@@ -195,7 +195,7 @@ def test_plain_pipeline_error_and_pool_lost_go_to_err() -> None:
     ])
     assert out.getvalue() == ""
     assert err.getvalue().splitlines() == [
-        "pipeline error: pipeline.py raised NameError",
+        "error: pipeline.py raised NameError",
         "    Traceback ...",
         "    NameError: x",
         "worker pool pool-1 lost (no heartbeat for 3.1 s) while running: fit, evaluate",
@@ -342,7 +342,7 @@ def test_plain_resync_missed_wave_start_and_pipeline_error() -> None:
         "wave 2: 2 stages",
         "prepare: skipped (up to date)",
     ]
-    assert err.getvalue().splitlines() == ["pipeline error: bad params"]
+    assert err.getvalue().splitlines() == ["error: bad params"]
 
 
 def test_baseline_makes_the_joining_snapshot_history() -> None:
