@@ -172,6 +172,9 @@ def diff(stages: tuple[str, ...], rev: str, as_json: bool, as_md: bool) -> int:
                       + [[r["path"], r["key"], _cell(r["old"]), _cell(r["new"]), _cell(r["change"])] for r in rows])
         for line in lines if rows else ["no metrics changed"]:
             click.echo(line)
+    for path in then.lost:
+        click.echo(f"warning: {path} at {rev}: not committed to git, and the cache no longer has the "
+                   "version its lock records (removed by `pivot gc`?); shown as absent", err=True)
     for f in bad:
         click.echo(f"error: {f.path} (metrics of stage {f.stage!r}): {f.error}", err=True)
     return 2 if bad else 0

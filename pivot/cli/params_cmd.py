@@ -101,7 +101,8 @@ def diff_params(stage: str, old: dict[str, Any], new: dict[str, Any]) -> list[Pa
               help="Compare with the runs recorded at this git revision (its lock files) "
               "instead of the last runs here.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-def diff(stages: tuple[str, ...], rev: str | None, as_json: bool) -> None:
+@click.option("--md", "as_md", is_flag=True, help="Print a Markdown table (for a pull request).")
+def diff(stages: tuple[str, ...], rev: str | None, as_json: bool, as_md: bool) -> None:
     """Compare params now with those of the last successful runs.
 
     For STAGES (default: all): the params pipeline.py and params.yaml give now against
@@ -138,6 +139,15 @@ def diff(stages: tuple[str, ...], rev: str | None, as_json: bool) -> None:
         return
     for warning in manifest.warnings:
         click.echo(f"warning: {warning}", err=True)
+    if as_md:
+        click.echo(f"| Stage | Param | {rev or 'last run'} | workspace |")
+        click.echo("|---|---|---|---|")
+        for c in changes:
+            cells = ["-" if v is None else show_value(v).replace("|", "\\|") for v in (c.old, c.new)]
+            click.echo(f"| {c.stage} | {c.key} | {cells[0]} | {cells[1]} |")
+        for name in never_ran:
+            click.echo(f"| {name} | (never ran) | - | - |")
+        return
     for change in changes:
         click.echo(change.line())
     for name in never_ran:

@@ -16,6 +16,9 @@ __all__ = ["Revision"]
 class Revision:
     def __init__(self, root: Path, rev: str) -> None:
         self.root, self.rev = root, rev
+        # Outputs this revision's locks record whose cached objects are gone (`pivot gc`):
+        # read as absent, and said, never taken for "no such output then".
+        self.lost: list[str] = []
         found = self._git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
         if found is None:
             raise UserError(f"{rev!r} is not a revision of the git repository at {root}")
@@ -57,4 +60,5 @@ class Revision:
         try:
             return ContentCache(self.root / ".pivot" / "cache").object_path(digest).read_bytes()
         except (OSError, ValueError):
+            self.lost.append(path)
             return None

@@ -14,6 +14,7 @@ that folder's hash.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -35,7 +36,7 @@ def keep_outputs_ignored(root: Path, outs: Iterable[str]) -> bool:
     except FileNotFoundError:
         text = ""
     lines = text.splitlines()
-    wanted = [BEGIN, *(f"/{out}" for out in sorted(set(outs))), END]
+    wanted = [BEGIN, *(_pattern(out) for out in sorted(set(outs)) if "\n" not in out), END]
     start = next((i for i, line in enumerate(lines) if line.startswith(_BEGIN_PREFIX)), None)
     if start is None:
         if len(wanted) == 2:
@@ -49,3 +50,17 @@ def keep_outputs_ignored(root: Path, outs: Iterable[str]) -> bool:
         return False
     write_atomic(path, new.encode(), mode=0o644)
     return True
+
+
+_SPECIAL = re.compile(r"([\\*?\[])")
+
+
+def _pattern(out: str) -> str:
+    """`out` (a folder ends with `/`) as a .gitignore line matching exactly that path from
+    the root: git reads `*`, `?`, `[` and `\\` in a line as a pattern, and drops its
+    trailing spaces; escaped, `out [1].txt` ignores that file and no other."""
+    folder = out.endswith("/")
+    body = _SPECIAL.sub(r"\\\1", out.rstrip("/") if folder else out)
+    stripped = body.rstrip(" ")
+    body = stripped + "\\ " * (len(body) - len(stripped))
+    return f"/{body}{'/' if folder else ''}"

@@ -57,6 +57,19 @@ def test_params_diff_against_a_revision(project: Path) -> None:
     # Without --rev: against the last runs here, which ran with 50.
     last = run_pivot(root, "params", "diff")
     assert last.stdout.strip() == "no param changes since the last runs", last.stdout
+    md = run_pivot(root, "params", "diff", "--rev", "HEAD", "--md")
+    assert md.returncode == 0, describe(md)
+    assert md.stdout.splitlines() == ["| Stage | Param | HEAD | workspace |", "|---|---|---|---|",
+                                      "| fit | epochs | 300 | 50 |"], md.stdout
+
+
+def test_a_metrics_file_whose_cached_version_was_collected_is_said_missing(project: Path) -> None:
+    root = committed_project(project, commit_metrics=False)
+    gc = run_pivot(root, "gc", "--force", "--run-cache")
+    assert gc.returncode == 0, describe(gc)
+    result = run_pivot(root, "metrics", "diff")
+    assert result.returncode == 0, describe(result)
+    assert "metrics.json at HEAD" in result.stderr and "the cache no longer has" in result.stderr, describe(result)
 
 
 def test_outside_git_it_is_a_usage_error(project: Path) -> None:

@@ -31,3 +31,29 @@ def test_a_block_whose_end_was_deleted_is_closed_again(tmp_path: Path) -> None:
     ignore.write_text(f"keep\n{BEGIN}\n/old.txt\n")
     assert keep_outputs_ignored(tmp_path, ["new.txt"])
     assert ignore.read_text() == f"keep\n{BEGIN}\n/new.txt\n{END}\n"
+
+
+def test_an_output_whose_name_looks_like_a_pattern_ignores_that_file_and_no_other(tmp_path: Path) -> None:
+    """Checked by git itself: `*`, `?`, `[`, `\\` and trailing spaces are escaped."""
+    import subprocess
+
+    outs = ["out [1]*.txt", "a\\b?.csv", "sp  ", "d [x]/"]
+    others = ["out 1x.txt", "out [1]x.txt", "a\\bX.csv", "sp", "d x/f"]
+    for name in [*outs, *others]:
+        path = tmp_path / name.rstrip("/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if name.endswith("/"):
+            path.mkdir()
+            (path / "f").write_text("x")
+        else:
+            path.write_text("x")
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    assert keep_outputs_ignored(tmp_path, outs)
+
+    def ignored(name: str) -> bool:
+        found = subprocess.run(["git", "-C", str(tmp_path), "check-ignore", "-q", "--no-index", name])
+        assert found.returncode in (0, 1), found
+        return found.returncode == 0
+
+    assert [n for n in outs if not ignored(n.rstrip("/"))] == []
+    assert [n for n in others if ignored(n)] == []
