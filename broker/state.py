@@ -632,7 +632,10 @@ class BrokerState:
             self.reload.carry.add(stage)
         else:
             self._block_downstream(stage)
-            if not wave.keep_going:
+            # A missing input file fails its stage before any code ran: nothing went wrong
+            # that stopping the others could contain, so it halts nothing (as `pivot up`
+            # and `pivot status` treat it: only that stage and what needs it fail).
+            if not wave.keep_going and event.reason_code != ReasonCode.DEP_MISSING:
                 wave.halted = True
                 self._cancel_rest()
                 self._cancel_unstarted(f"not started: {stage} failed")

@@ -262,6 +262,14 @@ def test_fail_fast_cancels_stages_not_downstream_of_the_failure() -> None:
     assert wave.cancelled == ["e"] and wave.blocked == ["b", "c", "d"]
 
 
+def test_a_missing_input_fails_its_stage_and_what_needs_it_and_halts_nothing() -> None:
+    h = Harness(diamond(), slots=1)
+    [(_, _, a)] = dispatched(h.run())
+    commands = h.feed(ResultReceived("p1", a, "failed", "dep_missing", "dependency missing: in.txt", 0.0, None, ()))
+    assert [s for _, s, _ in dispatched(commands)] == ["e"]
+    assert finished(h) == {"a": "failed", "b": "blocked", "c": "blocked", "d": "blocked"}
+
+
 def test_keep_going_runs_unrelated_branches() -> None:
     h = Harness(diamond(), slots=1)
     [(_, _, a)] = dispatched(h.run(keep_going=True))
