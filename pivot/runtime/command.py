@@ -96,7 +96,7 @@ def run_command(
     line = interpolate(stage, cmd, params)
     env = dict(os.environ)
     env.update({name: as_text(value) for name, value in params.items()})
-    run = warm_mod.script_run(line, env) if warm and warm_mod.enabled() and cwd.is_dir() else None
+    run = warm_mod.script_run(line, env) if warm and warm_mod.enabled(root) and cwd.is_dir() else None
     proc: subprocess.Popen[bytes] | warm_mod.ForkedProcess
     try:
         if run is not None:

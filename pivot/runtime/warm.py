@@ -32,7 +32,8 @@ import, or reads an environment variable only then, sees the worker's moment), a
 `sys.flags` and the hash seed are the worker's. Interpreter flags other than `-u`,
 `-B` and `-W` run cold, as does any command a shell must read (pipes, `&&`,
 redirections, `$VAR`, globs). Opt out per stage (`warm=False`, dvc.yaml's
-`meta: {pivot: {warm: false}}`) or everywhere (`PIVOT_WARM=0`).
+`meta: {pivot: {warm: false}}`), for the project (`[tool.pivot]` `warm = false` in
+pyproject.toml) or everywhere (`PIVOT_WARM=0`).
 """
 
 from __future__ import annotations
@@ -63,8 +64,30 @@ _SHELL_CHARS = frozenset("|&;<>()$`\\\n*?[]{}~#!")  # quotes are read as a shell
 _PYTHON_NAMES = ("python", "python3", f"python3.{sys.version_info.minor}")
 
 
-def enabled() -> bool:
-    return os.environ.get("PIVOT_WARM", "1") != "0"
+def enabled(root: Path | None = None) -> bool:
+    """Warm scripts are on unless `PIVOT_WARM=0`, or the project's pyproject.toml says
+    `[tool.pivot]` `warm = false` (a setting committed with the project, for scripts that
+    need a clean interpreter). Read at each command: an edit applies to the next run."""
+    if os.environ.get("PIVOT_WARM", "1") == "0":
+        return False
+    return root is None or _project_setting(root, "warm", True) is not False
+
+
+def _project_setting(root: Path, key: str, default: object) -> object:
+    try:
+        text = (root / "pyproject.toml").read_text()
+    except OSError:
+        return default
+    if "tool" not in text or "pivot" not in text:  # most projects: no parse at all
+        return default
+    import tomllib
+
+    try:
+        tool = tomllib.loads(text).get("tool", {})
+    except tomllib.TOMLDecodeError:
+        return default  # Pivot's loader says what is wrong with it, not a running stage
+    section = tool.get("pivot", {}) if isinstance(tool, dict) else {}
+    return section.get(key, default) if isinstance(section, dict) else default
 
 
 @dataclass(frozen=True)

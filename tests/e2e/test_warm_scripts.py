@@ -214,6 +214,11 @@ def test_dvc_yaml_meta_turns_warm_off_and_a_shell_line_runs_cold(make_project: C
     events = repro(root)
     assert {s: e["status"] for s, e in finished(events).items()} == {"warm": "ran", "cold": "ran", "shell": "ran"}
     assert [(root / f"{n}.txt").read_text() for n in ("warm", "cold", "shell")] == ["warm", "cold", "cold"]
+    # The project's own setting turns it off for every stage.
+    (root / "pyproject.toml").write_text('[project]\nname = "x"\n\n[tool.pivot]\nwarm = false\n')
+    events = repro(root, "-f", "warm")
+    assert finished(events)["warm"]["status"] == "ran"
+    assert (root / "warm.txt").read_text() == "cold"
 
 
 HOLD = '''\
