@@ -552,7 +552,7 @@ class BrokerState:
         if not wave.keep_going:
             wave.halted = True
             self._cancel_rest()
-            self._cancel_unstarted(f"not started: {stage} failed")
+            self._cancel_unstarted(f"stopped before its code ran: {stage} failed")
         self._maybe_finish_wave()
 
     def _cancel_unstarted(self, why: str) -> None:
@@ -638,7 +638,7 @@ class BrokerState:
             if not wave.keep_going and event.reason_code != ReasonCode.DEP_MISSING:
                 wave.halted = True
                 self._cancel_rest()
-                self._cancel_unstarted(f"not started: {stage} failed")
+                self._cancel_unstarted(f"stopped before its code ran: {stage} failed")
         self._maybe_finish_wave()
 
     def _restarted(self, wave: Wave, stage: str, event: ResultReceived) -> bool:

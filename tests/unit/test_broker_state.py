@@ -424,7 +424,7 @@ def test_a_pool_takes_its_queue_beyond_its_slots_and_fail_fast_cancels_what_it_h
     commands = h.result(a1, status="failed", pool="p2")
     cancels = [(c.pool, c.msg.attempt, c.msg.reason) for c in commands
                if isinstance(c, SendWork) and isinstance(c.msg, CancelStage)]
-    assert cancels == [("p2", a2, "not started: a failed")]
+    assert cancels == [("p2", a2, "stopped before its code ran: a failed")]
     assert dispatched(commands) == []
 
 
