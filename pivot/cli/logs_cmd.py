@@ -82,15 +82,15 @@ def logs(
 
 
 def _print_file(path: Path) -> None:
+    """Each line as its latest state, as the displays show it (the file keeps every
+    rewrite of a progress bar: thousands of states on one line)."""
+    from pivot.state.stagelogs import latest_states
+
     sys.stdout.flush()
     out = sys.stdout.buffer
-    chunk = b"\n"
     with open(path, "rb") as f:
-        while data := f.read(1 << 20):
-            out.write(data)
-            chunk = data
-    if not chunk.endswith(b"\n"):  # a line in flight: what follows starts a line of its own
-        out.write(b"\n")
+        for line in latest_states(iter(lambda: f.read(1 << 20), b"")):
+            out.write(line)
     out.flush()
 
 
@@ -116,17 +116,27 @@ def _engine(
 def _follow_stage(engine: RemoteEngine, stage: str) -> None:
     """The stage's lines as the engine publishes them, until it stops."""
     from pivot.display.client import BrokerSilent
-    from pivot.protocol.messages import EngineStopped, LogLine, StageStarted
+    from pivot.protocol.messages import EngineStopped, LogLine, Snapshot, StageStarted
 
     held = False  # a progress line shown in place (a terminal only)
     tty = sys.stdout.isatty()
+    announced = 0  # the last wave whose run of the stage was said to start
     try:
         for env in engine.client.events(0.5):
             msg = getattr(env, "msg", None)
             if isinstance(msg, EngineStopped):
                 break
+            start: tuple[int, str] | None = None
             if isinstance(msg, StageStarted) and msg.stage == stage:
-                click.echo(("\n" if held else "") + f"# {stage}: running ({msg.reason})")
+                start = (msg.wave, msg.reason)
+            elif isinstance(env, Snapshot):  # state events were missed: its start may be among them
+                view = env.stages.get(stage)
+                if view is not None and view.status == "running" and view.wave > announced:
+                    start = (view.wave, view.reason)
+            if start is not None:
+                # A new run's lines follow the last run's: say where they begin.
+                announced = start[0]
+                click.echo(("\n" if held else "") + f"# {stage}: running (wave {start[0]}; {start[1]})")
                 held = False
             if not isinstance(msg, LogLine) or msg.stage != stage:
                 continue
