@@ -323,7 +323,7 @@ class AttemptOutput:
         for stream, pending in self.pending.items():
             if self.skipped[stream]:
                 out.append(("pivot", f"{self.skipped[stream]} {stream} lines not shown live (printed faster than "
-                                     f"displays follow); `pivot logs {self.stage}` has them all", False))
+                                     f"displays follow); {self._where_all()}", False))
                 self.skipped[stream] = 0
             out += [(stream, line, False) for line in pending]
             if pending:
@@ -350,6 +350,15 @@ class AttemptOutput:
                     self.partial_at = now
                     out.append((stream, state, True))
         return out, more
+
+    def _where_all(self) -> str:
+        """Where the lines not sent can be read, as far as is true now."""
+        if self.log.broken:
+            return "its log could not be written: they are lost"
+        if self.log.cut:  # the older ones among them may be cut already
+            return (f"`pivot logs {self.stage}` has the recent ones: its log keeps only the last part of the "
+                    f"output (the first {_mb(self.log.cut)} were cut: PIVOT_LOG_MAX_MB)")
+        return f"`pivot logs {self.stage}` has them all"
 
     def finish(self, status: str, reason: str, error: str | None) -> None:
         """The attempt is over: its log becomes the stage's (`pivot logs STAGE`), if its

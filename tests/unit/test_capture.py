@@ -237,6 +237,19 @@ def test_a_log_over_its_cap_says_so_live_and_in_the_log(tmp_path: Path) -> None:
     assert len("\n".join(log)) <= 200_000 + 1000
 
 
+def test_lines_not_shown_live_are_not_said_to_be_all_in_a_log_that_was_cut(tmp_path: Path) -> None:
+    pid_file = tmp_path / "a1"
+    out = AttemptOutput(tmp_path, "big", pid_file, cap=200_000)
+    with captured(pid_file):
+        for i in range(50_000):
+            print(f"{i:09d}")  # 500 kB: more than the cap, and more lines than a look sends
+    lines, _ = out.look(0.0, final=True)
+    [note] = [t for s, t, _ in lines if s == "pivot" and "not shown live" in t]
+    assert "has them all" not in note, note
+    assert "`pivot logs big` has the recent ones: its log keeps only the last part of the output" in note, note
+    out.finish("ran", "r", None)
+
+
 def test_an_attempt_whose_code_never_ran_leaves_the_last_log(tmp_path: Path) -> None:
     stage_log_path(tmp_path, "s").parent.mkdir(parents=True)
     stage_log_path(tmp_path, "s").write_text("# s: ran (before)\n")
