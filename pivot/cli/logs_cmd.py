@@ -32,8 +32,10 @@ def logs(
     stage: str | None, role: str | None, follow: bool, broker: str | None, key: Path | None, broker_key: Path | None,
 ) -> None:
     """Print what STAGE printed in its last run (stdout, stderr lines as `! ...`, Pivot's
-    notes as `# pivot: ...`, and a failure's traceback), kept under .pivot/logs/stages/:
-    the last 100 MB of it at most (PIVOT_LOG_MAX_MB). While STAGE runs, what it printed
+    notes as `# pivot: ...`, and a failure's traceback), kept under .pivot/logs/stages/;
+    each line as its last state. A run that printed more than the cap (100 MB,
+    PIVOT_LOG_MAX_MB) keeps its last 50 to 100 MB (half the cap to the cap: the log is
+    two segments, the older dropped when the newer fills). While STAGE runs, what it printed
     so far. With -f, then follow it live from the running engine (`pivot up`, a running
     `pivot repro`, or the one --broker names).
 
