@@ -10,7 +10,7 @@ from typing import IO, TYPE_CHECKING
 
 import click
 
-from pivot.cli.options import complete_stages
+from pivot.cli.options import complete_stages, known_stages
 from pivot.cli.target import broker_options
 from pivot.errors import InfraError, UserError
 
@@ -74,13 +74,27 @@ def logs(
     elif path.is_file():
         _print_file(path)
     elif engine is None:
-        raise UserError(f"no log for stage {stage!r}: it has not run in this project (or its name is wrong)"
-                        + ("; and no engine is running to follow it" if follow else ""))
+        raise _no_log(root, stage, follow)
     if follow and engine is None:
         click.echo(f"(no engine is running for this project: nothing more of {stage} to follow)", err=True)
     elif engine is not None:
         with engine:
             _follow_stage(engine, stage)
+
+
+def _no_log(root: Path, stage: str, follow: bool) -> UserError:
+    """Why STAGE has no log: a name the pipeline does not have (resolve_names says which
+    is close, and lists the stages), or a stage that has not run here yet."""
+    from pivot.pipeline.select import resolve_names
+
+    known = known_stages(root)
+    if known and stage not in known:
+        named = resolve_names([stage], known)  # raises for an unknown name, with a close one
+        return UserError(f"{stage!r} names the stages {', '.join(named)}: `pivot logs` takes one of them")
+    more = "; and no engine is running to follow it" if follow else ""
+    if stage in known:
+        return UserError(f"no log for stage {stage!r}: it has not run in this project yet{more}")
+    return UserError(f"no log for {stage!r}: no stage of that name has run in this project{more}")
 
 
 def _print_file(path: Path) -> None:

@@ -92,6 +92,46 @@ def test_logs_of_an_unknown_or_never_run_stage_is_a_usage_error(make_project: Ca
         assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr, describe(result)
 
 
+TWO_PIPELINE = '''\
+from pivot import stage
+
+
+@stage(outs=["g.txt"])
+def good() -> None:
+    open("g.txt", "w").write("g")
+
+
+@stage(outs=["o.txt"])
+def other() -> None:
+    open("o.txt", "w").write("o")
+
+
+def fit(kind: str = "a") -> None:
+    open(f"fit-{kind}.txt", "w").write(kind)
+
+
+for kind in ("a", "b"):
+    stage(name=f"fit@{kind}", params={"kind": kind}, outs=[f"fit-{kind}.txt"])(fit)
+'''
+
+
+def test_logs_of_a_misspelt_stage_says_did_you_mean_and_of_one_not_run_yet_says_so(
+    make_project: Callable[..., Path],
+) -> None:
+    root = make_project({"pipeline.py": TWO_PIPELINE})
+    assert run_pivot(root, "repro", "good", "--json").returncode == 0
+    typo = run_pivot(root, "logs", "goood")
+    assert typo.returncode == 2, describe(typo)
+    assert typo.stderr.startswith("error: unknown stage(s): goood (did you mean good?); stages are: good, other"), \
+        describe(typo)
+    never = run_pivot(root, "logs", "other")
+    assert never.returncode == 2 and "no log for stage 'other': it has not run in this project yet" in never.stderr, \
+        describe(never)
+    group = run_pivot(root, "logs", "fit")
+    assert group.returncode == 2 and "'fit' names the stages fit@a, fit@b" in group.stderr, describe(group)
+    assert ok(root, "logs", "good").startswith("# good: ran")
+
+
 def test_process_records_show_waves_and_stages(make_project: Callable[..., Path]) -> None:
     root = make_project({"pipeline.py": PIPELINE})
     assert run_pivot(root, "repro", "--json").returncode == 0
