@@ -7,7 +7,9 @@ files and does two things with it.
   attempt ends, whatever its end (a crash's last lines are kept). Bounded by
   `log_max_bytes()` (100 MB by default, `PIVOT_LOG_MAX_MB`): two segments of half that
   each; when the newer is full, the older is dropped, and the log says how much of the
-  beginning was cut. The last lines are always kept.
+  beginning was cut. The last lines are always kept. Both streams go into the one file a
+  whole line at a time: a stream's unfinished line (a progress bar on stderr) is held
+  until it ends, so a line of the other stream never lands in its middle.
 - **Live lines for every display**, one message per TAIL_S at most, with at most
   LINES_PER_TICK lines of each stream: when a stage prints faster, the last lines are
   sent and the others counted in a note on the `pivot` stream (they are all in the log). A line rewritten with `\\r` (a
@@ -42,6 +44,7 @@ MAX_LINE_CHARS = 4000
 MAX_LINE_BYTES = 4 * MAX_LINE_CHARS
 DEFAULT_LOG_MAX_MB = 100.0
 PUNCH_EVERY = 8 << 20  # bytes read from a file before the part read is freed on disk
+HOLD_BYTES = 1 << 16  # an unfinished line held for the log, beyond its latest state
 
 
 def log_max_bytes() -> int:
@@ -119,6 +122,7 @@ class LogSegments:
         self.size = 0
         self.at_line_start: dict[str, bool] = {}
         self.last_stream = ""
+        self.held: dict[str, bytes] = {}  # each stream's line not ended yet
         self.broken = ""
         self.file: BinaryIO | None = None  # opened at the first write: a silent stage makes none
 
@@ -144,6 +148,24 @@ class LogSegments:
                 self.remove()
 
     def _write(self, stream: str, data: bytes) -> None:
+        """Whole lines only; the unfinished one waits for its end (or the attempt's)."""
+        data = self.held.pop(stream, b"") + data
+        end = data.rfind(b"\n") + 1
+        rest = data[end:]
+        if len(rest) > HOLD_BYTES:
+            # A line rewritten with \r for long (a progress bar): what a display shows
+            # of it is what follows its last \r, which is all that is held.
+            cr = rest.rfind(b"\r", 0, len(rest) - 1)
+            if cr > 0:
+                rest = rest[cr:]
+        if len(rest) > HOLD_BYTES:  # a line that long without an end is written as it comes
+            end = len(data)
+        elif rest:
+            self.held[stream] = rest
+        if end:
+            self._emit(stream, data[:end])
+
+    def _emit(self, stream: str, data: bytes) -> None:
         last = self.last_stream
         if last and last != stream and not self.at_line_start.get(last, True):
             self._raw(b"\n")  # another stream's line begins: the unfinished one ends here
@@ -176,9 +198,14 @@ class LogSegments:
                 self.size = 0
 
     def parts(self) -> list[Path]:
-        """The segments in order, closed (the attempt is over)."""
+        """The segments in order, closed (the attempt is over): the lines it left
+        unfinished are written first, each ended."""
         if self.file is None:
             return []
+        held, self.held = self.held, {}
+        with contextlib.suppress(OSError):  # a full disk: the log keeps what it has
+            for stream, rest in held.items():
+                self._emit(stream, rest + b"\n")
         self.file.close()
         return [p for p in (self.older, self.path) if p.exists()]
 
@@ -296,7 +323,7 @@ class AttemptOutput:
         for stream, pending in self.pending.items():
             if self.skipped[stream]:
                 out.append(("pivot", f"{self.skipped[stream]} {stream} lines not shown live (printed faster than "
-                                     f"displays follow); `pivot logs {self.stage}` has them all", False))
+                                     f"displays follow); {self._where_all()}", False))
                 self.skipped[stream] = 0
             out += [(stream, line, False) for line in pending]
             if pending:
@@ -323,6 +350,15 @@ class AttemptOutput:
                     self.partial_at = now
                     out.append((stream, state, True))
         return out, more
+
+    def _where_all(self) -> str:
+        """Where the lines not sent can be read, as far as is true now."""
+        if self.log.broken:
+            return "its log could not be written: they are lost"
+        if self.log.cut:  # the older ones among them may be cut already
+            return (f"`pivot logs {self.stage}` has the recent ones: its log keeps only the last part of the "
+                    f"output (the first {_mb(self.log.cut)} were cut: PIVOT_LOG_MAX_MB)")
+        return f"`pivot logs {self.stage}` has them all"
 
     def finish(self, status: str, reason: str, error: str | None) -> None:
         """The attempt is over: its log becomes the stage's (`pivot logs STAGE`), if its

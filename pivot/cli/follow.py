@@ -122,6 +122,8 @@ def _follow(stack: Engine, r: Renderer, outcome: Outcome) -> None:
                 _say_notice(item.msg)
             r.event(item)
             _from_event(item, outcome)
+        else:
+            r.idle()
         if outcome.code is not None:
             return
         stack.check()
@@ -229,6 +231,8 @@ def run_live(
                             if not stops.asked:
                                 print("pivot: the engine was stopped (`pivot down`)", file=sys.stderr)
                                 return 0
+                    else:
+                        renderer.idle()
                     for key in keys.pressed():
                         if key == "q":
                             stops.add()

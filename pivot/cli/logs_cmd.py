@@ -10,7 +10,7 @@ from typing import IO, TYPE_CHECKING
 
 import click
 
-from pivot.cli.options import complete_stages
+from pivot.cli.options import complete_stages, known_stages
 from pivot.cli.target import broker_options
 from pivot.errors import InfraError, UserError
 
@@ -32,8 +32,10 @@ def logs(
     stage: str | None, role: str | None, follow: bool, broker: str | None, key: Path | None, broker_key: Path | None,
 ) -> None:
     """Print what STAGE printed in its last run (stdout, stderr lines as `! ...`, Pivot's
-    notes as `# pivot: ...`, and a failure's traceback), kept under .pivot/logs/stages/:
-    the last 100 MB of it at most (PIVOT_LOG_MAX_MB). While STAGE runs, what it printed
+    notes as `# pivot: ...`, and a failure's traceback), kept under .pivot/logs/stages/;
+    each line as its last state. A run that printed more than the cap (100 MB,
+    PIVOT_LOG_MAX_MB) keeps its last 50 to 100 MB (half the cap to the cap: the log is
+    two segments, the older dropped when the newer fills). While STAGE runs, what it printed
     so far. With -f, then follow it live from the running engine (`pivot up`, a running
     `pivot repro`, or the one --broker names).
 
@@ -72,8 +74,7 @@ def logs(
     elif path.is_file():
         _print_file(path)
     elif engine is None:
-        raise UserError(f"no log for stage {stage!r}: it has not run in this project (or its name is wrong)"
-                        + ("; and no engine is running to follow it" if follow else ""))
+        raise _no_log(root, stage, follow)
     if follow and engine is None:
         click.echo(f"(no engine is running for this project: nothing more of {stage} to follow)", err=True)
     elif engine is not None:
@@ -81,16 +82,31 @@ def logs(
             _follow_stage(engine, stage)
 
 
+def _no_log(root: Path, stage: str, follow: bool) -> UserError:
+    """Why STAGE has no log: a name the pipeline does not have (resolve_names says which
+    is close, and lists the stages), or a stage that has not run here yet."""
+    from pivot.pipeline.select import resolve_names
+
+    known = known_stages(root)
+    if known and stage not in known:
+        named = resolve_names([stage], known)  # raises for an unknown name, with a close one
+        return UserError(f"{stage!r} names the stages {', '.join(named)}: `pivot logs` takes one of them")
+    more = "; and no engine is running to follow it" if follow else ""
+    if stage in known:
+        return UserError(f"no log for stage {stage!r}: it has not run in this project yet{more}")
+    return UserError(f"no log for {stage!r}: no stage of that name has run in this project{more}")
+
+
 def _print_file(path: Path) -> None:
+    """Each line as its latest state, as the displays show it (the file keeps every
+    rewrite of a progress bar: thousands of states on one line)."""
+    from pivot.state.stagelogs import latest_states
+
     sys.stdout.flush()
     out = sys.stdout.buffer
-    chunk = b"\n"
     with open(path, "rb") as f:
-        while data := f.read(1 << 20):
-            out.write(data)
-            chunk = data
-    if not chunk.endswith(b"\n"):  # a line in flight: what follows starts a line of its own
-        out.write(b"\n")
+        for line in latest_states(iter(lambda: f.read(1 << 20), b"")):
+            out.write(line)
     out.flush()
 
 
@@ -116,17 +132,27 @@ def _engine(
 def _follow_stage(engine: RemoteEngine, stage: str) -> None:
     """The stage's lines as the engine publishes them, until it stops."""
     from pivot.display.client import BrokerSilent
-    from pivot.protocol.messages import EngineStopped, LogLine, StageStarted
+    from pivot.protocol.messages import EngineStopped, LogLine, Snapshot, StageStarted
 
     held = False  # a progress line shown in place (a terminal only)
     tty = sys.stdout.isatty()
+    announced = 0  # the last wave whose run of the stage was said to start
     try:
         for env in engine.client.events(0.5):
             msg = getattr(env, "msg", None)
             if isinstance(msg, EngineStopped):
                 break
+            start: tuple[int, str] | None = None
             if isinstance(msg, StageStarted) and msg.stage == stage:
-                click.echo(("\n" if held else "") + f"# {stage}: running ({msg.reason})")
+                start = (msg.wave, msg.reason)
+            elif isinstance(env, Snapshot):  # state events were missed: its start may be among them
+                view = env.stages.get(stage)
+                if view is not None and view.status == "running" and view.wave > announced:
+                    start = (view.wave, view.reason)
+            if start is not None:
+                # A new run's lines follow the last run's: say where they begin.
+                announced = start[0]
+                click.echo(("\n" if held else "") + f"# {stage}: running (wave {start[0]}; {start[1]})")
                 held = False
             if not isinstance(msg, LogLine) or msg.stage != stage:
                 continue

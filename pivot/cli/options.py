@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-__all__ = ["LIVE_PARAMS", "display_option", "live_options"]
+__all__ = ["LIVE_PARAMS", "complete_stages", "display_option", "known_stages", "live_options", "stages_argument"]
 
 
 def display_option(func: click.decorators.FC) -> click.decorators.FC:
@@ -46,24 +48,28 @@ def live_options(func: click.decorators.FC) -> click.decorators.FC:
     return func
 
 
+def known_stages(root: Path) -> list[str]:
+    """The project's stage names: the pipeline's, loaded as any command loads it, else
+    (it does not load) those that ran, from their lock files; never an error."""
+    try:
+        from pivot.launch.spawn import run_loader
+
+        return [s.name for s in run_loader(root, timeout=5.0).stages]
+    except Exception:  # a broken pipeline still has the names of what ran
+        from pivot.state.lock import stage_of_file
+
+        return sorted(stage_of_file(p.stem) for p in (root / ".pivot" / "stages").glob("*.lock"))
+
+
 def complete_stages(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
-    """Stage names (and variant groups) for shell completion: the pipeline's, loaded as
-    any command loads it, else those that ran (their lock files); never an error."""
+    """Stage names (and variant groups) for shell completion (`known_stages`)."""
     from pivot.pipeline.project import find_root
 
     try:
         root = find_root()
-    except Exception:
+    except Exception:  # completion outside a project offers nothing
         return []
-    names: list[str] = []
-    try:
-        from pivot.launch.spawn import run_loader
-
-        names = [s.name for s in run_loader(root, timeout=5.0).stages]
-    except Exception:
-        from pivot.state.lock import stage_of_file
-
-        names = sorted(stage_of_file(p.stem) for p in (root / ".pivot" / "stages").glob("*.lock"))
+    names = known_stages(root)
     groups = sorted({n.partition("@")[0] for n in names if "@" in n} - set(names))
     return [n for n in [*names, *groups] if n.startswith(incomplete)]
 

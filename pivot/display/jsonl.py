@@ -62,6 +62,9 @@ class JsonRenderer:
         """Optional, before any event: what `snap` shows is history, not to be emitted."""
         self.progress.baseline(snap)
 
+    def idle(self) -> None:
+        pass  # every event is written as it comes
+
     def close(self, dropped_logs: int) -> None:
         _flush(self.out)
         if dropped_logs > 0:

@@ -97,6 +97,9 @@ class PlainRenderer:
         self.progress.baseline(snap)
         self._loaded_once = bool(snap.order)
 
+    def idle(self) -> None:
+        pass  # every event is written as it comes
+
     def close(self, dropped_logs: int) -> None:
         self._flush(self.out)
         if dropped_logs > 0:

@@ -6,6 +6,8 @@ A renderer is fed by the display client, one call at a time from one thread:
   the bus messages `welcome` and `tick`);
 - `resync(snapshot)` after the client saw a gap in the state sequence and fetched a
   snapshot: the renderer shows what it missed, never anything twice;
+- `idle()` when no event came for a while (a tenth of a second): a renderer that holds
+  something back for a batch shows it now;
 - `close(dropped_logs)` once at the end.
 
 `Progress` is the bookkeeping the line-based renderers (plain, json) share: what was
@@ -87,6 +89,9 @@ class Renderer(Protocol):
 
     def resync(self, snap: Snapshot) -> None:
         """After a sequence gap: the full state; show what was missed."""
+
+    def idle(self) -> None:
+        """No event for a while: show anything held back for a batch."""
 
     def close(self, dropped_logs: int) -> None:
         """End of the run; report `dropped_logs` when > 0."""

@@ -1,10 +1,18 @@
-"""A live terminal view with rich: the current wave as a table, a log tail, failures.
+"""A live terminal view with rich: the current wave as a table, failures, and above it
+everything the stages print.
 
 The view is rebuilt from this renderer's state twice a second by rich's refresh thread,
 so a stage's running time ticks without events, and right after an event at most 8
 times a second: never more than 10 frames a second.
 State changes happen under `_lock`; rich is never called while holding it (rich's own
 lock is taken by the refresh thread before it asks us for the view).
+
+Each line a stage ends is printed above the live region (`console.print` while the
+Live runs), prefixed by its stage, so the terminal's scrollback keeps everything the
+display received, as after `make` or `dvc repro`; the region itself shows only the lines
+in flight (progress bars, in place) and the few not printed yet. Lines are printed in
+batches, at most every ABOVE_EVERY_S, and at once before any other event is shown: each
+print redraws the live region, so one print per line would cost a table per line.
 
 On close the live region is cleared and the final table, failures and summary are
 printed as ordinary output, so they stay on screen (and end up in a file as-is).
@@ -68,6 +76,7 @@ _EVENT_REFRESH_S = 0.125  # least time between two refreshes triggered by events
 _LIVE_ERROR_LINES = 12  # tail of each failure's traceback while live
 _LIVE_ERRORS = 2  # failures shown in full-ish while live; the rest by name
 _STAGE_LOG_LINES = 8  # a failed stage's last output lines, shown above its traceback
+ABOVE_EVERY_S = 0.1  # least time between two batches of lines printed above the view
 
 
 @dataclass
@@ -91,6 +100,7 @@ class TuiRenderer:
         self.console = console
         self.clock = clock
         self._last_refresh = float("-inf")
+        self._last_above = float("-inf")
         self._lock = threading.Lock()
         self._live: Live | None = None
         self._closed = False
@@ -100,7 +110,9 @@ class TuiRenderer:
         self._wave_t1: float | None = None
         self._rows: dict[str, _Row] = {}
         self._summary: WaveFinished | None = None
-        self._logs: deque[LogLine] = deque(maxlen=max(0, log_lines))
+        self._log_lines = max(0, log_lines)  # the live region's lines not printed above yet
+        self._unprinted: list[LogLine] = []  # ended lines waiting for the next batch above
+        self._printed_logs = False  # (a snapshot's log tails are shown on joining only)
         self._stage_logs: dict[str, deque[LogLine]] = {}  # each stage's last run
         self._partials: dict[tuple[str, str], LogLine] = {}  # lines in flight (progress bars), in place
         self._pipeline_error: tuple[str, str] | None = None
@@ -119,14 +131,18 @@ class TuiRenderer:
     def event(self, env: Envelope) -> None:
         with self._lock:
             above = self._apply(env)
-        self._print_above(above)
+            # A state event is shown after the lines printed before it.
+            lines = self._take_unprinted(force=not isinstance(env.msg, LogLine))
+        self._print_above([*lines, *above])
         self._ensure_live()
         self._refresh_soon()
 
     def resync(self, snap: Snapshot) -> None:
         with self._lock:
+            lines = self._take_unprinted(force=True)
             above = self._apply_snapshot(snap)
-        self._print_above(above)
+            lines += self._take_unprinted(force=True)
+        self._print_above([*lines, *above])
         self._ensure_live()
         self._refresh_soon()
 
@@ -139,15 +155,23 @@ class TuiRenderer:
                 self._pipeline_error = (snap.pipeline_error.message, snap.pipeline_error.detail)
         self._ensure_live()
 
+    def idle(self) -> None:
+        """No event for a while: lines held for a batch are printed now."""
+        with self._lock:
+            lines = self._take_unprinted(force=True)
+        self._print_above(lines)
+
     def close(self, dropped_logs: int) -> None:
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             live, self._live = self._live, None
+            lines = self._take_unprinted(force=True)
             final = self._final_view(dropped_logs)
         if live is not None:
             live.stop()
+        self._print_above(lines)
         if final is not None:
             self.console.print(final)
 
@@ -181,7 +205,7 @@ class TuiRenderer:
                 self._partials[(msg.stage, msg.stream)] = msg
             case LogLine():
                 self._partials.pop((msg.stage, msg.stream), None)
-                self._logs.append(msg)
+                self._unprinted.append(msg)
                 self._stage_tail(msg.stage).append(msg)
             case WaveFinished():
                 if msg.wave == self._wave or self._wave == 0:
@@ -214,6 +238,19 @@ class TuiRenderer:
             case _:
                 pass
         return above
+
+    def _take_unprinted(self, force: bool) -> list[RenderableType]:
+        """The lines to print above now, as one batch (empty until ABOVE_EVERY_S has
+        passed since the last, unless `force`)."""
+        if not self._unprinted:
+            return []
+        now = self.clock()
+        if not force and now - self._last_above < ABOVE_EVERY_S:
+            return []
+        self._last_above = now
+        self._printed_logs = True
+        lines, self._unprinted = self._unprinted, []
+        return [Group(*(_log_text(line, wrap=True) for line in lines))]
 
     def _drop_partials(self, stage: str) -> None:
         for key in [k for k in self._partials if k[0] == stage]:
@@ -269,10 +306,10 @@ class TuiRenderer:
             rows[stage] = row
         self._rows = rows
         self._trigger = _trigger_text(snap.trigger, snap.paths)
-        if not self._logs:  # joining: the tail of each stage's last run
+        if not self._printed_logs and not self._unprinted:  # joining: the tail of each stage's last run
             for stage in stage_order(snap.order, snap.logs):
                 for stream, line in snap.logs[stage]:
-                    self._logs.append(LogLine(stage, stream, line))
+                    self._unprinted.append(LogLine(stage, stream, line))
                     self._stage_tail(stage).append(LogLine(stage, stream, line))
         last = snap.last_wave
         self._summary = last if not snap.wave_running and last and last.wave == snap.wave else None
@@ -310,9 +347,10 @@ class TuiRenderer:
             parts: list[RenderableType] = [self._header(), self._table(limit)]
             parts += self._errors(live=True)
             parts += self._pipeline_error_view(live=True)
-            if self._logs or self._partials:
+            in_flight = [*self._unprinted[-self._log_lines :], *self._partials.values()]
+            if in_flight:
                 parts.append(Text("─ log ─", style="dim"))
-                parts += [_log_text(line) for line in [*self._logs, *self._partials.values()]]
+                parts += [_log_text(line) for line in in_flight]
             parts += [Text(note, style="red") for note in self._notes]
             return Group(*parts)
 
@@ -322,9 +360,6 @@ class TuiRenderer:
             parts += [self._header(), self._table(None)]
             parts += self._errors(live=False)
         parts += self._pipeline_error_view(live=False)
-        if self._logs:  # what the stages printed last stays on screen, as it was shown
-            parts.append(Text("─ log ─", style="dim"))
-            parts += [_log_text(line) for line in self._logs]
         if self._summary is not None:
             parts.append(self._summary_text(self._summary))
         elif self._wave_running:
@@ -468,11 +503,13 @@ def _visible(rows: dict[str, _Row], limit: int | None) -> list[str]:
     return [n for n in names if n in chosen]
 
 
-def _log_text(msg: LogLine) -> Text:
+def _log_text(msg: LogLine, wrap: bool = False) -> Text:
+    """`STAGE | line` (`!` stderr, `*` Pivot's notes); cut to one row unless `wrap`
+    (printed above the view: the scrollback keeps the whole line)."""
     mark = {"stderr": "!", "pivot": "*"}.get(msg.stream, "|")
     text = Text(f"{msg.stage} {mark} ", style={"!": "red dim", "*": "yellow"}.get(mark, "dim"))
     text.append_text(Text.from_ansi(msg.line.replace("\r", "")))
-    text.no_wrap = True
-    text.overflow = "ellipsis"
+    text.no_wrap = not wrap
+    text.overflow = "fold" if wrap else "ellipsis"
     return text
 

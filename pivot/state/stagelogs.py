@@ -14,12 +14,18 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from pivot.state.atomic import replace_small, write_atomic
 from pivot.state.lock import stage_file
 
-__all__ = ["finish_log", "keep_log", "note_restored", "older_segment", "running_log_parts", "running_log_path", "stage_log_path"]
+__all__ = [
+    "finish_log", "keep_log", "latest_states", "note_restored", "older_segment", "running_log_parts",
+    "running_log_path", "stage_log_path",
+]
+
+_PREFIXES = (b"! ", b"# pivot: ")  # a stream's mark, before what the stage wrote
 
 
 def stage_log_path(root: Path, stage: str) -> Path:
@@ -40,6 +46,41 @@ def running_log_parts(root: Path, stage: str) -> tuple[Path, Path]:
     """The running log's segments: the newer, the older."""
     path = running_log_path(root, stage)
     return path, older_segment(path)
+
+
+def latest_states(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """A log's lines (`chunks` of its bytes, in order) as a terminal would have left
+    them: each line's text after its last carriage return (a progress bar's last state,
+    not its thousands of rewrites), its stream's mark kept; a trailing `\\r\\n` is a
+    plain newline. Each line ends with `\\n`, the last too."""
+    rest = b""
+    for chunk in chunks:
+        data = rest + chunk
+        end = data.rfind(b"\n")
+        if end < 0:
+            rest = _fold(data)  # a line rewritten in place holds only its latest state
+            continue
+        for line in data[:end].split(b"\n"):
+            yield _latest_line(line) + b"\n"
+        rest = _fold(data[end + 1 :])
+    if rest:
+        yield _latest_line(rest) + b"\n"
+
+
+def _fold(part: bytes) -> bytes:
+    """An unfinished line, cut to its mark and what follows its last carriage return
+    (bounded memory however long the line), unless that return may be part of `\\r\\n`."""
+    cr = part.rfind(b"\r", 0, len(part) - 1)
+    if cr < 0:
+        return part
+    mark = next((p for p in _PREFIXES if part.startswith(p)), b"")
+    return mark + part[cr:]
+
+
+def _latest_line(line: bytes) -> bytes:
+    mark = next((p for p in _PREFIXES if line.startswith(p)), b"")
+    body = line[len(mark) :].rstrip(b"\r")
+    return mark + body[body.rfind(b"\r") + 1 :]
 
 
 def _head(stage: str, status: str, reason: str) -> bytes:

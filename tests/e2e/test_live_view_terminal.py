@@ -1,6 +1,7 @@
 """The live view on a real pseudo-terminal of 80x24, 120x40 and 200x50 (issue 12): stage
 names and statuses are never cut (only the reason gives way), and what a running stage
-prints shows while it runs, a progress bar as its latest state, in place."""
+prints shows while it runs, a progress bar as its latest state, in place; after a
+`pivot repro`, everything the stages printed is in the terminal's scrollback."""
 
 from __future__ import annotations
 
@@ -59,6 +60,39 @@ def talk() -> None:
 '''
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|\x1b[=>]")
+TOKENS = re.compile(r"\x1b\[([0-9;?]*)([A-Za-z])|\x1b[()][A-Z0-9]|\x1b[=>]|([\r\n])|([^\x1b\r\n]+)")
+
+
+def terminal_lines(data: str, columns: int, rows: int) -> list[str]:
+    """What a terminal holds after `data` (its scrollback, then its screen), as lines: a
+    small emulator of what rich writes (text, CR, LF, cursor up within the screen, erase
+    in line; colours ignored). The bytes alone would not do: every frame the live view
+    drew, and erased, is in them."""
+    lines = [""]
+    row = col = 0
+    for m in TOKENS.finditer(data):
+        args, cmd, control, text = m.groups()
+        if text:
+            for ch in text:
+                if col >= columns:  # the terminal wraps
+                    row, col = row + 1, 0
+                    if row == len(lines):
+                        lines.append("")
+                line = lines[row].ljust(col)
+                lines[row] = line[:col] + ch + line[col + 1 :]
+                col += 1
+        elif control == "\r":
+            col = 0
+        elif control == "\n":  # the pty's ONLCR makes it CR LF
+            row, col = row + 1, 0
+            if row == len(lines):
+                lines.append("")
+        elif cmd == "A":  # never above the screen's top: scrollback is out of reach
+            row = max(len(lines) - rows, 0, row - int(args or 1))
+        elif cmd == "K":
+            mode = args or "0"
+            lines[row] = "" if mode == "2" else lines[row][:col] if mode == "0" else " " * col + lines[row][col:]
+    return [line.rstrip() for line in lines]
 
 
 class Screen:
@@ -147,3 +181,68 @@ def test_the_live_view_on_a_terminal_keeps_names_whole_and_streams_what_a_stage_
         if slave >= 0:
             os.close(slave)
         os.close(master)
+
+
+STEPS = """\
+import sys
+
+from pivot import stage
+
+
+@stage(deps=["in.txt"], outs=["prep.txt"])
+def prep() -> None:
+    for i in range(40):  # in one burst: the live view never has room for them all
+        print(f"prep step {i}")
+    sys.stdout.flush()
+    for i in range(1, 4):
+        sys.stderr.write(f"\\r{i}/3 |{'#' * i}")
+    sys.stderr.write("\\n")
+    open("prep.txt", "w").write("ok")
+
+
+@stage(deps=["prep.txt"], outs=["fit.txt"])
+def fit() -> None:
+    print("fit done")
+    open("fit.txt", "w").write("ok")
+"""
+
+
+def test_after_repro_the_terminal_keeps_everything_the_stages_printed(
+    make_project: Callable[..., Path], proc_guard: ProcGuard, tmp_path: Path,
+) -> None:
+    """At 80x24 the live view's log pane holds ten lines: a stage's 40 lines used to be
+    left as its last ten, on screen and in the scrollback."""
+    columns, rows = 80, 24
+    root = make_project({"pipeline.py": STEPS, "in.txt": "x\n"})
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "NO_COLOR")}
+    env["TERM"] = "xterm-256color"
+    try:
+        with open(tmp_path / "repro.stderr", "w") as err:
+            proc = proc_guard.track(subprocess.Popen(
+                [*pivot_cmd(), "repro"], cwd=root, stdin=slave, stdout=slave, stderr=err,
+                start_new_session=True, text=True, env=env,
+            ))
+        os.close(slave)
+        slave = -1
+        screen = Screen(master)
+        rc, _, _ = wait_exit(proc, WAIT_S, "pivot repro")
+        assert rc == 0, (tmp_path / "repro.stderr").read_text()
+        with screen.cond:  # everything it wrote: the reader sees EOF once it has exited
+            screen.cond.wait_for(lambda: screen.eof, WAIT_S)
+            data = screen.data.decode(errors="replace")
+    finally:
+        if slave >= 0:
+            os.close(slave)
+        os.close(master)
+    kept = terminal_lines(data, columns, rows)
+    steps = [line for line in kept if re.fullmatch(r"prep \| prep step \d+", line)]
+    assert steps == [f"prep | prep step {i}" for i in range(40)], "\n".join(kept)
+    assert "prep ! 3/3 |###" in kept and not any(re.match(r"prep ! [12]/3", line) for line in kept), kept
+    assert "fit | fit done" in kept, kept
+    # The outcome below them: the final table and the summary, at the end.
+    last = kept.index("prep | prep step 39")
+    assert any(re.match(r"prep\s+✓ ran", line) for line in kept[last:]), kept[last:]
+    assert any(re.match(r"fit\s+✓ ran", line) for line in kept[last:]), kept[last:]
+    assert [line for line in kept if line][-1] == "wave 1 done: 2 ran", kept[last:]

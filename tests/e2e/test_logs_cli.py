@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from procs import describe, run_pivot
+from procs import LiveRun, ProcGuard, describe, pivot_cmd, run_pivot, wait_exit, wait_for
 from procs import pivot_ok as ok
 
 pytestmark = pytest.mark.timeout(60)
+
+WAIT_S = 20.0
 
 PIPELINE = '''\
 import sys
@@ -89,6 +92,46 @@ def test_logs_of_an_unknown_or_never_run_stage_is_a_usage_error(make_project: Ca
         assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr, describe(result)
 
 
+TWO_PIPELINE = '''\
+from pivot import stage
+
+
+@stage(outs=["g.txt"])
+def good() -> None:
+    open("g.txt", "w").write("g")
+
+
+@stage(outs=["o.txt"])
+def other() -> None:
+    open("o.txt", "w").write("o")
+
+
+def fit(kind: str = "a") -> None:
+    open(f"fit-{kind}.txt", "w").write(kind)
+
+
+for kind in ("a", "b"):
+    stage(name=f"fit@{kind}", params={"kind": kind}, outs=[f"fit-{kind}.txt"])(fit)
+'''
+
+
+def test_logs_of_a_misspelt_stage_says_did_you_mean_and_of_one_not_run_yet_says_so(
+    make_project: Callable[..., Path],
+) -> None:
+    root = make_project({"pipeline.py": TWO_PIPELINE})
+    assert run_pivot(root, "repro", "good", "--json").returncode == 0
+    typo = run_pivot(root, "logs", "goood")
+    assert typo.returncode == 2, describe(typo)
+    assert typo.stderr.startswith("error: unknown stage(s): goood (did you mean good?); stages are: good, other"), \
+        describe(typo)
+    never = run_pivot(root, "logs", "other")
+    assert never.returncode == 2 and "no log for stage 'other': it has not run in this project yet" in never.stderr, \
+        describe(never)
+    group = run_pivot(root, "logs", "fit")
+    assert group.returncode == 2 and "'fit' names the stages fit@a, fit@b" in group.stderr, describe(group)
+    assert ok(root, "logs", "good").startswith("# good: ran")
+
+
 def test_process_records_show_waves_and_stages(make_project: Callable[..., Path]) -> None:
     root = make_project({"pipeline.py": PIPELINE})
     assert run_pivot(root, "repro", "--json").returncode == 0
@@ -98,3 +141,72 @@ def test_process_records_show_waves_and_stages(make_project: Callable[..., Path]
     assert "stage talk ran: never ran" in pool and "[wave=1 stage=talk]" in pool, pool
     result = run_pivot(root, "logs", "--role", "watcher")  # no `pivot up` ran here
     assert result.returncode == 2 and "has not run" in result.stderr, describe(result)
+
+
+BAR_PIPELINE = '''\
+import sys
+
+from pivot import stage
+
+
+@stage(outs=["bar.txt"])
+def bar() -> None:
+    print("start", flush=True)
+    for i in range(1, 3001):
+        sys.stderr.write(f"\\r{i}/3000 |{'#' * (i // 300)}")
+    sys.stderr.write("\\n")
+    sys.stderr.flush()
+    sys.stdout.write("done\\r\\n")
+    open("bar.txt", "w").write("ok")
+'''
+
+
+def test_logs_show_each_line_as_its_last_state(make_project: Callable[..., Path]) -> None:
+    """A progress bar that rewrote its line 3,000 times used to be printed with every
+    state (87 KB on a pipe); its log file keeps them, `pivot logs` shows the last."""
+    root = make_project({"pipeline.py": BAR_PIPELINE})
+    assert run_pivot(root, "repro", "--json").returncode == 0
+    assert b"\r1/3000 |" in (root / ".pivot" / "logs" / "stages" / "bar.log").read_bytes()
+    text = ok(root, "logs", "bar")
+    # (Within a tenth of a second, the two streams' order is the order they are read in.)
+    assert sorted(text.splitlines()[1:]) == ["! 3000/3000 |##########", "done", "start"], text[:2000]
+    assert "\r" not in text and len(text) < 200, len(text)
+
+
+FOLLOW_PIPELINE = '''\
+from pivot import stage
+
+
+@stage(deps=["in.txt"], outs=["out.txt"])
+def copy() -> None:
+    text = open("in.txt").read().strip()
+    print(f"copied {text}")
+    open("out.txt", "w").write(text)
+'''
+
+
+def test_logs_follow_says_when_a_new_run_starts(
+    make_project: Callable[..., Path], up: Callable[..., LiveRun], proc_guard: ProcGuard, tmp_path: Path,
+) -> None:
+    root = make_project({"pipeline.py": FOLLOW_PIPELINE, "in.txt": "one\n"})
+    live = up(root)
+    live.wait_event(lambda e: e["event"] == "wave_finished" and e["wave"] == 1, WAIT_S, "the first wave")
+    followed = tmp_path / "followed.txt"
+    with followed.open("w") as out:
+        follower = proc_guard.track(subprocess.Popen(
+            [*pivot_cmd(), "logs", "-f", "copy"], cwd=root, stdout=out, stderr=subprocess.PIPE, text=True,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        ))
+    # It prints the log so far once it is subscribed: the next run reaches it.
+    wait_for(lambda: "copied one" in followed.read_text(), WAIT_S, "pivot logs -f to show the last run")
+    mark = live.mark()
+    (root / "in.txt").write_text("two\n")
+    live.wait_event(lambda e: e["event"] == "wave_finished" and e["wave"] == 2, WAIT_S, "the second wave", mark)
+    wait_for(lambda: "copied two" in followed.read_text(), WAIT_S, "pivot logs -f to show the new run")
+    live.stop()
+    rc, _, err = wait_exit(follower, WAIT_S, "pivot logs -f after the engine stopped")
+    assert rc == 0, err
+    lines = followed.read_text().splitlines()
+    assert lines[0].startswith("# copy: ran (never ran)") and lines[1] == "copied one", lines
+    assert lines[2].startswith("# copy: running (wave 2; dep changed: in.txt"), lines
+    assert lines[3:] == ["copied two"], lines

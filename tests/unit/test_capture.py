@@ -134,7 +134,36 @@ def test_the_log_marks_stderr_and_notes_and_never_glues_two_streams_on_one_line(
     log.write("stderr", b"warn 1\nwarn 2\n")
     log.write("stdout", b"c\n")
     [part] = log.parts()
-    assert part.read_bytes() == b"# pivot: saved an edit\na\nb\n! warn 1\n! warn 2\nc\n"
+    assert part.read_bytes() == b"# pivot: saved an edit\na\n! warn 1\n! warn 2\nbc\n"
+
+
+def test_a_line_of_one_stream_never_lands_in_the_middle_of_the_others_unfinished_line(tmp_path: Path) -> None:
+    """A stdout line printed while a stderr progress bar had no newline yet used to cut
+    the bar's line in two."""
+    log = LogSegments(tmp_path / "s.log.part", cap=10_000)
+    log.write("stderr", b"\r 10%|#")
+    log.write("stdout", b"epoch 1\n")
+    log.write("stderr", b"\r 20%|##")
+    log.flush()
+    assert log.path.read_bytes() == b"epoch 1\n"  # the bar's line waits for its end
+    log.write("stdout", b"epoch 2\nhalf")
+    log.write("stderr", b"\r100%|####\n")
+    [part] = log.parts()  # the attempt is over: its unfinished line is kept, ended
+    assert part.read_bytes() == b"epoch 1\nepoch 2\n! \r 10%|#\r 20%|##\r100%|####\nhalf\n"
+
+
+def test_a_long_unfinished_line_is_held_as_its_latest_state_only(tmp_path: Path) -> None:
+    from workers.streams import HOLD_BYTES
+
+    log = LogSegments(tmp_path / "s.log.part", cap=10 * HOLD_BYTES)
+    n = HOLD_BYTES // 3  # a progress bar rewritten 20,000 times (twice what is held), never ended
+    for i in range(n):
+        log.write("stderr", b"\r%05d" % i)
+        assert len(log.held["stderr"]) <= HOLD_BYTES
+    log.write("stdout", b"done\n")
+    log.write("stderr", b"\n")
+    [part] = log.parts()
+    assert part.read_bytes() == b"done\n! \r%05d\n" % (n - 1)
 
 
 def test_the_log_keeps_the_last_part_up_to_its_cap_and_counts_what_it_cut(tmp_path: Path) -> None:
@@ -172,9 +201,9 @@ def test_an_attempt_streams_its_lines_and_its_log_becomes_the_stages(tmp_path: P
     out.remove_files()
     log = stage_log_path(root, "train").read_bytes().decode()  # \r kept as written
     assert log.startswith("# train: ran (first run) at ")
-    # Read stream by stream at each look: a line of one stream ends where another's begins.
+    # Whole lines: the progress bar's goes in once it ends, after the line printed meanwhile.
     assert log.split("\n")[1:] == [
-        "# pivot: saved hand-edited output", "epoch 1", "! \r 50%|##", "done", "! \r100%|####", ""]
+        "# pivot: saved hand-edited output", "epoch 1", "done", "! \r 50%|##\r100%|####", ""]
     assert (tmp_path / "runlog").read_bytes().decode() == log
     assert not running_log_path(root, "train").exists() and not output_path(pid_file, "stdout").exists()
 
@@ -206,6 +235,19 @@ def test_a_log_over_its_cap_says_so_live_and_in_the_log(tmp_path: Path) -> None:
     assert log[0].startswith("# s: failed (boom)") and log[1].startswith("# pivot: the first ")
     assert log[-4:] == ["000049999", "# traceback:", "Traceback", "  ValueError"]
     assert len("\n".join(log)) <= 200_000 + 1000
+
+
+def test_lines_not_shown_live_are_not_said_to_be_all_in_a_log_that_was_cut(tmp_path: Path) -> None:
+    pid_file = tmp_path / "a1"
+    out = AttemptOutput(tmp_path, "big", pid_file, cap=200_000)
+    with captured(pid_file):
+        for i in range(50_000):
+            print(f"{i:09d}")  # 500 kB: more than the cap, and more lines than a look sends
+    lines, _ = out.look(0.0, final=True)
+    [note] = [t for s, t, _ in lines if s == "pivot" and "not shown live" in t]
+    assert "has them all" not in note, note
+    assert "`pivot logs big` has the recent ones: its log keeps only the last part of the output" in note, note
+    out.finish("ran", "r", None)
 
 
 def test_an_attempt_whose_code_never_ran_leaves_the_last_log(tmp_path: Path) -> None:

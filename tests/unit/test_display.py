@@ -621,12 +621,36 @@ def test_the_live_view_header_says_when_the_engine_is_paused() -> None:
 
 
 def test_what_the_stages_printed_stays_on_screen_after_a_run() -> None:
-    """The live view showed the last lines the stages printed, then erased them."""
-    r, buf = tui(terminal=True)
-    feed(r, run_messages())
+    """Every line printed above the view, in order, before the final table (the live
+    view used to keep its last ten lines, then erase them)."""
+    r, buf = tui()  # not a terminal: what is written is exactly what stays
+    msgs = run_messages()
+    steps = [LogLine("prepare", "stdout", f"prep step {i}") for i in range(40)]
+    feed(r, [*msgs[:3], *steps, *msgs[3:]])
     r.close(0)
-    after = buf.getvalue().rsplit("wave 1 · ", 1)[1]  # the final view, printed once the live one stopped
-    assert "kept 40 rows" in after and "warning: 2 rows had no label" in after, after
+    text = buf.getvalue()
+    shown = [line for line in text.splitlines() if line.startswith("prepare | prep step")]
+    assert shown == [f"prepare | prep step {i}" for i in range(40)], shown
+    assert "prepare | kept 40 rows" in text and "prepare ! warning: 2 rows had no label" in text, text
+    assert text.index("prep step 39") < text.index("wave 1 · ") < text.index("wave 1 failed:"), text
+
+
+def test_lines_are_printed_above_in_batches_and_before_the_events_after_them() -> None:
+    from rich.console import Console
+
+    from pivot.display.tui import TuiRenderer
+
+    now = [T0]
+    buf = io.StringIO()
+    r = TuiRenderer(Console(file=buf, force_terminal=False, width=100, color_system=None), clock=lambda: now[0])
+    feed(r, run_messages()[:3])
+    feed(r, [LogLine("prepare", "stdout", f"step {i}") for i in range(3)])
+    assert "step 0" in buf.getvalue() and "step 2" not in buf.getvalue()  # a batch per tenth
+    r.idle()
+    assert "step 2" in buf.getvalue()
+    feed(r, [LogLine("prepare", "stdout", "last"), StageFinished(1, "prepare", "ran", "never_ran", "never ran", 0.01)])
+    assert "prepare | last" in buf.getvalue()  # printed at once: the event follows it
+    r.close(0)
 
 
 def test_a_progress_bar_is_shown_in_place_and_gives_way_to_the_line_that_ends_it() -> None:
@@ -639,8 +663,10 @@ def test_a_progress_bar_is_shown_in_place_and_gives_way_to_the_line_that_ends_it
     bars = [LogLine("prepare", "stderr", f"{i}0%|{'#' * i}", partial=True) for i in range(1, 4)]
     shown = frames([*started, *bars])
     assert "30%|###" in shown and "20%|##" not in shown and "10%|#" not in shown, shown
-    done = frames([*started, *bars, LogLine("prepare", "stderr", "100%|##########")])
-    assert "100%|##########" in done and "30%|###" not in done, done
+    r, buf = tui(terminal=True)
+    feed(r, [*started, *bars, LogLine("prepare", "stderr", "100%|##########")])
+    after = buf.getvalue().split("prepare ! 100%|##########", 1)[1]  # printed above the view
+    assert "30%|###" not in after.rsplit("wave 1 · ", 1)[-1], after  # the last frame has no bar
 
 
 def test_plain_output_prints_a_progress_bar_every_ten_seconds_at_most() -> None:
