@@ -4,6 +4,7 @@ supported yet is an error naming the file, the stage and the key."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -347,3 +348,53 @@ def test_a_directory_out_as_dvc_writes_it_and_a_missing_out_fails_its_stage(make
     again = finished(parse_events(run_pivot(root, "repro", "--json", "mk", "use", timeout=40).stdout))
     assert {s: e["status"] for s, e in again.items()} == {"mk": "ran", "use": "ran"}
     assert (root / "b.txt").read_text() == "2\n"
+
+
+SWEEP = '''\
+stages:
+  sweep:
+    foreach: ${sweeps}
+    do:
+      cmd: echo ${item} ${train.lr} ${seed} > out-${item}.txt
+      params: [train.lr, seed, {other.yaml: [a]}]
+      outs: ["out-${item}.txt"]
+  score:
+    cmd: >-
+      cat out-s1.txt out-s2.txt > /dev/null && echo '{"acc": 0.5}' > score.json
+    deps: [out-s1.txt, out-s2.txt]
+    metrics: [score.json]
+'''
+SWEEP_PARAMS = "seed: 1\nsweeps: [s1, s2]\ntrain:\n  lr: 0.25\n"
+TOP = ("from pivot import stage\n\n\n@stage(outs=['top.txt'])\n"
+       "def top(n: int = 1) -> None:\n    open('top.txt', 'w').write(str(n))\n")
+
+
+@pytest.mark.parametrize("with_pipeline", [False, True])
+def test_params_metrics_and_dag_show_a_dvc_project_whose_params_yaml_has_plain_values(
+    make_project: Callable[..., Path], with_pipeline: bool,
+) -> None:
+    files = {"dvc.yaml": SWEEP, "params.yaml": SWEEP_PARAMS, "other.yaml": "a: x\n"}
+    if with_pipeline:  # a function stage's section of params.yaml beside DVC's plain values
+        files |= {"pipeline.py": TOP, "params.yaml": SWEEP_PARAMS + "top:\n  n: 5\n"}
+    root = make_project(files)
+    shown = run_pivot(root, "params", "show")
+    assert shown.returncode == 0, describe(shown)
+    rows = [line.split() for line in shown.stdout.splitlines()]
+    for variant in ("sweep@s1", "sweep@s2"):  # each value with the file it was read from
+        assert [variant, "train.lr", "0.25", "params.yaml"] in rows, shown.stdout
+        assert [variant, "seed", "1", "params.yaml"] in rows, shown.stdout
+        assert [variant, "other.yaml:a", '"x"', "other.yaml"] in rows, shown.stdout
+    assert ["score", "(no", "params)"] in rows, shown.stdout
+    if with_pipeline:
+        assert ["top", "n", "5", "params.yaml"] in rows, shown.stdout
+    as_json = json.loads(run_pivot(root, "params", "show", "--json", "sweep@s1").stdout)
+    assert as_json["stages"]["sweep@s1"]["seed"] == {"value": 1, "source": "params.yaml"}, as_json
+
+    dag = run_pivot(root, "dag", "--format", "json")
+    assert dag.returncode == 0, describe(dag)
+    assert ["sweep@s1", "score"] in json.loads(dag.stdout)["edges"], dag.stdout
+
+    assert run_pivot(root, "repro", timeout=40).returncode == 0
+    metrics = run_pivot(root, "metrics", "show")
+    assert metrics.returncode == 0, describe(metrics)
+    assert metrics.stdout.split() == ["score", "score.json", "acc", "0.5"], describe(metrics)
