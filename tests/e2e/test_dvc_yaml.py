@@ -398,3 +398,58 @@ def test_params_metrics_and_dag_show_a_dvc_project_whose_params_yaml_has_plain_v
     metrics = run_pivot(root, "metrics", "show")
     assert metrics.returncode == 0, describe(metrics)
     assert metrics.stdout.split() == ["score", "score.json", "acc", "0.5"], describe(metrics)
+
+
+FROZEN = '''\
+stages:
+  fz:
+    cmd: echo made > fz.txt
+    outs: [fz.txt]
+    frozen: true
+  after:
+    cmd: cat fz.txt > after.txt
+    deps: [fz.txt]
+    outs: [after.txt]
+  clock:
+    cmd: echo tick > clock.txt
+    outs: [clock.txt]
+    always_changed: true
+'''
+
+
+def test_a_frozen_stage_is_up_to_date_in_status_and_fails_when_its_output_is_missing_as_in_dvc(
+    make_project: Callable[..., Path],
+) -> None:
+    root = make_project({"dvc.yaml": FROZEN})
+    # Never run and its output missing: `dvc repro` fails it ("missing data"); so does Pivot.
+    failed = run_pivot(root, "repro", "--json", "--keep-going", timeout=40)
+    assert failed.returncode == 1, describe(failed)
+    done = finished(parse_events(failed.stdout))
+    assert done["fz"]["status"] == "failed" and done["fz"]["reason_code"] == "out_missing", done["fz"]
+    assert "frozen (dvc.yaml) and its output is missing: fz.txt" in done["fz"]["reason"], done["fz"]
+    assert done["after"]["status"] == "blocked" and not (root / "fz.txt").exists()
+    missing = run_pivot(root, "status")
+    assert "fz: stale (frozen (dvc.yaml) and its output is missing: fz.txt" in missing.stdout, describe(missing)
+    assert run_pivot(root, "status", "-q").returncode == 1
+
+    (root / "fz.txt").write_text("by hand\n")
+    assert statuses(run_pivot(root, "repro", "--json", timeout=40)) == {"fz": "skipped", "after": "ran", "clock": "ran"}
+    shown = run_pivot(root, "status", "fz", "after")
+    assert shown.stdout.splitlines() == [
+        "fz: up to date (frozen (dvc.yaml): never run)", "after: up to date", "everything is up to date",
+    ], describe(shown)
+    assert run_pivot(root, "status", "-q", "after").returncode == 0
+    assert run_pivot(root, "status", "--check", "fz").returncode == 0
+    as_json = json.loads(run_pivot(root, "status", "--json").stdout)["stages"]
+    assert as_json["fz"]["stale"] is False and as_json["fz"]["reasons"][0]["code"] == "up_to_date", as_json
+    assert (root / "fz.txt").read_text() == "by hand\n"
+
+
+def test_an_always_changed_stage_is_not_shown_restorable_from_the_run_cache(make_project: Callable[..., Path]) -> None:
+    root = make_project({"dvc.yaml": FROZEN, "fz.txt": "given\n"})
+    assert run_pivot(root, "repro", timeout=40).returncode == 0
+    shown = run_pivot(root, "status", "clock")
+    assert shown.stdout.splitlines()[0] == "clock: stale (always_changed (dvc.yaml): it runs every time)", describe(shown)
+    assert json.loads(run_pivot(root, "status", "--json", "clock").stdout)["stages"]["clock"]["restorable"] is False
+    again = run_pivot(root, "repro", "--json", timeout=40)
+    assert statuses(again)["clock"] == "ran", describe(again)  # as status said: run, not restored
