@@ -11,6 +11,7 @@ the params.yaml keys it lists (dotted paths, whole sections, or `{FILE: [keys]}`
 another file), with their values: it runs again exactly when one of those changes.
 Paths are relative to the stage's `wdir` (default: the folder of dvc.yaml).
 
+Top-level `metrics` (files no stage owns) are read by `pivot metrics` (top_level_metrics).
 `frozen: true` stages never run, `always_changed: true` ones run every time (never
 restored from the run cache), `persist: true` outputs stay in place before a run and
 after a failure, and `cache: false` outputs are hashed but never stored (nor listed in
@@ -36,7 +37,8 @@ from pivot.errors import PipelineError
 from pivot.pipeline.params import PARAMS_FILE
 from pivot.pipeline.project import DVC_FILE
 
-__all__ = ["DvcStage", "ParamFiles", "load_dvc_stages", "param_label", "tracked_params", "with_refs"]
+__all__ = ["DvcStage", "ParamFiles", "load_dvc_stages", "param_label", "top_level_metrics", "tracked_params",
+           "with_refs"]
 
 _TOP_KEYS = {"stages", "vars", "params", "metrics", "plots", "artifacts", "datasets"}
 _STAGE_KEYS = {"cmd", "deps", "outs", "metrics", "plots", "params", "wdir", "vars", "desc", "meta", "frozen",
@@ -92,6 +94,29 @@ def load_dvc_stages(
     files = files or ParamFiles(root)
     for rel in dvc_files(root, walk=at_root):
         found += _load_file(root, rel, files, symbolic)
+    return found
+
+
+def top_level_metrics(root: Path, *, below_pipeline: bool = False) -> list[tuple[str, str]]:
+    """(dvc.yaml, path from the root) for each file a top-level `metrics:` lists (metrics
+    no stage owns, as DVC allows), from the dvc.yaml files load_dvc_stages reads; a path
+    starts from its dvc.yaml's folder."""
+    at_root = (root / DVC_FILE).is_file()
+    if not at_root and not below_pipeline:
+        return []
+    found: list[tuple[str, str]] = []
+    for rel in dvc_files(root, walk=at_root):
+        data = _read_yaml(root / rel, rel)
+        listed = data.get("metrics") if isinstance(data, dict) else None
+        if listed is None:
+            continue
+        if not isinstance(listed, list):
+            raise PipelineError(f"{rel}: top-level `metrics` must be a list of files, got {type(listed).__name__}")
+        place = _Place(rel, posixpath.dirname(rel) or ".")
+        for entry in listed:
+            if not isinstance(entry, str) or not entry:
+                raise PipelineError(f"{rel}: top-level `metrics` holds {entry!r}, expected a file path")
+            found.append((rel, _from_wdir(place.folder, entry, f"{rel}: top level", "metrics")))
     return found
 
 

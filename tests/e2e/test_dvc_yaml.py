@@ -453,3 +453,35 @@ def test_an_always_changed_stage_is_not_shown_restorable_from_the_run_cache(make
     assert json.loads(run_pivot(root, "status", "--json", "clock").stdout)["stages"]["clock"]["restorable"] is False
     again = run_pivot(root, "repro", "--json", timeout=40)
     assert statuses(again)["clock"] == "ran", describe(again)  # as status said: run, not restored
+
+
+def test_top_level_metrics_of_dvc_yaml_files_are_shown_and_diffed_as_dvc_does(make_project: Callable[..., Path]) -> None:
+    import subprocess
+
+    root = make_project({
+        "dvc.yaml": "metrics:\n  - eval/m.json\n  - own.yaml\nstages:\n  own:\n"
+                    "    cmd: >-\n      echo 'loss: 2' > own.yaml\n    metrics: [own.yaml]\n",
+        "sub/dvc.yaml": "metrics:\n  - s.yaml\n  - gone.json\n",
+        "eval/m.json": '{"acc": 0.9, "n": {"x": 1}}', "sub/s.yaml": "f1: 0.5\n",
+    })
+    assert run_pivot(root, "repro", timeout=40).returncode == 0
+    shown = run_pivot(root, "metrics", "show")
+    assert shown.returncode == 0, describe(shown)
+    assert [line.split() for line in shown.stdout.splitlines()] == [
+        ["own", "own.yaml", "loss", "2"],  # listed at the top too: shown once, under its stage
+        ["dvc.yaml", "eval/m.json", "acc", "0.9"],
+        ["dvc.yaml", "eval/m.json", "n.x", "1"],
+        ["sub/dvc.yaml", "sub/s.yaml", "f1", "0.5"],  # from its dvc.yaml's folder
+        ["sub/dvc.yaml", "sub/gone.json", "(missing)"],
+    ], describe(shown)
+    as_json = json.loads(run_pivot(root, "metrics", "show", "--json").stdout)
+    assert as_json["files"] == {"eval/m.json": {"acc": 0.9, "n": {"x": 1}}, "sub/s.yaml": {"f1": 0.5}}, as_json
+    assert as_json["missing"] == [{"stage": None, "path": "sub/gone.json"}], as_json
+
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "m"]):
+        subprocess.run([*git, *args], cwd=root, check=True, capture_output=True, timeout=30)
+    (root / "eval" / "m.json").write_text('{"acc": 0.95, "n": {"x": 1}}')
+    diff = run_pivot(root, "metrics", "diff", "--json")
+    assert diff.returncode == 0, describe(diff)
+    assert json.loads(diff.stdout) == {"eval/m.json": {"acc": {"old": 0.9, "new": 0.95, "diff": 0.05}}}, diff.stdout
