@@ -5,11 +5,13 @@ supported yet is an error naming the file, the stage and the key."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from procs import LiveRun, describe, finished, parse_events, run_pivot
+from procs import LiveRun, describe, finished, parse_events, pivot_cmd, run_pivot
 
 from pivot.state.hashing import hash_path
 
@@ -296,7 +298,6 @@ def test_params_yaml_top_level_values_are_dvc_params_and_a_section_no_stage_read
 
 
 def test_a_dvc_yaml_below_a_pipeline_py_root_is_read_when_git_knows_it(make_project: Callable[..., Path]) -> None:
-    import subprocess
 
     files = {
         "pipeline.py": "from pivot import stage\n\n\n@stage(deps=['in.txt'], outs=['top.txt'])\n"
@@ -456,8 +457,6 @@ def test_an_always_changed_stage_is_not_shown_restorable_from_the_run_cache(make
 
 
 def test_top_level_metrics_of_dvc_yaml_files_are_shown_and_diffed_as_dvc_does(make_project: Callable[..., Path]) -> None:
-    import subprocess
-
     root = make_project({
         "dvc.yaml": "metrics:\n  - eval/m.json\n  - own.yaml\nstages:\n  own:\n"
                     "    cmd: >-\n      echo 'loss: 2' > own.yaml\n    metrics: [own.yaml]\n",
@@ -485,3 +484,49 @@ def test_top_level_metrics_of_dvc_yaml_files_are_shown_and_diffed_as_dvc_does(ma
     diff = run_pivot(root, "metrics", "diff", "--json")
     assert diff.returncode == 0, describe(diff)
     assert json.loads(diff.stdout) == {"eval/m.json": {"acc": {"old": 0.9, "new": 0.95, "diff": 0.05}}}, diff.stdout
+
+
+AS_DVC = '''\
+stages:
+  bools:
+    foreach: [true, false]
+    do:
+      cmd: echo ${item}
+  mat:
+    matrix:
+      x: [true, null, 1.5, [1]]
+      y: [y0]
+    cmd: echo ${item.y}
+  mixed:
+    foreach: [a, {v: 1}]
+    do:
+      cmd: echo mixed
+  opts:
+    vars: [p.toml, q.json]
+    cmd: echo \\${HOME} ${train} ${lr} ${n} {a,b} > opts.txt
+    params: [train, {p.toml: [lr]}]
+    outs: [opts.txt]
+'''
+
+
+def test_variant_names_options_escapes_the_shell_and_toml_params_are_as_in_dvc(
+    make_project: Callable[..., Path],
+) -> None:
+    # What `dvc stage list` and `dvc repro` give for the same file (DVC 3.67).
+    root = make_project({
+        "dvc.yaml": AS_DVC, "p.toml": "lr = 0.5\n", "q.json": '{"n": 3}',
+        "params.yaml": "train:\n  lr: 0.1\n  verbose: true\n  quiet: false\n  layers: [1, 2]\n  opt:\n    name: adam\n",
+    })
+    listed = run_pivot(root, "list")
+    assert listed.returncode == 0, describe(listed)
+    assert [line for line in listed.stdout.splitlines() if not line.startswith(" ")] == [
+        "bools@true", "bools@false", "mat@true-y0", "mat@None-y0", "mat@1.5-y0", "mat@x3-y0", "mixed@0", "mixed@1",
+        "opts",
+    ]
+    ran = subprocess.run([*pivot_cmd(), "repro", "opts"], cwd=root, capture_output=True, text=True, timeout=40,
+                         env={**os.environ, "SHELL": "/bin/bash"}, stdin=subprocess.DEVNULL)
+    assert ran.returncode == 0, describe(ran)
+    assert (root / "opts.txt").read_text() == \
+        f"{os.environ['HOME']} --lr 0.1 --verbose --layers 1 2 --opt.name adam 0.5 3 a b\n"  # bash's {a,b}
+    shown = [line.split() for line in run_pivot(root, "params", "show", "opts").stdout.splitlines()]
+    assert ["opts", "p.toml:lr", "0.5", "p.toml"] in shown, shown
