@@ -59,6 +59,8 @@ def after_decision(attempt: Attempt, decided: Prepared | BaseException) -> Resul
                 Status.FAILED, ReasonCode.DEP_MISSING, f"dependency missing: {', '.join(missing)}",
                 details={"paths": missing},
             )
+        case Verdict.FROZEN_MISSING:
+            return Result(Status.FAILED, ReasonCode.OUT_MISSING, reason.message, details=reason.details)
         case Verdict.RESTORED:
             notes = [("pivot", note) for note in decided.notes]
             return Result(Status.RESTORED, str(reason.code), reason.message, logs=notes, details=reason.details)

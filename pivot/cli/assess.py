@@ -32,10 +32,12 @@ class StageAssessment:
     name: str
     reasons: list[Reason] = field(default_factory=list)
     restorable: bool = False  # its outputs for these inputs are in the run cache
+    fails: bool = False  # it fails without running (frozen, and an output is missing)
 
     @property
     def stale(self) -> bool:
-        return bool(self.reasons)
+        # A frozen stage's only reason says why it is up to date, not why it would run.
+        return any(r.code is not ReasonCode.UP_TO_DATE for r in self.reasons)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -83,7 +85,7 @@ def assess(
                     root, spec, state.hashes, force=force, producers=producers[name],
                     all_reasons=explain, read=read,
                 )
-                row = StageAssessment(name, list(decision.reasons))
+                row = StageAssessment(name, list(decision.reasons), fails=bool(decision.frozen_missing))
                 unproduced = [d for d in decision.missing_deps if not producers[name].get(d)]
                 if unproduced and not any(r.code is ReasonCode.DEP_MISSING for r in row.reasons):
                     # Nothing will make it: the run fails this stage (and only it) until it exists.
@@ -101,7 +103,8 @@ def assess(
                             {"stages": stale_up},
                         )
                     )
-                if decision.run and not decision.missing_deps and not force:
+                # An always_changed stage is never restored from the run cache (plan.prepare).
+                if decision.run and not decision.missing_deps and not force and not spec.always:
                     row.restorable = restorable(state, spec, run_key(spec, decision.dep_hashes)) is not None
                 result[name] = row
     finally:

@@ -29,10 +29,12 @@ def import_dvc(dry_run: bool, force: bool) -> None:
 
     It never writes params.yaml, dvc.yaml, dvc.lock or .dvc/, and replaces an existing
     pipeline.py only with --force. Pivot refuses a stage declared in both pipeline.py and
-    dvc.yaml, so then move dvc.yaml away (docs/dvc.md):
+    a dvc.yaml, and reads the dvc.yaml files git knows below pipeline.py, so then move
+    every dvc.yaml it read away, as it prints (docs/dvc.md):
 
     \b
         git mv dvc.yaml dvc.yaml.bak
+        git mv sub/dvc.yaml sub/dvc.yaml.bak
         pivot repro
     """
     from pivot.pipeline.dvcimport import render, verify
@@ -56,8 +58,12 @@ def import_dvc(dry_run: bool, force: bool) -> None:
     click.echo(f"wrote {target}: {len(imported.stages)} stages from {', '.join(imported.files)}")
     for old, new in imported.renamed:
         click.echo(f"renamed: {old} -> {new} (a name pipeline.py cannot hold)")
-    click.echo(f"next: Pivot refuses a stage declared in both {PIPELINE_FILE} and {DVC_FILE}; move {DVC_FILE} away:")
-    click.echo(f"    {_move_command(root)} {DVC_FILE} {DVC_FILE}.bak")
+    # Below a pipeline.py, the dvc.yaml files git knows are still read: every one imported
+    # must go, or its stages clash with their copies in pipeline.py.
+    what = DVC_FILE if imported.files == (DVC_FILE,) else "every dvc.yaml it read"
+    click.echo(f"next: Pivot refuses a stage declared in both {PIPELINE_FILE} and a {DVC_FILE}; move {what} away:")
+    for file in imported.files:
+        click.echo(f"    {_move_command(root, file)} {file} {file}.bak")
     if imported.rerun:
         click.echo(
             "then `pivot repro`; these stages have a new name, so a new lock: it restores their outputs from the "
@@ -67,11 +73,11 @@ def import_dvc(dry_run: bool, force: bool) -> None:
         click.echo("then `pivot repro`")
 
 
-def _move_command(root: Path) -> str:
-    """`git mv` for a dvc.yaml git tracks, else `mv`."""
+def _move_command(root: Path, file: str) -> str:
+    """`git mv` for a file git tracks, else `mv`."""
     try:
         tracked = subprocess.run(
-            ["git", "ls-files", "--error-unmatch", DVC_FILE], cwd=root, capture_output=True, timeout=30,
+            ["git", "ls-files", "--error-unmatch", "--", file], cwd=root, capture_output=True, timeout=30,
         ).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         tracked = False

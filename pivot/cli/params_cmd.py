@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from pivot.cli.common import load_pipeline, select, table
 from pivot.cli.options import stages_argument
 
-__all__ = ["ParamChange", "diff_params", "params"]
+if TYPE_CHECKING:
+    from pivot.pipeline.manifest import StageSpec
+
+__all__ = ["ParamChange", "diff_params", "param_source", "params"]
 
 FROM_FILE = "params.yaml"
 FROM_CODE = "code"  # the function's default or stage(params=...): the manifest can't tell
@@ -21,6 +24,14 @@ FROM_CODE = "code"  # the function's default or stage(params=...): the manifest 
 @click.group()
 def params() -> None:
     """Show stage params, or diff them against the last successful runs."""
+
+
+def param_source(spec: StageSpec, key: str, from_file: dict[str, dict[str, Any]]) -> str:
+    """Where the value of `spec`'s param `key` came from: a params file, or code."""
+    if spec.keyed:  # named by dvcyaml.param_label: `key` for params.yaml, `FILE:key` for FILE
+        file, colon, _ = key.partition(":")
+        return file if colon else FROM_FILE
+    return FROM_FILE if key in from_file.get(spec.name, {}) else FROM_CODE
 
 
 def show_value(value: Any) -> str:
@@ -34,21 +45,28 @@ def show_value(value: Any) -> str:
 def show(stages: tuple[str, ...], as_json: bool) -> None:
     """Show the resolved params of STAGES (default: all), in run order.
 
-    One line per param: stage, param, value (as YAML would spell it), source. A value
-    is the function's keyword default, overridden by stage(params=...), then by
-    params.yaml; the source is `params.yaml` when params.yaml sets it, else `code`.
+    One line per param: stage, param, value (as YAML would spell it), source: the file
+    the value was read from (`params.yaml`, or another params file a dvc.yaml stage
+    lists), or `code` for a function's keyword default or stage(params=...). A value is
+    the function's keyword default, overridden by stage(params=...), then by the
+    params.yaml section named after the stage; a dvc.yaml stage's are the params.yaml
+    keys (`train.lr`) or FILE:key it reads.
     """
     from pivot.pipeline.params import load_params_file
 
     root, manifest, graph = load_pipeline()
     names = select(stages, graph.order)
-    from_file = load_params_file(root)
+    specs = [manifest.by_name[name] for name in names]
+    # As the loader reads it: with dvc.yaml-style stages, only the other stages' names
+    # are sections of params.yaml; the rest (`seed: 1`) are values read by key path.
+    keyed = any(s.keyed for s in manifest.stages)
+    from_file = load_params_file(root, [s.name for s in manifest.stages if not s.keyed] if keyed else None)
     result = {
-        name: {
-            key: {"value": value, "source": FROM_FILE if key in from_file.get(name, {}) else FROM_CODE}
-            for key, value in manifest.by_name[name].params.items()
+        spec.name: {
+            key: {"value": value, "source": param_source(spec, key, from_file)}
+            for key, value in spec.params.items()
         }
-        for name in names
+        for spec in specs
     }
     if as_json:
         click.echo(json.dumps({"stages": result}, indent=2))

@@ -128,7 +128,7 @@ def _dry_run(
         click.echo(f"warning: {warning}", err=True)
     plan: dict[str, dict[str, Any]] = {}
     for name, row in result.stages.items():
-        action = "skip" if not row.stale else "restore" if row.restorable else "run"
+        action = "skip" if not row.stale else "fail" if row.fails else "restore" if row.restorable else "run"
         plan[name] = {"action": action, **row.to_json()}
     if as_json:
         click.echo(json.dumps({"stages": plan}, indent=2))
@@ -137,7 +137,7 @@ def _dry_run(
         if entry["action"] == "skip":
             click.echo(f"{name}: skip (up to date)")
             continue
-        verb = "would restore from run cache" if entry["action"] == "restore" else "would run"
+        verb = {"restore": "would restore from run cache", "fail": "would fail"}.get(entry["action"], "would run")
         why = "; ".join(r["message"] for r in entry["reasons"])
         click.echo(f"{name}: {verb} ({why})")
     acting = [n for n, entry in plan.items() if entry["action"] != "skip"]

@@ -59,6 +59,8 @@ def run(stage: str, foreground: bool, force: bool, display: str, as_json: bool) 
                     f"stage {stage!r}: dependency missing: {', '.join(prepared.decision.missing_deps)}; "
                     "run its upstream first (`pivot repro`)"
                 )
+            case Verdict.FROZEN_MISSING:
+                raise UserError(f"stage {stage!r}: {reason.message}")
             case Verdict.RESTORED:
                 click.echo(f"{stage}: {reason.message}")
                 return 0

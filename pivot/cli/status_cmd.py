@@ -90,7 +90,8 @@ def status(
                 _explain(row, out)
             continue
         if not row.stale:
-            out.append(f"{name}: up to date")
+            note = f" ({row.reasons[0].message})" if row.reasons else ""  # frozen: why it never runs
+            out.append(f"{name}: up to date{note}")
             continue
         restore = " [restorable from run cache]" if row.restorable else ""
         if not explain:

@@ -11,6 +11,7 @@ the params.yaml keys it lists (dotted paths, whole sections, or `{FILE: [keys]}`
 another file), with their values: it runs again exactly when one of those changes.
 Paths are relative to the stage's `wdir` (default: the folder of dvc.yaml).
 
+Top-level `metrics` (files no stage owns) are read by `pivot metrics` (top_level_metrics).
 `frozen: true` stages never run, `always_changed: true` ones run every time (never
 restored from the run cache), `persist: true` outputs stay in place before a run and
 after a failure, and `cache: false` outputs are hashed but never stored (nor listed in
@@ -36,7 +37,8 @@ from pivot.errors import PipelineError
 from pivot.pipeline.params import PARAMS_FILE
 from pivot.pipeline.project import DVC_FILE
 
-__all__ = ["DvcStage", "ParamFiles", "load_dvc_stages", "param_label", "tracked_params", "with_refs"]
+__all__ = ["DvcStage", "ParamFiles", "load_dvc_stages", "param_label", "top_level_metrics", "tracked_params",
+           "with_refs"]
 
 _TOP_KEYS = {"stages", "vars", "params", "metrics", "plots", "artifacts", "datasets"}
 _STAGE_KEYS = {"cmd", "deps", "outs", "metrics", "plots", "params", "wdir", "vars", "desc", "meta", "frozen",
@@ -45,7 +47,7 @@ _GENERATOR_KEYS = {"foreach", "do", "matrix"}
 # Keys of an output that say nothing about running it (DVC's remote, plot styling).
 _IGNORED_FLAGS = {"desc", "remote", "push", "type", "labels", "meta", "x", "y", "title", "template", "x_label",
                   "y_label"}
-_PLACEHOLDER = re.compile(r"\$\{\s*([^}]*?)\s*\}")
+_PLACEHOLDER = re.compile(r"(?<!\\)\$\{\s*([^}]*?)\s*\}")  # `\${` is DVC's escape for `${`
 _SKIP_DIRS = {".git", ".dvc", ".pivot", "node_modules", "__pycache__", ".venv", "venv"}
 
 
@@ -92,6 +94,29 @@ def load_dvc_stages(
     files = files or ParamFiles(root)
     for rel in dvc_files(root, walk=at_root):
         found += _load_file(root, rel, files, symbolic)
+    return found
+
+
+def top_level_metrics(root: Path, *, below_pipeline: bool = False) -> list[tuple[str, str]]:
+    """(dvc.yaml, path from the root) for each file a top-level `metrics:` lists (metrics
+    no stage owns, as DVC allows), from the dvc.yaml files load_dvc_stages reads; a path
+    starts from its dvc.yaml's folder."""
+    at_root = (root / DVC_FILE).is_file()
+    if not at_root and not below_pipeline:
+        return []
+    found: list[tuple[str, str]] = []
+    for rel in dvc_files(root, walk=at_root):
+        data = _read_yaml(root / rel, rel)
+        listed = data.get("metrics") if isinstance(data, dict) else None
+        if listed is None:
+            continue
+        if not isinstance(listed, list):
+            raise PipelineError(f"{rel}: top-level `metrics` must be a list of files, got {type(listed).__name__}")
+        place = _Place(rel, posixpath.dirname(rel) or ".")
+        for entry in listed:
+            if not isinstance(entry, str) or not entry:
+                raise PipelineError(f"{rel}: top-level `metrics` holds {entry!r}, expected a file path")
+            found.append((rel, _from_wdir(place.folder, entry, f"{rel}: top level", "metrics")))
     return found
 
 
@@ -225,11 +250,33 @@ class ParamFiles:
                     raise PipelineError(f"params file {name} does not exist (read by {reader})")
                 self.read[name] = {}
             else:
-                data = _read_yaml(path, name)
+                data = _read_params(path, name)
                 if data is not None and not isinstance(data, dict):
                     raise PipelineError(f"{name}: expected a map of params, got {type(data).__name__}")
                 self.read[name] = data or {}
         return self.read[name]
+
+
+def _read_params(path: Path, shown: str) -> Any:
+    """A params or vars file by its extension, as DVC reads them: TOML, JSON, else YAML."""
+    suffix = path.suffix.lower()
+    if suffix == ".py":
+        raise PipelineError(
+            f"{shown}: Python params files are not supported yet (DVC reads their constants); "
+            "write them as YAML, JSON or TOML"
+        )
+    if suffix not in (".toml", ".json"):
+        return _read_yaml(path, shown)
+    import json
+    import tomllib
+
+    try:
+        text = path.read_text()
+        return tomllib.loads(text) if suffix == ".toml" else json.loads(text)
+    except OSError as exc:
+        raise PipelineError(f"{shown}: cannot read it: {exc.strerror or exc}") from None
+    except (tomllib.TOMLDecodeError, ValueError) as exc:
+        raise PipelineError(f"{shown}: not valid {suffix[1:].upper()}: {exc}") from None
 
 
 def _vars(place: _Place, given: Any, files: ParamFiles, where: str, origin: dict[str, str]) -> dict[str, Any]:
@@ -268,10 +315,13 @@ def _expand(
         out = []
         if isinstance(items, dict):
             for key, item in items.items():
-                out.append((f"{name}@{key}", {**context, "key": key, "item": item}, body["do"]))
+                out.append((f"{name}@{_dvc_str(key)}", {**context, "key": key, "item": item}, body["do"]))
         elif isinstance(items, list):
-            for index, item in enumerate(items):
-                label = item if isinstance(item, str | int | float) and not isinstance(item, bool) else index
+            # DVC's names: the items themselves, unless one is a map or a list; then every
+            # variant is named by its index. Items that print alike make one variant (the last).
+            composite = any(isinstance(item, dict | list) for item in items)
+            variants = {_dvc_str(index if composite else item): (index, item) for index, item in enumerate(items)}
+            for label, (index, item) in variants.items():
                 out.append((f"{name}@{label}", {**context, "key": index, "item": item}, body["do"]))
         else:
             raise PipelineError(f"{where}: `foreach` must be a list or a map")
@@ -291,12 +341,18 @@ def _expand(
         stage_body = {k: v for k, v in body.items() if k != "matrix"}
         out = []
         for combo in itertools.product(*axes):
-            labels = [str(v) if isinstance(v, str | int | float) and not isinstance(v, bool) else f"{k}{i}"
-                      for k, i, v in combo]
+            labels = [f"{k}{i}" if isinstance(v, dict | list) else _dvc_str(v) for k, i, v in combo]
             item = {k: v for k, _, v in combo}
             out.append((f"{name}@{'-'.join(labels)}", {**context, "item": item}, stage_body))
         return out
     return [(name, context, body)]
+
+
+def _dvc_str(value: Any) -> str:
+    """A variant's name part as DVC writes it (its to_str): `true`/`false`, `None`, str()."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def _stage(
@@ -319,7 +375,8 @@ def _stage(
     desc = body.get("desc")
     body = {k: v for k, v in body.items() if k not in ("vars", "desc", "meta")}
     resolved = _resolve_value(body, context, where)
-    cmd = resolved.get("cmd") if kept is None else _resolve_value(body.get("cmd"), context, where, kept)
+    # A map in a cmd becomes command options, as DVC writes it (command.cmd_text).
+    cmd = _resolve_value(body.get("cmd"), context, where, kept, in_cmd=True)
     if isinstance(cmd, list):
         if not cmd or not all(isinstance(c, str) and c.strip() for c in cmd):
             raise PipelineError(f"{where}: cmd must be a command or a list of commands")
@@ -458,20 +515,26 @@ def _lookup(data: Any, dotted: str, where: str) -> Any:
     return value
 
 
-def _resolve_value(value: Any, context: dict[str, Any], where: str, kept: _Kept | None = None) -> Any:
+def _resolve_value(
+    value: Any, context: dict[str, Any], where: str, kept: _Kept | None = None, *, in_cmd: bool = False,
+) -> Any:
     """`${...}` resolved in every string of `value` (a whole-string `${x}` keeps x's type);
-    those `kept` keeps are checked, and left for the stage to resolve when it runs."""
+    those `kept` keeps are checked, and left for the stage to resolve when it runs, as is
+    the escape `\\${` of a kept cmd (command.interpolate writes it as `${`). `in_cmd`: a
+    map is written as command options."""
     if isinstance(value, dict):
-        return {_resolve_value(k, context, where, kept): _resolve_value(v, context, where, kept)
+        return {_resolve_value(k, context, where, kept, in_cmd=in_cmd): _resolve_value(v, context, where, kept, in_cmd=in_cmd)
                 for k, v in value.items()}
     if isinstance(value, list):
-        return [_resolve_value(v, context, where, kept) for v in value]
+        return [_resolve_value(v, context, where, kept, in_cmd=in_cmd) for v in value]
     if not isinstance(value, str) or "${" not in value:
         return value
     whole = _PLACEHOLDER.fullmatch(value)
     if whole:
         found = _lookup(context, whole.group(1), f"{where}: ${{{whole.group(1)}}}")
-        return kept.placeholder(whole.group(1)) if kept is not None and kept.keeps(whole.group(1)) else found
+        if kept is not None and kept.keeps(whole.group(1)):
+            return kept.placeholder(whole.group(1))
+        return _as_cmd(found, where, whole.group(0)) if in_cmd else found
 
     def sub(match: re.Match[str]) -> str:
         from pivot.runtime.command import as_text
@@ -479,6 +542,16 @@ def _resolve_value(value: Any, context: dict[str, Any], where: str, kept: _Kept 
         found = _lookup(context, match.group(1), f"{where}: ${{{match.group(1)}}}")
         if kept is not None and kept.keeps(match.group(1)):
             return kept.placeholder(match.group(1))
-        return as_text(found)
+        return _as_cmd(found, where, match.group(0)) if in_cmd else as_text(found)
 
-    return _PLACEHOLDER.sub(sub, value)
+    resolved = _PLACEHOLDER.sub(sub, value)
+    return resolved if kept is not None else resolved.replace("\\${", "${")
+
+
+def _as_cmd(value: Any, where: str, placeholder: str) -> str:
+    from pivot.runtime.command import cmd_text
+
+    try:
+        return cmd_text(value)
+    except ValueError as exc:
+        raise PipelineError(f"{where}: {placeholder} in cmd: {exc}") from None

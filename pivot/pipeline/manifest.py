@@ -34,6 +34,10 @@ class StageSpec:
     uncached: tuple[str, ...] = ()  # dvc.yaml's cache: false: hashed, never stored, not git-ignored
     frozen: bool = False
     always: bool = False
+    # Its params are key paths of params files (dvc.yaml's form), named `key` for params.yaml
+    # and `FILE:key` for another; else param names, overridden by params.yaml's section of
+    # its name. Says where `pivot params show` found each value.
+    keyed: bool = False
 
 
 @dataclass(frozen=True)
@@ -65,7 +69,7 @@ class Manifest:
             parts = index.setdefault(tuple(s.code_parts.items()), len(index))
             rows.append([
                 s.name, s.module, s.func, list(s.deps), list(s.outs), list(s.metrics), s.params,
-                s.fingerprint, parts, list(s.tags), list(s.persist), list(s.uncached), s.frozen, s.always,
+                s.fingerprint, parts, list(s.tags), list(s.persist), list(s.uncached), s.frozen, s.always, s.keyed,
             ])
         return {
             "stages": rows,
@@ -101,7 +105,7 @@ class Manifest:
 
 # A stage's row on the wire: StageSpec's fields in this order, `code_parts` an index.
 ROW = ("name", "module", "func", "deps", "outs", "metrics", "params", "fingerprint", "code_parts",
-       "tags", "persist", "uncached", "frozen", "always")
+       "tags", "persist", "uncached", "frozen", "always", "keyed")
 
 
 def _spec(row: Any, parts: list[dict[str, str]]) -> StageSpec:
@@ -109,7 +113,8 @@ def _spec(row: Any, parts: list[dict[str, str]]) -> StageSpec:
     (a frozen dataclass sets each field through object.__setattr__: 3x slower here)."""
     if type(row) is not list:
         raise TypeError(f"expected a list, got {type(row).__name__}")
-    name, module, func, deps, outs, metrics, params, fingerprint, part, tags, persist, uncached, frozen, always = row
+    (name, module, func, deps, outs, metrics, params, fingerprint, part, tags, persist, uncached, frozen, always,
+     keyed) = row
     for v in (name, module, func, fingerprint):
         _str(v)
     if type(part) is not int or not 0 <= part < len(parts):
@@ -119,6 +124,7 @@ def _spec(row: Any, parts: list[dict[str, str]]) -> StageSpec:
         name=name, module=module, func=func, deps=_strs(deps), outs=_strs(outs), metrics=_strs(metrics),
         params=_map(params), fingerprint=fingerprint, code_parts=parts[part], tags=_strs(tags),
         persist=_strs(persist), uncached=_strs(uncached), frozen=_bool(frozen), always=_bool(always),
+        keyed=_bool(keyed),
     )
     return spec
 

@@ -109,7 +109,7 @@ def stage(
 ) -> Callable[[F], F]:
     """Declare a stage. Returns the function unchanged, so it stays callable.
 
-    With `cmd` (a shell command line, or a list of arguments run without a shell) it
+    With `cmd` (a command line run by $SHELL, else /bin/sh, as DVC runs it; or a list of arguments run without a shell) it
     declares a command stage at once, named `name`, with no function: `params` are its
     params and their defaults, reaching the command as `${name}` in `cmd` and as
     environment variables; it runs in `wdir` (relative to the project root). A command

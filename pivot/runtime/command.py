@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import time
@@ -29,11 +30,14 @@ from typing import Any
 from pivot.errors import PipelineError
 from pivot.runtime import warm as warm_mod
 
-__all__ = ["GROUP_SUFFIX", "CommandFailed", "group_path", "interpolate", "kill_group_of", "run_command"]
+__all__ = ["GROUP_SUFFIX", "CommandFailed", "cmd_text", "group_path", "interpolate", "kill_group_of", "run_command",
+           "shell_argv"]
 
 GROUP_SUFFIX = ".group"
 TERM_GRACE_S = 2.0  # below the pool's HARD_KILL_S: the worker stops its command itself
-_PLACEHOLDER = re.compile(r"\$\{\s*([^}\s]*)\s*\}")
+# `\${` is DVC's escape for a literal `${`: not a placeholder, and written as `${`.
+_PLACEHOLDER = re.compile(r"(?<!\\)\$\{\s*([^}\s]*)\s*\}")
+ESCAPED = "\\${"
 _running_group = 0  # this worker's command now, for its fencing thread
 
 
@@ -56,6 +60,39 @@ def as_text(value: Any) -> str:
     return str(value)
 
 
+def cmd_text(value: Any) -> str:
+    """A value as `${...}` writes it into a command, as DVC does: a map becomes options
+    (`{lr: 0.1, verbose: true, layers: [1, 2], opt: {name: adam}}` ->
+    `--lr 0.1 --verbose --layers 1 2 --opt.name adam`; false is left out, strings quoted
+    for the shell); anything else as the environment sees it."""
+    if not isinstance(value, dict):
+        return as_text(value)
+    words: list[str] = []
+    for key, item in _flat(value, ""):
+        if isinstance(item, bool):
+            words += [f"--{key}"] if item else []
+        elif isinstance(item, str):
+            words.append(f"--{key} {shlex.quote(item)}")
+        elif isinstance(item, list | tuple):
+            for n, element in enumerate(item):
+                if isinstance(element, list | tuple | dict):
+                    raise ValueError(f"cannot write the nested list in {key!r} as command options")
+                shown = shlex.quote(element) if isinstance(element, str) else str(element)
+                words.append(shown if n else f"--{key} {shown}")
+        else:
+            words.append(f"--{key} {item}")
+    return " ".join(words)
+
+
+def _flat(value: dict[str, Any], prefix: str) -> list[tuple[str, Any]]:
+    """Nested maps as dotted keys (DVC's flatten); an empty map gives nothing."""
+    pairs: list[tuple[str, Any]] = []
+    for key, item in value.items():
+        name = f"{prefix}{key}"
+        pairs += _flat(item, name + ".") if isinstance(item, dict) else [(name, item)]
+    return pairs
+
+
 def _lookup(params: dict[str, Any], name: str) -> Any:
     if name in params:
         return params[name]
@@ -73,16 +110,30 @@ def interpolate(stage: str, cmd: str | tuple[str, ...], params: dict[str, Any]) 
     def one(text: str) -> str:
         def sub(match: re.Match[str]) -> str:
             try:
-                return as_text(_lookup(params, match.group(1)))
+                return cmd_text(_lookup(params, match.group(1)))
             except KeyError:
                 known = ", ".join(sorted(params)) or "none"
                 raise PipelineError(
                     f"stage {stage!r}: {match.group(0)} in its cmd names no param (its params: {known})"
                 ) from None
+            except ValueError as exc:
+                raise PipelineError(f"stage {stage!r}: {match.group(0)} in its cmd: {exc}") from None
 
-        return _PLACEHOLDER.sub(sub, text)
+        return _PLACEHOLDER.sub(sub, text).replace(ESCAPED, "${")
 
     return one(cmd) if isinstance(cmd, str) else [one(part) for part in cmd]
+
+
+# Flags that keep a shell from reading the user's startup files, as DVC passes them.
+_SHELL_FLAGS = {"bash": ["--noprofile", "--norc"], "zsh": ["--no-rcs"]}
+
+
+def shell_argv(line: str) -> list[str]:
+    """The argv that runs a command line as `dvc repro` does: with the user's $SHELL (else
+    /bin/sh), without its startup files, so `{a,b}` or `[[ ]]` mean what they mean at the
+    user's prompt."""
+    shell = os.environ.get("SHELL") or "/bin/sh"
+    return [shell, *_SHELL_FLAGS.get(os.path.basename(shell).lower(), []), "-c", line]
 
 
 def run_command(
@@ -102,8 +153,8 @@ def run_command(
         if run is not None:
             proc = warm_mod.start(run, cwd, env, root or cwd)
         else:
-            proc = subprocess.Popen(line, shell=isinstance(line, str), cwd=cwd, env=env,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+            argv = shell_argv(line) if isinstance(line, str) else line
+            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
     except OSError as exc:  # a list whose program is not there, a wdir that is not
         raise CommandFailed(f"could not start the command {_shown(line)}: {exc.strerror or exc}") from None
     _running_group = proc.pid

@@ -21,6 +21,7 @@ __all__ = ["StageJob", "StageOutcome", "Verdict", "verdict"]
 
 class Verdict(enum.Enum):
     MISSING_DEPS = "missing_deps"  # fails without running: a dependency does not exist
+    FROZEN_MISSING = "frozen_missing"  # fails without running: frozen, and an output is gone
     RESTORED = "restored"  # its outputs were placed from the run cache
     SKIPPED = "skipped"  # up to date
     RUN = "run"  # stale: it runs
@@ -30,6 +31,8 @@ def verdict(prepared: Prepared) -> Verdict:
     decision = prepared.decision
     if decision.missing_deps:
         return Verdict.MISSING_DEPS
+    if decision.frozen_missing:
+        return Verdict.FROZEN_MISSING
     if prepared.restored is not None:
         return Verdict.RESTORED
     return Verdict.RUN if decision.run else Verdict.SKIPPED

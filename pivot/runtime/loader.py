@@ -132,6 +132,7 @@ def _manifest(root: Path, pivots: set[str], preexisting: set[str]) -> Manifest:
                 uncached=tuple(normalize(decl.name, "outs", p) for p in decl.uncached),
                 frozen=decl.frozen,
                 always=decl.always,
+                keyed=decl.dvc,
             )
         )
     # Only into an existing .pivot/ (made, with its .gitignore, by commands that run or

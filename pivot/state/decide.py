@@ -28,6 +28,9 @@ class Decision:
     dep_hashes: dict[str, str] = field(default_factory=dict)
     missing_deps: tuple[str, ...] = ()
     lock: StageLock | None = None
+    # A frozen stage's declared outputs that do not exist: it fails without running, as
+    # `dvc repro` fails it ("missing data"), since nothing would ever make them.
+    frozen_missing: tuple[str, ...] = ()
 
     @property
     def reason(self) -> Reason:
@@ -65,6 +68,14 @@ def decide(
         return Decision(bool(reasons), reasons, dep_hashes, tuple(missing), lock)
 
     if spec.frozen:  # dvc.yaml's frozen: never run, whatever changed
+        gone = tuple(out for out in spec.outs if not os.path.lexists(os.path.join(top, out)))
+        if gone:
+            return Decision(False, (Reason(
+                ReasonCode.OUT_MISSING,
+                f"frozen (dvc.yaml) and its output is missing: {', '.join(gone)}; a frozen stage never "
+                "runs: put the output back (`pivot checkout`, or by hand) or remove `frozen: true`",
+                {"paths": list(gone)},
+            ),), dep_hashes, (), lock, gone)
         return Decision(False, (Reason(ReasonCode.UP_TO_DATE, "frozen (dvc.yaml): never run"),), dep_hashes, (), lock)
     if not (force or all_reasons or missing or spec.always) and _unchanged(top, spec, lock, dep_hashes, hasher):
         return Decision(False, (), dep_hashes, (), lock)

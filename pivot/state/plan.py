@@ -153,6 +153,6 @@ def plan_wave(
                 state.root, spec, state.hashes,
                 producers=producers.get(name) if producers else None, read=read,
             )
-            if not decision.run:
+            if not decision.run and not decision.frozen_missing:  # that one fails: its pool says so
                 clean.add(name)
     return [s for s in stages if s in clean]

@@ -4,11 +4,14 @@ supported yet is an error naming the file, the stage and the key."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from procs import LiveRun, describe, finished, parse_events, run_pivot
+from procs import LiveRun, describe, finished, parse_events, pivot_cmd, run_pivot
 
 from pivot.state.hashing import hash_path
 
@@ -295,7 +298,6 @@ def test_params_yaml_top_level_values_are_dvc_params_and_a_section_no_stage_read
 
 
 def test_a_dvc_yaml_below_a_pipeline_py_root_is_read_when_git_knows_it(make_project: Callable[..., Path]) -> None:
-    import subprocess
 
     files = {
         "pipeline.py": "from pivot import stage\n\n\n@stage(deps=['in.txt'], outs=['top.txt'])\n"
@@ -347,3 +349,184 @@ def test_a_directory_out_as_dvc_writes_it_and_a_missing_out_fails_its_stage(make
     again = finished(parse_events(run_pivot(root, "repro", "--json", "mk", "use", timeout=40).stdout))
     assert {s: e["status"] for s, e in again.items()} == {"mk": "ran", "use": "ran"}
     assert (root / "b.txt").read_text() == "2\n"
+
+
+SWEEP = '''\
+stages:
+  sweep:
+    foreach: ${sweeps}
+    do:
+      cmd: echo ${item} ${train.lr} ${seed} > out-${item}.txt
+      params: [train.lr, seed, {other.yaml: [a]}]
+      outs: ["out-${item}.txt"]
+  score:
+    cmd: >-
+      cat out-s1.txt out-s2.txt > /dev/null && echo '{"acc": 0.5}' > score.json
+    deps: [out-s1.txt, out-s2.txt]
+    metrics: [score.json]
+'''
+SWEEP_PARAMS = "seed: 1\nsweeps: [s1, s2]\ntrain:\n  lr: 0.25\n"
+TOP = ("from pivot import stage\n\n\n@stage(outs=['top.txt'])\n"
+       "def top(n: int = 1) -> None:\n    open('top.txt', 'w').write(str(n))\n")
+
+
+@pytest.mark.parametrize("with_pipeline", [False, True])
+def test_params_metrics_and_dag_show_a_dvc_project_whose_params_yaml_has_plain_values(
+    make_project: Callable[..., Path], with_pipeline: bool,
+) -> None:
+    files = {"dvc.yaml": SWEEP, "params.yaml": SWEEP_PARAMS, "other.yaml": "a: x\n"}
+    if with_pipeline:  # a function stage's section of params.yaml beside DVC's plain values
+        files |= {"pipeline.py": TOP, "params.yaml": SWEEP_PARAMS + "top:\n  n: 5\n"}
+    root = make_project(files)
+    shown = run_pivot(root, "params", "show")
+    assert shown.returncode == 0, describe(shown)
+    rows = [line.split() for line in shown.stdout.splitlines()]
+    for variant in ("sweep@s1", "sweep@s2"):  # each value with the file it was read from
+        assert [variant, "train.lr", "0.25", "params.yaml"] in rows, shown.stdout
+        assert [variant, "seed", "1", "params.yaml"] in rows, shown.stdout
+        assert [variant, "other.yaml:a", '"x"', "other.yaml"] in rows, shown.stdout
+    assert ["score", "(no", "params)"] in rows, shown.stdout
+    if with_pipeline:
+        assert ["top", "n", "5", "params.yaml"] in rows, shown.stdout
+    as_json = json.loads(run_pivot(root, "params", "show", "--json", "sweep@s1").stdout)
+    assert as_json["stages"]["sweep@s1"]["seed"] == {"value": 1, "source": "params.yaml"}, as_json
+
+    dag = run_pivot(root, "dag", "--format", "json")
+    assert dag.returncode == 0, describe(dag)
+    assert ["sweep@s1", "score"] in json.loads(dag.stdout)["edges"], dag.stdout
+
+    assert run_pivot(root, "repro", timeout=40).returncode == 0
+    metrics = run_pivot(root, "metrics", "show")
+    assert metrics.returncode == 0, describe(metrics)
+    assert metrics.stdout.split() == ["score", "score.json", "acc", "0.5"], describe(metrics)
+
+
+FROZEN = '''\
+stages:
+  fz:
+    cmd: echo made > fz.txt
+    outs: [fz.txt]
+    frozen: true
+  after:
+    cmd: cat fz.txt > after.txt
+    deps: [fz.txt]
+    outs: [after.txt]
+  clock:
+    cmd: echo tick > clock.txt
+    outs: [clock.txt]
+    always_changed: true
+'''
+
+
+def test_a_frozen_stage_is_up_to_date_in_status_and_fails_when_its_output_is_missing_as_in_dvc(
+    make_project: Callable[..., Path],
+) -> None:
+    root = make_project({"dvc.yaml": FROZEN})
+    # Never run and its output missing: `dvc repro` fails it ("missing data"); so does Pivot.
+    failed = run_pivot(root, "repro", "--json", "--keep-going", timeout=40)
+    assert failed.returncode == 1, describe(failed)
+    done = finished(parse_events(failed.stdout))
+    assert done["fz"]["status"] == "failed" and done["fz"]["reason_code"] == "out_missing", done["fz"]
+    assert "frozen (dvc.yaml) and its output is missing: fz.txt" in done["fz"]["reason"], done["fz"]
+    assert done["after"]["status"] == "blocked" and not (root / "fz.txt").exists()
+    missing = run_pivot(root, "status")
+    assert "fz: stale (frozen (dvc.yaml) and its output is missing: fz.txt" in missing.stdout, describe(missing)
+    assert run_pivot(root, "status", "-q").returncode == 1
+
+    (root / "fz.txt").write_text("by hand\n")
+    assert statuses(run_pivot(root, "repro", "--json", timeout=40)) == {"fz": "skipped", "after": "ran", "clock": "ran"}
+    shown = run_pivot(root, "status", "fz", "after")
+    assert shown.stdout.splitlines() == [
+        "fz: up to date (frozen (dvc.yaml): never run)", "after: up to date", "everything is up to date",
+    ], describe(shown)
+    assert run_pivot(root, "status", "-q", "after").returncode == 0
+    assert run_pivot(root, "status", "--check", "fz").returncode == 0
+    as_json = json.loads(run_pivot(root, "status", "--json").stdout)["stages"]
+    assert as_json["fz"]["stale"] is False and as_json["fz"]["reasons"][0]["code"] == "up_to_date", as_json
+    assert (root / "fz.txt").read_text() == "by hand\n"
+
+
+def test_an_always_changed_stage_is_not_shown_restorable_from_the_run_cache(make_project: Callable[..., Path]) -> None:
+    root = make_project({"dvc.yaml": FROZEN, "fz.txt": "given\n"})
+    assert run_pivot(root, "repro", timeout=40).returncode == 0
+    shown = run_pivot(root, "status", "clock")
+    assert shown.stdout.splitlines()[0] == "clock: stale (always_changed (dvc.yaml): it runs every time)", describe(shown)
+    assert json.loads(run_pivot(root, "status", "--json", "clock").stdout)["stages"]["clock"]["restorable"] is False
+    again = run_pivot(root, "repro", "--json", timeout=40)
+    assert statuses(again)["clock"] == "ran", describe(again)  # as status said: run, not restored
+
+
+def test_top_level_metrics_of_dvc_yaml_files_are_shown_and_diffed_as_dvc_does(make_project: Callable[..., Path]) -> None:
+    root = make_project({
+        "dvc.yaml": "metrics:\n  - eval/m.json\n  - own.yaml\nstages:\n  own:\n"
+                    "    cmd: >-\n      echo 'loss: 2' > own.yaml\n    metrics: [own.yaml]\n",
+        "sub/dvc.yaml": "metrics:\n  - s.yaml\n  - gone.json\n",
+        "eval/m.json": '{"acc": 0.9, "n": {"x": 1}}', "sub/s.yaml": "f1: 0.5\n",
+    })
+    assert run_pivot(root, "repro", timeout=40).returncode == 0
+    shown = run_pivot(root, "metrics", "show")
+    assert shown.returncode == 0, describe(shown)
+    assert [line.split() for line in shown.stdout.splitlines()] == [
+        ["own", "own.yaml", "loss", "2"],  # listed at the top too: shown once, under its stage
+        ["dvc.yaml", "eval/m.json", "acc", "0.9"],
+        ["dvc.yaml", "eval/m.json", "n.x", "1"],
+        ["sub/dvc.yaml", "sub/s.yaml", "f1", "0.5"],  # from its dvc.yaml's folder
+        ["sub/dvc.yaml", "sub/gone.json", "(missing)"],
+    ], describe(shown)
+    as_json = json.loads(run_pivot(root, "metrics", "show", "--json").stdout)
+    assert as_json["files"] == {"eval/m.json": {"acc": 0.9, "n": {"x": 1}}, "sub/s.yaml": {"f1": 0.5}}, as_json
+    assert as_json["missing"] == [{"stage": None, "path": "sub/gone.json"}], as_json
+
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "m"]):
+        subprocess.run([*git, *args], cwd=root, check=True, capture_output=True, timeout=30)
+    (root / "eval" / "m.json").write_text('{"acc": 0.95, "n": {"x": 1}}')
+    diff = run_pivot(root, "metrics", "diff", "--json")
+    assert diff.returncode == 0, describe(diff)
+    assert json.loads(diff.stdout) == {"eval/m.json": {"acc": {"old": 0.9, "new": 0.95, "diff": 0.05}}}, diff.stdout
+
+
+AS_DVC = '''\
+stages:
+  bools:
+    foreach: [true, false]
+    do:
+      cmd: echo ${item}
+  mat:
+    matrix:
+      x: [true, null, 1.5, [1]]
+      y: [y0]
+    cmd: echo ${item.y}
+  mixed:
+    foreach: [a, {v: 1}]
+    do:
+      cmd: echo mixed
+  opts:
+    vars: [p.toml, q.json]
+    cmd: echo \\${HOME} ${train} ${lr} ${n} {a,b} > opts.txt
+    params: [train, {p.toml: [lr]}]
+    outs: [opts.txt]
+'''
+
+
+def test_variant_names_options_escapes_the_shell_and_toml_params_are_as_in_dvc(
+    make_project: Callable[..., Path],
+) -> None:
+    # What `dvc stage list` and `dvc repro` give for the same file (DVC 3.67).
+    root = make_project({
+        "dvc.yaml": AS_DVC, "p.toml": "lr = 0.5\n", "q.json": '{"n": 3}',
+        "params.yaml": "train:\n  lr: 0.1\n  verbose: true\n  quiet: false\n  layers: [1, 2]\n  opt:\n    name: adam\n",
+    })
+    listed = run_pivot(root, "list")
+    assert listed.returncode == 0, describe(listed)
+    assert [line for line in listed.stdout.splitlines() if not line.startswith(" ")] == [
+        "bools@true", "bools@false", "mat@true-y0", "mat@None-y0", "mat@1.5-y0", "mat@x3-y0", "mixed@0", "mixed@1",
+        "opts",
+    ]
+    ran = subprocess.run([*pivot_cmd(), "repro", "opts"], cwd=root, capture_output=True, text=True, timeout=40,
+                         env={**os.environ, "SHELL": "/bin/bash"}, stdin=subprocess.DEVNULL)
+    assert ran.returncode == 0, describe(ran)
+    assert (root / "opts.txt").read_text() == \
+        f"{os.environ['HOME']} --lr 0.1 --verbose --layers 1 2 --opt.name adam 0.5 3 a b\n"  # bash's {a,b}
+    shown = [line.split() for line in run_pivot(root, "params", "show", "opts").stdout.splitlines()]
+    assert ["opts", "p.toml:lr", "0.5", "p.toml"] in shown, shown

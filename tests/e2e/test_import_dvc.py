@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shlex
 import subprocess
 import sys
 from collections.abc import Callable
@@ -108,6 +109,7 @@ open(out, "w").write(f"degree={degree} lr={lr} rows={len(os.listdir(source))}\\n
 SUMMARY = '''\
 import importlib.util
 import json
+import shlex
 import subprocess
 import sys
 import sys
@@ -133,7 +135,7 @@ DVC_STAGES = ["prepare", "fit@linear", "fit@quadratic", "report@linear", "report
 STAGES = [*DVC_STAGES[:-1], "sub.count"]
 # Renamed, or a command that now reads ${...} when it runs: the stages whose locks differ.
 RERUN = ["sub.count"]  # renamed; a ${...} in a cmd is read when it runs under dvc.yaml too
-NOT_OUTPUTS = {"pipeline.py", "dvc.yaml", "dvc.yaml.bak"}
+NOT_OUTPUTS = {"pipeline.py", "dvc.yaml", "dvc.yaml.bak", "sub/dvc.yaml", "sub/dvc.yaml.bak"}
 
 
 def statuses(result: object) -> dict[str, str]:
@@ -155,8 +157,17 @@ def imported(root: Path) -> str:
     assert set(after) - set(before) == {"pipeline.py"}, sorted(set(after) - set(before))
     assert {k: v for k, v in after.items() if k != "pipeline.py"} == before  # params.yaml, dvc.yaml untouched
     assert "    mv dvc.yaml dvc.yaml.bak\n" in result.stdout, result.stdout  # not in git: plain mv
-    (root / "dvc.yaml").rename(root / "dvc.yaml.bak")
+    follow_moves(root, result.stdout)
+    assert not (root / "dvc.yaml").exists()
     return result.stdout
+
+
+def follow_moves(root: Path, said: str) -> list[list[str]]:
+    """Run the `mv`/`git mv` lines `pivot import-dvc` printed as its next step, in ROOT."""
+    moves = [shlex.split(line) for line in said.splitlines() if line.startswith(("    mv ", "    git mv "))]
+    for move in moves:
+        subprocess.run(move, cwd=root, check=True, capture_output=True, timeout=30)
+    return moves
 
 
 def test_dry_run_prints_the_pipeline_and_writes_nothing(make_project: Callable[..., Path]) -> None:
@@ -263,3 +274,20 @@ def test_the_command_explains_itself(tmp_path: Path) -> None:
     result = run_pivot(tmp_path, "import-dvc", "--help")
     assert result.returncode == 0, describe(result)
     assert "--dry-run" in result.stdout and "--force" in result.stdout and "git mv dvc.yaml" in result.stdout
+
+
+def test_in_git_every_dvc_yaml_is_moved_as_printed_and_pivot_repro_then_runs(make_project: Callable[..., Path]) -> None:
+    # Below a pipeline.py, Pivot reads the dvc.yaml files git knows: each one must be moved.
+    root = make_project(FILES)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "dvc"]):
+        subprocess.run([*git, *args], cwd=root, check=True, capture_output=True, timeout=30)
+    result = run_pivot(root, "import-dvc")
+    assert result.returncode == 0, describe(result)
+    moves = follow_moves(root, result.stdout)
+    assert moves == [["git", "mv", f, f"{f}.bak"] for f in ("dvc.yaml", "sub/dvc.yaml")], result.stdout
+    header = (root / "pipeline.py").read_text().split("\nfrom pivot import stage", 1)[0].replace("\n# ", " ")
+    assert "`git mv dvc.yaml dvc.yaml.bak`, `git mv sub/dvc.yaml sub/dvc.yaml.bak`" in header, header
+    ran = run_pivot(root, "repro", "--json", timeout=60)
+    assert ran.returncode == 0, describe(ran)
+    assert statuses(ran) == dict.fromkeys(STAGES, "ran")
