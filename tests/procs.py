@@ -71,6 +71,16 @@ def start_pivot(cwd: Path, *args: str, env: dict[str, str] | None = None) -> sub
     )
 
 
+def start_following(cwd: Path, stage: str, into: Path) -> subprocess.Popen[str]:
+    """`pivot logs -f STAGE` in `cwd`, its output going to the file `into` (read while it
+    runs); the caller tracks and stops it."""
+    with into.open("w") as out:
+        return subprocess.Popen(
+            [*pivot_cmd(), "logs", "-f", stage], cwd=cwd, stdout=out, stderr=subprocess.PIPE, text=True,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+
+
 def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 

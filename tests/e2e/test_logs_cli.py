@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from procs import LiveRun, ProcGuard, describe, pivot_cmd, run_pivot, wait_exit, wait_for
+from procs import (
+    LiveRun,
+    ProcGuard,
+    describe,
+    run_pivot,
+    start_following,
+    wait_exit,
+    wait_for,
+)
 from procs import pivot_ok as ok
 
 pytestmark = pytest.mark.timeout(60)
@@ -192,11 +199,7 @@ def test_logs_follow_says_when_a_new_run_starts(
     live = up(root)
     live.wait_event(lambda e: e["event"] == "wave_finished" and e["wave"] == 1, WAIT_S, "the first wave")
     followed = tmp_path / "followed.txt"
-    with followed.open("w") as out:
-        follower = proc_guard.track(subprocess.Popen(
-            [*pivot_cmd(), "logs", "-f", "copy"], cwd=root, stdout=out, stderr=subprocess.PIPE, text=True,
-            stdin=subprocess.DEVNULL, start_new_session=True,
-        ))
+    follower = proc_guard.track(start_following(root, "copy", followed))
     # It prints the log so far once it is subscribed: the next run reaches it.
     wait_for(lambda: "copied one" in followed.read_text(), WAIT_S, "pivot logs -f to show the last run")
     mark = live.mark()

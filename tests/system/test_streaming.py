@@ -6,7 +6,6 @@ so every line checked here was seen before the stage could end."""
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,8 +16,8 @@ from procs import (
     ProcGuard,
     describe,
     parse_events,
-    pivot_cmd,
     run_pivot,
+    start_following,
     start_pivot,
     start_pool,
     wait_exit,
@@ -86,11 +85,7 @@ def test_a_running_stage_streams_to_the_live_view_and_to_pivot_logs(
     assert "epoch 1\nfrom a child\n" in so_far.stdout and "! raw to fd 2\n" in so_far.stdout
 
     followed = tmp_path / "followed.txt"
-    with followed.open("w") as out:
-        follower = proc_guard.track(subprocess.Popen(
-            [*pivot_cmd(), "logs", "-f", "talk"], cwd=root, stdout=out, stderr=subprocess.PIPE, text=True,
-            stdin=subprocess.DEVNULL, start_new_session=True,
-        ))
+    follower = proc_guard.track(start_following(root, "talk", followed))
     # It prints the log so far once it is subscribed: what comes next reaches it.
     wait_for(lambda: "epoch 1" in followed.read_text(), WAIT_S, "pivot logs -f to show the log so far")
 
