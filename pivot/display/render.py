@@ -120,7 +120,7 @@ def make_renderer(mode: str, out: TextIO, err: TextIO) -> Renderer:
     if mode == "tui":
         from pivot.display.tui import TuiRenderer
 
-        return TuiRenderer.for_stream(out)  # one terminal: everything goes through `out`
+        return TuiRenderer.for_stream(out, err)  # the view goes through `out`; a final error to `err`
     from pivot.display.plain import PlainRenderer
 
     return PlainRenderer(out, err)

@@ -95,9 +95,13 @@ class TuiRenderer:
         *,
         log_lines: int = 10,
         clock: Callable[[], float] = time.time,
+        err: TextIO | None = None,
     ) -> None:
-        """`clock` gives Unix time: running stages' elapsed time, refresh throttling."""
+        """`clock` gives Unix time: running stages' elapsed time, refresh throttling.
+        With `err`, a pipeline error still standing at the end is said there, as the one
+        `error:` line every command ends with, not in the final view."""
         self.console = console
+        self.err = err
         self.clock = clock
         self._last_refresh = float("-inf")
         self._last_above = float("-inf")
@@ -123,8 +127,8 @@ class TuiRenderer:
         self._waiting: list[str] = []  # ... with the changed paths whose wave waits
 
     @classmethod
-    def for_stream(cls, out: TextIO) -> TuiRenderer:
-        return cls(Console(file=out))
+    def for_stream(cls, out: TextIO, err: TextIO | None = None) -> TuiRenderer:
+        return cls(Console(file=out), err=err)
 
     # --- Renderer ------------------------------------------------------------------
 
@@ -168,12 +172,19 @@ class TuiRenderer:
             self._closed = True
             live, self._live = self._live, None
             lines = self._take_unprinted(force=True)
+            error, self._pipeline_error = (self._pipeline_error, None) if self.err else (None, self._pipeline_error)
             final = self._final_view(dropped_logs)
         if live is not None:
             live.stop()
         self._print_above(lines)
         if final is not None:
             self.console.print(final)
+        if error is not None and self.err is not None:
+            message, detail = error
+            err = Console(file=self.err, highlight=False)
+            err.print(Text(f"error: {message}", style="bold red"))
+            if detail.strip():
+                err.print(Text("\n".join("    " + line for line in detail.rstrip().splitlines())))
 
     # --- state ---------------------------------------------------------------------
 

@@ -38,6 +38,8 @@ class ThrottledStream(logging.StreamHandler[TextIO]):
         self.sites: dict[tuple[str, int], _Site] = {}
 
     def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "said", False):  # already on stderr as an `error:` line (`fatal`)
+            return
         key = (record.pathname, record.lineno)
         now = self.clock()
         site = self.sites.get(key)
@@ -69,5 +71,5 @@ def log_to_stderr(level: int, fmt: str) -> None:
 def fatal(log: logging.Logger, text: str) -> None:
     """Why a role exits: in its log records, and as the one `error:` line every Pivot
     command ends with (docs/cli.md), whatever its stderr log level."""
-    log.error("%s", text)
+    log.error("%s", text, extra={"said": True})
     print(f"error: {text}", file=sys.stderr, flush=True)

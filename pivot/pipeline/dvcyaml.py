@@ -30,6 +30,7 @@ from __future__ import annotations
 import itertools
 import posixpath
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -312,15 +313,16 @@ def _expand(
         if extra or not isinstance(body.get("do"), dict):
             raise PipelineError(f"{where}: `foreach` goes with `do` (a stage) and nothing else")
         items = _resolve_value(body["foreach"], context, where)
+        named = _namer(body["foreach"])
         out = []
         if isinstance(items, dict):
             for key, item in items.items():
-                out.append((f"{name}@{_dvc_str(key)}", {**context, "key": key, "item": item}, body["do"]))
+                out.append((f"{name}@{named(key)}", {**context, "key": key, "item": item}, body["do"]))
         elif isinstance(items, list):
             # DVC's names: the items themselves, unless one is a map or a list; then every
             # variant is named by its index. Items that print alike make one variant (the last).
             composite = any(isinstance(item, dict | list) for item in items)
-            variants = {_dvc_str(index if composite else item): (index, item) for index, item in enumerate(items)}
+            variants = {named(index if composite else item): (index, item) for index, item in enumerate(items)}
             for label, (index, item) in variants.items():
                 out.append((f"{name}@{label}", {**context, "key": index, "item": item}, body["do"]))
         else:
@@ -333,15 +335,17 @@ def _expand(
         if not isinstance(matrix, dict) or not matrix:
             raise PipelineError(f"{where}: `matrix` must be a map of names to lists")
         axes = []
-        for key, values in matrix.items():
-            values = _resolve_value(values, context, where)
+        namers = {}
+        for key, raw in matrix.items():
+            values = _resolve_value(raw, context, where)
             if not isinstance(values, list) or not values:
                 raise PipelineError(f"{where}: matrix {key!r} must be a non-empty list")
             axes.append([(key, i, v) for i, v in enumerate(values)])
+            namers[key] = _namer(raw)
         stage_body = {k: v for k, v in body.items() if k != "matrix"}
         out = []
         for combo in itertools.product(*axes):
-            labels = [f"{k}{i}" if isinstance(v, dict | list) else _dvc_str(v) for k, i, v in combo]
+            labels = [f"{k}{i}" if isinstance(v, dict | list) else namers[k](v) for k, i, v in combo]
             item = {k: v for k, _, v in combo}
             out.append((f"{name}@{'-'.join(labels)}", {**context, "item": item}, stage_body))
         return out
@@ -353,6 +357,14 @@ def _dvc_str(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def _namer(raw: Any) -> Callable[[Any], str]:
+    """How DVC names the variants of a `foreach` or matrix axis written as `raw`: values
+    written in dvc.yaml itself by its to_str (`true`), values a `${...}` took from params
+    or vars by Python's str (`True`): `dvc stage list` says `fl@True` for `foreach:
+    ${flags}` and `fl@true` for `foreach: [true]`, and stages are addressed by name."""
+    return str if isinstance(raw, str) and "${" in raw else _dvc_str
 
 
 def _stage(

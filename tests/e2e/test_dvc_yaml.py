@@ -501,6 +501,15 @@ stages:
     foreach: [a, {v: 1}]
     do:
       cmd: echo mixed
+  fl:
+    foreach: ${flags}
+    do:
+      cmd: echo ${item}
+  fm:
+    matrix:
+      x: ${flags}
+      y: [true]
+    cmd: echo ${item.x}
   opts:
     vars: [p.toml, q.json]
     cmd: echo \\${HOME} ${train} ${lr} ${n} {a,b} > opts.txt
@@ -515,13 +524,15 @@ def test_variant_names_options_escapes_the_shell_and_toml_params_are_as_in_dvc(
     # What `dvc stage list` and `dvc repro` give for the same file (DVC 3.67).
     root = make_project({
         "dvc.yaml": AS_DVC, "p.toml": "lr = 0.5\n", "q.json": '{"n": 3}',
-        "params.yaml": "train:\n  lr: 0.1\n  verbose: true\n  quiet: false\n  layers: [1, 2]\n  opt:\n    name: adam\n",
+        "params.yaml": "train:\n  lr: 0.1\n  verbose: true\n  quiet: false\n  layers: [1, 2]\n  opt:\n    name: adam\n"
+                       "flags: [true, null]\n",
     })
     listed = run_pivot(root, "list")
     assert listed.returncode == 0, describe(listed)
     assert [line for line in listed.stdout.splitlines() if not line.startswith(" ")] == [
         "bools@true", "bools@false", "mat@true-y0", "mat@None-y0", "mat@1.5-y0", "mat@x3-y0", "mixed@0", "mixed@1",
-        "opts",
+        # Values a ${...} took from params.yaml are named by Python's str, as DVC names them.
+        "fl@True", "fl@None", "fm@True-true", "fm@None-true", "opts",
     ]
     ran = subprocess.run([*pivot_cmd(), "repro", "opts"], cwd=root, capture_output=True, text=True, timeout=40,
                          env={**os.environ, "SHELL": "/bin/bash"}, stdin=subprocess.DEVNULL)

@@ -473,6 +473,19 @@ def test_tui_resync_and_wave_change() -> None:
     assert "2.50s" in text
 
 
+def test_tui_says_a_pipeline_error_standing_at_the_end_on_stderr_as_an_error_line() -> None:
+    from rich.console import Console
+
+    from pivot.display.tui import TuiRenderer
+
+    out, err = io.StringIO(), io.StringIO()
+    r = TuiRenderer(Console(file=out, width=100, color_system=None), err=err)
+    feed(r, [PipelineInvalid("dvc.yaml: stage 'bad': unknown key 'foo'", "")])
+    r.close(0)
+    assert err.getvalue().splitlines() == ["error: dvc.yaml: stage 'bad': unknown key 'foo'"]
+    assert "unknown key" not in out.getvalue()
+
+
 def test_tui_joining_mid_wave_shows_the_last_change_and_the_log_tails() -> None:
     r, buf = tui(terminal=True)
     r.resync(dataclasses.replace(
