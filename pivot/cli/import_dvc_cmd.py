@@ -58,6 +58,12 @@ def import_dvc(dry_run: bool, force: bool) -> None:
     click.echo(f"wrote {target}: {len(imported.stages)} stages from {', '.join(imported.files)}")
     for old, new in imported.renamed:
         click.echo(f"renamed: {old} -> {new} (a name pipeline.py cannot hold)")
+    if imported.unowned_metrics:
+        click.echo(
+            f"warning: {', '.join(imported.unowned_metrics)}: top-level metrics no stage writes are not in "
+            f"{PIPELINE_FILE} (`pivot metrics` reads a stage's metrics=): add each to the stage that makes it",
+            err=True,
+        )
     # Below a pipeline.py, the dvc.yaml files git knows are still read: every one imported
     # must go, or its stages clash with their copies in pipeline.py.
     what = DVC_FILE if imported.files == (DVC_FILE,) else "every dvc.yaml it read"

@@ -29,7 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from pivot.errors import PipelineError
-from pivot.pipeline.dvcyaml import DvcStage, ParamFiles, dvc_files, load_dvc_stages, with_refs
+from pivot.pipeline.dvcyaml import (
+    DvcStage,
+    ParamFiles,
+    dvc_files,
+    load_dvc_stages,
+    top_level_metrics,
+    with_refs,
+)
 from pivot.pipeline.project import DVC_FILE, PIPELINE_FILE
 
 __all__ = ["Imported", "pipeline_name", "render", "verify"]
@@ -45,6 +52,8 @@ class Imported:
     stages: tuple[str, ...]  # pipeline.py's names, in order
     renamed: tuple[tuple[str, str], ...]  # (dvc.yaml's name, pipeline.py's) where they differ
     rerun: tuple[str, ...]  # stages whose lock will not match: renamed
+    # Top-level `metrics:` files no stage writes: pipeline.py has no place for them.
+    unowned_metrics: tuple[str, ...] = ()
 
 
 def render(root: Path) -> Imported:
@@ -53,17 +62,22 @@ def render(root: Path) -> Imported:
     params_files = ParamFiles(root)
     stages = load_dvc_stages(root, symbolic=True, files=params_files)
     files = tuple(dvc_files(root))
+    # A top-level `metrics:` file a stage writes becomes that stage's metrics= (what
+    # `pivot metrics` reads in a pipeline.py); one no stage writes cannot be carried over.
+    top = {path for _, path in top_level_metrics(root)}
     names = _names(stages)
     calls = []
     rerun = []
     for s in stages:
         name = names[s.name]
-        calls.append(_call(s, name, _params(s, params_files)))
+        calls.append(_call(s, name, _params(s, params_files), top))
         if name != s.name:
             rerun.append(name)
     renamed = tuple((s.name, names[s.name]) for s in stages if names[s.name] != s.name)
+    written = {path for s in stages for path in (*s.outs, *s.metrics)}
     text = "\n\n".join([_header(files), "from pivot import stage", *calls]) + "\n"
-    return Imported(text, files, tuple(names[s.name] for s in stages), renamed, tuple(rerun))
+    return Imported(text, files, tuple(names[s.name] for s in stages), renamed, tuple(rerun),
+                    tuple(sorted(top - written)))
 
 
 def pipeline_name(dvc_name: str, file: str) -> str:
@@ -123,9 +137,11 @@ def _header(files: tuple[str, ...]) -> str:
     return "\n#\n".join(wrapped)
 
 
-def _call(s: DvcStage, name: str, params: list[Any]) -> str:
+def _call(s: DvcStage, name: str, params: list[Any], top_metrics: set[str]) -> str:
     args: list[tuple[str, Any]] = [("name", name), ("cmd", s.cmd)]
-    for key, value in (("deps", s.deps), ("outs", s.outs), ("metrics", s.metrics)):
+    outs = [out for out in s.outs if out not in top_metrics]
+    metrics = [*s.metrics, *(out for out in s.outs if out in top_metrics and out not in s.metrics)]
+    for key, value in (("deps", s.deps), ("outs", outs), ("metrics", metrics)):
         if value:
             args.append((key, list(value)))
     # Even empty: a list makes it a dvc.yaml stage, whose params are never params.yaml's

@@ -16,7 +16,7 @@ from pivot.pipeline.stage import signature_of
 if TYPE_CHECKING:
     import yaml
 
-__all__ = ["PARAMS_FILE", "BadYaml", "defaults_of", "load_params_file", "load_yaml", "resolve", "top_level_keys"]
+__all__ = ["PARAMS_FILE", "BadYaml", "defaults_of", "load_params_file", "load_yaml", "resolve", "top_level_sections"]
 
 PARAMS_FILE = "params.yaml"
 _SCALARS = (bool, int, float, str)
@@ -143,13 +143,15 @@ def load_params_file(root: Path, sections: Collection[str] | None = None) -> dic
     return result
 
 
-def top_level_keys(root: Path) -> list[str]:
-    """params.yaml's top-level keys (none if it is missing or not a mapping)."""
+def top_level_sections(root: Path) -> list[str]:
+    """params.yaml's top-level keys whose values are mappings: what could be a stage's
+    section (none if it is missing or not a mapping). A plain value (`seed: 1`, a list a
+    foreach reads) is a value of its own, never a misspelt stage's params."""
     try:
         data = load_yaml((root / PARAMS_FILE).read_text())
     except (OSError, BadYaml):  # missing; a YAML error is said by load_params_file
         return []
-    return [str(k) for k in data] if isinstance(data, dict) else []
+    return [str(k) for k, v in data.items() if isinstance(v, dict)] if isinstance(data, dict) else []
 
 
 def resolve(

@@ -154,7 +154,7 @@ def _manifest(root: Path, pivots: set[str], preexisting: set[str]) -> Manifest:
     if not (root / DVC_FILE).is_file():
         # Without a dvc.yaml, a section no stage reads is a typo of a stage's name.
         listed = {key.partition(".")[0] for d in dvc for key in d.params if ":" not in key}
-        names = params_mod.top_level_keys(root) if dvc else list(from_file)
+        names = params_mod.top_level_sections(root) if dvc else list(from_file)
         warnings = tuple(_unknown_params_stage(name, list(decls)) for name in names
                          if name not in decls and name not in listed)
     # After every stage was fingerprinted: that is when the fingerprinter learns its externals.

@@ -72,11 +72,11 @@ def decide(
         if gone:
             return Decision(False, (Reason(
                 ReasonCode.OUT_MISSING,
-                f"frozen (dvc.yaml) and its output is missing: {', '.join(gone)}; a frozen stage never "
+                f"frozen and its output is missing: {', '.join(gone)}; a frozen stage never "
                 "runs: put the output back (`pivot checkout`, or by hand) or remove `frozen: true`",
                 {"paths": list(gone)},
             ),), dep_hashes, (), lock, gone)
-        return Decision(False, (Reason(ReasonCode.UP_TO_DATE, "frozen (dvc.yaml): never run"),), dep_hashes, (), lock)
+        return Decision(False, (Reason(ReasonCode.UP_TO_DATE, "frozen: never run"),), dep_hashes, (), lock)
     if not (force or all_reasons or missing or spec.always) and _unchanged(top, spec, lock, dep_hashes, hasher):
         return Decision(False, (), dep_hashes, (), lock)
 
@@ -97,7 +97,7 @@ def decide(
     if force:
         reasons.append(Reason(ReasonCode.FORCED, "forced"))
     if spec.always:
-        reasons.append(Reason(ReasonCode.ALWAYS_CHANGED, "always_changed (dvc.yaml): it runs every time"))
+        reasons.append(Reason(ReasonCode.ALWAYS_CHANGED, "always_changed: it runs every time"))
     for check in (_definition, _code, _params, _deps):
         if reasons and not all_reasons:
             return verdict(*reasons)

@@ -427,17 +427,17 @@ def test_a_frozen_stage_is_up_to_date_in_status_and_fails_when_its_output_is_mis
     assert failed.returncode == 1, describe(failed)
     done = finished(parse_events(failed.stdout))
     assert done["fz"]["status"] == "failed" and done["fz"]["reason_code"] == "out_missing", done["fz"]
-    assert "frozen (dvc.yaml) and its output is missing: fz.txt" in done["fz"]["reason"], done["fz"]
+    assert "frozen and its output is missing: fz.txt" in done["fz"]["reason"], done["fz"]
     assert done["after"]["status"] == "blocked" and not (root / "fz.txt").exists()
     missing = run_pivot(root, "status")
-    assert "fz: stale (frozen (dvc.yaml) and its output is missing: fz.txt" in missing.stdout, describe(missing)
+    assert "fz: stale (frozen and its output is missing: fz.txt" in missing.stdout, describe(missing)
     assert run_pivot(root, "status", "-q").returncode == 1
 
     (root / "fz.txt").write_text("by hand\n")
     assert statuses(run_pivot(root, "repro", "--json", timeout=40)) == {"fz": "skipped", "after": "ran", "clock": "ran"}
     shown = run_pivot(root, "status", "fz", "after")
     assert shown.stdout.splitlines() == [
-        "fz: up to date (frozen (dvc.yaml): never run)", "after: up to date", "everything is up to date",
+        "fz: up to date (frozen: never run)", "after: up to date", "everything is up to date",
     ], describe(shown)
     assert run_pivot(root, "status", "-q", "after").returncode == 0
     assert run_pivot(root, "status", "--check", "fz").returncode == 0
@@ -450,7 +450,7 @@ def test_an_always_changed_stage_is_not_shown_restorable_from_the_run_cache(make
     root = make_project({"dvc.yaml": FROZEN, "fz.txt": "given\n"})
     assert run_pivot(root, "repro", timeout=40).returncode == 0
     shown = run_pivot(root, "status", "clock")
-    assert shown.stdout.splitlines()[0] == "clock: stale (always_changed (dvc.yaml): it runs every time)", describe(shown)
+    assert shown.stdout.splitlines()[0] == "clock: stale (always_changed: it runs every time)", describe(shown)
     assert json.loads(run_pivot(root, "status", "--json", "clock").stdout)["stages"]["clock"]["restorable"] is False
     again = run_pivot(root, "repro", "--json", timeout=40)
     assert statuses(again)["clock"] == "ran", describe(again)  # as status said: run, not restored

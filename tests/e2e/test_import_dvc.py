@@ -122,7 +122,9 @@ open("history.log", "a").write(f"threshold={threshold}\\n")
 print("threshold", threshold)
 '''
 
-PARAMS = "prepare:\n  min_rows: 2\ntrain:\n  lr: 0.5\n  epochs: 3\nevaluate:\n  threshold: 0.3\n"
+# `seed` and `fits` no stage reads by key (as vars and foreach read such values): after the
+# import no warning may call them typos of stage names.
+PARAMS = "prepare:\n  min_rows: 2\ntrain:\n  lr: 0.5\n  epochs: 3\nevaluate:\n  threshold: 0.3\nseed: 7\nfits: [a]\n"
 
 FILES = {
     "dvc.yaml": DVC_YAML, "params.yaml": PARAMS, "other.yaml": "scale: 10\n", "config.yaml": "name: demo\n",
@@ -291,3 +293,20 @@ def test_in_git_every_dvc_yaml_is_moved_as_printed_and_pivot_repro_then_runs(mak
     ran = run_pivot(root, "repro", "--json", timeout=60)
     assert ran.returncode == 0, describe(ran)
     assert statuses(ran) == dict.fromkeys(STAGES, "ran")
+
+
+def test_top_level_metrics_become_their_stages_metrics_and_the_rest_are_said(make_project: Callable[..., Path]) -> None:
+    root = make_project({
+        "dvc.yaml": "metrics: [score.json, elsewhere.json]\nstages:\n  score:\n"
+                    "    cmd: printf '{\"acc\"%s0.9}' ':' > score.json\n    outs: [score.json]\n",
+    })
+    before = run_pivot(root, "metrics", "show", "--json")
+    assert before.returncode == 0 and "score.json" in before.stdout, describe(before)
+    result = run_pivot(root, "import-dvc")
+    assert result.returncode == 0, describe(result)
+    assert "warning: elsewhere.json: top-level metrics no stage writes" in result.stderr, describe(result)
+    follow_moves(root, result.stdout)
+    ran = run_pivot(root, "repro", timeout=60)
+    assert ran.returncode == 0, describe(ran)
+    shown = run_pivot(root, "metrics", "show")
+    assert shown.returncode == 0 and "score.json" in shown.stdout and "0.9" in shown.stdout, describe(shown)
