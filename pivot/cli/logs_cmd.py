@@ -48,7 +48,9 @@ def logs(
     from pivot.state.stagelogs import running_log_path, stage_log_path
 
     root = find_root()
-    if (stage is None) == (role is None):
+    if stage is not None and role is not None:
+        raise UserError(f"give a STAGE or --role, not both: `pivot logs {stage}` or `pivot logs --role {role}`")
+    if stage is None and role is None:
         raise UserError("give a STAGE, or --role engine|pool|watcher")
     if role is not None:
         records = records_path(root, role)

@@ -216,7 +216,7 @@ def diff(stages: tuple[str, ...], rev: str, as_json: bool, as_md: bool) -> int:
     else:
         lines = table([["Path", "Metric", rev, "workspace", "Change"]]
                       + [[r["path"], r["key"], _cell(r["old"]), _cell(r["new"]), _cell(r["change"])] for r in rows])
-        for line in lines if rows else ["no metrics changed"]:
+        for line in lines if rows else [] if bad else ["no metrics changed"]:  # an unreadable file: not "unchanged"
             click.echo(line)
     for path in then.lost:
         click.echo(f"warning: {path} at {rev}: not committed to git, and the cache no longer has the "

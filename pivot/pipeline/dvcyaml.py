@@ -251,9 +251,12 @@ class ParamFiles:
                     raise PipelineError(f"params file {name} does not exist (read by {reader})")
                 self.read[name] = {}
             else:
-                data = _read_params(path, name)
+                try:
+                    data = _read_params(path, name)
+                except PipelineError as exc:  # say who reads it: the stage to fix
+                    raise PipelineError(f"{exc} (read by {reader})") from None
                 if data is not None and not isinstance(data, dict):
-                    raise PipelineError(f"{name}: expected a map of params, got {type(data).__name__}")
+                    raise PipelineError(f"{name}: expected a map of params, got {type(data).__name__} (read by {reader})")
                 self.read[name] = data or {}
         return self.read[name]
 
@@ -290,7 +293,7 @@ def _vars(place: _Place, given: Any, files: ParamFiles, where: str, origin: dict
             origin.update(dict.fromkeys(entry, ""))
         elif isinstance(entry, str):
             name, _, keys = entry.partition(":")
-            content = files.get(place.path(name), required=True)
+            content = files.get(place.path(name), required=True, reader=where)
             if keys:
                 for key in keys.split(","):
                     merged[key.strip()] = _lookup(content, key.strip(), f"{where}: {entry}")

@@ -156,6 +156,11 @@ def run_command(
             argv = shell_argv(line) if isinstance(line, str) else line
             proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
     except OSError as exc:  # a list whose program is not there, a wdir that is not
+        if isinstance(line, str) and run is None and not os.access(argv[0], os.X_OK):
+            raise CommandFailed(
+                f"could not start the shell {argv[0]} (from $SHELL) to run {_shown(line)}: "
+                f"{exc.strerror or exc}; set SHELL to a shell that exists"
+            ) from None
         raise CommandFailed(f"could not start the command {_shown(line)}: {exc.strerror or exc}") from None
     _running_group = proc.pid
     kept = group_path(pid_file) if pid_file is not None else None

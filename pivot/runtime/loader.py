@@ -83,6 +83,9 @@ def build_manifest(root: Path, pivots: set[str] | None = None) -> Manifest:
 
 
 def _manifest(root: Path, pivots: set[str], preexisting: set[str]) -> Manifest:
+    from pivot.pipeline.settings import check_settings
+
+    check_settings(root)  # [tool.pivot] in pyproject.toml: a misspelt setting is never ignored
     decls = registered()
     if not decls:
         raise PipelineError(f"{PIPELINE_FILE} declares no stages; decorate functions with @stage")

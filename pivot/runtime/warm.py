@@ -70,24 +70,11 @@ def enabled(root: Path | None = None) -> bool:
     need a clean interpreter). Read at each command: an edit applies to the next run."""
     if os.environ.get("PIVOT_WARM", "1") == "0":
         return False
-    return root is None or _project_setting(root, "warm", True) is not False
+    if root is None:
+        return True
+    from pivot.pipeline.settings import setting
 
-
-def _project_setting(root: Path, key: str, default: object) -> object:
-    try:
-        text = (root / "pyproject.toml").read_text()
-    except OSError:
-        return default
-    if "tool" not in text or "pivot" not in text:  # most projects: no parse at all
-        return default
-    import tomllib
-
-    try:
-        tool = tomllib.loads(text).get("tool", {})
-    except tomllib.TOMLDecodeError:
-        return default  # Pivot's loader says what is wrong with it, not a running stage
-    section = tool.get("pivot", {}) if isinstance(tool, dict) else {}
-    return section.get(key, default) if isinstance(section, dict) else default
+    return setting(root, "warm", True) is not False
 
 
 @dataclass(frozen=True)

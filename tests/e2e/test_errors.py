@@ -34,6 +34,7 @@ IN_PROJECT = [
     (["metrics", "show", "nosuch_stage"], 2),
     (["run", "nosuch_stage", "--foreground"], 2),
     (["logs", "nosuch_stage"], 2),
+    (["logs", "a", "--role", "pool"], 2),
     (["run"], 2),
     (["repro", "-j", "0"], 2),
     (["repro", "-s"], 2),

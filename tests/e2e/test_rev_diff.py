@@ -83,3 +83,11 @@ def test_a_bad_revision_is_a_usage_error(project: Path) -> None:
         result = run_pivot(root, *args)
         assert result.returncode == 2, describe(result)
         assert "'nope' is not a revision" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_unreadable_metrics_file_is_an_error_not_unchanged(project: Path) -> None:
+    root = committed_project(project, commit_metrics=False)
+    (root / "metrics.json").write_text("{not json")
+    result = run_pivot(root, "metrics", "diff")
+    assert result.returncode == 2, describe(result)
+    assert result.stdout == "" and result.stderr.startswith("error: metrics.json"), describe(result)
