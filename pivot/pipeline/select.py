@@ -52,7 +52,10 @@ def resolve_names(requested: Sequence[str], known: Sequence[str], *, glob: bool 
         groups = sorted({k.partition("@")[0] for k in known if "@" in k} - set(known))
         parts = []
         for name in unknown:
-            close = difflib.get_close_matches(name, [*known, *groups], n=1)
+            # A stage of a dvc.yaml below the root is `sub/dvc.yaml:NAME` (DVC's own name for
+            # it seen from the root), which difflib does not find from NAME alone.
+            close = [k for k in known if k.endswith(f"dvc.yaml:{name}")][:1]
+            close = close or difflib.get_close_matches(name, [*known, *groups], n=1)
             parts.append(f"{name} (did you mean {close[0]}?)" if close else name)
         what = "no stage matches" if glob else "unknown stage(s)"
         raise UserError(f"{what}: {', '.join(parts)}; stages are: {', '.join(known)}")

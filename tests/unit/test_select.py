@@ -38,6 +38,11 @@ def test_every_unknown_name_is_said_with_its_closest_stage_or_group() -> None:
     assert said.endswith(f"stages are: {', '.join(KNOWN)}")
 
 
+def test_a_stage_of_a_dvc_yaml_below_the_root_is_suggested_by_its_own_name() -> None:
+    with pytest.raises(UserError, match=r"s1 \(did you mean sub/dvc.yaml:s1\?\)"):
+        resolve_names(["s1"], [*KNOWN, "sub/dvc.yaml:s1"])
+
+
 def test_what_each_selection_takes_in() -> None:
     graph = build_graph(Manifest((
         spec("a", outs=("a",)), spec("b", ("a",), ("b",)), spec("c", ("b",), ("c",)), spec("x", outs=("x",)),
