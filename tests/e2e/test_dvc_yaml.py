@@ -541,3 +541,53 @@ def test_variant_names_options_escapes_the_shell_and_toml_params_are_as_in_dvc(
         f"{os.environ['HOME']} --lr 0.1 --verbose --layers 1 2 --opt.name adam 0.5 3 a b\n"  # bash's {a,b}
     shown = [line.split() for line in run_pivot(root, "params", "show", "opts").stdout.splitlines()]
     assert ["opts", "p.toml:lr", "0.5", "p.toml"] in shown, shown
+
+
+FIT_WITH_HELPER = '''\
+import os
+import sys
+
+from util import scale  # src/util.py: not a declared dep
+
+degree, lr, source, out = sys.argv[1:5]
+os.makedirs(os.path.dirname(out), exist_ok=True)
+warm = "pivot.runtime.warm" in sys.modules  # forked from Pivot's worker, not a new interpreter
+open(out, "w").write(f"degree={degree} scaled={scale(float(lr))} warm={warm}\\n")
+'''
+
+
+def test_a_dvc_projects_scripts_are_compared_by_their_code_and_an_edit_reruns_them_warm_live(
+    make_project: Callable[..., Path], up: Callable[..., LiveRun],
+) -> None:
+    """Issue 13's tests: a comment-only script edit runs nothing, an edit of a module the
+    script imports (not declared) runs it, and `pivot up` runs an edited script warm."""
+    import sys
+
+    files = {**FILES, "src/fit.py": FIT_WITH_HELPER, "src/util.py": "def scale(x):\n    return x * 2\n"}
+    root = make_project(files)
+    # `python` in the commands is this interpreter, so the scripts can run warm.
+    env = {**os.environ, "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])}
+
+    def repro() -> dict[str, str]:
+        done = subprocess.run([*pivot_cmd(), "repro", "--json"], cwd=root, capture_output=True, text=True,
+                              timeout=60, env=env, stdin=subprocess.DEVNULL)
+        assert done.returncode == 0, describe(done)
+        return statuses(done)
+
+    assert repro() == dict.fromkeys(STAGES, "ran")
+    assert (root / "models" / "linear.txt").read_text() == "degree=1 scaled=1.0 warm=True\n"
+    (root / "src" / "fit.py").write_text("# a comment only\n" + FIT_WITH_HELPER.replace("import os", "import os  # os"))
+    assert repro() == dict.fromkeys(STAGES, "skipped")
+    (root / "src" / "util.py").write_text("def scale(x):\n    return x * 3\n")
+    ran = repro()
+    assert ran["prepare"] == "skipped" and ran["fit@linear"] == ran["fit@quadratic"] == "ran", ran
+    assert (root / "models" / "linear.txt").read_text() == "degree=1 scaled=1.5 warm=True\n"
+
+    live = up(root, env=env)
+    live.wait_event(lambda e: e["event"] == "wave_finished", WAIT_S, "the first wave")
+    mark = live.mark()
+    (root / "src" / "fit.py").write_text(FIT_WITH_HELPER.replace("degree={degree}", "degree:{degree}"))
+    done = live.wait_event(lambda e: e["event"] == "wave_finished" and "fit@linear" in e["ran"], WAIT_S,
+                           "the wave the script edit starts", mark)
+    assert "prepare" not in done["ran"], done
+    assert (root / "models" / "linear.txt").read_text() == "degree:1 scaled=1.5 warm=True\n"
