@@ -1,4 +1,4 @@
-"""The live view on a real pseudo-terminal of 80x24, 120x40 and 200x50 (issue 12): stage
+"""The live view on a real pseudo-terminal, and under tmux, of 80x24, 120x40 and 200x50 (issue 12): stage
 names and statuses are never cut (only the reason gives way), and what a running stage
 prints shows while it runs, a progress bar as its latest state, in place; after a
 `pivot repro`, everything the stages printed is in the terminal's scrollback."""
@@ -246,3 +246,63 @@ def test_after_repro_the_terminal_keeps_everything_the_stages_printed(
     assert any(re.match(r"prep\s+✓ ran", line) for line in kept[last:]), kept[last:]
     assert any(re.match(r"fit\s+✓ ran", line) for line in kept[last:]), kept[last:]
     assert [line for line in kept if line][-1] == "wave 1 done: 2 ran", kept[last:]
+
+
+TMUX_PIPELINE = f'''\
+from pivot import stage
+
+
+def fit(kind: str = "linear") -> None:
+    print(f"fitting {{kind}}")
+    open(f"fit-{{kind}}.txt", "w").write(kind)
+
+
+for kind in ("linear", "quadratic"):
+    stage(name=f"fit@{{kind}}", params={{"kind": kind}}, deps=["in.txt"], outs=[f"fit-{{kind}}.txt"])(fit)
+
+
+@stage(deps=["in.txt"], outs=["{LONG}.txt"])
+def {LONG}(note: str = "{"x" * 150}") -> None:
+    open("{LONG}.txt", "w").write(note)
+'''
+
+
+@pytest.mark.parametrize(("columns", "rows"), [(80, 24), (120, 40), (200, 50)])
+def test_under_tmux_a_repro_keeps_names_and_statuses_whole_and_the_reason_gives_way(
+    make_project: Callable[..., Path], tmp_path: Path, columns: int, rows: int,
+) -> None:
+    """Once on a real terminal emulator (tmux, the issue asks for it): what its screen and
+    scrollback hold after a `pivot repro`, as a user sees it."""
+    import shlex
+
+    from procs import describe, run_pivot, wait_for
+
+    root = make_project({"pipeline.py": TMUX_PIPELINE, "in.txt": "x\n"})
+    first = run_pivot(root, "repro")
+    assert first.returncode == 0, describe(first)
+    (root / "in.txt").write_text("y\n")
+    (root / "params.yaml").write_text(f"{LONG}:\n  note: {'y' * 150}\n")  # a reason wider than any terminal
+    tmux = ["tmux", "-S", str(tmp_path / "tmux.sock"), "-f", "/dev/null"]
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "NO_COLOR", "TMUX")}
+    env["TERM"] = "xterm-256color"
+    line = f"{shlex.join([*pivot_cmd(), 'repro'])}; echo exit=$?; read x"  # the pane stays for the capture
+    subprocess.run([*tmux, "new-session", "-d", "-s", "t", "-x", str(columns), "-y", str(rows), "-c", str(root),
+                    "sh", "-c", line], check=True, env=env, timeout=10)
+    try:
+        def finished() -> str | None:
+            shown = subprocess.run([*tmux, "capture-pane", "-p", "-S", "-", "-t", "t"], capture_output=True,
+                                   text=True, timeout=10).stdout
+            return shown if re.search(r"^exit=\d+", shown, re.M) else None
+
+        text = wait_for(finished, WAIT_S, "pivot repro to end under tmux")
+    finally:
+        subprocess.run([*tmux, "kill-server"], capture_output=True, timeout=10)
+    lines = text.splitlines()
+    assert "exit=0" in lines, text
+    assert all(len(line) <= columns for line in lines), text
+    for name in ("fit@linear", "fit@quadratic", LONG):
+        assert any(re.match(rf"{re.escape(name)}\s+✓ ran", line) for line in lines), (name, text)
+    [row] = [line for line in lines if line.startswith(f"{LONG} ") and "✓ ran" in line]
+    assert "params changed" in row and row.rstrip().endswith("…"), row
+    assert "fit@linear | fitting linear" in lines and "fit@quadratic | fitting quadratic" in lines, text
+    assert any(line.startswith("wave 1 done: 3 ran") for line in lines), text
