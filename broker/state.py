@@ -584,7 +584,15 @@ class BrokerState:
         self._out.extend(self.view.stream(wave.running[event.attempt], event.lines))
 
     def _result(self, event: ResultReceived) -> None:
-        self._send(event.pool, ResultAck(event.attempt))  # either way: stop resending it
+        try:
+            self._take_result(event)
+        finally:
+            # Either way: stop resending it. After what the result caused: a pool holds
+            # its queued stages after a failure until this ack, so that the cancels of a
+            # fail-fast run reach it first (workers/pool.py `unsettled`).
+            self._send(event.pool, ResultAck(event.attempt))
+
+    def _take_result(self, event: ResultReceived) -> None:
         pool = self.pools.get(event.pool)
         if pool is not None and event.incarnation and pool.incarnation and event.incarnation != pool.incarnation:
             self._out.append(

@@ -90,6 +90,12 @@ class DaskWorkers:
         task.add_done_callback(done)
         return ours
 
+    def waitables(self) -> list[int]:
+        return []  # its futures are set on the Dask client's thread
+
+    def collect(self, ready: set[int]) -> None:
+        pass
+
     def replace(self) -> None:
         """Stop every stage in flight (their processes are killed; they report
         cancelled). Later stages start fresh processes anyway."""

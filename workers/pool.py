@@ -89,9 +89,10 @@ from pivot.transport.curve import ClientKeys
 from pivot.transport.greet import BrokerRefused, NoBroker, greet
 from pivot.transport.sockets import decode_or_log, make_socket, send_msg
 from workers.attempts import Attempt, Phase, validate
-from workers.executors import Executor, LokyWorkers
+from workers.executors import Executor
 from workers.liveness import HELLO_EVERY_S, BrokerWatch
 from workers.outcomes import Outbox, Result, after_decision, after_run
+from workers.processes import WorkerProcesses
 from workers.streams import TAIL_S, AttemptOutput
 
 __all__ = ["PoolService", "main"]
@@ -158,15 +159,20 @@ class PoolService:
         self.unacked = Outbox()  # results sent, until the broker acknowledges them
         self.done: queue.SimpleQueue[tuple[str, str, Any]] = queue.SimpleQueue()
         self.wake_r, self.wake_w = os.pipe()
+        self.loop_thread = threading.get_ident()  # (run() sets it again: the loop's own)
         os.set_blocking(self.wake_w, False)
         self.threads = ThreadPoolExecutor(max_workers=self.jobs + 1, thread_name_prefix="decide")
         # Loky's workers start when a stage first must run.
-        self.workers: Executor = executor if executor is not None else LokyWorkers(self.jobs)
+        self.workers: Executor = executor if executor is not None else WorkerProcesses(self.jobs)
         # Stages taken beyond `jobs`, decided and held (Phase.QUEUED) until a worker frees:
         # the next stage then starts without a round trip to the broker (~3 ms a stage on
         # this machine, of which the run was ~1). Not for a remote executor: it queues.
         self.queue_depth = 0 if self.workers.remote else self.jobs
         self.held: collections.deque[str] = collections.deque()  # queued attempts, in order
+        # Results that did not succeed, until the broker acknowledges them: the queued
+        # attempts wait meanwhile, since a failure may stop them (fail fast), and the
+        # broker's cancels come before its ack.
+        self.unsettled: set[str] = set()
         self.attempts: dict[str, Attempt] = {}  # every attempt until its result is sent
         self.outputs: dict[str, AttemptOutput] = {}  # what each running attempt prints
         self.next_look = 0.0
@@ -283,8 +289,10 @@ class PoolService:
             self._stop_workers()
 
     def _post(self, kind: str, attempt: str, value: Any) -> None:
-        """Hand a result to the main loop (called from threads and loky callbacks)."""
+        """Hand a result to the main loop (called from threads and futures' callbacks)."""
         self.done.put((kind, attempt, value))
+        if threading.get_ident() == self.loop_thread:
+            return  # (the executor's `collect`): the loop drains `done` next
         with contextlib.suppress(BlockingIOError):  # full pipe: the loop will wake anyway
             os.write(self.wake_w, b"x")
 
@@ -314,6 +322,7 @@ class PoolService:
     # --- the loop ------------------------------------------------------------------
 
     def run(self) -> int:
+        self.loop_thread = threading.get_ident()
         try:
             if not self._connect_first():
                 return 0 if self.stopping else 3
@@ -329,6 +338,7 @@ class PoolService:
             self._in_thread("manifest", "", lambda: run_loader(self.root))
         polled: zmq.Socket[bytes] | None = None
         poller = zmq.Poller()
+        workers_polled: list[int] = []
         try:
             while not self.stopping:
                 now = self.clock()
@@ -358,16 +368,27 @@ class PoolService:
                     self.lease_count += 1
                     self.lease.write_text(f"{self.lease_count}\n")
                 if polled is not self.sock:  # a new socket when the broker moved
-                    polled, poller = self.sock, zmq.Poller()
+                    polled, poller, workers_polled = self.sock, zmq.Poller(), []
                     poller.register(self.sock, zmq.POLLIN)
                     poller.register(self.wake_r, zmq.POLLIN)
+                if (fds := self.workers.waitables()) != workers_polled:
+                    for fd in workers_polled:
+                        poller.unregister(fd)
+                    for fd in fds:
+                        poller.register(fd, zmq.POLLIN)
+                    workers_polled = fds
                 if self.records is not None:
                     self.records.flush()
+                ready: set[int] = set()
                 for sock, _ in poller.poll(int(self._timeout_ms(now)) + 1):
                     if sock is self.sock:
                         self._drain_socket()
-                    else:
+                    elif sock == self.wake_r:
                         os.read(self.wake_r, 4096)
+                    else:
+                        ready.add(sock)
+                if ready:
+                    self.workers.collect(ready)
                 self._drain_done()
                 self._start_held()
                 self._look(self.clock())
@@ -429,6 +450,7 @@ class PoolService:
                     self._plan(plan)
                 case ResultAck(attempt=attempt):
                     self.unacked.acked(attempt)
+                    self.unsettled.discard(attempt)
                 case LoadManifest(restart_workers=restart):
                     if restart:
                         self._cancel_all("cancelled: Python code changed")
@@ -628,7 +650,7 @@ class PoolService:
             self._report(attempt, result)
             return
         assert isinstance(decided, Prepared) and self.manifest is not None
-        if self.held or len(self._running()) >= self.jobs:  # it waits its turn here, decided
+        if self.held or self.unsettled or len(self._running()) >= self.jobs:  # it waits here, decided
             a.phase, a.held = Phase.QUEUED, decided
             self.held.append(attempt)
             return
@@ -637,7 +659,7 @@ class PoolService:
     def _start_held(self) -> None:
         """Queued attempts, in order, to the workers that freed; those cancelled while
         they waited end here."""
-        if not self.held:
+        if not self.held or self.unsettled:
             return
         free = self.jobs - len(self._running())
         waiting: collections.deque[str] = collections.deque()
@@ -767,6 +789,8 @@ class PoolService:
             result.error, result.logs, result.details, self.incarnation,
         )
         self.unacked.add(msg, self.clock())
+        if result.status not in (Status.RAN, Status.SKIPPED, Status.RESTORED):
+            self.unsettled.add(attempt)
         self._send(msg)
 
     def _shutdown(self) -> None:

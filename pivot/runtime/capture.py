@@ -34,7 +34,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 __all__ = ["FLUSH_S", "STREAM_SUFFIXES", "Printed", "captured", "output_path", "start_flushing", "write_note"]
 
@@ -202,6 +202,11 @@ def _flush_c_stdio() -> None:
     """C code's stdout is buffered by libc when it is not a terminal: flushed now, so
     that what the stage printed is in its own files, not the next stage's."""
     with contextlib.suppress(OSError, AttributeError):
-        import ctypes
+        if not _LIBC:
+            import ctypes
 
-        ctypes.CDLL(None).fflush(None)
+            _LIBC.append(ctypes.CDLL(None))
+        _LIBC[0].fflush(None)
+
+
+_LIBC: list[Any] = []  # this process's C library, loaded once

@@ -1,4 +1,4 @@
-"""What runs inside a loky worker: import the pipeline, run one stage, record it.
+"""What runs inside a worker process: import the pipeline, run one stage, record it.
 
 Nothing here touches sockets. What the stage prints goes to the attempt's files as it
 prints it (pivot/runtime/capture.py); its pool reads them, keeps its log and streams
@@ -35,7 +35,7 @@ from pivot.state.lock import StageLock, write_lock
 from pivot.state.outputs import ProjectState, commit, preserve, remove, settle
 from pivot.state.stagelogs import finish_log, keep_log, running_log_parts
 
-__all__ = ["run_stage"]
+__all__ = ["run_stage", "serve"]
 
 # A failure's reason (one line) and traceback are bounded (MAX_REASON_CHARS,
 # MAX_DETAIL_CHARS): an exception whose message is megabytes long made the result too
@@ -288,3 +288,22 @@ def run_stage(job: StageJob) -> StageOutcome:
         reached("run-cached")
     changed = _changed_deps(state, root, job.dep_hashes)
     return outcome("ran", job.reason_code, job.reason, details={**job.details, "changed_deps": changed} if changed else None)
+
+
+def serve(conn: Any, idle_s: float) -> None:
+    """A worker process's life (workers/processes.py): run each job its pool sends, send
+    back ``(True, outcome)`` or ``(False, exception)``; exit when the pool closes its end
+    or after `idle_s` without a job."""
+    while conn.poll(idle_s):
+        try:
+            job = conn.recv()
+        except EOFError:
+            return
+        try:
+            reply: tuple[bool, Any] = (True, run_stage(job))
+        except BaseException as exc:  # Pivot's own failure around the stage: the pool says it
+            reply = (False, exc)
+        try:
+            conn.send(reply)
+        except Exception as exc:  # an exception that does not pickle
+            conn.send((False, RuntimeError(f"{type(reply[1]).__name__}: {reply[1]} ({exc})")))

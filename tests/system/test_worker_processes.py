@@ -1,0 +1,165 @@
+"""The pool's own worker processes (workers/processes.py), driven as the pool's loop drives
+them: submit, poll `waitables`, `collect`. Real processes and pipes; this test process
+plays the pool."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import BrokenExecutor, Future
+from pathlib import Path
+
+import pytest
+
+from pivot.launch.procs import is_alive
+from pivot.runtime.job import StageJob, StageOutcome
+from workers.processes import WorkerProcesses
+
+pytestmark = pytest.mark.timeout(60)
+
+PIPELINE = '''\
+import os
+import signal
+import time
+
+from pivot import stage
+
+
+def mark(name):
+    with open(f"pid.{name}", "w") as f:
+        f.write(str(os.getpid()))
+
+
+@stage(outs=["a.txt"])
+def a() -> None:
+    mark("a")
+    open("a.txt", "w").write("a\\n")
+
+
+@stage(outs=["b.txt"])
+def b() -> None:
+    mark("b")
+    open("b.txt", "w").write("b\\n")
+
+
+@stage(outs=["c.txt"])
+def c() -> None:
+    mark("c")
+    open("c.txt", "w").write("c\\n")
+
+
+@stage(outs=["blocker.txt"])
+def blocker() -> None:
+    mark("blocker")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
+    open("blocker.txt", "w").write("late\\n")
+
+
+@stage(outs=["killer.txt"])
+def killer() -> None:
+    deadline = time.monotonic() + 30
+    while not os.path.exists("pid.blocker") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    mark("killer")
+    os.kill(os.getpid(), signal.SIGKILL)
+'''
+
+DEADLINE_S = 20.0
+
+
+@pytest.fixture
+def root(make_project: Callable[..., Path], monkeypatch: pytest.MonkeyPatch) -> Path:
+    # Plain spawned workers: a forkserver would outlive the test in this process.
+    monkeypatch.setenv("PIVOT_PRELOAD", "0")
+    return make_project({"pipeline.py": PIPELINE})
+
+
+@pytest.fixture
+def workers() -> Iterator[WorkerProcesses]:
+    made = WorkerProcesses(2)
+    yield made
+    made.close()
+
+
+def job(root: Path, stage: str) -> StageJob:
+    (root / "attempts").mkdir(exist_ok=True)
+    return StageJob(
+        root=str(root), stage=stage, params={}, outs=(f"{stage}.txt",), fingerprint="f", code_parts={},
+        dep_hashes={}, recorded_outs={}, run_key="", reason_code="forced", reason="forced",
+        details={}, pid_file=str(root / "attempts" / stage),
+    )
+
+
+def loop_until(workers: WorkerProcesses, done: Callable[[], bool], what: str) -> None:
+    """The pool's loop: poll the executor's descriptors, hand the ready ones to it."""
+    deadline = time.monotonic() + DEADLINE_S
+    while not done():
+        left = deadline - time.monotonic()
+        assert left > 0, f"timed out waiting for {what}"
+        ready, _, _ = select.select(workers.waitables(), [], [], min(left, 0.5))
+        workers.collect(set(ready))
+
+
+def outcome(future: Future[StageOutcome]) -> StageOutcome:
+    result = future.result(timeout=0)
+    assert isinstance(result, StageOutcome)
+    return result
+
+
+def pid_of(root: Path, stage: str) -> int:
+    return int((root / f"pid.{stage}").read_text())
+
+
+def test_stages_run_on_at_most_jobs_workers_and_their_outcomes_come_back(
+    root: Path, workers: WorkerProcesses
+) -> None:
+    futures = [workers.submit(job(root, s)) for s in ("a", "b", "c")]
+    loop_until(workers, lambda: all(f.done() for f in futures), "three stages")
+    assert [outcome(f).status for f in futures] == ["ran"] * 3, [outcome(f) for f in futures]
+    assert (root / "c.txt").read_text() == "c\n"
+    assert len({pid_of(root, s) for s in ("a", "b", "c")}) <= 2
+    assert workers.started
+
+
+def test_a_worker_that_dies_idle_is_replaced_without_failing_the_next_stage(
+    root: Path, workers: WorkerProcesses
+) -> None:
+    first = workers.submit(job(root, "a"))
+    loop_until(workers, first.done, "stage a")
+    assert outcome(first).status == "ran"
+    idle = pid_of(root, "a")
+    os.kill(idle, signal.SIGKILL)
+    loop_until(workers, lambda: not is_alive(idle) and not workers.started, "the idle worker to be gone")
+    generation = workers.generation
+    second = workers.submit(job(root, "b"))
+    loop_until(workers, second.done, "stage b")
+    assert outcome(second).status == "ran", outcome(second)
+    assert pid_of(root, "b") != idle
+    assert workers.generation == generation  # nothing was replaced
+
+
+def test_a_death_in_a_stage_fails_every_stage_in_flight_and_replace_starts_afresh(
+    root: Path, workers: WorkerProcesses
+) -> None:
+    blocked = workers.submit(job(root, "blocker"))
+    killed = workers.submit(job(root, "killer"))
+    loop_until(workers, lambda: blocked.done() and killed.done(), "both stages to fail")
+    with pytest.raises(BrokenExecutor, match="SIGKILL"):
+        killed.result(timeout=0)
+    with pytest.raises(BrokenExecutor):
+        blocked.result(timeout=0)
+    assert not is_alive(pid_of(root, "killer"))
+    # The survivor still runs its stage until its pool replaces the workers (the pool
+    # judges first which stage's worker died), as loky did.
+    survivor = pid_of(root, "blocker")
+    assert is_alive(survivor)
+    after = workers.submit(job(root, "a"))  # a broken executor replaces its workers first
+    assert not is_alive(survivor)
+    loop_until(workers, after.done, "a stage after the death")
+    assert outcome(after).status == "ran", outcome(after)
+    assert not (root / "blocker.txt").exists()

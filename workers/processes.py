@@ -1,0 +1,275 @@
+"""The pool's own worker processes, each fed through a pipe that the pool's loop polls.
+
+    pool loop --job--> pipe --> worker (pivot/runtime/worker.py `serve`) --outcome--> pipe
+                 ^ polls every worker's pipe and exit sentinel beside its socket
+
+Why not loky (which ran them until issue 14): a stage's job went through loky's queue
+manager thread and feeder thread, and its result came back through them and a
+callback, each hop a GIL handoff in the pool's process: 0.8 ms in and 0.7 ms out per
+stage on this machine, against ~0.05 ms for a pipe the loop writes and polls itself
+(docs/benchmarks.md, issue 14 fifth session). Only starting a worker blocks (the
+forkserver may still be importing the pipeline's libraries): a thread does that and
+wakes the loop through `wake`.
+
+What a death means is loky's rule, which the pool's bookkeeping is built on: when a
+worker dies running a stage, every stage in flight fails with `BrokenExecutor` (the
+pool charges the one whose worker is dead and hands the others back as lost), and the
+executor refuses work until the pool replaces its workers. A worker that dies idle (the
+idle timeout, a kill) is simply gone: the next stage starts another.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import queue
+import signal
+import threading
+from concurrent.futures import BrokenExecutor, Future
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from pivot.runtime.cancel import request_cancel
+from pivot.runtime.command import kill_group_of
+from pivot.runtime.job import StageJob, StageOutcome
+from workers.executors import discard_if_died
+
+__all__ = ["WorkerProcesses"]
+
+log = logging.getLogger(__name__)
+
+IDLE_EXIT_S = 3600.0  # a worker idle this long exits (its imports' memory goes with it)
+REAP_S = 2.0  # a killed worker is reaped within this (its pid must be dead when judged)
+
+
+@dataclass(eq=False)
+class _Worker:
+    proc: Any  # multiprocessing's process object (forkserver or spawn)
+    conn: Connection  # the pool's end of its pipe
+    future: Future[StageOutcome] | None = None  # the stage it runs, if any
+    stage: str = ""
+
+
+def _exit_description(code: int | None) -> str:
+    if code is None:
+        return "it exited"
+    if code < 0:
+        try:
+            return f"it was killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"it was killed by signal {-code}"
+    return f"it exited with status {code}"
+
+
+def _fail(future: Future[StageOutcome], why: str) -> None:
+    if not future.done():
+        future.set_exception(BrokenExecutor(why))
+
+
+class WorkerProcesses:
+    """Up to `jobs` worker processes, started when a stage first must run, forked from
+    the preloading server (pivot/runtime/preload.py) when there is one. The pool's loop
+    calls `collect` with the descriptors of `waitables` that are ready: results are
+    set on the futures there, in the loop's own thread."""
+
+    remote = False
+
+    def __init__(self, jobs: int) -> None:
+        self.jobs = max(1, jobs)
+        self.generation = 0
+        self._preload: tuple[str, ...] = ()
+        self._preload_key = ""
+        self._workers: list[_Worker] = []
+        self._starting = 0
+        self._pending: collections.deque[tuple[StageJob, Future[StageOutcome]]] = collections.deque()
+        self._started: queue.SimpleQueue[tuple[int, _Worker | BaseException]] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._broken: str | None = None
+
+    def configure(self, preload: tuple[str, ...], preload_key: str) -> None:
+        self._preload, self._preload_key = preload, preload_key
+
+    @property
+    def started(self) -> bool:
+        return bool(self._workers) or self._starting > 0
+
+    # --- the loop's side -------------------------------------------------------------
+
+    def waitables(self) -> list[int]:
+        fds = [self._wake_r]
+        for w in self._workers:
+            fds += (w.conn.fileno(), w.proc.sentinel)
+        return fds
+
+    def collect(self, ready: set[int]) -> None:
+        if self._wake_r in ready:
+            with contextlib.suppress(BlockingIOError):
+                os.read(self._wake_r, 4096)
+            self._take_started()
+        for w in list(self._workers):
+            if w.conn.fileno() in ready or w.proc.sentinel in ready:
+                self._read(w)
+        self._dispatch()
+
+    def submit(self, job: StageJob) -> Future[StageOutcome]:
+        if self._broken is not None:
+            # A worker died in a stage: no new work until the pool replaced them all
+            # (it judges which stage's worker died first).
+            self.replace()
+        future: Future[StageOutcome] = Future()
+        future.set_running_or_notify_cancel()
+        if job.pid_file:
+            # Added before the pool's own callback, so it runs first: the outputs are
+            # clean before the pool reports the attempt (and the broker runs it again).
+            future.add_done_callback(lambda f: discard_if_died(job, f))
+        self._pending.append((job, future))
+        self._dispatch()
+        return future
+
+    def _dispatch(self) -> None:
+        for w in self._workers:
+            if not self._pending:
+                return
+            if w.future is None:
+                job, future = self._pending.popleft()
+                try:
+                    w.conn.send(job)
+                except (OSError, ValueError) as exc:  # its worker died this instant
+                    self._pending.appendleft((job, future))
+                    log.info("worker %s gone before its stage was sent: %s", w.proc.pid, exc)
+                    continue  # its sentinel says so at the next poll
+                w.future, w.stage = future, job.stage
+        missing = min(len(self._pending), self.jobs - len(self._workers)) - self._starting
+        for _ in range(max(0, missing)):
+            self._start_one()
+
+    def _start_one(self) -> None:
+        from pivot.runtime.preload import worker_context
+
+        context = worker_context(self._preload, self._preload_key)
+        if context is None:
+            import multiprocessing
+
+            context = multiprocessing.get_context("spawn")
+        self._starting += 1
+        generation = self.generation
+
+        def start() -> None:
+            from pivot.runtime.worker import serve
+
+            try:
+                ours, theirs = context.Pipe(duplex=True)
+                proc = context.Process(target=serve, args=(theirs, IDLE_EXIT_S), name="pivot-worker")
+                proc.start()
+                theirs.close()
+                self._started.put((generation, _Worker(proc, ours)))
+            except BaseException as exc:  # (a forkserver that cannot start, fds exhausted)
+                self._started.put((generation, exc))
+            with contextlib.suppress(BlockingIOError):
+                os.write(self._wake_w, b"s")
+
+        threading.Thread(target=start, name="worker-start", daemon=True).start()
+
+    def _take_started(self) -> None:
+        while True:
+            try:
+                generation, started = self._started.get_nowait()
+            except queue.Empty:
+                return
+            if generation != self.generation:  # started for workers replaced since
+                if isinstance(started, _Worker):
+                    self._kill([started])
+                continue
+            self._starting -= 1
+            if isinstance(started, BaseException):
+                why = f"could not start a worker process: {type(started).__name__}: {started}"
+                log.error("%s", why)
+                if not self._workers and not self._starting:
+                    while self._pending:  # failed, not lost: it would only fail again
+                        self._pending.popleft()[1].set_exception(RuntimeError(why))
+                continue
+            self._workers.append(started)
+
+    def _read(self, w: _Worker) -> None:
+        try:
+            while w.conn.poll(0):
+                ok, value = w.conn.recv()
+                future, w.future, w.stage = w.future, None, ""
+                if future is None:
+                    continue
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+        except (EOFError, OSError):
+            pass  # it died (after its last result, if it sent one)
+        if w.proc.is_alive():
+            return
+        self._died(w)
+
+    def _died(self, w: _Worker) -> None:
+        w.proc.join(REAP_S)  # reaped: its pid no longer passes for alive when judged
+        self._workers.remove(w)
+        w.conn.close()
+        how = _exit_description(w.proc.exitcode)
+        if w.future is None:
+            log.info("worker %s ended while idle: %s", w.proc.pid, how)
+            return
+        log.warning("worker %s died running stage %s: %s", w.proc.pid, w.stage, how)
+        self._broken = how
+        _fail(w.future, how)
+        w.future = None
+        self._fail_all(f"worker {w.proc.pid} died: {how}")
+
+    def _fail_all(self, why: str) -> None:
+        """Every stage in flight or waiting for a worker fails (`BrokenExecutor`)."""
+        for w in self._workers:
+            if w.future is not None:
+                _fail(w.future, why)
+                w.future, w.stage = None, ""
+        while self._pending:
+            _fail(self._pending.popleft()[1], why)
+
+    # --- stopping ---------------------------------------------------------------------
+
+    def replace(self) -> None:
+        """Kill every worker now; the stages they ran, or that waited for one, fail
+        (`BrokenExecutor`) once their processes are gone. The next `submit` starts
+        fresh workers."""
+        workers = self._workers
+        self._broken = None
+        self._starting = 0
+        self.generation += 1
+        self._kill(workers)
+        self._fail_all("its worker was stopped")
+        self._workers = []
+
+    def _kill(self, workers: list[_Worker]) -> None:
+        for w in workers:
+            with contextlib.suppress(ProcessLookupError):
+                if w.proc.pid:
+                    os.kill(w.proc.pid, signal.SIGKILL)
+        for w in workers:
+            w.proc.join(REAP_S)
+            w.conn.close()
+
+    def cancel(self, pid_file: Path) -> int:
+        return request_cancel(pid_file)
+
+    def kill(self, pid_file: Path, handle: int, why: str) -> None:
+        # Stuck in native code: its worker goes (the stages beside it are lost and run
+        # again), and the attempt is reported cancelled, not a death.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(handle, signal.SIGKILL)
+        kill_group_of(pid_file)  # a command stage's processes go with its worker
+
+    def close(self) -> None:
+        self.replace()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
