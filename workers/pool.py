@@ -25,6 +25,7 @@ import queue
 import shutil
 import signal
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -40,7 +41,7 @@ from pivot.faults import reached
 from pivot.launch.limits import HARD_KILL_S
 from pivot.launch.logsetup import HeldRecords, configure
 from pivot.launch.procs import group_members, is_alive, is_stopped
-from pivot.launch.scratch import scratch_dir, sweep
+from pivot.launch.scratch import SHORT_TEMP, multiprocessing_scratch, scratch_dir, sweep
 from pivot.launch.spawn import Loading, run_loader
 from pivot.launch.stderrlog import fatal, log_to_stderr
 from pivot.pipeline.gitignore import keep_outputs_ignored
@@ -188,6 +189,7 @@ class PoolService:
             self.pid_dir.mkdir(parents=True)
         else:
             self.pid_dir = scratch_dir("workers")
+        self.mp_dir = multiprocessing_scratch()
         self.lease = self.pid_dir / LEASE_NAME
         self.lease_renewed = 0.0
         self.lease_count = 0
@@ -817,6 +819,7 @@ class PoolService:
         self.threads.shutdown(wait=False, cancel_futures=True)
         self.state.close()
         shutil.rmtree(self.pid_dir, ignore_errors=True)
+        shutil.rmtree(self.mp_dir, ignore_errors=True)  # the forkserver is gone (above)
         if self.workers.remote:
             with contextlib.suppress(OSError):  # the last pool of this project gone
                 self.pid_dir.parent.rmdir()
@@ -851,7 +854,13 @@ def main(args: argparse.Namespace, first_load: Loading | None = None) -> int:
     # What pools and loaders killed outright left: in the background, a temp folder may
     # hold thousands of entries (7 ms here) and the pool's start is on the way to the
     # first stage.
-    sweeper = threading.Thread(target=lambda: [sweep(kind) for kind in ("workers", "manifest")], name="sweep", daemon=True)
+    def sweep_all() -> None:
+        for kind in ("workers", "manifest", "mp"):
+            sweep(kind)
+        if tempfile.gettempdir() != SHORT_TEMP:  # (a long TMPDIR: multiprocessing_scratch)
+            sweep("mp", SHORT_TEMP)
+
+    sweeper = threading.Thread(target=sweep_all, name="sweep", daemon=True)
     sweeper.start()
     try:
         keys = _keys(args)

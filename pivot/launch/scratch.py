@@ -14,7 +14,7 @@ from typing import BinaryIO
 
 from pivot.launch.procs import is_alive
 
-__all__ = ["LOG_ROTATE_BYTES", "open_role_log", "scratch_dir", "scratch_file", "sweep"]
+__all__ = ["LOG_ROTATE_BYTES", "SHORT_TEMP", "multiprocessing_scratch", "open_role_log", "scratch_dir", "scratch_file", "sweep"]
 
 LOG_ROTATE_BYTES = 10 << 20
 
@@ -29,12 +29,36 @@ def scratch_file(kind: str, suffix: str = "") -> tuple[int, str]:
     return tempfile.mkstemp(prefix=f"pivot-{kind}-{os.getpid()}-", suffix=suffix)
 
 
-def sweep(kind: str) -> int:
-    """Remove what processes now gone left of `kind` in the temp folder (a pool or loader
-    killed outright leaves its folder). Returns how many were removed."""
+def multiprocessing_scratch() -> Path:
+    """This process's multiprocessing temp folder (its forkserver's socket), made a
+    scratch folder of ours. multiprocessing's own (`pymp-*`) is removed by a finalizer
+    that a process ending in `os._exit` (the pool) or SIGKILL never runs: one folder
+    was left in the temp folder by every pool that started workers. Ours is removed by
+    its owner, or swept once it is gone (kind "mp")."""
+    from multiprocessing import process
+
+    config = process.current_process()._config  # type: ignore[attr-defined]
+    if "tempdir" not in config:  # (what multiprocessing.util.get_temp_dir looks for)
+        folder = scratch_dir("mp")
+        if len(str(folder)) > MAX_SOCKET_FOLDER and os.path.isdir(SHORT_TEMP):
+            # The server's socket path would pass the 108 bytes a Unix socket allows:
+            # every worker would fail to start ("AF_UNIX path too long").
+            folder.rmdir()
+            folder = Path(tempfile.mkdtemp(prefix=f"pivot-mp-{os.getpid()}-", dir=SHORT_TEMP))
+        config["tempdir"] = str(folder)
+    return Path(config["tempdir"])
+
+
+MAX_SOCKET_FOLDER = 80  # + "/listener-XXXXXXXX" stays under a Unix socket's 108 bytes
+SHORT_TEMP = "/tmp"
+
+
+def sweep(kind: str, folder: str | None = None) -> int:
+    """Remove what processes now gone left of `kind` in the temp folder (or `folder`: a
+    pool or loader killed outright leaves its folder). Returns how many were removed."""
     prefix = f"pivot-{kind}-"
     removed = 0
-    folder = Path(tempfile.gettempdir())
+    folder = folder or tempfile.gettempdir()
     with contextlib.suppress(OSError):
         for entry in os.scandir(folder):
             if not entry.name.startswith(prefix):

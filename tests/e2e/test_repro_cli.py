@@ -8,6 +8,7 @@ them behind, or leaves sockets in `.pivot/run/`.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -26,6 +27,7 @@ from procs import (
     of_kind,
     one,
     parse_events,
+    pivot_cmd,
     release_held_stage,
     run_dir_leftovers,
     run_pivot,
@@ -134,6 +136,26 @@ def test_runs_that_start_workers_leave_the_pools_stderr_empty(project: Path) -> 
         result = run_pivot(project, "repro", "-f", "--json", timeout=60)
         assert result.returncode == 0, describe(result)
         assert not pool_log.exists() or pool_log.read_text() == "", pool_log.read_text()
+
+
+def test_runs_that_start_workers_leave_nothing_in_the_temp_folder(project: Path, tmp_path: Path) -> None:
+    """multiprocessing's forkserver keeps its socket in a temp folder that the pool,
+    ending in os._exit, never removed: one `pymp-*` folder per run was left (25,000 on
+    the development machine). This TMPDIR is also too long for the socket's path: the
+    folder goes to /tmp then (the workers could not start)."""
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    assert len(str(temp)) > 60, temp
+    before = set(Path("/tmp").glob("pivot-mp-*"))
+    for _ in range(2):
+        result = subprocess.run(
+            [*pivot_cmd(), "repro", "-f", "--json"], cwd=project, capture_output=True, text=True,
+            timeout=60, stdin=subprocess.DEVNULL, env={**os.environ, "TMPDIR": str(temp)},
+        )
+        assert result.returncode == 0, describe(result)
+        assert finished(parse_events(result.stdout))["fit"]["status"] == "ran"
+        assert sorted(p.name for p in temp.iterdir()) == []
+        assert set(Path("/tmp").glob("pivot-mp-*")) <= before
 
 
 def test_malformed_raw_row_reruns_prepare_only_early_cutoff(ran_project: Path) -> None:
