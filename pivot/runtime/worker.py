@@ -278,13 +278,13 @@ def run_stage(job: StageJob) -> StageOutcome:
         msg = f"declared output not produced: {', '.join(missing)}"
         return outcome("failed", "out_not_produced", msg, details={"paths": missing})
     out_hashes = {out: digest for out, digest in stored.items() if digest is not None}
-    write_lock(
+    lock_file = write_lock(
         root,
         StageLock(name, job.fingerprint, job.params, job.dep_hashes, out_hashes, job.code_parts),
     )
     reached("locked")
     if job.run_key:
-        state.runs.record(job.run_key, name, out_hashes)
+        state.runs.record(job.run_key, name, out_hashes, lock_file)
         reached("run-cached")
     changed = _changed_deps(state, root, job.dep_hashes)
     return outcome("ran", job.reason_code, job.reason, details={**job.details, "changed_deps": changed} if changed else None)

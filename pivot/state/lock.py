@@ -143,6 +143,9 @@ def lock_problem(root: Path, stage: str) -> str | None:
     return f"missing {', '.join(missing)}" if missing else "fields of the wrong type"
 
 
-def write_lock(root: Path, lock: StageLock) -> None:
+def write_lock(root: Path, lock: StageLock) -> Path:
+    """Write the stage's lock (atomically); returns its path."""
+    path = lock_path(root, lock.stage)
     # 0644: lock files are shared through git.
-    write_atomic(lock_path(root, lock.stage), lock.to_json().encode(), mode=0o644)
+    write_atomic(path, lock.to_json().encode(), mode=0o644)
+    return path

@@ -2,12 +2,16 @@
 
 If a stage is about to run with inputs it has already run with, its outputs can be
 placed from the content cache instead: reverting a param or a code edit is then instant.
-One small JSON file per key under `.pivot/runcache/`, written atomically.
+One small JSON file per key under `.pivot/runcache/`, written atomically: a hard link to
+the lock file its run wrote (which holds the entry's "stage" and "outs") when it can be.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +19,7 @@ from typing import Any
 import xxhash
 
 from pivot.pipeline.manifest import StageSpec
-from pivot.state.atomic import write_atomic
+from pivot.state.atomic import replace_small, write_atomic
 
 __all__ = ["RunCache", "run_key"]
 
@@ -57,9 +61,28 @@ class RunCache:
             pass
         return None
 
-    def record(self, key: str, stage: str, outs: dict[str, str]) -> None:
+    def record(self, key: str, stage: str, outs: dict[str, str], lock_file: Path | None = None) -> None:
+        """Record `key`'s outputs. With `lock_file` (the lock the run just wrote, which
+        holds the same "stage" and "outs"), the entry is a hard link to it rather than a
+        file of its own: a new file costs 65-200 us on this machine's ext4 (an inode),
+        a link ~7 us. Locks are only ever replaced by a rename, never written in place,
+        so the entry keeps the content it was linked with."""
+        path = self._path(key)
+        if lock_file is not None:
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+            try:
+                try:
+                    os.link(lock_file, tmp)
+                except FileNotFoundError:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    os.link(lock_file, tmp)
+                replace_small(tmp, path)
+                return
+            except OSError:  # no hard links here (some network file systems): a copy
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
         data = json.dumps({"stage": stage, "outs": outs}, sort_keys=True).encode()
-        write_atomic(self._path(key), data)
+        write_atomic(path, data)
 
     def entries(self) -> Iterator[dict[str, Any]]:
         """Every readable entry: {"stage", "outs"}."""

@@ -79,6 +79,22 @@ def test_run_cache_round_trip_and_unreadable_entries(tmp_path: Path) -> None:
     assert runs.lookup("ab" * 16) is None
 
 
+def test_a_run_cache_entry_linked_to_its_lock_keeps_that_run_after_the_lock_is_replaced(tmp_path: Path) -> None:
+    runs = RunCache(tmp_path / ".pivot" / "runcache")
+    first = write_lock(tmp_path, StageLock("fit", "fp1", {}, {"in.txt": "d1"}, {"out.txt": "h1"}))
+    runs.record("ab" * 16, "fit", {"out.txt": "h1"}, first)
+    entry = tmp_path / ".pivot" / "runcache" / "ab" / ("ab" * 15 + ".json")
+    assert entry.stat().st_ino == first.stat().st_ino  # a link: no file of its own
+    runs.record("ab" * 16, "fit", {"out.txt": "h1"}, first)  # again: replaced, not refused
+    write_lock(tmp_path, StageLock("fit", "fp1", {}, {"in.txt": "d2"}, {"out.txt": "h2"}))
+    runs.record("cd" * 16, "fit", {"out.txt": "h2"}, first)
+    assert runs.lookup("ab" * 16) == {"out.txt": "h1"}
+    assert runs.lookup("cd" * 16) == {"out.txt": "h2"}
+    assert sorted(e["outs"]["out.txt"] for e in runs.entries()) == ["h1", "h2"]
+    assert [p.name for p in entry.parent.iterdir()] == [entry.name]  # no temp file left
+    assert read_lock(tmp_path, "fit") == StageLock("fit", "fp1", {}, {"in.txt": "d2"}, {"out.txt": "h2"})
+
+
 # --- preserve, commit, restore --------------------------------------------------------------
 
 
