@@ -1,7 +1,7 @@
 """The roles a broker process starts beside itself for `pivot up`: a pool and a watcher.
 
 Each runs in its own session (process group), so one killpg stops a pool with its loader
-and loky workers. A thread per child waits for its exit and wakes the broker's loop
+and worker processes. A thread per child waits for its exit and wakes the broker's loop
 through a pipe; the loop then kills what is left of the group, tells the state machine
 (a dead pool's stages run again only now: no attempt of theirs can still be alive) and
 restarts the role after a backoff (`broker/supervisor.py`). A pool the broker gives up
@@ -242,7 +242,7 @@ class LocalRoles:
         assert self.service is not None
         if self.procs.get(role) is not proc:
             return
-        if not kill_group(proc.pid, GRACE_S):  # loky workers may outlive a dead pool
+        if not kill_group(proc.pid, GRACE_S):  # its workers may outlive a dead pool
             log.error("processes of the %s group %d survived SIGKILL", role, proc.pid)
         rc = proc.returncode
         if role == "pool":

@@ -10,11 +10,13 @@ import logging
 import os
 import sys
 
-from pivot.launch.spawn import start_loader
+from pivot.launch.spawn import Loading, given_manifest, start_loader
 from workers.args import parse_args
 
 args = parse_args(sys.argv[1:])
-first_load = start_loader(args.root)  # forked: this process has no thread yet
+# Loaded by `pivot repro` already (pivot/cli/settled.py), else by a loader forked now,
+# while this process has no thread yet.
+first_load: Loading = given_manifest(args.manifest) if args.manifest is not None else start_loader(args.root)
 
 from workers.pool import main  # noqa: E402 - deliberately after the loader started
 

@@ -21,6 +21,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=None, help="stages at once [usable CPUs]")
     parser.add_argument("--tag", action="append", default=[], help="a tag of this pool (repeatable)")
     parser.add_argument(
+        "--manifest", type=Path, default=None,
+        help="the pipeline as its starter loaded it (a file, removed once read): no load of its own",
+    )
+    parser.add_argument(
         "--broker-timeout", type=float, default=None,
         help="exit after the broker has been silent this long [--work: 3 s; --broker: never]",
     )

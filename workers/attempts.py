@@ -43,7 +43,7 @@ class Attempt:
     kill_at: float = 0.0  # (stop) when its worker is killed if still running
     worker_pid: int = 0  # (stop) the worker running it, once known
     generation: int = -1  # (running) the workers' generation running it
-    dead_pid: int | None = None  # (running, after loky broke) its worker's pid if dead, else 0
+    dead_pid: int | None = None  # (running, after the executor broke) its worker's pid if dead, else 0
     held: Prepared | None = None  # (queued) its decision
 
     @property

@@ -8,7 +8,7 @@ the stage in a fresh Python process on the Dask worker's machine
 (`pivot/runtime/dask_task.py` says why: no stage on old code, no restart of a shared
 cluster). Slots: the cluster's threads when the pool starts (or `-j`).
 
-What is lost and what failed, as with loky:
+What is lost and what failed, as with local workers:
 - the stage's own process died: `failed` / `worker_died`, charged (the broker tries a
   stage three times);
 - the Dask worker running it was lost (the future errs with the worker gone, or the

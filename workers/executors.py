@@ -70,7 +70,7 @@ class Executor(Protocol):
 
 def discard_if_died(job: StageJob, future: Future[StageOutcome]) -> None:
     """Remove what the attempt of `job` half wrote when its worker died in the stage's
-    code. A worker still alive when its run fails (lost with another's death: loky kills
+    code. A worker still alive when its run fails (lost with another's death: the pool kills
     it after these callbacks) is left alone: its attempt runs again, and a run removes
     the outputs before it begins."""
     if not future.cancelled() and future.exception() is None:

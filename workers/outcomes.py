@@ -77,7 +77,7 @@ def after_run(attempt: Attempt, ran: StageOutcome | BaseException) -> Result:
         return Result(Status.CANCELLED, ReasonCode.CANCELLED, attempt.cancel)
     if isinstance(ran, BrokenExecutor):
         if attempt.dead_pid:
-            why = " ".join(str(ran).split())  # loky's words span lines; a reason is one
+            why = " ".join(str(ran).split())  # (words that may span lines; a reason is one)
             return Result(Status.FAILED, ReasonCode.WORKER_DIED, f"its worker process (pid {attempt.dead_pid}) died: {why}")
         return Result(Status.LOST, ReasonCode.POOL_LOST, "another stage's worker process died; it runs again")
     if isinstance(ran, BaseException):  # the stage's own errors come as its outcome: this is ours

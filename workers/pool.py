@@ -1,9 +1,9 @@
-"""The worker pool process: decides skip-or-run and runs stale stages on loky workers.
+"""The worker pool process: decides skip-or-run and runs stale stages on its workers.
 
     broker ROUTER <--DEALER-- main loop --+-- decide thread(s): hash deps/outs, read locks
                                           +-- loader process: imports the pipeline
-                                          +-- loky executor (jobs workers): run stages
-    threads and loky callbacks never touch the socket: they put (kind, attempt, result)
+                                          +-- worker processes (jobs): run stages, fed by pipes it polls
+    threads and futures' callbacks never touch the socket: they put (kind, attempt, result)
     on a queue and write one byte to a wake pipe the main loop polls.
 
 Heartbeats go out from the main loop every second. A broker silent for `liveness`
@@ -44,7 +44,7 @@ from pivot.launch.procs import group_members, is_alive, is_stopped
 from pivot.launch.scratch import SHORT_TEMP, multiprocessing_scratch, scratch_dir, sweep
 from pivot.launch.spawn import Loading, run_loader
 from pivot.launch.stderrlog import fatal, log_to_stderr
-from pivot.pipeline.gitignore import keep_outputs_ignored
+from pivot.pipeline.gitignore import cached_outputs, keep_outputs_ignored
 from pivot.pipeline.manifest import Manifest
 from pivot.protocol.messages import (
     CancelStage,
@@ -76,6 +76,8 @@ from pivot.runtime.job import StageJob, StageOutcome
 from pivot.runtime.lease import LEASE_NAME
 from pivot.runtime.preload import serve_loaders, warm_up
 from pivot.state.lock import LockPrefetch, read_lock
+from pivot.state.notices import LOGGER as NOTICES_LOGGER
+from pivot.state.notices import StoredStateNotices
 from pivot.state.outputs import ProjectState
 from pivot.state.plan import (
     DepProducers,
@@ -117,23 +119,6 @@ class Link:
     tags: list[str] = field(default_factory=list)
 
 
-class _StoredStateNotices(logging.Handler):
-    """Warnings about the project's stored state (a corrupt state cache moved aside, a
-    cache that cannot be used) go to the broker as notices, so that every display says
-    them, not only this pool's log. Each text once per pool."""
-
-    def __init__(self, post: Callable[[str, str, Any], None]) -> None:
-        super().__init__(logging.WARNING)
-        self.post = post
-        self.said: set[str] = set()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        text = record.getMessage()
-        if text not in self.said:
-            self.said.add(text)
-            self.post("notice", "", text)
-
-
 class PoolService:
     def __init__(
         self, root: Path, link: Link | str, name: str, jobs: int, first_load: Loading | None = None,
@@ -163,7 +148,7 @@ class PoolService:
         self.loop_thread = threading.get_ident()  # (run() sets it again: the loop's own)
         os.set_blocking(self.wake_w, False)
         self.threads = ThreadPoolExecutor(max_workers=self.jobs + 1, thread_name_prefix="decide")
-        # Loky's workers start when a stage first must run.
+        # Its workers start when a stage first must run.
         self.workers: Executor = executor if executor is not None else WorkerProcesses(self.jobs)
         # Stages taken beyond `jobs`, decided and held (Phase.QUEUED) until a worker frees:
         # the next stage then starts without a round trip to the broker (~3 ms a stage on
@@ -197,9 +182,9 @@ class PoolService:
         self.leaving = False  # SIGTERM: handing back its stages before it exits
         self.leave_by: float | None = None
         self.watch = BrokerWatch(self.clock(), standalone=self.link.control is not None, give_up_after=self.link.timeout)
-        self.notices = _StoredStateNotices(self._post)
+        self.notices = StoredStateNotices(lambda text: self._post("notice", "", text))
         self.records: HeldRecords | None = None  # this pool's log file, written before each wait
-        logging.getLogger("pivot.state").addHandler(self.notices)
+        logging.getLogger(NOTICES_LOGGER).addHandler(self.notices)
 
     # --- plumbing ------------------------------------------------------------------
 
@@ -559,7 +544,7 @@ class PoolService:
                 warm_up(self.manifest.preload, self.manifest.preload_key)
             if self.serve_loaders:
                 serve_loaders(self.manifest.preload, self.manifest.preload_key)
-        except OSError as exc:  # workers then start as plain loky workers would, later
+        except OSError as exc:  # workers then start in fresh interpreters, later
             log.warning("could not start the workers' forkserver: %s", exc)
         # After the send: the broker checks the graph meanwhile. A manifest whose outputs
         # collide is rejected there; its stages are then never dispatched here.
@@ -572,8 +557,7 @@ class PoolService:
         # What its stages write stays out of git (pivot/pipeline/gitignore.py): a read and
         # a compare, a write only when the outputs changed.
         try:
-            keep_outputs_ignored(self.root, (o for s in self.manifest.stages for o in s.outs
-                                             if o not in s.metrics and o not in s.uncached))
+            keep_outputs_ignored(self.root, cached_outputs(self.manifest))
         except OSError as exc:
             log.warning("could not update %s: %s", self.root / ".gitignore", exc)
 
@@ -584,7 +568,7 @@ class PoolService:
         return [a for a in self.attempts.values() if a.phase is Phase.RUNNING]
 
     def _cancel_all(self, why: str) -> None:
-        """Stop every stage in flight: loky ones by replacing the workers, deciding ones
+        """Stop every stage in flight: running ones by replacing the workers, deciding ones
         when their decision comes back."""
         for a in self.attempts.values():
             a.cancel, a.stop = why, None
@@ -708,11 +692,11 @@ class PoolService:
             self._forget_files(attempt)
             if isinstance(ran, BrokenExecutor) and not judged and a.generation == self.workers.generation:
                 # Its worker was killed (a cancel it could not see) and no stage beside
-                # it has replaced the executor yet: loky refuses new work from now on.
+                # it has replaced the executor yet: it refuses new work from now on.
                 self._judge_deaths()
                 self._stop_workers()
         elif isinstance(ran, BrokenExecutor):
-            # loky fails every in-flight future when one worker dies. Only a stage whose
+            # The executor fails every in-flight future when one worker dies. Only a stage whose
             # own worker is dead is charged; the others were collateral: "lost", and the
             # broker dispatches them again. Judged before the survivors are stopped (not
             # workers of a later generation: the broken ones were replaced already).
@@ -796,7 +780,7 @@ class PoolService:
         self._send(msg)
 
     def _shutdown(self) -> None:
-        logging.getLogger("pivot.state").removeHandler(self.notices)
+        logging.getLogger(NOTICES_LOGGER).removeHandler(self.notices)
         self.workers.close()
         for attempt in list(self.attempts):  # command stages' processes leave with their workers
             kill_group_of(self.pid_dir / attempt)
@@ -806,7 +790,7 @@ class PoolService:
                 output.finish("cancelled", "its pool stopped while it ran", None)
         self.outputs.clear()
         if os.getpgrp() == os.getpid():
-            # Whatever this pool started goes with it: loky workers and their forkserver
+            # Whatever this pool started goes with it: its workers and their forkserver
             # (which outlive a pool whose engine died otherwise). Not the resource
             # trackers: they end on their own once the last process holding their pipe
             # has (this one, in a moment), and one killed first is started anew, with a
@@ -816,23 +800,27 @@ class PoolService:
                 if pid != os.getpid() and not _is_resource_tracker(pid):
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
+            # The forkserver was one of them: its folder goes too. (A pool that is not
+            # its group's leader, as in the tests, leaves its process's server running.)
+            shutil.rmtree(self.mp_dir, ignore_errors=True)
         self.threads.shutdown(wait=False, cancel_futures=True)
         self.state.close()
         shutil.rmtree(self.pid_dir, ignore_errors=True)
-        shutil.rmtree(self.mp_dir, ignore_errors=True)  # the forkserver is gone (above)
         if self.workers.remote:
             with contextlib.suppress(OSError):  # the last pool of this project gone
                 self.pid_dir.parent.rmdir()
         if self.sock is not None:
             # A goodbye (pool_leaving) must reach the broker; nothing else may hold us.
-            self.sock.close(linger=LEAVE_LINGER_MS if self.leaving else 0)
+            # (No broker ever answered: none to say it to. A `repro` with nothing to do
+            # stops its pool before starting the broker: pivot/cli/settled.py.)
+            self.sock.close(linger=LEAVE_LINGER_MS if self.leaving and self.broker_id else 0)
         self.ctx.term()
         os.close(self.wake_r)
         os.close(self.wake_w)
 
 
 def _is_resource_tracker(pid: int) -> bool:
-    """multiprocessing's or loky's resource tracker (by its command line)."""
+    """multiprocessing's resource tracker (by its command line)."""
     try:
         return b"resource_tracker" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:

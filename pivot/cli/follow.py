@@ -19,6 +19,7 @@ from pivot.display.render import (
     Renderer,
     make_renderer,
     resolve_mode,
+    say_notice,
     show_engine_start,
     wave_failed,
 )
@@ -119,7 +120,7 @@ def _follow(stack: Engine, r: Renderer, outcome: Outcome) -> None:
             _from_snapshot(item, outcome)
         elif isinstance(item, Envelope):
             if isinstance(item.msg, Notice):
-                _say_notice(item.msg)
+                say_notice(item.msg)
             r.event(item)
             _from_event(item, outcome)
         else:
@@ -127,12 +128,6 @@ def _follow(stack: Engine, r: Renderer, outcome: Outcome) -> None:
         if outcome.code is not None:
             return
         stack.check()
-
-
-def _say_notice(msg: Notice) -> None:
-    """Something the engine wants a user to know (a warning about the pipeline, a pool
-    restarted): on standard error whatever the display."""
-    print(f"pivot: {msg.message}", file=sys.stderr, flush=True)
 
 
 def _say_missed(client: EngineClient) -> None:
@@ -221,7 +216,7 @@ def run_live(
                         if isinstance(item.msg, (Paused, Resumed)):
                             paused = isinstance(item.msg, Paused)
                         elif isinstance(item.msg, Notice):
-                            _say_notice(item.msg)
+                            say_notice(item.msg)
                         renderer.event(item)
                         if isinstance(item.msg, EngineStopped):
                             if item.msg.reason:

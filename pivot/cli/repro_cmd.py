@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +13,7 @@ from pivot.cli.target import broker_options
 from pivot.pipeline.project import find_root, pivot_dir
 
 if TYPE_CHECKING:
+    from pivot.cli.settled import Settled
     from pivot.pipeline.select import Selection
 
 
@@ -109,7 +111,18 @@ def run_once(
             from pivot.cli.follow import run_wave
 
             return run_wave(engine, stages, force, keep_going, display, selection, glob)
-    with Stack(root, jobs or usable_cpus()) as stack:
+    jobs = jobs or usable_cpus()
+
+    def settle() -> Settled:
+        from pivot.cli.settled import Settled, settle
+
+        if force:
+            return Settled()  # every stage runs
+        return settle(root, stages, keep_going, display, selection, glob, jobs, sys.stdout, sys.stderr)
+
+    with Stack(root, jobs, settle=settle) as stack:
+        if stack.settled is not None:
+            return stack.settled
         from pivot.cli.follow import run_wave  # after the pool started: see follow.py
 
         return run_wave(stack, stages, force, keep_going, display, selection, glob)

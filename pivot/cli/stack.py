@@ -5,7 +5,7 @@ broker as a process of its own (`python -P -m broker`), which supervises its poo
 watcher; both use the same broker and pool code.
 
 The pool runs in its own session (process group) so that Ctrl-C reaches only us, and so
-that one killpg stops the pool, its loader and its loky workers together: nothing is
+that one killpg stops the pool, its loader and its workers together: nothing is
 left behind, whatever path the run took.
 """
 
@@ -17,7 +17,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -26,7 +26,9 @@ if TYPE_CHECKING:
     import zmq
 
     from broker.service import BrokerService
+    from pivot.cli.settled import Settled
     from pivot.display.client import EngineClient
+    from pivot.pipeline.manifest import Manifest
 from pivot.errors import InfraError
 from pivot.launch import python_cmd
 from pivot.launch.procs import kill_group
@@ -48,9 +50,13 @@ class Stack:
 
     one_shot = True  # its only pool lost: the run ends (nothing replaces it)
 
-    def __init__(self, root: Path, jobs: int) -> None:
+    def __init__(self, root: Path, jobs: int, settle: Callable[[], Settled] | None = None) -> None:
         self.root = root
         self.jobs = jobs
+        # Tried once the pool is starting, before the broker: the run's exit code when it
+        # had nothing to do (pivot/cli/settled.py). The pool is then stopped unused.
+        self.settle = settle
+        self.settled: int | None = None
         self.grace_s = 0.0  # `repro` stops its engine once its wave is over: nothing runs
         self.rundir = RunDir(root)
         self.ctx: zmq.Context[zmq.Socket[bytes]] | None = None
@@ -69,7 +75,17 @@ class Stack:
             # The pool starts first, before this process even imports ZeroMQ: the pool's
             # interpreter and its loader then run while we import the broker and display
             # code. The pool connects before the broker binds; ZeroMQ retries the connect.
-            self._start_pool(endpoints.work)
+            handed: Manifest | None = None
+            if self.settle is not None:
+                outcome = self.settle()
+                if outcome.code is not None:
+                    self.settled = outcome.code
+                    return self
+                handed = outcome.manifest
+            # The pool starts before this process even imports ZeroMQ: its interpreter
+            # then starts while we import the broker and display code. It connects before
+            # the broker binds; ZeroMQ retries the connect.
+            self._start_pool(endpoints.work, handed)
             import zmq
 
             from broker.service import BrokerService
@@ -89,13 +105,18 @@ class Stack:
             raise
         return self
 
-    def _start_pool(self, work_endpoint: str) -> None:
+    def _start_pool(self, work_endpoint: str, manifest: Manifest | None = None) -> None:
         self.pool_log.parent.mkdir(parents=True, exist_ok=True)
+        given: list[str] = []
+        if manifest is not None:  # loaded here already: the pool reads it instead
+            from pivot.launch.spawn import write_manifest
+
+            given = ["--manifest", str(write_manifest(manifest))]
         with open_role_log(self.pool_log) as out:
             self.pool = subprocess.Popen(
                 python_cmd(
                     "workers", "--root", str(self.root), "--work", work_endpoint,
-                    "--name", POOL_NAME, "--jobs", str(self.jobs),
+                    "--name", POOL_NAME, "--jobs", str(self.jobs), *given,
                 ),
                 cwd=self.root,
                 stdin=subprocess.DEVNULL,
@@ -117,7 +138,7 @@ class Stack:
             if rc is None:
                 return
             self.pool_died_at = time.monotonic()
-            self._kill_pool_group()  # its loky workers may outlive it
+            self._kill_pool_group()  # its workers may outlive it
             from pivot.protocol.messages import PoolExited
             from pivot.transport.sockets import send_msg
 
@@ -145,6 +166,9 @@ class Stack:
     # --- shutdown ------------------------------------------------------------------
 
     def _close(self, graceful: bool = False) -> None:
+        if self.settled is not None and self.pool is not None:
+            _stop_unused(self.pool)
+            self.pool = None
         if graceful and self.pool is not None and self.pool.poll() is None and self.client:
             # Even a third Ctrl-C must not skip the clean-up below.
             with contextlib.suppress(Exception, KeyboardInterrupt):
@@ -176,7 +200,7 @@ class Stack:
             client.shutdown(timeout=HARD_KILL_S + GRACE_S, grace_s=0.0)
 
     def _kill_pool_group(self) -> None:
-        """SIGKILL whatever is left in the pool's process group (loky workers, loader)."""
+        """SIGKILL whatever is left in the pool's process group (workers, loader)."""
         assert self.pool is not None
         if not kill_group(self.pool.pid, GRACE_S):
             log.error("processes of the pool group %d survived SIGKILL", self.pool.pid)
@@ -200,9 +224,25 @@ def _interruptible_by_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+UNUSED_EXIT_S = 1.0
+
+
+def _stop_unused(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a pool that was never given anything: SIGTERM (it removes its temp folders,
+    and says goodbye to no broker: none ever answered it), then its group is killed."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(UNUSED_EXIT_S)
+    if not kill_group(proc.pid, GRACE_S):
+        log.error("processes of the pool group %d survived SIGKILL", proc.pid)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(GRACE_S)
+
+
 def _stop_group(proc: subprocess.Popen[bytes], what: str) -> None:
     """SIGTERM a process started in its own session, wait, then SIGKILL whatever is left
-    of its group (loky workers, a loader). The signal goes to the process alone: a pool
+    of its group (workers, a loader). The signal goes to the process alone: a pool
     cancels its stages first (each removes what it half wrote; one stuck in native code is
     killed after HARD_KILL_S), which a SIGTERM to its whole group would cut short. Another
     Ctrl-C meanwhile: kill now."""

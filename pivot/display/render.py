@@ -18,6 +18,7 @@ shown already, and which messages a snapshot implies that were not.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO, runtime_checkable
@@ -108,6 +109,12 @@ def resolve_mode(mode: str, out: TextIO) -> str:
     if mode not in MODES:
         raise ValueError(f"unknown display mode {mode!r}; expected auto, {', '.join(MODES)}")
     return mode
+
+
+def say_notice(msg: Notice) -> None:
+    """Something the engine wants a user to know (a warning about the pipeline, a pool
+    restarted): on standard error whatever the display."""
+    print(f"pivot: {msg.message}", file=sys.stderr, flush=True)
 
 
 def make_renderer(mode: str, out: TextIO, err: TextIO) -> Renderer:

@@ -22,7 +22,10 @@ from pivot.launch.procs import describe_exit
 from pivot.launch.scratch import scratch_file
 from pivot.pipeline.manifest import Manifest
 
-__all__ = ["LOADER_TIMEOUT_S", "ForkedLoaderRun", "LoaderRun", "Loading", "python_cmd", "run_loader", "start_loader"]
+__all__ = [
+    "LOADER_TIMEOUT_S", "ForkedLoaderRun", "LoaderRun", "Loading", "given_manifest", "python_cmd", "run_loader",
+    "start_loader", "write_manifest",
+]
 
 LOADER_TIMEOUT_S = 300.0
 
@@ -81,7 +84,6 @@ class ForkedLoaderRun:
     With no `context`, forked from this process itself (`start_loader`)."""
 
     def __init__(self, root: Path, context: Any = None, preloaded: tuple[str, ...] = ()) -> None:
-        from pivot.runtime.loader import forked_main
         from pivot.runtime.preload import load_started
 
         self.root = root.resolve()
@@ -94,8 +96,8 @@ class ForkedLoaderRun:
             load_started(self)  # its server is not restarted under it (preload.worker_context)
         try:
             args = (str(self.root), self.result_path, self.output_path, preloaded)
-            self.proc = (context.Process(target=forked_main, args=args, name="pivot-loader") if self.served
-                         else _Forked(forked_main, args))
+            self.proc = (context.Process(target=_load_in_child, args=args, name="pivot-loader") if self.served
+                         else _Forked(_load_in_child, args))
             self.proc.start()
         except BaseException:
             self._remove()
@@ -123,6 +125,15 @@ class ForkedLoaderRun:
         finally:
             self._remove()
         return _answer(raw, proc.exitcode, printed)
+
+
+def _load_in_child(*args: Any) -> None:
+    """The forked loader's body. The loader's modules (the fingerprinter: ~18 ms) are
+    imported here, in the child, not by the process that forks it (a `repro`, a pool),
+    which goes on meanwhile."""
+    from pivot.runtime.loader import forked_main
+
+    forked_main(*args)
 
 
 class _Forked:
@@ -221,6 +232,37 @@ def _answer(raw: bytes, returncode: int | None, printed: str) -> Manifest:
     except (ValueError, KeyError, TypeError) as exc:
         raise InfraError(f"unreadable answer from the pipeline loader: {exc!r}") from exc
     raise PipelineError(result["message"], detail=detail)
+
+
+class _GivenManifest:
+    """A manifest another process loaded and wrote to `path` (as a loader writes its
+    answer), read once and removed."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def result(self, timeout: float = LOADER_TIMEOUT_S) -> Manifest:
+        try:
+            raw = self.path.read_bytes()
+        except OSError as exc:
+            raise InfraError(f"the pipeline handed over in {self.path} is gone: {exc}") from exc
+        finally:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+        return _answer(raw, 0, "")
+
+
+def given_manifest(path: Path) -> Loading:
+    """The pipeline as the process that started this one loaded it (`write_manifest`)."""
+    return _GivenManifest(path)
+
+
+def write_manifest(manifest: Manifest) -> Path:
+    """`manifest` in a scratch file, for a process started next (`given_manifest`)."""
+    fd, path = scratch_file("manifest", ".msgpack")
+    with os.fdopen(fd, "wb") as f:
+        f.write(msgpack.packb({"ok": True, "manifest": manifest.to_wire()}, use_bin_type=True))
+    return Path(path)
 
 
 def run_loader(root: Path, timeout: float = LOADER_TIMEOUT_S) -> Manifest:

@@ -15,16 +15,26 @@ that folder's hash.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pivot.state.atomic import write_atomic
 
-__all__ = ["BEGIN", "END", "keep_outputs_ignored"]
+if TYPE_CHECKING:
+    from pivot.pipeline.manifest import Manifest
+
+__all__ = ["BEGIN", "END", "cached_outputs", "keep_outputs_ignored"]
 
 BEGIN = "# >>> pivot outputs (kept by Pivot: edits inside this block are replaced)"
 END = "# <<< pivot outputs"
 _BEGIN_PREFIX = "# >>> pivot outputs"
+
+
+def cached_outputs(manifest: Manifest) -> Iterator[str]:
+    """The outputs the block lists: every stage's, but its metrics and uncached ones
+    (small files meant to be committed)."""
+    return (o for s in manifest.stages for o in s.outs if o not in s.metrics and o not in s.uncached)
 
 
 def keep_outputs_ignored(root: Path, outs: Iterable[str]) -> bool:

@@ -7,7 +7,7 @@ worker has moved on to another stage) is ignored. The window is the stage functi
 itself: a signal before it is caught by the marker check on entry, and one after it
 (while the outputs are committed) is too late, so the stage's real result stands.
 
-Why not kill the worker: loky fails every stage in flight when one worker dies, so the
+Why not kill the worker: every stage in flight fails when one worker dies, so the
 stages running beside the cancelled one would be lost too. A stage stuck in native code
 does not see the signal until it returns to Python; the pool then kills its worker
 after `HARD_KILL_S` (pivot/launch/limits.py).

@@ -22,7 +22,7 @@ the project shares between hosts (every pool needs it anyway):
                    is over), so two attempts of a stage are never alive at once
     lease          rewritten by the pool every second (pivot/runtime/lease.py):
                    unchanged for LEASE_S means the pool is gone, cut off or hung: the
-                   child is killed, as a loky worker exits when its pool dies
+                   child is killed, as a local worker exits when its pool dies
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A code change replaces every worker (no module of the old code may survive). Fresh
 workers would import numpy, torch, pandas... again, which can take seconds. Instead the
-pool's loky workers are forked from a multiprocessing forkserver that imported the
+pool's worker processes are forked from a multiprocessing forkserver that imported the
 pipeline's third-party modules once, and never any project module: a worker forked from
 it starts with those imports done and none of the user's code.
 
@@ -10,7 +10,7 @@ Loader side (`third_party`): the top-level modules the pipeline imported or its 
 import in their bodies (the fingerprinter's externals) whose files live in a
 site-packages or dist-packages folder, plus a key over their files' stat, so that a
 package upgraded since (pip install) restarts the forkserver instead of forking stale
-code. Pool side (`worker_context`): the context for loky, with the forkserver restarted
+code. Pool side (`worker_context`): the context for its workers, with the forkserver restarted
 when the list or the key changed.
 
 The same server forks the pool's pipeline loaders once it runs (`loader_context`,
@@ -19,7 +19,7 @@ pipeline's own import, not an interpreter's start and its libraries' imports. It
 preloads Pivot's worker modules too, so it serves pipelines without third-party imports
 as well.
 
-`PIVOT_PRELOAD=0` turns it off (plain loky workers, loaders in fresh interpreters): a
+`PIVOT_PRELOAD=0` turns it off (workers and loaders in fresh interpreters): a
 library that starts threads when imported is not safe to fork.
 """
 
@@ -103,9 +103,9 @@ _PIVOT_MODULES = ("pivot.runtime.worker",)
 
 
 def worker_context(preload: tuple[str, ...], key: str) -> Any:
-    """The multiprocessing context for the pool's loky executor and its loaders: a
+    """The multiprocessing context for the pool's workers and its loaders: a
     forkserver preloading Pivot's modules and `preload`, restarted when (`preload`,
-    `key`) changed; None (loky's own) when off."""
+    `key`) changed; None (fresh interpreters) when off."""
     global _current
     if not enabled():
         return None

@@ -316,7 +316,7 @@ def _fresh_logging_and_warnings(options: tuple[str, ...]) -> None:
 
 
 def _fresh_multiprocessing(cwd: Path) -> None:
-    """The child is a main process: the worker's loky parent, children, finalizers,
+    """The child is a main process: the worker's pool, children, finalizers,
     resource tracker and forkserver are not its own."""
     if "multiprocessing" not in sys.modules:
         return

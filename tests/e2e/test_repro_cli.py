@@ -138,6 +138,62 @@ def test_runs_that_start_workers_leave_the_pools_stderr_empty(project: Path) -> 
         assert not pool_log.exists() or pool_log.read_text() == "", pool_log.read_text()
 
 
+IMPORT_COUNTING = stage_src(
+    """\
+    with open("imports.log", "a") as _log:  # one line each time pipeline.py is imported
+        _log.write("imported\\n")
+
+
+    @stage(deps=["in.txt"], outs=["a.txt"])
+    def a() -> None:
+        with open("a.txt", "w") as f:
+            f.write(open("in.txt").read().upper())
+
+
+    @stage(deps=["a.txt"], outs=["b.txt"])
+    def b() -> None:
+        with open("b.txt", "w") as f:
+            f.write(open("a.txt").read() + "b\\n")
+    """
+)
+
+
+def test_a_run_with_nothing_to_do_starts_no_engine_and_a_stale_one_loads_the_pipeline_once(
+    make_project: MakeProject,
+) -> None:
+    """pivot/cli/settled.py: a no-op is decided in the CLI (no pool starts: its role log
+    is not even opened), with the engine's events; a run with something to do goes to the
+    engine, whose pool takes the pipeline the CLI loaded instead of importing it again."""
+    root = make_project({"pipeline.py": IMPORT_COUNTING, "in.txt": "x\n"})
+    imports = root / "imports.log"
+    pool_log = root / ".pivot" / "logs" / "pool.log"
+    result, events = repro(root, "-j", "1")
+    assert result.returncode == 0, describe(result)
+    assert statuses(events) == {"a": "ran", "b": "ran"}
+    # The CLI's load, then its one worker's import.
+    assert imports.read_text().count("imported") == 2, imports.read_text()
+    pool_log.unlink()
+    imports.write_text("")
+
+    result, events = repro(root)
+    assert result.returncode == 0, describe(result)
+    assert statuses(events) == {"a": "skipped", "b": "skipped"}
+    assert [e["event"] for e in events] == [
+        "pipeline_loaded", "wave_started", "stage_finished", "stage_finished", "wave_finished",
+    ]
+    assert not pool_log.exists(), "a pool was started for a run with nothing to do"
+    assert imports.read_text().count("imported") == 1  # the CLI's loader only
+
+    (root / "in.txt").write_text("y\n")
+    imports.write_text("")
+    result, events = repro(root, "-j", "1")
+    assert result.returncode == 0, describe(result)
+    assert statuses(events) == {"a": "ran", "b": "ran"}
+    assert (root / "b.txt").read_text() == "Y\nb\n"
+    # The CLI's load and the worker's: the pool did not load it again.
+    assert imports.read_text().count("imported") == 2, imports.read_text()
+
+
 def test_runs_that_start_workers_leave_nothing_in_the_temp_folder(project: Path, tmp_path: Path) -> None:
     """multiprocessing's forkserver keeps its socket in a temp folder that the pool,
     ending in os._exit, never removed: one `pymp-*` folder per run was left (25,000 on
