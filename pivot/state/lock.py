@@ -126,9 +126,10 @@ def parse_lock(raw: bytes) -> StageLock | None:
 def lock_problem(root: Path, stage: str) -> str | None:
     """Why the stage's lock file cannot be read, or None when it is absent or fine
     (`read_lock` gave None: never ran, or this)."""
-    path = lock_path(root, stage)
     try:
-        raw = path.read_bytes()
+        # os.path, not pathlib: every stage that never ran asks (a cold run's pool).
+        with open(os.path.join(root, ".pivot", "stages", f"{stage_file(stage)}.lock"), "rb") as f:
+            raw = f.read()
     except FileNotFoundError:
         return None
     except OSError as exc:

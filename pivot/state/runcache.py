@@ -53,7 +53,9 @@ class RunCache:
     def lookup(self, key: str) -> dict[str, str] | None:
         """The output hashes recorded for `key`, or None (also for an unreadable entry)."""
         try:
-            data = json.loads(self._path(key).read_text())
+            # os.path, not pathlib: every stage about to run asks (most often: no entry).
+            with open(os.path.join(self.folder, key[:2], f"{key[2:]}.json"), "rb") as f:
+                data = json.loads(f.read())
             outs = data["outs"]
             if isinstance(outs, dict) and all(isinstance(v, str) for v in outs.values()):
                 return {str(k): v for k, v in outs.items()}
