@@ -99,8 +99,6 @@ def run_once(
     """One wave: asked of the project's running engine (or the one `broker` names), else
     of an engine started for it in this process. Its exit code."""
     from pivot.cli.remote import connect
-    from pivot.cli.stack import Stack
-    from pivot.launch.cpus import usable_cpus
 
     root = find_root()
     pivot_dir(root)
@@ -111,14 +109,22 @@ def run_once(
             from pivot.cli.follow import run_wave
 
             return run_wave(engine, stages, force, keep_going, display, selection, glob)
+    # The pipeline's loader starts now (a fork, before any thread), for a run with nothing
+    # to do settled here (pivot/cli/settled.py); the engine's modules are imported meanwhile.
+    from pivot.launch.spawn import start_loader
+
+    loading = None if force else start_loader(root)  # --force: every stage runs
+    from pivot.cli.stack import Stack
+    from pivot.launch.cpus import usable_cpus
+
     jobs = jobs or usable_cpus()
 
     def settle() -> Settled:
         from pivot.cli.settled import Settled, settle
 
-        if force:
-            return Settled()  # every stage runs
-        return settle(root, stages, keep_going, display, selection, glob, jobs, sys.stdout, sys.stderr)
+        if loading is None:
+            return Settled()
+        return settle(root, loading, stages, keep_going, display, selection, glob, jobs, sys.stdout, sys.stderr)
 
     with Stack(root, jobs, settle=settle) as stack:
         if stack.settled is not None:

@@ -4,15 +4,15 @@ Through the engine, a run starts the pool's interpreter (~90 ms of imports), whi
 the pipeline, says hello and plans the wave; the broker finds every stage up to date and
 the engine is stopped again: 0.21-0.25 s for 300 stages, where `pivot status` takes
 0.10 s. Before any engine starts, the CLI forks the pipeline's loader itself (as
-`status` does) and drives the broker's own state machine (broker/state.py) with the
-pool's part played in this process: a pool joins, its manifest arrives, the run is
-requested, and the wave plan is answered by the `plan_wave` a pool calls. When the state
-machine then publishes the end of the wave without dispatching any stage, its events go
-to the display, and the run is over without an engine. When it dispatches anything (a
-stage stale, restorable, failing on a missing input...), nothing has been shown yet:
-the run goes to the engine as before, and its pool is handed the pipeline loaded here
-instead of loading it again. The decisions are the engine's own code; only the sockets
-are missing.
+`status` does, as soon as it knows no engine owns the project) and drives the broker's
+own state machine (broker/state.py) with the pool's part played in this process: a pool
+joins, its manifest arrives, the run is requested, and the wave plan is answered by the
+`plan_wave` a pool calls. When the state machine then publishes the end of the wave
+without dispatching any stage, its events go to the display, and the run is over
+without an engine. When it dispatches anything (a stage stale, restorable, failing on a
+missing input...), nothing has been shown yet: the run goes to the engine as before, and
+its pool is handed the pipeline loaded here instead of loading it again. The decisions
+are the engine's own code; only the sockets are missing.
 
 Not for `--force` (every stage runs), nor when an engine owns the project (the run is
 its), nor when the pipeline does not load (the engine's pool loads it and says why).
@@ -29,6 +29,7 @@ from pivot.errors import InfraError, PipelineError
 
 if TYPE_CHECKING:
     from broker.events import Event, Publish
+    from pivot.launch.spawn import Loading
     from pivot.pipeline.manifest import Manifest
 
 __all__ = ["Settled", "settle"]
@@ -44,15 +45,14 @@ class Settled:
 
 
 def settle(
-    root: Path, stages: tuple[str, ...], keep_going: bool, display: str, select: str, glob: bool,
-    jobs: int, out: TextIO, err: TextIO,
+    root: Path, loading: Loading, stages: tuple[str, ...], keep_going: bool, display: str, select: str,
+    glob: bool, jobs: int, out: TextIO, err: TextIO,
 ) -> Settled:
     """The run's exit code when it had nothing to do (and its display was shown); else
-    the pipeline as loaded here, for the engine that must run it."""
-    from pivot.launch.spawn import start_loader
+    the pipeline as loaded (`loading`, started by the caller before any thread), for the
+    engine that must run it."""
     from pivot.state.lock import LockPrefetch
 
-    loading = start_loader(root)  # (before any thread: a fork)
     locks = LockPrefetch(root)  # read meanwhile: a plan reads every lock
     # The broker's modules are imported while the loader runs.
     from broker.events import (
