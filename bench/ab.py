@@ -7,8 +7,9 @@ shared and noisy: a ratio measured together is the figure that holds).
 Each tree is imported through PYTHONPATH; its bytecode is compiled first (some containers
 set PYTHONDONTWRITEBYTECODE, which would make every run compile every module). `cold`
 removes `.pivot/` and `out/` and runs `pivot repro`; `noop` is the run after it (the first
-no-op after a cold run) or, without `cold`, a run of an up-to-date project. Prints min /
-median / max per tree and measure, and (cold - no-op) / N.
+no-op after a cold run) or, without `cold`, a run of an up-to-date project; `edit` appends
+a line to data/in0.txt and runs `pivot repro` (the stages downstream of it run). Prints
+min / median / max per tree and measure, and (cold - no-op) / N.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from benchcommon import pivot_cmd, pivot_env
 
-MEASURES = ("cold", "noop", "status", "list")
+MEASURES = ("cold", "noop", "edit", "status", "list")
 
 
 def stage_count(project: Path) -> int:
@@ -76,6 +77,13 @@ def main() -> None:
                 if f"{n} skipped" not in out.splitlines()[-1]:
                     raise SystemExit(f"{tree}: not a no-op: {out.splitlines()[-1]}")
                 times[name]["noop"].append(took)
+            if "edit" in measures:
+                with open(project / "data" / "in0.txt", "a") as f:
+                    f.write(f"edit {r} {name}\n")
+                took, out = run(tree, project, "repro", "--display", "plain")
+                if " ran" not in out.splitlines()[-1]:
+                    raise SystemExit(f"{tree}: the edit ran nothing: {out.splitlines()[-1]}")
+                times[name]["edit"].append(took)
             for measure in ("status", "list"):
                 if measure in measures:
                     times[name][measure].append(run(tree, project, measure)[0])

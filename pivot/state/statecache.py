@@ -307,6 +307,37 @@ class StateCache:
         self._loaded_rows()[key] = row
         self._store([(key, *row)])
 
+    def refresh(self, paths: list[str], max_bytes: int) -> int:
+        """Hash again the files of `paths` whose rows are racy (hashed within the file
+        system's timestamp window of their write: a just-written output) and whose write
+        is now older than that window, and store their rows, in one transaction: the next
+        check trusts them instead of reading them (the first no-op after a cold run read
+        every output again). Files over `max_bytes`, changed since their row, or written
+        moments ago are left for the next check. Returns how many were hashed."""
+        now = self._clock()
+        fresh: list[tuple[str, int, int, int, str, int]] = []
+        for path in paths:
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
+                continue
+            if now - st.st_mtime_ns < racy_window_ns(st.st_mtime_ns):
+                continue  # still racy once hashed now
+            key = self._key(path)
+            row = self._loaded_rows().get(key) or self._select(key)
+            if row is None or _trusted(row, st) or row[:3] != (st.st_ino, st.st_size, st.st_mtime_ns):
+                continue
+            try:
+                _, new_row = self._digest(key, path, st)
+            except OSError:
+                continue
+            if new_row is not None:
+                fresh.append(new_row)
+        self._store(fresh)
+        return len(fresh)
+
     def forget(self, path: Path) -> None:
         """Drop the rows of `path` and, for a directory, of everything under it."""
         fs_path = os.fspath(path)

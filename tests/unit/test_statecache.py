@@ -521,3 +521,25 @@ def test_still_tells_a_file_changed_since_it_was_hashed_without_recording_anythi
     fresh_digest = cache.hash_path(fresh)
     assert fresh_digest is not None and cache.still(fresh, fresh_digest)  # its content says so
     assert not cache.still(tmp_path / "gone.txt", digest)
+
+
+def test_refresh_stores_racy_rows_once_their_window_passed_and_nothing_else(db: Path, tmp_path: Path) -> None:
+    """What a pool does before it exits: the outputs it recorded moments after writing
+    them are hashed again once their window passed, so the next check trusts them."""
+    clock = Clock(OLD + 1_000_000)  # 1 ms after the writes: every row racy
+    racy = write(tmp_path / "racy.txt", b"out")
+    big = write(tmp_path / "big.txt", b"x" * 100)
+    changed = write(tmp_path / "changed.txt", b"one")
+    fresh = write(tmp_path / "fresh.txt", b"new", mtime_ns=OLD + 9_990 * 10**6)
+    with StateCache(db, clock=clock) as c:
+        for path in (racy, big, changed, fresh):
+            c.record(path, xxh(path.read_bytes()))
+        rewrite_in_place(changed, b"two", OLD + 5_000_000)  # changed since its row
+        clock.now = OLD + 10 * 10**9  # 10 s later; `fresh` was written 10 ms ago
+        assert c.refresh([str(p) for p in (racy, big, changed, fresh, tmp_path / "gone.txt")], max_bytes=50) == 1
+    with StateCache(db, clock=Clock(LATER)) as other:  # the next check, in another process
+        assert other.hash_path(racy) == xxh(b"out")
+        assert other.reads == 0  # trusted: not read
+        for path in (big, changed, fresh):
+            assert other.hash_path(path) == xxh(path.read_bytes())
+        assert other.reads == 3  # left racy (or stale): read again
