@@ -828,8 +828,7 @@ class PoolService:
                 self.pid_dir.parent.rmdir()
         if self.sock is not None:
             # A goodbye (pool_leaving) must reach the broker; nothing else may hold us.
-            # (No broker ever answered: none to say it to. A `repro` with nothing to do
-            # stops its pool before starting the broker: pivot/cli/settled.py.)
+            # (No broker ever welcomed it: nobody to say it to, nothing to wait for.)
             self.sock.close(linger=LEAVE_LINGER_MS if self.leaving and self.broker_id else 0)
         self.ctx.term()
         os.close(self.wake_r)

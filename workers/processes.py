@@ -92,6 +92,8 @@ class WorkerProcesses:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._broken: str | None = None
+        self._closed = False  # (under `_lock`): a start thread must not write to a closed pipe
+        self._lock = threading.Lock()
 
     def configure(self, preload: tuple[str, ...], preload_key: str) -> None:
         self._preload, self._preload_key = preload, preload_key
@@ -169,11 +171,17 @@ class WorkerProcesses:
                 proc = context.Process(target=serve, args=(theirs, IDLE_EXIT_S), name="pivot-worker")
                 proc.start()
                 theirs.close()
-                self._started.put((generation, _Worker(proc, ours)))
+                started: _Worker | BaseException = _Worker(proc, ours)
             except BaseException as exc:  # (a forkserver that cannot start, fds exhausted)
-                self._started.put((generation, exc))
-            with contextlib.suppress(BlockingIOError):
-                os.write(self._wake_w, b"s")
+                started = exc
+            with self._lock:
+                if self._closed:  # the pool is exiting: a worker started now has no use
+                    if isinstance(started, _Worker):
+                        self._kill([started])
+                    return
+                self._started.put((generation, started))
+                with contextlib.suppress(BlockingIOError):
+                    os.write(self._wake_w, b"s")
 
         threading.Thread(target=start, name="worker-start", daemon=True).start()
 
@@ -276,6 +284,8 @@ class WorkerProcesses:
         kill_group_of(pid_file)  # a command stage's processes go with its worker
 
     def close(self) -> None:
+        with self._lock:
+            self._closed = True
         self.replace()
         os.close(self._wake_r)
         os.close(self._wake_w)

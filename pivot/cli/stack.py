@@ -53,8 +53,8 @@ class Stack:
     def __init__(self, root: Path, jobs: int, settle: Callable[[], Settled] | None = None) -> None:
         self.root = root
         self.jobs = jobs
-        # Tried once the pool is starting, before the broker: the run's exit code when it
-        # had nothing to do (pivot/cli/settled.py). The pool is then stopped unused.
+        # Tried before anything starts: the run's exit code when it had nothing to do
+        # (pivot/cli/settled.py), else the pipeline it loaded, for the pool.
         self.settle = settle
         self.settled: int | None = None
         self.grace_s = 0.0  # `repro` stops its engine once its wave is over: nothing runs
@@ -72,9 +72,6 @@ class Stack:
         try:
             endpoints = self.rundir.acquire("repro")
             self.endpoints = endpoints
-            # The pool starts first, before this process even imports ZeroMQ: the pool's
-            # interpreter and its loader then run while we import the broker and display
-            # code. The pool connects before the broker binds; ZeroMQ retries the connect.
             handed: Manifest | None = None
             if self.settle is not None:
                 outcome = self.settle()
@@ -166,9 +163,6 @@ class Stack:
     # --- shutdown ------------------------------------------------------------------
 
     def _close(self, graceful: bool = False) -> None:
-        if self.settled is not None and self.pool is not None:
-            _stop_unused(self.pool)
-            self.pool = None
         if graceful and self.pool is not None and self.pool.poll() is None and self.client:
             # Even a third Ctrl-C must not skip the clean-up below.
             with contextlib.suppress(Exception, KeyboardInterrupt):
@@ -222,22 +216,6 @@ def _interruptible_by_sigterm() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-UNUSED_EXIT_S = 1.0
-
-
-def _stop_unused(proc: subprocess.Popen[bytes]) -> None:
-    """Stop a pool that was never given anything: SIGTERM (it removes its temp folders,
-    and says goodbye to no broker: none ever answered it), then its group is killed."""
-    with contextlib.suppress(ProcessLookupError):
-        proc.send_signal(signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(UNUSED_EXIT_S)
-    if not kill_group(proc.pid, GRACE_S):
-        log.error("processes of the pool group %d survived SIGKILL", proc.pid)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(GRACE_S)
 
 
 def _stop_group(proc: subprocess.Popen[bytes], what: str) -> None:
