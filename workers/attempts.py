@@ -19,7 +19,7 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pivot.protocol.messages import RunStage
+from pivot.protocol.messages import RunStage, StageRunning
 
 if TYPE_CHECKING:
     from pivot.state.plan import Prepared
@@ -31,7 +31,7 @@ class Phase(enum.Enum):
     WAITING = "waiting"  # dispatched before this pool's pipeline loaded
     DECIDING = "deciding"  # skip, restore or run: decided in a thread
     QUEUED = "queued"  # decided to run, waiting for a free worker (`held`)
-    RUNNING = "running"  # handed to a worker
+    RUNNING = "running"  # handed to a worker (which may run another before it)
 
 
 @dataclass
@@ -45,6 +45,7 @@ class Attempt:
     generation: int = -1  # (running) the workers' generation running it
     dead_pid: int | None = None  # (running, after the executor broke) its worker's pid if dead, else 0
     held: Prepared | None = None  # (queued) its decision
+    announce: StageRunning | None = None  # (running) sent when its worker begins it
 
     @property
     def stage(self) -> str:

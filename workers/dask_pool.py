@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ FETCH_TIMEOUT_S = 60.0
 
 class DaskWorkers:
     remote = True
+    prefetch = 1  # the scheduler queues
 
     def __init__(self, scheduler: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
         try:
@@ -72,7 +74,7 @@ class DaskWorkers:
     def started(self) -> bool:
         return True
 
-    def submit(self, job: StageJob) -> Future[StageOutcome]:
+    def submit(self, job: StageJob, on_start: Callable[[], None] | None = None) -> Future[StageOutcome]:
         from pivot.runtime.dask_task import run_in_child
 
         ours: Future[StageOutcome] = Future()
@@ -88,6 +90,8 @@ class DaskWorkers:
             ours.set_result(_outcome(finished, job))
 
         task.add_done_callback(done)
+        if on_start is not None:  # (Dask queues it: when it starts is not seen from here)
+            on_start()
         return ours
 
     def waitables(self) -> list[int]:
@@ -95,6 +99,9 @@ class DaskWorkers:
 
     def collect(self, ready: set[int]) -> None:
         pass
+
+    def resume(self) -> None:
+        pass  # (a task starts when the scheduler says)
 
     def replace(self) -> None:
         """Stop every stage in flight (their processes are killed; they report

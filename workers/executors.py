@@ -16,6 +16,7 @@ cannot remove what the stage half wrote, as it does when a stage fails or is can
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Protocol
@@ -34,11 +35,17 @@ class Executor(Protocol):
     # Its workers run on other machines: attempt files go on the project's shared file
     # system, and a dead worker is reported by the executor (the pool cannot see it).
     remote: bool
+    # Stages a worker holds at once: the one it runs and those queued behind it, which it
+    # starts on its own (each one's `on_start` is called then).
+    prefetch: int
 
     def configure(self, preload: tuple[str, ...], preload_key: str) -> None:
         """The third-party modules workers should have imported (a hint)."""
 
-    def submit(self, job: StageJob) -> Future[StageOutcome]: ...
+    def submit(self, job: StageJob, on_start: Callable[[], None] | None = None) -> Future[StageOutcome]:
+        """Run `job`; `on_start` is called (in the loop's thread, from `submit` or
+        `collect`) when a worker begins it."""
+        ...
 
     def waitables(self) -> list[int]:
         """Descriptors the pool's loop polls for this executor (none: it wakes the loop
@@ -47,6 +54,12 @@ class Executor(Protocol):
 
     def collect(self, ready: set[int]) -> None:
         """Called by the pool's loop with the descriptors of `waitables` that are ready."""
+        ...
+
+    def resume(self) -> None:
+        """Called once the broker answered the results that did not succeed (it may have
+        cancelled the stages queued behind them meanwhile): workers that stopped after a
+        failed stage go on."""
         ...
 
     def replace(self) -> None: ...

@@ -151,6 +151,7 @@ class PoolService:
         self.threads = ThreadPoolExecutor(max_workers=self.jobs + 1, thread_name_prefix="decide")
         # Its workers start when a stage first must run.
         self.workers: Executor = executor if executor is not None else WorkerProcesses(self.jobs)
+        self.capacity = self.jobs * self.workers.prefetch  # stages handed to workers at once
         # Stages taken beyond `jobs`, decided and held (Phase.QUEUED) until a worker frees:
         # the next stage then starts without a round trip to the broker (~3 ms a stage on
         # this machine, of which the run was ~1). Not for a remote executor: it queues.
@@ -161,6 +162,9 @@ class PoolService:
         # broker's cancels come before its ack.
         self.unsettled: set[str] = set()
         self.written: set[str] = set()  # outputs its workers wrote (refreshed at a graceful exit)
+        # Attempts cancelled while they waited in a worker behind another stage: reported
+        # at once; their worker skips them when it gets there (the cancel marker).
+        self.abandoned: set[str] = set()
         self.attempts: dict[str, Attempt] = {}  # every attempt until its result is sent
         self.outputs: dict[str, AttemptOutput] = {}  # what each running attempt prints
         self.next_look = 0.0
@@ -380,6 +384,7 @@ class PoolService:
                     self.workers.collect(ready)
                 self._drain_done()
                 self._start_held()
+                self._drain_done()  # (what those workers began)
                 self._look(self.clock())
                 validate(self.attempts, self.unacked.names())
             return self.exit_code
@@ -439,7 +444,10 @@ class PoolService:
                     self._plan(plan)
                 case ResultAck(attempt=attempt):
                     self.unacked.acked(attempt)
-                    self.unsettled.discard(attempt)
+                    if attempt in self.unsettled:
+                        self.unsettled.discard(attempt)
+                        if not self.unsettled:  # the broker's cancels, if any, came first
+                            self.workers.resume()
                 case LoadManifest(restart_workers=restart):
                     if restart:
                         self._cancel_all("cancelled: Python code changed")
@@ -523,6 +531,8 @@ class PoolService:
                 self._planned(int(attempt), value)
             elif kind == "decided":
                 self._decided(attempt, value)
+            elif kind == "started":
+                self._started(attempt)
             elif kind == "ran":
                 self._ran(attempt, value)
             elif kind == "notice":
@@ -586,6 +596,12 @@ class PoolService:
         if a.phase is not Phase.RUNNING:  # never handed to a worker
             a.cancel = why
             return
+        if a.announce is not None:  # its worker has not begun it: it ends now
+            self.workers.cancel(self.pid_dir / attempt)  # (and stops it, had it begun meanwhile)
+            a.cancel = why
+            self.abandoned.add(attempt)
+            self._report(attempt, Result(Status.CANCELLED, ReasonCode.CANCELLED, why))
+            return
         a.stop, a.kill_at = why, self.clock() + HARD_KILL_S
         a.worker_pid = self.workers.cancel(self.pid_dir / attempt)
 
@@ -639,7 +655,7 @@ class PoolService:
             self._report(attempt, result)
             return
         assert isinstance(decided, Prepared) and self.manifest is not None
-        if self.held or self.unsettled or len(self._running()) >= self.jobs:  # it waits here, decided
+        if self.held or self.unsettled or len(self._running()) >= self.capacity:  # it waits here, decided
             a.phase, a.held = Phase.QUEUED, decided
             self.held.append(attempt)
             return
@@ -650,7 +666,7 @@ class PoolService:
         they waited end here."""
         if not self.held or self.unsettled:
             return
-        free = self.jobs - len(self._running())
+        free = self.capacity - len(self._running())
         waiting: collections.deque[str] = collections.deque()
         for attempt in self.held:
             a = self.attempts[attempt]
@@ -675,14 +691,29 @@ class PoolService:
             pid_file=str(self.pid_dir / attempt), pool_pid=os.getpid(),
         )
         reason = decided.reason
-        self._send(StageRunning(attempt, str(reason.code), reason.message, reason.details))
+        a.announce = StageRunning(attempt, str(reason.code), reason.message, reason.details)
         run_log = self.state.runs.log_path(work.run_key) if work.run_key else None
         self.outputs[attempt] = AttemptOutput(self.root, a.stage, self.pid_dir / attempt, run_log=run_log)
-        future_run = self.workers.submit(work)
-        a.phase, a.generation = Phase.RUNNING, self.workers.generation
+        future_run = self.workers.submit(work, on_start=lambda: self._post("started", attempt, None))
+        a.phase, a.generation = Phase.RUNNING, self.workers.generation  # (after: a submit may replace them)
         future_run.add_done_callback(lambda f: self._post("ran", attempt, f))
 
+    def _started(self, attempt: str) -> None:
+        """Its worker began it (it may have waited behind another stage there): the
+        broker hears it runs now, unless a cancel came first."""
+        a = self.attempts.get(attempt)
+        if a is None or a.announce is None:
+            return
+        announce, a.announce = a.announce, None
+        if a.stop is not None:  # asked while it waited: its grace period starts now
+            a.kill_at = self.clock() + HARD_KILL_S
+        if a.cancel is None and a.stop is None:
+            self._send(announce)
+
     def _ran(self, attempt: str, future: Future[StageOutcome]) -> None:
+        if attempt in self.abandoned:
+            self._abandoned_ran(attempt, future)
+            return
         a = self.attempts[attempt]
         ran: StageOutcome | BaseException
         tidied = False  # its worker kept its log and removed its files
@@ -717,6 +748,20 @@ class PoolService:
             self.written.update(o for o in self.manifest.by_name[a.stage].outs if not o.endswith("/"))
         self._end_output(attempt, result, tidied=tidied)
         self._report(attempt, result)
+
+    def _abandoned_ran(self, attempt: str, future: Future[StageOutcome]) -> None:
+        """An attempt reported cancelled before its worker began it came back: skipped
+        there (or, begun in that instant, run): its files go, its result was sent."""
+        self.abandoned.discard(attempt)
+        output = self.outputs.pop(attempt, None)
+        if output is not None:
+            with contextlib.suppress(OSError):
+                output.discard()
+                output.remove_files()
+        self._forget_files(attempt)
+        ran = future.exception() or future.result()
+        if (not isinstance(ran, StageOutcome) or ran.status == Status.FAILED) and not self.unsettled:
+            self.workers.resume()  # its worker waits for the word after a failure
 
     def _refresh_written(self) -> None:
         """Before a graceful exit (the end of a `repro`): the outputs its workers wrote

@@ -11,6 +11,14 @@ stage on this machine, against ~0.05 ms for a pipe the loop writes and polls its
 forkserver may still be importing the pipeline's libraries): a thread does that and
 wakes the loop through `wake`.
 
+A worker holds up to PREFETCH stages: the one it runs and the next, already in its pipe,
+which it starts as soon as it sends the outcome before it, without waiting for the
+pool's loop to read that and send another (on two cores the loop is often not running
+then: cold 1000-stage runs 12 % faster). Only once every worker exists: a stage is not
+queued behind another while a worker that could run it is starting. A stage's
+`on_start` is called when its worker begins it, not when it is queued: its pool says
+"running" then.
+
 What a death means is loky's rule, which the pool's bookkeeping is built on: when a
 worker dies running a stage, every stage in flight fails with `BrokenExecutor` (the
 pool charges the one whose worker is dead and hands the others back as lost), and the
@@ -28,15 +36,16 @@ import queue
 import select
 import signal
 import threading
+from collections.abc import Callable
 from concurrent.futures import BrokenExecutor, Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 from pivot.runtime.cancel import request_cancel
 from pivot.runtime.command import kill_group_of
-from pivot.runtime.job import StageJob, StageOutcome
+from pivot.runtime.job import RESUME, StageJob, StageOutcome
 from workers.executors import discard_if_died
 
 __all__ = ["WorkerProcesses"]
@@ -45,14 +54,23 @@ log = logging.getLogger(__name__)
 
 IDLE_EXIT_S = 3600.0  # a worker idle this long exits (its imports' memory goes with it)
 REAP_S = 2.0  # a killed worker is reaped within this (its pid must be dead when judged)
+PREFETCH = 2  # stages a worker holds: the one it runs, and the next
+
+
+@dataclass(eq=False)
+class _Sent:
+    stage: str
+    future: Future[StageOutcome]
+    on_start: Callable[[], None] | None
 
 
 @dataclass(eq=False)
 class _Worker:
     proc: Any  # multiprocessing's process object (forkserver or spawn)
     conn: Connection  # the pool's end of its pipe
-    future: Future[StageOutcome] | None = None  # the stage it runs, if any
-    stage: str = ""
+    # The stages sent to it, in order: the first runs (none: it is idle).
+    sent: collections.deque[_Sent] = field(default_factory=collections.deque)
+    paused: bool = False  # a stage of it failed: the next waits for `resume`
 
 
 def _exit_description(code: int | None) -> str:
@@ -78,6 +96,7 @@ class WorkerProcesses:
     set on the futures there, in the loop's own thread."""
 
     remote = False
+    prefetch = PREFETCH
 
     def __init__(self, jobs: int) -> None:
         self.jobs = max(1, jobs)
@@ -86,7 +105,7 @@ class WorkerProcesses:
         self._preload_key = ""
         self._workers: list[_Worker] = []
         self._starting = 0
-        self._pending: collections.deque[tuple[StageJob, Future[StageOutcome]]] = collections.deque()
+        self._pending: collections.deque[tuple[StageJob, _Sent]] = collections.deque()
         self._started: queue.SimpleQueue[tuple[int, _Worker | BaseException]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -120,7 +139,7 @@ class WorkerProcesses:
                 self._read(w, ready)
         self._dispatch()
 
-    def submit(self, job: StageJob) -> Future[StageOutcome]:
+    def submit(self, job: StageJob, on_start: Callable[[], None] | None = None) -> Future[StageOutcome]:
         if self._broken is not None:
             # A worker died in a stage: no new work until the pool replaced them all
             # (it judges which stage's worker died first).
@@ -131,26 +150,47 @@ class WorkerProcesses:
             # Added before the pool's own callback, so it runs first: the outputs are
             # clean before the pool reports the attempt (and the broker runs it again).
             future.add_done_callback(lambda f: discard_if_died(job, f))
-        self._pending.append((job, future))
+        self._pending.append((job, _Sent(job.stage, future, on_start)))
         self._dispatch()
         return future
 
     def _dispatch(self) -> None:
-        for w in self._workers:
-            if not self._pending:
-                return
-            if w.future is None:
-                job, future = self._pending.popleft()
-                try:
-                    w.conn.send(job)
-                except (OSError, ValueError) as exc:  # its worker died this instant
-                    self._pending.appendleft((job, future))
-                    log.info("worker %s gone before its stage was sent: %s", w.proc.pid, exc)
-                    continue  # its sentinel says so at the next poll
-                w.future, w.stage = future, job.stage
+        # Idle workers first; queued behind a running stage only when every worker exists.
+        depth = PREFETCH if len(self._workers) == self.jobs else 1
+        for held in range(depth):
+            for w in self._workers:
+                if not self._pending:
+                    return
+                if len(w.sent) == held:
+                    self._send(w)
         missing = min(len(self._pending), self.jobs - len(self._workers)) - self._starting
         for _ in range(max(0, missing)):
             self._start_one()
+
+    def _send(self, w: _Worker) -> None:
+        job, sent = self._pending.popleft()
+        try:
+            w.conn.send(job)
+        except (OSError, ValueError) as exc:  # its worker died this instant
+            self._pending.appendleft((job, sent))
+            log.info("worker %s gone before its stage was sent: %s", w.proc.pid, exc)
+            return  # its sentinel says so at the next poll
+        w.sent.append(sent)
+        if len(w.sent) == 1 and not w.paused and sent.on_start is not None:
+            sent.on_start()
+
+    def resume(self) -> None:
+        """Workers that stopped after a stage that failed go on (serve's RESUME)."""
+        for w in self._workers:
+            if not w.paused:
+                continue
+            try:
+                w.conn.send(RESUME)
+            except (OSError, ValueError):
+                continue  # it died: its sentinel says so
+            w.paused = False
+            if w.sent and (on_start := w.sent[0].on_start) is not None:
+                on_start()
 
     def _start_one(self) -> None:
         from pivot.runtime.preload import worker_context
@@ -201,7 +241,7 @@ class WorkerProcesses:
                 log.error("%s", why)
                 if not self._workers and not self._starting:
                     while self._pending:  # failed, not lost: it would only fail again
-                        self._pending.popleft()[1].set_exception(RuntimeError(why))
+                        self._pending.popleft()[1].future.set_exception(RuntimeError(why))
                 continue
             self._workers.append(started)
 
@@ -215,13 +255,16 @@ class WorkerProcesses:
             while readable or select.select([fd], [], [], 0)[0]:
                 readable = False
                 ok, value = w.conn.recv()
-                future, w.future, w.stage = w.future, None, ""
-                if future is None:
+                if not w.sent:
                     continue
+                future = w.sent.popleft().future
                 if ok:
                     future.set_result(value)
                 else:
                     future.set_exception(value)
+                w.paused = not ok or value.status == "failed"  # as `serve` does
+                if w.sent and not w.paused and (on_start := w.sent[0].on_start) is not None:
+                    on_start()  # it began the next one as it sent this outcome
         except (EOFError, OSError):
             gone = True  # it died (after its last result, if it sent one)
         if (gone or w.proc.sentinel in ready) and not w.proc.is_alive():
@@ -232,23 +275,22 @@ class WorkerProcesses:
         self._workers.remove(w)
         w.conn.close()
         how = _exit_description(w.proc.exitcode)
-        if w.future is None:
+        if not w.sent:
             log.info("worker %s ended while idle: %s", w.proc.pid, how)
             return
-        log.warning("worker %s died running stage %s: %s", w.proc.pid, w.stage, how)
+        log.warning("worker %s died running stage %s: %s", w.proc.pid, w.sent[0].stage, how)
         self._broken = how
-        _fail(w.future, how)
-        w.future = None
+        while w.sent:
+            _fail(w.sent.popleft().future, how)
         self._fail_all(f"worker {w.proc.pid} died: {how}")
 
     def _fail_all(self, why: str) -> None:
         """Every stage in flight or waiting for a worker fails (`BrokenExecutor`)."""
         for w in self._workers:
-            if w.future is not None:
-                _fail(w.future, why)
-                w.future, w.stage = None, ""
+            while w.sent:
+                _fail(w.sent.popleft().future, why)
         while self._pending:
-            _fail(self._pending.popleft()[1], why)
+            _fail(self._pending.popleft()[1].future, why)
 
     # --- stopping ---------------------------------------------------------------------
 

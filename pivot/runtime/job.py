@@ -16,7 +16,11 @@ if TYPE_CHECKING:
     from pivot.pipeline.manifest import StageSpec
     from pivot.state.plan import Prepared
 
-__all__ = ["StageJob", "StageOutcome", "Verdict", "verdict"]
+__all__ = ["RESUME", "StageJob", "StageOutcome", "Verdict", "verdict"]
+
+# Sent by a pool to a worker (pivot/runtime/worker.py `serve`) in place of a job: go on
+# after a stage that did not succeed.
+RESUME = None
 
 
 class Verdict(enum.Enum):

@@ -7,6 +7,7 @@ the lines to the displays.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import signal
@@ -24,10 +25,10 @@ from pivot.errors import (
 )
 from pivot.faults import reached
 from pivot.pipeline.stage import StageDecl
-from pivot.runtime.cancel import StageCancelled, arm, cancellable
+from pivot.runtime.cancel import StageCancelled, arm, cancellable, marker_path
 from pivot.runtime.capture import captured, output_path, write_note
 from pivot.runtime.command import CommandFailed, kill_running_group, run_command
-from pivot.runtime.job import StageJob, StageOutcome
+from pivot.runtime.job import RESUME, StageJob, StageOutcome
 from pivot.runtime.lease import LEASE_NAME, LEASE_S, read_lease
 from pivot.runtime.loader import import_pipeline
 from pivot.runtime.usertb import user_traceback
@@ -173,6 +174,8 @@ def run_stage(job: StageJob) -> StageOutcome:
         # cancel it.
         arm()
         pid_file.write_text(str(os.getpid()))
+        if marker_path(pid_file).exists():  # cancelled while it waited in this worker
+            return StageOutcome("cancelled", "cancelled", "cancelled before it began", 0.0)
     notes: list[str] = []
     started = time.perf_counter()
     executed = False  # the stage's own code ran: its output is kept for `pivot logs`
@@ -291,18 +294,37 @@ def run_stage(job: StageJob) -> StageOutcome:
 
 
 def serve(conn: Any, idle_s: float) -> None:
-    """A worker process's life (workers/processes.py): run each job its pool sends, send
-    back ``(True, outcome)`` or ``(False, exception)``; exit when the pool closes its end
-    or after `idle_s` without a job."""
-    while conn.poll(idle_s):
-        try:
-            job = conn.recv()
-        except EOFError:
-            return
+    """A worker process's life (workers/processes.py): run each job its pool sends, in
+    order, send back ``(True, outcome)`` or ``(False, exception)``; exit when the pool
+    closes its end or after `idle_s` without a job.
+
+    After a stage that failed, the next one (its pool may have sent it already) waits for
+    RESUME: the broker may stop it (fail fast), and its pool says go on only once the
+    broker has answered that failure."""
+    held: collections.deque[StageJob] = collections.deque()
+    paused = False
+    while True:
+        if held and not paused:
+            job = held.popleft()
+        else:
+            if not conn.poll(None if held else idle_s):
+                return
+            try:
+                got = conn.recv()
+            except EOFError:
+                return
+            if got is RESUME:
+                paused = False
+                continue
+            if paused:
+                held.append(got)
+                continue
+            job = got
         try:
             reply: tuple[bool, Any] = (True, run_stage(job))
         except BaseException as exc:  # Pivot's own failure around the stage: the pool says it
             reply = (False, exc)
+        paused = not reply[0] or reply[1].status == "failed"
         try:
             conn.send(reply)
         except Exception as exc:  # an exception that does not pickle

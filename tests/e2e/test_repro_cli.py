@@ -349,6 +349,41 @@ def test_failing_stage_fails_fast(make_project: MakeProject) -> None:
     assert not (root / ".pivot" / "stages" / "broken.lock").exists()
 
 
+INDEPENDENT = stage_src(
+    """\
+    @stage(outs=["a.txt"])
+    def first() -> None:
+        open("a.txt", "w").write("a\\n")
+
+
+    @stage(outs=["b.txt"])
+    def second() -> None:
+        open("b.txt", "w").write("b\\n")
+
+
+    @stage(outs=["c.txt"])
+    def third() -> None:
+        open("c.txt", "w").write("c\\n")
+    """
+)
+
+
+def test_with_one_slot_the_displays_see_one_stage_running_at_a_time(make_project: MakeProject) -> None:
+    """A worker holds the next stage while it runs one (workers/processes.py): that stage
+    is said to start when it begins, not when it is queued there."""
+    root = make_project({"pipeline.py": INDEPENDENT})
+    result, events = repro(root, "-j", "1")
+    assert result.returncode == 0, describe(result)
+    running: set[str] = set()
+    for e in events:
+        if e["event"] == "stage_started":
+            running.add(e["stage"])
+            assert len(running) == 1, f"{sorted(running)} said to run at once with -j 1: {events}"
+        elif e["event"] == "stage_finished":
+            running.discard(e["stage"])
+    assert statuses(events) == dict.fromkeys(["first", "second", "third"], "ran")
+
+
 def test_failing_stage_with_keep_going_still_runs_unrelated_stages(make_project: MakeProject) -> None:
     root = make_project({"pipeline.py": FAILING})
     result, events = repro(root, "-j", "1", "--keep-going")

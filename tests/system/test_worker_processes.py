@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from pivot.launch.procs import is_alive
+from pivot.runtime.cancel import marker_path
 from pivot.runtime.job import StageJob, StageOutcome
 from workers.processes import WorkerProcesses
 
@@ -58,6 +59,31 @@ def blocker() -> None:
     while time.monotonic() < deadline:
         time.sleep(0.01)
     open("blocker.txt", "w").write("late\\n")
+
+
+def wait_for(path):
+    deadline = time.monotonic() + 30
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+@stage(outs=["slow.txt"])
+def slow() -> None:
+    mark("slow")
+    wait_for("release")
+    open("slow.txt", "w").write("slow\\n")
+
+
+@stage(outs=["fails.txt"])
+def fails() -> None:
+    raise ValueError("no")
+
+
+@stage(outs=["dies.txt"])
+def dies() -> None:
+    mark("dies")
+    wait_for("release")
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 @stage(outs=["killer.txt"])
@@ -163,3 +189,72 @@ def test_a_death_in_a_stage_fails_every_stage_in_flight_and_replace_starts_afres
     loop_until(workers, after.done, "a stage after the death")
     assert outcome(after).status == "ran", outcome(after)
     assert not (root / "blocker.txt").exists()
+
+
+def test_a_stage_queued_behind_a_running_one_starts_on_that_worker_when_it_ends(root: Path) -> None:
+    workers = WorkerProcesses(1)
+    started: list[str] = []
+    try:
+        warm = workers.submit(job(root, "a"))  # the worker exists: the next two go to it at once
+        loop_until(workers, warm.done, "stage a")
+        first = workers.submit(job(root, "slow"), on_start=lambda: started.append("slow"))
+        second = workers.submit(job(root, "b"), on_start=lambda: started.append("b"))
+        loop_until(workers, lambda: (root / "pid.slow").exists(), "stage slow to begin")
+        assert started == ["slow"]  # b waits in the worker's pipe: not said to run
+        (root / "release").touch()
+        loop_until(workers, lambda: first.done() and second.done(), "both stages")
+        assert started == ["slow", "b"]
+        assert [outcome(f).status for f in (first, second)] == ["ran", "ran"]
+        assert pid_of(root, "b") == pid_of(root, "slow") == pid_of(root, "a")
+    finally:
+        workers.close()
+
+
+def test_a_death_fails_the_stage_queued_behind_it_which_never_began(root: Path) -> None:
+    workers = WorkerProcesses(1)
+    started: list[str] = []
+    try:
+        warm = workers.submit(job(root, "a"))
+        loop_until(workers, warm.done, "stage a")
+        dying = workers.submit(job(root, "dies"), on_start=lambda: started.append("dies"))
+        queued = workers.submit(job(root, "b"), on_start=lambda: started.append("b"))
+        loop_until(workers, lambda: (root / "pid.dies").exists(), "stage dies to begin")
+        (root / "release").touch()
+        loop_until(workers, lambda: dying.done() and queued.done(), "both stages to fail")
+        with pytest.raises(BrokenExecutor, match="SIGKILL"):
+            dying.result(timeout=0)
+        with pytest.raises(BrokenExecutor):
+            queued.result(timeout=0)
+        assert started == ["dies"]
+        assert not (root / "pid.b").exists()
+    finally:
+        workers.close()
+
+
+def test_after_a_failure_the_next_stage_waits_for_resume_and_a_cancel_meanwhile_leaves_its_outputs(
+    root: Path,
+) -> None:
+    """Fail fast: the broker may cancel what its pool queued behind a failed stage, and
+    its cancel comes before its answer to the failure (the pool calls `resume` then)."""
+    workers = WorkerProcesses(1)
+    started: list[str] = []
+    (root / "b.txt").write_text("last good run\n")
+    try:
+        warm = workers.submit(job(root, "a"))
+        loop_until(workers, warm.done, "stage a")
+        failing = workers.submit(job(root, "fails"), on_start=lambda: started.append("fails"))
+        queued = workers.submit(job(root, "b"), on_start=lambda: started.append("b"))
+        loop_until(workers, failing.done, "stage fails")
+        assert outcome(failing).status == "failed"
+        marker_path(root / "attempts" / "b").write_text("cancel\n")  # the broker's cancel
+        assert started == ["fails"]
+        workers.resume()
+        loop_until(workers, queued.done, "stage b")
+        assert outcome(queued).status == "cancelled", outcome(queued)
+        assert started == ["fails", "b"]
+        assert (root / "b.txt").read_text() == "last good run\n"  # never begun: untouched
+        again = workers.submit(job(root, "c"))  # a cancel does not hold the next stage
+        loop_until(workers, again.done, "stage c")
+        assert outcome(again).status == "ran"
+    finally:
+        workers.close()
