@@ -32,6 +32,7 @@ import collections
 import contextlib
 import logging
 import os
+import pickle
 import queue
 import select
 import signal
@@ -170,7 +171,8 @@ class WorkerProcesses:
     def _send(self, w: _Worker) -> None:
         job, sent = self._pending.popleft()
         try:
-            w.conn.send(job)
+            # (pickle's own: multiprocessing's ForkingPickler builds a pickler a call)
+            w.conn.send_bytes(pickle.dumps(job, pickle.HIGHEST_PROTOCOL))
         except (OSError, ValueError) as exc:  # its worker died this instant
             self._pending.appendleft((job, sent))
             log.info("worker %s gone before its stage was sent: %s", w.proc.pid, exc)

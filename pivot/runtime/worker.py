@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import pickle
 import signal
 import time
 from pathlib import Path
@@ -326,6 +327,6 @@ def serve(conn: Any, idle_s: float) -> None:
             reply = (False, exc)
         paused = not reply[0] or reply[1].status == "failed"
         try:
-            conn.send(reply)
+            conn.send_bytes(pickle.dumps(reply, pickle.HIGHEST_PROTOCOL))
         except Exception as exc:  # an exception that does not pickle
             conn.send((False, RuntimeError(f"{type(reply[1]).__name__}: {reply[1]} ({exc})")))
