@@ -66,23 +66,26 @@ def assess(
     """Decide every stage `repro TARGETS` would take in (default all) against its lock."""
     pivot_dir(root)  # the state cache lives there; made with its .gitignore
     loading = start_loader(root)
-    locks = LockPrefetch(root)  # read while the loader runs (started after: a thread)
-    manifest = loading.result()
-    graph = build_graph(manifest)
-    names = resolve_names(targets, graph.order, glob=glob)
-    wanted = to_run(graph, names, selection)
-    producers = dep_producers(manifest)
     state = ProjectState.open(root)
-    result: dict[str, StageAssessment] = {}
-    read = locks.reader()
+    # Read while the loader runs (started after it: a thread), with the files they name
+    # when every stage is assessed.
+    locks = LockPrefetch(root, state.hashes if not targets else None)
     try:
+        manifest = loading.result()
+        graph = build_graph(manifest)
+        names = resolve_names(targets, graph.order, glob=glob)
+        wanted = to_run(graph, names, selection)
+        producers = dep_producers(manifest)
+        result: dict[str, StageAssessment] = {}
+        read = locks.reader()
+        hasher = locks.hasher(state.hashes)
         with state.hashes.batched(snapshot=True), paused():  # one write for what it hashes again; reads only
             for name in graph.order:
                 if name not in wanted:
                     continue
                 spec = manifest.by_name[name]
                 decision = decide(
-                    root, spec, state.hashes, force=force, producers=producers[name],
+                    root, spec, hasher, force=force, producers=producers[name],
                     all_reasons=explain, read=read,
                 )
                 row = StageAssessment(name, list(decision.reasons), fails=bool(decision.frozen_missing))
@@ -108,5 +111,6 @@ def assess(
                     row.restorable = restorable(state, spec, run_key(spec, decision.dep_hashes)) is not None
                 result[name] = row
     finally:
+        locks.join()  # (it uses the state cache)
         state.close()
     return Assessment(manifest, graph, result)

@@ -20,6 +20,7 @@ its), nor when the pipeline does not load (the engine's pool loads it and says w
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
     from broker.events import Event, Publish
     from pivot.launch.spawn import Loading
     from pivot.pipeline.manifest import Manifest
+    from pivot.state.lock import LockPrefetch
+    from pivot.state.outputs import ProjectState
 
 __all__ = ["Settled", "settle"]
 
@@ -52,8 +55,25 @@ def settle(
     the pipeline as loaded (`loading`, started by the caller before any thread), for the
     engine that must run it."""
     from pivot.state.lock import LockPrefetch
+    from pivot.state.notices import stored_state_notices
+    from pivot.state.outputs import ProjectState
 
-    locks = LockPrefetch(root)  # read meanwhile: a plan reads every lock
+    said: list[str] = []  # warnings about the stored state (a corrupt state cache...)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(stored_state_notices(said.append))
+        project = ProjectState.open(root)
+        stack.callback(project.close)
+        # Read meanwhile: a plan reads every lock, and (a whole run) the files they name.
+        locks = LockPrefetch(root, project.hashes if not stages else None)
+        stack.callback(locks.join)  # (before the state cache it uses closes)
+        return _settle(root, loading, stages, keep_going, display, select, glob, jobs, out, err,
+                       project, locks, said)
+
+
+def _settle(
+    root: Path, loading: Loading, stages: tuple[str, ...], keep_going: bool, display: str, select: str,
+    glob: bool, jobs: int, out: TextIO, err: TextIO, project: ProjectState, locks: LockPrefetch, said: list[str],
+) -> Settled:
     # The broker's modules are imported while the loader runs.
     from broker.events import (
         ManifestArrived,
@@ -107,18 +127,11 @@ def settle(
         return Settled(manifest=manifest)
     if len(plans) != 1:
         return Settled(manifest=manifest)
-    from pivot.state.notices import stored_state_notices
-    from pivot.state.outputs import ProjectState
     from pivot.state.plan import dep_producers, plan_wave
 
     plan = plans.pop()
-    said: list[str] = []  # warnings about the stored state (a corrupt state cache...)
-    with stored_state_notices(said.append):
-        project = ProjectState.open(root)
-        try:
-            up_to_date = plan_wave(project, manifest, plan.stages, plan.upstream, dep_producers(manifest), read=locks.reader())
-        finally:
-            project.close()
+    up_to_date = plan_wave(project, manifest, plan.stages, plan.upstream, dep_producers(manifest),
+                           read=locks.reader(), hasher=locks.hasher(project.hashes))
     if not feed(*(Noticed(text) for text in said), WavePlanned(POOL, plan.wave, tuple(up_to_date))) or plans:
         return Settled(manifest=manifest)
     finished = [p.msg for p in published if isinstance(p.msg, WaveFinished)]

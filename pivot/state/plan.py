@@ -7,7 +7,7 @@ pool's own threads: placing files needs no worker process.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +15,7 @@ from pivot.gcpause import paused
 from pivot.pipeline.manifest import Manifest, StageSpec
 from pivot.pipeline.producers import ProducerIndex
 from pivot.state.cache import MissingObject
-from pivot.state.decide import Decision, decide
+from pivot.state.decide import Decision, PathHasher, decide
 from pivot.state.lock import StageLock, read_lock, write_lock
 from pivot.state.outputs import ProjectState, preserve, restore
 from pivot.state.reasons import Reason, ReasonCode
@@ -48,13 +48,33 @@ class Prepared:
         )
 
 
-def dep_producers(manifest: Manifest) -> dict[str, dict[str, frozenset[str]]]:
-    """For each stage, which stages write each of its deps (for "upstream changed")."""
-    index = ProducerIndex(manifest)
-    return {
-        spec.name: {dep: frozenset(index.producers_of(dep)) for dep in spec.deps}
-        for spec in manifest.stages
-    }
+def dep_producers(manifest: Manifest) -> DepProducers:
+    """For each stage, which stages write each of its deps (for "upstream changed").
+    Raises PipelineError when two stages write one path."""
+    return _Producers(manifest)
+
+
+class _Producers(Mapping[str, Mapping[str, frozenset[str]]]):
+    """A stage's entry is made when first asked for: only a changed dep's reason names
+    its producers, and a no-op asks for none (10,000 stages: ~30 ms of a plan)."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.index = ProducerIndex(manifest)
+        self.specs = manifest.by_name
+        self.made: dict[str, dict[str, frozenset[str]]] = {}
+
+    def __getitem__(self, stage: str) -> dict[str, frozenset[str]]:
+        made = self.made.get(stage)
+        if made is None:  # (two threads may both make it: the same value)
+            index = self.index
+            made = self.made[stage] = {dep: frozenset(index.producers_of(dep)) for dep in self.specs[stage].deps}
+        return made
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.specs)
+
+    def __len__(self) -> int:
+        return len(self.specs)
 
 
 def restorable(state: ProjectState, spec: StageSpec, key: str) -> dict[str, str] | None:
@@ -137,20 +157,22 @@ def plan_wave(
     upstream: Mapping[str, list[str]],
     producers: DepProducers | None = None,
     read: Callable[[Path, str], StageLock | None] = read_lock,
+    hasher: PathHasher | None = None,
 ) -> list[str]:
     """The stages (topological order given) that are up to date with all their upstream.
 
     Such a stage will be skipped whatever else the wave does: nothing it reads is
-    written by a stage that will run.
+    written by a stage that will run. `hasher`: the state cache's, by default.
     """
     clean: set[str] = set()
+    hashes = hasher if hasher is not None else state.hashes
     with state.hashes.batched(snapshot=True), paused():  # decides only: writes no file
         for name in stages:
             spec = manifest.by_name.get(name)
             if spec is None or not clean.issuperset(upstream.get(name, ())):
                 continue
             decision = decide(
-                state.root, spec, state.hashes,
+                state.root, spec, hashes,
                 producers=producers.get(name) if producers else None, read=read,
             )
             if not decision.run and not decision.frozen_missing:  # that one fails: its pool says so

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pivot.state.hashing import hash_path
 from pivot.state.lock import LockPrefetch, StageLock, lock_path, read_lock, write_lock
+from pivot.state.outputs import ProjectState
 
 
 def lock(stage: str, code: str = "c1") -> StageLock:
@@ -28,3 +30,34 @@ def test_it_hands_out_each_lock_once_and_reads_the_rest_from_disk(tmp_path: Path
 def test_a_project_that_never_ran_has_nothing_to_prefetch(tmp_path: Path) -> None:
     read = LockPrefetch(tmp_path).reader()
     assert read(tmp_path, "a") is None
+
+
+def test_with_the_state_cache_it_hashes_the_files_the_locks_name(tmp_path: Path) -> None:
+    (tmp_path / "in.txt").write_text("input\n")
+    (tmp_path / "out.txt").write_text("output\n")
+    (tmp_path / "other.txt").write_text("other\n")
+    write_lock(tmp_path, lock("a"))  # names in.txt and out.txt
+    state = ProjectState.open(tmp_path)
+    try:
+        prefetch = LockPrefetch(tmp_path, state.hashes)
+        hasher = prefetch.hasher(state.hashes)
+        named = {str(tmp_path / "in.txt"), str(tmp_path / "out.txt")}
+        assert set(prefetch.digests) == named
+        for path in named:
+            assert prefetch.digests[path] == hash_path(Path(path))
+        before = state.hashes.reads
+        assert hasher.hash_path(str(tmp_path / "in.txt")) == hash_path(tmp_path / "in.txt")
+        assert state.hashes.reads == before  # answered from what the thread hashed
+        # A file no lock names is hashed when asked, as the state cache would.
+        assert hasher.hash_path(str(tmp_path / "other.txt")) == hash_path(tmp_path / "other.txt")
+        assert hasher.hash_path(str(tmp_path / "gone.txt")) is None
+    finally:
+        state.close()
+
+
+def test_without_the_state_cache_it_hashes_nothing(tmp_path: Path) -> None:
+    (tmp_path / "in.txt").write_text("input\n")
+    write_lock(tmp_path, lock("a"))
+    prefetch = LockPrefetch(tmp_path)
+    prefetch.join()
+    assert prefetch.digests == {}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from pivot.errors import PipelineError
 from pivot.pipeline.manifest import Manifest, StageSpec
 from pivot.state.hashing import hash_path
 from pivot.state.lock import StageLock, read_lock, write_lock
@@ -260,3 +261,14 @@ def test_a_plan_from_an_old_copy_of_a_lock_never_skips_a_stage_whose_outputs_mov
     manifest = Manifest((s,))
     assert plan_wave(state, manifest, ["fit"], {"fit": []}, read=read) == []
     assert plan_wave(state, manifest, ["fit"], {"fit": []}) == []  # as read from disk
+
+
+def test_dep_producers_names_each_deps_writers_and_refuses_two_writers_of_a_path() -> None:
+    a = spec("a", deps=("in.txt",), outs=("a.txt", "parts/"))
+    b = spec("b", deps=("a.txt", "parts/x.txt", "in.txt"), outs=("b.txt",))
+    producers = dep_producers(Manifest((a, b)))
+    assert producers["b"] == {"a.txt": frozenset({"a"}), "parts/x.txt": frozenset({"a"}), "in.txt": frozenset()}
+    assert producers.get("a") == {"in.txt": frozenset()}
+    assert producers.get("nope") is None and set(producers) == {"a", "b"}
+    with pytest.raises(PipelineError, match=r"two stages produce 'b\.txt'"):
+        dep_producers(Manifest((a, b, spec("c", outs=("b.txt",)))))
