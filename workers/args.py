@@ -25,6 +25,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="the pipeline as its starter loaded it (a file, removed once read): no load of its own",
     )
     parser.add_argument(
+        "--start-workers", type=int, default=0, metavar="N",
+        help="start this many workers (at most --jobs) once the pipeline is in: its starter knows stages will run",
+    )
+    parser.add_argument(
         "--broker-timeout", type=float, default=None,
         help="exit after the broker has been silent this long [--work: 3 s; --broker: never]",
     )

@@ -100,6 +100,9 @@ class DaskWorkers:
     def collect(self, ready: set[int]) -> None:
         pass
 
+    def start(self, count: int) -> None:
+        pass  # the cluster's workers are running
+
     def resume(self) -> None:
         pass  # (a task starts when the scheduler says)
 

@@ -56,6 +56,11 @@ class Executor(Protocol):
         """Called by the pool's loop with the descriptors of `waitables` that are ready."""
         ...
 
+    def start(self, count: int) -> None:
+        """Start up to `count` workers now (at most its jobs), before any stage: stages
+        are known to be coming."""
+        ...
+
     def resume(self) -> None:
         """Called once the broker answered the results that did not succeed (it may have
         cancelled the stages queued behind them meanwhile): workers that stopped after a

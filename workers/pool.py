@@ -123,7 +123,7 @@ class Link:
 class PoolService:
     def __init__(
         self, root: Path, link: Link | str, name: str, jobs: int, first_load: Loading | None = None,
-        clock: Callable[[], float] = time.monotonic, executor: Executor | None = None,
+        clock: Callable[[], float] = time.monotonic, executor: Executor | None = None, start_workers: int = 0,
     ) -> None:
         self.clock = clock  # every time the pool reads (liveness, resends, cancels)
         self.root = root
@@ -151,6 +151,10 @@ class PoolService:
         self.threads = ThreadPoolExecutor(max_workers=self.jobs + 1, thread_name_prefix="decide")
         # Its workers start when a stage first must run.
         self.workers: Executor = executor if executor is not None else WorkerProcesses(self.jobs)
+        # Workers to start once the first pipeline is in, before any stage is dispatched
+        # (the process that started this pool found that many stages to run): a worker's
+        # start (the forkserver's, then its own) then overlaps the hello and the plan.
+        self.start_workers = start_workers
         self.capacity = self.jobs * self.workers.prefetch  # stages handed to workers at once
         # Stages taken beyond `jobs`, decided and held (Phase.QUEUED) until a worker frees:
         # the next stage then starts without a round trip to the broker (~3 ms a stage on
@@ -555,6 +559,9 @@ class PoolService:
             self.workers.configure(self.manifest.preload, self.manifest.preload_key)
             if not self.workers.started:  # live workers keep the server they came from
                 warm_up(self.manifest.preload, self.manifest.preload_key)
+            if self.start_workers:
+                self.workers.start(self.start_workers)
+                self.start_workers = 0
             if self.serve_loaders:
                 serve_loaders(self.manifest.preload, self.manifest.preload_key)
         except OSError as exc:  # workers then start in fresh interpreters, later
@@ -928,7 +935,8 @@ def main(args: argparse.Namespace, first_load: Loading | None = None) -> int:
             fatal(log, str(exc))
             return 2
         executor, jobs = dask, jobs or dask.slots()
-    service = PoolService(args.root, link, args.name, jobs, first_load, executor=executor)
+    service = PoolService(args.root, link, args.name, jobs, first_load, executor=executor,
+                          start_workers=args.start_workers)
     service.records = records
     signal.signal(signal.SIGTERM, service.request_stop)
     signal.signal(signal.SIGINT, service.request_stop)

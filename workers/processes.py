@@ -181,6 +181,10 @@ class WorkerProcesses:
         if len(w.sent) == 1 and not w.paused and sent.on_start is not None:
             sent.on_start()
 
+    def start(self, count: int) -> None:
+        for _ in range(min(count, self.jobs) - len(self._workers) - self._starting):
+            self._start_one()
+
     def resume(self) -> None:
         """Workers that stopped after a stage that failed go on (serve's RESUME)."""
         for w in self._workers:

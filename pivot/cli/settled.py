@@ -45,6 +45,7 @@ CLIENT = b"cli"
 class Settled:
     code: int | None = None  # the run's exit code when it had nothing to do, else None
     manifest: Manifest | None = None  # as loaded here: the engine's pool need not load it
+    stale: int = 0  # stages the plan found to run: the pool starts workers for them at once
 
 
 def settle(
@@ -133,7 +134,7 @@ def _settle(
     up_to_date = plan_wave(project, manifest, plan.stages, plan.upstream, dep_producers(manifest),
                            read=locks.reader(), hasher=locks.hasher(project.hashes))
     if not feed(*(Noticed(text) for text in said), WavePlanned(POOL, plan.wave, tuple(up_to_date))) or plans:
-        return Settled(manifest=manifest)
+        return Settled(manifest=manifest, stale=len(plan.stages) - len(up_to_date))
     finished = [p.msg for p in published if isinstance(p.msg, WaveFinished)]
     if not finished:
         return Settled(manifest=manifest)

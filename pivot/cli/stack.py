@@ -73,16 +73,18 @@ class Stack:
             endpoints = self.rundir.acquire("repro")
             self.endpoints = endpoints
             handed: Manifest | None = None
+            stale = 0
             if self.settle is not None:
                 outcome = self.settle()
                 if outcome.code is not None:
                     self.settled = outcome.code
                     return self
                 handed = outcome.manifest
+                stale = outcome.stale
             # The pool starts before this process even imports ZeroMQ: its interpreter
             # then starts while we import the broker and display code. It connects before
             # the broker binds; ZeroMQ retries the connect.
-            self._start_pool(endpoints.work, handed)
+            self._start_pool(endpoints.work, handed, stale)
             import zmq
 
             from broker.service import BrokerService
@@ -102,13 +104,15 @@ class Stack:
             raise
         return self
 
-    def _start_pool(self, work_endpoint: str, manifest: Manifest | None = None) -> None:
+    def _start_pool(self, work_endpoint: str, manifest: Manifest | None = None, stale: int = 0) -> None:
         self.pool_log.parent.mkdir(parents=True, exist_ok=True)
         given: list[str] = []
         if manifest is not None:  # loaded here already: the pool reads it instead
             from pivot.launch.spawn import write_manifest
 
             given = ["--manifest", str(write_manifest(manifest))]
+        if stale:  # its workers start beside its hello and the wave's plan, not after
+            given += ["--start-workers", str(stale)]
         with open_role_log(self.pool_log) as out:
             self.pool = subprocess.Popen(
                 python_cmd(

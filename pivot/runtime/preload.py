@@ -162,6 +162,15 @@ def serve_loaders(preload: tuple[str, ...], key: str) -> None:
             forkserver.ensure_running()
 
 
+def start_server(preload: tuple[str, ...], key: str) -> None:
+    """The server started now (it imports in the background, beside this process's own
+    start), for workers known to be coming."""
+    if worker_context(preload, key) is not None:
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+
+
 def warm_up(preload: tuple[str, ...], key: str) -> None:
     """Restart a forkserver already in use whose modules changed now (it imports in the
     background), so the next workers do not wait for it. The first one starts with the

@@ -7,14 +7,17 @@ from __future__ import annotations
 import os
 import select
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import BrokenExecutor, Future
 from pathlib import Path
 
 import pytest
+from procs import ProcGuard, ProcInfo, all_processes, is_live, wait_for
 
 from pivot.launch.procs import is_alive
+from pivot.launch.spawn import python_cmd, run_loader, write_manifest
 from pivot.runtime.cancel import marker_path
 from pivot.runtime.job import StageJob, StageOutcome
 from workers.processes import WorkerProcesses
@@ -258,3 +261,41 @@ def test_after_a_failure_the_next_stage_waits_for_resume_and_a_cancel_meanwhile_
         assert outcome(again).status == "ran"
     finally:
         workers.close()
+
+
+def test_start_brings_up_at_most_jobs_workers_before_any_stage(root: Path, workers: WorkerProcesses) -> None:
+    workers.start(5)  # two jobs: two workers
+    loop_until(workers, lambda: len(workers.waitables()) == 1 + 2 * 2, "two workers to start")
+    assert workers.started
+    ran = workers.submit(job(root, "a"))
+    loop_until(workers, ran.done, "stage a")
+    assert outcome(ran).status == "ran"
+    assert len(workers.waitables()) == 1 + 2 * 2  # no third worker
+
+
+def test_a_pool_told_stages_will_run_starts_its_workers_before_the_first_dispatch(
+    make_project: Callable[..., Path], proc_guard: ProcGuard,
+) -> None:
+    """`pivot repro` hands its pool the pipeline and how many stages it found stale
+    (`--manifest`, `--start-workers`): the workers' forkserver starts with the pool
+    process, and its workers with the pipeline, with no broker there to dispatch yet."""
+    root = make_project({"pipeline.py": PIPELINE})
+    given = write_manifest(run_loader(root))
+    pool = proc_guard.track(subprocess.Popen(
+        python_cmd("workers", "--root", str(root), "--work", "ipc://" + str(root / "nobody.sock"),
+                   "--name", "p", "--jobs", "2", "--manifest", str(given), "--start-workers", "9",
+                   "--broker-timeout", "60"),  # (it waits for no broker meanwhile)
+        cwd=root, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True, text=True,
+    ))
+
+    def workers_up() -> list[ProcInfo]:
+        group = [p for p in all_processes() if p.pgid == pool.pid and p.pid != pool.pid and is_live(p)]
+        # The forkserver is the pool's child; the workers, the forkserver's.
+        return [p for p in group if p.ppid not in (pool.pid, 1) and not any("resource_tracker" in a for a in p.cmdline)]
+
+    up = wait_for(lambda: len(workers_up()) >= 2 and workers_up(), DEADLINE_S, "two workers")
+    assert len(up) == 2, [p.show() for p in up]
+    assert not given.exists()  # read (and removed) by the pool
+    pool.send_signal(signal.SIGTERM)
+    assert pool.wait(timeout=DEADLINE_S) == 0
