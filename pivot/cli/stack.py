@@ -15,6 +15,7 @@ import contextlib
 import logging
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from broker.service import BrokerService
     from pivot.cli.settled import Settled
     from pivot.display.client import EngineClient
+    from pivot.launch.spawn import Forked
     from pivot.pipeline.manifest import Manifest
 from pivot.errors import InfraError
 from pivot.launch import python_cmd
@@ -62,7 +64,7 @@ class Stack:
         self.ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self.broker: BrokerService | None = None  # imported after the pool is spawned
         self.thread: threading.Thread | None = None
-        self.pool: subprocess.Popen[bytes] | None = None
+        self.pool: subprocess.Popen[bytes] | Forked | None = None
         self.pool_log = pivot_dir(root) / "logs" / "pool.log"
         self.endpoints: Endpoints
         self.client: EngineClient | None = None
@@ -106,19 +108,25 @@ class Stack:
 
     def _start_pool(self, work_endpoint: str, manifest: Manifest | None = None, stale: int = 0) -> None:
         self.pool_log.parent.mkdir(parents=True, exist_ok=True)
-        given: list[str] = []
-        if manifest is not None:  # loaded here already: the pool reads it instead
-            from pivot.launch.spawn import write_manifest
-
-            given = ["--manifest", str(write_manifest(manifest))]
+        argv = ["--root", str(self.root), "--work", work_endpoint, "--name", POOL_NAME, "--jobs", str(self.jobs)]
         if stale:  # its workers start beside its hello and the wave's plan, not after
-            given += ["--start-workers", str(stale)]
+            argv += ["--start-workers", str(stale)]
         with open_role_log(self.pool_log) as out:
+            if manifest is not None and _can_fork():
+                # Forked, holding the pipeline loaded here (workers/launch.py `forked_pool`).
+                from pivot.launch.spawn import Forked
+                from workers.launch import forked_pool
+
+                forked = Forked(forked_pool, (argv, manifest, out.fileno(), str(self.root)))
+                forked.start()
+                self.pool = forked
+                return
+            if manifest is not None:  # loaded here already: the pool reads it instead
+                from pivot.launch.spawn import write_manifest
+
+                argv += ["--manifest", str(write_manifest(manifest))]
             self.pool = subprocess.Popen(
-                python_cmd(
-                    "workers", "--root", str(self.root), "--work", work_endpoint,
-                    "--name", POOL_NAME, "--jobs", str(self.jobs), *given,
-                ),
+                python_cmd("workers", *argv),
                 cwd=self.root,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
@@ -204,6 +212,17 @@ class Stack:
             log.error("processes of the pool group %d survived SIGKILL", self.pool.pid)
 
 
+def _can_fork() -> bool:
+    """Whether the pool may be forked from this process: a single thread (a fork copies
+    no other, and a lock one of them held would stay held) and ZeroMQ not started, on a
+    system with pidfds (pivot/launch/spawn.py `Forked`). `PIVOT_PRELOAD=0` starts fresh
+    interpreters, as for the workers and loaders (pivot/runtime/preload.py)."""
+    from pivot.launch.spawn import has_pidfds
+    from pivot.runtime.preload import enabled
+
+    return enabled() and threading.active_count() == 1 and "zmq" not in sys.modules and has_pidfds()
+
+
 @contextlib.contextmanager
 def _interruptible_by_sigterm() -> Iterator[None]:
     """SIGTERM raises KeyboardInterrupt meanwhile (the first one already asked for the
@@ -222,7 +241,7 @@ def _interruptible_by_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _stop_group(proc: subprocess.Popen[bytes], what: str) -> None:
+def _stop_group(proc: subprocess.Popen[bytes] | Forked, what: str) -> None:
     """SIGTERM a process started in its own session, wait, then SIGKILL whatever is left
     of its group (workers, a loader). The signal goes to the process alone: a pool
     cancels its stages first (each removes what it half wrote; one stuck in native code is

@@ -23,8 +23,8 @@ from pivot.launch.scratch import scratch_file
 from pivot.pipeline.manifest import Manifest
 
 __all__ = [
-    "LOADER_TIMEOUT_S", "ForkedLoaderRun", "LoaderRun", "Loading", "given_manifest", "python_cmd", "run_loader",
-    "start_loader", "write_manifest",
+    "LOADER_TIMEOUT_S", "Forked", "ForkedLoaderRun", "LoaderRun", "Loading", "given_manifest", "handed_manifest",
+    "python_cmd", "run_loader", "start_loader", "write_manifest",
 ]
 
 LOADER_TIMEOUT_S = 300.0
@@ -97,7 +97,7 @@ class ForkedLoaderRun:
         try:
             args = (str(self.root), self.result_path, self.output_path, preloaded)
             self.proc = (context.Process(target=_load_in_child, args=args, name="pivot-loader") if self.served
-                         else _Forked(_load_in_child, args))
+                         else Forked(_load_in_child, args))
             self.proc.start()
         except BaseException:
             self._remove()
@@ -131,15 +131,17 @@ def _load_in_child(*args: Any) -> None:
     """The forked loader's body. The loader's modules (the fingerprinter: ~18 ms) are
     imported here, in the child, not by the process that forks it (a `repro`, a pool),
     which goes on meanwhile."""
+    _forget_services()
     from pivot.runtime.loader import forked_main
 
     forked_main(*args)
 
 
-class _Forked:
+class Forked:
     """`target(*args)` in a child forked from this process: the part of
     multiprocessing.Process that ForkedLoaderRun uses, without importing multiprocessing
-    (7 ms) or leaving a resource tracker behind. Waits on a pidfd (Linux)."""
+    (7 ms) or leaving a resource tracker behind, and the part of Popen a caller that
+    holds it as one uses (`poll`, `wait`, `send_signal`). Waits on a pidfd (Linux)."""
 
     def __init__(self, target: Callable[..., None], args: tuple[Any, ...]) -> None:
         self.target, self.args = target, args
@@ -152,13 +154,12 @@ class _Forked:
         if pid == 0:  # pragma: no cover - the child (measured by the tests' results)
             code = 1
             try:
-                _forget_services()
                 self.target(*self.args)
                 code = 0
             except BaseException:
                 import traceback
 
-                traceback.print_exc()  # into the loader's output file once it redirected
+                traceback.print_exc()  # into the child's output file once it redirected
             finally:
                 os._exit(code)
         self.pid = pid
@@ -170,13 +171,38 @@ class _Forked:
         poller = select.poll()
         poller.register(self.pidfd, select.POLLIN)
         if poller.poll(None if timeout is None else int(timeout * 1000)):
-            _, status = os.waitpid(self.pid, 0)
+            self._reap(0)
+
+    def _reap(self, flags: int) -> None:
+        pid, status = os.waitpid(self.pid, flags)
+        if pid:
             self.exitcode = os.waitstatus_to_exitcode(status)
             os.close(self.pidfd)
 
     def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGKILL)
+        self.send_signal(signal.SIGKILL)
+
+    # --- as Popen ---------------------------------------------------------------------
+
+    @property
+    def returncode(self) -> int | None:
+        return self.exitcode
+
+    def poll(self) -> int | None:
+        if self.exitcode is None:
+            self._reap(os.WNOHANG)
+        return self.exitcode
+
+    def wait(self, timeout: float | None = None) -> int:
+        self.join(timeout)
+        if self.exitcode is None:
+            raise subprocess.TimeoutExpired(f"process {self.pid}", timeout or 0.0)
+        return self.exitcode
+
+    def send_signal(self, sig: int) -> None:
+        if self.exitcode is None:  # (its pid may be another process's once reaped)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
 
 
 def _forget_services() -> None:
@@ -195,13 +221,13 @@ def start_loader(root: Path) -> Loading:
     `PIVOT_PRELOAD=0` starts fresh interpreters (pivot/runtime/preload.py)."""
     from pivot.runtime.preload import enabled
 
-    if enabled() and threading.active_count() == 1 and _has_pidfds():
+    if enabled() and threading.active_count() == 1 and has_pidfds():
         return ForkedLoaderRun(root)
     return LoaderRun(root)
 
 
 @functools.cache
-def _has_pidfds() -> bool:
+def has_pidfds() -> bool:
     """Linux 5.3+ (a child's exit is waited for with a timeout, without polling)."""
     try:
         os.close(os.pidfd_open(os.getpid()))
@@ -254,6 +280,19 @@ class _GivenManifest:
                 self.path.unlink()
         self.manifest = _answer(raw, 0, "")
         return self.manifest
+
+
+class _Handed:
+    def __init__(self, manifest: Manifest) -> None:
+        self.manifest = manifest
+
+    def result(self, timeout: float = LOADER_TIMEOUT_S) -> Manifest:
+        return self.manifest
+
+
+def handed_manifest(manifest: Manifest) -> Loading:
+    """The pipeline as this process (forked from the one that loaded it) has it."""
+    return _Handed(manifest)
 
 
 def given_manifest(path: Path) -> Loading:

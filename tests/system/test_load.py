@@ -169,6 +169,8 @@ class PeakRss:
                     role = self.root_role
                 else:
                     role = _role(info.cmdline, parent_cmdline)
+                    if role == "other" and info.ppid == self.root_pid and info.pgid == pid:
+                        role = "pool"  # forked by `pivot repro`, in a session of its own
                 hwm = _vm_hwm_kib(pid)
                 if hwm is not None:
                     key = (pid, role)

@@ -1,7 +1,7 @@
 """The engine under process loss: the pool SIGKILLed mid-stage, and Ctrl-C on the CLI.
 
 In both cases the CLI must exit promptly with the documented code and take every
-process of the run with it: the pool, its loader and the loky worker that was running
+process of the run with it: the pool, its loader and the worker that was running
 the stage (the `proc_guard` fixture checks the whole tmp project as well).
 """
 
@@ -28,6 +28,7 @@ from procs import (
     parse_events,
     release_held_stage,
     run_dir_leftovers,
+    start_pivot,
     wait_exit,
     wait_for,
     write_files,
@@ -40,8 +41,9 @@ GONE_WITHIN_S = 3.0
 
 
 def is_pool(info: ProcInfo) -> bool:
-    args = info.cmdline
-    return any(args[i : i + 2] == ["-m", "workers"] for i in range(len(args) - 1))
+    """The CLI's child in a session of its own (`python -m workers`, or forked from the
+    CLI with the pipeline: pivot/cli/stack.py); a loader it forks stays in the CLI's."""
+    return info.pgid == info.pid
 
 
 def find_pool(cli_pid: int) -> ProcInfo:
@@ -138,3 +140,33 @@ def test_ctrl_c_while_a_stage_runs_exits_130_and_cleans_up(
     assert not (root / ".pivot" / "stages" / "held.lock").exists()
     assert not (root / "held.txt").exists()
     assert run_dir_leftovers(root) == []
+
+
+@pytest.mark.timeout(45)
+@pytest.mark.parametrize("preload", ["1", "0"])
+def test_a_stale_runs_pool_holds_none_of_the_clis_files(
+    held_project: Path, proc_guard: ProcGuard, preload: str,
+) -> None:
+    """With the pipeline loaded, `pivot repro` forks its pool (no interpreter to start:
+    pivot/cli/stack.py); `PIVOT_PRELOAD=0` starts `python -m workers` instead. Either way
+    the pool holds no descriptor of the CLI's: not the run directory's lock (a pool that
+    outlived a killed CLI would keep the next run out), not its output pipes."""
+    root = held_project
+    cli = proc_guard.track(start_pivot(root, "repro", "--json", env={**os.environ, "PIVOT_PRELOAD": preload}))
+    try:
+        held_stage_pid(root)
+        pool = find_pool(cli.pid)
+        proc_guard.pgids.add(pool.pgid)
+        fds = Path(f"/proc/{pool.pid}/fd")
+        opened = {os.readlink(fd) for fd in fds.iterdir()}
+        assert str(root / ".pivot" / "run" / "lock") not in opened, opened
+        cli_pipes = {os.readlink(f"/proc/{cli.pid}/fd/{n}") for n in (1, 2)}
+        assert not cli_pipes & opened, (cli_pipes, opened)
+        assert os.readlink(fds / "1") == str(root / ".pivot" / "logs" / "pool.log")
+        spawned = any(pool.cmdline[i : i + 2] == ["-m", "workers"] for i in range(len(pool.cmdline) - 1))
+        assert spawned == (preload == "0"), pool.show()
+    finally:
+        release_held_stage(root)
+    rc, out, err = wait_exit(cli, EXIT_WITHIN_S, "the run")
+    assert rc == 0, describe((rc, out, err))
+    assert finished(parse_events(out))["held"]["status"] == "ran"
