@@ -14,7 +14,6 @@ min / median / max per tree and measure, and (cold - no-op) / N.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import statistics
@@ -23,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchcommon import pivot_cmd, pivot_env
+from benchcommon import compile_trees, pivot_cmd, pivot_env, two_trees_parser
 
 MEASURES = ("cold", "noop", "edit", "status", "list")
 
@@ -44,11 +43,7 @@ def run(tree: Path, project: Path, *args: str) -> tuple[float, str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("project", type=Path, help="made by bench/gen_pipeline.py")
-    parser.add_argument("--a", type=Path, required=True, help="the first tree (a checkout's root)")
-    parser.add_argument("--b", type=Path, required=True, help="the second tree")
-    parser.add_argument("--rounds", type=int, default=6)
+    parser = two_trees_parser(__doc__)
     parser.add_argument("--measure", default="cold,noop", help=f"some of {','.join(MEASURES)}")
     args = parser.parse_args()
     measures = [m for m in args.measure.split(",") if m]
@@ -56,9 +51,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown measure(s): {', '.join(sorted(unknown))}")
     trees = {"a": args.a.resolve(), "b": args.b.resolve()}
-    for tree in trees.values():
-        subprocess.run([sys.executable, "-m", "compileall", "-q", *(str(tree / d) for d in ("pivot", "broker", "workers"))],
-                       check=True, capture_output=True)
+    compile_trees(*trees.values())
     project = args.project.resolve()
     n = stage_count(project)
     times: dict[str, dict[str, list[float]]] = {t: {m: [] for m in measures} for t in trees}

@@ -3,6 +3,7 @@ on sys.path)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -24,6 +25,24 @@ def pivot_env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env
+
+
+def two_trees_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The arguments of a script that runs two Pivot trees on one project (bench/ab.py)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("project", type=Path, help="made by bench/gen_pipeline.py")
+    parser.add_argument("--a", type=Path, required=True, help="the first tree (a checkout's root)")
+    parser.add_argument("--b", type=Path, required=True, help="the second tree")
+    parser.add_argument("--rounds", type=int, default=6)
+    return parser
+
+
+def compile_trees(*trees: Path) -> None:
+    """Each tree's bytecode, written now: a container may set PYTHONDONTWRITEBYTECODE
+    (pivot_env), and a tree whose files changed would otherwise compile in every process."""
+    for tree in trees:
+        subprocess.run([sys.executable, "-m", "compileall", "-q", *(str(tree / d) for d in ("pivot", "broker", "workers"))],
+                       check=True, capture_output=True)
 
 
 def pivot_cmd() -> list[str]:

@@ -10,16 +10,14 @@ workers), apart from the stages themselves. Trees as bench/ab.py takes them.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from benchcommon import pivot_cmd, pivot_env
+from benchcommon import compile_trees, pivot_cmd, pivot_env, two_trees_parser
 
 MARKS = ("loaded", "first started", "last finished", "end")
 
@@ -42,16 +40,9 @@ def cold_run(tree: Path, project: Path) -> tuple[float, float, float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("project", type=Path, help="made by bench/gen_pipeline.py")
-    parser.add_argument("--a", type=Path, required=True, help="the first tree (a checkout's root)")
-    parser.add_argument("--b", type=Path, required=True, help="the second tree")
-    parser.add_argument("--rounds", type=int, default=6)
-    args = parser.parse_args()
+    args = two_trees_parser(__doc__).parse_args()
     trees = [args.a.resolve(), args.b.resolve()]
-    for tree in trees:
-        subprocess.run([sys.executable, "-m", "compileall", "-q", *(str(tree / d) for d in ("pivot", "broker", "workers"))],
-                       check=True)
+    compile_trees(*trees)
     runs: dict[Path, list[tuple[float, ...]]] = {tree: [] for tree in trees}
     for _ in range(args.rounds):
         for tree in trees:
