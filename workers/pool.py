@@ -149,7 +149,7 @@ class PoolService:
         self.loop_thread = threading.get_ident()  # (run() sets it again: the loop's own)
         os.set_blocking(self.wake_w, False)
         self.threads = ThreadPoolExecutor(max_workers=self.jobs + 1, thread_name_prefix="decide")
-        # Its workers start when a stage first must run.
+        # Its workers start when a stage first must run (or with the pipeline: start_workers).
         self.workers: Executor = executor if executor is not None else WorkerProcesses(self.jobs)
         # Workers to start once the first pipeline is in, before any stage is dispatched
         # (the process that started this pool found that many stages to run): a worker's
@@ -707,14 +707,13 @@ class PoolService:
 
     def _started(self, attempt: str) -> None:
         """Its worker began it (it may have waited behind another stage there): the
-        broker hears it runs now, unless a cancel came first."""
+        broker hears it runs now, unless it was cancelled meanwhile (a cancel of one not
+        yet begun is reported at once: `_cancel`)."""
         a = self.attempts.get(attempt)
         if a is None or a.announce is None:
             return
         announce, a.announce = a.announce, None
-        if a.stop is not None:  # asked while it waited: its grace period starts now
-            a.kill_at = self.clock() + HARD_KILL_S
-        if a.cancel is None and a.stop is None:
+        if a.cancel is None:
             self._send(announce)
 
     def _ran(self, attempt: str, future: Future[StageOutcome]) -> None:
