@@ -41,7 +41,13 @@ from pivot.faults import reached
 from pivot.launch.limits import HARD_KILL_S
 from pivot.launch.logsetup import HeldRecords, configure
 from pivot.launch.procs import group_members, is_alive, is_stopped
-from pivot.launch.scratch import SHORT_TEMP, multiprocessing_scratch, scratch_dir, sweep
+from pivot.launch.scratch import (
+    SHORT_TEMP,
+    attempts_temp,
+    multiprocessing_scratch,
+    scratch_dir,
+    sweep,
+)
 from pivot.launch.spawn import Loading, run_loader
 from pivot.launch.stderrlog import fatal, log_to_stderr
 from pivot.pipeline.gitignore import cached_outputs, keep_outputs_ignored
@@ -183,7 +189,7 @@ class PoolService:
             self.pid_dir = root / ".pivot" / "run" / "pools" / f"{name}-{self.incarnation}"
             self.pid_dir.mkdir(parents=True)
         else:
-            self.pid_dir = scratch_dir("workers")
+            self.pid_dir = scratch_dir("workers", attempts_temp())
         self.mp_dir = multiprocessing_scratch()
         self.lease = self.pid_dir / LEASE_NAME
         self.lease_renewed = 0.0
@@ -912,6 +918,8 @@ def main(args: argparse.Namespace, first_load: Loading | None = None) -> int:
     def sweep_all() -> None:
         for kind in ("workers", "manifest", "mp"):
             sweep(kind)
+        if attempts_temp() != tempfile.gettempdir():
+            sweep("workers", attempts_temp())
         if tempfile.gettempdir() != SHORT_TEMP:  # (a long TMPDIR: multiprocessing_scratch)
             sweep("mp", SHORT_TEMP)
 

@@ -14,14 +14,41 @@ from typing import BinaryIO
 
 from pivot.launch.procs import is_alive
 
-__all__ = ["LOG_ROTATE_BYTES", "SHORT_TEMP", "multiprocessing_scratch", "open_role_log", "scratch_dir", "scratch_file", "sweep"]
+__all__ = [
+    "LOG_ROTATE_BYTES", "SHORT_TEMP", "attempts_temp", "multiprocessing_scratch", "open_role_log", "scratch_dir",
+    "scratch_file", "sweep",
+]
 
 LOG_ROTATE_BYTES = 10 << 20
 
 
-def scratch_dir(kind: str) -> Path:
-    """A new temp folder `pivot-KIND-PID-XXXX`."""
-    return Path(tempfile.mkdtemp(prefix=f"pivot-{kind}-{os.getpid()}-"))
+def scratch_dir(kind: str, folder: str | None = None) -> Path:
+    """A new temp folder `pivot-KIND-PID-XXXX` (in `folder`, else the temp folder)."""
+    return Path(tempfile.mkdtemp(prefix=f"pivot-{kind}-{os.getpid()}-", dir=folder))
+
+
+SHARED_MEMORY = "/dev/shm"
+# Below this free, a memory folder is a container's (Docker gives 64 MB): what a stage
+# prints waits there until its pool reads it, and a full folder would fail the stage.
+MIN_MEMORY_FREE = 1 << 30
+_TEMP_VARIABLES = ("TMPDIR", "TEMP", "TMP")
+
+
+def attempts_temp() -> str:
+    """Where a local pool keeps its attempts' files: each running stage's pid file,
+    markers and what it prints until the pool has read it. Four files made and removed
+    per stage: on this machine's ext4 that cost 15-18 % of a cold 1000-stage run
+    (docs/benchmarks.md), so they go to memory (`/dev/shm`) when it is a folder of its
+    own with room. A TMPDIR (TEMP, TMP) set by the user is where they go, always."""
+    if any(os.environ.get(name) for name in _TEMP_VARIABLES):
+        return tempfile.gettempdir()
+    try:
+        room = os.statvfs(SHARED_MEMORY)
+    except OSError:
+        return tempfile.gettempdir()
+    if room.f_bavail * room.f_frsize < MIN_MEMORY_FREE or not os.access(SHARED_MEMORY, os.W_OK | os.X_OK):
+        return tempfile.gettempdir()
+    return SHARED_MEMORY
 
 
 def scratch_file(kind: str, suffix: str = "") -> tuple[int, str]:

@@ -41,7 +41,6 @@ import os
 import random
 import signal
 import subprocess
-import tempfile
 import time
 import types
 import typing
@@ -70,6 +69,7 @@ from procs import (
 from zmq.utils.monitor import recv_monitor_message
 
 from pivot.errors import ProtocolError
+from pivot.launch.scratch import attempts_temp
 from pivot.protocol.codec import PROTOCOL_VERSION, VersionMismatch, decode, encode
 from pivot.protocol.messages import (
     MESSAGES,
@@ -1054,10 +1054,11 @@ def test_a_frame_too_many_on_the_changes_link_is_dropped(
 
 def running_attempt(stage_pid: int) -> str:
     """The id of the attempt whose stage's code runs in process `stage_pid`: a local pool's
-    worker writes its pid to ATTEMPT.writing in the pool's scratch folder meanwhile."""
+    worker writes its pid to ATTEMPT.writing in the pool's scratch folder meanwhile (in
+    `attempts_temp()`: the tests run without a TMPDIR, or with the pool's own)."""
 
     def find() -> str | None:
-        for path in Path(tempfile.gettempdir()).glob("pivot-workers-*/*.writing"):
+        for path in Path(attempts_temp()).glob("pivot-workers-*/*.writing"):
             with contextlib.suppress(OSError, ValueError):
                 if int(path.read_text()) == stage_pid:
                     return path.name.removesuffix(".writing")
