@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["replace_small", "write_atomic"]
+__all__ = ["link_atomic", "replace_small", "write_atomic"]
 
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
 
@@ -42,6 +42,32 @@ def write_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
         if fd >= 0:
             os.close(fd)
         tmp.unlink(missing_ok=True)
+        raise
+
+
+def link_atomic(src: str | os.PathLike[str], path: Path) -> None:
+    """`path` becomes a hard link to `src` (made whole: locks and logs are replaced by a
+    rename, never written in place), replacing what was there. A link is atomic by
+    itself, so where `path` is absent (a run's first entry) it is made there at once:
+    one call where a temp, a check and a rename took four. Raises OSError (no hard
+    links on this file system: the caller copies); no temp file is left."""
+    try:
+        try:
+            os.link(src, path)
+            return
+        except FileNotFoundError:  # its folder is missing (or `src` is: raised again)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.link(src, path)
+            return
+    except FileExistsError:
+        pass
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        os.link(src, tmp)
+        replace_small(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
         raise
 
 

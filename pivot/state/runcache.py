@@ -8,10 +8,8 @@ the lock file its run wrote (which holds the entry's "stage" and "outs") when it
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,7 @@ from typing import Any
 import xxhash
 
 from pivot.pipeline.manifest import StageSpec
-from pivot.state.atomic import replace_small, write_atomic
+from pivot.state.atomic import link_atomic, write_atomic
 
 __all__ = ["RunCache", "run_key"]
 
@@ -71,18 +69,11 @@ class RunCache:
         so the entry keeps the content it was linked with."""
         path = self._path(key)
         if lock_file is not None:
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
             try:
-                try:
-                    os.link(lock_file, tmp)
-                except FileNotFoundError:
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    os.link(lock_file, tmp)
-                replace_small(tmp, path)
+                link_atomic(lock_file, path)
                 return
             except OSError:  # no hard links here (some network file systems): a copy
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
+                pass
         data = json.dumps({"stage": stage, "outs": outs}, sort_keys=True).encode()
         write_atomic(path, data)
 

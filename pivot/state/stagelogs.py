@@ -12,12 +12,11 @@ that executed, which may have had other params).
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from pivot.state.atomic import replace_small, write_atomic
+from pivot.state.atomic import link_atomic, replace_small, write_atomic
 from pivot.state.lock import stage_file
 
 __all__ = [
@@ -138,16 +137,14 @@ def finish_log(
 
 
 def _link_or_copy(path: Path, dest: Path) -> None:
-    tmp = dest.with_name(dest.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     try:
-        os.link(path, tmp)
-    except OSError:
+        link_atomic(path, dest)
+    except OSError:  # no hard links here (some network file systems): a copy
         import shutil
 
+        tmp = dest.with_name(dest.name + ".tmp")
         shutil.copyfile(path, tmp)
-    replace_small(tmp, dest)
+        replace_small(tmp, dest)
 
 
 def keep_log(root: Path, stage: str, status: str, reason: str, error: str | None, run_log: Path | None = None) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pivot.state import atomic
-from pivot.state.atomic import write_atomic
+from pivot.state.atomic import link_atomic, write_atomic
 
 
 def test_it_replaces_the_content_with_the_mode_asked_and_makes_the_folder(tmp_path: Path) -> None:
@@ -69,3 +69,18 @@ def test_a_file_system_that_cannot_swap_gets_plain_renames(tmp_path: Path, monke
     assert path.read_bytes() == b"new"
     assert atomic._exchange is None  # not tried again in this process
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lock.json"]
+
+
+def test_a_link_is_made_in_place_when_absent_and_replaces_what_is_there(tmp_path: Path) -> None:
+    first, second = tmp_path / "first.lock", tmp_path / "second.lock"
+    first.write_bytes(b"one")
+    second.write_bytes(b"two")
+    entry = tmp_path / "ab" / "entry.json"  # its folder is made too
+    link_atomic(first, entry)
+    assert entry.stat().st_ino == first.stat().st_ino
+    link_atomic(second, entry)  # replaced, the first file untouched
+    assert entry.stat().st_ino == second.stat().st_ino and first.read_bytes() == b"one"
+    assert sorted(p.name for p in entry.parent.iterdir()) == ["entry.json"]
+    with pytest.raises(FileNotFoundError):
+        link_atomic(tmp_path / "absent", entry)
+    assert entry.read_bytes() == b"two" and sorted(p.name for p in entry.parent.iterdir()) == ["entry.json"]
