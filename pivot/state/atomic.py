@@ -60,7 +60,8 @@ def link_atomic(src: str | os.PathLike[str], path: Path) -> None:
             os.link(src, path)
             return
     except FileExistsError:
-        pass
+        if os.path.samefile(src, path):  # that link already (a rename would leave the temp)
+            return
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         os.link(src, tmp)

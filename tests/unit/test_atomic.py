@@ -71,7 +71,12 @@ def test_a_file_system_that_cannot_swap_gets_plain_renames(tmp_path: Path, monke
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lock.json"]
 
 
-def test_a_link_is_made_in_place_when_absent_and_replaces_what_is_there(tmp_path: Path) -> None:
+@pytest.mark.parametrize("swap", [True, False], ids=["exchange", "plain-rename"])
+def test_a_link_is_made_in_place_when_absent_and_replaces_what_is_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, swap: bool
+) -> None:
+    if not swap:  # a plain rename between two names of one file does nothing
+        monkeypatch.setattr(atomic, "_exchange", None)
     first, second = tmp_path / "first.lock", tmp_path / "second.lock"
     first.write_bytes(b"one")
     second.write_bytes(b"two")
@@ -79,6 +84,7 @@ def test_a_link_is_made_in_place_when_absent_and_replaces_what_is_there(tmp_path
     link_atomic(first, entry)
     assert entry.stat().st_ino == first.stat().st_ino
     link_atomic(second, entry)  # replaced, the first file untouched
+    link_atomic(second, entry)  # already that link
     assert entry.stat().st_ino == second.stat().st_ino and first.read_bytes() == b"one"
     assert sorted(p.name for p in entry.parent.iterdir()) == ["entry.json"]
     with pytest.raises(FileNotFoundError):
