@@ -19,6 +19,7 @@ def gc(force: bool, run_cache: bool) -> None:
     from pivot.pipeline.project import find_root, pivot_dir
     from pivot.state.lock import read_lock, stage_of_file
     from pivot.state.outputs import ProjectState
+    from pivot.state.stagelogs import RUN_NOTES
     from pivot.transport.rundir import RunDir
 
     root = find_root()
@@ -37,7 +38,10 @@ def gc(force: bool, run_cache: bool) -> None:
             for entry in entries:
                 keep.update(str(d) for d in entry["outs"].values())
         report = state.cache.gc(keep, dry_run=not force)
-        cleared = state.runs.clear() if run_cache and force else 0
+        cleared = 0
+        if run_cache and force:
+            cleared = state.runs.clear()
+            state.hashes.drop_notes(RUN_NOTES)  # the quiet runs' logs (pivot/state/stagelogs.py)
     finally:
         state.close()
         guard.release()

@@ -45,7 +45,7 @@ def logs(
     """
     from pivot.launch.logsetup import records_path
     from pivot.pipeline.project import find_root
-    from pivot.state.stagelogs import running_log_path, stage_log_path
+    from pivot.state.stagelogs import quiet_log, running_log_path, stage_log_path
 
     root = find_root()
     if stage is not None and role is not None:
@@ -75,6 +75,9 @@ def logs(
         _print_file(running)
     elif path.is_file():
         _print_file(path)
+    elif (head := quiet_log(root, stage)) is not None:  # its last run printed nothing
+        sys.stdout.buffer.write(head)
+        sys.stdout.flush()
     elif engine is None:
         raise _no_log(root, stage, follow)
     if follow and engine is None:

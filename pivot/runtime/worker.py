@@ -35,7 +35,7 @@ from pivot.runtime.loader import import_pipeline
 from pivot.runtime.usertb import user_traceback
 from pivot.state.lock import StageLock, write_lock
 from pivot.state.outputs import ProjectState, commit, preserve, remove, settle
-from pivot.state.stagelogs import finish_log, keep_log, running_log_parts
+from pivot.state.stagelogs import finish_log, keep_log, keep_quiet, running_log_parts
 
 __all__ = ["run_stage", "serve"]
 
@@ -147,11 +147,13 @@ def _call(decl: StageDecl, params: dict[str, Any], root: Path, pid_file: Path | 
                     root=root)
 
 
-def _tidy(root: Path, stage: str, reason: str, run_log: Path | None, pid_file: Path) -> bool:
-    """A pool's attempt that ran and printed nothing: its log (one head line) is written
+def _tidy(state: ProjectState, stage: str, reason: str, run_key: str | None, pid_file: Path) -> bool:
+    """A pool's attempt that ran and printed nothing: its log (one head line) is kept
     here, and its files removed, in parallel with the other stages rather than in the
     pool's one loop. False if a file could not be removed: its pool then does it all."""
-    finish_log(root, stage, "ran", reason, None, [], 0, run_log)
+    root = state.root
+    if not keep_quiet(state.hashes, root, stage, reason, run_key):
+        finish_log(root, stage, "ran", reason, None, [], 0, state.runs.log_path(run_key) if run_key else None)
     try:
         for path in (*running_log_parts(root, stage), output_path(pid_file, "stdout"),
                      output_path(pid_file, "stderr"), pid_file):
@@ -189,11 +191,11 @@ def run_stage(job: StageJob) -> StageOutcome:
         error = None if error is None else clip(error, MAX_DETAIL_CHARS)
         tidied = False
         if executed:
-            run_log = state.runs.log_path(job.run_key) if job.run_key else None
             if pid_file is None:  # else its pool keeps the log, with what it printed
-                keep_log(root, name, status, reason, error, run_log)
+                keep_log(root, name, status, reason, error,
+                         state.runs.log_path(job.run_key) if job.run_key else None)
             elif quiet and status == "ran":
-                tidied = _tidy(root, name, reason, run_log, pid_file)
+                tidied = _tidy(state, name, reason, job.run_key, pid_file)
             if status != "ran":
                 settle(state, outs)  # what it deleted or half wrote starts no wave
         return StageOutcome(

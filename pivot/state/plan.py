@@ -146,7 +146,7 @@ def prepare(
         state.root,
         StageLock(spec.name, spec.fingerprint, spec.params, decision.dep_hashes, outs, spec.code_parts),
     )
-    note_restored(state.root, spec.name, state.runs.log_path(key))
+    note_restored(state.root, spec.name, state.runs.log_path(key), state.hashes, key)
     return Prepared(decision, key, outs, notes)
 
 

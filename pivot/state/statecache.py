@@ -97,6 +97,11 @@ _SCHEMA = (
     " mtime_ns INTEGER NOT NULL, digest TEXT NOT NULL, hashed_at_ns INTEGER NOT NULL"
     ") WITHOUT ROWID"
 )
+_NOTES = "notes_v1"
+_NOTES_SCHEMA = f"CREATE TABLE IF NOT EXISTS {_NOTES} (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID"
+_NOTE_UPSERT = f"INSERT OR REPLACE INTO {_NOTES} VALUES (?, ?)"
+_NOTE_SELECT = f"SELECT value FROM {_NOTES} WHERE key = ?"
+_NOTES_DELETE = f"DELETE FROM {_NOTES} WHERE key >= ? AND key < ?"
 
 # Absolute paths whose `_key` an instance remembers: a 10,000-stage pipeline names 25,000.
 _KEYS_MAX = 500_000
@@ -350,6 +355,46 @@ class StateCache:
                     rows.pop(k, None)
         self._execute(_DELETE, (key, real, lo, hi))
 
+    # --- notes: small values kept beside the rows, for other stores -----------------------
+
+    def keep_notes(self, notes: list[tuple[str, bytes]]) -> bool:
+        """Store each (key, value), in one transaction. False when they could not be
+        stored (no usable database, another writer past the busy timeout): the caller
+        keeps them another way. Used where a file of its own would cost an inode for a
+        few bytes (pivot/state/stagelogs.py: the log of a run that printed nothing)."""
+        conn = self._conn()
+        if conn is None:
+            return False
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(_NOTE_UPSERT, notes)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            self._failed(exc, "writing a note to the state cache")
+            return False
+        return True
+
+    def note(self, key: str) -> bytes | None:
+        """The value kept for `key`, or None (none kept, or the database cannot be read)."""
+        conn = self._conn()
+        if conn is None:
+            return None
+        try:
+            found = conn.execute(_NOTE_SELECT, (key,)).fetchone()
+        except sqlite3.Error as exc:
+            self._failed(exc, "reading a note from the state cache")
+            return None
+        return None if found is None else bytes(found[0])
+
+    def drop_notes(self, prefix: str) -> None:
+        """Forget every note whose key starts with `prefix` (not empty)."""
+        if not prefix:
+            raise ValueError("drop_notes() needs a prefix: it would forget every note")
+        self._execute(_NOTES_DELETE, (prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)))
+
     def close(self) -> None:
         with self._lock:
             conns, self._conns = self._conns, []
@@ -580,6 +625,7 @@ class StateCache:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute(_SCHEMA)
+            conn.execute(_NOTES_SCHEMA)
         except BaseException:
             conn.close()
             raise

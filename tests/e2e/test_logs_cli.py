@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -67,8 +68,9 @@ def quiet(say: bool = True) -> None:
 def test_a_run_that_printed_nothing_has_its_own_log_then_and_when_restored(
     make_project: Callable[..., Path],
 ) -> None:
-    # A silent run's log is written by its worker, not its pool: it must still replace
-    # the last run's, and be kept with its run-cache entry.
+    # A silent run's log is kept by its worker, not its pool, in the state database, not
+    # a file of its own: it must still replace the last run's, and be kept with its
+    # run-cache entry.
     root = make_project({"pipeline.py": QUIET_PIPELINE})
     assert run_pivot(root, "repro", "--json").returncode == 0
     assert ok(root, "logs", "quiet").splitlines()[1:] == ["chatty run"]
@@ -77,6 +79,10 @@ def test_a_run_that_printed_nothing_has_its_own_log_then_and_when_restored(
     assert run_pivot(root, "repro", "--json").returncode == 0
     lines = ok(root, "logs", "quiet").splitlines()
     assert len(lines) == 1 and lines[0].startswith("# quiet: ran (params changed"), lines
+    # No file made for one head line (an inode costs 0.1-1 ms on ext4); the chatty
+    # run's file is gone, and the run cache keeps no file for this run either.
+    assert sorted(p.name for p in (root / ".pivot" / "logs" / "stages").iterdir()) == []
+    assert len(list((root / ".pivot" / "runcache").glob("*/*.log"))) == 1
 
     (root / "params.yaml").write_text("quiet:\n  say: true\n")
     assert run_pivot(root, "repro", "--json").returncode == 0
@@ -89,6 +95,16 @@ def test_a_run_that_printed_nothing_has_its_own_log_then_and_when_restored(
     assert "restored from the run cache" in lines[0], lines
     assert lines[1].startswith("# quiet: ran (params changed") and len(lines) == 2, lines
     assert not list((root / ".pivot" / "logs" / "stages").glob("*.part*"))
+
+    # Emptying the run cache forgets the quiet runs' logs kept for it too.
+    def run_notes() -> int:
+        with sqlite3.connect(root / ".pivot" / "state.db") as db:
+            return int(db.execute("SELECT count(*) FROM notes_v1 WHERE key LIKE 'run-log:%'").fetchone()[0])
+
+    assert run_notes() == 1
+    ok(root, "gc", "--run-cache", "--force")
+    assert run_notes() == 0
+    assert ok(root, "logs", "quiet").splitlines() == lines  # the stage's own stays
 
 
 def test_logs_of_an_unknown_or_never_run_stage_is_a_usage_error(make_project: Callable[..., Path]) -> None:

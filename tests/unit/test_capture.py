@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 from pivot.runtime.capture import FLUSH_S, captured, output_path, write_note
-from pivot.state.stagelogs import running_log_path, stage_log_path
+from pivot.state.stagelogs import RUN_NOTES, keep_quiet, quiet_log, running_log_path, stage_log_path
+from pivot.state.statecache import StateCache
 from workers.streams import (
     LINES_PER_TICK,
     MAX_LINE_CHARS,
@@ -275,3 +276,27 @@ def test_a_log_that_cannot_be_written_is_said_once_and_the_lines_still_go_live(t
     assert len(notes) == 1 and notes[0].startswith("its log could not be written ("), notes
     assert [t for s, t, _ in first + last if s == "stdout"] == ["one", "two"]
     out.finish("ran", "r", None)  # nothing to keep, nothing raised
+
+
+def test_a_quiet_runs_log_is_kept_in_the_state_database_and_replaces_the_file(tmp_path: Path) -> None:
+    log = stage_log_path(tmp_path, "s")
+    log.parent.mkdir(parents=True)
+    log.write_text("# s: ran (before)\nwhat an earlier run printed\n")
+    assert quiet_log(tmp_path, "s") is None  # no database yet: none made by asking
+    assert not (tmp_path / ".pivot" / "state.db").exists()
+    with StateCache(tmp_path / ".pivot" / "state.db") as notes:
+        assert keep_quiet(notes, tmp_path, "s", "params changed", "k1")
+        head = quiet_log(tmp_path, "s")
+        assert head is not None and head.startswith(b"# s: ran (params changed) at ") and head.count(b"\n") == 1
+        assert not log.exists()  # the earlier run's file would be shown instead
+        assert notes.note(RUN_NOTES + "k1") == head  # for the run cache: restored with it
+
+
+def test_a_quiet_run_whose_log_cannot_be_kept_leaves_the_file_to_its_caller(tmp_path: Path) -> None:
+    log = stage_log_path(tmp_path, "s")
+    log.parent.mkdir(parents=True)
+    log.write_text("# s: ran (before)\n")
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the database's folder should be")
+    assert not keep_quiet(StateCache(blocker / "state.db"), tmp_path, "s", "params changed", None)
+    assert log.read_text() == "# s: ran (before)\n"  # finish_log replaces it (the worker's fallback)

@@ -543,3 +543,32 @@ def test_refresh_stores_racy_rows_once_their_window_passed_and_nothing_else(db: 
         for path in (big, changed, fresh):
             assert other.hash_path(path) == xxh(path.read_bytes())
         assert other.reads == 3  # left racy (or stale): read again
+
+
+def test_notes_are_kept_read_by_another_instance_and_dropped_by_prefix(db: Path) -> None:
+    with StateCache(db) as writer:
+        assert writer.keep_notes([("log:a", b"# a: ran\n"), ("run-log:k1", b"# a: ran\n"), ("run-log:k2", b"b")])
+        assert writer.keep_notes([("log:a", b"# a: ran again\n")])  # replaced
+    with StateCache(db) as reader:
+        assert reader.note("log:a") == b"# a: ran again\n"
+        assert reader.note("run-log:k2") == b"b"
+        assert reader.note("log:nothing") is None
+        reader.drop_notes("run-log:")
+        assert reader.note("run-log:k1") is None and reader.note("run-log:k2") is None
+        assert reader.note("log:a") == b"# a: ran again\n"  # another prefix stays
+        with pytest.raises(ValueError):
+            reader.drop_notes("")
+
+
+def test_notes_that_cannot_be_kept_say_so(db: Path, tmp_path: Path) -> None:
+    StateCache(db).keep_notes([("log:a", b"old")])
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another writer holds the write lock
+    try:
+        assert not StateCache(db, busy_timeout_ms=10).keep_notes([("log:a", b"new")])
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert StateCache(db).note("log:a") == b"old"
+    blocker = write(tmp_path / "blocker", b"a file where the db folder should be")
+    assert not StateCache(blocker / "state.db").keep_notes([("log:a", b"x")])
