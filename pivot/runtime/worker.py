@@ -154,12 +154,14 @@ def _tidy(state: ProjectState, stage: str, reason: str, run_key: str | None, pid
     root = state.root
     if not keep_quiet(state.hashes, root, stage, reason, run_key):
         finish_log(root, stage, "ran", reason, None, [], 0, state.runs.log_path(run_key) if run_key else None)
-    try:
-        for path in (*running_log_parts(root, stage), output_path(pid_file, "stdout"),
-                     output_path(pid_file, "stderr"), pid_file):
-            path.unlink(missing_ok=True)
-    except OSError:
-        return False
+    for path in (*running_log_parts(root, stage), output_path(pid_file, "stdout"),
+                 output_path(pid_file, "stderr"), pid_file):
+        try:
+            os.unlink(path)  # os, not pathlib: five a stage, most of them absent
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return False
     return True
 
 
@@ -176,8 +178,12 @@ def run_stage(job: StageJob) -> StageOutcome:
         # The pool learns which stage a dying worker was running, and whom to signal to
         # cancel it.
         arm()
-        pid_file.write_text(str(os.getpid()))
-        if marker_path(pid_file).exists():  # cancelled while it waited in this worker
+        fd = os.open(pid_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, str(os.getpid()).encode())
+        finally:
+            os.close(fd)
+        if os.path.exists(marker_path(pid_file)):  # cancelled while it waited in this worker
             return StageOutcome("cancelled", "cancelled", "cancelled before it began", 0.0)
     notes: list[str] = []
     started = time.perf_counter()

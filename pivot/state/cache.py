@@ -166,9 +166,9 @@ class ContentCache:
 
     def object_path(self, digest: str) -> Path:
         if _DIR_DIGEST_RE.fullmatch(digest):
-            return self._dirs / digest[1:3] / digest[3:]
+            return self._dirs.joinpath(digest[1:3], digest[3:])
         if _FILE_DIGEST_RE.fullmatch(digest):
-            return self._files / digest[:2] / digest[2:]
+            return self._files.joinpath(digest[:2], digest[2:])
         raise ValueError(f"not a Pivot content digest: {digest!r}")
 
     def has(self, digest: str) -> bool:
@@ -278,8 +278,11 @@ class ContentCache:
 
     def _temp_with(self, data: bytes) -> Path:
         """A temp file in the cache holding `data`, read-only (and synced with `fsync`)."""
-        self._tmp.mkdir(parents=True, exist_ok=True)
-        tmp, fout = _create_temp(self._tmp)
+        try:
+            tmp, fout = _create_temp(self._tmp)
+        except FileNotFoundError:  # made on first use only: a call each stage otherwise
+            self._tmp.mkdir(parents=True, exist_ok=True)
+            tmp, fout = _create_temp(self._tmp)
         try:
             with fout:
                 fout.write(data)
@@ -316,8 +319,11 @@ class ContentCache:
         if final.exists():
             tmp.unlink()  # same content already cached: keep the existing object untouched
             return
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, final)
+        try:
+            os.replace(tmp, final)
+        except FileNotFoundError:  # its fan-out folder is new (or `tmp` is gone: raised again)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, final)
         self._sync_dir(final.parent)
 
     def _sync_dir(self, path: Path) -> None:

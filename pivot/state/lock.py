@@ -58,7 +58,7 @@ def stage_of_file(name: str) -> str:
 
 
 def lock_path(root: Path, stage: str) -> Path:
-    return root / ".pivot" / "stages" / f"{stage_file(stage)}.lock"
+    return root.joinpath(".pivot", "stages", f"{stage_file(stage)}.lock")  # one parse, not three
 
 
 def read_lock(root: Path, stage: str) -> StageLock | None:

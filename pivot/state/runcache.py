@@ -42,11 +42,11 @@ class RunCache:
         self.folder = folder
 
     def _path(self, key: str) -> Path:
-        return self.folder / key[:2] / f"{key[2:]}.json"
+        return self.folder.joinpath(key[:2], f"{key[2:]}.json")
 
     def log_path(self, key: str) -> Path:
         """Where the output of the run that recorded `key` is kept (pivot/state/stagelogs.py)."""
-        return self.folder / key[:2] / f"{key[2:]}.log"
+        return self.folder.joinpath(key[:2], f"{key[2:]}.log")
 
     def lookup(self, key: str) -> dict[str, str] | None:
         """The output hashes recorded for `key`, or None (also for an unreadable entry)."""

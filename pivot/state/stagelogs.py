@@ -44,13 +44,14 @@ def _stage_note(stage: str) -> str:
 _PREFIXES = (b"! ", b"# pivot: ")  # a stream's mark, before what the stage wrote
 
 
+# joinpath, not a chain of `/`: each `/` parses a new path (a few of these every stage).
 def stage_log_path(root: Path, stage: str) -> Path:
-    return root / ".pivot" / "logs" / "stages" / f"{stage_file(stage)}.log"
+    return root.joinpath(".pivot", "logs", "stages", f"{stage_file(stage)}.log")
 
 
 def running_log_path(root: Path, stage: str) -> Path:
     """What the stage's run going on has printed so far."""
-    return root / ".pivot" / "logs" / "stages" / f"{stage_file(stage)}.log.part"
+    return root.joinpath(".pivot", "logs", "stages", f"{stage_file(stage)}.log.part")
 
 
 def older_segment(running_log: Path) -> Path:

@@ -451,15 +451,19 @@ class StateCache:
         row = rows.get(key)
         if row is not None and _trusted(row, st):
             return row[3], None
-        row = self._select(key)  # another process may have hashed it since we loaded
-        if row is not None:
-            rows[key] = row
-            if _trusted(row, st):
-                return row[3], None
+        hashed_at_ns = self._clock()  # before reading: a write during the read is caught
+        # Another process may have hashed it since we loaded, unless it was written within
+        # the racy window: then no row can be trusted yet (each was hashed before now), and
+        # asking costs a query for nothing (an upstream output just written, every stage).
+        if hashed_at_ns - st.st_mtime_ns >= racy_window_ns(st.st_mtime_ns):
+            row = self._select(key)
+            if row is not None:
+                rows[key] = row
+                if _trusted(row, st):
+                    return row[3], None
         limit = self._local.max_read
         if limit is not None and st.st_size > limit:
             raise NeedsRead(fs_path)
-        hashed_at_ns = self._clock()  # before reading: a write during the read is caught
         digest = self._read(fs_path)
         row = (st.st_ino, st.st_size, st.st_mtime_ns, digest, hashed_at_ns)
         rows[key] = row
