@@ -549,6 +549,7 @@ def test_notes_are_kept_read_by_another_instance_and_dropped_by_prefix(db: Path)
     with StateCache(db) as writer:
         assert writer.keep_notes([("log:a", b"# a: ran\n"), ("run-log:k1", b"# a: ran\n"), ("run-log:k2", b"b")])
         assert writer.keep_notes([("log:a", b"# a: ran again\n")])  # replaced
+        assert writer.keep_notes([])  # nothing to keep: kept
     with StateCache(db) as reader:
         assert reader.note("log:a") == b"# a: ran again\n"
         assert reader.note("run-log:k2") == b"b"
