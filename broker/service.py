@@ -106,6 +106,8 @@ if TYPE_CHECKING:
 
 __all__ = ["BrokerIdentity", "BrokerService", "Security"]
 
+# Messages read in one pass of a socket before what they caused is sent (`_drain`).
+HOLD_FOR = 32
 # State events sent in one message of the events link, at most (`_send_held`).
 EVENTS_PER_MESSAGE = 1000
 
@@ -189,6 +191,7 @@ class BrokerService:
         self.on_wake: Callable[[int], None] | None = None
         self.on_publish: Callable[[Message], None] | None = None  # sees each state event
         self._held: list[bytes] | None = None  # state events of the `_feed` under way
+        self._held_work: dict[str, list[bytes]] = {}  # ... and what it sends each pool
         self.local_ps: Callable[[float], list[dict[str, object]]] | None = None  # its own children
         self._stop_addr = f"inproc://broker-stop-{id(self)}"
         self._confirm_addr = f"inproc://broker-confirm-{id(self)}"
@@ -367,15 +370,28 @@ class BrokerService:
             self.zap.send_multipart(self.access.zap(frames))
 
     def _drain(self, sock: zmq.Socket[bytes], handler: Callable[[list[bytes]], None]) -> None:
-        for _ in range(1000):  # bounded, so one busy socket cannot starve the others
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                handler(frames)
-            except ProtocolError as exc:
-                self._drop("dropped a message: %s", exc)
+        # What the messages of one pass cause is sent together, every HOLD_FOR of them:
+        # a pool's result and its next stage's start, read in one pass, are answered in
+        # one message to it (each send wakes another thread or process).
+        outer = self._held is None
+        if outer:
+            self._held = []
+        try:
+            for i in range(1000):  # bounded, so one busy socket cannot starve the others
+                try:
+                    frames = sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    return
+                try:
+                    handler(frames)
+                except ProtocolError as exc:
+                    self._drop("dropped a message: %s", exc)
+                if outer and i % HOLD_FOR == HOLD_FOR - 1:
+                    self._send_held()
+        finally:
+            if outer:
+                self._send_held()
+                self._held = None
 
     def _drain_control(self) -> None:
         """Like `_drain`, keeping each message's ZAP user id (the sender's key name)."""
@@ -409,9 +425,15 @@ class BrokerService:
                 self._held = None
 
     def _send_held(self) -> None:
-        """The state events of the step under way, in messages of up to
-        EVENTS_PER_MESSAGE: a wave plan that skips 10,000 stages was 10,000 sends, each
-        giving the GIL to a display thread in this process (~25 us a send)."""
+        """What the step under way sends: to each pool, its messages as the frames of
+        one (a pool reads a frame at a time: each is one message to it, in order); then
+        the state events, in messages of up to EVENTS_PER_MESSAGE: a wave plan that
+        skips 10,000 stages was 10,000 sends, each giving the GIL to a display thread in
+        this process (~25 us a send)."""
+        if self._held_work:
+            for pool, payloads in self._held_work.items():
+                self.work.send_multipart([pool.encode(), *payloads])
+            self._held_work.clear()
         held = self._held
         if held:
             for i in range(0, len(held), EVENTS_PER_MESSAGE):
@@ -431,7 +453,11 @@ class BrokerService:
     def _execute(self, command: Command) -> None:
         match command:
             case SendWork(pool, msg):
-                self.work.send_multipart([pool.encode(), encode(msg, sender=SENDER)])
+                payload = encode(msg, sender=SENDER)
+                if self._held is not None:
+                    self._held_work.setdefault(pool, []).append(payload)
+                else:
+                    self.work.send_multipart([pool.encode(), payload])
                 self.state.note_sent(pool, self.clock())
             case Reply(client, msg):
                 if client:  # b"": a request the broker made itself (SIGTERM)

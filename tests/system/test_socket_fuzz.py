@@ -258,6 +258,12 @@ def receive(sock: zmq.Socket[bytes], what: str) -> list[bytes]:
     return sock.recv_multipart()
 
 
+def pool_messages(sock: zmq.Socket[bytes], what: str) -> list[Message]:
+    """What the broker sent a pool's DEALER in one message: an envelope a frame (what one
+    pass of its loop caused, in order)."""
+    return [decode(frame).msg for frame in receive(sock, what)]
+
+
 class Probe:
     """A control-link client asking `ps` over its own socket (no process per question)."""
 
@@ -721,9 +727,11 @@ class Fuzzer:
         the last one was read by the broker, and so was every stray message before it."""
         got = 0
         while got < want:
-            topic, payload = receive(self.events, f"welcome {got + 1} of {want}")[:2]
-            if topic == b"state" and isinstance(decode(payload).msg, EventsWelcome):
-                got += 1
+            # A state message holds the events of a broker step, in order: several
+            # welcomes when it read several subscriptions in one pass.
+            topic, *payloads = receive(self.events, f"welcome {got + 1} of {want}")
+            if topic == b"state":
+                got += sum(isinstance(decode(payload).msg, EventsWelcome) for payload in payloads)
 
     def run(self, batch: Batch) -> None:
         self.batches += 1
@@ -758,9 +766,9 @@ class Fuzzer:
         assert self.engine.proc.poll() is None, "the broker died:\n" + self.engine.output.read_text()[-5000:]
         self.check_count(batch.counted())
         while self.stranger_got < self.stranger_refused:
-            msg = decode(receive(self.stranger, "a version refusal for the stranger")[-1]).msg
-            assert isinstance(msg, Refused) and msg.code in ("version", "unknown"), msg
-            self.stranger_got += msg.code == "version"
+            for msg in pool_messages(self.stranger, "a version refusal for the stranger"):
+                assert isinstance(msg, Refused) and msg.code in ("version", "unknown"), msg
+                self.stranger_got += msg.code == "version"
 
     def check_count(self, batch: int) -> None:
         """The broker's count reaches the total of bad messages sent, and stays there."""
@@ -791,7 +799,7 @@ class Fuzzer:
         sock = connect(self.ctx, zmq.DEALER, self.engine.links["work"], self.keys, identity=name.encode())
         try:
             sock.send(encode(PoolHello(name, os.getpid(), 1, f"fuzz-{SEED}", "fuzz-host", [], {}), sender=name))
-            while not isinstance(decode(receive(sock, f"the welcome of {name}")[-1]).msg, PoolWelcome):
+            while not any(isinstance(m, PoolWelcome) for m in pool_messages(sock, f"the welcome of {name}")):
                 pass
             for h in batch:
                 sock.send_multipart(list(h.frames))
@@ -803,9 +811,11 @@ class Fuzzer:
             want = [h.answer for h in batch if h.answer]
             got: list[str] = []
             while len(got) < len(want):
-                answer = label(decode(receive(sock, f"answers {want} for {name} (got {got})")[-1]).msg)
-                if answer not in ("heartbeat", "manifest_accepted"):
-                    got.append(answer)
+                # The broker's messages to a pool: one envelope a frame, several at once.
+                for msg in pool_messages(sock, f"answers {want} for {name} (got {got})"):
+                    answer = label(msg)
+                    if answer not in ("heartbeat", "manifest_accepted"):
+                        got.append(answer)
             assert got == want
         finally:
             sock.close(linger=0)
@@ -1078,12 +1088,12 @@ def test_a_pool_cannot_finish_an_attempt_another_pool_runs(
         attempt = running_attempt(int((root / "held.started").read_text()))
         rogue = connect(zctx, zmq.DEALER, engine.links["work"], engine.keys, identity=b"rogue")
         rogue.send(encode(PoolHello("rogue", os.getpid(), 1, "r1", "h", [], {}), sender="rogue"))
-        while not isinstance(decode(receive(rogue, "the rogue pool's welcome")[-1]).msg, PoolWelcome):
+        while not any(isinstance(m, PoolWelcome) for m in pool_messages(rogue, "the rogue pool's welcome")):
             pass
         forged = StageResult(attempt, "held", "failed", "forged", "forged by another pool", 0.0, "forged", [], {}, "r1")
         rogue.send(encode(forged, sender="rogue"))
         # The broker acknowledges any result (so it is not resent): then it has read it.
-        while label(decode(receive(rogue, "the ack of the forged result")[-1]).msg) != "result_ack":
+        while "result_ack" not in [label(m) for m in pool_messages(rogue, "the ack of the forged result")]:
             pass
         rogue.send(encode(PoolLeaving("rogue"), sender="rogue"))
     finally:
