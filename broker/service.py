@@ -390,8 +390,10 @@ class BrokerService:
                     self._send_held()
         finally:
             if outer:
-                self._send_held()
-                self._held = None
+                try:
+                    self._send_held()
+                finally:  # a send that raised must not leave every later step held
+                    self._held = None
 
     def _drain_control(self) -> None:
         """Like `_drain`, keeping each message's ZAP user id (the sender's key name)."""
@@ -421,8 +423,10 @@ class BrokerService:
                     self._execute(command)
         finally:
             if outer:
-                self._send_held()
-                self._held = None
+                try:
+                    self._send_held()
+                finally:  # a send that raised must not leave every later step held
+                    self._held = None
 
     def _send_held(self) -> None:
         """What the step under way sends: to each pool, its messages as the frames of
