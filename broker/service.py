@@ -14,13 +14,14 @@ endpoint: the others (bound on given or free ports) are announced in the hello r
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -191,7 +192,7 @@ class BrokerService:
         self.on_wake: Callable[[int], None] | None = None
         self.on_publish: Callable[[Message], None] | None = None  # sees each state event
         self._held: list[bytes] | None = None  # state events of the `_feed` under way
-        self._held_work: dict[str, list[bytes]] = {}  # ... and what it sends each pool
+        self._held_work: dict[bytes, list[bytes]] = {}  # ... and what it sends each pool (by identity)
         self.local_ps: Callable[[float], list[dict[str, object]]] | None = None  # its own children
         self._stop_addr = f"inproc://broker-stop-{id(self)}"
         self._confirm_addr = f"inproc://broker-confirm-{id(self)}"
@@ -373,10 +374,7 @@ class BrokerService:
         # What the messages of one pass cause is sent together, every HOLD_FOR of them:
         # a pool's result and its next stage's start, read in one pass, are answered in
         # one message to it (each send wakes another thread or process).
-        outer = self._held is None
-        if outer:
-            self._held = []
-        try:
+        with self._holding() as outer:
             for i in range(1000):  # bounded, so one busy socket cannot starve the others
                 try:
                     frames = sock.recv_multipart(zmq.NOBLOCK)
@@ -388,12 +386,6 @@ class BrokerService:
                     self._drop("dropped a message: %s", exc)
                 if outer and i % HOLD_FOR == HOLD_FOR - 1:
                     self._send_held()
-        finally:
-            if outer:
-                try:
-                    self._send_held()
-                finally:  # a send that raised must not leave every later step held
-                    self._held = None
 
     def _drain_control(self) -> None:
         """Like `_drain`, keeping each message's ZAP user id (the sender's key name)."""
@@ -414,13 +406,21 @@ class BrokerService:
                 self._drop("dropped a message: %s", exc)
 
     def _feed(self, event: Event) -> None:
+        # A wave plan finishes thousands of stages at once (pivot/gcpause.py).
+        with self._holding(), paused():
+            for command in self.state.handle(event):
+                self._execute(command)
+
+    @contextlib.contextmanager
+    def _holding(self) -> Iterator[bool]:
+        """What the block sends (state events, messages to pools) is held and sent at its
+        end; a block within another sends with the outer one. Yields whether it is the
+        outermost."""
         outer = self._held is None
         if outer:
             self._held = []
         try:
-            with paused():  # a wave plan finishes thousands of stages at once (pivot/gcpause.py)
-                for command in self.state.handle(event):
-                    self._execute(command)
+            yield outer
         finally:
             if outer:
                 try:
@@ -435,8 +435,8 @@ class BrokerService:
         skips 10,000 stages was 10,000 sends, each giving the GIL to a display thread in
         this process (~25 us a send)."""
         if self._held_work:
-            for pool, payloads in self._held_work.items():
-                self.work.send_multipart([pool.encode(), *payloads])
+            for identity, payloads in self._held_work.items():
+                self.work.send_multipart([identity, *payloads])
             self._held_work.clear()
         held = self._held
         if held:
@@ -457,11 +457,7 @@ class BrokerService:
     def _execute(self, command: Command) -> None:
         match command:
             case SendWork(pool, msg):
-                payload = encode(msg, sender=SENDER)
-                if self._held is not None:
-                    self._held_work.setdefault(pool, []).append(payload)
-                else:
-                    self.work.send_multipart([pool.encode(), payload])
+                self._to_pool(pool.encode(), encode(msg, sender=SENDER))
                 self.state.note_sent(pool, self.clock())
             case Reply(client, msg):
                 if client:  # b"": a request the broker made itself (SIGTERM)
@@ -671,7 +667,19 @@ class BrokerService:
         log.warning(what, *args)
 
     def _refuse(self, sock: zmq.Socket[bytes], peer: bytes, code: str, reason: str) -> None:
-        sock.send_multipart([peer, encode(Refused(code, reason, PROTOCOL_VERSION), sender=SENDER)])
+        payload = encode(Refused(code, reason, PROTOCOL_VERSION), sender=SENDER)
+        if sock is self.work:
+            self._to_pool(peer, payload)  # after what is held for it: a pool's messages keep their order
+        else:
+            sock.send_multipart([peer, payload])
+
+    def _to_pool(self, identity: bytes, payload: bytes) -> None:
+        """Every message to a pool goes through here: held with the step's others when a
+        step is under way (`_holding`), else sent now."""
+        if self._held is not None:
+            self._held_work.setdefault(identity, []).append(payload)
+        else:
+            self.work.send_multipart([identity, payload])
 
     def _hello(self, client: bytes, hello: Hello, role: str) -> None:
         ours = self.identity.project

@@ -148,3 +148,38 @@ def test_a_late_display_gets_the_finished_state_from_its_snapshot(engine: Engine
         assert {k: v.status for k, v in snap.stages.items()} == {"first": "ran", "second": "ran"}
     finally:
         late.close()
+
+
+def test_what_a_step_sends_a_pool_is_one_message_in_order_refusals_included(project: Path) -> None:
+    """A broker step's messages to a pool are held and sent as the frames of one message
+    (a pool reads a frame at a time); a refusal sent during the step (a message of another
+    protocol version) comes after what the step held before it, never ahead of it."""
+    from broker.events import SendWork
+    from pivot.protocol.codec import decode
+    from pivot.protocol.messages import Refused, ResultAck
+
+    rundir = RunDir(project)
+    endpoints = rundir.acquire()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    broker = BrokerService(project, endpoints, ctx)  # bound, its loop not running
+    broker.bind()
+    pool = make_socket(ctx, zmq.DEALER)
+    try:
+        pool.setsockopt(zmq.IDENTITY, b"p1")
+        pool.connect(endpoints.work)
+        pool.send(b"knock")  # the ROUTER learns the identity with the first message
+        assert broker.work.poll(10_000), "the pool's first message never reached the broker"
+        assert broker.work.recv_multipart() == [b"p1", b"knock"]
+        with broker._holding():
+            broker._execute(SendWork("p1", ResultAck("a1")))
+            broker._refuse(broker.work, b"p1", "version", "another version")
+            broker._execute(SendWork("p1", ResultAck("a2")))
+        assert pool.poll(10_000), "the step's messages never came"
+        got = [decode(f).msg for f in pool.recv_multipart()]  # one message: the step's three
+        assert [type(m).__name__ for m in got] == ["ResultAck", "Refused", "ResultAck"], got
+        assert [m.attempt for m in got if isinstance(m, ResultAck)] == ["a1", "a2"]
+        assert isinstance(got[1], Refused) and got[1].code == "version"
+    finally:
+        pool.close(linger=0)
+        ctx.destroy(linger=0)  # the broker's sockets with it (its loop never ran)
+        rundir.release()
