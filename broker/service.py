@@ -197,6 +197,8 @@ class BrokerService:
         self._stop_addr = f"inproc://broker-stop-{id(self)}"
         self._confirm_addr = f"inproc://broker-confirm-{id(self)}"
         self._loaded_addr = f"inproc://broker-loaded-{id(self)}"
+        self._local_control_addr = f"inproc://broker-control-{id(self)}"
+        self._local_events_addr = f"inproc://broker-events-{id(self)}"
         self._checker: ChangeChecker | None = None
         self._sockets: list[zmq.Socket[bytes]] = []
         self._stop_lock = threading.Lock()
@@ -253,7 +255,21 @@ class BrokerService:
             sock.bind(getattr(self.endpoints, name))
             bound[name] = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.endpoints = Endpoints(**bound)
+        if self.security is None:
+            # A client in this process (the CLI of `pivot repro`) links over inproc:
+            # no I/O thread, socket pair or wake-up between the two threads.
+            self.events.bind(self._local_events_addr)
+            self.control.bind(self._local_control_addr)
         self.bound = True
+
+    def local_endpoints(self) -> Endpoints:
+        """Where a client in this process (same ZeroMQ context) connects: its control and
+        events links over inproc, which skips ZeroMQ's I/O thread and a unix socket per
+        message each way; the other links as bound. As bound, under CURVE (a client
+        then proves its key like any other)."""
+        if self.security is not None:
+            return self.endpoints
+        return Endpoints(self.endpoints.work, self._local_control_addr, self._local_events_addr, self.endpoints.changes)
 
     def stop(self) -> None:
         """Ask the loop to exit; safe from any thread, idempotent."""

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 
 __all__ = ["run_wave"]
 
+ENGINE_CHECK_S = 0.05  # a dead pool or broker thread is noticed within this during a wave
 
 
 @dataclass
@@ -111,6 +112,7 @@ def _run_answered(client: EngineClient) -> bool:
 def _follow(stack: Engine, r: Renderer, outcome: Outcome) -> None:
     assert stack.client is not None
     answered = False
+    next_check = 0.0
     for item in stack.client.events(poll_s=0.1):
         if not answered:
             answered = _run_answered(stack.client)
@@ -127,7 +129,12 @@ def _follow(stack: Engine, r: Renderer, outcome: Outcome) -> None:
             r.idle()
         if outcome.code is not None:
             return
-        stack.check()
+        # At every idle poll and at most every ENGINE_CHECK_S between events, which come
+        # by the thousand in a wave: a check reaps the pool (a syscall, a thread lookup).
+        now = time.monotonic()
+        if item is None or now >= next_check:
+            next_check = now + ENGINE_CHECK_S
+            stack.check()
 
 
 def _say_missed(client: EngineClient) -> None:

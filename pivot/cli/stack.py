@@ -100,7 +100,7 @@ class Stack:
             self.broker.bind()
             self.thread = threading.Thread(target=self.broker.run, name="broker", daemon=True)
             self.thread.start()
-            self.client = EngineClient(self.ctx, endpoints, "cli")
+            self.client = EngineClient(self.ctx, self.broker.local_endpoints(), "cli")
         except BaseException:
             self._close()
             raise

@@ -6,7 +6,11 @@ Every output a run is about to delete or overwrite is first made sure to be in t
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
 import shutil
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +21,8 @@ from pivot.state.runcache import RunCache
 from pivot.state.statecache import StateCache
 
 __all__ = ["ProjectState", "Saved", "commit", "preserve", "remove", "restore", "settle"]
+
+_ABSENT = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EBADF})  # as Path.exists says
 
 
 @dataclass
@@ -77,13 +83,14 @@ def preserve(
     return saved
 
 
-def _record(state: ProjectState, path: Path, digest: str) -> None:
-    """Tell the state cache what was just written, so the next run need not read it."""
+def _record(state: ProjectState, path: Path, digest: str, st: os.stat_result | None = None) -> None:
+    """Tell the state cache what was just written, so the next run need not read it
+    (`st`: the file as it was read, when the caller has it)."""
     if is_dir_digest(digest):
         for rel, file_digest in state.cache.manifest(digest):
             state.hashes.record(path / rel, file_digest)
     else:
-        state.hashes.record(path, digest)
+        state.hashes.record(path, digest, st)
 
 
 def commit(state: ProjectState, outs: list[str], uncached: Iterable[str] = ()) -> dict[str, str | None]:
@@ -93,16 +100,20 @@ def commit(state: ProjectState, outs: list[str], uncached: Iterable[str] = ()) -
     keep_out = set(uncached)
     for out in outs:
         path = state.root / out
-        if not path.exists():
+        try:
+            st = os.stat(path)  # one stat: whether it exists, what it is
+        except OSError as exc:
+            if exc.errno not in _ABSENT:
+                raise
             result[out] = None
             continue
         if out in keep_out:
             hashed = state.hashes.hash_path(path)
             result[out] = hashed
             continue
-        digest = state.cache.store(path)
+        digest, read = state.cache.store_read(path, st)
         reached("stored")
-        _record(state, path, digest)
+        _record(state, path, digest, read)
         reached("recorded")
         result[out] = digest
     return result
@@ -135,7 +146,13 @@ def settle(state: ProjectState, outs: list[str]) -> None:
 
 
 def remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
+    """Remove the file, folder or link (not what it points to) at `path`, if any."""
+    try:
+        st = os.lstat(path)  # one syscall for an output a cold run has yet to write
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
         shutil.rmtree(path)
     else:
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)

@@ -297,12 +297,15 @@ class StateCache:
             return True
         return found is not None
 
-    def record(self, path: Path, digest: str) -> None:
+    def record(self, path: Path, digest: str, st: os.stat_result | None = None) -> None:
         """Store `digest` as the hash of `path`'s current contents (the caller just hashed or
-        wrote it and guarantees it has not changed since). A file written within the racy
-        window before this call is still read once on its next lookup."""
+        wrote it and guarantees it has not changed since), or, given `st`, of the file
+        `st` describes (taken before it was read: a change since makes them disagree). A
+        file written within the racy window before this call is still read once on its
+        next lookup."""
         fs_path = os.fspath(path)
-        st = os.stat(fs_path)
+        if st is None:
+            st = os.stat(fs_path)
         if stat.S_ISDIR(st.st_mode):
             raise IsADirectoryError(f"record() takes files, not directories: {fs_path}")
         if not stat.S_ISREG(st.st_mode):

@@ -12,7 +12,7 @@ from pivot.errors import PipelineError
 from pivot.pipeline.manifest import Manifest, StageSpec
 from pivot.state.hashing import hash_path
 from pivot.state.lock import StageLock, read_lock, write_lock
-from pivot.state.outputs import ProjectState, commit, preserve, restore
+from pivot.state.outputs import ProjectState, commit, preserve, remove, restore
 from pivot.state.plan import QUICK_READ_BYTES, dep_producers, plan_wave, prepare, prepare_quickly
 from pivot.state.reasons import ReasonCode
 from pivot.state.runcache import RunCache, run_key
@@ -117,6 +117,35 @@ def test_commit_returns_none_for_an_output_not_produced(state: ProjectState) -> 
     result = commit(state, ["out.txt", "never.txt"])
     assert result["never.txt"] is None
     assert result["out.txt"] == hash_path(state.root / "out.txt")
+
+
+def test_a_committed_outputs_state_row_spares_the_next_run_reading_it_until_it_changes(state: ProjectState) -> None:
+    write(state.root / "out.txt", "x\n")
+    os.symlink("loop", state.root / "loop")  # a link to itself: not produced, as absent
+    assert commit(state, ["out.txt", "loop"])["loop"] is None
+    fresh = ProjectState.open(state.root)
+    try:
+        assert fresh.hashes.hash_path(state.root / "out.txt") == hash_path(state.root / "out.txt")
+        assert fresh.hashes.reads == 0
+        (state.root / "out.txt").write_text("y\n")  # same size, a new mtime
+        assert fresh.hashes.hash_path(state.root / "out.txt") == hash_path(state.root / "out.txt")
+        assert fresh.hashes.reads == 1
+    finally:
+        fresh.close()
+
+
+def test_remove_takes_a_file_a_folder_or_a_link_never_what_a_link_points_to(tmp_path: Path) -> None:
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "f.txt").write_text("kept\n")
+    (tmp_path / "folder" / "sub").mkdir(parents=True)
+    (tmp_path / "folder" / "sub" / "f.txt").write_text("x\n")
+    (tmp_path / "file.txt").write_text("x\n")
+    os.symlink(tmp_path / "kept", tmp_path / "link")
+    os.symlink(tmp_path / "gone", tmp_path / "dangling")
+    for name in ("folder", "file.txt", "link", "dangling", "absent"):
+        remove(tmp_path / name)
+        assert not os.path.lexists(tmp_path / name), name
+    assert (tmp_path / "kept" / "f.txt").read_text() == "kept\n"
 
 
 def test_restore_places_files_and_directories_and_records_their_hashes(state: ProjectState) -> None:
