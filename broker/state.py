@@ -10,6 +10,7 @@ wave is in flight; run requests arriving meanwhile are merged into the next one.
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 from typing import Any
 
@@ -303,7 +304,8 @@ class BrokerState:
         wave = self.wave
         attempts = sorted(a for a in pool.attempts if wave and a in wave.running)
         lost = sorted(wave.running[a] for a in attempts) if wave else []
-        self._publish(PoolLost(name, reason, lost))
+        # Not those given behind their upstream: they wait for it, as they did before.
+        self._publish(PoolLost(name, reason, [s for s in lost if wave is None or s not in wave.behind]))
         if wave is None:
             return
         if wave.planner == name:
@@ -336,10 +338,10 @@ class BrokerState:
                     self.reload.carry.add(stage)
                 self._finish(stage, Status.CANCELLED, ReasonCode.CANCELLED, f"not run again: its pool was lost ({reason})", 0.0, None)
                 continue
-            # Back in the queue: the pool that replaces this one runs it again.
+            # Back in the queue (or, given behind its upstream, waiting for it again): the
+            # pool that replaces this one runs it.
             self._set_view(stage, Status.PENDING, ReasonCode.POOL_LOST, f"its pool was lost: {reason}", 0.0)
-            wave.ready.append(stage)
-        wave.sort_ready()
+            wave.requeue(stage)
         self._maybe_finish_wave()
 
     def _tick(self, now: float) -> None:
@@ -503,21 +505,82 @@ class BrokerState:
                 self._no_pool(stage, tags)
                 continue
             wave.ready.remove(stage)
-            free[name] -= 1
-            if not free[name]:
-                del free[name]
-            self.attempt_count += 1
-            attempt = f"{self.broker_id}w{wave.number}-{self.attempt_count}"
-            wave.running[attempt] = stage
-            pool = self.pools[name]
-            pool.attempts.add(attempt)
-            if len(pool.attempts) > pool.slots:  # beyond its slots: held in its queue
-                self._set_view(stage, Status.PENDING, "", f"queued on pool {name}", 0.0)
-            else:
-                self._set_view(stage, Status.RUNNING, "", "", 0.0)
-            self._send(name, RunStage(wave.number, stage, attempt, wave.force))
+            self._give(wave, stage, name, free, [])
             if self.wave is None:
                 return
+        if free:
+            self._dispatch_behind(wave, free, busy)
+
+    def _dispatch_behind(self, wave: Wave, free: dict[str, int], busy: set[str]) -> None:
+        """Stages whose unfinished upstream stages are all attempts given to one pool, to
+        that pool's queue room (protocol.md, "Behind its upstream"): a chain's next stage
+        then starts as its upstream ends, where it waited for the broker's round trip
+        (two hops and this loop: a third of a chain's cost per stage here)."""
+        assert self.graph is not None
+        owner = {a: name for name, pool in self.pools.items() if pool.queue and free.get(name) for a in pool.attempts}
+        if not owner:
+            return
+        attempts = {stage: a for a, stage in wave.running.items()}
+        # In the wave's order; a stage given behind brings its own downstream stages in.
+        order = wave.position
+        candidates = [(order[d], d) for a, u in wave.running.items() if a in owner
+                      for d in self.graph.downstream[u] if d in order]
+        heapq.heapify(candidates)
+        while candidates and free:
+            _, stage = heapq.heappop(candidates)
+            if wave.waiting[stage] == 0 or stage in wave.done or stage in attempts:
+                continue  # ready (or about to be), finished, or given already
+            if stage in busy:
+                continue
+            found = self._upstream_pool(wave, stage, attempts, owner)
+            if found is None:
+                continue
+            name, after = found
+            if not free.get(name) or not self.pools[name].takes(stage, self._tags(stage)):
+                continue
+            attempt = self._give(wave, stage, name, free, after)
+            wave.behind[stage] = attempts[stage] = attempt
+            owner[attempt] = name
+            for d in self.graph.downstream[stage]:
+                if d in order:
+                    heapq.heappush(candidates, (order[d], d))
+
+    def _give(self, wave: Wave, stage: str, name: str, free: dict[str, int], after: list[str]) -> str:
+        """A new attempt of `stage` to pool `name` (one of its `free` slots), behind the
+        attempts `after`; returns it."""
+        free[name] -= 1
+        if not free[name]:
+            del free[name]
+        self.attempt_count += 1
+        attempt = f"{self.broker_id}w{wave.number}-{self.attempt_count}"
+        wave.running[attempt] = stage
+        pool = self.pools[name]
+        pool.attempts.add(attempt)
+        if after:
+            pass  # pending, as it was: it waits for its upstream stages, wherever they run
+        elif len(pool.attempts) > pool.slots:  # held in its queue
+            self._set_view(stage, Status.PENDING, "", f"queued on pool {name}", 0.0)
+        else:
+            self._set_view(stage, Status.RUNNING, "", "", 0.0)
+        self._send(name, RunStage(wave.number, stage, attempt, wave.force, after))
+        return attempt
+
+    def _upstream_pool(
+        self, wave: Wave, stage: str, attempts: dict[str, str], owner: dict[str, str],
+    ) -> tuple[str, list[str]] | None:
+        """The one pool holding attempts of every upstream stage of `stage` in the wave not
+        yet finished well, and those attempts; None when there is no such pool."""
+        assert self.graph is not None
+        after, pools = [], set()
+        for u in self.graph.upstream[stage]:
+            if u not in wave.waiting or wave.done.get(u) in OK_STATUSES:
+                continue  # outside the wave, or finished well
+            a = attempts.get(u)
+            if a is None or a not in owner:
+                return None  # it waits for the broker, or runs in a pool that cannot hold it
+            after.append(a)
+            pools.add(owner[a])
+        return (pools.pop(), sorted(after)) if len(pools) == 1 else None
 
     def _tags(self, stage: str) -> frozenset[str]:
         spec = self.manifest.by_name.get(stage) if self.manifest else None
@@ -619,6 +682,15 @@ class BrokerState:
             )
             return
         stage = wave.running.pop(event.attempt)
+        wave.behind.pop(stage, None)  # (its pool gave it back, unstarted)
+        if event.status not in OK_STATUSES:
+            # Those given behind it: their pool gives them back (its `lost` is ignored).
+            assert self.graph is not None
+            for dropped in wave.drop_behind(stage, self.graph):
+                # Else it waits again: blocked below if `stage` failed for good.
+                if wave.halted:  # as the halt finished every stage not running then
+                    why = f"not started: the wave stopped before {stage} finished"
+                    self._finish(dropped, Status.CANCELLED, ReasonCode.CANCELLED, why, 0.0, None)
         # Dependencies whose content changed while it ran (the pool checks them after the
         # run): a stage writing what it reads would run again and again.
         for path in event.details.get("changed_deps") or ():

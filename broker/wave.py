@@ -5,6 +5,11 @@ A wave's stages are dispatched by dependency counting: `waiting` holds, per stag
 upstream stages in the wave not yet finished as ran, restored or skipped; a stage is
 `ready` at zero, `running` once an attempt of it is out, `done` with its final status.
 Each stage is in at most one of ready, running and done.
+
+A stage may also be running while it still waits: `behind`, given to the pool that runs
+(or holds) the attempts of its unfinished upstream stages, which starts it when they end
+well (protocol.md, "Behind its upstream"). When the last of them finishes it is simply
+running; when one does not end well its attempt is dropped and it waits again.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ class Wave:
     code_halt: bool = False  # stopped by a code change: cancelled stages run again after it
     charges: dict[str, int] = field(default_factory=dict)  # stage -> deaths of its own worker
     restarting: set[str] = field(default_factory=set)  # `--restart`: cancel asked, runs again
+    behind: dict[str, str] = field(default_factory=dict)  # stage -> its attempt, given behind its upstream
     position: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -64,18 +70,42 @@ class Wave:
             self.ready.remove(stage)
 
     def requeue(self, stage: str) -> None:
-        """`stage` (lost, or cancelled to restart) is ready again."""
+        """`stage` (lost, or cancelled to restart) is ready again, or waits again for
+        its upstream when it was given behind it."""
+        self.behind.pop(stage, None)
+        if self.waiting.get(stage, 0) > 0:
+            return
         self.ready.append(stage)
         self.sort_ready()
+
+    def drop_behind(self, upstream: str, graph: StageGraph) -> list[str]:
+        """`upstream` did not end well: the stages given behind it, and behind those,
+        lose their attempts (their pool reports them lost, unstarted) and wait again.
+        Returns them, in order."""
+        dropped = {upstream}
+        changed = True
+        while changed:
+            changed = False
+            for stage, attempt in list(self.behind.items()):
+                if graph.upstream[stage] & dropped:
+                    del self.behind[stage]
+                    self.running.pop(attempt, None)
+                    dropped.add(stage)
+                    changed = True
+        dropped.discard(upstream)
+        return sorted(dropped, key=self.position.__getitem__)
 
     def release_downstream(self, downstream: Iterable[str], skipping: frozenset[str] = frozenset()) -> None:
         """A stage finished fine: its `downstream` stages in the wave have one upstream
         less to wait for (those in `skipping` are about to be finished as skipped)."""
         for d in downstream:
-            if d in self.waiting:
-                self.waiting[d] -= 1
-                if self.waiting[d] == 0 and d not in self.done and d not in skipping:
-                    self.ready.append(d)
+            if d not in self.waiting:
+                continue
+            self.waiting[d] -= 1
+            if self.waiting[d] or d in self.done or d in skipping:
+                continue
+            if self.behind.pop(d, None) is None:  # (else: given behind it, it runs already)
+                self.ready.append(d)
 
     @property
     def complete(self) -> bool:
@@ -96,6 +126,9 @@ class Wave:
         for s in self.done:
             assert s not in running, f"{s} done but still running"
         assert len(self.ready) == len(set(self.ready)), f"a stage ready twice: {self.ready}"
+        for s, attempt in self.behind.items():
+            assert self.running.get(attempt) == s, f"{s} behind without its attempt running"
+            assert self.waiting.get(s, 0) > 0, f"{s} behind with no upstream to wait for"
 
 
 @dataclass

@@ -1,6 +1,10 @@
 """What a pool knows of each stage attempt it was given: one record per attempt, with
 its phase, instead of parallel maps.
 
+    BEHIND  --its upstream attempts here ended well-->  WAITING (below)
+       \\
+        +-- one ended otherwise: lost (given back unstarted); cancelled
+
     WAITING  --pipeline loaded-->  DECIDING  --stale-->  RUNNING (on a worker)
        \\                              \\      \\               \\
         +-- failed / cancelled          \\      +-> QUEUED -->   +-- its outcome, or lost
@@ -16,7 +20,7 @@ was asked to stop through SIGUSR1; its real result stands, and its worker is kil
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pivot.protocol.messages import RunStage, StageRunning
@@ -28,6 +32,7 @@ __all__ = ["Attempt", "Phase", "validate"]
 
 
 class Phase(enum.Enum):
+    BEHIND = "behind"  # given behind attempts of its upstream stages here (`after`)
     WAITING = "waiting"  # dispatched before this pool's pipeline loaded
     DECIDING = "deciding"  # skip, restore or run: decided in a thread
     QUEUED = "queued"  # decided to run, waiting for a free worker (`held`)
@@ -46,6 +51,7 @@ class Attempt:
     dead_pid: int | None = None  # (running, after the executor broke) its worker's pid if dead, else 0
     held: Prepared | None = None  # (queued) its decision
     announce: StageRunning | None = None  # (running) sent when its worker begins it
+    after: set[str] = field(default_factory=set)  # (behind) the upstream attempts it waits for
 
     @property
     def stage(self) -> str:
@@ -59,6 +65,7 @@ def validate(attempts: dict[str, Attempt], unacked: set[str]) -> None:
         assert name not in unacked, f"{name}: in flight and its result already sent"
         assert (a.generation >= 0) == (a.phase is Phase.RUNNING), f"{name}: a generation but not running"
         assert (a.held is not None) == (a.phase is Phase.QUEUED), f"{name}: a held decision but not queued"
+        assert bool(a.after) == (a.phase is Phase.BEHIND), f"{name}: upstream attempts to wait for but {a.phase}"
         if a.stop is not None:
             assert a.phase is Phase.RUNNING and a.cancel is None, f"{name}: a soft stop of {a.phase}"
         if a.dead_pid is not None:

@@ -109,6 +109,11 @@ class Outbox:
     def names(self) -> set[str]:
         return set(self._unacked)
 
+    def status(self, attempt: str) -> str | None:
+        """The status `attempt` was reported with, while not yet acknowledged."""
+        pending = self._unacked.get(attempt)
+        return None if pending is None else pending.msg.status
+
     def add(self, msg: StageResult, now: float) -> None:
         self._unacked[msg.attempt] = _Unacked(msg, now + RESEND_S)
 

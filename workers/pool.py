@@ -112,6 +112,7 @@ log = logging.getLogger(__name__)
 LEAVE_LINGER_MS = 1000
 PREFETCH_FRESH_S = 10.0  # the locks read at start serve a first wave planned within this
 LEASE_EVERY_S = 1.0
+_ENDED_WELL = frozenset({Status.RAN, Status.SKIPPED, Status.RESTORED})  # (the broker's OK_STATUSES)
 
 
 @dataclass
@@ -167,6 +168,8 @@ class PoolService:
         # this machine, of which the run was ~1). Not for a remote executor: it queues.
         self.queue_depth = 0 if self.workers.remote else self.jobs
         self.held: collections.deque[str] = collections.deque()  # queued attempts, in order
+        # Attempts given behind others here, all of which ended well: decided in this turn.
+        self.released: collections.deque[str] = collections.deque()
         # Results that did not succeed, until the broker acknowledges them: the queued
         # attempts wait meanwhile, since a failure may stop them (fail fast), and the
         # broker's cancels come before its ack.
@@ -393,6 +396,7 @@ class PoolService:
                 if ready:
                     self.workers.collect(ready)
                 self._drain_done()
+                self._decide_released()
                 self._start_held()
                 self._drain_done()  # (what those workers began)
                 self._look(self.clock())
@@ -483,11 +487,48 @@ class PoolService:
     def _start(self, job: RunStage) -> None:
         if job.attempt in self.attempts or job.attempt in self.unacked:
             return  # a resent dispatch we already have
-        self.attempts[job.attempt] = Attempt(job, Phase.WAITING)
+        a = self.attempts[job.attempt] = Attempt(job, Phase.WAITING)
         if self.leaving:
             self._report(job.attempt, Result(Status.LOST, ReasonCode.POOL_LOST, "its worker pool is stopping"))
+            return
+        for up in job.after:  # given behind attempts of its upstream stages
+            if up in self.attempts:
+                a.after.add(up)
+            elif (status := self.unacked.status(up)) not in _ENDED_WELL:
+                self._give_back(job.attempt, up, status)
+                return
+        if a.after:
+            a.phase = Phase.BEHIND
         elif self.manifest is not None:  # else: decided once this pool's pipeline loaded
-            self._decide(self.attempts[job.attempt])
+            self._decide(a)
+
+    def _give_back(self, attempt: str, upstream: str, status: str | None) -> None:
+        """An attempt given behind `upstream`, which did not end well here (or is not
+        this pool's): reported lost, unstarted. The broker dropped it on that result (it
+        runs once its upstream has), or runs it again now."""
+        ended = f"ended {status}" if status else "is not this pool's"
+        self._report(attempt, Result(Status.LOST, ReasonCode.BLOCKED, f"not started: upstream attempt {upstream} {ended}"))
+
+    def _behind(self, attempt: str, status: str) -> None:
+        """`attempt` ended: those given behind it wait for one fewer (and are decided in
+        this turn of the loop once they wait for none), or are given back."""
+        for name, b in list(self.attempts.items()):
+            if attempt not in b.after or name not in self.attempts:  # (given back meanwhile)
+                continue
+            if status not in _ENDED_WELL:
+                self._give_back(name, attempt, status)
+                continue
+            b.after.discard(attempt)
+            if not b.after:
+                b.phase = Phase.WAITING
+                self.released.append(name)
+
+    def _decide_released(self) -> None:
+        """Attempts whose upstream attempts here all ended well: decided now, in order."""
+        while self.released:
+            a = self.attempts.get(self.released.popleft())
+            if a is not None and a.phase is Phase.WAITING and self.manifest is not None:
+                self._decide(a)
 
     def _decide(self, attempt: Attempt) -> None:
         """Skip, restore or run: decided here when that takes little I/O (small files to
@@ -598,6 +639,9 @@ class PoolService:
         when their decision comes back."""
         for a in self.attempts.values():
             a.cancel, a.stop = why, None
+        for name in [n for n, a in self.attempts.items() if a.phase is Phase.BEHIND]:
+            if name in self.attempts:  # (not given back with an upstream cancelled here)
+                self._report(name, Result(Status.CANCELLED, ReasonCode.CANCELLED, why))
         if self._running():
             self._stop_workers()
 
@@ -606,6 +650,9 @@ class PoolService:
         a = self.attempts.get(attempt)
         if a is None or a.cancel is not None or a.stop is not None:
             return  # already over (its result is on its way), or already being stopped
+        if a.phase is Phase.BEHIND:  # nothing of it began, nor is being decided
+            self._report(attempt, Result(Status.CANCELLED, ReasonCode.CANCELLED, why))
+            return
         if a.phase is not Phase.RUNNING:  # never handed to a worker
             a.cancel = why
             return
@@ -849,9 +896,10 @@ class PoolService:
             result.error, result.logs, result.details, self.incarnation,
         )
         self.unacked.add(msg, self.clock())
-        if result.status not in (Status.RAN, Status.SKIPPED, Status.RESTORED):
+        if result.status not in _ENDED_WELL:
             self.unsettled.add(attempt)
         self._send(msg)
+        self._behind(attempt, result.status)
 
     def _shutdown(self) -> None:
         logging.getLogger(NOTICES_LOGGER).removeHandler(self.notices)

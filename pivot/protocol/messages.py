@@ -268,13 +268,21 @@ class ManifestAccepted(Message):
 
 @record
 class RunStage(Message):
-    """Broker -> pool: decide skip-or-run for one stage and run it if stale."""
+    """Broker -> pool: decide skip-or-run for one stage and run it if stale.
+
+    `after`: attempts of its upstream stages given to this same pool and not finished
+    when it was sent. The pool holds it until each has ended as ran, skipped or restored
+    here, then decides it (a chain's next stage starts without a round trip to the
+    broker); when one ends otherwise, or is not this pool's, it reports it `lost`,
+    unstarted, and the broker, which drops it on that upstream result, runs it again
+    when its upstream has finished."""
 
     TAG: ClassVar[str] = "run_stage"
     wave: int
     stage: str
     attempt: str
     force: bool
+    after: list[str] = field(default_factory=list)
 
 
 @record

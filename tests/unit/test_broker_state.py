@@ -433,8 +433,115 @@ def test_a_free_slot_anywhere_comes_before_a_pools_queue() -> None:
     h.feed(PoolGone("p1", "gone", leaving=True))
     h.join("p2", 1, 0.0, queue=1)
     h.join("p3", 1, 0.0, queue=1)
-    got = dispatched(h.run())
-    assert [(pool, stage) for pool, stage, _ in got] == [("p2", "a"), ("p3", "e")]
+    commands = h.run()
+    got = [(c.pool, c.msg.stage) for c in commands if isinstance(c, SendWork) and isinstance(c.msg, RunStage) and not c.msg.after]
+    assert got == [("p2", "a"), ("p3", "e")]
+    # Then the queue room left, to stages whose upstream attempts are in that pool.
+    [(_, _, a1)] = [d for d in dispatched(commands) if d[1] == "a"]
+    assert [(c.pool, c.msg.stage, c.msg.after) for c in commands
+            if isinstance(c, SendWork) and isinstance(c.msg, RunStage) and c.msg.after] == [("p2", "b", [a1])]
+
+
+# --- a stage given behind its upstream (protocol.md, "Behind its upstream") ------------
+
+
+def chain(n: int) -> Manifest:
+    """s0 -> s1 -> ... -> s{n-1}, plus an unrelated stage e."""
+    stages = [spec(f"s{i}", deps=[f"s{i - 1}.txt"] if i else [], outs=[f"s{i}.txt"]) for i in range(n)]
+    return Manifest((*stages, spec("e", outs=["e.txt"])))
+
+
+def given(commands: list[Command], attempts: dict[str, str]) -> list[tuple[str, list[str]]]:
+    """(stage, after: as stage names) of each run_stage sent to p2; `attempts` learns
+    each stage's attempt."""
+    names = {a: stage for stage, a in attempts.items()}
+    out = []
+    for c in commands:
+        if isinstance(c, SendWork) and isinstance(c.msg, RunStage):
+            assert c.pool == "p2"
+            attempts[c.msg.stage] = c.msg.attempt
+            names[c.msg.attempt] = c.msg.stage
+            out.append((c.msg.stage, [names[a] for a in c.msg.after]))
+    return out
+
+
+def behind_harness(slots: int = 1, queue: int = 1) -> Harness:
+    h = Harness(chain(4), slots=slots)
+    h.feed(PoolGone("p1", "gone", leaving=True))  # a pool without a queue: never behind
+    h.join("p2", slots, 0.0, queue=queue)
+    return h
+
+
+def report(h: Harness, attempt: str, status: str) -> list[Command]:
+    return h.feed(ResultReceived("p2", attempt, status, status, "because", 0.0, None, ()))
+
+
+def test_a_chains_next_stage_is_given_behind_its_upstream_and_runs_when_that_ends_well() -> None:
+    h, at = behind_harness(), {}
+    assert given(h.run(), at) == [("s0", []), ("e", [])]  # its slot and its queue: no room behind
+    assert given(report(h, at["e"], "ran"), at) == [("s1", ["s0"])]
+    [reply] = [c for c in h.feed(SnapshotRequested(CLIENT)) if isinstance(c, Reply)]
+    assert isinstance(reply.msg, Snapshot)
+    assert (reply.msg.stages["s1"].status, reply.msg.stages["s1"].reason) == ("pending", "")  # as it waits
+    # s0 ends well: s1 (its pool's already) is not sent again; s2 goes behind it.
+    assert given(report(h, at["s0"], "ran"), at) == [("s2", ["s1"])]
+    h.feed(StageRunningReported("p2", at["s1"], "never_ran", "never ran"))
+    assert given(report(h, at["s1"], "ran"), at) == [("s3", ["s2"])]
+    assert given(report(h, at["s2"], "skipped"), at) == []
+    commands = report(h, at["s3"], "ran")
+    assert finished(h) == {"s0": "ran", "s1": "ran", "s2": "skipped", "s3": "ran", "e": "ran"}
+    assert published(commands, WaveFinished)
+
+
+def test_a_stage_behind_an_upstream_that_fails_is_blocked_and_the_attempt_its_pool_gives_back_ignored() -> None:
+    h, at = behind_harness(slots=2, queue=2), {}
+    assert given(h.run(keep_going=True), at) == [("s0", []), ("e", []), ("s1", ["s0"]), ("s2", ["s1"])]
+    report(h, at["e"], "ran")
+    commands = report(h, at["s0"], "failed")
+    assert given(commands, at) == []
+    assert finished(h) == {"e": "ran", "s0": "failed", "s1": "blocked", "s2": "blocked", "s3": "blocked"}
+    assert published(commands, WaveFinished)
+    before = len(h.published)
+    for stage in ("s1", "s2"):  # its pool's word on them: acknowledged, nothing more
+        assert report(h, at[stage], "lost") == [SendWork("p2", ResultAck(at[stage]))]
+    assert len(h.published) == before
+
+
+def test_a_stage_behind_an_upstream_lost_waits_for_it_to_run_again() -> None:
+    h, at = behind_harness(slots=1, queue=2), {}
+    assert given(h.run(), at) == [("s0", []), ("e", []), ("s1", ["s0"])]
+    first = at["s0"]
+    # s0's worker died under another stage: s0 runs again, uncharged; s1 waits for it
+    # (its pool gives it back: that frees the room it held).
+    assert given(report(h, first, "lost"), at) == [("s0", [])]
+    assert at["s0"] != first
+    wave = h.state.wave
+    assert wave is not None and "s1" not in wave.ready and "s1" not in wave.behind
+    assert given(report(h, at["s1"], "lost"), at) == [("s1", ["s0"])]
+    assert finished(h) == {}
+
+
+def test_a_stage_behind_an_upstream_cancelled_after_a_fail_fast_halt_is_cancelled_and_the_wave_ends() -> None:
+    h, at = behind_harness(slots=2, queue=2), {}
+    assert given(h.run(), at) == [("s0", []), ("e", []), ("s1", ["s0"]), ("s2", ["s1"])]
+    commands = report(h, at["e"], "failed")  # halts the wave: what has not begun is cancelled
+    cancelled = {c.msg.attempt for c in commands if isinstance(c, SendWork) and isinstance(c.msg, CancelStage)}
+    assert cancelled == {at["s0"], at["s1"], at["s2"]}
+    commands = report(h, at["s0"], "cancelled")  # the pool gives s1 and s2 back: not waited for
+    assert finished(h) == {"e": "failed", "s0": "cancelled", "s1": "cancelled", "s2": "cancelled", "s3": "cancelled"}
+    assert published(commands, WaveFinished)
+
+
+def test_a_stage_behind_an_upstream_on_a_pool_that_is_lost_waits_for_it_again() -> None:
+    h, at = behind_harness(slots=1, queue=2), {}
+    assert given(h.run(), at) == [("s0", []), ("e", []), ("s1", ["s0"])]
+    [lost] = published(h.feed(PoolGone("p2", "killed")), PoolLost)
+    assert lost.stages == ["e", "s0"]  # s1 waited for s0: not lost, it waits on
+    commands = h.join("p3", 1, 1.0)  # no queue: ready stages only
+    assert [(c.pool, c.msg.stage, c.msg.after) for c in commands
+            if isinstance(c, SendWork) and isinstance(c.msg, RunStage)] == [("p3", "s0", [])]
+    wave = h.state.wave
+    assert wave is not None and "s1" not in wave.ready
 
 
 def test_snapshot_has_every_stage_state_and_the_latest_seq() -> None:

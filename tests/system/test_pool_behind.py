@@ -1,0 +1,178 @@
+"""A real pool process, given stages behind attempts of their upstream stages
+(`run_stage`'s `after`, docs/protocol.md "Behind its upstream"), by this test acting as
+its broker on a real ZeroMQ socket."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zmq
+
+from pivot.launch import python_cmd
+from pivot.protocol.codec import decode, encode
+from pivot.protocol.messages import (
+    CancelStage,
+    Heartbeat,
+    ManifestLoaded,
+    Message,
+    PoolHello,
+    PoolWelcome,
+    ResultAck,
+    RunStage,
+    StageOutput,
+    StageResult,
+    StageRunning,
+)
+from tests.procs import ProcGuard, wait_for, write_files
+
+pytestmark = pytest.mark.timeout(90)
+
+WAIT_S = 30.0
+
+PIPELINE = '''\
+import os
+import time
+
+from pivot import stage
+
+
+@stage(outs=["a.txt"])
+def a() -> None:
+    if os.path.exists("fail-a"):
+        raise RuntimeError("a fails, as the test asked")
+    open("a.started", "w").close()
+    deadline = time.monotonic() + 30
+    while os.path.exists("hold-a") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with open("a.txt", "w") as f:
+        f.write("a\\n")
+
+
+@stage(deps=["a.txt"], outs=["b.txt"])
+def b() -> None:
+    with open("a.txt") as src, open("b.txt", "w") as dst:
+        dst.write(src.read().upper())
+    with open("b.runs", "a") as f:
+        f.write("ran\\n")
+'''
+
+
+class FakeBroker:
+    """The work link's ROUTER, a pool started against it and the messages it sent."""
+
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], root: Path, guard: ProcGuard) -> None:
+        self.root = root
+        self.sock = ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        endpoint = f"ipc://{root}/work.sock"
+        self.sock.bind(endpoint)
+        self.proc = guard.track(subprocess.Popen(
+            python_cmd("workers", "--root", str(root), "--work", endpoint, "--name", "p", "--jobs", "1",
+                       "--broker-timeout", "60"),
+            cwd=root, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            text=True, start_new_session=True,
+        ))
+        self.identity = b""
+        hello = self.next_of(PoolHello)
+        assert isinstance(hello, PoolHello) and hello.queue >= 1, hello
+        self.send(PoolWelcome("p", WAIT_S, 3))
+        self.next_of(ManifestLoaded)
+
+    def send(self, msg: Message) -> None:
+        self.sock.send_multipart([self.identity, encode(msg, sender="broker")])
+
+    def next(self) -> Message:
+        """The pool's next message, heartbeats and output lines aside."""
+        deadline = time.monotonic() + WAIT_S
+        while (left := deadline - time.monotonic()) > 0:
+            if not self.sock.poll(int(left * 1000) + 1):
+                break
+            identity, *payloads = self.sock.recv_multipart()
+            self.identity = identity
+            for payload in payloads:
+                msg = decode(payload).msg
+                if isinstance(msg, Heartbeat):
+                    self.send(Heartbeat("p"))
+                elif not isinstance(msg, StageOutput):
+                    return msg
+        raise AssertionError(f"the pool sent nothing within {WAIT_S} s (exit code {self.proc.poll()})")
+
+    def next_of(self, kind: type[Message]) -> Message:
+        msg = self.next()
+        assert isinstance(msg, kind), f"expected {kind.TAG}, got {msg}"
+        return msg
+
+    def results(self, *attempts: str) -> list[tuple[str, str]]:
+        """(attempt, kind or status) of what the pool says until `attempts` all have
+        results, in order; each result acknowledged as it comes."""
+        said: list[tuple[str, str]] = []
+        waiting = set(attempts)
+        while waiting:
+            msg = self.next()
+            if isinstance(msg, StageRunning):
+                said.append((msg.attempt, "running"))
+            elif isinstance(msg, StageResult):
+                said.append((msg.attempt, msg.status))
+                self.results_by[msg.attempt] = msg
+                self.send(ResultAck(msg.attempt))
+                waiting.discard(msg.attempt)
+        return said
+
+    results_by: dict[str, StageResult] = {}
+
+
+@pytest.fixture
+def broker(tmp_path: Path, proc_guard: ProcGuard, zctx: zmq.Context[zmq.Socket[bytes]]) -> Iterator[FakeBroker]:
+    root = proc_guard.watch_dir(write_files(tmp_path / "proj", {"pipeline.py": PIPELINE}))
+    fake = FakeBroker(zctx, root, proc_guard)
+    FakeBroker.results_by = {}
+    yield fake
+    fake.proc.terminate()
+    fake.proc.wait(WAIT_S)
+    fake.sock.close(linger=0)
+
+
+def test_a_stage_behind_its_upstream_starts_once_that_ran_without_the_broker(broker: FakeBroker) -> None:
+    broker.send(RunStage(1, "a", "w1-1", False))
+    broker.send(RunStage(1, "b", "w1-2", False, ["w1-1"]))
+    # No acknowledgement, no other message from the broker between a's result and b.
+    said = broker.results("w1-1", "w1-2")
+    assert said == [("w1-1", "running"), ("w1-1", "ran"), ("w1-2", "running"), ("w1-2", "ran")]
+    assert (broker.root / "b.txt").read_text() == "A\n"
+
+
+def test_a_stage_behind_an_upstream_that_failed_is_given_back_unstarted(broker: FakeBroker) -> None:
+    (broker.root / "fail-a").touch()
+    broker.send(RunStage(1, "a", "w1-1", False))
+    broker.send(RunStage(1, "b", "w1-2", False, ["w1-1"]))
+    assert broker.results("w1-1", "w1-2") == [("w1-1", "running"), ("w1-1", "failed"), ("w1-2", "lost")]
+    assert "not started: upstream attempt w1-1 ended failed" in FakeBroker.results_by["w1-2"].reason
+    assert not (broker.root / "b.runs").exists()
+    # One whose upstream attempt is not this pool's (nor a result it still holds).
+    broker.send(RunStage(2, "b", "w2-2", False, ["w9-9"]))
+    assert broker.results("w2-2") == [("w2-2", "lost")]
+    assert "is not this pool's" in FakeBroker.results_by["w2-2"].reason
+    # The pool goes on: a, then b behind it, run once the failure is acknowledged.
+    (broker.root / "fail-a").unlink()
+    broker.send(RunStage(3, "a", "w3-1", False))
+    broker.send(RunStage(3, "b", "w3-2", False, ["w3-1"]))
+    assert broker.results("w3-1", "w3-2")[-1] == ("w3-2", "ran")
+    assert (broker.root / "b.runs").read_text() == "ran\n"
+
+
+def test_a_stage_behind_its_upstream_is_cancelled_at_once_and_its_upstream_runs_on(broker: FakeBroker) -> None:
+    (broker.root / "hold-a").touch()
+    broker.send(RunStage(1, "a", "w1-1", False))
+    broker.send(RunStage(1, "b", "w1-2", False, ["w1-1"]))
+    assert broker.next_of(StageRunning) == StageRunning("w1-1", "never_ran", "never ran", {})
+    wait_for((broker.root / "a.started").exists, WAIT_S, "stage a to start")
+    broker.send(CancelStage("w1-2", "the test cancels it"))
+    assert broker.results("w1-2") == [("w1-2", "cancelled")]
+    assert not (broker.root / "a.txt").exists()  # a still runs, held by the test
+    (broker.root / "hold-a").unlink()
+    assert broker.results("w1-1") == [("w1-1", "ran")]
+    assert not (broker.root / "b.runs").exists()
