@@ -278,28 +278,32 @@ def run_stage(job: StageJob) -> StageOutcome:
             f"write a folder, or declare {out.rstrip('/')!r} without the /",
             details={"paths": not_folders},
         )
-    try:
-        stored = commit(state, outs, job.uncached)
-    except (PivotError, OSError) as exc:
-        _discard(root, transient)
-        why = describe_os_error(exc, root / ".pivot" / "cache") if isinstance(exc, OSError) else str(exc)
-        return outcome("failed", "failed", f"could not store its outputs in the cache: {why}")
-    reached("committed")
-    missing = [out for out, digest in stored.items() if digest is None]
-    if missing:
-        msg = f"declared output not produced: {', '.join(missing)}"
-        return outcome("failed", "out_not_produced", msg, details={"paths": missing})
-    out_hashes = {out: digest for out, digest in stored.items() if digest is not None}
-    lock_file = write_lock(
-        root,
-        StageLock(name, job.fingerprint, job.params, job.dep_hashes, out_hashes, job.code_parts),
-    )
-    reached("locked")
-    if job.run_key:
-        state.runs.record(job.run_key, name, out_hashes, lock_file)
-        reached("run-cached")
-    changed = _changed_deps(state, root, job.dep_hashes)
-    return outcome("ran", job.reason_code, job.reason, details={**job.details, "changed_deps": changed} if changed else None)
+    # The outputs' state-cache rows are written with the quiet run's note, in one
+    # transaction (else at the block's end): each costs the database's locks and pages.
+    with state.hashes.batched():
+        try:
+            stored = commit(state, outs, job.uncached)
+        except (PivotError, OSError) as exc:
+            _discard(root, transient)
+            why = describe_os_error(exc, root / ".pivot" / "cache") if isinstance(exc, OSError) else str(exc)
+            return outcome("failed", "failed", f"could not store its outputs in the cache: {why}")
+        reached("committed")
+        missing = [out for out, digest in stored.items() if digest is None]
+        if missing:
+            msg = f"declared output not produced: {', '.join(missing)}"
+            return outcome("failed", "out_not_produced", msg, details={"paths": missing})
+        out_hashes = {out: digest for out, digest in stored.items() if digest is not None}
+        lock_file = write_lock(
+            root,
+            StageLock(name, job.fingerprint, job.params, job.dep_hashes, out_hashes, job.code_parts),
+        )
+        reached("locked")
+        if job.run_key:
+            state.runs.record(job.run_key, name, out_hashes, lock_file)
+            reached("run-cached")
+        changed = _changed_deps(state, root, job.dep_hashes)
+        details = {**job.details, "changed_deps": changed} if changed else None
+        return outcome("ran", job.reason_code, job.reason, details=details)
 
 
 def serve(conn: Any, idle_s: float) -> None:

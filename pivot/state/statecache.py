@@ -361,17 +361,26 @@ class StateCache:
     # --- notes: small values kept beside the rows, for other stores -----------------------
 
     def keep_notes(self, notes: list[tuple[str, bytes]]) -> bool:
-        """Store each (key, value), in one transaction. False when they could not be
-        stored (no usable database, another writer past the busy timeout): the caller
-        keeps them another way. Used where a file of its own would cost an inode for a
+        """Store each (key, value), in one transaction, with the rows this thread's
+        `batched()` block holds. False when they could not be stored (no usable
+        database, another writer past the busy timeout): the caller keeps them another
+        way (the block's rows are still written at its end). Used where a file of its own would cost an inode for a
         few bytes (pivot/state/stagelogs.py: the log of a run that printed nothing)."""
         if not notes:
             return True
         conn = self._conn()
         if conn is None:
             return False
+        sql, values = _NOTE_UPSERT + ", (?, ?)" * (len(notes) - 1), [v for note in notes for v in note]
+        held = self._local.held
+        if held:  # a `batched()` block's rows go with them: one transaction, not two
+            if not self._transact(conn, lambda: (conn.executemany(_UPSERT, held), conn.execute(sql, values)),
+                                  "writing a note to the state cache"):
+                return False
+            held.clear()
+            return True
         try:  # one statement, so one transaction without BEGIN and COMMIT: a third cheaper
-            conn.execute(_NOTE_UPSERT + ", (?, ?)" * (len(notes) - 1), [v for note in notes for v in note])
+            conn.execute(sql, values)
         except sqlite3.Error as exc:
             self._failed(exc, "writing a note to the state cache")
             return False
@@ -541,19 +550,24 @@ class StateCache:
             self._execute(_UPSERT, rows[0])
         elif rows:
             conn = self._conn()
-            if conn is None:
-                return
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                conn.executemany(_UPSERT, rows)
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if conn.in_transaction:
-                    try:
-                        conn.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        log.debug("rollback of the state cache failed", exc_info=True)
-                self._failed(exc, "writing the state cache")
+            if conn is not None:
+                self._transact(conn, lambda: conn.executemany(_UPSERT, rows), "writing the state cache")
+
+    def _transact(self, conn: sqlite3.Connection, work: Callable[[], object], doing: str) -> bool:
+        """`work` in one transaction; False (rolled back, said) when it failed."""
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            work()
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    log.debug("rollback of the state cache failed", exc_info=True)
+            self._failed(exc, doing)
+            return False
+        return True
 
     def _execute(self, sql: str, params: tuple[object, ...]) -> None:
         conn = self._conn()

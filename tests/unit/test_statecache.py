@@ -561,6 +561,31 @@ def test_notes_are_kept_read_by_another_instance_and_dropped_by_prefix(db: Path)
             reader.drop_notes("")
 
 
+def test_notes_kept_in_a_batched_block_take_its_rows_along_in_one_transaction(db: Path, tmp_path: Path) -> None:
+    f, g = write(tmp_path / "f.txt", b"f"), write(tmp_path / "g.txt", b"g")
+    writer = StateCache(db)
+    with writer.batched():
+        writer.record(f, "digest-f")
+        assert not StateCache(db).known(f)  # held until the block ends...
+        assert writer.keep_notes([("log:a", b"# a: ran\n")])
+        assert StateCache(db).known(f)  # ... or until a note goes, with it
+        writer.record(g, "digest-g")
+    assert StateCache(db).known(g)
+    # A note the database cannot take leaves the rows to the block's end.
+    busy = StateCache(db, busy_timeout_ms=10)
+    with busy.batched():
+        busy.record(f, "digest-f2")
+        holder = sqlite3.connect(db, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")  # another writer holds the write lock
+        try:
+            assert not busy.keep_notes([("log:b", b"x")])
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+    assert StateCache(db).recorded(f) == "digest-f2"
+    assert StateCache(db).note("log:b") is None
+
+
 def test_notes_that_cannot_be_kept_say_so(db: Path, tmp_path: Path) -> None:
     StateCache(db).keep_notes([("log:a", b"old")])
     holder = sqlite3.connect(db, isolation_level=None)
