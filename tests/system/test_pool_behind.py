@@ -77,6 +77,7 @@ class FakeBroker:
             text=True, start_new_session=True,
         ))
         self.identity = b""
+        self.results_by: dict[str, StageResult] = {}  # each attempt's result, as the pool said it
         hello = self.next_of(PoolHello)
         assert isinstance(hello, PoolHello) and hello.queue >= 1, hello
         self.send(PoolWelcome("p", WAIT_S, 3))
@@ -122,14 +123,11 @@ class FakeBroker:
                 waiting.discard(msg.attempt)
         return said
 
-    results_by: dict[str, StageResult] = {}
-
 
 @pytest.fixture
 def broker(tmp_path: Path, proc_guard: ProcGuard, zctx: zmq.Context[zmq.Socket[bytes]]) -> Iterator[FakeBroker]:
     root = proc_guard.watch_dir(write_files(tmp_path / "proj", {"pipeline.py": PIPELINE}))
     fake = FakeBroker(zctx, root, proc_guard)
-    FakeBroker.results_by = {}
     yield fake
     fake.proc.terminate()
     fake.proc.wait(WAIT_S)
@@ -150,12 +148,12 @@ def test_a_stage_behind_an_upstream_that_failed_is_given_back_unstarted(broker: 
     broker.send(RunStage(1, "a", "w1-1", False))
     broker.send(RunStage(1, "b", "w1-2", False, ["w1-1"]))
     assert broker.results("w1-1", "w1-2") == [("w1-1", "running"), ("w1-1", "failed"), ("w1-2", "lost")]
-    assert "not started: upstream attempt w1-1 ended failed" in FakeBroker.results_by["w1-2"].reason
+    assert "not started: upstream attempt w1-1 ended failed" in broker.results_by["w1-2"].reason
     assert not (broker.root / "b.runs").exists()
     # One whose upstream attempt is not this pool's (nor a result it still holds).
     broker.send(RunStage(2, "b", "w2-2", False, ["w9-9"]))
     assert broker.results("w2-2") == [("w2-2", "lost")]
-    assert "is not this pool's" in FakeBroker.results_by["w2-2"].reason
+    assert "is not this pool's" in broker.results_by["w2-2"].reason
     # The pool goes on: a, then b behind it, run once the failure is acknowledged.
     (broker.root / "fail-a").unlink()
     broker.send(RunStage(3, "a", "w3-1", False))
