@@ -11,6 +11,7 @@ forkserver instead, at once.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import logging
 import os
 import signal
@@ -29,6 +30,10 @@ __all__ = ["forked_pool", "run"]
 def run(argv: list[str], handed: Manifest | None = None) -> NoReturn:
     """The pool of `argv` (workers/args.py), until it exits; `handed`: the pipeline,
     loaded by the process this one was forked from."""
+    # A crash in native code (SIGSEGV, SIGABRT, ...) says where each thread was, on the
+    # pool's standard error (pool.log; a container's log): a pool exited 139 once on
+    # SIGTERM in the compose stack, with nothing to show why.
+    faulthandler.enable()
     args = parse_args(argv)
     first_load: Loading
     if handed is not None:

@@ -1,9 +1,10 @@
-"""A real pool process, given stages behind attempts of their upstream stages
-(`run_stage`'s `after`, docs/protocol.md "Behind its upstream"), by this test acting as
-its broker on a real ZeroMQ socket."""
+"""A real pool process with this test as its broker, on a real ZeroMQ socket: stages
+given behind attempts of their upstream stages (`run_stage`'s `after`, docs/protocol.md
+"Behind its upstream"), and what the pool says when it crashes."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -27,7 +28,7 @@ from pivot.protocol.messages import (
     StageResult,
     StageRunning,
 )
-from tests.procs import ProcGuard, wait_for, write_files
+from tests.procs import ProcGuard, wait_exit, wait_for, write_files
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -70,10 +71,12 @@ class FakeBroker:
         self.sock.setsockopt(zmq.LINGER, 0)
         endpoint = f"ipc://{root}/work.sock"
         self.sock.bind(endpoint)
+        self.stderr_path = root / "pool.stderr"
+        self.stderr = self.stderr_path.open("w")
         self.proc = guard.track(subprocess.Popen(
             python_cmd("workers", "--root", str(root), "--work", endpoint, "--name", "p", "--jobs", "1",
                        "--broker-timeout", "60"),
-            cwd=root, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd=root, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.stderr,
             text=True, start_new_session=True,
         ))
         self.identity = b""
@@ -132,6 +135,7 @@ def broker(tmp_path: Path, proc_guard: ProcGuard, zctx: zmq.Context[zmq.Socket[b
     fake.proc.terminate()
     fake.proc.wait(WAIT_S)
     fake.sock.close(linger=0)
+    fake.stderr.close()
 
 
 def test_a_stage_behind_its_upstream_starts_once_that_ran_without_the_broker(broker: FakeBroker) -> None:
@@ -174,3 +178,12 @@ def test_a_stage_behind_its_upstream_is_cancelled_at_once_and_its_upstream_runs_
     (broker.root / "hold-a").unlink()
     assert broker.results("w1-1") == [("w1-1", "ran")]
     assert not (broker.root / "b.runs").exists()
+
+
+def test_a_pool_that_crashes_in_native_code_says_where_each_thread_was(broker: FakeBroker) -> None:
+    broker.proc.send_signal(signal.SIGSEGV)  # as a fault in a C extension would
+    rc, _, _ = wait_exit(broker.proc, WAIT_S, "the pool after SIGSEGV")
+    assert rc == -signal.SIGSEGV
+    said = broker.stderr_path.read_text()
+    assert "Fatal Python error: Segmentation fault" in said, said
+    assert 'File "' in said and "workers/pool.py" in said, said  # its threads' stacks
