@@ -192,6 +192,12 @@ class Stack:
     def docker(self, *args: str, timeout: float = 60.0) -> str:
         return ok(["docker", *args], self.engine.env, timeout)
 
+    def log_tail(self, container: str, lines: int = 60) -> str:
+        """The last `lines` a container wrote, its standard error too (as `docker logs`
+        replays them on its own)."""
+        result = run(["docker", "logs", "--tail", str(lines), container], self.engine.env, 60.0)
+        return result.stdout + result.stderr
+
     def processes(self, container: str) -> dict[int, tuple[int, str]]:
         """pid inside the container -> (pid on this host, command line), for every
         process of the container (`docker top`, then NSpid in /proc)."""
