@@ -95,6 +95,12 @@ MAX_CHARGES = 3  # a stage whose own worker dies this often in one wave fails
 LONE_PATHS = 4
 
 
+def _kept_by_pivot(path: str) -> bool:
+    """The root's .gitignore, whose block of outputs Pivot keeps (pivot/pipeline/gitignore.py),
+    or the temp file it is written to: a save by Pivot, not by its user."""
+    return path == ".gitignore" or (path.startswith("..gitignore.") and path.endswith(".tmp"))
+
+
 @dataclass
 class LiveOptions:
     """How `pivot up` reacts to changes (fixed at start, used for every later wave)."""
@@ -849,8 +855,9 @@ class BrokerState:
         # A settled report (every write in it complete) skips the quiet window when it is
         # a lone save: a few paths. The watcher reports a wave's own outputs while it
         # runs and just after it (closed and committed by then), often in the same burst
-        # as a save that follows: they do not count, and alone they open no window.
-        others = [p for p in event.paths if not self._written_by_wave(p)]
+        # as a save that follows: they do not count, and alone they open no window. Nor
+        # does the .gitignore a pool rewrites when it loads a pipeline with new outputs.
+        others = [p for p in event.paths if not self._written_by_wave(p) and not _kept_by_pivot(p)]
         lone = event.settled and len(others) <= LONE_PATHS
         self.changes.report(event.paths, event.now, event.cause, settled=lone, counts=bool(others))
 

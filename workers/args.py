@@ -36,6 +36,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--broker-key", type=Path, default=None, help="the broker's CURVE public key file")
     parser.add_argument("--dask", default=None, metavar="SCHEDULER",
                         help="run stages as tasks on this Dask scheduler's cluster [-j: its threads]")
+    parser.add_argument("--dask-timeout", type=float, default=None, metavar="SECONDS",
+                        help="how long to wait for the Dask scheduler to answer [10 s]")
     args = parser.parse_args(argv)
     args.root = args.root.resolve()
     if args.jobs is None and not args.dask:

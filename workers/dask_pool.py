@@ -47,7 +47,7 @@ class DaskWorkers:
     remote = True
     prefetch = 1  # the scheduler queues
 
-    def __init__(self, scheduler: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    def __init__(self, scheduler: str, timeout: float | None = None) -> None:
         try:
             from distributed import Client
         except ImportError:
@@ -56,7 +56,7 @@ class DaskWorkers:
             ) from None
         self.scheduler = scheduler
         try:
-            self.client: Any = Client(scheduler, timeout=timeout, set_as_default=False)
+            self.client: Any = Client(scheduler, timeout=timeout or CONNECT_TIMEOUT_S, set_as_default=False)
         except OSError as exc:
             raise UserError(f"no Dask scheduler answered at {scheduler}: {exc}") from None
         self.generation = 0

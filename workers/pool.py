@@ -985,7 +985,7 @@ def main(args: argparse.Namespace, first_load: Loading | None = None) -> int:
         from workers.dask_pool import DaskWorkers
 
         try:
-            dask = DaskWorkers(args.dask)
+            dask = DaskWorkers(args.dask, args.dask_timeout)
         except UserError as exc:
             fatal(log, str(exc))
             return 2

@@ -24,9 +24,13 @@ from pivot.cli.target import broker_options
 @click.option("--dask", "scheduler", default=None, metavar="tcp://HOST:PORT",
               help="Run the stages as tasks on this Dask scheduler's cluster (pip install "
               "'pivot[dask]'), each in a fresh process there; -j defaults to the cluster's threads.")
+@click.option("--dask-timeout", type=click.FloatRange(min=0.1), default=None, metavar="SECONDS",
+              help="With --dask: how long to wait for the scheduler to answer before giving up "
+              "[default: 10].")
 def workers(
     broker: str | None, key: Path | None, broker_key: Path | None, jobs: int | None,
     tags: tuple[str, ...], name: str | None, broker_timeout: float | None, scheduler: str | None,
+    dask_timeout: float | None,
 ) -> None:
     """Run a worker pool that joins a broker and runs the stages it is given.
 
@@ -44,6 +48,8 @@ def workers(
     from pivot.launch import python_cmd
     from pivot.pipeline.project import find_root, pivot_dir
 
+    if dask_timeout is not None and not scheduler:
+        raise UserError("--dask-timeout goes with --dask: how long to wait for the Dask scheduler")
     root = find_root()
     pivot_dir(root)
     control = resolve(broker, root)
@@ -59,6 +65,7 @@ def workers(
     argv += ["--key", str(key)] if key else []
     argv += ["--broker-key", str(broker_key)] if broker_key else []
     argv += ["--dask", scheduler] if scheduler else []
+    argv += ["--dask-timeout", str(dask_timeout)] if dask_timeout is not None else []
     cmd = python_cmd("workers", *argv)
     # The pool takes this process's place: same pid (PID 1 in a container), same signals.
     os.execv(cmd[0], cmd)

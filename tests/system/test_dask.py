@@ -272,11 +272,14 @@ def test_no_scheduler_is_a_clear_error(tmp_path: Path, proc_guard: ProcGuard, st
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    pool = start_pool(proc_guard, root, control, "dask", "--dask", f"tcp://127.0.0.1:{port}")
+    pool = start_pool(proc_guard, root, control, "dask", "--dask", f"tcp://127.0.0.1:{port}", "--dask-timeout", "1")
     rc, out, err = wait_exit(pool, 40, "a Dask pool without a scheduler")
     assert rc == 2, describe((rc, out, err))
     assert f"no Dask scheduler answered at tcp://127.0.0.1:{port}" in err, describe((rc, out, err))
     assert "Traceback" not in err
+    alone = start_pool(proc_guard, root, control, "no-dask", "--dask-timeout", "1")
+    rc, out, err = wait_exit(alone, 40, "a --dask-timeout without --dask")
+    assert rc == 2 and "--dask-timeout goes with --dask" in err, describe((rc, out, err))
 
 
 

@@ -35,7 +35,7 @@ STAGE = '''
 @stage(deps=["data/in.txt"], outs=["out/c{i}.txt"])
 def chatty{i}() -> None:
     tag = open("data/in.txt").read().strip()
-    for burst in range({bursts}):
+    for burst in range({bursts} if tag != "first" else 0):  # the first wave: quiet, quick
         for n in range(400):
             print(f"{{tag}} {{burst}} {{n:05d}}")
         sys.stdout.flush()

@@ -137,18 +137,20 @@ def test_a_broker_that_is_not_there_is_reported_after_a_bounded_wait(tmp_path: P
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     endpoint = f"tcp://127.0.0.1:{port}"
+    # Side by side: each waits out its own bound.
+    attach = proc_guard.track(start_pivot(root, "attach", "--broker", endpoint))
+    pool = start_pool(proc_guard, root, endpoint, "lonely", "--broker-timeout", "1")
+    watcher = proc_guard.track(start_pivot(root, "watcher", "--broker", endpoint, "--broker-timeout", "1"))
     ping = run_pivot(root, "ping", "--broker", endpoint, "--timeout", "0.5")
     assert ping.returncode == 1, describe(ping)
     assert f"no Pivot broker answered at {endpoint}" in ping.stderr, describe(ping)
     assert "Traceback" not in ping.stderr
-    attach = run_pivot(root, "attach", "--broker", endpoint)
-    assert attach.returncode == 1 and "no Pivot broker answered" in attach.stderr, describe(attach)
-    pool = start_pool(proc_guard, root, endpoint, "lonely", "--broker-timeout", "1")
+    rc, out, err = wait_exit(attach, 30, "an attach whose broker never answers")
+    assert rc == 1 and "no Pivot broker answered" in err, describe((rc, out, err))
     rc, out, err = wait_exit(pool, 15, "a pool whose broker never answers")
     assert rc == 3, describe((rc, out, err))
     said = [line for line in err.splitlines() if "no broker answered" in line]
     assert len(said) == 1 and said[0].startswith(f"error: no broker answered at {endpoint}"), err
-    watcher = proc_guard.track(start_pivot(root, "watcher", "--broker", endpoint, "--broker-timeout", "1"))
     rc, out, err = wait_exit(watcher, 15, "a watcher whose broker never answers")
     assert rc == 3, describe((rc, out, err))
     said = [line for line in err.splitlines() if "no broker answered" in line]

@@ -1279,6 +1279,21 @@ def test_a_settled_report_is_checked_at_once_and_what_a_wave_held_back_when_it_e
     assert confirms(h.feed(Tick(1.08))) == [("e.txt",)]
 
 
+def test_pivots_own_gitignore_write_does_not_make_the_next_save_a_burst() -> None:
+    h = live_harness(debounce_s=60.0, max_wait_s=5.0)
+    # A pool that loads a pipeline with new outputs rewrites the root's .gitignore.
+    h.feed(FilesReported(("..gitignore.7.8.tmp", ".gitignore"), 1.0, settled=True))
+    assert confirms(h.feed(Tick(1.0))) == [("..gitignore.7.8.tmp", ".gitignore")]
+    h.feed(ChangesConfirmed(()))
+    h.feed(FilesReported(("b.txt",), 1.5, settled=True))  # the user's save, well within the window
+    assert h.state.next_deadline() == 1.5
+    assert confirms(h.feed(Tick(1.5))) == [("b.txt",)]
+    h.feed(ChangesConfirmed(()))
+    h.feed(FilesReported((".gitignore", "notes.txt"), 2.0, settled=True))  # the user's edit counts
+    assert confirms(h.feed(Tick(2.0))) == []  # the save at 1.5 came within the window
+    assert h.state.next_deadline() == pytest.approx(2.0 + 5.0)
+
+
 def test_a_wave_s_own_outputs_do_not_count_and_more_than_a_save_waits_the_window() -> None:
     h = live_harness(debounce_s=0.05, max_wait_s=5.0)
     h.feed(FilesReported(("b.txt",), 1.0, settled=True))
