@@ -202,6 +202,7 @@ class PoolService:
         self.leave_by: float | None = None
         self.watch = BrokerWatch(self.clock(), standalone=self.link.control is not None, give_up_after=self.link.timeout)
         self.notices = StoredStateNotices(lambda text: self._post("notice", "", text))
+        self.holding: list[Message] | None = None  # sends held during a pass of the loop
         self.records: HeldRecords | None = None  # this pool's log file, written before each wait
         logging.getLogger(NOTICES_LOGGER).addHandler(self.notices)
 
@@ -217,9 +218,17 @@ class PoolService:
         return sock
 
     def _send(self, msg: Message) -> None:
+        if self.holding is not None:  # within a pass of the loop: sent at its end
+            self.holding.append(msg)
+            return
         assert self.sock is not None
         send_msg(self.sock, msg, sender=self.name)
         self.watch.sent(self.clock())
+
+    def _send_held(self) -> None:
+        held, self.holding = self.holding, None
+        for msg in held or ():
+            self._send(msg)
 
     def _hello(self) -> None:
         running = {name: a.stage for name, a in self.attempts.items() if a.cancel is None}
@@ -385,25 +394,37 @@ class PoolService:
                     workers_polled = fds
                 if self.records is not None:
                     self.records.flush()
-                ready: set[int] = set()
-                for sock, _ in poller.poll(int(self._timeout_ms(now)) + 1):
-                    if sock is self.sock:
-                        self._drain_socket()
-                    elif sock == self.wake_r:
-                        os.read(self.wake_r, 4096)
-                    else:
-                        ready.add(sock)
-                if ready:
-                    self.workers.collect(ready)
-                self._drain_done()
-                self._decide_released()
-                self._start_held()
-                self._drain_done()  # (what those workers began)
-                self._look(self.clock())
+                events = poller.poll(int(self._timeout_ms(now)) + 1)
+                # What the pass sends goes at its end, in order: a chain's next stage is
+                # handed to its worker before its upstream's result (a ZeroMQ send, a
+                # wake-up of its I/O thread) goes to the broker.
+                self.holding = []
+                try:
+                    self._pass(events)
+                finally:
+                    self._send_held()
                 validate(self.attempts, self.unacked.names())
             return self.exit_code
         finally:
             self._shutdown()
+
+    def _pass(self, events: list[tuple[Any, int]]) -> None:
+        """One turn of the loop after its wait: what came in, then what can start."""
+        ready: set[int] = set()
+        for sock, _ in events:
+            if sock is self.sock:
+                self._drain_socket()
+            elif sock == self.wake_r:
+                os.read(self.wake_r, 4096)
+            else:
+                ready.add(sock)
+        if ready:
+            self.workers.collect(ready)
+        self._drain_done()
+        self._decide_released()
+        self._start_held()
+        self._drain_done()  # (what those workers began)
+        self._look(self.clock())
 
     def _timeout_ms(self, now: float) -> float:
         deadlines = [self.watch.next_deadline(), self.lease_renewed + LEASE_EVERY_S]

@@ -55,13 +55,17 @@ class HeldRecords(logging.handlers.RotatingFileHandler):
 
     def __init__(self, path: Path) -> None:
         super().__init__(path, maxBytes=MAX_BYTES, backupCount=1, encoding="utf-8", delay=True)
-        self.held: list[str] = []
+        self.held: list[logging.LogRecord] = []
 
     def emit(self, record: logging.LogRecord) -> None:
+        # Formatted when written: a record per stage stays off the pool's path from one
+        # stage to the next. Its message is made now, from the arguments as they are.
         try:
-            self.held.append(self.format(record))
+            record.msg, record.args = record.getMessage(), None
         except Exception:
             self.handleError(record)
+            return
+        self.held.append(record)
         if record.levelno >= logging.WARNING or len(self.held) >= HOLD_MAX:
             self.flush()
 
@@ -70,7 +74,13 @@ class HeldRecords(logging.handlers.RotatingFileHandler):
         try:
             if not self.held:
                 return
-            text = "\n".join(self.held) + "\n"
+            lines = []
+            for record in self.held:
+                try:
+                    lines.append(self.format(record))
+                except Exception:
+                    self.handleError(record)
+            text = "".join(line + "\n" for line in lines)
             self.held.clear()
             if self.stream is None:
                 self.stream = self._open()

@@ -66,3 +66,17 @@ def test_many_records_are_written_without_a_flush(tmp_path: Path) -> None:
         assert len(_lines(path)) == logsetup.HOLD_MAX
     finally:
         handler.close()
+
+
+def test_a_held_record_says_what_its_arguments_were_when_it_was_logged(tmp_path: Path) -> None:
+    """Records are formatted when written (off the pool's path between two stages); what
+    they say is made when they are logged."""
+    handler, logger, path = _handler(tmp_path)
+    try:
+        running = ["fit"]
+        logger.info("running %s", running)
+        running.append("eval")
+        handler.flush()
+        assert _lines(path) == ["running ['fit']"]
+    finally:
+        handler.close()
