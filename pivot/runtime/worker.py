@@ -12,6 +12,7 @@ import contextlib
 import os
 import pickle
 import signal
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -53,9 +54,14 @@ def _changed_deps(state: ProjectState, root: Path, before: dict[str, str]) -> li
     nothing: the engine's own check decides whether the content changed. Folders are
     not looked into."""
     changed = []
+    top = os.fspath(root)
     for dep, digest in sorted(before.items()):
-        path = root / dep
-        if path.is_file() and not state.hashes.still(path, digest):
+        path = os.path.join(top, dep)
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and not state.hashes.still(path, digest, st):
             changed.append(dep)
     return changed
 
@@ -171,7 +177,7 @@ def run_stage(job: StageJob) -> StageOutcome:
     the run cache maps this run's inputs to them."""
     root = Path(job.root)
     name = job.stage
-    if job.pool_pid:
+    if job.pool_pid and _watched != [job.pool_pid]:
         watch_pool(job.pool_pid, Path(job.pid_file).parent / LEASE_NAME if job.pid_file else None)
     pid_file = Path(job.pid_file) if job.pid_file else None
     if pid_file is not None:

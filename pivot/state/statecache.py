@@ -86,6 +86,7 @@ log = logging.getLogger(__name__)
 _TABLE = "file_state_v1"  # bump when the schema or the digest changes; old tables are ignored
 _BUSY_TIMEOUT_MS = 5000
 _CLOCK_TICK_NS = 20_000_000
+STILL_READ_BYTES = 16 * 1024  # `still` reads a file this small rather than query the store
 _SELECT_ALL = f"SELECT path, inode, size, mtime_ns, digest, hashed_at_ns FROM {_TABLE}"
 _SELECT_ONE = f"SELECT inode, size, mtime_ns, digest, hashed_at_ns FROM {_TABLE} WHERE path = ?"
 _UPSERT = f"INSERT OR REPLACE INTO {_TABLE} VALUES (?, ?, ?, ?, ?, ?)"
@@ -253,16 +254,24 @@ class StateCache:
             self._store(new_rows)
         return digests
 
-    def still(self, path: str | os.PathLike[str], digest: str) -> bool:
-        """Whether file `path` still holds `digest`: its row is that digest and its
-        (inode, size, mtime) still match, or, when the stat alone cannot tell (a file
-        written moments ago), its content hashes to it. Records nothing (the engine's
-        change check must still see a change)."""
+    def still(self, path: str | os.PathLike[str], digest: str, st: os.stat_result | None = None) -> bool:
+        """Whether file `path` (whose stat is `st`, when the caller has it) still holds
+        `digest`: a small file's content hashes to it (reading it costs less than asking
+        the store, and an upstream output written moments ago is read either way); a
+        larger one's row is that digest and its (inode, size, mtime) still match, or,
+        when the stat alone cannot tell (a file written moments ago), its content hashes
+        to it. Records nothing (the engine's change check must still see a change)."""
         fs_path = os.fspath(path)
-        try:
-            st = os.stat(fs_path)
-        except OSError:
-            return False
+        if st is None:
+            try:
+                st = os.stat(fs_path)
+            except OSError:
+                return False
+        if st.st_size <= STILL_READ_BYTES:
+            try:
+                return self._read(fs_path) == digest
+            except OSError:
+                return False
         key = self._key(fs_path)
         row = self._select(key) or self._loaded_rows().get(key)
         if row is None or row[3] != digest:

@@ -19,7 +19,7 @@ import pytest
 import xxhash
 
 from pivot.state import hashing, statecache
-from pivot.state.statecache import StateCache, racy_window_ns
+from pivot.state.statecache import STILL_READ_BYTES, StateCache, racy_window_ns
 
 OLD = 1_600_000_000_123_456_789  # an mtime with nanoseconds: window 20 ms
 LATER = OLD + 10 * 10**9  # hashing OLD files at LATER gives trusted rows
@@ -508,14 +508,21 @@ def test_close_then_reuse(db: Path, tmp_path: Path) -> None:
 def test_still_tells_a_file_changed_since_it_was_hashed_without_recording_anything(
     cache: StateCache, tmp_path: Path
 ) -> None:
-    old = write(tmp_path / "dep.txt", b"before")
+    big = STILL_READ_BYTES + 1
+    old = write(tmp_path / "dep.txt", b"b" * big)
     digest = cache.hash_path(old)
     assert digest is not None and cache.still(old, digest)
     reads = cache.reads
-    write(old, b"after!", mtime_ns=OLD + 10**9)  # rewritten while a stage ran
+    write(old, b"a" * big, mtime_ns=OLD + 10**9)  # rewritten while a stage ran
     assert not cache.still(old, digest)
     assert cache.recorded(old) == digest, "still() recorded the new content"
     assert cache.reads == reads  # the stat told it: no content read
+    small = write(tmp_path / "small.txt", b"before")  # read: cheaper than asking the store
+    small_digest = cache.hash_path(small)
+    assert small_digest is not None and cache.still(small, small_digest)
+    write(small, b"after!", mtime_ns=OLD)  # same size, same mtime: only its content tells
+    assert not cache.still(small, small_digest)
+    assert cache.recorded(small) == small_digest
     fresh = tmp_path / "fresh.txt"
     fresh.write_bytes(b"just written")  # mtime now: the stat alone cannot be trusted
     fresh_digest = cache.hash_path(fresh)
