@@ -28,6 +28,7 @@ __all__ = [
 ]
 
 LOADER_TIMEOUT_S = 300.0
+REAP_S = 5.0  # a loader that answered exits within this
 
 
 class Loading(Protocol):
@@ -81,7 +82,12 @@ class ForkedLoaderRun:
     after a code change costs the pipeline's own import, not an interpreter's start
     (a small project: 61 -> 11 ms here). Same answer as `LoaderRun`.
 
-    With no `context`, forked from this process itself (`start_loader`)."""
+    With no `context`, forked from this process itself (`start_loader`).
+
+    The answer is taken as soon as the child says it is written (a byte on a pipe), not
+    once the child has exited: a fork of a process that imported scikit-learn takes
+    6-9 ms to exit and have its server report it, on the path from a code edit to its
+    stage (issue 14, goal 5). The child is reaped later (`exited`)."""
 
     def __init__(self, root: Path, context: Any = None, preloaded: tuple[str, ...] = ()) -> None:
         from pivot.runtime.preload import load_started
@@ -92,49 +98,105 @@ class ForkedLoaderRun:
         os.close(fd)
         fd, self.output_path = scratch_file("manifest", ".out")
         os.close(fd)
+        _unreaped[:] = [p for p in _unreaped if p.poll() is None]
+        self.ready_r, ready_w = os.pipe()
+        self.answered = False  # its answer is read: the child is only exiting
         if self.served:
             load_started(self)  # its server is not restarted under it (preload.worker_context)
+        ready: Any = ready_w
         try:
-            args = (str(self.root), self.result_path, self.output_path, preloaded)
-            self.proc = (context.Process(target=_load_in_child, args=args, name="pivot-loader") if self.served
-                         else Forked(_load_in_child, args))
+            if self.served:  # (a Connection travels to a forkserver's child: a plain fd does not)
+                from multiprocessing.connection import Connection
+
+                ready = Connection(ready_w, readable=False)
+                args = (str(self.root), self.result_path, self.output_path, preloaded, ready)
+                self.proc = context.Process(target=_load_in_child, args=args, name="pivot-loader")
+            else:
+                args = (str(self.root), self.result_path, self.output_path, preloaded, ready_w)
+                self.proc = Forked(_load_in_child, args)
             self.proc.start()
         except BaseException:
             self._remove()
             raise
+        finally:
+            # The child's copy is the one that says it is done (or closes as it dies).
+            if isinstance(ready, int):
+                os.close(ready)
+            else:
+                ready.close()
 
     def _remove(self) -> None:
-        from pivot.runtime.preload import load_ended
+        if self.served and self.exited():
+            from pivot.runtime.preload import load_ended
 
-        if self.served:
             load_ended(self)
+        with contextlib.suppress(OSError):
+            os.close(self.ready_r)
         for path in (self.result_path, self.output_path):
             with contextlib.suppress(OSError):
                 os.unlink(path)
 
+    def exited(self) -> bool:
+        """Whether the child is gone (reaped now if it is: a zombie otherwise)."""
+        proc = getattr(self, "proc", None)
+        return proc is None or proc.exitcode is not None or not _alive(proc)
+
+    def reap(self) -> None:
+        """Wait for a child that answered to be gone (it exits as it answers)."""
+        self.proc.join(REAP_S)
+
     def result(self, timeout: float = LOADER_TIMEOUT_S) -> Manifest:
         proc = self.proc
         try:
-            proc.join(timeout)
-            if proc.exitcode is None:
+            done = _answered(self.ready_r, proc.sentinel if self.served else proc.pidfd, timeout)
+            if done is None:
                 proc.kill()
                 proc.join()
                 raise _too_long(timeout)
+            if not done:  # it exited without saying so: its exit says why
+                proc.join()
+            self.answered = True
             raw = Path(self.result_path).read_bytes()
             printed = Path(self.output_path).read_bytes().decode(errors="replace").strip()
         finally:
             self._remove()
-        return _answer(raw, proc.exitcode, printed)
+        if not self.served:
+            _unreaped.append(proc)
+        return _answer(raw, 0 if done else proc.exitcode, printed)
+
+
+_unreaped: list[Forked] = []  # loaders forked here that answered: reaped at the next fork
+
+
+def _alive(proc: Any) -> bool:
+    return proc.is_alive() if hasattr(proc, "is_alive") else proc.poll() is None
+
+
+def _answered(ready: int, exit_fd: int, timeout: float) -> bool | None:
+    """Wait for the loader's byte on `ready` (True) or its exit on `exit_fd` without one
+    (False); None after `timeout`."""
+    poller = select.poll()
+    poller.register(ready, select.POLLIN)
+    poller.register(exit_fd, select.POLLIN)
+    if not poller.poll(int(timeout * 1000)):
+        return None
+    os.set_blocking(ready, False)
+    try:
+        return os.read(ready, 1) == b"1"  # (written just before an exit: still there)
+    except BlockingIOError:
+        return False
 
 
 def _load_in_child(*args: Any) -> None:
     """The forked loader's body. The loader's modules (the fingerprinter: ~18 ms) are
     imported here, in the child, not by the process that forks it (a `repro`, a pool),
-    which goes on meanwhile."""
+    which goes on meanwhile. Its last argument says when the answer is written."""
+    *load_args, ready = args
     _forget_services()
     from pivot.runtime.loader import forked_main
 
-    forked_main(*args)
+    forked_main(*load_args)
+    os.write(ready if isinstance(ready, int) else ready.fileno(), b"1")
 
 
 class Forked:

@@ -30,7 +30,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 __all__ = ["enabled", "imported_tops", "load_ended", "load_started", "loader_context", "serve_loaders", "third_party", "warm_up", "worker_context"]
 
@@ -114,7 +114,7 @@ def worker_context(preload: tuple[str, ...], key: str) -> Any:
 
     if _current != (preload, key):
         if _current is not None:
-            if _loads:
+            if _running_loads():
                 # The server exits once every process it forked has: it would wait for
                 # the loads (and hold the pool's loop). Its modules are stale, which
                 # makes imports slower, never wrong; the next call restarts it.
@@ -128,15 +128,34 @@ def worker_context(preload: tuple[str, ...], key: str) -> Any:
     return multiprocessing.get_context("forkserver")
 
 
-_loads: set[object] = set()  # forked loads running (pivot/launch/spawn.py)
+class _Load(Protocol):
+    answered: bool
+
+    def exited(self) -> bool: ...
+
+    def reap(self) -> None: ...
 
 
-def load_started(load: object) -> None:
+_loads: set[_Load] = set()  # forked loads running (pivot/launch/spawn.py)
+
+
+def load_started(load: _Load) -> None:
     _loads.add(load)
 
 
-def load_ended(load: object) -> None:
+def load_ended(load: _Load) -> None:
     _loads.discard(load)
+
+
+def _running_loads() -> bool:
+    """Whether a load forked from the server is still running. One that answered is only
+    exiting (a few ms): waited for."""
+    for load in list(_loads):
+        if load.answered and not load.exited():
+            load.reap()
+        if load.exited():
+            _loads.discard(load)
+    return bool(_loads)
 
 
 def loader_context() -> tuple[Any, tuple[str, ...]] | None:
