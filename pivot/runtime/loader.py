@@ -23,6 +23,7 @@ from pivot.pipeline.paths import normalize
 from pivot.pipeline.project import DVC_FILE, PIPELINE_FILE
 from pivot.pipeline.stage import StageDecl, clear_registry, register_dvc_stage, registered
 from pivot.runtime.command import interpolate
+from pivot.runtime.freshcode import guard_project_bytecode
 from pivot.runtime.preload import imported_tops, third_party
 from pivot.runtime.usertb import user_traceback
 from pivot.state.fingerprint import Fingerprinter, command_fingerprint
@@ -45,6 +46,7 @@ def import_pipeline(root: Path) -> None:
         sys.path.insert(0, str(root))
     if _loaded == [root]:
         return
+    guard_project_bytecode(str(root))  # (its bytecode of one second may be another version's)
     clear_registry()
     if (root / PIPELINE_FILE).is_file() or not (root / DVC_FILE).is_file():
         try:
