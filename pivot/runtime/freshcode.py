@@ -16,8 +16,10 @@ written, and every module outside the project).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.machinery
 import importlib.util
+import marshal
 import os
 import sys
 from importlib.abc import PathEntryFinder
@@ -44,9 +46,21 @@ def may_be_stale(source_path: str) -> bool:
 class _FreshSourceLoader(importlib.machinery.SourceFileLoader):
     def get_code(self, fullname: str) -> CodeType | None:
         path = self.get_filename(fullname)
-        if may_be_stale(path):
-            return self.source_to_code(self.get_data(path), path)
-        return super().get_code(fullname)
+        if not may_be_stale(path):
+            return super().get_code(fullname)
+        stat = os.stat(path)  # (before the read, as CPython does: a save meanwhile is newer)
+        code = self.source_to_code(self.get_data(path), path)
+        if not sys.dont_write_bytecode:
+            # Written again (as CPython would have, had the header not matched): once
+            # that happens after the source's second, the next import trusts it.
+            header = b"".join((
+                importlib.util.MAGIC_NUMBER, bytes(4),  # (flags 0: checked by timestamp)
+                (int(stat.st_mtime) & 0xFFFFFFFF).to_bytes(4, "little"),
+                (stat.st_size & 0xFFFFFFFF).to_bytes(4, "little"),
+            ))
+            with contextlib.suppress(OSError, NotImplementedError):
+                self.set_data(importlib.util.cache_from_source(path), header + marshal.dumps(code))
+        return code
 
 
 _guarded: list[str] = []

@@ -32,8 +32,9 @@ SECOND = 1_700_000_000  # a whole second: both saves within it
 
 
 def test_a_module_saved_twice_within_a_second_with_the_same_size_runs_as_last_saved(
-    make_project: Callable[..., Path],
+    make_project: Callable[..., Path], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.delenv("PYTHONDONTWRITEBYTECODE", raising=False)  # Python's default: bytecode written
     root = make_project({"pipeline.py": PIPELINE, "helpers.py": "VALUE = 1\n"})
     helpers = root / "helpers.py"
     os.utime(helpers, ns=(SECOND * 10**9 + 100_000_000,) * 2)
@@ -49,6 +50,12 @@ def test_a_module_saved_twice_within_a_second_with_the_same_size_runs_as_last_sa
     result = run_pivot(root, "repro")
     assert result.returncode == 0, describe(result)
     assert (root / "v.txt").read_text() == "2 2\n"  # the loader's default and the worker's module
+    # Its bytecode was written again (else every later import compiles it): plain Python
+    # now reads the last save from it.
+    assert cached.stat().st_mtime_ns > (SECOND + 1) * 10**9
+    again = subprocess.run([sys.executable, "-c", "import helpers; print(helpers.VALUE)"], cwd=root,
+                           capture_output=True, text=True, timeout=30)
+    assert again.stdout.strip() == "2", describe(again)
 
 
 def test_bytecode_written_after_its_sources_second_is_still_used(make_project: Callable[..., Path]) -> None:
