@@ -37,7 +37,6 @@ import queue
 import select
 import signal
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import BrokenExecutor, Future
 from dataclasses import dataclass, field
@@ -57,7 +56,6 @@ log = logging.getLogger(__name__)
 IDLE_EXIT_S = 3600.0  # a worker idle this long exits (its imports' memory goes with it)
 REAP_S = 2.0  # a killed worker is reaped within this (its pid must be dead when judged)
 PREFETCH = 2  # stages a worker holds: the one it runs, and the next
-SPARE_AFTER_S = 0.5  # spares are forked once the pool has been idle this long
 
 
 @dataclass(eq=False)
@@ -125,8 +123,6 @@ class WorkerProcesses:
         self._spares: list[_Worker] = []
         self._spares_starting = 0
         self._spare_epoch = 0  # spares forked before a change of the server's modules go
-        self._idle_since: float | None = None  # since when nothing ran or waited (spares)
-        self._waking = False  # a timer will wake the loop to fork a spare
 
     def configure(self, preload: tuple[str, ...], preload_key: str) -> None:
         if (preload, preload_key) != (self._preload, self._preload_key):
@@ -217,34 +213,15 @@ class WorkerProcesses:
                     self._send(w)
 
     def _top_up(self) -> None:
-        """Fork the spares wanted, one at a time, once nothing has run or waited for
-        SPARE_AFTER_S (a fork is never in the way of a stage, nor of the change that
-        often follows a wave at once), and from the server the workers came from: one
-        whose modules changed is restarted only when workers are replaced."""
+        """Fork the spares wanted, one at a time, only while nothing runs or waits (a
+        fork is never in the way of a stage), and from the server the workers came
+        from: one whose modules changed is restarted only when workers are replaced."""
         from pivot.runtime.preload import serves
 
         idle = not self._pending and not self._starting and all(not w.sent for w in self._workers)
         wanted = self._spares_starting == 0 and len(self._spares) < self.spares_wanted and not self._closed
-        if not (idle and wanted and (serves(self._preload, self._preload_key) or not self._workers)):
-            self._idle_since = None
-            return
-        now = time.monotonic()
-        if self._idle_since is None:
-            self._idle_since = now
-        if now - self._idle_since >= SPARE_AFTER_S:
+        if idle and wanted and (serves(self._preload, self._preload_key) or not self._workers):
             self._start_one(spare=True)
-        elif not self._waking:  # the loop wakes then (the wake pipe), to look again
-            self._waking = True
-            timer = threading.Timer(SPARE_AFTER_S - (now - self._idle_since), self._wake)
-            timer.daemon = True  # (never holds up an exit)
-            timer.start()
-
-    def _wake(self) -> None:
-        with self._lock:
-            self._waking = False
-            if not self._closed:
-                with contextlib.suppress(BlockingIOError):
-                    os.write(self._wake_w, b"t")
 
     def _send(self, w: _Worker) -> None:
         job, sent = self._pending.popleft()
