@@ -103,9 +103,6 @@ class DaskWorkers:
     def start(self, count: int) -> None:
         pass  # the cluster's workers are running
 
-    def keep_spares(self, count: int) -> None:
-        pass  # every stage starts a fresh process there
-
     def resume(self) -> None:
         pass  # (a task starts when the scheduler says)
 

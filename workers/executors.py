@@ -61,11 +61,6 @@ class Executor(Protocol):
         are known to be coming."""
         ...
 
-    def keep_spares(self, count: int) -> None:
-        """Keep `count` workers ready that never ran a stage (a live engine: a code change
-        replaces every worker, and its first stages then need no new process)."""
-        ...
-
     def resume(self) -> None:
         """Called once the broker answered the results that did not succeed (it may have
         cancelled the stages queued behind them meanwhile): workers that stopped after a

@@ -488,7 +488,6 @@ class PoolService:
                         self._cancel_all("cancelled: Python code changed")
                         self.restart_on_load = True
                     self.serve_loaders = True  # a live pipeline: its next loads fork warm
-                    self.workers.keep_spares(self.jobs)  # ... and its next workers are forked
                     self._in_thread("manifest", "", lambda: run_loader(self.root))
                 case ManifestAccepted():
                     if self.replace_on_accept:

@@ -72,7 +72,6 @@ class _Worker:
     # The stages sent to it, in order: the first runs (none: it is idle).
     sent: collections.deque[_Sent] = field(default_factory=collections.deque)
     paused: bool = False  # a stage of it failed: the next waits for `resume`
-    abandoned: bool = False  # its stages were failed (a death beside it): it may still run one
 
 
 def _exit_description(code: int | None) -> str:
@@ -108,48 +107,20 @@ class WorkerProcesses:
         self._workers: list[_Worker] = []
         self._starting = 0
         self._pending: collections.deque[tuple[StageJob, _Sent]] = collections.deque()
-        self._started: queue.SimpleQueue[tuple[tuple[str, int], _Worker | BaseException]] = queue.SimpleQueue()
+        self._started: queue.SimpleQueue[tuple[int, _Worker | BaseException]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._broken: str | None = None
         self._closed = False  # (under `_lock`): a start thread must not write to a closed pipe
         self._lock = threading.Lock()
-        # Killed while idle: no stage waits for their end, reaped when the loop sees it.
-        self._dying: list[_Worker] = []
-        # Spares (`keep_spares`): forked, never given a stage, so no project code in them;
-        # a code change's first stages start in them instead of waiting for a fork.
-        self.spares_wanted = 0
-        self._spares: list[_Worker] = []
-        self._spares_starting = 0
-        self._spare_epoch = 0  # spares forked before a change of the server's modules go
 
     def configure(self, preload: tuple[str, ...], preload_key: str) -> None:
-        if (preload, preload_key) != (self._preload, self._preload_key):
-            # The server is restarted for the new modules (preload.worker_context), and a
-            # worker's exit status comes through the server it was forked from.
-            self._drop_spares()
         self._preload, self._preload_key = preload, preload_key
-
-    def keep_spares(self, count: int) -> None:
-        """Keep `count` spare workers forked while the pool is idle (a live engine: its
-        next code change replaces every worker)."""
-        self.spares_wanted = max(0, count)
-        if not self.spares_wanted:
-            self._drop_spares()
-
-    def _drop_spares(self) -> None:
-        self._spare_epoch += 1
-        spares, self._spares = self._spares, []
-        self._kill(spares)
 
     @property
     def started(self) -> bool:
         return bool(self._workers) or self._starting > 0
-
-    @property
-    def spare_pids(self) -> tuple[int, ...]:
-        return tuple(w.proc.pid for w in self._spares)
 
     # --- the loop's side -------------------------------------------------------------
 
@@ -157,7 +128,6 @@ class WorkerProcesses:
         fds = [self._wake_r]
         for w in self._workers:
             fds += (w.conn.fileno(), w.proc.sentinel)
-        fds += [w.proc.sentinel for w in (*self._spares, *self._dying)]
         return fds
 
     def collect(self, ready: set[int]) -> None:
@@ -168,12 +138,7 @@ class WorkerProcesses:
         for w in list(self._workers):
             if w.conn.fileno() in ready or w.proc.sentinel in ready:
                 self._read(w, ready)
-        for group in (self._spares, self._dying):  # (a spare that died: its idle timeout)
-            for w in [w for w in group if w.proc.sentinel in ready]:
-                group.remove(w)
-                _reap(w)
         self._dispatch()
-        self._top_up()
 
     def submit(self, job: StageJob, on_start: Callable[[], None] | None = None) -> Future[StageOutcome]:
         if self._broken is not None:
@@ -191,18 +156,6 @@ class WorkerProcesses:
         return future
 
     def _dispatch(self) -> None:
-        self._dispatch_to_workers()
-        missing = min(len(self._pending), self.jobs - len(self._workers)) - self._starting
-        if missing > 0 and self._spares:  # a spare is a worker at once
-            while missing > 0 and self._spares:
-                self._workers.append(self._spares.pop())
-                missing -= 1
-            self._dispatch_to_workers()
-            missing = min(len(self._pending), self.jobs - len(self._workers)) - self._starting
-        for _ in range(max(0, missing)):
-            self._start_one()
-
-    def _dispatch_to_workers(self) -> None:
         # Idle workers first; queued behind a running stage only when every worker exists.
         depth = PREFETCH if len(self._workers) == self.jobs else 1
         for held in range(depth):
@@ -211,17 +164,9 @@ class WorkerProcesses:
                     return
                 if len(w.sent) == held:
                     self._send(w)
-
-    def _top_up(self) -> None:
-        """Fork the spares wanted, one at a time, only while nothing runs or waits (a
-        fork is never in the way of a stage), and from the server the workers came
-        from: one whose modules changed is restarted only when workers are replaced."""
-        from pivot.runtime.preload import serves
-
-        idle = not self._pending and not self._starting and all(not w.sent for w in self._workers)
-        wanted = self._spares_starting == 0 and len(self._spares) < self.spares_wanted and not self._closed
-        if idle and wanted and (serves(self._preload, self._preload_key) or not self._workers):
-            self._start_one(spare=True)
+        missing = min(len(self._pending), self.jobs - len(self._workers)) - self._starting
+        for _ in range(max(0, missing)):
+            self._start_one()
 
     def _send(self, w: _Worker) -> None:
         job, sent = self._pending.popleft()
@@ -253,7 +198,7 @@ class WorkerProcesses:
             if w.sent and (on_start := w.sent[0].on_start) is not None:
                 on_start()
 
-    def _start_one(self, *, spare: bool = False) -> None:
+    def _start_one(self) -> None:
         from pivot.runtime.preload import worker_context
 
         context = worker_context(self._preload, self._preload_key)
@@ -261,12 +206,8 @@ class WorkerProcesses:
             import multiprocessing
 
             context = multiprocessing.get_context("spawn")
-        if spare:
-            self._spares_starting += 1
-            tag = ("spare", self._spare_epoch)
-        else:
-            self._starting += 1
-            tag = ("worker", self.generation)
+        self._starting += 1
+        generation = self.generation
 
         def start() -> None:
             from pivot.runtime.worker import serve
@@ -282,10 +223,9 @@ class WorkerProcesses:
             with self._lock:
                 if self._closed:  # the pool is exiting: a worker started now has no use
                     if isinstance(started, _Worker):
-                        _signal_kill(started)
-                        _reap(started)
+                        self._kill([started])
                     return
-                self._started.put((tag, started))
+                self._started.put((generation, started))
                 with contextlib.suppress(BlockingIOError):
                     os.write(self._wake_w, b"s")
 
@@ -294,13 +234,10 @@ class WorkerProcesses:
     def _take_started(self) -> None:
         while True:
             try:
-                (kind, epoch), started = self._started.get_nowait()
+                generation, started = self._started.get_nowait()
             except queue.Empty:
                 return
-            if kind == "spare":
-                self._take_spare(epoch, started)
-                continue
-            if epoch != self.generation:  # started for workers replaced since
+            if generation != self.generation:  # started for workers replaced since
                 if isinstance(started, _Worker):
                     self._kill([started])
                 continue
@@ -313,16 +250,6 @@ class WorkerProcesses:
                         self._pending.popleft()[1].future.set_exception(RuntimeError(why))
                 continue
             self._workers.append(started)
-
-    def _take_spare(self, epoch: int, started: _Worker | BaseException) -> None:
-        self._spares_starting -= 1
-        if isinstance(started, BaseException):
-            log.warning("could not start a spare worker: %s: %s", type(started).__name__, started)
-            self.spares_wanted = 0  # workers start when stages need them, as without spares
-        elif epoch != self._spare_epoch:  # forked before the server's modules changed
-            self._kill([started])
-        else:
-            self._spares.append(started)
 
     def _read(self, w: _Worker, ready: set[int]) -> None:
         """Its results, then its death if it died. (select on the one descriptor: the
@@ -366,7 +293,6 @@ class WorkerProcesses:
     def _fail_all(self, why: str) -> None:
         """Every stage in flight or waiting for a worker fails (`BrokenExecutor`)."""
         for w in self._workers:
-            w.abandoned = w.abandoned or bool(w.sent)
             while w.sent:
                 _fail(w.sent.popleft().future, why)
         while self._pending:
@@ -387,17 +313,13 @@ class WorkerProcesses:
         self._workers = []
 
     def _kill(self, workers: list[_Worker]) -> None:
-        """SIGKILL each; wait for the end of those given stages (no attempt of theirs may
-        outlive this); the idle ones are reaped when the loop sees them gone (a fork of a
-        server holding scikit-learn takes 5-9 ms to end: on the way to a code change's
-        first stage)."""
         for w in workers:
-            _signal_kill(w)
+            with contextlib.suppress(ProcessLookupError):
+                if w.proc.pid:
+                    os.kill(w.proc.pid, signal.SIGKILL)
         for w in workers:
-            if w.sent or w.abandoned:
-                _reap(w)
-            else:
-                self._dying.append(w)
+            w.proc.join(REAP_S)
+            w.conn.close()
 
     def cancel(self, pid_file: Path) -> int:
         return request_cancel(pid_file)
@@ -413,20 +335,5 @@ class WorkerProcesses:
         with self._lock:
             self._closed = True
         self.replace()
-        self._drop_spares()
-        dying, self._dying = self._dying, []
-        for w in dying:
-            _reap(w)
         os.close(self._wake_r)
         os.close(self._wake_w)
-
-
-def _signal_kill(w: _Worker) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        if w.proc.pid:
-            os.kill(w.proc.pid, signal.SIGKILL)
-
-
-def _reap(w: _Worker) -> None:
-    w.proc.join(REAP_S)
-    w.conn.close()

@@ -136,12 +136,6 @@ class _Load(Protocol):
     def reap(self) -> None: ...
 
 
-def serves(preload: tuple[str, ...], key: str) -> bool:
-    """Whether a worker started now for (`preload`, `key`) needs no restart of the server
-    (which would end the workers forked from it: their exit status comes through it)."""
-    return not enabled() or _current == (preload, key)
-
-
 _loads: set[_Load] = set()  # forked loads running (pivot/launch/spawn.py)
 
 

@@ -194,30 +194,6 @@ def test_a_death_in_a_stage_fails_every_stage_in_flight_and_replace_starts_afres
     assert not (root / "blocker.txt").exists()
 
 
-def test_a_spare_forked_while_idle_runs_the_first_stage_after_a_replace_and_goes_when_the_modules_change(
-    root: Path, workers: WorkerProcesses
-) -> None:
-    workers.keep_spares(1)
-    first = workers.submit(job(root, "a"))
-    loop_until(workers, lambda: first.done() and len(workers.spare_pids) == 1, "stage a, then a spare")
-    [spare] = workers.spare_pids
-    replaced = pid_of(root, "a")
-    workers.replace()  # a code change: no worker that ran a stage runs another
-    second = workers.submit(job(root, "b"))
-    loop_until(workers, second.done, "stage b")
-    assert outcome(second).status == "ran", outcome(second)
-    assert pid_of(root, "b") == spare  # no fork on the way to it
-    loop_until(workers, lambda: not os.path.exists(f"/proc/{replaced}"), "the replaced worker, killed idle, reaped")
-    loop_until(workers, lambda: len(workers.spare_pids) == 1, "a spare again")
-    [stale] = workers.spare_pids
-    workers.configure(("json",), "other")  # the server is restarted for other modules
-    assert workers.spare_pids == ()
-    loop_until(workers, lambda: not os.path.exists(f"/proc/{stale}"), "the spare of the old server reaped")
-    third = workers.submit(job(root, "c"))
-    loop_until(workers, third.done, "stage c")
-    assert pid_of(root, "c") != stale
-
-
 def test_a_stage_queued_behind_a_running_one_starts_on_that_worker_when_it_ends(root: Path) -> None:
     workers = WorkerProcesses(1)
     started: list[str] = []
