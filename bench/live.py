@@ -17,6 +17,9 @@ numpy or torch: after a code change the new workers fork from a server that has 
 imported already (pivot/runtime/preload.py); `PIVOT_PRELOAD=0` in the environment turns
 that off, for comparison. The import shows in "-> wave finished" (a stage counts as
 started when it is handed to a worker, before its code runs).
+
+`--pause S` waits S seconds after each wave's end before the next edit (a person's pace;
+by default the next edit comes at once, while the engine may still be settling).
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def measure(n: int, trials: int, module: str | None) -> dict[str, list[float] | int]:
+def measure(n: int, trials: int, module: str | None, pause: float = 0.0) -> dict[str, list[float] | int]:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / f"chain{n}"
         write_project(root, n, module)
@@ -79,6 +82,7 @@ def measure(n: int, trials: int, module: str | None) -> dict[str, list[float] | 
             edits = 0
             for i in range(trials):
                 for kind in ("data", "code"):
+                    time.sleep(pause)  # a person's pace between a wave's end and the next save
                     mark = len(ev.items)
                     t0 = time.time()
                     if kind == "data":
@@ -129,6 +133,8 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--import", dest="module", help="a module s0 imports in its body (e.g. numpy)")
     parser.add_argument("--starts", type=int, default=0, help="also time this many start-ups")
+    parser.add_argument("--pause", type=float, default=0.0,
+                        help="seconds between a wave's end and the next edit (default 0: at once)")
     args = parser.parse_args()
     if args.starts:
         times = startup(args.starts)
@@ -138,7 +144,7 @@ def main() -> None:
           "| helper edit -> s0 started (new code), p50 / p95 | -> wave finished, p50 / p95 | redundant waves |")
     print("|---|---|---|---|---|---|")
     for n in args.chain or [3, 50]:
-        r = measure(n, args.trials, args.module)
+        r = measure(n, args.trials, args.module, args.pause)
         cells = []
         for key in ("data_start", "data_done", "code_start", "code_done"):
             values = r[key]
