@@ -8,10 +8,12 @@ prints one JSON line per load."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -165,6 +167,18 @@ def _write(root: Path, name: str, text: str) -> None:
     (root / name).write_text(textwrap.dedent(text))
 
 
+@contextlib.contextmanager
+def driving(root: Path, n: int) -> Iterator[Driver]:
+    """A driver for the pipeline whose helper sets N = `n`, closed on the way out."""
+    _write(root, "pipeline.py", PIPELINE)
+    _write(root, "helpers.py", f"N = {n}\n\ndef shout(t):\n    return t\n")
+    driver = Driver(root)
+    try:
+        yield driver
+    finally:
+        driver.close()
+
+
 def test_a_forked_load_sees_each_edit_and_matches_a_fresh_one(tmp_path: Path) -> None:
     root = tmp_path
     (root / ".pivot").mkdir()
@@ -207,48 +221,31 @@ def test_the_server_is_not_restarted_under_a_load(tmp_path: Path) -> None:
     # New workers may want other modules while a load runs; the server exits only once
     # every process it forked has, so restarting it then would hold the pool's loop for
     # the whole load. It is restarted once no load runs.
-    root = tmp_path
-    _write(root, "pipeline.py", PIPELINE)
-    _write(root, "helpers.py", "N = 3\n\ndef shout(t):\n    return t\n")
-    driver = Driver(root)
-    try:
+    with driving(tmp_path, 3) as driver:
         answer = driver.load("new-modules-while-loading")
         assert answer.get("params") == {"n": 3}, answer
         assert answer["returned_while_loading"] and answer["same_server_meanwhile"], answer
         assert answer["restarted_after"], answer
         assert driver.load("forked")["params"] == {"n": 3}  # the new server serves loads
-    finally:
-        driver.close()
 
 
 def test_a_forked_loads_answer_is_taken_before_its_process_has_exited(tmp_path: Path) -> None:
     # A fork of a process that imported scikit-learn takes 6-9 ms to exit and have its
     # server report it: on the path from a code edit to its stage, so not waited for.
-    root = tmp_path
-    _write(root, "pipeline.py", PIPELINE)
-    _write(root, "helpers.py", "N = 4\n\ndef shout(t):\n    return t\n")
-    driver = Driver(root)
-    try:
+    with driving(tmp_path, 4) as driver:
         answer = driver.load("forked-lingering")
         assert answer.get("params") == {"n": 4}, answer
         assert answer["alive_after_answer"] and answer["gone_after_release"], answer
         assert driver.load("forked")["params"] == {"n": 4}  # and the next load is served
-    finally:
-        driver.close()
 
 
 def test_what_a_forked_load_prints_is_in_the_error_of_a_loader_that_dies(tmp_path: Path) -> None:
     root = tmp_path
-    _write(root, "pipeline.py", PIPELINE)
-    _write(root, "helpers.py", "N = 1\n\ndef shout(t):\n    return t\n")
-    driver = Driver(root)
-    try:
+    with driving(root, 1) as driver:
         _write(root, "helpers.py", "import os, sys\nprint('about to go', flush=True)\nos._exit(5)\n")
         died = driver.load("forked")
         assert "exited with code 5 before reporting" in str(died["error"]), died
         assert "about to go" in str(died["detail"]), died
-    finally:
-        driver.close()
 
 
 # --- loads forked from the starting process itself (`start_loader`) ----------------------
