@@ -140,6 +140,8 @@ _loads: set[_Load] = set()  # forked loads running (pivot/launch/spawn.py)
 
 
 def load_started(load: _Load) -> None:
+    for gone in [earlier for earlier in _loads if earlier.answered and earlier.exited()]:
+        _loads.discard(gone)  # (answered loads stay until they have exited)
     _loads.add(load)
 
 
