@@ -9,9 +9,10 @@ would run the first (docs/architecture.md, "Reloading modules in live workers").
 
 For modules under the project root, bytecode written less than a second (and the
 kernel's clock tick) after the start of its source's mtime second is not read: the
-module is compiled from its source. Bytecode written later is exact: any later save
-has a later second. An extra stat a module import; nothing else changes (what is
-written, and every module outside the project).
+module is compiled from its source, and its bytecode written again as CPython writes it
+(unless bytecode writing is off). Bytecode written later is exact: any later save has a
+later second. An extra stat a module import; every module outside the project is
+imported as before.
 """
 
 from __future__ import annotations
