@@ -43,7 +43,7 @@ def run(argv: list[str], handed: Manifest | None = None) -> NoReturn:
     else:  # a loader forked now, while this process has no thread yet
         first_load = start_loader(args.root)
     if args.start_workers and (handed is not None or args.manifest is not None):
-        _start_forkserver(first_load)
+        _start_forkserver(first_load, str(args.root))
 
     from workers.pool import main  # deliberately after the loader started
 
@@ -57,7 +57,7 @@ def run(argv: list[str], handed: Manifest | None = None) -> NoReturn:
     os._exit(rc)
 
 
-def _start_forkserver(first_load: Loading) -> None:
+def _start_forkserver(first_load: Loading, root: str) -> None:
     """Stages will run: the workers' forkserver starts now (an interpreter that imports
     Pivot's worker modules and the pipeline's libraries: ~70 ms here), beside this
     process's own imports, not once the pool is up. Its modules come with the pipeline."""
@@ -71,7 +71,7 @@ def _start_forkserver(first_load: Loading) -> None:
         return  # said by the pool, which asks again
     multiprocessing_scratch()  # (its socket's folder: ours, removed with the pool)
     with contextlib.suppress(OSError):  # the pool tries again with its workers, and says why
-        start_server(manifest.preload, manifest.preload_key)
+        start_server(manifest.preload, manifest.preload_key, root)
 
 
 def forked_pool(argv: list[str], handed: Manifest, log_fd: int, root: str) -> NoReturn:
@@ -91,4 +91,18 @@ def forked_pool(argv: list[str], handed: Manifest, log_fd: int, root: str) -> No
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     logging.getLogger().handlers.clear()  # the CLI's (its standard error): the pool sets its own
+    _main_as_workers()
     run(argv, handed)
+
+
+def _main_as_workers() -> None:
+    """The main module `python -m workers` has, in place of the CLI's script. A process
+    multiprocessing starts (a worker, a loader: from its forkserver) runs its parent's
+    main script again first, unless that is a package's `__main__`: the `pivot` script
+    imports the CLI and click, ~22 ms of every worker's start here."""
+    import importlib.util
+    import types
+
+    main = types.ModuleType("__main__")
+    main.__spec__ = importlib.util.find_spec("workers.__main__")
+    sys.modules["__main__"] = main

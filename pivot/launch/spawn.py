@@ -23,8 +23,8 @@ from pivot.launch.scratch import scratch_file
 from pivot.pipeline.manifest import Manifest
 
 __all__ = [
-    "LOADER_TIMEOUT_S", "Forked", "ForkedLoaderRun", "LoaderRun", "Loading", "given_manifest", "handed_manifest",
-    "python_cmd", "run_loader", "start_loader", "write_manifest",
+    "LOADER_TIMEOUT_S", "Forked", "ForkedLoaderRun", "LoaderRun", "Loading", "forget_services", "given_manifest",
+    "handed_manifest", "python_cmd", "run_loader", "start_loader", "write_manifest",
 ]
 
 LOADER_TIMEOUT_S = 300.0
@@ -192,7 +192,7 @@ def _load_in_child(*args: Any) -> None:
     imported here, in the child, not by the process that forks it (a `repro`, a pool),
     which goes on meanwhile. Its last argument says when the answer is written."""
     *load_args, ready = args
-    _forget_services()
+    forget_services()
     from pivot.runtime.loader import forked_main
 
     forked_main(*load_args)
@@ -267,9 +267,10 @@ class Forked:
                 os.kill(self.pid, sig)
 
 
-def _forget_services() -> None:
-    """Drop Pivot's `workers` and `broker` packages from a forked loader's modules: a
-    project may have packages of those names, which a fresh interpreter would import."""
+def forget_services() -> None:
+    """Drop Pivot's `workers` and `broker` packages from a forked loader's (or
+    server's) modules: a project may have packages of those names, which a fresh
+    interpreter would import."""
     for name in [n for n in sys.modules if n.partition(".")[0] in ("workers", "broker")]:
         del sys.modules[name]
 

@@ -51,8 +51,11 @@ from typing import Any, NoReturn
 __all__ = ["ForkedProcess", "ScriptRun", "enabled", "script_run", "start"]
 
 # The interpreter's own path, as the worker started (before the loader put the project
-# root in front, or pipeline.py changed it).
-_BASE_PATH = [p for p in sys.path if p]
+# root in front, or pipeline.py changed it), without the entry Python put first for its
+# main script, module or -c (none with -P): the worker's server may be a fork of a
+# process started as the `pivot` script, whose folder a script's interpreter never has
+# (pivot/runtime/preload.py).
+_BASE_PATH = [p for p in (sys.path if sys.flags.safe_path else sys.path[1:]) if p]
 _BASE_WARNINGS: list[Any] = []
 with contextlib.suppress(Exception):
     import warnings

@@ -159,9 +159,9 @@ class PeakRss:
 
     def sample(self) -> None:
         with self._lock:
-            todo: list[tuple[int, list[str]]] = [(self.root_pid, [])]
+            todo: list[tuple[int, list[str], str]] = [(self.root_pid, [], "")]
             while todo:
-                pid, parent_cmdline = todo.pop()
+                pid, parent_cmdline, parent_role = todo.pop()
                 info = proc_info(pid)
                 if info is None or not info.cmdline:
                     continue
@@ -171,11 +171,15 @@ class PeakRss:
                     role = _role(info.cmdline, parent_cmdline)
                     if role == "other" and info.ppid == self.root_pid and info.pgid == pid:
                         role = "pool"  # forked by `pivot repro`, in a session of its own
+                    elif role == "other" and parent_role == "pool" and info.cmdline == parent_cmdline:
+                        role = "forkserver"  # forked by such a pool (pivot/runtime/preload.py)
+                    elif role == "other" and parent_role == "forkserver":
+                        role = "worker"
                 hwm = _vm_hwm_kib(pid)
                 if hwm is not None:
                     key = (pid, role)
                     self.hwm_kib[key] = max(hwm, self.hwm_kib.get(key, 0))
-                todo += [(child, info.cmdline) for child in _children(pid)]
+                todo += [(child, info.cmdline, role) for child in _children(pid)]
 
     def peaks(self) -> dict[str, float]:
         """The largest VmHWM of each role, MiB."""
