@@ -962,7 +962,12 @@ class PoolService:
 
 
 def _is_resource_tracker(pid: int) -> bool:
-    """multiprocessing's resource tracker (by its command line)."""
+    """multiprocessing's resource tracker: this process's (forked from it:
+    pivot/runtime/mpforks.py), or by its command line."""
+    from multiprocessing import resource_tracker
+
+    if pid == getattr(resource_tracker._resource_tracker, "_pid", None):
+        return True
     try:
         return b"resource_tracker" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:

@@ -48,16 +48,31 @@ def group_members(pgid: int) -> list[int]:
 
 
 def kill_group(pgid: int, timeout: float) -> bool:
-    """SIGKILL the group and wait until no live member is left. True when it is empty."""
+    """SIGKILL the group and wait until no live member is left. True when it is empty.
+
+    Killed first, looked at after: the group's signal says whether it has any process
+    at all (ESRCH: none, not even a zombie), and only then are the machine's processes
+    read (a few ms) for members still alive. A killed orphan's zombie may wait for a
+    slow init (~1 s here) to reap it; it counts as gone."""
     deadline = time.monotonic() + timeout
     while True:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass
+        time.sleep(0.001)  # SIGKILL is asynchronous
+        with contextlib.suppress(PermissionError):
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return True
         if not group_members(pgid):
             return True
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGKILL)
         if time.monotonic() > deadline:
             return False
-        time.sleep(0.005)  # SIGKILL is asynchronous; re-check within the deadline
+        time.sleep(0.005)
 
 
 def exit_code(pid: int) -> int | None:

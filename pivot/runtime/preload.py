@@ -25,14 +25,12 @@ library that starts threads when imported is not safe to fork.
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import importlib.util
 import logging
 import os
 import sys
 from collections.abc import Iterable
-from typing import Any, NoReturn, Protocol
+from typing import Any, Protocol
 
 __all__ = ["enabled", "imported_tops", "load_ended", "load_started", "loader_context", "serve_loaders", "third_party", "warm_up", "worker_context"]
 
@@ -58,10 +56,10 @@ def _installed_file(top: str) -> str | None:
         file = spec.origin if spec is not None else None
     if not file:
         return None
-    return file if _installed_path(file) else None
+    return file if installed_path(file) else None
 
 
-def _installed_path(file: str) -> bool:
+def installed_path(file: str) -> bool:
     return any(part in _INSTALLED for part in os.path.normpath(file).split(os.sep))
 
 
@@ -191,116 +189,18 @@ def serve_loaders(preload: tuple[str, ...], key: str) -> None:
 def start_server(preload: tuple[str, ...], key: str, root: str | None = None) -> None:
     """The server started now (it imports in the background, beside this process's own
     start), for workers known to be coming. With `root` (the project's), a fork of this
-    process when it may be one (`_fork_server`)."""
+    process when it may be one, as its resource tracker (pivot/runtime/mpforks.py)."""
     if worker_context(preload, key) is not None:
         from multiprocessing import forkserver
 
-        if root is None or not _fork_server([*_PIVOT_MODULES, *preload], root):
+        from pivot.runtime.mpforks import fork_server, fork_tracker
+
+        if root is None or not fork_server([*_PIVOT_MODULES, *preload], root, _OURS):
             forkserver.ensure_running()
+        elif not fork_tracker():
+            from multiprocessing import resource_tracker
 
-
-def _fork_server(modules: list[str], root: str) -> bool:
-    """multiprocessing's forkserver, started as a fork of this process instead of a
-    fresh interpreter: the same server (`forkserver.main`, its protocol, its exit when
-    the pool's end of its pipe closes) without an interpreter's start and the imports
-    this process has done already (a pool that `pivot repro` forked has Pivot's: the
-    server's CPU 0.13 -> ~0.05 s here, ready that much sooner). Only while this process
-    has one thread (a fork of a thread's lock held is a deadlock) and none of the
-    project's modules (a worker must import the project's code as it is when it runs).
-    False: not started (`ensure_running` starts it the usual way)."""
-    import socket
-    import threading
-    from multiprocessing import connection, forkserver, resource_tracker, spawn
-
-    server: Any = forkserver._forkserver
-    if threading.active_count() != 1 or server._forkserver_pid is not None or _project_imported(root):
-        return False
-    data = {k: v for k, v in spawn.get_preparation_data("ignore").items() if k in {"main_path", "sys_path"}}
-    with socket.socket(socket.AF_UNIX) as listener:
-        address = connection.arbitrary_address("AF_UNIX")  # type: ignore[attr-defined]
-        listener.bind(address)
-        os.chmod(address, 0o600)
-        listener.listen()
-        alive_r, alive_w = os.pipe()
-        try:
-            pid = os.fork()
-        except OSError:
-            os.close(alive_r)
-            os.close(alive_w)
-            os.unlink(address)
-            return False
-        if pid == 0:
-            _serve_forked(listener.fileno(), alive_r, modules, data)
-        os.close(alive_r)
-    server._forkserver_address = address
-    server._forkserver_alive_fd = alive_w
-    server._forkserver_pid = pid
-    resource_tracker.ensure_running()  # (a fresh interpreter of its own: the stdlib's)
-    return True
-
-
-def _project_imported(root: str) -> bool:
-    """Whether a module of the project under `root` is imported in this process (not
-    Pivot's, nor one installed in a virtual environment inside the project)."""
-    tops = tuple({os.path.join(os.path.abspath(root), ""), os.path.join(os.path.realpath(root), "")})
-    for name, module in list(sys.modules.items()):
-        file = getattr(module, "__file__", None)
-        if (isinstance(file, str) and os.path.abspath(file).startswith(tops)
-                and name.partition(".")[0] not in _OURS and not _installed_path(file)):
-            return True
-    return False
-
-
-def _serve_forked(listener_fd: int, alive_r: int, modules: list[str], data: dict[str, Any]) -> NoReturn:
-    """The forked server's life: what the stdlib's `python -c` server runs, with its
-    argv and no descriptor of this process's but its two and the standard ones."""
-    import gc
-    from multiprocessing import forkserver
-
-    from pivot.launch.spawn import forget_services
-
-    code = 1
-    try:
-        keep = sorted({listener_fd, alive_r})
-        os.closerange(3, keep[0])
-        os.closerange(keep[0] + 1, keep[-1])
-        os.closerange(keep[-1] + 1, os.sysconf("SC_OPEN_MAX"))
-        sys.argv[:] = ["-c"]
-        forget_services()  # a project's own `workers` or `broker` is what its stages import
-        _fresh_signals()
-        # What the pool held (a 10,000-stage pipeline's manifest) stays shared with it
-        # and with the workers: the collector, which writes into every object it scans,
-        # leaves frozen ones alone. Frozen again once the server's own imports are done.
-        gc.freeze()
-        for name in modules:  # (as the server does first)
-            with contextlib.suppress(ImportError):
-                importlib.import_module(name)
-        gc.freeze()
-        forkserver.main(listener_fd, alive_r, modules, **data)
-        code = 0
-    except SystemExit as exc:  # how it ends: the pool's end of its pipe closed
-        code = exc.code if isinstance(exc.code, int) else 0
-    except BaseException:
-        import traceback
-
-        traceback.print_exc()
-    finally:
-        os._exit(code)
-
-
-def _fresh_signals() -> None:
-    """The signal handling a fresh interpreter starts with (its workers inherit it): no
-    Python handler but SIGINT's, and no fault handler (the pool's own)."""
-    import faulthandler
-    import signal
-
-    faulthandler.disable()
-    for sig in signal.valid_signals():
-        with contextlib.suppress(OSError, ValueError, TypeError):
-            handler = signal.getsignal(sig)
-            if callable(handler) and handler is not signal.default_int_handler:
-                signal.signal(sig, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+            resource_tracker.ensure_running()
 
 
 def warm_up(preload: tuple[str, ...], key: str) -> None:

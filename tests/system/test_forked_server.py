@@ -1,7 +1,8 @@
-"""The workers' forkserver started as a fork of its pool (pivot/runtime/preload.py
-`_fork_server`) rather than a fresh interpreter: only from a process with one thread and
-none of the project's modules, speaking the stdlib server's protocol (its children run,
-their exit codes come back, it stops when asked); and a `pivot repro` run's workers come
+"""The workers' forkserver and the resource tracker started as forks of their pool
+(pivot/runtime/mpforks.py) rather than fresh interpreters: only from a process with one
+thread (and, for the server, none of the project's modules), each doing the stdlib's
+work (the server's children run and their exit codes come back; the tracker cleans up
+what a worker leaked; each stops when its pipe closes); and a `pivot repro` run's workers come
 from such a server without running the CLI's script again (multiprocessing runs a
 parent's main script in each child it starts, unless that is a package's `__main__`)."""
 
@@ -21,11 +22,23 @@ pytestmark = pytest.mark.timeout(120)
 
 DRIVER = '''\
 import json, os, sys, threading
-from multiprocessing import forkserver, get_context
+from multiprocessing import forkserver, get_context, resource_tracker
+from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
 
 from pivot.launch.scratch import multiprocessing_scratch
-from pivot.runtime import preload
+from pivot.runtime import mpforks
+
+
+def leak(name):
+    SharedMemory(name=name, create=True, size=16)  # and never unlinked: the tracker's to clean
+
+
+def forked(pid):
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(stat[1]) == os.getpid() and (Path(f"/proc/{pid}/cmdline").read_bytes()
+                                            == Path(f"/proc/{os.getpid()}/cmdline").read_bytes())
+
 
 if __name__ == "__main__":
     root = Path(sys.argv[1])
@@ -33,32 +46,39 @@ if __name__ == "__main__":
     out = {}
     sys.path.insert(0, str(root))
     import helper  # a module of the project: a worker must import it as it is on disk
-    out["with_a_project_module"] = preload._fork_server(["json"], str(root))
+    out["with_a_project_module"] = mpforks.fork_server(["json"], str(root), {"pivot"})
     del sys.modules["helper"]
     sys.path.remove(str(root))
     done = threading.Event()
     busy = threading.Thread(target=done.wait, args=(30,))
     busy.start()
-    out["with_a_thread"] = preload._fork_server(["json"], str(root))
+    out["with_a_thread"] = [mpforks.fork_server(["json"], str(root), {"pivot"}), mpforks.fork_tracker()]
     done.set()
     busy.join(30)
-    out["alone"] = preload._fork_server(["json"], str(root))
-    server = forkserver._forkserver._forkserver_pid
-    stat = Path(f"/proc/{server}/stat").read_text().rsplit(")", 1)[1].split()
-    out["server_parent_is_this"] = int(stat[1]) == os.getpid()
-    out["server_cmdline_is_this"] = (Path(f"/proc/{server}/cmdline").read_bytes()
-                                     == Path(f"/proc/{os.getpid()}/cmdline").read_bytes())
+    out["alone"] = [mpforks.fork_server(["json"], str(root), {"pivot"}), mpforks.fork_tracker()]
+    server, tracker = forkserver._forkserver._forkserver_pid, resource_tracker._resource_tracker._pid
+    out["forked"] = [forked(server), forked(tracker)]
+    resource_tracker.ensure_running()
+    out["tracker_kept"] = resource_tracker._resource_tracker._pid == tracker
     child = get_context("forkserver").Process(target=os._exit, args=(7,))
     child.start()
     child.join(30)
     out["child_exit"] = child.exitcode
+    name = f"pivot-test-{os.getpid()}"
+    child = get_context("forkserver").Process(target=leak, args=(name,))
+    child.start()
+    child.join(30)
+    out["leaked"] = Path("/dev/shm", name).exists()
     forkserver._forkserver._stop()
     out["server_gone"] = not Path(f"/proc/{server}").exists()
+    resource_tracker._resource_tracker._stop()  # its pipe closed: it cleans up, exits, is reaped
+    out["tracker_gone"] = not Path(f"/proc/{tracker}").exists()
+    out["leak_cleaned"] = not Path("/dev/shm", name).exists()
     print(json.dumps(out), flush=True)
 '''
 
 
-def test_the_server_is_forked_only_from_a_lone_thread_without_project_code_and_serves_as_the_stdlibs(
+def test_the_helpers_are_forked_only_from_a_lone_thread_without_project_code_and_serve_as_the_stdlibs(
     make_project: Callable[..., Path], tmp_path: Path,
 ) -> None:
     root = make_project({"helper.py": "VALUE = 1\n"})
@@ -68,8 +88,9 @@ def test_the_server_is_forked_only_from_a_lone_thread_without_project_code_and_s
                           timeout=90, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {
-        "with_a_project_module": False, "with_a_thread": False, "alone": True,
-        "server_parent_is_this": True, "server_cmdline_is_this": True, "child_exit": 7, "server_gone": True,
+        "with_a_project_module": False, "with_a_thread": [False, False], "alone": [True, True],
+        "forked": [True, True], "tracker_kept": True, "child_exit": 7, "leaked": True,
+        "server_gone": True, "tracker_gone": True, "leak_cleaned": True,
     }
 
 

@@ -172,7 +172,7 @@ class PeakRss:
                     if role == "other" and info.ppid == self.root_pid and info.pgid == pid:
                         role = "pool"  # forked by `pivot repro`, in a session of its own
                     elif role == "other" and parent_role == "pool" and info.cmdline == parent_cmdline:
-                        role = "forkserver"  # forked by such a pool (pivot/runtime/preload.py)
+                        role = "forkserver"  # or its resource tracker: forked by such a pool (pivot/runtime/mpforks.py)
                     elif role == "other" and parent_role == "forkserver":
                         role = "worker"
                 hwm = _vm_hwm_kib(pid)
