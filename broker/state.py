@@ -471,7 +471,6 @@ class BrokerState:
             return
         self.wave_count += 1
         self.wave = wave = Wave.plan(self.wave_count, self.graph, wanted, run.force, run.keep_going)
-        wave.ahead = run.exact and run.trigger != "run"
         stages = wave.stages
         if self.live is not None and self.manifest is not None:
             by_name = self.manifest.by_name
@@ -487,24 +486,14 @@ class BrokerState:
         if not run.force and stages and planner is not None:
             # One batch question instead of a round trip per up-to-date stage.
             wave.planner = planner
-            if wave.ahead:  # sent first: their pools decide them before they plan
-                self._dispatch()
             upstream = {s: sorted(self.graph.upstream[s] & wanted) for s in stages}
-            self._send(planner, PlanWave(wave.number, stages, upstream))
+            self._send(wave.planner, PlanWave(wave.number, stages, upstream))
         self._maybe_finish_wave()
 
     def _dispatch(self) -> None:
         """Ready stages, in order, to free slots of pools with every tag they name."""
         wave = self.wave
-        if wave is None or wave.halted or self.stopping:
-            return
-        # While the plan is made, a change's ready stages go (the stages that read what
-        # changed, or whose code did: they run, unless what changed is as it was, which
-        # their pool decides as for any stage); the rest waits for the plan. A saved
-        # file's stage then starts without waiting for a plan of everything after it
-        # (a 50-stage chain: ~1-8 ms).
-        planning = wave.planner is not None
-        if planning and not wave.ahead:
+        if wave is None or wave.halted or wave.planner is not None or self.stopping:
             return
         free = self.pools.free_slots()
         busy = self.pools.foreign_stages()
@@ -525,7 +514,7 @@ class BrokerState:
             self._give(wave, stage, name, free, [])
             if self.wave is None:
                 return
-        if free and not planning:
+        if free:
             self._dispatch_behind(wave, free, busy)
 
     def _dispatch_behind(self, wave: Wave, free: dict[str, int], busy: set[str]) -> None:
@@ -778,17 +767,9 @@ class BrokerState:
         if wave is None or wave.number != event.wave or wave.planner != event.pool:
             return  # a late answer for a wave that moved on
         wave.planner = None
-        assert self.graph is not None
-        # What went ahead of the plan (`_dispatch`) is decided by its pool, and what is
-        # downstream of it by theirs once it ended: the plan said them up to date as the
-        # files were then, before it ran.
-        running = set(wave.running.values())
-        ahead = {s for s in wave.stages if s in wave.done or s in running}
         skipping = frozenset(event.up_to_date) & frozenset(wave.waiting)
-        if ahead:
-            skipping -= ahead | self.graph.downstream_of(ahead)
         for stage in sorted(skipping, key=wave.position.__getitem__):
-            if stage in wave.done or stage in running:
+            if stage in wave.done or wave.is_running(stage):
                 continue
             wave.unready(stage)
             self._finish(stage, Status.SKIPPED, ReasonCode.UP_TO_DATE, "up to date", 0.0, None)

@@ -41,9 +41,6 @@ class Wave:
     restarting: set[str] = field(default_factory=set)  # `--restart`: cancel asked, runs again
     behind: dict[str, str] = field(default_factory=dict)  # stage -> its attempt, given behind its upstream
     position: dict[str, int] = field(default_factory=dict)
-    # A change's wave (files, code): its ready stages, whose own inputs or code changed,
-    # go to pools while the plan is made (state.py `_dispatch`).
-    ahead: bool = False
 
     def __post_init__(self) -> None:
         self.position = {s: i for i, s in enumerate(self.stages)}

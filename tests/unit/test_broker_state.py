@@ -744,53 +744,6 @@ def test_a_confirmed_data_change_runs_its_consumers_and_their_downstream_only() 
     assert wave.stages == ["b", "d"] and wave.trigger == "files" and wave.paths == ["b.txt"]
 
 
-def change_wave(h: Harness, path: str) -> list[Command]:
-    """`path` saved, its quiet window over, the change confirmed: the commands of its wave."""
-    h.feed(FilesReported((path,), 1.0))
-    [paths] = confirms(h.feed(Tick(1.1)))
-    return h.feed(ChangesConfirmed(paths))
-
-
-def test_a_changes_wave_starts_what_reads_the_change_before_its_plan_answers() -> None:
-    h = live_harness()
-    h.plan = None
-    commands = change_wave(h, "b.txt")
-    [(_, plan)] = plan_requests(commands)
-    assert plan.stages == ["b", "d"]
-    [(_, b, b_attempt)] = dispatched(commands)  # d waits for b
-    assert b == "b"
-    # b ends first: d goes too, decided by its pool, never skipped on the plan's word
-    # (the plan looked at b's output before b ran).
-    [(_, d, d_attempt)] = dispatched(h.result(b_attempt))
-    assert d == "d"
-    assert dispatched(h.feed(WavePlanned("p1", plan.wave, ("b", "d")))) == []
-    [wave] = published(h.result(d_attempt), WaveFinished)
-    assert wave.ran == ["b", "d"] and wave.skipped == []
-
-
-def test_the_plan_skips_what_did_not_go_ahead_of_it_and_nothing_downstream_of_what_did() -> None:
-    h = Harness()
-    h.state = BrokerState(heartbeat_s=1.0, liveness=3, live=LiveOptions())
-    m = Manifest((
-        spec("x", deps=["f.txt"], outs=["x.txt"]), spec("x2", deps=["x.txt"], outs=["x2.txt"]),
-        spec("y", deps=["f.txt"], outs=["y.txt"]), spec("y2", deps=["y.txt"], outs=["y2.txt"]),
-    ))
-    h.feed(PoolJoined("p1", 1, 0.0))  # one slot: one of the two readers goes ahead
-    h.feed(ManifestArrived("p1", m, build_graph(m)))
-    h.feed(WatcherJoined(10))
-    h.plan = None
-    commands = change_wave(h, "f.txt")
-    [(_, plan)] = plan_requests(commands)
-    [(_, first, attempt)] = dispatched(commands)
-    other = "y" if first == "x" else "x"
-    h.feed(WavePlanned("p1", plan.wave, ("x", "x2", "y", "y2")))
-    assert finished(h) == {other: "skipped", other + "2": "skipped"}
-    [(_, after, after_attempt)] = dispatched(h.result(attempt))
-    assert after == first + "2"  # downstream of what ran: its pool decides
-    [wave] = published(h.result(after_attempt), WaveFinished)
-    assert wave.ran == sorted([first, first + "2"], key=plan.stages.index)
-
-
 def test_a_change_the_check_discards_starts_no_wave() -> None:
     h = live_harness()
     h.feed(FilesReported(("a.txt",), 1.0))
