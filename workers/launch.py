@@ -58,9 +58,10 @@ def run(argv: list[str], handed: Manifest | None = None) -> NoReturn:
 
 
 def _start_forkserver(first_load: Loading, root: str) -> None:
-    """Stages will run: the workers' forkserver starts now (an interpreter that imports
-    Pivot's worker modules and the pipeline's libraries: ~70 ms here), beside this
-    process's own imports, not once the pool is up. Its modules come with the pipeline."""
+    """Stages will run: the workers' forkserver starts now (a fork of this process, which
+    imports Pivot's worker modules and the pipeline's libraries: pivot/runtime/mpforks.py),
+    beside this process's own imports, not once the pool is up. Its modules come with the
+    pipeline."""
     from pivot.errors import PivotError
     from pivot.launch.scratch import multiprocessing_scratch
     from pivot.runtime.preload import start_server

@@ -54,7 +54,7 @@ __all__ = ["ForkedProcess", "ScriptRun", "enabled", "script_run", "start"]
 # root in front, or pipeline.py changed it), without the entry Python put first for its
 # main script, module or -c (none with -P): the worker's server may be a fork of a
 # process started as the `pivot` script, whose folder a script's interpreter never has
-# (pivot/runtime/preload.py).
+# (pivot/runtime/mpforks.py).
 _BASE_PATH = [p for p in (sys.path if sys.flags.safe_path else sys.path[1:]) if p]
 _BASE_WARNINGS: list[Any] = []
 with contextlib.suppress(Exception):
