@@ -125,7 +125,8 @@ def worker_context(preload: tuple[str, ...], key: str) -> Any:
             # A private stdlib method (its unit tests use it); the server forks no new
             # worker after this, and workers forked before are already stopped.
             forkserver._forkserver._stop()  # type: ignore[attr-defined]
-        multiprocessing.set_forkserver_preload([*_PIVOT_MODULES, *preload])
+        # (pivot/runtime/heapfreeze.py last: what the others imported is frozen)
+        multiprocessing.set_forkserver_preload([*_PIVOT_MODULES, *preload, "pivot.runtime.heapfreeze"])
         _current = (preload, key)
         log.info("workers fork from a server preloading %s", ", ".join(preload) or "Pivot only")
     return multiprocessing.get_context("forkserver")

@@ -124,3 +124,38 @@ def test_a_repro_runs_its_stages_in_workers_of_a_server_forked_from_its_pool(
     assert seen["main_file"] is None, seen  # not the `pivot` script, run again in each worker
     # As a fresh interpreter's: neither the pool's fault handler nor a handler of the CLI's.
     assert seen["fault_handler"] is False and seen["sigterm_handled"] is False, seen
+
+
+STDLIB_DRIVER = '''\
+import os, sys
+from multiprocessing import forkserver, get_context
+from pathlib import Path
+
+from pivot.launch.scratch import multiprocessing_scratch
+from pivot.runtime import preload
+
+import report
+
+if __name__ == "__main__":
+    multiprocessing_scratch()
+    preload.worker_context(("json",), "k")
+    forkserver.ensure_running()  # the stdlib's start: a fresh interpreter
+    child = get_context("forkserver").Process(target=report.frozen)
+    child.start()
+    child.join(30)
+    forkserver._forkserver._stop()
+    print(child.exitcode, flush=True)
+'''
+
+
+def test_a_server_started_the_stdlibs_way_hands_its_children_a_frozen_heap(tmp_path: Path) -> None:
+    """What the server imported is frozen for the collector in its children
+    (pivot/runtime/heapfreeze.py), as a forked server's is."""
+    (tmp_path / "report.py").write_text(
+        "import gc, os\n\ndef frozen():\n    os._exit(3 if gc.get_freeze_count() > 1000 else 4)\n"
+    )
+    driver = tmp_path / "driver.py"
+    driver.write_text(STDLIB_DRIVER)
+    done = subprocess.run([sys.executable, str(driver)], capture_output=True, text=True, timeout=90, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["3"], done.stdout
