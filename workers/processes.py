@@ -112,7 +112,6 @@ class WorkerProcesses:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._broken: str | None = None
-        self._dying: list[Any] = []  # idle workers killed, until their server says they are gone
         self._closed = False  # (under `_lock`): a start thread must not write to a closed pipe
         self._lock = threading.Lock()
 
@@ -132,8 +131,6 @@ class WorkerProcesses:
         return fds
 
     def collect(self, ready: set[int]) -> None:
-        if self._dying:
-            self._dying = [proc for proc in self._dying if proc.is_alive()]
         if self._wake_r in ready:
             with contextlib.suppress(BlockingIOError):
                 os.read(self._wake_r, 4096)
@@ -316,19 +313,12 @@ class WorkerProcesses:
         self._workers = []
 
     def _kill(self, workers: list[_Worker]) -> None:
-        """SIGKILL `workers`; those holding a stage are waited for (its outputs are
-        cleaned once they are gone: `discard_if_died`), an idle one is forgotten once
-        its server reports it gone (`collect`): a code change's first stage waited 5-9 ms
-        here for idle workers of the old code to exit."""
         for w in workers:
             with contextlib.suppress(ProcessLookupError):
                 if w.proc.pid:
                     os.kill(w.proc.pid, signal.SIGKILL)
         for w in workers:
-            if w.sent:
-                w.proc.join(REAP_S)
-            else:
-                self._dying.append(w.proc)
+            w.proc.join(REAP_S)
             w.conn.close()
 
     def cancel(self, pid_file: Path) -> int:
