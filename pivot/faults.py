@@ -39,3 +39,7 @@ def reached(point: str) -> None:
         libc = ctypes.PyDLL(None)  # PyDLL: the GIL stays held during the call
         while True:
             libc.pause()
+    elif action == "segv":
+        import ctypes
+
+        ctypes.string_at(0)  # (a PYFUNCTYPE: the GIL stays held)

@@ -187,7 +187,8 @@ def run_live(
     import signal
     import threading
 
-    stops = StopRequests()
+    owner = stages is not None
+    stops = StopRequests(owner)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: stops.add())
         if stages is not None:  # the terminal of `pivot up` closed: stop the engine
@@ -199,7 +200,6 @@ def run_live(
     assert stack.client is not None
     client = stack.client
     paused = False
-    owner = stages is not None
     try:
         joined = client.join()
         if stages is None:  # attaching: show the engine's state as it is now
@@ -242,11 +242,14 @@ def run_live(
                             client.send(RunRequest(list(stages or ()), True, keep_going))
                         elif key == "p" and not stops.asked:
                             client.send(PauseRequest(not paused))
-                    if stops.asked and not owner:
+                    # Read once: a SIGTERM's handler may run between two reads, and a
+                    # view that saw none then one would go on to stop the engine.
+                    asked = stops.asked
+                    if asked and not owner:
                         return 0  # detaching never affects the run
-                    if answered and not stops.asked:
-                        client.take_reply(RunReply)  # answers to keys: nothing to show
-                    if not stops.asked:
+                    if not asked:
+                        if answered:
+                            client.take_reply(RunReply)  # answers to keys: nothing to show
                         stack.check()
                     elif stops.done(stack):  # after showing `item`: it may be the last one
                         return 0
@@ -301,7 +304,8 @@ class StopRequests:
     # After the grace period: the broker cancels, waits up to HARD_KILL_S + 2 s, answers.
     ANSWER_WITHIN_S = HARD_KILL_S + 5.0
 
-    def __init__(self) -> None:
+    def __init__(self, owner: bool) -> None:
+        self.owner = owner  # only the `pivot up` that started the engine stops it
         self.count = 0
         self.sent = 0
         self.sent_at = 0.0
@@ -320,6 +324,8 @@ class StopRequests:
         """Send what was asked; whether the broker has stopped everything and the display
         has shown the events up to then (how the running stages ended)."""
         assert stack.client is not None
+        if not self.owner:
+            return True  # a view only detaches
         grace = stack.grace_s
         if self.sent < self.count:
             stack.client.send(ShutdownRequest(grace if self.count == 1 else 0.0))

@@ -4,6 +4,7 @@ given behind attempts of their upstream stages (`run_stage`'s `after`, docs/prot
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -65,7 +66,10 @@ def b() -> None:
 class FakeBroker:
     """The work link's ROUTER, a pool started against it and the messages it sent."""
 
-    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], root: Path, guard: ProcGuard) -> None:
+    def __init__(
+        self, ctx: zmq.Context[zmq.Socket[bytes]], root: Path, guard: ProcGuard,
+        heartbeat_s: float = WAIT_S, env: dict[str, str] | None = None,
+    ) -> None:
         self.root = root
         self.sock = ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -77,13 +81,13 @@ class FakeBroker:
             python_cmd("workers", "--root", str(root), "--work", endpoint, "--name", "p", "--jobs", "1",
                        "--broker-timeout", "60"),
             cwd=root, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.stderr,
-            text=True, start_new_session=True,
+            text=True, start_new_session=True, env=env,
         ))
         self.identity = b""
         self.results_by: dict[str, StageResult] = {}  # each attempt's result, as the pool said it
         hello = self.next_of(PoolHello)
         assert isinstance(hello, PoolHello) and hello.queue >= 1, hello
-        self.send(PoolWelcome("p", WAIT_S, 3))
+        self.send(PoolWelcome("p", heartbeat_s, 3))
         self.next_of(ManifestLoaded)
 
     def send(self, msg: Message) -> None:
@@ -180,10 +184,24 @@ def test_a_stage_behind_its_upstream_is_cancelled_at_once_and_its_upstream_runs_
     assert not (broker.root / "b.runs").exists()
 
 
-def test_a_pool_that_crashes_in_native_code_says_where_each_thread_was(broker: FakeBroker) -> None:
-    broker.proc.send_signal(signal.SIGSEGV)  # as a fault in a C extension would
-    rc, _, _ = wait_exit(broker.proc, WAIT_S, "the pool after SIGSEGV")
-    assert rc == -signal.SIGSEGV
-    said = broker.stderr_path.read_text()
-    assert "Fatal Python error: Segmentation fault" in said, said
-    assert 'File "' in said and "workers/pool.py" in said, said  # its threads' stacks
+def test_a_pool_that_crashes_in_native_code_says_where_each_thread_was(
+    tmp_path: Path, proc_guard: ProcGuard, zctx: zmq.Context[zmq.Socket[bytes]],
+) -> None:
+    # The crash comes from inside the pool's loop, in native code holding the GIL, as a C
+    # extension's would: a SIGSEGV sent from outside could land while another thread runs
+    # Python, and the fault handler reading that thread's frames as they change can crash
+    # mid-dump.
+    root = proc_guard.watch_dir(write_files(tmp_path / "proj", {"pipeline.py": PIPELINE}))
+    (root / "hold-a").touch()
+    broker = FakeBroker(zctx, root, proc_guard, heartbeat_s=0.1, env={**os.environ, "PIVOT_FAULT": "heartbeat:segv"})
+    try:
+        broker.send(RunStage(1, "a", "w1-1", False))
+        rc, _, _ = wait_exit(broker.proc, WAIT_S, "the pool to crash at its heartbeat while a runs")
+        assert rc == -signal.SIGSEGV
+        said = broker.stderr_path.read_text()
+        assert "Fatal Python error: Segmentation fault" in said, said
+        assert "Current thread" in said and "Thread 0x" in said, said  # every thread's stack,
+        assert 'File "' in said and "workers/pool.py" in said and "in reached" in said, said  # to the fault
+    finally:
+        broker.sock.close(linger=0)
+        broker.stderr.close()
