@@ -4,6 +4,7 @@ plays the pool."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import select
 import signal
@@ -57,11 +58,14 @@ def c() -> None:
 
 @stage(outs=["blocker.txt"])
 def blocker() -> None:
+    # Memory it wrote to: its process takes a while to go once killed (~25 ms here), so
+    # a pool that did not wait for it would see it still there.
+    ballast = b"x" * (256 << 20)
     mark("blocker")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         time.sleep(0.01)
-    open("blocker.txt", "w").write("late\\n")
+    open("blocker.txt", "w").write("late\\n" if ballast else "")
 
 
 def wait_for(path):
@@ -188,10 +192,43 @@ def test_a_death_in_a_stage_fails_every_stage_in_flight_and_replace_starts_afres
     survivor = pid_of(root, "blocker")
     assert is_alive(survivor)
     after = workers.submit(job(root, "a"))  # a broken executor replaces its workers first
-    assert not is_alive(survivor)
+    # Waited for (reaped, by this process that started it) before the next attempt of its
+    # stage can begin: two attempts are never alive at once.
+    assert not os.path.exists(f"/proc/{survivor}")
     loop_until(workers, after.done, "a stage after the death")
     assert outcome(after).status == "ran", outcome(after)
     assert not (root / "blocker.txt").exists()
+
+
+def test_idle_workers_replaced_are_reaped_by_the_loop_and_a_new_one_runs_the_next_stage(
+    root: Path, workers: WorkerProcesses
+) -> None:
+    first = workers.submit(job(root, "a"))
+    loop_until(workers, first.done, "stage a")
+    idle = pid_of(root, "a")
+    one_worker = len(os.listdir("/proc/self/fd"))  # its pipe and exit descriptor among them
+    workers.replace()  # as a code change does: the idle worker is not waited for
+    second = workers.submit(job(root, "b"))
+    # The loop's passes forget the old one once it is gone: its exit descriptor is closed.
+    loop_until(
+        workers, lambda: second.done() and len(os.listdir("/proc/self/fd")) == one_worker,
+        "stage b, and the old worker's descriptors closed",
+    )
+    assert outcome(second).status == "ran", outcome(second)
+    assert pid_of(root, "b") != idle
+    assert not is_alive(idle)
+
+
+def test_closing_stops_a_worker_whose_start_the_loop_has_not_taken_yet(root: Path) -> None:
+    workers = WorkerProcesses(1)
+    try:
+        workers.submit(job(root, "a"))
+        # Its start thread has handed it over (and woken the loop), which does not look.
+        ready, _, _ = select.select(workers.waitables(), [], [], DEADLINE_S)
+        assert ready, "no worker started"
+    finally:
+        workers.close()
+    assert multiprocessing.active_children() == []
 
 
 def test_a_stage_queued_behind_a_running_one_starts_on_that_worker_when_it_ends(root: Path) -> None:
