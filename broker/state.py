@@ -483,7 +483,13 @@ class BrokerState:
         self._say_warnings()
         self._publish(WaveStarted(wave.number, stages, run.trigger, run.paths), parent=run.cause)
         planner = self.pools.first_current()
-        if not run.force and stages and planner is not None:
+        # A change's wave (saved files, edited code or params: the stages reading what
+        # changed, or whose spec did, and their downstream) is not planned: each stage
+        # of it is affected, so the plan would find next to nothing up to date, and its
+        # first stages would wait for it (a 50-stage chain's first one, for the plan of
+        # the 49 after it). Each is decided by the pool it goes to, as after a plan.
+        change = run.exact and run.trigger != "run"
+        if not run.force and not change and stages and planner is not None:
             # One batch question instead of a round trip per up-to-date stage.
             wave.planner = planner
             upstream = {s: sorted(self.graph.upstream[s] & wanted) for s in stages}

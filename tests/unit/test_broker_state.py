@@ -744,6 +744,25 @@ def test_a_confirmed_data_change_runs_its_consumers_and_their_downstream_only() 
     assert wave.stages == ["b", "d"] and wave.trigger == "files" and wave.paths == ["b.txt"]
 
 
+def test_a_changes_wave_asks_for_no_plan_and_its_pools_decide_each_stage() -> None:
+    h = live_harness()
+    h.plan = None  # a plan asked for would never be answered
+    h.feed(FilesReported(("b.txt",), 1.0))
+    [paths] = confirms(h.feed(Tick(1.1)))
+    commands = h.feed(ChangesConfirmed(paths))
+    assert plan_requests(commands) == []
+    [(_, b, b_attempt)] = dispatched(commands)  # d waits for b
+    assert b == "b"
+    # b wrote what it had (early cutoff): d is still given to a pool, which skips it.
+    [(_, d, d_attempt)] = dispatched(h.result(b_attempt))
+    assert d == "d"
+    [wave] = published(h.result(d_attempt, "skipped"), WaveFinished)
+    assert wave.ran == ["b"] and wave.skipped == ["d"]
+    # A run request still asks for one.
+    [(_, plan)] = plan_requests(h.run())
+    assert plan.stages == ["a", "b", "c", "d", "e"]
+
+
 def test_a_change_the_check_discards_starts_no_wave() -> None:
     h = live_harness()
     h.feed(FilesReported(("a.txt",), 1.0))
