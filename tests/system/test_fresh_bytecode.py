@@ -72,3 +72,37 @@ def test_bytecode_written_after_its_sources_second_is_still_used(make_project: C
     assert may_be_stale(str(helpers))
     cached.unlink()
     assert not may_be_stale(str(helpers))  # no bytecode: nothing to distrust
+
+
+GUARD = """\
+import importlib.machinery
+import sys
+
+from pivot.runtime.freshcode import guard_project_bytecode
+
+root, alias, outside = sys.argv[1:4]
+looked = [
+    "", root, root + "/pkg", alias, alias + "/pkg", outside,
+    outside + "/../" + root.rsplit("/", 1)[1], outside + "/deep/..",  # (deep: root/pkg)
+]
+for path in looked:  # folders looked in before the guard
+    sys.path_importer_cache[path] = importlib.machinery.FileFinder(path)
+guard_project_bytecode(root)
+print(sorted(p for p in looked if p in sys.path_importer_cache))
+"""
+
+
+def test_the_guard_looks_again_in_every_project_folder_already_looked_in_whatever_its_path(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "proj"
+    (root / "pkg").mkdir(parents=True)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    alias = outside / "link"
+    alias.symlink_to(root)  # the project through a symlink: its finders are the project's too
+    (outside / "deep").symlink_to(root / "pkg")
+    done = subprocess.run([sys.executable, "-c", GUARD, str(root), str(alias), str(outside)], cwd=root,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, describe(done)
+    assert done.stdout.split("\n")[0] == repr([str(outside)]), describe(done)
