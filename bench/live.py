@@ -16,7 +16,9 @@ command's start to s0's `stage_started` (start-up to first stage started).
 numpy or torch: after a code change the new workers fork from a server that has it
 imported already (pivot/runtime/preload.py); `PIVOT_PRELOAD=0` in the environment turns
 that off, for comparison. The import shows in "-> wave finished" (a stage counts as
-started when it is handed to a worker, before its code runs).
+started when it is handed to a worker, before its code runs: after a code edit, a new
+worker is still starting and importing the pipeline then; "s0's body" is when s0's
+first line ran, as s0 itself writes it to a file outside the project).
 
 `--pause S` waits S seconds after each wave's end before the next edit (a person's pace;
 by default the next edit comes at once, while the engine may still be settling).
@@ -37,11 +39,17 @@ from benchcommon import Events, pivot_cmd, pivot_env
 HELPERS = "def transform(text: str) -> str:\n    return text.upper() + {tag!r}\n"
 
 
+def began_path(root: Path) -> Path:
+    """Where s0 writes the time its body began (outside the project: no change to it)."""
+    return root.parent / f"{root.name}.s0-began"
+
+
 def write_project(root: Path, n: int, module: str | None = None) -> None:
-    lines = ["from pivot import stage", "import helpers", ""]
+    lines = ["import time", "", "from pivot import stage", "import helpers", ""]
     lines += [
         '@stage(deps=["data/in.txt"], outs=["out/s0.txt"])',
         "def s0() -> None:",
+        f"    open({str(began_path(root))!r}, 'w').write(repr(time.time()))",
         *([f"    import {module}  # noqa: F401"] if module else []),
         '    text = open("data/in.txt").read()',
         '    open("out/s0.txt", "w").write(helpers.transform(text))',
@@ -77,7 +85,8 @@ def measure(n: int, trials: int, module: str | None, pause: float = 0.0) -> dict
         ev = Events(proc)
         try:
             ev.wait(0, lambda e: e["event"] == "wave_finished")
-            results: dict[str, list[float] | int] = {k: [] for k in ("data_start", "data_done", "code_start", "code_done")}
+            keys = ("data_start", "data_body", "data_done", "code_start", "code_body", "code_done")
+            results: dict[str, list[float] | int] = {k: [] for k in keys}
             waves_before = sum(1 for e in ev.items if e["event"] == "wave_started")
             edits = 0
             for i in range(trials):
@@ -96,6 +105,7 @@ def measure(n: int, trials: int, module: str | None, pause: float = 0.0) -> dict
                     edits += 1
                     results[f"{kind}_start"].append(float(started["ts"]) - t0)  # type: ignore[union-attr, arg-type]
                     results[f"{kind}_done"].append(float(done["ts"]) - t0)  # type: ignore[union-attr, arg-type]
+                    results[f"{kind}_body"].append(float(began_path(root).read_text()) - t0)  # type: ignore[union-attr]
             waves = sum(1 for e in ev.items if e["event"] == "wave_started") - waves_before
             results["redundant_waves"] = waves - edits
             return results
@@ -140,13 +150,14 @@ def main() -> None:
         times = startup(args.starts)
         print(f"start-up -> s0 started: p50 {pct(times, 0.5) * 1000:.0f} ms, "
               f"p95 {pct(times, 0.95) * 1000:.0f} ms ({args.starts} starts)\n", flush=True)
-    print("| chain | data edit -> s0 started, p50 / p95 | -> wave finished, p50 / p95 "
-          "| helper edit -> s0 started (new code), p50 / p95 | -> wave finished, p50 / p95 | redundant waves |")
-    print("|---|---|---|---|---|---|")
+    print("| chain | data edit -> s0 started, p50 / p95 | -> s0's body | -> wave finished, p50 / p95 "
+          "| helper edit -> s0 started (new code), p50 / p95 | -> s0's body | -> wave finished, p50 / p95 "
+          "| redundant waves |")
+    print("|---|---|---|---|---|---|---|---|")
     for n in args.chain or [3, 50]:
         r = measure(n, args.trials, args.module, args.pause)
         cells = []
-        for key in ("data_start", "data_done", "code_start", "code_done"):
+        for key in ("data_start", "data_body", "data_done", "code_start", "code_body", "code_done"):
             values = r[key]
             assert isinstance(values, list)
             cells.append(f"{pct(values, 0.5) * 1000:.0f} / {pct(values, 0.95) * 1000:.0f} ms")

@@ -26,7 +26,7 @@ import sys
 from importlib.abc import PathEntryFinder
 from types import CodeType
 
-__all__ = ["guard_project_bytecode"]
+__all__ = ["guard_project_bytecode", "guarded"]
 
 _SECOND_NS = 1_000_000_000
 _TICK_NS = 20_000_000  # the kernel's coarse clock stamps files (pivot/state/statecache.py)
@@ -65,6 +65,11 @@ class _FreshSourceLoader(importlib.machinery.SourceFileLoader):
 
 
 _guarded: list[str] = []
+
+
+def guarded(root: str) -> bool:
+    """Whether modules under `root` are imported this way in this process."""
+    return os.path.realpath(root) in _guarded
 
 
 def guard_project_bytecode(root: str) -> None:

@@ -58,7 +58,7 @@ def fork_server(modules: list[str], root: str, ours: Iterable[str]) -> bool:
             return False
         if pid == 0:
             fd = listener.fileno()
-            _run_forked((fd, alive_r), lambda: _serve(fd, alive_r, modules, data))
+            _run_forked((fd, alive_r), lambda: _serve(fd, alive_r, modules, data, root))
         os.close(alive_r)
     server._forkserver_address = address
     server._forkserver_alive_fd = alive_w
@@ -126,13 +126,16 @@ def _run_forked(keep: tuple[int, ...], body: Callable[[], object]) -> NoReturn:
         os._exit(code)
 
 
-def _serve(listener_fd: int, alive_r: int, modules: list[str], data: dict[str, Any]) -> None:
+def _serve(listener_fd: int, alive_r: int, modules: list[str], data: dict[str, Any], root: str) -> None:
     import gc
     from multiprocessing import forkserver
+
+    from pivot.runtime.freshcode import guard_project_bytecode
 
     for name in modules:  # (as the server does first; then its own heap is frozen too)
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
+    guard_project_bytecode(root)  # once here, not in each loader and worker (guardhere.py)
     gc.freeze()
     forkserver.main(listener_fd, alive_r, modules, **data)
 

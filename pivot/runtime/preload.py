@@ -126,7 +126,9 @@ def worker_context(preload: tuple[str, ...], key: str) -> Any:
             # worker after this, and workers forked before are already stopped.
             forkserver._forkserver._stop()  # type: ignore[attr-defined]
         # (pivot/runtime/heapfreeze.py last: what the others imported is frozen)
-        multiprocessing.set_forkserver_preload([*_PIVOT_MODULES, *preload, "pivot.runtime.heapfreeze"])
+        multiprocessing.set_forkserver_preload(
+            [*_PIVOT_MODULES, *preload, "pivot.runtime.guardhere", "pivot.runtime.heapfreeze"]
+        )
         _current = (preload, key)
         log.info("workers fork from a server preloading %s", ", ".join(preload) or "Pivot only")
     return multiprocessing.get_context("forkserver")

@@ -27,7 +27,11 @@ from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
 
 from pivot.launch.scratch import multiprocessing_scratch
-from pivot.runtime import mpforks
+from pivot.runtime import freshcode, mpforks
+
+
+def guarded(root):
+    os._exit(5 if freshcode.guarded(root) else 6)  # the project's bytecode guard, inherited
 
 
 def leak(name):
@@ -64,6 +68,10 @@ if __name__ == "__main__":
     child.start()
     child.join(30)
     out["child_exit"] = child.exitcode
+    child = get_context("forkserver").Process(target=guarded, args=(str(root),))
+    child.start()
+    child.join(30)
+    out["guarded"] = child.exitcode
     name = f"pivot-test-{os.getpid()}"
     child = get_context("forkserver").Process(target=leak, args=(name,))
     child.start()
@@ -89,7 +97,7 @@ def test_the_helpers_are_forked_only_from_a_lone_thread_without_project_code_and
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {
         "with_a_project_module": False, "with_a_thread": [False, False], "alone": [True, True],
-        "forked": [True, True], "tracker_kept": True, "child_exit": 7, "leaked": True,
+        "forked": [True, True], "tracker_kept": True, "child_exit": 7, "guarded": 5, "leaked": True,
         "server_gone": True, "tracker_gone": True, "leak_cleaned": True,
     }
 
@@ -140,22 +148,28 @@ if __name__ == "__main__":
     multiprocessing_scratch()
     preload.worker_context(("json",), "k")
     forkserver.ensure_running()  # the stdlib's start: a fresh interpreter
-    child = get_context("forkserver").Process(target=report.frozen)
-    child.start()
-    child.join(30)
+    codes = []
+    for look in (report.frozen, report.guarded):
+        child = get_context("forkserver").Process(target=look)
+        child.start()
+        child.join(30)
+        codes.append(child.exitcode)
     forkserver._forkserver._stop()
-    print(child.exitcode, flush=True)
+    print(*codes, flush=True)
 '''
 
 
-def test_a_server_started_the_stdlibs_way_hands_its_children_a_frozen_heap(tmp_path: Path) -> None:
+def test_a_server_started_the_stdlibs_way_hands_its_children_a_frozen_heap_and_the_guard(tmp_path: Path) -> None:
     """What the server imported is frozen for the collector in its children
-    (pivot/runtime/heapfreeze.py), as a forked server's is."""
+    (pivot/runtime/heapfreeze.py), and the bytecode guard for the folder it runs in, the
+    pool's project, is installed (guardhere.py), as a forked server's are."""
     (tmp_path / "report.py").write_text(
-        "import gc, os\n\ndef frozen():\n    os._exit(3 if gc.get_freeze_count() > 1000 else 4)\n"
+        "import gc, os\nfrom pivot.runtime import freshcode\n\n"
+        "def frozen():\n    os._exit(3 if gc.get_freeze_count() > 1000 else 4)\n\n"
+        "def guarded():\n    os._exit(5 if freshcode.guarded(os.getcwd()) else 6)\n"
     )
     driver = tmp_path / "driver.py"
     driver.write_text(STDLIB_DRIVER)
     done = subprocess.run([sys.executable, str(driver)], capture_output=True, text=True, timeout=90, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["3"], done.stdout
+    assert done.stdout.split() == ["3", "5"], done.stdout
