@@ -721,6 +721,8 @@ class BrokerState:
             wave.sort_ready()
         elif wave.code_halt and event.status == Status.CANCELLED:
             self.reload.carry.add(stage)
+        elif event.reason_code == ReasonCode.CODE_OUTDATED:
+            self._code_outdated(stage, [p for p in event.details.get("paths") or () if isinstance(p, str)])
         else:
             self._block_downstream(stage)
             # A missing input file fails its stage before any code ran: nothing went wrong
@@ -731,6 +733,25 @@ class BrokerState:
                 self._cancel_rest()
                 self._cancel_unstarted(f"stopped before its code ran: {stage} failed")
         self._maybe_finish_wave()
+
+    def _code_outdated(self, stage: str, paths: list[str]) -> None:
+        """A worker found code of `stage` saved since the manifest it was given under was
+        taken: nothing more starts on that manifest. Live, the pipeline is loaded again
+        (the watcher's report of that save may not have come yet) and the stage runs
+        after it; one-shot, the run ends here (the stage's reason says to run it again)."""
+        wave = self.wave
+        assert wave is not None
+        self.reload.carry.add(stage)
+        if self.live is not None:
+            if not self.reload.active and not self.stopping:
+                self._reload(True, paths)
+            return
+        wave.halted = True
+        self._cancel_unstarted("not started: the pipeline's code changed after it was loaded")
+        for s in wave.unstarted():
+            self._finish(s, Status.CANCELLED, ReasonCode.CANCELLED,
+                         "not started: the pipeline's code changed after it was loaded", 0.0, None)
+        wave.ready.clear()
 
     def _restarted(self, wave: Wave, stage: str, event: ResultReceived) -> bool:
         """--restart: a stage cancelled because its inputs changed goes back in the queue

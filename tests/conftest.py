@@ -35,6 +35,18 @@ _NOT_COPIED = shutil.ignore_patterns(
 )
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Pivot's own bytecode, written once before the suite starts its `pivot` processes.
+    With bytecode writing off (PYTHONDONTWRITEBYTECODE=1, as on this project's machines)
+    an editable install has none, and each of them compiled the engine's modules again:
+    ~0.25 s of CPU a process, the e2e tier 24 % slower (docs/benchmarks.md)."""
+    import compileall
+
+    for package in ("pivot", "broker", "workers"):
+        with contextlib.suppress(OSError):
+            compileall.compile_dir(REPO / package, quiet=2)
+
+
 @pytest.fixture
 def proc_guard(tmp_path: Path) -> Iterator[ProcGuard]:
     """Fails the test when a process it started outlives it (after killing it).

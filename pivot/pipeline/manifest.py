@@ -38,6 +38,10 @@ class StageSpec:
     # and `FILE:key` for another; else param names, overridden by params.yaml's section of
     # its name. Says where `pivot params show` found each value.
     keyed: bool = False
+    # Each project file the fingerprint read -> the digest of its content then: a worker
+    # runs the stage only if the code it imported is that (pivot/runtime/freshcode.py).
+    # Not compared: a save that changes no code (a comment) changes only these.
+    code_sources: dict[str, str] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,8 @@ class Manifest:
 
     def to_wire(self) -> dict[str, Any]:
         """Plain data for msgpack: a row per stage (`ROW`'s fields in order) and each
-        distinct `code_parts` map once, in `code_parts`, a row naming it by index. At
+        distinct `code_parts` (`code_sources`) map once, in `code_parts` (`code_sources`),
+        a row naming it by index. At
         10,000 stages, maps with their field names were 3.3 MB and ~0.1 s to unpack and
         check at each hop (loader -> pool -> broker); rows are 1.2 MB and ~0.02 s."""
         with paused():
@@ -64,16 +69,20 @@ class Manifest:
 
     def _to_wire(self) -> dict[str, Any]:
         index: dict[tuple[tuple[str, str], ...], int] = {}
+        files: dict[tuple[tuple[str, str], ...], int] = {}
         rows = []
         for s in self.stages:
             parts = index.setdefault(tuple(s.code_parts.items()), len(index))
+            sources = files.setdefault(tuple(s.code_sources.items()), len(files))
             rows.append([
                 s.name, s.module, s.func, list(s.deps), list(s.outs), list(s.metrics), s.params,
                 s.fingerprint, parts, list(s.tags), list(s.persist), list(s.uncached), s.frozen, s.always, s.keyed,
+                sources,
             ])
         return {
             "stages": rows,
             "code_parts": [dict(items) for items in index],
+            "code_sources": [dict(items) for items in files],
             "sources": list(self.sources),
             "warnings": list(self.warnings),
             "preload": list(self.preload),
@@ -89,10 +98,11 @@ class Manifest:
     def _from_wire(cls, d: dict[str, Any]) -> Manifest:
         try:
             parts = [_str_map(p) for p in _list(d["code_parts"])]
+            files = [_str_map(f) for f in _list(d["code_sources"])]
             stages = []
             for i, row in enumerate(_list(d["stages"])):
                 try:
-                    stages.append(_spec(row, parts))
+                    stages.append(_spec(row, parts, files))
                 except (IndexError, TypeError, ValueError) as exc:
                     raise ProtocolError(f"malformed stage {i} in manifest: {exc!r}") from exc
             return cls(
@@ -103,28 +113,31 @@ class Manifest:
             raise ProtocolError(f"malformed manifest: {exc!r}") from exc
 
 
-# A stage's row on the wire: StageSpec's fields in this order, `code_parts` an index.
+# A stage's row on the wire: StageSpec's fields in this order, `code_parts` and
+# `code_sources` indexes.
 ROW = ("name", "module", "func", "deps", "outs", "metrics", "params", "fingerprint", "code_parts",
-       "tags", "persist", "uncached", "frozen", "always", "keyed")
+       "tags", "persist", "uncached", "frozen", "always", "keyed", "code_sources")
 
 
-def _spec(row: Any, parts: list[dict[str, str]]) -> StageSpec:
+def _spec(row: Any, parts: list[dict[str, str]], files: list[dict[str, str]]) -> StageSpec:
     """A StageSpec from its row, checked field by field without dataclass's __init__
     (a frozen dataclass sets each field through object.__setattr__: 3x slower here)."""
     if type(row) is not list:
         raise TypeError(f"expected a list, got {type(row).__name__}")
     (name, module, func, deps, outs, metrics, params, fingerprint, part, tags, persist, uncached, frozen, always,
-     keyed) = row
+     keyed, sources) = row
     for v in (name, module, func, fingerprint):
         _str(v)
     if type(part) is not int or not 0 <= part < len(parts):
         raise ValueError(f"code_parts index {part!r} out of range")
+    if type(sources) is not int or not 0 <= sources < len(files):
+        raise ValueError(f"code_sources index {sources!r} out of range")
     spec = object.__new__(StageSpec)
     spec.__dict__.update(
         name=name, module=module, func=func, deps=_strs(deps), outs=_strs(outs), metrics=_strs(metrics),
         params=_map(params), fingerprint=fingerprint, code_parts=parts[part], tags=_strs(tags),
         persist=_strs(persist), uncached=_strs(uncached), frozen=_bool(frozen), always=_bool(always),
-        keyed=_bool(keyed),
+        keyed=_bool(keyed), code_sources=files[sources],
     )
     return spec
 

@@ -1,4 +1,5 @@
-"""A project module's cached bytecode read only when it cannot be stale.
+"""A project module's code: its cached bytecode read only when it cannot be stale, and
+the digest of the source it is, to check against the code fingerprint a stage runs under.
 
 CPython takes a module from its `__pycache__` file when the file's header holds the
 source's mtime in whole seconds and its size. A source saved twice within one second
@@ -11,8 +12,12 @@ For modules under the project root, bytecode written less than a second (and the
 kernel's clock tick) after the start of its source's mtime second is not read: the
 module is compiled from its source, and its bytecode written again as CPython writes it
 (unless bytecode writing is off). Bytecode written later is exact: any later save has a
-later second. An extra stat a module import; every module outside the project is
-imported as before.
+later second. Every module outside the project is imported as before.
+
+The source is read at every import of a project module, and its digest kept: a worker
+imports the pipeline after the loader that fingerprinted it, and a save in between (or
+during a stage's own late import) would otherwise run code the lock and the run cache
+then describe with the earlier version's fingerprint (`differing`; pivot/runtime/worker.py).
 """
 
 from __future__ import annotations
@@ -23,10 +28,13 @@ import importlib.util
 import marshal
 import os
 import sys
+from collections.abc import Mapping
 from importlib.abc import PathEntryFinder
 from types import CodeType
 
-__all__ = ["guard_project_bytecode", "guarded"]
+import xxhash
+
+__all__ = ["differing", "guard_project_bytecode", "guarded"]
 
 _SECOND_NS = 1_000_000_000
 _TICK_NS = 20_000_000  # the kernel's coarse clock stamps files (pivot/state/statecache.py)
@@ -40,28 +48,103 @@ def may_be_stale(source_path: str) -> bool:
         cached = os.stat(importlib.util.cache_from_source(source_path))
     except (OSError, NotImplementedError, ValueError):
         return False  # no bytecode: compiled from the source anyway
+    return _written_in_second(cached, source)
+
+
+def _written_in_second(cached: os.stat_result, source: os.stat_result) -> bool:
     second_ends = (source.st_mtime_ns // _SECOND_NS + 1) * _SECOND_NS
     return cached.st_mtime_ns < second_ends + _TICK_NS
+
+
+# The real path of each project module's file this process imported -> the digest of the
+# source its code was compiled from (the digest the code fingerprint takes: codeindex.py).
+_imported: dict[str, str] = {}
 
 
 class _FreshSourceLoader(importlib.machinery.SourceFileLoader):
     def get_code(self, fullname: str) -> CodeType | None:
         path = self.get_filename(fullname)
-        if not may_be_stale(path):
-            return super().get_code(fullname)
-        stat = os.stat(path)  # (before the read, as CPython does: a save meanwhile is newer)
-        code = self.source_to_code(self.get_data(path), path)
-        if not sys.dont_write_bytecode:
-            # Written again (as CPython would have, had the header not matched): once
-            # that happens after the source's second, the next import trusts it.
-            header = b"".join((
-                importlib.util.MAGIC_NUMBER, bytes(4),  # (flags 0: checked by timestamp)
-                (int(stat.st_mtime) & 0xFFFFFFFF).to_bytes(4, "little"),
-                (stat.st_size & 0xFFFFFFFF).to_bytes(4, "little"),
-            ))
-            with contextlib.suppress(OSError, NotImplementedError):
-                self.set_data(importlib.util.cache_from_source(path), header + marshal.dumps(code))
+        # The source is read whatever the bytecode: its digest is what this process's
+        # code is, checked against the fingerprint a stage is run under (`differing`).
+        with open(path, "rb") as f:
+            before = os.fstat(f.fileno())
+            data = f.read()
+            steady = _same(before, os.fstat(f.fileno()))  # (else written while read)
+        code = _cached_code(path, before) if steady else None
+        if code is None:
+            code = self.source_to_code(data, path)
+            if steady and not sys.dont_write_bytecode:
+                # Written again (as CPython would have, had the header not matched): once
+                # that happens after the source's second, the next import trusts it.
+                header = b"".join((
+                    importlib.util.MAGIC_NUMBER, bytes(4),  # (flags 0: checked by timestamp)
+                    (int(before.st_mtime) & 0xFFFFFFFF).to_bytes(4, "little"),
+                    (before.st_size & 0xFFFFFFFF).to_bytes(4, "little"),
+                ))
+                with contextlib.suppress(OSError, NotImplementedError):
+                    self.set_data(importlib.util.cache_from_source(path), header + marshal.dumps(code))
+        _imported[os.path.realpath(path)] = xxhash.xxh3_128_hexdigest(data)
         return code
+
+
+def _same(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_mtime_ns, a.st_size, a.st_ino) == (b.st_mtime_ns, b.st_size, b.st_ino)
+
+
+def _cached_code(path: str, source: os.stat_result) -> CodeType | None:
+    """The bytecode cached for the source `path` had when it was `source`, if its header
+    names that version and it cannot be another one's (`may_be_stale`)."""
+    try:
+        with open(importlib.util.cache_from_source(path), "rb") as f:
+            if _written_in_second(os.fstat(f.fileno()), source):
+                return None
+            data = f.read()
+    except (OSError, NotImplementedError, ValueError):
+        return None
+    if len(data) < 16 or data[:4] != importlib.util.MAGIC_NUMBER or data[4:8] != bytes(4):
+        return None  # another Python's, or hash-checked: compiled from the source
+    if (int.from_bytes(data[8:12], "little") != int(source.st_mtime) & 0xFFFFFFFF
+            or int.from_bytes(data[12:16], "little") != source.st_size & 0xFFFFFFFF):
+        return None
+    try:
+        code = marshal.loads(memoryview(data)[16:])
+    except (EOFError, ValueError, TypeError):
+        return None
+    return code if isinstance(code, CodeType) else None
+
+
+def differing(root: str, expected: Mapping[str, str]) -> tuple[list[str], dict[str, str]]:
+    """The files of `expected` (project-relative paths -> the digest of the source a
+    code fingerprint was taken from) whose code in this process is another version: the
+    source it imported or, for a file it has not imported, the file now. And the entries
+    of those it has not imported: a stage may import them as it runs (check them again
+    after)."""
+    top = _real_root(root)
+    found: list[str] = []
+    later: dict[str, str] = {}
+    for rel, digest in expected.items():
+        path = os.path.join(top, rel)
+        got = _imported.get(path)
+        if got is None:
+            later[rel] = digest
+            try:
+                with open(path, "rb") as f:
+                    got = xxhash.xxh3_128_hexdigest(f.read())
+            except OSError:
+                got = ""
+        if got != digest:
+            found.append(rel)
+    return found, later
+
+
+_real_roots: dict[str, str] = {}
+
+
+def _real_root(root: str) -> str:
+    top = _real_roots.get(root)
+    if top is None:
+        top = _real_roots[root] = os.path.realpath(root)
+    return top
 
 
 _guarded: list[str] = []

@@ -63,6 +63,9 @@ class StageJob:
     foreground: bool = False  # `pivot run --foreground`: the terminal is the stage's
     persist: tuple[str, ...] = ()  # outputs left in place before the run and after a failure
     uncached: tuple[str, ...] = ()  # outputs hashed but never stored in the cache
+    # The project files its code fingerprint was read from -> their digests then: run only
+    # on that code (pivot/runtime/freshcode.py `differing`).
+    code_sources: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def for_stage(
@@ -76,7 +79,7 @@ class StageJob:
             dep_hashes=decision.dep_hashes, recorded_outs=decision.lock.outs if decision.lock else {},
             run_key=prepared.run_key, reason_code=str(reason.code), reason=reason.message,
             details=reason.details, pid_file=pid_file, pool_pid=pool_pid, foreground=foreground,
-            persist=spec.persist, uncached=spec.uncached,
+            persist=spec.persist, uncached=spec.uncached, code_sources=spec.code_sources,
         )
 
 

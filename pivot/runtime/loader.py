@@ -132,6 +132,7 @@ def _manifest(root: Path, pivots: set[str], preexisting: set[str]) -> Manifest:
                 params=resolved,
                 fingerprint=code.digest,
                 code_parts=code.parts,
+                code_sources=code.digests,
                 tags=decl.tags,
                 persist=tuple(normalize(decl.name, "outs", p) for p in decl.persist),
                 uncached=tuple(normalize(decl.name, "outs", p) for p in decl.uncached),

@@ -30,12 +30,14 @@ from pivot.pipeline.stage import StageDecl
 from pivot.runtime.cancel import StageCancelled, arm, cancellable, marker_path
 from pivot.runtime.capture import captured, output_path, write_note
 from pivot.runtime.command import CommandFailed, kill_running_group, run_command
+from pivot.runtime.freshcode import differing
 from pivot.runtime.job import RESUME, StageJob, StageOutcome
 from pivot.runtime.lease import LEASE_NAME, LEASE_S, read_lease
 from pivot.runtime.loader import import_pipeline
 from pivot.runtime.usertb import user_traceback
 from pivot.state.lock import StageLock, write_lock
 from pivot.state.outputs import ProjectState, commit, preserve, remove, settle
+from pivot.state.reasons import ReasonCode
 from pivot.state.stagelogs import finish_log, keep_log, keep_quiet, running_log_parts
 
 __all__ = ["run_stage", "serve"]
@@ -171,6 +173,12 @@ def _tidy(state: ProjectState, stage: str, reason: str, run_key: str | None, pid
     return True
 
 
+def _outdated(files: list[str], when: str) -> str:
+    shown = ", ".join(files[:3]) + (" ..." if len(files) > 3 else "")
+    return (f"{when}: its code changed after the pipeline was loaded ({shown}); it runs on the new "
+            "code once that is loaded (`pivot up` loads it at once; else run it again)")
+
+
 def run_stage(job: StageJob) -> StageOutcome:
     """Run the stage described by `job` (a pool's, or `pivot run --foreground`'s) and
     record it on success: the outputs are in the content cache, the lock names them and
@@ -227,6 +235,13 @@ def run_stage(job: StageJob) -> StageOutcome:
         return outcome(
             "failed", "failed", f"stage {name!r} is no longer defined in pipeline.py"
         )
+    # The code this process imported must be what the fingerprint was taken from: a save
+    # after the loader read it would otherwise run (and record, under that fingerprint,
+    # in the lock and the run cache) another version.
+    moved, late = differing(job.root, job.code_sources) if job.code_sources else ([], {})
+    if moved:
+        return outcome("cancelled", ReasonCode.CODE_OUTDATED, _outdated(moved, "not run"),
+                       details={"paths": moved})
     state = _state(root)
     outs: list[str] = list(job.outs)
     # What a failed run leaves of its outputs goes; persistent ones (dvc.yaml's persist:
@@ -273,6 +288,11 @@ def run_stage(job: StageJob) -> StageOutcome:
         _discard(root, transient)
         why = describe_os_error(exc, root) if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
         return outcome("failed", "failed", why, user_traceback(exc))
+    moved = differing(job.root, late)[0] if late else []
+    if moved:  # imported by the stage as it ran, saved since the load: nothing is kept
+        _discard(root, transient)
+        return outcome("cancelled", ReasonCode.CODE_OUTDATED, _outdated(moved, "not kept"),
+                       details={"paths": moved})
     not_folders = [out for out in outs if out.endswith("/") and (root / out.rstrip("/")).is_file()]
     if not_folders:
         # Stored as a file, it would never match its declaration: stale forever.

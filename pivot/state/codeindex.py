@@ -518,6 +518,15 @@ class ParseCache:
             self._dirty = True
         return index
 
+    def digest(self, path: str) -> str | None:
+        """The digest of the content `get(path)` indexed (of the file's bytes, as
+        pivot/runtime/freshcode.py takes it); None when it has none."""
+        if self.get(path) is None:
+            return None
+        raw = self._stored.get(path)
+        digest = raw.get("hash") if isinstance(raw, dict) else None
+        return digest if isinstance(digest, str) else None
+
     def _cached_entry(self, path: str) -> _Entry | None:
         raw = self._stored.get(path)
         if raw is None:

@@ -73,6 +73,9 @@ class CodeFingerprint:
     digest: str  # hex hash over all parts (sorted), stable across processes and machines
     parts: dict[str, str]  # qualified name -> hash of that piece, or "<dist>==<version>"
     sources: tuple[str, ...]  # sorted project-relative POSIX paths of the files reached
+    # Each of those files -> the digest of the content read (pivot/runtime/freshcode.py
+    # checks a worker's imported code against it); a file that could not be parsed has none.
+    digests: dict[str, str] = field(default_factory=dict, compare=False)
 
 
 # -- walk targets: what a node is about; `key` identifies it in the memo -------------------
@@ -144,6 +147,7 @@ class Fingerprinter:
         self._nodes: dict[tuple[object, ...], _Node] = {}
         self._targets: list[_Target] = []  # keeps the objects whose id() is in a key alive
         self._stages: dict[int, tuple[Callable[..., Any], CodeFingerprint]] = {}
+        self._file_digests: dict[tuple[str, ...], dict[str, str]] = {}
         self._files = ProjectFiles(self._root)
         self.externals: set[str] = set()  # third-party top-level modules the stages use
         self.external_modules: set[str] = set()  # ... and the modules themselves (dotted)
@@ -188,7 +192,20 @@ class Fingerprinter:
                     seen.add(child.key)
                     stack.append(child)
         parts = {key: _one(values) for key, values in found.items()}
-        return CodeFingerprint(_digest(parts, _stage_key(func)), parts, tuple(sorted(sources)))
+        files = tuple(sorted(sources))
+        return CodeFingerprint(_digest(parts, _stage_key(func)), parts, files, self._digests_of(files))
+
+    def _digests_of(self, files: tuple[str, ...]) -> dict[str, str]:
+        """The content digests of `files`, one map per set of files (shared by stages)."""
+        known = self._file_digests.get(files)
+        if known is None:
+            known = {}
+            for rel in files:
+                digest = self._cache.digest(os.path.join(self._root, rel))
+                if digest is not None:
+                    known[rel] = digest
+            self._file_digests[files] = known
+        return known
 
     def _node(self, target: _Target) -> _Node:
         node = self._nodes.get(target.key)

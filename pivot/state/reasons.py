@@ -33,6 +33,9 @@ class ReasonCode(enum.StrEnum):
     OUT_NOT_PRODUCED = "out_not_produced"
     BLOCKED = "blocked"
     CANCELLED = "cancelled"
+    # Its code changed after the pipeline was loaded: not run under the fingerprint taken
+    # before (it runs on the new code once loaded again).
+    CODE_OUTDATED = "code_outdated"
     POOL_LOST = "pool_lost"
     WORKER_DIED = "worker_died"
     NO_POOL = "no_pool"  # no connected worker pool has the tags the stage needs

@@ -815,6 +815,38 @@ def test_a_code_change_mid_wave_stops_dispatch_reloads_and_reruns_what_changed()
     assert wave.trigger == "code" and wave.paths == ["helpers.py"]
 
 
+def outdated(attempt: str) -> ResultReceived:
+    """A worker found helpers.py saved since the manifest it ran under was taken."""
+    return ResultReceived("p1", attempt, "cancelled", "code_outdated", "not run: its code changed", 0.0, None,
+                          (), {"paths": ["helpers.py"]})
+
+
+def test_a_stage_whose_code_moved_on_since_the_load_reloads_and_runs_after_it_even_if_nothing_else_changed() -> None:
+    h = live_harness()
+    [(_, _, a), (_, _, e)] = dispatched(h.run())
+    commands = h.feed(outdated(a))
+    # The watcher's report of that save may come later: the broker loads the pipeline now.
+    assert reloads(commands) == [LoadManifest(True)]
+    assert finished(h) == {"a": "cancelled", "b": "cancelled", "c": "cancelled", "d": "cancelled"}
+    h.feed(ResultReceived("p1", e, "cancelled", "cancelled", "code changed", 0.0, None, ()))
+    old = h.state.manifest
+    assert old is not None
+    # The save changed no fingerprint (a comment): a, and what needs it, run all the same.
+    commands = h.feed(ManifestArrived("p1", old, build_graph(old)))
+    [wave] = published(commands, WaveStarted)
+    assert wave.stages == ["a", "b", "c", "d", "e"] and wave.trigger == "code"
+
+
+def test_a_one_shot_run_whose_code_moved_on_ends_without_starting_anything_more() -> None:
+    h = Harness(diamond(), slots=4)
+    [(_, _, a), (_, _, e)] = dispatched(h.run())
+    commands = h.feed(outdated(a))
+    assert reloads(commands) == [] and dispatched(commands) == []
+    assert finished(h) == {"a": "cancelled", "b": "cancelled", "c": "cancelled", "d": "cancelled"}
+    [wave] = published(h.result(e), WaveFinished)
+    assert wave.ran == ["e"]
+
+
 def fed_chain() -> Manifest:
     """in.txt -> a -> a.txt -> b; side.txt -> e."""
     return Manifest(

@@ -321,14 +321,14 @@ def test_wire_tags_are_unique_and_registered() -> None:
 # docs/protocol.md (Changelog) and only then paste the new bytes here.
 
 GOLDEN_POOL_HELLO = (
-    b"\x88\xa1v\x0a\xa1k\xaapool_hello\xa2id\xab1a2b-c3d4-1\xa1p\xc0\xa1s\xa6pool-1"
+    b"\x88\xa1v\x0b\xa1k\xaapool_hello\xa2id\xab1a2b-c3d4-1\xa1p\xc0\xa1s\xa6pool-1"
     b"\xa1n\x00\xa1t\xcbA\xd9T\xfc@\x10\x00\x00\xa1b\x88\xa4pool\xa6pool-1\xa3pid"
     b"\xcd\x10\x92\xa5slots\x04\xabincarnation\xa0\xa4host\xa0\xa4tags\x90\xa7running\x80"
     b"\xa5queue\x00"
 )
 
 GOLDEN_STAGE_FINISHED = (
-    b"\x88\xa1v\x0a\xa1k\xaestage_finished\xa2id\xab5e6f-7a8b-9\xa1p\xab1a2b-c3d4-2"
+    b"\x88\xa1v\x0b\xa1k\xaestage_finished\xa2id\xab5e6f-7a8b-9\xa1p\xab1a2b-c3d4-2"
     b"\xa1s\xa6broker\xa1n\x07\xa1t\xcbA\xd9T\xfc@`\x00\x00\xa1b\x88\xa4wave\x03"
     b"\xa5stage\xa5train\xa6status\xa3ran\xabreason_code\xabdep_changed\xa6reason"
     b"\xb4data/raw.csv changed\xaaduration_s\xcb?\xf8\x00\x00\x00\x00\x00\x00\xa5error\xc0"
@@ -376,20 +376,20 @@ def test_golden_stage_finished() -> None:
 
 def test_refused_is_read_whatever_version_its_envelope_names() -> None:
     """`refused` is frozen: a peer of another version must read why it was refused."""
-    wire = msgpack.unpackb(encode(Refused("version", "too old", 10), sender="broker"))
-    wire["v"] = 11
+    wire = msgpack.unpackb(encode(Refused("version", "too old", 11), sender="broker"))
+    wire["v"] = 12
     env = decode(msgpack.packb(wire))
-    assert env.msg == Refused("version", "too old", 10)
+    assert env.msg == Refused("version", "too old", 11)
     wire["k"] = "hello"  # any other kind of another version is refused, naming both
     wire["b"] = {"role": "pool", "name": "p", "pid": 1, "host": "h", "project": ""}
-    with pytest.raises(codec.VersionMismatch, match="protocol version 11, expected 10") as info:
+    with pytest.raises(codec.VersionMismatch, match="protocol version 12, expected 11") as info:
         decode(msgpack.packb(wire))
-    assert (info.value.version, info.value.kind, info.value.sender) == (11, "hello", "broker")
+    assert (info.value.version, info.value.kind, info.value.sender) == (12, "hello", "broker")
 
 
-def test_protocol_version_is_ten() -> None:
-    # The golden bytes above encode version 10; changing it must be deliberate.
-    assert PROTOCOL_VERSION == 10
+def test_protocol_version_is_eleven() -> None:
+    # The golden bytes above encode version 11; changing it must be deliberate.
+    assert PROTOCOL_VERSION == 11
 
 
 # --- strict decoding ---------------------------------------------------------------------
@@ -681,6 +681,9 @@ BAD_MANIFESTS: list[tuple[str, Any, str]] = [
     ("stage_frozen_int", _manifest_wire(stages=[_stage_wire(frozen=1)]), "malformed stage"),
     ("stage_keyed_none", _manifest_wire(stages=[_stage_wire(keyed=None)]), "malformed stage"),
     ("stage_tags_items", _manifest_wire(stages=[_stage_wire(tags=[3])]), "malformed stage"),
+    ("stage_code_sources_index", _manifest_wire(stages=[_stage_wire(code_sources=1)]), "malformed stage"),
+    ("code_sources_values", _manifest_wire(code_sources=[{"helpers.py": None}]), "malformed manifest"),
+    ("no_code_sources", _without(_manifest_wire(), "code_sources"), "malformed manifest"),
 ]  # fmt: skip
 
 
@@ -704,6 +707,21 @@ def test_stages_sharing_code_share_one_code_parts_map_on_the_wire() -> None:
     back = Manifest.from_wire(msgpack.unpackb(msgpack.packb(wire), raw=False))
     assert back == manifest
     assert [s.code_parts for s in back.stages] == [s.code_parts for s in stages]
+
+
+def test_the_digests_of_a_stages_code_files_cross_the_wire_once_per_distinct_map() -> None:
+    """Not compared (a comment's save changes only them), so checked here."""
+    base = _manifest().stages[0]
+    files = {"pipeline.py": "0a1b", "helpers.py": "2c3d"}
+    stages = (
+        dataclasses.replace(base, name="s0", outs=("out/0",), code_sources=dict(files)),
+        dataclasses.replace(base, name="s1", outs=("out/1",), code_sources=dict(files)),
+        dataclasses.replace(base, name="cmd", outs=("out/c",), code_sources={}),
+    )
+    wire = Manifest(stages).to_wire()
+    assert wire["code_sources"] == [files, {}]
+    back = Manifest.from_wire(msgpack.unpackb(msgpack.packb(wire), raw=False))
+    assert [s.code_sources for s in back.stages] == [files, files, {}]
 
 
 @pytest.mark.parametrize(
