@@ -106,7 +106,10 @@ class DaskWorkers:
     def resume(self) -> None:
         pass  # (a task starts when the scheduler says)
 
-    def replace(self) -> None:
+    def prepare(self, root: Path) -> None:
+        pass  # a task's process starts with the stage (pivot/runtime/dask_task.py)
+
+    def replace(self, adopt: bool = False) -> None:
         """Stop every stage in flight (their processes are killed; they report
         cancelled). Later stages start fresh processes anyway."""
         with self._lock:

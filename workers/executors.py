@@ -67,7 +67,12 @@ class Executor(Protocol):
         failed stage go on."""
         ...
 
-    def replace(self) -> None: ...
+    def prepare(self, root: Path) -> None:
+        """Python code changed and is being loaded: start a worker for it now, if that
+        helps (taken by `replace(adopt=True)` once the new code is accepted)."""
+        ...
+
+    def replace(self, adopt: bool = False) -> None: ...
 
     def cancel(self, pid_file: Path) -> int:
         """Ask the attempt of `pid_file` to stop (its stage sees `StageCancelled`).

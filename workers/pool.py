@@ -489,12 +489,14 @@ class PoolService:
                         self.restart_on_load = True
                     self.serve_loaders = True  # a live pipeline: its next loads fork warm
                     self._in_thread("manifest", "", lambda: run_loader(self.root))
+                    if restart:  # its import beside the loader's, off the first stage's way
+                        self.workers.prepare(self.root)
                 case ManifestAccepted():
                     if self.replace_on_accept:
                         # New code: no worker that imported the old pipeline may run
                         # another stage (the broker dispatches only after this message).
                         self.replace_on_accept = False
-                        self._stop_workers()
+                        self.workers.replace(adopt=True)
                 case CancelStage(attempt=attempt, reason=why):
                     self._cancel(attempt, why)
                 case PoolShutdown():

@@ -105,6 +105,7 @@ class WorkerProcesses:
     def __init__(self, jobs: int) -> None:
         self.jobs = max(1, jobs)
         self.generation = 0
+        self._generations = 0  # the last generation numbered (`_new_generation`)
         self._preload: tuple[str, ...] = ()
         self._preload_key = ""
         self._workers: list[_Worker] = []
@@ -118,13 +119,23 @@ class WorkerProcesses:
         self._dying: list[Any] = []  # idle workers killed, until their server says they are gone
         self._closed = False  # (under `_lock`): a start thread must not write to a closed pipe
         self._lock = threading.Lock()
+        # A worker of the code being loaded (`prepare`), its generation, and whether it
+        # is still starting: the next `replace(adopt=True)` makes it the first worker.
+        self._next: list[_Worker] = []
+        self._next_generation: int | None = None
+        self._next_starting = 0
+        self._next_key = ""  # the preload key of the server it came from
+
+    def _new_generation(self) -> int:
+        self._generations += 1
+        return self._generations
 
     def configure(self, preload: tuple[str, ...], preload_key: str) -> None:
         self._preload, self._preload_key = preload, preload_key
 
     @property
     def started(self) -> bool:
-        return bool(self._workers) or self._starting > 0
+        return bool(self._workers) or self._starting > 0 or bool(self._next) or self._next_starting > 0
 
     # --- the loop's side -------------------------------------------------------------
 
@@ -206,7 +217,22 @@ class WorkerProcesses:
             if w.sent and (on_start := w.sent[0].on_start) is not None:
                 on_start()
 
-    def _start_one(self) -> None:
+    def prepare(self, root: Path) -> None:
+        """Start a worker for the code about to be loaded, beside its loader: it imports
+        the pipeline as it starts, and `replace(adopt=True)` (once that code is accepted)
+        makes it the first of the new workers, so a code change's first stage waits for
+        neither a worker's start nor its import. A worker prepared before is stopped."""
+        self._drop_next()
+        self._next_generation = self._new_generation()
+        self._next_starting = 1
+        self._next_key = self._preload_key
+        self._start_one(self._next_generation, str(root))
+
+    def _drop_next(self) -> None:
+        self._kill(self._next)
+        self._next, self._next_generation, self._next_starting = [], None, 0
+
+    def _start_one(self, generation: int | None = None, warm: str | None = None) -> None:
         from pivot.runtime.preload import worker_context
 
         context = worker_context(self._preload, self._preload_key)
@@ -214,15 +240,16 @@ class WorkerProcesses:
             import multiprocessing
 
             context = multiprocessing.get_context("spawn")
-        self._starting += 1
-        generation = self.generation
+        if generation is None:
+            self._starting += 1
+            generation = self.generation
 
         def start() -> None:
             from pivot.runtime.worker import serve
 
             try:
                 ours, theirs = context.Pipe(duplex=True)
-                proc = context.Process(target=serve, args=(theirs, IDLE_EXIT_S), name="pivot-worker")
+                proc = context.Process(target=serve, args=(theirs, IDLE_EXIT_S, warm), name="pivot-worker")
                 proc.start()
                 theirs.close()
                 started: _Worker | BaseException = _Worker(proc, ours)
@@ -245,6 +272,13 @@ class WorkerProcesses:
                 generation, started = self._started.get_nowait()
             except queue.Empty:
                 return
+            if generation == self._next_generation:  # prepared, not adopted yet
+                self._next_starting -= 1
+                if isinstance(started, BaseException):
+                    log.warning("could not start a worker for the code being loaded: %s", started)
+                else:
+                    self._next.append(started)
+                continue
             if generation != self.generation:  # started for workers replaced since
                 if isinstance(started, _Worker):
                     self._kill([started])
@@ -309,17 +343,23 @@ class WorkerProcesses:
 
     # --- stopping ---------------------------------------------------------------------
 
-    def replace(self) -> None:
+    def replace(self, adopt: bool = False) -> None:
         """Kill every worker now; the stages they ran, or that waited for one, fail
         (`BrokenExecutor`) once their processes are gone. The next `submit` starts
-        fresh workers."""
+        fresh workers; with `adopt`, the worker `prepare` started is the first of them,
+        unless the new code's third-party modules are not its server's (an upgraded
+        package: its server has the old version imported)."""
         workers = self._workers
         self._broken = None
-        self._starting = 0
-        self.generation += 1
         self._kill(workers)
         self._fail_all("its worker was stopped")
-        self._workers = []
+        if adopt and self._next_key != self._preload_key:
+            self._drop_next()
+        if adopt and self._next_generation is not None:
+            self.generation, self._workers, self._starting = self._next_generation, self._next, self._next_starting
+            self._next, self._next_generation, self._next_starting = [], None, 0
+        else:
+            self.generation, self._workers, self._starting = self._new_generation(), [], 0
 
     def _kill(self, workers: list[_Worker]) -> None:
         """SIGKILL `workers`. One that may still run a stage is waited for: the stage's
@@ -360,6 +400,7 @@ class WorkerProcesses:
         with self._lock:
             self._closed = True  # no start thread adds one after this
         self.replace()
+        self._drop_next()
         while True:  # started, not yet taken by the loop
             try:
                 _, started = self._started.get_nowait()

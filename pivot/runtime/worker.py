@@ -332,14 +332,19 @@ def run_stage(job: StageJob) -> StageOutcome:
         return outcome("ran", job.reason_code, job.reason, details=details)
 
 
-def serve(conn: Any, idle_s: float) -> None:
+def serve(conn: Any, idle_s: float, warm: str | None = None) -> None:
     """A worker process's life (workers/processes.py): run each job its pool sends, in
     order, send back ``(True, outcome)`` or ``(False, exception)``; exit when the pool
-    closes its end or after `idle_s` without a job.
+    closes its end or after `idle_s` without a job. With `warm` (a project root), the
+    pipeline is imported first: a worker started for code being loaded (`prepare`).
+    Its failure is said by the first stage's own import.
 
     After a stage that failed, the next one (its pool may have sent it already) waits for
     RESUME: the broker may stop it (fail fast), and its pool says go on only once the
     broker has answered that failure."""
+    if warm is not None:
+        with contextlib.suppress(PipelineError):
+            import_pipeline(Path(warm))
     held: collections.deque[StageJob] = collections.deque()
     paused = False
     while True:

@@ -300,6 +300,112 @@ def test_after_a_failure_the_next_stage_waits_for_resume_and_a_cancel_meanwhile_
         workers.close()
 
 
+# Each import of the pipeline says which process made it.
+IMPORT_LOGGED = """\
+import os
+
+from pivot import stage
+
+with open("imported.log", "a") as f:
+    f.write(f"{os.getpid()}\\n")
+
+
+def mark(name):
+    with open(f"pid.{name}", "w") as f:
+        f.write(str(os.getpid()))
+
+
+@stage(outs=["a.txt"])
+def a() -> None:
+    mark("a")
+    open("a.txt", "w").write("a\\n")
+
+
+@stage(outs=["b.txt"])
+def b() -> None:
+    mark("b")
+    open("b.txt", "w").write("b\\n")
+"""
+
+
+def importers(root: Path) -> list[int]:
+    log = root / "imported.log"
+    return [int(line) for line in log.read_text().split()] if log.exists() else []
+
+
+def test_a_worker_prepared_for_code_being_loaded_imports_it_at_once_and_is_adopted_as_the_first_worker(
+    make_project: Callable[..., Path], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PIVOT_PRELOAD", "0")
+    root = make_project({"pipeline.py": IMPORT_LOGGED})
+    workers = WorkerProcesses(1)
+    try:
+        first = workers.submit(job(root, "a"))
+        loop_until(workers, first.done, "stage a")
+        old = pid_of(root, "a")
+        workers.prepare(root)
+        loop_until(workers, lambda: len(importers(root)) == 2, "the prepared worker's import")
+        prepared = importers(root)[1]
+        assert prepared != old and is_alive(old)  # the old code's worker stays until the new is accepted
+        workers.replace(adopt=True)
+        second = workers.submit(job(root, "b"))
+        loop_until(workers, second.done, "stage b")
+        assert outcome(second).status == "ran", outcome(second)
+        assert pid_of(root, "b") == prepared
+        assert importers(root) == [old, prepared]  # it did not import the pipeline again
+        loop_until(workers, lambda: not is_alive(old), "the old worker to be gone")
+    finally:
+        workers.close()
+    assert multiprocessing.active_children() == []
+
+
+def test_a_worker_prepared_again_replaces_the_first_and_outlives_a_replace_that_does_not_adopt(
+    make_project: Callable[..., Path], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PIVOT_PRELOAD", "0")
+    root = make_project({"pipeline.py": IMPORT_LOGGED})
+    workers = WorkerProcesses(1)
+    try:
+        workers.prepare(root)
+        loop_until(workers, lambda: len(importers(root)) == 1, "the first prepared worker's import")
+        workers.prepare(root)  # a second code change before the first was accepted
+        loop_until(workers, lambda: len(importers(root)) == 2, "the second prepared worker's import")
+        dropped, prepared = importers(root)
+        loop_until(workers, lambda: not is_alive(dropped), "the first prepared worker to be gone")
+        workers.replace()  # (a death's replace meanwhile: the old code's workers only)
+        workers.replace(adopt=True)
+        ran = workers.submit(job(root, "a"))
+        loop_until(workers, ran.done, "stage a")
+        assert outcome(ran).status == "ran", outcome(ran)
+        assert pid_of(root, "a") == prepared
+    finally:
+        workers.close()
+    assert multiprocessing.active_children() == []
+
+
+def test_a_worker_prepared_under_other_third_party_modules_is_not_adopted(
+    make_project: Callable[..., Path], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PIVOT_PRELOAD", "0")
+    root = make_project({"pipeline.py": IMPORT_LOGGED})
+    workers = WorkerProcesses(1)
+    try:
+        workers.configure(("json",), "key-before")
+        workers.prepare(root)
+        loop_until(workers, lambda: len(importers(root)) == 1, "the prepared worker's import")
+        [prepared] = importers(root)
+        # The new code's: an upgraded package (its server would have the old one imported).
+        workers.configure(("json",), "key-after")
+        workers.replace(adopt=True)
+        ran = workers.submit(job(root, "a"))
+        loop_until(workers, lambda: ran.done() and not is_alive(prepared), "stage a, and the prepared worker gone")
+        assert outcome(ran).status == "ran", outcome(ran)
+        assert pid_of(root, "a") != prepared
+    finally:
+        workers.close()
+    assert multiprocessing.active_children() == []
+
+
 def test_start_brings_up_at_most_jobs_workers_before_any_stage(root: Path, workers: WorkerProcesses) -> None:
     workers.start(5)  # two jobs: two workers
     loop_until(workers, lambda: len(workers.waitables()) == 1 + 2 * 2, "two workers to start")
