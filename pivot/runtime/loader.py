@@ -185,9 +185,11 @@ def _project_sources(root: Path, preexisting: set[str]) -> tuple[str, ...]:
     looking at the `preexisting` modules (thousands, when a server preloaded scipy)."""
     found = set()
     real_dirs: dict[str, str] = {}  # a big library's hundreds of modules share few folders
-    for name, mod in list(sys.modules.items()):
-        if name in preexisting:
-            continue
+    # Names first: a fork of a preloading server copies the page of each module it
+    # touches (pivot/runtime/heapfreeze.py), and all but a few are the server's.
+    modules = sys.modules
+    for name in [n for n in modules if n not in preexisting]:
+        mod = modules.get(name)
         # Not getattr: a lazily loading package's __getattr__ would import (scipy's do).
         file = getattr(mod, "__dict__", {}).get("__file__")
         if not isinstance(file, str) or not file:

@@ -173,3 +173,37 @@ def test_a_server_started_the_stdlibs_way_hands_its_children_a_frozen_heap_and_t
     done = subprocess.run([sys.executable, str(driver)], capture_output=True, text=True, timeout=90, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["3", "5"], done.stdout
+
+
+PACKED = '''\
+import json, sys
+
+import xml.dom.minidom  # (any module: each must still be found, in the same order)
+
+before = list(sys.modules.items())
+spread = len({id(name) >> 12 for name in sys.modules})  # the memory pages they are on
+import pivot.runtime.heapfreeze  # noqa: E402,F401
+
+after = list(sys.modules.items())
+packed = len({id(name) >> 12 for name in sys.modules})
+import xml.dom.minicompat  # noqa: E402,F401  (found, as already imported)
+import email.parser  # noqa: E402,F401  (imports as before)
+
+print(json.dumps({
+    "same": [n for n, _ in before] == [n for n, _ in after[:len(before)]]
+            and all(a is b for (_, a), (_, b) in zip(before, after)),
+    "spread": spread,
+    "packed": packed,
+    "found": sys.modules["xml.dom.minidom"] is dict(before)["xml.dom.minidom"] and "email.parser" in sys.modules,
+}))
+'''
+
+
+def test_the_servers_module_names_are_packed_together_and_every_module_is_still_found(tmp_path: Path) -> None:
+    """A fork reading every module name (a loader) copies the pages they are on: the
+    server holds them in strings allocated together (pivot/runtime/heapfreeze.py)."""
+    done = subprocess.run([sys.executable, "-c", PACKED], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["same"] and report["found"], report
+    assert report["packed"] < report["spread"] / 4, report  # pages the names are on
