@@ -80,7 +80,7 @@ from pivot.runtime.command import kill_group_of
 from pivot.runtime.dask_task import ALIVE_SUFFIX, CLAIM_SUFFIX, KILL_SUFFIX
 from pivot.runtime.job import StageJob, StageOutcome
 from pivot.runtime.lease import LEASE_NAME
-from pivot.runtime.preload import serve_loaders, warm_up
+from pivot.runtime.preload import drop_standby, serve_loaders, warm_up
 from pivot.state.lock import LockPrefetch, read_lock
 from pivot.state.notices import LOGGER as NOTICES_LOGGER
 from pivot.state.notices import StoredStateNotices
@@ -926,6 +926,7 @@ class PoolService:
 
     def _shutdown(self) -> None:
         logging.getLogger(NOTICES_LOGGER).removeHandler(self.notices)
+        drop_standby()  # the loader forked ahead of a next load
         self.workers.close()
         for attempt in list(self.attempts):  # command stages' processes leave with their workers
             kill_group_of(self.pid_dir / attempt)

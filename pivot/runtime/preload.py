@@ -32,7 +32,10 @@ import sys
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-__all__ = ["enabled", "imported_tops", "load_ended", "load_started", "loader_context", "serve_loaders", "third_party", "warm_up", "worker_context"]
+__all__ = [
+    "drop_standby", "enabled", "imported_tops", "keep_standby", "load_ended", "load_started", "loader_context",
+    "serve_loaders", "server_key", "take_standby", "third_party", "warm_up", "worker_context",
+]
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +127,7 @@ def worker_context(preload: tuple[str, ...], key: str) -> Any:
                 return multiprocessing.get_context("forkserver")
             # A private stdlib method (its unit tests use it); the server forks no new
             # worker after this, and workers forked before are already stopped.
+            drop_standby()
             forkserver._forkserver._stop()  # type: ignore[attr-defined]
         # (pivot/runtime/heapfreeze.py last: what the others imported is frozen)
         multiprocessing.set_forkserver_preload(
@@ -140,6 +144,55 @@ class _Load(Protocol):
     def exited(self) -> bool: ...
 
     def reap(self) -> None: ...
+
+
+class _Standby(Protocol):
+    server: object  # the server it was forked from (`server_key`)
+
+    def alive(self) -> bool: ...
+
+    def drop(self) -> None: ...
+
+
+# A loader forked from the server ahead of the next load, waiting for it
+# (pivot/launch/spawn.py `Standby`).
+_standby: list[_Standby] = []
+_standby_exit: list[bool] = []  # (dropped at exit, once registered)
+
+
+def server_key() -> object:
+    """What identifies the server forks come from now (a restart changes it)."""
+    return _current
+
+
+def keep_standby(standby: _Standby) -> None:
+    drop_standby()
+    if not _standby_exit:
+        # Before multiprocessing's own exit handler (registered earlier, so run later),
+        # which would wait for this child to end while it waits for its load.
+        import atexit
+
+        atexit.register(drop_standby)
+        _standby_exit.append(True)
+    _standby.append(standby)
+
+
+def take_standby() -> _Standby | None:
+    """The loader waiting for the next load, if it is alive and its server the current
+    one (else it is stopped)."""
+    while _standby:
+        standby = _standby.pop()
+        if standby.server == _current and standby.alive():
+            return standby
+        standby.drop()
+    return None
+
+
+def drop_standby() -> None:
+    """Stop the waiting loader: it holds its server open (the stdlib's server exits once
+    every process it forked has), and the pool is stopping or the server restarting."""
+    while _standby:
+        _standby.pop().drop()
 
 
 _loads: set[_Load] = set()  # forked loads running (pivot/launch/spawn.py)
