@@ -241,7 +241,13 @@ def forked_main(root: str, result_path: str, output_path: str, preloaded: tuple[
 
     pivots = imported_tops() - set(preloaded)
 
-    out = os.open(output_path, os.O_WRONLY | os.O_TRUNC)
+    try:
+        out = os.open(output_path, os.O_WRONLY | os.O_TRUNC)
+    except FileNotFoundError:
+        # Its asker gave up on it and is gone (a `pivot repro` refused because another
+        # engine runs): its files were removed with it. Nothing to say, nor anyone to
+        # say it to; a traceback here would land on that command's terminal.
+        os._exit(1)
     null = os.open(os.devnull, os.O_RDONLY)
     for fd, target in ((0, null), (1, out), (2, out)):
         os.dup2(target, fd)

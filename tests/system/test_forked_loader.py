@@ -333,3 +333,16 @@ def test_a_single_threaded_process_forks_its_loader_which_sees_what_a_fresh_one_
     for how in ("forked", "with_a_thread"):
         assert answers[how]["params"] == answers["fresh"]["params"] == {"origin": "project"}, answers
         assert answers[how]["fingerprint"] == answers["fresh"]["fingerprint"], answers
+
+
+def test_a_load_whose_asker_is_gone_exits_without_a_word(tmp_path: Path) -> None:
+    """A refused `pivot repro` leaves its forked loader behind, its files removed: the
+    loader must not print a traceback onto that command's terminal."""
+    _write(tmp_path, "pipeline.py", PIPELINE)
+    _write(tmp_path, "helpers.py", "N = 1\n\ndef shout(t):\n    return t\n")
+    code = ("import sys\nfrom pivot.runtime.loader import forked_main\n"
+            "forked_main(sys.argv[1], sys.argv[2] + '.msgpack', sys.argv[2] + '.out', ())\n")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path), str(tmp_path / "gone")], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (1, "", "")
+    assert not (tmp_path / "o.txt").exists() and not (tmp_path / "pid.txt").exists()  # the pipeline never ran
