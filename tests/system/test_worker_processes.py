@@ -304,28 +304,9 @@ def test_after_a_failure_the_next_stage_waits_for_resume_and_a_cancel_meanwhile_
 IMPORT_LOGGED = """\
 import os
 
-from pivot import stage
-
 with open("imported.log", "a") as f:
     f.write(f"{os.getpid()}\\n")
-
-
-def mark(name):
-    with open(f"pid.{name}", "w") as f:
-        f.write(str(os.getpid()))
-
-
-@stage(outs=["a.txt"])
-def a() -> None:
-    mark("a")
-    open("a.txt", "w").write("a\\n")
-
-
-@stage(outs=["b.txt"])
-def b() -> None:
-    mark("b")
-    open("b.txt", "w").write("b\\n")
-"""
+""" + PIPELINE
 
 
 def importers(root: Path) -> list[int]:
