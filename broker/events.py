@@ -82,6 +82,7 @@ class ManifestArrived(Record):
     pool: str  # whose loader made it
     manifest: Manifest
     graph: StageGraph
+    load: int = 0  # the load it answers (LoadManifest, LoadOwnManifest; 0: a first load)
 
 
 @record
@@ -92,12 +93,15 @@ class PoolManifest(Record):
     pool: str
     manifest: Manifest | None
     error: str = ""
+    load: int = 0
 
 
 @record
 class ManifestRejected(Record):
     message: str
     detail: str
+    pool: str = ""  # whose loader failed ("": the broker's own)
+    load: int = 0
 
 
 @record
@@ -268,7 +272,10 @@ class PublishLog(Record):
 @record
 class LoadOwnManifest(Record):
     """Load the pipeline in a loader process beside the broker (the broker is its own
-    manifest source); answer with ManifestArrived(pool="") or ManifestRejected."""
+    manifest source); answer with ManifestArrived(pool="") or ManifestRejected, naming
+    `load`."""
+
+    load: int = 0
 
 
 @record

@@ -45,6 +45,7 @@ class PoolInfo:
     manifest: Manifest | None = None
     mismatched: frozenset[str] = frozenset()
     queue: int = 0  # attempts it takes beyond its slots, held decided until a worker frees
+    asked: int | None = None  # the load it was last asked for (None: none yet, its own first)
 
     def free(self) -> int:
         """Attempts it takes now: its free slots, then its queue's room."""

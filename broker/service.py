@@ -488,8 +488,8 @@ class BrokerService:
                 self._emit(b"log", encode(msg, sender=SENDER, seq=seq))
             case Note(text):
                 log.warning("%s", text)
-            case LoadOwnManifest():
-                self._load_own_manifest()
+            case LoadOwnManifest(load=load):
+                self._load_own_manifest(load)
             case ConfirmChanges(paths):
                 if self._checker is None:
                     # Imported on first use: the state cache (sqlite3) is not needed to
@@ -541,17 +541,17 @@ class BrokerService:
                 pass
             case PoolLeaving():
                 self._feed(PoolGone(pool, "the pool stopped", confirmed=True, leaving=True))
-            case ManifestLoaded(manifest=wire) if pool == self.state.manifest_source:
-                self._feed(self._check_manifest(pool, wire))
-            case ManifestLoaded(manifest=wire):
+            case ManifestLoaded(manifest=wire, load=load) if pool == self.state.manifest_source:
+                self._feed(self._check_manifest(pool, wire, load))
+            case ManifestLoaded(manifest=wire, load=load):
                 try:
-                    self._feed(PoolManifest(pool, Manifest.from_wire(dict(wire))))
+                    self._feed(PoolManifest(pool, Manifest.from_wire(dict(wire)), load=load))
                 except ProtocolError as exc:
-                    self._feed(PoolManifest(pool, None, f"unreadable manifest: {exc}"))
-            case ManifestFailed(message=message, detail=detail) if pool == self.state.manifest_source:
-                self._feed(ManifestRejected(message, detail))
-            case ManifestFailed(message=message):
-                self._feed(PoolManifest(pool, None, message))
+                    self._feed(PoolManifest(pool, None, f"unreadable manifest: {exc}", load))
+            case ManifestFailed(message=message, detail=detail, load=load) if pool == self.state.manifest_source:
+                self._feed(ManifestRejected(message, detail, pool, load))
+            case ManifestFailed(message=message, load=load):
+                self._feed(PoolManifest(pool, None, message, load))
             case StageRunning(attempt=attempt, reason_code=code, reason=reason, details=details):
                 self._feed(StageRunningReported(pool, attempt, code, reason, details))
             case StageOutput(attempt=attempt, lines=lines):
@@ -570,24 +570,24 @@ class BrokerService:
             case _:
                 self._drop("dropped %s: not a message a pool sends", msg.TAG)
 
-    def _load_own_manifest(self) -> None:
+    def _load_own_manifest(self, load: int = 0) -> None:
         """The broker's own loader (a standalone broker is its manifest source): a
         process beside the broker, waited for in a thread; the broker imports no user
-        code. The answer comes back through an inproc pair the loop polls."""
+        code. The answer comes back through an inproc pair the loop polls, naming `load`."""
         from pivot.errors import PivotError
         from pivot.launch.spawn import LoaderRun
 
-        def load() -> None:
+        def run() -> None:
             try:
                 manifest = LoaderRun(self.root).result()
-                payload = [b"ok", encode(ManifestLoaded("", manifest.to_wire()), sender=SENDER)]
+                payload = [b"ok", encode(ManifestLoaded("", manifest.to_wire(), load), sender=SENDER)]
             except PivotError as exc:
                 detail = exc.detail if isinstance(exc, PipelineError) else ""
-                payload = [b"failed", encode(ManifestFailed("", str(exc), detail), sender=SENDER)]
+                payload = [b"failed", encode(ManifestFailed("", str(exc), detail, load), sender=SENDER)]
             except Exception as exc:  # ours: said like a load that failed, never a thread's traceback
                 log.exception("the broker's own loader failed")
                 message = f"loading the pipeline failed inside Pivot: {type(exc).__name__}: {exc}"
-                payload = [b"failed", encode(ManifestFailed("", message, ""), sender=SENDER)]
+                payload = [b"failed", encode(ManifestFailed("", message, "", load), sender=SENDER)]
             try:
                 sender = self.ctx.socket(zmq.PAIR)
             except zmq.ZMQError:
@@ -601,27 +601,27 @@ class BrokerService:
             finally:
                 sender.close()
 
-        threading.Thread(target=load, name="own-loader", daemon=True).start()
+        threading.Thread(target=run, name="own-loader", daemon=True).start()
 
     def _on_own_manifest(self, frames: list[bytes]) -> None:
         env = decode_or_log(frames[-1], "own loader")
         if env is None:
             return
         match env.msg:
-            case ManifestLoaded(manifest=wire):
-                self._feed(self._check_manifest("", wire))
-            case ManifestFailed(message=message, detail=detail):
-                self._feed(ManifestRejected(message, detail))
+            case ManifestLoaded(manifest=wire, load=load):
+                self._feed(self._check_manifest("", wire, load))
+            case ManifestFailed(message=message, detail=detail, load=load):
+                self._feed(ManifestRejected(message, detail, "", load))
 
-    def _check_manifest(self, pool: str, wire: dict[str, object]) -> Event:
+    def _check_manifest(self, pool: str, wire: dict[str, object], load: int) -> Event:
         try:
             manifest = Manifest.from_wire(dict(wire))
             # A dep that does not exist fails only its stage (dep_missing); live, creating
             # it runs the stage. The rest of the pipeline keeps working.
             graph = build_graph(manifest)
         except PipelineError as exc:
-            return ManifestRejected(str(exc), exc.detail)
-        return ManifestArrived(pool, manifest, graph)
+            return ManifestRejected(str(exc), exc.detail, pool, load)
+        return ManifestArrived(pool, manifest, graph, load)
 
     def _on_control(self, frames: list[bytes], user: str = "") -> None:
         if len(frames) != 2:

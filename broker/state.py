@@ -50,7 +50,7 @@ from broker.view import EngineView
 from broker.wave import PendingRun, Wave
 from pivot.errors import UserError
 from pivot.pipeline.graph import StageGraph
-from pivot.pipeline.manifest import Manifest
+from pivot.pipeline.manifest import Manifest, spec_difference
 from pivot.pipeline.params import PARAMS_FILE
 from pivot.pipeline.producers import inside
 from pivot.pipeline.project import DVC_FILE, PIPELINE_FILE
@@ -138,6 +138,9 @@ class BrokerState:
         # Live mode: raw changed paths waiting for the quiet window, then for a check.
         self.changes = ChangeQueue(live.debounce_s, live.max_wait_s) if live else ChangeQueue(0.0, 0.0)
         self.reload = Reload()
+        # Loads asked (each LoadManifest numbered); the broker's own loader's last one.
+        self.loads = 0
+        self.own_asked: int | None = None
         # Stages that change what they read while they run (broker: _stop_self_triggered).
         self.changed_while_running: dict[str, set[str]] = {}  # path -> its readers then running
         self.self_triggered: dict[str, int] = {}  # stage -> runs in a row its own run caused
@@ -177,6 +180,8 @@ class BrokerState:
                 self._pool_leaving(event.pool)
             case PoolGone():
                 self._pool_gone(event.pool, event.reason, event.confirmed)
+            case ManifestArrived() | PoolManifest() | ManifestRejected() if self._superseded(event.pool, event.load):
+                pass  # an answer to an earlier load, read before a later save: its answer comes
             case ManifestArrived():
                 self._manifest_arrived(event.pool, event.manifest, event.graph)
             case PoolManifest():
@@ -251,8 +256,14 @@ class BrokerState:
         )
         if same and old is not None:  # the same process: its manifest has not changed
             new.manifest, new.current, new.mismatched = old.manifest, old.current, old.mismatched
+            new.asked = old.asked
         self.pools.add(event.pool, new)
         self._send(event.pool, PoolWelcome(event.pool, self.heartbeat_s, self.liveness, self.broker_id))
+
+    def _superseded(self, pool: str, load: int) -> bool:
+        """Whether a loader's answer is to a load other than the last one asked of it."""
+        asked = self.own_asked if pool == "" else getattr(self.pools.get(pool), "asked", None)
+        return asked is not None and load != asked
 
     def _pool_manifest(self, event: PoolManifest) -> None:
         pool = self.pools.get(event.pool)
@@ -280,9 +291,11 @@ class BrokerState:
             mismatched = frozenset(s for s in ours if theirs.get(s) != ours[s])
         if mismatched and mismatched != pool.mismatched:
             shown = ", ".join(sorted(mismatched)[:10]) + (" ..." if len(mismatched) > 10 else "")
+            first = min(mismatched)
             self._publish(Notice(
                 f"worker pool {name} loaded other code or declarations for {shown} (an old "
-                "checkout on its host?): it gets none of those stages"
+                f"checkout on its host?): it gets none of those stages ({first}: "
+                f"{spec_difference(ours[first], theirs.get(first))})"
             ))
         pool.mismatched, pool.current = mismatched, True
         self._send(name, ManifestAccepted())  # before any stage is sent to it on it
@@ -1049,11 +1062,14 @@ class BrokerState:
             self._maybe_finish_wave()
         if not self.reload.begin(restart, paths):
             return  # one is out: this one follows it
+        self.loads += 1
         if self.manifest_source == "":
-            self._out.append(LoadOwnManifest())
+            self.own_asked = self.loads
+            self._out.append(LoadOwnManifest(self.loads))
         for name, pool in self.pools.items():
             pool.current, pool.manifest = False, None  # until its new manifest is checked
-            self._send(name, LoadManifest(restart))
+            pool.asked = self.loads
+            self._send(name, LoadManifest(restart, self.loads))
 
     def _reload_answered(self) -> None:
         if not self.reload.active:

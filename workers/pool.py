@@ -145,6 +145,10 @@ class PoolService:
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.sock = self._socket(self.link.work) if self.link.work else None
         self.manifest: Manifest | None = None
+        # The broker's number of the last load it asked for (0: this pool's own first), and
+        # of the load `manifest` came from: only the last one's answer is applied and sent.
+        self.load_asked = 0
+        self.manifest_load = 0
         self.producers: DepProducers = {}
         # Read while the first loader runs, for the first wave's plan only (each lock is
         # handed out once, and a plan checks outputs against the lock it uses).
@@ -460,7 +464,7 @@ class PoolService:
                         # A welcome after a hello said again: a new broker, or this one,
                         # which may have given this pool up (a silence) and forgotten its
                         # pipeline. Without it, the broker would send this pool nothing.
-                        self._send(ManifestLoaded(self.name, self.manifest.to_wire()))
+                        self._send(ManifestLoaded(self.name, self.manifest.to_wire(), self.manifest_load))
                     self.said_hello_again = False
                     self.broker_id = broker
                 case Refused(code="unknown"):
@@ -483,12 +487,13 @@ class PoolService:
                         self.unsettled.discard(attempt)
                         if not self.unsettled:  # the broker's cancels, if any, came first
                             self.workers.resume()
-                case LoadManifest(restart_workers=restart):
+                case LoadManifest(restart_workers=restart, load=load):
                     if restart:
                         self._cancel_all("cancelled: Python code changed")
                         self.restart_on_load = True
                     self.serve_loaders = True  # a live pipeline: its next loads fork warm
-                    self._in_thread("manifest", "", lambda: run_loader(self.root))
+                    self.load_asked = load
+                    self._in_thread("manifest", str(load), lambda: run_loader(self.root))
                     if restart:  # its import beside the loader's, off the first stage's way
                         self.workers.prepare(self.root)
                 case ManifestAccepted():
@@ -600,7 +605,7 @@ class PoolService:
             except queue.Empty:
                 return
             if kind == "manifest":
-                self._manifest_done(value)
+                self._manifest_done(value, int(attempt or 0))
             elif kind == "planned":
                 self._planned(int(attempt), value)
             elif kind == "decided":
@@ -612,19 +617,24 @@ class PoolService:
             elif kind == "notice":
                 self._send(Notice(value))
 
-    def _manifest_done(self, future: Future[Manifest]) -> None:
+    def _manifest_done(self, future: Future[Manifest], load: int) -> None:
+        if load != self.load_asked:
+            # A later load is out: it may have been asked for a save this one read
+            # before, or half of (its answer is the one the broker waits for).
+            return
         try:
             self.manifest = future.result()
         except PivotError as exc:
             detail = exc.detail if isinstance(exc, PipelineError) else ""
-            self._send(ManifestFailed(self.name, str(exc), detail))
+            self._send(ManifestFailed(self.name, str(exc), detail, load))
             for a in self._waiting():
                 self._report(a.job.attempt, Result(Status.FAILED, ReasonCode.FAILED, f"the pipeline did not load: {exc}"))
             return
         if self.restart_on_load:
             self.restart_on_load = False
             self.replace_on_accept = True
-        self._send(ManifestLoaded(self.name, self.manifest.to_wire()))
+        self.manifest_load = load
+        self._send(ManifestLoaded(self.name, self.manifest.to_wire(), load))
         try:
             self.workers.configure(self.manifest.preload, self.manifest.preload_key)
             if not self.workers.started:  # live workers keep the server they came from

@@ -6,13 +6,13 @@ schedule without ever importing user code.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from pivot.errors import ProtocolError
 from pivot.gcpause import paused
 
-__all__ = ["Manifest", "StageSpec"]
+__all__ = ["Manifest", "StageSpec", "spec_difference"]
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,24 @@ class Manifest:
             )
         except (KeyError, TypeError) as exc:
             raise ProtocolError(f"malformed manifest: {exc!r}") from exc
+
+
+def spec_difference(ours: StageSpec, theirs: StageSpec | None) -> str:
+    """How `theirs` differs from `ours`, for a message: the fields that differ, and for
+    code the pieces by name (which function or constant another loader saw otherwise)."""
+    if theirs is None:
+        return "it has no such stage"
+    shown = []
+    for f in fields(StageSpec):
+        if not f.compare or getattr(ours, f.name) == getattr(theirs, f.name):
+            continue
+        if f.name == "code_parts":
+            a, b = ours.code_parts, theirs.code_parts
+            pieces = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+            shown.append("code of " + ", ".join(pieces[:5]) + (" ..." if len(pieces) > 5 else ""))
+        elif f.name != "fingerprint":  # (it follows from code_parts)
+            shown.append(f"{f.name} {getattr(theirs, f.name)!r}, not {getattr(ours, f.name)!r}")
+    return "; ".join(shown) or "its code fingerprint"
 
 
 # A stage's row on the wire: StageSpec's fields in this order, `code_parts` and

@@ -204,11 +204,15 @@ class Heartbeat(Message):
 
 @record
 class ManifestLoaded(Message):
-    """Pool -> broker: the loader imported the pipeline; `manifest` is Manifest.to_wire()."""
+    """Pool -> broker: the loader imported the pipeline; `manifest` is Manifest.to_wire().
+    `load`: the `load_manifest` it answers (0: the pool's own first load). A pool answers
+    only the last one it was sent; the broker takes only the answer to the last one it
+    sent (an answer to an earlier one may cross it, read before a later save)."""
 
     TAG: ClassVar[str] = "manifest_loaded"
     pool: str
     manifest: dict[str, Any]
+    load: int = 0
 
 
 @record
@@ -219,6 +223,7 @@ class ManifestFailed(Message):
     pool: str
     message: str
     detail: str
+    load: int = 0  # as manifest_loaded's
 
 
 @record
@@ -251,10 +256,12 @@ class LoadManifest(Message):
     With `restart_workers` (Python code changed) the pool cancels the stages it is
     running at once, and replaces its workers once the new manifest loaded: no stage
     runs old code after a code change was seen. A failed load keeps idle workers.
+    `load` numbers the broker's loads (from 1); the answer names it.
     """
 
     TAG: ClassVar[str] = "load_manifest"
     restart_workers: bool = False
+    load: int = 0
 
 
 @record

@@ -18,6 +18,10 @@ The source is read at every import of a project module, and its digest kept: a w
 imports the pipeline after the loader that fingerprinted it, and a save in between (or
 during a stage's own late import) would otherwise run code the lock and the run cache
 then describe with the earlier version's fingerprint (`differing`; pivot/runtime/worker.py).
+A loader keeps the source too (`keep_sources`): its code fingerprint is taken from the
+source it imported, not from the file read again a moment later. A save between the two
+once made a manifest of one version's stages with another's fingerprints (a stage added
+by the save missing, and the stages before it looking current).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from types import CodeType
 
 import xxhash
 
-__all__ = ["differing", "guard_project_bytecode", "guarded"]
+__all__ = ["differing", "guard_project_bytecode", "guarded", "imported_source", "keep_sources"]
 
 _SECOND_NS = 1_000_000_000
 _TICK_NS = 20_000_000  # the kernel's coarse clock stamps files (pivot/state/statecache.py)
@@ -59,6 +63,22 @@ def _written_in_second(cached: os.stat_result, source: os.stat_result) -> bool:
 # The real path of each project module's file this process imported -> the digest of the
 # source its code was compiled from (the digest the code fingerprint takes: codeindex.py).
 _imported: dict[str, str] = {}
+# ... and, in a loader (`keep_sources`), that source itself: the fingerprint is taken from
+# the code imported, never from the file read again (a save in between mixed versions).
+_sources: dict[str, bytes] = {}
+_keeping: list[bool] = []
+
+
+def keep_sources() -> None:
+    """From now on, keep the source of each project module imported (`imported_source`)."""
+    _keeping[:] = [True]
+
+
+def imported_source(path: str) -> tuple[str, bytes] | None:
+    """(digest, source) of the project module file at real path `path` as this process
+    imported it, if it kept it."""
+    data = _sources.get(path)
+    return None if data is None else (_imported[path], data)
 
 
 class _FreshSourceLoader(importlib.machinery.SourceFileLoader):
@@ -83,7 +103,10 @@ class _FreshSourceLoader(importlib.machinery.SourceFileLoader):
                 ))
                 with contextlib.suppress(OSError, NotImplementedError):
                     self.set_data(importlib.util.cache_from_source(path), header + marshal.dumps(code))
-        _imported[os.path.realpath(path)] = xxhash.xxh3_128_hexdigest(data)
+        real = os.path.realpath(path)
+        _imported[real] = xxhash.xxh3_128_hexdigest(data)
+        if _keeping:
+            _sources[real] = data
         return code
 
 

@@ -23,7 +23,7 @@ from pivot.pipeline.paths import normalize
 from pivot.pipeline.project import DVC_FILE, PIPELINE_FILE
 from pivot.pipeline.stage import StageDecl, clear_registry, register_dvc_stage, registered
 from pivot.runtime.command import interpolate
-from pivot.runtime.freshcode import guard_project_bytecode
+from pivot.runtime.freshcode import guard_project_bytecode, imported_source, keep_sources
 from pivot.runtime.preload import imported_tops, third_party
 from pivot.runtime.usertb import user_traceback
 from pivot.state.fingerprint import Fingerprinter, command_fingerprint
@@ -77,6 +77,7 @@ def build_manifest(root: Path, pivots: set[str] | None = None) -> Manifest:
     """`pivots`: the top-level modules Pivot imported before the pipeline (by default,
     all imported so now), left out of the modules to preload."""
     pivots = imported_tops() if pivots is None else pivots
+    keep_sources()  # fingerprints of the code imported, not of the files a moment later
     # Pivot's and a preloading server's modules: no project module is among them.
     preexisting = set(sys.modules)
     import_pipeline(root)
@@ -95,7 +96,7 @@ def _manifest(root: Path, pivots: set[str], preexisting: set[str]) -> Manifest:
     # Stages that read params.yaml by key path (dvc.yaml's, list-form params) own every
     # top-level key that names no other stage, whatever it holds (`seed: 1`).
     from_file = params_mod.load_params_file(root, [d.name for d in decls.values() if not d.dvc] if dvc else None)
-    fingerprinter = Fingerprinter(root, root / ".pivot" / "tmp" / FINGERPRINT_CACHE)
+    fingerprinter = Fingerprinter(root, root / ".pivot" / "tmp" / FINGERPRINT_CACHE, imported_source)
     sources = set(_project_sources(root, preexisting))
     script_externals: set[str] = set()  # what the scripts of command stages import
     stages = []

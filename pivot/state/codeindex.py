@@ -22,7 +22,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -440,6 +440,10 @@ def index_from_wire(raw: Any) -> FileIndex:
 Stat = tuple[int, int, int]
 
 
+# A process's own copy of a file's source, by real path: (its digest, its bytes), or None.
+Imported = Callable[[str], tuple[str, bytes] | None]
+
+
 @dataclass(frozen=True)
 class _Entry:
     stat: Stat | None  # None: too recent to trust, check the content hash
@@ -464,8 +468,9 @@ class ParseCache:
     parse); a warm cache with unchanged files leaves both at zero.
     """
 
-    def __init__(self, cache_file: Path | None) -> None:
+    def __init__(self, cache_file: Path | None, imported: Imported | None = None) -> None:
         self.cache_file = cache_file
+        self._imported = imported
         self.parsed_files = 0
         self.read_files = 0
         self._stored: dict[str, Any] = _load(cache_file) if cache_file else {}
@@ -481,6 +486,11 @@ class ParseCache:
         return index
 
     def _lookup(self, path: str) -> FileIndex | None:
+        kept = self._imported(path) if self._imported is not None else None
+        if kept is not None:  # the source this process's code came from: not the file now
+            entry, (content, data) = self._cached_entry(path), kept
+            known = entry is not None and entry.content == content
+            return self._index(path, entry.stat if entry is not None and known else None, entry, content, data)
         try:
             st = os.stat(path)
         except OSError:
@@ -495,7 +505,12 @@ class ParseCache:
         except OSError:
             return None
         self.read_files += 1
-        content = xxhash.xxh3_128_hexdigest(data)
+        trusted = stat if st.st_mtime_ns < time.time_ns() - _RACY_NS else None
+        return self._index(path, trusted, entry, xxhash.xxh3_128_hexdigest(data), data)
+
+    def _index(self, path: str, trusted: Stat | None, entry: _Entry | None, content: str, data: bytes) -> FileIndex | None:
+        """The index of `data` (the file's bytes, digest `content`), kept under `path`
+        with the stat it can be trusted by (None: check the content hash)."""
         if entry is not None and entry.content == content:
             index = entry.index
         else:
@@ -508,7 +523,6 @@ class ParseCache:
                 return None
             finally:
                 self.parsed_files += 1
-        trusted = stat if st.st_mtime_ns < time.time_ns() - _RACY_NS else None
         if entry is None or entry.stat != trusted or entry.index is not index:
             self._stored[path] = {
                 "stat": list(trusted) if trusted else None,

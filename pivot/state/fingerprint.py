@@ -36,7 +36,7 @@ from typing import Any
 import xxhash
 
 from pivot.state.canonical import code_digest, code_names, constant
-from pivot.state.codeindex import BodyImport, DefInfo, FileIndex, ParseCache, digest_text
+from pivot.state.codeindex import BodyImport, DefInfo, FileIndex, Imported, ParseCache, digest_text
 from pivot.state.locality import ProjectFiles
 from pivot.state.versions import VersionCache
 
@@ -134,16 +134,17 @@ class Fingerprinter:
 
     `root` decides what is project code (files under it, minus virtual environments,
     installed packages and pivot itself). `cache_file` persists the per-file parse
-    index between runs (None: memory only); call save() when done.
+    index between runs (None: memory only); call save() when done. `imported`: the
+    source this process imported a file from, taken over the file as it is now.
     """
 
-    def __init__(self, root: Path, cache_file: Path | None) -> None:
+    def __init__(self, root: Path, cache_file: Path | None, imported: Imported | None = None) -> None:
         self.root = root
         self._root = os.path.realpath(root)
         # Spellings of the root to blank out of string constants (longest first).
         spellings = {self._root, os.path.abspath(root)} - {os.sep}
         self._roots = tuple(sorted(spellings, key=len, reverse=True))
-        self._cache = ParseCache(cache_file)
+        self._cache = ParseCache(cache_file, imported)
         self._nodes: dict[tuple[object, ...], _Node] = {}
         self._targets: list[_Target] = []  # keeps the objects whose id() is in a key alive
         self._stages: dict[int, tuple[Callable[..., Any], CodeFingerprint]] = {}

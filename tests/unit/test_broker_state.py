@@ -39,7 +39,7 @@ from broker.events import (
 )
 from broker.state import BrokerState, LiveOptions
 from pivot.pipeline.graph import build_graph
-from pivot.pipeline.manifest import Manifest, StageSpec
+from pivot.pipeline.manifest import Manifest, StageSpec, spec_difference
 from pivot.protocol.messages import (
     CancelStage,
     Heartbeat,
@@ -796,7 +796,7 @@ def test_a_code_change_mid_wave_stops_dispatch_reloads_and_reruns_what_changed()
     h.state.manifest = dataclasses.replace(h.state.manifest, sources=("helpers.py", "pipeline.py"))  # type: ignore[arg-type]
     [paths] = confirms(h.feed(Tick(1.1)))  # code is checked even while a wave runs
     commands = h.feed(ChangesConfirmed(paths))
-    assert reloads(commands) == [LoadManifest(True)]
+    assert reloads(commands) == [LoadManifest(True, 1)]
     # Not started yet: cancelled now, to run after the reload.
     assert {s: st for s, st in finished(h).items()} == {"b": "cancelled", "c": "cancelled", "d": "cancelled"}
     assert dispatched(h.result(a)) == []  # nothing more starts on the old code
@@ -808,7 +808,7 @@ def test_a_code_change_mid_wave_stops_dispatch_reloads_and_reruns_what_changed()
         tuple(dataclasses.replace(s, fingerprint="new") if s.name == "a" else s for s in old.stages),
         old.sources,
     )
-    commands = h.feed(ManifestArrived("p1", changed, build_graph(changed)))
+    commands = h.feed(ManifestArrived("p1", changed, build_graph(changed), load=1))
     [wave] = published(commands, WaveStarted)
     # a changed; b, c, d were stopped; e was cancelled mid-run: all run again.
     assert wave.stages == ["a", "b", "c", "d", "e"]
@@ -826,13 +826,13 @@ def test_a_stage_whose_code_moved_on_since_the_load_reloads_and_runs_after_it_ev
     [(_, _, a), (_, _, e)] = dispatched(h.run())
     commands = h.feed(outdated(a))
     # The watcher's report of that save may come later: the broker loads the pipeline now.
-    assert reloads(commands) == [LoadManifest(True)]
+    assert reloads(commands) == [LoadManifest(True, 1)]
     assert finished(h) == {"a": "cancelled", "b": "cancelled", "c": "cancelled", "d": "cancelled"}
     h.feed(ResultReceived("p1", e, "cancelled", "cancelled", "code changed", 0.0, None, ()))
     old = h.state.manifest
     assert old is not None
     # The save changed no fingerprint (a comment): a, and what needs it, run all the same.
-    commands = h.feed(ManifestArrived("p1", old, build_graph(old)))
+    commands = h.feed(ManifestArrived("p1", old, build_graph(old), load=1))
     [wave] = published(commands, WaveStarted)
     assert wave.stages == ["a", "b", "c", "d", "e"] and wave.trigger == "code"
 
@@ -921,9 +921,9 @@ def test_a_params_change_reloads_without_restarting_workers_and_a_failed_reload_
     h = live_harness()
     h.feed(FilesReported(("params.yaml",), 1.0))
     [paths] = confirms(h.feed(Tick(1.1)))
-    assert reloads(h.feed(ChangesConfirmed(paths))) == [LoadManifest(False)]
+    assert reloads(h.feed(ChangesConfirmed(paths))) == [LoadManifest(False, 1)]
     before = h.state.manifest
-    commands = h.feed(ManifestRejected("params.yaml: bad", ""))
+    commands = h.feed(ManifestRejected("params.yaml: bad", "", "p1", 1))
     assert published(commands, PipelineInvalid) and h.state.manifest is before
     assert h.state.reload.active is False
 
@@ -977,7 +977,7 @@ def test_a_stage_cancelled_after_the_reload_answered_still_runs_again() -> None:
     h.result(a)
     same = h.state.manifest
     assert same is not None
-    h.feed(ManifestArrived("p1", same, build_graph(same)))  # nothing changed in the specs
+    h.feed(ManifestArrived("p1", same, build_graph(same), load=1))  # nothing changed in the specs
     # e was still being decided by the pool: its cancellation arrives only now.
     commands = h.feed(ResultReceived("p1", e, "cancelled", "cancelled", "code changed", 0.0, None, ()))
     [wave] = published(commands, WaveStarted)
@@ -989,7 +989,7 @@ def test_while_the_pipeline_is_broken_changes_wait_for_the_fix() -> None:
     h.feed(FilesReported(("pipeline.py",), 0.5))
     [paths] = confirms(h.feed(Tick(0.6)))
     h.feed(ChangesConfirmed(paths))
-    h.feed(ManifestRejected("pipeline.py failed to import: SyntaxError", ""))
+    h.feed(ManifestRejected("pipeline.py failed to import: SyntaxError", "", "p1", 1))
     h.feed(FilesReported(("a.txt",), 1.0))
     [paths] = confirms(h.feed(Tick(1.1)))
     assert published(h.feed(ChangesConfirmed(paths)), WaveStarted) == []
@@ -998,7 +998,7 @@ def test_while_the_pipeline_is_broken_changes_wait_for_the_fix() -> None:
     h.feed(ChangesConfirmed(paths))
     m = h.state.manifest
     assert m is not None
-    [wave] = published(h.feed(ManifestArrived("p1", m, build_graph(m))), WaveStarted)
+    [wave] = published(h.feed(ManifestArrived("p1", m, build_graph(m), load=2)), WaveStarted)
     assert wave.stages == ["a", "b", "c", "d"]  # the data edit waited; now it runs
 
 
@@ -1193,15 +1193,23 @@ def test_a_pool_saying_goodbye_gets_nothing_new_and_is_forgotten_once_its_result
     assert "p1" not in h.state.pools and published(commands, PoolLost) == []
 
 
+def test_a_pool_mismatch_says_what_differs() -> None:
+    ours = diamond().by_name["a"]
+    assert spec_difference(ours, None) == "it has no such stage"
+    assert spec_difference(ours, dataclasses.replace(ours, outs=("x",))) == f"outs ('x',), not {ours.outs!r}"
+
+
 def test_a_pool_with_other_code_for_a_stage_gets_none_of_those_stages() -> None:
     h = Harness(diamond(), slots=1)
     old = Manifest(tuple(
-        dataclasses.replace(s, fingerprint="old") if s.name == "a" else s for s in diamond().stages
+        dataclasses.replace(s, fingerprint="old", code_parts={**s.code_parts, "helpers.f": "old"})
+        if s.name == "a" else s for s in diamond().stages
     ))
     h.feed(PoolJoined("stale", 2, 0.0))
     commands = h.feed(PoolManifest("stale", old))
     [notice] = published(commands, Notice)
     assert "worker pool stale loaded other code or declarations for a" in notice.message
+    assert notice.message.endswith("(a: code of helpers.f)"), notice.message  # which piece
     assert SendWork("stale", ManifestAccepted()) in commands  # for the stages it shares
     dispatches = dispatched(h.run())
     assert ("p1", "a") in [(p, s) for p, s, _ in dispatches]
@@ -1227,11 +1235,50 @@ def test_a_broker_that_loads_the_pipeline_itself_accepts_pools_only_after_its_ow
     state.handle(FilesReported(("pipeline.py",), 1.0))
     [confirm] = [c for c in state.handle(Tick(1.1)) if isinstance(c, ConfirmChanges)]
     commands = state.handle(ChangesConfirmed(confirm.paths))
-    assert LoadOwnManifest() in commands and SendWork("p1", LoadManifest(True)) in commands
+    assert LoadOwnManifest(1) in commands and SendWork("p1", LoadManifest(True, 1)) in commands
     # The pool's new manifest comes first: it waits for the broker's own.
-    assert not [c for c in state.handle(PoolManifest("p1", m)) if isinstance(c, SendWork) and isinstance(c.msg, ManifestAccepted)]
-    commands = state.handle(ManifestArrived("", m, build_graph(m)))
+    assert not [c for c in state.handle(PoolManifest("p1", m, load=1)) if isinstance(c, SendWork) and isinstance(c.msg, ManifestAccepted)]
+    commands = state.handle(ManifestArrived("", m, build_graph(m), load=1))
     assert SendWork("p1", ManifestAccepted()) in commands
+    state.validate()
+
+
+def accepted(commands: list[Command], pool: str) -> bool:
+    return SendWork(pool, ManifestAccepted()) in commands
+
+
+def test_an_answer_to_an_earlier_load_is_not_taken_for_the_last_ones() -> None:
+    """A load that read the files before a save can answer after the broker asked for
+    the next load: neither the engine nor a pool's check may take it for that one."""
+    state = BrokerState(live=LiveOptions(wait_for_watcher=False), manifest_source="")
+    m = diamond()
+    old = Manifest(tuple(dataclasses.replace(s, fingerprint="old") for s in m.stages))
+    state.handle(PoolJoined("p1", 2, 0.0))
+    state.handle(ManifestArrived("", old, build_graph(old)))
+    assert accepted(state.handle(PoolManifest("p1", old)), "p1")
+    state.handle(FilesReported(("pipeline.py",), 1.0))
+    [confirm] = [c for c in state.handle(Tick(1.1)) if isinstance(c, ConfirmChanges)]
+    state.handle(ChangesConfirmed(confirm.paths))
+    state.handle(FilesReported(("pipeline.py",), 2.0))  # saved again while it loads
+    [confirm] = [c for c in state.handle(Tick(2.1)) if isinstance(c, ConfirmChanges)]
+    state.handle(ChangesConfirmed(confirm.paths))
+    commands = state.handle(ManifestArrived("", old, build_graph(old), load=1))
+    assert LoadOwnManifest(2) in commands and SendWork("p1", LoadManifest(True, 2)) in commands  # the follow-up
+    # The pool's answer to load 1 (the first save) crosses the request for load 2.
+    state.handle(PoolManifest("p1", old, load=1))
+    commands = state.handle(ManifestArrived("", m, build_graph(m), load=2))
+    assert state.manifest is m and not accepted(commands, "p1")
+    commands = state.handle(PoolManifest("p1", m, load=2))
+    assert accepted(commands, "p1") and state.pools["p1"].mismatched == frozenset()
+    assert published(commands, Notice) == []  # (no "other code" said of it)
+    # The broker's own loader likewise: an answer to load 2 after load 3 was asked.
+    state.handle(FilesReported(("pipeline.py",), 3.0))
+    [confirm] = [c for c in state.handle(Tick(3.1)) if isinstance(c, ConfirmChanges)]
+    state.handle(ChangesConfirmed(confirm.paths))
+    state.handle(ManifestArrived("", old, build_graph(old), load=2))
+    assert state.manifest is m and state.reload.active
+    state.handle(ManifestArrived("", m, build_graph(m), load=3))
+    assert not state.reload.active
     state.validate()
 
 

@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import xxhash
 
 import pivot
 from pivot.errors import PipelineError
@@ -133,6 +134,44 @@ def test_sources_list_project_modules(tmp_path: Path) -> None:
     )
     m = load(tmp_path)
     assert m.sources == ("helpers.py", "pipeline.py", "pkg/__init__.py", "pkg/sub.py")
+
+
+SAVED_DURING_LOAD = {
+    "helpers.py": """
+        def scale(x):
+            return x * 2
+    """,
+    # A save landing between the loader's import and its fingerprint, made by the
+    # pipeline itself so that it always lands there.
+    "pipeline.py": """
+        from pathlib import Path
+
+        import helpers
+
+        from pivot import stage
+
+        Path("helpers.py").write_text("def scale(x):\\n    return x * 3\\n")
+
+
+        @stage(outs=["out.txt"])
+        def use() -> None:
+            Path("out.txt").write_text(str(helpers.scale(1)))
+    """,
+}
+
+
+def test_a_save_during_the_load_leaves_the_fingerprint_of_the_code_imported(tmp_path: Path) -> None:
+    root = write(tmp_path, SAVED_DURING_LOAD)
+    imported = (root / "helpers.py").read_bytes()
+    spec = load(root).by_name["use"]
+    assert (root / "helpers.py").read_bytes() != imported  # (the save happened)
+    # The loader's code is the version it imported: so is its fingerprint (the worker's
+    # check then finds the file changed, and the broker loads again).
+    assert spec.code_sources["helpers.py"] == xxhash.xxh3_128_hexdigest(imported)
+    (root / "helpers.py").write_bytes(imported)
+    (root / "pipeline.py").write_text((root / "pipeline.py").read_text().replace(
+        'Path("helpers.py").write_text', "(lambda _: None)"))
+    assert load(root).by_name["use"].code_parts == spec.code_parts
 
 
 def test_loading_is_repeatable(tmp_path: Path) -> None:
