@@ -73,6 +73,12 @@ class StageDecl:
     warm: bool = True  # a `python script.py` command may run forked from its warm worker (pivot/runtime/warm.py)
 
 
+# The fields a function stage leaves at their defaults.
+_DECL_DEFAULTS = {
+    f.name: f.default for f in dataclasses.fields(StageDecl) if f.default is not dataclasses.MISSING
+}
+
+
 def _command_stage() -> None:
     """Stands for the function of a command stage (it has none)."""
 
@@ -182,10 +188,13 @@ def stage(
             raise PipelineError(f"{where}: persist=, uncached=, frozen= and always_changed= go with cmd= (command stages)")
         overrides = dict(params or {})
         _check_overrides(stage_name, func, overrides)
-        _registry[stage_name] = StageDecl(
-            stage_name, func, tuple(dep_list), tuple(out_list + metric_list),
-            tuple(metric_list), overrides, tuple(tag_list),
+        # As StageDecl(...), without a frozen dataclass's setattr a field (10,000 stages).
+        decl = object.__new__(StageDecl)
+        decl.__dict__.update(
+            _DECL_DEFAULTS, name=stage_name, func=func, deps=tuple(dep_list), outs=tuple(out_list + metric_list),
+            metrics=tuple(metric_list), params=overrides, tags=tuple(tag_list),
         )
+        _registry[stage_name] = decl
         return func
 
     return register
@@ -295,6 +304,8 @@ def _not_a_decorator(name: str | None) -> Callable[[F], F]:
 
 
 def _tags(tags: Iterable[str], stage_name: str | None) -> list[str]:
+    if tags == ():  # (the default: 10,000 stages call this)
+        return []
     where = f"stage {stage_name!r}" if stage_name else "@stage"
     if isinstance(tags, str):
         raise PipelineError(f"{where}: tags must be a list of names, got the string {tags!r}; write tags=[{tags!r}]")
@@ -315,8 +326,9 @@ def _where(func: Callable[..., Any]) -> str:
 
 
 def _check_overrides(stage_name: str, func: Callable[..., Any], overrides: dict[str, Any]) -> None:
-    known = set(signature_of(func).parameters)
-    unknown = sorted(set(overrides) - known)
+    if not overrides:
+        return
+    unknown = sorted(set(overrides) - signature_of(func).parameters.keys())
     if unknown:
         raise PipelineError(
             f"stage {stage_name!r}: params={unknown} are not parameters of {func.__qualname__}()"
@@ -324,6 +336,12 @@ def _check_overrides(stage_name: str, func: Callable[..., Any], overrides: dict[
 
 
 def _paths(field_name: str, paths: Iterable[str], stage_name: str | None) -> list[str]:
+    if type(paths) is list or type(paths) is tuple:  # the usual, checked in a plain loop
+        for p in paths:
+            if type(p) is not str or not p.strip():
+                break
+        else:
+            return list(paths)
     where = f"stage {stage_name!r}" if stage_name else "@stage"
     if isinstance(paths, str):
         raise PipelineError(f"{where}: {field_name} must be a list of paths, not the string {paths!r}")

@@ -12,13 +12,14 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pivot.errors import PipelineError
 from pivot.gcpause import paused
 from pivot.pipeline import params as params_mod
-from pivot.pipeline.manifest import Manifest, StageSpec
+from pivot.pipeline.manifest import Manifest, new_spec
 from pivot.pipeline.paths import normalize
 from pivot.pipeline.project import DVC_FILE, PIPELINE_FILE
 from pivot.pipeline.stage import StageDecl, clear_registry, register_dvc_stage, registered
@@ -26,7 +27,7 @@ from pivot.runtime.command import interpolate
 from pivot.runtime.freshcode import guard_project_bytecode, imported_source, keep_sources
 from pivot.runtime.preload import imported_tops, third_party
 from pivot.runtime.usertb import user_traceback
-from pivot.state.fingerprint import Fingerprinter, command_fingerprint
+from pivot.state.fingerprint import CodeFingerprint, Fingerprinter, command_fingerprint
 from pivot.state.scripts import script_code
 
 __all__ = ["PIPELINE_MODULE", "build_manifest", "forked_main", "import_pipeline", "main"]
@@ -73,19 +74,24 @@ def import_pipeline(root: Path) -> None:
     _loaded[:] = [root]
 
 
-def build_manifest(root: Path, pivots: set[str] | None = None) -> Manifest:
+def build_manifest(root: Path, pivots: set[str] | None = None, code: bool = True) -> Manifest:
     """`pivots`: the top-level modules Pivot imported before the pipeline (by default,
-    all imported so now), left out of the modules to preload."""
+    all imported so now), left out of the modules to preload. Without `code`, function
+    stages get no code fingerprint (`fingerprint` "", no `code_parts`) and nothing is
+    preloaded: their declarations only, for a listing."""
     pivots = imported_tops() if pivots is None else pivots
     keep_sources()  # fingerprints of the code imported, not of the files a moment later
     # Pivot's and a preloading server's modules: no project module is among them.
     preexisting = set(sys.modules)
     import_pipeline(root)
     with paused():  # 10,000 stages: ~100,000 new containers (pivot/gcpause.py)
-        return _manifest(root, pivots, preexisting)
+        return _manifest(root, pivots, preexisting, code)
 
 
-def _manifest(root: Path, pivots: set[str], preexisting: set[str]) -> Manifest:
+_NO_CODE = CodeFingerprint("", {}, ())
+
+
+def _manifest(root: Path, pivots: set[str], preexisting: set[str], with_code: bool = True) -> Manifest:
     from pivot.pipeline.settings import check_settings
 
     check_settings(root)  # [tool.pivot] in pyproject.toml: a misspelt setting is never ignored
@@ -119,24 +125,24 @@ def _manifest(root: Path, pivots: set[str], preexisting: set[str]) -> Manifest:
         else:
             defaults = params_mod.defaults_of(decl.name, decl.func)
             resolved = params_mod.resolve(decl.name, defaults, decl.params, from_file.get(decl.name))
-            code = fingerprinter.stage(decl.func)
+            code = fingerprinter.stage(decl.func) if with_code else _NO_CODE
             func = f"{decl.func.__module__}.{decl.func.__qualname__}"
         sources.update(code.sources)
         stages.append(
-            StageSpec(
+            new_spec(
                 name=decl.name,
                 module=PIPELINE_MODULE,
                 func=func,
                 deps=_unique(decl.name, "deps", deps),
                 outs=_unique(decl.name, "outs", decl.outs),
-                metrics=tuple(normalize(decl.name, "metrics", m) for m in decl.metrics),
+                metrics=_normal(decl.name, "metrics", decl.metrics),
                 params=resolved,
                 fingerprint=code.digest,
                 code_parts=code.parts,
                 code_sources=code.digests,
                 tags=decl.tags,
-                persist=tuple(normalize(decl.name, "outs", p) for p in decl.persist),
-                uncached=tuple(normalize(decl.name, "outs", p) for p in decl.uncached),
+                persist=_normal(decl.name, "outs", decl.persist),
+                uncached=_normal(decl.name, "outs", decl.uncached),
                 frozen=decl.frozen,
                 always=decl.always,
                 keyed=decl.dvc,
@@ -144,7 +150,7 @@ def _manifest(root: Path, pivots: set[str], preexisting: set[str]) -> Manifest:
         )
     # Only into an existing .pivot/ (made, with its .gitignore, by commands that run or
     # check stages): inspecting a project must not leave files in it.
-    if (root / ".pivot").is_dir():
+    if with_code and (root / ".pivot").is_dir():
         try:
             fingerprinter.save()
         except OSError as exc:  # a read-only project still loads; the next load re-parses
@@ -166,12 +172,16 @@ def _manifest(root: Path, pivots: set[str], preexisting: set[str]) -> Manifest:
                          if name not in decls and name not in listed)
     # After every stage was fingerprinted: that is when the fingerprinter learns its externals.
     preload, preload_key = third_party({*fingerprinter.externals, *script_externals}, pivots,
-                                       fingerprinter.external_modules)
+                                       fingerprinter.external_modules) if with_code else ((), "")
     return Manifest(tuple(stages), tuple(sorted(sources)), warnings, preload, preload_key)
 
 
 def _dvc_param_files(decls: list[StageDecl]) -> list[str]:
     return sorted({key.partition(":")[0] for d in decls for key in d.params if ":" in key})
+
+
+def _normal(stage: str, field: str, paths: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple([normalize(stage, field, p) for p in paths]) if paths else ()
 
 
 def _unique(stage: str, field: str, paths: tuple[str, ...]) -> tuple[str, ...]:
@@ -225,19 +235,27 @@ def _unknown_params_stage(name: str, known: list[str]) -> str:
     return f"{params_mod.PARAMS_FILE}: no stage named {name!r}{guess}; its params are ignored"
 
 
-def _result(root: Path, pivots: set[str] | None = None) -> dict[str, Any]:
+def _result(
+    root: Path, pivots: set[str] | None = None, view: Callable[[Manifest], Any] | None = None,
+) -> dict[str, Any]:
     try:
-        manifest = build_manifest(root, pivots)
+        manifest = build_manifest(root, pivots, code=view is None)
+        if view is not None:  # (of declarations: spawn.run_view)
+            return {"ok": True, "view": view(manifest)}
     except PipelineError as exc:
         return {"ok": False, "message": str(exc), "detail": exc.detail}
     return {"ok": True, "manifest": manifest.to_wire()}
 
 
-def forked_main(root: str, result_path: str, output_path: str, preloaded: tuple[str, ...]) -> None:
+def forked_main(
+    root: str, result_path: str, output_path: str, preloaded: tuple[str, ...],
+    view: Callable[[Manifest], Any] | None = None,
+) -> None:
     """The loader forked from the pool's preloading server (pivot/launch/spawn.py): what
     `main` does in a fresh interpreter. The server never imports project code, so the
     pipeline is imported here for the first time, as in a fresh interpreter. Of what
-    the server imported, all but its third-party `preloaded` modules are Pivot's."""
+    the server imported, all but its third-party `preloaded` modules are Pivot's.
+    `view`: answer `view(manifest)` instead of the manifest (spawn.run_view)."""
     import msgpack
 
     pivots = imported_tops() - set(preloaded)
@@ -254,7 +272,7 @@ def forked_main(root: str, result_path: str, output_path: str, preloaded: tuple[
         os.dup2(target, fd)
     os.close(out)
     os.close(null)
-    result = _result(Path(root), pivots)
+    result = _result(Path(root), pivots, view)
     with open(result_path, "wb") as f:
         f.write(msgpack.packb(result, use_bin_type=True))
     for stream in (sys.stdout, sys.stderr):

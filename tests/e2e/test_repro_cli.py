@@ -650,6 +650,16 @@ def test_list_json_lists_the_stages_in_order(project: Path) -> None:
     assert by_name["fit"]["params"] == {"lr": 0.05, "epochs": 300}
 
 
+def test_list_made_in_the_loader_is_the_list_of_a_loaded_manifest(project: Path) -> None:
+    # Forked, the loader answers the listing itself; PIVOT_PRELOAD=0 starts a fresh one,
+    # whose manifest is listed here.
+    forked = run_pivot(project, "list")
+    fresh = subprocess.run([*pivot_cmd(), "list"], cwd=project, capture_output=True, text=True, timeout=30,
+                           stdin=subprocess.DEVNULL, env={**os.environ, "PIVOT_PRELOAD": "0"})
+    assert forked.returncode == 0 and fresh.returncode == 0, describe(forked) + describe(fresh)
+    assert forked.stdout == fresh.stdout and forked.stdout.startswith("prepare\n  deps:   data/raw.csv\n")
+
+
 def git_ignored(repo: Path, rel: str) -> bool:
     result = subprocess.run(
         ["git", "-c", "core.excludesFile=/dev/null", "check-ignore", "-q", "--no-index", rel],

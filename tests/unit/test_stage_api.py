@@ -57,6 +57,15 @@ def test_pivot_package_exports_the_decorator() -> None:
     assert exported_stage is stage
 
 
+def test_a_function_stage_is_declared_as_the_dataclass_would_make_it() -> None:
+    # (register builds it without StageDecl's __init__: every field must be there)
+    stage(deps=["a.csv", "a.csv"], outs=["b.csv"], metrics=["m.json"], params={"lr": 0.2}, tags=["gpu", "big"])(train)
+    made = registered()["train"]
+    assert made == StageDecl("train", train, ("a.csv", "a.csv"), ("b.csv", "m.json"), ("m.json",), {"lr": 0.2},
+                             ("big", "gpu"))
+    assert vars(made).keys() == vars(StageDecl("x", train, (), (), ())).keys()
+
+
 def test_name_defaults_to_function_name() -> None:
     stage(deps=["data/raw.csv"], outs=["data/clean.csv"])(prepare)
 
