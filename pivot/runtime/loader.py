@@ -117,7 +117,7 @@ def _manifest(root: Path, pivots: set[str], preexisting: set[str], with_code: bo
                 interpolate(decl.name, decl.cmd, resolved)  # every ${name} is a param: said now
             script = script_code(decl.cmd, root / decl.wdir, root)
             code = command_fingerprint(decl.cmd, decl.wdir, script.parts if script else None,
-                                       script.files if script else ())
+                                       script.files if script else (), script.digests if script else None)
             if script is not None:  # its files are its code now, not deps compared by bytes
                 script_externals |= script.externals
                 deps = tuple(d for d in deps if normalize(decl.name, "deps", d) not in script.files)

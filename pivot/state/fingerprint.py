@@ -604,12 +604,14 @@ def function_fingerprint(func: Callable[..., Any]) -> str:
 
 def command_fingerprint(
     cmd: str | tuple[str, ...], wdir: str, script: dict[str, str] | None = None, files: tuple[str, ...] = (),
+    digests: dict[str, str] | None = None,
 ) -> CodeFingerprint:
     """A command stage's code: its command line and where it runs, and the pieces of the
-    Python script it runs (pivot/state/scripts.py: piece -> digest) and its `files`, if
-    any; what else it runs is a declared dependency, compared by its bytes."""
+    Python script it runs (pivot/state/scripts.py: piece -> digest) and its `files` (with
+    the `digests` of their bytes as read), if any; what else it runs is a declared
+    dependency, compared by its bytes."""
     parts = {"cmd": digest_text(repr((cmd, wdir))), **(script or {})}
-    return CodeFingerprint(_digest(parts, "cmd"), parts, tuple(sorted(files)))
+    return CodeFingerprint(_digest(parts, "cmd"), parts, tuple(sorted(files)), dict(digests or {}))
 
 
 def _digest(parts: dict[str, str], stage_key: str) -> str:

@@ -17,6 +17,8 @@ import re
 import shlex
 from pathlib import Path
 
+import xxhash
+
 from pivot.state.codeindex import digest_text, parse_source
 
 __all__ = ["ScriptCode", "script_code"]
@@ -32,13 +34,16 @@ class ScriptCode:
     defs) and each top-level function or class of those files (`path:name`), so that an
     explanation names what changed (`code changed: src/train.py:main`); the files
     themselves; and the top-level modules they import from outside the project (a warm
-    worker's preload: pivot/runtime/preload.py)."""
+    worker's preload: pivot/runtime/preload.py); and the digest of each file's bytes as
+    read (a worker runs the stage only if the files are still those:
+    pivot/runtime/freshcode.py `differing`)."""
 
     def __init__(self, parts: dict[str, str], files: tuple[str, ...] = (),
-                 externals: frozenset[str] = frozenset()) -> None:
+                 externals: frozenset[str] = frozenset(), digests: dict[str, str] | None = None) -> None:
         self.parts = parts
         self.files = files or tuple(parts)
         self.externals = externals
+        self.digests = digests or {}
 
 
 def script_code(cmd: str | tuple[str, ...], cwd: Path, root: Path) -> ScriptCode | None:
@@ -58,6 +63,7 @@ def script_code(cmd: str | tuple[str, ...], cwd: Path, root: Path) -> ScriptCode
         return None
     parts: dict[str, str] = {}
     files: list[str] = []
+    digests: dict[str, str] = {}
     externals: set[str] = set()
     todo = [script]
     while todo:
@@ -71,6 +77,7 @@ def script_code(cmd: str | tuple[str, ...], cwd: Path, root: Path) -> ScriptCode
         except OSError:
             parts[rel] = "unreadable"
             continue
+        digests[rel] = xxhash.xxh3_128_hexdigest(data)
         try:
             index = parse_source(data, str(path))
             tree: ast.AST | None = ast.parse(data, str(path))
@@ -86,7 +93,7 @@ def script_code(cmd: str | tuple[str, ...], cwd: Path, root: Path) -> ScriptCode
                 if _inside(found, root):
                     todo.append(found)
             externals.update(top for top in _absolute_tops(tree) if _find_module(top, search) is None)
-    return ScriptCode(parts, tuple(sorted(files)), frozenset(externals))
+    return ScriptCode(parts, tuple(sorted(files)), frozenset(externals), digests)
 
 
 def _target(cmd: str | tuple[str, ...]) -> tuple[str, str] | None:

@@ -71,6 +71,48 @@ def test_a_stage_whose_code_was_saved_after_the_load_is_not_run_nor_recorded_und
     assert (root / "b.txt").read_text() == "1\n"
 
 
+# The same for a command stage: `a` saves the script `b` runs (and the module it imports).
+SAVES_A_SCRIPT = """\
+from pivot import stage
+
+stage(name="b", cmd="python script.py", deps=["a.txt"], outs=["b.txt"])
+
+
+@stage(outs=["a.txt"])
+def a() -> None:
+    open("lib.py", "w").write("VALUE = 2\\n")
+    open("a.txt", "w").write("a\\n")
+"""
+
+SCRIPT = """\
+import lib
+
+open("b.txt", "w").write(f"{lib.VALUE}\\n")
+"""
+
+
+def test_a_command_whose_script_was_saved_after_the_load_is_not_run_nor_recorded_under_the_old_fingerprint(
+    make_project: Callable[..., Path],
+) -> None:
+    root = make_project({"pipeline.py": SAVES_A_SCRIPT, "script.py": SCRIPT, "lib.py": "VALUE = 1\n"})
+    first = run_pivot(root, "repro", "--json")
+    assert first.returncode != 0, describe(first)
+    done = _events(first)
+    assert done["a"]["status"] == "ran", describe(first)
+    assert done["b"]["status"] == "cancelled" and done["b"]["reason_code"] == "code_outdated", describe(first)
+    assert str(done["b"]["reason"]).startswith("not run: ") and "lib.py" in str(done["b"]["reason"])
+    assert not (root / "b.txt").exists()
+
+    again = run_pivot(root, "repro", "--json")
+    assert again.returncode == 0, describe(again)
+    assert (root / "b.txt").read_text() == "2\n"
+    (root / "lib.py").write_text("VALUE = 1\n")  # the first version back: run, not restored
+    back = run_pivot(root, "repro", "--json")
+    assert back.returncode == 0, describe(back)
+    assert _events(back)["b"]["status"] == "ran", describe(back)
+    assert (root / "b.txt").read_text() == "1\n"
+
+
 # The stage saves the module it then imports: the code it ran is not what its
 # fingerprint read, though the file was as the fingerprint read it when it began.
 SAVES_AS_IT_RUNS = """\
