@@ -17,13 +17,15 @@ its cause.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
+
+from pivot.protocol.record import MutableRecord, mutable_record
 
 __all__ = ["ChangeQueue"]
 
 
-@dataclass
-class ChangeQueue:
+@mutable_record
+class ChangeQueue(MutableRecord):
     debounce_s: float
     max_wait_s: float
     waiting: dict[str, None] = field(default_factory=dict)  # in the order reported

@@ -12,9 +12,10 @@ its death is confirmed (its process reaped, or it said hello again).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from pivot.pipeline.manifest import Manifest
+from pivot.protocol.record import MutableRecord, mutable_record
 
 __all__ = ["FENCE_MARGIN_S", "Fenced", "PoolInfo", "PoolTable", "TickDue"]
 
@@ -24,8 +25,8 @@ __all__ = ["FENCE_MARGIN_S", "Fenced", "PoolInfo", "PoolTable", "TickDue"]
 FENCE_MARGIN_S = 2.0
 
 
-@dataclass
-class PoolInfo:
+@mutable_record
+class PoolInfo(MutableRecord):
     slots: int
     last_heard: float
     last_sent: float
@@ -62,8 +63,8 @@ class PoolInfo:
         return tags <= self.tags and stage not in self.mismatched
 
 
-@dataclass
-class Fenced:
+@mutable_record
+class Fenced(MutableRecord):
     """The attempts of a pool lost without proof of death, held back until `release_at`."""
 
     release_at: float
@@ -71,8 +72,8 @@ class Fenced:
     reason: str
 
 
-@dataclass
-class TickDue:
+@mutable_record
+class TickDue(MutableRecord):
     """What a tick found due: fenced pools to release, silent pools to declare lost
     (name, seconds silent), pools to heartbeat."""
 

@@ -11,7 +11,6 @@ wave is in flight; run requests arriving meanwhile are merged into the next one.
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass
 from typing import Any
 
 from broker.debounce import ChangeQueue
@@ -81,6 +80,7 @@ from pivot.protocol.messages import (
     Status,
     WaveStarted,
 )
+from pivot.protocol.record import MutableRecord, mutable_record
 from pivot.state.reasons import ReasonCode
 
 __all__ = ["BrokerState"]
@@ -101,8 +101,8 @@ def _kept_by_pivot(path: str) -> bool:
     return path == ".gitignore" or (path.startswith("..gitignore.") and path.endswith(".tmp"))
 
 
-@dataclass
-class LiveOptions:
+@mutable_record
+class LiveOptions(MutableRecord):
     """How `pivot up` reacts to changes (fixed at start, used for every later wave)."""
 
     debounce_s: float = 0.02  # quiet window, extended by each new change

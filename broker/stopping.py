@@ -9,9 +9,10 @@ the wait.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from pivot.launch.limits import HARD_KILL_S
+from pivot.protocol.record import MutableRecord, mutable_record
 
 __all__ = ["CANCEL_WAIT_S", "StopPlan"]
 
@@ -20,8 +21,8 @@ __all__ = ["CANCEL_WAIT_S", "StopPlan"]
 CANCEL_WAIT_S = HARD_KILL_S + 2.0
 
 
-@dataclass
-class StopPlan:
+@mutable_record
+class StopPlan(MutableRecord):
     asked: bool = False  # nothing new starts
     done: bool = False  # engine_stopped was published
     reason: str = ""  # why the engine gives up ("" for a requested stop)

@@ -7,7 +7,7 @@ events and of log lines, so a display can tell a gap and catch up from `snapshot
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from broker.events import Publish, PublishLog
 from pivot.protocol.messages import (
@@ -18,14 +18,15 @@ from pivot.protocol.messages import (
     StageView,
     WaveFinished,
 )
+from pivot.protocol.record import MutableRecord, mutable_record
 
 __all__ = ["LOG_TAIL", "EngineView"]
 
 LOG_TAIL = 20  # lines of each stage's last run kept for the snapshot (an attach shows them)
 
 
-@dataclass
-class EngineView:
+@mutable_record
+class EngineView(MutableRecord):
     stages: dict[str, StageView] = field(default_factory=dict)
     logs: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     partials: dict[str, tuple[str, str]] = field(default_factory=dict)  # stage -> its line in flight

@@ -15,16 +15,17 @@ running; when one does not end well its attempt is dropped and it waits again.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from pivot.pipeline.graph import StageGraph
 from pivot.protocol.messages import STATUSES, WaveFinished
+from pivot.protocol.record import MutableRecord, mutable_record
 
 __all__ = ["PendingRun", "Wave"]
 
 
-@dataclass
-class Wave:
+@mutable_record
+class Wave(MutableRecord):
     number: int
     stages: list[str]  # topological order
     force: bool
@@ -131,8 +132,8 @@ class Wave:
             assert self.waiting.get(s, 0) > 0, f"{s} behind with no upstream to wait for"
 
 
-@dataclass
-class PendingRun:
+@mutable_record
+class PendingRun(MutableRecord):
     stages: set[str] | None  # None = every stage
     force: bool
     keep_going: bool

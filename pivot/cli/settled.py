@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from pivot.errors import InfraError, PipelineError
+from pivot.protocol.record import Record, record
 
 if TYPE_CHECKING:
     from broker.events import Event, Publish
@@ -41,8 +41,8 @@ POOL = "pool-1"
 CLIENT = b"cli"
 
 
-@dataclass(frozen=True)
-class Settled:
+@record
+class Settled(Record):
     code: int | None = None  # the run's exit code when it had nothing to do, else None
     manifest: Manifest | None = None  # as loaded here: the engine's pool need not load it
     stale: int = 0  # stages the plan found to run: the pool starts workers for them at once

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Protocol, TextIO, runtime_checkable
 
 from pivot.protocol.codec import Envelope
@@ -41,6 +41,7 @@ from pivot.protocol.messages import (
     WaveFinished,
     WaveStarted,
 )
+from pivot.protocol.record import MutableRecord, mutable_record
 
 __all__ = [
     "EVENT_TAGS",
@@ -168,8 +169,8 @@ def _wave_lists(msg: WaveFinished) -> list[tuple[str, list[str]]]:
 # --- what was shown, and what a snapshot says was missed ----------------------------
 
 
-@dataclass
-class Progress:
+@mutable_record
+class Progress(MutableRecord):
     """Tracks what a line renderer has shown, so nothing is shown twice.
 
     `admit(msg)` is asked for every live message: False means it was shown already (it

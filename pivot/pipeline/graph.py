@@ -8,18 +8,18 @@ docs/architecture.md). Paths are matched to producers by `ProducerIndex`.
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass
 
 from pivot.errors import PipelineError
 from pivot.gcpause import paused
 from pivot.pipeline.manifest import Manifest
 from pivot.pipeline.producers import ProducerIndex
+from pivot.protocol.record import Record, record
 
 __all__ = ["StageGraph", "build_graph"]
 
 
-@dataclass(frozen=True)
-class StageGraph:
+@record
+class StageGraph(Record):
     order: tuple[str, ...]  # topological, ties broken by declaration order
     upstream: dict[str, frozenset[str]]
     downstream: dict[str, frozenset[str]]

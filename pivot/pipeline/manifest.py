@@ -6,17 +6,18 @@ schedule without ever importing user code.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import field, fields
 from typing import Any
 
 from pivot.errors import ProtocolError
 from pivot.gcpause import paused
+from pivot.protocol.record import Record, record
 
 __all__ = ["Manifest", "StageSpec", "new_spec", "spec_difference"]
 
 
-@dataclass(frozen=True)
-class StageSpec:
+@record
+class StageSpec(Record):
     name: str
     module: str  # importable module that registers the stage (e.g. "pipeline")
     func: str  # qualified name of the function, for messages
@@ -44,8 +45,8 @@ class StageSpec:
     code_sources: dict[str, str] = field(default_factory=dict, compare=False)
 
 
-@dataclass(frozen=True)
-class Manifest:
+@record
+class Manifest(Record):
     stages: tuple[StageSpec, ...]  # registration order
     sources: tuple[str, ...] = ()  # project-local source files the stages depend on
     warnings: tuple[str, ...] = ()

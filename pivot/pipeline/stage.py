@@ -26,11 +26,12 @@ import inspect
 import posixpath
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pivot.errors import PipelineError
+from pivot.protocol.record import Record, record
 
 
 @functools.cache
@@ -54,8 +55,8 @@ _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]*")
 _DVC_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@/:-]*")  # `sub/dvc.yaml:train`, as DVC names them
 
 
-@dataclass(frozen=True)
-class StageDecl:
+@record
+class StageDecl(Record):
     name: str
     func: Callable[..., Any]  # a command stage's is `_command_stage` (never called)
     deps: tuple[str, ...]

@@ -53,13 +53,13 @@ import stat
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import xxhash
 
 from pivot.errors import InfraError, PivotError, UserError
+from pivot.protocol.record import Record, record
 from pivot.state.hashing import dir_digest
 
 if sys.platform == "linux":
@@ -143,8 +143,8 @@ class SourceChanged(PivotError):
     """The content stored differs from the digest the caller expected: the source changed."""
 
 
-@dataclass(frozen=True)
-class GcReport:
+@record
+class GcReport(Record):
     """What `gc` removed (or, on a dry run, would remove)."""
 
     dry_run: bool

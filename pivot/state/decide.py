@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any, Protocol
 
 from pivot.pipeline.manifest import StageSpec
+from pivot.protocol.record import Record, record
 from pivot.state.lock import StageLock, lock_path, lock_problem, read_lock
 from pivot.state.reasons import Reason, ReasonCode
 
@@ -21,8 +22,8 @@ class PathHasher(Protocol):
     def hash_path(self, path: str) -> str | None: ...
 
 
-@dataclass(frozen=True)
-class Decision:
+@record
+class Decision(Record):
     run: bool
     reasons: tuple[Reason, ...]  # the first is the one shown; more only when asked for all
     dep_hashes: dict[str, str] = field(default_factory=dict)

@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pivot.protocol.record import Record, record
 from pivot.state.atomic import write_atomic
 
 if TYPE_CHECKING:
@@ -25,8 +26,8 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class StageLock:
+@record
+class StageLock(Record):
     stage: str
     code: str
     params: dict[str, Any]

@@ -12,10 +12,10 @@ import os
 import shutil
 import stat
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 from pivot.faults import reached
+from pivot.protocol.record import MutableRecord, Record, mutable_record, record
 from pivot.state.cache import ContentCache, is_dir_digest
 from pivot.state.runcache import RunCache
 from pivot.state.statecache import StateCache
@@ -25,8 +25,8 @@ __all__ = ["ProjectState", "Saved", "commit", "preserve", "remove", "restore", "
 _ABSENT = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EBADF})  # as Path.exists says
 
 
-@dataclass
-class ProjectState:
+@mutable_record
+class ProjectState(MutableRecord):
     """The project's stores: file-hash state cache, content cache, run cache."""
 
     root: Path
@@ -48,8 +48,8 @@ class ProjectState:
         self.hashes.close()
 
 
-@dataclass(frozen=True)
-class Saved:
+@record
+class Saved(Record):
     """An output whose content was not in the cache and was stored before being replaced."""
 
     path: str

@@ -8,12 +8,13 @@ pool's own threads: placing files needs no worker process.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
 from pivot.gcpause import paused
 from pivot.pipeline.manifest import Manifest, StageSpec
 from pivot.pipeline.producers import ProducerIndex
+from pivot.protocol.record import Record, record
 from pivot.state.cache import MissingObject
 from pivot.state.decide import Decision, PathHasher, decide
 from pivot.state.lock import StageLock, read_lock, write_lock
@@ -29,8 +30,8 @@ DepProducers = Mapping[str, Mapping[str, frozenset[str]]]  # stage -> dep -> pro
 QUICK_READ_BYTES = 256 * 1024  # read in the pool's loop: ~0.1 ms from the page cache here
 
 
-@dataclass(frozen=True)
-class Prepared:
+@record
+class Prepared(Record):
     decision: Decision
     run_key: str = ""
     restored: dict[str, str] | None = None  # outputs placed from the run cache

@@ -8,8 +8,10 @@ so tools need not parse messages.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
+
+from pivot.protocol.record import Record, record
 
 __all__ = ["Reason", "ReasonCode"]
 
@@ -42,8 +44,8 @@ class ReasonCode(enum.StrEnum):
     ALWAYS_CHANGED = "always_changed"  # dvc.yaml's always_changed: it runs every time
 
 
-@dataclass(frozen=True)
-class Reason:
+@record
+class Reason(Record):
     code: ReasonCode
     message: str
     details: dict[str, Any] = field(default_factory=dict)

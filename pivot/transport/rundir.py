@@ -16,11 +16,12 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import IO
 
 from pivot.errors import StackRunning
+from pivot.protocol.record import Record, record
 
 __all__ = ["Endpoints", "RunDir", "engine_info", "engine_mode", "engine_running", "read_endpoints"]
 
@@ -28,8 +29,8 @@ IPC_PATH_LIMIT = 107
 _SOCKETS = ("work", "control", "events", "changes")
 
 
-@dataclass(frozen=True)
-class Endpoints:
+@record
+class Endpoints(Record):
     work: str
     control: str
     events: str

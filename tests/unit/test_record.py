@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import pytest
 
-from pivot.protocol.record import Record, record
+from pivot.protocol.record import MutableRecord, Record, mutable_record, record
 
 
 @record
@@ -88,3 +88,55 @@ def test_only_subclasses_of_record() -> None:
 
     with pytest.raises(TypeError, match="must subclass Record"):
         record(Plain)  # type: ignore[type-var]
+
+
+@record
+class Indexed(Record):
+    """Fields left out of comparison and repr, and one made after __init__."""
+
+    rows: tuple[str, ...]
+    note: str = dataclasses.field(default="", compare=False)
+    seen: list[str] = dataclasses.field(default_factory=list, init=False, repr=False, compare=False)
+    index: dict[str, int] = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "index", {r: i for i, r in enumerate(self.rows)})
+
+
+def test_compare_repr_and_init_false_as_dataclass_says() -> None:
+    a, b = Indexed(("x", "y"), "one"), Indexed(("x", "y"), "two")
+    assert a == b and hash(a) == hash(b)  # `note` is not compared
+    assert repr(a) == "Indexed(rows=('x', 'y'), note='one')"
+    assert (a.index, a.seen) == ({"x": 0, "y": 1}, []) and a.seen is not b.seen
+    assert dataclasses.replace(a, rows=("z",)).index == {"z": 0}
+
+
+@mutable_record
+class Counter(MutableRecord):
+    name: str
+    hits: int = 0
+    seen: set[str] = dataclasses.field(default_factory=set)
+
+
+def test_a_mutable_record_is_assigned_compared_by_value_and_unhashable() -> None:
+    c = Counter("a")
+    c.hits += 2
+    c.seen.add("x")
+    assert c == Counter("a", 2, {"x"}) and c != Counter("a", 2)
+    assert repr(c) == "Counter(name='a', hits=2, seen={'x'})"
+    with pytest.raises(TypeError, match="unhashable"):
+        hash(c)
+    assert pickle.loads(pickle.dumps(Counter("b", 1))) == Counter("b", 1)
+
+
+def test_each_kind_has_its_own_decorator() -> None:
+    class Frozen(Record):
+        a: int
+
+    class Loose(MutableRecord):
+        a: int
+
+    with pytest.raises(TypeError, match="must subclass MutableRecord"):
+        mutable_record(Frozen)  # type: ignore[type-var]
+    with pytest.raises(TypeError, match="use @mutable_record"):
+        record(Loose)
