@@ -99,23 +99,24 @@ def _make_init(cls: type, fields: tuple[dataclasses.Field[Any], ...]) -> Any:
     params: list[str] = []
     body: list[str] = []
     for f in fields:
+        made = None  # the expression of its default value
+        if f.default is not dataclasses.MISSING:
+            names[f"__d_{f.name}"] = f.default
+            made = f"__d_{f.name}"
+        elif f.default_factory is not dataclasses.MISSING:
+            names[f"__f_{f.name}"] = f.default_factory
+            made = f"__f_{f.name}()"
         if not f.init:  # set as dataclass's __init__ does: its default, else left to __post_init__
-            if f.default is not dataclasses.MISSING:
-                names[f"__d_{f.name}"] = f.default
-                body.append(f"__set(self, {f.name!r}, __d_{f.name})")
-            elif f.default_factory is not dataclasses.MISSING:
-                names[f"__f_{f.name}"] = f.default_factory
-                body.append(f"__set(self, {f.name!r}, __f_{f.name}())")
+            if made is not None:
+                body.append(f"__set(self, {f.name!r}, {made})")
             continue
         if f.kw_only:
             raise TypeError(f"@record {cls.__name__}.{f.name}: keyword-only fields are not supported")
         if f.default is not dataclasses.MISSING:
-            names[f"__d_{f.name}"] = f.default
-            params.append(f"{f.name}=__d_{f.name}")
-        elif f.default_factory is not dataclasses.MISSING:
-            names[f"__f_{f.name}"] = f.default_factory
+            params.append(f"{f.name}={made}")
+        elif made is not None:  # a factory: called for each instance not given one
             params.append(f"{f.name}=__MISSING")
-            body.append(f"if {f.name} is __MISSING: {f.name} = __f_{f.name}()")
+            body.append(f"if {f.name} is __MISSING: {f.name} = {made}")
         else:
             if len(params) != sum(1 for p in params if "=" not in p):
                 raise TypeError(f"@record {cls.__name__}: field {f.name!r} without a default follows one with a default")

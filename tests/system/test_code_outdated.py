@@ -48,29 +48,6 @@ def _events(result: subprocess.CompletedProcess[str]) -> dict[str, dict[str, obj
     return {e["stage"]: e for e in finished if e.get("event") == "stage_finished"}
 
 
-def test_a_stage_whose_code_was_saved_after_the_load_is_not_run_nor_recorded_under_the_old_fingerprint(
-    make_project: Callable[..., Path],
-) -> None:
-    root = make_project({"pipeline.py": PIPELINE, "helpers.py": "VALUE = 1\n"})
-    first = run_pivot(root, "repro", "--json")
-    assert first.returncode != 0, describe(first)
-    done = _events(first)
-    assert done["a"]["status"] == "ran", describe(first)
-    assert done["b"]["status"] == "cancelled" and done["b"]["reason_code"] == "code_outdated", describe(first)
-    assert str(done["b"]["reason"]).startswith("not run: ") and "helpers.py" in str(done["b"]["reason"])
-    assert not (root / "b.txt").exists()
-
-    again = run_pivot(root, "repro", "--json")  # on the code as it is now
-    assert again.returncode == 0, describe(again)
-    assert (root / "b.txt").read_text() == "2\n"
-    # The first version back: nothing recorded for it may come from the second's run.
-    (root / "helpers.py").write_text("VALUE = 1\n")
-    back = run_pivot(root, "repro", "--json")
-    assert back.returncode == 0, describe(back)
-    assert _events(back)["b"]["status"] == "ran", describe(back)
-    assert (root / "b.txt").read_text() == "1\n"
-
-
 # The same for a command stage: `a` saves the script `b` runs (and the module it imports).
 SAVES_A_SCRIPT = """\
 from pivot import stage
@@ -91,22 +68,27 @@ open("b.txt", "w").write(f"{lib.VALUE}\\n")
 """
 
 
-def test_a_command_whose_script_was_saved_after_the_load_is_not_run_nor_recorded_under_the_old_fingerprint(
-    make_project: Callable[..., Path],
+@pytest.mark.parametrize(("files", "module"), [
+    ({"pipeline.py": PIPELINE, "helpers.py": "VALUE = 1\n"}, "helpers.py"),
+    ({"pipeline.py": SAVES_A_SCRIPT, "script.py": SCRIPT, "lib.py": "VALUE = 1\n"}, "lib.py"),
+], ids=["function", "command"])
+def test_a_stage_whose_code_was_saved_after_the_load_is_not_run_nor_recorded_under_the_old_fingerprint(
+    make_project: Callable[..., Path], files: dict[str, str], module: str,
 ) -> None:
-    root = make_project({"pipeline.py": SAVES_A_SCRIPT, "script.py": SCRIPT, "lib.py": "VALUE = 1\n"})
+    root = make_project(files)
     first = run_pivot(root, "repro", "--json")
     assert first.returncode != 0, describe(first)
     done = _events(first)
     assert done["a"]["status"] == "ran", describe(first)
     assert done["b"]["status"] == "cancelled" and done["b"]["reason_code"] == "code_outdated", describe(first)
-    assert str(done["b"]["reason"]).startswith("not run: ") and "lib.py" in str(done["b"]["reason"])
+    assert str(done["b"]["reason"]).startswith("not run: ") and module in str(done["b"]["reason"])
     assert not (root / "b.txt").exists()
 
-    again = run_pivot(root, "repro", "--json")
+    again = run_pivot(root, "repro", "--json")  # on the code as it is now
     assert again.returncode == 0, describe(again)
     assert (root / "b.txt").read_text() == "2\n"
-    (root / "lib.py").write_text("VALUE = 1\n")  # the first version back: run, not restored
+    # The first version back: nothing recorded for it may come from the second's run.
+    (root / module).write_text("VALUE = 1\n")
     back = run_pivot(root, "repro", "--json")
     assert back.returncode == 0, describe(back)
     assert _events(back)["b"]["status"] == "ran", describe(back)
