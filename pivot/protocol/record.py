@@ -5,8 +5,9 @@ other dataclasses a Pivot process imports as it starts.
 (`__init__`, `__repr__`, `__eq__`, `__hash__`, `__setattr__`, `__delattr__`). With ~50
 messages that was 18 ms of every process's start (30-60 ms while the engine's processes
 start together on two cores: docs/benchmarks.md); the ~20 other dataclasses a no-op
-`pivot repro` imports took 1-3 ms each more. `@record` compiles only `__init__`; the
-rest are shared methods of `Record`, which read the class's field names (those compared,
+`pivot repro` imports took 1-3 ms each more. `@record` compiles only `__init__`, at the
+class's first instance (most messages are never made in a given process); the rest are
+shared methods of `Record`, which read the class's field names (those compared,
 those shown, as `field(compare=..., repr=...)` says). A record is still a dataclass:
 `dataclasses.fields`, `replace` and `is_dataclass` work on it, and type checkers treat
 it as a frozen dataclass. `@mutable_record` on a `MutableRecord`: a plain (mutable,
@@ -90,11 +91,30 @@ def _make(cls: type[R], how: str) -> type[R]:
     cls._FIELDS = tuple(f.name for f in fields)
     cls._COMPARED = tuple(f.name for f in fields if f.compare)
     cls._SHOWN = tuple(f.name for f in fields if f.repr)
-    cls.__init__ = _make_init(cls, fields)  # type: ignore[method-assign]
+    cls.__init__ = _first_init(cls, *_init_source(cls, fields))  # type: ignore[method-assign]
     return cls
 
 
-def _make_init(cls: type, fields: tuple[dataclasses.Field[Any], ...]) -> Any:
+def _first_init(cls: type, source: str, names: dict[str, Any]) -> Any:
+    """An `__init__` that compiles the real one at the class's first instance and puts it
+    in its place: most classes a process defines (messages it never receives) are never
+    instantiated, and compiling each took ~0.15 ms of every process's start."""
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        namespace: dict[str, Any] = {}
+        exec(source, names, namespace)
+        init = namespace["__init__"]
+        init.__qualname__ = f"{cls.__qualname__}.__init__"
+        cls.__init__ = init  # type: ignore[misc]
+        init(self, *args, **kwargs)
+
+    __init__.__qualname__ = f"{cls.__qualname__}.__init__"
+    return __init__
+
+
+def _init_source(cls: type, fields: tuple[dataclasses.Field[Any], ...]) -> tuple[str, dict[str, Any]]:
+    """The source of `cls`'s `__init__` and the names it needs (checked now: a field
+    without a default after one with a default is refused when the class is made)."""
     names: dict[str, Any] = {"__set": object.__setattr__, "__MISSING": dataclasses.MISSING}
     params: list[str] = []
     body: list[str] = []
@@ -124,9 +144,4 @@ def _make_init(cls: type, fields: tuple[dataclasses.Field[Any], ...]) -> Any:
         body.append(f"__set(self, {f.name!r}, {f.name})")
     if hasattr(cls, "__post_init__"):
         body.append("self.__post_init__()")
-    source = f"def __init__(self, {', '.join(params)}):\n    " + "\n    ".join(body or ["pass"])
-    namespace: dict[str, Any] = {}
-    exec(source, names, namespace)
-    init = namespace["__init__"]
-    init.__qualname__ = f"{cls.__qualname__}.__init__"
-    return init
+    return f"def __init__(self, {', '.join(params)}):\n    " + "\n    ".join(body or ["pass"]), names

@@ -140,3 +140,19 @@ def test_each_kind_has_its_own_decorator() -> None:
         mutable_record(Frozen)  # type: ignore[type-var]
     with pytest.raises(TypeError, match="use @mutable_record"):
         record(Loose)
+
+
+def test_the_first_instance_is_made_as_every_later_one() -> None:
+    @record
+    class Fresh(Record):  # never made before this test: its __init__ is compiled at its first call
+        a: int
+        b: list[int] = dataclasses.field(default_factory=list)
+
+    @record
+    class FreshChild(Fresh):
+        c: int = 3
+
+    with pytest.raises(TypeError):
+        Fresh()  # type: ignore[call-arg]
+    assert FreshChild(1).c == 3 and Fresh(1) == Fresh(1, [])
+    assert Fresh(2, [5]).b == [5] and Fresh.__init__.__qualname__.endswith("Fresh.__init__")
