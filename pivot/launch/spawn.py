@@ -18,6 +18,7 @@ from typing import Any, Protocol, TypeVar
 import msgpack
 
 from pivot.errors import InfraError, PipelineError
+from pivot.gcpause import paused
 from pivot.launch import python_cmd
 from pivot.launch.procs import describe_exit
 from pivot.launch.scratch import scratch_file
@@ -160,7 +161,8 @@ class ForkedLoaderRun:
         self.proc.join(REAP_S)
 
     def result(self, timeout: float = LOADER_TIMEOUT_S) -> Manifest:
-        return Manifest.from_wire(self.answer(timeout)["manifest"])
+        manifest: Manifest = self.answer(timeout)["manifest"]
+        return manifest
 
     def answer(self, timeout: float = LOADER_TIMEOUT_S) -> dict[str, Any]:
         """The child's answer (`manifest`, or `view`); raises PipelineError for user mistakes."""
@@ -180,7 +182,7 @@ class ForkedLoaderRun:
             self._remove()
         if not self.served:
             _unreaped.append(proc)
-        return _answer(raw, 0 if done else proc.exitcode, printed)
+        return _answer(raw, 0 if done else proc.exitcode, printed, pickled=True)
 
 
 _unreaped: list[Forked] = []  # loaders forked here that answered: reaped at the next fork
@@ -393,8 +395,10 @@ def _too_long(timeout: float) -> PipelineError:
     )
 
 
-def _answer(raw: bytes, returncode: int | None, printed: str) -> dict[str, Any]:
-    """The answer a loader wrote (`raw`), or the error to raise."""
+def _answer(raw: bytes, returncode: int | None, printed: str, pickled: bool = False) -> dict[str, Any]:
+    """The answer a loader wrote (`raw`: msgpack, or a pickle from a loader forked from
+    this process or its server, pivot/runtime/loader.py `forked_main`), or the error
+    to raise."""
     if not raw:
         raise PipelineError(
             f"the {describe_exit(returncode, 'pipeline loader (the process that imports pipeline.py)')} "
@@ -402,13 +406,23 @@ def _answer(raw: bytes, returncode: int | None, printed: str) -> dict[str, Any]:
             detail=printed,
         )
     try:
-        result = msgpack.unpackb(raw, raw=False)
+        result = _unpickled(raw) if pickled else msgpack.unpackb(raw, raw=False)
         if result["ok"]:
             return dict(result)
         detail = result["detail"]
     except (ValueError, KeyError, TypeError) as exc:
         raise InfraError(f"unreadable answer from the pipeline loader: {exc!r}") from exc
     raise PipelineError(result["message"], detail=detail)
+
+
+def _unpickled(raw: bytes) -> Any:
+    import pickle  # (imported where a forked loader answers: ~2 ms of a command's start)
+
+    try:
+        with paused():  # 10,000 stages: ~100,000 new containers (pivot/gcpause.py)
+            return pickle.loads(raw)
+    except (pickle.UnpicklingError, EOFError) as exc:
+        raise ValueError(f"a truncated or damaged pickle: {exc}") from exc
 
 
 class _GivenManifest:

@@ -30,9 +30,13 @@ from pivot.runtime import preload
 
 
 def answer(manifest):
+    import hashlib, msgpack
+
     s = manifest.by_name["s"]
+    # The whole manifest: a forked loader's answer (a pickle) as a fresh one's (msgpack).
+    whole = hashlib.sha256(msgpack.packb(manifest.to_wire(), use_bin_type=True)).hexdigest()
     return {"fingerprint": s.fingerprint, "params": s.params, "preload": list(manifest.preload),
-            "preload_key": manifest.preload_key}
+            "preload_key": manifest.preload_key, "manifest": whole}
 
 
 def load(how):
@@ -195,7 +199,7 @@ def test_a_forked_load_sees_each_edit_and_matches_a_fresh_one(tmp_path: Path) ->
         # Forked: its parent is the server, not the driver (a fresh loader's parent).
         assert forked["loader_ppid"] != forked["driver_pid"], forked
         assert fresh["loader_ppid"] == forked["driver_pid"], (fresh, forked)
-        for key in ("fingerprint", "params", "preload", "preload_key"):
+        for key in ("fingerprint", "params", "preload", "preload_key", "manifest"):
             assert forked[key] == fresh[key], (key, forked, fresh)
         assert "yaml" in fresh["preload"], fresh
 

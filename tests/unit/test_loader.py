@@ -4,6 +4,7 @@ interpreter (pivot.runtime.loader) that imports the tiny project written to tmp_
 
 from __future__ import annotations
 
+import pickle
 import re
 import textwrap
 from pathlib import Path
@@ -12,8 +13,8 @@ import pytest
 import xxhash
 
 import pivot
-from pivot.errors import PipelineError
-from pivot.launch.spawn import run_loader
+from pivot.errors import InfraError, PipelineError
+from pivot.launch.spawn import _answer, run_loader
 from pivot.pipeline.manifest import Manifest
 
 PIVOT_PKG_DIR = str(Path(pivot.__file__).resolve().parent)
@@ -172,6 +173,16 @@ def test_a_save_during_the_load_leaves_the_fingerprint_of_the_code_imported(tmp_
     (root / "pipeline.py").write_text((root / "pipeline.py").read_text().replace(
         'Path("helpers.py").write_text', "(lambda _: None)"))
     assert load(root).by_name["use"].code_parts == spec.code_parts
+
+
+def test_a_damaged_answer_of_a_forked_loader_is_an_infra_error() -> None:
+    """A forked loader answers in a pickle: one cut short (a full disk) is said as such,
+    not taken for a manifest nor raised as pickle's own error."""
+    whole = pickle.dumps({"ok": True, "manifest": {"stages": ["s"] * 50}}, protocol=pickle.HIGHEST_PROTOCOL)
+    assert _answer(whole, 0, "", pickled=True)["manifest"] == {"stages": ["s"] * 50}
+    for cut in (whole[:-1], whole[: len(whole) // 2], b"\x80\x05"):
+        with pytest.raises(InfraError, match="unreadable answer from the pipeline loader"):
+            _answer(cut, 0, "", pickled=True)
 
 
 def test_loading_is_repeatable(tmp_path: Path) -> None:
