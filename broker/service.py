@@ -505,10 +505,19 @@ class BrokerService:
     # --- inbound -------------------------------------------------------------------
 
     def _on_work(self, frames: list[bytes]) -> None:
-        if len(frames) != 2:
+        """A pool's message: its identity, then what one pass of its loop sent, an
+        envelope a frame, in order (docs/protocol.md)."""
+        if len(frames) < 2:
             self._drop("dropped a work message with %d frames", len(frames))
             return
-        identity, payload = frames
+        identity = frames[0]
+        for payload in frames[1:]:
+            try:
+                self._on_pool_message(identity, payload)
+            except ProtocolError as exc:  # that frame only: the pass's others stand
+                self._drop("dropped a message: %s", exc)
+
+    def _on_pool_message(self, identity: bytes, payload: bytes) -> None:
         env = self._decode_or_refuse(self.work, identity, payload, "work")
         if env is None:
             return

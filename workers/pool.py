@@ -52,6 +52,7 @@ from pivot.launch.spawn import Loading, run_loader
 from pivot.launch.stderrlog import fatal, log_to_stderr
 from pivot.pipeline.gitignore import cached_outputs, keep_outputs_ignored
 from pivot.pipeline.manifest import Manifest
+from pivot.protocol.codec import encode
 from pivot.protocol.messages import (
     CancelStage,
     Heartbeat,
@@ -112,6 +113,7 @@ log = logging.getLogger(__name__)
 LEAVE_LINGER_MS = 1000
 PREFETCH_FRESH_S = 10.0  # the locks read at start serve a first wave planned within this
 LEASE_EVERY_S = 1.0
+FRAMES_PER_SEND = 100  # messages of one pass sent as the frames of one, at most
 _ENDED_WELL = frozenset({Status.RAN, Status.SKIPPED, Status.RESTORED})  # (the broker's OK_STATUSES)
 
 
@@ -230,9 +232,18 @@ class PoolService:
         self.watch.sent(self.clock())
 
     def _send_held(self) -> None:
+        """What the pass held, as the frames of one message (docs/protocol.md): each send
+        wakes this process's ZeroMQ I/O thread, then the broker's and the broker, and on
+        two cores each wake-up takes the CPU from someone; a pass that hands out a stage
+        and reports another's result sent two."""
         held, self.holding = self.holding, None
-        for msg in held or ():
-            self._send(msg)
+        if not held:
+            return
+        assert self.sock is not None
+        payloads = [encode(msg, sender=self.name) for msg in held]
+        for i in range(0, len(payloads), FRAMES_PER_SEND):
+            self.sock.send_multipart(payloads[i : i + FRAMES_PER_SEND], copy=False)
+        self.watch.sent(self.clock())
 
     def _hello(self) -> None:
         running = {name: a.stage for name, a in self.attempts.items() if a.cancel is None}

@@ -4,6 +4,7 @@ given behind attempts of their upstream stages (`run_stage`'s `after`, docs/prot
 
 from __future__ import annotations
 
+import collections
 import os
 import signal
 import subprocess
@@ -85,6 +86,7 @@ class FakeBroker:
         ))
         self.identity = b""
         self.results_by: dict[str, StageResult] = {}  # each attempt's result, as the pool said it
+        self.pending: collections.deque[Message] = collections.deque()  # read, not yet taken
         hello = self.next_of(PoolHello)
         assert isinstance(hello, PoolHello) and hello.queue >= 1, hello
         self.send(PoolWelcome("p", heartbeat_s, 3))
@@ -97,8 +99,11 @@ class FakeBroker:
         """The pool's next message, heartbeats and output lines aside."""
         deadline = time.monotonic() + WAIT_S
         while (left := deadline - time.monotonic()) > 0:
+            if self.pending:
+                return self.pending.popleft()
             if not self.sock.poll(int(left * 1000) + 1):
                 break
+            # What one pass of the pool sent: a message a frame, in order.
             identity, *payloads = self.sock.recv_multipart()
             self.identity = identity
             for payload in payloads:
@@ -106,7 +111,7 @@ class FakeBroker:
                 if isinstance(msg, Heartbeat):
                     self.send(Heartbeat("p"))
                 elif not isinstance(msg, StageOutput):
-                    return msg
+                    self.pending.append(msg)
         raise AssertionError(f"the pool sent nothing within {WAIT_S} s (exit code {self.proc.poll()})")
 
     def next_of(self, kind: type[Message]) -> Message:

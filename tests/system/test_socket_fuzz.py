@@ -469,13 +469,21 @@ class Hostile:
 
     what: str  # how it was made (shown for a failing example)
     frames: tuple[bytes, ...]
-    counted: bool = True  # the broker counts it as dropped
+    counted: int = 1  # how many messages of it the broker counts as dropped
     answer: str = ""  # what a ROUTER link answers: a kind, or "refused:CODE"
     subscribes: bool = False  # events: a subscription, answered by a `welcome`
+    parts: tuple[Hostile, ...] = ()  # the work link's several frames: a message each
 
     @property
-    def refused(self) -> bool:
-        return self.answer == VERSION_REFUSAL
+    def answers(self) -> list[str]:
+        """What the link answers, in order (several frames on the work link: each one's)."""
+        if self.parts:
+            return [a for part in self.parts for a in part.answers]
+        return [self.answer] if self.answer else []
+
+    @property
+    def refusals(self) -> int:
+        return self.answers.count(VERSION_REFUSAL)
 
     def __repr__(self) -> str:
         shown = [f if len(f) <= 48 else f[:40] + b"...(%d bytes)" % len(f) for f in self.frames]
@@ -609,7 +617,7 @@ POOL_HARMLESS = st.one_of(
 
 
 def router_messages(acts: frozenset[str]) -> st.SearchStrategy[Hostile]:
-    """From a DEALER to a ROUTER link: the broker reads [identity, payload]; any other
+    """From a DEALER to the control link's ROUTER: the broker reads [identity, payload]; any other
     frame count is dropped whatever the payload (even a message it would act on)."""
     # Most often a message this link acts on: a lax check would act on it.
     payload = well_formed(sorted(acts) or TAGS).map(pack) | bad_payloads(acts).map(lambda b: b[1])
@@ -619,6 +627,24 @@ def router_messages(acts: frozenset[str]) -> st.SearchStrategy[Hostile]:
             lambda t: Hostile("frame count", (*t[1], t[0]) if t[2] else (t[0], *t[1]))
         ),
     )
+
+
+def frames_of(parts: list[Hostile]) -> Hostile:
+    """One message whose frames are `parts` (each of one frame), as a pool sends what one
+    pass of its loop says: the broker takes each frame as a message of its own."""
+    return Hostile(
+        "frames: " + "; ".join(p.what for p in parts), tuple(p.frames[0] for p in parts),
+        counted=sum(p.counted for p in parts), parts=tuple(parts),
+    )
+
+
+def work_messages(acts: frozenset[str], valid: st.SearchStrategy[Hostile] | None = None) -> st.SearchStrategy[Hostile]:
+    """From a DEALER to the work link's ROUTER: [identity, payload, ...], each payload a
+    message of its own, read in order (one with `valid` ones among bad ones too)."""
+    one = bad_payloads(acts).map(lambda b: Hostile(b[0], (b[1],), answer=VERSION_REFUSAL if b[2] else ""))
+    if valid is not None:
+        one = one | valid
+    return one | st.lists(one, min_size=2, max_size=3).map(frames_of)
 
 
 def changes_messages() -> st.SearchStrategy[Hostile]:
@@ -683,8 +709,8 @@ IMPOSTOR = well_formed(["pool_hello"]).map(lambda w: Hostile(f"pool_hello of {w[
 BATCHES = st.builds(
     Batch,
     control=st.lists(router_messages(CONTROL_ACTS) | CONTROL_HARMLESS, max_size=5),
-    stranger=st.lists(router_messages(NOBODY_ACTS) | IMPOSTOR, max_size=4),
-    pool=st.lists(router_messages(POOL_ACTS) | POOL_HARMLESS | IMPOSTOR, max_size=4),
+    stranger=st.lists(work_messages(NOBODY_ACTS) | IMPOSTOR, max_size=4),
+    pool=st.lists(work_messages(POOL_ACTS, POOL_HARMLESS) | IMPOSTOR, max_size=4),
     changes=st.lists(changes_messages(), max_size=4),
     events=st.lists(events_messages(), max_size=3).map(lambda hs: [h for part in hs for h in part]),
 )
@@ -741,7 +767,7 @@ class Fuzzer:
             self.control.send_multipart(list(h.frames))
         for h in batch.stranger:
             self.stranger.send_multipart(list(h.frames))
-        self.stranger_refused += sum(h.refused for h in batch.stranger)
+        self.stranger_refused += sum(h.refusals for h in batch.stranger)
         for h in batch.changes:
             self.changes.send_multipart(list(h.frames))
         for h in batch.events:
@@ -754,7 +780,7 @@ class Fuzzer:
         # before it, in order: one `refused` per message of another version, an answer
         # per valid request, nothing else (else a bad message was acted on).
         self.control.send(encode(PsRequest(), sender="fuzz"))
-        want = [h.answer for h in batch.control if h.answer] + ["ps_reply"]
+        want = [a for h in batch.control for a in h.answers] + ["ps_reply"]
         got: list[str] = []
         while got.count("ps_reply") < want.count("ps_reply"):
             got.append(label(decode(receive(self.control, f"answers {want} (got {got})")[-1]).msg))
@@ -808,7 +834,7 @@ class Fuzzer:
             # Its answers were sent before it left: a `refused` per message of another
             # version, a result_ack per result; heartbeats and a manifest_accepted may
             # come between them.
-            want = [h.answer for h in batch if h.answer]
+            want = [a for h in batch for a in h.answers]
             got: list[str] = []
             while len(got) < len(want):
                 # The broker's messages to a pool: one envelope a frame, several at once.
