@@ -48,11 +48,15 @@ class PoolInfo(MutableRecord):
     queue: int = 0  # attempts it takes beyond its slots, held decided until a worker frees
     asked: int | None = None  # the load it was last asked for (None: none yet, its own first)
 
-    def free(self) -> int:
-        """Attempts it takes now: its free slots, then its queue's room."""
+    def free(self, alone: bool = True) -> int:
+        """Attempts it takes now: its free slots, then its queue's room. Beside another
+        pool (not `alone`), no more of its queue than it has slots: a stage queued here
+        waits for this pool's workers while another pool's may free first (a long
+        stage's wait)."""
         if self.leaving or not self.current:
             return 0
-        return self.slots + self.queue - len(self.attempts) - len(self.foreign)
+        queue = self.queue if alone else min(self.queue, self.slots)
+        return self.slots + queue - len(self.attempts) - len(self.foreign)
 
     def idle(self) -> bool:
         """A slot of its is free: a stage given now starts at once."""
@@ -127,8 +131,9 @@ class PoolTable:
     # --- slots -----------------------------------------------------------------------
 
     def free_slots(self) -> dict[str, int]:
-        """Pool name -> free slots, for pools with any."""
-        return {name: free for name, pool in self._pools.items() if (free := pool.free()) > 0}
+        """Pool name -> free slots (and queue room: PoolInfo.free), for pools with any."""
+        alone = sum(1 for pool in self._pools.values() if pool.current and not pool.leaving) <= 1
+        return {name: free for name, pool in self._pools.items() if (free := pool.free(alone)) > 0}
 
     def foreign_stages(self) -> set[str]:
         """Stages an attempt from before a broker restart still runs."""

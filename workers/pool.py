@@ -114,6 +114,11 @@ LEAVE_LINGER_MS = 1000
 PREFETCH_FRESH_S = 10.0  # the locks read at start serve a first wave planned within this
 LEASE_EVERY_S = 1.0
 FRAMES_PER_SEND = 100  # messages of one pass sent as the frames of one, at most
+# Stages a pool holds decided beyond its workers, per job. A result's round trip to the
+# broker and back (its next stage) crosses three processes: with one stage queued per
+# job, a cold 1000-stage run's workers waited on it; four per job: -13 to -16 % (sixteen
+# per job: no better). docs/benchmarks.md, fifteenth session.
+QUEUE_PER_JOB = 4
 _ENDED_WELL = frozenset({Status.RAN, Status.SKIPPED, Status.RESTORED})  # (the broker's OK_STATUSES)
 
 
@@ -172,7 +177,8 @@ class PoolService:
         # Stages taken beyond `jobs`, decided and held (Phase.QUEUED) until a worker frees:
         # the next stage then starts without a round trip to the broker (~3 ms a stage on
         # this machine, of which the run was ~1). Not for a remote executor: it queues.
-        self.queue_depth = 0 if self.workers.remote else self.jobs
+        # The broker uses more of it than `jobs` only while this is its one pool.
+        self.queue_depth = 0 if self.workers.remote else QUEUE_PER_JOB * self.jobs
         self.held: collections.deque[str] = collections.deque()  # queued attempts, in order
         # Attempts given behind others here, all of which ended well: decided in this turn.
         self.released: collections.deque[str] = collections.deque()

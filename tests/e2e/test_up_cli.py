@@ -819,8 +819,8 @@ def test_a_code_edit_during_a_long_stage_cancels_the_wave_and_reruns_on_new_code
     stop(live, root)
 
 
-# -j 1: `slow` runs; the pool takes one stage more (`queue`), held decided until its
-# worker frees, and the broker keeps the rest.
+# -j 1: `slow` runs; the pool, the engine's one, takes the two others beyond its slot
+# (its `queue`: 4 a job), held decided until its worker frees.
 QUEUE_BODY = SLOW_STAGE + """
 
 @stage(outs=["qa.out"])
@@ -863,7 +863,7 @@ def test_a_stage_queued_in_its_pool_starts_only_on_a_free_worker_and_a_cancel_en
     live = up(root, "-j", "1")
     wait_for(lambda: runs(root)["slow"] == 1, WAIT_S, "slow to run in its worker")
 
-    wait_for(lambda: pool_queue(root) == 1, WAIT_S, "the pool to hold one stage beyond its slot")
+    wait_for(lambda: pool_queue(root) == 2, WAIT_S, "the pool to hold qa and qb beyond its slot")
     live.wait_watching(root)
     start = live.mark()
     edit(root / "helpers.py", 'return "v1:" + text.strip()', 'return "v2:" + text.strip()')
@@ -891,10 +891,10 @@ def test_a_graceful_stop_cancels_a_queued_stage_at_once_and_lets_the_running_one
                          "probe.txt": "p\n"})
     live = up(root, "-j", "1", "--grace", "30")
     wait_for(lambda: runs(root)["slow"] == 1, WAIT_S, "slow to run in its worker")
-    wait_for(lambda: pool_queue(root) == 1, WAIT_S, "the pool to hold one stage beyond its slot")
+    wait_for(lambda: pool_queue(root) == 2, WAIT_S, "the pool to hold qa and qb beyond its slot")
     start = live.mark()
     live.terminate()
-    # Its pool ends the queued stage while its only worker still runs slow.
+    # Its pool ends the queued stages while its only worker still runs slow.
     for stage in ("qa", "qb"):
         done = live.wait_event(lambda e, s=stage: e["event"] == "stage_finished" and e["stage"] == s,
                                WAIT_S, f"{stage} to be cancelled", start)

@@ -442,6 +442,26 @@ def test_a_free_slot_anywhere_comes_before_a_pools_queue() -> None:
             if isinstance(c, SendWork) and isinstance(c.msg, RunStage) and c.msg.after] == [("p2", "b", [a1])]
 
 
+def test_a_pools_whole_queue_is_used_only_while_it_is_its_brokers_one_pool() -> None:
+    """Alone, a pool takes its slots and its whole queue (a result's round trip to the
+    broker no longer stalls its workers); beside another pool, no more of its queue than
+    it has slots, so that a stage does not wait in one pool's queue while another frees."""
+    independent = Manifest(tuple(spec(f"s{i}", outs=[f"s{i}.txt"]) for i in range(8)))
+    alone = Harness(independent, slots=1)
+    alone.feed(PoolGone("p1", "gone", leaving=True))
+    alone.join("p2", 1, 0.0, queue=3)
+    assert [pool for pool, _, _ in dispatched(alone.run())] == ["p2"] * 4
+
+    shared = Harness(independent, slots=1)
+    shared.feed(PoolGone("p1", "gone", leaving=True))
+    shared.join("p2", 1, 0.0, queue=3)
+    shared.join("p3", 1, 0.0, queue=3)
+    commands = shared.run()
+    assert sorted(pool for pool, _, _ in dispatched(commands)) == ["p2", "p2", "p3", "p3"]
+    # p3 leaves: p2, alone again, takes its whole queue at once (its 2 attempts -> 4).
+    assert [pool for pool, _, _ in dispatched(shared.feed(PoolGone("p3", "gone", leaving=True)))] == ["p2"] * 2
+
+
 # --- a stage given behind its upstream (protocol.md, "Behind its upstream") ------------
 
 
