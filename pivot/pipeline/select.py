@@ -17,7 +17,6 @@ What runs (`Selection`), as DVC's `repro` options say it:
 
 from __future__ import annotations
 
-import difflib
 import enum
 import fnmatch
 from collections.abc import Sequence
@@ -49,6 +48,8 @@ def resolve_names(requested: Sequence[str], known: Sequence[str], *, glob: bool 
         else:
             unknown.append(name)
     if unknown:
+        import difflib  # (only to say what a mistyped name may have meant)
+
         groups = sorted({k.partition("@")[0] for k in known if "@" in k} - set(known))
         parts = []
         for name in unknown:

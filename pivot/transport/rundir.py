@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -177,6 +176,8 @@ class RunDir:
         longest = self.path / "control.sock"
         if len(str(longest)) <= IPC_PATH_LIMIT:
             return self.path
+        import hashlib  # (here only: loading OpenSSL is ~4 ms of every command's start)
+
         digest = hashlib.sha1(str(self.root).encode()).hexdigest()[:12]
         short = Path(tempfile.gettempdir()) / f"pivot-{os.getuid()}" / digest
         short.parent.mkdir(mode=0o700, exist_ok=True)
