@@ -132,7 +132,9 @@ class PoolTable:
 
     def free_slots(self) -> dict[str, int]:
         """Pool name -> free slots (and queue room: PoolInfo.free), for pools with any."""
-        alone = sum(1 for pool in self._pools.values() if pool.current and not pool.leaving) <= 1
+        # (A pool still loading counts: the stages of a wave that starts before it is in
+        # would wait in the first one's queue.)
+        alone = sum(1 for pool in self._pools.values() if not pool.leaving) <= 1
         return {name: free for name, pool in self._pools.items() if (free := pool.free(alone)) > 0}
 
     def foreign_stages(self) -> set[str]:

@@ -461,6 +461,14 @@ def test_a_pools_whole_queue_is_used_only_while_it_is_its_brokers_one_pool() -> 
     # p3 leaves: p2, alone again, takes its whole queue at once (its 2 attempts -> 4).
     assert [pool for pool, _, _ in dispatched(shared.feed(PoolGone("p3", "gone", leaving=True)))] == ["p2"] * 2
 
+    # A pool that joined and is still loading counts: a wave started before it is in
+    # does not fill the first pool's whole queue.
+    loading = Harness(independent, slots=1)
+    loading.feed(PoolGone("p1", "gone", leaving=True))
+    loading.join("p2", 1, 0.0, queue=3)
+    loading.feed(PoolJoined("p3", 1, 0.0, queue=3))  # no manifest yet
+    assert [pool for pool, _, _ in dispatched(loading.run())] == ["p2"] * 2
+
 
 # --- a stage given behind its upstream (protocol.md, "Behind its upstream") ------------
 
