@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import logging
 import os
 import select
@@ -304,6 +305,9 @@ class Forked:
             stream.flush()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child (measured by the tests' results)
+            # This process's objects are never the child's garbage: frozen, the child's
+            # collections neither scan them nor copy their pages (pivot/runtime/heapfreeze.py).
+            gc.freeze()
             code = 1
             try:
                 self.target(*self.args)
