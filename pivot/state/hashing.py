@@ -17,20 +17,19 @@ from typing import TYPE_CHECKING
 
 import xxhash
 
+from pivot.state.rawread import read_chunks
+
 if TYPE_CHECKING:
     from pivot.state.statecache import StateCache
 
 __all__ = ["dir_digest", "dir_entries", "hash_dir", "hash_file", "hash_path"]
 
-_CHUNK = 1 << 20
-
 
 def hash_file(path: str | os.PathLike[str]) -> str:
     """The digest of a file's contents (reads the whole file)."""
     h = xxhash.xxh3_128()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
+    for chunk in read_chunks(path):
+        h.update(chunk)
     return h.hexdigest()
 
 

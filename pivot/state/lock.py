@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from pivot.protocol.record import Record, record
 from pivot.state.atomic import write_atomic
+from pivot.state.rawread import read_whole
 
 if TYPE_CHECKING:
     from pivot.state.statecache import StateCache
@@ -107,10 +108,10 @@ def read_lock(root: Path, stage: str) -> StageLock | None:
     try:
         # os.path, not pathlib: a no-op run reads every lock, and pathlib's joins cost as
         # much as reading the file.
-        with open(os.path.join(root, ".pivot", "stages", f"{stage_file(stage)}.lock"), "rb") as f:
-            return parse_lock(f.read())
+        raw = read_whole(os.path.join(root, ".pivot", "stages", f"{stage_file(stage)}.lock"))
     except OSError:
         return None
+    return parse_lock(raw)
 
 
 class LockPrefetch:
@@ -138,16 +139,21 @@ class LockPrefetch:
 
     def _read(self) -> None:
         try:
-            entries = [e.name for e in os.scandir(self.folder) if e.name.endswith(".lock")]
+            folder = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
             return
-        for name in entries:
-            try:
-                with open(os.path.join(self.folder, name), "rb") as f:
-                    raw = f.read()
-            except OSError:
-                continue  # read again, and explained, by `read_lock` / `lock_problem`
-            self.locks[stage_of_file(name[: -len(".lock")])] = parse_lock(raw)
+        try:
+            entries = [e.name for e in os.scandir(folder) if e.name.endswith(".lock")]
+            for name in entries:
+                try:
+                    raw = read_whole(name, dir_fd=folder)  # (no path to join: the folder's fd)
+                except OSError:
+                    continue  # read again, and explained, by `read_lock` / `lock_problem`
+                self.locks[stage_of_file(name[: -len(".lock")])] = parse_lock(raw)
+        except OSError:
+            return
+        finally:
+            os.close(folder)
         if self.hashes is not None:
             self._hash_named(self.hashes)
 
@@ -215,8 +221,7 @@ def lock_problem(root: Path, stage: str) -> str | None:
     (`read_lock` gave None: never ran, or this)."""
     try:
         # os.path, not pathlib: every stage that never ran asks (a cold run's pool).
-        with open(os.path.join(root, ".pivot", "stages", f"{stage_file(stage)}.lock"), "rb") as f:
-            raw = f.read()
+        raw = read_whole(os.path.join(root, ".pivot", "stages", f"{stage_file(stage)}.lock"))
     except FileNotFoundError:
         return None
     except OSError as exc:
