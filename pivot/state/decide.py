@@ -57,8 +57,9 @@ def decide(
     dep_hashes: dict[str, str] = {}
     missing: list[str] = []
     top = os.fspath(root)  # str joins: pathlib's cost as much as a cached hash lookup
-    for dep in spec.deps:
-        digest = hasher.hash_path(os.path.join(top, dep))
+    under = os.path.join(top, "")  # + a declared (relative, normal) path: os.path.join's
+    for dep in spec.deps:          # string, without its checks (10,000 stages: 25,000 joins)
+        digest = hasher.hash_path(under + dep)
         if digest is None:
             missing.append(dep)
         else:
@@ -78,7 +79,7 @@ def decide(
                 {"paths": list(gone)},
             ),), dep_hashes, (), lock, gone)
         return Decision(False, (Reason(ReasonCode.UP_TO_DATE, "frozen: never run"),), dep_hashes, (), lock)
-    if not (force or all_reasons or missing or spec.always) and _unchanged(top, spec, lock, dep_hashes, hasher):
+    if not (force or all_reasons or missing or spec.always) and _unchanged(under, spec, lock, dep_hashes, hasher):
         return Decision(False, (), dep_hashes, (), lock)
 
     if lock is None:  # deps may be missing only because upstream has not run yet either
@@ -110,7 +111,7 @@ def decide(
 
 
 def _unchanged(
-    top: str, spec: StageSpec, lock: StageLock | None, dep_hashes: dict[str, str], hasher: PathHasher,
+    under: str, spec: StageSpec, lock: StageLock | None, dep_hashes: dict[str, str], hasher: PathHasher,
 ) -> bool:
     """Whether every check below would find nothing, in one pass without building their
     reasons: the usual answer, and 10,000 stages decide in a no-op. False sends the
@@ -123,7 +124,7 @@ def _unchanged(
     outs = lock.outs
     for out in spec.outs:
         digest = outs.get(out)
-        if digest is None or hasher.hash_path(os.path.join(top, out)) != digest:
+        if digest is None or hasher.hash_path(under + out) != digest:
             return False
     return True
 

@@ -158,14 +158,14 @@ class LockPrefetch:
             self._hash_named(self.hashes)
 
     def _hash_named(self, hashes: StateCache) -> None:
-        digests, top = self.digests, self.root
+        digests, under = self.digests, os.path.join(self.root, "")  # (see decide.decide)
         try:
             with hashes.batched():  # what it reads again (written moments ago): one write
                 for lock in self.locks.values():
                     if lock is None:
                         continue
                     for rel in (*lock.deps, *lock.outs):
-                        path = os.path.join(top, rel)
+                        path = under + rel
                         if path not in digests:
                             digests[path] = hashes.hash_path(path)
         except Exception:  # (a file it may not read): the decision hashes it, and says why
