@@ -57,3 +57,12 @@ def test_an_output_whose_name_looks_like_a_pattern_ignores_that_file_and_no_othe
 
     assert [n for n in outs if not ignored(n.rstrip("/"))] == []
     assert [n for n in others if ignored(n)] == []
+
+
+def test_one_output_that_needs_escaping_among_plain_ones_is_escaped(tmp_path: Path) -> None:
+    """The block's lines are written plain only when no output needs escaping."""
+    ignore = tmp_path / ".gitignore"
+    for odd, line in (("sp  ", "/sp\\ \\ "), ("d /", "/d\\ /"), ("a*.txt", "/a\\*.txt"), ("b[1]", "/b\\[1]")):
+        assert keep_outputs_ignored(tmp_path, ["x/plain.txt", odd, "model/"])
+        lines = sorted([(odd, line), ("model/", "/model/"), ("x/plain.txt", "/x/plain.txt")])
+        assert ignore.read_text() == "\n".join([BEGIN, *(text for _, text in lines), END]) + "\n"
