@@ -24,6 +24,12 @@ __all__ = ["LOG_TAIL", "EngineView"]
 
 LOG_TAIL = 20  # lines of each stage's last run kept for the snapshot (an attach shows them)
 
+# Views without a duration (pending, queued, running, skipped in a wave) are the same for
+# most stages: one record shared (records are immutable), not one made per stage and
+# change (a no-op of 10,000 stages made 30,000). Bounded: cleared when full.
+_SHARED: dict[tuple[object, ...], StageView] = {}
+_SHARED_MAX = 1024
+
 
 @mutable_record
 class EngineView(MutableRecord):
@@ -37,7 +43,16 @@ class EngineView(MutableRecord):
 
     def set(self, stage: str, status: str, code: str, reason: str, duration: float, wave: int,
             error: str | None = None) -> None:
-        self.stages[stage] = StageView(str(status), str(code), reason, duration, wave, error)
+        if duration:
+            self.stages[stage] = StageView(str(status), str(code), reason, duration, wave, error)
+            return
+        key = (status, code, reason, wave, error)
+        view = _SHARED.get(key)
+        if view is None:
+            if len(_SHARED) >= _SHARED_MAX:
+                _SHARED.clear()
+            view = _SHARED[key] = StageView(str(status), str(code), reason, 0.0, wave, error)
+        self.stages[stage] = view
 
     def forget(self, stage: str) -> None:
         self.stages.pop(stage, None)
