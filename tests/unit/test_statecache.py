@@ -552,6 +552,27 @@ def test_refresh_stores_racy_rows_once_their_window_passed_and_nothing_else(db: 
         assert other.reads == 3  # left racy (or stale): read again
 
 
+def test_refresh_finds_the_racy_rows_other_processes_stored_after_it_loaded(db: Path, tmp_path: Path) -> None:
+    """A pool's exit: its workers (other instances) recorded the outputs moments after
+    writing them, after the pool had loaded its rows; more of them than one query asks
+    for. Each racy row is found in the store and stored again, trusted."""
+    outs = [write(tmp_path / "out" / f"s{i}.txt", f"out {i}".encode()) for i in range(1_234)]
+    clock = Clock(OLD + 1_000_000)  # 1 ms after the writes: racy
+    with StateCache(db, clock=clock) as pool:
+        assert pool.hash_path(write(tmp_path / "in.txt", b"in", mtime_ns=OLD - 10**10)) == xxh(b"in")  # loaded
+        with StateCache(db, clock=clock) as worker:
+            for path in outs:
+                worker.record(path, xxh(path.read_bytes()))
+        rewrite_in_place(outs[7], b"out X", OLD + 5_000_000)  # changed since its row: left
+        clock.now = LATER  # the exit, once their window passed
+        assert pool.refresh([str(p) for p in outs], max_bytes=50) == len(outs) - 1
+        assert pool.reads == 1 + len(outs) - 1
+    with StateCache(db, clock=Clock(LATER + 10**9)) as check:  # the next no-op
+        for path in outs:
+            assert check.hash_path(path) == xxh(path.read_bytes())
+        assert check.reads == 1  # all but the changed one trusted
+
+
 def test_notes_are_kept_read_by_another_instance_and_dropped_by_prefix(db: Path) -> None:
     with StateCache(db) as writer:
         assert writer.keep_notes([("log:a", b"# a: ran\n"), ("run-log:k1", b"# a: ran\n"), ("run-log:k2", b"b")])
