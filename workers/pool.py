@@ -796,14 +796,14 @@ class PoolService:
     def _hand_to_worker(self, attempt: str, decided: Prepared) -> None:
         a = self.attempts[attempt]
         assert self.manifest is not None
+        pid_file = self.pid_dir / attempt  # (one path a stage: each `/` parses one)
         work = StageJob.for_stage(
-            self.root, self.manifest.by_name[a.stage], decided,
-            pid_file=str(self.pid_dir / attempt), pool_pid=os.getpid(),
+            self.root, self.manifest.by_name[a.stage], decided, pid_file=str(pid_file), pool_pid=os.getpid(),
         )
         reason = decided.reason
         a.announce = StageRunning(attempt, str(reason.code), reason.message, reason.details)
         run_log = self.state.runs.log_path(work.run_key) if work.run_key else None
-        self.outputs[attempt] = AttemptOutput(self.root, a.stage, self.pid_dir / attempt, run_log=run_log)
+        self.outputs[attempt] = AttemptOutput(self.root, a.stage, pid_file, run_log=run_log)
         future_run = self.workers.submit(work, on_start=lambda: self._post("started", attempt, None))
         a.phase, a.generation = Phase.RUNNING, self.workers.generation  # (after: a submit may replace them)
         future_run.add_done_callback(lambda f: self._post("ran", attempt, f))
@@ -882,7 +882,8 @@ class PoolService:
         written, self.written = self.written, set()
         if written:
             with contextlib.suppress(Exception):  # an optimisation: never in the way of the exit
-                self.state.hashes.refresh([str(self.root / out) for out in sorted(written)], QUICK_READ_BYTES)
+                under = os.path.join(self.root, "")  # (declared paths: see decide.decide)
+                self.state.hashes.refresh([under + out for out in sorted(written)], QUICK_READ_BYTES)
 
     def _look(self, now: float) -> None:
         """Send what the running attempts printed since the last look."""
@@ -925,8 +926,8 @@ class PoolService:
     def _forget_files(self, attempt: str, *, tidied: bool = False) -> None:
         """Remove the attempt's files: what its worker did not (`tidied`: all but a
         remote executor's)."""
-        pid_file = self.pid_dir / attempt
         if not tidied:
+            pid_file = self.pid_dir / attempt
             kill_group_of(pid_file)  # a command its dead worker left running
             for path in (pid_file, marker_path(pid_file), writing_path(pid_file)):
                 path.unlink(missing_ok=True)

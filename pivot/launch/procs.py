@@ -8,6 +8,8 @@ import signal
 import time
 from pathlib import Path
 
+from pivot.state.rawread import read_whole
+
 __all__ = ["describe_exit", "exit_code", "group_members", "is_alive", "is_stopped", "kill_group"]
 
 _DEAD = ("Z", "X")  # zombie, dead
@@ -16,7 +18,7 @@ _DEAD = ("Z", "X")  # zombie, dead
 def _stat_fields(pid: int) -> list[str] | None:
     """/proc/PID/stat after the command name (state, ppid, pgrp, ...), or None if gone."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat = read_whole(f"/proc/{pid}/stat").decode(errors="replace")
     except OSError:
         return None
     # The command name may hold spaces and parentheses: split after the last ')'.

@@ -36,7 +36,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
-__all__ = ["FLUSH_S", "STREAM_SUFFIXES", "Printed", "captured", "output_path", "start_flushing", "write_note"]
+__all__ = [
+    "FLUSH_S", "STREAM_SUFFIXES", "Printed", "captured", "output_file", "output_path", "start_flushing", "write_note",
+]
 
 FLUSH_S = 0.05
 BUFFER_BYTES = 64 * 1024
@@ -46,14 +48,19 @@ STREAM_SUFFIXES = {"pivot": ".pivot", "stdout": ".out", "stderr": ".err"}
 
 
 def output_path(pid_file: Path, stream: str) -> Path:
-    return pid_file.with_name(pid_file.name + STREAM_SUFFIXES[stream])
+    return Path(output_file(pid_file, stream))
 
 
-def write_note(pid_file: Path, note: str) -> None:
+def output_file(pid_file: str | os.PathLike[str], stream: str) -> str:
+    """`output_path` as a string, for the worker's every stage (no path to parse)."""
+    return os.fspath(pid_file) + STREAM_SUFFIXES[stream]
+
+
+def write_note(pid_file: str | os.PathLike[str], note: str) -> None:
     """One of Pivot's notes on the attempt, one line, for the pool to publish."""
     line = " ".join(note.splitlines()) + "\n"
     # A note lost is not worth failing the stage.
-    with contextlib.suppress(OSError), open(output_path(pid_file, "pivot"), "a", encoding="utf-8") as f:
+    with contextlib.suppress(OSError), open(output_file(pid_file, "pivot"), "a", encoding="utf-8") as f:
         f.write(line)
 
 
@@ -128,7 +135,7 @@ class Printed:
 
 
 @contextmanager
-def captured(pid_file: Path) -> Iterator[Printed]:
+def captured(pid_file: str | os.PathLike[str]) -> Iterator[Printed]:
     """Run the body with descriptors 1 and 2, sys.stdout and sys.stderr writing to the
     attempt's files; everything is flushed and restored on the way out, and the value
     says whether the body printed anything."""
@@ -141,7 +148,7 @@ def captured(pid_file: Path) -> Iterator[Printed]:
     writers: list[TextIO] = []
     try:
         for fd, stream in ((1, "stdout"), (2, "stderr")):
-            target = os.open(output_path(pid_file, stream), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            target = os.open(output_file(pid_file, stream), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             try:
                 saved = os.dup(fd)
             except OSError:  # not open in this process: opened for the stage only

@@ -27,8 +27,8 @@ from pivot.errors import (
 )
 from pivot.faults import reached
 from pivot.pipeline.stage import StageDecl
-from pivot.runtime.cancel import StageCancelled, arm, cancellable, marker_path
-from pivot.runtime.capture import captured, output_path, write_note
+from pivot.runtime.cancel import CANCEL_SUFFIX, StageCancelled, arm, cancellable
+from pivot.runtime.capture import captured, output_file, write_note
 from pivot.runtime.command import CommandFailed, kill_running_group, run_command
 from pivot.runtime.freshcode import differing
 from pivot.runtime.job import RESUME, StageJob, StageOutcome
@@ -81,6 +81,16 @@ def _state(root: Path) -> ProjectState:
     if key not in _STATE:
         _STATE[key] = ProjectState.open(root)
     return _STATE[key]
+
+
+_ROOTS: dict[str, Path] = {}  # a job's root (a string) as a path, made once per worker
+
+
+def _root_of(root: str) -> Path:
+    path = _ROOTS.get(root)
+    if path is None:
+        path = _ROOTS[root] = Path(root)
+    return path
 
 
 POOL_CHECK_S = 0.2
@@ -145,25 +155,26 @@ def watch_pool(pool_pid: int, lease: Path | None = None) -> None:
     threading.Thread(target=watch, name="pool-watch", daemon=True).start()
 
 
-def _call(decl: StageDecl, params: dict[str, Any], root: Path, pid_file: Path | None) -> None:
+def _call(decl: StageDecl, params: dict[str, Any], root: Path, pid_file: str | None) -> None:
     """The stage's code: its function, or its command (pivot/runtime/command.py)."""
     if decl.cmd is None:
         decl.func(**params)
     else:
         # Warm only in a pool's worker: `pivot run --foreground` is the terminal's process.
-        run_command(decl.name, decl.cmd, params, root / decl.wdir, pid_file, warm=decl.warm and pid_file is not None,
+        run_command(decl.name, decl.cmd, params, root / decl.wdir, Path(pid_file) if pid_file else None,
+                    warm=decl.warm and pid_file is not None,
                     root=root)
 
 
-def _tidy(state: ProjectState, stage: str, reason: str, run_key: str | None, pid_file: Path) -> bool:
+def _tidy(state: ProjectState, stage: str, reason: str, run_key: str | None, pid_file: str) -> bool:
     """A pool's attempt that ran and printed nothing: its log (one head line) is kept
     here, and its files removed, in parallel with the other stages rather than in the
     pool's one loop. False if a file could not be removed: its pool then does it all."""
     root = state.root
     if not keep_quiet(state.hashes, root, stage, reason, run_key):
         finish_log(root, stage, "ran", reason, None, [], 0, state.runs.log_path(run_key) if run_key else None)
-    for path in (*running_log_parts(root, stage), output_path(pid_file, "stdout"),
-                 output_path(pid_file, "stderr"), pid_file):
+    for path in (*running_log_parts(root, stage), output_file(pid_file, "stdout"),
+                 output_file(pid_file, "stderr"), pid_file):
         try:
             os.unlink(path)  # os, not pathlib: five a stage, most of them absent
         except FileNotFoundError:
@@ -183,11 +194,13 @@ def run_stage(job: StageJob) -> StageOutcome:
     """Run the stage described by `job` (a pool's, or `pivot run --foreground`'s) and
     record it on success: the outputs are in the content cache, the lock names them and
     the run cache maps this run's inputs to them."""
-    root = Path(job.root)
+    root = _root_of(job.root)
     name = job.stage
     if job.pool_pid and _watched != [job.pool_pid]:
         watch_pool(job.pool_pid, Path(job.pid_file).parent / LEASE_NAME if job.pid_file else None)
-    pid_file = Path(job.pid_file) if job.pid_file else None
+    # A string: every stage passes it to os calls (pathlib was a quarter of a worker's
+    # own Python time, sampled).
+    pid_file = job.pid_file or None
     if pid_file is not None:
         # The pool learns which stage a dying worker was running, and whom to signal to
         # cancel it.
@@ -197,7 +210,7 @@ def run_stage(job: StageJob) -> StageOutcome:
             os.write(fd, str(os.getpid()).encode())
         finally:
             os.close(fd)
-        if os.path.exists(marker_path(pid_file)):  # cancelled while it waited in this worker
+        if os.path.exists(pid_file + CANCEL_SUFFIX):  # cancelled while it waited in this worker
             return StageOutcome("cancelled", "cancelled", "cancelled before it began", 0.0)
     notes: list[str] = []
     started = time.perf_counter()

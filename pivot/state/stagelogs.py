@@ -44,25 +44,34 @@ def _stage_note(stage: str) -> str:
 _PREFIXES = (b"! ", b"# pivot: ")  # a stream's mark, before what the stage wrote
 
 
-# joinpath, not a chain of `/`: each `/` parses a new path (a few of these every stage).
+_RUNNING = ".part"  # the running log: STAGE.log.part
+_OLDER = ".1"  # its older half: STAGE.log.part.1
+
+
+def _log_file(root: str | os.PathLike[str], stage: str) -> str:
+    # A string join: a worker removes these every stage, and pathlib's joins and parses
+    # were a quarter of a worker's own Python time.
+    return os.path.join(root, ".pivot", "logs", "stages", f"{stage_file(stage)}.log")
+
+
 def stage_log_path(root: Path, stage: str) -> Path:
-    return root.joinpath(".pivot", "logs", "stages", f"{stage_file(stage)}.log")
+    return Path(_log_file(root, stage))
 
 
 def running_log_path(root: Path, stage: str) -> Path:
     """What the stage's run going on has printed so far."""
-    return root.joinpath(".pivot", "logs", "stages", f"{stage_file(stage)}.log.part")
+    return Path(_log_file(root, stage) + _RUNNING)
 
 
 def older_segment(running_log: Path) -> Path:
     """Where the older half of a long running log goes (workers/streams.py)."""
-    return running_log.with_name(running_log.name + ".1")
+    return running_log.with_name(running_log.name + _OLDER)
 
 
-def running_log_parts(root: Path, stage: str) -> tuple[Path, Path]:
-    """The running log's segments: the newer, the older."""
-    path = running_log_path(root, stage)
-    return path, older_segment(path)
+def running_log_parts(root: str | os.PathLike[str], stage: str) -> tuple[str, str]:
+    """The running log's segments (the newer, the older), as strings."""
+    path = _log_file(root, stage) + _RUNNING
+    return path, path + _OLDER
 
 
 def latest_states(chunks: Iterable[bytes]) -> Iterator[bytes]:
@@ -166,7 +175,7 @@ def keep_quiet(notes: StateCache, root: Path, stage: str, reason: str, run_key: 
     if not notes.keep_notes(kept):
         return False
     with contextlib.suppress(OSError):  # a log that cannot go is still older than the note
-        os.unlink(stage_log_path(root, stage))
+        os.unlink(_log_file(root, stage))
     return True
 
 
