@@ -52,7 +52,7 @@ def pivot_cmd() -> list[str]:
     if exe.is_file():
         return [str(exe)]
     found = shutil.which("pivot")
-    return [found] if found else [sys.executable, "-c", "from pivot.cli.main import main; main()"]
+    return [found] if found else [sys.executable, "-c", "from pivot.cli.entry import main; main()"]
 
 
 def chain_lines(n: int) -> list[str]:

@@ -36,7 +36,7 @@ def pivot_cmd() -> list[str]:
     exe = shutil.which("pivot")
     if exe:
         return [exe]
-    return [sys.executable, "-P", "-c", "from pivot.cli.main import main; main()"]
+    return [sys.executable, "-P", "-c", "from pivot.cli.entry import main; main()"]
 
 
 def run_pivot(cwd: Path, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:

@@ -14,7 +14,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import msgpack
 
@@ -24,6 +24,9 @@ from pivot.launch import python_cmd
 from pivot.launch.procs import describe_exit
 from pivot.launch.scratch import scratch_file
 from pivot.pipeline.manifest import Manifest
+
+if TYPE_CHECKING:
+    from pivot.launch.early import Early
 
 __all__ = [
     "LOADER_TIMEOUT_S", "Forked", "ForkedLoaderRun", "LoaderRun", "Loading", "Standby", "forget_services",
@@ -140,6 +143,15 @@ class ForkedLoaderRun:
                 os.close(ready)
             else:
                 ready.close()
+
+    @classmethod
+    def adopt(cls, early: Early) -> ForkedLoaderRun:
+        """The loader the `pivot` script forked before its imports (pivot/launch/early.py)."""
+        run = cls.__new__(cls)
+        run.root, run.served, run.answered = Path(early.root), False, False
+        run.result_path, run.output_path, run.ready_r = early.result_path, early.output_path, early.ready
+        run.proc = Forked.adopted(early.pid, early.pidfd)
+        return run
 
     def _remove(self) -> None:
         if self.served and self.exited():
@@ -321,6 +333,13 @@ class Forked:
         self.pid = pid
         self.pidfd = os.pidfd_open(pid)
 
+    @classmethod
+    def adopted(cls, pid: int, pidfd: int) -> Forked:
+        """A child of this process forked and started elsewhere (pivot/launch/early.py)."""
+        proc = cls(lambda: None, ())
+        proc.pid, proc.pidfd = pid, pidfd
+        return proc
+
     def join(self, timeout: float | None = None) -> None:
         if self.exitcode is not None:
             return
@@ -376,8 +395,12 @@ def start_loader(root: Path) -> Loading:
     and pool never do) nor started ZeroMQ, whose threads `threading` does not count: a
     fork copies no other thread, and a lock one of them held would stay held.
     `PIVOT_PRELOAD=0` starts fresh interpreters (pivot/runtime/preload.py)."""
+    from pivot.launch.early import take
     from pivot.runtime.preload import enabled
 
+    early = take(str(root.resolve()))  # forked by the `pivot` script: pivot/launch/early.py
+    if early is not None:
+        return ForkedLoaderRun.adopt(early)
     if enabled() and threading.active_count() == 1 and has_pidfds():
         return ForkedLoaderRun(root)
     return LoaderRun(root)

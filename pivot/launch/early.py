@@ -1,0 +1,155 @@
+"""The pipeline's loader, forked by the `pivot` script first thing (pivot/cli/entry.py)
+for the commands that load the pipeline at once (`repro`, `status`): before the command
+line's own imports (click, the state and the broker's modules: ~45 ms here), which then
+run beside the load instead of before it. The command takes it where it would have
+forked its loader (pivot/launch/spawn.py `start_loader`); one it does not take (another
+project root, `--force` found by click, a usage error) is killed at exit.
+
+It is forked only where the command's own fork would be (a single thread, no ZeroMQ,
+pidfds), for a project that has run before (its `.pivot/`) and that no engine serves
+(no `.pivot/run/endpoints.json`): there the command asks the engine instead of loading.
+Nothing but `os` and `sys` is imported here: every command pays for it before the fork.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["Early", "discard", "fork_loader", "take"]
+
+_COMMANDS = frozenset({"repro", "status"})
+# With these the command loads nothing itself (an engine runs it, or every stage runs,
+# or it only prints its help); short ones may come together (`-fj2`).
+_SKIPPING = frozenset({"--force", "--watch", "--broker", "--help"})
+_SKIPPING_SHORT = frozenset("fwh")
+_TEMP_VARIABLES = ("TMPDIR", "TEMP", "TMP")
+
+
+class Early:
+    """A loader forked here: what `spawn.ForkedLoaderRun` needs to wait for its answer."""
+
+    __slots__ = ("output_path", "pid", "pidfd", "ready", "result_path", "root")
+
+    def __init__(self, root: str, pid: int, pidfd: int, ready: int, result_path: str, output_path: str) -> None:
+        self.root, self.pid, self.pidfd, self.ready = root, pid, pidfd, ready
+        self.result_path, self.output_path = result_path, output_path
+
+
+_forked: list[Early] = []
+
+
+def fork_loader(argv: list[str]) -> None:
+    """Fork the loader of the project here if `argv` (the script's arguments) is a
+    command that loads it at once."""
+    if not _wanted(argv) or not hasattr(os, "pidfd_open"):
+        return
+    root = _root(os.path.realpath(os.getcwd()))
+    if root is None or not os.path.isdir(os.path.join(root, ".pivot")):
+        return
+    if os.path.lexists(os.path.join(root, ".pivot", "run", "endpoints.json")):
+        return
+    try:
+        result_path = _scratch(".msgpack")
+        output_path = _scratch(".out")
+    except OSError:
+        return
+    ready, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child (measured by the tests' results)
+        os.close(ready)
+        _load(root, result_path, output_path, ready_w)
+    os.close(ready_w)
+    early = Early(root, pid, -1, ready, result_path, output_path)
+    _forked.append(early)
+    if len(_forked) == 1:
+        import atexit
+
+        atexit.register(discard)
+    try:
+        early.pidfd = os.pidfd_open(pid)
+    except OSError:
+        discard()
+
+
+def take(root: str) -> Early | None:
+    """The loader forked for `root` (a resolved path), now the caller's; None if there is
+    none (one forked for another root is killed)."""
+    early = _forked.pop() if _forked else None
+    if early is not None and early.root != root:
+        _forked.append(early)
+        discard()
+        return None
+    return early
+
+
+def discard() -> None:
+    """Kill and reap a loader no command took, and remove its files."""
+    import contextlib
+
+    while _forked:
+        early = _forked.pop()
+        with contextlib.suppress(OSError):
+            os.kill(early.pid, 9)
+            os.waitpid(early.pid, 0)
+        for fd in (early.ready, early.pidfd):
+            if fd >= 0:
+                os.close(fd)
+        for path in (early.result_path, early.output_path):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
+def _wanted(argv: list[str]) -> bool:
+    if not argv or argv[0] not in _COMMANDS:
+        return False
+    if os.environ.get("PIVOT_PRELOAD", "1") == "0" or os.environ.get("PIVOT_BROKER"):
+        return False
+    for arg in argv[1:]:
+        if arg == "--":
+            break
+        if arg.partition("=")[0] in _SKIPPING:
+            return False
+        if arg[:1] == "-" and arg[1:2] != "-" and _SKIPPING_SHORT.intersection(arg[1:]):
+            return False
+    return True
+
+
+def _root(here: str) -> str | None:
+    """pivot/pipeline/project.py `find_root`, without pathlib: the nearest folder with
+    pipeline.py, else the top-most with a dvc.yaml."""
+    top_dvc = None
+    folder = here
+    while True:
+        if os.path.isfile(os.path.join(folder, "pipeline.py")):
+            return folder
+        if os.path.isfile(os.path.join(folder, "dvc.yaml")):
+            top_dvc = folder
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return top_dvc
+        folder = parent
+
+
+def _scratch(suffix: str) -> str:
+    """A new empty file named as pivot/launch/scratch.py `scratch_file` names the
+    loader's (its pid in the name: what a killed process leaves is swept)."""
+    folder = next((os.environ[n] for n in _TEMP_VARIABLES if os.path.isdir(os.environ.get(n, ""))), "/tmp")
+    path = os.path.join(folder, f"pivot-manifest-{os.getpid()}-{os.urandom(6).hex()}{suffix}")
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    return path
+
+
+def _load(root: str, result_path: str, output_path: str, ready: int) -> None:  # pragma: no cover - the child
+    code = 1
+    try:
+        from pivot.runtime.loader import forked_main
+
+        forked_main(root, result_path, output_path, ())
+        os.write(ready, b"1")
+        code = 0
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()  # into its output file once it redirected
+    finally:
+        os._exit(code)

@@ -1,0 +1,111 @@
+"""The loader the `pivot` script forks before its own imports (pivot/launch/early.py):
+taken by the command that loads the pipeline, never a second load, and killed with its
+files when no command takes it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.procs import describe, pivot_cmd
+
+PIPELINE = textwrap.dedent("""\
+    import os
+
+    from pivot import stage
+
+    with open("imports.log", "a") as log:  # one line per import of this file
+        log.write(f"{os.getpid()}\\n")
+    if os.path.exists("gate"):  # a FIFO: the import waits for a writer
+        open("gate").read()
+
+
+    @stage(deps=["in.txt"], outs=["out.txt"])
+    def copy() -> None:
+        with open("in.txt") as f, open("out.txt", "w") as out:
+            out.write(f.read())
+""")
+
+
+def _pivot(root: Path, tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*pivot_cmd(), *args], cwd=root, capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL, env={**os.environ, "TMPDIR": str(tmp)})
+
+
+def _imports(root: Path) -> list[str]:
+    return (root / "imports.log").read_text().split()
+
+
+def _project(make_project: Callable[..., Path], tmp_path: Path) -> tuple[Path, Path]:
+    root = make_project({"pipeline.py": PIPELINE, "in.txt": "x\n"})
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    ran = _pivot(root, tmp, "repro")
+    assert ran.returncode == 0 and (root / "out.txt").read_text() == "x\n", describe(ran)
+    return root, tmp
+
+
+def test_status_and_a_run_with_nothing_to_do_import_the_pipeline_once(
+    make_project: Callable[..., Path], tmp_path: Path,
+) -> None:
+    root, tmp = _project(make_project, tmp_path)
+    for args, said in ((("status",), "up to date"), (("repro",), "skipped"), (("repro", "--dry-run"), "skip")):
+        before = len(_imports(root))
+        result = _pivot(root, tmp, *args)
+        assert result.returncode == 0 and said in result.stdout, describe(result)
+        assert len(_imports(root)) == before + 1, (args, _imports(root))
+    (root / "in.txt").write_text("y\n")  # a stale stage: the engine's pool gets the loaded pipeline
+    before = len(_imports(root))
+    ran = _pivot(root, tmp, "repro")
+    assert ran.returncode == 0 and (root / "out.txt").read_text() == "y\n", describe(ran)
+    workers = len(_imports(root)) - before - 1  # the stage's worker imports it to run it
+    assert workers == 1, _imports(root)[before:]
+    assert [p.name for p in tmp.iterdir() if p.name.startswith("pivot-manifest-")] == []
+
+
+def test_a_loader_no_command_takes_is_killed_with_its_files(
+    make_project: Callable[..., Path], tmp_path: Path,
+) -> None:
+    root, tmp = _project(make_project, tmp_path)
+    os.mkfifo(root / "gate")  # every later import of pipeline.py waits there, until killed
+    before = len(_imports(root))
+    wrong = _pivot(root, tmp, "status", "--no-such-option")
+    assert wrong.returncode == 2 and "no-such-option" in wrong.stderr, describe(wrong)
+    for pid in _imports(root)[before:]:  # the loader, if it got that far: gone with the command
+        assert not Path(f"/proc/{pid}").exists(), pid
+    assert [p.name for p in tmp.iterdir() if p.name.startswith("pivot-manifest-")] == []
+
+
+def test_a_loader_forked_for_another_root_is_not_taken(make_project: Callable[..., Path], tmp_path: Path) -> None:
+    root, tmp = _project(make_project, tmp_path)
+    script = textwrap.dedent("""\
+        import os, sys
+        from pathlib import Path
+        from pivot.launch import early
+        from pivot.launch.spawn import start_loader
+
+        def files():
+            return len([n for n in os.listdir(os.environ["TMPDIR"]) if n.startswith("pivot-manifest-")])
+
+        for argv in (["repro", "--force"], ["repro", "-fj2"], ["status", "-h"], ["list"], ["up"]):
+            early.fork_loader(argv)
+            print(files(), end=" ")
+        early.fork_loader(["status"])
+        print(files(), end=" ")
+        assert early.take("/no/such/root") is None
+        try:
+            os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            print("reaped", files(), end=" ")
+        early.fork_loader(["repro", "-j", "2", "--display", "plain"])
+        print(",".join(s.name for s in start_loader(Path.cwd()).result().stages))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "TMPDIR": str(tmp)})
+    assert result.returncode == 0, describe(result)
+    assert result.stdout.split() == ["0", "0", "0", "0", "0", "2", "reaped", "0", "copy"], describe(result)
+    assert [p.name for p in tmp.iterdir() if p.name.startswith("pivot-manifest-")] == []
