@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import xxhash
+from procs import wait_for
 
 from pivot.state import hashing, statecache
 from pivot.state.statecache import STILL_READ_BYTES, StateCache, racy_window_ns
@@ -612,6 +613,24 @@ def test_notes_kept_in_a_batched_block_take_its_rows_along_in_one_transaction(db
             holder.close()
     assert StateCache(db).recorded(f) == "digest-f2"
     assert StateCache(db).note("log:b") is None
+
+
+def test_a_writer_waits_for_another_writers_transaction_then_writes(db: Path) -> None:
+    StateCache(db).keep_notes([("log:a", b"old")])  # (the database made)
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process's transaction holds the write lock
+    writer = StateCache(db)
+    done: list[bool] = []
+    thread = threading.Thread(target=lambda: done.append(writer.keep_notes([("log:a", b"new")])))
+    thread.start()
+    try:
+        wait_for(lambda: writer.write_waits > 0, 10.0, "the writer to wait for the lock")
+        assert not done
+    finally:
+        holder.execute("COMMIT")
+        holder.close()
+    thread.join(10.0)
+    assert done == [True] and StateCache(db).note("log:a") == b"new"
 
 
 def test_notes_that_cannot_be_kept_say_so(db: Path, tmp_path: Path) -> None:
