@@ -32,6 +32,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--broker-timeout", type=float, default=None,
         help="exit after the broker has been silent this long [--work: 3 s; --broker: never]",
     )
+    parser.add_argument(
+        "--one-shot", action="store_true",
+        help="serve one run with no watcher (pivot repro): its workers' writes to the state database are batched",
+    )
     parser.add_argument("--key", type=Path, default=None, help="this pool's CURVE secret key file")
     parser.add_argument("--broker-key", type=Path, default=None, help="the broker's CURVE public key file")
     parser.add_argument("--dask", default=None, metavar="SCHEDULER",

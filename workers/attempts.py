@@ -51,6 +51,7 @@ class Attempt:
     dead_pid: int | None = None  # (running, after the executor broke) its worker's pid if dead, else 0
     held: Prepared | None = None  # (queued) its decision
     announce: StageRunning | None = None  # (running) sent when its worker begins it
+    run_key: str | None = None  # (running) its run-cache key, if it has one
     after: set[str] = field(default_factory=set)  # (behind) the upstream attempts it waits for
 
     @property

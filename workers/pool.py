@@ -96,6 +96,7 @@ from pivot.state.plan import (
     prepare_quickly,
 )
 from pivot.state.reasons import ReasonCode
+from pivot.state.stagelogs import QuietRun
 from pivot.transport.curve import ClientKeys
 from pivot.transport.greet import BrokerRefused, NoBroker, greet
 from pivot.transport.sockets import decode_or_log, make_socket, send_msg
@@ -104,6 +105,7 @@ from workers.executors import Executor
 from workers.liveness import HELLO_EVERY_S, BrokerWatch
 from workers.outcomes import Outbox, Result, after_decision, after_run
 from workers.processes import WorkerProcesses
+from workers.quietlogs import QuietLogs
 from workers.streams import TAIL_S, AttemptOutput
 
 __all__ = ["PoolService", "main"]
@@ -138,6 +140,7 @@ class PoolService:
     def __init__(
         self, root: Path, link: Link | str, name: str, jobs: int, first_load: Loading | None = None,
         clock: Callable[[], float] = time.monotonic, executor: Executor | None = None, start_workers: int = 0,
+        one_shot: bool = False,
     ) -> None:
         self.clock = clock  # every time the pool reads (liveness, resends, cancels)
         self.root = root
@@ -187,6 +190,7 @@ class PoolService:
         # broker's cancels come before its ack.
         self.unsettled: set[str] = set()
         self.written: set[str] = set()  # outputs its workers wrote (refreshed at a graceful exit)
+        self.quiet = QuietLogs(self.state.hashes, root, one_shot=one_shot)  # what its workers leave it to store
         # Attempts cancelled while they waited in a worker behind another stage: reported
         # at once; their worker skips them when it gets there (the cancel marker).
         self.abandoned: set[str] = set()
@@ -233,6 +237,7 @@ class PoolService:
         if self.holding is not None:  # within a pass of the loop: sent at its end
             self.holding.append(msg)
             return
+        self.quiet.sending(self.clock(), idle=not self.attempts)
         assert self.sock is not None
         send_msg(self.sock, msg, sender=self.name)
         self.watch.sent(self.clock())
@@ -243,6 +248,7 @@ class PoolService:
         two cores each wake-up takes the CPU from someone; a pass that hands out a stage
         and reports another's result sent two."""
         held, self.holding = self.holding, None
+        self.quiet.sending(self.clock(), idle=not self.attempts)  # before the results among `held`
         if not held:
             return
         assert self.sock is not None
@@ -399,6 +405,7 @@ class PoolService:
                     self._send(Heartbeat(self.name))
                 self._resend(now)
                 self._enforce_cancels(now)
+                self.quiet.sending(now, idle=not self.attempts)
                 if now - self.lease_renewed >= LEASE_EVERY_S:
                     self.lease_renewed = now
                     self.lease_count += 1
@@ -453,6 +460,8 @@ class PoolService:
             deadlines.append(resend)
         if self.outputs:
             deadlines.append(self.next_look)
+        if self.quiet.due is not None:
+            deadlines.append(self.quiet.due)
         # An attempt whose worker was not known yet is signalled as soon as it is.
         deadlines += [now + 0.02 if not a.worker_pid else a.kill_at for a in self.attempts.values() if a.stop]
         return max(0.0, (min(deadlines) - now) * 1000)
@@ -594,6 +603,7 @@ class PoolService:
         if quick is not None:
             self._on_decision(job.attempt, quick)
             return
+        self.quiet.keep()  # a restore's log is its run's: its head line may be held here
         self._in_thread(
             "decided", job.attempt,
             lambda: prepare(self.state, spec, force=job.force, producers=producers),
@@ -802,6 +812,7 @@ class PoolService:
         )
         reason = decided.reason
         a.announce = StageRunning(attempt, str(reason.code), reason.message, reason.details)
+        a.run_key = work.run_key
         run_log = self.state.runs.log_path(work.run_key) if work.run_key else None
         self.outputs[attempt] = AttemptOutput(self.root, a.stage, pid_file, run_log=run_log)
         future_run = self.workers.submit(work, on_start=lambda: self._post("started", attempt, None))
@@ -852,6 +863,7 @@ class PoolService:
         else:
             tidied = ran.tidied and a.stop is None  # (a cancel asked for: its marker is here)
             self._forget_files(attempt, tidied=tidied)
+        self._hold_quiet(a, ran, tidied)
         result = after_run(a, ran)
         if result.status == Status.RAN and self.manifest is not None and a.stage in self.manifest.by_name:
             self.written.update(o for o in self.manifest.by_name[a.stage].outs if not o.endswith("/"))
@@ -872,6 +884,18 @@ class PoolService:
         if (not isinstance(ran, StageOutcome) or ran.status == Status.FAILED) and not self.unsettled:
             self.workers.resume()  # its worker waits for the word after a failure
 
+    def _hold_quiet(self, a: Attempt, ran: object, tidied: bool) -> None:
+        """What the attempt's worker left this pool to store (workers/quietlogs.py)."""
+        if not isinstance(ran, StageOutcome):
+            return
+        self.quiet.before_result(a.stage)
+        if ran.rows or ran.quiet_head:
+            quiet = None
+            if tidied and ran.quiet_head:
+                output = self.outputs.get(a.job.attempt)
+                quiet = QuietRun(a.stage, ran.quiet_head, ran.reason, a.run_key, output.run_log if output else None)
+            self.quiet.hold(quiet, ran.rows, self.clock())
+
     def _refresh_written(self) -> None:
         """Before a graceful exit (the end of a `repro`): the outputs its workers wrote
         have racy state-cache rows (hashed moments after their write), which the next
@@ -879,6 +903,7 @@ class PoolService:
         slower than the next). Those written longer ago than the file system's timestamp
         window are hashed and stored now. Small files only: a big one is left to the next
         check rather than delay this exit."""
+        self.quiet.keep()  # (the rows its workers hashed: the refresh reads them)
         written, self.written = self.written, set()
         if written:
             with contextlib.suppress(Exception):  # an optimisation: never in the way of the exit
@@ -953,6 +978,8 @@ class PoolService:
         self._behind(attempt, result.status)
 
     def _shutdown(self) -> None:
+        with contextlib.suppress(Exception):  # (said, if it could not be kept): the exit goes on
+            self.quiet.keep()
         logging.getLogger(NOTICES_LOGGER).removeHandler(self.notices)
         drop_standby()  # the loader forked ahead of a next load
         self.workers.close()
@@ -1048,7 +1075,7 @@ def main(args: argparse.Namespace, first_load: Loading | None = None) -> int:
             return 2
         executor, jobs = dask, jobs or dask.slots()
     service = PoolService(args.root, link, args.name, jobs, first_load, executor=executor,
-                          start_workers=args.start_workers)
+                          start_workers=args.start_workers, one_shot=args.one_shot)
     service.records = records
     signal.signal(signal.SIGTERM, service.request_stop)
     signal.signal(signal.SIGINT, service.request_stop)

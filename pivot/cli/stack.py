@@ -108,7 +108,8 @@ class Stack:
 
     def _start_pool(self, work_endpoint: str, manifest: Manifest | None = None, stale: int = 0) -> None:
         self.pool_log.parent.mkdir(parents=True, exist_ok=True)
-        argv = ["--root", str(self.root), "--work", work_endpoint, "--name", POOL_NAME, "--jobs", str(self.jobs)]
+        argv = ["--root", str(self.root), "--work", work_endpoint, "--name", POOL_NAME, "--jobs", str(self.jobs),
+                "--one-shot"]
         if stale:  # its workers start beside its hello and the wave's plan, not after
             argv += ["--start-workers", str(stale)]
         with open_role_log(self.pool_log) as out:

@@ -96,6 +96,11 @@ class StageOutcome:
     error: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    # A pool's attempt that printed nothing: its worker wrote its log and removed its
-    # files, which its pool then need not do (pivot/runtime/worker.py `_tidy`).
+    # A pool's attempt that printed nothing: its worker removed its files and the stage's
+    # earlier log, which its pool then need not do (pivot/runtime/worker.py `_tidy`); its
+    # log, one head line, is `quiet_head`, which its pool keeps (workers/quietlogs.py).
     tidied: bool = False
+    quiet_head: bytes = b""
+    # A pool's attempt that ran: the state-cache rows its worker hashed (its outputs), for
+    # its pool to store with other stages' (StateCache.take_held).
+    rows: list[tuple[str, int, int, int, str, int]] = field(default_factory=list)

@@ -38,7 +38,7 @@ from pivot.runtime.usertb import user_traceback
 from pivot.state.lock import StageLock, write_lock
 from pivot.state.outputs import ProjectState, commit, preserve, remove, settle
 from pivot.state.reasons import ReasonCode
-from pivot.state.stagelogs import finish_log, keep_log, keep_quiet, running_log_parts
+from pivot.state.stagelogs import keep_log, quiet_head, running_log_parts, stage_log_file
 
 __all__ = ["run_stage", "serve"]
 
@@ -166,17 +166,15 @@ def _call(decl: StageDecl, params: dict[str, Any], root: Path, pid_file: str | N
                     root=root)
 
 
-def _tidy(state: ProjectState, stage: str, reason: str, run_key: str | None, pid_file: str) -> bool:
-    """A pool's attempt that ran and printed nothing: its log (one head line) is kept
-    here, and its files removed, in parallel with the other stages rather than in the
-    pool's one loop. False if a file could not be removed: its pool then does it all."""
-    root = state.root
-    if not keep_quiet(state.hashes, root, stage, reason, run_key):
-        finish_log(root, stage, "ran", reason, None, [], 0, state.runs.log_path(run_key) if run_key else None)
-    for path in (*running_log_parts(root, stage), output_file(pid_file, "stdout"),
+def _tidy(root: str, stage: str, pid_file: str) -> bool:
+    """A pool's attempt that ran and printed nothing: its files, and the stage's earlier
+    log (its pool keeps this run's, one head line: `StageOutcome.quiet_head`), removed
+    here, in parallel with the other stages rather than in the pool's one loop. False
+    if a file could not be removed: its pool then does it all."""
+    for path in (stage_log_file(root, stage), *running_log_parts(root, stage), output_file(pid_file, "stdout"),
                  output_file(pid_file, "stderr"), pid_file):
         try:
-            os.unlink(path)  # os, not pathlib: five a stage, most of them absent
+            os.unlink(path)  # os, not pathlib: six a stage, most of them absent
         except FileNotFoundError:
             pass
         except OSError:
@@ -223,18 +221,24 @@ def run_stage(job: StageJob) -> StageOutcome:
         reason = clip(reason, MAX_REASON_CHARS)
         error = None if error is None else clip(error, MAX_DETAIL_CHARS)
         tidied = False
+        head = b""
+        rows: list[tuple[str, int, int, int, str, int]] = []
         if executed:
             if pid_file is None:  # else its pool keeps the log, with what it printed
                 keep_log(root, name, status, reason, error,
                          state.runs.log_path(job.run_key) if job.run_key else None)
-            elif quiet and status == "ran":
-                tidied = _tidy(state, name, reason, job.run_key, pid_file)
+            elif status == "ran":
+                # Its pool stores them, with other stages' (a transaction a stage, here,
+                # was a tenth of a small stage).
+                rows = state.hashes.take_held()
+                if quiet and _tidy(job.root, name, pid_file):
+                    tidied, head = True, quiet_head(name, reason)
             if status != "ran":
                 settle(state, outs)  # what it deleted or half wrote starts no wave
         return StageOutcome(
             status, code, reason, time.perf_counter() - started, error,
             details if details is not None else (job.details if status == "ran" else {}),
-            notes, tidied,
+            notes, tidied, head, rows,
         )
 
     try:

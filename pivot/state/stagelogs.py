@@ -11,8 +11,9 @@ that executed, which may have had other params).
 A run that printed nothing has a log of one head line. It is kept in the state database
 (`keep_quiet`), not in a file: a file is an inode, and on this machine's ext4 making one
 costs 0.1-1 ms, a fifth of what a small stage costs in all. `STAGE.log`, when present,
-is newer than the kept head line: a run that prints writes it, a quiet one removes it
-after keeping its head line.
+is newer than the kept head line: a run that prints writes it, a quiet one's worker
+removes it and its pool keeps the head line (workers/quietlogs.py: many stages' in one
+transaction).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,8 +33,8 @@ if TYPE_CHECKING:
     from pivot.state.statecache import StateCache
 
 __all__ = [
-    "RUN_NOTES", "finish_log", "keep_log", "keep_quiet", "latest_states", "note_restored", "older_segment", "quiet_log",
-    "running_log_parts", "running_log_path", "stage_log_path",
+    "RUN_NOTES", "QuietRun", "finish_log", "keep_log", "keep_quiet", "latest_states", "note_restored", "older_segment",
+    "quiet_head", "quiet_log", "running_log_parts", "running_log_path", "stage_log_file", "stage_log_path",
 ]
 
 RUN_NOTES = "run-log:"  # the head line of a quiet run, by run-cache key
@@ -56,6 +58,11 @@ def _log_file(root: str | os.PathLike[str], stage: str) -> str:
 
 def stage_log_path(root: Path, stage: str) -> Path:
     return Path(_log_file(root, stage))
+
+
+def stage_log_file(root: str | os.PathLike[str], stage: str) -> str:
+    """`stage_log_path` as a string (a worker's every stage)."""
+    return _log_file(root, stage)
 
 
 def running_log_path(root: Path, stage: str) -> Path:
@@ -163,20 +170,38 @@ def finish_log(
                 part.unlink()
 
 
-def keep_quiet(notes: StateCache, root: Path, stage: str, reason: str, run_key: str | None) -> bool:
-    """A run that succeeded and printed nothing: its log, one head line, is kept in the
-    state database (for the run cache too, under `run_key`), and the log file of an
-    earlier run removed. False if the database could not keep it: `finish_log` then
-    writes the file."""
-    head = _head(stage, "ran", reason)
-    kept = [(_stage_note(stage), head)]
-    if run_key:
-        kept.append((RUN_NOTES + run_key, head))
-    if not notes.keep_notes(kept):
-        return False
-    with contextlib.suppress(OSError):  # a log that cannot go is still older than the note
-        os.unlink(_log_file(root, stage))
-    return True
+@dataclass(frozen=True)
+class QuietRun:
+    """A pool's run that succeeded and printed nothing, its log (`head`, one line) to
+    keep (`keep_quiet`); its worker removed the stage's earlier log file."""
+
+    stage: str
+    head: bytes
+    reason: str
+    run_key: str | None
+    run_log: Path | None  # its file beside its run-cache entry, if it must be a file
+
+
+def quiet_head(stage: str, reason: str) -> bytes:
+    """The log of a run that succeeded and printed nothing."""
+    return _head(stage, "ran", reason)
+
+
+def keep_quiet(
+    notes: StateCache, root: Path, runs: list[QuietRun], rows: Sequence[tuple[str, int, int, int, str, int]] = (),
+) -> None:
+    """Keep the quiet runs' head lines in the state database (for the run cache too,
+    under each run key), with `rows` for the state cache, in one transaction; when the
+    database cannot keep them, each run's log is a file, as a run that printed has."""
+    kept: list[tuple[str, bytes]] = []
+    for run in runs:
+        kept.append((_stage_note(run.stage), run.head))
+        if run.run_key:
+            kept.append((RUN_NOTES + run.run_key, run.head))
+    if notes.keep_notes(kept, rows):
+        return
+    for run in runs:
+        finish_log(root, run.stage, "ran", run.reason, None, [], 0, run.run_log)
 
 
 def quiet_log(root: Path, stage: str) -> bytes | None:

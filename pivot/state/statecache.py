@@ -74,7 +74,7 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -382,24 +382,28 @@ class StateCache:
 
     # --- notes: small values kept beside the rows, for other stores -----------------------
 
-    def keep_notes(self, notes: list[tuple[str, bytes]]) -> bool:
-        """Store each (key, value), in one transaction, with the rows this thread's
-        `batched()` block holds. False when they could not be stored (no usable
-        database, another writer past the busy timeout): the caller keeps them another
-        way (the block's rows are still written at its end). Used where a file of its own would cost an inode for a
-        few bytes (pivot/state/stagelogs.py: the log of a run that printed nothing)."""
+    def keep_notes(self, notes: list[tuple[str, bytes]], rows: Sequence[tuple[str, int, int, int, str, int]] = ()) -> bool:
+        """Store each (key, value), in one transaction, with `rows` (rows `take_held`
+        gave another process) and the rows this thread's `batched()` block holds. False
+        when the notes could not be stored (no usable database, another writer past the
+        busy timeout): the caller keeps them another way (the block's rows are still
+        written at its end; `rows` are dropped: a cache). Used where a file of its own
+        would cost an inode for a few bytes (pivot/state/stagelogs.py: the log of a run
+        that printed nothing)."""
         if not notes:
+            self._store(list(rows))
             return True
         conn = self._conn()
         if conn is None:
             return False
         sql, values = _NOTE_UPSERT + ", (?, ?)" * (len(notes) - 1), [v for note in notes for v in note]
-        held = self._local.held
-        if held:  # a `batched()` block's rows go with them: one transaction, not two
+        held = [*rows, *(self._local.held or ())]
+        if held:  # the rows go with them: one transaction, not two
             if not self._transact(conn, lambda: (conn.executemany(_UPSERT, held), conn.execute(sql, values)),
                                   "writing a note to the state cache"):
                 return False
-            held.clear()
+            if self._local.held:
+                self._local.held.clear()
             return True
         try:  # one statement, so one transaction without BEGIN and COMMIT: a third cheaper
             self._writing(conn, lambda: conn.execute(sql, values))
@@ -576,6 +580,17 @@ class StateCache:
         finally:
             held, self._local.held, self._local.memo = self._local.held, None, None
             self._store(held)
+
+    def take_held(self) -> list[tuple[str, int, int, int, str, int]]:
+        """The rows this thread's `batched()` block holds, taken out of it: another
+        process stores them (a pool's worker's, with its result: its pool, with other
+        stages' in one transaction)."""
+        held = self._local.held
+        if not held:
+            return []
+        taken = list(held)
+        held.clear()
+        return taken
 
     # --- writes -------------------------------------------------------------------------
 

@@ -5,13 +5,22 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from pivot.runtime.capture import FLUSH_S, captured, output_path, write_note
-from pivot.state.stagelogs import RUN_NOTES, keep_quiet, quiet_log, running_log_path, stage_log_path
+from pivot.state.stagelogs import (
+    RUN_NOTES,
+    QuietRun,
+    keep_quiet,
+    quiet_head,
+    quiet_log,
+    running_log_path,
+    stage_log_path,
+)
 from pivot.state.statecache import StateCache
 from workers.streams import (
     LINES_PER_TICK,
@@ -278,25 +287,31 @@ def test_a_log_that_cannot_be_written_is_said_once_and_the_lines_still_go_live(t
     out.finish("ran", "r", None)  # nothing to keep, nothing raised
 
 
-def test_a_quiet_runs_log_is_kept_in_the_state_database_and_replaces_the_file(tmp_path: Path) -> None:
-    log = stage_log_path(tmp_path, "s")
-    log.parent.mkdir(parents=True)
-    log.write_text("# s: ran (before)\nwhat an earlier run printed\n")
+def test_a_quiet_runs_log_is_kept_in_the_state_database(tmp_path: Path) -> None:
     assert quiet_log(tmp_path, "s") is None  # no database yet: none made by asking
     assert not (tmp_path / ".pivot" / "state.db").exists()
+    row = (str(tmp_path / "out.txt"), 7, 3, 1_000, "d" * 32, 2_000)
     with StateCache(tmp_path / ".pivot" / "state.db") as notes:
-        assert keep_quiet(notes, tmp_path, "s", "params changed", "k1")
+        run = QuietRun("s", quiet_head("s", "params changed"), "params changed", "k1", None)
+        keep_quiet(notes, tmp_path, [run], [row])
         head = quiet_log(tmp_path, "s")
         assert head is not None and head.startswith(b"# s: ran (params changed) at ") and head.count(b"\n") == 1
-        assert not log.exists()  # the earlier run's file would be shown instead
         assert notes.note(RUN_NOTES + "k1") == head  # for the run cache: restored with it
+    with sqlite3.connect(tmp_path / ".pivot" / "state.db") as db:  # the rows its workers hashed, with it
+        assert db.execute("SELECT path, digest FROM file_state_v1").fetchall() == [(row[0], row[4])]
+    assert not stage_log_path(tmp_path, "s").exists()  # a file only when the database cannot keep it
 
 
-def test_a_quiet_run_whose_log_cannot_be_kept_leaves_the_file_to_its_caller(tmp_path: Path) -> None:
+def test_quiet_runs_whose_logs_cannot_be_kept_have_them_written_as_files(tmp_path: Path) -> None:
     log = stage_log_path(tmp_path, "s")
     log.parent.mkdir(parents=True)
     log.write_text("# s: ran (before)\n")
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where the database's folder should be")
-    assert not keep_quiet(StateCache(blocker / "state.db"), tmp_path, "s", "params changed", None)
-    assert log.read_text() == "# s: ran (before)\n"  # finish_log replaces it (the worker's fallback)
+    run_log = tmp_path / "k1.log"
+    runs = [QuietRun("s", quiet_head("s", "params changed"), "params changed", "k1", run_log),
+            QuietRun("t", quiet_head("t", "new"), "new", None, None)]
+    keep_quiet(StateCache(blocker / "state.db"), tmp_path, runs)
+    assert log.read_text().startswith("# s: ran (params changed) at ")
+    assert run_log.read_text() == log.read_text()  # beside its run-cache entry too
+    assert stage_log_path(tmp_path, "t").read_text().startswith("# t: ran (new) at ")
