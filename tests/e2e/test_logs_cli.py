@@ -107,6 +107,34 @@ def test_a_run_that_printed_nothing_has_its_own_log_then_and_when_restored(
     assert ok(root, "logs", "quiet").splitlines() == lines  # the stage's own stays
 
 
+MANY_QUIET = '''\
+from pivot import stage
+
+for i in range(40):
+    def make(i: int = i) -> None:
+        open(f"out{i}.txt", "w").write(f"{i}\\n")
+
+    stage(name=f"q{i}", outs=[f"out{i}.txt"])(make)
+'''
+
+
+def test_a_one_shot_runs_pool_keeps_every_quiet_log_and_output_row_before_it_exits(
+    make_project: Callable[..., Path],
+) -> None:
+    # Its workers leave both to it, and it holds them for a while (workers/quietlogs.py):
+    # none may be lost to the run's end, however the stages fell into its batches.
+    root = make_project({"pipeline.py": MANY_QUIET})
+    done = run_pivot(root, "repro", "-j", "2", "--json")
+    assert done.returncode == 0, describe(done)
+    with sqlite3.connect(root / ".pivot" / "state.db") as db:
+        notes = dict(db.execute("SELECT key, value FROM notes_v1 WHERE key LIKE 'log:%'").fetchall())
+        paths = {row[0] for row in db.execute("SELECT path FROM file_state_v1")}
+    assert sorted(notes) == sorted(f"log:q{i}" for i in range(40))
+    assert all(bytes(v).startswith(f"# {k[4:]}: ran (never ran) at ".encode()) for k, v in notes.items())
+    assert {str(root.resolve() / f"out{i}.txt") for i in range(40)} <= paths
+    assert ok(root, "logs", "q39").startswith("# q39: ran (never ran) at ")
+
+
 def test_logs_of_an_unknown_or_never_run_stage_is_a_usage_error(make_project: Callable[..., Path]) -> None:
     root = make_project({"pipeline.py": PIPELINE})
     for args in (["logs", "talk"], ["logs"], ["logs", "talk", "--role", "pool"], ["logs", "talk", "-f"]):
