@@ -127,7 +127,12 @@ def main() -> None:
 def _exit_now(rc: int) -> None:
     """Exit without interpreter teardown once output is flushed: every command has closed
     what it opened (sockets, processes, files) by now, and tearing down the modules a run
-    imported costs ~20 ms of every command for nothing."""
+    imported costs ~20 ms of every command for nothing. A loader the `pivot` script forked
+    for a command that did not take it (an engine found after all) goes first: no exit
+    handler runs after this."""
+    from pivot.launch.early import discard
+
+    discard()
     try:
         sys.stdout.flush()
         sys.stderr.flush()

@@ -80,6 +80,31 @@ def test_a_loader_no_command_takes_is_killed_with_its_files(
     assert [p.name for p in tmp.iterdir() if p.name.startswith("pivot-manifest-")] == []
 
 
+def test_a_command_that_ends_without_taking_its_loader_kills_it_with_its_files(
+    make_project: Callable[..., Path], tmp_path: Path,
+) -> None:
+    # A command's quick exit (os._exit: pivot/cli/main.py) runs no exit handler: a loader
+    # forked for it and not taken (an engine found after all) must still go.
+    root, tmp = _project(make_project, tmp_path)
+    os.mkfifo(root / "gate")  # the loader's import of pipeline.py waits there, until killed
+    script = textwrap.dedent("""\
+        import sys
+        from pivot.launch import early
+        from pivot.cli.main import main
+
+        assert early.fork_loader(["status"]) is None and early._forked
+        sys.argv = ["pivot", "--version"]  # ends well, and takes no loader
+        main()
+    """)
+    before = len(_imports(root))
+    result = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "TMPDIR": str(tmp)})
+    assert result.returncode == 0 and "version" in result.stdout, describe(result)
+    for pid in _imports(root)[before:]:  # the loader, if it got that far: gone with the command
+        assert not Path(f"/proc/{pid}").exists(), pid
+    assert [p.name for p in tmp.iterdir() if p.name.startswith("pivot-manifest-")] == []
+
+
 def test_a_loader_forked_for_another_root_is_not_taken(make_project: Callable[..., Path], tmp_path: Path) -> None:
     root, tmp = _project(make_project, tmp_path)
     script = textwrap.dedent("""\
