@@ -281,7 +281,7 @@ def run_stage(job: StageJob) -> StageOutcome:
         return outcome("failed", "failed", msg)
     try:
         for out in transient:
-            remove(root / out)
+            remove(os.path.join(job.root, out))  # (a string: every stage run)
     except OSError as exc:  # a read-only mount, a permission: said, the stage not run
         return outcome("failed", "failed", f"not run: {describe_os_error(exc, root)}")
     executed = True

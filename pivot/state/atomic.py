@@ -9,25 +9,24 @@ import stat
 import sys
 import threading
 from collections.abc import Callable
-from pathlib import Path
 
 __all__ = ["link_atomic", "replace_small", "write_atomic"]
 
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
 
 
-def write_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
+def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int | None = None) -> None:
     """Write `data` to a temp file beside `path` (a hidden `.NAME.*.tmp`), then rename it
     over `path`. `mode` None gives 0600, as mkstemp did. Raises OSError; no temp file is
     left."""
     # Named for this process and thread, so no other writer uses it: no random name to
     # draw and no exclusive create to retry (mkstemp took a third of a small write), and
     # the folder is made only when it is missing.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp = _temp_beside(path)
     try:
         fd = os.open(tmp, _FLAGS, 0o600)
     except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        os.makedirs(os.path.dirname(tmp), exist_ok=True)
         fd = os.open(tmp, _FLAGS, 0o600)
     try:
         view = memoryview(data)
@@ -41,11 +40,12 @@ def write_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
     except BaseException:
         if fd >= 0:
             os.close(fd)
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
         raise
 
 
-def link_atomic(src: str | os.PathLike[str], path: Path) -> None:
+def link_atomic(src: str | os.PathLike[str], path: str | os.PathLike[str]) -> None:
     """`path` becomes a hard link to `src` (made whole: locks and logs are replaced by a
     rename, never written in place), replacing what was there. A link is atomic by
     itself, so where `path` is absent (a run's first entry) it is made there at once:
@@ -56,13 +56,13 @@ def link_atomic(src: str | os.PathLike[str], path: Path) -> None:
             os.link(src, path)
             return
         except FileNotFoundError:  # its folder is missing (or `src` is: raised again)
-            path.parent.mkdir(parents=True, exist_ok=True)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
             os.link(src, path)
             return
     except FileExistsError:
         if os.path.samefile(src, path):  # that link already (a rename would leave the temp)
             return
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp = _temp_beside(path)
     try:
         os.link(src, tmp)
         replace_small(tmp, path)
@@ -70,6 +70,14 @@ def link_atomic(src: str | os.PathLike[str], path: Path) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _temp_beside(path: str | os.PathLike[str]) -> str:
+    """A hidden `.NAME.PID.THREAD.tmp` beside `path`: named for this process and thread,
+    so no other writer uses it (strings: a stage writes two, and pathlib's parses cost
+    as much as the writes)."""
+    folder, name = os.path.split(os.fspath(path))
+    return os.path.join(folder, f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
 
 
 def replace_small(tmp: str | os.PathLike[str], path: str | os.PathLike[str]) -> None:

@@ -162,6 +162,10 @@ class ContentCache:
         self._files = cache_dir / "files"
         self._dirs = cache_dir / "dirs"
         self._tmp = cache_dir / "tmp"
+        # As strings, for a stage's store (pathlib's joins and parses were a sixth of a
+        # worker's own time, sampled).
+        self._files_s = os.fspath(self._files)
+        self._tmp_s = os.fspath(self._tmp)
 
     # --- lookup -----------------------------------------------------------------------------
 
@@ -174,8 +178,10 @@ class ContentCache:
 
     def has(self, digest: str) -> bool:
         """True when the object is present; a directory needs its manifest and every file."""
+        if _FILE_DIGEST_RE.fullmatch(digest):  # (a string: a stage's every output)
+            return os.path.isfile(os.path.join(self._files_s, digest[:2], digest[2:]))
         if not is_dir_digest(digest):
-            return self.object_path(digest).is_file()
+            return self.object_path(digest).is_file()  # (its error)
         try:
             entries = self.manifest(digest)
         except (MissingObject, CorruptObject):
@@ -215,17 +221,17 @@ class ContentCache:
 
     # --- store ------------------------------------------------------------------------------
 
-    def store(self, path: Path) -> str:
+    def store(self, path: str | os.PathLike[str]) -> str:
         """Store a file or directory; return the digest of exactly what was stored."""
         return self.store_read(path, os.stat(path))[0]
 
-    def store_read(self, path: Path, st: os.stat_result) -> tuple[str, os.stat_result | None]:
+    def store_read(self, path: str | os.PathLike[str], st: os.stat_result) -> tuple[str, os.stat_result | None]:
         """`store` of a path the caller has just stat'ed (`st`, following links). For a
         file read whole (up to _SMALL_FILE), also the stat of the file as it was read,
         taken before reading it: its state-cache row, with no stat after (a change
         meanwhile makes the row disagree with the file, which is then hashed again)."""
         if stat.S_ISDIR(st.st_mode):
-            return self._store_dir(path), None
+            return self._store_dir(Path(path)), None
         return self._store_file(path, st)
 
     def store_file_known(self, path: Path, digest: str) -> None:
@@ -242,7 +248,9 @@ class ContentCache:
                 f"{path} changed while being cached: expected {digest}, stored {stored}"
             )
 
-    def _store_file(self, src: Path, st: os.stat_result | None = None) -> tuple[str, os.stat_result | None]:
+    def _store_file(
+        self, src: str | os.PathLike[str], st: os.stat_result | None = None,
+    ) -> tuple[str, os.stat_result | None]:
         # Checked before opening too: opening a FIFO for reading would block.
         if st is None:
             st = os.stat(src)
@@ -272,9 +280,9 @@ class ContentCache:
         return digest, None
 
     def _store_bytes(self, data: bytes) -> str:
-        digest = xxhash.xxh3_128_hexdigest(data)
-        final = self.object_path(digest)
-        if final.exists():
+        digest = xxhash.xxh3_128_hexdigest(data)  # (a file digest: object_path's layout)
+        final = os.path.join(self._files_s, digest[:2], digest[2:])
+        if os.path.exists(final):
             return digest
         tmp = self._temp_with(data)
         try:
@@ -284,11 +292,11 @@ class ContentCache:
             raise
         return digest
 
-    def _temp_with(self, data: bytes) -> Path:
+    def _temp_with(self, data: bytes) -> str:
         """A temp file in the cache holding `data`, read-only (and synced with `fsync`)."""
         # os calls, not a file object: one a stage, and a file object costs three
         # syscalls more (fstat, ioctl, lseek) and ~10 us.
-        tmp = _temp_name(self._tmp)
+        tmp = os.path.join(self._tmp_s, _temp_file_name())
         try:
             fd = os.open(tmp, _EXCLUSIVE, 0o600)
         except FileNotFoundError:  # made on first use only: a call each stage otherwise
@@ -329,16 +337,17 @@ class ContentCache:
             raise
         return digest
 
-    def _publish(self, tmp: Path, final: Path) -> None:
-        if final.exists():
-            tmp.unlink()  # same content already cached: keep the existing object untouched
+    def _publish(self, tmp: str | os.PathLike[str], final: str | os.PathLike[str]) -> None:
+        if os.path.exists(final):
+            os.unlink(tmp)  # same content already cached: keep the existing object untouched
             return
         try:
             os.replace(tmp, final)
         except FileNotFoundError:  # its fan-out folder is new (or `tmp` is gone: raised again)
-            final.parent.mkdir(parents=True, exist_ok=True)
+            os.makedirs(os.path.dirname(final), exist_ok=True)
             os.replace(tmp, final)
-        self._sync_dir(final.parent)
+        if self.fsync:
+            self._sync_dir(Path(os.path.dirname(final)))
 
     def _sync_dir(self, path: Path) -> None:
         if not self.fsync:
@@ -595,10 +604,14 @@ def _safe_rel(rel: str) -> bool:
 
 
 def _temp_name(directory: Path) -> Path:
-    return directory / f"{_TMP_PREFIX}{os.getpid()}-{os.urandom(6).hex()}"
+    return directory / _temp_file_name()
 
 
-def _read_small(src: Path) -> tuple[bytes, os.stat_result] | None:
+def _temp_file_name() -> str:
+    return f"{_TMP_PREFIX}{os.getpid()}-{os.urandom(6).hex()}"
+
+
+def _read_small(src: str | os.PathLike[str]) -> tuple[bytes, os.stat_result] | None:
     """The whole of regular file `src` and its stat as it was opened, or None when it
     holds more than _SMALL_FILE."""
     fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
@@ -629,9 +642,11 @@ def _create_temp(directory: Path) -> tuple[Path, BinaryIO]:
     return path, _open_exclusive(path)
 
 
-def _unlink_quietly(path: Path) -> None:
+def _unlink_quietly(path: str | os.PathLike[str]) -> None:
     try:
-        path.unlink(missing_ok=True)
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
     except OSError as exc:
         log.warning("could not remove temp file %s: %s", path, exc)
 

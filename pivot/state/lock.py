@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from pivot.state.statecache import StateCache
 
 __all__ = [
-    "LockPrefetch", "StageLock", "lock_path", "lock_problem", "parse_lock", "read_lock", "stage_file", "stage_of_file",
+    "LockPrefetch", "StageLock", "lock_file", "lock_path", "lock_problem", "parse_lock", "read_lock", "stage_file", "stage_of_file",
     "write_lock",
 ]
 
@@ -100,7 +100,12 @@ def stage_of_file(name: str) -> str:
 
 
 def lock_path(root: Path, stage: str) -> Path:
-    return root.joinpath(".pivot", "stages", f"{stage_file(stage)}.lock")  # one parse, not three
+    return Path(lock_file(root, stage))
+
+
+def lock_file(root: str | os.PathLike[str], stage: str) -> str:
+    """`lock_path` as a string (every stage run writes one)."""
+    return os.path.join(root, ".pivot", "stages", f"{stage_file(stage)}.lock")
 
 
 def read_lock(root: Path, stage: str) -> StageLock | None:
@@ -236,9 +241,9 @@ def lock_problem(root: Path, stage: str) -> str | None:
     return f"missing {', '.join(missing)}" if missing else "fields of the wrong type"
 
 
-def write_lock(root: Path, lock: StageLock) -> Path:
+def write_lock(root: Path, lock: StageLock) -> str:
     """Write the stage's lock (atomically); returns its path."""
-    path = lock_path(root, lock.stage)
+    path = lock_file(root, lock.stage)
     # 0644: lock files are shared through git.
     write_atomic(path, lock.to_json().encode(), mode=0o644)
     return path

@@ -72,8 +72,9 @@ def preserve(
     hand edit of one is."""
     saved = []
     never = set(uncached)
+    top = os.path.join(state.root, "")  # (strings: every stage run asks)
     for out in outs:
-        path = state.root / out
+        path = top + out
         digest = state.hashes.hash_path(path)
         if digest is None or state.cache.has(digest) or (out in never and digest == recorded.get(out)):
             continue
@@ -83,12 +84,12 @@ def preserve(
     return saved
 
 
-def _record(state: ProjectState, path: Path, digest: str, st: os.stat_result | None = None) -> None:
+def _record(state: ProjectState, path: str | os.PathLike[str], digest: str, st: os.stat_result | None = None) -> None:
     """Tell the state cache what was just written, so the next run need not read it
     (`st`: the file as it was read, when the caller has it)."""
     if is_dir_digest(digest):
         for rel, file_digest in state.cache.manifest(digest):
-            state.hashes.record(path / rel, file_digest)
+            state.hashes.record(Path(path) / rel, file_digest)
     else:
         state.hashes.record(path, digest, st)
 
@@ -98,8 +99,9 @@ def commit(state: ProjectState, outs: list[str], uncached: Iterable[str] = ()) -
     `cache: false`); return path -> digest (None when not produced)."""
     result: dict[str, str | None] = {}
     keep_out = set(uncached)
+    top = os.path.join(state.root, "")  # (strings: declared paths, as decide.decide joins them)
     for out in outs:
-        path = state.root / out
+        path = top + out
         try:
             st = os.stat(path)  # one stat: whether it exists, what it is
         except OSError as exc:
@@ -145,7 +147,7 @@ def settle(state: ProjectState, outs: list[str]) -> None:
             state.hashes.forget(path)
 
 
-def remove(path: Path) -> None:
+def remove(path: str | os.PathLike[str]) -> None:
     """Remove the file, folder or link (not what it points to) at `path`, if any."""
     try:
         st = os.lstat(path)  # one syscall for an output a cold run has yet to write

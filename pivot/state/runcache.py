@@ -40,9 +40,10 @@ def run_key(spec: StageSpec, dep_hashes: dict[str, str]) -> str:
 class RunCache:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        self._folder_s = os.fspath(folder)
 
-    def _path(self, key: str) -> Path:
-        return self.folder.joinpath(key[:2], f"{key[2:]}.json")
+    def _path(self, key: str) -> str:
+        return os.path.join(self._folder_s, key[:2], f"{key[2:]}.json")  # (a string: every stage run)
 
     def log_path(self, key: str) -> Path:
         """Where the output of the run that recorded `key` is kept (pivot/state/stagelogs.py)."""
@@ -61,7 +62,7 @@ class RunCache:
             pass
         return None
 
-    def record(self, key: str, stage: str, outs: dict[str, str], lock_file: Path | None = None) -> None:
+    def record(self, key: str, stage: str, outs: dict[str, str], lock_file: str | os.PathLike[str] | None = None) -> None:
         """Record `key`'s outputs. With `lock_file` (the lock the run just wrote, which
         holds the same "stage" and "outs"), the entry is a hard link to it rather than a
         file of its own: a new file costs 65-200 us on this machine's ext4 (an inode),

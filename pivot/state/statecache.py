@@ -311,7 +311,7 @@ class StateCache:
             return True
         return found is not None
 
-    def record(self, path: Path, digest: str, st: os.stat_result | None = None) -> None:
+    def record(self, path: str | os.PathLike[str], digest: str, st: os.stat_result | None = None) -> None:
         """Store `digest` as the hash of `path`'s current contents (the caller just hashed or
         wrote it and guarantees it has not changed since), or, given `st`, of the file
         `st` describes (taken before it was read: a change since makes them disagree). A

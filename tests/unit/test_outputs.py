@@ -85,7 +85,7 @@ def test_a_run_cache_entry_linked_to_its_lock_keeps_that_run_after_the_lock_is_r
     first = write_lock(tmp_path, StageLock("fit", "fp1", {}, {"in.txt": "d1"}, {"out.txt": "h1"}))
     runs.record("ab" * 16, "fit", {"out.txt": "h1"}, first)
     entry = tmp_path / ".pivot" / "runcache" / "ab" / ("ab" * 15 + ".json")
-    assert entry.stat().st_ino == first.stat().st_ino  # a link: no file of its own
+    assert entry.stat().st_ino == Path(first).stat().st_ino  # a link: no file of its own
     runs.record("ab" * 16, "fit", {"out.txt": "h1"}, first)  # again: replaced, not refused
     write_lock(tmp_path, StageLock("fit", "fp1", {}, {"in.txt": "d2"}, {"out.txt": "h2"}))
     runs.record("cd" * 16, "fit", {"out.txt": "h2"}, first)
