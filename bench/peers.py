@@ -23,7 +23,8 @@ reads data/mid.txt. Each tool's project:
     dvc         dvc.yaml, one stage per pipeline stage with a `python stagework.py ...` cmd
 
 The peers list stagework.py among each stage's deps (their users must say it; Pivot
-fingerprints the code itself). Per tool, size and repeat, in a fresh copy of its project:
+fingerprints the code itself). Per tool, size and repeat, in a fresh copy of its project
+(a folder of its own, removed only when the whole run is over: see --delete-as-you-go):
 
     cold    the first run: every stage runs, from no outputs and no state
     no-op   again, nothing changed
@@ -319,8 +320,13 @@ def check(project: Path, stages: list[Stage], measure: str, before: dict[str, in
 class Project:
     """One tool's copy of a project, taken through cold, no-op and edit."""
 
-    def __init__(self, tool: Tool, template: Path, copy: Path, stages: list[Stage], cell: Cell) -> None:
+    def __init__(
+        self, tool: Tool, template: Path, copy: Path, stages: list[Stage], cell: Cell, delete_as_you_go: bool,
+    ) -> None:
         self.tool, self.template, self.copy, self.stages, self.cell = tool, template, copy, stages, cell
+        self.base = copy
+        self.copies = 0
+        self.delete_as_you_go = delete_as_you_go
         self.seen: dict[str, int | None] = {}
         self.broken = False
 
@@ -328,7 +334,11 @@ class Project:
         if self.broken:
             return "skipped (failed before)"
         if measure == "cold":
-            shutil.rmtree(self.copy, ignore_errors=True)
+            self.copies += 1
+            if self.delete_as_you_go:
+                shutil.rmtree(self.copy, ignore_errors=True)
+            else:
+                self.copy = self.base.with_name(f"{self.base.name}-{self.copies}")
             shutil.copytree(self.template, self.copy, symlinks=True)
             self.seen = mtimes(self.copy, self.stages)
         elif measure == "edit":
@@ -366,7 +376,9 @@ def order_for(tools: list[str], repeat: int) -> list[str]:
     return order[::-1] if repeat % 2 else order
 
 
-def measure(shape: str, n: int, tools: dict[str, Tool], repeat: int, work: Path, timeout: float) -> dict[str, Cell]:
+def measure(
+    shape: str, n: int, tools: dict[str, Tool], repeat: int, work: Path, timeout: float, delete_as_you_go: bool = False,
+) -> dict[str, Cell]:
     stages = stages_for(shape, n)
     cells = {name: Cell() for name in tools}
     projects: dict[str, Project] = {}
@@ -379,7 +391,7 @@ def measure(shape: str, n: int, tools: dict[str, Tool], repeat: int, work: Path,
         if error:
             cells[name].failed = error
             continue
-        projects[name] = Project(tool, template, work / f"{shape}-{n}" / name, stages, cells[name])
+        projects[name] = Project(tool, template, work / f"{shape}-{n}" / name, stages, cells[name], delete_as_you_go)
     for r in range(repeat):
         order = [name for name in order_for(list(tools), r) if name in projects]
         for m in MEASURES:
@@ -388,8 +400,10 @@ def measure(shape: str, n: int, tools: dict[str, Tool], repeat: int, work: Path,
                 print(f"  {shape} {n} #{r + 1} {m:5} {name:9} {said}", file=sys.stderr, flush=True)
         for name in order:
             projects[name].broken = False
-            projects[name].remove()
-    shutil.rmtree(work / f"{shape}-{n}", ignore_errors=True)
+            if delete_as_you_go:
+                projects[name].remove()
+    if delete_as_you_go:
+        shutil.rmtree(work / f"{shape}-{n}", ignore_errors=True)
     return cells
 
 
@@ -485,7 +499,10 @@ def report(results: dict[str, dict[int, dict[str, Cell]]], tools: dict[str, Tool
         lines += [*table(shape, by_size, names), ""]
     lines += ["Median wall time of the command (min-max) over the repeats; per executed stage = "
               "(median cold - median no-op) / N. Every stage reads its own 1 KiB data file and its upstream "
-              "outputs and writes 4.5 KiB; the peers list stagework.py as a dep of every stage.", ""]
+              "outputs and writes 4.5 KiB; the peers list stagework.py as a dep of every stage. "
+              + ("Each copy was removed before the next (--delete-as-you-go)."
+                 if args.delete_as_you_go else
+                 "Every copy was kept until the end of the run (each cold run in a new folder)."), ""]
     lines += [f"- {name}: " + FLAGS[name].format(jobs=args.jobs, scheduler=args.snakemake_scheduler) for name in names]
     lines += ["", "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()) + f"; the whole run took {took / 60:.1f} min.",
               "Command: `python bench/" + " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) + "`"]
@@ -523,6 +540,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="the peers' virtual environment (made on first use)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds for any one command (1800)")
     parser.add_argument("--json", type=Path, help="also save the raw numbers here")
+    parser.add_argument(
+        "--delete-as-you-go", action="store_true",
+        help="remove each copy before the next (less disk; as runs before 2026-12-07 did). On an ext4 without "
+             "a journal every new inode is then slowed by the files deleted in the last minutes, so each tool "
+             "pays for the copies before it in proportion to the files it makes (docs/benchmarks.md)",
+    )
     args = parser.parse_args(argv)
     names = [t for t in args.tools.split(",") if t]
     shapes = [s for s in args.shapes.split(",") if s]
@@ -542,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
             for n in sizes:
                 print(f"{shape}, {n} stages", file=sys.stderr, flush=True)
                 results.setdefault(shape, {})[n] = measure(shape, n, tools, repeats.get(n, args.repeat), Path(tmp),
-                                                           args.timeout)
+                                                           args.timeout, args.delete_as_you_go)
     print("\n".join(report(results, tools, args, info, time.perf_counter() - started)))
     if args.json:
         args.json.write_text(json.dumps(as_json(results, info, args), indent=1) + "\n")
