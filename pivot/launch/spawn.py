@@ -80,6 +80,10 @@ class LoaderRun:
                 proc.kill()
                 proc.communicate()
                 raise _too_long(timeout) from None
+            except BaseException:  # interrupted (Ctrl-C to this process alone): it goes too
+                proc.kill()
+                proc.wait()
+                raise
             raw = Path(self.result_path).read_bytes()
         finally:
             os.unlink(self.result_path)
@@ -181,7 +185,14 @@ class ForkedLoaderRun:
         """The child's answer (`manifest`, or `view`); raises PipelineError for user mistakes."""
         proc = self.proc
         try:
-            done = _answered(self.ready_r, proc.sentinel if self.served else proc.pidfd, timeout)
+            try:
+                done = _answered(self.ready_r, proc.sentinel if self.served else proc.pidfd, timeout)
+            except BaseException:
+                # Interrupted while it loads (a SIGINT to this process alone; a terminal's
+                # Ctrl-C reaches both): a load no one will read must not run on.
+                proc.kill()
+                proc.join()
+                raise
             if done is None:
                 proc.kill()
                 proc.join()

@@ -5,13 +5,16 @@ files when no command takes it."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.procs import describe, pivot_cmd
+import pytest
+
+from tests.procs import alive, describe, kill_group, pivot_cmd, start_pivot, wait_exit, wait_for
 
 PIPELINE = textwrap.dedent("""\
     import os
@@ -134,3 +137,37 @@ def test_a_loader_forked_for_another_root_is_not_taken(make_project: Callable[..
     assert result.returncode == 0, describe(result)
     assert result.stdout.split() == ["0", "0", "0", "0", "0", "2", "reaped", "0", "copy"], describe(result)
     assert [p.name for p in tmp.iterdir() if p.name.startswith("pivot-manifest-")] == []
+
+
+def _waits_in_poll(pid: int) -> bool:
+    """Whether `pid` sleeps in poll(2): the command waits for its loader's answer."""
+    try:
+        return "poll" in Path(f"/proc/{pid}/wchan").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("command", ["status", "repro"])
+def test_a_command_interrupted_while_its_loader_loads_takes_the_loader_with_it(
+    make_project: Callable[..., Path], tmp_path: Path, command: str,
+) -> None:
+    # A SIGINT to the command alone (a terminal's Ctrl-C reaches the loader too): the
+    # load no one will read must not run on.
+    root, tmp = _project(make_project, tmp_path)
+    os.mkfifo(root / "gate")  # the loader's import of pipeline.py waits there, until killed
+    before = len(_imports(root))
+    cli = start_pivot(root, command, env={**os.environ, "TMPDIR": str(tmp)})
+    loader = 0
+    try:
+        loader = int(wait_for(lambda: _imports(root)[before:], 30, "the loader to import pipeline.py")[0])
+        wait_for(lambda: _waits_in_poll(cli.pid), 30, f"pivot {command} to wait for its loader")
+        os.kill(cli.pid, signal.SIGINT)
+        code, _, err = wait_exit(cli, 30, f"pivot {command} after SIGINT")
+        assert code == 130 and "interrupted" in err, (code, err)
+        wait_for(lambda: not alive(loader), 10, f"the loader (pid {loader}) to be gone")
+        assert [p.name for p in tmp.iterdir() if p.name.startswith("pivot-manifest-")] == []
+    finally:
+        if cli.poll() is None:
+            kill_group(cli.pid)
+        if loader and alive(loader):
+            os.kill(loader, signal.SIGKILL)
