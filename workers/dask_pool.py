@@ -100,7 +100,7 @@ class DaskWorkers:
     def collect(self, ready: set[int]) -> None:
         pass
 
-    def start(self, count: int) -> None:
+    def start(self, count: int, root: Path | None = None) -> None:
         pass  # the cluster's workers are running
 
     def resume(self) -> None:

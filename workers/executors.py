@@ -56,9 +56,10 @@ class Executor(Protocol):
         """Called by the pool's loop with the descriptors of `waitables` that are ready."""
         ...
 
-    def start(self, count: int) -> None:
+    def start(self, count: int, root: Path | None = None) -> None:
         """Start up to `count` workers now (at most its jobs), before any stage: stages
-        are known to be coming."""
+        are known to be coming. With `root`, each imports that project's pipeline as it
+        starts, meanwhile, rather than in its first stage."""
         ...
 
     def resume(self) -> None:

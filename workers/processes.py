@@ -200,9 +200,9 @@ class WorkerProcesses:
         if len(w.sent) == 1 and not w.paused and sent.on_start is not None:
             sent.on_start()
 
-    def start(self, count: int) -> None:
+    def start(self, count: int, root: Path | None = None) -> None:
         for _ in range(min(count, self.jobs) - len(self._workers) - self._starting):
-            self._start_one()
+            self._start_one(warm=None if root is None else str(root))
 
     def resume(self) -> None:
         """Workers that stopped after a stage that failed go on (serve's RESUME)."""

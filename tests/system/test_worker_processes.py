@@ -439,3 +439,26 @@ def test_a_pool_told_stages_will_run_starts_its_workers_before_the_first_dispatc
     assert not given.exists()  # read (and removed) by the pool
     pool.send_signal(signal.SIGTERM)
     assert pool.wait(timeout=DEADLINE_S) == 0
+
+
+def test_workers_started_ahead_of_their_stages_import_the_pipeline_meanwhile(
+    make_project: Callable[..., Path], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # `pivot repro` knows stages will run: its pool's workers import the pipeline while
+    # the broker plans, not in their first stage.
+    monkeypatch.setenv("PIVOT_PRELOAD", "0")
+    root = make_project({"pipeline.py": PIPELINE + '\n\nmark(f"import.{os.getpid()}")  # each import of this file\n'})
+
+    def imports() -> list[str]:
+        return sorted(p.name for p in root.glob("pid.import.*"))
+
+    made = WorkerProcesses(1)
+    try:
+        made.start(1, root)
+        loop_until(made, lambda: bool(imports()), "the worker's import of pipeline.py, with no stage given")
+        future = made.submit(job(root, "a"))
+        loop_until(made, future.done, "stage a")
+        assert outcome(future).status == "ran", outcome(future)
+        assert imports() == [f"pid.import.{pid_of(root, 'a')}"]  # its own, once: the stage did not import it again
+    finally:
+        made.close()
