@@ -32,7 +32,7 @@ from collections.abc import Callable
 from concurrent.futures import BrokenExecutor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -97,7 +97,6 @@ from pivot.state.plan import (
 )
 from pivot.state.reasons import ReasonCode
 from pivot.state.stagelogs import QuietRun
-from pivot.transport.curve import ClientKeys
 from pivot.transport.greet import BrokerRefused, NoBroker, greet
 from pivot.transport.sockets import decode_or_log, make_socket, send_msg
 from workers.attempts import Attempt, Phase, validate
@@ -107,6 +106,9 @@ from workers.outcomes import Outbox, Result, after_decision, after_run
 from workers.processes import WorkerProcesses
 from workers.quietlogs import QuietLogs
 from workers.streams import TAIL_S, AttemptOutput
+
+if TYPE_CHECKING:  # (CURVE's module, ~2 ms of every pool's start, is imported when keys are given)
+    from pivot.transport.curve import ClientKeys
 
 __all__ = ["PoolService", "main"]
 
