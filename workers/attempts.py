@@ -59,6 +59,27 @@ class Attempt:
         return self.job.stage
 
 
+# How long a worker watches for its next job after a stage before it sleeps, when that
+# stage is a chain's link run alone (`linger_s`): woken from sleep on this machine's two
+# cores, a chain's next stage began later (docs/benchmarks.md, nineteenth session).
+LINGER_S = 0.0003
+
+
+def linger_s(attempt: str, attempts: dict[str, Attempt]) -> float:
+    """How long the worker about to run `attempt` should stay awake after it: LINGER_S
+    when another attempt waits behind it here (its pool hands that one out as soon as
+    this one's result is in) and no other attempt is with a worker (a core is free for
+    the wait); else 0, and a worker's wait would take the CPU from the others."""
+    behind = False
+    for name, other in attempts.items():
+        if name == attempt:
+            continue
+        if other.phase is Phase.RUNNING:
+            return 0.0
+        behind = behind or attempt in other.after
+    return LINGER_S if behind else 0.0
+
+
 def validate(attempts: dict[str, Attempt], unacked: set[str]) -> None:
     """The pool's invariants (checked after every turn of its loop)."""
     for name, a in attempts.items():

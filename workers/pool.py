@@ -99,7 +99,7 @@ from pivot.state.reasons import ReasonCode
 from pivot.state.stagelogs import QuietRun
 from pivot.transport.greet import BrokerRefused, NoBroker, greet
 from pivot.transport.sockets import decode_or_log, make_socket, send_msg
-from workers.attempts import Attempt, Phase, validate
+from workers.attempts import Attempt, Phase, linger_s, validate
 from workers.executors import Executor
 from workers.liveness import HELLO_EVERY_S, BrokerWatch
 from workers.outcomes import Outbox, Result, after_decision, after_run
@@ -814,6 +814,7 @@ class PoolService:
         pid_file = self.pid_dir / attempt  # (one path a stage: each `/` parses one)
         work = StageJob.for_stage(
             self.root, self.manifest.by_name[a.stage], decided, pid_file=str(pid_file), pool_pid=os.getpid(),
+            linger=linger_s(attempt, self.attempts),
         )
         reason = decided.reason
         a.announce = StageRunning(attempt, str(reason.code), reason.message, reason.details)

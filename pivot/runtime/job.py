@@ -66,11 +66,14 @@ class StageJob:
     # The project files its code fingerprint was read from -> their digests then: run only
     # on that code (pivot/runtime/freshcode.py `differing`).
     code_sources: dict[str, str] = field(default_factory=dict)
+    # After this stage, the worker watches this long for its next job before it sleeps:
+    # a chain's next stage, handed out as soon as this one's result is in, finds it awake.
+    linger_s: float = 0.0
 
     @classmethod
     def for_stage(
         cls, root: Path, spec: StageSpec, prepared: Prepared, *, pid_file: str = "", pool_pid: int = 0,
-        foreground: bool = False,
+        foreground: bool = False, linger: float = 0.0,
     ) -> StageJob:
         decision, reason = prepared.decision, prepared.reason
         return cls(
@@ -79,7 +82,7 @@ class StageJob:
             dep_hashes=decision.dep_hashes, recorded_outs=decision.lock.outs if decision.lock else {},
             run_key=prepared.run_key, reason_code=str(reason.code), reason=reason.message,
             details=reason.details, pid_file=pid_file, pool_pid=pool_pid, foreground=foreground,
-            persist=spec.persist, uncached=spec.uncached, code_sources=spec.code_sources,
+            persist=spec.persist, uncached=spec.uncached, code_sources=spec.code_sources, linger_s=linger,
         )
 
 

@@ -390,3 +390,8 @@ def serve(conn: Any, idle_s: float, warm: str | None = None) -> None:
             conn.send_bytes(pickle.dumps(reply, pickle.HIGHEST_PROTOCOL))
         except Exception as exc:  # an exception that does not pickle
             conn.send((False, RuntimeError(f"{type(reply[1]).__name__}: {reply[1]} ({exc})")))
+        if job.linger_s and not paused and not held:
+            # Awake for the next job a while (its pool's word: a core is free for it).
+            until = time.perf_counter() + job.linger_s
+            while time.perf_counter() < until and not conn.poll(0):
+                pass

@@ -4,6 +4,7 @@ plays the pool."""
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import select
@@ -462,3 +463,18 @@ def test_workers_started_ahead_of_their_stages_import_the_pipeline_meanwhile(
         assert imports() == [f"pid.import.{pid_of(root, 'a')}"]  # its own, once: the stage did not import it again
     finally:
         made.close()
+
+
+def test_a_worker_that_lingers_after_a_stage_runs_the_next_one_it_is_given(
+    root: Path, workers: WorkerProcesses,
+) -> None:
+    # A chain's link run alone: its worker watches for the next job a while before it
+    # sleeps (StageJob.linger_s); a job arriving then, or later, runs as any other.
+    first = workers.submit(dataclasses.replace(job(root, "a"), linger_s=0.5))
+    loop_until(workers, first.done, "stage a")
+    second = workers.submit(dataclasses.replace(job(root, "b"), linger_s=0.5))
+    loop_until(workers, second.done, "stage b, given while its worker lingers")
+    third = workers.submit(job(root, "c"))
+    loop_until(workers, third.done, "stage c")
+    assert [outcome(f).status for f in (first, second, third)] == ["ran"] * 3
+    assert pid_of(root, "a") == pid_of(root, "b") == pid_of(root, "c")  # the one idle worker, each time

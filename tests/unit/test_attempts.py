@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pivot.protocol.messages import RunStage
-from workers.attempts import Attempt, Phase, validate
+from workers.attempts import LINGER_S, Attempt, Phase, linger_s, validate
 
 
 def attempt(phase: Phase, **kw: object) -> Attempt:
@@ -31,3 +31,25 @@ def test_consistent_records_pass() -> None:
 def test_inconsistent_records_fail(record: Attempt, unacked: set[str], match: str) -> None:
     with pytest.raises(AssertionError, match=match):
         validate({"a1": record}, unacked)
+
+
+def _named(name: str, phase: Phase, **kw: object) -> Attempt:
+    return Attempt(RunStage(1, f"stage-{name}", name, False), phase, **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("others", "lingers"),
+    [
+        # A chain's next link waits behind it, no other stage is with a worker: stay awake.
+        ({"b": _named("b", Phase.BEHIND, after={"a"})}, True),
+        # Nothing waits behind it: the next stage, if any, comes from the broker later.
+        ({}, False),
+        ({"b": _named("b", Phase.BEHIND, after={"z"})}, False),
+        ({"b": _named("b", Phase.QUEUED)}, False),
+        # Another stage is with a worker: no core is free for the wait.
+        ({"b": _named("b", Phase.BEHIND, after={"a"}), "c": _named("c", Phase.RUNNING, generation=0)}, False),
+    ],
+)
+def test_a_worker_lingers_only_for_a_chain_run_alone(others: dict[str, Attempt], lingers: bool) -> None:
+    attempts = {"a": _named("a", Phase.QUEUED), **others}
+    assert linger_s("a", attempts) == (LINGER_S if lingers else 0.0)
