@@ -97,7 +97,6 @@ from pivot.state.plan import (
 )
 from pivot.state.reasons import ReasonCode
 from pivot.state.stagelogs import QuietRun
-from pivot.transport.greet import BrokerRefused, NoBroker, greet
 from pivot.transport.sockets import decode_or_log, make_socket, send_msg
 from workers.attempts import Attempt, Phase, linger_s, validate
 from workers.executors import Executor
@@ -270,6 +269,7 @@ class PoolService:
         """Ask the broker at the control endpoint where its work socket is, and (re)connect
         there. False when no broker answered in time."""
         from pivot.pipeline.project import project_id
+        from pivot.transport.greet import BrokerRefused, NoBroker, greet
 
         assert self.link.control is not None
         try:
@@ -313,6 +313,8 @@ class PoolService:
     def _hello_again(self) -> bool:
         """A standalone pool asks again for a broker. False: one answered, refusing it
         (of another version, say): exit."""
+        from pivot.transport.greet import BrokerRefused
+
         try:
             if self._greet(timeout=HELLO_EVERY_S):
                 self._hello()
@@ -367,13 +369,18 @@ class PoolService:
 
     def run(self) -> int:
         self.loop_thread = threading.get_ident()
-        try:
-            if not self._connect_first():
-                return 0 if self.stopping else 3
-        except BrokerRefused as exc:
-            fatal(log, str(exc))
-            self.exit_code = 2
-            return 2
+        if self.link.control is not None:  # (else its engine gave it the work endpoint)
+            # The greeting's module only here: a one-shot run's pool is on its first
+            # stage's way until its hello.
+            from pivot.transport.greet import BrokerRefused
+
+            try:
+                if not self._connect_first():
+                    return 0 if self.stopping else 3
+            except BrokerRefused as exc:
+                fatal(log, str(exc))
+                self.exit_code = 2
+                return 2
         self._hello()
         first, self.first_load = self.first_load, None
         if first is not None:
