@@ -6,8 +6,9 @@ forked its loader (pivot/launch/spawn.py `start_loader`); one it does not take (
 project root, `--force` found by click, a usage error) is killed at exit.
 
 It is forked only where the command's own fork would be (a single thread, no ZeroMQ,
-pidfds), for a project that has run before (its `.pivot/`) and that no engine serves
-(no `.pivot/run/endpoints.json`): there the command asks the engine instead of loading.
+pidfds), for a project that no engine serves (no `.pivot/run/endpoints.json`): there the
+command asks the engine instead of loading. A project's first run gains most (no lock to
+read: the load is all the command waits for before its engine starts).
 Nothing but `os` and `sys` is imported here: every command pays for it before the fork.
 """
 
@@ -44,7 +45,7 @@ def fork_loader(argv: list[str]) -> None:
     if not _wanted(argv) or not hasattr(os, "pidfd_open"):
         return
     root = _root(os.path.realpath(os.getcwd()))
-    if root is None or not os.path.isdir(os.path.join(root, ".pivot")):
+    if root is None:
         return
     if os.path.lexists(os.path.join(root, ".pivot", "run", "endpoints.json")):
         return

@@ -18,11 +18,14 @@ from tests.procs import alive, describe, kill_group, pivot_cmd, start_pivot, wai
 
 PIPELINE = textwrap.dedent("""\
     import os
+    import sys
 
     from pivot import stage
 
     with open("imports.log", "a") as log:  # one line per import of this file
         log.write(f"{os.getpid()}\\n")
+    with open("click.log", "a") as log:  # whether the command line's modules came first
+        log.write(f"{'click' in sys.modules}\\n")
     if os.path.exists("gate"):  # a FIFO: the import waits for a writer
         open("gate").read()
 
@@ -67,6 +70,20 @@ def test_status_and_a_run_with_nothing_to_do_import_the_pipeline_once(
     assert ran.returncode == 0 and (root / "out.txt").read_text() == "y\n", describe(ran)
     workers = len(_imports(root)) - before - 1  # the stage's worker imports it to run it
     assert workers == 1, _imports(root)[before:]
+    assert [p.name for p in tmp.iterdir() if p.name.startswith("pivot-manifest-")] == []
+
+
+def test_a_projects_first_run_takes_the_loader_forked_before_the_command_lines_imports(
+    make_project: Callable[..., Path], tmp_path: Path,
+) -> None:
+    root = make_project({"pipeline.py": PIPELINE, "in.txt": "x\n"})
+    assert not (root / ".pivot").exists()
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    ran = _pivot(root, tmp, "repro")
+    assert ran.returncode == 0 and (root / "out.txt").read_text() == "x\n", describe(ran)
+    assert len(_imports(root)) == 2, _imports(root)  # the loader, then the stage's worker
+    assert (root / "click.log").read_text().split()[0] == "False"  # the script's loader
     assert [p.name for p in tmp.iterdir() if p.name.startswith("pivot-manifest-")] == []
 
 
