@@ -5,6 +5,9 @@ its phase, instead of parallel maps.
        \\
         +-- one ended otherwise: lost (given back unstarted); cancelled
 
+    BEHIND  --its one upstream attempt is with a worker-->  RUNNING, ahead (`ahead_of`):
+                     that worker decides it after the upstream ran well there
+
     WAITING  --pipeline loaded-->  DECIDING  --stale-->  RUNNING (on a worker)
        \\                              \\      \\               \\
         +-- failed / cancelled          \\      +-> QUEUED -->   +-- its outcome, or lost
@@ -53,6 +56,9 @@ class Attempt:
     announce: StageRunning | None = None  # (running) sent when its worker begins it
     run_key: str | None = None  # (running) its run-cache key, if it has one
     after: set[str] = field(default_factory=set)  # (behind) the upstream attempts it waits for
+    # (running) handed ahead to the worker of this upstream attempt, which decides it;
+    # None once that worker began it (or for an attempt the pool decided)
+    ahead_of: str | None = None
 
     @property
     def stage(self) -> str:
@@ -92,3 +98,5 @@ def validate(attempts: dict[str, Attempt], unacked: set[str]) -> None:
             assert a.phase is Phase.RUNNING and a.cancel is None, f"{name}: a soft stop of {a.phase}"
         if a.dead_pid is not None:
             assert a.phase is Phase.RUNNING, f"{name}: judged dead while {a.phase}"
+        if a.ahead_of is not None:
+            assert a.phase is Phase.RUNNING and a.announce is None, f"{name}: ahead while {a.phase}"

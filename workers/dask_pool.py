@@ -33,7 +33,7 @@ from typing import Any
 from pivot.errors import UserError
 from pivot.runtime.cancel import marker_path
 from pivot.runtime.dask_task import KILL_SUFFIX
-from pivot.runtime.job import StageJob, StageOutcome
+from pivot.runtime.job import ChainLink, LinkBegan, StageJob, StageOutcome
 
 __all__ = ["DaskWorkers"]
 
@@ -93,6 +93,9 @@ class DaskWorkers:
         if on_start is not None:  # (Dask queues it: when it starts is not seen from here)
             on_start()
         return ours
+
+    def submit_after(self, link: ChainLink, on_began: Callable[[LinkBegan], None]) -> Future[Any] | None:
+        return None  # its scheduler places each stage: the pool decides them all
 
     def waitables(self) -> list[int]:
         return []  # its futures are set on the Dask client's thread

@@ -19,12 +19,12 @@ import contextlib
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from pivot.launch.procs import is_alive
 from pivot.runtime.cancel import writer, writing_path
 from pivot.runtime.command import kill_group_of
-from pivot.runtime.job import StageJob, StageOutcome
+from pivot.runtime.job import ChainLink, LinkBegan, StageJob, StageOutcome
 from pivot.state.outputs import remove
 
 __all__ = ["Executor", "discard_if_died"]
@@ -45,6 +45,12 @@ class Executor(Protocol):
     def submit(self, job: StageJob, on_start: Callable[[], None] | None = None) -> Future[StageOutcome]:
         """Run `job`; `on_start` is called (in the loop's thread, from `submit` or
         `collect`) when a worker begins it."""
+        ...
+
+    def submit_after(self, link: ChainLink, on_began: Callable[[LinkBegan], None]) -> Future[Any] | None:
+        """Queue `link` behind its upstream's job on the worker running that, which then
+        decides and runs it itself (`on_began` is called, in the loop's thread, when it
+        runs it); None when it cannot (not this executor's way, or no such worker)."""
         ...
 
     def waitables(self) -> list[int]:
@@ -92,7 +98,7 @@ class Executor(Protocol):
         ...
 
 
-def discard_if_died(job: StageJob, future: Future[StageOutcome]) -> None:
+def discard_if_died(job: StageJob | ChainLink, future: Future[Any]) -> None:
     """Remove what the attempt of `job` half wrote when its worker died in the stage's
     code. A worker still alive when its run fails (lost with another's death: the pool kills
     it after these callbacks) is left alone: its attempt runs again, and a run removes

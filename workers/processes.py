@@ -46,7 +46,7 @@ from typing import Any
 
 from pivot.runtime.cancel import request_cancel
 from pivot.runtime.command import kill_group_of
-from pivot.runtime.job import RESUME, StageJob, StageOutcome
+from pivot.runtime.job import RESUME, ChainLink, LinkBegan, StageJob, StageOutcome, paused_after
 from workers.executors import discard_if_died
 
 __all__ = ["WorkerProcesses"]
@@ -63,6 +63,8 @@ class _Sent:
     stage: str
     future: Future[StageOutcome]
     on_start: Callable[[], None] | None
+    pid_file: str = ""
+    on_began: Callable[[LinkBegan], None] | None = None  # (a chain link) its worker runs it
 
 
 @dataclass(eq=False)
@@ -169,8 +171,28 @@ class WorkerProcesses:
             # Added before the pool's own callback, so it runs first: the outputs are
             # clean before the pool reports the attempt (and the broker runs it again).
             future.add_done_callback(lambda f: discard_if_died(job, f))
-        self._pending.append((job, _Sent(job.stage, future, on_start)))
+        self._pending.append((job, _Sent(job.stage, future, on_start, job.pid_file)))
         self._dispatch()
+        return future
+
+    def submit_after(self, link: ChainLink, on_began: Callable[[LinkBegan], None]) -> Future[Any] | None:
+        """`link` to the worker whose last job is its upstream's, behind it; None (not
+        sent) when no worker's is: its pool decides it the usual way then."""
+        if self._broken is not None:
+            return None
+        w = next((w for w in self._workers if w.sent and w.sent[-1].pid_file == link.upstream), None)
+        if w is None or w.paused:
+            return None
+        future: Future[Any] = Future()
+        future.set_running_or_notify_cancel()
+        future.add_done_callback(lambda f: discard_if_died(link, f))
+        try:
+            w.conn.send_bytes(pickle.dumps(link, pickle.HIGHEST_PROTOCOL))
+        except (OSError, ValueError) as exc:  # its worker died this instant
+            log.info("worker %s gone before its stage was sent: %s", w.proc.pid, exc)
+            return None
+        w.sent.append(_Sent(link.stage, future, None, link.pid_file, on_began))
+        w.unanswered += 1
         return future
 
     def _dispatch(self) -> None:
@@ -302,7 +324,12 @@ class WorkerProcesses:
         try:
             while readable or select.select([fd], [], [], 0)[0]:
                 readable = False
-                ok, value = w.conn.recv()
+                got = w.conn.recv()
+                if isinstance(got, LinkBegan):  # its chain link runs now (its reply follows)
+                    if w.sent and (on_began := w.sent[0].on_began) is not None:
+                        on_began(got)
+                    continue
+                ok, value = got
                 w.unanswered = max(0, w.unanswered - 1)
                 if not w.sent:
                     continue
@@ -311,7 +338,7 @@ class WorkerProcesses:
                     future.set_result(value)
                 else:
                     future.set_exception(value)
-                w.paused = not ok or value.status == "failed"  # as `serve` does
+                w.paused = paused_after(ok, value)  # as `serve` does
                 if w.sent and not w.paused and (on_start := w.sent[0].on_start) is not None:
                     on_start()  # it began the next one as it sent this outcome
         except (EOFError, OSError):

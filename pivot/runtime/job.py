@@ -3,6 +3,12 @@ back, shared with `pivot run --foreground` (which runs the stage in its own proc
 
 `Verdict` is the one skip / restore / run branch both take after deciding a stage
 (`pivot/state/plan.py`), so they cannot drift apart.
+
+A `ChainLink` is a stage handed to the worker that runs its one unfinished upstream
+stage, before that one ended: the worker decides it itself once the upstream stage has
+run well there (`LinkBegan` before it runs it, `LinkDecided` if it does not), where the
+pool would have decided it after the upstream's result came back (workers/pool.py
+`_hand_ahead`).
 """
 
 from __future__ import annotations
@@ -16,7 +22,10 @@ if TYPE_CHECKING:
     from pivot.pipeline.manifest import StageSpec
     from pivot.state.plan import Prepared
 
-__all__ = ["RESUME", "StageJob", "StageOutcome", "Verdict", "verdict"]
+__all__ = [
+    "RESUME", "ChainLink", "LinkBegan", "LinkDecided", "StageJob", "StageOutcome", "Verdict", "ended_well", "paused_after",
+    "verdict",
+]
 
 # Sent by a pool to a worker (pivot/runtime/worker.py `serve`) in place of a job: go on
 # after a stage that did not succeed.
@@ -107,3 +116,71 @@ class StageOutcome:
     # A pool's attempt that ran: the state-cache rows its worker hashed (its outputs), for
     # its pool to store with other stages' (StateCache.take_held).
     rows: list[tuple[str, int, int, int, str, int]] = field(default_factory=list)
+
+
+Row = tuple[str, int, int, int, str, int]  # a state-cache row (StateCache.take_held)
+
+
+@dataclass(frozen=True)
+class ChainLink:
+    """A stage to decide and run right after the job named `upstream` (its pid file), in
+    the same worker, if that ended well there: skipped, restored or run, as its pool
+    would have decided it (`pivot.state.plan.prepare`) once the upstream result was in."""
+
+    root: str
+    spec: StageSpec
+    upstream: str  # the pid file of the job it follows
+    pid_file: str
+    pool_pid: int
+    force: bool
+    producers: dict[str, frozenset[str]]  # its deps' producing stages (for its reasons)
+    linger_s: float = 0.0
+
+    @property
+    def stage(self) -> str:
+        return self.spec.name
+
+    @property
+    def outs(self) -> tuple[str, ...]:
+        return self.spec.outs
+
+    @property
+    def persist(self) -> tuple[str, ...]:
+        return self.spec.persist
+
+
+@dataclass(frozen=True)
+class LinkBegan:
+    """Sent by a worker before it runs a chain link it decided to run: why it runs."""
+
+    reason_code: str
+    reason: str
+    details: dict[str, Any]
+    run_key: str
+
+
+@dataclass(frozen=True)
+class LinkDecided:
+    """A chain link its worker did not run: decided (`prepared`: skipped, restored, or
+    failed without running), its check failed (`error`), or neither: its upstream did
+    not end well there (its pool gave it back already). `rows`: what the check hashed."""
+
+    prepared: Prepared | None = None
+    error: str | None = None
+    rows: list[Row] = field(default_factory=list)
+
+
+def ended_well(ok: bool, value: object) -> bool:
+    """Whether a worker's reply says its job ended well (a chain link after it may go on)."""
+    if not ok:
+        return False
+    if isinstance(value, StageOutcome):
+        return value.status == "ran"
+    return (isinstance(value, LinkDecided) and value.prepared is not None
+            and verdict(value.prepared) in (Verdict.SKIPPED, Verdict.RESTORED))
+
+
+def paused_after(ok: bool, value: object) -> bool:
+    """Whether a worker waits for RESUME after this reply: after a stage that failed (a
+    link it decided not to run ran nothing: it goes on)."""
+    return not ok or (isinstance(value, StageOutcome) and value.status == "failed")

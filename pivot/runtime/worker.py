@@ -14,6 +14,7 @@ import pickle
 import signal
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +32,28 @@ from pivot.runtime.cancel import CANCEL_SUFFIX, StageCancelled, arm, cancellable
 from pivot.runtime.capture import captured, output_file, write_note
 from pivot.runtime.command import CommandFailed, kill_running_group, run_command
 from pivot.runtime.freshcode import differing
-from pivot.runtime.job import RESUME, StageJob, StageOutcome
+from pivot.runtime.job import (
+    RESUME,
+    ChainLink,
+    LinkBegan,
+    LinkDecided,
+    StageJob,
+    StageOutcome,
+    Verdict,
+    ended_well,
+    paused_after,
+    verdict,
+)
 from pivot.runtime.lease import LEASE_NAME, LEASE_S, read_lease
 from pivot.runtime.loader import import_pipeline
 from pivot.runtime.usertb import user_traceback
 from pivot.state.lock import StageLock, write_lock
 from pivot.state.outputs import ProjectState, commit, preserve, remove, settle
+from pivot.state.plan import prepare
 from pivot.state.reasons import ReasonCode
 from pivot.state.stagelogs import keep_log, quiet_head, running_log_parts, stage_log_file
 
-__all__ = ["run_stage", "serve"]
+__all__ = ["run_link", "run_stage", "serve"]
 
 # A failure's reason (one line) and traceback are bounded (MAX_REASON_CHARS,
 # MAX_DETAIL_CHARS): an exception whose message is megabytes long made the result too
@@ -349,6 +362,34 @@ def run_stage(job: StageJob) -> StageOutcome:
         return outcome("ran", job.reason_code, job.reason, details=details)
 
 
+def run_link(link: ChainLink, well: str, began: Callable[[LinkBegan], None]) -> StageOutcome | LinkDecided:
+    """Decide the chain link and run it if it must run, once its upstream job ended
+    well here (`well`: the pid file of the last job that did). `began` is told why,
+    before the stage runs. What the check hashed goes with the outcome, as a run's
+    own rows do."""
+    if link.upstream != well:
+        return LinkDecided()  # its pool gave it back when the upstream's result came in
+    if os.path.exists(link.pid_file + CANCEL_SUFFIX):  # cancelled before it began
+        return StageOutcome("cancelled", "cancelled", "cancelled before it began", 0.0)
+    root = _root_of(link.root)
+    state = _state(root)
+    try:
+        with state.hashes.batched():
+            prepared = prepare(state, link.spec, force=link.force, producers={link.spec.name: link.producers})
+            rows = state.hashes.take_held()
+    except Exception as exc:  # (its pool says it: "could not check the stage")
+        return LinkDecided(error=str(exc) or type(exc).__name__)
+    if verdict(prepared) is not Verdict.RUN:
+        return LinkDecided(prepared, rows=rows)
+    job = StageJob.for_stage(root, link.spec, prepared, pid_file=link.pid_file, pool_pid=link.pool_pid,
+                             linger=link.linger_s)
+    reason = prepared.reason
+    began(LinkBegan(str(reason.code), reason.message, reason.details, prepared.run_key))
+    outcome = run_stage(job)
+    outcome.rows[:0] = rows  # (its own list)
+    return outcome
+
+
 def serve(conn: Any, idle_s: float, warm: str | None = None) -> None:
     """A worker process's life (workers/processes.py): run each job its pool sends, in
     order, send back ``(True, outcome)`` or ``(False, exception)``; exit when the pool
@@ -358,12 +399,18 @@ def serve(conn: Any, idle_s: float, warm: str | None = None) -> None:
 
     After a stage that failed, the next one (its pool may have sent it already) waits for
     RESUME: the broker may stop it (fail fast), and its pool says go on only once the
-    broker has answered that failure."""
+    broker has answered that failure. A chain link (`run_link`) goes on only after the
+    job it follows ended well here: else it is answered as given back, unrun."""
     if warm is not None:
         with contextlib.suppress(PipelineError):
             import_pipeline(Path(warm))
-    held: collections.deque[StageJob] = collections.deque()
+    held: collections.deque[StageJob | ChainLink] = collections.deque()
     paused = False
+    well = ""  # the pid file of the last job that ended well here (a chain link's condition)
+
+    def began(note: LinkBegan) -> None:
+        conn.send_bytes(pickle.dumps(note, pickle.HIGHEST_PROTOCOL))
+
     while True:
         if held and not paused:
             job = held.popleft()
@@ -382,10 +429,12 @@ def serve(conn: Any, idle_s: float, warm: str | None = None) -> None:
                 continue
             job = got
         try:
-            reply: tuple[bool, Any] = (True, run_stage(job))
+            result = run_link(job, well, began) if isinstance(job, ChainLink) else run_stage(job)
+            reply: tuple[bool, Any] = (True, result)
         except BaseException as exc:  # Pivot's own failure around the stage: the pool says it
             reply = (False, exc)
-        paused = not reply[0] or reply[1].status == "failed"
+        well = job.pid_file if ended_well(*reply) else ""
+        paused = paused_after(*reply)
         try:
             conn.send_bytes(pickle.dumps(reply, pickle.HIGHEST_PROTOCOL))
         except Exception as exc:  # an exception that does not pickle

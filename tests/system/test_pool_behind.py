@@ -1,6 +1,7 @@
 """A real pool process with this test as its broker, on a real ZeroMQ socket: stages
 given behind attempts of their upstream stages (`run_stage`'s `after`, docs/protocol.md
-"Behind its upstream"), and what the pool says when it crashes."""
+"Behind its upstream"), handed ahead to their upstream's worker (a chain link, decided
+there), and what the pool says when it crashes."""
 
 from __future__ import annotations
 
@@ -51,8 +52,9 @@ def a() -> None:
     deadline = time.monotonic() + 30
     while os.path.exists("hold-a") and time.monotonic() < deadline:
         time.sleep(0.01)
+    content = open("a.content").read() if os.path.exists("a.content") else "a\\n"
     with open("a.txt", "w") as f:
-        f.write("a\\n")
+        f.write(content)
 
 
 @stage(deps=["a.txt"], outs=["b.txt"])
@@ -187,6 +189,73 @@ def test_a_stage_behind_its_upstream_is_cancelled_at_once_and_its_upstream_runs_
     (broker.root / "hold-a").unlink()
     assert broker.results("w1-1") == [("w1-1", "ran")]
     assert not (broker.root / "b.runs").exists()
+
+
+def test_a_stage_behind_its_upstream_runs_in_that_worker_without_the_pools_loop(broker: FakeBroker) -> None:
+    (broker.root / "hold-a").touch()
+    broker.send(RunStage(1, "a", "w1-1", False))
+    broker.send(RunStage(1, "b", "w1-2", False, ["w1-1"]))
+    # A stage not in the pipeline fails at once: its result says the pool read b before it.
+    broker.send(RunStage(1, "nowhere", "w1-3", False))
+    said = broker.results("w1-3")
+    assert said[-1] == ("w1-3", "failed"), said
+    if ("w1-1", "running") not in said:
+        assert broker.next_of(StageRunning).attempt == "w1-1"
+    wait_for((broker.root / "a.started").exists, WAIT_S, "stage a to start")
+    os.kill(broker.proc.pid, signal.SIGSTOP)  # the pool's loop can decide nothing now
+    try:
+        (broker.root / "hold-a").unlink()
+        # Well within the 3 s after which a worker leaves a pool that stays stopped.
+        wait_for((broker.root / "b.runs").exists, 2.0, "b to run while its pool is stopped")
+    finally:
+        os.kill(broker.proc.pid, signal.SIGCONT)
+    said = broker.results("w1-1", "w1-2")
+    assert said == [("w1-1", "ran"), ("w1-2", "running"), ("w1-2", "ran")]
+    assert broker.results_by["w1-2"].reason_code == "never_ran"
+    assert (broker.root / "b.txt").read_text() == "A\n"
+
+
+def test_a_stage_handed_ahead_is_given_back_unrun_when_its_upstream_is_cancelled(broker: FakeBroker) -> None:
+    (broker.root / "hold-a").touch()
+    broker.send(RunStage(1, "a", "w1-1", False))
+    broker.send(RunStage(1, "b", "w1-2", False, ["w1-1"]))
+    wait_for((broker.root / "a.started").exists, WAIT_S, "stage a to start")
+    broker.send(CancelStage("w1-1", "the test cancels it"))
+    said = broker.results("w1-1", "w1-2")
+    assert ("w1-1", "cancelled") in said and ("w1-2", "lost") in said, said
+    assert "upstream attempt w1-1 ended cancelled" in broker.results_by["w1-2"].reason
+    assert not (broker.root / "b.runs").exists()
+    # Its worker goes on with the next ones.
+    (broker.root / "hold-a").unlink()
+    broker.send(RunStage(2, "a", "w2-1", False))
+    broker.send(RunStage(2, "b", "w2-2", False, ["w2-1"]))
+    assert broker.results("w2-1", "w2-2")[-1] == ("w2-2", "ran")
+    assert (broker.root / "b.runs").read_text() == "ran\n"
+
+
+def test_a_stage_its_upstreams_worker_decides_is_skipped_or_restored_as_the_pool_would(broker: FakeBroker) -> None:
+    content = broker.root / "a.content"
+    runs = broker.root / "b.runs"
+    content.write_text("x\n")
+    broker.send(RunStage(1, "a", "w1-1", False))
+    broker.send(RunStage(1, "b", "w1-2", False, ["w1-1"]))
+    assert broker.results("w1-1", "w1-2")[-1] == ("w1-2", "ran")
+    # a again, same output: b, decided by a's worker, is up to date.
+    broker.send(RunStage(2, "a", "w2-1", True))
+    broker.send(RunStage(2, "b", "w2-2", False, ["w2-1"]))
+    assert broker.results("w2-1", "w2-2") == [("w2-1", "running"), ("w2-1", "ran"), ("w2-2", "skipped")]
+    content.write_text("y\n")
+    broker.send(RunStage(3, "a", "w3-1", True))
+    broker.send(RunStage(3, "b", "w3-2", False, ["w3-1"]))
+    assert broker.results("w3-1", "w3-2")[-1] == ("w3-2", "ran")
+    assert (broker.root / "b.txt").read_text() == "Y\n"
+    # Back to x: b's first run is in the run cache, and its outputs are placed from it.
+    content.write_text("x\n")
+    broker.send(RunStage(4, "a", "w4-1", True))
+    broker.send(RunStage(4, "b", "w4-2", False, ["w4-1"]))
+    assert broker.results("w4-1", "w4-2") == [("w4-1", "running"), ("w4-1", "ran"), ("w4-2", "restored")]
+    assert (broker.root / "b.txt").read_text() == "X\n"
+    assert runs.read_text() == "ran\nran\n"
 
 
 def test_a_pool_that_crashes_in_native_code_says_where_each_thread_was(
