@@ -63,7 +63,7 @@ from broker.state import BrokerState
 from pivot.errors import PipelineError, ProtocolError
 from pivot.gcpause import paused
 from pivot.launch.procs import describe_exit
-from pivot.pipeline.graph import build_graph
+from pivot.pipeline.graph import StageGraph, build_graph
 from pivot.pipeline.manifest import Manifest
 from pivot.protocol.codec import PROTOCOL_VERSION, Envelope, VersionMismatch, decode, encode
 from pivot.protocol.messages import (
@@ -200,6 +200,9 @@ class BrokerService:
         self._local_control_addr = f"inproc://broker-control-{id(self)}"
         self._local_events_addr = f"inproc://broker-events-{id(self)}"
         self._checker: ChangeChecker | None = None
+        # Pipelines a pool forked in this process names instead of sending (`handed` on
+        # manifest_loaded): token -> the pipeline and, if built already, its graph.
+        self.handed: dict[str, tuple[Manifest, StageGraph | None]] = {}
         self._sockets: list[zmq.Socket[bytes]] = []
         self._stop_lock = threading.Lock()
         self._stop_sender: zmq.Socket[bytes] | None = None
@@ -550,6 +553,8 @@ class BrokerService:
                 pass
             case PoolLeaving():
                 self._feed(PoolGone(pool, "the pool stopped", confirmed=True, leaving=True))
+            case ManifestLoaded(handed=token, load=load) if token:
+                self._feed(self._handed_manifest(pool, token, load))
             case ManifestLoaded(manifest=wire, load=load) if pool == self.state.manifest_source:
                 self._feed(self._check_manifest(pool, wire, load))
             case ManifestLoaded(manifest=wire, load=load):
@@ -621,6 +626,24 @@ class BrokerService:
                 self._feed(self._check_manifest("", wire, load))
             case ManifestFailed(message=message, detail=detail, load=load):
                 self._feed(ManifestRejected(message, detail, "", load))
+
+    def _handed_manifest(self, pool: str, token: str, load: int) -> Event:
+        """A pool's manifest named by its token (`self.handed`): held here, not sent."""
+        held = self.handed.get(token)
+        if held is None:
+            why = "a pipeline handed in-process that this broker does not hold"
+            if pool == self.state.manifest_source:
+                return ManifestRejected(f"the pool's manifest cannot be read: {why}", "", pool, load)
+            return PoolManifest(pool, None, f"unreadable manifest: {why}", load)
+        manifest, graph = held
+        if pool != self.state.manifest_source:
+            return PoolManifest(pool, manifest, load=load)
+        if graph is None:
+            try:
+                graph = build_graph(manifest)
+            except PipelineError as exc:
+                return ManifestRejected(str(exc), exc.detail, pool, load)
+        return ManifestArrived(pool, manifest, graph, load)
 
     def _check_manifest(self, pool: str, wire: dict[str, object], load: int) -> Event:
         try:

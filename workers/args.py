@@ -25,6 +25,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="the pipeline as its starter loaded it (a file, removed once read): no load of its own",
     )
     parser.add_argument(
+        "--handed", default="", metavar="TOKEN",
+        help="(a pool forked by pivot repro) its broker holds the pipeline it was forked with under this token",
+    )
+    parser.add_argument(
         "--start-workers", type=int, default=0, metavar="N",
         help="start this many workers (at most --jobs) once the pipeline is in: its starter knows stages will run",
     )

@@ -36,6 +36,8 @@ def run(argv: list[str], handed: Manifest | None = None) -> NoReturn:
     faulthandler.enable()
     args = parse_args(argv)
     first_load: Loading
+    if handed is None:
+        args.handed = ""  # (only a pool forked with the pipeline has it to name)
     if handed is not None:
         first_load = handed_manifest(handed)
     elif args.manifest is not None:  # loaded by `pivot repro` already (pivot/cli/settled.py)

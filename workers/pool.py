@@ -141,7 +141,7 @@ class PoolService:
     def __init__(
         self, root: Path, link: Link | str, name: str, jobs: int, first_load: Loading | None = None,
         clock: Callable[[], float] = time.monotonic, executor: Executor | None = None, start_workers: int = 0,
-        one_shot: bool = False,
+        one_shot: bool = False, handed: str = "",
     ) -> None:
         self.clock = clock  # every time the pool reads (liveness, resends, cancels)
         self.root = root
@@ -156,6 +156,7 @@ class PoolService:
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.sock = self._socket(self.link.work) if self.link.work else None
         self.manifest: Manifest | None = None
+        self.handed = handed  # the token its broker holds `first_load`'s pipeline under
         # The broker's number of the last load it asked for (0: this pool's own first), and
         # of the load `manifest` came from: only the last one's answer is applied and sent.
         self.load_asked = 0
@@ -682,7 +683,9 @@ class PoolService:
             self.restart_on_load = False
             self.replace_on_accept = True
         self.manifest_load = load
-        self._send(ManifestLoaded(self.name, self.manifest.to_wire(), load))
+        # The pipeline it was forked with (its own first load), once: its broker holds it.
+        handed, self.handed = self.handed if load == 0 else "", ""
+        self._send(ManifestLoaded(self.name, {} if handed else self.manifest.to_wire(), load, handed))
         try:
             self.workers.configure(self.manifest.preload, self.manifest.preload_key)
             if not self.workers.started:  # live workers keep the server they came from
@@ -1175,7 +1178,8 @@ def main(args: argparse.Namespace, first_load: Loading | None = None) -> int:
             return 2
         executor, jobs = dask, jobs or dask.slots()
     service = PoolService(args.root, link, args.name, jobs, first_load, executor=executor,
-                          start_workers=args.start_workers, one_shot=args.one_shot)
+                          start_workers=args.start_workers, one_shot=args.one_shot,
+                          handed=args.handed)
     service.records = records
     signal.signal(signal.SIGTERM, service.request_stop)
     signal.signal(signal.SIGINT, service.request_stop)

@@ -31,6 +31,7 @@ from pivot.protocol.record import Record, record
 if TYPE_CHECKING:
     from broker.events import Event, Publish
     from pivot.launch.spawn import Loading
+    from pivot.pipeline.graph import StageGraph
     from pivot.pipeline.manifest import Manifest
     from pivot.state.lock import LockPrefetch
     from pivot.state.outputs import ProjectState
@@ -45,6 +46,7 @@ CLIENT = b"cli"
 class Settled(Record):
     code: int | None = None  # the run's exit code when it had nothing to do, else None
     manifest: Manifest | None = None  # as loaded here: the engine's pool need not load it
+    graph: StageGraph | None = None  # the manifest's: its engine's broker need not build it
     stale: int = 0  # stages the plan found to run: the pool starts workers for them at once
 
 
@@ -125,19 +127,19 @@ def _settle(
         ManifestArrived(POOL, manifest, graph),
         RunRequested(CLIENT, stages, False, keep_going, new_id(), select, glob),
     ):
-        return Settled(manifest=manifest)
+        return Settled(manifest=manifest, graph=graph)
     if len(plans) != 1:
-        return Settled(manifest=manifest)
+        return Settled(manifest=manifest, graph=graph)
     from pivot.state.plan import dep_producers, plan_wave
 
     plan = plans.pop()
     up_to_date = plan_wave(project, manifest, plan.stages, plan.upstream, dep_producers(manifest),
                            read=locks.reader(), hasher=locks.hasher(project.hashes))
     if not feed(*(Noticed(text) for text in said), WavePlanned(POOL, plan.wave, tuple(up_to_date))) or plans:
-        return Settled(manifest=manifest, stale=len(plan.stages) - len(up_to_date))
+        return Settled(manifest=manifest, graph=graph, stale=len(plan.stages) - len(up_to_date))
     finished = [p.msg for p in published if isinstance(p.msg, WaveFinished)]
     if not finished:
-        return Settled(manifest=manifest)
+        return Settled(manifest=manifest, graph=graph)
     for reply in replies:
         if reply.message != "queued":  # accepted, with something to know (as follow.py says it)
             print(f"pivot: {reply.message}", file=err)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from pivot.cli.settled import Settled
     from pivot.display.client import EngineClient
     from pivot.launch.spawn import Forked
+    from pivot.pipeline.graph import StageGraph
     from pivot.pipeline.manifest import Manifest
 from pivot.errors import InfraError
 from pivot.launch import python_cmd
@@ -75,18 +77,19 @@ class Stack:
             endpoints = self.rundir.acquire("repro")
             self.endpoints = endpoints
             handed: Manifest | None = None
+            graph: StageGraph | None = None
             stale = 0
             if self.settle is not None:
                 outcome = self.settle()
                 if outcome.code is not None:
                     self.settled = outcome.code
                     return self
-                handed = outcome.manifest
+                handed, graph = outcome.manifest, outcome.graph
                 stale = outcome.stale
             # The pool starts before this process even imports ZeroMQ: its interpreter
             # then starts while we import the broker and display code. It connects before
             # the broker binds; ZeroMQ retries the connect.
-            self._start_pool(endpoints.work, handed, stale)
+            token = self._start_pool(endpoints.work, handed, stale)
             import zmq
 
             from broker.service import BrokerService
@@ -97,6 +100,8 @@ class Stack:
             configure("engine", self.root)  # the broker thread and the CLI
             self.ctx = zmq.Context()
             self.broker = BrokerService(self.root, endpoints, self.ctx, state=BrokerState())
+            if token and handed is not None:  # the pool names it rather than send it back
+                self.broker.handed[token] = (handed, graph)
             self.broker.bind()
             self.thread = threading.Thread(target=self.broker.run, name="broker", daemon=True)
             self.thread.start()
@@ -106,7 +111,9 @@ class Stack:
             raise
         return self
 
-    def _start_pool(self, work_endpoint: str, manifest: Manifest | None = None, stale: int = 0) -> None:
+    def _start_pool(self, work_endpoint: str, manifest: Manifest | None = None, stale: int = 0) -> str:
+        """Start the pool; returns the token its forked pool names `manifest` by ("": not
+        forked, it sends the manifest it loads or reads)."""
         self.pool_log.parent.mkdir(parents=True, exist_ok=True)
         argv = ["--root", str(self.root), "--work", work_endpoint, "--name", POOL_NAME, "--jobs", str(self.jobs),
                 "--one-shot"]
@@ -118,10 +125,11 @@ class Stack:
                 from pivot.launch.spawn import Forked
                 from workers.launch import forked_pool
 
-                forked = Forked(forked_pool, (argv, manifest, out.fileno(), str(self.root)))
+                token = os.urandom(8).hex()
+                forked = Forked(forked_pool, ([*argv, "--handed", token], manifest, out.fileno(), str(self.root)))
                 forked.start()
                 self.pool = forked
-                return
+                return token
             if manifest is not None:  # loaded here already: the pool reads it instead
                 from pivot.launch.spawn import write_manifest
 
@@ -134,6 +142,7 @@ class Stack:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+            return ""
 
     def check(self) -> None:
         """Raise InfraError when the engine broke: the broker thread died, or the pool

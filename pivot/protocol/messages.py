@@ -207,12 +207,15 @@ class ManifestLoaded(Message):
     """Pool -> broker: the loader imported the pipeline; `manifest` is Manifest.to_wire().
     `load`: the `load_manifest` it answers (0: the pool's own first load). A pool answers
     only the last one it was sent; the broker takes only the answer to the last one it
-    sent (an answer to an earlier one may cross it, read before a later save)."""
+    sent (an answer to an earlier one may cross it, read before a later save).
+    `handed`: the pipeline the pool was forked with, which the broker of the process that
+    forked it holds under this token (`pivot repro`'s engine); `manifest` is empty then."""
 
     TAG: ClassVar[str] = "manifest_loaded"
     pool: str
     manifest: dict[str, Any]
     load: int = 0
+    handed: str = ""
 
 
 @record

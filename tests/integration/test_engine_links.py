@@ -15,10 +15,13 @@ import zmq
 
 from broker.service import BrokerService
 from pivot.display.client import EngineClient
+from pivot.launch.spawn import LoaderRun, handed_manifest
+from pivot.pipeline.manifest import Manifest
 from pivot.protocol.codec import Envelope
 from pivot.protocol.messages import Snapshot, StageFinished, WaveFinished
 from pivot.transport.rundir import Endpoints, RunDir
 from pivot.transport.sockets import make_socket
+from tests.procs import wait_for
 from workers.pool import PoolService
 
 pytestmark = pytest.mark.timeout(60)
@@ -46,13 +49,19 @@ def project(tmp_path: Path) -> Path:
 
 
 class Engine:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, handed: Manifest | None = None, token: str = "", held: bool = True) -> None:
+        """`handed`: the pool's pipeline, which it names by `token` (`pivot repro`'s
+        forked pool); the broker holds it under that token if `held`."""
         self.rundir = RunDir(root)
         self.endpoints: Endpoints = self.rundir.acquire()
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.broker = BrokerService(root, self.endpoints, self.ctx)
+        if handed is not None and held:
+            self.broker.handed[token] = (handed, None)
         self.broker.bind()
-        self.pool = PoolService(root, self.endpoints.work, "pool-1", jobs=1)  # the manifest source
+        first = handed_manifest(handed) if handed is not None else None
+        self.pool = PoolService(root, self.endpoints.work, "pool-1", jobs=1, first_load=first,  # the manifest source
+                                handed=token)
         self.threads = [
             threading.Thread(target=self.broker.run, daemon=True),
             threading.Thread(target=self.pool.run, daemon=True),
@@ -106,6 +115,29 @@ def test_a_wave_runs_then_a_second_skips_everything(engine: Engine, project: Pat
     assert ("first", "first says hi") in logs
     assert outcomes(engine.wave()) == {"first": "skipped", "second": "skipped"}
     assert outcomes(engine.wave(force=True)) == {"first": "ran", "second": "ran"}
+
+
+def test_a_pool_names_the_pipeline_it_was_handed_and_the_broker_holding_it_runs_it(project: Path) -> None:
+    manifest = LoaderRun(project).result()  # (a loader process: no user code here)
+    e = Engine(project, manifest, token="t-1")  # the pool sends an empty manifest: only the token
+    e.start()
+    try:
+        assert outcomes(e.wave()) == {"first": "ran", "second": "ran"}
+        assert (project / "out.txt").read_text() == "ABC\nABC\n"
+    finally:
+        e.close()
+
+
+def test_a_pipeline_named_by_a_token_the_broker_does_not_hold_is_an_unreadable_manifest(project: Path) -> None:
+    manifest = LoaderRun(project).result()
+    e = Engine(project, manifest, token="t-1", held=False)
+    e.start()
+    try:
+        error = wait_for(lambda: e.client.snapshot().pipeline_error, 10, "the broker to reject the manifest")
+        assert "handed in-process that this broker does not hold" in error.message
+        assert not (project / "mid.txt").exists()
+    finally:
+        e.close()
 
 
 def test_state_sequence_numbers_arrive_without_gaps(engine: Engine) -> None:

@@ -129,7 +129,7 @@ SAMPLES: dict[type[Message], Message] = {
     ),
     PoolWelcome: PoolWelcome(pool="pool-1", heartbeat_s=0.5, liveness=3, broker="a1b2c3d4e5f6"),
     Heartbeat: Heartbeat(pool="pool-1"),
-    ManifestLoaded: ManifestLoaded(pool="pool-1", manifest=_manifest().to_wire(), load=3),
+    ManifestLoaded: ManifestLoaded(pool="pool-1", manifest=_manifest().to_wire(), load=3, handed="a1b2"),
     ManifestFailed: ManifestFailed(
         pool="pool-1",
         message="pipeline.py failed to import: NameError",
@@ -322,14 +322,14 @@ def test_wire_tags_are_unique_and_registered() -> None:
 # docs/protocol.md (Changelog) and only then paste the new bytes here.
 
 GOLDEN_POOL_HELLO = (
-    b"\x88\xa1v\x0d\xa1k\xaapool_hello\xa2id\xab1a2b-c3d4-1\xa1p\xc0\xa1s\xa6pool-1"
+    b"\x88\xa1v\x0e\xa1k\xaapool_hello\xa2id\xab1a2b-c3d4-1\xa1p\xc0\xa1s\xa6pool-1"
     b"\xa1n\x00\xa1t\xcbA\xd9T\xfc@\x10\x00\x00\xa1b\x88\xa4pool\xa6pool-1\xa3pid"
     b"\xcd\x10\x92\xa5slots\x04\xabincarnation\xa0\xa4host\xa0\xa4tags\x90\xa7running\x80"
     b"\xa5queue\x00"
 )
 
 GOLDEN_STAGE_FINISHED = (
-    b"\x88\xa1v\x0d\xa1k\xaestage_finished\xa2id\xab5e6f-7a8b-9\xa1p\xab1a2b-c3d4-2"
+    b"\x88\xa1v\x0e\xa1k\xaestage_finished\xa2id\xab5e6f-7a8b-9\xa1p\xab1a2b-c3d4-2"
     b"\xa1s\xa6broker\xa1n\x07\xa1t\xcbA\xd9T\xfc@`\x00\x00\xa1b\x88\xa4wave\x03"
     b"\xa5stage\xa5train\xa6status\xa3ran\xabreason_code\xabdep_changed\xa6reason"
     b"\xb4data/raw.csv changed\xaaduration_s\xcb?\xf8\x00\x00\x00\x00\x00\x00\xa5error\xc0"
@@ -377,20 +377,20 @@ def test_golden_stage_finished() -> None:
 
 def test_refused_is_read_whatever_version_its_envelope_names() -> None:
     """`refused` is frozen: a peer of another version must read why it was refused."""
-    wire = msgpack.unpackb(encode(Refused("version", "too old", 13), sender="broker"))
-    wire["v"] = 14
+    wire = msgpack.unpackb(encode(Refused("version", "too old", 14), sender="broker"))
+    wire["v"] = 15
     env = decode(msgpack.packb(wire))
-    assert env.msg == Refused("version", "too old", 13)
+    assert env.msg == Refused("version", "too old", 14)
     wire["k"] = "hello"  # any other kind of another version is refused, naming both
     wire["b"] = {"role": "pool", "name": "p", "pid": 1, "host": "h", "project": ""}
-    with pytest.raises(codec.VersionMismatch, match="protocol version 14, expected 13") as info:
+    with pytest.raises(codec.VersionMismatch, match="protocol version 15, expected 14") as info:
         decode(msgpack.packb(wire))
-    assert (info.value.version, info.value.kind, info.value.sender) == (14, "hello", "broker")
+    assert (info.value.version, info.value.kind, info.value.sender) == (15, "hello", "broker")
 
 
-def test_protocol_version_is_thirteen() -> None:
-    # The golden bytes above encode version 13; changing it must be deliberate.
-    assert PROTOCOL_VERSION == 13
+def test_protocol_version_is_fourteen() -> None:
+    # The golden bytes above encode version 14; changing it must be deliberate.
+    assert PROTOCOL_VERSION == 14
 
 
 # --- strict decoding ---------------------------------------------------------------------
