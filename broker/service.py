@@ -80,6 +80,7 @@ from pivot.protocol.messages import (
     PauseRequest,
     PipelineInvalid,
     PipelineLoaded,
+    PlanWave,
     PoolExited,
     PoolHello,
     PoolLeaving,
@@ -203,6 +204,10 @@ class BrokerService:
         # Pipelines a pool forked in this process names instead of sending (`handed` on
         # manifest_loaded): token -> the pipeline and, if built already, its graph.
         self.handed: dict[str, tuple[Manifest, StageGraph | None]] = {}
+        # The first wave's plan as `pivot repro` made it moments before (its stages, and
+        # those up to date): taken for that wave instead of asking the pool again.
+        self.planned: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+        self._deferred: list[Event] = []  # fed once the step that made them is done
         self._sockets: list[zmq.Socket[bytes]] = []
         self._stop_lock = threading.Lock()
         self._stop_sender: zmq.Socket[bytes] | None = None
@@ -429,6 +434,9 @@ class BrokerService:
         with self._holding(), paused():
             for command in self.state.handle(event):
                 self._execute(command)
+            while self._deferred:
+                for command in self.state.handle(self._deferred.pop(0)):
+                    self._execute(command)
 
     @contextlib.contextmanager
     def _holding(self) -> Iterator[bool]:
@@ -475,6 +483,8 @@ class BrokerService:
 
     def _execute(self, command: Command) -> None:
         match command:
+            case SendWork(pool, PlanWave() as plan) if self._planned_already(pool, plan):
+                pass
             case SendWork(pool, msg):
                 self._to_pool(pool.encode(), encode(msg, sender=SENDER))
                 self.state.note_sent(pool, self.clock())
@@ -501,6 +511,18 @@ class BrokerService:
 
                     self._checker = ChangeChecker(self.root, self.ctx, self._confirm_addr)
                 self._checker.submit(paths)
+
+    def _planned_already(self, pool: str, plan: PlanWave) -> bool:
+        """Whether `plan` is the wave `planned` holds the answer to, which is then fed
+        as the pool's (once the step is done) instead of asking it: the first wave's
+        only, so later waves ask."""
+        if self.planned is None:
+            return False
+        (stages, up_to_date), self.planned = self.planned, None
+        if tuple(plan.stages) != stages:
+            return False
+        self._deferred.append(WavePlanned(pool, plan.wave, up_to_date))
+        return True
 
     def _send_state(self, msg: Message, seq: int, parent: str | None = None) -> None:
         self._emit(b"state", encode(msg, sender=SENDER, seq=seq, parent=parent))

@@ -29,6 +29,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="(a pool forked by pivot repro) its broker holds the pipeline it was forked with under this token",
     )
     parser.add_argument(
+        "--planned", action="store_true",
+        help="(a pool started by pivot repro) its first wave is planned already: no locks read ahead for it",
+    )
+    parser.add_argument(
         "--start-workers", type=int, default=0, metavar="N",
         help="start this many workers (at most --jobs) once the pipeline is in: its starter knows stages will run",
     )

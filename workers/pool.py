@@ -141,7 +141,7 @@ class PoolService:
     def __init__(
         self, root: Path, link: Link | str, name: str, jobs: int, first_load: Loading | None = None,
         clock: Callable[[], float] = time.monotonic, executor: Executor | None = None, start_workers: int = 0,
-        one_shot: bool = False, handed: str = "",
+        one_shot: bool = False, handed: str = "", planned: bool = False,
     ) -> None:
         self.clock = clock  # every time the pool reads (liveness, resends, cancels)
         self.root = root
@@ -164,7 +164,8 @@ class PoolService:
         self.producers: DepProducers = {}
         # Read while the first loader runs, for the first wave's plan only (each lock is
         # handed out once, and a plan checks outputs against the lock it uses).
-        self.first_locks = (LockPrefetch(root), self.clock()) if first_load is not None else None
+        # (`planned`: its broker has the first wave's plan from the command that started it.)
+        self.first_locks = (LockPrefetch(root), self.clock()) if first_load is not None and not planned else None
         self.state = ProjectState.open(root)
         self.unacked = Outbox()  # results sent, until the broker acknowledges them
         self.done: queue.SimpleQueue[tuple[str, str, Any]] = queue.SimpleQueue()
@@ -1179,7 +1180,7 @@ def main(args: argparse.Namespace, first_load: Loading | None = None) -> int:
         executor, jobs = dask, jobs or dask.slots()
     service = PoolService(args.root, link, args.name, jobs, first_load, executor=executor,
                           start_workers=args.start_workers, one_shot=args.one_shot,
-                          handed=args.handed)
+                          handed=args.handed, planned=args.planned)
     service.records = records
     signal.signal(signal.SIGTERM, service.request_stop)
     signal.signal(signal.SIGINT, service.request_stop)

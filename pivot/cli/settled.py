@@ -48,6 +48,9 @@ class Settled(Record):
     manifest: Manifest | None = None  # as loaded here: the engine's pool need not load it
     graph: StageGraph | None = None  # the manifest's: its engine's broker need not build it
     stale: int = 0  # stages the plan found to run: the pool starts workers for them at once
+    # The wave's stages and those the plan found up to date: its engine's broker takes
+    # that answer rather than ask its pool to plan the same wave again.
+    planned: tuple[tuple[str, ...], tuple[str, ...]] | None = None
 
 
 def settle(
@@ -136,7 +139,8 @@ def _settle(
     up_to_date = plan_wave(project, manifest, plan.stages, plan.upstream, dep_producers(manifest),
                            read=locks.reader(), hasher=locks.hasher(project.hashes))
     if not feed(*(Noticed(text) for text in said), WavePlanned(POOL, plan.wave, tuple(up_to_date))) or plans:
-        return Settled(manifest=manifest, graph=graph, stale=len(plan.stages) - len(up_to_date))
+        return Settled(manifest=manifest, graph=graph, stale=len(plan.stages) - len(up_to_date),
+                       planned=(tuple(plan.stages), tuple(up_to_date)))
     finished = [p.msg for p in published if isinstance(p.msg, WaveFinished)]
     if not finished:
         return Settled(manifest=manifest, graph=graph)

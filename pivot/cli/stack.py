@@ -78,18 +78,19 @@ class Stack:
             self.endpoints = endpoints
             handed: Manifest | None = None
             graph: StageGraph | None = None
+            planned: tuple[tuple[str, ...], tuple[str, ...]] | None = None
             stale = 0
             if self.settle is not None:
                 outcome = self.settle()
                 if outcome.code is not None:
                     self.settled = outcome.code
                     return self
-                handed, graph = outcome.manifest, outcome.graph
+                handed, graph, planned = outcome.manifest, outcome.graph, outcome.planned
                 stale = outcome.stale
             # The pool starts before this process even imports ZeroMQ: its interpreter
             # then starts while we import the broker and display code. It connects before
             # the broker binds; ZeroMQ retries the connect.
-            token = self._start_pool(endpoints.work, handed, stale)
+            token = self._start_pool(endpoints.work, handed, stale, planned is not None)
             import zmq
 
             from broker.service import BrokerService
@@ -102,6 +103,7 @@ class Stack:
             self.broker = BrokerService(self.root, endpoints, self.ctx, state=BrokerState())
             if token and handed is not None:  # the pool names it rather than send it back
                 self.broker.handed[token] = (handed, graph)
+            self.broker.planned = planned  # (its first wave's, as settled here)
             self.broker.bind()
             self.thread = threading.Thread(target=self.broker.run, name="broker", daemon=True)
             self.thread.start()
@@ -111,7 +113,9 @@ class Stack:
             raise
         return self
 
-    def _start_pool(self, work_endpoint: str, manifest: Manifest | None = None, stale: int = 0) -> str:
+    def _start_pool(
+        self, work_endpoint: str, manifest: Manifest | None = None, stale: int = 0, planned: bool = False,
+    ) -> str:
         """Start the pool; returns the token its forked pool names `manifest` by ("": not
         forked, it sends the manifest it loads or reads)."""
         self.pool_log.parent.mkdir(parents=True, exist_ok=True)
@@ -119,6 +123,8 @@ class Stack:
                 "--one-shot"]
         if stale:  # its workers start beside its hello and the wave's plan, not after
             argv += ["--start-workers", str(stale)]
+        if planned:  # its broker has the first wave's plan: no locks to read ahead for it
+            argv.append("--planned")
         with open_role_log(self.pool_log) as out:
             if manifest is not None and _can_fork():
                 # Forked, holding the pipeline loaded here (workers/launch.py `forked_pool`).

@@ -140,6 +140,29 @@ def test_a_pipeline_named_by_a_token_the_broker_does_not_hold_is_an_unreadable_m
         e.close()
 
 
+def test_the_first_waves_plan_made_by_the_command_is_taken_without_asking_the_pool(project: Path) -> None:
+    e = Engine(project)
+    # What `pivot repro` planned before it started the engine: "first" up to date. It
+    # never ran, so its pool's own plan would run it: a skip says whose plan was taken.
+    e.broker.planned = (("first", "second"), ("first",))
+    e.start()
+    try:
+        assert outcomes(e.wave())["first"] == "skipped"
+        assert outcomes(e.wave()) == {"first": "ran", "second": "ran"}  # later waves ask the pool
+    finally:
+        e.close()
+
+
+def test_a_plan_made_for_another_wave_is_not_taken(project: Path) -> None:
+    e = Engine(project)
+    e.broker.planned = (("second",), ("second",))
+    e.start()
+    try:
+        assert outcomes(e.wave()) == {"first": "ran", "second": "ran"}
+    finally:
+        e.close()
+
+
 def test_state_sequence_numbers_arrive_without_gaps(engine: Engine) -> None:
     events = [e for e in engine.wave() if e.msg.TAG != "log"]
     seqs = [e.seq for e in events]
