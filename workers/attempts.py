@@ -23,10 +23,11 @@ was asked to stop through SIGUSR1; its real result stands, and its worker is kil
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING
 
 from pivot.protocol.messages import RunStage, StageRunning
+from pivot.protocol.record import MutableRecord, mutable_record
 
 if TYPE_CHECKING:
     from pivot.state.plan import Prepared
@@ -42,8 +43,8 @@ class Phase(enum.Enum):
     RUNNING = "running"  # handed to a worker (which may run another before it)
 
 
-@dataclass
-class Attempt:
+@mutable_record
+class Attempt(MutableRecord):
     job: RunStage
     phase: Phase
     cancel: str | None = None  # hard cancel: why

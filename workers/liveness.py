@@ -13,7 +13,7 @@ The broker's welcome (after a hello) ends the silence and the fence.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pivot.protocol.record import Record, record
 
 __all__ = ["HELLO_EVERY_S", "BrokerWatch", "Due"]
 
@@ -22,8 +22,8 @@ DEFAULT_HEARTBEAT_S = 1.0
 DEFAULT_LIVENESS = 3
 
 
-@dataclass(frozen=True)
-class Due:
+@record
+class Due(Record):
     heartbeat: bool = False  # send one now
     fence: bool = False  # stop every stage this pool runs (the first turn of a silence)
     give_up: bool = False  # exit: the broker stayed away too long

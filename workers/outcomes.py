@@ -13,10 +13,11 @@ A result is resent every `RESEND_S` until the broker acknowledges it (`Outbox`).
 from __future__ import annotations
 
 from concurrent.futures import BrokenExecutor
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from pivot.protocol.messages import StageResult, Status
+from pivot.protocol.record import MutableRecord, Record, mutable_record, record
 from pivot.runtime.job import StageOutcome, Verdict, verdict
 from pivot.state.plan import Prepared
 from pivot.state.reasons import ReasonCode
@@ -27,8 +28,8 @@ __all__ = ["RESEND_S", "Outbox", "Result", "after_decision", "after_run"]
 RESEND_S = 1.0
 
 
-@dataclass(frozen=True)
-class Result:
+@record
+class Result(Record):
     status: str
     code: str
     reason: str
@@ -88,8 +89,8 @@ def after_run(attempt: Attempt, ran: StageOutcome | BaseException) -> Result:
     return Result(ran.status, ran.reason_code, reason, ran.duration_s, ran.error, logs, ran.details)
 
 
-@dataclass
-class _Unacked:
+@mutable_record
+class _Unacked(MutableRecord):
     msg: StageResult
     next_send: float
 

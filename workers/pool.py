@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import BrokenExecutor, Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -76,6 +76,7 @@ from pivot.protocol.messages import (
     Status,
     WavePlan,
 )
+from pivot.protocol.record import MutableRecord, mutable_record
 from pivot.runtime.cancel import marker_path, writing_path
 from pivot.runtime.command import kill_group_of
 from pivot.runtime.dask_task import ALIVE_SUFFIX, CLAIM_SUFFIX, KILL_SUFFIX
@@ -125,8 +126,8 @@ QUEUE_PER_JOB = 4
 _ENDED_WELL = frozenset({Status.RAN, Status.SKIPPED, Status.RESTORED})  # (the broker's OK_STATUSES)
 
 
-@dataclass
-class Link:
+@mutable_record
+class Link(MutableRecord):
     """How the pool reaches its broker: the work endpoint (its engine started it), or the
     control endpoint (hello first: the broker says where its work socket is)."""
 

@@ -125,12 +125,13 @@ def dvc_files(root: Path, *, walk: bool = True) -> list[str]:
     """Every dvc.yaml below ROOT (project-relative), the root's first: git's files and
     untracked ones it does not ignore, or outside a repository, a walk (`walk`; else
     none but the root's)."""
-    import subprocess
-
     names: list[str] | None = None
     # git is asked only inside a repository: its start is ~3 ms of every pipeline load
-    # (pipeline.py's too, which looks for dvc.yaml files below it).
+    # (pipeline.py's too, which looks for dvc.yaml files below it), subprocess's import
+    # ~3 ms more.
     if in_git_repo(root):
+        import subprocess
+
         try:
             listed = subprocess.run(
                 ["git", "ls-files", "--cached", "--others", "--exclude-standard", "--", DVC_FILE, f"*/{DVC_FILE}"],

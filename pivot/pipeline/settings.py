@@ -44,11 +44,11 @@ def _section(root: Path) -> dict[str, Any]:
 
 def check_settings(root: Path) -> None:
     """PipelineError for a setting Pivot does not know or of the wrong type."""
-    import difflib
-
     for key, value in _section(root).items():
         wanted = KNOWN.get(key)
         if wanted is None:
+            import difflib
+
             close = difflib.get_close_matches(key, list(KNOWN), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(sorted(KNOWN))})"
             raise PipelineError(f"{FILE}: [tool.pivot] has no setting {key!r}{hint}")

@@ -14,9 +14,11 @@ pool would have decided it after the upstream's result came back (workers/pool.p
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from pivot.protocol.record import Record, record
 
 if TYPE_CHECKING:
     from pivot.pipeline.manifest import StageSpec
@@ -51,8 +53,8 @@ def verdict(prepared: Prepared) -> Verdict:
     return Verdict.RUN if decision.run else Verdict.SKIPPED
 
 
-@dataclass(frozen=True)
-class StageJob:
+@record
+class StageJob(Record):
     """Everything a worker needs to run one stage and record it (picklable)."""
 
     root: str
@@ -95,8 +97,8 @@ class StageJob:
         )
 
 
-@dataclass(frozen=True)
-class StageOutcome:
+@record
+class StageOutcome(Record):
     """How a run went: `status` is ran, failed or cancelled; `notes` holds Pivot's own
     remarks (a hand edit saved first, ...) when the run had no attempt files to write
     them to (what it printed went to the attempt's files: pivot/runtime/capture.py)."""
@@ -121,8 +123,8 @@ class StageOutcome:
 Row = tuple[str, int, int, int, str, int]  # a state-cache row (StateCache.take_held)
 
 
-@dataclass(frozen=True)
-class ChainLink:
+@record
+class ChainLink(Record):
     """A stage to decide and run right after the job named `upstream` (its pid file), in
     the same worker, if that ended well there: skipped, restored or run, as its pool
     would have decided it (`pivot.state.plan.prepare`) once the upstream result was in."""
@@ -149,8 +151,8 @@ class ChainLink:
         return self.spec.persist
 
 
-@dataclass(frozen=True)
-class LinkBegan:
+@record
+class LinkBegan(Record):
     """Sent by a worker before it runs a chain link it decided to run: why it runs."""
 
     reason_code: str
@@ -159,8 +161,8 @@ class LinkBegan:
     run_key: str
 
 
-@dataclass(frozen=True)
-class LinkDecided:
+@record
+class LinkDecided(Record):
     """A chain link its worker did not run: decided (`prepared`: skipped, restored, or
     failed without running), its check failed (`error`), or neither: its upstream did
     not end well there (its pool gave it back already). `rows`: what the check hashed."""

@@ -23,7 +23,6 @@ from pivot.pipeline.manifest import Manifest, new_spec
 from pivot.pipeline.paths import normalize
 from pivot.pipeline.project import DVC_FILE, PIPELINE_FILE
 from pivot.pipeline.stage import StageDecl, clear_registry, register_dvc_stage, registered
-from pivot.runtime.command import interpolate
 from pivot.runtime.freshcode import guard_project_bytecode, imported_source, keep_sources
 from pivot.runtime.preload import imported_tops, third_party
 from pivot.runtime.usertb import user_traceback
@@ -114,6 +113,9 @@ def _manifest(root: Path, pivots: set[str], preexisting: set[str], with_code: bo
             else:
                 defaults = params_mod.command_defaults(decl.name, decl.params)
                 resolved = params_mod.resolve(decl.name, defaults, {}, from_file.get(decl.name))
+                # Here only: its module's subprocess import (~3 ms) is no Python stage's.
+                from pivot.runtime.command import interpolate
+
                 interpolate(decl.name, decl.cmd, resolved)  # every ${name} is a param: said now
             script = script_code(decl.cmd, root / decl.wdir, root)
             code = command_fingerprint(decl.cmd, decl.wdir, script.parts if script else None,

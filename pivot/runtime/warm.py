@@ -44,9 +44,11 @@ import shlex
 import shutil
 import signal
 import sys
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any, NoReturn
+
+from pivot.protocol.record import Record, record
 
 __all__ = ["ForkedProcess", "ScriptRun", "enabled", "script_run", "start"]
 
@@ -80,8 +82,8 @@ def enabled(root: Path | None = None) -> bool:
     return setting(root, "warm", True) is not False
 
 
-@dataclass(frozen=True)
-class ScriptRun:
+@record
+class ScriptRun(Record):
     """What `python [-u] [-B] [-W arg] (script | -m module) ARGS` asks for."""
 
     module: bool  # -m: `target` is a module name; else a script's path, as given

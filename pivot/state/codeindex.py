@@ -23,13 +23,14 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import xxhash
 
+from pivot.protocol.record import MutableRecord, Record, mutable_record, record
 from pivot.state.atomic import write_atomic
 
 __all__ = [
@@ -57,8 +58,8 @@ _RACY_NS = 2_000_000_000
 _STAGE_DECORATORS = frozenset({"pivot.stage", "pivot.pipeline.stage.stage"})
 
 
-@dataclass(frozen=True)
-class BodyImport:
+@record
+class BodyImport(Record):
     """An import statement inside a definition: `import module` or `from module import name`."""
 
     module: str  # as written, without the leading dots
@@ -67,30 +68,30 @@ class BodyImport:
     bound: str  # the local name the statement binds
 
 
-@dataclass(frozen=True)
-class DefInfo:
+@record
+class DefInfo(Record):
     digest: str
     refs: tuple[str, ...]  # sorted names and dotted attribute chains read by the code
     imports: tuple[BodyImport, ...]
 
 
-@dataclass(frozen=True)
-class Binding:
+@record
+class Binding(Record):
     """A module-level statement that assigns a name."""
 
     digest: str
     refs: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class ModuleImport:
+@record
+class ModuleImport(Record):
     module: str
     level: int
     name: str | None
 
 
-@dataclass(frozen=True)
-class FileIndex:
+@record
+class FileIndex(Record):
     defs: dict[str, DefInfo]  # top-level function/class name -> info
     # Stage form of top-level functions that differ from their plain form: the @stage
     # decorator dropped and default values blanked (both are tracked elsewhere).
@@ -304,8 +305,8 @@ def _chain(node: ast.expr) -> str | None:
     return ".".join([node.id, *reversed(attrs)])
 
 
-@dataclass
-class _Found:
+@mutable_record
+class _Found(MutableRecord):
     refs: tuple[str, ...]
     imports: tuple[BodyImport, ...]
 
@@ -316,12 +317,12 @@ def _collect(node: ast.AST) -> _Found:
     return _Found(tuple(sorted(collector.refs)), tuple(collector.imports))
 
 
-@dataclass
 class _RefCollector(ast.NodeVisitor):
     """Names and attribute chains the code reads, skipping annotations (not run)."""
 
-    refs: set[str] = field(default_factory=set)
-    imports: list[BodyImport] = field(default_factory=list)
+    def __init__(self) -> None:
+        self.refs: set[str] = set()
+        self.imports: list[BodyImport] = []
 
     def visit_Name(self, node: ast.Name) -> None:
         if isinstance(node.ctx, ast.Load):
@@ -444,8 +445,8 @@ Stat = tuple[int, int, int]
 Imported = Callable[[str], tuple[str, bytes] | None]
 
 
-@dataclass(frozen=True)
-class _Entry:
+@record
+class _Entry(Record):
     stat: Stat | None  # None: too recent to trust, check the content hash
     content: str
     index: FileIndex

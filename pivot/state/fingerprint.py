@@ -29,12 +29,13 @@ import os
 import sys
 import types
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
 import xxhash
 
+from pivot.protocol.record import MutableRecord, Record, mutable_record, record
 from pivot.state.canonical import code_digest, code_names, constant
 from pivot.state.codeindex import BodyImport, DefInfo, FileIndex, Imported, ParseCache, digest_text
 from pivot.state.locality import ProjectFiles
@@ -68,8 +69,8 @@ _MISSING: Any = object()
 _EXTERNAL: Any = object()  # a body import of a non-project module: its part is already added
 
 
-@dataclass(frozen=True)
-class CodeFingerprint:
+@record
+class CodeFingerprint(Record):
     digest: str  # hex hash over all parts (sorted), stable across processes and machines
     parts: dict[str, str]  # qualified name -> hash of that piece, or "<dist>==<version>"
     sources: tuple[str, ...]  # sorted project-relative POSIX paths of the files reached
@@ -81,38 +82,46 @@ class CodeFingerprint:
 # -- walk targets: what a node is about; `key` identifies it in the memo -------------------
 
 
-@dataclass(frozen=True, eq=False)
 class _Stage:
-    func: Callable[..., Any]
+    __slots__ = ("func",)
+
+    def __init__(self, func: Callable[..., Any]) -> None:
+        self.func = func
 
     @property
     def key(self) -> tuple[object, ...]:
         return ("stage", id(self.func))
 
 
-@dataclass(frozen=True, eq=False)
 class _Def:
-    obj: Any  # a function or a class
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
 
     @property
     def key(self) -> tuple[object, ...]:
         return ("def", id(self.obj))
 
 
-@dataclass(frozen=True, eq=False)
 class _Binding:
-    ns: dict[str, Any]  # the module globals the name lives in
-    name: str
-    value: Any
+    __slots__ = ("name", "ns", "value")
+
+    def __init__(self, ns: dict[str, Any], name: str, value: Any) -> None:
+        self.ns = ns
+        self.name = name
+        self.value = value
 
     @property
     def key(self) -> tuple[object, ...]:
         return ("bind", id(self.ns), self.name)
 
 
-@dataclass(frozen=True, eq=False)
 class _Module:
-    module: types.ModuleType
+    __slots__ = ("module",)
+
+    def __init__(self, module: types.ModuleType) -> None:
+        self.module = module
 
     @property
     def key(self) -> tuple[object, ...]:
@@ -122,8 +131,8 @@ class _Module:
 _Target = _Stage | _Def | _Binding | _Module
 
 
-@dataclass
-class _Node:
+@mutable_record
+class _Node(MutableRecord):
     parts: dict[str, str] = field(default_factory=dict)
     sources: set[str] = field(default_factory=set)
     children: list[_Target] = field(default_factory=list)

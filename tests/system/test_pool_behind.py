@@ -97,6 +97,13 @@ class FakeBroker:
     def send(self, msg: Message) -> None:
         self.sock.send_multipart([self.identity, encode(msg, sender="broker")])
 
+    def send_pair(self, wave: int, force: bool = False) -> tuple[str, str]:
+        """a, and b behind it (attempts w{wave}-1 and w{wave}-2); `force`: a runs whatever."""
+        a, b = f"w{wave}-1", f"w{wave}-2"
+        self.send(RunStage(wave, "a", a, force))
+        self.send(RunStage(wave, "b", b, False, [a]))
+        return a, b
+
     def next(self) -> Message:
         """The pool's next message, heartbeats and output lines aside."""
         deadline = time.monotonic() + WAIT_S
@@ -150,8 +157,7 @@ def broker(tmp_path: Path, proc_guard: ProcGuard, zctx: zmq.Context[zmq.Socket[b
 
 
 def test_a_stage_behind_its_upstream_starts_once_that_ran_without_the_broker(broker: FakeBroker) -> None:
-    broker.send(RunStage(1, "a", "w1-1", False))
-    broker.send(RunStage(1, "b", "w1-2", False, ["w1-1"]))
+    broker.send_pair(1)
     # No acknowledgement, no other message from the broker between a's result and b.
     said = broker.results("w1-1", "w1-2")
     assert said == [("w1-1", "running"), ("w1-1", "ran"), ("w1-2", "running"), ("w1-2", "ran")]
@@ -160,8 +166,7 @@ def test_a_stage_behind_its_upstream_starts_once_that_ran_without_the_broker(bro
 
 def test_a_stage_behind_an_upstream_that_failed_is_given_back_unstarted(broker: FakeBroker) -> None:
     (broker.root / "fail-a").touch()
-    broker.send(RunStage(1, "a", "w1-1", False))
-    broker.send(RunStage(1, "b", "w1-2", False, ["w1-1"]))
+    broker.send_pair(1)
     assert broker.results("w1-1", "w1-2") == [("w1-1", "running"), ("w1-1", "failed"), ("w1-2", "lost")]
     assert "not started: upstream attempt w1-1 ended failed" in broker.results_by["w1-2"].reason
     assert not (broker.root / "b.runs").exists()
@@ -171,16 +176,14 @@ def test_a_stage_behind_an_upstream_that_failed_is_given_back_unstarted(broker: 
     assert "is not this pool's" in broker.results_by["w2-2"].reason
     # The pool goes on: a, then b behind it, run once the failure is acknowledged.
     (broker.root / "fail-a").unlink()
-    broker.send(RunStage(3, "a", "w3-1", False))
-    broker.send(RunStage(3, "b", "w3-2", False, ["w3-1"]))
+    broker.send_pair(3)
     assert broker.results("w3-1", "w3-2")[-1] == ("w3-2", "ran")
     assert (broker.root / "b.runs").read_text() == "ran\n"
 
 
 def test_a_stage_behind_its_upstream_is_cancelled_at_once_and_its_upstream_runs_on(broker: FakeBroker) -> None:
     (broker.root / "hold-a").touch()
-    broker.send(RunStage(1, "a", "w1-1", False))
-    broker.send(RunStage(1, "b", "w1-2", False, ["w1-1"]))
+    broker.send_pair(1)
     assert broker.next_of(StageRunning) == StageRunning("w1-1", "never_ran", "never ran", {})
     wait_for((broker.root / "a.started").exists, WAIT_S, "stage a to start")
     broker.send(CancelStage("w1-2", "the test cancels it"))
@@ -193,8 +196,7 @@ def test_a_stage_behind_its_upstream_is_cancelled_at_once_and_its_upstream_runs_
 
 def test_a_stage_behind_its_upstream_runs_in_that_worker_without_the_pools_loop(broker: FakeBroker) -> None:
     (broker.root / "hold-a").touch()
-    broker.send(RunStage(1, "a", "w1-1", False))
-    broker.send(RunStage(1, "b", "w1-2", False, ["w1-1"]))
+    broker.send_pair(1)
     # A stage not in the pipeline fails at once: its result says the pool read b before it.
     broker.send(RunStage(1, "nowhere", "w1-3", False))
     said = broker.results("w1-3")
@@ -217,8 +219,7 @@ def test_a_stage_behind_its_upstream_runs_in_that_worker_without_the_pools_loop(
 
 def test_a_stage_handed_ahead_is_given_back_unrun_when_its_upstream_is_cancelled(broker: FakeBroker) -> None:
     (broker.root / "hold-a").touch()
-    broker.send(RunStage(1, "a", "w1-1", False))
-    broker.send(RunStage(1, "b", "w1-2", False, ["w1-1"]))
+    broker.send_pair(1)
     wait_for((broker.root / "a.started").exists, WAIT_S, "stage a to start")
     broker.send(CancelStage("w1-1", "the test cancels it"))
     said = broker.results("w1-1", "w1-2")
@@ -227,8 +228,7 @@ def test_a_stage_handed_ahead_is_given_back_unrun_when_its_upstream_is_cancelled
     assert not (broker.root / "b.runs").exists()
     # Its worker goes on with the next ones.
     (broker.root / "hold-a").unlink()
-    broker.send(RunStage(2, "a", "w2-1", False))
-    broker.send(RunStage(2, "b", "w2-2", False, ["w2-1"]))
+    broker.send_pair(2)
     assert broker.results("w2-1", "w2-2")[-1] == ("w2-2", "ran")
     assert (broker.root / "b.runs").read_text() == "ran\n"
 
@@ -237,22 +237,18 @@ def test_a_stage_its_upstreams_worker_decides_is_skipped_or_restored_as_the_pool
     content = broker.root / "a.content"
     runs = broker.root / "b.runs"
     content.write_text("x\n")
-    broker.send(RunStage(1, "a", "w1-1", False))
-    broker.send(RunStage(1, "b", "w1-2", False, ["w1-1"]))
+    broker.send_pair(1)
     assert broker.results("w1-1", "w1-2")[-1] == ("w1-2", "ran")
     # a again, same output: b, decided by a's worker, is up to date.
-    broker.send(RunStage(2, "a", "w2-1", True))
-    broker.send(RunStage(2, "b", "w2-2", False, ["w2-1"]))
+    broker.send_pair(2, force=True)
     assert broker.results("w2-1", "w2-2") == [("w2-1", "running"), ("w2-1", "ran"), ("w2-2", "skipped")]
     content.write_text("y\n")
-    broker.send(RunStage(3, "a", "w3-1", True))
-    broker.send(RunStage(3, "b", "w3-2", False, ["w3-1"]))
+    broker.send_pair(3, force=True)
     assert broker.results("w3-1", "w3-2")[-1] == ("w3-2", "ran")
     assert (broker.root / "b.txt").read_text() == "Y\n"
     # Back to x: b's first run is in the run cache, and its outputs are placed from it.
     content.write_text("x\n")
-    broker.send(RunStage(4, "a", "w4-1", True))
-    broker.send(RunStage(4, "b", "w4-2", False, ["w4-1"]))
+    broker.send_pair(4, force=True)
     assert broker.results("w4-1", "w4-2") == [("w4-1", "running"), ("w4-1", "ran"), ("w4-2", "restored")]
     assert (broker.root / "b.txt").read_text() == "X\n"
     assert runs.read_text() == "ran\nran\n"
