@@ -94,6 +94,9 @@ class DaskWorkers:
             on_start()
         return ours
 
+    def rebalance(self, now: float) -> float | None:
+        return None  # the scheduler places each stage when a worker is free
+
     def submit_after(self, link: ChainLink, on_began: Callable[[LinkBegan], None]) -> Future[Any] | None:
         return None  # its scheduler places each stage: the pool decides them all
 

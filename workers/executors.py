@@ -53,6 +53,11 @@ class Executor(Protocol):
         runs it); None when it cannot (not this executor's way, or no such worker)."""
         ...
 
+    def rebalance(self, now: float) -> float | None:
+        """Stages queued behind a long one that an idle worker could run now, moved to
+        it (`now`: time.monotonic()); returns when to call again (None: no need)."""
+        ...
+
     def waitables(self) -> list[int]:
         """Descriptors the pool's loop polls for this executor (none: it wakes the loop
         from its own threads through their futures' callbacks)."""

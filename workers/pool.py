@@ -213,9 +213,12 @@ class PoolService:
             self.pid_dir.mkdir(parents=True)
         else:
             self.pid_dir = scratch_dir("workers", attempts_temp())
+            if isinstance(self.workers, WorkerProcesses):
+                self.workers.claims_folder = str(self.pid_dir)
         self.mp_dir = multiprocessing_scratch()
         self.lease = self.pid_dir / LEASE_NAME
         self.lease_renewed = 0.0
+        self.rebalance_at: float | None = None  # when queued stages may move (time.monotonic)
         self.lease_count = 0
         self.stopping = False
         self.leaving = False  # SIGTERM: handing back its stages before it exits
@@ -464,6 +467,7 @@ class PoolService:
         self._decide_released()
         self._start_held()
         self._drain_done()  # (what those workers began)
+        self.rebalance_at = self.workers.rebalance(time.monotonic())
         self._look(self.clock())
 
     def _timeout_ms(self, now: float) -> float:
@@ -474,6 +478,8 @@ class PoolService:
             deadlines.append(self.next_look)
         if self.quiet.due is not None:
             deadlines.append(self.quiet.due)
+        if self.rebalance_at is not None:  # (time.monotonic's, as the default clock's)
+            deadlines.append(now + self.rebalance_at - time.monotonic())
         # An attempt whose worker was not known yet is signalled as soon as it is.
         deadlines += [now + 0.02 if not a.worker_pid else a.kill_at for a in self.attempts.values() if a.stop]
         return max(0.0, (min(deadlines) - now) * 1000)

@@ -17,7 +17,9 @@ pool's loop to read that and send another (on two cores the loop is often not ru
 then: cold 1000-stage runs 12 % faster). Only once every worker exists: a stage is not
 queued behind another while a worker that could run it is starting. A stage's
 `on_start` is called when its worker begins it, not when it is queued: its pool says
-"running" then.
+"running" then. Stages queued behind one that has run WITHDRAW_AFTER_S while another
+worker is idle are taken back before they begin and given to that one (`rebalance`,
+pivot/runtime/claim.py): a short stage queued behind a long one would wait for it.
 
 What a death means is loky's rule, which the pool's bookkeeping is built on: when a
 worker dies running a stage, every stage in flight fails with `BrokenExecutor` (the
@@ -30,13 +32,16 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import logging
+import math
 import os
 import pickle
 import queue
 import select
 import signal
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import BrokenExecutor, Future
 from dataclasses import dataclass, field
@@ -45,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from pivot.runtime.cancel import request_cancel
+from pivot.runtime.claim import JobClaims
 from pivot.runtime.command import kill_group_of
 from pivot.runtime.job import RESUME, ChainLink, LinkBegan, StageJob, StageOutcome, paused_after
 from workers.executors import discard_if_died
@@ -52,10 +58,14 @@ from workers.executors import discard_if_died
 __all__ = ["WorkerProcesses"]
 
 log = logging.getLogger(__name__)
+_CLAIMS = itertools.count(1)
 
 IDLE_EXIT_S = 3600.0  # a worker idle this long exits (its imports' memory goes with it)
 REAP_S = 2.0  # a killed worker is reaped within this (its pid must be dead when judged)
 PREFETCH = 2  # stages a worker holds: the one it runs, and the next
+# A stage queued behind one that has run this long moves to a worker gone idle: the most
+# a short stage waits behind a long one with a core free (a small stage's run never does).
+WITHDRAW_AFTER_S = 0.02
 
 
 @dataclass(eq=False)
@@ -65,6 +75,8 @@ class _Sent:
     on_start: Callable[[], None] | None
     pid_file: str = ""
     on_began: Callable[[LinkBegan], None] | None = None  # (a chain link) its worker runs it
+    work: StageJob | ChainLink | None = None  # what was sent (again, if it moves)
+    number: int = 0  # in its worker's sequence (pivot/runtime/claim.py)
 
 
 @dataclass(eq=False)
@@ -77,6 +89,9 @@ class _Worker:
     # Stages sent and not answered yet, as the worker sees them: `sent` is emptied when
     # their futures fail (a death beside them) while the worker may still run one.
     unanswered: int = 0
+    claims: JobClaims | None = None  # which of those queued it may still begin
+    numbered: int = 0  # the last number given to a job sent to it
+    began_at: float = 0.0  # when it began its first `sent`, as the loop saw it
 
 
 def _exit_description(code: int | None) -> str:
@@ -88,6 +103,12 @@ def _exit_description(code: int | None) -> str:
         except ValueError:
             return f"it was killed by signal {-code}"
     return f"it exited with status {code}"
+
+
+def _drop_claims(w: _Worker) -> None:
+    if w.claims is not None:
+        w.claims.close(remove=True)
+        w.claims = None
 
 
 def _fail(future: Future[StageOutcome], why: str) -> None:
@@ -103,6 +124,9 @@ class WorkerProcesses:
 
     remote = False
     prefetch = PREFETCH
+    # Where each worker's claims file goes (pivot/runtime/claim.py); None: its queued
+    # stages never move to another worker.
+    claims_folder: str | None = None
 
     def __init__(self, jobs: int) -> None:
         self.jobs = max(1, jobs)
@@ -186,13 +210,9 @@ class WorkerProcesses:
         future: Future[Any] = Future()
         future.set_running_or_notify_cancel()
         future.add_done_callback(lambda f: discard_if_died(link, f))
-        try:
-            w.conn.send_bytes(pickle.dumps(link, pickle.HIGHEST_PROTOCOL))
-        except (OSError, ValueError) as exc:  # its worker died this instant
-            log.info("worker %s gone before its stage was sent: %s", w.proc.pid, exc)
+        sent = _Sent(link.stage, future, None, link.pid_file, on_began, link)
+        if not self._give(w, sent):
             return None
-        w.sent.append(_Sent(link.stage, future, None, link.pid_file, on_began))
-        w.unanswered += 1
         return future
 
     def _dispatch(self) -> None:
@@ -210,17 +230,61 @@ class WorkerProcesses:
 
     def _send(self, w: _Worker) -> None:
         job, sent = self._pending.popleft()
+        sent.work = job
+        if not self._give(w, sent):
+            self._pending.appendleft((job, sent))  # its sentinel says it died at the next poll
+
+    def _give(self, w: _Worker, sent: _Sent) -> bool:
+        """`sent` to `w`, numbered in its sequence; False if its worker died this instant."""
+        number = w.numbered + 1
         try:
             # (pickle's own: multiprocessing's ForkingPickler builds a pickler a call)
-            w.conn.send_bytes(pickle.dumps(job, pickle.HIGHEST_PROTOCOL))
-        except (OSError, ValueError) as exc:  # its worker died this instant
-            self._pending.appendleft((job, sent))
+            w.conn.send_bytes(pickle.dumps((number, sent.work), pickle.HIGHEST_PROTOCOL))
+        except (OSError, ValueError) as exc:
             log.info("worker %s gone before its stage was sent: %s", w.proc.pid, exc)
-            return  # its sentinel says so at the next poll
+            return False
+        w.numbered = sent.number = number
         w.sent.append(sent)
         w.unanswered += 1
-        if len(w.sent) == 1 and not w.paused and sent.on_start is not None:
-            sent.on_start()
+        if len(w.sent) == 1:
+            w.began_at = time.monotonic()
+            if not w.paused and sent.on_start is not None:
+                sent.on_start()
+        return True
+
+    def rebalance(self, now: float) -> float | None:
+        """Stages queued behind one that has run WITHDRAW_AFTER_S, taken back before their
+        worker begins them and given to an idle worker, in order (with the chain links
+        among them: each follows its upstream's job). Returns when to look again (None:
+        nothing queued that could move)."""
+        if self._pending or self._broken is not None:
+            return None  # (an idle worker takes what is pending first)
+        idle = [w for w in self._workers if not w.sent and not w.paused]
+        if not idle:
+            return None
+        due: float | None = None
+        for w in self._workers:
+            if len(w.sent) < 2 or w.paused or w.claims is None or w.sent[1].on_began is not None:
+                continue  # (a link first in the queue follows the job its worker runs)
+            if now < w.began_at + WITHDRAW_AFTER_S:
+                due = min(math.inf if due is None else due, w.began_at + WITHDRAW_AFTER_S)
+                continue
+            queued = list(w.sent)[1:]
+            if not w.claims.withdraw(w.sent[0].number, queued[-1].number):
+                continue  # it began the next one (its answer is on its way), or not this one yet
+            to = idle.pop()
+            log.info("stages %s moved from worker %s, busy with %s for %.0f ms, to idle worker %s",
+                     ", ".join(q.stage for q in queued), w.proc.pid, w.sent[0].stage,
+                     (now - w.began_at) * 1000, to.proc.pid)
+            for _ in queued:
+                w.sent.pop()
+                w.unanswered -= 1
+            for q in queued:
+                if not self._give(to, q):
+                    to.sent.append(q)  # fails with its worker, which died this instant
+            if not idle:
+                break
+        return due
 
     def start(self, count: int, root: Path | None = None) -> None:
         for _ in range(min(count, self.jobs) - len(self._workers) - self._starting):
@@ -236,6 +300,7 @@ class WorkerProcesses:
             except (OSError, ValueError):
                 continue  # it died: its sentinel says so
             w.paused = False
+            w.began_at = time.monotonic()
             if w.sent and (on_start := w.sent[0].on_start) is not None:
                 on_start()
 
@@ -269,13 +334,19 @@ class WorkerProcesses:
         def start() -> None:
             from pivot.runtime.worker import serve
 
+            claims = None
             try:
+                if self.claims_folder is not None:
+                    claims = JobClaims(os.path.join(self.claims_folder, f"claims-{next(_CLAIMS)}"), create=True)
                 ours, theirs = context.Pipe(duplex=True)
-                proc = context.Process(target=serve, args=(theirs, IDLE_EXIT_S, warm), name="pivot-worker")
+                proc = context.Process(target=serve, args=(theirs, IDLE_EXIT_S, warm, claims and claims.path),
+                                       name="pivot-worker")
                 proc.start()
                 theirs.close()
-                started: _Worker | BaseException = _Worker(proc, ours)
+                started: _Worker | BaseException = _Worker(proc, ours, claims=claims)
             except BaseException as exc:  # (a forkserver that cannot start, fds exhausted)
+                if claims is not None:
+                    claims.close(remove=True)
                 started = exc
             with self._lock:
                 if self._closed:  # the pool is exiting: a worker started now has no use
@@ -339,6 +410,7 @@ class WorkerProcesses:
                 else:
                     future.set_exception(value)
                 w.paused = paused_after(ok, value)  # as `serve` does
+                w.began_at = time.monotonic()
                 if w.sent and not w.paused and (on_start := w.sent[0].on_start) is not None:
                     on_start()  # it began the next one as it sent this outcome
         except (EOFError, OSError):
@@ -350,6 +422,7 @@ class WorkerProcesses:
         w.proc.join(REAP_S)  # reaped: its pid no longer passes for alive when judged
         self._workers.remove(w)
         w.conn.close()
+        _drop_claims(w)
         how = _exit_description(w.proc.exitcode)
         if not w.sent:
             log.info("worker %s ended while idle: %s", w.proc.pid, how)
@@ -403,6 +476,7 @@ class WorkerProcesses:
             else:
                 self._dying.append(w.proc)
             w.conn.close()
+            _drop_claims(w)
 
     def _forget_dead(self) -> None:
         dying = []

@@ -30,6 +30,7 @@ from pivot.faults import reached
 from pivot.pipeline.stage import StageDecl
 from pivot.runtime.cancel import CANCEL_SUFFIX, StageCancelled, arm, cancellable
 from pivot.runtime.capture import captured, output_file, write_note
+from pivot.runtime.claim import JobClaims
 from pivot.runtime.command import CommandFailed, kill_running_group, run_command
 from pivot.runtime.freshcode import differing
 from pivot.runtime.job import (
@@ -390,7 +391,7 @@ def run_link(link: ChainLink, well: str, began: Callable[[LinkBegan], None]) -> 
     return outcome
 
 
-def serve(conn: Any, idle_s: float, warm: str | None = None) -> None:
+def serve(conn: Any, idle_s: float, warm: str | None = None, claims: str | None = None) -> None:
     """A worker process's life (workers/processes.py): run each job its pool sends, in
     order, send back ``(True, outcome)`` or ``(False, exception)``; exit when the pool
     closes its end or after `idle_s` without a job. With `warm` (a project root), the
@@ -400,11 +401,15 @@ def serve(conn: Any, idle_s: float, warm: str | None = None) -> None:
     After a stage that failed, the next one (its pool may have sent it already) waits for
     RESUME: the broker may stop it (fail fast), and its pool says go on only once the
     broker has answered that failure. A chain link (`run_link`) goes on only after the
-    job it follows ended well here: else it is answered as given back, unrun."""
+    job it follows ended well here: else it is answered as given back, unrun.
+
+    Each job comes numbered; with `claims` (pivot/runtime/claim.py), one its pool took
+    back before it began is dropped unanswered: it runs on another worker."""
+    claimed = JobClaims(claims) if claims is not None else None
     if warm is not None:
         with contextlib.suppress(PipelineError):
             import_pipeline(Path(warm))
-    held: collections.deque[StageJob | ChainLink] = collections.deque()
+    held: collections.deque[tuple[int, StageJob | ChainLink]] = collections.deque()
     paused = False
     well = ""  # the pid file of the last job that ended well here (a chain link's condition)
 
@@ -413,7 +418,7 @@ def serve(conn: Any, idle_s: float, warm: str | None = None) -> None:
 
     while True:
         if held and not paused:
-            job = held.popleft()
+            number, job = held.popleft()
         else:
             if not conn.poll(None if held else idle_s):
                 return
@@ -427,7 +432,9 @@ def serve(conn: Any, idle_s: float, warm: str | None = None) -> None:
             if paused:
                 held.append(got)
                 continue
-            job = got
+            number, job = got
+        if claimed is not None and not claimed.begin(number):
+            continue
         try:
             result = run_link(job, well, began) if isinstance(job, ChainLink) else run_stage(job)
             reply: tuple[bool, Any] = (True, result)

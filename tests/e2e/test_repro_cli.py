@@ -384,6 +384,57 @@ def test_with_one_slot_the_displays_see_one_stage_running_at_a_time(make_project
     assert statuses(events) == dict.fromkeys(["first", "second", "third"], "ran")
 
 
+LONG_BESIDE_A_CHAIN = stage_src(
+    """\
+    import time
+
+
+    @stage(outs=["long.txt"])
+    def long() -> None:
+        # Ends only once the chain beside it has: it would wait 20 s and fail if a stage
+        # of that chain waited behind it on its worker.
+        deadline = time.monotonic() + 20
+        while not os.path.exists("t2.txt"):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the chain beside this stage never ended")
+            time.sleep(0.01)
+        open("long.txt", "w").write("long\\n")
+
+
+    @stage(outs=["s1.txt"])
+    def s1() -> None:
+        open("s1.txt", "w").write("s1\\n")
+
+
+    @stage(outs=["s2.txt"])
+    def s2() -> None:
+        open("s2.txt", "w").write("s2\\n")
+
+
+    @stage(deps=["s2.txt"], outs=["t1.txt"])
+    def t1() -> None:
+        open("t1.txt", "w").write("t1\\n")
+
+
+    @stage(deps=["t1.txt"], outs=["t2.txt"])
+    def t2() -> None:
+        open("t2.txt", "w").write("t2\\n")
+    """
+)
+
+
+def test_stages_queued_behind_a_long_one_run_on_a_worker_gone_idle(make_project: MakeProject) -> None:
+    """Two workers: `long` on one, s1 on the other, s2 queued behind `long` in its
+    worker's pipe; once s1 is done, s2 and its chain move to the idle worker
+    (workers/processes.py `rebalance`) and `long`, which waits for them, ends."""
+    root = make_project({"pipeline.py": LONG_BESIDE_A_CHAIN})
+    result, events = repro(root, "-j", "2")
+    assert result.returncode == 0, describe(result)
+    assert statuses(events) == dict.fromkeys(["long", "s1", "s2", "t1", "t2"], "ran")
+    order = [e["stage"] for e in events if e["event"] == "stage_finished"]
+    assert order[-1] == "long", order
+
+
 def test_failing_stage_with_keep_going_still_runs_unrelated_stages(make_project: MakeProject) -> None:
     root = make_project({"pipeline.py": FAILING})
     result, events = repro(root, "-j", "1", "--keep-going")

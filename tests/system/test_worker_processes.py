@@ -82,6 +82,14 @@ def slow() -> None:
     open("slow.txt", "w").write("slow\\n")
 
 
+@stage(outs=["once.txt"])
+def once() -> None:
+    mark("once")
+    with open("once.log", "a") as f:  # each run of it
+        f.write(f"{os.getpid()}\\n")
+    open("once.txt", "w").write("once\\n")
+
+
 @stage(outs=["fails.txt"])
 def fails() -> None:
     raise ValueError("no")
@@ -114,8 +122,9 @@ def root(make_project: Callable[..., Path], monkeypatch: pytest.MonkeyPatch) -> 
 
 
 @pytest.fixture
-def workers() -> Iterator[WorkerProcesses]:
+def workers(tmp_path: Path) -> Iterator[WorkerProcesses]:
     made = WorkerProcesses(2)
+    made.claims_folder = str(tmp_path)
     yield made
     made.close()
 
@@ -133,9 +142,12 @@ def loop_until(workers: WorkerProcesses, done: Callable[[], bool], what: str) ->
     """The pool's loop: poll the executor's descriptors, hand the ready ones to it."""
     deadline = time.monotonic() + DEADLINE_S
     while not done():
-        left = deadline - time.monotonic()
+        now = time.monotonic()
+        left = deadline - now
         assert left > 0, f"timed out waiting for {what}"
-        ready, _, _ = select.select(workers.waitables(), [], [], min(left, 0.5))
+        due = workers.rebalance(now)
+        wait = min(left, 0.5) if due is None else max(0.0, min(left, due - now))
+        ready, _, _ = select.select(workers.waitables(), [], [], wait)
         workers.collect(set(ready))
 
 
@@ -265,6 +277,35 @@ def test_a_stage_queued_behind_a_running_one_starts_on_that_worker_when_it_ends(
         assert pid_of(root, "b") == pid_of(root, "slow") == pid_of(root, "a")
     finally:
         workers.close()
+
+
+def test_a_stage_queued_behind_a_long_one_moves_to_the_worker_gone_idle(root: Path, tmp_path: Path) -> None:
+    workers = WorkerProcesses(2)
+    workers.claims_folder = str(tmp_path)
+    try:
+        workers.start(2)
+        loop_until(workers, lambda: len(workers.waitables()) == 1 + 2 * 2, "two workers to start")
+        started: list[str] = []
+        slow = workers.submit(job(root, "slow"), on_start=lambda: started.append("slow"))
+        quick = workers.submit(job(root, "a"), on_start=lambda: started.append("a"))
+        queued = workers.submit(job(root, "once"), on_start=lambda: started.append("once"))  # behind slow
+        loop_until(workers, queued.done, "the queued stage, moved to the worker that ran a")
+        assert not slow.done()  # it waits for its release: `once` did not wait for it
+        assert outcome(quick).status == outcome(queued).status == "ran"
+        assert pid_of(root, "once") == pid_of(root, "a") != pid_of(root, "slow")
+        assert started == ["slow", "a", "once"]  # said to run once, when it began
+        (root / "release").touch()
+        loop_until(workers, slow.done, "stage slow")
+        assert outcome(slow).status == "ran"
+        # A stage each: both workers are past what their pipes held (the withdrawn `once`).
+        more = [workers.submit(job(root, "b")), workers.submit(job(root, "c"))]
+        loop_until(workers, lambda: all(f.done() for f in more), "stages b and c")
+        assert {pid_of(root, "b"), pid_of(root, "c")} == {pid_of(root, "a"), pid_of(root, "slow")}
+        assert (root / "once.log").read_text().split() == [str(pid_of(root, "once"))]  # it ran once
+        assert len(list(tmp_path.glob("claims-*"))) == 2
+    finally:
+        workers.close()
+    assert not list(tmp_path.glob("claims-*"))
 
 
 def test_a_death_fails_the_stage_queued_behind_it_which_never_began(root: Path) -> None:
