@@ -120,10 +120,11 @@ def encode(
     msg_id: str | None = None,
     ts: float | None = None,
 ) -> bytes:
-    records = _layout(msg.TAG).records
+    layout = _layout(msg.TAG)
+    records = layout.records
     body = {
-        f.name: _plain(getattr(msg, f.name)) if f.name in records else getattr(msg, f.name)
-        for f in dataclasses.fields(msg)
+        name: _plain(getattr(msg, name)) if name in records else getattr(msg, name)
+        for name in layout.fields  # (in the fields' order, as dataclasses.fields gives them)
     }
     wire = {
         "v": PROTOCOL_VERSION,
@@ -211,7 +212,11 @@ def _checker(hint: Any) -> Callable[[Any], bool]:
         return lambda value: True
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
-        checks = tuple(_checker(arg) for arg in typing.get_args(hint))
+        args = typing.get_args(hint)
+        if len(args) == 2 and type(None) in args:  # X | None, the usual one: no generator
+            (other,) = (_checker(arg) for arg in args if arg is not type(None))
+            return lambda value: value is None or other(value)
+        checks = tuple(_checker(arg) for arg in args)
         return lambda value: any(check(value) for check in checks)
     if hint is type(None):
         return lambda value: value is None
@@ -237,7 +242,10 @@ def _checker(hint: Any) -> Callable[[Any], bool]:
             and all(check(v) for check, v in zip(checks, value, strict=True))
         )
     if origin is dict:
-        key, item = (_checker(arg) for arg in typing.get_args(hint))
+        key_hint, item_hint = typing.get_args(hint)
+        key, item = _checker(key_hint), _checker(item_hint)
+        if item_hint is Any:  # (details maps: their values are not looked at)
+            return lambda value: isinstance(value, dict) and all(key(k) for k in value)
         return lambda value: isinstance(value, dict) and all(key(k) and item(v) for k, v in value.items())
     if _is_record(hint):  # a map with exactly the record's fields, each of its type
         fields = {k: _checker(t) for k, t in _record_fields(hint).items()}
