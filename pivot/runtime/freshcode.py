@@ -33,10 +33,13 @@ import marshal
 import os
 import sys
 from collections.abc import Mapping
-from importlib.abc import PathEntryFinder
 from types import CodeType
+from typing import TYPE_CHECKING
 
 import xxhash
+
+if TYPE_CHECKING:  # (importlib.abc imports importlib.resources, tempfile, shutil: ~4 ms of a loader)
+    from importlib.abc import PathEntryFinder
 
 __all__ = ["differing", "guard_project_bytecode", "guarded", "imported_source", "keep_sources"]
 
