@@ -338,9 +338,12 @@ class WorkerProcesses:
             from pivot.runtime.worker import serve
 
             claims = None
-            try:
-                if self.claims_folder is not None:
+            if self.claims_folder is not None:
+                try:
                     claims = JobClaims(os.path.join(self.claims_folder, f"claims-{next(_CLAIMS)}"), create=True)
+                except OSError as exc:  # its queued stages just never move
+                    log.warning("worker claims file not made in %s: %s", self.claims_folder, exc)
+            try:
                 ours, theirs = context.Pipe(duplex=True)
                 proc = context.Process(target=serve, args=(theirs, IDLE_EXIT_S, warm, claims and claims.path),
                                        name="pivot-worker")

@@ -13,6 +13,7 @@ import os
 import pickle
 import signal
 import stat
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -405,7 +406,15 @@ def serve(conn: Any, idle_s: float, warm: str | None = None, claims: str | None 
 
     Each job comes numbered; with `claims` (pivot/runtime/claim.py), one its pool took
     back before it began is dropped unanswered: it runs on another worker."""
-    claimed = JobClaims(claims) if claims is not None else None
+    claimed = None
+    if claims is not None:
+        try:
+            claimed = JobClaims(claims)
+        except OSError as exc:
+            # Its pool may take back a job it queued here: without the file this worker
+            # could run one that another worker runs too. It goes; its pool starts another.
+            print(f"pivot worker: cannot open its claims file {claims}: {exc}", file=sys.stderr)
+            return
     if warm is not None:
         with contextlib.suppress(PipelineError):
             import_pipeline(Path(warm))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import os
+import pickle
 import select
 import signal
 import subprocess
@@ -306,6 +307,49 @@ def test_a_stage_queued_behind_a_long_one_moves_to_the_worker_gone_idle(root: Pa
     finally:
         workers.close()
     assert not list(tmp_path.glob("claims-*"))
+
+
+def test_workers_whose_claims_file_cannot_be_made_run_stages_that_never_move(root: Path, tmp_path: Path) -> None:
+    workers = WorkerProcesses(2)
+    workers.claims_folder = str(tmp_path / "missing")  # no such folder: no claims file
+    try:
+        workers.start(2)
+        loop_until(workers, lambda: len(workers.waitables()) == 1 + 2 * 2, "two workers to start")
+        slow = workers.submit(job(root, "slow"))
+        quick = workers.submit(job(root, "a"))
+        queued = workers.submit(job(root, "once"))  # behind slow, for good
+        loop_until(workers, quick.done, "stage a")
+        assert not queued.done()
+        (root / "release").touch()
+        loop_until(workers, lambda: slow.done() and queued.done(), "slow, then the stage behind it")
+        assert [outcome(f).status for f in (slow, quick, queued)] == ["ran"] * 3
+        assert pid_of(root, "once") == pid_of(root, "slow")
+    finally:
+        workers.close()
+
+
+def test_a_worker_that_cannot_open_its_claims_file_runs_nothing(root: Path, tmp_path: Path) -> None:
+    """Its pool could take back a job it holds and give it to another worker: without
+    the file it would run that job too. It exits instead (its pool starts another)."""
+    from pivot.runtime.worker import serve
+
+    context = multiprocessing.get_context("spawn")
+    ours, theirs = context.Pipe(duplex=True)
+    proc = context.Process(target=serve, args=(theirs, 30.0, None, str(tmp_path / "gone")))
+    proc.start()
+    theirs.close()
+    try:
+        ours.send_bytes(pickle.dumps((1, job(root, "a"))))
+        proc.join(DEADLINE_S)
+        assert proc.exitcode == 0
+        with pytest.raises((EOFError, ConnectionResetError)):  # no answer: it is gone
+            ours.recv()
+        assert not (root / "pid.a").exists()
+    finally:
+        if proc.is_alive():
+            proc.kill()
+            proc.join(DEADLINE_S)
+        ours.close()
 
 
 def test_a_death_fails_the_stage_queued_behind_it_which_never_began(root: Path) -> None:
