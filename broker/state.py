@@ -189,6 +189,8 @@ class BrokerState:
             case ManifestRejected():
                 self.pipeline_error = PipelineInvalid(event.message, event.detail)
                 self._publish(self.pipeline_error)
+                if self.reload.active:
+                    self._cancel_outdated(None)  # no new code to tell which are as they were
                 self._reload_answered()
             case RunRequested():
                 self._run_requested(event)
@@ -411,6 +413,8 @@ class BrokerState:
             self._run_requested(request)
         if self.reload.active:
             affected = self._in_scope((set(added) | set(changed) | self.reload.take_carry()) & set(new))
+            self._cancel_outdated(self._in_scope(affected | graph.downstream_of(affected)))
+            affected |= self.reload.take_carry()  # (those just cancelled)
             if affected:
                 trigger, paths = self.reload.trigger
                 run = PendingRun(affected, False, self._keep_going(), True, trigger, paths)
@@ -459,7 +463,9 @@ class BrokerState:
         self._publish(Paused(self.said_waiting))
 
     def _maybe_start_wave(self) -> None:
-        if self.wave is not None or self.pending is None or self.stopping or self.reload.active:
+        if self.pending is None or self.stopping or self.reload.active:
+            return
+        if self.wave is not None and not self.wave.code_halt:
             return
         if self.paused or (self.live is not None and self.live.wait_for_watcher and self.watchers_joined == 0):
             return  # live: nothing runs before the watch is registered (no edit is missed)
@@ -469,7 +475,7 @@ class BrokerState:
             return
         if self.graph is None or self.manifest is None or not self.pools:
             return
-        run, self.pending = self.pending, None
+        run = self.pending
         # Names were checked on request; a reload may have removed some since.
         targets = sorted(run.stages & set(self.manifest.by_name)) if run.stages is not None else None
         if targets is None:
@@ -480,21 +486,42 @@ class BrokerState:
             wanted = self._in_scope(set(targets) | self.graph.downstream_of(set(targets)))
         else:
             wanted = self.graph.with_upstream(targets)
+        adopted: dict[str, str] = {}
+        if self.wave is not None:
+            # A code change stopped it; what runs on in it, its code as it was, is taken
+            # over rather than waited for (a long stage beside the edited one).
+            found = self._adoptable(self.wave, wanted) if wanted else None
+            if found is None:
+                return
+            adopted = found
+            self.wave.hand_over(adopted)
+            self._maybe_finish_wave()
+            assert self.wave is None
+        self.pending = None
         if not wanted:
             return
         self.wave_count += 1
-        self.wave = wave = Wave.plan(self.wave_count, self.graph, wanted, run.force, run.keep_going)
+        members = wanted | set(adopted.values())
+        self.wave = wave = Wave.plan(self.wave_count, self.graph, members, run.force, run.keep_going)
+        wave.adopt(adopted)
         stages = wave.stages
         if self.live is not None and self.manifest is not None:
             by_name = self.manifest.by_name
             self.written = frozenset(
                 out.rstrip("/") for name in stages if name in by_name for out in by_name[name].outs
             )
+        running = set(adopted.values())
         for s in stages:
-            self._set_view(s, Status.PENDING, "", "", 0.0)
+            if s not in running:
+                self._set_view(s, Status.PENDING, "", "", 0.0)
         self.view.last_change = (run.trigger, list(run.paths))
         self._say_warnings()
         self._publish(WaveStarted(wave.number, stages, run.trigger, run.paths), parent=run.cause)
+        for stage in sorted(running, key=wave.position.__getitem__):
+            seen = self.view.stages.get(stage)
+            code, reason = (seen.reason_code, seen.reason) if seen is not None else ("", "")
+            self._set_view(stage, Status.RUNNING, code, reason, 0.0)
+            self._publish(StageStarted(wave.number, stage, code, reason, {}))
         planner = self.pools.first_current()
         # A change's wave (saved files, edited code or params: the stages reading what
         # changed, or whose spec did, and their downstream) is not planned: each stage
@@ -707,6 +734,13 @@ class BrokerState:
             return
         stage = wave.running.pop(event.attempt)
         wave.behind.pop(stage, None)  # (its pool gave it back, unstarted)
+        if event.attempt in wave.adopted:
+            wave.adopted.discard(event.attempt)
+            if event.status == Status.CANCELLED and not wave.halted:
+                # Its pool cancelled it with the old code after all: it runs here.
+                self._set_view(stage, Status.PENDING, event.reason_code, event.reason, 0.0)
+                wave.requeue(stage)
+                return
         if event.status not in OK_STATUSES:
             # Those given behind it: their pool gives them back (its `lost` is ignored).
             assert self.graph is not None
@@ -733,7 +767,10 @@ class BrokerState:
             wave.release_downstream(self.graph.downstream[stage])
             wave.sort_ready()
         elif wave.code_halt and event.status == Status.CANCELLED:
-            self.reload.carry.add(stage)
+            if self.reload.active:
+                self.reload.carry.add(stage)
+            else:  # (cancelled as its code changed: in the reload's run already)
+                self._queue(PendingRun({stage}, False, self._keep_going(), True, "code", []))
         elif event.reason_code == ReasonCode.CODE_OUTDATED:
             self._code_outdated(stage, [p for p in event.details.get("paths") or () if isinstance(p, str)])
         else:
@@ -1049,12 +1086,11 @@ class BrokerState:
     def _reload(self, restart: bool, paths: list[str]) -> None:
         wave = self.wave
         if restart and wave is not None and not wave.halted:
-            # Nothing more starts on the old code; what runs now is cancelled by the pool.
+            # Nothing more starts on the old code. What no worker has begun, its pool
+            # cancels (they come back cancelled: carried to the wave after the reload);
+            # what runs, runs on until the new manifest says whether its code changed.
             wave.halted = True
             wave.code_halt = True
-            # Running ones too: the pool may answer for them after the reload (a stage it
-            # was still deciding); if one finishes fine, the next wave's plan skips it.
-            self.reload.carry |= set(wave.running.values())
             for stage in wave.unstarted():
                 self.reload.carry.add(stage)
                 self._finish(stage, Status.CANCELLED, ReasonCode.CANCELLED, "not started: code changed", 0.0, None)
@@ -1070,6 +1106,36 @@ class BrokerState:
             pool.current, pool.manifest = False, None  # until its new manifest is checked
             pool.asked = self.loads
             self._send(name, LoadManifest(restart, self.loads))
+
+    def _cancel_outdated(self, wanted: set[str] | None) -> None:
+        """The wave a code change stopped: its running stages that the new code runs
+        again (`wanted`; None: all, the new code did not load) are cancelled, and run
+        after the reload. The others, their code as it was, run on: the next wave takes
+        them over (`_adoptable`)."""
+        wave = self.wave
+        if wave is None or not wave.code_halt:
+            return
+        for name, pool in self.pools.items():
+            for attempt in sorted(pool.attempts):
+                stage = wave.running.get(attempt)
+                if stage is None or stage in wave.restarting or (wanted is not None and stage not in wanted):
+                    continue
+                wave.restarting.add(stage)  # (one that ends well still runs again: `_restarted`)
+                self.reload.carry.add(stage)
+                self._send(name, CancelStage(attempt, "cancelled: Python code changed"))
+
+    def _adoptable(self, wave: Wave, wanted: set[str]) -> dict[str, str] | None:
+        """The running attempts of `wave`, stopped by a code change, that the next wave
+        (of `wanted`) takes over; None if it must wait for them: one not yet reported
+        begun or being cancelled, or one of them or its upstream is to run again."""
+        if not wave.code_halt or self.graph is None:
+            return None
+        for attempt, stage in wave.running.items():
+            if attempt not in wave.started or stage in wave.restarting or stage in wave.behind:
+                return None
+        if self.graph.with_upstream(sorted(wave.running.values())) & wanted:
+            return None
+        return dict(wave.running)
 
     def _reload_answered(self) -> None:
         if not self.reload.active:

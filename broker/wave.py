@@ -41,6 +41,10 @@ class Wave(MutableRecord):
     charges: dict[str, int] = field(default_factory=dict)  # stage -> deaths of its own worker
     restarting: set[str] = field(default_factory=set)  # `--restart`: cancel asked, runs again
     behind: dict[str, str] = field(default_factory=dict)  # stage -> its attempt, given behind its upstream
+    # Attempts taken over from the wave a code change stopped (their stages' code did
+    # not change): one cancelled after all runs again in this wave.
+    adopted: set[str] = field(default_factory=set)
+    moved: list[str] = field(default_factory=list)  # stages whose attempts the next wave took over
     position: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -57,6 +61,22 @@ class Wave(MutableRecord):
         wave = cls(number, stages, force, keep_going, waiting={s: len(graph.upstream[s] & wanted) for s in stages})
         wave.ready = [s for s in stages if wave.waiting[s] == 0]
         return wave
+
+    def adopt(self, attempts: dict[str, str]) -> None:
+        """Attempts of the wave before, running (begun) on: running in this one."""
+        for attempt, stage in attempts.items():
+            self.unready(stage)
+            self.running[attempt] = stage
+            self.started.add(attempt)
+            self.adopted.add(attempt)
+
+    def hand_over(self, attempts: dict[str, str]) -> None:
+        """`attempts`, running, go to the next wave: their stages leave this one."""
+        for attempt in attempts:
+            del self.running[attempt]
+        stages = set(attempts.values())
+        self.moved = [s for s in self.stages if s in stages]
+        self.stages = [s for s in self.stages if s not in stages]
 
     def is_running(self, stage: str) -> bool:
         return stage in self.running.values()
@@ -117,7 +137,8 @@ class Wave(MutableRecord):
         by_status: dict[str, list[str]] = {}
         for s in self.stages:
             by_status.setdefault(self.done[s], []).append(s)
-        return WaveFinished(self.number, *(by_status.get(k, []) for k in STATUSES))
+        ran, restored, skipped, failed, blocked, cancelled, lost = (by_status.get(k, []) for k in STATUSES)
+        return WaveFinished(self.number, ran, restored, skipped, failed, blocked, cancelled, lost, list(self.moved))
 
     def validate(self) -> None:
         running = set(self.running.values())

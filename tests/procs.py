@@ -391,7 +391,7 @@ def release_held_stage(root: Path) -> None:
 
 
 # wave_finished lists, named like the statuses (docs/events.md)
-WAVE_LISTS = ("ran", "restored", "skipped", "failed", "blocked", "cancelled", "lost")
+WAVE_LISTS = ("ran", "restored", "skipped", "failed", "blocked", "cancelled", "lost", "moved")
 
 
 def check_wave_contract(events: list[dict[str, Any]]) -> None:
@@ -414,7 +414,7 @@ def check_wave_contract(events: list[dict[str, Any]]) -> None:
             wave = e["wave"]
             listed = [name for key in WAVE_LISTS for name in e[key]]
             assert sorted(listed) == sorted(started[wave]), f"wave lists != wave stages: {e}"
-            assert sorted(done.get(wave, [])) == sorted(started[wave]), (
+            assert sorted(done.get(wave, []) + e["moved"]) == sorted(started[wave]), (
                 f"wave_finished before every stage_finished: {events}"
             )
 

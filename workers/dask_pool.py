@@ -115,11 +115,12 @@ class DaskWorkers:
     def prepare(self, root: Path) -> None:
         pass  # a task's process starts with the stage (pivot/runtime/dask_task.py)
 
-    def replace(self, adopt: bool = False) -> None:
-        """Stop every stage in flight (their processes are killed; they report
-        cancelled). Later stages start fresh processes anyway."""
+    def replace(self, adopt: bool = False, keep: frozenset[str] = frozenset()) -> None:
+        """Stop every stage in flight but those of `keep` (their processes are killed;
+        they report cancelled). Each stage has a process of its own: a kept one runs
+        nothing else, and later stages start fresh processes anyway."""
         with self._lock:
-            running = list(self._running)
+            running = [p for p in self._running if p not in keep]
             self.generation += 1
         for pid_file in running:
             self.kill(Path(pid_file), 0, "cancelled: its pool replaced its workers")

@@ -84,7 +84,11 @@ class Executor(Protocol):
         helps (taken by `replace(adopt=True)` once the new code is accepted)."""
         ...
 
-    def replace(self, adopt: bool = False) -> None: ...
+    def replace(self, adopt: bool = False, keep: frozenset[str] = frozenset()) -> None:
+        """Stop every worker now (see the module's text). The stages of `keep` (pid
+        files), begun on the old code and left as they were by the new, run to their end
+        on their workers, which take no other stage."""
+        ...
 
     def cancel(self, pid_file: Path) -> int:
         """Ask the attempt of `pid_file` to stop (its stage sees `StageCancelled`).

@@ -123,6 +123,7 @@ FRAMES_PER_SEND = 100  # messages of one pass sent as the frames of one, at most
 # job, a cold 1000-stage run's workers waited on it; four per job: -13 to -16 % (sixteen
 # per job: no better). docs/benchmarks.md, fifteenth session.
 QUEUE_PER_JOB = 4
+CODE_CHANGED = "cancelled: Python code changed"
 _ENDED_WELL = frozenset({Status.RAN, Status.SKIPPED, Status.RESTORED})  # (the broker's OK_STATUSES)
 
 
@@ -533,7 +534,7 @@ class PoolService:
                             self.workers.resume()
                 case LoadManifest(restart_workers=restart, load=load):
                     if restart:
-                        self._cancel_all("cancelled: Python code changed")
+                        self._cancel_unbegun(CODE_CHANGED)
                         self.restart_on_load = True
                     self.serve_loaders = True  # a live pipeline: its next loads fork warm
                     self.load_asked = load
@@ -545,7 +546,7 @@ class PoolService:
                         # New code: no worker that imported the old pipeline may run
                         # another stage (the broker dispatches only after this message).
                         self.replace_on_accept = False
-                        self.workers.replace(adopt=True)
+                        self.workers.replace(adopt=True, keep=self._spared())
                 case CancelStage(attempt=attempt, reason=why):
                     self._cancel(attempt, why)
                 case PoolShutdown():
@@ -729,16 +730,33 @@ class PoolService:
     def _running(self) -> list[Attempt]:
         return [a for a in self.attempts.values() if a.phase is Phase.RUNNING]
 
-    def _cancel_all(self, why: str) -> None:
-        """Stop every stage in flight: running ones by replacing the workers, deciding ones
-        when their decision comes back."""
-        for a in self.attempts.values():
-            a.cancel, a.stop = why, None
-        for name in [n for n, a in self.attempts.items() if a.phase is Phase.BEHIND]:
-            if name in self.attempts:  # (not given back with an upstream cancelled here)
-                self._report(name, Result(Status.CANCELLED, ReasonCode.CANCELLED, why))
-        if self._running():
-            self._stop_workers()
+    def _cancel_unbegun(self, why: str) -> None:
+        """Python code changed: every stage in flight that no worker has begun stops.
+        Those begun go on until the broker, which compares the new manifest with the
+        old, cancels those whose code changed (a stage the edit left as it was runs to
+        its end: a long one beside the edited one is not lost)."""
+        for name in list(self.attempts):
+            a = self.attempts.get(name)
+            if a is None or (a.phase is Phase.RUNNING and a.announce is None and a.ahead_of is None):
+                continue
+            self._cancel(name, why)
+
+    def _spared(self) -> frozenset[str]:
+        """The new code is accepted: its workers replace the old ones. The stages begun
+        on the old code that the broker did not cancel finish where they run; the others
+        go with their workers."""
+        kept: set[str] = set()
+        for name, a in self.attempts.items():
+            if a.phase is not Phase.RUNNING:
+                continue
+            if a.cancel is None and a.stop is None and a.announce is None and a.ahead_of is None:
+                kept.add(str(self.pid_dir / name))
+            elif a.cancel is None and a.generation == self.workers.generation:
+                # Its worker is killed now: it ends cancelled, not as a death. (One spared
+                # by an earlier change runs on a worker this replace leaves: its cancel
+                # goes on as asked.)
+                a.cancel, a.stop = a.stop or CODE_CHANGED, None
+        return frozenset(kept)
 
     def _cancel(self, attempt: str, why: str) -> None:
         """Stop one attempt; its worker survives (see pivot/runtime/cancel.py)."""

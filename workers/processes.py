@@ -138,6 +138,9 @@ class WorkerProcesses:
         self._preload: tuple[str, ...] = ()
         self._preload_key = ""
         self._workers: list[_Worker] = []
+        # Workers of replaced code finishing a stage the new code left as it was
+        # (`replace(keep=...)`): read until it ends, then killed; never given another.
+        self._retiring: list[_Worker] = []
         self._starting = 0
         self._pending: collections.deque[tuple[StageJob, _Sent]] = collections.deque()
         self._started: queue.SimpleQueue[tuple[int, _Worker | BaseException]] = queue.SimpleQueue()
@@ -170,7 +173,7 @@ class WorkerProcesses:
 
     def waitables(self) -> list[int]:
         fds = [self._wake_r]
-        for w in self._workers:
+        for w in (*self._workers, *self._retiring):
             fds += (w.conn.fileno(), w.proc.sentinel)
         fds += (proc.sentinel for proc in self._dying)
         return fds
@@ -185,6 +188,12 @@ class WorkerProcesses:
         for w in list(self._workers):
             if w.conn.fileno() in ready or w.proc.sentinel in ready:
                 self._read(w, ready)
+        for w in list(self._retiring):
+            if w.conn.fileno() in ready or w.proc.sentinel in ready:
+                self._read(w, ready)
+            if w in self._retiring and not w.sent and not w.unanswered:
+                self._retiring.remove(w)
+                self._kill([w])  # its stage done: nothing more runs on the old code
         self._dispatch()
 
     def submit(self, job: StageJob, on_start: Callable[[], None] | None = None) -> Future[StageOutcome]:
@@ -218,16 +227,23 @@ class WorkerProcesses:
             return None
         return future
 
+    def _free(self) -> int:
+        """Workers that may begin a stage now: a retiring one's stage counts against
+        `jobs` as much as a current worker's."""
+        return self.jobs - len(self._retiring) - sum(1 for w in self._workers if w.sent)
+
     def _dispatch(self) -> None:
         # Idle workers first; queued behind a running stage only when every worker exists.
-        depth = PREFETCH if len(self._workers) == self.jobs else 1
+        depth = PREFETCH if len(self._workers) + len(self._retiring) >= self.jobs else 1
+        free = self._free()
         for held in range(depth):
             for w in self._workers:
                 if not self._pending:
                     return
-                if len(w.sent) == held:
+                if len(w.sent) == held and (held or free > 0):
+                    free -= not held
                     self._send(w)
-        missing = min(len(self._pending), self.jobs - len(self._workers)) - self._starting
+        missing = min(len(self._pending), self.jobs - len(self._workers) - len(self._retiring)) - self._starting
         for _ in range(max(0, missing)):
             self._start_one()
 
@@ -262,7 +278,7 @@ class WorkerProcesses:
         nothing queued that could move)."""
         if self._pending or self._broken is not None:
             return None  # (an idle worker takes what is pending first)
-        idle = [w for w in self._workers if not w.sent and not w.paused]
+        idle = [w for w in self._workers if not w.sent and not w.paused][: max(0, self._free())]
         if not idle:
             return None
         due: float | None = None
@@ -426,7 +442,8 @@ class WorkerProcesses:
 
     def _died(self, w: _Worker) -> None:
         w.proc.join(REAP_S)  # reaped: its pid no longer passes for alive when judged
-        self._workers.remove(w)
+        retired = w in self._retiring
+        (self._retiring if retired else self._workers).remove(w)
         w.conn.close()
         _drop_claims(w)
         how = _exit_description(w.proc.exitcode)
@@ -434,6 +451,10 @@ class WorkerProcesses:
             log.info("worker %s ended while idle: %s", w.proc.pid, how)
             return
         log.warning("worker %s died running stage %s: %s", w.proc.pid, w.sent[0].stage, how)
+        if retired:  # of replaced code: the workers beside it are not its generation
+            while w.sent:
+                _fail(w.sent.popleft().future, how)
+            return
         self._broken = how
         while w.sent:
             _fail(w.sent.popleft().future, how)
@@ -449,13 +470,20 @@ class WorkerProcesses:
 
     # --- stopping ---------------------------------------------------------------------
 
-    def replace(self, adopt: bool = False) -> None:
+    def replace(self, adopt: bool = False, keep: frozenset[str] = frozenset()) -> None:
         """Kill every worker now; the stages they ran, or that waited for one, fail
         (`BrokenExecutor`) once their processes are gone. The next `submit` starts
         fresh workers; with `adopt`, the worker `prepare` started is the first of them,
         unless the new code's third-party modules are not its server's (an upgraded
-        package: its server has the old version imported)."""
-        workers = self._workers
+        package: its server has the old version imported). A worker running a job of
+        `keep` (pid files) finishes it, and only it, and is killed then."""
+        workers = []
+        for w in self._workers:
+            if w.sent and w.sent[0].pid_file in keep and not w.paused:
+                self._retire(w)
+            else:
+                workers.append(w)
+        self._workers = workers
         self._broken = None
         self._kill(workers)
         self._fail_all("its worker was stopped")
@@ -466,6 +494,18 @@ class WorkerProcesses:
             self._next, self._next_generation, self._next_starting = [], None, 0
         else:
             self.generation, self._workers, self._starting = self._new_generation(), [], 0
+
+    def _retire(self, w: _Worker) -> None:
+        """`w` runs its first job to the end, and nothing queued behind it (the pool
+        cancelled those; taken back here when its claims allow)."""
+        queued = list(w.sent)[1:]
+        if queued and w.claims is not None and w.claims.withdraw(w.sent[0].number, queued[-1].number):
+            for _ in queued:
+                w.sent.pop()
+                w.unanswered -= 1
+            for q in queued:
+                _fail(q.future, "its worker was stopped")
+        self._retiring.append(w)
 
     def _kill(self, workers: list[_Worker]) -> None:
         """SIGKILL `workers`. One that may still run a stage is waited for: the stage's
@@ -507,6 +547,11 @@ class WorkerProcesses:
         with self._lock:
             self._closed = True  # no start thread adds one after this
         self.replace()
+        retiring, self._retiring = self._retiring, []
+        self._kill(retiring)
+        for w in retiring:
+            while w.sent:
+                _fail(w.sent.popleft().future, "its pool closed")
         self._drop_next()
         while True:  # started, not yet taken by the loop
             try:

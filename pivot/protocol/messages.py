@@ -634,6 +634,9 @@ class WaveFinished(Message):
     blocked: list[str]
     cancelled: list[str]
     lost: list[str] = field(default_factory=list)
+    # Still running, taken over by the next wave: a code change stopped this one and
+    # left their code as it was (their outcome comes in that wave).
+    moved: list[str] = field(default_factory=list)
 
 
 @record

@@ -776,9 +776,12 @@ def test_while_pipeline_py_is_broken_changes_wait_and_the_fix_runs_them(
 # --- 8. a code edit while a wave runs ------------------------------------------------
 
 
-def test_a_code_edit_during_a_long_stage_cancels_the_wave_and_reruns_on_new_code(
+def test_a_code_edit_during_a_long_stage_leaves_it_running_when_its_code_did_not_change(
     make_project: MakeProject, up: StartUp
 ) -> None:
+    """`slow` does not call helpers.tag: an edit of it stops `fast` only. `slow` runs on,
+    in the worker of the old code, once; the next wave takes it over and runs `fast`,
+    on the new code, after it."""
     root = make_project(
         {**BOOKKEEPING, "pipeline.py": pipeline(LONG_BODY), "helpers.py": HELPERS_PY, "probe.txt": "p\n"}
     )
@@ -792,30 +795,63 @@ def test_a_code_edit_during_a_long_stage_cancels_the_wave_and_reruns_on_new_code
 
     start = live.mark()
     edit(root / "helpers.py", 'return "v1:" + text.strip()', 'return "v2:" + text.strip()')
-    # Wave 1 ends: slow is stopped mid-run, fast (not started) cancelled.
     end = live.wait_event(
         lambda e: e["event"] == "wave_finished" and e["wave"] == 1, WAIT_S, "wave 1 to end", start
     )
-    assert {"slow", "fast"} <= set(end["cancelled"]), end
+    assert "fast" in end["cancelled"] and end["moved"] == ["slow"], end
     events = live.since(0)
     wave1 = events[: next(i for i, e in enumerate(events) if e is end) + 1]
     check_wave_contract(wave1)
-    assert statuses(wave1)["slow"] == statuses(wave1)["fast"] == "cancelled", wave1
-    assert not [e for e in wave1 if e["event"] == "stage_started" and e["stage"] == "fast"]
-    wait_for(lambda: not alive(slow_pid), WAIT_S, f"the worker running slow ({slow_pid}) to be stopped")
-
+    assert "slow" not in statuses(wave1), wave1
     loaded = live.wait_event(lambda e: e["event"] == "pipeline_loaded", WAIT_S, "the reload", start)
     assert loaded["changed"] == ["fast"], loaded
     began = live.wait_event(is_wave_start, WAIT_S, "the wave after the reload", start)
     assert (began["trigger"], began["paths"]) == ("code", ["helpers.py"]), began
     assert {"slow", "fast"} <= set(began["stages"]), began
+    assert alive(slow_pid), "the worker running slow was stopped"
     (root / "go").write_text("")
     wave = next_wave(live, start, "the code change")
     assert wave[0] is began
     assert statuses(wave)["slow"] == "ran" and statuses(wave)["fast"] == "ran", wave
     assert (root / "fast.out").read_text() == "v2:slow\n"
     assert runs(root)["fast-v2:"] == 1 and runs(root)["fast-v1:"] == 0, runs(root)
-    assert runs(root)["slow"] == 2
+    assert runs(root)["slow"] == 1 and pids(root, "slow") == [slow_pid]
+    assert pids(root, "fast-v2:") != [slow_pid]  # (not on the old code's worker)
+    wait_for(lambda: not alive(slow_pid), WAIT_S, f"the old code's worker ({slow_pid}) to go once slow ended")
+    stop(live, root)
+
+
+# `slow` calls helpers.tag too: an edit of it changes both.
+LONG_TAGGED_BODY = LONG_BODY.replace('    record("slow")\n', '    record("slow-" + helpers.tag(""))\n')
+
+
+def test_a_code_edit_of_a_running_stage_cancels_it_and_runs_it_again_on_the_new_code(
+    make_project: MakeProject, up: StartUp
+) -> None:
+    assert LONG_TAGGED_BODY != LONG_BODY
+    root = make_project(
+        {**BOOKKEEPING, "pipeline.py": pipeline(LONG_TAGGED_BODY), "helpers.py": HELPERS_PY, "probe.txt": "p\n"}
+    )
+    live = up(root)
+    wait_for(lambda: runs(root)["slow-v1:"] == 1, WAIT_S, "slow to run in its worker")
+    live.wait_watching(root)
+
+    start = live.mark()
+    edit(root / "helpers.py", 'return "v1:" + text.strip()', 'return "v2:" + text.strip()')
+    end = live.wait_event(
+        lambda e: e["event"] == "wave_finished" and e["wave"] == 1, WAIT_S, "wave 1 to end", start
+    )
+    assert {"slow", "fast"} <= set(end["cancelled"]) and end["moved"] == [], end
+    events = live.since(0)
+    wave1 = events[: next(i for i, e in enumerate(events) if e is end) + 1]
+    check_wave_contract(wave1)
+    assert statuses(wave1)["slow"] == statuses(wave1)["fast"] == "cancelled", wave1
+    wait_for(lambda: runs(root)["slow-v2:"] == 1, WAIT_S, "slow to run again on the new code")
+    (root / "go").write_text("")
+    wave = next_wave(live, start, "the code change")
+    assert statuses(wave)["slow"] == "ran" and statuses(wave)["fast"] == "ran", wave
+    assert (root / "fast.out").read_text() == "v2:slow\n"
+    assert runs(root)["fast-v1:"] == 0 and runs(root)["slow-v1:"] == 1, runs(root)
     stop(live, root)
 
 
@@ -873,7 +909,9 @@ def test_a_stage_queued_in_its_pool_starts_only_on_a_free_worker_and_a_cancel_en
     events = live.since(0)
     wave1 = events[: next(i for i, e in enumerate(events) if e is end) + 1]
     check_wave_contract(wave1)
-    assert statuses(wave1) == {"probe": "ran", "slow": "cancelled", "qa": "cancelled", "qb": "cancelled"}, wave1
+    # slow does not call helpers.tag: it runs on, taken over by the next wave.
+    assert statuses(wave1) == {"probe": "ran", "qa": "cancelled", "qb": "cancelled"}, wave1
+    assert end["moved"] == ["slow"], end
     assert [e["stage"] for e in wave1 if e["event"] == "stage_started"] == ["probe", "slow"], wave1
     (root / "go").write_text("")
     wave = next_wave(live, start, "the code change")

@@ -309,6 +309,42 @@ def test_a_stage_queued_behind_a_long_one_moves_to_the_worker_gone_idle(root: Pa
     assert not list(tmp_path.glob("claims-*"))
 
 
+def test_a_worker_kept_by_a_replace_finishes_its_stage_only_and_counts_against_jobs(
+    root: Path, tmp_path: Path
+) -> None:
+    """A code change that left `slow` as it was: its worker runs it to the end, runs
+    nothing queued behind it, and goes; the new workers take only the room it leaves."""
+    workers = WorkerProcesses(1)
+    workers.claims_folder = str(tmp_path)
+    try:
+        warm = workers.submit(job(root, "a"))  # the worker exists: `b` is queued behind slow
+        loop_until(workers, warm.done, "stage a")
+        slow = workers.submit(job(root, "slow"))
+        behind = workers.submit(job(root, "b"))
+        loop_until(workers, lambda: (root / "pid.slow").exists(), "stage slow to begin")
+        old = pid_of(root, "slow")
+        workers.prepare(root)  # the new code's worker, adopted: it waits for the room
+        workers.replace(adopt=True, keep=frozenset({job(root, "slow").pid_file}))
+        # `b`, queued behind it, is taken back: it fails and never runs there.
+        loop_until(workers, behind.done, "the stage queued behind slow to fail")
+        with pytest.raises(BrokenExecutor):
+            behind.result(timeout=0)
+        started: list[str] = []
+        after = workers.submit(job(root, "c"), on_start=lambda: started.append("c"))
+        loop_until(workers, lambda: len(workers.waitables()) == 1 + 2 * 2, "the new code's worker to start")
+        assert started == []  # -j 1: it waits for slow's worker to go
+        assert is_alive(old) and not slow.done()
+        (root / "release").touch()
+        loop_until(workers, lambda: slow.done() and after.done(), "slow, then c on a new worker")
+        assert outcome(slow).status == "ran" and outcome(after).status == "ran"
+        assert not (root / "b.txt").exists()
+        assert pid_of(root, "c") != old
+        loop_until(workers, lambda: not is_alive(old), "the kept worker to go once its stage ended")
+        assert (root / "c.txt").stat().st_mtime_ns >= (root / "slow.txt").stat().st_mtime_ns
+    finally:
+        workers.close()
+
+
 def test_workers_whose_claims_file_cannot_be_made_run_stages_that_never_move(root: Path, tmp_path: Path) -> None:
     workers = WorkerProcesses(2)
     workers.claims_folder = str(tmp_path / "missing")  # no such folder: no claims file

@@ -843,6 +843,83 @@ def test_a_code_change_mid_wave_stops_dispatch_reloads_and_reruns_what_changed()
     assert wave.trigger == "code" and wave.paths == ["helpers.py"]
 
 
+def code_change(h: Harness) -> list[Command]:
+    """helpers.py saved and confirmed: a reload with new workers is asked for."""
+    h.feed(FilesReported(("helpers.py",), 1.0))
+    h.state.manifest = dataclasses.replace(h.state.manifest, sources=("helpers.py", "pipeline.py"))  # type: ignore[arg-type]
+    [paths] = confirms(h.feed(Tick(1.1)))
+    commands = h.feed(ChangesConfirmed(paths))
+    assert reloads(commands) == [LoadManifest(True, 1)]
+    return commands
+
+
+def new_code(h: Harness, *changed: str) -> ManifestArrived:
+    old = h.state.manifest
+    assert old is not None
+    m = Manifest(tuple(dataclasses.replace(s, fingerprint="new") if s.name in changed else s for s in old.stages),
+                 old.sources)
+    return ManifestArrived("p1", m, build_graph(m), load=1)
+
+
+def test_a_code_change_cancels_a_running_stage_only_if_its_code_changed_and_the_next_wave_takes_over_the_other() -> None:
+    h = live_harness()
+    [(_, _, a), (_, _, e)] = dispatched(h.run())
+    h.feed(StageRunningReported("p1", a, "never_ran", "never ran"))
+    h.feed(StageRunningReported("p1", e, "never_ran", "never ran"))
+    commands = code_change(h)
+    assert cancels(commands) == []  # the new code says which to stop
+    commands = h.feed(new_code(h, "a"))
+    assert [c.attempt for c in cancels(commands)] == [a]
+    assert published(commands, WaveStarted) == []  # a's cancel is not through yet
+    commands = h.feed(ResultReceived("p1", a, "cancelled", "cancelled", "cancelled: Python code changed", 0.0, None, ()))
+    [old] = published(commands, WaveFinished)
+    assert old.cancelled == ["a", "b", "c", "d"] and old.moved == ["e"] and "e" not in old.ran
+    [wave] = published(commands, WaveStarted)
+    assert wave.stages == ["a", "b", "c", "d", "e"] and wave.trigger == "code"
+    [started] = published(commands, StageStarted)
+    assert (started.wave, started.stage) == (2, "e")
+    assert h.state.view.stages["e"].status == "running"
+    [(_, stage, a2)] = dispatched(commands)  # e is not run again: it runs
+    assert stage == "a"
+    h.feed(ResultReceived("p1", e, "ran", "x", "because", 5.0, None, ()))
+    assert h.state.view.stages["e"].status == "ran"
+    [(_, _, b), (_, _, c)] = dispatched(h.result(a2))
+    h.result(b)
+    [(_, _, d)] = dispatched(h.result(c))
+    [last] = published(h.result(d), WaveFinished)
+    assert last.wave == 2 and last.ran == ["a", "b", "c", "d", "e"]
+
+
+def test_a_stage_taken_over_that_its_pool_cancelled_after_all_runs_again_in_the_next_wave() -> None:
+    h = live_harness()
+    [(_, _, a), (_, _, e)] = dispatched(h.run())
+    h.feed(StageRunningReported("p1", e, "never_ran", "never ran"))
+    code_change(h)
+    h.feed(ResultReceived("p1", a, "cancelled", "cancelled", "cancelled: Python code changed", 0.0, None, ()))
+    commands = h.feed(new_code(h, "a"))
+    [wave] = published(commands, WaveStarted)
+    assert wave.stages == ["a", "b", "c", "d", "e"]
+    commands = h.feed(ResultReceived("p1", e, "cancelled", "cancelled", "cancelled: Python code changed", 0.0, None, ()))
+    assert [s for _, s, _ in dispatched(commands)] == ["e"]  # on the new code
+    assert published(commands, StageFinished) == []  # not finished: it runs again in this wave
+
+
+def test_a_running_stage_downstream_of_changed_code_is_cancelled_and_runs_again_after_it() -> None:
+    h = live_harness(fed_chain())
+    [(_, _, a), (_, _, e)] = dispatched(h.run())
+    h.feed(StageRunningReported("p1", e, "never_ran", "never ran"))
+    [(_, _, b)] = dispatched(h.result(a))
+    h.feed(StageRunningReported("p1", b, "never_ran", "never ran"))
+    code_change(h)
+    # a changed: b, running below it, runs again; e (unrelated, unchanged) runs on.
+    commands = h.feed(new_code(h, "a"))
+    assert [c.attempt for c in cancels(commands)] == [b]
+    commands = h.feed(ResultReceived("p1", b, "cancelled", "cancelled", "cancelled: Python code changed", 0.0, None, ()))
+    [wave] = published(commands, WaveStarted)
+    assert wave.stages == ["a", "b", "e"]
+    assert [s for _, s, _ in dispatched(commands)] == ["a"]
+
+
 def outdated(attempt: str) -> ResultReceived:
     """A worker found helpers.py saved since the manifest it ran under was taken."""
     return ResultReceived("p1", attempt, "cancelled", "code_outdated", "not run: its code changed", 0.0, None,

@@ -230,6 +230,7 @@ SAMPLES: dict[type[Message], Message] = {
         blocked=["evaluate"],
         cancelled=["report"],
         lost=["upload"],
+        moved=["long"],
     ),
     PoolLost: PoolLost(pool="pool-1", reason="missed 3 heartbeats", stages=["train"]),
 }
@@ -322,14 +323,14 @@ def test_wire_tags_are_unique_and_registered() -> None:
 # docs/protocol.md (Changelog) and only then paste the new bytes here.
 
 GOLDEN_POOL_HELLO = (
-    b"\x88\xa1v\x0e\xa1k\xaapool_hello\xa2id\xab1a2b-c3d4-1\xa1p\xc0\xa1s\xa6pool-1"
+    b"\x88\xa1v\x0f\xa1k\xaapool_hello\xa2id\xab1a2b-c3d4-1\xa1p\xc0\xa1s\xa6pool-1"
     b"\xa1n\x00\xa1t\xcbA\xd9T\xfc@\x10\x00\x00\xa1b\x88\xa4pool\xa6pool-1\xa3pid"
     b"\xcd\x10\x92\xa5slots\x04\xabincarnation\xa0\xa4host\xa0\xa4tags\x90\xa7running\x80"
     b"\xa5queue\x00"
 )
 
 GOLDEN_STAGE_FINISHED = (
-    b"\x88\xa1v\x0e\xa1k\xaestage_finished\xa2id\xab5e6f-7a8b-9\xa1p\xab1a2b-c3d4-2"
+    b"\x88\xa1v\x0f\xa1k\xaestage_finished\xa2id\xab5e6f-7a8b-9\xa1p\xab1a2b-c3d4-2"
     b"\xa1s\xa6broker\xa1n\x07\xa1t\xcbA\xd9T\xfc@`\x00\x00\xa1b\x88\xa4wave\x03"
     b"\xa5stage\xa5train\xa6status\xa3ran\xabreason_code\xabdep_changed\xa6reason"
     b"\xb4data/raw.csv changed\xaaduration_s\xcb?\xf8\x00\x00\x00\x00\x00\x00\xa5error\xc0"
@@ -377,20 +378,20 @@ def test_golden_stage_finished() -> None:
 
 def test_refused_is_read_whatever_version_its_envelope_names() -> None:
     """`refused` is frozen: a peer of another version must read why it was refused."""
-    wire = msgpack.unpackb(encode(Refused("version", "too old", 14), sender="broker"))
-    wire["v"] = 15
+    wire = msgpack.unpackb(encode(Refused("version", "too old", 15), sender="broker"))
+    wire["v"] = 16
     env = decode(msgpack.packb(wire))
-    assert env.msg == Refused("version", "too old", 14)
+    assert env.msg == Refused("version", "too old", 15)
     wire["k"] = "hello"  # any other kind of another version is refused, naming both
     wire["b"] = {"role": "pool", "name": "p", "pid": 1, "host": "h", "project": ""}
-    with pytest.raises(codec.VersionMismatch, match="protocol version 15, expected 14") as info:
+    with pytest.raises(codec.VersionMismatch, match="protocol version 16, expected 15") as info:
         decode(msgpack.packb(wire))
-    assert (info.value.version, info.value.kind, info.value.sender) == (15, "hello", "broker")
+    assert (info.value.version, info.value.kind, info.value.sender) == (16, "hello", "broker")
 
 
-def test_protocol_version_is_fourteen() -> None:
-    # The golden bytes above encode version 14; changing it must be deliberate.
-    assert PROTOCOL_VERSION == 14
+def test_protocol_version_is_fifteen() -> None:
+    # The golden bytes above encode version 15; changing it must be deliberate.
+    assert PROTOCOL_VERSION == 15
 
 
 # --- strict decoding ---------------------------------------------------------------------
@@ -753,7 +754,7 @@ def test_snapshot_sends_its_last_wave_and_pipeline_error_as_their_messages_bodie
     wire = msgpack.unpackb(encode(snap, sender="broker"), raw=False)
     assert wire["b"]["last_wave"] == {
         "wave": 2, "ran": ["prepare"], "restored": [], "skipped": [], "failed": [], "blocked": [],
-        "cancelled": [], "lost": ["x"],
+        "cancelled": [], "lost": ["x"], "moved": [],
     }
     assert wire["b"]["pipeline_error"] == {"message": "stage 'x' is defined twice", "detail": "the detail"}
     back = decode(encode(snap, sender="broker")).msg

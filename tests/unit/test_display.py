@@ -554,6 +554,8 @@ def test_format_duration_and_summary() -> None:
     assert wave_summary(WaveFinished(5, [], [], [], [], [], [], ["x"])) == "wave 5 failed: 1 lost"
     restored = WaveFinished(6, ["a"], ["b", "c"], ["d"], [], [], [])
     assert wave_summary(restored) == "wave 6 done: 1 ran, 2 restored, 1 skipped"
+    moved = WaveFinished(7, [], [], [], [], [], ["b"], [], ["long"])
+    assert wave_summary(moved) == "wave 7 failed: 1 cancelled, 1 running on in wave 8"
 
 
 def test_plain_shows_restored_stages_and_pivot_notes() -> None:
