@@ -37,6 +37,15 @@ def two_trees_parser(doc: str | None) -> argparse.ArgumentParser:
     return parser
 
 
+def trees_parser(doc: str | None, rounds: int) -> argparse.ArgumentParser:
+    """The arguments of a script that alternates two Pivot trees on a project it makes."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--a", type=Path, required=True, help="the first tree (a checkout's root)")
+    parser.add_argument("--b", type=Path, required=True, help="the second tree")
+    parser.add_argument("--rounds", type=int, default=rounds)
+    return parser
+
+
 def compile_trees(*trees: Path) -> None:
     """Each tree's bytecode, written now: a container may set PYTHONDONTWRITEBYTECODE
     (pivot_env), and a tree whose files changed would otherwise compile in every process."""

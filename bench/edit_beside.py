@@ -13,7 +13,6 @@ at the save and runs it again from the start takes a whole LONG after it.
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import statistics
@@ -22,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchcommon import Events, compile_trees, pivot_cmd, pivot_env
+from benchcommon import Events, compile_trees, pivot_cmd, pivot_env, trees_parser
 
 PIPELINE = '''\
 import time
@@ -88,10 +87,7 @@ def session(tree: Path, long_s: float) -> tuple[float, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--a", type=Path, required=True, help="the first tree (a checkout's root)")
-    parser.add_argument("--b", type=Path, required=True, help="the second tree")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser = trees_parser(__doc__, rounds=3)
     parser.add_argument("--long", type=float, default=4.0)
     args = parser.parse_args()
     compile_trees(args.a, args.b)

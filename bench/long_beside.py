@@ -11,7 +11,6 @@ in its worker's pipe while the other worker is idle would add the chain's time.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import statistics
@@ -20,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchcommon import compile_trees, pivot_cmd, pivot_env
+from benchcommon import compile_trees, pivot_cmd, pivot_env, trees_parser
 
 PIPELINE = '''\
 import time
@@ -83,10 +82,7 @@ def cold_run(tree: Path, project: Path) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--a", type=Path, required=True, help="the first tree (a checkout's root)")
-    parser.add_argument("--b", type=Path, required=True, help="the second tree")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser = trees_parser(__doc__, rounds=5)
     parser.add_argument("--long", type=float, default=3.0)
     parser.add_argument("--short", type=float, default=0.3)
     args = parser.parse_args()
