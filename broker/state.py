@@ -521,7 +521,8 @@ class BrokerState:
             seen = self.view.stages.get(stage)
             code, reason = (seen.reason_code, seen.reason) if seen is not None else ("", "")
             self._set_view(stage, Status.RUNNING, code, reason, 0.0)
-            self._publish(StageStarted(wave.number, stage, code, reason, {}))
+            # (the same run: `from_wave` tells displays not to start it over)
+            self._publish(StageStarted(wave.number, stage, code, reason, {"from_wave": wave.number - 1}))
         planner = self.pools.first_current()
         # A change's wave (saved files, edited code or params: the stages reading what
         # changed, or whose spec did, and their downstream) is not planned: each stage

@@ -114,6 +114,9 @@ class PlainRenderer:
             case WaveStarted():
                 n = len(msg.stages)
                 self._line(f"wave {msg.wave}: {n} stage{'' if n == 1 else 's'}")
+            case StageStarted() if msg.details.get("from_wave"):
+                self._line(f"{msg.stage}: {self._paint('running', 'running')} on from wave {msg.details['from_wave']}"
+                           " (its code did not change)")
             case StageStarted():
                 self._line(f"{msg.stage}: {self._paint('running', 'running')}{_paren(msg.reason)}")
             case LogLine() if msg.stream == "pivot":  # Pivot's own note, e.g. a saved edit

@@ -114,6 +114,7 @@ class TuiRenderer:
         self._wave_t1: float | None = None
         self._rows: dict[str, _Row] = {}
         self._summary: WaveFinished | None = None
+        self._carried: dict[str, _Row] = {}  # rows of a wave's `moved` stages, for the next
         self._log_lines = max(0, log_lines)  # the live region's lines not printed above yet
         self._unprinted: list[LogLine] = []  # ended lines waiting for the next batch above
         self._printed_logs = False  # (a snapshot's log tails are shown on joining only)
@@ -198,8 +199,13 @@ class TuiRenderer:
                 self._wave, self._wave_running = msg.wave, True
                 self._wave_t0, self._wave_t1 = env.ts, None
                 self._summary = None
-                self._rows = {s: _Row() for s in msg.stages}
+                carried, self._carried = self._carried, {}
+                self._rows = {s: carried.get(s) or _Row() for s in msg.stages}
                 self._trigger = _trigger_text(msg.trigger, msg.paths)
+            case StageStarted() if msg.details.get("from_wave"):
+                row = self._row(msg.wave, msg.stage, above)
+                if row is not None and row.started_at is None:  # (its start was not seen)
+                    row.status, row.reason, row.started_at = "running", msg.reason, env.ts
             case StageStarted():
                 row = self._row(msg.wave, msg.stage, above)
                 if row is not None:
@@ -223,6 +229,8 @@ class TuiRenderer:
                     self._wave, self._wave_running = msg.wave, False
                     self._wave_t1 = env.ts
                     self._summary = msg
+                    # Still running: the next wave's rows, with their start and output.
+                    self._carried = {s: self._rows[s] for s in msg.moved if s in self._rows}
             case Paused():
                 if not self._paused:
                     self._notes.append("paused: no wave starts until resumed (p)")

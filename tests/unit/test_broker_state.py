@@ -877,7 +877,7 @@ def test_a_code_change_cancels_a_running_stage_only_if_its_code_changed_and_the_
     [wave] = published(commands, WaveStarted)
     assert wave.stages == ["a", "b", "c", "d", "e"] and wave.trigger == "code"
     [started] = published(commands, StageStarted)
-    assert (started.wave, started.stage) == (2, "e")
+    assert (started.wave, started.stage, started.details) == (2, "e", {"from_wave": 1})
     assert h.state.view.stages["e"].status == "running"
     [(_, stage, a2)] = dispatched(commands)  # e is not run again: it runs
     assert stage == "a"

@@ -514,6 +514,44 @@ def test_tui_shows_a_failed_stages_own_last_output_above_its_traceback() -> None
     assert text.index("epoch 3: loss nan") < text.index("Traceback ...")
 
 
+def moved_on() -> list[Message]:
+    """A code change stops wave 1 while `long` runs; its code did not change: wave 2
+    takes it over, and it fails there."""
+    return [
+        WaveStarted(1, ["long", "b"]),
+        StageStarted(1, "long", "dep_changed", "dep changed: long.in"),
+        LogLine("long", "stdout", "epoch 3: loss nan"),
+        StageFinished(1, "b", "cancelled", "cancelled", "not started: code changed", 0.0),
+        WaveFinished(1, [], [], [], [], [], ["b"], [], ["long"]),
+        WaveStarted(2, ["long", "b"]),
+        StageStarted(2, "long", "dep_changed", "dep changed: long.in", {"from_wave": 1}),
+        StageFinished(2, "long", "failed", "failed", "ValueError: nan", 4.0, "Traceback ...\nValueError: nan"),
+    ]
+
+
+def test_plain_says_a_stage_taken_over_by_the_next_wave_runs_on() -> None:
+    r, out, _ = plain()
+    feed(r, moved_on())
+    assert out.getvalue().splitlines()[:7] == [
+        "wave 1: 2 stages",
+        "long: running (dep changed: long.in)",
+        "  long | epoch 3: loss nan",
+        "b: cancelled (not started: code changed)",
+        "wave 1 failed: 1 cancelled, 1 running on in wave 2",
+        "wave 2: 2 stages",
+        "long: running on from wave 1 (its code did not change)",
+    ]
+
+
+def test_tui_keeps_what_a_stage_taken_over_by_the_next_wave_printed_before() -> None:
+    r, buf = tui()
+    feed(r, moved_on())
+    r.close(0)
+    text = buf.getvalue()
+    assert "last output of long" in text and "epoch 3: loss nan" in text
+    assert text.index("epoch 3: loss nan") < text.index("Traceback ...")
+
+
 def test_tui_close_without_events_prints_nothing() -> None:
     r, buf = tui()
     r.close(0)
