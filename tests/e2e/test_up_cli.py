@@ -821,6 +821,38 @@ def test_a_code_edit_during_a_long_stage_leaves_it_running_when_its_code_did_not
     stop(live, root)
 
 
+def test_two_code_edits_during_a_long_stage_leave_it_running_and_its_downstream_runs_once_on_the_last(
+    make_project: MakeProject, up: StartUp
+) -> None:
+    root = make_project(
+        {**BOOKKEEPING, "pipeline.py": pipeline(LONG_BODY), "helpers.py": HELPERS_PY, "probe.txt": "p\n"}
+    )
+    live = up(root)
+    wait_for(lambda: runs(root)["slow"] == 1, WAIT_S, "slow to run in its worker")
+    [slow_pid] = pids(root, "slow")
+    live.wait_watching(root)
+    for old, new, wave in (("v1", "v2", 2), ("v2", "v3", 3)):
+        start = live.mark()
+        edit(root / "helpers.py", f'return "{old}:" + text.strip()', f'return "{new}:" + text.strip()')
+        end = live.wait_event(
+            lambda e, w=wave - 1: e["event"] == "wave_finished" and e["wave"] == w, WAIT_S, f"wave {wave - 1} to end",
+            start,
+        )
+        assert end["moved"] == ["slow"] and end["cancelled"] == ["fast"], end
+        began = live.wait_event(is_wave_start, WAIT_S, f"wave {wave}", start)
+        assert began["wave"] == wave and set(began["stages"]) == {"slow", "fast"}, began
+    assert alive(slow_pid)
+    start = live.mark()
+    (root / "go").write_text("")
+    done = live.wait_event(lambda e: e["event"] == "wave_finished" and e["wave"] == 3, WAIT_S, "wave 3 to end")
+    assert done["ran"] == ["slow", "fast"], done
+    check_wave_contract(live.since(0))
+    assert (root / "fast.out").read_text() == "v3:slow\n"
+    assert runs(root) == {"probe": 1, "slow": 1, "fast-v3:": 1}, runs(root)
+    wait_for(lambda: not alive(slow_pid), WAIT_S, f"the first code's worker ({slow_pid}) to go once slow ended")
+    stop(live, root)
+
+
 # `slow` calls helpers.tag too: an edit of it changes both.
 LONG_TAGGED_BODY = LONG_BODY.replace('    record("slow")\n', '    record("slow-" + helpers.tag(""))\n')
 
