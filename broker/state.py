@@ -737,7 +737,8 @@ class BrokerState:
         wave.behind.pop(stage, None)  # (its pool gave it back, unstarted)
         if event.attempt in wave.adopted:
             wave.adopted.discard(event.attempt)
-            if event.status == Status.CANCELLED and not wave.halted:
+            # (one a `--restart` cancelled goes back in the queue by `_restarted`)
+            if event.status == Status.CANCELLED and not wave.halted and stage not in wave.restarting:
                 # Its pool cancelled it with the old code after all: it runs here.
                 self._set_view(stage, Status.PENDING, event.reason_code, event.reason, 0.0)
                 wave.requeue(stage)

@@ -1022,6 +1022,34 @@ def test_restart_a_stage_that_finished_before_its_cancel_runs_in_the_next_wave()
     assert wave.stages == ["a", "b"] and wave.wave == 2
 
 
+def test_restart_of_a_stage_taken_over_from_the_wave_before_runs_it_again_once() -> None:
+    h = live_harness(fed_chain(), restart=True)
+    [(_, _, a), (_, _, e)] = dispatched(h.run())
+    h.feed(StageRunningReported("p1", a, "never_ran", "never ran"))
+    h.feed(StageRunningReported("p1", e, "never_ran", "never ran"))
+    code_change(h)
+    h.feed(new_code(h, "a"))
+    commands = h.feed(ResultReceived("p1", a, "cancelled", "cancelled", "cancelled: Python code changed", 0.0, None, ()))
+    [wave] = published(commands, WaveStarted)
+    assert wave.stages == ["a", "b", "e"]
+    [(_, _, a2)] = dispatched(commands)
+    # e, taken over, reads side.txt: saved now, it is cancelled and runs again in this wave.
+    h.feed(FilesReported(("side.txt",), 2.0))
+    [paths] = confirms(h.feed(Tick(2.1)))
+    commands = h.feed(ChangesConfirmed(paths))
+    assert [c.attempt for c in cancels(commands)] == [e]
+    commands = h.feed(ResultReceived("p1", e, "cancelled", "cancelled", "inputs changed", 0.0, None, ()))
+    [(_, again, e2)] = dispatched(commands)
+    assert again == "e"
+    assert published(h.result(e2), WaveStarted) == []
+    [(_, _, b)] = dispatched(h.result(a2))
+    commands = h.result(b)
+    [done] = published(commands, WaveFinished)
+    assert done.ran == ["a", "b", "e"]
+    # e ran on the new content: no wave after it.
+    assert published(commands, WaveStarted) == [] and h.state.pending is None
+
+
 def test_a_params_change_reloads_without_restarting_workers_and_a_failed_reload_keeps_the_manifest() -> None:
     h = live_harness()
     h.feed(FilesReported(("params.yaml",), 1.0))
