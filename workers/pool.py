@@ -534,7 +534,7 @@ class PoolService:
                             self.workers.resume()
                 case LoadManifest(restart_workers=restart, load=load):
                     if restart:
-                        self._cancel_unbegun(CODE_CHANGED)
+                        self._cancel_unbegun("not started: code changed")
                         self.restart_on_load = True
                     self.serve_loaders = True  # a live pipeline: its next loads fork warm
                     self.load_asked = load

@@ -256,9 +256,11 @@ class FilesChanged(Message):
 class LoadManifest(Message):
     """Broker -> pool: load the pipeline again in a fresh loader process.
 
-    With `restart_workers` (Python code changed) the pool cancels the stages it is
-    running at once, and replaces its workers once the new manifest loaded: no stage
-    runs old code after a code change was seen. A failed load keeps idle workers.
+    With `restart_workers` (Python code changed) the pool cancels at once the stages no
+    worker has begun, and replaces its workers once the new manifest is accepted: no
+    stage starts on old code after a code change was seen. The stages begun run on
+    until the broker cancels those whose code changed; the others end on their old
+    workers, which take nothing else. A failed load keeps idle workers.
     `load` numbers the broker's loads (from 1); the answer names it.
     """
 
