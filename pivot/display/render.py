@@ -156,11 +156,14 @@ def wave_failed(msg: WaveFinished) -> bool:
 
 
 def wave_summary(msg: WaveFinished) -> str:
-    """`wave 1 done: 2 ran, 2 skipped` / `wave 1 failed: 1 ran, 1 failed, 1 blocked`."""
+    """`wave 1 done: 2 ran, 2 skipped` / `wave 1 failed: 1 ran, 1 failed, 1 blocked` /
+    `wave 1 stopped: 1 ran, 2 cancelled` (nothing failed: a code change or a stop)."""
     counts = [f"{len(names)} {status}" for status, names in _wave_lists(msg) if names]
     if msg.moved:
         counts.append(f"{len(msg.moved)} running on in wave {msg.wave + 1}")
-    verdict = "failed" if wave_failed(msg) else "done"
+    verdict = "done"
+    if wave_failed(msg):
+        verdict = "failed" if msg.failed or msg.blocked or msg.lost else "stopped"
     return f"wave {msg.wave} {verdict}: {', '.join(counts) or 'nothing to run'}"
 
 

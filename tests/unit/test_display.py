@@ -537,7 +537,7 @@ def test_plain_says_a_stage_taken_over_by_the_next_wave_runs_on() -> None:
         "long: running (dep changed: long.in)",
         "  long | epoch 3: loss nan",
         "b: cancelled (not started: code changed)",
-        "wave 1 failed: 1 cancelled, 1 running on in wave 2",
+        "wave 1 stopped: 1 cancelled, 1 running on in wave 2",
         "wave 2: 2 stages",
         "long: running on from wave 1 (its code did not change)",
     ]
@@ -593,7 +593,7 @@ def test_format_duration_and_summary() -> None:
     restored = WaveFinished(6, ["a"], ["b", "c"], ["d"], [], [], [])
     assert wave_summary(restored) == "wave 6 done: 1 ran, 2 restored, 1 skipped"
     moved = WaveFinished(7, [], [], [], [], [], ["b"], [], ["long"])
-    assert wave_summary(moved) == "wave 7 failed: 1 cancelled, 1 running on in wave 8"
+    assert wave_summary(moved) == "wave 7 stopped: 1 cancelled, 1 running on in wave 8"
 
 
 def test_plain_shows_restored_stages_and_pivot_notes() -> None:
