@@ -69,6 +69,18 @@ def slow() -> None:
         time.sleep(0.01)
     with open("slow.txt", "w") as f:
         f.write(f"version {helpers.VERSION}\\n")
+
+
+@stage(outs=["steady.txt"])
+def steady() -> None:
+    # Calls nothing of helpers: a code change there leaves it running. Ends on "release".
+    with open("steady.runs", "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    deadline = time.monotonic() + 30
+    while not os.path.exists("release") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with open("steady.txt", "w") as f:
+        f.write("steady\\n")
 '''
 
 # In a stage: whether process PID is over (gone, or a zombie).
@@ -177,7 +189,7 @@ def runs(root: Path, name: str) -> list[list[str]]:
     return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def test_stages_run_in_fresh_processes_on_the_cluster_and_a_code_change_cancels_and_reruns_them(
+def test_stages_run_in_fresh_processes_on_the_cluster_and_a_code_change_cancels_and_reruns_them_it_changed(
     tmp_path: Path, proc_guard: ProcGuard, start_broker: Callable[..., Broker], cluster: Cluster,
 ) -> None:
     root = write_files(tmp_path / "proj", {
@@ -202,8 +214,14 @@ def test_stages_run_in_fresh_processes_on_the_cluster_and_a_code_change_cancels_
     wait_for(lambda: part.exists() and "slow v1 running" in part.read_text(), WAIT_S,
              "the Dask pool to stream slow's output while it runs")
 
-    (root / "helpers.py").write_text("VERSION = 2\n")  # while slow (version 1) runs
+    wait_for(lambda: (root / "steady.runs").exists(), WAIT_S, "steady to run beside slow")
+    (root / "helpers.py").write_text("VERSION = 2\n")  # while slow (version 1) and steady run
     wait_for(lambda: (root / "slow.txt").exists(), WAIT_S, "slow to run again on the new code")
+    [steady_pid] = (root / "steady.runs").read_text().split()
+    assert alive(int(steady_pid)) and not (root / "steady.txt").exists()  # spared: it runs on
+    (root / "release").write_text("")
+    wait_for(lambda: (root / "steady.txt").exists(), WAIT_S, "steady to end")
+    assert (root / "steady.runs").read_text().split() == [steady_pid]  # it ran once
     assert (root / "slow.txt").read_text() == "version 2\n"
     assert (root / "a.txt").read_text() == "version 2\n"
     assert [r[0] for r in runs(root, "slow")] == ["1", "2"], runs(root, "slow")
@@ -224,6 +242,8 @@ def test_stages_run_in_fresh_processes_on_the_cluster_and_a_code_change_cancels_
     assert cancelled and "code changed" in cancelled[0]["reason"].lower(), cancelled
     outcomes = [e["status"] for e in of_kind(events, "stage_finished") if e["stage"] == "slow"]
     assert outcomes == ["cancelled", "ran"], outcomes
+    assert [e["status"] for e in of_kind(events, "stage_finished") if e["stage"] == "steady"] == ["ran"]
+    assert any(e["moved"] == ["steady"] for e in of_kind(events, "wave_finished")), of_kind(events, "wave_finished")
     shown = [e["line"] for e in of_kind(events, "log") if e["stage"] == "slow"]
     assert "slow v1 running" in shown and "slow v2 running" in shown, shown
 
