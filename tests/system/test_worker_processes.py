@@ -293,6 +293,8 @@ def test_a_stage_queued_behind_a_long_one_moves_to_the_worker_gone_idle(root: Pa
         loop_until(workers, queued.done, "the queued stage, moved to the worker that ran a")
         assert not slow.done()  # it waits for its release: `once` did not wait for it
         assert outcome(quick).status == outcome(queued).status == "ran"
+        # (its worker may not have begun it yet: the queue moves 20 ms after it was sent)
+        loop_until(workers, lambda: (root / "pid.slow").exists(), "stage slow to begin")
         assert pid_of(root, "once") == pid_of(root, "a") != pid_of(root, "slow")
         assert started == ["slow", "a", "once"]  # said to run once, when it began
         (root / "release").touch()
