@@ -139,18 +139,23 @@ def _cached_code(path: str, source: os.stat_result) -> CodeType | None:
     return code if isinstance(code, CodeType) else None
 
 
-def differing(root: str, expected: Mapping[str, str]) -> tuple[list[str], dict[str, str]]:
+def differing(root: str, expected: Mapping[str, str], *, on_disk: bool = False) -> tuple[list[str], dict[str, str]]:
     """The files of `expected` (project-relative paths -> the digest of the source a
     code fingerprint was taken from) whose code in this process is another version: the
     source it imported or, for a file it has not imported, the file now. And the entries
     of those it has not imported: a stage may import them as it runs (check them again
-    after)."""
+    after).
+
+    `on_disk`: for code another process runs (a command stage's script, in its own
+    interpreter or a warm fork that dropped the project's modules): every file as it is
+    now, whatever this process imported (pipeline.py may import the module the script
+    does), and every one of them to check again after."""
     top = _real_root(root)
     found: list[str] = []
     later: dict[str, str] = {}
     for rel, digest in expected.items():
         path = os.path.join(top, rel)
-        got = _imported.get(path)
+        got = None if on_disk else _imported.get(path)
         if got is None:
             later[rel] = digest
             try:

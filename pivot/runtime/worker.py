@@ -270,7 +270,9 @@ def run_stage(job: StageJob) -> StageOutcome:
     # The code this process imported must be what the fingerprint was taken from: a save
     # after the loader read it would otherwise run (and record, under that fingerprint,
     # in the lock and the run cache) another version.
-    moved, late = differing(job.root, job.code_sources) if job.code_sources else ([], {})
+    # A command's own process reads the files as they are when it imports them.
+    on_disk = decl.cmd is not None
+    moved, late = differing(job.root, job.code_sources, on_disk=on_disk) if job.code_sources else ([], {})
     if moved:
         return outcome("cancelled", ReasonCode.CODE_OUTDATED, _outdated(moved, "not run"),
                        details={"paths": moved})
@@ -320,7 +322,7 @@ def run_stage(job: StageJob) -> StageOutcome:
         _discard(root, transient)
         why = describe_os_error(exc, root) if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
         return outcome("failed", "failed", why, user_traceback(exc))
-    moved = differing(job.root, late)[0] if late else []
+    moved = differing(job.root, late, on_disk=on_disk)[0] if late else []
     if moved:  # imported by the stage as it ran, saved since the load: nothing is kept
         _discard(root, transient)
         return outcome("cancelled", ReasonCode.CODE_OUTDATED, _outdated(moved, "not kept"),

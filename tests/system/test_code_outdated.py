@@ -68,13 +68,19 @@ open("b.txt", "w").write(f"{lib.VALUE}\\n")
 """
 
 
-@pytest.mark.parametrize(("files", "module"), [
-    ({"pipeline.py": PIPELINE, "helpers.py": "VALUE = 1\n"}, "helpers.py"),
-    ({"pipeline.py": SAVES_A_SCRIPT, "script.py": SCRIPT, "lib.py": "VALUE = 1\n"}, "lib.py"),
-], ids=["function", "command"])
+@pytest.mark.parametrize(("files", "module", "warm"), [
+    ({"pipeline.py": PIPELINE, "helpers.py": "VALUE = 1\n"}, "helpers.py", "1"),
+    ({"pipeline.py": SAVES_A_SCRIPT, "script.py": SCRIPT, "lib.py": "VALUE = 1\n"}, "lib.py", "1"),
+    # pipeline.py imports the module too: the worker has the first version imported, and
+    # the script's process reads the file as it is now.
+    ({"pipeline.py": "import lib\n" + SAVES_A_SCRIPT, "script.py": SCRIPT, "lib.py": "VALUE = 1\n"}, "lib.py", "1"),
+    ({"pipeline.py": "import lib\n" + SAVES_A_SCRIPT, "script.py": SCRIPT, "lib.py": "VALUE = 1\n"}, "lib.py", "0"),
+], ids=["function", "command", "command-module-the-pipeline-imports", "command-module-the-pipeline-imports-cold"])
 def test_a_stage_whose_code_was_saved_after_the_load_is_not_run_nor_recorded_under_the_old_fingerprint(
-    make_project: Callable[..., Path], files: dict[str, str], module: str,
+    make_project: Callable[..., Path], monkeypatch: pytest.MonkeyPatch, files: dict[str, str], module: str,
+    warm: str,
 ) -> None:
+    monkeypatch.setenv("PIVOT_WARM", warm)  # (a warm script is a fork of the worker)
     root = make_project(files)
     first = run_pivot(root, "repro", "--json")
     assert first.returncode != 0, describe(first)
@@ -141,6 +147,7 @@ print(json.dumps([
     differing(root, {"helpers.py": first}),
     differing(root, {"helpers.py": second}),
     differing(root, {"later.py": second}),
+    differing(root, {"helpers.py": second}, on_disk=True),
 ]))
 """
 
@@ -166,5 +173,7 @@ def test_a_worker_compares_the_code_it_imported_not_the_file_as_it_is_now(
         [["helpers.py"], {}],  # imported: the second version, not the fingerprint's first
         [[], {}],  # what it imported is what the fingerprint read, whatever the file is now
         [[], {"later.py": second}],  # not imported: the file as it is now, checked again later
+        # Code another process runs (a command's script): the file as it is now.
+        [["helpers.py"], {"helpers.py": second}],
     ]
     assert cached.stat().st_mtime_ns == written  # read, not compiled again
