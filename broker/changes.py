@@ -1,5 +1,7 @@
 """What counts as a change: a path whose content differs from what the state cache
-recorded. Runs in a thread of the broker so hashing never blocks the broker's loop.
+recorded, or, for a source file (one no stage writes), from what a stage that reads it
+recorded in its lock. Runs in a thread of the broker so hashing never blocks the
+broker's loop.
 
 A path whose (inode, size, mtime_ns) still matches its recorded row is unchanged
 without being read; otherwise it is hashed and compared with the recorded digest. So a
@@ -8,6 +10,14 @@ by the worker), is no change. Every checked path is recorded, so the next save o
 same content is recognised too. A path that no longer exists counts as changed only if
 something was recorded for it or under it (a deleted dep, output or folder of them); an
 editor's temp file, gone after the save's rename, is not a change.
+
+The state cache is every process's: a `pivot status`, or a pool deciding another stage
+that reads the file, records the new digest too, and a save held back while a wave runs
+would then look like no change to the row. So a source file is also compared with the
+digest each of its readers' locks holds for it (or for the folder holding it that the
+stage reads): a reader that read other content is stale, and the save is a change. An
+output is compared with the row only: its producer's worker records what it wrote, and
+what a failed run left of it (`settle`) must start no wave.
 """
 
 from __future__ import annotations
@@ -19,16 +29,68 @@ from pathlib import Path
 
 import zmq
 
+from pivot.pipeline.manifest import Manifest
+from pivot.pipeline.producers import ProducerIndex
+from pivot.state.lock import StageLock, read_lock
 from pivot.state.statecache import StateCache
 
-__all__ = ["ChangeChecker", "confirm"]
+__all__ = ["ChangeChecker", "SourceReaders", "confirm"]
 
 log = logging.getLogger(__name__)
 
 
-def confirm(root: Path, cache: StateCache, paths: tuple[str, ...]) -> list[str]:
-    """The subset of `paths` (project-relative) whose content changed."""
+class SourceReaders:
+    """The stages that read each source path of a manifest: a file or folder dep that no
+    stage writes (nor a folder output holds)."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        producers = ProducerIndex(manifest)
+        # dep without its trailing "/" -> (stage, the dep as declared: its lock's key)
+        self.by_path: dict[str, list[tuple[str, str]]] = {}
+        for spec in manifest.stages:
+            for dep in spec.deps:
+                if not producers.producers_of(dep):
+                    self.by_path.setdefault(dep.rstrip("/"), []).append((spec.name, dep))
+
+    def of(self, rel: str) -> list[tuple[str, str, str]]:
+        """(source path: `rel` or a folder holding it, stage, declared dep) for each stage
+        reading `rel`."""
+        found = []
+        path = rel
+        while path:
+            for stage, dep in self.by_path.get(path, ()):
+                found.append((path, stage, dep))
+            path = path.rpartition("/")[0]
+        return found
+
+
+def _read_otherwise(
+    root: Path, cache: StateCache, rel: str, now: str | None, readers: SourceReaders,
+    locks: dict[str, StageLock | None], folders: dict[str, str | None],
+) -> bool:
+    """Whether a stage that reads `rel` (or a folder holding it) recorded another digest
+    for it than it has now (None: gone)."""
+    for path, stage, dep in readers.of(rel):
+        if path == rel:
+            digest = now
+        else:
+            if path not in folders:
+                folders[path] = cache.hash_path(root / path)
+            digest = folders[path]
+        if stage not in locks:
+            locks[stage] = read_lock(root, stage)
+        lock = locks[stage]
+        if lock is not None and dep in lock.deps and lock.deps[dep] != digest:
+            return True
+    return False
+
+
+def confirm(root: Path, cache: StateCache, paths: tuple[str, ...], readers: SourceReaders | None = None) -> list[str]:
+    """The subset of `paths` (project-relative) whose content changed. `readers`: those
+    of the pipeline the engine runs (None: the row alone decides)."""
     changed = []
+    locks: dict[str, StageLock | None] = {}  # (read once a call)
+    folders: dict[str, str | None] = {}
     for rel in paths:
         full = root / rel
         try:
@@ -45,7 +107,11 @@ def confirm(root: Path, cache: StateCache, paths: tuple[str, ...]) -> list[str]:
         if now is None:
             if cache.known(full):
                 changed.append(rel)
+                continue
         elif now != before:
+            changed.append(rel)
+            continue
+        if readers is not None and _read_otherwise(root, cache, rel, now, readers, locks, folders):
             changed.append(rel)
     return changed
 
@@ -57,12 +123,12 @@ class ChangeChecker:
         self.root = root
         self.ctx = ctx
         self.addr = addr
-        self.todo: queue.SimpleQueue[tuple[str, ...] | None] = queue.SimpleQueue()
+        self.todo: queue.SimpleQueue[tuple[tuple[str, ...], SourceReaders | None] | None] = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._run, name="change-checker", daemon=True)
         self.thread.start()
 
-    def submit(self, paths: tuple[str, ...]) -> None:
-        self.todo.put(paths)
+    def submit(self, paths: tuple[str, ...], readers: SourceReaders | None = None) -> None:
+        self.todo.put((paths, readers))
 
     def stop(self) -> None:
         self.todo.put(None)
@@ -74,9 +140,10 @@ class ChangeChecker:
         out.connect(self.addr)
         cache = StateCache(self.root / ".pivot" / "state.db")
         try:
-            while (paths := self.todo.get()) is not None:
+            while (asked := self.todo.get()) is not None:
+                paths, readers = asked
                 try:
-                    changed = confirm(self.root, cache, paths)
+                    changed = confirm(self.root, cache, paths, readers)
                 except Exception:  # never leave the broker waiting for an answer
                     log.exception("checking changed files failed; treating all as changed")
                     changed = list(paths)

@@ -103,7 +103,7 @@ from pivot.transport.rundir import Endpoints
 from pivot.transport.sockets import decode_or_log, make_socket
 
 if TYPE_CHECKING:
-    from broker.changes import ChangeChecker
+    from broker.changes import ChangeChecker, SourceReaders
     from pivot.transport.curve import ServerKeys
 
 __all__ = ["BrokerIdentity", "BrokerService", "Security"]
@@ -201,6 +201,7 @@ class BrokerService:
         self._local_control_addr = f"inproc://broker-control-{id(self)}"
         self._local_events_addr = f"inproc://broker-events-{id(self)}"
         self._checker: ChangeChecker | None = None
+        self._readers: tuple[Manifest, SourceReaders] | None = None  # (for this manifest)
         # Pipelines a pool forked in this process names instead of sending (`handed` on
         # manifest_loaded): token -> the pipeline and, if built already, its graph.
         self.handed: dict[str, tuple[Manifest, StageGraph | None]] = {}
@@ -510,7 +511,7 @@ class BrokerService:
                     from broker.changes import ChangeChecker
 
                     self._checker = ChangeChecker(self.root, self.ctx, self._confirm_addr)
-                self._checker.submit(paths)
+                self._checker.submit(paths, self._source_readers())
 
     def _planned_already(self, pool: str, plan: PlanWave) -> bool:
         """Whether `plan` is the wave `planned` holds the answer to, which is then fed
@@ -818,6 +819,20 @@ class BrokerService:
                 self._feed(WatcherJoined(pid))
             case other:
                 self._drop("dropped %s: not a message a watcher sends", other.TAG)
+
+    def _source_readers(self) -> SourceReaders | None:
+        """Who reads each source file of the pipeline the engine runs, made once a manifest."""
+        from broker.changes import SourceReaders
+
+        manifest = self.state.manifest
+        if manifest is None:
+            return None
+        if self._readers is None or self._readers[0] is not manifest:
+            try:
+                self._readers = (manifest, SourceReaders(manifest))
+            except PipelineError:  # two producers of a path: the load said so; rows alone
+                return None
+        return self._readers[1]
 
     def _on_confirmed(self, frames: list[bytes]) -> None:
         paths = tuple(p.decode() for p in frames[1:]) if frames and frames[0] == b"ok" else ()

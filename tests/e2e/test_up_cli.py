@@ -483,6 +483,84 @@ def test_saving_identical_bytes_or_touching_a_dep_starts_no_wave(
     stop(live, root)
 
 
+# A save held back while a wave runs is checked once it ends, against the readers' locks:
+# the state cache is every process's, and one that hashed the new content first (a
+# `pivot status`, the pool deciding another reader) must not hide it (broker/changes.py).
+HELD_BACK_BODY = SLOW_STAGE + """
+
+@stage(deps=["a.txt"], outs=["a.out"])
+def upper() -> None:
+    record("upper")
+    write("a.out", read("a.txt").upper())
+"""
+
+
+def test_a_save_held_back_by_a_wave_runs_its_stage_though_pivot_status_hashed_it_first(
+    make_project: MakeProject, up: StartUp
+) -> None:
+    root = make_project({**BOOKKEEPING, "pipeline.py": pipeline(HELD_BACK_BODY), "helpers.py": HELPERS_PY,
+                         "a.txt": "alpha\n", "probe.txt": "probe 0\n"})
+    live = up(root)
+    wait_for(lambda: runs(root)["upper"] == 1 and runs(root)["slow"] == 1, WAIT_S, "upper done, slow running")
+    live.wait_watching(root)
+    (root / "a.txt").write_text("beta\n")  # held back: the first wave is still running
+    status = run_pivot(root, "status", "--json")  # hashes a.txt, recording its new digest
+    assert json.loads(status.stdout)["stages"]["upper"]["stale"] is True, describe(status)
+    start = live.mark()
+    (root / "go").write_text("")
+    wave = next_wave(live, start, "the held-back save of a.txt")
+    assert (wave[0]["trigger"], wave[0]["stages"], wave[0]["paths"]) == ("files", ["upper"], ["a.txt"]), wave[0]
+    assert statuses(wave) == {"upper": "ran"}
+    assert (root / "a.out").read_text() == "BETA\n"
+    stop(live, root)
+
+
+# `t` and `s` read big.csv; the pool decides `s` (hashing big.csv) after the save, `t`
+# ran before it.
+READ_TWICE_BODY = """@stage(deps=["big.csv"], outs=["t.out"])
+def t() -> None:
+    record("t")
+    write("t.out", read("big.csv")[:2])
+
+
+@stage(deps=["t.out"], outs=["mid.out"])
+def mid() -> None:
+    record("mid")
+    deadline = time.monotonic() + 30
+    while not os.path.exists("go"):
+        if time.monotonic() > deadline:
+            raise TimeoutError("go never appeared")
+        time.sleep(0.02)
+    write("mid.out", read("t.out"))
+
+
+@stage(deps=["mid.out", "big.csv"], outs=["s.out"])
+def s() -> None:
+    record("s")
+    write("s.out", read("mid.out") + read("big.csv")[:2])
+"""
+
+
+def test_a_dep_saved_between_two_readers_runs_the_one_that_read_it_before(
+    make_project: MakeProject, up: StartUp
+) -> None:
+    big = "v1" + "x" * 300_000 + "\n"  # (large: the pool hashes it for `s` as it decides)
+    root = make_project({**BOOKKEEPING, "pipeline.py": pipeline(READ_TWICE_BODY), "helpers.py": HELPERS_PY,
+                         "big.csv": big, "probe.txt": "probe 0\n"})
+    live = up(root)
+    wait_for(lambda: runs(root)["mid"] == 1, WAIT_S, "mid running (t ran on v1)")
+    live.wait_watching(root)
+    (root / "big.csv").write_text("v2" + big[2:])
+    start = live.mark()
+    (root / "go").write_text("")
+    wave = next_wave(live, start, "the save of big.csv")
+    assert (wave[0]["trigger"], wave[0]["paths"]) == ("files", ["big.csv"]), wave[0]
+    assert statuses(wave)["t"] == "ran", statuses(wave)
+    assert (root / "t.out").read_text() == "v2"
+    assert (root / "s.out").read_text() == "v2v2"
+    stop(live, root)
+
+
 # --- 4, 7. helper edits restart workers; params edits do not -------------------------
 
 

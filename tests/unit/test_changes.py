@@ -6,7 +6,9 @@ import os
 import shutil
 from pathlib import Path
 
-from broker.changes import confirm
+from broker.changes import SourceReaders, confirm
+from pivot.pipeline.manifest import Manifest, StageSpec
+from pivot.state.lock import StageLock, write_lock
 from pivot.state.statecache import StateCache
 
 OLD = 1_600_000_000_000_000_000
@@ -44,4 +46,85 @@ def test_a_fifo_is_never_read(tmp_path: Path) -> None:
     cache = StateCache(tmp_path / ".pivot" / "state.db")
     os.mkfifo(tmp_path / "pipe")
     assert confirm(tmp_path, cache, ("pipe",)) == []  # would block forever if opened
+    cache.close()
+
+
+def _spec(name: str, deps: tuple[str, ...] = (), outs: tuple[str, ...] = ()) -> StageSpec:
+    return StageSpec(name=name, module="pipeline", func=f"pipeline.{name}", deps=deps, outs=outs, metrics=(),
+                     params={}, fingerprint="0" * 16)
+
+
+def _ran(root: Path, cache: StateCache, stage: str, deps: tuple[str, ...], outs: tuple[str, ...] = ()) -> None:
+    """The lock a run of `stage` on the files as they are now would leave."""
+    def digest(path: str) -> str:
+        found = cache.hash_path(root / path)
+        assert found is not None
+        return found
+
+    write_lock(root, StageLock(stage, "c", {}, {d: digest(d) for d in deps}, {o: digest(o) for o in outs}))
+
+
+# `t` and `s` read a.csv; `t` writes t.out, which `u` reads; `f` reads the folder raw/.
+READERS = SourceReaders(Manifest((
+    _spec("t", deps=("a.csv",), outs=("t.out",)),
+    _spec("s", deps=("a.csv",), outs=("s.out",)),
+    _spec("u", deps=("t.out",), outs=("u.out",)),
+    _spec("f", deps=("raw/",), outs=("f.out",)),
+)))
+
+
+def _project(root: Path, cache: StateCache) -> None:
+    for path, text in (("a.csv", "1\n"), ("t.out", "t\n"), ("s.out", "s\n"), ("u.out", "u\n"), ("f.out", "f\n"),
+                       ("raw/x.csv", "x\n"), ("raw/sub/y.csv", "y\n")):
+        write(root / path, text)
+    _ran(root, cache, "t", ("a.csv",), ("t.out",))
+    _ran(root, cache, "s", ("a.csv",), ("s.out",))
+    _ran(root, cache, "u", ("t.out",), ("u.out",))
+    _ran(root, cache, "f", ("raw/",), ("f.out",))
+
+
+def test_a_save_another_process_recorded_first_is_still_a_change_for_the_stages_that_read_it(tmp_path: Path) -> None:
+    # A `pivot status` (or a pool deciding `s`) hashes the saved file before the broker
+    # checks it: the row holds the new digest, the readers' locks the one they read.
+    cache = StateCache(tmp_path / ".pivot" / "state.db")
+    _project(tmp_path, cache)
+    (tmp_path / "a.csv").write_text("2\n")
+    (tmp_path / "raw" / "sub" / "y.csv").write_text("z\n")
+    other = StateCache(tmp_path / ".pivot" / "state.db")
+    other.hash_path(tmp_path / "a.csv")
+    other.hash_path(tmp_path / "raw")
+    other.close()
+    assert confirm(tmp_path, cache, ("a.csv", "raw/sub/y.csv")) == []  # the row alone: hidden
+    assert confirm(tmp_path, cache, ("a.csv", "raw/sub/y.csv"), READERS) == ["a.csv", "raw/sub/y.csv"]
+    # One reader ran on the new content, the other did not: still a change (for `t`).
+    _ran(tmp_path, cache, "s", ("a.csv",), ("s.out",))
+    assert confirm(tmp_path, cache, ("a.csv",), READERS) == ["a.csv"]
+    _ran(tmp_path, cache, "t", ("a.csv",), ("t.out",))  # both on it: nothing left to run
+    assert confirm(tmp_path, cache, ("a.csv",), READERS) == []
+    cache.close()
+
+
+def test_readers_leave_identical_saves_outputs_and_unread_files_to_the_row(tmp_path: Path) -> None:
+    cache = StateCache(tmp_path / ".pivot" / "state.db")
+    _project(tmp_path, cache)
+    (tmp_path / "a.csv").write_text("1\n")  # the bytes every reader read
+    (tmp_path / "raw" / "x.csv").write_text("x\n")
+    assert confirm(tmp_path, cache, ("a.csv", "raw/x.csv"), READERS) == []
+    # An output its producer's worker recorded (here: a rewrite `u` has not read yet) is
+    # no change: what the pipeline writes, or a failed run leaves, starts no wave.
+    (tmp_path / "t.out").write_text("T\n")
+    cache.hash_path(tmp_path / "t.out")
+    assert confirm(tmp_path, cache, ("t.out",), READERS) == []
+    write(tmp_path / "notes.txt", "n\n")  # read by no stage: the row (a new file)
+    assert confirm(tmp_path, cache, ("notes.txt",), READERS) == ["notes.txt"]
+    cache.close()
+
+
+def test_a_source_file_deleted_is_a_change_for_its_readers_whatever_the_row(tmp_path: Path) -> None:
+    cache = StateCache(tmp_path / ".pivot" / "state.db")
+    _project(tmp_path, cache)
+    (tmp_path / "a.csv").unlink()
+    cache.forget(tmp_path / "a.csv")  # as a process that found it gone may leave the row
+    assert confirm(tmp_path, cache, ("a.csv",)) == []
+    assert confirm(tmp_path, cache, ("a.csv",), READERS) == ["a.csv"]
     cache.close()
