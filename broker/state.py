@@ -960,7 +960,9 @@ class BrokerState:
     def _is_code(self, path: str) -> bool:
         if path in (PIPELINE_FILE, DVC_FILE) or path.endswith("/" + DVC_FILE):
             return True
-        if self.manifest is None:  # no manifest yet: any Python file may fix the pipeline
+        if self.manifest is None or self.pipeline_error is not None:
+            # No manifest yet, or the code on disk does not load: any Python file may fix
+            # it (a module the broken edit imports is in no manifest's sources).
             return path.endswith(".py")
         return path in self.manifest.sources
 

@@ -1135,6 +1135,26 @@ def test_while_the_pipeline_is_broken_changes_wait_for_the_fix() -> None:
     assert wave.stages == ["a", "b", "c", "d"]  # the data edit waited; now it runs
 
 
+def test_while_the_pipeline_is_broken_a_save_of_a_module_no_manifest_names_loads_it_again() -> None:
+    # pipeline.py now imports newmod.py, which fails: the last good manifest's sources do
+    # not name it, and saving its fix must still load the pipeline again.
+    h = live_harness()
+    h.feed(FilesReported(("pipeline.py", "newmod.py"), 0.5))
+    [paths] = confirms(h.feed(Tick(0.6)))
+    assert reloads(h.feed(ChangesConfirmed(paths))) == [LoadManifest(True, 1)]
+    h.feed(ManifestRejected("pipeline.py failed to import: newmod.py: SyntaxError", "", "p1", 1))
+    h.feed(FilesReported(("newmod.py",), 1.0))
+    [paths] = confirms(h.feed(Tick(1.1)))
+    assert reloads(h.feed(ChangesConfirmed(paths))) == [LoadManifest(True, 2)]
+    m = h.state.manifest
+    assert m is not None
+    h.feed(ManifestArrived("p1", m, build_graph(m), load=2))
+    assert h.state.pipeline_error is None
+    h.feed(FilesReported(("notes.py",), 2.0))  # loaded again: a file in no manifest is data
+    [paths] = confirms(h.feed(Tick(2.1)))
+    assert reloads(h.feed(ChangesConfirmed(paths))) == []
+
+
 def test_a_lost_stage_reported_after_a_fail_fast_halt_is_cancelled_and_the_wave_ends() -> None:
     h = Harness(diamond(), slots=4)
     [(_, _, a), (_, _, e)] = dispatched(h.run())
