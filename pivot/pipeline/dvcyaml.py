@@ -264,6 +264,9 @@ class ParamFiles:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.read: dict[str, dict[str, Any]] = {}
+        # The `vars:` files among them: their values are written into the stages as they
+        # load (commands, deps, outs), so they are the pipeline's code, as dvc.yaml is.
+        self.vars_files: set[str] = set()
 
     def get(self, name: str, *, required: bool = False, reader: str = "a dvc.yaml") -> dict[str, Any]:
         if name not in self.read:
@@ -315,6 +318,7 @@ def _vars(place: _Place, given: Any, files: ParamFiles, where: str, origin: dict
             origin.update(dict.fromkeys(entry, ""))
         elif isinstance(entry, str):
             name, _, keys = entry.partition(":")
+            files.vars_files.add(place.path(name))
             content = files.get(place.path(name), required=True, reader=where)
             if keys:
                 for key in keys.split(","):

@@ -36,6 +36,7 @@ FINGERPRINT_CACHE = "fingerprints.msgpack"
 
 
 _loaded: list[Path] = []  # the project whose stages this process registered
+_vars_files: set[str] = set()  # the dvc.yaml files' `vars:` files it read
 
 
 def import_pipeline(root: Path) -> None:
@@ -70,6 +71,8 @@ def import_pipeline(root: Path) -> None:
             _, params = with_refs(s, files)
             register_dvc_stage(s.name, s.cmd, s.wdir, s.deps, s.outs, s.metrics, params, s.persist, s.uncached,
                                s.frozen, s.always, s.warm)
+        _vars_files.clear()
+        _vars_files.update(files.vars_files)
     _loaded[:] = [root]
 
 
@@ -164,7 +167,8 @@ def _manifest(root: Path, pivots: set[str], preexisting: set[str], with_code: bo
         # are DVC sections, not typos of stage names.
         from pivot.pipeline.dvcyaml import dvc_files
 
-        sources.update([*dvc_files(root), *(f for f in _dvc_param_files(dvc) if f != params_mod.PARAMS_FILE)])
+        sources.update([*dvc_files(root), *(f for f in _dvc_param_files(dvc) if f != params_mod.PARAMS_FILE),
+                        *_vars_files])
     warnings: tuple[str, ...] = ()
     if not (root / DVC_FILE).is_file():
         # Without a dvc.yaml, a section no stage reads is a typo of a stage's name.

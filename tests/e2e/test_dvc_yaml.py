@@ -133,6 +133,21 @@ def test_a_dvc_yaml_edit_reloads_a_live_engine(make_project: Callable[..., Path]
     assert (root / "models" / "linear.txt").read_text().startswith("degree=3 ")
 
 
+def test_a_vars_file_edit_reloads_a_live_engine(make_project: Callable[..., Path], up: Callable[..., LiveRun]) -> None:
+    # config.yaml's `name` is written into the report commands as they load: it is code.
+    root = make_project(FILES)
+    live = up(root)
+    live.wait_event(lambda e: e["event"] == "wave_finished", WAIT_S, "the first wave")
+    assert (root / "reports" / "linear.txt").read_text().startswith("demo\n")
+    mark = live.mark()
+    (root / "config.yaml").write_text("name: other\n")
+    began = live.wait_event(lambda e: e["event"] == "wave_started", WAIT_S, "a wave for the config.yaml edit", mark)
+    assert (began["trigger"], began["paths"]) == ("code", ["config.yaml"]), began
+    done = live.wait_event(lambda e: e["event"] == "wave_finished", WAIT_S, "its end", mark)
+    assert sorted(done["ran"]) == ["report@linear", "report@quadratic"], done
+    assert (root / "reports" / "linear.txt").read_text().startswith("other\n")
+
+
 @pytest.mark.parametrize(("change", "says"), [
     (("    cmd: python src/prepare.py", "    frozen: maybe\n    cmd: python src/prepare.py"),
      "stage 'prepare': frozen must be true or false, got 'maybe'"),
