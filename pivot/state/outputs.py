@@ -84,14 +84,18 @@ def preserve(
     return saved
 
 
-def _record(state: ProjectState, path: str | os.PathLike[str], digest: str, st: os.stat_result | None = None) -> None:
+def _record(
+    state: ProjectState, path: str | os.PathLike[str], digest: str, st: os.stat_result | None = None,
+    read_at_ns: int | None = None,
+) -> None:
     """Tell the state cache what was just written, so the next run need not read it
-    (`st`: the file as it was read, when the caller has it)."""
+    (`st`: the file as it was read, when the caller has it; `read_at_ns`: the state
+    cache's clock before it read it)."""
     if is_dir_digest(digest):
         for rel, file_digest in state.cache.manifest(digest):
-            state.hashes.record(Path(path) / rel, file_digest)
+            state.hashes.record(Path(path) / rel, file_digest, read_at_ns=read_at_ns)
     else:
-        state.hashes.record(path, digest, st)
+        state.hashes.record(path, digest, st, read_at_ns)
 
 
 def commit(state: ProjectState, outs: list[str], uncached: Iterable[str] = ()) -> dict[str, str | None]:
@@ -113,9 +117,10 @@ def commit(state: ProjectState, outs: list[str], uncached: Iterable[str] = ()) -
             hashed = state.hashes.hash_path(path)
             result[out] = hashed
             continue
+        read_at = state.hashes.now()  # (the row's time: before the read, as a hash's)
         digest, read = state.cache.store_read(path, st)
         reached("stored")
-        _record(state, path, digest, read)
+        _record(state, path, digest, read, read_at)
         reached("recorded")
         result[out] = digest
     return result

@@ -311,12 +311,21 @@ class StateCache:
             return True
         return found is not None
 
-    def record(self, path: str | os.PathLike[str], digest: str, st: os.stat_result | None = None) -> None:
+    def now(self) -> int:
+        """This store's clock (ns): read it before reading a file to `record` (`read_at_ns`)."""
+        return self._clock()
+
+    def record(
+        self, path: str | os.PathLike[str], digest: str, st: os.stat_result | None = None,
+        read_at_ns: int | None = None,
+    ) -> None:
         """Store `digest` as the hash of `path`'s current contents (the caller just hashed or
         wrote it and guarantees it has not changed since), or, given `st`, of the file
         `st` describes (taken before it was read: a change since makes them disagree). A
-        file written within the racy window before this call is still read once on its
-        next lookup."""
+        file written within the racy window before this call (before `read_at_ns`, when
+        the caller read the file itself: `now()` taken before its read) is still read once
+        on its next lookup: a rewrite of the same size in the clock tick of the first,
+        after the read, would otherwise pass for what was read."""
         fs_path = os.fspath(path)
         if st is None:
             st = os.stat(fs_path)
@@ -325,7 +334,7 @@ class StateCache:
         if not stat.S_ISREG(st.st_mode):
             return
         key = self._key(fs_path)
-        row: _Row = (st.st_ino, st.st_size, st.st_mtime_ns, digest, self._clock())
+        row: _Row = (st.st_ino, st.st_size, st.st_mtime_ns, digest, self._clock() if read_at_ns is None else read_at_ns)
         self._loaded_rows()[key] = row
         self._store([(key, *row)])
 

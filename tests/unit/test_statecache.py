@@ -645,3 +645,51 @@ def test_notes_that_cannot_be_kept_say_so(db: Path, tmp_path: Path) -> None:
     assert StateCache(db).note("log:a") == b"old"
     blocker = write(tmp_path / "blocker", b"a file where the db folder should be")
     assert not StateCache(blocker / "state.db").keep_notes([("log:a", b"x")])
+
+
+def test_a_same_tick_rewrite_during_the_read_is_not_trusted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The row's time is taken before the read: the read returns the first bytes, and the
+    # file is rewritten (same size, same mtime) as it goes; a row stamped after the read
+    # would pass the second content for the first.
+    f = write(tmp_path / "f", b"one")
+    clock = Clock(OLD + 5_000_000)  # 5 ms after the write: within the window
+    real = hashing.hash_file
+
+    def slow_read(path: str) -> str:
+        digest = real(path)
+        rewrite_in_place(f, b"two", OLD)
+        clock.now = LATER  # and the read took long
+        return digest
+
+    monkeypatch.setattr(statecache.hashing, "hash_file", slow_read)
+    c = StateCache(tmp_path / "s.db", clock=clock)
+    assert c.hash_file(f) == xxh(b"one")
+    monkeypatch.undo()
+    assert c.hash_file(f) == xxh(b"two")
+    assert StateCache(tmp_path / "s.db", clock=Clock(LATER)).hash_file(f) == xxh(b"two")
+
+
+def test_a_record_of_what_was_read_is_timed_before_the_read(tmp_path: Path) -> None:
+    # `record` of a file its caller read (a worker committing an output): a rewrite of the
+    # same size in the first one's clock tick, after the read, must not pass for it.
+    f = write(tmp_path / "f", b"one")
+    st = os.stat(f)
+    digest = xxh(f.read_bytes())
+    rewrite_in_place(f, b"two", OLD)
+    with StateCache(tmp_path / "s.db", clock=Clock(LATER)) as late:
+        late.record(f, digest, st, read_at_ns=OLD + 5_000_000)
+    with StateCache(tmp_path / "s.db", clock=Clock(LATER)) as fresh:
+        assert fresh.hash_file(f) == xxh(b"two")
+
+
+def test_still_reads_a_large_racy_file_whose_stat_is_unchanged(tmp_path: Path) -> None:
+    big = STILL_READ_BYTES + 1
+    clock = Clock(OLD + 5_000_000)
+    c = StateCache(tmp_path / "s.db", clock=clock)
+    f = write(tmp_path / "dep.bin", b"a" * big)
+    digest = c.hash_path(f)
+    assert digest is not None and c.still(f, digest)
+    rewrite_in_place(f, b"b" * big, OLD)  # same inode, size and mtime: only the content tells
+    clock.now = LATER
+    assert not c.still(f, digest)
+    c.close()
