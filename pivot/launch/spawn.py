@@ -109,7 +109,7 @@ class ForkedLoaderRun:
     ) -> None:
         """`view` (forked from this process only): the child answers `view(manifest)`
         instead of the manifest (`run_view`)."""
-        from pivot.runtime.preload import load_started, take_standby
+        from pivot.runtime.preload import take_standby
 
         self.root = root.resolve()
         self.served = context is not None
@@ -118,9 +118,7 @@ class ForkedLoaderRun:
         fd, self.output_path = scratch_file("manifest", ".out")
         os.close(fd)
         _unreaped[:] = [p for p in _unreaped if p.poll() is None]
-        self.answered = False  # its answer is read: the child is only exiting
         if self.served:
-            load_started(self)  # its server is not restarted under it (preload.worker_context)
             standby = take_standby()
             if isinstance(standby, Standby) and standby.begin(self, preloaded):
                 return
@@ -152,30 +150,17 @@ class ForkedLoaderRun:
     def adopt(cls, early: Early) -> ForkedLoaderRun:
         """The loader the `pivot` script forked before its imports (pivot/launch/early.py)."""
         run = cls.__new__(cls)
-        run.root, run.served, run.answered = Path(early.root), False, False
+        run.root, run.served = Path(early.root), False
         run.result_path, run.output_path, run.ready_r = early.result_path, early.output_path, early.ready
         run.proc = Forked.adopted(early.pid, early.pidfd)
         return run
 
     def _remove(self) -> None:
-        if self.served and self.exited():
-            from pivot.runtime.preload import load_ended
-
-            load_ended(self)
         with contextlib.suppress(OSError):
             os.close(self.ready_r)
         for path in (self.result_path, self.output_path):
             with contextlib.suppress(OSError):
                 os.unlink(path)
-
-    def exited(self) -> bool:
-        """Whether the child is gone (reaped now if it is: a zombie otherwise)."""
-        proc = getattr(self, "proc", None)
-        return proc is None or proc.exitcode is not None or not _alive(proc)
-
-    def reap(self) -> None:
-        """Wait for a child that answered to be gone (it exits as it answers)."""
-        self.proc.join(REAP_S)
 
     def result(self, timeout: float = LOADER_TIMEOUT_S) -> Manifest:
         manifest: Manifest = self.answer(timeout)["manifest"]
@@ -199,7 +184,6 @@ class ForkedLoaderRun:
                 raise _too_long(timeout)
             if not done:  # it exited without saying so: its exit says why
                 proc.join()
-            self.answered = True
             raw = Path(self.result_path).read_bytes()
             printed = Path(self.output_path).read_bytes().decode(errors="replace").strip()
         finally:
@@ -280,10 +264,6 @@ def stand_by(context: Any) -> None:
         keep_standby(Standby(context))
     except OSError as exc:  # the next load forks as usual
         log.warning("could not fork a loader ahead of the next load: %s", exc)
-
-
-def _alive(proc: Any) -> bool:
-    return proc.is_alive() if hasattr(proc, "is_alive") else proc.poll() is None
 
 
 def _answered(ready: int, exit_fd: int, timeout: float) -> bool | None:

@@ -25,6 +25,7 @@ library that starts threads when imported is not safe to fork.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
@@ -33,7 +34,7 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 __all__ = [
-    "drop_standby", "enabled", "imported_tops", "keep_standby", "load_ended", "load_started", "loader_context",
+    "drop_standby", "enabled", "imported_tops", "keep_standby", "loader_context",
     "serve_loaders", "server_key", "take_standby", "third_party", "warm_up", "worker_context",
 ]
 
@@ -116,19 +117,15 @@ def worker_context(preload: tuple[str, ...], key: str) -> Any:
     if not enabled():
         return None
     import multiprocessing
-    from multiprocessing import forkserver
 
     if _current != (preload, key):
         if _current is not None:
-            if _running_loads():
-                # The server exits once every process it forked has: it would wait for
-                # the loads (and hold the pool's loop). Its modules are stale, which
-                # makes imports slower, never wrong; the next call restarts it.
-                return multiprocessing.get_context("forkserver")
-            # A private stdlib method (its unit tests use it); the server forks no new
-            # worker after this, and workers forked before are already stopped.
+            # Not waited for (`_let_server_go`): what it forked (a load under way, a
+            # worker spared by a code change) runs on, and nothing new comes from it, whose
+            # modules may be an upgraded package's old version.
             drop_standby()
-            forkserver._forkserver._stop()  # type: ignore[attr-defined]
+            _let_server_go()
+        _reap_servers()
         # (pivot/runtime/heapfreeze.py last: what the others imported is frozen)
         multiprocessing.set_forkserver_preload(
             [*_PIVOT_MODULES, *preload, "pivot.runtime.guardhere", "pivot.runtime.heapfreeze"]
@@ -138,12 +135,40 @@ def worker_context(preload: tuple[str, ...], key: str) -> Any:
     return multiprocessing.get_context("forkserver")
 
 
-class _Load(Protocol):
-    answered: bool
+# Servers told to stop, reaped once they have: each exits when the last process it forked
+# has (each holds its end of the server's "alive" pipe), and a worker spared by a code
+# change (workers/processes.py `replace(keep=...)`) may run for hours yet.
+_stopping: list[int] = []
 
-    def exited(self) -> bool: ...
 
-    def reap(self) -> None: ...
+def _let_server_go() -> None:
+    """The forkserver told to stop, without waiting for it (the stdlib's `_stop` waits,
+    which held the pool's loop while a worker of the old server ran its stage). Its
+    socket goes at once: nothing is forked from it again."""
+    from multiprocessing import forkserver, util
+
+    server: Any = forkserver._forkserver  # (its private fields: what `_stop` resets)
+    with server._lock:
+        pid = server._forkserver_pid
+        if pid is None:
+            return
+        os.close(server._forkserver_alive_fd)
+        address = server._forkserver_address
+        server._forkserver_alive_fd = server._forkserver_pid = server._forkserver_address = None
+    if address is not None and not util.is_abstract_socket_namespace(address):
+        with contextlib.suppress(OSError):
+            os.unlink(address)
+    _stopping.append(pid)
+
+
+def _reap_servers() -> None:
+    for pid in list(_stopping):
+        try:
+            done = os.waitpid(pid, os.WNOHANG)[0] != 0
+        except ChildProcessError:  # (reaped by someone else)
+            done = True
+        if done:
+            _stopping.remove(pid)
 
 
 class _Standby(Protocol):
@@ -193,30 +218,6 @@ def drop_standby() -> None:
     every process it forked has), and the pool is stopping or the server restarting."""
     while _standby:
         _standby.pop().drop()
-
-
-_loads: set[_Load] = set()  # forked loads running (pivot/launch/spawn.py)
-
-
-def load_started(load: _Load) -> None:
-    for gone in [earlier for earlier in _loads if earlier.answered and earlier.exited()]:
-        _loads.discard(gone)  # (answered loads stay until they have exited)
-    _loads.add(load)
-
-
-def load_ended(load: _Load) -> None:
-    _loads.discard(load)
-
-
-def _running_loads() -> bool:
-    """Whether a load forked from the server is still running. One that answered is only
-    exiting (a few ms): waited for."""
-    for load in list(_loads):
-        if load.answered and not load.exited():
-            load.reap()
-        if load.exited():
-            _loads.discard(load)
-    return bool(_loads)
 
 
 def loader_context() -> tuple[Any, tuple[str, ...]] | None:

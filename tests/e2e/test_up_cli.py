@@ -652,6 +652,41 @@ def test_workers_fork_from_a_server_with_third_party_imports_done_and_no_user_co
     stop(live, root)
 
 
+def test_an_upgraded_package_with_a_code_edit_beside_a_long_stage_leaves_it_running(
+    make_project: MakeProject, up: StartUp
+) -> None:
+    # `slow` runs on (its code did not change) in a worker of the first server while the
+    # new workers fork from a second one, which imported the new version: the first
+    # server, which exits only once its last worker has, must not hold up the pool.
+    root = make_project({**BOOKKEEPING, ".pivotignore": "runs.log\npids.log\nimports.log\n",
+                         "pipeline.py": pipeline(PRELOAD_BODY + "\n\n" + SLOW_STAGE), "helpers.py": HELPERS_PY,
+                         "c.txt": "gamma\n", "probe.txt": "probe 0\n"})
+    site = root.parent / "site-packages"
+    (site / "fakelib").mkdir(parents=True)
+    (site / "fakelib" / "__init__.py").write_text(FAKELIB)
+    env = {**os.environ, "PYTHONPATH": str(site), "FAKELIB_LOG": str(root.parent / "fakelib.log")}
+    live = up(root, "--jobs", "2", env=env)
+    wait_for(lambda: runs(root)["slow"] == 1 and (root / "lib.out").exists(), WAIT_S, "uses_lib done, slow running")
+    live.wait_watching(root)
+    assert (root / "lib.out").read_text() == "1 warm=True v1:\n"
+    slow = pids(root, "slow")[-1]
+
+    (site / "fakelib" / "__init__.py").write_text(FAKELIB.replace('"1"', '"22"'))
+    start = live.mark()
+    edit(root / "helpers.py", 'return "v1:" + text.strip()', 'return "v2:" + text.strip()')
+    done = live.wait_event(lambda e: e["event"] == "stage_finished" and e["stage"] == "uses_lib", WAIT_S,
+                           "uses_lib on the new code and version", start)
+    assert done["status"] == "ran", done
+    assert (root / "lib.out").read_text() == "22 warm=True v2:\n"
+    assert alive(slow) and runs(root)["slow"] == 1  # still its first run
+    (root / "go").write_text("")
+    finished_slow = live.wait_event(lambda e: e["event"] == "stage_finished" and e["stage"] == "slow", WAIT_S,
+                                    "slow", start)
+    assert finished_slow["status"] == "ran", finished_slow
+    assert runs(root)["slow"] == 1
+    stop(live, root)
+
+
 def proc_info_ppid(pid: int) -> int:
     info = proc_info(pid)
     assert info is not None, f"process {pid} is gone"

@@ -72,13 +72,16 @@ if __name__ == "__main__":
             asking.start()
             asking.join(10)  # the load is held for 30 s: a call that waits for it is seen
             reply["returned_while_loading"] = not asking.is_alive()
-            reply["same_server_meanwhile"] = forkserver._forkserver._forkserver_pid == server
+            forkserver.ensure_running()
+            reply["new_server_meanwhile"] = forkserver._forkserver._forkserver_pid not in (server, None)
+            reply["old_server_while_loading"] = os.path.exists(f"/proc/{server}") and os.waitpid(server, os.WNOHANG)[0] == 0
             (root / "release").touch()
             loading.join(60)
             asking.join(60)
-            preload.worker_context(("yaml", "json"), "other")  # no load now: it restarts
-            forkserver.ensure_running()
-            reply["restarted_after"] = forkserver._forkserver._forkserver_pid not in (server, None)
+            deadline = time.monotonic() + 10  # it exits once its last process (the load) has
+            while not os.waitpid(server, os.WNOHANG)[0] and time.monotonic() < deadline:
+                time.sleep(0.01)
+            reply["old_server_gone_after"] = not os.path.exists(f"/proc/{server}")
             for name in ("gate", "loading", "release"):
                 (root / name).unlink()
         elif how == "forked-lingering":  # the loader's process stays a while after its answer
@@ -99,7 +102,6 @@ if __name__ == "__main__":
             reply = {"standby_pid": preload._standby[0].proc.pid if preload._standby else None}
         else:
             reply = load(how)
-        reply["loads_tracked"] = len(preload._loads)  # (kept until each has exited)
         print(json.dumps({**reply, "driver_pid": os.getpid()}), flush=True)
 '''
 
@@ -241,15 +243,15 @@ def test_a_load_after_the_first_is_served_by_a_loader_forked_before_it_was_asked
         assert driver.load("standby")["standby_pid"] not in (None, waiting)  # one load each
 
 
-def test_the_server_is_not_restarted_under_a_load(tmp_path: Path) -> None:
-    # New workers may want other modules while a load runs; the server exits only once
-    # every process it forked has, so restarting it then would hold the pool's loop for
-    # the whole load. It is restarted once no load runs.
+def test_the_server_is_restarted_under_a_load_without_waiting_for_it(tmp_path: Path) -> None:
+    # New workers may want other modules (an upgraded package) while a load runs; the old
+    # server exits only once every process it forked has, so it is let go, not waited
+    # for (that held the pool's loop for the whole load, or a spared stage's whole run).
     with driving(tmp_path, 3) as driver:
         answer = driver.load("new-modules-while-loading")
-        assert answer.get("params") == {"n": 3}, answer
-        assert answer["returned_while_loading"] and answer["same_server_meanwhile"], answer
-        assert answer["restarted_after"], answer
+        assert answer.get("params") == {"n": 3}, answer  # the load on the old server answers
+        assert answer["returned_while_loading"] and answer["new_server_meanwhile"], answer
+        assert answer["old_server_while_loading"] and answer["old_server_gone_after"], answer
         assert driver.load("forked")["params"] == {"n": 3}  # the new server serves loads
 
 
@@ -262,7 +264,6 @@ def test_a_forked_loads_answer_is_taken_before_its_process_has_exited(tmp_path: 
         assert answer["alive_after_answer"] and answer["gone_after_release"], answer
         after = driver.load("forked")
         assert after["params"] == {"n": 4}, after  # and the next load is served
-        assert after["loads_tracked"] <= 1, after  # the one that exited is forgotten
 
 
 def test_what_a_forked_load_prints_is_in_the_error_of_a_loader_that_dies(tmp_path: Path) -> None:
