@@ -680,6 +680,7 @@ class PoolService:
             # A later load is out: it may have been asked for a save this one read
             # before, or half of (its answer is the one the broker waits for).
             return
+        previous = self.manifest
         try:
             self.manifest = future.result()
         except PivotError as exc:
@@ -688,7 +689,9 @@ class PoolService:
             for a in self._waiting():
                 self._report(a.job.attempt, Result(Status.FAILED, ReasonCode.FAILED, f"the pipeline did not load: {exc}"))
             return
-        if self.restart_on_load:
+        if self.restart_on_load or _code_moved(previous, self.manifest):
+            # (Code changed with no project file edited: a package upgraded since, whose
+            # new version the stages' fingerprints name. The workers imported the old one.)
             self.restart_on_load = False
             self.replace_on_accept = True
         self.manifest_load = load
@@ -1166,6 +1169,15 @@ def _read_pid(path: Path) -> int:
         return int(path.read_text())
     except (OSError, ValueError):
         return 0
+
+
+def _code_moved(old: Manifest | None, new: Manifest) -> bool:
+    """Whether a stage's code fingerprint differs between two loads."""
+    if old is None:
+        return False
+    before = old.by_name
+    return any((was := before.get(spec.name)) is not None and was.fingerprint != spec.fingerprint
+               for spec in new.stages)
 
 
 def main(args: argparse.Namespace, first_load: Loading | None = None) -> int:

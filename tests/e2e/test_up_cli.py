@@ -687,6 +687,55 @@ def test_an_upgraded_package_with_a_code_edit_beside_a_long_stage_leaves_it_runn
     stop(live, root)
 
 
+PARAMS_LIB_BODY = """\
+@stage(deps=["c.txt"], outs=["lib.out"])
+def uses_lib(n: int = 1) -> None:
+    record("uses_lib")
+    import fakelib
+
+    write("lib.out", f"{fakelib.VERSION} n={n}\\n")
+"""
+
+
+def _install_fakelib(site: Path, version: str) -> None:
+    """fakelib as pip leaves it: the package and its dist-info folder (which names the
+    version a fingerprint counts, and whose replacement changes the folder's mtime)."""
+    (site / "fakelib").mkdir(parents=True, exist_ok=True)
+    (site / "fakelib" / "__init__.py").write_text(f'VERSION = "{version}"\n')
+    for old in site.glob("fakelib-*.dist-info"):
+        for f in old.iterdir():
+            f.unlink()
+        old.rmdir()
+    info = site / f"fakelib-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: fakelib\nVersion: {version}\n")
+    (info / "top_level.txt").write_text("fakelib\n")
+
+
+def test_an_upgraded_package_runs_on_new_workers_after_an_edit_of_params_only(
+    make_project: MakeProject, up: StartUp
+) -> None:
+    # A params edit keeps the workers; but after `pip install -U` the stages whose
+    # fingerprint names the new version must not run in one that imported the old.
+    root = make_project({**BOOKKEEPING, "pipeline.py": pipeline(PARAMS_LIB_BODY), "helpers.py": HELPERS_PY,
+                         "c.txt": "gamma\n", "probe.txt": "probe 0\n"})
+    site = root.parent / "site-packages"
+    _install_fakelib(site, "1.0")
+    live = up(root, "--jobs", "1", env={**os.environ, "PYTHONPATH": str(site)})
+    first_wave(live, root)
+    assert (root / "lib.out").read_text() == "1.0 n=1\n"
+    [worker] = set(pids(root, "uses_lib"))
+
+    _install_fakelib(site, "2.0")
+    start = live.mark()
+    (root / "params.yaml").write_text("uses_lib:\n  n: 2\n")
+    wave = next_wave(live, start, "the params edit")
+    assert statuses(wave) == {"uses_lib": "ran"}
+    assert (root / "lib.out").read_text() == "2.0 n=2\n"
+    assert pids(root, "uses_lib")[-1] != worker
+    stop(live, root)
+
+
 def proc_info_ppid(pid: int) -> int:
     info = proc_info(pid)
     assert info is not None, f"process {pid} is gone"
