@@ -825,6 +825,18 @@ def test_malformed_entries_are_parsed_again(project: Project) -> None:
     assert fingerprint_with_cache(project, cache) == (cold, 2)
 
 
+def test_a_cache_written_by_another_python_or_format_is_not_read(project: Project) -> None:
+    # Its entries are parses by other rules (another CACHE_FORMAT, another Python's ast).
+    cache = project.root / "cache.msgpack"
+    cold, parsed = fingerprint_with_cache(project, cache)
+    assert parsed == 2
+    assert fingerprint_with_cache(project, cache) == (cold, 0)  # the same Python: trusted
+    stored = msgpack.unpackb(cache.read_bytes())
+    stored["stamp"] = "1:cpython:3.0.0 (another one)"
+    cache.write_bytes(msgpack.packb(stored))
+    assert fingerprint_with_cache(project, cache) == (cold, 2)
+
+
 def test_unusable_cache_path_does_not_crash(project: Project) -> None:
     cache = project.root / "cache.msgpack"
     cache.mkdir()  # a folder where the file should be: cannot be read or replaced
@@ -878,3 +890,24 @@ def test_index_records_references_and_skips_annotations() -> None:
         ("sib", 1, "thing", "t"),
     ]
     assert set(index.imports) == {"os"}
+
+
+def test_a_fingerprint_is_of_the_source_imported_not_of_the_file_saved_since(project: Project) -> None:
+    # A loader fingerprints what it imported (pivot/runtime/freshcode.py keeps it): a save
+    # between the import and the fingerprint must not give one version's code the other
+    # version's fingerprint (a stage added by the save missing, the rest looking current).
+    import xxhash
+
+    helpers = os.path.realpath(project.root / "helpers.py")
+    first = (project.root / "helpers.py").read_bytes()
+    func = project.load()
+    before = Fingerprinter(project.root, None).stage(func)
+    project.edit("helpers.py", "][:limit]", "][:limit + 1]")  # saved after the import
+
+    def imported(path: str) -> tuple[str, bytes] | None:
+        return (xxhash.xxh3_128_hexdigest(first), first) if path == helpers else None
+
+    kept = Fingerprinter(project.root, None, imported).stage(func)
+    assert kept == before and kept.digests["helpers.py"] == xxhash.xxh3_128_hexdigest(first)
+    now = Fingerprinter(project.root, None).stage(func)  # without it: the file as it is now
+    assert_changed(before, now, {"helpers.clean"})
