@@ -1043,6 +1043,20 @@ def test_an_output_the_cache_cannot_store_fails_its_stage_with_a_message(make_pr
     assert not (root / ".pivot" / "stages" / "fifo.lock").exists()
 
 
+def test_a_lock_deleted_by_hand_makes_its_stage_stale_and_is_written_again(ran_copy: RanCopy) -> None:
+    # No lock: nothing says what its outputs were made from. Never taken as up to date
+    # (a no-op settled in the command reads every lock: pivot/cli/settled.py).
+    root = ran_copy(HELPER_PROJECT)
+    lock = root / ".pivot" / "stages" / "scaled.lock"
+    lock.unlink()
+    row = status_json(root)["scaled"]
+    assert row["stale"] is True and row["reasons"][0]["code"] == "never_ran", row
+    done = finished(repro_ok(root))["scaled"]
+    assert done["status"] == "restored", done  # its inputs as before: the run cache has its outputs
+    assert json.loads(lock.read_text())["stage"] == "scaled"
+    assert statuses(repro_ok(root))["scaled"] == "skipped"
+
+
 def test_a_corrupt_lock_file_is_named_and_the_stage_runs_again(ran_copy: RanCopy) -> None:
     root = ran_copy(HELPER_PROJECT)
     lock = root / ".pivot" / "stages" / "scaled.lock"

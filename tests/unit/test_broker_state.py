@@ -1135,6 +1135,23 @@ def test_while_the_pipeline_is_broken_changes_wait_for_the_fix() -> None:
     assert wave.stages == ["a", "b", "c", "d"]  # the data edit waited; now it runs
 
 
+def test_a_stage_added_by_an_edit_runs_and_one_removed_is_dropped() -> None:
+    h = live_harness()  # idle: its stages ran before
+    h.feed(FilesReported(("pipeline.py",), 1.0))
+    [paths] = confirms(h.feed(Tick(1.1)))
+    assert reloads(h.feed(ChangesConfirmed(paths))) == [LoadManifest(True, 1)]
+    old = h.state.manifest
+    assert old is not None
+    edited = Manifest((*(s for s in old.stages if s.name != "e"), spec("f", deps=["a.txt"], outs=["f.txt"])),
+                      old.sources)
+    commands = h.feed(ManifestArrived("p1", edited, build_graph(edited), load=1))
+    [loaded] = published(commands, PipelineLoaded)
+    assert (loaded.added, loaded.removed, loaded.changed) == (["f"], ["e"], [])
+    [wave] = published(commands, WaveStarted)
+    assert (wave.stages, wave.trigger, wave.paths) == (["f"], "code", ["pipeline.py"])
+    assert "e" not in h.state.snapshot().stages
+
+
 def test_while_the_pipeline_is_broken_a_save_of_a_module_no_manifest_names_loads_it_again() -> None:
     # pipeline.py now imports newmod.py, which fails: the last good manifest's sources do
     # not name it, and saving its fix must still load the pipeline again.
