@@ -100,6 +100,21 @@ if __name__ == "__main__":
                 (root / name).unlink()
         elif how == "standby":  # the loader forked ahead of the next load
             reply = {"standby_pid": preload._standby[0].proc.pid if preload._standby else None}
+        elif how == "standby-after-restart":  # the server's modules change: its standby goes
+            import time
+
+            waiting = preload._standby[0].proc.pid if preload._standby else None
+            preload.worker_context(("yaml", "json"), "other")
+            deadline = time.monotonic() + 10
+            while waiting is not None and os.path.exists(f"/proc/{waiting}") and time.monotonic() < deadline:
+                with open(f"/proc/{waiting}/stat") as f:
+                    if f.read().rpartition(")")[2].split()[0] == "Z":  # (its server reaps it)
+                        break
+                time.sleep(0.01)
+            reply = {"standby_was": waiting, "standby_left": len(preload._standby),
+                     "standby_alive": waiting is not None and os.path.exists(f"/proc/{waiting}")
+                     and open(f"/proc/{waiting}/stat").read().rpartition(")")[2].split()[0] != "Z"}
+            reply.update({"next": load("forked")})
         else:
             reply = load(how)
         print(json.dumps({**reply, "driver_pid": os.getpid()}), flush=True)
@@ -241,6 +256,17 @@ def test_a_load_after_the_first_is_served_by_a_loader_forked_before_it_was_asked
         assert served["params"] == {"n": 6} and served["loader_pid"] == waiting, (served, waiting)
         assert served["loader_ppid"] == first["loader_ppid"]  # (the server's child, as a fork at the load)
         assert driver.load("standby")["standby_pid"] not in (None, waiting)  # one load each
+
+
+def test_a_loader_waiting_on_a_server_whose_modules_changed_is_dropped(tmp_path: Path) -> None:
+    # A standby was forked from the old server (an upgraded package's old version): the
+    # next load must not be served by it.
+    with driving(tmp_path, 5) as driver:
+        assert driver.load("forked")["params"] == {"n": 5}
+        answer = driver.load("standby-after-restart")
+        assert answer["standby_was"] is not None, answer
+        assert answer["standby_left"] == 0 and not answer["standby_alive"], answer
+        assert answer["next"]["params"] == {"n": 5} and answer["next"]["loader_pid"] != answer["standby_was"], answer
 
 
 def test_the_server_is_restarted_under_a_load_without_waiting_for_it(tmp_path: Path) -> None:
