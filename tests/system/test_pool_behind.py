@@ -21,6 +21,7 @@ from pivot.protocol.codec import decode, encode
 from pivot.protocol.messages import (
     CancelStage,
     Heartbeat,
+    LoadManifest,
     ManifestLoaded,
     Message,
     PoolHello,
@@ -231,6 +232,21 @@ def test_a_stage_handed_ahead_is_given_back_unrun_when_its_upstream_is_cancelled
     broker.send_pair(2)
     assert broker.results("w2-1", "w2-2")[-1] == ("w2-2", "ran")
     assert (broker.root / "b.runs").read_text() == "ran\n"
+
+
+def test_a_stage_handed_ahead_is_cancelled_unrun_when_the_code_changes(broker: FakeBroker) -> None:
+    # b waits in a's worker, which would decide and run it on the code it imported: a
+    # code change cancels it there (a, begun, runs on until the broker says otherwise).
+    (broker.root / "hold-a").touch()
+    broker.send_pair(1)
+    wait_for((broker.root / "a.started").exists, WAIT_S, "stage a to start")
+    broker.send(LoadManifest(True, 1))
+    said = broker.results("w1-2")
+    assert said[-1] == ("w1-2", "cancelled"), said
+    assert "code changed" in broker.results_by["w1-2"].reason
+    (broker.root / "hold-a").unlink()
+    assert broker.results("w1-1")[-1] == ("w1-1", "ran")
+    assert not (broker.root / "b.runs").exists()
 
 
 def test_a_stage_its_upstreams_worker_decides_is_skipped_or_restored_as_the_pool_would(broker: FakeBroker) -> None:
