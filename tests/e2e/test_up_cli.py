@@ -101,6 +101,15 @@ def write(path: str, text: str) -> None:
         f.write(text)
 
 
+def wait_for_go() -> None:
+    """Until the test writes `go` (polling, with a deadline of its own)."""
+    deadline = time.monotonic() + 30
+    while not os.path.exists("go"):
+        if time.monotonic() > deadline:
+            raise TimeoutError("go never appeared")
+        time.sleep(0.02)
+
+
 @stage(deps=["probe.txt"], outs=["probe.out"])
 def probe() -> None:
     record("probe")
@@ -155,17 +164,13 @@ BASE: dict[str, str] = {
 }
 BASE_STAGES = {"probe", "upper", "double", "tagged"}
 
-# `slow` waits for a file `go` (polling, with its own deadline); `fast` reads its output
+# `slow` waits for a file `go` (`wait_for_go`); `fast` reads its output
 # and calls helpers.tag.
 SLOW_STAGE = """\
 @stage(outs=["slow.out"])
 def slow() -> None:
     record("slow")
-    deadline = time.monotonic() + 30
-    while not os.path.exists("go"):
-        if time.monotonic() > deadline:
-            raise TimeoutError("go never appeared")
-        time.sleep(0.02)
+    wait_for_go()
     write("slow.out", "slow\\n")
 """
 
@@ -526,11 +531,7 @@ def t() -> None:
 @stage(deps=["t.out"], outs=["mid.out"])
 def mid() -> None:
     record("mid")
-    deadline = time.monotonic() + 30
-    while not os.path.exists("go"):
-        if time.monotonic() > deadline:
-            raise TimeoutError("go never appeared")
-        time.sleep(0.02)
+    wait_for_go()
     write("mid.out", read("t.out"))
 
 
