@@ -693,3 +693,18 @@ def test_still_reads_a_large_racy_file_whose_stat_is_unchanged(tmp_path: Path) -
     clock.now = LATER
     assert not c.still(f, digest)
     c.close()
+
+
+def test_a_folder_link_pointed_elsewhere_gives_the_new_targets_digests(tmp_path: Path) -> None:
+    # The cache keeps each folder's real path (`_key`): a link retargeted since must not
+    # answer for the old target's file of the same name, size and mtime.
+    a = write(tmp_path / "A" / "f", b"in a")
+    write(tmp_path / "B" / "f", b"in b")
+    alias = tmp_path / "alias"
+    alias.symlink_to(tmp_path / "A")
+    with StateCache(tmp_path / "s.db", clock=Clock(LATER)) as c:
+        assert c.hash_path(alias / "f") == xxh(b"in a")
+        alias.unlink()
+        alias.symlink_to(tmp_path / "B")
+        assert c.hash_path(alias / "f") == xxh(b"in b")
+        assert c.hash_path(a) == xxh(b"in a")
