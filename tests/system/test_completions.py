@@ -82,3 +82,33 @@ def test_the_reader_takes_no_more_watches_than_its_budget(root: Path, reader: Co
     reader.sync(WatchPlan(recursive=frozenset({""})))
     watched = [rel for rel in ("x", "a/x", "b/x", "a/deep/x") if reader.watches(rel)]
     assert len(watched) == 2, watched
+
+
+def test_a_file_left_open_is_let_go_after_the_hold(root: Path, reader: Completions) -> None:
+    # A log kept open for hours must not be held back for good: after OPEN_HOLD_S its
+    # changes are reported as they come (its next write holds it again).
+    from pivot.watch.completions import OPEN_HOLD_S
+
+    reader.sync(WatchPlan(recursive=frozenset({""})))
+    with open(root / "a" / "run.log", "w") as f:
+        f.write("line\n")
+        f.flush()
+        since = drained(reader).open["a/run.log"]
+        assert reader.withholds("a/run.log", since)
+        assert reader.next_release(since) == pytest.approx(OPEN_HOLD_S)
+        later = since + OPEN_HOLD_S
+        assert not reader.withholds("a/run.log", later)
+        assert reader.next_release(later) is None and "a/run.log" not in reader.open
+
+
+def test_a_queue_overflow_forgets_what_was_reported(root: Path, reader: Completions) -> None:
+    # The kernel dropped events: nothing can say any more that a report repeats one made
+    # here.
+    reader.sync(WatchPlan(recursive=frozenset({""})))
+    (root / "a" / "x.csv").write_text("x")
+    assert drained(reader).take(time.monotonic()) == ["a/x.csv"]
+    assert reader.echo("a/x.csv", time.monotonic())
+    limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+    for i in range(limit // 2 + 100):  # (two or three events each: created, written, closed)
+        (root / "b" / f"{i}.txt").write_text("x")
+    assert not drained(reader).echo("a/x.csv", time.monotonic())
