@@ -16,6 +16,7 @@ __all__ = [
     "ConfirmChanges",
     "Event",
     "FilesReported",
+    "InstallReported",
     "LoadOwnManifest",
     "ManifestArrived",
     "ManifestRejected",
@@ -198,6 +199,14 @@ class ChangesConfirmed(Record):
 
 
 @record
+class InstallReported(Record):
+    """A pool's `install_changed`: third-party code on its `sys.path` changed."""
+
+    pool: str
+    folders: tuple[str, ...]
+
+
+@record
 class WatcherJoined(Record):
     pid: int
 
@@ -224,6 +233,7 @@ Event = (
     | WavePlanned
     | FilesReported
     | ChangesConfirmed
+    | InstallReported
     | WatcherJoined
     | Noticed
     | Tick

@@ -35,6 +35,7 @@ from broker.events import (
     ConfirmChanges,
     Event,
     FilesReported,
+    InstallReported,
     LoadOwnManifest,
     ManifestArrived,
     ManifestRejected,
@@ -73,6 +74,7 @@ from pivot.protocol.messages import (
     Heartbeat,
     Hello,
     HelloReply,
+    InstallChanged,
     ManifestFailed,
     ManifestLoaded,
     Message,
@@ -604,6 +606,8 @@ class BrokerService:
                 )
             case Notice(message=message):
                 self._feed(Noticed(f"pool {pool}: {message}"))
+            case InstallChanged(folders=folders):
+                self._feed(InstallReported(pool, tuple(folders)))
             case _:
                 self._drop("dropped %s: not a message a pool sends", msg.TAG)
 

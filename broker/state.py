@@ -20,6 +20,7 @@ from broker.events import (
     ConfirmChanges,
     Event,
     FilesReported,
+    InstallReported,
     LoadOwnManifest,
     ManifestArrived,
     ManifestRejected,
@@ -89,6 +90,8 @@ HEARTBEAT_S = 1.0
 LIVENESS = 3
 OK_STATUSES = frozenset({Status.RAN, Status.RESTORED, Status.SKIPPED})
 SELF_TRIGGER_LIMIT = 3  # runs in a row caused by a stage's own writes to what it reads
+# What a wave's `paths` name when third-party code changed (no project path did).
+INSTALLED = "(installed packages)"
 MAX_CHARGES = 3  # a stage whose own worker dies this often in one wave fails
 # A save is a few paths (the file, a temp file renamed over it, a backup); more is a copy
 # or a checkout, which the quiet window groups whatever pauses its writer took.
@@ -217,6 +220,8 @@ class BrokerState:
                 self._files_reported(event)
             case ChangesConfirmed():
                 self._changes_confirmed(event.paths)
+            case InstallReported():
+                self._install_reported(event)
             case WatcherJoined():
                 self._watcher_joined()
             case Noticed():
@@ -1015,6 +1020,15 @@ class BrokerState:
                 rest |= self._in_scope(self.graph.downstream_of(handled)) - set(self.wave.stages)
             if rest:
                 self._queue(PendingRun(rest, False, self._keep_going(), True, "files", data, cause))
+
+    def _install_reported(self, event: InstallReported) -> None:
+        """Third-party code changed on a pool's host (`pip install -U`): under `pivot up`,
+        a code change: the stages whose fingerprints name another version now run again,
+        on new workers (those alive imported the old one). A one-shot run ends on the
+        code it loaded."""
+        if self.live is None or self.stopping or event.pool not in self.pools:
+            return
+        self._reload(True, [INSTALLED])
 
     def _stop_self_triggered(self, data: list[str], touched: dict[str, set[str]]) -> set[str]:
         """Stages not to run for these changes: every path that would run them changed

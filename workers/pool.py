@@ -56,6 +56,7 @@ from pivot.protocol.codec import encode
 from pivot.protocol.messages import (
     CancelStage,
     Heartbeat,
+    InstallChanged,
     LoadManifest,
     ManifestAccepted,
     ManifestFailed,
@@ -82,7 +83,7 @@ from pivot.runtime.command import kill_group_of
 from pivot.runtime.dask_task import ALIVE_SUFFIX, CLAIM_SUFFIX, KILL_SUFFIX
 from pivot.runtime.job import ChainLink, LinkBegan, LinkDecided, StageJob, StageOutcome
 from pivot.runtime.lease import LEASE_NAME
-from pivot.runtime.preload import drop_standby, serve_loaders, warm_up
+from pivot.runtime.preload import drop_standby, install_stamp, serve_loaders, warm_up
 from pivot.state.lock import LockPrefetch, read_lock
 from pivot.state.notices import LOGGER as NOTICES_LOGGER
 from pivot.state.notices import StoredStateNotices
@@ -221,6 +222,8 @@ class PoolService:
         self.lease_renewed = 0.0
         self.rebalance_at: float | None = None  # when queued stages may move (time.monotonic)
         self.lease_count = 0
+        # The installed packages as the last load may have seen them (see `_look_for_installs`).
+        self.installed = install_stamp()
         self.stopping = False
         self.leaving = False  # SIGTERM: handing back its stages before it exits
         self.leave_by: float | None = None
@@ -426,6 +429,7 @@ class PoolService:
                     self.lease_renewed = now
                     self.lease_count += 1
                     self.lease.write_text(f"{self.lease_count}\n")
+                    self._look_for_installs()
                 if polled is not self.sock:  # a new socket when the broker moved
                     polled, poller, workers_polled = self.sock, zmq.Poller(), []
                     poller.register(self.sock, zmq.POLLIN)
@@ -533,6 +537,7 @@ class PoolService:
                         if not self.unsettled:  # the broker's cancels, if any, came first
                             self.workers.resume()
                 case LoadManifest(restart_workers=restart, load=load):
+                    self.installed = install_stamp()  # (what this load sees)
                     if restart:
                         self._cancel_unbegun("not started: code changed")
                         self.restart_on_load = True
@@ -732,6 +737,20 @@ class PoolService:
 
     def _running(self) -> list[Attempt]:
         return [a for a in self.attempts.values() if a.phase is Phase.RUNNING]
+
+    def _look_for_installs(self) -> None:
+        """A package installed, upgraded or removed on this host since the last load
+        (`pip install -U` beside `pivot up`): the broker is told, and loads the pipeline
+        again as for a code edit; its stages may now name other versions than the ones
+        the workers imported."""
+        if self.manifest is None:
+            return
+        stamp = install_stamp()
+        if stamp != self.installed:
+            changed = sorted({entry for entry, _ in set(stamp) ^ set(self.installed)})
+            self.installed = stamp
+            log.info("installed packages changed in %s", ", ".join(changed))
+            self._send(InstallChanged(changed))
 
     def _cancel_unbegun(self, why: str) -> None:
         """Python code changed: every stage in flight that no worker has begun stops.

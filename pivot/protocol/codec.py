@@ -25,7 +25,7 @@ from pivot.protocol.record import Record, record
 
 __all__ = ["PROTOCOL_VERSION", "Envelope", "VersionMismatch", "decode", "encode", "new_id"]
 
-PROTOCOL_VERSION = 15
+PROTOCOL_VERSION = 16
 FROZEN_KIND = Refused.TAG
 
 

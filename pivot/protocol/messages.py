@@ -30,6 +30,7 @@ __all__ = [
     "Heartbeat",
     "Hello",
     "HelloReply",
+    "InstallChanged",
     "LoadManifest",
     "LogLine",
     "ManifestAccepted",
@@ -227,6 +228,17 @@ class ManifestFailed(Message):
     message: str
     detail: str
     load: int = 0  # as manifest_loaded's
+
+
+@record
+class InstallChanged(Message):
+    """Pool -> broker: the third-party code its workers import changed on disk (a folder
+    on its `sys.path`, outside the project, changed: an install, upgrade or removal).
+    Under `pivot up` the broker loads the pipeline again as for a code edit: the stages
+    whose fingerprints name another version now run again, on new workers."""
+
+    TAG: ClassVar[str] = "install_changed"
+    folders: list[str]
 
 
 @record
@@ -660,6 +672,7 @@ MESSAGES: tuple[type[Message], ...] = (
     ManifestFailed,
     LoadManifest,
     ManifestAccepted,
+    InstallChanged,
     WatcherReady,
     FilesChanged,
     RunStage,

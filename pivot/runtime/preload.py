@@ -34,7 +34,7 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 __all__ = [
-    "drop_standby", "enabled", "imported_tops", "keep_standby", "loader_context",
+    "drop_standby", "enabled", "imported_tops", "install_stamp", "keep_standby", "loader_context",
     "serve_loaders", "server_key", "take_standby", "third_party", "warm_up", "worker_context",
 ]
 
@@ -65,6 +65,20 @@ def _installed_file(top: str) -> str | None:
 
 def installed_path(file: str) -> bool:
     return any(part in _INSTALLED for part in os.path.normpath(file).split(os.sep))
+
+
+def install_stamp() -> tuple[tuple[str, int], ...]:
+    """The installed-package folders on `sys.path` (site-packages, dist-packages) and
+    their mtimes: an install, an upgrade or a removal makes or removes a dist-info folder
+    in one, which changes it (a project folder on `sys.path` changes with every save)."""
+    found = []
+    for entry in sys.path:
+        if entry and installed_path(entry):
+            try:
+                found.append((entry, os.stat(entry).st_mtime_ns))
+            except OSError:
+                found.append((entry, -1))
+    return tuple(found)
 
 
 def imported_tops() -> set[str]:

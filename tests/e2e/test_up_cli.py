@@ -737,6 +737,30 @@ def test_an_upgraded_package_runs_on_new_workers_after_an_edit_of_params_only(
     stop(live, root)
 
 
+def test_a_package_upgraded_beside_an_idle_engine_runs_the_stages_that_use_it(
+    make_project: MakeProject, up: StartUp
+) -> None:
+    # No project file edited: the pool sees its site-packages change (a dist-info folder
+    # replaced), and the pipeline is loaded again as for a code edit.
+    root = make_project({**BOOKKEEPING, "pipeline.py": pipeline(PARAMS_LIB_BODY), "helpers.py": HELPERS_PY,
+                         "c.txt": "gamma\n", "probe.txt": "probe 0\n"})
+    site = root.parent / "site-packages"
+    _install_fakelib(site, "1.0")
+    live = up(root, env={**os.environ, "PYTHONPATH": str(site)})
+    first_wave(live, root)
+    assert (root / "lib.out").read_text() == "1.0 n=1\n"
+
+    start = live.mark()
+    _install_fakelib(site, "2.0")
+    wave = next_wave(live, start, "the upgrade")
+    assert (wave[0]["trigger"], wave[0]["paths"], wave[0]["stages"]) == (
+        "code", ["(installed packages)"], ["uses_lib"]), wave[0]
+    assert statuses(wave) == {"uses_lib": "ran"}
+    assert (root / "lib.out").read_text() == "2.0 n=1\n"
+    probe(live, root, live.mark())  # and nothing else starts a wave
+    stop(live, root)
+
+
 def proc_info_ppid(pid: int) -> int:
     info = proc_info(pid)
     assert info is not None, f"process {pid} is gone"

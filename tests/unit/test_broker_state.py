@@ -14,6 +14,7 @@ from broker.events import (
     ConfirmChanges,
     Event,
     FilesReported,
+    InstallReported,
     LoadOwnManifest,
     ManifestArrived,
     ManifestRejected,
@@ -1133,6 +1134,23 @@ def test_while_the_pipeline_is_broken_changes_wait_for_the_fix() -> None:
     assert m is not None
     [wave] = published(h.feed(ManifestArrived("p1", m, build_graph(m), load=2)), WaveStarted)
     assert wave.stages == ["a", "b", "c", "d"]  # the data edit waited; now it runs
+
+
+def test_a_package_installed_on_a_pools_host_loads_the_pipeline_again_as_code() -> None:
+    # `pip install -U` beside `pivot up`: the stages whose fingerprints name the new
+    # version run again, on new workers (the reload restarts them).
+    h = live_harness()
+    assert reloads(h.feed(InstallReported("p1", ("/venv/site-packages",)))) == [LoadManifest(True, 1)]
+    old = h.state.manifest
+    assert old is not None
+    upgraded = Manifest(tuple(dataclasses.replace(s, fingerprint="new") if s.name == "c" else s for s in old.stages),
+                        old.sources)
+    [wave] = published(h.feed(ManifestArrived("p1", upgraded, build_graph(upgraded), load=1)), WaveStarted)
+    assert (wave.stages, wave.trigger, wave.paths) == (["c", "d"], "code", ["(installed packages)"])
+    # A one-shot run ends on the code it loaded; an unknown pool is not listened to.
+    once = Harness(diamond())
+    assert reloads(once.feed(InstallReported("p1", ("/venv/site-packages",)))) == []
+    assert reloads(h.feed(InstallReported("elsewhere", ("/venv/site-packages",)))) == []
 
 
 def test_a_stage_added_by_an_edit_runs_and_one_removed_is_dropped() -> None:

@@ -28,6 +28,7 @@ from pivot.protocol.messages import (
     Heartbeat,
     Hello,
     HelloReply,
+    InstallChanged,
     LoadManifest,
     LogLine,
     ManifestAccepted,
@@ -139,6 +140,7 @@ SAMPLES: dict[type[Message], Message] = {
     LoadManifest: LoadManifest(restart_workers=True, load=3),
     ManifestAccepted: ManifestAccepted(),
     WatcherReady: WatcherReady(pid=4243),
+    InstallChanged: InstallChanged(folders=["/venv/lib/python3.11/site-packages"]),
     FilesChanged: FilesChanged(paths=["data/raw.csv", "helpers.py"], settled=True),
     RunStage: RunStage(wave=3, stage="train", attempt="1a2b-c3d4-7", force=True, after=["1a2b-c3d4-6"]),
     PlanWave: PlanWave(wave=3, stages=["prepare", "train"], upstream={"prepare": [], "train": ["prepare"]}),
@@ -323,14 +325,14 @@ def test_wire_tags_are_unique_and_registered() -> None:
 # docs/protocol.md (Changelog) and only then paste the new bytes here.
 
 GOLDEN_POOL_HELLO = (
-    b"\x88\xa1v\x0f\xa1k\xaapool_hello\xa2id\xab1a2b-c3d4-1\xa1p\xc0\xa1s\xa6pool-1"
+    b"\x88\xa1v\x10\xa1k\xaapool_hello\xa2id\xab1a2b-c3d4-1\xa1p\xc0\xa1s\xa6pool-1"
     b"\xa1n\x00\xa1t\xcbA\xd9T\xfc@\x10\x00\x00\xa1b\x88\xa4pool\xa6pool-1\xa3pid"
     b"\xcd\x10\x92\xa5slots\x04\xabincarnation\xa0\xa4host\xa0\xa4tags\x90\xa7running\x80"
     b"\xa5queue\x00"
 )
 
 GOLDEN_STAGE_FINISHED = (
-    b"\x88\xa1v\x0f\xa1k\xaestage_finished\xa2id\xab5e6f-7a8b-9\xa1p\xab1a2b-c3d4-2"
+    b"\x88\xa1v\x10\xa1k\xaestage_finished\xa2id\xab5e6f-7a8b-9\xa1p\xab1a2b-c3d4-2"
     b"\xa1s\xa6broker\xa1n\x07\xa1t\xcbA\xd9T\xfc@`\x00\x00\xa1b\x88\xa4wave\x03"
     b"\xa5stage\xa5train\xa6status\xa3ran\xabreason_code\xabdep_changed\xa6reason"
     b"\xb4data/raw.csv changed\xaaduration_s\xcb?\xf8\x00\x00\x00\x00\x00\x00\xa5error\xc0"
@@ -378,20 +380,20 @@ def test_golden_stage_finished() -> None:
 
 def test_refused_is_read_whatever_version_its_envelope_names() -> None:
     """`refused` is frozen: a peer of another version must read why it was refused."""
-    wire = msgpack.unpackb(encode(Refused("version", "too old", 15), sender="broker"))
-    wire["v"] = 16
+    wire = msgpack.unpackb(encode(Refused("version", "too old", 16), sender="broker"))
+    wire["v"] = 17
     env = decode(msgpack.packb(wire))
-    assert env.msg == Refused("version", "too old", 15)
+    assert env.msg == Refused("version", "too old", 16)
     wire["k"] = "hello"  # any other kind of another version is refused, naming both
     wire["b"] = {"role": "pool", "name": "p", "pid": 1, "host": "h", "project": ""}
-    with pytest.raises(codec.VersionMismatch, match="protocol version 16, expected 15") as info:
+    with pytest.raises(codec.VersionMismatch, match="protocol version 17, expected 16") as info:
         decode(msgpack.packb(wire))
-    assert (info.value.version, info.value.kind, info.value.sender) == (16, "hello", "broker")
+    assert (info.value.version, info.value.kind, info.value.sender) == (17, "hello", "broker")
 
 
-def test_protocol_version_is_fifteen() -> None:
-    # The golden bytes above encode version 15; changing it must be deliberate.
-    assert PROTOCOL_VERSION == 15
+def test_protocol_version_is_sixteen() -> None:
+    # The golden bytes above encode version 16; changing it must be deliberate.
+    assert PROTOCOL_VERSION == 16
 
 
 # --- strict decoding ---------------------------------------------------------------------
