@@ -299,7 +299,7 @@ CONTROL_ACTS = frozenset({
 # (Not pool_hello: a generated one never names its sender, and is dropped for that.)
 POOL_ACTS = frozenset({
     "heartbeat", "pool_leaving", "manifest_loaded", "manifest_failed", "stage_running", "wave_plan",
-    "stage_output", "stage_result", "notice",
+    "stage_output", "stage_result", "notice", "install_changed",
 })
 CHANGES_ACTS = frozenset({"watcher_ready", "files_changed"})
 # The work link drops anything from a peer that never said hello, whatever it is: only a
