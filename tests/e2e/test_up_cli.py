@@ -713,18 +713,27 @@ def _install_fakelib(site: Path, version: str) -> None:
     (info / "top_level.txt").write_text("fakelib\n")
 
 
+def _fakelib_up(make_project: MakeProject, up: StartUp, folder: str, *args: str) -> tuple[Path, Path, LiveRun]:
+    """`pivot up` on a project whose stage imports fakelib 1.0, found in `folder` (on
+    PYTHONPATH), once its first wave ran."""
+    root = make_project({**BOOKKEEPING, "pipeline.py": pipeline(PARAMS_LIB_BODY), "helpers.py": HELPERS_PY,
+                         "c.txt": "gamma\n", "probe.txt": "probe 0\n"})
+    site = root.parent / folder
+    _install_fakelib(site, "1.0")
+    live = up(root, *args, env={**os.environ, "PYTHONPATH": str(site)})
+    first_wave(live, root)
+    assert (root / "lib.out").read_text() == "1.0 n=1\n"
+    return root, site, live
+
+
 def test_an_upgraded_package_runs_on_new_workers_after_an_edit_of_params_only(
     make_project: MakeProject, up: StartUp
 ) -> None:
     # A params edit keeps the workers; but after `pip install -U` the stages whose
-    # fingerprint names the new version must not run in one that imported the old.
-    root = make_project({**BOOKKEEPING, "pipeline.py": pipeline(PARAMS_LIB_BODY), "helpers.py": HELPERS_PY,
-                         "c.txt": "gamma\n", "probe.txt": "probe 0\n"})
-    site = root.parent / "site-packages"
-    _install_fakelib(site, "1.0")
-    live = up(root, "--jobs", "1", env={**os.environ, "PYTHONPATH": str(site)})
-    first_wave(live, root)
-    assert (root / "lib.out").read_text() == "1.0 n=1\n"
+    # fingerprint names the new version must not run in one that imported the old. (A
+    # folder on sys.path that is no site-packages: its pool does not watch it, so the
+    # params edit's reload is the one that finds the new version.)
+    root, site, live = _fakelib_up(make_project, up, "extlib", "--jobs", "1")
     [worker] = set(pids(root, "uses_lib"))
 
     _install_fakelib(site, "2.0")
@@ -742,13 +751,7 @@ def test_a_package_upgraded_beside_an_idle_engine_runs_the_stages_that_use_it(
 ) -> None:
     # No project file edited: the pool sees its site-packages change (a dist-info folder
     # replaced), and the pipeline is loaded again as for a code edit.
-    root = make_project({**BOOKKEEPING, "pipeline.py": pipeline(PARAMS_LIB_BODY), "helpers.py": HELPERS_PY,
-                         "c.txt": "gamma\n", "probe.txt": "probe 0\n"})
-    site = root.parent / "site-packages"
-    _install_fakelib(site, "1.0")
-    live = up(root, env={**os.environ, "PYTHONPATH": str(site)})
-    first_wave(live, root)
-    assert (root / "lib.out").read_text() == "1.0 n=1\n"
+    root, site, live = _fakelib_up(make_project, up, "site-packages")
 
     start = live.mark()
     _install_fakelib(site, "2.0")
