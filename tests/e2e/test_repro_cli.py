@@ -138,6 +138,37 @@ def test_runs_that_start_workers_leave_the_pools_stderr_empty(project: Path) -> 
         assert not pool_log.exists() or pool_log.read_text() == "", pool_log.read_text()
 
 
+def test_a_reader_that_goes_away_stops_the_run_silently_and_the_next_run_finishes_it(project: Path) -> None:
+    """`pivot repro | head -1`: exit 1 without a word (docs/cli.md, exit codes), no
+    process left behind (proc_guard), and what it left is a state the next run completes."""
+    proc = subprocess.Popen(
+        [*pivot_cmd(), "repro", "--display", "plain"], cwd=project, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        first = proc.stdout.readline()  # the wave's first line: the run is under way
+        assert first.startswith("wave 1"), first
+        proc.stdout.close()
+        rc = proc.wait(30)
+        err = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+    assert (rc, err) == (1, ""), f"exit {rc}, standard error: {err!r}"
+
+    result, events = repro(project)
+    assert result.returncode == 0, describe(result)
+    assert set(statuses(events).values()) <= {"ran", "skipped"}, statuses(events)
+    again, events2 = repro(project)
+    assert statuses(events2) == dict.fromkeys(STAGES, "skipped"), describe(again)
+    for out in OUTPUTS:
+        assert (project / out).is_file(), f"{out} was not written"
+
+
 IMPORT_COUNTING = stage_src(
     """\
     with open("imports.log", "a") as _log:  # one line each time pipeline.py is imported
