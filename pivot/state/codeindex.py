@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 # Bump when the shape of a FileIndex or any hashing rule changes. The AST dump format
 # follows the interpreter, so entries are only valid for the Python that wrote them.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 _CACHE_STAMP = f"{CACHE_FORMAT}:{sys.implementation.name}:{sys.version}"
 
 # Coarse file systems keep mtime in 1-2 s steps; within that window a second edit can
@@ -124,26 +124,37 @@ def parse_source(data: bytes, filename: str = "<source>") -> FileIndex:
     assigns: dict[str, list[Binding]] = {}
     stmt_digests: list[str] = []
     outline: list[str] = []
-    for stmt in _module_statements(tree.body):
+    containers: dict[int, tuple[str, tuple[str, ...]]] = {}  # top-level container -> digest, refs
+    for stmt, top in _module_statements(tree.body):
         if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             name = stmt.name
             info = _def_info(stmt)
             stmt_digests.append(f"def {name} {info.digest}")
             outline.append(f"def {name}")
+            if top is not stmt:
+                # `if FAST: def f` / `else: def f`: which one is bound depends on the test.
+                info = _in_container(info, *containers[id(top)])
             _merge_into(defs, name, info)
             if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 staged = _stage_form(stmt, imports)
                 if staged is not None:
-                    _merge_into(stage_defs, name, staged)
+                    _merge_into(stage_defs, name, staged if top is stmt else _in_container(staged, *containers[id(top)]))
+            for target in _decorated_objects(stmt, imports):
+                # `@show.register(int)`, `@app.route("/")`: the object is changed in place.
+                assigns.setdefault(target, []).append(Binding(f"def {name} {info.digest}", info.refs))
             continue
         # A container's inner statements come again on their own; hashing the whole
         # container too keeps its header (an `if` test, a `for` target) in the digest.
         digest = digest_text(ast.dump(stmt))
         stmt_digests.append(digest)
         outline.append(digest)
+        found = None
+        if stmt is top and isinstance(stmt, _CONTAINERS):
+            found = _collect(stmt)
+            containers[id(stmt)] = (digest, found.refs)
         names = _bound_names(stmt)
         if names:
-            binding = Binding(digest, _collect(stmt).refs)
+            binding = Binding(digest, (found or _collect(stmt)).refs)
             for name in names:
                 assigns.setdefault(name, []).append(binding)
     return FileIndex(
@@ -160,12 +171,14 @@ def parse_source(data: bytes, filename: str = "<source>") -> FileIndex:
 _CONTAINERS = (ast.If, ast.Try, ast.TryStar, ast.With, ast.For, ast.While)
 
 
-def _module_statements(body: Iterable[ast.stmt]) -> Iterator[ast.stmt]:
-    """Module-level statements, descending into if/try/with/for/while but not into defs.
+def _module_statements(body: Iterable[ast.stmt], top: ast.stmt | None = None) -> Iterator[tuple[ast.stmt, ast.stmt]]:
+    """Module-level statements, descending into if/try/with/for/while but not into defs,
+    each with the top-level statement it is in (itself at the top level).
 
     A container is yielded too (its header, e.g. a `for` target, binds names)."""
     for stmt in body:
-        yield stmt
+        outer = stmt if top is None else top
+        yield stmt, outer
         if isinstance(stmt, _CONTAINERS):
             inner: list[ast.stmt] = (
                 [*stmt.body, *stmt.orelse] if hasattr(stmt, "orelse") else [*stmt.body]
@@ -174,7 +187,31 @@ def _module_statements(body: Iterable[ast.stmt]) -> Iterator[ast.stmt]:
                 inner += stmt.finalbody
                 for handler in stmt.handlers:
                     inner += handler.body
-            yield from _module_statements(inner)
+            yield from _module_statements(inner, outer)
+
+
+def _in_container(info: DefInfo, digest: str, refs: tuple[str, ...]) -> DefInfo:
+    """A definition inside a module-level if/try/with/for/while: the whole statement
+    counts with it (its test, the other branch), and the names that statement reads."""
+    return DefInfo(digest_text(f"{info.digest}\nin {digest}"), tuple(sorted({*info.refs, *refs})), info.imports)
+
+
+def _decorated_objects(
+    node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef, imports: dict[str, ModuleImport],
+) -> set[str]:
+    """The module-level names a definition's decorators are methods of (`@show.register`,
+    `@app.route(...)`): the decorator adds the definition to that object. A module
+    imported as a whole (`@functools.wraps`) is not such an object."""
+    names = set()
+    for decorator in node.decorator_list:
+        chain = _chain(decorator.func if isinstance(decorator, ast.Call) else decorator)
+        if chain is None or "." not in chain:
+            continue
+        head = chain.partition(".")[0]
+        imported = imports.get(head)
+        if imported is None or imported.name is not None:
+            names.add(head)
+    return names
 
 
 def _strip_docstring(
@@ -256,7 +293,7 @@ def _merge_into(defs: dict[str, DefInfo], name: str, info: DefInfo) -> None:
 
 def _module_imports(body: list[ast.stmt]) -> dict[str, ModuleImport]:
     found: dict[str, ModuleImport] = {}
-    for stmt in _module_statements(body):
+    for stmt, _ in _module_statements(body):
         for imp in _imports_of(stmt):
             found[imp.bound] = ModuleImport(imp.module, imp.level, imp.name)
     return found
@@ -278,7 +315,8 @@ def _imports_of(stmt: ast.stmt) -> list[BodyImport]:
 
 
 def _bound_names(stmt: ast.stmt) -> set[str]:
-    """Names a module-level statement (re)binds or mutates in place (`X.a = 1`, `X[k] = v`)."""
+    """Names a module-level statement (re)binds or mutates in place (`X.a = 1`, `X[k] = v`),
+    also with `:=` (in a container, in its header only: its body comes on its own)."""
     targets: list[ast.expr] = []
     if isinstance(stmt, ast.Assign):
         targets = list(stmt.targets)
@@ -291,7 +329,24 @@ def _bound_names(stmt: ast.stmt) -> set[str]:
         for node in ast.walk(target):
             if isinstance(node, ast.Name):
                 names.add(node.id)
+    for part in _header(stmt):
+        for node in ast.walk(part):
+            if isinstance(node, ast.NamedExpr) and isinstance(node.target, ast.Name):
+                names.add(node.target.id)
     return names
+
+
+def _header(stmt: ast.stmt) -> list[ast.AST]:
+    """What of a module-level statement runs as part of it, not as a statement of its body."""
+    if isinstance(stmt, (ast.If, ast.While)):
+        return [stmt.test]
+    if isinstance(stmt, ast.For):
+        return [stmt.iter]
+    if isinstance(stmt, ast.With):
+        return [item.context_expr for item in stmt.items]
+    if isinstance(stmt, (ast.Try, ast.TryStar)):
+        return [h.type for h in stmt.handlers if h.type is not None]
+    return [stmt]
 
 
 def _chain(node: ast.expr) -> str | None:

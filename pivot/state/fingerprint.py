@@ -65,6 +65,7 @@ _IMPORT_DUNDERS = frozenset(
     }
 )  # fmt: skip
 _MAX_DEPTH = 64
+_MAX_HELD = 10_000  # items of a container looked through for the functions it holds
 _MISSING: Any = object()
 _EXTERNAL: Any = object()  # a body import of a non-project module: its part is already added
 
@@ -105,16 +106,19 @@ class _Def:
 
 
 class _Binding:
-    __slots__ = ("name", "ns", "value")
+    __slots__ = ("here", "name", "ns", "value")
 
-    def __init__(self, ns: dict[str, Any], name: str, value: Any) -> None:
+    def __init__(self, ns: dict[str, Any], name: str, value: Any, *, here: bool = False) -> None:
         self.ns = ns
         self.name = name
         self.value = value
+        # The statements of `ns` itself that change an object imported from another
+        # module (`Model.predict = _predict`), not those of the module that assigns it.
+        self.here = here
 
     @property
     def key(self) -> tuple[object, ...]:
-        return ("bind", id(self.ns), self.name)
+        return ("bind", id(self.ns), self.name, self.here)
 
 
 class _Module:
@@ -304,17 +308,27 @@ class Fingerprinter:
         return "code:" + digest_text("\n".join(pieces))
 
     def _binding_into(self, node: _Node, target: _Binding) -> None:
-        ns, name = self._origin(target.ns, target.name, target.value)
+        ns, name = (target.ns, target.name) if target.here else self._origin(target.ns, target.name, target.value)
         key = f"{ns.get('__name__') or '<unknown>'}.{name}"
         by_value = constant(target.value, self._roots)
-        if by_value is not None:
+        if by_value is not None and not target.here:
             node.parts[key] = by_value
             self._add_source(node, ns.get("__file__"))
             return
         index = self._index_of(ns)
         bindings = index.assigns.get(name, ()) if index else ()
-        if bindings:
-            node.parts[key] = digest_text("\n".join(b.digest for b in bindings))
+        # A def or class statement that made the object without being it (@contextmanager,
+        # @functools.singledispatch, a decorator returning an instance or a partial).
+        made = index.defs.get(name) if index and not target.here else None
+        if made is not None and self._is_made_by(_definition(target.value), ns, name):
+            made = None
+        if bindings or made is not None:
+            digest = digest_text("\n".join(b.digest for b in bindings)) if bindings else ""
+            if made is not None:
+                digest = made.digest if not digest else digest_text(f"{digest}\ndef {made.digest}")
+                self._follow_refs(node, made.refs, made.imports, ns)
+            held = self._held_definitions(node, target.value)
+            node.parts[key] = digest if held is None else digest_text(f"{digest}\nholds {held}")
             self._add_source(node, ns.get("__file__"))
             for binding in bindings:
                 self._follow_refs(node, binding.refs, (), ns)
@@ -393,19 +407,68 @@ class Fingerprinter:
         if isinstance(value, types.ModuleType):
             self._follow_module(node, value)
             return
+        origin_ns, origin_name = self._origin(ns, name, value)
+        if origin_ns is not ns:
+            local = self._index_of(ns)
+            if local is not None and local.assigns.get(name):  # `Model.predict = _predict` here
+                node.children.append(_Binding(ns, name, value, here=True))
         obj = _definition(value)
         if obj is None:
             node.children.append(_Binding(ns, name, value))
             return
-        origin_ns, origin_name = self._origin(ns, name, value)
         index = self._index_of(origin_ns)
         assigned = bool(index and index.assigns.get(origin_name))
         # A lambda, a namedtuple() or type() class has no definition of its own: the
         # assignment that makes it is its code.
         if not (assigned and not self._has_definition(obj)):
             self._follow_definition(node, obj)
-        if assigned:  # e.g. `clean = make_cleaner(re.compile("x"))`: the call counts too
+        # e.g. `clean = make_cleaner(re.compile("x"))`: the call counts too; or a def
+        # statement made it, wrapped in code of elsewhere (`@contextmanager`).
+        if assigned or (index is not None and origin_name in index.defs
+                        and not self._is_made_by(obj, origin_ns, origin_name)):
             node.children.append(_Binding(origin_ns, origin_name, value))
+
+    def _is_made_by(self, obj: Any, ns: dict[str, Any], name: str) -> bool:
+        """Whether `obj` is the function or class that the top-level def or class
+        statement `name` of the module `ns` makes (not a wrapper around it)."""
+        if isinstance(obj, type):
+            return obj.__module__ == ns.get("__name__") and obj.__qualname__ == name
+        if not isinstance(obj, types.FunctionType):
+            return False
+        file = ns.get("__file__")
+        code = obj.__code__
+        return (code.co_qualname == name and isinstance(file, str)
+                and self._files.realpath(code.co_filename) == self._files.realpath(file))
+
+    def _held_definitions(self, node: _Node, value: Any) -> str | None:
+        """For a dict, list, tuple or set that holds project functions or classes (a
+        registry filled by a decorator, `REGISTRY.update(...)`): follows each of them and
+        returns what it holds (keys by value, functions and classes by name); None when
+        it holds none, or is not such a container."""
+        if not isinstance(value, (dict, list, tuple, set, frozenset)) or len(value) > _MAX_HELD:
+            return None
+        items = list(value.values() if isinstance(value, dict) else value)
+        held = {id(item): obj for item in items
+                if (obj := _definition(item)) is not None and self._is_project_definition(obj)}
+        if not held:  # checked first: a big table of data is not described item by item
+            return None
+        for obj in held.values():
+            self._follow_definition(node, obj)
+
+        def describe(item: Any) -> str:
+            obj = held.get(id(item))
+            if obj is not None:
+                return f"def {_module_name(obj)}.{obj.__qualname__}"
+            by_value = constant(item, self._roots)
+            return by_value if by_value is not None else f"<{_type_name(item)}>"
+
+        if isinstance(value, dict):
+            pieces = [f"{describe(k)}: {describe(v)}" for k, v in value.items()]
+        else:
+            pieces = [describe(item) for item in items]
+            if isinstance(value, (set, frozenset)):
+                pieces.sort()
+        return digest_text("\n".join(pieces))
 
     def _has_definition(self, obj: Any) -> bool:
         """Whether a project def/class statement (or one enclosing it) makes obj."""

@@ -13,6 +13,7 @@ stage even when no one declared it. Any other command keeps its declared deps.
 from __future__ import annotations
 
 import ast
+import os
 import re
 import shlex
 from pathlib import Path
@@ -52,20 +53,28 @@ def script_code(cmd: str | tuple[str, ...], cwd: Path, root: Path) -> ScriptCode
     target = _target(cmd)
     if target is None:
         return None
-    kind, name = target
+    kind, name, pythonpath = target
+    first: list[Path] = []  # what Python runs before the script: `-m`'s packages
+    # `PYTHONPATH=. python src/train.py`: searched after the script's own folder, as Python does.
+    extra = [(cwd / folder).resolve() for folder in pythonpath.split(os.pathsep) if folder]
+    script: Path | None
     if kind == "file":
         script = (cwd / name).resolve()
-        search = [script.parent]
+        search = [script.parent, *extra]
     else:
-        script = _find_module(name, [cwd.resolve()])  # type: ignore[assignment]
-        search = [cwd.resolve()]
+        search = [cwd.resolve(), *extra]
+        script = _find_module(name, search)
+        first = [path for path in _module_files(name, search) if path != script]
+        if script is not None and script.name == "__init__.py":  # `-m pkg` runs pkg/__main__.py
+            first.append(script)
+            script = script.parent / "__main__.py"
     if script is None or script.suffix != ".py" or not script.is_file() or not _inside(script, root):
         return None
     parts: dict[str, str] = {}
     files: list[str] = []
     digests: dict[str, str] = {}
     externals: set[str] = set()
-    todo = [script]
+    todo = [script, *(path for path in first if _inside(path, root))]
     while todo:
         path = todo.pop()
         rel = path.relative_to(root.resolve()).as_posix()
@@ -96,7 +105,9 @@ def script_code(cmd: str | tuple[str, ...], cwd: Path, root: Path) -> ScriptCode
     return ScriptCode(parts, tuple(sorted(files)), frozenset(externals), digests)
 
 
-def _target(cmd: str | tuple[str, ...]) -> tuple[str, str] | None:
+def _target(cmd: str | tuple[str, ...]) -> tuple[str, str, str] | None:
+    """What the command's first program runs, if it is Python running a script or a
+    module: ("file" or "module", its name, the PYTHONPATH the command line sets)."""
     try:
         tokens = shlex.split(cmd) if isinstance(cmd, str) else list(cmd)
     except ValueError:
@@ -108,7 +119,13 @@ def _target(cmd: str | tuple[str, ...]) -> tuple[str, str] | None:
         if token in _OPERATORS or token == ")":
             break
         first.append(token)
+    pythonpath = ""
+    if first and first[0] == "env":  # env VAR=value python ...
+        first = first[1:]
     while first and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", first[0]):  # VAR=value python ...
+        variable, _, value = first[0].partition("=")
+        if variable == "PYTHONPATH":
+            pythonpath = value
         first = first[1:]
     if not first or not _PYTHON.fullmatch(Path(first[0]).name):
         return None
@@ -116,9 +133,9 @@ def _target(cmd: str | tuple[str, ...]) -> tuple[str, str] | None:
     while i < len(first):
         token = first[i]
         if token == "-m":
-            return ("module", first[i + 1]) if i + 1 < len(first) else None
+            return ("module", first[i + 1], pythonpath) if i + 1 < len(first) else None
         if token.startswith("-m"):
-            return ("module", token[2:])
+            return ("module", token[2:], pythonpath)
         if token == "-c" or token.startswith("-c") or token == "-":
             return None
         if token in ("-W", "-X", "-Q"):
@@ -127,7 +144,7 @@ def _target(cmd: str | tuple[str, ...]) -> tuple[str, str] | None:
         if token.startswith("-"):
             i += 1
             continue
-        return ("file", token)
+        return ("file", token, pythonpath)
     return None
 
 

@@ -629,6 +629,134 @@ def test_function_without_source_uses_bytecode() -> None:
     assert_changed(one, fp(build("return 1", "return helper() - 1")), {"generated.f"})
 
 
+# -- definitions behind wrappers, registries and conditions ------------------------------------
+# Each case is a pattern whose edit a stage's fingerprint once missed: the stage stayed "up
+# to date" on old code.
+
+
+def stage_calling(body: str) -> str:
+    return f"import helpers\nfrom pivot import stage\n\n\n@stage(outs=['out.txt'])\ndef fit():\n    {body}\n"
+
+
+@pytest.mark.parametrize(
+    ("helpers", "call", "old", "new"),
+    [
+        pytest.param(
+            "from contextlib import contextmanager\n\n\n@contextmanager\ndef opened():\n    yield 1\n",
+            "with helpers.opened() as v:\n        return v", "yield 1", "yield 2", id="contextmanager",
+        ),
+        pytest.param(
+            "import functools\n\n\n@functools.lru_cache(maxsize=None)\ndef table():\n    return 1\n",
+            "return helpers.table()", "return 1", "return 2", id="lru_cache",
+        ),
+        pytest.param(
+            "import functools\n\n\n@functools.singledispatch\ndef show(x):\n    return 'any'\n\n\n"
+            "@show.register(int)\ndef _(x):\n    return 'int'\n",
+            "return helpers.show(1)", "return 'int'", "return 'integer'", id="singledispatch-registered",
+        ),
+        pytest.param(
+            "import functools\n\n\n@functools.singledispatch\ndef show(x):\n    return 'any'\n",
+            "return helpers.show(1)", "return 'any'", "return 'other'", id="singledispatch-base",
+        ),
+        pytest.param(
+            "class Memo:\n    def __init__(self, fn):\n        self.fn, self.seen = fn, {}\n\n"
+            "    def __call__(self, x):\n        return self.seen.setdefault(x, self.fn(x))\n\n\n"
+            "@Memo\ndef score(x):\n    return x * 1\n",
+            "return helpers.score(3)", "x * 1", "x * 2", id="an-object-without-__wrapped__",
+        ),
+        pytest.param(
+            "import functools\n\n\ndef scaled(fn):\n    return functools.partial(fn, k=2)\n\n\n"
+            "@scaled\ndef score(x, k):\n    return x * k\n",
+            "return helpers.score(3)", "x * k", "x + k", id="partial",
+        ),
+        pytest.param(
+            "USE_FAST = True\nif USE_FAST:\n    def compute():\n        return 'fast'\n"
+            "else:\n    def compute():\n        return 'slow'\n",
+            "return helpers.compute()", "USE_FAST = True", "USE_FAST = False", id="if-branch",
+        ),
+        pytest.param(
+            "try:\n    raise ImportError\n    def compute():\n        return 'fast'\n"
+            "except ImportError:\n    def compute():\n        return 'slow'\n",
+            "return helpers.compute()", "    raise ImportError\n", "    pass\n", id="try-branch",
+        ),
+        pytest.param(
+            "class Scaler:\n    def __init__(self, k):\n        self.k = k\n\n\n"
+            "if (SCALER := Scaler(1)) is None:\n    pass\n",
+            "return helpers.SCALER.k", "Scaler(1)", "Scaler(2)", id="walrus",
+        ),
+        pytest.param(
+            "REGISTRY = {}\n\n\ndef register(fn):\n    REGISTRY[fn.__name__] = fn\n    return fn\n\n\n"
+            "@register\ndef linear():\n    return 1\n",
+            "return helpers.REGISTRY['linear']()", "return 1", "return 2", id="registry-filled-by-a-decorator",
+        ),
+        pytest.param(
+            "REGISTRY = {}\n\n\ndef register(fn):\n    REGISTRY[fn.__name__] = fn\n    return fn\n\n\n"
+            "@register\ndef linear():\n    return 1\n",
+            "return helpers.REGISTRY['linear']()", "@register\ndef linear",
+            "@register\ndef quadratic():\n    return 2\n\n\n@register\ndef linear", id="registry-grown",
+        ),
+    ],
+)
+def test_a_behaviour_edit_behind_a_wrapper_or_condition_changes_the_fingerprint(
+    make_project: Callable[[str], Project], helpers: str, call: str, old: str, new: str
+) -> None:
+    proj = make_project("proj").write({"helpers.py": helpers, "pipeline.py": stage_calling(call)})
+    before = proj.fp()
+    again = proj.fp()
+    assert again.digest == before.digest, changed(before, again)
+    proj.edit("helpers.py", old, new)
+    after = proj.fp()
+    assert after.digest != before.digest, f"{old!r} -> {new!r} not seen: {before.parts}"
+
+
+@pytest.mark.parametrize(
+    ("helpers", "call"),
+    [
+        pytest.param("from contextlib import contextmanager\n\n\n@contextmanager\ndef opened():\n    yield 1\n",
+                     "with helpers.opened() as v:\n        return v", id="contextmanager"),
+        pytest.param("USE_FAST = True\nif USE_FAST:\n    def compute():\n        return 'fast'\n"
+                     "else:\n    def compute():\n        return 'slow'\n", "return helpers.compute()", id="if-branch"),
+        pytest.param("REGISTRY = {}\n\n\ndef register(fn):\n    REGISTRY[fn.__name__] = fn\n    return fn\n\n\n"
+                     "@register\ndef linear():\n    return 1\n", "return helpers.REGISTRY['linear']()", id="registry"),
+    ],
+)
+def test_a_comment_behind_a_wrapper_or_condition_changes_nothing(
+    make_project: Callable[[str], Project], helpers: str, call: str
+) -> None:
+    proj = make_project("proj").write({"helpers.py": helpers, "pipeline.py": stage_calling(call)})
+    before = proj.fp()
+    proj.write({"helpers.py": "# a comment\n" + helpers.replace("\n\n\n", "\n\n\n# between\n")})
+    assert proj.fp().digest == before.digest
+
+
+def test_an_imported_object_patched_in_the_stages_module_counts_there(make_project: Callable[[str], Project]) -> None:
+    proj = make_project("proj").write({
+        "models.py": "class Model:\n    rate = 1\n\n    def predict(self):\n        return self.rate\n",
+        "pipeline.py": "from models import Model\nfrom pivot import stage\n\n\ndef _predict(self):\n"
+                       "    return self.rate * 10\n\n\nModel.predict = _predict\nModel.rate = 2\n\n\n"
+                       "@stage(outs=['out.txt'])\ndef fit():\n    return Model().predict()\n",
+    })
+    before = proj.fp()
+    assert {"models.Model", "pipeline.Model", "pipeline._predict"} <= set(before.parts)
+    proj.edit("pipeline.py", "self.rate * 10", "self.rate * 20")
+    after = proj.fp()
+    assert changed(before, after) == {"pipeline._predict"}
+    proj.edit("pipeline.py", "Model.rate = 2", "Model.rate = 3")
+    assert changed(after, proj.fp()) == {"pipeline.Model"}
+
+
+def test_a_registered_function_is_keyed_by_its_definition(make_project: Callable[[str], Project]) -> None:
+    proj = make_project("proj").write({
+        "helpers.py": "REGISTRY = {}\n\n\ndef register(fn):\n    REGISTRY[fn.__name__] = fn\n    return fn\n\n\n"
+                      "@register\ndef linear():\n    return 1\n\n\n@register\ndef square():\n    return 2\n",
+        "pipeline.py": stage_calling("return helpers.REGISTRY['linear']()"),
+    })
+    before = proj.fp()
+    assert {"helpers.REGISTRY", "helpers.linear", "helpers.square"} <= set(before.parts)
+    proj.edit("helpers.py", "return 2", "return 3")
+    assert changed(before, proj.fp()) == {"helpers.square"}
+
+
 # -- what is project code -------------------------------------------------------------------
 
 

@@ -39,3 +39,32 @@ def test_a_scripts_pieces_are_its_module_statements_and_each_top_level_def(tmp_p
     script.write_text(source.replace("main()\n", "main()\nprint(sys.argv)\n"))
     moved = script_code("python train.py", tmp_path, tmp_path)
     assert moved is not None and [k for k in before.parts if before.parts[k] != moved.parts[k]] == ["train.py"]
+
+
+def test_python_dash_m_counts_the_packages_python_runs_first_and_a_packages_main(tmp_path: Path) -> None:
+    (tmp_path / "pkg" / "sub").mkdir(parents=True)
+    (tmp_path / "pkg" / "__init__.py").write_text("import os\nos.environ['MODE'] = 'a'\n")
+    (tmp_path / "pkg" / "sub" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "sub" / "train.py").write_text("print(1)\n")
+    (tmp_path / "pkg" / "__main__.py").write_text("print('main')\n")
+    module = script_code("python -m pkg.sub.train", tmp_path, tmp_path)
+    assert module is not None
+    assert module.files == ("pkg/__init__.py", "pkg/sub/__init__.py", "pkg/sub/train.py")
+    package = script_code("python -m pkg", tmp_path, tmp_path)
+    assert package is not None and package.files == ("pkg/__init__.py", "pkg/__main__.py")
+    before = package.parts
+    (tmp_path / "pkg" / "__main__.py").write_text("print('other')\n")
+    assert script_code("python -m pkg", tmp_path, tmp_path).parts != before  # type: ignore[union-attr]
+    (tmp_path / "pkg" / "__main__.py").unlink()
+    assert script_code("python -m pkg", tmp_path, tmp_path) is None  # Python refuses it: a plain command
+
+
+def test_a_pythonpath_set_on_the_command_line_is_searched_after_the_scripts_folder(tmp_path: Path) -> None:
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "run.py").write_text("import helpers\n")
+    (tmp_path / "helpers.py").write_text("def f():\n    return 1\n")
+    for cmd in ("PYTHONPATH=. python scripts/run.py", "env PYTHONPATH=.:lib python scripts/run.py"):
+        code = script_code(cmd, tmp_path, tmp_path)
+        assert code is not None and code.files == ("helpers.py", "scripts/run.py"), cmd
+    alone = script_code("python scripts/run.py", tmp_path, tmp_path)
+    assert alone is not None and alone.files == ("scripts/run.py",)
