@@ -350,6 +350,7 @@ def run_stage(job: StageJob) -> StageOutcome:
         reached("committed")
         missing = [out for out, digest in stored.items() if digest is None]
         if missing:
+            _discard(root, transient)  # what it did write is half a run's: it goes too
             msg = f"declared output not produced: {', '.join(missing)}"
             return outcome("failed", "out_not_produced", msg, details={"paths": missing})
         out_hashes = {out: digest for out, digest in stored.items() if digest is not None}

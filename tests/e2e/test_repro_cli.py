@@ -478,9 +478,11 @@ def test_failing_stage_with_keep_going_still_runs_unrelated_stages(make_project:
 def test_stage_not_writing_its_declared_output_fails(make_project: MakeProject) -> None:
     root = make_project({"pipeline.py": stage_src(
         """\
-        @stage(outs=["out/result.txt"])
+        @stage(outs=["out/result.txt", "out/other.txt"])
         def lazy() -> None:
             os.makedirs("out", exist_ok=True)
+            with open("out/other.txt", "w") as f:
+                f.write("half of a run\\n")
         """
     )})
     result, events = repro(root)
@@ -489,6 +491,7 @@ def test_stage_not_writing_its_declared_output_fails(make_project: MakeProject) 
     assert done["status"] == "failed"
     assert "declared output not produced: out/result.txt" in done["reason"]
     assert not (root / ".pivot" / "stages" / "lazy.lock").exists()
+    assert not (root / "out" / "other.txt").exists(), "what a failed run wrote is removed"
 
 
 def test_stage_output_becomes_log_events(make_project: MakeProject) -> None:
