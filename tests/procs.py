@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pivot.transport.rundir import POOLS_LOCK
+
 T = TypeVar("T")
 
 LEFTOVER_GRACE_S = 3.0
@@ -329,11 +331,12 @@ def socket_dirs(root: Path) -> list[Path]:
 
 
 def run_dir_leftovers(root: Path) -> list[str]:
-    """Files left in the run directory besides `lock` (sockets, endpoints.json)."""
+    """Files left in the run directory besides the two lock files that stay (`lock`, and
+    `pools.lock` once an engine started a pool): sockets, endpoints.json."""
     left = []
     for folder in socket_dirs(root):
         if folder.is_dir():
-            left += [str(p) for p in folder.iterdir() if p.name != "lock"]
+            left += [str(p) for p in folder.iterdir() if p.name not in ("lock", POOLS_LOCK)]
     return left
 
 

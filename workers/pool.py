@@ -99,6 +99,7 @@ from pivot.state.plan import (
 )
 from pivot.state.reasons import ReasonCode
 from pivot.state.stagelogs import QuietRun
+from pivot.transport.rundir import hold_pools_lock
 from pivot.transport.sockets import decode_or_log, make_socket, send_msg
 from workers.attempts import Attempt, Phase, linger_s, validate
 from workers.executors import Executor
@@ -231,6 +232,7 @@ class PoolService:
         self.notices = StoredStateNotices(lambda text: self._post("notice", "", text))
         self.holding: list[Message] | None = None  # sends held during a pass of the loop
         self.records: HeldRecords | None = None  # this pool's log file, written before each wait
+        self.engine_pid = 0  # the process of its broker, watched: gone, this pool stops at once
         logging.getLogger(NOTICES_LOGGER).addHandler(self.notices)
 
     # --- plumbing ------------------------------------------------------------------
@@ -391,6 +393,7 @@ class PoolService:
                 fatal(log, str(exc))
                 self.exit_code = 2
                 return 2
+        engine = self._engine_fd()
         self._hello()
         first, self.first_load = self.first_load, None
         if first is not None:
@@ -401,6 +404,9 @@ class PoolService:
         poller = zmq.Poller()
         workers_polled: list[int] = []
         try:
+            if self.engine_pid and engine is None:
+                log.warning("its engine (pid %d) is gone: exiting", self.engine_pid)
+                return 3
             while not self.stopping:
                 now = self.clock()
                 if self.leaving and self._leave(now):
@@ -434,6 +440,8 @@ class PoolService:
                     polled, poller, workers_polled = self.sock, zmq.Poller(), []
                     poller.register(self.sock, zmq.POLLIN)
                     poller.register(self.wake_r, zmq.POLLIN)
+                    if engine is not None:
+                        poller.register(engine, zmq.POLLIN)
                 if (fds := self.workers.waitables()) != workers_polled:
                     for fd in workers_polled:
                         poller.unregister(fd)
@@ -443,6 +451,12 @@ class PoolService:
                 if self.records is not None:
                     self.records.flush()
                 events = poller.poll(int(self._timeout_ms(now)) + 1)
+                if engine is not None and any(fd == engine for fd, _ in events):
+                    # Nothing it runs may be kept or reported: a new run may follow at once
+                    # (it waits for this process's exit: pivot/transport/rundir.py).
+                    log.warning("its engine (pid %d) exited: stopping the %d stage(s) it runs and exiting",
+                                self.engine_pid, len(self.attempts))
+                    return 3
                 # What the pass sends goes at its end, in order: a chain's next stage is
                 # handed to its worker before its upstream's result (a ZeroMQ send, a
                 # wake-up of its I/O thread) goes to the broker.
@@ -454,7 +468,23 @@ class PoolService:
                 validate(self.attempts, self.unacked.names())
             return self.exit_code
         finally:
+            if engine is not None:
+                os.close(engine)
             self._shutdown()
+
+    def _engine_fd(self) -> int | None:
+        """A pidfd of its engine's process (`engine_pid`), readable once it has exited;
+        None without one, or when it is gone already."""
+        if not self.engine_pid:
+            return None
+        try:
+            fd = os.pidfd_open(self.engine_pid)
+        except ProcessLookupError:
+            return None
+        if os.getppid() != self.engine_pid:  # gone, and its pid taken by another since
+            os.close(fd)
+            return None
+        return fd
 
     def _pass(self, events: list[tuple[Any, int]]) -> None:
         """One turn of the loop after its wait: what came in, then what can start."""
@@ -1223,6 +1253,8 @@ def main(args: argparse.Namespace, first_load: Loading | None = None) -> int:
         fatal(log, str(exc))
         return 2
     link = Link(work=args.work, control=args.broker, keys=keys, timeout=args.broker_timeout, tags=list(args.tag))
+    if link.control is None:  # its engine's own: a new engine waits for it (pivot/transport/rundir.py)
+        hold_pools_lock(args.root)
     executor: Executor | None = None
     jobs = args.jobs
     if args.dask:
@@ -1238,6 +1270,10 @@ def main(args: argparse.Namespace, first_load: Loading | None = None) -> int:
                           start_workers=args.start_workers, one_shot=args.one_shot,
                           handed=args.handed, planned=args.planned)
     service.records = records
+    if args.one_shot:
+        # Its engine is the `pivot repro` that started it, a process with no other way to
+        # say it is gone when it is killed outright.
+        service.engine_pid = os.getppid()
     signal.signal(signal.SIGTERM, service.request_stop)
     signal.signal(signal.SIGINT, service.request_stop)
     try:

@@ -5,6 +5,14 @@ broker takes an exclusive flock on `.pivot/run/lock` before binding anything. Th
 endpoints actually bound are written to `.pivot/run/endpoints.json` for clients; when
 `.pivot/run/` would pass the 107-character ipc path limit, the sockets go to a short
 per-user folder under the system temp dir and endpoints.json is the pointer to it.
+
+The worker pools an engine starts hold a shared flock on `.pivot/run/pools.lock` for
+their lives. An engine (or a command that needs none running) that takes the project's
+lock then waits until no pool holds that one: a pool whose engine was killed (SIGKILL,
+out of memory) still runs its stages and writes their outputs for a moment, and a new
+run on the same files meanwhile would mix the two (a truncated output stored in the run
+cache under the old run's inputs was seen). Standalone pools (`pivot workers`) do not
+hold it: they wait for a broker, which must not wait for them.
 """
 
 from __future__ import annotations
@@ -14,7 +22,10 @@ import fcntl
 import json
 import os
 import shutil
+import sys
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import IO
@@ -22,9 +33,14 @@ from typing import IO
 from pivot.errors import StackRunning
 from pivot.protocol.record import Record, record
 
-__all__ = ["Endpoints", "RunDir", "engine_info", "engine_mode", "engine_running", "read_endpoints"]
+__all__ = ["Endpoints", "RunDir", "engine_info", "engine_mode", "engine_running", "hold_pools_lock", "read_endpoints"]
 
 IPC_PATH_LIMIT = 107
+POOLS_LOCK = "pools.lock"
+# How long a new engine waits for the pools of one that is gone: each stops its stages at
+# once when it sees its engine gone (or after the broker's silence, ~3 s).
+POOLS_WAIT_S = 30.0
+_SAID_AFTER_S = 0.5  # a wait shorter than this is not worth a line
 _SOCKETS = ("work", "control", "events", "changes")
 
 
@@ -85,6 +101,81 @@ def read_endpoints(root: Path) -> Endpoints | None:
         return None
 
 
+def hold_pools_lock(root: Path) -> None:
+    """For a pool its engine started: the shared lock new engines wait on, held until this
+    process exits (never unlocked: the processes it forks close their copy, which leaves
+    the lock to this one)."""
+    path = run_dir_of(root)
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path / POOLS_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_SH)  # an engine only ever tests for it: no wait here
+    _held_fds.append(fd)
+    if len(_held_fds) == 1:
+        # A stage's own forked children (and the workers' forkserver) must not keep the
+        # project's engines waiting after this pool is gone.
+        os.register_at_fork(after_in_child=_close_held)
+
+
+_held_fds: list[int] = []
+
+
+def _close_held() -> None:
+    for fd in _held_fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _held_fds.clear()
+
+
+def wait_for_pools(root: Path, timeout: float = POOLS_WAIT_S, say: Callable[[str], None] | None = None) -> None:
+    """Return once no pool of an earlier engine holds the project's pools lock; raises
+    StackRunning (naming them) if some still do after `timeout`."""
+    lock = run_dir_of(root) / POOLS_LOCK
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        start = time.monotonic()
+        said = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pass
+            else:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                return
+            waited = time.monotonic() - start
+            if waited >= timeout:
+                holders = ", ".join(str(pid) for pid in lock_holders(lock)) or "unknown"
+                raise StackRunning(
+                    f"a worker pool of a Pivot engine that is gone still runs for {root} (pid {holders}) "
+                    f"after {timeout:.0f} s: stop it (kill it), then run again"
+                )
+            if not said and waited >= _SAID_AFTER_S and say is not None:
+                said = True
+                say("waiting for the worker pool of a Pivot engine that is gone to stop its stages")
+            time.sleep(0.02)
+    finally:
+        os.close(fd)
+
+
+def lock_holders(path: Path) -> list[int]:
+    """The pids holding a flock on `path` (from /proc/locks; [] where it cannot tell)."""
+    try:
+        st = os.stat(path)
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return []
+    inode = f":{st.st_ino}"
+    pids = set()
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5].endswith(inode) and fields[4].isdigit():
+            pids.add(int(fields[4]))
+    return sorted(pids)
+
+
 class RunDir:
     """Owns the run directory for the life of one broker: lock, socket folder, pointer."""
 
@@ -121,6 +212,12 @@ class RunDir:
                 f"another Pivot engine (pid {holder}) is already running for {self.root}; "
                 "`pivot attach` shows it live, `pivot repro` asks it for a run; or stop it first"
             ) from None
+        try:
+            wait_for_pools(self.root, say=_say)
+        except BaseException:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+            lock_file.close()
+            raise
         self._hold(lock_file)
 
     def _hold(self, lock_file: IO[str]) -> None:
@@ -198,3 +295,7 @@ class RunDir:
             fcntl.flock(self._lock_file, fcntl.LOCK_UN)
         self._lock_file.close()
         self._lock_file = None
+
+
+def _say(text: str) -> None:
+    print(f"pivot: {text}", file=sys.stderr, flush=True)

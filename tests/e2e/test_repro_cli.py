@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import textwrap
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from procs import (
     check_wave_contract,
     describe,
     finished,
+    held_stage_pid,
     of_kind,
     one,
     parse_events,
@@ -167,6 +169,33 @@ def test_a_reader_that_goes_away_stops_the_run_silently_and_the_next_run_finishe
     assert statuses(events2) == dict.fromkeys(STAGES, "skipped"), describe(again)
     for out in OUTPUTS:
         assert (project / out).is_file(), f"{out} was not written"
+
+
+def test_a_repro_killed_outright_stops_its_pool_at_once_and_the_next_run_is_its_own(
+    make_project: MakeProject, proc_guard: ProcGuard,
+) -> None:
+    """SIGKILL (no handler runs): its pool, a process of its own, must not run on beside
+    the next run (which once stored a truncated output in the run cache under the killed
+    run's inputs): it stops its stages when its engine's process exits, and a new engine
+    waits until it has (pivot/transport/rundir.py)."""
+    root = make_project({"pipeline.py": HELD_PIPELINE})
+    first = proc_guard.start(root, "repro", "--json")
+    held_stage_pid(root)
+    (root / "held.started").unlink()  # the next one is the second run's
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait(10)
+    second = proc_guard.start(root, "repro", "--json")
+    held_stage_pid(root)
+    release_held_stage(root)
+    rc, out, err = wait_exit(second, 30, "the second repro")
+    assert rc == 0, describe((rc, out, err))
+    events = parse_events(out)
+    assert statuses(events) == {"held": "ran", "after": "ran"}, describe((rc, out, err))
+    assert (root / "after.txt").read_text() == "HELD\n"
+    records = (root / ".pivot" / "logs" / "pool.jsonl").read_text()
+    assert f"its engine (pid {first.pid}) exited" in records
+    status = run_pivot(root, "status")
+    assert status.returncode == 0 and "everything is up to date" in status.stdout, describe(status)
 
 
 IMPORT_COUNTING = stage_src(
