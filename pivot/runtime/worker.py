@@ -49,7 +49,7 @@ from pivot.runtime.job import (
 from pivot.runtime.lease import LEASE_NAME, LEASE_S, read_lease
 from pivot.runtime.loader import import_pipeline
 from pivot.runtime.usertb import user_traceback
-from pivot.state.lock import StageLock, write_lock
+from pivot.state.lock import CHANGED_WHILE_RUNNING, StageLock, write_lock
 from pivot.state.outputs import ProjectState, commit, preserve, remove, settle
 from pivot.state.plan import prepare
 from pivot.state.reasons import ReasonCode
@@ -65,11 +65,27 @@ __all__ = ["run_link", "run_stage", "serve"]
 _STATE: dict[str, ProjectState] = {}
 
 
-def _changed_deps(state: ProjectState, root: Path, before: dict[str, str]) -> list[str]:
-    """File dependencies whose stat no longer matches what was hashed when the stage was
-    decided: it (or someone) changed what it reads while it ran. Stat only, recording
-    nothing: the engine's own check decides whether the content changed. Folders are
-    not looked into."""
+def _dep_stats(root: str, deps: dict[str, str]) -> dict[str, tuple[int, int, int]]:
+    """(inode, size, mtime) of each file dependency, as the stage's code starts."""
+    found = {}
+    for dep in deps:
+        try:
+            st = os.stat(os.path.join(root, dep))
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            found[dep] = (st.st_ino, st.st_size, st.st_mtime_ns)
+    return found
+
+
+def _changed_deps(
+    state: ProjectState, root: Path, before: dict[str, str], started: dict[str, tuple[int, int, int]],
+) -> list[str]:
+    """File dependencies that are not what the stage was decided on, or were written
+    while it ran (`started`: their stat as its code began), even if their content is
+    back to what it was: it (or someone) changed what it reads while it ran, and what it
+    read is not known. Records nothing: the engine's own check sees the change too.
+    Folders are not looked into."""
     changed = []
     top = os.fspath(root)
     for dep, digest in sorted(before.items()):
@@ -78,7 +94,10 @@ def _changed_deps(state: ProjectState, root: Path, before: dict[str, str]) -> li
             st = os.stat(path)
         except OSError:
             continue
-        if stat.S_ISREG(st.st_mode) and not state.hashes.still(path, digest, st):
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        was = started.get(dep)
+        if (was is not None and was != (st.st_ino, st.st_size, st.st_mtime_ns)) or not state.hashes.still(path, digest, st):
             changed.append(dep)
     return changed
 
@@ -302,6 +321,7 @@ def run_stage(job: StageJob) -> StageOutcome:
     except OSError as exc:  # a read-only mount, a permission: said, the stage not run
         return outcome("failed", "failed", f"not run: {describe_os_error(exc, root)}")
     executed = True
+    started_deps = _dep_stats(job.root, job.dep_hashes)
     try:
         if pid_file is None:  # `pivot run --foreground`: the terminal is the stage's
             _call(decl, job.params, root, None)
@@ -354,15 +374,19 @@ def run_stage(job: StageJob) -> StageOutcome:
             msg = f"declared output not produced: {', '.join(missing)}"
             return outcome("failed", "out_not_produced", msg, details={"paths": missing})
         out_hashes = {out: digest for out, digest in stored.items() if digest is not None}
+        changed = _changed_deps(state, root, job.dep_hashes, started_deps)
+        # A dependency written while it ran: which version it read is not known, so its
+        # lock matches none (the stage is stale until it runs again) and the run cache
+        # does not take this run under the inputs it was decided on.
+        dep_hashes = {**job.dep_hashes, **dict.fromkeys(changed, CHANGED_WHILE_RUNNING)} if changed else job.dep_hashes
         lock_file = write_lock(
             root,
-            StageLock(name, job.fingerprint, job.params, job.dep_hashes, out_hashes, job.code_parts),
+            StageLock(name, job.fingerprint, job.params, dep_hashes, out_hashes, job.code_parts),
         )
         reached("locked")
-        if job.run_key:
+        if job.run_key and not changed:
             state.runs.record(job.run_key, name, out_hashes, lock_file)
             reached("run-cached")
-        changed = _changed_deps(state, root, job.dep_hashes)
         details = {**job.details, "changed_deps": changed} if changed else None
         return outcome("ran", job.reason_code, job.reason, details=details)
 

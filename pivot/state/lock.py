@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from pivot.state.statecache import StateCache
 
 __all__ = [
-    "LockPrefetch", "StageLock", "lock_file", "lock_path", "lock_problem", "parse_lock", "read_lock", "stage_file", "stage_of_file",
+    "CHANGED_WHILE_RUNNING", "LockPrefetch", "StageLock", "lock_file", "lock_path", "lock_problem", "parse_lock", "read_lock", "stage_file", "stage_of_file",
     "write_lock",
 ]
 
@@ -97,6 +97,11 @@ def stage_file(stage: str) -> str:
 
 def stage_of_file(name: str) -> str:
     return name.replace("%2F", "/").replace("%25", "%")
+
+
+# A lock's digest for a dependency written while its stage ran: it matches no file, so
+# the stage stays stale until it runs on inputs that hold still (pivot/runtime/worker.py).
+CHANGED_WHILE_RUNNING = "changed while the stage ran"
 
 
 def lock_path(root: Path, stage: str) -> Path:

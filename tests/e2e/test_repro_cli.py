@@ -198,6 +198,58 @@ def test_a_repro_killed_outright_stops_its_pool_at_once_and_the_next_run_is_its_
     assert status.returncode == 0 and "everything is up to date" in status.stdout, describe(status)
 
 
+READ_WHEN_TOLD = stage_src(
+    """\
+    import time
+
+
+    def wait_for(name):
+        deadline = time.monotonic() + 30
+        while not os.path.exists(name):
+            if time.monotonic() > deadline:
+                raise TimeoutError(name)
+            time.sleep(0.01)
+
+
+    @stage(deps=["in.txt"], outs=["out.txt"])
+    def reader() -> None:
+        open("started", "w").close()
+        wait_for("read-now")
+        text = open("in.txt").read()
+        open("read", "w").close()
+        wait_for("finish")
+        with open("out.txt", "w") as f:
+            f.write("OUT:" + text)
+    """
+)
+
+
+def test_a_dep_written_while_its_stage_ran_leaves_it_stale_even_once_put_back(
+    make_project: MakeProject, proc_guard: ProcGuard,
+) -> None:
+    """The stage was decided on v1 and read v3, saved while it ran, put back to v1 before
+    it ended: which version it read is not known, so its lock matches none (its output
+    said OUT:v3 under a lock of v1, `pivot status` saying "up to date")."""
+    root = make_project({"pipeline.py": READ_WHEN_TOLD, "in.txt": "v1\n"})
+    proc = proc_guard.start(root, "repro", "--json")
+    wait_for((root / "started").exists, 20, "the stage to start")
+    (root / "in.txt").write_text("v3\n")
+    (root / "read-now").touch()
+    wait_for((root / "read").exists, 20, "the stage to read its dep")
+    (root / "in.txt.tmp").write_text("v1\n")
+    os.replace(root / "in.txt.tmp", root / "in.txt")  # put back as an editor saves
+    (root / "finish").touch()
+    rc, out, err = wait_exit(proc, 30, "pivot repro")
+    assert rc == 0, describe((rc, out, err))
+    assert (root / "out.txt").read_text() == "OUT:v3\n"
+    status = run_pivot(root, "status")
+    assert "reader: stale" in status.stdout, describe(status)
+    again = run_pivot(root, "repro")  # its markers are all there: it runs through
+    assert again.returncode == 0, describe(again)
+    assert (root / "out.txt").read_text() == "OUT:v1\n"
+    assert "everything is up to date" in run_pivot(root, "status").stdout
+
+
 IMPORT_COUNTING = stage_src(
     """\
     with open("imports.log", "a") as _log:  # one line each time pipeline.py is imported
