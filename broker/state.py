@@ -740,6 +740,14 @@ class BrokerState:
             return
         stage = wave.running.pop(event.attempt)
         wave.behind.pop(stage, None)  # (its pool gave it back, unstarted)
+        if self.graph is not None and stage not in self.graph.upstream:
+            # Removed from the pipeline (or renamed) as it ran: its wave needs it over, and
+            # nothing is downstream of it any more, nor is it a stage to show.
+            wave.done[stage] = event.status
+            self._publish(StageFinished(wave.number, stage, event.status, event.reason_code, event.reason,
+                                        event.duration_s, event.error, {}))
+            self._maybe_finish_wave()
+            return
         if event.attempt in wave.adopted:
             wave.adopted.discard(event.attempt)
             # (one a `--restart` cancelled goes back in the queue by `_restarted`)
@@ -1150,6 +1158,8 @@ class BrokerState:
             return None
         for attempt, stage in wave.running.items():
             if attempt not in wave.started or stage in wave.restarting or stage in wave.behind:
+                return None
+            if stage not in self.graph.upstream:  # removed from the pipeline (or renamed) as it ran
                 return None
         if self.graph.with_upstream(sorted(wave.running.values())) & wanted:
             return None

@@ -1695,3 +1695,56 @@ def test_without_restart_a_stage_whose_input_changed_finishes_then_runs_again(
     assert statuses(again) == {"held": "ran"}
     assert (root / "held.txt").read_text() == "v2\n"
     stop(live, root)
+
+
+REMOVABLE = """\
+import os
+import time
+
+from pivot import stage
+
+
+@stage(deps=["in.txt"], outs=["a.txt"])
+def a() -> None:
+    with open("a.txt", "w") as f:
+        f.write(open("in.txt").read())
+
+
+@stage(deps=["in.txt"], outs=["held.txt"])
+def held() -> None:
+    open("held.started", "w").close()
+    deadline = time.monotonic() + 30
+    while not os.path.exists("held.release"):
+        if time.monotonic() > deadline:
+            raise TimeoutError("held.release never appeared")
+        time.sleep(0.02)
+    with open("held.txt", "w") as f:
+        f.write("held\\n")
+"""
+
+
+def test_a_stage_removed_from_the_pipeline_while_it_runs_leaves_the_engine_running(
+    make_project: MakeProject, up: StartUp
+) -> None:
+    """Its result came in for a stage the new pipeline has not: the broker died of a
+    KeyError (found by a new user's hunt; renaming it did the same)."""
+    root = make_project({"pipeline.py": REMOVABLE, "in.txt": "1\n", "held.release": ""})
+    live = up(root)
+    first_wave(live, root)
+    (root / "held.release").unlink()
+    (root / "held.started").unlink()
+    start = live.mark()
+    (root / "in.txt").write_text("2\n")
+    wait_for((root / "held.started").exists, WAIT_S, "held to run again")
+    text = (root / "pipeline.py").read_text()
+    (root / "pipeline.py").write_text(text[: text.index('@stage(deps=["in.txt"], outs=["held.txt"])')])
+    live.wait_event(lambda e: e["event"] == "pipeline_loaded" and e["removed"] == ["held"], WAIT_S,
+                    "the pipeline without held", start)
+    (root / "held.release").write_text("")
+    wave = next_wave(live, start, "the edit of in.txt")
+    assert statuses(wave) == {"a": "ran", "held": "ran"}, wave
+    again = live.mark()
+    (root / "in.txt").write_text("3\n")
+    assert statuses(next_wave(live, again, "the next edit")) == {"a": "ran"}
+    assert (root / "a.txt").read_text() == "3\n"
+    stop(live, root)
