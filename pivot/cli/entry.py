@@ -7,9 +7,32 @@ import sys
 
 
 def main() -> None:
+    _standard_streams()
     from pivot.launch.early import fork_loader
 
     fork_loader(sys.argv[1:])
     from pivot.cli.main import main as run
 
     run()
+
+
+def _standard_streams() -> None:
+    """Descriptors 0-2 closed by the caller (`pivot status >&-`): /dev/null in their place,
+    before any file opened later takes one of their numbers (a stage's output would go
+    where the display writes) and before anything prints (Python left the stream None)."""
+    import io
+    import os
+
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        null = os.open(os.devnull, os.O_RDWR)  # the lowest free number: `fd` itself
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        if getattr(sys, name) is None:
+            stream = io.TextIOWrapper(io.FileIO(fd, "r" if fd == 0 else "w", closefd=False), line_buffering=fd == 2)
+            setattr(sys, name, stream)

@@ -171,6 +171,18 @@ def test_a_reader_that_goes_away_stops_the_run_silently_and_the_next_run_finishe
         assert (project / out).is_file(), f"{out} was not written"
 
 
+def test_a_command_started_with_its_standard_output_closed_runs_without_a_traceback(project: Path) -> None:
+    """`pivot repro >&-`: Python starts with sys.stdout None (it was an AttributeError)."""
+    for args in (("repro",), ("status",)):
+        done = subprocess.run(
+            [*pivot_cmd(), *args], cwd=project, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            timeout=60, start_new_session=True, preexec_fn=lambda: os.close(1),
+        )
+        assert (done.returncode, done.stderr) == (0, ""), f"pivot {args[0]}: {describe(done)}"
+    _, events = repro(project)
+    assert statuses(events) == dict.fromkeys(STAGES, "skipped")
+
+
 def test_a_repro_killed_outright_stops_its_pool_at_once_and_the_next_run_is_its_own(
     make_project: MakeProject, proc_guard: ProcGuard,
 ) -> None:
