@@ -71,6 +71,7 @@ def _place_hash(root: Path, digest: str, targets: tuple[str, ...]) -> None:
 
 def _checkout(root: Path, targets: tuple[str, ...]) -> None:
     from pivot.launch.spawn import run_loader
+    from pivot.state.cache import DamagedObject
     from pivot.state.lock import read_lock
     from pivot.state.outputs import ProjectState, preserve, restore
 
@@ -107,7 +108,11 @@ def _checkout(root: Path, targets: tuple[str, ...]) -> None:
                 continue
             for saved in preserve(state, [out], {out: digest}):
                 click.echo(saved.note())
-            restore(state, {out: digest})
+            try:
+                restore(state, {out: digest})
+            except DamagedObject:  # found so while placed, and removed: as good as missing
+                missing.append(f"{out} (stage {stage}; its cache object was damaged, now removed)")
+                continue
             click.echo(f"restored {out} (stage {stage})")
     finally:
         state.close()

@@ -76,7 +76,10 @@ def cli(verbose: bool) -> None:
     `pivot up` (live: re-runs what each saved file affects) or `pivot repro` (once).
     Pivot runs stale stages, skips up-to-date ones and says why.
     """
-    log_to_stderr(logging.INFO if verbose else logging.WARNING, "%(asctime)s %(name)s %(levelname)s %(message)s")
+    if verbose:
+        log_to_stderr(logging.INFO, "%(asctime)s %(name)s %(levelname)s %(message)s")
+    else:
+        log_to_stderr(logging.WARNING)
 
 
 def report(exc: PivotError) -> int:

@@ -61,11 +61,18 @@ class ThrottledStream(logging.StreamHandler[TextIO]):
         super().emit(note)
 
 
-def log_to_stderr(level: int, fmt: str) -> None:
-    """logging.basicConfig with a throttled standard error handler."""
+def log_to_stderr(level: int, fmt: str | None = None) -> None:
+    """logging.basicConfig with a throttled standard error handler; without `fmt`, each
+    record as the command line says things: `warning: ...` (a user's terminal, where a
+    timestamp and a module name say nothing)."""
     handler = ThrottledStream(sys.stderr)
-    handler.setFormatter(logging.Formatter(fmt))
+    handler.setFormatter(logging.Formatter(fmt) if fmt is not None else _Plain())
     logging.basicConfig(level=level, handlers=[handler])
+
+
+class _Plain(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {super().format(record)}"
 
 
 def fatal(log: logging.Logger, text: str) -> None:

@@ -622,6 +622,22 @@ def test_checkout_of_outputs_gone_from_the_cache_names_them(ran_project: Path) -
     assert not (ran_project / "metrics.json").exists()
 
 
+def test_checkout_of_a_damaged_cache_object_names_it_and_restores_the_rest(ran_project: Path) -> None:
+    digest = json.loads((ran_project / ".pivot" / "stages" / "evaluate.lock").read_text())["outs"]["metrics.json"]
+    obj = ran_project / ".pivot" / "cache" / "files" / digest[:2] / digest[2:]
+    obj.chmod(0o644)
+    with obj.open("a") as f:
+        f.write("damage\n")
+    (ran_project / "metrics.json").unlink()
+    (ran_project / "data" / "clean.csv").unlink()
+    err = usage_error(ran_project, "checkout")  # (it was exit 1, saying the stage "runs again")
+    assert "metrics.json (stage evaluate; its cache object was damaged, now removed)" in err, err
+    assert not obj.exists() and not (ran_project / "metrics.json").exists()
+    assert (ran_project / "data" / "clean.csv").is_file(), "the outputs after it were not restored"
+    warnings = [line for line in err.splitlines() if not line.startswith("error:")]
+    assert warnings and all(line.startswith("warning: ") for line in warnings), err
+
+
 def test_checkout_in_a_project_that_never_ran(project: Path) -> None:
     before = {p for p in tree(project) if not p.startswith(".pivot")}
     out = ok(project, "checkout")
