@@ -154,6 +154,9 @@ def settle(state: ProjectState, outs: list[str]) -> None:
 
 def remove(path: str | os.PathLike[str]) -> None:
     """Remove the file, folder or link (not what it points to) at `path`, if any."""
+    # A folder output's trailing / would make lstat (and rmtree) follow a link: the
+    # folder it points to, outside the project maybe, was emptied.
+    path = os.fspath(path).rstrip(os.sep) or os.sep
     try:
         st = os.lstat(path)  # one syscall for an output a cold run has yet to write
     except FileNotFoundError:

@@ -301,3 +301,15 @@ def test_dep_producers_names_each_deps_writers_and_refuses_two_writers_of_a_path
     assert producers.get("nope") is None and set(producers) == {"a", "b"}
     with pytest.raises(PipelineError, match=r"two stages produce 'b\.txt'"):
         dep_producers(Manifest((a, b, spec("c", outs=("b.txt",)))))
+
+
+def test_removing_a_folder_output_that_is_a_link_removes_the_link_not_what_it_points_to(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "disk"
+    elsewhere.mkdir()
+    (elsewhere / "precious.txt").write_text("keep\n")
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "gen").symlink_to(elsewhere)
+    remove(os.path.join(project, "gen/"))  # a folder output's path, as a worker joins it
+    assert not os.path.lexists(project / "gen")
+    assert (elsewhere / "precious.txt").read_text() == "keep\n"
