@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 # Bump when the shape of a FileIndex or any hashing rule changes. The AST dump format
 # follows the interpreter, so entries are only valid for the Python that wrote them.
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 _CACHE_STAMP = f"{CACHE_FORMAT}:{sys.implementation.name}:{sys.version}"
 
 # Coarse file systems keep mtime in 1-2 s steps; within that window a second edit can
@@ -230,10 +230,29 @@ def _strip_docstring(
 def _def_info(node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) -> DefInfo:
     name, node.name = node.name, ""  # a definition's key carries its name; the hash does not
     try:
-        found = _collect(node)
-        return DefInfo(digest_text(ast.dump(node)), found.refs, found.imports)
+        if isinstance(node, ast.ClassDef):
+            found = _collect(node)
+            return DefInfo(digest_text(ast.dump(node)), found.refs, found.imports)
+        # Its parameters are its body's own names: `for size in SIZES: stage(...)(report)`
+        # beside `def report(size)` made every variant re-run when one was added. Its
+        # decorators and defaults are read where it is defined: they keep every name.
+        outside = _RefCollector()
+        for part in (*node.decorator_list, node.args):
+            outside.visit(part)
+        inside = _RefCollector()
+        for stmt in node.body:
+            inside.visit(stmt)
+        local = _parameters(node.args) - {n for s in ast.walk(node) if isinstance(s, ast.Global) for n in s.names}
+        refs = outside.refs | {r for r in inside.refs if r.partition(".")[0] not in local}
+        return DefInfo(digest_text(ast.dump(node)), tuple(sorted(refs)), (*outside.imports, *inside.imports))
     finally:
         node.name = name
+
+
+def _parameters(args: ast.arguments) -> set[str]:
+    found = {a.arg for a in (*args.posonlyargs, *args.args, *args.kwonlyargs)}
+    found.update(a.arg for a in (args.vararg, args.kwarg) if a is not None)
+    return found
 
 
 def _stage_form(

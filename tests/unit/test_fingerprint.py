@@ -757,6 +757,26 @@ def test_a_registered_function_is_keyed_by_its_definition(make_project: Callable
     assert changed(before, proj.fp()) == {"helpers.square"}
 
 
+def test_a_variant_added_to_the_loop_that_registers_them_changes_no_variant(
+    make_project: Callable[[str], Project],
+) -> None:
+    """The README's pattern: the loop variable is named as the function's parameter, a
+    name of its body only (every variant re-ran when one was added)."""
+    loop = (
+        "from pivot import stage\n\nLIMIT = 3\n\n\ndef clip(v, limit=LIMIT):\n    return v[:limit]\n\n\n"
+        "def report(size: str = 's') -> None:\n    open(f'r-{size}.txt', 'w').write(clip(size))\n\n\n"
+        "for size in ('small', 'large'):\n"
+        "    stage(name=f'report@{size}', params={'size': size}, outs=[f'r-{size}.txt'])(report)\n"
+    )
+    proj = make_project("proj").write({"pipeline.py": loop})
+    before = proj.fp("pipeline.report")
+    assert "pipeline.size" not in before.parts, before.parts
+    proj.edit("pipeline.py", "('small', 'large')", "('small', 'large', 'medium')")
+    assert proj.fp("pipeline.report").digest == before.digest
+    proj.edit("pipeline.py", "LIMIT = 3", "LIMIT = 4")  # a helper's default still counts
+    assert "pipeline.LIMIT" in changed(before, proj.fp("pipeline.report"))
+
+
 # -- what is project code -------------------------------------------------------------------
 
 
@@ -1012,7 +1032,7 @@ def test_index_records_references_and_skips_annotations() -> None:
         b"    return helpers.clean(x) + a.b().c + CONST\n"
     )
     info = index.defs["f"]
-    assert set(info.refs) == {"pkg.DEFAULT", "helpers.clean", "a.b", "CONST", "x"}
+    assert set(info.refs) == {"pkg.DEFAULT", "helpers.clean", "a.b", "CONST"}  # not its parameter x
     assert [(i.module, i.level, i.name, i.bound) for i in info.imports] == [
         ("json", 0, None, "json"),
         ("sib", 1, "thing", "t"),
