@@ -41,6 +41,9 @@ def checkout(targets: tuple[str, ...], digest: str | None) -> None:
         guard.release()
 
 
+_PROJECT_FILES = frozenset({"pipeline.py", "params.yaml", "dvc.yaml", "dvc.lock", ".gitignore", ".pivotignore"})
+
+
 def _relative(root: Path, target: str) -> str:
     path = (Path.cwd() / target).resolve()
     try:
@@ -57,6 +60,12 @@ def _place_hash(root: Path, digest: str, targets: tuple[str, ...]) -> None:
     if not _HASH.fullmatch(digest):
         raise UserError(f"{digest!r} is not a Pivot content hash (32 hex digits, 'd' first for a directory)")
     rel = _relative(root, targets[0])
+    top = rel.partition("/")[0]
+    if rel in _PROJECT_FILES or top in (".pivot", ".git") or rel == ".":
+        # Placed there, an object would take the project's own files (pipeline.py made a
+        # folder: no command runs, not even the one that would put it back).
+        raise UserError(f"{targets[0]}: not a place for an output (the project's own file or folder); "
+                        "give the path of an output, or a new one")
     state = ProjectState.open(root)
     try:
         if not state.cache.has(digest):

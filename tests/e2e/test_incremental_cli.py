@@ -599,6 +599,9 @@ CHECKOUT_ERRORS = {
     "malformed_hash": (["--hash", "not-a-hash", "data/clean.csv"], ["'not-a-hash'", "not a Pivot content hash"]),
     "absent_hash": (["--hash", "0123456789abcdef" * 2, "data/clean.csv"], ["0123456789abcdef" * 2, "no object"]),
     "hash_without_path": (["--hash", "0123456789abcdef" * 2], ["exactly one PATH"]),
+    # (any hash: the place is refused before the cache is asked)
+    "hash_onto_pipeline_py": (["--hash", "0123456789abcdef" * 2, "pipeline.py"], ["pipeline.py", "not a place"]),
+    "hash_into_pivot": (["--hash", "0123456789abcdef" * 2, ".pivot/x"], [".pivot/x", "not a place"]),
 }
 
 
