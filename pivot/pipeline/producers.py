@@ -20,11 +20,14 @@ def inside(path: str, folder: str) -> bool:
 
 
 class ProducerIndex:
-    """Output path -> producing stage, checked for two producers of one path."""
+    """Output path -> producing stage, checked for two producers of one path.
+
+    Any output may be a folder, declared with its "/" or not (dvc.yaml's never have it):
+    a path below an output is that output's stage's, as a dependency (its stage runs
+    after it) and as another stage's output (refused: two stages would write it)."""
 
     def __init__(self, manifest: Manifest) -> None:
         self.exact: dict[str, str] = {}  # output path without trailing "/" -> stage
-        self.dirs: list[tuple[str, str]] = []  # (directory output with "/", stage)
         for spec in manifest.stages:
             for out in spec.outs:
                 key = out.rstrip("/")
@@ -35,17 +38,24 @@ class ProducerIndex:
                         "each output must have exactly one producing stage"
                     )
                 self.exact[key] = spec.name
-                if out.endswith("/"):
-                    self.dirs.append((key + "/", spec.name))
         self.sorted_keys = sorted(self.exact)
-        for folder, stage in self.dirs:
-            for inner in self._under(folder):
-                if self.exact[inner] != stage:
+        for inner, stage in self.exact.items():
+            for key in self._above(inner):
+                if self.exact[key] != stage:
                     raise PipelineError(
-                        f"two stages produce {inner!r}: {stage!r} (its output directory "
-                        f"{folder!r}) and {self.exact[inner]!r}; each path must have exactly "
-                        "one producing stage"
+                        f"two stages produce {inner!r}: {self.exact[key]!r} (its output {key!r} holds it) "
+                        f"and {stage!r}; each path must have exactly one producing stage"
                     )
+
+    def _above(self, key: str) -> list[str]:
+        """The outputs that hold `key` (a path by its folders: as many lookups as it is deep)."""
+        found = []
+        end = key.find("/")
+        while end != -1:
+            if key[:end] in self.exact:
+                found.append(key[:end])
+            end = key.find("/", end + 1)
+        return found
 
     def _under(self, folder: str) -> list[str]:
         """Exact outputs whose path starts with `folder` (which ends with "/")."""
@@ -63,9 +73,7 @@ class ProducerIndex:
         found = set()
         if key in self.exact:
             found.add(self.exact[key])
-        for folder, stage in self.dirs:
-            if inside(key, folder):
-                found.add(stage)
+        found.update(self.exact[above] for above in self._above(key))
         if dep.endswith("/") or key not in self.exact:
             # A folder dep (or a path that may be one) also reads what is written inside it.
             found.update(self.exact[p] for p in self._under(key + "/"))

@@ -172,6 +172,19 @@ def test_output_inside_another_stages_directory_output_conflicts() -> None:
         graph(spec("a", outs=["data/dir/"]), spec("b", outs=["data/dir/x.csv"]))
 
 
+def test_output_inside_another_stages_output_declared_without_its_slash_conflicts() -> None:
+    """dvc.yaml declares folders without "/": `od` holding `od/g.txt` is one (two stages
+    writing one folder undid each other at every run)."""
+    with pytest.raises(PipelineError, match=r"'od/g.txt'.*'a'.*'b'"):
+        graph(spec("a", outs=["od"]), spec("b", outs=["od/g.txt"]))
+
+
+def test_dep_inside_an_output_declared_without_its_slash_resolves_to_its_producer() -> None:
+    g = graph(spec("use", deps=["od/f.txt"]), spec("make", outs=["od"]))
+    assert g.order == ("make", "use")
+    assert g.upstream["use"] == {"make"}
+
+
 def test_two_stage_cycle_names_both_stages() -> None:
     with pytest.raises(PipelineError) as info:
         graph(
