@@ -82,6 +82,7 @@ from pivot.protocol.messages import (
     WaveStarted,
 )
 from pivot.protocol.record import MutableRecord, mutable_record
+from pivot.state.decide import same_params
 from pivot.state.reasons import ReasonCode
 
 __all__ = ["BrokerState"]
@@ -393,7 +394,9 @@ class BrokerState:
         new = manifest.by_name
         added = sorted(set(new) - set(old))
         removed = sorted(set(old) - set(new))
-        changed = sorted(n for n in set(old) & set(new) if old[n] != new[n])
+        # (Params of another type with an equal value, 1 -> 1.0, are a change: `==` says not.)
+        changed = sorted(n for n in set(old) & set(new)
+                         if old[n] != new[n] or not same_params(old[n].params, new[n].params))
         self.manifest, self.graph, self.pipeline_error = manifest, graph, None
         source = self.pools.get(pool)
         if source is not None:

@@ -117,7 +117,7 @@ def _unchanged(
     reasons: the usual answer, and 10,000 stages decide in a no-op. False sends the
     stage through the checks, which say what changed."""
     if (
-        lock is None or lock.code != spec.fingerprint or lock.params != spec.params
+        lock is None or lock.code != spec.fingerprint or not same_params(lock.params, spec.params)
         or lock.deps != dep_hashes or len(lock.outs) != len(spec.outs)
     ):
         return False
@@ -164,8 +164,25 @@ def params_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[A
     return {
         key: [old.get(key), new.get(key)]
         for key in sorted(set(old) | set(new))
-        if key not in old or key not in new or old[key] != new[key]
+        if key not in old or key not in new or not _same(old[key], new[key])
     }
+
+
+def same_params(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Equal values of equal types: Python's 1 == 1.0 == True, but a command gets `1`,
+    `1.0` or `true` in its `${...}` (and a function an int, a float or a bool). A list
+    and a tuple are one (a lock is JSON)."""
+    return old == new and all(_same(old[key], new[key]) for key in old)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return bool(a == b)
 
 
 def _params(spec: StageSpec, lock: StageLock, _hashes: dict[str, str], _p: object) -> list[Reason]:

@@ -148,6 +148,27 @@ def test_a_vars_file_edit_reloads_a_live_engine(make_project: Callable[..., Path
     assert (root / "reports" / "linear.txt").read_text().startswith("other\n")
 
 
+def test_a_param_of_another_type_with_an_equal_value_runs_its_command_again(
+    make_project: Callable[..., Path], up: Callable[..., LiveRun],
+) -> None:
+    """1 -> 1.0 writes `1.0` into the command where it wrote `1` (Python's 1 == 1.0 said
+    "up to date", one-shot and live)."""
+    root = make_project({"dvc.yaml": "stages:\n  s:\n    cmd: echo a=${a} > o.txt\n    outs: [o.txt]\n",
+                         "params.yaml": "a: 1\n"})
+    assert run_pivot(root, "repro").returncode == 0
+    (root / "params.yaml").write_text("a: true\n")
+    assert run_pivot(root, "repro").returncode == 0
+    assert (root / "o.txt").read_text() == "a=true\n"
+    live = up(root)
+    live.wait_event(lambda e: e["event"] == "wave_finished", WAIT_S, "the first wave")
+    live.wait_watching(root)
+    mark = live.mark()
+    (root / "params.yaml").write_text("a: 1.0\n")  # (true was 1 too)
+    done = live.wait_event(lambda e: e["event"] == "wave_finished", WAIT_S, "a wave for the params.yaml edit", mark)
+    assert done["ran"] == ["s"], done
+    assert (root / "o.txt").read_text() == "a=1.0\n"
+
+
 @pytest.mark.parametrize(("change", "says"), [
     (("    cmd: python src/prepare.py", "    frozen: maybe\n    cmd: python src/prepare.py"),
      "stage 'prepare': frozen must be true or false, got 'maybe'"),

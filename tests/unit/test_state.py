@@ -349,6 +349,19 @@ def test_params_added_and_removed(project: Path) -> None:
     assert d.reason.details == {"changes": {"batch": [None, 8], "epochs": [3, None]}}
 
 
+@pytest.mark.parametrize(("old", "new"), [(1, 1.0), (1, True), (0, False), ([1, 2], [1.0, 2]), ({"k": 1}, {"k": True})])
+def test_a_param_of_another_type_with_an_equal_value_is_a_change(project: Path, old: Any, new: Any) -> None:
+    """Python's 1 == 1.0 == True; a command's ${a} gets `1`, `1.0` or `true`."""
+    record(project, make_spec(params={"a": old}))
+    d = decide(project, make_spec(params={"a": new}), DIRECT)
+    assert (d.run, d.reason.code) == (True, ReasonCode.PARAMS_CHANGED)
+
+
+def test_a_tuple_param_is_its_list_in_the_lock(project: Path) -> None:
+    record(project, make_spec(params={"rows": ("ab", "c")}))
+    assert not decide(project, make_spec(params={"rows": ("ab", "c")}), DIRECT).run
+
+
 def test_string_param_change_is_quoted(project: Path) -> None:
     record(project, make_spec(params={"name": "a"}))
     d = decide(project, make_spec(params={"name": "b"}), DIRECT)
