@@ -5,7 +5,8 @@ worker (issue 13).
           params={"lr": 0.1})
 
 The params reach the command through `${name}` in `cmd` and as environment variables of
-the same names. It runs in the project root (or its `wdir`), with the stage's standard
+the same names, except names the environment has already (a params.yaml key `PATH` or
+`HOME` made the command's shell find nothing). It runs in the project root (or its `wdir`), with the stage's standard
 output and error (streamed like any stage's: pivot/runtime/capture.py); its exit code
 decides. It is the leader of a new session, so that everything it starts can be stopped
 with it: on a cancel the worker sends the group SIGTERM, then SIGKILL after
@@ -146,7 +147,7 @@ def run_command(
     global _running_group
     line = interpolate(stage, cmd, params)
     env = dict(os.environ)
-    env.update({name: as_text(value) for name, value in params.items()})
+    env.update({name: as_text(value) for name, value in params.items() if name not in env})
     run = warm_mod.script_run(line, env) if warm and warm_mod.enabled(root) and cwd.is_dir() else None
     proc: subprocess.Popen[bytes] | warm_mod.ForkedProcess
     try:

@@ -5,6 +5,7 @@ deciding; and every process it starts stops with it."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -237,3 +238,15 @@ def test_pivot_up_runs_a_script_stage_again_when_a_helper_it_imports_changes(
     done = live.wait_event(lambda e: e["event"] == "wave_finished", WAIT_S, "its end", mark)
     assert done["ran"] == ["train"], done
     assert (root / "out" / "train.txt").read_text() == "10.0 util-1\n"
+
+
+def test_a_param_named_as_an_environment_variable_does_not_replace_it(make_project: Callable[..., Path]) -> None:
+    """A params.yaml key `PATH` made the command's shell find nothing (found by a new
+    user's hunt): the environment's own variables stay; others come from the params."""
+    root = make_project({
+        "pipeline.py": 'from pivot import stage\n\nstage(name="e", cmd="echo $PATH:$mine > e.txt && ls > /dev/null", '
+                       'params={"PATH": "bin", "mine": "y"}, outs=["e.txt"])\n',
+    })
+    result = run_pivot(root, "repro")
+    assert result.returncode == 0, describe(result)
+    assert (root / "e.txt").read_text() == f"{os.environ['PATH']}:y\n"
