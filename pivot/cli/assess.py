@@ -98,7 +98,7 @@ def assess(
                         {"paths": unproduced},
                     ))
                 stale_up = sorted(u for u in graph.upstream[name] if u in result and result[u].stale)
-                if stale_up:
+                if stale_up and not spec.frozen:  # (a frozen stage never runs, whatever changed)
                     row.reasons.append(
                         Reason(
                             ReasonCode.UPSTREAM_STALE,

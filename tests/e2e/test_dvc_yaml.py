@@ -272,6 +272,19 @@ def test_frozen_never_runs_always_changed_always_runs_and_persist_outputs_stay(
     assert (root / "copy.csv").read_text() == "kept by hand\n"  # frozen: never run, whatever changed
 
 
+def test_a_frozen_stage_below_a_stale_one_is_shown_up_to_date(make_project: Callable[..., Path]) -> None:
+    """docs/dvc.md: a frozen stage never runs, and status shows it up to date (its stale
+    upstream made it "stale (frozen: never run)")."""
+    dvc = ("stages:\n  up:\n    cmd: cp in.txt up.txt\n    deps: [in.txt]\n    outs: [up.txt]\n"
+           "  frz:\n    cmd: cp up.txt frz.txt\n    frozen: true\n    deps: [up.txt]\n    outs: [frz.txt]\n")
+    root = make_project({"dvc.yaml": dvc, "in.txt": "1\n", "frz.txt": "kept\n"})
+    assert run_pivot(root, "repro", timeout=40).returncode == 0
+    (root / "in.txt").write_text("2\n")
+    status = run_pivot(root, "status", "--json")
+    stages = json.loads(status.stdout)["stages"]
+    assert stages["up"]["stale"] and not stages["frz"]["stale"], stages
+
+
 UNCACHED = '''\
 stages:
   make:
