@@ -312,6 +312,8 @@ def _vars(place: _Place, given: Any, files: ParamFiles, where: str, origin: dict
     """`vars:` entries merged: inline maps, or files (`FILE` or `FILE:key1,key2`). `origin`
     gets each name's source: the file, or "" for a map."""
     merged: dict[str, Any] = {}
+    if given is not None and not isinstance(given, list):
+        raise PipelineError(f"{where}: expected a list of files and maps, got {given!r}")
     for entry in given or []:
         if isinstance(entry, dict):
             merged.update(entry)
@@ -438,6 +440,9 @@ def _stage(
         for entry in resolved.get(key) or []:
             if isinstance(entry, dict) and len(entry) == 1:
                 [(path, flags)] = entry.items()
+                if flags is not None and not isinstance(flags, dict):
+                    raise PipelineError(f"{where}: {key}: {path}: expected its options (cache:, persist:, ...), "
+                                        f"got {flags!r}")
                 for flag, value in (flags or {}).items():
                     if flag in _IGNORED_FLAGS:
                         continue

@@ -99,6 +99,8 @@ def _manifest(root: Path, pivots: set[str], preexisting: set[str], with_code: bo
     check_settings(root)  # [tool.pivot] in pyproject.toml: a misspelt setting is never ignored
     decls = registered()
     if not decls:
+        if not (root / PIPELINE_FILE).exists():  # a DVC project's (its root is its dvc.yaml's)
+            raise PipelineError("dvc.yaml declares no stages: add some under `stages:`")
         raise PipelineError(f"{PIPELINE_FILE} declares no stages; decorate functions with @stage")
     dvc = [d for d in decls.values() if d.dvc]
     # Stages that read params.yaml by key path (dvc.yaml's, list-form params) own every

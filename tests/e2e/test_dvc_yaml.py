@@ -176,6 +176,9 @@ def test_a_param_of_another_type_with_an_equal_value_runs_its_command_again(
      "stage 'prepare': outs: data/clean.csv: unknown key or value cache: 'maybe'"),
     (("    deps:\n      - src/prepare.py", "    depz:\n      - src/prepare.py"), "stage 'prepare': unknown key 'depz'"),
     (("stages:", "stagez:"), "dvc.yaml: unknown top-level key 'stagez'"),
+    (("    outs:\n      - data/clean.csv", "    outs:\n      - data/clean.csv: true"),
+     "stage 'prepare': outs: data/clean.csv: expected its options"),  # (was an AttributeError)
+    (("stages:", "vars: 5\nstages:"), "vars: expected a list of files and maps, got 5"),  # (a TypeError)
     (("      - prepare.min_rows", "      - prepare.max_rows"), "no such key 'prepare.max_rows'"),
     (("${prepare.min_rows}", "${prepare.nope}"), "${prepare.nope}"),
 ])
