@@ -667,7 +667,10 @@ def test_an_upgraded_package_with_a_code_edit_beside_a_long_stage_leaves_it_runn
     (site / "fakelib" / "__init__.py").write_text(FAKELIB)
     env = {**os.environ, "PYTHONPATH": str(site), "FAKELIB_LOG": str(root.parent / "fakelib.log")}
     live = up(root, "--jobs", "2", env=env)
-    wait_for(lambda: runs(root)["slow"] == 1 and (root / "lib.out").exists(), WAIT_S, "uses_lib done, slow running")
+    # Its event, not its output: the first run's stage_finished, coming after the output is
+    # written, once came after the mark below and passed for the edit's run.
+    live.wait_event(lambda e: e["event"] == "stage_finished" and e["stage"] == "uses_lib", WAIT_S, "uses_lib's first run")
+    wait_for(lambda: runs(root)["slow"] == 1, WAIT_S, "slow running")
     live.wait_watching(root)
     assert (root / "lib.out").read_text() == "1 warm=True v1:\n"
     slow = pids(root, "slow")[-1]
