@@ -660,10 +660,19 @@ class PoolService:
             self._report(job.attempt, Result(Status.FAILED, ReasonCode.FAILED, msg))
             return
         producers = self.producers
-        try:
-            quick = prepare_quickly(self.state, spec, force=job.force, producers=producers)
-        except Exception:  # said by `prepare` in the thread, which meets it again
-            quick = None
+        hashes = self.state.hashes
+        # The rows of the files it read (a data file's, hashed here first) are stored with
+        # its workers' (quietlogs.py): dropped, every one was read again by the next check
+        # (the first no-op after a cold run read every data file a stage reads).
+        with hashes.batched():
+            try:
+                quick = prepare_quickly(self.state, spec, force=job.force, producers=producers)
+            except Exception:  # said by `prepare` in the thread, which meets it again
+                quick = None
+            finally:
+                rows = hashes.take_held()
+        if rows:
+            self.quiet.hold(None, rows, self.clock())
         if quick is not None:
             self._on_decision(job.attempt, quick)
             return

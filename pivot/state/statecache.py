@@ -233,8 +233,9 @@ class StateCache:
             digest, row = self._digest(self._key(fs_path), fs_path, st)
         except (FileNotFoundError, NotADirectoryError):
             return None
-        # Not in a `reading_at_most` block: its caller must not wait on another writer.
-        if row is not None and self._local.max_read is None:
+        # A `reading_at_most` block's caller must not wait on another writer: its rows are
+        # stored only in a `batched()` block, whose rows it hands on (`take_held`).
+        if row is not None and (self._local.max_read is None or self._local.held is not None):
             self._store([row])
         return digest
 
@@ -563,7 +564,8 @@ class StateCache:
         """Hashes in the block (this thread's) read no file larger than `size` bytes (a
         file whose stat matches its row is not read at all); a larger one, a folder to
         walk or a fifo raises NeedsRead: for a caller that must not wait on I/O, such as
-        the pool's loop."""
+        the pool's loop. The rows of the files it read are stored only within a
+        `batched()` block (then held, as any of its rows)."""
         before, self._local.max_read = self._local.max_read, size
         try:
             yield

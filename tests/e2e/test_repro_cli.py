@@ -353,6 +353,40 @@ def test_outputs_written_during_a_run_are_trusted_by_the_next_check(make_project
         assert hashes.reads == 0, "a.txt's row is still racy: the next check reads it again"
 
 
+DATA_READERS = stage_src(
+    """\
+    @stage(deps=["data/a.txt"], outs=["a.txt"])
+    def a() -> None:
+        open("a.txt", "w").write(open("data/a.txt").read())
+
+
+    for n in ("b", "c", "d"):  # one is handed to a's worker ahead; its pool decides the others
+        @stage(name=n, deps=["a.txt", f"data/{n}.txt"], outs=[f"{n}.txt"])
+        def follow(n: str = n) -> None:
+            open(f"{n}.txt", "w").write(open("a.txt").read() + open(f"data/{n}.txt").read())
+    """
+)
+
+
+def test_the_data_files_a_run_hashed_are_not_read_again_by_the_next_check(make_project: MakeProject) -> None:
+    """The pool decides a stage in its loop reading only small files, and stored none of
+    their rows (its loop must not wait on another writer): the first no-op after a cold
+    run read every data file a stage reads again. They go with its workers' rows now."""
+    from pivot.state.statecache import StateCache
+
+    data = {f"data/{n}.txt": f"{n}\n" for n in "abcd"}
+    root = make_project({"pipeline.py": DATA_READERS, **data})
+    for name in data:  # written long before: no row of theirs is racy
+        os.utime(root / name, (1_700_000_000, 1_700_000_000))
+    result, events = repro(root, "-j", "2")
+    assert result.returncode == 0, describe(result)
+    assert statuses(events) == {"a": "ran", "b": "ran", "c": "ran", "d": "ran"}
+    with StateCache(root / ".pivot" / "state.db") as hashes:
+        for name in data:
+            assert hashes.hash_path(root / name) == hashes.recorded(root / name)
+        assert hashes.reads == 0, "a data file's row was not stored: the next check reads it again"
+
+
 def test_runs_that_start_workers_leave_nothing_in_the_temp_folder(project: Path, tmp_path: Path) -> None:
     """multiprocessing's forkserver keeps its socket in a temp folder that the pool,
     ending in os._exit, never removed: one `pymp-*` folder per run was left (25,000 on

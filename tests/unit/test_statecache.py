@@ -175,6 +175,21 @@ def test_a_bounded_block_reads_small_files_only_and_stores_nothing(cache: StateC
     assert cache.reads == 2
 
 
+def test_a_bounded_block_in_a_batch_holds_its_rows_for_its_caller_to_store(cache: StateCache, db: Path, tmp_path: Path) -> None:
+    """The pool's loop decides in a bounded block and hands the rows on (`take_held`):
+    dropped, every file it read was read again by the next check."""
+    small = write(tmp_path / "small", b"s" * 100)
+    with cache.batched(), cache.reading_at_most(1000):
+        assert cache.hash_path(small) == xxh(b"s" * 100)
+        rows = cache.take_held()
+    assert [row[0] for row in rows] == [str(small)]
+    assert StateCache(db).recorded(small) is None  # held, not written
+    assert StateCache(db).keep_notes([], rows)
+    fresh = StateCache(db)
+    assert fresh.hash_path(small) == xxh(b"s" * 100)
+    assert fresh.reads == 0
+
+
 def test_size_change_is_a_new_digest(cache: StateCache, db: Path, tmp_path: Path) -> None:
     f = write(tmp_path / "f", b"one")
     cache.hash_file(f)
