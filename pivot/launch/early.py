@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["Early", "discard", "fork_loader", "take"]
+__all__ = ["Early", "EarlyLocks", "discard", "fork_loader", "fork_lock_reader", "take", "take_locks"]
 
 _COMMANDS = frozenset({"repro", "status"})
 # With these the command loads nothing itself (an engine runs it, or every stage runs,
@@ -26,6 +26,11 @@ _COMMANDS = frozenset({"repro", "status"})
 _SKIPPING = frozenset({"--force", "--watch", "--broker", "--help"})
 _SKIPPING_SHORT = frozenset("fwh")
 _TEMP_VARIABLES = ("TMPDIR", "TEMP", "TMP")
+# The size of a `.pivot/stages` folder (its entries' names: ~20 bytes each on tmpfs and
+# btrfs, in 4 KiB blocks on ext4) from which its locks are read by a process of their own:
+# ~700 locks. Fewer, and the process's own start (its imports, the state cache) cost the
+# command's imports more than reading them in its thread (docs/benchmarks.md).
+MANY_LOCKS_BYTES = 16384
 
 
 class Early:
@@ -38,7 +43,43 @@ class Early:
         self.result_path, self.output_path = result_path, output_path
 
 
+class EarlyLocks:
+    """A lock reader forked here beside the loader (pivot/state/lock.py `LockPrefetch`):
+    every lock, and the digest of every file they name, down a pipe."""
+
+    __slots__ = ("pid", "read_fd", "root")
+
+    def __init__(self, root: str, pid: int, read_fd: int) -> None:
+        self.root, self.pid, self.read_fd = root, pid, read_fd
+
+    def answer(self) -> bytes:
+        """Its answer once it exited well (read to the end: it waits on a full pipe till
+        then); ChildProcessError when it did not."""
+        chunks = []
+        try:
+            while chunk := os.read(self.read_fd, 1 << 20):
+                chunks.append(chunk)
+        finally:
+            os.close(self.read_fd)
+            self.read_fd = -1
+            _, status = os.waitpid(self.pid, 0)
+        if status != 0:
+            raise ChildProcessError(f"the lock reader (pid {self.pid}) ended with status {status}")
+        return b"".join(chunks)
+
+
 _forked: list[Early] = []
+_lock_readers: list[EarlyLocks] = []
+
+
+def _forget() -> None:
+    """In a process forked from the command (its pool, a loader): those are the
+    command's; killed by this one's exit, their pids might be another's by then."""
+    _forked.clear()
+    _lock_readers.clear()
+
+
+os.register_at_fork(after_in_child=_forget)
 
 
 def fork_loader(argv: list[str]) -> None:
@@ -73,6 +114,35 @@ def fork_loader(argv: list[str]) -> None:
         early.pidfd = os.pidfd_open(pid)
     except OSError:
         discard()
+        return
+    try:
+        locks_size = os.stat(os.path.join(root, ".pivot", "stages")).st_size
+    except OSError:
+        return  # (a first run has no lock to read)
+    if locks_size >= MANY_LOCKS_BYTES:
+        fork_lock_reader(root)
+
+
+def fork_lock_reader(root: str) -> EarlyLocks | None:
+    """The locks are read and the files they name hashed in a process of their own: in a
+    thread of the command they took its interpreter's lock from its imports and the
+    loader's answer (1000 stages: ~34 ms more of a no-op, docs/benchmarks.md)."""
+    try:
+        read_fd, write_fd = os.pipe()
+    except OSError:
+        return None
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child (measured by the tests' results)
+        os.close(read_fd)
+        _read_locks(root, write_fd)
+    os.close(write_fd)
+    reader = EarlyLocks(root, pid, read_fd)
+    _lock_readers.append(reader)
+    if len(_lock_readers) == 1 and not _forked:
+        import atexit
+
+        atexit.register(discard)
+    return reader
 
 
 def take(root: str) -> Early | None:
@@ -86,10 +156,28 @@ def take(root: str) -> Early | None:
     return early
 
 
+def take_locks(root: str) -> EarlyLocks | None:
+    """The lock reader forked for `root` (a resolved path), now the caller's; None if
+    there is none (one forked for another root is killed)."""
+    reader = _lock_readers.pop() if _lock_readers else None
+    if reader is not None and reader.root != root:
+        _lock_readers.append(reader)
+        discard()
+        return None
+    return reader
+
+
 def discard() -> None:
-    """Kill and reap a loader no command took, and remove its files."""
+    """Kill and reap a loader or lock reader no command took, and remove the loader's files."""
     import contextlib
 
+    while _lock_readers:
+        reader = _lock_readers.pop()
+        with contextlib.suppress(OSError):
+            os.kill(reader.pid, 9)
+            os.waitpid(reader.pid, 0)
+        with contextlib.suppress(OSError):
+            os.close(reader.read_fd)
     while _forked:
         early = _forked.pop()
         with contextlib.suppress(OSError):
@@ -156,6 +244,24 @@ def _scratch(suffix: str) -> str:
     path = os.path.join(folder, f"pivot-manifest-{os.getpid()}-{os.urandom(6).hex()}{suffix}")
     os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
     return path
+
+
+def _read_locks(root: str, out: int) -> None:  # pragma: no cover - the child
+    code = 1
+    try:
+        import logging
+
+        logging.disable(logging.CRITICAL)  # what is wrong with the state cache, the command says
+        from pivot.state.lock import packed_prefetch
+
+        data = memoryview(packed_prefetch(root))
+        while data:
+            data = data[os.write(out, data):]
+        code = 0
+    except BaseException:  # (its command reads the locks itself)
+        pass
+    finally:
+        os._exit(code)
 
 
 def _load(root: str, result_path: str, output_path: str, ready: int) -> None:  # pragma: no cover - the child

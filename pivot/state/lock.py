@@ -7,9 +7,10 @@ crash leaves the old lock or the new one, never half of one.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,11 +20,12 @@ from pivot.state.atomic import write_atomic
 from pivot.state.rawread import read_whole
 
 if TYPE_CHECKING:
+    from pivot.launch.early import EarlyLocks
     from pivot.state.statecache import StateCache
 
 __all__ = [
-    "CHANGED_WHILE_RUNNING", "LockPrefetch", "StageLock", "lock_file", "lock_path", "lock_problem", "parse_lock", "read_lock", "stage_file", "stage_of_file",
-    "write_lock",
+    "CHANGED_WHILE_RUNNING", "LockPrefetch", "StageLock", "hash_named", "lock_file", "lock_path", "lock_problem",
+    "packed_prefetch", "parse_lock", "read_lock", "read_locks", "stage_file", "stage_of_file", "write_lock",
 ]
 
 
@@ -124,6 +126,71 @@ def read_lock(root: Path, stage: str) -> StageLock | None:
     return parse_lock(raw)
 
 
+def read_locks(root: str) -> dict[str, StageLock | None]:
+    """Every lock file of the project, by stage (None: unreadable; read again, and
+    explained, by `read_lock` / `lock_problem`)."""
+    locks: dict[str, StageLock | None] = {}
+    try:
+        folder = os.open(os.path.join(root, ".pivot", "stages"), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return locks
+    try:
+        entries = [e.name for e in os.scandir(folder) if e.name.endswith(".lock")]
+        for name in entries:
+            try:
+                raw = read_whole(name, dir_fd=folder)  # (no path to join: the folder's fd)
+            except OSError:
+                continue
+            locks[stage_of_file(name[: -len(".lock")])] = parse_lock(raw)
+    except OSError:
+        pass
+    finally:
+        os.close(folder)
+    return locks
+
+
+def hash_named(hashes: StateCache, root: str, locks: Iterable[StageLock | None]) -> dict[str, str | None]:
+    """The digest of every file `locks` name (root joined with the lock's path), through
+    the state cache: a stat each, for most. Stops at a file it may not read: the decision
+    hashes it, and says why."""
+    digests: dict[str, str | None] = {}
+    under = os.path.join(root, "")  # (see decide.decide)
+    try:
+        with hashes.batched():  # what it reads again (written moments ago): one write
+            for lock in locks:
+                if lock is None:
+                    continue
+                for rel in (*lock.deps, *lock.outs):
+                    path = under + rel
+                    if path not in digests:
+                        digests[path] = hashes.hash_path(path)
+    except Exception:
+        pass
+    return digests
+
+
+def packed_prefetch(root: str) -> bytes:
+    """What `LockPrefetch` finds with `hashes`, for a process that reads it beside its
+    caller's (pivot/launch/early.py): msgpack of [stage -> the lock's fields or None,
+    path -> digest]."""
+    import msgpack
+
+    from pivot.state.statecache import StateCache
+
+    locks = read_locks(root)
+    hashes = StateCache(Path(root, ".pivot", "state.db"))
+    try:
+        digests = hash_named(hashes, root, locks.values())
+    finally:
+        hashes.close()
+    fields = {
+        stage: None if lock is None else [lock.stage, lock.code, lock.params, lock.deps, lock.outs, lock.code_parts]
+        for stage, lock in locks.items()
+    }
+    packed: bytes = msgpack.packb([fields, digests])
+    return packed
+
+
 class LockPrefetch:
     """Every lock file of the project, read in a thread while the caller waits for
     something else (the loader): a one-shot command that decides every stage reads them
@@ -134,52 +201,46 @@ class LockPrefetch:
     cache: a stat each, for most), which deciding the stages would do next, after the
     loader: the two run side by side (10,000 stages: `status` 0.62 -> 0.5 s). A command
     that decides every stage once passes them (`hasher`); its answer is each file as it
-    was moments before the decision, as any check is a snapshot of some moment."""
+    was moments before the decision, as any check is a snapshot of some moment.
+
+    A thread shares the interpreter's lock with the command it runs beside (its imports,
+    the loader's answer, the graph): for a project with many locks `pivot repro` and
+    `pivot status` fork a process that reads and hashes them before they import anything
+    more (pivot/launch/early.py), and the thread only waits for its answer (1000 stages:
+    the decision waited ~34 ms for the thread, docs/benchmarks.md). Without one, or when
+    it failed, the thread reads."""
 
     def __init__(self, root: Path, hashes: StateCache | None = None) -> None:
         import threading
 
         self.root = os.fspath(root)
-        self.folder = os.path.join(root, ".pivot", "stages")
         self.locks: dict[str, StageLock | None] = {}
+        self.fields: dict[str, list[Any] | None] = {}  # stage -> a lock's fields, from a forked reader
         self.hashes = hashes
         self.digests: dict[str, str | None] = {}  # path (root joined with the lock's) -> digest
-        self.thread = threading.Thread(target=self._read, name="lock-prefetch", daemon=True)
+        from pivot.launch.early import take_locks
+
+        early = take_locks(os.path.realpath(self.root))
+        target = self._read if early is None else functools.partial(self._receive, early)
+        self.thread = threading.Thread(target=target, name="lock-prefetch", daemon=True)
         self.thread.start()
 
     def _read(self) -> None:
-        try:
-            folder = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError:
-            return
-        try:
-            entries = [e.name for e in os.scandir(folder) if e.name.endswith(".lock")]
-            for name in entries:
-                try:
-                    raw = read_whole(name, dir_fd=folder)  # (no path to join: the folder's fd)
-                except OSError:
-                    continue  # read again, and explained, by `read_lock` / `lock_problem`
-                self.locks[stage_of_file(name[: -len(".lock")])] = parse_lock(raw)
-        except OSError:
-            return
-        finally:
-            os.close(folder)
+        self.locks = read_locks(self.root)
         if self.hashes is not None:
-            self._hash_named(self.hashes)
+            self.digests = hash_named(self.hashes, self.root, self.locks.values())
 
-    def _hash_named(self, hashes: StateCache) -> None:
-        digests, under = self.digests, os.path.join(self.root, "")  # (see decide.decide)
+    def _receive(self, early: EarlyLocks) -> None:
+        import msgpack
+
         try:
-            with hashes.batched():  # what it reads again (written moments ago): one write
-                for lock in self.locks.values():
-                    if lock is None:
-                        continue
-                    for rel in (*lock.deps, *lock.outs):
-                        path = under + rel
-                        if path not in digests:
-                            digests[path] = hashes.hash_path(path)
-        except Exception:  # (a file it may not read): the decision hashes it, and says why
+            fields, digests = msgpack.unpackb(early.answer())
+            if not isinstance(fields, dict) or not isinstance(digests, dict):
+                raise TypeError(f"a lock reader's answer holds {type(fields).__name__}, {type(digests).__name__}")
+        except (OSError, ValueError, TypeError):  # (msgpack's errors are ValueErrors)
+            self._read()
             return
+        self.fields, self.digests = fields, digests
 
     def reader(self) -> Callable[[Path, str], StageLock | None]:
         """A `read_lock` that takes what the thread read (or reads the file itself)."""
@@ -187,6 +248,8 @@ class LockPrefetch:
 
         def read(root: Path, stage: str) -> StageLock | None:
             lock = self.locks.pop(stage, None)
+            if lock is None and (fields := self.fields.pop(stage, None)) is not None:
+                lock = StageLock(*fields)
             return lock if lock is not None else read_lock(root, stage)
 
         return read

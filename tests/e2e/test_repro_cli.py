@@ -387,6 +387,52 @@ def test_the_data_files_a_run_hashed_are_not_read_again_by_the_next_check(make_p
         assert hashes.reads == 0, "a data file's row was not stored: the next check reads it again"
 
 
+MANY_STAGES = 900  # enough locks for the `pivot` script to fork their reader (early.MANY_LOCKS_BYTES)
+
+MANY = stage_src(
+    f"""\
+    def copy(i: int = 0) -> None:
+        os.makedirs("out", exist_ok=True)
+        with open(f"data/{{i}}.txt") as f, open(f"out/{{i}}.txt", "w") as out:
+            out.write(f.read())
+
+
+    for i in range({MANY_STAGES}):
+        stage(name=f"s{{i}}", deps=[f"data/{{i}}.txt"], outs=[f"out/{{i}}.txt"], params={{"i": i}})(copy)
+    """
+)
+
+
+def test_a_project_with_many_locks_has_them_read_beside_the_command_with_the_same_answers(
+    make_project: MakeProject,
+) -> None:
+    """Past ~700 locks the `pivot` script reads them, and hashes what they name, in a
+    process of its own (pivot/launch/early.py): `status` and a run decide as before."""
+    from pivot.launch.early import MANY_LOCKS_BYTES
+
+    root = make_project({"pipeline.py": MANY, **{f"data/{i}.txt": f"{i}\n" for i in range(MANY_STAGES)}})
+    result, events = repro(root, timeout=120)
+    assert result.returncode == 0, describe(result)
+    assert set(statuses(events).values()) == {"ran"} and len(events) > MANY_STAGES
+    assert (root / ".pivot" / "stages").stat().st_size >= MANY_LOCKS_BYTES, "too few locks to fork their reader"
+
+    (root / "data" / "7.txt").write_text("seven\n")
+    (root / "out" / "11.txt").write_text("hand-edited\n")
+    status = subprocess.run([*pivot_cmd(), "status", "--json"], cwd=root, capture_output=True, text=True,
+                            timeout=60, stdin=subprocess.DEVNULL)
+    assert status.returncode == 0, describe(status)
+    stale = {name for name, row in json.loads(status.stdout)["stages"].items() if row["stale"]}
+    assert stale == {"s7", "s11"}
+    result, events = repro(root, timeout=60)
+    assert result.returncode == 0, describe(result)
+    ran = {name for name, status_ in statuses(events).items() if status_ != "skipped"}
+    assert ran == {"s7", "s11"}
+    assert (root / "out" / "7.txt").read_text() == "seven\n" and (root / "out" / "11.txt").read_text() == "11\n"
+    result, events = repro(root, timeout=60)
+    assert result.returncode == 0, describe(result)
+    assert set(statuses(events).values()) == {"skipped"}
+
+
 def test_runs_that_start_workers_leave_nothing_in_the_temp_folder(project: Path, tmp_path: Path) -> None:
     """multiprocessing's forkserver keeps its socket in a temp folder that the pool,
     ending in os._exit, never removed: one `pymp-*` folder per run was left (25,000 on

@@ -1,0 +1,134 @@
+"""The lock reader the `pivot` script forks beside the loader for a project with many
+locks (pivot/launch/early.py `fork_lock_reader`): `LockPrefetch` takes its answer, which
+must be what its own thread would have read and hashed, and reads them itself when the
+reader failed; one no command takes is killed."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pivot.launch import early
+from pivot.state.lock import LockPrefetch, StageLock, read_lock, write_lock
+from pivot.state.outputs import ProjectState
+
+# Params of every type a lock holds: the decision compares their types (1 is not 1.0).
+PARAMS: dict[str, Any] = {"n": 1, "lr": 0.5, "whole": 1.0, "flag": True, "none": None,
+                          "xs": [1, 2.0, "three"], "nested": {"a": {"b": [False]}}}
+
+
+def _project(root: Path, params: dict[str, Any] = PARAMS) -> dict[str, StageLock]:
+    locks = {}
+    for name in ("a", "sub/dvc.yaml:b"):
+        dep, out = root / f"{name[-1]}.in", root / f"{name[-1]}.out"
+        dep.write_text(f"{name} in\n")
+        out.write_text(f"{name} out\n")
+        locks[name] = StageLock(name, "c1", params, {dep.name: "d"}, {out.name: "o"}, {"pipeline.f": "x"})
+        write_lock(root, locks[name])
+    (root / ".pivot" / "stages" / "broken.lock").write_text("{not json")
+    return locks
+
+
+@pytest.fixture
+def reader_root(tmp_path: Path) -> Iterator[Path]:
+    root = tmp_path.resolve()
+    yield root
+    early.discard()  # (a reader a failing test left untaken)
+
+
+def _prefetched(root: Path) -> tuple[dict[str, StageLock | None], dict[str, str | None], set[str]]:
+    """What a LockPrefetch hands out (the stages whose locks came from a reader)."""
+    state = ProjectState.open(root)
+    try:
+        prefetch = LockPrefetch(root, state.hashes)
+        prefetch.join()
+        from_reader = set(prefetch.fields)
+        read = prefetch.reader()
+        locks = {name: read(root, name) for name in ("a", "sub/dvc.yaml:b", "broken", "never")}
+        return locks, dict(prefetch.digests), from_reader
+    finally:
+        state.close()
+
+
+def _types(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _types(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_types(item) for item in value]
+    return type(value).__name__
+
+
+def _fork(root: Path) -> early.EarlyLocks:
+    reader = early.fork_lock_reader(str(root))
+    assert reader is not None
+    return reader
+
+
+def test_a_forked_reader_answers_what_the_thread_would_read(reader_root: Path) -> None:
+    written = _project(reader_root)
+    by_thread, thread_digests, _ = _prefetched(reader_root)
+    assert by_thread == {**written, "broken": None, "never": None}
+
+    reader = _fork(reader_root)
+    by_reader, reader_digests, from_reader = _prefetched(reader_root)
+    assert early.take_locks(str(reader_root)) is None  # taken by the prefetch
+    with pytest.raises(ChildProcessError):
+        os.waitpid(reader.pid, os.WNOHANG)  # and reaped
+    assert from_reader == {"a", "sub/dvc.yaml:b", "broken"}  # its answer was used
+    assert by_reader == by_thread
+    for name in ("a", "sub/dvc.yaml:b"):
+        lock = by_reader[name]
+        assert lock is not None
+        assert _types(lock.params) == _types(PARAMS)  # (1 == 1.0 == True: equality does not tell)
+    assert reader_digests == thread_digests and len(reader_digests) == 4
+    assert all(digest is not None for digest in reader_digests.values())
+
+
+def test_a_reader_that_died_leaves_the_reading_to_the_thread(reader_root: Path) -> None:
+    written = _project(reader_root)
+    os.kill(_fork(reader_root).pid, signal.SIGKILL)
+    locks, digests, from_reader = _prefetched(reader_root)
+    assert from_reader == set()
+    assert locks == {**written, "broken": None, "never": None}
+    assert len(digests) == 4
+
+
+def test_a_lock_the_reader_cannot_send_leaves_the_reading_to_the_thread(reader_root: Path) -> None:
+    """msgpack has no integer wider than 64 bits; JSON (a lock) has."""
+    written = _project(reader_root, {**PARAMS, "seed": 2**70})
+    _fork(reader_root)
+    locks, digests, from_reader = _prefetched(reader_root)
+    assert from_reader == set()
+    assert locks == {**written, "broken": None, "never": None}
+    assert locks["a"] == read_lock(reader_root, "a") and len(digests) == 4
+
+
+def test_a_process_forked_from_the_command_does_not_inherit_its_reader(reader_root: Path) -> None:
+    """Its pool is forked: a reader it took for its own (or killed at its exit, after the
+    command reaped it) would be another process's."""
+    _project(reader_root)
+    reader = _fork(reader_root)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os._exit(0 if early.take_locks(str(reader_root)) is None else 1)
+    _, status = os.waitpid(pid, 0)
+    assert status == 0, "the forked process found the command's reader"
+    assert early.take_locks(str(reader_root)) is reader
+    assert len(reader.answer()) > 0
+
+
+def test_a_reader_no_command_takes_is_killed(reader_root: Path) -> None:
+    _project(reader_root)
+    pid = _fork(reader_root).pid
+    assert early.take_locks(str(reader_root / "elsewhere")) is None  # another root: killed
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # reaped already
+    pid = _fork(reader_root).pid
+    early.discard()
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
