@@ -15,7 +15,6 @@ import contextlib
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -25,6 +24,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import subprocess
+
     import zmq
 
     from broker.service import BrokerService
@@ -140,6 +141,8 @@ class Stack:
                 from pivot.launch.spawn import write_manifest
 
                 argv += ["--manifest", str(write_manifest(manifest))]
+            import subprocess  # (where used: a run with nothing to do starts no pool)
+
             self.pool = subprocess.Popen(
                 python_cmd("workers", *argv),
                 cwd=self.root,
@@ -263,6 +266,8 @@ def _stop_group(proc: subprocess.Popen[bytes] | Forked, what: str) -> None:
     cancels its stages first (each removes what it half wrote; one stuck in native code is
     killed after HARD_KILL_S), which a SIGTERM to its whole group would cut short. Another
     Ctrl-C meanwhile: kill now."""
+    import subprocess
+
     from pivot.launch.limits import HARD_KILL_S
 
     if proc.poll() is None:

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
@@ -24,6 +22,8 @@ LOG_ROTATE_BYTES = 10 << 20
 
 def scratch_dir(kind: str, folder: str | None = None) -> Path:
     """A new temp folder `pivot-KIND-PID-XXXX` (in `folder`, else the temp folder)."""
+    import tempfile  # (imported where used in this module: ~2 ms that a no-op need not pay)
+
     return Path(tempfile.mkdtemp(prefix=f"pivot-{kind}-{os.getpid()}-", dir=folder))
 
 
@@ -40,6 +40,8 @@ def attempts_temp() -> str:
     per stage: on this machine's ext4 that cost 15-18 % of a cold 1000-stage run
     (docs/benchmarks.md), so they go to memory (`/dev/shm`) when it is a folder of its
     own with room. A TMPDIR (TEMP, TMP) set by the user is where they go, always."""
+    import tempfile
+
     if any(os.environ.get(name) for name in _TEMP_VARIABLES):
         return tempfile.gettempdir()
     try:
@@ -53,6 +55,8 @@ def attempts_temp() -> str:
 
 def scratch_file(kind: str, suffix: str = "") -> tuple[int, str]:
     """A new temp file `pivot-KIND-PID-XXXX` (its fd and path, as mkstemp)."""
+    import tempfile
+
     return tempfile.mkstemp(prefix=f"pivot-{kind}-{os.getpid()}-", suffix=suffix)
 
 
@@ -71,6 +75,8 @@ def multiprocessing_scratch() -> Path:
             # The server's socket path would pass the 108 bytes a Unix socket allows:
             # every worker would fail to start ("AF_UNIX path too long").
             folder.rmdir()
+            import tempfile
+
             folder = Path(tempfile.mkdtemp(prefix=f"pivot-mp-{os.getpid()}-", dir=SHORT_TEMP))
         config["tempdir"] = str(folder)
     return Path(config["tempdir"])
@@ -83,6 +89,9 @@ SHORT_TEMP = "/tmp"
 def sweep(kind: str, folder: str | None = None) -> int:
     """Remove what processes now gone left of `kind` in the temp folder (or `folder`: a
     pool or loader killed outright leaves its folder). Returns how many were removed."""
+    import shutil
+    import tempfile
+
     prefix = f"pivot-{kind}-"
     removed = 0
     folder = folder or tempfile.gettempdir()

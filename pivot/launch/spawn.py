@@ -9,7 +9,6 @@ import logging
 import os
 import select
 import signal
-import subprocess
 import sys
 import threading
 from collections.abc import Callable
@@ -53,6 +52,8 @@ class LoaderRun:
     """
 
     def __init__(self, root: Path) -> None:
+        import subprocess  # (where used here: a no-op's loader is forked, ~1.3 ms it need not pay)
+
         self.root = root.resolve()
         fd, self.result_path = scratch_file("manifest", ".msgpack")
         try:
@@ -72,6 +73,8 @@ class LoaderRun:
 
     def result(self, timeout: float = LOADER_TIMEOUT_S) -> Manifest:
         """Wait for the loader. Raises PipelineError for user mistakes."""
+        import subprocess
+
         proc = self.proc
         try:
             try:
@@ -362,6 +365,8 @@ class Forked:
     def wait(self, timeout: float | None = None) -> int:
         self.join(timeout)
         if self.exitcode is None:
+            import subprocess
+
             raise subprocess.TimeoutExpired(f"process {self.pid}", timeout or 0.0)
         return self.exitcode
 

@@ -48,7 +48,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import stat
 import sys
 import time
@@ -381,6 +380,8 @@ class ContentCache:
                     self._place_file(file_digest, target)
                 _swap_in(new, dest)
             except BaseException:
+                import shutil  # (where used: a no-op imports this module)
+
                 shutil.rmtree(new, ignore_errors=True)
                 raise
             return
@@ -680,6 +681,8 @@ def _swap_in(new: Path, dest: Path) -> None:
         os.rename(old, dest)
         raise
     if old.is_dir() and not old.is_symlink():
+        import shutil
+
         shutil.rmtree(old, onerror=_log_rmtree_error)
     else:
         old.unlink()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
 import stat
 from collections.abc import Iterable
 from pathlib import Path
@@ -162,6 +161,8 @@ def remove(path: str | os.PathLike[str]) -> None:
     except FileNotFoundError:
         return
     if stat.S_ISDIR(st.st_mode):
+        import shutil  # (here only: a no-op imports this module, and need not pay for it)
+
         shutil.rmtree(path)
     else:
         with contextlib.suppress(FileNotFoundError):

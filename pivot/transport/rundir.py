@@ -21,9 +21,7 @@ import contextlib
 import fcntl
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -274,6 +272,7 @@ class RunDir:
         if len(str(longest)) <= IPC_PATH_LIMIT:
             return self.path
         import hashlib  # (here only: loading OpenSSL is ~4 ms of every command's start)
+        import tempfile  # (as shutil below: imported where used, off a no-op's path)
 
         digest = hashlib.sha1(str(self.root).encode()).hexdigest()[:12]
         short = Path(tempfile.gettempdir()) / f"pivot-{os.getuid()}" / digest
@@ -290,6 +289,8 @@ class RunDir:
             for name in _SOCKETS:
                 (self._socket_dir / f"{name}.sock").unlink(missing_ok=True)
             if self._socket_dir != self.path:
+                import shutil
+
                 shutil.rmtree(self._socket_dir, ignore_errors=True)
         with contextlib.suppress(OSError):
             fcntl.flock(self._lock_file, fcntl.LOCK_UN)
