@@ -99,6 +99,7 @@ from pivot.state.plan import (
 )
 from pivot.state.reasons import ReasonCode
 from pivot.state.stagelogs import QuietRun
+from pivot.state.statecache import settled_rows
 from pivot.transport.rundir import hold_pools_lock
 from pivot.transport.sockets import decode_or_log, make_socket, send_msg
 from workers.attempts import Attempt, Phase, linger_s, validate
@@ -663,14 +664,15 @@ class PoolService:
         hashes = self.state.hashes
         # The rows of the files it read (a data file's, hashed here first) are stored with
         # its workers' (quietlogs.py): dropped, every one was read again by the next check
-        # (the first no-op after a cold run read every data file a stage reads).
+        # (the first no-op after a cold run read every data file a stage reads). Not a
+        # racy one (an upstream output just written): no check trusts it.
         with hashes.batched():
             try:
                 quick = prepare_quickly(self.state, spec, force=job.force, producers=producers)
             except Exception:  # said by `prepare` in the thread, which meets it again
                 quick = None
             finally:
-                rows = hashes.take_held()
+                rows = settled_rows(hashes.take_held())
         if rows:
             self.quiet.hold(None, rows, self.clock())
         if quick is not None:

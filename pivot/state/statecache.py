@@ -80,7 +80,7 @@ from types import TracebackType
 
 from pivot.state import hashing
 
-__all__ = ["NeedsRead", "StateCache", "racy_window_ns"]
+__all__ = ["NeedsRead", "StateCache", "racy_window_ns", "settled_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +130,12 @@ def racy_window_ns(mtime_ns: int) -> int:
     else:
         granularity = 0
     return granularity + _CLOCK_TICK_NS
+
+
+def settled_rows(rows: list[tuple[str, int, int, int, str, int]]) -> list[tuple[str, int, int, int, str, int]]:
+    """Those of `rows` (as `take_held` gives them) that a later lookup can trust: not
+    hashed within the timestamp window of their file's write."""
+    return [row for row in rows if row[5] - row[3] >= racy_window_ns(row[3])]
 
 
 def _trusted(row: _Row, st: os.stat_result) -> bool:
