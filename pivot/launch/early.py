@@ -26,10 +26,15 @@ _COMMANDS = frozenset({"repro", "status"})
 _SKIPPING = frozenset({"--force", "--watch", "--broker", "--help"})
 _SKIPPING_SHORT = frozenset("fwh")
 _TEMP_VARIABLES = ("TMPDIR", "TEMP", "TMP")
-# The size of a `.pivot/stages` folder (its entries' names: ~20 bytes each on tmpfs and
-# btrfs, in 4 KiB blocks on ext4) from which its locks are read by a process of their own:
-# ~700 locks. Fewer, and the process's own start (its imports, the state cache) cost the
-# command's imports more than reading them in its thread (docs/benchmarks.md).
+# Sizes of a `.pivot/stages` folder (its entries' names: ~20 bytes each on tmpfs and
+# btrfs, in 4 KiB blocks on ext4). Above SOME_LOCKS_BYTES (~200 locks) its locks are read
+# by a process of their own (`fork_lock_reader`): with fewer, the process's start (its
+# imports, the state cache) costs about what reading them in the command's thread does.
+# Below MANY_LOCKS_BYTES (~700 locks) the loader is done well before the command needs
+# it, and the reader waits for its exit: the two shared a core, and the command the other
+# one less (300 stages: -6 to -9 ms a no-op); with more, the loader is what the command
+# waits for, and the reader starts at once (docs/benchmarks.md).
+SOME_LOCKS_BYTES = 4096
 MANY_LOCKS_BYTES = 16384
 
 
@@ -119,14 +124,15 @@ def fork_loader(argv: list[str]) -> None:
         locks_size = os.stat(os.path.join(root, ".pivot", "stages")).st_size
     except OSError:
         return  # (a first run has no lock to read)
-    if locks_size >= MANY_LOCKS_BYTES:
-        fork_lock_reader(root)
+    if locks_size > SOME_LOCKS_BYTES:
+        fork_lock_reader(root, after=early.pidfd if locks_size < MANY_LOCKS_BYTES else -1)
 
 
-def fork_lock_reader(root: str) -> EarlyLocks | None:
+def fork_lock_reader(root: str, after: int = -1) -> EarlyLocks | None:
     """The locks are read and the files they name hashed in a process of their own: in a
     thread of the command they took its interpreter's lock from its imports and the
-    loader's answer (1000 stages: ~34 ms more of a no-op, docs/benchmarks.md)."""
+    loader's answer (1000 stages: ~34 ms more of a no-op, docs/benchmarks.md). With
+    `after` (a pidfd: the loader's), it begins once that process has exited."""
     try:
         read_fd, write_fd = os.pipe()
     except OSError:
@@ -134,7 +140,7 @@ def fork_lock_reader(root: str) -> EarlyLocks | None:
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child (measured by the tests' results)
         os.close(read_fd)
-        _read_locks(root, write_fd)
+        _read_locks(root, write_fd, after)
     os.close(write_fd)
     reader = EarlyLocks(root, pid, read_fd)
     _lock_readers.append(reader)
@@ -246,9 +252,13 @@ def _scratch(suffix: str) -> str:
     return path
 
 
-def _read_locks(root: str, out: int) -> None:  # pragma: no cover - the child
+def _read_locks(root: str, out: int, after: int) -> None:  # pragma: no cover - the child
     code = 1
     try:
+        if after >= 0:
+            import select
+
+            select.select([after], [], [])  # (a pidfd is readable once its process exited)
         import logging
 
         logging.disable(logging.CRITICAL)  # what is wrong with the state cache, the command says

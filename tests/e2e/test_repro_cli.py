@@ -387,34 +387,37 @@ def test_the_data_files_a_run_hashed_are_not_read_again_by_the_next_check(make_p
         assert hashes.reads == 0, "a data file's row was not stored: the next check reads it again"
 
 
-MANY_STAGES = 900  # enough locks for the `pivot` script to fork their reader (early.MANY_LOCKS_BYTES)
-
-MANY = stage_src(
-    f"""\
-    def copy(i: int = 0) -> None:
-        os.makedirs("out", exist_ok=True)
-        with open(f"data/{{i}}.txt") as f, open(f"out/{{i}}.txt", "w") as out:
-            out.write(f.read())
-
-
-    for i in range({MANY_STAGES}):
-        stage(name=f"s{{i}}", deps=[f"data/{{i}}.txt"], outs=[f"out/{{i}}.txt"], params={{"i": i}})(copy)
-    """
-)
+def many_stages(n: int) -> str:
+    return stage_src(
+        f"""\
+        def copy(i: int = 0) -> None:
+            os.makedirs("out", exist_ok=True)
+            with open(f"data/{{i}}.txt") as f, open(f"out/{{i}}.txt", "w") as out:
+                out.write(f.read())
 
 
+        for i in range({n}):
+            stage(name=f"s{{i}}", deps=[f"data/{{i}}.txt"], outs=[f"out/{{i}}.txt"], params={{"i": i}})(copy)
+        """
+    )
+
+
+@pytest.mark.parametrize(("stages", "after_the_loader"), [(300, True), (900, False)])
 def test_a_project_with_many_locks_has_them_read_beside_the_command_with_the_same_answers(
-    make_project: MakeProject,
+    make_project: MakeProject, stages: int, after_the_loader: bool,
 ) -> None:
-    """Past ~700 locks the `pivot` script reads them, and hashes what they name, in a
-    process of its own (pivot/launch/early.py): `status` and a run decide as before."""
-    from pivot.launch.early import MANY_LOCKS_BYTES
+    """Past ~200 locks the `pivot` script reads them, and hashes what they name, in a
+    process of its own (pivot/launch/early.py), once the loader has exited (up to ~700)
+    or at once: `status` and a run decide as before."""
+    from pivot.launch.early import MANY_LOCKS_BYTES, SOME_LOCKS_BYTES
 
-    root = make_project({"pipeline.py": MANY, **{f"data/{i}.txt": f"{i}\n" for i in range(MANY_STAGES)}})
+    root = make_project({"pipeline.py": many_stages(stages), **{f"data/{i}.txt": f"{i}\n" for i in range(stages)}})
     result, events = repro(root, timeout=120)
     assert result.returncode == 0, describe(result)
-    assert set(statuses(events).values()) == {"ran"} and len(events) > MANY_STAGES
-    assert (root / ".pivot" / "stages").stat().st_size >= MANY_LOCKS_BYTES, "too few locks to fork their reader"
+    assert set(statuses(events).values()) == {"ran"} and len(events) > stages
+    size = (root / ".pivot" / "stages").stat().st_size
+    assert size > SOME_LOCKS_BYTES, "too few locks to fork their reader"
+    assert (size < MANY_LOCKS_BYTES) == after_the_loader, size
 
     (root / "data" / "7.txt").write_text("seven\n")
     (root / "out" / "11.txt").write_text("hand-edited\n")

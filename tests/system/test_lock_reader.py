@@ -5,7 +5,9 @@ reader failed; one no command takes is killed."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -132,3 +134,32 @@ def test_a_reader_no_command_takes_is_killed(reader_root: Path) -> None:
     early.discard()
     with pytest.raises(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
+
+
+def test_a_reader_told_to_follow_a_process_begins_once_it_has_exited(reader_root: Path) -> None:
+    """The `pivot` script's reader of a few hundred locks waits for the loader's exit
+    (pivot/launch/early.py): the two shared a core, and the command had the other less."""
+    written = _project(reader_root)
+    gate_r, gate_w = os.pipe()
+    held = os.fork()
+    if held == 0:  # pragma: no cover - the child: exits once the gate is written
+        os.close(gate_w)
+        os.read(gate_r, 1)
+        os._exit(0)
+    os.close(gate_r)
+    pidfd = os.pidfd_open(held)
+    try:
+        reader = early.fork_lock_reader(str(reader_root), after=pidfd)
+        assert reader is not None
+        ready, _, _ = select.select([reader.read_fd], [], [], 0.3)
+        assert ready == [], "the reader answered before the process it follows exited"
+        os.write(gate_w, b"x")
+        os.waitpid(held, 0)
+        locks, digests, from_reader = _prefetched(reader_root)
+        assert from_reader == {"a", "sub/dvc.yaml:b", "broken"}
+        assert locks == {**written, "broken": None, "never": None} and len(digests) == 4
+    finally:
+        os.close(gate_w)
+        os.close(pidfd)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(held, 0)
