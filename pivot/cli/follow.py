@@ -80,8 +80,10 @@ def run_wave(
         outcome.history = joined.wave
         if joined.pipeline_error is not None:
             # The pipeline failed to load before we joined (the engine's pool loads it as
-            # it starts): no event will say so again, and no run can be made of it.
-            renderer.resync(joined)
+            # it starts): no event will say so again, and no run can be made of it. The
+            # error alone: the engine's last wave is not this command's (a resync showed
+            # it, as if it had just run).
+            show_engine_start(renderer, joined)
             outcome.code = 2
         else:
             renderer.baseline(joined)

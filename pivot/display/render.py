@@ -303,9 +303,10 @@ def stage_order(order: Iterable[str], views: dict[str, Any]) -> list[str]:
 
 
 def show_engine_start(renderer: Renderer, snap: Snapshot) -> None:
-    """Join an engine this display has just started (`pivot up`). Its pipeline may have
-    loaded (or failed to) before the display joined: that is news, shown as its event.
-    Nothing else can have happened yet: no wave starts before this display's request."""
+    """Join an engine this display has just started (`pivot up`), or one whose pipeline
+    does not load (`pivot repro` asking it): its pipeline may have loaded (or failed to)
+    before the display joined: that is news, shown as its event. What else the snapshot
+    shows is history, not shown: no wave of this display's has started yet."""
     import dataclasses
     import time
 

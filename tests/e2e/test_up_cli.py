@@ -371,6 +371,26 @@ def test_repro_while_up_runs_asks_its_engine_for_the_wave(make_project: MakeProj
     stop(live, root)
 
 
+def test_repro_while_up_has_a_broken_pipeline_shows_the_error_not_the_last_wave(
+    make_project: MakeProject, up: StartUp,
+) -> None:
+    """It showed the engine's last wave, as if it had just run (`"resynced": true`
+    lines: a CI script would take them for its own run), before the error."""
+    root = make_project(BASE)
+    live = up(root)
+    first_wave(live, root)
+    start = live.mark()
+    edit(root / "pipeline.py", *BROKEN_TAGGED)
+    live.wait_event(lambda e: e["event"] == "pipeline_invalid", WAIT_S, "pipeline_invalid", start)
+    result = run_pivot(root, "repro", "--json")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, describe(result)
+    assert [e["event"] for e in parse_events(result.stdout)] == ["pipeline_invalid"], result.stdout
+    result = run_pivot(root, "repro")
+    assert result.returncode == 2, describe(result)
+    assert "wave" not in result.stdout and "tagged" not in result.stdout.replace("pipeline.py", ""), result.stdout
+    stop(live, root)
+
+
 def test_a_missing_dep_fails_its_stage_and_creating_it_runs_the_stage(
     make_project: MakeProject, up: StartUp
 ) -> None:
