@@ -261,7 +261,9 @@ def _read_locks(root: str, out: int, after: int) -> None:  # pragma: no cover - 
             select.select([after], [], [])  # (a pidfd is readable once its process exited)
         import logging
 
-        logging.disable(logging.CRITICAL)  # what is wrong with the state cache, the command says
+        # What the state cache says goes with the answer (`packed_prefetch`): the command
+        # says it. Nothing else is said here (logging's last resort would print it).
+        logging.getLogger().addHandler(logging.NullHandler())
         from pivot.state.lock import packed_prefetch
 
         data = memoryview(packed_prefetch(root))

@@ -172,22 +172,38 @@ def hash_named(hashes: StateCache, root: str, locks: Iterable[StageLock | None])
 def packed_prefetch(root: str) -> bytes:
     """What `LockPrefetch` finds with `hashes`, for a process that reads it beside its
     caller's (pivot/launch/early.py): msgpack of [stage -> the lock's fields or None,
-    path -> digest]."""
+    path -> digest, what the state cache said: (logger, level, message)]. What it says
+    (a corrupt database moved aside) its caller says: this process has no one to say it to."""
+    import logging
+
     import msgpack
 
+    from pivot.state.notices import LOGGER
     from pivot.state.statecache import StateCache
 
-    locks = read_locks(root)
-    hashes = StateCache(Path(root, ".pivot", "state.db"))
+    said: list[tuple[str, int, str]] = []
+
+    class Kept(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            said.append((record.name, record.levelno, record.getMessage()))
+
+    kept = Kept(logging.WARNING)
+    logger = logging.getLogger(LOGGER)
+    logger.addHandler(kept)
     try:
-        digests = hash_named(hashes, root, locks.values())
+        locks = read_locks(root)
+        hashes = StateCache(Path(root, ".pivot", "state.db"))
+        try:
+            digests = hash_named(hashes, root, locks.values())
+        finally:
+            hashes.close()
     finally:
-        hashes.close()
+        logger.removeHandler(kept)
     fields = {
         stage: None if lock is None else [lock.stage, lock.code, lock.params, lock.deps, lock.outs, lock.code_parts]
         for stage, lock in locks.items()
     }
-    packed: bytes = msgpack.packb([fields, digests])
+    packed: bytes = msgpack.packb([fields, digests, said])
     return packed
 
 
@@ -231,15 +247,19 @@ class LockPrefetch:
             self.digests = hash_named(self.hashes, self.root, self.locks.values())
 
     def _receive(self, early: EarlyLocks) -> None:
+        import logging
+
         import msgpack
 
         try:
-            fields, digests = msgpack.unpackb(early.answer())
+            fields, digests, said = msgpack.unpackb(early.answer())
             if not isinstance(fields, dict) or not isinstance(digests, dict):
                 raise TypeError(f"a lock reader's answer holds {type(fields).__name__}, {type(digests).__name__}")
         except (OSError, ValueError, TypeError):  # (msgpack's errors are ValueErrors)
             self._read()
             return
+        for name, level, message in said:  # as if the state cache had said it here
+            logging.getLogger(name).log(level, "%s", message)
         self.fields, self.digests = fields, digests
 
     def reader(self) -> Callable[[Path, str], StageLock | None]:

@@ -163,3 +163,20 @@ def test_a_reader_told_to_follow_a_process_begins_once_it_has_exited(reader_root
         os.close(pidfd)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(held, 0)
+
+
+def test_what_the_readers_state_cache_said_is_said_by_the_command(reader_root: Path) -> None:
+    """A corrupt state cache is moved aside and recreated by whoever opens it first: the
+    reader, which has no one to tell. The command says it, as it did reading itself."""
+    from pivot.state.notices import stored_state_notices
+
+    written = _project(reader_root)
+    (reader_root / ".pivot" / "state.db").write_bytes(b"not a database" * 1000)
+    _fork(reader_root)
+    said: list[str] = []
+    with stored_state_notices(said.append):
+        locks, digests, from_reader = _prefetched(reader_root)
+    assert from_reader == {"a", "sub/dvc.yaml:b", "broken"}
+    assert locks == {**written, "broken": None, "never": None} and len(digests) == 4
+    assert any("is corrupt" in line for line in said), said
+    assert (reader_root / ".pivot" / "state.db.corrupt").exists()
