@@ -14,6 +14,9 @@ and when outputs come from the run cache instead (pivot/state/plan.py):
     placed       an output placed from the cache (its row and the lock not yet written)
 in a pool's loop (workers/pool.py):
     heartbeat    a heartbeat is due while a worker runs a stage
+in the `pivot` script (pivot/launch/early.py):
+    forked       its early loader forked and recorded, Ctrl-C still held back
+(`interrupt`: SIGINT to itself, as a Ctrl-C at that moment.)
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ def reached(point: str) -> None:
     action = _FAULT.partition(":")[2]
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    elif action == "interrupt":
+        os.kill(os.getpid(), signal.SIGINT)
     elif action == "hang":
         import ctypes
 

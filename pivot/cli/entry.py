@@ -7,12 +7,17 @@ import sys
 
 
 def main() -> None:
-    _standard_streams()
-    from pivot.launch.early import fork_loader
+    try:
+        _standard_streams()
+        from pivot.launch.early import fork_loader
 
-    fork_loader(sys.argv[1:])
-    from pivot.cli.main import main as run
-
+        fork_loader(sys.argv[1:])
+        from pivot.cli.main import main as run
+    except KeyboardInterrupt:
+        # Ctrl-C before the command line runs (it says this itself from then on): was a
+        # traceback of whatever was being imported. Exiting kills what was forked.
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)
     run()
 
 

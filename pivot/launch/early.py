@@ -103,29 +103,57 @@ def fork_loader(argv: list[str]) -> None:
     except OSError:
         return
     _import_shared()
-    ready, ready_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child (measured by the tests' results)
-        os.close(ready)
-        _load(root, result_path, output_path, ready_w)
-    os.close(ready_w)
-    early = Early(root, pid, -1, ready, result_path, output_path)
-    _forked.append(early)
-    if len(_forked) == 1:
-        import atexit
+    with _sigint_held():
+        ready, ready_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child (measured by the tests' results)
+            _sigint_released()
+            os.close(ready)
+            _load(root, result_path, output_path, ready_w)
+        os.close(ready_w)
+        early = Early(root, pid, -1, ready, result_path, output_path)
+        _forked.append(early)
+        if len(_forked) == 1:
+            import atexit
 
-        atexit.register(discard)
-    try:
-        early.pidfd = os.pidfd_open(pid)
-    except OSError:
-        discard()
-        return
-    try:
-        locks_size = os.stat(os.path.join(root, ".pivot", "stages")).st_size
-    except OSError:
-        return  # (a first run has no lock to read)
-    if locks_size > SOME_LOCKS_BYTES:
-        fork_lock_reader(root, after=early.pidfd if locks_size < MANY_LOCKS_BYTES else -1)
+            atexit.register(discard)
+        try:
+            early.pidfd = os.pidfd_open(pid)
+        except OSError:
+            discard()
+            return
+        from pivot.faults import reached
+
+        reached("forked")
+        try:
+            locks_size = os.stat(os.path.join(root, ".pivot", "stages")).st_size
+        except OSError:
+            return  # (a first run has no lock to read)
+        if locks_size > SOME_LOCKS_BYTES:
+            fork_lock_reader(root, after=early.pidfd if locks_size < MANY_LOCKS_BYTES else -1)
+
+
+class _sigint_held:  # (a context manager; contextlib is not imported here)
+    """Ctrl-C held back (pending) until the forks are done and recorded: raised in an
+    at-fork hook (logging's, which releases its lock) Python ignores it and that lock
+    stays held (the command hung ~8 s, then said "a Pivot problem"); raised between a
+    fork and its record, the child would be no one's. It is raised as the block ends."""
+
+    def __enter__(self) -> None:
+        import signal
+
+        self.before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+    def __exit__(self, *_: object) -> None:
+        import signal
+
+        signal.pthread_sigmask(signal.SIG_SETMASK, self.before)
+
+
+def _sigint_released() -> None:  # pragma: no cover - in the children
+    import signal
+
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def fork_lock_reader(root: str, after: int = -1) -> EarlyLocks | None:
@@ -137,17 +165,19 @@ def fork_lock_reader(root: str, after: int = -1) -> EarlyLocks | None:
         read_fd, write_fd = os.pipe()
     except OSError:
         return None
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child (measured by the tests' results)
-        os.close(read_fd)
-        _read_locks(root, write_fd, after)
-    os.close(write_fd)
-    reader = EarlyLocks(root, pid, read_fd)
-    _lock_readers.append(reader)
-    if len(_lock_readers) == 1 and not _forked:
-        import atexit
+    with _sigint_held():
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child (measured by the tests' results)
+            _sigint_released()
+            os.close(read_fd)
+            _read_locks(root, write_fd, after)
+        os.close(write_fd)
+        reader = EarlyLocks(root, pid, read_fd)
+        _lock_readers.append(reader)
+        if len(_lock_readers) == 1 and not _forked:
+            import atexit
 
-        atexit.register(discard)
+            atexit.register(discard)
     return reader
 
 

@@ -188,3 +188,23 @@ def test_a_command_interrupted_while_its_loader_loads_takes_the_loader_with_it(
             kill_group(cli.pid)
         if loader and alive(loader):
             os.kill(loader, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("command", ["status", "repro"])
+def test_a_ctrl_c_as_the_script_forks_its_loader_ends_the_command_at_once(
+    make_project: Callable[..., Path], tmp_path: Path, command: str,
+) -> None:
+    """A Ctrl-C raised in an at-fork hook (logging's, releasing its lock) was ignored and
+    left that lock held: the command hung ~8 s, then said "a Pivot problem"; one before
+    the command line ran printed a traceback. Held back across the fork, it ends the
+    command as any Ctrl-C does, its loader with it (PIVOT_FAULT: a SIGINT just after the
+    fork, while it is held)."""
+    root, tmp = _project(make_project, tmp_path)
+    (root / "in.txt").write_text("y\n")
+    result = subprocess.run([*pivot_cmd(), command], cwd=root, capture_output=True, text=True, timeout=30,
+                            stdin=subprocess.DEVNULL,
+                            env={**os.environ, "TMPDIR": str(tmp), "PIVOT_FAULT": "forked:interrupt"})
+    assert result.returncode == 130 and result.stderr == "interrupted\n", describe(result)
+    assert [p.name for p in tmp.iterdir() if p.name.startswith("pivot-manifest-")] == []
+    ran = _pivot(root, tmp, "repro")
+    assert ran.returncode == 0 and (root / "out.txt").read_text() == "y\n", describe(ran)

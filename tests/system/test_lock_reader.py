@@ -180,3 +180,14 @@ def test_what_the_readers_state_cache_said_is_said_by_the_command(reader_root: P
     assert locks == {**written, "broken": None, "never": None} and len(digests) == 4
     assert any("is corrupt" in line for line in said), said
     assert (reader_root / ".pivot" / "state.db.corrupt").exists()
+
+
+def test_a_ctrl_c_during_the_forks_is_raised_once_they_are_recorded() -> None:
+    """pivot/launch/early.py holds SIGINT back across its forks: raised inside an at-fork
+    hook, Python ignores it (and logging's lock stayed held)."""
+    got: list[str] = []
+    with pytest.raises(KeyboardInterrupt), early._sigint_held():
+        os.kill(os.getpid(), signal.SIGINT)
+        got.append("still in the block")
+    assert got == ["still in the block"]
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, set())  # released
