@@ -152,18 +152,24 @@ def read_locks(root: str) -> dict[str, StageLock | None]:
 def hash_named(hashes: StateCache, root: str, locks: Iterable[StageLock | None]) -> dict[str, str | None]:
     """The digest of every file `locks` name (root joined with the lock's path), through
     the state cache: a stat each, for most. Stops at a file it may not read: the decision
-    hashes it, and says why."""
+    hashes it, and says why. Leaves a fifo or a device to the decision (a lock of a stage
+    removed since may name one, which reading would wait on for good)."""
+    from pivot.state.statecache import NeedsRead
+
     digests: dict[str, str | None] = {}
     under = os.path.join(root, "")  # (see decide.decide)
     try:
-        with hashes.batched():  # what it reads again (written moments ago): one write
+        with hashes.batched(), hashes.files_and_folders_only():  # (batched: what it reads again, one write)
             for lock in locks:
                 if lock is None:
                     continue
                 for rel in (*lock.deps, *lock.outs):
                     path = under + rel
                     if path not in digests:
-                        digests[path] = hashes.hash_path(path)
+                        try:
+                            digests[path] = hashes.hash_path(path)
+                        except NeedsRead:
+                            continue
     except Exception:
         pass
     return digests

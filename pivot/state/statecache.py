@@ -173,6 +173,7 @@ class _Local(threading.local):
     held: list[tuple[str, int, int, int, str, int]] | None = None  # rows of a `batched()` block
     memo: dict[str, str | None] | None = None  # path -> digest in a `batched(snapshot=True)` block
     max_read: int | None = None  # in a `reading_at_most()` block: the largest file it reads
+    files_only = False  # in a `files_and_folders_only()` block
 
 
 class StateCache:
@@ -495,7 +496,7 @@ class StateCache:
     ) -> tuple[str, tuple[str, int, int, int, str, int] | None]:
         """The digest of one file and the row to store (None when nothing is to be stored)."""
         if not stat.S_ISREG(st.st_mode):  # fifos, devices, directories: never cached
-            if self._local.max_read is not None:
+            if self._local.max_read is not None or self._local.files_only:
                 raise NeedsRead(fs_path)
             return self._read(fs_path), None
         rows = self._loaded_rows()
@@ -564,6 +565,18 @@ class StateCache:
         except sqlite3.Error as exc:
             self._failed(exc, "reading the state cache")
         return found
+
+    @contextlib.contextmanager
+    def files_and_folders_only(self) -> Iterator[None]:
+        """Hashes in the block (this thread's) raise NeedsRead for what is neither a
+        regular file nor a folder: reading a fifo waits for a writer, a device may never
+        end. For a caller hashing ahead what may not be asked for (`LockPrefetch`: the
+        files of every lock, a removed stage's too)."""
+        before, self._local.files_only = self._local.files_only, True
+        try:
+            yield
+        finally:
+            self._local.files_only = before
 
     @contextlib.contextmanager
     def reading_at_most(self, size: int) -> Iterator[None]:

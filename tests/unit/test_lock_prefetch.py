@@ -61,3 +61,26 @@ def test_without_the_state_cache_it_hashes_nothing(tmp_path: Path) -> None:
     prefetch = LockPrefetch(tmp_path)
     prefetch.join()
     assert prefetch.digests == {}
+
+
+def test_a_fifo_a_lock_names_is_left_to_the_decision_not_read(tmp_path: Path) -> None:
+    """Every lock's files are hashed ahead, a removed stage's too: one naming a fifo made
+    `pivot status` wait for a writer for good."""
+    import os
+
+    (tmp_path / "in.txt").write_text("input\n")
+    (tmp_path / "out.txt").write_text("output\n")
+    os.mkfifo(tmp_path / "pipe")
+    write_lock(tmp_path, lock("a"))
+    write_lock(tmp_path, StageLock("gone", "c1", {}, {"pipe": "d1"}, {}, {}))
+    state = ProjectState.open(tmp_path)
+    try:
+        prefetch = LockPrefetch(tmp_path, state.hashes)
+        prefetch.thread.join(10)
+        if prefetch.thread.is_alive():  # let it go: a writer opens and closes the fifo
+            os.close(os.open(tmp_path / "pipe", os.O_WRONLY | os.O_NONBLOCK))
+        assert not prefetch.thread.is_alive(), "the prefetch waited on the fifo"
+        assert set(prefetch.digests) == {str(tmp_path / "in.txt"), str(tmp_path / "out.txt")}
+    finally:
+        prefetch.join()
+        state.close()
