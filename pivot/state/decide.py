@@ -171,8 +171,9 @@ def params_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[A
 def same_params(old: dict[str, Any], new: dict[str, Any]) -> bool:
     """Equal values of equal types: Python's 1 == 1.0 == True, but a command gets `1`,
     `1.0` or `true` in its `${...}` (and a function an int, a float or a bool). A list
-    and a tuple are one (a lock is JSON)."""
-    return old == new and all(_same(old[key], new[key]) for key in old)
+    and a tuple are one (a lock is JSON). A NaN is the same NaN (Python's NaN != NaN: a
+    stage with one was stale at every check)."""
+    return (old == new or old.keys() == new.keys()) and all(_same(old[key], new[key]) for key in old)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -182,6 +183,8 @@ def _same(a: Any, b: Any) -> bool:
         return False
     if isinstance(a, dict):
         return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if type(a) is float and a != a:  # NaN
+        return b != b
     return bool(a == b)
 
 

@@ -357,6 +357,14 @@ def test_a_param_of_another_type_with_an_equal_value_is_a_change(project: Path, 
     assert (d.run, d.reason.code) == (True, ReasonCode.PARAMS_CHANGED)
 
 
+def test_a_nan_param_is_the_same_nan_next_time(project: Path) -> None:
+    """NaN != NaN in Python: a stage with a NaN default was stale at every check."""
+    record(project, make_spec(params={"x": float("nan"), "xs": [float("nan"), 1.0]}))
+    assert not decide(project, make_spec(params={"x": float("nan"), "xs": [float("nan"), 1.0]}), DIRECT).run
+    d = decide(project, make_spec(params={"x": 0.5, "xs": [float("nan"), 1.0]}), DIRECT)
+    assert (d.run, d.reason.code) == (True, ReasonCode.PARAMS_CHANGED)
+
+
 def test_a_tuple_param_is_its_list_in_the_lock(project: Path) -> None:
     record(project, make_spec(params={"rows": ("ab", "c")}))
     assert not decide(project, make_spec(params={"rows": ("ab", "c")}), DIRECT).run
