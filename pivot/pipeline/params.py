@@ -196,6 +196,13 @@ def _plain(value: Any) -> Any:
 
 
 def _check_value(stage_name: str, key: str, value: Any, source: str) -> None:
+    if type(value) is int and not -(2**63) <= value < 2**64:
+        # Params travel between Pivot's processes as msgpack, whose integers are 64-bit:
+        # one wider lost the pool at the first run (exit code 1, nothing said).
+        raise PipelineError(
+            f"{source}: stage {stage_name!r} param {key!r} = {value} is wider than 64 bits; "
+            "give it as a string (or a float) and convert it in the stage"
+        )
     if value is None or isinstance(value, _SCALARS):
         return
     if isinstance(value, (list, tuple)):

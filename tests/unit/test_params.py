@@ -115,6 +115,23 @@ def test_unsupported_default_type(default: object, type_name: str) -> None:
     assert "params must be int, float, str, bool, None" in msg
 
 
+@pytest.mark.parametrize("value", [2**64, -(2**63) - 1, [1, 2**70], {"seed": 2**70}])
+def test_an_integer_wider_than_64_bits_is_refused_by_name(value: object) -> None:
+    """Params travel between Pivot's processes as msgpack (64-bit integers): one wider
+    lost the pool at the first run, saying nothing."""
+    def f(p: Any = value) -> None:
+        pass
+
+    with pytest.raises(PipelineError) as info:
+        defaults_of("odd", f)
+    assert "stage 'odd' param 'p'" in str(info.value) and "wider than 64 bits" in str(info.value)
+    for edge in (2**64 - 1, -(2**63)):
+        def g(p: Any = edge) -> None:
+            pass
+
+        assert defaults_of("odd", g) == {"p": edge}
+
+
 # --- load_params_file ---------------------------------------------------------------------
 
 
