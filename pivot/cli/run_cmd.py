@@ -20,8 +20,8 @@ def run(stage: str, foreground: bool, force: bool, display: str, as_json: bool) 
 
     With --foreground, in the terminal's own process, for debugging: stdin and the tty
     are the stage's, so `breakpoint()` and `input()` work. Its outputs are committed like
-    any run (cache, lock, run cache); a missing dependency is an error. Refused while a
-    Pivot engine runs in the project.
+    any run (cache, lock, run cache); a missing dependency is an error. While a Pivot
+    engine runs in the project, it is asked for the stage; --foreground is refused then.
     """
     if not foreground:
         from pivot.cli.repro_cmd import run_once
