@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from pivot.cli.options import display_option
-from pivot.cli.target import broker_options, root_or_none
+from pivot.cli.options import broker_options, display_option
+from pivot.cli.target import root_or_none
 
 
 @click.command()

@@ -1,9 +1,14 @@
 """The `pivot` script: the pipeline's loader is forked before the command line is
-imported (pivot/launch/early.py), then the command runs (pivot/cli/main.py)."""
+imported (pivot/launch/early.py), then the command runs: its common forms without click
+(pivot/cli/direct.py), the others parsed by click (pivot/cli/main.py)."""
 
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 def main() -> None:
@@ -12,13 +17,20 @@ def main() -> None:
         from pivot.launch.early import fork_loader
 
         fork_loader(sys.argv[1:])
-        from pivot.cli.main import main as run
+        from pivot.cli.direct import direct
+
+        command: Callable[[], object] | None = direct(sys.argv[1:])
+        if command is None:
+            from pivot.cli.main import parsed
+
+            command = parsed
+        from pivot.cli.ending import finish
     except KeyboardInterrupt:
         # Ctrl-C before the command line runs (it says this itself from then on): was a
         # traceback of whatever was being imported. Exiting kills what was forked.
         sys.stderr.write("interrupted\n")
         sys.exit(130)
-    run()
+    finish(command)
 
 
 def _standard_streams() -> None:

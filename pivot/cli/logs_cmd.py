@@ -10,8 +10,7 @@ from typing import IO, TYPE_CHECKING
 
 import click
 
-from pivot.cli.options import complete_stages, known_stages
-from pivot.cli.target import broker_options
+from pivot.cli.options import broker_options, complete_stages, known_stages
 from pivot.errors import InfraError, UserError
 
 if TYPE_CHECKING:

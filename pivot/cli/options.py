@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-__all__ = ["LIVE_PARAMS", "complete_stages", "display_option", "known_stages", "live_options", "stages_argument"]
+__all__ = ["LIVE_PARAMS", "broker_options", "complete_stages", "display_option", "known_stages", "live_options", "stages_argument"]
 
 
 def display_option(func: click.decorators.FC) -> click.decorators.FC:
@@ -77,3 +77,19 @@ def complete_stages(ctx: click.Context, param: click.Parameter, incomplete: str)
 def stages_argument(func: click.decorators.FC) -> click.decorators.FC:
     """STAGES (any number), completed by the shell from the pipeline's stage names."""
     return click.argument("stages", nargs=-1, shell_complete=complete_stages)(func)
+
+
+def broker_options(func: click.decorators.FC) -> click.decorators.FC:
+    """--broker, --key, --broker-key (with their environment variables)."""
+    options = [
+        click.option("--broker", "broker", metavar="ENDPOINT", default=None,
+                     help="The broker's control endpoint (tcp://HOST:PORT or ipc://PATH) "
+                     "[PIVOT_BROKER; default: this project's running engine]."),
+        click.option("--key", "key", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help="This client's CURVE secret key file [PIVOT_KEY]."),
+        click.option("--broker-key", "broker_key", type=click.Path(dir_okay=False, path_type=Path),
+                     default=None, help="The broker's CURVE public key file [PIVOT_BROKER_KEY]."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func

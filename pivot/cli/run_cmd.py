@@ -24,7 +24,7 @@ def run(stage: str, foreground: bool, force: bool, display: str, as_json: bool) 
     engine runs in the project, it is asked for the stage; --foreground is refused then.
     """
     if not foreground:
-        from pivot.cli.repro_cmd import run_once
+        from pivot.cli.once import run_once
         from pivot.pipeline.select import Selection
 
         return run_once(

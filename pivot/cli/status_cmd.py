@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
-from pivot.cli.options import stages_argument
-from pivot.cli.target import broker_options
-
-if TYPE_CHECKING:
-    from pivot.cli.assess import StageAssessment
-    from pivot.protocol.messages import Snapshot
+from pivot.cli.options import broker_options, stages_argument
 
 
 @click.command()
@@ -40,91 +32,9 @@ def status(
     engine is doing is shown too: stages running or queued in its wave, stages that
     failed there, and stages waiting for a pool.
     """
-    from pivot.cli.assess import assess
-    from pivot.cli.engine_view import (
-        engine_json,
-        fetch_snapshot,
-        header_lines,
-        live_verdict,
-        up_running,
+    from pivot.cli.status_report import show_status
+
+    return show_status(
+        stages, explain=explain, as_json=as_json, check=check, quiet=quiet, broker=broker, key=key,
+        broker_key=broker_key,
     )
-    from pivot.errors import PipelineError
-    from pivot.pipeline.project import find_root
-
-    root = find_root()
-    if quiet:
-        return 1 if any(row.stale for row in assess(root, stages).stages.values()) else 0
-    # A running `pivot up` is asked for its view after the assessment, so that view is
-    # the fresher one. Without one, neither zmq nor the display client is imported.
-    live = bool(broker or os.environ.get("PIVOT_BROKER")) or up_running(root)
-
-    def engine_snapshot() -> Snapshot | None:
-        snap, warning = fetch_snapshot(root, broker=broker, key=key, broker_key=broker_key)
-        if warning:
-            click.echo(f"warning: {warning}", err=True)
-        return snap
-
-    try:
-        result = assess(root, stages, explain=explain)
-    except PipelineError:
-        # The engine keeps its last good pipeline loaded: say what it sees, then the error.
-        snap = engine_snapshot() if live and not as_json else None
-        if snap is not None:
-            _echo_lines(header_lines(snap))
-        raise
-    snap = engine_snapshot() if live else None
-    if as_json:
-        rows = {name: row.to_json() for name, row in result.stages.items()}
-        engine = engine_json(snap, set(result.stages) if stages else None) if snap is not None else None
-        click.echo(json.dumps({"stages": rows, "engine": engine}, indent=2))
-        return 1 if check and any(row.stale for row in result.stages.values()) else 0
-    for warning in result.manifest.warnings:
-        click.echo(f"warning: {warning}", err=True)
-    # One write at the end: click.echo asks the terminal about colours at every call.
-    out = header_lines(snap) if snap is not None else []
-    for name, row in result.stages.items():
-        live_line = live_verdict(name, snap, row) if snap is not None else None
-        if live_line is not None:
-            out.append(live_line)
-            if explain:
-                _explain(row, out)
-            continue
-        if not row.stale:
-            note = f" ({row.reasons[0].message})" if row.reasons else ""  # frozen: why it never runs
-            out.append(f"{name}: up to date{note}")
-            continue
-        restore = " [restorable from run cache]" if row.restorable else ""
-        if not explain:
-            out.append(f"{name}: stale ({row.reasons[0].message}){restore}")
-            continue
-        out.append(f"{name}: stale{restore}")
-        _explain(row, out)
-    stale = [n for n, row in result.stages.items() if row.stale]
-    total = len(result.stages)
-    out.append(f"{len(stale)} of {total} stages stale" if stale else "everything is up to date")
-    click.echo("\n".join(out))
-    return 1 if check and stale else 0
-
-
-def _explain(row: StageAssessment, out: list[str]) -> None:
-    for reason in row.reasons:
-        out.append(f"  - {reason.code}: {reason.message}")
-        for key, value in reason.details.items():
-            if key == "changes":
-                for param, (old, new) in value.items():
-                    out.append(f"      {param}: {old!r} -> {new!r}")
-            elif value:
-                out.append(f"      {key}: {_show(value)}")
-
-
-def _echo_lines(lines: list[str]) -> None:
-    for line in lines:
-        click.echo(line)
-
-
-def _show(value: object) -> str:
-    if isinstance(value, list):
-        return ", ".join(str(v) for v in value)
-    if isinstance(value, dict):
-        return ", ".join(f"{k}: {_show(v)}" for k, v in value.items())
-    return str(value)

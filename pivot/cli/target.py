@@ -2,7 +2,8 @@
 
 Every command that joins an engine takes `--broker ENDPOINT` (the broker's control
 socket) and the key options; without them it looks for the engine this project runs on
-this machine (`.pivot/run/endpoints.json`).
+this machine (`.pivot/run/endpoints.json`). Without click: a one-shot run asks it too
+(pivot/cli/direct.py).
 """
 
 from __future__ import annotations
@@ -10,25 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import click
-
-__all__ = ["broker_options", "keys_from", "local_control", "resolve", "root_or_none"]
-
-
-def broker_options(func: click.decorators.FC) -> click.decorators.FC:
-    """--broker, --key, --broker-key (with their environment variables)."""
-    options = [
-        click.option("--broker", "broker", metavar="ENDPOINT", default=None,
-                     help="The broker's control endpoint (tcp://HOST:PORT or ipc://PATH) "
-                     "[PIVOT_BROKER; default: this project's running engine]."),
-        click.option("--key", "key", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                     help="This client's CURVE secret key file [PIVOT_KEY]."),
-        click.option("--broker-key", "broker_key", type=click.Path(dir_okay=False, path_type=Path),
-                     default=None, help="The broker's CURVE public key file [PIVOT_BROKER_KEY]."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+__all__ = ["keys_from", "local_control", "resolve", "root_or_none"]
 
 
 def local_control(root: Path, *, one_shot: bool = False) -> str | None:

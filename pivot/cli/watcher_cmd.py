@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from pivot.cli.target import broker_options
+from pivot.cli.options import broker_options
 
 
 @click.command("watcher")

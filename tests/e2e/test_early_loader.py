@@ -103,7 +103,7 @@ def test_a_loader_no_command_takes_is_killed_with_its_files(
 def test_a_command_that_ends_without_taking_its_loader_kills_it_with_its_files(
     make_project: Callable[..., Path], tmp_path: Path,
 ) -> None:
-    # A command's quick exit (os._exit: pivot/cli/main.py) runs no exit handler: a loader
+    # A command's quick exit (os._exit: pivot/cli/ending.py) runs no exit handler: a loader
     # forked for it and not taken (an engine found after all) must still go.
     root, tmp = _project(make_project, tmp_path)
     os.mkfifo(root / "gate")  # the loader's import of pipeline.py waits there, until killed

@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -516,6 +517,37 @@ def test_unknown_stage_name_is_a_usage_error(project: Path) -> None:
     assert "nosuchstage" in result.stderr
     assert "Traceback" not in result.stderr, describe(result)
     assert run_dir_leftovers(project) == []
+
+
+@pytest.mark.parametrize(("args", "direct"), [
+    (["repro", "--display", "plain", "-j", "2"], True),
+    (["repro", "nosuchstage", "--display", "plain"], True),
+    (["status", "--explain"], True),
+    (["status", "nosuchstage"], True),
+    (["repro", "--dry-run"], False),  # (the test's own check: click is seen when it parses)
+])
+def test_the_common_repro_and_status_lines_run_without_importing_click(
+    project: Path, args: list[str], direct: bool,
+) -> None:
+    """pivot/cli/direct.py: no process of such a command imports click (a no-op's
+    critical path, docs/benchmarks.md); its errors end as click's would (one line, exit 2)."""
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-P", "-c", "from pivot.cli.entry import main; main()", *args],
+        cwd=project, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    imported = {line.rpartition("|")[2].strip() for line in result.stderr.splitlines() if "import time:" in line}
+    assert "pivot.pipeline.manifest" in imported, describe(result)  # (the imports were seen)
+    assert ("click" not in imported) is direct, describe(result)
+    messages = [line for line in result.stderr.splitlines() if "import time:" not in line]
+    if "nosuchstage" in args:
+        assert result.returncode == 2, describe(result)
+        assert messages == [
+            "error: unknown stage(s): nosuchstage; stages are: prepare, features, fit, evaluate"
+        ], describe(result)
+    else:
+        assert result.returncode == 0 and messages == [], describe(result)
+        assert "prepare" in result.stdout, describe(result)
 
 
 # --- failures inside stages ----------------------------------------------------------
