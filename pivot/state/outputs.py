@@ -91,6 +91,10 @@ def _record(
     (`st`: the file as it was read, when the caller has it; `read_at_ns`: the state
     cache's clock before it read it)."""
     if is_dir_digest(digest):
+        # The rows of files it held before (removed with it before the run, or by the
+        # restore) go: the engine's change check took their removal for a hand edit of
+        # the output, and started a wave of nothing.
+        state.hashes.forget(path)
         for rel, file_digest in state.cache.manifest(digest):
             state.hashes.record(Path(path) / rel, file_digest, read_at_ns=read_at_ns)
     else:
@@ -113,8 +117,9 @@ def commit(state: ProjectState, outs: list[str], uncached: Iterable[str] = ()) -
             result[out] = None
             continue
         if out in keep_out:
-            hashed = state.hashes.hash_path(path)
-            result[out] = hashed
+            if stat.S_ISDIR(st.st_mode):
+                state.hashes.forget(path)  # (as `_record` does)
+            result[out] = state.hashes.hash_path(path)
             continue
         read_at = state.hashes.now()  # (the row's time: before the read, as a hash's)
         digest, read = state.cache.store_read(path, st)

@@ -385,8 +385,9 @@ class StateCache:
         self._store(fresh)
         return len(fresh)
 
-    def forget(self, path: Path) -> None:
-        """Drop the rows of `path` and, for a directory, of everything under it."""
+    def forget(self, path: str | os.PathLike[str]) -> None:
+        """Drop the rows of `path` and, for a directory, of everything under it (those
+        this thread's `batched()` block holds too: written after, they would be back)."""
         fs_path = os.fspath(path)
         key, real = self._key(fs_path), os.path.realpath(fs_path)
         lo, hi = real + os.sep, real + chr(ord(os.sep) + 1)
@@ -395,6 +396,9 @@ class StateCache:
             for k in list(rows):  # a copy: other threads may insert meanwhile
                 if k in (key, real) or lo <= k < hi:
                     rows.pop(k, None)
+        held = self._local.held
+        if held:
+            held[:] = [row for row in held if not (row[0] in (key, real) or lo <= row[0] < hi)]
         self._execute(_DELETE, (key, real, lo, hi))
 
     # --- notes: small values kept beside the rows, for other stores -----------------------

@@ -190,6 +190,20 @@ def test_a_bounded_block_in_a_batch_holds_its_rows_for_its_caller_to_store(cache
     assert fresh.reads == 0
 
 
+def test_forgetting_a_folder_drops_the_rows_a_batch_holds_under_it(cache: StateCache, db: Path, tmp_path: Path) -> None:
+    """A folder output's commit forgets the folder's rows (outputs.py `_record`); rows
+    of its old files held in the worker's batch would otherwise be written after."""
+    folder = make_tree(tmp_path / "out", {"a.txt": b"a", "sub/b.txt": b"b"})
+    beside = write(tmp_path / "out.txt", b"beside")
+    with cache.batched():
+        cache.hash_path(folder)
+        cache.hash_path(beside)
+        cache.forget(folder)
+    fresh = StateCache(db)
+    assert not fresh.known(folder)
+    assert fresh.recorded(beside) == xxh(b"beside")  # (not under it: kept)
+
+
 def test_size_change_is_a_new_digest(cache: StateCache, db: Path, tmp_path: Path) -> None:
     f = write(tmp_path / "f", b"one")
     cache.hash_file(f)
