@@ -23,7 +23,7 @@ import contextlib
 import os
 from typing import TextIO
 
-from pivot.display.render import Progress, format_duration, wave_failed, wave_summary
+from pivot.display.render import Progress, format_duration, stage_order, wave_failed, wave_summary
 from pivot.protocol.codec import Envelope
 from pivot.protocol.messages import (
     EngineStopped,
@@ -69,6 +69,8 @@ class PlainRenderer:
         self.progress = Progress()
         self._loaded_once = False
         self._partial_at: dict[tuple[str, str], float] = {}  # when a line in flight was last shown
+        self._seen_running: set[tuple[int, str]] = set()  # (wave, stage) shown running
+        self._caught_running: set[tuple[int, str]] = set()  # (those a resync said: no live start seen)
 
     # --- Renderer ------------------------------------------------------------------
 
@@ -77,6 +79,11 @@ class PlainRenderer:
         error_was_shown = self.progress.pipeline_error is not None
         if not self.progress.admit(msg):
             return  # shown already by a resync
+        if isinstance(msg, StageStarted):
+            if (msg.wave, msg.stage) in self._caught_running:
+                self._caught_running.discard((msg.wave, msg.stage))
+                return  # a late copy of what the resync said (a retry's start is shown)
+            self._seen_running.add((msg.wave, msg.stage))
         if isinstance(msg, PipelineLoaded):
             self._loaded(msg, error_was_shown)
         elif isinstance(msg, LogLine) and msg.partial:
@@ -91,6 +98,17 @@ class PlainRenderer:
     def resync(self, snap: Snapshot) -> None:
         for msg in self.progress.catch_up(snap):
             self._show(msg)
+        # The stages running now whose start this display did not see (`pivot attach`
+        # during a long stage showed nothing of it until it ended).
+        if not snap.wave_running:
+            return
+        for stage in stage_order(snap.order, snap.stages):
+            view = snap.stages[stage]
+            key = (view.wave, stage)
+            if view.status == "running" and view.wave == snap.wave and key not in self._seen_running:
+                self._seen_running.add(key)
+                self._caught_running.add(key)
+                self._line(f"{stage}: {self._paint('running', 'running')}{_paren(view.reason)}")
 
     def baseline(self, snap: Snapshot) -> None:
         """Optional, before any event: what `snap` shows is history, not to be shown."""

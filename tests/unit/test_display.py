@@ -322,7 +322,47 @@ def test_plain_resync_mid_wave_then_live() -> None:
     assert out.getvalue().splitlines() == [
         "wave 1: 4 stages",
         "prepare: ran in 0.50s",
+        "features: running (never ran)",  # (its start was missed: said, as `pivot attach` does)
         "features: ran in 1.00s",
+    ]
+
+
+def test_plain_attach_mid_stage_says_the_stages_running_once() -> None:
+    """`pivot attach --display plain` during a long stage: it is said running at once,
+    not only when it ends; a late live copy of its start, or another snapshot, says it
+    again nowhere; a start the display saw live is not repeated by a resync."""
+    r, out, _ = plain()
+    running = snapshot(
+        {
+            "prepare": view("running", reason_code="never_ran", reason="never ran"),
+            "features": view("running", reason_code="dep_changed", reason="data.csv changed"),
+            "fit": view("pending"),
+            "evaluate": view("pending"),
+        },
+        wave_running=True,
+        last_wave=None,
+    )
+    r.resync(running)
+    feed(r, [StageStarted(1, "prepare", "never_ran", "never ran")])  # a late copy
+    r.resync(running)
+    feed(r, [StageFinished(1, "prepare", "ran", "never_ran", "never ran", 2.0),
+             StageStarted(1, "fit", "upstream_changed", "upstream changed")])
+    r.resync(snapshot(
+        {
+            "prepare": view("ran", duration_s=2.0),
+            "features": view("running", reason_code="dep_changed", reason="data.csv changed"),
+            "fit": view("running", reason_code="upstream_changed", reason="upstream changed"),
+            "evaluate": view("pending"),
+        },
+        wave_running=True,
+        last_wave=None,
+    ))
+    assert out.getvalue().splitlines() == [
+        "wave 1: 4 stages",
+        "prepare: running (never ran)",
+        "features: running (data.csv changed)",
+        "prepare: ran in 2.00s",
+        "fit: running (upstream changed)",
     ]
 
 
