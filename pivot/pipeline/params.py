@@ -203,6 +203,14 @@ def _check_value(stage_name: str, key: str, value: Any, source: str) -> None:
             f"{source}: stage {stage_name!r} param {key!r} = {value} is wider than 64 bits; "
             "give it as a string (or a float) and convert it in the stage"
         )
+    if type(value) is str and not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:  # (a file name of other bytes: msgpack refused it, as above)
+            raise PipelineError(
+                f"{source}: stage {stage_name!r} param {key!r} = {value!r} is not UTF-8 text "
+                "(a file name of bytes of another encoding?); rename the file or pass another value"
+            ) from None
     if value is None or isinstance(value, _SCALARS):
         return
     if isinstance(value, (list, tuple)):

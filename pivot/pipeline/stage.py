@@ -339,7 +339,7 @@ def _check_overrides(stage_name: str, func: Callable[..., Any], overrides: dict[
 def _paths(field_name: str, paths: Iterable[str], stage_name: str | None) -> list[str]:
     if type(paths) is list or type(paths) is tuple:  # the usual, checked in a plain loop
         for p in paths:
-            if type(p) is not str or not p.strip():
+            if type(p) is not str or not p.strip() or not p.isascii():
                 break
         else:
             return list(paths)
@@ -350,5 +350,14 @@ def _paths(field_name: str, paths: Iterable[str], stage_name: str | None) -> lis
     for p in paths:
         if not isinstance(p, str) or not p.strip():
             raise PipelineError(f"{where}: {field_name} holds {p!r}, expected a path string")
+        if not p.isascii():
+            try:
+                p.encode()
+            except UnicodeEncodeError:  # a file name of other bytes, from os.listdir: locks, messages and
+                # the state cache keep paths as UTF-8 text (it was a traceback of the state cache)
+                raise PipelineError(
+                    f"{where}: {field_name} holds {p!r}, a file name that is not UTF-8 (bytes of another "
+                    "encoding); rename the file to a UTF-8 name"
+                ) from None
         result.append(p)
     return result

@@ -132,6 +132,22 @@ def test_an_integer_wider_than_64_bits_is_refused_by_name(value: object) -> None
         assert defaults_of("odd", g) == {"p": edge}
 
 
+@pytest.mark.parametrize("value", ["data/bad\udcff.csv", ["ok", "\udcff"], {"file": "x\udcff"}])
+def test_a_string_that_is_not_utf8_is_refused_by_name(value: object) -> None:
+    """A file name of other bytes (from os.listdir) as a param: msgpack refused it."""
+    def f(p: Any = value) -> None:
+        pass
+
+    with pytest.raises(PipelineError) as info:
+        defaults_of("odd", f)
+    assert "stage 'odd' param 'p'" in str(info.value) and "not UTF-8" in str(info.value)
+
+    def g(p: Any = "données ✓") -> None:  # (UTF-8 beyond ASCII is fine)
+        pass
+
+    assert defaults_of("odd", g) == {"p": "données ✓"}
+
+
 # --- load_params_file ---------------------------------------------------------------------
 
 

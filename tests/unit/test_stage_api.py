@@ -256,6 +256,16 @@ def test_string_instead_of_list_without_a_name() -> None:
         stage(deps="a.csv")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("field", ["deps", "outs", "metrics"])
+def test_a_path_that_is_not_utf8_is_refused_by_name(field: str) -> None:
+    """A file name of other bytes (from os.listdir): a traceback of the state cache."""
+    with pytest.raises(PipelineError, match=rf"stage 's': {field} holds 'data/bad\\udcff\.csv', a file name that is not UTF-8"):
+        stage(name="s", **{field: ["ok.csv", "data/bad\udcff.csv"]})
+    assert registered() == {}
+    stage(name="s", **{field: ["données/é.csv"]})(evaluate)  # (UTF-8 beyond ASCII is fine)
+    assert list(registered()) == ["s"]
+
+
 @pytest.mark.parametrize("bad", ["", "   ", 3, None, b"a.csv"])
 def test_non_path_entry(bad: object) -> None:
     with pytest.raises(PipelineError, match=rf"stage 's': outs holds {re.escape(repr(bad))}"):
