@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING
 
 import click
+
+from pivot.display.strictjson import dumps
 
 if TYPE_CHECKING:
     from pivot.pipeline.manifest import Manifest
@@ -36,7 +37,7 @@ def _as_json(manifest: Manifest) -> tuple[list[str], str]:
          "metrics": list(s.metrics), "params": s.params, "upstream": sorted(graph.upstream[s.name])}
         for s in (manifest.by_name[name] for name in graph.order)
     ]
-    return [], json.dumps({"stages": rows}, indent=2)
+    return [], dumps({"stages": rows}, indent=2)
 
 
 def _as_text(manifest: Manifest) -> tuple[list[str], str]:

@@ -12,6 +12,7 @@ import click
 
 from pivot.cli.common import load_pipeline, select, table
 from pivot.cli.options import stages_argument
+from pivot.display.strictjson import dumps
 from pivot.pipeline.params import load_yaml
 
 __all__ = ["MetricsFile", "flatten", "metrics", "read_metrics"]
@@ -100,7 +101,7 @@ def flatten(data: Any, prefix: str = "") -> list[tuple[str, Any]]:
 
 
 def _show(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
+    return value if isinstance(value, str) else dumps(value, default=str, ensure_ascii=False)
 
 
 @click.group()
@@ -138,7 +139,7 @@ def show(stages: tuple[str, ...], as_json: bool) -> int:
                 (grouped.setdefault(f.stage, {}) if f.stage else unowned)[f.path] = f.data
         # `files` only when a dvc.yaml lists some: other projects' output stays as it was.
         extra = {"files": unowned} if any(f.listed_in for f in files) else {}
-        click.echo(json.dumps({
+        click.echo(dumps({
             "stages": grouped,
             **extra,
             "missing": [{"stage": f.stage or None, "path": f.path} for f in files if f.status == "missing"],
@@ -207,7 +208,7 @@ def diff(stages: tuple[str, ...], rev: str, as_json: bool, as_md: bool) -> int:
         grouped: dict[str, dict[str, Any]] = {}
         for r in rows:
             grouped.setdefault(r["path"], {})[r["key"]] = {"old": r["old"], "new": r["new"], "diff": r["change"]}
-        click.echo(json.dumps(grouped, indent=2, default=str))
+        click.echo(dumps(grouped, indent=2, default=str))
     elif as_md:
         click.echo("| Path | Metric | " + rev + " | workspace | Change |")
         click.echo("|---|---|---|---|---|")

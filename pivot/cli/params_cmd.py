@@ -3,7 +3,6 @@ params each stage's last successful run recorded in its lock file."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -11,6 +10,7 @@ import click
 
 from pivot.cli.common import load_pipeline, select, table
 from pivot.cli.options import stages_argument
+from pivot.display.strictjson import dumps
 
 if TYPE_CHECKING:
     from pivot.pipeline.manifest import StageSpec
@@ -36,7 +36,7 @@ def param_source(spec: StageSpec, key: str, from_file: dict[str, dict[str, Any]]
 
 def show_value(value: Any) -> str:
     """A param value as it would be written in params.yaml (JSON is valid YAML)."""
-    return json.dumps(value, ensure_ascii=False)
+    return dumps(value, ensure_ascii=False)
 
 
 @params.command()
@@ -69,7 +69,7 @@ def show(stages: tuple[str, ...], as_json: bool) -> None:
         for spec in specs
     }
     if as_json:
-        click.echo(json.dumps({"stages": result}, indent=2))
+        click.echo(dumps({"stages": result}, indent=2))
         return
     for warning in manifest.warnings:
         click.echo(f"warning: {warning}", err=True)
@@ -153,7 +153,7 @@ def diff(stages: tuple[str, ...], rev: str | None, as_json: bool, as_md: bool) -
     if as_json:
         rows = [{"stage": c.stage, "key": c.key, "change": c.change, "old": c.old, "new": c.new}
                 for c in changes]
-        click.echo(json.dumps({"changes": rows, "never_ran": never_ran}, indent=2))
+        click.echo(dumps({"changes": rows, "never_ran": never_ran}, indent=2))
         return
     for warning in manifest.warnings:
         click.echo(f"warning: {warning}", err=True)

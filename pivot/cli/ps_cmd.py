@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
 from pivot.cli.options import broker_options
+from pivot.display.strictjson import dumps
 
 
 @click.command("ps")
@@ -28,7 +28,7 @@ def ps(broker: str | None, key: Path | None, broker_key: Path | None, as_json: b
         reply = engine.client.request(PsRequest(), PsReply, timeout=5.0)
     assert isinstance(reply, PsReply)
     if as_json:
-        click.echo(json.dumps({"processes": reply.processes}, indent=2))
+        click.echo(dumps({"processes": reply.processes}, indent=2))
         return
     rows = [["ROLE", "NAME", "PID", "HOST", "UPTIME", "DETAILS"]]
     for p in reply.processes:

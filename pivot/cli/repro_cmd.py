@@ -14,6 +14,7 @@ from pivot.cli.options import (
     live_options,
     stages_argument,
 )
+from pivot.display.strictjson import dumps
 from pivot.pipeline.project import find_root, pivot_dir
 
 if TYPE_CHECKING:
@@ -100,7 +101,6 @@ def _dry_run(
     root: Path, stages: tuple[str, ...], force: bool, as_json: bool, selection: Selection, glob: bool,
 ) -> int:
     """The plan `repro` would follow, from the same decisions, without an engine."""
-    import json
 
     from pivot.cli.assess import assess
 
@@ -112,7 +112,7 @@ def _dry_run(
         action = "skip" if not row.stale else "fail" if row.fails else "restore" if row.restorable else "run"
         plan[name] = {"action": action, **row.to_json()}
     if as_json:
-        click.echo(json.dumps({"stages": plan}, indent=2))
+        click.echo(dumps({"stages": plan}, indent=2))
         return 0
     for name, entry in plan.items():
         if entry["action"] == "skip":

@@ -5,13 +5,13 @@ Without click: `pivot status` with only STAGES and flags runs here without it
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pivot.cli.ending import say
+from pivot.display.strictjson import dumps
 
 if TYPE_CHECKING:
     from pivot.cli.assess import StageAssessment
@@ -61,7 +61,7 @@ def show_status(
     if as_json:
         rows = {name: row.to_json() for name, row in result.stages.items()}
         engine = engine_json(snap, set(result.stages) if stages else None) if snap is not None else None
-        _print(json.dumps({"stages": rows, "engine": engine}, indent=2))
+        _print(dumps({"stages": rows, "engine": engine}, indent=2))
         return 1 if check and any(row.stale for row in result.stages.values()) else 0
     for warning in result.manifest.warnings:
         say(f"warning: {warning}")

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
 from pivot.display.render import EVENT_TAGS, Progress
+from pivot.display.strictjson import dumps
 from pivot.protocol.codec import Envelope
 from pivot.protocol.messages import Message, Snapshot
 
@@ -73,7 +73,7 @@ class JsonRenderer:
             _flush(self.err)
 
     def _emit(self, record: dict[str, Any]) -> None:
-        self.out.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self.out.write(dumps(record, separators=(",", ":")) + "\n")
         _flush(self.out)
 
 

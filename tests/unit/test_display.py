@@ -258,6 +258,24 @@ def test_json_lines_carry_v_event_ts_and_fields() -> None:
     assert err.getvalue() == ""
 
 
+def test_json_text_is_strict_json_also_for_non_finite_floats() -> None:
+    """A NaN param or a diverged metric: Python's bare NaN / Infinity is no JSON."""
+    from pivot.display.strictjson import dumps
+
+    def strict(text: str) -> Any:
+        def refuse(name: str) -> Any:
+            raise ValueError(f"not JSON: {name}")
+
+        return json.loads(text, parse_constant=refuse)
+
+    value = {"x": float("nan"), "xs": [float("inf"), -float("inf"), 1.5], "t": (float("nan"),), "s": "NaN"}
+    assert strict(dumps(value)) == {"x": "NaN", "xs": ["Infinity", "-Infinity", 1.5], "t": ["NaN"], "s": "NaN"}
+    assert dumps({"a": [1, 2.5]}, separators=(",", ":")) == '{"a":[1,2.5]}'
+    r, out, _ = jsonr()
+    feed(r, [StageStarted(1, "fit", "params_changed", "params changed", {"changes": {"lr": [0.1, float("nan")]}})])
+    assert strict(out.getvalue())["details"] == {"changes": {"lr": [0.1, "NaN"]}}
+
+
 def test_json_compact_separators() -> None:
     r, out, _ = jsonr()
     feed(r, [WaveStarted(1, ["a", "b"])])
