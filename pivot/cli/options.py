@@ -30,8 +30,8 @@ def live_options(func: click.decorators.FC) -> click.decorators.FC:
                      show_default=True,
                      help="Quiet time in ms after the last change before a wave starts (a stream "
                      "of changes still starts one every 5 s). A lone save, seen closed by "
-                     "the OS, starts its wave at once; files still open for writing wait "
-                     "until closed (not with --poll)."),
+                     "the OS, starts its wave at once; files still open for writing, and "
+                     "saves in their folder meanwhile, wait until closed (not with --poll)."),
         click.option("--poll", is_flag=True,
                      help="Poll the file system instead of OS notifications (Docker Desktop, "
                      "network mounts)."),

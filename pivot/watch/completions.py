@@ -8,7 +8,7 @@ a pause outlasted that window: its stages ran on half a file, then again.
 This reader watches the same kept folders (one more kernel watch per folder; inotify's
 limit is per user, 192k here) and sorts what it sees:
 
-- a file *open* for writing (modified, or just created empty, and not closed since) is
+- a file *open* for writing (modified, or just created and not closed since) is
   withheld from the watcher's reports until its writer closes it, for at most
   OPEN_HOLD_S (a log kept open for hours is then reported as it grows, as before);
 - a *completed* path (closed after writing, renamed into place or away, deleted, linked)
@@ -16,7 +16,10 @@ limit is per user, 192k here) and sorts what it sees:
   watcher reports it at once, marked settled, and the broker checks it without its quiet
   window when it is a lone save (a few paths: broker/state.py). A copy of many files is
   more than a save, so the broker's window still groups it whatever pauses the copier
-  took.
+  took. A burst is not over while a file beside one of its paths (in the same folder,
+  not the project's root), whose writing began around the burst's (BESIDE_S), is still
+  open: the next file of a `cp -r`, a slow writer beside a save. A stage reading the
+  folder, or both files, ran on the half-written one, then again once it was closed.
 - a folder created, moved or deleted, a `.pivotignore` or `pyvenv.cfg`, or a queue
   overflow makes the burst *unsure*: it goes the old way (watchfiles' report, the
   watcher's scan, the broker's window).
@@ -57,6 +60,7 @@ log = logging.getLogger(__name__)
 
 SETTLE_S = 0.003  # a burst's events come closer than this (a copy: tens of microseconds)
 OPEN_HOLD_S = 5.0  # a file open for writing longer than this is reported as it changes
+BESIDE_S = 1.0  # a file being written holds a burst beside it if begun this soon before it
 BURST_HOLD_S = 5.0  # a burst that goes on longer is reported as watchfiles sees it (the
 # broker's longest wait: a stream of changes still starts a wave every 5 s)
 _CONFIG_NAMES = frozenset({"params.yaml", "dvc.yaml", ".pivotignore"})
@@ -203,7 +207,25 @@ class Completions:
         if quiet > 0 and self._poller.poll(int(quiet * 1000) + 1):
             self.drain(time.monotonic())
             return "going"
-        return "unsure" if self._unsure else "settled"
+        if self._unsure:
+            return "unsure"
+        return "going" if self._held_beside(now) else "settled"
+
+    def _held_beside(self, now: float) -> bool:
+        """Whether a file in the folder of one of the burst's paths (below the project's
+        root), begun around it (at most BESIDE_S before its first path) and open for
+        less than OPEN_HOLD_S, is still being written: the burst ends once it is closed
+        (a log written for long beside saves does not hold them)."""
+        if not self.open or not self.changed:
+            return False
+        # (Not the project's own folder: it holds the pipeline's files beside files of
+        # every kind, and a stage reads no more than some files of it.)
+        folders = {path.rpartition("/")[0] for path in self.changed} - {""}
+        began = self._burst_start - BESIDE_S
+        return any(
+            since >= began and now - since < OPEN_HOLD_S and path.rpartition("/")[0] in folders
+            for path, since in self.open.items()
+        )
 
     # The watcher's WatchSet.wait() sleeps on `fd` between steps (see Waker):
 
@@ -213,14 +235,19 @@ class Completions:
         long), or until a burst turns quiet."""
         if not self.changed and not self._unsure:
             return step_ms * IDLE_STEPS
-        quiet = self._last_event + SETTLE_S - time.monotonic()
+        now = time.monotonic()
+        quiet = self._last_event + SETTLE_S - now
+        if quiet <= 0 and not self._unsure and self._held_beside(now):
+            return step_ms  # its writer's next event (a close) wakes it sooner
         return max(0, min(step_ms, int(quiet * 1000) + 1))
 
     def wake(self) -> bool:
         """Read the queue; True when a burst is over (quiet for SETTLE_S)."""
         now = time.monotonic()
         self.drain(now)
-        return bool(self.changed or self._unsure) and now - self._last_event >= SETTLE_S
+        if not (self.changed or self._unsure) or now - self._last_event < SETTLE_S:
+            return False
+        return self._unsure or not self._held_beside(now)  # (held: the close wakes it)
 
     def fresh(self) -> bool:
         """Whether the current burst began less than FRESH_S ago: the watcher then
@@ -320,7 +347,7 @@ class Completions:
             return
         if self.rules.ignored(rel, is_dir=False):
             return
-        if mask & _MODIFY or (mask & _CREATE and self._new_and_empty(rel)):
+        if mask & _MODIFY or (mask & _CREATE and self._being_written(rel)):
             self.open.setdefault(rel, now)  # being written: not complete any more
             self.changed.pop(rel, None)
             return
@@ -333,14 +360,19 @@ class Completions:
             self._burst_start = now
         self.changed[rel] = None
 
-    def _new_and_empty(self, rel: str) -> bool:
-        """A file just created empty was opened to be written (its close comes); a
-        link, a fifo or a file moved in by a hard link is complete as it comes."""
+    def _being_written(self, rel: str) -> bool:
+        """A file just created was opened to be written (its close comes), also when it
+        has bytes already: a copy (`cp`, `shutil.copyfile`) fills it in one call, whose
+        only modify event comes at its end, and it was reported complete, half copied.
+        A link, a fifo, or a file moved in by a hard link (whose ctime the link moved
+        past its mtime) is complete as it comes."""
         try:
             st = os.lstat(abs_path(self.root, rel))
         except OSError:
             return False
-        return stat.S_ISREG(st.st_mode) and st.st_size == 0 and st.st_nlink == 1
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            return False
+        return st.st_size == 0 or st.st_ctime_ns == st.st_mtime_ns
 
     def _over_budget(self) -> None:
         if not self._warned_budget:
