@@ -36,7 +36,9 @@ class Form:
 
 
 def _jobs(value: str) -> int | None:
-    return int(value) if value.isascii() and value.isdigit() and int(value) >= 1 else None
+    from pivot.launch.cpus import MAX_JOBS
+
+    return int(value) if value.isascii() and value.isdigit() and 1 <= int(value) <= MAX_JOBS else None
 
 
 def _display(value: str) -> str | None:
@@ -57,7 +59,7 @@ FORMS = {
 }
 
 
-def direct(argv: list[str]) -> Callable[[], int] | None:
+def direct(argv: list[str]) -> Callable[[], object] | None:
     """The command `argv` (the `pivot` script's arguments) asks for, when it is one run
     here without click; None when click is to parse it."""
     if not argv or argv[0] not in FORMS or "_PIVOT_COMPLETE" in os.environ:  # (click's completion)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
-from typing import NoReturn
+from typing import NoReturn, TextIO
 
 from pivot.errors import (
     InfraError,
@@ -22,13 +23,32 @@ from pivot.errors import (
     describe_os_error,
 )
 
-__all__ = ["finish", "report", "say"]
+__all__ = ["finish", "report", "say", "write_line"]
+
+
+_ANSI = re.compile(r"\033\[[;?0-9]*[a-zA-Z]")  # (click's pattern)
 
 
 def say(text: str) -> None:
     """A line on standard error (as `click.echo(text, err=True)`)."""
-    sys.stderr.write(f"{text}\n")
-    sys.stderr.flush()
+    write_line(sys.stderr, text)
+
+
+def write_line(stream: TextIO, text: str) -> None:
+    """`text` and a newline on `stream`, flushed; as click.echo writes it: without
+    terminal escape sequences when the stream is no terminal (a name or message holding
+    them is shown, not obeyed, in a log)."""
+    if "\033" in text and not _is_terminal(stream):
+        text = _ANSI.sub("", text)
+    stream.write(f"{text}\n")
+    stream.flush()
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a closed or minimal stream
+        return False
 
 
 def report(exc: PivotError) -> int:
@@ -50,7 +70,7 @@ def finish(command: Callable[[], object]) -> NoReturn:
     try:
         rc = command()
     except KeyboardInterrupt:
-        say("interrupted")
+        say("\ninterrupted")  # (the newline ends the terminal's ^C, as click does)
         sys.exit(130)
     except BrokenPipeError:
         # The reader went away (e.g. `| head`): not an error of ours; silence the flush.

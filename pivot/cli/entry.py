@@ -5,10 +5,6 @@ imported (pivot/launch/early.py), then the command runs: its common forms withou
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
 
 
 def main() -> None:
@@ -19,7 +15,7 @@ def main() -> None:
         fork_loader(sys.argv[1:])
         from pivot.cli.direct import direct
 
-        command: Callable[[], object] | None = direct(sys.argv[1:])
+        command = direct(sys.argv[1:])
         if command is None:
             from pivot.cli.main import parsed
 
@@ -37,6 +33,7 @@ def _standard_streams() -> None:
     """Descriptors 0-2 closed by the caller (`pivot status >&-`): /dev/null in their place,
     before any file opened later takes one of their numbers (a stage's output would go
     where the display writes) and before anything prints (Python left the stream None)."""
+    import codecs
     import io
     import os
 
@@ -53,3 +50,9 @@ def _standard_streams() -> None:
         if getattr(sys, name) is None:
             stream = io.TextIOWrapper(io.FileIO(fd, "r" if fd == 0 else "w", closefd=False), line_buffering=fd == 2)
             setattr(sys, name, stream)
+    for out in (sys.stdout, sys.stderr):
+        # An ASCII stream (PYTHONIOENCODING=ascii; LC_ALL=C without UTF-8 mode) takes UTF-8,
+        # as click made it: a stage's reason, a param or a file name beyond ASCII was a
+        # traceback of `pivot status` and of the plain display.
+        if isinstance(out, io.TextIOWrapper) and codecs.lookup(out.encoding).name == "ascii":
+            out.reconfigure(encoding="utf-8", errors="replace")

@@ -80,8 +80,9 @@ def parsed() -> object:
     """The command line parsed by click and run; click's errors said in one line."""
     try:
         return cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        raise KeyboardInterrupt from None
+    except click.exceptions.Abort:  # (a Ctrl-C: click has ended the terminal's ^C line)
+        say("interrupted")
+        sys.exit(130)
     except click.UsageError as exc:
         # One line, as every error (docs/cli.md), naming where the help is.
         where = f"`{exc.ctx.command_path} --help`" if exc.ctx is not None else "`pivot --help`"

@@ -25,7 +25,9 @@ def run_once(
     """One wave: asked of the project's running engine (or the one `broker` names), else
     of an engine started for it in this process. Its exit code."""
     from pivot.cli.remote import connect
+    from pivot.pipeline.select import check_text
 
+    check_text(stages)
     root = find_root()
     pivot_dir(root)
     engine = connect(root, "repro", broker, key, broker_key, required=False)

@@ -15,6 +15,7 @@ from pivot.cli.options import (
     stages_argument,
 )
 from pivot.display.strictjson import dumps
+from pivot.launch.cpus import MAX_JOBS
 from pivot.pipeline.project import find_root, pivot_dir
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 @click.command()
 @stages_argument
 @click.option("-f", "--force", is_flag=True, help="Run the stages even if they are up to date.")
-@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
+@click.option("-j", "--jobs", type=click.IntRange(min=1, max=MAX_JOBS), default=None,
               help="Stages to run at once [default: usable CPUs].")
 @click.option("--keep-going", is_flag=True,
               help="After a failure, still run every stage not downstream of it.")

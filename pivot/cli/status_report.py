@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pivot.cli.ending import say
+from pivot.cli.ending import say, write_line
 from pivot.display.strictjson import dumps
 
 if TYPE_CHECKING:
@@ -35,7 +35,9 @@ def show_status(
     )
     from pivot.errors import PipelineError
     from pivot.pipeline.project import find_root
+    from pivot.pipeline.select import check_text
 
+    check_text(stages)
     root = find_root()
     if quiet:
         return 1 if any(row.stale for row in assess(root, stages).stages.values()) else 0
@@ -103,8 +105,7 @@ def _explain(row: StageAssessment, out: list[str]) -> None:
 
 
 def _print(text: str) -> None:
-    sys.stdout.write(f"{text}\n")
-    sys.stdout.flush()
+    write_line(sys.stdout, text)
 
 
 def _show(value: object) -> str:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import click
 
 from pivot.cli.options import display_option, live_options, stages_argument
+from pivot.launch.cpus import MAX_JOBS
 from pivot.pipeline.project import find_root, pivot_dir
 
 
 @click.command()
 @stages_argument
 @click.option("-f", "--force", is_flag=True, help="Run every stage in the first wave, even if up to date.")
-@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
+@click.option("-j", "--jobs", type=click.IntRange(min=1, max=MAX_JOBS), default=None,
               help="Stages to run at once [default: usable CPUs].")
 @click.option("--keep-going", is_flag=True,
               help="After a failure, still run every stage not downstream of it (every wave).")

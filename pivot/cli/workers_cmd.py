@@ -9,11 +9,12 @@ from pathlib import Path
 import click
 
 from pivot.cli.options import broker_options
+from pivot.launch.cpus import MAX_JOBS
 
 
 @click.command("workers")
 @broker_options
-@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
+@click.option("-j", "--jobs", type=click.IntRange(min=1, max=MAX_JOBS), default=None,
               help="Stages this pool runs at once [default: usable CPUs].")
 @click.option("--tag", "tags", multiple=True, metavar="TAG",
               help="A tag of this pool (repeatable): a stage with tags=[...] runs only on pools "

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["usable_cpus"]
+__all__ = ["MAX_JOBS", "usable_cpus"]
+
+# -j at most: a worker process each (a larger number overflowed in the pool, exit 1).
+MAX_JOBS = 4096
 
 
 def usable_cpus() -> int:

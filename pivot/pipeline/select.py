@@ -27,13 +27,25 @@ from pivot.errors import UserError
 if TYPE_CHECKING:
     from pivot.pipeline.graph import StageGraph
 
-__all__ = ["Selection", "resolve_names", "to_run"]
+__all__ = ["Selection", "check_text", "resolve_names", "to_run"]
 
 
 class Selection(enum.StrEnum):
     UPSTREAM = "upstream"
     SINGLE = "single"
     DOWNSTREAM = "downstream"
+
+
+def check_text(requested: Sequence[str]) -> None:
+    """A UserError for a name given on the command line that is not UTF-8 text (bytes
+    of another encoding): no stage has such a name, and it cannot be sent to an engine
+    (it was a traceback of the message codec)."""
+    for name in requested:
+        if not name.isascii():
+            try:
+                name.encode()
+            except UnicodeEncodeError:
+                raise UserError(f"unknown stage {name!r}: it is not UTF-8 text, as every stage name is") from None
 
 
 def resolve_names(requested: Sequence[str], known: Sequence[str], *, glob: bool = False) -> list[str]:

@@ -550,6 +550,63 @@ def test_the_common_repro_and_status_lines_run_without_importing_click(
         assert "prepare" in result.stdout, describe(result)
 
 
+def _cli(root: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [*pivot_cmd(), *args], cwd=root, capture_output=True, timeout=60, stdin=subprocess.DEVNULL,
+        start_new_session=True, env={**os.environ, **(env or {})},
+    )
+
+
+def test_odd_command_lines_end_in_one_line_each_never_a_traceback(project: Path) -> None:
+    """Found comparing the lines run without click with click's: a stage name of other
+    bytes, a -j past what a pool can start, a name holding terminal escapes (shown, not
+    obeyed: stripped in a log, as click.echo did)."""
+    for args, said in [
+        (("repro", os.fsdecode(b"fit\xff")), "error: unknown stage 'fit\\udcff': it is not UTF-8 text"),
+        (("status", os.fsdecode(b"fit\xff")), "error: unknown stage 'fit\\udcff': it is not UTF-8 text"),
+        (("repro", "-j", "99999999999999"), "error: Invalid value for '-j' / '--jobs': 99999999999999 is not in"),
+        (("repro", "\x1b[31mred"), "error: unknown stage(s): red; stages are: prepare"),
+        (("status", "\x1b[31mred"), "error: unknown stage(s): red; stages are: prepare"),
+    ]:
+        result = _cli(project, *args)
+        err = result.stderr.decode()
+        assert result.returncode == 2 and err.startswith(said) and len(err.splitlines()) == 1, (args, err)
+        assert "Traceback" not in err and "\x1b" not in err, (args, err)
+
+
+def test_an_ascii_terminal_gets_utf8_not_a_traceback(make_project: MakeProject) -> None:
+    """PYTHONIOENCODING=ascii (or LC_ALL=C without UTF-8 mode): text beyond ASCII (a
+    param, a reason) is written as UTF-8, as click made it; it was a traceback of
+    `pivot status` and of the plain display."""
+    pipeline_py = "from pivot import stage\n\n\n@stage(outs=['o.txt'])\ndef lab(label: str = 'caf\\u00e9') -> None:\n    open('o.txt', 'w').write(label)\n"
+    root = make_project({"pipeline.py": pipeline_py})
+    assert run_pivot(root, "repro").returncode == 0
+    (root / "pipeline.py").write_text(pipeline_py.replace("caf\\u00e9", "th\\u00e9"))
+    for env in ({"PYTHONIOENCODING": "ascii"}, {"LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}):
+        status = _cli(root, "status", env=env)
+        assert status.returncode == 0, status.stderr.decode()
+        assert "label 'café' -> 'thé'" in status.stdout.decode(), status.stdout
+    ran = _cli(root, "repro", "--display", "plain", env={"PYTHONIOENCODING": "ascii"})
+    assert ran.returncode == 0 and "label 'café' -> 'thé'" in ran.stdout.decode(), ran.stderr.decode()
+
+
+def test_ctrl_c_ends_the_terminals_line_then_says_interrupted(make_project: MakeProject) -> None:
+    """As click does (its Abort): the ^C the terminal echoed is ended first."""
+    root = make_project({"pipeline.py": HELD_PIPELINE})
+    proc = subprocess.Popen([*pivot_cmd(), "repro", "--display", "plain"], cwd=root, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        held_stage_pid(root)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        release_held_stage(root)
+    assert proc.returncode == 130 and err.decode().endswith("\ninterrupted\n"), err
+
+
 # --- failures inside stages ----------------------------------------------------------
 
 FAILING = stage_src(
