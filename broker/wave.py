@@ -179,5 +179,14 @@ class PendingRun(MutableRecord):
         self.force = self.force or other.force
         self.keep_going = other.keep_going
         if other.trigger != self.trigger:
-            self.trigger = "run" if "run" in (self.trigger, other.trigger) else "code"
+            # The weightiest cause names the merged wave (a params change beside a data
+            # edit was said to be "code").
+            self.trigger = min(self.trigger, other.trigger, key=_weight)
         self.paths = sorted(set(self.paths) | set(other.paths))
+
+
+_TRIGGERS = ("run", "code", "params", "files")  # weightiest first (docs/events.md)
+
+
+def _weight(trigger: str) -> int:
+    return _TRIGGERS.index(trigger) if trigger in _TRIGGERS else len(_TRIGGERS)

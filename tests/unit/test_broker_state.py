@@ -1603,3 +1603,16 @@ def test_a_wave_s_own_outputs_do_not_count_and_more_than_a_save_waits_the_window
     copied = tuple(f"in/{i}.csv" for i in range(5))  # more than a save: a copy
     h.feed(FilesReported(copied, 5.0, settled=True))
     assert h.state.next_deadline() == pytest.approx(5.05)
+
+
+@pytest.mark.parametrize(("first", "second", "merged"), [
+    ("files", "params", "params"), ("params", "files", "params"), ("files", "code", "code"),
+    ("params", "code", "code"), ("code", "run", "run"), ("files", "files", "files"),
+])
+def test_merged_runs_are_named_by_their_weightiest_cause(first: str, second: str, merged: str) -> None:
+    """A params.yaml save beside a data edit made a wave of "code" (no code changed)."""
+    from broker.wave import PendingRun
+
+    run = PendingRun({"a"}, False, False, True, first, ["x"])
+    run.merge(PendingRun({"b"}, False, False, True, second, ["y"]))
+    assert (run.trigger, run.paths, run.stages) == (merged, ["x", "y"], {"a", "b"})
