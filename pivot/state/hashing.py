@@ -56,15 +56,22 @@ def _walk_files(path: Path) -> list[tuple[str, str]]:
 def dir_entries(path: Path, cache: StateCache | None = None) -> list[tuple[str, str]]:
     """The sorted (relative POSIX path, file digest) manifest of a directory.
 
-    With a cache, only files whose stat changed since they were last hashed are read.
-    Raises FileNotFoundError when a listed file disappears before it is hashed.
+    With a cache, only files whose stat changed since they were last hashed are read. A
+    file gone between the walk and its read (a folder being rewritten: a tar extraction,
+    a script replacing its files), or a symbolic link to nothing (an editor's lock file:
+    Emacs' `.#name`), holds nothing a stage can read: it is left out. Either made the
+    whole folder "missing" (its stage failed "dependency missing", the folder there).
     """
     files = _walk_files(path)
-    if cache is None:
-        digests = [hash_file(full) for _, full in files]
-    else:
-        digests = cache.hash_files(path, files)
-    return sorted(zip((rel for rel, _ in files), digests, strict=True))
+    if cache is not None:
+        return sorted(cache.hash_files(path, files))
+    entries = []
+    for rel, full in files:
+        try:
+            entries.append((rel, hash_file(full)))
+        except FileNotFoundError:
+            continue
+    return sorted(entries)
 
 
 def dir_digest(entries: list[tuple[str, str]]) -> str:

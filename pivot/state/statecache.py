@@ -246,26 +246,30 @@ class StateCache:
             self._store([row])
         return digest
 
-    def hash_files(self, root: Path, files: list[tuple[str, str]]) -> list[str]:
-        """Digests of files found by walking `root`: (relative path, `root`'s path joined
-        with it, as `hashing.dir_entries` walks them).
+    def hash_files(self, root: Path, files: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """(relative path, digest) of the files found by walking `root` (relative path,
+        `root`'s path joined with it, as `hashing.dir_entries` walks them) that are still
+        there: one gone since the walk (or a link to nothing) is left out.
 
         The building block of `hashing.dir_entries`; new rows are written in one transaction.
         """
         top = os.fspath(root)
         real_top = os.path.realpath(top)
         new_rows: list[tuple[str, int, int, int, str, int]] = []
-        digests: list[str] = []
+        found: list[tuple[str, str]] = []
         try:
-            for _, full in files:
+            for rel, full in files:
                 key = full if real_top == top else real_top + full[len(top) :]
-                digest, row = self._digest(key, full, os.stat(full))
-                digests.append(digest)
+                try:
+                    digest, row = self._digest(key, full, os.stat(full))
+                except FileNotFoundError:
+                    continue
+                found.append((rel, digest))
                 if row is not None:
                     new_rows.append(row)
         finally:
             self._store(new_rows)
-        return digests
+        return found
 
     def still(self, path: str | os.PathLike[str], digest: str, st: os.stat_result | None = None) -> bool:
         """Whether file `path` (whose stat is `st`, when the caller has it) still holds

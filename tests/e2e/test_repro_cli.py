@@ -607,6 +607,21 @@ def test_ctrl_c_ends_the_terminals_line_then_says_interrupted(make_project: Make
     assert proc.returncode == 130 and err.decode().endswith("\ninterrupted\n"), err
 
 
+def test_a_folder_dep_holding_a_link_to_nothing_runs_its_stage(make_project: MakeProject) -> None:
+    """An editor's lock file in a folder dep (Emacs' `.#name`, a link to nothing) made the
+    folder "missing": the stage failed "dependency missing" while the user edited."""
+    root = make_project({
+        "data/a.txt": "a\n",
+        "pipeline.py": "import os\nfrom pivot import stage\n\n\n@stage(deps=['data/'], outs=['n.txt'])\n"
+                       "def count() -> None:\n    open('n.txt', 'w').write(str(len(os.listdir('data'))))\n",
+    })
+    (root / "data" / ".#a.txt").symlink_to("user@host.1234:1700000000")
+    result, events = repro(root)
+    assert result.returncode == 0, describe(result)
+    assert statuses(events) == {"count": "ran"} and (root / "n.txt").read_text() == "2"
+    assert run_pivot(root, "status").stdout.splitlines()[-1] == "everything is up to date"
+
+
 # --- failures inside stages ----------------------------------------------------------
 
 FAILING = stage_src(

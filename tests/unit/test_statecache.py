@@ -99,6 +99,17 @@ def test_directory_digest_matches_an_independent_implementation(tmp_path: Path) 
     assert StateCache(tmp_path / "s.db").hash_path(d) == expected
 
 
+def test_a_link_to_nothing_in_a_folder_is_left_out_not_the_folder_missing(tmp_path: Path) -> None:
+    """An editor's lock file (Emacs' `.#name`, a link to nothing), or a file gone between
+    the walk and its read: the folder was "missing" and its stage failed for good."""
+    d = make_tree(tmp_path / "d")
+    expected = hashing.hash_path(d)
+    (d / "sub" / ".#b.txt").symlink_to("user@host.1234:1700000000")
+    assert hashing.hash_path(d) == expected
+    assert StateCache(tmp_path / "s.db").hash_path(d) == expected
+    assert StateCache(tmp_path / "s.db").hash_path(d) == expected  # (the rows known: the same)
+
+
 # --- files ----------------------------------------------------------------------------------
 
 
