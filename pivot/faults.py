@@ -16,6 +16,7 @@ in a pool's loop (workers/pool.py):
     heartbeat    a heartbeat is due while a worker runs a stage
 in the `pivot` script (pivot/launch/early.py):
     forked       its early loader forked and recorded, Ctrl-C still held back
+    loading      in that loader, before its imports
 (`interrupt`: SIGINT to itself, as a Ctrl-C at that moment.)
 """
 

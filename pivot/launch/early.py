@@ -309,11 +309,16 @@ def _read_locks(root: str, out: int, after: int) -> None:  # pragma: no cover - 
 def _load(root: str, result_path: str, output_path: str, ready: int) -> None:  # pragma: no cover - the child
     code = 1
     try:
+        from pivot.faults import reached
+
+        reached("loading")
         from pivot.runtime.loader import forked_main
 
         forked_main(root, result_path, output_path, ())
         os.write(ready, b"1")
         code = 0
+    except KeyboardInterrupt:
+        code = 130  # a terminal's Ctrl-C reaches it too: the command says "interrupted"
     except BaseException:
         import traceback
 

@@ -190,6 +190,20 @@ def test_a_command_interrupted_while_its_loader_loads_takes_the_loader_with_it(
             os.kill(loader, signal.SIGKILL)
 
 
+def test_a_ctrl_c_reaching_the_early_loader_prints_no_traceback(
+    make_project: Callable[..., Path], tmp_path: Path,
+) -> None:
+    """A terminal's Ctrl-C reaches the whole process group, the loader too: during its
+    imports it printed a traceback to the terminal beside the command's `interrupted`
+    (PIVOT_FAULT: a SIGINT to the loader alone, before its imports)."""
+    root, tmp = _project(make_project, tmp_path)
+    for command in ("status", "repro"):
+        result = subprocess.run([*pivot_cmd(), command], cwd=root, capture_output=True, text=True, timeout=30,
+                                stdin=subprocess.DEVNULL,
+                                env={**os.environ, "TMPDIR": str(tmp), "PIVOT_FAULT": "loading:interrupt"})
+        assert "Traceback" not in result.stderr and "KeyboardInterrupt" not in result.stderr, describe(result)
+
+
 @pytest.mark.parametrize("command", ["status", "repro"])
 def test_a_ctrl_c_as_the_script_forks_its_loader_ends_the_command_at_once(
     make_project: Callable[..., Path], tmp_path: Path, command: str,
