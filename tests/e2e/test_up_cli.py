@@ -1459,11 +1459,18 @@ def join() -> None:
 """
 
 
+@pytest.mark.parametrize(("before", "after", "parts"), [
+    ("x y\n", "x y z\n", ["0.txt", "1.txt", "2.txt", "sub"]),
+    # Fewer parts than the last run: those it does not write again were removed with the
+    # folder before it ran; their state-cache rows of the last run made their removal
+    # look like a hand edit, and started a wave of nothing.
+    ("x y z\n", "x\n", ["0.txt", "sub"]),
+], ids=["grows", "shrinks"])
 def test_outputs_written_by_waves_start_no_wave(
-    make_project: MakeProject, up: StartUp
+    make_project: MakeProject, up: StartUp, before: str, after: str, parts: list[str],
 ) -> None:
     root = make_project(
-        {**BOOKKEEPING, "pipeline.py": pipeline(PARTS_BODY), "helpers.py": HELPERS_PY, "a.txt": "x y\n",
+        {**BOOKKEEPING, "pipeline.py": pipeline(PARTS_BODY), "helpers.py": HELPERS_PY, "a.txt": before,
          "probe.txt": "p\n"}
     )
     live = up(root)
@@ -1472,35 +1479,11 @@ def test_outputs_written_by_waves_start_no_wave(
     live.wait_watching(root / "parts", root / "parts" / "sub")  # its rewrites are seen
 
     start = live.mark()
-    (root / "a.txt").write_text("x y z\n")
+    (root / "a.txt").write_text(after)
     wave = next_wave(live, start, "the edit of a.txt")
     assert statuses(wave) == {"split": "ran", "join": "ran"}
-    assert sorted(p.name for p in (root / "parts").iterdir()) == ["0.txt", "1.txt", "2.txt", "sub"]
+    assert sorted(p.name for p in (root / "parts").iterdir()) == parts
     probed = probe(live, root, live.mark())  # after a files wave that rewrote parts/ and joined.txt
-    assert waves_since(live, start) == [wave[0]["wave"], probed[0]["wave"]]
-    assert runs(root) == {"split": 2, "join": 2, "probe": 3}
-    stop(live, root)
-
-
-def test_files_a_folder_output_no_longer_holds_start_no_wave(make_project: MakeProject, up: StartUp) -> None:
-    """A run of `split` that writes fewer parts than the last: the parts it did not write
-    again were removed with the folder before it ran; their state-cache rows of the last
-    run made their removal look like a hand edit, and started a wave of nothing."""
-    root = make_project(
-        {**BOOKKEEPING, "pipeline.py": pipeline(PARTS_BODY), "helpers.py": HELPERS_PY, "a.txt": "x y z\n",
-         "probe.txt": "p\n"}
-    )
-    live = up(root)
-    first_wave(live, root)
-    probe(live, root, live.mark())  # after the first wave: parts/ appeared as a new folder
-    live.wait_watching(root / "parts", root / "parts" / "sub")
-
-    start = live.mark()
-    (root / "a.txt").write_text("x\n")
-    wave = next_wave(live, start, "the edit of a.txt")
-    assert statuses(wave) == {"split": "ran", "join": "ran"}
-    assert sorted(p.name for p in (root / "parts").iterdir()) == ["0.txt", "sub"]
-    probed = probe(live, root, live.mark())  # parts/1.txt and parts/2.txt, gone, started nothing
     assert waves_since(live, start) == [wave[0]["wave"], probed[0]["wave"]]
     assert runs(root) == {"split": 2, "join": 2, "probe": 3}
     stop(live, root)
