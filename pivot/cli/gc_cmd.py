@@ -14,10 +14,12 @@ def gc(force: bool, run_cache: bool) -> None:
 
     Dry run by default. Only the lock files in the working tree count: objects that only
     another git branch's locks name are removed too (check out that branch's outputs
-    first, or keep the cache).
+    first, or keep the cache). A lock file that cannot be read (a merge conflict) stops
+    it: the objects it names would be removed.
     """
+    from pivot.errors import UserError
     from pivot.pipeline.project import find_root, pivot_dir
-    from pivot.state.lock import read_lock, stage_of_file
+    from pivot.state.lock import lock_problem, read_lock, stage_of_file
     from pivot.state.outputs import ProjectState
     from pivot.state.stagelogs import RUN_NOTES
     from pivot.transport.rundir import RunDir
@@ -29,10 +31,21 @@ def gc(force: bool, run_cache: bool) -> None:
     state = ProjectState.open(root)
     try:
         keep: set[str] = set()
-        for path in (root / ".pivot" / "stages").glob("*.lock"):
+        unreadable: list[str] = []
+        for path in sorted((root / ".pivot" / "stages").glob("*.lock")):
             lock = read_lock(root, stage_of_file(path.stem))
             if lock is not None:
                 keep.update(lock.outs.values())
+            elif (problem := lock_problem(root, stage_of_file(path.stem))) is not None:
+                unreadable.append(f"{path.relative_to(root)} ({problem})")
+        if unreadable:
+            # Its outputs' objects would all count as unused (a merge conflict's markers:
+            # both sides' outputs were removed, and `--run-cache` took every copy).
+            raise UserError(
+                f"cannot read {len(unreadable)} lock file(s): {'; '.join(unreadable)}; the objects they name "
+                "would be removed: resolve them (a git merge conflict: `git checkout --ours` or "
+                "`--theirs` the lock files) or remove them, then run gc again"
+            )
         entries = list(state.runs.entries())
         if not run_cache:
             for entry in entries:

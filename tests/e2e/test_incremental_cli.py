@@ -729,6 +729,25 @@ def test_gc_keeps_what_locks_and_the_run_cache_name(ran_copy: RanCopy) -> None:
     assert stale(root) == []
 
 
+def test_gc_refuses_while_a_lock_cannot_be_read(ran_copy: RanCopy) -> None:
+    """A lock with a merge conflict's markers read as no lock: every object both sides
+    named counted as unused, and `gc --run-cache --force` removed them all, saying
+    nothing (found by a new-user hunt)."""
+    root = ran_copy(HELPER_PROJECT)
+    before = cached_contents(root)
+    lock = root / ".pivot" / "stages" / "scaled.lock"
+    text = lock.read_text()
+    lock.write_text(f"<<<<<<< HEAD\n{text}=======\n{text}>>>>>>> b2\n")
+    for args in (("gc",), ("gc", "--force"), ("gc", "--run-cache", "--force")):
+        result = run_pivot(root, *args)
+        assert result.returncode == 2, describe(result)
+        assert "cannot read 1 lock file(s): .pivot/stages/scaled.lock (not JSON" in result.stderr, describe(result)
+        assert "Traceback" not in result.stderr
+    assert cached_contents(root) == before and run_cache_entries(root) > 0
+    lock.write_text(text)
+    assert "would remove 0 cache objects" in ok(root, "gc")
+
+
 def test_gc_and_checkout_refuse_while_an_engine_runs(make_project: MakeProject, proc_guard: ProcGuard) -> None:
     """gc must not delete objects a running stage is about to name; checkout must not
     race the engine writing outputs."""
