@@ -44,6 +44,7 @@ stored after `gc` computed what to keep would be deleted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -673,19 +674,76 @@ def _swap_in(new: Path, dest: Path) -> None:
     if new.is_file() and not (dest.is_dir() and not dest.is_symlink()):
         os.replace(new, dest)
         return
+    _remove_leftovers(dest.parent)
     old = _temp_name(dest.parent)
-    os.rename(dest, old)
-    try:
-        os.rename(new, dest)
-    except BaseException:
-        os.rename(old, dest)
-        raise
-    if old.is_dir() and not old.is_symlink():
-        import shutil
+    with _ctrl_c_held():  # (one in the removal left the old copy beside the output for good)
+        os.rename(dest, old)
+        try:
+            os.rename(new, dest)
+        except BaseException:
+            os.rename(old, dest)
+            raise
+        if old.is_dir() and not old.is_symlink():
+            import shutil
 
-        shutil.rmtree(old, onerror=_log_rmtree_error)
-    else:
-        old.unlink()
+            shutil.rmtree(old, onerror=_log_rmtree_error)
+        else:
+            old.unlink()
+
+
+@contextlib.contextmanager
+def _ctrl_c_held() -> Iterator[None]:
+    """A Ctrl-C during the block is raised at its end (in the main thread: the only one
+    Python gives signals to). A `pivot checkout` interrupted while it removed a folder
+    output's old copy left that copy in a `.pivot-tmp-` folder beside it: a stage reading
+    the folder above counted its files, and `git add -A` took them."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught and callable(previous):
+            previous(signal.SIGINT, None)
+        elif caught and previous == signal.SIG_DFL:
+            raise KeyboardInterrupt
+
+
+def _remove_leftovers(folder: Path) -> None:
+    """The `.pivot-tmp-PID-*` entries a process gone since (killed outright mid-swap) left
+    in `folder`: an output's old copy, or a new one never renamed in."""
+    try:
+        names = [n for n in os.listdir(folder) if n.startswith(_TMP_PREFIX)]
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(_TMP_PREFIX):].partition("-")[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        path = folder / name
+        if path.is_dir() and not path.is_symlink():
+            import shutil
+
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # (another user's: alive)
+    return True
 
 
 def _log_rmtree_error(

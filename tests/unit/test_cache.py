@@ -567,3 +567,39 @@ def test_reflink_or_copy_makes_an_independent_identical_file(tmp_path: Path) -> 
     with open(dst, "r+b") as f:
         f.write(b"changed")
     assert src.read_bytes() == data
+
+
+def test_placing_a_folder_removes_what_a_process_gone_since_left_beside_it(
+    cache: ContentCache, tmp_path: Path,
+) -> None:
+    """A `.pivot-tmp-PID-*` copy left by a swap that was killed (its process gone) is
+    removed at the next swap in that folder; a live process's is left alone."""
+    import subprocess
+
+    src = _make_dir(tmp_path / "src")
+    digest = cache.store(src)
+    place_at = tmp_path / "data" / "out"
+    _make_dir(place_at)
+    gone = subprocess.Popen(["true"])  # (its pid: no process has it once reaped)
+    gone.wait()
+    left = tmp_path / "data" / f".pivot-tmp-{gone.pid}-0011aabbccdd"
+    _make_dir(left)
+    mine = tmp_path / "data" / f".pivot-tmp-{os.getpid()}-0011aabbccdd"
+    mine.mkdir()
+    cache.place(digest, place_at)
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == sorted(["out", mine.name])
+    assert hash_path(place_at) == digest
+
+
+def test_a_ctrl_c_while_an_old_output_is_removed_waits_for_the_removal() -> None:
+    """One raised inside the removal left the old copy beside the output for good."""
+    import signal
+
+    from pivot.state.cache import _ctrl_c_held
+
+    after = []
+    with pytest.raises(KeyboardInterrupt), _ctrl_c_held():
+        signal.raise_signal(signal.SIGINT)
+        after.append("the block went on")
+    assert after == ["the block went on"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
