@@ -77,6 +77,7 @@ def assess(
         wanted = to_run(graph, names, selection)
         producers = dep_producers(manifest)
         result: dict[str, StageAssessment] = {}
+        stale_names: set[str] = set()  # (10,000 stages: each one's upstream looked up in it)
         read = locks.reader()
         hasher = locks.hasher(state.hashes)
         with state.hashes.batched(snapshot=True), paused():  # one write for what it hashes again; reads only
@@ -97,7 +98,7 @@ def assess(
                         f"dependency missing, and no stage writes it: {', '.join(unproduced)}",
                         {"paths": unproduced},
                     ))
-                stale_up = sorted(u for u in graph.upstream[name] if u in result and result[u].stale)
+                stale_up = sorted(graph.upstream[name] & stale_names) if stale_names else []
                 if stale_up and not spec.frozen:  # (a frozen stage never runs, whatever changed)
                     row.reasons.append(
                         Reason(
@@ -110,6 +111,8 @@ def assess(
                 if decision.run and not decision.missing_deps and not force and not spec.always:
                     row.restorable = restorable(state, spec, run_key(spec, decision.dep_hashes)) is not None
                 result[name] = row
+                if row.stale:
+                    stale_names.add(name)
     finally:
         locks.join()  # (it uses the state cache)
         state.close()

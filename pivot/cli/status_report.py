@@ -69,14 +69,18 @@ def show_status(
         say(f"warning: {warning}")
     # One write at the end (10,000 stages: one line each).
     out = header_lines(snap) if snap is not None else []
+    stale: list[str] = []
     for name, row in result.stages.items():
+        is_stale = row.stale  # (a property: once a row)
+        if is_stale:
+            stale.append(name)
         live_line = live_verdict(name, snap, row) if snap is not None else None
         if live_line is not None:
             out.append(live_line)
             if explain:
                 _explain(row, out)
             continue
-        if not row.stale:
+        if not is_stale:
             note = f" ({row.reasons[0].message})" if row.reasons else ""  # frozen: why it never runs
             out.append(f"{name}: up to date{note}")
             continue
@@ -86,7 +90,6 @@ def show_status(
             continue
         out.append(f"{name}: stale{restore}")
         _explain(row, out)
-    stale = [n for n, row in result.stages.items() if row.stale]
     total = len(result.stages)
     out.append(f"{len(stale)} of {total} stages stale" if stale else "everything is up to date")
     _print("\n".join(out))

@@ -12,7 +12,7 @@ import heapq
 from pivot.errors import PipelineError
 from pivot.gcpause import paused
 from pivot.pipeline.manifest import Manifest
-from pivot.pipeline.producers import ProducerIndex
+from pivot.pipeline.producers import producer_index
 from pivot.protocol.record import Record, record
 
 __all__ = ["StageGraph", "build_graph"]
@@ -57,7 +57,7 @@ def build_graph(manifest: Manifest) -> StageGraph:
 
 
 def _build_graph(manifest: Manifest) -> StageGraph:
-    index = ProducerIndex(manifest)
+    index = producer_index(manifest)
     upstream: dict[str, set[str]] = {s.name: set() for s in manifest.stages}
     downstream: dict[str, set[str]] = {s.name: set() for s in manifest.stages}
     for spec in manifest.stages:

@@ -59,6 +59,11 @@ class Manifest(Record):
     def __post_init__(self) -> None:
         object.__setattr__(self, "by_name", {s.name: s for s in self.stages})
 
+    def __getstate__(self) -> dict[str, Any]:
+        # What a process made of it (its producer index: pivot/pipeline/producers.py)
+        # is made again where it is read.
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
     def to_wire(self) -> dict[str, Any]:
         """Plain data for msgpack: a row per stage (`ROW`'s fields in order) and each
         distinct `code_parts` (`code_sources`) map once, in `code_parts` (`code_sources`),

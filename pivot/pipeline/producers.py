@@ -11,12 +11,22 @@ import bisect
 from pivot.errors import PipelineError
 from pivot.pipeline.manifest import Manifest
 
-__all__ = ["ProducerIndex", "inside"]
+__all__ = ["ProducerIndex", "inside", "producer_index"]
 
 
 def inside(path: str, folder: str) -> bool:
     """Whether `path` lies inside the directory `folder` (with or without its "/")."""
     return path.startswith(folder.rstrip("/") + "/")
+
+
+def producer_index(manifest: Manifest) -> ProducerIndex:
+    """The manifest's index, made once: the graph and the stages' decisions both ask
+    (10,000 stages: ~5 ms each time)."""
+    index: ProducerIndex | None = manifest.__dict__.get("_producer_index")
+    if index is None:
+        index = ProducerIndex(manifest)
+        object.__setattr__(manifest, "_producer_index", index)  # (a record: no field, not compared)
+    return index
 
 
 class ProducerIndex:

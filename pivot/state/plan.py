@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pivot.gcpause import paused
 from pivot.pipeline.manifest import Manifest, StageSpec
-from pivot.pipeline.producers import ProducerIndex
+from pivot.pipeline.producers import ProducerIndex, producer_index
 from pivot.protocol.record import Record, record
 from pivot.state.cache import MissingObject
 from pivot.state.decide import Decision, PathHasher, decide
@@ -61,7 +61,7 @@ class _Producers(Mapping[str, Mapping[str, frozenset[str]]]):
     stage decided)."""
 
     def __init__(self, manifest: Manifest) -> None:
-        self.index = ProducerIndex(manifest)
+        self.index = producer_index(manifest)
         self.specs = manifest.by_name
 
     def __getitem__(self, stage: str) -> _StageProducers:

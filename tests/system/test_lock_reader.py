@@ -27,11 +27,14 @@ PARAMS: dict[str, Any] = {"n": 1, "lr": 0.5, "whole": 1.0, "flag": True, "none":
 
 def _project(root: Path, params: dict[str, Any] = PARAMS) -> dict[str, StageLock]:
     locks = {}
-    for name in ("a", "sub/dvc.yaml:b"):
+    # Two stages of one function share their code's parts, a third has its own: the
+    # reader sends each distinct map once.
+    for name, parts in (("a", {"pipeline.f": "x"}), ("sub/dvc.yaml:b", {"pipeline.f": "x"}),
+                        ("c", {"pipeline.g": "y", "pipeline.f": "x"})):
         dep, out = root / f"{name[-1]}.in", root / f"{name[-1]}.out"
         dep.write_text(f"{name} in\n")
         out.write_text(f"{name} out\n")
-        locks[name] = StageLock(name, "c1", params, {dep.name: "d"}, {out.name: "o"}, {"pipeline.f": "x"})
+        locks[name] = StageLock(name, "c1", params, {dep.name: "d"}, {out.name: "o"}, parts)
         write_lock(root, locks[name])
     (root / ".pivot" / "stages" / "broken.lock").write_text("{not json")
     return locks
@@ -52,7 +55,7 @@ def _prefetched(root: Path) -> tuple[dict[str, StageLock | None], dict[str, str 
         prefetch.join()
         from_reader = set(prefetch.fields)
         read = prefetch.reader()
-        locks = {name: read(root, name) for name in ("a", "sub/dvc.yaml:b", "broken", "never")}
+        locks = {name: read(root, name) for name in ("a", "sub/dvc.yaml:b", "c", "broken", "never")}
         return locks, dict(prefetch.digests), from_reader
     finally:
         state.close()
@@ -82,13 +85,15 @@ def test_a_forked_reader_answers_what_the_thread_would_read(reader_root: Path) -
     assert early.take_locks(str(reader_root)) is None  # taken by the prefetch
     with pytest.raises(ChildProcessError):
         os.waitpid(reader.pid, os.WNOHANG)  # and reaped
-    assert from_reader == {"a", "sub/dvc.yaml:b", "broken"}  # its answer was used
+    assert from_reader == {"a", "sub/dvc.yaml:b", "c", "broken"}  # its answer was used
     assert by_reader == by_thread
-    for name in ("a", "sub/dvc.yaml:b"):
+    for name in ("a", "sub/dvc.yaml:b", "c"):
         lock = by_reader[name]
         assert lock is not None
         assert _types(lock.params) == _types(PARAMS)  # (1 == 1.0 == True: equality does not tell)
-    assert reader_digests == thread_digests and len(reader_digests) == 4
+    a, b = by_reader["a"], by_reader["sub/dvc.yaml:b"]
+    assert a is not None and b is not None and a.code_parts is not b.code_parts  # each its own map
+    assert reader_digests == thread_digests and len(reader_digests) == 6
     assert all(digest is not None for digest in reader_digests.values())
 
 
@@ -98,7 +103,7 @@ def test_a_reader_that_died_leaves_the_reading_to_the_thread(reader_root: Path) 
     locks, digests, from_reader = _prefetched(reader_root)
     assert from_reader == set()
     assert locks == {**written, "broken": None, "never": None}
-    assert len(digests) == 4
+    assert len(digests) == 6
 
 
 def test_a_lock_the_reader_cannot_send_leaves_the_reading_to_the_thread(reader_root: Path) -> None:
@@ -108,7 +113,7 @@ def test_a_lock_the_reader_cannot_send_leaves_the_reading_to_the_thread(reader_r
     locks, digests, from_reader = _prefetched(reader_root)
     assert from_reader == set()
     assert locks == {**written, "broken": None, "never": None}
-    assert locks["a"] == read_lock(reader_root, "a") and len(digests) == 4
+    assert locks["a"] == read_lock(reader_root, "a") and len(digests) == 6
 
 
 def test_a_process_forked_from_the_command_does_not_inherit_its_reader(reader_root: Path) -> None:
@@ -157,8 +162,8 @@ def test_a_reader_told_to_follow_a_process_begins_once_it_has_exited(reader_root
         os.write(gate_w, b"x")
         os.waitpid(held, 0)
         locks, digests, from_reader = _prefetched(reader_root)
-        assert from_reader == {"a", "sub/dvc.yaml:b", "broken"}
-        assert locks == {**written, "broken": None, "never": None} and len(digests) == 4
+        assert from_reader == {"a", "sub/dvc.yaml:b", "c", "broken"}
+        assert locks == {**written, "broken": None, "never": None} and len(digests) == 6
     finally:
         os.close(gate_w)
         os.close(pidfd)
@@ -177,8 +182,8 @@ def test_what_the_readers_state_cache_said_is_said_by_the_command(reader_root: P
     said: list[str] = []
     with stored_state_notices(said.append):
         locks, digests, from_reader = _prefetched(reader_root)
-    assert from_reader == {"a", "sub/dvc.yaml:b", "broken"}
-    assert locks == {**written, "broken": None, "never": None} and len(digests) == 4
+    assert from_reader == {"a", "sub/dvc.yaml:b", "c", "broken"}
+    assert locks == {**written, "broken": None, "never": None} and len(digests) == 6
     assert any("is corrupt" in line for line in said), said
     assert (reader_root / ".pivot" / "state.db.corrupt").exists()
 

@@ -316,3 +316,21 @@ def test_a_thousand_stage_chain_orders_in_declaration_order() -> None:
     stages = [spec("s0", outs=["o0"])] + [spec(f"s{i}", deps=[f"o{i - 1}"], outs=[f"o{i}"]) for i in range(1, 1000)]
     g = graph(*reversed(stages))
     assert g.order == tuple(f"s{i}" for i in range(1000))
+
+
+def test_the_graph_and_the_decisions_share_one_producer_index_which_a_pickle_leaves_out() -> None:
+    import pickle
+
+    from pivot.pipeline.producers import producer_index
+    from pivot.state.plan import dep_producers
+
+    m = Manifest((spec("a", outs=["d/"]), spec("b", deps=["d/x.txt"], outs=["b.txt"])))
+    build_graph(m)
+    index = producer_index(m)
+    assert dep_producers(m)["b"]["d/x.txt"] == frozenset({"a"})
+    assert producer_index(m) is index
+    # A manifest read elsewhere (the loader's answer is a pickle) makes its own.
+    copy = pickle.loads(pickle.dumps(m))
+    assert "_producer_index" not in copy.__dict__
+    assert copy == m and producer_index(copy) is not index
+    assert producer_index(copy).producers_of("d/x.txt") == {"a"}
