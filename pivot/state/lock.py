@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pivot.protocol.record import Record, record
 from pivot.state.atomic import write_atomic
@@ -24,9 +24,12 @@ if TYPE_CHECKING:
     from pivot.state.statecache import StateCache
 
 __all__ = [
-    "CHANGED_WHILE_RUNNING", "LockPrefetch", "StageLock", "hash_named", "lock_file", "lock_path", "lock_problem",
-    "packed_prefetch", "parse_lock", "read_lock", "read_locks", "stage_file", "stage_of_file", "write_lock",
+    "CHANGED_WHILE_RUNNING", "LockPrefetch", "StageLock", "hash_named", "lock_fields", "lock_file", "lock_path",
+    "lock_problem", "packed_prefetch", "parse_lock", "read_lock", "read_locks", "stage_file", "stage_of_file",
+    "write_lock",
 ]
+
+_T = TypeVar("_T")
 
 
 @record
@@ -129,11 +132,15 @@ def read_lock(root: Path, stage: str) -> StageLock | None:
 def read_locks(root: str) -> dict[str, StageLock | None]:
     """Every lock file of the project, by stage (None: unreadable; read again, and
     explained, by `read_lock` / `lock_problem`)."""
-    locks: dict[str, StageLock | None] = {}
+    return _read_all(root, parse_lock)
+
+
+def _read_all(root: str, parse: Callable[[bytes], _T]) -> dict[str, _T]:
+    found: dict[str, _T] = {}
     try:
         folder = os.open(os.path.join(root, ".pivot", "stages"), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
-        return locks
+        return found
     try:
         entries = [e.name for e in os.scandir(folder) if e.name.endswith(".lock")]
         for name in entries:
@@ -141,17 +148,17 @@ def read_locks(root: str) -> dict[str, StageLock | None]:
                 raw = read_whole(name, dir_fd=folder)  # (no path to join: the folder's fd)
             except OSError:
                 continue
-            locks[stage_of_file(name[: -len(".lock")])] = parse_lock(raw)
+            found[stage_of_file(name[: -len(".lock")])] = parse(raw)
     except OSError:
         pass
     finally:
         os.close(folder)
-    return locks
+    return found
 
 
-def hash_named(hashes: StateCache, root: str, locks: Iterable[StageLock | None]) -> dict[str, str | None]:
-    """The digest of every file `locks` name (root joined with the lock's path), through
-    the state cache: a stat each, for most. Stops at a file it may not read: the decision
+def hash_named(hashes: StateCache, root: str, paths: Iterable[str]) -> dict[str, str | None]:
+    """The digest of every file of `paths` (paths of locks, joined to root), through the
+    state cache: a stat each, for most. Stops at a file it may not read: the decision
     hashes it, and says why. Leaves a fifo or a device to the decision (a lock of a stage
     removed since may name one, which reading would wait on for good)."""
     from pivot.state.statecache import NeedsRead
@@ -160,16 +167,13 @@ def hash_named(hashes: StateCache, root: str, locks: Iterable[StageLock | None])
     under = os.path.join(root, "")  # (see decide.decide)
     try:
         with hashes.batched(), hashes.files_and_folders_only():  # (batched: what it reads again, one write)
-            for lock in locks:
-                if lock is None:
-                    continue
-                for rel in (*lock.deps, *lock.outs):
-                    path = under + rel
-                    if path not in digests:
-                        try:
-                            digests[path] = hashes.hash_path(path)
-                        except NeedsRead:
-                            continue
+            for rel in paths:
+                path = under + rel
+                if path not in digests:
+                    try:
+                        digests[path] = hashes.hash_path(path)
+                    except NeedsRead:
+                        continue
     except Exception:
         pass
     return digests
@@ -197,10 +201,11 @@ def packed_prefetch(root: str) -> bytes:
     logger = logging.getLogger(LOGGER)
     logger.addHandler(kept)
     try:
-        locks = read_locks(root)
+        # Fields, not StageLocks: they are sent as lists (10,000 locks: ~15 ms less).
+        fields = _read_all(root, lock_fields)
         hashes = StateCache(Path(root, ".pivot", "state.db"))
         try:
-            digests = hash_named(hashes, root, locks.values())
+            digests = hash_named(hashes, root, (p for f in fields.values() if f is not None for p in (*f[3], *f[4])))
         finally:
             hashes.close()
     finally:
@@ -208,13 +213,9 @@ def packed_prefetch(root: str) -> bytes:
     # Stages of one function share its code's parts: each distinct map is sent once, and
     # a lock names it by its place (10,000 stages: 3.5 -> 2.4 MB, read in half the time).
     parts: dict[tuple[tuple[str, str], ...], int] = {}
-    fields = {
-        stage: None if lock is None else [
-            lock.stage, lock.code, lock.params, lock.deps, lock.outs,
-            parts.setdefault(tuple(lock.code_parts.items()), len(parts)),
-        ]
-        for stage, lock in locks.items()
-    }
+    for f in fields.values():
+        if f is not None:
+            f[5] = parts.setdefault(tuple(f[5].items()), len(parts))
     packed: bytes = msgpack.packb([fields, [dict(p) for p in parts], digests, said])
     return packed
 
@@ -257,7 +258,8 @@ class LockPrefetch:
     def _read(self) -> None:
         self.locks = read_locks(self.root)
         if self.hashes is not None:
-            self.digests = hash_named(self.hashes, self.root, self.locks.values())
+            named = (p for lock in self.locks.values() if lock is not None for p in (*lock.deps, *lock.outs))
+            self.digests = hash_named(self.hashes, self.root, named)
 
     def _receive(self, early: EarlyLocks) -> None:
         import logging
@@ -310,16 +312,22 @@ class _Prehashed:
 
 def parse_lock(raw: bytes) -> StageLock | None:
     """A lock file's content (from disk, or from git at some revision); None if unreadable."""
+    fields = lock_fields(raw)
+    return None if fields is None else StageLock(*fields)
+
+
+def lock_fields(raw: bytes) -> list[Any] | None:
+    """`parse_lock`'s StageLock as the list of its fields, in their order."""
     try:
         data = json.loads(raw)
-        return StageLock(
-            stage=str(data["stage"]),
-            code=str(data["code"]),
-            params=dict(data["params"]),
-            deps={str(k): str(v) for k, v in data["deps"].items()},
-            outs={str(k): str(v) for k, v in data["outs"].items()},
-            code_parts={str(k): str(v) for k, v in data.get("code_parts", {}).items()},
-        )
+        return [
+            str(data["stage"]),
+            str(data["code"]),
+            dict(data["params"]),
+            {str(k): str(v) for k, v in data["deps"].items()},
+            {str(k): str(v) for k, v in data["outs"].items()},
+            {str(k): str(v) for k, v in data.get("code_parts", {}).items()},
+        ]
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
 
