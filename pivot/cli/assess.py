@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pivot.gcpause import paused
-from pivot.launch.spawn import start_loader
+from pivot.launch.spawn import LoaderExited, start_loader
 from pivot.pipeline.graph import StageGraph, build_graph
 from pivot.pipeline.manifest import Manifest
 from pivot.pipeline.project import pivot_dir
@@ -71,7 +71,12 @@ def assess(
     # when every stage is assessed.
     locks = LockPrefetch(root, state.hashes if not targets else None)
     try:
-        manifest = loading.result()
+        try:
+            manifest = loading.result()
+        except LoaderExited:
+            # As `pivot repro` (whose pool loads it again): once more, in a loader of
+            # its own; a pipeline.py that ends its process says so the second time too.
+            manifest = start_loader(root).result()
         graph = build_graph(manifest)
         names = resolve_names(targets, graph.order, glob=glob)
         wanted = to_run(graph, names, selection)

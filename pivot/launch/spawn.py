@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from pivot.launch.early import Early
 
 __all__ = [
-    "LOADER_TIMEOUT_S", "Forked", "ForkedLoaderRun", "LoaderRun", "Loading", "Standby", "forget_services",
+    "LOADER_TIMEOUT_S", "Forked", "ForkedLoaderRun", "LoaderExited", "LoaderRun", "Loading", "Standby", "forget_services",
     "given_manifest", "handed_manifest", "python_cmd", "run_loader", "run_view", "stand_by", "start_loader",
     "write_manifest",
 ]
@@ -412,6 +412,11 @@ def has_pidfds() -> bool:
     return True
 
 
+class LoaderExited(PipelineError):
+    """The loader ended without an answer: killed (a signal to it alone, the kernel's
+    out-of-memory killer), or pipeline.py ended its process."""
+
+
 def _too_long(timeout: float) -> PipelineError:
     return PipelineError(
         f"loading pipeline.py took longer than {timeout:.0f} s; does importing it run heavy work at module level?"
@@ -423,7 +428,7 @@ def _answer(raw: bytes, returncode: int | None, printed: str, pickled: bool = Fa
     this process or its server, pivot/runtime/loader.py `forked_main`), or the error
     to raise."""
     if not raw:
-        raise PipelineError(
+        raise LoaderExited(
             f"the {describe_exit(returncode, 'pipeline loader (the process that imports pipeline.py)')} "
             "before reporting" + (" (out of memory?)" if returncode == -9 else ""),
             detail=printed,

@@ -195,13 +195,21 @@ def test_a_ctrl_c_reaching_the_early_loader_prints_no_traceback(
 ) -> None:
     """A terminal's Ctrl-C reaches the whole process group, the loader too: during its
     imports it printed a traceback to the terminal beside the command's `interrupted`
-    (PIVOT_FAULT: a SIGINT to the loader alone, before its imports)."""
+    (PIVOT_FAULT: a SIGINT to the loader alone, before its imports). The command, not
+    interrupted, loads the pipeline itself: `status` said "the pipeline loader exited
+    with code 130 before reporting" (exit 2) where `repro` went on."""
     root, tmp = _project(make_project, tmp_path)
+    (root / "in.txt").write_text("y\n")
     for command in ("status", "repro"):
         result = subprocess.run([*pivot_cmd(), command], cwd=root, capture_output=True, text=True, timeout=30,
                                 stdin=subprocess.DEVNULL,
                                 env={**os.environ, "TMPDIR": str(tmp), "PIVOT_FAULT": "loading:interrupt"})
         assert "Traceback" not in result.stderr and "KeyboardInterrupt" not in result.stderr, describe(result)
+        assert result.returncode == 0, describe(result)
+        assert command == "repro" or "copy: stale" in result.stdout, describe(result)
+    assert (root / "out.txt").read_text() == "y\n"
+    status = _pivot(root, tmp, "status")
+    assert status.returncode == 0 and "copy: up to date" in status.stdout, describe(status)
 
 
 @pytest.mark.parametrize("command", ["status", "repro"])
