@@ -173,7 +173,7 @@ class LocalRoles:
             )
         else:
             cmd = python_cmd(
-                "pivot.watch", "--root", str(self.root), "--changes", ep.changes,
+                "pivot.watch", "--root", str(self.root), "--changes", ep.changes, "--parent", str(os.getpid()),
                 *(["--poll"] if self.args.poll else []),
             )
         self.logs.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Fault hooks, for tests: with PIVOT_FAULT=POINT:ACTION in the environment, the process
+"""Fault hooks, for tests: with PIVOT_FAULT=POINT:ACTION[,POINT:ACTION...] in the environment, the process
 that reaches POINT kills itself there (`kill`: SIGKILL), so a test can check what the
 next run makes of a stage interrupted at that step of recording it, or hangs there for
 good holding the GIL (`hang`: no thread of the process runs Python again; only SIGKILL
@@ -17,6 +17,9 @@ in a pool's loop (workers/pool.py):
 in the `pivot` script (pivot/launch/early.py):
     forked       its early loader forked and recorded, Ctrl-C still held back
     loading      in that loader, before its imports
+    interrupted  a Ctrl-C is ending the command, which ignores any other from here
+in `pivot up` (pivot/cli/launch.py):
+    starting     its pool and watcher started, its broker not yet
 (`interrupt`: SIGINT to itself, as a Ctrl-C at that moment.)
 """
 
@@ -28,13 +31,14 @@ import signal
 __all__ = ["POINTS", "reached"]
 
 POINTS = ("stored", "recorded", "committed", "locked", "run-cached", "placed")  # recording a stage
-_FAULT = os.environ.get("PIVOT_FAULT") or None
+# POINT:ACTION, or several, comma-separated (a Ctrl-C, then another as the command ends).
+_FAULTS = dict(item.partition(":")[::2] for item in os.environ.get("PIVOT_FAULT", "").split(",") if item)
 
 
 def reached(point: str) -> None:
-    if _FAULT is None or not _FAULT.startswith(f"{point}:"):
+    if not _FAULTS or point not in _FAULTS:
         return
-    action = _FAULT.partition(":")[2]
+    action = _FAULTS[point]
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     elif action == "interrupt":

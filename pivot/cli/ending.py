@@ -70,6 +70,9 @@ def finish(command: Callable[[], object]) -> NoReturn:
     try:
         rc = command()
     except KeyboardInterrupt:
+        from pivot.cli.entry import ignore_interrupts
+
+        ignore_interrupts()
         say("\ninterrupted")  # (the newline ends the terminal's ^C, as click does)
         sys.exit(130)
     except BrokenPipeError:

@@ -4,6 +4,7 @@ imported (pivot/launch/early.py), then the command runs: its common forms withou
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # (no stub: `signal` without its enums, ~1 ms)
 import sys
 
 
@@ -24,9 +25,25 @@ def main() -> None:
     except KeyboardInterrupt:
         # Ctrl-C before the command line runs (it says this itself from then on): was a
         # traceback of whatever was being imported. Exiting kills what was forked.
+        ignore_interrupts()
         sys.stderr.write("interrupted\n")
         sys.exit(130)
     finish(command)
+
+
+def ignore_interrupts() -> None:
+    """The command is ending on a Ctrl-C: another one (a double press) would raise in
+    what is said and undone on the way out, a traceback ending in KeyboardInterrupt.
+    (`_signal`, imported with the script: importing `signal` here was such a place.)"""
+    while True:
+        try:
+            _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
+            break
+        except KeyboardInterrupt:  # (one that came before the line above ran)
+            continue
+    from pivot.faults import reached
+
+    reached("interrupted")
 
 
 def _standard_streams() -> None:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from pivot.cli.remote import RemoteEngine
 from pivot.errors import InfraError, StackRunning, UserError
+from pivot.faults import reached
 from pivot.launch import python_cmd
 
 if TYPE_CHECKING:
@@ -89,29 +90,33 @@ def start_live(root: Path, opts: UpOptions) -> int:
         *(["--bind", opts.bind] if opts.bind else []),
     ]
     early: list[subprocess.Popen[bytes]] = []
-    if not opts.detach and not opts.bind:
-        # The pool (whose loader imports the pipeline) and the watcher are the slow
-        # starters: this process starts them now, beside the broker, which adopts and
-        # supervises them (restarts are its own children). Measured: docs/benchmarks.md.
-        endpoints = rundir.ipc_endpoints()
-        early = [
-            _spawn(root, "pool", "workers", "--root", str(root), "--work", endpoints.work,
-                   "--name", "pool-1", "--jobs", jobs),
-            _spawn(root, "watcher", "pivot.watch", "--root", str(root), "--changes", endpoints.changes,
-                   *(["--poll"] if opts.poll else [])),
-        ]
-        args += ["--adopt-pool", str(early[0].pid), "--adopt-watcher", str(early[1].pid)]
-    if not opts.detach:
-        args += ["--owner", str(os.getpid())]
-    lock_fd = rundir.hand_over()
-    log = root / ".pivot" / "logs" / "broker.log"
-    start = log.stat().st_size if log.exists() else 0
-    ready_r, ready_w = os.pipe()
     try:
-        proc = _spawn(root, "broker", "broker", *args, "--lock-fd", str(lock_fd),
-                      "--ready-fd", str(ready_w), pass_fds=(lock_fd, ready_w))
-    finally:
-        os.close(ready_w)
+        if not opts.detach and not opts.bind:
+            # The pool (whose loader imports the pipeline) and the watcher are the slow
+            # starters: this process starts them now, beside the broker, which adopts and
+            # supervises them (restarts are its own children). Measured: docs/benchmarks.md.
+            endpoints = rundir.ipc_endpoints()
+            early.append(_spawn(root, "pool", "workers", "--root", str(root), "--work", endpoints.work,
+                                "--name", "pool-1", "--jobs", jobs))
+            early.append(_spawn(root, "watcher", "pivot.watch", "--root", str(root), "--changes", endpoints.changes,
+                                "--parent", str(os.getpid()), *(["--poll"] if opts.poll else [])))
+            args += ["--adopt-pool", str(early[0].pid), "--adopt-watcher", str(early[1].pid)]
+            reached("starting")
+        if not opts.detach:
+            args += ["--owner", str(os.getpid())]
+        lock_fd = rundir.hand_over()
+        log = root / ".pivot" / "logs" / "broker.log"
+        start = log.stat().st_size if log.exists() else 0
+        ready_r, ready_w = os.pipe()
+        try:
+            proc = _spawn(root, "broker", "broker", *args, "--lock-fd", str(lock_fd),
+                          "--ready-fd", str(ready_w), pass_fds=(lock_fd, ready_w))
+        finally:
+            os.close(ready_w)
+    except BaseException:  # a Ctrl-C as it starts: no broker adopts them
+        for child in early:
+            _kill(child)
+        raise
     try:
         _import_display()  # while the broker starts: it binds before we can join it
         control = _wait_ready(root, proc, log, start, ready_r)

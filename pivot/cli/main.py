@@ -10,6 +10,7 @@ import sys
 import click
 
 from pivot.cli.ending import finish, say
+from pivot.cli.entry import ignore_interrupts
 from pivot.launch.stderrlog import log_to_stderr
 
 __all__ = ["cli", "main", "parsed"]
@@ -81,6 +82,7 @@ def parsed() -> object:
     try:
         return cli.main(standalone_mode=False)
     except click.exceptions.Abort:  # (a Ctrl-C: click has ended the terminal's ^C line)
+        ignore_interrupts()
         say("interrupted")
         sys.exit(130)
     except click.UsageError as exc:

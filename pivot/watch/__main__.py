@@ -63,6 +63,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=DEFAULT_DEBOUNCE_MS,
         help=f"longest time to gather one batch of changes [{DEFAULT_DEBOUNCE_MS}]",
     )
+    parser.add_argument(
+        "--parent", type=int, default=None,
+        help="the pid of the process that started us (with --changes): we stop once it is gone, "
+        "also when it is gone before we look [the parent as we start]",
+    )
     parser.add_argument("--broker-timeout", type=float, default=None)
     parser.add_argument("--key", type=Path, default=None)
     parser.add_argument("--broker-key", type=Path, default=None)
@@ -107,7 +112,8 @@ def main(argv: list[str]) -> int:
         watcher.max_wait_ms = 500
         threading.Thread(target=link.follow, args=(watcher,), name="broker-link", daemon=True).start()
     else:
-        threading.Thread(target=_stop_when_orphaned, args=(watcher,), name="parent", daemon=True).start()
+        parent = args.parent if args.parent is not None else os.getppid()
+        threading.Thread(target=_stop_when_orphaned, args=(watcher, parent), name="parent", daemon=True).start()
     try:
         watcher.run()
     except Exception:
@@ -189,10 +195,11 @@ class BrokerLink:
 PARENT_CHECK_S = 0.5
 
 
-def _stop_when_orphaned(watcher: Watcher) -> None:
-    """Stop when the process that started us (the engine) is gone, even SIGKILLed: no
-    watcher outlives its engine. Reparenting changes our parent pid."""
-    parent = os.getppid()
+def _stop_when_orphaned(watcher: Watcher, parent: int) -> None:
+    """Stop when the process that started us (the engine, `parent`) is gone, even
+    SIGKILLed: no watcher outlives its engine. Reparenting changes our parent pid. Its
+    pid comes from it: a `pivot up` interrupted as it started was gone before this
+    thread began, and a watcher that took its new parent for the one to follow ran on."""
     while os.getppid() == parent:
         time.sleep(PARENT_CHECK_S)
     log.warning("the process that started the watcher (pid %d) is gone: stopping", parent)

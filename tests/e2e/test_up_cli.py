@@ -57,6 +57,8 @@ from procs import (
     release_held_stage,
     run_dir_leftovers,
     run_pivot,
+    start_pivot,
+    wait_exit,
     wait_for,
 )
 
@@ -356,6 +358,25 @@ def test_repro_watch_is_pivot_up(make_project: MakeProject, proc_guard: ProcGuar
     wave = next_wave(live, start, "the edit of c.txt")
     assert statuses(wave) == {"tagged": "ran"}
     assert (root / "c.out").read_text() == "v1:delta n=1\n"
+    stop(live, root)
+
+
+def test_an_up_interrupted_as_it_starts_leaves_no_process_and_ignores_another_ctrl_c(
+    make_project: MakeProject, proc_guard: ProcGuard,
+) -> None:
+    """A Ctrl-C after `pivot up` started its pool and watcher, before its broker (which
+    would adopt them): they were left running, the watcher for good (it took its new
+    parent for the one to follow), and the next `pivot up` said an engine was running.
+    A second Ctrl-C while it ends (PIVOT_FAULT `interrupted`: a SIGINT to itself then)
+    is ignored: it was a KeyboardInterrupt traceback, or a death by SIGINT."""
+    root = make_project(BASE)
+    for fault in ("starting:interrupt", "starting:interrupt,interrupted:interrupt"):
+        proc = proc_guard.track(start_pivot(root, "up", "--display", "plain", env={**os.environ, "PIVOT_FAULT": fault}))
+        code, out, err = wait_exit(proc, STOP_WITHIN_S, f"pivot up with {fault}")
+        assert code == 130 and "interrupted" in err and "Traceback" not in err, (fault, code, out, err)
+        wait_for(lambda: not proc_guard.leftovers(), STOP_WITHIN_S, f"no process left after {fault}")
+    live = LiveRun(proc_guard.start(root, "up", "--debounce", "20", "--display", "json"))
+    first_wave(live, root)  # (no engine in its way)
     stop(live, root)
 
 

@@ -21,6 +21,8 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +30,7 @@ from pathlib import Path
 
 import pytest
 import zmq
-from procs import ProcGuard, inotify_inodes, wait_exit, wait_for
+from procs import ProcGuard, alive, inotify_inodes, wait_exit, wait_for
 
 from pivot.launch import python_cmd
 from pivot.protocol.codec import decode
@@ -370,6 +372,24 @@ def test_sigint_also_stops_with_exit_0(
     (proj / "data" / "a.csv").write_text("x\n")
     assert changes.next_changes() == ["data/a.csv"]
     stop_watcher(proc, signal.SIGINT)
+
+
+def test_a_watcher_whose_starter_is_gone_before_it_looks_stops(
+    proj: Path, tmp_path: Path, proc_guard: ProcGuard,
+) -> None:
+    """`--parent` names the process to follow: one gone before the watcher's thread
+    began (a `pivot up` interrupted as it started) left it following its new parent,
+    running for good."""
+    starter = textwrap.dedent(f"""
+        import os, subprocess, sys
+        proc = subprocess.Popen({python_cmd("pivot.watch")!r} + ["--root", {str(proj)!r},
+                                "--changes", "ipc://{tmp_path}/c", "--parent", str(os.getpid())],
+                                start_new_session=True, stdin=subprocess.DEVNULL)
+        print(proc.pid, flush=True)
+    """)
+    done = subprocess.run([sys.executable, "-c", starter], capture_output=True, text=True, timeout=30, check=True)
+    watcher = int(done.stdout)
+    wait_for(lambda: not alive(watcher), EXIT_WITHIN_S, f"the watcher (pid {watcher}) to stop")
 
 
 def test_missing_root_exits_2_with_a_message(tmp_path: Path, proc_guard: ProcGuard) -> None:
