@@ -49,6 +49,8 @@ from pivot.runtime.job import (
 from pivot.runtime.lease import LEASE_NAME, LEASE_S, read_lease
 from pivot.runtime.loader import import_pipeline
 from pivot.runtime.usertb import user_traceback
+from pivot.state.cache import remove_dead_leftovers
+from pivot.state.hashing import folder_stats
 from pivot.state.lock import CHANGED_WHILE_RUNNING, StageLock, write_lock
 from pivot.state.outputs import ProjectState, commit, preserve, remove, settle
 from pivot.state.plan import prepare
@@ -65,27 +67,40 @@ __all__ = ["run_link", "run_stage", "serve"]
 _STATE: dict[str, ProjectState] = {}
 
 
-def _dep_stats(root: str, deps: dict[str, str]) -> dict[str, tuple[int, int, int]]:
-    """(inode, size, mtime) of each file dependency, as the stage's code starts."""
-    found = {}
+_Stats = tuple[int, int, int] | dict[str, tuple[int, int, int]]
+
+
+def _dep_stats(root: str, deps: dict[str, str]) -> dict[str, _Stats]:
+    """(inode, size, mtime) of each file dependency as the stage's code starts, and of
+    everything in each folder dependency (`folder_stats`)."""
+    found: dict[str, _Stats] = {}
     for dep in deps:
+        path = os.path.join(root, dep)
         try:
-            st = os.stat(os.path.join(root, dep))
+            st = os.stat(path)
         except OSError:
             continue
         if stat.S_ISREG(st.st_mode):
             found[dep] = (st.st_ino, st.st_size, st.st_mtime_ns)
+        elif stat.S_ISDIR(st.st_mode):
+            leftovers: list[str] = []
+            found[dep] = folder_stats(path, leftovers)
+            if leftovers:  # a killed checkout's partial copy: the stage would read it
+                remove_dead_leftovers(leftovers)
+                found[dep] = folder_stats(path)
     return found
 
 
 def _changed_deps(
-    state: ProjectState, root: Path, before: dict[str, str], started: dict[str, tuple[int, int, int]],
+    state: ProjectState, root: Path, before: dict[str, str], started: dict[str, _Stats],
 ) -> list[str]:
-    """File dependencies that are not what the stage was decided on, or were written
-    while it ran (`started`: their stat as its code began), even if their content is
-    back to what it was: it (or someone) changed what it reads while it ran, and what it
-    read is not known. Records nothing: the engine's own check sees the change too.
-    Folders are not looked into."""
+    """Dependencies that are not what the stage was decided on, or were written while it
+    ran (`started`: their stat as its code began), even if their content is back to
+    what it was: it (or someone) changed what it reads while it ran, and what it read is
+    not known. A folder's files, and its folders (a file made and removed again), are
+    compared one by one: a file of it changed and put back left the output of the
+    version between "up to date", and in the run cache under the folder as decided.
+    Records nothing: the engine's own check sees the change too."""
     changed = []
     top = os.fspath(root)
     for dep, digest in sorted(before.items()):
@@ -94,10 +109,15 @@ def _changed_deps(
             st = os.stat(path)
         except OSError:
             continue
-        if not stat.S_ISREG(st.st_mode):
-            continue
         was = started.get(dep)
-        if (was is not None and was != (st.st_ino, st.st_size, st.st_mtime_ns)) or not state.hashes.still(path, digest, st):
+        if stat.S_ISREG(st.st_mode):
+            if (was is not None and was != (st.st_ino, st.st_size, st.st_mtime_ns)) or not state.hashes.still(
+                path, digest, st
+            ):
+                changed.append(dep)
+        elif stat.S_ISDIR(st.st_mode) and (
+            (was is not None and was != folder_stats(path)) or state.hashes.hash_path(path) != digest
+        ):
             changed.append(dep)
     return changed
 

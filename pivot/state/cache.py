@@ -60,7 +60,7 @@ import xxhash
 
 from pivot.errors import InfraError, PivotError, UserError
 from pivot.protocol.record import Record, record
-from pivot.state.hashing import dir_digest
+from pivot.state.hashing import TMP_PREFIX, dir_digest
 
 if sys.platform == "linux":
     import fcntl
@@ -75,6 +75,7 @@ __all__ = [
     "SourceChanged",
     "is_dir_digest",
     "reflink_or_copy",
+    "remove_dead_leftovers",
 ]
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ _CHUNK = 1 << 20
 _FICLONE = 0x40049409  # _IOW(0x94, 9, int), <linux/fs.h>
 _OBJECT_MODE = 0o444
 _PLACED_MODE = 0o644
-_TMP_PREFIX = ".pivot-tmp-"
+_TMP_PREFIX = TMP_PREFIX
 STALE_TEMP_AGE = 3600.0  # seconds; older temps belong to a crashed process
 _MANIFEST_VERSION = 1
 # xxh3-128 hex (hashing.py). Only the length tells a directory digest ("d" + 32 hex) from
@@ -549,11 +550,11 @@ def _walk_files(root: Path) -> Iterator[tuple[str, Path]]:
         raise exc
 
     for dirpath, dirnames, filenames in os.walk(root, onerror=fail):
-        dirnames.sort()
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(_TMP_PREFIX))  # (as hash_dir: none of it)
         for name in dirnames:
             if os.path.islink(os.path.join(dirpath, name)):
                 log.warning("not caching symlinked directory %s", os.path.join(dirpath, name))
-        for name in sorted(filenames):
+        for name in sorted(n for n in filenames if not n.startswith(_TMP_PREFIX)):
             full = Path(dirpath) / name
             rel = full.relative_to(root).as_posix()
             if not full.exists():
@@ -668,13 +669,13 @@ def _swap_in(new: Path, dest: Path) -> None:
     aside first (a crash between the two renames leaves dest absent and the old content
     in a `.pivot-tmp-` sibling), the new one renamed in, and the old one deleted.
     """
+    _remove_leftovers(dest.parent)
     if not os.path.lexists(dest):
         os.replace(new, dest)
         return
     if new.is_file() and not (dest.is_dir() and not dest.is_symlink()):
         os.replace(new, dest)
         return
-    _remove_leftovers(dest.parent)
     old = _temp_name(dest.parent)
     with _ctrl_c_held():  # (one in the removal left the old copy beside the output for good)
         os.rename(dest, old)
@@ -715,25 +716,39 @@ def _ctrl_c_held() -> Iterator[None]:
             raise KeyboardInterrupt
 
 
+_swept: set[Path] = set()  # folders whose leftovers this process removed
+
+
 def _remove_leftovers(folder: Path) -> None:
-    """The `.pivot-tmp-PID-*` entries a process gone since (killed outright mid-swap) left
-    in `folder`: an output's old copy, or a new one never renamed in."""
+    """The `.pivot-tmp-PID-*` entries a process gone since (killed outright mid-copy or
+    mid-swap) left in `folder`: an output's old copy, or a new one never renamed in (a
+    killed `pivot checkout` left a partial copy beside the output it was placing, for
+    good). Once a folder per process: a restore of 10,000 outputs into one folder
+    listed it at each."""
+    if folder in _swept:
+        return
     try:
         names = [n for n in os.listdir(folder) if n.startswith(_TMP_PREFIX)]
     except OSError:
         return
-    for name in names:
-        pid = name[len(_TMP_PREFIX):].partition("-")[0]
+    _swept.add(folder)
+    remove_dead_leftovers([os.path.join(folder, name) for name in names])
+
+
+def remove_dead_leftovers(paths: list[str]) -> None:
+    """Remove those of `paths` (TMP_PREFIX entries) whose process is gone; keep a live
+    one's (a copy being made)."""
+    for path in paths:
+        pid = os.path.basename(path)[len(_TMP_PREFIX):].partition("-")[0]
         if not pid.isdigit() or _alive(int(pid)):
             continue
-        path = folder / name
-        if path.is_dir() and not path.is_symlink():
+        if os.path.isdir(path) and not os.path.islink(path):
             import shutil
 
             shutil.rmtree(path, ignore_errors=True)
         else:
             with contextlib.suppress(OSError):
-                path.unlink()
+                os.unlink(path)
 
 
 def _alive(pid: int) -> bool:

@@ -264,6 +264,96 @@ def test_a_dep_written_while_its_stage_ran_leaves_it_stale_even_once_put_back(
     assert "everything is up to date" in run_pivot(root, "status").stdout
 
 
+READ_FOLDER_WHEN_TOLD = READ_WHEN_TOLD.replace('deps=["in.txt"]', 'deps=["in/"]').replace(
+    'text = open("in.txt").read()',
+    'text = "".join(f"{n}={open(os.path.join(\'in\', n)).read()}" for n in sorted(os.listdir("in")))',
+)
+
+
+@pytest.mark.parametrize("edit", ["changed", "added"])
+def test_a_folder_dep_written_while_its_stage_ran_leaves_it_stale_even_once_put_back(
+    make_project: MakeProject, proc_guard: ProcGuard, edit: str,
+) -> None:
+    """As above, a file in a folder dependency: changed (or a file added) after the
+    stage began, read, put back (removed) before it ended. Its output said what no clean
+    run would (x.txt=v3, or y.txt), `pivot status` "up to date", and the run cache gave
+    it back under the folder as decided (after `rm out.txt`) until a forced run."""
+    root = make_project({"pipeline.py": READ_FOLDER_WHEN_TOLD, "in/x.txt": "v1\n"})
+    proc = proc_guard.start(root, "repro", "--json")
+    wait_for((root / "started").exists, 20, "the stage to start")
+    changed = root / "in" / ("x.txt" if edit == "changed" else "y.txt")
+    changed.write_text("v3\n")
+    (root / "read-now").touch()
+    wait_for((root / "read").exists, 20, "the stage to read its dep")
+    if edit == "changed":
+        (root / "in" / "x.tmp").write_text("v1\n")
+        os.replace(root / "in" / "x.tmp", changed)  # put back as an editor saves
+    else:
+        changed.unlink()
+    (root / "finish").touch()
+    rc, out, err = wait_exit(proc, 30, "pivot repro")
+    assert rc == 0, describe((rc, out, err))
+    assert (root / "out.txt").read_text() != "OUT:x.txt=v1\n"
+    status = run_pivot(root, "status")
+    assert "reader: stale" in status.stdout, describe(status)
+    (root / "out.txt").unlink()
+    for name in ("started", "read"):
+        (root / name).unlink()
+    again = run_pivot(root, "repro")  # run, not restored from the run cache: its markers are there
+    assert again.returncode == 0 and "restored" not in again.stdout, describe(again)
+    assert (root / "out.txt").read_text() == "OUT:x.txt=v1\n"
+    assert "everything is up to date" in run_pivot(root, "status").stdout
+
+
+FOLDER_COUNT = stage_src(
+    """\
+    @stage(outs=["data/many/"])
+    def many() -> None:
+        os.makedirs("data/many/sub", exist_ok=True)
+        for i in range(5):
+            with open(f"data/many/sub/f{i}.txt", "w") as f:
+                f.write(f"{i}\\n")
+
+
+    @stage(deps=["data/"], outs=["count.txt"])
+    def count() -> None:
+        with open("count.txt", "w") as f:
+            f.write(str(sum(len(files) for _, _, files in os.walk("data"))))
+    """
+)
+
+
+def test_a_partial_copy_a_killed_process_left_beside_an_output_is_neither_read_nor_counted(
+    make_project: MakeProject,
+) -> None:
+    """A `pivot checkout` (or a restore) killed outright while it copied an output left
+    the copy beside it (`.pivot-tmp-PID-...`) for good: a stage reading the folder above
+    counted its files, `pivot status` saying "up to date". It is no part of a folder's
+    digest, is removed before a stage reading the folder runs, and where an output is
+    placed in its folder."""
+    root = make_project({"pipeline.py": FOLDER_COUNT})
+    first = run_pivot(root, "repro")
+    assert first.returncode == 0 and (root / "count.txt").read_text() == "5", describe(first)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(gone.stdout)  # (a pid no process has now)
+
+    def leave_copy() -> Path:
+        copy = root / "data" / f".pivot-tmp-{dead}-0a1b2c"
+        shutil.copytree(root / "data" / "many", copy)
+        return copy
+
+    copy = leave_copy()
+    assert "everything is up to date" in run_pivot(root, "status").stdout
+    forced = run_pivot(root, "repro", "-f", "count")
+    assert forced.returncode == 0, describe(forced)
+    assert (root / "count.txt").read_text() == "5" and not copy.exists()
+    copy = leave_copy()
+    shutil.rmtree(root / "data" / "many")
+    put = run_pivot(root, "checkout", "many")
+    assert put.returncode == 0 and not copy.exists() and len(os.listdir(root / "data" / "many" / "sub")) == 5, describe(put)
+    assert "everything is up to date" in run_pivot(root, "status").stdout
+
+
 IMPORT_COUNTING = stage_src(
     """\
     with open("imports.log", "a") as _log:  # one line each time pipeline.py is imported
