@@ -16,8 +16,10 @@ that reads the file, records the new digest too, and a save held back while a wa
 would then look like no change to the row. So a source file is also compared with the
 digest each of its readers' locks holds for it (or for the folder holding it that the
 stage reads): a reader that read other content is stale, and the save is a change. An
-output is compared with the row only: its producer's worker records what it wrote, and
-what a failed run left of it (`settle`) must start no wave.
+output that is there is compared with its producer's lock too (a hand edit while a wave
+ran, the row written by a `pivot status` meanwhile, started no wave: the edit stayed,
+its readers stale), unless the producer's last run here failed or was cancelled: what
+such a run left of it (`settle`) must start no wave.
 """
 
 from __future__ import annotations
@@ -47,10 +49,24 @@ class SourceReaders:
         producers = ProducerIndex(manifest)
         # dep without its trailing "/" -> (stage, the dep as declared: its lock's key)
         self.by_path: dict[str, list[tuple[str, str]]] = {}
+        # output without its trailing "/" -> (its stage, the output as declared)
+        self.outputs: dict[str, tuple[str, str]] = {}
         for spec in manifest.stages:
             for dep in spec.deps:
                 if not producers.producers_of(dep):
                     self.by_path.setdefault(dep.rstrip("/"), []).append((spec.name, dep))
+            for out in spec.outs:
+                self.outputs[out.rstrip("/")] = (spec.name, out)
+
+    def writer(self, rel: str) -> tuple[str, str, str] | None:
+        """(the output: `rel` or a folder holding it, its stage, the output as declared)."""
+        path = rel
+        while path:
+            found = self.outputs.get(path)
+            if found is not None:
+                return (path, *found)
+            path = path.rpartition("/")[0]
+        return None
 
     def of(self, rel: str) -> list[tuple[str, str, str]]:
         """(source path: `rel` or a folder holding it, stage, declared dep) for each stage
@@ -85,9 +101,35 @@ def _read_otherwise(
     return False
 
 
-def confirm(root: Path, cache: StateCache, paths: tuple[str, ...], readers: SourceReaders | None = None) -> list[str]:
+def _written_otherwise(
+    root: Path, cache: StateCache, rel: str, now: str, readers: SourceReaders, unsettled: frozenset[str],
+    locks: dict[str, StageLock | None], folders: dict[str, str | None],
+) -> bool:
+    """Whether `rel`, an output (or in a folder output) that is there, differs from what
+    its producer's lock recorded for it, that producer's last run here having ended well."""
+    found = readers.writer(rel)
+    if found is None or found[1] in unsettled:
+        return False
+    path, stage, out = found
+    if path == rel:
+        digest: str | None = now
+    else:
+        if path not in folders:
+            folders[path] = cache.hash_path(root / path)
+        digest = folders[path]
+    if stage not in locks:
+        locks[stage] = read_lock(root, stage)
+    lock = locks[stage]
+    return lock is not None and out in lock.outs and lock.outs[out] != digest
+
+
+def confirm(
+    root: Path, cache: StateCache, paths: tuple[str, ...], readers: SourceReaders | None = None,
+    unsettled: frozenset[str] = frozenset(),
+) -> list[str]:
     """The subset of `paths` (project-relative) whose content changed. `readers`: those
-    of the pipeline the engine runs (None: the row alone decides)."""
+    of the pipeline the engine runs (None: the row alone decides); `unsettled`: stages
+    whose last run here failed or was cancelled."""
     changed = []
     locks: dict[str, StageLock | None] = {}  # (read once a call)
     folders: dict[str, str | None] = {}
@@ -111,7 +153,10 @@ def confirm(root: Path, cache: StateCache, paths: tuple[str, ...], readers: Sour
         elif now != before:
             changed.append(rel)
             continue
-        if readers is not None and _read_otherwise(root, cache, rel, now, readers, locks, folders):
+        if readers is not None and (
+            _read_otherwise(root, cache, rel, now, readers, locks, folders)
+            or (now is not None and _written_otherwise(root, cache, rel, now, readers, unsettled, locks, folders))
+        ):
             changed.append(rel)
     return changed
 
@@ -123,12 +168,16 @@ class ChangeChecker:
         self.root = root
         self.ctx = ctx
         self.addr = addr
-        self.todo: queue.SimpleQueue[tuple[tuple[str, ...], SourceReaders | None] | None] = queue.SimpleQueue()
+        self.todo: queue.SimpleQueue[
+            tuple[tuple[str, ...], SourceReaders | None, frozenset[str]] | None
+        ] = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._run, name="change-checker", daemon=True)
         self.thread.start()
 
-    def submit(self, paths: tuple[str, ...], readers: SourceReaders | None = None) -> None:
-        self.todo.put((paths, readers))
+    def submit(
+        self, paths: tuple[str, ...], readers: SourceReaders | None = None, unsettled: frozenset[str] = frozenset(),
+    ) -> None:
+        self.todo.put((paths, readers, unsettled))
 
     def stop(self) -> None:
         self.todo.put(None)
@@ -141,9 +190,9 @@ class ChangeChecker:
         cache = StateCache(self.root / ".pivot" / "state.db")
         try:
             while (asked := self.todo.get()) is not None:
-                paths, readers = asked
+                paths, readers, unsettled = asked
                 try:
-                    changed = confirm(self.root, cache, paths, readers)
+                    changed = confirm(self.root, cache, paths, readers, unsettled)
                 except Exception:  # never leave the broker waiting for an answer
                     log.exception("checking changed files failed; treating all as changed")
                     changed = list(paths)

@@ -257,9 +257,11 @@ class Reply(Record):
 @record
 class ConfirmChanges(Record):
     """Check these paths against the state cache (hashing, off the loop); answer with
-    `ChangesConfirmed`."""
+    `ChangesConfirmed`. `unsettled`: stages whose last run here failed or was cancelled
+    (what it left of its outputs is no hand edit)."""
 
     paths: tuple[str, ...]
+    unsettled: frozenset[str] = frozenset()
 
 
 @record

@@ -506,14 +506,14 @@ class BrokerService:
                 log.warning("%s", text)
             case LoadOwnManifest(load=load):
                 self._load_own_manifest(load)
-            case ConfirmChanges(paths):
+            case ConfirmChanges(paths, unsettled):
                 if self._checker is None:
                     # Imported on first use: the state cache (sqlite3) is not needed to
                     # start an engine, whose start every process's imports slow down.
                     from broker.changes import ChangeChecker
 
                     self._checker = ChangeChecker(self.root, self.ctx, self._confirm_addr)
-                self._checker.submit(paths, self._source_readers())
+                self._checker.submit(paths, self._source_readers(), unsettled)
 
     def _planned_already(self, pool: str, plan: PlanWave) -> bool:
         """Whether `plan` is the wave `planned` holds the answer to, which is then fed

@@ -992,7 +992,10 @@ class BrokerState:
             now, lambda p: not busy or self._is_code(p) or p == PARAMS_FILE or self._restart_input(p)
         )
         if batch is not None:
-            self._out.append(ConfirmChanges(batch))
+            unsettled = frozenset(
+                s for s, v in self.view.stages.items() if v.status in (Status.FAILED, Status.CANCELLED)
+            )
+            self._out.append(ConfirmChanges(batch, unsettled))
 
     def _restart_input(self, path: str) -> bool:
         """--restart: `path` may be checked while the wave runs (it is no output of it)."""

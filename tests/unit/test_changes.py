@@ -110,10 +110,13 @@ def test_readers_leave_identical_saves_outputs_and_unread_files_to_the_row(tmp_p
     (tmp_path / "a.csv").write_text("1\n")  # the bytes every reader read
     (tmp_path / "raw" / "x.csv").write_text("x\n")
     assert confirm(tmp_path, cache, ("a.csv", "raw/x.csv"), READERS) == []
-    # An output its producer's worker recorded (here: a rewrite `u` has not read yet) is
-    # no change: what the pipeline writes, or a failed run leaves, starts no wave.
+    # What a failed (or cancelled) run of its producer left of an output, its row
+    # recorded (`settle`), lock unchanged, is no change: it starts no wave.
     (tmp_path / "t.out").write_text("T\n")
     cache.hash_path(tmp_path / "t.out")
+    assert confirm(tmp_path, cache, ("t.out",), READERS, unsettled=frozenset({"t"})) == []
+    # What its producer's run wrote and recorded (row and lock) is none either.
+    _ran(tmp_path, cache, "t", ("a.csv",), ("t.out",))
     assert confirm(tmp_path, cache, ("t.out",), READERS) == []
     write(tmp_path / "notes.txt", "n\n")  # read by no stage: the row (a new file)
     assert confirm(tmp_path, cache, ("notes.txt",), READERS) == ["notes.txt"]
@@ -127,4 +130,26 @@ def test_a_source_file_deleted_is_a_change_for_its_readers_whatever_the_row(tmp_
     cache.forget(tmp_path / "a.csv")  # as a process that found it gone may leave the row
     assert confirm(tmp_path, cache, ("a.csv",)) == []
     assert confirm(tmp_path, cache, ("a.csv",), READERS) == ["a.csv"]
+    cache.close()
+
+
+def test_an_output_edited_by_hand_is_a_change_once_another_process_recorded_it(tmp_path: Path) -> None:
+    """A hand edit of an output while a wave ran, the row written meanwhile by a
+    `pivot status` (its row then matched): no wave started, the edit stayed and its
+    readers were left stale. Its producer's lock says otherwise; in a folder output too."""
+    cache = StateCache(tmp_path / ".pivot" / "state.db")
+    _project(tmp_path, cache)
+    folder = SourceReaders(Manifest((_spec("g", outs=("made/",)), _spec("h", deps=("made/",), outs=("h.out",)))))
+    write(tmp_path / "made" / "m.txt", "m\n")
+    write_lock(tmp_path, StageLock("g", "c", {}, {}, {"made/": cache.hash_path(tmp_path / "made") or ""}))
+    (tmp_path / "t.out").write_text("hand\n")
+    (tmp_path / "made" / "m.txt").write_text("hand\n")
+    other = StateCache(tmp_path / ".pivot" / "state.db")
+    other.hash_path(tmp_path / "t.out")
+    other.hash_path(tmp_path / "made")
+    other.close()
+    assert confirm(tmp_path, cache, ("t.out",)) == []  # the row alone: hidden
+    assert confirm(tmp_path, cache, ("t.out",), READERS) == ["t.out"]
+    assert confirm(tmp_path, cache, ("made/m.txt",), folder) == ["made/m.txt"]
+    assert confirm(tmp_path, cache, ("made/m.txt",), folder, unsettled=frozenset({"g"})) == []
     cache.close()
