@@ -27,6 +27,13 @@ def down(broker: str | None, key: Path | None, broker_key: Path | None, grace_s:
     root = root_or_none(broker)
     engine = connect(root, "down", broker, key, broker_key, required=bool(broker))
     if engine is None:
+        info = engine_info(root) if root is not None else {}
+        held = info.get("pid")
+        if info.get("mode") == "repro" and isinstance(held, int) and _running(held):
+            # Its engine is the command's own: it ends with its run.
+            click.echo(f"a `pivot repro` (pid {held}) is running for {root}: it stops once its run "
+                       "ends; Ctrl-C in its terminal (or `kill -INT` that pid) stops it now", err=True)
+            return 1
         click.echo(f"no Pivot engine is running for {root}", err=True)
         return 0
     pid = engine.info.pid
@@ -44,3 +51,9 @@ def down(broker: str | None, key: Path | None, broker_key: Path | None, grace_s:
             return 1
     click.echo("stopped")
     return 0
+
+
+def _running(pid: int) -> bool:
+    from pivot.launch.procs import is_alive
+
+    return is_alive(pid)

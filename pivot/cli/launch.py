@@ -70,12 +70,14 @@ class SpawnedEngine(RemoteEngine):
 def start_live(root: Path, opts: UpOptions) -> int:
     from pivot.launch.cpus import usable_cpus
     from pivot.pipeline.project import project_id
-    from pivot.transport.rundir import RunDir
+    from pivot.transport.rundir import RunDir, engine_info
 
     rundir = RunDir(root)
     try:
         rundir.lock()  # one engine per project; the broker takes the lock over
     except StackRunning:
+        if engine_info(root).get("mode") == "repro":
+            raise  # (it says what a `pivot repro` holding the lock is, and what to do)
         raise StackRunning(
             f"a Pivot engine is already running for {root}; `pivot attach` shows it, "
             "`pivot repro` asks it for a run, `pivot down` stops it"

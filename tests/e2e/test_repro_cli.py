@@ -264,6 +264,24 @@ def test_a_dep_written_while_its_stage_ran_leaves_it_stale_even_once_put_back(
     assert "everything is up to date" in run_pivot(root, "status").stdout
 
 
+def test_up_and_down_beside_a_running_repro_say_what_it_is(make_project: MakeProject, proc_guard: ProcGuard) -> None:
+    """`pivot up` beside a `pivot repro` said an engine ran that `pivot repro` asks and
+    `pivot down` stops; `pivot down` then said no engine was running (exit 0)."""
+    root = make_project({"pipeline.py": HELD_PIPELINE})
+    running = proc_guard.start(root, "repro", "--json")
+    held_stage_pid(root)
+    up = run_pivot(root, "up")
+    assert up.returncode == 2 and f"a `pivot repro` (pid {running.pid}) is running" in up.stderr, describe(up)
+    assert "`pivot down` stops it" not in up.stderr
+    down = run_pivot(root, "down")
+    assert down.returncode == 1 and f"a `pivot repro` (pid {running.pid}) is running" in down.stderr, describe(down)
+    release_held_stage(root)
+    rc, out, err = wait_exit(running, 30, "the repro")
+    assert rc == 0, describe((rc, out, err))
+    after = run_pivot(root, "down")
+    assert after.returncode == 0 and "no Pivot engine is running" in after.stderr, describe(after)
+
+
 READ_FOLDER_WHEN_TOLD = READ_WHEN_TOLD.replace('deps=["in.txt"]', 'deps=["in/"]').replace(
     'text = open("in.txt").read()',
     'text = "".join(f"{n}={open(os.path.join(\'in\', n)).read()}" for n in sorted(os.listdir("in")))',
