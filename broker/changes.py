@@ -87,18 +87,27 @@ def _read_otherwise(
     """Whether a stage that reads `rel` (or a folder holding it) recorded another digest
     for it than it has now (None: gone)."""
     for path, stage, dep in readers.of(rel):
-        if path == rel:
-            digest = now
-        else:
-            if path not in folders:
-                folders[path] = cache.hash_path(root / path)
-            digest = folders[path]
-        if stage not in locks:
-            locks[stage] = read_lock(root, stage)
-        lock = locks[stage]
+        digest, lock = _digest_and_lock(root, cache, rel, now, path, stage, locks, folders)
         if lock is not None and dep in lock.deps and lock.deps[dep] != digest:
             return True
     return False
+
+
+def _digest_and_lock(
+    root: Path, cache: StateCache, rel: str, now: str | None, path: str, stage: str,
+    locks: dict[str, StageLock | None], folders: dict[str, str | None],
+) -> tuple[str | None, StageLock | None]:
+    """The digest of `path` (`rel`, whose is `now`, or a folder holding it) and `stage`'s
+    lock: each read once a check."""
+    if path == rel:
+        digest = now
+    else:
+        if path not in folders:
+            folders[path] = cache.hash_path(root / path)
+        digest = folders[path]
+    if stage not in locks:
+        locks[stage] = read_lock(root, stage)
+    return digest, locks[stage]
 
 
 def _written_otherwise(
@@ -111,15 +120,7 @@ def _written_otherwise(
     if found is None or found[1] in unsettled:
         return False
     path, stage, out = found
-    if path == rel:
-        digest: str | None = now
-    else:
-        if path not in folders:
-            folders[path] = cache.hash_path(root / path)
-        digest = folders[path]
-    if stage not in locks:
-        locks[stage] = read_lock(root, stage)
-    lock = locks[stage]
+    digest, lock = _digest_and_lock(root, cache, rel, now, path, stage, locks, folders)
     return lock is not None and out in lock.outs and lock.outs[out] != digest
 
 
