@@ -116,6 +116,11 @@ class PoolTable:
 
     def add(self, name: str, info: PoolInfo) -> None:
         self._pools[name] = info
+        if self.last_tick is None:
+            # The broker's own time from here: stopped (its process group's SIGSTOP) before
+            # its first tick, it took the whole stop for the pool's silence ("lost", the
+            # run ending 1, the pool having run every stage).
+            self.last_tick = info.last_heard
 
     def remove(self, name: str) -> PoolInfo | None:
         return self._pools.pop(name, None)

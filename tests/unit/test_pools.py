@@ -42,6 +42,7 @@ def test_tags_and_mismatched_stages_decide_what_a_pool_takes() -> None:
 
 def test_tick_heartbeats_quiet_links_and_reports_silent_pools() -> None:
     t = table(quiet=pool(heard=0.0), chatty=pool(heard=3.5))
+    t.tick(2.0)  # (the broker runs: it ticks)
     t.sent("chatty", 3.5)
     due = t.tick(3.6)
     assert due.silent == [("quiet", pytest.approx(3.6))]
@@ -55,6 +56,18 @@ def test_a_broker_that_did_not_run_gives_every_pool_a_fresh_window() -> None:
     due = t.tick(60.0)  # stopped (Ctrl-Z) for a minute: the silence was the broker's
     assert due.silent == []
     assert t.get("p") is not None and t["p"].last_heard == 60.0
+
+
+def test_a_broker_stopped_before_its_first_tick_gives_every_pool_a_fresh_window() -> None:
+    """The process group of a `pivot repro` stopped (SIGSTOP) 0.25 s in, for 8 s: its
+    broker's first tick came after, and took the whole stop for the pool's silence (the
+    run ended "pool lost", exit 1, the pool having run every stage: a new-user hunt)."""
+    t = table(p=pool(heard=0.0))
+    due = t.tick(8.0)
+    assert due.silent == [] and t["p"].last_heard == 8.0
+    t.tick(9.0)
+    t.tick(10.0)
+    assert t.tick(11.2).silent == [("p", pytest.approx(3.2))]  # then silent while it runs: lost
 
 
 def test_fenced_attempts_are_released_after_the_silence_plus_the_margin() -> None:
