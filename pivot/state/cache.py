@@ -60,7 +60,7 @@ import xxhash
 
 from pivot.errors import InfraError, PivotError, UserError
 from pivot.protocol.record import Record, record
-from pivot.state.hashing import TMP_PREFIX, dir_digest
+from pivot.state.hashing import TMP_PREFIX, dir_digest, temp_of
 
 if sys.platform == "linux":
     import fcntl
@@ -550,11 +550,11 @@ def _walk_files(root: Path) -> Iterator[tuple[str, Path]]:
         raise exc
 
     for dirpath, dirnames, filenames in os.walk(root, onerror=fail):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(_TMP_PREFIX))  # (as hash_dir: none of it)
+        dirnames[:] = sorted(d for d in dirnames if temp_of(d) is None)  # (as hash_dir: none of it)
         for name in dirnames:
             if os.path.islink(os.path.join(dirpath, name)):
                 log.warning("not caching symlinked directory %s", os.path.join(dirpath, name))
-        for name in sorted(n for n in filenames if not n.startswith(_TMP_PREFIX)):
+        for name in sorted(n for n in filenames if temp_of(n) is None):
             full = Path(dirpath) / name
             rel = full.relative_to(root).as_posix()
             if not full.exists():
@@ -728,7 +728,7 @@ def _remove_leftovers(folder: Path) -> None:
     if folder in _swept:
         return
     try:
-        names = [n for n in os.listdir(folder) if n.startswith(_TMP_PREFIX)]
+        names = [n for n in os.listdir(folder) if temp_of(n) is not None]
     except OSError:
         return
     _swept.add(folder)
@@ -736,11 +736,11 @@ def _remove_leftovers(folder: Path) -> None:
 
 
 def remove_dead_leftovers(paths: list[str]) -> None:
-    """Remove those of `paths` (TMP_PREFIX entries) whose process is gone; keep a live
-    one's (a copy being made)."""
+    """Remove those of `paths` (temporary entries: `temp_of`) whose process is gone;
+    keep a live one's (a copy being made)."""
     for path in paths:
-        pid = os.path.basename(path)[len(_TMP_PREFIX):].partition("-")[0]
-        if not pid.isdigit() or _alive(int(pid)):
+        pid = temp_of(os.path.basename(path))
+        if pid is None or _alive(pid):
             continue
         if os.path.isdir(path) and not os.path.islink(path):
             import shutil

@@ -12,6 +12,7 @@ cache for the file digests instead of reading every file.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,13 +23,25 @@ from pivot.state.rawread import read_chunks
 if TYPE_CHECKING:
     from pivot.state.statecache import StateCache
 
-__all__ = ["TMP_PREFIX", "dir_digest", "dir_entries", "folder_stats", "hash_dir", "hash_file", "hash_path"]
+__all__ = [
+    "TMP_PREFIX", "dir_digest", "dir_entries", "folder_stats", "hash_dir", "hash_file", "hash_path", "temp_of",
+]
 
 # What Pivot writes beside an output it places, then renames in (pivot/state/cache.py):
 # no part of a folder's content. One a killed process left (a partial copy) is removed
 # before a stage reading the folder runs (pivot/runtime/worker.py); counted, it made
 # the folder's digest that of a folder no clean run would see.
 TMP_PREFIX = ".pivot-tmp-"
+_TEMP_NAME = re.compile(r"\.pivot-tmp-(\d+)-[0-9a-f]{12}")  # (cache.py's `_temp_file_name`)
+
+
+def temp_of(name: str) -> int | None:
+    """The pid of the process that made `name`, if it is one of Pivot's temporary names
+    (exactly: a user's file that merely begins so is content like any other)."""
+    if not name.startswith(TMP_PREFIX):
+        return None
+    found = _TEMP_NAME.fullmatch(name)
+    return int(found.group(1)) if found else None
 
 
 def hash_file(path: str | os.PathLike[str]) -> str:
@@ -49,12 +62,12 @@ def _walk_files(path: Path) -> list[tuple[str, str]]:
     prefix_len = len(top) if top.endswith(os.sep) else len(top) + 1
     files: list[tuple[str, str]] = []
     for dirpath, dirnames, filenames in os.walk(top):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(TMP_PREFIX))
+        dirnames[:] = sorted(d for d in dirnames if temp_of(d) is None)
         rel_dir = dirpath[prefix_len:]
         if os.sep != "/":
             rel_dir = rel_dir.replace(os.sep, "/")
         for name in filenames:
-            if name.startswith(TMP_PREFIX):
+            if temp_of(name) is not None:
                 continue
             rel = f"{rel_dir}/{name}" if rel_dir else name
             files.append((rel, os.path.join(dirpath, name)))
@@ -65,17 +78,17 @@ def folder_stats(path: str, leftovers: list[str] | None = None) -> dict[str, tup
     """(inode, size, mtime) of every file of a folder's digest (`_walk_files`) and of the
     folder and each folder under it ("" and "sub/"): a file made and removed again
     changes its folder's mtime. Two of them differ when anything in it was written,
-    also when it was then put back as it was. The TMP_PREFIX entries it passes go to
-    `leftovers` (their paths)."""
+    also when it was then put back as it was. The temporary entries (`temp_of`) it
+    passes go to `leftovers` (their paths)."""
     top = path
     prefix_len = len(top) if top.endswith(os.sep) else len(top) + 1
     found: dict[str, tuple[int, int, int]] = {}
     for dirpath, dirnames, filenames in os.walk(top):
         if leftovers is not None:
-            leftovers += [os.path.join(dirpath, n) for n in (*dirnames, *filenames) if n.startswith(TMP_PREFIX)]
-        dirnames[:] = [d for d in dirnames if not d.startswith(TMP_PREFIX)]
+            leftovers += [os.path.join(dirpath, n) for n in (*dirnames, *filenames) if temp_of(n) is not None]
+        dirnames[:] = [d for d in dirnames if temp_of(d) is None]
         rel_dir = dirpath[prefix_len:].replace(os.sep, "/")
-        names = [n for n in filenames if not n.startswith(TMP_PREFIX)]
+        names = [n for n in filenames if temp_of(n) is None]
         for rel, full in ((f"{rel_dir}/" if rel_dir else "", dirpath),
                           *((f"{rel_dir}/{n}" if rel_dir else n, os.path.join(dirpath, n)) for n in names)):
             try:

@@ -356,15 +356,22 @@ def test_a_partial_copy_a_killed_process_left_beside_an_output_is_neither_read_n
     dead = int(gone.stdout)  # (a pid no process has now)
 
     def leave_copy() -> Path:
-        copy = root / "data" / f".pivot-tmp-{dead}-0a1b2c"
+        copy = root / "data" / f".pivot-tmp-{dead}-0a1b2c3d4e5f"
         shutil.copytree(root / "data" / "many", copy)
         return copy
 
     copy = leave_copy()
     assert "everything is up to date" in run_pivot(root, "status").stdout
+    # A user's file whose name merely begins so is content like any other: counted, kept.
+    mine = root / "data" / ".pivot-tmp-notes.txt"
+    mine.write_text("mine\n")
+    assert "count: stale" in run_pivot(root, "status").stdout
     forced = run_pivot(root, "repro", "-f", "count")
     assert forced.returncode == 0, describe(forced)
-    assert (root / "count.txt").read_text() == "5" and not copy.exists()
+    assert (root / "count.txt").read_text() == "6" and not copy.exists() and mine.read_text() == "mine\n"
+    mine.unlink()
+    ran = run_pivot(root, "repro")
+    assert ran.returncode == 0 and (root / "count.txt").read_text() == "5", describe(ran)
     copy = leave_copy()
     shutil.rmtree(root / "data" / "many")
     put = run_pivot(root, "checkout", "many")
