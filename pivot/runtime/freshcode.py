@@ -172,12 +172,8 @@ def differing(root: str, expected: Mapping[str, str], *, on_disk: bool = False) 
             try:
                 with open(path, "rb") as f:
                     got = xxhash.xxh3_128_hexdigest(f.read())
-                    st = os.fstat(f.fileno())
             except OSError:
                 got = ""
-            else:
-                if not on_disk and got == _imported.get(path):  # saved as imported (a touch):
-                    _imported_stat[path] = (st.st_ino, st.st_size, st.st_mtime_ns)  # not read again
         if got != digest:
             found.append(rel)
     return found, later
