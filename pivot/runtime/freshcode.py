@@ -66,8 +66,6 @@ def _written_in_second(cached: os.stat_result, source: os.stat_result) -> bool:
 # The real path of each project module's file this process imported -> the digest of the
 # source its code was compiled from (the digest the code fingerprint takes: codeindex.py).
 _imported: dict[str, str] = {}
-# ... and the file's (inode, size, mtime) as it was read: a save since (`differing`).
-_imported_stat: dict[str, tuple[int, int, int]] = {}
 # ... and, in a loader (`keep_sources`), that source itself: the fingerprint is taken from
 # the code imported, never from the file read again (a save in between mixed versions).
 _sources: dict[str, bytes] = {}
@@ -110,10 +108,6 @@ class _FreshSourceLoader(importlib.machinery.SourceFileLoader):
                     self.set_data(importlib.util.cache_from_source(path), header + marshal.dumps(code))
         real = os.path.realpath(path)
         _imported[real] = xxhash.xxh3_128_hexdigest(data)
-        if steady:
-            _imported_stat[real] = (before.st_ino, before.st_size, before.st_mtime_ns)
-        else:
-            _imported_stat.pop(real, None)
         if _keeping:
             _sources[real] = data
         return code
@@ -162,11 +156,6 @@ def differing(root: str, expected: Mapping[str, str], *, on_disk: bool = False) 
     for rel, digest in expected.items():
         path = os.path.join(top, rel)
         got = None if on_disk else _imported.get(path)
-        if got is not None and got == digest and not _as_imported(path):
-            # Saved since this process imported it: the stage would run the imported
-            # code, its fingerprint's, though the project holds another now, and a
-            # one-shot run (no watcher) went on starting stages on it, saying nothing.
-            got = None
         if got is None:
             later[rel] = digest
             try:
@@ -177,16 +166,6 @@ def differing(root: str, expected: Mapping[str, str], *, on_disk: bool = False) 
         if got != digest:
             found.append(rel)
     return found, later
-
-
-def _as_imported(path: str) -> bool:
-    """Whether the file at `path` is as it was when this process imported it (its stat)."""
-    was = _imported_stat.get(path)
-    try:
-        st = os.stat(path)
-    except OSError:
-        return False
-    return was == (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 _real_roots: dict[str, str] = {}
