@@ -31,7 +31,7 @@ def down(broker: str | None, key: Path | None, broker_key: Path | None, grace_s:
         held = info.get("pid")
         if info.get("mode") == "repro" and isinstance(held, int) and _running(held):
             # Its engine is the command's own: it ends with its run.
-            click.echo(f"a `pivot repro` (pid {held}) is running for {root}: it stops once its run "
+            click.echo(f"error: a `pivot repro` (pid {held}) is running for {root}: it stops once its run "
                        "ends; Ctrl-C in its terminal (or `kill -INT` that pid) stops it now", err=True)
             return 1
         click.echo(f"no Pivot engine is running for {root}", err=True)
