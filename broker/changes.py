@@ -33,7 +33,7 @@ import zmq
 
 from pivot.pipeline.manifest import Manifest
 from pivot.pipeline.producers import ProducerIndex
-from pivot.state.lock import StageLock, read_lock
+from pivot.state.lock import CHANGED_WHILE_RUNNING, StageLock, read_lock
 from pivot.state.statecache import StateCache
 
 __all__ = ["ChangeChecker", "SourceReaders", "confirm"]
@@ -51,12 +51,25 @@ class SourceReaders:
         self.by_path: dict[str, list[tuple[str, str]]] = {}
         # output without its trailing "/" -> (its stage, the output as declared)
         self.outputs: dict[str, tuple[str, str]] = {}
+        # every dep, another stage's output too (for `marked`)
+        self.any_dep: dict[str, list[tuple[str, str]]] = {}
         for spec in manifest.stages:
             for dep in spec.deps:
+                self.any_dep.setdefault(dep.rstrip("/"), []).append((spec.name, dep))
                 if not producers.producers_of(dep):
                     self.by_path.setdefault(dep.rstrip("/"), []).append((spec.name, dep))
             for out in spec.outs:
                 self.outputs[out.rstrip("/")] = (spec.name, out)
+
+    def of_any(self, rel: str) -> list[tuple[str, str]]:
+        """(stage, declared dep) for each stage reading `rel` or a folder holding it,
+        whoever writes it."""
+        found: list[tuple[str, str]] = []
+        path = rel
+        while path:
+            found += self.any_dep.get(path, ())
+            path = path.rpartition("/")[0]
+        return found
 
     def writer(self, rel: str) -> tuple[str, str, str] | None:
         """(the output: `rel` or a folder holding it, its stage, the output as declared)."""
@@ -110,6 +123,20 @@ def _digest_and_lock(
     return digest, locks[stage]
 
 
+def _marked(root: Path, rel: str, readers: SourceReaders, locks: dict[str, StageLock | None]) -> bool:
+    """Whether a stage reading `rel` (or a folder holding it) recorded it as changed while
+    it ran: stale by its lock whatever `rel` holds now (a file changed and put back, one
+    made and removed). Its readers ran, the wave said so, and under `pivot up` nothing
+    ran them again: the content check found the path as it was."""
+    for stage, dep in readers.of_any(rel):
+        if stage not in locks:
+            locks[stage] = read_lock(root, stage)
+        lock = locks[stage]
+        if lock is not None and lock.deps.get(dep) == CHANGED_WHILE_RUNNING:
+            return True
+    return False
+
+
 def _written_otherwise(
     root: Path, cache: StateCache, rel: str, now: str, readers: SourceReaders, unsettled: frozenset[str],
     locks: dict[str, StageLock | None], folders: dict[str, str | None],
@@ -157,6 +184,7 @@ def confirm(
         if readers is not None and (
             _read_otherwise(root, cache, rel, now, readers, locks, folders)
             or (now is not None and _written_otherwise(root, cache, rel, now, readers, unsettled, locks, folders))
+            or _marked(root, rel, readers, locks)
         ):
             changed.append(rel)
     return changed

@@ -153,3 +153,23 @@ def test_an_output_edited_by_hand_is_a_change_once_another_process_recorded_it(t
     assert confirm(tmp_path, cache, ("made/m.txt",), folder) == ["made/m.txt"]
     assert confirm(tmp_path, cache, ("made/m.txt",), folder, unsettled=frozenset({"g"})) == []
     cache.close()
+
+
+def test_a_path_its_reader_recorded_as_changed_while_it_ran_is_a_change_whatever_it_holds(tmp_path: Path) -> None:
+    """A stage's dependency (here another stage's output, and a file of a folder it
+    reads) written while it ran and put back: its lock says `changed while the stage
+    ran`, `pivot status` says stale, and under `pivot up` nothing ran it again: the row
+    and the producer's lock matched the file."""
+    from pivot.state.lock import CHANGED_WHILE_RUNNING, read_lock
+
+    cache = StateCache(tmp_path / ".pivot" / "state.db")
+    _project(tmp_path, cache)
+    (tmp_path / "t.out").write_text("t\n")  # put back: same bytes, new stat
+    (tmp_path / "raw" / "x.csv").write_text("x\n")
+    assert confirm(tmp_path, cache, ("t.out", "raw/x.csv"), READERS) == []
+    for stage, dep in (("u", "t.out"), ("f", "raw/")):
+        lock = read_lock(tmp_path, stage)
+        assert lock is not None
+        write_lock(tmp_path, StageLock(stage, lock.code, {}, {**lock.deps, dep: CHANGED_WHILE_RUNNING}, lock.outs))
+    assert confirm(tmp_path, cache, ("t.out", "raw/x.csv"), READERS) == ["t.out", "raw/x.csv"]
+    cache.close()
