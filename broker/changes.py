@@ -19,7 +19,8 @@ stage reads): a reader that read other content is stale, and the save is a chang
 output that is there is compared with its producer's lock too (a hand edit while a wave
 ran, the row written by a `pivot status` meanwhile, started no wave: the edit stayed,
 its readers stale), unless the producer's last run here failed or was cancelled: what
-such a run left of it (`settle`) must start no wave.
+such a run left of it (`settle`) must start no wave. And a path a reader's lock records
+as changed while that reader ran is a change whatever it holds now (`_marked`).
 """
 
 from __future__ import annotations
