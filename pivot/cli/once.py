@@ -12,6 +12,7 @@ from pivot.pipeline.project import find_root, pivot_dir
 
 if TYPE_CHECKING:
     from pivot.cli.settled import Settled
+    from pivot.pipeline.manifest import Manifest
     from pivot.pipeline.select import Selection
 
 __all__ = ["run_once"]
@@ -59,4 +60,34 @@ def run_once(
             return stack.settled
         from pivot.cli.follow import run_wave  # after the pool started: see follow.py
 
-        return run_wave(stack, stages, force, keep_going, display, selection, glob)
+        rc = run_wave(stack, stages, force, keep_going, display, selection, glob)
+        if stack.broker is not None and stack.broker.state.manifest is not None:
+            _say_code_moved(root, stack.broker.state.manifest)
+        return rc
+
+
+def _say_code_moved(root: Path, manifest: Manifest) -> None:
+    """A project file the stages' code came from, saved with other content while the run
+    ran: the stages the pipeline's workers had imported it for ran the version loaded
+    (their locks name it), and nothing watches for the save (`pivot up` loads it again).
+    Said, rather than the run ending as if everything were current."""
+    import xxhash
+
+    from pivot.cli.ending import say
+
+    expected: dict[str, str] = {}
+    for spec in manifest.stages:
+        expected.update(spec.code_sources)
+    moved = []
+    for rel, digest in sorted(expected.items()):
+        try:
+            with open(root / rel, "rb") as f:
+                now = xxhash.xxh3_128_hexdigest(f.read())
+        except OSError:
+            now = ""
+        if now != digest:
+            moved.append(rel)
+    if moved:
+        shown = ", ".join(moved[:3]) + (" ..." if len(moved) > 3 else "")
+        say(f"warning: {shown} changed while this run ran: stages using it ran the version loaded; "
+            "`pivot status` says which are stale now, `pivot repro` runs them")

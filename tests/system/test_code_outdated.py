@@ -101,6 +101,37 @@ def test_a_stage_whose_code_was_saved_after_the_load_is_not_run_nor_recorded_und
     assert (root / "b.txt").read_text() == "1\n"
 
 
+def test_a_run_during_which_a_module_its_workers_had_imported_was_saved_says_so(
+    make_project: Callable[..., Path],
+) -> None:
+    """pipeline.py imports helpers.py, which `a` saves with other content: `b` runs the
+    version loaded (its fingerprint's, in its lock), and the run ended "2 ran", exit 0,
+    saying nothing (a new-user hunt): it says so, and `pivot status` says `b` is stale."""
+    root = make_project({"pipeline.py": "import helpers\n" + PIPELINE, "helpers.py": "VALUE = 1\n"})
+    first = run_pivot(root, "repro")
+    moved = "warning: helpers.py changed while this run ran"
+    if _events_plain(first).get("b") == "ran":
+        assert first.returncode == 0 and moved in first.stderr, describe(first)
+        assert (root / "b.txt").read_text() == "1\n"
+        status = run_pivot(root, "status")
+        assert "b: stale (code changed" in status.stdout, describe(status)
+    else:  # its worker imported pipeline.py after `a` saved it: not run (the test above)
+        assert moved in first.stderr, describe(first)
+    again = run_pivot(root, "repro")
+    assert again.returncode == 0 and "warning" not in again.stderr, describe(again)
+    assert (root / "b.txt").read_text() == "2\n"
+
+
+def _events_plain(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
+    """stage -> its status word, from the plain display's "STAGE: ran in ..." lines."""
+    found = {}
+    for line in result.stdout.splitlines():
+        name, _, rest = line.partition(": ")
+        if rest:
+            found[name] = rest.split()[0]
+    return found
+
+
 # The stage saves the module it then imports: the code it ran is not what its
 # fingerprint read, though the file was as the fingerprint read it when it began.
 SAVES_AS_IT_RUNS = """\
